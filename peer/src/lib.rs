@@ -1,0 +1,1 @@
+//! peer crate (see its issue).

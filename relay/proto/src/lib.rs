@@ -1,0 +1,1 @@
+//! Sans-IO STUN/TURN core (see the relay issue).

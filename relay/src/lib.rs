@@ -1,0 +1,1 @@
+//! relay crate (see its issue).

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine, only where it is missing.
+# Idempotent: a machine that already has everything spends a few seconds here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+need_apt=()
+command -v turnutils_uclient >/dev/null || need_apt+=(coturn)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v iptables >/dev/null || need_apt+=(iptables)
+command -v conntrack >/dev/null || need_apt+=(conntrack)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v node >/dev/null || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps: missing ${need_apt[*]} and not root: install them first" >&2
+    exit 1
+  fi
+  echo "install-test-deps: apt-get install ${need_apt[*]}" >&2
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Browser tests drive Debian's Chromium with playwright-core (never a downloaded browser).
+if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "install-test-deps: npm install (tests/browser)" >&2
+  (cd tests/browser && npm install --no-audit --no-fund --silent)
+fi

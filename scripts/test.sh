@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The full test suite: what CI runs (.ci/run) and what a developer runs before pushing.
+#   scripts/test.sh
+# Installs missing test dependencies (apt, npm), checks formatting and lints, builds the
+# workspace once, runs every Rust test (unit, integration, end-to-end, NAT namespaces), then
+# the browser tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*" >&2; }
+start=$SECONDS
+
+step "install test dependencies"
+scripts/install-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo build (binaries the end-to-end tests spawn)"
+cargo build --workspace --bins --locked
+
+step "cargo test"
+cargo test --workspace --locked --no-fail-fast
+
+if [ -f tests/browser/run.mjs ]; then
+  step "browser tests (headless Chromium)"
+  node tests/browser/run.mjs
+fi
+
+step "all tests passed in $((SECONDS - start)) s"

@@ -1,0 +1,478 @@
+//! The wire protocol, version 1: every message a client and the server exchange.
+//!
+//! This module is the one definition of the wire. The server, the Rust peer SDK and the tests
+//! all use these types; nothing else builds JSON by hand. `docs/protocol.md` documents every
+//! message, field and error code, and a test parses each example of that document into
+//! these types, so the two cannot drift apart.
+//!
+//! Frames are WebSocket *text* frames holding one JSON object each, tagged by `"type"`.
+//! Messages are named by direction: [`ClientMessage`] (client -> server requests) and
+//! [`ServerMessage`] (server -> client replies and events). Every server -> client message
+//! travels inside a [`ServerFrame`], which adds the per-session sequence number `seq`
+//! that resume is built on.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The protocol version this module describes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Every protocol version this build can speak, oldest first.
+pub const SUPPORTED_VERSIONS: &[u32] = &[PROTOCOL_VERSION];
+
+/// Picks the newest version both sides speak, or `None` when they share none.
+pub fn negotiate_version(offered: &[u32]) -> Option<u32> {
+    SUPPORTED_VERSIONS
+        .iter()
+        .rev()
+        .copied()
+        .find(|v| offered.contains(v))
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_owned())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self(s)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A room name chosen by clients: 1 to 64 characters of `[A-Za-z0-9_.-]`.
+    RoomId
+);
+string_id!(
+    /// A peer's id, assigned by the server at join and kept across resumes.
+    PeerId
+);
+string_id!(
+    /// A session's id, assigned by the server; for logs and support, never a credential.
+    SessionId
+);
+string_id!(
+    /// The secret a client presents to resume its session after a dropped socket.
+    ResumeToken
+);
+
+/// A client-chosen request id. Replies and errors caused by a request carry it back as `ref`.
+pub type RequestId = u64;
+
+/// Client -> server requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// The first message of a new session: which versions the client speaks and which room
+    /// it joins. Answered by [`ServerMessage::Welcome`] or an error.
+    Join {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Protocol versions the client speaks; the server picks the newest it shares.
+        versions: Vec<u32>,
+        /// The room to join. May be omitted when the URL path already names it (`/ws/ROOM`);
+        /// when both are present they must agree.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        /// A display name shown to other peers (1 to 64 printable characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// An HS256 JWT granting the room, when the server requires one. May instead be given
+        /// as the `token` query parameter of the WebSocket URL.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// The first message of a reconnected socket that continues an earlier session. Answered
+    /// by the missed messages (in order, with their original `seq`) followed by
+    /// [`ServerMessage::Resumed`], or by an error with code `resume_failed`.
+    Resume {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        versions: Vec<u32>,
+        /// The token from the last `welcome` or `resumed`.
+        resume_token: ResumeToken,
+        /// The highest `seq` the client has processed (0 if none).
+        last_seq: u64,
+    },
+    /// Forward a negotiation message to one peer of the same room. The server checks the
+    /// shape and the target, then forwards the payload opaquely and in order.
+    Signal {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        to: PeerId,
+        signal: Signal,
+    },
+    /// Send a small application message to every other peer of the room.
+    Broadcast {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        data: serde_json::Value,
+    },
+    /// Acknowledge every server message up to and including `seq`, so the server can drop
+    /// them from the replay buffer. Send at least once per ping interval while messages arrive.
+    Ack { seq: u64 },
+    /// An application-level ping for clients that cannot see WebSocket pings (browsers).
+    /// Answered by [`ServerMessage::Pong`]. Any frame counts as liveness for the server.
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+    },
+    /// Leave the room for good; the session ends and other peers get `peer_left`.
+    Leave {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+    },
+}
+
+impl ClientMessage {
+    /// The request id, for messages that have one.
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            Self::Join { id, .. }
+            | Self::Resume { id, .. }
+            | Self::Signal { id, .. }
+            | Self::Broadcast { id, .. }
+            | Self::Ping { id }
+            | Self::Leave { id } => *id,
+            Self::Ack { .. } => None,
+        }
+    }
+}
+
+/// A negotiation payload, forwarded opaquely from one peer to another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Signal {
+    /// An SDP offer. `ice_restart` marks an offer made to restart ICE (informational).
+    Offer {
+        sdp: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ice_restart: bool,
+    },
+    /// An SDP answer.
+    Answer { sdp: String },
+    /// One trickled ICE candidate.
+    Candidate { candidate: IceCandidate },
+    /// The sender has gathered all its candidates (for the current ICE generation).
+    EndOfCandidates {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username_fragment: Option<String>,
+    },
+}
+
+/// An ICE candidate in the JSON shape of the browser's `RTCIceCandidateInit`
+/// (`candidate.toJSON()`), hence the camelCase field names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    /// The `candidate:` attribute line, as in SDP.
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+/// One server -> client message with its per-session sequence number.
+///
+/// `seq` starts at 1 and grows by one with every message of the session, across resumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerFrame {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub message: ServerMessage,
+}
+
+/// Server -> client replies and events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The reply to `join`: who you are, who is here, and how to stay connected.
+    Welcome {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<RequestId>,
+        #[serde(flatten)]
+        session: SessionInfo,
+    },
+    /// Sent after the replayed messages of a successful `resume`.
+    Resumed {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<RequestId>,
+        #[serde(flatten)]
+        session: SessionInfo,
+        /// How many missed messages were replayed just before this one.
+        replayed: u64,
+    },
+    /// Another peer joined the room.
+    PeerJoined { peer: PeerInfo },
+    /// A peer left the room: it said `leave`, its socket closed and the resume grace period
+    /// passed, or it went silent past the ping timeout.
+    PeerLeft {
+        peer_id: PeerId,
+        reason: LeaveReason,
+    },
+    /// A negotiation message from another peer of the room.
+    Signal { from: PeerId, signal: Signal },
+    /// An application message broadcast by another peer of the room.
+    Broadcast {
+        from: PeerId,
+        data: serde_json::Value,
+    },
+    /// Fresh ICE servers (TURN credentials) replacing the earlier ones, sent before those expire.
+    IceServers { ice_servers: Vec<IceServer> },
+    /// The reply to a client `ping`.
+    Pong {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<RequestId>,
+    },
+    /// The server is shutting down: reconnect (with `resume`) after the given delay, possibly
+    /// to another instance. The socket closes when the drain time is over.
+    Draining {
+        reason: String,
+        reconnect_after_ms: u64,
+    },
+    /// A request failed, or the session is ending. `ref` names the request when there was one.
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<RequestId>,
+    },
+}
+
+/// What a client learns at `welcome` and again at `resumed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The protocol version the server picked.
+    pub version: u32,
+    pub peer_id: PeerId,
+    pub session_id: SessionId,
+    pub room: RoomId,
+    /// The other peers in the room, oldest first, each with your role towards it.
+    pub peers: Vec<PeerInfo>,
+    /// STUN/TURN servers for `RTCPeerConnection`, with short-lived TURN credentials.
+    pub ice_servers: Vec<IceServer>,
+    /// The server sends a WebSocket ping this often; send an `ack` at least as often.
+    pub ping_interval_ms: u64,
+    /// A connection silent for this long is closed (and its peer leaves after the grace period).
+    pub ping_timeout_ms: u64,
+    /// Present this with `resume` to continue the session after a dropped socket.
+    pub resume_token: ResumeToken,
+    /// How long after a dropped socket the session can still be resumed.
+    pub resume_grace_ms: u64,
+    /// The largest text frame the server accepts, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// Another peer as seen by the recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub id: PeerId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Perfect negotiation: whether *the recipient* is the polite side of the pair formed
+    /// with this peer. The peer that joined later is polite; the rule is the same on both
+    /// sides, so exactly one of each pair is polite.
+    pub polite: bool,
+}
+
+/// An ICE server in the JSON shape of the browser's `RTCIceServer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:`, `turn:` or `turns:` URLs.
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Why a peer left the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// It sent `leave`.
+    Left,
+    /// Its socket closed and it did not resume within the grace period.
+    Disconnected,
+    /// It went silent past the ping timeout and did not resume within the grace period.
+    Timeout,
+    /// Its session ended because of an error (replay overflow, server shutdown).
+    Ended,
+}
+
+/// Stable, machine-readable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// None of the client's `versions` is supported. The socket closes.
+    UnsupportedVersion,
+    /// The frame is not valid JSON, or not an object with a known `type` and the right fields.
+    InvalidMessage,
+    /// A binary frame arrived; the protocol is text only.
+    BinaryNotSupported,
+    /// The frame is larger than `max_message_bytes`. The socket closes (code 1009).
+    MessageTooLarge,
+    /// The first message must be `join` or `resume`.
+    NotJoined,
+    /// `join`/`resume` on a socket that has already joined.
+    AlreadyJoined,
+    /// The room id is empty, too long, or has characters outside `[A-Za-z0-9_.-]`.
+    InvalidRoomId,
+    /// The display name is empty, too long, or has control characters.
+    InvalidName,
+    /// The room already holds its maximum number of peers.
+    RoomFull,
+    /// The server already holds its maximum number of rooms.
+    TooManyRooms,
+    /// The server already holds its maximum number of sessions.
+    TooManySessions,
+    /// The target peer is not in the sender's room (or does not exist). Nothing was delivered.
+    UnknownPeer,
+    /// Too many messages: the per-connection rate limit dropped this one.
+    RateLimited,
+    /// A token is required and was missing, invalid or expired.
+    Unauthorized,
+    /// The token does not grant this room (or name).
+    Forbidden,
+    /// The resume token is unknown, expired, or `last_seq` is not available any more.
+    ResumeFailed,
+    /// The session's replay buffer overflowed while the client was away: the session ended.
+    ReplayOverflow,
+    /// The client was too slow to read its messages: the session ended.
+    SlowConsumer,
+    /// The server is draining and accepts no new sessions.
+    Draining,
+    /// A fault on the server's side.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::InvalidMessage => "invalid_message",
+            Self::BinaryNotSupported => "binary_not_supported",
+            Self::MessageTooLarge => "message_too_large",
+            Self::NotJoined => "not_joined",
+            Self::AlreadyJoined => "already_joined",
+            Self::InvalidRoomId => "invalid_room_id",
+            Self::InvalidName => "invalid_name",
+            Self::RoomFull => "room_full",
+            Self::TooManyRooms => "too_many_rooms",
+            Self::TooManySessions => "too_many_sessions",
+            Self::UnknownPeer => "unknown_peer",
+            Self::RateLimited => "rate_limited",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::ResumeFailed => "resume_failed",
+            Self::ReplayOverflow => "replay_overflow",
+            Self::SlowConsumer => "slow_consumer",
+            Self::Draining => "draining",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Checks a room id: 1 to 64 characters of `[A-Za-z0-9_.-]`.
+pub fn is_valid_room_id(room: &str) -> bool {
+    (1..=64).contains(&room.len())
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Checks a display name: 1 to 64 characters, none of them control characters.
+pub fn is_valid_name(name: &str) -> bool {
+    let count = name.chars().count();
+    (1..=64).contains(&count) && !name.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiates_the_newest_shared_version() {
+        assert_eq!(negotiate_version(&[1]), Some(1));
+        assert_eq!(negotiate_version(&[0, 1, 7]), Some(1));
+        assert_eq!(negotiate_version(&[2, 3]), None);
+        assert_eq!(negotiate_version(&[]), None);
+    }
+
+    #[test]
+    fn server_frames_are_flat_objects_with_seq() {
+        let frame = ServerFrame {
+            seq: 7,
+            message: ServerMessage::Error {
+                code: ErrorCode::UnknownPeer,
+                message: "no such peer".into(),
+                reference: Some(3),
+            },
+        };
+        let json = serde_json::to_value(&frame).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"seq":7,"type":"error","code":"unknown_peer","message":"no such peer","ref":3})
+        );
+        let back: ServerFrame = serde_json::from_value(json).unwrap();
+        assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn error_code_strings_match_serde() {
+        for code in [
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::ReplayOverflow,
+            ErrorCode::Internal,
+        ] {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, serde_json::Value::String(code.as_str().into()));
+        }
+    }
+
+    #[test]
+    fn room_and_name_validation() {
+        assert!(is_valid_room_id("demo-1.room_A"));
+        assert!(!is_valid_room_id(""));
+        assert!(!is_valid_room_id("a/b"));
+        assert!(!is_valid_room_id(&"x".repeat(65)));
+        assert!(is_valid_name("Zoë"));
+        assert!(!is_valid_name("a\nb"));
+        assert!(!is_valid_name(""));
+    }
+}

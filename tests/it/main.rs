@@ -1,0 +1,2 @@
+//! One integration-test binary for the whole workspace (one link, not dozens).
+//! Each module drives the real binaries over real sockets.
