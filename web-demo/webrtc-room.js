@@ -1,0 +1,497 @@
+// webrtc-room.js: a mesh of RTCPeerConnections, one per other peer of a signaling room.
+//
+// Built on SignalingClient (signaling-client.js). For every remote peer it runs "perfect
+// negotiation" (the W3C/MDN pattern: makingOffer / ignoreOffer / implicit rollback) with the
+// politeness the server assigned to the pair, trickles ICE candidates both ways (candidates that
+// arrive before the remote description are queued), restarts ICE when the connection fails,
+// applies fresh TURN credentials from the server, and can force relay-only (TURN) transport.
+//
+//   import { WebRTCRoom } from './webrtc-room.js';
+//   const room = new WebRTCRoom('wss://example.org/ws', { room: 'demo', name: 'Ada', localStream });
+//   room.addEventListener('message', (e) => console.log(e.detail.peer.name, e.detail.label, e.detail.data));
+//   room.addEventListener('track', (e) => attach(e.detail.peer.id, e.detail.stream));
+//   await room.join();
+//   room.send('chat', 'hello everyone');
+//
+// Data channels: every peer opens its own in-band channels (default labels `chat`: reliable,
+// ordered, UTF-8 text; `canvas`: reliable, ordered; `cursor`: unordered, no retransmits) and
+// also accepts the ones the other side opens, so it interoperates with peers that open
+// channels on one side only. A message is sent on one open channel with the label and
+// received from all of them.
+//
+// Room events (CustomEvent, payload in `event.detail`):
+//   peer          { peer }                 a RemotePeer was created (it starts connecting)
+//   peer-removed  { peer, reason }
+//   peer-state    { peer, state }          'connecting'|'connected'|'reconnecting'|'unreachable'|'closed'
+//   channel-open  { peer, label }
+//   message       { peer, label, data }
+//   track         { peer, track, stream }
+//   signaling     { state, ... }           the SignalingClient's state events, forwarded
+//   log           { level, message }
+
+import { SignalingClient } from './signaling-client.js';
+
+export const DEFAULT_CHANNELS = Object.freeze([
+  { label: 'chat', init: { ordered: true } },
+  { label: 'canvas', init: { ordered: true } },
+  { label: 'cursor', init: { ordered: false, maxRetransmits: 0 } },
+]);
+
+const ROOM_DEFAULTS = Object.freeze({
+  room: undefined,
+  name: undefined,
+  token: undefined,
+  /** Force TURN: iceTransportPolicy 'relay'. Can be changed later with setRelayOnly(). */
+  relayOnly: false,
+  /** A MediaStream whose tracks are sent to every peer (null: receive only). */
+  localStream: null,
+  channels: DEFAULT_CHANNELS,
+  /** Extra RTCConfiguration fields (iceServers come from the signaling server). */
+  rtcConfig: {},
+  /** Restart ICE when a connection stays 'disconnected' this long ('failed' restarts at once). */
+  iceRestartDelayMs: 2500,
+  /** A peer not connected within this time is reported 'unreachable' (retries continue). */
+  unreachableAfterMs: 20000,
+  /** At most this many ICE restarts in a row without reaching 'connected'. */
+  maxIceRestarts: 6,
+  /** Options passed to SignalingClient. */
+  signaling: {},
+});
+
+export class WebRTCRoom extends EventTarget {
+  /**
+   * @param {string|SignalingClient} signaling  the signaling WebSocket URL, or a client to use
+   * @param {object} [options]  see ROOM_DEFAULTS above
+   */
+  constructor(signaling, options = {}) {
+    super();
+    this.options = { ...ROOM_DEFAULTS, ...options };
+    this.client = typeof signaling === 'string'
+      ? new SignalingClient(signaling, {
+        room: this.options.room, name: this.options.name, token: this.options.token, ...this.options.signaling,
+      })
+      : signaling;
+    this.relayOnly = !!this.options.relayOnly;
+    this.localStream = this.options.localStream;
+    /** @type {Map<string, RemotePeer>} */
+    this.peers = new Map();
+    this._wire();
+  }
+
+  get peerId() { return this.client.peerId; }
+
+  /** Joins the room; resolves with the signaling session (peer id, peers, ICE servers). */
+  join() { return this.client.connect(); }
+
+  /** Leaves the room: closes every peer connection and the signaling session. */
+  leave() {
+    for (const peer of [...this.peers.values()]) this._removePeer(peer.id, 'left');
+    this.client.leave();
+  }
+
+  /**
+   * Sends `data` on the channel `label` to one peer (`to`) or to every peer.
+   * Returns how many peers it was sent to (peers whose channel is not open yet are skipped).
+   */
+  send(label, data, to) {
+    let sent = 0;
+    for (const peer of this.peers.values()) {
+      if (to && peer.id !== to) continue;
+      if (peer.send(label, data)) sent += 1;
+    }
+    return sent;
+  }
+
+  /** Replaces the local media: tracks of a kind already sent are replaced, new kinds added. */
+  async setLocalStream(stream) {
+    this.localStream = stream;
+    await Promise.all([...this.peers.values()].map((p) => p.setLocalStream(stream)));
+  }
+
+  /** Switches every connection to relay-only (TURN) or back, restarting ICE to apply it. */
+  setRelayOnly(on) {
+    this.relayOnly = !!on;
+    for (const peer of this.peers.values()) {
+      peer.applyConfiguration();
+      peer.restartIce(on ? 'relay-only on' : 'relay-only off');
+    }
+  }
+
+  /** The RTCConfiguration for new and existing connections. */
+  rtcConfiguration() {
+    return {
+      ...this.options.rtcConfig,
+      iceServers: this.client.iceServers.map((s) => ({ ...s })),
+      iceTransportPolicy: this.relayOnly ? 'relay' : 'all',
+    };
+  }
+
+  _wire() {
+    const c = this.client;
+    c.addEventListener('state', (e) => this._emit('signaling', e.detail));
+    c.addEventListener('welcome', (e) => {
+      for (const info of e.detail.session.peers || []) this._addPeer(info);
+    });
+    c.addEventListener('session-reset', (e) => {
+      // Our peer id is about to change: every connection was negotiated under the old one.
+      for (const peer of [...this.peers.values()]) this._removePeer(peer.id, `session reset (${e.detail.reason})`);
+    });
+    c.addEventListener('peer-joined', (e) => this._addPeer(e.detail.peer));
+    c.addEventListener('peer-left', (e) => this._removePeer(e.detail.peerId, e.detail.reason));
+    c.addEventListener('signal', (e) => {
+      const { from, signal } = e.detail;
+      let peer = this.peers.get(from);
+      if (!peer) {
+        // The server announces peers before forwarding their signals; be lenient anyway.
+        peer = this._addPeer(c.peers.get(from) || { id: from, polite: true });
+      }
+      peer.receiveSignal(signal);
+    });
+    c.addEventListener('ice-servers', () => {
+      for (const peer of this.peers.values()) peer.applyFreshIceServers();
+    });
+    c.addEventListener('error', (e) => this._log('warn', `signaling error ${e.detail.code}: ${e.detail.message}`));
+  }
+
+  _addPeer(info) {
+    const existing = this.peers.get(info.id);
+    if (existing) return existing;
+    const peer = new RemotePeer(this, info);
+    this.peers.set(info.id, peer);
+    this._emit('peer', { peer });
+    peer.start();
+    return peer;
+  }
+
+  _removePeer(id, reason) {
+    const peer = this.peers.get(id);
+    if (!peer) return;
+    this.peers.delete(id);
+    peer.close();
+    this._emit('peer-removed', { peer, reason });
+  }
+
+  _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
+
+  _log(level, message) { this._emit('log', { level, message }); }
+}
+
+/** One remote peer: its RTCPeerConnection, negotiation state and data channels. */
+export class RemotePeer {
+  constructor(room, info) {
+    this.room = room;
+    this.id = info.id;
+    this.name = info.name || info.id;
+    /** Whether *we* are the polite side towards this peer (from the server). */
+    this.polite = !!info.polite;
+    /** 'connecting'|'connected'|'reconnecting'|'unreachable'|'closed' */
+    this.state = 'connecting';
+    this.remoteStream = null;
+    this.iceRestarts = 0;
+    this.connectedAt = 0;
+    this.createdAt = Date.now();
+    /** @type {RTCDataChannel[]} */
+    this.channels = [];
+    this._makingOffer = false;
+    this._ignoreOffer = false;
+    this._settingRemoteAnswerPending = false;
+    this._pendingCandidates = [];
+    this._signalChain = Promise.resolve();
+    this._restartPending = false;
+    this._timers = new Set();
+    this.pc = null;
+  }
+
+  start() {
+    const pc = new RTCPeerConnection(this.room.rtcConfiguration());
+    this.pc = pc;
+    pc.onnegotiationneeded = () => this._negotiate();
+    pc.onicecandidate = ({ candidate }) => {
+      if (candidate && candidate.candidate) {
+        this._signal({ kind: 'candidate', candidate: candidate.toJSON() });
+      } else {
+        const ufrag = /a=ice-ufrag:(\S+)/.exec(pc.localDescription?.sdp || '')?.[1];
+        this._signal(ufrag ? { kind: 'end_of_candidates', username_fragment: ufrag } : { kind: 'end_of_candidates' });
+      }
+    };
+    pc.oniceconnectionstatechange = () => this._onIceState();
+    pc.onconnectionstatechange = () => this._onIceState();
+    pc.ontrack = ({ track, streams }) => {
+      let stream = streams[0];
+      if (!stream) {
+        this.remoteStream ||= new MediaStream();
+        this.remoteStream.addTrack(track);
+        stream = this.remoteStream;
+      }
+      this.remoteStream = stream;
+      this.room._emit('track', { peer: this, track, stream });
+    };
+    pc.ondatachannel = ({ channel }) => this._wireChannel(channel, false);
+    const stream = this.room.localStream;
+    if (stream) for (const track of stream.getTracks()) pc.addTrack(track, stream);
+    for (const def of this.room.options.channels) this._wireChannel(pc.createDataChannel(def.label, def.init), true);
+    this._after(this.room.options.unreachableAfterMs, () => this._checkReachable());
+  }
+
+  /** Sends on an open channel with this label; false when none is open. */
+  send(label, data) {
+    const open = this.channels.filter((c) => c.label === label && c.readyState === 'open');
+    const dc = open.find((c) => c._own) || open[0];
+    if (!dc) return false;
+    try {
+      dc.send(data);
+      return true;
+    } catch (err) {
+      this.room._log('warn', `send on ${label} to ${this.name} failed: ${err.message}`);
+      return false;
+    }
+  }
+
+  isOpen(label) { return this.channels.some((c) => c.label === label && c.readyState === 'open'); }
+
+  /** Restarts ICE (a new offer with fresh credentials); perfect negotiation resolves glare. */
+  restartIce(reason) {
+    if (!this.pc || this.pc.connectionState === 'closed') return;
+    this.room._log('info', `ICE restart towards ${this.name}: ${reason}`);
+    this._restartPending = true;
+    this.iceRestarts += 1;
+    this.pc.restartIce();
+  }
+
+  applyConfiguration() {
+    if (!this.pc || this.pc.signalingState === 'closed') return;
+    try {
+      this.pc.setConfiguration(this.room.rtcConfiguration());
+    } catch (err) {
+      this.room._log('warn', `setConfiguration failed: ${err.message}`);
+    }
+  }
+
+  /**
+   * New TURN credentials arrived. New allocations use them at once; an established relay path
+   * is moved onto fresh allocations with an ICE restart (the impolite side does it), since the
+   * old credentials will stop refreshing the old allocations when they expire.
+   */
+  async applyFreshIceServers() {
+    this.applyConfiguration();
+    if (this.polite || this.state !== 'connected') return;
+    const info = await this.connectionInfo().catch(() => null);
+    if (info && info.localType === 'relay') this.restartIce('fresh TURN credentials');
+  }
+
+  async setLocalStream(stream) {
+    const pc = this.pc;
+    if (!pc || pc.signalingState === 'closed') return;
+    for (const track of stream ? stream.getTracks() : []) {
+      const sender = pc.getSenders().find((s) => s.track?.kind === track.kind);
+      if (sender) await sender.replaceTrack(track);
+      else pc.addTrack(track, stream);
+    }
+  }
+
+  /**
+   * A snapshot of the selected candidate pair and media counters from getStats():
+   * { localType, remoteType, protocol, relayProtocol, localAddress, remoteAddress, rttMs,
+   *   bytesSent, bytesReceived, framesDecoded, frameWidth, frameHeight }
+   */
+  async connectionInfo() {
+    const pc = this.pc;
+    if (!pc) return null;
+    const stats = await pc.getStats();
+    let pair = null;
+    stats.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId) || pair;
+    });
+    if (!pair) stats.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
+    const info = { localType: null, remoteType: null, framesDecoded: 0, frameWidth: 0, frameHeight: 0 };
+    if (pair) {
+      const local = stats.get(pair.localCandidateId) || {};
+      const remote = stats.get(pair.remoteCandidateId) || {};
+      Object.assign(info, {
+        localType: local.candidateType ?? null,
+        remoteType: remote.candidateType ?? null,
+        protocol: local.protocol ?? null,
+        relayProtocol: local.relayProtocol ?? null,
+        localAddress: local.address != null ? `${local.address}:${local.port}` : null,
+        remoteAddress: remote.address != null ? `${remote.address}:${remote.port}` : null,
+        rttMs: pair.currentRoundTripTime != null ? Math.round(pair.currentRoundTripTime * 10000) / 10 : null,
+        bytesSent: pair.bytesSent ?? 0,
+        bytesReceived: pair.bytesReceived ?? 0,
+      });
+    }
+    stats.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') {
+        info.framesDecoded += s.framesDecoded || 0;
+        info.frameWidth = Math.max(info.frameWidth, s.frameWidth || 0);
+        info.frameHeight = Math.max(info.frameHeight, s.frameHeight || 0);
+      }
+    });
+    return info;
+  }
+
+  close() {
+    for (const t of this._timers) clearTimeout(t);
+    this._timers.clear();
+    for (const dc of this.channels) { try { dc.close(); } catch { /* ignore */ } }
+    this.channels = [];
+    if (this.pc) { try { this.pc.close(); } catch { /* ignore */ } }
+    this._setState('closed');
+  }
+
+  // --- negotiation ---
+
+  async _negotiate() {
+    const pc = this.pc;
+    try {
+      this._makingOffer = true;
+      await pc.setLocalDescription();
+      if (pc.signalingState !== 'have-local-offer') return;
+      const offer = { kind: 'offer', sdp: pc.localDescription.sdp };
+      if (this._restartPending) offer.ice_restart = true;
+      this._restartPending = false;
+      this._signal(offer);
+    } catch (err) {
+      this.room._log('warn', `creating an offer for ${this.name} failed: ${err.message}`);
+    } finally {
+      this._makingOffer = false;
+    }
+  }
+
+  /** Queues an incoming signal; signals of one peer are handled one at a time, in order. */
+  receiveSignal(signal) {
+    this._signalChain = this._signalChain
+      .then(() => this._handleSignal(signal))
+      .catch((err) => this.room._log('warn', `signal ${signal?.kind} from ${this.name}: ${err.message}`));
+    return this._signalChain;
+  }
+
+  async _handleSignal(signal) {
+    const pc = this.pc;
+    if (!pc || pc.signalingState === 'closed') return;
+    switch (signal.kind) {
+      case 'offer':
+      case 'answer': {
+        const description = { type: signal.kind, sdp: signal.sdp };
+        const readyForOffer = !this._makingOffer && (pc.signalingState === 'stable' || this._settingRemoteAnswerPending);
+        const offerCollision = description.type === 'offer' && !readyForOffer;
+        this._ignoreOffer = !this.polite && offerCollision;
+        if (this._ignoreOffer) {
+          this.room._log('info', `glare with ${this.name}: ignoring its offer (we are impolite)`);
+          return;
+        }
+        if (description.type === 'answer' && pc.signalingState !== 'have-local-offer') {
+          this.room._log('info', `stale answer from ${this.name} ignored (${pc.signalingState})`);
+          return;
+        }
+        this._settingRemoteAnswerPending = description.type === 'answer';
+        try {
+          await pc.setRemoteDescription(description); // rolls back our own offer if needed
+        } finally {
+          this._settingRemoteAnswerPending = false;
+        }
+        await this._flushCandidates();
+        if (description.type === 'offer') {
+          await pc.setLocalDescription();
+          this._signal({ kind: 'answer', sdp: pc.localDescription.sdp });
+        }
+        break;
+      }
+      case 'candidate': {
+        if (!pc.remoteDescription) {
+          this._pendingCandidates.push(signal.candidate);
+          return;
+        }
+        await this._addCandidate(signal.candidate);
+        break;
+      }
+      case 'end_of_candidates':
+        // Chromium needs no end-of-candidates to complete ICE; nothing to do.
+        break;
+      default:
+        this.room._log('warn', `unknown signal kind ${signal.kind} from ${this.name}`);
+    }
+  }
+
+  async _addCandidate(candidate) {
+    try {
+      await this.pc.addIceCandidate(candidate);
+    } catch (err) {
+      // Candidates of an offer we ignored, or of an older ICE generation, are expected to fail.
+      if (!this._ignoreOffer) this.room._log('info', `candidate from ${this.name} not added: ${err.message}`);
+    }
+  }
+
+  async _flushCandidates() {
+    const queued = this._pendingCandidates.splice(0);
+    for (const c of queued) await this._addCandidate(c);
+  }
+
+  _signal(signal) {
+    if (this.state === 'closed') return;
+    this.room.client.signal(this.id, signal);
+  }
+
+  // --- connection state ---
+
+  _onIceState() {
+    const pc = this.pc;
+    if (!pc) return;
+    const ice = pc.iceConnectionState;
+    const conn = pc.connectionState;
+    if (conn === 'connected' || ice === 'connected' || ice === 'completed') {
+      if (this.state !== 'connected') this.connectedAt = Date.now();
+      this.iceRestarts = 0;
+      this._setState('connected');
+    } else if (conn === 'failed' || ice === 'failed') {
+      this._setState(this.state === 'unreachable' ? 'unreachable' : 'reconnecting');
+      this._scheduleRestart(0, 'ICE failed');
+    } else if (ice === 'disconnected') {
+      this._setState('reconnecting');
+      this._scheduleRestart(this.room.options.iceRestartDelayMs, 'ICE disconnected');
+    }
+  }
+
+  _scheduleRestart(delayMs, reason) {
+    if (this._restartTimer) return;
+    if (this.iceRestarts >= this.room.options.maxIceRestarts) {
+      this._setState('unreachable');
+      return;
+    }
+    // Later attempts back off: 0, 1, 2, 4, 8 s ...
+    const backoff = this.iceRestarts === 0 ? 0 : Math.min(15000, 1000 * 2 ** (this.iceRestarts - 1));
+    this._restartTimer = this._after(Math.max(delayMs, backoff), () => {
+      this._restartTimer = null;
+      const s = this.pc?.iceConnectionState;
+      if (s === 'failed' || s === 'disconnected') this.restartIce(reason);
+    });
+  }
+
+  _checkReachable() {
+    if (this.state === 'connected' || this.state === 'closed') return;
+    this._setState('unreachable');
+    if (this.pc?.iceConnectionState !== 'failed') this._scheduleRestart(0, 'not connected in time');
+    this._after(this.room.options.unreachableAfterMs, () => this._checkReachable());
+  }
+
+  _setState(state) {
+    if (this.state === state || this.state === 'closed') return;
+    this.state = state;
+    this.room._emit('peer-state', { peer: this, state });
+  }
+
+  _after(ms, fn) {
+    const t = setTimeout(() => { this._timers.delete(t); fn(); }, ms);
+    this._timers.add(t);
+    return t;
+  }
+
+  _wireChannel(dc, own) {
+    dc._own = own;
+    dc.binaryType = 'arraybuffer';
+    this.channels.push(dc);
+    dc.onopen = () => this.room._emit('channel-open', { peer: this, label: dc.label });
+    dc.onmessage = (ev) => this.room._emit('message', { peer: this, label: dc.label, data: ev.data });
+    dc.onclose = () => { this.channels = this.channels.filter((c) => c !== dc); };
+    if (dc.readyState === 'open') queueMicrotask(() => dc.onopen?.());
+  }
+}
