@@ -1,1 +1,47 @@
-//! Sans-IO STUN/TURN core (see the relay issue).
+//! Sans-IO STUN/TURN core (RFC 8489 STUN, RFC 8656 TURN, RFC 6156 IPv6, RFC 6062 framing).
+//!
+//! No sockets, no runtime, no clock: every input is a `handle_*(now, ...)` call on [`Server`],
+//! every output is either the return value of that call (the relay hot path, zero-copy) or
+//! queued for [`Server::poll_output`]. The I/O layer (crate `relay`) owns sockets and time.
+//!
+//! # Run loop (one per shard)
+//! 1. Client datagram / framed stream message -> [`Server::handle_client_packet`]; act on the
+//!    returned [`ClientAction`] (send `packet[payload]` to a peer from the relay socket).
+//! 2. Datagram on a relay socket -> receive into `buf[HEADROOM..]` and call
+//!    [`Server::handle_peer_packet`]; act on the [`PeerAction`] (send `buf[range]` to the client).
+//! 3. After every call, drain [`Server::poll_output`] until `None`: STUN responses and Data
+//!    indications ([`Output::Transmit`]), relay socket binds ([`Output::BindRelay`], answered
+//!    with [`Server::handle_relay_bound`]) and releases ([`Output::ReleaseRelay`]).
+//! 4. Sleep until [`Server::poll_timeout`] (or the next packet) and call
+//!    [`Server::handle_timeout`]. TCP/TLS connection closed -> [`Server::handle_connection_closed`].
+//!
+//! # Sharding
+//! One `Server` per SO_REUSEPORT socket (per core), each owning the allocations of the clients
+//! the kernel hashes to it and their relay sockets, without locks. Only the allocation counts
+//! are global: create one `Arc<SharedQuotas>` and pass it to every shard with
+//! [`Server::with_shared_quotas`]. See `docs/relay.md`.
+//!
+//! # Layout
+//! `message` / `attributes` (borrowed STUN codec), `channel_data` (4-byte header, hot path),
+//! `framing` (stream framing), `server` (TURN methods), `allocation` / `permission` /
+//! `channel` / `five_tuple`, `auth` / `nonce` (long-term and REST credentials), `policy`
+//! (peer addresses), `quota`, `expiry` (one deadline queue), `stats`, `config`, `output`.
+//!
+//! # API changes
+//! (none yet: changes to published signatures will be listed here, newest first)
+
+mod config;
+mod five_tuple;
+mod output;
+pub mod policy;
+mod quota;
+mod server;
+mod stats;
+
+pub use config::{AuthConfig, ExternalIp, ServerConfig, StaticCredential, WallClock};
+pub use five_tuple::{AddressFamily, FiveTuple, Transport};
+pub use output::{BindError, ClientAction, HEADROOM, Output, PeerAction, RelayRequestId, TAILROOM};
+pub use policy::{DenyReason, IpNet, PeerPolicy};
+pub use quota::{QuotaKind, Quotas, RateLimit, SharedQuotas};
+pub use server::Server;
+pub use stats::Stats;

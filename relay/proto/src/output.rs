@@ -1,0 +1,115 @@
+//! What the core asks the I/O layer to do: per-packet actions (`ClientAction`, `PeerAction`,
+//! returned directly, zero-copy) and queued control outputs (`Output`, from `poll_output`).
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use crate::five_tuple::{AddressFamily, FiveTuple};
+
+/// Bytes the I/O layer must leave free in front of a peer datagram (`buf[..HEADROOM]`) so the
+/// core can write a ChannelData header in place.
+pub const HEADROOM: usize = 4;
+
+/// Bytes the I/O layer should leave free after a peer datagram (`buf[HEADROOM + len..]`) so the
+/// core can pad ChannelData to a multiple of 4 for stream (TCP/TLS) clients in place. Without
+/// them, stream clients get the message through `Output::Transmit` (one allocation).
+pub const TAILROOM: usize = 3;
+
+/// What to do with one client packet, decided by `Server::handle_client_packet`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum ClientAction {
+    /// Nothing to send now (consumed, dropped or malformed: see `Stats`). Outputs may still have
+    /// been queued: drain `poll_output` after every call anyway.
+    Drop,
+    /// Send `packet[payload]` from the relay socket bound to `relay` to `peer` (the payload of a
+    /// ChannelData message or of a Send indication's DATA attribute: zero-copy).
+    Forward {
+        /// Local address of the allocation's relay socket (as given to `handle_relay_bound`).
+        relay: SocketAddr,
+        /// Destination peer.
+        peer: SocketAddr,
+        /// Byte range of the payload inside the input `packet`.
+        payload: Range<usize>,
+    },
+    /// A response (or a relay-bind request) was queued: drain `poll_output`.
+    Queued,
+}
+
+/// What to do with one peer datagram, decided by `Server::handle_peer_packet`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum PeerAction {
+    /// Nothing to send (no allocation, no permission, over quota: see `Stats`).
+    Drop,
+    /// Send `buf[range]` to the client on `to`: a ChannelData message written in place (header
+    /// in the headroom, padding in the tailroom for stream clients).
+    ToClient {
+        /// The client's 5-tuple (for TCP/TLS: the connection to write to).
+        to: FiveTuple,
+        /// Byte range of the message inside the caller's `buf`.
+        range: Range<usize>,
+    },
+    /// A Data indication (no channel bound) was queued: drain `poll_output`.
+    Queued,
+}
+
+/// Identifies one pending relay-socket bind (`Output::BindRelay` -> `Server::handle_relay_bound`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayRequestId(pub u64);
+
+/// Why the I/O layer could not bind a relay socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// The host has no address of the requested family (answered 440).
+    FamilyNotSupported,
+    /// No free port in the relay range, or the socket limit was hit (answered 508).
+    NoCapacity,
+}
+
+impl std::fmt::Display for RelayRequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "relay-request-{}", self.0)
+    }
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::FamilyNotSupported => "address family not supported",
+            Self::NoCapacity => "no relay port available",
+        })
+    }
+}
+
+/// A queued control output, from `Server::poll_output`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send `data` to the client on `to` (STUN responses, Data indications; already padded for
+    /// stream transports).
+    Transmit {
+        /// The client's 5-tuple.
+        to: FiveTuple,
+        /// The complete message.
+        data: Vec<u8>,
+    },
+    /// Bind a UDP relay socket of `family` for a new allocation of `five_tuple`, then call
+    /// `Server::handle_relay_bound(now, request, result)` with its local address.
+    BindRelay {
+        /// Echo this back in `handle_relay_bound`.
+        request: RelayRequestId,
+        /// IPv4 or IPv6 relayed address.
+        family: AddressFamily,
+        /// The client's 5-tuple (to route peer packets of this relay to the same shard).
+        five_tuple: FiveTuple,
+        /// The client sent EVEN-PORT: try an even port (best effort, no reservation).
+        even_port: bool,
+    },
+    /// The allocation bound to `relay` is gone: close its socket.
+    ReleaseRelay {
+        /// Local address of the relay socket.
+        relay: SocketAddr,
+    },
+}

@@ -1,0 +1,531 @@
+//! Peer-address policy: which peer addresses a client may create permissions and channels for
+//! and send to. Secure by default: every special-purpose range of issue 3 is denied, IPv4
+//! addresses embedded in IPv6 (mapped, compatible, 6to4, Teredo, NAT64) are checked as IPv4 too,
+//! and a few addresses can never be allowed (CVE-2020-26262 was `0.0.0.0` / `[::]`).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+/// Why a peer address was refused (a metrics label and a `403 Forbidden` cause).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DenyReason {
+    /// `0.0.0.0/8`, `::/128`: "this host" - reaches the relay host itself. Never allowable.
+    Unspecified,
+    /// `127.0.0.0/8`, `::1` (allowable only with `allow_loopback_peers`).
+    Loopback,
+    /// RFC 1918 `10/8`, `172.16/12`, `192.168/16`, unique-local `fc00::/7`, site-local `fec0::/10`.
+    Private,
+    /// `100.64.0.0/10` carrier-grade NAT shared address space.
+    SharedAddressSpace,
+    /// `169.254.0.0/16`, `fe80::/10`.
+    LinkLocal,
+    /// `169.254.169.254`: cloud instance metadata. Never allowable.
+    CloudMetadata,
+    /// `192.0.0.0/24` IETF protocol assignments.
+    IetfProtocol,
+    /// `192.0.2/24`, `198.51.100/24`, `203.0.113/24`, `2001:db8::/32`.
+    Documentation,
+    /// `192.88.99.0/24` deprecated 6to4 relay anycast.
+    Relay6to4Anycast,
+    /// `198.18.0.0/15` benchmarking.
+    Benchmarking,
+    /// `224.0.0.0/4`, `ff00::/8`.
+    Multicast,
+    /// `240.0.0.0/4` (includes the limited broadcast address).
+    Reserved,
+    /// `64:ff9b::/96` NAT64 well-known prefix (the embedded IPv4 address is checked as well).
+    Nat64,
+    /// `100::/64` discard-only prefix.
+    DiscardOnly,
+    /// Matched a configured deny entry.
+    ConfiguredDeny,
+    /// One of the relay's own listening addresses, or a non-relay port on one of its own IPs.
+    OwnAddress,
+}
+
+impl DenyReason {
+    /// Number of variants (size of per-reason counter arrays).
+    pub const COUNT: usize = 16;
+
+    /// Every variant, in `index()` order.
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Unspecified,
+        Self::Loopback,
+        Self::Private,
+        Self::SharedAddressSpace,
+        Self::LinkLocal,
+        Self::CloudMetadata,
+        Self::IetfProtocol,
+        Self::Documentation,
+        Self::Relay6to4Anycast,
+        Self::Benchmarking,
+        Self::Multicast,
+        Self::Reserved,
+        Self::Nat64,
+        Self::DiscardOnly,
+        Self::ConfiguredDeny,
+        Self::OwnAddress,
+    ];
+
+    /// Index into per-reason counter arrays (`Stats::peer_denied`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A stable snake_case label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Loopback => "loopback",
+            Self::Private => "private",
+            Self::SharedAddressSpace => "shared_address_space",
+            Self::LinkLocal => "link_local",
+            Self::CloudMetadata => "cloud_metadata",
+            Self::IetfProtocol => "ietf_protocol",
+            Self::Documentation => "documentation",
+            Self::Relay6to4Anycast => "relay_6to4_anycast",
+            Self::Benchmarking => "benchmarking",
+            Self::Multicast => "multicast",
+            Self::Reserved => "reserved",
+            Self::Nat64 => "nat64",
+            Self::DiscardOnly => "discard_only",
+            Self::ConfiguredDeny => "configured_deny",
+            Self::OwnAddress => "own_address",
+        }
+    }
+
+    /// Reasons no allow-list entry can override.
+    fn is_absolute(self) -> bool {
+        matches!(self, Self::Unspecified | Self::CloudMetadata)
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An IP prefix (`10.0.0.0/8`, `2001:db8::/32`, or a single address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+/// A CIDR string that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid CIDR prefix {0:?} (expected ADDRESS[/LEN])")]
+pub struct IpNetParseError(String);
+
+impl IpNet {
+    /// A prefix; `prefix` is clamped to the family's width and host bits are cleared.
+    pub fn new(addr: IpAddr, prefix: u8) -> Self {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.min(max);
+        let addr = match addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(prefix))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(prefix))),
+        };
+        Self { addr, prefix }
+    }
+
+    /// True if `ip` (same family) lies inside this prefix.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                u32::from(ip) & mask32(self.prefix) == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                u128::from(ip) & mask128(self.prefix) == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = IpNetParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || IpNetParseError(s.to_owned());
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| err())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().map_err(|_| err())?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(err());
+        }
+        Ok(Self::new(addr, prefix))
+    }
+}
+
+fn mask32(prefix: u8) -> u32 {
+    if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) }
+}
+
+fn mask128(prefix: u8) -> u128 {
+    if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) }
+}
+
+/// The peer-address policy (part of `ServerConfig`).
+#[derive(Clone, Debug)]
+pub struct PeerPolicy {
+    /// Prefixes allowed even though a default rule denies them (never overrides
+    /// `0.0.0.0/8`, `::/128`, `169.254.169.254` or `deny`).
+    pub allow: Vec<IpNet>,
+    /// Extra prefixes to deny; wins over `allow`.
+    pub deny: Vec<IpNet>,
+    /// Allow `127.0.0.0/8` and `::1` peers. Off by default: for tests on loopback only.
+    pub allow_loopback_peers: bool,
+    /// The relay host's own IPs (listening, relay and advertised public IPs). A peer on one of
+    /// these IPs is allowed only on a port inside `relay_ports` (relay-to-relay traffic between
+    /// two clients of this server is how two relay-only WebRTC peers talk); anything else on
+    /// the host (admin port, SSH, the TURN listeners) is `OwnAddress`. The server adds the IPs
+    /// it sees in 5-tuples and bound relay addresses by itself.
+    pub own_ips: Vec<IpAddr>,
+    /// The port range relay sockets are bound in (see `own_ips`).
+    pub relay_ports: RangeInclusive<u16>,
+    /// Exact listening socket addresses, always denied as peers (a peer packet into a listener
+    /// would loop through the server). The server adds the ones it sees in 5-tuples.
+    pub listen_addresses: Vec<SocketAddr>,
+}
+
+impl Default for PeerPolicy {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            allow_loopback_peers: false,
+            own_ips: Vec::new(),
+            relay_ports: 49152..=65535,
+            listen_addresses: Vec::new(),
+        }
+    }
+}
+
+/// IPv4 ranges denied by default.
+const DEFAULT_DENY_V4: &[([u8; 4], u8, DenyReason)] = &[
+    ([0, 0, 0, 0], 8, DenyReason::Unspecified),
+    ([10, 0, 0, 0], 8, DenyReason::Private),
+    ([100, 64, 0, 0], 10, DenyReason::SharedAddressSpace),
+    ([127, 0, 0, 0], 8, DenyReason::Loopback),
+    ([169, 254, 169, 254], 32, DenyReason::CloudMetadata),
+    ([169, 254, 0, 0], 16, DenyReason::LinkLocal),
+    ([172, 16, 0, 0], 12, DenyReason::Private),
+    ([192, 0, 0, 0], 24, DenyReason::IetfProtocol),
+    ([192, 0, 2, 0], 24, DenyReason::Documentation),
+    ([192, 88, 99, 0], 24, DenyReason::Relay6to4Anycast),
+    ([192, 168, 0, 0], 16, DenyReason::Private),
+    ([198, 18, 0, 0], 15, DenyReason::Benchmarking),
+    ([198, 51, 100, 0], 24, DenyReason::Documentation),
+    ([203, 0, 113, 0], 24, DenyReason::Documentation),
+    ([224, 0, 0, 0], 4, DenyReason::Multicast),
+    ([240, 0, 0, 0], 4, DenyReason::Reserved),
+];
+
+/// IPv6 ranges denied by default (checked on the raw IPv6 address; embedded IPv4 is checked too).
+const DEFAULT_DENY_V6: &[(u128, u8, DenyReason)] = &[
+    (0, 128, DenyReason::Unspecified),
+    (1, 128, DenyReason::Loopback),
+    (0xfc00 << 112, 7, DenyReason::Private),
+    (0xfe80 << 112, 10, DenyReason::LinkLocal),
+    (0xfec0 << 112, 10, DenyReason::Private),
+    (0xff00 << 112, 8, DenyReason::Multicast),
+    (0x2001_0db8 << 96, 32, DenyReason::Documentation),
+    (0x0064_ff9b << 96, 96, DenyReason::Nat64),
+    (0x0100 << 112, 64, DenyReason::DiscardOnly),
+];
+
+/// The IPv4 address embedded in an IPv6 address, by any of the encodings a router or a
+/// dual-stack socket may honour: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`,
+/// 6to4 `2002:AABB:CCDD::/48`, Teredo `2001:0::/32` (client = NOT of the last 32 bits) and
+/// NAT64 `64:ff9b::/96`. `::` and `::1` are IPv6 addresses of their own and return `None`.
+pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(ip);
+    let low32 = bits as u32;
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if bits >> 32 == 0 {
+        // IPv4-compatible (deprecated); `::` and `::1` stay IPv6.
+        return (bits > 1).then(|| Ipv4Addr::from(low32));
+    }
+    let seg = ip.segments();
+    if seg[0] == 0x2002 {
+        return Some(Ipv4Addr::from(((bits >> 80) & 0xffff_ffff) as u32));
+    }
+    if seg[0] == 0x2001 && seg[1] == 0 {
+        return Some(Ipv4Addr::from(!low32));
+    }
+    if bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000 {
+        return Some(Ipv4Addr::from(low32));
+    }
+    None
+}
+
+/// The canonical form of an address: the embedded IPv4 address for IPv4-in-IPv6 encodings,
+/// otherwise the address itself.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => embedded_ipv4(v6).map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+impl PeerPolicy {
+    /// Decide whether a peer IP may be used for a permission. Checks the raw address and, for
+    /// IPv6, the embedded IPv4 address: denied if either form is denied.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), DenyReason> {
+        self.check_one(ip)?;
+        if let IpAddr::V6(v6) = ip
+            && let Some(v4) = embedded_ipv4(v6)
+        {
+            self.check_one(IpAddr::V4(v4))?;
+        }
+        Ok(())
+    }
+
+    /// `check_ip` plus the own-address rules (`own_ips`, `relay_ports`, `listen_addresses`);
+    /// used for channel binds and sends, where the port is known.
+    pub fn check_addr(&self, addr: SocketAddr) -> Result<(), DenyReason> {
+        self.check_ip(addr.ip())?;
+        let ip = canonical_ip(addr.ip());
+        let same = |a: IpAddr| canonical_ip(a) == ip;
+        if self
+            .listen_addresses
+            .iter()
+            .any(|l| l.port() == addr.port() && (same(l.ip()) || l.ip().is_unspecified()))
+        {
+            return Err(DenyReason::OwnAddress);
+        }
+        if !self.relay_ports.contains(&addr.port()) && self.own_ips.iter().any(|o| same(*o)) {
+            return Err(DenyReason::OwnAddress);
+        }
+        Ok(())
+    }
+
+    fn check_one(&self, ip: IpAddr) -> Result<(), DenyReason> {
+        let default = default_deny(ip);
+        if let Some(reason) = default
+            && reason.is_absolute()
+        {
+            return Err(reason);
+        }
+        if self.deny.iter().any(|n| n.contains(ip)) {
+            return Err(DenyReason::ConfiguredDeny);
+        }
+        match default {
+            None => Ok(()),
+            Some(_) if self.allow.iter().any(|n| n.contains(ip)) => Ok(()),
+            Some(DenyReason::Loopback) if self.allow_loopback_peers => Ok(()),
+            Some(reason) => Err(reason),
+        }
+    }
+}
+
+/// The default rule for one address form (no embedded-address handling).
+fn default_deny(ip: IpAddr) -> Option<DenyReason> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            DEFAULT_DENY_V4
+                .iter()
+                .find(|(net, len, _)| bits & mask32(*len) == u32::from_be_bytes(*net))
+                .map(|(_, _, r)| *r)
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            DEFAULT_DENY_V6
+                .iter()
+                .find(|(net, len, _)| bits & mask128(*len) == *net)
+                .map(|(_, _, r)| *r)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn default_ranges_are_denied_with_their_reason() {
+        let policy = PeerPolicy::default();
+        let table = [
+            ("0.0.0.0", DenyReason::Unspecified),
+            ("0.1.2.3", DenyReason::Unspecified),
+            ("10.1.2.3", DenyReason::Private),
+            ("100.64.0.1", DenyReason::SharedAddressSpace),
+            ("100.127.255.255", DenyReason::SharedAddressSpace),
+            ("127.0.0.1", DenyReason::Loopback),
+            ("127.255.255.254", DenyReason::Loopback),
+            ("169.254.1.1", DenyReason::LinkLocal),
+            ("169.254.169.254", DenyReason::CloudMetadata),
+            ("172.16.0.1", DenyReason::Private),
+            ("172.31.255.255", DenyReason::Private),
+            ("192.0.0.8", DenyReason::IetfProtocol),
+            ("192.0.2.1", DenyReason::Documentation),
+            ("192.88.99.1", DenyReason::Relay6to4Anycast),
+            ("192.168.1.1", DenyReason::Private),
+            ("198.18.0.1", DenyReason::Benchmarking),
+            ("198.19.255.255", DenyReason::Benchmarking),
+            ("198.51.100.7", DenyReason::Documentation),
+            ("203.0.113.9", DenyReason::Documentation),
+            ("224.0.0.1", DenyReason::Multicast),
+            ("239.255.255.250", DenyReason::Multicast),
+            ("240.0.0.1", DenyReason::Reserved),
+            ("255.255.255.255", DenyReason::Reserved),
+            ("::", DenyReason::Unspecified),
+            ("::1", DenyReason::Loopback),
+            ("fc00::1", DenyReason::Private),
+            ("fd12:3456::1", DenyReason::Private),
+            ("fe80::1", DenyReason::LinkLocal),
+            ("fec0::1", DenyReason::Private),
+            ("ff02::1", DenyReason::Multicast),
+            ("2001:db8::1", DenyReason::Documentation),
+            ("64:ff9b::808:808", DenyReason::Nat64),
+            ("100::1", DenyReason::DiscardOnly),
+        ];
+        for (addr, reason) in table {
+            assert_eq!(policy.check_ip(ip(addr)), Err(reason), "{addr}");
+        }
+    }
+
+    #[test]
+    fn public_addresses_are_allowed() {
+        let policy = PeerPolicy::default();
+        for addr in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "198.20.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "2002:0808:0808::1",
+        ] {
+            assert_eq!(policy.check_ip(ip(addr)), Ok(()), "{addr}");
+        }
+    }
+
+    #[test]
+    fn every_ipv4_in_ipv6_encoding_of_loopback_is_denied() {
+        let policy = PeerPolicy::default();
+        // 127.0.0.1 = 0x7f000001; Teredo stores the client address inverted: 0x80fffffe.
+        for addr in [
+            "::ffff:127.0.0.1",
+            "::ffff:7f00:1",
+            "::127.0.0.1",
+            "::7f00:1",
+            "2002:7f00:1::",
+            "2002:7f00:1:1234::5",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            "2001::80ff:fffe",
+            "64:ff9b::127.0.0.1",
+        ] {
+            let res = policy.check_ip(ip(addr));
+            assert!(res.is_err(), "{addr} must be denied");
+            let sock = SocketAddr::new(ip(addr), 50000);
+            assert!(policy.check_addr(sock).is_err(), "{addr} must be denied");
+        }
+        assert_eq!(policy.check_ip(ip("::ffff:127.0.0.1")), Err(DenyReason::Loopback));
+        assert_eq!(policy.check_ip(ip("2002:7f00:1::")), Err(DenyReason::Loopback));
+        assert_eq!(
+            policy.check_ip(ip("2001::80ff:fffe")),
+            Err(DenyReason::Loopback)
+        );
+    }
+
+    #[test]
+    fn embedded_private_and_unspecified_addresses_are_denied() {
+        let policy = PeerPolicy::default();
+        assert_eq!(policy.check_ip(ip("::ffff:0.0.0.0")), Err(DenyReason::Unspecified));
+        assert_eq!(policy.check_ip(ip("::ffff:10.0.0.1")), Err(DenyReason::Private));
+        assert_eq!(
+            policy.check_ip(ip("::ffff:169.254.169.254")),
+            Err(DenyReason::CloudMetadata)
+        );
+        assert_eq!(policy.check_ip(ip("2002:c0a8:0101::")), Err(DenyReason::Private));
+    }
+
+    #[test]
+    fn loopback_opt_in_allows_loopback_in_every_form_but_not_unspecified() {
+        let policy = PeerPolicy { allow_loopback_peers: true, ..PeerPolicy::default() };
+        assert_eq!(policy.check_ip(ip("127.0.0.1")), Ok(()));
+        assert_eq!(policy.check_ip(ip("::1")), Ok(()));
+        assert_eq!(policy.check_ip(ip("::ffff:127.0.0.1")), Ok(()));
+        assert_eq!(policy.check_ip(ip("0.0.0.0")), Err(DenyReason::Unspecified));
+        assert_eq!(policy.check_ip(ip("::")), Err(DenyReason::Unspecified));
+        assert_eq!(policy.check_ip(ip("10.0.0.1")), Err(DenyReason::Private));
+    }
+
+    #[test]
+    fn allow_list_cannot_open_absolute_denials_and_deny_list_wins() {
+        let policy = PeerPolicy {
+            allow: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+            deny: vec!["8.8.4.0/24".parse().unwrap()],
+            ..PeerPolicy::default()
+        };
+        assert_eq!(policy.check_ip(ip("10.0.0.1")), Ok(()));
+        assert_eq!(policy.check_ip(ip("169.254.1.1")), Ok(()));
+        assert_eq!(policy.check_ip(ip("0.0.0.0")), Err(DenyReason::Unspecified));
+        assert_eq!(policy.check_ip(ip("::")), Err(DenyReason::Unspecified));
+        assert_eq!(policy.check_ip(ip("::ffff:0.0.0.0")), Err(DenyReason::Unspecified));
+        assert_eq!(
+            policy.check_ip(ip("169.254.169.254")),
+            Err(DenyReason::CloudMetadata)
+        );
+        assert_eq!(policy.check_ip(ip("8.8.4.4")), Err(DenyReason::ConfiguredDeny));
+        assert_eq!(
+            policy.check_ip(ip("::ffff:8.8.4.4")),
+            Err(DenyReason::ConfiguredDeny)
+        );
+    }
+
+    #[test]
+    fn own_addresses_allow_only_relay_ports() {
+        let policy = PeerPolicy {
+            own_ips: vec![ip("203.0.114.5")],
+            listen_addresses: vec!["203.0.114.5:3478".parse().unwrap()],
+            relay_ports: 50000..=50100,
+            ..PeerPolicy::default()
+        };
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(policy.check_addr(at("203.0.114.5:50050")), Ok(()));
+        assert_eq!(policy.check_addr(at("203.0.114.5:22")), Err(DenyReason::OwnAddress));
+        assert_eq!(policy.check_addr(at("203.0.114.5:3478")), Err(DenyReason::OwnAddress));
+        assert_eq!(
+            policy.check_addr(at("[::ffff:203.0.114.5]:22")),
+            Err(DenyReason::OwnAddress)
+        );
+        assert_eq!(policy.check_addr(at("203.0.114.6:22")), Ok(()));
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!("10.0.0.0/8".parse::<IpNet>().unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!("10.1.2.3/8".parse::<IpNet>().unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!("::1".parse::<IpNet>().unwrap().to_string(), "::1/128");
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        assert!("nonsense".parse::<IpNet>().is_err());
+    }
+}

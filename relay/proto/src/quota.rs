@@ -1,0 +1,344 @@
+//! Quotas and abuse limits: per-user and total allocation counts shared by every shard
+//! (`SharedQuotas`), per-allocation token buckets, and bounded per-source-IP rate limiters for
+//! unauthenticated requests and 401 responses.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A rate with a burst allowance (token bucket parameters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained units per second (bytes or requests).
+    pub per_second: u64,
+    /// Bucket size: how many units may be spent at once after idling.
+    pub burst: u64,
+}
+
+/// Which limit was hit (a metrics label; `Stats::quota_hits` is indexed by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum QuotaKind {
+    /// `Quotas::allocations_per_user` (486).
+    AllocationsPerUser,
+    /// `Quotas::total_allocations` (486).
+    TotalAllocations,
+    /// `Quotas::permissions_per_allocation` (508).
+    Permissions,
+    /// `Quotas::channels_per_allocation` (508).
+    Channels,
+    /// `Quotas::bandwidth_per_allocation`: packet dropped.
+    Bandwidth,
+    /// `Quotas::unauthenticated_per_ip`: request dropped.
+    UnauthenticatedRate,
+    /// `Quotas::unauthorized_per_ip`: 401 not sent.
+    UnauthorizedRate,
+}
+
+impl QuotaKind {
+    /// Number of variants.
+    pub const COUNT: usize = 7;
+    /// Every variant in `index()` order.
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::AllocationsPerUser,
+        Self::TotalAllocations,
+        Self::Permissions,
+        Self::Channels,
+        Self::Bandwidth,
+        Self::UnauthenticatedRate,
+        Self::UnauthorizedRate,
+    ];
+
+    /// Index into `Stats::quota_hits`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A stable snake_case label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllocationsPerUser => "allocations_per_user",
+            Self::TotalAllocations => "total_allocations",
+            Self::Permissions => "permissions",
+            Self::Channels => "channels",
+            Self::Bandwidth => "bandwidth",
+            Self::UnauthenticatedRate => "unauthenticated_rate",
+            Self::UnauthorizedRate => "unauthorized_rate",
+        }
+    }
+}
+
+/// Limits (part of `ServerConfig`). `None` disables a rate limit (benchmarks from one IP).
+#[derive(Clone, Debug)]
+pub struct Quotas {
+    /// Concurrent allocations per username across all shards (486 beyond).
+    pub allocations_per_user: u32,
+    /// Concurrent allocations in total across all shards (486 beyond).
+    pub total_allocations: u32,
+    /// Permissions per allocation (508 beyond).
+    pub permissions_per_allocation: u32,
+    /// Channel bindings per allocation (508 beyond).
+    pub channels_per_allocation: u32,
+    /// Relayed bytes per second per allocation, both directions together; excess is dropped.
+    pub bandwidth_per_allocation: Option<RateLimit>,
+    /// Requests without valid credentials (Binding, first Allocate) per source IP (IPv6 per /64).
+    pub unauthenticated_per_ip: Option<RateLimit>,
+    /// 401 responses per source IP (IPv6 per /64): beyond it requests are dropped silently.
+    pub unauthorized_per_ip: Option<RateLimit>,
+    /// Maximum tracked source IPs per limiter (a bounded table; idle entries are swept).
+    pub rate_limit_table_size: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            allocations_per_user: 10,
+            total_allocations: 100_000,
+            permissions_per_allocation: 128,
+            channels_per_allocation: 128,
+            bandwidth_per_allocation: None,
+            unauthenticated_per_ip: Some(RateLimit { per_second: 200, burst: 400 }),
+            unauthorized_per_ip: Some(RateLimit { per_second: 50, burst: 100 }),
+            rate_limit_table_size: 65_536,
+        }
+    }
+}
+
+/// Allocation counters shared by every shard's `Server` (wrap in an `Arc`). Only touched when
+/// an allocation is created or freed, never on the relay path.
+#[derive(Debug, Default)]
+pub struct SharedQuotas {
+    total: AtomicU32,
+    /// Username -> live allocations. A `Mutex` is fine: held for a map update on the control path.
+    per_user: Mutex<HashMap<String, u32>>,
+    draining: AtomicBool,
+}
+
+impl SharedQuotas {
+    /// Empty counters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Live (and pending) allocations across all shards.
+    pub fn allocations(&self) -> u32 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Live (and pending) allocations of `user` across all shards.
+    pub fn allocations_of(&self, user: &str) -> u32 {
+        self.lock().get(user).copied().unwrap_or(0)
+    }
+
+    /// Drain every shard sharing these counters (new allocations refused).
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// See `set_draining`.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Reserve one allocation for `user`, or say which limit stops it.
+    pub(crate) fn try_acquire(
+        &self,
+        user: &str,
+        per_user: u32,
+        total: u32,
+    ) -> Result<(), QuotaKind> {
+        let mut map = self.lock();
+        let count = map.get(user).copied().unwrap_or(0);
+        if count >= per_user {
+            return Err(QuotaKind::AllocationsPerUser);
+        }
+        if self
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t < total).then_some(t + 1))
+            .is_err()
+        {
+            return Err(QuotaKind::TotalAllocations);
+        }
+        map.insert(user.to_owned(), count + 1);
+        Ok(())
+    }
+
+    /// Give back one allocation of `user`.
+    pub(crate) fn release(&self, user: &str) {
+        let mut map = self.lock();
+        if let Some(count) = map.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(user);
+            }
+            self.total.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        // A poisoned lock only means another shard panicked mid-update of plain counters.
+        self.per_user.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A token bucket (units scaled by 1000 for sub-unit refill precision).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TokenBucket {
+    milli_tokens: u64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub(crate) fn new(now: Instant, limit: RateLimit) -> Self {
+        Self { milli_tokens: limit.burst.saturating_mul(1000), last: now }
+    }
+
+    /// Refill for the time since the last call, then take `units` if available.
+    pub(crate) fn try_take(&mut self, now: Instant, limit: RateLimit, units: u64) -> bool {
+        let elapsed = now.saturating_duration_since(self.last);
+        if !elapsed.is_zero() {
+            let add = elapsed.as_micros().saturating_mul(u128::from(limit.per_second)) / 1000;
+            let cap = limit.burst.saturating_mul(1000);
+            self.milli_tokens =
+                (u128::from(self.milli_tokens) + add).min(u128::from(cap)) as u64;
+            self.last = now;
+        }
+        let need = units.saturating_mul(1000);
+        if self.milli_tokens >= need {
+            self.milli_tokens -= need;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// True if the bucket would be full at `now` (the entry carries no state worth keeping).
+    fn is_full_at(&self, now: Instant, limit: RateLimit) -> bool {
+        let missing = limit.burst.saturating_mul(1000).saturating_sub(self.milli_tokens);
+        let refill = now
+            .saturating_duration_since(self.last)
+            .as_micros()
+            .saturating_mul(u128::from(limit.per_second))
+            / 1000;
+        refill >= u128::from(missing)
+    }
+}
+
+/// Per-source-IP token buckets in a bounded table.
+#[derive(Debug)]
+pub(crate) struct IpRateLimiter {
+    limit: Option<RateLimit>,
+    max_entries: usize,
+    buckets: HashMap<IpAddr, TokenBucket>,
+}
+
+impl IpRateLimiter {
+    pub(crate) fn new(limit: Option<RateLimit>, max_entries: usize) -> Self {
+        Self { limit, max_entries: max_entries.max(1), buckets: HashMap::new() }
+    }
+
+    /// Count one event from `ip`; false if over the limit.
+    pub(crate) fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let Some(limit) = self.limit else { return true };
+        let key = rate_key(ip);
+        if let Some(bucket) = self.buckets.get_mut(&key) {
+            return bucket.try_take(now, limit, 1);
+        }
+        if self.buckets.len() >= self.max_entries {
+            self.sweep(now);
+            if self.buckets.len() >= self.max_entries {
+                // Table full of active sources (a distributed flood): refuse new ones.
+                return false;
+            }
+        }
+        let mut bucket = TokenBucket::new(now, limit);
+        let ok = bucket.try_take(now, limit, 1);
+        self.buckets.insert(key, bucket);
+        ok
+    }
+
+    /// Drop entries whose bucket has refilled (they are equivalent to absent ones).
+    pub(crate) fn sweep(&mut self, now: Instant) {
+        if let Some(limit) = self.limit {
+            self.buckets.retain(|_, b| !b.is_full_at(now, limit));
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// How often `sweep` is worth running.
+    pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+}
+
+/// IPv4 by address, IPv6 by /64 (one subscriber's prefix).
+fn rate_key(ip: IpAddr) -> IpAddr {
+    match crate::policy::canonical_ip(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_quotas_count_per_user_and_total() {
+        let q = SharedQuotas::new();
+        for _ in 0..10 {
+            q.try_acquire("alice", 10, 15).unwrap();
+        }
+        assert_eq!(q.try_acquire("alice", 10, 15), Err(QuotaKind::AllocationsPerUser));
+        for _ in 0..5 {
+            q.try_acquire("bob", 10, 15).unwrap();
+        }
+        assert_eq!(q.try_acquire("carol", 10, 15), Err(QuotaKind::TotalAllocations));
+        q.release("alice");
+        assert_eq!(q.allocations_of("alice"), 9);
+        q.try_acquire("carol", 10, 15).unwrap();
+        assert_eq!(q.allocations(), 15);
+        q.release("nobody");
+        assert_eq!(q.allocations(), 15);
+    }
+
+    #[test]
+    fn token_bucket_refills_at_rate() {
+        let t0 = Instant::now();
+        let limit = RateLimit { per_second: 1000, burst: 100 };
+        let mut b = TokenBucket::new(t0, limit);
+        assert!(b.try_take(t0, limit, 100));
+        assert!(!b.try_take(t0, limit, 1));
+        assert!(b.try_take(t0 + Duration::from_millis(10), limit, 10));
+        assert!(!b.try_take(t0 + Duration::from_millis(10), limit, 1));
+        assert!(b.try_take(t0 + Duration::from_secs(5), limit, 100));
+    }
+
+    #[test]
+    fn ip_limiter_is_bounded_and_sweeps() {
+        let t0 = Instant::now();
+        let mut l = IpRateLimiter::new(Some(RateLimit { per_second: 1, burst: 2 }), 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        assert!(l.allow(t0, a));
+        assert!(l.allow(t0, a));
+        assert!(!l.allow(t0, a));
+        assert!(l.allow(t0, b));
+        assert!(!l.allow(t0, c), "table full of active sources");
+        assert!(l.allow(t0 + Duration::from_secs(5), c), "swept after refill");
+        assert!(l.len() <= 2);
+    }
+
+    #[test]
+    fn ipv6_sources_share_a_bucket_per_64() {
+        let t0 = Instant::now();
+        let mut l = IpRateLimiter::new(Some(RateLimit { per_second: 1, burst: 1 }), 10);
+        assert!(l.allow(t0, "2001:db8:1:2::1".parse().unwrap()));
+        assert!(!l.allow(t0, "2001:db8:1:2::ffff".parse().unwrap()));
+        assert!(l.allow(t0, "2001:db8:1:3::1".parse().unwrap()));
+    }
+}
