@@ -1,2 +1,3 @@
 //! One integration-test binary for the whole workspace (one link, not dozens).
 //! Each module drives the real binaries over real sockets.
+mod nat;

@@ -4,6 +4,8 @@
 //! The binaries are the ones `cargo build --workspace --bins` put beside the test executable
 //! (`target/<profile>/`); `scripts/test.sh` builds them before running the tests.
 
+pub mod netns;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,32 @@
+//! Real NATs: network namespaces with a "public" server host and two clients, each behind its
+//! own NAT router (see `e2e::netns` for the topology). `probe` proves the topology itself
+//! (mapping behaviour, hole punching, a UDP-blocking firewall) with small UDP/TCP probes.
+//!
+//! Needs root (to create namespaces). Where namespaces cannot be created the tests skip with a
+//! loud message on stderr, unless `E2E_REQUIRE_NETNS=1` makes that a failure (CI runs as root
+//! and sets it, so a broken set-up cannot pass as a skip).
+
+mod probe;
+
+use e2e::netns::{RouterSpec, Topology, netns_unavailable};
+
+/// Builds a topology, or returns `None` after a loud skip message where this machine cannot
+/// create network namespaces.
+fn topology_or_skip(test: &str, router_a: RouterSpec, router_b: RouterSpec) -> Option<Topology> {
+    if let Some(reason) = netns_unavailable() {
+        let required = std::env::var("E2E_REQUIRE_NETNS").is_ok_and(|v| !v.is_empty() && v != "0");
+        assert!(
+            !required,
+            "{test}: E2E_REQUIRE_NETNS is set but network namespaces are unavailable: {reason}"
+        );
+        eprintln!(
+            "\n########## SKIPPED {test}: cannot create network namespaces ({reason}).\n\
+             ########## The real-NAT tests need root; CI runs them.\n"
+        );
+        return None;
+    }
+    match Topology::up(router_a, router_b) {
+        Ok(topo) => Some(topo),
+        Err(err) => panic!("{test}: building the namespace topology failed: {err:#}"),
+    }
+}

@@ -1,0 +1,248 @@
+//! Proves the namespace topology behaves like the NATs it claims to be, with plain sockets
+//! opened inside the namespaces (no project binaries): endpoint-independent vs symmetric
+//! mapping seen from two server addresses, UDP hole punching between the two clients, and a
+//! router that lets only TCP out.
+
+use std::collections::HashSet;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use e2e::netns::{
+    CLIENT_A_IP, CLIENT_B_IP, Host, ROUTER_A_WAN, ROUTER_B_WAN, RouterSpec, SERVER_ALT_IP,
+    SERVER_IP, Topology,
+};
+
+use super::topology_or_skip;
+
+/// How long hole punching may take before it counts as failed. On a working path the first
+/// packet after both sides have sent once gets through (a few ms here).
+const PUNCH_WINDOW: Duration = Duration::from_secs(2);
+
+#[test]
+fn cone_nat_keeps_one_mapping_and_lets_hole_punching_through() {
+    let Some(topo) = topology_or_skip("nat::probe::cone", RouterSpec::cone(), RouterSpec::cone())
+    else {
+        return;
+    };
+    let mappings = mappings_towards_three_destinations(&topo, Host::ClientA, CLIENT_A_IP);
+    let distinct: HashSet<_> = mappings.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        1,
+        "endpoint-independent NAT must reuse one mapping for every destination: {mappings:?}"
+    );
+    assert_eq!(mappings[0].ip(), IpAddr::V4(ROUTER_A_WAN), "{mappings:?}");
+
+    let punch = hole_punch(&topo);
+    assert_eq!(punch.a_public.ip(), IpAddr::V4(ROUTER_A_WAN), "{punch:?}");
+    assert_eq!(punch.b_public.ip(), IpAddr::V4(ROUTER_B_WAN), "{punch:?}");
+    assert!(
+        punch.a_heard_b && punch.b_heard_a,
+        "hole punching through two cone NATs must work both ways: {punch:?}\n{}",
+        topo.diagnostics()
+    );
+}
+
+#[test]
+fn symmetric_nat_maps_per_destination_and_defeats_hole_punching() {
+    let Some(topo) = topology_or_skip(
+        "nat::probe::symmetric",
+        RouterSpec::symmetric(),
+        RouterSpec::symmetric(),
+    ) else {
+        return;
+    };
+    let mappings = mappings_towards_three_destinations(&topo, Host::ClientB, CLIENT_B_IP);
+    let distinct: HashSet<_> = mappings.iter().collect();
+    assert!(
+        distinct.len() > 1,
+        "a symmetric NAT must map each destination separately: {mappings:?}"
+    );
+    assert!(
+        mappings.iter().all(|m| m.ip() == IpAddr::V4(ROUTER_B_WAN)),
+        "{mappings:?}"
+    );
+
+    let punch = hole_punch(&topo);
+    assert_eq!(punch.a_public.ip(), IpAddr::V4(ROUTER_A_WAN), "{punch:?}");
+    assert_eq!(punch.b_public.ip(), IpAddr::V4(ROUTER_B_WAN), "{punch:?}");
+    assert!(
+        !punch.a_heard_b && !punch.b_heard_a,
+        "hole punching through two symmetric NATs must fail: {punch:?}\n{}",
+        topo.diagnostics()
+    );
+}
+
+#[test]
+fn udp_blocking_router_lets_only_tcp_out() {
+    let Some(topo) = topology_or_skip(
+        "nat::probe::udp_blocked",
+        RouterSpec::cone(),
+        RouterSpec::cone().blocking_udp(),
+    ) else {
+        return;
+    };
+    let server = topo
+        .in_netns(Host::Server, || UdpSocket::bind((SERVER_IP, 0)))
+        .expect("server socket");
+    server
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let server_addr = server.local_addr().expect("addr");
+
+    // Control: the same probe from the unblocked side arrives.
+    let from_a = udp_client(&topo, Host::ClientA, CLIENT_A_IP);
+    assert_eq!(
+        observe(&from_a, &server, server_addr).map(|a| a.ip()),
+        Some(IpAddr::V4(ROUTER_A_WAN))
+    );
+    let from_b = udp_client(&topo, Host::ClientB, CLIENT_B_IP);
+    assert_eq!(
+        observe(&from_b, &server, server_addr),
+        None,
+        "UDP from behind the blocking router must not reach the server"
+    );
+
+    let listener = topo
+        .in_netns(Host::Server, || TcpListener::bind((SERVER_IP, 0)))
+        .expect("listener");
+    let target = listener.local_addr().expect("addr");
+    let _stream = topo
+        .in_netns(Host::ClientB, || {
+            TcpStream::connect_timeout(&target, Duration::from_secs(3))
+        })
+        .expect("TCP from behind the UDP-blocking router must connect");
+    let (_conn, seen) = listener.accept().expect("accept");
+    assert_eq!(seen.ip(), IpAddr::V4(ROUTER_B_WAN), "TCP is NATed too");
+}
+
+/// A UDP socket on `ip:0` inside `host`.
+fn udp_client(topo: &Topology, host: Host, ip: std::net::Ipv4Addr) -> UdpSocket {
+    let sock = topo
+        .in_netns(host, || UdpSocket::bind((ip, 0)))
+        .expect("client socket");
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    sock
+}
+
+/// The public address `client` is seen from, as observed by the server sockets at
+/// 203.0.113.10:p, 203.0.113.11:p (other address, same port) and 203.0.113.10:q (same
+/// address, other port), in that order; all sent from one client socket.
+fn mappings_towards_three_destinations(
+    topo: &Topology,
+    host: Host,
+    ip: std::net::Ipv4Addr,
+) -> Vec<SocketAddr> {
+    let servers = topo
+        .in_netns(Host::Server, || -> std::io::Result<Vec<UdpSocket>> {
+            let first = UdpSocket::bind((SERVER_IP, 0))?;
+            let port = first.local_addr()?.port();
+            let alt = UdpSocket::bind((SERVER_ALT_IP, port))?;
+            let other_port = UdpSocket::bind((SERVER_IP, 0))?;
+            Ok(vec![first, alt, other_port])
+        })
+        .expect("server sockets");
+    let client = udp_client(topo, host, ip);
+    servers
+        .iter()
+        .map(|server| {
+            server
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            let to = server.local_addr().expect("addr");
+            observe(&client, server, to)
+                .unwrap_or_else(|| panic!("probe to {to} never arrived\n{}", topo.diagnostics()))
+        })
+        .collect()
+}
+
+/// Sends one probe from `client` to `server` (at `to`, its address) and returns the source
+/// address the server saw, or `None` if nothing arrived within the server's read timeout.
+fn observe(client: &UdpSocket, server: &UdpSocket, to: SocketAddr) -> Option<SocketAddr> {
+    client.send_to(b"probe", to).expect("send probe");
+    let mut buf = [0u8; 64];
+    match server.recv_from(&mut buf) {
+        Ok((_, from)) => Some(from),
+        Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(err) => panic!("server recv: {err}"),
+    }
+}
+
+#[derive(Debug)]
+struct Punch {
+    a_public: SocketAddr,
+    b_public: SocketAddr,
+    a_heard_b: bool,
+    b_heard_a: bool,
+}
+
+/// Classic UDP hole punching: each client learns its public address from the server, then
+/// both send to the other's public address every 50 ms for [`PUNCH_WINDOW`].
+fn hole_punch(topo: &Topology) -> Punch {
+    let server = topo
+        .in_netns(Host::Server, || UdpSocket::bind((SERVER_IP, 0)))
+        .expect("server socket");
+    server
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let server_addr = server.local_addr().expect("addr");
+    let a = udp_client(topo, Host::ClientA, CLIENT_A_IP);
+    let b = udp_client(topo, Host::ClientB, CLIENT_B_IP);
+    let a_public = observe(&a, &server, server_addr).expect("A reaches the server");
+    let b_public = observe(&b, &server, server_addr).expect("B reaches the server");
+
+    let mut punch = Punch {
+        a_public,
+        b_public,
+        a_heard_b: false,
+        b_heard_a: false,
+    };
+    let deadline = Instant::now() + PUNCH_WINDOW;
+    while Instant::now() < deadline && !(punch.a_heard_b && punch.b_heard_a) {
+        // Keep sending even after hearing the other side: it may still be waiting for us.
+        let _ = a.send_to(b"from-a", b_public);
+        let _ = b.send_to(b"from-b", a_public);
+        punch.a_heard_b |= received(&a, b"from-b");
+        punch.b_heard_a |= received(&b, b"from-a");
+    }
+    punch
+}
+
+/// Whether `sock` receives `want` within its read timeout.
+fn received(sock: &UdpSocket, want: &[u8]) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(sock.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == want)
+}
+
+#[test]
+fn topology_is_torn_down_on_drop() {
+    let Some(topo) = topology_or_skip(
+        "nat::probe::teardown",
+        RouterSpec::cone(),
+        RouterSpec::symmetric(),
+    ) else {
+        return;
+    };
+    let names: Vec<String> = [Host::Server, Host::RouterA, Host::ClientB]
+        .into_iter()
+        .map(|h| topo.ns(h))
+        .collect();
+    // A process left running inside a namespace must not keep it alive.
+    let mut sleeper = topo
+        .command(Host::ClientA, "sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn sleep");
+    let client_ns = topo.ns(Host::ClientA);
+    drop(topo);
+    let status = sleeper.wait().expect("wait");
+    assert!(!status.success(), "the process was killed: {status}");
+    for name in names.iter().chain([&client_ns]) {
+        assert!(
+            !std::path::Path::new("/run/netns").join(name).exists(),
+            "{name} still exists"
+        );
+    }
+}
