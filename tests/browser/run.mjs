@@ -1,0 +1,460 @@
+// run.mjs: browser tests of the web demo and its JS client, in Debian's headless Chromium.
+//
+//   node tests/browser/run.mjs [name-filter...]
+//
+// Starts the real `signaling` binary (and, for the relay test, the real `relay`; for the interop
+// test, the `peer` CLI), opens the demo in separate browser contexts (separate users), drives it
+// through the page's test hooks (window.__demo, data attributes) and checks what the other side
+// sees. Prints one line per test and a final `N passed, N failed`; exits non-zero on failure.
+// Screenshots go to tests/artifacts/ (failures too, as fail-<test>-<page>.png).
+//
+// Environment:
+//   SIGNALING_BIN  signaling binary (default target/debug/signaling)
+//   RELAY_BIN      relay binary (default target/debug/relay)
+//   PEER_BIN       peer CLI (default target/debug/peer)
+//   CHROMIUM_BIN   browser (default /usr/bin/chromium)
+//   ARTIFACTS_DIR  screenshots (default tests/artifacts)
+//   BROWSER_TESTS  comma-separated substrings: run only matching tests (same as arguments)
+
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { createSocket } from 'node:dgram';
+import {
+  ARTIFACTS, Proc, freePort, launchBrowser, requireBin, startSignaling, waitUntil,
+} from './harness.mjs';
+
+const TEST_TIMEOUT_MS = 90000;
+const WAIT = 20000; // default bound of one wait inside a test
+
+// --- page helpers ---
+
+class PeerPage {
+  constructor(name, context, page) {
+    this.name = name;
+    this.context = context;
+    this.page = page;
+    this.logs = [];
+    page.on('console', (m) => this._log(`${m.type()}: ${m.text()}`));
+    page.on('pageerror', (e) => this._log(`PAGE ERROR: ${e.message}`));
+    this.pageErrors = [];
+    page.on('pageerror', (e) => this.pageErrors.push(e.message));
+  }
+
+  _log(line) {
+    this.logs.push(line);
+    if (this.logs.length > 400) this.logs.shift();
+  }
+
+  eval(fn, arg) { return this.page.evaluate(fn, arg); }
+
+  waitFor(fn, arg, what, timeout = WAIT) {
+    return this.page.waitForFunction(fn, arg, { timeout, polling: 100 }).catch((err) => {
+      throw new Error(`${this.name}: timeout waiting for ${what} (${err.message.split('\n')[0]})`);
+    });
+  }
+
+  joined() {
+    return this.waitFor(() => document.body.dataset.signaling === 'joined', null, 'signaling joined');
+  }
+
+  /** Waits until `n` peers are connected with chat and canvas channels open. */
+  connected(n = 1, timeout = WAIT) {
+    return this.waitFor((k) => window.__demo.peers().filter((p) => p.state === 'connected'
+      && p.channels.includes('chat') && p.channels.includes('canvas')).length >= k, n, `${n} connected peer(s) with open channels`, timeout);
+  }
+
+  chatFrom(text, timeout = WAIT) {
+    return this.waitFor((t) => window.__demo.chat.some((m) => !m.mine && m.text === t), text, `chat message "${text}"`, timeout);
+  }
+
+  peerId() { return this.eval(() => window.__demo.room.peerId); }
+
+  stats() { return this.eval(() => window.__demo.stats()); }
+}
+
+class TestContext {
+  constructor(name, browser, shared) {
+    this.name = name;
+    this.browser = browser;
+    this.shared = shared;
+    this.pages = [];
+    this.procs = [];
+    this.room = `t-${name.replace(/[^a-z0-9]+/gi, '-').slice(0, 30)}-${randomBytes(3).toString('hex')}`;
+  }
+
+  async open(name, { url, room = this.room, query = '', viewport, initScript, server } = {}) {
+    const context = await this.browser.newContext({ viewport: viewport || { width: 1280, height: 800 } });
+    if (initScript) await context.addInitScript(initScript);
+    const page = await context.newPage();
+    const p = new PeerPage(name, context, page);
+    this.pages.push(p);
+    const base = (server || this.shared.signaling).http;
+    const target = url || `${base}/r/${room}?name=${encodeURIComponent(name)}${query ? `&${query}` : ''}`;
+    await page.goto(target, { timeout: 15000 });
+    return p;
+  }
+
+  async pair(query = '') {
+    const a = await this.open('Alice', { query });
+    await a.joined();
+    const b = await this.open('Bob', { query });
+    await Promise.all([a.connected(1), b.connected(1)]);
+    return [a, b];
+  }
+
+  track(proc) { this.procs.push(proc); return proc; }
+
+  async screenshot(p, file, opts = {}) {
+    const out = path.join(ARTIFACTS, file);
+    await p.page.screenshot({ path: out, ...opts });
+    return out;
+  }
+
+  async close(failed) {
+    if (failed) {
+      for (const p of this.pages) {
+        try { await this.screenshot(p, `fail-${this.name.replace(/\W+/g, '_')}-${p.name}.png`, { fullPage: true }); } catch { /* page gone */ }
+      }
+    }
+    for (const p of this.pages) { try { await p.context.close(); } catch { /* ignore */ } }
+    for (const proc of this.procs) await proc.stop('SIGKILL').catch(() => {});
+  }
+
+  report() {
+    const parts = [];
+    for (const p of this.pages) {
+      parts.push(`  --- page ${p.name} (last console lines)\n${p.logs.slice(-25).map((l) => `    ${l}`).join('\n')}`);
+    }
+    for (const proc of this.procs) parts.push(`  --- ${proc.name}\n${proc.tail(25)}`);
+    return parts.join('\n');
+  }
+}
+
+function assert(cond, message) { if (!cond) throw new Error(`assertion failed: ${message}`); }
+
+const withTimeout = (promise, ms, what) => Promise.race([
+  promise,
+  new Promise((_, reject) => setTimeout(() => reject(new Error(`test timeout (${ms} ms): ${what}`)), ms)),
+]);
+
+// --- tests ---
+
+const tests = [];
+const test = (name, fn) => tests.push({ name, fn });
+
+test('chat: a message typed in one browser appears in the other, both ways', async (t) => {
+  const [a, b] = await t.pair();
+  // Type into the real form on Alice's side.
+  await a.page.fill('#chat-input', 'hello from Alice');
+  await a.page.click('#chat-send');
+  await b.chatFrom('hello from Alice');
+  await b.eval(() => window.__demo.sendChat('hi Alice, Bob here'));
+  await a.chatFrom('hi Alice, Bob here');
+  // And it is rendered, with the sender's name.
+  const rendered = await b.eval(() => [...document.querySelectorAll('#chat-log .msg:not(.mine)')].map((li) => li.textContent));
+  assert(rendered.some((s) => s.includes('Alice') && s.includes('hello from Alice')), `Bob's chat log shows Alice's message: ${JSON.stringify(rendered)}`);
+});
+
+test('canvas: strokes drawn with the mouse appear on the other side', async (t) => {
+  const [a, b] = await t.pair();
+  const box = await a.page.locator('#board').boundingBox();
+  assert(box && box.width > 100, 'canvas has a size');
+  await a.page.mouse.move(box.x + box.width * 0.2, box.y + box.height * 0.5);
+  await a.page.mouse.down();
+  for (let i = 1; i <= 30; i += 1) {
+    await a.page.mouse.move(box.x + box.width * (0.2 + 0.02 * i), box.y + box.height * (0.5 + 0.2 * Math.sin(i / 4)));
+  }
+  await a.page.mouse.up();
+  const drawn = await a.eval(() => [...window.__demo.canvas.strokes.entries()].map(([id, s]) => ({ id, n: s.p.length, c: s.c })));
+  assert(drawn.length === 1 && drawn[0].n >= 40, `Alice has one stroke with many points: ${JSON.stringify(drawn)}`);
+  await b.waitFor((want) => {
+    const s = window.__demo.canvas.strokes.get(want.id);
+    return s && s.p.length === want.n && s.c === want.c;
+  }, drawn[0], 'the whole stroke on Bob\'s canvas');
+  // The pixels are really there on Bob's canvas, along the stroke.
+  const lit = await b.eval(() => {
+    const c = document.getElementById('board');
+    const s = [...window.__demo.canvas.strokes.values()][0];
+    const ctx = c.getContext('2d');
+    let hits = 0;
+    for (let i = 0; i < s.p.length; i += 2) {
+      const px = ctx.getImageData(Math.min(c.width - 1, Math.round(s.p[i] * c.width)), Math.min(c.height - 1, Math.round(s.p[i + 1] * c.height)), 1, 1).data;
+      if (px[3] > 0) hits += 1;
+    }
+    return hits / (s.p.length / 2);
+  });
+  assert(lit > 0.9, `Bob's canvas has paint along the stroke (${(lit * 100).toFixed(0)}% of points)`);
+  // The other way, through the page API, and Alice's cursor label shows on Bob's side.
+  const id = await b.eval(() => window.__demo.drawStroke([[0.1, 0.1], [0.3, 0.2], [0.5, 0.1]], '#ff6b6b'));
+  await a.waitFor((sid) => window.__demo.canvas.strokes.has(sid), id, 'Bob\'s stroke on Alice\'s canvas');
+  await b.waitFor(() => [...document.querySelectorAll('#cursors .cursor span')].some((s) => s.textContent === 'Alice'), null, 'Alice\'s cursor on Bob\'s canvas');
+  // Clear propagates.
+  await a.page.click('#clear-canvas');
+  await b.waitFor(() => window.__demo.canvas.strokeCount === 0, null, 'clear on Bob\'s side');
+});
+
+test('video: the remote video element receives frames from the fake camera', async (t) => {
+  const [a, b] = await t.pair();
+  await b.waitFor(() => {
+    const v = document.querySelector('.tile-remote video');
+    return v && v.videoWidth > 0 && v.videoHeight > 0;
+  }, null, 'remote video with videoWidth > 0');
+  const framesOf = async (p) => Object.values(await p.stats())[0]?.framesDecoded || 0;
+  const f1 = await framesOf(b);
+  await waitUntil(async () => (await framesOf(b)) > f1 + 10, WAIT, 'framesDecoded increasing on Bob');
+  const f2 = await framesOf(a);
+  await waitUntil(async () => (await framesOf(a)) > f2 + 10, WAIT, 'framesDecoded increasing on Alice');
+  const dims = await b.eval(() => { const v = document.querySelector('.tile-remote video'); return [v.videoWidth, v.videoHeight]; });
+  assert(dims[0] >= 160, `decoded video has a real size: ${dims}`);
+  // Muting the camera on Alice's side shows in her own controls and stops her video track.
+  await a.page.click('#toggle-cam');
+  const pressed = await a.page.getAttribute('#toggle-cam', 'aria-pressed');
+  assert(pressed === 'true', 'camera button shows off');
+  assert(await a.eval(() => window.__demo.room.localStream.getVideoTracks()[0].enabled === false), 'video track disabled');
+});
+
+test('no camera: permission denied is shown, chat and canvas still work', async (t) => {
+  const deny = () => {
+    navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));
+  };
+  const a = await t.open('Alice', { initScript: deny });
+  await a.joined();
+  await a.waitFor(() => document.body.dataset.media === 'denied', null, 'media state denied');
+  const banner = await a.eval(() => ({ kind: document.getElementById('banner').dataset.kind, hidden: document.getElementById('banner').hidden, text: document.getElementById('banner-text').textContent }));
+  assert(!banner.hidden && banner.kind === 'media' && /denied/i.test(banner.text), `a camera-denied banner: ${JSON.stringify(banner)}`);
+  const b = await t.open('Bob');
+  await Promise.all([a.connected(1), b.connected(1)]);
+  await a.eval(() => window.__demo.sendChat('no camera here'));
+  await b.chatFrom('no camera here');
+  await b.eval(() => window.__demo.sendChat('I can read you'));
+  await a.chatFrom('I can read you');
+  const id = await a.eval(() => window.__demo.drawStroke([[0.2, 0.2], [0.8, 0.8]]));
+  await b.waitFor((sid) => window.__demo.canvas.strokes.has(sid), id, 'stroke from the camera-less peer');
+  // Alice still receives Bob's camera.
+  await a.waitFor(() => document.querySelector('.tile-remote video')?.videoWidth > 0, null, 'Bob\'s video at Alice');
+});
+
+test('reconnect: the WebSocket drops mid-call, the page shows reconnecting, resumes, and the call survives', async (t) => {
+  const [a, b] = await t.pair();
+  const idBefore = await a.peerId();
+  const framesOf = async (p) => Object.values(await p.stats())[0]?.framesDecoded || 0;
+  // Drop Alice's socket and keep her offline for 3 s.
+  await a.eval(() => window.__demo.dropSignaling(3000));
+  await a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 5000);
+  const shown = await a.eval(() => ({ status: document.getElementById('status-text').textContent, banner: document.getElementById('banner').hidden ? '' : document.getElementById('banner-text').textContent }));
+  assert(/reconnecting/i.test(shown.status) && /reconnecting/i.test(shown.banner), `the page says it is reconnecting: ${JSON.stringify(shown)}`);
+  // While Alice is away, Bob restarts ICE: his offer waits in Alice's replay buffer.
+  await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: offer while the other side is offline'));
+  await a.waitFor(() => document.body.dataset.signaling === 'joined', null, 'joined again after resume', 20000);
+  const after = await a.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats }));
+  assert(after.id === idBefore, `peer id kept across the resume (${idBefore} -> ${after.id})`);
+  assert(after.stats.resumes >= 1 && after.stats.rejoins === 0, `resumed, not rejoined: ${JSON.stringify(after.stats)}`);
+  assert(after.stats.replayed >= 1, `the missed offer was replayed: ${JSON.stringify(after.stats)}`);
+  // Bob never saw Alice leave, and the ICE restart he started while she was away completed.
+  const bobEvents = await b.eval(() => window.__demo.events.filter((e) => e.type === 'peer-removed').length);
+  assert(bobEvents === 0, 'Bob saw no peer-removed');
+  await b.waitFor(() => {
+    const p = [...window.__demo.room.peers.values()][0];
+    return p.pc.signalingState === 'stable' && p.state === 'connected';
+  }, null, 'Bob\'s ICE restart answered after the replay');
+  // The call is alive: chat both ways and video still flowing.
+  await a.eval(() => window.__demo.sendChat('back after the drop'));
+  await b.chatFrom('back after the drop');
+  await b.eval(() => window.__demo.sendChat('welcome back'));
+  await a.chatFrom('welcome back');
+  const f1 = await framesOf(b);
+  await waitUntil(async () => (await framesOf(b)) > f1 + 10, WAIT, 'video frames still decoded on Bob');
+  await a.waitFor(() => window.__demo.peers()[0]?.state === 'connected', null, 'Alice still connected to Bob');
+});
+
+test('reconnect: signaling restarts, the pages rejoin and the call comes back', async (t) => {
+  const sig = await startSignaling([], 'signaling-restart');
+  t.track(sig.proc);
+  const a = await t.open('Alice', { server: sig });
+  await a.joined();
+  const b = await t.open('Bob', { server: sig });
+  await Promise.all([a.connected(1), b.connected(1)]);
+  await sig.proc.stop('SIGKILL');
+  await Promise.all([
+    a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'Alice reconnecting', 10000),
+    b.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'Bob reconnecting', 10000),
+  ]);
+  const sig2 = await startSignaling([], 'signaling-restarted', sig.addr);
+  t.track(sig2.proc);
+  await Promise.all([a.page, b.page].map((p) => p.evaluate(() => window.__demo.client.reconnectNow())));
+  await Promise.all([a.joined(), b.joined()]);
+  await Promise.all([a.connected(1), b.connected(1)]);
+  const stats = await a.eval(() => window.__demo.client.stats);
+  assert(stats.rejoins >= 1, `a new session after the restart: ${JSON.stringify(stats)}`);
+  await a.eval(() => window.__demo.sendChat('after the restart'));
+  await b.chatFrom('after the restart');
+});
+
+test('room full: the third peer is told the room is full', async (t) => {
+  const sig = await startSignaling(['--max-peers-per-room', '2'], 'signaling-small');
+  t.track(sig.proc);
+  const a = await t.open('Alice', { server: sig });
+  await a.joined();
+  const b = await t.open('Bob', { server: sig });
+  await b.joined();
+  const c = await t.open('Carol', { server: sig });
+  await c.waitFor(() => document.body.dataset.signaling === 'failed', null, 'failed state');
+  const shown = await c.eval(() => ({ status: document.getElementById('status-text').textContent, banner: document.getElementById('banner-text').textContent }));
+  assert(/full/i.test(shown.status) && /full/i.test(shown.banner), `room full is shown: ${JSON.stringify(shown)}`);
+  await Promise.all([a.connected(1), b.connected(1)]);
+});
+
+test('signaling unreachable: the page says so, retries, and joins once the server is up', async (t) => {
+  const port = await freePort();
+  const a = await t.open('Alice', { query: `signal=${encodeURIComponent(`ws://127.0.0.1:${port}/ws`)}` });
+  await a.waitFor(() => document.getElementById('status-text').textContent === 'Signaling unreachable', null, 'unreachable status');
+  const banner = await a.eval(() => document.getElementById('banner-text').textContent);
+  assert(/can't reach the signaling server/i.test(banner), `banner explains: ${banner}`);
+  const sig = await startSignaling([], 'signaling-late', `127.0.0.1:${port}`);
+  t.track(sig.proc);
+  await a.page.click('#banner-action'); // "Retry now"
+  await a.joined();
+});
+
+test('relay only: through our TURN relay the selected pair is relay/relay and chat works', async (t) => {
+  const relayBin = requireBin('RELAY_BIN', 'relay');
+  const secret = randomBytes(16).toString('hex');
+  const port = await freePort();
+  const relay = t.track(new Proc('relay', relayBin, [
+    '--listen', `127.0.0.1:${port}`, '--relay-ip', '127.0.0.1', '--auth-secret', secret,
+    '--allow-loopback-peers', '--admin-listen', 'none', '--realm', 'browser-test',
+  ]));
+  await waitUntil(() => stunBinding(port), 15000, `relay answering STUN on 127.0.0.1:${port}`, 200);
+  assert(!relay.exited, 'relay running');
+  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret], 'signaling-turn');
+  t.track(sig.proc);
+  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
+  await a.joined();
+  const b = await t.open('Bob', { server: sig, query: 'relay=1' });
+  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  for (const p of [a, b]) {
+    const info = Object.values(await p.stats())[0];
+    assert(info && info.localType === 'relay' && info.remoteType === 'relay', `${p.name}: selected pair relay/relay: ${JSON.stringify(info)}`);
+    const shown = await p.eval(() => document.querySelector('.conn .c-path').textContent);
+    assert(shown === 'relay ↔ relay', `${p.name}: the connection panel shows the relay path: ${shown}`);
+  }
+  await a.eval(() => window.__demo.sendChat('through the relay'));
+  await b.chatFrom('through the relay');
+  await b.eval(() => window.__demo.sendChat('relayed back'));
+  await a.chatFrom('relayed back');
+  await t.screenshot(a, 'relay-only.png');
+});
+
+test('interop: a browser and the Rust peer CLI exchange chat messages both ways', async (t) => {
+  const peerBin = requireBin('PEER_BIN', 'peer');
+  const a = await t.open('Alice');
+  await a.joined();
+  const cli = t.track(new Proc('peer', peerBin, ['join', `${t.shared.signaling.ws}/${t.room}`, '--name', 'rusty'], { env: { RUST_LOG: 'info' } }));
+  await a.connected(1, 30000);
+  const name = await a.eval(() => window.__demo.peers()[0].name);
+  assert(name === 'rusty', `the CLI peer is listed by name: ${name}`);
+  await a.eval(() => window.__demo.sendChat('hello from the browser'));
+  await cli.waitForLine(/hello from the browser/, WAIT, 'the browser\'s message');
+  cli.send('hello from rust');
+  await a.chatFrom('hello from rust');
+});
+
+test('demo: two peers in a call with chat and canvas (screenshots)', async (t) => {
+  const a = await t.open('Ada Lovelace');
+  await a.joined();
+  const b = await t.open('Grace Hopper', { viewport: { width: 390, height: 844 } });
+  await Promise.all([a.connected(1), b.connected(1)]);
+  await a.eval(() => window.__demo.sendChat('Hi Grace! Can you see the canvas?'));
+  await b.chatFrom('Hi Grace! Can you see the canvas?');
+  await b.eval(() => window.__demo.sendChat('Yes, drawing a wave for you 🌊'));
+  await a.chatFrom('Yes, drawing a wave for you 🌊');
+  const wave = Array.from({ length: 60 }, (_, i) => [0.08 + i * 0.014, 0.55 + 0.18 * Math.sin(i / 6)]);
+  const spiral = Array.from({ length: 90 }, (_, i) => [0.72 + 0.0022 * i * Math.cos(i / 7), 0.4 + 0.004 * i * Math.sin(i / 7)]);
+  const w = await b.eval((pts) => window.__demo.drawStroke(pts, '#06d6a0'), wave);
+  const s = await a.eval((pts) => window.__demo.drawStroke(pts, '#ffd166'), spiral);
+  await a.waitFor((id) => window.__demo.canvas.strokes.has(id), w, 'the wave at Ada');
+  await b.waitFor((id) => window.__demo.canvas.strokes.has(id), s, 'the spiral at Grace');
+  // Grace's cursor hovering on Ada's board.
+  const box = await b.page.locator('#board').boundingBox();
+  await b.page.mouse.move(box.x + box.width * 0.45, box.y + box.height * 0.3);
+  await b.page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.32);
+  await a.waitFor(() => document.querySelector('#cursors .cursor:not([data-hidden])'), null, 'Grace\'s cursor at Ada');
+  await b.waitFor(() => document.querySelector('.tile-remote video')?.videoWidth > 0, null, 'video at Grace');
+  await a.waitFor(() => document.querySelector('.tile-remote video')?.videoWidth > 0, null, 'video at Ada');
+  await a.waitFor(() => document.querySelector('.conn .c-rtt')?.textContent.endsWith('ms'), null, 'RTT in the connection panel');
+  await t.screenshot(a, 'demo-two-peers.png');
+  await t.screenshot(b, 'demo-phone.png', { fullPage: true });
+});
+
+// --- STUN readiness probe (a Binding request; any STUN answer means the relay is up) ---
+
+function stunBinding(port) {
+  return new Promise((resolve) => {
+    const sock = createSocket('udp4');
+    const msg = Buffer.alloc(20);
+    msg.writeUInt16BE(0x0001, 0);
+    msg.writeUInt16BE(0, 2);
+    msg.writeUInt32BE(0x2112a442, 4);
+    randomBytes(12).copy(msg, 8);
+    const done = (ok) => { clearTimeout(timer); try { sock.close(); } catch { /* closed */ } resolve(ok); };
+    const timer = setTimeout(() => done(false), 500);
+    sock.on('message', (m) => done(m.length >= 20 && m.readUInt32BE(4) === 0x2112a442));
+    sock.on('error', () => done(false));
+    sock.send(msg, port, '127.0.0.1');
+  });
+}
+
+// --- runner ---
+
+async function main() {
+  const filters = [...process.argv.slice(2), ...(process.env.BROWSER_TESTS || '').split(',')].map((s) => s.trim()).filter(Boolean);
+  const selected = filters.length ? tests.filter((x) => filters.some((f) => x.name.includes(f))) : tests;
+  let passed = 0;
+  let failed = 0;
+  let browser = null;
+  const shared = {};
+  const started = Date.now();
+  try {
+    shared.signaling = await startSignaling([], 'signaling');
+    browser = await launchBrowser();
+    console.log(`browser tests: ${selected.length} test(s), signaling on ${shared.signaling.addr}, Chromium ${browser.version()}`);
+  } catch (err) {
+    console.log(`FAIL setup: ${err.message}`);
+    if (shared.signaling) console.log(shared.signaling.proc.tail());
+    failed = selected.length || 1;
+    console.log(`0 passed, ${failed} failed`);
+    process.exit(1);
+  }
+  for (const { name, fn } of selected) {
+    const t = new TestContext(name.split(':')[0], browser, shared);
+    const t0 = Date.now();
+    let error = null;
+    try {
+      await withTimeout(fn(t), TEST_TIMEOUT_MS, name);
+      for (const p of t.pages) if (p.pageErrors.length) throw new Error(`${p.name}: uncaught page errors: ${p.pageErrors.join(' | ')}`);
+    } catch (err) {
+      error = err;
+    }
+    const secs = ((Date.now() - t0) / 1000).toFixed(1);
+    if (error) {
+      failed += 1;
+      console.log(`FAIL ${name} (${secs} s)\n  ${error.message}\n${t.report()}`);
+      if (!shared.signaling.proc.exited) console.log(`  --- shared signaling\n${shared.signaling.proc.tail(15)}`);
+    } else {
+      passed += 1;
+      console.log(`ok   ${name} (${secs} s)`);
+    }
+    await t.close(!!error);
+  }
+  await browser.close().catch(() => {});
+  await shared.signaling.proc.stop().catch(() => {});
+  console.log(`screenshots in ${path.relative(process.cwd(), ARTIFACTS) || ARTIFACTS}; total ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exit(failed ? 1 : 0);
+}
+
+main().catch((err) => {
+  console.log(`FAIL runner: ${err.stack || err}`);
+  console.log('0 passed, 1 failed');
+  process.exit(1);
+});

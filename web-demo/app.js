@@ -1,0 +1,537 @@
+// app.js: the demo page. Joins the room named by the URL, runs a mesh video call with a data
+// channel chat and a shared canvas, and shows every connection's state.
+//
+// URL: /r/<room> or /?room=<room> (a room is generated when absent). Optional parameters:
+//   name=<display name>   relay=1 (start relay-only)   media=0 (no camera/mic)
+//   signal=<ws url> (signaling server, default ws(s)://<this host>/ws)
+//
+// Test hooks: `window.__demo` (state, actions) and data attributes on <body>
+// (data-signaling, data-media, data-peers, data-connected) and on each remote tile
+// (data-peer-id, data-state).
+
+import { WebRTCRoom } from './webrtc-room.js';
+import { SharedCanvas, peerColor } from './shared-canvas.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+// --- room, name, signaling URL ---
+
+const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+const ADJ = ['amber', 'brisk', 'calm', 'dapper', 'eager', 'fuzzy', 'gentle', 'hazel', 'jolly', 'lucky', 'mellow', 'nimble', 'plucky', 'quiet', 'rosy', 'sunny', 'tidy', 'witty'];
+const NOUN = ['otter', 'falcon', 'maple', 'comet', 'badger', 'lynx', 'heron', 'cedar', 'puffin', 'koala', 'walrus', 'orca', 'finch', 'tapir', 'yak', 'panda'];
+const pick = (a) => a[Math.floor(Math.random() * a.length)];
+
+function roomFromUrl() {
+  const m = /^\/r\/([^/]+)\/?$/.exec(location.pathname);
+  const fromPath = m ? decodeURIComponent(m[1]) : null;
+  const candidate = fromPath || params.get('room');
+  if (candidate && ROOM_RE.test(candidate)) return candidate;
+  const room = `${pick(ADJ)}-${pick(NOUN)}-${Math.floor(1000 + Math.random() * 9000)}`;
+  params.delete('room');
+  const qs = params.toString();
+  history.replaceState(null, '', `/r/${room}${qs ? `?${qs}` : ''}`);
+  return room;
+}
+
+function displayName() {
+  const fromUrl = params.get('name');
+  if (fromUrl) return fromUrl.slice(0, 64);
+  let saved = null;
+  try { saved = localStorage.getItem('demo-name'); } catch { /* private mode */ }
+  if (saved) return saved;
+  const n = `${cap(pick(ADJ))} ${cap(pick(NOUN))}`;
+  try { localStorage.setItem('demo-name', n); } catch { /* ignore */ }
+  return n;
+}
+const cap = (s) => s[0].toUpperCase() + s.slice(1);
+
+const roomName = roomFromUrl();
+const myName = displayName();
+const signalingUrl = params.get('signal') || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+const inviteLink = `${location.origin}/r/${encodeURIComponent(roomName)}`;
+
+// --- state and test hooks ---
+
+const demo = {
+  room: null,
+  roomName,
+  name: myName,
+  signalingUrl,
+  media: 'pending',
+  chat: [],
+  events: [],
+  canvas: null,
+  peers() {
+    return [...(this.room?.peers.values() || [])].map((p) => ({
+      id: p.id, name: p.name, polite: p.polite, state: p.state,
+      channels: p.channels.filter((c) => c.readyState === 'open').map((c) => c.label),
+    }));
+  },
+  async stats() {
+    const out = {};
+    for (const p of this.room?.peers.values() || []) out[p.id] = await p.connectionInfo();
+    return out;
+  },
+  sendChat(text) { return sendChat(text); },
+  drawStroke(points, color) { return this.canvas.drawLocalStroke(points, color); },
+  dropSignaling(holdMs = 0) { this.room.client.dropConnection({ holdMs }); },
+  setRelayOnly(on) { setRelayOnly(on); },
+};
+window.__demo = demo;
+const note = (e) => { demo.events.push({ t: Math.round(performance.now()), ...e }); if (demo.events.length > 500) demo.events.shift(); };
+
+// --- page furniture ---
+
+$('room-name').textContent = roomName;
+$('local-name').textContent = `${myName} (you)`;
+$('local-avatar').textContent = initials(myName);
+$('local-avatar').style.background = peerColor(myName);
+document.title = `${roomName} · webrtc-stack demo`;
+
+$('copy-link').addEventListener('click', async () => {
+  let ok = false;
+  try { await navigator.clipboard.writeText(inviteLink); ok = true; } catch {
+    // Clipboard API needs a secure context: fall back to a selection copy.
+    const ta = document.createElement('textarea');
+    ta.value = inviteLink;
+    document.body.append(ta);
+    ta.select();
+    try { ok = document.execCommand('copy'); } catch { ok = false; }
+    ta.remove();
+  }
+  $('copy-label').textContent = ok ? 'Link copied!' : inviteLink;
+  setTimeout(() => { $('copy-label').textContent = 'Copy invite link'; }, 2500);
+});
+
+function setStatus(tone, text) {
+  const el = $('status');
+  el.dataset.tone = tone;
+  $('status-text').textContent = text;
+}
+
+let bannerOwner = null;
+function showBanner(owner, tone, text, action) {
+  bannerOwner = owner;
+  const b = $('banner');
+  b.hidden = false;
+  b.dataset.tone = tone;
+  b.dataset.kind = owner;
+  $('banner-text').textContent = text;
+  const btn = $('banner-action');
+  if (action) {
+    btn.hidden = false;
+    btn.textContent = action.label;
+    btn.onclick = action.run;
+  } else {
+    btn.hidden = true;
+    btn.onclick = null;
+  }
+}
+function hideBanner(owner) {
+  if (owner && bannerOwner !== owner) return;
+  bannerOwner = null;
+  $('banner').hidden = true;
+}
+
+// --- media ---
+
+let localStream = null;
+
+async function startMedia() {
+  if (params.get('media') === '0') { setMedia('off', 'Camera off'); return; }
+  if (!navigator.mediaDevices?.getUserMedia) { setMedia('unavailable', 'No camera access on this page (needs https or localhost)'); return; }
+  try {
+    localStream = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } },
+      audio: { echoCancellation: true, noiseSuppression: true },
+    });
+  } catch (err) {
+    if (err.name === 'NotFoundError' || err.name === 'OverconstrainedError') {
+      try { localStream = await navigator.mediaDevices.getUserMedia({ audio: true }); } catch { localStream = null; }
+    }
+    if (!localStream) {
+      const denied = err.name === 'NotAllowedError' || err.name === 'SecurityError';
+      setMedia(denied ? 'denied' : 'none', denied ? 'Camera blocked' : 'No camera found');
+      showBanner('media', 'info', denied
+        ? 'Camera and microphone permission was denied. You can still chat and draw; allow access in the address bar and retry to join the call.'
+        : 'No camera or microphone was found. You can still chat and draw.',
+      { label: 'Retry camera', run: () => { hideBanner('media'); startMedia(); } });
+      return;
+    }
+  }
+  const v = $('local-video');
+  v.srcObject = localStream;
+  v.play().catch(() => {});
+  const hasVideo = localStream.getVideoTracks().length > 0;
+  setMedia('granted', hasVideo ? '' : 'Microphone only');
+  $('tile-local').classList.toggle('has-video', hasVideo);
+  hideBanner('media');
+  if (demo.room) await demo.room.setLocalStream(localStream);
+}
+
+function setMedia(state, note_) {
+  demo.media = state;
+  document.body.dataset.media = state;
+  $('local-media-note').textContent = note_ || '';
+  $('toggle-cam').disabled = state !== 'granted';
+  $('toggle-mic').disabled = state !== 'granted';
+}
+
+function toggleTrack(kind, button) {
+  if (!localStream) return;
+  const tracks = kind === 'audio' ? localStream.getAudioTracks() : localStream.getVideoTracks();
+  if (!tracks.length) return;
+  const enabled = !tracks[0].enabled;
+  for (const t of tracks) t.enabled = enabled;
+  button.setAttribute('aria-pressed', String(!enabled));
+  button.title = `${enabled ? 'Turn off' : 'Turn on'} ${kind === 'audio' ? 'microphone' : 'camera'}`;
+  if (kind === 'video') $('tile-local').classList.toggle('has-video', enabled);
+  renderLocalFlags();
+}
+$('toggle-mic').addEventListener('click', (e) => toggleTrack('audio', e.currentTarget));
+$('toggle-cam').addEventListener('click', (e) => toggleTrack('video', e.currentTarget));
+
+function renderLocalFlags() {
+  const flags = [];
+  if (localStream?.getAudioTracks()[0]?.enabled === false) flags.push('muted');
+  if (localStream?.getVideoTracks()[0]?.enabled === false) flags.push('camera off');
+  $('local-flags').textContent = flags.join(' · ');
+}
+
+// --- the room ---
+
+const relayOnlyAtStart = params.get('relay') === '1';
+$('relay-only').checked = relayOnlyAtStart;
+
+const room = new WebRTCRoom(signalingUrl, { room: roomName, name: myName, relayOnly: relayOnlyAtStart });
+demo.room = room;
+demo.client = room.client;
+
+const canvas = new SharedCanvas($('board'), $('cursors'), { send: (label, data, to) => room.send(label, data, to) });
+demo.canvas = canvas;
+canvas.onChange = () => { $('canvas-hint').hidden = canvas.strokeCount > 0; };
+
+const SWATCHES = ['#4f9dff', '#ff6b6b', '#ffd166', '#06d6a0', '#c77dff', '#f8f9fa'];
+for (const c of SWATCHES) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.className = 'swatch';
+  b.style.setProperty('--swatch', c);
+  b.setAttribute('role', 'radio');
+  b.setAttribute('aria-label', c);
+  b.setAttribute('aria-checked', String(c === canvas.color));
+  b.addEventListener('click', () => {
+    canvas.color = c;
+    for (const o of $('swatches').children) o.setAttribute('aria-checked', String(o === b));
+  });
+  $('swatches').append(b);
+}
+$('clear-canvas').addEventListener('click', () => canvas.clear(true));
+
+function setRelayOnly(on) {
+  $('relay-only').checked = on;
+  room.setRelayOnly(on);
+  note({ type: 'relay-only', on });
+}
+$('relay-only').addEventListener('change', (e) => setRelayOnly(e.currentTarget.checked));
+
+$('leave').addEventListener('click', () => {
+  room.leave();
+  for (const id of [...tiles.keys()]) removeTile(id);
+  showBanner('left', 'info', 'You left the room.', { label: 'Rejoin', run: () => location.reload() });
+});
+
+room.addEventListener('signaling', (e) => {
+  const s = e.detail;
+  document.body.dataset.signaling = s.state;
+  note({ type: 'signaling', state: s.state, code: s.code });
+  renderSignaling(s);
+});
+
+let everJoined = false;
+let countdown = null;
+function renderSignaling(s) {
+  clearInterval(countdown);
+  countdown = null;
+  switch (s.state) {
+    case 'connecting':
+      setStatus('wait', 'Connecting…');
+      break;
+    case 'joined':
+      everJoined = true;
+      hideBanner('signaling');
+      renderPeerCount();
+      break;
+    case 'reconnecting': {
+      const unreachable = !everJoined;
+      setStatus(unreachable ? 'bad' : 'wait', unreachable ? 'Signaling unreachable' : 'Reconnecting…');
+      const tick = () => {
+        const secs = Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000));
+        const text = unreachable
+          ? `Can't reach the signaling server (${signalingUrl}). Retrying in ${secs} s (attempt ${s.attempt}).`
+          : `Connection to the signaling server lost. Reconnecting in ${secs} s (attempt ${s.attempt}); your calls stay up meanwhile.`;
+        showBanner('signaling', unreachable ? 'bad' : 'warn', text, { label: 'Retry now', run: () => room.client.reconnectNow() });
+      };
+      tick();
+      countdown = setInterval(tick, 500);
+      break;
+    }
+    case 'failed': {
+      const texts = {
+        room_full: `Room “${roomName}” is full. Try another room or ask someone to leave.`,
+        unauthorized: 'This server requires a valid access token for the room.',
+        forbidden: 'Your access token does not grant this room.',
+        invalid_room_id: 'That room name is not valid: use letters, digits, “-”, “_” and “.”.',
+        unsupported_version: 'The signaling server does not speak this client\'s protocol version.',
+      };
+      setStatus('bad', s.code === 'room_full' ? 'Room full' : 'Cannot join');
+      showBanner('signaling', 'bad', texts[s.code] || `Cannot join: ${s.message || s.code}`, {
+        label: 'New room', run: () => { location.href = '/'; },
+      });
+      break;
+    }
+    case 'closed':
+      setStatus('idle', 'Left');
+      break;
+    default:
+      break;
+  }
+}
+
+function renderPeerCount() {
+  const peers = [...room.peers.values()];
+  const connected = peers.filter((p) => p.state === 'connected').length;
+  document.body.dataset.peers = String(peers.length);
+  document.body.dataset.connected = String(connected);
+  $('chat-peers').textContent = peers.length === 0
+    ? 'no one else here yet'
+    : `with ${peers.map((p) => p.name).join(', ')}`;
+  $('conn-empty').hidden = peers.length > 0;
+  if (room.client.state !== 'joined') return;
+  setStatus('good', peers.length === 0
+    ? 'Connected · waiting for others'
+    : `Connected · ${connected}/${peers.length} peer${peers.length === 1 ? '' : 's'}`);
+}
+
+// --- remote tiles and connection panel ---
+
+const tiles = new Map(); // peer id -> { tile, conn, video }
+
+function addTile(peer) {
+  const tile = $('tpl-remote-tile').content.firstElementChild.cloneNode(true);
+  tile.dataset.peerId = peer.id;
+  tile.dataset.state = peer.state;
+  tile.style.setProperty('--peer-color', peerColor(peer.id));
+  tile.querySelector('.tile-name').textContent = peer.name;
+  const avatar = tile.querySelector('.avatar');
+  avatar.textContent = initials(peer.name);
+  avatar.style.background = peerColor(peer.id);
+  const video = tile.querySelector('video');
+  const unmute = tile.querySelector('.unmute');
+  unmute.addEventListener('click', () => { video.muted = false; video.play().catch(() => {}); unmute.hidden = true; });
+  $('videos').append(tile);
+
+  const conn = $('tpl-conn').content.firstElementChild.cloneNode(true);
+  conn.dataset.peerId = peer.id;
+  conn.style.setProperty('--peer-color', peerColor(peer.id));
+  conn.querySelector('.conn-name').textContent = peer.name;
+  $('conn-list').append(conn);
+
+  tiles.set(peer.id, { tile, conn, video, unmute });
+  $('videos').dataset.count = String(tiles.size + 1);
+  renderPeerState(peer);
+}
+
+function removeTile(id) {
+  const t = tiles.get(id);
+  if (!t) return;
+  t.video.srcObject = null;
+  t.tile.remove();
+  t.conn.remove();
+  tiles.delete(id);
+  $('videos').dataset.count = String(tiles.size + 1);
+}
+
+const STATE_TEXT = {
+  connecting: 'Connecting…',
+  connected: 'Connected',
+  reconnecting: 'Reconnecting…',
+  unreachable: 'Unreachable',
+  closed: 'Left',
+};
+
+function renderPeerState(peer) {
+  const t = tiles.get(peer.id);
+  if (!t) return;
+  t.tile.dataset.state = peer.state;
+  t.conn.dataset.state = peer.state;
+  t.tile.querySelector('.tile-state').textContent = STATE_TEXT[peer.state] || peer.state;
+  t.conn.querySelector('.conn-state').textContent = STATE_TEXT[peer.state] || peer.state;
+  const noteEl = t.tile.querySelector('.tile-note');
+  noteEl.textContent = peer.state === 'unreachable'
+    ? 'No network path to this peer (direct and relay both failed). Still trying…'
+    : peer.state === 'connected' ? 'Camera off' : STATE_TEXT[peer.state];
+  renderPeerCount();
+}
+
+room.addEventListener('peer', (e) => {
+  const { peer } = e.detail;
+  addTile(peer);
+  note({ type: 'peer', id: peer.id, name: peer.name, polite: peer.polite });
+  systemLine(`${peer.name} joined`);
+});
+room.addEventListener('peer-removed', (e) => {
+  const { peer, reason } = e.detail;
+  removeTile(peer.id);
+  canvas.removePeer(peer.id);
+  note({ type: 'peer-removed', id: peer.id, reason });
+  if (reason !== 'left' || room.client.state === 'joined') systemLine(`${peer.name} left${reason && reason !== 'left' ? ` (${reason})` : ''}`);
+  renderPeerCount();
+});
+room.addEventListener('peer-state', (e) => {
+  note({ type: 'peer-state', id: e.detail.peer.id, state: e.detail.state });
+  renderPeerState(e.detail.peer);
+});
+room.addEventListener('track', (e) => {
+  const { peer, stream, track } = e.detail;
+  const t = tiles.get(peer.id);
+  if (!t) return;
+  if (t.video.srcObject !== stream) t.video.srcObject = stream;
+  if (track.kind === 'video') {
+    t.tile.classList.add('has-video');
+    track.addEventListener('mute', () => t.tile.classList.remove('has-video'));
+    track.addEventListener('unmute', () => t.tile.classList.add('has-video'));
+  }
+  t.video.play().catch(() => {
+    // Autoplay with sound needs a user gesture in some browsers: play muted, offer to unmute.
+    t.video.muted = true;
+    t.video.play().catch(() => {});
+    t.unmute.hidden = false;
+  });
+});
+room.addEventListener('channel-open', (e) => {
+  const { peer, label } = e.detail;
+  note({ type: 'channel-open', id: peer.id, label });
+  if (label === 'canvas') canvas.syncTo(peer.id);
+  $('chat-input').placeholder = 'Message everyone…';
+});
+room.addEventListener('message', (e) => {
+  const { peer, label, data } = e.detail;
+  if (label === 'chat') {
+    const text = typeof data === 'string' ? data : new TextDecoder().decode(data);
+    addChat({ from: peer.id, name: peer.name, text, mine: false });
+  } else if (label === 'canvas' || label === 'cursor') {
+    canvas.receive(label, peer, data);
+  }
+});
+room.addEventListener('log', (e) => {
+  note({ type: 'log', level: e.detail.level, message: e.detail.message });
+  if (e.detail.level === 'warn') console.warn(e.detail.message);
+});
+
+// --- chat ---
+
+function sendChat(text) {
+  const trimmed = String(text).trim();
+  if (!trimmed) return 0;
+  const sent = room.send('chat', trimmed);
+  addChat({ from: room.peerId, name: myName, text: trimmed, mine: true, delivered: sent });
+  return sent;
+}
+
+$('chat-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const input = $('chat-input');
+  sendChat(input.value);
+  input.value = '';
+  input.focus();
+});
+
+function addChat(m) {
+  demo.chat.push({ ...m, at: Date.now() });
+  const li = document.createElement('li');
+  li.className = m.mine ? 'msg mine' : 'msg';
+  li.style.setProperty('--peer-color', m.mine ? 'var(--accent)' : peerColor(m.from));
+  const head = document.createElement('div');
+  head.className = 'msg-head';
+  const who = document.createElement('span');
+  who.className = 'msg-name';
+  who.textContent = m.mine ? 'You' : m.name;
+  const when = document.createElement('time');
+  when.textContent = new Date().toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  head.append(who, when);
+  const body = document.createElement('div');
+  body.className = 'msg-text';
+  body.textContent = m.text;
+  li.append(head, body);
+  if (m.mine && m.delivered === 0) {
+    const warn = document.createElement('div');
+    warn.className = 'msg-note';
+    warn.textContent = room.peers.size ? 'not delivered: no open connection yet' : 'no one else is here yet';
+    li.append(warn);
+  }
+  appendChatItem(li);
+}
+
+function systemLine(text) {
+  const li = document.createElement('li');
+  li.className = 'msg system';
+  li.textContent = text;
+  appendChatItem(li);
+}
+
+function appendChatItem(li) {
+  const log = $('chat-log');
+  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  log.append(li);
+  while (log.children.length > 300) log.firstElementChild.remove();
+  if (atBottom) log.scrollTop = log.scrollHeight;
+}
+
+// --- connection panel: getStats once a second ---
+
+async function refreshStats() {
+  for (const peer of room.peers.values()) {
+    const t = tiles.get(peer.id);
+    if (!t) continue;
+    let info;
+    try { info = await peer.connectionInfo(); } catch { continue; }
+    if (!info) continue;
+    const c = t.conn;
+    const path = info.localType ? `${info.localType} ↔ ${info.remoteType}` : '–';
+    c.querySelector('.c-path').textContent = path;
+    c.dataset.path = info.localType ? `${info.localType}/${info.remoteType}` : '';
+    c.querySelector('.c-proto').textContent = info.protocol
+      ? `${info.protocol.toUpperCase()}${info.relayProtocol ? ` (to TURN: ${info.relayProtocol.toUpperCase()})` : ''}`
+      : '–';
+    c.querySelector('.c-rtt').textContent = info.rttMs != null ? `${info.rttMs} ms` : '–';
+    c.querySelector('.c-bytes').textContent = info.localType ? `${fmtBytes(info.bytesSent)} / ${fmtBytes(info.bytesReceived)}` : '–';
+    c.title = info.localAddress ? `${info.localAddress} ↔ ${info.remoteAddress}` : '';
+    const pathBadge = info.localType === 'relay' || info.remoteType === 'relay' ? 'relay' : info.localType ? 'direct' : '';
+    t.tile.dataset.path = pathBadge;
+  }
+}
+setInterval(refreshStats, 1000);
+
+function fmtBytes(n) {
+  if (!n) return '0 B';
+  const u = ['B', 'KB', 'MB', 'GB'];
+  const i = Math.min(u.length - 1, Math.floor(Math.log(n) / Math.log(1024)));
+  return `${(n / 1024 ** i).toFixed(i ? 1 : 0)} ${u[i]}`;
+}
+
+function initials(name) {
+  const parts = String(name).trim().split(/\s+/);
+  return ((parts[0]?.[0] || '?') + (parts[1]?.[0] || '')).toUpperCase();
+}
+
+// --- start ---
+
+document.body.dataset.room = roomName;
+startMedia();
+room.join().then(
+  (session) => note({ type: 'joined', peerId: session.peer_id }),
+  (err) => note({ type: 'join-failed', code: err.code, message: err.message }),
+);
+window.addEventListener('pagehide', () => room.client.state === 'joined' && room.leave());
