@@ -98,14 +98,19 @@ impl WallClock {
         let unix_secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        Self { instant: Instant::now(), unix_secs }
+        Self {
+            instant: Instant::now(),
+            unix_secs,
+        }
     }
 
     /// Unix seconds at `now` (saturating before the anchor).
     pub fn unix_secs_at(&self, now: Instant) -> u64 {
         match now.checked_duration_since(self.instant) {
             Some(d) => self.unix_secs.saturating_add(d.as_secs()),
-            None => self.unix_secs.saturating_sub(self.instant.duration_since(now).as_secs()),
+            None => self
+                .unix_secs
+                .saturating_sub(self.instant.duration_since(now).as_secs()),
         }
     }
 }
@@ -171,7 +176,10 @@ impl fmt::Debug for AuthConfig {
         names.sort_unstable();
         f.debug_struct("AuthConfig")
             .field("users", &names)
-            .field("rest_secrets", &format_args!("<{} redacted>", self.rest_secrets.len()))
+            .field(
+                "rest_secrets",
+                &format_args!("<{} redacted>", self.rest_secrets.len()),
+            )
             .field("nonce_secret", &format_args!("<redacted>"))
             .field("nonce_lifetime", &self.nonce_lifetime)
             .finish()
@@ -187,7 +195,13 @@ mod tests {
         let mut auth = AuthConfig::default();
         auth.add_user("alice", "hunter2");
         auth.rest_secrets.push(b"topsecret".to_vec());
-        let text = format!("{:?}", ServerConfig { auth, ..ServerConfig::default() });
+        let text = format!(
+            "{:?}",
+            ServerConfig {
+                auth,
+                ..ServerConfig::default()
+            }
+        );
         assert!(text.contains("alice"));
         assert!(!text.contains("hunter2"));
         assert!(!text.contains("topsecret"));

@@ -30,9 +30,20 @@
 //! # API changes
 //! (none yet: changes to published signatures will be listed here, newest first)
 
+mod allocation;
+pub mod attributes;
+pub mod auth;
+mod channel;
+pub mod channel_data;
 mod config;
+mod expiry;
 mod five_tuple;
+pub mod framing;
+pub mod message;
+mod methods;
+mod nonce;
 mod output;
+mod permission;
 pub mod policy;
 mod quota;
 mod server;

@@ -176,11 +176,19 @@ impl FromStr for IpNet {
 }
 
 fn mask32(prefix: u8) -> u32 {
-    if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) }
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    }
 }
 
 fn mask128(prefix: u8) -> u128 {
-    if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) }
+    if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(prefix))
+    }
 }
 
 /// The peer-address policy (part of `ServerConfig`).
@@ -307,14 +315,16 @@ impl PeerPolicy {
         self.check_ip(addr.ip())?;
         let ip = canonical_ip(addr.ip());
         let same = |a: IpAddr| canonical_ip(a) == ip;
-        if self
-            .listen_addresses
-            .iter()
-            .any(|l| l.port() == addr.port() && (same(l.ip()) || l.ip().is_unspecified()))
-        {
+        let own_ip = self.own_ips.iter().any(|o| same(*o));
+        if self.listen_addresses.iter().any(|l| {
+            l.port() == addr.port() && (same(l.ip()) || (l.ip().is_unspecified() && own_ip))
+        }) {
             return Err(DenyReason::OwnAddress);
         }
-        if !self.relay_ports.contains(&addr.port()) && self.own_ips.iter().any(|o| same(*o)) {
+        // With the loopback opt-in (tests), peers share the host's loopback IP with the relay:
+        // only the exact listening addresses stay off limits there.
+        let loopback_opt_in = self.allow_loopback_peers && ip.is_loopback();
+        if own_ip && !loopback_opt_in && !self.relay_ports.contains(&addr.port()) {
             return Err(DenyReason::OwnAddress);
         }
         Ok(())
@@ -447,8 +457,14 @@ mod tests {
             let sock = SocketAddr::new(ip(addr), 50000);
             assert!(policy.check_addr(sock).is_err(), "{addr} must be denied");
         }
-        assert_eq!(policy.check_ip(ip("::ffff:127.0.0.1")), Err(DenyReason::Loopback));
-        assert_eq!(policy.check_ip(ip("2002:7f00:1::")), Err(DenyReason::Loopback));
+        assert_eq!(
+            policy.check_ip(ip("::ffff:127.0.0.1")),
+            Err(DenyReason::Loopback)
+        );
+        assert_eq!(
+            policy.check_ip(ip("2002:7f00:1::")),
+            Err(DenyReason::Loopback)
+        );
         assert_eq!(
             policy.check_ip(ip("2001::80ff:fffe")),
             Err(DenyReason::Loopback)
@@ -458,18 +474,30 @@ mod tests {
     #[test]
     fn embedded_private_and_unspecified_addresses_are_denied() {
         let policy = PeerPolicy::default();
-        assert_eq!(policy.check_ip(ip("::ffff:0.0.0.0")), Err(DenyReason::Unspecified));
-        assert_eq!(policy.check_ip(ip("::ffff:10.0.0.1")), Err(DenyReason::Private));
+        assert_eq!(
+            policy.check_ip(ip("::ffff:0.0.0.0")),
+            Err(DenyReason::Unspecified)
+        );
+        assert_eq!(
+            policy.check_ip(ip("::ffff:10.0.0.1")),
+            Err(DenyReason::Private)
+        );
         assert_eq!(
             policy.check_ip(ip("::ffff:169.254.169.254")),
             Err(DenyReason::CloudMetadata)
         );
-        assert_eq!(policy.check_ip(ip("2002:c0a8:0101::")), Err(DenyReason::Private));
+        assert_eq!(
+            policy.check_ip(ip("2002:c0a8:0101::")),
+            Err(DenyReason::Private)
+        );
     }
 
     #[test]
     fn loopback_opt_in_allows_loopback_in_every_form_but_not_unspecified() {
-        let policy = PeerPolicy { allow_loopback_peers: true, ..PeerPolicy::default() };
+        let policy = PeerPolicy {
+            allow_loopback_peers: true,
+            ..PeerPolicy::default()
+        };
         assert_eq!(policy.check_ip(ip("127.0.0.1")), Ok(()));
         assert_eq!(policy.check_ip(ip("::1")), Ok(()));
         assert_eq!(policy.check_ip(ip("::ffff:127.0.0.1")), Ok(()));
@@ -489,12 +517,18 @@ mod tests {
         assert_eq!(policy.check_ip(ip("169.254.1.1")), Ok(()));
         assert_eq!(policy.check_ip(ip("0.0.0.0")), Err(DenyReason::Unspecified));
         assert_eq!(policy.check_ip(ip("::")), Err(DenyReason::Unspecified));
-        assert_eq!(policy.check_ip(ip("::ffff:0.0.0.0")), Err(DenyReason::Unspecified));
+        assert_eq!(
+            policy.check_ip(ip("::ffff:0.0.0.0")),
+            Err(DenyReason::Unspecified)
+        );
         assert_eq!(
             policy.check_ip(ip("169.254.169.254")),
             Err(DenyReason::CloudMetadata)
         );
-        assert_eq!(policy.check_ip(ip("8.8.4.4")), Err(DenyReason::ConfiguredDeny));
+        assert_eq!(
+            policy.check_ip(ip("8.8.4.4")),
+            Err(DenyReason::ConfiguredDeny)
+        );
         assert_eq!(
             policy.check_ip(ip("::ffff:8.8.4.4")),
             Err(DenyReason::ConfiguredDeny)
@@ -511,8 +545,14 @@ mod tests {
         };
         let at = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert_eq!(policy.check_addr(at("203.0.114.5:50050")), Ok(()));
-        assert_eq!(policy.check_addr(at("203.0.114.5:22")), Err(DenyReason::OwnAddress));
-        assert_eq!(policy.check_addr(at("203.0.114.5:3478")), Err(DenyReason::OwnAddress));
+        assert_eq!(
+            policy.check_addr(at("203.0.114.5:22")),
+            Err(DenyReason::OwnAddress)
+        );
+        assert_eq!(
+            policy.check_addr(at("203.0.114.5:3478")),
+            Err(DenyReason::OwnAddress)
+        );
         assert_eq!(
             policy.check_addr(at("[::ffff:203.0.114.5]:22")),
             Err(DenyReason::OwnAddress)
@@ -522,8 +562,14 @@ mod tests {
 
     #[test]
     fn cidr_parsing() {
-        assert_eq!("10.0.0.0/8".parse::<IpNet>().unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!("10.1.2.3/8".parse::<IpNet>().unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            "10.0.0.0/8".parse::<IpNet>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            "10.1.2.3/8".parse::<IpNet>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         assert_eq!("::1".parse::<IpNet>().unwrap().to_string(), "::1/128");
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
         assert!("nonsense".parse::<IpNet>().is_err());

@@ -99,8 +99,14 @@ impl Default for Quotas {
             permissions_per_allocation: 128,
             channels_per_allocation: 128,
             bandwidth_per_allocation: None,
-            unauthenticated_per_ip: Some(RateLimit { per_second: 200, burst: 400 }),
-            unauthorized_per_ip: Some(RateLimit { per_second: 50, burst: 100 }),
+            unauthenticated_per_ip: Some(RateLimit {
+                per_second: 200,
+                burst: 400,
+            }),
+            unauthorized_per_ip: Some(RateLimit {
+                per_second: 50,
+                burst: 100,
+            }),
             rate_limit_table_size: 65_536,
         }
     }
@@ -156,7 +162,9 @@ impl SharedQuotas {
         }
         if self
             .total
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t < total).then_some(t + 1))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t < total).then_some(t + 1)
+            })
             .is_err()
         {
             return Err(QuotaKind::TotalAllocations);
@@ -179,7 +187,9 @@ impl SharedQuotas {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         // A poisoned lock only means another shard panicked mid-update of plain counters.
-        self.per_user.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.per_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -192,17 +202,22 @@ pub(crate) struct TokenBucket {
 
 impl TokenBucket {
     pub(crate) fn new(now: Instant, limit: RateLimit) -> Self {
-        Self { milli_tokens: limit.burst.saturating_mul(1000), last: now }
+        Self {
+            milli_tokens: limit.burst.saturating_mul(1000),
+            last: now,
+        }
     }
 
     /// Refill for the time since the last call, then take `units` if available.
     pub(crate) fn try_take(&mut self, now: Instant, limit: RateLimit, units: u64) -> bool {
         let elapsed = now.saturating_duration_since(self.last);
         if !elapsed.is_zero() {
-            let add = elapsed.as_micros().saturating_mul(u128::from(limit.per_second)) / 1000;
+            let add = elapsed
+                .as_micros()
+                .saturating_mul(u128::from(limit.per_second))
+                / 1000;
             let cap = limit.burst.saturating_mul(1000);
-            self.milli_tokens =
-                (u128::from(self.milli_tokens) + add).min(u128::from(cap)) as u64;
+            self.milli_tokens = (u128::from(self.milli_tokens) + add).min(u128::from(cap)) as u64;
             self.last = now;
         }
         let need = units.saturating_mul(1000);
@@ -216,7 +231,10 @@ impl TokenBucket {
 
     /// True if the bucket would be full at `now` (the entry carries no state worth keeping).
     fn is_full_at(&self, now: Instant, limit: RateLimit) -> bool {
-        let missing = limit.burst.saturating_mul(1000).saturating_sub(self.milli_tokens);
+        let missing = limit
+            .burst
+            .saturating_mul(1000)
+            .saturating_sub(self.milli_tokens);
         let refill = now
             .saturating_duration_since(self.last)
             .as_micros()
@@ -236,7 +254,11 @@ pub(crate) struct IpRateLimiter {
 
 impl IpRateLimiter {
     pub(crate) fn new(limit: Option<RateLimit>, max_entries: usize) -> Self {
-        Self { limit, max_entries: max_entries.max(1), buckets: HashMap::new() }
+        Self {
+            limit,
+            max_entries: max_entries.max(1),
+            buckets: HashMap::new(),
+        }
     }
 
     /// Count one event from `ip`; false if over the limit.
@@ -292,11 +314,17 @@ mod tests {
         for _ in 0..10 {
             q.try_acquire("alice", 10, 15).unwrap();
         }
-        assert_eq!(q.try_acquire("alice", 10, 15), Err(QuotaKind::AllocationsPerUser));
+        assert_eq!(
+            q.try_acquire("alice", 10, 15),
+            Err(QuotaKind::AllocationsPerUser)
+        );
         for _ in 0..5 {
             q.try_acquire("bob", 10, 15).unwrap();
         }
-        assert_eq!(q.try_acquire("carol", 10, 15), Err(QuotaKind::TotalAllocations));
+        assert_eq!(
+            q.try_acquire("carol", 10, 15),
+            Err(QuotaKind::TotalAllocations)
+        );
         q.release("alice");
         assert_eq!(q.allocations_of("alice"), 9);
         q.try_acquire("carol", 10, 15).unwrap();
@@ -308,7 +336,10 @@ mod tests {
     #[test]
     fn token_bucket_refills_at_rate() {
         let t0 = Instant::now();
-        let limit = RateLimit { per_second: 1000, burst: 100 };
+        let limit = RateLimit {
+            per_second: 1000,
+            burst: 100,
+        };
         let mut b = TokenBucket::new(t0, limit);
         assert!(b.try_take(t0, limit, 100));
         assert!(!b.try_take(t0, limit, 1));
@@ -320,7 +351,13 @@ mod tests {
     #[test]
     fn ip_limiter_is_bounded_and_sweeps() {
         let t0 = Instant::now();
-        let mut l = IpRateLimiter::new(Some(RateLimit { per_second: 1, burst: 2 }), 2);
+        let mut l = IpRateLimiter::new(
+            Some(RateLimit {
+                per_second: 1,
+                burst: 2,
+            }),
+            2,
+        );
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let c: IpAddr = "192.0.2.3".parse().unwrap();
@@ -329,14 +366,23 @@ mod tests {
         assert!(!l.allow(t0, a));
         assert!(l.allow(t0, b));
         assert!(!l.allow(t0, c), "table full of active sources");
-        assert!(l.allow(t0 + Duration::from_secs(5), c), "swept after refill");
+        assert!(
+            l.allow(t0 + Duration::from_secs(5), c),
+            "swept after refill"
+        );
         assert!(l.len() <= 2);
     }
 
     #[test]
     fn ipv6_sources_share_a_bucket_per_64() {
         let t0 = Instant::now();
-        let mut l = IpRateLimiter::new(Some(RateLimit { per_second: 1, burst: 1 }), 10);
+        let mut l = IpRateLimiter::new(
+            Some(RateLimit {
+                per_second: 1,
+                burst: 1,
+            }),
+            10,
+        );
         assert!(l.allow(t0, "2001:db8:1:2::1".parse().unwrap()));
         assert!(!l.allow(t0, "2001:db8:1:2::ffff".parse().unwrap()));
         assert!(l.allow(t0, "2001:db8:1:3::1".parse().unwrap()));

@@ -1,25 +1,58 @@
-//! `Server`: the TURN state machine of one shard.
+//! `Server`: the TURN state of one shard and its relay paths. ChannelData and peer datagrams
+//! are handled here without allocation (hash lookup + header write); STUN requests go to the
+//! method handlers in `methods`; every expiry goes through one `ExpiryQueue`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::trace;
+
+use crate::allocation::{Allocation, PendingAllocation};
+use crate::attributes::{self, DATA, XOR_PEER_ADDRESS};
+use crate::auth::Authenticator;
+use crate::channel_data;
 use crate::config::ServerConfig;
+use crate::expiry::{AllocKey, ExpiryQueue, Timer};
 use crate::five_tuple::FiveTuple;
-use crate::output::{BindError, ClientAction, Output, PeerAction, RelayRequestId};
-use crate::quota::SharedQuotas;
+use crate::message::{self, Class, MessageBuilder, StunMessage, TransactionId};
+use crate::nonce::NonceKeys;
+use crate::output::{BindError, ClientAction, HEADROOM, Output, PeerAction, RelayRequestId};
+use crate::quota::{IpRateLimiter, QuotaKind, SharedQuotas};
 use crate::stats::Stats;
+
+/// One slab slot; the generation makes stale `AllocKey`s (in timers) harmless.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    pub(crate) generation: u32,
+    pub(crate) allocation: Option<Allocation>,
+}
 
 /// The STUN/TURN server state of one shard: allocations keyed by 5-tuple, an index from relay
 /// address to allocation, one deadline queue for every expiry. Drive it as the crate docs say.
 #[derive(Debug)]
 pub struct Server {
-    config: ServerConfig,
-    shared: Arc<SharedQuotas>,
-    outputs: VecDeque<Output>,
-    stats: Stats,
-    draining: bool,
+    pub(crate) config: ServerConfig,
+    pub(crate) shared: Arc<SharedQuotas>,
+    pub(crate) auth: Authenticator,
+    pub(crate) nonces: NonceKeys,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) free: Vec<u32>,
+    pub(crate) by_five_tuple: HashMap<FiveTuple, AllocKey>,
+    pub(crate) by_relay: HashMap<SocketAddr, AllocKey>,
+    pub(crate) pending: HashMap<RelayRequestId, PendingAllocation>,
+    pub(crate) pending_by_five_tuple: HashMap<FiveTuple, RelayRequestId>,
+    pub(crate) next_request: u64,
+    pub(crate) expiry: ExpiryQueue,
+    /// Requests without MESSAGE-INTEGRITY per source IP.
+    pub(crate) unauthenticated: IpRateLimiter,
+    /// 401/438 responses per source IP.
+    pub(crate) unauthorized: IpRateLimiter,
+    pub(crate) next_sweep: Option<Instant>,
+    pub(crate) outputs: VecDeque<Output>,
+    pub(crate) stats: Stats,
+    pub(crate) draining: bool,
 }
 
 impl Server {
@@ -30,24 +63,182 @@ impl Server {
 
     /// A shard: allocation counts (per user, total) and the drain flag are shared through `shared`.
     pub fn with_shared_quotas(config: ServerConfig, shared: Arc<SharedQuotas>) -> Self {
+        let auth = Authenticator::new(&config.realm, &config.auth);
+        let nonces = NonceKeys::new(
+            &config.auth.nonce_secret,
+            config.auth.nonce_lifetime.as_secs(),
+        );
+        let q = &config.quotas;
+        let unauthenticated = IpRateLimiter::new(q.unauthenticated_per_ip, q.rate_limit_table_size);
+        let unauthorized = IpRateLimiter::new(q.unauthorized_per_ip, q.rate_limit_table_size);
         let draining = config.draining;
-        Self { config, shared, outputs: VecDeque::new(), stats: Stats::default(), draining }
+        Self {
+            config,
+            shared,
+            auth,
+            nonces,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_five_tuple: HashMap::new(),
+            by_relay: HashMap::new(),
+            pending: HashMap::new(),
+            pending_by_five_tuple: HashMap::new(),
+            next_request: 0,
+            expiry: ExpiryQueue::default(),
+            unauthenticated,
+            unauthorized,
+            next_sweep: None,
+            outputs: VecDeque::new(),
+            stats: Stats::default(),
+            draining,
+        }
     }
 
-    /// One UDP datagram, or one framed message from a TCP/TLS stream (see `framing`), from a
-    /// client. The ChannelData path does not allocate.
+    /// One UDP datagram, or one framed message from a TCP/TLS stream (`framing`), from a
+    /// client. ChannelData and Send indications return `ClientAction::Forward` without
+    /// allocating; requests queue their response (`ClientAction::Queued`).
     pub fn handle_client_packet(
         &mut self,
         now: Instant,
         from: FiveTuple,
         packet: &[u8],
     ) -> ClientAction {
-        let _ = (now, from, packet);
-        ClientAction::Drop
+        let Some(&first) = packet.first() else {
+            self.stats.malformed_packets += 1;
+            return ClientAction::Drop;
+        };
+        if channel_data::is_channel_data(first) {
+            return self.client_channel_data(now, from, packet);
+        }
+        let msg = match StunMessage::parse(packet) {
+            Ok(msg) => msg,
+            Err(err) => {
+                trace!(client = %from.client, %err, "malformed packet from client");
+                self.stats.malformed_packets += 1;
+                return ClientAction::Drop;
+            }
+        };
+        match msg.class() {
+            Class::Request => {
+                let before = self.outputs.len();
+                self.handle_request(now, from, &msg);
+                if self.outputs.len() > before {
+                    ClientAction::Queued
+                } else {
+                    ClientAction::Drop
+                }
+            }
+            Class::Indication if msg.method() == message::SEND => {
+                self.client_send_indication(now, from, &msg, packet)
+            }
+            _ => {
+                self.stats.dropped_packets += 1;
+                ClientAction::Drop
+            }
+        }
+    }
+
+    /// ChannelData from a client: the hot path (two lookups, no allocation).
+    fn client_channel_data(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        packet: &[u8],
+    ) -> ClientAction {
+        let (number, payload) = match channel_data::parse(packet) {
+            Ok(parsed) => parsed,
+            Err(_) => {
+                self.stats.malformed_packets += 1;
+                return ClientAction::Drop;
+            }
+        };
+        let Some(alloc) = live_allocation(&self.by_five_tuple, &mut self.slots, &from, now) else {
+            self.stats.dropped_packets += 1;
+            return ClientAction::Drop;
+        };
+        let Some(peer) = alloc.channels.by_number(number, now).map(|c| c.peer) else {
+            self.stats.dropped_packets += 1;
+            return ClientAction::Drop;
+        };
+        if !alloc.permissions.is_permitted(peer.ip(), now) {
+            self.stats.dropped_packets += 1;
+            return ClientAction::Drop;
+        }
+        let len = payload.len() as u64;
+        if let (Some(limit), Some(bucket)) = (
+            self.config.quotas.bandwidth_per_allocation,
+            alloc.bandwidth.as_mut(),
+        ) && !bucket.try_take(now, limit, len)
+        {
+            self.stats.quota_hits[QuotaKind::Bandwidth.index()] += 1;
+            return ClientAction::Drop;
+        }
+        let relay = alloc.relay;
+        self.stats.packets_to_peer += 1;
+        self.stats.bytes_to_peer += len;
+        ClientAction::Forward {
+            relay,
+            peer,
+            payload,
+        }
+    }
+
+    /// A Send indication (RFC 8656 section 10.2): forward its DATA to the peer in place.
+    fn client_send_indication(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &StunMessage<'_>,
+        packet: &[u8],
+    ) -> ClientAction {
+        let tid = msg.transaction_id();
+        let (Some(peer), Some(data)) = (msg.get(XOR_PEER_ADDRESS), msg.get(DATA)) else {
+            self.stats.malformed_packets += 1;
+            return ClientAction::Drop;
+        };
+        let Ok(peer) = attributes::decode_xor_address(peer, &tid) else {
+            self.stats.malformed_packets += 1;
+            return ClientAction::Drop;
+        };
+        if let Err(reason) = self.config.policy.check_addr(peer) {
+            self.count_denial(from, peer, reason);
+            return ClientAction::Drop;
+        }
+        let Some(alloc) = live_allocation(&self.by_five_tuple, &mut self.slots, &from, now) else {
+            self.stats.dropped_packets += 1;
+            return ClientAction::Drop;
+        };
+        if alloc.relay.is_ipv4() != peer.is_ipv4()
+            || !alloc.permissions.is_permitted(peer.ip(), now)
+        {
+            self.stats.dropped_packets += 1;
+            return ClientAction::Drop;
+        }
+        let len = data.len() as u64;
+        if let (Some(limit), Some(bucket)) = (
+            self.config.quotas.bandwidth_per_allocation,
+            alloc.bandwidth.as_mut(),
+        ) && !bucket.try_take(now, limit, len)
+        {
+            self.stats.quota_hits[QuotaKind::Bandwidth.index()] += 1;
+            return ClientAction::Drop;
+        }
+        let relay = alloc.relay;
+        // `data` borrows `packet`: its offset is the distance between the two pointers.
+        let start = data.as_ptr() as usize - packet.as_ptr() as usize;
+        self.stats.packets_to_peer += 1;
+        self.stats.bytes_to_peer += len;
+        ClientAction::Forward {
+            relay,
+            peer,
+            payload: start..start + data.len(),
+        }
     }
 
     /// A datagram from `peer` on the relay socket bound to `relay`. The payload is
     /// `buf[HEADROOM..HEADROOM + len]`; leave `TAILROOM` bytes after it for stream clients.
+    /// With a channel bound to `peer`, the ChannelData header is written into the headroom and
+    /// `PeerAction::ToClient` names the bytes to send; otherwise a Data indication is queued.
     pub fn handle_peer_packet(
         &mut self,
         now: Instant,
@@ -56,8 +247,61 @@ impl Server {
         buf: &mut [u8],
         len: usize,
     ) -> PeerAction {
-        let _ = (now, relay, peer, buf, len);
-        PeerAction::Drop
+        if buf.len() < HEADROOM + len || len > usize::from(u16::MAX) {
+            self.stats.malformed_packets += 1;
+            return PeerAction::Drop;
+        }
+        let Some(&key) = self.by_relay.get(&relay) else {
+            self.stats.dropped_packets += 1;
+            return PeerAction::Drop;
+        };
+        let Some(alloc) = self
+            .slots
+            .get_mut(key.index as usize)
+            .and_then(|s| s.allocation.as_mut())
+        else {
+            self.stats.dropped_packets += 1;
+            return PeerAction::Drop;
+        };
+        if now >= alloc.expires || !alloc.permissions.is_permitted(peer.ip(), now) {
+            self.stats.dropped_packets += 1;
+            return PeerAction::Drop;
+        }
+        if let (Some(limit), Some(bucket)) = (
+            self.config.quotas.bandwidth_per_allocation,
+            alloc.bandwidth.as_mut(),
+        ) && !bucket.try_take(now, limit, len as u64)
+        {
+            self.stats.quota_hits[QuotaKind::Bandwidth.index()] += 1;
+            return PeerAction::Drop;
+        }
+        let to = alloc.five_tuple;
+        let channel = alloc.channels.by_peer(peer, now).map(|c| c.number);
+        self.stats.packets_to_client += 1;
+        self.stats.bytes_to_client += len as u64;
+        let Some(number) = channel else {
+            let data = data_indication(peer, &buf[HEADROOM..HEADROOM + len]);
+            self.outputs.push_back(Output::Transmit { to, data });
+            return PeerAction::Queued;
+        };
+        let mut header = [0u8; channel_data::CHANNEL_DATA_HEADER_LEN];
+        channel_data::write_header(&mut header, number, len as u16);
+        buf[..HEADROOM].copy_from_slice(&header);
+        let total = channel_data::framed_len(len, to.transport.is_stream());
+        if total > HEADROOM + len {
+            if buf.len() < total {
+                // No tailroom for the stream padding: one copy through the output queue.
+                let mut data = buf[..HEADROOM + len].to_vec();
+                data.resize(total, 0);
+                self.outputs.push_back(Output::Transmit { to, data });
+                return PeerAction::Queued;
+            }
+            buf[HEADROOM + len..total].fill(0);
+        }
+        PeerAction::ToClient {
+            to,
+            range: 0..total,
+        }
     }
 
     /// The answer to `Output::BindRelay`: the local address of the new relay socket, or why
@@ -68,22 +312,83 @@ impl Server {
         request: RelayRequestId,
         result: Result<SocketAddr, BindError>,
     ) {
-        let _ = (now, request, result);
+        self.finish_allocate(now, request, result);
     }
 
-    /// The TCP/TLS connection of `five_tuple` closed: its allocation is deleted (RFC 8656 §3.1).
+    /// The TCP/TLS connection of `five_tuple` closed: its allocation is deleted (RFC 8656
+    /// section 3.1); a pending one is cancelled.
     pub fn handle_connection_closed(&mut self, now: Instant, five_tuple: FiveTuple) {
-        let _ = (now, five_tuple);
+        let _ = now;
+        if let Some(request) = self.pending_by_five_tuple.remove(&five_tuple)
+            && let Some(p) = self.pending.get_mut(&request)
+        {
+            p.cancelled = true;
+        }
+        if let Some(&key) = self.by_five_tuple.get(&five_tuple) {
+            self.remove_allocation(key);
+            self.stats.allocations_deleted += 1;
+        }
     }
 
     /// Run every expiry due at `now` (allocations, permissions, channels, rate-limit tables).
     pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
+        while let Some(timer) = self.expiry.pop_due(now) {
+            match timer {
+                Timer::Allocation(key) => self.allocation_timer(key, now),
+                Timer::Permission(key, ip) => {
+                    let Some(alloc) = self.allocation_mut(key) else {
+                        continue;
+                    };
+                    if alloc.permissions.remove_if_expired(ip, now) {
+                        self.stats.permissions -= 1;
+                    } else if let Some(at) = alloc.permissions.expiry_of(ip) {
+                        self.expiry.push(at, Timer::Permission(key, ip));
+                    }
+                }
+                Timer::Channel(key, number) => {
+                    let Some(alloc) = self.allocation_mut(key) else {
+                        continue;
+                    };
+                    let (uncount, next) = alloc.channels.on_timer(number, now);
+                    if uncount {
+                        self.stats.channels -= 1;
+                    }
+                    if let Some(at) = next {
+                        self.expiry.push(at, Timer::Channel(key, number));
+                    }
+                }
+            }
+        }
+        if self.next_sweep.is_some_and(|at| now >= at) {
+            self.unauthenticated.sweep(now);
+            self.unauthorized.sweep(now);
+            self.next_sweep = (self.unauthenticated.len() + self.unauthorized.len() > 0)
+                .then(|| now + IpRateLimiter::SWEEP_INTERVAL);
+        }
+    }
+
+    fn allocation_timer(&mut self, key: AllocKey, now: Instant) {
+        let Some(alloc) = self.allocation_mut(key) else {
+            return;
+        };
+        if now >= alloc.expires {
+            trace!(client = %alloc.five_tuple.client, "allocation expired");
+            self.remove_allocation(key);
+            self.stats.allocations_expired += 1;
+        } else if alloc.timer_at <= now {
+            // This was the only queued timer: queue the next one at the refreshed expiry.
+            alloc.timer_at = alloc.expires;
+            let at = alloc.expires;
+            self.expiry.push(at, Timer::Allocation(key));
+        }
     }
 
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        match (self.expiry.next_deadline(), self.next_sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next queued output; drain until `None` after every `handle_*` call.
@@ -112,8 +417,107 @@ impl Server {
         self.stats.send_failures += 1;
     }
 
-    /// The configuration in use.
+    /// The configuration in use (the policy includes the addresses learned at run time).
     pub fn config(&self) -> &ServerConfig {
         &self.config
     }
+
+    /// The relay address (local) of the allocation of `five_tuple`, if one is live.
+    pub fn relay_address_of(&self, five_tuple: &FiveTuple) -> Option<SocketAddr> {
+        let key = self.by_five_tuple.get(five_tuple)?;
+        self.allocation(*key).map(|a| a.relay)
+    }
+
+    pub(crate) fn allocation(&self, key: AllocKey) -> Option<&Allocation> {
+        let slot = self.slots.get(key.index as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        slot.allocation.as_ref()
+    }
+
+    pub(crate) fn allocation_mut(&mut self, key: AllocKey) -> Option<&mut Allocation> {
+        let slot = self.slots.get_mut(key.index as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        slot.allocation.as_mut()
+    }
+
+    /// Store a new allocation in the slab and index it.
+    pub(crate) fn insert_allocation(&mut self, alloc: Allocation) -> AllocKey {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        let key = AllocKey {
+            index,
+            generation: slot.generation,
+        };
+        self.by_five_tuple.insert(alloc.five_tuple, key);
+        self.by_relay.insert(alloc.relay, key);
+        self.expiry.push(alloc.expires, Timer::Allocation(key));
+        slot.allocation = Some(alloc);
+        self.stats.allocations += 1;
+        self.stats.allocations_created += 1;
+        key
+    }
+
+    /// Delete an allocation: indexes, quota slot, gauges, and release its relay socket.
+    pub(crate) fn remove_allocation(&mut self, key: AllocKey) {
+        let Some(slot) = self.slots.get_mut(key.index as usize) else {
+            return;
+        };
+        if slot.generation != key.generation {
+            return;
+        }
+        let Some(alloc) = slot.allocation.take() else {
+            return;
+        };
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(key.index);
+        self.by_five_tuple.remove(&alloc.five_tuple);
+        self.by_relay.remove(&alloc.relay);
+        self.shared.release(&alloc.quota_user);
+        self.stats.allocations -= 1;
+        self.stats.permissions -= alloc.permissions.len() as u64;
+        self.stats.channels -= alloc.channels.live() as u64;
+        self.outputs
+            .push_back(Output::ReleaseRelay { relay: alloc.relay });
+    }
+
+    pub(crate) fn count_denial(
+        &mut self,
+        from: FiveTuple,
+        peer: SocketAddr,
+        reason: crate::policy::DenyReason,
+    ) {
+        tracing::debug!(client = %from.client, %peer, %reason, "peer address denied");
+        self.stats.peer_denied[reason.index()] += 1;
+    }
+}
+
+/// The live allocation of `from` (split borrow so the caller can still update `stats`).
+#[inline]
+fn live_allocation<'a>(
+    by_five_tuple: &HashMap<FiveTuple, AllocKey>,
+    slots: &'a mut [Slot],
+    from: &FiveTuple,
+    now: Instant,
+) -> Option<&'a mut Allocation> {
+    let key = by_five_tuple.get(from)?;
+    let alloc = slots.get_mut(key.index as usize)?.allocation.as_mut()?;
+    (now < alloc.expires).then_some(alloc)
+}
+
+/// A Data indication carrying `data` from `peer` (RFC 8656 section 10.3).
+fn data_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let tid = TransactionId(rand::random());
+    let mut b = MessageBuilder::new(message::DATA, Class::Indication, tid);
+    b.add_xor_address(XOR_PEER_ADDRESS, peer).add(DATA, data);
+    b.finish()
 }

@@ -1,0 +1,641 @@
+//! The STUN/TURN request handlers of `Server`, one per method, each citing its RFC section,
+//! plus authentication and response building. Unauthenticated responses carry no SOFTWARE, no
+//! reason phrase, and a FINGERPRINT only when the response still fits in the request's size.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, trace};
+
+use crate::allocation::{Allocation, PendingAllocation};
+use crate::attributes::{
+    self, CHANNEL_NUMBER, EVEN_PORT, LIFETIME, NONCE, REALM, REQUESTED_ADDRESS_FAMILY,
+    REQUESTED_TRANSPORT, RESERVATION_TOKEN, SOFTWARE, UNKNOWN_ATTRIBUTES, USERNAME,
+    XOR_MAPPED_ADDRESS, XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS,
+};
+use crate::auth::{AuthFailure, Identity, MAX_USERNAME};
+use crate::channel::BindConflict;
+use crate::channel_data;
+use crate::expiry::{AllocKey, Timer};
+use crate::five_tuple::{AddressFamily, FiveTuple};
+use crate::message::{
+    ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMISSION, Class, MessageBuilder, REFRESH,
+    StunMessage, TransactionId,
+};
+use crate::nonce::NonceCheck;
+use crate::output::{BindError, Output, RelayRequestId};
+use crate::quota::{IpRateLimiter, QuotaKind, TokenBucket};
+use crate::server::Server;
+
+/// Size of a FINGERPRINT attribute.
+const FINGERPRINT_SIZE: usize = 8;
+
+/// A request that passed authentication.
+struct Authenticated {
+    identity: Identity,
+    username: Box<str>,
+}
+
+/// Reason phrases (only sent on authenticated responses).
+fn reason(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        420 => "Unknown Attribute",
+        437 => "Allocation Mismatch",
+        438 => "Stale Nonce",
+        440 => "Address Family not Supported",
+        441 => "Wrong Credentials",
+        442 => "Unsupported Transport Protocol",
+        443 => "Peer Address Family Mismatch",
+        486 => "Allocation Quota Reached",
+        508 => "Insufficient Capacity",
+        _ => "Error",
+    }
+}
+
+impl Server {
+    /// Dispatch a request (RFC 8489 section 6.3.1).
+    pub(crate) fn handle_request(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
+        if !msg.has_integrity() {
+            self.arm_sweep(now);
+            if !self.unauthenticated.allow(now, from.client.ip()) {
+                self.stats.quota_hits[QuotaKind::UnauthenticatedRate.index()] += 1;
+                return;
+            }
+        }
+        let (unknown, n) = msg.unknown_required();
+        if n > 0 {
+            let mut b = self.error_builder(msg, 420, false);
+            b.add_with(UNKNOWN_ATTRIBUTES, |out| {
+                for t in &unknown[..n] {
+                    out.extend_from_slice(&t.to_be_bytes());
+                }
+            });
+            self.send_unauthenticated(from, msg.raw().len(), b);
+            return;
+        }
+        match msg.method() {
+            BINDING => self.binding(from, msg),
+            ALLOCATE => self.allocate(now, from, msg),
+            REFRESH => self.refresh(now, from, msg),
+            CREATE_PERMISSION => self.create_permission(now, from, msg),
+            CHANNEL_BIND => self.channel_bind(now, from, msg),
+            _ => {
+                let b = self.error_builder(msg, 400, false);
+                self.send_unauthenticated(from, msg.raw().len(), b);
+            }
+        }
+    }
+
+    /// RFC 8489 section 6.3.1: Binding answered with XOR-MAPPED-ADDRESS only.
+    fn binding(&mut self, from: FiveTuple, msg: &StunMessage<'_>) {
+        self.stats.binding_requests += 1;
+        let mut b = MessageBuilder::new(BINDING, Class::Success, msg.transaction_id());
+        b.add_xor_address(XOR_MAPPED_ADDRESS, from.client);
+        self.send_unauthenticated(from, msg.raw().len(), b);
+    }
+
+    /// RFC 8656 section 7.2: Allocate.
+    fn allocate(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
+        let Some(auth) = self.authenticate(now, from, msg) else {
+            return;
+        };
+        let tid = msg.transaction_id();
+        let key = auth.identity.key;
+        if let Some(&existing) = self.by_five_tuple.get(&from) {
+            match self.allocation(existing) {
+                Some(a) if a.created_by == tid => {
+                    // A retransmission of the Allocate that created it: the same answer.
+                    let b = self.allocate_success(tid, a, now);
+                    self.send_authenticated(from, b, &key);
+                }
+                _ => {
+                    self.stats.allocation_mismatches += 1;
+                    self.error_authenticated(from, msg, &key, 437);
+                }
+            }
+            return;
+        }
+        if let Some(request) = self.pending_by_five_tuple.get(&from) {
+            let same = self
+                .pending
+                .get(request)
+                .is_some_and(|p| p.transaction_id == tid);
+            if !same {
+                self.stats.allocation_mismatches += 1;
+                self.error_authenticated(from, msg, &key, 437);
+            }
+            return;
+        }
+        let transport = match msg
+            .get(REQUESTED_TRANSPORT)
+            .map(attributes::decode_requested_transport)
+        {
+            Some(Ok(t)) => t,
+            _ => return self.error_authenticated(from, msg, &key, 400),
+        };
+        if transport != attributes::PROTOCOL_UDP {
+            return self.error_authenticated(from, msg, &key, 442);
+        }
+        let family_attr = msg.get(REQUESTED_ADDRESS_FAMILY);
+        let even_port = msg.get(EVEN_PORT);
+        if msg.get(RESERVATION_TOKEN).is_some() {
+            // Reservations are not supported: EVEN-PORT's R flag is served without one.
+            let code = if family_attr.is_some() || even_port.is_some() {
+                400
+            } else {
+                508
+            };
+            return self.error_authenticated(from, msg, &key, code);
+        }
+        if even_port.is_some_and(|v| v.len() != 1) {
+            return self.error_authenticated(from, msg, &key, 400);
+        }
+        let family = match family_attr.map(attributes::decode_address_family) {
+            None => AddressFamily::V4,
+            Some(Ok(0x01)) => AddressFamily::V4,
+            Some(Ok(0x02)) => AddressFamily::V6,
+            Some(Ok(_)) => return self.error_authenticated(from, msg, &key, 440),
+            Some(Err(_)) => return self.error_authenticated(from, msg, &key, 400),
+        };
+        if self.is_draining() {
+            return self.error_authenticated(from, msg, &key, 508);
+        }
+        let q = &self.config.quotas;
+        if let Err(kind) = self.shared.try_acquire(
+            &auth.identity.quota_user,
+            q.allocations_per_user,
+            q.total_allocations,
+        ) {
+            self.stats.quota_hits[kind.index()] += 1;
+            return self.error_authenticated(from, msg, &key, 486);
+        }
+        let lifetime_secs = match self.desired_lifetime(msg) {
+            Ok(0) | Err(()) => self.config.default_allocation_lifetime.as_secs() as u32,
+            Ok(secs) => secs,
+        };
+        self.next_request += 1;
+        let request = RelayRequestId(self.next_request);
+        self.pending.insert(
+            request,
+            PendingAllocation {
+                five_tuple: from,
+                transaction_id: tid,
+                lifetime_secs,
+                username: auth.username,
+                quota_user: auth.identity.quota_user,
+                key,
+                cancelled: false,
+            },
+        );
+        self.pending_by_five_tuple.insert(from, request);
+        self.outputs.push_back(Output::BindRelay {
+            request,
+            family,
+            five_tuple: from,
+            even_port: even_port.is_some(),
+        });
+    }
+
+    /// Second half of Allocate: the relay socket is bound (or not).
+    pub(crate) fn finish_allocate(
+        &mut self,
+        now: Instant,
+        request: RelayRequestId,
+        result: Result<SocketAddr, BindError>,
+    ) {
+        let Some(p) = self.pending.remove(&request) else {
+            if let Ok(relay) = result {
+                self.outputs.push_back(Output::ReleaseRelay { relay });
+            }
+            return;
+        };
+        if self.pending_by_five_tuple.get(&p.five_tuple) == Some(&request) {
+            self.pending_by_five_tuple.remove(&p.five_tuple);
+        }
+        let relay = match result {
+            Ok(relay) if p.cancelled || self.by_relay.contains_key(&relay) => {
+                self.shared.release(&p.quota_user);
+                if !self.by_relay.contains_key(&relay) {
+                    self.outputs.push_back(Output::ReleaseRelay { relay });
+                }
+                if !p.cancelled {
+                    self.allocate_error(&p, 508);
+                }
+                return;
+            }
+            Ok(relay) => relay,
+            Err(err) => {
+                self.shared.release(&p.quota_user);
+                if !p.cancelled {
+                    let code = if err == BindError::FamilyNotSupported {
+                        440
+                    } else {
+                        508
+                    };
+                    self.allocate_error(&p, code);
+                }
+                return;
+            }
+        };
+        let advertised = self.advertised(relay);
+        self.learn_own_addresses(p.five_tuple.server, relay, advertised);
+        let bandwidth = self
+            .config
+            .quotas
+            .bandwidth_per_allocation
+            .map(|l| TokenBucket::new(now, l));
+        let alloc = Allocation {
+            five_tuple: p.five_tuple,
+            relay,
+            advertised,
+            expires: now + Duration::from_secs(u64::from(p.lifetime_secs)),
+            username: p.username,
+            quota_user: p.quota_user,
+            timer_at: now + Duration::from_secs(u64::from(p.lifetime_secs)),
+            created_by: p.transaction_id,
+            permissions: Default::default(),
+            channels: Default::default(),
+            bandwidth,
+        };
+        let key = self.insert_allocation(alloc);
+        if let Some(a) = self.allocation(key) {
+            let b = self.allocate_success(p.transaction_id, a, now);
+            self.send_authenticated(p.five_tuple, b, &p.key);
+        }
+    }
+
+    fn allocate_success(&self, tid: TransactionId, a: &Allocation, now: Instant) -> MessageBuilder {
+        let remaining = a.expires.saturating_duration_since(now).as_secs() as u32;
+        let mut b = MessageBuilder::new(ALLOCATE, Class::Success, tid);
+        b.add_xor_address(XOR_RELAYED_ADDRESS, a.advertised)
+            .add_u32(LIFETIME, remaining)
+            .add_xor_address(XOR_MAPPED_ADDRESS, a.five_tuple.client);
+        b
+    }
+
+    fn allocate_error(&mut self, p: &PendingAllocation, code: u16) {
+        self.stats.error_responses += 1;
+        let mut b = MessageBuilder::new(ALLOCATE, Class::Error, p.transaction_id);
+        b.add_error_code(code, reason(code));
+        self.send_authenticated(p.five_tuple, b, &p.key);
+    }
+
+    /// RFC 8656 section 7.3: Refresh (lifetime 0 deletes).
+    fn refresh(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
+        let Some(auth) = self.authenticate(now, from, msg) else {
+            return;
+        };
+        let key = auth.identity.key;
+        let Some(alloc_key) = self.owned_allocation(from, msg, &auth, now) else {
+            return;
+        };
+        let Ok(desired) = self.desired_lifetime(msg) else {
+            return self.error_authenticated(from, msg, &key, 400);
+        };
+        if let Some(fam) = msg.get(REQUESTED_ADDRESS_FAMILY) {
+            let relay_v4 = self
+                .allocation(alloc_key)
+                .is_some_and(|a| a.relay.is_ipv4());
+            let wants_v4 = attributes::decode_address_family(fam) == Ok(0x01);
+            if relay_v4 != wants_v4 {
+                return self.error_authenticated(from, msg, &key, 443);
+            }
+        }
+        if desired == 0 {
+            self.remove_allocation(alloc_key);
+            self.stats.allocations_deleted += 1;
+        } else if let Some(alloc) = self.allocation_mut(alloc_key) {
+            alloc.expires = now + Duration::from_secs(u64::from(desired));
+            // One queued timer per allocation, unless the lifetime was shortened.
+            if alloc.expires < alloc.timer_at {
+                alloc.timer_at = alloc.expires;
+                let at = alloc.expires;
+                self.expiry.push(at, Timer::Allocation(alloc_key));
+            }
+        }
+        let mut b = MessageBuilder::new(REFRESH, Class::Success, msg.transaction_id());
+        b.add_u32(LIFETIME, desired);
+        self.send_authenticated(from, b, &key);
+    }
+
+    /// RFC 8656 section 9.2: CreatePermission for one or more XOR-PEER-ADDRESSes.
+    fn create_permission(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
+        let Some(auth) = self.authenticate(now, from, msg) else {
+            return;
+        };
+        let key = auth.identity.key;
+        let Some(alloc_key) = self.owned_allocation(from, msg, &auth, now) else {
+            return;
+        };
+        let tid = msg.transaction_id();
+        let relay_v4 = self
+            .allocation(alloc_key)
+            .is_some_and(|a| a.relay.is_ipv4());
+        let mut peers: Vec<SocketAddr> = Vec::new();
+        for a in msg.attributes().filter(|a| a.typ == XOR_PEER_ADDRESS) {
+            let Ok(peer) = attributes::decode_xor_address(a.value, &tid) else {
+                return self.error_authenticated(from, msg, &key, 400);
+            };
+            if peer.is_ipv4() != relay_v4 {
+                return self.error_authenticated(from, msg, &key, 443);
+            }
+            if let Err(reason) = self.config.policy.check_ip(peer.ip()) {
+                self.count_denial(from, peer, reason);
+                return self.error_authenticated(from, msg, &key, 403);
+            }
+            peers.push(peer);
+        }
+        if peers.is_empty() {
+            return self.error_authenticated(from, msg, &key, 400);
+        }
+        let limit = self.config.quotas.permissions_per_allocation as usize;
+        let Some(alloc) = self.allocation(alloc_key) else {
+            return;
+        };
+        let mut new_ips: Vec<_> = peers
+            .iter()
+            .map(|p| p.ip())
+            .filter(|ip| !alloc.permissions.contains(*ip))
+            .collect();
+        new_ips.sort_unstable();
+        new_ips.dedup();
+        if alloc.permissions.len() + new_ips.len() > limit {
+            self.stats.quota_hits[QuotaKind::Permissions.index()] += 1;
+            return self.error_authenticated(from, msg, &key, 508);
+        }
+        let expires = now + self.config.permission_lifetime;
+        for peer in peers {
+            self.install_permission(alloc_key, peer.ip(), expires);
+        }
+        let b = MessageBuilder::new(CREATE_PERMISSION, Class::Success, tid);
+        self.send_authenticated(from, b, &key);
+    }
+
+    /// RFC 8656 section 11.2: ChannelBind (also installs or refreshes the peer's permission).
+    fn channel_bind(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
+        let Some(auth) = self.authenticate(now, from, msg) else {
+            return;
+        };
+        let key = auth.identity.key;
+        let Some(alloc_key) = self.owned_allocation(from, msg, &auth, now) else {
+            return;
+        };
+        let tid = msg.transaction_id();
+        let number = match msg
+            .get(CHANNEL_NUMBER)
+            .map(attributes::decode_channel_number)
+        {
+            Some(Ok(n)) if channel_data::is_valid_channel(n) => n,
+            _ => return self.error_authenticated(from, msg, &key, 400),
+        };
+        let peer = match msg
+            .get(XOR_PEER_ADDRESS)
+            .map(|v| attributes::decode_xor_address(v, &tid))
+        {
+            Some(Ok(peer)) => peer,
+            _ => return self.error_authenticated(from, msg, &key, 400),
+        };
+        let Some(alloc) = self.allocation(alloc_key) else {
+            return;
+        };
+        if peer.is_ipv4() != alloc.relay.is_ipv4() {
+            return self.error_authenticated(from, msg, &key, 443);
+        }
+        if let Err(reason) = self.config.policy.check_addr(peer) {
+            self.count_denial(from, peer, reason);
+            return self.error_authenticated(from, msg, &key, 403);
+        }
+        let new_channel = match alloc.channels.check(number, peer) {
+            Ok(new) => new,
+            Err(BindConflict::NumberInUse | BindConflict::PeerInUse) => {
+                return self.error_authenticated(from, msg, &key, 400);
+            }
+        };
+        let q = &self.config.quotas;
+        let channel_full =
+            new_channel && alloc.channels.len() >= q.channels_per_allocation as usize;
+        let permission_full = !alloc.permissions.contains(peer.ip())
+            && alloc.permissions.len() >= q.permissions_per_allocation as usize;
+        if channel_full || permission_full {
+            let kind = if channel_full {
+                QuotaKind::Channels
+            } else {
+                QuotaKind::Permissions
+            };
+            self.stats.quota_hits[kind.index()] += 1;
+            return self.error_authenticated(from, msg, &key, 508);
+        }
+        let channel_expires = now + self.config.channel_lifetime;
+        let permission_expires = now + self.config.permission_lifetime;
+        if let Some(alloc) = self.allocation_mut(alloc_key) {
+            if alloc.channels.bind(number, peer, channel_expires) {
+                self.stats.channels += 1;
+            }
+            if new_channel {
+                self.expiry
+                    .push(channel_expires, Timer::Channel(alloc_key, number));
+            }
+        }
+        self.install_permission(alloc_key, peer.ip(), permission_expires);
+        let b = MessageBuilder::new(CHANNEL_BIND, Class::Success, tid);
+        self.send_authenticated(from, b, &key);
+    }
+
+    fn install_permission(&mut self, key: AllocKey, ip: std::net::IpAddr, expires: Instant) {
+        let Some(alloc) = self.allocation_mut(key) else {
+            return;
+        };
+        if alloc.permissions.install(ip, expires) {
+            self.stats.permissions += 1;
+            self.expiry.push(expires, Timer::Permission(key, ip));
+        }
+    }
+
+    /// The allocation of `from`, checked to belong to the authenticated user (437 / 441).
+    fn owned_allocation(
+        &mut self,
+        from: FiveTuple,
+        msg: &StunMessage<'_>,
+        auth: &Authenticated,
+        now: Instant,
+    ) -> Option<AllocKey> {
+        let key = auth.identity.key;
+        let found = self.by_five_tuple.get(&from).copied().and_then(|k| {
+            self.allocation(k)
+                .filter(|a| now < a.expires)
+                .map(|a| (k, a))
+        });
+        let Some((alloc_key, alloc)) = found else {
+            self.stats.allocation_mismatches += 1;
+            self.error_authenticated(from, msg, &key, 437);
+            return None;
+        };
+        if alloc.username != auth.username {
+            self.stats.wrong_credentials += 1;
+            self.error_authenticated(from, msg, &key, 441);
+            return None;
+        }
+        Some(alloc_key)
+    }
+
+    /// RFC 8656 section 7.2/7.3: `max(default, min(requested, max))`; 0 stays 0.
+    fn desired_lifetime(&self, msg: &StunMessage<'_>) -> Result<u32, ()> {
+        let default = self.config.default_allocation_lifetime.as_secs() as u32;
+        let max = self.config.max_allocation_lifetime.as_secs() as u32;
+        match msg.get(LIFETIME).map(attributes::decode_u32) {
+            None => Ok(default),
+            Some(Err(_)) => Err(()),
+            Some(Ok(0)) => Ok(0),
+            Some(Ok(v)) => Ok(v.min(max).max(default.min(max))),
+        }
+    }
+
+    /// RFC 8489 section 9.2.4: long-term credential checks, answering 400/401/438 itself.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &StunMessage<'_>,
+    ) -> Option<Authenticated> {
+        if !msg.has_integrity() {
+            self.stats.auth_challenges += 1;
+            self.challenge(now, from, msg, 401);
+            return None;
+        }
+        let (Some(user), Some(_realm), Some(nonce)) =
+            (msg.get(USERNAME), msg.get(REALM), msg.get(NONCE))
+        else {
+            self.stats.error_responses += 1;
+            let b = self.error_builder(msg, 400, false);
+            self.send_unauthenticated(from, msg.raw().len(), b);
+            return None;
+        };
+        let Ok(username) = attributes::decode_text(user, MAX_USERNAME) else {
+            self.stats.error_responses += 1;
+            let b = self.error_builder(msg, 400, false);
+            self.send_unauthenticated(from, msg.raw().len(), b);
+            return None;
+        };
+        let now_unix = self.config.clock.unix_secs_at(now);
+        if self.nonces.check(nonce, now_unix, from.client.ip()) != NonceCheck::Valid {
+            self.stats.stale_nonces += 1;
+            self.challenge(now, from, msg, 438);
+            return None;
+        }
+        // The key is derived with our realm: a request for another realm fails integrity.
+        match self.auth.verify(msg, username, now_unix) {
+            Ok(identity) => Some(Authenticated {
+                identity,
+                username: username.into(),
+            }),
+            Err(failure) => {
+                self.stats.auth_failures += 1;
+                let why = match failure {
+                    AuthFailure::UnknownUser => "unknown user",
+                    AuthFailure::Expired => "expired REST username",
+                    AuthFailure::BadIntegrity => "integrity mismatch",
+                };
+                debug!(client = %from.client, why, "authentication failed");
+                self.challenge(now, from, msg, 401);
+                None
+            }
+        }
+    }
+
+    /// 401 or 438 with REALM and a fresh NONCE, rate-limited per source IP.
+    fn challenge(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>, code: u16) {
+        self.arm_sweep(now);
+        if !self.unauthorized.allow(now, from.client.ip()) {
+            self.stats.quota_hits[QuotaKind::UnauthorizedRate.index()] += 1;
+            trace!(client = %from.client, "401 rate limit hit");
+            return;
+        }
+        let nonce = self
+            .nonces
+            .issue(self.config.clock.unix_secs_at(now), from.client.ip());
+        let mut b = self.error_builder(msg, code, false);
+        b.add(REALM, self.config.realm.as_bytes())
+            .add(NONCE, nonce.as_bytes());
+        self.send_unauthenticated(from, msg.raw().len(), b);
+    }
+
+    fn arm_sweep(&mut self, now: Instant) {
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + IpRateLimiter::SWEEP_INTERVAL);
+        }
+    }
+
+    fn error_builder(&self, msg: &StunMessage<'_>, code: u16, with_reason: bool) -> MessageBuilder {
+        let mut b = MessageBuilder::new(msg.method(), Class::Error, msg.transaction_id());
+        b.add_error_code(code, if with_reason { reason(code) } else { "" });
+        b
+    }
+
+    /// An error response protected with the requester's key.
+    fn error_authenticated(
+        &mut self,
+        from: FiveTuple,
+        msg: &StunMessage<'_>,
+        key: &[u8; 16],
+        code: u16,
+    ) {
+        self.stats.error_responses += 1;
+        trace!(client = %from.client, code, "error response");
+        let b = self.error_builder(msg, code, true);
+        self.send_authenticated(from, b, key);
+    }
+
+    /// Add SOFTWARE (if configured), MESSAGE-INTEGRITY and FINGERPRINT, and queue.
+    fn send_authenticated(&mut self, to: FiveTuple, mut b: MessageBuilder, key: &[u8; 16]) {
+        if let Some(software) = &self.config.software {
+            b.add(SOFTWARE, software.as_bytes());
+        }
+        b.add_message_integrity(key).add_fingerprint();
+        self.outputs.push_back(Output::Transmit {
+            to,
+            data: b.finish(),
+        });
+    }
+
+    /// Queue an unauthenticated response; FINGERPRINT only if the result is no larger than the
+    /// request (amplification hardening).
+    fn send_unauthenticated(&mut self, to: FiveTuple, request_len: usize, mut b: MessageBuilder) {
+        if b.len() + FINGERPRINT_SIZE <= request_len {
+            b.add_fingerprint();
+        }
+        self.outputs.push_back(Output::Transmit {
+            to,
+            data: b.finish(),
+        });
+    }
+
+    /// XOR-RELAYED-ADDRESS for a relay socket: the 1:1 NAT public IP if one maps it.
+    fn advertised(&self, relay: SocketAddr) -> SocketAddr {
+        let mapped = self.config.external_ips.iter().find(|e| match e.private {
+            Some(private) => private == relay.ip(),
+            None => e.public.is_ipv4() == relay.is_ipv4(),
+        });
+        mapped.map_or(relay, |e| SocketAddr::new(e.public, relay.port()))
+    }
+
+    /// Remember the host's own addresses for the peer policy (bounded: a handful of IPs).
+    fn learn_own_addresses(
+        &mut self,
+        listen: SocketAddr,
+        relay: SocketAddr,
+        advertised: SocketAddr,
+    ) {
+        let policy = &mut self.config.policy;
+        if !policy.listen_addresses.contains(&listen) && policy.listen_addresses.len() < 64 {
+            policy.listen_addresses.push(listen);
+        }
+        for ip in [listen.ip(), relay.ip(), advertised.ip()] {
+            if !ip.is_unspecified() && !policy.own_ips.contains(&ip) && policy.own_ips.len() < 64 {
+                policy.own_ips.push(ip);
+            }
+        }
+    }
+}
