@@ -2,5 +2,206 @@
 //!
 //! # Layout
 //! - [`protocol`]: the one definition of the wire (always built; the peer SDK uses only this).
+//!
+//! With the `server` feature (default):
+//! - [`config`]: the clap configuration; [`error`]: client errors vs fatal errors.
+//! - [`ws`]: the HTTP upgrade (origin, token, limits); [`session`]: the per-socket task;
+//!   [`connection`]: one WebSocket's frames.
+//! - [`hub`] and [`room`]: every room and session behind one lock; [`resume`]: replay buffers
+//!   and resume tokens; [`rate_limit`]: the per-connection token bucket.
+//! - [`auth`]: optional HS256 JWTs; [`turn_credentials`]: TURN REST credentials for ICE servers.
+//! - [`metrics`], [`web`] (the embedded demo), [`shutdown`] (drain on SIGTERM/SIGINT).
+//!
+//! [`serve`] runs the whole server on a bound listener; `main.rs` only parses the
+//! configuration, starts logging and binds.
 
 pub mod protocol;
+
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod connection;
+#[cfg(feature = "server")]
+pub mod error;
+#[cfg(feature = "server")]
+pub mod hub;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod rate_limit;
+#[cfg(feature = "server")]
+pub mod resume;
+#[cfg(feature = "server")]
+pub mod room;
+#[cfg(feature = "server")]
+pub mod session;
+#[cfg(feature = "server")]
+pub mod shutdown;
+#[cfg(feature = "server")]
+pub mod turn_credentials;
+#[cfg(feature = "server")]
+pub mod web;
+#[cfg(feature = "server")]
+pub mod ws;
+
+#[cfg(feature = "server")]
+pub use server::{AppState, app, serve};
+
+#[cfg(feature = "server")]
+mod server {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    use std::time::{Duration, Instant};
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::auth::Authenticator;
+    use crate::config::Config;
+    use crate::error::Error;
+    use crate::hub::{Hub, HubSettings};
+    use crate::metrics::Metrics;
+    use crate::resume::ReplayLimits;
+    use crate::turn_credentials::IceServerMinter;
+    use crate::web::WebAssets;
+
+    /// Everything the handlers share.
+    pub struct AppState {
+        pub config: Config,
+        pub hub: Hub,
+        pub metrics: Arc<Metrics>,
+        /// Present when `--jwt-secret` is set.
+        pub auth: Option<Authenticator>,
+        pub web: WebAssets,
+        /// The id of the next connection (for logs).
+        pub next_conn: AtomicU64,
+    }
+
+    impl AppState {
+        /// Builds the state from a validated configuration.
+        pub fn new(config: Config) -> Result<Arc<Self>, Error> {
+            config.validate()?;
+            let metrics = Arc::new(Metrics::default());
+            let settings = HubSettings {
+                replay: ReplayLimits {
+                    max_messages: config.replay_max_messages,
+                    max_bytes: config.replay_max_bytes,
+                },
+                resume_grace: config.resume_grace,
+                max_peers_per_room: config.max_peers_per_room,
+                max_rooms: config.max_rooms,
+                max_sessions: config.max_sessions,
+                ping_interval: config.ping_interval,
+                ping_timeout: config.ping_timeout,
+                max_message_bytes: config.max_message_bytes,
+                reconnect_after: config.reconnect_after,
+            };
+            let hub = Hub::new(
+                settings,
+                IceServerMinter::from_config(&config),
+                Arc::clone(&metrics),
+            );
+            let web = match &config.web_dir {
+                Some(dir) => WebAssets::Dir(dir.clone()),
+                None => WebAssets::Embedded,
+            };
+            Ok(Arc::new(Self {
+                auth: config.jwt_secret.as_ref().map(Authenticator::new),
+                hub,
+                metrics,
+                web,
+                next_conn: AtomicU64::new(1),
+                config,
+            }))
+        }
+
+        /// How often the hub's periodic work runs: fine enough for the resume grace period
+        /// and the TURN credential refresh, at most once a second.
+        fn sweep_interval(&self) -> Duration {
+            let mut interval = self.config.resume_grace / 10;
+            if let Some(refresh) = IceServerMinter::from_config(&self.config).refresh_after() {
+                interval = interval.min(refresh / 10);
+            }
+            interval.clamp(Duration::from_millis(10), Duration::from_secs(1))
+        }
+    }
+
+    /// The HTTP routes: WebSocket upgrade, health, readiness, metrics and the web demo.
+    pub fn app(state: Arc<AppState>) -> Router {
+        Router::new()
+            .route("/ws", get(crate::ws::upgrade))
+            .route("/ws/{room}", get(crate::ws::upgrade_room))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .route("/", get(crate::web::index))
+            .route("/r/{room}", get(crate::web::index))
+            .fallback(get(crate::web::file))
+            .with_state(state)
+    }
+
+    async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+        if app.hub.is_draining() {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        } else {
+            (StatusCode::OK, "ready\n")
+        }
+    }
+
+    async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            app.metrics.encode(),
+        )
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then drains (see [`crate::shutdown`])
+    /// and returns.
+    pub async fn serve(
+        listener: TcpListener,
+        state: Arc<AppState>,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        let sweeper = {
+            let state = Arc::clone(&state);
+            let every = state.sweep_interval();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                loop {
+                    ticker.tick().await;
+                    state.hub.sweep(Instant::now());
+                }
+            })
+        };
+        let stopped = CancellationToken::new();
+        let server = {
+            let stopped = stopped.clone();
+            let router = app(Arc::clone(&state));
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped.cancelled_owned())
+                    .await
+            })
+        };
+        shutdown.cancelled().await;
+        crate::shutdown::drain(&state, "server shutting down", state.config.drain_timeout).await;
+        stopped.cancel();
+        sweeper.abort();
+        // HTTP keep-alive connections get a short while to finish; upgraded sockets are closed.
+        match tokio::time::timeout(Duration::from_secs(2), server).await {
+            Ok(Ok(result)) => result.map_err(Error::Io),
+            Ok(Err(join)) => Err(Error::Io(std::io::Error::other(join))),
+            Err(_) => Ok(()),
+        }
+    }
+}

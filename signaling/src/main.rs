@@ -1,1 +1,46 @@
-fn main() {}
+//! The `signaling` binary: parse the configuration, start logging, bind, serve until SIGTERM or
+//! SIGINT, drain, exit.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use signaling::config::Config;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    tracing::info!(?config, "starting");
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = signaling::AppState::new(config)?;
+    // Tests and scripts parse this line for the bound address.
+    println!("listening on http://{addr}");
+
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            match signaling::shutdown::signal_received().await {
+                Ok(name) => tracing::info!(signal = name, "shutting down"),
+                Err(e) => tracing::error!(error = %e, "cannot listen for signals"),
+            }
+            shutdown.cancel();
+        });
+    }
+    signaling::serve(listener, state, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

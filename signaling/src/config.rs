@@ -1,0 +1,262 @@
+//! The server's configuration: one clap struct, from flags and `SIGNALING_*` environment
+//! variables, checked once at start-up and printed with its secrets redacted.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::error::Error;
+
+/// A secret from the configuration. Its `Debug` never shows the value, so the configuration can
+/// be logged as a whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's bytes, for signing and verifying.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("a secret cannot be empty".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Parses a duration such as `250ms`, `30s`, `10m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 250ms, 30s, 10m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    }
+}
+
+/// Everything the signaling server can be told. Every flag also reads an environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "signaling",
+    version,
+    about = "WebRTC signaling server (protocol v1)"
+)]
+pub struct Config {
+    /// Address to listen on (HTTP and WebSocket). Port 0 picks a free port; the bound address
+    /// is printed on stdout as `listening on http://ADDR`.
+    #[arg(long, env = "SIGNALING_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// How often the server sends a WebSocket ping to each connection.
+    #[arg(long, env = "SIGNALING_PING_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A connection that sends nothing (not even a pong) for this long is closed as a zombie;
+    /// its peer leaves after the resume grace period with reason `timeout`.
+    #[arg(long, env = "SIGNALING_PING_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub ping_timeout: Duration,
+
+    /// How long a session whose socket dropped can be resumed before its peer leaves the room.
+    #[arg(long, env = "SIGNALING_RESUME_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub resume_grace: Duration,
+
+    /// Replay buffer bound per session, in messages: unacknowledged messages kept for resume.
+    #[arg(long, env = "SIGNALING_REPLAY_MAX_MESSAGES", default_value_t = 256)]
+    pub replay_max_messages: usize,
+
+    /// Replay buffer bound per session, in bytes.
+    #[arg(long, env = "SIGNALING_REPLAY_MAX_BYTES", default_value_t = 256 * 1024)]
+    pub replay_max_bytes: usize,
+
+    /// Outbound queue per connection, in messages. A client that falls this far behind is a
+    /// slow consumer: its session ends with `slow_consumer`.
+    #[arg(long, env = "SIGNALING_OUTBOUND_QUEUE", default_value_t = 256)]
+    pub outbound_queue: usize,
+
+    /// The largest text frame accepted, in bytes. Larger frames close the socket with 1009.
+    #[arg(long, env = "SIGNALING_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Peers per room.
+    #[arg(long, env = "SIGNALING_MAX_PEERS_PER_ROOM", default_value_t = 32)]
+    pub max_peers_per_room: usize,
+
+    /// Rooms on this server.
+    #[arg(long, env = "SIGNALING_MAX_ROOMS", default_value_t = 50_000)]
+    pub max_rooms: usize,
+
+    /// Sessions on this server (joined peers, including those waiting to resume).
+    #[arg(long, env = "SIGNALING_MAX_SESSIONS", default_value_t = 100_000)]
+    pub max_sessions: usize,
+
+    /// Open WebSocket connections on this server (joined or not); more are refused with 503.
+    #[arg(long, env = "SIGNALING_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Sustained messages per second per connection (token bucket rate).
+    #[arg(long, env = "SIGNALING_RATE_LIMIT", default_value_t = 50.0)]
+    pub rate_limit: f64,
+
+    /// Burst of messages per connection (token bucket size).
+    #[arg(long, env = "SIGNALING_RATE_BURST", default_value_t = 200.0)]
+    pub rate_burst: f64,
+
+    /// HS256 secret for JWT auth. When set, every join needs a valid token granting its room
+    /// (in the `token` query parameter or in `join`).
+    #[arg(long, env = "SIGNALING_JWT_SECRET")]
+    pub jwt_secret: Option<Secret>,
+
+    /// Browser origins allowed to connect (repeatable or comma-separated), e.g.
+    /// `https://app.example.com`. Empty = any origin. Requests without `Origin` are not browsers
+    /// and are allowed.
+    #[arg(
+        long = "allowed-origin",
+        env = "SIGNALING_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// On SIGTERM/SIGINT, how long to wait for clients to leave after telling them to reconnect.
+    #[arg(long, env = "SIGNALING_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// The delay a draining server suggests to clients before they reconnect.
+    #[arg(long, env = "SIGNALING_RECONNECT_AFTER", default_value = "1s", value_parser = parse_duration)]
+    pub reconnect_after: Duration,
+
+    /// STUN server URLs handed to clients (repeatable or comma-separated), e.g.
+    /// `stun:stun.example.com:3478`.
+    #[arg(long = "stun-url", env = "SIGNALING_STUN_URLS", value_delimiter = ',')]
+    pub stun_urls: Vec<String>,
+
+    /// TURN server URLs handed to clients with short-lived credentials (repeatable or
+    /// comma-separated), e.g. `turn:turn.example.com:3478?transport=udp`, `turns:...:5349`.
+    #[arg(long = "turn-url", env = "SIGNALING_TURN_URLS", value_delimiter = ',')]
+    pub turn_urls: Vec<String>,
+
+    /// TURN REST shared secrets (repeatable or comma-separated). The first signs credentials;
+    /// the relay accepts any of its list, so secrets can be rotated.
+    #[arg(
+        long = "turn-secret",
+        env = "SIGNALING_TURN_SECRETS",
+        value_delimiter = ','
+    )]
+    pub turn_secrets: Vec<Secret>,
+
+    /// Lifetime of minted TURN credentials. Fresh ones are pushed at 80% of it.
+    #[arg(long, env = "SIGNALING_TURN_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub turn_ttl: Duration,
+
+    /// Serve the web demo from this directory instead of the files embedded in the binary
+    /// (for development).
+    #[arg(long, env = "SIGNALING_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+
+    /// Log as JSON lines instead of human-readable text (the filter comes from `RUST_LOG`).
+    #[arg(long, env = "SIGNALING_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Config {
+    /// Checks the values that clap cannot: durations that must be positive, limits that must
+    /// hold at least one of something, URLs with the right scheme.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |what: String| Err(Error::Config(what));
+        if self.ping_interval.is_zero() || self.ping_timeout < self.ping_interval {
+            return bad("--ping-interval must be > 0 and <= --ping-timeout".into());
+        }
+        if self.resume_grace.is_zero() {
+            return bad("--resume-grace must be > 0".into());
+        }
+        if self.replay_max_messages == 0 || self.replay_max_bytes == 0 {
+            return bad("the replay buffer bounds must be > 0".into());
+        }
+        if self.outbound_queue < 2 {
+            return bad("--outbound-queue must be at least 2".into());
+        }
+        if self.max_message_bytes < 256 {
+            return bad("--max-message-bytes must be at least 256".into());
+        }
+        if self.max_peers_per_room == 0 || self.max_rooms == 0 || self.max_sessions == 0 {
+            return bad("room and session limits must be > 0".into());
+        }
+        if !(self.rate_limit > 0.0 && self.rate_burst >= 1.0) {
+            return bad("--rate-limit must be > 0 and --rate-burst >= 1".into());
+        }
+        for url in &self.stun_urls {
+            if !url.starts_with("stun:") && !url.starts_with("stuns:") {
+                return bad(format!("--stun-url {url}: must start with stun: or stuns:"));
+            }
+        }
+        for url in &self.turn_urls {
+            if !url.starts_with("turn:") && !url.starts_with("turns:") {
+                return bad(format!("--turn-url {url}: must start with turn: or turns:"));
+            }
+        }
+        if !self.turn_urls.is_empty() && self.turn_secrets.is_empty() {
+            return bad("--turn-url needs --turn-secret to mint credentials".into());
+        }
+        if self.turn_ttl < Duration::from_secs(1) {
+            return bad("--turn-ttl must be at least 1s".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_defaults_validate() {
+        let config = Config::parse_from([
+            "signaling",
+            "--jwt-secret",
+            "hunter2",
+            "--turn-url",
+            "turn:127.0.0.1:3478",
+            "--turn-secret",
+            "s1,s2",
+        ]);
+        let printed = format!("{config:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("s1"),
+            "{printed}"
+        );
+        assert_eq!(config.turn_secrets.len(), 2);
+        config.validate().unwrap();
+    }
+}

@@ -1,0 +1,73 @@
+//! One WebSocket: receive frames classified for the session, send encoded frames, pings and
+//! closes. The frame size limit is enforced by tungstenite (configured in `ws.rs`); here an
+//! oversize frame is recognised so the session can answer it with `message_too_large` and 1009.
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use tokio_tungstenite::tungstenite;
+
+/// What arrived on the socket.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A text frame (a protocol message, not parsed yet).
+    Text(Utf8Bytes),
+    /// A binary frame: the protocol is text only.
+    Binary,
+    /// A ping or pong: the peer is alive.
+    Alive,
+    /// A frame larger than the limit; the socket cannot be read any further.
+    TooLarge,
+    /// The peer closed the socket, or it failed.
+    Closed,
+}
+
+/// A WebSocket connection of the server.
+pub struct Connection {
+    socket: WebSocket,
+}
+
+impl Connection {
+    /// Wraps an upgraded socket.
+    pub fn new(socket: WebSocket) -> Self {
+        Self { socket }
+    }
+
+    /// The next inbound event. Cancel-safe (it is `Stream::next`), so it can sit in a `select!`.
+    pub async fn recv(&mut self) -> Inbound {
+        match self.socket.recv().await {
+            Some(Ok(Message::Text(text))) => Inbound::Text(text),
+            Some(Ok(Message::Binary(_))) => Inbound::Binary,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Alive,
+            Some(Ok(Message::Close(_))) | None => Inbound::Closed,
+            Some(Err(e)) => {
+                let inner = e.into_inner();
+                match inner.downcast_ref::<tungstenite::Error>() {
+                    Some(tungstenite::Error::Capacity(_)) => Inbound::TooLarge,
+                    _ => {
+                        tracing::debug!(error = %inner, "socket read failed");
+                        Inbound::Closed
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one text frame and flushes it.
+    pub async fn send_text(&mut self, frame: Utf8Bytes) -> Result<(), axum::Error> {
+        self.socket.send(Message::Text(frame)).await
+    }
+
+    /// Sends a WebSocket ping.
+    pub async fn ping(&mut self) -> Result<(), axum::Error> {
+        self.socket.send(Message::Ping(Bytes::new())).await
+    }
+
+    /// Sends a close frame with `code` and `reason`; the socket is done afterwards.
+    pub async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = self.socket.send(Message::Close(Some(frame))).await;
+    }
+}

@@ -1,0 +1,39 @@
+//! Errors: [`RequestError`] is caused by a client and becomes an `error` message with a code;
+//! [`Error`] is fatal to the server (bad configuration, cannot bind).
+
+use std::borrow::Cow;
+
+use crate::protocol::ErrorCode;
+
+/// A client-caused failure: answered with `{"type":"error","code":...}`, counted, and the
+/// connection decides whether to continue or close.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct RequestError {
+    /// The stable code the client sees.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: Cow<'static, str>,
+}
+
+impl RequestError {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A fault that stops the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Socket I/O failed (binding, serving).
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}

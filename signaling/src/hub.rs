@@ -1,0 +1,734 @@
+//! The hub: every room and every session, behind one `std::sync::Mutex`.
+//!
+//! All state changes are short synchronous methods: they never `.await` while holding the lock,
+//! and the only "sends" they do are non-blocking `try_send`s into each session's bounded
+//! outbound queue. Doing those under the lock is what keeps a session's `seq` order equal to its
+//! queue order when several peers write to it at once.
+//!
+//! A session is *attached* to one socket (an outbound queue) or *parked* after its socket
+//! dropped, until it is resumed or its grace period ends. Every frame it is sent is numbered
+//! and kept in its replay buffer (see [`crate::resume`]) until acknowledged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+
+use crate::error::RequestError;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
+    ServerFrame, ServerMessage, SessionInfo,
+};
+use crate::resume::{ReplayBuffer, ReplayLimits, ResumeSecret, parse_token};
+use crate::room::Room;
+use crate::turn_credentials::IceServerMinter;
+
+/// The hub's key of a session; its hex form is the session id.
+pub type SessionKey = u64;
+/// The id of one WebSocket connection (for logs, and to tell a stale socket from the current one).
+pub type ConnId = u64;
+
+/// WebSocket close codes the server uses (documented in `docs/protocol.md`).
+pub mod close_code {
+    /// After `leave`.
+    pub const NORMAL: u16 = 1000;
+    /// The server shut down after draining.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A refused handshake, a timeout, a slow consumer, or a session taken over by a resume.
+    pub const POLICY: u16 = 1008;
+    /// A frame larger than `max_message_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// A limit of the server (room full, too many sessions, draining): try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// What a session's socket task is told to write.
+#[derive(Debug)]
+pub enum Outbound {
+    /// One encoded server frame.
+    Frame(Utf8Bytes),
+    /// Write `frame` (if any), then close the socket with `code`.
+    Close { frame: Option<Utf8Bytes>, code: u16 },
+}
+
+/// The hub's share of the configuration.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub replay: ReplayLimits,
+    pub resume_grace: Duration,
+    pub max_peers_per_room: usize,
+    pub max_rooms: usize,
+    pub max_sessions: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub reconnect_after: Duration,
+}
+
+/// A validated `join`.
+#[derive(Debug)]
+pub struct JoinRequest {
+    pub reference: Option<RequestId>,
+    pub version: u32,
+    pub room: RoomId,
+    pub name: Option<String>,
+}
+
+/// A `resume` whose version was negotiated.
+#[derive(Debug)]
+pub struct ResumeRequest {
+    pub reference: Option<RequestId>,
+    pub version: u32,
+    pub token: ResumeToken,
+    pub last_seq: u64,
+}
+
+/// A session now attached to the caller's socket.
+#[derive(Debug)]
+pub struct Attached {
+    pub key: SessionKey,
+    pub peer: PeerId,
+    /// Missed frames to write, in order, before anything from the outbound queue.
+    pub replay: Vec<Utf8Bytes>,
+}
+
+/// What the socket task does after a message was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The peer left: close the socket normally.
+    Left,
+    /// The session is gone or belongs to another socket now: close without detaching.
+    Gone,
+}
+
+#[derive(Debug)]
+enum Link {
+    Attached {
+        conn: ConnId,
+        tx: mpsc::Sender<Outbound>,
+    },
+    Parked {
+        expires: Instant,
+        reason: LeaveReason,
+    },
+}
+
+#[derive(Debug)]
+struct Session {
+    peer: PeerId,
+    name: Option<String>,
+    room: RoomId,
+    version: u32,
+    secret: ResumeSecret,
+    next_seq: u64,
+    replay: ReplayBuffer,
+    link: Link,
+    /// When fresh TURN credentials are due (80% of their TTL), if they expire at all.
+    ice_refresh_at: Option<Instant>,
+}
+
+impl Session {
+    fn attached_to(&self, conn: ConnId) -> bool {
+        matches!(self.link, Link::Attached { conn: c, .. } if c == conn)
+    }
+}
+
+/// A session that ended with an error, remembered for one grace period so that a late resume
+/// learns why (e.g. `replay_overflow`) instead of a bare `resume_failed`.
+#[derive(Debug)]
+struct Tombstone {
+    code: ErrorCode,
+    secret: ResumeSecret,
+    expires: Instant,
+}
+
+struct HubState {
+    sessions: HashMap<SessionKey, Session>,
+    rooms: HashMap<RoomId, Room>,
+    tombstones: HashMap<SessionKey, Tombstone>,
+    /// Sessions to end once the current operation is done (slow consumers, overflows).
+    ending: Vec<(SessionKey, ErrorCode)>,
+    draining: bool,
+    replay_limits: ReplayLimits,
+    grace: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// Rooms and sessions. See the module docs.
+pub struct Hub {
+    /// The one lock. Never held across `.await`: every method below is synchronous.
+    state: Mutex<HubState>,
+    settings: HubSettings,
+    ice: IceServerMinter,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(settings: HubSettings, ice: IceServerMinter, metrics: Arc<Metrics>) -> Self {
+        let state = HubState {
+            sessions: HashMap::new(),
+            rooms: HashMap::new(),
+            tombstones: HashMap::new(),
+            ending: Vec::new(),
+            draining: false,
+            replay_limits: settings.replay,
+            grace: settings.resume_grace,
+            metrics: Arc::clone(&metrics),
+        };
+        Self {
+            state: Mutex::new(state),
+            settings,
+            ice,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // A panic while holding the lock would be a bug; the state is still consistent enough
+        // to keep serving (every method leaves it consistent between statements that can panic).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The hub's settings.
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    /// Creates a session in the requested room, attached to the caller's queue, and sends
+    /// `welcome` to it and `peer_joined` to the others.
+    pub fn join(
+        &self,
+        conn: ConnId,
+        tx: &mpsc::Sender<Outbound>,
+        req: JoinRequest,
+    ) -> Result<Attached, RequestError> {
+        let mut st = self.lock();
+        if st.draining {
+            return Err(RequestError::new(
+                ErrorCode::Draining,
+                "the server is shutting down",
+            ));
+        }
+        if st.sessions.len() >= self.settings.max_sessions {
+            return Err(RequestError::new(
+                ErrorCode::TooManySessions,
+                "the server holds its maximum number of sessions",
+            ));
+        }
+        match st.rooms.get(&req.room) {
+            None if st.rooms.len() >= self.settings.max_rooms => {
+                return Err(RequestError::new(
+                    ErrorCode::TooManyRooms,
+                    "the server holds its maximum number of rooms",
+                ));
+            }
+            Some(room) if room.len() >= self.settings.max_peers_per_room => {
+                return Err(RequestError::new(
+                    ErrorCode::RoomFull,
+                    format!(
+                        "room {} already has {} peers",
+                        req.room, self.settings.max_peers_per_room
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let key = loop {
+            let key = rand::random::<u64>();
+            if key != 0 && !st.sessions.contains_key(&key) && !st.tombstones.contains_key(&key) {
+                break key;
+            }
+        };
+        let peer = loop {
+            let candidate = PeerId(format!("{:012x}", rand::random::<u64>() >> 16));
+            let taken = st.rooms.get(&req.room).is_some_and(|room| {
+                room.members()
+                    .iter()
+                    .any(|k| st.sessions.get(k).is_some_and(|s| s.peer == candidate))
+            });
+            if !taken {
+                break candidate;
+            }
+        };
+        let now = Instant::now();
+        let session = Session {
+            peer: peer.clone(),
+            name: req.name.clone(),
+            room: req.room.clone(),
+            version: req.version,
+            secret: ResumeSecret::generate(),
+            next_seq: 1,
+            replay: ReplayBuffer::default(),
+            link: Link::Attached {
+                conn,
+                tx: tx.clone(),
+            },
+            ice_refresh_at: self.ice.refresh_after().map(|d| now + d),
+        };
+        st.sessions.insert(key, session);
+        st.rooms.entry(req.room.clone()).or_default().add(key);
+
+        let info = self.session_info(&st, key);
+        st.deliver(
+            key,
+            ServerMessage::Welcome {
+                reference: req.reference,
+                session: info,
+            },
+        );
+        let others: Vec<SessionKey> = st.room_of(key).map(|(k, _)| k).collect();
+        for other in others {
+            st.deliver(
+                other,
+                ServerMessage::PeerJoined {
+                    peer: PeerInfo {
+                        id: peer.clone(),
+                        name: req.name.clone(),
+                        polite: false,
+                    },
+                },
+            );
+        }
+        st.settle();
+        self.update_gauges(&st);
+        Ok(Attached {
+            key,
+            peer,
+            replay: Vec::new(),
+        })
+    }
+
+    /// Re-attaches a parked (or still attached, if the old socket was not noticed dead yet)
+    /// session to the caller's queue. Returns the missed frames to write first; `resumed` is
+    /// already queued behind them.
+    pub fn resume(
+        &self,
+        conn: ConnId,
+        tx: &mpsc::Sender<Outbound>,
+        req: ResumeRequest,
+    ) -> Result<Attached, RequestError> {
+        let result = self.try_resume(conn, tx, req);
+        self.metrics.resume(result.is_ok());
+        result
+    }
+
+    fn try_resume(
+        &self,
+        conn: ConnId,
+        tx: &mpsc::Sender<Outbound>,
+        req: ResumeRequest,
+    ) -> Result<Attached, RequestError> {
+        let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
+        let (key, secret) = parse_token(&req.token).ok_or_else(unknown)?;
+        let mut st = self.lock();
+        if st.draining {
+            return Err(RequestError::new(
+                ErrorCode::Draining,
+                "the server is shutting down",
+            ));
+        }
+        if let Some(t) = st.tombstones.get(&key)
+            && t.secret.matches(secret)
+        {
+            return Err(RequestError::new(
+                t.code,
+                format!("the session ended ({})", t.code),
+            ));
+        }
+        let Some(session) = st.sessions.get_mut(&key) else {
+            return Err(unknown());
+        };
+        if !session.secret.matches(secret) {
+            return Err(unknown());
+        }
+        let Some(replay) = session.replay.since(req.last_seq, session.next_seq) else {
+            return Err(RequestError::new(
+                ErrorCode::ResumeFailed,
+                format!(
+                    "last_seq {} cannot be resumed exactly (next seq {})",
+                    req.last_seq, session.next_seq
+                ),
+            ));
+        };
+        session.replay.ack(req.last_seq);
+        let old = std::mem::replace(
+            &mut session.link,
+            Link::Attached {
+                conn,
+                tx: tx.clone(),
+            },
+        );
+        if let Link::Attached { tx: old_tx, .. } = old {
+            let _ = old_tx.try_send(Outbound::Close {
+                frame: None,
+                code: close_code::POLICY,
+            });
+        }
+        session.version = req.version;
+        let now = Instant::now();
+        session.ice_refresh_at = self.ice.refresh_after().map(|d| now + d);
+        let peer = session.peer.clone();
+        let info = self.session_info(&st, key);
+        st.deliver(
+            key,
+            ServerMessage::Resumed {
+                reference: req.reference,
+                session: info,
+                replayed: replay.len() as u64,
+            },
+        );
+        st.settle();
+        self.update_gauges(&st);
+        Ok(Attached { key, peer, replay })
+    }
+
+    /// Handles a request of an attached session (everything but `join`/`resume`).
+    pub fn handle(&self, key: SessionKey, conn: ConnId, message: ClientMessage) -> Flow {
+        let mut st = self.lock();
+        if !st.sessions.get(&key).is_some_and(|s| s.attached_to(conn)) {
+            return Flow::Gone;
+        }
+        let mut flow = Flow::Continue;
+        match message {
+            ClientMessage::Signal { id, to, signal } => {
+                let target = st
+                    .room_of(key)
+                    .map(|(k, _)| k)
+                    .find(|k| st.sessions.get(k).is_some_and(|s| s.peer == to));
+                match target {
+                    Some(target) => {
+                        let from = st.peer_of(key);
+                        st.deliver(target, ServerMessage::Signal { from, signal });
+                        self.metrics.messages_relayed.inc();
+                    }
+                    None => {
+                        let room = st.sessions.get(&key).map(|s| s.room.clone());
+                        let room = room.map(|r| r.0).unwrap_or_default();
+                        st.error(
+                            key,
+                            ErrorCode::UnknownPeer,
+                            format!("no peer {to} in room {room}; nothing was delivered"),
+                            id,
+                        );
+                    }
+                }
+            }
+            ClientMessage::Broadcast { id: _, data } => {
+                let from = st.peer_of(key);
+                let others: Vec<SessionKey> = st.room_of(key).map(|(k, _)| k).collect();
+                for other in others {
+                    st.deliver(
+                        other,
+                        ServerMessage::Broadcast {
+                            from: from.clone(),
+                            data: data.clone(),
+                        },
+                    );
+                    self.metrics.messages_relayed.inc();
+                }
+            }
+            ClientMessage::Ack { seq } => {
+                if let Some(session) = st.sessions.get_mut(&key) {
+                    session.replay.ack(seq);
+                }
+            }
+            ClientMessage::Ping { id } => st.deliver(key, ServerMessage::Pong { reference: id }),
+            ClientMessage::Leave { .. } => {
+                st.end_session(key, None, LeaveReason::Left);
+                flow = Flow::Left;
+            }
+            ClientMessage::Join { id, .. } | ClientMessage::Resume { id, .. } => st.error(
+                key,
+                ErrorCode::AlreadyJoined,
+                "this socket already has a session".into(),
+                id,
+            ),
+        }
+        st.settle();
+        self.update_gauges(&st);
+        flow
+    }
+
+    /// Sends an error to an attached session (for errors found before the hub, e.g. parsing).
+    pub fn reply_error(
+        &self,
+        key: SessionKey,
+        code: ErrorCode,
+        message: String,
+        reference: Option<RequestId>,
+    ) {
+        let mut st = self.lock();
+        st.error(key, code, message, reference);
+        st.settle();
+        self.update_gauges(&st);
+    }
+
+    /// The socket of `conn` is gone: park its session for the grace period (unless the session
+    /// was already taken over by a newer socket or ended).
+    pub fn detach(&self, key: SessionKey, conn: ConnId, reason: LeaveReason) {
+        let mut st = self.lock();
+        let grace = st.grace;
+        if let Some(session) = st.sessions.get_mut(&key)
+            && session.attached_to(conn)
+        {
+            session.link = Link::Parked {
+                expires: Instant::now() + grace,
+                reason,
+            };
+        }
+    }
+
+    /// Periodic work: ends parked sessions whose grace period is over, pushes fresh ICE servers
+    /// to sessions whose TURN credentials near expiry, forgets old tombstones.
+    pub fn sweep(&self, now: Instant) {
+        let mut st = self.lock();
+        let mut expired = Vec::new();
+        let mut refresh = Vec::new();
+        for (key, session) in &st.sessions {
+            match session.link {
+                Link::Parked { expires, reason } if expires <= now => expired.push((*key, reason)),
+                Link::Attached { .. } if session.ice_refresh_at.is_some_and(|t| t <= now) => {
+                    refresh.push(*key);
+                }
+                _ => {}
+            }
+        }
+        for (key, reason) in expired {
+            st.end_session(key, None, reason);
+        }
+        let next_refresh = self.ice.refresh_after().map(|d| now + d);
+        let wall = SystemTime::now();
+        for key in refresh {
+            let Some(session) = st.sessions.get_mut(&key) else {
+                continue;
+            };
+            session.ice_refresh_at = next_refresh;
+            let ice_servers = self.ice.mint(&session.peer, wall);
+            st.deliver(key, ServerMessage::IceServers { ice_servers });
+        }
+        st.tombstones.retain(|_, t| t.expires > now);
+        st.settle();
+        self.update_gauges(&st);
+    }
+
+    /// Starts draining: refuses new sessions and tells every attached session to reconnect.
+    pub fn start_draining(&self, reason: &str) {
+        let mut st = self.lock();
+        st.draining = true;
+        let keys: Vec<SessionKey> = st.sessions.keys().copied().collect();
+        let reconnect_after_ms = self.settings.reconnect_after.as_millis() as u64;
+        for key in keys {
+            st.deliver(
+                key,
+                ServerMessage::Draining {
+                    reason: reason.to_owned(),
+                    reconnect_after_ms,
+                },
+            );
+        }
+        st.settle();
+    }
+
+    /// Whether the server is draining.
+    pub fn is_draining(&self) -> bool {
+        self.lock().draining
+    }
+
+    /// Closes every attached socket with 1001 (the end of a drain).
+    pub fn close_all(&self) {
+        let st = self.lock();
+        for session in st.sessions.values() {
+            if let Link::Attached { tx, .. } = &session.link {
+                let _ = tx.try_send(Outbound::Close {
+                    frame: None,
+                    code: close_code::GOING_AWAY,
+                });
+            }
+        }
+    }
+
+    fn session_info(&self, st: &HubState, key: SessionKey) -> SessionInfo {
+        let peers = st
+            .room_of(key)
+            .filter_map(|(k, polite)| {
+                st.sessions.get(&k).map(|s| PeerInfo {
+                    id: s.peer.clone(),
+                    name: s.name.clone(),
+                    polite,
+                })
+            })
+            .collect();
+        let (peer, room, version, secret) = st.sessions.get(&key).map_or_else(
+            || {
+                (
+                    PeerId::from(""),
+                    RoomId::from(""),
+                    0,
+                    ResumeSecret::generate(),
+                )
+            },
+            |s| (s.peer.clone(), s.room.clone(), s.version, s.secret),
+        );
+        SessionInfo {
+            version,
+            ice_servers: self.ice.mint(&peer, SystemTime::now()),
+            peer_id: peer,
+            session_id: format!("{key:016x}").into(),
+            room,
+            peers,
+            ping_interval_ms: self.settings.ping_interval.as_millis() as u64,
+            ping_timeout_ms: self.settings.ping_timeout.as_millis() as u64,
+            resume_token: secret.token(key),
+            resume_grace_ms: self.settings.resume_grace.as_millis() as u64,
+            max_message_bytes: self.settings.max_message_bytes,
+        }
+    }
+
+    fn update_gauges(&self, st: &HubState) {
+        self.metrics.sessions.set(st.sessions.len() as i64);
+        self.metrics.rooms.set(st.rooms.len() as i64);
+    }
+}
+
+/// Encodes a frame. Serialising these types cannot fail (no maps with non-string keys), but a
+/// failure would be logged rather than crash the server.
+pub fn encode(frame: &ServerFrame) -> Utf8Bytes {
+    match serde_json::to_string(frame) {
+        Ok(text) => Utf8Bytes::from(text),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a server frame");
+            Utf8Bytes::from_static("{}")
+        }
+    }
+}
+
+impl HubState {
+    /// The other members of `key`'s room, oldest first, with whether `key` is polite to each.
+    fn room_of(&self, key: SessionKey) -> impl Iterator<Item = (SessionKey, bool)> + '_ {
+        self.sessions
+            .get(&key)
+            .and_then(|s| self.rooms.get(&s.room))
+            .into_iter()
+            .flat_map(move |room| room.others_with_roles(key))
+    }
+
+    fn peer_of(&self, key: SessionKey) -> PeerId {
+        self.sessions
+            .get(&key)
+            .map_or_else(|| PeerId::from(""), |s| s.peer.clone())
+    }
+
+    /// Numbers `message` for session `key`, keeps it for replay, and queues it if attached.
+    /// A full queue or an overflowing parked buffer marks the session for ending.
+    fn deliver(&mut self, key: SessionKey, message: ServerMessage) {
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let seq = session.next_seq;
+        session.next_seq += 1;
+        let frame = encode(&ServerFrame { seq, message });
+        session.replay.push(seq, frame.clone());
+        match &session.link {
+            Link::Attached { tx, .. } => {
+                session.replay.trim(self.replay_limits);
+                // Keep the last slot for the error that ends a slow consumer.
+                if tx.capacity() <= 1 {
+                    self.ending.push((key, ErrorCode::SlowConsumer));
+                } else {
+                    let _ = tx.try_send(Outbound::Frame(frame));
+                }
+            }
+            Link::Parked { .. } => {
+                if session.replay.over(self.replay_limits) {
+                    self.ending.push((key, ErrorCode::ReplayOverflow));
+                }
+            }
+        }
+    }
+
+    fn error(
+        &mut self,
+        key: SessionKey,
+        code: ErrorCode,
+        message: String,
+        reference: Option<RequestId>,
+    ) {
+        self.metrics.error(code);
+        self.deliver(
+            key,
+            ServerMessage::Error {
+                code,
+                message,
+                reference,
+            },
+        );
+    }
+
+    /// Ends the sessions marked during the operation (which may mark more: a `peer_left` can
+    /// overflow another parked session).
+    fn settle(&mut self) {
+        while let Some((key, code)) = self.ending.pop() {
+            self.end_session(key, Some(code), LeaveReason::Ended);
+        }
+    }
+
+    /// Removes a session for good and tells the rest of its room.
+    fn end_session(&mut self, key: SessionKey, error: Option<ErrorCode>, reason: LeaveReason) {
+        let Some(session) = self.sessions.remove(&key) else {
+            return;
+        };
+        let mut others = Vec::new();
+        if let Some(room) = self.rooms.get_mut(&session.room) {
+            room.remove(key);
+            others.extend_from_slice(room.members());
+            if room.is_empty() {
+                self.rooms.remove(&session.room);
+            }
+        }
+        if let Some(code) = error {
+            self.metrics.error(code);
+            tracing::info!(peer = %session.peer, %code, "session ended");
+            self.tombstones.insert(
+                key,
+                Tombstone {
+                    code,
+                    secret: session.secret,
+                    expires: Instant::now() + self.grace,
+                },
+            );
+            if let Link::Attached { tx, .. } = &session.link {
+                let message = match code {
+                    ErrorCode::SlowConsumer => "too many unread messages: the session ended",
+                    ErrorCode::ReplayOverflow => "the replay buffer overflowed: the session ended",
+                    _ => "the session ended",
+                };
+                let frame = encode(&ServerFrame {
+                    seq: session.next_seq,
+                    message: ServerMessage::Error {
+                        code,
+                        message: message.into(),
+                        reference: None,
+                    },
+                });
+                let _ = tx.try_send(Outbound::Close {
+                    frame: Some(frame),
+                    code: close_code::POLICY,
+                });
+            }
+        }
+        for other in others {
+            self.deliver(
+                other,
+                ServerMessage::PeerLeft {
+                    peer_id: session.peer.clone(),
+                    reason,
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Prometheus metrics, served as text at `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::protocol::ErrorCode;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Every metric of the server. Cheap to update from any task (atomics).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// WebSocket connections accepted since start.
+    pub connections_total: Counter,
+    /// Sessions (joined peers, attached or waiting to resume).
+    pub sessions: Gauge,
+    /// Rooms with at least one session.
+    pub rooms: Gauge,
+    /// Signal and broadcast messages delivered to a recipient's queue.
+    pub messages_relayed: Counter,
+    errors: Family<CodeLabel, Counter>,
+    resumes: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("signaling");
+        let connections = Gauge::default();
+        let connections_total = Counter::default();
+        let sessions = Gauge::default();
+        let rooms = Gauge::default();
+        let messages_relayed = Counter::default();
+        let errors = Family::<CodeLabel, Counter>::default();
+        let resumes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "WebSocket connections accepted",
+            connections_total.clone(),
+        );
+        registry.register("sessions", "Sessions, attached or parked", sessions.clone());
+        registry.register("rooms", "Rooms with at least one peer", rooms.clone());
+        registry.register(
+            "messages_relayed",
+            "Signal and broadcast messages delivered to a peer",
+            messages_relayed.clone(),
+        );
+        registry.register("errors", "Error replies by code", errors.clone());
+        registry.register("resumes", "Resume attempts by result", resumes.clone());
+        Self {
+            registry,
+            connections,
+            connections_total,
+            sessions,
+            rooms,
+            messages_relayed,
+            errors,
+            resumes,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one error reply (or refusal) with `code`.
+    pub fn error(&self, code: ErrorCode) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts one resume attempt.
+    pub fn resume(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.resumes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,442 @@
+//! The per-socket task: one `select!` over inbound frames, the session's bounded outbound
+//! queue and the ping timer, until the socket closes.
+//!
+//! Before `join`/`resume` the socket has no session, and errors are written straight to it with
+//! `seq` 0. After, everything the client receives goes through the hub (numbered, kept for
+//! replay) and arrives here through the queue. When the socket ends, the session is parked for
+//! the resume grace period (the hub ignores that if the session already ended or moved to a
+//! newer socket).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::WebSocket;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use crate::AppState;
+use crate::auth::{Claims, check_grant};
+use crate::connection::{Connection, Inbound};
+use crate::error::RequestError;
+use crate::hub::{
+    Attached, ConnId, Flow, JoinRequest, Outbound, ResumeRequest, SessionKey, close_code, encode,
+};
+use crate::protocol::{
+    ClientMessage, ErrorCode, LeaveReason, RequestId, ResumeToken, RoomId, SUPPORTED_VERSIONS,
+    ServerFrame, ServerMessage, is_valid_name, is_valid_room_id, negotiate_version,
+};
+use crate::rate_limit::TokenBucket;
+
+/// What the upgrade handler learned from the HTTP request.
+#[derive(Debug)]
+pub struct Handshake {
+    pub conn: ConnId,
+    /// The room named by the URL (`/ws/ROOM`), not validated yet.
+    pub path_room: Option<RoomId>,
+    /// The claims of a valid `?token=`, verified before the upgrade.
+    pub claims: Option<Claims>,
+}
+
+/// Runs one socket to its end.
+pub async fn run(socket: WebSocket, app: Arc<AppState>, handshake: Handshake) {
+    let (tx, rx) = mpsc::channel(app.config.outbound_queue);
+    let now = Instant::now();
+    let mut task = SocketTask {
+        conn: Connection::new(socket),
+        bucket: TokenBucket::new(app.config.rate_burst, now),
+        app,
+        handshake,
+        tx,
+        key: None,
+        last_heard: now,
+        opened: now,
+        reading: true,
+    };
+    app_metrics_open(&task.app);
+    let reason = task.run(rx).await;
+    if let Some(key) = task.key {
+        task.app.hub.detach(key, task.handshake.conn, reason);
+    }
+    task.app.metrics.connections.dec();
+    tracing::debug!(?reason, "connection closed");
+}
+
+fn app_metrics_open(app: &AppState) {
+    app.metrics.connections.inc();
+    app.metrics.connections_total.inc();
+}
+
+struct SocketTask {
+    conn: Connection,
+    app: Arc<AppState>,
+    handshake: Handshake,
+    /// Our own handle on the outbound queue, handed to the hub at join/resume. Holding it means
+    /// the queue never reports "closed": the hub ends a session with an explicit `Close`.
+    tx: mpsc::Sender<Outbound>,
+    key: Option<SessionKey>,
+    bucket: TokenBucket,
+    /// The last time anything arrived (frames, pongs).
+    last_heard: Instant,
+    opened: Instant,
+    /// False once the read side is unusable (oversize frame): only the queue is served then.
+    reading: bool,
+}
+
+/// Whether the loop goes on.
+enum Step {
+    Continue,
+    Stop(LeaveReason),
+}
+
+#[derive(Deserialize)]
+struct IdProbe {
+    id: Option<RequestId>,
+}
+
+impl SocketTask {
+    async fn run(&mut self, mut rx: mpsc::Receiver<Outbound>) -> LeaveReason {
+        let interval = self.app.config.ping_interval;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let step = tokio::select! {
+                inbound = self.conn.recv(), if self.reading => self.on_inbound(inbound).await,
+                Some(out) = rx.recv() => self.on_outbound(out).await,
+                _ = ticker.tick() => self.on_tick().await,
+            };
+            if let Step::Stop(reason) = step {
+                return reason;
+            }
+        }
+    }
+
+    async fn on_outbound(&mut self, out: Outbound) -> Step {
+        match out {
+            Outbound::Frame(frame) => match self.conn.send_text(frame).await {
+                Ok(()) => Step::Continue,
+                Err(_) => Step::Stop(LeaveReason::Disconnected),
+            },
+            Outbound::Close { frame, code } => {
+                if let Some(frame) = frame {
+                    let _ = self.conn.send_text(frame).await;
+                }
+                self.conn.close(code, "").await;
+                Step::Stop(LeaveReason::Disconnected)
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) -> Step {
+        let timeout = self.app.config.ping_timeout;
+        if self.last_heard.elapsed() >= timeout {
+            tracing::info!("silent past the ping timeout: closing");
+            self.conn.close(close_code::POLICY, "ping timeout").await;
+            return Step::Stop(LeaveReason::Timeout);
+        }
+        if self.key.is_none() && self.opened.elapsed() >= timeout {
+            self.app.metrics.error(ErrorCode::NotJoined);
+            self.send_direct(
+                ErrorCode::NotJoined,
+                "no join or resume within the ping timeout".into(),
+                None,
+            )
+            .await;
+            self.conn.close(close_code::POLICY, "join timeout").await;
+            return Step::Stop(LeaveReason::Disconnected);
+        }
+        match self.conn.ping().await {
+            Ok(()) => Step::Continue,
+            Err(_) => Step::Stop(LeaveReason::Disconnected),
+        }
+    }
+
+    async fn on_inbound(&mut self, inbound: Inbound) -> Step {
+        let now = Instant::now();
+        match inbound {
+            Inbound::Alive => {
+                self.last_heard = now;
+                Step::Continue
+            }
+            Inbound::Closed => Step::Stop(LeaveReason::Disconnected),
+            Inbound::TooLarge => {
+                self.reading = false;
+                let limit = self.app.config.max_message_bytes;
+                self.refuse(
+                    RequestError::new(
+                        ErrorCode::MessageTooLarge,
+                        format!("frames are limited to {limit} bytes"),
+                    ),
+                    None,
+                    Some(close_code::TOO_BIG),
+                )
+                .await
+            }
+            Inbound::Binary => {
+                self.last_heard = now;
+                self.refuse(
+                    RequestError::new(
+                        ErrorCode::BinaryNotSupported,
+                        "the protocol uses text frames only",
+                    ),
+                    None,
+                    None,
+                )
+                .await
+            }
+            Inbound::Text(text) => {
+                self.last_heard = now;
+                let config = &self.app.config;
+                if !self
+                    .bucket
+                    .try_take(now, config.rate_limit, config.rate_burst)
+                {
+                    let message = format!(
+                        "more than {} messages/s (burst {}): message dropped",
+                        config.rate_limit, config.rate_burst
+                    );
+                    let id = probe_id(&text);
+                    return self
+                        .refuse(RequestError::new(ErrorCode::RateLimited, message), id, None)
+                        .await;
+                }
+                match serde_json::from_str::<ClientMessage>(&text) {
+                    Ok(message) => self.on_message(message).await,
+                    Err(e) => {
+                        let id = probe_id(&text);
+                        self.refuse(
+                            RequestError::new(ErrorCode::InvalidMessage, e.to_string()),
+                            id,
+                            None,
+                        )
+                        .await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: ClientMessage) -> Step {
+        let Some(key) = self.key else {
+            return self.on_handshake(message).await;
+        };
+        match self.app.hub.handle(key, self.handshake.conn, message) {
+            Flow::Continue => Step::Continue,
+            Flow::Left => {
+                self.key = None;
+                self.conn.close(close_code::NORMAL, "left").await;
+                Step::Stop(LeaveReason::Left)
+            }
+            Flow::Gone => {
+                self.key = None;
+                self.conn.close(close_code::POLICY, "session gone").await;
+                Step::Stop(LeaveReason::Disconnected)
+            }
+        }
+    }
+
+    /// `join` or `resume` on a socket without a session.
+    async fn on_handshake(&mut self, message: ClientMessage) -> Step {
+        let reference = message.request_id();
+        let result = match message {
+            ClientMessage::Join {
+                versions,
+                room,
+                name,
+                token,
+                ..
+            } => self.join(reference, &versions, room, name, token),
+            ClientMessage::Resume {
+                versions,
+                resume_token,
+                last_seq,
+                ..
+            } => self.resume(reference, &versions, resume_token, last_seq),
+            _ => {
+                return self
+                    .refuse(
+                        RequestError::new(ErrorCode::NotJoined, "send join or resume first"),
+                        reference,
+                        None,
+                    )
+                    .await;
+            }
+        };
+        match result {
+            Ok(attached) => {
+                self.key = Some(attached.key);
+                tracing::Span::current().record("peer", attached.peer.as_str());
+                tracing::info!(peer = %attached.peer, replayed = attached.replay.len(), "attached");
+                for frame in attached.replay {
+                    if self.conn.send_text(frame).await.is_err() {
+                        return Step::Stop(LeaveReason::Disconnected);
+                    }
+                }
+                Step::Continue
+            }
+            Err(error) => {
+                let close = match error.code {
+                    ErrorCode::RoomFull
+                    | ErrorCode::TooManyRooms
+                    | ErrorCode::TooManySessions
+                    | ErrorCode::Draining => close_code::TRY_AGAIN_LATER,
+                    _ => close_code::POLICY,
+                };
+                self.refuse(error, reference, Some(close)).await
+            }
+        }
+    }
+
+    fn join(
+        &self,
+        reference: Option<RequestId>,
+        versions: &[u32],
+        room: Option<RoomId>,
+        name: Option<String>,
+        token: Option<String>,
+    ) -> Result<Attached, RequestError> {
+        let version = negotiate(versions)?;
+        let room = match (room, &self.handshake.path_room) {
+            (Some(asked), Some(path)) if &asked != path => {
+                return Err(RequestError::new(
+                    ErrorCode::InvalidRoomId,
+                    format!("join names room {asked} but the URL names {path}"),
+                ));
+            }
+            (Some(asked), _) => asked,
+            (None, Some(path)) => path.clone(),
+            (None, None) => {
+                return Err(RequestError::new(
+                    ErrorCode::InvalidRoomId,
+                    "no room: give it in the URL (/ws/ROOM) or in join",
+                ));
+            }
+        };
+        if !is_valid_room_id(room.as_str()) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidRoomId,
+                "room ids are 1 to 64 characters of [A-Za-z0-9_.-]",
+            ));
+        }
+        if name.as_deref().is_some_and(|n| !is_valid_name(n)) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidName,
+                "names are 1 to 64 characters without control characters",
+            ));
+        }
+        let name = match &self.app.auth {
+            None => name,
+            Some(auth) => {
+                let claims = match token {
+                    Some(token) => auth.verify(&token)?,
+                    None => self.handshake.claims.clone().ok_or_else(|| {
+                        RequestError::new(
+                            ErrorCode::Unauthorized,
+                            "this server requires a token (?token= or in join)",
+                        )
+                    })?,
+                };
+                check_grant(&claims, &room, name)?
+            }
+        };
+        self.app.hub.join(
+            self.handshake.conn,
+            &self.tx,
+            JoinRequest {
+                reference,
+                version,
+                room,
+                name,
+            },
+        )
+    }
+
+    fn resume(
+        &self,
+        reference: Option<RequestId>,
+        versions: &[u32],
+        token: ResumeToken,
+        last_seq: u64,
+    ) -> Result<Attached, RequestError> {
+        let version = negotiate(versions)?;
+        self.app.hub.resume(
+            self.handshake.conn,
+            &self.tx,
+            ResumeRequest {
+                reference,
+                version,
+                token,
+                last_seq,
+            },
+        )
+    }
+
+    /// Answers a client error: through the session when there is one, straight to the socket
+    /// (seq 0) otherwise; then closes the socket when `close` says so.
+    async fn refuse(
+        &mut self,
+        error: RequestError,
+        reference: Option<RequestId>,
+        close: Option<u16>,
+    ) -> Step {
+        tracing::debug!(code = %error.code, message = %error.message, "client error");
+        match self.key {
+            Some(key) => {
+                self.app
+                    .hub
+                    .reply_error(key, error.code, error.message.into_owned(), reference);
+                if let Some(code) = close {
+                    // Behind the error in the queue, so the client reads it before the close.
+                    let _ = self.tx.try_send(Outbound::Close { frame: None, code });
+                }
+                Step::Continue
+            }
+            None => {
+                self.app.metrics.error(error.code);
+                self.send_direct(error.code, error.message.into_owned(), reference)
+                    .await;
+                match close {
+                    Some(code) => {
+                        self.conn.close(code, "").await;
+                        Step::Stop(LeaveReason::Disconnected)
+                    }
+                    None => Step::Continue,
+                }
+            }
+        }
+    }
+
+    async fn send_direct(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        reference: Option<RequestId>,
+    ) {
+        let frame = encode(&ServerFrame {
+            seq: 0,
+            message: ServerMessage::Error {
+                code,
+                message,
+                reference,
+            },
+        });
+        let _ = self.conn.send_text(frame).await;
+    }
+}
+
+fn negotiate(offered: &[u32]) -> Result<u32, RequestError> {
+    negotiate_version(offered).ok_or_else(|| {
+        RequestError::new(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "the server speaks versions {SUPPORTED_VERSIONS:?}, the client offered {offered:?}"
+            ),
+        )
+    })
+}
+
+fn probe_id(text: &str) -> Option<RequestId> {
+    serde_json::from_str::<IdProbe>(text)
+        .ok()
+        .and_then(|p| p.id)
+}

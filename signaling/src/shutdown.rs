@@ -1,0 +1,41 @@
+//! Graceful shutdown: on SIGTERM or SIGINT, refuse new sessions, tell every client to
+//! reconnect elsewhere (`draining`), wait until they are gone or the drain timeout passes,
+//! close what is left with 1001, and let the server stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::AppState;
+
+/// Resolves at the first SIGTERM or SIGINT.
+pub async fn signal_received() -> std::io::Result<&'static str> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Drains the server: returns when every connection closed or `timeout` passed.
+pub async fn drain(app: &Arc<AppState>, reason: &str, timeout: Duration) {
+    app.hub.start_draining(reason);
+    let deadline = tokio::time::Instant::now() + timeout;
+    tracing::info!(
+        connections = app.metrics.connections.get(),
+        ?timeout,
+        "draining"
+    );
+    while app.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.hub.close_all();
+    // Give the sockets a moment to write their close frames.
+    let grace = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .min(Duration::from_millis(200));
+    tokio::time::sleep(grace).await;
+    tracing::info!(connections = app.metrics.connections.get(), "drained");
+}

@@ -1,0 +1,108 @@
+//! The WebSocket upgrade: the last point with HTTP metadata. Checks the origin allow-list, the
+//! connection limit, draining and a `?token=` before upgrading, and configures the socket's
+//! buffers and frame limits (small read/write buffers keep idle connections cheap).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument as _;
+
+use crate::AppState;
+use crate::protocol::{ErrorCode, RoomId};
+use crate::session::{self, Handshake};
+
+/// Initial read buffer of a socket. tungstenite allocates it up front (its default is 128 KiB);
+/// larger frames grow it on demand.
+const READ_BUFFER_BYTES: usize = 2 * 1024;
+
+/// `GET /ws`: the room comes in `join`.
+pub async fn upgrade(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    accept(app, None, query, &headers, ws)
+}
+
+/// `GET /ws/{room}`: the room comes in the URL (and `join` may repeat it).
+pub async fn upgrade_room(
+    State(app): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    accept(app, Some(RoomId(room)), query, &headers, ws)
+}
+
+fn refuse(app: &AppState, status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    app.metrics.error(code);
+    tracing::debug!(%code, message, "upgrade refused");
+    (status, format!("{code}: {message}\n")).into_response()
+}
+
+fn accept(
+    app: Arc<AppState>,
+    path_room: Option<RoomId>,
+    query: HashMap<String, String>,
+    headers: &HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = &app.config.allowed_origins;
+        let origin = origin.to_str().unwrap_or("");
+        if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
+            return refuse(
+                &app,
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "origin not allowed",
+            );
+        }
+    }
+    if app.hub.is_draining() {
+        return refuse(
+            &app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Draining,
+            "the server is shutting down",
+        );
+    }
+    if app.metrics.connections.get() >= app.config.max_connections as i64 {
+        return refuse(
+            &app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManySessions,
+            "too many connections",
+        );
+    }
+    let claims = match (&app.auth, query.get("token")) {
+        (Some(auth), Some(token)) => match auth.verify(token) {
+            Ok(claims) => Some(claims),
+            Err(e) => {
+                return refuse(&app, StatusCode::UNAUTHORIZED, e.code, &e.message);
+            }
+        },
+        _ => None,
+    };
+    let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", id = conn, peer = tracing::field::Empty);
+    let handshake = Handshake {
+        conn,
+        path_room,
+        claims,
+    };
+    let limit = app.config.max_message_bytes;
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limit.saturating_mul(4).max(1 << 20))
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| session::run(socket, app, handshake).instrument(span))
+}

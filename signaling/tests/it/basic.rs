@@ -1,0 +1,255 @@
+//! Rooms, roles, signal forwarding, isolation, leave and disconnect.
+
+use std::time::Duration;
+
+use signaling::protocol::{
+    ClientMessage, ErrorCode, IceCandidate, LeaveReason, PeerId, PeerInfo, ServerMessage, Signal,
+};
+
+use crate::support::{Client, Closed, Server};
+
+pub(crate) fn candidate(n: u32) -> Signal {
+    Signal::Candidate {
+        candidate: IceCandidate {
+            candidate: format!(
+                "candidate:{n} 1 udp 2122260223 127.0.0.1 {} typ host",
+                50000 + n
+            ),
+            sdp_mid: Some("0".into()),
+            sdp_m_line_index: Some(0),
+            username_fragment: Some("ufrag".into()),
+        },
+    }
+}
+
+pub(crate) async fn signal(client: &mut Client, to: &PeerId, signal: Signal) {
+    client
+        .send(&ClientMessage::Signal {
+            id: None,
+            to: to.clone(),
+            signal,
+        })
+        .await;
+}
+
+/// Expects a signal from `from`; returns its payload.
+pub(crate) async fn expect_signal(client: &mut Client, from: &PeerId) -> Signal {
+    match client.recv_message().await {
+        ServerMessage::Signal { from: got, signal } if &got == from => signal,
+        other => panic!("expected a signal from {from}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn two_peers_negotiate_with_fifo_trickle() {
+    let server = Server::start(&[]);
+    let (mut a, a_info) = Client::join(&server.ws("/ws/room1"), None).await;
+    assert!(a_info.peers.is_empty());
+    assert_eq!(a_info.room.as_str(), "room1");
+    assert_eq!(a_info.version, 1);
+    let (mut b, b_info) = Client::join(&server.ws("/ws"), Some("room1")).await;
+    assert_ne!(a_info.peer_id, b_info.peer_id);
+    assert_ne!(a_info.session_id, b_info.session_id);
+    // The newcomer is polite towards everyone already there, and they are not towards it.
+    assert_eq!(
+        b_info.peers,
+        vec![PeerInfo {
+            id: a_info.peer_id.clone(),
+            name: None,
+            polite: true
+        }]
+    );
+    match a.recv_message().await {
+        ServerMessage::PeerJoined { peer } => {
+            assert_eq!(peer.id, b_info.peer_id);
+            assert!(!peer.polite);
+        }
+        other => panic!("expected peer_joined, got {other:?}"),
+    }
+
+    let offer = Signal::Offer {
+        sdp: "v=0 offer".into(),
+        ice_restart: false,
+    };
+    signal(&mut a, &b_info.peer_id, offer.clone()).await;
+    for n in 0..50 {
+        signal(&mut a, &b_info.peer_id, candidate(n)).await;
+    }
+    signal(
+        &mut a,
+        &b_info.peer_id,
+        Signal::EndOfCandidates {
+            username_fragment: None,
+        },
+    )
+    .await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, offer);
+    for n in 0..50 {
+        assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(n));
+    }
+    assert!(matches!(
+        expect_signal(&mut b, &a_info.peer_id).await,
+        Signal::EndOfCandidates { .. }
+    ));
+
+    let answer = Signal::Answer {
+        sdp: "v=0 answer".into(),
+    };
+    signal(&mut b, &a_info.peer_id, answer.clone()).await;
+    signal(&mut b, &a_info.peer_id, candidate(7)).await;
+    assert_eq!(expect_signal(&mut a, &b_info.peer_id).await, answer);
+    assert_eq!(expect_signal(&mut a, &b_info.peer_id).await, candidate(7));
+
+    // An ICE-restart offer goes through like any other.
+    let restart = Signal::Offer {
+        sdp: "v=0 restart".into(),
+        ice_restart: true,
+    };
+    signal(&mut b, &a_info.peer_id, restart.clone()).await;
+    assert_eq!(expect_signal(&mut a, &b_info.peer_id).await, restart);
+}
+
+#[tokio::test]
+async fn three_peers_roles_and_targeted_delivery() {
+    let server = Server::start(&[]);
+    let url = server.ws("/ws/trio");
+    let (mut a, a_info) = Client::join(&url, None).await;
+    let (mut b, b_info) = Client::join(&url, None).await;
+    let _ = a.recv_message().await; // peer_joined b
+    let (mut c, c_info) = Client::join(&url, None).await;
+    let ids: Vec<_> = c_info.peers.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(ids, [a_info.peer_id.clone(), b_info.peer_id.clone()]);
+    assert!(c_info.peers.iter().all(|p| p.polite));
+    for client in [&mut a, &mut b] {
+        match client.recv_message().await {
+            ServerMessage::PeerJoined { peer } => {
+                assert_eq!(peer.id, c_info.peer_id);
+                assert!(!peer.polite, "older peers are impolite towards newcomers");
+            }
+            other => panic!("expected peer_joined, got {other:?}"),
+        }
+    }
+    // Each pair has exactly one polite side: b is polite towards a (b_info), a is not.
+    assert!(b_info.peers[0].polite);
+
+    // C talks to A and B in interleaved order; each gets only its own messages, in order.
+    for n in 0..20 {
+        signal(&mut c, &a_info.peer_id, candidate(n)).await;
+        signal(&mut c, &b_info.peer_id, candidate(100 + n)).await;
+    }
+    for n in 0..20 {
+        assert_eq!(expect_signal(&mut a, &c_info.peer_id).await, candidate(n));
+        assert_eq!(
+            expect_signal(&mut b, &c_info.peer_id).await,
+            candidate(100 + n)
+        );
+    }
+
+    // Broadcast reaches everyone else, not the sender.
+    c.send(&ClientMessage::Broadcast {
+        id: Some(9),
+        data: serde_json::json!({"chat": "hi"}),
+    })
+    .await;
+    for client in [&mut a, &mut b] {
+        match client.recv_message().await {
+            ServerMessage::Broadcast { from, data } => {
+                assert_eq!(from, c_info.peer_id);
+                assert_eq!(data["chat"], "hi");
+            }
+            other => panic!("expected broadcast, got {other:?}"),
+        }
+    }
+    c.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn signals_never_cross_rooms() {
+    let server = Server::start(&[]);
+    let (mut a, _a_info) = Client::join(&server.ws("/ws/red"), None).await;
+    let (mut x, x_info) = Client::join(&server.ws("/ws/blue"), None).await;
+    a.send(&ClientMessage::Signal {
+        id: Some(42),
+        to: x_info.peer_id.clone(),
+        signal: candidate(1),
+    })
+    .await;
+    let frame = a.expect_error(ErrorCode::UnknownPeer).await;
+    match frame.message {
+        ServerMessage::Error { reference, .. } => assert_eq!(reference, Some(42)),
+        _ => unreachable!(),
+    }
+    // A made-up id is refused the same way.
+    a.send(&ClientMessage::Signal {
+        id: Some(43),
+        to: "nobody".into(),
+        signal: candidate(2),
+    })
+    .await;
+    a.expect_error(ErrorCode::UnknownPeer).await;
+    x.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn leave_and_disconnect_are_announced() {
+    let server = Server::start(&["--resume-grace", "300ms"]);
+    let url = server.ws("/ws/bye");
+    let (mut a, _) = Client::join(&url, None).await;
+    let (mut b, b_info) = Client::join(&url, None).await;
+    let (c, c_info) = Client::join(&url, None).await;
+    let _ = a.recv_message().await; // b joined
+    let _ = a.recv_message().await; // c joined
+    let _ = b.recv_message().await; // c joined
+
+    b.send(&ClientMessage::Leave { id: None }).await;
+    assert_eq!(b.expect_close().await, Closed::Code(1000));
+    match a.recv_message().await {
+        ServerMessage::PeerLeft { peer_id, reason } => {
+            assert_eq!(peer_id, b_info.peer_id);
+            assert_eq!(reason, LeaveReason::Left);
+        }
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+
+    // C's socket drops without a word: after the grace period it is gone for good.
+    drop(c);
+    match a.recv_message().await {
+        ServerMessage::PeerLeft { peer_id, reason } => {
+            assert_eq!(peer_id, c_info.peer_id);
+            assert_eq!(reason, LeaveReason::Disconnected);
+        }
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn silent_zombies_time_out() {
+    let server = Server::start(&[
+        "--ping-interval",
+        "100ms",
+        "--ping-timeout",
+        "300ms",
+        "--resume-grace",
+        "200ms",
+    ]);
+    let url = server.ws("/ws/zombies");
+    let (mut a, _) = Client::join(&url, None).await;
+    // B joins and then never reads again, so it never answers a ping.
+    let (zombie, zombie_info) = Client::join(&url, None).await;
+    let _ = a.recv_message().await; // peer_joined
+    // A keeps reading (and so answers pings) and must outlive the zombie.
+    match a.recv_message().await {
+        ServerMessage::PeerLeft { peer_id, reason } => {
+            assert_eq!(peer_id, zombie_info.peer_id);
+            assert_eq!(reason, LeaveReason::Timeout);
+        }
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+    drop(zombie);
+    // A, which answers pings, is still served.
+    a.send(&ClientMessage::Ping { id: Some(5) }).await;
+    assert!(matches!(
+        a.recv_message().await,
+        ServerMessage::Pong { reference: Some(5) }
+    ));
+}

@@ -1,0 +1,297 @@
+//! The test harness: the real `signaling` binary on port 0 and a typed WebSocket client.
+
+#![allow(dead_code)] // A toolbox shared by the test modules; not each uses every tool.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use signaling::protocol::{ClientMessage, ErrorCode, ServerFrame, ServerMessage, SessionInfo};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for any one expected event.
+pub(crate) const STEP: Duration = Duration::from_secs(5);
+
+/// A running server, killed on drop.
+pub(crate) struct Server {
+    child: Child,
+    pub(crate) addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts the server with `--listen 127.0.0.1:0` plus `args`, and waits for its address.
+    pub(crate) fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_signaling"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn signaling");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr.parse().expect("address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the server did not print its address");
+            }
+        };
+        Self { child, addr }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `ws://ADDR{path}`.
+    pub(crate) fn ws(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM.
+    pub(crate) fn terminate(&self) {
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM");
+    }
+
+    /// Waits for the process to exit, up to `limit`; returns whether it did.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// A plain HTTP GET: (status, content-type, body).
+    pub(crate) async fn get(&self, path: &str) -> (u16, String, String) {
+        http_get(self.addr, path).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET with `Connection: close`.
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut response))
+        .await
+        .expect("HTTP response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+/// A protocol client over a real WebSocket.
+pub(crate) struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The highest `seq` received (what a resume would present).
+    pub(crate) last_seq: u64,
+}
+
+/// What ended a socket, as seen by the client.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Closed {
+    Code(u16),
+    NoCode,
+}
+
+impl Client {
+    pub(crate) async fn connect(url: &str) -> Self {
+        Self::try_connect(url, &[]).await.expect("connect")
+    }
+
+    /// Connects with extra request headers; the error is the handshake's.
+    pub(crate) async fn try_connect(
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, value.parse().expect("header value"));
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self { ws, last_seq: 0 })
+    }
+
+    pub(crate) async fn send(&mut self, message: &ClientMessage) {
+        let text = serde_json::to_string(message).expect("encode");
+        self.send_raw(Message::text(text)).await;
+    }
+
+    pub(crate) async fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send");
+    }
+
+    /// The next server frame within `limit`, or `None`. Panics on a close or a non-frame.
+    pub(crate) async fn recv_within(&mut self, limit: Duration) -> Option<ServerFrame> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: ServerFrame = serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("bad server frame {text}: {e}"));
+                    if frame.seq != 0 {
+                        assert!(
+                            frame.seq > self.last_seq,
+                            "seq went from {} to {}",
+                            self.last_seq,
+                            frame.seq
+                        );
+                        self.last_seq = frame.seq;
+                    }
+                    return Some(frame);
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next server frame (within [`STEP`]).
+    pub(crate) async fn recv(&mut self) -> ServerFrame {
+        self.recv_within(STEP)
+            .await
+            .expect("a server frame in time")
+    }
+
+    /// The next server message.
+    pub(crate) async fn recv_message(&mut self) -> ServerMessage {
+        self.recv().await.message
+    }
+
+    /// Asserts that nothing but pings arrives within `limit`.
+    pub(crate) async fn expect_silence(&mut self, limit: Duration) {
+        if let Some(frame) = self.recv_within(limit).await {
+            panic!("expected nothing, got {frame:?}");
+        }
+    }
+
+    /// Expects an error with `code`; returns the frame.
+    pub(crate) async fn expect_error(&mut self, code: ErrorCode) -> ServerFrame {
+        let frame = self.recv().await;
+        match &frame.message {
+            ServerMessage::Error { code: got, .. } if *got == code => frame,
+            other => panic!("expected error {code}, got {other:?}"),
+        }
+    }
+
+    /// Reads until the socket closes; returns the close code.
+    pub(crate) async fn expect_close(&mut self) -> Closed {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("socket closed in time");
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Closed::Code(u16::from(frame.code));
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Closed::NoCode,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(other)) => panic!("expected a close, got {other:?}"),
+            }
+        }
+    }
+
+    /// Closes the socket politely (a close frame, then waits for the server's).
+    pub(crate) async fn close(mut self) {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+    }
+
+    /// Sends `join` for `room` (request id 1) and expects `welcome`.
+    pub(crate) async fn join(url: &str, room: Option<&str>) -> (Self, SessionInfo) {
+        let mut client = Self::connect(url).await;
+        client
+            .send(&ClientMessage::Join {
+                id: Some(1),
+                versions: vec![1],
+                room: room.map(Into::into),
+                name: None,
+                token: None,
+            })
+            .await;
+        let info = client.expect_welcome().await;
+        (client, info)
+    }
+
+    /// Expects `welcome`; returns its session info.
+    pub(crate) async fn expect_welcome(&mut self) -> SessionInfo {
+        match self.recv().await {
+            ServerFrame {
+                seq: 1,
+                message: ServerMessage::Welcome { session, .. },
+            } => session,
+            other => panic!("expected welcome with seq 1, got {other:?}"),
+        }
+    }
+}
+
+/// A `join` message for `room`.
+pub(crate) fn join_message(room: &str) -> ClientMessage {
+    ClientMessage::Join {
+        id: Some(1),
+        versions: vec![1],
+        room: Some(room.into()),
+        name: None,
+        token: None,
+    }
+}
