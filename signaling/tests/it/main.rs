@@ -2,4 +2,5 @@
 //! drives it with real WebSocket clients speaking protocol v1.
 
 mod basic;
+mod docs;
 mod support;
