@@ -1,1 +1,518 @@
-//! relay crate (see its issue).
+//! The relay: a STUN/TURN server (RFC 8489, RFC 8656, RFC 6062 framing, RFC 6156 IPv6). The
+//! protocol lives in the sans-IO crate `relay-proto`; this crate owns sockets, threads, TLS,
+//! configuration and the admin HTTP endpoint.
+//!
+//! # Embedding
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = relay::Config::from_args(["--listen", "127.0.0.1:0", "--auth-secret", "s3cret"])?;
+//! let handle = relay::Relay::start(config)?;
+//! println!("TURN on {:?}", handle.addrs().udp);
+//! // ... later, on shutdown:
+//! handle.drain(std::time::Duration::from_secs(30)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! `config` (the clap struct), `io/` (workers: sockets, batches, stream framing, relay ports),
+//! `tls` (rustls set-up), `metrics` + `admin` (`/healthz`, `/readyz`, `/metrics`).
+
+pub mod admin;
+pub mod config;
+mod io;
+pub mod metrics;
+pub mod tls;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use relay_proto::{AuthConfig, PeerPolicy, Quotas, RateLimit, ServerConfig, SharedQuotas};
+use tokio::sync::{mpsc, watch};
+
+pub use config::Config;
+use io::driver::{WorkerSetup, run_worker};
+use io::relay_ports::RelayPorts;
+pub use metrics::Metrics;
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listening socket could not be bound.
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        /// `udp`, `tcp`, `tls` or `admin`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TLS set-up failed (certificate or key).
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A worker thread could not start.
+    #[error("worker start-up: {0}")]
+    Worker(String),
+    /// The configuration is inconsistent.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+}
+
+/// The addresses the relay ended up on (port 0 resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayAddrs {
+    /// STUN/TURN over UDP.
+    pub udp: Vec<SocketAddr>,
+    /// STUN/TURN over TCP (empty with `--no-tcp`).
+    pub tcp: Vec<SocketAddr>,
+    /// TURNS (empty without TLS).
+    pub tls: Vec<SocketAddr>,
+    /// The admin HTTP server, if enabled.
+    pub admin: Option<SocketAddr>,
+    /// Local IPs relay sockets are bound on (one per family).
+    pub relay_ips: Vec<IpAddr>,
+    /// The generated certificate (PEM) with `--tls-self-signed`, for clients to trust.
+    pub tls_self_signed_pem: Option<String>,
+}
+
+/// Starts relays.
+#[derive(Debug)]
+pub struct Relay;
+
+impl Relay {
+    /// Binds every socket, starts the worker threads and the admin server, and returns once
+    /// they all run. Usable from inside or outside a tokio runtime (the relay runs on its own
+    /// threads).
+    pub fn start(config: Config) -> Result<RelayHandle, StartError> {
+        config.validate()?;
+        tls::install_crypto_provider();
+        let workers = config.worker_count();
+        let relay_ips = relay_ips(&config);
+        tracing::info!(relay_ips = ?relay_ips, workers, "starting relay");
+
+        // TLS first: a bad certificate should fail before any socket is bound.
+        let (tls_config, tls_self_signed_pem) =
+            if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+                (Some(tls::from_pem_files(cert, key)?), None)
+            } else if config.tls_self_signed {
+                let mut names = vec!["localhost".to_owned()];
+                names.extend(
+                    relay_ips
+                        .iter()
+                        .chain(
+                            config
+                                .listen
+                                .iter()
+                                .map(|a| a.ip())
+                                .collect::<Vec<_>>()
+                                .iter(),
+                        )
+                        .filter(|ip| !ip.is_unspecified())
+                        .map(ToString::to_string),
+                );
+                names.dedup();
+                let (cfg, pem) = tls::self_signed(names)?;
+                (Some(cfg), Some(pem))
+            } else {
+                (None, None)
+            };
+
+        // One socket per worker per address; the first resolves port 0 for the others.
+        let mut udp: Vec<Vec<socket2::Socket>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut tcp: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut tls: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut addrs = RelayAddrs {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            tls: Vec::new(),
+            admin: None,
+            relay_ips: relay_ips.clone(),
+            tls_self_signed_pem,
+        };
+        for &wanted in &config.listen {
+            let mut bound = wanted;
+            for (w, sockets) in udp.iter_mut().enumerate() {
+                let s = io::udp::bind_listener(bound, config.socket_buffer).map_err(|source| {
+                    StartError::Bind {
+                        what: "udp",
+                        addr: bound,
+                        source,
+                    }
+                })?;
+                if w == 0 {
+                    bound = local_socket_addr(&s).unwrap_or(bound);
+                }
+                sockets.push(s);
+            }
+            addrs.udp.push(bound);
+            if !config.no_tcp {
+                // Prefer the UDP port for TCP too when the port was picked by the kernel.
+                let mut tcp_addr = bound;
+                let mut first = io::tcp::bind_listener(tcp_addr);
+                if first.is_err() && wanted.port() == 0 {
+                    tcp_addr = wanted;
+                    first = io::tcp::bind_listener(tcp_addr);
+                }
+                let first = first.map_err(|source| StartError::Bind {
+                    what: "tcp",
+                    addr: tcp_addr,
+                    source,
+                })?;
+                let tcp_addr = first.local_addr().unwrap_or(tcp_addr);
+                tcp[0].push(first);
+                for sockets in tcp.iter_mut().skip(1) {
+                    sockets.push(io::tcp::bind_listener(tcp_addr).map_err(|source| {
+                        StartError::Bind {
+                            what: "tcp",
+                            addr: tcp_addr,
+                            source,
+                        }
+                    })?);
+                }
+                addrs.tcp.push(tcp_addr);
+            }
+        }
+        if tls_config.is_some() {
+            for &wanted in &config.tls_listen {
+                let mut bound = wanted;
+                for (w, sockets) in tls.iter_mut().enumerate() {
+                    let l = io::tcp::bind_listener(bound).map_err(|source| StartError::Bind {
+                        what: "tls",
+                        addr: bound,
+                        source,
+                    })?;
+                    if w == 0 {
+                        bound = l.local_addr().unwrap_or(bound);
+                    }
+                    sockets.push(l);
+                }
+                addrs.tls.push(bound);
+            }
+        }
+
+        let shared = Arc::new(SharedQuotas::new());
+        let server_config = server_config(&config, &relay_ips, &addrs);
+        let metrics = Arc::new(Metrics::new(workers));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (stopped_tx, stopped_rx) = mpsc::channel::<()>(1);
+
+        let mut threads = Vec::new();
+        if let config::AdminListen::Addr(addr) = config.admin_listen {
+            let listener =
+                std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+                    what: "admin",
+                    addr,
+                    source,
+                })?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|source| StartError::Bind {
+                    what: "admin",
+                    addr,
+                    source,
+                })?;
+            addrs.admin = listener.local_addr().ok();
+            threads.push(spawn_admin(
+                listener,
+                Arc::clone(&metrics),
+                shutdown_rx.clone(),
+                stopped_tx.clone(),
+            )?);
+        }
+
+        let relay_ports = RelayPorts::new(
+            &relay_ips,
+            config.relay_ports.low,
+            config.relay_ports.high,
+            config.socket_buffer,
+        );
+        let acceptor = tls_config.map(tokio_rustls::TlsAcceptor::from);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        for (index, ((udp, tcp), tls)) in udp.into_iter().zip(tcp).zip(tls).enumerate() {
+            let setup = WorkerSetup {
+                index,
+                server_config: server_config.clone(),
+                shared: Arc::clone(&shared),
+                udp,
+                tcp,
+                tls,
+                tls_acceptor: acceptor.clone(),
+                relay_ports: relay_ports.clone(),
+                metrics: Arc::clone(&metrics),
+                shutdown: shutdown_rx.clone(),
+                stopped: stopped_tx.clone(),
+            };
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("relay-worker-{index}"))
+                .spawn(move || run_worker(setup, ready))
+                .map_err(|e| StartError::Worker(e.to_string()))?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+        let handle = RelayHandle {
+            addrs,
+            shared,
+            metrics,
+            shutdown: shutdown_tx,
+            stopped: stopped_rx,
+            threads,
+        };
+        for _ in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(StartError::Worker(e)),
+                Err(_) => return Err(StartError::Worker("a worker exited during start-up".into())),
+            }
+        }
+        Ok(handle)
+    }
+}
+
+/// A running relay. Dropping it stops the relay (without waiting).
+#[derive(Debug)]
+pub struct RelayHandle {
+    addrs: RelayAddrs,
+    shared: Arc<SharedQuotas>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    /// Closed when every worker and the admin thread have stopped.
+    stopped: mpsc::Receiver<()>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// The bound addresses.
+    pub fn addrs(&self) -> &RelayAddrs {
+        &self.addrs
+    }
+
+    /// Live counters (the same as `/metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Live allocations across all workers.
+    pub fn allocations(&self) -> u32 {
+        self.shared.allocations()
+    }
+
+    /// Refuse new allocations from now on (existing ones keep working); `/readyz` turns 503.
+    pub fn begin_drain(&self) {
+        self.shared.set_draining(true);
+        self.metrics.set_draining(true);
+    }
+
+    /// True after `begin_drain`.
+    pub fn is_draining(&self) -> bool {
+        self.shared.is_draining()
+    }
+
+    /// Graceful shutdown: `begin_drain`, wait until every allocation has ended or `timeout`
+    /// passed, then stop.
+    pub async fn drain(self, timeout: Duration) {
+        self.begin_drain();
+        let deadline = Instant::now() + timeout;
+        while self.allocations() > 0 && Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+        }
+        tracing::info!(
+            remaining_allocations = self.allocations(),
+            "drain finished, stopping"
+        );
+        self.shutdown().await;
+    }
+
+    /// Stops every worker now (allocations end with the process) and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.stopped.recv().await.is_some() {}
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+
+    /// `shutdown` for callers outside an async context.
+    pub fn shutdown_blocking(mut self) {
+        let _ = self.shutdown.send(true);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn spawn_admin(
+    listener: std::net::TcpListener,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+    stopped: mpsc::Sender<()>,
+) -> Result<JoinHandle<()>, StartError> {
+    std::thread::Builder::new()
+        .name("relay-admin".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                tracing::error!("admin: cannot build runtime");
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    tracing::error!("admin: cannot register listener");
+                    return;
+                };
+                let app = admin::router(metrics);
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = shutdown.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "admin server failed");
+                }
+            });
+            drop(stopped);
+        })
+        .map_err(|e| StartError::Worker(e.to_string()))
+}
+
+fn local_socket_addr(socket: &socket2::Socket) -> Option<SocketAddr> {
+    socket.local_addr().ok()?.as_socket()
+}
+
+/// The relay IPs: `--relay-ip`, else each family's concrete listening IP, else the private side
+/// of an `--external-ip` mapping, else the host's primary outbound IP of the family.
+fn relay_ips(config: &Config) -> Vec<IpAddr> {
+    if !config.relay_ip.is_empty() {
+        return config.relay_ip.clone();
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for listen in &config.listen {
+        let family_v4 = listen.is_ipv4();
+        if ips.iter().any(|ip| ip.is_ipv4() == family_v4) {
+            continue;
+        }
+        let ip = if listen.ip().is_unspecified() {
+            config
+                .external_ip
+                .iter()
+                .filter_map(|m| m.private)
+                .find(|p| p.is_ipv4() == family_v4)
+                .or_else(|| primary_ip(family_v4))
+                .unwrap_or_else(|| {
+                    let fallback = if family_v4 { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
+                    tracing::warn!(%fallback, "no route to find the host's address: pass --relay-ip");
+                    fallback
+                })
+        } else {
+            listen.ip()
+        };
+        ips.push(ip);
+    }
+    ips
+}
+
+/// The source IP the kernel would use towards the Internet (a UDP `connect` sends nothing).
+fn primary_ip(v4: bool) -> Option<IpAddr> {
+    let (bind, probe): (SocketAddr, SocketAddr) = if v4 {
+        (
+            (Ipv4Addr::UNSPECIFIED, 0).into(),
+            (Ipv4Addr::new(192, 0, 2, 1), 9).into(),
+        )
+    } else {
+        (
+            (Ipv6Addr::UNSPECIFIED, 0).into(),
+            ("2001:db8::1".parse::<Ipv6Addr>().ok()?, 9).into(),
+        )
+    };
+    let socket = StdUdpSocket::bind(bind).ok()?;
+    socket.connect(probe).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// The core's configuration from the relay's.
+fn server_config(config: &Config, relay_ips: &[IpAddr], addrs: &RelayAddrs) -> ServerConfig {
+    let mut auth = AuthConfig::default();
+    for user in &config.users {
+        auth.add_user(user.name.clone(), user.password.0.clone());
+    }
+    auth.rest_secrets = config
+        .auth_secrets
+        .iter()
+        .map(|s| s.0.as_bytes().to_vec())
+        .collect();
+    let mut own_ips: Vec<IpAddr> = relay_ips.to_vec();
+    own_ips.extend(
+        addrs
+            .udp
+            .iter()
+            .chain(&addrs.tcp)
+            .chain(&addrs.tls)
+            .map(SocketAddr::ip)
+            .filter(|ip| !ip.is_unspecified()),
+    );
+    own_ips.extend(config.external_ip.iter().map(|m| m.public));
+    own_ips.sort_unstable();
+    own_ips.dedup();
+    let mut listen_addresses: Vec<SocketAddr> = addrs
+        .udp
+        .iter()
+        .chain(&addrs.tcp)
+        .chain(&addrs.tls)
+        .copied()
+        .collect();
+    listen_addresses.extend(addrs.admin);
+    let policy = PeerPolicy {
+        allow: config.allow_peer.clone(),
+        deny: config.deny_peer.clone(),
+        allow_loopback_peers: config.allow_loopback_peers,
+        own_ips,
+        relay_ports: config.relay_ports.low..=config.relay_ports.high,
+        listen_addresses,
+    };
+    let unauth = (config.unauth_rate > 0).then(|| RateLimit {
+        per_second: u64::from(config.unauth_rate),
+        burst: u64::from(config.unauth_rate) * 2,
+    });
+    let quotas = Quotas {
+        allocations_per_user: config.user_quota,
+        total_allocations: if config.total_quota == 0 {
+            u32::MAX
+        } else {
+            config.total_quota
+        },
+        permissions_per_allocation: config.max_permissions,
+        channels_per_allocation: config.max_channels,
+        bandwidth_per_allocation: (config.max_bps > 0).then(|| RateLimit {
+            per_second: config.max_bps,
+            burst: config.max_bps,
+        }),
+        unauthenticated_per_ip: unauth,
+        unauthorized_per_ip: unauth.map(|r| RateLimit {
+            per_second: (r.per_second / 4).max(1),
+            burst: (r.burst / 4).max(1),
+        }),
+        ..Quotas::default()
+    };
+    ServerConfig {
+        realm: config.realm.clone(),
+        auth,
+        policy,
+        quotas,
+        external_ips: config.external_ip.clone(),
+        ..ServerConfig::default()
+    }
+}

@@ -1,0 +1,719 @@
+//! The relay's configuration: one clap struct read from flags, then environment variables, then
+//! an optional TOML file (`--config`), in that order of precedence (flags win).
+//!
+//! The file uses the long flag names as keys (`relay-ports = "50000-51000"`, `user = ["a:b"]`,
+//! `allow-loopback-peers = true`); `_` and `-` are interchangeable. Values are parsed by the same
+//! clap parsers as flags, so a file can never hold a value a flag could not.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use relay_proto::{ExternalIp, IpNet};
+
+/// Command-line, environment and file configuration of the `relay` binary.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "relay",
+    version,
+    about = "STUN/TURN relay (RFC 8489, RFC 8656, RFC 6062, RFC 6156)"
+)]
+pub struct Config {
+    /// TOML file with defaults for any of the options below (keys are the long flag names).
+    #[arg(long, env = "RELAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// UDP and TCP listening addresses (STUN/TURN over UDP and TCP). Port 0 picks a free port.
+    #[arg(
+        long,
+        env = "RELAY_LISTEN",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:3478"
+    )]
+    pub listen: Vec<SocketAddr>,
+
+    /// Disable TURN over TCP on the `--listen` addresses (UDP only).
+    #[arg(long, env = "RELAY_NO_TCP")]
+    pub no_tcp: bool,
+
+    /// TLS (TURNS) listening addresses; used only with `--tls-cert`/`--tls-key` or `--tls-self-signed`.
+    #[arg(
+        long,
+        env = "RELAY_TLS_LISTEN",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:5349"
+    )]
+    pub tls_listen: Vec<SocketAddr>,
+
+    /// PEM certificate chain for TURNS.
+    #[arg(long, env = "RELAY_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TURNS.
+    #[arg(long, env = "RELAY_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve TURNS with a certificate generated at start-up (development only: clients must
+    /// skip verification or trust the printed certificate).
+    #[arg(long, env = "RELAY_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
+
+    /// Relay (allocation) addresses, at most one IPv4 and one IPv6. Default: the `--listen` IP if
+    /// it is a concrete address, otherwise the host's primary outbound IPv4 address.
+    #[arg(long, env = "RELAY_RELAY_IP", value_delimiter = ',')]
+    pub relay_ip: Vec<IpAddr>,
+
+    /// UDP port range for relayed transport addresses, inclusive.
+    #[arg(long, env = "RELAY_RELAY_PORTS", default_value = "49152-65535")]
+    pub relay_ports: PortRange,
+
+    /// 1:1 NAT mapping `PUBLIC[/PRIVATE]`: advertise PUBLIC in XOR-RELAYED-ADDRESS for relay
+    /// sockets bound to PRIVATE (or to every relay address of that family if PRIVATE is omitted).
+    #[arg(long, env = "RELAY_EXTERNAL_IP", value_delimiter = ',', value_parser = parse_external_ip)]
+    pub external_ip: Vec<ExternalIp>,
+
+    /// Authentication realm (long-term credentials).
+    #[arg(long, env = "RELAY_REALM", default_value = "relay")]
+    pub realm: String,
+
+    /// Static long-term user `name:password` (repeatable).
+    #[arg(
+        long = "user",
+        env = "RELAY_USERS",
+        value_delimiter = ',',
+        value_name = "NAME:PASSWORD"
+    )]
+    pub users: Vec<StaticUser>,
+
+    /// TURN REST shared secrets (repeatable or comma separated): any of them verifies a
+    /// credential, the first is the current one. Rotate by prepending the new secret.
+    #[arg(
+        long = "auth-secret",
+        env = "RELAY_AUTH_SECRETS",
+        value_delimiter = ',',
+        value_name = "SECRET"
+    )]
+    pub auth_secrets: Vec<Secret>,
+
+    /// Maximum simultaneous allocations per username (486 Allocation Quota Reached beyond).
+    #[arg(long, env = "RELAY_USER_QUOTA", default_value_t = 10)]
+    pub user_quota: u32,
+
+    /// Maximum simultaneous allocations on the whole relay (486 beyond; 0 = unlimited).
+    #[arg(long, env = "RELAY_TOTAL_QUOTA", default_value_t = 100_000)]
+    pub total_quota: u32,
+
+    /// Maximum permissions per allocation.
+    #[arg(long, env = "RELAY_MAX_PERMISSIONS", default_value_t = 64)]
+    pub max_permissions: u32,
+
+    /// Maximum channel bindings per allocation.
+    #[arg(long, env = "RELAY_MAX_CHANNELS", default_value_t = 64)]
+    pub max_channels: u32,
+
+    /// Relayed bytes per second per allocation, each way (token bucket; 0 = unlimited).
+    #[arg(long, env = "RELAY_MAX_BPS", default_value_t = 0)]
+    pub max_bps: u64,
+
+    /// Unauthenticated requests (and 401 answers) per second per source IP.
+    #[arg(long, env = "RELAY_UNAUTH_RATE", default_value_t = 100)]
+    pub unauth_rate: u32,
+
+    /// Allow peers on loopback addresses (127.0.0.0/8, ::1). Tests only: off by default.
+    #[arg(long, env = "RELAY_ALLOW_LOOPBACK_PEERS")]
+    pub allow_loopback_peers: bool,
+
+    /// Peer CIDRs allowed even though the default policy denies them (e.g. `10.0.0.0/8`).
+    /// 0.0.0.0/8, ::/128 and 169.254.169.254 can never be allowed.
+    #[arg(
+        long,
+        env = "RELAY_ALLOW_PEER",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub allow_peer: Vec<IpNet>,
+
+    /// Peer CIDRs denied in addition to the default policy.
+    #[arg(
+        long,
+        env = "RELAY_DENY_PEER",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub deny_peer: Vec<IpNet>,
+
+    /// Admin HTTP address (`/healthz`, `/readyz`, `/metrics`); `none` disables it.
+    #[arg(long, env = "RELAY_ADMIN_LISTEN", default_value = "127.0.0.1:9641")]
+    pub admin_listen: AdminListen,
+
+    /// On SIGTERM/SIGINT: refuse new allocations, keep existing ones at most this long, then exit
+    /// (e.g. `30s`, `5m`, `0s` = exit at once).
+    #[arg(long, env = "RELAY_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Worker threads, each with its own SO_REUSEPORT sockets and protocol shard (0 = one per core).
+    #[arg(long, env = "RELAY_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Socket receive and send buffer size for listening and relay sockets, in bytes.
+    #[arg(long, env = "RELAY_SOCKET_BUFFER", default_value_t = 4 << 20)]
+    pub socket_buffer: usize,
+
+    /// Log format on stderr.
+    #[arg(long, env = "RELAY_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Errors found while reading the configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Flags or environment variables were invalid (the message is clap's, with usage).
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The `--config` file is not valid TOML or has a value of the wrong shape.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The values parse but do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads the configuration from the process's arguments, environment and `--config` file.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// Reads the configuration from `args` (the first is the program name), the environment
+    /// and the `--config` file named there.
+    pub fn load_from<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Self::command().try_get_matches_from(&args)?;
+        let mut config = Self::from_arg_matches(&matches)?;
+        if let Some(path) = config.config.clone() {
+            let mut file_args = file_arguments(&path, &matches)?;
+            if !file_args.is_empty() {
+                // File values become flags placed before the real ones; keys that came from a
+                // flag or the environment were left out, so those keep precedence.
+                let mut merged = Vec::with_capacity(args.len() + file_args.len());
+                merged.extend(args.first().cloned());
+                merged.append(&mut file_args);
+                merged.extend(args.iter().skip(1).cloned());
+                config = Self::try_parse_from(merged).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A configuration from the given arguments (without the program name) and the `RELAY_*`
+    /// environment, ignoring `--config`: for embedding the relay in another binary.
+    pub fn from_args<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let config = Self::try_parse_from(
+            std::iter::once(OsString::from("relay")).chain(args.into_iter().map(Into::into)),
+        )?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks combinations clap cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::Invalid(
+                "at least one --listen address is needed".into(),
+            ));
+        }
+        let v4 = self.relay_ip.iter().filter(|ip| ip.is_ipv4()).count();
+        let v6 = self.relay_ip.len() - v4;
+        if v4 > 1 || v6 > 1 {
+            return Err(ConfigError::Invalid(
+                "--relay-ip takes at most one IPv4 and one IPv6 address".into(),
+            ));
+        }
+        if let Some(ip) = self
+            .relay_ip
+            .iter()
+            .find(|ip| ip.is_unspecified() || ip.is_multicast())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--relay-ip {ip} is not a unicast address"
+            )));
+        }
+        for user in &self.users {
+            if user.name.is_empty() || user.password.0.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "--user needs NAME:PASSWORD, both non-empty".into(),
+                ));
+            }
+        }
+        if self.auth_secrets.iter().any(|s| s.0.is_empty()) {
+            return Err(ConfigError::Invalid(
+                "--auth-secret must not be empty".into(),
+            ));
+        }
+        if self.user_quota == 0 {
+            return Err(ConfigError::Invalid(
+                "--user-quota must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether TURNS is served.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_self_signed
+    }
+
+    /// The number of workers to run (`--workers 0` = available cores).
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+
+    /// A multi-line, human-readable summary with every secret redacted (printed at start-up).
+    pub fn redacted_summary(&self) -> String {
+        use fmt::Write as _;
+        let mut s = String::new();
+        let list = |v: &[SocketAddr]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let _ = writeln!(
+            s,
+            "  listen (udp{}): {}",
+            if self.no_tcp { "" } else { "+tcp" },
+            list(&self.listen)
+        );
+        if self.tls_enabled() {
+            let source = match &self.tls_cert {
+                Some(cert) => cert.display().to_string(),
+                None => "self-signed at start-up".into(),
+            };
+            let _ = writeln!(
+                s,
+                "  tls listen: {} (certificate: {source})",
+                list(&self.tls_listen)
+            );
+        } else {
+            let _ = writeln!(s, "  tls: off");
+        }
+        let ips = self
+            .relay_ip
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
+        let _ = writeln!(
+            s,
+            "  relay ip: {}",
+            if ips.is_empty() {
+                "auto".into()
+            } else {
+                ips.join(",")
+            }
+        );
+        let _ = writeln!(s, "  relay ports: {}", self.relay_ports);
+        for mapping in &self.external_ip {
+            match mapping.private {
+                Some(private) => writeln!(s, "  external ip: {} for {private}", mapping.public),
+                None => writeln!(s, "  external ip: {}", mapping.public),
+            }
+            .ok();
+        }
+        let _ = writeln!(s, "  realm: {}", self.realm);
+        let users = self
+            .users
+            .iter()
+            .map(|u| format!("{}:<redacted>", u.name))
+            .collect::<Vec<_>>();
+        let _ = writeln!(s, "  static users: [{}]", users.join(", "));
+        let _ = writeln!(
+            s,
+            "  rest secrets: {} configured (redacted)",
+            self.auth_secrets.len()
+        );
+        let _ = writeln!(
+            s,
+            "  quotas: {} allocations/user, {} total, {} permissions and {} channels/allocation, {} B/s/allocation, {} unauthenticated req/s/IP",
+            self.user_quota,
+            self.total_quota,
+            self.max_permissions,
+            self.max_channels,
+            self.max_bps,
+            self.unauth_rate
+        );
+        let _ = writeln!(s, "  allow loopback peers: {}", self.allow_loopback_peers);
+        let cidrs = |v: &[IpNet]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let _ = writeln!(
+            s,
+            "  allow peers: [{}], deny peers: [{}]",
+            cidrs(&self.allow_peer),
+            cidrs(&self.deny_peer)
+        );
+        let _ = writeln!(s, "  admin: {}", self.admin_listen);
+        let _ = writeln!(s, "  drain timeout: {:?}", self.drain_timeout);
+        let _ = write!(
+            s,
+            "  workers: {}, socket buffers: {} B",
+            self.worker_count(),
+            self.socket_buffer
+        );
+        s
+    }
+}
+
+/// Turns the `--config` file into flag arguments for every key that was neither given as a
+/// flag nor set in the environment.
+fn file_arguments(path: &Path, matches: &clap::ArgMatches) -> Result<Vec<OsString>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let command = Config::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let Some(arg) = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))
+        else {
+            return Err(ConfigError::File {
+                path: path.to_owned(),
+                message: format!("unknown key `{key}`"),
+            });
+        };
+        let id = arg.get_id().as_str();
+        if id == "config" {
+            return Err(ConfigError::File {
+                path: path.to_owned(),
+                message: "`config` cannot be set from a file".into(),
+            });
+        }
+        if matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let flag = format!("--{long}");
+        let scalar = |v: &toml::Value| -> Result<String, ConfigError> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                toml::Value::Boolean(b) => Ok(b.to_string()),
+                _ => Err(ConfigError::File {
+                    path: path.to_owned(),
+                    message: format!("`{key}` must be a string, number or boolean"),
+                }),
+            }
+        };
+        match &value {
+            toml::Value::Boolean(b) if !arg.get_action().takes_values() => {
+                if *b {
+                    out.push(flag.into());
+                }
+            }
+            toml::Value::Array(items) => {
+                for item in items {
+                    out.push(format!("{flag}={}", scalar(item)?).into());
+                }
+            }
+            other => out.push(format!("{flag}={}", scalar(other)?).into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `PUBLIC[/PRIVATE]` (both of one family).
+pub fn parse_external_ip(s: &str) -> Result<ExternalIp, String> {
+    let mapping =
+        ExternalIp::parse(s).ok_or_else(|| format!("`{s}` is not PUBLIC or PUBLIC/PRIVATE"))?;
+    if mapping
+        .private
+        .is_some_and(|p| p.is_ipv4() != mapping.public.is_ipv4())
+    {
+        return Err(format!("`{s}`: PUBLIC and PRIVATE must be the same family"));
+    }
+    Ok(mapping)
+}
+
+/// Parses `90`, `90s`, `1500ms`, `5m` or `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 500ms, 5m"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    }
+}
+
+/// An inclusive UDP port range, `LOW-HIGH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub low: u16,
+    /// Last port (inclusive).
+    pub high: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (low, high) = s
+            .split_once('-')
+            .ok_or_else(|| format!("`{s}` is not a range like 49152-65535"))?;
+        let low: u16 = low
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{low}` is not a port"))?;
+        let high: u16 = high
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{high}` is not a port"))?;
+        if low == 0 || low > high {
+            return Err(format!("`{s}`: need 1 <= LOW <= HIGH"));
+        }
+        Ok(Self { low, high })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.low, self.high)
+    }
+}
+
+/// A secret string whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A static long-term-credential user, `name:password`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticUser {
+    /// The USERNAME clients send.
+    pub name: String,
+    /// The password (redacted in logs).
+    pub password: Secret,
+}
+
+impl FromStr for StaticUser {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, password) = s
+            .split_once(':')
+            .ok_or_else(|| "expected NAME:PASSWORD".to_owned())?;
+        Ok(Self {
+            name: name.to_owned(),
+            password: Secret(password.to_owned()),
+        })
+    }
+}
+
+/// Where the admin HTTP server listens, or nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    /// Serve on this address.
+    Addr(SocketAddr),
+    /// No admin server.
+    Disabled,
+}
+
+impl FromStr for AdminListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("off") {
+            return Ok(Self::Disabled);
+        }
+        s.parse()
+            .map(Self::Addr)
+            .map_err(|_| format!("`{s}` is not ADDR:PORT or `none`"))
+    }
+}
+
+impl fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Addr(a) => write!(f, "http://{a}"),
+            Self::Disabled => f.write_str("off"),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = Config::from_args(Vec::<String>::new()).unwrap();
+        assert_eq!(
+            c.listen,
+            vec!["0.0.0.0:3478".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            c.tls_listen,
+            vec!["0.0.0.0:5349".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            c.relay_ports,
+            PortRange {
+                low: 49152,
+                high: 65535
+            }
+        );
+        assert_eq!(
+            c.admin_listen,
+            AdminListen::Addr("127.0.0.1:9641".parse().unwrap())
+        );
+        assert_eq!(c.user_quota, 10);
+        assert!(!c.allow_loopback_peers);
+        assert!(!c.tls_enabled());
+    }
+
+    #[test]
+    fn file_is_overridden_by_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "realm = \"file-realm\"\nrelay_ports = \"50000-50010\"\nuser = [\"a:b\", \"c:d\"]\nallow-loopback-peers = true\nuser-quota = 3\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::load_from(["relay", "--config", p, "--realm", "flag-realm"]).unwrap();
+        assert_eq!(c.realm, "flag-realm");
+        assert_eq!(
+            c.relay_ports,
+            PortRange {
+                low: 50000,
+                high: 50010
+            }
+        );
+        assert_eq!(c.users.len(), 2);
+        assert!(c.allow_loopback_peers);
+        assert_eq!(c.user_quota, 3);
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "no_such_option = 1\n").unwrap();
+        let err = Config::load_from(["relay", "--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("no_such_option"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = Config::from_args(["--user", "alice:hunter2", "--auth-secret", "s3cr3t,older"])
+            .unwrap();
+        assert_eq!(c.auth_secrets.len(), 2);
+        let shown = format!("{}\n{:?}", c.redacted_summary(), c);
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+        assert!(shown.contains("alice"));
+    }
+
+    #[test]
+    fn value_parsers() {
+        assert!("10-5".parse::<PortRange>().is_err());
+        assert_eq!(
+            parse_external_ip("203.0.113.7/10.0.0.7").unwrap().private,
+            Some("10.0.0.7".parse().unwrap())
+        );
+        assert!(parse_external_ip("203.0.113.7/::1").is_err());
+        assert!("10.0.0.0/8".parse::<IpNet>().is_ok());
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        assert_eq!(
+            parse_duration("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("5x").is_err());
+        assert_eq!(
+            "none".parse::<AdminListen>().unwrap(),
+            AdminListen::Disabled
+        );
+    }
+}

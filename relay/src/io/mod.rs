@@ -1,0 +1,13 @@
+//! The I/O layer: worker threads, each with its own tokio current-thread runtime, its own
+//! SO_REUSEPORT listening sockets and one `relay_proto::Server` shard (no lock on the packet
+//! path). `shard` moves bytes between sockets and the core, `driver` runs a worker, `udp` /
+//! `send_batch` are the batched datagram syscalls, `relay_ports` binds relay sockets,
+//! `stream` / `tcp` carry STUN/TURN over TCP and TLS.
+
+pub(crate) mod driver;
+pub(crate) mod relay_ports;
+pub(crate) mod send_batch;
+pub(crate) mod shard;
+pub(crate) mod stream;
+pub(crate) mod tcp;
+pub(crate) mod udp;

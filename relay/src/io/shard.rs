@@ -1,0 +1,444 @@
+//! `Shard`: the state of one worker, shared by its tasks through an `Rc` (one thread, no locks):
+//! the protocol core, the relay sockets of its allocations, its stream connections, one
+//! preallocated receive buffer and one send batch. Every method is synchronous: tasks await
+//! readiness, then call in here, and no `RefCell` borrow ever lives across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn_udp::RecvMeta;
+use relay_proto::{
+    AddressFamily, BindError, ClientAction, FiveTuple, HEADROOM, Output, PeerAction,
+    RelayRequestId, Server, TAILROOM, Transport,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::relay_ports::RelayPorts;
+use super::send_batch::SendBatch;
+use super::udp::{BATCH, UdpSocket};
+use crate::metrics::{IoStats, Metrics};
+
+/// One receive slot: headroom for the ChannelData header, the largest UDP payload, tailroom
+/// for stream padding.
+const SLOT: usize = HEADROOM + 65_536 + TAILROOM + 1;
+
+/// How long a task may keep receiving before it yields to the worker's other tasks (timers,
+/// other sockets).
+pub(crate) const TIME_BUDGET: Duration = Duration::from_millis(2);
+
+/// Bytes of the send arena (flushed early when full).
+const ARENA: usize = 512 * 1024;
+
+/// How often the shard publishes its counters for `/metrics`.
+const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+/// A relay socket and the task receiving on it.
+struct RelaySlot {
+    socket: Rc<UdpSocket>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// The outbound queue of one TCP/TLS client connection.
+pub(crate) type StreamSender = mpsc::Sender<Vec<u8>>;
+
+/// Receive storage: `BATCH` slots and their metadata.
+struct RecvBuffers {
+    storage: Vec<u8>,
+    meta: [RecvMeta; BATCH],
+}
+
+/// The state of one worker.
+pub(crate) struct Shard {
+    index: usize,
+    core: RefCell<Server>,
+    /// UDP listening sockets and whether each is bound to a wildcard IP (then replies carry the
+    /// destination IP of the request as source through IP_PKTINFO).
+    listeners: Vec<(Rc<UdpSocket>, bool)>,
+    relays: RefCell<HashMap<SocketAddr, RelaySlot>>,
+    streams: RefCell<HashMap<FiveTuple, StreamSender>>,
+    bufs: RefCell<RecvBuffers>,
+    batch: RefCell<SendBatch>,
+    relay_ports: RelayPorts,
+    io_stats: Cell<IoStats>,
+    metrics: Arc<Metrics>,
+    last_publish: Cell<Instant>,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        index: usize,
+        core: Server,
+        listeners: Vec<Rc<UdpSocket>>,
+        relay_ports: RelayPorts,
+        metrics: Arc<Metrics>,
+    ) -> Rc<Self> {
+        let listeners = listeners
+            .into_iter()
+            .map(|s| {
+                let wildcard = s.local_addr().ip().is_unspecified();
+                (s, wildcard)
+            })
+            .collect();
+        Rc::new(Self {
+            index,
+            core: RefCell::new(core),
+            listeners,
+            relays: RefCell::new(HashMap::new()),
+            streams: RefCell::new(HashMap::new()),
+            bufs: RefCell::new(RecvBuffers {
+                storage: vec![0; SLOT * BATCH],
+                meta: [RecvMeta::default(); BATCH],
+            }),
+            batch: RefCell::new(SendBatch::new(ARENA)),
+            relay_ports,
+            io_stats: Cell::new(IoStats::default()),
+            metrics,
+            last_publish: Cell::new(Instant::now()),
+        })
+    }
+
+    /// The UDP listening sockets.
+    pub(crate) fn listeners(&self) -> impl Iterator<Item = &Rc<UdpSocket>> {
+        self.listeners.iter().map(|(s, _)| s)
+    }
+
+    fn count(&self, f: impl FnOnce(&mut IoStats)) {
+        let mut s = self.io_stats.get();
+        f(&mut s);
+        self.io_stats.set(s);
+    }
+
+    /// Receives one batch of client datagrams on `socket` and processes it. Returns how many
+    /// datagrams were read (0: the socket is drained).
+    pub(crate) fn receive_client_batch(
+        self: &Rc<Self>,
+        socket: &Rc<UdpSocket>,
+        wildcard: bool,
+    ) -> usize {
+        let mut bufs = self.bufs.borrow_mut();
+        let RecvBuffers { storage, meta } = &mut *bufs;
+        let n = {
+            let mut chunks = storage.chunks_mut(SLOT);
+            let mut slices: [IoSliceMut<'_>; BATCH] = std::array::from_fn(|_| {
+                IoSliceMut::new(chunks.next().map_or(&mut [][..], |c| &mut c[HEADROOM..]))
+            });
+            match socket.try_recv(&mut slices, meta) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive failed");
+                    self.count(|s| s.recv_errors += 1);
+                    return 0;
+                }
+            }
+        };
+        if n == 0 {
+            return 0;
+        }
+        let now = Instant::now();
+        let local = socket.local_addr();
+        let mut core = self.core.borrow_mut();
+        for (i, m) in meta.iter().take(n).enumerate() {
+            let server_ip = match (wildcard, m.dst_ip) {
+                (true, Some(ip)) => ip,
+                _ => local.ip(),
+            };
+            let five = FiveTuple {
+                client: m.addr,
+                server: SocketAddr::new(server_ip, local.port()),
+                transport: Transport::Udp,
+            };
+            let start = i * SLOT + HEADROOM;
+            let data = &storage[start..start + m.len];
+            for segment in data.chunks(m.stride.max(1)) {
+                match core.handle_client_packet(now, five, segment) {
+                    ClientAction::Forward {
+                        relay,
+                        peer,
+                        payload,
+                    } => {
+                        if let Some(bytes) = segment.get(payload) {
+                            self.queue_to_peer(relay, peer, bytes);
+                        }
+                    }
+                    ClientAction::Drop | ClientAction::Queued => {}
+                }
+                self.drain_outputs(&mut core, now);
+            }
+        }
+        drop(core);
+        drop(bufs);
+        self.flush();
+        n
+    }
+
+    /// Receives one batch of peer datagrams on the relay socket `socket` and processes it.
+    pub(crate) fn receive_peer_batch(self: &Rc<Self>, socket: &Rc<UdpSocket>) -> usize {
+        let mut bufs = self.bufs.borrow_mut();
+        let RecvBuffers { storage, meta } = &mut *bufs;
+        let n = {
+            let mut chunks = storage.chunks_mut(SLOT);
+            let mut slices: [IoSliceMut<'_>; BATCH] = std::array::from_fn(|_| {
+                IoSliceMut::new(
+                    chunks
+                        .next()
+                        .map_or(&mut [][..], |c| &mut c[HEADROOM..SLOT - TAILROOM]),
+                )
+            });
+            match socket.try_recv(&mut slices, meta) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "relay socket receive failed");
+                    self.count(|s| s.recv_errors += 1);
+                    return 0;
+                }
+            }
+        };
+        if n == 0 {
+            return 0;
+        }
+        let now = Instant::now();
+        let relay = socket.local_addr();
+        let mut core = self.core.borrow_mut();
+        for (i, m) in meta.iter().take(n).enumerate() {
+            let slot = &mut storage[i * SLOT..(i + 1) * SLOT];
+            match core.handle_peer_packet(now, relay, m.addr, slot, m.len) {
+                PeerAction::ToClient { to, range } => {
+                    if let Some(bytes) = slot.get(range) {
+                        self.send_to_client(to, bytes);
+                    }
+                }
+                PeerAction::Drop | PeerAction::Queued => {}
+            }
+            self.drain_outputs(&mut core, now);
+        }
+        drop(core);
+        drop(bufs);
+        self.flush();
+        n
+    }
+
+    /// One framed message from a TCP/TLS client.
+    pub(crate) fn handle_stream_message(self: &Rc<Self>, five: FiveTuple, frame: &[u8]) {
+        let now = Instant::now();
+        let mut core = self.core.borrow_mut();
+        if let ClientAction::Forward {
+            relay,
+            peer,
+            payload,
+        } = core.handle_client_packet(now, five, frame)
+            && let Some(bytes) = frame.get(payload)
+        {
+            self.queue_to_peer(relay, peer, bytes);
+        }
+        self.drain_outputs(&mut core, now);
+    }
+
+    /// Registers a new stream connection's outbound queue.
+    pub(crate) fn stream_opened(&self, five: FiveTuple, tx: StreamSender) {
+        self.streams.borrow_mut().insert(five, tx);
+        self.count(|s| {
+            s.stream_connections += 1;
+            s.stream_connections_accepted += 1;
+        });
+    }
+
+    /// A stream connection ended: its allocation goes with it (RFC 8656 section 3.1).
+    pub(crate) fn stream_closed(self: &Rc<Self>, five: FiveTuple) {
+        self.streams.borrow_mut().remove(&five);
+        self.count(|s| s.stream_connections = s.stream_connections.saturating_sub(1));
+        let now = Instant::now();
+        let mut core = self.core.borrow_mut();
+        core.handle_connection_closed(now, five);
+        self.drain_outputs(&mut core, now);
+        drop(core);
+        self.flush();
+    }
+
+    /// Counts a TLS handshake failure.
+    pub(crate) fn tls_failed(&self) {
+        self.count(|s| s.tls_handshake_failures += 1);
+    }
+
+    /// Counts a stream closed for bad framing.
+    pub(crate) fn framing_error(&self) {
+        self.count(|s| s.stream_framing_errors += 1);
+    }
+
+    /// Runs the core's due timers; returns when they should run next.
+    pub(crate) fn on_timer(self: &Rc<Self>) -> Option<Instant> {
+        let now = Instant::now();
+        let mut core = self.core.borrow_mut();
+        if core.poll_timeout().is_some_and(|t| t <= now) {
+            core.handle_timeout(now);
+            self.drain_outputs(&mut core, now);
+        }
+        let next = core.poll_timeout();
+        if now.duration_since(self.last_publish.get()) >= PUBLISH_EVERY {
+            self.last_publish.set(now);
+            self.metrics
+                .publish(self.index, core.stats(), &self.io_stats.get());
+        }
+        drop(core);
+        self.flush();
+        next
+    }
+
+    /// Publishes counters now (at shutdown).
+    pub(crate) fn publish(&self) {
+        self.metrics
+            .publish(self.index, self.core.borrow().stats(), &self.io_stats.get());
+    }
+
+    /// Acts on every queued output of the core.
+    fn drain_outputs(self: &Rc<Self>, core: &mut Server, now: Instant) {
+        while let Some(output) = core.poll_output() {
+            match output {
+                Output::Transmit { to, data } => self.transmit_owned(to, data),
+                Output::BindRelay {
+                    request,
+                    family,
+                    even_port,
+                    ..
+                } => {
+                    let result = self.bind_relay(request, family, even_port);
+                    core.handle_relay_bound(now, request, result);
+                }
+                Output::ReleaseRelay { relay } => self.release_relay(relay),
+                other => tracing::debug!(?other, "unhandled core output"),
+            }
+        }
+    }
+
+    fn bind_relay(
+        self: &Rc<Self>,
+        request: RelayRequestId,
+        family: AddressFamily,
+        even_port: bool,
+    ) -> Result<SocketAddr, BindError> {
+        let socket = match self.relay_ports.bind(family, even_port) {
+            Ok(s) => s,
+            Err(e) => {
+                self.count(|s| s.relay_bind_failures += 1);
+                tracing::debug!(%request, error = %e, "relay bind failed");
+                return Err(e);
+            }
+        };
+        let socket = match UdpSocket::from_socket(socket, false) {
+            Ok(s) => Rc::new(s),
+            Err(e) => {
+                self.count(|s| s.relay_bind_failures += 1);
+                tracing::warn!(error = %e, "cannot register relay socket");
+                return Err(BindError::NoCapacity);
+            }
+        };
+        let addr = socket.local_addr();
+        let task = tokio::task::spawn_local(super::driver::run_relay_socket(
+            Rc::clone(self),
+            Rc::clone(&socket),
+        ));
+        self.relays.borrow_mut().insert(
+            addr,
+            RelaySlot {
+                socket,
+                task: Some(task),
+            },
+        );
+        Ok(addr)
+    }
+
+    fn release_relay(&self, relay: SocketAddr) {
+        if let Some(mut slot) = self.relays.borrow_mut().remove(&relay)
+            && let Some(task) = slot.task.take()
+        {
+            task.abort();
+        }
+    }
+
+    /// Queues `data` to `peer` from the relay socket bound to `relay`.
+    fn queue_to_peer(&self, relay: SocketAddr, peer: SocketAddr, data: &[u8]) {
+        let relays = self.relays.borrow();
+        let Some(slot) = relays.get(&relay) else {
+            return;
+        };
+        self.push(&slot.socket, peer, None, data);
+    }
+
+    /// Sends a message to a client: into the send batch for UDP, onto the connection's queue
+    /// for TCP/TLS.
+    fn send_to_client(&self, to: FiveTuple, data: &[u8]) {
+        match to.transport {
+            Transport::Udp => self.queue_to_udp_client(to, data),
+            Transport::Tcp | Transport::Tls => self.queue_to_stream(to, data.to_vec()),
+        }
+    }
+
+    fn transmit_owned(&self, to: FiveTuple, data: Vec<u8>) {
+        match to.transport {
+            Transport::Udp => self.queue_to_udp_client(to, &data),
+            Transport::Tcp | Transport::Tls => self.queue_to_stream(to, data),
+        }
+    }
+
+    fn queue_to_udp_client(&self, to: FiveTuple, data: &[u8]) {
+        let port = to.server.port();
+        let found = self.listeners.iter().find(|(s, wildcard)| {
+            let local = s.local_addr();
+            local.port() == port
+                && (*wildcard || local.ip() == to.server.ip())
+                && local.is_ipv4() == to.server.is_ipv4()
+        });
+        let Some((socket, wildcard)) = found else {
+            tracing::debug!(server = %to.server, "no listening socket for reply");
+            return;
+        };
+        let src: Option<IpAddr> = wildcard.then_some(to.server.ip());
+        self.push(socket, to.client, src, data);
+    }
+
+    fn queue_to_stream(&self, to: FiveTuple, data: Vec<u8>) {
+        let streams = self.streams.borrow();
+        let Some(tx) = streams.get(&to) else { return };
+        if tx.try_send(data).is_err() {
+            self.count(|s| s.stream_queue_drops += 1);
+        }
+    }
+
+    fn push(&self, socket: &Rc<UdpSocket>, to: SocketAddr, src: Option<IpAddr>, data: &[u8]) {
+        let mut batch = self.batch.borrow_mut();
+        if batch.is_full_for(data.len()) {
+            let report = batch.flush();
+            if report.failed > 0 {
+                self.count(|s| s.send_failures += report.failed);
+            }
+        }
+        batch.push(socket, to, src, data);
+    }
+
+    /// Sends everything queued.
+    pub(crate) fn flush(&self) {
+        let mut batch = self.batch.borrow_mut();
+        if batch.len() == 0 {
+            return;
+        }
+        let report = batch.flush();
+        if report.failed > 0 {
+            self.count(|s| s.send_failures += report.failed);
+        }
+    }
+
+    /// Drops every relay socket task (shutdown).
+    pub(crate) fn close_all(&self) {
+        for (_, mut slot) in self.relays.borrow_mut().drain() {
+            if let Some(task) = slot.task.take() {
+                task.abort();
+            }
+        }
+        self.streams.borrow_mut().clear();
+    }
+}

@@ -1,0 +1,83 @@
+//! One TURN-over-TCP or TURN-over-TLS client connection: the reader splits the byte stream into
+//! STUN messages (by their length field) and ChannelData messages (by their 4-byte header,
+//! padded to a multiple of 4: RFC 8656 section 11.5 / RFC 6062) and hands each to the shard; the
+//! writer drains a bounded outbound queue the shard fills.
+
+use std::rc::Rc;
+
+use relay_proto::FiveTuple;
+use relay_proto::framing::{MAX_FRAME_LEN, stream_frame_len};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+use super::shard::Shard;
+
+/// Messages queued towards one stream client before new ones are dropped (and counted).
+const OUTBOUND_QUEUE: usize = 512;
+
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Serves one connection until either side closes it or it sends something that is neither
+/// STUN nor ChannelData. Removes the allocation of `five` at the end.
+pub(crate) async fn serve<S>(shard: Rc<Shard>, stream: S, five: FiveTuple)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (reader, writer) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    shard.stream_opened(five, tx);
+    tokio::select! {
+        () = read_frames(&shard, reader, five) => {}
+        () = write_queue(writer, rx) => {}
+    }
+    shard.stream_closed(five);
+}
+
+async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, five: FiveTuple) {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK * 2);
+    loop {
+        // Hand over every complete frame in the buffer.
+        let mut consumed = 0;
+        loop {
+            match stream_frame_len(&buf[consumed..]) {
+                Ok(Some(len)) if buf.len() - consumed >= len => {
+                    shard.handle_stream_message(five, &buf[consumed..consumed + len]);
+                    consumed += len;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(client = %five.client, error = %e, "closing stream: bad framing");
+                    shard.framing_error();
+                    return;
+                }
+            }
+        }
+        shard.flush();
+        buf.drain(..consumed);
+        debug_assert!(buf.len() <= MAX_FRAME_LEN);
+        buf.reserve(READ_CHUNK);
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write_queue<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    while let Some(message) = rx.recv().await {
+        if writer.write_all(&message).await.is_err() {
+            return;
+        }
+        // Coalesce whatever else is queued into the same write.
+        while let Ok(more) = rx.try_recv() {
+            if writer.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+}

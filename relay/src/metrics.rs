@@ -1,0 +1,394 @@
+//! Metrics: every worker publishes a copy of its shard's `Stats` and its I/O counters into a
+//! `Metrics` slot (never on the per-packet path: on the worker's timer tick), and `/metrics`
+//! sums the slots into Prometheus text through a prometheus-client `Collector`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use relay_proto::{DenyReason, QuotaKind, Stats};
+
+/// I/O-layer counters of one worker (plain fields, published with the core's stats).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IoStats {
+    /// Datagrams the kernel refused or that were dropped on a full socket buffer.
+    pub send_failures: u64,
+    /// Relay sockets that could not be bound (no port free, family missing).
+    pub relay_bind_failures: u64,
+    /// Open TCP and TLS client connections (gauge).
+    pub stream_connections: u64,
+    /// TCP and TLS connections accepted.
+    pub stream_connections_accepted: u64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: u64,
+    /// Messages to a stream client dropped because its outbound queue was full.
+    pub stream_queue_drops: u64,
+    /// Stream connections closed for framing errors (neither STUN nor ChannelData).
+    pub stream_framing_errors: u64,
+    /// Receive errors on UDP sockets other than "nothing to read".
+    pub recv_errors: u64,
+}
+
+/// What one worker last published.
+#[derive(Debug, Default, Clone)]
+struct WorkerSnapshot {
+    core: Stats,
+    io: IoStats,
+}
+
+/// Shared between the workers (writers) and the admin server (reader).
+#[derive(Debug)]
+pub struct Metrics {
+    workers: Vec<Mutex<WorkerSnapshot>>,
+    draining: AtomicBool,
+    scrapes: AtomicU64,
+}
+
+impl Metrics {
+    /// Slots for `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        Self {
+            workers: (0..workers)
+                .map(|_| Mutex::new(WorkerSnapshot::default()))
+                .collect(),
+            draining: AtomicBool::new(false),
+            scrapes: AtomicU64::new(0),
+        }
+    }
+
+    /// Worker `index` publishes its current counters.
+    pub fn publish(&self, index: usize, core: &Stats, io: &IoStats) {
+        if let Some(slot) = self.workers.get(index) {
+            let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            slot.core.clone_from(core);
+            slot.io = *io;
+        }
+    }
+
+    /// The core stats of all workers, summed.
+    pub fn core_totals(&self) -> Stats {
+        let mut total = Stats::default();
+        for slot in &self.workers {
+            total.merge(&slot.lock().unwrap_or_else(PoisonError::into_inner).core);
+        }
+        total
+    }
+
+    /// The I/O stats of all workers, summed.
+    pub fn io_totals(&self) -> IoStats {
+        let mut t = IoStats::default();
+        for slot in &self.workers {
+            let s = slot.lock().unwrap_or_else(PoisonError::into_inner).io;
+            t.send_failures += s.send_failures;
+            t.relay_bind_failures += s.relay_bind_failures;
+            t.stream_connections += s.stream_connections;
+            t.stream_connections_accepted += s.stream_connections_accepted;
+            t.tls_handshake_failures += s.tls_handshake_failures;
+            t.stream_queue_drops += s.stream_queue_drops;
+            t.stream_framing_errors += s.stream_framing_errors;
+            t.recv_errors += s.recv_errors;
+        }
+        t
+    }
+
+    /// Marks the relay as draining (`/readyz` fails, `relay_draining` is 1).
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// See `set_draining`.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(self: &Arc<Self>) -> String {
+        self.scrapes.fetch_add(1, Ordering::Relaxed);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Arc::clone(self)));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+fn counter(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    let m = e.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    let m = e.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+fn labelled_counters(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: &[(&'static str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for (value_label, value) in values {
+        let labels = [(label, *value_label)];
+        let family = m.encode_family(&labels)?;
+        ConstCounter::new(*value).encode(family)?;
+    }
+    Ok(())
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.core_totals();
+        let io = self.io_totals();
+        gauge(
+            &mut e,
+            "relay_allocations",
+            "Live allocations",
+            s.allocations,
+        )?;
+        gauge(
+            &mut e,
+            "relay_permissions",
+            "Live permissions",
+            s.permissions,
+        )?;
+        gauge(
+            &mut e,
+            "relay_channels",
+            "Live channel bindings",
+            s.channels,
+        )?;
+        gauge(
+            &mut e,
+            "relay_draining",
+            "1 while draining (new allocations refused)",
+            u64::from(self.is_draining()),
+        )?;
+        gauge(
+            &mut e,
+            "relay_workers",
+            "Worker threads (protocol shards)",
+            self.workers.len() as u64,
+        )?;
+        counter(
+            &mut e,
+            "relay_allocations_created",
+            "Allocations created",
+            s.allocations_created,
+        )?;
+        counter(
+            &mut e,
+            "relay_allocations_expired",
+            "Allocations that timed out",
+            s.allocations_expired,
+        )?;
+        counter(
+            &mut e,
+            "relay_allocations_deleted",
+            "Allocations deleted by the client or a closed connection",
+            s.allocations_deleted,
+        )?;
+        counter(
+            &mut e,
+            "relay_binding_requests",
+            "STUN Binding requests answered",
+            s.binding_requests,
+        )?;
+        labelled_counters(
+            &mut e,
+            "relay_packets_relayed",
+            "Packets relayed, by direction",
+            "direction",
+            &[
+                ("to_peer", s.packets_to_peer),
+                ("to_client", s.packets_to_client),
+            ],
+        )?;
+        labelled_counters(
+            &mut e,
+            "relay_bytes_relayed",
+            "Payload bytes relayed, by direction",
+            "direction",
+            &[
+                ("to_peer", s.bytes_to_peer),
+                ("to_client", s.bytes_to_client),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "relay_auth_challenges",
+            "401 challenges to requests without credentials",
+            s.auth_challenges,
+        )?;
+        counter(
+            &mut e,
+            "relay_auth_failures",
+            "Requests whose credentials failed",
+            s.auth_failures,
+        )?;
+        counter(
+            &mut e,
+            "relay_stale_nonces",
+            "438 Stale Nonce responses",
+            s.stale_nonces,
+        )?;
+        counter(
+            &mut e,
+            "relay_wrong_credentials",
+            "441 Wrong Credentials responses",
+            s.wrong_credentials,
+        )?;
+        counter(
+            &mut e,
+            "relay_allocation_mismatches",
+            "437 Allocation Mismatch responses",
+            s.allocation_mismatches,
+        )?;
+        counter(
+            &mut e,
+            "relay_error_responses",
+            "Other error responses",
+            s.error_responses,
+        )?;
+        counter(
+            &mut e,
+            "relay_malformed_packets",
+            "Undecodable packets",
+            s.malformed_packets,
+        )?;
+        counter(
+            &mut e,
+            "relay_dropped_packets",
+            "Packets dropped for lack of allocation, permission or channel",
+            s.dropped_packets,
+        )?;
+        counter(
+            &mut e,
+            "relay_send_failures",
+            "Datagrams the kernel refused or that found a full socket buffer",
+            io.send_failures + s.send_failures,
+        )?;
+        let denied: Vec<(&'static str, u64)> = DenyReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), s.denied(*r)))
+            .collect();
+        labelled_counters(
+            &mut e,
+            "relay_peer_denied",
+            "Peer addresses refused by the policy, by reason",
+            "reason",
+            &denied,
+        )?;
+        let quotas: Vec<(&'static str, u64)> = QuotaKind::ALL
+            .iter()
+            .map(|q| (q.as_str(), s.quota(*q)))
+            .collect();
+        labelled_counters(
+            &mut e,
+            "relay_quota_hits",
+            "Quota and rate-limit hits, by quota",
+            "quota",
+            &quotas,
+        )?;
+        counter(
+            &mut e,
+            "relay_relay_bind_failures",
+            "Relay sockets that could not be bound",
+            io.relay_bind_failures,
+        )?;
+        gauge(
+            &mut e,
+            "relay_stream_connections",
+            "Open TCP/TLS client connections",
+            io.stream_connections,
+        )?;
+        counter(
+            &mut e,
+            "relay_stream_connections_accepted",
+            "TCP/TLS client connections accepted",
+            io.stream_connections_accepted,
+        )?;
+        counter(
+            &mut e,
+            "relay_tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            io.tls_handshake_failures,
+        )?;
+        counter(
+            &mut e,
+            "relay_stream_queue_drops",
+            "Messages dropped on a full stream outbound queue",
+            io.stream_queue_drops,
+        )?;
+        counter(
+            &mut e,
+            "relay_stream_framing_errors",
+            "Stream connections closed for bad framing",
+            io.stream_framing_errors,
+        )?;
+        counter(
+            &mut e,
+            "relay_recv_errors",
+            "UDP receive errors",
+            io.recv_errors,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_sums_of_workers() {
+        let m = Arc::new(Metrics::new(2));
+        let mut a = Stats::default();
+        a.allocations = 2;
+        a.packets_to_peer = 5;
+        let mut b = Stats::default();
+        b.allocations = 1;
+        b.packets_to_peer = 7;
+        b.peer_denied[DenyReason::Loopback.index()] = 3;
+        m.publish(0, &a, &IoStats::default());
+        m.publish(
+            1,
+            &b,
+            &IoStats {
+                stream_connections: 4,
+                ..IoStats::default()
+            },
+        );
+        let text = m.render();
+        assert!(text.contains("relay_allocations 3"), "{text}");
+        assert!(
+            text.contains("relay_packets_relayed_total{direction=\"to_peer\"} 12"),
+            "{text}"
+        );
+        assert!(
+            text.contains("relay_peer_denied_total{reason=\"loopback\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("relay_stream_connections 4"), "{text}");
+    }
+}
