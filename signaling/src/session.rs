@@ -122,6 +122,7 @@ impl SocketTask {
                     let _ = self.conn.send_text(frame).await;
                 }
                 self.conn.close(code, "").await;
+                linger_if_unread(self.reading).await;
                 Step::Stop(LeaveReason::Disconnected)
             }
         }
@@ -398,6 +399,7 @@ impl SocketTask {
                 match close {
                     Some(code) => {
                         self.conn.close(code, "").await;
+                        linger_if_unread(self.reading).await;
                         Step::Stop(LeaveReason::Disconnected)
                     }
                     None => Step::Continue,
@@ -433,6 +435,15 @@ fn negotiate(offered: &[u32]) -> Result<u32, RequestError> {
             ),
         )
     })
+}
+
+/// After an oversize frame, the rest of it is still unread in the kernel: closing now would
+/// reset the connection and could destroy our error and close frame before the client reads
+/// them. Wait a moment so the client gets them first.
+async fn linger_if_unread(reading: bool) {
+    if !reading {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 fn probe_id(text: &str) -> Option<RequestId> {

@@ -1,6 +1,10 @@
 //! Integration tests of the `signaling` binary: each test starts the real server on port 0 and
 //! drives it with real WebSocket clients speaking protocol v1.
 
+mod auth;
 mod basic;
 mod docs;
+mod limits;
+mod ops;
+mod resume;
 mod support;

@@ -1,0 +1,257 @@
+//! Bad input and limits: every one answered with its error code, counted, and other peers
+//! unaffected.
+
+use std::time::Duration;
+
+use signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, ServerMessage};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::basic::{candidate, expect_signal, signal};
+use crate::support::{Client, Closed, Server, join_message};
+
+fn error_ref(message: &ServerMessage) -> Option<u64> {
+    match message {
+        ServerMessage::Error { reference, .. } => *reference,
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_answered_and_harms_nobody() {
+    let server = Server::start(&["--max-message-bytes", "1024"]);
+    let url = server.ws("/ws/bad");
+    let (mut a, a_info) = Client::join(&url, None).await;
+    let (mut b, b_info) = Client::join(&url, None).await;
+    let _ = a.recv_message().await;
+
+    a.send_raw(Message::text("this is not json")).await;
+    a.expect_error(ErrorCode::InvalidMessage).await;
+    a.send_raw(Message::text(r#"{"type":"launch_rockets","id":3}"#))
+        .await;
+    let frame = a.expect_error(ErrorCode::InvalidMessage).await;
+    assert_eq!(error_ref(&frame.message), Some(3));
+    a.send_raw(Message::text(
+        r#"{"type":"signal","id":4,"signal":{"kind":"answer","sdp":""}}"#,
+    ))
+    .await;
+    let frame = a.expect_error(ErrorCode::InvalidMessage).await;
+    assert_eq!(error_ref(&frame.message), Some(4), "missing `to`");
+    a.send_raw(Message::text("[1,2,3]")).await;
+    a.expect_error(ErrorCode::InvalidMessage).await;
+    a.send_raw(Message::binary(vec![1u8, 2, 3])).await;
+    a.expect_error(ErrorCode::BinaryNotSupported).await;
+    a.send(&join_message("bad")).await;
+    a.expect_error(ErrorCode::AlreadyJoined).await;
+
+    // A is still a working member, and B saw none of it.
+    signal(&mut a, &b_info.peer_id, candidate(1)).await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(1));
+
+    // An oversize frame closes A's socket with 1009 after the error.
+    a.send_raw(Message::text("x".repeat(2000))).await;
+    a.expect_error(ErrorCode::MessageTooLarge).await;
+    assert_eq!(a.expect_close().await, Closed::Code(1009));
+    // B is unaffected.
+    b.send(&ClientMessage::Ping { id: Some(8) }).await;
+    assert!(matches!(
+        b.recv_message().await,
+        ServerMessage::Pong { reference: Some(8) }
+    ));
+
+    // The errors are counted.
+    let (_, _, metrics) = server.get("/metrics").await;
+    for code in [
+        "invalid_message",
+        "binary_not_supported",
+        "already_joined",
+        "message_too_large",
+    ] {
+        assert!(
+            metrics.contains(&format!("signaling_errors_total{{code=\"{code}\"}}")),
+            "{code} not counted:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn handshake_errors() {
+    let server = Server::start(&[]);
+    // A request before join.
+    let mut c = Client::connect(&server.ws("/ws/early")).await;
+    c.send(&ClientMessage::Signal {
+        id: Some(1),
+        to: "x".into(),
+        signal: candidate(0),
+    })
+    .await;
+    let frame = c.expect_error(ErrorCode::NotJoined).await;
+    assert_eq!(frame.seq, 0);
+    // Still usable: join works afterwards.
+    c.send(&join_message("early")).await;
+    c.expect_welcome().await;
+
+    // Unsupported version.
+    let mut c = Client::connect(&server.ws("/ws/v")).await;
+    c.send(&ClientMessage::Join {
+        id: Some(2),
+        versions: vec![7, 99],
+        room: None,
+        name: None,
+        token: None,
+    })
+    .await;
+    let frame = c.expect_error(ErrorCode::UnsupportedVersion).await;
+    assert_eq!(error_ref(&frame.message), Some(2));
+    assert_eq!(c.expect_close().await, Closed::Code(1008));
+
+    // Bad room ids, in the join and in the URL; missing room; conflicting rooms.
+    for (path, room) in [
+        ("/ws", Some("no spaces")),
+        ("/ws", Some("")),
+        ("/ws/a%2Fb", None),
+        ("/ws", None),
+        ("/ws/one", Some("two")),
+    ] {
+        let mut c = Client::connect(&server.ws(path)).await;
+        c.send(&ClientMessage::Join {
+            id: None,
+            versions: vec![1],
+            room: room.map(Into::into),
+            name: None,
+            token: None,
+        })
+        .await;
+        c.expect_error(ErrorCode::InvalidRoomId).await;
+        assert_eq!(c.expect_close().await, Closed::Code(1008));
+    }
+    let long = "r".repeat(65);
+    let mut c = Client::connect(&server.ws(&format!("/ws/{long}"))).await;
+    c.send(&ClientMessage::Join {
+        id: None,
+        versions: vec![1],
+        room: None,
+        name: None,
+        token: None,
+    })
+    .await;
+    c.expect_error(ErrorCode::InvalidRoomId).await;
+
+    // Bad name.
+    let mut c = Client::connect(&server.ws("/ws/n")).await;
+    c.send(&ClientMessage::Join {
+        id: None,
+        versions: vec![1],
+        room: None,
+        name: Some("bell\u{7}".into()),
+        token: None,
+    })
+    .await;
+    c.expect_error(ErrorCode::InvalidName).await;
+}
+
+#[tokio::test]
+async fn rate_limit_drops_the_excess() {
+    let server = Server::start(&["--rate-limit", "5", "--rate-burst", "5"]);
+    let (mut a, _) = Client::join(&server.ws("/ws/rate"), None).await;
+    // The join took one token; 10 pings at once: 4 pass, 6 are dropped.
+    for id in 0..10 {
+        a.send(&ClientMessage::Ping { id: Some(id) }).await;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    for _ in 0..10 {
+        match a.recv_message().await {
+            ServerMessage::Pong { .. } => pongs += 1,
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                reference,
+                ..
+            } => {
+                assert!(reference.is_some());
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((pongs, limited), (4, 6));
+    // Tokens come back at the configured rate.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    a.send(&ClientMessage::Ping { id: Some(100) }).await;
+    assert!(matches!(
+        a.recv_message().await,
+        ServerMessage::Pong {
+            reference: Some(100)
+        }
+    ));
+}
+
+#[tokio::test]
+async fn room_full_and_max_sessions() {
+    let server = Server::start(&["--max-peers-per-room", "2", "--max-sessions", "3"]);
+    let url = server.ws("/ws/full");
+    let (_a, _) = Client::join(&url, None).await;
+    let (_b, _) = Client::join(&url, None).await;
+    let mut c = Client::connect(&url).await;
+    c.send(&join_message("full")).await;
+    c.expect_error(ErrorCode::RoomFull).await;
+    assert_eq!(c.expect_close().await, Closed::Code(1013));
+
+    let (_d, _) = Client::join(&server.ws("/ws/other"), None).await;
+    let mut e = Client::connect(&server.ws("/ws/third")).await;
+    e.send(&join_message("third")).await;
+    e.expect_error(ErrorCode::TooManySessions).await;
+    assert_eq!(e.expect_close().await, Closed::Code(1013));
+}
+
+#[tokio::test]
+async fn max_rooms() {
+    let server = Server::start(&["--max-rooms", "1"]);
+    let (_a, _) = Client::join(&server.ws("/ws/only"), None).await;
+    let (_b, _) = Client::join(&server.ws("/ws/only"), None).await;
+    let mut c = Client::connect(&server.ws("/ws/second")).await;
+    c.send(&join_message("second")).await;
+    c.expect_error(ErrorCode::TooManyRooms).await;
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_cut_off_not_buffered() {
+    let server = Server::start(&[
+        "--outbound-queue",
+        "4",
+        "--rate-limit",
+        "10000",
+        "--rate-burst",
+        "10000",
+        "--replay-max-messages",
+        "100000",
+        "--replay-max-bytes",
+        "100000000",
+    ]);
+    let url = server.ws("/ws/slow");
+    let (mut a, _) = Client::join(&url, None).await;
+    // B joins, then never reads again.
+    let (_b, b_info) = Client::join(&url, None).await;
+    let _ = a.recv_message().await;
+    let blob = "y".repeat(30_000);
+    let mut ended = false;
+    for _ in 0..2000 {
+        a.send(&ClientMessage::Broadcast {
+            id: None,
+            data: serde_json::Value::String(blob.clone()),
+        })
+        .await;
+        if let Some(frame) = a.recv_within(Duration::from_millis(1)).await {
+            match frame.message {
+                ServerMessage::PeerLeft { peer_id, reason } => {
+                    assert_eq!(peer_id, b_info.peer_id);
+                    assert_eq!(reason, LeaveReason::Ended);
+                    ended = true;
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert!(ended, "the slow consumer was never cut off");
+    let (_, _, metrics) = server.get("/metrics").await;
+    assert!(metrics.contains("signaling_errors_total{code=\"slow_consumer\"} 1"));
+}

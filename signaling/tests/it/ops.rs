@@ -1,0 +1,174 @@
+//! Operations: health, readiness, metrics, the web demo, TURN credential pushes, and drain on
+//! SIGTERM.
+
+use std::time::{Duration, Instant};
+
+use signaling::protocol::{ClientMessage, LeaveReason, ServerMessage};
+use signaling::turn_credentials::turn_rest_credential;
+
+use crate::support::{Client, Closed, Server};
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let server = Server::start(&[]);
+    let (status, _, body) = server.get("/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, _, _) = server.get("/readyz").await;
+    assert_eq!(status, 200);
+    let (_a, _) = Client::join(&server.ws("/ws/m"), None).await;
+    let (status, content_type, metrics) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("application/openmetrics-text"));
+    for line in [
+        "signaling_connections 1",
+        "signaling_sessions 1",
+        "signaling_rooms 1",
+        "signaling_connections_accepted_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn serves_the_web_demo() {
+    let server = Server::start(&[]);
+    for path in ["/", "/r/some-room", "/index.html"] {
+        let (status, content_type, body) = server.get(path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            content_type.starts_with("text/html"),
+            "{path}: {content_type}"
+        );
+        assert!(body.contains("<html"), "{path}");
+    }
+    let (status, _, _) = server.get("/no/such/file.js").await;
+    assert_eq!(status, 404);
+
+    // --web-dir serves from disk, and never outside it.
+    let dir = std::env::temp_dir().join(format!("signaling-web-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), "<html>from disk</html>").unwrap();
+    std::fs::write(dir.join("app.js"), "export const x = 1;").unwrap();
+    let server = Server::start(&["--web-dir", dir.to_str().unwrap()]);
+    let (_, _, body) = server.get("/r/x").await;
+    assert_eq!(body, "<html>from disk</html>");
+    let (status, content_type, _) = server.get("/app.js").await;
+    assert_eq!(status, 200);
+    assert!(content_type.contains("javascript"), "{content_type}");
+    let (status, _, _) = server.get("/../../etc/passwd").await;
+    assert_eq!(status, 404);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn turn_credentials_are_minted_and_refreshed_before_expiry() {
+    let server = Server::start(&[
+        "--stun-url",
+        "stun:127.0.0.1:3478",
+        "--turn-url",
+        "turn:127.0.0.1:3478?transport=udp",
+        "--turn-url",
+        "turns:127.0.0.1:5349",
+        "--turn-secret",
+        "signing-secret,older-secret",
+        "--turn-ttl",
+        "2s",
+    ]);
+    let (mut a, info) = Client::join(&server.ws("/ws/turn"), None).await;
+    let check = |servers: &[signaling::protocol::IceServer]| -> u64 {
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[0].urls, ["stun:127.0.0.1:3478"]);
+        let turn = &servers[1];
+        assert_eq!(turn.urls.len(), 2);
+        let username = turn.username.as_deref().expect("username");
+        let (expiry, peer) = username.split_once(':').expect("expiry:peer");
+        assert_eq!(peer, info.peer_id.as_str());
+        assert_eq!(
+            turn.credential.as_deref(),
+            Some(turn_rest_credential(b"signing-secret", username).as_str())
+        );
+        expiry.parse().expect("expiry")
+    };
+    let first_expiry = check(&info.ice_servers);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!((now + 1..=now + 3).contains(&first_expiry));
+
+    // Fresh credentials arrive at 80% of the 2 s TTL, before the old ones expire.
+    let start = Instant::now();
+    let pushed = match a
+        .recv_within(Duration::from_secs(4))
+        .await
+        .map(|f| f.message)
+    {
+        Some(ServerMessage::IceServers { ice_servers }) => ice_servers,
+        other => panic!("expected ice_servers, got {other:?}"),
+    };
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(1900),
+        "pushed after {elapsed:?}"
+    );
+    let second_expiry = check(&pushed);
+    assert!(second_expiry >= first_expiry);
+    // And again, for as long as the session lives.
+    match a
+        .recv_within(Duration::from_secs(4))
+        .await
+        .map(|f| f.message)
+    {
+        Some(ServerMessage::IceServers { ice_servers }) => {
+            assert!(check(&ice_servers) >= second_expiry)
+        }
+        other => panic!("expected ice_servers, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_exits() {
+    let mut server = Server::start(&["--drain-timeout", "1500ms", "--reconnect-after", "250ms"]);
+    let url = server.ws("/ws/drain");
+    let (mut a, _) = Client::join(&url, None).await;
+    let (mut b, b_info) = Client::join(&url, None).await;
+    let _ = a.recv_message().await;
+
+    let start = Instant::now();
+    server.terminate();
+    for client in [&mut a, &mut b] {
+        match client.recv_message().await {
+            ServerMessage::Draining {
+                reason,
+                reconnect_after_ms,
+            } => {
+                assert!(!reason.is_empty());
+                assert_eq!(reconnect_after_ms, 250);
+            }
+            other => panic!("expected draining, got {other:?}"),
+        }
+    }
+    // Not ready any more, still alive; no new sessions.
+    let (status, _, _) = server.get("/readyz").await;
+    assert_eq!(status, 503);
+    let (status, _, _) = server.get("/healthz").await;
+    assert_eq!(status, 200);
+    match Client::try_connect(&url, &[]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503)
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    // B leaves like a well-behaved client; A stays until the server closes it.
+    b.send(&ClientMessage::Leave { id: None }).await;
+    match a.recv_message().await {
+        ServerMessage::PeerLeft { peer_id, reason } => {
+            assert_eq!(peer_id, b_info.peer_id);
+            assert_eq!(reason, LeaveReason::Left);
+        }
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+    assert_eq!(a.expect_close().await, Closed::Code(1001));
+    assert!(server.wait_exit(Duration::from_secs(3)), "still running");
+    assert!(start.elapsed() < Duration::from_secs(4));
+}

@@ -1,0 +1,172 @@
+//! Resume: missed-message replay exactly once and in order, grace expiry, replay overflow.
+
+use std::time::Duration;
+
+use signaling::protocol::{
+    ClientMessage, ErrorCode, LeaveReason, ResumeToken, ServerFrame, ServerMessage,
+};
+
+use crate::basic::{candidate, expect_signal, signal};
+use crate::support::{Client, Closed, Server};
+
+fn resume_message(token: &ResumeToken, last_seq: u64) -> ClientMessage {
+    ClientMessage::Resume {
+        id: Some(77),
+        versions: vec![1],
+        resume_token: token.clone(),
+        last_seq,
+    }
+}
+
+#[tokio::test]
+async fn resume_replays_missed_messages_exactly_once_in_order() {
+    let server = Server::start(&["--resume-grace", "10s"]);
+    let url = server.ws("/ws/resume");
+    let (mut a, a_info) = Client::join(&url, None).await;
+    let (mut b, b_info) = Client::join(&url, None).await;
+    let _ = a.recv_message().await; // peer_joined
+
+    // B receives 0..5 and processes them; it acks up to 2 only.
+    for n in 0..5 {
+        signal(&mut a, &b_info.peer_id, candidate(n)).await;
+    }
+    let mut seqs = Vec::new();
+    for n in 0..5 {
+        assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(n));
+        seqs.push(b.last_seq);
+    }
+    b.send(&ClientMessage::Ack { seq: seqs[2] }).await;
+    // B "processed" only up to candidate 3 (the last one was lost in its crash).
+    let last_processed = seqs[3];
+    drop(b); // the socket drops mid-exchange
+
+    // A goes on sending while B is away.
+    for n in 5..15 {
+        signal(&mut a, &b_info.peer_id, candidate(n)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut b = Client::connect(&url).await;
+    b.last_seq = last_processed;
+    b.send(&resume_message(&b_info.resume_token, last_processed))
+        .await;
+    // candidate 4 (seen but not processed) and 5..15, each once, in order, original seqs.
+    for n in 4..15 {
+        let frame = b.recv().await;
+        match frame.message {
+            ServerMessage::Signal { from, signal } => {
+                assert_eq!(from, a_info.peer_id);
+                assert_eq!(signal, candidate(n), "replay out of order");
+            }
+            other => panic!("expected replayed signal {n}, got {other:?}"),
+        }
+    }
+    match b.recv().await {
+        ServerFrame {
+            message:
+                ServerMessage::Resumed {
+                    reference,
+                    session,
+                    replayed,
+                },
+            ..
+        } => {
+            assert_eq!(reference, Some(77));
+            assert_eq!(replayed, 11);
+            assert_eq!(session.peer_id, b_info.peer_id, "same peer id");
+            assert_eq!(session.peers.len(), 1);
+            assert!(session.peers[0].polite, "B keeps its role");
+        }
+        other => panic!("expected resumed, got {other:?}"),
+    }
+    // Nothing more: no duplicates.
+    b.expect_silence(Duration::from_millis(200)).await;
+
+    // The session goes on both ways, and A never saw B leave or join.
+    signal(&mut b, &a_info.peer_id, candidate(99)).await;
+    assert_eq!(expect_signal(&mut a, &b_info.peer_id).await, candidate(99));
+    signal(&mut a, &b_info.peer_id, candidate(100)).await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(100));
+    a.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn resume_takes_over_a_socket_the_server_still_thinks_alive() {
+    let server = Server::start(&[]);
+    let url = server.ws("/ws/takeover");
+    let (mut a, a_info) = Client::join(&url, None).await;
+    let (mut old, b_info) = Client::join(&url, None).await;
+    let _ = a.recv_message().await;
+    let mut b = Client::connect(&url).await;
+    b.send(&resume_message(&b_info.resume_token, 1)).await;
+    assert!(matches!(
+        b.recv_message().await,
+        ServerMessage::Resumed { replayed: 0, .. }
+    ));
+    assert_eq!(old.expect_close().await, Closed::Code(1008));
+    signal(&mut a, &b_info.peer_id, candidate(1)).await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(1));
+    a.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn grace_expiry_ends_the_session() {
+    let server = Server::start(&["--resume-grace", "300ms"]);
+    let url = server.ws("/ws/grace");
+    let (mut a, _) = Client::join(&url, None).await;
+    let (b, b_info) = Client::join(&url, None).await;
+    let _ = a.recv_message().await;
+    drop(b);
+    match a.recv_message().await {
+        ServerMessage::PeerLeft { peer_id, reason } => {
+            assert_eq!(peer_id, b_info.peer_id);
+            assert_eq!(reason, LeaveReason::Disconnected);
+        }
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+    let mut b = Client::connect(&url).await;
+    b.send(&resume_message(&b_info.resume_token, 1)).await;
+    let frame = b.expect_error(ErrorCode::ResumeFailed).await;
+    assert_eq!(frame.seq, 0);
+    assert_eq!(b.expect_close().await, Closed::Code(1008));
+
+    // A forged token fails the same way.
+    let mut c = Client::connect(&url).await;
+    let forged = ResumeToken(format!("{}.00", b_info.session_id));
+    c.send(&resume_message(&forged, 0)).await;
+    c.expect_error(ErrorCode::ResumeFailed).await;
+}
+
+#[tokio::test]
+async fn replay_overflow_ends_a_parked_session() {
+    let server = Server::start(&["--resume-grace", "10s", "--replay-max-messages", "5"]);
+    let url = server.ws("/ws/overflow");
+    let (mut a, _) = Client::join(&url, None).await;
+    let (b, b_info) = Client::join(&url, None).await;
+    let _ = a.recv_message().await;
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 0..10 {
+        signal(&mut a, &b_info.peer_id, candidate(n)).await;
+    }
+    // The others learn at once that B's session ended.
+    loop {
+        match a.recv_message().await {
+            ServerMessage::PeerLeft { peer_id, reason } => {
+                assert_eq!(peer_id, b_info.peer_id);
+                assert_eq!(reason, LeaveReason::Ended);
+                break;
+            }
+            // Signals sent after the session ended find no peer.
+            ServerMessage::Error {
+                code: ErrorCode::UnknownPeer,
+                ..
+            } => {}
+            other => panic!("expected peer_left, got {other:?}"),
+        }
+    }
+    let mut b = Client::connect(&url).await;
+    b.send(&resume_message(&b_info.resume_token, 1)).await;
+    b.expect_error(ErrorCode::ReplayOverflow).await;
+    assert_eq!(b.expect_close().await, Closed::Code(1008));
+}
