@@ -41,9 +41,8 @@ pub fn is_valid_channel(number: u16) -> bool {
 /// inside `packet`. Trailing bytes (stream padding) are ignored.
 #[inline]
 pub fn parse(packet: &[u8]) -> Result<(u16, Range<usize>), ChannelDataError> {
-    let [a, b, c, d] = match packet.get(..CHANNEL_DATA_HEADER_LEN) {
-        Some(&[a, b, c, d]) => [a, b, c, d],
-        _ => return Err(ChannelDataError::TooShort),
+    let Some(&[a, b, c, d]) = packet.get(..CHANNEL_DATA_HEADER_LEN) else {
+        return Err(ChannelDataError::TooShort);
     };
     let number = u16::from_be_bytes([a, b]);
     if !is_valid_channel(number) {

@@ -331,6 +331,16 @@ impl MessageBuilder {
         self.add_with(typ, |out| out.extend_from_slice(value))
     }
 
+    /// Append an attribute padded with `pad` instead of zeros (RFC 8489 lets senders pick any
+    /// padding bytes; the RFC 5769 vectors use spaces, and integrity covers the padding).
+    pub fn add_padded(&mut self, typ: u16, value: &[u8], pad: u8) -> &mut Self {
+        self.add(typ, value);
+        let padding = (4 - value.len() % 4) % 4;
+        let end = self.buf.len();
+        self.buf[end - padding..].fill(pad);
+        self
+    }
+
     /// Append an attribute whose value `write` appends to the buffer.
     pub fn add_with(&mut self, typ: u16, write: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
         let start = self.buf.len();
@@ -339,7 +349,7 @@ impl MessageBuilder {
         write(&mut self.buf);
         let len = self.buf.len() - start - 4;
         self.buf[start + 2..start + 4].copy_from_slice(&(len as u16).to_be_bytes());
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
         self.set_length();

@@ -129,12 +129,11 @@ impl Server {
             }
             return;
         }
-        let transport = match msg
+        let Some(Ok(transport)) = msg
             .get(REQUESTED_TRANSPORT)
             .map(attributes::decode_requested_transport)
-        {
-            Some(Ok(t)) => t,
-            _ => return self.error_authenticated(from, msg, &key, 400),
+        else {
+            return self.error_authenticated(from, msg, &key, 400);
         };
         if transport != attributes::PROTOCOL_UDP {
             return self.error_authenticated(from, msg, &key, 442);
@@ -391,12 +390,11 @@ impl Server {
             Some(Ok(n)) if channel_data::is_valid_channel(n) => n,
             _ => return self.error_authenticated(from, msg, &key, 400),
         };
-        let peer = match msg
+        let Some(Ok(peer)) = msg
             .get(XOR_PEER_ADDRESS)
             .map(|v| attributes::decode_xor_address(v, &tid))
-        {
-            Some(Ok(peer)) => peer,
-            _ => return self.error_authenticated(from, msg, &key, 400),
+        else {
+            return self.error_authenticated(from, msg, &key, 400);
         };
         let Some(alloc) = self.allocation(alloc_key) else {
             return;

@@ -145,12 +145,9 @@ impl Server {
         from: FiveTuple,
         packet: &[u8],
     ) -> ClientAction {
-        let (number, payload) = match channel_data::parse(packet) {
-            Ok(parsed) => parsed,
-            Err(_) => {
-                self.stats.malformed_packets += 1;
-                return ClientAction::Drop;
-            }
+        let Ok((number, payload)) = channel_data::parse(packet) else {
+            self.stats.malformed_packets += 1;
+            return ClientAction::Drop;
         };
         let Some(alloc) = live_allocation(&self.by_five_tuple, &mut self.slots, &from, now) else {
             self.stats.dropped_packets += 1;

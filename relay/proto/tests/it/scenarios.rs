@@ -1,0 +1,984 @@
+//! Sans-IO scenarios with a fake clock: the whole TURN life cycle, auth failures, quotas,
+//! policy, draining, amplification limits, stream framing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use relay_proto::attributes::{
+    DATA, ERROR_CODE, NONCE, REALM, SOFTWARE, UNKNOWN_ATTRIBUTES, XOR_MAPPED_ADDRESS,
+    XOR_PEER_ADDRESS,
+};
+use relay_proto::message::{
+    ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMISSION, Class, MessageBuilder, REFRESH,
+    StunMessage, TransactionId,
+};
+use relay_proto::{
+    AddressFamily, BindError, ClientAction, DenyReason, HEADROOM, Output, PeerAction, QuotaKind,
+    Quotas, RateLimit, Server, SharedQuotas, TAILROOM, Transport, attributes, channel_data,
+};
+
+use crate::support::{
+    Client, Harness, REST_SECRET, UNIX_T0, config, error_code, five_tuple, lifetime_of, udp,
+};
+
+fn peer(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Deliver `payload` from `from` to the relay socket `relay`; returns the action and buffer.
+fn from_peer(
+    h: &mut Harness,
+    relay: SocketAddr,
+    from: SocketAddr,
+    payload: &[u8],
+) -> (PeerAction, Vec<u8>) {
+    let mut buf = vec![0u8; HEADROOM + payload.len() + TAILROOM];
+    buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
+    let action = h
+        .server
+        .handle_peer_packet(h.now, relay, from, &mut buf, payload.len());
+    (action, buf)
+}
+
+fn channel_data_packet(number: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 4];
+    let mut header = [0u8; 4];
+    channel_data::write_header(&mut header, number, payload.len() as u16);
+    p.copy_from_slice(&header);
+    p.extend_from_slice(payload);
+    p
+}
+
+#[test]
+fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let relay = alice.allocate(&mut h);
+    assert_eq!(relay.ip().to_string(), "198.51.100.1");
+    assert_eq!(h.server.stats().allocations, 1);
+    let local_relay = h.server.relay_address_of(&alice.from).unwrap();
+    assert_eq!(local_relay, relay);
+
+    let p = peer("203.0.114.7:6000");
+    let resp = h.request(alice.from, &alice.permission_request(&[p]));
+    alice.verify_success(&resp, CREATE_PERMISSION);
+    let resp = h.request(alice.from, &alice.channel_bind_request(0x4000, p));
+    alice.verify_success(&resp, CHANNEL_BIND);
+    assert_eq!(
+        (h.server.stats().permissions, h.server.stats().channels),
+        (1, 1)
+    );
+
+    // ChannelData client -> peer: zero-copy range of the input.
+    let packet = channel_data_packet(0x4000, b"hello peer");
+    match h.send(alice.from, &packet) {
+        ClientAction::Forward {
+            relay: r,
+            peer: to,
+            payload,
+        } => {
+            assert_eq!((r, to), (local_relay, p));
+            assert_eq!(&packet[payload], b"hello peer");
+        }
+        other => panic!("expected forward, got {other:?}"),
+    }
+
+    // Peer -> client over the channel: header written in place.
+    let (action, buf) = from_peer(&mut h, local_relay, p, b"hello client");
+    match action {
+        PeerAction::ToClient { to, range } => {
+            assert_eq!(to, alice.from);
+            let (number, data) = channel_data::parse(&buf[range.clone()]).unwrap();
+            assert_eq!(number, 0x4000);
+            assert_eq!(&buf[range][data], b"hello client");
+        }
+        other => panic!("expected ToClient, got {other:?}"),
+    }
+
+    // Same peer IP, other port: permitted, no channel -> Data indication.
+    let (action, _) = from_peer(&mut h, local_relay, peer("203.0.114.7:6001"), b"via data");
+    assert_eq!(action, PeerAction::Queued);
+    match h.outputs().as_slice() {
+        [Output::Transmit { to, data }] => {
+            assert_eq!(*to, alice.from);
+            let m = StunMessage::parse(data).unwrap();
+            assert_eq!(
+                (m.method(), m.class()),
+                (relay_proto::message::DATA, Class::Indication)
+            );
+            assert_eq!(m.get(DATA), Some(&b"via data"[..]));
+            let from = attributes::decode_xor_address(
+                m.get(XOR_PEER_ADDRESS).unwrap(),
+                &m.transaction_id(),
+            );
+            assert_eq!(from.unwrap(), peer("203.0.114.7:6001"));
+        }
+        other => panic!("expected a Data indication, got {other:?}"),
+    }
+
+    // Send indication: payload range points into the request.
+    let send = alice.send_indication(peer("203.0.114.7:7000"), b"sent");
+    match h.send(alice.from, &send) {
+        ClientAction::Forward {
+            peer: to, payload, ..
+        } => {
+            assert_eq!(to, peer("203.0.114.7:7000"));
+            assert_eq!(&send[payload], b"sent");
+        }
+        other => panic!("expected forward, got {other:?}"),
+    }
+    // No permission for another IP: dropped.
+    let send = alice.send_indication(peer("203.0.114.8:7000"), b"nope");
+    assert_eq!(h.send(alice.from, &send), ClientAction::Drop);
+    let (action, _) = from_peer(&mut h, local_relay, peer("203.0.114.8:1"), b"nope");
+    assert_eq!(action, PeerAction::Drop);
+
+    let stats = h.server.stats().clone();
+    assert_eq!((stats.packets_to_peer, stats.packets_to_client), (2, 2));
+
+    // Refresh to 1200 s (capped at 3600, floored at the default 600).
+    let resp = h.request(alice.from, &alice.refresh_request(1200));
+    assert_eq!(lifetime_of(&alice.verify_success(&resp, REFRESH)), 1200);
+    let resp = h.request(alice.from, &alice.refresh_request(99_999));
+    assert_eq!(lifetime_of(&alice.verify_success(&resp, REFRESH)), 3600);
+    let resp = h.request(alice.from, &alice.refresh_request(60));
+    assert_eq!(lifetime_of(&alice.verify_success(&resp, REFRESH)), 600);
+
+    // After 300 s without refresh the permission is gone, so is relaying.
+    h.advance(Duration::from_secs(301));
+    assert_eq!(h.server.stats().permissions, 0);
+    assert_eq!(
+        h.send(alice.from, &channel_data_packet(0x4000, b"late")),
+        ClientAction::Drop
+    );
+    let (action, _) = from_peer(&mut h, local_relay, p, b"late");
+    assert_eq!(action, PeerAction::Drop);
+
+    // The allocation (refreshed to 600 s at t=0) expires by the timer sweep.
+    assert!(h.server.poll_timeout().is_some());
+    h.advance(Duration::from_secs(300));
+    assert_eq!(h.server.stats().allocations, 0);
+    assert_eq!(h.server.stats().allocations_expired, 1);
+    assert_eq!(h.server.stats().channels, 0);
+    assert_eq!(
+        h.outputs(),
+        vec![Output::ReleaseRelay { relay: local_relay }]
+    );
+    assert!(h.server.relay_address_of(&alice.from).is_none());
+}
+
+#[test]
+fn channel_bind_keeps_permission_and_channel_alive_while_refreshed() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let relay = alice.allocate(&mut h);
+    let p = peer("203.0.114.7:6000");
+    for _ in 0..4 {
+        let resp = alice.transact(&mut h, |c| c.channel_bind_request(0x4001, p));
+        alice.verify_success(&resp, CHANNEL_BIND);
+        let resp = alice.transact(&mut h, |c| c.refresh_request(600));
+        alice.verify_success(&resp, REFRESH);
+        h.advance(Duration::from_secs(250));
+        let (action, _) = from_peer(&mut h, relay, p, b"x");
+        assert!(matches!(action, PeerAction::ToClient { .. }));
+    }
+    assert_eq!(
+        (h.server.stats().permissions, h.server.stats().channels),
+        (1, 1)
+    );
+}
+
+#[test]
+fn refresh_with_zero_lifetime_deletes_the_allocation() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let relay = alice.allocate(&mut h);
+    let req = alice.refresh_request(0);
+    assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
+    let outs = h.outputs();
+    assert!(outs.contains(&Output::ReleaseRelay { relay }));
+    let resp = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Transmit { data, .. } => Some(data.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(lifetime_of(&alice.verify_success(&resp, REFRESH)), 0);
+    assert_eq!(h.server.stats().allocations, 0);
+    // A further Refresh finds no allocation: 437.
+    let resp = h.request(alice.from, &alice.refresh_request(600));
+    assert_eq!(error_code(&resp), Some(437));
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    alice.allocate(&mut h);
+    let resp = h.request(alice.from, &alice.refresh_request(3600));
+    alice.verify_success(&resp, REFRESH);
+    h.advance(Duration::from_secs(601));
+    let resp = h.request(alice.from, &alice.refresh_request(600));
+    assert_eq!(error_code(&resp), Some(438));
+    let m = StunMessage::parse(&resp).unwrap();
+    assert!(m.get(REALM).is_some() && m.get(NONCE).is_some());
+    let old = alice.nonce.clone();
+    alice.learn_nonce(&resp);
+    assert_ne!(alice.nonce, old);
+    let resp = h.request(alice.from, &alice.refresh_request(600));
+    alice.verify_success(&resp, REFRESH);
+    assert_eq!(h.server.stats().stale_nonces, 1);
+}
+
+#[test]
+fn a_nonce_is_bound_to_the_client_ip() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    alice.allocate(&mut h);
+    let mut thief = alice.clone();
+    thief.from = udp("192.0.2.99:40000");
+    let tid = thief.next_tid();
+    let resp = h.request(thief.from, &thief.allocate_request(tid));
+    assert_eq!(error_code(&resp), Some(438));
+}
+
+#[test]
+fn wrong_password_and_unknown_user_get_401() {
+    let mut h = Harness::new();
+    let mut mallory = Client::new(udp("192.0.2.11:40000"), "alice", "wrong-pass");
+    let tid = mallory.next_tid();
+    let challenge = h.request(mallory.from, &mallory.allocate_request(tid));
+    assert_eq!(error_code(&challenge), Some(401));
+    mallory.learn_nonce(&challenge);
+    let tid = mallory.next_tid();
+    let resp = h.request(mallory.from, &mallory.allocate_request(tid));
+    assert_eq!(error_code(&resp), Some(401));
+    // A 401 carries no MESSAGE-INTEGRITY and no reason phrase.
+    let m = StunMessage::parse(&resp).unwrap();
+    assert!(!m.has_integrity());
+    assert_eq!(
+        attributes::decode_error_code(m.get(ERROR_CODE).unwrap())
+            .unwrap()
+            .reason,
+        ""
+    );
+
+    let mut nobody = Client::new(udp("192.0.2.12:40000"), "nobody", "x");
+    nobody.nonce = mallory.nonce.clone();
+    nobody.from = udp("192.0.2.11:40001");
+    let tid = nobody.next_tid();
+    let resp = h.request(nobody.from, &nobody.allocate_request(tid));
+    assert_eq!(error_code(&resp), Some(401));
+    assert_eq!(h.server.stats().auth_failures, 2);
+    assert_eq!(h.server.stats().allocations, 0);
+}
+
+#[test]
+fn another_users_credentials_on_an_allocation_get_441() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    alice.allocate(&mut h);
+    let mut bob = Client::new(alice.from, "bob", "bob-pass");
+    bob.nonce = alice.nonce.clone();
+    let resp = h.request(bob.from, &bob.refresh_request(600));
+    assert_eq!(error_code(&resp), Some(441));
+    // Bob's key signs the error: he can trust it.
+    assert!(
+        StunMessage::parse(&resp)
+            .unwrap()
+            .verify_integrity(&bob.key)
+    );
+    let resp = h.request(bob.from, &bob.permission_request(&[peer("203.0.114.7:1")]));
+    assert_eq!(error_code(&resp), Some(441));
+    assert_eq!(h.server.stats().wrong_credentials, 2);
+}
+
+#[test]
+fn rest_credentials_verify_with_any_secret_and_expire() {
+    let mut h = Harness::new();
+    let mut carol = Client::rest(
+        udp("192.0.2.20:40000"),
+        UNIX_T0 + 1000,
+        "carol",
+        REST_SECRET,
+    );
+    carol.allocate(&mut h);
+    let resp = h.request(carol.from, &carol.refresh_request(3600));
+    carol.verify_success(&resp, REFRESH);
+    let mut old = Client::rest(
+        udp("192.0.2.21:40000"),
+        UNIX_T0 + 3600,
+        "dave",
+        b"old-secret",
+    );
+    old.allocate(&mut h);
+    assert_eq!(h.server.stats().allocations, 2);
+
+    let mut expired = Client::rest(udp("192.0.2.22:40000"), UNIX_T0 - 1, "erin", REST_SECRET);
+    let tid = expired.next_tid();
+    let challenge = h.request(expired.from, &expired.allocate_request(tid));
+    expired.learn_nonce(&challenge);
+    let tid = expired.next_tid();
+    let resp = h.request(expired.from, &expired.allocate_request(tid));
+    assert_eq!(error_code(&resp), Some(401));
+
+    let mut forged = Client::rest(udp("192.0.2.23:40000"), UNIX_T0 + 3600, "frank", b"guess");
+    let tid = forged.next_tid();
+    let challenge = h.request(forged.from, &forged.allocate_request(tid));
+    forged.learn_nonce(&challenge);
+    let tid = forged.next_tid();
+    let resp = h.request(forged.from, &forged.allocate_request(tid));
+    assert_eq!(error_code(&resp), Some(401));
+    assert_eq!(h.server.stats().auth_failures, 2);
+
+    // A REST username that is valid now expires with time: later requests fail with 401.
+    h.advance(Duration::from_secs(1001));
+    assert_eq!(h.outputs().len(), 1, "dave's allocation expired");
+    let resp = carol.transact(&mut h, |c| c.refresh_request(600));
+    assert_eq!(error_code(&resp), Some(401));
+    assert_eq!(h.server.stats().auth_failures, 3);
+}
+
+#[test]
+fn second_allocate_on_a_five_tuple_is_437_and_a_retransmission_is_answered_again() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    alice.allocate(&mut h);
+    // Retransmission of the creating request (same transaction id) -> same success.
+    let creating = TransactionId({
+        let mut t = [0u8; 12];
+        t[..4].copy_from_slice(&2u32.to_be_bytes());
+        t[4..8].copy_from_slice(&40000u16.to_be_bytes().repeat(2));
+        t
+    });
+    let req = alice.allocate_request(creating);
+    let resp = h.request(alice.from, &req);
+    alice.verify_success(&resp, ALLOCATE);
+    let tid = alice.next_tid();
+    let resp = h.request(alice.from, &alice.allocate_request(tid));
+    assert_eq!(error_code(&resp), Some(437));
+    assert_eq!(h.server.stats().allocation_mismatches, 1);
+    assert_eq!(h.server.stats().allocations, 1);
+}
+
+#[test]
+fn eleventh_allocation_of_a_user_gets_486_across_shards() {
+    let t0 = std::time::Instant::now();
+    let shared = std::sync::Arc::new(SharedQuotas::new());
+    // One config cloned for every shard: they share the nonce secret.
+    let cfg = config(t0);
+    let mut shards: Vec<Harness> = (0..2)
+        .map(|_| {
+            let mut h = Harness::with_config(t0, cfg.clone());
+            h.server = Server::with_shared_quotas(cfg.clone(), shared.clone());
+            h
+        })
+        .collect();
+    for i in 0..10u16 {
+        let h = &mut shards[usize::from(i % 2)];
+        let mut c = Client::new(
+            udp(&format!("192.0.2.30:{}", 41000 + i)),
+            "alice",
+            "alice-pass",
+        );
+        c.allocate(h);
+    }
+    assert_eq!(shared.allocations_of("alice"), 10);
+    let h = &mut shards[1];
+    let mut eleventh = Client::new(udp("192.0.2.30:42000"), "alice", "alice-pass");
+    let tid = eleventh.next_tid();
+    let challenge = h.request(eleventh.from, &eleventh.allocate_request(tid));
+    eleventh.learn_nonce(&challenge);
+    let tid = eleventh.next_tid();
+    let resp = h.request(eleventh.from, &eleventh.allocate_request(tid));
+    assert_eq!(error_code(&resp), Some(486));
+    assert!(
+        StunMessage::parse(&resp)
+            .unwrap()
+            .verify_integrity(&eleventh.key)
+    );
+    assert_eq!(h.server.stats().quota(QuotaKind::AllocationsPerUser), 1);
+    // Bob is not affected by Alice's quota.
+    let mut bob = Client::new(udp("192.0.2.31:40000"), "bob", "bob-pass");
+    bob.allocate(h);
+    // Freeing one of Alice's allocations lets the next one in.
+    let mut first = Client::new(udp("192.0.2.30:41000"), "alice", "alice-pass");
+    first.nonce = eleventh.nonce.clone();
+    let req = first.refresh_request(0);
+    let _ = shards[0].send(first.from, &req);
+    shards[0].outputs();
+    assert_eq!(shared.allocations_of("alice"), 9);
+    let relay = eleventh.allocate(&mut shards[1]);
+    assert_eq!(relay.port() % 2, 0);
+}
+
+#[test]
+fn rest_users_count_against_the_user_part_of_the_username() {
+    let t0 = std::time::Instant::now();
+    let mut cfg = config(t0);
+    cfg.quotas.allocations_per_user = 1;
+    let mut h = Harness::with_config(t0, cfg);
+    let mut a = Client::rest(udp("192.0.2.40:40000"), UNIX_T0 + 100, "gina", REST_SECRET);
+    a.allocate(&mut h);
+    let mut b = Client::rest(udp("192.0.2.40:40001"), UNIX_T0 + 200, "gina", REST_SECRET);
+    let tid = b.next_tid();
+    let challenge = h.request(b.from, &b.allocate_request(tid));
+    b.learn_nonce(&challenge);
+    let tid = b.next_tid();
+    let resp = h.request(b.from, &b.allocate_request(tid));
+    assert_eq!(error_code(&resp), Some(486));
+}
+
+#[test]
+fn total_allocation_quota_gets_486() {
+    let t0 = std::time::Instant::now();
+    let mut cfg = config(t0);
+    cfg.quotas.total_allocations = 1;
+    let mut h = Harness::with_config(t0, cfg);
+    Client::new(udp("192.0.2.40:40000"), "alice", "alice-pass").allocate(&mut h);
+    let mut bob = Client::new(udp("192.0.2.41:40000"), "bob", "bob-pass");
+    let tid = bob.next_tid();
+    let challenge = h.request(bob.from, &bob.allocate_request(tid));
+    bob.learn_nonce(&challenge);
+    let tid = bob.next_tid();
+    let resp = h.request(bob.from, &bob.allocate_request(tid));
+    assert_eq!(error_code(&resp), Some(486));
+    assert_eq!(h.server.stats().quota(QuotaKind::TotalAllocations), 1);
+}
+
+#[test]
+fn draining_refuses_new_allocations_but_keeps_existing_ones() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let relay = alice.allocate(&mut h);
+    let p = peer("203.0.114.7:6000");
+    h.request(alice.from, &alice.channel_bind_request(0x4000, p));
+    h.server.set_draining(true);
+    assert!(h.server.is_draining());
+
+    let mut bob = Client::new(udp("192.0.2.11:40000"), "bob", "bob-pass");
+    let tid = bob.next_tid();
+    let challenge = h.request(bob.from, &bob.allocate_request(tid));
+    bob.learn_nonce(&challenge);
+    let tid = bob.next_tid();
+    let resp = h.request(bob.from, &bob.allocate_request(tid));
+    assert_eq!(error_code(&resp), Some(508));
+
+    // The existing allocation still relays and refreshes.
+    assert!(matches!(
+        h.send(alice.from, &channel_data_packet(0x4000, b"x")),
+        ClientAction::Forward { .. }
+    ));
+    let (action, _) = from_peer(&mut h, relay, p, b"y");
+    assert!(matches!(action, PeerAction::ToClient { .. }));
+    let resp = h.request(alice.from, &alice.refresh_request(600));
+    alice.verify_success(&resp, REFRESH);
+
+    h.server.set_draining(false);
+    bob.allocate(&mut h);
+}
+
+#[test]
+fn denied_peers_get_403_in_every_encoding() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    alice.allocate(&mut h);
+    for p in [
+        "127.0.0.1:5000",
+        "10.0.0.1:5000",
+        "0.0.0.0:5000",
+        "169.254.169.254:80",
+        "224.0.0.1:5000",
+    ] {
+        let resp = h.request(alice.from, &alice.permission_request(&[peer(p)]));
+        assert_eq!(error_code(&resp), Some(403), "{p}");
+        let resp = h.request(alice.from, &alice.channel_bind_request(0x4000, peer(p)));
+        assert_eq!(error_code(&resp), Some(403), "{p}");
+    }
+    // One denied address fails the whole request.
+    let resp = h.request(
+        alice.from,
+        &alice.permission_request(&[peer("8.8.8.8:1"), peer("127.0.0.2:1")]),
+    );
+    assert_eq!(error_code(&resp), Some(403));
+    assert_eq!(h.server.stats().permissions, 0);
+    // A Send indication to a denied peer is dropped and counted.
+    let send = alice.send_indication(peer("127.0.0.1:9"), b"x");
+    assert_eq!(h.send(alice.from, &send), ClientAction::Drop);
+    assert_eq!(h.server.stats().denied(DenyReason::Loopback), 4);
+
+    // IPv6 relay: every IPv4-in-IPv6 form of 127.0.0.1 is refused.
+    let mut v6 = Client::new(udp("192.0.2.10:40001"), "alice", "alice-pass");
+    v6.nonce = alice.nonce.clone();
+    v6.allocate_family(&mut h, AddressFamily::V6);
+    for p in [
+        "[::ffff:127.0.0.1]:5000",
+        "[::127.0.0.1]:5000",
+        "[2002:7f00:1::]:5000",
+        "[2001:0:4136:e378:8000:63bf:80ff:fffe]:5000",
+        "[64:ff9b::7f00:1]:5000",
+        "[::1]:5000",
+        "[::]:5000",
+    ] {
+        let resp = h.request(v6.from, &v6.permission_request(&[peer(p)]));
+        assert_eq!(error_code(&resp), Some(403), "{p}");
+    }
+    // Family mismatch with the relayed address: 443.
+    let resp = h.request(v6.from, &v6.permission_request(&[peer("8.8.8.8:1")]));
+    assert_eq!(error_code(&resp), Some(443));
+}
+
+#[test]
+fn own_listening_address_is_never_a_peer() {
+    let t0 = std::time::Instant::now();
+    let mut cfg = config(t0);
+    cfg.policy.allow = vec!["198.51.100.0/24".parse().unwrap()];
+    cfg.policy.relay_ports = 50000..=50100;
+    let mut h = Harness::with_config(t0, cfg);
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let relay = alice.allocate(&mut h);
+    // The listener (learned from the 5-tuple) and a non-relay port of our IP are refused...
+    let resp = h.request(
+        alice.from,
+        &alice.channel_bind_request(0x4000, peer("198.51.100.1:3478")),
+    );
+    assert_eq!(error_code(&resp), Some(403));
+    let resp = h.request(
+        alice.from,
+        &alice.channel_bind_request(0x4000, peer("198.51.100.1:22")),
+    );
+    assert_eq!(error_code(&resp), Some(403));
+    // ...while another relay address of this server (relay-to-relay) is fine.
+    let resp = h.request(alice.from, &alice.channel_bind_request(0x4000, relay));
+    alice.verify_success(&resp, CHANNEL_BIND);
+    assert_eq!(h.server.stats().denied(DenyReason::OwnAddress), 2);
+}
+
+#[test]
+fn loopback_peers_need_the_opt_in() {
+    let t0 = std::time::Instant::now();
+    let mut cfg = config(t0);
+    cfg.policy.allow_loopback_peers = true;
+    let mut h = Harness::with_config(t0, cfg);
+    let mut alice = Client::new(udp("127.0.0.1:40000"), "alice", "alice-pass");
+    alice.allocate(&mut h);
+    let resp = h.request(
+        alice.from,
+        &alice.channel_bind_request(0x4000, peer("127.0.0.1:3480")),
+    );
+    alice.verify_success(&resp, CHANNEL_BIND);
+    let resp = h.request(alice.from, &alice.permission_request(&[peer("0.0.0.0:1")]));
+    assert_eq!(error_code(&resp), Some(403));
+}
+
+#[test]
+fn channel_bind_rules() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    alice.allocate(&mut h);
+    let (p1, p2) = (peer("203.0.114.1:1"), peer("203.0.114.2:2"));
+    {
+        let req = alice.channel_bind_request(0x4000, p1);
+        let resp = h.request(alice.from, &req);
+        alice.verify_success(&resp, CHANNEL_BIND);
+    }
+    // Rebinding the same pair refreshes.
+    {
+        let req = alice.channel_bind_request(0x4000, p1);
+        let resp = h.request(alice.from, &req);
+        alice.verify_success(&resp, CHANNEL_BIND);
+    }
+    // The number to another peer, or the peer to another number: 400.
+    assert_eq!(
+        error_code(&h.request(alice.from, &alice.channel_bind_request(0x4000, p2))),
+        Some(400)
+    );
+    assert_eq!(
+        error_code(&h.request(alice.from, &alice.channel_bind_request(0x4001, p1))),
+        Some(400)
+    );
+    // Out of range channel numbers: 400.
+    assert_eq!(
+        error_code(&h.request(alice.from, &alice.channel_bind_request(0x3FFF, p2))),
+        Some(400)
+    );
+    assert_eq!(
+        error_code(&h.request(alice.from, &alice.channel_bind_request(0x5000, p2))),
+        Some(400)
+    );
+    // After expiry the number stays reserved for 5 minutes, then can be reused.
+    let resp = h.request(alice.from, &alice.refresh_request(3600));
+    alice.verify_success(&resp, REFRESH);
+    h.advance(Duration::from_secs(601));
+    assert_eq!(h.server.stats().channels, 0);
+    let resp = alice.transact(&mut h, |c| c.channel_bind_request(0x4000, p2));
+    assert_eq!(error_code(&resp), Some(400));
+    h.advance(Duration::from_secs(300));
+    let resp = alice.transact(&mut h, |c| c.channel_bind_request(0x4000, p2));
+    alice.verify_success(&resp, CHANNEL_BIND);
+    assert_eq!(h.server.stats().channels, 1);
+}
+
+#[test]
+fn channel_and_permission_quotas_get_508() {
+    let t0 = std::time::Instant::now();
+    let mut cfg = config(t0);
+    cfg.quotas.permissions_per_allocation = 2;
+    cfg.quotas.channels_per_allocation = 1;
+    let mut h = Harness::with_config(t0, cfg);
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    alice.allocate(&mut h);
+    let resp = h.request(
+        alice.from,
+        &alice.permission_request(&[peer("203.0.114.1:1"), peer("203.0.114.2:1")]),
+    );
+    alice.verify_success(&resp, CREATE_PERMISSION);
+    let resp = h.request(
+        alice.from,
+        &alice.permission_request(&[peer("203.0.114.3:1")]),
+    );
+    assert_eq!(error_code(&resp), Some(508));
+    {
+        let req = alice.channel_bind_request(0x4000, peer("203.0.114.1:1"));
+        let resp = h.request(alice.from, &req);
+        alice.verify_success(&resp, CHANNEL_BIND);
+    }
+    let resp = h.request(
+        alice.from,
+        &alice.channel_bind_request(0x4001, peer("203.0.114.2:1")),
+    );
+    assert_eq!(error_code(&resp), Some(508));
+    assert_eq!(h.server.stats().quota(QuotaKind::Permissions), 1);
+    assert_eq!(h.server.stats().quota(QuotaKind::Channels), 1);
+}
+
+#[test]
+fn allocate_errors_400_420_440_442_508() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let tid = alice.next_tid();
+    let challenge = h.request(alice.from, &alice.allocate_request(tid));
+    alice.learn_nonce(&challenge);
+
+    let tid = alice.next_tid();
+    let req = alice.build(ALLOCATE, tid, |b| {
+        b.add(attributes::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    });
+    assert_eq!(error_code(&h.request(alice.from, &req)), Some(442));
+    let tid = alice.next_tid();
+    let req = alice.build(ALLOCATE, tid, |_| {});
+    assert_eq!(error_code(&h.request(alice.from, &req)), Some(400));
+    let tid = alice.next_tid();
+    let req = alice.build(ALLOCATE, tid, |b| {
+        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(attributes::REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0]);
+    });
+    assert_eq!(error_code(&h.request(alice.from, &req)), Some(440));
+    let tid = alice.next_tid();
+    let req = alice.build(ALLOCATE, tid, |b| {
+        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(attributes::RESERVATION_TOKEN, &[1; 8]);
+    });
+    assert_eq!(error_code(&h.request(alice.from, &req)), Some(508));
+    // Unknown comprehension-required attribute: 420 listing it.
+    let tid = alice.next_tid();
+    let req = alice.build(ALLOCATE, tid, |b| {
+        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(0x7777, &[1, 2, 3, 4]);
+    });
+    let resp = h.request(alice.from, &req);
+    assert_eq!(error_code(&resp), Some(420));
+    let m = StunMessage::parse(&resp).unwrap();
+    assert_eq!(m.get(UNKNOWN_ATTRIBUTES), Some(&[0x77, 0x77][..]));
+    // Unknown comprehension-optional attributes are ignored.
+    let tid = alice.next_tid();
+    let req = alice.build(ALLOCATE, tid, |b| {
+        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(0xC001, &[1, 2, 3, 4]);
+    });
+    assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
+    let Output::BindRelay {
+        request, even_port, ..
+    } = h.outputs().remove(0)
+    else {
+        panic!()
+    };
+    assert!(!even_port);
+    // The host has no address of that family: 440; no capacity: 508.
+    h.server
+        .handle_relay_bound(h.now, request, Err(BindError::FamilyNotSupported));
+    let Output::Transmit { data, .. } = h.outputs().remove(0) else {
+        panic!()
+    };
+    assert_eq!(error_code(&data), Some(440));
+    let tid = alice.next_tid();
+    let req = alice.allocate_request(tid);
+    assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
+    let Output::BindRelay { request, .. } = h.outputs().remove(0) else {
+        panic!()
+    };
+    h.server
+        .handle_relay_bound(h.now, request, Err(BindError::NoCapacity));
+    let Output::Transmit { data, .. } = h.outputs().remove(0) else {
+        panic!()
+    };
+    assert_eq!(error_code(&data), Some(508));
+    assert_eq!(h.server.stats().allocations, 0);
+    assert_eq!(SharedQuotas::new().allocations(), 0);
+}
+
+#[test]
+fn requests_without_a_full_credential_set_get_400_and_other_methods_without_allocation_437() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    alice.allocate(&mut h);
+    let mut b = MessageBuilder::new(REFRESH, Class::Request, TransactionId([5; 12]));
+    b.add(attributes::USERNAME, b"alice")
+        .add_message_integrity(&alice.key);
+    assert_eq!(error_code(&h.request(alice.from, &b.finish())), Some(400));
+
+    let mut other = Client::new(udp("192.0.2.10:40009"), "alice", "alice-pass");
+    other.nonce = alice.nonce.clone();
+    let resp = h.request(
+        other.from,
+        &other.permission_request(&[peer("203.0.114.1:1")]),
+    );
+    assert_eq!(error_code(&resp), Some(437));
+}
+
+#[test]
+fn binding_response_is_minimal_and_never_larger_than_the_request() {
+    let t0 = std::time::Instant::now();
+    let mut cfg = config(t0);
+    cfg.software = Some("relay test".to_owned());
+    let mut h = Harness::with_config(t0, cfg);
+    let from = udp("192.0.2.50:40000");
+    for padding in [0usize, 4, 8, 12, 24, 64] {
+        let mut b = MessageBuilder::new(BINDING, Class::Request, TransactionId([9; 12]));
+        if padding > 0 {
+            b.add(SOFTWARE, &vec![b'x'; padding]);
+        }
+        let req = b.finish();
+        let resp = h.request(from, &req);
+        let m = StunMessage::parse(&resp).unwrap();
+        assert_eq!((m.method(), m.class()), (BINDING, Class::Success));
+        let mapped =
+            attributes::decode_xor_address(m.get(XOR_MAPPED_ADDRESS).unwrap(), &m.transaction_id());
+        assert_eq!(mapped.unwrap(), from.client);
+        assert!(
+            m.get(SOFTWARE).is_none(),
+            "no SOFTWARE on unauthenticated responses"
+        );
+        // The mandatory part (header + XOR-MAPPED-ADDRESS = 32 bytes for IPv4) is the floor.
+        assert!(
+            resp.len() <= req.len().max(32),
+            "{} > {}",
+            resp.len(),
+            req.len()
+        );
+        assert_eq!(m.has_fingerprint(), req.len() >= 40);
+    }
+    // The 401 to a padded Allocate is no larger than the request either.
+    let mut alice = Client::new(from, "alice", "alice-pass");
+    let tid = alice.next_tid();
+    let mut req = alice.allocate_request(tid);
+    let mut b = MessageBuilder::new(ALLOCATE, Class::Request, tid);
+    b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .add(SOFTWARE, &[b'x'; 80]);
+    req.clone_from(&b.finish());
+    let resp = h.request(from, &req);
+    assert_eq!(error_code(&resp), Some(401));
+    assert!(resp.len() <= req.len());
+    assert!(StunMessage::parse(&resp).unwrap().get(SOFTWARE).is_none());
+    assert_eq!(h.server.stats().binding_requests, 6);
+}
+
+#[test]
+fn stream_clients_get_padded_channel_data() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(
+        five_tuple("192.0.2.60:40000", Transport::Tcp),
+        "alice",
+        "alice-pass",
+    );
+    let relay = alice.allocate(&mut h);
+    let p = peer("203.0.114.7:6000");
+    {
+        let req = alice.channel_bind_request(0x4000, p);
+        let resp = h.request(alice.from, &req);
+        alice.verify_success(&resp, CHANNEL_BIND);
+    }
+    // Padded ChannelData from the client (stream framing) is accepted.
+    let mut packet = channel_data_packet(0x4000, b"abcde");
+    packet.extend_from_slice(&[0, 0, 0]);
+    match h.send(alice.from, &packet) {
+        ClientAction::Forward { payload, .. } => assert_eq!(&packet[payload], b"abcde"),
+        other => panic!("{other:?}"),
+    }
+    let (action, buf) = from_peer(&mut h, relay, p, b"abcde");
+    match action {
+        PeerAction::ToClient { range, .. } => {
+            assert_eq!(range, 0..12);
+            assert_eq!(
+                &buf[range],
+                &[0x40, 0, 0, 5, b'a', b'b', b'c', b'd', b'e', 0, 0, 0]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without tailroom the padded message goes through the output queue.
+    let mut tight = vec![0u8; HEADROOM + 5];
+    tight[HEADROOM..].copy_from_slice(b"abcde");
+    let action = h.server.handle_peer_packet(h.now, relay, p, &mut tight, 5);
+    assert_eq!(action, PeerAction::Queued);
+    match h.outputs().as_slice() {
+        [Output::Transmit { data, .. }] => assert_eq!(data.len(), 12),
+        other => panic!("{other:?}"),
+    }
+    // Closing the connection deletes the allocation.
+    h.server.handle_connection_closed(h.now, alice.from);
+    assert_eq!(h.outputs(), vec![Output::ReleaseRelay { relay }]);
+    assert_eq!(h.server.stats().allocations_deleted, 1);
+}
+
+#[test]
+fn unauthenticated_and_401_rate_limits_per_source_ip() {
+    let t0 = std::time::Instant::now();
+    let mut cfg = config(t0);
+    cfg.quotas.unauthenticated_per_ip = Some(RateLimit {
+        per_second: 1,
+        burst: 5,
+    });
+    cfg.quotas.unauthorized_per_ip = Some(RateLimit {
+        per_second: 1,
+        burst: 2,
+    });
+    let mut h = Harness::with_config(t0, cfg);
+    let from = udp("192.0.2.70:40000");
+    let binding = MessageBuilder::new(BINDING, Class::Request, TransactionId([1; 12])).finish();
+    let mut answered = 0;
+    for _ in 0..20 {
+        if h.send(from, &binding) == ClientAction::Queued {
+            answered += 1;
+        }
+    }
+    h.outputs();
+    assert_eq!(answered, 5);
+    assert_eq!(h.server.stats().quota(QuotaKind::UnauthenticatedRate), 15);
+    // Another source is not affected; the first recovers with time.
+    assert_eq!(
+        h.send(udp("192.0.2.71:40000"), &binding),
+        ClientAction::Queued
+    );
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.send(from, &binding), ClientAction::Queued);
+    h.outputs();
+
+    // 401s: wrong password repeatedly from one IP.
+    let mut mallory = Client::new(udp("192.0.2.72:40000"), "alice", "bad");
+    let tid = mallory.next_tid();
+    let challenge = h.request(mallory.from, &mallory.allocate_request(tid));
+    mallory.learn_nonce(&challenge);
+    let mut answered = 0;
+    for _ in 0..10 {
+        let tid = mallory.next_tid();
+        if h.send(mallory.from, &mallory.allocate_request(tid)) == ClientAction::Queued {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 1);
+    assert!(h.server.stats().quota(QuotaKind::UnauthorizedRate) >= 9);
+    // The limiter tables are swept by the timer.
+    assert!(h.server.poll_timeout().is_some());
+    h.advance(Duration::from_secs(60));
+}
+
+#[test]
+fn garbage_flood_does_not_disturb_a_live_allocation() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let relay = alice.allocate(&mut h);
+    let p = peer("203.0.114.7:6000");
+    h.request(alice.from, &alice.channel_bind_request(0x4000, p));
+    let mut seed = 0x1234_5678u32;
+    for i in 0..5000u32 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let len = (seed % 120) as usize;
+        let bytes: Vec<u8> = (0..len)
+            .map(|j| (seed.rotate_left(j as u32) ^ i) as u8)
+            .collect();
+        // From the client's own 5-tuple and from strangers.
+        let from = if i % 2 == 0 {
+            alice.from
+        } else {
+            udp("192.0.2.99:1")
+        };
+        let _ = h.send(from, &bytes);
+        let mut buf = vec![0u8; HEADROOM + len];
+        buf[HEADROOM..].copy_from_slice(&bytes);
+        let _ = h
+            .server
+            .handle_peer_packet(h.now, relay, peer("203.0.114.9:9"), &mut buf, len);
+    }
+    h.outputs();
+    assert!(h.server.stats().malformed_packets > 1000);
+    assert!(matches!(
+        h.send(alice.from, &channel_data_packet(0x4000, b"ok")),
+        ClientAction::Forward { .. }
+    ));
+    let (action, _) = from_peer(&mut h, relay, p, b"ok");
+    assert!(matches!(action, PeerAction::ToClient { .. }));
+}
+
+#[test]
+fn external_ip_is_advertised_and_peer_packets_use_the_local_address() {
+    let t0 = std::time::Instant::now();
+    let mut cfg = config(t0);
+    cfg.external_ips = vec![relay_proto::ExternalIp::parse("203.0.114.200/198.51.100.1").unwrap()];
+    let mut h = Harness::with_config(t0, cfg);
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let advertised = alice.allocate(&mut h);
+    assert_eq!(advertised.ip().to_string(), "203.0.114.200");
+    let local = h.server.relay_address_of(&alice.from).unwrap();
+    assert_eq!(local.ip().to_string(), "198.51.100.1");
+    assert_eq!(local.port(), advertised.port());
+}
+
+#[test]
+fn bandwidth_quota_drops_excess() {
+    let t0 = std::time::Instant::now();
+    let mut cfg = config(t0);
+    cfg.quotas = Quotas {
+        bandwidth_per_allocation: Some(RateLimit {
+            per_second: 1000,
+            burst: 1000,
+        }),
+        ..cfg.quotas
+    };
+    let mut h = Harness::with_config(t0, cfg);
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    alice.allocate(&mut h);
+    h.request(
+        alice.from,
+        &alice.channel_bind_request(0x4000, peer("203.0.114.7:6000")),
+    );
+    let packet = channel_data_packet(0x4000, &[0u8; 400]);
+    let forwarded = (0..5)
+        .filter(|_| matches!(h.send(alice.from, &packet), ClientAction::Forward { .. }))
+        .count();
+    assert_eq!(forwarded, 2);
+    assert_eq!(h.server.stats().quota(QuotaKind::Bandwidth), 3);
+}
+
+#[test]
+fn send_failures_are_counted_and_keep_the_allocation() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    alice.allocate(&mut h);
+    h.server.record_send_failure();
+    assert_eq!(h.server.stats().send_failures, 1);
+    assert_eq!(h.server.stats().allocations, 1);
+}
