@@ -79,7 +79,7 @@ const demo = {
   setRelayOnly(on) { setRelayOnly(on); },
 };
 window.__demo = demo;
-const note = (e) => { demo.events.push({ t: Math.round(performance.now()), ...e }); if (demo.events.length > 500) demo.events.shift(); };
+const note = (e) => { demo.events.push({ t: Math.round(performance.now()), ...e }); if (demo.events.length > 2000) demo.events.shift(); };
 
 // --- page furniture ---
 
@@ -529,7 +529,10 @@ function initials(name) {
 // --- start ---
 
 document.body.dataset.room = roomName;
-startMedia();
+// Join once the camera is decided (or after 3 s, e.g. while a permission prompt is open): the
+// first offer then carries the tracks, instead of a second negotiation right after the first.
+const mediaDecided = startMedia();
+await Promise.race([mediaDecided, new Promise((r) => setTimeout(r, 3000))]);
 room.join().then(
   (session) => note({ type: 'joined', peerId: session.peer_id }),
   (err) => note({ type: 'join-failed', code: err.code, message: err.message }),

@@ -54,6 +54,10 @@ const ROOM_DEFAULTS = Object.freeze({
   unreachableAfterMs: 20000,
   /** At most this many ICE restarts in a row without reaching 'connected'. */
   maxIceRestarts: 6,
+  /** The polite side waits this long for the other side's first offer before offering itself. */
+  politeOfferWaitMs: 1500,
+  /** A connection still not connected this long after it started gets an ICE restart. */
+  connectWatchdogMs: 8000,
   /** Options passed to SignalingClient. */
   signaling: {},
 });
@@ -231,6 +235,11 @@ export class RemotePeer {
     if (stream) for (const track of stream.getTracks()) pc.addTrack(track, stream);
     for (const def of this.room.options.channels) this._wireChannel(pc.createDataChannel(def.label, def.init), true);
     this._after(this.room.options.unreachableAfterMs, () => this._checkReachable());
+    // Polite and impolite sides fire at different times so that they do not restart together.
+    this._after(this.room.options.connectWatchdogMs + (this.polite ? 3000 : 0), () => {
+      const s = this.pc?.iceConnectionState;
+      if (this.state !== 'connected' && (s === 'new' || s === 'checking')) this.restartIce(`not connected after ${Math.round((Date.now() - this.createdAt) / 1000)} s`);
+    });
   }
 
   /** Sends on an open channel with this label; false when none is open. */
@@ -340,10 +349,25 @@ export class RemotePeer {
 
   // --- negotiation ---
 
-  async _negotiate() {
+  async _negotiate(force = false) {
     const pc = this.pc;
+    if (!pc || pc.signalingState === 'closed') return;
+    if (!force && this.polite && !pc.currentRemoteDescription && !this._offerWaitOver) {
+      // The polite side lets the impolite one make the first offer: glare at the very first
+      // negotiation is legal (perfect negotiation resolves it) but it makes Chromium roll back
+      // an offer whose transports were just created, which sometimes leaves ICE gathering or
+      // the data channel m-section stuck. If no offer comes in time, offer ourselves (the other
+      // side may be a client that only answers). Once an offer arrived and was answered, the
+      // browser fires negotiationneeded again if anything of ours is still unnegotiated.
+      this._offerWaitTimer ||= this._after(this.room.options.politeOfferWaitMs, () => {
+        this._offerWaitOver = true;
+        if (!pc.currentRemoteDescription && pc.signalingState === 'stable') this._negotiate(true);
+      });
+      return;
+    }
     try {
       this._makingOffer = true;
+      this.room._log('debug', `negotiationneeded for ${this.name}: ${pc.getTransceivers().map((t) => `${t.mid}:${t.receiver.track.kind}:${t.direction}/${t.currentDirection}:${t.sender.track ? 'track' : '-'}`).join(' ')} sctp=${pc.sctp ? pc.sctp.state : '-'}`);
       await pc.setLocalDescription();
       if (pc.signalingState !== 'have-local-offer') return;
       const offer = { kind: 'offer', sdp: pc.localDescription.sdp };
@@ -368,6 +392,7 @@ export class RemotePeer {
   async _handleSignal(signal) {
     const pc = this.pc;
     if (!pc || pc.signalingState === 'closed') return;
+    this.room._log('debug', `<- ${signal.kind} from ${this.name} (${pc.signalingState}${this._makingOffer ? ', making offer' : ''})`);
     switch (signal.kind) {
       case 'offer':
       case 'answer': {
@@ -428,6 +453,7 @@ export class RemotePeer {
 
   _signal(signal) {
     if (this.state === 'closed') return;
+    this.room._log('debug', `-> ${signal.kind} to ${this.name} (${this.pc?.signalingState})${signal.sdp ? ` ${signal.sdp.split('\r\n').filter((l) => l.startsWith('m=') || l.startsWith('a=mid')).join(' | ')}` : ''}`);
     this.room.client.signal(this.id, signal);
   }
 
@@ -471,6 +497,11 @@ export class RemotePeer {
     this._setState('unreachable');
     if (this.pc?.iceConnectionState !== 'failed') this._scheduleRestart(0, 'not connected in time');
     this._after(this.room.options.unreachableAfterMs, () => this._checkReachable());
+    // Polite and impolite sides fire at different times so that they do not restart together.
+    this._after(this.room.options.connectWatchdogMs + (this.polite ? 3000 : 0), () => {
+      const s = this.pc?.iceConnectionState;
+      if (this.state !== 'connected' && (s === 'new' || s === 'checking')) this.restartIce(`not connected after ${Math.round((Date.now() - this.createdAt) / 1000)} s`);
+    });
   }
 
   _setState(state) {

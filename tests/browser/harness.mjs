@@ -48,7 +48,7 @@ export class Proc {
     this.name = name;
     this.lines = [];
     this.exited = null;
-    this.child = spawn(bin, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...opts.env }, cwd: opts.cwd || REPO_ROOT });
+    this.child = spawn(bin, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1', ...opts.env }, cwd: opts.cwd || REPO_ROOT });
     children.add(this.child);
     this._waiters = new Set();
     const onData = (stream) => {
@@ -80,7 +80,8 @@ export class Proc {
 
   get pid() { return this.child.pid; }
 
-  _line(stream, line) {
+  _line(stream, raw) {
+    const line = raw.replace(/\x1b\[[0-9;]*m/g, '');
     this.lines.push(`[${stream}] ${line}`);
     if (this.lines.length > 2000) this.lines.splice(0, 500);
     for (const w of [...this._waiters]) {

@@ -113,6 +113,10 @@ class TestContext {
   async close(failed) {
     if (failed) {
       for (const p of this.pages) {
+        try {
+          const dump = await p.eval(() => ({ events: window.__demo.events.slice(0, 80), peers: window.__demo.peers(), signaling: document.body.dataset.signaling }));
+          p.dump = dump;
+        } catch { /* page gone */ }
         try { await this.screenshot(p, `fail-${this.name.replace(/\W+/g, '_')}-${p.name}.png`, { fullPage: true }); } catch { /* page gone */ }
       }
     }
@@ -124,6 +128,10 @@ class TestContext {
     const parts = [];
     for (const p of this.pages) {
       parts.push(`  --- page ${p.name} (last console lines)\n${p.logs.slice(-25).map((l) => `    ${l}`).join('\n')}`);
+      if (p.dump) {
+        parts.push(`  --- page ${p.name}: signaling ${p.dump.signaling}, peers ${JSON.stringify(p.dump.peers)}, last events:`);
+        parts.push(p.dump.events.map((e) => `    ${JSON.stringify(e)}`).join('\n'));
+      }
     }
     for (const proc of this.procs) parts.push(`  --- ${proc.name}\n${proc.tail(25)}`);
     return parts.join('\n');
@@ -312,8 +320,11 @@ test('signaling unreachable: the page says so, retries, and joins once the serve
   assert(/can't reach the signaling server/i.test(banner), `banner explains: ${banner}`);
   const sig = await startSignaling([], 'signaling-late', `127.0.0.1:${port}`);
   t.track(sig.proc);
-  await a.page.click('#banner-action'); // "Retry now"
+  // "Retry now" skips the backoff (the page may also have retried on its own meanwhile).
+  await a.page.locator('#banner-action').click({ timeout: 2000 }).catch(() => {});
   await a.joined();
+  const stats = await a.eval(() => window.__demo.client.stats);
+  assert(stats.reconnectAttempts >= 1, `it retried: ${JSON.stringify(stats)}`);
 });
 
 test('relay only: through our TURN relay the selected pair is relay/relay and chat works', async (t) => {
@@ -438,13 +449,14 @@ async function main() {
     const secs = ((Date.now() - t0) / 1000).toFixed(1);
     if (error) {
       failed += 1;
-      console.log(`FAIL ${name} (${secs} s)\n  ${error.message}\n${t.report()}`);
-      if (!shared.signaling.proc.exited) console.log(`  --- shared signaling\n${shared.signaling.proc.tail(15)}`);
+      await t.close(true);
+      console.log(`FAIL ${name} (${secs} s)\n  ${String(error.message).replace(/\x1b\[[0-9;]*m/g, '')}\n${t.report()}`);
+      console.log(`  --- shared signaling\n${shared.signaling.proc.tail(10)}`);
     } else {
       passed += 1;
       console.log(`ok   ${name} (${secs} s)`);
+      await t.close(false);
     }
-    await t.close(!!error);
   }
   await browser.close().catch(() => {});
   await shared.signaling.proc.stop().catch(() => {});

@@ -1,0 +1,88 @@
+// Types for webrtc-room.js.
+
+import type { SignalingClient, SignalingClientOptions, Signal, StateDetail, PeerInfo } from './signaling-client.js';
+
+export interface ChannelSpec {
+  label: string;
+  init?: RTCDataChannelInit;
+}
+
+export declare const DEFAULT_CHANNELS: readonly ChannelSpec[];
+
+export interface WebRTCRoomOptions {
+  room?: string;
+  name?: string;
+  token?: string;
+  /** Force TURN (iceTransportPolicy 'relay'). */
+  relayOnly?: boolean;
+  localStream?: MediaStream | null;
+  channels?: readonly ChannelSpec[];
+  rtcConfig?: RTCConfiguration;
+  iceRestartDelayMs?: number;
+  unreachableAfterMs?: number;
+  maxIceRestarts?: number;
+  signaling?: SignalingClientOptions;
+}
+
+export type PeerState = 'connecting' | 'connected' | 'reconnecting' | 'unreachable' | 'closed';
+
+export interface ConnectionInfo {
+  localType: 'host' | 'srflx' | 'prflx' | 'relay' | null;
+  remoteType: 'host' | 'srflx' | 'prflx' | 'relay' | null;
+  protocol?: 'udp' | 'tcp' | null;
+  relayProtocol?: 'udp' | 'tcp' | 'tls' | null;
+  localAddress?: string | null;
+  remoteAddress?: string | null;
+  rttMs?: number | null;
+  bytesSent?: number;
+  bytesReceived?: number;
+  framesDecoded: number;
+  frameWidth: number;
+  frameHeight: number;
+}
+
+export declare class RemotePeer {
+  readonly id: string;
+  readonly name: string;
+  readonly polite: boolean;
+  readonly state: PeerState;
+  readonly pc: RTCPeerConnection;
+  readonly channels: RTCDataChannel[];
+  readonly remoteStream: MediaStream | null;
+  send(label: string, data: string | ArrayBuffer | ArrayBufferView | Blob): boolean;
+  isOpen(label: string): boolean;
+  restartIce(reason: string): void;
+  connectionInfo(): Promise<ConnectionInfo | null>;
+  receiveSignal(signal: Signal): Promise<void>;
+}
+
+export interface WebRTCRoomEventMap {
+  peer: CustomEvent<{ peer: RemotePeer }>;
+  'peer-removed': CustomEvent<{ peer: RemotePeer; reason: string }>;
+  'peer-state': CustomEvent<{ peer: RemotePeer; state: PeerState }>;
+  'channel-open': CustomEvent<{ peer: RemotePeer; label: string }>;
+  message: CustomEvent<{ peer: RemotePeer; label: string; data: string | ArrayBuffer }>;
+  track: CustomEvent<{ peer: RemotePeer; track: MediaStreamTrack; stream: MediaStream }>;
+  signaling: CustomEvent<StateDetail>;
+  log: CustomEvent<{ level: 'info' | 'warn'; message: string }>;
+}
+
+export declare class WebRTCRoom extends EventTarget {
+  constructor(signaling: string | SignalingClient, options?: WebRTCRoomOptions);
+  readonly client: SignalingClient;
+  readonly peers: Map<string, RemotePeer>;
+  readonly peerId: string | null;
+  readonly relayOnly: boolean;
+  readonly localStream: MediaStream | null;
+  join(): ReturnType<SignalingClient['connect']>;
+  leave(): void;
+  /** Returns how many peers it was sent to. */
+  send(label: string, data: string | ArrayBuffer | ArrayBufferView | Blob, to?: string): number;
+  setLocalStream(stream: MediaStream | null): Promise<void>;
+  setRelayOnly(on: boolean): void;
+  rtcConfiguration(): RTCConfiguration;
+  addEventListener<K extends keyof WebRTCRoomEventMap>(type: K, listener: (ev: WebRTCRoomEventMap[K]) => void, options?: boolean | AddEventListenerOptions): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+}
+
+export type { PeerInfo };
