@@ -104,6 +104,13 @@ impl Server {
         };
         let tid = msg.transaction_id();
         let key = auth.identity.key;
+        if let Some(&existing) = self.by_five_tuple.get(&from)
+            && self.allocation(existing).is_some_and(|a| now >= a.expires)
+        {
+            // Expired but not swept yet: it is gone, the new Allocate may take its place.
+            self.remove_allocation(existing);
+            self.stats.allocations_expired += 1;
+        }
         if let Some(&existing) = self.by_five_tuple.get(&from) {
             match self.allocation(existing) {
                 Some(a) if a.created_by == tid => {

@@ -974,6 +974,24 @@ fn bandwidth_quota_drops_excess() {
 }
 
 #[test]
+fn an_expired_allocation_not_yet_swept_does_not_block_a_new_one() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let first = alice.allocate(&mut h);
+    // Time passes without handle_timeout (the I/O layer was busy): lazy checks apply.
+    h.now += Duration::from_secs(601);
+    assert_eq!(
+        h.send(alice.from, &channel_data_packet(0x4000, b"x")),
+        ClientAction::Drop
+    );
+    alice.nonce = None;
+    let second = alice.allocate(&mut h);
+    assert_ne!(first, second);
+    assert_eq!(h.server.stats().allocations, 1);
+    assert_eq!(h.server.stats().allocations_expired, 1);
+}
+
+#[test]
 fn send_failures_are_counted_and_keep_the_allocation() {
     let mut h = Harness::new();
     let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");

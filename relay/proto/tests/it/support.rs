@@ -259,7 +259,12 @@ impl Client {
             }
         });
         assert_eq!(h.send(self.from, &req), ClientAction::Queued);
-        let request = match h.outputs().as_slice() {
+        let outputs: Vec<Output> = h
+            .outputs()
+            .into_iter()
+            .filter(|o| !matches!(o, Output::ReleaseRelay { .. }))
+            .collect();
+        let request = match outputs.as_slice() {
             [
                 Output::BindRelay {
                     request,
