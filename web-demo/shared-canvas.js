@@ -247,6 +247,7 @@ export class SharedCanvas {
     const el = this._cursorEl(peer);
     el.style.left = `${clamp01(x) * 100}%`;
     el.style.top = `${clamp01(y) * 100}%`;
+    el.classList.toggle('flip', x > 0.8);
     delete el.dataset.hidden;
     clearTimeout(el._hide);
     el._hide = setTimeout(() => { el.dataset.hidden = '1'; }, 6000);
