@@ -28,7 +28,13 @@
 //! (peer addresses), `quota`, `expiry` (one deadline queue), `stats`, `config`, `output`.
 //!
 //! # API changes
-//! (none yet: changes to published signatures will be listed here, newest first)
+//! No published signature has changed. Additions since the first published API (a28a13f),
+//! newest first:
+//! - `message::MessageBuilder::add_padded` (RFC 5769 vectors pad with spaces).
+//! - Public modules `message`, `attributes`, `auth`, `channel_data`, `framing` (codec for
+//!   tests and the I/O layer's stream framing: `framing::stream_frame_len`).
+//! - `Server::relay_address_of`, `Server::handle_connection_closed`, `Server::is_draining`,
+//!   `Server::record_send_failure`, `Stats::merge`, `TAILROOM`.
 
 mod allocation;
 pub mod attributes;
