@@ -1,1 +1,288 @@
-//! peer crate (see its issue).
+//! The Rust peer SDK: join a room of the signaling server by URL and exchange data-channel
+//! messages with every other peer in it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), peer::PeerError> {
+//! use peer::{ChannelKind, Peer, PeerEvent, PeerOptions};
+//! let (peer, mut events) = Peer::connect("ws://127.0.0.1:8080/ws/demo", PeerOptions::default()).await?;
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         PeerEvent::ChannelOpen { peer: remote, kind: ChannelKind::Reliable } => {
+//!             peer.send_text(&remote, ChannelKind::Reliable, "hello").await?;
+//!         }
+//!         PeerEvent::Message { from, data, .. } => println!("{from}: {}", String::from_utf8_lossy(&data)),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Modules, one job each: [`signaling_client`] (the WebSocket session, resume, backoff),
+//! [`negotiation`] (perfect negotiation decisions), [`connection`] (one `webrtc` peer
+//! connection per remote peer), [`channel`] (data channels and their registry), `room` (which
+//! connection exists for which peer), [`error`].
+
+pub mod channel;
+mod connection;
+pub mod error;
+mod negotiation;
+mod room;
+mod signaling_client;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use signaling::protocol::{LeaveReason, PeerId, RoomId};
+use tokio::sync::{mpsc, oneshot};
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+pub use channel::ChannelKind;
+pub use error::{PeerError, Result};
+pub use signaling::protocol;
+
+use channel::{ChannelRegistry, send_on};
+use room::{Room, RoomCommand};
+use signaling_client::SignalingClient;
+
+/// How a [`Peer`] connects.
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    /// Display name announced to the other peers.
+    pub name: Option<String>,
+    /// Force every connection through TURN (ICE transport policy `relay`).
+    pub relay_only: bool,
+    /// Local UDP addresses to bind ICE sockets to. `0.0.0.0:0` (the default) binds one
+    /// socket per non-loopback interface; `127.0.0.1:0` keeps everything on loopback.
+    pub udp_addrs: Vec<String>,
+    /// Per-channel bound on bytes handed to a channel but not yet acknowledged: `send` waits
+    /// when it is reached (back-pressure instead of unbounded buffering).
+    pub send_buffer_limit: usize,
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        Self {
+            name: None,
+            relay_only: false,
+            udp_addrs: vec!["0.0.0.0:0".to_owned()],
+            send_buffer_limit: 1024 * 1024,
+        }
+    }
+}
+
+/// A peer connection's overall state, as in `RTCPeerConnectionState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    New,
+    Connecting,
+    Connected,
+    Disconnected,
+    Failed,
+    Closed,
+}
+
+impl From<RTCPeerConnectionState> for ConnectionState {
+    fn from(state: RTCPeerConnectionState) -> Self {
+        match state {
+            RTCPeerConnectionState::Connecting => Self::Connecting,
+            RTCPeerConnectionState::Connected => Self::Connected,
+            RTCPeerConnectionState::Disconnected => Self::Disconnected,
+            RTCPeerConnectionState::Failed => Self::Failed,
+            RTCPeerConnectionState::Closed => Self::Closed,
+            _ => Self::New,
+        }
+    }
+}
+
+/// The candidate pair ICE selected for a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectedPair {
+    /// `host`, `srflx`, `prflx` or `relay`.
+    pub local_type: String,
+    pub remote_type: String,
+    pub local_address: String,
+    pub remote_address: String,
+    /// `udp` or `tcp`.
+    pub protocol: String,
+    /// The latest STUN round-trip time on the pair, once measured.
+    pub rtt: Option<Duration>,
+}
+
+/// What happens in the room.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum PeerEvent {
+    /// A peer is in the room (already there when we joined, or joined after us).
+    PeerJoined { peer: PeerId, name: Option<String> },
+    /// A peer left the room.
+    PeerLeft { peer: PeerId, reason: LeaveReason },
+    /// After a signaling re-join, a peer that re-joined too took over its old connection.
+    PeerRenamed { old: PeerId, new: PeerId },
+    /// A data channel to a peer is open: sending on it works from now on.
+    ChannelOpen { peer: PeerId, kind: ChannelKind },
+    /// A data channel to a peer closed.
+    ChannelClosed { peer: PeerId, kind: ChannelKind },
+    /// A data-channel message.
+    Message {
+        from: PeerId,
+        kind: ChannelKind,
+        /// Whether it was sent as text (UTF-8) rather than binary.
+        text: bool,
+        data: Bytes,
+    },
+    /// A connection's state changed.
+    ConnectionState {
+        peer: PeerId,
+        state: ConnectionState,
+    },
+    /// A room-wide application message relayed by the signaling server.
+    Broadcast {
+        from: PeerId,
+        data: serde_json::Value,
+    },
+    /// The signaling socket broke; reconnecting after `delay`.
+    SignalingReconnecting { attempt: u32, delay: Duration },
+    /// The signaling session was resumed (`replayed` missed messages delivered).
+    SignalingResumed { replayed: u64 },
+    /// The signaling session could not be resumed; we joined again under a new id.
+    /// Live connections keep working.
+    SignalingRejoined { peer_id: PeerId },
+    /// The signaling server sent fresh ICE servers (TURN credentials).
+    IceServersUpdated,
+    /// Signaling is over for good (left, or gave up reconnecting).
+    SignalingClosed { message: String },
+    /// A non-fatal error (a failed negotiation step, a refused signal).
+    Error {
+        peer: Option<PeerId>,
+        message: String,
+    },
+}
+
+/// The stream of [`PeerEvent`]s of a [`Peer`].
+pub struct PeerEvents {
+    rx: mpsc::Receiver<PeerEvent>,
+}
+
+impl PeerEvents {
+    /// The next event; `None` once the peer is closed.
+    pub async fn recv(&mut self) -> Option<PeerEvent> {
+        self.rx.recv().await
+    }
+}
+
+/// A member of a room: the handle to send messages and query connections.
+pub struct Peer {
+    me: Arc<RwLock<PeerId>>,
+    room: RoomId,
+    registry: Arc<ChannelRegistry>,
+    commands: mpsc::UnboundedSender<RoomCommand>,
+}
+
+impl Peer {
+    /// Joins the room named by the signaling URL (`ws://host:port/ws/ROOM`) and starts
+    /// connecting to every peer in it. Returns once the server welcomed us.
+    pub async fn connect(url: &str, options: PeerOptions) -> Result<(Self, PeerEvents)> {
+        let (signaling, info, signaling_rx) =
+            SignalingClient::connect(url, options.name.clone()).await?;
+        let (events_tx, events_rx) = mpsc::channel(4096);
+        let registry = Arc::new(ChannelRegistry::default());
+        let me = Arc::new(RwLock::new(info.peer_id.clone()));
+        let (room, output_rx) = Room::new(
+            me.clone(),
+            signaling,
+            Arc::new(options),
+            registry.clone(),
+            events_tx,
+            info.ice_servers.clone(),
+        );
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        tokio::spawn(room.run(info.peers, signaling_rx, output_rx, commands_rx));
+        Ok((
+            Self {
+                me,
+                room: info.room,
+                registry,
+                commands: commands_tx,
+            },
+            PeerEvents { rx: events_rx },
+        ))
+    }
+
+    /// Our peer id (it changes only if the signaling session had to be re-joined).
+    pub fn id(&self) -> PeerId {
+        channel::read_remote(&self.me)
+    }
+
+    /// The room we are in.
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    /// Peers with an open channel of that kind.
+    pub fn connected_peers(&self, kind: ChannelKind) -> Vec<PeerId> {
+        self.registry
+            .all(kind)
+            .into_iter()
+            .map(|(peer, _)| peer)
+            .collect()
+    }
+
+    /// Sends a binary message to one peer. Waits while the channel's send buffer is full.
+    pub async fn send(&self, to: &PeerId, kind: ChannelKind, data: impl Into<Bytes>) -> Result<()> {
+        let dc = self.channel(to, kind)?;
+        send_on(&dc, data.into(), false).await
+    }
+
+    /// Sends a text message to one peer.
+    pub async fn send_text(&self, to: &PeerId, kind: ChannelKind, text: &str) -> Result<()> {
+        let dc = self.channel(to, kind)?;
+        send_on(&dc, Bytes::copy_from_slice(text.as_bytes()), true).await
+    }
+
+    /// Sends a text message to every peer with an open channel; returns how many got it.
+    pub async fn broadcast_text(&self, kind: ChannelKind, text: &str) -> Result<usize> {
+        let data = Bytes::copy_from_slice(text.as_bytes());
+        let mut sent = 0;
+        for (peer, dc) in self.registry.all(kind) {
+            match send_on(&dc, data.clone(), true).await {
+                Ok(()) => sent += 1,
+                Err(err) => tracing::debug!(%peer, "broadcast send failed: {err}"),
+            }
+        }
+        Ok(sent)
+    }
+
+    fn channel(
+        &self,
+        to: &PeerId,
+        kind: ChannelKind,
+    ) -> Result<Arc<dyn webrtc::data_channel::DataChannel>> {
+        self.registry
+            .get(to, kind)
+            .ok_or_else(|| PeerError::ChannelNotOpen {
+                peer: to.clone(),
+                kind,
+            })
+    }
+
+    /// The candidate pair ICE selected for the connection to `peer`.
+    pub async fn selected_pair(&self, peer: &PeerId) -> Result<Option<SelectedPair>> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(RoomCommand::SelectedPair {
+                peer: peer.clone(),
+                reply,
+            })
+            .map_err(|_| PeerError::Closed)?;
+        rx.await.map_err(|_| PeerError::Closed)
+    }
+
+    /// Leaves the room and closes every connection.
+    pub async fn close(self) {
+        let (reply, rx) = oneshot::channel();
+        if self.commands.send(RoomCommand::Close { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}

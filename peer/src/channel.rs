@@ -1,0 +1,243 @@
+//! Data channels: the two kinds each pair of peers opens, the registry of open channels that
+//! `Peer::send` writes to, and the reader task that turns a channel's events into
+//! [`PeerEvent`]s.
+//!
+//! The peer that joined the room later (the polite side) creates both channels in-band:
+//! `reliable` (ordered, reliable) and `unreliable` (unordered, no retransmissions). The other
+//! side accepts whatever channels arrive and classifies them by their `ordered` flag, so a
+//! browser that opens a channel of its own is understood too.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use bytes::{Bytes, BytesMut};
+use signaling::protocol::PeerId;
+use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
+
+use crate::PeerEvent;
+use crate::error::{PeerError, Result};
+
+/// Label of the reliable, ordered channel.
+pub const RELIABLE_LABEL: &str = "reliable";
+/// Label of the unreliable, unordered channel.
+pub const UNRELIABLE_LABEL: &str = "unreliable";
+
+/// The two kinds of data channel between each pair of peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelKind {
+    /// Ordered and reliable (SCTP retransmits until delivered).
+    Reliable,
+    /// Unordered, no retransmissions: for state updates where the latest one wins.
+    Unreliable,
+}
+
+impl fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Reliable => RELIABLE_LABEL,
+            Self::Unreliable => UNRELIABLE_LABEL,
+        })
+    }
+}
+
+impl ChannelKind {
+    /// The label and options to create this kind of channel with.
+    pub(crate) fn init(self) -> (&'static str, RTCDataChannelInit) {
+        match self {
+            Self::Reliable => (
+                RELIABLE_LABEL,
+                RTCDataChannelInit {
+                    ordered: true,
+                    ..Default::default()
+                },
+            ),
+            Self::Unreliable => (
+                UNRELIABLE_LABEL,
+                RTCDataChannelInit {
+                    ordered: false,
+                    max_retransmits: Some(0),
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+}
+
+/// The remote peer id a connection currently answers to. Shared by the connection and its
+/// channel readers so that a re-keyed connection (after a signaling re-join) reports the new id.
+pub(crate) type RemoteId = Arc<RwLock<PeerId>>;
+
+pub(crate) fn read_remote(id: &RemoteId) -> PeerId {
+    match id.read() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// The open channels of every remote peer, keyed by the connection's stable key.
+#[derive(Default)]
+pub(crate) struct ChannelRegistry {
+    inner: RwLock<HashMap<u64, PeerChannels>>,
+}
+
+struct PeerChannels {
+    remote: RemoteId,
+    reliable: Option<Arc<dyn DataChannel>>,
+    unreliable: Option<Arc<dyn DataChannel>>,
+}
+
+impl ChannelRegistry {
+    fn with_write<R>(&self, f: impl FnOnce(&mut HashMap<u64, PeerChannels>) -> R) -> R {
+        match self.inner.write() {
+            Ok(mut guard) => f(&mut guard),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    fn with_read<R>(&self, f: impl FnOnce(&HashMap<u64, PeerChannels>) -> R) -> R {
+        match self.inner.read() {
+            Ok(guard) => f(&guard),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    fn insert(&self, key: u64, remote: &RemoteId, kind: ChannelKind, dc: Arc<dyn DataChannel>) {
+        self.with_write(|map| {
+            let entry = map.entry(key).or_insert_with(|| PeerChannels {
+                remote: remote.clone(),
+                reliable: None,
+                unreliable: None,
+            });
+            match kind {
+                ChannelKind::Reliable => entry.reliable = Some(dc),
+                ChannelKind::Unreliable => entry.unreliable = Some(dc),
+            }
+        });
+    }
+
+    fn remove(&self, key: u64, kind: ChannelKind, id: usize) {
+        self.with_write(|map| {
+            if let Some(entry) = map.get_mut(&key) {
+                let slot = match kind {
+                    ChannelKind::Reliable => &mut entry.reliable,
+                    ChannelKind::Unreliable => &mut entry.unreliable,
+                };
+                if slot.as_ref().is_some_and(|dc| dc.id() == id) {
+                    *slot = None;
+                }
+                if entry.reliable.is_none() && entry.unreliable.is_none() {
+                    map.remove(&key);
+                }
+            }
+        });
+    }
+
+    /// Forgets every channel of a connection (it closed).
+    pub(crate) fn remove_connection(&self, key: u64) {
+        self.with_write(|map| map.remove(&key));
+    }
+
+    /// The open channel of that kind to that peer.
+    pub(crate) fn get(&self, peer: &PeerId, kind: ChannelKind) -> Option<Arc<dyn DataChannel>> {
+        self.with_read(|map| {
+            map.values()
+                .find(|entry| &read_remote(&entry.remote) == peer)
+                .and_then(|entry| match kind {
+                    ChannelKind::Reliable => entry.reliable.clone(),
+                    ChannelKind::Unreliable => entry.unreliable.clone(),
+                })
+        })
+    }
+
+    /// Every open channel of that kind, with its peer.
+    pub(crate) fn all(&self, kind: ChannelKind) -> Vec<(PeerId, Arc<dyn DataChannel>)> {
+        self.with_read(|map| {
+            map.values()
+                .filter_map(|entry| {
+                    let dc = match kind {
+                        ChannelKind::Reliable => entry.reliable.clone(),
+                        ChannelKind::Unreliable => entry.unreliable.clone(),
+                    }?;
+                    Some((read_remote(&entry.remote), dc))
+                })
+                .collect()
+        })
+    }
+}
+
+/// Sends one message on a channel (binary or text).
+pub(crate) async fn send_on(
+    dc: &Arc<dyn DataChannel>,
+    data: Bytes,
+    text: bool,
+) -> Result<(), PeerError> {
+    if text {
+        let text = std::str::from_utf8(&data)
+            .map_err(|_| PeerError::Protocol("text message is not UTF-8".into()))?;
+        dc.send_text(text).await?;
+    } else {
+        dc.send(BytesMut::from(&data[..])).await?;
+    }
+    Ok(())
+}
+
+/// Reads a channel's events until it closes, registering it while open.
+pub(crate) fn spawn_reader(
+    key: u64,
+    remote: RemoteId,
+    dc: Arc<dyn DataChannel>,
+    registry: Arc<ChannelRegistry>,
+    events: mpsc::Sender<PeerEvent>,
+) {
+    tokio::spawn(async move {
+        let kind = match dc.ordered().await {
+            Ok(false) => ChannelKind::Unreliable,
+            _ => ChannelKind::Reliable,
+        };
+        let id = dc.id();
+        let mut open = false;
+        while let Some(event) = dc.poll().await {
+            match event {
+                DataChannelEvent::OnOpen => {
+                    if !open {
+                        open = true;
+                        registry.insert(key, &remote, kind, dc.clone());
+                        let _ = events
+                            .send(PeerEvent::ChannelOpen {
+                                peer: read_remote(&remote),
+                                kind,
+                            })
+                            .await;
+                    }
+                }
+                DataChannelEvent::OnMessage(message) => {
+                    let event = PeerEvent::Message {
+                        from: read_remote(&remote),
+                        kind,
+                        text: message.is_string,
+                        data: message.data.freeze(),
+                    };
+                    if events.send(event).await.is_err() {
+                        break;
+                    }
+                }
+                DataChannelEvent::OnClose => break,
+                DataChannelEvent::OnError => {
+                    tracing::debug!(%kind, "data channel error");
+                }
+                _ => {}
+            }
+        }
+        registry.remove(key, kind, id);
+        if open {
+            let _ = events
+                .send(PeerEvent::ChannelClosed {
+                    peer: read_remote(&remote),
+                    kind,
+                })
+                .await;
+        }
+    });
+}

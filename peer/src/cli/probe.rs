@@ -1,0 +1,226 @@
+//! `peer probe`: which candidate pair types work, and the round-trip time over them.
+//!
+//! With another peer (a probe or `peer join`) in the room, it connects to it, prints the
+//! selected candidate pair and measures the data-channel RTT with `probe-ping` messages (which
+//! probes answer with `probe-pong`). With `--self` it joins a private sub-room with two
+//! internal peers twice, first with every candidate type allowed, then relay-only, and reports
+//! both. Ends with `* probe-result host=.. srflx=.. relay=..` (`ok`, `fail` or `untested`).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use peer::protocol::PeerId;
+use peer::{ChannelKind, Peer, PeerEvent, PeerEvents, PeerOptions, SelectedPair};
+use rand::Rng;
+
+use super::{CommonArgs, Output};
+
+const PINGS: u32 = 5;
+
+pub(crate) async fn run(
+    url: &str,
+    self_test: bool,
+    timeout: Duration,
+    common: &CommonArgs,
+) -> anyhow::Result<ExitCode> {
+    let out = common.output();
+    let mut results: BTreeMap<&'static str, &'static str> =
+        [("host", "untested"), ("srflx", "untested"), ("relay", "untested")].into();
+    let mut failed = false;
+    if self_test {
+        let room_url = private_room(url);
+        let mut modes = vec![("direct", false), ("relay", true)];
+        if common.relay_only {
+            modes.remove(0);
+        }
+        for (mode, relay_only) in modes {
+            let mut options = common.options();
+            options.relay_only = relay_only;
+            match tokio::time::timeout(timeout, self_pair(&room_url, options, &out, mode)).await {
+                Ok(Ok(pair)) => {
+                    results.insert(type_key(&pair.local_type), "ok");
+                    results.insert(type_key(&pair.remote_type), "ok");
+                }
+                Ok(Err(err)) => {
+                    out.notice("probe-failed", &[("mode", mode.into()), ("error", err.to_string())]);
+                    if relay_only {
+                        results.insert("relay", "fail");
+                    }
+                    failed = true;
+                }
+                Err(_) => {
+                    out.notice("probe-failed", &[("mode", mode.into()), ("error", "timeout".into())]);
+                    if relay_only {
+                        results.insert("relay", "fail");
+                    }
+                    failed = true;
+                }
+            }
+        }
+    } else {
+        let (peer, mut events) = Peer::connect(url, common.options()).await?;
+        let peer = Arc::new(peer);
+        out.notice("joined", &[("room", peer.room().to_string()), ("id", peer.id().to_string())]);
+        let connected = tokio::time::timeout(timeout, wait_open(&mut events)).await;
+        match connected {
+            Ok(Ok(remote)) => {
+                let rtt = ping(&peer, &mut events, &remote).await;
+                match peer.selected_pair(&remote).await? {
+                    Some(pair) => {
+                        out.selected_pair(remote.as_str(), &pair, rtt);
+                        results.insert(type_key(&pair.local_type), "ok");
+                        results.insert(type_key(&pair.remote_type), "ok");
+                    }
+                    None => failed = true,
+                }
+                // Keep answering the other side's pings for a moment.
+                let _ = tokio::time::timeout(Duration::from_secs(2), serve(&peer, &mut events)).await;
+            }
+            Ok(Err(err)) => {
+                out.notice("probe-failed", &[("error", err.to_string())]);
+                failed = true;
+            }
+            Err(_) => {
+                out.notice("probe-failed", &[("error", "timeout: no peer connected".into())]);
+                failed = true;
+            }
+        }
+        if let Ok(peer) = Arc::try_unwrap(peer) {
+            peer.close().await;
+        }
+    }
+    let fields: Vec<(&str, String)> = results.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    out.notice("probe-result", &fields);
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn type_key(candidate_type: &str) -> &'static str {
+    match candidate_type {
+        "relay" => "relay",
+        "srflx" | "prflx" => "srflx",
+        _ => "host",
+    }
+}
+
+/// The same server, a fresh random room next to the given one.
+fn private_room(url: &str) -> String {
+    let suffix: u32 = rand::rng().random();
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let mut room_url = format!("{}-probe-{suffix:08x}", base.trim_end_matches('/'));
+    if let Some(query) = query {
+        room_url.push('?');
+        room_url.push_str(query);
+    }
+    room_url
+}
+
+async fn wait_open(events: &mut PeerEvents) -> anyhow::Result<PeerId> {
+    while let Some(event) = events.recv().await {
+        match event {
+            PeerEvent::ChannelOpen {
+                peer,
+                kind: ChannelKind::Reliable,
+            } => return Ok(peer),
+            PeerEvent::SignalingClosed { message } => bail!("signaling closed: {message}"),
+            _ => {}
+        }
+    }
+    bail!("peer closed")
+}
+
+/// Answers `probe-ping` messages forever.
+async fn serve(peer: &Peer, events: &mut PeerEvents) {
+    while let Some(event) = events.recv().await {
+        if let PeerEvent::Message { from, data, .. } = event {
+            reply_if_ping(peer, &from, &data).await;
+        }
+    }
+}
+
+async fn reply_if_ping(peer: &Peer, from: &PeerId, data: &[u8]) {
+    if let Some(seq) = std::str::from_utf8(data)
+        .ok()
+        .and_then(|text| text.strip_prefix("probe-ping "))
+    {
+        let _ = peer
+            .send_text(from, ChannelKind::Reliable, &format!("probe-pong {seq}"))
+            .await;
+    }
+}
+
+/// The median data-channel round trip of a few pings, in milliseconds.
+async fn ping(peer: &Peer, events: &mut PeerEvents, to: &PeerId) -> Option<f64> {
+    let mut samples = Vec::new();
+    for seq in 0..PINGS {
+        let sent = Instant::now();
+        if peer
+            .send_text(to, ChannelKind::Reliable, &format!("probe-ping {seq}"))
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        let want = format!("probe-pong {seq}");
+        let waited = tokio::time::timeout(Duration::from_secs(3), async {
+            while let Some(event) = events.recv().await {
+                if let PeerEvent::Message { from, data, .. } = event {
+                    if data.as_ref() == want.as_bytes() {
+                        return true;
+                    }
+                    reply_if_ping(peer, &from, &data).await;
+                }
+            }
+            false
+        })
+        .await;
+        if matches!(waited, Ok(true)) {
+            samples.push(sent.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied()
+}
+
+/// Two internal peers connect to each other; returns A's selected pair.
+async fn self_pair(
+    url: &str,
+    options: PeerOptions,
+    out: &Output,
+    mode: &str,
+) -> anyhow::Result<SelectedPair> {
+    let (a, mut a_events) = Peer::connect(url, options.clone()).await?;
+    let (b, mut b_events) = Peer::connect(url, options).await?;
+    let b = Arc::new(b);
+    let responder = {
+        let b = b.clone();
+        tokio::spawn(async move { serve(&b, &mut b_events).await })
+    };
+    let remote = wait_open(&mut a_events).await?;
+    let rtt = ping(&a, &mut a_events, &remote).await;
+    let pair = a.selected_pair(&remote).await?;
+    responder.abort();
+    a.close().await;
+    if let Ok(b) = Arc::try_unwrap(b) {
+        b.close().await;
+    }
+    let Some(pair) = pair else {
+        bail!("no selected candidate pair");
+    };
+    out.notice(
+        "probe",
+        &[
+            ("mode", mode.to_owned()),
+            ("local", pair.local_type.clone()),
+            ("remote", pair.remote_type.clone()),
+            ("protocol", pair.protocol.clone()),
+            (
+                "rtt_ms",
+                rtt.map(|ms| format!("{ms:.2}")).unwrap_or_else(|| "unknown".into()),
+            ),
+        ],
+    );
+    Ok(pair)
+}

@@ -1,0 +1,548 @@
+//! One WebRTC peer connection to one remote peer, run as its own task.
+//!
+//! The task owns the `webrtc` peer connection and applies perfect negotiation
+//! ([`crate::negotiation`]) to the signals the room routes to it: it answers offers (rolling
+//! back its own when polite), applies answers, queues early candidates, trickles its own
+//! candidates (and end-of-candidates) back, restarts ICE when the connection fails, and picks
+//! up fresh ICE servers. Data channels it creates or receives get a reader task each
+//! ([`crate::channel`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signaling::protocol::{IceCandidate, IceServer, PeerId, Signal};
+use tokio::sync::{mpsc, oneshot};
+use webrtc::data_channel::DataChannel;
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState,
+    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
+};
+
+use crate::channel::{ChannelKind, ChannelRegistry, RemoteId, read_remote, spawn_reader};
+use crate::error::Result;
+use crate::negotiation::{CandidateDecision, Negotiation, OfferDecision};
+use crate::{ConnectionState, PeerEvent, PeerOptions, SelectedPair};
+
+/// Inputs the room sends to a connection.
+#[derive(Debug)]
+pub(crate) enum ConnectionInput {
+    /// A negotiation message from the remote peer.
+    Remote(Signal),
+    /// Fresh ICE servers (TURN credentials) for the next gathering.
+    IceServers(Vec<IceServer>),
+    /// The server restated our role (after a re-join).
+    Polite(bool),
+    /// Report the selected candidate pair.
+    SelectedPair(oneshot::Sender<Option<SelectedPair>>),
+    /// Close the connection.
+    Close,
+}
+
+/// Outputs of a connection to the room.
+#[derive(Debug)]
+pub(crate) enum ConnectionOutput {
+    /// Send this signal to the connection's remote peer.
+    Signal { key: u64, signal: Signal },
+    /// The connection task ended.
+    Ended { key: u64 },
+}
+
+/// The room's handle on a running connection.
+pub(crate) struct ConnectionHandle {
+    pub(crate) input: mpsc::UnboundedSender<ConnectionInput>,
+    pub(crate) remote: RemoteId,
+    pub(crate) name: Option<String>,
+}
+
+/// Events the `webrtc` handler forwards to the connection task.
+enum HandlerEvent {
+    NegotiationNeeded,
+    Candidate(RTCIceCandidateInit),
+    GatheringComplete,
+    IceState(RTCIceConnectionState),
+    State(RTCPeerConnectionState),
+    DataChannel(Arc<dyn DataChannel>),
+}
+
+struct Handler {
+    tx: mpsc::UnboundedSender<HandlerEvent>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_negotiation_needed(&self) {
+        let _ = self.tx.send(HandlerEvent::NegotiationNeeded);
+    }
+
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => {
+                let _ = self.tx.send(HandlerEvent::Candidate(init));
+            }
+            Err(err) => tracing::warn!("cannot encode local candidate: {err}"),
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.tx.send(HandlerEvent::GatheringComplete);
+        }
+    }
+
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        let _ = self.tx.send(HandlerEvent::IceState(state));
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.tx.send(HandlerEvent::State(state));
+    }
+
+    async fn on_data_channel(&self, data_channel: Arc<dyn DataChannel>) {
+        let _ = self.tx.send(HandlerEvent::DataChannel(data_channel));
+    }
+}
+
+/// Everything a connection task needs from the room.
+pub(crate) struct ConnectionContext {
+    pub(crate) key: u64,
+    pub(crate) remote: RemoteId,
+    pub(crate) polite: bool,
+    pub(crate) ice_servers: Vec<IceServer>,
+    pub(crate) options: Arc<PeerOptions>,
+    pub(crate) registry: Arc<ChannelRegistry>,
+    pub(crate) events: mpsc::Sender<PeerEvent>,
+    pub(crate) output: mpsc::UnboundedSender<ConnectionOutput>,
+}
+
+/// Maps protocol ICE servers to `webrtc`'s.
+pub(crate) fn rtc_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
+    servers
+        .iter()
+        .map(|server| RTCIceServer {
+            urls: server.urls.clone(),
+            username: server.username.clone().unwrap_or_default(),
+            credential: server.credential.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn configuration(servers: &[IceServer], relay_only: bool) -> RTCConfiguration {
+    RTCConfigurationBuilder::new()
+        .with_ice_servers(rtc_ice_servers(servers))
+        .with_ice_transport_policy(if relay_only {
+            RTCIceTransportPolicy::Relay
+        } else {
+            RTCIceTransportPolicy::All
+        })
+        .build()
+}
+
+/// Builds the peer connection and starts its task. The polite side (the later joiner)
+/// creates the data channels, which starts the negotiation.
+pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
+    let (handler_tx, handler_rx) = mpsc::unbounded_channel();
+    let options = ctx.options.clone();
+    let settings = SettingEngineBuilder::new()
+        // Accept a working pair as soon as it is found; the defaults wait up to 2 s
+        // (relay) hoping for a better one, which dominates set-up time on a LAN or a relay.
+        .with_host_acceptance_min_wait(Some(Duration::ZERO))
+        .with_relay_acceptance_min_wait(Some(if options.relay_only {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(500)
+        }))
+        .with_ice_timeouts(
+            Some(Duration::from_secs(3)),
+            Some(Duration::from_secs(6)),
+            Some(Duration::from_secs(1)),
+        )
+        .build();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(configuration(&ctx.ice_servers, options.relay_only))
+        .with_setting_engine(settings)
+        .with_handler(Arc::new(Handler { tx: handler_tx }))
+        .with_udp_addrs(options.udp_addrs.clone())
+        .with_data_channel_send_buffer_limit(options.send_buffer_limit)
+        .build()
+        .await?;
+    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+
+    if ctx.polite {
+        for kind in [ChannelKind::Reliable, ChannelKind::Unreliable] {
+            let (label, init) = kind.init();
+            let dc = pc.create_data_channel(label, Some(init)).await?;
+            spawn_reader(
+                ctx.key,
+                ctx.remote.clone(),
+                dc,
+                ctx.registry.clone(),
+                ctx.events.clone(),
+            );
+        }
+    }
+
+    let (input_tx, input_rx) = mpsc::unbounded_channel();
+    let handle = ConnectionHandle {
+        input: input_tx,
+        remote: ctx.remote.clone(),
+        name: None,
+    };
+    let task = ConnectionTask {
+        negotiation: Negotiation::new(ctx.polite),
+        pc,
+        ctx,
+        ice_restart_pending: false,
+        last_restart: None,
+        state: RTCPeerConnectionState::New,
+    };
+    tokio::spawn(task.run(input_rx, handler_rx));
+    Ok(handle)
+}
+
+struct ConnectionTask {
+    ctx: ConnectionContext,
+    pc: Arc<dyn PeerConnection>,
+    negotiation: Negotiation,
+    ice_restart_pending: bool,
+    last_restart: Option<Instant>,
+    state: RTCPeerConnectionState,
+}
+
+impl ConnectionTask {
+    fn peer(&self) -> PeerId {
+        read_remote(&self.ctx.remote)
+    }
+
+    fn signal(&self, signal: Signal) {
+        let _ = self.ctx.output.send(ConnectionOutput::Signal {
+            key: self.ctx.key,
+            signal,
+        });
+    }
+
+    async fn run(
+        mut self,
+        mut input: mpsc::UnboundedReceiver<ConnectionInput>,
+        mut handler: mpsc::UnboundedReceiver<HandlerEvent>,
+    ) {
+        loop {
+            let result = tokio::select! {
+                message = input.recv() => match message {
+                    None | Some(ConnectionInput::Close) => break,
+                    Some(message) => self.on_input(message).await,
+                },
+                event = handler.recv() => match event {
+                    None => break,
+                    Some(event) => self.on_handler_event(event).await,
+                },
+            };
+            if let Err(err) = result {
+                tracing::warn!(peer = %self.peer(), "negotiation step failed: {err}");
+                let _ = self
+                    .ctx
+                    .events
+                    .send(PeerEvent::Error {
+                        peer: Some(self.peer()),
+                        message: err.to_string(),
+                    })
+                    .await;
+            }
+        }
+        let _ = self.pc.close().await;
+        self.ctx.registry.remove_connection(self.ctx.key);
+        let _ = self
+            .ctx
+            .output
+            .send(ConnectionOutput::Ended { key: self.ctx.key });
+    }
+
+    async fn on_input(&mut self, message: ConnectionInput) -> Result<()> {
+        match message {
+            ConnectionInput::Remote(signal) => self.on_signal(signal).await,
+            ConnectionInput::IceServers(servers) => {
+                let relay_only = self.ctx.options.relay_only;
+                self.pc
+                    .set_configuration(configuration(&servers, relay_only))
+                    .await?;
+                Ok(())
+            }
+            ConnectionInput::Polite(polite) => {
+                self.negotiation.set_polite(polite);
+                Ok(())
+            }
+            ConnectionInput::SelectedPair(reply) => {
+                let _ = reply.send(selected_pair(self.pc.as_ref()).await);
+                Ok(())
+            }
+            ConnectionInput::Close => Ok(()),
+        }
+    }
+
+    async fn is_stable(&self) -> bool {
+        self.pc.pending_local_description().await.is_none()
+            && self.pc.pending_remote_description().await.is_none()
+    }
+
+    async fn on_signal(&mut self, signal: Signal) -> Result<()> {
+        match signal {
+            Signal::Offer { sdp, .. } => {
+                let stable = self.is_stable().await;
+                match self.negotiation.on_offer(stable) {
+                    OfferDecision::Ignore => {
+                        tracing::debug!(peer = %self.peer(), "glare: ignoring colliding offer");
+                        Ok(())
+                    }
+                    OfferDecision::Accept { rollback_first } => {
+                        if rollback_first {
+                            tracing::debug!(peer = %self.peer(), "glare: rolling back our offer");
+                            self.pc
+                                .set_local_description(RTCSessionDescription::rollback(None)?)
+                                .await?;
+                        }
+                        self.pc
+                            .set_remote_description(RTCSessionDescription::offer(sdp)?)
+                            .await?;
+                        self.apply_queued().await;
+                        let answer = self.pc.create_answer(None).await?;
+                        self.pc.set_local_description(answer).await?;
+                        if let Some(local) = self.pc.local_description().await {
+                            self.signal(Signal::Answer { sdp: local.sdp });
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            Signal::Answer { sdp } => {
+                self.negotiation.on_answer();
+                if self.pc.pending_local_description().await.is_none() {
+                    tracing::debug!(peer = %self.peer(), "answer without a pending offer dropped");
+                    return Ok(());
+                }
+                self.pc
+                    .set_remote_description(RTCSessionDescription::answer(sdp)?)
+                    .await?;
+                self.apply_queued().await;
+                Ok(())
+            }
+            Signal::Candidate { candidate } => {
+                if let CandidateDecision::Apply(candidate) =
+                    self.negotiation.on_candidate(candidate)
+                {
+                    self.add_candidate(candidate).await;
+                }
+                Ok(())
+            }
+            Signal::EndOfCandidates { username_fragment } => {
+                let end = IceCandidate {
+                    candidate: String::new(),
+                    sdp_mid: None,
+                    sdp_m_line_index: None,
+                    username_fragment,
+                };
+                if let CandidateDecision::Apply(end) = self.negotiation.on_candidate(end) {
+                    self.add_candidate(end).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn apply_queued(&mut self) {
+        for candidate in self.negotiation.remote_description_applied() {
+            self.add_candidate(candidate).await;
+        }
+    }
+
+    async fn add_candidate(&self, candidate: IceCandidate) {
+        let init = RTCIceCandidateInit {
+            candidate: candidate.candidate,
+            sdp_mid: candidate.sdp_mid,
+            sdp_mline_index: candidate.sdp_m_line_index,
+            username_fragment: candidate.username_fragment,
+            url: None,
+        };
+        if let Err(err) = self.pc.add_ice_candidate(init).await
+            && !self.negotiation.ignoring_offer()
+        {
+            tracing::debug!(peer = %self.peer(), "remote candidate rejected: {err}");
+        }
+    }
+
+    async fn make_offer(&mut self, ice_restart: bool) -> Result<()> {
+        if !self.is_stable().await {
+            // An offer is already out (or one is being answered): the negotiation that
+            // follows covers whatever changed.
+            return Ok(());
+        }
+        self.negotiation.set_making_offer(true);
+        let result = async {
+            let offer = self.pc.create_offer(None).await?;
+            self.pc.set_local_description(offer).await?;
+            Ok::<_, crate::error::PeerError>(self.pc.local_description().await)
+        }
+        .await;
+        self.negotiation.set_making_offer(false);
+        if let Some(local) = result? {
+            self.signal(Signal::Offer {
+                sdp: local.sdp,
+                ice_restart,
+            });
+        }
+        Ok(())
+    }
+
+    async fn on_handler_event(&mut self, event: HandlerEvent) -> Result<()> {
+        match event {
+            HandlerEvent::NegotiationNeeded => {
+                let restart = std::mem::take(&mut self.ice_restart_pending);
+                self.make_offer(restart).await
+            }
+            HandlerEvent::Candidate(init) => {
+                self.signal(Signal::Candidate {
+                    candidate: IceCandidate {
+                        candidate: init.candidate,
+                        sdp_mid: init.sdp_mid,
+                        sdp_m_line_index: init.sdp_mline_index,
+                        username_fragment: init.username_fragment,
+                    },
+                });
+                Ok(())
+            }
+            HandlerEvent::GatheringComplete => {
+                let ufrag = self
+                    .pc
+                    .local_description()
+                    .await
+                    .and_then(|desc| ice_ufrag(&desc.sdp));
+                self.signal(Signal::EndOfCandidates {
+                    username_fragment: ufrag,
+                });
+                Ok(())
+            }
+            HandlerEvent::IceState(state) => {
+                tracing::debug!(peer = %self.peer(), %state, "ice connection state");
+                if state == RTCIceConnectionState::Failed {
+                    self.restart_ice().await?;
+                }
+                Ok(())
+            }
+            HandlerEvent::State(state) => {
+                self.state = state;
+                let mapped = ConnectionState::from(state);
+                let _ = self
+                    .ctx
+                    .events
+                    .send(PeerEvent::ConnectionState {
+                        peer: self.peer(),
+                        state: mapped,
+                    })
+                    .await;
+                if state == RTCPeerConnectionState::Failed {
+                    self.restart_ice().await?;
+                }
+                Ok(())
+            }
+            HandlerEvent::DataChannel(dc) => {
+                spawn_reader(
+                    self.ctx.key,
+                    self.ctx.remote.clone(),
+                    dc,
+                    self.ctx.registry.clone(),
+                    self.ctx.events.clone(),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// ICE failed: restart it with a new offer (either side may; glare is resolved by the
+    /// polite flag). At most once every few seconds.
+    async fn restart_ice(&mut self) -> Result<()> {
+        if self
+            .last_restart
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(3))
+        {
+            return Ok(());
+        }
+        self.last_restart = Some(Instant::now());
+        tracing::info!(peer = %self.peer(), "connection failed: restarting ICE");
+        self.pc.restart_ice().await?;
+        self.ice_restart_pending = true;
+        self.make_offer(true).await
+    }
+}
+
+fn ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|line| line.strip_prefix("a=ice-ufrag:"))
+        .map(|ufrag| ufrag.trim().to_owned())
+}
+
+/// The selected candidate pair of a connection, from its stats.
+pub(crate) async fn selected_pair(pc: &dyn PeerConnection) -> Option<SelectedPair> {
+    let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
+    let transport = report.transport()?;
+    let pair = match report.get(&transport.selected_candidate_pair_id)? {
+        RTCStatsReportEntry::IceCandidatePair(pair) => pair,
+        _ => return None,
+    };
+    let local = match report.get(&pair.local_candidate_id)? {
+        RTCStatsReportEntry::LocalCandidate(c) => c,
+        _ => return None,
+    };
+    let remote = match report.get(&pair.remote_candidate_id)? {
+        RTCStatsReportEntry::RemoteCandidate(c) => c,
+        _ => return None,
+    };
+    Some(SelectedPair {
+        local_type: local.candidate_type.to_string(),
+        remote_type: remote.candidate_type.to_string(),
+        local_address: format!(
+            "{}:{}",
+            local.address.clone().unwrap_or_default(),
+            local.port
+        ),
+        remote_address: format!(
+            "{}:{}",
+            remote.address.clone().unwrap_or_default(),
+            remote.port
+        ),
+        protocol: local.protocol.clone(),
+        rtt: (pair.current_round_trip_time > 0.0)
+            .then(|| Duration::from_secs_f64(pair.current_round_trip_time)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ufrag_is_read_from_the_sdp() {
+        let sdp = "v=0\r\na=group:BUNDLE 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=ice-ufrag:AbCd\r\na=ice-pwd:x\r\n";
+        assert_eq!(ice_ufrag(sdp).as_deref(), Some("AbCd"));
+        assert_eq!(ice_ufrag("v=0\r\n"), None);
+    }
+
+    #[test]
+    fn turn_credentials_map_to_webrtc_ice_servers() {
+        let servers = vec![
+            IceServer {
+                urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+                username: Some("1700000000:p1".into()),
+                credential: Some("secret".into()),
+            },
+            IceServer {
+                urls: vec!["stun:127.0.0.1:3478".into()],
+                username: None,
+                credential: None,
+            },
+        ];
+        let mapped = rtc_ice_servers(&servers);
+        assert_eq!(mapped[0].username, "1700000000:p1");
+        assert_eq!(mapped[0].credential, "secret");
+        assert_eq!(mapped[1].username, "");
+    }
+}

@@ -1,0 +1,64 @@
+//! The SDK's error type: one variant per way a peer operation can fail.
+
+use signaling::protocol::{ErrorCode, PeerId};
+
+/// Everything that can go wrong in the peer SDK.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The signaling URL is not a `ws://` or `wss://` URL.
+    #[error("invalid signaling URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: &'static str },
+
+    /// The WebSocket to the signaling server could not be opened or broke.
+    #[error("signaling connection failed: {0}")]
+    SignalingConnect(#[from] Box<tokio_tungstenite::tungstenite::Error>),
+
+    /// The signaling server refused a request or ended the session.
+    #[error("signaling server error {code}: {message}")]
+    Signaling { code: ErrorCode, message: String },
+
+    /// The signaling server sent something this client does not understand.
+    #[error("signaling protocol violation: {0}")]
+    Protocol(String),
+
+    /// The signaling server did not answer in time.
+    #[error("signaling server did not answer within {0:?}")]
+    SignalingTimeout(std::time::Duration),
+
+    /// The signaling session is over (left, or could not be resumed or re-joined).
+    #[error("signaling session closed")]
+    SessionClosed,
+
+    /// The WebRTC stack failed.
+    #[error("webrtc: {0}")]
+    WebRtc(#[from] webrtc::error::Error),
+
+    /// No open data channel of that kind to that peer.
+    #[error("no open {kind} data channel to peer {peer}")]
+    ChannelNotOpen {
+        peer: PeerId,
+        kind: crate::ChannelKind,
+    },
+
+    /// The peer is not (or no longer) in the room.
+    #[error("unknown peer {0}")]
+    UnknownPeer(PeerId),
+
+    /// The SDK's background task has stopped (the `Peer` was closed).
+    #[error("peer is closed")]
+    Closed,
+
+    /// A JSON encoding failure (never expected with our own types).
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for PeerError {
+    fn from(err: tokio_tungstenite::tungstenite::Error) -> Self {
+        Self::SignalingConnect(Box::new(err))
+    }
+}
+
+/// Shorthand for results of the SDK.
+pub type Result<T, E = PeerError> = std::result::Result<T, E>;

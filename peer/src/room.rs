@@ -1,0 +1,333 @@
+//! The room task: maps signaling events onto peer connections.
+//!
+//! It owns the set of connections (one per remote peer), routes incoming signals to them and
+//! their outgoing signals to the signaling client, forwards fresh ICE servers, turns
+//! joins/leaves into [`PeerEvent`]s, and after a signaling re-join (the server forgot the
+//! session) keeps the live connections: a connection whose peer is not in the new room
+//! listing is *orphaned* and is adopted by the first newcomer with the same display name, so
+//! two peers that both re-join keep their data channels instead of building duplicates.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use signaling::protocol::{
+    ClientMessage, IceServer, PeerId, PeerInfo, ServerMessage, SessionInfo,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::channel::{ChannelRegistry, read_remote};
+use crate::connection::{self, ConnectionContext, ConnectionHandle, ConnectionInput, ConnectionOutput};
+use crate::signaling_client::{SignalingClient, SignalingEvent};
+use crate::{PeerEvent, PeerOptions, SelectedPair};
+
+/// Requests from the [`crate::Peer`] handle.
+pub(crate) enum RoomCommand {
+    SelectedPair {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<SelectedPair>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+pub(crate) struct Room {
+    pub(crate) me: Arc<RwLock<PeerId>>,
+    pub(crate) signaling: SignalingClient,
+    pub(crate) options: Arc<PeerOptions>,
+    pub(crate) registry: Arc<ChannelRegistry>,
+    pub(crate) events: mpsc::Sender<PeerEvent>,
+    pub(crate) ice_servers: Vec<IceServer>,
+    connections: HashMap<u64, ConnectionHandle>,
+    orphans: Vec<u64>,
+    next_key: u64,
+    output_tx: mpsc::UnboundedSender<ConnectionOutput>,
+    next_request: u64,
+}
+
+impl Room {
+    pub(crate) fn new(
+        me: Arc<RwLock<PeerId>>,
+        signaling: SignalingClient,
+        options: Arc<PeerOptions>,
+        registry: Arc<ChannelRegistry>,
+        events: mpsc::Sender<PeerEvent>,
+        ice_servers: Vec<IceServer>,
+    ) -> (Self, mpsc::UnboundedReceiver<ConnectionOutput>) {
+        let (output_tx, output_rx) = mpsc::unbounded_channel();
+        (
+            Self {
+                me,
+                signaling,
+                options,
+                registry,
+                events,
+                ice_servers,
+                connections: HashMap::new(),
+                orphans: Vec::new(),
+                next_key: 1,
+                output_tx,
+                next_request: 100,
+            },
+            output_rx,
+        )
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        initial_peers: Vec<PeerInfo>,
+        mut signaling_rx: mpsc::UnboundedReceiver<SignalingEvent>,
+        mut output_rx: mpsc::UnboundedReceiver<ConnectionOutput>,
+        mut commands: mpsc::UnboundedReceiver<RoomCommand>,
+    ) {
+        for info in initial_peers {
+            self.peer_present(info).await;
+        }
+        loop {
+            tokio::select! {
+                event = signaling_rx.recv() => match event {
+                    Some(event) => {
+                        if !self.on_signaling(event).await {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                Some(output) = output_rx.recv() => self.on_output(output),
+                command = commands.recv() => match command {
+                    Some(RoomCommand::SelectedPair { peer, reply }) => {
+                        match self.find(&peer) {
+                            Some(handle) => {
+                                let _ = handle.input.send(ConnectionInput::SelectedPair(reply));
+                            }
+                            None => {
+                                let _ = reply.send(None);
+                            }
+                        }
+                    }
+                    Some(RoomCommand::Close { reply }) => {
+                        self.shutdown();
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => break,
+                },
+            }
+        }
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.signaling.leave();
+        for (_, handle) in self.connections.drain() {
+            let _ = handle.input.send(ConnectionInput::Close);
+        }
+    }
+
+    fn find(&self, peer: &PeerId) -> Option<&ConnectionHandle> {
+        self.connections
+            .values()
+            .find(|handle| &read_remote(&handle.remote) == peer)
+    }
+
+    fn find_key(&self, peer: &PeerId) -> Option<u64> {
+        self.connections
+            .iter()
+            .find(|(_, handle)| &read_remote(&handle.remote) == peer)
+            .map(|(key, _)| *key)
+    }
+
+    async fn emit(&self, event: PeerEvent) {
+        let _ = self.events.send(event).await;
+    }
+
+    /// Returns `false` when the session is over.
+    async fn on_signaling(&mut self, event: SignalingEvent) -> bool {
+        match event {
+            SignalingEvent::Message(message) => self.on_server_message(message).await,
+            SignalingEvent::Reconnecting { attempt, delay } => {
+                self.emit(PeerEvent::SignalingReconnecting { attempt, delay })
+                    .await;
+            }
+            SignalingEvent::Resumed { replayed } => {
+                self.emit(PeerEvent::SignalingResumed { replayed }).await;
+            }
+            SignalingEvent::Rejoined(info) => self.on_rejoined(*info).await,
+            SignalingEvent::Closed(error) => {
+                self.emit(PeerEvent::SignalingClosed {
+                    message: error.to_string(),
+                })
+                .await;
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn on_rejoined(&mut self, info: SessionInfo) {
+        if let Ok(mut me) = self.me.write() {
+            *me = info.peer_id.clone();
+        }
+        self.ice_servers = info.ice_servers.clone();
+        // Every existing connection is orphaned until its peer shows up again.
+        self.orphans = self.connections.keys().copied().collect();
+        self.emit(PeerEvent::SignalingRejoined {
+            peer_id: info.peer_id.clone(),
+        })
+        .await;
+        for peer in info.peers {
+            self.peer_present(peer).await;
+        }
+    }
+
+    async fn on_server_message(&mut self, message: ServerMessage) {
+        match message {
+            ServerMessage::PeerJoined { peer } => self.peer_present(peer).await,
+            ServerMessage::PeerLeft { peer_id, reason } => {
+                if let Some(key) = self.find_key(&peer_id)
+                    && let Some(handle) = self.connections.remove(&key)
+                {
+                    let _ = handle.input.send(ConnectionInput::Close);
+                }
+                self.emit(PeerEvent::PeerLeft {
+                    peer: peer_id,
+                    reason,
+                })
+                .await;
+            }
+            ServerMessage::Signal { from, signal } => {
+                if self.find(&from).is_none() {
+                    // A signal from a peer we have not heard of: it joined after us, so we are
+                    // the impolite side.
+                    self.peer_present(PeerInfo {
+                        id: from.clone(),
+                        name: None,
+                        polite: false,
+                    })
+                    .await;
+                }
+                if let Some(handle) = self.find(&from) {
+                    let _ = handle.input.send(ConnectionInput::Remote(signal));
+                }
+            }
+            ServerMessage::IceServers { ice_servers } => {
+                self.ice_servers = ice_servers.clone();
+                for handle in self.connections.values() {
+                    let _ = handle
+                        .input
+                        .send(ConnectionInput::IceServers(ice_servers.clone()));
+                }
+                self.emit(PeerEvent::IceServersUpdated).await;
+            }
+            ServerMessage::Broadcast { from, data } => {
+                self.emit(PeerEvent::Broadcast { from, data }).await;
+            }
+            ServerMessage::Error {
+                code,
+                message,
+                reference,
+            } => {
+                tracing::debug!(%code, %message, ?reference, "signaling error");
+                self.emit(PeerEvent::Error {
+                    peer: None,
+                    message: format!("signaling: {code}: {message}"),
+                })
+                .await;
+            }
+            ServerMessage::Welcome { .. }
+            | ServerMessage::Resumed { .. }
+            | ServerMessage::Pong { .. }
+            | ServerMessage::Draining { .. } => {}
+        }
+    }
+
+    /// A peer is in the room: connect to it (or adopt an orphaned connection to it).
+    async fn peer_present(&mut self, info: PeerInfo) {
+        if let Some(handle) = self.find(&info.id) {
+            let _ = handle.input.send(ConnectionInput::Polite(info.polite));
+            return;
+        }
+        if let Some(name) = &info.name
+            && let Some(pos) = self.orphans.iter().position(|key| {
+                self.connections
+                    .get(key)
+                    .is_some_and(|handle| handle.name.as_ref() == Some(name))
+            })
+        {
+            let key = self.orphans.swap_remove(pos);
+            if let Some(handle) = self.connections.get(&key) {
+                let old = read_remote(&handle.remote);
+                if let Ok(mut remote) = handle.remote.write() {
+                    *remote = info.id.clone();
+                }
+                let _ = handle.input.send(ConnectionInput::Polite(info.polite));
+                tracing::info!(%old, new = %info.id, "re-joined peer adopted its connection");
+                self.emit(PeerEvent::PeerRenamed {
+                    old,
+                    new: info.id.clone(),
+                })
+                .await;
+                return;
+            }
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let remote = Arc::new(RwLock::new(info.id.clone()));
+        let ctx = ConnectionContext {
+            key,
+            remote,
+            polite: info.polite,
+            ice_servers: self.ice_servers.clone(),
+            options: self.options.clone(),
+            registry: self.registry.clone(),
+            events: self.events.clone(),
+            output: self.output_tx.clone(),
+        };
+        match connection::spawn(ctx).await {
+            Ok(mut handle) => {
+                handle.name = info.name.clone();
+                self.connections.insert(key, handle);
+                self.emit(PeerEvent::PeerJoined {
+                    peer: info.id,
+                    name: info.name,
+                })
+                .await;
+            }
+            Err(err) => {
+                self.emit(PeerEvent::Error {
+                    peer: Some(info.id),
+                    message: format!("cannot create peer connection: {err}"),
+                })
+                .await;
+            }
+        }
+    }
+
+    fn on_output(&mut self, output: ConnectionOutput) {
+        match output {
+            ConnectionOutput::Signal { key, signal } => {
+                let Some(handle) = self.connections.get(&key) else {
+                    return;
+                };
+                let to = read_remote(&handle.remote);
+                let id = self.next_request;
+                self.next_request += 1;
+                if self
+                    .signaling
+                    .send(ClientMessage::Signal {
+                        id: Some(id),
+                        to,
+                        signal,
+                    })
+                    .is_err()
+                {
+                    tracing::debug!("signaling session closed; signal dropped");
+                }
+            }
+            ConnectionOutput::Ended { key } => {
+                self.connections.remove(&key);
+                self.orphans.retain(|k| *k != key);
+            }
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The signaling client: one WebSocket session with the signaling server, kept alive across
+//! dropped sockets.
+//!
+//! It owns the socket, the session's resume token and the highest `seq` processed. It joins
+//! the room, acknowledges what it received, and when the socket breaks (or the server says it
+//! is draining) reconnects with exponential backoff and jitter and sends `resume` with the
+//! last processed `seq`. Replayed messages are deduplicated by `seq`, so the rest of the SDK
+//! sees every server message exactly once and in order. When the session cannot be resumed
+//! (the grace period passed, or the server restarted and forgot it), it joins the room again as
+//! a new session and says so. Outgoing messages written while disconnected are kept and sent
+//! after the session is back.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use signaling::protocol::{
+    ClientMessage, ErrorCode, PROTOCOL_VERSION, ResumeToken, ServerFrame, ServerMessage,
+    SessionInfo,
+};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, timeout};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::error::{PeerError, Result};
+
+type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long to wait for `welcome` or `resumed` after opening a socket.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// First reconnect delay; doubles per failed attempt up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Give up re-joining after this long without a session.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
+/// Acknowledge at least every this many messages, besides the timer.
+const ACK_EVERY: u64 = 32;
+
+/// What the signaling client reports to the rest of the SDK.
+#[derive(Debug)]
+pub(crate) enum SignalingEvent {
+    /// A server message, deduplicated and in order.
+    Message(ServerMessage),
+    /// The socket broke; a reconnect attempt follows after `delay`.
+    Reconnecting { attempt: u32, delay: Duration },
+    /// The session was resumed; `replayed` missed messages were delivered before this.
+    Resumed { replayed: u64 },
+    /// The session could not be resumed; the client joined the room again as a new session.
+    Rejoined(Box<SessionInfo>),
+    /// The client gave up (or left); no more events follow.
+    Closed(PeerError),
+}
+
+/// The handle the rest of the SDK uses to send; the session runs in its own task.
+#[derive(Clone)]
+pub(crate) struct SignalingClient {
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+}
+
+enum Outgoing {
+    Message(ClientMessage),
+    Leave,
+}
+
+impl SignalingClient {
+    /// Connects, joins the room named by the URL and starts the session task.
+    pub(crate) async fn connect(
+        url: &str,
+        name: Option<String>,
+    ) -> Result<(Self, SessionInfo, mpsc::UnboundedReceiver<SignalingEvent>)> {
+        validate_url(url)?;
+        let mut ws = open(url).await?;
+        let (info, seq) = join(&mut ws, name.clone()).await?;
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let session = Session {
+            url: url.to_owned(),
+            name,
+            resume_token: info.resume_token.clone(),
+            ping_interval: Duration::from_millis(info.ping_interval_ms.max(100)),
+            ping_timeout: Duration::from_millis(info.ping_timeout_ms.max(500)),
+            resume_grace: Duration::from_millis(info.resume_grace_ms),
+            last_seq: seq,
+            last_acked: 0,
+            pending: VecDeque::new(),
+            out_rx,
+            events_tx,
+        };
+        tokio::spawn(session.run(ws));
+        Ok((Self { outgoing: out_tx }, info, events_rx))
+    }
+
+    /// Queues a message for the server. Fails only once the session is over.
+    pub(crate) fn send(&self, message: ClientMessage) -> Result<()> {
+        self.outgoing
+            .send(Outgoing::Message(message))
+            .map_err(|_| PeerError::SessionClosed)
+    }
+
+    /// Leaves the room for good and ends the session.
+    pub(crate) fn leave(&self) {
+        let _ = self.outgoing.send(Outgoing::Leave);
+    }
+}
+
+/// Checks the URL is a WebSocket URL.
+pub(crate) fn validate_url(url: &str) -> Result<()> {
+    if url.starts_with("ws://") || url.starts_with("wss://") {
+        Ok(())
+    } else {
+        Err(PeerError::InvalidUrl {
+            url: url.to_owned(),
+            reason: "must start with ws:// or wss://",
+        })
+    }
+}
+
+async fn open(url: &str) -> Result<WsStream> {
+    let (ws, _response) = timeout(HANDSHAKE_TIMEOUT, connect_async(url))
+        .await
+        .map_err(|_| PeerError::SignalingTimeout(HANDSHAKE_TIMEOUT))??;
+    Ok(ws)
+}
+
+async fn send_json(ws: &mut WsStream, message: &ClientMessage) -> Result<()> {
+    let text = serde_json::to_string(message)?;
+    ws.send(WsMessage::text(text)).await?;
+    Ok(())
+}
+
+/// Reads the next server frame, answering pings on the way. `None` when the socket closed.
+async fn next_frame(ws: &mut WsStream) -> Result<Option<ServerFrame>> {
+    loop {
+        let Some(message) = ws.next().await else {
+            return Ok(None);
+        };
+        match message? {
+            WsMessage::Text(text) => {
+                let frame: ServerFrame = serde_json::from_str(text.as_str()).map_err(|err| {
+                    PeerError::Protocol(format!("unparsable server frame: {err}"))
+                })?;
+                return Ok(Some(frame));
+            }
+            WsMessage::Ping(_) => {
+                // tungstenite queued the pong; make sure it leaves now.
+                ws.flush().await?;
+            }
+            WsMessage::Close(_) => return Ok(None),
+            WsMessage::Binary(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+        }
+    }
+}
+
+/// Sends `join` and waits for `welcome`. Returns the session and the welcome's `seq`.
+async fn join(ws: &mut WsStream, name: Option<String>) -> Result<(SessionInfo, u64)> {
+    send_json(
+        ws,
+        &ClientMessage::Join {
+            id: Some(1),
+            versions: vec![PROTOCOL_VERSION],
+            room: None,
+            name,
+            token: None,
+        },
+    )
+    .await?;
+    let reply = timeout(HANDSHAKE_TIMEOUT, next_frame(ws))
+        .await
+        .map_err(|_| PeerError::SignalingTimeout(HANDSHAKE_TIMEOUT))??;
+    match reply {
+        Some(ServerFrame {
+            seq,
+            message: ServerMessage::Welcome { session, .. },
+        }) => Ok((session, seq)),
+        Some(ServerFrame {
+            message: ServerMessage::Error { code, message, .. },
+            ..
+        }) => Err(PeerError::Signaling { code, message }),
+        Some(other) => Err(PeerError::Protocol(format!(
+            "expected welcome, got {:?}",
+            other.message
+        ))),
+        None => Err(PeerError::SessionClosed),
+    }
+}
+
+/// Why a connected socket stopped being used.
+enum Disconnect {
+    /// The socket broke or went silent; reconnect now.
+    Broken,
+    /// The server is draining; reconnect after the delay.
+    Draining(Duration),
+    /// The application left, or the server ended the session for good.
+    Finished(Option<PeerError>),
+}
+
+/// The outcome of one reconnect attempt.
+enum Reconnect {
+    Resumed(WsStream),
+    Rejoined(WsStream),
+    Failed,
+    Fatal(PeerError),
+}
+
+struct Session {
+    url: String,
+    name: Option<String>,
+    resume_token: ResumeToken,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+    resume_grace: Duration,
+    /// The highest `seq` delivered to the SDK.
+    last_seq: u64,
+    last_acked: u64,
+    /// Messages taken from `out_rx` but not yet written to a socket.
+    pending: VecDeque<ClientMessage>,
+    out_rx: mpsc::UnboundedReceiver<Outgoing>,
+    events_tx: mpsc::UnboundedSender<SignalingEvent>,
+}
+
+impl Session {
+    async fn run(mut self, first: WsStream) {
+        let mut ws = first;
+        loop {
+            let disconnect = self.serve(&mut ws).await;
+            let _ = ws.close(None).await;
+            drop(ws);
+            let mut wait = match disconnect {
+                Disconnect::Finished(error) => {
+                    let _ = self
+                        .events_tx
+                        .send(SignalingEvent::Closed(error.unwrap_or(PeerError::SessionClosed)));
+                    return;
+                }
+                Disconnect::Broken => Duration::ZERO,
+                Disconnect::Draining(delay) => delay,
+            };
+            let lost_at = Instant::now();
+            let mut attempt = 0u32;
+            ws = loop {
+                if lost_at.elapsed() > GIVE_UP_AFTER {
+                    let _ = self
+                        .events_tx
+                        .send(SignalingEvent::Closed(PeerError::SessionClosed));
+                    return;
+                }
+                attempt += 1;
+                let delay = wait.max(backoff(attempt));
+                wait = Duration::ZERO;
+                let _ = self
+                    .events_tx
+                    .send(SignalingEvent::Reconnecting { attempt, delay });
+                sleep(delay).await;
+                let try_resume = lost_at.elapsed() < self.resume_grace;
+                match self.reconnect(try_resume).await {
+                    Reconnect::Resumed(ws) | Reconnect::Rejoined(ws) => break ws,
+                    Reconnect::Failed => {}
+                    Reconnect::Fatal(error) => {
+                        let _ = self.events_tx.send(SignalingEvent::Closed(error));
+                        return;
+                    }
+                }
+            };
+        }
+    }
+
+    /// Serves one connected socket until it breaks or the session ends.
+    async fn serve(&mut self, ws: &mut WsStream) -> Disconnect {
+        // Flush what queued up while we were away.
+        while let Some(message) = self.pending.front() {
+            if send_json(ws, message).await.is_err() {
+                return Disconnect::Broken;
+            }
+            self.pending.pop_front();
+        }
+        let ack_interval = (self.ping_interval / 2).min(Duration::from_secs(1));
+        let mut ack_timer = tokio::time::interval(ack_interval);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                frame = next_frame(ws) => {
+                    match frame {
+                        Ok(Some(frame)) => {
+                            last_heard = Instant::now();
+                            if let Some(disconnect) = self.on_frame(frame) {
+                                return disconnect;
+                            }
+                            if self.last_seq >= self.last_acked + ACK_EVERY && self.ack(ws).await.is_err() {
+                                return Disconnect::Broken;
+                            }
+                        }
+                        Ok(None) | Err(_) => return Disconnect::Broken,
+                    }
+                }
+                outgoing = self.out_rx.recv() => {
+                    match outgoing {
+                        Some(Outgoing::Message(message)) => {
+                            if send_json(ws, &message).await.is_err() {
+                                self.pending.push_back(message);
+                                return Disconnect::Broken;
+                            }
+                        }
+                        Some(Outgoing::Leave) | None => {
+                            let _ = send_json(ws, &ClientMessage::Leave { id: None }).await;
+                            return Disconnect::Finished(None);
+                        }
+                    }
+                }
+                _ = ack_timer.tick() => {
+                    if last_heard.elapsed() > self.ping_timeout {
+                        tracing::warn!("signaling socket silent for {:?}, reconnecting", last_heard.elapsed());
+                        return Disconnect::Broken;
+                    }
+                    if self.last_seq > self.last_acked && self.ack(ws).await.is_err() {
+                        return Disconnect::Broken;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ack(&mut self, ws: &mut WsStream) -> Result<()> {
+        send_json(ws, &ClientMessage::Ack { seq: self.last_seq }).await?;
+        self.last_acked = self.last_seq;
+        Ok(())
+    }
+
+    /// Delivers a frame unless it is a duplicate. Returns why to stop, if the frame says so.
+    fn on_frame(&mut self, frame: ServerFrame) -> Option<Disconnect> {
+        if frame.seq != 0 && frame.seq <= self.last_seq {
+            tracing::debug!(seq = frame.seq, "duplicate server frame dropped");
+            return None;
+        }
+        if frame.seq != 0 {
+            self.last_seq = frame.seq;
+        }
+        match frame.message {
+            ServerMessage::Draining {
+                reconnect_after_ms, ..
+            } => {
+                return Some(Disconnect::Draining(Duration::from_millis(
+                    reconnect_after_ms,
+                )));
+            }
+            ServerMessage::Error { code, message, .. } if is_session_fatal(code) => {
+                tracing::warn!(%code, %message, "signaling session ended by the server");
+                // The session is gone; reconnecting will join afresh.
+                return Some(Disconnect::Broken);
+            }
+            ServerMessage::Resumed { session, .. } | ServerMessage::Welcome { session, .. } => {
+                self.resume_token = session.resume_token;
+            }
+            message => {
+                let _ = self.events_tx.send(SignalingEvent::Message(message));
+            }
+        }
+        None
+    }
+
+    /// Opens a new socket and resumes the session (or, failing that, joins afresh).
+    async fn reconnect(&mut self, try_resume: bool) -> Reconnect {
+        let mut ws = match open(&self.url).await {
+            Ok(ws) => ws,
+            Err(err) => {
+                tracing::debug!("signaling reconnect failed: {err}");
+                return Reconnect::Failed;
+            }
+        };
+        if try_resume {
+            match self.resume(&mut ws).await {
+                Ok(true) => return Reconnect::Resumed(ws),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::debug!("signaling resume failed: {err}");
+                    return Reconnect::Failed;
+                }
+            }
+        }
+        match join(&mut ws, self.name.clone()).await {
+            Ok((info, seq)) => {
+                self.resume_token = info.resume_token.clone();
+                self.last_seq = seq;
+                self.last_acked = 0;
+                let _ = self
+                    .events_tx
+                    .send(SignalingEvent::Rejoined(Box::new(info)));
+                Reconnect::Rejoined(ws)
+            }
+            Err(PeerError::Signaling { code, message })
+                if matches!(
+                    code,
+                    ErrorCode::Unauthorized | ErrorCode::Forbidden | ErrorCode::UnsupportedVersion
+                ) =>
+            {
+                Reconnect::Fatal(PeerError::Signaling { code, message })
+            }
+            Err(err) => {
+                tracing::debug!("signaling re-join failed: {err}");
+                Reconnect::Failed
+            }
+        }
+    }
+
+    /// Sends `resume` and delivers the replay. `Ok(false)` when the server refused to resume
+    /// (the socket stays usable for a fresh join).
+    async fn resume(&mut self, ws: &mut WsStream) -> Result<bool> {
+        send_json(
+            ws,
+            &ClientMessage::Resume {
+                id: Some(2),
+                versions: vec![PROTOCOL_VERSION],
+                resume_token: self.resume_token.clone(),
+                last_seq: self.last_seq,
+            },
+        )
+        .await?;
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, next_frame(ws))
+                .await
+                .map_err(|_| PeerError::SignalingTimeout(HANDSHAKE_TIMEOUT))??
+                .ok_or(PeerError::SessionClosed)?;
+            match frame.message {
+                ServerMessage::Resumed {
+                    session, replayed, ..
+                } => {
+                    if frame.seq > self.last_seq {
+                        self.last_seq = frame.seq;
+                    }
+                    self.resume_token = session.resume_token;
+                    let _ = self.events_tx.send(SignalingEvent::Resumed { replayed });
+                    return Ok(true);
+                }
+                ServerMessage::Error { code, message, .. } => {
+                    tracing::info!(%code, %message, "signaling session could not be resumed");
+                    return Ok(false);
+                }
+                message => {
+                    if self
+                        .on_frame(ServerFrame {
+                            seq: frame.seq,
+                            message,
+                        })
+                        .is_some()
+                    {
+                        return Err(PeerError::SessionClosed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Errors after which the server has ended the session.
+fn is_session_fatal(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::ReplayOverflow | ErrorCode::SlowConsumer)
+}
+
+/// Exponential backoff with full jitter in [delay/2, delay].
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let exp = BASE_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let cap = exp.min(MAX_BACKOFF);
+    let millis = cap.as_millis() as u64;
+    let jittered = rand::rng().random_range(millis / 2..=millis.max(1));
+    Duration::from_millis(jittered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_a_cap() {
+        for _ in 0..100 {
+            let first = backoff(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = backoff(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = backoff(40);
+            assert!(late >= MAX_BACKOFF / 2 && late <= MAX_BACKOFF);
+        }
+    }
+
+    #[test]
+    fn urls_must_be_websocket_urls() {
+        assert!(validate_url("ws://127.0.0.1:1/ws/room").is_ok());
+        assert!(validate_url("wss://example.org/ws/room").is_ok());
+        assert!(matches!(
+            validate_url("http://example.org/ws/room"),
+            Err(PeerError::InvalidUrl { .. })
+        ));
+    }
+}
