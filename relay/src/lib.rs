@@ -496,7 +496,7 @@ fn server_config(config: &Config, relay_ips: &[IpAddr], addrs: &RelayAddrs) -> S
         },
         permissions_per_allocation: config.max_permissions,
         channels_per_allocation: config.max_channels,
-        bandwidth_per_allocation: (config.max_bps > 0).then(|| RateLimit {
+        bandwidth_per_allocation: (config.max_bps > 0).then_some(RateLimit {
             per_second: config.max_bps,
             burst: config.max_bps,
         }),

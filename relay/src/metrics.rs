@@ -363,12 +363,16 @@ mod tests {
     #[test]
     fn renders_sums_of_workers() {
         let m = Arc::new(Metrics::new(2));
-        let mut a = Stats::default();
-        a.allocations = 2;
-        a.packets_to_peer = 5;
-        let mut b = Stats::default();
-        b.allocations = 1;
-        b.packets_to_peer = 7;
+        let a = Stats {
+            allocations: 2,
+            packets_to_peer: 5,
+            ..Stats::default()
+        };
+        let mut b = Stats {
+            allocations: 1,
+            packets_to_peer: 7,
+            ..Stats::default()
+        };
         b.peer_denied[DenyReason::Loopback.index()] = 3;
         m.publish(0, &a, &IoStats::default());
         m.publish(

@@ -1,0 +1,197 @@
+//! coturn's own clients against our relay: `turnutils_stunclient` (Binding) and
+//! `turnutils_uclient` with `turnutils_peer` (UDP, TCP and TLS; channels and Send indications;
+//! static users and TURN REST secrets), asserting zero loss on loopback.
+
+use std::time::Duration;
+
+use crate::support::{EchoPeer, RelayProcess, parse_uclient, require_coturn, uclient};
+
+/// Runs uclient against `relay` and the echo `peer` with `extra` flags; returns the report.
+fn run_uclient(
+    relay: &RelayProcess,
+    port: u16,
+    peer: &EchoPeer,
+    extra: &[&str],
+) -> crate::support::UclientReport {
+    let port = port.to_string();
+    let peer_port = peer.port.to_string();
+    let mut args = vec![
+        "-c",
+        "-p",
+        &port,
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port,
+        "-m",
+        "4",
+        "-n",
+        "100",
+        "-l",
+        "180",
+        "-z",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    args.push("127.0.0.1");
+    let out = uclient(&args, Duration::from_secs(60));
+    let report = parse_uclient(&out);
+    let _ = relay;
+    report
+}
+
+fn assert_lossless(report: &crate::support::UclientReport) {
+    assert!(report.sent_bytes > 0, "uclient sent nothing: {report:?}");
+    assert_eq!(
+        report.received_bytes, report.sent_bytes,
+        "every byte echoed back: {report:?}"
+    );
+    assert_eq!(report.lost_packets, Some(0), "no loss: {report:?}");
+}
+
+#[test]
+fn stunclient_gets_its_reflexive_address() {
+    require_coturn();
+    let relay = RelayProcess::start(&[]);
+    let out = std::process::Command::new("timeout")
+        .args([
+            "-s",
+            "KILL",
+            "10",
+            "turnutils_stunclient",
+            "-p",
+            &relay.port().to_string(),
+            "127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("UDP reflexive addr: 127.0.0.1:"), "{text}");
+    assert!(
+        relay.metric("relay_binding_requests_total") >= 1 || {
+            std::thread::sleep(Duration::from_millis(400));
+            relay.metric("relay_binding_requests_total") >= 1
+        }
+    );
+}
+
+#[test]
+fn uclient_udp_channels_static_user() {
+    let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "alice:wonderland"]);
+    let peer = EchoPeer::start();
+    assert_lossless(&run_uclient(
+        &relay,
+        relay.port(),
+        &peer,
+        &["-u", "alice", "-w", "wonderland"],
+    ));
+}
+
+#[test]
+fn uclient_udp_send_indications_static_user() {
+    let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "alice:wonderland"]);
+    let peer = EchoPeer::start();
+    assert_lossless(&run_uclient(
+        &relay,
+        relay.port(),
+        &peer,
+        &["-s", "-u", "alice", "-w", "wonderland"],
+    ));
+}
+
+#[test]
+fn uclient_tcp_channels_and_send_indications() {
+    let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "alice:wonderland"]);
+    let tcp = relay.tcp.expect("tcp listener").port();
+    let peer = EchoPeer::start();
+    assert_lossless(&run_uclient(
+        &relay,
+        tcp,
+        &peer,
+        &["-t", "-u", "alice", "-w", "wonderland"],
+    ));
+    assert_lossless(&run_uclient(
+        &relay,
+        tcp,
+        &peer,
+        &["-t", "-s", "-u", "alice", "-w", "wonderland"],
+    ));
+}
+
+#[test]
+fn uclient_tls_with_self_signed_certificate() {
+    let relay = RelayProcess::start(&[
+        "--allow-loopback-peers",
+        "--user",
+        "alice:wonderland",
+        "--tls-self-signed",
+        "--tls-listen",
+        "127.0.0.1:0",
+    ]);
+    let tls = relay.tls.expect("tls listener").port();
+    let peer = EchoPeer::start();
+    assert_lossless(&run_uclient(
+        &relay,
+        tls,
+        &peer,
+        &["-S", "-u", "alice", "-w", "wonderland"],
+    ));
+}
+
+#[test]
+fn uclient_rest_secret_and_rotation() {
+    let relay = RelayProcess::start(&[
+        "--allow-loopback-peers",
+        "--auth-secret",
+        "current-secret,previous-secret",
+    ]);
+    let peer = EchoPeer::start();
+    assert_lossless(&run_uclient(
+        &relay,
+        relay.port(),
+        &peer,
+        &["-W", "current-secret", "-u", "carol"],
+    ));
+    // A credential minted with the previous secret still works during rotation.
+    assert_lossless(&run_uclient(
+        &relay,
+        relay.port(),
+        &peer,
+        &["-W", "previous-secret", "-u", "carol", "-s"],
+    ));
+}
+
+#[test]
+fn uclient_wrong_secret_fails() {
+    let relay = RelayProcess::start(&["--allow-loopback-peers", "--auth-secret", "right-secret"]);
+    let peer = EchoPeer::start();
+    let report = run_uclient(
+        &relay,
+        relay.port(),
+        &peer,
+        &["-W", "wrong-secret", "-u", "mallory"],
+    );
+    assert_eq!(
+        report.received_bytes, 0,
+        "nothing relayed with a wrong secret: {report:?}"
+    );
+    assert!(
+        crate::support::wait_until(Duration::from_secs(2), || relay
+            .metric("relay_auth_failures_total")
+            > 0),
+        "auth failures are counted"
+    );
+}
+
+#[test]
+fn uclient_client_to_client_through_two_allocations() {
+    let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "alice:wonderland"]);
+    let peer = EchoPeer::start();
+    assert_lossless(&run_uclient(
+        &relay,
+        relay.port(),
+        &peer,
+        &["-y", "-u", "alice", "-w", "wonderland"],
+    ));
+}

@@ -1,0 +1,72 @@
+//! Graceful drain: on SIGTERM the relay refuses new allocations, keeps relaying for existing
+//! ones, reports not-ready, and exits after the drain timeout.
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use crate::support::{RelayProcess, TestClient, wait_until};
+
+#[test]
+fn sigterm_drains_then_exits() {
+    let mut relay = RelayProcess::start(&[
+        "--allow-loopback-peers",
+        "--user",
+        "u:p",
+        "--drain-timeout",
+        "3s",
+    ]);
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut live = TestClient::new(relay.udp, "u", "p");
+    live.allocate().expect("allocate before drain");
+    live.channel_bind(0x4001, peer_addr).expect("channel bind");
+    assert_eq!(relay.admin_get("/readyz").0, 200);
+
+    relay.terminate();
+    assert!(
+        wait_until(Duration::from_secs(2), || relay.admin_get("/readyz").0
+            == 503),
+        "readyz turns 503"
+    );
+    let mut late = TestClient::new(relay.udp, "u", "p");
+    let refused = late.allocate();
+    assert!(
+        refused.is_err(),
+        "new allocations are refused while draining: {refused:?}"
+    );
+
+    // The existing allocation still relays.
+    live.send_channel(0x4001, b"still here");
+    let mut buf = [0u8; 64];
+    let (n, _) = peer.recv_from(&mut buf).expect("relayed during drain");
+    assert_eq!(&buf[..n], b"still here");
+
+    assert_eq!(
+        relay.wait_exit(Duration::from_secs(10)),
+        Some(true),
+        "exits cleanly after the drain timeout"
+    );
+}
+
+#[test]
+fn drain_ends_early_when_the_last_allocation_goes() {
+    let mut relay = RelayProcess::start(&[
+        "--allow-loopback-peers",
+        "--user",
+        "u:p",
+        "--drain-timeout",
+        "60s",
+    ]);
+    let mut live = TestClient::new(relay.udp, "u", "p");
+    live.allocate().expect("allocate");
+    relay.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(relay.is_alive(), "waits for the live allocation");
+    live.refresh(0).expect("delete the allocation");
+    assert_eq!(
+        relay.wait_exit(Duration::from_secs(5)),
+        Some(true),
+        "exits once no allocation is left"
+    );
+}

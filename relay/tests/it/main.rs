@@ -1,0 +1,8 @@
+//! Integration tests of the real `relay` binary on loopback: reference clients (the `turn`
+//! crate's client, coturn's turnutils), TLS, security rules, quotas, floods, metrics, drain.
+
+mod coturn_clients;
+mod drain;
+mod security;
+mod support;
+mod turn_client;

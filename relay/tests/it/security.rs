@@ -1,0 +1,311 @@
+//! Security rules through the real binary: the peer-address policy (private, special and own
+//! addresses, IPv4 embedded in IPv6), quotas, credentials (wrong password, expired REST
+//! username), allocation mismatch, and a garbage flood during live relaying.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::{RelayProcess, TestClient, rest_password, unix_now, wait_until};
+
+fn peer(s: &str) -> SocketAddr {
+    SocketAddr::new(s.parse::<IpAddr>().unwrap(), 40_000)
+}
+
+#[test]
+fn special_ipv4_peers_are_denied_by_default() {
+    let relay = RelayProcess::start(&["--user", "u:p"]);
+    let mut c = TestClient::new(relay.udp, "u", "p");
+    c.allocate().expect("allocate");
+    for ip in [
+        "0.0.0.0",
+        "0.1.2.3",
+        "10.0.0.1",
+        "100.64.0.1",
+        "127.0.0.1",
+        "127.1.2.3",
+        "169.254.1.1",
+        "169.254.169.254",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.0.0.1",
+        "192.0.2.1",
+        "192.88.99.1",
+        "192.168.1.1",
+        "198.18.0.1",
+        "198.51.100.1",
+        "203.0.113.1",
+        "224.0.0.1",
+        "239.255.255.250",
+        "240.0.0.1",
+        "255.255.255.255",
+    ] {
+        assert_eq!(
+            c.create_permission(peer(ip)),
+            Err(403),
+            "{ip} must be denied"
+        );
+        assert_eq!(
+            c.channel_bind(0x4000, peer(ip)),
+            Err(403),
+            "{ip} must be denied for channels too"
+        );
+    }
+    assert_eq!(
+        c.create_permission(peer("8.8.8.8")),
+        Ok(()),
+        "a public address is allowed"
+    );
+    assert!(wait_until(Duration::from_secs(2), || relay
+        .metric("relay_peer_denied_total{reason=\"private\"}")
+        >= 2));
+    assert!(relay.metric("relay_peer_denied_total{reason=\"loopback\"}") >= 2);
+}
+
+#[test]
+fn allow_and_deny_lists_with_absolute_denials() {
+    let relay = RelayProcess::start(&[
+        "--user",
+        "u:p",
+        "--allow-peer",
+        "10.0.0.0/8,169.254.0.0/16,0.0.0.0/8",
+        "--deny-peer",
+        "8.8.8.0/24",
+    ]);
+    let mut c = TestClient::new(relay.udp, "u", "p");
+    c.allocate().expect("allocate");
+    assert_eq!(
+        c.create_permission(peer("10.1.2.3")),
+        Ok(()),
+        "allow-listed private range"
+    );
+    assert_eq!(
+        c.create_permission(peer("169.254.169.254")),
+        Err(403),
+        "metadata can never be allowed"
+    );
+    assert_eq!(
+        c.create_permission(peer("0.0.0.0")),
+        Err(403),
+        "0.0.0.0/8 can never be allowed"
+    );
+    assert_eq!(
+        c.create_permission(peer("8.8.8.8")),
+        Err(403),
+        "deny-listed"
+    );
+}
+
+#[test]
+fn loopback_opt_in_still_protects_the_relays_own_ports() {
+    let relay = RelayProcess::start(&["--user", "u:p", "--allow-loopback-peers"]);
+    let mut c = TestClient::new(relay.udp, "u", "p");
+    c.allocate().expect("allocate");
+    // Permissions are per IP (RFC 8656 section 9); ports are checked where they are known.
+    assert_eq!(
+        c.channel_bind(0x4001, relay.admin),
+        Err(403),
+        "the admin port is not a peer"
+    );
+    assert_eq!(
+        c.channel_bind(0x4002, relay.udp),
+        Err(403),
+        "the TURN listener is not a peer"
+    );
+    assert_eq!(
+        c.channel_bind(0x4003, peer("127.0.0.1")),
+        Ok(()),
+        "other loopback ports are allowed with the opt-in"
+    );
+}
+
+#[test]
+fn ipv4_in_ipv6_encodings_of_loopback_are_denied() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: this host has no ::1 (IPv6 disabled); IPv6 relay tests need it");
+        return;
+    }
+    let relay = RelayProcess::start_raw(&[
+        "--listen",
+        "[::1]:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--user",
+        "u:p",
+    ]);
+    let mut c = TestClient::new(relay.udp, "u", "p");
+    c.socket = UdpSocket::bind("[::1]:0").unwrap();
+    c.socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let relayed = c.allocate_v6().expect("IPv6 allocation (RFC 6156)");
+    assert!(relayed.is_ipv6(), "relayed {relayed}");
+    for ip in [
+        "::",
+        "::1",
+        "::ffff:127.0.0.1",
+        "::127.0.0.1",
+        "::ffff:10.0.0.1",
+        "2002:7f00:1::1",
+        "64:ff9b::7f00:1",
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+        "2001:db8::1",
+        "::ffff:169.254.169.254",
+    ] {
+        assert_eq!(
+            c.create_permission(peer(ip)),
+            Err(403),
+            "{ip} must be denied"
+        );
+    }
+}
+
+#[test]
+fn eleventh_allocation_of_a_user_gets_486() {
+    let relay = RelayProcess::start(&["--user", "u:p", "--user", "v:q"]);
+    let mut held = Vec::new();
+    for i in 0..10 {
+        let mut c = TestClient::new(relay.udp, "u", "p");
+        c.allocate()
+            .unwrap_or_else(|e| panic!("allocation {i} failed with {e}"));
+        held.push(c);
+    }
+    let mut eleventh = TestClient::new(relay.udp, "u", "p");
+    assert_eq!(eleventh.allocate(), Err(486));
+    let mut other_user = TestClient::new(relay.udp, "v", "q");
+    assert!(other_user.allocate().is_ok(), "the quota is per user");
+    // Freeing one makes room again.
+    held[0].refresh(0).expect("delete");
+    let mut again = TestClient::new(relay.udp, "u", "p");
+    assert!(again.allocate().is_ok());
+    assert!(wait_until(Duration::from_secs(2), || relay.metric(
+        "relay_quota_hits_total{quota=\"allocations_per_user\"}"
+    ) >= 1));
+}
+
+#[test]
+fn wrong_password_and_unknown_user_get_401() {
+    let relay = RelayProcess::start(&["--user", "u:p"]);
+    assert_eq!(
+        TestClient::new(relay.udp, "u", "wrong").allocate(),
+        Err(401)
+    );
+    assert_eq!(
+        TestClient::new(relay.udp, "nobody", "p").allocate(),
+        Err(401)
+    );
+    assert!(wait_until(Duration::from_secs(2), || relay
+        .metric("relay_auth_failures_total")
+        >= 2));
+}
+
+#[test]
+fn rest_usernames_expire() {
+    let relay = RelayProcess::start(&["--auth-secret", "s3cret"]);
+    let expired = format!("{}:dave", unix_now() - 60);
+    assert_eq!(
+        TestClient::new(relay.udp, &expired, &rest_password("s3cret", &expired)).allocate(),
+        Err(401)
+    );
+    let valid = format!("{}:dave", unix_now() + 600);
+    assert!(
+        TestClient::new(relay.udp, &valid, &rest_password("s3cret", &valid))
+            .allocate()
+            .is_ok()
+    );
+    assert_eq!(
+        TestClient::new(relay.udp, &valid, &rest_password("other", &valid)).allocate(),
+        Err(401)
+    );
+}
+
+#[test]
+fn second_allocate_on_the_same_five_tuple_is_a_mismatch() {
+    let relay = RelayProcess::start(&["--user", "u:p"]);
+    let mut c = TestClient::new(relay.udp, "u", "p");
+    c.allocate().expect("first allocate");
+    assert_eq!(c.allocate(), Err(437));
+}
+
+#[test]
+fn garbage_flood_does_not_disturb_live_relaying() {
+    let mut relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "u:p"]);
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut c = TestClient::new(relay.udp, "u", "p");
+    let relayed = c.allocate().expect("allocate");
+    c.channel_bind(0x4000, peer_addr).expect("channel bind");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooders: Vec<_> = (0..2u8)
+        .map(|t| {
+            let stop = Arc::clone(&stop);
+            let target = relay.udp;
+            std::thread::spawn(move || {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let mut seed = 0x9E37_79B9_u32 ^ u32::from(t);
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for k in 0..25 {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 17;
+                        seed ^= seed << 5;
+                        let len = 1 + (seed as usize % 600);
+                        let mut pkt: Vec<u8> = (0..len)
+                            .map(|i| (seed.rotate_left(i as u32 % 32) & 0xff) as u8)
+                            .collect();
+                        match k % 5 {
+                            // A STUN-looking header with a lying length.
+                            0 if len >= 20 => pkt[..8]
+                                .copy_from_slice(&[0x00, 0x01, 0xff, 0xfc, 0x21, 0x12, 0xa4, 0x42]),
+                            // ChannelData on an unbound channel / with a lying length.
+                            1 if len >= 4 => pkt[..4].copy_from_slice(&[0x40, 0x07, 0xff, 0xff]),
+                            2 if len >= 4 => pkt[..4].copy_from_slice(&[0x4f, 0xff, 0x00, 0x10]),
+                            _ => {}
+                        }
+                        let _ = s.send_to(&pkt, target);
+                        sent += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                sent
+            })
+        })
+        .collect();
+
+    const N: usize = 2000;
+    let started = Instant::now();
+    let mut buf = [0u8; 2048];
+    for i in 0..N {
+        let payload = format!("real traffic {i}");
+        c.send_channel(0x4000, payload.as_bytes());
+        let (n, from) = peer
+            .recv_from(&mut buf)
+            .expect("relayed to the peer despite the flood");
+        assert_eq!(from, relayed);
+        assert_eq!(&buf[..n], payload.as_bytes());
+        peer.send_to(payload.as_bytes(), relayed).unwrap();
+        let (channel, data) = c
+            .recv_channel(Duration::from_secs(2))
+            .expect("relayed back to the client despite the flood");
+        assert_eq!(channel, 0x4000);
+        assert_eq!(data, payload.as_bytes());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let garbage: u64 = flooders.into_iter().map(|h| h.join().unwrap()).sum();
+    eprintln!(
+        "relayed {N} round trips in {:?} alongside {garbage} garbage datagrams",
+        started.elapsed()
+    );
+    assert!(garbage > 1000, "the flood ran");
+    assert!(relay.is_alive(), "the relay survived the flood");
+    assert!(wait_until(Duration::from_secs(2), || relay
+        .metric("relay_malformed_packets_total")
+        + relay.metric("relay_dropped_packets_total")
+        > 100));
+}

@@ -1,0 +1,563 @@
+//! Test harness: spawn the `relay` binary on free loopback ports, parse the addresses it
+//! prints, kill it on drop; helpers for coturn's turnutils, `/metrics`, and a small STUN/TURN
+//! test client built on the `stun`/`turn` crates' message types.
+
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use stun::attributes::{ATTR_NONCE, ATTR_REALM};
+use stun::error_code::ErrorCodeAttribute;
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_REQUEST, Getter, METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION,
+    METHOD_REFRESH, Message, MessageType, Setter,
+};
+use stun::textattrs::{Nonce, Realm, Username};
+use turn::proto::chandata::ChannelData;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::lifetime::Lifetime;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::relayaddr::RelayedAddress;
+use turn::proto::reqtrans::RequestedTransport;
+
+/// The relay binary built by cargo for this test target.
+pub(crate) const RELAY_BIN: &str = env!("CARGO_BIN_EXE_relay");
+
+/// A running `relay` process; killed (SIGKILL) on drop unless it already exited.
+pub(crate) struct RelayProcess {
+    child: Child,
+    pub(crate) udp: SocketAddr,
+    pub(crate) tcp: Option<SocketAddr>,
+    pub(crate) tls: Option<SocketAddr>,
+    pub(crate) admin: SocketAddr,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl RelayProcess {
+    /// Starts the relay on 127.0.0.1 port 0 (UDP+TCP) with an admin port, loopback peers
+    /// allowed, a private relay port range, and `extra` flags.
+    pub(crate) fn start(extra: &[&str]) -> Self {
+        Self::start_raw(
+            &[
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                    "--workers",
+                    "2",
+                ],
+                extra,
+            ]
+            .concat(),
+        )
+    }
+
+    /// Starts the relay with exactly `args` (plus nothing).
+    pub(crate) fn start_raw(args: &[&str]) -> Self {
+        let mut child = Command::new(RELAY_BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn relay binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut udp, mut tcp, mut tls, mut admin) = (None, None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let err = stderr.join().unwrap_or_default();
+                panic!("relay did not print `ready` within 20 s; stderr:\n{err}");
+            };
+            let parse = |s: &str| s.parse::<SocketAddr>().expect("address");
+            if let Some(a) = line.strip_prefix("listening udp ") {
+                udp.get_or_insert(parse(a));
+            } else if let Some(a) = line.strip_prefix("listening tcp ") {
+                tcp.get_or_insert(parse(a));
+            } else if let Some(a) = line.strip_prefix("listening tls ") {
+                tls.get_or_insert(parse(a));
+            } else if let Some(a) = line.strip_prefix("admin http://") {
+                admin = Some(parse(a));
+            } else if line == "ready" {
+                break;
+            }
+        }
+        Self {
+            child,
+            udp: udp.expect("udp address line"),
+            tcp,
+            tls,
+            admin: admin.expect("admin line"),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// The UDP port.
+    pub(crate) fn port(&self) -> u16 {
+        self.udp.port()
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process runs.
+    pub(crate) fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM.
+    pub(crate) fn terminate(&self) {
+        // SAFETY-free: `kill` the command, by PID.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its exit status success.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// GET `path` on the admin server: (status code, body).
+    pub(crate) fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path)
+    }
+
+    /// The value of one sample line of `/metrics` (e.g.
+    /// `relay_packets_relayed_total{direction="to_peer"}`), 0 if absent.
+    pub(crate) fn metric(&self, sample: &str) -> u64 {
+        let (_, body) = self.admin_get("/metrics");
+        metric_value(&body, sample)
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking()
+            && let Some(logs) = self.stderr.take().and_then(|h| h.join().ok())
+        {
+            let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+            eprintln!("--- relay stderr (last lines) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// The value of one sample in Prometheus text, 0 if absent.
+pub(crate) fn metric_value(body: &str, sample: &str) -> u64 {
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// A minimal HTTP/1.1 GET.
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released: good enough for a test peer).
+pub(crate) fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Panics with an install hint if coturn's test tools are missing.
+pub(crate) fn require_coturn() {
+    if !std::path::Path::new("/usr/bin/turnutils_uclient").exists() {
+        panic!(
+            "coturn's turnutils are missing: run scripts/install-test-deps.sh (apt-get install coturn)"
+        );
+    }
+}
+
+/// `turnutils_peer` echoing on 127.0.0.1:PORT; killed on drop.
+pub(crate) struct EchoPeer {
+    child: Child,
+    pub(crate) port: u16,
+}
+
+impl EchoPeer {
+    pub(crate) fn start() -> Self {
+        require_coturn();
+        let port = free_udp_port();
+        let child = Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn turnutils_peer");
+        std::thread::sleep(Duration::from_millis(200));
+        Self { child, port }
+    }
+}
+
+impl Drop for EchoPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `turnutils_uclient` with `args` under a timeout.
+pub(crate) fn uclient(args: &[&str], timeout: Duration) -> Output {
+    require_coturn();
+    let secs = timeout.as_secs().max(1).to_string();
+    Command::new("timeout")
+        .args(["-s", "KILL", &secs, "turnutils_uclient"])
+        .args(args)
+        .output()
+        .expect("run turnutils_uclient")
+}
+
+/// What `turnutils_uclient` reported at the end of a run.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct UclientReport {
+    pub(crate) sent_bytes: u64,
+    pub(crate) received_bytes: u64,
+    pub(crate) lost_packets: Option<u64>,
+    pub(crate) errors: Vec<String>,
+}
+
+/// Parses `tot_send_bytes ~ N, tot_recv_bytes ~ M` and `Total lost packets N` lines.
+pub(crate) fn parse_uclient(output: &Output) -> UclientReport {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut r = UclientReport::default();
+    for line in text.lines() {
+        if let Some(rest) = line.split("tot_send_bytes ~ ").nth(1) {
+            let mut parts = rest.split(", tot_recv_bytes ~ ");
+            r.sent_bytes = parts
+                .next()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            r.received_bytes = parts
+                .next()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+        }
+        if let Some(rest) = line.split("Total lost packets ").nth(1) {
+            r.lost_packets = rest.split_whitespace().next().and_then(|v| v.parse().ok());
+        }
+        if line.contains("error") || line.contains("Cannot") {
+            r.errors.push(line.to_owned());
+        }
+    }
+    r
+}
+
+/// A TURN response's outcome.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Success response.
+    Ok(Message),
+    /// Error response with this code.
+    Error(u16),
+    /// Nothing within the timeout.
+    Timeout,
+}
+
+/// A blocking TURN client over UDP for protocol-level assertions (error codes the high-level
+/// clients hide).
+pub(crate) struct TestClient {
+    pub(crate) socket: UdpSocket,
+    server: SocketAddr,
+    username: String,
+    password: String,
+    realm: String,
+    nonce: String,
+}
+
+impl TestClient {
+    pub(crate) fn new(server: SocketAddr, username: &str, password: &str) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        Self {
+            socket,
+            server,
+            username: username.to_owned(),
+            password: password.to_owned(),
+            realm: String::new(),
+            nonce: String::new(),
+        }
+    }
+
+    /// Sends a request, answering a 401/438 challenge once; retransmits on timeout.
+    pub(crate) fn request(
+        &mut self,
+        method: stun::message::Method,
+        attrs: &[Box<dyn Setter>],
+    ) -> Reply {
+        for _ in 0..3 {
+            let mut msg = Message::new();
+            msg.build(&[
+                Box::new(MessageType::new(method, CLASS_REQUEST)),
+                Box::new(stun::agent::TransactionId::new()),
+            ])
+            .unwrap();
+            for a in attrs {
+                a.add_to(&mut msg).unwrap();
+            }
+            if !self.nonce.is_empty() {
+                Username::new(stun::attributes::ATTR_USERNAME, self.username.clone())
+                    .add_to(&mut msg)
+                    .unwrap();
+                Realm::new(ATTR_REALM, self.realm.clone())
+                    .add_to(&mut msg)
+                    .unwrap();
+                Nonce::new(ATTR_NONCE, self.nonce.clone())
+                    .add_to(&mut msg)
+                    .unwrap();
+                MessageIntegrity::new_long_term_integrity(
+                    self.username.clone(),
+                    self.realm.clone(),
+                    self.password.clone(),
+                )
+                .add_to(&mut msg)
+                .unwrap();
+            }
+            stun::fingerprint::FINGERPRINT.add_to(&mut msg).unwrap();
+            let Some(reply) = self.transact(&msg) else {
+                return Reply::Timeout;
+            };
+            if reply.typ.class == stun::message::CLASS_SUCCESS_RESPONSE {
+                return Reply::Ok(reply);
+            }
+            let mut code = ErrorCodeAttribute::default();
+            if code.get_from(&reply).is_err() {
+                return Reply::Error(0);
+            }
+            let c = code.code.0;
+            if (c == 401 && self.nonce.is_empty()) || c == 438 {
+                let mut realm = Realm::new(ATTR_REALM, String::new());
+                let mut nonce = Nonce::new(ATTR_NONCE, String::new());
+                if realm.get_from(&reply).is_ok() {
+                    self.realm = realm.text;
+                }
+                if nonce.get_from(&reply).is_ok() {
+                    self.nonce = nonce.text;
+                    continue;
+                }
+            }
+            return Reply::Error(c);
+        }
+        Reply::Timeout
+    }
+
+    fn transact(&self, msg: &Message) -> Option<Message> {
+        for _ in 0..4 {
+            self.socket.send_to(&msg.raw, self.server).ok()?;
+            let mut buf = [0u8; 2048];
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < deadline {
+                let Ok((n, _)) = self.socket.recv_from(&mut buf) else {
+                    break;
+                };
+                let mut reply = Message::new();
+                reply.raw = buf[..n].to_vec();
+                if reply.decode().is_ok() && reply.transaction_id == msg.transaction_id {
+                    return Some(reply);
+                }
+            }
+        }
+        None
+    }
+
+    /// Allocate (UDP relay): the relayed address or the error code.
+    pub(crate) fn allocate(&mut self) -> Result<SocketAddr, u16> {
+        self.allocate_with(None)
+    }
+
+    /// Allocate an IPv6 relayed address (RFC 6156 REQUESTED-ADDRESS-FAMILY).
+    pub(crate) fn allocate_v6(&mut self) -> Result<SocketAddr, u16> {
+        self.allocate_with(Some(turn::proto::reqfamily::REQUESTED_FAMILY_IPV6))
+    }
+
+    fn allocate_with(
+        &mut self,
+        family: Option<turn::proto::reqfamily::RequestedAddressFamily>,
+    ) -> Result<SocketAddr, u16> {
+        let mut attrs: Vec<Box<dyn Setter>> = vec![
+            Box::new(RequestedTransport {
+                protocol: turn::proto::PROTO_UDP,
+            }),
+            Box::new(Lifetime(Duration::from_secs(600))),
+        ];
+        if let Some(f) = family {
+            attrs.push(Box::new(f));
+        }
+        match self.request(METHOD_ALLOCATE, &attrs) {
+            Reply::Ok(m) => {
+                let mut relayed = RelayedAddress::default();
+                relayed.get_from(&m).expect("XOR-RELAYED-ADDRESS");
+                Ok(SocketAddr::new(relayed.ip, relayed.port))
+            }
+            Reply::Error(c) => Err(c),
+            Reply::Timeout => Err(0),
+        }
+    }
+
+    /// CreatePermission for `peer`: Ok or the error code.
+    pub(crate) fn create_permission(&mut self, peer: SocketAddr) -> Result<(), u16> {
+        let attr = PeerAddress {
+            ip: peer.ip(),
+            port: peer.port(),
+        };
+        match self.request(METHOD_CREATE_PERMISSION, &[Box::new(attr)]) {
+            Reply::Ok(_) => Ok(()),
+            Reply::Error(c) => Err(c),
+            Reply::Timeout => Err(0),
+        }
+    }
+
+    /// ChannelBind `number` to `peer`.
+    pub(crate) fn channel_bind(&mut self, number: u16, peer: SocketAddr) -> Result<(), u16> {
+        let attr = PeerAddress {
+            ip: peer.ip(),
+            port: peer.port(),
+        };
+        match self.request(
+            METHOD_CHANNEL_BIND,
+            &[Box::new(ChannelNumber(number)), Box::new(attr)],
+        ) {
+            Reply::Ok(_) => Ok(()),
+            Reply::Error(c) => Err(c),
+            Reply::Timeout => Err(0),
+        }
+    }
+
+    /// Refresh with `lifetime` seconds (0 deletes the allocation).
+    pub(crate) fn refresh(&mut self, lifetime: u64) -> Result<(), u16> {
+        match self.request(
+            METHOD_REFRESH,
+            &[Box::new(Lifetime(Duration::from_secs(lifetime)))],
+        ) {
+            Reply::Ok(_) => Ok(()),
+            Reply::Error(c) => Err(c),
+            Reply::Timeout => Err(0),
+        }
+    }
+
+    /// Sends `data` on channel `number`.
+    pub(crate) fn send_channel(&self, number: u16, data: &[u8]) {
+        let mut cd = ChannelData {
+            data: data.to_vec(),
+            number: ChannelNumber(number),
+            raw: Vec::new(),
+        };
+        cd.encode();
+        self.socket.send_to(&cd.raw, self.server).unwrap();
+    }
+
+    /// Receives one ChannelData message: (channel, payload).
+    pub(crate) fn recv_channel(&self, timeout: Duration) -> Option<(u16, Vec<u8>)> {
+        self.socket.set_read_timeout(Some(timeout)).ok()?;
+        let mut buf = [0u8; 2048];
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let Ok((n, _)) = self.socket.recv_from(&mut buf) else {
+                return None;
+            };
+            let mut cd = ChannelData {
+                raw: buf[..n].to_vec(),
+                ..ChannelData::default()
+            };
+            if cd.decode().is_ok() {
+                return Some((cd.number.0, cd.data));
+            }
+        }
+        None
+    }
+}
+
+/// The TURN REST password for `username` under `secret`: base64(HMAC-SHA1(secret, username)).
+pub(crate) fn rest_password(secret: &str, username: &str) -> String {
+    use base64::Engine as _;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    base64::engine::general_purpose::STANDARD
+        .encode(ring::hmac::sign(&key, username.as_bytes()).as_ref())
+}
+
+/// Unix time now, in seconds.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Waits until `f` is true or `timeout` passes.
+pub(crate) fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}

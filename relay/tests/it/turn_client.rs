@@ -1,0 +1,162 @@
+//! The webrtc-rs `turn` crate's client (0.17.2) against our relay: Binding, Allocate,
+//! permissions, channels, and relaying both ways between two clients and to a plain UDP peer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::time::timeout;
+use turn::client::{Client, ClientConfig};
+use webrtc_util::Conn;
+
+use crate::support::RelayProcess;
+
+async fn client(server: SocketAddr, user: &str, pass: &str) -> Client {
+    let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let c = Client::new(ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: user.to_owned(),
+        password: pass.to_owned(),
+        realm: "relay".to_owned(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    c.listen().await.unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_request_returns_the_mapped_address() {
+    let relay = RelayProcess::start(&["--allow-loopback-peers"]);
+    let c = client(relay.udp, "", "").await;
+    let mapped = timeout(Duration::from_secs(5), c.send_binding_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(mapped.ip().to_string(), "127.0.0.1");
+    assert_ne!(mapped.port(), 0);
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_relay_both_ways_without_loss() {
+    let relay = RelayProcess::start(&[
+        "--allow-loopback-peers",
+        "--user",
+        "alice:wonderland",
+        "--user",
+        "bob:builder",
+    ]);
+    let a = client(relay.udp, "alice", "wonderland").await;
+    let b = client(relay.udp, "bob", "builder").await;
+    let a_conn = timeout(Duration::from_secs(5), a.allocate())
+        .await
+        .unwrap()
+        .unwrap();
+    let b_conn = timeout(Duration::from_secs(5), b.allocate())
+        .await
+        .unwrap()
+        .unwrap();
+    let a_relayed = a_conn.local_addr().unwrap();
+    let b_relayed = b_conn.local_addr().unwrap();
+    assert_ne!(a_relayed, b_relayed);
+    assert_eq!(a_relayed.ip().to_string(), "127.0.0.1");
+
+    // Each side creates its permission first (the first datagram of each may be dropped by
+    // the other side's missing permission; everything after must arrive).
+    b_conn.send_to(b"open", a_relayed).await.unwrap();
+    a_conn.send_to(b"open", b_relayed).await.unwrap();
+    let mut buf = vec![0u8; 1500];
+    let (n, from) = timeout(Duration::from_secs(5), b_conn.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((&buf[..n], from), (&b"open"[..], a_relayed));
+
+    const N: usize = 500;
+    for i in 0..N {
+        let msg = format!("a->b {i}");
+        a_conn.send_to(msg.as_bytes(), b_relayed).await.unwrap();
+        let (n, from) = timeout(Duration::from_secs(5), b_conn.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from, a_relayed);
+        // A stray "open" from the permission dance may arrive first.
+        let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if got == "open" {
+            let (n, _) = timeout(Duration::from_secs(5), b_conn.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&buf[..n]), msg);
+        } else {
+            assert_eq!(got, msg);
+        }
+        let reply = format!("b->a {i}");
+        b_conn.send_to(reply.as_bytes(), a_relayed).await.unwrap();
+        loop {
+            let (n, from) = timeout(Duration::from_secs(5), a_conn.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(from, b_relayed);
+            let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if got != "open" {
+                assert_eq!(got, reply);
+                break;
+            }
+        }
+    }
+    assert!(
+        relay.metric("relay_packets_relayed_total{direction=\"to_peer\"}") >= 2 * N as u64 - 10
+            || {
+                // Metrics are published every 200 ms: give them a moment.
+                std::thread::sleep(Duration::from_millis(500));
+                relay.metric("relay_packets_relayed_total{direction=\"to_peer\"}") >= 2 * N as u64
+            }
+    );
+    a_conn.close().await.unwrap();
+    b_conn.close().await.unwrap();
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_to_and_from_a_plain_udp_peer() {
+    let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "alice:wonderland"]);
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let a = client(relay.udp, "alice", "wonderland").await;
+    let conn = timeout(Duration::from_secs(5), a.allocate())
+        .await
+        .unwrap()
+        .unwrap();
+    let relayed = conn.local_addr().unwrap();
+    let mut buf = vec![0u8; 1500];
+    for i in 0..200 {
+        let payload = vec![(i % 251) as u8; 100 + i];
+        conn.send_to(&payload, peer_addr).await.unwrap();
+        let (n, from) = timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from, relayed, "the peer sees the relayed address as source");
+        assert_eq!(&buf[..n], &payload[..]);
+        peer.send_to(&payload, relayed).await.unwrap();
+        let (n, from) = timeout(Duration::from_secs(5), conn.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from, peer_addr);
+        assert_eq!(&buf[..n], &payload[..]);
+    }
+    conn.close().await.unwrap();
+    a.close().await.unwrap();
+}
