@@ -65,7 +65,7 @@ const demo = {
   peers() {
     return [...(this.room?.peers.values() || [])].map((p) => ({
       id: p.id, name: p.name, polite: p.polite, state: p.state,
-      channels: p.channels.filter((c) => c.readyState === 'open').map((c) => c.label),
+      channels: p.channels.filter((c) => c.readyState === 'open').map((c) => c._label),
     }));
   },
   async stats() {

@@ -1,12 +1,14 @@
 // shared-canvas.js: the demo's shared drawing board.
 //
 // The board has a fixed 16:9 logical space: points travel normalised to [0, 1] so every screen
-// size draws the same picture. Strokes go peer to peer on a reliable ordered data channel as
-// JSON; cursors on an unreliable unordered one. The server never sees any of it.
+// size draws the same picture. Strokes go peer to peer as JSON on a reliable, unordered data
+// channel (no head-of-line blocking; segments carry their offset and are put back in order);
+// cursors on an unreliable unordered one. The server never sees any of it.
 //
 // Messages on the `canvas` channel:
-//   { t: 's', id, c: '#rrggbb', w: width/1000 of the board, p: [x0, y0, x1, y1, ...], end? }
-//       a stroke segment; the first segment of an id starts the stroke
+//   { t: 's', id, o, c: '#rrggbb', w: width/1000 of the board, p: [x0, y0, x1, y1, ...], end? }
+//       a stroke segment: `o` is the index in the stroke's flat point list where `p` starts;
+//       the segment with o = 0 carries the colour and width
 //   { t: 'sync', strokes: [{ id, c, w, p }] }   a newcomer gets every stroke the sender drew
 //   { t: 'clear' }                             clear the board for everyone
 // Messages on the `cursor` channel:  { x, y } or { gone: true }
@@ -35,6 +37,7 @@ export class SharedCanvas {
     this._prefix = Math.random().toString(36).slice(2, 8);
     this._active = null;
     this._pendingPoints = [];
+    this._held = new Map(); // stroke id -> segments that arrived before their predecessors
     this._flushTimer = null;
     this._lastCursorSent = 0;
     this.onChange = () => {};
@@ -51,12 +54,13 @@ export class SharedCanvas {
     const id = this._newId();
     const flat = points.flatMap(([x, y]) => [round(x), round(y)]);
     this._addStroke(id, { c: color, w: this.width, p: flat, mine: true });
-    this._sendStroke({ t: 's', id, c: color, w: this.width, p: flat, end: true });
+    this._sendStroke({ t: 's', id, o: 0, c: color, w: this.width, p: flat, end: true });
     return id;
   }
 
   clear(broadcast = true) {
     this.strokes.clear();
+    this._held.clear();
     this._redraw();
     if (broadcast) this.transport.send('canvas', JSON.stringify({ t: 'clear' }));
     this.onChange();
@@ -92,16 +96,7 @@ export class SharedCanvas {
     }
     if (label === 'cursor') { this._moveCursor(peer, msg); return; }
     if (msg.t === 's' && typeof msg.id === 'string' && Array.isArray(msg.p)) {
-      const pts = msg.p.filter(Number.isFinite);
-      const existing = this.strokes.get(msg.id);
-      if (existing) {
-        const from = existing.p.length - 2;
-        existing.p.push(...pts);
-        this._drawPath(existing, Math.max(0, from));
-      } else {
-        this._addStroke(msg.id, { c: safeColor(msg.c), w: clampWidth(msg.w), p: pts, mine: false, peer: peer.id });
-      }
-      this._moveCursorTo(peer, pts[pts.length - 2], pts[pts.length - 1]);
+      this._segment(peer, msg);
       this.onChange();
     } else if (msg.t === 'sync' && Array.isArray(msg.strokes)) {
       for (const s of msg.strokes) {
@@ -112,6 +107,44 @@ export class SharedCanvas {
     } else if (msg.t === 'clear') {
       this.clear(false);
     }
+  }
+
+  /** Applies a stroke segment, holding back segments that arrive before the ones they follow. */
+  _segment(peer, msg) {
+    const offset = Number.isInteger(msg.o) ? msg.o : null;
+    let stroke = this.strokes.get(msg.id);
+    if (!stroke && offset !== null && offset > 0) {
+      this._hold(msg);
+      return;
+    }
+    if (!stroke) {
+      stroke = { c: safeColor(msg.c), w: clampWidth(msg.w), p: [], mine: false, peer: peer.id };
+      this.strokes.set(msg.id, stroke);
+      if (this.strokes.size > MAX_STROKES) this.strokes.delete(this.strokes.keys().next().value);
+    }
+    if (offset !== null && offset > stroke.p.length) { this._hold(msg); return; }
+    if (offset !== null && offset < stroke.p.length) return; // a duplicate
+    let next = msg;
+    while (next) {
+      const from = stroke.p.length;
+      stroke.p.push(...next.p.filter(Number.isFinite));
+      this._drawPath(stroke, Math.max(0, from - 2));
+      const pts = next.p;
+      this._moveCursorTo(peer, pts[pts.length - 2], pts[pts.length - 1]);
+      const waiting = this._held.get(msg.id);
+      const i = waiting ? waiting.findIndex((m) => m.o === stroke.p.length) : -1;
+      next = i >= 0 ? waiting.splice(i, 1)[0] : null;
+      if (waiting && !waiting.length) this._held.delete(msg.id);
+    }
+  }
+
+  _hold(msg) {
+    if (!this._held.has(msg.id)) {
+      this._held.set(msg.id, []);
+      if (this._held.size > 64) this._held.delete(this._held.keys().next().value);
+    }
+    const list = this._held.get(msg.id);
+    if (list.length < 256) list.push(msg);
   }
 
   removePeer(peerId) {
@@ -164,7 +197,7 @@ export class SharedCanvas {
     if (!this._active) return;
     const s = this.strokes.get(this._active);
     if (!s) return;
-    const msg = { t: 's', id: this._active, p: this._pendingPoints };
+    const msg = { t: 's', id: this._active, o: s.p.length - this._pendingPoints.length, p: this._pendingPoints };
     if (this._pendingPoints.length === s.p.length) { msg.c = s.c; msg.w = s.w; } // first segment
     if (end) msg.end = true;
     this._pendingPoints = [];

@@ -17,6 +17,10 @@ export interface WebRTCRoomOptions {
   relayOnly?: boolean;
   localStream?: MediaStream | null;
   channels?: readonly ChannelSpec[];
+  /** Incoming channels with these labels count as the mapped label; null ignores them. Default { reliable: 'chat', unreliable: null }. */
+  channelAliases?: Record<string, string | null>;
+  politeOfferWaitMs?: number;
+  connectWatchdogMs?: number;
   rtcConfig?: RTCConfiguration;
   iceRestartDelayMs?: number;
   unreachableAfterMs?: number;

@@ -14,10 +14,12 @@
 //   room.send('chat', 'hello everyone');
 //
 // Data channels: every peer opens its own in-band channels (default labels `chat`: reliable,
-// ordered, UTF-8 text; `canvas`: reliable, ordered; `cursor`: unordered, no retransmits) and
+// ordered, UTF-8 text; `canvas`: reliable, unordered; `cursor`: unordered, no retransmits) and
 // also accepts the ones the other side opens, so it interoperates with peers that open
 // channels on one side only. A message is sent on one open channel with the label and
-// received from all of them.
+// received from all of them. `chat` is the only ordered channel, so a peer that tells channels
+// apart by their `ordered` flag (the Rust `peer` SDK) finds it; channels labelled `reliable` /
+// `unreliable` (the SDK's own) are understood as `chat` / ignored (see `channelAliases`).
 //
 // Room events (CustomEvent, payload in `event.detail`):
 //   peer          { peer }                 a RemotePeer was created (it starts connecting)
@@ -33,7 +35,7 @@ import { SignalingClient } from './signaling-client.js';
 
 export const DEFAULT_CHANNELS = Object.freeze([
   { label: 'chat', init: { ordered: true } },
-  { label: 'canvas', init: { ordered: true } },
+  { label: 'canvas', init: { ordered: false } },
   { label: 'cursor', init: { ordered: false, maxRetransmits: 0 } },
 ]);
 
@@ -46,6 +48,8 @@ const ROOM_DEFAULTS = Object.freeze({
   /** A MediaStream whose tracks are sent to every peer (null: receive only). */
   localStream: null,
   channels: DEFAULT_CHANNELS,
+  /** Incoming channels with these labels count as the mapped label (null: ignore them). */
+  channelAliases: { reliable: 'chat', unreliable: null },
   /** Extra RTCConfiguration fields (iceServers come from the signaling server). */
   rtcConfig: {},
   /** Restart ICE when a connection stays 'disconnected' this long ('failed' restarts at once). */
@@ -244,7 +248,7 @@ export class RemotePeer {
 
   /** Sends on an open channel with this label; false when none is open. */
   send(label, data) {
-    const open = this.channels.filter((c) => c.label === label && c.readyState === 'open');
+    const open = this.channels.filter((c) => c._label === label && c.readyState === 'open');
     const dc = open.find((c) => c._own) || open[0];
     if (!dc) return false;
     try {
@@ -256,7 +260,7 @@ export class RemotePeer {
     }
   }
 
-  isOpen(label) { return this.channels.some((c) => c.label === label && c.readyState === 'open'); }
+  isOpen(label) { return this.channels.some((c) => c._label === label && c.readyState === 'open'); }
 
   /** Restarts ICE (a new offer with fresh credentials); perfect negotiation resolves glare. */
   restartIce(reason) {
@@ -517,11 +521,15 @@ export class RemotePeer {
   }
 
   _wireChannel(dc, own) {
+    const aliases = this.room.options.channelAliases || {};
+    const label = Object.hasOwn(aliases, dc.label) ? aliases[dc.label] : dc.label;
+    if (label === null) return; // a channel this app does not use
     dc._own = own;
+    dc._label = label;
     dc.binaryType = 'arraybuffer';
     this.channels.push(dc);
-    dc.onopen = () => this.room._emit('channel-open', { peer: this, label: dc.label });
-    dc.onmessage = (ev) => this.room._emit('message', { peer: this, label: dc.label, data: ev.data });
+    dc.onopen = () => this.room._emit('channel-open', { peer: this, label });
+    dc.onmessage = (ev) => this.room._emit('message', { peer: this, label, data: ev.data });
     dc.onclose = () => { this.channels = this.channels.filter((c) => c !== dc); };
     if (dc.readyState === 'open') queueMicrotask(() => dc.onopen?.());
   }

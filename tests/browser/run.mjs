@@ -451,7 +451,7 @@ async function main() {
       failed += 1;
       await t.close(true);
       console.log(`FAIL ${name} (${secs} s)\n  ${String(error.message).replace(/\x1b\[[0-9;]*m/g, '')}\n${t.report()}`);
-      console.log(`  --- shared signaling\n${shared.signaling.proc.tail(10)}`);
+      if (shared.signaling.proc.exited) console.log(`  --- shared signaling EXITED\n${shared.signaling.proc.tail(20)}`);
     } else {
       passed += 1;
       console.log(`ok   ${name} (${secs} s)`);
