@@ -4,6 +4,7 @@
 // URL: /r/<room> or /?room=<room> (a room is generated when absent). Optional parameters:
 //   name=<display name>   relay=1 (start relay-only)   media=0 (no camera/mic)
 //   signal=<ws url> (signaling server, default ws(s)://<this host>/ws)
+//   unreachable_ms=<ms> (how long before a peer that cannot be reached is shown as such)
 //
 // Test hooks: `window.__demo` (state, actions) and data attributes on <body>
 // (data-signaling, data-media, data-peers, data-connected) and on each remote tile
@@ -204,7 +205,10 @@ function renderLocalFlags() {
 const relayOnlyAtStart = params.get('relay') === '1';
 $('relay-only').checked = relayOnlyAtStart;
 
-const room = new WebRTCRoom(signalingUrl, { room: roomName, name: myName, relayOnly: relayOnlyAtStart });
+const roomOptions = { room: roomName, name: myName, relayOnly: relayOnlyAtStart };
+// For tests and demos of the failure states: how long before a peer counts as unreachable.
+if (Number(params.get('unreachable_ms')) > 0) roomOptions.unreachableAfterMs = Number(params.get('unreachable_ms'));
+const room = new WebRTCRoom(signalingUrl, roomOptions);
 demo.room = room;
 demo.client = room.client;
 

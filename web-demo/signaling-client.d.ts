@@ -95,7 +95,7 @@ export declare class SignalingClient extends EventTarget {
   readonly peers: Map<string, PeerInfo>;
   readonly iceServers: IceServer[];
   readonly lastSeq: number;
-  readonly stats: { resumes: number; replayed: number; rejoins: number; reconnectAttempts: number; duplicatesDropped: number };
+  readonly stats: { resumes: number; replayed: number; rejoins: number; reconnectAttempts: number; duplicatesDropped: number; iceServerUpdates: number };
   /** Connects and joins; resolves with the first welcome, rejects on a refusal (room_full, unauthorized, ...). */
   connect(): Promise<SessionInfo>;
   /** Returns the request id; errors about it arrive as 'error' events with `ref`. */

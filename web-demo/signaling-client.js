@@ -82,7 +82,7 @@ export class SignalingClient extends EventTarget {
     /** The highest seq processed. */
     this.lastSeq = 0;
     /** How many reconnects resumed the session, and how many messages were replayed in all. */
-    this.stats = { resumes: 0, replayed: 0, rejoins: 0, reconnectAttempts: 0, duplicatesDropped: 0 };
+    this.stats = { resumes: 0, replayed: 0, rejoins: 0, reconnectAttempts: 0, duplicatesDropped: 0, iceServerUpdates: 0 };
 
     this._ws = null;
     this._nextId = 1;
@@ -309,6 +309,7 @@ export class SignalingClient extends EventTarget {
         this._emit('broadcast', { from: frame.from, data: frame.data });
         break;
       case 'ice_servers':
+        this.stats.iceServerUpdates += 1;
         this.iceServers = frame.ice_servers || [];
         this._emit('ice-servers', { iceServers: this.iceServers });
         break;

@@ -327,7 +327,8 @@ test('signaling unreachable: the page says so, retries, and joins once the serve
   assert(stats.reconnectAttempts >= 1, `it retried: ${JSON.stringify(stats)}`);
 });
 
-test('relay only: through our TURN relay the selected pair is relay/relay and chat works', async (t) => {
+/** Starts our relay on a free loopback port with a fresh REST secret; resolves with { port, secret }. */
+async function startRelay(t) {
   const relayBin = requireBin('RELAY_BIN', 'relay');
   const secret = randomBytes(16).toString('hex');
   const port = await freePort();
@@ -337,7 +338,13 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
   ]));
   await waitUntil(() => stunBinding(port), 15000, `relay answering STUN on 127.0.0.1:${port}`, 200);
   assert(!relay.exited, 'relay running');
-  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret], 'signaling-turn');
+  return { port, secret, proc: relay };
+}
+
+test('relay only: through our TURN relay the selected pair is relay/relay and chat works', async (t) => {
+  const { port, secret } = await startRelay(t);
+  // Short-lived credentials: the server pushes fresh ones (at 80% of the TTL) during the test.
+  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret, '--turn-ttl', '6s'], 'signaling-turn');
   t.track(sig.proc);
   const a = await t.open('Alice', { server: sig, query: 'relay=1' });
   await a.joined();
@@ -354,6 +361,36 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
   await b.eval(() => window.__demo.sendChat('relayed back'));
   await a.chatFrom('relayed back');
   await t.screenshot(a, 'relay-only.png');
+  // Fresh TURN credentials arrive, are applied, and the relayed call moves onto them (ICE
+  // restart by the impolite side) without dropping.
+  await a.waitFor(() => window.__demo.client.stats.iceServerUpdates >= 2, null, 'two pushes of fresh TURN credentials', 20000);
+  const restarted = await a.eval(() => window.__demo.events.some((e) => e.type === 'log' && /fresh TURN credentials/.test(e.message)));
+  const restartedB = await b.eval(() => window.__demo.events.some((e) => e.type === 'log' && /fresh TURN credentials/.test(e.message)));
+  assert(restarted || restartedB, 'an ICE restart onto the fresh credentials happened');
+  await Promise.all([a.connected(1), b.connected(1)]);
+  await a.eval(() => window.__demo.sendChat('still relayed after new credentials'));
+  await b.chatFrom('still relayed after new credentials');
+  const info = Object.values(await a.stats())[0];
+  assert(info.localType === 'relay' && info.remoteType === 'relay', `still relay/relay: ${JSON.stringify(info)}`);
+});
+
+test('peer unreachable: relay-only with a dead TURN server shows the peer as unreachable', async (t) => {
+  const deadPort = await freePort();
+  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${deadPort}?transport=udp`, '--turn-secret', 'unused-secret'], 'signaling-deadturn');
+  t.track(sig.proc);
+  const a = await t.open('Alice', { server: sig, query: 'relay=1&unreachable_ms=4000' });
+  await a.joined();
+  const b = await t.open('Bob', { server: sig, query: 'relay=1&unreachable_ms=4000' });
+  await b.joined();
+  for (const p of [a, b]) {
+    await p.waitFor(() => document.querySelector('.tile-remote')?.dataset.state === 'unreachable', null, 'the tile in the unreachable state', 15000);
+    const shown = await p.eval(() => ({ pill: document.querySelector('.conn .conn-state').textContent, note: document.querySelector('.tile-remote .tile-note').textContent }));
+    assert(shown.pill === 'Unreachable' && /no network path/i.test(shown.note), `${p.name}: unreachable is explained: ${JSON.stringify(shown)}`);
+  }
+  // Chat says why a message did not go out.
+  await a.eval(() => window.__demo.sendChat('anyone?'));
+  const note = await a.eval(() => document.querySelector('#chat-log .msg.mine .msg-note')?.textContent || '');
+  assert(/not delivered/.test(note), `undelivered message is flagged: ${note}`);
 });
 
 test('interop: a browser and the Rust peer CLI exchange chat messages both ways', async (t) => {
