@@ -366,10 +366,10 @@ export class SignalingClient extends EventTarget {
       return;
     }
     if (SESSION_ENDING_CODES.has(code)) {
-      // The server cannot continue this session: start a new one on the same socket if it is
-      // still open (resume_failed leaves it open), else on the next connect.
+      // The server cannot continue this session (it closes the socket): join afresh on the
+      // next socket, at once.
       this._resetSession(code);
-      if (ws.readyState === 1 && code === 'resume_failed') this._sendJoin(ws);
+      this._attempt = 0;
       this._emit('error', { code, message, ref, request });
       return;
     }
