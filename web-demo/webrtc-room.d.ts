@@ -24,7 +24,6 @@ export interface WebRTCRoomOptions {
   rtcConfig?: RTCConfiguration;
   iceRestartDelayMs?: number;
   unreachableAfterMs?: number;
-  maxIceRestarts?: number;
   signaling?: SignalingClientOptions;
 }
 

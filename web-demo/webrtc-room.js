@@ -56,8 +56,6 @@ const ROOM_DEFAULTS = Object.freeze({
   iceRestartDelayMs: 2500,
   /** A peer not connected within this time is reported 'unreachable' (retries continue). */
   unreachableAfterMs: 20000,
-  /** At most this many ICE restarts in a row without reaching 'connected'. */
-  maxIceRestarts: 6,
   /** The polite side waits this long for the other side's first offer before offering itself. */
   politeOfferWaitMs: 1500,
   /** A connection still not connected this long after it started gets an ICE restart. */
@@ -238,12 +236,9 @@ export class RemotePeer {
     const stream = this.room.localStream;
     if (stream) for (const track of stream.getTracks()) pc.addTrack(track, stream);
     for (const def of this.room.options.channels) this._wireChannel(pc.createDataChannel(def.label, def.init), true);
-    this._after(this.room.options.unreachableAfterMs, () => this._checkReachable());
-    // Polite and impolite sides fire at different times so that they do not restart together.
-    this._after(this.room.options.connectWatchdogMs + (this.polite ? 3000 : 0), () => {
-      const s = this.pc?.iceConnectionState;
-      if (this.state !== 'connected' && (s === 'new' || s === 'checking')) this.restartIce(`not connected after ${Math.round((Date.now() - this.createdAt) / 1000)} s`);
-    });
+    this._notConnectedSince = Date.now();
+    this._nextRestartAt = Date.now() + this.room.options.connectWatchdogMs + (this.polite ? 3000 : 0);
+    this._watchdog = setInterval(() => this._watch(), 1000);
   }
 
   /** Sends on an open channel with this label; false when none is open. */
@@ -343,6 +338,7 @@ export class RemotePeer {
   }
 
   close() {
+    clearInterval(this._watchdog);
     for (const t of this._timers) clearTimeout(t);
     this._timers.clear();
     for (const dc of this.channels) { try { dc.close(); } catch { /* ignore */ } }
@@ -468,44 +464,42 @@ export class RemotePeer {
     if (!pc) return;
     const ice = pc.iceConnectionState;
     const conn = pc.connectionState;
+    const now = Date.now();
     if (conn === 'connected' || ice === 'connected' || ice === 'completed') {
-      if (this.state !== 'connected') this.connectedAt = Date.now();
+      if (this.state !== 'connected') this.connectedAt = now;
       this.iceRestarts = 0;
+      this._notConnectedSince = 0;
       this._setState('connected');
-    } else if (conn === 'failed' || ice === 'failed') {
-      this._setState(this.state === 'unreachable' ? 'unreachable' : 'reconnecting');
-      this._scheduleRestart(0, 'ICE failed');
-    } else if (ice === 'disconnected') {
-      this._setState('reconnecting');
-      this._scheduleRestart(this.room.options.iceRestartDelayMs, 'ICE disconnected');
-    }
-  }
-
-  _scheduleRestart(delayMs, reason) {
-    if (this._restartTimer) return;
-    if (this.iceRestarts >= this.room.options.maxIceRestarts) {
-      this._setState('unreachable');
       return;
     }
-    // Later attempts back off: 0, 1, 2, 4, 8 s ...
-    const backoff = this.iceRestarts === 0 ? 0 : Math.min(15000, 1000 * 2 ** (this.iceRestarts - 1));
-    this._restartTimer = this._after(Math.max(delayMs, backoff), () => {
-      this._restartTimer = null;
-      const s = this.pc?.iceConnectionState;
-      if (s === 'failed' || s === 'disconnected') this.restartIce(reason);
-    });
+    if (!this._notConnectedSince) this._notConnectedSince = now;
+    if (conn === 'failed' || ice === 'failed') {
+      if (this.state !== 'unreachable') this._setState('reconnecting');
+      this._nextRestartAt = Math.min(this._nextRestartAt, now); // at once (backoff applies later)
+    } else if (ice === 'disconnected') {
+      if (this.state === 'connected') this._setState('reconnecting');
+      // 'disconnected' often heals by itself within a few seconds.
+      this._nextRestartAt = Math.max(this._nextRestartAt, now + this.room.options.iceRestartDelayMs);
+    }
   }
 
-  _checkReachable() {
-    if (this.state === 'connected' || this.state === 'closed') return;
-    this._setState('unreachable');
-    if (this.pc?.iceConnectionState !== 'failed') this._scheduleRestart(0, 'not connected in time');
-    this._after(this.room.options.unreachableAfterMs, () => this._checkReachable());
-    // Polite and impolite sides fire at different times so that they do not restart together.
-    this._after(this.room.options.connectWatchdogMs + (this.polite ? 3000 : 0), () => {
-      const s = this.pc?.iceConnectionState;
-      if (this.state !== 'connected' && (s === 'new' || s === 'checking')) this.restartIce(`not connected after ${Math.round((Date.now() - this.createdAt) / 1000)} s`);
-    });
+  /**
+   * Once a second: a connection that is not connected gets ICE restarts with backoff (1, 2, 4,
+   * 8, 15 s ... between attempts, forever: the network may come back), and after
+   * `unreachableAfterMs` it is reported 'unreachable'.
+   */
+  _watch() {
+    const pc = this.pc;
+    if (!pc || this.state === 'closed' || !this._notConnectedSince) return;
+    const now = Date.now();
+    if (now - this._notConnectedSince >= this.room.options.unreachableAfterMs) this._setState('unreachable');
+    if (now < this._nextRestartAt || pc.signalingState !== 'stable' || this._makingOffer) return;
+    const reason = pc.iceConnectionState === 'failed' ? 'ICE failed'
+      : pc.iceConnectionState === 'disconnected' ? 'ICE disconnected'
+        : `not connected after ${Math.round((now - this._notConnectedSince) / 1000)} s`;
+    this.restartIce(reason);
+    const backoff = Math.min(15000, 1000 * 2 ** Math.min(4, this.iceRestarts - 1));
+    this._nextRestartAt = now + backoff;
   }
 
   _setState(state) {
