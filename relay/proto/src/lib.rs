@@ -33,8 +33,7 @@
 //! - `message::MessageBuilder::add_padded` (RFC 5769 vectors pad with spaces).
 //! - Public modules `message`, `attributes`, `auth`, `channel_data`, `framing` (codec for
 //!   tests and the I/O layer's stream framing: `framing::stream_frame_len`).
-//! - `Server::relay_address_of`, `Server::handle_connection_closed`, `Server::is_draining`,
-//!   `Server::record_send_failure`, `Stats::merge`, `TAILROOM`.
+//! - `Server::relay_address_of`.
 
 mod allocation;
 pub mod attributes;
