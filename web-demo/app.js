@@ -253,6 +253,11 @@ room.addEventListener('signaling', (e) => {
   renderSignaling(s);
 });
 
+room.client.addEventListener('draining', (e) => {
+  note({ type: 'draining', reason: e.detail.reason });
+  showBanner('signaling', 'warn', `The signaling server is going away (${e.detail.reason}); the page will reconnect by itself. Calls stay up meanwhile.`);
+});
+
 let everJoined = false;
 let countdown = null;
 function renderSignaling(s) {

@@ -15,9 +15,10 @@ export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url
 export const ARTIFACTS = process.env.ARTIFACTS_DIR || path.join(REPO_ROOT, 'tests', 'artifacts');
 mkdirSync(ARTIFACTS, { recursive: true });
 
-/** A binary of the workspace: from env var `envName`, else target/debug/<name>. */
+/** A binary of the workspace: from env var `envName`, else $CARGO_TARGET_DIR (or target)/debug/<name>. */
 export function binPath(envName, name) {
-  const p = process.env[envName] || path.join(REPO_ROOT, 'target', 'debug', name);
+  const targetDir = process.env.CARGO_TARGET_DIR || path.join(REPO_ROOT, 'target');
+  const p = process.env[envName] || path.join(targetDir, 'debug', name);
   return path.isAbsolute(p) ? p : path.join(REPO_ROOT, p);
 }
 

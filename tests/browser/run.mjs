@@ -9,9 +9,9 @@
 // Screenshots go to tests/artifacts/ (failures too, as fail-<test>-<page>.png).
 //
 // Environment:
-//   SIGNALING_BIN  signaling binary (default target/debug/signaling)
-//   RELAY_BIN      relay binary (default target/debug/relay)
-//   PEER_BIN       peer CLI (default target/debug/peer)
+//   SIGNALING_BIN  signaling binary (default $CARGO_TARGET_DIR/debug/signaling, target/ if unset)
+//   RELAY_BIN      relay binary (default $CARGO_TARGET_DIR/debug/relay)
+//   PEER_BIN       peer CLI (default $CARGO_TARGET_DIR/debug/peer)
 //   CHROMIUM_BIN   browser (default /usr/bin/chromium)
 //   ARTIFACTS_DIR  screenshots (default tests/artifacts)
 //   BROWSER_TESTS  comma-separated substrings: run only matching tests (same as arguments)
@@ -275,14 +275,17 @@ test('reconnect: the WebSocket drops mid-call, the page shows reconnecting, resu
   await a.waitFor(() => window.__demo.peers()[0]?.state === 'connected', null, 'Alice still connected to Bob');
 });
 
-test('reconnect: signaling restarts, the pages rejoin and the call comes back', async (t) => {
-  const sig = await startSignaling([], 'signaling-restart');
+test('reconnect: signaling restarts (drain on SIGTERM), the pages rejoin and the call comes back', async (t) => {
+  const sig = await startSignaling(['--drain-timeout', '1s', '--reconnect-after', '200ms'], 'signaling-restart');
   t.track(sig.proc);
   const a = await t.open('Alice', { server: sig });
   await a.joined();
   const b = await t.open('Bob', { server: sig });
   await Promise.all([a.connected(1), b.connected(1)]);
-  await sig.proc.stop('SIGKILL');
+  await sig.proc.stop('SIGTERM', 10000);
+  for (const p of [a, b]) {
+    await p.waitFor(() => window.__demo.events.some((e) => e.type === 'draining'), null, 'the draining notice', 5000);
+  }
   await Promise.all([
     a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'Alice reconnecting', 10000),
     b.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'Bob reconnecting', 10000),
