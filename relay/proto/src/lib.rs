@@ -42,6 +42,7 @@ mod channel;
 pub mod channel_data;
 mod config;
 mod expiry;
+mod fast_hash;
 mod five_tuple;
 pub mod framing;
 pub mod message;

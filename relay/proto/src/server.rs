@@ -3,6 +3,8 @@
 //! method handlers in `methods`; every expiry goes through one `ExpiryQueue`.
 
 use std::collections::{HashMap, VecDeque};
+
+use crate::fast_hash::FastMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,8 +41,8 @@ pub struct Server {
     pub(crate) nonces: NonceKeys,
     pub(crate) slots: Vec<Slot>,
     pub(crate) free: Vec<u32>,
-    pub(crate) by_five_tuple: HashMap<FiveTuple, AllocKey>,
-    pub(crate) by_relay: HashMap<SocketAddr, AllocKey>,
+    pub(crate) by_five_tuple: FastMap<FiveTuple, AllocKey>,
+    pub(crate) by_relay: FastMap<SocketAddr, AllocKey>,
     pub(crate) pending: HashMap<RelayRequestId, PendingAllocation>,
     pub(crate) pending_by_five_tuple: HashMap<FiveTuple, RelayRequestId>,
     pub(crate) next_request: u64,
@@ -79,8 +81,8 @@ impl Server {
             nonces,
             slots: Vec::new(),
             free: Vec::new(),
-            by_five_tuple: HashMap::new(),
-            by_relay: HashMap::new(),
+            by_five_tuple: FastMap::default(),
+            by_relay: FastMap::default(),
             pending: HashMap::new(),
             pending_by_five_tuple: HashMap::new(),
             next_request: 0,
@@ -501,7 +503,7 @@ impl Server {
 /// The live allocation of `from` (split borrow so the caller can still update `stats`).
 #[inline]
 fn live_allocation<'a>(
-    by_five_tuple: &HashMap<FiveTuple, AllocKey>,
+    by_five_tuple: &FastMap<FiveTuple, AllocKey>,
     slots: &'a mut [Slot],
     from: &FiveTuple,
     now: Instant,
