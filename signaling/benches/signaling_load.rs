@@ -1,1 +1,469 @@
-fn main() {}
+//! Signaling load benchmark: idle-connection memory and relay latency of a release server.
+//!
+//! ```sh
+//! cargo bench -p signaling --bench signaling_load -- \
+//!     --connections 10000 --rooms 5000 --pairs 50 --rate 5000 --duration 10
+//! ```
+//!
+//! 1. Starts the release `signaling` binary on 127.0.0.1:0 (or uses `--url ws://HOST:PORT` with
+//!    `--pid PID` of a running server).
+//! 2. Opens `--connections` WebSockets in `--rooms` rooms (each joins and acks its frames) and
+//!    reports the connections held, the server's RSS (VmRSS from /proc/PID/status) and the RSS
+//!    per idle connection (growth over the empty server, divided by the connections).
+//! 3. In `--pairs` of those rooms, the first peer sends the second offer/answer/candidate
+//!    signals at `--rate` messages/s in total for `--duration` seconds, a send timestamp in
+//!    each payload; the receiver records relay latency. Reports p50/p99/max, loss, and the
+//!    server's CPU time.
+//!
+//! The client side's own memory is not counted: only the server process's RSS is read.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt as _, StreamExt as _};
+use signaling::protocol::{
+    ClientMessage, IceCandidate, PeerId, ServerFrame, ServerMessage, Signal,
+};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Sink = SplitSink<Ws, Message>;
+
+#[derive(Debug, Clone)]
+struct Args {
+    connections: usize,
+    rooms: usize,
+    pairs: usize,
+    rate: f64,
+    duration: Duration,
+    url: Option<String>,
+    pid: Option<u32>,
+    connect_concurrency: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        connections: 10_000,
+        rooms: 5_000,
+        pairs: 50,
+        rate: 5_000.0,
+        duration: Duration::from_secs(10),
+        url: None,
+        pid: None,
+        connect_concurrency: 64,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--connections" => args.connections = value().parse().expect("--connections N"),
+            "--rooms" => args.rooms = value().parse().expect("--rooms M"),
+            "--pairs" => args.pairs = value().parse().expect("--pairs K"),
+            "--rate" => args.rate = value().parse().expect("--rate MSG_PER_S"),
+            "--duration" => {
+                args.duration = Duration::from_secs_f64(value().parse().expect("--duration S"))
+            }
+            "--url" => args.url = Some(value()),
+            "--pid" => args.pid = Some(value().parse().expect("--pid PID")),
+            "--connect-concurrency" => args.connect_concurrency = value().parse().expect("N"),
+            "--bench" => {} // passed by `cargo bench`
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    assert!(args.rooms >= 1 && args.connections >= 2 * args.pairs.max(1));
+    assert!(args.pairs <= args.rooms, "--pairs must be <= --rooms");
+    args
+}
+
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// (VmRSS, VmHWM) of a process, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+struct ServerProcess {
+    child: Option<std::process::Child>,
+    pid: u32,
+    url: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_server(args: &Args) -> ServerProcess {
+    use std::io::BufRead as _;
+    if let Some(url) = &args.url {
+        return ServerProcess {
+            child: None,
+            pid: args
+                .pid
+                .expect("--url needs --pid (to read the server's RSS)"),
+            url: url.trim_end_matches('/').to_owned(),
+        };
+    }
+    let max = (args.connections + 1000).to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "100000",
+            "--rate-burst",
+            "100000",
+            "--max-connections",
+            &max,
+            "--max-sessions",
+            &max,
+            "--max-rooms",
+            &max,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn the signaling server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before printing its address")
+            .expect("read stdout");
+        if let Some(addr) = line.strip_prefix("listening on http://") {
+            break addr.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    ServerProcess {
+        pid: child.id(),
+        child: Some(child),
+        url: format!("ws://{addr}"),
+    }
+}
+
+fn client_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+async fn send(
+    ws: &mut (impl futures_util::Sink<Message> + Unpin),
+    message: &ClientMessage,
+) -> bool {
+    let text = serde_json::to_string(message).expect("encode");
+    ws.send(Message::text(text)).await.is_ok()
+}
+
+/// Connects and joins; returns the socket and the peer id.
+async fn join(url: &str, room: &str) -> Result<(Ws, PeerId, Vec<PeerId>), String> {
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+        format!("{url}/ws/{room}"),
+        Some(client_config()),
+        false,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let join = ClientMessage::Join {
+        id: Some(1),
+        versions: vec![1],
+        room: None,
+        name: None,
+        token: None,
+    };
+    if !send(&mut ws, &join).await {
+        return Err("send join".into());
+    }
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let frame: ServerFrame = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                match frame.message {
+                    ServerMessage::Welcome { session, .. } => {
+                        send(&mut ws, &ClientMessage::Ack { seq: frame.seq }).await;
+                        let peers = session.peers.into_iter().map(|p| p.id).collect();
+                        return Ok((ws, session.peer_id, peers));
+                    }
+                    other => return Err(format!("expected welcome, got {other:?}")),
+                }
+            }
+            Some(Ok(_)) => {}
+            other => return Err(format!("socket ended: {other:?}")),
+        }
+    }
+}
+
+/// Latency samples in nanoseconds, and counters.
+#[derive(Default)]
+struct Recorder {
+    samples: std::sync::Mutex<Vec<u64>>,
+    received: AtomicU64,
+}
+
+/// Reads a connection forever: answers pings (tungstenite does), acks every 32 frames, and
+/// records the latency of timestamped signals.
+fn spawn_reader(
+    mut stream: futures_util::stream::SplitStream<Ws>,
+    sink: Arc<Mutex<Sink>>,
+    epoch: Instant,
+    recorder: Arc<Recorder>,
+) {
+    tokio::spawn(async move {
+        let mut unacked = 0u32;
+        while let Some(Ok(message)) = stream.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else {
+                continue;
+            };
+            if let ServerMessage::Signal { signal, .. } = &frame.message
+                && let Some(sent) = timestamp_of(signal)
+            {
+                let now = epoch.elapsed().as_nanos() as u64;
+                recorder
+                    .samples
+                    .lock()
+                    .expect("samples")
+                    .push(now.saturating_sub(sent));
+                recorder.received.fetch_add(1, Ordering::Relaxed);
+            }
+            unacked += 1;
+            if unacked >= 32 {
+                unacked = 0;
+                let mut sink = sink.lock().await;
+                send(&mut *sink, &ClientMessage::Ack { seq: frame.seq }).await;
+            }
+        }
+    });
+}
+
+fn timestamp_of(signal: &Signal) -> Option<u64> {
+    let text = match signal {
+        Signal::Offer { sdp, .. } | Signal::Answer { sdp } => sdp.as_str(),
+        Signal::Candidate { candidate } => candidate.candidate.as_str(),
+        Signal::EndOfCandidates { .. } => return None,
+    };
+    text.rsplit_once(" t=")?.1.trim().parse().ok()
+}
+
+/// A realistic mix: per 10 messages, one offer and one answer (~2 KB of SDP) and 8 candidates.
+fn make_signal(n: u64, stamp: u64) -> Signal {
+    let sdp = || {
+        format!(
+            "v=0\r\n{}\r\n t={stamp}",
+            "a=fingerprint:sha-256 AB:CD ".repeat(70)
+        )
+    };
+    match n % 10 {
+        0 => Signal::Offer {
+            sdp: sdp(),
+            ice_restart: false,
+        },
+        1 => Signal::Answer { sdp: sdp() },
+        _ => Signal::Candidate {
+            candidate: IceCandidate {
+                candidate: format!(
+                    "candidate:{n} 1 udp 2122260223 192.0.2.{} {} typ host t={stamp}",
+                    n % 250,
+                    40000 + n % 20000
+                ),
+                sdp_mid: Some("0".into()),
+                sdp_m_line_index: Some(0),
+                username_fragment: Some("bench".into()),
+            },
+        },
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index] as f64 / 1e6
+}
+
+#[tokio::main]
+async fn main() {
+    let args = parse_args();
+    raise_fd_limit();
+    let server = start_server(&args);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (base_rss, _) = rss_kib(server.pid);
+    println!(
+        "server pid {} at {}: baseline RSS {} KiB",
+        server.pid, server.url, base_rss
+    );
+
+    // Phase 1: N connections in M rooms.
+    let epoch = Instant::now();
+    let recorder = Arc::new(Recorder::default());
+    let started = Instant::now();
+    let url = Arc::new(server.url.clone());
+    let mut pending = futures_util::stream::iter(0..args.connections)
+        .map(|i| {
+            let url = Arc::clone(&url);
+            let room = format!("room-{}", i % args.rooms);
+            async move { (i, join(&url, &room).await) }
+        })
+        .buffer_unordered(args.connect_concurrency);
+    // The first two connections of the first `pairs` rooms carry the traffic.
+    let mut senders: Vec<Option<(Arc<Mutex<Sink>>, PeerId)>> = vec![None; args.pairs];
+    let mut receivers: Vec<Option<PeerId>> = vec![None; args.pairs];
+    let mut failed = 0usize;
+    let mut held = 0usize;
+    while let Some((i, result)) = pending.next().await {
+        match result {
+            Ok((ws, peer, _)) => {
+                held += 1;
+                let (sink, stream) = ws.split();
+                let sink = Arc::new(Mutex::new(sink));
+                spawn_reader(stream, Arc::clone(&sink), epoch, Arc::clone(&recorder));
+                let room = i % args.rooms;
+                if room < args.pairs {
+                    if i / args.rooms == 0 {
+                        senders[room] = Some((sink, peer));
+                    } else if i / args.rooms == 1 {
+                        receivers[room] = Some(peer);
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if failed <= 5 {
+                    eprintln!("connection {i} failed: {e}");
+                }
+            }
+        }
+    }
+    let connect_time = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (idle_rss, idle_hwm) = rss_kib(server.pid);
+    let per_conn = (idle_rss.saturating_sub(base_rss) as f64 * 1024.0) / held.max(1) as f64;
+    println!(
+        "connections held: {held} (failed {failed}) in {} rooms, opened in {:.1} s",
+        args.rooms,
+        connect_time.as_secs_f64()
+    );
+    println!(
+        "server RSS idle: {idle_rss} KiB (peak {idle_hwm} KiB); per idle connection: {:.0} bytes ({:.1} KiB)",
+        per_conn,
+        per_conn / 1024.0
+    );
+
+    // Phase 2: timestamped signals at the given rate.
+    let pairs: Vec<(Arc<Mutex<Sink>>, PeerId)> = senders
+        .into_iter()
+        .zip(receivers)
+        .filter_map(|(s, r)| Some((s?.0, r?)))
+        .collect();
+    if pairs.is_empty() || args.rate <= 0.0 {
+        return;
+    }
+    let cpu_before = cpu_seconds(server.pid);
+    let per_pair = args.rate / pairs.len() as f64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + args.duration;
+    let n_pairs = pairs.len() as f64;
+    let mut tasks = Vec::new();
+    for (k, (sink, to)) in pairs.iter().cloned().enumerate() {
+        let sent = Arc::clone(&sent);
+        tasks.push(tokio::spawn(async move {
+            let period = Duration::from_secs_f64(1.0 / per_pair);
+            // Spread the pairs' sends over one period.
+            let offset = period.mul_f64(k as f64 / n_pairs);
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                ticker.tick().await;
+                let stamp = epoch.elapsed().as_nanos() as u64;
+                let message = ClientMessage::Signal {
+                    id: None,
+                    to: to.clone(),
+                    signal: make_signal(n, stamp),
+                };
+                let mut sink = sink.lock().await;
+                if !send(&mut *sink, &message).await {
+                    break;
+                }
+                n += 1;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu = cpu_seconds(server.pid) - cpu_before;
+    let sent = sent.load(Ordering::Relaxed);
+    let received = recorder.received.load(Ordering::Relaxed);
+    let mut samples = std::mem::take(&mut *recorder.samples.lock().expect("samples"));
+    samples.sort_unstable();
+    let (busy_rss, busy_hwm) = rss_kib(server.pid);
+    println!(
+        "traffic: {} pairs, {:.0} msg/s target, {:.1} s: sent {sent}, received {received} (lost {})",
+        pairs.len(),
+        args.rate,
+        args.duration.as_secs_f64(),
+        sent.saturating_sub(received)
+    );
+    println!(
+        "relay latency: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        samples.last().map_or(f64::NAN, |m| *m as f64 / 1e6)
+    );
+    println!(
+        "server CPU during traffic: {:.2} s ({:.0}% of one core); RSS {busy_rss} KiB (peak {busy_hwm} KiB)",
+        cpu,
+        100.0 * cpu / args.duration.as_secs_f64()
+    );
+}
