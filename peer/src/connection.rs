@@ -483,19 +483,40 @@ fn ice_ufrag(sdp: &str) -> Option<String> {
 /// The selected candidate pair of a connection, from its stats.
 pub(crate) async fn selected_pair(pc: &dyn PeerConnection) -> Option<SelectedPair> {
     let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
-    let transport = report.transport()?;
-    let pair = match report.get(&transport.selected_candidate_pair_id)? {
-        RTCStatsReportEntry::IceCandidatePair(pair) => pair,
-        _ => return None,
+    let by_transport = report
+        .transport()
+        .and_then(|transport| report.get(&transport.selected_candidate_pair_id))
+        .and_then(|entry| match entry {
+            RTCStatsReportEntry::IceCandidatePair(pair) => Some(pair),
+            _ => None,
+        });
+    // Fall back to the nominated pair that carried the most traffic.
+    let pair = by_transport.or_else(|| {
+        report
+            .candidate_pairs()
+            .filter(|pair| pair.nominated)
+            .max_by_key(|pair| pair.bytes_received + pair.bytes_sent)
+    });
+    let Some(pair) = pair else {
+        tracing::debug!(entries = ?report.ids().collect::<Vec<_>>(), "no selected candidate pair in stats");
+        return None;
     };
-    let local = match report.get(&pair.local_candidate_id)? {
-        RTCStatsReportEntry::LocalCandidate(c) => c,
-        _ => return None,
-    };
-    let remote = match report.get(&pair.remote_candidate_id)? {
-        RTCStatsReportEntry::RemoteCandidate(c) => c,
-        _ => return None,
-    };
+    // Pairs name their candidates by candidate id; the report keys candidate entries with a
+    // type prefix (`RTCLocalIceCandidate_<id>`), so match on the suffix.
+    let local = report.iter().find_map(|entry| match entry {
+        RTCStatsReportEntry::LocalCandidate(c) if entry.id().ends_with(&pair.local_candidate_id) => {
+            Some(c)
+        }
+        _ => None,
+    })?;
+    let remote = report.iter().find_map(|entry| match entry {
+        RTCStatsReportEntry::RemoteCandidate(c)
+            if entry.id().ends_with(&pair.remote_candidate_id) =>
+        {
+            Some(c)
+        }
+        _ => None,
+    })?;
     Some(SelectedPair {
         local_type: local.candidate_type.to_string(),
         remote_type: remote.candidate_type.to_string(),

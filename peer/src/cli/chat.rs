@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::process::ExitCode;
 
 use peer::protocol::PeerId;
-use peer::{ChannelKind, ConnectionState, Peer, PeerEvent};
+use peer::{ChannelKind, Peer, PeerEvent};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{CommonArgs, Output};
@@ -116,11 +116,6 @@ async fn on_event(
                 "connection-state",
                 &[("peer", id.to_string()), ("state", format!("{state:?}").to_lowercase())],
             );
-            if state == ConnectionState::Connected
-                && let Ok(Some(pair)) = peer.selected_pair(&id).await
-            {
-                out.selected_pair(id.as_str(), &pair, None);
-            }
         }
         PeerEvent::SignalingReconnecting { attempt, delay } => out.notice(
             "signaling-reconnecting",
