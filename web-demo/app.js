@@ -408,7 +408,9 @@ room.addEventListener('track', (e) => {
   if (!t) return;
   if (t.video.srcObject !== stream) t.video.srcObject = stream;
   if (track.kind === 'video') {
-    t.tile.classList.add('has-video');
+    // A remote track starts muted and unmutes when its first frames arrive: only then is
+    // there a picture to show instead of the placeholder.
+    t.tile.classList.toggle('has-video', !track.muted);
     track.addEventListener('mute', () => t.tile.classList.remove('has-video'));
     track.addEventListener('unmute', () => t.tile.classList.add('has-video'));
   }

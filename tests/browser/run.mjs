@@ -230,6 +230,7 @@ test('no camera: permission denied is shown, chat and canvas still work', async 
   await a.waitFor(() => document.body.dataset.media === 'denied', null, 'media state denied');
   const banner = await a.eval(() => ({ kind: document.getElementById('banner').dataset.kind, hidden: document.getElementById('banner').hidden, text: document.getElementById('banner-text').textContent }));
   assert(!banner.hidden && banner.kind === 'media' && /denied/i.test(banner.text), `a camera-denied banner: ${JSON.stringify(banner)}`);
+  await t.screenshot(a, 'state-camera-denied.png');
   const b = await t.open('Bob');
   await Promise.all([a.connected(1), b.connected(1)]);
   await a.eval(() => window.__demo.sendChat('no camera here'));
@@ -251,6 +252,7 @@ test('reconnect: the WebSocket drops mid-call, the page shows reconnecting, resu
   await a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 5000);
   const shown = await a.eval(() => ({ status: document.getElementById('status-text').textContent, banner: document.getElementById('banner').hidden ? '' : document.getElementById('banner-text').textContent }));
   assert(/reconnecting/i.test(shown.status) && /reconnecting/i.test(shown.banner), `the page says it is reconnecting: ${JSON.stringify(shown)}`);
+  await t.screenshot(a, 'state-reconnecting.png');
   // While Alice is away, Bob restarts ICE: his offer waits in Alice's replay buffer.
   await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: offer while the other side is offline'));
   await a.waitFor(() => document.body.dataset.signaling === 'joined', null, 'joined again after resume', 20000);
@@ -312,6 +314,7 @@ test('room full: the third peer is told the room is full', async (t) => {
   await c.waitFor(() => document.body.dataset.signaling === 'failed', null, 'failed state');
   const shown = await c.eval(() => ({ status: document.getElementById('status-text').textContent, banner: document.getElementById('banner-text').textContent }));
   assert(/full/i.test(shown.status) && /full/i.test(shown.banner), `room full is shown: ${JSON.stringify(shown)}`);
+  await t.screenshot(c, 'state-room-full.png');
   await Promise.all([a.connected(1), b.connected(1)]);
 });
 
@@ -321,6 +324,7 @@ test('signaling unreachable: the page says so, retries, and joins once the serve
   await a.waitFor(() => document.getElementById('status-text').textContent === 'Signaling unreachable', null, 'unreachable status');
   const banner = await a.eval(() => document.getElementById('banner-text').textContent);
   assert(/can't reach the signaling server/i.test(banner), `banner explains: ${banner}`);
+  await t.screenshot(a, 'state-signaling-unreachable.png');
   const sig = await startSignaling([], 'signaling-late', `127.0.0.1:${port}`);
   t.track(sig.proc);
   // "Retry now" skips the backoff (the page may also have retried on its own meanwhile).
@@ -390,6 +394,7 @@ test('peer unreachable: relay-only with a dead TURN server shows the peer as unr
     const shown = await p.eval(() => ({ pill: document.querySelector('.conn .conn-state').textContent, note: document.querySelector('.tile-remote .tile-note').textContent }));
     assert(shown.pill === 'Unreachable' && /no network path/i.test(shown.note), `${p.name}: unreachable is explained: ${JSON.stringify(shown)}`);
   }
+  await t.screenshot(a, 'state-peer-unreachable.png');
   // Chat says why a message did not go out.
   await a.eval(() => window.__demo.sendChat('anyone?'));
   const note = await a.eval(() => document.querySelector('#chat-log .msg.mine .msg-note')?.textContent || '');
