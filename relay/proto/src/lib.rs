@@ -62,3 +62,14 @@ pub use policy::{DenyReason, IpNet, PeerPolicy};
 pub use quota::{QuotaKind, Quotas, RateLimit, SharedQuotas};
 pub use server::Server;
 pub use stats::Stats;
+
+#[cfg(test)]
+mod tests {
+    /// Shards run on their own threads: the core must be `Send`.
+    #[test]
+    fn server_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<super::Server>();
+        assert_send::<super::Output>();
+    }
+}

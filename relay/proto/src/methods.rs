@@ -25,7 +25,7 @@ use crate::message::{
 use crate::nonce::NonceCheck;
 use crate::output::{BindError, Output, RelayRequestId};
 use crate::quota::{IpRateLimiter, QuotaKind, TokenBucket};
-use crate::server::Server;
+use crate::server::{Server, later};
 
 /// Size of a FINGERPRINT attribute.
 const FINGERPRINT_SIZE: usize = 8;
@@ -257,10 +257,10 @@ impl Server {
             five_tuple: p.five_tuple,
             relay,
             advertised,
-            expires: now + Duration::from_secs(u64::from(p.lifetime_secs)),
+            expires: later(now, Duration::from_secs(u64::from(p.lifetime_secs))),
             username: p.username,
             quota_user: p.quota_user,
-            timer_at: now + Duration::from_secs(u64::from(p.lifetime_secs)),
+            timer_at: later(now, Duration::from_secs(u64::from(p.lifetime_secs))),
             created_by: p.transaction_id,
             permissions: Default::default(),
             channels: Default::default(),
@@ -314,7 +314,7 @@ impl Server {
             self.remove_allocation(alloc_key);
             self.stats.allocations_deleted += 1;
         } else if let Some(alloc) = self.allocation_mut(alloc_key) {
-            alloc.expires = now + Duration::from_secs(u64::from(desired));
+            alloc.expires = later(now, Duration::from_secs(u64::from(desired)));
             // One queued timer per allocation, unless the lifetime was shortened.
             if alloc.expires < alloc.timer_at {
                 alloc.timer_at = alloc.expires;
@@ -372,7 +372,7 @@ impl Server {
             self.stats.quota_hits[QuotaKind::Permissions.index()] += 1;
             return self.error_authenticated(from, msg, &key, 508);
         }
-        let expires = now + self.config.permission_lifetime;
+        let expires = later(now, self.config.permission_lifetime);
         for peer in peers {
             self.install_permission(alloc_key, peer.ip(), expires);
         }
@@ -433,8 +433,8 @@ impl Server {
             self.stats.quota_hits[kind.index()] += 1;
             return self.error_authenticated(from, msg, &key, 508);
         }
-        let channel_expires = now + self.config.channel_lifetime;
-        let permission_expires = now + self.config.permission_lifetime;
+        let channel_expires = later(now, self.config.channel_lifetime);
+        let permission_expires = later(now, self.config.permission_lifetime);
         if let Some(alloc) = self.allocation_mut(alloc_key) {
             if alloc.channels.bind(number, peer, channel_expires) {
                 self.stats.channels += 1;

@@ -24,6 +24,17 @@ use crate::output::{BindError, ClientAction, HEADROOM, Output, PeerAction, Relay
 use crate::quota::{IpRateLimiter, QuotaKind, SharedQuotas};
 use crate::stats::Stats;
 
+/// Largest peer payload a Data indication can carry (65535 minus XOR-PEER-ADDRESS for IPv6 and
+/// the DATA attribute header, rounded down to a multiple of 4).
+const MAX_DATA_INDICATION_PAYLOAD: usize = 65_535 - 24 - 4 - 3;
+
+/// `now + d` that cannot panic on absurd configured durations (capped at one year).
+#[inline]
+pub(crate) fn later(now: Instant, d: std::time::Duration) -> Instant {
+    let d = d.min(std::time::Duration::from_secs(365 * 24 * 3600));
+    now.checked_add(d).unwrap_or(now)
+}
+
 /// One slab slot; the generation makes stale `AllocKey`s (in timers) harmless.
 #[derive(Debug, Default)]
 pub(crate) struct Slot {
@@ -279,6 +290,11 @@ impl Server {
         self.stats.packets_to_client += 1;
         self.stats.bytes_to_client += len as u64;
         let Some(number) = channel else {
+            if len > MAX_DATA_INDICATION_PAYLOAD {
+                // Would not fit in a STUN message's 16-bit length with its headers.
+                self.stats.dropped_packets += 1;
+                return PeerAction::Drop;
+            }
             let data = data_indication(peer, &buf[HEADROOM..HEADROOM + len]);
             self.outputs.push_back(Output::Transmit { to, data });
             return PeerAction::Queued;
@@ -339,7 +355,7 @@ impl Server {
                         continue;
                     };
                     if alloc.permissions.remove_if_expired(ip, now) {
-                        self.stats.permissions -= 1;
+                        self.stats.permissions = self.stats.permissions.saturating_sub(1);
                     } else if let Some(at) = alloc.permissions.expiry_of(ip) {
                         self.expiry.push(at, Timer::Permission(key, ip));
                     }
@@ -350,7 +366,7 @@ impl Server {
                     };
                     let (uncount, next) = alloc.channels.on_timer(number, now);
                     if uncount {
-                        self.stats.channels -= 1;
+                        self.stats.channels = self.stats.channels.saturating_sub(1);
                     }
                     if let Some(at) = next {
                         self.expiry.push(at, Timer::Channel(key, number));
@@ -482,9 +498,15 @@ impl Server {
         self.by_five_tuple.remove(&alloc.five_tuple);
         self.by_relay.remove(&alloc.relay);
         self.shared.release(&alloc.quota_user);
-        self.stats.allocations -= 1;
-        self.stats.permissions -= alloc.permissions.len() as u64;
-        self.stats.channels -= alloc.channels.live() as u64;
+        self.stats.allocations = self.stats.allocations.saturating_sub(1);
+        self.stats.permissions = self
+            .stats
+            .permissions
+            .saturating_sub(alloc.permissions.len() as u64);
+        self.stats.channels = self
+            .stats
+            .channels
+            .saturating_sub(alloc.channels.live() as u64);
         self.outputs
             .push_back(Output::ReleaseRelay { relay: alloc.relay });
     }
