@@ -335,10 +335,10 @@ test('signaling unreachable: the page says so, retries, and joins once the serve
 });
 
 /** Starts our relay on a free loopback port with a fresh REST secret; resolves with { port, secret }. */
-async function startRelay(t) {
+async function startRelay(t, { port: fixedPort, secret: fixedSecret } = {}) {
   const relayBin = requireBin('RELAY_BIN', 'relay');
-  const secret = randomBytes(16).toString('hex');
-  const port = await freePort();
+  const secret = fixedSecret || randomBytes(16).toString('hex');
+  const port = fixedPort || await freePort();
   const relay = t.track(new Proc('relay', relayBin, [
     '--listen', `127.0.0.1:${port}`, '--relay-ip', '127.0.0.1', '--auth-secret', secret,
     '--allow-loopback-peers', '--admin-listen', 'none', '--realm', 'browser-test',
@@ -378,6 +378,27 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
   await b.chatFrom('still relayed after new credentials');
   const info = Object.values(await a.stats())[0];
   assert(info.localType === 'relay' && info.remoteType === 'relay', `still relay/relay: ${JSON.stringify(info)}`);
+});
+
+test('ICE restart: the relay dies mid-call (relay-only), comes back, and the call recovers', async (t) => {
+  const first = await startRelay(t);
+  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${first.port}?transport=udp`, '--turn-secret', first.secret], 'signaling-turn');
+  t.track(sig.proc);
+  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
+  await a.joined();
+  const b = await t.open('Bob', { server: sig, query: 'relay=1' });
+  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  await first.proc.stop('SIGKILL');
+  await Promise.all([a, b].map((p) => p.waitFor(() => window.__demo.peers()[0]?.state !== 'connected', null, 'the connection noticing the dead relay', 30000)));
+  await startRelay(t, { port: first.port, secret: first.secret });
+  await Promise.all([a.connected(1, 45000), b.connected(1, 45000)]);
+  const restarts = await a.eval(() => window.__demo.events.filter((e) => e.type === 'log' && /^ICE restart/.test(e.message)).length)
+    + await b.eval(() => window.__demo.events.filter((e) => e.type === 'log' && /^ICE restart/.test(e.message)).length);
+  assert(restarts >= 1, 'ICE was restarted');
+  const info = Object.values(await a.stats())[0];
+  assert(info.localType === 'relay' && info.remoteType === 'relay', `relay/relay again: ${JSON.stringify(info)}`);
+  await a.eval(() => window.__demo.sendChat('we are back'));
+  await b.chatFrom('we are back');
 });
 
 test('peer unreachable: relay-only with a dead TURN server shows the peer as unreachable', async (t) => {
