@@ -205,7 +205,8 @@ async fn join(url: &str, room: &str) -> Result<(Ws, PeerId, Vec<PeerId>), String
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
         format!("{url}/ws/{room}"),
         Some(client_config()),
-        false,
+        true, // TCP_NODELAY, like browsers
+
     )
     .await
     .map_err(|e| e.to_string())?;

@@ -60,6 +60,7 @@ mod server {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     use axum::routing::get;
+    use axum::serve::ListenerExt as _;
     use tokio::net::TcpListener;
     use tokio_util::sync::CancellationToken;
 
@@ -188,6 +189,12 @@ mod server {
             let stopped = stopped.clone();
             let router = app(Arc::clone(&state));
             tokio::spawn(async move {
+                // Signaling frames are small and latency-bound: no Nagle delay.
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
                 axum::serve(listener, router)
                     .with_graceful_shutdown(stopped.cancelled_owned())
                     .await
