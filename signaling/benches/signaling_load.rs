@@ -206,7 +206,6 @@ async fn join(url: &str, room: &str) -> Result<(Ws, PeerId, Vec<PeerId>), String
         format!("{url}/ws/{room}"),
         Some(client_config()),
         true, // TCP_NODELAY, like browsers
-
     )
     .await
     .map_err(|e| e.to_string())?;
