@@ -425,7 +425,7 @@ test('interop: a browser and the Rust peer CLI exchange chat messages both ways'
   const peerBin = requireBin('PEER_BIN', 'peer');
   const a = await t.open('Alice');
   await a.joined();
-  const cli = t.track(new Proc('peer', peerBin, ['join', `${t.shared.signaling.ws}/${t.room}`, '--name', 'rusty'], { env: { RUST_LOG: 'info' } }));
+  const cli = t.track(new Proc('peer', peerBin, ['join', `${t.shared.signaling.ws}/${t.room}`, '--name', 'rusty', '--bind', '127.0.0.1'], { env: { RUST_LOG: 'info' } }));
   await a.connected(1, 30000);
   const name = await a.eval(() => window.__demo.peers()[0].name);
   assert(name === 'rusty', `the CLI peer is listed by name: ${name}`);
