@@ -1000,3 +1000,46 @@ fn send_failures_are_counted_and_keep_the_allocation() {
     assert_eq!(h.server.stats().send_failures, 1);
     assert_eq!(h.server.stats().allocations, 1);
 }
+
+#[test]
+fn a_tcp_byte_stream_split_by_stream_frame_len_drives_the_server() {
+    use relay_proto::framing::stream_frame_len;
+    let mut h = Harness::new();
+    let mut alice = Client::new(
+        five_tuple("192.0.2.61:40000", Transport::Tls),
+        "alice",
+        "alice-pass",
+    );
+    alice.allocate(&mut h);
+    let p = peer("203.0.114.7:6000");
+    // Several messages back to back in one read: ChannelBind, padded ChannelData, Refresh.
+    let mut stream = alice.channel_bind_request(0x4000, p);
+    let mut cd = channel_data_packet(0x4000, b"odd");
+    cd.push(0);
+    stream.extend_from_slice(&cd);
+    stream.extend_from_slice(&alice.refresh_request(600));
+    let mut rest = &stream[..];
+    let mut actions = Vec::new();
+    while let Some(len) = stream_frame_len(rest).unwrap() {
+        let (frame, tail) = rest.split_at(len);
+        actions.push(h.send(alice.from, frame));
+        rest = tail;
+    }
+    assert!(rest.is_empty());
+    assert_eq!(actions.len(), 3);
+    assert_eq!(actions[0], ClientAction::Queued);
+    assert!(matches!(&actions[1], ClientAction::Forward { payload, .. } if payload.len() == 3));
+    assert_eq!(actions[2], ClientAction::Queued);
+    let responses: Vec<Vec<u8>> = h
+        .outputs()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Transmit { data, .. } => Some(data),
+            _ => None,
+        })
+        .collect();
+    alice.verify_success(&responses[0], CHANNEL_BIND);
+    alice.verify_success(&responses[1], REFRESH);
+    // Garbage on a stream is a framing error: the I/O layer closes the connection.
+    assert!(stream_frame_len(&[0xC0, 0, 0, 0]).is_err());
+}
