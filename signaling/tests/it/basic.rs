@@ -226,9 +226,9 @@ async fn leave_and_disconnect_are_announced() {
 async fn silent_zombies_time_out() {
     let server = Server::start(&[
         "--ping-interval",
-        "100ms",
+        "200ms",
         "--ping-timeout",
-        "300ms",
+        "600ms",
         "--resume-grace",
         "200ms",
     ]);

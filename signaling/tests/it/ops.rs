@@ -72,7 +72,7 @@ async fn turn_credentials_are_minted_and_refreshed_before_expiry() {
         "--turn-secret",
         "signing-secret,older-secret",
         "--turn-ttl",
-        "2s",
+        "3s",
     ]);
     let (mut a, info) = Client::join(&server.ws("/ws/turn"), None).await;
     let check = |servers: &[signaling::protocol::IceServer]| -> u64 {
@@ -94,7 +94,7 @@ async fn turn_credentials_are_minted_and_refreshed_before_expiry() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    assert!((now + 1..=now + 3).contains(&first_expiry));
+    assert!((now + 2..=now + 4).contains(&first_expiry));
 
     // Fresh credentials arrive at 80% of the 2 s TTL, before the old ones expire.
     let start = Instant::now();
@@ -108,7 +108,7 @@ async fn turn_credentials_are_minted_and_refreshed_before_expiry() {
     };
     let elapsed = start.elapsed();
     assert!(
-        elapsed < Duration::from_millis(1900),
+        elapsed < Duration::from_millis(2900),
         "pushed after {elapsed:?}"
     );
     let second_expiry = check(&pushed);
