@@ -55,6 +55,36 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
+/// RFC 8656 section 7.2 steps 2-6: the relayed family and the EVEN-PORT hint, or an error code.
+fn allocate_params(msg: &StunMessage<'_>) -> Result<(AddressFamily, bool), u16> {
+    let Some(Ok(transport)) = msg
+        .get(REQUESTED_TRANSPORT)
+        .map(attributes::decode_requested_transport)
+    else {
+        return Err(400);
+    };
+    if transport != attributes::PROTOCOL_UDP {
+        return Err(442);
+    }
+    let family_attr = msg.get(REQUESTED_ADDRESS_FAMILY);
+    let even_port = msg.get(EVEN_PORT);
+    if msg.get(RESERVATION_TOKEN).is_some() {
+        // Reservations are not supported: EVEN-PORT's R flag is served without one.
+        let conflicting = family_attr.is_some() || even_port.is_some();
+        return Err(if conflicting { 400 } else { 508 });
+    }
+    if even_port.is_some_and(<[u8]>::is_empty) {
+        return Err(400);
+    }
+    let family = match family_attr.map(attributes::decode_address_family) {
+        None | Some(Ok(0x01)) => AddressFamily::V4,
+        Some(Ok(0x02)) => AddressFamily::V6,
+        Some(Ok(_)) => return Err(440),
+        Some(Err(_)) => return Err(400),
+    };
+    Ok((family, even_port.is_some()))
+}
+
 impl Server {
     /// Dispatch a request (RFC 8489 section 6.3.1).
     pub(crate) fn handle_request(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
@@ -136,35 +166,9 @@ impl Server {
             }
             return;
         }
-        let Some(Ok(transport)) = msg
-            .get(REQUESTED_TRANSPORT)
-            .map(attributes::decode_requested_transport)
-        else {
-            return self.error_authenticated(from, msg, &key, 400);
-        };
-        if transport != attributes::PROTOCOL_UDP {
-            return self.error_authenticated(from, msg, &key, 442);
-        }
-        let family_attr = msg.get(REQUESTED_ADDRESS_FAMILY);
-        let even_port = msg.get(EVEN_PORT);
-        if msg.get(RESERVATION_TOKEN).is_some() {
-            // Reservations are not supported: EVEN-PORT's R flag is served without one.
-            let code = if family_attr.is_some() || even_port.is_some() {
-                400
-            } else {
-                508
-            };
-            return self.error_authenticated(from, msg, &key, code);
-        }
-        if even_port.is_some_and(|v| v.len() != 1) {
-            return self.error_authenticated(from, msg, &key, 400);
-        }
-        let family = match family_attr.map(attributes::decode_address_family) {
-            None => AddressFamily::V4,
-            Some(Ok(0x01)) => AddressFamily::V4,
-            Some(Ok(0x02)) => AddressFamily::V6,
-            Some(Ok(_)) => return self.error_authenticated(from, msg, &key, 440),
-            Some(Err(_)) => return self.error_authenticated(from, msg, &key, 400),
+        let (family, even_port) = match allocate_params(msg) {
+            Ok(params) => params,
+            Err(code) => return self.error_authenticated(from, msg, &key, code),
         };
         if self.is_draining() {
             return self.error_authenticated(from, msg, &key, 508);
@@ -201,7 +205,7 @@ impl Server {
             request,
             family,
             five_tuple: from,
-            even_port: even_port.is_some(),
+            even_port,
         });
     }
 

@@ -1043,3 +1043,23 @@ fn a_tcp_byte_stream_split_by_stream_frame_len_drives_the_server() {
     // Garbage on a stream is a framing error: the I/O layer closes the connection.
     assert!(stream_frame_len(&[0xC0, 0, 0, 0]).is_err());
 }
+
+#[test]
+fn even_port_is_passed_to_the_io_layer_as_a_hint() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let tid = alice.next_tid();
+    let challenge = h.request(alice.from, &alice.allocate_request(tid));
+    alice.learn_nonce(&challenge);
+    let tid = alice.next_tid();
+    let req = alice.build(ALLOCATE, tid, |b| {
+        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(attributes::EVEN_PORT, &[0x80])
+            .add(attributes::DONT_FRAGMENT, &[]);
+    });
+    assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
+    match h.outputs().as_slice() {
+        [Output::BindRelay { even_port, .. }] => assert!(*even_port),
+        other => panic!("{other:?}"),
+    }
+}
