@@ -732,3 +732,193 @@ impl HubState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{IceCandidate, Signal};
+    use clap::Parser as _;
+
+    fn hub(replay_max_messages: usize) -> Hub {
+        let settings = HubSettings {
+            replay: ReplayLimits {
+                max_messages: replay_max_messages,
+                max_bytes: 1 << 20,
+            },
+            resume_grace: Duration::from_secs(30),
+            max_peers_per_room: 4,
+            max_rooms: 10,
+            max_sessions: 10,
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(30),
+            max_message_bytes: 65536,
+            reconnect_after: Duration::from_secs(1),
+        };
+        let config = crate::config::Config::parse_from(["signaling"]);
+        Hub::new(
+            settings,
+            IceServerMinter::from_config(&config),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn join(hub: &Hub, conn: ConnId, queue: usize) -> (Attached, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let attached = hub
+            .join(
+                conn,
+                &tx,
+                JoinRequest {
+                    reference: None,
+                    version: 1,
+                    room: "r".into(),
+                    name: None,
+                },
+            )
+            .unwrap();
+        (attached, rx)
+    }
+
+    fn frames(rx: &mut mpsc::Receiver<Outbound>) -> Vec<ServerFrame> {
+        let mut out = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            if let Outbound::Frame(text)
+            | Outbound::Close {
+                frame: Some(text), ..
+            } = item
+            {
+                out.push(serde_json::from_str(text.as_str()).unwrap());
+            }
+        }
+        out
+    }
+
+    fn candidate(n: u32) -> Signal {
+        Signal::Candidate {
+            candidate: IceCandidate {
+                candidate: format!("candidate:{n}"),
+                sdp_mid: None,
+                sdp_m_line_index: None,
+                username_fragment: None,
+            },
+        }
+    }
+
+    fn send(hub: &Hub, from: &Attached, conn: ConnId, to: &Attached, n: u32) -> Flow {
+        hub.handle(
+            from.key,
+            conn,
+            ClientMessage::Signal {
+                id: None,
+                to: to.peer.clone(),
+                signal: candidate(n),
+            },
+        )
+    }
+
+    #[test]
+    fn seqs_are_contiguous_and_roles_follow_join_order() {
+        let hub = hub(64);
+        let (a, mut a_rx) = join(&hub, 1, 16);
+        let (b, mut b_rx) = join(&hub, 2, 16);
+        let a_frames = frames(&mut a_rx);
+        assert_eq!(a_frames.iter().map(|f| f.seq).collect::<Vec<_>>(), [1, 2]);
+        assert!(matches!(
+            &a_frames[1].message,
+            ServerMessage::PeerJoined { peer } if peer.id == b.peer && !peer.polite
+        ));
+        let b_frames = frames(&mut b_rx);
+        match &b_frames[0].message {
+            ServerMessage::Welcome { session, .. } => {
+                assert_eq!(session.peers.len(), 1);
+                assert!(session.peers[0].polite);
+            }
+            other => panic!("{other:?}"),
+        }
+        for n in 0..3 {
+            assert_eq!(send(&hub, &a, 1, &b, n), Flow::Continue);
+        }
+        let seqs: Vec<u64> = frames(&mut b_rx).iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, [2, 3, 4]);
+        // A stale connection id cannot act for the session.
+        assert_eq!(send(&hub, &a, 99, &b, 9), Flow::Gone);
+    }
+
+    #[test]
+    fn parked_sessions_buffer_and_resume_exactly() {
+        let hub = hub(64);
+        let (a, _a_rx) = join(&hub, 1, 16);
+        let (b, mut b_rx) = join(&hub, 2, 16);
+        let welcome_token = match &frames(&mut b_rx)[0].message {
+            ServerMessage::Welcome { session, .. } => session.resume_token.clone(),
+            other => panic!("{other:?}"),
+        };
+        hub.detach(b.key, 2, LeaveReason::Disconnected);
+        for n in 0..5 {
+            send(&hub, &a, 1, &b, n);
+        }
+        let (tx, mut rx) = mpsc::channel(16);
+        let resumed = hub
+            .resume(
+                3,
+                &tx,
+                ResumeRequest {
+                    reference: None,
+                    version: 1,
+                    token: welcome_token,
+                    last_seq: 1,
+                },
+            )
+            .unwrap();
+        assert_eq!(resumed.peer, b.peer);
+        let replayed: Vec<ServerFrame> = resumed
+            .replay
+            .iter()
+            .map(|f| serde_json::from_str(f.as_str()).unwrap())
+            .collect();
+        assert_eq!(
+            replayed.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            [2, 3, 4, 5, 6]
+        );
+        let after = frames(&mut rx);
+        assert!(matches!(
+            after[0],
+            ServerFrame {
+                seq: 7,
+                message: ServerMessage::Resumed { replayed: 5, .. }
+            }
+        ));
+    }
+
+    #[test]
+    fn a_full_queue_ends_the_session_with_slow_consumer() {
+        let hub = hub(64);
+        let (a, mut a_rx) = join(&hub, 1, 16);
+        // B's queue holds 4; the welcome takes one, so 2 more fit before the reserved slot.
+        let (b, mut b_rx) = join(&hub, 2, 4);
+        let _ = frames(&mut a_rx);
+        for n in 0..5 {
+            send(&hub, &a, 1, &b, n);
+        }
+        let b_frames = frames(&mut b_rx);
+        assert!(matches!(
+            b_frames.last().map(|f| &f.message),
+            Some(ServerMessage::Error {
+                code: ErrorCode::SlowConsumer,
+                ..
+            })
+        ));
+        let a_frames = frames(&mut a_rx);
+        assert!(a_frames.iter().any(|f| matches!(
+            &f.message,
+            ServerMessage::PeerLeft { reason: LeaveReason::Ended, peer_id } if *peer_id == b.peer
+        )));
+        assert!(a_frames.iter().any(|f| matches!(
+            &f.message,
+            ServerMessage::Error {
+                code: ErrorCode::UnknownPeer,
+                ..
+            }
+        )));
+    }
+}

@@ -89,7 +89,10 @@ async fn resume_replays_missed_messages_exactly_once_in_order() {
     assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(100));
     a.expect_silence(Duration::from_millis(200)).await;
     let (_, _, metrics) = server.get("/metrics").await;
-    assert!(metrics.contains("signaling_resumes_total{result=\"ok\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("signaling_resumes_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
