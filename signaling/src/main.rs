@@ -38,6 +38,11 @@ async fn main() -> anyhow::Result<()> {
                 Err(e) => tracing::error!(error = %e, "cannot listen for signals"),
             }
             shutdown.cancel();
+            // A second signal does not wait for the drain.
+            if let Ok(name) = signaling::shutdown::signal_received().await {
+                tracing::warn!(signal = name, "second signal: exiting without draining");
+                std::process::exit(130);
+            }
         });
     }
     signaling::serve(listener, state, shutdown).await?;
