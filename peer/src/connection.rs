@@ -491,12 +491,19 @@ pub(crate) async fn selected_pair(pc: &dyn PeerConnection) -> Option<SelectedPai
             _ => None,
         });
     // Fall back to the nominated pair that carried the most traffic.
-    let pair = by_transport.or_else(|| {
-        report
-            .candidate_pairs()
-            .filter(|pair| pair.nominated)
-            .max_by_key(|pair| pair.bytes_received + pair.bytes_sent)
-    });
+    let pair = by_transport
+        .or_else(|| {
+            report
+                .candidate_pairs()
+                .filter(|pair| pair.nominated)
+                .max_by_key(|pair| pair.bytes_received + pair.bytes_sent)
+        })
+        .or_else(|| {
+            report
+                .candidate_pairs()
+                .filter(|pair| pair.bytes_received > 0)
+                .max_by_key(|pair| pair.bytes_received + pair.bytes_sent)
+        });
     let Some(pair) = pair else {
         tracing::debug!(entries = ?report.ids().collect::<Vec<_>>(), "no selected candidate pair in stats");
         return None;

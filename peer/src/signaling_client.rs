@@ -85,6 +85,7 @@ impl SignalingClient {
             resume_grace: Duration::from_millis(info.resume_grace_ms),
             last_seq: seq,
             last_acked: 0,
+            session_lost: false,
             pending: VecDeque::new(),
             out_rx,
             events_tx,
@@ -215,6 +216,8 @@ struct Session {
     /// The highest `seq` delivered to the SDK.
     last_seq: u64,
     last_acked: u64,
+    /// The server refused to resume: join afresh from now on.
+    session_lost: bool,
     /// Messages taken from `out_rx` but not yet written to a socket.
     pending: VecDeque<ClientMessage>,
     out_rx: mpsc::UnboundedReceiver<Outgoing>,
@@ -254,7 +257,7 @@ impl Session {
                     .events_tx
                     .send(SignalingEvent::Reconnecting { attempt, delay });
                 sleep(delay).await;
-                let try_resume = lost_at.elapsed() < self.resume_grace;
+                let try_resume = !self.session_lost && lost_at.elapsed() < self.resume_grace;
                 match self.reconnect(try_resume).await {
                     Reconnect::Resumed(ws) | Reconnect::Rejoined(ws) => break ws,
                     Reconnect::Failed => {}
@@ -372,7 +375,7 @@ impl Session {
         if try_resume {
             match self.resume(&mut ws).await {
                 Ok(true) => return Reconnect::Resumed(ws),
-                Ok(false) => {}
+                Ok(false) => self.session_lost = true,
                 Err(err) => {
                     tracing::debug!("signaling resume failed: {err}");
                     return Reconnect::Failed;
@@ -384,6 +387,7 @@ impl Session {
                 self.resume_token = info.resume_token.clone();
                 self.last_seq = seq;
                 self.last_acked = 0;
+                self.session_lost = false;
                 let _ = self
                     .events_tx
                     .send(SignalingEvent::Rejoined(Box::new(info)));

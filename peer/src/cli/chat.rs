@@ -92,7 +92,7 @@ async fn on_event(
                 while let Some(line) = pending.pop_front() {
                     peer.send_text(&id, ChannelKind::Reliable, &line).await?;
                 }
-                if let Ok(Some(pair)) = peer.selected_pair(&id).await {
+                if let Some(pair) = super::selected_pair_eventually(peer, &id).await {
                     out.selected_pair(id.as_str(), &pair, None);
                 }
             }

@@ -144,6 +144,20 @@ impl Output {
     }
 }
 
+/// The selected pair, retried briefly: stats can lag an open channel by a moment.
+pub(crate) async fn selected_pair_eventually(
+    peer: &peer::Peer,
+    remote: &peer::protocol::PeerId,
+) -> Option<SelectedPair> {
+    for _ in 0..50 {
+        if let Ok(Some(pair)) = peer.selected_pair(remote).await {
+            return Some(pair);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
+}
+
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Join { url, common } => chat::run(&url, &common).await,

@@ -68,7 +68,7 @@ pub(crate) async fn run(
         match connected {
             Ok(Ok(remote)) => {
                 let rtt = ping(&peer, &mut events, &remote).await;
-                match peer.selected_pair(&remote).await? {
+                match super::selected_pair_eventually(&peer, &remote).await {
                     Some(pair) => {
                         out.selected_pair(remote.as_str(), &pair, rtt);
                         results.insert(type_key(&pair.local_type), "ok");
@@ -200,7 +200,7 @@ async fn self_pair(
     };
     let remote = wait_open(&mut a_events).await?;
     let rtt = ping(&a, &mut a_events, &remote).await;
-    let pair = a.selected_pair(&remote).await?;
+    let pair = super::selected_pair_eventually(&a, &remote).await;
     responder.abort();
     a.close().await;
     if let Ok(b) = Arc::try_unwrap(b) {

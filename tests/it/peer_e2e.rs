@@ -1,0 +1,470 @@
+//! End-to-end tests of the `peer` CLI with the real `signaling` and `relay` binaries on
+//! loopback: ordered bulk chat (direct and relay-only), file transfer with checksum, and a
+//! signaling socket that drops mid-session (through a TCP proxy the test cuts).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use e2e::{ChildGuard, bin_path};
+
+const TURN_SECRET: &str = "peer-e2e-secret";
+
+/// A running binary with its stdout lines delivered on a channel.
+struct Proc {
+    guard: ChildGuard,
+    lines: mpsc::Receiver<String>,
+    stdin: Option<ChildStdin>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[&str], with_stdin: bool) -> Self {
+        let mut child = Command::new(bin_path(name))
+            .args(args)
+            .stdin(if with_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|err| panic!("spawn {name}: {err}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            guard: ChildGuard {
+                child,
+                name: name.to_owned(),
+            },
+            lines,
+            stdin,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line matching `pred`, keeping every line read in `seen`.
+    fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no matching line within {timeout:?}; got:\n{}",
+                    self.guard.name,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Like [`Self::wait_line`], but a line already read earlier also counts.
+    fn wait_seen(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        if let Some(line) = self.seen.iter().find(|l| pred(l)) {
+            return line.clone();
+        }
+        self.wait_line(timeout, pred)
+    }
+
+    /// Waits for the process to exit and returns its status.
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.guard.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.guard.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The value of `key=` in a `* event k=v ...` notice line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
+}
+
+struct Relay {
+    _proc: Proc,
+    udp: SocketAddr,
+}
+
+fn start_relay() -> Relay {
+    let mut proc = Proc::spawn(
+        "relay",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--no-tcp",
+            "--admin-listen",
+            "none",
+            "--relay-ip",
+            "127.0.0.1",
+            "--allow-loopback-peers",
+            "--auth-secret",
+            TURN_SECRET,
+        ],
+        false,
+    );
+    let line = proc.wait_line(Duration::from_secs(20), |l| {
+        l.starts_with("listening udp ")
+    });
+    let udp = line["listening udp ".len()..]
+        .parse()
+        .expect("relay address");
+    proc.wait_line(Duration::from_secs(20), |l| l == "ready");
+    Relay { _proc: proc, udp }
+}
+
+struct Signaling {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+fn start_signaling(relay: Option<&Relay>, listen: &str) -> Signaling {
+    let mut args = vec!["--listen".to_owned(), listen.to_owned()];
+    if let Some(relay) = relay {
+        args.extend([
+            "--turn-url".to_owned(),
+            format!("turn:{}?transport=udp", relay.udp),
+            "--turn-secret".to_owned(),
+            TURN_SECRET.to_owned(),
+        ]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut proc = Proc::spawn("signaling", &args, false);
+    let line = proc.wait_line(Duration::from_secs(20), |l| l.contains("listening on http://"));
+    let addr = line
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .expect("signaling address");
+    Signaling { proc, addr }
+}
+
+fn join(url: &str, name: &str, relay_only: bool) -> Proc {
+    let mut args = vec!["join", url, "--name", name, "--bind", "127.0.0.1"];
+    if relay_only {
+        args.push("--relay-only");
+    }
+    Proc::spawn("peer", &args, true)
+}
+
+/// Two chat peers exchange `count` lines each way; every line arrives, in order.
+fn bulk_chat(url: &str, relay_only: bool, count: usize) {
+    let mut alice = join(url, "alice", relay_only);
+    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    let mut bob = join(url, "bob", relay_only);
+    let timeout = Duration::from_secs(30);
+    for proc in [&mut alice, &mut bob] {
+        let pair = proc.wait_seen(timeout, |l| l.starts_with("* selected-pair"));
+        if relay_only {
+            assert_eq!(field(&pair, "local"), Some("relay"), "{pair}");
+            assert_eq!(field(&pair, "remote"), Some("relay"), "{pair}");
+        } else {
+            assert_eq!(field(&pair, "local"), Some("host"), "{pair}");
+        }
+        proc.wait_seen(timeout, |l| {
+            l.starts_with("* channel-open") && l.contains("kind=reliable")
+        });
+    }
+    let writers: Vec<_> = [("a", &mut alice), ("b", &mut bob)]
+        .into_iter()
+        .map(|(tag, proc)| {
+            let mut stdin = proc.stdin.take().expect("stdin");
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                for i in 0..count {
+                    text.push_str(&format!("{tag}-{i}\n"));
+                }
+                stdin.write_all(text.as_bytes()).expect("write stdin");
+                stdin.flush().expect("flush stdin");
+                stdin
+            })
+        })
+        .collect();
+    let mut stdins: Vec<ChildStdin> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    let deadline = Duration::from_secs(120);
+    for (proc, from, tag) in [(&mut alice, "bob", "b"), (&mut bob, "alice", "a")] {
+        for i in 0..count {
+            let want = format!("{from}: {tag}-{i}");
+            let got = proc.wait_line(deadline, |l| !l.starts_with("* "));
+            assert_eq!(got, want, "message {i} out of order or lost");
+        }
+    }
+    stdins.clear();
+}
+
+#[test]
+fn ten_thousand_messages_each_way_in_order_over_loopback() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    bulk_chat(
+        &format!("ws://{}/ws/bulk-direct", signaling.addr),
+        false,
+        10_000,
+    );
+}
+
+#[test]
+fn ten_thousand_messages_each_way_relay_only_through_our_relay() {
+    let relay = start_relay();
+    let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
+    bulk_chat(
+        &format!("ws://{}/ws/bulk-relay", signaling.addr),
+        true,
+        10_000,
+    );
+}
+
+#[test]
+fn file_of_several_megabytes_arrives_with_matching_checksum() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let url = format!("ws://{}/ws/file", signaling.addr);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src.bin");
+    let dst = dir.path().join("dst.bin");
+    // 6 MiB of non-repeating bytes (xorshift).
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..6 * 1024 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(&src, &data).expect("write source");
+    let src_s = src.to_string_lossy().into_owned();
+    let dst_s = dst.to_string_lossy().into_owned();
+    let mut receiver = Proc::spawn(
+        "peer",
+        &["recv-file", &url, &dst_s, "--bind", "127.0.0.1"],
+        false,
+    );
+    receiver.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    let mut sender = Proc::spawn(
+        "peer",
+        &["send-file", &url, &src_s, "--bind", "127.0.0.1"],
+        false,
+    );
+    let received = receiver.wait_line(Duration::from_secs(120), |l| {
+        l.starts_with("* file-received")
+    });
+    assert_eq!(field(&received, "ok"), Some("true"), "{received}");
+    let sent = sender.wait_line(Duration::from_secs(30), |l| l.starts_with("* file-sent"));
+    assert_eq!(field(&sent, "ok"), Some("true"), "{sent}");
+    assert!(receiver.wait_exit(Duration::from_secs(10)).success());
+    assert!(sender.wait_exit(Duration::from_secs(10)).success());
+    assert_eq!(std::fs::read(&dst).expect("read received"), data);
+}
+
+/// A TCP proxy whose live connections the test can cut while it keeps accepting new ones.
+struct CuttableProxy {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CuttableProxy {
+    fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("proxy addr");
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (conns2, stop2) = (conns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let _ = client.set_nonblocking(false);
+                        let Ok(server) = TcpStream::connect(upstream) else {
+                            continue;
+                        };
+                        for (mut from, mut to) in [
+                            (client.try_clone(), server.try_clone()),
+                            (server.try_clone(), client.try_clone()),
+                        ]
+                        .into_iter()
+                        .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                        {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                        if let Ok(mut guard) = conns2.lock() {
+                            guard.push(client);
+                            guard.push(server);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Self { addr, conns, stop }
+    }
+
+    /// Cuts every connection made so far.
+    fn cut_all(&self) {
+        if let Ok(mut guard) = self.conns.lock() {
+            for conn in guard.drain(..) {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.cut_all();
+    }
+}
+
+fn say(proc: &mut Proc, line: &str) {
+    let stdin = proc.stdin.as_mut().expect("stdin");
+    writeln!(stdin, "{line}").expect("write stdin");
+    stdin.flush().expect("flush");
+}
+
+fn expect_chat(proc: &mut Proc, want: &str) {
+    proc.wait_line(Duration::from_secs(20), |l| l == want);
+}
+
+#[test]
+fn signaling_socket_drop_resumes_and_the_data_channel_keeps_working() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let proxy = CuttableProxy::start(signaling.addr);
+    let url = format!("ws://{}/ws/resume", proxy.addr);
+    let mut alice = join(&url, "alice", false);
+    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    let mut bob = join(&url, "bob", false);
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(Duration::from_secs(30), |l| {
+            l.starts_with("* channel-open") && l.contains("kind=reliable")
+        });
+    }
+    say(&mut alice, "before-drop");
+    expect_chat(&mut bob, "alice: before-drop");
+
+    proxy.cut_all();
+    // The data channel does not depend on signaling.
+    say(&mut bob, "during-drop");
+    expect_chat(&mut alice, "bob: during-drop");
+    for proc in [&mut alice, &mut bob] {
+        let resumed = proc.wait_line(Duration::from_secs(20), |l| {
+            l.starts_with("* signaling-resumed")
+        });
+        assert!(field(&resumed, "replayed").is_some(), "{resumed}");
+    }
+    // Nobody left: resume kept the peer ids.
+    assert!(!alice.seen.iter().any(|l| l.starts_with("* peer-left")));
+    say(&mut alice, "after-resume");
+    expect_chat(&mut bob, "alice: after-resume");
+
+    // Signaling itself still routes: a third peer joins and connects to both.
+    let mut carol = join(&url, "carol", false);
+    carol.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* channel-open") && l.contains("kind=reliable")
+    });
+    carol.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* channel-open") && l.contains("kind=reliable")
+    });
+    say(&mut carol, "hello-from-carol");
+    expect_chat(&mut alice, "carol: hello-from-carol");
+    expect_chat(&mut bob, "carol: hello-from-carol");
+}
+
+#[test]
+fn signaling_restart_rejoins_and_the_data_channel_keeps_working() {
+    let listen = format!("127.0.0.1:{}", e2e::free_port());
+    let signaling = start_signaling(None, &listen);
+    let url = format!("ws://{}/ws/restart", signaling.addr);
+    let mut alice = join(&url, "alice", false);
+    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    let mut bob = join(&url, "bob", false);
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(Duration::from_secs(30), |l| {
+            l.starts_with("* channel-open") && l.contains("kind=reliable")
+        });
+    }
+    drop(signaling.proc);
+    say(&mut alice, "while-down");
+    expect_chat(&mut bob, "alice: while-down");
+    // A new server on the same address: the session is unknown there, so both re-join.
+    let _restarted = start_signaling(None, &listen);
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(Duration::from_secs(30), |l| {
+            l.starts_with("* signaling-rejoined")
+        });
+    }
+    // They find each other again and keep the existing connection (no duplicate).
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(Duration::from_secs(30), |l| l.starts_with("* peer-renamed"));
+    }
+    say(&mut bob, "after-restart");
+    expect_chat(&mut alice, "bob: after-restart");
+    say(&mut alice, "one-copy");
+    expect_chat(&mut bob, "alice: one-copy");
+    say(&mut alice, "marker");
+    expect_chat(&mut bob, "alice: marker");
+    assert_eq!(
+        bob.seen.iter().filter(|l| *l == "alice: one-copy").count(),
+        1,
+        "message delivered more than once"
+    );
+}
+
+#[test]
+fn probe_self_reports_host_and_relay_pairs() {
+    let relay = start_relay();
+    let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
+    let url = format!("ws://{}/ws/probe", signaling.addr);
+    let mut probe = Proc::spawn(
+        "peer",
+        &["probe", &url, "--self", "--bind", "127.0.0.1", "--timeout", "30"],
+        false,
+    );
+    let direct = probe.wait_line(Duration::from_secs(60), |l| {
+        l.starts_with("* probe ") && l.contains("mode=direct")
+    });
+    assert_eq!(field(&direct, "local"), Some("host"), "{direct}");
+    let relayed = probe.wait_line(Duration::from_secs(60), |l| {
+        l.starts_with("* probe ") && l.contains("mode=relay")
+    });
+    assert_eq!(field(&relayed, "local"), Some("relay"), "{relayed}");
+    assert_eq!(field(&relayed, "remote"), Some("relay"), "{relayed}");
+    assert!(field(&relayed, "rtt_ms").is_some_and(|v| v.parse::<f64>().is_ok()));
+    let result = probe.wait_line(Duration::from_secs(10), |l| l.starts_with("* probe-result"));
+    assert_eq!(field(&result, "host"), Some("ok"), "{result}");
+    assert_eq!(field(&result, "relay"), Some("ok"), "{result}");
+    assert!(probe.wait_exit(Duration::from_secs(10)).success());
+}
