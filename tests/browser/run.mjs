@@ -221,6 +221,25 @@ test('video: the remote video element receives frames from the fake camera', asy
   assert(await a.eval(() => window.__demo.room.localStream.getVideoTracks()[0].enabled === false), 'video track disabled');
 });
 
+test('glare: both sides renegotiate at the same moment, perfect negotiation settles it', async (t) => {
+  const [a, b] = await t.pair();
+  for (let round = 0; round < 3; round += 1) {
+    await Promise.all([a, b].map((p) => p.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: simultaneous restart'))));
+    for (const p of [a, b]) {
+      await p.waitFor(() => {
+        const peer = [...window.__demo.room.peers.values()][0];
+        return peer.pc.signalingState === 'stable' && peer.state === 'connected' && !peer._makingOffer;
+      }, null, `stable and connected after simultaneous restart ${round + 1}`);
+    }
+  }
+  const glare = await a.eval(() => window.__demo.events.some((e) => e.type === 'log' && /^glare/.test(e.message)));
+  assert(glare, 'a collision actually happened and the impolite side ignored the other offer');
+  await a.eval(() => window.__demo.sendChat('after the glare'));
+  await b.chatFrom('after the glare');
+  await b.eval(() => window.__demo.sendChat('settled'));
+  await a.chatFrom('settled');
+});
+
 test('no camera: permission denied is shown, chat and canvas still work', async (t) => {
   const deny = () => {
     navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));
