@@ -46,6 +46,8 @@ pub(crate) struct PendingAllocation {
     pub(crate) username: Box<str>,
     pub(crate) quota_user: Box<str>,
     pub(crate) key: [u8; 16],
+    /// EVEN-PORT with R: reserve the next port once bound.
+    pub(crate) reserve_next: bool,
     /// The client went away (stream closed) before the bind finished.
     pub(crate) cancelled: bool,
 }

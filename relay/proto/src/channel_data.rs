@@ -7,8 +7,10 @@ use std::ops::Range;
 pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
 /// Lowest valid channel number.
 pub const MIN_CHANNEL: u16 = 0x4000;
-/// Highest valid channel number.
-pub const MAX_CHANNEL: u16 = 0x4FFF;
+/// Highest valid channel number. RFC 8656 narrowed the range to 0x4000-0x4FFF, but RFC 5766
+/// allowed 0x4000-0x7FFF and clients still use it (coturn's `turnutils_uclient` binds 0x7ABC):
+/// we accept the old range. Both start with the bits `01`, so demultiplexing is unaffected.
+pub const MAX_CHANNEL: u16 = 0x7FFF;
 
 /// Why a ChannelData message is invalid (counted as malformed, dropped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -17,7 +19,7 @@ pub enum ChannelDataError {
     /// Fewer than 4 bytes.
     #[error("shorter than a ChannelData header")]
     TooShort,
-    /// Channel number outside 0x4000-0x4FFF.
+    /// Channel number outside 0x4000-0x7FFF.
     #[error("channel number out of range")]
     BadChannel,
     /// The length field exceeds the bytes present.
@@ -89,7 +91,7 @@ mod tests {
         );
         assert_eq!(parse(&[0x40, 0x00, 0x00]), Err(ChannelDataError::TooShort));
         assert_eq!(
-            parse(&[0x50, 0x00, 0x00, 0x00]),
+            parse(&[0x80, 0x00, 0x00, 0x00]),
             Err(ChannelDataError::BadChannel)
         );
         assert_eq!(
@@ -101,6 +103,8 @@ mod tests {
             Err(ChannelDataError::Truncated)
         );
         assert_eq!(parse(&[0x40, 0x01, 0x00, 0x00]).unwrap(), (0x4001, 4..4));
+        // The RFC 5766 range, still used by coturn's clients.
+        assert_eq!(parse(&[0x7A, 0xBC, 0x00, 0x00]).unwrap(), (0x7ABC, 4..4));
     }
 
     #[test]

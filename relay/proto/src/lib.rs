@@ -28,8 +28,14 @@
 //! (peer addresses), `quota`, `expiry` (one deadline queue), `stats`, `config`, `output`.
 //!
 //! # API changes
-//! No published signature has changed. Additions since the first published API (a28a13f),
-//! newest first:
+//! Newest first. Changes since the first published API (a28a13f):
+//! - `Output::BindRelay` gained `address: Option<SocketAddr>`: when `Some`, bind exactly that
+//!   local address (the port reserved by EVEN-PORT's R bit, claimed with RESERVATION-TOKEN; this
+//!   is how `turnutils_uclient` allocates RTP/RTCP pairs without `-c`), and answer
+//!   `Err(BindError::NoCapacity)` if it is taken. Patterns with `..` keep compiling.
+//! - Channel numbers 0x4000-0x7FFF are accepted (RFC 5766 range; coturn's clients use it).
+//!
+//! Additions (no signature changed):
 //! - `message::MessageBuilder::add_padded` (RFC 5769 vectors pad with spaces).
 //! - Public modules `message`, `attributes`, `auth`, `channel_data`, `framing` (codec for
 //!   tests and the I/O layer's stream framing: `framing::stream_frame_len`).

@@ -27,6 +27,11 @@ use crate::output::{BindError, Output, RelayRequestId};
 use crate::quota::{IpRateLimiter, QuotaKind, TokenBucket};
 use crate::server::{Server, later};
 
+/// How long a RESERVATION-TOKEN stays valid (RFC 8656 suggests about 30 s).
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+/// Bound on outstanding reservations per shard.
+const MAX_RESERVATIONS: usize = 4096;
+
 /// Size of a FINGERPRINT attribute.
 const FINGERPRINT_SIZE: usize = 8;
 
@@ -55,8 +60,19 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-/// RFC 8656 section 7.2 steps 2-6: the relayed family and the EVEN-PORT hint, or an error code.
-fn allocate_params(msg: &StunMessage<'_>) -> Result<(AddressFamily, bool), u16> {
+/// What an Allocate asks for besides credentials and lifetime.
+struct AllocateParams {
+    family: AddressFamily,
+    /// EVEN-PORT present.
+    even_port: bool,
+    /// EVEN-PORT with the R bit: reserve the next port.
+    reserve_next: bool,
+    /// RESERVATION-TOKEN: use a port reserved by an earlier Allocate.
+    token: Option<[u8; 8]>,
+}
+
+/// RFC 8656 section 7.2 steps 2-6: family, EVEN-PORT and RESERVATION-TOKEN, or an error code.
+fn allocate_params(msg: &StunMessage<'_>) -> Result<AllocateParams, u16> {
     let Some(Ok(transport)) = msg
         .get(REQUESTED_TRANSPORT)
         .map(attributes::decode_requested_transport)
@@ -68,21 +84,28 @@ fn allocate_params(msg: &StunMessage<'_>) -> Result<(AddressFamily, bool), u16> 
     }
     let family_attr = msg.get(REQUESTED_ADDRESS_FAMILY);
     let even_port = msg.get(EVEN_PORT);
-    if msg.get(RESERVATION_TOKEN).is_some() {
-        // Reservations are not supported: EVEN-PORT's R flag is served without one.
-        let conflicting = family_attr.is_some() || even_port.is_some();
-        return Err(if conflicting { 400 } else { 508 });
-    }
-    if even_port.is_some_and(<[u8]>::is_empty) {
-        return Err(400);
-    }
+    let token = match msg.get(RESERVATION_TOKEN) {
+        None => None,
+        Some(_) if family_attr.is_some() || even_port.is_some() => return Err(400),
+        Some(t) => Some(<[u8; 8]>::try_from(t).map_err(|_| 400u16)?),
+    };
+    let reserve_next = match even_port {
+        None => false,
+        Some([first, ..]) => first & 0x80 != 0,
+        Some([]) => return Err(400),
+    };
     let family = match family_attr.map(attributes::decode_address_family) {
         None | Some(Ok(0x01)) => AddressFamily::V4,
         Some(Ok(0x02)) => AddressFamily::V6,
         Some(Ok(_)) => return Err(440),
         Some(Err(_)) => return Err(400),
     };
-    Ok((family, even_port.is_some()))
+    Ok(AllocateParams {
+        family,
+        even_port: even_port.is_some(),
+        reserve_next,
+        token,
+    })
 }
 
 impl Server {
@@ -166,9 +189,16 @@ impl Server {
             }
             return;
         }
-        let (family, even_port) = match allocate_params(msg) {
+        let params = match allocate_params(msg) {
             Ok(params) => params,
             Err(code) => return self.error_authenticated(from, msg, &key, code),
+        };
+        let address = match params.token {
+            None => None,
+            Some(token) => match self.take_reservation(token, now) {
+                Some(address) => Some(address),
+                None => return self.error_authenticated(from, msg, &key, 508),
+            },
         };
         if self.is_draining() {
             return self.error_authenticated(from, msg, &key, 508);
@@ -197,15 +227,17 @@ impl Server {
                 username: auth.username,
                 quota_user: auth.identity.quota_user,
                 key,
+                reserve_next: params.reserve_next,
                 cancelled: false,
             },
         );
         self.pending_by_five_tuple.insert(from, request);
         self.outputs.push_back(Output::BindRelay {
             request,
-            family,
+            family: address.map_or(params.family, |a| AddressFamily::of(&a)),
             five_tuple: from,
-            even_port,
+            even_port: params.even_port,
+            address,
         });
     }
 
@@ -271,10 +303,37 @@ impl Server {
             bandwidth,
         };
         let key = self.insert_allocation(alloc);
+        let token = (p.reserve_next && relay.port() % 2 == 0 && relay.port() < u16::MAX)
+            .then(|| self.reserve(SocketAddr::new(relay.ip(), relay.port() + 1), now));
         if let Some(a) = self.allocation(key) {
-            let b = self.allocate_success(p.transaction_id, a, now);
+            let mut b = self.allocate_success(p.transaction_id, a, now);
+            if let Some(token) = token {
+                b.add(RESERVATION_TOKEN, &token);
+            }
             self.send_authenticated(p.five_tuple, b, &p.key);
         }
+    }
+
+    /// RFC 8656 section 7.2 (EVEN-PORT with R): remember `address` for a later Allocate
+    /// carrying the returned RESERVATION-TOKEN. The port is not held open: if something else
+    /// binds it meanwhile, that Allocate gets 508.
+    fn reserve(&mut self, address: SocketAddr, now: Instant) -> [u8; 8] {
+        if self.reservations.len() >= MAX_RESERVATIONS {
+            self.reservations.retain(|_, (_, until)| *until > now);
+            if self.reservations.len() >= MAX_RESERVATIONS {
+                self.reservations.clear();
+            }
+        }
+        let token: [u8; 8] = rand::random();
+        self.reservations
+            .insert(token, (address, later(now, RESERVATION_LIFETIME)));
+        token
+    }
+
+    /// The address reserved under `token`, if it has not expired (single use).
+    fn take_reservation(&mut self, token: [u8; 8], now: Instant) -> Option<SocketAddr> {
+        let (address, until) = self.reservations.remove(&token)?;
+        (now < until).then_some(address)
     }
 
     fn allocate_success(&self, tid: TransactionId, a: &Allocation, now: Instant) -> MessageBuilder {

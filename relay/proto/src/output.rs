@@ -104,8 +104,12 @@ pub enum Output {
         family: AddressFamily,
         /// The client's 5-tuple (to route peer packets of this relay to the same shard).
         five_tuple: FiveTuple,
-        /// The client sent EVEN-PORT: try an even port (best effort, no reservation).
+        /// The client sent EVEN-PORT: try an even port (best effort).
         even_port: bool,
+        /// Bind exactly this local address: the port reserved by an earlier Allocate's EVEN-PORT
+        /// (R bit) and claimed now with its RESERVATION-TOKEN. Answer `BindError::NoCapacity`
+        /// if it is taken. `None` (the usual case): any free port in the relay range.
+        address: Option<SocketAddr>,
     },
     /// The allocation bound to `relay` is gone: close its socket.
     ReleaseRelay {

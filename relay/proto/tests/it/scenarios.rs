@@ -604,7 +604,7 @@ fn channel_bind_rules() {
         Some(400)
     );
     assert_eq!(
-        error_code(&h.request(alice.from, &alice.channel_bind_request(0x5000, p2))),
+        error_code(&h.request(alice.from, &alice.channel_bind_request(0x8000, p2))),
         Some(400)
     );
     // After expiry the number stays reserved for 5 minutes, then can be reused.
@@ -1062,4 +1062,73 @@ fn even_port_is_passed_to_the_io_layer_as_a_hint() {
         [Output::BindRelay { even_port, .. }] => assert!(*even_port),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
+    let mut h = Harness::new();
+    let mut rtp = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let tid = rtp.next_tid();
+    let challenge = h.request(rtp.from, &rtp.allocate_request(tid));
+    rtp.learn_nonce(&challenge);
+    let tid = rtp.next_tid();
+    let req = rtp.build(ALLOCATE, tid, |b| {
+        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(attributes::EVEN_PORT, &[0x80]);
+    });
+    assert_eq!(h.send(rtp.from, &req), ClientAction::Queued);
+    let Output::BindRelay {
+        request,
+        even_port: true,
+        address: None,
+        ..
+    } = h.outputs().remove(0)
+    else {
+        panic!("expected an even-port bind")
+    };
+    let resp = h.complete_bind(request, AddressFamily::V4);
+    let m = rtp.verify_success(&resp, ALLOCATE);
+    let token: [u8; 8] = m
+        .get(attributes::RESERVATION_TOKEN)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let relay = attributes::decode_xor_address(
+        m.get(attributes::XOR_RELAYED_ADDRESS).unwrap(),
+        &m.transaction_id(),
+    )
+    .unwrap();
+    assert_eq!(relay.port() % 2, 0);
+
+    let mut rtcp = Client::new(udp("192.0.2.10:40001"), "alice", "alice-pass");
+    rtcp.nonce = rtp.nonce.clone();
+    let with_token = |c: &mut Client| {
+        let tid = c.next_tid();
+        c.build(ALLOCATE, tid, |b| {
+            b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .add(attributes::RESERVATION_TOKEN, &token);
+        })
+    };
+    let req = with_token(&mut rtcp);
+    assert_eq!(h.send(rtcp.from, &req), ClientAction::Queued);
+    let Output::BindRelay {
+        request,
+        address: Some(address),
+        ..
+    } = h.outputs().remove(0)
+    else {
+        panic!("expected a bind of the reserved address")
+    };
+    assert_eq!(address, SocketAddr::new(relay.ip(), relay.port() + 1));
+    h.server.handle_relay_bound(h.now, request, Ok(address));
+    let Output::Transmit { data, .. } = h.outputs().remove(0) else {
+        panic!()
+    };
+    rtcp.verify_success(&data, ALLOCATE);
+
+    // A token is single-use; an unknown one gets 508.
+    let mut third = Client::new(udp("192.0.2.10:40002"), "alice", "alice-pass");
+    third.nonce = rtp.nonce.clone();
+    let req = with_token(&mut third);
+    assert_eq!(error_code(&h.request(third.from, &req)), Some(508));
 }
