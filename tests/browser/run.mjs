@@ -221,6 +221,21 @@ test('video: the remote video element receives frames from the fake camera', asy
   assert(await a.eval(() => window.__demo.room.localStream.getVideoTracks()[0].enabled === false), 'video track disabled');
 });
 
+test('three peers: a full mesh, everyone hears everyone', async (t) => {
+  const a = await t.open('Alice');
+  await a.joined();
+  const b = await t.open('Bob');
+  await b.joined();
+  const c = await t.open('Carol');
+  await Promise.all([a.connected(2), b.connected(2), c.connected(2)]);
+  await c.eval(() => window.__demo.sendChat('hi both'));
+  await Promise.all([a.chatFrom('hi both'), b.chatFrom('hi both')]);
+  await a.eval(() => window.__demo.sendChat('hi Carol'));
+  await Promise.all([b.chatFrom('hi Carol'), c.chatFrom('hi Carol')]);
+  await c.waitFor(() => [...document.querySelectorAll('.tile-remote video')].filter((v) => v.videoWidth > 0).length === 2, null, 'two remote videos at Carol');
+  await t.screenshot(c, 'three-peers.png');
+});
+
 test('glare: both sides renegotiate at the same moment, perfect negotiation settles it', async (t) => {
   const [a, b] = await t.pair();
   for (let round = 0; round < 3; round += 1) {
