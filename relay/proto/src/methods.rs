@@ -120,6 +120,7 @@ impl Server {
         }
         let (unknown, n) = msg.unknown_required();
         if n > 0 {
+            self.stats.error_responses += 1;
             let mut b = self.error_builder(msg, 420, false);
             b.add_with(UNKNOWN_ATTRIBUTES, |out| {
                 for t in &unknown[..n] {
@@ -136,6 +137,7 @@ impl Server {
             CREATE_PERMISSION => self.create_permission(now, from, msg),
             CHANNEL_BIND => self.channel_bind(now, from, msg),
             _ => {
+                self.stats.error_responses += 1;
                 let b = self.error_builder(msg, 400, false);
                 self.send_unauthenticated(from, msg.raw().len(), b);
             }

@@ -147,6 +147,8 @@ impl Server {
             Class::Indication if msg.method() == message::SEND => {
                 self.client_send_indication(now, from, &msg, packet)
             }
+            // A Binding indication is a keepalive (RFC 8489 section 6.3.2): nothing to do.
+            Class::Indication if msg.method() == message::BINDING => ClientAction::Drop,
             _ => {
                 self.stats.dropped_packets += 1;
                 ClientAction::Drop
