@@ -60,6 +60,17 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
+/// The client's address as it should appear in XOR-MAPPED-ADDRESS: an IPv4-mapped IPv6
+/// address (a dual-stack socket's view of an IPv4 client) is reported as the IPv4 address.
+fn unmapped(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(addr, |v4| SocketAddr::new(v4.into(), addr.port())),
+        std::net::IpAddr::V4(_) => addr,
+    }
+}
+
 /// What an Allocate asks for besides credentials and lifetime.
 struct AllocateParams {
     family: AddressFamily,
@@ -148,7 +159,7 @@ impl Server {
     fn binding(&mut self, from: FiveTuple, msg: &StunMessage<'_>) {
         self.stats.binding_requests += 1;
         let mut b = MessageBuilder::new(BINDING, Class::Success, msg.transaction_id());
-        b.add_xor_address(XOR_MAPPED_ADDRESS, from.client);
+        b.add_xor_address(XOR_MAPPED_ADDRESS, unmapped(from.client));
         self.send_unauthenticated(from, msg.raw().len(), b);
     }
 
@@ -343,7 +354,7 @@ impl Server {
         let mut b = MessageBuilder::new(ALLOCATE, Class::Success, tid);
         b.add_xor_address(XOR_RELAYED_ADDRESS, a.advertised)
             .add_u32(LIFETIME, remaining)
-            .add_xor_address(XOR_MAPPED_ADDRESS, a.five_tuple.client);
+            .add_xor_address(XOR_MAPPED_ADDRESS, unmapped(a.five_tuple.client));
         b
     }
 

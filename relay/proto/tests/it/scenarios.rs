@@ -1132,3 +1132,15 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
     let req = with_token(&mut third);
     assert_eq!(error_code(&h.request(third.from, &req)), Some(508));
 }
+
+#[test]
+fn ipv4_mapped_clients_of_a_dual_stack_socket_see_their_ipv4_address() {
+    let mut h = Harness::new();
+    let from = udp("[::ffff:192.0.2.80]:40000");
+    let req = MessageBuilder::new(BINDING, Class::Request, TransactionId([2; 12])).finish();
+    let resp = h.request(from, &req);
+    let m = StunMessage::parse(&resp).unwrap();
+    let mapped =
+        attributes::decode_xor_address(m.get(XOR_MAPPED_ADDRESS).unwrap(), &m.transaction_id());
+    assert_eq!(mapped.unwrap(), peer("192.0.2.80:40000"));
+}
