@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::small_list::SmallList;
+
 /// How long an expired binding still blocks its number and peer.
 pub(crate) const QUARANTINE: Duration = Duration::from_secs(300);
 
@@ -30,7 +32,7 @@ pub(crate) enum BindConflict {
 /// The bindings of one allocation (small vector, linear search).
 #[derive(Debug, Default)]
 pub(crate) struct Channels {
-    entries: Vec<ChannelBinding>,
+    entries: SmallList<ChannelBinding, 2>,
 }
 
 impl Channels {
@@ -52,7 +54,7 @@ impl Channels {
 
     /// Check a bind of `number` to `peer` against the rules; Ok(true) if it creates an entry.
     pub(crate) fn check(&self, number: u16, peer: SocketAddr) -> Result<bool, BindConflict> {
-        for c in &self.entries {
+        for c in self.entries.iter() {
             if c.number == number && c.peer != peer {
                 return Err(BindConflict::NumberInUse);
             }
@@ -83,10 +85,9 @@ impl Channels {
 
     /// Timer for `number` fired at `now`: returns (gauge decrement, next timer deadline).
     pub(crate) fn on_timer(&mut self, number: u16, now: Instant) -> (bool, Option<Instant>) {
-        let Some(i) = self.entries.iter().position(|c| c.number == number) else {
+        let Some(c) = self.entries.iter_mut().find(|c| c.number == number) else {
             return (false, None);
         };
-        let c = &mut self.entries[i];
         if now < c.expires {
             return (false, None);
         }
@@ -95,7 +96,7 @@ impl Channels {
             return (true, Some(c.expires + QUARANTINE));
         }
         if now >= c.expires + QUARANTINE {
-            self.entries.swap_remove(i);
+            self.entries.remove_first(|c| c.number == number);
         }
         (false, None)
     }

@@ -59,6 +59,7 @@ mod permission;
 pub mod policy;
 mod quota;
 mod server;
+mod small_list;
 mod stats;
 
 pub use config::{AuthConfig, ExternalIp, ServerConfig, StaticCredential, WallClock};

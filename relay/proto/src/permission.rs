@@ -1,14 +1,16 @@
-//! Permissions of one allocation (RFC 8656 section 9): peer IP -> expiry. Small vector with
-//! linear search: allocations hold a handful of permissions, and this beats hashing on the
-//! relay path.
+//! Permissions of one allocation (RFC 8656 section 9): peer IP -> expiry. A small list with
+//! linear search (the first two inline): allocations hold a handful of permissions, and this
+//! beats hashing on the relay path.
 
 use std::net::IpAddr;
 use std::time::Instant;
 
+use crate::small_list::SmallList;
+
 /// The installed permissions of one allocation.
 #[derive(Debug, Default)]
 pub(crate) struct Permissions {
-    entries: Vec<(IpAddr, Instant)>,
+    entries: SmallList<(IpAddr, Instant), 2>,
 }
 
 impl Permissions {
@@ -36,16 +38,9 @@ impl Permissions {
 
     /// Remove the entry for `ip` if it has expired at `now`; true if removed.
     pub(crate) fn remove_if_expired(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if let Some(i) = self
-            .entries
-            .iter()
-            .position(|(p, exp)| *p == ip && *exp <= now)
-        {
-            self.entries.swap_remove(i);
-            true
-        } else {
-            false
-        }
+        self.entries
+            .remove_first(|(p, exp)| *p == ip && *exp <= now)
+            .is_some()
     }
 
     /// The expiry of the entry for `ip`.
