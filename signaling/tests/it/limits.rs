@@ -255,3 +255,93 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
     let (_, _, metrics) = server.get("/metrics").await;
     assert!(metrics.contains("signaling_errors_total{code=\"slow_consumer\"} 1"));
 }
+
+/// Mutated and truncated versions of valid messages, thousands of them: every one gets an
+/// answer or is ignored, and the server and the other peers carry on.
+#[tokio::test]
+async fn garbage_never_hurts_the_server() {
+    let server = Server::start(&[
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+        "--outbound-queue",
+        "8192",
+    ]);
+    let url = server.ws("/ws/garbage");
+    let (mut a, a_info) = Client::join(&url, None).await;
+    let (mut b, b_info) = Client::join(&url, None).await;
+    let _ = a.recv_message().await;
+    let valid = [
+        format!(
+            r#"{{"type":"signal","id":1,"to":"{}","signal":{{"kind":"candidate","candidate":{{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0"}}}}}}"#,
+            b_info.peer_id
+        ),
+        r#"{"type":"broadcast","id":2,"data":{"x":[1,2,{"y":null}]}}"#.to_owned(),
+        r#"{"type":"ack","seq":3}"#.to_owned(),
+        r#"{"type":"ping","id":4}"#.to_owned(),
+    ];
+    // A fixed-seed generator: the same garbage on every run.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut sent = 0;
+    for round in 0..2000 {
+        let base = valid[round % valid.len()].as_bytes();
+        let mut bytes = base.to_vec();
+        match next() % 3 {
+            0 => bytes.truncate((next() as usize) % base.len()),
+            1 => {
+                for _ in 0..1 + next() % 4 {
+                    let i = (next() as usize) % bytes.len();
+                    bytes[i] = b" {}[]\":,0aZ\\"[(next() % 12) as usize];
+                }
+            }
+            _ => {
+                let i = (next() as usize) % bytes.len();
+                bytes.insert(i, b"\"{[,:"[(next() % 5) as usize]);
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if text.contains("leave") {
+            continue;
+        }
+        a.send_raw(Message::text(text)).await;
+        sent += 1;
+        // Read A's answers as they come (a client that never reads is a slow consumer):
+        // errors and pongs, nothing that closes it.
+        let mut wait = Duration::ZERO;
+        if sent % 100 == 0 {
+            wait = Duration::from_millis(300);
+        }
+        while let Some(frame) = a.recv_within(wait).await {
+            assert!(
+                matches!(
+                    frame.message,
+                    ServerMessage::Error { .. } | ServerMessage::Pong { .. }
+                ),
+                "{frame:?}"
+            );
+            wait = Duration::ZERO;
+        }
+    }
+    assert!(sent > 1500);
+    // B got only well-formed signals and broadcasts from A.
+    while let Some(frame) = b.recv_within(Duration::from_millis(300)).await {
+        match frame.message {
+            ServerMessage::Signal { from, .. } | ServerMessage::Broadcast { from, .. } => {
+                assert_eq!(from, a_info.peer_id)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Everyone is still served.
+    signal(&mut a, &b_info.peer_id, candidate(5)).await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(5));
+    let (status, _, _) = server.get("/healthz").await;
+    assert_eq!(status, 200);
+}

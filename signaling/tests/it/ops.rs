@@ -172,3 +172,47 @@ async fn sigterm_drains_then_exits() {
     assert!(server.wait_exit(Duration::from_secs(3)), "still running");
     assert!(start.elapsed() < Duration::from_secs(4));
 }
+
+#[test]
+fn startup_prints_the_config_without_secrets() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            "jwt-very-secret",
+            "--turn-url",
+            "turn:127.0.0.1:3478",
+            "--turn-secret",
+            "turn-very-secret",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read");
+    assert!(
+        first.starts_with("listening on http://127.0.0.1:"),
+        "{first}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("read stderr");
+    assert!(logs.contains("starting"), "{logs}");
+    assert!(logs.contains("turn:127.0.0.1:3478"), "{logs}");
+    assert!(logs.contains("<redacted>"), "{logs}");
+    assert!(
+        !logs.contains("very-secret"),
+        "a secret was logged:\n{logs}"
+    );
+}
