@@ -2,6 +2,8 @@
 //! closes. The frame size limit is enforced by tungstenite (configured in `ws.rs`); here an
 //! oversize frame is recognised so the session can answer it with `message_too_large` and 1009.
 
+use std::time::Duration;
+
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite;
@@ -24,12 +26,22 @@ pub enum Inbound {
 /// A WebSocket connection of the server.
 pub struct Connection {
     socket: WebSocket,
+    /// How long one write may wait for a client that does not read (its TCP window is full)
+    /// before the connection counts as dead. Without it, a stuck write would also stop the
+    /// ping timer that detects zombies.
+    write_timeout: Duration,
 }
+
+/// Close frames are a courtesy: never wait long for a peer to take one.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Connection {
     /// Wraps an upgraded socket.
-    pub fn new(socket: WebSocket) -> Self {
-        Self { socket }
+    pub fn new(socket: WebSocket, write_timeout: Duration) -> Self {
+        Self {
+            socket,
+            write_timeout,
+        }
     }
 
     /// The next inbound event. Cancel-safe (it is `Stream::next`), so it can sit in a `select!`.
@@ -52,14 +64,15 @@ impl Connection {
         }
     }
 
-    /// Writes one text frame and flushes it.
+    /// Writes one text frame and flushes it, within the write timeout.
     pub async fn send_text(&mut self, frame: Utf8Bytes) -> Result<(), axum::Error> {
-        self.socket.send(Message::Text(frame)).await
+        self.send(Message::Text(frame), self.write_timeout).await
     }
 
-    /// Sends a WebSocket ping.
+    /// Sends a WebSocket ping, within the write timeout.
     pub async fn ping(&mut self) -> Result<(), axum::Error> {
-        self.socket.send(Message::Ping(Bytes::new())).await
+        self.send(Message::Ping(Bytes::new()), self.write_timeout)
+            .await
     }
 
     /// Sends a close frame with `code` and `reason`; the socket is done afterwards.
@@ -68,6 +81,16 @@ impl Connection {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = self.socket.send(Message::Close(Some(frame))).await;
+        let _ = self.send(Message::Close(Some(frame)), CLOSE_TIMEOUT).await;
+    }
+
+    async fn send(&mut self, message: Message, limit: Duration) -> Result<(), axum::Error> {
+        match tokio::time::timeout(limit, self.socket.send(message)).await {
+            Ok(result) => result,
+            Err(_) => Err(axum::Error::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client does not read",
+            ))),
+        }
     }
 }

@@ -43,7 +43,7 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, handshake: Handshake) {
     let (tx, rx) = mpsc::channel(app.config.outbound_queue);
     let now = Instant::now();
     let mut task = SocketTask {
-        conn: Connection::new(socket),
+        conn: Connection::new(socket, app.config.ping_timeout),
         bucket: TokenBucket::new(app.config.rate_burst, now),
         app,
         handshake,
@@ -53,18 +53,14 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, handshake: Handshake) {
         opened: now,
         reading: true,
     };
-    app_metrics_open(&task.app);
+    task.app.metrics.connections.inc();
+    task.app.metrics.connections_total.inc();
     let reason = task.run(rx).await;
     if let Some(key) = task.key {
         task.app.hub.detach(key, task.handshake.conn, reason);
     }
     task.app.metrics.connections.dec();
     tracing::debug!(?reason, "connection closed");
-}
-
-fn app_metrics_open(app: &AppState) {
-    app.metrics.connections.inc();
-    app.metrics.connections_total.inc();
 }
 
 struct SocketTask {

@@ -225,6 +225,10 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
         "100000",
         "--replay-max-bytes",
         "100000000",
+        "--ping-interval",
+        "200ms",
+        "--ping-timeout",
+        "1s",
     ]);
     let url = server.ws("/ws/slow");
     let (mut a, _) = Client::join(&url, None).await;
@@ -254,6 +258,21 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
     assert!(ended, "the slow consumer was never cut off");
     let (_, _, metrics) = server.get("/metrics").await;
     assert!(metrics.contains("signaling_errors_total{code=\"slow_consumer\"} 1"));
+    // The server does not stay stuck writing to B, which still does not read: its socket is
+    // dropped within the write timeout (the ping timeout).
+    a.close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, metrics) = server.get("/metrics").await;
+        if metrics.contains("signaling_connections 0\n") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B's socket was never dropped:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Mutated and truncated versions of valid messages, thousands of them: every one gets an
