@@ -1,12 +1,17 @@
 //! Real NATs: network namespaces with a "public" server host and two clients, each behind its
 //! own NAT router (see `e2e::netns` for the topology). `probe` proves the topology itself
-//! (mapping behaviour, hole punching, a UDP-blocking firewall) with small UDP/TCP probes.
+//! (mapping behaviour, hole punching, a UDP-blocking firewall) with small UDP/TCP probes;
+//! `peers` runs our `signaling` and `relay` on the public host and two `peer` CLIs behind the
+//! routers, and asserts which candidate pair they select.
 //!
 //! Needs root (to create namespaces). Where namespaces cannot be created the tests skip with a
 //! loud message on stderr, unless `E2E_REQUIRE_NETNS=1` makes that a failure (CI runs as root
 //! and sets it, so a broken set-up cannot pass as a skip).
 
+mod peers;
 mod probe;
+mod process;
+mod server;
 
 use e2e::netns::{RouterSpec, Topology, netns_unavailable};
 
