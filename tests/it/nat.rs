@@ -13,6 +13,8 @@ mod probe;
 mod process;
 mod server;
 
+use std::io::Write as _;
+
 use e2e::netns::{RouterSpec, Topology, netns_unavailable};
 
 /// Builds a topology, or returns `None` after a loud skip message where this machine cannot
@@ -24,7 +26,9 @@ fn topology_or_skip(test: &str, router_a: RouterSpec, router_b: RouterSpec) -> O
             !required,
             "{test}: E2E_REQUIRE_NETNS is set but network namespaces are unavailable: {reason}"
         );
-        eprintln!(
+        // Straight to fd 2, not `eprintln!`: libtest captures the macros of passing tests.
+        let _ = writeln!(
+            std::io::stderr().lock(),
             "\n########## SKIPPED {test}: cannot create network namespaces ({reason}).\n\
              ########## The real-NAT tests need root; CI runs them.\n"
         );
