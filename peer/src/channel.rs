@@ -200,17 +200,15 @@ pub(crate) fn spawn_reader(
         let mut open = false;
         while let Some(event) = dc.poll().await {
             match event {
-                DataChannelEvent::OnOpen => {
-                    if !open {
-                        open = true;
-                        registry.insert(key, &remote, kind, dc.clone());
-                        let _ = events
-                            .send(PeerEvent::ChannelOpen {
-                                peer: read_remote(&remote),
-                                kind,
-                            })
-                            .await;
-                    }
+                DataChannelEvent::OnOpen if !open => {
+                    open = true;
+                    registry.insert(key, &remote, kind, dc.clone());
+                    let _ = events
+                        .send(PeerEvent::ChannelOpen {
+                            peer: read_remote(&remote),
+                            kind,
+                        })
+                        .await;
                 }
                 DataChannelEvent::OnMessage(message) => {
                     let event = PeerEvent::Message {

@@ -148,6 +148,10 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         // Accept a working pair as soon as it is found; the defaults wait up to 2 s
         // (relay) hoping for a better one, which dominates set-up time on a LAN or a relay.
         .with_host_acceptance_min_wait(Some(Duration::ZERO))
+        // Loopback/LAN checks often arrive before the trickled candidate, making the first
+        // working pair peer-reflexive: its default 1 s wait was the bulk of direct set-up.
+        .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+        .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
         .with_relay_acceptance_min_wait(Some(if options.relay_only {
             Duration::ZERO
         } else {
@@ -511,7 +515,9 @@ pub(crate) async fn selected_pair(pc: &dyn PeerConnection) -> Option<SelectedPai
     // Pairs name their candidates by candidate id; the report keys candidate entries with a
     // type prefix (`RTCLocalIceCandidate_<id>`), so match on the suffix.
     let local = report.iter().find_map(|entry| match entry {
-        RTCStatsReportEntry::LocalCandidate(c) if entry.id().ends_with(&pair.local_candidate_id) => {
+        RTCStatsReportEntry::LocalCandidate(c)
+            if entry.id().ends_with(&pair.local_candidate_id) =>
+        {
             Some(c)
         }
         _ => None,

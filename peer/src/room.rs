@@ -10,13 +10,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use signaling::protocol::{
-    ClientMessage, IceServer, PeerId, PeerInfo, ServerMessage, SessionInfo,
-};
+use signaling::protocol::{ClientMessage, IceServer, PeerId, PeerInfo, ServerMessage, SessionInfo};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::channel::{ChannelRegistry, read_remote};
-use crate::connection::{self, ConnectionContext, ConnectionHandle, ConnectionInput, ConnectionOutput};
+use crate::connection::{
+    self, ConnectionContext, ConnectionHandle, ConnectionInput, ConnectionOutput,
+};
 use crate::signaling_client::{SignalingClient, SignalingEvent};
 use crate::{PeerEvent, PeerOptions, SelectedPair};
 

@@ -233,9 +233,9 @@ impl Session {
             drop(ws);
             let mut wait = match disconnect {
                 Disconnect::Finished(error) => {
-                    let _ = self
-                        .events_tx
-                        .send(SignalingEvent::Closed(error.unwrap_or(PeerError::SessionClosed)));
+                    let _ = self.events_tx.send(SignalingEvent::Closed(
+                        error.unwrap_or(PeerError::SessionClosed),
+                    ));
                     return;
                 }
                 Disconnect::Broken => Duration::ZERO,

@@ -130,9 +130,7 @@ fn start_relay() -> Relay {
         ],
         false,
     );
-    let line = proc.wait_line(Duration::from_secs(20), |l| {
-        l.starts_with("listening udp ")
-    });
+    let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening udp "));
     let udp = line["listening udp ".len()..]
         .parse()
         .expect("relay address");
@@ -157,7 +155,9 @@ fn start_signaling(relay: Option<&Relay>, listen: &str) -> Signaling {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut proc = Proc::spawn("signaling", &args, false);
-    let line = proc.wait_line(Duration::from_secs(20), |l| l.contains("listening on http://"));
+    let line = proc.wait_line(Duration::from_secs(20), |l| {
+        l.contains("listening on http://")
+    });
     let addr = line
         .rsplit("http://")
         .next()
@@ -450,7 +450,15 @@ fn probe_self_reports_host_and_relay_pairs() {
     let url = format!("ws://{}/ws/probe", signaling.addr);
     let mut probe = Proc::spawn(
         "peer",
-        &["probe", &url, "--self", "--bind", "127.0.0.1", "--timeout", "30"],
+        &[
+            "probe",
+            &url,
+            "--self",
+            "--bind",
+            "127.0.0.1",
+            "--timeout",
+            "30",
+        ],
         false,
     );
     let direct = probe.wait_line(Duration::from_secs(60), |l| {

@@ -16,7 +16,10 @@ pub(crate) async fn run(url: &str, common: &CommonArgs) -> anyhow::Result<ExitCo
     let (peer, mut events) = Peer::connect(url, common.options()).await?;
     out.notice(
         "joined",
-        &[("room", peer.room().to_string()), ("id", peer.id().to_string())],
+        &[
+            ("room", peer.room().to_string()),
+            ("id", peer.id().to_string()),
+        ],
     );
     let mut names: HashMap<PeerId, String> = HashMap::new();
     let mut pending: VecDeque<String> = VecDeque::new();
@@ -84,10 +87,16 @@ async fn on_event(
             if let Some(name) = names.remove(&old) {
                 names.insert(new.clone(), name);
             }
-            out.notice("peer-renamed", &[("old", old.to_string()), ("new", new.to_string())]);
+            out.notice(
+                "peer-renamed",
+                &[("old", old.to_string()), ("new", new.to_string())],
+            );
         }
         PeerEvent::ChannelOpen { peer: id, kind } => {
-            out.notice("channel-open", &[("peer", id.to_string()), ("kind", kind.to_string())]);
+            out.notice(
+                "channel-open",
+                &[("peer", id.to_string()), ("kind", kind.to_string())],
+            );
             if kind == ChannelKind::Reliable {
                 while let Some(line) = pending.pop_front() {
                     peer.send_text(&id, ChannelKind::Reliable, &line).await?;
@@ -98,7 +107,10 @@ async fn on_event(
             }
         }
         PeerEvent::ChannelClosed { peer: id, kind } => {
-            out.notice("channel-closed", &[("peer", id.to_string()), ("kind", kind.to_string())]);
+            out.notice(
+                "channel-closed",
+                &[("peer", id.to_string()), ("kind", kind.to_string())],
+            );
         }
         PeerEvent::Message { from, data, .. } => {
             let text = String::from_utf8_lossy(&data);
@@ -114,12 +126,18 @@ async fn on_event(
         PeerEvent::ConnectionState { peer: id, state } => {
             out.notice(
                 "connection-state",
-                &[("peer", id.to_string()), ("state", format!("{state:?}").to_lowercase())],
+                &[
+                    ("peer", id.to_string()),
+                    ("state", format!("{state:?}").to_lowercase()),
+                ],
             );
         }
         PeerEvent::SignalingReconnecting { attempt, delay } => out.notice(
             "signaling-reconnecting",
-            &[("attempt", attempt.to_string()), ("delay_ms", delay.as_millis().to_string())],
+            &[
+                ("attempt", attempt.to_string()),
+                ("delay_ms", delay.as_millis().to_string()),
+            ],
         ),
         PeerEvent::SignalingResumed { replayed } => {
             out.notice("signaling-resumed", &[("replayed", replayed.to_string())]);
@@ -133,7 +151,10 @@ async fn on_event(
             return Ok(false);
         }
         PeerEvent::Broadcast { from, data } => {
-            out.notice("broadcast", &[("from", from.to_string()), ("data", data.to_string())]);
+            out.notice(
+                "broadcast",
+                &[("from", from.to_string()), ("data", data.to_string())],
+            );
         }
         PeerEvent::Error { peer: id, message } => {
             eprintln!(

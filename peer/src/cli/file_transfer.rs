@@ -25,16 +25,16 @@ const CHUNK: usize = 16 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 enum Control {
-    FileHeader {
+    #[serde(rename = "file-header")]
+    Header {
         name: String,
         size: u64,
         sha256: String,
     },
-    FileEnd,
-    FileResult {
-        ok: bool,
-        sha256: String,
-    },
+    #[serde(rename = "file-end")]
+    End,
+    #[serde(rename = "file-result")]
+    Result { ok: bool, sha256: String },
 }
 
 fn progress(size: u64) -> ProgressBar {
@@ -88,11 +88,20 @@ pub(crate) async fn send(url: &str, path: &Path, common: &CommonArgs) -> anyhow:
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
     let (peer, mut events) = Peer::connect(url, common.options()).await?;
-    out.notice("joined", &[("room", peer.room().to_string()), ("id", peer.id().to_string())]);
+    out.notice(
+        "joined",
+        &[
+            ("room", peer.room().to_string()),
+            ("id", peer.id().to_string()),
+        ],
+    );
     let to = first_peer(&mut events).await?;
-    out.notice("sending", &[("peer", to.to_string()), ("bytes", size.to_string())]);
+    out.notice(
+        "sending",
+        &[("peer", to.to_string()), ("bytes", size.to_string())],
+    );
 
-    let header = Control::FileHeader {
+    let header = Control::Header {
         name,
         size,
         sha256: sha256.clone(),
@@ -107,12 +116,20 @@ pub(crate) async fn send(url: &str, path: &Path, common: &CommonArgs) -> anyhow:
         if n == 0 {
             break;
         }
-        peer.send(&to, ChannelKind::Reliable, bytes::Bytes::copy_from_slice(&buf[..n]))
-            .await?;
+        peer.send(
+            &to,
+            ChannelKind::Reliable,
+            bytes::Bytes::copy_from_slice(&buf[..n]),
+        )
+        .await?;
         bar.inc(n as u64);
     }
-    peer.send_text(&to, ChannelKind::Reliable, &serde_json::to_string(&Control::FileEnd)?)
-        .await?;
+    peer.send_text(
+        &to,
+        ChannelKind::Reliable,
+        &serde_json::to_string(&Control::End)?,
+    )
+    .await?;
     bar.finish();
 
     // Wait for the receiver's verdict.
@@ -124,7 +141,7 @@ pub(crate) async fn send(url: &str, path: &Path, common: &CommonArgs) -> anyhow:
                 data,
                 ..
             }) if from == to => {
-                if let Ok(Control::FileResult { ok, sha256 }) = serde_json::from_slice(&data) {
+                if let Ok(Control::Result { ok, sha256 }) = serde_json::from_slice(&data) {
                     break Some((ok, sha256));
                 }
             }
@@ -138,7 +155,11 @@ pub(crate) async fn send(url: &str, path: &Path, common: &CommonArgs) -> anyhow:
         Some((true, _)) => {
             out.notice(
                 "file-sent",
-                &[("bytes", size.to_string()), ("sha256", sha256), ("ok", "true".into())],
+                &[
+                    ("bytes", size.to_string()),
+                    ("sha256", sha256),
+                    ("ok", "true".into()),
+                ],
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -165,7 +186,13 @@ pub(crate) async fn receive(
 ) -> anyhow::Result<ExitCode> {
     let out = common.output();
     let (peer, mut events) = Peer::connect(url, common.options()).await?;
-    out.notice("joined", &[("room", peer.room().to_string()), ("id", peer.id().to_string())]);
+    out.notice(
+        "joined",
+        &[
+            ("room", peer.room().to_string()),
+            ("id", peer.id().to_string()),
+        ],
+    );
     let mut file = tokio::fs::File::create(out_path)
         .await
         .with_context(|| format!("create {}", out_path.display()))?;
@@ -183,15 +210,19 @@ pub(crate) async fn receive(
             } => {
                 if text {
                     match serde_json::from_slice::<Control>(&data) {
-                        Ok(Control::FileHeader { name, size, sha256 }) => {
+                        Ok(Control::Header { name, size, sha256 }) => {
                             out.notice(
                                 "receiving",
-                                &[("peer", from.to_string()), ("name", name), ("bytes", size.to_string())],
+                                &[
+                                    ("peer", from.to_string()),
+                                    ("name", name),
+                                    ("bytes", size.to_string()),
+                                ],
                             );
                             bar = Some(progress(size));
                             expected = Some((from, size, sha256));
                         }
-                        Ok(Control::FileEnd) => {
+                        Ok(Control::End) => {
                             let Some((sender, size, want)) = expected.take() else {
                                 bail!("file-end before file-header");
                             };
@@ -201,12 +232,16 @@ pub(crate) async fn receive(
                             }
                             let got = hex::encode(std::mem::take(&mut hasher).finalize());
                             let ok = got == want && received == size;
-                            let reply = Control::FileResult {
+                            let reply = Control::Result {
                                 ok,
                                 sha256: got.clone(),
                             };
-                            peer.send_text(&sender, ChannelKind::Reliable, &serde_json::to_string(&reply)?)
-                                .await?;
+                            peer.send_text(
+                                &sender,
+                                ChannelKind::Reliable,
+                                &serde_json::to_string(&reply)?,
+                            )
+                            .await?;
                             out.notice(
                                 "file-received",
                                 &[
@@ -220,11 +255,18 @@ pub(crate) async fn receive(
                             // Let the verdict reach the sender before leaving.
                             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                             peer.close().await;
-                            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+                            return Ok(if ok {
+                                ExitCode::SUCCESS
+                            } else {
+                                ExitCode::FAILURE
+                            });
                         }
                         _ => {}
                     }
-                } else if expected.as_ref().is_some_and(|(sender, _, _)| *sender == from) {
+                } else if expected
+                    .as_ref()
+                    .is_some_and(|(sender, _, _)| *sender == from)
+                {
                     hasher.update(&data);
                     file.write_all(&data).await?;
                     received += data.len() as u64;
@@ -234,7 +276,9 @@ pub(crate) async fn receive(
                 }
             }
             PeerEvent::PeerLeft { peer: left, .. }
-                if expected.as_ref().is_some_and(|(sender, _, _)| *sender == left) =>
+                if expected
+                    .as_ref()
+                    .is_some_and(|(sender, _, _)| *sender == left) =>
             {
                 bail!("the sender left before the file was complete ({received} bytes received)");
             }

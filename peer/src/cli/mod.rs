@@ -15,7 +15,11 @@ use clap::{Args, Parser, Subcommand};
 use peer::{PeerOptions, SelectedPair};
 
 #[derive(Debug, Parser)]
-#[command(name = "peer", version, about = "WebRTC data-channel peer: chat, file transfer, connectivity probe")]
+#[command(
+    name = "peer",
+    version,
+    about = "WebRTC data-channel peer: chat, file transfer, connectivity probe"
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -172,6 +176,14 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             self_test,
             timeout,
             common,
-        } => probe::run(&url, self_test, std::time::Duration::from_secs(timeout), &common).await,
+        } => {
+            probe::run(
+                &url,
+                self_test,
+                std::time::Duration::from_secs(timeout),
+                &common,
+            )
+            .await
+        }
     }
 }

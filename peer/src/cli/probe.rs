@@ -27,8 +27,12 @@ pub(crate) async fn run(
     common: &CommonArgs,
 ) -> anyhow::Result<ExitCode> {
     let out = common.output();
-    let mut results: BTreeMap<&'static str, &'static str> =
-        [("host", "untested"), ("srflx", "untested"), ("relay", "untested")].into();
+    let mut results: BTreeMap<&'static str, &'static str> = [
+        ("host", "untested"),
+        ("srflx", "untested"),
+        ("relay", "untested"),
+    ]
+    .into();
     let mut failed = false;
     if self_test {
         let room_url = private_room(url);
@@ -45,14 +49,20 @@ pub(crate) async fn run(
                     results.insert(type_key(&pair.remote_type), "ok");
                 }
                 Ok(Err(err)) => {
-                    out.notice("probe-failed", &[("mode", mode.into()), ("error", err.to_string())]);
+                    out.notice(
+                        "probe-failed",
+                        &[("mode", mode.into()), ("error", err.to_string())],
+                    );
                     if relay_only {
                         results.insert("relay", "fail");
                     }
                     failed = true;
                 }
                 Err(_) => {
-                    out.notice("probe-failed", &[("mode", mode.into()), ("error", "timeout".into())]);
+                    out.notice(
+                        "probe-failed",
+                        &[("mode", mode.into()), ("error", "timeout".into())],
+                    );
                     if relay_only {
                         results.insert("relay", "fail");
                     }
@@ -63,7 +73,13 @@ pub(crate) async fn run(
     } else {
         let (peer, mut events) = Peer::connect(url, common.options()).await?;
         let peer = Arc::new(peer);
-        out.notice("joined", &[("room", peer.room().to_string()), ("id", peer.id().to_string())]);
+        out.notice(
+            "joined",
+            &[
+                ("room", peer.room().to_string()),
+                ("id", peer.id().to_string()),
+            ],
+        );
         let connected = tokio::time::timeout(timeout, wait_open(&mut events)).await;
         match connected {
             Ok(Ok(remote)) => {
@@ -77,14 +93,18 @@ pub(crate) async fn run(
                     None => failed = true,
                 }
                 // Keep answering the other side's pings for a moment.
-                let _ = tokio::time::timeout(Duration::from_secs(2), serve(&peer, &mut events)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), serve(&peer, &mut events)).await;
             }
             Ok(Err(err)) => {
                 out.notice("probe-failed", &[("error", err.to_string())]);
                 failed = true;
             }
             Err(_) => {
-                out.notice("probe-failed", &[("error", "timeout: no peer connected".into())]);
+                out.notice(
+                    "probe-failed",
+                    &[("error", "timeout: no peer connected".into())],
+                );
                 failed = true;
             }
         }
@@ -94,7 +114,11 @@ pub(crate) async fn run(
     }
     let fields: Vec<(&str, String)> = results.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
     out.notice("probe-result", &fields);
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn type_key(candidate_type: &str) -> &'static str {
@@ -108,7 +132,9 @@ fn type_key(candidate_type: &str) -> &'static str {
 /// The same server, a fresh random room next to the given one.
 fn private_room(url: &str) -> String {
     let suffix: u32 = rand::rng().random();
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let mut room_url = format!("{}-probe-{suffix:08x}", base.trim_end_matches('/'));
     if let Some(query) = query {
         room_url.push('?');
@@ -218,7 +244,8 @@ async fn self_pair(
             ("protocol", pair.protocol.clone()),
             (
                 "rtt_ms",
-                rtt.map(|ms| format!("{ms:.2}")).unwrap_or_else(|| "unknown".into()),
+                rtt.map(|ms| format!("{ms:.2}"))
+                    .unwrap_or_else(|| "unknown".into()),
             ),
         ],
     );

@@ -1,0 +1,159 @@
+//! Connection set-up time: from `Peer::connect` to the first data-channel message, for two
+//! peers on loopback, direct and relay-only, median and p95 over N runs.
+//!
+//! Spawns the `signaling` and `relay` binaries from the same target directory (build them
+//! first), then for each run starts two peers in a fresh room at the same instant; the time
+//! is taken when the first peer receives the message the second sends as soon as its
+//! reliable channel opens.
+//!
+//! ```text
+//! cargo build --release -p signaling -p relay --bins
+//! cargo run --release -p peer --example connect_bench -- 20
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use peer::{ChannelKind, Peer, PeerEvent, PeerOptions};
+
+const SECRET: &str = "bench-secret";
+
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(name: &str, args: &[&str], marker: &str) -> anyhow::Result<(Guard, String)> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/examples/connect_bench -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .ok_or_else(|| anyhow::anyhow!("unexpected example location"))?;
+    let mut child = Command::new(dir.join(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let guard = Guard(child);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix(marker) {
+            return Ok((guard, rest.trim().to_owned()));
+        }
+    }
+    anyhow::bail!("{name} exited before printing {marker:?}")
+}
+
+async fn one_run(url: &str, relay_only: bool) -> anyhow::Result<Duration> {
+    let options = PeerOptions {
+        relay_only,
+        udp_addrs: vec!["127.0.0.1:0".into()],
+        ..PeerOptions::default()
+    };
+    let start = Instant::now();
+    let (a, b) = tokio::join!(
+        Peer::connect(url, options.clone()),
+        Peer::connect(url, options)
+    );
+    let ((a, mut a_events), (b, mut b_events)) = (a?, b?);
+    let sender = tokio::spawn(async move {
+        while let Some(event) = b_events.recv().await {
+            if let PeerEvent::ChannelOpen {
+                peer,
+                kind: ChannelKind::Reliable,
+            } = event
+            {
+                let _ = b.send_text(&peer, ChannelKind::Reliable, "first").await;
+                break;
+            }
+        }
+        b
+    });
+    let elapsed = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = a_events.recv().await {
+            if let PeerEvent::Message { .. } = event {
+                return Ok(start.elapsed());
+            }
+        }
+        anyhow::bail!("peer closed")
+    })
+    .await??;
+    let b = sender.await?;
+    a.close().await;
+    b.close().await;
+    Ok(elapsed)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("PEER_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(20);
+    let (_relay, relay_addr) = spawn(
+        "relay",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--no-tcp",
+            "--admin-listen",
+            "none",
+            "--relay-ip",
+            "127.0.0.1",
+            "--allow-loopback-peers",
+            "--auth-secret",
+            SECRET,
+        ],
+        "listening udp ",
+    )?;
+    let turn = format!("turn:{relay_addr}?transport=udp");
+    let (_signaling, http) = spawn(
+        "signaling",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--turn-url",
+            &turn,
+            "--turn-secret",
+            SECRET,
+            "--rate-limit",
+            "1000",
+        ],
+        "listening on http://",
+    )?;
+    for (mode, relay_only) in [("direct", false), ("relay-only", true)] {
+        let mut times = Vec::with_capacity(runs);
+        for run in 0..runs {
+            let url = format!("ws://{http}/ws/bench-{mode}-{run}");
+            times.push(one_run(&url, relay_only).await?);
+        }
+        times.sort();
+        println!(
+            "{mode:>10}: runs={runs} median={:.1}ms p95={:.1}ms min={:.1}ms max={:.1}ms",
+            percentile(&times, 0.5).as_secs_f64() * 1000.0,
+            percentile(&times, 0.95).as_secs_f64() * 1000.0,
+            times[0].as_secs_f64() * 1000.0,
+            times[times.len() - 1].as_secs_f64() * 1000.0,
+        );
+    }
+    Ok(())
+}
