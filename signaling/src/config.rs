@@ -29,6 +29,13 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl Secret {
+    /// A secret generated at start-up (e.g. the local stack's TURN secret).
+    pub fn from_generated(value: String) -> Self {
+        Self(value)
+    }
+}
+
 impl FromStr for Secret {
     type Err = String;
 
@@ -178,6 +185,35 @@ pub struct Config {
     /// Log as JSON lines instead of human-readable text (the filter comes from `RUST_LOG`).
     #[arg(long, env = "SIGNALING_LOG_JSON")]
     pub log_json: bool,
+
+    /// Run the STUN/TURN relay in this process (the one-command local stack): clients get its
+    /// `stun:`/`turn:` URLs with credentials signed by `--turn-secret`, or by a secret generated
+    /// at start-up when none is given.
+    #[cfg(feature = "with-relay")]
+    #[arg(long, env = "SIGNALING_WITH_RELAY")]
+    pub with_relay: bool,
+
+    /// UDP and TCP address of the in-process relay. Default: the `--listen` IP, port 3478 (or a
+    /// free port when 3478 is taken).
+    #[cfg(feature = "with-relay")]
+    #[arg(long, env = "SIGNALING_RELAY_LISTEN", requires = "with_relay")]
+    pub relay_listen: Option<SocketAddr>,
+
+    /// Host name or IP clients use to reach the in-process relay; needed when it listens on
+    /// all interfaces (0.0.0.0 or ::).
+    #[cfg(feature = "with-relay")]
+    #[arg(long, env = "SIGNALING_RELAY_HOST", requires = "with_relay")]
+    pub relay_host: Option<String>,
+
+    /// An extra flag for the in-process relay (repeatable), e.g.
+    /// `--relay-arg=--relay-ports=50000-50999`. See `relay --help`.
+    #[cfg(feature = "with-relay")]
+    #[arg(
+        long = "relay-arg",
+        allow_hyphen_values = true,
+        requires = "with_relay"
+    )]
+    pub relay_args: Vec<String>,
 }
 
 impl Config {

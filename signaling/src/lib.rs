@@ -11,6 +11,8 @@
 //!   and resume tokens; [`rate_limit`]: the per-connection token bucket.
 //! - [`auth`]: optional HS256 JWTs; [`turn_credentials`]: TURN REST credentials for ICE servers.
 //! - [`metrics`], [`web`] (the embedded demo), [`shutdown`] (drain on SIGTERM/SIGINT).
+//! - `local_relay` (feature `with-relay`, default): the STUN/TURN relay run in-process by
+//!   `--with-relay`, the one-command local stack.
 //!
 //! [`serve`] runs the whole server on a bound listener; `main.rs` only parses the
 //! configuration, starts logging and binds.
@@ -27,6 +29,8 @@ pub mod connection;
 pub mod error;
 #[cfg(feature = "server")]
 pub mod hub;
+#[cfg(feature = "with-relay")]
+pub mod local_relay;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]

@@ -9,7 +9,8 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    #[cfg_attr(not(feature = "with-relay"), allow(unused_mut))]
+    let mut config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -25,9 +26,18 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    #[cfg(feature = "with-relay")]
+    let local_relay = if config.with_relay {
+        Some(signaling::local_relay::LocalRelay::start(&mut config)?)
+    } else {
+        None
+    };
     let state = signaling::AppState::new(config)?;
     // Tests and scripts parse this line for the bound address.
     println!("listening on http://{addr}");
+    println!(
+        "web demo: open http://{addr}/ in two browser tabs (or `peer join ws://{addr}/ws/ROOM`)"
+    );
 
     let shutdown = CancellationToken::new();
     {
@@ -46,6 +56,10 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     signaling::serve(listener, state, shutdown).await?;
+    #[cfg(feature = "with-relay")]
+    if let Some(local_relay) = local_relay {
+        local_relay.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,0 +1,129 @@
+//! `--with-relay`: the STUN/TURN relay run inside the signaling process, so that one command
+//! starts the whole local stack. The relay keeps its own threads and sockets; this module only
+//! chooses loopback-safe defaults, shares the TURN REST secret with it, and turns its bound
+//! addresses into the ICE server URLs clients receive. In production the two binaries run
+//! separately with the same secret.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::{Config, Secret};
+use crate::error::Error;
+
+/// The port the relay tries first; a free port is used when it is taken.
+const DEFAULT_RELAY_PORT: u16 = 3478;
+
+/// The in-process relay. Stop it with [`LocalRelay::shutdown`] after the server has drained.
+#[derive(Debug)]
+pub struct LocalRelay {
+    handle: relay::RelayHandle,
+}
+
+impl LocalRelay {
+    /// Starts the relay and completes `config` with its URLs and, when none was given, a
+    /// freshly generated TURN secret (shared with the relay, never printed).
+    pub fn start(config: &mut Config) -> Result<Self, Error> {
+        if config.turn_secrets.is_empty() {
+            config.turn_secrets.push(generated_secret());
+        }
+        let listen = config
+            .relay_listen
+            .unwrap_or_else(|| SocketAddr::new(config.listen.ip(), DEFAULT_RELAY_PORT));
+        let host = match (&config.relay_host, listen.ip()) {
+            (Some(host), _) => host.clone(),
+            (None, ip) if ip.is_unspecified() => {
+                return Err(Error::Config(
+                    "the relay listens on all interfaces: say which address clients use to \
+                     reach it with --relay-host"
+                        .into(),
+                ));
+            }
+            (None, IpAddr::V6(ip)) => format!("[{ip}]"),
+            (None, IpAddr::V4(ip)) => ip.to_string(),
+        };
+
+        let handle = match start_relay(config, listen) {
+            Err(relay::StartError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse
+                    && config.relay_listen.is_none() =>
+            {
+                tracing::warn!(%listen, "relay port taken, using a free port");
+                start_relay(config, SocketAddr::new(listen.ip(), 0))
+            }
+            other => other,
+        }
+        .map_err(|e| Error::Config(format!("in-process relay: {e}")))?;
+
+        let addrs = handle.addrs();
+        if let Some(udp) = addrs.udp.first() {
+            config.stun_urls.push(format!("stun:{host}:{}", udp.port()));
+            config
+                .turn_urls
+                .push(format!("turn:{host}:{}?transport=udp", udp.port()));
+        }
+        if let Some(tcp) = addrs.tcp.first() {
+            config
+                .turn_urls
+                .push(format!("turn:{host}:{}?transport=tcp", tcp.port()));
+        }
+        if let Some(tls) = addrs.tls.first() {
+            config
+                .turn_urls
+                .push(format!("turns:{host}:{}?transport=tcp", tls.port()));
+        }
+        tracing::info!(stun = ?config.stun_urls, turn = ?config.turn_urls, "in-process relay started");
+        // Scripts and tests parse these lines, like `listening on ...`.
+        println!("relay udp {}", format_addrs(&addrs.udp));
+        println!("relay tcp {}", format_addrs(&addrs.tcp));
+        if let Some(admin) = addrs.admin {
+            println!("relay admin http://{admin}");
+        }
+        Ok(Self { handle })
+    }
+
+    /// Stops the relay's workers (allocations end with the process).
+    pub async fn shutdown(self) {
+        self.handle.shutdown().await;
+    }
+}
+
+/// Builds the relay's configuration from ours: same secrets, a loopback-only admin port, and
+/// loopback peers allowed only when the relay itself is on loopback (everything local: two
+/// browser tabs relay to each other through 127.0.0.1). `--relay-arg` flags come last and win.
+fn start_relay(
+    config: &Config,
+    listen: SocketAddr,
+) -> Result<relay::RelayHandle, relay::StartError> {
+    let secrets: Vec<String> = config
+        .turn_secrets
+        .iter()
+        .map(|s| String::from_utf8_lossy(s.expose()).into_owned())
+        .collect();
+    let mut args = vec![
+        "--listen".to_owned(),
+        listen.to_string(),
+        "--auth-secret".to_owned(),
+        secrets.join(","),
+        "--admin-listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+    ];
+    if listen.ip().is_loopback() {
+        args.push("--allow-loopback-peers".to_owned());
+    }
+    args.extend(config.relay_args.iter().cloned());
+    let relay_config = relay::Config::from_args(args)?;
+    relay::Relay::start(relay_config)
+}
+
+/// 32 random bytes, hex: the shared secret of a stack nobody configured.
+fn generated_secret() -> Secret {
+    let bytes: [u8; 32] = rand::random();
+    Secret::from_generated(hex::encode(bytes))
+}
+
+fn format_addrs(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
