@@ -195,7 +195,6 @@ impl Relay {
         }
 
         let shared = Arc::new(SharedQuotas::new());
-        let server_config = server_config(&config, &relay_ips, &addrs);
         let metrics = Arc::new(Metrics::new(workers));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (stopped_tx, stopped_rx) = mpsc::channel::<()>(1);
@@ -224,6 +223,8 @@ impl Relay {
             )?);
         }
 
+        // After the admin bind: its address is one the policy must refuse as a peer.
+        let server_config = server_config(&config, &relay_ips, &addrs);
         let relay_ports = RelayPorts::new(
             &relay_ips,
             config.relay_ports.low,

@@ -229,3 +229,50 @@ fn encode_pktinfo(control: &mut Control, ip: IpAddr) -> usize {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(addr: &str) -> Rc<UdpSocket> {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.bind(&addr.parse::<SocketAddr>().unwrap().into()).unwrap();
+        Rc::new(UdpSocket::from_socket(s, false).unwrap())
+    }
+
+    #[tokio::test]
+    async fn flush_sends_every_datagram_in_order_with_source_ip() {
+        let a = socket("127.0.0.1:0");
+        let wildcard = socket("0.0.0.0:0");
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut batch = SendBatch::new(64 * 1024);
+        for i in 0..100u8 {
+            batch.push(&a, to, None, &[i; 10]);
+        }
+        batch.push(
+            &wildcard,
+            to,
+            Some("127.0.0.1".parse().unwrap()),
+            b"pktinfo",
+        );
+        // Unroutable for a loopback-bound socket: refused, counted, the rest still goes out.
+        batch.push(&a, "192.0.2.1:9".parse().unwrap(), None, b"x");
+        batch.push(&a, to, None, b"after");
+        let report = batch.flush();
+        assert_eq!(report.sent + report.failed, 103);
+        let mut buf = [0u8; 64];
+        for i in 0..100u8 {
+            let (n, from) = rx.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (&[i; 10][..], a.local_addr()));
+        }
+        let (n, from) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"pktinfo");
+        assert_eq!(from.ip().to_string(), "127.0.0.1");
+        let (n, _) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"after");
+        assert_eq!(batch.len(), 0);
+    }
+}

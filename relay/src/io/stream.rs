@@ -18,6 +18,10 @@ const OUTBOUND_QUEUE: usize = 512;
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// A connection that sends nothing for this long is closed. Longer than a channel binding (600 s):
+/// a client whose traffic flows keeps refreshing its permissions and channels well within it.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
+
 /// Serves one connection until either side closes it or it sends something that is neither
 /// STUN nor ChannelData. Removes the allocation of `five` at the end.
 pub(crate) async fn serve<S>(shard: Rc<Shard>, stream: S, five: FiveTuple)
@@ -57,9 +61,13 @@ async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, fiv
         buf.drain(..consumed);
         debug_assert!(buf.len() <= MAX_FRAME_LEN);
         buf.reserve(READ_CHUNK);
-        match reader.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        match tokio::time::timeout(IDLE_TIMEOUT, reader.read_buf(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                tracing::debug!(client = %five.client, "closing idle stream");
+                return;
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! coturn's own clients against our relay: `turnutils_stunclient` (Binding) and
-//! `turnutils_uclient` with `turnutils_peer` (UDP, TCP and TLS; channels and Send indications;
+//! `turnutils_uclient` with `turnutils_peer` (UDP and TCP; channels and Send indications;
 //! static users and TURN REST secrets), asserting zero loss on loopback.
 
 use std::time::Duration;
@@ -120,26 +120,6 @@ fn uclient_tcp_channels_and_send_indications() {
 }
 
 #[test]
-fn uclient_tls_with_self_signed_certificate() {
-    let relay = RelayProcess::start(&[
-        "--allow-loopback-peers",
-        "--user",
-        "alice:wonderland",
-        "--tls-self-signed",
-        "--tls-listen",
-        "127.0.0.1:0",
-    ]);
-    let tls = relay.tls.expect("tls listener").port();
-    let peer = EchoPeer::start();
-    assert_lossless(&run_uclient(
-        &relay,
-        tls,
-        &peer,
-        &["-S", "-u", "alice", "-w", "wonderland"],
-    ));
-}
-
-#[test]
 fn uclient_rest_secret_and_rotation() {
     let relay = RelayProcess::start(&[
         "--allow-loopback-peers",
@@ -158,7 +138,7 @@ fn uclient_rest_secret_and_rotation() {
         &relay,
         relay.port(),
         &peer,
-        &["-W", "previous-secret", "-u", "carol", "-s"],
+        &["-W", "previous-secret", "-u", "carol2", "-s"],
     ));
 }
 

@@ -5,4 +5,5 @@ mod coturn_clients;
 mod drain;
 mod security;
 mod support;
+mod tls;
 mod turn_client;

@@ -134,11 +134,8 @@ fn ipv4_in_ipv6_encodings_of_loopback_are_denied() {
         "--user",
         "u:p",
     ]);
-    let mut c = TestClient::new(relay.udp, "u", "p");
-    c.socket = UdpSocket::bind("[::1]:0").unwrap();
-    c.socket
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    let v6 = UdpSocket::bind("[::1]:0").unwrap();
+    let mut c = TestClient::with_link(crate::support::Link::Udp(v6), relay.udp, "u", "p");
     let relayed = c.allocate_v6().expect("IPv6 allocation (RFC 6156)");
     assert!(relayed.is_ipv6(), "relayed {relayed}");
     for ip in [

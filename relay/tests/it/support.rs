@@ -33,6 +33,8 @@ pub(crate) struct RelayProcess {
     pub(crate) tcp: Option<SocketAddr>,
     pub(crate) tls: Option<SocketAddr>,
     pub(crate) admin: SocketAddr,
+    /// The certificate printed with `--tls-self-signed`.
+    pub(crate) tls_pem: String,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -82,6 +84,7 @@ impl RelayProcess {
             }
         });
         let (mut udp, mut tcp, mut tls, mut admin) = (None, None, None, None);
+        let mut tls_pem = String::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -99,6 +102,11 @@ impl RelayProcess {
                 tls.get_or_insert(parse(a));
             } else if let Some(a) = line.strip_prefix("admin http://") {
                 admin = Some(parse(a));
+            } else if line.starts_with("-----")
+                || !tls_pem.is_empty() && !tls_pem.contains("-----END")
+            {
+                tls_pem.push_str(&line);
+                tls_pem.push('\n');
             } else if line == "ready" {
                 break;
             }
@@ -109,6 +117,7 @@ impl RelayProcess {
             tcp,
             tls,
             admin: admin.expect("admin line"),
+            tls_pem,
             stderr: Some(stderr),
         }
     }
@@ -319,10 +328,95 @@ pub(crate) enum Reply {
     Timeout,
 }
 
-/// A blocking TURN client over UDP for protocol-level assertions (error codes the high-level
-/// clients hide).
+/// How a `TestClient` reaches the server.
+pub(crate) enum Link {
+    /// TURN over UDP.
+    Udp(UdpSocket),
+    /// TURN over TLS (TURNS): a blocking rustls stream and the bytes read but not yet framed.
+    Tls(
+        Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+        Vec<u8>,
+    ),
+}
+
+impl Link {
+    fn send(&mut self, server: SocketAddr, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Udp(s) => s.send_to(data, server).map(|_| ()),
+            Self::Tls(s, _) => {
+                s.write_all(data)?;
+                s.flush()
+            }
+        }
+    }
+
+    /// One datagram, or one STUN/ChannelData frame from the stream, within `timeout`.
+    fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        match self {
+            Self::Udp(s) => {
+                s.set_read_timeout(Some(timeout)).ok()?;
+                let mut buf = [0u8; 2048];
+                let (n, _) = s.recv_from(&mut buf).ok()?;
+                Some(buf[..n].to_vec())
+            }
+            Self::Tls(s, pending) => {
+                let deadline = Instant::now() + timeout;
+                loop {
+                    if pending.len() >= 4 {
+                        let len = usize::from(u16::from_be_bytes([pending[2], pending[3]]));
+                        let frame = if pending[0] & 0xC0 == 0x40 {
+                            4 + len.div_ceil(4) * 4
+                        } else {
+                            20 + len
+                        };
+                        if pending.len() >= frame {
+                            let rest = pending.split_off(frame);
+                            let mut out = std::mem::replace(pending, rest);
+                            if out[0] & 0xC0 == 0x40 {
+                                out.truncate(4 + len);
+                            }
+                            return Some(out);
+                        }
+                    }
+                    let left = deadline.checked_duration_since(Instant::now())?;
+                    s.sock
+                        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                        .ok()?;
+                    let mut buf = [0u8; 4096];
+                    match s.read(&mut buf) {
+                        Ok(0) => return None,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        Err(_) => return None,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A TLS connection to `addr` trusting exactly `ca_pem` (the relay's self-signed certificate).
+pub(crate) fn tls_link(addr: SocketAddr, ca_pem: &str) -> Link {
+    use rustls_pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("certificate PEM")).expect("add root");
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost")
+        .unwrap()
+        .to_owned();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect TLS port");
+    Link::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)), Vec::new())
+}
+
+/// A blocking TURN client for protocol-level assertions (error codes the high-level clients
+/// hide), over UDP or TLS.
 pub(crate) struct TestClient {
-    pub(crate) socket: UdpSocket,
+    pub(crate) link: Link,
     server: SocketAddr,
     username: String,
     password: String,
@@ -333,11 +427,18 @@ pub(crate) struct TestClient {
 impl TestClient {
     pub(crate) fn new(server: SocketAddr, username: &str, password: &str) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
+        Self::with_link(Link::Udp(socket), server, username, password)
+    }
+
+    /// A client over an existing link (an IPv6 socket, a TLS stream).
+    pub(crate) fn with_link(
+        link: Link,
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> Self {
         Self {
-            socket,
+            link,
             server,
             username: username.to_owned(),
             password: password.to_owned(),
@@ -408,17 +509,22 @@ impl TestClient {
         Reply::Timeout
     }
 
-    fn transact(&self, msg: &Message) -> Option<Message> {
-        for _ in 0..4 {
-            self.socket.send_to(&msg.raw, self.server).ok()?;
-            let mut buf = [0u8; 2048];
-            let deadline = Instant::now() + Duration::from_millis(500);
-            while Instant::now() < deadline {
-                let Ok((n, _)) = self.socket.recv_from(&mut buf) else {
+    fn transact(&mut self, msg: &Message) -> Option<Message> {
+        let attempts = if matches!(self.link, Link::Udp(_)) {
+            4
+        } else {
+            1
+        };
+        for _ in 0..attempts {
+            self.link.send(self.server, &msg.raw).ok()?;
+            let deadline =
+                Instant::now() + Duration::from_millis(if attempts == 1 { 3000 } else { 500 });
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                let Some(raw) = self.link.recv(left) else {
                     break;
                 };
                 let mut reply = Message::new();
-                reply.raw = buf[..n].to_vec();
+                reply.raw = raw;
                 if reply.decode().is_ok() && reply.transaction_id == msg.transaction_id {
                     return Some(reply);
                 }
@@ -502,28 +608,27 @@ impl TestClient {
         }
     }
 
-    /// Sends `data` on channel `number`.
-    pub(crate) fn send_channel(&self, number: u16, data: &[u8]) {
+    /// Sends `data` on channel `number` (padded to 4 bytes on streams).
+    pub(crate) fn send_channel(&mut self, number: u16, data: &[u8]) {
         let mut cd = ChannelData {
             data: data.to_vec(),
             number: ChannelNumber(number),
             raw: Vec::new(),
         };
         cd.encode();
-        self.socket.send_to(&cd.raw, self.server).unwrap();
+        if matches!(self.link, Link::Tls(..)) {
+            cd.raw.resize(cd.raw.len().div_ceil(4) * 4, 0);
+        }
+        self.link.send(self.server, &cd.raw).unwrap();
     }
 
     /// Receives one ChannelData message: (channel, payload).
-    pub(crate) fn recv_channel(&self, timeout: Duration) -> Option<(u16, Vec<u8>)> {
-        self.socket.set_read_timeout(Some(timeout)).ok()?;
-        let mut buf = [0u8; 2048];
+    pub(crate) fn recv_channel(&mut self, timeout: Duration) -> Option<(u16, Vec<u8>)> {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            let Ok((n, _)) = self.socket.recv_from(&mut buf) else {
-                return None;
-            };
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let raw = self.link.recv(left)?;
             let mut cd = ChannelData {
-                raw: buf[..n].to_vec(),
+                raw,
                 ..ChannelData::default()
             };
             if cd.decode().is_ok() {

@@ -1,0 +1,488 @@
+//! `relay-bench`: load tools for `scripts/bench-relay.sh` (not part of the relay).
+//!
+//! - `forwarder`: a bare UDP forwarder (recvmmsg -> sendmmsg to one fixed address, no TURN
+//!   logic): the ceiling a relay on this machine can approach.
+//! - `channel-load`: TURN clients (Allocate, ChannelBind to an in-process sink) sending
+//!   ChannelData at a fixed aggregate rate; reports what the sink received. With `--raw` it
+//!   sends plain datagrams (through the forwarder) instead.
+//! - `binding-load`: STUN Binding requests from several sockets with a window of outstanding
+//!   requests each; reports answers per second.
+//! - `rss`: prints VmRSS of a PID in KiB.
+
+use std::io::IoSliceMut;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use relay_proto::attributes::{
+    CHANNEL_NUMBER, ERROR_CODE, LIFETIME, NONCE, REALM, REQUESTED_TRANSPORT, USERNAME,
+    XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS,
+};
+use relay_proto::auth::long_term_key;
+use relay_proto::message::{
+    ALLOCATE, BINDING, CHANNEL_BIND, Class, MessageBuilder, StunMessage, TransactionId,
+};
+
+#[derive(Parser)]
+#[command(about = "Load tools for the relay benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bare UDP forwarder: everything received on --listen goes to --to.
+    Forwarder {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long)]
+        to: SocketAddr,
+        /// Threads, each with its own SO_REUSEPORT socket (like the relay's workers).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// ChannelData (or raw datagrams) at a fixed rate through a relay to an in-process sink.
+    ChannelLoad {
+        /// TURN server (or forwarder with --raw).
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long, default_value = "bench")]
+        user: String,
+        #[arg(long, default_value = "bench")]
+        password: String,
+        #[arg(long, default_value = "relay")]
+        realm: String,
+        /// Concurrent allocations (clients).
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Aggregate packets per second.
+        #[arg(long)]
+        rate: u64,
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Plain datagrams to --server; the sink binds --sink (the forwarder's --to).
+        #[arg(long)]
+        raw: bool,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        sink: SocketAddr,
+    },
+    /// STUN Binding requests as fast as answers come back.
+    BindingLoad {
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long, default_value_t = 4)]
+        sockets: usize,
+        /// Outstanding requests per socket.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+    },
+    /// VmRSS of a process, KiB.
+    Rss { pid: u32 },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Forwarder {
+            listen,
+            to,
+            threads,
+        } => forwarder(listen, to, threads),
+        Command::ChannelLoad {
+            server,
+            user,
+            password,
+            realm,
+            clients,
+            rate,
+            secs,
+            size,
+            raw,
+            sink,
+        } => channel_load(&LoadSpec {
+            server,
+            user,
+            password,
+            realm,
+            clients,
+            rate,
+            secs,
+            size,
+            raw,
+            sink,
+        }),
+        Command::BindingLoad {
+            server,
+            sockets,
+            window,
+            secs,
+        } => binding_load(server, sockets, window, secs),
+        Command::Rss { pid } => {
+            println!("{}", rss_kib(pid)?);
+            Ok(())
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+/// recvmmsg -> sendmmsg, 32 at a time, `threads` SO_REUSEPORT sockets (one thread each).
+fn forwarder(listen: SocketAddr, to: SocketAddr, threads: usize) -> anyhow::Result<()> {
+    let first = reuseport_socket(listen)?;
+    let bound = first.local_addr()?;
+    println!("listening udp {bound}");
+    let mut sockets = vec![first];
+    for _ in 1..threads.max(1) {
+        sockets.push(reuseport_socket(bound)?);
+    }
+    let handles: Vec<_> = sockets
+        .into_iter()
+        .map(|s| std::thread::spawn(move || forward_loop(&s, to)))
+        .collect();
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("forwarder thread panicked"))??;
+    }
+    Ok(())
+}
+
+fn reuseport_socket(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    let s: UdpSocket = s.into();
+    force_buffers(&s, 4 << 20);
+    Ok(s)
+}
+
+fn forward_loop(socket: &UdpSocket, to: SocketAddr) -> anyhow::Result<()> {
+    const N: usize = 32;
+    let state = quinn_udp::UdpSocketState::new(socket.into())?; // sets O_NONBLOCK
+    let mut storage = vec![0u8; N * 2048];
+    let mut meta = [quinn_udp::RecvMeta::default(); N];
+    let to = socket2::SockAddr::from(to);
+    let fd = socket.as_raw_fd();
+    loop {
+        let n = {
+            let mut chunks = storage.chunks_mut(2048);
+            let mut bufs: [IoSliceMut<'_>; N] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            match state.recv(socket.into(), &mut bufs, &mut meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut pfd, 1, -1) };
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // SAFETY: zeroed C structs, filled below to point at live buffers.
+        let mut iovs: [libc::iovec; N] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; N] = unsafe { std::mem::zeroed() };
+        for i in 0..n {
+            iovs[i] = libc::iovec {
+                iov_base: storage[i * 2048..].as_mut_ptr().cast(),
+                iov_len: meta[i].len,
+            };
+            hdrs[i].msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
+            hdrs[i].msg_hdr.msg_namelen = to.len();
+            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        let mut done = 0;
+        while done < n {
+            // SAFETY: hdrs[done..n] point at live iovecs and the storage above.
+            let r = unsafe { libc::sendmmsg(fd, hdrs[done..].as_mut_ptr(), (n - done) as u32, 0) };
+            if r <= 0 {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, 5) };
+                continue;
+            }
+            done += r as usize;
+        }
+    }
+}
+
+use std::os::fd::AsRawFd as _;
+
+/// SO_RCVBUF/SO_SNDBUF of `bytes`, forced past rmem_max when root (as the relay does).
+fn force_buffers(socket: &UdpSocket, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        for opt in [force, plain] {
+            // SAFETY: a valid fd and a c_int option value.
+            let r = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&raw const value).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+        }
+    }
+}
+
+struct LoadSpec {
+    server: SocketAddr,
+    user: String,
+    password: String,
+    realm: String,
+    clients: usize,
+    rate: u64,
+    secs: u64,
+    size: usize,
+    raw: bool,
+    sink: SocketAddr,
+}
+
+/// A blocking request/response exchange with one retry on 401.
+fn transact(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    build: &dyn Fn(TransactionId) -> Vec<u8>,
+) -> anyhow::Result<Vec<u8>> {
+    let tid = TransactionId(rand::random());
+    let req = build(tid);
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..5 {
+        socket.send_to(&req, server)?;
+        let deadline = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < deadline {
+            socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let Ok((n, _)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            if let Ok(msg) = StunMessage::parse(&buf[..n])
+                && msg.transaction_id() == tid
+            {
+                return Ok(buf[..n].to_vec());
+            }
+        }
+    }
+    bail!("no answer from {server}")
+}
+
+fn error_code(msg: &StunMessage<'_>) -> Option<u16> {
+    let v = msg.get(ERROR_CODE)?;
+    (v.len() >= 4).then(|| u16::from(v[2] & 0x7) * 100 + u16::from(v[3]))
+}
+
+/// Allocate + ChannelBind(0x4000 -> peer) with long-term credentials; returns the socket.
+fn turn_client(spec: &LoadSpec, peer: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let server = spec.server;
+    let first = transact(&socket, server, &|tid| {
+        let mut b = MessageBuilder::new(ALLOCATE, Class::Request, tid);
+        b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        b.finish()
+    })?;
+    let first = StunMessage::parse(&first).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let realm = first
+        .get(REALM)
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .unwrap_or_else(|| spec.realm.clone());
+    let nonce = first.get(NONCE).context("401 without NONCE")?.to_vec();
+    let key = long_term_key(&spec.user, &realm, &spec.password);
+    let authed = |method: u16, tid: TransactionId, extra: &dyn Fn(&mut MessageBuilder)| {
+        let mut b = MessageBuilder::new(method, Class::Request, tid);
+        extra(&mut b);
+        b.add(USERNAME, spec.user.as_bytes());
+        b.add(REALM, realm.as_bytes());
+        b.add(NONCE, &nonce);
+        b.add_message_integrity(&key);
+        b.add_fingerprint();
+        b.finish()
+    };
+    let alloc = transact(&socket, server, &|tid| {
+        authed(ALLOCATE, tid, &|b| {
+            b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.add_u32(LIFETIME, 600);
+        })
+    })?;
+    let msg = StunMessage::parse(&alloc).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    if msg.get(XOR_RELAYED_ADDRESS).is_none() {
+        bail!("allocate failed: {:?}", error_code(&msg));
+    }
+    let bind = transact(&socket, server, &|tid| {
+        authed(CHANNEL_BIND, tid, &|b| {
+            b.add(CHANNEL_NUMBER, &[0x40, 0x00, 0, 0]);
+            b.add_xor_address(XOR_PEER_ADDRESS, peer);
+        })
+    })?;
+    let msg = StunMessage::parse(&bind).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    if let Some(code) = error_code(&msg) {
+        bail!("channel bind failed: {code}");
+    }
+    Ok(socket)
+}
+
+fn channel_load(spec: &LoadSpec) -> anyhow::Result<()> {
+    let sink = UdpSocket::bind(spec.sink)?;
+    force_buffers(&sink, 8 << 20);
+    let sink_addr = sink.local_addr()?;
+    let clients: Vec<UdpSocket> = if spec.raw {
+        (0..spec.clients)
+            .map(|_| UdpSocket::bind("127.0.0.1:0"))
+            .collect::<Result<_, _>>()?
+    } else {
+        (0..spec.clients)
+            .map(|_| turn_client(spec, sink_addr))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sink_thread = {
+        let received = Arc::clone(&received);
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let _ = sink.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if sink.recv_from(&mut buf).is_ok() {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let mut packet = vec![0u8; spec.size + 4];
+    if spec.raw {
+        packet.truncate(spec.size);
+    } else {
+        packet[0] = 0x40;
+        packet[1] = 0x00;
+        packet[2..4].copy_from_slice(&u16::try_from(spec.size)?.to_be_bytes());
+    }
+    let total = spec.rate * spec.secs;
+    let started = Instant::now();
+    let per_tick = (spec.rate / 1000).max(1);
+    let mut sent = 0u64;
+    let mut k = 0usize;
+    while sent < total {
+        let due = (started.elapsed().as_secs_f64() * spec.rate as f64) as u64;
+        if sent >= due.min(total) {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let burst = (due - sent).min(per_tick * 4).min(total - sent);
+        for _ in 0..burst {
+            let _ = clients[k % clients.len()].send_to(&packet, spec.server);
+            k += 1;
+        }
+        sent += burst;
+    }
+    let send_secs = started.elapsed().as_secs_f64();
+    // Let the tail drain.
+    let mut last = received.load(Ordering::Relaxed);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = received.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = sink_thread.join();
+    let got = received.load(Ordering::Relaxed);
+    println!(
+        "sent {sent} received {got} lost {} offered_pps {:.0} achieved_pps {:.0}",
+        sent.saturating_sub(got),
+        sent as f64 / send_secs,
+        got as f64 / send_secs
+    );
+    Ok(())
+}
+
+fn binding_load(
+    server: SocketAddr,
+    sockets: usize,
+    window: usize,
+    secs: u64,
+) -> anyhow::Result<()> {
+    let answered = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let threads: Vec<_> = (0..sockets)
+        .map(|_| {
+            let answered = Arc::clone(&answered);
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let socket = UdpSocket::bind("127.0.0.1:0")?;
+                socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+                let request =
+                    |tid: TransactionId| MessageBuilder::new(BINDING, Class::Request, tid).finish();
+                for _ in 0..window {
+                    socket.send_to(&request(TransactionId(rand::random())), server)?;
+                }
+                let mut buf = [0u8; 1500];
+                while Instant::now() < deadline {
+                    match socket.recv_from(&mut buf) {
+                        Ok(_) => {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                            socket.send_to(&request(TransactionId(rand::random())), server)?;
+                        }
+                        // A lost request: refill the window.
+                        Err(_) => {
+                            for _ in 0..window {
+                                socket.send_to(&request(TransactionId(rand::random())), server)?;
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    }
+    let n = answered.load(Ordering::Relaxed);
+    println!(
+        "answered {n} in {secs} s: {:.0} binding/s",
+        n as f64 / secs as f64
+    );
+    Ok(())
+}
