@@ -92,6 +92,16 @@ fn symmetric_nats_connect_through_turn() {
             &format!("{side:?}: the relay candidate must be an allocation on our relay"),
         );
     }
+    // And the relay saw the data channel's traffic both ways.
+    for direction in ["to_peer", "to_client"] {
+        let series = format!("relay_packets_relayed_total{{direction=\"{direction}\"}}");
+        let packets = server.relay_metric(&topo, &series);
+        eprintln!("symmetric: {series} = {packets}");
+        run.check(
+            packets > 0.0,
+            &format!("the relay relayed no packets {direction}"),
+        );
+    }
 }
 
 #[test]
@@ -162,6 +172,11 @@ fn udp_blocked_side_connects_through_turn_over_tcp() {
     run.check(
         !conntrack(&topo, Host::RouterB, "udp").contains("src=10.2.0.10"),
         "no UDP flow may leave B's LAN",
+    );
+    let accepted = server.relay_metric(&topo, "relay_stream_connections_accepted");
+    run.check(
+        accepted >= 1.0,
+        "the relay accepted no TCP client connection",
     );
 }
 

@@ -2,7 +2,8 @@
 //! `signaling` (handing out the relay's URLs with short-lived REST credentials), both on
 //! 203.0.113.10 with ports chosen by the kernel and read back from their stdout.
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use e2e::netns::{Host, PUBLIC_NET, SERVER_IP, Topology};
@@ -24,6 +25,8 @@ pub(super) enum IceServers {
 /// `relay` and `signaling` running in the server namespace.
 pub(super) struct PublicServer {
     pub(super) turn_tcp: SocketAddr,
+    /// The relay's admin HTTP address (`/metrics`).
+    admin: SocketAddr,
     signaling_addr: SocketAddr,
     relay: NsProcess,
     signaling: NsProcess,
@@ -48,7 +51,7 @@ impl PublicServer {
             "--allow-peer",
             PUBLIC_NET,
             "--admin-listen",
-            "none",
+            &format!("{SERVER_IP}:0"),
             "--workers",
             "1",
             "--drain-timeout",
@@ -68,8 +71,15 @@ impl PublicServer {
         };
         let turn_udp = relay.wait_stdout(START_TIMEOUT, listening("udp"));
         let turn_tcp = relay.wait_stdout(START_TIMEOUT, listening("tcp"));
+        let admin = relay.wait_stdout(START_TIMEOUT, |line| {
+            line.strip_prefix("admin http://")?
+                .parse::<SocketAddr>()
+                .ok()
+        });
         let ready = relay.wait_stdout(START_TIMEOUT, |l| (l == "ready").then_some(()));
-        let (Some(turn_udp), Some(turn_tcp), Some(())) = (turn_udp, turn_tcp, ready) else {
+        let (Some(turn_udp), Some(turn_tcp), Some(admin), Some(())) =
+            (turn_udp, turn_tcp, admin, ready)
+        else {
             panic!("relay did not start\n{}", relay.logs());
         };
 
@@ -97,6 +107,7 @@ impl PublicServer {
         };
         Self {
             turn_tcp,
+            admin,
             signaling_addr,
             relay,
             signaling,
@@ -106,6 +117,30 @@ impl PublicServer {
     /// The WebSocket URL of `room`.
     pub(super) fn room_url(&self, room: &str) -> String {
         format!("ws://{}/ws/{room}", self.signaling_addr)
+    }
+
+    /// The sum of the relay's Prometheus samples whose line starts with `series` (e.g.
+    /// `relay_packets_relayed_total{direction="to_peer"}`), read from `/metrics` in the server
+    /// namespace.
+    pub(super) fn relay_metric(&self, topo: &Topology, series: &str) -> f64 {
+        let admin = self.admin;
+        let text = topo
+            .in_netns(Host::Server, || {
+                let mut conn = TcpStream::connect_timeout(&admin, Duration::from_secs(3))?;
+                conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+                write!(
+                    conn,
+                    "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut text = String::new();
+                conn.read_to_string(&mut text)?;
+                Ok(text)
+            })
+            .unwrap_or_else(|e| panic!("relay /metrics: {e:#}\n{}", self.relay.logs()));
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Both servers' logs, for a failure message.
