@@ -439,11 +439,24 @@ export class RemotePeer {
 
   async _addCandidate(candidate) {
     try {
-      await this.pc.addIceCandidate(candidate);
+      await this.pc.addIceCandidate(this._bundledCandidate(candidate));
     } catch (err) {
       // Candidates of an offer we ignored, or of an older ICE generation, are expected to fail.
       if (!this._ignoreOffer) this.room._log('info', `candidate from ${this.name} not added: ${err.message}`);
     }
+  }
+
+  /**
+   * Some peers do not know which m-section their candidate belongs to: an empty sdpMid, or
+   * index 0 pointing at an m-section they rejected (the candidate is then silently dropped).
+   * With BUNDLE every bundled m-section shares one transport, so a candidate whose mid is not
+   * in the bundle group belongs to the group's transport: give it the group's tag.
+   */
+  _bundledCandidate(candidate) {
+    const group = /a=group:BUNDLE ([^\r\n]+)/.exec(this.pc.remoteDescription?.sdp || '')?.[1]?.trim().split(/\s+/);
+    if (!group?.length || !candidate?.candidate) return candidate;
+    if (candidate.sdpMid != null && group.includes(candidate.sdpMid)) return candidate;
+    return { candidate: candidate.candidate, sdpMid: group[0], usernameFragment: candidate.usernameFragment ?? undefined };
   }
 
   async _flushCandidates() {

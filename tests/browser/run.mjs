@@ -455,19 +455,49 @@ test('peer unreachable: relay-only with a dead TURN server shows the peer as unr
   assert(/not delivered/.test(note), `undelivered message is flagged: ${note}`);
 });
 
-test('interop: a browser and the Rust peer CLI exchange chat messages both ways', async (t) => {
+async function interop(t, { cliFirst = false, relay = false } = {}) {
   const peerBin = requireBin('PEER_BIN', 'peer');
-  const a = await t.open('Alice');
+  let server = t.shared.signaling;
+  const cliArgs = ['--name', 'rusty', '--bind', '127.0.0.1'];
+  let query = '';
+  if (relay) {
+    const r = await startRelay(t);
+    server = await startSignaling(['--turn-url', `turn:127.0.0.1:${r.port}?transport=udp`, '--turn-secret', r.secret], 'signaling-turn');
+    t.track(server.proc);
+    cliArgs.push('--relay-only');
+    query = 'relay=1';
+  }
+  const startCli = async () => {
+    const cli = t.track(new Proc('peer', peerBin, ['join', `${server.ws}/${t.room}`, ...cliArgs], { env: { RUST_LOG: 'info' } }));
+    await cli.waitForLine(/^\* joined /, WAIT, 'the CLI joining the room');
+    return cli;
+  };
+  let cli = cliFirst ? await startCli() : null;
+  const a = await t.open('Alice', { server, query });
   await a.joined();
-  const cli = t.track(new Proc('peer', peerBin, ['join', `${t.shared.signaling.ws}/${t.room}`, '--name', 'rusty', '--bind', '127.0.0.1'], { env: { RUST_LOG: 'info' } }));
+  if (!cli) cli = await startCli();
   await a.connected(1, 30000);
   const name = await a.eval(() => window.__demo.peers()[0].name);
   assert(name === 'rusty', `the CLI peer is listed by name: ${name}`);
   await a.eval(() => window.__demo.sendChat('hello from the browser'));
-  await cli.waitForLine(/hello from the browser/, WAIT, 'the browser\'s message');
+  await cli.waitForLine(/^Alice: hello from the browser$/, WAIT, 'the browser\'s message, printed with the sender\'s name');
   cli.send('hello from rust');
   await a.chatFrom('hello from rust');
-});
+  // A few more lines, in order.
+  for (let i = 1; i <= 5; i += 1) cli.send(`line ${i}`);
+  await a.chatFrom('line 5');
+  const lines = await a.eval(() => window.__demo.chat.filter((m) => /^line \d$/.test(m.text)).map((m) => m.text));
+  assert(JSON.stringify(lines) === JSON.stringify(['line 1', 'line 2', 'line 3', 'line 4', 'line 5']), `in order: ${lines}`);
+  if (relay) {
+    const info = Object.values(await a.stats())[0];
+    assert(info.localType === 'relay' && info.remoteType === 'relay', `browser <-> CLI pair is relay/relay: ${JSON.stringify(info)}`);
+    await cli.waitForLine(/selected-pair .*local=relay remote=relay/, WAIT, 'the CLI reporting a relay/relay pair');
+  }
+}
+
+test('interop: a browser and the Rust peer CLI exchange chat messages both ways (browser first)', (t) => interop(t));
+test('interop: the Rust peer CLI joins first, the browser second', (t) => interop(t, { cliFirst: true }));
+test('interop: browser and Rust peer CLI, relay-only through our relay', (t) => interop(t, { relay: true }));
 
 test('demo: two peers in a call with chat and canvas (screenshots)', async (t) => {
   const a = await t.open('Ada Lovelace');
