@@ -12,6 +12,7 @@ mod peers;
 mod probe;
 mod process;
 mod server;
+mod turn_tcp;
 
 use std::io::Write as _;
 

@@ -32,7 +32,22 @@ pub(super) struct NsProcess {
 impl NsProcess {
     /// Starts workspace binary `name` with `args` inside `host`, with piped stdin.
     pub(super) fn spawn(topo: &Topology, host: Host, name: &str, args: &[String]) -> Self {
-        let mut cmd = topo.command(host, bin_path(name));
+        Self::spawn_program(topo, host, bin_path(name), args)
+    }
+
+    /// Starts `program` (a path, or a name looked up in `PATH`) with `args` inside `host`.
+    pub(super) fn spawn_program(
+        topo: &Topology,
+        host: Host,
+        program: impl AsRef<std::path::Path>,
+        args: &[String],
+    ) -> Self {
+        let program = program.as_ref();
+        let name = program.file_name().map_or_else(
+            || program.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let mut cmd = topo.command(host, program);
         cmd.args(args)
             .env(
                 "RUST_LOG",
@@ -58,10 +73,7 @@ impl NsProcess {
             stdout,
             stderr,
             readers,
-            guard: ChildGuard {
-                child,
-                name: name.to_owned(),
-            },
+            guard: ChildGuard { child, name },
         }
     }
 

@@ -25,6 +25,9 @@ pub(super) enum IceServers {
 /// `relay` and `signaling` running in the server namespace.
 pub(super) struct PublicServer {
     pub(super) turn_tcp: SocketAddr,
+    pub(super) turn_tls: SocketAddr,
+    /// The TURN REST shared secret of the relay and signaling.
+    pub(super) secret: String,
     /// The relay's admin HTTP address (`/metrics`).
     admin: SocketAddr,
     signaling_addr: SocketAddr,
@@ -56,6 +59,10 @@ impl PublicServer {
             "1",
             "--drain-timeout",
             "0s",
+            // TURNS with a throw-away certificate (clients here do not verify it).
+            "--tls-self-signed",
+            "--tls-listen",
+            &format!("{SERVER_IP}:0"),
         ]
         .map(String::from)
         .to_vec();
@@ -71,14 +78,15 @@ impl PublicServer {
         };
         let turn_udp = relay.wait_stdout(START_TIMEOUT, listening("udp"));
         let turn_tcp = relay.wait_stdout(START_TIMEOUT, listening("tcp"));
+        let turn_tls = relay.wait_stdout(START_TIMEOUT, listening("tls"));
         let admin = relay.wait_stdout(START_TIMEOUT, |line| {
             line.strip_prefix("admin http://")?
                 .parse::<SocketAddr>()
                 .ok()
         });
         let ready = relay.wait_stdout(START_TIMEOUT, |l| (l == "ready").then_some(()));
-        let (Some(turn_udp), Some(turn_tcp), Some(admin), Some(())) =
-            (turn_udp, turn_tcp, admin, ready)
+        let (Some(turn_udp), Some(turn_tcp), Some(turn_tls), Some(admin), Some(())) =
+            (turn_udp, turn_tcp, turn_tls, admin, ready)
         else {
             panic!("relay did not start\n{}", relay.logs());
         };
@@ -96,7 +104,7 @@ impl PublicServer {
                 "--turn-url".to_owned(),
                 format!("turn:{turn_tcp}?transport=tcp"),
                 "--turn-secret".to_owned(),
-                secret,
+                secret.clone(),
             ]);
         }
         let mut signaling = NsProcess::spawn(topo, Host::Server, "signaling", &signaling_args);
@@ -107,6 +115,8 @@ impl PublicServer {
         };
         Self {
             turn_tcp,
+            turn_tls,
+            secret,
             admin,
             signaling_addr,
             relay,
