@@ -257,6 +257,11 @@ test('glare: both sides renegotiate at the same moment, perfect negotiation sett
 
 test('no camera: permission denied is shown, chat and canvas still work', async (t) => {
   const deny = () => {
+    // Chromium gathers ICE candidates on hosts without a default route only once some
+    // getUserMedia was granted: grant one privately (the fake UI allows it), stop it, and
+    // deny every call the page makes.
+    const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+    real({ audio: true }).then((s) => s.getTracks().forEach((tr) => tr.stop()), () => {});
     navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));
   };
   const a = await t.open('Alice', { initScript: deny });
