@@ -116,11 +116,13 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_CHANNELS", default_value_t = 64)]
     pub max_channels: u32,
 
-    /// Relayed bytes per second per allocation, each way (token bucket; 0 = unlimited).
+    /// Relayed bytes per second per allocation, both directions together (token bucket; excess
+    /// is dropped; 0 = unlimited).
     #[arg(long, env = "RELAY_MAX_BPS", default_value_t = 0)]
     pub max_bps: u64,
 
-    /// Unauthenticated requests (and 401 answers) per second per source IP.
+    /// Unauthenticated requests per second per source IP (401 answers: a quarter of it; 0 = no
+    /// limit).
     #[arg(long, env = "RELAY_UNAUTH_RATE", default_value_t = 100)]
     pub unauth_rate: u32,
 
