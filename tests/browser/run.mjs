@@ -527,6 +527,8 @@ test('demo: two peers in a call with chat and canvas (screenshots)', async (t) =
   await b.waitFor(() => document.querySelector('.tile-remote video')?.videoWidth > 0, null, 'video at Grace');
   await a.waitFor(() => document.querySelector('.tile-remote video')?.videoWidth > 0, null, 'video at Ada');
   await a.waitFor(() => document.querySelector('.conn .c-rtt')?.textContent.endsWith('ms'), null, 'RTT in the connection panel');
+  await waitUntil(async () => (Object.values(await a.stats())[0]?.bytesReceived || 0) > 100000, WAIT, 'media bytes flowing');
+  await a.waitFor(() => / (KB|MB)$/.test(document.querySelector('.conn .c-bytes')?.textContent || ''), null, 'byte counters in the panel');
   await t.screenshot(a, 'demo-two-peers.png');
   await t.screenshot(b, 'demo-phone.png');
 });
