@@ -504,6 +504,21 @@ test('interop: a browser and the Rust peer CLI exchange chat messages both ways 
 test('interop: the Rust peer CLI joins first, the browser second', (t) => interop(t, { cliFirst: true }));
 test('interop: browser and Rust peer CLI, relay-only through our relay', (t) => interop(t, { relay: true }));
 
+test('example: the minimal example app (README) calls and chats with the demo page', async (t) => {
+  const base = t.shared.signaling.http;
+  const ex = await t.open('example', { url: `${base}/examples/minimal.html?room=${t.room}&name=Minimal` });
+  await ex.waitFor(() => document.getElementById('state').textContent === 'joined', null, 'the example joined');
+  const demo = await t.open('Alice');
+  await demo.connected(1);
+  await demo.eval(() => window.__demo.sendChat('hello example'));
+  await ex.waitFor(() => [...document.querySelectorAll('#log li')].some((li) => li.textContent === 'Alice: hello example'), null, 'the demo\'s message in the example');
+  await ex.page.fill('#text', 'hello demo');
+  await ex.page.press('#text', 'Enter');
+  await demo.chatFrom('hello demo');
+  await ex.waitFor(() => [...document.querySelectorAll('#videos video')].some((v) => v.id.startsWith('v-') && v.videoWidth > 0), null, 'the demo\'s video in the example');
+  await demo.waitFor(() => document.querySelector('.tile-remote video')?.videoWidth > 0, null, 'the example\'s video in the demo');
+});
+
 test('demo: two peers in a call with chat and canvas (screenshots)', async (t) => {
   const a = await t.open('Ada Lovelace');
   await a.joined();
