@@ -3,6 +3,7 @@
 
 mod coturn_clients;
 mod drain;
+mod embedded;
 mod security;
 mod support;
 mod tls;

@@ -248,7 +248,7 @@ fn garbage_flood_does_not_disturb_live_relaying() {
                 let mut seed = 0x9E37_79B9_u32 ^ u32::from(t);
                 let mut sent = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    for k in 0..25 {
+                    for k in 0..10 {
                         seed ^= seed << 13;
                         seed ^= seed >> 17;
                         seed ^= seed << 5;
