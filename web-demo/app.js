@@ -388,7 +388,8 @@ room.addEventListener('peer', (e) => {
   const { peer } = e.detail;
   addTile(peer);
   note({ type: 'peer', id: peer.id, name: peer.name, polite: peer.polite });
-  systemLine(`${peer.name} joined`);
+  const wasHere = room.client.session?.peers?.some((p) => p.id === peer.id);
+  systemLine(wasHere ? `${peer.name} is here` : `${peer.name} joined`);
 });
 room.addEventListener('peer-removed', (e) => {
   const { peer, reason } = e.detail;
