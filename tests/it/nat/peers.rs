@@ -117,12 +117,21 @@ fn symmetric_nats_without_turn_find_no_direct_path() {
     let url = server.room_url("symmetric-stun-only");
     let mut a = PeerCli::join(&topo, Host::ClientA, &url, "a");
     let mut b = PeerCli::join(&topo, Host::ClientB, &url, "b");
-    // Both must have met through signaling, or "no connection" would prove nothing.
-    let met = a.wait_event(CONNECT_TIMEOUT, "peer-joined").is_some()
-        && b.wait_event(CONNECT_TIMEOUT, "peer-joined").is_some();
+    // Both must have met through signaling and started ICE (negotiation done), or "no
+    // connection" would prove nothing.
+    let checking = |p: &mut PeerCli| {
+        p.proc
+            .wait_stdout(CONNECT_TIMEOUT, |line| {
+                serde_json::from_str::<Value>(line)
+                    .ok()
+                    .filter(|e| e["event"] == "connection-state" && e["state"] == "connecting")
+            })
+            .is_some()
+    };
+    let met = checking(&mut a) && checking(&mut b);
     assert!(
         met,
-        "peers never met through signaling\n{}{}{}",
+        "peers never met through signaling and started ICE\n{}{}{}",
         a.proc.logs(),
         b.proc.logs(),
         server.logs()
