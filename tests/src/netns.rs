@@ -28,6 +28,7 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::process::{Command, Output, Stdio};
+use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -185,6 +186,8 @@ impl Topology {
     /// Builds the whole topology with the given routers. Fails with the failing command and
     /// its stderr; whatever was already created is torn down.
     pub fn up(router_a: RouterSpec, router_b: RouterSpec) -> anyhow::Result<Self> {
+        static SWEEP: Once = Once::new();
+        SWEEP.call_once(sweep_stale_namespaces);
         let mut topo = Self {
             prefix: format!("e2e-{}-{}", std::process::id(), next_id()),
             created: Vec::new(),
@@ -365,23 +368,7 @@ impl Drop for Topology {
     fn drop(&mut self) {
         // Processes keep a deleted namespace (and its veths) alive: kill them by PID first.
         for &host in &self.created {
-            let ns = self.ns(host);
-            for attempt in 0..50 {
-                let pids = netns_pids(&ns);
-                if pids.is_empty() {
-                    break;
-                }
-                if attempt == 0 {
-                    eprintln!("netns teardown: killing {pids:?} still running in {ns}");
-                }
-                for pid in &pids {
-                    let _ = Command::new("kill")
-                        .args(["-s", "KILL", pid])
-                        .stderr(Stdio::null())
-                        .status();
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            kill_all_in(&self.ns(host));
         }
         for &host in self.created.iter().rev() {
             let ns = self.ns(host);
@@ -389,6 +376,53 @@ impl Drop for Topology {
                 eprintln!("netns teardown: {err:#}");
             }
         }
+    }
+}
+
+/// Deletes namespaces left by test processes that died without running their destructors
+/// (SIGKILL, abort): named `e2e-<pid>-...` with no process `<pid>` any more. Their remaining
+/// processes, started by that test run, are killed by PID first.
+fn sweep_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("e2e-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        eprintln!("netns: deleting {name}, left by dead test process {pid}");
+        kill_all_in(name);
+        let _ = run(Command::new("ip").args(["netns", "del", name]));
+    }
+}
+
+/// Kills (SIGKILL, by PID) every process inside namespace `ns`; waits up to a second.
+fn kill_all_in(ns: &str) {
+    for attempt in 0..50 {
+        let pids = netns_pids(ns);
+        if pids.is_empty() {
+            return;
+        }
+        if attempt == 0 {
+            eprintln!("netns teardown: killing {pids:?} still running in {ns}");
+        }
+        for pid in &pids {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", pid])
+                .stderr(Stdio::null())
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
