@@ -56,10 +56,15 @@ const ROUTER_B_LAN: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 1);
 /// Linux `CLONE_NEWNET` (include/uapi/linux/sched.h).
 const CLONE_NEWNET: i32 = 0x4000_0000;
 
+/// `SIGKILL`.
+const SIGKILL: i32 = 9;
+
+// From the C library std already links against (no extra crate for two calls).
 unsafe extern "C" {
-    /// setns(2) from the C library std already links against: moves the calling *thread*
-    /// into the namespace referred to by `fd`.
+    /// setns(2): moves the calling *thread* into the namespace referred to by `fd`.
     fn setns(fd: i32, nstype: i32) -> i32;
+    /// kill(2).
+    fn kill(pid: i32, sig: i32) -> i32;
 }
 
 /// Makes every topology name unique within this process; the PID makes it unique across
@@ -416,24 +421,25 @@ fn kill_all_in(ns: &str) {
         if attempt == 0 {
             eprintln!("netns teardown: killing {pids:?} still running in {ns}");
         }
-        for pid in &pids {
-            let _ = Command::new("kill")
-                .args(["-s", "KILL", pid])
-                .stderr(Stdio::null())
-                .status();
+        for &pid in &pids {
+            // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a process inside
+            // a namespace this harness created (started by this test run), never 0 or -1.
+            unsafe { kill(pid, SIGKILL) };
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-fn netns_pids(ns: &str) -> Vec<String> {
+/// The processes inside namespace `ns` (positive PIDs only).
+fn netns_pids(ns: &str) -> Vec<i32> {
     Command::new("ip")
         .args(["netns", "pids", ns])
         .output()
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .split_whitespace()
-                .map(str::to_owned)
+                .filter_map(|pid| pid.parse().ok())
+                .filter(|&pid| pid > 0)
                 .collect()
         })
         .unwrap_or_default()
