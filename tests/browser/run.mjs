@@ -15,6 +15,7 @@
 //   CHROMIUM_BIN   browser (default /usr/bin/chromium)
 //   ARTIFACTS_DIR  screenshots (default tests/artifacts)
 //   BROWSER_TESTS  comma-separated substrings: run only matching tests (same as arguments)
+//   BROWSER_TEST_TIMEOUT_MS  bound of one test (default 90000)
 
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -23,7 +24,7 @@ import {
   ARTIFACTS, Proc, freePort, launchBrowser, requireBin, startSignaling, waitUntil,
 } from './harness.mjs';
 
-const TEST_TIMEOUT_MS = 90000;
+const TEST_TIMEOUT_MS = Number(process.env.BROWSER_TEST_TIMEOUT_MS) || 90000;
 const WAIT = 20000; // default bound of one wait inside a test
 
 // --- page helpers ---
