@@ -521,7 +521,9 @@ pub(crate) async fn selected_pair(pc: &dyn PeerConnection) -> Option<SelectedPai
             Some(c)
         }
         _ => None,
-    })?;
+    });
+    // A peer-reflexive remote candidate (learnt from an incoming check before the trickled
+    // candidate arrived) has no stats entry of its own.
     let remote = report.iter().find_map(|entry| match entry {
         RTCStatsReportEntry::RemoteCandidate(c)
             if entry.id().ends_with(&pair.remote_candidate_id) =>
@@ -529,20 +531,26 @@ pub(crate) async fn selected_pair(pc: &dyn PeerConnection) -> Option<SelectedPai
             Some(c)
         }
         _ => None,
-    })?;
+    });
+    tracing::debug!(
+        local = %pair.local_candidate_id,
+        remote = %pair.remote_candidate_id,
+        found_local = local.is_some(),
+        found_remote = remote.is_some(),
+        "selected pair"
+    );
+    let local = local?;
     Some(SelectedPair {
         local_type: local.candidate_type.to_string(),
-        remote_type: remote.candidate_type.to_string(),
+        remote_type: remote.map_or_else(|| "prflx".to_owned(), |c| c.candidate_type.to_string()),
         local_address: format!(
             "{}:{}",
             local.address.clone().unwrap_or_default(),
             local.port
         ),
-        remote_address: format!(
-            "{}:{}",
-            remote.address.clone().unwrap_or_default(),
-            remote.port
-        ),
+        remote_address: remote.map_or_else(String::new, |c| {
+            format!("{}:{}", c.address.clone().unwrap_or_default(), c.port)
+        }),
         protocol: local.protocol.clone(),
         rtt: (pair.current_round_trip_time > 0.0)
             .then(|| Duration::from_secs_f64(pair.current_round_trip_time)),

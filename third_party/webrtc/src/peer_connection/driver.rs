@@ -856,6 +856,16 @@ where
             // queued until the next timer or packet wakes the loop (stalls in 200 ms steps).
             self.poll_writes().await?;
             self.poll_events().await;
+            // PATCH(peer, see third_party/webrtc/PATCHES.md #3): several core handlers queue
+            // output during `handle_read`/`handle_event` that only leaves in `handle_timeout`:
+            // the DTLS ClientHello started on candidate-pair selection, the SCTP INIT started
+            // when DTLS completes, DCEP OPEN messages, and the first ICE check towards a newly
+            // added remote candidate. Without this they waited for the next timer (the 200 ms
+            // ICE tick), four times per connection set-up. Timers not yet due are no-ops.
+            let now = self.inner.runtime.now();
+            self.handle_timeout(now).await?;
+            self.poll_writes().await?;
+            self.poll_events().await;
 
             // Wake senders blocked in `DataChannel::writable()`: the poll_* passes above
             // applied any SCTP buffer releases (acked/abandoned bytes) to the per-channel
