@@ -520,6 +520,25 @@ test('example: the minimal example app (README) calls and chats with the demo pa
   await demo.waitFor(() => document.querySelector('.tile-remote video')?.videoWidth > 0, null, 'the example\'s video in the demo');
 });
 
+test('rooms from the URL: / generates one, ?room= and /r/<room> join it, the invite link copies', async (t) => {
+  const base = t.shared.signaling.http;
+  const gen = await t.open('Gen', { url: `${base}/` });
+  await gen.joined();
+  const where = await gen.eval(() => ({ path: location.pathname, room: window.__demo.roomName }));
+  assert(/^\/r\/[a-z]+-[a-z]+-\d{4}$/.test(where.path) && where.path === `/r/${where.room}`, `a generated room in the address bar: ${JSON.stringify(where)}`);
+  const q = await t.open('Query', { url: `${base}/?room=${where.room}&name=Query` });
+  await q.connected(1);
+  assert(await q.eval(() => window.__demo.roomName) === where.room, '?room= joins the same room');
+  await gen.page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
+  await gen.page.click('#copy-link');
+  await gen.waitFor(() => document.getElementById('copy-label').textContent === 'Link copied!', null, 'copy confirmation');
+  const copied = await gen.eval(() => navigator.clipboard.readText());
+  assert(copied === `${base}/r/${where.room}`, `the invite link was copied: ${copied}`);
+  const bad = await t.open('Bad', { url: `${base}/r/${'x'.repeat(70)}` });
+  await bad.joined();
+  assert(await bad.eval(() => window.__demo.roomName) !== 'x'.repeat(70), 'an invalid room name is replaced by a generated one');
+});
+
 test('demo: two peers in a call with chat and canvas (screenshots)', async (t) => {
   const a = await t.open('Ada Lovelace');
   await a.joined();
