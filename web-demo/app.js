@@ -1,5 +1,9 @@
-// app.js: the demo page. Joins the room named by the URL, runs a mesh video call with a data
-// channel chat and a shared canvas, and shows every connection's state.
+// app.js: the demo page's wiring. Joins the room named by the URL, runs a mesh video call with a
+// data channel chat and a shared canvas, and shows every connection's state.
+//
+// Modules: signaling-client.js + webrtc-room.js (the reusable JS client), shared-canvas.js (the
+// board), chat-log.js (chat rendering), connection-stats.js (panel text from getStats),
+// room-url.js (room and name from the URL). This file connects them to the DOM.
 //
 // URL: /r/<room> or /?room=<room> (a room is generated when absent). Optional parameters:
 //   name=<display name>   relay=1 (start relay-only)   media=0 (no camera/mic)
@@ -12,43 +16,17 @@
 
 import { WebRTCRoom } from './webrtc-room.js';
 import { SharedCanvas, peerColor } from './shared-canvas.js';
+import { roomFromUrl, displayName, initials } from './room-url.js';
+import { describeConnection } from './connection-stats.js';
+import { ChatLog } from './chat-log.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
 // --- room, name, signaling URL ---
 
-const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
-const ADJ = ['amber', 'brisk', 'calm', 'dapper', 'eager', 'fuzzy', 'gentle', 'hazel', 'jolly', 'lucky', 'mellow', 'nimble', 'plucky', 'quiet', 'rosy', 'sunny', 'tidy', 'witty'];
-const NOUN = ['otter', 'falcon', 'maple', 'comet', 'badger', 'lynx', 'heron', 'cedar', 'puffin', 'koala', 'walrus', 'orca', 'finch', 'tapir', 'yak', 'panda'];
-const pick = (a) => a[Math.floor(Math.random() * a.length)];
-
-function roomFromUrl() {
-  const m = /^\/r\/([^/]+)\/?$/.exec(location.pathname);
-  const fromPath = m ? decodeURIComponent(m[1]) : null;
-  const candidate = fromPath || params.get('room');
-  if (candidate && ROOM_RE.test(candidate)) return candidate;
-  const room = `${pick(ADJ)}-${pick(NOUN)}-${Math.floor(1000 + Math.random() * 9000)}`;
-  params.delete('room');
-  const qs = params.toString();
-  history.replaceState(null, '', `/r/${room}${qs ? `?${qs}` : ''}`);
-  return room;
-}
-
-function displayName() {
-  const fromUrl = params.get('name');
-  if (fromUrl) return fromUrl.slice(0, 64);
-  let saved = null;
-  try { saved = localStorage.getItem('demo-name'); } catch { /* private mode */ }
-  if (saved) return saved;
-  const n = `${cap(pick(ADJ))} ${cap(pick(NOUN))}`;
-  try { localStorage.setItem('demo-name', n); } catch { /* ignore */ }
-  return n;
-}
-const cap = (s) => s[0].toUpperCase() + s.slice(1);
-
-const roomName = roomFromUrl();
-const myName = displayName();
+const roomName = roomFromUrl(params);
+const myName = displayName(params);
 const signalingUrl = params.get('signal') || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
 const inviteLink = `${location.origin}/r/${encodeURIComponent(roomName)}`;
 
@@ -460,46 +438,16 @@ $('chat-form').addEventListener('submit', (e) => {
   input.focus();
 });
 
+const chatLog = new ChatLog($('chat-log'));
+
 function addChat(m) {
   demo.chat.push({ ...m, at: Date.now() });
-  const li = document.createElement('li');
-  li.className = m.mine ? 'msg mine' : 'msg';
-  li.style.setProperty('--peer-color', m.mine ? 'var(--accent)' : peerColor(m.from));
-  const head = document.createElement('div');
-  head.className = 'msg-head';
-  const who = document.createElement('span');
-  who.className = 'msg-name';
-  who.textContent = m.mine ? 'You' : m.name;
-  const when = document.createElement('time');
-  when.textContent = new Date().toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-  head.append(who, when);
-  const body = document.createElement('div');
-  body.className = 'msg-text';
-  body.textContent = m.text;
-  li.append(head, body);
-  if (m.mine && m.delivered === 0) {
-    const warn = document.createElement('div');
-    warn.className = 'msg-note';
-    warn.textContent = room.peers.size ? 'not delivered: no open connection yet' : 'no one else is here yet';
-    li.append(warn);
-  }
-  appendChatItem(li);
+  let note;
+  if (m.mine && m.delivered === 0) note = room.peers.size ? 'not delivered: no open connection yet' : 'no one else is here yet';
+  chatLog.message({ name: m.mine ? 'You' : m.name, text: m.text, mine: m.mine, color: m.mine ? 'var(--accent)' : peerColor(m.from), note });
 }
 
-function systemLine(text) {
-  const li = document.createElement('li');
-  li.className = 'msg system';
-  li.textContent = text;
-  appendChatItem(li);
-}
-
-function appendChatItem(li) {
-  const log = $('chat-log');
-  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  log.append(li);
-  while (log.children.length > 300) log.firstElementChild.remove();
-  if (atBottom) log.scrollTop = log.scrollHeight;
-}
+function systemLine(text) { chatLog.system(text); }
 
 // --- connection panel: getStats once a second ---
 
@@ -510,33 +458,18 @@ async function refreshStats() {
     let info;
     try { info = await peer.connectionInfo(); } catch { continue; }
     if (!info) continue;
+    const d = describeConnection(info);
     const c = t.conn;
-    const path = info.localType ? `${info.localType} ↔ ${info.remoteType}` : '–';
-    c.querySelector('.c-path').textContent = path;
-    c.dataset.path = info.localType ? `${info.localType}/${info.remoteType}` : '';
-    c.querySelector('.c-proto').textContent = info.protocol
-      ? `${info.protocol.toUpperCase()}${info.relayProtocol ? ` (to TURN: ${info.relayProtocol.toUpperCase()})` : ''}`
-      : '–';
-    c.querySelector('.c-rtt').textContent = info.rttMs != null ? `${info.rttMs} ms` : '–';
-    c.querySelector('.c-bytes').textContent = info.localType ? `${fmtBytes(info.bytesSent)} / ${fmtBytes(info.bytesReceived)}` : '–';
-    c.title = info.localAddress ? `${info.localAddress} ↔ ${info.remoteAddress}` : '';
-    const pathBadge = info.localType === 'relay' || info.remoteType === 'relay' ? 'relay' : info.localType ? 'direct' : '';
-    t.tile.dataset.path = pathBadge;
+    c.querySelector('.c-path').textContent = d.path;
+    c.querySelector('.c-proto').textContent = d.protocol;
+    c.querySelector('.c-rtt').textContent = d.rtt;
+    c.querySelector('.c-bytes').textContent = d.bytes;
+    c.dataset.path = d.pathKey;
+    c.title = d.addresses;
+    t.tile.dataset.path = d.route;
   }
 }
 setInterval(refreshStats, 1000);
-
-function fmtBytes(n) {
-  if (!n) return '0 B';
-  const u = ['B', 'KB', 'MB', 'GB'];
-  const i = Math.min(u.length - 1, Math.floor(Math.log(n) / Math.log(1024)));
-  return `${(n / 1024 ** i).toFixed(i ? 1 : 0)} ${u[i]}`;
-}
-
-function initials(name) {
-  const parts = String(name).trim().split(/\s+/);
-  return ((parts[0]?.[0] || '?') + (parts[1]?.[0] || '')).toUpperCase();
-}
 
 // --- start ---
 
