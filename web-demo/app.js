@@ -16,7 +16,7 @@
 
 import { WebRTCRoom } from './webrtc-room.js';
 import { SharedCanvas, peerColor } from './shared-canvas.js';
-import { roomFromUrl, displayName, initials } from './room-url.js';
+import { roomFromUrl, invalidRoomInUrl, displayName, initials } from './room-url.js';
 import { describeConnection } from './connection-stats.js';
 import { ChatLog } from './chat-log.js';
 
@@ -25,6 +25,7 @@ const params = new URLSearchParams(location.search);
 
 // --- room, name, signaling URL ---
 
+const rejectedRoom = invalidRoomInUrl(params);
 const roomName = roomFromUrl(params);
 const myName = displayName(params);
 const signalingUrl = params.get('signal') || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
@@ -474,6 +475,9 @@ setInterval(refreshStats, 1000);
 // --- start ---
 
 document.body.dataset.room = roomName;
+if (rejectedRoom) {
+  showBanner('room', 'info', `“${rejectedRoom.slice(0, 80)}” is not a valid room name (up to 64 letters, digits, “-”, “_” and “.”): you are in a new room, “${roomName}”.`);
+}
 // Join once the camera is decided (or after 3 s, e.g. while a permission prompt is open): the
 // first offer then carries the tracks, instead of a second negotiation right after the first.
 const mediaDecided = startMedia();

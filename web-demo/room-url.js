@@ -9,11 +9,22 @@ const NOUN = ['otter', 'falcon', 'maple', 'comet', 'badger', 'lynx', 'heron', 'c
 const pick = (a) => a[Math.floor(Math.random() * a.length)];
 const cap = (s) => s[0].toUpperCase() + s.slice(1);
 
+/** The room asked for in the URL that is not a valid room name, if any. */
+export function invalidRoomInUrl(params) {
+  const candidate = roomInUrl(params);
+  return candidate && !ROOM_RE.test(candidate) ? candidate : null;
+}
+
+function roomInUrl(params) {
+  const m = /^\/r\/([^/]+)\/?$/.exec(location.pathname);
+  let fromPath = null;
+  try { fromPath = m ? decodeURIComponent(m[1]) : null; } catch { fromPath = m[1]; }
+  return fromPath || params.get('room');
+}
+
 /** The room named by the URL, or a new one (then the address bar shows `/r/<room>`). */
 export function roomFromUrl(params) {
-  const m = /^\/r\/([^/]+)\/?$/.exec(location.pathname);
-  const fromPath = m ? decodeURIComponent(m[1]) : null;
-  const candidate = fromPath || params.get('room');
+  const candidate = roomInUrl(params);
   if (candidate && ROOM_RE.test(candidate)) return candidate;
   const room = `${pick(ADJ)}-${pick(NOUN)}-${Math.floor(1000 + Math.random() * 9000)}`;
   const rest = new URLSearchParams(params);

@@ -537,6 +537,8 @@ test('rooms from the URL: / generates one, ?room= and /r/<room> join it, the inv
   const bad = await t.open('Bad', { url: `${base}/r/${'x'.repeat(70)}` });
   await bad.joined();
   assert(await bad.eval(() => window.__demo.roomName) !== 'x'.repeat(70), 'an invalid room name is replaced by a generated one');
+  const said = await bad.eval(() => document.getElementById('banner').hidden ? '' : document.getElementById('banner-text').textContent);
+  assert(/not a valid room name/.test(said), `and the page says so: ${said}`);
 });
 
 test('demo: two peers in a call with chat and canvas (screenshots)', async (t) => {
