@@ -126,6 +126,11 @@ pub struct Config {
     #[arg(long, env = "RELAY_UNAUTH_RATE", default_value_t = 100)]
     pub unauth_rate: u32,
 
+    /// Maximum simultaneous TCP/TLS client connections (split evenly over workers); new
+    /// connections beyond it are closed at once and counted.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
     /// Allow peers on loopback addresses (127.0.0.0/8, ::1). Tests only: off by default.
     #[arg(long, env = "RELAY_ALLOW_LOOPBACK_PEERS")]
     pub allow_loopback_peers: bool,
@@ -378,6 +383,7 @@ impl Config {
             self.max_bps,
             self.unauth_rate
         );
+        let _ = writeln!(s, "  max tcp/tls connections: {}", self.max_connections);
         let _ = writeln!(s, "  allow loopback peers: {}", self.allow_loopback_peers);
         let cidrs = |v: &[IpNet]| {
             v.iter()

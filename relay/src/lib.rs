@@ -243,6 +243,7 @@ impl Relay {
                 tls,
                 tls_acceptor: acceptor.clone(),
                 relay_ports: relay_ports.clone(),
+                max_streams: config.max_connections.div_ceil(workers),
                 metrics: Arc::clone(&metrics),
                 shutdown: shutdown_rx.clone(),
                 stopped: stopped_tx.clone(),

@@ -27,6 +27,8 @@ pub struct IoStats {
     pub tls_handshake_failures: u64,
     /// Messages to a stream client dropped because its outbound queue was full.
     pub stream_queue_drops: u64,
+    /// Stream connections refused because the worker was at `--max-connections`.
+    pub stream_connections_refused: u64,
     /// Stream connections closed for framing errors (neither STUN nor ChannelData).
     pub stream_framing_errors: u64,
     /// Receive errors on UDP sockets other than "nothing to read".
@@ -90,6 +92,7 @@ impl Metrics {
             t.tls_handshake_failures += s.tls_handshake_failures;
             t.stream_queue_drops += s.stream_queue_drops;
             t.stream_framing_errors += s.stream_framing_errors;
+            t.stream_connections_refused += s.stream_connections_refused;
             t.recv_errors += s.recv_errors;
         }
         t
@@ -327,6 +330,12 @@ impl Collector for Metrics {
             "relay_stream_connections_accepted",
             "TCP/TLS client connections accepted",
             io.stream_connections_accepted,
+        )?;
+        counter(
+            &mut e,
+            "relay_stream_connections_refused",
+            "TCP/TLS connections refused at --max-connections",
+            io.stream_connections_refused,
         )?;
         counter(
             &mut e,

@@ -33,6 +33,8 @@ pub(crate) struct WorkerSetup {
     pub(crate) tls: Vec<std::net::TcpListener>,
     pub(crate) tls_acceptor: Option<TlsAcceptor>,
     pub(crate) relay_ports: RelayPorts,
+    /// Open TCP/TLS connections allowed on this worker.
+    pub(crate) max_streams: usize,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Dropped when the worker has stopped (the handle waits for all of them).
@@ -66,6 +68,7 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             tls,
             tls_acceptor,
             relay_ports,
+            max_streams,
             metrics,
             mut shutdown,
             stopped,
@@ -93,7 +96,7 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             }
         };
         let core = Server::with_shared_quotas(server_config, shared);
-        let shard = Shard::new(index, core, udp, relay_ports, metrics);
+        let shard = Shard::new(index, core, udp, relay_ports, max_streams, metrics);
         for socket in shard.listeners() {
             tokio::task::spawn_local(run_udp_listener(Rc::clone(&shard), Rc::clone(socket)));
         }

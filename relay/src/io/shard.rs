@@ -65,6 +65,8 @@ pub(crate) struct Shard {
     bufs: RefCell<RecvBuffers>,
     batch: RefCell<SendBatch>,
     relay_ports: RelayPorts,
+    /// Open TCP/TLS connections allowed on this worker.
+    max_streams: usize,
     io_stats: Cell<IoStats>,
     metrics: Arc<Metrics>,
     last_publish: Cell<Instant>,
@@ -76,6 +78,7 @@ impl Shard {
         core: Server,
         listeners: Vec<Rc<UdpSocket>>,
         relay_ports: RelayPorts,
+        max_streams: usize,
         metrics: Arc<Metrics>,
     ) -> Rc<Self> {
         let listeners = listeners
@@ -97,6 +100,7 @@ impl Shard {
             }),
             batch: RefCell::new(SendBatch::new(ARENA)),
             relay_ports,
+            max_streams,
             io_stats: Cell::new(IoStats::default()),
             metrics,
             last_publish: Cell::new(Instant::now()),
@@ -258,6 +262,16 @@ impl Shard {
         self.drain_outputs(&mut core, now);
         drop(core);
         self.flush();
+    }
+
+    /// Whether another stream connection fits under this worker's limit (counts a refusal).
+    pub(crate) fn admit_stream(&self) -> bool {
+        let open = self.io_stats.get().stream_connections;
+        if open >= self.max_streams as u64 {
+            self.count(|s| s.stream_connections_refused += 1);
+            return false;
+        }
+        true
     }
 
     /// Counts a TLS handshake failure.

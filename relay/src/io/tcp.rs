@@ -44,6 +44,10 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Op
                 continue;
             }
         };
+        if !shard.admit_stream() {
+            tracing::debug!(%client, "connection limit reached: closing");
+            continue;
+        }
         let Ok(server) = conn.local_addr() else {
             continue;
         };

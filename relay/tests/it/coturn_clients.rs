@@ -175,3 +175,35 @@ fn uclient_client_to_client_through_two_allocations() {
         &["-y", "-u", "alice", "-w", "wonderland"],
     ));
 }
+
+#[test]
+fn tcp_connections_beyond_the_limit_are_refused_and_counted() {
+    use std::io::Read as _;
+    let relay = RelayProcess::start_raw(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--max-connections",
+        "4",
+    ]);
+    let tcp = relay.tcp.expect("tcp listener");
+    let held: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(tcp).unwrap())
+        .collect();
+    assert!(crate::support::wait_until(Duration::from_secs(2), || {
+        relay.metric("relay_stream_connections") == 4
+    }));
+    let mut fifth = std::net::TcpStream::connect(tcp).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(fifth.read(&mut buf).ok(), Some(0), "closed at once");
+    assert!(crate::support::wait_until(Duration::from_secs(2), || {
+        relay.metric("relay_stream_connections_refused_total") == 1
+    }));
+    drop(held);
+}
