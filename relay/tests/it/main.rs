@@ -5,6 +5,7 @@ mod coturn_clients;
 mod drain;
 mod embedded;
 mod security;
+mod streams;
 mod support;
 mod tls;
 mod turn_client;

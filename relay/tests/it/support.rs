@@ -337,6 +337,8 @@ pub(crate) enum Link {
         Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
         Vec<u8>,
     ),
+    /// TURN over TCP; the last field > 0 writes every message in pieces of that many bytes.
+    Tcp(TcpStream, Vec<u8>, usize),
 }
 
 impl Link {
@@ -347,6 +349,15 @@ impl Link {
                 s.write_all(data)?;
                 s.flush()
             }
+            Self::Tcp(s, _, chunk) if *chunk > 0 => {
+                for piece in data.chunks(*chunk) {
+                    s.write_all(piece)?;
+                    s.flush()?;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Ok(())
+            }
+            Self::Tcp(s, _, _) => s.write_all(data),
         }
     }
 
@@ -359,37 +370,48 @@ impl Link {
                 let (n, _) = s.recv_from(&mut buf).ok()?;
                 Some(buf[..n].to_vec())
             }
-            Self::Tls(s, pending) => {
-                let deadline = Instant::now() + timeout;
-                loop {
-                    if pending.len() >= 4 {
-                        let len = usize::from(u16::from_be_bytes([pending[2], pending[3]]));
-                        let frame = if pending[0] & 0xC0 == 0x40 {
-                            4 + len.div_ceil(4) * 4
-                        } else {
-                            20 + len
-                        };
-                        if pending.len() >= frame {
-                            let rest = pending.split_off(frame);
-                            let mut out = std::mem::replace(pending, rest);
-                            if out[0] & 0xC0 == 0x40 {
-                                out.truncate(4 + len);
-                            }
-                            return Some(out);
-                        }
-                    }
-                    let left = deadline.checked_duration_since(Instant::now())?;
-                    s.sock
-                        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                        .ok()?;
-                    let mut buf = [0u8; 4096];
-                    match s.read(&mut buf) {
-                        Ok(0) => return None,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        Err(_) => return None,
-                    }
-                }
+            Self::Tls(s, pending) => read_frame(&mut **s, pending, timeout, |s, d| {
+                s.sock.set_read_timeout(Some(d))
+            }),
+            Self::Tcp(s, pending, _) => {
+                read_frame(s, pending, timeout, |s, d| s.set_read_timeout(Some(d)))
             }
+        }
+    }
+}
+
+/// One STUN or ChannelData frame (padding removed) from a stream, within `timeout`.
+fn read_frame<S: std::io::Read>(
+    s: &mut S,
+    pending: &mut Vec<u8>,
+    timeout: Duration,
+    set_timeout: impl Fn(&mut S, Duration) -> std::io::Result<()>,
+) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if pending.len() >= 4 {
+            let len = usize::from(u16::from_be_bytes([pending[2], pending[3]]));
+            let channel = pending[0] & 0xC0 == 0x40;
+            let frame = if channel {
+                4 + len.div_ceil(4) * 4
+            } else {
+                20 + len
+            };
+            if pending.len() >= frame {
+                let rest = pending.split_off(frame);
+                let mut out = std::mem::replace(pending, rest);
+                if channel {
+                    out.truncate(4 + len);
+                }
+                return Some(out);
+            }
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        set_timeout(s, left.max(Duration::from_millis(1))).ok()?;
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
         }
     }
 }
@@ -616,7 +638,7 @@ impl TestClient {
             raw: Vec::new(),
         };
         cd.encode();
-        if matches!(self.link, Link::Tls(..)) {
+        if matches!(self.link, Link::Tls(..) | Link::Tcp(..)) {
             cd.raw.resize(cd.raw.len().div_ceil(4) * 4, 0);
         }
         self.link.send(self.server, &cd.raw).unwrap();

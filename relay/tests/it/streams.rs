@@ -1,0 +1,103 @@
+//! Stream framing through the real binary (RFC 8656 section 11.5 / RFC 6062): STUN and padded
+//! ChannelData split into tiny writes and coalesced into one write over TCP, and an IPv6
+//! relayed address (RFC 6156) relaying to an IPv6 peer.
+
+use std::io::Write as _;
+use std::net::{TcpStream, UdpSocket};
+use std::time::Duration;
+
+use crate::support::{Link, RelayProcess, TestClient};
+
+#[test]
+fn tcp_framing_survives_split_and_coalesced_writes() {
+    let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "u:p"]);
+    let tcp = relay.tcp.expect("tcp listener");
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+
+    // Every request written 3 bytes at a time.
+    let stream = TcpStream::connect(tcp).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut c = TestClient::with_link(Link::Tcp(stream, Vec::new(), 3), tcp, "u", "p");
+    let relayed = c.allocate().expect("allocate over TCP in 3-byte writes");
+    c.channel_bind(0x4000, peer_addr).expect("channel bind");
+    c.send_channel(0x4000, b"split");
+    let mut buf = [0u8; 256];
+    let (n, from) = peer.recv_from(&mut buf).expect("split ChannelData relayed");
+    assert_eq!((&buf[..n], from), (&b"split"[..], relayed));
+
+    // Many padded ChannelData messages in one write.
+    let Link::Tcp(stream, _, chunk) = &mut c.link else {
+        unreachable!()
+    };
+    *chunk = 0;
+    let mut burst = Vec::new();
+    for i in 0..50u8 {
+        let payload = vec![i; 1 + usize::from(i) % 7];
+        burst.extend_from_slice(&[0x40, 0x00, 0, payload.len() as u8]);
+        burst.extend_from_slice(&payload);
+        burst.resize(burst.len().div_ceil(4) * 4, 0);
+    }
+    stream.write_all(&burst).unwrap();
+    for i in 0..50u8 {
+        let (n, _) = peer
+            .recv_from(&mut buf)
+            .expect("coalesced ChannelData relayed");
+        assert_eq!(
+            &buf[..n],
+            &vec![i; 1 + usize::from(i) % 7][..],
+            "message {i} intact and in order"
+        );
+    }
+    // And back: the client gets padded ChannelData it can frame.
+    for i in 0..20u8 {
+        let payload = vec![i; 1 + usize::from(i) % 5];
+        peer.send_to(&payload, relayed).unwrap();
+        let (channel, data) = c
+            .recv_channel(Duration::from_secs(3))
+            .expect("peer data over TCP");
+        assert_eq!((channel, data), (0x4000, payload));
+    }
+}
+
+#[test]
+fn ipv6_allocation_relays_to_an_ipv6_peer() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: this host has no ::1 (IPv6 disabled)");
+        return;
+    }
+    let relay = RelayProcess::start_raw(&[
+        "--listen",
+        "[::1]:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--allow-loopback-peers",
+        "--user",
+        "u:p",
+    ]);
+    let peer = UdpSocket::bind("[::1]:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut c = TestClient::with_link(
+        Link::Udp(UdpSocket::bind("[::1]:0").unwrap()),
+        relay.udp,
+        "u",
+        "p",
+    );
+    let relayed = c.allocate_v6().expect("IPv6 allocation");
+    assert!(relayed.is_ipv6());
+    c.channel_bind(0x4000, peer_addr)
+        .expect("channel bind to an IPv6 peer");
+    let mut buf = [0u8; 256];
+    for i in 0..100u8 {
+        c.send_channel(0x4000, &[i; 33]);
+        let (n, from) = peer.recv_from(&mut buf).expect("relayed over IPv6");
+        assert_eq!((&buf[..n], from), (&[i; 33][..], relayed));
+        peer.send_to(&[i; 17], relayed).unwrap();
+        let (channel, data) = c
+            .recv_channel(Duration::from_secs(3))
+            .expect("back over IPv6");
+        assert_eq!((channel, data), (0x4000, vec![i; 17]));
+    }
+}
