@@ -130,9 +130,17 @@ impl PublicServer {
     }
 
     /// The sum of the relay's Prometheus samples whose line starts with `series` (e.g.
-    /// `relay_packets_relayed_total{direction="to_peer"}`), read from `/metrics` in the server
-    /// namespace.
+    /// `relay_packets_relayed_total{direction="to_peer"}`).
     pub(super) fn relay_metric(&self, topo: &Topology, series: &str) -> f64 {
+        self.relay_metrics(topo)
+            .lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The relay's `/metrics` samples (no comments), read in the server namespace.
+    pub(super) fn relay_metrics(&self, topo: &Topology) -> String {
         let admin = self.admin;
         let text = topo
             .in_netns(Host::Server, || {
@@ -148,9 +156,9 @@ impl PublicServer {
             })
             .unwrap_or_else(|e| panic!("relay /metrics: {e:#}\n{}", self.relay.logs()));
         text.lines()
-            .filter(|l| l.starts_with(series))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .filter(|l| l.starts_with("relay_"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Both servers' logs, for a failure message.
