@@ -311,6 +311,19 @@ fn error_code(msg: &StunMessage<'_>) -> Option<u16> {
     (v.len() >= 4).then(|| u16::from(v[2] & 0x7) * 100 + u16::from(v[3]))
 }
 
+/// `turn_client`, retried on a new socket when the kernel hands out a source port whose
+/// allocation from an earlier run is still alive (437 Allocation Mismatch).
+fn turn_client_retrying(spec: &LoadSpec, peer: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let mut last = None;
+    for _ in 0..5 {
+        match turn_client(spec, peer) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")))
+}
+
 /// Allocate + ChannelBind(0x4000 -> peer) with long-term credentials; returns the socket.
 fn turn_client(spec: &LoadSpec, peer: SocketAddr) -> anyhow::Result<UdpSocket> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
@@ -325,7 +338,12 @@ fn turn_client(spec: &LoadSpec, peer: SocketAddr) -> anyhow::Result<UdpSocket> {
         .get(REALM)
         .map(|r| String::from_utf8_lossy(r).into_owned())
         .unwrap_or_else(|| spec.realm.clone());
-    let nonce = first.get(NONCE).context("401 without NONCE")?.to_vec();
+    let Some(nonce) = first.get(NONCE).map(<[u8]>::to_vec) else {
+        bail!(
+            "first Allocate answered without NONCE (error {:?})",
+            error_code(&first)
+        );
+    };
     let key = long_term_key(&spec.user, &realm, &spec.password);
     let authed = |method: u16, tid: TransactionId, extra: &dyn Fn(&mut MessageBuilder)| {
         let mut b = MessageBuilder::new(method, Class::Request, tid);
@@ -370,7 +388,7 @@ fn channel_load(spec: &LoadSpec) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?
     } else {
         (0..spec.clients)
-            .map(|_| turn_client(spec, sink_addr))
+            .map(|_| turn_client_retrying(spec, sink_addr))
             .collect::<anyhow::Result<_>>()?
     };
     let received = Arc::new(AtomicU64::new(0));

@@ -1,5 +1,5 @@
 //! `SendBatch`: datagrams collected while processing one receive batch, sent with one
-//! `sendmmsg` per socket run. Payloads are copied into one preallocated arena, so queuing a
+//! `sendmmsg` per socket (grouped; order kept within each socket). Payloads are copied into one preallocated arena, so queuing a
 //! datagram never allocates and the receive buffers can be reused at once.
 
 use std::io;
@@ -89,6 +89,15 @@ impl SendBatch {
     /// Send everything queued: one `sendmmsg` per run of datagrams from the same socket.
     pub(crate) fn flush(&mut self) -> FlushReport {
         let mut report = FlushReport::default();
+        // Group by socket so each socket gets one sendmmsg for all its datagrams. The sort is
+        // stable: datagrams of one socket (one flow per destination) keep their order.
+        if self
+            .items
+            .windows(2)
+            .any(|w| w[0].socket.as_raw_fd() != w[1].socket.as_raw_fd())
+        {
+            self.items.sort_by_key(|item| item.socket.as_raw_fd());
+        }
         let mut i = 0;
         while i < self.items.len() {
             let fd = self.items[i].socket.as_raw_fd();
@@ -268,11 +277,15 @@ mod tests {
             let (n, from) = rx.recv_from(&mut buf).unwrap();
             assert_eq!((&buf[..n], from), (&[i; 10][..], a.local_addr()));
         }
-        let (n, from) = rx.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"pktinfo");
-        assert_eq!(from.ip().to_string(), "127.0.0.1");
-        let (n, _) = rx.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"after");
+        // Grouped by socket: `a`'s last datagram and the wildcard socket's, in either order.
+        let mut rest = Vec::new();
+        for _ in 0..2 {
+            let (n, from) = rx.recv_from(&mut buf).unwrap();
+            assert_eq!(from.ip().to_string(), "127.0.0.1");
+            rest.push(buf[..n].to_vec());
+        }
+        rest.sort();
+        assert_eq!(rest, vec![b"after".to_vec(), b"pktinfo".to_vec()]);
         assert_eq!(batch.len(), 0);
     }
 }
