@@ -109,46 +109,59 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(20);
-    let (_relay, relay_addr) = spawn(
-        "relay",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--no-tcp",
-            "--admin-listen",
-            "none",
-            "--relay-ip",
-            "127.0.0.1",
-            "--allow-loopback-peers",
-            "--auth-secret",
-            SECRET,
-        ],
-        "listening udp ",
-    )?;
-    let turn = format!("turn:{relay_addr}?transport=udp");
-    let (_signaling, http) = spawn(
-        "signaling",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--turn-url",
-            &turn,
-            "--turn-secret",
-            SECRET,
-            "--rate-limit",
-            "1000",
-        ],
-        "listening on http://",
-    )?;
     for (mode, relay_only) in [("direct", false), ("relay-only", true)] {
+        // A fresh relay and signaling server per mode, so one mode's allocations cannot
+        // affect the other.
+        let (_relay, relay_addr) = spawn(
+            "relay",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--no-tcp",
+                "--admin-listen",
+                "none",
+                "--relay-ip",
+                "127.0.0.1",
+                "--allow-loopback-peers",
+                "--auth-secret",
+                SECRET,
+            ],
+            "listening udp ",
+        )?;
+        let turn = format!("turn:{relay_addr}?transport=udp");
+        let (_signaling, http) = spawn(
+            "signaling",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--turn-url",
+                &turn,
+                "--turn-secret",
+                SECRET,
+                "--rate-limit",
+                "1000",
+            ],
+            "listening on http://",
+        )?;
         let mut times = Vec::with_capacity(runs);
+        let mut failures = 0;
         for run in 0..runs {
             let url = format!("ws://{http}/ws/bench-{mode}-{run}");
-            times.push(one_run(&url, relay_only).await?);
+            match one_run(&url, relay_only).await {
+                Ok(elapsed) => times.push(elapsed),
+                Err(err) => {
+                    eprintln!("{mode} run {run} failed: {err}");
+                    failures += 1;
+                }
+            }
+        }
+        if times.is_empty() {
+            println!("{mode:>10}: runs={runs} failed={failures}");
+            continue;
         }
         times.sort();
         println!(
-            "{mode:>10}: runs={runs} median={:.1}ms p95={:.1}ms min={:.1}ms max={:.1}ms",
+            "{mode:>10}: runs={runs} failed={failures} median={:.1}ms p95={:.1}ms min={:.1}ms max={:.1}ms",
             percentile(&times, 0.5).as_secs_f64() * 1000.0,
             percentile(&times, 0.95).as_secs_f64() * 1000.0,
             times[0].as_secs_f64() * 1000.0,
