@@ -44,10 +44,7 @@ pub(crate) async fn run(
             let mut options = common.options();
             options.relay_only = relay_only;
             match tokio::time::timeout(timeout, self_pair(&room_url, options, &out, mode)).await {
-                Ok(Ok(pair)) => {
-                    results.insert(type_key(&pair.local_type), "ok");
-                    results.insert(type_key(&pair.remote_type), "ok");
-                }
+                Ok(Ok(pair)) => record(&mut results, &pair),
                 Ok(Err(err)) => {
                     out.notice(
                         "probe-failed",
@@ -87,8 +84,7 @@ pub(crate) async fn run(
                 match super::selected_pair_eventually(&peer, &remote).await {
                     Some(pair) => {
                         out.selected_pair(remote.as_str(), &pair, rtt);
-                        results.insert(type_key(&pair.local_type), "ok");
-                        results.insert(type_key(&pair.remote_type), "ok");
+                        record(&mut results, &pair);
                     }
                     None => failed = true,
                 }
@@ -121,11 +117,24 @@ pub(crate) async fn run(
     })
 }
 
+/// Marks the candidate types of a working pair as `ok`.
+fn record(results: &mut BTreeMap<&'static str, &'static str>, pair: &SelectedPair) {
+    for candidate_type in [&pair.local_type, &pair.remote_type] {
+        let key = type_key(candidate_type);
+        if key != "other" {
+            results.insert(key, "ok");
+        }
+    }
+}
+
+/// The summary key a candidate type proves working. A peer-reflexive remote candidate (learnt
+/// from a check before its trickled form arrived) proves nothing about the type it really is.
 fn type_key(candidate_type: &str) -> &'static str {
     match candidate_type {
         "relay" => "relay",
-        "srflx" | "prflx" => "srflx",
-        _ => "host",
+        "srflx" => "srflx",
+        "host" => "host",
+        _ => "other",
     }
 }
 
