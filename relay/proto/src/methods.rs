@@ -608,10 +608,16 @@ impl Server {
         }
         // The key is derived with our realm: a request for another realm fails integrity.
         match self.auth.verify(msg, username, now_unix) {
-            Ok(identity) => Some(Authenticated {
-                identity,
-                username: username.into(),
-            }),
+            Ok(identity) => {
+                // The challenge this source got was answered: legitimate challenge/response
+                // traffic (every Allocate starts with one) must not starve a busy NAT IP.
+                self.unauthenticated.refund(from.client.ip());
+                self.unauthorized.refund(from.client.ip());
+                Some(Authenticated {
+                    identity,
+                    username: username.into(),
+                })
+            }
             Err(failure) => {
                 self.stats.auth_failures += 1;
                 let why = match failure {

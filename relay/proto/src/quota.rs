@@ -229,6 +229,15 @@ impl TokenBucket {
         }
     }
 
+    /// Put `units` back (capped at the burst): the event they paid for turned out legitimate.
+    fn give_back(&mut self, limit: RateLimit, units: u64) {
+        let cap = limit.burst.saturating_mul(1000);
+        self.milli_tokens = self
+            .milli_tokens
+            .saturating_add(units.saturating_mul(1000))
+            .min(cap);
+    }
+
     /// True if the bucket would be full at `now` (the entry carries no state worth keeping).
     fn is_full_at(&self, now: Instant, limit: RateLimit) -> bool {
         let missing = limit
@@ -279,6 +288,17 @@ impl IpRateLimiter {
         let ok = bucket.try_take(now, limit, 1);
         self.buckets.insert(key, bucket);
         ok
+    }
+
+    /// Give back the event last counted for `ip`: the source answered its challenge with valid
+    /// credentials, so the unauthenticated request (or the 401/438 it got) was the first half
+    /// of a legitimate challenge/response round trip, not abuse. Only sources that never
+    /// authenticate use up their allowance; one that does is bounded by the allocation quotas.
+    pub(crate) fn refund(&mut self, ip: IpAddr) {
+        let Some(limit) = self.limit else { return };
+        if let Some(bucket) = self.buckets.get_mut(&rate_key(ip)) {
+            bucket.give_back(limit, 1);
+        }
     }
 
     /// Drop entries whose bucket has refilled (they are equivalent to absent ones).
@@ -371,6 +391,33 @@ mod tests {
             "swept after refill"
         );
         assert!(l.len() <= 2);
+    }
+
+    #[test]
+    fn refunds_restore_the_allowance_up_to_the_burst() {
+        let t0 = Instant::now();
+        let limit = RateLimit {
+            per_second: 1,
+            burst: 2,
+        };
+        let mut l = IpRateLimiter::new(Some(limit), 10);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        // Challenge, then an authenticated request gives the token back: forever allowed.
+        for _ in 0..1000 {
+            assert!(l.allow(t0, a));
+            l.refund(a);
+        }
+        // Refunds never raise the allowance above the burst.
+        for _ in 0..10 {
+            l.refund(a);
+        }
+        assert!(l.allow(t0, a));
+        assert!(l.allow(t0, a));
+        assert!(!l.allow(t0, a), "still limited without refunds");
+        // An unknown source has nothing to refund; a disabled limiter ignores refunds.
+        l.refund("192.0.2.9".parse().unwrap());
+        assert_eq!(l.len(), 1);
+        IpRateLimiter::new(None, 10).refund(a);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Integration tests of the real `relay` binary on loopback: reference clients (the `turn`
 //! crate's client, coturn's turnutils), TLS, security rules, quotas, floods, metrics, drain.
 
+mod churn;
 mod coturn_clients;
 mod drain;
 mod embedded;

@@ -895,6 +895,56 @@ fn unauthenticated_and_401_rate_limits_per_source_ip() {
 }
 
 #[test]
+fn challenges_answered_with_valid_credentials_do_not_use_up_the_ip_limits() {
+    // The strictest limits: 2 challenges at once, 1 per second, per source IP.
+    let t0 = std::time::Instant::now();
+    let mut cfg = config(t0);
+    let strict = Some(RateLimit {
+        per_second: 1,
+        burst: 2,
+    });
+    cfg.quotas.unauthenticated_per_ip = strict;
+    cfg.quotas.unauthorized_per_ip = strict;
+    let mut h = Harness::with_config(t0, cfg);
+    // Hundreds of fresh clients behind one NAT IP, at the same instant: each gets its 401,
+    // authenticates, allocates and deletes (the peer SDK's connect benchmark on loopback).
+    for i in 0..300u16 {
+        let from = udp(&format!("192.0.2.80:{}", 20000 + i));
+        let mut c = Client::rest(from, UNIX_T0 + 600, &format!("peer-{i}"), REST_SECRET);
+        c.allocate(&mut h);
+        let req = c.refresh_request(0);
+        assert_eq!(h.send(from, &req), ClientAction::Queued);
+        let released = h.outputs().iter().any(|o| match o {
+            Output::Transmit { data, .. } => {
+                c.verify_success(data, REFRESH);
+                false
+            }
+            Output::ReleaseRelay { .. } => true,
+            _ => false,
+        });
+        assert!(released, "cycle {i}: refresh(0) releases the relay socket");
+    }
+    assert_eq!(h.server.stats().quota(QuotaKind::UnauthenticatedRate), 0);
+    assert_eq!(h.server.stats().quota(QuotaKind::UnauthorizedRate), 0);
+    // A source on the same IP that never authenticates is still limited.
+    let binding = MessageBuilder::new(BINDING, Class::Request, TransactionId([9; 12])).finish();
+    let answered = (0..10)
+        .filter(|_| h.send(udp("192.0.2.80:30000"), &binding) == ClientAction::Queued)
+        .count();
+    h.outputs();
+    assert_eq!(answered, 2);
+    let mut mallory = Client::new(udp("192.0.2.80:30001"), "alice", "bad");
+    let answered = (0..10)
+        .filter(|_| {
+            let tid = mallory.next_tid();
+            let req = mallory.allocate_request(tid);
+            h.send(mallory.from, &req) == ClientAction::Queued
+        })
+        .count();
+    assert_eq!(answered, 0, "the allowance is used up by the Binding flood");
+}
+
+#[test]
 fn garbage_flood_does_not_disturb_a_live_allocation() {
     let mut h = Harness::new();
     let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
