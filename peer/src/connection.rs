@@ -404,14 +404,9 @@ impl ConnectionTask {
                 self.make_offer(restart).await
             }
             HandlerEvent::Candidate(init) => {
-                self.signal(Signal::Candidate {
-                    candidate: IceCandidate {
-                        candidate: init.candidate,
-                        sdp_mid: init.sdp_mid,
-                        sdp_m_line_index: init.sdp_mline_index,
-                        username_fragment: init.username_fragment,
-                    },
-                });
+                let local = self.pc.local_description().await;
+                let candidate = local_candidate(init, local.as_ref().map(|desc| desc.sdp.as_str()));
+                self.signal(Signal::Candidate { candidate });
                 Ok(())
             }
             HandlerEvent::GatheringComplete => {
@@ -476,6 +471,37 @@ impl ConnectionTask {
         self.ice_restart_pending = true;
         self.make_offer(true).await
     }
+}
+
+/// Maps a local candidate from `webrtc` to the protocol's. `webrtc` labels every candidate
+/// with `sdpMid: ""`, which browsers drop; all our m-lines are bundled on one transport, so a
+/// candidate belongs to the first m-line of the local description: its mid and index 0.
+fn local_candidate(init: RTCIceCandidateInit, local_sdp: Option<&str>) -> IceCandidate {
+    let (sdp_mid, sdp_m_line_index) = match init.sdp_mid.filter(|mid| !mid.is_empty()) {
+        Some(mid) => (Some(mid), init.sdp_mline_index),
+        None => match local_sdp.and_then(first_mid) {
+            Some(mid) => (Some(mid), Some(0)),
+            None => (None, init.sdp_mline_index.or(Some(0))),
+        },
+    };
+    IceCandidate {
+        candidate: init.candidate,
+        sdp_mid,
+        sdp_m_line_index,
+        username_fragment: init
+            .username_fragment
+            .filter(|ufrag| !ufrag.is_empty())
+            .or_else(|| local_sdp.and_then(ice_ufrag)),
+    }
+}
+
+/// The mid of the first m-line of a session description.
+fn first_mid(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .skip_while(|line| !line.starts_with("m="))
+        .find_map(|line| line.strip_prefix("a=mid:"))
+        .map(|mid| mid.trim().to_owned())
+        .filter(|mid| !mid.is_empty())
 }
 
 fn ice_ufrag(sdp: &str) -> Option<String> {
@@ -566,6 +592,38 @@ mod tests {
         let sdp = "v=0\r\na=group:BUNDLE 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=ice-ufrag:AbCd\r\na=ice-pwd:x\r\n";
         assert_eq!(ice_ufrag(sdp).as_deref(), Some("AbCd"));
         assert_eq!(ice_ufrag("v=0\r\n"), None);
+    }
+
+    #[test]
+    fn local_candidates_carry_the_mid_of_their_m_line() {
+        let sdp = "v=0\r\na=group:BUNDLE 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=ice-ufrag:AbCd\r\na=mid:0\r\n";
+        // What webrtc 0.21.1 hands out: an empty mid.
+        let init = RTCIceCandidateInit {
+            candidate: "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host".into(),
+            sdp_mid: Some(String::new()),
+            sdp_mline_index: Some(0),
+            username_fragment: None,
+            url: None,
+        };
+        let candidate = local_candidate(init.clone(), Some(sdp));
+        assert_eq!(candidate.sdp_mid.as_deref(), Some("0"));
+        assert_eq!(candidate.sdp_m_line_index, Some(0));
+        assert_eq!(candidate.username_fragment.as_deref(), Some("AbCd"));
+        assert_eq!(candidate.candidate, init.candidate);
+        // On the wire the mid is a non-empty string.
+        let json = serde_json::to_value(&candidate).unwrap_or_default();
+        assert_eq!(json["sdpMid"], "0");
+        // A real mid is kept.
+        let named = RTCIceCandidateInit {
+            sdp_mid: Some("data".into()),
+            ..init.clone()
+        };
+        assert_eq!(
+            local_candidate(named, Some(sdp)).sdp_mid.as_deref(),
+            Some("data")
+        );
+        // No description yet: no made-up mid, but never an empty one.
+        assert_eq!(local_candidate(init, None).sdp_mid, None);
     }
 
     #[test]
