@@ -132,25 +132,44 @@ async fn send_json(ws: &mut WsStream, message: &ClientMessage) -> Result<()> {
     Ok(())
 }
 
-/// Reads the next server frame, answering pings on the way. `None` when the socket closed.
+/// One thing read from the socket.
+enum Incoming {
+    /// A server frame.
+    Frame(Box<ServerFrame>),
+    /// A ping, pong or other non-text frame: no message, but proof the server is alive.
+    Heartbeat,
+}
+
+/// Reads the next WebSocket message, answering pings on the way. `None` when the socket closed.
+async fn next_incoming(ws: &mut WsStream) -> Result<Option<Incoming>> {
+    let Some(message) = ws.next().await else {
+        return Ok(None);
+    };
+    match message? {
+        WsMessage::Text(text) => {
+            let frame: ServerFrame = serde_json::from_str(text.as_str())
+                .map_err(|err| PeerError::Protocol(format!("unparsable server frame: {err}")))?;
+            Ok(Some(Incoming::Frame(Box::new(frame))))
+        }
+        WsMessage::Ping(_) => {
+            // tungstenite queued the pong; make sure it leaves now.
+            ws.flush().await?;
+            Ok(Some(Incoming::Heartbeat))
+        }
+        WsMessage::Close(_) => Ok(None),
+        WsMessage::Binary(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {
+            Ok(Some(Incoming::Heartbeat))
+        }
+    }
+}
+
+/// Reads the next server frame, skipping control frames. `None` when the socket closed.
 async fn next_frame(ws: &mut WsStream) -> Result<Option<ServerFrame>> {
     loop {
-        let Some(message) = ws.next().await else {
-            return Ok(None);
-        };
-        match message? {
-            WsMessage::Text(text) => {
-                let frame: ServerFrame = serde_json::from_str(text.as_str()).map_err(|err| {
-                    PeerError::Protocol(format!("unparsable server frame: {err}"))
-                })?;
-                return Ok(Some(frame));
-            }
-            WsMessage::Ping(_) => {
-                // tungstenite queued the pong; make sure it leaves now.
-                ws.flush().await?;
-            }
-            WsMessage::Close(_) => return Ok(None),
-            WsMessage::Binary(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+        match next_incoming(ws).await? {
+            Some(Incoming::Frame(frame)) => return Ok(Some(*frame)),
+            Some(Incoming::Heartbeat) => {}
+            None => return Ok(None),
         }
     }
 }
@@ -284,11 +303,14 @@ impl Session {
         let mut last_heard = Instant::now();
         loop {
             tokio::select! {
-                frame = next_frame(ws) => {
-                    match frame {
-                        Ok(Some(frame)) => {
-                            last_heard = Instant::now();
-                            if let Some(disconnect) = self.on_frame(frame) {
+                incoming = next_incoming(ws) => {
+                    // Any frame, pings included, proves the socket is alive: a quiet room
+                    // carries nothing but the server's pings.
+                    last_heard = Instant::now();
+                    match incoming {
+                        Ok(Some(Incoming::Heartbeat)) => {}
+                        Ok(Some(Incoming::Frame(frame))) => {
+                            if let Some(disconnect) = self.on_frame(*frame) {
                                 return disconnect;
                             }
                             if self.last_seq >= self.last_acked + ACK_EVERY && self.ack(ws).await.is_err() {

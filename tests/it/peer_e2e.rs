@@ -85,6 +85,17 @@ impl Proc {
         self.wait_line(timeout, pred)
     }
 
+    /// Reads lines for `period`, keeping them in `seen`.
+    fn read_for(&mut self, period: Duration) {
+        let deadline = Instant::now() + period;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line);
+        }
+    }
+
     /// Waits for the process to exit and returns its status.
     fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
@@ -144,7 +155,12 @@ struct Signaling {
 }
 
 fn start_signaling(relay: Option<&Relay>, listen: &str) -> Signaling {
+    start_signaling_with(relay, listen, &[])
+}
+
+fn start_signaling_with(relay: Option<&Relay>, listen: &str, extra: &[&str]) -> Signaling {
     let mut args = vec!["--listen".to_owned(), listen.to_owned()];
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     if let Some(relay) = relay {
         args.extend([
             "--turn-url".to_owned(),
@@ -475,4 +491,29 @@ fn probe_self_reports_host_and_relay_pairs() {
     assert_eq!(field(&result, "host"), Some("ok"), "{result}");
     assert_eq!(field(&result, "relay"), Some("ok"), "{result}");
     assert!(probe.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// A quiet room carries nothing but the server's WebSocket pings: they alone must keep the
+/// session alive (no "silent socket" reconnect after the ping timeout).
+#[test]
+fn quiet_room_stays_connected_on_pings_alone() {
+    let signaling = start_signaling_with(
+        None,
+        "127.0.0.1:0",
+        &["--ping-interval", "200ms", "--ping-timeout", "1s"],
+    );
+    let url = format!("ws://{}/ws/quiet", signaling.addr);
+    let mut alice = join(&url, "alice", false);
+    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    // Five ping timeouts with no message at all.
+    alice.read_for(Duration::from_secs(5));
+    assert!(
+        !alice.seen.iter().any(|l| l.starts_with("* signaling-re")),
+        "quiet session reconnected:\n{}",
+        alice.seen.join("\n")
+    );
+    assert!(
+        alice.guard.child.try_wait().ok().flatten().is_none(),
+        "peer exited"
+    );
 }
