@@ -2,6 +2,7 @@
 //!
 //! Lines read from stdin before any peer is connected are kept and sent to the first one.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::process::ExitCode;
 
@@ -48,6 +49,13 @@ pub(crate) async fn run(url: &str, common: &CommonArgs) -> anyhow::Result<ExitCo
     }
     peer.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The chat text of a message, if it is one. Chat is the reliable (ordered) channel, labelled
+/// `reliable` by this SDK and `chat` by the browser demo; the demo's other channels (`canvas`,
+/// `cursor`) are unordered and carry JSON drawing state, which is not chat.
+fn chat_text(kind: ChannelKind, data: &[u8]) -> Option<Cow<'_, str>> {
+    (kind == ChannelKind::Reliable).then(|| String::from_utf8_lossy(data))
 }
 
 fn display(names: &HashMap<PeerId, String>, peer: &PeerId) -> String {
@@ -112,8 +120,13 @@ async fn on_event(
                 &[("peer", id.to_string()), ("kind", kind.to_string())],
             );
         }
-        PeerEvent::Message { from, data, .. } => {
-            let text = String::from_utf8_lossy(&data);
+        PeerEvent::Message {
+            from, kind, data, ..
+        } => {
+            let Some(text) = chat_text(kind, &data) else {
+                tracing::debug!(%from, %kind, bytes = data.len(), "non-chat message not shown");
+                return Ok(true);
+            };
             if out.json {
                 println!(
                     "{}",
@@ -165,4 +178,19 @@ async fn on_event(
         _ => {}
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_reliable_channel_is_chat() {
+        assert_eq!(
+            chat_text(ChannelKind::Reliable, b"hello").as_deref(),
+            Some("hello")
+        );
+        let stroke = br#"{"type":"stroke","points":[[1,2]]}"#;
+        assert_eq!(chat_text(ChannelKind::Unreliable, stroke), None);
+    }
 }
