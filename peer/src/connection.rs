@@ -23,6 +23,7 @@ use webrtc::peer_connection::{
 use crate::channel::{ChannelKind, ChannelRegistry, RemoteId, read_remote, spawn_reader};
 use crate::error::Result;
 use crate::negotiation::{CandidateDecision, Negotiation, OfferDecision};
+use crate::turn_tcp_bridge::TurnTcpBridges;
 use crate::{ConnectionState, PeerEvent, PeerOptions, SelectedPair};
 
 /// Inputs the room sends to a connection.
@@ -163,8 +164,11 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
             Some(Duration::from_secs(1)),
         )
         .build();
+    // webrtc speaks TURN over UDP only: TCP TURN URLs go through local bridges.
+    let mut bridges = TurnTcpBridges::default();
+    let ice_servers = bridges.map(&ctx.ice_servers).await;
     let pc = PeerConnectionBuilder::new()
-        .with_configuration(configuration(&ctx.ice_servers, options.relay_only))
+        .with_configuration(configuration(&ice_servers, options.relay_only))
         .with_setting_engine(settings)
         .with_handler(Arc::new(Handler { tx: handler_tx }))
         .with_udp_addrs(options.udp_addrs.clone())
@@ -197,6 +201,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         negotiation: Negotiation::new(ctx.polite),
         pc,
         ctx,
+        bridges,
         ice_restart_pending: false,
         last_restart: None,
         state: RTCPeerConnectionState::New,
@@ -209,6 +214,8 @@ struct ConnectionTask {
     ctx: ConnectionContext,
     pc: Arc<dyn PeerConnection>,
     negotiation: Negotiation,
+    /// Local UDP bridges for TCP TURN URLs; they live as long as the connection.
+    bridges: TurnTcpBridges,
     ice_restart_pending: bool,
     last_restart: Option<Instant>,
     state: RTCPeerConnectionState,
@@ -267,6 +274,7 @@ impl ConnectionTask {
             ConnectionInput::Remote(signal) => self.on_signal(signal).await,
             ConnectionInput::IceServers(servers) => {
                 let relay_only = self.ctx.options.relay_only;
+                let servers = self.bridges.map(&servers).await;
                 self.pc
                     .set_configuration(configuration(&servers, relay_only))
                     .await?;

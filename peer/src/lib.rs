@@ -20,7 +20,7 @@
 //! Modules, one job each: [`signaling_client`] (the WebSocket session, resume, backoff),
 //! [`negotiation`] (perfect negotiation decisions), [`connection`] (one `webrtc` peer
 //! connection per remote peer), [`channel`] (data channels and their registry), `room` (which
-//! connection exists for which peer), [`error`].
+//! connection exists for which peer), `turn_tcp_bridge` (TURN over TCP for webrtc), [`error`].
 
 pub mod channel;
 mod connection;
@@ -28,6 +28,7 @@ pub mod error;
 mod negotiation;
 mod room;
 mod signaling_client;
+mod turn_tcp_bridge;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

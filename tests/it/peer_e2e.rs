@@ -517,3 +517,92 @@ fn quiet_room_stays_connected_on_pings_alone() {
         "peer exited"
     );
 }
+
+/// Our relay with its TCP listener and admin port (for `/metrics`).
+struct TcpRelay {
+    _proc: Proc,
+    tcp: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn start_tcp_relay() -> TcpRelay {
+    let mut proc = Proc::spawn(
+        "relay",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--relay-ip",
+            "127.0.0.1",
+            "--allow-loopback-peers",
+            "--auth-secret",
+            TURN_SECRET,
+        ],
+        false,
+    );
+    let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening tcp "));
+    let tcp = line["listening tcp ".len()..].parse().expect("relay tcp");
+    let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("admin http://"));
+    let admin = line["admin http://".len()..].parse().expect("relay admin");
+    proc.wait_line(Duration::from_secs(20), |l| l == "ready");
+    TcpRelay {
+        _proc: proc,
+        tcp,
+        admin,
+    }
+}
+
+/// The value of one metric in the relay's `/metrics`.
+fn relay_metric(admin: SocketAddr, name: &str) -> f64 {
+    let mut stream = TcpStream::connect(admin).expect("connect admin");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request metrics");
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut body).expect("read metrics");
+    body.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+}
+
+/// Signaling hands out only a TURN-over-TCP URL: two relay-only peers (webrtc speaks TURN over
+/// UDP only) reach our relay through the SDK's local TCP bridge and chat through it.
+#[test]
+fn relay_only_peers_chat_through_turn_over_tcp() {
+    let relay = start_tcp_relay();
+    let turn_url = format!("turn:{}?transport=tcp", relay.tcp);
+    let signaling = start_signaling_with(
+        None,
+        "127.0.0.1:0",
+        &["--turn-url", &turn_url, "--turn-secret", TURN_SECRET],
+    );
+    let url = format!("ws://{}/ws/tcp-turn", signaling.addr);
+    let mut alice = join(&url, "alice", true);
+    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    let mut bob = join(&url, "bob", true);
+    let timeout = Duration::from_secs(30);
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_seen(timeout, |l| {
+            l.starts_with("* channel-open") && l.contains("kind=reliable")
+        });
+        let pair = proc.wait_seen(timeout, |l| l.starts_with("* selected-pair"));
+        assert_eq!(field(&pair, "local"), Some("relay"), "{pair}");
+        assert_eq!(field(&pair, "remote"), Some("relay"), "{pair}");
+    }
+    say(&mut alice, "over tcp");
+    expect_chat(&mut bob, "alice: over tcp");
+    say(&mut bob, "and back");
+    expect_chat(&mut alice, "bob: and back");
+    // Both allocations rode on TCP connections (signaling offered no UDP TURN URL).
+    assert!(relay_metric(relay.admin, "relay_stream_connections_accepted_total") >= 2.0);
+    assert!(relay_metric(relay.admin, "relay_allocations_created_total") >= 2.0);
+}

@@ -1,0 +1,368 @@
+//! TURN over TCP for `webrtc`, which only speaks TURN over UDP.
+//!
+//! `webrtc` 0.21.1 skips `turn:...?transport=tcp` URLs, so a peer behind a firewall that blocks
+//! UDP could never reach the relay. This module owns a local bridge per such URL: a UDP socket
+//! on `127.0.0.1:0` that `webrtc` is handed instead (`turn:127.0.0.1:PORT?transport=udp`, same
+//! credentials), and, per local UDP source (one per `webrtc` allocation), a TCP connection to
+//! the real relay. Datagrams go up the stream with RFC 6062 / RFC 8656 §11.5 framing (a STUN
+//! message is self-delimiting by its 20-byte header and length; ChannelData by its 4-byte
+//! header, padded to a multiple of 4 bytes on streams) and come back as single datagrams with
+//! the padding stripped. UDP TURN URLs are left as they are; `turns:` URLs too (TLS is not
+//! bridged yet).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use signaling::protocol::IceServer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Bound on connecting to the relay.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Local UDP sources (allocations) one bridge serves at once.
+const MAX_CLIENTS: usize = 32;
+/// Datagrams queued towards one stream (while it connects or is slow) before dropping, as UDP
+/// would.
+const UPSTREAM_QUEUE: usize = 256;
+/// Largest datagram read from `webrtc`.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Default port of `turn:` URLs (RFC 7065).
+const DEFAULT_TURN_PORT: u16 = 3478;
+
+/// A `turn:` URL with `transport=tcp`, split into what the bridge connects to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TcpTurnUrl {
+    /// Host name or IP literal (without IPv6 brackets).
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl TcpTurnUrl {
+    /// Parses `turn:HOST[:PORT]?transport=tcp`; `None` for any other URL.
+    pub(crate) fn parse(url: &str) -> Option<Self> {
+        let rest = url.strip_prefix("turn:")?;
+        let (authority, query) = rest.split_once('?')?;
+        let tcp = query
+            .split('&')
+            .any(|param| param.eq_ignore_ascii_case("transport=tcp"));
+        if !tcp {
+            return None;
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(port) => port.parse().ok()?,
+                None if after.is_empty() => DEFAULT_TURN_PORT,
+                None => return None,
+            };
+            (host, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, port.parse().ok()?),
+                None => (authority, DEFAULT_TURN_PORT),
+            }
+        };
+        if host.is_empty() {
+            return None;
+        }
+        Some(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// The bridges of one peer connection, one per TCP TURN URL, kept across ICE server updates
+/// (an allocation made through a bridge keeps using it after its credentials are refreshed).
+#[derive(Default)]
+pub(crate) struct TurnTcpBridges {
+    bridges: HashMap<String, Bridge>,
+}
+
+struct Bridge {
+    local: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TurnTcpBridges {
+    /// The ICE servers to hand `webrtc`: every TCP TURN URL replaced by its local bridge's UDP
+    /// URL (started on first use), everything else unchanged. A bridge that cannot bind keeps
+    /// the original URL (which `webrtc` then skips, as before).
+    pub(crate) async fn map(&mut self, servers: &[IceServer]) -> Vec<IceServer> {
+        let mut mapped = Vec::with_capacity(servers.len());
+        for server in servers {
+            let mut urls = Vec::with_capacity(server.urls.len());
+            for url in &server.urls {
+                urls.push(self.bridged_url(url).await.unwrap_or_else(|| url.clone()));
+            }
+            mapped.push(IceServer {
+                urls,
+                username: server.username.clone(),
+                credential: server.credential.clone(),
+            });
+        }
+        mapped
+    }
+
+    async fn bridged_url(&mut self, url: &str) -> Option<String> {
+        let target = TcpTurnUrl::parse(url)?;
+        if let Some(bridge) = self.bridges.get(url)
+            && !bridge.task.is_finished()
+        {
+            return Some(local_url(bridge.local));
+        }
+        match start(target).await {
+            Ok(bridge) => {
+                tracing::debug!(%url, local = %bridge.local, "TURN over TCP bridged");
+                let local = bridge.local;
+                self.bridges.insert(url.to_owned(), bridge);
+                Some(local_url(local))
+            }
+            Err(err) => {
+                tracing::warn!(%url, "cannot start the TURN over TCP bridge: {err}");
+                None
+            }
+        }
+    }
+}
+
+fn local_url(local: SocketAddr) -> String {
+    format!("turn:{local}?transport=udp")
+}
+
+async fn start(target: TcpTurnUrl) -> io::Result<Bridge> {
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let local = socket.local_addr()?;
+    let task = tokio::spawn(serve(Arc::new(socket), Arc::new(target)));
+    Ok(Bridge { local, task })
+}
+
+/// Reads datagrams from `webrtc` and hands each to the stream of its source address.
+async fn serve(socket: Arc<UdpSocket>, target: Arc<TcpTurnUrl>) {
+    let mut clients: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (len, from) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(err) => {
+                // ICMP errors surface here on Linux; the socket stays usable.
+                tracing::debug!("TURN bridge receive: {err}");
+                continue;
+            }
+        };
+        let Some(frame) = frame_for_stream(&buf[..len]) else {
+            tracing::debug!(%from, len, "TURN bridge: datagram is neither STUN nor ChannelData");
+            continue;
+        };
+        clients.retain(|_, tx| !tx.is_closed());
+        let tx = match clients.get(&from) {
+            Some(tx) => tx.clone(),
+            None => {
+                if clients.len() >= MAX_CLIENTS {
+                    tracing::warn!(%from, "TURN bridge: too many local allocations, dropped");
+                    continue;
+                }
+                let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
+                tokio::spawn(client(socket.clone(), from, target.clone(), rx));
+                clients.insert(from, tx.clone());
+                tx
+            }
+        };
+        if tx.try_send(frame).is_err() {
+            tracing::debug!(%from, "TURN bridge: stream backlog full, datagram dropped");
+        }
+    }
+}
+
+/// One local allocation: a TCP connection to the relay carrying its datagrams both ways.
+async fn client(
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    target: Arc<TcpTurnUrl>,
+    mut upstream: mpsc::Receiver<Vec<u8>>,
+) {
+    let connect = TcpStream::connect((target.host.as_str(), target.port));
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            tracing::warn!(host = %target.host, port = target.port, "TURN over TCP connect failed: {err}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(host = %target.host, port = target.port, "TURN over TCP connect timed out");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let up = async {
+        while let Some(frame) = upstream.recv().await {
+            writer.write_all(&frame).await?;
+        }
+        Ok::<_, io::Error>(())
+    };
+    let down = async {
+        loop {
+            let message = read_stream_message(&mut reader).await?;
+            socket.send_to(&message, local).await?;
+        }
+    };
+    let result: io::Result<()> = tokio::select! {
+        result = up => result,
+        result = down => result,
+    };
+    match result {
+        Ok(()) => tracing::debug!(%local, "TURN over TCP bridge stream closed"),
+        Err(err) => tracing::debug!(%local, "TURN over TCP bridge stream ended: {err}"),
+    }
+}
+
+/// The two kinds of TURN message, told apart by the first two bits (RFC 8656 §12).
+enum Kind {
+    Stun,
+    ChannelData,
+}
+
+fn kind(first: u8) -> Option<Kind> {
+    match first >> 6 {
+        0b00 => Some(Kind::Stun),
+        0b01 => Some(Kind::ChannelData),
+        _ => None,
+    }
+}
+
+/// A datagram as written on a stream: STUN as is, ChannelData padded to a multiple of 4
+/// bytes. `None` for anything else or a truncated message.
+fn frame_for_stream(datagram: &[u8]) -> Option<Vec<u8>> {
+    let header = datagram.get(..4)?;
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    match kind(header[0])? {
+        Kind::Stun => {
+            let message = datagram.get(..20 + len)?;
+            Some(message.to_vec())
+        }
+        Kind::ChannelData => {
+            let message = datagram.get(..4 + len)?;
+            let mut frame = Vec::with_capacity(padded(4 + len));
+            frame.extend_from_slice(message);
+            frame.resize(padded(4 + len), 0);
+            Some(frame)
+        }
+    }
+}
+
+fn padded(len: usize) -> usize {
+    len.div_ceil(4) * 4
+}
+
+/// Reads one message off a stream, without the ChannelData padding.
+async fn read_stream_message<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Vec<u8>> {
+    let mut header = [0u8; 4];
+    reader.read_exact(&mut header).await?;
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let (total, keep) = match kind(header[0]) {
+        Some(Kind::Stun) => (20 + len, 20 + len),
+        Some(Kind::ChannelData) => (padded(4 + len), 4 + len),
+        None => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "relay sent neither STUN nor ChannelData",
+            ));
+        }
+    };
+    let mut message = vec![0u8; total];
+    message[..4].copy_from_slice(&header);
+    reader.read_exact(&mut message[4..]).await?;
+    message.truncate(keep);
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tcp_turn_urls_are_bridged() {
+        assert_eq!(
+            TcpTurnUrl::parse("turn:127.0.0.1:3478?transport=tcp"),
+            Some(TcpTurnUrl {
+                host: "127.0.0.1".into(),
+                port: 3478
+            })
+        );
+        assert_eq!(
+            TcpTurnUrl::parse("turn:relay.example.org?transport=tcp"),
+            Some(TcpTurnUrl {
+                host: "relay.example.org".into(),
+                port: DEFAULT_TURN_PORT
+            })
+        );
+        assert_eq!(
+            TcpTurnUrl::parse("turn:[::1]:5000?transport=tcp"),
+            Some(TcpTurnUrl {
+                host: "::1".into(),
+                port: 5000
+            })
+        );
+        assert_eq!(TcpTurnUrl::parse("turn:127.0.0.1:3478?transport=udp"), None);
+        assert_eq!(TcpTurnUrl::parse("turn:127.0.0.1:3478"), None);
+        assert_eq!(TcpTurnUrl::parse("stun:127.0.0.1:3478"), None);
+        assert_eq!(TcpTurnUrl::parse("turn::3478?transport=tcp"), None);
+        assert_eq!(TcpTurnUrl::parse("turn:h:notaport?transport=tcp"), None);
+    }
+
+    #[test]
+    fn channel_data_is_padded_on_the_stream_and_stun_is_not() {
+        // ChannelData, channel 0x4000, 5 bytes of data: padded to 12.
+        let cd = [0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5];
+        let framed = frame_for_stream(&cd).unwrap_or_default();
+        assert_eq!(framed.len(), 12);
+        assert_eq!(&framed[..9], &cd);
+        assert_eq!(&framed[9..], &[0, 0, 0]);
+        // A STUN binding request (20-byte header, no attributes).
+        let mut stun = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        stun.extend_from_slice(&[7; 12]);
+        assert_eq!(frame_for_stream(&stun), Some(stun.clone()));
+        // Truncated or foreign datagrams are refused.
+        assert_eq!(frame_for_stream(&cd[..6]), None);
+        assert_eq!(frame_for_stream(&stun[..12]), None);
+        assert_eq!(frame_for_stream(&[0x80, 0, 0, 0]), None);
+    }
+
+    #[tokio::test]
+    async fn stream_messages_are_split_and_unpadded() {
+        let mut stun = vec![0x01, 0x01, 0x00, 0x04, 0x21, 0x12, 0xa4, 0x42];
+        stun.extend_from_slice(&[9; 12]);
+        stun.extend_from_slice(&[0xAA; 4]);
+        let cd = [0x40, 0x01, 0x00, 0x03, 1, 2, 3];
+        let mut stream = Vec::new();
+        stream.extend_from_slice(&frame_for_stream(&cd).unwrap_or_default());
+        stream.extend_from_slice(&stun);
+        stream.extend_from_slice(&frame_for_stream(&cd).unwrap_or_default());
+        let mut reader = &stream[..];
+        assert_eq!(
+            read_stream_message(&mut reader).await.ok(),
+            Some(cd.to_vec())
+        );
+        assert_eq!(read_stream_message(&mut reader).await.ok(), Some(stun));
+        assert_eq!(
+            read_stream_message(&mut reader).await.ok(),
+            Some(cd.to_vec())
+        );
+        assert!(read_stream_message(&mut reader).await.is_err());
+        let mut garbage = &[0xC0u8, 0, 0, 0][..];
+        assert!(read_stream_message(&mut garbage).await.is_err());
+    }
+}
