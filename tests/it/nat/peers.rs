@@ -146,7 +146,6 @@ fn symmetric_nats_without_turn_find_no_direct_path() {
 }
 
 #[test]
-#[ignore = "needs TURN over TCP in the peer SDK: webrtc 0.21.1 skips non-UDP TURN URLs"]
 fn udp_blocked_side_connects_through_turn_over_tcp() {
     let Some(topo) = topology_or_skip(
         "nat::peers::udp_blocked",
