@@ -165,7 +165,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         )
         .build();
     // webrtc speaks TURN over UDP only: TCP TURN URLs go through local bridges.
-    let mut bridges = TurnTcpBridges::default();
+    let mut bridges = TurnTcpBridges::new(options.turn_ca.clone());
     let ice_servers = bridges.map(&ctx.ice_servers).await;
     let pc = PeerConnectionBuilder::new()
         .with_configuration(configuration(&ice_servers, options.relay_only))

@@ -59,6 +59,8 @@ pub struct PeerOptions {
     /// Per-channel bound on bytes handed to a channel but not yet acknowledged: `send` waits
     /// when it is reached (back-pressure instead of unbounded buffering).
     pub send_buffer_limit: usize,
+    /// Extra CA certificates (PEM file) trusted for `turns:` relays, besides the system bundle.
+    pub turn_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for PeerOptions {
@@ -68,6 +70,7 @@ impl Default for PeerOptions {
             relay_only: false,
             udp_addrs: vec!["0.0.0.0:0".to_owned()],
             send_buffer_limit: 1024 * 1024,
+            turn_ca: None,
         }
     }
 }

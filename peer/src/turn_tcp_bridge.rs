@@ -7,20 +7,27 @@
 //! the real relay. Datagrams go up the stream with RFC 6062 / RFC 8656 §11.5 framing (a STUN
 //! message is self-delimiting by its 20-byte header and length; ChannelData by its 4-byte
 //! header, padded to a multiple of 4 bytes on streams) and come back as single datagrams with
-//! the padding stripped. UDP TURN URLs are left as they are; `turns:` URLs too (TLS is not
-//! bridged yet).
+//! the padding stripped. `turns:` URLs get the same bridge over TLS (rustls, ring), verified
+//! against the system CA bundle plus an optional extra CA file. UDP TURN URLs are left as they
+//! are.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use signaling::protocol::IceServer;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
 
 /// Bound on connecting to the relay.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,38 +41,62 @@ const MAX_DATAGRAM: usize = 65_535;
 
 /// Default port of `turn:` URLs (RFC 7065).
 const DEFAULT_TURN_PORT: u16 = 3478;
+/// Default port of `turns:` URLs (RFC 7065).
+const DEFAULT_TURNS_PORT: u16 = 5349;
+/// System CA bundles, first one found wins (Debian/Ubuntu, Fedora/RHEL, Alpine/OpenSSL).
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
 
-/// A `turn:` URL with `transport=tcp`, split into what the bridge connects to.
+/// A TURN URL over a stream (`turn:...?transport=tcp` or `turns:`), split into what the bridge
+/// connects to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TcpTurnUrl {
+pub(crate) struct StreamTurnUrl {
     /// Host name or IP literal (without IPv6 brackets).
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// `turns:`: TLS over TCP.
+    pub(crate) tls: bool,
 }
 
-impl TcpTurnUrl {
-    /// Parses `turn:HOST[:PORT]?transport=tcp`; `None` for any other URL.
+impl StreamTurnUrl {
+    /// Parses `turn:HOST[:PORT]?transport=tcp` and `turns:HOST[:PORT][?transport=tcp]`;
+    /// `None` for any other URL.
     pub(crate) fn parse(url: &str) -> Option<Self> {
-        let rest = url.strip_prefix("turn:")?;
-        let (authority, query) = rest.split_once('?')?;
-        let tcp = query
+        let (tls, rest) = match url.strip_prefix("turns:") {
+            Some(rest) => (true, rest),
+            None => (false, url.strip_prefix("turn:")?),
+        };
+        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let transport = query
             .split('&')
-            .any(|param| param.eq_ignore_ascii_case("transport=tcp"));
-        if !tcp {
+            .find_map(|param| param.strip_prefix("transport="));
+        let stream = match transport {
+            Some(transport) => transport.eq_ignore_ascii_case("tcp"),
+            None => tls,
+        };
+        if !stream {
             return None;
         }
+        let default_port = if tls {
+            DEFAULT_TURNS_PORT
+        } else {
+            DEFAULT_TURN_PORT
+        };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (host, after) = v6.split_once(']')?;
             let port = match after.strip_prefix(':') {
                 Some(port) => port.parse().ok()?,
-                None if after.is_empty() => DEFAULT_TURN_PORT,
+                None if after.is_empty() => default_port,
                 None => return None,
             };
             (host, port)
         } else {
             match authority.rsplit_once(':') {
                 Some((host, port)) => (host, port.parse().ok()?),
-                None => (authority, DEFAULT_TURN_PORT),
+                None => (authority, default_port),
             }
         };
         if host.is_empty() {
@@ -74,15 +105,19 @@ impl TcpTurnUrl {
         Some(Self {
             host: host.to_owned(),
             port,
+            tls,
         })
     }
 }
 
 /// The bridges of one peer connection, one per TCP TURN URL, kept across ICE server updates
 /// (an allocation made through a bridge keeps using it after its credentials are refreshed).
-#[derive(Default)]
 pub(crate) struct TurnTcpBridges {
     bridges: HashMap<String, Bridge>,
+    /// Extra CA certificates (PEM) trusted for `turns:` besides the system bundle.
+    extra_ca: Option<PathBuf>,
+    /// Built on the first `turns:` URL.
+    tls: Option<TlsConnector>,
 }
 
 struct Bridge {
@@ -97,6 +132,14 @@ impl Drop for Bridge {
 }
 
 impl TurnTcpBridges {
+    pub(crate) fn new(extra_ca: Option<PathBuf>) -> Self {
+        Self {
+            bridges: HashMap::new(),
+            extra_ca,
+            tls: None,
+        }
+    }
+
     /// The ICE servers to hand `webrtc`: every TCP TURN URL replaced by its local bridge's UDP
     /// URL (started on first use), everything else unchanged. A bridge that cannot bind keeps
     /// the original URL (which `webrtc` then skips, as before).
@@ -117,13 +160,27 @@ impl TurnTcpBridges {
     }
 
     async fn bridged_url(&mut self, url: &str) -> Option<String> {
-        let target = TcpTurnUrl::parse(url)?;
+        let target = StreamTurnUrl::parse(url)?;
         if let Some(bridge) = self.bridges.get(url)
             && !bridge.task.is_finished()
         {
             return Some(local_url(bridge.local));
         }
-        match start(target).await {
+        let tls = if target.tls {
+            if self.tls.is_none() {
+                match tls_connector(self.extra_ca.as_deref()) {
+                    Ok(connector) => self.tls = Some(connector),
+                    Err(err) => {
+                        tracing::warn!(%url, "cannot set up TLS for TURN: {err}");
+                        return None;
+                    }
+                }
+            }
+            self.tls.clone()
+        } else {
+            None
+        };
+        match start(target, tls).await {
             Ok(bridge) => {
                 tracing::debug!(%url, local = %bridge.local, "TURN over TCP bridged");
                 let local = bridge.local;
@@ -142,15 +199,48 @@ fn local_url(local: SocketAddr) -> String {
     format!("turn:{local}?transport=udp")
 }
 
-async fn start(target: TcpTurnUrl) -> io::Result<Bridge> {
+/// A TLS client trusting the system CA bundle and `extra_ca`.
+fn tls_connector(extra_ca: Option<&Path>) -> io::Result<TlsConnector> {
+    let mut roots = RootCertStore::empty();
+    let system = SYSTEM_CA_BUNDLES
+        .iter()
+        .map(Path::new)
+        .find(|path| path.is_file());
+    for path in system.into_iter().chain(extra_ca) {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|err| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {err}", path.display()),
+                )
+            })?;
+        let (added, ignored) = roots.add_parsable_certificates(certs);
+        tracing::debug!(path = %path.display(), added, ignored, "TURN TLS roots");
+    }
+    if roots.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no CA certificates (no system bundle and no --turn-ca)",
+        ));
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+async fn start(target: StreamTurnUrl, tls: Option<TlsConnector>) -> io::Result<Bridge> {
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let local = socket.local_addr()?;
-    let task = tokio::spawn(serve(Arc::new(socket), Arc::new(target)));
+    let task = tokio::spawn(serve(Arc::new(socket), Arc::new(target), tls));
     Ok(Bridge { local, task })
 }
 
 /// Reads datagrams from `webrtc` and hands each to the stream of its source address.
-async fn serve(socket: Arc<UdpSocket>, target: Arc<TcpTurnUrl>) {
+async fn serve(socket: Arc<UdpSocket>, target: Arc<StreamTurnUrl>, tls: Option<TlsConnector>) {
     let mut clients: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -175,7 +265,13 @@ async fn serve(socket: Arc<UdpSocket>, target: Arc<TcpTurnUrl>) {
                     continue;
                 }
                 let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
-                tokio::spawn(client(socket.clone(), from, target.clone(), rx));
+                tokio::spawn(client(
+                    socket.clone(),
+                    from,
+                    target.clone(),
+                    tls.clone(),
+                    rx,
+                ));
                 clients.insert(from, tx.clone());
                 tx
             }
@@ -190,23 +286,22 @@ async fn serve(socket: Arc<UdpSocket>, target: Arc<TcpTurnUrl>) {
 async fn client(
     socket: Arc<UdpSocket>,
     local: SocketAddr,
-    target: Arc<TcpTurnUrl>,
+    target: Arc<StreamTurnUrl>,
+    tls: Option<TlsConnector>,
     mut upstream: mpsc::Receiver<Vec<u8>>,
 ) {
-    let connect = TcpStream::connect((target.host.as_str(), target.port));
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&target, tls)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
-            tracing::warn!(host = %target.host, port = target.port, "TURN over TCP connect failed: {err}");
+            tracing::warn!(host = %target.host, port = target.port, tls = target.tls, "TURN over TCP connect failed: {err}");
             return;
         }
         Err(_) => {
-            tracing::warn!(host = %target.host, port = target.port, "TURN over TCP connect timed out");
+            tracing::warn!(host = %target.host, port = target.port, tls = target.tls, "TURN over TCP connect timed out");
             return;
         }
     };
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let up = async {
         while let Some(frame) = upstream.recv().await {
             writer.write_all(&frame).await?;
@@ -226,6 +321,26 @@ async fn client(
     match result {
         Ok(()) => tracing::debug!(%local, "TURN over TCP bridge stream closed"),
         Err(err) => tracing::debug!(%local, "TURN over TCP bridge stream ended: {err}"),
+    }
+}
+
+/// A byte stream to the relay: plain TCP or TLS.
+trait RelayStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> RelayStream for T {}
+
+async fn connect(
+    target: &StreamTurnUrl,
+    tls: Option<TlsConnector>,
+) -> io::Result<Pin<Box<dyn RelayStream>>> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => Ok(Box::pin(tcp)),
+        Some(connector) => {
+            let name = ServerName::try_from(target.host.clone())
+                .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+            Ok(Box::pin(connector.connect(name, tcp).await?))
+        }
     }
 }
 
@@ -296,31 +411,57 @@ mod tests {
     #[test]
     fn only_tcp_turn_urls_are_bridged() {
         assert_eq!(
-            TcpTurnUrl::parse("turn:127.0.0.1:3478?transport=tcp"),
-            Some(TcpTurnUrl {
+            StreamTurnUrl::parse("turn:127.0.0.1:3478?transport=tcp"),
+            Some(StreamTurnUrl {
                 host: "127.0.0.1".into(),
-                port: 3478
+                port: 3478,
+                tls: false,
             })
         );
         assert_eq!(
-            TcpTurnUrl::parse("turn:relay.example.org?transport=tcp"),
-            Some(TcpTurnUrl {
+            StreamTurnUrl::parse("turn:relay.example.org?transport=tcp"),
+            Some(StreamTurnUrl {
                 host: "relay.example.org".into(),
-                port: DEFAULT_TURN_PORT
+                port: DEFAULT_TURN_PORT,
+                tls: false,
             })
         );
         assert_eq!(
-            TcpTurnUrl::parse("turn:[::1]:5000?transport=tcp"),
-            Some(TcpTurnUrl {
+            StreamTurnUrl::parse("turn:[::1]:5000?transport=tcp"),
+            Some(StreamTurnUrl {
                 host: "::1".into(),
-                port: 5000
+                port: 5000,
+                tls: false,
             })
         );
-        assert_eq!(TcpTurnUrl::parse("turn:127.0.0.1:3478?transport=udp"), None);
-        assert_eq!(TcpTurnUrl::parse("turn:127.0.0.1:3478"), None);
-        assert_eq!(TcpTurnUrl::parse("stun:127.0.0.1:3478"), None);
-        assert_eq!(TcpTurnUrl::parse("turn::3478?transport=tcp"), None);
-        assert_eq!(TcpTurnUrl::parse("turn:h:notaport?transport=tcp"), None);
+        assert_eq!(
+            StreamTurnUrl::parse("turns:relay.example.org"),
+            Some(StreamTurnUrl {
+                host: "relay.example.org".into(),
+                port: DEFAULT_TURNS_PORT,
+                tls: true,
+            })
+        );
+        assert_eq!(
+            StreamTurnUrl::parse("turns:127.0.0.1:5350?transport=tcp"),
+            Some(StreamTurnUrl {
+                host: "127.0.0.1".into(),
+                port: 5350,
+                tls: true,
+            })
+        );
+        assert_eq!(
+            StreamTurnUrl::parse("turns:127.0.0.1:5350?transport=udp"),
+            None
+        );
+        assert_eq!(
+            StreamTurnUrl::parse("turn:127.0.0.1:3478?transport=udp"),
+            None
+        );
+        assert_eq!(StreamTurnUrl::parse("turn:127.0.0.1:3478"), None);
+        assert_eq!(StreamTurnUrl::parse("stun:127.0.0.1:3478"), None);
+        assert_eq!(StreamTurnUrl::parse("turn::3478?transport=tcp"), None);
+        assert_eq!(StreamTurnUrl::parse("turn:h:notaport?transport=tcp"), None);
     }
 
     #[test]

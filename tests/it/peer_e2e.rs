@@ -183,10 +183,15 @@ fn start_signaling_with(relay: Option<&Relay>, listen: &str, extra: &[&str]) -> 
 }
 
 fn join(url: &str, name: &str, relay_only: bool) -> Proc {
+    join_with(url, name, relay_only, &[])
+}
+
+fn join_with(url: &str, name: &str, relay_only: bool, extra: &[&str]) -> Proc {
     let mut args = vec!["join", url, "--name", name, "--bind", "127.0.0.1"];
     if relay_only {
         args.push("--relay-only");
     }
+    args.extend(extra);
     Proc::spawn("peer", &args, true)
 }
 
@@ -518,19 +523,31 @@ fn quiet_room_stays_connected_on_pings_alone() {
     );
 }
 
-/// Our relay with its TCP listener and admin port (for `/metrics`).
-struct TcpRelay {
+/// Our relay with its TCP and TLS (self-signed) listeners and admin port (for `/metrics`).
+struct StreamRelay {
     _proc: Proc,
     tcp: SocketAddr,
+    tls: SocketAddr,
+    /// The self-signed certificate, written to a file for `peer --turn-ca`.
+    ca_file: std::path::PathBuf,
     admin: SocketAddr,
 }
 
-fn start_tcp_relay() -> TcpRelay {
+impl Drop for StreamRelay {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.ca_file);
+    }
+}
+
+fn start_stream_relay() -> StreamRelay {
     let mut proc = Proc::spawn(
         "relay",
         &[
             "--listen",
             "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-self-signed",
             "--admin-listen",
             "127.0.0.1:0",
             "--relay-ip",
@@ -541,18 +558,41 @@ fn start_tcp_relay() -> TcpRelay {
         ],
         false,
     );
+    let after = |line: &str, prefix: &str| -> SocketAddr {
+        line[prefix.len()..].parse().expect("relay address")
+    };
     let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening tcp "));
-    let tcp = line["listening tcp ".len()..].parse().expect("relay tcp");
+    let tcp = after(&line, "listening tcp ");
+    let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening tls "));
+    let tls = after(&line, "listening tls ");
     let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("admin http://"));
-    let admin = line["admin http://".len()..].parse().expect("relay admin");
+    let admin = after(&line, "admin http://");
     proc.wait_line(Duration::from_secs(20), |l| l == "ready");
-    TcpRelay {
+    let begin = proc
+        .seen
+        .iter()
+        .position(|l| l.starts_with("-----BEGIN CERTIFICATE"))
+        .expect("self-signed certificate printed");
+    let end = proc
+        .seen
+        .iter()
+        .position(|l| l.starts_with("-----END CERTIFICATE"))
+        .expect("end of certificate");
+    let pem = proc.seen[begin..=end].join("\n") + "\n";
+    let ca_file = std::env::temp_dir().join(format!(
+        "peer-e2e-turn-ca-{}-{}.pem",
+        std::process::id(),
+        tls.port()
+    ));
+    std::fs::write(&ca_file, pem).expect("write CA file");
+    StreamRelay {
         _proc: proc,
         tcp,
+        tls,
+        ca_file,
         admin,
     }
 }
-
 /// The value of one metric in the relay's `/metrics`.
 fn relay_metric(admin: SocketAddr, name: &str) -> f64 {
     let mut stream = TcpStream::connect(admin).expect("connect admin");
@@ -574,21 +614,27 @@ fn relay_metric(admin: SocketAddr, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
 }
 
-/// Signaling hands out only a TURN-over-TCP URL: two relay-only peers (webrtc speaks TURN over
-/// UDP only) reach our relay through the SDK's local TCP bridge and chat through it.
-#[test]
-fn relay_only_peers_chat_through_turn_over_tcp() {
-    let relay = start_tcp_relay();
-    let turn_url = format!("turn:{}?transport=tcp", relay.tcp);
+/// Signaling hands out only one TURN URL over a stream (`turn:...?transport=tcp` or
+/// `turns:`): two relay-only peers (webrtc speaks TURN over UDP only) reach our relay through
+/// the SDK's local bridge and chat through it.
+fn relay_only_chat_through_stream_turn(tls: bool) {
+    let relay = start_stream_relay();
+    let turn_url = if tls {
+        format!("turns:{}?transport=tcp", relay.tls)
+    } else {
+        format!("turn:{}?transport=tcp", relay.tcp)
+    };
     let signaling = start_signaling_with(
         None,
         "127.0.0.1:0",
         &["--turn-url", &turn_url, "--turn-secret", TURN_SECRET],
     );
-    let url = format!("ws://{}/ws/tcp-turn", signaling.addr);
-    let mut alice = join(&url, "alice", true);
+    let url = format!("ws://{}/ws/stream-turn", signaling.addr);
+    let ca = relay.ca_file.to_string_lossy().into_owned();
+    let extra = ["--turn-ca", ca.as_str()];
+    let mut alice = join_with(&url, "alice", true, &extra);
     alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
-    let mut bob = join(&url, "bob", true);
+    let mut bob = join_with(&url, "bob", true, &extra);
     let timeout = Duration::from_secs(30);
     for proc in [&mut alice, &mut bob] {
         proc.wait_seen(timeout, |l| {
@@ -598,11 +644,27 @@ fn relay_only_peers_chat_through_turn_over_tcp() {
         assert_eq!(field(&pair, "local"), Some("relay"), "{pair}");
         assert_eq!(field(&pair, "remote"), Some("relay"), "{pair}");
     }
-    say(&mut alice, "over tcp");
-    expect_chat(&mut bob, "alice: over tcp");
+    say(&mut alice, "over a stream");
+    expect_chat(&mut bob, "alice: over a stream");
     say(&mut bob, "and back");
     expect_chat(&mut alice, "bob: and back");
-    // Both allocations rode on TCP connections (signaling offered no UDP TURN URL).
+    // Both allocations rode on TCP/TLS connections (signaling offered no UDP TURN URL).
     assert!(relay_metric(relay.admin, "relay_stream_connections_accepted_total") >= 2.0);
     assert!(relay_metric(relay.admin, "relay_allocations_created_total") >= 2.0);
+    if tls {
+        assert_eq!(
+            relay_metric(relay.admin, "relay_tls_handshake_failures_total"),
+            0.0
+        );
+    }
+}
+
+#[test]
+fn relay_only_peers_chat_through_turn_over_tcp() {
+    relay_only_chat_through_stream_turn(false);
+}
+
+#[test]
+fn relay_only_peers_chat_through_turn_over_tls() {
+    relay_only_chat_through_stream_turn(true);
 }

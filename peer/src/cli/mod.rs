@@ -78,6 +78,9 @@ pub(crate) struct CommonArgs {
     /// One JSON object per output line.
     #[arg(long)]
     json: bool,
+    /// Extra CA certificates (PEM) to trust for `turns:` relays, besides the system bundle.
+    #[arg(long, env = "PEER_TURN_CA", value_name = "PEM")]
+    turn_ca: Option<std::path::PathBuf>,
 }
 
 impl CommonArgs {
@@ -86,6 +89,7 @@ impl CommonArgs {
             name: self.name.clone(),
             relay_only: self.relay_only,
             udp_addrs: vec![std::net::SocketAddr::new(self.bind, 0).to_string()],
+            turn_ca: self.turn_ca.clone(),
             ..PeerOptions::default()
         }
     }
