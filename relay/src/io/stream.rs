@@ -1,7 +1,8 @@
 //! One TURN-over-TCP or TURN-over-TLS client connection: the reader splits the byte stream into
 //! STUN messages (by their length field) and ChannelData messages (by their 4-byte header,
 //! padded to a multiple of 4: RFC 8656 section 11.5 / RFC 6062) and hands each to the shard; the
-//! writer drains a bounded outbound queue the shard fills.
+//! writer drains a bounded outbound queue the shard fills, flushing after every batch (TLS
+//! buffers records until flushed), and writes out what is left when the connection closes.
 
 use std::rc::Rc;
 
@@ -22,8 +23,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// a client whose traffic flows keeps refreshing its permissions and channels well within it.
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
 
+/// How long a closing connection may take to write out what was queued before it closed.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves one connection until either side closes it or it sends something that is neither
-/// STUN nor ChannelData. Removes the allocation of `five` at the end.
+/// STUN nor ChannelData. Removes the allocation of `five` at the end, after writing out (for a
+/// bounded time) whatever was queued to the client before its end of stream.
 pub(crate) async fn serve<S>(shard: Rc<Shard>, stream: S, five: FiveTuple)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -31,11 +36,19 @@ where
     let (reader, writer) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     shard.stream_opened(five, tx);
-    tokio::select! {
-        () = read_frames(&shard, reader, five) => {}
-        () = write_queue(writer, rx) => {}
-    }
+    let mut writing = std::pin::pin!(write_queue(writer, rx));
+    let client_finished = tokio::select! {
+        () = read_frames(&shard, reader, five) => true,
+        () = &mut writing => false,
+    };
+    // Unregistering drops the queue's sender: the writer ends once the queue is empty.
     shard.stream_closed(five);
+    if client_finished {
+        // The client ended its side (or went idle, or sent garbage): still deliver what was
+        // queued before, such as the answer to its last request, then close our side (TLS
+        // close_notify, FIN). Bounded: a client that stops reading does not hold the task.
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, writing).await;
+    }
 }
 
 async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, five: FiveTuple) {
@@ -88,4 +101,6 @@ async fn write_queue<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::Receiver<Ve
             return;
         }
     }
+    // Every sender is gone (the connection is being closed): flush and close our side.
+    let _ = writer.shutdown().await;
 }

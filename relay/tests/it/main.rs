@@ -6,6 +6,7 @@ mod coturn_clients;
 mod drain;
 mod embedded;
 mod security;
+mod stream_stress;
 mod streams;
 mod support;
 mod tls;

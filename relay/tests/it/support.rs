@@ -342,7 +342,7 @@ pub(crate) enum Link {
 }
 
 impl Link {
-    fn send(&mut self, server: SocketAddr, data: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn send(&mut self, server: SocketAddr, data: &[u8]) -> std::io::Result<()> {
         match self {
             Self::Udp(s) => s.send_to(data, server).map(|_| ()),
             Self::Tls(s, _) => {
@@ -362,7 +362,7 @@ impl Link {
     }
 
     /// One datagram, or one STUN/ChannelData frame from the stream, within `timeout`.
-    fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+    pub(crate) fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>> {
         match self {
             Self::Udp(s) => {
                 s.set_read_timeout(Some(timeout)).ok()?;
