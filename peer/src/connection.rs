@@ -129,6 +129,28 @@ pub(crate) fn rtc_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
         .collect()
 }
 
+/// The ICE servers a connection uses: all of them, or only the STUN ones with `no_turn`.
+fn usable_servers(servers: &[IceServer], no_turn: bool) -> Vec<IceServer> {
+    if !no_turn {
+        return servers.to_vec();
+    }
+    servers
+        .iter()
+        .filter_map(|server| {
+            let urls: Vec<String> = server
+                .urls
+                .iter()
+                .filter(|url| url.starts_with("stun:") || url.starts_with("stuns:"))
+                .cloned()
+                .collect();
+            (!urls.is_empty()).then(|| IceServer {
+                urls,
+                ..server.clone()
+            })
+        })
+        .collect()
+}
+
 fn configuration(servers: &[IceServer], relay_only: bool) -> RTCConfiguration {
     RTCConfigurationBuilder::new()
         .with_ice_servers(rtc_ice_servers(servers))
@@ -166,7 +188,9 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         .build();
     // webrtc speaks TURN over UDP only: TCP TURN URLs go through local bridges.
     let mut bridges = TurnTcpBridges::new(options.turn_ca.clone());
-    let ice_servers = bridges.map(&ctx.ice_servers).await;
+    let ice_servers = bridges
+        .map(&usable_servers(&ctx.ice_servers, options.no_turn))
+        .await;
     let pc = PeerConnectionBuilder::new()
         .with_configuration(configuration(&ice_servers, options.relay_only))
         .with_setting_engine(settings)
@@ -274,6 +298,7 @@ impl ConnectionTask {
             ConnectionInput::Remote(signal) => self.on_signal(signal).await,
             ConnectionInput::IceServers(servers) => {
                 let relay_only = self.ctx.options.relay_only;
+                let servers = usable_servers(&servers, self.ctx.options.no_turn);
                 let servers = self.bridges.map(&servers).await;
                 self.pc
                     .set_configuration(configuration(&servers, relay_only))
@@ -632,6 +657,29 @@ mod tests {
         );
         // No description yet: no made-up mid, but never an empty one.
         assert_eq!(local_candidate(init, None).sdp_mid, None);
+    }
+
+    #[test]
+    fn no_turn_keeps_only_stun_urls() {
+        let servers = vec![
+            IceServer {
+                urls: vec![
+                    "stun:127.0.0.1:3478".into(),
+                    "turn:127.0.0.1:3478?transport=udp".into(),
+                ],
+                username: Some("u".into()),
+                credential: Some("c".into()),
+            },
+            IceServer {
+                urls: vec!["turns:127.0.0.1:5349".into()],
+                username: None,
+                credential: None,
+            },
+        ];
+        let direct = usable_servers(&servers, true);
+        assert_eq!(direct.len(), 1);
+        assert_eq!(direct[0].urls, vec!["stun:127.0.0.1:3478".to_owned()]);
+        assert_eq!(usable_servers(&servers, false), servers);
     }
 
     #[test]

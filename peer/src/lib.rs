@@ -53,6 +53,9 @@ pub struct PeerOptions {
     pub name: Option<String>,
     /// Force every connection through TURN (ICE transport policy `relay`).
     pub relay_only: bool,
+    /// Ignore the TURN servers (keep STUN): only direct paths (host and server-reflexive
+    /// candidates), so a connectivity probe can tell them from relayed ones.
+    pub no_turn: bool,
     /// Local UDP addresses to bind ICE sockets to. `0.0.0.0:0` (the default) binds one
     /// socket per non-loopback interface; `127.0.0.1:0` keeps everything on loopback.
     pub udp_addrs: Vec<String>,
@@ -68,6 +71,7 @@ impl Default for PeerOptions {
         Self {
             name: None,
             relay_only: false,
+            no_turn: false,
             udp_addrs: vec!["0.0.0.0:0".to_owned()],
             send_buffer_limit: 1024 * 1024,
             turn_ca: None,

@@ -43,6 +43,8 @@ pub(crate) async fn run(
         for (mode, relay_only) in modes {
             let mut options = common.options();
             options.relay_only = relay_only;
+            // The direct mode must not fall back to the relay, or it proves nothing.
+            options.no_turn = !relay_only;
             match tokio::time::timeout(timeout, self_pair(&room_url, options, &out, mode)).await {
                 Ok(Ok(pair)) => record(&mut results, &pair),
                 Ok(Err(err)) => {
