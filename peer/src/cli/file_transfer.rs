@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use peer::protocol::PeerId;
-use peer::{ChannelKind, Peer, PeerEvent, PeerEvents};
+use peer::{ChannelKind, Peer, PeerEvent};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,21 +45,6 @@ fn progress(size: u64) -> ProgressBar {
         bar.set_style(style);
     }
     bar
-}
-
-/// Waits for the first peer whose reliable channel opens.
-async fn first_peer(events: &mut PeerEvents) -> anyhow::Result<PeerId> {
-    while let Some(event) = events.recv().await {
-        match event {
-            PeerEvent::ChannelOpen {
-                peer,
-                kind: ChannelKind::Reliable,
-            } => return Ok(peer),
-            PeerEvent::SignalingClosed { message } => bail!("signaling closed: {message}"),
-            _ => {}
-        }
-    }
-    bail!("peer closed before any peer connected")
 }
 
 async fn file_sha256(path: &Path) -> anyhow::Result<(u64, String)> {
@@ -95,7 +80,7 @@ pub(crate) async fn send(url: &str, path: &Path, common: &CommonArgs) -> anyhow:
             ("id", peer.id().to_string()),
         ],
     );
-    let to = first_peer(&mut events).await?;
+    let to = super::first_open_peer(&mut events).await?;
     out.notice(
         "sending",
         &[("peer", to.to_string()), ("bytes", size.to_string())],

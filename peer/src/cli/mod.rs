@@ -11,8 +11,10 @@ mod probe;
 
 use std::process::ExitCode;
 
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
-use peer::{PeerOptions, SelectedPair};
+use peer::protocol::PeerId;
+use peer::{ChannelKind, PeerEvent, PeerEvents, PeerOptions, SelectedPair};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -155,7 +157,7 @@ impl Output {
 /// The selected pair, retried briefly: stats can lag an open channel by a moment.
 pub(crate) async fn selected_pair_eventually(
     peer: &peer::Peer,
-    remote: &peer::protocol::PeerId,
+    remote: &PeerId,
 ) -> Option<SelectedPair> {
     for _ in 0..50 {
         if let Ok(Some(pair)) = peer.selected_pair(remote).await {
@@ -190,4 +192,19 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
     }
+}
+
+/// Waits for the first remote peer whose reliable channel opens.
+pub(crate) async fn first_open_peer(events: &mut PeerEvents) -> anyhow::Result<PeerId> {
+    while let Some(event) = events.recv().await {
+        match event {
+            PeerEvent::ChannelOpen {
+                peer,
+                kind: ChannelKind::Reliable,
+            } => return Ok(peer),
+            PeerEvent::SignalingClosed { message } => bail!("signaling closed: {message}"),
+            _ => {}
+        }
+    }
+    bail!("peer closed before any peer connected")
 }

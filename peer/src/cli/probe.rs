@@ -79,7 +79,7 @@ pub(crate) async fn run(
                 ("id", peer.id().to_string()),
             ],
         );
-        let connected = tokio::time::timeout(timeout, wait_open(&mut events)).await;
+        let connected = tokio::time::timeout(timeout, super::first_open_peer(&mut events)).await;
         match connected {
             Ok(Ok(remote)) => {
                 let rtt = ping(&peer, &mut events, &remote).await;
@@ -154,20 +154,6 @@ fn private_room(url: &str) -> String {
     room_url
 }
 
-async fn wait_open(events: &mut PeerEvents) -> anyhow::Result<PeerId> {
-    while let Some(event) = events.recv().await {
-        match event {
-            PeerEvent::ChannelOpen {
-                peer,
-                kind: ChannelKind::Reliable,
-            } => return Ok(peer),
-            PeerEvent::SignalingClosed { message } => bail!("signaling closed: {message}"),
-            _ => {}
-        }
-    }
-    bail!("peer closed")
-}
-
 /// Answers `probe-ping` messages forever.
 async fn serve(peer: &Peer, events: &mut PeerEvents) {
     while let Some(event) = events.recv().await {
@@ -235,7 +221,7 @@ async fn self_pair(
         let b = b.clone();
         tokio::spawn(async move { serve(&b, &mut b_events).await })
     };
-    let remote = wait_open(&mut a_events).await?;
+    let remote = super::first_open_peer(&mut a_events).await?;
     let rtt = ping(&a, &mut a_events, &remote).await;
     let pair = super::selected_pair_eventually(&a, &remote).await;
     responder.abort();
