@@ -21,7 +21,7 @@ use crate::five_tuple::FiveTuple;
 use crate::message::{self, Class, MessageBuilder, StunMessage, TransactionId};
 use crate::nonce::NonceKeys;
 use crate::output::{BindError, ClientAction, HEADROOM, Output, PeerAction, RelayRequestId};
-use crate::quota::{IpRateLimiter, QuotaKind, SharedQuotas};
+use crate::quota::{IpRateLimiter, QuotaKind, Quotas, SharedQuotas};
 use crate::stats::Stats;
 
 /// Largest peer payload a Data indication can carry (65535 minus XOR-PEER-ADDRESS for IPv6 and
@@ -179,18 +179,16 @@ impl Server {
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
         }
-        let len = payload.len() as u64;
-        if let (Some(limit), Some(bucket)) = (
-            self.config.quotas.bandwidth_per_allocation,
-            alloc.bandwidth.as_mut(),
-        ) && !bucket.try_take(now, limit, len)
-        {
-            self.stats.quota_hits[QuotaKind::Bandwidth.index()] += 1;
+        if !charge_to_peer(
+            &self.config.quotas,
+            &mut self.stats,
+            alloc,
+            now,
+            payload.len(),
+        ) {
             return ClientAction::Drop;
         }
         let relay = alloc.relay;
-        self.stats.packets_to_peer += 1;
-        self.stats.bytes_to_peer += len;
         ClientAction::Forward {
             relay,
             peer,
@@ -229,20 +227,12 @@ impl Server {
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
         }
-        let len = data.len() as u64;
-        if let (Some(limit), Some(bucket)) = (
-            self.config.quotas.bandwidth_per_allocation,
-            alloc.bandwidth.as_mut(),
-        ) && !bucket.try_take(now, limit, len)
-        {
-            self.stats.quota_hits[QuotaKind::Bandwidth.index()] += 1;
+        if !charge_to_peer(&self.config.quotas, &mut self.stats, alloc, now, data.len()) {
             return ClientAction::Drop;
         }
         let relay = alloc.relay;
         // `data` borrows `packet`: its offset is the distance between the two pointers.
         let start = data.as_ptr() as usize - packet.as_ptr() as usize;
-        self.stats.packets_to_peer += 1;
-        self.stats.bytes_to_peer += len;
         ClientAction::Forward {
             relay,
             peer,
@@ -525,6 +515,27 @@ impl Server {
         tracing::debug!(client = %from.client, %peer, %reason, "peer address denied");
         self.stats.peer_denied[reason.index()] += 1;
     }
+}
+
+/// Charges `len` payload bytes sent to a peer against the allocation's bandwidth quota and
+/// counts them. `false`: over quota (counted as a quota hit); drop the packet.
+fn charge_to_peer(
+    quotas: &Quotas,
+    stats: &mut Stats,
+    alloc: &mut Allocation,
+    now: Instant,
+    len: usize,
+) -> bool {
+    let len = len as u64;
+    if let (Some(limit), Some(bucket)) = (quotas.bandwidth_per_allocation, alloc.bandwidth.as_mut())
+        && !bucket.try_take(now, limit, len)
+    {
+        stats.quota_hits[QuotaKind::Bandwidth.index()] += 1;
+        return false;
+    }
+    stats.packets_to_peer += 1;
+    stats.bytes_to_peer += len;
+    true
 }
 
 /// The live allocation of `from` (split borrow so the caller can still update `stats`).
