@@ -177,6 +177,36 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_TURN_TTL", default_value = "10m", value_parser = parse_duration)]
     pub turn_ttl: Duration,
 
+    /// Cluster mode: share rooms and sessions with the other nodes through Redis 7+ (or
+    /// Valkey), e.g. `redis://10.0.0.5:6379`. Several comma-separated URLs are the seed nodes of
+    /// a Redis Cluster (detected from the server). Without it the node is standalone and needs
+    /// no external service.
+    #[arg(long = "redis", env = "SIGNALING_REDIS", value_delimiter = ',')]
+    pub redis_urls: Vec<String>,
+
+    /// This node's id in the cluster (for logs, `GET /v1/rooms/ROOM` and its lease). Default: a
+    /// random id at each start.
+    #[arg(long, env = "SIGNALING_NODE_ID", requires = "redis_urls")]
+    pub node_id: Option<String>,
+
+    /// How often a cluster node renews its lease and looks for dead nodes.
+    #[arg(long, env = "SIGNALING_NODE_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    pub node_heartbeat: Duration,
+
+    /// A cluster node that has not renewed its lease for this long is dead: another node parks
+    /// its sessions (their clients resume anywhere within the resume grace period).
+    #[arg(long, env = "SIGNALING_NODE_LEASE", default_value = "5s", value_parser = parse_duration)]
+    pub node_lease: Duration,
+
+    /// The deadline of one Redis call; past it, the node counts Redis as unreachable.
+    #[arg(long, env = "SIGNALING_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// API keys for the backend HTTP API (`/v1/rooms/...`), repeatable or comma-separated,
+    /// presented as `Authorization: Bearer KEY`. Without one, the API is off (404).
+    #[arg(long = "api-key", env = "SIGNALING_API_KEYS", value_delimiter = ',')]
+    pub api_keys: Vec<Secret>,
+
     /// Serve the web demo from this directory instead of the files embedded in the binary
     /// (for development).
     #[arg(long, env = "SIGNALING_WEB_DIR")]
@@ -254,6 +284,24 @@ impl Config {
         }
         if !self.turn_urls.is_empty() && self.turn_secrets.is_empty() {
             return bad("--turn-url needs --turn-secret to mint credentials".into());
+        }
+        for url in &self.redis_urls {
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                return bad(format!("--redis {url}: must start with redis://"));
+            }
+        }
+        if self.node_heartbeat.is_zero() || self.node_lease < self.node_heartbeat * 2 {
+            return bad("--node-lease must be at least twice --node-heartbeat (> 0)".into());
+        }
+        if self.redis_timeout.is_zero() {
+            return bad("--redis-timeout must be > 0".into());
+        }
+        if self
+            .node_id
+            .as_deref()
+            .is_some_and(|id| id.is_empty() || id.contains(|c: char| c.is_whitespace()))
+        {
+            return bad("--node-id must be non-empty without spaces".into());
         }
         if self.turn_ttl < Duration::from_secs(1) {
             return bad("--turn-ttl must be at least 1s".into());

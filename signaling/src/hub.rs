@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 
+use crate::api::PeerEntry;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -103,6 +104,9 @@ pub enum Flow {
     Left,
     /// The session is gone or belongs to another socket now: close without detaching.
     Gone,
+    /// The server cannot serve the session right now (cluster mode, Redis unreachable): close
+    /// with 1013 so the client resumes shortly.
+    Retry,
 }
 
 #[derive(Debug)]
@@ -158,8 +162,8 @@ struct HubState {
     metrics: Arc<Metrics>,
 }
 
-/// Rooms and sessions. See the module docs.
-pub struct Hub {
+/// Rooms and sessions of one process. See the module docs.
+pub struct LocalHub {
     /// The one lock. Never held across `.await`: every method below is synchronous.
     state: Mutex<HubState>,
     settings: HubSettings,
@@ -167,7 +171,7 @@ pub struct Hub {
     metrics: Arc<Metrics>,
 }
 
-impl Hub {
+impl LocalHub {
     /// An empty hub.
     pub fn new(settings: HubSettings, ice: IceServerMinter, metrics: Arc<Metrics>) -> Self {
         let state = HubState {
@@ -454,16 +458,68 @@ impl Hub {
         flow
     }
 
-    /// Sends an error to an attached session (for errors found before the hub, e.g. parsing).
+    /// The peers of `room`, oldest first (the backend API).
+    pub fn room_peers(&self, room: &RoomId) -> Vec<PeerEntry> {
+        let st = self.lock();
+        let Some(members) = st.rooms.get(room) else {
+            return Vec::new();
+        };
+        members
+            .members()
+            .iter()
+            .filter_map(|k| st.sessions.get(k))
+            .map(|s| PeerEntry {
+                id: s.peer.0.clone(),
+                name: s.name.clone(),
+                node: "local".into(),
+                state: match s.link {
+                    Link::Attached { .. } => "attached",
+                    Link::Parked { .. } => "parked",
+                },
+            })
+            .collect()
+    }
+
+    /// Delivers `message` (from the backend) to every peer of `room`; returns to how many.
+    pub fn backend_broadcast(&self, room: &RoomId, message: ServerMessage) -> u64 {
+        let mut st = self.lock();
+        let members: Vec<SessionKey> = st
+            .rooms
+            .get(room)
+            .map(|r| r.members().to_vec())
+            .unwrap_or_default();
+        for key in &members {
+            st.deliver(*key, message.clone());
+            self.metrics.messages_relayed.inc();
+        }
+        st.settle();
+        self.update_gauges(&st);
+        members.len() as u64
+    }
+
+    /// Sends an error to an attached session (for errors found before the hub, e.g. parsing),
+    /// then closes its socket with `close`, if given.
     pub fn reply_error(
         &self,
         key: SessionKey,
         code: ErrorCode,
         message: String,
         reference: Option<RequestId>,
+        close: Option<u16>,
     ) {
         let mut st = self.lock();
         st.error(key, code, message, reference);
+        if let (
+            Some(code),
+            Some(Session {
+                link: Link::Attached { tx, .. },
+                ..
+            }),
+        ) = (close, st.sessions.get(&key))
+        {
+            // Behind the error in the queue, so the client reads it before the close.
+            let _ = tx.try_send(Outbound::Close { frame: None, code });
+        }
         st.settle();
         self.update_gauges(&st);
     }
@@ -739,7 +795,7 @@ mod tests {
     use crate::protocol::{IceCandidate, Signal};
     use clap::Parser as _;
 
-    fn hub(replay_max_messages: usize) -> Hub {
+    fn hub(replay_max_messages: usize) -> LocalHub {
         let settings = HubSettings {
             replay: ReplayLimits {
                 max_messages: replay_max_messages,
@@ -755,14 +811,14 @@ mod tests {
             reconnect_after: Duration::from_secs(1),
         };
         let config = crate::config::Config::parse_from(["signaling"]);
-        Hub::new(
+        LocalHub::new(
             settings,
             IceServerMinter::from_config(&config),
             Arc::new(Metrics::default()),
         )
     }
 
-    fn join(hub: &Hub, conn: ConnId, queue: usize) -> (Attached, mpsc::Receiver<Outbound>) {
+    fn join(hub: &LocalHub, conn: ConnId, queue: usize) -> (Attached, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(queue);
         let attached = hub
             .join(
@@ -804,7 +860,7 @@ mod tests {
         }
     }
 
-    fn send(hub: &Hub, from: &Attached, conn: ConnId, to: &Attached, n: u32) -> Flow {
+    fn send(hub: &LocalHub, from: &Attached, conn: ConnId, to: &Attached, n: u32) -> Flow {
         hub.handle(
             from.key,
             conn,

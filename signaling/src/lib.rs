@@ -7,8 +7,10 @@
 //! - [`config`]: the clap configuration; [`error`]: client errors vs fatal errors.
 //! - [`ws`]: the HTTP upgrade (origin, token, limits); [`session`]: the per-socket task;
 //!   [`connection`]: one WebSocket's frames.
-//! - [`hub`] and [`room`]: every room and session behind one lock; [`resume`]: replay buffers
-//!   and resume tokens; [`rate_limit`]: the per-connection token bucket.
+//! - [`backend`]: where rooms and sessions live: [`hub`] and [`room`] (one process, every room
+//!   and session behind one lock) or [`cluster`] (Redis shared by many nodes); [`resume`]:
+//!   replay buffers and resume tokens; [`rate_limit`]: the per-connection token bucket.
+//! - [`api`]: the backend HTTP API (`/v1/rooms/...`).
 //! - [`auth`]: optional HS256 JWTs; [`turn_credentials`]: TURN REST credentials for ICE servers.
 //! - [`metrics`], [`web`] (the embedded demo), [`shutdown`] (drain on SIGTERM/SIGINT).
 //! - `local_relay` (feature `with-relay`, default): the STUN/TURN relay run in-process by
@@ -20,7 +22,13 @@
 pub mod protocol;
 
 #[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
 pub mod auth;
+#[cfg(feature = "server")]
+pub mod backend;
+#[cfg(feature = "server")]
+pub mod cluster;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
@@ -63,15 +71,17 @@ mod server {
     use axum::extract::State;
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
-    use axum::routing::get;
+    use axum::routing::{get, post};
     use axum::serve::ListenerExt as _;
     use tokio::net::TcpListener;
     use tokio_util::sync::CancellationToken;
 
     use crate::auth::Authenticator;
+    use crate::backend::Backend;
+    use crate::cluster::{ClusterHub, ClusterSettings};
     use crate::config::Config;
     use crate::error::Error;
-    use crate::hub::{Hub, HubSettings};
+    use crate::hub::{HubSettings, LocalHub};
     use crate::metrics::Metrics;
     use crate::resume::ReplayLimits;
     use crate::turn_credentials::IceServerMinter;
@@ -80,7 +90,7 @@ mod server {
     /// Everything the handlers share.
     pub struct AppState {
         pub config: Config,
-        pub hub: Hub,
+        pub hub: Backend,
         pub metrics: Arc<Metrics>,
         /// Present when `--jwt-secret` is set.
         pub auth: Option<Authenticator>,
@@ -90,8 +100,8 @@ mod server {
     }
 
     impl AppState {
-        /// Builds the state from a validated configuration.
-        pub fn new(config: Config) -> Result<Arc<Self>, Error> {
+        /// Builds the state from a validated configuration; in cluster mode, connects to Redis.
+        pub async fn new(config: Config) -> Result<Arc<Self>, Error> {
             config.validate()?;
             let metrics = Arc::new(Metrics::default());
             let settings = HubSettings {
@@ -108,11 +118,25 @@ mod server {
                 max_message_bytes: config.max_message_bytes,
                 reconnect_after: config.reconnect_after,
             };
-            let hub = Hub::new(
-                settings,
-                IceServerMinter::from_config(&config),
-                Arc::clone(&metrics),
-            );
+            let ice = IceServerMinter::from_config(&config);
+            let hub = if config.redis_urls.is_empty() {
+                Backend::Local(LocalHub::new(settings, ice, Arc::clone(&metrics)))
+            } else {
+                let cluster = ClusterSettings {
+                    redis_urls: config.redis_urls.clone(),
+                    node_id: config
+                        .node_id
+                        .clone()
+                        .unwrap_or_else(|| format!("{:08x}", rand::random::<u32>())),
+                    heartbeat: config.node_heartbeat,
+                    lease: config.node_lease,
+                    redis_timeout: config.redis_timeout,
+                };
+                let hub = ClusterHub::start(cluster, settings, ice, Arc::clone(&metrics))
+                    .await
+                    .map_err(|e| Error::Config(format!("--redis: cannot use redis: {e}")))?;
+                Backend::Cluster(hub)
+            };
             let web = match &config.web_dir {
                 Some(dir) => WebAssets::Dir(dir.clone()),
                 None => WebAssets::Embedded,
@@ -146,6 +170,8 @@ mod server {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
+            .route("/v1/rooms/{room}", get(crate::api::room))
+            .route("/v1/rooms/{room}/broadcast", post(crate::api::broadcast))
             .route("/", get(crate::web::index))
             .route("/r/{room}", get(crate::web::index))
             .fallback(get(crate::web::file))
@@ -155,6 +181,11 @@ mod server {
     async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         if app.hub.is_draining() {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        } else if !app.hub.is_available() {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shared store unavailable\n",
+            )
         } else {
             (StatusCode::OK, "ready\n")
         }
@@ -184,7 +215,7 @@ mod server {
                 let mut ticker = tokio::time::interval(every);
                 loop {
                     ticker.tick().await;
-                    state.hub.sweep(Instant::now());
+                    state.hub.sweep(Instant::now()).await;
                 }
             })
         };
@@ -209,10 +240,14 @@ mod server {
         stopped.cancel();
         sweeper.abort();
         // HTTP keep-alive connections get a short while to finish; upgraded sockets are closed.
-        match tokio::time::timeout(Duration::from_secs(2), server).await {
+        let result = match tokio::time::timeout(Duration::from_secs(2), server).await {
             Ok(Ok(result)) => result.map_err(Error::Io),
             Ok(Err(join)) => Err(Error::Io(std::io::Error::other(join))),
             Err(_) => Ok(()),
+        };
+        if let Backend::Cluster(hub) = &state.hub {
+            hub.leave().await;
         }
+        result
     }
 }

@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let state = signaling::AppState::new(config)?;
+    let state = signaling::AppState::new(config).await?;
     // Tests and scripts parse this line for the bound address.
     println!("listening on http://{addr}");
     println!(

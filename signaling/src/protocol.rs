@@ -372,6 +372,8 @@ pub enum ErrorCode {
     Draining,
     /// A fault on the server's side.
     Internal,
+    /// The server cannot reach its shared store (cluster mode): try again shortly.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -398,6 +400,7 @@ impl ErrorCode {
             Self::SlowConsumer => "slow_consumer",
             Self::Draining => "draining",
             Self::Internal => "internal",
+            Self::Unavailable => "unavailable",
         }
     }
 }

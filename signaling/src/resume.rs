@@ -115,6 +115,17 @@ impl ResumeSecret {
         ResumeToken(format!("{session_id:016x}.{}", hex::encode(self.0)))
     }
 
+    /// The secret's hex form (the part of a token after the session id).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// A secret from its hex form, if it has the right length.
+    pub fn from_hex(presented: &str) -> Option<Self> {
+        let bytes = hex::decode(presented).ok()?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+
     /// Whether `presented` (hex) is this secret, in constant time.
     pub fn matches(&self, presented: &str) -> bool {
         let Ok(bytes) = hex::decode(presented) else {

@@ -57,7 +57,7 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, handshake: Handshake) {
     task.app.metrics.connections_total.inc();
     let reason = task.run(rx).await;
     if let Some(key) = task.key {
-        task.app.hub.detach(key, task.handshake.conn, reason);
+        task.app.hub.detach(key, task.handshake.conn, reason).await;
     }
     task.app.metrics.connections.dec();
     tracing::debug!(?reason, "connection closed");
@@ -217,7 +217,7 @@ impl SocketTask {
         let Some(key) = self.key else {
             return self.on_handshake(message).await;
         };
-        match self.app.hub.handle(key, self.handshake.conn, message) {
+        match self.app.hub.handle(key, self.handshake.conn, message).await {
             Flow::Continue => Step::Continue,
             Flow::Left => {
                 self.key = None;
@@ -227,6 +227,19 @@ impl SocketTask {
             Flow::Gone => {
                 self.key = None;
                 self.conn.close(close_code::POLICY, "session gone").await;
+                Step::Stop(LeaveReason::Disconnected)
+            }
+            Flow::Retry => {
+                self.app.metrics.error(ErrorCode::Unavailable);
+                self.send_direct(
+                    ErrorCode::Unavailable,
+                    "the server cannot reach its shared store: resume shortly".into(),
+                    None,
+                )
+                .await;
+                self.conn
+                    .close(close_code::TRY_AGAIN_LATER, "unavailable")
+                    .await;
                 Step::Stop(LeaveReason::Disconnected)
             }
         }
@@ -242,13 +255,16 @@ impl SocketTask {
                 name,
                 token,
                 ..
-            } => self.join(reference, &versions, room, name, token),
+            } => self.join(reference, &versions, room, name, token).await,
             ClientMessage::Resume {
                 versions,
                 resume_token,
                 last_seq,
                 ..
-            } => self.resume(reference, &versions, resume_token, last_seq),
+            } => {
+                self.resume(reference, &versions, resume_token, last_seq)
+                    .await
+            }
             _ => {
                 return self
                     .refuse(
@@ -276,7 +292,8 @@ impl SocketTask {
                     ErrorCode::RoomFull
                     | ErrorCode::TooManyRooms
                     | ErrorCode::TooManySessions
-                    | ErrorCode::Draining => close_code::TRY_AGAIN_LATER,
+                    | ErrorCode::Draining
+                    | ErrorCode::Unavailable => close_code::TRY_AGAIN_LATER,
                     _ => close_code::POLICY,
                 };
                 self.refuse(error, reference, Some(close)).await
@@ -284,8 +301,8 @@ impl SocketTask {
         }
     }
 
-    fn join(
-        &self,
+    async fn join(
+        &mut self,
         reference: Option<RequestId>,
         versions: &[u32],
         room: Option<RoomId>,
@@ -336,36 +353,42 @@ impl SocketTask {
                 check_grant(&claims, &room, name)?
             }
         };
-        self.app.hub.join(
-            self.handshake.conn,
-            &self.tx,
-            JoinRequest {
-                reference,
-                version,
-                room,
-                name,
-            },
-        )
+        self.app
+            .hub
+            .join(
+                self.handshake.conn,
+                &self.tx,
+                JoinRequest {
+                    reference,
+                    version,
+                    room,
+                    name,
+                },
+            )
+            .await
     }
 
-    fn resume(
-        &self,
+    async fn resume(
+        &mut self,
         reference: Option<RequestId>,
         versions: &[u32],
         token: ResumeToken,
         last_seq: u64,
     ) -> Result<Attached, RequestError> {
         let version = negotiate(versions)?;
-        self.app.hub.resume(
-            self.handshake.conn,
-            &self.tx,
-            ResumeRequest {
-                reference,
-                version,
-                token,
-                last_seq,
-            },
-        )
+        self.app
+            .hub
+            .resume(
+                self.handshake.conn,
+                &self.tx,
+                ResumeRequest {
+                    reference,
+                    version,
+                    token,
+                    last_seq,
+                },
+            )
+            .await
     }
 
     /// Answers a client error: through the session when there is one, straight to the socket
@@ -381,11 +404,14 @@ impl SocketTask {
             Some(key) => {
                 self.app
                     .hub
-                    .reply_error(key, error.code, error.message.into_owned(), reference);
-                if let Some(code) = close {
-                    // Behind the error in the queue, so the client reads it before the close.
-                    let _ = self.tx.try_send(Outbound::Close { frame: None, code });
-                }
+                    .reply_error(
+                        key,
+                        error.code,
+                        error.message.into_owned(),
+                        reference,
+                        close,
+                    )
+                    .await;
                 Step::Continue
             }
             None => {

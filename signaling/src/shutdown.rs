@@ -21,7 +21,7 @@ pub async fn signal_received() -> std::io::Result<&'static str> {
 
 /// Drains the server: returns when every connection closed or `timeout` passed.
 pub async fn drain(app: &Arc<AppState>, reason: &str, timeout: Duration) {
-    app.hub.start_draining(reason);
+    app.hub.start_draining(reason).await;
     let deadline = tokio::time::Instant::now() + timeout;
     tracing::info!(
         connections = app.metrics.connections.get(),

@@ -74,6 +74,14 @@ fn accept(
             "the server is shutting down",
         );
     }
+    if !app.hub.is_available() {
+        return refuse(
+            &app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the server cannot reach its shared store",
+        );
+    }
     if app.metrics.connections.get() >= app.config.max_connections as i64 {
         return refuse(
             &app,

@@ -5,6 +5,7 @@
 //! (`target/<profile>/`); `scripts/test.sh` builds them before running the tests.
 
 pub mod netns;
+pub mod redis;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

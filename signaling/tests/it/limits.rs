@@ -187,16 +187,22 @@ async fn rate_limit_drops_the_excess() {
 #[tokio::test]
 async fn room_full_and_max_sessions() {
     let server = Server::start(&["--max-peers-per-room", "2", "--max-sessions", "3"]);
-    let url = server.ws("/ws/full");
-    let (_a, _) = Client::join(&url, None).await;
-    let (_b, _) = Client::join(&url, None).await;
-    let mut c = Client::connect(&url).await;
+    // In a cluster run these three land on three nodes: the room limit is cluster-wide.
+    let (_a, _) = Client::join(&server.ws("/ws/full"), None).await;
+    let (_b, _) = Client::join(&server.ws("/ws/full"), None).await;
+    let mut c = Client::connect(&server.ws("/ws/full")).await;
     c.send(&join_message("full")).await;
     c.expect_error(ErrorCode::RoomFull).await;
     assert_eq!(c.expect_close().await, Closed::Code(1013));
 
-    let (_d, _) = Client::join(&server.ws("/ws/other"), None).await;
-    let mut e = Client::connect(&server.ws("/ws/third")).await;
+    // Sessions are a bound of each node's memory: count them on one node.
+    let (_d, _) = Client::join(&server.ws_first("/ws/other"), None).await;
+    let mut fill = Vec::new();
+    if crate::support::cluster_nodes() > 1 {
+        // Node 1 holds `a` and `d` so far (`b` is on node 2): one more fills it.
+        fill.push(Client::join(&server.ws_first("/ws/fourth"), None).await);
+    }
+    let mut e = Client::connect(&server.ws_first("/ws/third")).await;
     e.send(&join_message("third")).await;
     e.expect_error(ErrorCode::TooManySessions).await;
     assert_eq!(e.expect_close().await, Closed::Code(1013));
@@ -205,9 +211,10 @@ async fn room_full_and_max_sessions() {
 #[tokio::test]
 async fn max_rooms() {
     let server = Server::start(&["--max-rooms", "1"]);
-    let (_a, _) = Client::join(&server.ws("/ws/only"), None).await;
-    let (_b, _) = Client::join(&server.ws("/ws/only"), None).await;
-    let mut c = Client::connect(&server.ws("/ws/second")).await;
+    // Rooms, like sessions, are counted per node.
+    let (_a, _) = Client::join(&server.ws_first("/ws/only"), None).await;
+    let (_b, _) = Client::join(&server.ws_first("/ws/only"), None).await;
+    let mut c = Client::connect(&server.ws_first("/ws/second")).await;
     c.send(&join_message("second")).await;
     c.expect_error(ErrorCode::TooManyRooms).await;
 }

@@ -20,15 +20,55 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for any one expected event.
 pub(crate) const STEP: Duration = Duration::from_secs(5);
 
-/// A running server, killed on drop.
+#[path = "../../../tests/src/redis.rs"]
+pub(crate) mod redis;
+
+/// How many nodes `Server::start` runs: 1, or the cluster size from `SIGNALING_IT_NODES`
+/// (`scripts/test.sh` runs the suite both ways: the same semantics must hold on one node and
+/// on three nodes sharing a Redis).
+pub(crate) fn cluster_nodes() -> usize {
+    std::env::var("SIGNALING_IT_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// A running server, killed on drop. In a cluster run, also the other nodes and their Redis:
+/// [`Server::ws`] hands out the nodes' URLs in turn, so the clients of one test spread over
+/// the nodes.
 pub(crate) struct Server {
     child: Child,
     pub(crate) addr: SocketAddr,
+    others: Vec<Server>,
+    redis: Option<redis::RedisServer>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Server {
-    /// Starts the server with `--listen 127.0.0.1:0` plus `args`, and waits for its address.
+    /// Starts the server (or, in a cluster run, `cluster_nodes()` nodes on a fresh Redis) with
+    /// `args`.
     pub(crate) fn start(args: &[&str]) -> Self {
+        let nodes = cluster_nodes();
+        if nodes <= 1 {
+            return Self::spawn(args);
+        }
+        let redis = redis::RedisServer::start();
+        let url = redis.url();
+        let mut with_redis: Vec<&str> = args.to_vec();
+        with_redis.extend(["--redis", &url]);
+        let mut first = Self::spawn(&with_redis);
+        first.others = (1..nodes).map(|_| Self::spawn(&with_redis)).collect();
+        first.redis = Some(redis);
+        first
+    }
+
+    /// The Redis of a cluster run.
+    pub(crate) fn redis(&self) -> Option<&redis::RedisServer> {
+        self.redis.as_ref()
+    }
+
+    /// Starts one node with `--listen 127.0.0.1:0` plus `args`, and waits for its address.
+    pub(crate) fn spawn(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_signaling"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -58,16 +98,38 @@ impl Server {
                 panic!("the server did not print its address");
             }
         };
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            others: Vec::new(),
+            redis: None,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// `ws://ADDR{path}`.
-    pub(crate) fn ws(&self, path: &str) -> String {
+    /// `ws://ADDR{path}` of the first node, always.
+    pub(crate) fn ws_first(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
+    }
+
+    /// `ws://ADDR{path}`; in a cluster run, of each node in turn.
+    pub(crate) fn ws(&self, path: &str) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let addr = match n % (self.others.len() + 1) {
+            0 => self.addr,
+            i => self.others[i - 1].addr,
+        };
+        format!("ws://{addr}{path}")
     }
 
     /// Sends SIGTERM.

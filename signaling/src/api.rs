@@ -1,0 +1,141 @@
+//! The backend HTTP API: a server-side application pushes into rooms and looks into them.
+//!
+//! - `GET /v1/rooms/{room}`: the room's peers (id, name, node, attached or parked).
+//! - `POST /v1/rooms/{room}/broadcast` with a JSON body: delivered to every peer of the room,
+//!   on every node, as a `broadcast` from `server`, in order with the peers' other frames.
+//!
+//! Both need `Authorization: Bearer KEY` with one of `--api-key`; without any key configured
+//! the API does not exist (404), so it is never open by accident.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use subtle::ConstantTimeEq as _;
+
+use crate::AppState;
+use crate::protocol::{PeerId, RoomId, ServerMessage, is_valid_room_id};
+
+/// The `from` of a message pushed by the backend (peer ids are 12 hex digits: no clash).
+pub const SERVER_SENDER: &str = "server";
+
+/// One peer as the API lists it.
+#[derive(Debug, Serialize)]
+pub struct PeerEntry {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The node serving it (`local` on a single node).
+    pub node: String,
+    /// Attached to a socket, or parked waiting for a resume.
+    pub state: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct RoomView {
+    room: RoomId,
+    peers: Vec<PeerEntry>,
+}
+
+#[derive(Debug, Serialize)]
+struct Delivered {
+    delivered: u64,
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"code": code, "message": message})),
+    )
+        .into_response()
+}
+
+/// Checks the bearer key; `Err` is the response to send.
+fn authorize(app: &AppState, headers: &HeaderMap, room: &str) -> Result<RoomId, Response> {
+    if app.config.api_keys.is_empty() {
+        return Err(StatusCode::NOT_FOUND.into_response());
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok = app
+        .config
+        .api_keys
+        .iter()
+        .any(|key| bool::from(key.expose().ct_eq(presented.as_bytes())));
+    if !ok {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API key is required (Authorization: Bearer KEY)",
+        ));
+    }
+    if !is_valid_room_id(room) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_room_id",
+            "room ids are 1 to 64 characters of [A-Za-z0-9_.-]",
+        ));
+    }
+    Ok(RoomId::from(room))
+}
+
+/// `GET /v1/rooms/{room}`.
+pub async fn room(
+    State(app): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let room = match authorize(&app, &headers, &room) {
+        Ok(room) => room,
+        Err(response) => return response,
+    };
+    match app.hub.room_peers(&room).await {
+        Ok(peers) => Json(RoomView { room, peers }).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e),
+    }
+}
+
+/// `POST /v1/rooms/{room}/broadcast`.
+pub async fn broadcast(
+    State(app): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let room = match authorize(&app, &headers, &room) {
+        Ok(room) => room,
+        Err(response) => return response,
+    };
+    if body.len() > app.config.max_message_bytes {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            "the body is larger than --max-message-bytes",
+        );
+    }
+    let data: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(data) => data,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_message",
+                &format!("the body must be JSON: {e}"),
+            );
+        }
+    };
+    let message = ServerMessage::Broadcast {
+        from: PeerId::from(SERVER_SENDER),
+        data,
+    };
+    match app.hub.backend_broadcast(&room, message).await {
+        Ok(delivered) => Json(Delivered { delivered }).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e),
+    }
+}

@@ -1,0 +1,158 @@
+//! Where rooms and sessions live: in this process ([`LocalHub`], the default: one node, no
+//! external service) or in Redis shared by a cluster of nodes ([`ClusterHub`], `--redis`).
+//! The socket tasks and HTTP handlers see one API; each call is answered by the one
+//! implementation the server was started with.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::api::PeerEntry;
+use crate::cluster::ClusterHub;
+use crate::error::RequestError;
+use crate::hub::{
+    Attached, ConnId, Flow, JoinRequest, LocalHub, Outbound, ResumeRequest, SessionKey,
+};
+use crate::protocol::{ClientMessage, ErrorCode, LeaveReason, RequestId, RoomId, ServerMessage};
+
+/// See the module docs.
+pub enum Backend {
+    Local(LocalHub),
+    Cluster(Arc<ClusterHub>),
+}
+
+impl Backend {
+    /// Creates a session in the requested room, attached to the caller's queue.
+    pub async fn join(
+        &self,
+        conn: ConnId,
+        tx: &mpsc::Sender<Outbound>,
+        req: JoinRequest,
+    ) -> Result<Attached, RequestError> {
+        match self {
+            Self::Local(hub) => hub.join(conn, tx, req),
+            Self::Cluster(hub) => hub.join(conn, tx, req).await,
+        }
+    }
+
+    /// Re-attaches a session to the caller's queue; the missed frames come first.
+    pub async fn resume(
+        &self,
+        conn: ConnId,
+        tx: &mpsc::Sender<Outbound>,
+        req: ResumeRequest,
+    ) -> Result<Attached, RequestError> {
+        match self {
+            Self::Local(hub) => hub.resume(conn, tx, req),
+            Self::Cluster(hub) => hub.resume(conn, tx, req).await,
+        }
+    }
+
+    /// Handles a request of an attached session.
+    pub async fn handle(&self, key: SessionKey, conn: ConnId, message: ClientMessage) -> Flow {
+        match self {
+            Self::Local(hub) => hub.handle(key, conn, message),
+            Self::Cluster(hub) => hub.handle(key, conn, message).await,
+        }
+    }
+
+    /// Sends an error to an attached session, then closes its socket with `close`, if given,
+    /// once the error was written.
+    pub async fn reply_error(
+        &self,
+        key: SessionKey,
+        code: ErrorCode,
+        message: String,
+        reference: Option<RequestId>,
+        close: Option<u16>,
+    ) {
+        match self {
+            Self::Local(hub) => hub.reply_error(key, code, message, reference, close),
+            Self::Cluster(hub) => {
+                hub.reply_error(key, code, message, reference, close).await;
+            }
+        }
+    }
+
+    /// The socket of `conn` is gone: park its session for the grace period.
+    pub async fn detach(&self, key: SessionKey, conn: ConnId, reason: LeaveReason) {
+        match self {
+            Self::Local(hub) => hub.detach(key, conn, reason),
+            Self::Cluster(hub) => hub.detach(key, conn, reason).await,
+        }
+    }
+
+    /// Periodic work (grace periods, credential refresh).
+    pub async fn sweep(&self, now: Instant) {
+        match self {
+            Self::Local(hub) => hub.sweep(now),
+            Self::Cluster(hub) => hub.sweep(now).await,
+        }
+    }
+
+    /// Starts draining: no new sessions; every attached session is told to reconnect.
+    pub async fn start_draining(&self, reason: &str) {
+        match self {
+            Self::Local(hub) => hub.start_draining(reason),
+            Self::Cluster(hub) => hub.start_draining(reason).await,
+        }
+    }
+
+    /// Whether the server is draining.
+    pub fn is_draining(&self) -> bool {
+        match self {
+            Self::Local(hub) => hub.is_draining(),
+            Self::Cluster(hub) => hub.is_draining(),
+        }
+    }
+
+    /// Whether new sessions can be served (false while a cluster node cannot reach Redis).
+    pub fn is_available(&self) -> bool {
+        match self {
+            Self::Local(_) => true,
+            Self::Cluster(hub) => hub.is_available(),
+        }
+    }
+
+    /// Closes every attached socket with 1001 (the end of a drain).
+    pub fn close_all(&self) {
+        match self {
+            Self::Local(hub) => hub.close_all(),
+            Self::Cluster(hub) => hub.close_all(),
+        }
+    }
+
+    /// The node's id in a cluster (`None` on a single node).
+    pub fn node_id(&self) -> Option<&str> {
+        match self {
+            Self::Local(_) => None,
+            Self::Cluster(hub) => Some(hub.node_id()),
+        }
+    }
+
+    /// The peers of `room`, oldest first.
+    pub async fn room_peers(&self, room: &RoomId) -> Result<Vec<PeerEntry>, String> {
+        match self {
+            Self::Local(hub) => Ok(hub.room_peers(room)),
+            Self::Cluster(hub) => hub.room_peers(room).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Delivers `message` to every peer of `room`; returns to how many.
+    pub async fn backend_broadcast(
+        &self,
+        room: &RoomId,
+        message: ServerMessage,
+    ) -> Result<u64, String> {
+        match self {
+            Self::Local(hub) => Ok(hub.backend_broadcast(room, message)),
+            Self::Cluster(hub) => {
+                let body = serde_json::to_string(&message).map_err(|e| e.to_string())?;
+                hub.backend_broadcast(room, &body)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,1338 @@
+//! Cluster mode (`--redis URL`): any node serves any client, a room spans nodes, and the
+//! sessions of a dead node resume on any other node.
+//!
+//! The state a client was promised lives in Redis, changed only by the atomic scripts of
+//! [`store`]: room membership with join order (roles), each session's `seq` counter and
+//! outbox (the replay log, bounded by count and bytes as in one node), parking and
+//! tombstones. A frame for a session is numbered and appended to its outbox by the same
+//! script that decided to send it, then published on the channel of the node its session is
+//! attached to; that node writes it to the socket through the session's [`inbox::Inbox`], which
+//! keeps the `seq` order across resumes. A node only keeps what it needs to reach its own
+//! sockets.
+//!
+//! Nodes hold leases (`sig:nodes`, a heartbeat with a TTL). When a lease runs out, one of the
+//! other nodes adopts the dead node's sessions: they are parked for the resume grace period,
+//! and their clients resume anywhere with every frame after their `last_seq`. When Redis cannot
+//! be reached, the node answers `/readyz` with 503, refuses joins with `unavailable`, closes its
+//! sockets with 1013 so their clients resume once it is back, and buffers nothing.
+
+pub mod inbox;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::StreamExt as _;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::api::PeerEntry;
+use crate::error::RequestError;
+use crate::hub::{
+    Attached, ConnId, Flow, HubSettings, JoinRequest, Outbound, ResumeRequest, SessionKey,
+    close_code, encode,
+};
+use crate::metrics::Metrics;
+use crate::protocol::{
+    ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
+    ServerFrame, ServerMessage, SessionInfo,
+};
+use crate::resume::ResumeSecret;
+use crate::turn_credentials::IceServerMinter;
+use inbox::{Inbox, Offer, frame_seq};
+use store::{Op, Reply, Store, StoreError, StoreLimits};
+
+/// How a cluster node keeps in touch with the others.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `--redis`: one URL, or the seed nodes of a Redis Cluster.
+    pub redis_urls: Vec<String>,
+    /// `--node-id`; random when not given.
+    pub node_id: String,
+    /// How often the node renews its lease and looks for dead nodes.
+    pub heartbeat: Duration,
+    /// A node whose lease is this old is dead: its sessions are parked and adopted.
+    pub lease: Duration,
+    /// The deadline of one Redis call.
+    pub redis_timeout: Duration,
+}
+
+/// The key of the lease table: node id -> lease expiry (unix ms).
+const NODES_KEY: &str = "sig:nodes";
+
+fn node_sessions_key(node: &str) -> String {
+    format!("sig:node:{node}:sessions")
+}
+
+fn channel(node: &str) -> String {
+    format!("sig:ch:{node}")
+}
+
+fn sid(key: SessionKey) -> String {
+    format!("{key:016x}")
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The resume token of a cluster session: `SID.SECRET.PEER.ROOM`. The peer and the room ride
+/// along so any node finds the session's keys and can mint its credentials; the script checks
+/// both against the session. Clients treat tokens as opaque.
+fn cluster_token(
+    secret: &ResumeSecret,
+    key: SessionKey,
+    peer: &PeerId,
+    room: &RoomId,
+) -> ResumeToken {
+    ResumeToken(format!("{}.{peer}.{room}", secret.token(key).0))
+}
+
+/// A presented cluster token: (session key, secret hex, peer, room).
+fn parse_cluster_token(token: &ResumeToken) -> Option<(SessionKey, &str, PeerId, RoomId)> {
+    let mut parts = token.as_str().splitn(4, '.');
+    let id = parts.next()?;
+    let secret = parts.next()?;
+    let peer = parts.next()?;
+    let room = parts.next()?;
+    if id.len() != 16 || !crate::protocol::is_valid_room_id(room) {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(id, 16).ok()?,
+        secret,
+        PeerId::from(peer),
+        RoomId::from(room),
+    ))
+}
+
+/// What Redis keeps to check a presented secret: its SHA-256 (a leaked store reveals no token).
+fn secret_hash(secret_hex: &str) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        secret_hex.as_bytes(),
+    ))
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot encode a message");
+        "{}".into()
+    })
+}
+
+/// A session attached to a socket of this node.
+struct LocalSession {
+    room: RoomId,
+    peer: PeerId,
+    conn: ConnId,
+    tx: mpsc::Sender<Outbound>,
+    inbox: Inbox,
+    ice_refresh_at: Option<Instant>,
+    /// Close the socket with this code once the frame with this seq is written (an error
+    /// that ends the connection must reach the client first).
+    close_after: Option<(u64, u16)>,
+}
+
+impl LocalSession {
+    /// Sends the pending close once its frame was written.
+    fn close_if_due(&mut self) {
+        if let Some((seq, code)) = self.close_after
+            && self.inbox.next().is_some_and(|next| next > seq)
+        {
+            self.close_after = None;
+            let _ = self.tx.try_send(Outbound::Close { frame: None, code });
+        }
+    }
+}
+
+/// A parked session this node owns (it expires it when the grace period ends).
+struct ParkedHere {
+    room: RoomId,
+    expires_ms: u64,
+    reason: LeaveReason,
+}
+
+/// A detach that could not reach Redis (an outage): parked once it is back.
+struct PendingPark {
+    room: RoomId,
+    key: SessionKey,
+    conn: ConnId,
+    reason: LeaveReason,
+}
+
+#[derive(Default)]
+struct LocalState {
+    attached: HashMap<SessionKey, LocalSession>,
+    /// Resumes in flight: frames for the session are held here until its replay is written.
+    resuming: HashMap<SessionKey, Inbox>,
+    parked: HashMap<SessionKey, ParkedHere>,
+    pending_park: Vec<PendingPark>,
+}
+
+impl LocalState {
+    fn rooms(&self) -> HashMap<&RoomId, usize> {
+        let mut rooms = HashMap::new();
+        for room in self
+            .attached
+            .values()
+            .map(|s| &s.room)
+            .chain(self.parked.values().map(|p| &p.room))
+        {
+            *rooms.entry(room).or_insert(0) += 1;
+        }
+        rooms
+    }
+}
+
+/// One node of a cluster. See the module docs.
+pub struct ClusterHub {
+    store: Store,
+    pubsub: redis::Client,
+    cluster: ClusterSettings,
+    settings: HubSettings,
+    ice: IceServerMinter,
+    metrics: Arc<Metrics>,
+    local: Mutex<LocalState>,
+    draining: AtomicBool,
+    /// The last Redis call succeeded.
+    store_ok: AtomicBool,
+    /// The node's channel is subscribed.
+    subscribed: AtomicBool,
+}
+
+impl ClusterHub {
+    /// Connects to Redis and starts the node's subscriber and heartbeat tasks.
+    pub async fn start(
+        cluster: ClusterSettings,
+        settings: HubSettings,
+        ice: IceServerMinter,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let (conn, pubsub) = store::connect(&cluster.redis_urls, cluster.redis_timeout).await?;
+        let limits = StoreLimits {
+            key_ttl: settings.resume_grace + Duration::from_secs(60),
+            max_frames: settings.replay.max_messages,
+            max_bytes: settings.replay.max_bytes,
+        };
+        let hub = Arc::new(Self {
+            store: Store::new(conn, limits, cluster.redis_timeout),
+            pubsub,
+            cluster,
+            settings,
+            ice,
+            metrics,
+            local: Mutex::new(LocalState::default()),
+            draining: AtomicBool::new(false),
+            store_ok: AtomicBool::new(true),
+            subscribed: AtomicBool::new(false),
+        });
+        hub.heartbeat().await;
+        tokio::spawn(Arc::clone(&hub).subscriber());
+        let deadline = Instant::now() + hub.cluster.redis_timeout * 5;
+        while !hub.subscribed.load(Ordering::Acquire) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::spawn(Arc::clone(&hub).heartbeats());
+        tracing::info!(node = %hub.cluster.node_id, "cluster node started");
+        Ok(hub)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LocalState> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.cluster.node_id
+    }
+
+    /// Whether Redis answers and the node's channel is subscribed.
+    pub fn is_available(&self) -> bool {
+        self.store_ok.load(Ordering::Acquire) && self.subscribed.load(Ordering::Acquire)
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    fn unavailable() -> RequestError {
+        RequestError::new(
+            ErrorCode::Unavailable,
+            "the server cannot reach its shared store: try again shortly",
+        )
+    }
+
+    /// Records a failed Redis call; the heartbeat finds out when it is back.
+    fn store_failed(&self, what: &str, error: &StoreError) {
+        tracing::warn!(%error, what, "redis call failed");
+        if self.store_ok.swap(false, Ordering::AcqRel) {
+            self.outage("redis does not answer");
+        }
+    }
+
+    /// Redis is gone: every attached socket is closed with 1013 so its client resumes once
+    /// Redis is back (frames published meanwhile may not have reached this node).
+    fn outage(&self, why: &str) {
+        let st = self.lock();
+        tracing::error!(
+            why,
+            sessions = st.attached.len(),
+            "cluster store unavailable: closing sockets"
+        );
+        for session in st.attached.values() {
+            let _ = session.tx.try_send(Outbound::Close {
+                frame: None,
+                code: close_code::TRY_AGAIN_LATER,
+            });
+        }
+    }
+
+    fn session_info(
+        &self,
+        key: SessionKey,
+        peer: &PeerId,
+        room: &RoomId,
+        version: u32,
+        secret: &ResumeSecret,
+    ) -> SessionInfo {
+        SessionInfo {
+            version,
+            peer_id: peer.clone(),
+            session_id: sid(key).into(),
+            room: room.clone(),
+            // Filled in by the script, which sees the room as it is.
+            peers: Vec::new(),
+            ice_servers: self.ice.mint(peer, SystemTime::now()),
+            ping_interval_ms: self.settings.ping_interval.as_millis() as u64,
+            ping_timeout_ms: self.settings.ping_timeout.as_millis() as u64,
+            resume_token: cluster_token(secret, key, peer, room),
+            resume_grace_ms: self.settings.resume_grace.as_millis() as u64,
+            max_message_bytes: self.settings.max_message_bytes,
+        }
+    }
+
+    fn update_gauges(&self, st: &LocalState) {
+        self.metrics
+            .sessions
+            .set((st.attached.len() + st.parked.len()) as i64);
+        self.metrics.rooms.set(st.rooms().len() as i64);
+    }
+
+    /// Creates a session in the requested room, attached to the caller's queue.
+    pub async fn join(
+        &self,
+        conn: ConnId,
+        tx: &mpsc::Sender<Outbound>,
+        req: JoinRequest,
+    ) -> Result<Attached, RequestError> {
+        if self.is_draining() {
+            return Err(RequestError::new(
+                ErrorCode::Draining,
+                "the server is shutting down",
+            ));
+        }
+        if !self.is_available() {
+            return Err(Self::unavailable());
+        }
+        let key = {
+            let mut st = self.lock();
+            if st.attached.len() + st.parked.len() >= self.settings.max_sessions {
+                return Err(RequestError::new(
+                    ErrorCode::TooManySessions,
+                    "the server holds its maximum number of sessions",
+                ));
+            }
+            let rooms = st.rooms();
+            if !rooms.contains_key(&req.room) && rooms.len() >= self.settings.max_rooms {
+                return Err(RequestError::new(
+                    ErrorCode::TooManyRooms,
+                    "the server holds its maximum number of rooms",
+                ));
+            }
+            let key = loop {
+                let key = rand::random::<u64>();
+                if key != 0 && !st.attached.contains_key(&key) {
+                    break key;
+                }
+            };
+            st.attached.insert(
+                key,
+                LocalSession {
+                    room: req.room.clone(),
+                    peer: PeerId::from(""),
+                    conn,
+                    tx: tx.clone(),
+                    inbox: Inbox::starting_at(1),
+                    ice_refresh_at: self.ice.refresh_after().map(|d| Instant::now() + d),
+                    close_after: None,
+                },
+            );
+            key
+        };
+        let result = self.try_join(key, conn, &req).await;
+        {
+            let mut st = self.lock();
+            match &result {
+                Ok(peer) => {
+                    if let Some(session) = st.attached.get_mut(&key) {
+                        session.peer = peer.clone();
+                    }
+                }
+                Err(_) => {
+                    st.attached.remove(&key);
+                }
+            }
+            self.update_gauges(&st);
+        }
+        let peer = result?;
+        self.index_add(&req.room, key).await;
+        Ok(Attached {
+            key,
+            peer,
+            replay: Vec::new(),
+        })
+    }
+
+    async fn try_join(
+        &self,
+        key: SessionKey,
+        conn: ConnId,
+        req: &JoinRequest,
+    ) -> Result<PeerId, RequestError> {
+        let secret = ResumeSecret::generate();
+        let secret_hex = secret.to_hex();
+        for _ in 0..4 {
+            let peer = PeerId(format!("{:012x}", rand::random::<u64>() >> 16));
+            let info = |polite| {
+                to_json(&PeerInfo {
+                    id: peer.clone(),
+                    name: req.name.clone(),
+                    polite,
+                })
+            };
+            let welcome = to_json(&ServerMessage::Welcome {
+                reference: req.reference,
+                session: self.session_info(key, &peer, &req.room, req.version, &secret),
+            });
+            let joined = to_json(&ServerMessage::PeerJoined {
+                peer: PeerInfo {
+                    id: peer.clone(),
+                    name: req.name.clone(),
+                    polite: false,
+                },
+            });
+            let reply = self
+                .store
+                .call(
+                    Op::Join,
+                    &req.room,
+                    &[
+                        &sid(key),
+                        peer.as_str(),
+                        &secret_hash(&secret_hex),
+                        &self.cluster.node_id,
+                        &conn.to_string(),
+                        &req.version.to_string(),
+                        &self.settings.max_peers_per_room.to_string(),
+                        &info(true),
+                        &info(false),
+                        &welcome,
+                        &joined,
+                        req.name.as_deref().unwrap_or(""),
+                    ],
+                )
+                .await;
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) => {
+                    self.store_failed("join", &e);
+                    return Err(Self::unavailable());
+                }
+            };
+            self.end_overflowed(&req.room, &reply).await;
+            match reply.status.as_str() {
+                "ok" => return Ok(peer),
+                "room_full" => {
+                    return Err(RequestError::new(
+                        ErrorCode::RoomFull,
+                        format!(
+                            "room {} already has {} peers",
+                            req.room, self.settings.max_peers_per_room
+                        ),
+                    ));
+                }
+                _ => continue, // "peer_taken": draw another peer id
+            }
+        }
+        Err(RequestError::new(
+            ErrorCode::Internal,
+            "could not draw a free peer id",
+        ))
+    }
+
+    /// Adds a session to this node's index (what another node adopts if this one dies).
+    async fn index_add(&self, room: &RoomId, key: SessionKey) {
+        let cmd = redis::cmd("SADD")
+            .arg(node_sessions_key(&self.cluster.node_id))
+            .arg(format!("{room}\t{}", sid(key)))
+            .to_owned();
+        if let Err(e) = self.store.query::<i64>(&cmd).await {
+            self.store_failed("index", &e);
+        }
+    }
+
+    /// Re-attaches a session, wherever it was, to the caller's queue.
+    pub async fn resume(
+        &self,
+        conn: ConnId,
+        tx: &mpsc::Sender<Outbound>,
+        req: ResumeRequest,
+    ) -> Result<Attached, RequestError> {
+        let result = self.try_resume(conn, tx, req).await;
+        self.metrics.resume(result.is_ok());
+        result
+    }
+
+    async fn try_resume(
+        &self,
+        conn: ConnId,
+        tx: &mpsc::Sender<Outbound>,
+        req: ResumeRequest,
+    ) -> Result<Attached, RequestError> {
+        let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
+        let (key, secret_hex, peer, room) = parse_cluster_token(&req.token).ok_or_else(unknown)?;
+        if self.is_draining() {
+            return Err(RequestError::new(
+                ErrorCode::Draining,
+                "the server is shutting down",
+            ));
+        }
+        if !self.is_available() {
+            return Err(Self::unavailable());
+        }
+        let template = {
+            let mut st = self.lock();
+            st.resuming.insert(key, Inbox::pending());
+            // The template's resume token must be the one the client holds: rebuild it.
+            let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;
+            to_json(&ServerMessage::Resumed {
+                reference: req.reference,
+                session: self.session_info(key, &peer, &room, req.version, &secret),
+                replayed: u64::MAX,
+            })
+        };
+        let reply = self
+            .store
+            .call(
+                Op::Resume,
+                &room,
+                &[
+                    &sid(key),
+                    &secret_hash(secret_hex),
+                    &req.last_seq.to_string(),
+                    &self.cluster.node_id,
+                    &conn.to_string(),
+                    &req.version.to_string(),
+                    &template,
+                    peer.as_str(),
+                ],
+            )
+            .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.lock().resuming.remove(&key);
+                self.store_failed("resume", &e);
+                return Err(Self::unavailable());
+            }
+        };
+        self.end_overflowed(&room, &reply).await;
+        let failed = match reply.status.as_str() {
+            "ok" => None,
+            "ended" => {
+                let code = reply
+                    .rest
+                    .first()
+                    .and_then(|c| serde_json::from_value(serde_json::Value::from(c.as_str())).ok())
+                    .unwrap_or(ErrorCode::ResumeFailed);
+                Some(RequestError::new(
+                    code,
+                    format!("the session ended ({code})"),
+                ))
+            }
+            "gap" => Some(RequestError::new(
+                ErrorCode::ResumeFailed,
+                format!(
+                    "last_seq {} cannot be resumed exactly (next seq {})",
+                    req.last_seq,
+                    reply.rest.first().map_or("?", String::as_str)
+                ),
+            )),
+            _ => Some(unknown()),
+        };
+        if let Some(error) = failed {
+            self.lock().resuming.remove(&key);
+            return Err(error);
+        }
+        let [old_node, old_conn, old_state, frames @ ..] = reply.rest.as_slice() else {
+            self.lock().resuming.remove(&key);
+            return Err(RequestError::new(ErrorCode::Internal, "bad resume reply"));
+        };
+        let replay: Vec<Utf8Bytes> = frames.iter().map(|f| Utf8Bytes::from(f.clone())).collect();
+        let next = req.last_seq + 1 + replay.len() as u64;
+        let mut all = replay;
+        {
+            let mut st = self.lock();
+            let mut inbox = st.resuming.remove(&key).unwrap_or_default();
+            all.extend(inbox.start(next));
+            let previous = st.attached.insert(
+                key,
+                LocalSession {
+                    room: room.clone(),
+                    peer: peer.clone(),
+                    conn,
+                    tx: tx.clone(),
+                    inbox,
+                    ice_refresh_at: self.ice.refresh_after().map(|d| Instant::now() + d),
+                    close_after: None,
+                },
+            );
+            if let Some(previous) = previous
+                && previous.conn != conn
+            {
+                let _ = previous.tx.try_send(Outbound::Close {
+                    frame: None,
+                    code: close_code::POLICY,
+                });
+            }
+            st.parked.remove(&key);
+            self.update_gauges(&st);
+        }
+        if old_node != &self.cluster.node_id {
+            if old_state == "a" {
+                // The old node may still think its socket alive: tell it to let go.
+                let cmd = redis::cmd("PUBLISH")
+                    .arg(channel(old_node))
+                    .arg(format!("!close {} {old_conn}", sid(key)))
+                    .to_owned();
+                let _ = self.store.query::<i64>(&cmd).await;
+            }
+            let cmd = redis::cmd("SREM")
+                .arg(node_sessions_key(old_node))
+                .arg(format!("{room}\t{}", sid(key)))
+                .to_owned();
+            let _ = self.store.query::<i64>(&cmd).await;
+            self.index_add(&room, key).await;
+        }
+        Ok(Attached {
+            key,
+            peer,
+            replay: all,
+        })
+    }
+
+    /// Handles a request of an attached session (everything but `join`/`resume`).
+    pub async fn handle(&self, key: SessionKey, conn: ConnId, message: ClientMessage) -> Flow {
+        let (room, peer) = {
+            let st = self.lock();
+            match st.attached.get(&key) {
+                Some(s) if s.conn == conn => (s.room.clone(), s.peer.clone()),
+                _ => return Flow::Gone,
+            }
+        };
+        let sid = sid(key);
+        let result = match message {
+            ClientMessage::Signal { id, to, signal } => {
+                let body = to_json(&ServerMessage::Signal {
+                    from: peer.clone(),
+                    signal,
+                });
+                let error = to_json(&ServerMessage::Error {
+                    code: ErrorCode::UnknownPeer,
+                    message: format!("no peer {to} in room {room}; nothing was delivered"),
+                    reference: id,
+                });
+                let reply = self
+                    .store
+                    .call(Op::Signal, &room, &[&sid, to.as_str(), &body, &error])
+                    .await;
+                if let Ok(reply) = &reply {
+                    if reply.status == "ok" {
+                        self.metrics.messages_relayed.inc();
+                    } else {
+                        self.metrics.error(ErrorCode::UnknownPeer);
+                    }
+                }
+                reply
+            }
+            ClientMessage::Broadcast { id: _, data } => {
+                let body = to_json(&ServerMessage::Broadcast {
+                    from: peer.clone(),
+                    data,
+                });
+                let reply = self.store.call(Op::Broadcast, &room, &[&sid, &body]).await;
+                if let Ok(reply) = &reply {
+                    let n = reply.rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    self.metrics.messages_relayed.inc_by(n);
+                }
+                reply
+            }
+            ClientMessage::Ack { seq } => {
+                self.store
+                    .call(Op::Ack, &room, &[&sid, &seq.to_string()])
+                    .await
+            }
+            ClientMessage::Ping { id } => {
+                let body = to_json(&ServerMessage::Pong { reference: id });
+                self.store.call(Op::Emit, &room, &[&sid, &body]).await
+            }
+            ClientMessage::Leave { .. } => {
+                let reply = self
+                    .end(
+                        &room,
+                        key,
+                        LeaveReason::Left,
+                        None,
+                        Guard::Conn(conn),
+                        Instant::now(),
+                    )
+                    .await;
+                let mut st = self.lock();
+                st.attached.remove(&key);
+                self.update_gauges(&st);
+                drop(st);
+                return match reply {
+                    Ok(_) => Flow::Left,
+                    Err(e) => {
+                        self.store_failed("leave", &e);
+                        Flow::Retry
+                    }
+                };
+            }
+            ClientMessage::Join { id, .. } | ClientMessage::Resume { id, .. } => {
+                self.metrics.error(ErrorCode::AlreadyJoined);
+                let body = to_json(&ServerMessage::Error {
+                    code: ErrorCode::AlreadyJoined,
+                    message: "this socket already has a session".into(),
+                    reference: id,
+                });
+                self.store.call(Op::Emit, &room, &[&sid, &body]).await
+            }
+        };
+        match result {
+            Ok(reply) => {
+                self.end_overflowed(&room, &reply).await;
+                Flow::Continue
+            }
+            Err(e) => {
+                self.store_failed("request", &e);
+                Flow::Retry
+            }
+        }
+    }
+
+    /// Sends an error to an attached session (for errors found before the hub, e.g. parsing),
+    /// then closes its socket with `close`, if given, once the error was written.
+    pub async fn reply_error(
+        &self,
+        key: SessionKey,
+        code: ErrorCode,
+        message: String,
+        reference: Option<RequestId>,
+        close: Option<u16>,
+    ) {
+        self.metrics.error(code);
+        let Some(room) = self.lock().attached.get(&key).map(|s| s.room.clone()) else {
+            return;
+        };
+        let body = to_json(&ServerMessage::Error {
+            code,
+            message,
+            reference,
+        });
+        match self.store.call(Op::Emit, &room, &[&sid(key), &body]).await {
+            Ok(reply) => {
+                self.end_overflowed(&room, &reply).await;
+                let seq = reply.rest.first().and_then(|s| s.parse::<u64>().ok());
+                if let (Some(code), Some(seq)) = (close, seq) {
+                    let mut st = self.lock();
+                    if let Some(session) = st.attached.get_mut(&key) {
+                        session.close_after = Some((seq, code));
+                        session.close_if_due();
+                    }
+                }
+            }
+            Err(e) => self.store_failed("error reply", &e),
+        }
+    }
+
+    /// The socket of `conn` is gone: park its session for the grace period.
+    pub async fn detach(&self, key: SessionKey, conn: ConnId, reason: LeaveReason) {
+        let room = {
+            let mut st = self.lock();
+            match st.attached.get(&key) {
+                Some(s) if s.conn == conn => {}
+                _ => return,
+            }
+            let session = st.attached.remove(&key);
+            self.update_gauges(&st);
+            match session {
+                Some(s) => s.room,
+                None => return,
+            }
+        };
+        self.park(PendingPark {
+            room,
+            key,
+            conn,
+            reason,
+        })
+        .await;
+    }
+
+    async fn park(&self, pending: PendingPark) {
+        let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
+        let reply = self
+            .store
+            .call(
+                Op::Park,
+                &pending.room,
+                &[
+                    &sid(pending.key),
+                    &self.cluster.node_id,
+                    &pending.conn.to_string(),
+                    &expires_ms.to_string(),
+                    reason_str(pending.reason),
+                ],
+            )
+            .await;
+        {
+            let mut st = self.lock();
+            match reply {
+                Ok(reply) if reply.status == "ok" => {
+                    st.parked.insert(
+                        pending.key,
+                        ParkedHere {
+                            room: pending.room,
+                            expires_ms,
+                            reason: pending.reason,
+                        },
+                    );
+                }
+                Ok(_) => {} // resumed elsewhere or ended meanwhile
+                Err(e) => {
+                    st.pending_park.push(pending);
+                    return self.store_failed("park", &e);
+                }
+            }
+            self.update_gauges(&st);
+        };
+    }
+
+    /// Ends a session in Redis and tells its room; returns the reply.
+    async fn end(
+        &self,
+        room: &RoomId,
+        key: SessionKey,
+        reason: LeaveReason,
+        code: Option<ErrorCode>,
+        guard: Guard,
+        _now: Instant,
+    ) -> Result<Reply, StoreError> {
+        let left = to_json(&ServerMessage::PeerLeft {
+            peer_id: PeerId::from("%PEER%"),
+            reason,
+        });
+        let (guard_word, conn) = match guard {
+            Guard::Any => ("any", String::new()),
+            Guard::Conn(conn) => ("conn", conn.to_string()),
+            Guard::Expired => ("expired", String::new()),
+        };
+        let reply = self
+            .store
+            .call(
+                Op::End,
+                room,
+                &[
+                    &sid(key),
+                    &left,
+                    code.map_or("", ErrorCode::as_str),
+                    &self.settings.resume_grace.as_millis().max(1).to_string(),
+                    guard_word,
+                    &self.cluster.node_id,
+                    &conn,
+                    &unix_ms(SystemTime::now()).to_string(),
+                ],
+            )
+            .await?;
+        if reply.status == "ok" {
+            let [node, ..] = reply.rest.as_slice() else {
+                return Ok(reply);
+            };
+            let cmd = redis::cmd("SREM")
+                .arg(node_sessions_key(node))
+                .arg(format!("{room}\t{}", sid(key)))
+                .to_owned();
+            let _ = self.store.query::<i64>(&cmd).await;
+            if let Some(code) = code {
+                self.metrics.error(code);
+                tracing::info!(session = %sid(key), %code, "session ended");
+            }
+        }
+        Box::pin(self.end_overflowed(room, &reply)).await;
+        Ok(reply)
+    }
+
+    /// Ends the sessions whose parked outbox overflowed during a script.
+    async fn end_overflowed(&self, room: &RoomId, reply: &Reply) {
+        for overflowed in &reply.overflowed {
+            let Ok(key) = u64::from_str_radix(overflowed, 16) else {
+                continue;
+            };
+            self.lock().parked.remove(&key);
+            if let Err(e) = Box::pin(self.end(
+                room,
+                key,
+                LeaveReason::Ended,
+                Some(ErrorCode::ReplayOverflow),
+                Guard::Any,
+                Instant::now(),
+            ))
+            .await
+            {
+                self.store_failed("end", &e);
+            }
+        }
+    }
+
+    /// Ends a local session whose queue is full (it does not read): `slow_consumer`.
+    async fn end_slow_consumer(&self, room: RoomId, key: SessionKey, conn: ConnId) {
+        let reply = self
+            .end(
+                &room,
+                key,
+                LeaveReason::Ended,
+                Some(ErrorCode::SlowConsumer),
+                Guard::Conn(conn),
+                Instant::now(),
+            )
+            .await;
+        let session = {
+            let mut st = self.lock();
+            let session = st.attached.remove(&key);
+            self.update_gauges(&st);
+            session
+        };
+        let next = match &reply {
+            Ok(reply) if reply.status == "ok" => {
+                reply.rest.get(2).and_then(|n| n.parse::<u64>().ok())
+            }
+            _ => None,
+        };
+        if let Some(session) = session {
+            let frame = next.map(|seq| {
+                encode(&ServerFrame {
+                    seq,
+                    message: ServerMessage::Error {
+                        code: ErrorCode::SlowConsumer,
+                        message: "too many unread messages: the session ended".into(),
+                        reference: None,
+                    },
+                })
+            });
+            // The queue is full: the close waits in a task for a free slot.
+            tokio::spawn(async move {
+                let _ = session
+                    .tx
+                    .send(Outbound::Close {
+                        frame,
+                        code: close_code::POLICY,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    /// Periodic work: ends parked sessions past their grace period, pushes fresh ICE servers,
+    /// refreshes the TTL of the rooms this node serves.
+    pub async fn sweep(&self, now: Instant) {
+        let now_ms = unix_ms(SystemTime::now());
+        let (expired, refresh) = {
+            let mut st = self.lock();
+            let expired: Vec<(SessionKey, RoomId, LeaveReason)> = st
+                .parked
+                .iter()
+                .filter(|(_, p)| p.expires_ms <= now_ms)
+                .map(|(k, p)| (*k, p.room.clone(), p.reason))
+                .collect();
+            let next_refresh = self.ice.refresh_after().map(|d| now + d);
+            let mut refresh = Vec::new();
+            for (key, session) in &mut st.attached {
+                if session.ice_refresh_at.is_some_and(|t| t <= now) {
+                    session.ice_refresh_at = next_refresh;
+                    refresh.push((*key, session.room.clone(), session.peer.clone()));
+                }
+            }
+            (expired, refresh)
+        };
+        for (key, room, reason) in expired {
+            match self
+                .end(&room, key, reason, None, Guard::Expired, now)
+                .await
+            {
+                Ok(reply) => {
+                    // Ended, or resumed elsewhere ("no"): either way not parked here any more.
+                    if reply.status == "ok" || reply.status == "no" {
+                        self.lock().parked.remove(&key);
+                    }
+                }
+                Err(e) => self.store_failed("expire", &e),
+            }
+        }
+        for (key, room, peer) in refresh {
+            let body = to_json(&ServerMessage::IceServers {
+                ice_servers: self.ice.mint(&peer, SystemTime::now()),
+            });
+            if let Err(e) = self.store.call(Op::Emit, &room, &[&sid(key), &body]).await {
+                self.store_failed("ice refresh", &e);
+            }
+        }
+        let st = self.lock();
+        self.update_gauges(&st);
+    }
+
+    /// Refreshes the TTL of every room this node serves.
+    async fn touch_rooms(&self) {
+        let rooms: Vec<RoomId> = self.lock().rooms().into_keys().cloned().collect();
+        for room in rooms {
+            if let Err(e) = self.store.call(Op::Touch, &room, &[]).await {
+                self.store_failed("touch", &e);
+                return;
+            }
+        }
+    }
+
+    /// Starts draining: refuses new sessions and tells every attached session to reconnect
+    /// (through the balancer, to another node, where it resumes).
+    pub async fn start_draining(&self, reason: &str) {
+        self.draining.store(true, Ordering::Release);
+        let body = to_json(&ServerMessage::Draining {
+            reason: reason.to_owned(),
+            reconnect_after_ms: self.settings.reconnect_after.as_millis() as u64,
+        });
+        let sessions: Vec<(SessionKey, RoomId)> = self
+            .lock()
+            .attached
+            .iter()
+            .map(|(k, s)| (*k, s.room.clone()))
+            .collect();
+        for (key, room) in sessions {
+            if let Err(e) = self.store.call(Op::Emit, &room, &[&sid(key), &body]).await {
+                self.store_failed("draining", &e);
+            }
+        }
+    }
+
+    /// Closes every attached socket with 1001 (the end of a drain).
+    pub fn close_all(&self) {
+        for session in self.lock().attached.values() {
+            let _ = session.tx.try_send(Outbound::Close {
+                frame: None,
+                code: close_code::GOING_AWAY,
+            });
+        }
+    }
+
+    /// Leaves the cluster at shutdown: the lease is given up at once, so another node adopts
+    /// the sessions still parked here (and expires them if nobody resumes).
+    pub async fn leave(&self) {
+        let cmd = redis::cmd("ZADD")
+            .arg(NODES_KEY)
+            .arg(0)
+            .arg(&self.cluster.node_id)
+            .to_owned();
+        if let Err(e) = self.store.query::<i64>(&cmd).await {
+            tracing::warn!(error = %e, "could not give up the lease");
+        }
+    }
+
+    /// The peers of a room, oldest first.
+    pub async fn room_peers(&self, room: &RoomId) -> Result<Vec<PeerEntry>, StoreError> {
+        let reply = self.store.call(Op::Room, room, &[]).await?;
+        Ok(reply
+            .rest
+            .chunks_exact(4)
+            .map(|c| PeerEntry {
+                id: c[0].clone(),
+                name: (!c[1].is_empty()).then(|| c[1].clone()),
+                node: c[2].clone(),
+                state: if c[3] == "a" { "attached" } else { "parked" },
+            })
+            .collect())
+    }
+
+    /// Delivers an app message from the backend to every peer of `room`; returns how many.
+    pub async fn backend_broadcast(&self, room: &RoomId, body: &str) -> Result<u64, StoreError> {
+        let reply = self.store.call(Op::Broadcast, room, &["", body]).await?;
+        self.end_overflowed(room, &reply).await;
+        Ok(reply.rest.first().and_then(|n| n.parse().ok()).unwrap_or(0))
+    }
+
+    async fn heartbeats(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.cluster.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let touch_every = (self.store_ttl() / 4).max(self.cluster.heartbeat);
+        let mut last_touch = Instant::now();
+        loop {
+            ticker.tick().await;
+            self.heartbeat().await;
+            if self.store_ok.load(Ordering::Acquire) && last_touch.elapsed() >= touch_every {
+                last_touch = Instant::now();
+                self.touch_rooms().await;
+            }
+        }
+    }
+
+    fn store_ttl(&self) -> Duration {
+        self.settings.resume_grace + Duration::from_secs(60)
+    }
+
+    /// Renews the lease, notices Redis coming back, and adopts the sessions of dead nodes.
+    async fn heartbeat(&self) {
+        let now_ms = unix_ms(SystemTime::now());
+        let me = &self.cluster.node_id;
+        let lease_until = now_ms + self.cluster.lease.as_millis() as u64;
+        let ttl = self.store_ttl().as_millis() as u64;
+        let renew = async {
+            self.store
+                .query::<i64>(redis::cmd("ZADD").arg(NODES_KEY).arg(lease_until).arg(me))
+                .await?;
+            self.store
+                .query::<i64>(redis::cmd("PEXPIRE").arg(NODES_KEY).arg(ttl))
+                .await?;
+            self.store
+                .query::<i64>(redis::cmd("PEXPIRE").arg(node_sessions_key(me)).arg(ttl))
+                .await?;
+            self.store
+                .query::<Vec<String>>(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(NODES_KEY)
+                        .arg("-inf")
+                        .arg(now_ms),
+                )
+                .await
+        };
+        let dead = match renew.await {
+            Ok(dead) => dead,
+            Err(e) => {
+                self.store_failed("heartbeat", &e);
+                return;
+            }
+        };
+        if !self.store_ok.swap(true, Ordering::AcqRel) {
+            tracing::info!("redis answers again");
+        }
+        let pending = std::mem::take(&mut self.lock().pending_park);
+        for p in pending {
+            self.park(p).await;
+        }
+        for node in dead.iter().filter(|n| *n != me) {
+            self.adopt(node).await;
+        }
+    }
+
+    /// Takes over the sessions of a dead node (only one node wins the `ZREM`).
+    async fn adopt(&self, dead: &str) {
+        let won = self
+            .store
+            .query::<i64>(redis::cmd("ZREM").arg(NODES_KEY).arg(dead))
+            .await;
+        if !matches!(won, Ok(1)) {
+            return;
+        }
+        let members = match self
+            .store
+            .query::<Vec<String>>(redis::cmd("SMEMBERS").arg(node_sessions_key(dead)))
+            .await
+        {
+            Ok(members) => members,
+            Err(e) => {
+                self.store_failed("adopt", &e);
+                return;
+            }
+        };
+        tracing::warn!(
+            node = dead,
+            sessions = members.len(),
+            "node lease expired: adopting its sessions"
+        );
+        let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
+        for member in members {
+            let Some((room, id)) = member.split_once('\t') else {
+                continue;
+            };
+            let (room, Ok(key)) = (RoomId::from(room), u64::from_str_radix(id, 16)) else {
+                continue;
+            };
+            let reply = self
+                .store
+                .call(
+                    Op::Adopt,
+                    &room,
+                    &[id, dead, &self.cluster.node_id, &expires_ms.to_string()],
+                )
+                .await;
+            if let Ok(reply) = reply
+                && reply.status == "ok"
+            {
+                let expires_ms = reply
+                    .rest
+                    .first()
+                    .and_then(|e| e.parse().ok())
+                    .unwrap_or(expires_ms);
+                self.lock().parked.insert(
+                    key,
+                    ParkedHere {
+                        room: room.clone(),
+                        expires_ms,
+                        reason: LeaveReason::Disconnected,
+                    },
+                );
+                self.index_add(&room, key).await;
+            }
+        }
+        let _ = self
+            .store
+            .query::<i64>(redis::cmd("DEL").arg(node_sessions_key(dead)))
+            .await;
+        let st = self.lock();
+        self.update_gauges(&st);
+    }
+
+    /// Receives this node's channel for as long as the node lives, reconnecting after losses.
+    async fn subscriber(self: Arc<Self>) {
+        let me = channel(&self.cluster.node_id);
+        loop {
+            let connected = tokio::time::timeout(self.cluster.redis_timeout, async {
+                let mut pubsub = self.pubsub.get_async_pubsub().await?;
+                pubsub.subscribe(&me).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            })
+            .await;
+            let mut pubsub = match connected {
+                Ok(Ok(pubsub)) => pubsub,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot subscribe");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            self.subscribed.store(true, Ordering::Release);
+            tracing::debug!(channel = %me, "subscribed");
+            {
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+                    match String::from_utf8(payload) {
+                        Ok(text) => self.dispatch(text),
+                        Err(_) => tracing::warn!("non-UTF-8 frame on the node channel"),
+                    }
+                }
+            }
+            self.subscribed.store(false, Ordering::Release);
+            // Frames published while unsubscribed would be lost to the sockets: cut them, so
+            // their clients resume from the outbox.
+            self.outage("pub/sub connection lost");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// One message of the node's channel: a frame (`SID` + JSON) or a control (`!close SID CONN`).
+    fn dispatch(self: &Arc<Self>, text: String) {
+        if let Some(control) = text.strip_prefix("!close ") {
+            let mut parts = control.split(' ');
+            let (Some(id), Some(conn)) = (parts.next(), parts.next()) else {
+                return;
+            };
+            let (Ok(key), Ok(conn)) = (u64::from_str_radix(id, 16), conn.parse::<ConnId>()) else {
+                return;
+            };
+            let mut st = self.lock();
+            if st.attached.get(&key).is_some_and(|s| s.conn == conn)
+                && let Some(session) = st.attached.remove(&key)
+            {
+                let _ = session.tx.try_send(Outbound::Close {
+                    frame: None,
+                    code: close_code::POLICY,
+                });
+            }
+            self.update_gauges(&st);
+            return;
+        }
+        if text.len() < 16 || !text.is_char_boundary(16) {
+            return;
+        }
+        let (id, frame) = text.split_at(16);
+        let (Ok(key), Some(seq)) = (u64::from_str_radix(id, 16), frame_seq(frame)) else {
+            return;
+        };
+        let frame = Utf8Bytes::from(frame.to_owned());
+        let mut st = self.lock();
+        if let Some(inbox) = st.resuming.get_mut(&key) {
+            let _ = inbox.offer(seq, frame.clone());
+        }
+        let Some(session) = st.attached.get_mut(&key) else {
+            return;
+        };
+        let out = match session.inbox.offer(seq, frame) {
+            Offer::Write(out) => out,
+            Offer::Nothing => return,
+            Offer::Overflow => {
+                let _ = session.tx.try_send(Outbound::Close {
+                    frame: None,
+                    code: close_code::TRY_AGAIN_LATER,
+                });
+                return;
+            }
+        };
+        for frame in out {
+            // Keep the last slot for the error that ends a slow consumer.
+            if session.tx.capacity() <= 1 {
+                let (room, conn) = (session.room.clone(), session.conn);
+                drop(st);
+                let hub = Arc::clone(self);
+                tokio::spawn(async move { hub.end_slow_consumer(room, key, conn).await });
+                return;
+            }
+            let _ = session.tx.try_send(Outbound::Frame(frame));
+        }
+        session.close_if_due();
+    }
+}
+
+/// Which state a session must be in for `end` to end it.
+#[derive(Debug, Clone, Copy)]
+enum Guard {
+    /// Whatever its state (an overflowed outbox).
+    Any,
+    /// Attached to this node's connection (leave, slow consumer).
+    Conn(ConnId),
+    /// Parked at this node with its grace period over.
+    Expired,
+}
+
+fn reason_str(reason: LeaveReason) -> &'static str {
+    match reason {
+        LeaveReason::Left => "left",
+        LeaveReason::Disconnected => "disconnected",
+        LeaveReason::Timeout => "timeout",
+        LeaveReason::Ended => "ended",
+    }
+}

@@ -1,0 +1,112 @@
+-- The shared state of a cluster of signaling nodes, as Lua run atomically by Redis.
+--
+-- Every script gets KEYS[1] = 'sig:{ROOM}:m' (the room's member list): the hash tag puts all of
+-- a room's keys in one Redis Cluster slot, so one script sees a whole room. The other keys of
+-- the room are derived from it:
+--   sig:{ROOM}:m        LIST   session ids, join order (earlier = the other side is polite)
+--   sig:{ROOM}:p        HASH   peer id -> session id
+--   sig:{ROOM}:s:SID    HASH   one session (see JOIN for the fields)
+--   sig:{ROOM}:l:SID    LIST   its outbox: frames first..next-1 not acknowledged yet
+--   sig:{ROOM}:t:SID    STRING tombstone 'code sechash' of a session that ended with an error
+-- Every key has a TTL (ARGV[1] ms), refreshed while a node serves the room.
+-- ARGV[1] = key ttl ms, ARGV[2] = outbox max frames, ARGV[3] = outbox max bytes; the script's
+-- own arguments start at ARGV[4].
+local P = string.sub(KEYS[1], 1, -2)
+local TTL = tonumber(ARGV[1])
+local MAXN = tonumber(ARGV[2])
+local MAXB = tonumber(ARGV[3])
+local M = P .. 'm'
+local PEERS = P .. 'p'
+local function skey(sid) return P .. 's:' .. sid end
+local function lkey(sid) return P .. 'l:' .. sid end
+local function touch(k) redis.call('PEXPIRE', k, TTL) end
+-- Sessions whose outbox overflowed while parked: the caller ends them (replay_overflow).
+local over = {}
+
+-- Numbers `body` (a JSON object without seq) for session `sid`, appends it to the outbox and,
+-- when the session is attached, publishes it to its node. Returns the seq, or nil.
+local function emit(sid, body)
+  local s = skey(sid)
+  local st = redis.call('HMGET', s, 'next', 'first', 'bytes', 'state', 'node')
+  if not st[1] then return nil end
+  local seq = tonumber(st[1])
+  local frame = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
+  local l = lkey(sid)
+  if redis.call('RPUSH', l, frame) == 1 then touch(l) end
+  local first = tonumber(st[2])
+  local bytes = tonumber(st[3]) + #frame
+  local n = seq - first + 1
+  if st[4] == 'a' then
+    -- Attached: the socket gets it now; keep a bounded tail for a resume.
+    while n > MAXN or bytes > MAXB do
+      local old = redis.call('LPOP', l)
+      bytes = bytes - #old
+      first = first + 1
+      n = n - 1
+    end
+    redis.call('PUBLISH', 'sig:ch:' .. st[5], sid .. frame)
+  elseif n > MAXN or bytes > MAXB then
+    over[#over + 1] = sid
+  end
+  redis.call('HSET', s, 'next', seq + 1, 'first', first, 'bytes', bytes)
+  return seq
+end
+
+-- Drops outbox frames up to and including `seq`.
+local function ack(sid, seq)
+  local s = skey(sid)
+  local st = redis.call('HMGET', s, 'first', 'bytes', 'next')
+  if not st[1] then return end
+  local first = tonumber(st[1])
+  local bytes = tonumber(st[2])
+  local last = math.min(seq, tonumber(st[3]) - 1)
+  local l = lkey(sid)
+  while first <= last do
+    local old = redis.call('LPOP', l)
+    if not old then break end
+    bytes = bytes - #old
+    first = first + 1
+  end
+  redis.call('HSET', s, 'first', first, 'bytes', bytes)
+end
+
+-- The other members with, for each, the PeerInfo JSON as `sid` sees it (polite towards those
+-- that joined earlier).
+local function peers_of(sid)
+  local out = {}
+  local earlier = true
+  for _, other in ipairs(redis.call('LRANGE', M, 0, -1)) do
+    if other == sid then
+      earlier = false
+    else
+      local info = redis.call('HGET', skey(other), earlier and 'pt' or 'pf')
+      if info then out[#out + 1] = info end
+    end
+  end
+  return table.concat(out, ',')
+end
+
+local function plain_replace(s, pattern, with)
+  local i, j = string.find(s, pattern, 1, true)
+  if not i then return s end
+  return string.sub(s, 1, i - 1) .. with .. string.sub(s, j + 1)
+end
+
+-- Removes session `sid` and tells the rest of the room (`left` is the peer_left template with
+-- the peer id "%PEER%"). `code` ~= '' leaves a tombstone for one grace period (`grace` ms).
+local function end_session(sid, left, code, grace)
+  local s = skey(sid)
+  local st = redis.call('HMGET', s, 'peer', 'sec', 'node', 'conn', 'next', 'state')
+  if not st[1] then return nil end
+  redis.call('LREM', M, 0, sid)
+  redis.call('HDEL', PEERS, st[1])
+  redis.call('DEL', s, lkey(sid))
+  if code ~= '' then
+    redis.call('SET', P .. 't:' .. sid, code .. ' ' .. st[2], 'PX', grace)
+  end
+  local body = plain_replace(left, '"%PEER%"', '"' .. st[1] .. '"')
+  for _, other in ipairs(redis.call('LRANGE', M, 0, -1)) do
+    emit(other, body)
+  end
+  return st
+end

@@ -1,0 +1,408 @@
+//! The shared store of a cluster: Redis (standalone or Redis Cluster), reached only through the
+//! atomic Lua scripts of `scripts.lua` and a few plain commands for node leases.
+//!
+//! Why the `redis` crate: it is the most used Redis client for Rust, speaks both a standalone
+//! server (through a reconnecting `ConnectionManager`) and Redis Cluster (slot routing, MOVED
+//! handling) with one `ConnectionLike` trait, and its `Script` runs `EVALSHA` with a `SCRIPT
+//! LOAD` fallback, which is all this module needs. `fred` would do as well, with a larger API.
+//!
+//! Every call has a deadline ([`Store::timeout`]): a Redis that does not answer is an outage,
+//! never a task that waits forever.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+
+use crate::protocol::RoomId;
+
+/// What went wrong talking to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected reply from a script: {0}")]
+    Reply(String),
+}
+
+/// A connection to a standalone server or to a Redis Cluster.
+#[derive(Clone)]
+pub enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The scripts, each the shared prelude plus its own body.
+struct Scripts {
+    join: Script,
+    resume: Script,
+    signal: Script,
+    broadcast: Script,
+    emit: Script,
+    ack: Script,
+    park: Script,
+    adopt: Script,
+    end: Script,
+    touch: Script,
+    room: Script,
+}
+
+const PRELUDE: &str = include_str!("scripts.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            // ARGV: sid peer sechash node conn version max_peers pt pf welcome joined name
+            join: script(
+                r#"
+local sid = ARGV[4]
+if redis.call('LLEN', M) >= tonumber(ARGV[10]) then return {'room_full', ''} end
+if redis.call('HEXISTS', PEERS, ARGV[5]) == 1 then return {'peer_taken', ''} end
+local s = skey(sid)
+redis.call('HSET', s, 'peer', ARGV[5], 'sec', ARGV[6], 'node', ARGV[7], 'conn', ARGV[8],
+  'ver', ARGV[9], 'pt', ARGV[11], 'pf', ARGV[12], 'name', ARGV[15], 'state', 'a',
+  'next', 1, 'first', 1, 'bytes', 0)
+redis.call('RPUSH', M, sid)
+redis.call('HSET', PEERS, ARGV[5], sid)
+touch(s) touch(M) touch(PEERS)
+emit(sid, plain_replace(ARGV[13], '"peers":[]', '"peers":[' .. peers_of(sid) .. ']'))
+for _, other in ipairs(redis.call('LRANGE', M, 0, -1)) do
+  if other ~= sid then emit(other, ARGV[14]) end
+end
+return {'ok', table.concat(over, ' ')}
+"#,
+            ),
+            // ARGV: sid sechash last_seq node conn version resumed-template peer
+            resume: script(
+                r#"
+local sid = ARGV[4]
+local tomb = redis.call('GET', P .. 't:' .. sid)
+if tomb then
+  local code, sec = string.match(tomb, '^(%S+) (%S+)$')
+  if sec == ARGV[5] then return {'ended', '', code} end
+end
+local s = skey(sid)
+local st = redis.call('HMGET', s, 'sec', 'first', 'next', 'node', 'conn', 'state', 'peer')
+if not st[1] or st[1] ~= ARGV[5] or st[7] ~= ARGV[11] then return {'unknown', ''} end
+local last = tonumber(ARGV[6])
+local first, nxt = tonumber(st[2]), tonumber(st[3])
+if last >= nxt or last + 1 < first then return {'gap', '', tostring(nxt)} end
+ack(sid, last)
+local replay = redis.call('LRANGE', lkey(sid), 0, -1)
+redis.call('HSET', s, 'node', ARGV[7], 'conn', ARGV[8], 'ver', ARGV[9], 'state', 'a')
+local body = plain_replace(ARGV[10], '"peers":[]', '"peers":[' .. peers_of(sid) .. ']')
+body = plain_replace(body, '18446744073709551615', tostring(#replay))
+emit(sid, body)
+local out = {'ok', table.concat(over, ' '), st[4], st[5], st[6]}
+for _, f in ipairs(replay) do out[#out + 1] = f end
+return out
+"#,
+            ),
+            // ARGV: from-sid to-peer body error-body
+            signal: script(
+                r#"
+local target = redis.call('HGET', PEERS, ARGV[5])
+if target and target ~= ARGV[4] and redis.call('EXISTS', skey(ARGV[4])) == 1 then
+  emit(target, ARGV[6])
+  return {'ok', table.concat(over, ' ')}
+end
+emit(ARGV[4], ARGV[7])
+return {'unknown_peer', table.concat(over, ' ')}
+"#,
+            ),
+            // ARGV: from-sid ('' for the backend) body
+            broadcast: script(
+                r#"
+local n = 0
+for _, other in ipairs(redis.call('LRANGE', M, 0, -1)) do
+  if other ~= ARGV[4] then emit(other, ARGV[5]) n = n + 1 end
+end
+return {'ok', table.concat(over, ' '), tostring(n)}
+"#,
+            ),
+            // ARGV: sid body
+            emit: script(
+                r#"
+local seq = emit(ARGV[4], ARGV[5])
+return {seq and 'ok' or 'gone', table.concat(over, ' '), tostring(seq or 0)}
+"#,
+            ),
+            // ARGV: sid seq
+            ack: script(
+                r#"
+ack(ARGV[4], tonumber(ARGV[5]))
+return {'ok', ''}
+"#,
+            ),
+            // ARGV: sid node conn expires-ms reason
+            park: script(
+                r#"
+local s = skey(ARGV[4])
+local st = redis.call('HMGET', s, 'node', 'conn', 'state')
+if st[1] ~= ARGV[5] or st[2] ~= ARGV[6] or st[3] ~= 'a' then return {'no', ''} end
+redis.call('HSET', s, 'state', 'p', 'exp', ARGV[7], 'reason', ARGV[8])
+return {'ok', ''}
+"#,
+            ),
+            // ARGV: sid dead-node me expires-ms. Returns the parked session's expiry.
+            adopt: script(
+                r#"
+local s = skey(ARGV[4])
+local st = redis.call('HMGET', s, 'node', 'state', 'exp')
+if st[1] ~= ARGV[5] then return {'no', ''} end
+if st[2] == 'a' then
+  redis.call('HSET', s, 'state', 'p', 'exp', ARGV[7], 'reason', 'disconnected', 'node', ARGV[6])
+  return {'ok', '', ARGV[7]}
+end
+redis.call('HSET', s, 'node', ARGV[6])
+return {'ok', '', st[3]}
+"#,
+            ),
+            // ARGV: sid left-template code grace-ms guard node conn now-ms
+            // guard: 'any' | 'conn' (attached to node/conn) | 'expired' (parked at node, due)
+            end: script(
+                r#"
+local sid = ARGV[4]
+local st = redis.call('HMGET', skey(sid), 'node', 'conn', 'state', 'exp')
+if not st[1] then return {'no', ''} end
+local guard = ARGV[8]
+if guard == 'conn' and (st[1] ~= ARGV[9] or st[2] ~= ARGV[10] or st[3] ~= 'a') then
+  return {'no', ''}
+end
+if guard == 'expired' and (st[1] ~= ARGV[9] or st[3] ~= 'p' or tonumber(st[4]) > tonumber(ARGV[11])) then
+  return {'no', ''}
+end
+local gone = end_session(sid, ARGV[5], ARGV[6], tonumber(ARGV[7]))
+if redis.call('LLEN', M) == 0 then redis.call('DEL', M, PEERS) end
+return {'ok', table.concat(over, ' '), gone[3], gone[4], gone[5]}
+"#,
+            ),
+            // Refreshes the TTL of every key of the room.
+            touch: script(
+                r#"
+touch(M) touch(PEERS)
+for _, sid in ipairs(redis.call('LRANGE', M, 0, -1)) do touch(skey(sid)) touch(lkey(sid)) end
+return {'ok', ''}
+"#,
+            ),
+            // The room's members, oldest first: peer name node state, four strings each.
+            room: script(
+                r#"
+local out = {'ok', ''}
+for _, sid in ipairs(redis.call('LRANGE', M, 0, -1)) do
+  local st = redis.call('HMGET', skey(sid), 'peer', 'name', 'node', 'state')
+  if st[1] then
+    out[#out + 1] = st[1] out[#out + 1] = st[2] or '' out[#out + 1] = st[3]
+    out[#out + 1] = st[4]
+  end
+end
+return out
+"#,
+            ),
+        }
+    }
+}
+
+/// The reply of a script: a status word, the sessions whose parked outbox overflowed, and the
+/// script's own values.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: String,
+    pub overflowed: Vec<String>,
+    pub rest: Vec<String>,
+}
+
+impl Reply {
+    fn parse(value: Vec<Option<String>>) -> Result<Self, StoreError> {
+        let mut items = value.into_iter();
+        let status = items
+            .next()
+            .flatten()
+            .ok_or_else(|| StoreError::Reply("empty reply".into()))?;
+        let overflowed = items
+            .next()
+            .flatten()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let rest = items.map(Option::unwrap_or_default).collect();
+        Ok(Self {
+            status,
+            overflowed,
+            rest,
+        })
+    }
+}
+
+/// Bounds of an outbox, and how long a room's keys live without a refresh.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    pub key_ttl: Duration,
+    pub max_frames: usize,
+    pub max_bytes: usize,
+}
+
+/// Typed calls into the shared state.
+pub struct Store {
+    conn: Connection,
+    scripts: Scripts,
+    limits: StoreLimits,
+    timeout: Duration,
+}
+
+/// The script a call runs (names the script and keeps the call sites short).
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    Join,
+    Resume,
+    Signal,
+    Broadcast,
+    Emit,
+    Ack,
+    Park,
+    Adopt,
+    End,
+    Touch,
+    Room,
+}
+
+/// The routing key of a room: its member list. The `{room}` hash tag keeps every key of the
+/// room in one slot of a Redis Cluster.
+pub fn room_key(room: &RoomId) -> String {
+    format!("sig:{{{room}}}:m")
+}
+
+impl Store {
+    /// Wraps a connection.
+    pub fn new(conn: Connection, limits: StoreLimits, timeout: Duration) -> Self {
+        Self {
+            conn,
+            scripts: Scripts::new(),
+            limits,
+            timeout,
+        }
+    }
+
+    /// The deadline of every call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs script `op` on `room` with `args` (after the common ttl and bounds).
+    pub async fn call(&self, op: Op, room: &RoomId, args: &[&str]) -> Result<Reply, StoreError> {
+        let scripts = &self.scripts;
+        let script = match op {
+            Op::Join => &scripts.join,
+            Op::Resume => &scripts.resume,
+            Op::Signal => &scripts.signal,
+            Op::Broadcast => &scripts.broadcast,
+            Op::Emit => &scripts.emit,
+            Op::Ack => &scripts.ack,
+            Op::Park => &scripts.park,
+            Op::Adopt => &scripts.adopt,
+            Op::End => &scripts.end,
+            Op::Touch => &scripts.touch,
+            Op::Room => &scripts.room,
+        };
+        let mut invocation = script.key(room_key(room));
+        invocation
+            .arg(self.limits.key_ttl.as_millis() as u64)
+            .arg(self.limits.max_frames)
+            .arg(self.limits.max_bytes);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut conn = self.conn.clone();
+        let value: Vec<Option<String>> =
+            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
+                .await
+                .map_err(|_| StoreError::Timeout(self.timeout))??;
+        Reply::parse(value)
+    }
+
+    /// Runs a plain command (node leases and indexes).
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
+            .map_err(StoreError::from)
+    }
+}
+
+/// Connects to `urls`: a Redis Cluster when the first server says `cluster_enabled:1` (every
+/// URL is then a seed node), a standalone server otherwise. Returns the command connection and
+/// the client to open the pub/sub connection with (in a cluster, `PUBLISH` reaches every node,
+/// so subscribing on one node is enough).
+pub async fn connect(
+    urls: &[String],
+    timeout: Duration,
+) -> Result<(Connection, redis::Client), StoreError> {
+    let first = urls
+        .first()
+        .ok_or_else(|| StoreError::Reply("no redis URL".into()))?;
+    let client = redis::Client::open(first.as_str())?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    let mut manager = tokio::time::timeout(
+        timeout * 3,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| StoreError::Timeout(timeout * 3))??;
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut manager)
+        .await?;
+    if !info.contains("cluster_enabled:1") {
+        return Ok((Connection::Standalone(manager), client));
+    }
+    let cluster = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .retries(2)
+        .build()?;
+    let conn = tokio::time::timeout(timeout * 3, cluster.get_async_connection())
+        .await
+        .map_err(|_| StoreError::Timeout(timeout * 3))??;
+    Ok((Connection::Cluster(conn), client))
+}
