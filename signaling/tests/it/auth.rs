@@ -110,8 +110,7 @@ async fn origin_allow_list() {
         "--allowed-origin",
         "https://good.example,http://also.example",
     ]);
-    let url = server.ws("/ws/o");
-    let refused = Client::try_connect(&url, &[("origin", "https://evil.example")])
+    let refused = Client::try_connect(&server.ws("/ws/o"), &[("origin", "https://evil.example")])
         .await
         .err()
         .expect("refused");
@@ -121,7 +120,9 @@ async fn origin_allow_list() {
         &[("origin", "http://also.example")][..],
         &[][..], // not a browser
     ] {
-        let mut c = Client::try_connect(&url, headers).await.expect("allowed");
+        let mut c = Client::try_connect(&server.ws("/ws/o"), headers)
+            .await
+            .expect("allowed");
         c.send(&join_with(None, None)).await;
         c.expect_welcome().await;
     }

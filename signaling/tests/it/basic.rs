@@ -112,11 +112,10 @@ async fn two_peers_negotiate_with_fifo_trickle() {
 #[tokio::test]
 async fn three_peers_roles_and_targeted_delivery() {
     let server = Server::start(&[]);
-    let url = server.ws("/ws/trio");
-    let (mut a, a_info) = Client::join(&url, None).await;
-    let (mut b, b_info) = Client::join(&url, None).await;
+    let (mut a, a_info) = Client::join(&server.ws("/ws/trio"), None).await;
+    let (mut b, b_info) = Client::join(&server.ws("/ws/trio"), None).await;
     let _ = a.recv_message().await; // peer_joined b
-    let (mut c, c_info) = Client::join(&url, None).await;
+    let (mut c, c_info) = Client::join(&server.ws("/ws/trio"), None).await;
     let ids: Vec<_> = c_info.peers.iter().map(|p| p.id.clone()).collect();
     assert_eq!(ids, [a_info.peer_id.clone(), b_info.peer_id.clone()]);
     assert!(c_info.peers.iter().all(|p| p.polite));
@@ -193,10 +192,9 @@ async fn signals_never_cross_rooms() {
 #[tokio::test]
 async fn leave_and_disconnect_are_announced() {
     let server = Server::start(&["--resume-grace", "300ms"]);
-    let url = server.ws("/ws/bye");
-    let (mut a, _) = Client::join(&url, None).await;
-    let (mut b, b_info) = Client::join(&url, None).await;
-    let (c, c_info) = Client::join(&url, None).await;
+    let (mut a, _) = Client::join(&server.ws("/ws/bye"), None).await;
+    let (mut b, b_info) = Client::join(&server.ws("/ws/bye"), None).await;
+    let (c, c_info) = Client::join(&server.ws("/ws/bye"), None).await;
     let _ = a.recv_message().await; // b joined
     let _ = a.recv_message().await; // c joined
     let _ = b.recv_message().await; // c joined
@@ -232,10 +230,9 @@ async fn silent_zombies_time_out() {
         "--resume-grace",
         "200ms",
     ]);
-    let url = server.ws("/ws/zombies");
-    let (mut a, _) = Client::join(&url, None).await;
+    let (mut a, _) = Client::join(&server.ws("/ws/zombies"), None).await;
     // B joins and then never reads again, so it never answers a ping.
-    let (zombie, zombie_info) = Client::join(&url, None).await;
+    let (zombie, zombie_info) = Client::join(&server.ws("/ws/zombies"), None).await;
     let _ = a.recv_message().await; // peer_joined
     // A keeps reading (and so answers pings) and must outlive the zombie.
     match a.recv_message().await {

@@ -19,9 +19,8 @@ fn error_ref(message: &ServerMessage) -> Option<u64> {
 #[tokio::test]
 async fn bad_input_is_answered_and_harms_nobody() {
     let server = Server::start(&["--max-message-bytes", "1024"]);
-    let url = server.ws("/ws/bad");
-    let (mut a, a_info) = Client::join(&url, None).await;
-    let (mut b, b_info) = Client::join(&url, None).await;
+    let (mut a, a_info) = Client::join(&server.ws("/ws/bad"), None).await;
+    let (mut b, b_info) = Client::join(&server.ws("/ws/bad"), None).await;
     let _ = a.recv_message().await;
 
     a.send_raw(Message::text("this is not json")).await;
@@ -237,10 +236,9 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
         "--ping-timeout",
         "1s",
     ]);
-    let url = server.ws("/ws/slow");
-    let (mut a, _) = Client::join(&url, None).await;
+    let (mut a, _) = Client::join(&server.ws("/ws/slow"), None).await;
     // B joins, then never reads again.
-    let (_b, b_info) = Client::join(&url, None).await;
+    let (_b, b_info) = Client::join(&server.ws("/ws/slow"), None).await;
     let _ = a.recv_message().await;
     let blob = "y".repeat(30_000);
     let mut ended = false;
@@ -263,20 +261,23 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
         }
     }
     assert!(ended, "the slow consumer was never cut off");
-    let (_, _, metrics) = server.get("/metrics").await;
-    assert!(metrics.contains("signaling_errors_total{code=\"slow_consumer\"} 1"));
+    assert_eq!(
+        server
+            .metric("signaling_errors_total{code=\"slow_consumer\"}")
+            .await,
+        1
+    );
     // The server does not stay stuck writing to B, which still does not read: its socket is
     // dropped within the write timeout (the ping timeout).
     a.close().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let (_, _, metrics) = server.get("/metrics").await;
-        if metrics.contains("signaling_connections 0\n") {
+        if server.metric("signaling_connections").await == 0 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "B's socket was never dropped:\n{metrics}"
+            "B's socket was never dropped"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -294,9 +295,8 @@ async fn garbage_never_hurts_the_server() {
         "--outbound-queue",
         "8192",
     ]);
-    let url = server.ws("/ws/garbage");
-    let (mut a, a_info) = Client::join(&url, None).await;
-    let (mut b, b_info) = Client::join(&url, None).await;
+    let (mut a, a_info) = Client::join(&server.ws("/ws/garbage"), None).await;
+    let (mut b, b_info) = Client::join(&server.ws("/ws/garbage"), None).await;
     let _ = a.recv_message().await;
     let valid = [
         format!(

@@ -129,9 +129,8 @@ async fn turn_credentials_are_minted_and_refreshed_before_expiry() {
 #[tokio::test]
 async fn sigterm_drains_then_exits() {
     let mut server = Server::start(&["--drain-timeout", "1500ms", "--reconnect-after", "250ms"]);
-    let url = server.ws("/ws/drain");
-    let (mut a, _) = Client::join(&url, None).await;
-    let (mut b, b_info) = Client::join(&url, None).await;
+    let (mut a, _) = Client::join(&server.ws("/ws/drain"), None).await;
+    let (mut b, b_info) = Client::join(&server.ws("/ws/drain"), None).await;
     let _ = a.recv_message().await;
 
     let start = Instant::now();
@@ -153,7 +152,7 @@ async fn sigterm_drains_then_exits() {
     assert_eq!(status, 503);
     let (status, _, _) = server.get("/healthz").await;
     assert_eq!(status, 200);
-    match Client::try_connect(&url, &[]).await {
+    match Client::try_connect(&server.ws("/ws/drain"), &[]).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status().as_u16(), 503)
         }

@@ -21,9 +21,8 @@ fn resume_message(token: &ResumeToken, last_seq: u64) -> ClientMessage {
 #[tokio::test]
 async fn resume_replays_missed_messages_exactly_once_in_order() {
     let server = Server::start(&["--resume-grace", "10s"]);
-    let url = server.ws("/ws/resume");
-    let (mut a, a_info) = Client::join(&url, None).await;
-    let (mut b, b_info) = Client::join(&url, None).await;
+    let (mut a, a_info) = Client::join(&server.ws("/ws/resume"), None).await;
+    let (mut b, b_info) = Client::join(&server.ws("/ws/resume"), None).await;
     let _ = a.recv_message().await; // peer_joined
 
     // B receives 0..5 and processes them; it acks up to 2 only.
@@ -46,7 +45,7 @@ async fn resume_replays_missed_messages_exactly_once_in_order() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let mut b = Client::connect(&url).await;
+    let mut b = Client::connect(&server.ws("/ws/resume")).await;
     b.last_seq = last_processed;
     b.send(&resume_message(&b_info.resume_token, last_processed))
         .await;
@@ -88,21 +87,21 @@ async fn resume_replays_missed_messages_exactly_once_in_order() {
     signal(&mut a, &b_info.peer_id, candidate(100)).await;
     assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(100));
     a.expect_silence(Duration::from_millis(200)).await;
-    let (_, _, metrics) = server.get("/metrics").await;
-    assert!(
-        metrics.contains("signaling_resumes_total{result=\"ok\"} 1"),
-        "{metrics}"
+    assert_eq!(
+        server
+            .metric("signaling_resumes_total{result=\"ok\"}")
+            .await,
+        1
     );
 }
 
 #[tokio::test]
 async fn resume_takes_over_a_socket_the_server_still_thinks_alive() {
     let server = Server::start(&[]);
-    let url = server.ws("/ws/takeover");
-    let (mut a, a_info) = Client::join(&url, None).await;
-    let (mut old, b_info) = Client::join(&url, None).await;
+    let (mut a, a_info) = Client::join(&server.ws("/ws/takeover"), None).await;
+    let (mut old, b_info) = Client::join(&server.ws("/ws/takeover"), None).await;
     let _ = a.recv_message().await;
-    let mut b = Client::connect(&url).await;
+    let mut b = Client::connect(&server.ws("/ws/takeover")).await;
     b.send(&resume_message(&b_info.resume_token, 1)).await;
     assert!(matches!(
         b.recv_message().await,
@@ -117,9 +116,8 @@ async fn resume_takes_over_a_socket_the_server_still_thinks_alive() {
 #[tokio::test]
 async fn grace_expiry_ends_the_session() {
     let server = Server::start(&["--resume-grace", "300ms"]);
-    let url = server.ws("/ws/grace");
-    let (mut a, _) = Client::join(&url, None).await;
-    let (b, b_info) = Client::join(&url, None).await;
+    let (mut a, _) = Client::join(&server.ws("/ws/grace"), None).await;
+    let (b, b_info) = Client::join(&server.ws("/ws/grace"), None).await;
     let _ = a.recv_message().await;
     drop(b);
     match a.recv_message().await {
@@ -129,14 +127,14 @@ async fn grace_expiry_ends_the_session() {
         }
         other => panic!("expected peer_left, got {other:?}"),
     }
-    let mut b = Client::connect(&url).await;
+    let mut b = Client::connect(&server.ws("/ws/grace")).await;
     b.send(&resume_message(&b_info.resume_token, 1)).await;
     let frame = b.expect_error(ErrorCode::ResumeFailed).await;
     assert_eq!(frame.seq, 0);
     assert_eq!(b.expect_close().await, Closed::Code(1008));
 
     // A forged token fails the same way.
-    let mut c = Client::connect(&url).await;
+    let mut c = Client::connect(&server.ws("/ws/grace")).await;
     let forged = ResumeToken(format!("{}.00", b_info.session_id));
     c.send(&resume_message(&forged, 0)).await;
     c.expect_error(ErrorCode::ResumeFailed).await;
@@ -145,9 +143,8 @@ async fn grace_expiry_ends_the_session() {
 #[tokio::test]
 async fn replay_overflow_ends_a_parked_session() {
     let server = Server::start(&["--resume-grace", "10s", "--replay-max-messages", "5"]);
-    let url = server.ws("/ws/overflow");
-    let (mut a, _) = Client::join(&url, None).await;
-    let (b, b_info) = Client::join(&url, None).await;
+    let (mut a, _) = Client::join(&server.ws("/ws/overflow"), None).await;
+    let (b, b_info) = Client::join(&server.ws("/ws/overflow"), None).await;
     let _ = a.recv_message().await;
     drop(b);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -170,7 +167,7 @@ async fn replay_overflow_ends_a_parked_session() {
             other => panic!("expected peer_left, got {other:?}"),
         }
     }
-    let mut b = Client::connect(&url).await;
+    let mut b = Client::connect(&server.ws("/ws/overflow")).await;
     b.send(&resume_message(&b_info.resume_token, 1)).await;
     b.expect_error(ErrorCode::ReplayOverflow).await;
     assert_eq!(b.expect_close().await, Closed::Code(1008));

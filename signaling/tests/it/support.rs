@@ -132,22 +132,40 @@ impl Server {
         format!("ws://{addr}{path}")
     }
 
-    /// Sends SIGTERM.
+    /// Sends SIGTERM (to every node).
     pub(crate) fn terminate(&self) {
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(rc, 0, "kill -TERM");
+        for other in &self.others {
+            other.terminate();
+        }
     }
 
-    /// Waits for the process to exit, up to `limit`; returns whether it did.
+    /// Waits for the process (every node) to exit, up to `limit`; returns whether it did.
     pub(crate) fn wait_exit(&mut self, limit: Duration) -> bool {
         let start = std::time::Instant::now();
         while start.elapsed() < limit {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
+                let left = limit.saturating_sub(start.elapsed());
+                return self.others.iter_mut().all(|o| o.wait_exit(left));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// The value of one metric series (`name{labels}` as exposed), summed over the nodes.
+    pub(crate) async fn metric(&self, series: &str) -> u64 {
+        let mut sum = 0;
+        for addr in std::iter::once(self.addr).chain(self.others.iter().map(|o| o.addr)) {
+            let (_, _, text) = http_get(addr, "/metrics").await;
+            sum += text
+                .lines()
+                .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        sum
     }
 
     /// A plain HTTP GET: (status, content-type, body).
