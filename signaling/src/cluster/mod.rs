@@ -812,27 +812,27 @@ impl ClusterHub {
                 ],
             )
             .await;
-        {
-            let mut st = self.lock();
-            match reply {
-                Ok(reply) if reply.status == "ok" => {
-                    st.parked.insert(
-                        pending.key,
-                        ParkedHere {
-                            room: pending.room,
-                            expires_ms,
-                            reason: pending.reason,
-                        },
-                    );
-                }
-                Ok(_) => {} // resumed elsewhere or ended meanwhile
-                Err(e) => {
-                    st.pending_park.push(pending);
-                    return self.store_failed("park", &e);
-                }
+        let mut st = self.lock();
+        match reply {
+            Ok(reply) if reply.status == "ok" => {
+                st.parked.insert(
+                    pending.key,
+                    ParkedHere {
+                        room: pending.room,
+                        expires_ms,
+                        reason: pending.reason,
+                    },
+                );
+                self.update_gauges(&st);
             }
-            self.update_gauges(&st);
-        };
+            Ok(_) => {} // resumed elsewhere or ended meanwhile
+            Err(e) => {
+                st.pending_park.push(pending);
+                // `store_failed` takes the lock itself.
+                drop(st);
+                self.store_failed("park", &e);
+            }
+        }
     }
 
     /// Ends a session in Redis and tells its room; returns the reply.

@@ -3,6 +3,7 @@
 
 mod auth;
 mod basic;
+mod cluster;
 mod docs;
 mod limits;
 mod ops;

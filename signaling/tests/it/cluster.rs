@@ -1,0 +1,366 @@
+//! Cluster mode against a real `redis-server` (and a real 3-master Redis Cluster): node loss,
+//! drain, a Redis outage, cluster-wide room limits under a race, and no leaked keys.
+
+use std::time::{Duration, Instant};
+
+use signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, ResumeToken, ServerMessage};
+
+use crate::basic::{candidate, expect_signal, signal};
+use crate::support::redis::{RedisCluster, RedisServer};
+use crate::support::{Client, Closed, Server, join_message};
+
+/// Fast failure detection for tests: heartbeat 200 ms, lease 1 s.
+fn node(redis_urls: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--redis",
+        redis_urls,
+        "--node-heartbeat",
+        "200ms",
+        "--node-lease",
+        "1s",
+        "--redis-timeout",
+        "500ms",
+    ];
+    args.extend_from_slice(extra);
+    Server::spawn(&args)
+}
+
+fn resume(token: &ResumeToken, last_seq: u64) -> ClientMessage {
+    ClientMessage::Resume {
+        id: Some(9),
+        versions: vec![1],
+        resume_token: token.clone(),
+        last_seq,
+    }
+}
+
+/// Resumes on `url` and expects `n` replayed signals `first..first+n` from `from`, then
+/// `resumed` with `replayed == n`.
+async fn resume_expecting(
+    url: &str,
+    token: &ResumeToken,
+    last_seq: u64,
+    from: &signaling::protocol::PeerId,
+    first: u32,
+    n: u32,
+) -> Client {
+    let mut client = Client::connect(url).await;
+    client.last_seq = last_seq;
+    client.send(&resume(token, last_seq)).await;
+    for i in first..first + n {
+        assert_eq!(
+            expect_signal(&mut client, from).await,
+            candidate(i),
+            "replay in order"
+        );
+    }
+    match client.recv_message().await {
+        ServerMessage::Resumed { replayed, .. } => assert_eq!(replayed, u64::from(n)),
+        other => panic!("expected resumed, got {other:?}"),
+    }
+    client
+}
+
+#[tokio::test]
+async fn a_client_of_a_killed_node_resumes_on_another_with_nothing_lost() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--resume-grace", "20s"]);
+    let mut n2 = node(&redis.url(), &["--resume-grace", "20s"]);
+    let n3 = node(&redis.url(), &["--resume-grace", "20s"]);
+    let (mut a, a_info) = Client::join(&n1.ws("/ws/call"), None).await;
+    let (mut b, b_info) = Client::join(&n2.ws("/ws/call"), None).await;
+    let _ = a.recv_message().await; // peer_joined
+    signal(&mut a, &b_info.peer_id, candidate(0)).await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(0));
+    let b_seen = b.last_seq;
+
+    // kill -9 B's node mid-negotiation; A goes on trickling to B.
+    n2.kill();
+    let killed = Instant::now();
+    for i in 1..=5 {
+        signal(&mut a, &b_info.peer_id, candidate(i)).await;
+    }
+    // Past the lease: another node adopted B's session (parked, not ended).
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    for i in 6..=7 {
+        signal(&mut a, &b_info.peer_id, candidate(i)).await;
+    }
+    let mut b = resume_expecting(
+        &n3.ws("/ws/call"),
+        &b_info.resume_token,
+        b_seen,
+        &a_info.peer_id,
+        1,
+        7,
+    )
+    .await;
+    eprintln!(
+        "kill -9 to resumed elsewhere: {} ms",
+        killed.elapsed().as_millis()
+    );
+    b.expect_silence(Duration::from_millis(200)).await;
+    // A never saw B leave; the call goes on both ways.
+    signal(&mut b, &a_info.peer_id, candidate(50)).await;
+    assert_eq!(expect_signal(&mut a, &b_info.peer_id).await, candidate(50));
+    signal(&mut a, &b_info.peer_id, candidate(51)).await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(51));
+    a.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_dead_nodes_client_that_never_returns_leaves_after_the_grace_period() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--resume-grace", "1s"]);
+    let mut n2 = node(&redis.url(), &["--resume-grace", "1s"]);
+    let (mut a, _) = Client::join(&n1.ws("/ws/gone"), None).await;
+    let (_b, b_info) = Client::join(&n2.ws("/ws/gone"), None).await;
+    let _ = a.recv_message().await;
+    n2.kill();
+    let killed = Instant::now();
+    // Nothing before the lease (1 s) and the grace period (1 s) have passed.
+    a.expect_silence(Duration::from_millis(1500)).await;
+    match a
+        .recv_within(Duration::from_secs(5))
+        .await
+        .map(|f| f.message)
+    {
+        Some(ServerMessage::PeerLeft { peer_id, reason }) => {
+            assert_eq!(peer_id, b_info.peer_id);
+            assert_eq!(reason, LeaveReason::Disconnected);
+        }
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+    assert!(killed.elapsed() < Duration::from_secs(6));
+}
+
+#[tokio::test]
+async fn draining_a_node_moves_its_clients_with_zero_frames_lost() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &[]);
+    let mut n2 = node(
+        &redis.url(),
+        &["--drain-timeout", "3s", "--reconnect-after", "100ms"],
+    );
+    let (mut a, a_info) = Client::join(&n1.ws("/ws/move"), None).await;
+    let (mut b, b_info) = Client::join(&n2.ws("/ws/move"), None).await;
+    let _ = a.recv_message().await;
+
+    n2.terminate();
+    assert!(matches!(
+        b.recv_message().await,
+        ServerMessage::Draining { .. }
+    ));
+    let b_seen = b.last_seq;
+    // A keeps sending while B moves.
+    for i in 0..5 {
+        signal(&mut a, &b_info.peer_id, candidate(i)).await;
+    }
+    // B reads what reached it before it switches (a client processes frames until it closes).
+    let mut processed = 0;
+    while let Some(frame) = b.recv_within(Duration::from_millis(100)).await {
+        assert!(matches!(frame.message, ServerMessage::Signal { .. }));
+        processed += 1;
+    }
+    let last = b.last_seq;
+    assert!(last >= b_seen);
+    drop(b);
+    let b = resume_expecting(
+        &n1.ws("/ws/move"),
+        &b_info.resume_token,
+        last,
+        &a_info.peer_id,
+        processed,
+        5 - processed,
+    )
+    .await;
+    assert!(n2.wait_exit(Duration::from_secs(5)), "drained node exits");
+    let mut b = b;
+    signal(&mut a, &b_info.peer_id, candidate(9)).await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(9));
+    a.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_redis_outage_is_refused_clearly_and_healed_without_a_restart() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--resume-grace", "30s"]);
+    let n2 = node(&redis.url(), &["--resume-grace", "30s"]);
+    let (mut a, a_info) = Client::join(&n1.ws("/ws/outage"), None).await;
+    let (mut b, b_info) = Client::join(&n2.ws("/ws/outage"), None).await;
+    let _ = a.recv_message().await;
+    signal(&mut a, &b_info.peer_id, candidate(0)).await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(0));
+    let (a_seen, b_seen) = (a.last_seq, b.last_seq);
+
+    redis.freeze();
+    // The nodes notice within a heartbeat and the Redis timeout: 503, sockets closed (1013).
+    for client in [&mut a, &mut b] {
+        assert_eq!(client.expect_close().await, Closed::Code(1013));
+    }
+    for server in [&n1, &n2] {
+        let (status, _, body) = server.get("/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        match Client::try_connect(&server.ws("/ws/outage"), &[]).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status().as_u16(), 503)
+            }
+            other => panic!("expected 503, got {:?}", other.map(|_| ())),
+        }
+    }
+    redis.thaw();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for server in [&n1, &n2] {
+        while server.get("/readyz").await.0 != 200 {
+            assert!(Instant::now() < deadline, "never ready again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Both resume (each on the other node) with nothing lost, and the call goes on.
+    let mut a = Client::connect(&n2.ws("/ws/outage")).await;
+    a.last_seq = a_seen;
+    a.send(&resume(&a_info.resume_token, a_seen)).await;
+    assert!(matches!(
+        a.recv_message().await,
+        ServerMessage::Resumed { replayed: 0, .. }
+    ));
+    let mut b = Client::connect(&n1.ws("/ws/outage")).await;
+    b.last_seq = b_seen;
+    b.send(&resume(&b_info.resume_token, b_seen)).await;
+    assert!(matches!(
+        b.recv_message().await,
+        ServerMessage::Resumed { replayed: 0, .. }
+    ));
+    signal(&mut a, &b_info.peer_id, candidate(1)).await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(1));
+    // New joins work again.
+    let (_c, _) = Client::join(&n1.ws("/ws/outage"), None).await;
+}
+
+#[tokio::test]
+async fn a_restarted_empty_redis_is_served_again_and_old_sessions_fail_cleanly() {
+    let mut redis = RedisServer::start();
+    let n1 = node(&redis.url(), &[]);
+    let (mut a, a_info) = Client::join(&n1.ws("/ws/restart"), None).await;
+    redis.restart();
+    assert_eq!(a.expect_close().await, Closed::Code(1013));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n1.get("/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The data is gone: the resume fails with a clear code, and a fresh join works.
+    let mut a = Client::connect(&n1.ws("/ws/restart")).await;
+    a.send(&resume(&a_info.resume_token, 1)).await;
+    a.expect_error(ErrorCode::ResumeFailed).await;
+    let (_b, info) = Client::join(&n1.ws("/ws/restart"), None).await;
+    assert!(info.peers.is_empty());
+}
+
+#[tokio::test]
+async fn room_full_holds_cluster_wide_under_a_race() {
+    let redis = RedisServer::start();
+    let nodes: Vec<Server> = (0..3)
+        .map(|_| node(&redis.url(), &["--max-peers-per-room", "5"]))
+        .collect();
+    let mut joins = Vec::new();
+    for i in 0..15 {
+        let url = nodes[i % 3].ws("/ws/race");
+        joins.push(tokio::spawn(async move {
+            let mut client = Client::connect(&url).await;
+            client.send(&join_message("race")).await;
+            let message = client.recv_message().await;
+            (client, message)
+        }));
+    }
+    let mut welcomed = 0;
+    let mut full = 0;
+    let mut keep = Vec::new();
+    for join in joins {
+        let (client, message) = join.await.expect("join task");
+        match message {
+            ServerMessage::Welcome { .. } => welcomed += 1,
+            ServerMessage::Error {
+                code: ErrorCode::RoomFull,
+                ..
+            } => full += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+        keep.push(client);
+    }
+    assert_eq!((welcomed, full), (5, 10));
+}
+
+#[tokio::test]
+async fn every_key_is_gone_after_everyone_leaves() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--resume-grace", "1s"]);
+    let n2 = node(&redis.url(), &["--resume-grace", "1s"]);
+    let baseline = redis.keys();
+    for room in ["k1", "k2"] {
+        let (mut a, a_info) = Client::join(&n1.ws(&format!("/ws/{room}")), None).await;
+        let (mut b, b_info) = Client::join(&n2.ws(&format!("/ws/{room}")), None).await;
+        let _ = a.recv_message().await;
+        for i in 0..3 {
+            signal(&mut a, &b_info.peer_id, candidate(i)).await;
+            assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(i));
+        }
+        // One leaves, one just drops its socket (parked, then expired).
+        a.send(&ClientMessage::Leave { id: None }).await;
+        drop(b);
+    }
+    assert!(redis.keys().len() > baseline.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = redis.keys();
+        if keys == baseline {
+            break;
+        }
+        assert!(Instant::now() < deadline, "keys left: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every key that stays has a TTL.
+    for key in redis.keys() {
+        let ttl: i64 = redis.cli(&["PTTL", &key]).parse().unwrap_or(-1);
+        assert!(ttl > 0, "{key} has no TTL");
+    }
+}
+
+#[tokio::test]
+async fn a_room_spans_nodes_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let n1 = node(&urls, &[]);
+    let n2 = node(&urls, &[]);
+    for room in ["alpha", "beta", "gamma"] {
+        let path = format!("/ws/{room}");
+        let (mut a, a_info) = Client::join(&n1.ws(&path), None).await;
+        let (b, b_info) = Client::join(&n2.ws(&path), None).await;
+        assert_eq!(b_info.peers.len(), 1);
+        assert!(b_info.peers[0].polite);
+        match a.recv_message().await {
+            ServerMessage::PeerJoined { peer } => assert_eq!(peer.id, b_info.peer_id),
+            other => panic!("{other:?}"),
+        }
+        for i in 0..3 {
+            signal(&mut a, &b_info.peer_id, candidate(i)).await;
+        }
+        // A's pong comes after its signals were delivered (one sender is served in order).
+        a.send(&ClientMessage::Ping { id: Some(5) }).await;
+        assert!(matches!(a.recv_message().await, ServerMessage::Pong { .. }));
+        let seen = b.last_seq;
+        drop(b);
+        // B resumes on the other node and gets the three signals.
+        let mut b = resume_expecting(
+            &n1.ws(&path),
+            &b_info.resume_token,
+            seen,
+            &a_info.peer_id,
+            0,
+            3,
+        )
+        .await;
+        signal(&mut b, &a_info.peer_id, candidate(7)).await;
+        assert_eq!(expect_signal(&mut a, &b_info.peer_id).await, candidate(7));
+    }
+    assert!(cluster.dbsize() > 0);
+}
