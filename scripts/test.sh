@@ -28,6 +28,11 @@ step "cargo test"
 if [ "$(id -u)" -eq 0 ]; then export E2E_REQUIRE_NETNS=1; fi
 cargo test --workspace --locked --no-fail-fast
 
+step "signaling integration tests again, on a 3-node cluster sharing a Redis"
+# The same suite must hold on one node and on three (clients spread over the nodes); the
+# cluster-only tests already ran above.
+SIGNALING_IT_NODES=3 cargo test -p signaling --test it --locked -- --skip cluster::
+
 if [ -f tests/browser/run.mjs ]; then
   step "browser tests (headless Chromium)"
   node tests/browser/run.mjs

@@ -1,4 +1,5 @@
 //! One integration-test binary for the whole workspace (one link, not dozens).
 //! Each module drives the real binaries over real sockets.
+mod cluster_e2e;
 mod nat;
 mod peer_e2e;

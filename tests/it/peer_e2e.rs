@@ -14,15 +14,15 @@ use e2e::{ChildGuard, bin_path};
 const TURN_SECRET: &str = "peer-e2e-secret";
 
 /// A running binary with its stdout lines delivered on a channel.
-struct Proc {
+pub(crate) struct Proc {
     guard: ChildGuard,
     lines: mpsc::Receiver<String>,
     stdin: Option<ChildStdin>,
-    seen: Vec<String>,
+    pub(crate) seen: Vec<String>,
 }
 
 impl Proc {
-    fn spawn(name: &str, args: &[&str], with_stdin: bool) -> Self {
+    pub(crate) fn spawn(name: &str, args: &[&str], with_stdin: bool) -> Self {
         let mut child = Command::new(bin_path(name))
             .args(args)
             .stdin(if with_stdin {
@@ -56,8 +56,25 @@ impl Proc {
         }
     }
 
+    /// Like [`Self::wait_line`], but `None` instead of a panic when no line matches in time.
+    pub(crate) fn try_wait_line(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return Some(line);
+            }
+        }
+    }
+
     /// Waits for a line matching `pred`, keeping every line read in `seen`.
-    fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -114,12 +131,12 @@ impl Proc {
 }
 
 /// The value of `key=` in a `* event k=v ...` notice line.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
 }
 
-struct Relay {
+pub(crate) struct Relay {
     _proc: Proc,
     udp: SocketAddr,
 }
@@ -149,16 +166,20 @@ fn start_relay() -> Relay {
     Relay { _proc: proc, udp }
 }
 
-struct Signaling {
-    proc: Proc,
-    addr: SocketAddr,
+pub(crate) struct Signaling {
+    pub(crate) proc: Proc,
+    pub(crate) addr: SocketAddr,
 }
 
 fn start_signaling(relay: Option<&Relay>, listen: &str) -> Signaling {
     start_signaling_with(relay, listen, &[])
 }
 
-fn start_signaling_with(relay: Option<&Relay>, listen: &str, extra: &[&str]) -> Signaling {
+pub(crate) fn start_signaling_with(
+    relay: Option<&Relay>,
+    listen: &str,
+    extra: &[&str],
+) -> Signaling {
     let mut args = vec!["--listen".to_owned(), listen.to_owned()];
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     if let Some(relay) = relay {
@@ -182,11 +203,11 @@ fn start_signaling_with(relay: Option<&Relay>, listen: &str, extra: &[&str]) -> 
     Signaling { proc, addr }
 }
 
-fn join(url: &str, name: &str, relay_only: bool) -> Proc {
+pub(crate) fn join(url: &str, name: &str, relay_only: bool) -> Proc {
     join_with(url, name, relay_only, &[])
 }
 
-fn join_with(url: &str, name: &str, relay_only: bool, extra: &[&str]) -> Proc {
+pub(crate) fn join_with(url: &str, name: &str, relay_only: bool, extra: &[&str]) -> Proc {
     let mut args = vec!["join", url, "--name", name, "--bind", "127.0.0.1"];
     if relay_only {
         args.push("--relay-only");
@@ -370,13 +391,13 @@ impl Drop for CuttableProxy {
     }
 }
 
-fn say(proc: &mut Proc, line: &str) {
+pub(crate) fn say(proc: &mut Proc, line: &str) {
     let stdin = proc.stdin.as_mut().expect("stdin");
     writeln!(stdin, "{line}").expect("write stdin");
     stdin.flush().expect("flush");
 }
 
-fn expect_chat(proc: &mut Proc, want: &str) {
+pub(crate) fn expect_chat(proc: &mut Proc, want: &str) {
     proc.wait_line(Duration::from_secs(20), |l| l == want);
 }
 

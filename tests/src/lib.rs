@@ -4,6 +4,7 @@
 //! The binaries are the ones `cargo build --workspace --bins` put beside the test executable
 //! (`target/<profile>/`); `scripts/test.sh` builds them before running the tests.
 
+pub mod haproxy;
 pub mod netns;
 pub mod redis;
 

@@ -516,17 +516,15 @@ impl ClusterHub {
         if !self.is_available() {
             return Err(Self::unavailable());
         }
-        let template = {
-            let mut st = self.lock();
-            st.resuming.insert(key, Inbox::pending());
-            // The template's resume token must be the one the client holds: rebuild it.
-            let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;
-            to_json(&ServerMessage::Resumed {
-                reference: req.reference,
-                session: self.session_info(key, &peer, &room, req.version, &secret),
-                replayed: u64::MAX,
-            })
-        };
+        // The template's resume token must be the one the client holds: rebuild it. The
+        // placeholders (no peers, `replayed` = u64::MAX) are filled in by the script.
+        let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;
+        let template = to_json(&ServerMessage::Resumed {
+            reference: req.reference,
+            session: self.session_info(key, &peer, &room, req.version, &secret),
+            replayed: u64::MAX,
+        });
+        self.lock().resuming.insert(key, Inbox::pending());
         let reply = self
             .store
             .call(

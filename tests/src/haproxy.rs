@@ -1,0 +1,68 @@
+//! A real HAProxy (Debian's package) balancing round-robin, without stickiness, over several
+//! HTTP backends, WebSockets passing through. A backend counts as up while its `/readyz`
+//! answers 200, so a draining node, or one that lost its Redis, gets no new connections; a
+//! connect refused by a dead backend is retried on another (`option redispatch`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `haproxy -db`, killed (and its scratch directory removed) on drop.
+pub struct Haproxy {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Haproxy {
+    /// Starts HAProxy on a free port in front of `backends`.
+    pub fn start(backends: &[SocketAddr]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("haproxy-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("  server s{i} {addr} check inter 300 fall 2 rise 1\n"))
+            .collect();
+        let config = format!(
+            "global\n  maxconn 4096\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  \
+             timeout tunnel 1h\n  retries 3\n  option redispatch 1\n\
+             frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
+             backend be\n  balance roundrobin\n  option httpchk GET /readyz\n{servers}"
+        );
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).expect("write haproxy.cfg");
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn haproxy (apt-get install haproxy; scripts/test.sh does)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "haproxy did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The first health checks mark the backends up.
+        std::thread::sleep(Duration::from_millis(700));
+        Self { child, addr, dir }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
