@@ -42,7 +42,10 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     /// A frame larger than `max_message_bytes`.
     pub const TOO_BIG: u16 = 1009;
-    /// A limit of the server (room full, too many sessions, draining): try again later.
+    /// A fault on the server's side (`internal`).
+    pub const INTERNAL: u16 = 1011;
+    /// A limit of the server (room full, too many sessions, draining), or a cluster node that
+    /// lost its shared store: try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 

@@ -294,6 +294,7 @@ impl SocketTask {
                     | ErrorCode::TooManySessions
                     | ErrorCode::Draining
                     | ErrorCode::Unavailable => close_code::TRY_AGAIN_LATER,
+                    ErrorCode::Internal => close_code::INTERNAL,
                     _ => close_code::POLICY,
                 };
                 self.refuse(error, reference, Some(close)).await

@@ -19,6 +19,8 @@
 
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createSocket } from 'node:dgram';
 import {
   ARTIFACTS, Proc, freePort, launchBrowser, requireBin, startSignaling, waitUntil,
@@ -341,6 +343,72 @@ test('reconnect: signaling restarts (drain on SIGTERM), the pages rejoin and the
   assert(stats.rejoins >= 1, `a new session after the restart: ${JSON.stringify(stats)}`);
   await a.eval(() => window.__demo.sendChat('after the restart'));
   await b.chatFrom('after the restart');
+});
+
+/** A private redis-server on a free port (no persistence). */
+async function startRedis(t) {
+  const port = await freePort();
+  const proc = t.track(new Proc('redis', 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--logfile', '']));
+  await proc.waitForLine(/Ready to accept connections/, 10000, 'redis ready');
+  return `redis://127.0.0.1:${port}`;
+}
+
+/** HAProxy round-robin (no stickiness) over `backends` (host:port), checked on /readyz. */
+async function startHaproxy(t, backends) {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), 'haproxy-'));
+  const servers = backends.map((b, i) => `  server s${i} ${b} check inter 300 fall 2 rise 1`).join('\n');
+  const cfg = `global\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n  retries 3\n  option redispatch 1\nfrontend fe\n  bind 127.0.0.1:${port}\n  default_backend be\nbackend be\n  balance roundrobin\n  option httpchk GET /readyz\n${servers}\n`;
+  writeFileSync(path.join(dir, 'haproxy.cfg'), cfg);
+  t.track(new Proc('haproxy', 'haproxy', ['-db', '-f', path.join(dir, 'haproxy.cfg')]));
+  const http = `http://127.0.0.1:${port}`;
+  await waitUntil(async () => (await fetch(`${http}/readyz`)).ok, 10000, 'haproxy up');
+  return { http, ws: `ws://127.0.0.1:${port}/ws` };
+}
+
+test('cluster: through HAProxy over 3 nodes, a node is killed mid-call, the pages resume elsewhere and the call goes on', async (t) => {
+  const redis = await startRedis(t);
+  const nodes = [];
+  for (let i = 0; i < 3; i += 1) {
+    const n = await startSignaling(['--redis', redis, '--node-heartbeat', '200ms', '--node-lease', '1s'], `node${i}`);
+    t.track(n.proc);
+    nodes.push(n);
+  }
+  const lb = await startHaproxy(t, nodes.map((n) => n.addr));
+  const a = await t.open('Alice', { server: lb });
+  await a.joined();
+  const b = await t.open('Bob', { server: lb });
+  await Promise.all([a.connected(1), b.connected(1)]);
+  const connections = async (n) => {
+    const text = await (await fetch(`${n.http}/metrics`)).text();
+    return Number((/^signaling_connections (\d+)/m.exec(text) || [])[1] || 0);
+  };
+  let victim = null;
+  for (const n of nodes) if (!victim && (await connections(n)) > 0) victim = n;
+  assert(victim, 'a node serves a page');
+  const idsBefore = [await a.peerId(), await b.peerId()];
+  await victim.proc.stop('SIGKILL');
+  // The call does not need signaling; the cut-off page resumes on another node via HAProxy.
+  await a.eval(() => window.__demo.sendChat('during the failover'));
+  await b.chatFrom('during the failover');
+  await waitUntil(async () => {
+    const stats = await Promise.all([a, b].map((p) => p.eval(() => ({ s: window.__demo.client.stats, st: document.body.dataset.signaling }))));
+    return stats.some((x) => x.s.resumes >= 1) && stats.every((x) => x.st === 'joined');
+  }, 20000, 'the cut-off page resumed and both are joined');
+  const after = await Promise.all([a, b].map((p) => p.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats, removed: window.__demo.events.filter((e) => e.type === 'peer-removed').length }))));
+  for (const [i, x] of after.entries()) {
+    assert(x.id === idsBefore[i], `peer id kept (${idsBefore[i]} -> ${x.id})`);
+    assert(x.stats.rejoins === 0, `resumed, not rejoined: ${JSON.stringify(x.stats)}`);
+    assert(x.removed === 0, 'nobody saw the other leave');
+  }
+  // Signaling still works across nodes: Bob restarts ICE, the offer/answer go through the cluster.
+  await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: after failover'));
+  await b.waitFor(() => {
+    const p = [...window.__demo.room.peers.values()][0];
+    return p.pc.signalingState === 'stable' && p.state === 'connected';
+  }, null, 'Bob\'s ICE restart answered through the cluster');
+  await b.eval(() => window.__demo.sendChat('after the failover'));
+  await a.chatFrom('after the failover');
 });
 
 test('room full: the third peer is told the room is full', async (t) => {

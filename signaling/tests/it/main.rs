@@ -1,6 +1,7 @@
 //! Integration tests of the `signaling` binary: each test starts the real server on port 0 and
 //! drives it with real WebSocket clients speaking protocol v1.
 
+mod api;
 mod auth;
 mod basic;
 mod cluster;

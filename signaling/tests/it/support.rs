@@ -62,6 +62,13 @@ impl Server {
         first
     }
 
+    /// The address of each node (one, or the cluster's).
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr)
+            .chain(self.others.iter().map(|o| o.addr))
+            .collect()
+    }
+
     /// The Redis of a cluster run.
     pub(crate) fn redis(&self) -> Option<&redis::RedisServer> {
         self.redis.as_ref()
@@ -183,8 +190,27 @@ impl Drop for Server {
 
 /// A minimal HTTP/1.1 GET with `Connection: close`.
 pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http_request(addr, "GET", path, &[], "").await
+}
+
+/// A minimal HTTP/1.1 request with `Connection: close`: (status, content-type, body).
+pub(crate) async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
     tokio::time::timeout(STEP, stream.read_to_end(&mut response))

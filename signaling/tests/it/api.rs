@@ -1,0 +1,103 @@
+//! The backend HTTP API: list a room's peers, push a message into a room (on every node).
+
+use signaling::protocol::{PeerId, ServerMessage};
+
+use crate::support::{Client, Server, http_request};
+
+const KEY: &str = "backend-key-1";
+
+#[tokio::test]
+async fn the_backend_lists_a_room_and_pushes_into_it() {
+    let server = Server::start(&["--api-key", KEY]);
+    let (mut a, a_info) = Client::join(&server.ws("/ws/api"), Some("api")).await;
+    let (mut b, b_info) = Client::join(&server.ws("/ws/api"), Some("api")).await;
+    let _ = a.recv_message().await;
+    let auth = format!("Bearer {KEY}");
+    // Every node answers for the whole room.
+    for addr in server.addrs() {
+        let (status, _, body) = http_request(
+            addr,
+            "GET",
+            "/v1/rooms/api",
+            &[("Authorization", &auth)],
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let view: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let ids: Vec<&str> = view["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [a_info.peer_id.as_str(), b_info.peer_id.as_str()]);
+        assert!(view["peers"][0]["state"] == "attached");
+    }
+    let (status, _, body) = http_request(
+        server.addr,
+        "POST",
+        "/v1/rooms/api/broadcast",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"notice":"5 minutes left"}"#,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"delivered":2}"#));
+    for client in [&mut a, &mut b] {
+        match client.recv_message().await {
+            ServerMessage::Broadcast { from, data } => {
+                assert_eq!(from, PeerId::from("server"));
+                assert_eq!(data["notice"], "5 minutes left");
+            }
+            other => panic!("expected the backend's broadcast, got {other:?}"),
+        }
+    }
+    // Wrong key, bad body, bad room.
+    let (status, _, _) = http_request(
+        server.addr,
+        "GET",
+        "/v1/rooms/api",
+        &[("Authorization", "Bearer nope")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = http_request(server.addr, "GET", "/v1/rooms/api", &[], "").await;
+    assert_eq!(status, 401);
+    let (status, _, body) = http_request(
+        server.addr,
+        "POST",
+        "/v1/rooms/api/broadcast",
+        &[("Authorization", &auth)],
+        "not json",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_message"));
+    let (status, _, _) = http_request(
+        server.addr,
+        "GET",
+        "/v1/rooms/bad%2Froom",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn without_an_api_key_the_api_does_not_exist() {
+    let server = Server::start(&[]);
+    let (status, _, _) = http_request(
+        server.addr,
+        "GET",
+        "/v1/rooms/x",
+        &[("Authorization", "Bearer anything")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+}
