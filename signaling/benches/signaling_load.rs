@@ -16,6 +16,14 @@
 //!    server's CPU time.
 //!
 //! The client side's own memory is not counted: only the server process's RSS is read.
+//!
+//! Cluster mode (`--nodes N`, N > 1): starts a private `redis-server` and N nodes on it. The
+//! k-th joiner of every room connects to node k mod N, so each signal crosses nodes (sender on
+//! node 0, receiver on node 1). Adds the Redis figures: commands per delivered signal (from
+//! `INFO commandstats`: top-level `EVALSHA` round trips, and every command including those run
+//! inside the scripts) and Redis memory per session. `--failover` then kills node 1 with
+//! SIGKILL and reports how long its clients took to resume on another node (median, max).
+//! `scripts/bench-signaling-cluster.sh` runs one node and three side by side.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,13 +32,16 @@ use std::time::{Duration, Instant};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt as _, StreamExt as _};
 use signaling::protocol::{
-    ClientMessage, IceCandidate, PeerId, ServerFrame, ServerMessage, Signal,
+    ClientMessage, IceCandidate, PeerId, ResumeToken, ServerFrame, ServerMessage, Signal,
 };
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+#[path = "../../tests/src/redis.rs"]
+mod redis;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Sink = SplitSink<Ws, Message>;
@@ -45,6 +56,8 @@ struct Args {
     url: Option<String>,
     pid: Option<u32>,
     connect_concurrency: usize,
+    nodes: usize,
+    failover: bool,
 }
 
 fn parse_args() -> Args {
@@ -57,6 +70,8 @@ fn parse_args() -> Args {
         url: None,
         pid: None,
         connect_concurrency: 64,
+        nodes: 1,
+        failover: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,6 +87,8 @@ fn parse_args() -> Args {
             "--url" => args.url = Some(value()),
             "--pid" => args.pid = Some(value().parse().expect("--pid PID")),
             "--connect-concurrency" => args.connect_concurrency = value().parse().expect("N"),
+            "--nodes" => args.nodes = value().parse().expect("--nodes N"),
+            "--failover" => args.failover = true,
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown argument {other}"),
         }
@@ -135,33 +152,74 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(args: &Args) -> ServerProcess {
-    use std::io::BufRead as _;
-    if let Some(url) = &args.url {
-        return ServerProcess {
-            child: None,
-            pid: args
-                .pid
-                .expect("--url needs --pid (to read the server's RSS)"),
-            url: url.trim_end_matches('/').to_owned(),
-        };
+/// The servers under test: one node, or N nodes on a private Redis.
+struct Servers {
+    nodes: Vec<ServerProcess>,
+    redis: Option<redis::RedisServer>,
+}
+
+impl Servers {
+    fn start(args: &Args) -> Self {
+        if let Some(url) = &args.url {
+            let node = ServerProcess {
+                child: None,
+                pid: args
+                    .pid
+                    .expect("--url needs --pid (to read the server's RSS)"),
+                url: url.trim_end_matches('/').to_owned(),
+            };
+            return Self {
+                nodes: vec![node],
+                redis: None,
+            };
+        }
+        let redis = (args.nodes > 1).then(redis::RedisServer::start);
+        let nodes = (0..args.nodes.max(1))
+            .map(|_| spawn_node(args, redis.as_ref().map(redis::RedisServer::url)))
+            .collect();
+        Self { nodes, redis }
     }
+
+    /// Summed VmRSS of the nodes, KiB.
+    fn rss_kib(&self) -> u64 {
+        self.nodes.iter().map(|n| rss_kib(n.pid).0).sum()
+    }
+
+    /// Summed CPU seconds of the nodes.
+    fn cpu_seconds(&self) -> f64 {
+        self.nodes.iter().map(|n| cpu_seconds(n.pid)).sum()
+    }
+}
+
+fn spawn_node(args: &Args, redis: Option<String>) -> ServerProcess {
+    use std::io::BufRead as _;
     let max = (args.connections + 1000).to_string();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "100000",
-            "--rate-burst",
-            "100000",
-            "--max-connections",
-            &max,
-            "--max-sessions",
-            &max,
-            "--max-rooms",
-            &max,
-        ])
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"));
+    command.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+        "--max-connections",
+        &max,
+        "--max-sessions",
+        &max,
+        "--max-rooms",
+        &max,
+    ]);
+    if let Some(redis) = redis {
+        command.args([
+            "--redis",
+            &redis,
+            "--node-heartbeat",
+            "250ms",
+            "--node-lease",
+            "1s",
+        ]);
+    }
+    let mut child = command
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -186,6 +244,41 @@ fn start_server(args: &Args) -> ServerProcess {
     }
 }
 
+/// Sums the `calls=` of `INFO commandstats`: (EVALSHA calls, all calls).
+fn redis_calls(redis: &redis::RedisServer) -> (u64, u64) {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let mut evalsha = 0;
+    let mut all = 0;
+    for line in stats.lines() {
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let calls: u64 = rest
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if name == "cmdstat_info" {
+            continue;
+        }
+        all += calls;
+        if name == "cmdstat_evalsha" || name == "cmdstat_eval" {
+            evalsha += calls;
+        }
+    }
+    (evalsha, all)
+}
+
+/// `used_memory` of Redis, bytes.
+fn redis_memory(redis: &redis::RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn client_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
@@ -200,8 +293,15 @@ async fn send(
     ws.send(Message::text(text)).await.is_ok()
 }
 
-/// Connects and joins; returns the socket and the peer id.
-async fn join(url: &str, room: &str) -> Result<(Ws, PeerId, Vec<PeerId>), String> {
+/// A joined connection: its socket, peer id and resume token.
+struct Joined {
+    ws: Ws,
+    peer: PeerId,
+    token: ResumeToken,
+}
+
+/// Connects and joins.
+async fn join(url: &str, room: &str) -> Result<Joined, String> {
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
         format!("{url}/ws/{room}"),
         Some(client_config()),
@@ -226,10 +326,49 @@ async fn join(url: &str, room: &str) -> Result<(Ws, PeerId, Vec<PeerId>), String
                 match frame.message {
                     ServerMessage::Welcome { session, .. } => {
                         send(&mut ws, &ClientMessage::Ack { seq: frame.seq }).await;
-                        let peers = session.peers.into_iter().map(|p| p.id).collect();
-                        return Ok((ws, session.peer_id, peers));
+                        return Ok(Joined {
+                            ws,
+                            peer: session.peer_id,
+                            token: session.resume_token,
+                        });
                     }
                     other => return Err(format!("expected welcome, got {other:?}")),
+                }
+            }
+            Some(Ok(_)) => {}
+            other => return Err(format!("socket ended: {other:?}")),
+        }
+    }
+}
+
+/// Connects to `url` and resumes; returns the socket once `resumed` arrived.
+async fn resume(url: &str, token: &ResumeToken, last_seq: u64) -> Result<Ws, String> {
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+        format!("{url}/ws"),
+        Some(client_config()),
+        true,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let message = ClientMessage::Resume {
+        id: Some(2),
+        versions: vec![1],
+        resume_token: token.clone(),
+        last_seq,
+    };
+    if !send(&mut ws, &message).await {
+        return Err("send resume".into());
+    }
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let frame: ServerFrame = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                match frame.message {
+                    ServerMessage::Resumed { .. } => return Ok(ws),
+                    ServerMessage::Error { code, message, .. } => {
+                        return Err(format!("{code}: {message}"));
+                    }
+                    _ => {}
                 }
             }
             Some(Ok(_)) => {}
@@ -245,40 +384,88 @@ struct Recorder {
     received: AtomicU64,
 }
 
-/// Reads a connection forever: answers pings (tungstenite does), acks every 32 frames, and
-/// records the latency of timestamped signals.
+/// The failover phase: which node was killed when, and how long its clients took to resume.
+struct Failover {
+    urls: Vec<String>,
+    killed_at: std::sync::OnceLock<Instant>,
+    resumed: std::sync::Mutex<Vec<Duration>>,
+    failed: AtomicU64,
+}
+
+/// What a reader needs to resume elsewhere when its node is killed.
+struct Resumable {
+    token: ResumeToken,
+    node: usize,
+    failover: Arc<Failover>,
+}
+
+/// Reads a connection until it ends: answers pings (tungstenite does), acks every 32 frames,
+/// and records the latency of timestamped signals. A connection of the killed node resumes on
+/// the next node and goes on.
 fn spawn_reader(
     mut stream: futures_util::stream::SplitStream<Ws>,
     sink: Arc<Mutex<Sink>>,
     epoch: Instant,
     recorder: Arc<Recorder>,
+    resumable: Option<Resumable>,
 ) {
     tokio::spawn(async move {
         let mut unacked = 0u32;
-        while let Some(Ok(message)) = stream.next().await {
-            let Message::Text(text) = message else {
-                continue;
-            };
-            let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else {
-                continue;
-            };
-            if let ServerMessage::Signal { signal, .. } = &frame.message
-                && let Some(sent) = timestamp_of(signal)
-            {
-                let now = epoch.elapsed().as_nanos() as u64;
-                recorder
-                    .samples
-                    .lock()
-                    .expect("samples")
-                    .push(now.saturating_sub(sent));
-                recorder.received.fetch_add(1, Ordering::Relaxed);
+        let mut last_seq = 1;
+        loop {
+            while let Some(Ok(message)) = stream.next().await {
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else {
+                    continue;
+                };
+                last_seq = last_seq.max(frame.seq);
+                if let ServerMessage::Signal { signal, .. } = &frame.message
+                    && let Some(sent) = timestamp_of(signal)
+                {
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    recorder
+                        .samples
+                        .lock()
+                        .expect("samples")
+                        .push(now.saturating_sub(sent));
+                    recorder.received.fetch_add(1, Ordering::Relaxed);
+                }
+                unacked += 1;
+                if unacked >= 32 {
+                    unacked = 0;
+                    let mut sink = sink.lock().await;
+                    send(&mut *sink, &ClientMessage::Ack { seq: frame.seq }).await;
+                }
             }
-            unacked += 1;
-            if unacked >= 32 {
-                unacked = 0;
-                let mut sink = sink.lock().await;
-                send(&mut *sink, &ClientMessage::Ack { seq: frame.seq }).await;
+            let Some(r) = &resumable else { return };
+            let Some(killed) = r.failover.killed_at.get().copied() else {
+                return;
+            };
+            let url = &r.failover.urls[(r.node + 1) % r.failover.urls.len()];
+            let mut resumed = None;
+            for _ in 0..50 {
+                match resume(url, &r.token, last_seq).await {
+                    Ok(ws) => {
+                        resumed = Some(ws);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
             }
+            let Some(ws) = resumed else {
+                r.failover.failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            r.failover
+                .resumed
+                .lock()
+                .expect("resumed")
+                .push(killed.elapsed());
+            let (new_sink, new_stream) = ws.split();
+            *sink.lock().await = new_sink;
+            stream = new_stream;
         }
     });
 }
@@ -333,24 +520,39 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 async fn main() {
     let args = parse_args();
     raise_fd_limit();
-    let server = start_server(&args);
+    let mut servers = Servers::start(&args);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (base_rss, _) = rss_kib(server.pid);
+    let base_rss = servers.rss_kib();
+    let urls: Vec<String> = servers.nodes.iter().map(|n| n.url.clone()).collect();
     println!(
-        "server pid {} at {}: baseline RSS {} KiB",
-        server.pid, server.url, base_rss
+        "{} node(s) at {}{}: baseline RSS {} KiB",
+        servers.nodes.len(),
+        urls.join(" "),
+        servers
+            .redis
+            .as_ref()
+            .map_or(String::new(), |r| format!(" on {}", r.url())),
+        base_rss
     );
+    let base_redis_memory = servers.redis.as_ref().map_or(0, redis_memory);
 
-    // Phase 1: N connections in M rooms.
+    // Phase 1: N connections in M rooms; the k-th joiner of a room goes to node k mod N.
     let epoch = Instant::now();
     let recorder = Arc::new(Recorder::default());
+    let failover = Arc::new(Failover {
+        urls: urls.clone(),
+        killed_at: std::sync::OnceLock::new(),
+        resumed: std::sync::Mutex::new(Vec::new()),
+        failed: AtomicU64::new(0),
+    });
     let started = Instant::now();
-    let url = Arc::new(server.url.clone());
+    let urls = Arc::new(urls);
+    let node_of = |i: usize| (i / args.rooms) % urls.len();
     let mut pending = futures_util::stream::iter(0..args.connections)
         .map(|i| {
-            let url = Arc::clone(&url);
+            let urls = Arc::clone(&urls);
             let room = format!("room-{}", i % args.rooms);
-            async move { (i, join(&url, &room).await) }
+            async move { (i, join(&urls[node_of(i)], &room).await) }
         })
         .buffer_unordered(args.connect_concurrency);
     // The first two connections of the first `pairs` rooms carry the traffic.
@@ -358,19 +560,35 @@ async fn main() {
     let mut receivers: Vec<Option<PeerId>> = vec![None; args.pairs];
     let mut failed = 0usize;
     let mut held = 0usize;
+    let mut on_victim = 0usize;
     while let Some((i, result)) = pending.next().await {
         match result {
-            Ok((ws, peer, _)) => {
+            Ok(joined) => {
                 held += 1;
-                let (sink, stream) = ws.split();
+                let (sink, stream) = joined.ws.split();
                 let sink = Arc::new(Mutex::new(sink));
-                spawn_reader(stream, Arc::clone(&sink), epoch, Arc::clone(&recorder));
+                let node = node_of(i);
+                if node == 1 {
+                    on_victim += 1;
+                }
+                let resumable = (urls.len() > 1).then(|| Resumable {
+                    token: joined.token,
+                    node,
+                    failover: Arc::clone(&failover),
+                });
+                spawn_reader(
+                    stream,
+                    Arc::clone(&sink),
+                    epoch,
+                    Arc::clone(&recorder),
+                    resumable,
+                );
                 let room = i % args.rooms;
                 if room < args.pairs {
                     if i / args.rooms == 0 {
-                        senders[room] = Some((sink, peer));
+                        senders[room] = Some((sink, joined.peer));
                     } else if i / args.rooms == 1 {
-                        receivers[room] = Some(peer);
+                        receivers[room] = Some(joined.peer);
                     }
                 }
             }
@@ -384,7 +602,7 @@ async fn main() {
     }
     let connect_time = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (idle_rss, idle_hwm) = rss_kib(server.pid);
+    let idle_rss = servers.rss_kib();
     let per_conn = (idle_rss.saturating_sub(base_rss) as f64 * 1024.0) / held.max(1) as f64;
     println!(
         "connections held: {held} (failed {failed}) in {} rooms, opened in {:.1} s",
@@ -392,10 +610,15 @@ async fn main() {
         connect_time.as_secs_f64()
     );
     println!(
-        "server RSS idle: {idle_rss} KiB (peak {idle_hwm} KiB); per idle connection: {:.0} bytes ({:.1} KiB)",
+        "server RSS idle (all nodes): {idle_rss} KiB; per idle connection: {:.0} bytes ({:.1} KiB)",
         per_conn,
         per_conn / 1024.0
     );
+    if let Some(redis) = &servers.redis {
+        let per_session =
+            redis_memory(redis).saturating_sub(base_redis_memory) as f64 / held.max(1) as f64;
+        println!("redis memory per session: {per_session:.0} bytes");
+    }
 
     // Phase 2: timestamped signals at the given rate.
     let pairs: Vec<(Arc<Mutex<Sink>>, PeerId)> = senders
@@ -406,7 +629,8 @@ async fn main() {
     if pairs.is_empty() || args.rate <= 0.0 {
         return;
     }
-    let cpu_before = cpu_seconds(server.pid);
+    let cpu_before = servers.cpu_seconds();
+    let calls_before = servers.redis.as_ref().map(redis_calls);
     let per_pair = args.rate / pairs.len() as f64;
     let sent = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + args.duration;
@@ -442,18 +666,18 @@ async fn main() {
         let _ = task.await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu = cpu_seconds(server.pid) - cpu_before;
+    let cpu = servers.cpu_seconds() - cpu_before;
     let sent = sent.load(Ordering::Relaxed);
     let received = recorder.received.load(Ordering::Relaxed);
     let mut samples = std::mem::take(&mut *recorder.samples.lock().expect("samples"));
     samples.sort_unstable();
-    let (busy_rss, busy_hwm) = rss_kib(server.pid);
     println!(
-        "traffic: {} pairs, {:.0} msg/s target, {:.1} s: sent {sent}, received {received} (lost {})",
+        "traffic: {} pairs, {:.0} msg/s target, {:.1} s: sent {sent}, received {received} (lost {}), {:.0} msg/s delivered",
         pairs.len(),
         args.rate,
         args.duration.as_secs_f64(),
-        sent.saturating_sub(received)
+        sent.saturating_sub(received),
+        received as f64 / args.duration.as_secs_f64()
     );
     println!(
         "relay latency: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
@@ -462,8 +686,47 @@ async fn main() {
         samples.last().map_or(f64::NAN, |m| *m as f64 / 1e6)
     );
     println!(
-        "server CPU during traffic: {:.2} s ({:.0}% of one core); RSS {busy_rss} KiB (peak {busy_hwm} KiB)",
+        "server CPU during traffic (all nodes): {:.2} s ({:.0}% of one core); RSS {} KiB",
         cpu,
-        100.0 * cpu / args.duration.as_secs_f64()
+        100.0 * cpu / args.duration.as_secs_f64(),
+        servers.rss_kib()
     );
+    if let (Some(redis), Some((evalsha0, all0))) = (&servers.redis, calls_before) {
+        let (evalsha1, all1) = redis_calls(redis);
+        let delivered = received.max(1) as f64;
+        println!(
+            "redis commands per delivered signal: {:.2} round trips (EVALSHA), {:.1} counting the commands inside the scripts",
+            (evalsha1 - evalsha0) as f64 / delivered,
+            (all1 - all0) as f64 / delivered
+        );
+    }
+
+    // Phase 3: kill -9 node 1; its clients resume on node 2.
+    if args.failover && servers.nodes.len() > 1 {
+        let victim = &mut servers.nodes[1];
+        let _ = failover.killed_at.set(Instant::now());
+        if let Some(child) = &mut victim.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let limit = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < limit {
+            let done = failover.resumed.lock().expect("resumed").len()
+                + failover.failed.load(Ordering::Relaxed) as usize;
+            if done >= on_victim {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut times = failover.resumed.lock().expect("resumed").clone();
+        times.sort_unstable();
+        let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        println!(
+            "failover: kill -9 of a node with {on_victim} clients: {} resumed elsewhere, {} failed; time to resume median {:.0} ms, max {:.0} ms",
+            times.len(),
+            failover.failed.load(Ordering::Relaxed),
+            ms(times.get(times.len() / 2)),
+            ms(times.last())
+        );
+    }
 }

@@ -35,29 +35,54 @@ pub struct PeerEntry {
     pub state: &'static str,
 }
 
+/// The answer of `GET /v1/rooms/{room}`.
 #[derive(Debug, Serialize)]
-struct RoomView {
+pub struct RoomView {
     room: RoomId,
     peers: Vec<PeerEntry>,
 }
 
+/// The answer of a broadcast.
 #[derive(Debug, Serialize)]
-struct Delivered {
+pub struct Delivered {
     delivered: u64,
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"code": code, "message": message})),
-    )
-        .into_response()
+/// An API error: a status and a JSON body `{"code":...,"message":...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
 }
 
-/// Checks the bearer key; `Err` is the response to send.
-fn authorize(app: &AppState, headers: &HeaderMap, room: &str) -> Result<RoomId, Response> {
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status == StatusCode::NOT_FOUND {
+            return self.status.into_response();
+        }
+        (
+            self.status,
+            Json(serde_json::json!({"code": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+/// Checks the bearer key and the room id.
+fn authorize(app: &AppState, headers: &HeaderMap, room: &str) -> Result<RoomId, ApiError> {
     if app.config.api_keys.is_empty() {
-        return Err(StatusCode::NOT_FOUND.into_response());
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", ""));
     }
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -70,14 +95,14 @@ fn authorize(app: &AppState, headers: &HeaderMap, room: &str) -> Result<RoomId, 
         .iter()
         .any(|key| bool::from(key.expose().ct_eq(presented.as_bytes())));
     if !ok {
-        return Err(error(
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "a valid API key is required (Authorization: Bearer KEY)",
         ));
     }
     if !is_valid_room_id(room) {
-        return Err(error(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_room_id",
             "room ids are 1 to 64 characters of [A-Za-z0-9_.-]",
@@ -91,15 +116,14 @@ pub async fn room(
     State(app): State<Arc<AppState>>,
     Path(room): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    let room = match authorize(&app, &headers, &room) {
-        Ok(room) => room,
-        Err(response) => return response,
-    };
-    match app.hub.room_peers(&room).await {
-        Ok(peers) => Json(RoomView { room, peers }).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e),
-    }
+) -> Result<Json<RoomView>, ApiError> {
+    let room = authorize(&app, &headers, &room)?;
+    let peers = app
+        .hub
+        .room_peers(&room)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
+    Ok(Json(RoomView { room, peers }))
 }
 
 /// `POST /v1/rooms/{room}/broadcast`.
@@ -108,34 +132,30 @@ pub async fn broadcast(
     Path(room): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let room = match authorize(&app, &headers, &room) {
-        Ok(room) => room,
-        Err(response) => return response,
-    };
+) -> Result<Json<Delivered>, ApiError> {
+    let room = authorize(&app, &headers, &room)?;
     if body.len() > app.config.max_message_bytes {
-        return error(
+        return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "message_too_large",
             "the body is larger than --max-message-bytes",
-        );
+        ));
     }
-    let data: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(data) => data,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_message",
-                &format!("the body must be JSON: {e}"),
-            );
-        }
-    };
+    let data: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+            format!("the body must be JSON: {e}"),
+        )
+    })?;
     let message = ServerMessage::Broadcast {
         from: PeerId::from(SERVER_SENDER),
         data,
     };
-    match app.hub.backend_broadcast(&room, message).await {
-        Ok(delivered) => Json(Delivered { delivered }).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e),
-    }
+    let delivered = app
+        .hub
+        .backend_broadcast(&room, message)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
+    Ok(Json(Delivered { delivered }))
 }

@@ -18,7 +18,7 @@ use crate::protocol::{ClientMessage, ErrorCode, LeaveReason, RequestId, RoomId, 
 
 /// See the module docs.
 pub enum Backend {
-    Local(LocalHub),
+    Local(Box<LocalHub>),
     Cluster(Arc<ClusterHub>),
 }
 

@@ -282,8 +282,12 @@ impl Config {
                 return bad(format!("--turn-url {url}: must start with turn: or turns:"));
             }
         }
-        if !self.turn_urls.is_empty() && self.turn_secrets.is_empty() {
-            return bad("--turn-url needs --turn-secret to mint credentials".into());
+        if !self.turn_urls.is_empty() && self.turn_secrets.is_empty() && self.redis_urls.is_empty()
+        {
+            return bad(
+                "--turn-url needs --turn-secret to mint credentials (a cluster agrees on one)"
+                    .into(),
+            );
         }
         for url in &self.redis_urls {
             if !url.starts_with("redis://") && !url.starts_with("rediss://") {

@@ -253,11 +253,10 @@ impl LocalHub {
         };
         let peer = loop {
             let candidate = PeerId(format!("{:012x}", rand::random::<u64>() >> 16));
-            let taken = st.rooms.get(&req.room).is_some_and(|room| {
-                room.members()
-                    .iter()
-                    .any(|k| st.sessions.get(k).is_some_and(|s| s.peer == candidate))
-            });
+            let taken = st
+                .rooms
+                .get(&req.room)
+                .is_some_and(|room| room.session_of(&candidate).is_some());
             if !taken {
                 break candidate;
             }
@@ -278,7 +277,10 @@ impl LocalHub {
             ice_refresh_at: self.ice.refresh_after().map(|d| now + d),
         };
         st.sessions.insert(key, session);
-        st.rooms.entry(req.room.clone()).or_default().add(key);
+        st.rooms
+            .entry(req.room.clone())
+            .or_default()
+            .add(key, peer.clone());
 
         let info = self.session_info(&st, key);
         st.deliver(
@@ -404,9 +406,11 @@ impl LocalHub {
         match message {
             ClientMessage::Signal { id, to, signal } => {
                 let target = st
-                    .room_of(key)
-                    .map(|(k, _)| k)
-                    .find(|k| st.sessions.get(k).is_some_and(|s| s.peer == to));
+                    .sessions
+                    .get(&key)
+                    .and_then(|s| st.rooms.get(&s.room))
+                    .and_then(|room| room.session_of(&to))
+                    .filter(|target| *target != key);
                 match target {
                     Some(target) => {
                         let from = st.peer_of(key);
@@ -743,7 +747,7 @@ impl HubState {
         };
         let mut others = Vec::new();
         if let Some(room) = self.rooms.get_mut(&session.room) {
-            room.remove(key);
+            room.remove(key, &session.peer);
             others.extend_from_slice(room.members());
             if room.is_empty() {
                 self.rooms.remove(&session.room);

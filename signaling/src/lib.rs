@@ -120,7 +120,7 @@ mod server {
             };
             let ice = IceServerMinter::from_config(&config);
             let hub = if config.redis_urls.is_empty() {
-                Backend::Local(LocalHub::new(settings, ice, Arc::clone(&metrics)))
+                Backend::Local(Box::new(LocalHub::new(settings, ice, Arc::clone(&metrics))))
             } else {
                 let cluster = ClusterSettings {
                     redis_urls: config.redis_urls.clone(),

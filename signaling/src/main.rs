@@ -9,7 +9,6 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    #[cfg_attr(not(feature = "with-relay"), allow(unused_mut))]
     let mut config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -26,6 +25,25 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    #[cfg(feature = "with-relay")]
+    let wants_turn = !config.turn_urls.is_empty() || config.with_relay;
+    #[cfg(not(feature = "with-relay"))]
+    let wants_turn = !config.turn_urls.is_empty();
+    if !config.redis_urls.is_empty() && config.turn_secrets.is_empty() && wants_turn {
+        // A cluster whose nodes were given no TURN secret agrees on one through Redis.
+        let candidate = hex::encode(rand::random::<[u8; 32]>());
+        let agreed = signaling::cluster::agree_turn_secret(
+            &config.redis_urls,
+            config.redis_timeout,
+            &candidate,
+        )
+        .await
+        .context("cannot agree on a TURN secret through redis")?;
+        config
+            .turn_secrets
+            .push(agreed.parse().map_err(anyhow::Error::msg)?);
+        tracing::info!("TURN secret agreed through redis");
+    }
     #[cfg(feature = "with-relay")]
     let local_relay = if config.with_relay {
         Some(signaling::local_relay::LocalRelay::start(&mut config)?)

@@ -63,6 +63,38 @@ pub struct ClusterSettings {
 /// The key of the lease table: node id -> lease expiry (unix ms).
 const NODES_KEY: &str = "sig:nodes";
 
+/// The TURN REST secret agreed by the nodes when no `--turn-secret` is given.
+const TURN_SECRET_KEY: &str = "sig:secret:turn";
+
+/// How long an agreed secret outlives the last node that renews it.
+const SECRET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The TURN REST secret of the cluster: the one a node already agreed, or `candidate` if this
+/// node is the first (`SET NX`). Every node that starts without `--turn-secret` mints TURN
+/// credentials with it, and their in-process relays (`--with-relay`) accept it.
+pub async fn agree_turn_secret(
+    urls: &[String],
+    timeout: Duration,
+    candidate: &str,
+) -> Result<String, StoreError> {
+    let (mut conn, _) = store::connect(urls, timeout).await?;
+    let set = redis::cmd("SET")
+        .arg(TURN_SECRET_KEY)
+        .arg(candidate)
+        .arg("NX")
+        .arg("PX")
+        .arg(SECRET_TTL.as_millis() as u64)
+        .to_owned();
+    let _: Option<String> = tokio::time::timeout(timeout, set.query_async(&mut conn))
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))??;
+    let get = redis::cmd("GET").arg(TURN_SECRET_KEY).to_owned();
+    let agreed: Option<String> = tokio::time::timeout(timeout, get.query_async(&mut conn))
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))??;
+    agreed.ok_or_else(|| StoreError::Reply("the agreed TURN secret vanished".into()))
+}
+
 fn node_sessions_key(node: &str) -> String {
     format!("sig:node:{node}:sessions")
 }
@@ -651,23 +683,28 @@ impl ClusterHub {
                     from: peer.clone(),
                     signal,
                 });
-                let error = to_json(&ServerMessage::Error {
-                    code: ErrorCode::UnknownPeer,
-                    message: format!("no peer {to} in room {room}; nothing was delivered"),
-                    reference: id,
-                });
                 let reply = self
                     .store
-                    .call(Op::Signal, &room, &[&sid, to.as_str(), &body, &error])
+                    .call(Op::Signal, &room, &[&sid, to.as_str(), &body])
                     .await;
-                if let Ok(reply) = &reply {
-                    if reply.status == "ok" {
-                        self.metrics.messages_relayed.inc();
-                    } else {
+                match reply {
+                    Ok(reply) if reply.status == "unknown_peer" => {
+                        // Rare: the error is encoded (and sent, in order) only when needed.
+                        self.end_overflowed(&room, &reply).await;
                         self.metrics.error(ErrorCode::UnknownPeer);
+                        let error = to_json(&ServerMessage::Error {
+                            code: ErrorCode::UnknownPeer,
+                            message: format!("no peer {to} in room {room}; nothing was delivered"),
+                            reference: id,
+                        });
+                        self.store.call(Op::Emit, &room, &[&sid, &error]).await
                     }
+                    Ok(reply) => {
+                        self.metrics.messages_relayed.inc();
+                        Ok(reply)
+                    }
+                    Err(e) => Err(e),
                 }
-                reply
             }
             ClientMessage::Broadcast { id: _, data } => {
                 let body = to_json(&ServerMessage::Broadcast {
@@ -1118,6 +1155,13 @@ impl ClusterHub {
                 .query::<i64>(redis::cmd("PEXPIRE").arg(node_sessions_key(me)).arg(ttl))
                 .await?;
             self.store
+                .query::<i64>(
+                    redis::cmd("PEXPIRE")
+                        .arg(TURN_SECRET_KEY)
+                        .arg(SECRET_TTL.as_millis() as u64),
+                )
+                .await?;
+            self.store
                 .query::<Vec<String>>(
                     redis::cmd("ZRANGEBYSCORE")
                         .arg(NODES_KEY)
@@ -1171,40 +1215,43 @@ impl ClusterHub {
             "node lease expired: adopting its sessions"
         );
         let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
-        for member in members {
-            let Some((room, id)) = member.split_once('\t') else {
-                continue;
-            };
-            let (room, Ok(key)) = (RoomId::from(room), u64::from_str_radix(id, 16)) else {
-                continue;
-            };
-            let reply = self
-                .store
-                .call(
-                    Op::Adopt,
-                    &room,
-                    &[id, dead, &self.cluster.node_id, &expires_ms.to_string()],
-                )
-                .await;
-            if let Ok(reply) = reply
-                && reply.status == "ok"
-            {
-                let expires_ms = reply
-                    .rest
-                    .first()
-                    .and_then(|e| e.parse().ok())
-                    .unwrap_or(expires_ms);
-                self.lock().parked.insert(
-                    key,
-                    ParkedHere {
-                        room: room.clone(),
-                        expires_ms,
-                        reason: LeaveReason::Disconnected,
-                    },
-                );
-                self.index_add(&room, key).await;
-            }
-        }
+        // A few scripts in flight at once: a dead node may have served thousands of sessions.
+        futures_util::stream::iter(members)
+            .for_each_concurrent(32, |member| async move {
+                let Some((room, id)) = member.split_once('\t') else {
+                    return;
+                };
+                let (room, Ok(key)) = (RoomId::from(room), u64::from_str_radix(id, 16)) else {
+                    return;
+                };
+                let reply = self
+                    .store
+                    .call(
+                        Op::Adopt,
+                        &room,
+                        &[id, dead, &self.cluster.node_id, &expires_ms.to_string()],
+                    )
+                    .await;
+                if let Ok(reply) = reply
+                    && reply.status == "ok"
+                {
+                    let expires_ms = reply
+                        .rest
+                        .first()
+                        .and_then(|e| e.parse().ok())
+                        .unwrap_or(expires_ms);
+                    self.lock().parked.insert(
+                        key,
+                        ParkedHere {
+                            room: room.clone(),
+                            expires_ms,
+                            reason: LeaveReason::Disconnected,
+                        },
+                    );
+                    self.index_add(&room, key).await;
+                }
+            })
+            .await;
         let _ = self
             .store
             .query::<i64>(redis::cmd("DEL").arg(node_sessions_key(dead)))

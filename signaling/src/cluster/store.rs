@@ -133,7 +133,8 @@ for _, f in ipairs(replay) do out[#out + 1] = f end
 return out
 "#,
             ),
-            // ARGV: from-sid to-peer body error-body
+            // ARGV: from-sid to-peer body. 'unknown_peer': nothing was sent (the caller
+            // answers with an error).
             signal: script(
                 r#"
 local target = redis.call('HGET', PEERS, ARGV[5])
@@ -141,8 +142,7 @@ if target and target ~= ARGV[4] and redis.call('EXISTS', skey(ARGV[4])) == 1 the
   emit(target, ARGV[6])
   return {'ok', table.concat(over, ' ')}
 end
-emit(ARGV[4], ARGV[7])
-return {'unknown_peer', table.concat(over, ' ')}
+return {'unknown_peer', ''}
 "#,
             ),
             // ARGV: from-sid ('' for the backend) body

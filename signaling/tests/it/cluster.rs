@@ -364,3 +364,28 @@ async fn a_room_spans_nodes_on_a_redis_cluster() {
     }
     assert!(cluster.dbsize() > 0);
 }
+
+#[tokio::test]
+async fn nodes_without_a_turn_secret_agree_on_one_through_redis() {
+    let redis = RedisServer::start();
+    let turn = ["--turn-url", "turn:127.0.0.1:3478?transport=udp"];
+    let n1 = node(&redis.url(), &turn);
+    let n2 = node(&redis.url(), &turn);
+    let secret = redis.cli(&["GET", "sig:secret:turn"]);
+    assert_eq!(secret.len(), 64, "a generated secret: {secret}");
+    for server in [&n1, &n2] {
+        let (_client, info) = Client::join(&server.ws("/ws/turn"), None).await;
+        let turn = &info.ice_servers[0];
+        let username = turn.username.as_deref().expect("TURN username");
+        assert_eq!(
+            turn.credential.as_deref(),
+            Some(
+                signaling::turn_credentials::turn_rest_credential(secret.as_bytes(), username)
+                    .as_str()
+            ),
+            "both nodes sign with the agreed secret"
+        );
+    }
+    let ttl: i64 = redis.cli(&["PTTL", "sig:secret:turn"]).parse().unwrap();
+    assert!(ttl > 0);
+}

@@ -39,7 +39,7 @@ pub(crate) fn cluster_nodes() -> usize {
 pub(crate) struct Server {
     child: Child,
     pub(crate) addr: SocketAddr,
-    others: Vec<Server>,
+    others: Vec<Self>,
     redis: Option<redis::RedisServer>,
     next: std::sync::atomic::AtomicUsize,
 }
