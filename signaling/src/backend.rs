@@ -1,7 +1,9 @@
 //! Where rooms and sessions live: in this process ([`LocalHub`], the default: one node, no
 //! external service) or in Redis shared by a cluster of nodes ([`ClusterHub`], `--redis`).
 //! The socket tasks and HTTP handlers see one API; each call is answered by the one
-//! implementation the server was started with.
+//! implementation the server was started with. The cluster's futures are boxed: every socket
+//! task embeds the state of the calls it awaits, and a single node's idle connections should
+//! not pay for the larger state of the Redis calls.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,7 +34,7 @@ impl Backend {
     ) -> Result<Attached, RequestError> {
         match self {
             Self::Local(hub) => hub.join(conn, tx, req),
-            Self::Cluster(hub) => hub.join(conn, tx, req).await,
+            Self::Cluster(hub) => Box::pin(hub.join(conn, tx, req)).await,
         }
     }
 
@@ -45,7 +47,7 @@ impl Backend {
     ) -> Result<Attached, RequestError> {
         match self {
             Self::Local(hub) => hub.resume(conn, tx, req),
-            Self::Cluster(hub) => hub.resume(conn, tx, req).await,
+            Self::Cluster(hub) => Box::pin(hub.resume(conn, tx, req)).await,
         }
     }
 
@@ -53,7 +55,7 @@ impl Backend {
     pub async fn handle(&self, key: SessionKey, conn: ConnId, message: ClientMessage) -> Flow {
         match self {
             Self::Local(hub) => hub.handle(key, conn, message),
-            Self::Cluster(hub) => hub.handle(key, conn, message).await,
+            Self::Cluster(hub) => Box::pin(hub.handle(key, conn, message)).await,
         }
     }
 
@@ -70,7 +72,7 @@ impl Backend {
         match self {
             Self::Local(hub) => hub.reply_error(key, code, message, reference, close),
             Self::Cluster(hub) => {
-                hub.reply_error(key, code, message, reference, close).await;
+                Box::pin(hub.reply_error(key, code, message, reference, close)).await;
             }
         }
     }
@@ -79,7 +81,7 @@ impl Backend {
     pub async fn detach(&self, key: SessionKey, conn: ConnId, reason: LeaveReason) {
         match self {
             Self::Local(hub) => hub.detach(key, conn, reason),
-            Self::Cluster(hub) => hub.detach(key, conn, reason).await,
+            Self::Cluster(hub) => Box::pin(hub.detach(key, conn, reason)).await,
         }
     }
 
