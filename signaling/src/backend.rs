@@ -16,7 +16,9 @@ use crate::error::RequestError;
 use crate::hub::{
     Attached, ConnId, Flow, JoinRequest, LocalHub, Outbound, ResumeRequest, SessionKey,
 };
-use crate::protocol::{ClientMessage, ErrorCode, LeaveReason, RequestId, RoomId, ServerMessage};
+use crate::protocol::{
+    ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, RoomId, ServerMessage,
+};
 
 /// See the module docs.
 pub enum Backend {
@@ -51,10 +53,16 @@ impl Backend {
         }
     }
 
-    /// Handles a request of an attached session.
-    pub async fn handle(&self, key: SessionKey, conn: ConnId, message: ClientMessage) -> Flow {
+    /// Handles a request of the attached session `key` of `peer`.
+    pub async fn handle(
+        &self,
+        key: SessionKey,
+        conn: ConnId,
+        peer: &PeerId,
+        message: ClientMessage,
+    ) -> Flow {
         match self {
-            Self::Local(hub) => hub.handle(key, conn, message),
+            Self::Local(hub) => hub.handle(key, conn, peer, message),
             Self::Cluster(hub) => Box::pin(hub.handle(key, conn, message)).await,
         }
     }

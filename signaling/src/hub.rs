@@ -19,11 +19,12 @@ use tokio::sync::mpsc;
 use crate::api::PeerEntry;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
+use crate::outbox::{Body, Outbox, ReplayLimits};
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
     ServerFrame, ServerMessage, SessionInfo,
 };
-use crate::resume::{ReplayBuffer, ReplayLimits, ResumeSecret, parse_token};
+use crate::resume::{ResumeSecret, parse_token};
 use crate::room::Room;
 use crate::turn_credentials::IceServerMinter;
 
@@ -112,6 +113,17 @@ pub enum Flow {
     Retry,
 }
 
+/// A request whose payload was encoded before the lock was taken.
+enum Request {
+    Signal {
+        id: Option<RequestId>,
+        to: PeerId,
+    },
+    Broadcast,
+    /// Everything else (`Signal` and `Broadcast` never arrive here).
+    Other(ClientMessage),
+}
+
 #[derive(Debug)]
 enum Link {
     Attached {
@@ -131,8 +143,7 @@ struct Session {
     room: RoomId,
     version: u32,
     secret: ResumeSecret,
-    next_seq: u64,
-    replay: ReplayBuffer,
+    outbox: Outbox,
     link: Link,
     /// When fresh TURN credentials are due (80% of their TTL), if they expire at all.
     ice_refresh_at: Option<Instant>,
@@ -268,8 +279,7 @@ impl LocalHub {
             room: req.room.clone(),
             version: req.version,
             secret: ResumeSecret::generate(),
-            next_seq: 1,
-            replay: ReplayBuffer::default(),
+            outbox: Outbox::default(),
             link: Link::Attached {
                 conn,
                 tx: tx.clone(),
@@ -355,16 +365,17 @@ impl LocalHub {
         if !session.secret.matches(secret) {
             return Err(unknown());
         }
-        let Some(replay) = session.replay.since(req.last_seq, session.next_seq) else {
+        let Some(replay) = session.outbox.replay_after(req.last_seq) else {
             return Err(RequestError::new(
                 ErrorCode::ResumeFailed,
                 format!(
                     "last_seq {} cannot be resumed exactly (next seq {})",
-                    req.last_seq, session.next_seq
+                    req.last_seq,
+                    session.outbox.next_seq()
                 ),
             ));
         };
-        session.replay.ack(req.last_seq);
+        session.outbox.ack(req.last_seq);
         let old = std::mem::replace(
             &mut session.link,
             Link::Attached {
@@ -396,15 +407,40 @@ impl LocalHub {
         Ok(Attached { key, peer, replay })
     }
 
-    /// Handles a request of an attached session (everything but `join`/`resume`).
-    pub fn handle(&self, key: SessionKey, conn: ConnId, message: ClientMessage) -> Flow {
+    /// Handles a request of an attached session (everything but `join`/`resume`). `peer` is the
+    /// session's peer id (from [`Attached`]): signal and broadcast payloads, up to
+    /// `max_message_bytes` of SDP, are encoded with it before the lock is taken.
+    pub fn handle(
+        &self,
+        key: SessionKey,
+        conn: ConnId,
+        peer: &PeerId,
+        message: ClientMessage,
+    ) -> Flow {
+        let (message, body) = match message {
+            ClientMessage::Signal { id, to, signal } => {
+                let body = Body::encode(&ServerMessage::Signal {
+                    from: peer.clone(),
+                    signal,
+                });
+                (Request::Signal { id, to }, body)
+            }
+            ClientMessage::Broadcast { id: _, data } => {
+                let body = Body::encode(&ServerMessage::Broadcast {
+                    from: peer.clone(),
+                    data,
+                });
+                (Request::Broadcast, body)
+            }
+            other => (Request::Other(other), Body::default()),
+        };
         let mut st = self.lock();
         if !st.sessions.get(&key).is_some_and(|s| s.attached_to(conn)) {
             return Flow::Gone;
         }
         let mut flow = Flow::Continue;
         match message {
-            ClientMessage::Signal { id, to, signal } => {
+            Request::Signal { id, to } => {
                 let target = st
                     .sessions
                     .get(&key)
@@ -413,8 +449,7 @@ impl LocalHub {
                     .filter(|target| *target != key);
                 match target {
                     Some(target) => {
-                        let from = st.peer_of(key);
-                        st.deliver(target, ServerMessage::Signal { from, signal });
+                        st.deliver_body(target, &body);
                         self.metrics.messages_relayed.inc();
                     }
                     None => {
@@ -429,31 +464,31 @@ impl LocalHub {
                     }
                 }
             }
-            ClientMessage::Broadcast { id: _, data } => {
-                let from = st.peer_of(key);
+            Request::Broadcast => {
                 let others: Vec<SessionKey> = st.room_of(key).map(|(k, _)| k).collect();
                 for other in others {
-                    st.deliver(
-                        other,
-                        ServerMessage::Broadcast {
-                            from: from.clone(),
-                            data: data.clone(),
-                        },
-                    );
+                    st.deliver_body(other, &body);
                     self.metrics.messages_relayed.inc();
                 }
             }
-            ClientMessage::Ack { seq } => {
+            Request::Other(ClientMessage::Ack { seq }) => {
                 if let Some(session) = st.sessions.get_mut(&key) {
-                    session.replay.ack(seq);
+                    session.outbox.ack(seq);
                 }
             }
-            ClientMessage::Ping { id } => st.deliver(key, ServerMessage::Pong { reference: id }),
-            ClientMessage::Leave { .. } => {
+            Request::Other(ClientMessage::Ping { id }) => {
+                st.deliver(key, ServerMessage::Pong { reference: id });
+            }
+            Request::Other(ClientMessage::Leave { .. }) => {
                 st.end_session(key, None, LeaveReason::Left);
                 flow = Flow::Left;
             }
-            ClientMessage::Join { id, .. } | ClientMessage::Resume { id, .. } => st.error(
+            Request::Other(
+                ClientMessage::Join { id, .. }
+                | ClientMessage::Resume { id, .. }
+                | ClientMessage::Signal { id, .. }
+                | ClientMessage::Broadcast { id, .. },
+            ) => st.error(
                 key,
                 ErrorCode::AlreadyJoined,
                 "this socket already has a session".into(),
@@ -495,8 +530,9 @@ impl LocalHub {
             .get(room)
             .map(|r| r.members().to_vec())
             .unwrap_or_default();
+        let body = Body::encode(&message);
         for key in &members {
-            st.deliver(*key, message.clone());
+            st.deliver_body(*key, &body);
             self.metrics.messages_relayed.inc();
         }
         st.settle();
@@ -680,25 +716,21 @@ impl HubState {
             .flat_map(move |room| room.others_with_roles(key))
     }
 
-    fn peer_of(&self, key: SessionKey) -> PeerId {
-        self.sessions
-            .get(&key)
-            .map_or_else(|| PeerId::from(""), |s| s.peer.clone())
+    /// Encodes `message` and delivers it to session `key` (see [`Self::deliver_body`]).
+    fn deliver(&mut self, key: SessionKey, message: ServerMessage) {
+        self.deliver_body(key, &Body::encode(&message));
     }
 
-    /// Numbers `message` for session `key`, keeps it for replay, and queues it if attached.
+    /// Numbers `body` for session `key`, keeps it for replay, and queues it if attached.
     /// A full queue or an overflowing parked buffer marks the session for ending.
-    fn deliver(&mut self, key: SessionKey, message: ServerMessage) {
+    fn deliver_body(&mut self, key: SessionKey, body: &Body) {
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
-        let seq = session.next_seq;
-        session.next_seq += 1;
-        let frame = encode(&ServerFrame { seq, message });
-        session.replay.push(seq, frame.clone());
+        let frame = session.outbox.push(body);
         match &session.link {
             Link::Attached { tx, .. } => {
-                session.replay.trim(self.replay_limits);
+                session.outbox.trim(self.replay_limits);
                 // Keep the last slot for the error that ends a slow consumer.
                 if tx.capacity() <= 1 {
                     self.ending.push((key, ErrorCode::SlowConsumer));
@@ -707,7 +739,7 @@ impl HubState {
                 }
             }
             Link::Parked { .. } => {
-                if session.replay.over(self.replay_limits) {
+                if session.outbox.over(self.replay_limits) {
                     self.ending.push((key, ErrorCode::ReplayOverflow));
                 }
             }
@@ -771,7 +803,7 @@ impl HubState {
                     _ => "the session ended",
                 };
                 let frame = encode(&ServerFrame {
-                    seq: session.next_seq,
+                    seq: session.outbox.next_seq(),
                     message: ServerMessage::Error {
                         code,
                         message: message.into(),
@@ -871,6 +903,7 @@ mod tests {
         hub.handle(
             from.key,
             conn,
+            &from.peer,
             ClientMessage::Signal {
                 id: None,
                 to: to.peer.clone(),

@@ -8,8 +8,8 @@
 //! - [`ws`]: the HTTP upgrade (origin, token, limits); [`session`]: the per-socket task;
 //!   [`connection`]: one WebSocket's frames.
 //! - [`backend`]: where rooms and sessions live: [`hub`] and [`room`] (one process, every room
-//!   and session behind one lock) or [`cluster`] (Redis shared by many nodes); [`resume`]:
-//!   replay buffers and resume tokens; [`rate_limit`]: the per-connection token bucket.
+//!   and session behind one lock) or [`cluster`] (Redis shared by many nodes); [`outbox`]:
+//!   numbering and replay buffers; [`resume`]: resume tokens; [`rate_limit`]: the per-connection token bucket.
 //! - [`api`]: the backend HTTP API (`/v1/rooms/...`).
 //! - [`auth`]: optional HS256 JWTs; [`turn_credentials`]: TURN REST credentials for ICE servers.
 //! - [`metrics`], [`web`] (the embedded demo), [`shutdown`] (drain on SIGTERM/SIGINT).
@@ -41,6 +41,8 @@ pub mod hub;
 pub mod local_relay;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod outbox;
 #[cfg(feature = "server")]
 pub mod rate_limit;
 #[cfg(feature = "server")]
@@ -83,7 +85,7 @@ mod server {
     use crate::error::Error;
     use crate::hub::{HubSettings, LocalHub};
     use crate::metrics::Metrics;
-    use crate::resume::ReplayLimits;
+    use crate::outbox::ReplayLimits;
     use crate::turn_credentials::IceServerMinter;
     use crate::web::WebAssets;
 

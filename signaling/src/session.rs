@@ -23,8 +23,9 @@ use crate::hub::{
     Attached, ConnId, Flow, JoinRequest, Outbound, ResumeRequest, SessionKey, close_code, encode,
 };
 use crate::protocol::{
-    ClientMessage, ErrorCode, LeaveReason, RequestId, ResumeToken, RoomId, SUPPORTED_VERSIONS,
-    ServerFrame, ServerMessage, is_valid_name, is_valid_room_id, negotiate_version,
+    ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, ResumeToken, RoomId,
+    SUPPORTED_VERSIONS, ServerFrame, ServerMessage, is_valid_name, is_valid_room_id,
+    negotiate_version,
 };
 use crate::rate_limit::TokenBucket;
 
@@ -49,6 +50,7 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, handshake: Handshake) {
         handshake,
         tx,
         key: None,
+        peer: PeerId::from(""),
         last_heard: now,
         opened: now,
         reading: true,
@@ -71,6 +73,8 @@ struct SocketTask {
     /// the queue never reports "closed": the hub ends a session with an explicit `Close`.
     tx: mpsc::Sender<Outbound>,
     key: Option<SessionKey>,
+    /// The session's peer id, once joined or resumed.
+    peer: PeerId,
     bucket: TokenBucket,
     /// The last time anything arrived (frames, pongs).
     last_heard: Instant,
@@ -217,7 +221,12 @@ impl SocketTask {
         let Some(key) = self.key else {
             return self.on_handshake(message).await;
         };
-        match self.app.hub.handle(key, self.handshake.conn, message).await {
+        match self
+            .app
+            .hub
+            .handle(key, self.handshake.conn, &self.peer, message)
+            .await
+        {
             Flow::Continue => Step::Continue,
             Flow::Left => {
                 self.key = None;
@@ -278,6 +287,7 @@ impl SocketTask {
         match result {
             Ok(attached) => {
                 self.key = Some(attached.key);
+                self.peer = attached.peer.clone();
                 tracing::Span::current().record("peer", attached.peer.as_str());
                 tracing::info!(peer = %attached.peer, replayed = attached.replay.len(), "attached");
                 for frame in attached.replay {

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt as _;
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::api::PeerEntry;
@@ -36,6 +35,7 @@ use crate::hub::{
     close_code, encode,
 };
 use crate::metrics::Metrics;
+use crate::outbox::to_json;
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
     ServerFrame, ServerMessage, SessionInfo,
@@ -148,13 +148,6 @@ fn secret_hash(secret_hex: &str) -> String {
         &ring::digest::SHA256,
         secret_hex.as_bytes(),
     ))
-}
-
-fn to_json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "cannot encode a message");
-        "{}".into()
-    })
 }
 
 /// A session attached to a socket of this node.

@@ -43,7 +43,7 @@ async fn resume_replays_missed_messages_exactly_once_in_order() {
     for n in 5..15 {
         signal(&mut a, &b_info.peer_id, candidate(n)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.sync().await;
 
     let mut b = Client::connect(&server.ws("/ws/resume")).await;
     b.last_seq = last_processed;

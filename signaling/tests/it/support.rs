@@ -318,6 +318,18 @@ impl Client {
         self.recv().await.message
     }
 
+    /// Waits until the server has handled everything this client sent before (one socket's
+    /// requests are served in order: the pong comes after them). Nothing else may arrive.
+    pub(crate) async fn sync(&mut self) {
+        self.send(&ClientMessage::Ping { id: Some(4242) }).await;
+        match self.recv().await.message {
+            ServerMessage::Pong {
+                reference: Some(4242),
+            } => {}
+            other => panic!("expected pong, got {other:?}"),
+        }
+    }
+
     /// Asserts that nothing but pings arrives within `limit`.
     pub(crate) async fn expect_silence(&mut self, limit: Duration) {
         if let Some(frame) = self.recv_within(limit).await {

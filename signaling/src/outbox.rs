@@ -1,0 +1,257 @@
+//! A session's outbox: its frames numbered (`seq`) and kept until the client acknowledges them.
+//!
+//! Every server frame of a session gets the next `seq` and is kept in the replay buffer until the
+//! client acks it. While the socket is up the buffer is trimmed from the front when it passes its
+//! bounds (the client has those frames; only a later resume from before them would fail). While
+//! the session is parked, passing a bound ends the session with `replay_overflow`: the client
+//! could not be given every missed message exactly once.
+//!
+//! A message is encoded to JSON once, outside any lock, as a *body* (`{"type":...}`); numbering
+//! it only prepends `"seq":N`. A broadcast to a room is encoded once for all its members. The
+//! cluster's Lua scripts frame bodies the same way.
+
+use std::collections::VecDeque;
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+
+use crate::protocol::ServerMessage;
+
+/// A server message encoded once, without its `seq`: a JSON object.
+#[derive(Debug, Clone)]
+pub struct Body(String);
+
+impl Default for Body {
+    /// An empty object (a placeholder that is never sent).
+    fn default() -> Self {
+        Self("{}".into())
+    }
+}
+
+impl Body {
+    /// Encodes `message`. Serialising these types cannot fail (no maps with non-string keys),
+    /// but a failure would be logged rather than crash the server.
+    pub fn encode(message: &ServerMessage) -> Self {
+        Self(to_json(message))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The frame numbered `seq`: `{"seq":N,` followed by the body's fields.
+    pub fn frame(&self, seq: u64) -> Utf8Bytes {
+        let fields = self.0.strip_prefix('{').unwrap_or("}");
+        let mut text = String::with_capacity(self.0.len() + 24);
+        text.push_str("{\"seq\":");
+        text.push_str(&seq.to_string());
+        if fields != "}" {
+            text.push(',');
+        }
+        text.push_str(fields);
+        Utf8Bytes::from(text)
+    }
+}
+
+/// JSON of a serialisable value; `{}` (logged) if it cannot be encoded.
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot encode a server message");
+        "{}".into()
+    })
+}
+
+/// A session's numbering and replay buffer.
+#[derive(Debug)]
+pub struct Outbox {
+    next_seq: u64,
+    replay: ReplayBuffer,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            next_seq: 1,
+            replay: ReplayBuffer::default(),
+        }
+    }
+}
+
+impl Outbox {
+    /// The seq the next frame gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Numbers `body` and keeps the frame for replay; returns it.
+    pub fn push(&mut self, body: &Body) -> Utf8Bytes {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let frame = body.frame(seq);
+        self.replay.push(seq, frame.clone());
+        frame
+    }
+
+    /// The client processed every frame up to `seq`.
+    pub fn ack(&mut self, seq: u64) {
+        self.replay.ack(seq);
+    }
+
+    /// Whether the replay buffer holds more than `limits` allow.
+    pub fn over(&self, limits: ReplayLimits) -> bool {
+        self.replay.over(limits)
+    }
+
+    /// Drops the oldest frames until the buffer is within `limits`.
+    pub fn trim(&mut self, limits: ReplayLimits) {
+        self.replay.trim(limits);
+    }
+
+    /// The frames after `last_seq`, if every one of them is still here.
+    pub fn replay_after(&self, last_seq: u64) -> Option<Vec<Utf8Bytes>> {
+        self.replay.since(last_seq, self.next_seq)
+    }
+}
+
+/// The bounds of a replay buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+/// Frames sent to a session and not yet acknowledged, oldest first, with contiguous seqs.
+#[derive(Debug, Default)]
+pub struct ReplayBuffer {
+    frames: VecDeque<(u64, Utf8Bytes)>,
+    bytes: usize,
+}
+
+impl ReplayBuffer {
+    /// Appends the frame with sequence number `seq` (one more than the last one pushed).
+    pub fn push(&mut self, seq: u64, frame: Utf8Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back((seq, frame));
+    }
+
+    /// Whether the buffer holds more than its bounds allow.
+    pub fn over(&self, limits: ReplayLimits) -> bool {
+        self.frames.len() > limits.max_messages || self.bytes > limits.max_bytes
+    }
+
+    /// Drops the oldest frames until the buffer is within its bounds.
+    pub fn trim(&mut self, limits: ReplayLimits) {
+        while self.over(limits) {
+            self.pop_front();
+        }
+    }
+
+    /// Drops every frame up to and including `seq` (the client has processed them).
+    pub fn ack(&mut self, seq: u64) {
+        while self.frames.front().is_some_and(|(s, _)| *s <= seq) {
+            self.pop_front();
+        }
+        if self.frames.is_empty() && self.frames.capacity() > 16 {
+            // An idle session should not keep the memory of its last burst.
+            self.frames = VecDeque::new();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, frame)) = self.frames.pop_front() {
+            self.bytes -= frame.len();
+        }
+    }
+
+    /// The frames after `last_seq`, in order, when every one of them is still here;
+    /// `None` when some were trimmed already. `next_seq` is the seq the next frame would get.
+    pub fn since(&self, last_seq: u64, next_seq: u64) -> Option<Vec<Utf8Bytes>> {
+        if last_seq >= next_seq {
+            return None;
+        }
+        let first_kept = self.frames.front().map_or(next_seq, |(s, _)| *s);
+        if last_seq + 1 < first_kept {
+            return None;
+        }
+        Some(
+            self.frames
+                .iter()
+                .filter(|(s, _)| *s > last_seq)
+                .map(|(_, f)| f.clone())
+                .collect(),
+        )
+    }
+
+    /// Number of frames held.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether no frame is held.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(s: &str) -> Utf8Bytes {
+        Utf8Bytes::from(s.to_owned())
+    }
+
+    #[test]
+    fn replays_exactly_what_follows_last_seq() {
+        let mut buf = ReplayBuffer::default();
+        for seq in 1..=5 {
+            buf.push(seq, frame(&format!("m{seq}")));
+        }
+        buf.ack(2);
+        let replay = buf.since(3, 6).unwrap();
+        assert_eq!(
+            replay.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+            ["m4", "m5"]
+        );
+        assert_eq!(buf.since(5, 6).unwrap().len(), 0);
+        // Seq 1 and 2 were acked away: a resume from 0 or 1 cannot be served exactly.
+        assert!(buf.since(0, 6).is_none());
+        assert!(buf.since(1, 6).is_none());
+        assert!(buf.since(2, 6).is_some());
+        // A client cannot claim messages that were never sent.
+        assert!(buf.since(6, 6).is_none());
+    }
+
+    #[test]
+    fn bounds_by_count_and_bytes() {
+        let limits = ReplayLimits {
+            max_messages: 3,
+            max_bytes: 10,
+        };
+        let mut buf = ReplayBuffer::default();
+        buf.push(1, frame("aaaa"));
+        buf.push(2, frame("bbbb"));
+        assert!(!buf.over(limits));
+        buf.push(3, frame("cccc"));
+        assert!(buf.over(limits), "12 bytes > 10");
+        buf.trim(limits);
+        assert_eq!(buf.len(), 2);
+        buf.push(4, frame("d"));
+        buf.push(5, frame("e"));
+        assert!(buf.over(limits), "4 messages > 3");
+    }
+
+    #[test]
+    fn bodies_are_numbered_without_reencoding() {
+        let body = Body::encode(&ServerMessage::Pong { reference: Some(3) });
+        let frame = body.frame(42);
+        let parsed: crate::protocol::ServerFrame = serde_json::from_str(&frame).unwrap();
+        assert_eq!(parsed.seq, 42);
+        assert_eq!(parsed.message, ServerMessage::Pong { reference: Some(3) });
+        let mut outbox = Outbox::default();
+        assert_eq!(outbox.push(&body).as_str(), body.frame(1).as_str());
+        assert_eq!(outbox.next_seq(), 2);
+        assert_eq!(outbox.replay_after(0).unwrap().len(), 1);
+    }
+}
