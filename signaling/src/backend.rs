@@ -35,7 +35,7 @@ impl Backend {
         req: JoinRequest,
     ) -> Result<Attached, RequestError> {
         match self {
-            Self::Local(hub) => hub.join(conn, tx, req),
+            Self::Local(hub) => hub.join(conn, tx, req, Instant::now()),
             Self::Cluster(hub) => Box::pin(hub.join(conn, tx, req)).await,
         }
     }
@@ -48,7 +48,7 @@ impl Backend {
         req: ResumeRequest,
     ) -> Result<Attached, RequestError> {
         match self {
-            Self::Local(hub) => hub.resume(conn, tx, req),
+            Self::Local(hub) => hub.resume(conn, tx, req, Instant::now()),
             Self::Cluster(hub) => Box::pin(hub.resume(conn, tx, req)).await,
         }
     }
@@ -62,7 +62,7 @@ impl Backend {
         message: ClientMessage,
     ) -> Flow {
         match self {
-            Self::Local(hub) => hub.handle(key, conn, peer, message),
+            Self::Local(hub) => hub.handle(key, conn, peer, message, Instant::now()),
             Self::Cluster(hub) => Box::pin(hub.handle(key, conn, message)).await,
         }
     }
@@ -78,7 +78,9 @@ impl Backend {
         close: Option<u16>,
     ) {
         match self {
-            Self::Local(hub) => hub.reply_error(key, code, message, reference, close),
+            Self::Local(hub) => {
+                hub.reply_error(key, code, message, reference, close, Instant::now());
+            }
             Self::Cluster(hub) => {
                 Box::pin(hub.reply_error(key, code, message, reference, close)).await;
             }
@@ -88,7 +90,7 @@ impl Backend {
     /// The socket of `conn` is gone: park its session for the grace period.
     pub async fn detach(&self, key: SessionKey, conn: ConnId, reason: LeaveReason) {
         match self {
-            Self::Local(hub) => hub.detach(key, conn, reason),
+            Self::Local(hub) => hub.detach(key, conn, reason, Instant::now()),
             Self::Cluster(hub) => Box::pin(hub.detach(key, conn, reason)).await,
         }
     }
@@ -104,7 +106,7 @@ impl Backend {
     /// Starts draining: no new sessions; every attached session is told to reconnect.
     pub async fn start_draining(&self, reason: &str) {
         match self {
-            Self::Local(hub) => hub.start_draining(reason),
+            Self::Local(hub) => hub.start_draining(reason, Instant::now()),
             Self::Cluster(hub) => hub.start_draining(reason).await,
         }
     }
@@ -156,7 +158,7 @@ impl Backend {
         message: ServerMessage,
     ) -> Result<u64, String> {
         match self {
-            Self::Local(hub) => Ok(hub.backend_broadcast(room, message)),
+            Self::Local(hub) => Ok(hub.backend_broadcast(room, message, Instant::now())),
             Self::Cluster(hub) => {
                 let body = serde_json::to_string(&message).map_err(|e| e.to_string())?;
                 hub.backend_broadcast(room, &body)

@@ -165,6 +165,8 @@ struct Tombstone {
 }
 
 struct HubState {
+    /// The time of the operation in progress (every public method is given it: no clock here).
+    now: Instant,
     sessions: HashMap<SessionKey, Session>,
     rooms: HashMap<RoomId, Room>,
     tombstones: HashMap<SessionKey, Tombstone>,
@@ -189,6 +191,7 @@ impl LocalHub {
     /// An empty hub.
     pub fn new(settings: HubSettings, ice: IceServerMinter, metrics: Arc<Metrics>) -> Self {
         let state = HubState {
+            now: Instant::now(),
             sessions: HashMap::new(),
             rooms: HashMap::new(),
             tombstones: HashMap::new(),
@@ -212,6 +215,13 @@ impl LocalHub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The lock, for an operation happening at `now`.
+    fn lock_at(&self, now: Instant) -> MutexGuard<'_, HubState> {
+        let mut st = self.lock();
+        st.now = now;
+        st
+    }
+
     /// The hub's settings.
     pub fn settings(&self) -> &HubSettings {
         &self.settings
@@ -224,8 +234,9 @@ impl LocalHub {
         conn: ConnId,
         tx: &mpsc::Sender<Outbound>,
         req: JoinRequest,
+        now: Instant,
     ) -> Result<Attached, RequestError> {
-        let mut st = self.lock();
+        let mut st = self.lock_at(now);
         if st.draining {
             return Err(RequestError::new(
                 ErrorCode::Draining,
@@ -272,7 +283,6 @@ impl LocalHub {
                 break candidate;
             }
         };
-        let now = Instant::now();
         let session = Session {
             peer: peer.clone(),
             name: req.name.clone(),
@@ -330,8 +340,9 @@ impl LocalHub {
         conn: ConnId,
         tx: &mpsc::Sender<Outbound>,
         req: ResumeRequest,
+        now: Instant,
     ) -> Result<Attached, RequestError> {
-        let result = self.try_resume(conn, tx, req);
+        let result = self.try_resume(conn, tx, req, now);
         self.metrics.resume(result.is_ok());
         result
     }
@@ -341,10 +352,11 @@ impl LocalHub {
         conn: ConnId,
         tx: &mpsc::Sender<Outbound>,
         req: ResumeRequest,
+        now: Instant,
     ) -> Result<Attached, RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let (key, secret) = parse_token(&req.token).ok_or_else(unknown)?;
-        let mut st = self.lock();
+        let mut st = self.lock_at(now);
         if st.draining {
             return Err(RequestError::new(
                 ErrorCode::Draining,
@@ -390,7 +402,6 @@ impl LocalHub {
             });
         }
         session.version = req.version;
-        let now = Instant::now();
         session.ice_refresh_at = self.ice.refresh_after().map(|d| now + d);
         let peer = session.peer.clone();
         let info = self.session_info(&st, key);
@@ -416,6 +427,7 @@ impl LocalHub {
         conn: ConnId,
         peer: &PeerId,
         message: ClientMessage,
+        now: Instant,
     ) -> Flow {
         let (message, body) = match message {
             ClientMessage::Signal { id, to, signal } => {
@@ -434,7 +446,7 @@ impl LocalHub {
             }
             other => (Request::Other(other), Body::default()),
         };
-        let mut st = self.lock();
+        let mut st = self.lock_at(now);
         if !st.sessions.get(&key).is_some_and(|s| s.attached_to(conn)) {
             return Flow::Gone;
         }
@@ -523,8 +535,8 @@ impl LocalHub {
     }
 
     /// Delivers `message` (from the backend) to every peer of `room`; returns to how many.
-    pub fn backend_broadcast(&self, room: &RoomId, message: ServerMessage) -> u64 {
-        let mut st = self.lock();
+    pub fn backend_broadcast(&self, room: &RoomId, message: ServerMessage, now: Instant) -> u64 {
+        let mut st = self.lock_at(now);
         let members: Vec<SessionKey> = st
             .rooms
             .get(room)
@@ -549,8 +561,9 @@ impl LocalHub {
         message: String,
         reference: Option<RequestId>,
         close: Option<u16>,
+        now: Instant,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock_at(now);
         st.error(key, code, message, reference);
         if let (
             Some(code),
@@ -569,14 +582,14 @@ impl LocalHub {
 
     /// The socket of `conn` is gone: park its session for the grace period (unless the session
     /// was already taken over by a newer socket or ended).
-    pub fn detach(&self, key: SessionKey, conn: ConnId, reason: LeaveReason) {
-        let mut st = self.lock();
+    pub fn detach(&self, key: SessionKey, conn: ConnId, reason: LeaveReason, now: Instant) {
+        let mut st = self.lock_at(now);
         let grace = st.grace;
         if let Some(session) = st.sessions.get_mut(&key)
             && session.attached_to(conn)
         {
             session.link = Link::Parked {
-                expires: Instant::now() + grace,
+                expires: now + grace,
                 reason,
             };
         }
@@ -585,7 +598,7 @@ impl LocalHub {
     /// Periodic work: ends parked sessions whose grace period is over, pushes fresh ICE servers
     /// to sessions whose TURN credentials near expiry, forgets old tombstones.
     pub fn sweep(&self, now: Instant) {
-        let mut st = self.lock();
+        let mut st = self.lock_at(now);
         let mut expired = Vec::new();
         let mut refresh = Vec::new();
         for (key, session) in &st.sessions {
@@ -616,8 +629,8 @@ impl LocalHub {
     }
 
     /// Starts draining: refuses new sessions and tells every attached session to reconnect.
-    pub fn start_draining(&self, reason: &str) {
-        let mut st = self.lock();
+    pub fn start_draining(&self, reason: &str, now: Instant) {
+        let mut st = self.lock_at(now);
         st.draining = true;
         let keys: Vec<SessionKey> = st.sessions.keys().copied().collect();
         let reconnect_after_ms = self.settings.reconnect_after.as_millis() as u64;
@@ -793,7 +806,7 @@ impl HubState {
                 Tombstone {
                     code,
                     secret: session.secret,
-                    expires: Instant::now() + self.grace,
+                    expires: self.now + self.grace,
                 },
             );
             if let Link::Attached { tx, .. } = &session.link {
@@ -869,6 +882,7 @@ mod tests {
                     room: "r".into(),
                     name: None,
                 },
+                Instant::now(),
             )
             .unwrap();
         (attached, rx)
@@ -909,6 +923,7 @@ mod tests {
                 to: to.peer.clone(),
                 signal: candidate(n),
             },
+            Instant::now(),
         )
     }
 
@@ -949,7 +964,7 @@ mod tests {
             ServerMessage::Welcome { session, .. } => session.resume_token.clone(),
             other => panic!("{other:?}"),
         };
-        hub.detach(b.key, 2, LeaveReason::Disconnected);
+        hub.detach(b.key, 2, LeaveReason::Disconnected, Instant::now());
         for n in 0..5 {
             send(&hub, &a, 1, &b, n);
         }
@@ -964,6 +979,7 @@ mod tests {
                     token: welcome_token,
                     last_seq: 1,
                 },
+                Instant::now(),
             )
             .unwrap();
         assert_eq!(resumed.peer, b.peer);
@@ -1016,5 +1032,105 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    fn welcome_token(rx: &mut mpsc::Receiver<Outbound>) -> crate::protocol::ResumeToken {
+        match &frames(rx)[0].message {
+            ServerMessage::Welcome { session, .. } => session.resume_token.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn resume_at(
+        hub: &LocalHub,
+        token: crate::protocol::ResumeToken,
+        last_seq: u64,
+        now: Instant,
+    ) -> Result<Attached, RequestError> {
+        let (tx, _rx) = mpsc::channel(16);
+        hub.resume(
+            9,
+            &tx,
+            ResumeRequest {
+                reference: None,
+                version: 1,
+                token,
+                last_seq,
+            },
+            now,
+        )
+    }
+
+    /// A fake clock: the hub never reads one, so time is whatever the test passes in.
+    #[test]
+    fn a_parked_session_ends_exactly_when_its_grace_period_does() {
+        let hub = hub(64);
+        let grace = hub.settings().resume_grace;
+        let (_a, mut a_rx) = join(&hub, 1, 16);
+        let (b, mut b_rx) = join(&hub, 2, 16);
+        let token = welcome_token(&mut b_rx);
+        let _ = frames(&mut a_rx);
+        let t0 = Instant::now();
+        hub.detach(b.key, 2, LeaveReason::Timeout, t0);
+        hub.sweep(t0 + grace - Duration::from_millis(1));
+        assert!(
+            frames(&mut a_rx).is_empty(),
+            "still within the grace period"
+        );
+        hub.sweep(t0 + grace);
+        assert!(matches!(
+            frames(&mut a_rx).as_slice(),
+            [ServerFrame {
+                message: ServerMessage::PeerLeft {
+                    reason: LeaveReason::Timeout,
+                    ..
+                },
+                ..
+            }]
+        ));
+        // Gone for good: no tombstone for a plain expiry, so the resume is just unknown.
+        let err = resume_at(&hub, token, 1, t0 + grace).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ResumeFailed);
+    }
+
+    #[test]
+    fn a_tombstone_explains_an_ended_session_for_one_grace_period() {
+        let hub = hub(2);
+        let grace = hub.settings().resume_grace;
+        let (a, _a_rx) = join(&hub, 1, 16);
+        let (b, mut b_rx) = join(&hub, 2, 16);
+        let token = welcome_token(&mut b_rx);
+        let t0 = Instant::now();
+        hub.detach(b.key, 2, LeaveReason::Disconnected, t0);
+        // Three frames for a parked session whose replay holds two: replay_overflow.
+        for n in 0..3 {
+            send(&hub, &a, 1, &b, n);
+        }
+        let err = resume_at(&hub, token.clone(), 1, t0 + grace / 2).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ReplayOverflow);
+        hub.sweep(t0 + grace + Duration::from_millis(1));
+        let err = resume_at(&hub, token, 1, t0 + grace * 2).unwrap_err();
+        assert_eq!(
+            err.code,
+            ErrorCode::ResumeFailed,
+            "the tombstone is forgotten"
+        );
+    }
+
+    #[test]
+    fn a_resume_just_before_the_deadline_keeps_the_session() {
+        let hub = hub(64);
+        let grace = hub.settings().resume_grace;
+        let (a, mut a_rx) = join(&hub, 1, 16);
+        let (b, mut b_rx) = join(&hub, 2, 16);
+        let token = welcome_token(&mut b_rx);
+        let _ = frames(&mut a_rx);
+        let t0 = Instant::now();
+        hub.detach(b.key, 2, LeaveReason::Disconnected, t0);
+        send(&hub, &a, 1, &b, 7);
+        let resumed = resume_at(&hub, token, 1, t0 + grace - Duration::from_millis(1)).unwrap();
+        assert_eq!(resumed.replay.len(), 1);
+        hub.sweep(t0 + grace * 3);
+        assert!(frames(&mut a_rx).is_empty(), "nobody left");
     }
 }
