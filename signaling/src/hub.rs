@@ -1034,7 +1034,7 @@ mod tests {
         )));
     }
 
-    fn welcome_token(rx: &mut mpsc::Receiver<Outbound>) -> crate::protocol::ResumeToken {
+    fn welcome_token(rx: &mut mpsc::Receiver<Outbound>) -> ResumeToken {
         match &frames(rx)[0].message {
             ServerMessage::Welcome { session, .. } => session.resume_token.clone(),
             other => panic!("{other:?}"),
@@ -1043,7 +1043,7 @@ mod tests {
 
     fn resume_at(
         hub: &LocalHub,
-        token: crate::protocol::ResumeToken,
+        token: ResumeToken,
         last_seq: u64,
         now: Instant,
     ) -> Result<Attached, RequestError> {
