@@ -1,13 +1,14 @@
-//! The hub: every room and every session, behind one `std::sync::Mutex`.
+//! The hub of one process: every room and every session, behind one `std::sync::Mutex`. It
+//! composes the pure parts, [`crate::room`] (members, roles, peer index), [`crate::sessions`]
+//! (attached or parked, expiry, tombstones) and [`crate::outbox`] (numbering, replay), and
+//! decides what each request does to them.
 //!
-//! All state changes are short synchronous methods: they never `.await` while holding the lock,
+//! All state changes are short synchronous methods given the time of the operation (the hub
+//! reads no clock: tests drive it with a fake one). They never `.await` while holding the lock,
 //! and the only "sends" they do are non-blocking `try_send`s into each session's bounded
 //! outbound queue. Doing those under the lock is what keeps a session's `seq` order equal to its
-//! queue order when several peers write to it at once.
-//!
-//! A session is *attached* to one socket (an outbound queue) or *parked* after its socket
-//! dropped, until it is resumed or its grace period ends. Every frame it is sent is numbered
-//! and kept in its replay buffer (see [`crate::resume`]) until acknowledged.
+//! queue order when several peers write to it at once. Payloads are encoded before the lock is
+//! taken; under it a frame only gets its `seq` prefixed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +27,7 @@ use crate::protocol::{
 };
 use crate::resume::{ResumeSecret, parse_token};
 use crate::room::Room;
+use crate::sessions::{Link, Session, Sessions};
 use crate::turn_credentials::IceServerMinter;
 
 /// The hub's key of a session; its hex form is the session id.
@@ -124,52 +126,11 @@ enum Request {
     Other(ClientMessage),
 }
 
-#[derive(Debug)]
-enum Link {
-    Attached {
-        conn: ConnId,
-        tx: mpsc::Sender<Outbound>,
-    },
-    Parked {
-        expires: Instant,
-        reason: LeaveReason,
-    },
-}
-
-#[derive(Debug)]
-struct Session {
-    peer: PeerId,
-    name: Option<String>,
-    room: RoomId,
-    version: u32,
-    secret: ResumeSecret,
-    outbox: Outbox,
-    link: Link,
-    /// When fresh TURN credentials are due (80% of their TTL), if they expire at all.
-    ice_refresh_at: Option<Instant>,
-}
-
-impl Session {
-    fn attached_to(&self, conn: ConnId) -> bool {
-        matches!(self.link, Link::Attached { conn: c, .. } if c == conn)
-    }
-}
-
-/// A session that ended with an error, remembered for one grace period so that a late resume
-/// learns why (e.g. `replay_overflow`) instead of a bare `resume_failed`.
-#[derive(Debug)]
-struct Tombstone {
-    code: ErrorCode,
-    secret: ResumeSecret,
-    expires: Instant,
-}
-
 struct HubState {
     /// The time of the operation in progress (every public method is given it: no clock here).
     now: Instant,
-    sessions: HashMap<SessionKey, Session>,
+    sessions: Sessions,
     rooms: HashMap<RoomId, Room>,
-    tombstones: HashMap<SessionKey, Tombstone>,
     /// Sessions to end once the current operation is done (slow consumers, overflows).
     ending: Vec<(SessionKey, ErrorCode)>,
     draining: bool,
@@ -192,9 +153,8 @@ impl LocalHub {
     pub fn new(settings: HubSettings, ice: IceServerMinter, metrics: Arc<Metrics>) -> Self {
         let state = HubState {
             now: Instant::now(),
-            sessions: HashMap::new(),
+            sessions: Sessions::default(),
             rooms: HashMap::new(),
-            tombstones: HashMap::new(),
             ending: Vec::new(),
             draining: false,
             replay_limits: settings.replay,
@@ -267,12 +227,7 @@ impl LocalHub {
             }
             _ => {}
         }
-        let key = loop {
-            let key = rand::random::<u64>();
-            if key != 0 && !st.sessions.contains_key(&key) && !st.tombstones.contains_key(&key) {
-                break key;
-            }
-        };
+        let key = st.sessions.fresh_key();
         let peer = loop {
             let candidate = PeerId(format!("{:012x}", rand::random::<u64>() >> 16));
             let taken = st
@@ -363,12 +318,10 @@ impl LocalHub {
                 "the server is shutting down",
             ));
         }
-        if let Some(t) = st.tombstones.get(&key)
-            && t.secret.matches(secret)
-        {
+        if let Some(code) = st.sessions.tombstone(key, secret) {
             return Err(RequestError::new(
-                t.code,
-                format!("the session ended ({})", t.code),
+                code,
+                format!("the session ended ({code})"),
             ));
         }
         let Some(session) = st.sessions.get_mut(&key) else {
@@ -584,38 +537,21 @@ impl LocalHub {
     /// was already taken over by a newer socket or ended).
     pub fn detach(&self, key: SessionKey, conn: ConnId, reason: LeaveReason, now: Instant) {
         let mut st = self.lock_at(now);
-        let grace = st.grace;
-        if let Some(session) = st.sessions.get_mut(&key)
-            && session.attached_to(conn)
-        {
-            session.link = Link::Parked {
-                expires: now + grace,
-                reason,
-            };
-        }
+        let expires = now + st.grace;
+        st.sessions.park(key, conn, expires, reason);
     }
 
     /// Periodic work: ends parked sessions whose grace period is over, pushes fresh ICE servers
     /// to sessions whose TURN credentials near expiry, forgets old tombstones.
     pub fn sweep(&self, now: Instant) {
         let mut st = self.lock_at(now);
-        let mut expired = Vec::new();
-        let mut refresh = Vec::new();
-        for (key, session) in &st.sessions {
-            match session.link {
-                Link::Parked { expires, reason } if expires <= now => expired.push((*key, reason)),
-                Link::Attached { .. } if session.ice_refresh_at.is_some_and(|t| t <= now) => {
-                    refresh.push(*key);
-                }
-                _ => {}
-            }
-        }
-        for (key, reason) in expired {
+        let due = st.sessions.due(now);
+        for (key, reason) in due.expired {
             st.end_session(key, None, reason);
         }
         let next_refresh = self.ice.refresh_after().map(|d| now + d);
         let wall = SystemTime::now();
-        for key in refresh {
+        for key in due.ice_refresh {
             let Some(session) = st.sessions.get_mut(&key) else {
                 continue;
             };
@@ -623,7 +559,7 @@ impl LocalHub {
             let ice_servers = self.ice.mint(&session.peer, wall);
             st.deliver(key, ServerMessage::IceServers { ice_servers });
         }
-        st.tombstones.retain(|_, t| t.expires > now);
+        st.sessions.forget_tombstones(now);
         st.settle();
         self.update_gauges(&st);
     }
@@ -801,14 +737,8 @@ impl HubState {
         if let Some(code) = error {
             self.metrics.error(code);
             tracing::info!(peer = %session.peer, %code, "session ended");
-            self.tombstones.insert(
-                key,
-                Tombstone {
-                    code,
-                    secret: session.secret,
-                    expires: self.now + self.grace,
-                },
-            );
+            self.sessions
+                .bury(key, code, session.secret, self.now + self.grace);
             if let Link::Attached { tx, .. } = &session.link {
                 let message = match code {
                     ErrorCode::SlowConsumer => "too many unread messages: the session ended",

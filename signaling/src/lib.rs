@@ -7,9 +7,10 @@
 //! - [`config`]: the clap configuration; [`error`]: client errors vs fatal errors.
 //! - [`ws`]: the HTTP upgrade (origin, token, limits); [`session`]: the per-socket task;
 //!   [`connection`]: one WebSocket's frames.
-//! - [`backend`]: where rooms and sessions live: [`hub`] and [`room`] (one process, every room
-//!   and session behind one lock) or [`cluster`] (Redis shared by many nodes); [`outbox`]:
-//!   numbering and replay buffers; [`resume`]: resume tokens; [`rate_limit`]: the per-connection token bucket.
+//! - [`backend`]: where rooms and sessions live: in this process ([`hub`] composes [`room`]
+//!   (members, roles, peer index), [`sessions`] (parking, expiry, tombstones) and [`outbox`]
+//!   (numbering, replay) behind one lock, no clock inside) or in Redis shared by many nodes
+//!   ([`cluster`]); [`resume`]: resume tokens; [`rate_limit`]: the per-connection token bucket.
 //! - [`api`]: the backend HTTP API (`/v1/rooms/...`).
 //! - [`auth`]: optional HS256 JWTs; [`turn_credentials`]: TURN REST credentials for ICE servers.
 //! - [`metrics`], [`web`] (the embedded demo), [`shutdown`] (drain on SIGTERM/SIGINT).
@@ -51,6 +52,8 @@ pub mod resume;
 pub mod room;
 #[cfg(feature = "server")]
 pub mod session;
+#[cfg(feature = "server")]
+pub mod sessions;
 #[cfg(feature = "server")]
 pub mod shutdown;
 #[cfg(feature = "server")]
