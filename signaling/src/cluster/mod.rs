@@ -16,8 +16,12 @@
 //! be reached, the node answers `/readyz` with 503, refuses joins with `unavailable`, closes its
 //! sockets with 1013 so their clients resume once it is back, and buffers nothing.
 
+mod delivery;
 pub mod inbox;
+mod lease;
 pub mod store;
+
+pub use lease::agree_turn_secret;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,24 +29,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
-use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
 use crate::api::PeerEntry;
 use crate::error::RequestError;
 use crate::hub::{
     Attached, ConnId, Flow, HubSettings, JoinRequest, Outbound, ResumeRequest, SessionKey,
-    close_code, encode,
+    close_code,
 };
 use crate::metrics::Metrics;
 use crate::outbox::to_json;
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
-    ServerFrame, ServerMessage, SessionInfo,
+    ServerMessage, SessionInfo,
 };
 use crate::resume::ResumeSecret;
 use crate::turn_credentials::IceServerMinter;
-use inbox::{Inbox, Offer, frame_seq};
+use inbox::Inbox;
 use store::{Op, Reply, Store, StoreError, StoreLimits};
 
 /// How a cluster node keeps in touch with the others.
@@ -58,41 +61,6 @@ pub struct ClusterSettings {
     pub lease: Duration,
     /// The deadline of one Redis call.
     pub redis_timeout: Duration,
-}
-
-/// The key of the lease table: node id -> lease expiry (unix ms).
-const NODES_KEY: &str = "sig:nodes";
-
-/// The TURN REST secret agreed by the nodes when no `--turn-secret` is given.
-const TURN_SECRET_KEY: &str = "sig:secret:turn";
-
-/// How long an agreed secret outlives the last node that renews it.
-const SECRET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// The TURN REST secret of the cluster: the one a node already agreed, or `candidate` if this
-/// node is the first (`SET NX`). Every node that starts without `--turn-secret` mints TURN
-/// credentials with it, and their in-process relays (`--with-relay`) accept it.
-pub async fn agree_turn_secret(
-    urls: &[String],
-    timeout: Duration,
-    candidate: &str,
-) -> Result<String, StoreError> {
-    let (mut conn, _) = store::connect(urls, timeout).await?;
-    let set = redis::cmd("SET")
-        .arg(TURN_SECRET_KEY)
-        .arg(candidate)
-        .arg("NX")
-        .arg("PX")
-        .arg(SECRET_TTL.as_millis() as u64)
-        .to_owned();
-    let _: Option<String> = tokio::time::timeout(timeout, set.query_async(&mut conn))
-        .await
-        .map_err(|_| StoreError::Timeout(timeout))??;
-    let get = redis::cmd("GET").arg(TURN_SECRET_KEY).to_owned();
-    let agreed: Option<String> = tokio::time::timeout(timeout, get.query_async(&mut conn))
-        .await
-        .map_err(|_| StoreError::Timeout(timeout))??;
-    agreed.ok_or_else(|| StoreError::Reply("the agreed TURN secret vanished".into()))
 }
 
 fn node_sessions_key(node: &str) -> String {
@@ -298,23 +266,6 @@ impl ClusterHub {
         tracing::warn!(%error, what, "redis call failed");
         if self.store_ok.swap(false, Ordering::AcqRel) {
             self.outage("redis does not answer");
-        }
-    }
-
-    /// Redis is gone: every attached socket is closed with 1013 so its client resumes once
-    /// Redis is back (frames published meanwhile may not have reached this node).
-    fn outage(&self, why: &str) {
-        let st = self.lock();
-        tracing::error!(
-            why,
-            sessions = st.attached.len(),
-            "cluster store unavailable: closing sockets"
-        );
-        for session in st.attached.values() {
-            let _ = session.tx.try_send(Outbound::Close {
-                frame: None,
-                code: close_code::TRY_AGAIN_LATER,
-            });
         }
     }
 
@@ -939,54 +890,6 @@ impl ClusterHub {
         }
     }
 
-    /// Ends a local session whose queue is full (it does not read): `slow_consumer`.
-    async fn end_slow_consumer(&self, room: RoomId, key: SessionKey, conn: ConnId) {
-        let reply = self
-            .end(
-                &room,
-                key,
-                LeaveReason::Ended,
-                Some(ErrorCode::SlowConsumer),
-                Guard::Conn(conn),
-                Instant::now(),
-            )
-            .await;
-        let session = {
-            let mut st = self.lock();
-            let session = st.attached.remove(&key);
-            self.update_gauges(&st);
-            session
-        };
-        let next = match &reply {
-            Ok(reply) if reply.status == "ok" => {
-                reply.rest.get(2).and_then(|n| n.parse::<u64>().ok())
-            }
-            _ => None,
-        };
-        if let Some(session) = session {
-            let frame = next.map(|seq| {
-                encode(&ServerFrame {
-                    seq,
-                    message: ServerMessage::Error {
-                        code: ErrorCode::SlowConsumer,
-                        message: "too many unread messages: the session ended".into(),
-                        reference: None,
-                    },
-                })
-            });
-            // The queue is full: the close waits in a task for a free slot.
-            tokio::spawn(async move {
-                let _ = session
-                    .tx
-                    .send(Outbound::Close {
-                        frame,
-                        code: close_code::POLICY,
-                    })
-                    .await;
-            });
-        }
-    }
-
     /// Periodic work: ends parked sessions past their grace period, pushes fresh ICE servers,
     /// refreshes the TTL of the rooms this node serves.
     pub async fn sweep(&self, now: Instant) {
@@ -1035,17 +938,6 @@ impl ClusterHub {
         self.update_gauges(&st);
     }
 
-    /// Refreshes the TTL of every room this node serves.
-    async fn touch_rooms(&self) {
-        let rooms: Vec<RoomId> = self.lock().rooms().into_keys().cloned().collect();
-        for room in rooms {
-            if let Err(e) = self.store.call(Op::Touch, &room, &[]).await {
-                self.store_failed("touch", &e);
-                return;
-            }
-        }
-    }
-
     /// Starts draining: refuses new sessions and tells every attached session to reconnect
     /// (through the balancer, to another node, where it resumes).
     pub async fn start_draining(&self, reason: &str) {
@@ -1077,19 +969,6 @@ impl ClusterHub {
         }
     }
 
-    /// Leaves the cluster at shutdown: the lease is given up at once, so another node adopts
-    /// the sessions still parked here (and expires them if nobody resumes).
-    pub async fn leave(&self) {
-        let cmd = redis::cmd("ZADD")
-            .arg(NODES_KEY)
-            .arg(0)
-            .arg(&self.cluster.node_id)
-            .to_owned();
-        if let Err(e) = self.store.query::<i64>(&cmd).await {
-            tracing::warn!(error = %e, "could not give up the lease");
-        }
-    }
-
     /// The peers of a room, oldest first.
     pub async fn room_peers(&self, room: &RoomId) -> Result<Vec<PeerEntry>, StoreError> {
         let reply = self.store.call(Op::Room, room, &[]).await?;
@@ -1110,248 +989,6 @@ impl ClusterHub {
         let reply = self.store.call(Op::Broadcast, room, &["", body]).await?;
         self.end_overflowed(room, &reply).await;
         Ok(reply.rest.first().and_then(|n| n.parse().ok()).unwrap_or(0))
-    }
-
-    async fn heartbeats(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(self.cluster.heartbeat);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let touch_every = (self.store_ttl() / 4).max(self.cluster.heartbeat);
-        let mut last_touch = Instant::now();
-        loop {
-            ticker.tick().await;
-            self.heartbeat().await;
-            if self.store_ok.load(Ordering::Acquire) && last_touch.elapsed() >= touch_every {
-                last_touch = Instant::now();
-                self.touch_rooms().await;
-            }
-        }
-    }
-
-    fn store_ttl(&self) -> Duration {
-        self.settings.resume_grace + Duration::from_secs(60)
-    }
-
-    /// Renews the lease, notices Redis coming back, and adopts the sessions of dead nodes.
-    async fn heartbeat(&self) {
-        let now_ms = unix_ms(SystemTime::now());
-        let me = &self.cluster.node_id;
-        let lease_until = now_ms + self.cluster.lease.as_millis() as u64;
-        let ttl = self.store_ttl().as_millis() as u64;
-        let renew = async {
-            self.store
-                .query::<i64>(redis::cmd("ZADD").arg(NODES_KEY).arg(lease_until).arg(me))
-                .await?;
-            self.store
-                .query::<i64>(redis::cmd("PEXPIRE").arg(NODES_KEY).arg(ttl))
-                .await?;
-            self.store
-                .query::<i64>(redis::cmd("PEXPIRE").arg(node_sessions_key(me)).arg(ttl))
-                .await?;
-            self.store
-                .query::<i64>(
-                    redis::cmd("PEXPIRE")
-                        .arg(TURN_SECRET_KEY)
-                        .arg(SECRET_TTL.as_millis() as u64),
-                )
-                .await?;
-            self.store
-                .query::<Vec<String>>(
-                    redis::cmd("ZRANGEBYSCORE")
-                        .arg(NODES_KEY)
-                        .arg("-inf")
-                        .arg(now_ms),
-                )
-                .await
-        };
-        let dead = match renew.await {
-            Ok(dead) => dead,
-            Err(e) => {
-                self.store_failed("heartbeat", &e);
-                return;
-            }
-        };
-        if !self.store_ok.swap(true, Ordering::AcqRel) {
-            tracing::info!("redis answers again");
-        }
-        let pending = std::mem::take(&mut self.lock().pending_park);
-        for p in pending {
-            self.park(p).await;
-        }
-        for node in dead.iter().filter(|n| *n != me) {
-            self.adopt(node).await;
-        }
-    }
-
-    /// Takes over the sessions of a dead node (only one node wins the `ZREM`).
-    async fn adopt(&self, dead: &str) {
-        let won = self
-            .store
-            .query::<i64>(redis::cmd("ZREM").arg(NODES_KEY).arg(dead))
-            .await;
-        if !matches!(won, Ok(1)) {
-            return;
-        }
-        let members = match self
-            .store
-            .query::<Vec<String>>(redis::cmd("SMEMBERS").arg(node_sessions_key(dead)))
-            .await
-        {
-            Ok(members) => members,
-            Err(e) => {
-                self.store_failed("adopt", &e);
-                return;
-            }
-        };
-        tracing::warn!(
-            node = dead,
-            sessions = members.len(),
-            "node lease expired: adopting its sessions"
-        );
-        let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
-        // A few scripts in flight at once: a dead node may have served thousands of sessions.
-        futures_util::stream::iter(members)
-            .for_each_concurrent(32, |member| async move {
-                let Some((room, id)) = member.split_once('\t') else {
-                    return;
-                };
-                let (room, Ok(key)) = (RoomId::from(room), u64::from_str_radix(id, 16)) else {
-                    return;
-                };
-                let reply = self
-                    .store
-                    .call(
-                        Op::Adopt,
-                        &room,
-                        &[id, dead, &self.cluster.node_id, &expires_ms.to_string()],
-                    )
-                    .await;
-                if let Ok(reply) = reply
-                    && reply.status == "ok"
-                {
-                    let expires_ms = reply
-                        .rest
-                        .first()
-                        .and_then(|e| e.parse().ok())
-                        .unwrap_or(expires_ms);
-                    self.lock().parked.insert(
-                        key,
-                        ParkedHere {
-                            room: room.clone(),
-                            expires_ms,
-                            reason: LeaveReason::Disconnected,
-                        },
-                    );
-                    self.index_add(&room, key).await;
-                }
-            })
-            .await;
-        let _ = self
-            .store
-            .query::<i64>(redis::cmd("DEL").arg(node_sessions_key(dead)))
-            .await;
-        let st = self.lock();
-        self.update_gauges(&st);
-    }
-
-    /// Receives this node's channel for as long as the node lives, reconnecting after losses.
-    async fn subscriber(self: Arc<Self>) {
-        let me = channel(&self.cluster.node_id);
-        loop {
-            let connected = tokio::time::timeout(self.cluster.redis_timeout, async {
-                let mut pubsub = self.pubsub.get_async_pubsub().await?;
-                pubsub.subscribe(&me).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            })
-            .await;
-            let mut pubsub = match connected {
-                Ok(Ok(pubsub)) => pubsub,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot subscribe");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            self.subscribed.store(true, Ordering::Release);
-            tracing::debug!(channel = %me, "subscribed");
-            {
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    let payload: Vec<u8> = message.get_payload_bytes().to_vec();
-                    match String::from_utf8(payload) {
-                        Ok(text) => self.dispatch(text),
-                        Err(_) => tracing::warn!("non-UTF-8 frame on the node channel"),
-                    }
-                }
-            }
-            self.subscribed.store(false, Ordering::Release);
-            // Frames published while unsubscribed would be lost to the sockets: cut them, so
-            // their clients resume from the outbox.
-            self.outage("pub/sub connection lost");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// One message of the node's channel: a frame (`SID` + JSON) or a control (`!close SID CONN`).
-    fn dispatch(self: &Arc<Self>, text: String) {
-        if let Some(control) = text.strip_prefix("!close ") {
-            let mut parts = control.split(' ');
-            let (Some(id), Some(conn)) = (parts.next(), parts.next()) else {
-                return;
-            };
-            let (Ok(key), Ok(conn)) = (u64::from_str_radix(id, 16), conn.parse::<ConnId>()) else {
-                return;
-            };
-            let mut st = self.lock();
-            if st.attached.get(&key).is_some_and(|s| s.conn == conn)
-                && let Some(session) = st.attached.remove(&key)
-            {
-                let _ = session.tx.try_send(Outbound::Close {
-                    frame: None,
-                    code: close_code::POLICY,
-                });
-            }
-            self.update_gauges(&st);
-            return;
-        }
-        if text.len() < 16 || !text.is_char_boundary(16) {
-            return;
-        }
-        let (id, frame) = text.split_at(16);
-        let (Ok(key), Some(seq)) = (u64::from_str_radix(id, 16), frame_seq(frame)) else {
-            return;
-        };
-        let frame = Utf8Bytes::from(frame.to_owned());
-        let mut st = self.lock();
-        if let Some(inbox) = st.resuming.get_mut(&key) {
-            let _ = inbox.offer(seq, frame.clone());
-        }
-        let Some(session) = st.attached.get_mut(&key) else {
-            return;
-        };
-        let out = match session.inbox.offer(seq, frame) {
-            Offer::Write(out) => out,
-            Offer::Nothing => return,
-            Offer::Overflow => {
-                let _ = session.tx.try_send(Outbound::Close {
-                    frame: None,
-                    code: close_code::TRY_AGAIN_LATER,
-                });
-                return;
-            }
-        };
-        for frame in out {
-            // Keep the last slot for the error that ends a slow consumer.
-            if session.tx.capacity() <= 1 {
-                let (room, conn) = (session.room.clone(), session.conn);
-                drop(st);
-                let hub = Arc::clone(self);
-                tokio::spawn(async move { hub.end_slow_consumer(room, key, conn).await });
-                return;
-            }
-            let _ = session.tx.try_send(Outbound::Frame(frame));
-        }
-        session.close_if_due();
     }
 }
 

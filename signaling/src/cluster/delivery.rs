@@ -1,0 +1,183 @@
+//! Frames on their way from Redis to this node's sockets: the node's pub/sub channel, the
+//! dispatch of each frame to its session's inbox, slow consumers, and what a lost Redis does to
+//! the sockets.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::StreamExt as _;
+
+use super::inbox::{Offer, frame_seq};
+use super::{ClusterHub, Guard, channel};
+use crate::hub::{ConnId, Outbound, SessionKey, close_code, encode};
+use crate::protocol::{ErrorCode, LeaveReason, RoomId, ServerFrame, ServerMessage};
+
+impl ClusterHub {
+    /// Redis is gone: every attached socket is closed with 1013 so its client resumes once
+    /// Redis is back (frames published meanwhile may not have reached this node).
+    pub(super) fn outage(&self, why: &str) {
+        let st = self.lock();
+        tracing::error!(
+            why,
+            sessions = st.attached.len(),
+            "cluster store unavailable: closing sockets"
+        );
+        for session in st.attached.values() {
+            let _ = session.tx.try_send(Outbound::Close {
+                frame: None,
+                code: close_code::TRY_AGAIN_LATER,
+            });
+        }
+    }
+
+    /// Receives this node's channel for as long as the node lives, reconnecting after losses.
+    pub(super) async fn subscriber(self: Arc<Self>) {
+        let me = channel(&self.cluster.node_id);
+        loop {
+            let connected = tokio::time::timeout(self.cluster.redis_timeout, async {
+                let mut pubsub = self.pubsub.get_async_pubsub().await?;
+                pubsub.subscribe(&me).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            })
+            .await;
+            let mut pubsub = match connected {
+                Ok(Ok(pubsub)) => pubsub,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot subscribe");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            self.subscribed.store(true, Ordering::Release);
+            tracing::debug!(channel = %me, "subscribed");
+            {
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+                    match String::from_utf8(payload) {
+                        Ok(text) => self.dispatch(text),
+                        Err(_) => tracing::warn!("non-UTF-8 frame on the node channel"),
+                    }
+                }
+            }
+            self.subscribed.store(false, Ordering::Release);
+            // Frames published while unsubscribed would be lost to the sockets: cut them, so
+            // their clients resume from the outbox.
+            self.outage("pub/sub connection lost");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// One message of the node's channel: a frame (`SID` + JSON) or a control (`!close SID CONN`).
+    pub(super) fn dispatch(self: &Arc<Self>, text: String) {
+        if let Some(control) = text.strip_prefix("!close ") {
+            let mut parts = control.split(' ');
+            let (Some(id), Some(conn)) = (parts.next(), parts.next()) else {
+                return;
+            };
+            let (Ok(key), Ok(conn)) = (u64::from_str_radix(id, 16), conn.parse::<ConnId>()) else {
+                return;
+            };
+            let mut st = self.lock();
+            if st.attached.get(&key).is_some_and(|s| s.conn == conn)
+                && let Some(session) = st.attached.remove(&key)
+            {
+                let _ = session.tx.try_send(Outbound::Close {
+                    frame: None,
+                    code: close_code::POLICY,
+                });
+            }
+            self.update_gauges(&st);
+            return;
+        }
+        if text.len() < 16 || !text.is_char_boundary(16) {
+            return;
+        }
+        let (id, frame) = text.split_at(16);
+        let (Ok(key), Some(seq)) = (u64::from_str_radix(id, 16), frame_seq(frame)) else {
+            return;
+        };
+        let frame = Utf8Bytes::from(frame.to_owned());
+        let mut st = self.lock();
+        if let Some(inbox) = st.resuming.get_mut(&key) {
+            let _ = inbox.offer(seq, frame.clone());
+        }
+        let Some(session) = st.attached.get_mut(&key) else {
+            return;
+        };
+        let out = match session.inbox.offer(seq, frame) {
+            Offer::Write(out) => out,
+            Offer::Nothing => return,
+            Offer::Overflow => {
+                let _ = session.tx.try_send(Outbound::Close {
+                    frame: None,
+                    code: close_code::TRY_AGAIN_LATER,
+                });
+                return;
+            }
+        };
+        for frame in out {
+            // Keep the last slot for the error that ends a slow consumer.
+            if session.tx.capacity() <= 1 {
+                let (room, conn) = (session.room.clone(), session.conn);
+                drop(st);
+                let hub = Arc::clone(self);
+                tokio::spawn(async move { hub.end_slow_consumer(room, key, conn).await });
+                return;
+            }
+            let _ = session.tx.try_send(Outbound::Frame(frame));
+        }
+        session.close_if_due();
+    }
+
+    /// Ends a local session whose queue is full (it does not read): `slow_consumer`.
+    pub(super) async fn end_slow_consumer(&self, room: RoomId, key: SessionKey, conn: ConnId) {
+        let reply = self
+            .end(
+                &room,
+                key,
+                LeaveReason::Ended,
+                Some(ErrorCode::SlowConsumer),
+                Guard::Conn(conn),
+                Instant::now(),
+            )
+            .await;
+        let session = {
+            let mut st = self.lock();
+            let session = st.attached.remove(&key);
+            self.update_gauges(&st);
+            session
+        };
+        let next = match &reply {
+            Ok(reply) if reply.status == "ok" => {
+                reply.rest.get(2).and_then(|n| n.parse::<u64>().ok())
+            }
+            _ => None,
+        };
+        if let Some(session) = session {
+            let frame = next.map(|seq| {
+                encode(&ServerFrame {
+                    seq,
+                    message: ServerMessage::Error {
+                        code: ErrorCode::SlowConsumer,
+                        message: "too many unread messages: the session ended".into(),
+                        reference: None,
+                    },
+                })
+            });
+            // The queue is full: the close waits in a task for a free slot.
+            tokio::spawn(async move {
+                let _ = session
+                    .tx
+                    .send(Outbound::Close {
+                        frame,
+                        code: close_code::POLICY,
+                    })
+                    .await;
+            });
+        }
+    }
+}

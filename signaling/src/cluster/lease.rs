@@ -1,0 +1,214 @@
+//! Node leases: each node renews its lease every heartbeat; the sessions of a node whose lease
+//! ran out are adopted (parked) by another; the TTLs of the rooms a node serves are renewed.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt as _;
+
+use super::store::{self, Op, StoreError};
+use super::{ClusterHub, ParkedHere, node_sessions_key, unix_ms};
+use crate::protocol::{LeaveReason, RoomId};
+
+/// The key of the lease table: node id -> lease expiry (unix ms).
+const NODES_KEY: &str = "sig:nodes";
+
+/// The TURN REST secret agreed by the nodes when no `--turn-secret` is given.
+const TURN_SECRET_KEY: &str = "sig:secret:turn";
+
+/// How long an agreed secret outlives the last node that renews it.
+const SECRET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The TURN REST secret of the cluster: the one a node already agreed, or `candidate` if this
+/// node is the first (`SET NX`). Every node that starts without `--turn-secret` mints TURN
+/// credentials with it, and their in-process relays (`--with-relay`) accept it.
+pub async fn agree_turn_secret(
+    urls: &[String],
+    timeout: Duration,
+    candidate: &str,
+) -> Result<String, StoreError> {
+    let (mut conn, _) = store::connect(urls, timeout).await?;
+    let set = redis::cmd("SET")
+        .arg(TURN_SECRET_KEY)
+        .arg(candidate)
+        .arg("NX")
+        .arg("PX")
+        .arg(SECRET_TTL.as_millis() as u64)
+        .to_owned();
+    let _: Option<String> = tokio::time::timeout(timeout, set.query_async(&mut conn))
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))??;
+    let get = redis::cmd("GET").arg(TURN_SECRET_KEY).to_owned();
+    let agreed: Option<String> = tokio::time::timeout(timeout, get.query_async(&mut conn))
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))??;
+    agreed.ok_or_else(|| StoreError::Reply("the agreed TURN secret vanished".into()))
+}
+
+impl ClusterHub {
+    /// Leaves the cluster at shutdown: the lease is given up at once, so another node adopts
+    /// the sessions still parked here (and expires them if nobody resumes).
+    pub async fn leave(&self) {
+        let cmd = redis::cmd("ZADD")
+            .arg(NODES_KEY)
+            .arg(0)
+            .arg(&self.cluster.node_id)
+            .to_owned();
+        if let Err(e) = self.store.query::<i64>(&cmd).await {
+            tracing::warn!(error = %e, "could not give up the lease");
+        }
+    }
+
+    pub(super) async fn heartbeats(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.cluster.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let touch_every = (self.store_ttl() / 4).max(self.cluster.heartbeat);
+        let mut last_touch = Instant::now();
+        loop {
+            ticker.tick().await;
+            self.heartbeat().await;
+            if self.store_ok.load(Ordering::Acquire) && last_touch.elapsed() >= touch_every {
+                last_touch = Instant::now();
+                self.touch_rooms().await;
+            }
+        }
+    }
+
+    pub(super) fn store_ttl(&self) -> Duration {
+        self.settings.resume_grace + Duration::from_secs(60)
+    }
+
+    /// Renews the lease, notices Redis coming back, and adopts the sessions of dead nodes.
+    pub(super) async fn heartbeat(&self) {
+        let now_ms = unix_ms(SystemTime::now());
+        let me = &self.cluster.node_id;
+        let lease_until = now_ms + self.cluster.lease.as_millis() as u64;
+        let ttl = self.store_ttl().as_millis() as u64;
+        let renew = async {
+            self.store
+                .query::<i64>(redis::cmd("ZADD").arg(NODES_KEY).arg(lease_until).arg(me))
+                .await?;
+            self.store
+                .query::<i64>(redis::cmd("PEXPIRE").arg(NODES_KEY).arg(ttl))
+                .await?;
+            self.store
+                .query::<i64>(redis::cmd("PEXPIRE").arg(node_sessions_key(me)).arg(ttl))
+                .await?;
+            self.store
+                .query::<i64>(
+                    redis::cmd("PEXPIRE")
+                        .arg(TURN_SECRET_KEY)
+                        .arg(SECRET_TTL.as_millis() as u64),
+                )
+                .await?;
+            self.store
+                .query::<Vec<String>>(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(NODES_KEY)
+                        .arg("-inf")
+                        .arg(now_ms),
+                )
+                .await
+        };
+        let dead = match renew.await {
+            Ok(dead) => dead,
+            Err(e) => {
+                self.store_failed("heartbeat", &e);
+                return;
+            }
+        };
+        if !self.store_ok.swap(true, Ordering::AcqRel) {
+            tracing::info!("redis answers again");
+        }
+        let pending = std::mem::take(&mut self.lock().pending_park);
+        for p in pending {
+            self.park(p).await;
+        }
+        for node in dead.iter().filter(|n| *n != me) {
+            self.adopt(node).await;
+        }
+    }
+
+    /// Takes over the sessions of a dead node (only one node wins the `ZREM`).
+    pub(super) async fn adopt(&self, dead: &str) {
+        let won = self
+            .store
+            .query::<i64>(redis::cmd("ZREM").arg(NODES_KEY).arg(dead))
+            .await;
+        if !matches!(won, Ok(1)) {
+            return;
+        }
+        let members = match self
+            .store
+            .query::<Vec<String>>(redis::cmd("SMEMBERS").arg(node_sessions_key(dead)))
+            .await
+        {
+            Ok(members) => members,
+            Err(e) => {
+                self.store_failed("adopt", &e);
+                return;
+            }
+        };
+        tracing::warn!(
+            node = dead,
+            sessions = members.len(),
+            "node lease expired: adopting its sessions"
+        );
+        let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
+        // A few scripts in flight at once: a dead node may have served thousands of sessions.
+        futures_util::stream::iter(members)
+            .for_each_concurrent(32, |member| async move {
+                let Some((room, id)) = member.split_once('\t') else {
+                    return;
+                };
+                let (room, Ok(key)) = (RoomId::from(room), u64::from_str_radix(id, 16)) else {
+                    return;
+                };
+                let reply = self
+                    .store
+                    .call(
+                        Op::Adopt,
+                        &room,
+                        &[id, dead, &self.cluster.node_id, &expires_ms.to_string()],
+                    )
+                    .await;
+                if let Ok(reply) = reply
+                    && reply.status == "ok"
+                {
+                    let expires_ms = reply
+                        .rest
+                        .first()
+                        .and_then(|e| e.parse().ok())
+                        .unwrap_or(expires_ms);
+                    self.lock().parked.insert(
+                        key,
+                        ParkedHere {
+                            room: room.clone(),
+                            expires_ms,
+                            reason: LeaveReason::Disconnected,
+                        },
+                    );
+                    self.index_add(&room, key).await;
+                }
+            })
+            .await;
+        let _ = self
+            .store
+            .query::<i64>(redis::cmd("DEL").arg(node_sessions_key(dead)))
+            .await;
+        let st = self.lock();
+        self.update_gauges(&st);
+    }
+
+    /// Refreshes the TTL of every room this node serves.
+    pub(super) async fn touch_rooms(&self) {
+        let rooms: Vec<RoomId> = self.lock().rooms().into_keys().cloned().collect();
+        for room in rooms {
+            if let Err(e) = self.store.call(Op::Touch, &room, &[]).await {
+                self.store_failed("touch", &e);
+                return;
+            }
+        }
+    }
+}
