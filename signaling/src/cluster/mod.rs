@@ -254,6 +254,20 @@ impl ClusterHub {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// `Ok` while the node takes new sessions and resumes: not draining, Redis reachable.
+    fn accepting(&self) -> Result<(), RequestError> {
+        if self.is_draining() {
+            return Err(RequestError::new(
+                ErrorCode::Draining,
+                "the server is shutting down",
+            ));
+        }
+        if !self.is_available() {
+            return Err(Self::unavailable());
+        }
+        Ok(())
+    }
+
     fn unavailable() -> RequestError {
         RequestError::new(
             ErrorCode::Unavailable,
@@ -307,15 +321,7 @@ impl ClusterHub {
         tx: &mpsc::Sender<Outbound>,
         req: JoinRequest,
     ) -> Result<Attached, RequestError> {
-        if self.is_draining() {
-            return Err(RequestError::new(
-                ErrorCode::Draining,
-                "the server is shutting down",
-            ));
-        }
-        if !self.is_available() {
-            return Err(Self::unavailable());
-        }
+        self.accepting()?;
         let key = {
             let mut st = self.lock();
             if st.attached.len() + st.parked.len() >= self.settings.max_sessions {
@@ -483,15 +489,7 @@ impl ClusterHub {
     ) -> Result<Attached, RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let (key, secret_hex, peer, room) = parse_cluster_token(&req.token).ok_or_else(unknown)?;
-        if self.is_draining() {
-            return Err(RequestError::new(
-                ErrorCode::Draining,
-                "the server is shutting down",
-            ));
-        }
-        if !self.is_available() {
-            return Err(Self::unavailable());
-        }
+        self.accepting()?;
         // The template's resume token must be the one the client holds: rebuild it. The
         // placeholders (no peers, `replayed` = u64::MAX) are filled in by the script.
         let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;
