@@ -86,9 +86,17 @@ impl ClusterHub {
         let lease_until = now_ms + self.cluster.lease.as_millis() as u64;
         let ttl = self.store_ttl().as_millis() as u64;
         let renew = async {
-            self.store
+            let added = self
+                .store
                 .query::<i64>(redis::cmd("ZADD").arg(NODES_KEY).arg(lease_until).arg(me))
                 .await?;
+            if added == 1 && self.registered.swap(true, Ordering::AcqRel) {
+                // Our entry was gone: another node found our lease expired (we were too slow,
+                // or cut off) and adopted our sessions. Our sockets no longer get their frames:
+                // cut them so their clients resume (on any node, this one included).
+                tracing::error!("this node's lease had expired and its sessions were adopted");
+                self.outage("lease lost");
+            }
             self.store
                 .query::<i64>(redis::cmd("PEXPIRE").arg(NODES_KEY).arg(ttl))
                 .await?;

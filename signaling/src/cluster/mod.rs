@@ -196,6 +196,8 @@ pub struct ClusterHub {
     store_ok: AtomicBool,
     /// The node's channel is subscribed.
     subscribed: AtomicBool,
+    /// The node has entered its lease at least once.
+    registered: AtomicBool,
 }
 
 impl ClusterHub {
@@ -223,6 +225,7 @@ impl ClusterHub {
             draining: AtomicBool::new(false),
             store_ok: AtomicBool::new(true),
             subscribed: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
         });
         hub.heartbeat().await;
         tokio::spawn(Arc::clone(&hub).subscriber());

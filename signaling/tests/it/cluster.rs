@@ -389,3 +389,36 @@ async fn nodes_without_a_turn_secret_agree_on_one_through_redis() {
     let ttl: i64 = redis.cli(&["PTTL", "sig:secret:turn"]).parse().unwrap();
     assert!(ttl > 0);
 }
+
+#[tokio::test]
+async fn a_node_frozen_past_its_lease_hands_its_clients_over() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--resume-grace", "20s"]);
+    let n2 = node(&redis.url(), &["--resume-grace", "20s"]);
+    let (mut a, a_info) = Client::join(&n1.ws("/ws/frozen"), None).await;
+    let (mut b, b_info) = Client::join(&n2.ws("/ws/frozen"), None).await;
+    let _ = a.recv_message().await;
+    let b_seen = b.last_seq;
+    // SIGSTOP n2 past its lease: n1 adopts B's session (parked) while B's socket stays open.
+    let pid = n2.pid() as libc::pid_t;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    for i in 0..3 {
+        signal(&mut a, &b_info.peer_id, candidate(i)).await;
+    }
+    a.sync().await;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // n2 finds its lease gone and cuts B's socket; B resumes and misses nothing.
+    assert_eq!(b.expect_close().await, Closed::Code(1013));
+    let mut b = resume_expecting(
+        &n1.ws("/ws/frozen"),
+        &b_info.resume_token,
+        b_seen,
+        &a_info.peer_id,
+        0,
+        3,
+    )
+    .await;
+    signal(&mut b, &a_info.peer_id, candidate(9)).await;
+    assert_eq!(expect_signal(&mut a, &b_info.peer_id).await, candidate(9));
+}
