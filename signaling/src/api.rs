@@ -4,8 +4,9 @@
 //! - `POST /v1/rooms/{room}/broadcast` with a JSON body: delivered to every peer of the room,
 //!   on every node, as a `broadcast` from `server`, in order with the peers' other frames.
 //!
-//! Both need `Authorization: Bearer KEY` with one of `--api-key`; without any key configured
-//! the API does not exist (404), so it is never open by accident.
+//! Both need `Authorization: Bearer CREDENTIAL`: one of `--api-key`, or an admin JWT
+//! (`{"admin": true, "exp": ...}` signed with `--jwt-secret`). With neither configured the API
+//! does not exist (404), so it is never open by accident.
 
 use std::sync::Arc;
 
@@ -81,7 +82,7 @@ impl IntoResponse for ApiError {
 
 /// Checks the bearer key and the room id.
 fn authorize(app: &AppState, headers: &HeaderMap, room: &str) -> Result<RoomId, ApiError> {
-    if app.config.api_keys.is_empty() {
+    if app.config.api_keys.is_empty() && app.auth.is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", ""));
     }
     let presented = headers
@@ -93,12 +94,16 @@ fn authorize(app: &AppState, headers: &HeaderMap, room: &str) -> Result<RoomId, 
         .config
         .api_keys
         .iter()
-        .any(|key| bool::from(key.expose().ct_eq(presented.as_bytes())));
+        .any(|key| bool::from(key.expose().ct_eq(presented.as_bytes())))
+        || app
+            .auth
+            .as_ref()
+            .is_some_and(|auth| auth.verify_admin(presented));
     if !ok {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "a valid API key is required (Authorization: Bearer KEY)",
+            "an API key or an admin token is required (Authorization: Bearer ...)",
         ));
     }
     if !is_valid_room_id(room) {

@@ -55,6 +55,21 @@ impl Authenticator {
     }
 }
 
+/// The claims of an admin token (the backend API): `{"admin": true, "exp": UNIX-SECONDS}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminClaims {
+    pub admin: bool,
+    pub exp: u64,
+}
+
+impl Authenticator {
+    /// Whether `token` is a valid, unexpired admin token (`admin: true`).
+    pub fn verify_admin(&self, token: &str) -> bool {
+        jsonwebtoken::decode::<AdminClaims>(token, &self.key, &self.validation)
+            .is_ok_and(|data| data.claims.admin)
+    }
+}
+
 /// Checks that `claims` grant `room` and `name`; returns the name to use (the token's when it
 /// fixes one).
 pub fn check_grant(
@@ -128,5 +143,32 @@ mod tests {
             ErrorCode::Unauthorized
         );
         assert!(auth.verify("not.a.jwt").is_err());
+    }
+
+    #[test]
+    fn admin_tokens_need_the_admin_claim() {
+        let auth = Authenticator::new(&"s3cret".parse().unwrap());
+        let now = jsonwebtoken::get_current_timestamp();
+        let admin = |admin, exp| {
+            encode(
+                &Header::new(Algorithm::HS256),
+                &AdminClaims { admin, exp },
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .unwrap()
+        };
+        assert!(auth.verify_admin(&admin(true, now + 60)));
+        assert!(!auth.verify_admin(&admin(false, now + 60)));
+        assert!(!auth.verify_admin(&admin(true, now - 120)));
+        // A room token is no admin token.
+        let room = token(
+            "s3cret",
+            &Claims {
+                room: "r1".into(),
+                name: None,
+                exp: now + 60,
+            },
+        );
+        assert!(!auth.verify_admin(&room));
     }
 }

@@ -101,3 +101,39 @@ async fn without_an_api_key_the_api_does_not_exist() {
     .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn an_admin_token_opens_the_api_and_a_room_token_does_not() {
+    use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
+    let server = Server::start(&["--jwt-secret", "jwt-s3cret"]);
+    let sign = |claims: serde_json::Value| {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"jwt-s3cret"),
+        )
+        .unwrap()
+    };
+    let exp = get_current_timestamp() + 60;
+    let admin = format!(
+        "Bearer {}",
+        sign(serde_json::json!({"admin": true, "exp": exp}))
+    );
+    let room = format!(
+        "Bearer {}",
+        sign(serde_json::json!({"room": "x", "exp": exp}))
+    );
+    let get = |auth: String| async move {
+        http_request(
+            server.addr,
+            "GET",
+            "/v1/rooms/x",
+            &[("Authorization", auth.as_str())],
+            "",
+        )
+        .await
+        .0
+    };
+    assert_eq!(get(admin).await, 200);
+    assert_eq!(get(room).await, 401);
+}
