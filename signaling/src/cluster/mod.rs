@@ -555,7 +555,7 @@ impl ClusterHub {
             self.lock().resuming.remove(&key);
             return Err(error);
         }
-        let [old_node, old_conn, old_state, frames @ ..] = reply.rest.as_slice() else {
+        let [old_node, _old_conn, _old_state, frames @ ..] = reply.rest.as_slice() else {
             self.lock().resuming.remove(&key);
             return Err(RequestError::new(ErrorCode::Internal, "bad resume reply"));
         };
@@ -590,20 +590,13 @@ impl ClusterHub {
             self.update_gauges(&st);
         }
         if old_node != &self.cluster.node_id {
-            if old_state == "a" {
-                // The old node may still think its socket alive: tell it to let go.
-                let cmd = redis::cmd("PUBLISH")
-                    .arg(channel(old_node))
-                    .arg(format!("!close {} {old_conn}", sid(key)))
-                    .to_owned();
-                let _ = self.store.query::<i64>(&cmd).await;
-            }
+            // The script told the old node to let go of its socket, if it had one; move the
+            // session between the nodes' indexes.
             let cmd = redis::cmd("SREM")
                 .arg(node_sessions_key(old_node))
                 .arg(format!("{room}\t{}", sid(key)))
                 .to_owned();
-            let _ = self.store.query::<i64>(&cmd).await;
-            self.index_add(&room, key).await;
+            let _ = tokio::join!(self.store.query::<i64>(&cmd), self.index_add(&room, key));
         }
         Ok(Attached {
             key,

@@ -125,6 +125,10 @@ if last >= nxt or last + 1 < first then return {'gap', '', tostring(nxt)} end
 ack(sid, last)
 local replay = redis.call('LRANGE', lkey(sid), 0, -1)
 redis.call('HSET', s, 'node', ARGV[7], 'conn', ARGV[8], 'ver', ARGV[9], 'state', 'a')
+if st[6] == 'a' and st[4] ~= ARGV[7] then
+  -- The old node may still think its socket alive: tell it to let go.
+  redis.call('PUBLISH', 'sig:ch:' .. st[4], '!close ' .. sid .. ' ' .. st[5])
+end
 local body = plain_replace(ARGV[10], '"peers":[]', '"peers":[' .. peers_of(sid) .. ']')
 body = plain_replace(body, '18446744073709551615', tostring(#replay))
 emit(sid, body)
