@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt as _;
@@ -142,7 +142,6 @@ impl ClusterHub {
                 LeaveReason::Ended,
                 Some(ErrorCode::SlowConsumer),
                 Guard::Conn(conn),
-                Instant::now(),
             )
             .await;
         let session = {

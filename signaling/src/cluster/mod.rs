@@ -667,14 +667,7 @@ impl ClusterHub {
             }
             ClientMessage::Leave { .. } => {
                 let reply = self
-                    .end(
-                        &room,
-                        key,
-                        LeaveReason::Left,
-                        None,
-                        Guard::Conn(conn),
-                        Instant::now(),
-                    )
+                    .end(&room, key, LeaveReason::Left, None, Guard::Conn(conn))
                     .await;
                 let mut st = self.lock();
                 st.attached.remove(&key);
@@ -816,7 +809,6 @@ impl ClusterHub {
         reason: LeaveReason,
         code: Option<ErrorCode>,
         guard: Guard,
-        _now: Instant,
     ) -> Result<Reply, StoreError> {
         let left = to_json(&ServerMessage::PeerLeft {
             peer_id: PeerId::from("%PEER%"),
@@ -875,7 +867,6 @@ impl ClusterHub {
                 LeaveReason::Ended,
                 Some(ErrorCode::ReplayOverflow),
                 Guard::Any,
-                Instant::now(),
             ))
             .await
             {
@@ -907,10 +898,7 @@ impl ClusterHub {
             (expired, refresh)
         };
         for (key, room, reason) in expired {
-            match self
-                .end(&room, key, reason, None, Guard::Expired, now)
-                .await
-            {
+            match self.end(&room, key, reason, None, Guard::Expired).await {
                 Ok(reply) => {
                     // Ended, or resumed elsewhere ("no"): either way not parked here any more.
                     if reply.status == "ok" || reply.status == "no" {
