@@ -54,6 +54,8 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, handshake: Handshake) {
         last_heard: now,
         opened: now,
         reading: true,
+        last_rate_reply: None,
+        rate_dropped: 0,
     };
     task.app.metrics.connections.inc();
     task.app.metrics.connections_total.inc();
@@ -81,6 +83,30 @@ struct SocketTask {
     opened: Instant,
     /// False once the read side is unusable (oversize frame): only the queue is served then.
     reading: bool,
+    /// When the last `rate_limited` reply was sent: at most one a second, so a flood does not
+    /// turn into a flood of replies.
+    last_rate_reply: Option<Instant>,
+    /// Messages dropped by the rate limit since that reply.
+    rate_dropped: u64,
+}
+
+/// At most one `rate_limited` reply per connection in this time.
+const RATE_REPLY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// At most this much of a client's input is quoted back in an error message.
+const MAX_ECHO: usize = 120;
+
+/// `text` cut to at most [`MAX_ECHO`] bytes (on a character boundary), marked when cut.
+fn short(mut text: String) -> String {
+    if text.len() > MAX_ECHO {
+        let mut end = MAX_ECHO;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
 }
 
 /// Whether the loop goes on.
@@ -192,10 +218,21 @@ impl SocketTask {
                     .bucket
                     .try_take(now, config.rate_limit, config.rate_burst)
                 {
+                    self.rate_dropped += 1;
+                    if self
+                        .last_rate_reply
+                        .is_some_and(|t| now.duration_since(t) < RATE_REPLY_EVERY)
+                    {
+                        // Dropped and counted; the client was told less than a second ago.
+                        self.app.metrics.error(ErrorCode::RateLimited);
+                        return Step::Continue;
+                    }
+                    self.last_rate_reply = Some(now);
                     let message = format!(
-                        "more than {} messages/s (burst {}): message dropped",
-                        config.rate_limit, config.rate_burst
+                        "more than {} messages/s (burst {}): {} message(s) dropped since the last notice",
+                        config.rate_limit, config.rate_burst, self.rate_dropped
                     );
+                    self.rate_dropped = 0;
                     let id = probe_id(&text);
                     return self
                         .refuse(RequestError::new(ErrorCode::RateLimited, message), id, None)
@@ -206,7 +243,7 @@ impl SocketTask {
                     Err(e) => {
                         let id = probe_id(&text);
                         self.refuse(
-                            RequestError::new(ErrorCode::InvalidMessage, e.to_string()),
+                            RequestError::new(ErrorCode::InvalidMessage, short(e.to_string())),
                             id,
                             None,
                         )

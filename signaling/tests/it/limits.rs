@@ -29,6 +29,14 @@ async fn bad_input_is_answered_and_harms_nobody() {
         .await;
     let frame = a.expect_error(ErrorCode::InvalidMessage).await;
     assert_eq!(error_ref(&frame.message), Some(3));
+    // An error never echoes more than a short prefix of its input.
+    let long_type = format!(r#"{{"type":"{}","id":5}}"#, "x".repeat(900));
+    a.send_raw(Message::text(long_type)).await;
+    let frame = a.expect_error(ErrorCode::InvalidMessage).await;
+    match &frame.message {
+        ServerMessage::Error { message, .. } => assert!(message.len() < 200, "{message}"),
+        other => panic!("{other:?}"),
+    }
     a.send_raw(Message::text(
         r#"{"type":"signal","id":4,"signal":{"kind":"answer","sdp":""}}"#,
     ))
@@ -152,26 +160,36 @@ async fn handshake_errors() {
 async fn rate_limit_drops_the_excess() {
     let server = Server::start(&["--rate-limit", "5", "--rate-burst", "5"]);
     let (mut a, _) = Client::join(&server.ws("/ws/rate"), None).await;
-    // The join took one token; 10 pings at once: 4 pass, 6 are dropped.
+    // The join took one token; 10 pings at once: 4 pass, 6 are dropped, and only the first
+    // drop is answered (at most one `rate_limited` a second: a flood gets no flood back).
     for id in 0..10 {
         a.send(&ClientMessage::Ping { id: Some(id) }).await;
     }
     let (mut pongs, mut limited) = (0, 0);
-    for _ in 0..10 {
+    for _ in 0..5 {
         match a.recv_message().await {
             ServerMessage::Pong { .. } => pongs += 1,
             ServerMessage::Error {
                 code: ErrorCode::RateLimited,
                 reference,
-                ..
+                message,
             } => {
-                assert!(reference.is_some());
+                assert_eq!(reference, Some(4), "the first dropped ping");
+                assert!(message.contains("1 message(s) dropped"), "{message}");
                 limited += 1;
             }
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!((pongs, limited), (4, 6));
+    assert_eq!((pongs, limited), (4, 1));
+    a.expect_silence(Duration::from_millis(100)).await;
+    // Every drop is counted.
+    assert_eq!(
+        server
+            .metric("signaling_errors_total{code=\"rate_limited\"}")
+            .await,
+        6
+    );
     // Tokens come back at the configured rate.
     tokio::time::sleep(Duration::from_millis(450)).await;
     a.send(&ClientMessage::Ping { id: Some(100) }).await;
