@@ -30,8 +30,18 @@ cargo test --workspace --locked --no-fail-fast
 
 step "signaling integration tests again, on a 3-node cluster sharing a Redis"
 # The same suite must hold on one node and on three (clients spread over the nodes); the
-# cluster-only tests already ran above.
-SIGNALING_IT_NODES=3 cargo test -p signaling --test it --locked -- --skip cluster::
+# cluster-only tests already ran above. The test binary built above is run directly: a
+# `cargo test -p signaling` would resolve features differently and rebuild half the tree.
+it_bin=$(cargo test --workspace --locked --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if (m.get("reason") == "compiler-artifact" and m["target"]["name"] == "it"
+            and "/signaling#" in m["package_id"] and m.get("executable")):
+        print(m["executable"])
+')
+[ -x "$it_bin" ] || { echo "test.sh: the signaling integration test binary was not found" >&2; exit 1; }
+(cd signaling && SIGNALING_IT_NODES=3 "$it_bin" --skip cluster::)
 
 if [ -f tests/browser/run.mjs ]; then
   step "browser tests (headless Chromium)"
