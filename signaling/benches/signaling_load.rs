@@ -208,6 +208,13 @@ fn spawn_node(args: &Args, redis: Option<String>) -> ServerProcess {
         &max,
         "--max-rooms",
         &max,
+        // Every client of the bench is 127.0.0.1.
+        "--max-connections-per-ip",
+        &max,
+        "--join-rate-per-ip",
+        "100000",
+        "--join-burst-per-ip",
+        "100000",
     ]);
     if let Some(redis) = redis {
         command.args([

@@ -123,6 +123,29 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
+    /// Open WebSocket connections per client address; more are refused with HTTP 429
+    /// `too_many_connections`. Keep it well above the users behind one NAT or proxy.
+    #[arg(long, env = "SIGNALING_MAX_CONNECTIONS_PER_IP", default_value_t = 500)]
+    pub max_connections_per_ip: usize,
+
+    /// Sustained joins per second per client address (token bucket rate); a faster `join` gets
+    /// `rate_limited`.
+    #[arg(long, env = "SIGNALING_JOIN_RATE_PER_IP", default_value_t = 20.0)]
+    pub join_rate_per_ip: f64,
+
+    /// Burst of joins per client address (token bucket size).
+    #[arg(long, env = "SIGNALING_JOIN_BURST_PER_IP", default_value_t = 100.0)]
+    pub join_burst_per_ip: f64,
+
+    /// Proxies (addresses or CIDR blocks, repeatable or comma-separated) whose
+    /// `X-Forwarded-For`/`Forwarded` headers name the client. Others' headers are ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SIGNALING_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<crate::client_ip::Cidr>,
+
     /// Sustained messages per second per connection (token bucket rate).
     #[arg(long, env = "SIGNALING_RATE_LIMIT", default_value_t = 50.0)]
     pub rate_limit: f64,
@@ -268,6 +291,14 @@ impl Config {
         }
         if self.max_peers_per_room == 0 || self.max_rooms == 0 || self.max_sessions == 0 {
             return bad("room and session limits must be > 0".into());
+        }
+        if self.max_connections_per_ip == 0
+            || !(self.join_rate_per_ip > 0.0 && self.join_burst_per_ip >= 1.0)
+        {
+            return bad(
+                "--max-connections-per-ip must be > 0, --join-rate-per-ip > 0 and --join-burst-per-ip >= 1"
+                    .into(),
+            );
         }
         if !(self.rate_limit > 0.0 && self.rate_burst >= 1.0) {
             return bad("--rate-limit must be > 0 and --rate-burst >= 1".into());

@@ -12,6 +12,7 @@
 //!   (numbering, replay) behind one lock, no clock inside) or in Redis shared by many nodes
 //!   ([`cluster`]); [`resume`]: resume tokens; [`rate_limit`]: the per-connection token bucket.
 //! - [`api`]: the backend HTTP API (`/v1/rooms/...`).
+//! - [`client_ip`]: the client's address (trusted proxies) and per-address limits.
 //! - [`auth`]: optional HS256 JWTs; [`turn_credentials`]: TURN REST credentials for ICE servers.
 //! - [`metrics`], [`web`] (the embedded demo), [`shutdown`] (drain on SIGTERM/SIGINT).
 //! - `local_relay` (feature `with-relay`, default): the STUN/TURN relay run in-process by
@@ -28,6 +29,8 @@ pub mod api;
 pub mod auth;
 #[cfg(feature = "server")]
 pub mod backend;
+#[cfg(feature = "server")]
+pub mod client_ip;
 #[cfg(feature = "server")]
 pub mod cluster;
 #[cfg(feature = "server")]
@@ -83,6 +86,7 @@ mod server {
 
     use crate::auth::Authenticator;
     use crate::backend::Backend;
+    use crate::client_ip::{IpLimits, IpTable};
     use crate::cluster::{ClusterHub, ClusterSettings};
     use crate::config::Config;
     use crate::error::Error;
@@ -102,6 +106,8 @@ mod server {
         pub web: WebAssets,
         /// The id of the next connection (for logs).
         pub next_conn: AtomicU64,
+        /// Connections and join rates per client address.
+        pub clients: Arc<IpTable>,
     }
 
     impl AppState {
@@ -152,6 +158,11 @@ mod server {
                 metrics,
                 web,
                 next_conn: AtomicU64::new(1),
+                clients: IpTable::new(IpLimits {
+                    max_connections: config.max_connections_per_ip,
+                    join_rate: config.join_rate_per_ip,
+                    join_burst: config.join_burst_per_ip,
+                }),
                 config,
             }))
         }
@@ -235,9 +246,12 @@ mod server {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
                 });
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped.cancelled_owned())
-                    .await
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await
             })
         };
         shutdown.cancelled().await;

@@ -354,6 +354,8 @@ pub enum ErrorCode {
     TooManyRooms,
     /// The server already holds its maximum number of sessions.
     TooManySessions,
+    /// The client's address holds its maximum number of connections (HTTP 429 at the upgrade).
+    TooManyConnections,
     /// The target peer is not in the sender's room (or does not exist). Nothing was delivered.
     UnknownPeer,
     /// Too many messages: the per-connection rate limit dropped this one.
@@ -391,6 +393,7 @@ impl ErrorCode {
             Self::RoomFull => "room_full",
             Self::TooManyRooms => "too_many_rooms",
             Self::TooManySessions => "too_many_sessions",
+            Self::TooManyConnections => "too_many_connections",
             Self::UnknownPeer => "unknown_peer",
             Self::RateLimited => "rate_limited",
             Self::Unauthorized => "unauthorized",

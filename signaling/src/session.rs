@@ -17,6 +17,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::AppState;
 use crate::auth::{Claims, check_grant};
+use crate::client_ip::IpSlot;
 use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
 use crate::hub::{
@@ -37,6 +38,8 @@ pub struct Handshake {
     pub path_room: Option<RoomId>,
     /// The claims of a valid `?token=`, verified before the upgrade.
     pub claims: Option<Claims>,
+    /// The connection's place among its client address's (given back when the task ends).
+    pub ip_slot: IpSlot,
 }
 
 /// Runs one socket to its end.
@@ -340,6 +343,7 @@ impl SocketTask {
                     | ErrorCode::TooManyRooms
                     | ErrorCode::TooManySessions
                     | ErrorCode::Draining
+                    | ErrorCode::RateLimited
                     | ErrorCode::Unavailable => close_code::TRY_AGAIN_LATER,
                     ErrorCode::Internal => close_code::INTERNAL,
                     _ => close_code::POLICY,
@@ -358,6 +362,15 @@ impl SocketTask {
         token: Option<String>,
     ) -> Result<Attached, RequestError> {
         let version = negotiate(versions)?;
+        if !self.handshake.ip_slot.try_join(Instant::now()) {
+            return Err(RequestError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many joins from this address (at most {}/s, burst {})",
+                    self.app.config.join_rate_per_ip, self.app.config.join_burst_per_ip
+                ),
+            ));
+        }
         let room = match (room, &self.handshake.path_room) {
             (Some(asked), Some(path)) if &asked != path => {
                 return Err(RequestError::new(

@@ -1,18 +1,21 @@
 //! The WebSocket upgrade: the last point with HTTP metadata. Checks the origin allow-list, the
-//! connection limit, draining and a `?token=` before upgrading, and configures the socket's
+//! connection limits (global and per client address), draining and a `?token=` before upgrading, and configures the socket's
 //! buffers and frame limits (small read/write buffers keep idle connections cheap).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument as _;
 
 use crate::AppState;
+use crate::client_ip::client_ip;
 use crate::protocol::{ErrorCode, RoomId};
 use crate::session::{self, Handshake};
 
@@ -23,22 +26,24 @@ const READ_BUFFER_BYTES: usize = 2 * 1024;
 /// `GET /ws`: the room comes in `join`.
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    accept(app, None, query, &headers, ws)
+    accept(app, peer, None, query, &headers, ws)
 }
 
 /// `GET /ws/{room}`: the room comes in the URL (and `join` may repeat it).
 pub async fn upgrade_room(
     State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    accept(app, Some(RoomId(room)), query, &headers, ws)
+    accept(app, peer, Some(RoomId(room)), query, &headers, ws)
 }
 
 fn refuse(app: &AppState, status: StatusCode, code: ErrorCode, message: &str) -> Response {
@@ -49,6 +54,7 @@ fn refuse(app: &AppState, status: StatusCode, code: ErrorCode, message: &str) ->
 
 fn accept(
     app: Arc<AppState>,
+    peer: SocketAddr,
     path_room: Option<RoomId>,
     query: HashMap<String, String>,
     headers: &HeaderMap,
@@ -90,6 +96,15 @@ fn accept(
             "too many connections",
         );
     }
+    let ip = client_ip(peer, headers, &app.config.trusted_proxies);
+    let Some(ip_slot) = app.clients.connect(ip, Instant::now()) else {
+        return refuse(
+            &app,
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyConnections,
+            "too many connections from this address",
+        );
+    };
     let claims = match (&app.auth, query.get("token")) {
         (Some(auth), Some(token)) => match auth.verify(token) {
             Ok(claims) => Some(claims),
@@ -105,6 +120,7 @@ fn accept(
         conn,
         path_room,
         claims,
+        ip_slot,
     };
     let limit = app.config.max_message_bytes;
     ws.read_buffer_size(READ_BUFFER_BYTES)

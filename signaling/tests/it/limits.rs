@@ -389,3 +389,47 @@ async fn garbage_never_hurts_the_server() {
     let (status, _, _) = server.get("/healthz").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn connections_and_joins_are_limited_per_client_address() {
+    let server = Server::start(&[
+        "--max-connections-per-ip",
+        "3",
+        "--join-rate-per-ip",
+        "0.5",
+        "--join-burst-per-ip",
+        "2",
+        "--trusted-proxy",
+        "127.0.0.1",
+    ]);
+    let url = |room: &str| server.ws_first(&format!("/ws/{room}"));
+    // The same address: two joins pass; a third connection is let in, a fourth is refused
+    // before the upgrade.
+    let (_a, _) = Client::join(&url("ip"), None).await;
+    let (_b, _) = Client::join(&url("ip"), None).await;
+    let mut c = Client::connect(&url("ip")).await;
+    match Client::try_connect(&url("ip"), &[]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 429)
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    // The third join in a row is too fast: try again later.
+    c.send(&join_message("ip")).await;
+    c.expect_error(ErrorCode::RateLimited).await;
+    assert_eq!(c.expect_close().await, Closed::Code(1013));
+    // Behind a trusted proxy, each forwarded client counts on its own.
+    for client in ["203.0.113.5", "203.0.113.6"] {
+        let mut d = Client::try_connect(&url("ip"), &[("X-Forwarded-For", client)])
+            .await
+            .expect("another client address");
+        d.send(&join_message("ip")).await;
+        d.expect_welcome().await;
+    }
+    assert!(
+        server
+            .metric("signaling_errors_total{code=\"too_many_connections\"}")
+            .await
+            >= 1
+    );
+}

@@ -1,0 +1,292 @@
+//! Fairness per client address: who the client is (the socket's peer, or the address a trusted
+//! proxy forwarded), how many WebSockets it holds, and how fast it joins.
+//!
+//! An address is tracked while it holds at least one connection, so the table never holds more
+//! entries than there are open connections (`--max-connections`). Its join-rate bucket lives as
+//! long as its entry: an address that disconnects and comes back starts with a full bucket,
+//! which the connection cap bounds.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::http::HeaderMap;
+
+use crate::rate_limit::TokenBucket;
+
+/// A CIDR block, e.g. `10.0.0.0/8` or `::1/128` (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let network: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}`: the prefix must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Self { network, prefix })
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` is inside the block (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client's address: the socket's peer, unless that peer is a trusted proxy, in which case
+/// the nearest untrusted address it forwarded (`X-Forwarded-For`, else `Forwarded: for=`).
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let peer = canonical(peer.ip());
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| parse_forwarded_addr(a.trim()))
+        .collect();
+    let forwarded = if forwarded.is_empty() {
+        headers
+            .get_all("forwarded")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .filter_map(|part| {
+                let (key, value) = part.trim().split_once('=')?;
+                key.eq_ignore_ascii_case("for")
+                    .then(|| parse_forwarded_addr(value.trim_matches('"')))?
+            })
+            .collect()
+    } else {
+        forwarded
+    };
+    // Walk from the nearest hop outwards; the first address we do not trust is the client.
+    forwarded
+        .into_iter()
+        .rev()
+        .map(canonical)
+        .find(|ip| !is_trusted(*ip))
+        .unwrap_or(peer)
+}
+
+/// `1.2.3.4`, `1.2.3.4:5678`, `[::1]`, `[::1]:5678` or `::1`.
+fn parse_forwarded_addr(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    s.strip_prefix('[')?.split(']').next()?.parse().ok()
+}
+
+/// The per-address limits.
+#[derive(Debug, Clone, Copy)]
+pub struct IpLimits {
+    pub max_connections: usize,
+    pub join_rate: f64,
+    pub join_burst: f64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    connections: usize,
+    joins: TokenBucket,
+}
+
+/// Open connections and join buckets per client address.
+#[derive(Debug)]
+pub struct IpTable {
+    limits: IpLimits,
+    entries: Mutex<HashMap<IpAddr, Entry>>,
+}
+
+/// One connection's place in the table; dropping it gives the place back.
+#[derive(Debug)]
+pub struct IpSlot {
+    table: Arc<IpTable>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    /// The client's address.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// Takes one join from the address's bucket; `false` means it joins too fast.
+    pub fn try_join(&self, now: Instant) -> bool {
+        let mut entries = self.table.lock();
+        entries.get_mut(&self.ip).is_some_and(|e| {
+            e.joins.try_take(
+                now,
+                self.table.limits.join_rate,
+                self.table.limits.join_burst,
+            )
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut entries = self.table.lock();
+        if let Some(entry) = entries.get_mut(&self.ip) {
+            entry.connections -= 1;
+            if entry.connections == 0 {
+                entries.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl IpTable {
+    /// An empty table.
+    pub fn new(limits: IpLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            entries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection slot for `ip`, or `None` when the address holds its maximum.
+    pub fn connect(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Option<IpSlot> {
+        let mut entries = self.lock();
+        let entry = entries.entry(ip).or_insert_with(|| Entry {
+            connections: 0,
+            joins: TokenBucket::new(self.limits.join_burst, now),
+        });
+        if entry.connections >= self.limits.max_connections {
+            return None;
+        }
+        entry.connections += 1;
+        Some(IpSlot {
+            table: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Addresses tracked (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no address is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_trusted_proxies() {
+        let proxy: SocketAddr = "10.0.0.2:4000".parse().unwrap();
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let xff = headers(&[("x-forwarded-for", "198.51.100.9, 203.0.113.5, 10.0.0.7")]);
+        assert_eq!(
+            client_ip(proxy, &xff, &trusted),
+            "203.0.113.5".parse::<IpAddr>().unwrap(),
+            "the nearest untrusted hop"
+        );
+        assert_eq!(
+            client_ip(proxy, &xff, &[]),
+            proxy.ip(),
+            "no trust: the socket"
+        );
+        let fwd = headers(&[("forwarded", r#"for="[2001:db8::1]:4711";proto=https"#)]);
+        assert_eq!(
+            client_ip(proxy, &fwd, &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        let direct: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        assert_eq!(client_ip(direct, &xff, &trusted), direct.ip());
+        assert!(
+            "::ffff:10.1.2.3"
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| trusted[0].contains(ip))
+        );
+        assert!("300.0.0.0/8".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn connections_and_joins_are_bounded_per_address() {
+        let table = IpTable::new(IpLimits {
+            max_connections: 2,
+            join_rate: 1.0,
+            join_burst: 2.0,
+        });
+        let now = Instant::now();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = table.connect(ip, now).unwrap();
+        let b = table.connect(ip, now).unwrap();
+        assert!(table.connect(ip, now).is_none());
+        assert!(table.connect("192.0.2.2".parse().unwrap(), now).is_some());
+        assert!(a.try_join(now) && b.try_join(now));
+        assert!(!a.try_join(now), "burst of 2 spent");
+        drop(a);
+        assert!(table.connect(ip, now).is_some(), "a slot came back");
+        drop(b);
+        assert!(table.is_empty(), "entries go with their last connection");
+    }
+}
