@@ -123,6 +123,16 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
+    /// A connection must send its HTTP request headers within this time, or it is closed
+    /// (against slowloris).
+    #[arg(long, env = "SIGNALING_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Open HTTP connections that are not (yet) WebSockets; past it, new TCP connections are
+    /// closed at once. Upgraded sockets count against `--max-connections` instead.
+    #[arg(long, env = "SIGNALING_MAX_HTTP_CONNECTIONS", default_value_t = 1024)]
+    pub max_http_connections: usize,
+
     /// Open WebSocket connections per client address; more are refused with HTTP 429
     /// `too_many_connections`. Keep it well above the users behind one NAT or proxy.
     #[arg(long, env = "SIGNALING_MAX_CONNECTIONS_PER_IP", default_value_t = 500)]
@@ -291,6 +301,9 @@ impl Config {
         }
         if self.max_peers_per_room == 0 || self.max_rooms == 0 || self.max_sessions == 0 {
             return bad("room and session limits must be > 0".into());
+        }
+        if self.header_read_timeout.is_zero() || self.max_http_connections == 0 {
+            return bad("--header-read-timeout and --max-http-connections must be > 0".into());
         }
         if self.max_connections_per_ip == 0
             || !(self.join_rate_per_ip > 0.0 && self.join_burst_per_ip >= 1.0)

@@ -14,6 +14,7 @@
 //! - [`api`]: the backend HTTP API (`/v1/rooms/...`).
 //! - [`client_ip`]: the client's address (trusted proxies) and per-address limits.
 //! - [`auth`]: optional HS256 JWTs; [`turn_credentials`]: TURN REST credentials for ICE servers.
+//! - [`listener`]: the accept loop (header-read timeout, cap on connections not upgraded).
 //! - [`metrics`], [`web`] (the embedded demo), [`shutdown`] (drain on SIGTERM/SIGINT).
 //! - `local_relay` (feature `with-relay`, default): the STUN/TURN relay run in-process by
 //!   `--with-relay`, the one-command local stack.
@@ -41,6 +42,8 @@ pub mod connection;
 pub mod error;
 #[cfg(feature = "server")]
 pub mod hub;
+#[cfg(feature = "server")]
+pub mod listener;
 #[cfg(feature = "with-relay")]
 pub mod local_relay;
 #[cfg(feature = "server")]
@@ -80,7 +83,6 @@ mod server {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     use axum::routing::{get, post};
-    use axum::serve::ListenerExt as _;
     use tokio::net::TcpListener;
     use tokio_util::sync::CancellationToken;
 
@@ -91,6 +93,7 @@ mod server {
     use crate::config::Config;
     use crate::error::Error;
     use crate::hub::{HubSettings, LocalHub};
+    use crate::listener::ListenerLimits;
     use crate::metrics::Metrics;
     use crate::outbox::ReplayLimits;
     use crate::turn_credentials::IceServerMinter;
@@ -236,33 +239,29 @@ mod server {
             })
         };
         let stopped = CancellationToken::new();
-        let server = {
-            let stopped = stopped.clone();
-            let router = app(Arc::clone(&state));
-            tokio::spawn(async move {
-                // Signaling frames are small and latency-bound: no Nagle delay.
-                let listener = listener.tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                });
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-                )
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await
-            })
+        let limits = ListenerLimits {
+            header_read_timeout: state.config.header_read_timeout,
+            max_http_connections: state.config.max_http_connections,
         };
+        crate::listener::check_fd_budget(
+            state.config.max_connections,
+            state.config.max_http_connections,
+        );
+        let server = tokio::spawn(crate::listener::serve(
+            listener,
+            app(Arc::clone(&state)),
+            limits,
+            Arc::clone(&state.metrics),
+            stopped.clone(),
+        ));
         shutdown.cancelled().await;
         crate::shutdown::drain(&state, "server shutting down", state.config.drain_timeout).await;
         stopped.cancel();
         sweeper.abort();
         // HTTP keep-alive connections get a short while to finish; upgraded sockets are closed.
         let result = match tokio::time::timeout(Duration::from_secs(2), server).await {
-            Ok(Ok(result)) => result.map_err(Error::Io),
+            Ok(Ok(())) | Err(_) => Ok(()),
             Ok(Err(join)) => Err(Error::Io(std::io::Error::other(join))),
-            Err(_) => Ok(()),
         };
         if let Backend::Cluster(hub) = &state.hub {
             hub.leave().await;

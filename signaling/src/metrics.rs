@@ -32,6 +32,8 @@ pub struct Metrics {
     pub rooms: Gauge,
     /// Signal and broadcast messages delivered to a recipient's queue.
     pub messages_relayed: Counter,
+    /// TCP connections closed at once because `--max-http-connections` were open.
+    pub http_refused: Counter,
     errors: Family<CodeLabel, Counter>,
     resumes: Family<ResultLabel, Counter>,
 }
@@ -44,6 +46,7 @@ impl Default for Metrics {
         let sessions = Gauge::default();
         let rooms = Gauge::default();
         let messages_relayed = Counter::default();
+        let http_refused = Counter::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let resumes = Family::<ResultLabel, Counter>::default();
         registry.register(
@@ -63,6 +66,11 @@ impl Default for Metrics {
             "Signal and broadcast messages delivered to a peer",
             messages_relayed.clone(),
         );
+        registry.register(
+            "http_connections_refused",
+            "TCP connections closed at once: too many open HTTP connections",
+            http_refused.clone(),
+        );
         registry.register("errors", "Error replies by code", errors.clone());
         registry.register("resumes", "Resume attempts by result", resumes.clone());
         Self {
@@ -72,6 +80,7 @@ impl Default for Metrics {
             sessions,
             rooms,
             messages_relayed,
+            http_refused,
             errors,
             resumes,
         }

@@ -433,3 +433,67 @@ async fn connections_and_joins_are_limited_per_client_address() {
             >= 1
     );
 }
+
+#[tokio::test]
+async fn slowloris_connections_time_out_and_never_lock_out_a_real_client() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // 96 descriptors for the whole process, 150 attackers that never finish their headers.
+    let server = Server::spawn_with_fd_limit(
+        96,
+        &[
+            "--header-read-timeout",
+            "1s",
+            "--max-http-connections",
+            "64",
+        ],
+    );
+    let mut attackers = Vec::new();
+    for _ in 0..150 {
+        let Ok(mut tcp) = tokio::net::TcpStream::connect(server.addr).await else {
+            continue;
+        };
+        let _ = tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await;
+        attackers.push(tcp);
+    }
+    // Within the header timeout (and a little), every attacker was closed by the server.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut closed = 0;
+    for tcp in &mut attackers {
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => closed += 1,
+            Ok(Ok(_)) => closed += 1, // a 408 before the close
+            Err(_) => {}
+        }
+    }
+    assert_eq!(closed, attackers.len(), "every slow connection was closed");
+    // A real client joins and is served while the attack goes on (new attackers keep coming).
+    for _ in 0..60 {
+        if let Ok(mut tcp) = tokio::net::TcpStream::connect(server.addr).await {
+            let _ = tcp.write_all(b"GET / HTTP/1.1\r\n").await;
+            attackers.push(tcp);
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (mut a, _) = loop {
+        let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut client = Client::try_connect(&server.ws("/ws/real"), &[])
+                .await
+                .ok()?;
+            client.send(&join_message("real")).await;
+            let info = client.expect_welcome().await;
+            Some((client, info))
+        })
+        .await;
+        if let Ok(Some(joined)) = attempt {
+            break joined;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the real client never got in"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    a.send(&ClientMessage::Ping { id: Some(1) }).await;
+    assert!(matches!(a.recv_message().await, ServerMessage::Pong { .. }));
+}

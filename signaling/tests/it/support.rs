@@ -76,7 +76,22 @@ impl Server {
 
     /// Starts one node with `--listen 127.0.0.1:0` plus `args`, and waits for its address.
     pub(crate) fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_signaling"))
+        Self::spawn_command(Command::new(env!("CARGO_BIN_EXE_signaling")), args)
+    }
+
+    /// Starts one node whose process may open at most `fds` files (`ulimit -n`).
+    pub(crate) fn spawn_with_fd_limit(fds: u32, args: &[&str]) -> Self {
+        let mut shell = Command::new("sh");
+        shell.args([
+            "-c",
+            &format!("ulimit -n {fds} && exec \"$0\" \"$@\""),
+            env!("CARGO_BIN_EXE_signaling"),
+        ]);
+        Self::spawn_command(shell, args)
+    }
+
+    fn spawn_command(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env(

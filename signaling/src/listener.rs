@@ -1,0 +1,143 @@
+//! The accept loop: HTTP/1.1 connections served by hyper under the limits a public server needs
+//! against slow or abusive clients (slowloris):
+//!
+//! - a connection must send its request headers within `--header-read-timeout`, or it is closed;
+//! - at most `--max-http-connections` connections may be open and not upgraded to a WebSocket
+//!   (past that, new ones are closed at once and counted);
+//! - when accepting fails because the process is out of file descriptors (EMFILE/ENFILE), the
+//!   loop backs off for a moment and goes on serving instead of spinning;
+//! - at start-up, a warning when `ulimit -n` is below what `--max-connections` needs.
+//!
+//! Upgraded WebSockets leave this count: they are bounded by `--max-connections` and the
+//! per-address limits in [`crate::ws`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+use crate::metrics::Metrics;
+
+/// The limits of the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    pub header_read_timeout: Duration,
+    pub max_http_connections: usize,
+}
+
+/// Counts a connection until it is upgraded or closed.
+struct Pending(Arc<AtomicUsize>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled; connections in progress are then
+/// shut down gracefully (upgraded WebSockets are no longer HTTP connections: the drain closes
+/// them).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ListenerLimits,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let pending = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors (or another transient failure): wait for some to be
+                // released instead of spinning; the connections already open keep being served.
+                tracing::warn!(error = %e, "accept failed: backing off");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if pending.fetch_add(1, Ordering::AcqRel) >= limits.max_http_connections {
+            pending.fetch_sub(1, Ordering::AcqRel);
+            metrics.http_refused.inc();
+            drop(tcp);
+            continue;
+        }
+        let guard = Pending(Arc::clone(&pending));
+        // Signaling frames are small and latency-bound: no Nagle delay.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let router = router.clone();
+        let stop = stop.clone();
+        tokio::spawn(serve_connection(tcp, peer, router, limits, guard, stop));
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: ListenerLimits,
+    guard: Pending,
+    stop: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(request)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let connection = builder
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %peer, "HTTP connection ended with an error");
+    }
+    // The HTTP connection is over: closed, timed out, or handed to a WebSocket (which
+    // `--max-connections` counts from now on).
+    drop(guard);
+}
+
+/// Warns when the process may open fewer files than `--max-connections` needs (each WebSocket
+/// is one descriptor, plus a margin for HTTP connections and the process's own).
+pub fn check_fd_budget(max_connections: usize, max_http_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; no other precondition.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let needed = (max_connections + max_http_connections + 64) as libc::rlim_t;
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            needed,
+            "ulimit -n is below --max-connections + --max-http-connections + 64: raise it, or \
+             lower the limits (past it, accepts fail and new clients wait)"
+        );
+    }
+}
