@@ -217,14 +217,9 @@ fn spawn_node(args: &Args, redis: Option<String>) -> ServerProcess {
         "100000",
     ]);
     if let Some(redis) = redis {
-        command.args([
-            "--redis",
-            &redis,
-            "--node-heartbeat",
-            "250ms",
-            "--node-lease",
-            "1s",
-        ]);
+        // Default heartbeat (1 s) and lease (5 s): a node saturated by the failover must not
+        // look dead.
+        command.args(["--redis", &redis]);
     }
     let mut child = command
         .env("RUST_LOG", "warn")
@@ -419,6 +414,7 @@ fn spawn_reader(
     tokio::spawn(async move {
         let mut unacked = 0u32;
         let mut last_seq = 1;
+        let mut resumed_once = false;
         loop {
             while let Some(Ok(message)) = stream.next().await {
                 let Message::Text(text) = message else {
@@ -465,11 +461,14 @@ fn spawn_reader(
                 r.failover.failed.fetch_add(1, Ordering::Relaxed);
                 return;
             };
-            r.failover
-                .resumed
-                .lock()
-                .expect("resumed")
-                .push(killed.elapsed());
+            if !resumed_once {
+                resumed_once = true;
+                r.failover
+                    .resumed
+                    .lock()
+                    .expect("resumed")
+                    .push(killed.elapsed());
+            }
             let (new_sink, new_stream) = ws.split();
             *sink.lock().await = new_sink;
             stream = new_stream;
