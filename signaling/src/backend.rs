@@ -8,14 +8,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-
 use crate::api::PeerEntry;
 use crate::cluster::ClusterHub;
 use crate::error::RequestError;
-use crate::hub::{
-    Attached, ConnId, Flow, JoinRequest, LocalHub, Outbound, ResumeRequest, SessionKey,
-};
+use crate::hub::{Attached, ConnId, Flow, JoinRequest, LocalHub, ResumeRequest, SessionKey};
+use crate::outbound::OutboundTx;
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, RoomId, ServerMessage,
 };
@@ -31,7 +28,7 @@ impl Backend {
     pub async fn join(
         &self,
         conn: ConnId,
-        tx: &mpsc::Sender<Outbound>,
+        tx: &OutboundTx,
         req: JoinRequest,
     ) -> Result<Attached, RequestError> {
         match self {
@@ -44,7 +41,7 @@ impl Backend {
     pub async fn resume(
         &self,
         conn: ConnId,
-        tx: &mpsc::Sender<Outbound>,
+        tx: &OutboundTx,
         req: ResumeRequest,
     ) -> Result<Attached, RequestError> {
         match self {

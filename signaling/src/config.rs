@@ -103,6 +103,11 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
 
+    /// Outbound queue per connection, in bytes of queued frames: a client that falls this far
+    /// behind is a slow consumer too. Bounds a silent receiver's cost whatever its frames' size.
+    #[arg(long, env = "SIGNALING_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
+
     /// The largest text frame accepted, in bytes. Larger frames close the socket with 1009.
     #[arg(long, env = "SIGNALING_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
@@ -295,6 +300,12 @@ impl Config {
         }
         if self.outbound_queue < 2 {
             return bad("--outbound-queue must be at least 2".into());
+        }
+        if self.outbound_queue_bytes < 2 * self.max_message_bytes {
+            return bad(
+                "--outbound-queue-bytes must hold at least two frames of --max-message-bytes"
+                    .into(),
+            );
         }
         if self.max_message_bytes < 256 {
             return bad("--max-message-bytes must be at least 256".into());

@@ -5,7 +5,7 @@
 //!
 //! All state changes are short synchronous methods given the time of the operation (the hub
 //! reads no clock: tests drive it with a fake one). They never `.await` while holding the lock,
-//! and the only "sends" they do are non-blocking `try_send`s into each session's bounded
+//! and the only "sends" they do are non-blocking pushes into each session's bounded
 //! outbound queue. Doing those under the lock is what keeps a session's `seq` order equal to its
 //! queue order when several peers write to it at once. Payloads are encoded before the lock is
 //! taken; under it a frame only gets its `seq` prefixed.
@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
 
 use crate::api::PeerEntry;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
+pub use crate::outbound::{Outbound, OutboundRx, OutboundTx};
 use crate::outbox::{Body, Outbox, ReplayLimits};
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
@@ -50,15 +50,6 @@ pub mod close_code {
     /// A limit of the server (room full, too many sessions, draining), or a cluster node that
     /// lost its shared store: try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
-}
-
-/// What a session's socket task is told to write.
-#[derive(Debug)]
-pub enum Outbound {
-    /// One encoded server frame.
-    Frame(Utf8Bytes),
-    /// Write `frame` (if any), then close the socket with `code`.
-    Close { frame: Option<Utf8Bytes>, code: u16 },
 }
 
 /// The hub's share of the configuration.
@@ -192,7 +183,7 @@ impl LocalHub {
     pub fn join(
         &self,
         conn: ConnId,
-        tx: &mpsc::Sender<Outbound>,
+        tx: &OutboundTx,
         req: JoinRequest,
         now: Instant,
     ) -> Result<Attached, RequestError> {
@@ -293,7 +284,7 @@ impl LocalHub {
     pub fn resume(
         &self,
         conn: ConnId,
-        tx: &mpsc::Sender<Outbound>,
+        tx: &OutboundTx,
         req: ResumeRequest,
         now: Instant,
     ) -> Result<Attached, RequestError> {
@@ -305,7 +296,7 @@ impl LocalHub {
     fn try_resume(
         &self,
         conn: ConnId,
-        tx: &mpsc::Sender<Outbound>,
+        tx: &OutboundTx,
         req: ResumeRequest,
         now: Instant,
     ) -> Result<Attached, RequestError> {
@@ -349,10 +340,7 @@ impl LocalHub {
             },
         );
         if let Link::Attached { tx: old_tx, .. } = old {
-            let _ = old_tx.try_send(Outbound::Close {
-                frame: None,
-                code: close_code::POLICY,
-            });
+            old_tx.close(None, close_code::POLICY);
         }
         session.version = req.version;
         session.ice_refresh_at = self.ice.refresh_after().map(|d| now + d);
@@ -527,7 +515,7 @@ impl LocalHub {
         ) = (close, st.sessions.get(&key))
         {
             // Behind the error in the queue, so the client reads it before the close.
-            let _ = tx.try_send(Outbound::Close { frame: None, code });
+            tx.close(None, code);
         }
         st.settle();
         self.update_gauges(&st);
@@ -592,10 +580,7 @@ impl LocalHub {
         let st = self.lock();
         for session in st.sessions.values() {
             if let Link::Attached { tx, .. } = &session.link {
-                let _ = tx.try_send(Outbound::Close {
-                    frame: None,
-                    code: close_code::GOING_AWAY,
-                });
+                tx.close(None, close_code::GOING_AWAY);
             }
         }
     }
@@ -681,10 +666,10 @@ impl HubState {
             Link::Attached { tx, .. } => {
                 session.outbox.trim(self.replay_limits);
                 // Keep the last slot for the error that ends a slow consumer.
-                if tx.capacity() <= 1 {
-                    self.ending.push((key, ErrorCode::SlowConsumer));
+                if tx.has_room(frame.len()) {
+                    tx.push(frame);
                 } else {
-                    let _ = tx.try_send(Outbound::Frame(frame));
+                    self.ending.push((key, ErrorCode::SlowConsumer));
                 }
             }
             Link::Parked { .. } => {
@@ -753,10 +738,7 @@ impl HubState {
                         reference: None,
                     },
                 });
-                let _ = tx.try_send(Outbound::Close {
-                    frame: Some(frame),
-                    code: close_code::POLICY,
-                });
+                tx.close(Some(frame), close_code::POLICY);
             }
         }
         for other in others {
@@ -800,8 +782,8 @@ mod tests {
         )
     }
 
-    fn join(hub: &LocalHub, conn: ConnId, queue: usize) -> (Attached, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue);
+    fn join(hub: &LocalHub, conn: ConnId, queue: usize) -> (Attached, OutboundRx) {
+        let (tx, rx) = crate::outbound::queue(queue, 1 << 20);
         let attached = hub
             .join(
                 conn,
@@ -818,9 +800,9 @@ mod tests {
         (attached, rx)
     }
 
-    fn frames(rx: &mut mpsc::Receiver<Outbound>) -> Vec<ServerFrame> {
+    fn frames(rx: &mut OutboundRx) -> Vec<ServerFrame> {
         let mut out = Vec::new();
-        while let Ok(item) = rx.try_recv() {
+        while let Some(item) = rx.try_recv() {
             if let Outbound::Frame(text)
             | Outbound::Close {
                 frame: Some(text), ..
@@ -898,7 +880,7 @@ mod tests {
         for n in 0..5 {
             send(&hub, &a, 1, &b, n);
         }
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = crate::outbound::queue(16, 1 << 20);
         let resumed = hub
             .resume(
                 3,
@@ -964,7 +946,7 @@ mod tests {
         )));
     }
 
-    fn welcome_token(rx: &mut mpsc::Receiver<Outbound>) -> ResumeToken {
+    fn welcome_token(rx: &mut OutboundRx) -> ResumeToken {
         match &frames(rx)[0].message {
             ServerMessage::Welcome { session, .. } => session.resume_token.clone(),
             other => panic!("{other:?}"),
@@ -977,7 +959,7 @@ mod tests {
         last_seq: u64,
         now: Instant,
     ) -> Result<Attached, RequestError> {
-        let (tx, _rx) = mpsc::channel(16);
+        let (tx, _rx) = crate::outbound::queue(16, 1 << 20);
         hub.resume(
             9,
             &tx,

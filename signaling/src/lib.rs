@@ -6,7 +6,7 @@
 //! With the `server` feature (default):
 //! - [`config`]: the clap configuration; [`error`]: client errors vs fatal errors.
 //! - [`ws`]: the HTTP upgrade (origin, token, limits); [`session`]: the per-socket task;
-//!   [`connection`]: one WebSocket's frames.
+//!   [`connection`]: one WebSocket's frames; [`outbound`]: its queue, bounded in frames and bytes.
 //! - [`backend`]: where rooms and sessions live: in this process ([`hub`] composes [`room`]
 //!   (members, roles, peer index), [`sessions`] (parking, expiry, tombstones) and [`outbox`]
 //!   (numbering, replay) behind one lock, no clock inside) or in Redis shared by many nodes
@@ -48,6 +48,8 @@ pub mod listener;
 pub mod local_relay;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod outbound;
 #[cfg(feature = "server")]
 pub mod outbox;
 #[cfg(feature = "server")]

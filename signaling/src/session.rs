@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use axum::extract::ws::WebSocket;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
 use crate::AppState;
@@ -21,7 +20,8 @@ use crate::client_ip::IpSlot;
 use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
 use crate::hub::{
-    Attached, ConnId, Flow, JoinRequest, Outbound, ResumeRequest, SessionKey, close_code, encode,
+    Attached, ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, ResumeRequest,
+    SessionKey, close_code, encode,
 };
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, ResumeToken, RoomId,
@@ -44,7 +44,8 @@ pub struct Handshake {
 
 /// Runs one socket to its end.
 pub async fn run(socket: WebSocket, app: Arc<AppState>, handshake: Handshake) {
-    let (tx, rx) = mpsc::channel(app.config.outbound_queue);
+    let (tx, rx) =
+        crate::outbound::queue(app.config.outbound_queue, app.config.outbound_queue_bytes);
     let now = Instant::now();
     let mut task = SocketTask {
         conn: Connection::new(socket, app.config.ping_timeout),
@@ -76,7 +77,7 @@ struct SocketTask {
     handshake: Handshake,
     /// Our own handle on the outbound queue, handed to the hub at join/resume. Holding it means
     /// the queue never reports "closed": the hub ends a session with an explicit `Close`.
-    tx: mpsc::Sender<Outbound>,
+    tx: OutboundTx,
     key: Option<SessionKey>,
     /// The session's peer id, once joined or resumed.
     peer: PeerId,
@@ -124,7 +125,7 @@ struct IdProbe {
 }
 
 impl SocketTask {
-    async fn run(&mut self, mut rx: mpsc::Receiver<Outbound>) -> LeaveReason {
+    async fn run(&mut self, mut rx: OutboundRx) -> LeaveReason {
         let interval = self.app.config.ping_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-
-use crate::hub::{ConnId, Outbound, SessionKey};
+use crate::hub::{ConnId, SessionKey};
+use crate::outbound::OutboundTx;
 use crate::outbox::Outbox;
 use crate::protocol::{ErrorCode, LeaveReason, PeerId, RoomId};
 use crate::resume::ResumeSecret;
@@ -16,10 +15,7 @@ use crate::resume::ResumeSecret;
 #[derive(Debug)]
 pub enum Link {
     /// To the socket `conn`, through its bounded queue.
-    Attached {
-        conn: ConnId,
-        tx: mpsc::Sender<Outbound>,
-    },
+    Attached { conn: ConnId, tx: OutboundTx },
     /// Nowhere until a resume; the session ends at `expires` with `reason`.
     Parked {
         expires: Instant,

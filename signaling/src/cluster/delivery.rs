@@ -11,7 +11,7 @@ use futures_util::StreamExt as _;
 
 use super::inbox::{Offer, frame_seq};
 use super::{ClusterHub, Guard, channel};
-use crate::hub::{ConnId, Outbound, SessionKey, close_code, encode};
+use crate::hub::{ConnId, SessionKey, close_code, encode};
 use crate::protocol::{ErrorCode, LeaveReason, RoomId, ServerFrame, ServerMessage};
 
 impl ClusterHub {
@@ -25,10 +25,7 @@ impl ClusterHub {
             "cluster store unavailable: closing sockets"
         );
         for session in st.attached.values() {
-            let _ = session.tx.try_send(Outbound::Close {
-                frame: None,
-                code: close_code::TRY_AGAIN_LATER,
-            });
+            session.tx.close(None, close_code::TRY_AGAIN_LATER);
         }
     }
 
@@ -85,10 +82,7 @@ impl ClusterHub {
             if st.attached.get(&key).is_some_and(|s| s.conn == conn)
                 && let Some(session) = st.attached.remove(&key)
             {
-                let _ = session.tx.try_send(Outbound::Close {
-                    frame: None,
-                    code: close_code::POLICY,
-                });
+                session.tx.close(None, close_code::POLICY);
             }
             self.update_gauges(&st);
             return;
@@ -112,23 +106,19 @@ impl ClusterHub {
             Offer::Write(out) => out,
             Offer::Nothing => return,
             Offer::Overflow => {
-                let _ = session.tx.try_send(Outbound::Close {
-                    frame: None,
-                    code: close_code::TRY_AGAIN_LATER,
-                });
+                session.tx.close(None, close_code::TRY_AGAIN_LATER);
                 return;
             }
         };
         for frame in out {
-            // Keep the last slot for the error that ends a slow consumer.
-            if session.tx.capacity() <= 1 {
+            if !session.tx.has_room(frame.len()) {
                 let (room, conn) = (session.room.clone(), session.conn);
                 drop(st);
                 let hub = Arc::clone(self);
                 tokio::spawn(async move { hub.end_slow_consumer(room, key, conn).await });
                 return;
             }
-            let _ = session.tx.try_send(Outbound::Frame(frame));
+            session.tx.push(frame);
         }
         session.close_if_due();
     }
@@ -169,13 +159,7 @@ impl ClusterHub {
             });
             // The queue is full: the close waits in a task for a free slot.
             tokio::spawn(async move {
-                let _ = session
-                    .tx
-                    .send(Outbound::Close {
-                        frame,
-                        code: close_code::POLICY,
-                    })
-                    .await;
+                session.tx.close_when_room(frame, close_code::POLICY).await;
             });
         }
     }

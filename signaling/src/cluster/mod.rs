@@ -29,12 +29,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
 
 use crate::api::PeerEntry;
 use crate::error::RequestError;
 use crate::hub::{
-    Attached, ConnId, Flow, HubSettings, JoinRequest, Outbound, ResumeRequest, SessionKey,
+    Attached, ConnId, Flow, HubSettings, JoinRequest, OutboundTx, ResumeRequest, SessionKey,
     close_code,
 };
 use crate::metrics::Metrics;
@@ -123,7 +122,7 @@ struct LocalSession {
     room: RoomId,
     peer: PeerId,
     conn: ConnId,
-    tx: mpsc::Sender<Outbound>,
+    tx: OutboundTx,
     inbox: Inbox,
     ice_refresh_at: Option<Instant>,
     /// Close the socket with this code once the frame with this seq is written (an error
@@ -138,7 +137,7 @@ impl LocalSession {
             && self.inbox.next().is_some_and(|next| next > seq)
         {
             self.close_after = None;
-            let _ = self.tx.try_send(Outbound::Close { frame: None, code });
+            self.tx.close(None, code);
         }
     }
 }
@@ -321,7 +320,7 @@ impl ClusterHub {
     pub async fn join(
         &self,
         conn: ConnId,
-        tx: &mpsc::Sender<Outbound>,
+        tx: &OutboundTx,
         req: JoinRequest,
     ) -> Result<Attached, RequestError> {
         self.accepting()?;
@@ -476,7 +475,7 @@ impl ClusterHub {
     pub async fn resume(
         &self,
         conn: ConnId,
-        tx: &mpsc::Sender<Outbound>,
+        tx: &OutboundTx,
         req: ResumeRequest,
     ) -> Result<Attached, RequestError> {
         let result = self.try_resume(conn, tx, req).await;
@@ -487,7 +486,7 @@ impl ClusterHub {
     async fn try_resume(
         &self,
         conn: ConnId,
-        tx: &mpsc::Sender<Outbound>,
+        tx: &OutboundTx,
         req: ResumeRequest,
     ) -> Result<Attached, RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
@@ -581,10 +580,7 @@ impl ClusterHub {
             if let Some(previous) = previous
                 && previous.conn != conn
             {
-                let _ = previous.tx.try_send(Outbound::Close {
-                    frame: None,
-                    code: close_code::POLICY,
-                });
+                previous.tx.close(None, close_code::POLICY);
             }
             st.parked.remove(&key);
             self.update_gauges(&st);
@@ -944,10 +940,7 @@ impl ClusterHub {
     /// Closes every attached socket with 1001 (the end of a drain).
     pub fn close_all(&self) {
         for session in self.lock().attached.values() {
-            let _ = session.tx.try_send(Outbound::Close {
-                frame: None,
-                code: close_code::GOING_AWAY,
-            });
+            session.tx.close(None, close_code::GOING_AWAY);
         }
     }
 

@@ -497,3 +497,70 @@ async fn slowloris_connections_time_out_and_never_lock_out_a_real_client() {
     a.send(&ClientMessage::Ping { id: Some(1) }).await;
     assert!(matches!(a.recv_message().await, ServerMessage::Pong { .. }));
 }
+
+/// VmHWM (peak RSS) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn silent_receivers_of_big_broadcasts_cost_a_bounded_amount_of_memory() {
+    let server = Server::start(&[
+        "--outbound-queue-bytes",
+        "262144",
+        "--rate-limit",
+        "10000",
+        "--rate-burst",
+        "10000",
+    ]);
+    let (mut a, _) = Client::join(&server.ws_first("/ws/big"), None).await;
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        silent.push(Client::join(&server.ws("/ws/big"), None).await);
+        let _ = a.recv_message().await; // peer_joined
+    }
+    let before = peak_rss_kib(server.pid());
+    // 300 broadcasts of 30 KB: 9 MB for each of 16 receivers that never read (144 MB if the
+    // server kept it all). Each silent receiver's queue holds at most 256 KiB, then its session
+    // ends (slow_consumer). Measured without the byte bound (only the 256-frame one): 80 MiB.
+    let blob = "z".repeat(30_000);
+    let mut left = 0;
+    for _ in 0..300 {
+        a.send(&ClientMessage::Broadcast {
+            id: None,
+            data: serde_json::Value::String(blob.clone()),
+        })
+        .await;
+        while let Some(frame) = a.recv_within(Duration::from_millis(1)).await {
+            if let ServerMessage::PeerLeft { reason, .. } = frame.message {
+                assert_eq!(reason, LeaveReason::Ended);
+                left += 1;
+            }
+        }
+    }
+    while left < 16 {
+        match a
+            .recv_within(Duration::from_secs(5))
+            .await
+            .map(|f| f.message)
+        {
+            Some(ServerMessage::PeerLeft { .. }) => left += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let growth_mib = peak_rss_kib(server.pid()).saturating_sub(before) / 1024;
+    eprintln!("16 silent receivers of 300 x 30 KB broadcasts: peak RSS +{growth_mib} MiB");
+    assert!(
+        growth_mib < 32,
+        "peak RSS grew by {growth_mib} MiB for 16 silent receivers"
+    );
+    if crate::support::cluster_nodes() == 1 {
+        assert_eq!(left, 16, "every silent receiver was cut off");
+    }
+}
