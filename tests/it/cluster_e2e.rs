@@ -8,7 +8,7 @@ use std::time::Duration;
 use e2e::haproxy::Haproxy;
 use e2e::redis::RedisServer;
 
-use crate::peer_e2e::{Signaling, expect_chat, join, say, start_signaling_with};
+use crate::peer_e2e::{Signaling, chat_pair, expect_chat, join, say, start_signaling_with};
 
 /// Three nodes sharing `redis`, with fast failure detection.
 pub(crate) fn start_cluster(redis: &RedisServer) -> Vec<Signaling> {
@@ -56,14 +56,7 @@ fn rust_peers_through_haproxy_survive_a_killed_node() {
     let mut nodes = start_cluster(&redis);
     let haproxy = Haproxy::start(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>());
     let url = format!("ws://{}/ws/ha-call", haproxy.addr);
-    let mut alice = join(&url, "alice", false);
-    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
-    let mut bob = join(&url, "bob", false);
-    for proc in [&mut alice, &mut bob] {
-        proc.wait_line(Duration::from_secs(30), |l| {
-            l.starts_with("* channel-open") && l.contains("kind=reliable")
-        });
-    }
+    let (mut alice, mut bob) = chat_pair(&url);
     say(&mut alice, "before-kill");
     expect_chat(&mut bob, "alice: before-kill");
 

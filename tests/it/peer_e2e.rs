@@ -401,19 +401,25 @@ pub(crate) fn expect_chat(proc: &mut Proc, want: &str) {
     proc.wait_line(Duration::from_secs(20), |l| l == want);
 }
 
-#[test]
-fn signaling_socket_drop_resumes_and_the_data_channel_keeps_working() {
-    let signaling = start_signaling(None, "127.0.0.1:0");
-    let proxy = CuttableProxy::start(signaling.addr);
-    let url = format!("ws://{}/ws/resume", proxy.addr);
-    let mut alice = join(&url, "alice", false);
+/// Alice joins the room at `url`, then Bob; returns once both have their chat channel open.
+pub(crate) fn chat_pair(url: &str) -> (Proc, Proc) {
+    let mut alice = join(url, "alice", false);
     alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
-    let mut bob = join(&url, "bob", false);
+    let mut bob = join(url, "bob", false);
     for proc in [&mut alice, &mut bob] {
         proc.wait_line(Duration::from_secs(30), |l| {
             l.starts_with("* channel-open") && l.contains("kind=reliable")
         });
     }
+    (alice, bob)
+}
+
+#[test]
+fn signaling_socket_drop_resumes_and_the_data_channel_keeps_working() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let proxy = CuttableProxy::start(signaling.addr);
+    let url = format!("ws://{}/ws/resume", proxy.addr);
+    let (mut alice, mut bob) = chat_pair(&url);
     say(&mut alice, "before-drop");
     expect_chat(&mut bob, "alice: before-drop");
 
@@ -450,14 +456,7 @@ fn signaling_restart_rejoins_and_the_data_channel_keeps_working() {
     let listen = format!("127.0.0.1:{}", e2e::free_port());
     let signaling = start_signaling(None, &listen);
     let url = format!("ws://{}/ws/restart", signaling.addr);
-    let mut alice = join(&url, "alice", false);
-    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
-    let mut bob = join(&url, "bob", false);
-    for proc in [&mut alice, &mut bob] {
-        proc.wait_line(Duration::from_secs(30), |l| {
-            l.starts_with("* channel-open") && l.contains("kind=reliable")
-        });
-    }
+    let (mut alice, mut bob) = chat_pair(&url);
     drop(signaling.proc);
     say(&mut alice, "while-down");
     expect_chat(&mut bob, "alice: while-down");
