@@ -173,6 +173,8 @@ impl ClusterHub {
                 let (room, Ok(key)) = (RoomId::from(room), u64::from_str_radix(id, 16)) else {
                     return;
                 };
+                // Indexed first: if this node dies too, the session must still be found.
+                let added = self.index_add(&room, key).await;
                 let reply = self
                     .store
                     .call(
@@ -181,8 +183,12 @@ impl ClusterHub {
                         &[id, dead, &self.cluster.node_id, &expires_ms.to_string()],
                     )
                     .await;
+                let adopted = matches!(&reply, Ok(reply) if reply.status == "ok");
+                if !adopted && added {
+                    self.index_remove(&self.cluster.node_id, &room, key).await;
+                }
                 if let Ok(reply) = reply
-                    && reply.status == "ok"
+                    && adopted
                 {
                     let expires_ms = reply
                         .rest
@@ -197,7 +203,6 @@ impl ClusterHub {
                             reason: LeaveReason::Disconnected,
                         },
                     );
-                    self.index_add(&room, key).await;
                 }
             })
             .await;

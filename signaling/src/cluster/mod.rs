@@ -359,6 +359,8 @@ impl ClusterHub {
             );
             key
         };
+        // Indexed first: if this node dies right after the script, the session must be found.
+        self.index_add(&req.room, key).await;
         let result = self.try_join(key, conn, &req).await;
         {
             let mut st = self.lock();
@@ -374,8 +376,14 @@ impl ClusterHub {
             }
             self.update_gauges(&st);
         }
-        let peer = result?;
-        self.index_add(&req.room, key).await;
+        let peer = match result {
+            Ok(peer) => peer,
+            Err(error) => {
+                self.index_remove(&self.cluster.node_id, &req.room, key)
+                    .await;
+                return Err(error);
+            }
+        };
         Ok(Attached {
             key,
             peer,
@@ -461,14 +469,28 @@ impl ClusterHub {
     }
 
     /// Adds a session to this node's index (what another node adopts if this one dies).
-    async fn index_add(&self, room: &RoomId, key: SessionKey) {
+    /// Returns whether the entry is new.
+    async fn index_add(&self, room: &RoomId, key: SessionKey) -> bool {
         let cmd = redis::cmd("SADD")
             .arg(node_sessions_key(&self.cluster.node_id))
             .arg(format!("{room}\t{}", sid(key)))
             .to_owned();
-        if let Err(e) = self.store.query::<i64>(&cmd).await {
-            self.store_failed("index", &e);
+        match self.store.query::<i64>(&cmd).await {
+            Ok(added) => added == 1,
+            Err(e) => {
+                self.store_failed("index", &e);
+                false
+            }
         }
+    }
+
+    /// Removes a session from `node`'s index.
+    async fn index_remove(&self, node: &str, room: &RoomId, key: SessionKey) {
+        let cmd = redis::cmd("SREM")
+            .arg(node_sessions_key(node))
+            .arg(format!("{room}\t{}", sid(key)))
+            .to_owned();
+        let _ = self.store.query::<i64>(&cmd).await;
     }
 
     /// Re-attaches a session, wherever it was, to the caller's queue.
@@ -500,63 +522,28 @@ impl ClusterHub {
             session: self.session_info(key, &peer, &room, req.version, &secret),
             replayed: u64::MAX,
         });
+        // Indexed first: if this node dies right after the script, the session must be found.
+        let added = self.index_add(&room, key).await;
         self.lock().resuming.insert(key, Inbox::pending());
-        let reply = self
-            .store
-            .call(
-                Op::Resume,
-                &room,
-                &[
-                    &sid(key),
-                    &secret_hash(secret_hex),
-                    &req.last_seq.to_string(),
-                    &self.cluster.node_id,
-                    &conn.to_string(),
-                    &req.version.to_string(),
-                    &template,
-                    peer.as_str(),
-                ],
-            )
-            .await;
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(e) => {
+        let args = [
+            sid(key),
+            secret_hash(secret_hex),
+            req.last_seq.to_string(),
+            self.cluster.node_id.clone(),
+            conn.to_string(),
+            req.version.to_string(),
+            template,
+            peer.0.clone(),
+        ];
+        let (old_node, frames) = match self.resume_script(&room, req.last_seq, &args).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
                 self.lock().resuming.remove(&key);
-                self.store_failed("resume", &e);
-                return Err(Self::unavailable());
+                if added {
+                    self.index_remove(&self.cluster.node_id, &room, key).await;
+                }
+                return Err(error);
             }
-        };
-        self.end_overflowed(&room, &reply).await;
-        let failed = match reply.status.as_str() {
-            "ok" => None,
-            "ended" => {
-                let code = reply
-                    .rest
-                    .first()
-                    .and_then(|c| serde_json::from_value(serde_json::Value::from(c.as_str())).ok())
-                    .unwrap_or(ErrorCode::ResumeFailed);
-                Some(RequestError::new(
-                    code,
-                    format!("the session ended ({code})"),
-                ))
-            }
-            "gap" => Some(RequestError::new(
-                ErrorCode::ResumeFailed,
-                format!(
-                    "last_seq {} cannot be resumed exactly (next seq {})",
-                    req.last_seq,
-                    reply.rest.first().map_or("?", String::as_str)
-                ),
-            )),
-            _ => Some(unknown()),
-        };
-        if let Some(error) = failed {
-            self.lock().resuming.remove(&key);
-            return Err(error);
-        }
-        let [old_node, _old_conn, _old_state, frames @ ..] = reply.rest.as_slice() else {
-            self.lock().resuming.remove(&key);
-            return Err(RequestError::new(ErrorCode::Internal, "bad resume reply"));
         };
         let replay: Vec<Utf8Bytes> = frames.iter().map(|f| Utf8Bytes::from(f.clone())).collect();
         let next = req.last_seq + 1 + replay.len() as u64;
@@ -585,20 +572,65 @@ impl ClusterHub {
             st.parked.remove(&key);
             self.update_gauges(&st);
         }
-        if old_node != &self.cluster.node_id {
-            // The script told the old node to let go of its socket, if it had one; move the
-            // session between the nodes' indexes.
-            let cmd = redis::cmd("SREM")
-                .arg(node_sessions_key(old_node))
-                .arg(format!("{room}\t{}", sid(key)))
-                .to_owned();
-            let _ = tokio::join!(self.store.query::<i64>(&cmd), self.index_add(&room, key));
+        if old_node != self.cluster.node_id {
+            // The script told the old node to let go of its socket, if it had one.
+            self.index_remove(&old_node, &room, key).await;
         }
         Ok(Attached {
             key,
             peer,
             replay: all,
         })
+    }
+
+    /// Runs the resume script; returns the node the session was on and the frames to replay.
+    async fn resume_script(
+        &self,
+        room: &RoomId,
+        last_seq: u64,
+        args: &[String],
+    ) -> Result<(String, Vec<String>), RequestError> {
+        let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let reply = match self.store.call(Op::Resume, room, &args).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.store_failed("resume", &e);
+                return Err(Self::unavailable());
+            }
+        };
+        self.end_overflowed(room, &reply).await;
+        match reply.status.as_str() {
+            "ok" => {}
+            "ended" => {
+                let code = reply
+                    .rest
+                    .first()
+                    .and_then(|c| serde_json::from_value(serde_json::Value::from(c.as_str())).ok())
+                    .unwrap_or(ErrorCode::ResumeFailed);
+                return Err(RequestError::new(
+                    code,
+                    format!("the session ended ({code})"),
+                ));
+            }
+            "gap" => {
+                return Err(RequestError::new(
+                    ErrorCode::ResumeFailed,
+                    format!(
+                        "last_seq {last_seq} cannot be resumed exactly (next seq {})",
+                        reply.rest.first().map_or("?", String::as_str)
+                    ),
+                ));
+            }
+            _ => return Err(unknown()),
+        }
+        let mut rest = reply.rest.into_iter();
+        let old_node = rest
+            .next()
+            .ok_or_else(|| RequestError::new(ErrorCode::Internal, "bad resume reply"))?;
+        // The old connection and state, then the frames.
+        let frames = rest.skip(2).collect();
+        Ok((old_node, frames))
     }
 
     /// Handles a request of an attached session (everything but `join`/`resume`).
@@ -836,11 +868,7 @@ impl ClusterHub {
             let [node, ..] = reply.rest.as_slice() else {
                 return Ok(reply);
             };
-            let cmd = redis::cmd("SREM")
-                .arg(node_sessions_key(node))
-                .arg(format!("{room}\t{}", sid(key)))
-                .to_owned();
-            let _ = self.store.query::<i64>(&cmd).await;
+            self.index_remove(node, room, key).await;
             if let Some(code) = code {
                 self.metrics.error(code);
                 tracing::info!(session = %sid(key), %code, "session ended");
