@@ -26,18 +26,23 @@ pub enum DenyReason {
     CloudMetadata,
     /// `192.0.0.0/24` IETF protocol assignments.
     IetfProtocol,
-    /// `192.0.2/24`, `198.51.100/24`, `203.0.113/24`, `2001:db8::/32`.
+    /// `192.0.2/24`, `198.51.100/24`, `203.0.113/24`, `2001:db8::/32`, `3fff::/20`.
     Documentation,
     /// `192.88.99.0/24` deprecated 6to4 relay anycast.
     Relay6to4Anycast,
-    /// `198.18.0.0/15` benchmarking.
+    /// `198.18.0.0/15`, `2001:2::/48` benchmarking.
     Benchmarking,
     /// `224.0.0.0/4`, `ff00::/8`.
     Multicast,
-    /// `240.0.0.0/4` (includes the limited broadcast address).
+    /// `240.0.0.0/4` (includes the limited broadcast address), `2001:10::/28` (deprecated
+    /// ORCHID), `5f00::/16` (SRv6 SIDs).
     Reserved,
-    /// `64:ff9b::/96` NAT64 well-known prefix (the embedded IPv4 address is checked as well).
+    /// `64:ff9b::/96` NAT64 well-known prefix and `64:ff9b:1::/48` local-use NAT64 (RFC 8215)
+    /// (the embedded IPv4 address is checked as well).
     Nat64,
+    /// `::ffff:0:0/96` IPv4-translated addresses (RFC 2765 SIIT; the embedded IPv4 address is
+    /// checked as well).
+    Ipv4Translated,
     /// `100::/64` discard-only prefix.
     DiscardOnly,
     /// Matched a configured deny entry.
@@ -48,7 +53,7 @@ pub enum DenyReason {
 
 impl DenyReason {
     /// Number of variants (size of per-reason counter arrays).
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Every variant, in `index()` order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -65,6 +70,7 @@ impl DenyReason {
         Self::Multicast,
         Self::Reserved,
         Self::Nat64,
+        Self::Ipv4Translated,
         Self::DiscardOnly,
         Self::ConfiguredDeny,
         Self::OwnAddress,
@@ -91,6 +97,7 @@ impl DenyReason {
             Self::Multicast => "multicast",
             Self::Reserved => "reserved",
             Self::Nat64 => "nat64",
+            Self::Ipv4Translated => "ipv4_translated",
             Self::DiscardOnly => "discard_only",
             Self::ConfiguredDeny => "configured_deny",
             Self::OwnAddress => "own_address",
@@ -256,14 +263,22 @@ const DEFAULT_DENY_V6: &[(u128, u8, DenyReason)] = &[
     (0xfec0 << 112, 10, DenyReason::Private),
     (0xff00 << 112, 8, DenyReason::Multicast),
     (0x2001_0db8 << 96, 32, DenyReason::Documentation),
+    (0x3fff << 112, 20, DenyReason::Documentation),
     (0x0064_ff9b << 96, 96, DenyReason::Nat64),
+    (0x0064_ff9b_0001 << 80, 48, DenyReason::Nat64),
+    (0xffff_0000 << 32, 96, DenyReason::Ipv4Translated),
     (0x0100 << 112, 64, DenyReason::DiscardOnly),
+    (0x2001_0002 << 96, 48, DenyReason::Benchmarking),
+    (0x2001_0010 << 96, 28, DenyReason::Reserved),
+    (0x5f00 << 112, 16, DenyReason::Reserved),
 ];
 
 /// The IPv4 address embedded in an IPv6 address, by any of the encodings a router or a
 /// dual-stack socket may honour: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`,
-/// 6to4 `2002:AABB:CCDD::/48`, Teredo `2001:0::/32` (client = NOT of the last 32 bits) and
-/// NAT64 `64:ff9b::/96`. `::` and `::1` are IPv6 addresses of their own and return `None`.
+/// IPv4-translated `::ffff:0:a.b.c.d`, 6to4 `2002:AABB:CCDD::/48`, Teredo `2001:0::/32`
+/// (client = NOT of the last 32 bits), NAT64 `64:ff9b::/96` and local-use NAT64
+/// `64:ff9b:1::a.b.c.d` (the /96 layout inside RFC 8215's /48). `::` and `::1` are IPv6
+/// addresses of their own and return `None`.
 pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let bits = u128::from(ip);
     let low32 = bits as u32;
@@ -281,7 +296,10 @@ pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if seg[0] == 0x2001 && seg[1] == 0 {
         return Some(Ipv4Addr::from(!low32));
     }
-    if bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000 {
+    if bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000
+        || bits >> 32 == 0x0064_ff9b_0001_0000_0000_0000
+        || bits >> 32 == 0xffff_0000
+    {
         return Some(Ipv4Addr::from(low32));
     }
     None
@@ -414,6 +432,16 @@ mod tests {
             ("2001:db8::1", DenyReason::Documentation),
             ("64:ff9b::808:808", DenyReason::Nat64),
             ("100::1", DenyReason::DiscardOnly),
+            // IANA IPv6 special-purpose registry entries, each with its RFC.
+            ("64:ff9b:1::808:808", DenyReason::Nat64), // RFC 8215 local-use NAT64
+            ("64:ff9b:1:ffff::1", DenyReason::Nat64),  // anywhere in the /48
+            ("::ffff:0:808:808", DenyReason::Ipv4Translated), // RFC 2765 SIIT
+            ("2001:2::1", DenyReason::Benchmarking),   // RFC 5180
+            ("2001:10::1", DenyReason::Reserved),      // RFC 4843 ORCHID (deprecated)
+            ("2001:1f::1", DenyReason::Reserved),      // the same /28
+            ("3fff::1", DenyReason::Documentation),    // RFC 9637
+            ("3fff:fff::1", DenyReason::Documentation), // the same /20
+            ("5f00::1", DenyReason::Reserved),         // RFC 9602 SRv6 SIDs
         ];
         for (addr, reason) in table {
             assert_eq!(policy.check_ip(ip(addr)), Err(reason), "{addr}");
@@ -451,6 +479,8 @@ mod tests {
             "2001:0:4136:e378:8000:63bf:80ff:fffe",
             "2001::80ff:fffe",
             "64:ff9b::127.0.0.1",
+            "64:ff9b:1::7f00:1",
+            "::ffff:0:7f00:1",
         ] {
             let res = policy.check_ip(ip(addr));
             assert!(res.is_err(), "{addr} must be denied");
