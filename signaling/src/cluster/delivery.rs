@@ -80,7 +80,7 @@ impl ClusterHub {
             };
             let mut st = self.lock();
             if st.attached.get(&key).is_some_and(|s| s.conn == conn)
-                && let Some(session) = st.attached.remove(&key)
+                && let Some(session) = st.detach(key)
             {
                 session.tx.close(None, close_code::POLICY);
             }
@@ -136,7 +136,7 @@ impl ClusterHub {
             .await;
         let session = {
             let mut st = self.lock();
-            let session = st.attached.remove(&key);
+            let session = st.detach(key);
             self.update_gauges(&st);
             session
         };

@@ -195,7 +195,7 @@ impl ClusterHub {
                         .first()
                         .and_then(|e| e.parse().ok())
                         .unwrap_or(expires_ms);
-                    self.lock().parked.insert(
+                    self.lock().park(
                         key,
                         ParkedHere {
                             room: room.clone(),
@@ -216,7 +216,7 @@ impl ClusterHub {
 
     /// Refreshes the TTL of every room this node serves.
     pub(super) async fn touch_rooms(&self) {
-        let rooms: Vec<RoomId> = self.lock().rooms().into_keys().cloned().collect();
+        let rooms: Vec<RoomId> = self.lock().rooms.keys().cloned().collect();
         for room in rooms {
             if let Err(e) = self.store.call(Op::Touch, &room, &[]).await {
                 self.store_failed("touch", &e);

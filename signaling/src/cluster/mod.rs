@@ -157,6 +157,9 @@ struct PendingPark {
     reason: LeaveReason,
 }
 
+/// What this node holds. Sessions enter and leave `attached` and `parked` only through the
+/// methods below, which keep `rooms` (sessions per room) in step: the room limit and the
+/// gauges read it without walking every session.
 #[derive(Default)]
 struct LocalState {
     attached: HashMap<SessionKey, LocalSession>,
@@ -164,20 +167,54 @@ struct LocalState {
     resuming: HashMap<SessionKey, Inbox>,
     parked: HashMap<SessionKey, ParkedHere>,
     pending_park: Vec<PendingPark>,
+    /// Local sessions (attached or parked) per room.
+    rooms: HashMap<RoomId, usize>,
 }
 
 impl LocalState {
-    fn rooms(&self) -> HashMap<&RoomId, usize> {
-        let mut rooms = HashMap::new();
-        for room in self
-            .attached
-            .values()
-            .map(|s| &s.room)
-            .chain(self.parked.values().map(|p| &p.room))
-        {
-            *rooms.entry(room).or_insert(0) += 1;
+    fn count_in(&mut self, room: &RoomId) {
+        *self.rooms.entry(room.clone()).or_insert(0) += 1;
+    }
+
+    fn count_out(&mut self, room: &RoomId) {
+        if let Some(n) = self.rooms.get_mut(room) {
+            *n -= 1;
+            if *n == 0 {
+                self.rooms.remove(room);
+            }
         }
-        rooms
+    }
+
+    /// Attaches a session here; returns the one it replaced, if any.
+    fn attach(&mut self, key: SessionKey, session: LocalSession) -> Option<LocalSession> {
+        self.count_in(&session.room);
+        let previous = self.attached.insert(key, session);
+        if let Some(previous) = &previous {
+            self.count_out(&previous.room);
+        }
+        previous
+    }
+
+    /// Forgets an attached session.
+    fn detach(&mut self, key: SessionKey) -> Option<LocalSession> {
+        let session = self.attached.remove(&key)?;
+        self.count_out(&session.room);
+        Some(session)
+    }
+
+    /// Records a session parked here (this node expires it).
+    fn park(&mut self, key: SessionKey, parked: ParkedHere) {
+        self.count_in(&parked.room);
+        if let Some(previous) = self.parked.insert(key, parked) {
+            self.count_out(&previous.room);
+        }
+    }
+
+    /// Forgets a parked session.
+    fn unpark(&mut self, key: SessionKey) {
+        if let Some(parked) = self.parked.remove(&key) {
+            self.count_out(&parked.room);
+        }
     }
 }
 
@@ -313,7 +350,7 @@ impl ClusterHub {
         self.metrics
             .sessions
             .set((st.attached.len() + st.parked.len()) as i64);
-        self.metrics.rooms.set(st.rooms().len() as i64);
+        self.metrics.rooms.set(st.rooms.len() as i64);
     }
 
     /// Creates a session in the requested room, attached to the caller's queue.
@@ -332,8 +369,7 @@ impl ClusterHub {
                     "the server holds its maximum number of sessions",
                 ));
             }
-            let rooms = st.rooms();
-            if !rooms.contains_key(&req.room) && rooms.len() >= self.settings.max_rooms {
+            if !st.rooms.contains_key(&req.room) && st.rooms.len() >= self.settings.max_rooms {
                 return Err(RequestError::new(
                     ErrorCode::TooManyRooms,
                     "the server holds its maximum number of rooms",
@@ -345,7 +381,7 @@ impl ClusterHub {
                     break key;
                 }
             };
-            st.attached.insert(
+            st.attach(
                 key,
                 LocalSession {
                     room: req.room.clone(),
@@ -371,7 +407,7 @@ impl ClusterHub {
                     }
                 }
                 Err(_) => {
-                    st.attached.remove(&key);
+                    st.detach(key);
                 }
             }
             self.update_gauges(&st);
@@ -552,7 +588,7 @@ impl ClusterHub {
             let mut st = self.lock();
             let mut inbox = st.resuming.remove(&key).unwrap_or_default();
             all.extend(inbox.start(next));
-            let previous = st.attached.insert(
+            let previous = st.attach(
                 key,
                 LocalSession {
                     room: room.clone(),
@@ -569,7 +605,7 @@ impl ClusterHub {
             {
                 previous.tx.close(None, close_code::POLICY);
             }
-            st.parked.remove(&key);
+            st.unpark(key);
             self.update_gauges(&st);
         }
         if old_node != self.cluster.node_id {
@@ -698,7 +734,7 @@ impl ClusterHub {
                     .end(&room, key, LeaveReason::Left, None, Guard::Conn(conn))
                     .await;
                 let mut st = self.lock();
-                st.attached.remove(&key);
+                st.detach(key);
                 self.update_gauges(&st);
                 drop(st);
                 return match reply {
@@ -774,7 +810,7 @@ impl ClusterHub {
                 Some(s) if s.conn == conn => {}
                 _ => return,
             }
-            let session = st.attached.remove(&key);
+            let session = st.detach(key);
             self.update_gauges(&st);
             match session {
                 Some(s) => s.room,
@@ -809,7 +845,7 @@ impl ClusterHub {
         let mut st = self.lock();
         match reply {
             Ok(reply) if reply.status == "ok" => {
-                st.parked.insert(
+                st.park(
                     pending.key,
                     ParkedHere {
                         room: pending.room,
@@ -884,7 +920,7 @@ impl ClusterHub {
             let Ok(key) = u64::from_str_radix(overflowed, 16) else {
                 continue;
             };
-            self.lock().parked.remove(&key);
+            self.lock().unpark(key);
             if let Err(e) = Box::pin(self.end(
                 room,
                 key,
@@ -926,7 +962,7 @@ impl ClusterHub {
                 Ok(reply) => {
                     // Ended, or resumed elsewhere ("no"): either way not parked here any more.
                     if reply.status == "ok" || reply.status == "no" {
-                        self.lock().parked.remove(&key);
+                        self.lock().unpark(key);
                     }
                 }
                 Err(e) => self.store_failed("expire", &e),
