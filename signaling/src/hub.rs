@@ -20,7 +20,7 @@ use crate::api::PeerEntry;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 pub use crate::outbound::{Outbound, OutboundRx, OutboundTx};
-use crate::outbox::{Body, Outbox, ReplayLimits};
+use crate::outbox::{Body, Outbox, ReplayLimits, to_json};
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
     ServerFrame, ServerMessage, SessionInfo,
@@ -628,16 +628,10 @@ impl LocalHub {
     }
 }
 
-/// Encodes a frame. Serialising these types cannot fail (no maps with non-string keys), but a
-/// failure would be logged rather than crash the server.
+/// Encodes a whole frame (for frames that are not numbered by an outbox: `seq` 0 errors, the
+/// last error of an ended session).
 pub fn encode(frame: &ServerFrame) -> Utf8Bytes {
-    match serde_json::to_string(frame) {
-        Ok(text) => Utf8Bytes::from(text),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode a server frame");
-            Utf8Bytes::from_static("{}")
-        }
-    }
+    Utf8Bytes::from(to_json(frame))
 }
 
 impl HubState {
