@@ -11,10 +11,12 @@ use std::time::Instant;
 use crate::api::PeerEntry;
 use crate::cluster::ClusterHub;
 use crate::error::RequestError;
-use crate::hub::{Attached, ConnId, Flow, JoinRequest, LocalHub, ResumeRequest, SessionKey};
+use crate::hub::{
+    Attached, Caller, ConnId, Flow, JoinRequest, LocalHub, ResumeRequest, SessionKey,
+};
 use crate::outbound::OutboundTx;
 use crate::protocol::{
-    ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, RoomId, ServerMessage,
+    ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, ResumeToken, RoomId, ServerMessage,
 };
 
 /// See the module docs.
@@ -59,8 +61,31 @@ impl Backend {
         message: ClientMessage,
     ) -> Flow {
         match self {
-            Self::Local(hub) => hub.handle(key, conn, peer, message, Instant::now()),
+            Self::Local(hub) => hub.handle(key, Caller::Conn(conn), peer, message, Instant::now()),
             Self::Cluster(hub) => Box::pin(hub.handle(key, conn, message)).await,
+        }
+    }
+
+    /// Handles the requests of an HTTP `send`, in order, for the session `token` names
+    /// (attached anywhere, or parked). Stops at the first that ends the session.
+    pub async fn handle_by_token(
+        &self,
+        token: &ResumeToken,
+        messages: Vec<ClientMessage>,
+    ) -> Result<Flow, RequestError> {
+        match self {
+            Self::Local(hub) => {
+                let (key, peer) = hub.peer_of(token)?;
+                let secret = token.as_str().split_once('.').map_or("", |(_, s)| s);
+                for message in messages {
+                    match hub.handle(key, Caller::Secret(secret), &peer, message, Instant::now()) {
+                        Flow::Continue => {}
+                        other => return Ok(other),
+                    }
+                }
+                Ok(Flow::Continue)
+            }
+            Self::Cluster(hub) => Box::pin(hub.handle_by_token(token, messages)).await,
         }
     }
 

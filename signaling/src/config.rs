@@ -86,6 +86,11 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_PING_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub ping_timeout: Duration,
 
+    /// How long a long-poll request (`GET /http/poll`) waits for a frame before it answers
+    /// with none.
+    #[arg(long, env = "SIGNALING_POLL_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub poll_timeout: Duration,
+
     /// How long a session whose socket dropped can be resumed before its peer leaves the room.
     #[arg(long, env = "SIGNALING_RESUME_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub resume_grace: Duration,
@@ -291,6 +296,9 @@ impl Config {
         let bad = |what: String| Err(Error::Config(what));
         if self.ping_interval.is_zero() || self.ping_timeout < self.ping_interval {
             return bad("--ping-interval must be > 0 and <= --ping-timeout".into());
+        }
+        if self.poll_timeout.is_zero() {
+            return bad("--poll-timeout must be > 0".into());
         }
         if self.resume_grace.is_zero() {
             return bad("--resume-grace must be > 0".into());

@@ -82,6 +82,9 @@ pub struct ResumeRequest {
     pub version: u32,
     pub token: ResumeToken,
     pub last_seq: u64,
+    /// Whether the client is told with a `resumed` frame. An HTTP stream re-attaches its
+    /// session on every request (SSE reconnect, each long-poll) without one.
+    pub announce: bool,
 }
 
 /// A session now attached to the caller's socket.
@@ -89,8 +92,19 @@ pub struct ResumeRequest {
 pub struct Attached {
     pub key: SessionKey,
     pub peer: PeerId,
+    /// The session's resume token (also its token on the HTTP transports).
+    pub token: ResumeToken,
     /// Missed frames to write, in order, before anything from the outbound queue.
     pub replay: Vec<Utf8Bytes>,
+}
+
+/// Who makes a request of a session: the socket it is attached to, or (HTTP `send`, from any
+/// node) the holder of its token.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    Conn(ConnId),
+    /// The secret part of the session's token, checked in constant time.
+    Secret(&'a str),
 }
 
 /// What the socket task does after a message was handled.
@@ -229,12 +243,14 @@ impl LocalHub {
                 break candidate;
             }
         };
+        let secret = ResumeSecret::generate();
+        let token = secret.token(key);
         let session = Session {
             peer: peer.clone(),
             name: req.name.clone(),
             room: req.room.clone(),
             version: req.version,
-            secret: ResumeSecret::generate(),
+            secret,
             outbox: Outbox::default(),
             link: Link::Attached {
                 conn,
@@ -274,6 +290,7 @@ impl LocalHub {
         Ok(Attached {
             key,
             peer,
+            token,
             replay: Vec::new(),
         })
     }
@@ -288,8 +305,11 @@ impl LocalHub {
         req: ResumeRequest,
         now: Instant,
     ) -> Result<Attached, RequestError> {
+        let announce = req.announce;
         let result = self.try_resume(conn, tx, req, now);
-        self.metrics.resume(result.is_ok());
+        if announce {
+            self.metrics.resume(result.is_ok());
+        }
         result
     }
 
@@ -342,30 +362,37 @@ impl LocalHub {
         if let Link::Attached { tx: old_tx, .. } = old {
             old_tx.close(None, close_code::POLICY);
         }
-        session.version = req.version;
         session.ice_refresh_at = self.ice.refresh_after().map(|d| now + d);
         let peer = session.peer.clone();
-        let info = self.session_info(&st, key);
-        st.deliver(
-            key,
-            ServerMessage::Resumed {
-                reference: req.reference,
-                session: info,
-                replayed: replay.len() as u64,
-            },
-        );
+        if req.announce {
+            session.version = req.version;
+            let info = self.session_info(&st, key);
+            st.deliver(
+                key,
+                ServerMessage::Resumed {
+                    reference: req.reference,
+                    session: info,
+                    replayed: replay.len() as u64,
+                },
+            );
+        }
         st.settle();
         self.update_gauges(&st);
-        Ok(Attached { key, peer, replay })
+        Ok(Attached {
+            key,
+            peer,
+            token: req.token,
+            replay,
+        })
     }
 
-    /// Handles a request of an attached session (everything but `join`/`resume`). `peer` is the
-    /// session's peer id (from [`Attached`]): signal and broadcast payloads, up to
-    /// `max_message_bytes` of SDP, are encoded with it before the lock is taken.
+    /// Handles a request of a session (everything but `join`/`resume`) from `caller`. `peer` is
+    /// the session's peer id (from [`Attached`] or [`Self::peer_of`]): signal and broadcast
+    /// payloads, up to `max_message_bytes` of SDP, are encoded with it before the lock is taken.
     pub fn handle(
         &self,
         key: SessionKey,
-        conn: ConnId,
+        caller: Caller<'_>,
         peer: &PeerId,
         message: ClientMessage,
         now: Instant,
@@ -388,7 +415,11 @@ impl LocalHub {
             other => (Request::Other(other), Body::default()),
         };
         let mut st = self.lock_at(now);
-        if !st.sessions.get(&key).is_some_and(|s| s.attached_to(conn)) {
+        let allowed = st.sessions.get(&key).is_some_and(|s| match caller {
+            Caller::Conn(conn) => s.attached_to(conn),
+            Caller::Secret(secret) => s.secret.matches(secret) && &s.peer == peer,
+        });
+        if !allowed {
             return Flow::Gone;
         }
         let mut flow = Flow::Continue;
@@ -451,6 +482,24 @@ impl LocalHub {
         st.settle();
         self.update_gauges(&st);
         flow
+    }
+
+    /// The session and peer id a token names, if the session exists and the secret matches
+    /// (an ended session's tombstone answers with its code).
+    pub fn peer_of(&self, token: &ResumeToken) -> Result<(SessionKey, PeerId), RequestError> {
+        let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
+        let (key, secret) = parse_token(token).ok_or_else(unknown)?;
+        let st = self.lock();
+        if let Some(code) = st.sessions.tombstone(key, secret) {
+            return Err(RequestError::new(
+                code,
+                format!("the session ended ({code})"),
+            ));
+        }
+        match st.sessions.get(&key) {
+            Some(session) if session.secret.matches(secret) => Ok((key, session.peer.clone())),
+            _ => Err(unknown()),
+        }
     }
 
     /// The peers of `room`, oldest first (the backend API).
@@ -713,6 +762,13 @@ impl HubState {
                 self.rooms.remove(&session.room);
             }
         }
+        if error.is_none()
+            && reason == LeaveReason::Left
+            && let Link::Attached { tx, .. } = &session.link
+        {
+            // A `leave` that came by HTTP `send` while a stream is attached.
+            tx.close(None, close_code::NORMAL);
+        }
         if let Some(code) = error {
             self.metrics.error(code);
             tracing::info!(peer = %session.peer, %code, "session ended");
@@ -822,7 +878,7 @@ mod tests {
     fn send(hub: &LocalHub, from: &Attached, conn: ConnId, to: &Attached, n: u32) -> Flow {
         hub.handle(
             from.key,
-            conn,
+            Caller::Conn(conn),
             &from.peer,
             ClientMessage::Signal {
                 id: None,
@@ -884,6 +940,7 @@ mod tests {
                     version: 1,
                     token: welcome_token,
                     last_seq: 1,
+                    announce: true,
                 },
                 Instant::now(),
             )
@@ -962,6 +1019,7 @@ mod tests {
                 version: 1,
                 token,
                 last_seq,
+                announce: true,
             },
             now,
         )

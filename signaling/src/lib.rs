@@ -25,6 +25,8 @@
 pub mod protocol;
 
 #[cfg(feature = "server")]
+pub mod admission;
+#[cfg(feature = "server")]
 pub mod api;
 #[cfg(feature = "server")]
 pub mod auth;
@@ -40,6 +42,8 @@ pub mod config;
 pub mod connection;
 #[cfg(feature = "server")]
 pub mod error;
+#[cfg(feature = "server")]
+pub mod http_transport;
 #[cfg(feature = "server")]
 pub mod hub;
 #[cfg(feature = "server")]
@@ -94,10 +98,12 @@ mod server {
     use crate::cluster::{ClusterHub, ClusterSettings};
     use crate::config::Config;
     use crate::error::Error;
+    use crate::http_transport::SendRates;
     use crate::hub::{HubSettings, LocalHub};
     use crate::listener::ListenerLimits;
     use crate::metrics::Metrics;
     use crate::outbox::ReplayLimits;
+    use crate::protocol::http;
     use crate::turn_credentials::IceServerMinter;
     use crate::web::WebAssets;
 
@@ -113,6 +119,8 @@ mod server {
         pub next_conn: AtomicU64,
         /// Connections and join rates per client address.
         pub clients: Arc<IpTable>,
+        /// The message rate of HTTP `send`s, per session.
+        pub send_rates: SendRates,
     }
 
     impl AppState {
@@ -168,6 +176,7 @@ mod server {
                     join_rate: config.join_rate_per_ip,
                     join_burst: config.join_burst_per_ip,
                 }),
+                send_rates: SendRates::new(config.rate_limit, config.rate_burst),
                 config,
             }))
         }
@@ -188,6 +197,11 @@ mod server {
         Router::new()
             .route("/ws", get(crate::ws::upgrade))
             .route("/ws/{room}", get(crate::ws::upgrade_room))
+            .route(http::OPEN, post(crate::http_transport::open))
+            .route(http::EVENTS, get(crate::http_transport::events))
+            .route(http::POLL, get(crate::http_transport::poll))
+            .route(http::SEND, post(crate::http_transport::send))
+            .route("/http/{room}", post(crate::http_transport::open_room))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))

@@ -14,6 +14,11 @@ struct CodeLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -22,9 +27,9 @@ struct ResultLabel {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Open WebSocket connections.
+    /// Open WebSocket connections and HTTP streams (SSE, long-poll).
     pub connections: Gauge,
-    /// WebSocket connections accepted since start.
+    /// WebSocket connections and HTTP streams accepted since start.
     pub connections_total: Counter,
     /// Sessions (joined peers, attached or waiting to resume).
     pub sessions: Gauge,
@@ -36,6 +41,8 @@ pub struct Metrics {
     pub http_refused: Counter,
     errors: Family<CodeLabel, Counter>,
     resumes: Family<ResultLabel, Counter>,
+    http_requests: Family<KindLabel, Counter>,
+    http_frames: Counter,
 }
 
 impl Default for Metrics {
@@ -49,9 +56,11 @@ impl Default for Metrics {
         let http_refused = Counter::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let resumes = Family::<ResultLabel, Counter>::default();
+        let http_requests = Family::<KindLabel, Counter>::default();
+        let http_frames = Counter::default();
         registry.register(
             "connections",
-            "Open WebSocket connections",
+            "Open WebSocket connections and HTTP streams (SSE, long-poll)",
             connections.clone(),
         );
         registry.register(
@@ -73,6 +82,16 @@ impl Default for Metrics {
         );
         registry.register("errors", "Error replies by code", errors.clone());
         registry.register("resumes", "Resume attempts by result", resumes.clone());
+        registry.register(
+            "http_requests",
+            "Requests of the HTTP transports by kind (open, events, poll, send)",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_frames_delivered",
+            "Frames written to SSE streams and long-poll replies",
+            http_frames.clone(),
+        );
         Self {
             registry,
             connections,
@@ -83,6 +102,8 @@ impl Default for Metrics {
             http_refused,
             errors,
             resumes,
+            http_requests,
+            http_frames,
         }
     }
 }
@@ -101,6 +122,16 @@ impl Metrics {
     pub fn resume(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.resumes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts one request of an HTTP transport.
+    pub fn http_request(&self, kind: &'static str) {
+        self.http_requests.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Counts frames written to an SSE stream or a long-poll reply.
+    pub fn http_frames(&self, n: u64) {
+        self.http_frames.inc_by(n);
     }
 
     /// The Prometheus text exposition.

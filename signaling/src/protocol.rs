@@ -209,6 +209,41 @@ pub struct ServerFrame {
     pub message: ServerMessage,
 }
 
+/// The HTTP transports (`docs/protocol.md`, "When WebSockets are blocked"): the reply to an
+/// open (`POST /http/ROOM` with `join` or `resume`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpOpened {
+    /// The session token for `events`, `poll` and `send`: the session's resume token.
+    pub session: ResumeToken,
+}
+
+/// The reply to a long-poll (`GET /http/poll`): the frames after the client's `last_seq`, and
+/// the close code when the session was closed (the WebSocket close code it would have got).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollReply {
+    pub frames: Vec<ServerFrame>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close: Option<u16>,
+}
+
+/// The paths and parameters of the HTTP transports, shared by the server and its clients.
+pub mod http {
+    /// `POST` with a `join` or `resume` frame: `/http` or `/http/{room}`.
+    pub const OPEN: &str = "/http";
+    /// `GET`: Server-Sent Events.
+    pub const EVENTS: &str = "/http/events";
+    /// `GET`: long-polling.
+    pub const POLL: &str = "/http/poll";
+    /// `POST`: one client frame or an array of them.
+    pub const SEND: &str = "/http/send";
+    /// The query parameter naming the session (its token).
+    pub const SESSION_PARAM: &str = "session";
+    /// The query parameter with the highest `seq` the client has.
+    pub const LAST_SEQ_PARAM: &str = "last_seq";
+    /// The SSE event that carries a close code.
+    pub const CLOSE_EVENT: &str = "close";
+}
+
 /// Server -> client replies and events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -1,6 +1,7 @@
 //! The per-connection message rate limit: a token bucket (16 bytes per connection).
+//! HTTP `send`s take several tokens at once, all or none.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A token bucket refilled at `rate` tokens per second up to `burst`.
 #[derive(Debug, Clone, Copy)]
@@ -32,10 +33,39 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// The tokens there would be at `now`.
+    pub fn available(&self, now: Instant, rate: f64, burst: f64) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (f64::from(self.tokens) + elapsed * rate).min(burst)
+    }
+
+    /// Takes `n` tokens if there are that many, else none; `Err` says how long until there
+    /// are (never, when `n` is over the burst: then `Duration::MAX`).
+    pub fn try_take_n(
+        &mut self,
+        now: Instant,
+        n: usize,
+        rate: f64,
+        burst: f64,
+    ) -> Result<(), Duration> {
+        let tokens = self.available(now, rate, burst);
+        let wanted = n as f64;
+        if wanted > burst {
+            return Err(Duration::MAX);
+        }
+        if tokens < wanted {
+            return Err(Duration::from_secs_f64((wanted - tokens) / rate));
+        }
+        self.tokens = (tokens - wanted) as f32;
+        self.last = now;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn allows_the_burst_then_the_rate() {
@@ -53,5 +83,17 @@ mod tests {
             (0..10).filter(|_| bucket.try_take(t2, 10.0, 3.0)).count(),
             3
         );
+    }
+
+    #[test]
+    fn takes_several_tokens_all_or_none() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, t0);
+        assert!(bucket.try_take_n(t0, 8, 5.0, 10.0).is_ok());
+        // Two left: three are refused, and nothing is taken.
+        let wait = bucket.try_take_n(t0, 3, 5.0, 10.0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(200));
+        assert!(bucket.try_take_n(t0, 2, 5.0, 10.0).is_ok());
+        assert_eq!(bucket.try_take_n(t0, 11, 5.0, 10.0), Err(Duration::MAX));
     }
 }

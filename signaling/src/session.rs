@@ -15,18 +15,14 @@ use serde::Deserialize;
 use tokio::time::MissedTickBehavior;
 
 use crate::AppState;
-use crate::auth::{Claims, check_grant};
+use crate::admission::{Admission, refusal_close_code};
+use crate::auth::Claims;
 use crate::client_ip::IpSlot;
 use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
-use crate::hub::{
-    Attached, ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, ResumeRequest,
-    SessionKey, close_code, encode,
-};
+use crate::hub::{ConnId, Flow, Outbound, OutboundRx, OutboundTx, SessionKey, close_code, encode};
 use crate::protocol::{
-    ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, ResumeToken, RoomId,
-    SUPPORTED_VERSIONS, ServerFrame, ServerMessage, is_valid_name, is_valid_room_id,
-    negotiate_version,
+    ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, RoomId, ServerFrame, ServerMessage,
 };
 use crate::rate_limit::TokenBucket;
 
@@ -101,7 +97,7 @@ const RATE_REPLY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const MAX_ECHO: usize = 120;
 
 /// `text` cut to at most [`MAX_ECHO`] bytes (on a character boundary), marked when cut.
-fn short(mut text: String) -> String {
+pub(crate) fn short(mut text: String) -> String {
     if text.len() > MAX_ECHO {
         let mut end = MAX_ECHO;
         while !text.is_char_boundary(end) {
@@ -298,34 +294,15 @@ impl SocketTask {
     /// `join` or `resume` on a socket without a session.
     async fn on_handshake(&mut self, message: ClientMessage) -> Step {
         let reference = message.request_id();
-        let result = match message {
-            ClientMessage::Join {
-                versions,
-                room,
-                name,
-                token,
-                ..
-            } => self.join(reference, &versions, room, name, token).await,
-            ClientMessage::Resume {
-                versions,
-                resume_token,
-                last_seq,
-                ..
-            } => {
-                self.resume(reference, &versions, resume_token, last_seq)
-                    .await
-            }
-            _ => {
-                return self
-                    .refuse(
-                        RequestError::new(ErrorCode::NotJoined, "send join or resume first"),
-                        reference,
-                        None,
-                    )
-                    .await;
-            }
+        let door = Admission {
+            app: &self.app,
+            conn: self.handshake.conn,
+            tx: &self.tx,
+            path_room: self.handshake.path_room.as_ref(),
+            claims: self.handshake.claims.as_ref(),
+            ip_slot: &self.handshake.ip_slot,
         };
-        match result {
+        match door.admit(message).await {
             Ok(attached) => {
                 self.key = Some(attached.key);
                 self.peer = attached.peer.clone();
@@ -338,119 +315,14 @@ impl SocketTask {
                 }
                 Step::Continue
             }
+            Err(error) if error.code == ErrorCode::NotJoined => {
+                self.refuse(error, reference, None).await
+            }
             Err(error) => {
-                let close = match error.code {
-                    ErrorCode::RoomFull
-                    | ErrorCode::TooManyRooms
-                    | ErrorCode::TooManySessions
-                    | ErrorCode::Draining
-                    | ErrorCode::RateLimited
-                    | ErrorCode::Unavailable => close_code::TRY_AGAIN_LATER,
-                    ErrorCode::Internal => close_code::INTERNAL,
-                    _ => close_code::POLICY,
-                };
+                let close = refusal_close_code(error.code);
                 self.refuse(error, reference, Some(close)).await
             }
         }
-    }
-
-    async fn join(
-        &mut self,
-        reference: Option<RequestId>,
-        versions: &[u32],
-        room: Option<RoomId>,
-        name: Option<String>,
-        token: Option<String>,
-    ) -> Result<Attached, RequestError> {
-        let version = negotiate(versions)?;
-        if !self.handshake.ip_slot.try_join(Instant::now()) {
-            return Err(RequestError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "too many joins from this address (at most {}/s, burst {})",
-                    self.app.config.join_rate_per_ip, self.app.config.join_burst_per_ip
-                ),
-            ));
-        }
-        let room = match (room, &self.handshake.path_room) {
-            (Some(asked), Some(path)) if &asked != path => {
-                return Err(RequestError::new(
-                    ErrorCode::InvalidRoomId,
-                    format!("join names room {asked} but the URL names {path}"),
-                ));
-            }
-            (Some(asked), _) => asked,
-            (None, Some(path)) => path.clone(),
-            (None, None) => {
-                return Err(RequestError::new(
-                    ErrorCode::InvalidRoomId,
-                    "no room: give it in the URL (/ws/ROOM) or in join",
-                ));
-            }
-        };
-        if !is_valid_room_id(room.as_str()) {
-            return Err(RequestError::new(
-                ErrorCode::InvalidRoomId,
-                "room ids are 1 to 64 characters of [A-Za-z0-9_.-]",
-            ));
-        }
-        if name.as_deref().is_some_and(|n| !is_valid_name(n)) {
-            return Err(RequestError::new(
-                ErrorCode::InvalidName,
-                "names are 1 to 64 characters without control characters",
-            ));
-        }
-        let name = match &self.app.auth {
-            None => name,
-            Some(auth) => {
-                let claims = match token {
-                    Some(token) => auth.verify(&token)?,
-                    None => self.handshake.claims.clone().ok_or_else(|| {
-                        RequestError::new(
-                            ErrorCode::Unauthorized,
-                            "this server requires a token (?token= or in join)",
-                        )
-                    })?,
-                };
-                check_grant(&claims, &room, name)?
-            }
-        };
-        self.app
-            .hub
-            .join(
-                self.handshake.conn,
-                &self.tx,
-                JoinRequest {
-                    reference,
-                    version,
-                    room,
-                    name,
-                },
-            )
-            .await
-    }
-
-    async fn resume(
-        &mut self,
-        reference: Option<RequestId>,
-        versions: &[u32],
-        token: ResumeToken,
-        last_seq: u64,
-    ) -> Result<Attached, RequestError> {
-        let version = negotiate(versions)?;
-        self.app
-            .hub
-            .resume(
-                self.handshake.conn,
-                &self.tx,
-                ResumeRequest {
-                    reference,
-                    version,
-                    token,
-                    last_seq,
-                },
-            )
-            .await
     }
 
     /// Answers a client error: through the session when there is one, straight to the socket
@@ -508,17 +380,6 @@ impl SocketTask {
         });
         let _ = self.conn.send_text(frame).await;
     }
-}
-
-fn negotiate(offered: &[u32]) -> Result<u32, RequestError> {
-    negotiate_version(offered).ok_or_else(|| {
-        RequestError::new(
-            ErrorCode::UnsupportedVersion,
-            format!(
-                "the server speaks versions {SUPPORTED_VERSIONS:?}, the client offered {offered:?}"
-            ),
-        )
-    })
 }
 
 /// After an oversize frame, the rest of it is still unread in the kernel: closing now would

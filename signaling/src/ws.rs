@@ -46,6 +46,17 @@ pub async fn upgrade_room(
     accept(app, peer, Some(RoomId(room)), query, &headers, ws)
 }
 
+/// Whether a browser's `Origin` (if any) is in the `--allowed-origin` list (when one is set).
+pub fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    match headers.get(header::ORIGIN) {
+        Some(origin) => {
+            let origin = origin.to_str().unwrap_or("");
+            allowed.is_empty() || allowed.iter().any(|a| a == origin)
+        }
+        None => true,
+    }
+}
+
 fn refuse(app: &AppState, status: StatusCode, code: ErrorCode, message: &str) -> Response {
     app.metrics.error(code);
     tracing::debug!(%code, message, "upgrade refused");
@@ -60,17 +71,13 @@ fn accept(
     headers: &HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = &app.config.allowed_origins;
-        let origin = origin.to_str().unwrap_or("");
-        if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
-            return refuse(
-                &app,
-                StatusCode::FORBIDDEN,
-                ErrorCode::Forbidden,
-                "origin not allowed",
-            );
-        }
+    if !origin_allowed(&app.config.allowed_origins, headers) {
+        return refuse(
+            &app,
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        );
     }
     if app.hub.is_draining() {
         return refuse(

@@ -68,7 +68,8 @@ impl ClusterHub {
         }
     }
 
-    /// One message of the node's channel: a frame (`SID` + JSON) or a control (`!close SID CONN`).
+    /// One message of the node's channel: a frame (`SID` + JSON) or a control
+    /// (`!close SID CONN [CODE]`, 1008 when no code is given).
     pub(super) fn dispatch(self: &Arc<Self>, text: String) {
         if let Some(control) = text.strip_prefix("!close ") {
             let mut parts = control.split(' ');
@@ -78,11 +79,15 @@ impl ClusterHub {
             let (Ok(key), Ok(conn)) = (u64::from_str_radix(id, 16), conn.parse::<ConnId>()) else {
                 return;
             };
+            let code = parts
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(close_code::POLICY);
             let mut st = self.lock();
             if st.attached.get(&key).is_some_and(|s| s.conn == conn)
                 && let Some(session) = st.detach(key)
             {
-                session.tx.close(None, close_code::POLICY);
+                session.tx.close(None, code);
             }
             self.update_gauges(&st);
             return;

@@ -401,7 +401,7 @@ impl ClusterHub {
         {
             let mut st = self.lock();
             match &result {
-                Ok(peer) => {
+                Ok((peer, _)) => {
                     if let Some(session) = st.attached.get_mut(&key) {
                         session.peer = peer.clone();
                     }
@@ -412,8 +412,8 @@ impl ClusterHub {
             }
             self.update_gauges(&st);
         }
-        let peer = match result {
-            Ok(peer) => peer,
+        let (peer, token) = match result {
+            Ok(joined) => joined,
             Err(error) => {
                 self.index_remove(&self.cluster.node_id, &req.room, key)
                     .await;
@@ -423,6 +423,7 @@ impl ClusterHub {
         Ok(Attached {
             key,
             peer,
+            token,
             replay: Vec::new(),
         })
     }
@@ -432,7 +433,7 @@ impl ClusterHub {
         key: SessionKey,
         conn: ConnId,
         req: &JoinRequest,
-    ) -> Result<PeerId, RequestError> {
+    ) -> Result<(PeerId, ResumeToken), RequestError> {
         let secret = ResumeSecret::generate();
         let secret_hex = secret.to_hex();
         for _ in 0..4 {
@@ -485,7 +486,10 @@ impl ClusterHub {
             };
             self.end_overflowed(&req.room, &reply).await;
             match reply.status.as_str() {
-                "ok" => return Ok(peer),
+                "ok" => {
+                    let token = cluster_token(&secret, key, &peer, &req.room);
+                    return Ok((peer, token));
+                }
                 "room_full" => {
                     return Err(RequestError::new(
                         ErrorCode::RoomFull,
@@ -536,8 +540,11 @@ impl ClusterHub {
         tx: &OutboundTx,
         req: ResumeRequest,
     ) -> Result<Attached, RequestError> {
+        let announce = req.announce;
         let result = self.try_resume(conn, tx, req).await;
-        self.metrics.resume(result.is_ok());
+        if announce {
+            self.metrics.resume(result.is_ok());
+        }
         result
     }
 
@@ -553,11 +560,16 @@ impl ClusterHub {
         // The template's resume token must be the one the client holds: rebuild it. The
         // placeholders (no peers, `replayed` = u64::MAX) are filled in by the script.
         let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;
-        let template = to_json(&ServerMessage::Resumed {
-            reference: req.reference,
-            session: self.session_info(key, &peer, &room, req.version, &secret),
-            replayed: u64::MAX,
-        });
+        // No template: a quiet re-attach (HTTP streams) sends no `resumed`.
+        let template = if req.announce {
+            to_json(&ServerMessage::Resumed {
+                reference: req.reference,
+                session: self.session_info(key, &peer, &room, req.version, &secret),
+                replayed: u64::MAX,
+            })
+        } else {
+            String::new()
+        };
         // Indexed first: if this node dies right after the script, the session must be found.
         let added = self.index_add(&room, key).await;
         self.lock().resuming.insert(key, Inbox::pending());
@@ -615,6 +627,7 @@ impl ClusterHub {
         Ok(Attached {
             key,
             peer,
+            token: req.token,
             replay: all,
         })
     }
@@ -678,6 +691,68 @@ impl ClusterHub {
                 _ => return Flow::Gone,
             }
         };
+        self.handle_in(&room, key, &peer, Guard::Conn(conn), message)
+            .await
+    }
+
+    /// Handles the requests of an HTTP `send`, for the session its token names, wherever the
+    /// session is attached (or parked). The token is checked against Redis first.
+    pub async fn handle_by_token(
+        &self,
+        token: &ResumeToken,
+        messages: Vec<ClientMessage>,
+    ) -> Result<Flow, RequestError> {
+        let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
+        let (key, secret_hex, peer, room) = parse_cluster_token(token).ok_or_else(unknown)?;
+        let reply = self
+            .store
+            .call(
+                Op::Check,
+                &room,
+                &[&sid(key), &secret_hash(secret_hex), peer.as_str()],
+            )
+            .await
+            .map_err(|e| {
+                self.store_failed("check", &e);
+                Self::unavailable()
+            })?;
+        match reply.status.as_str() {
+            "ok" => {}
+            "ended" => {
+                let code = reply
+                    .rest
+                    .first()
+                    .and_then(|c| serde_json::from_value(serde_json::Value::from(c.as_str())).ok())
+                    .unwrap_or(ErrorCode::ResumeFailed);
+                return Err(RequestError::new(
+                    code,
+                    format!("the session ended ({code})"),
+                ));
+            }
+            _ => return Err(unknown()),
+        }
+        for message in messages {
+            match self
+                .handle_in(&room, key, &peer, Guard::Token, message)
+                .await
+            {
+                Flow::Continue => {}
+                other => return Ok(other),
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// One request of session `key` of `peer` in `room`; `leave` ends it under `guard`.
+    async fn handle_in(
+        &self,
+        room: &RoomId,
+        key: SessionKey,
+        peer: &PeerId,
+        guard: Guard,
+        message: ClientMessage,
+    ) -> Flow {
+        let room = room.clone();
         let sid = sid(key);
         let result = match message {
             ClientMessage::Signal { id, to, signal } => {
@@ -730,13 +805,12 @@ impl ClusterHub {
                 self.store.call(Op::Emit, &room, &[&sid, &body]).await
             }
             ClientMessage::Leave { .. } => {
-                let reply = self
-                    .end(&room, key, LeaveReason::Left, None, Guard::Conn(conn))
-                    .await;
-                let mut st = self.lock();
-                st.detach(key);
-                self.update_gauges(&st);
-                drop(st);
+                let reply = self.end(&room, key, LeaveReason::Left, None, guard).await;
+                if let Guard::Conn(_) = guard {
+                    let mut st = self.lock();
+                    st.detach(key);
+                    self.update_gauges(&st);
+                }
                 return match reply {
                     Ok(_) => Flow::Left,
                     Err(e) => {
@@ -880,6 +954,7 @@ impl ClusterHub {
         });
         let (guard_word, conn) = match guard {
             Guard::Any => ("any", String::new()),
+            Guard::Token => ("token", String::new()),
             Guard::Conn(conn) => ("conn", conn.to_string()),
             Guard::Expired => ("expired", String::new()),
         };
@@ -1038,6 +1113,9 @@ enum Guard {
     Any,
     /// Attached to this node's connection (leave, slow consumer).
     Conn(ConnId),
+    /// Whatever its state, by the holder of its token (an HTTP `leave`): a stream still
+    /// attached, on any node, is closed normally.
+    Token,
     /// Parked at this node with its grace period over.
     Expired,
 }

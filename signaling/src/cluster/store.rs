@@ -76,6 +76,7 @@ struct Scripts {
     end: Script,
     touch: Script,
     room: Script,
+    check: Script,
 }
 
 const PRELUDE: &str = include_str!("scripts.lua");
@@ -129,9 +130,11 @@ if st[6] == 'a' and st[4] ~= ARGV[7] then
   -- The old node may still think its socket alive: tell it to let go.
   redis.call('PUBLISH', 'sig:ch:' .. st[4], '!close ' .. sid .. ' ' .. st[5])
 end
-local body = plain_replace(ARGV[10], '"peers":[]', '"peers":[' .. peers_of(sid) .. ']')
-body = plain_replace(body, '18446744073709551615', tostring(#replay))
-emit(sid, body)
+if ARGV[10] ~= '' then
+  local body = plain_replace(ARGV[10], '"peers":[]', '"peers":[' .. peers_of(sid) .. ']')
+  body = plain_replace(body, '18446744073709551615', tostring(#replay))
+  emit(sid, body)
+end
 local out = {'ok', table.concat(over, ' '), st[4], st[5], st[6]}
 for _, f in ipairs(replay) do out[#out + 1] = f end
 return out
@@ -152,6 +155,7 @@ return {'unknown_peer', ''}
             // ARGV: from-sid ('' for the backend) body
             broadcast: script(
                 r#"
+if ARGV[4] ~= '' and redis.call('EXISTS', skey(ARGV[4])) == 0 then return {'ok', '', '0'} end
 local n = 0
 for _, other in ipairs(redis.call('LRANGE', M, 0, -1)) do
   if other ~= ARGV[4] then emit(other, ARGV[5]) n = n + 1 end
@@ -199,6 +203,7 @@ return {'ok', '', st[3]}
             ),
             // ARGV: sid left-template code grace-ms guard node conn now-ms
             // guard: 'any' | 'conn' (attached to node/conn) | 'expired' (parked at node, due)
+            //   | 'token' (any, and an attached stream is told to close with 1000)
             end: script(
                 r#"
 local sid = ARGV[4]
@@ -212,6 +217,10 @@ if guard == 'expired' and (st[1] ~= ARGV[9] or st[3] ~= 'p' or tonumber(st[4]) >
   return {'no', ''}
 end
 local gone = end_session(sid, ARGV[5], ARGV[6], tonumber(ARGV[7]))
+if guard == 'token' and gone[6] == 'a' then
+  -- Left by HTTP while a stream is attached somewhere: close that stream normally.
+  redis.call('PUBLISH', 'sig:ch:' .. gone[3], '!close ' .. sid .. ' ' .. gone[4] .. ' 1000')
+end
 if redis.call('LLEN', M) == 0 then redis.call('DEL', M, PEERS) end
 return {'ok', table.concat(over, ' '), gone[3], gone[4], gone[5]}
 "#,
@@ -222,6 +231,23 @@ return {'ok', table.concat(over, ' '), gone[3], gone[4], gone[5]}
 touch(M) touch(PEERS)
 for _, sid in ipairs(redis.call('LRANGE', M, 0, -1)) do touch(skey(sid)) touch(lkey(sid)) end
 return {'ok', ''}
+"#,
+            ),
+            // ARGV: sid sechash peer. Whether a presented token names a live session.
+            check: script(
+                r#"
+local sid = ARGV[4]
+local st = redis.call('HMGET', skey(sid), 'sec', 'peer')
+if st[1] then
+  if st[1] == ARGV[5] and st[2] == ARGV[6] then return {'ok', ''} end
+  return {'unknown', ''}
+end
+local tomb = redis.call('GET', P .. 't:' .. sid)
+if tomb then
+  local code, sec = string.match(tomb, '^(%S+) (%S+)$')
+  if sec == ARGV[5] then return {'ended', '', code} end
+end
+return {'unknown', ''}
 "#,
             ),
             // The room's members, oldest first: peer name node state, four strings each.
@@ -304,6 +330,7 @@ pub enum Op {
     End,
     Touch,
     Room,
+    Check,
 }
 
 /// The routing key of a room: its member list. The `{room}` hash tag keeps every key of the
@@ -342,6 +369,7 @@ impl Store {
             Op::Adopt => &scripts.adopt,
             Op::End => &scripts.end,
             Op::Touch => &scripts.touch,
+            Op::Check => &scripts.check,
             Op::Room => &scripts.room,
         };
         let mut invocation = script.key(room_key(room));

@@ -1,0 +1,336 @@
+//! The protocol over plain HTTP, for clients whose WebSockets are blocked
+//! (`docs/protocol.md`, "When WebSockets are blocked"): `open` creates or takes over a session,
+//! `events` (Server-Sent Events) or `poll` (long-polling) carry its frames to the client, and
+//! `send` carries the client's frames to it.
+//!
+//! Nothing here is sticky: every request names its session by token, and a stream request
+//! re-attaches the session to the node that serves it, exactly like a `resume` (quietly: no
+//! `resumed` frame). Between stream requests the session is parked as if its socket dropped,
+//! so everything the hub promises (order, exactly once, replay, grace) holds unchanged, on one
+//! node or across a cluster.
+
+mod send_rate;
+mod stream;
+
+pub use send_rate::SendRates;
+pub use stream::{events, poll};
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+use crate::admission::Admission;
+use crate::client_ip::client_ip;
+use crate::error::RequestError;
+use crate::hub::{Flow, encode};
+use crate::protocol::{
+    ClientMessage, ErrorCode, HttpOpened, LeaveReason, ResumeToken, RoomId, ServerFrame,
+    ServerMessage, http,
+};
+use crate::ws::origin_allowed;
+
+/// The HTTP status of a refusal with `code` (the table in `docs/protocol.md`).
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidMessage
+        | ErrorCode::UnsupportedVersion
+        | ErrorCode::InvalidRoomId
+        | ErrorCode::InvalidName
+        | ErrorCode::NotJoined
+        | ErrorCode::BinaryNotSupported
+        | ErrorCode::AlreadyJoined
+        | ErrorCode::UnknownPeer => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::ResumeFailed | ErrorCode::ReplayOverflow | ErrorCode::SlowConsumer => {
+            StatusCode::GONE
+        }
+        ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RateLimited | ErrorCode::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RoomFull
+        | ErrorCode::TooManyRooms
+        | ErrorCode::TooManySessions
+        | ErrorCode::Draining
+        | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A refusal: the status of its code, and one error frame (`seq` 0) as the body. Counted.
+pub fn refusal(app: &AppState, error: RequestError) -> Response {
+    refusal_after(app, error, 1)
+}
+
+/// A refusal whose `Retry-After` (for 429 and 503) is `retry_after` seconds.
+fn refusal_after(app: &AppState, error: RequestError, retry_after: u64) -> Response {
+    app.metrics.error(error.code);
+    tracing::debug!(code = %error.code, message = %error.message, "HTTP transport refusal");
+    let status = status_of(error.code);
+    let body = encode(&ServerFrame {
+        seq: 0,
+        message: ServerMessage::Error {
+            code: error.code,
+            message: error.message.into_owned(),
+            reference: None,
+        },
+    });
+    let mut response = (status, json_body(body.as_str().to_owned())).into_response();
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    }
+    response
+}
+
+/// A JSON body that no cache keeps.
+fn json_body(body: String) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+}
+
+/// The `session` query parameter.
+fn session_token(query: &HashMap<String, String>) -> Result<ResumeToken, RequestError> {
+    query
+        .get(http::SESSION_PARAM)
+        .filter(|t| !t.is_empty())
+        .map(|t| ResumeToken(t.clone()))
+        .ok_or_else(|| {
+            RequestError::new(
+                ErrorCode::InvalidMessage,
+                "the session query parameter is missing",
+            )
+        })
+}
+
+/// A request body of at most `max_message_bytes`.
+async fn read_body(app: &AppState, body: Body) -> Result<axum::body::Bytes, RequestError> {
+    let limit = app.config.max_message_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        RequestError::new(
+            ErrorCode::MessageTooLarge,
+            format!("request bodies are limited to {limit} bytes"),
+        )
+    })
+}
+
+fn forbidden_origin() -> RequestError {
+    RequestError::new(ErrorCode::Forbidden, "origin not allowed")
+}
+
+/// `POST /http`: open with a `join` naming its room, or a `resume`.
+pub async fn open(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    open_session(app, peer, None, query, headers, body).await
+}
+
+/// `POST /http/{room}`: open in the room of the URL.
+pub async fn open_room(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(room): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    open_session(app, peer, Some(RoomId(room)), query, headers, body).await
+}
+
+async fn open_session(
+    app: Arc<AppState>,
+    peer: SocketAddr,
+    path_room: Option<RoomId>,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    app.metrics.http_request("open");
+    match try_open(&app, peer, path_room, &query, &headers, body).await {
+        Ok(token) => {
+            let body = serde_json::to_string(&HttpOpened { session: token }).unwrap_or_default();
+            json_body(body).into_response()
+        }
+        Err(error) => refusal(&app, error),
+    }
+}
+
+async fn try_open(
+    app: &AppState,
+    peer: SocketAddr,
+    path_room: Option<RoomId>,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ResumeToken, RequestError> {
+    if !origin_allowed(&app.config.allowed_origins, headers) {
+        return Err(forbidden_origin());
+    }
+    let ip = client_ip(peer, headers, &app.config.trusted_proxies);
+    let ip_slot = app.clients.connect(ip, Instant::now()).ok_or_else(|| {
+        RequestError::new(
+            ErrorCode::TooManyConnections,
+            "too many connections from this address",
+        )
+    })?;
+    let claims = match (&app.auth, query.get("token")) {
+        (Some(auth), Some(token)) => Some(auth.verify(token)?),
+        _ => None,
+    };
+    let body = read_body(app, body).await?;
+    let message: ClientMessage = serde_json::from_slice(&body).map_err(|e| {
+        RequestError::new(
+            ErrorCode::InvalidMessage,
+            crate::session::short(e.to_string()),
+        )
+    })?;
+    // The session is attached to a queue nobody reads for the length of this request, then
+    // parked: its frames, `welcome` or `resumed` included, wait in its outbox for a stream.
+    let (tx, _rx) =
+        crate::outbound::queue(app.config.outbound_queue, app.config.outbound_queue_bytes);
+    let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
+    let door = Admission {
+        app,
+        conn,
+        tx: &tx,
+        path_room: path_room.as_ref(),
+        claims: claims.as_ref(),
+        ip_slot: &ip_slot,
+    };
+    let attached = door.admit(message).await?;
+    app.hub
+        .detach(attached.key, conn, LeaveReason::Disconnected)
+        .await;
+    tracing::info!(peer = %attached.peer, "opened over HTTP");
+    Ok(attached.token)
+}
+
+/// `POST /http/send?session=S`: one client frame, or an array of them, handled in order.
+pub async fn send(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    app.metrics.http_request("send");
+    match try_send(&app, &query, &headers, body).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err((error, retry_after)) => refusal_after(&app, error, retry_after),
+    }
+}
+
+async fn try_send(
+    app: &AppState,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(), (RequestError, u64)> {
+    let plain = |e| (e, 1);
+    if !origin_allowed(&app.config.allowed_origins, headers) {
+        return Err(plain(forbidden_origin()));
+    }
+    let token = session_token(query).map_err(plain)?;
+    let body = read_body(app, body).await.map_err(plain)?;
+    let messages = parse_frames(&body).map_err(plain)?;
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let config = &app.config;
+    let now = Instant::now();
+    if let Err(wait) = app.send_rates.check(&token, messages.len(), now) {
+        let error = if messages.len() as f64 > config.rate_burst {
+            RequestError::new(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "a send holds at most {} frames (the message burst)",
+                    config.rate_burst
+                ),
+            )
+        } else {
+            RequestError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages/s (burst {}): nothing of this send was handled; retry it",
+                    config.rate_limit, config.rate_burst
+                ),
+            )
+        };
+        return Err((error, wait.as_secs_f64().ceil().max(1.0) as u64));
+    }
+    let count = messages.len();
+    match app.hub.handle_by_token(&token, messages).await {
+        Ok(Flow::Continue | Flow::Left) => {
+            app.send_rates.take(&token, count, now);
+            Ok(())
+        }
+        Ok(Flow::Gone) => Err(plain(RequestError::new(
+            ErrorCode::ResumeFailed,
+            "unknown or expired session",
+        ))),
+        Ok(Flow::Retry) => Err(plain(RequestError::new(
+            ErrorCode::Unavailable,
+            "the server cannot reach its shared store: retry shortly",
+        ))),
+        Err(error) => Err(plain(error)),
+    }
+}
+
+/// One frame or an array of frames; every one must parse, or none is handled.
+fn parse_frames(body: &[u8]) -> Result<Vec<ClientMessage>, RequestError> {
+    let invalid = |what: String| RequestError::new(ErrorCode::InvalidMessage, what);
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| invalid(crate::session::short(e.to_string())))?;
+    match value {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                serde_json::from_value(item)
+                    .map_err(|e| invalid(crate::session::short(format!("frame {i}: {e}"))))
+            })
+            .collect(),
+        other => serde_json::from_value(other)
+            .map(|message| vec![message])
+            .map_err(|e| invalid(crate::session::short(e.to_string()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_send_body_is_one_frame_or_an_array_and_a_bad_frame_is_named() {
+        assert_eq!(parse_frames(br#"{"type":"ping"}"#).unwrap().len(), 1);
+        assert_eq!(
+            parse_frames(br#"[{"type":"ping"},{"type":"ack","seq":3}]"#)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(parse_frames(b"[]").unwrap().is_empty());
+        let error = parse_frames(br#"[{"type":"ping"},{"type":"nope"}]"#).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidMessage);
+        assert!(error.message.starts_with("frame 1:"), "{}", error.message);
+    }
+}

@@ -1,0 +1,334 @@
+//! The server -> client side of the HTTP transports: `GET /http/events` (Server-Sent Events)
+//! and `GET /http/poll` (long-polling). Each request re-attaches its session to this node, as
+//! a quiet `resume` from the client's position, and detaches (parks) it when it ends; the
+//! frames come through the same bounded outbound queue as a WebSocket's.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::ws::Utf8Bytes;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use super::{forbidden_origin, json_body, refusal, session_token};
+use crate::AppState;
+use crate::client_ip::{IpSlot, client_ip};
+use crate::cluster::inbox::frame_seq;
+use crate::error::RequestError;
+use crate::hub::{ConnId, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey};
+use crate::protocol::{ErrorCode, LeaveReason, SUPPORTED_VERSIONS, http};
+use crate::ws::origin_allowed;
+
+/// A session attached to this request. Dropping it (the client went away mid-request) parks
+/// the session, as a dropped socket does.
+struct StreamSession {
+    app: Arc<AppState>,
+    key: SessionKey,
+    conn: ConnId,
+    /// Our own handle on the queue: it never reports "closed"; the hub closes explicitly.
+    _tx: OutboundTx,
+    rx: OutboundRx,
+    /// Frames after the client's position, to write before the queue's.
+    replay: Vec<Utf8Bytes>,
+    _ip_slot: IpSlot,
+    detached: bool,
+}
+
+impl StreamSession {
+    /// Parks the session (unless it was taken over or ended meanwhile: then nothing happens).
+    async fn detach(mut self) {
+        self.detached = true;
+        self.app
+            .hub
+            .detach(self.key, self.conn, LeaveReason::Disconnected)
+            .await;
+    }
+}
+
+impl Drop for StreamSession {
+    fn drop(&mut self) {
+        self.app.metrics.connections.dec();
+        if !self.detached {
+            let (app, key, conn) = (Arc::clone(&self.app), self.key, self.conn);
+            tokio::spawn(async move {
+                app.hub.detach(key, conn, LeaveReason::Disconnected).await;
+            });
+        }
+    }
+}
+
+/// The checks of a stream request (origin, connection limits), then the quiet resume.
+async fn attach(
+    app: &Arc<AppState>,
+    peer: SocketAddr,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    last_seq: u64,
+) -> Result<StreamSession, RequestError> {
+    if !origin_allowed(&app.config.allowed_origins, headers) {
+        return Err(forbidden_origin());
+    }
+    let token = session_token(query)?;
+    if app.metrics.connections.get() >= app.config.max_connections as i64 {
+        return Err(RequestError::new(
+            ErrorCode::TooManySessions,
+            "too many connections",
+        ));
+    }
+    let ip = client_ip(peer, headers, &app.config.trusted_proxies);
+    let ip_slot = app.clients.connect(ip, Instant::now()).ok_or_else(|| {
+        RequestError::new(
+            ErrorCode::TooManyConnections,
+            "too many connections from this address",
+        )
+    })?;
+    let (tx, rx) =
+        crate::outbound::queue(app.config.outbound_queue, app.config.outbound_queue_bytes);
+    let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
+    let attached = app
+        .hub
+        .resume(
+            conn,
+            &tx,
+            ResumeRequest {
+                reference: None,
+                version: SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1],
+                token,
+                last_seq,
+                announce: false,
+            },
+        )
+        .await?;
+    app.metrics.connections.inc();
+    app.metrics.connections_total.inc();
+    Ok(StreamSession {
+        app: Arc::clone(app),
+        key: attached.key,
+        conn,
+        _tx: tx,
+        rx,
+        replay: attached.replay,
+        _ip_slot: ip_slot,
+        detached: false,
+    })
+}
+
+fn parse_seq(text: &str) -> Result<u64, RequestError> {
+    text.trim().parse().map_err(|_| {
+        RequestError::new(
+            ErrorCode::InvalidMessage,
+            "last_seq and Last-Event-ID are unsigned integers",
+        )
+    })
+}
+
+/// The client's position: `Last-Event-ID`, else `last_seq`, else 0.
+fn position(query: &HashMap<String, String>, headers: &HeaderMap) -> Result<u64, RequestError> {
+    if let Some(id) = headers.get("last-event-id") {
+        return parse_seq(id.to_str().unwrap_or(""));
+    }
+    match query.get(http::LAST_SEQ_PARAM) {
+        Some(seq) => parse_seq(seq),
+        None => Ok(0),
+    }
+}
+
+/// `GET /http/events?session=S`: the session's frames as Server-Sent Events.
+pub async fn events(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    app.metrics.http_request("events");
+    let session = match position(&query, &headers) {
+        Ok(last_seq) => attach(&app, peer, &query, &headers, last_seq).await,
+        Err(error) => Err(error),
+    };
+    let session = match session {
+        Ok(session) => session,
+        Err(error) => return refusal(&app, error),
+    };
+    // A small channel: a client that does not read holds up the writer, which then times out.
+    let (body_tx, body_rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(pump_events(session, body_tx));
+    let body = futures_util::stream::unfold(body_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, Infallible>(chunk), rx))
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache, no-transform"),
+            // Asks buffering reverse proxies (nginx) to pass events on at once.
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// One SSE event per frame; `id` is the frame's seq.
+fn push_event(chunk: &mut String, frame: &str) {
+    if let Some(seq) = frame_seq(frame) {
+        chunk.push_str("id: ");
+        chunk.push_str(&seq.to_string());
+        chunk.push('\n');
+    }
+    chunk.push_str("data: ");
+    chunk.push_str(frame);
+    chunk.push_str("\n\n");
+}
+
+/// What the stream writes next.
+enum Next {
+    Write(String),
+    /// Write this, then end the stream.
+    Last(String),
+    Stop,
+}
+
+/// At most this much is gathered into one chunk from what is already queued.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+async fn pump_events(mut session: StreamSession, body: mpsc::Sender<Bytes>) {
+    let app = Arc::clone(&session.app);
+    let write_timeout = app.config.ping_timeout;
+    let interval = app.config.ping_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A short reconnection delay for EventSource, then what the client missed.
+    let mut first = String::from("retry: 1000\n\n");
+    let replayed = session.replay.len() as u64;
+    for frame in std::mem::take(&mut session.replay) {
+        push_event(&mut first, &frame);
+    }
+    app.metrics.http_frames(replayed);
+    let mut next = Next::Write(first);
+    loop {
+        let (chunk, last) = match next {
+            Next::Write(chunk) => (chunk, false),
+            Next::Last(chunk) => (chunk, true),
+            Next::Stop => break,
+        };
+        let sent = tokio::time::timeout(write_timeout, body.send(Bytes::from(chunk))).await;
+        if !matches!(sent, Ok(Ok(()))) || last {
+            break;
+        }
+        next = tokio::select! {
+            out = session.rx.recv() => gather(&app, &mut session.rx, out),
+            _ = ticker.tick() => Next::Write(": ping\n\n".to_owned()),
+            () = body.closed() => Next::Stop,
+        };
+    }
+    session.detach().await;
+}
+
+/// The event for `out`, and whatever else is queued already, as one chunk.
+fn gather(app: &AppState, rx: &mut OutboundRx, out: Option<Outbound>) -> Next {
+    let mut chunk = String::new();
+    let mut out = out;
+    let mut frames = 0;
+    loop {
+        match out {
+            None => break,
+            Some(Outbound::Frame(frame)) => {
+                push_event(&mut chunk, &frame);
+                frames += 1;
+            }
+            Some(Outbound::Close { frame, code }) => {
+                if let Some(frame) = frame {
+                    push_event(&mut chunk, &frame);
+                    frames += 1;
+                }
+                chunk.push_str(&format!("event: {}\ndata: {code}\n\n", http::CLOSE_EVENT));
+                app.metrics.http_frames(frames);
+                return Next::Last(chunk);
+            }
+        }
+        if chunk.len() >= CHUNK_BYTES {
+            break;
+        }
+        out = rx.try_recv();
+    }
+    app.metrics.http_frames(frames);
+    if chunk.is_empty() {
+        Next::Stop
+    } else {
+        Next::Write(chunk)
+    }
+}
+
+/// `GET /http/poll?session=S&last_seq=N`: the frames after N as soon as there are any.
+pub async fn poll(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    app.metrics.http_request("poll");
+    let last_seq = match query.get(http::LAST_SEQ_PARAM).map(|s| parse_seq(s)) {
+        Some(Ok(seq)) => seq,
+        Some(Err(error)) => return refusal(&app, error),
+        None => 0,
+    };
+    let mut session = match attach(&app, peer, &query, &headers, last_seq).await {
+        Ok(session) => session,
+        Err(error) => return refusal(&app, error),
+    };
+    let mut frames = std::mem::take(&mut session.replay);
+    let mut close = None;
+    if frames.is_empty()
+        && let Ok(Some(out)) =
+            tokio::time::timeout(app.config.poll_timeout, session.rx.recv()).await
+    {
+        close = take(out, &mut frames);
+    }
+    // Everything queued goes out now: a frame left in the queue would only come back from
+    // the outbox at the next poll.
+    while close.is_none()
+        && let Some(out) = session.rx.try_recv()
+    {
+        close = take(out, &mut frames);
+    }
+    session.detach().await;
+    app.metrics.http_frames(frames.len() as u64);
+    let mut body = String::with_capacity(16 + frames.iter().map(|f| f.len() + 1).sum::<usize>());
+    body.push_str("{\"frames\":[");
+    for (i, frame) in frames.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(frame);
+    }
+    body.push(']');
+    if let Some(code) = close {
+        body.push_str(&format!(",\"close\":{code}"));
+    }
+    body.push('}');
+    json_body(body).into_response()
+}
+
+/// Adds `out` to a poll reply; returns the close code if it ends the session's stream.
+fn take(out: Outbound, frames: &mut Vec<Utf8Bytes>) -> Option<u16> {
+    match out {
+        Outbound::Frame(frame) => {
+            frames.push(frame);
+            None
+        }
+        Outbound::Close { frame, code } => {
+            frames.extend(frame);
+            Some(code)
+        }
+    }
+}
