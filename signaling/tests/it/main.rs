@@ -6,6 +6,8 @@ mod auth;
 mod basic;
 mod cluster;
 mod docs;
+mod http;
+mod http_client;
 mod limits;
 mod ops;
 mod resume;

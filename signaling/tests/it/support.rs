@@ -146,12 +146,16 @@ impl Server {
 
     /// `ws://ADDR{path}`; in a cluster run, of each node in turn.
     pub(crate) fn ws(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.next_addr())
+    }
+
+    /// The address of the next node in turn (round-robin, as a balancer without stickiness).
+    pub(crate) fn next_addr(&self) -> SocketAddr {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let addr = match n % (self.others.len() + 1) {
+        match n % (self.others.len() + 1) {
             0 => self.addr,
             i => self.others[i - 1].addr,
-        };
-        format!("ws://{addr}{path}")
+        }
     }
 
     /// Sends SIGTERM (to every node).

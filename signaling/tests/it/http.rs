@@ -1,0 +1,469 @@
+//! The protocol over HTTP (`docs/protocol.md`, "When WebSockets are blocked"): SSE + POST and
+//! long-polling carry a session exactly like a socket. Every request goes to the next node in
+//! turn, so in a cluster run (`SIGNALING_IT_NODES=3`) no two consecutive requests of a session
+//! reach the same node: nothing may depend on stickiness.
+
+use std::time::Duration;
+
+use signaling::protocol::{
+    ClientMessage, ErrorCode, LeaveReason, PeerId, ServerFrame, ServerMessage, Signal,
+};
+
+use crate::http_client::{self, Event, Sse};
+use crate::support::{Client, STEP, Server};
+
+fn offer(n: u32) -> Signal {
+    Signal::Offer {
+        sdp: format!("v=0 #{n}"),
+        ice_restart: false,
+    }
+}
+
+fn signal(to: &PeerId, n: u32) -> ClientMessage {
+    ClientMessage::Signal {
+        id: None,
+        to: to.clone(),
+        signal: offer(n),
+    }
+}
+
+/// The `n` of a signal made by [`offer`].
+fn offer_number(frame: &ServerFrame) -> u32 {
+    match &frame.message {
+        ServerMessage::Signal {
+            signal: Signal::Offer { sdp, .. },
+            ..
+        } => sdp.rsplit('#').next().unwrap().parse().unwrap(),
+        other => panic!("expected a signal, got {other:?}"),
+    }
+}
+
+fn welcome_peer(frame: &ServerFrame) -> PeerId {
+    match &frame.message {
+        ServerMessage::Welcome { session, .. } => session.peer_id.clone(),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sse_and_post_carry_a_session_like_a_socket() {
+    let server = Server::start(&[]);
+    let a = http_client::open(server.next_addr(), "web", &http_client::join("A"))
+        .await
+        .expect("open");
+    let mut events = Sse::connect(server.next_addr(), &a, None).await;
+    assert_eq!(events.status, 200);
+    let welcome = events.frame().await;
+    assert_eq!(welcome.seq, 1);
+    let a_peer = welcome_peer(&welcome);
+
+    let (mut b, b_info) = Client::join(&server.ws("/ws/web"), None).await;
+    let joined = events.frame().await;
+    assert!(
+        matches!(&joined.message, ServerMessage::PeerJoined { peer } if peer.id == b_info.peer_id),
+        "{joined:?}"
+    );
+    // Socket -> SSE.
+    b.send(&signal(&a_peer, 1)).await;
+    let got = events.frame().await;
+    assert_eq!((got.seq, offer_number(&got)), (3, 1));
+    // POST -> socket, and a ping whose pong comes on the stream.
+    let reply = http_client::send(
+        server.next_addr(),
+        &a,
+        &[
+            signal(&b_info.peer_id, 2),
+            ClientMessage::Ping { id: Some(7) },
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    match b.recv_message().await {
+        ServerMessage::Signal { from, signal } => {
+            assert_eq!((from, signal), (a_peer.clone(), offer(2)));
+        }
+        other => panic!("expected the signal, got {other:?}"),
+    }
+    let pong = events.frame().await;
+    assert_eq!(pong.message, ServerMessage::Pong { reference: Some(7) });
+    // An unknown target is answered on the stream, as over a socket.
+    let reply = http_client::send(
+        server.next_addr(),
+        &a,
+        &[signal(&PeerId::from("nobody"), 3)],
+    )
+    .await;
+    assert_eq!(reply.status, 204);
+    let error = events.frame().await;
+    assert!(
+        matches!(
+            error.message,
+            ServerMessage::Error {
+                code: ErrorCode::UnknownPeer,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // Leave: the stream closes with 1000, the room hears `left`.
+    let reply =
+        http_client::send(server.next_addr(), &a, &[ClientMessage::Leave { id: None }]).await;
+    assert_eq!(reply.status, 204);
+    assert_eq!(events.next_within(STEP).await, Some(Event::Close(1000)));
+    assert_eq!(
+        b.recv_message().await,
+        ServerMessage::PeerLeft {
+            peer_id: a_peer,
+            reason: LeaveReason::Left
+        }
+    );
+    // The session is gone: its token opens nothing any more.
+    let reply =
+        http_client::send(server.next_addr(), &a, &[ClientMessage::Ping { id: None }]).await;
+    assert_eq!(reply.status, 410);
+    let gone = Sse::connect(server.next_addr(), &a, None).await;
+    assert_eq!(gone.status, 410);
+}
+
+#[tokio::test]
+async fn a_dropped_sse_stream_resumes_with_last_event_id_and_loses_no_frame() {
+    let server = Server::start(&[]);
+    let a = http_client::open(server.next_addr(), "drop", &http_client::join("A"))
+        .await
+        .expect("open");
+    let mut events = Sse::connect(server.next_addr(), &a, None).await;
+    let a_peer = welcome_peer(&events.frame().await);
+    let (mut b, _) = Client::join(&server.ws("/ws/drop"), None).await;
+    let _joined = events.frame().await;
+    let mut seen = Vec::new();
+    let mut last_id = 2;
+    for n in 0..40 {
+        b.send(&signal(&a_peer, n)).await;
+    }
+    // Read some, then the stream breaks (no close event: the TCP connection just goes).
+    for _ in 0..15 {
+        let frame = events.frame().await;
+        last_id = frame.seq;
+        seen.push(offer_number(&frame));
+    }
+    drop(events);
+    for n in 40..80 {
+        b.send(&signal(&a_peer, n)).await;
+    }
+    b.sync().await;
+    // Reconnect as EventSource does, on another node in a cluster run.
+    let mut events = Sse::connect(server.next_addr(), &a, Some(last_id)).await;
+    assert_eq!(events.status, 200);
+    while seen.len() < 80 {
+        let frame = events.frame().await;
+        assert_eq!(
+            frame.seq,
+            last_id + 1,
+            "contiguous seq across the reconnect"
+        );
+        last_id = frame.seq;
+        seen.push(offer_number(&frame));
+    }
+    assert_eq!(
+        seen,
+        (0..80).collect::<Vec<_>>(),
+        "every frame, once, in order"
+    );
+    // No `resumed` frame on a stream reconnect: nothing more is waiting.
+    assert!(
+        events
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing after the last signal"
+    );
+}
+
+#[tokio::test]
+async fn long_polling_keeps_order_under_a_burst_of_1000_signals() {
+    // The rate limit would spread the burst over 16 s; the replay buffer must hold what
+    // arrives between two polls.
+    let server = Server::start(&[
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+        "--replay-max-messages",
+        "2048",
+        "--replay-max-bytes",
+        "1048576",
+    ]);
+    let a = http_client::open(server.next_addr(), "burst", &http_client::join("A"))
+        .await
+        .expect("open");
+    let b = http_client::open(server.next_addr(), "burst", &http_client::join("B"))
+        .await
+        .expect("open");
+    let first = http_client::poll(server.next_addr(), &a, 0).await;
+    let a_peer = welcome_peer(&first.frames[0]);
+    let mut a_seq = first.frames.last().unwrap().seq;
+    let b_frames = http_client::poll(server.next_addr(), &b, 0).await.frames;
+    let b_seq = b_frames.last().unwrap().seq;
+    // B acks what it has and sends 1,000 signals in batches of 25, as fast as it can.
+    let addrs = server.addrs();
+    let sender = tokio::spawn({
+        let b = b.clone();
+        async move {
+            let ack = ClientMessage::Ack { seq: b_seq };
+            let reply = http_client::send(addrs[0], &b, &[ack]).await;
+            assert_eq!(reply.status, 204);
+            for batch in 0..40u32 {
+                let frames: Vec<ClientMessage> =
+                    (0..25).map(|i| signal(&a_peer, batch * 25 + i)).collect();
+                let addr = addrs[batch as usize % addrs.len()];
+                let reply = http_client::send(addr, &b, &frames).await;
+                assert_eq!(reply.status, 204, "{}", reply.body);
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut polls = 0;
+    while got.len() < 1000 && polls < 2000 {
+        let reply = http_client::poll(server.next_addr(), &a, a_seq).await;
+        polls += 1;
+        assert_eq!(reply.close, None);
+        for frame in reply.frames {
+            assert_eq!(frame.seq, a_seq + 1, "no gap, no duplicate");
+            a_seq = frame.seq;
+            if let ServerMessage::Signal { .. } = frame.message {
+                got.push(offer_number(&frame));
+            }
+        }
+    }
+    sender.await.expect("sender");
+    assert_eq!(got, (0..1000).collect::<Vec<_>>(), "in order, each once");
+    eprintln!("1000 signals in {polls} polls");
+}
+
+#[tokio::test]
+async fn sends_obey_the_message_rate_and_the_frame_size_limit() {
+    let server = Server::start(&[
+        "--rate-limit",
+        "5",
+        "--rate-burst",
+        "10",
+        "--max-message-bytes",
+        "2048",
+    ]);
+    let a = http_client::open(server.addr, "limits", &http_client::join("A"))
+        .await
+        .expect("open");
+    let ping = ClientMessage::Ping { id: None };
+    let ten = vec![ping.clone(); 10];
+    let reply = http_client::send(server.addr, &a, &ten).await;
+    assert_eq!(reply.status, 204);
+    // The burst is spent: nothing of the next send is handled.
+    let reply = http_client::send(server.addr, &a, std::slice::from_ref(&ping)).await;
+    assert_eq!(reply.status, 429);
+    assert!(
+        matches!(
+            reply.error().message,
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            }
+        ),
+        "{}",
+        reply.body
+    );
+    // More frames than the burst can never pass.
+    let reply = http_client::send(server.addr, &a, &vec![ping.clone(); 11]).await;
+    assert_eq!(reply.status, 413);
+    // A body over the frame size limit.
+    let big = format!(r#"{{"type":"broadcast","data":"{}"}}"#, "x".repeat(4096));
+    let reply = http_client::post(server.addr, &format!("/http/send?session={a}"), &big).await;
+    assert_eq!(reply.status, 413);
+    assert!(
+        matches!(
+            reply.error().message,
+            ServerMessage::Error {
+                code: ErrorCode::MessageTooLarge,
+                ..
+            }
+        ),
+        "{}",
+        reply.body
+    );
+    // One bad frame: none is handled, and the error names it.
+    let reply = http_client::post(
+        server.addr,
+        &format!("/http/send?session={a}"),
+        r#"[{"type":"ping"},{"type":"dance"}]"#,
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    match reply.error().message {
+        ServerMessage::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::InvalidMessage);
+            assert!(message.starts_with("frame 1:"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Not a session.
+    let reply = http_client::send(server.addr, "0000000000000001.00", &[ping]).await;
+    assert_eq!(reply.status, 410);
+    // The stream got the ten pongs, and nothing of the refused sends.
+    let reply = http_client::poll(server.addr, &a, 1).await;
+    let pongs = reply
+        .frames
+        .iter()
+        .filter(|f| matches!(f.message, ServerMessage::Pong { .. }))
+        .count();
+    assert_eq!((pongs, reply.frames.len()), (10, 10));
+    assert!(
+        server
+            .metric("signaling_errors_total{code=\"rate_limited\"}")
+            .await
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn stream_requests_count_as_connections_and_a_newer_stream_takes_over() {
+    let server = Server::start(&["--max-connections-per-ip", "2"]);
+    let a = http_client::open(server.addr, "conns", &http_client::join("A"))
+        .await
+        .expect("open");
+    let b = http_client::open(server.addr, "conns", &http_client::join("B"))
+        .await
+        .expect("open");
+    let mut first = Sse::connect(server.addr, &a, None).await;
+    assert_eq!(first.status, 200);
+    let _welcome = first.frame().await;
+    let mut second = Sse::connect(server.addr, &b, None).await;
+    assert_eq!(second.status, 200);
+    // A third open stream from this address is one too many.
+    let third = Sse::connect(server.addr, &a, None).await;
+    assert_eq!(third.status, 429);
+    let (status, _, body) =
+        crate::support::http_get(server.addr, &format!("/http/poll?session={b}")).await;
+    assert_eq!(status, 429, "{body}");
+    drop(second.next_within(Duration::from_millis(100)).await);
+    drop(second);
+    // With a slot free again, a second stream of A takes the session over: the first one is
+    // told 1008 and ends.
+    let mut newer = None;
+    for _ in 0..50 {
+        let attempt = Sse::connect(server.addr, &a, Some(1)).await;
+        if attempt.status == 200 {
+            newer = Some(attempt);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut newer = newer.expect("the slot of the dropped stream is given back");
+    let mut ending = first.next_within(STEP).await;
+    if let Some(Event::Frame { frame, .. }) = &ending {
+        // B's arrival, if this stream had not passed it on yet.
+        assert!(
+            matches!(frame.message, ServerMessage::PeerJoined { .. }),
+            "{frame:?}"
+        );
+        ending = first.next_within(STEP).await;
+    }
+    assert_eq!(ending, Some(Event::Close(1008)));
+    assert!(first.next_within(STEP).await.is_none(), "the stream ended");
+    // The newer stream carries the session on.
+    let frame = newer.frame().await;
+    assert_eq!(frame.seq, 2);
+    assert!(
+        matches!(frame.message, ServerMessage::PeerJoined { .. }),
+        "{frame:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_http_session_without_a_stream_expires_like_a_parked_one() {
+    let server = Server::start(&["--resume-grace", "1s"]);
+    let (mut b, _) = Client::join(&server.ws("/ws/idle"), None).await;
+    let a = http_client::open(server.next_addr(), "idle", &http_client::join("A"))
+        .await
+        .expect("open");
+    let joined = b.recv_message().await;
+    let ServerMessage::PeerJoined { peer } = joined else {
+        panic!("expected peer_joined, got {joined:?}");
+    };
+    // A never opens a stream: after the grace period the room hears it left.
+    let left = tokio::time::timeout(Duration::from_secs(6), b.recv_message())
+        .await
+        .expect("peer_left within the grace period and a sweep");
+    assert_eq!(
+        left,
+        ServerMessage::PeerLeft {
+            peer_id: peer.id,
+            reason: LeaveReason::Disconnected
+        }
+    );
+    // Its token is worth nothing now.
+    let (status, _, body) =
+        crate::support::http_get(server.next_addr(), &format!("/http/poll?session={a}")).await;
+    assert_eq!(status, 410, "{body}");
+}
+
+#[tokio::test]
+async fn a_refused_open_answers_a_status_and_an_error_frame() {
+    let server = Server::start(&["--max-peers-per-room", "1"]);
+    let _a = http_client::open(server.next_addr(), "full", &http_client::join("A"))
+        .await
+        .expect("open");
+    let refused = http_client::open(server.next_addr(), "full", &http_client::join("B"))
+        .await
+        .expect_err("the room is full");
+    assert_eq!(refused.status, 503);
+    let error = refused.error();
+    assert_eq!(error.seq, 0);
+    assert!(
+        matches!(
+            error.message,
+            ServerMessage::Error {
+                code: ErrorCode::RoomFull,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let refused = http_client::post(server.next_addr(), "/http/full", r#"{"type":"ping"}"#).await;
+    assert_eq!(refused.status, 400);
+    let refused = http_client::open(server.next_addr(), "bad room!", &http_client::join("C"))
+        .await
+        .expect_err("invalid room");
+    assert_eq!(refused.status, 400);
+}
+
+#[tokio::test]
+async fn a_websocket_session_continues_over_http_after_a_resume() {
+    let server = Server::start(&[]);
+    let (mut a, a_info) = Client::join(&server.ws("/ws/switch"), None).await;
+    let (mut b, b_info) = Client::join(&server.ws("/ws/switch"), None).await;
+    let _joined = a.recv_message().await;
+    a.sync().await;
+    let last = 3; // welcome, peer_joined, the pong of `sync`
+    drop(a);
+    b.send(&signal(&a_info.peer_id, 5)).await;
+    b.sync().await;
+    // A's WebSocket is blocked from now on: it resumes over HTTP.
+    let resume = ClientMessage::Resume {
+        id: Some(9),
+        versions: vec![1],
+        resume_token: a_info.resume_token.clone(),
+        last_seq: last,
+    };
+    let token = http_client::open(server.next_addr(), "switch", &resume)
+        .await
+        .expect("resume over HTTP");
+    assert_eq!(token, a_info.resume_token.0);
+    let reply = http_client::poll(server.next_addr(), &token, last).await;
+    let kinds: Vec<_> = reply.frames.iter().map(|f| (f.seq, &f.message)).collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert_eq!(offer_number(&reply.frames[0]), 5);
+    assert!(matches!(
+        reply.frames[1].message,
+        ServerMessage::Resumed { replayed: 1, .. }
+    ));
+    let _ = b_info;
+}
