@@ -7,6 +7,7 @@
 pub mod haproxy;
 pub mod netns;
 pub mod redis;
+pub mod signaling_http;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

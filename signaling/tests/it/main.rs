@@ -7,6 +7,7 @@ mod basic;
 mod cluster;
 mod docs;
 mod http;
+#[path = "../../../tests/src/signaling_http.rs"]
 mod http_client;
 mod limits;
 mod ops;

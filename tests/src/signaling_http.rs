@@ -1,30 +1,77 @@
-//! A client of the HTTP transports, written from `docs/protocol.md`: open, send, long-poll,
-//! and a Server-Sent Events reader. Every request may go to another node (`Server::next_addr`).
+//! A client of signaling's HTTP transports, written from `docs/protocol.md` ("When WebSockets
+//! are blocked"): open, send, long-poll, and a Server-Sent Events reader. Every request is its
+//! own connection, so each may reach another node. Shared by the signaling integration suite
+//! (included by path) and the end-to-end tests.
+
+#![allow(dead_code, unreachable_pub)] // Shared by two test crates; neither uses every request.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use signaling::protocol::{ClientMessage, HttpOpened, PollReply, ServerFrame};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 
-use crate::support::{STEP, http_request};
+/// How long any one step (a reply, an event) may take.
+const STEP: Duration = Duration::from_secs(5);
+
+/// One HTTP/1.1 request with `Connection: close`: (status, content-type, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(40), stream.read_to_end(&mut response))
+        .await
+        .expect("HTTP response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
 
 /// An HTTP reply: status, `Retry-After` if any, body.
 #[derive(Debug)]
-pub(crate) struct Reply {
-    pub(crate) status: u16,
-    pub(crate) body: String,
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
 }
 
 impl Reply {
     /// The body as an error frame (seq 0).
-    pub(crate) fn error(&self) -> ServerFrame {
+    pub fn error(&self) -> ServerFrame {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
 }
 
-pub(crate) async fn post(addr: SocketAddr, path: &str, body: &str) -> Reply {
+pub async fn post(addr: SocketAddr, path: &str, body: &str) -> Reply {
     let (status, _, body) = http_request(
         addr,
         "POST",
@@ -37,11 +84,7 @@ pub(crate) async fn post(addr: SocketAddr, path: &str, body: &str) -> Reply {
 }
 
 /// `POST /http/ROOM` with `message`; the session token, or the refusal.
-pub(crate) async fn open(
-    addr: SocketAddr,
-    room: &str,
-    message: &ClientMessage,
-) -> Result<String, Reply> {
+pub async fn open(addr: SocketAddr, room: &str, message: &ClientMessage) -> Result<String, Reply> {
     let reply = post(
         addr,
         &format!("/http/{room}"),
@@ -56,7 +99,7 @@ pub(crate) async fn open(
 }
 
 /// A `join` for the HTTP open (the room comes from the URL).
-pub(crate) fn join(name: &str) -> ClientMessage {
+pub fn join(name: &str) -> ClientMessage {
     ClientMessage::Join {
         id: Some(1),
         versions: vec![1],
@@ -67,7 +110,7 @@ pub(crate) fn join(name: &str) -> ClientMessage {
 }
 
 /// `POST /http/send` with these frames as one array.
-pub(crate) async fn send(addr: SocketAddr, session: &str, frames: &[ClientMessage]) -> Reply {
+pub async fn send(addr: SocketAddr, session: &str, frames: &[ClientMessage]) -> Reply {
     post(
         addr,
         &format!("/http/send?session={session}"),
@@ -77,7 +120,7 @@ pub(crate) async fn send(addr: SocketAddr, session: &str, frames: &[ClientMessag
 }
 
 /// `GET /http/poll` (waits up to the server's poll timeout).
-pub(crate) async fn poll(addr: SocketAddr, session: &str, last_seq: u64) -> PollReply {
+pub async fn poll(addr: SocketAddr, session: &str, last_seq: u64) -> PollReply {
     let (status, _, body) = tokio::time::timeout(
         Duration::from_secs(40),
         http_request(
@@ -96,24 +139,23 @@ pub(crate) async fn poll(addr: SocketAddr, session: &str, last_seq: u64) -> Poll
 
 /// One Server-Sent Event.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Event {
-    Frame { id: Option<u64>, frame: ServerFrame },
+pub enum Event {
+    Frame {
+        id: Option<u64>,
+        frame: Box<ServerFrame>,
+    },
     Close(u16),
 }
 
 /// An open `GET /http/events` stream. Requested as HTTP/1.0, so the body is plain bytes until
 /// the server closes (no chunked coding to undo).
-pub(crate) struct Sse {
+pub struct Sse {
     reader: BufReader<TcpStream>,
-    pub(crate) status: u16,
+    pub status: u16,
 }
 
 impl Sse {
-    pub(crate) async fn connect(
-        addr: SocketAddr,
-        session: &str,
-        last_event_id: Option<u64>,
-    ) -> Self {
+    pub async fn connect(addr: SocketAddr, session: &str, last_event_id: Option<u64>) -> Self {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let mut request = format!(
             "GET /http/events?session={session} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n"
@@ -149,7 +191,7 @@ impl Sse {
 
     /// The next event (comments and `retry` skipped), or `None` when the stream ends or
     /// nothing comes within `limit`.
-    pub(crate) async fn next_within(&mut self, limit: Duration) -> Option<Event> {
+    pub async fn next_within(&mut self, limit: Duration) -> Option<Event> {
         let deadline = tokio::time::Instant::now() + limit;
         let (mut id, mut event, mut data) = (None, None::<String>, None::<String>);
         loop {
@@ -170,7 +212,10 @@ impl Sse {
                     (None, Some(data)) => {
                         let frame =
                             serde_json::from_str(&data).unwrap_or_else(|e| panic!("{e}: {data}"));
-                        return Some(Event::Frame { id, frame });
+                        return Some(Event::Frame {
+                            id,
+                            frame: Box::new(frame),
+                        });
                     }
                     _ => {
                         (id, event) = (None, None);
@@ -189,11 +234,11 @@ impl Sse {
     }
 
     /// The next frame; panics on anything else.
-    pub(crate) async fn frame(&mut self) -> ServerFrame {
+    pub async fn frame(&mut self) -> ServerFrame {
         match self.next_within(STEP).await {
             Some(Event::Frame { id, frame }) => {
                 assert_eq!(id, Some(frame.seq), "the event id is the frame's seq");
-                frame
+                *frame
             }
             other => panic!("expected a frame, got {other:?}"),
         }
