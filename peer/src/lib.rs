@@ -17,6 +17,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Signaling transport: WebSocket only (`ws://` or `wss://`). The server's HTTP fallbacks (SSE +
+//! POST, long-polling; `docs/protocol.md`, "When WebSockets are blocked") are for browsers
+//! behind proxies that refuse WebSockets; the JS client uses them, this SDK does not.
+//!
 //! Modules, one job each: [`signaling_client`] (the WebSocket session, resume, backoff),
 //! [`negotiation`] (perfect negotiation decisions), [`connection`] (one `webrtc` peer
 //! connection per remote peer), [`channel`] (data channels and their registry), `room` (which
