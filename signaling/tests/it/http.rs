@@ -467,3 +467,105 @@ async fn a_websocket_session_continues_over_http_after_a_resume() {
     ));
     let _ = b_info;
 }
+
+#[tokio::test]
+async fn an_idle_sse_stream_gets_keep_alive_comments() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = Server::start(&["--ping-interval", "200ms", "--ping-timeout", "2s"]);
+    let a = http_client::open(server.addr, "quiet", &http_client::join("A"))
+        .await
+        .expect("open");
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!("GET /http/events?session={a} HTTP/1.0\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !String::from_utf8_lossy(&seen).contains("\n: ping\n\n")
+        && tokio::time::Instant::now() < deadline
+    {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("text/event-stream"), "{text}");
+    assert!(
+        text.contains("\n: ping\n\n"),
+        "a keep-alive comment: {text}"
+    );
+}
+
+#[tokio::test]
+async fn an_sse_reader_that_stops_reading_is_cut_off_not_buffered() {
+    let server = Server::start(&[
+        "--outbound-queue",
+        "4",
+        "--rate-limit",
+        "10000",
+        "--rate-burst",
+        "10000",
+        "--replay-max-messages",
+        "100000",
+        "--replay-max-bytes",
+        "100000000",
+        "--ping-interval",
+        "200ms",
+        "--ping-timeout",
+        "1s",
+    ]);
+    let (mut a, _) = Client::join(&server.ws("/ws/slow-sse"), None).await;
+    let b = http_client::open(server.next_addr(), "slow-sse", &http_client::join("B"))
+        .await
+        .expect("open");
+    // B's stream is open but never read again.
+    let _stalled = Sse::connect(server.next_addr(), &b, None).await;
+    let ServerMessage::PeerJoined { peer } = a.recv_message().await else {
+        panic!("expected peer_joined");
+    };
+    let blob = "y".repeat(30_000);
+    let mut ended = false;
+    for _ in 0..2000 {
+        a.send(&ClientMessage::Broadcast {
+            id: None,
+            data: serde_json::Value::String(blob.clone()),
+        })
+        .await;
+        if let Some(frame) = a.recv_within(Duration::from_millis(1)).await {
+            assert_eq!(
+                frame.message,
+                ServerMessage::PeerLeft {
+                    peer_id: peer.id.clone(),
+                    reason: LeaveReason::Ended
+                }
+            );
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the stalled SSE reader was never cut off");
+    // Its stream is dropped within the write timeout, and its token is dead.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.metric("signaling_connections").await > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled stream was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply =
+        http_client::send(server.next_addr(), &b, &[ClientMessage::Ping { id: None }]).await;
+    assert_eq!(reply.status, 410);
+    assert!(
+        matches!(
+            reply.error().message,
+            ServerMessage::Error {
+                code: ErrorCode::SlowConsumer,
+                ..
+            }
+        ),
+        "{}",
+        reply.body
+    );
+}
