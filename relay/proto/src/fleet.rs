@@ -1,0 +1,259 @@
+//! Relays as a fleet: what a relay advertises about itself in the shared store, and which relay
+//! serves a room.
+//!
+//! A relay started with `--register` keeps a [`RelayRecord`] under [`relay_key`] and a lease in
+//! the sorted set [`RELAYS_KEY`] (id -> lease expiry, Unix ms). Signaling reads the live,
+//! non-draining records and gives every peer of a room the same relay, by weighted rendezvous
+//! (highest-random-weight) hashing of the room id: each relay scores
+//! `capacity / -ln(u)` with `u` a uniform hash of (relay, room) in (0, 1), and the highest score
+//! wins. Every node computes the same answer with no coordination; when a relay joins or
+//! leaves, only the rooms it wins or loses move (about 1/N of them); a relay of capacity 2 gets
+//! twice the rooms of a relay of capacity 1.
+//!
+//! Pure functions, no I/O: the relay's registration task and signaling's fleet watcher do the
+//! Redis calls.
+
+use std::collections::HashMap;
+
+/// Sorted set of registered relays: member = relay id, score = lease expiry (Unix ms).
+pub const RELAYS_KEY: &str = "sig:relays";
+
+/// The TURN REST secret agreed through the store by signaling nodes and relays that were given
+/// none (first writer wins).
+pub const TURN_SECRET_KEY: &str = "sig:secret:turn";
+
+/// The hash holding one relay's [`RelayRecord`].
+pub fn relay_key(id: &str) -> String {
+    format!("sig:relay:{id}")
+}
+
+/// Whether a relay takes new rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayState {
+    Active,
+    /// Shutting down: its rooms move to other relays; its allocations live until the drain ends.
+    Draining,
+}
+
+impl RelayState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Draining => "draining",
+        }
+    }
+}
+
+/// What one relay advertises.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayRecord {
+    pub id: String,
+    /// The TURN URLs clients should use (`turn:`/`turns:`, with `?transport=`), and `stun:`.
+    pub urls: Vec<String>,
+    /// A region label (`--region`), if any.
+    pub region: Option<String>,
+    /// Relative weight of the relay's share of rooms (`--capacity`), > 0.
+    pub capacity: f64,
+    /// Live load: allocations now.
+    pub allocations: u64,
+    /// Live load: relayed bytes per second (both directions), over the last heartbeat.
+    pub bytes_per_sec: u64,
+    pub state: RelayState,
+}
+
+impl RelayRecord {
+    /// The record as hash fields.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("urls", self.urls.join(" ")),
+            ("region", self.region.clone().unwrap_or_default()),
+            ("capacity", self.capacity.to_string()),
+            ("allocations", self.allocations.to_string()),
+            ("bytes_per_sec", self.bytes_per_sec.to_string()),
+            ("state", self.state.as_str().to_owned()),
+        ]
+    }
+
+    /// A record from its hash fields; `None` when a field is missing or malformed (a record
+    /// written by an incompatible version is ignored, not guessed at).
+    pub fn from_fields(id: &str, fields: &HashMap<String, String>) -> Option<Self> {
+        let urls: Vec<String> = fields
+            .get("urls")?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let capacity: f64 = fields.get("capacity")?.parse().ok()?;
+        if urls.is_empty() || !(capacity > 0.0 && capacity.is_finite()) {
+            return None;
+        }
+        let state = match fields.get("state")?.as_str() {
+            "active" => RelayState::Active,
+            "draining" => RelayState::Draining,
+            _ => return None,
+        };
+        Some(Self {
+            id: id.to_owned(),
+            urls,
+            region: fields.get("region").filter(|r| !r.is_empty()).cloned(),
+            capacity,
+            allocations: fields.get("allocations")?.parse().ok()?,
+            bytes_per_sec: fields.get("bytes_per_sec")?.parse().ok()?,
+            state,
+        })
+    }
+}
+
+/// The relay that serves `room`: the highest rendezvous score among the active relays, among
+/// those of `region` when there are any (else among all). `None` when no relay is active.
+pub fn choose<'a>(
+    room: &str,
+    relays: &'a [RelayRecord],
+    region: Option<&str>,
+) -> Option<&'a RelayRecord> {
+    let active = || relays.iter().filter(|r| r.state == RelayState::Active);
+    let in_region = |r: &&RelayRecord| region.is_none_or(|want| r.region.as_deref() == Some(want));
+    let pool: Vec<&RelayRecord> = if active().any(|r| in_region(&r)) {
+        active().filter(in_region).collect()
+    } else {
+        active().collect()
+    };
+    pool.into_iter().max_by(|a, b| {
+        score(room, a)
+            .total_cmp(&score(room, b))
+            // Equal scores (equal ids and rooms only): the smaller id, on every node.
+            .then_with(|| b.id.cmp(&a.id))
+    })
+}
+
+/// Weighted rendezvous score of `relay` for `room`.
+fn score(room: &str, relay: &RelayRecord) -> f64 {
+    let u = unit_hash(&relay.id, room);
+    relay.capacity / -u.ln()
+}
+
+/// A hash of (relay, room), uniform in (0, 1), the same in every process and version: the first
+/// 53 bits of SHA-256(relay id, 0, room).
+fn unit_hash(relay: &str, room: &str) -> f64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(relay.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(room.as_bytes());
+    let digest = ctx.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    let bits = u64::from_be_bytes(first) >> 11;
+    // (bits + 0.5) / 2^53: never 0 or 1, so the logarithm is finite and negative.
+    (bits as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(id: &str, capacity: f64) -> RelayRecord {
+        RelayRecord {
+            id: id.into(),
+            urls: vec![format!("turn:{id}.example.com:3478?transport=udp")],
+            region: None,
+            capacity,
+            allocations: 0,
+            bytes_per_sec: 0,
+            state: RelayState::Active,
+        }
+    }
+
+    fn rooms(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("room-{i}")).collect()
+    }
+
+    fn counts(relays: &[RelayRecord], rooms: &[String]) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for room in rooms {
+            *counts
+                .entry(choose(room, relays, None).unwrap().id.clone())
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn a_record_round_trips_through_its_fields() {
+        let mut record = relay("r1", 2.5);
+        record.region = Some("eu".into());
+        record.urls.push("turns:r1.example.com:5349".into());
+        record.state = RelayState::Draining;
+        let fields: HashMap<String, String> = record
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(RelayRecord::from_fields("r1", &fields), Some(record));
+        let mut broken = fields.clone();
+        broken.insert("capacity".into(), "-1".into());
+        assert_eq!(RelayRecord::from_fields("r1", &broken), None);
+        broken.remove("capacity");
+        assert_eq!(RelayRecord::from_fields("r1", &broken), None);
+    }
+
+    #[test]
+    fn rooms_spread_evenly_and_the_same_on_every_call() {
+        let relays = vec![relay("a", 1.0), relay("b", 1.0), relay("c", 1.0)];
+        let rooms = rooms(3000);
+        let counts = counts(&relays, &rooms);
+        let max = *counts.values().max().unwrap() as f64;
+        assert!(max / 1000.0 < 1.1, "max/mean {}: {counts:?}", max / 1000.0);
+        let shuffled = vec![relays[2].clone(), relays[0].clone(), relays[1].clone()];
+        for room in &rooms {
+            assert_eq!(
+                choose(room, &relays, None).unwrap().id,
+                choose(room, &shuffled, None).unwrap().id,
+                "the order of the records does not matter"
+            );
+        }
+    }
+
+    #[test]
+    fn a_joining_relay_takes_about_one_nth_and_a_leaving_one_moves_only_its_own() {
+        let three = vec![relay("a", 1.0), relay("b", 1.0), relay("c", 1.0)];
+        let mut four = three.clone();
+        four.push(relay("d", 1.0));
+        let rooms = rooms(4000);
+        let mut moved = 0;
+        for room in &rooms {
+            let before = &choose(room, &three, None).unwrap().id;
+            let after = &choose(room, &four, None).unwrap().id;
+            if before != after {
+                assert_eq!(after, "d", "a room only moves to the new relay");
+                moved += 1;
+            }
+        }
+        let share = f64::from(moved) / 4000.0;
+        assert!((0.22..0.28).contains(&share), "moved {share}");
+        // `b` drains: only its rooms move.
+        let mut drained = three.clone();
+        drained[1].state = RelayState::Draining;
+        for room in &rooms {
+            let before = &choose(room, &three, None).unwrap().id;
+            let after = &choose(room, &drained, None).unwrap().id;
+            assert!(before == after || before == "b");
+            assert_ne!(after, "b");
+        }
+    }
+
+    #[test]
+    fn capacity_weighs_the_share_and_region_narrows_the_choice() {
+        let relays = vec![relay("a", 1.0), relay("b", 2.0)];
+        let counts = counts(&relays, &rooms(3000));
+        let ratio = counts["b"] as f64 / counts["a"] as f64;
+        assert!((1.8..2.2).contains(&ratio), "ratio {ratio}");
+        let mut regional = vec![relay("a", 1.0), relay("b", 1.0), relay("c", 1.0)];
+        regional[2].region = Some("eu".into());
+        for room in rooms(50) {
+            assert_eq!(choose(&room, &regional, Some("eu")).unwrap().id, "c");
+        }
+        // A region without relays falls back to all of them.
+        assert!(choose("x", &regional, Some("us")).is_some());
+        regional.iter_mut().for_each(|r| r.state = RelayState::Draining);
+        assert!(choose("x", &regional, None).is_none());
+    }
+}
