@@ -25,12 +25,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    #[cfg(feature = "with-relay")]
-    let wants_turn = !config.turn_urls.is_empty() || config.with_relay;
-    #[cfg(not(feature = "with-relay"))]
-    let wants_turn = !config.turn_urls.is_empty();
-    if !config.redis_urls.is_empty() && config.turn_secrets.is_empty() && wants_turn {
-        // A cluster whose nodes were given no TURN secret agrees on one through Redis.
+    if !config.redis_urls.is_empty() && config.turn_secrets.is_empty() {
+        // A cluster whose nodes were given no TURN secret agrees on one through Redis (with
+        // the relays of its fleet, which do the same).
         let candidate = hex::encode(rand::random::<[u8; 32]>());
         let agreed = signaling::cluster::agree_turn_secret(
             &config.redis_urls,

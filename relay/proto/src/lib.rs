@@ -50,7 +50,6 @@ mod config;
 mod expiry;
 mod fast_hash;
 mod five_tuple;
-pub mod fleet;
 pub mod framing;
 pub mod message;
 mod methods;

@@ -7,44 +7,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt as _;
 
-use super::store::{self, Op, StoreError};
+use fleet::secret::{SECRET_TTL, TURN_SECRET_KEY};
+
+use super::store::Op;
 use super::{ClusterHub, ParkedHere, node_sessions_key, unix_ms};
 use crate::protocol::{LeaveReason, RoomId};
 
 /// The key of the lease table: node id -> lease expiry (unix ms).
 const NODES_KEY: &str = "sig:nodes";
-
-/// The TURN REST secret agreed by the nodes when no `--turn-secret` is given.
-const TURN_SECRET_KEY: &str = "sig:secret:turn";
-
-/// How long an agreed secret outlives the last node that renews it.
-const SECRET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// The TURN REST secret of the cluster: the one a node already agreed, or `candidate` if this
-/// node is the first (`SET NX`). Every node that starts without `--turn-secret` mints TURN
-/// credentials with it, and their in-process relays (`--with-relay`) accept it.
-pub async fn agree_turn_secret(
-    urls: &[String],
-    timeout: Duration,
-    candidate: &str,
-) -> Result<String, StoreError> {
-    let (mut conn, _) = store::connect(urls, timeout).await?;
-    let set = redis::cmd("SET")
-        .arg(TURN_SECRET_KEY)
-        .arg(candidate)
-        .arg("NX")
-        .arg("PX")
-        .arg(SECRET_TTL.as_millis() as u64)
-        .to_owned();
-    let _: Option<String> = tokio::time::timeout(timeout, set.query_async(&mut conn))
-        .await
-        .map_err(|_| StoreError::Timeout(timeout))??;
-    let get = redis::cmd("GET").arg(TURN_SECRET_KEY).to_owned();
-    let agreed: Option<String> = tokio::time::timeout(timeout, get.query_async(&mut conn))
-        .await
-        .map_err(|_| StoreError::Timeout(timeout))??;
-    agreed.ok_or_else(|| StoreError::Reply("the agreed TURN secret vanished".into()))
-}
 
 impl ClusterHub {
     /// Leaves the cluster at shutdown: the lease is given up at once, so another node adopts

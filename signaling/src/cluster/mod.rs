@@ -21,7 +21,7 @@ pub mod inbox;
 mod lease;
 pub mod store;
 
-pub use lease::agree_turn_secret;
+pub use fleet::secret::agree_turn_secret;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

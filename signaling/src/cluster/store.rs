@@ -1,67 +1,18 @@
 //! The shared store of a cluster: Redis (standalone or Redis Cluster), reached only through the
 //! atomic Lua scripts of `scripts.lua` and a few plain commands for node leases.
 //!
-//! Why the `redis` crate: it is the most used Redis client for Rust, speaks both a standalone
-//! server (through a reconnecting `ConnectionManager`) and Redis Cluster (slot routing, MOVED
-//! handling) with one `ConnectionLike` trait, and its `Script` runs `EVALSHA` with a `SCRIPT
-//! LOAD` fallback, which is all this module needs. `fred` would do as well, with a larger API.
+//! The connection (standalone or Redis Cluster) is `fleet::link`, shared with the relays.
 //!
 //! Every call has a deadline ([`Store::timeout`]): a Redis that does not answer is an outage,
 //! never a task that waits forever.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Cmd, Script};
 
 use crate::protocol::RoomId;
 
-/// What went wrong talking to Redis.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("redis did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("unexpected reply from a script: {0}")]
-    Reply(String),
-}
-
-/// A connection to a standalone server or to a Redis Cluster.
-#[derive(Clone)]
-pub enum Connection {
-    Standalone(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Standalone(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Standalone(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
-}
+pub use fleet::link::{Connection, StoreError, connect};
 
 /// The scripts, each the shared prelude plus its own body.
 struct Scripts {
@@ -396,45 +347,4 @@ impl Store {
             .map_err(|_| StoreError::Timeout(self.timeout))?
             .map_err(StoreError::from)
     }
-}
-
-/// Connects to `urls`: a Redis Cluster when the first server says `cluster_enabled:1` (every
-/// URL is then a seed node), a standalone server otherwise. Returns the command connection and
-/// the client to open the pub/sub connection with (in a cluster, `PUBLISH` reaches every node,
-/// so subscribing on one node is enough).
-pub async fn connect(
-    urls: &[String],
-    timeout: Duration,
-) -> Result<(Connection, redis::Client), StoreError> {
-    let first = urls
-        .first()
-        .ok_or_else(|| StoreError::Reply("no redis URL".into()))?;
-    let client = redis::Client::open(first.as_str())?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(500));
-    let mut manager = tokio::time::timeout(
-        timeout * 3,
-        client.get_connection_manager_with_config(config),
-    )
-    .await
-    .map_err(|_| StoreError::Timeout(timeout * 3))??;
-    let info: String = redis::cmd("INFO")
-        .arg("cluster")
-        .query_async(&mut manager)
-        .await?;
-    if !info.contains("cluster_enabled:1") {
-        return Ok((Connection::Standalone(manager), client));
-    }
-    let cluster = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
-        .connection_timeout(timeout)
-        .response_timeout(timeout)
-        .retries(2)
-        .build()?;
-    let conn = tokio::time::timeout(timeout * 3, cluster.get_async_connection())
-        .await
-        .map_err(|_| StoreError::Timeout(timeout * 3))??;
-    Ok((Connection::Cluster(conn), client))
 }

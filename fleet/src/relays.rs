@@ -15,16 +15,14 @@
 
 use std::collections::HashMap;
 
-/// Sorted set of registered relays: member = relay id, score = lease expiry (Unix ms).
-pub const RELAYS_KEY: &str = "sig:relays";
+/// Sorted set of registered relays: member = relay id, score = lease expiry (Unix ms). The
+/// `{fleet}` hash tag keeps it and every record in one slot of a Redis Cluster, so one script
+/// reads the whole fleet.
+pub const RELAYS_KEY: &str = "sig:{fleet}:relays";
 
-/// The TURN REST secret agreed through the store by signaling nodes and relays that were given
-/// none (first writer wins).
-pub const TURN_SECRET_KEY: &str = "sig:secret:turn";
-
-/// The hash holding one relay's [`RelayRecord`].
+/// The hash holding one relay's [`RelayRecord`] (it expires with the lease).
 pub fn relay_key(id: &str) -> String {
-    format!("sig:relay:{id}")
+    format!("sig:{{fleet}}:relay:{id}")
 }
 
 /// Whether a relay takes new rooms.
@@ -253,7 +251,9 @@ mod tests {
         }
         // A region without relays falls back to all of them.
         assert!(choose("x", &regional, Some("us")).is_some());
-        regional.iter_mut().for_each(|r| r.state = RelayState::Draining);
+        regional
+            .iter_mut()
+            .for_each(|r| r.state = RelayState::Draining);
         assert!(choose("x", &regional, None).is_none());
     }
 }
