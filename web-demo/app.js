@@ -8,13 +8,17 @@
 // URL: /r/<room> or /?room=<room> (a room is generated when absent). Optional parameters:
 //   name=<display name>   relay=1 (start relay-only)   media=0 (no camera/mic)
 //   signal=<ws url> (signaling server, default ws(s)://<this host>/ws)
+//   transport=<list> (signaling transports to try, comma-separated, of websocket, sse, long-poll;
+//                     default all three in that order: e.g. transport=long-poll forces long-polling)
 //   unreachable_ms=<ms> (how long before a peer that cannot be reached is shown as such)
 //
 // Test hooks: `window.__demo` (state, actions) and data attributes on <body>
-// (data-signaling, data-media, data-peers, data-connected) and on each remote tile
+// (data-signaling, data-transport, data-media, data-peers, data-connected), on
+// #signaling-transport (data-transport: websocket | sse | long-poll) and on each remote tile
 // (data-peer-id, data-state).
 
 import { WebRTCRoom } from './webrtc-room.js';
+import { TRANSPORTS } from './signaling-client.js';
 import { SharedCanvas, peerColor } from './shared-canvas.js';
 import { roomFromUrl, invalidRoomInUrl, displayName, initials } from './room-url.js';
 import { describeConnection } from './connection-stats.js';
@@ -30,6 +34,7 @@ const roomName = roomFromUrl(params);
 const myName = displayName(params);
 const signalingUrl = params.get('signal') || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
 const inviteLink = `${location.origin}/r/${encodeURIComponent(roomName)}`;
+const transports = (params.get('transport') || '').split(',').map((s) => s.trim()).filter((s) => TRANSPORTS.includes(s));
 
 // --- state and test hooks ---
 
@@ -187,6 +192,7 @@ $('relay-only').checked = relayOnlyAtStart;
 const roomOptions = { room: roomName, name: myName, relayOnly: relayOnlyAtStart };
 // For tests and demos of the failure states: how long before a peer counts as unreachable.
 if (Number(params.get('unreachable_ms')) > 0) roomOptions.unreachableAfterMs = Number(params.get('unreachable_ms'));
+if (transports.length) roomOptions.signaling = { transports };
 const room = new WebRTCRoom(signalingUrl, roomOptions);
 demo.room = room;
 demo.client = room.client;
@@ -231,6 +237,21 @@ room.addEventListener('signaling', (e) => {
   note({ type: 'signaling', state: s.state, code: s.code });
   renderSignaling(s);
 });
+
+const TRANSPORT_TEXT = { websocket: 'websocket', sse: 'sse + post', 'long-poll': 'long-polling' };
+
+function renderTransport(transport) {
+  const el = $('signaling-transport');
+  el.dataset.transport = transport || '';
+  el.textContent = transport ? TRANSPORT_TEXT[transport] : '…';
+  document.body.dataset.transport = transport || '';
+  $('status').title = transport ? `signaling: ${TRANSPORT_TEXT[transport]}` : '';
+}
+room.client.addEventListener('transport', (e) => {
+  note({ type: 'transport', transport: e.detail.transport, previous: e.detail.previous });
+  renderTransport(e.detail.transport);
+});
+renderTransport(room.client.transport);
 
 room.client.addEventListener('draining', (e) => {
   note({ type: 'draining', reason: e.detail.reason });

@@ -2,6 +2,18 @@
 
 export declare const PROTOCOL_VERSIONS: readonly number[];
 
+/** How frames travel: a WebSocket, SSE + POST, or long-polling (+ POST). */
+export type Transport = 'websocket' | 'sse' | 'long-poll';
+
+/** Every transport, in the order they are tried. */
+export declare const TRANSPORTS: readonly Transport[];
+
+/** Forgets which transport worked on this page: the next connection tries them in order again. */
+export declare function forgetTransports(): void;
+
+/** The HTTP endpoints that go with a WebSocket URL (`wss://h/ws/R?token=T` -> root `https://h/http`, open `https://h/http/R?token=T`). */
+export declare function httpEndpoints(wsUrl: string, base?: string): { root: string; open: string };
+
 export interface PeerInfo {
   id: string;
   name?: string;
@@ -65,6 +77,18 @@ export interface SignalingClientOptions {
   ackEvery?: number;
   ackDelayMs?: number;
   WebSocket?: typeof WebSocket;
+  /** Transports to try, in order (default ['websocket', 'sse', 'long-poll']); e.g. ['sse'] forces SSE + POST. */
+  transports?: readonly Transport[];
+  /** The root of the HTTP transports, e.g. 'https://host/http' (default: derived from the WebSocket URL). */
+  httpUrl?: string;
+  /** Two WebSockets in a row closing abnormally (1006) this soon after opening count as blocked (default 4000). */
+  earlyCloseMs?: number;
+  /** SSE: a first event stream without a byte for this long is taken as buffered by a proxy: long-poll instead (default 4000). */
+  sseFirstByteMs?: number;
+  /** Long-polling: a poll unanswered this long is taken as lost (default 40000). */
+  pollTimeoutMs?: number;
+  /** The fetch function of the HTTP transports (default globalThis.fetch). */
+  fetch?: typeof fetch;
 }
 
 export interface SignalingEventMap {
@@ -79,6 +103,8 @@ export interface SignalingEventMap {
   'ice-servers': CustomEvent<{ iceServers: IceServer[] }>;
   draining: CustomEvent<{ reason: string; reconnectAfterMs: number }>;
   error: CustomEvent<{ code: string; message: string; ref?: number; request?: object }>;
+  /** The transport in use changed (the first frame over a transport sets it). */
+  transport: CustomEvent<{ transport: Transport; previous: Transport | null }>;
 }
 
 export declare class SignalingError extends Error {
@@ -95,7 +121,15 @@ export declare class SignalingClient extends EventTarget {
   readonly peers: Map<string, PeerInfo>;
   readonly iceServers: IceServer[];
   readonly lastSeq: number;
-  readonly stats: { resumes: number; replayed: number; rejoins: number; reconnectAttempts: number; duplicatesDropped: number; iceServerUpdates: number };
+  /** The transport that carried the current (or last) session's frames; null before the first frame. */
+  readonly transport: Transport | null;
+  readonly stats: {
+    resumes: number; replayed: number; rejoins: number; reconnectAttempts: number; duplicatesDropped: number; iceServerUpdates: number;
+    /** HTTP transports: event streams or polls reopened from the last seq (no resume needed). */
+    streamReconnects: number;
+    /** Transports given up on for the next one. */
+    fallbacks: number;
+  };
   /** Connects and joins; resolves with the first welcome, rejects on a refusal (room_full, unauthorized, ...). */
   connect(): Promise<SessionInfo>;
   /** Returns the request id; errors about it arrive as 'error' events with `ref`. */

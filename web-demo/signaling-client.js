@@ -1,10 +1,18 @@
 // signaling-client.js: a browser client for the signaling protocol v1 (docs/protocol.md).
 //
-// It owns one WebSocket session with the signaling server: the versioned join, sequence numbers
-// and acks, app-level pings (browsers cannot see WebSocket pings), reconnection with exponential
-// backoff and jitter, and resume with replay so that every server message is processed exactly
-// once, in order, across dropped sockets. It knows nothing about RTCPeerConnection: see
+// It owns one session with the signaling server: the versioned join, sequence numbers and acks,
+// app-level pings (browsers cannot see WebSocket pings), reconnection with exponential backoff
+// and jitter, and resume with replay so that every server message is processed exactly once, in
+// order, across dropped connections. It knows nothing about RTCPeerConnection: see
 // webrtc-room.js for that side.
+//
+// Transports (docs/protocol.md, "When WebSockets are blocked"): a WebSocket first; when the
+// upgrade fails, or the socket dies before any frame (or, twice in a row, abnormally within a
+// few seconds of opening), SSE + POST, then long-polling. The transport that worked is
+// remembered for the page's lifetime (per server), so later connections start there.
+// `options.transports` limits or reorders the list (e.g. ['long-poll']). Over HTTP the protocol
+// is the same: the session token is the resume token, frames sent are POSTed in batches, a
+// broken stream or poll is reopened from the last seq within the resume grace period.
 //
 //   import { SignalingClient } from './signaling-client.js';
 //   const client = new SignalingClient('wss://example.org/ws', { room: 'demo', name: 'Ada' });
@@ -24,11 +32,21 @@
 //   ice-servers   { iceServers }       fresh TURN credentials (also fired after welcome/resumed)
 //   draining      { reason, reconnectAfterMs }
 //   error         { code, message, ref?, request? }
+//   transport     { transport, previous } the transport in use changed ('websocket'|'sse'|'long-poll')
 //
 // States: idle -> connecting -> joined <-> reconnecting; failed (a refusal such as room_full,
 // no more retries) and closed (close() or leave()) are final.
 
 export const PROTOCOL_VERSIONS = Object.freeze([1]);
+
+/** Every transport, in the order they are tried. */
+export const TRANSPORTS = Object.freeze(['websocket', 'sse', 'long-poll']);
+
+/** The transport that worked, per server (HTTP root), for the page's lifetime. */
+const workingTransports = new Map();
+
+/** Forgets which transports worked: the next connection tries them in order again (tests). */
+export function forgetTransports() { workingTransports.clear(); }
 
 /** Error codes that end the attempt to join: retrying cannot help. */
 const FATAL_JOIN_CODES = new Set([
@@ -52,6 +70,18 @@ const DEFAULTS = Object.freeze({
   ackDelayMs: 200,
   /** The WebSocket constructor (for tests or non-browser runtimes). */
   WebSocket: globalThis.WebSocket,
+  /** Transports to try, in order: any of TRANSPORTS (e.g. ['sse'] forces SSE + POST). */
+  transports: TRANSPORTS,
+  /** The root of the HTTP transports, e.g. `https://host/http` (default: from the WebSocket URL). */
+  httpUrl: undefined,
+  /** Two WebSockets in a row closing abnormally (1006) this soon after opening count as blocked. */
+  earlyCloseMs: 4000,
+  /** SSE: a first stream without a byte for this long is taken as buffered: long-poll instead. */
+  sseFirstByteMs: 4000,
+  /** Long-polling: a poll unanswered this long is taken as lost (the server answers within 25 s). */
+  pollTimeoutMs: 40000,
+  /** The fetch function of the HTTP transports. */
+  fetch: globalThis.fetch?.bind(globalThis),
 });
 
 export class SignalingError extends Error {
@@ -82,8 +112,19 @@ export class SignalingClient extends EventTarget {
     /** The highest seq processed. */
     this.lastSeq = 0;
     /** How many reconnects resumed the session, and how many messages were replayed in all. */
-    this.stats = { resumes: 0, replayed: 0, rejoins: 0, reconnectAttempts: 0, duplicatesDropped: 0, iceServerUpdates: 0 };
+    this.stats = {
+      resumes: 0, replayed: 0, rejoins: 0, reconnectAttempts: 0, duplicatesDropped: 0, iceServerUpdates: 0,
+      /** HTTP transports: event streams or polls reopened from the last seq (no resume needed). */
+      streamReconnects: 0,
+      /** Transports given up on for the next one (a blocked WebSocket, a buffered event stream). */
+      fallbacks: 0,
+    };
+    /** @type {'websocket'|'sse'|'long-poll'|null} the transport of the current (or last) session */
+    this.transport = null;
+    this._transports = this._usableTransports();
+    this._transportIndex = this._startIndex();
 
+    /** The current link: a WebSocket, or an HttpLink (which has the same surface). */
     this._ws = null;
     this._nextId = 1;
     this._pending = new Map(); // request id -> the message, to explain errors
@@ -152,28 +193,145 @@ export class SignalingClient extends EventTarget {
   /** Skips the remaining backoff delay of a pending reconnect. */
   reconnectNow() {
     if (this.state !== 'reconnecting' && this.state !== 'connecting') return;
-    if (this._ws) return;
+    if (this._ws) { this._ws.retryNow?.(); return; }
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
     this._holdUntil = 0;
     this._open();
   }
 
+  // --- transports ---
+
+  /** The configured transports this runtime can use (WebSocket needs a constructor, HTTP fetch). */
+  _usableTransports() {
+    const wanted = (this.options.transports || TRANSPORTS).filter((t) => TRANSPORTS.includes(t));
+    const usable = wanted.filter((t) => (t === 'websocket' ? !!this.options.WebSocket : !!this.options.fetch));
+    return usable.length ? usable : ['websocket'];
+  }
+
+  /** The HTTP endpoints (derived from the WebSocket URL unless `httpUrl` is given). */
+  _httpEndpoints() {
+    if (!this._endpoints) {
+      this._endpoints = httpEndpoints(this.url);
+      if (this.options.httpUrl) {
+        const root = String(this.options.httpUrl).replace(/\/+$/, '');
+        this._endpoints = { root, open: `${root}${new URL(this.url, globalThis.location?.href).search}` };
+      }
+    }
+    return this._endpoints;
+  }
+
+  /** Where a connection starts: the transport that worked before on this page, else the first. */
+  _startIndex() {
+    let key;
+    try { key = this._httpEndpoints().root; } catch { return 0; }
+    const i = this._transports.indexOf(workingTransports.get(key));
+    return i >= 0 ? i : 0;
+  }
+
+  /** A transport carried a frame: it works; remember it for this page and report a change. */
+  _transportWorks(kind) {
+    try { workingTransports.set(this._httpEndpoints().root, kind); } catch { /* no HTTP root */ }
+    if (this.transport === kind) return;
+    const previous = this.transport;
+    this.transport = kind;
+    this._emit('transport', { transport: kind, previous });
+  }
+
+  /**
+   * Whether a link failed the way a blocked transport fails: it never carried a frame (upgrade
+   * refused, a proxy's error page, nothing within the connect timeout), or it was the second
+   * WebSocket in a row to die abnormally within `earlyCloseMs` of opening (a proxy that cuts
+   * sockets; once could be a server that crashed).
+   */
+  _looksBlocked(reason, closeEvent) {
+    if (reason === 'dropped') return false;
+    if (this._linkFrames === 0) return true;
+    if (this._linkKind !== 'websocket') return false;
+    const early = closeEvent?.code === 1006 && Date.now() - this._linkOpenedAt < this.options.earlyCloseMs;
+    this._earlyCloses = early ? (this._earlyCloses || 0) + 1 : 0;
+    return this._earlyCloses >= 2;
+  }
+
+  /** Moves on to the next transport at once; false when none is left (back to the first). */
+  _fallBack() {
+    if (this._transportIndex + 1 >= this._transports.length) {
+      this._transportIndex = this._startIndex();
+      return false;
+    }
+    this._transportIndex += 1;
+    this._earlyCloses = 0;
+    this.stats.fallbacks += 1;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = setTimeout(() => { this._retryTimer = null; this._open(); }, 0);
+    return true;
+  }
+
+  _newLink(kind) {
+    if (kind === 'websocket') return new this.options.WebSocket(this.url);
+    const link = new HttpLink(this._httpEndpoints(), {
+      mode: kind,
+      canPoll: this._transports.includes('long-poll'),
+      fetch: this.options.fetch,
+      graceMs: this.session?.resume_grace_ms,
+      maxBodyBytes: this.session?.max_message_bytes,
+      firstByteMs: this.options.sseFirstByteMs,
+      pollTimeoutMs: this.options.pollTimeoutMs,
+    });
+    link.onstall = (info) => this._onStall(link, info);
+    link.onrecover = () => this._onRecover(link);
+    link.onalive = () => { if (link === this._ws) this._lastFrameAt = Date.now(); };
+    link.ontransport = (mode) => this._onLinkDowngrade(link, mode);
+    return link;
+  }
+
+  /** An HTTP link's event stream or poll broke; it reopens it from the last seq by itself. */
+  _onStall(link, { message, attempt, retryInMs }) {
+    if (link !== this._ws || (this.state !== 'joined' && this.state !== 'reconnecting')) return;
+    if (this.state === 'joined') this._disconnectedAt = Date.now();
+    clearInterval(this._pingTimer);
+    this._pingTimer = null;
+    this.stats.reconnectAttempts += 1;
+    this._setState('reconnecting', { code: 'closed', message, attempt, retryInMs, retryAt: Date.now() + retryInMs });
+  }
+
+  /** The stream or poll is back: every frame after the last seq follows, nothing was lost. */
+  _onRecover(link) {
+    if (link !== this._ws || this.state !== 'reconnecting') return;
+    this.stats.streamReconnects += 1;
+    this._joined(link);
+  }
+
+  /** An HTTP link switched from a buffered event stream to long-polling (same session). */
+  _onLinkDowngrade(link, mode) {
+    if (link !== this._ws) return;
+    this.stats.fallbacks += 1;
+    this._linkKind = mode;
+    const i = this._transports.indexOf(mode);
+    if (i >= 0) this._transportIndex = i;
+  }
+
   // --- socket lifecycle ---
 
   _open() {
-    const WS = this.options.WebSocket;
+    const kind = this._transports[this._transportIndex] || this._transports[0];
     let ws;
     try {
-      ws = new WS(this.url);
+      ws = this._newLink(kind);
     } catch (err) {
-      this._scheduleReconnect('unreachable', String(err.message || err));
+      this._linkKind = kind;
+      this._linkFrames = 0;
+      if (!this._fallBack()) this._scheduleReconnect('unreachable', String(err.message || err));
       return;
     }
     this._ws = ws;
     this._opened = false;
+    this._linkKind = kind;
+    this._linkFrames = 0;
+    this._linkOpenedAt = Date.now();
     ws.onopen = () => {
       this._opened = true;
+      this._linkOpenedAt = Date.now();
       this._lastFrameAt = Date.now();
       // Resume only while the server can still hold the session.
       const grace = this.session?.resume_grace_ms ?? 0;
@@ -189,7 +347,8 @@ export class SignalingClient extends EventTarget {
       }
     };
     ws.onmessage = (ev) => this._onFrame(ws, ev.data);
-    ws.onclose = (ev) => this._onSocketGone(ws, this._opened ? 'closed' : 'unreachable', ev);
+    // An HttpLink says whether its session was opened (`established`); a WebSocket, by opening.
+    ws.onclose = (ev) => this._onSocketGone(ws, (ev.established ?? this._opened) ? 'closed' : 'unreachable', ev);
     ws.onerror = () => { /* always followed by close */ };
     clearTimeout(this._connectTimer);
     this._connectTimer = setTimeout(() => {
@@ -210,7 +369,10 @@ export class SignalingClient extends EventTarget {
     ws.send(JSON.stringify(msg));
   }
 
-  _detach(ws) { ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null; }
+  _detach(ws) {
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (ws instanceof HttpLink) ws.onstall = ws.onrecover = ws.onalive = ws.ontransport = null;
+  }
 
   _onSocketGone(ws, reason, closeEvent) {
     if (ws !== this._ws) return;
@@ -221,8 +383,24 @@ export class SignalingClient extends EventTarget {
     clearTimeout(this._connectTimer);
     if (this.state === 'closed' || this.state === 'failed') return;
     if (this.state === 'joined') this._disconnectedAt = Date.now();
+    this._requeue(ws.takeUnsent?.() || []);
     const detail = closeEvent ? `${reason} (close code ${closeEvent.code}${closeEvent.reason ? `: ${closeEvent.reason}` : ''})` : reason;
+    if (this._looksBlocked(reason, closeEvent) && this._fallBack()) return;
+    if (closeEvent?.retryAfterMs) this._holdUntil = Math.max(this._holdUntil, Date.now() + closeEvent.retryAfterMs);
     this._scheduleReconnect(reason, detail);
+  }
+
+  /** Requests an HTTP link could not deliver go out again on the next link of the same session. */
+  _requeue(texts) {
+    if (!this.session) return;
+    const msgs = [];
+    for (const text of texts) {
+      try {
+        const msg = JSON.parse(text);
+        if (msg.type !== 'ack' && msg.type !== 'ping' && msg.type !== 'join' && msg.type !== 'resume') msgs.push(msg);
+      } catch { /* not ours */ }
+    }
+    this._outbox.unshift(...msgs);
   }
 
   _scheduleReconnect(code, message) {
@@ -251,11 +429,14 @@ export class SignalingClient extends EventTarget {
     this._lastFrameAt = Date.now();
     let frame;
     try {
-      frame = JSON.parse(data);
+      // A WebSocket delivers text; an HttpLink, frames it already parsed.
+      frame = typeof data === 'string' ? JSON.parse(data) : data;
     } catch {
       this._emit('error', { code: 'invalid_frame', message: 'the server sent a frame that is not JSON' });
       return;
     }
+    this._linkFrames += 1;
+    if (this._linkFrames === 1) this._transportWorks(this._linkKind);
     const seq = Number(frame.seq);
     if (Number.isFinite(seq) && seq > 0) {
       if (seq <= this.lastSeq) {
@@ -351,6 +532,7 @@ export class SignalingClient extends EventTarget {
     this._attempt = 0;
     this._holdUntil = 0;
     clearTimeout(this._connectTimer);
+    ws.configure?.(this.session);
     this._setState('joined');
     this._startPings(ws);
     const queued = this._outbox.splice(0);
@@ -409,7 +591,8 @@ export class SignalingClient extends EventTarget {
 
   _send(msg) {
     try {
-      this._ws.send(JSON.stringify(msg));
+      // An HttpLink returns false when it is closed (a WebSocket throws, or drops silently).
+      if (this._ws.send(JSON.stringify(msg)) === false) this._outbox.push(msg);
     } catch {
       this._outbox.push(msg);
     }
@@ -424,7 +607,8 @@ export class SignalingClient extends EventTarget {
     clearTimeout(this._ackTimer);
     this._ackTimer = null;
     if (this.lastSeq <= this._lastAcked || this._ws?.readyState !== 1) return;
-    this._ws.send(JSON.stringify({ type: 'ack', seq: this.lastSeq }));
+    // Long-polling acknowledges by `last_seq` on the next poll.
+    if (!this._ws.implicitAcks) this._ws.send(JSON.stringify({ type: 'ack', seq: this.lastSeq }));
     this._lastAcked = this.lastSeq;
   }
 
@@ -463,5 +647,505 @@ export class SignalingClient extends EventTarget {
 
   _emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+// --- HTTP transports: SSE + POST, and long-polling (docs/protocol.md, "When WebSockets are blocked") ---
+
+/** Close codes after which a stream is not reopened: the session is over, or was taken over. */
+const FINAL_CLOSE_CODES = new Set([1000, 1008, 1009, 1011]);
+
+/** Frames per POST at most (a batch must also fit the message rate's burst). */
+const MAX_BATCH_FRAMES = 64;
+
+/**
+ * The HTTP endpoints that go with a WebSocket URL: `wss://host/p/ws[/ROOM]?token=T` gives
+ * `root` = `https://host/p/http` and `open` = `https://host/p/http[/ROOM]?token=T`.
+ * @param {string} wsUrl
+ * @param {string} [base]  for relative URLs
+ * @returns {{ root: string, open: string }}
+ */
+export function httpEndpoints(wsUrl, base = globalThis.location?.href) {
+  const u = new URL(wsUrl, base);
+  if (u.protocol === 'ws:') u.protocol = 'http:';
+  else if (u.protocol === 'wss:') u.protocol = 'https:';
+  const m = /^(.*?)\/ws(?:\/([^/]+))?\/?$/.exec(u.pathname);
+  const prefix = m ? m[1] : u.pathname.replace(/\/+$/, '');
+  const root = `${u.origin}${prefix}/http`;
+  return { root, open: `${root}${m?.[2] ? `/${m[2]}` : ''}${u.search}` };
+}
+
+/** The close code a socket would have got for a refused HTTP request with this status. */
+function closeCodeForStatus(status) {
+  if (status === 413) return 1009;
+  if (status === 429 || status === 503) return 1013;
+  if (status >= 500) return 1011;
+  return 1008;
+}
+
+/** `Retry-After` in milliseconds (seconds or an HTTP date), or undefined. */
+function retryAfterMs(res) {
+  const v = res?.headers?.get('Retry-After');
+  if (!v) return undefined;
+  const secs = Number(v);
+  if (Number.isFinite(secs)) return Math.max(0, secs * 1000);
+  const at = Date.parse(v);
+  return Number.isFinite(at) ? Math.max(0, at - Date.now()) : undefined;
+}
+
+/** The body as JSON, or null (empty, not JSON, or the connection broke). */
+async function readJson(res) {
+  try {
+    const text = await res.text();
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
+
+const isErrorFrame = (f) => !!f && typeof f === 'object' && f.type === 'error' && typeof f.code === 'string';
+
+/** Splits a `text/event-stream` into events ({ event, data, id }); comment lines call onComment. */
+class SseParser {
+  constructor(onEvent, onComment) {
+    this.onEvent = onEvent;
+    this.onComment = onComment;
+    this._buf = '';
+    this._reset();
+  }
+
+  _reset() { this._data = []; this._event = ''; this._id = null; }
+
+  push(text) {
+    this._buf += text;
+    for (;;) {
+      const i = this._buf.search(/[\r\n]/);
+      if (i < 0) return;
+      // A CR at the end of a chunk may be the first half of a CRLF.
+      if (this._buf[i] === '\r' && i === this._buf.length - 1) return;
+      const line = this._buf.slice(0, i);
+      this._buf = this._buf.slice(i + (this._buf[i] === '\r' && this._buf[i + 1] === '\n' ? 2 : 1));
+      this._line(line);
+    }
+  }
+
+  _line(line) {
+    if (line === '') {
+      if (this._data.length) this.onEvent({ event: this._event || 'message', data: this._data.join('\n'), id: this._id });
+      this._reset();
+      return;
+    }
+    if (line[0] === ':') { this.onComment(); return; }
+    const c = line.indexOf(':');
+    const field = c < 0 ? line : line.slice(0, c);
+    let value = c < 0 ? '' : line.slice(c + 1);
+    if (value[0] === ' ') value = value.slice(1);
+    if (field === 'data') this._data.push(value);
+    else if (field === 'event') this._event = value;
+    else if (field === 'id') this._id = value;
+  }
+}
+
+/**
+ * One session over plain HTTP, with the surface of a WebSocket that SignalingClient uses
+ * (`readyState`, `send`, `close`, `onopen`/`onmessage`/`onclose`). The first frame sent (`join` or
+ * `resume`) opens the session (`POST /http[/ROOM]`); frames then arrive from an event stream
+ * (`GET /http/events`, read with fetch so that HTTP statuses are seen and a buffering proxy can
+ * be detected) or from long-polls (`GET /http/poll`); frames sent are POSTed in order, those of
+ * one tick in one request (`POST /http/send`). A stream that breaks, or ends with close 1001 or
+ * 1013, is reopened from the last seq within the resume grace period (`onstall` / `onrecover`);
+ * one that ends with 1000, 1008, 1009 or 1011 closes the link with that code, as a socket closes.
+ *
+ * Extra surface: `implicitAcks` (long-polling acknowledges by `last_seq`), `retryNow()`,
+ * `configure(session)`, `takeUnsent()`, and the hooks `onstall`, `onrecover`, `onalive`,
+ * `ontransport` (an event stream that stayed silent was replaced by long-polling).
+ */
+class HttpLink {
+  /**
+   * @param {{ root: string, open: string }} endpoints
+   * @param {{ mode: 'sse'|'long-poll', canPoll?: boolean, fetch: typeof fetch, graceMs?: number,
+   *   maxBodyBytes?: number, firstByteMs?: number, pollTimeoutMs?: number }} options
+   */
+  constructor(endpoints, options) {
+    this.endpoints = endpoints;
+    this.mode = options.mode;
+    this.implicitAcks = this.mode === 'long-poll';
+    /** 0 connecting, 1 open (frames may be sent), 3 closed: as WebSocket.readyState. */
+    this.readyState = 0;
+    /** The session token (the resume token), once the open request succeeded. */
+    this.token = null;
+    /** Whether the session was opened (a close before that means the server was not reached). */
+    this.established = false;
+    /** The highest seq received: where the next stream or poll starts. */
+    this.lastSeq = 0;
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    this.onstall = this.onrecover = this.onalive = this.ontransport = null;
+    this._fetch = options.fetch;
+    this._canPoll = !!options.canPoll;
+    this._graceMs = Number(options.graceMs) || 30000;
+    this._maxBodyBytes = Number(options.maxBodyBytes) || 65536;
+    this._firstByteMs = options.firstByteMs ?? 4000;
+    this._pollTimeoutMs = options.pollTimeoutMs ?? 40000;
+    this._queue = []; // frames (JSON text) not yet POSTed, in order
+    this._inflight = null; // the batch being POSTed
+    this._sending = false;
+    this._posting = false; // a POST of the in-flight batch is under way
+    this._flushQueued = false;
+    this._abort = new AbortController(); // the open request, streams and polls
+    this._stream = null; // the AbortController of the current stream or poll
+    this._streamed = false; // a stream delivered bytes (the silent-stream check is done)
+    this._stalledSince = 0;
+    this._stallAttempt = 0;
+    this._wake = null;
+    this._timer = null;
+    queueMicrotask(() => {
+      if (this.readyState !== 0) return;
+      this.readyState = 1;
+      this.onopen?.();
+    });
+  }
+
+  /** Queues one frame (JSON text); the first one opens the session. False once closed. */
+  send(text) {
+    if (this.readyState !== 1) return false;
+    if (!this._openStarted) {
+      this._openStarted = true;
+      this._openSession(text);
+      return true;
+    }
+    this._queue.push(text);
+    if (!this._flushQueued) {
+      this._flushQueued = true;
+      queueMicrotask(() => { this._flushQueued = false; this._flush(); });
+    }
+    return true;
+  }
+
+  /** Stops reading (the session is parked on the server). Frames still queued are POSTed once. */
+  close() {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this._stop();
+    const last = this._queue.splice(0);
+    if (this.token && last.length) {
+      const body = last.length === 1 ? last[0] : `[${last.join(',')}]`;
+      this._fetch(this._sendUrl(), {
+        method: 'POST', headers: { 'Content-Type': 'application/json' }, body, cache: 'no-store', keepalive: body.length < 60000,
+      }).catch(() => {});
+    }
+  }
+
+  /** Skips the wait before reopening a broken stream. */
+  retryNow() {
+    clearTimeout(this._timer);
+    this._wake?.();
+  }
+
+  /** Applies the session's limits (from welcome/resumed). */
+  configure(session) {
+    if (Number(session?.resume_grace_ms) > 0) this._graceMs = Number(session.resume_grace_ms);
+    if (Number(session?.max_message_bytes) > 0) this._maxBodyBytes = Number(session.max_message_bytes);
+  }
+
+  /** Frames the server never took (for the next link of the same session); not one being POSTed. */
+  takeUnsent() {
+    const out = [...(this._inflight && !this._posting ? this._inflight : []), ...this._queue];
+    this._inflight = null;
+    this._queue = [];
+    return out;
+  }
+
+  // --- open ---
+
+  async _openSession(first) {
+    let frame = null;
+    try { frame = JSON.parse(first); } catch { /* the server answers invalid_message */ }
+    // A resume continues after its last_seq; a join starts at the welcome (seq 1).
+    this.lastSeq = frame?.type === 'resume' ? Number(frame.last_seq) || 0 : 0;
+    let res;
+    try {
+      res = await this._fetch(this.endpoints.open, {
+        method: 'POST', headers: { 'Content-Type': 'application/json' }, body: first, cache: 'no-store', signal: this._abort.signal,
+      });
+    } catch (err) {
+      this._end(1006, `cannot open a session over HTTP: ${err.message || err}`);
+      return;
+    }
+    const body = await readJson(res);
+    if (this.readyState !== 1) return;
+    if (res.ok && typeof body?.session === 'string') {
+      this.token = body.session;
+      this.established = true;
+      this._flush();
+      this._run();
+      return;
+    }
+    if (isErrorFrame(body)) {
+      // A refusal, as a socket gets it before its close.
+      this._deliver(body);
+      this._end(closeCodeForStatus(res.status), `${body.code} (HTTP ${res.status})`, retryAfterMs(res));
+      return;
+    }
+    // Not the protocol's answer: a server without the HTTP transports, or a proxy's error page.
+    this._end(1006, `opening a session answered HTTP ${res.status}`);
+  }
+
+  // --- server -> client ---
+
+  /** Reads the session's frames until the link closes, reopening broken streams and polls. */
+  async _run() {
+    while (this.readyState === 1) {
+      let outcome;
+      try {
+        outcome = this.mode === 'sse' ? await this._streamOnce() : await this._pollOnce();
+      } catch (err) {
+        outcome = { retry: `${this.mode} failed: ${err.message || err}` };
+      }
+      if (this.readyState !== 1) return;
+      if (outcome.close != null) {
+        this._end(outcome.close, outcome.reason, outcome.retryAfterMs);
+        return;
+      }
+      if (outcome.retry && !(await this._pause(outcome))) return;
+    }
+  }
+
+  _streamUrl(path) {
+    return `${this.endpoints.root}/${path}?session=${encodeURIComponent(this.token)}&last_seq=${this.lastSeq}`;
+  }
+
+  _sendUrl() { return `${this.endpoints.root}/send?session=${encodeURIComponent(this.token)}`; }
+
+  /** Starts a request that close() aborts: returns its AbortController. */
+  _request() {
+    const ctl = new AbortController();
+    this._stream = ctl;
+    return ctl;
+  }
+
+  /** One `GET /http/events`: reads it to its end. Resolves with what to do next. */
+  async _streamOnce() {
+    const ctl = this._request();
+    let res;
+    try {
+      res = await this._fetch(this._streamUrl('events'), { headers: { Accept: 'text/event-stream' }, cache: 'no-store', signal: ctl.signal });
+    } catch (err) {
+      return { retry: `the event stream failed: ${err.message || err}` };
+    }
+    if (res.status !== 200 || !res.body) return this._refused(res, 'the event stream');
+    this._recovered();
+    let closeCode = null;
+    const parser = new SseParser((ev) => {
+      if (ev.event === 'close') closeCode = Number(ev.data);
+      else if (ev.event === 'message') this._deliverText(ev.data);
+    }, () => this.onalive?.());
+    // The first stream of a session always has a frame waiting (welcome or the replay): one
+    // that stays silent is held back by a buffering proxy, and long-polling may get through.
+    const reader = res.body.getReader();
+    let silent = false;
+    const silentTimer = !this._streamed && this._canPoll
+      ? setTimeout(() => { silent = true; reader.cancel().catch(() => {}); ctl.abort(); }, this._firstByteMs) : null;
+    const opened = Date.now();
+    const decoder = new TextDecoder();
+    try {
+      while (closeCode == null && this.readyState === 1) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        if (!this._streamed) { this._streamed = true; clearTimeout(silentTimer); }
+        this.onalive?.();
+        parser.push(decoder.decode(value, { stream: true }));
+      }
+    } catch (err) {
+      if (!silent) return { retry: `the event stream broke: ${err.message || err}` };
+    } finally {
+      clearTimeout(silentTimer);
+      ctl.abort();
+    }
+    if (silent) return this._downgrade();
+    // A stream that lasted or delivered counts as a success for the backoff.
+    if (this._streamed && Date.now() - opened > 2000) this._stallAttempt = 0;
+    if (closeCode != null) return this._closeOutcome(closeCode);
+    return { retry: 'the event stream ended without a close event' };
+  }
+
+  /** A silent first event stream: poll the same session instead. */
+  _downgrade() {
+    this.mode = 'long-poll';
+    this.implicitAcks = true;
+    this.ontransport?.('long-poll');
+    return {};
+  }
+
+  /** One `GET /http/poll`: delivers its frames. Resolves with what to do next. */
+  async _pollOnce() {
+    const ctl = this._request();
+    const timer = setTimeout(() => ctl.abort(), this._pollTimeoutMs);
+    let res;
+    let body;
+    try {
+      res = await this._fetch(this._streamUrl('poll'), { cache: 'no-store', signal: ctl.signal });
+      if (res.status !== 200) return await this._refused(res, 'the poll');
+      body = await readJson(res);
+    } catch (err) {
+      return { retry: `the poll failed: ${err.message || err}` };
+    } finally {
+      clearTimeout(timer);
+    }
+    if (!body || !Array.isArray(body.frames)) return { retry: 'the poll was not answered with frames' };
+    this._recovered();
+    this._stallAttempt = 0;
+    this.onalive?.();
+    for (const frame of body.frames) {
+      if (this.readyState !== 1) return {};
+      this._deliver(frame);
+    }
+    return body.close != null ? this._closeOutcome(Number(body.close)) : {};
+  }
+
+  _closeOutcome(code) {
+    if (FINAL_CLOSE_CODES.has(code)) return { close: code, reason: `the server closed the session's ${this.mode === 'sse' ? 'stream' : 'poll'}` };
+    return { retry: `the server closed the ${this.mode === 'sse' ? 'stream' : 'poll'} (${code})` };
+  }
+
+  /** A stream or poll answered other than 200: what to do next. */
+  async _refused(res, what) {
+    const body = await readJson(res);
+    const after = retryAfterMs(res);
+    if (!isErrorFrame(body)) {
+      // Not the server's answer (a proxy's page): a proxy that refuses event streams may let
+      // polls through.
+      if (this.mode === 'sse' && !this._streamed && this._canPoll) return this._downgrade();
+      return { retry: `${what} answered HTTP ${res.status}` };
+    }
+    if (res.status === 429 || res.status === 503) return { retry: `${what}: ${body.code}`, delayMs: after ?? 1000 };
+    // The session is gone (410), or a refusal that retrying cannot fix.
+    this._deliver(body);
+    return { close: closeCodeForStatus(res.status), reason: `${what}: ${body.code} (HTTP ${res.status})` };
+  }
+
+  /** Waits before reopening; false when the link closed meanwhile or the grace period is over. */
+  async _pause({ retry, delayMs }) {
+    const now = Date.now();
+    if (!this._stalledSince) this._stalledSince = now;
+    if (now - this._stalledSince > this._graceMs) {
+      this._end(1006, `${retry}; not back within the resume grace period`);
+      return false;
+    }
+    this._stallAttempt += 1;
+    const delay = Math.round(delayMs ?? Math.min(4000, 100 * 2 ** (this._stallAttempt - 1)));
+    this.onstall?.({ message: retry, attempt: this._stallAttempt, retryInMs: delay });
+    await new Promise((resolve) => {
+      this._wake = resolve;
+      this._timer = setTimeout(resolve, delay);
+    });
+    this._wake = null;
+    return this.readyState === 1;
+  }
+
+  _recovered() {
+    if (!this._stalledSince) return;
+    this._stalledSince = 0;
+    this.onrecover?.();
+  }
+
+  _deliverText(text) {
+    let frame;
+    try { frame = JSON.parse(text); } catch { this.onmessage?.({ data: text }); return; }
+    this._deliver(frame);
+  }
+
+  _deliver(frame) {
+    const seq = Number(frame?.seq);
+    if (Number.isFinite(seq) && seq > this.lastSeq) this.lastSeq = seq;
+    this.onmessage?.({ data: frame });
+  }
+
+  // --- client -> server ---
+
+  /** POSTs queued frames in order, one request at a time, as many as fit in each. */
+  async _flush() {
+    if (this._sending || !this.token) return;
+    this._sending = true;
+    try {
+      while (this.readyState === 1 && this._queue.length) {
+        this._inflight = this._takeBatch();
+        if (!(await this._post(this._inflight))) return;
+        this._inflight = null;
+      }
+    } finally {
+      this._sending = false;
+    }
+  }
+
+  _takeBatch() {
+    let bytes = 2;
+    let n = 0;
+    while (n < this._queue.length && n < MAX_BATCH_FRAMES) {
+      bytes += this._queue[n].length + 1;
+      if (n > 0 && bytes > this._maxBodyBytes) break;
+      n += 1;
+    }
+    return this._queue.splice(0, n);
+  }
+
+  /**
+   * POSTs one batch until the server takes it: retries after Retry-After on 429/503 and after a
+   * backoff on network errors; a batch refused as invalid or too large is sent frame by frame
+   * (the bad frame's error goes to the client, the others through). False when the link ended.
+   */
+  async _post(batch) {
+    for (let attempt = 1; this.readyState === 1; attempt += 1) {
+      const body = batch.length === 1 ? batch[0] : `[${batch.join(',')}]`;
+      let res = null;
+      this._posting = true;
+      try {
+        res = await this._fetch(this._sendUrl(), { method: 'POST', headers: { 'Content-Type': 'application/json' }, body, cache: 'no-store' });
+      } catch { /* network error: retry */ } finally {
+        this._posting = false;
+      }
+      if (res?.ok) return true;
+      if (res && (res.status === 400 || res.status === 413)) return this._refusedBatch(batch, res);
+      if (res?.status === 410) {
+        const frame = await readJson(res);
+        if (this.readyState !== 1) return false;
+        if (isErrorFrame(frame)) this._deliver(frame);
+        this._end(1008, `sending: the session is gone (${frame?.code || 'HTTP 410'})`);
+        return false;
+      }
+      const wait = res && (res.status === 429 || res.status === 503)
+        ? retryAfterMs(res) ?? 1000
+        : Math.min(4000, 250 * 2 ** (attempt - 1));
+      await new Promise((resolve) => { setTimeout(resolve, wait); });
+    }
+    return false;
+  }
+
+  async _refusedBatch(batch, res) {
+    if (batch.length > 1) {
+      for (const one of batch) {
+        if (!(await this._post([one]))) return false;
+      }
+      return true;
+    }
+    const frame = await readJson(res);
+    if (isErrorFrame(frame) && this.readyState === 1) this._deliver(frame);
+    return true; // the frame is dropped, as a socket drops what it refuses
+  }
+
+  // --- end ---
+
+  _stop() {
+    clearTimeout(this._timer);
+    this._wake?.();
+    this._abort.abort();
+    this._stream?.abort();
+  }
+
+  /** The link ends on its own (server close, refusal, gave up): reports it as a socket close. */
+  _end(code, reason, retryAfter) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this._stop();
+    this.onclose?.({ code, reason, wasClean: code !== 1006, established: this.established, retryAfterMs: retryAfter });
   }
 }

@@ -172,8 +172,9 @@ export const CHROMIUM_ARGS = [
   '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
 ];
 
-export async function launchBrowser() {
+/** Launches Chromium with CHROMIUM_ARGS and `extraArgs` (e.g. a --proxy-server). */
+export async function launchBrowser(extraArgs = []) {
   const executablePath = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
   if (!existsSync(executablePath)) throw new Error(`Chromium not found at ${executablePath} (apt-get install -y chromium, or set CHROMIUM_BIN)`);
-  return chromium.launch({ executablePath, args: CHROMIUM_ARGS, timeout: 30000 });
+  return chromium.launch({ executablePath, args: [...CHROMIUM_ARGS, ...extraArgs], timeout: 30000 });
 }

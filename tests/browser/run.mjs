@@ -3,7 +3,7 @@
 //   node tests/browser/run.mjs [name-filter...]
 //
 // Starts the real `signaling` binary (and, for the relay test, the real `relay`; for the interop
-// test, the `peer` CLI), opens the demo in separate browser contexts (separate users), drives it
+// test, the `peer` CLI; for the proxy test, Debian's `squid`), opens the demo in separate browser contexts (separate users), drives it
 // through the page's test hooks (window.__demo, data attributes) and checks what the other side
 // sees. Prints one line per test and a final `N passed, N failed`; exits non-zero on failure.
 // Screenshots go to tests/artifacts/ (failures too, as fail-<test>-<page>.png).
@@ -13,13 +13,14 @@
 //   RELAY_BIN      relay binary (default $CARGO_TARGET_DIR/debug/relay)
 //   PEER_BIN       peer CLI (default $CARGO_TARGET_DIR/debug/peer)
 //   CHROMIUM_BIN   browser (default /usr/bin/chromium)
+//   SQUID_BIN      forward proxy of the proxy test (default /usr/sbin/squid, else squid on PATH)
 //   ARTIFACTS_DIR  screenshots (default tests/artifacts)
 //   BROWSER_TESTS  comma-separated substrings: run only matching tests (same as arguments)
 //   BROWSER_TEST_TIMEOUT_MS  bound of one test (default 90000)
 
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createSocket } from 'node:dgram';
 import {
@@ -82,11 +83,12 @@ class TestContext {
     this.shared = shared;
     this.pages = [];
     this.procs = [];
+    this.cleanups = [];
     this.room = `t-${name.replace(/[^a-z0-9]+/gi, '-').slice(0, 30)}-${randomBytes(3).toString('hex')}`;
   }
 
-  async open(name, { url, room = this.room, query = '', viewport, initScript, server } = {}) {
-    const context = await this.browser.newContext({ viewport: viewport || { width: 1280, height: 800 } });
+  async open(name, { url, room = this.room, query = '', viewport, initScript, server, browser = this.browser } = {}) {
+    const context = await browser.newContext({ viewport: viewport || { width: 1280, height: 800 } });
     if (initScript) await context.addInitScript(initScript);
     const page = await context.newPage();
     const p = new PeerPage(name, context, page);
@@ -107,6 +109,9 @@ class TestContext {
 
   track(proc) { this.procs.push(proc); return proc; }
 
+  /** Runs `fn` when the test ends, last registered first, before its tracked processes are killed. */
+  onClose(fn) { this.cleanups.push(fn); }
+
   async screenshot(p, file, opts = {}) {
     const out = path.join(ARTIFACTS, file);
     await p.page.screenshot({ path: out, ...opts });
@@ -124,6 +129,7 @@ class TestContext {
       }
     }
     for (const p of this.pages) { try { await p.context.close(); } catch { /* ignore */ } }
+    for (const fn of this.cleanups.reverse()) { try { await fn(); } catch { /* ignore */ } }
     for (const proc of this.procs) await proc.stop('SIGKILL').catch(() => {});
   }
 
@@ -155,6 +161,8 @@ const test = (name, fn) => tests.push({ name, fn });
 
 test('chat: a message typed in one browser appears in the other, both ways', async (t) => {
   const [a, b] = await t.pair();
+  const transport = await a.eval(() => document.getElementById('signaling-transport').dataset.transport);
+  assert(transport === 'websocket', `a WebSocket where nothing blocks it: ${transport}`);
   // Type into the real form on Alice's side.
   await a.page.fill('#chat-input', 'hello from Alice');
   await a.page.click('#chat-send');
@@ -366,7 +374,12 @@ async function startHaproxy(t, backends) {
   return { http, ws: `ws://127.0.0.1:${port}/ws` };
 }
 
-test('cluster: through HAProxy over 3 nodes, a node is killed mid-call, the pages resume elsewhere and the call goes on', async (t) => {
+/**
+ * Two pages through HAProxy over 3 nodes; the node serving one of them is killed mid-call. Over
+ * a WebSocket the cut-off page resumes (`resume`) on another node; over SSE its link reopens
+ * the event stream on another node (no stickiness: any node answers any request).
+ */
+async function clusterFailover(t, transport) {
   const redis = await startRedis(t);
   const nodes = [];
   for (let i = 0; i < 3; i += 1) {
@@ -375,10 +388,12 @@ test('cluster: through HAProxy over 3 nodes, a node is killed mid-call, the page
     nodes.push(n);
   }
   const lb = await startHaproxy(t, nodes.map((n) => n.addr));
-  const a = await t.open('Alice', { server: lb });
+  const query = transport === 'websocket' ? '' : `transport=${transport}`;
+  const a = await t.open('Alice', { server: lb, query });
   await a.joined();
-  const b = await t.open('Bob', { server: lb });
+  const b = await t.open('Bob', { server: lb, query });
   await Promise.all([a.connected(1), b.connected(1)]);
+  for (const p of [a, b]) assert(await p.eval(() => window.__demo.client.transport) === transport, `${p.name} on ${transport}`);
   const connections = async (n) => {
     const text = await (await fetch(`${n.http}/metrics`)).text();
     return Number((/^signaling_connections (\d+)/m.exec(text) || [])[1] || 0);
@@ -391,9 +406,10 @@ test('cluster: through HAProxy over 3 nodes, a node is killed mid-call, the page
   // The call does not need signaling; the cut-off page resumes on another node via HAProxy.
   await a.eval(() => window.__demo.sendChat('during the failover'));
   await b.chatFrom('during the failover');
+  const resumed = (s) => (transport === 'websocket' ? s.resumes : s.streamReconnects) >= 1;
   await waitUntil(async () => {
     const stats = await Promise.all([a, b].map((p) => p.eval(() => ({ s: window.__demo.client.stats, st: document.body.dataset.signaling }))));
-    return stats.some((x) => x.s.resumes >= 1) && stats.every((x) => x.st === 'joined');
+    return stats.some((x) => resumed(x.s)) && stats.every((x) => x.st === 'joined');
   }, 20000, 'the cut-off page resumed and both are joined');
   const after = await Promise.all([a, b].map((p) => p.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats, removed: window.__demo.events.filter((e) => e.type === 'peer-removed').length }))));
   for (const [i, x] of after.entries()) {
@@ -409,7 +425,10 @@ test('cluster: through HAProxy over 3 nodes, a node is killed mid-call, the page
   }, null, 'Bob\'s ICE restart answered through the cluster');
   await b.eval(() => window.__demo.sendChat('after the failover'));
   await a.chatFrom('after the failover');
-});
+}
+
+test('cluster: through HAProxy over 3 nodes, a node is killed mid-call, the pages resume elsewhere and the call goes on', (t) => clusterFailover(t, 'websocket'));
+test('cluster: over SSE + POST through HAProxy (no stickiness), a node is killed mid-call, the event stream reopens on another node', (t) => clusterFailover(t, 'sse'));
 
 test('room full: the third peer is told the room is full', async (t) => {
   const sig = await startSignaling(['--max-peers-per-room', '2'], 'signaling-small');
@@ -440,6 +459,152 @@ test('signaling unreachable: the page says so, retries, and joins once the serve
   await a.joined();
   const stats = await a.eval(() => window.__demo.client.stats);
   assert(stats.reconnectAttempts >= 1, `it retried: ${JSON.stringify(stats)}`);
+});
+
+// --- signaling over plain HTTP: SSE + POST, long-polling ---
+
+/** Which transport the page says it uses: the connection panel's attribute and text. */
+const shownTransport = (p) => p.eval(() => {
+  const el = document.getElementById('signaling-transport');
+  return { transport: el.dataset.transport, text: el.textContent, client: window.__demo.client.transport, stats: window.__demo.client.stats };
+});
+
+/** Chat both ways and a stroke each way between two connected pages. */
+async function chatAndDraw(a, b, tag) {
+  await a.eval((m) => window.__demo.sendChat(m), `hello from Alice ${tag}`);
+  await b.chatFrom(`hello from Alice ${tag}`);
+  await b.eval((m) => window.__demo.sendChat(m), `hi Alice, Bob ${tag}`);
+  await a.chatFrom(`hi Alice, Bob ${tag}`);
+  const wave = Array.from({ length: 40 }, (_, i) => [0.1 + i * 0.02, 0.5 + 0.2 * Math.sin(i / 5)]);
+  const sa = await a.eval((pts) => window.__demo.drawStroke(pts, '#ffd166'), wave);
+  const sb = await b.eval((pts) => window.__demo.drawStroke(pts.map(([x, y]) => [x, 1 - y]), '#06d6a0'), wave);
+  await b.waitFor((id) => window.__demo.canvas.strokes.has(id), sa, 'Alice\'s stroke on Bob\'s canvas');
+  await a.waitFor((id) => window.__demo.canvas.strokes.has(id), sb, 'Bob\'s stroke on Alice\'s canvas');
+}
+
+/**
+ * Debian's squid as a corporate forward proxy that refuses WebSockets: Chromium sends ws://
+ * through an HTTP proxy as a CONNECT tunnel, which only port 443 may open here, and squid does
+ * not forward `Upgrade` (no http_upgrade_request_protocols). Plain requests, streamed responses
+ * (SSE) and long polls pass. Runs in the foreground (-N) on a free port; started as root it
+ * drops to the `proxy` user, so its directory is world-writable. Killed by PID with the test.
+ */
+async function startSquid(t) {
+  const bin = process.env.SQUID_BIN || (existsSync('/usr/sbin/squid') ? '/usr/sbin/squid' : 'squid');
+  const dir = mkdtempSync(path.join(tmpdir(), 'squid-'));
+  chmodSync(dir, 0o777);
+  t.onClose(() => rmSync(dir, { recursive: true, force: true }));
+  const conf = path.join(dir, 'squid.conf');
+  const accessLog = path.join(dir, 'access.log');
+  for (let attempt = 1; ; attempt += 1) {
+    // squid cannot listen on port 0: take a free port, and another if it was taken meanwhile.
+    const port = await freePort();
+    writeFileSync(conf, [
+      `http_port 127.0.0.1:${port}`,
+      `pid_filename ${dir}/squid.pid`,
+      `cache_log ${dir}/cache.log`,
+      `access_log stdio:${accessLog}`,
+      'cache_store_log none',
+      `coredump_dir ${dir}`,
+      'cache deny all',
+      'pinger_enable off',
+      'shutdown_lifetime 0 seconds',
+      'acl SSL_ports port 443',
+      'http_access deny CONNECT !SSL_ports',
+      'http_access allow localhost',
+      'http_access deny all',
+      '',
+    ].join('\n'));
+    const proc = t.track(new Proc('squid', bin, ['-N', '-d', '1', '-f', conf]));
+    t.onClose(() => proc.stop('SIGKILL'));
+    try {
+      await proc.waitForLine(new RegExp(`Accepting HTTP Socket connections at .*local=127\\.0\\.0\\.1:${port}\\b`), 15000, 'squid accepting connections');
+      return { port, proc, log: () => (existsSync(accessLog) ? readFileSync(accessLog, 'utf8') : '') };
+    } catch (err) {
+      await proc.stop('SIGKILL');
+      if (proc.exited?.error) throw new Error(`squid not found at ${bin} (apt-get install -y squid, or set SQUID_BIN): ${err.message}`);
+      if (attempt >= 3) throw err;
+    }
+  }
+}
+
+test('proxy: behind a forward proxy that refuses WebSockets (squid), the pages fall back to SSE + POST; chat and canvas work', async (t) => {
+  const squid = await startSquid(t);
+  // Chromium bypasses proxies for loopback unless told `<-loopback>`.
+  const browser = await launchBrowser([`--proxy-server=http://127.0.0.1:${squid.port}`, '--proxy-bypass-list=<-loopback>']);
+  t.onClose(() => browser.close());
+  const a = await t.open('Alice', { browser });
+  await a.joined();
+  const b = await t.open('Bob', { browser });
+  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  for (const p of [a, b]) {
+    await p.waitFor(() => document.getElementById('signaling-transport').dataset.transport === 'sse', null, 'the panel naming sse', 5000);
+    const shown = await shownTransport(p);
+    assert(shown.text === 'sse + post' && shown.client === 'sse' && shown.stats.fallbacks >= 1, `${p.name}: fell back to SSE + POST: ${JSON.stringify(shown)}`);
+  }
+  await chatAndDraw(a, b, 'through squid');
+  await t.screenshot(a, 'proxy-sse-fallback.png');
+  // Everything went through squid: the WebSocket tunnels were refused, the HTTP transport passed.
+  // squid logs a request when it ends: close the pages to end their event streams.
+  await Promise.all([a, b].map((p) => p.context.close()));
+  const events = /GET http:\/\/127\.0\.0\.1:\d+\/http\/events\?/;
+  await waitUntil(() => events.test(squid.log()), 10000, 'the event streams in squid\'s access log');
+  const log = squid.log();
+  assert(/TCP_DENIED\/403 \d+ CONNECT 127\.0\.0\.1:/.test(log), `squid refused the WebSocket's CONNECT:\n${log.slice(-2000)}`);
+  for (const what of [/POST http:\/\/127\.0\.0\.1:\d+\/http /, /POST http:\/\/127\.0\.0\.1:\d+\/http\/send\?/]) {
+    assert(what.test(log), `squid carried ${what}:\n${log.slice(-2000)}`);
+  }
+});
+
+test('long-polling: two pages forced onto long-polling (?transport=long-poll) call, chat and draw', async (t) => {
+  const [a, b] = await t.pair('transport=long-poll');
+  for (const p of [a, b]) {
+    const shown = await shownTransport(p);
+    assert(shown.transport === 'long-poll' && shown.text === 'long-polling' && shown.client === 'long-poll', `${p.name}: long-polling: ${JSON.stringify(shown)}`);
+  }
+  await chatAndDraw(a, b, 'by long-polling');
+  // A dropped link resumes the session (same peer id, the missed offer replayed).
+  const idBefore = await a.peerId();
+  await a.eval(() => window.__demo.dropSignaling(1500));
+  await a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 5000);
+  await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: offer while the other side is offline'));
+  await a.joined();
+  const after = await a.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats, transport: window.__demo.client.transport }));
+  assert(after.id === idBefore && after.stats.resumes >= 1 && after.stats.rejoins === 0 && after.stats.replayed >= 1, `resumed over long-polling: ${JSON.stringify(after)}`);
+  assert(after.transport === 'long-poll', `still long-polling: ${after.transport}`);
+  await b.waitFor(() => {
+    const p = [...window.__demo.room.peers.values()][0];
+    return p.pc.signalingState === 'stable' && p.state === 'connected';
+  }, null, 'Bob\'s ICE restart answered after the replay');
+  await a.eval(() => window.__demo.sendChat('back after the drop'));
+  await b.chatFrom('back after the drop');
+});
+
+test('sse: forced SSE + POST (?transport=sse), a broken event stream is reopened from the last seq and a dropped link resumes', async (t) => {
+  const [a, b] = await t.pair('transport=sse');
+  for (const p of [a, b]) {
+    const shown = await shownTransport(p);
+    assert(shown.transport === 'sse' && shown.stats.fallbacks === 0, `${p.name}: SSE without a fallback: ${JSON.stringify(shown)}`);
+  }
+  // Break Alice's event stream (as a proxy cutting it would): the link reopens it by itself.
+  await a.eval(() => window.__demo.client._ws._stream.abort());
+  await a.waitFor(() => window.__demo.client.stats.streamReconnects >= 1 && document.body.dataset.signaling === 'joined', null, 'the event stream reopened');
+  await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: after the stream broke'));
+  await b.waitFor(() => {
+    const p = [...window.__demo.room.peers.values()][0];
+    return p.pc.signalingState === 'stable' && p.state === 'connected';
+  }, null, 'Bob\'s ICE restart answered over the reopened stream');
+  // Drop the whole link: the next one resumes the session with a `resume` (POST /http).
+  const idBefore = await a.peerId();
+  await a.eval(() => window.__demo.dropSignaling(1500));
+  await a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 5000);
+  await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: offer while the other side is offline'));
+  await a.joined();
+  const after = await a.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats }));
+  assert(after.id === idBefore && after.stats.resumes >= 1 && after.stats.rejoins === 0 && after.stats.replayed >= 1, `resumed over SSE: ${JSON.stringify(after)}`);
+  const removed = await b.eval(() => window.__demo.events.filter((e) => e.type === 'peer-removed').length);
+  assert(removed === 0, 'Bob saw no peer-removed');
+  await chatAndDraw(a, b, 'after the resume');
 });
 
 /** Starts our relay on a free loopback port with a fresh REST secret; resolves with { port, secret }. */
