@@ -10,10 +10,16 @@
 //! leaves, only the rooms it wins or loses move (about 1/N of them); a relay of capacity 2 gets
 //! twice the rooms of a relay of capacity 1.
 //!
-//! Pure functions, no I/O: the relay's registration task and signaling's fleet watcher do the
-//! Redis calls.
+//! [`advertise`], [`withdraw`] and [`read_fleet`] are the only Redis calls on these keys (the
+//! relay's registration task makes the first two, signaling's fleet watcher the third); the
+//! rest is pure.
 
 use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::Script;
+
+use crate::link::{Connection, StoreError};
 
 /// Sorted set of registered relays: member = relay id, score = lease expiry (Unix ms). The
 /// `{fleet}` hash tag keeps it and every record in one slot of a Redis Cluster, so one script
@@ -99,6 +105,106 @@ impl RelayRecord {
             state,
         })
     }
+}
+
+/// Writes `record` with a lease ending at `lease_until_ms` (Unix ms): the record expires with
+/// it unless renewed.
+pub async fn advertise(
+    conn: &Connection,
+    record: &RelayRecord,
+    lease_until_ms: u64,
+    lease: Duration,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let script = Script::new(
+        r"
+redis.call('DEL', KEYS[2])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+",
+    );
+    let mut invocation = script.key(RELAYS_KEY);
+    invocation
+        .key(relay_key(&record.id))
+        .arg(&record.id)
+        .arg(lease_until_ms)
+        .arg(lease.as_millis().max(1) as u64);
+    for (field, value) in record.to_fields() {
+        invocation.arg(field).arg(value);
+    }
+    let mut conn = conn.clone();
+    let _: i64 = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))??;
+    Ok(())
+}
+
+/// Removes relay `id` from the fleet at once (a clean exit).
+pub async fn withdraw(conn: &Connection, id: &str, timeout: Duration) -> Result<(), StoreError> {
+    let script = Script::new(
+        r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+",
+    );
+    let mut invocation = script.key(RELAYS_KEY);
+    invocation.key(relay_key(id)).arg(id);
+    let mut conn = conn.clone();
+    let _: i64 = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))??;
+    Ok(())
+}
+
+/// The relays whose lease runs past `now_ms`, sorted by id (records that do not parse are left
+/// out). Expired leases are removed on the way.
+pub async fn read_fleet(
+    conn: &Connection,
+    now_ms: u64,
+    timeout: Duration,
+) -> Result<Vec<RelayRecord>, StoreError> {
+    // Every record as: id, field count, fields...
+    let script = Script::new(
+        r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')) do
+  local fields = redis.call('HGETALL', ARGV[2] .. id)
+  out[#out + 1] = id
+  out[#out + 1] = tostring(#fields)
+  for _, f in ipairs(fields) do out[#out + 1] = f end
+end
+return out
+",
+    );
+    let mut invocation = script.key(RELAYS_KEY);
+    invocation.arg(now_ms).arg(relay_key(""));
+    let mut conn = conn.clone();
+    let flat: Vec<String> = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))??;
+    let mut relays = parse_fleet(&flat);
+    relays.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(relays)
+}
+
+/// The records of [`read_fleet`]'s flat reply.
+fn parse_fleet(flat: &[String]) -> Vec<RelayRecord> {
+    let mut relays = Vec::new();
+    let mut rest = flat;
+    while let [id, count, tail @ ..] = rest {
+        let count: usize = count.parse().unwrap_or(0).min(tail.len());
+        let fields: HashMap<String, String> = tail[..count]
+            .chunks_exact(2)
+            .map(|kv| (kv[0].clone(), kv[1].clone()))
+            .collect();
+        relays.extend(RelayRecord::from_fields(id, &fields));
+        rest = &tail[count..];
+    }
+    relays
 }
 
 /// The relay that serves `room`: the highest rendezvous score among the active relays, among
@@ -191,6 +297,20 @@ mod tests {
         assert_eq!(RelayRecord::from_fields("r1", &broken), None);
         broken.remove("capacity");
         assert_eq!(RelayRecord::from_fields("r1", &broken), None);
+    }
+
+    #[test]
+    fn the_fleet_reply_parses_and_skips_broken_records() {
+        let record = relay("a", 1.0);
+        let mut flat = vec!["a".to_owned()];
+        let fields = record.to_fields();
+        flat.push((fields.len() * 2).to_string());
+        for (k, v) in fields {
+            flat.push(k.to_owned());
+            flat.push(v);
+        }
+        flat.extend(["b".to_owned(), "2".to_owned(), "urls".to_owned(), "x".to_owned()]);
+        assert_eq!(parse_fleet(&flat), vec![record]);
     }
 
     #[test]

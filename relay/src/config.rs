@@ -174,6 +174,46 @@ pub struct Config {
     /// Log format on stderr.
     #[arg(long, env = "RELAY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Join a relay fleet: advertise this relay in the Redis that signaling reads (one URL, or
+    /// the seeds of a Redis Cluster). Signaling then gives each room a relay of the fleet.
+    #[arg(
+        long = "register",
+        env = "RELAY_REGISTER",
+        value_delimiter = ',',
+        value_name = "REDIS_URL"
+    )]
+    pub register: Vec<String>,
+
+    /// This relay's id in the fleet (random when not given).
+    #[arg(long, env = "RELAY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// The URLs clients should use for this relay (`turn:host:port?transport=udp`, `turns:...`,
+    /// `stun:...`; repeatable). Default: one per listener, on `--external-ip` when given.
+    #[arg(
+        long = "public-url",
+        env = "RELAY_PUBLIC_URLS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub public_urls: Vec<String>,
+
+    /// Region label of this relay in the fleet (signaling prefers relays of its own region).
+    #[arg(long, env = "RELAY_REGION")]
+    pub region: Option<String>,
+
+    /// Relative weight of this relay's share of rooms in the fleet (> 0).
+    #[arg(long, env = "RELAY_CAPACITY", default_value_t = 1.0)]
+    pub capacity: f64,
+
+    /// How often the relay renews its fleet lease and publishes its load.
+    #[arg(long, env = "RELAY_NODE_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    pub node_heartbeat: Duration,
+
+    /// A relay that has not renewed its lease for this long is out of the fleet.
+    #[arg(long, env = "RELAY_NODE_LEASE", default_value = "5s", value_parser = parse_duration)]
+    pub node_lease: Duration,
 }
 
 /// Errors found while reading the configuration.
@@ -288,6 +328,23 @@ impl Config {
                 "--auth-secret must not be empty".into(),
             ));
         }
+        if !(self.capacity > 0.0 && self.capacity.is_finite()) {
+            return Err(ConfigError::Invalid("--capacity must be > 0".into()));
+        }
+        if self.node_heartbeat.is_zero() || self.node_lease <= self.node_heartbeat {
+            return Err(ConfigError::Invalid(
+                "--node-heartbeat must be > 0 and < --node-lease".into(),
+            ));
+        }
+        if let Some(url) = self.public_urls.iter().find(|u| {
+            !["turn:", "turns:", "stun:", "stuns:"]
+                .iter()
+                .any(|scheme| u.starts_with(scheme))
+        }) {
+            return Err(ConfigError::Invalid(format!(
+                "--public-url {url} is not a turn:, turns:, stun: or stuns: URL"
+            )));
+        }
         if self.user_quota == 0 {
             return Err(ConfigError::Invalid(
                 "--user-quota must be at least 1".into(),
@@ -398,6 +455,25 @@ impl Config {
             cidrs(&self.deny_peer)
         );
         let _ = writeln!(s, "  admin: {}", self.admin_listen);
+        if self.register.is_empty() {
+            let _ = writeln!(s, "  fleet: not registered");
+        } else {
+            let _ = writeln!(
+                s,
+                "  fleet: registered at {} as {}, region {}, capacity {}, heartbeat {:?}, lease {:?}, public urls [{}]",
+                fleet::link::redacted(&self.register),
+                self.node_id.as_deref().unwrap_or("<random>"),
+                self.region.as_deref().unwrap_or("-"),
+                self.capacity,
+                self.node_heartbeat,
+                self.node_lease,
+                if self.public_urls.is_empty() {
+                    "from the listeners".to_owned()
+                } else {
+                    self.public_urls.join(", ")
+                }
+            );
+        }
         let _ = writeln!(s, "  drain timeout: {:?}", self.drain_timeout);
         let _ = write!(
             s,

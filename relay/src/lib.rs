@@ -21,6 +21,7 @@ pub mod admin;
 pub mod config;
 mod io;
 pub mod metrics;
+pub mod registration;
 pub mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -275,6 +276,31 @@ impl Relay {
     }
 }
 
+/// The load and state of a running relay, readable from any task.
+#[derive(Debug, Clone)]
+pub struct RelayStatus {
+    shared: Arc<SharedQuotas>,
+    metrics: Arc<Metrics>,
+}
+
+impl RelayStatus {
+    /// Live allocations across all workers.
+    pub fn allocations(&self) -> u32 {
+        self.shared.allocations()
+    }
+
+    /// True once the relay drains.
+    pub fn is_draining(&self) -> bool {
+        self.shared.is_draining()
+    }
+
+    /// Payload bytes relayed since start, both directions (as of the workers' last publish).
+    pub fn relayed_bytes(&self) -> u64 {
+        let totals = self.metrics.core_totals();
+        totals.bytes_to_peer + totals.bytes_to_client
+    }
+}
+
 /// A running relay. Dropping it stops the relay (without waiting).
 #[derive(Debug)]
 pub struct RelayHandle {
@@ -301,6 +327,14 @@ impl RelayHandle {
     /// Live allocations across all workers.
     pub fn allocations(&self) -> u32 {
         self.shared.allocations()
+    }
+
+    /// A cheap, cloneable view of the relay's load and state (for fleet registration).
+    pub fn status(&self) -> RelayStatus {
+        RelayStatus {
+            shared: Arc::clone(&self.shared),
+            metrics: Arc::clone(&self.metrics),
+        }
     }
 
     /// Refuse new allocations from now on (existing ones keep working); `/readyz` turns 503.

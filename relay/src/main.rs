@@ -1,24 +1,55 @@
 //! The `relay` binary: reads the configuration, starts the relay, prints the bound addresses
 //! (one `listening <transport> <addr>` line each, then `admin http://<addr>`), and drains on
-//! SIGTERM/SIGINT (a second signal stops at once).
+//! SIGTERM/SIGINT (a second signal stops at once). With `--register`, it joins the relay
+//! fleet in Redis, marks itself draining there first thing on SIGTERM, and leaves it when it
+//! stops.
 
 use std::io::Write as _;
 
 use anyhow::Context as _;
+use std::sync::Arc;
+
 use relay::config::{ConfigError, LogFormat};
+use relay::registration::{FleetSettings, Registration};
 use relay::{Config, Relay};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    let config = match Config::load() {
+    let mut config = match Config::load() {
         Ok(c) => c,
         Err(ConfigError::Clap(e)) => e.exit(),
         Err(e) => return Err(e.into()),
     };
     init_tracing(config.log_format);
     tracing::info!("configuration:\n{}", config.redacted_summary());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if !config.register.is_empty() && config.auth_secrets.is_empty() && config.users.is_empty() {
+        // A fleet relay given no credentials takes the TURN secret signaling agreed on (or
+        // proposes one).
+        let candidate = format!("{:032x}", rand::random::<u128>());
+        let agreed = runtime
+            .block_on(fleet::secret::agree_turn_secret(
+                &config.register,
+                std::time::Duration::from_secs(2),
+                &candidate,
+            ))
+            .context("cannot agree on a TURN secret through redis")?;
+        config.auth_secrets.push(relay::config::Secret(agreed));
+        tracing::info!("TURN secret agreed through redis");
+    }
     let drain_timeout = config.drain_timeout;
+    let fleet_config = config.clone();
     let handle = Relay::start(config).context("starting the relay")?;
+    let registration = match FleetSettings::from_config(&fleet_config, handle.addrs()) {
+        Some(settings) => Some(Arc::new(
+            runtime
+                .block_on(Registration::start(settings, handle.status()))
+                .context("cannot register in the relay fleet")?,
+        )),
+        None => None,
+    };
 
     let addrs = handle.addrs().clone();
     let mut out = std::io::stdout().lock();
@@ -40,21 +71,33 @@ fn main() -> anyhow::Result<()> {
     if let Some(pem) = &addrs.tls_self_signed_pem {
         write!(out, "{pem}")?;
     }
+    if let Some(registration) = &registration {
+        writeln!(out, "fleet id {}", registration.id())?;
+    }
     writeln!(out, "ready")?;
     out.flush()?;
     drop(out);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     runtime.block_on(async move {
+        let (stop_heartbeats, stopped) = tokio::sync::watch::channel(false);
+        if let Some(registration) = &registration {
+            tokio::spawn(Arc::clone(registration).run(stopped));
+        }
         let signal = wait_for_signal().await?;
         tracing::info!(signal, ?drain_timeout, "draining: new allocations refused");
+        handle.begin_drain();
+        if let Some(registration) = &registration {
+            registration.mark_draining().await;
+        }
         tokio::select! {
             () = handle.drain(drain_timeout) => {}
             second = wait_for_signal() => {
                 tracing::info!(signal = second.unwrap_or("?"), "second signal: stopping now");
             }
+        }
+        let _ = stop_heartbeats.send(true);
+        if let Some(registration) = &registration {
+            registration.withdraw().await;
         }
         anyhow::Ok(())
     })?;

@@ -3,6 +3,7 @@
 //! - `GET /v1/rooms/{room}`: the room's peers (id, name, node, attached or parked).
 //! - `POST /v1/rooms/{room}/broadcast` with a JSON body: delivered to every peer of the room,
 //!   on every node, as a `broadcast` from `server`, in order with the peers' other frames.
+//! - `GET /v1/relays`: the relay fleet as this node sees it, with each relay's load and state.
 //!
 //! Both need `Authorization: Bearer CREDENTIAL`: one of `--api-key`, or an admin JWT
 //! (`{"admin": true, "exp": ...}` signed with `--jwt-secret`). With neither configured the API
@@ -82,6 +83,19 @@ impl IntoResponse for ApiError {
 
 /// Checks the bearer key and the room id.
 fn authorize(app: &AppState, headers: &HeaderMap, room: &str) -> Result<RoomId, ApiError> {
+    authenticate(app, headers)?;
+    if !is_valid_room_id(room) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_room_id",
+            "room ids are 1 to 64 characters of [A-Za-z0-9_.-]",
+        ));
+    }
+    Ok(RoomId::from(room))
+}
+
+/// Checks the bearer key (or admin token).
+fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if app.config.api_keys.is_empty() && app.auth.is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", ""));
     }
@@ -106,14 +120,59 @@ fn authorize(app: &AppState, headers: &HeaderMap, room: &str) -> Result<RoomId, 
             "an API key or an admin token is required (Authorization: Bearer ...)",
         ));
     }
-    if !is_valid_room_id(room) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_room_id",
-            "room ids are 1 to 64 characters of [A-Za-z0-9_.-]",
-        ));
-    }
-    Ok(RoomId::from(room))
+    Ok(())
+}
+
+/// One relay of the fleet as the API lists it.
+#[derive(Debug, Serialize)]
+pub struct RelayEntry {
+    id: String,
+    urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<String>,
+    capacity: f64,
+    allocations: u64,
+    bytes_per_sec: u64,
+    /// `active` or `draining`.
+    state: &'static str,
+    /// Rooms with a session on this node that this relay serves.
+    rooms_here: u64,
+}
+
+/// The answer of `GET /v1/relays`.
+#[derive(Debug, Serialize)]
+pub struct FleetView {
+    relays: Vec<RelayEntry>,
+}
+
+/// `GET /v1/relays`: the relay fleet (empty without `--redis` or without registered relays).
+pub async fn relays(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<FleetView>, ApiError> {
+    authenticate(&app, &headers)?;
+    let Some((fleet, _)) = &app.fleet else {
+        return Ok(Json(FleetView { relays: Vec::new() }));
+    };
+    let rooms = fleet.rooms_per_relay(&app.hub.rooms());
+    let relays = fleet
+        .snapshot()
+        .iter()
+        .map(|r| RelayEntry {
+            id: r.id.clone(),
+            urls: r.urls.clone(),
+            region: r.region.clone(),
+            capacity: r.capacity,
+            allocations: r.allocations,
+            bytes_per_sec: r.bytes_per_sec,
+            state: match r.state {
+                fleet::relays::RelayState::Active => "active",
+                fleet::relays::RelayState::Draining => "draining",
+            },
+            rooms_here: rooms.get(&r.id).copied().unwrap_or(0),
+        })
+        .collect();
+    Ok(Json(FleetView { relays }))
 }
 
 /// `GET /v1/rooms/{room}`.

@@ -125,6 +125,22 @@ impl Backend {
         }
     }
 
+    /// The rooms with a session on this node.
+    pub fn rooms(&self) -> Vec<RoomId> {
+        match self {
+            Self::Local(hub) => hub.rooms(),
+            Self::Cluster(hub) => hub.rooms(),
+        }
+    }
+
+    /// Sends fresh ICE servers to this node's sessions of `rooms` (their relay changed).
+    pub async fn push_ice_servers(&self, rooms: &[RoomId]) {
+        match self {
+            Self::Local(hub) => hub.push_ice_servers(rooms, Instant::now()),
+            Self::Cluster(hub) => hub.push_ice_servers(rooms).await,
+        }
+    }
+
     /// Starts draining: no new sessions; every attached session is told to reconnect.
     pub async fn start_draining(&self, reason: &str) {
         match self {

@@ -241,6 +241,16 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_NODE_LEASE", default_value = "5s", value_parser = parse_duration)]
     pub node_lease: Duration,
 
+    /// How often a cluster node reads the relay fleet (relays started with `--register`) from
+    /// Redis; a room whose relay died or drains is moved within this time of Redis knowing it.
+    #[arg(long, env = "SIGNALING_FLEET_REFRESH", default_value = "500ms", value_parser = parse_duration)]
+    pub fleet_refresh: Duration,
+
+    /// This node's region: rooms get relays of the fleet in the same region when there are
+    /// any (relays' `--region`).
+    #[arg(long, env = "SIGNALING_REGION")]
+    pub region: Option<String>,
+
     /// The deadline of one Redis call; past it, the node counts Redis as unreachable.
     #[arg(long, env = "SIGNALING_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,

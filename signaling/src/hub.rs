@@ -593,12 +593,37 @@ impl LocalHub {
                 continue;
             };
             session.ice_refresh_at = next_refresh;
-            let ice_servers = self.ice.mint(&session.peer, wall);
+            let ice_servers = self.ice.mint(&session.peer, &session.room, wall);
             st.deliver(key, ServerMessage::IceServers { ice_servers });
         }
         st.sessions.forget_tombstones(now);
         st.settle();
         self.update_gauges(&st);
+    }
+
+    /// The rooms with a session here.
+    pub fn rooms(&self) -> Vec<RoomId> {
+        self.lock().rooms.keys().cloned().collect()
+    }
+
+    /// Sends fresh ICE servers to every session of `rooms` (their relay changed).
+    pub fn push_ice_servers(&self, rooms: &[RoomId], now: Instant) {
+        let mut st = self.lock_at(now);
+        let wall = SystemTime::now();
+        for room in rooms {
+            let members: Vec<SessionKey> = match st.rooms.get(room) {
+                Some(r) => r.members().to_vec(),
+                None => continue,
+            };
+            for key in members {
+                let Some(peer) = st.sessions.get(&key).map(|s| s.peer.clone()) else {
+                    continue;
+                };
+                let ice_servers = self.ice.mint(&peer, room, wall);
+                st.deliver(key, ServerMessage::IceServers { ice_servers });
+            }
+        }
+        st.settle();
     }
 
     /// Starts draining: refuses new sessions and tells every attached session to reconnect.
@@ -658,7 +683,7 @@ impl LocalHub {
         );
         SessionInfo {
             version,
-            ice_servers: self.ice.mint(&peer, SystemTime::now()),
+            ice_servers: self.ice.mint(&peer, &room, SystemTime::now()),
             peer_id: peer,
             session_id: format!("{key:016x}").into(),
             room,

@@ -59,6 +59,8 @@ pub mod outbox;
 #[cfg(feature = "server")]
 pub mod rate_limit;
 #[cfg(feature = "server")]
+pub mod relay_fleet;
+#[cfg(feature = "server")]
 pub mod resume;
 #[cfg(feature = "server")]
 pub mod room;
@@ -104,6 +106,7 @@ mod server {
     use crate::metrics::Metrics;
     use crate::outbox::ReplayLimits;
     use crate::protocol::http;
+    use crate::relay_fleet::RelayFleet;
     use crate::turn_credentials::IceServerMinter;
     use crate::web::WebAssets;
 
@@ -121,6 +124,8 @@ mod server {
         pub clients: Arc<IpTable>,
         /// The message rate of HTTP `send`s, per session.
         pub send_rates: SendRates,
+        /// The relay fleet and the connection to read it (cluster mode).
+        pub fleet: Option<(Arc<RelayFleet>, fleet::link::Connection)>,
     }
 
     impl AppState {
@@ -142,7 +147,20 @@ mod server {
                 max_message_bytes: config.max_message_bytes,
                 reconnect_after: config.reconnect_after,
             };
-            let ice = IceServerMinter::from_config(&config);
+            let mut ice = IceServerMinter::from_config(&config);
+            let fleet = if config.redis_urls.is_empty() {
+                None
+            } else {
+                let (conn, _) = fleet::link::connect(&config.redis_urls, config.redis_timeout)
+                    .await
+                    .map_err(|e| Error::Config(format!("--redis: cannot use redis: {e}")))?;
+                let relays = Arc::new(RelayFleet::new(config.region.clone()));
+                // Read once before serving, so the first joins already get the fleet's relays.
+                crate::relay_fleet::refresh(&relays, &conn, config.redis_timeout, &[], &metrics)
+                    .await;
+                ice = ice.with_fleet(Arc::clone(&relays));
+                Some((relays, conn))
+            };
             let hub = if config.redis_urls.is_empty() {
                 Backend::Local(Box::new(LocalHub::new(settings, ice, Arc::clone(&metrics))))
             } else {
@@ -177,6 +195,7 @@ mod server {
                     join_burst: config.join_burst_per_ip,
                 }),
                 send_rates: SendRates::new(config.rate_limit, config.rate_burst),
+                fleet,
                 config,
             }))
         }
@@ -207,6 +226,7 @@ mod server {
             .route("/metrics", get(metrics))
             .route("/v1/rooms/{room}", get(crate::api::room))
             .route("/v1/rooms/{room}/broadcast", post(crate::api::broadcast))
+            .route("/v1/relays", get(crate::api::relays))
             .route("/", get(crate::web::index))
             .route("/r/{room}", get(crate::web::index))
             .fallback(get(crate::web::file))
@@ -254,6 +274,20 @@ mod server {
                 }
             })
         };
+        let fleet_watcher = state.fleet.clone().map(|(relays, conn)| {
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                crate::relay_fleet::run(
+                    relays,
+                    conn,
+                    &state.hub,
+                    state.config.fleet_refresh,
+                    state.config.redis_timeout,
+                    &state.metrics,
+                )
+                .await;
+            })
+        });
         let stopped = CancellationToken::new();
         let limits = ListenerLimits {
             header_read_timeout: state.config.header_read_timeout,
@@ -274,6 +308,9 @@ mod server {
         crate::shutdown::drain(&state, "server shutting down", state.config.drain_timeout).await;
         stopped.cancel();
         sweeper.abort();
+        if let Some(watcher) = fleet_watcher {
+            watcher.abort();
+        }
         // HTTP keep-alive connections get a short while to finish; upgraded sockets are closed.
         let result = match tokio::time::timeout(Duration::from_secs(2), server).await {
             Ok(Ok(())) | Err(_) => Ok(()),

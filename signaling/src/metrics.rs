@@ -19,6 +19,11 @@ struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RelayLabel {
+    relay: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -43,6 +48,11 @@ pub struct Metrics {
     resumes: Family<ResultLabel, Counter>,
     http_requests: Family<KindLabel, Counter>,
     http_frames: Counter,
+    /// Active relays in the fleet, as this node last read it.
+    pub relay_fleet: Gauge,
+    /// Rooms of this node moved to another relay of the fleet.
+    pub relay_reassignments: Counter,
+    rooms_per_relay: Family<RelayLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -58,6 +68,24 @@ impl Default for Metrics {
         let resumes = Family::<ResultLabel, Counter>::default();
         let http_requests = Family::<KindLabel, Counter>::default();
         let http_frames = Counter::default();
+        let relay_fleet = Gauge::default();
+        let relay_reassignments = Counter::default();
+        let rooms_per_relay = Family::<RelayLabel, Gauge>::default();
+        registry.register(
+            "relay_fleet",
+            "Active relays in the fleet (relays registered in Redis)",
+            relay_fleet.clone(),
+        );
+        registry.register(
+            "relay_reassignments",
+            "Rooms of this node moved to another relay of the fleet",
+            relay_reassignments.clone(),
+        );
+        registry.register(
+            "relay_rooms",
+            "Rooms of this node per relay of the fleet",
+            rooms_per_relay.clone(),
+        );
         registry.register(
             "connections",
             "Open WebSocket connections and HTTP streams (SSE, long-poll)",
@@ -104,6 +132,9 @@ impl Default for Metrics {
             resumes,
             http_requests,
             http_frames,
+            relay_fleet,
+            relay_reassignments,
+            rooms_per_relay,
         }
     }
 }
@@ -132,6 +163,18 @@ impl Metrics {
     /// Counts frames written to an SSE stream or a long-poll reply.
     pub fn http_frames(&self, n: u64) {
         self.http_frames.inc_by(n);
+    }
+
+    /// Replaces the rooms-per-relay gauges.
+    pub fn set_rooms_per_relay(&self, counts: &std::collections::HashMap<String, u64>) {
+        self.rooms_per_relay.clear();
+        for (relay, rooms) in counts {
+            self.rooms_per_relay
+                .get_or_create(&RelayLabel {
+                    relay: relay.clone(),
+                })
+                .set(*rooms as i64);
+        }
     }
 
     /// The Prometheus text exposition.

@@ -5,19 +5,23 @@
 //! The first configured secret signs; the relay accepts any of its list, which lets secrets
 //! rotate without dropping allocations.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use ring::hmac;
 
 use crate::config::{Config, Secret};
-use crate::protocol::{IceServer, PeerId};
+use crate::protocol::{IceServer, PeerId, RoomId};
+use crate::relay_fleet::RelayFleet;
 
-/// Mints the `ice_servers` list for a peer.
+/// Mints the `ice_servers` list for a peer: the TURN URLs of its room's relay when the server
+/// knows a relay fleet with an active relay, else the static `--turn-url` list.
 #[derive(Debug, Clone)]
 pub struct IceServerMinter {
     stun_urls: Vec<String>,
     turn_urls: Vec<String>,
+    fleet: Option<Arc<RelayFleet>>,
     /// The signing secret (the first configured one); `None` when no TURN is configured.
     signing_secret: Option<Secret>,
     ttl: Duration,
@@ -29,9 +33,16 @@ impl IceServerMinter {
         Self {
             stun_urls: config.stun_urls.clone(),
             turn_urls: config.turn_urls.clone(),
+            fleet: None,
             signing_secret: config.turn_secrets.first().cloned(),
             ttl: config.turn_ttl,
         }
+    }
+
+    /// Also mints from `fleet` (cluster mode).
+    pub fn with_fleet(mut self, fleet: Arc<RelayFleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// When fresh credentials must be pushed after minting: at 80% of the TTL. `None` when no
@@ -41,11 +52,13 @@ impl IceServerMinter {
     }
 
     fn mints_credentials(&self) -> bool {
-        self.signing_secret.is_some() && !self.turn_urls.is_empty()
+        self.signing_secret.is_some() && (!self.turn_urls.is_empty() || self.fleet.is_some())
     }
 
-    /// The ICE servers for `peer`, with TURN credentials valid from `now` for the TTL.
-    pub fn mint(&self, peer: &PeerId, now: SystemTime) -> Vec<IceServer> {
+    /// The ICE servers for `peer` of `room`, with TURN credentials valid from `now` for the TTL.
+    pub fn mint(&self, peer: &PeerId, room: &RoomId, now: SystemTime) -> Vec<IceServer> {
+        let relay = self.fleet.as_ref().and_then(|fleet| fleet.relay_for(room));
+        let turn_urls = relay.map_or_else(|| self.turn_urls.clone(), |relay| relay.urls);
         let mut servers = Vec::with_capacity(2);
         if !self.stun_urls.is_empty() {
             servers.push(IceServer {
@@ -54,7 +67,7 @@ impl IceServerMinter {
                 credential: None,
             });
         }
-        if let (Some(secret), false) = (&self.signing_secret, self.turn_urls.is_empty()) {
+        if let (Some(secret), false) = (&self.signing_secret, turn_urls.is_empty()) {
             let expiry = now
                 .checked_add(self.ttl)
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -62,7 +75,7 @@ impl IceServerMinter {
             let username = format!("{expiry}:{peer}");
             let credential = turn_rest_credential(secret.expose(), &username);
             servers.push(IceServer {
-                urls: self.turn_urls.clone(),
+                urls: turn_urls,
                 username: Some(username),
                 credential: Some(credential),
             });
@@ -113,7 +126,7 @@ mod tests {
         ]);
         let minter = IceServerMinter::from_config(&config);
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let servers = minter.mint(&PeerId::from("p1"), now);
+        let servers = minter.mint(&PeerId::from("p1"), &RoomId::from("r"), now);
         assert_eq!(servers.len(), 2);
         assert_eq!(servers[0].urls, vec!["stun:127.0.0.1:3478".to_owned()]);
         assert_eq!(servers[0].username, None);
@@ -132,7 +145,7 @@ mod tests {
         let minter = IceServerMinter::from_config(&Config::parse_from(["signaling"]));
         assert!(
             minter
-                .mint(&PeerId::from("p"), SystemTime::now())
+                .mint(&PeerId::from("p"), &RoomId::from("r"), SystemTime::now())
                 .is_empty()
         );
         assert_eq!(minter.refresh_after(), None);

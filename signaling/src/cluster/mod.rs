@@ -337,7 +337,7 @@ impl ClusterHub {
             room: room.clone(),
             // Filled in by the script, which sees the room as it is.
             peers: Vec::new(),
-            ice_servers: self.ice.mint(peer, SystemTime::now()),
+            ice_servers: self.ice.mint(peer, room, SystemTime::now()),
             ping_interval_ms: self.settings.ping_interval.as_millis() as u64,
             ping_timeout_ms: self.settings.ping_timeout.as_millis() as u64,
             resume_token: cluster_token(secret, key, peer, room),
@@ -1045,7 +1045,7 @@ impl ClusterHub {
         }
         for (key, room, peer) in refresh {
             let body = to_json(&ServerMessage::IceServers {
-                ice_servers: self.ice.mint(&peer, SystemTime::now()),
+                ice_servers: self.ice.mint(&peer, &room, SystemTime::now()),
             });
             if let Err(e) = self.store.call(Op::Emit, &room, &[&sid(key), &body]).await {
                 self.store_failed("ice refresh", &e);
@@ -1053,6 +1053,32 @@ impl ClusterHub {
         }
         let st = self.lock();
         self.update_gauges(&st);
+    }
+
+    /// The rooms with a session on this node.
+    pub fn rooms(&self) -> Vec<RoomId> {
+        self.lock().rooms.keys().cloned().collect()
+    }
+
+    /// Sends fresh ICE servers to the sessions of `rooms` attached here (their relay changed;
+    /// parked sessions get the new servers in `resumed`).
+    pub async fn push_ice_servers(&self, rooms: &[RoomId]) {
+        let targets: Vec<(SessionKey, RoomId, PeerId)> = {
+            let st = self.lock();
+            st.attached
+                .iter()
+                .filter(|(_, s)| rooms.contains(&s.room))
+                .map(|(k, s)| (*k, s.room.clone(), s.peer.clone()))
+                .collect()
+        };
+        for (key, room, peer) in targets {
+            let body = to_json(&ServerMessage::IceServers {
+                ice_servers: self.ice.mint(&peer, &room, SystemTime::now()),
+            });
+            if let Err(e) = self.store.call(Op::Emit, &room, &[&sid(key), &body]).await {
+                self.store_failed("ice servers", &e);
+            }
+        }
     }
 
     /// Starts draining: refuses new sessions and tells every attached session to reconnect

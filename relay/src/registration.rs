@@ -1,0 +1,211 @@
+//! Fleet registration (`--register REDIS_URL`): the relay advertises its public URLs, region,
+//! capacity and live load (allocations, relayed bytes/s) in the shared Redis, under a lease it
+//! renews every `--node-heartbeat`. Signaling reads the fleet and gives each room one of its
+//! relays (`fleet::relays::choose`). A relay that dies drops out when its lease (`--node-lease`)
+//! runs out; one that shuts down marks itself draining before anything else (its rooms move
+//! at once) and withdraws when it stops.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fleet::link::{self, Connection, StoreError};
+use fleet::relays::{self, RelayRecord, RelayState};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::{RelayAddrs, RelayStatus};
+
+/// How long one Redis call may take.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the relay advertises about itself, and how often.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub redis_urls: Vec<String>,
+    pub id: String,
+    pub urls: Vec<String>,
+    pub region: Option<String>,
+    pub capacity: f64,
+    pub heartbeat: Duration,
+    pub lease: Duration,
+}
+
+impl FleetSettings {
+    /// From `--register` and the fleet flags; `None` when the relay does not register.
+    pub fn from_config(config: &Config, addrs: &RelayAddrs) -> Option<Self> {
+        if config.register.is_empty() {
+            return None;
+        }
+        Some(Self {
+            redis_urls: config.register.clone(),
+            id: config
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("relay-{:08x}", rand::random::<u32>())),
+            urls: if config.public_urls.is_empty() {
+                advertised_urls(config, addrs)
+            } else {
+                config.public_urls.clone()
+            },
+            region: config.region.clone(),
+            capacity: config.capacity,
+            heartbeat: config.node_heartbeat,
+            lease: config.node_lease,
+        })
+    }
+}
+
+/// The URLs of the bound listeners as clients reach them: the `--external-ip` of the
+/// listener's family if there is one, else the listener's own address (a wildcard listener
+/// uses the relay IP of its family).
+pub fn advertised_urls(config: &Config, addrs: &RelayAddrs) -> Vec<String> {
+    let host = |addr: &std::net::SocketAddr| {
+        let local = addr.ip();
+        let public = config
+            .external_ip
+            .iter()
+            .find(|e| e.public.is_ipv4() == local.is_ipv4())
+            .map(|e| e.public);
+        let ip = public.unwrap_or_else(|| {
+            if local.is_unspecified() {
+                addrs
+                    .relay_ips
+                    .iter()
+                    .copied()
+                    .find(|ip| ip.is_ipv4() == local.is_ipv4())
+                    .unwrap_or(local)
+            } else {
+                local
+            }
+        });
+        std::net::SocketAddr::new(ip, addr.port()).to_string()
+    };
+    let mut urls = Vec::new();
+    if let Some(udp) = addrs.udp.first() {
+        urls.push(format!("stun:{}", host(udp)));
+    }
+    urls.extend(
+        addrs
+            .udp
+            .iter()
+            .map(|a| format!("turn:{}?transport=udp", host(a))),
+    );
+    urls.extend(
+        addrs
+            .tcp
+            .iter()
+            .map(|a| format!("turn:{}?transport=tcp", host(a))),
+    );
+    urls.extend(
+        addrs
+            .tls
+            .iter()
+            .map(|a| format!("turns:{}?transport=tcp", host(a))),
+    );
+    urls
+}
+
+/// A registered relay. See the module docs.
+pub struct Registration {
+    settings: FleetSettings,
+    conn: Connection,
+    status: RelayStatus,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Registration {
+    /// Connects to the fleet's Redis and advertises the relay once (so it is in the fleet when
+    /// this returns).
+    pub async fn start(settings: FleetSettings, status: RelayStatus) -> Result<Self, StoreError> {
+        let (conn, _) = link::connect(&settings.redis_urls, REDIS_TIMEOUT).await?;
+        let registration = Self {
+            settings,
+            conn,
+            status,
+        };
+        registration.advertise(0).await?;
+        tracing::info!(
+            id = %registration.settings.id,
+            urls = ?registration.settings.urls,
+            "registered in the relay fleet"
+        );
+        Ok(registration)
+    }
+
+    /// This relay's id in the fleet.
+    pub fn id(&self) -> &str {
+        &self.settings.id
+    }
+
+    fn record(&self, bytes_per_sec: u64) -> RelayRecord {
+        RelayRecord {
+            id: self.settings.id.clone(),
+            urls: self.settings.urls.clone(),
+            region: self.settings.region.clone(),
+            capacity: self.settings.capacity,
+            allocations: u64::from(self.status.allocations()),
+            bytes_per_sec,
+            state: if self.status.is_draining() {
+                RelayState::Draining
+            } else {
+                RelayState::Active
+            },
+        }
+    }
+
+    async fn advertise(&self, bytes_per_sec: u64) -> Result<(), StoreError> {
+        let lease = self.settings.lease;
+        relays::advertise(
+            &self.conn,
+            &self.record(bytes_per_sec),
+            unix_ms() + lease.as_millis() as u64,
+            lease,
+            REDIS_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Renews the lease with the current load every heartbeat until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(self.settings.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = (Instant::now(), self.status.relayed_bytes());
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let (now, bytes) = (Instant::now(), self.status.relayed_bytes());
+            let elapsed = now.duration_since(last.0).as_secs_f64().max(0.001);
+            let rate = (bytes.saturating_sub(last.1) as f64 / elapsed) as u64;
+            last = (now, bytes);
+            if let Err(e) = self.advertise(rate).await {
+                tracing::warn!(error = %e, "could not renew the fleet lease");
+            }
+        }
+    }
+
+    /// Tells the fleet at once that this relay is draining (call after `begin_drain`): its
+    /// rooms move to other relays.
+    pub async fn mark_draining(&self) {
+        match self.advertise(0).await {
+            Ok(()) => tracing::info!("marked draining in the relay fleet"),
+            Err(e) => tracing::warn!(error = %e, "could not mark the relay draining"),
+        }
+    }
+
+    /// Leaves the fleet (a clean stop).
+    pub async fn withdraw(&self) {
+        if let Err(e) = relays::withdraw(&self.conn, &self.settings.id, REDIS_TIMEOUT).await {
+            tracing::warn!(error = %e, "could not leave the relay fleet");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The relay fleet as this node sees it: the relays registered in Redis (`relay --register`),
+//! refreshed every `--fleet-refresh`, and which of them serves each room
+//! (`fleet::relays::choose`: every node agrees without talking to the others, and both peers of
+//! a room get the same relay, so relayed traffic takes one relay hop instead of two).
+//!
+//! When a refresh changes the relay of a room this node serves (its relay died, drained, or a
+//! new relay took the room over), every session of that room attached here gets an
+//! `ice_servers` frame at once; the clients restart ICE on connections that used the old relay.
+//! With no active relay in the fleet, the static `--turn-url` list is used.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fleet::link::Connection;
+use fleet::relays::{RelayRecord, RelayState, choose, read_fleet};
+
+use crate::backend::Backend;
+use crate::metrics::Metrics;
+use crate::protocol::RoomId;
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct RelayFleet {
+    relays: RwLock<Arc<Vec<RelayRecord>>>,
+    region: Option<String>,
+}
+
+impl RelayFleet {
+    /// An empty fleet; `region` is this node's `--region`.
+    pub fn new(region: Option<String>) -> Self {
+        Self {
+            relays: RwLock::new(Arc::new(Vec::new())),
+            region,
+        }
+    }
+
+    /// The relays as last read.
+    pub fn snapshot(&self) -> Arc<Vec<RelayRecord>> {
+        Arc::clone(&self.relays.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The relay that serves `room` now, if the fleet has an active one.
+    pub fn relay_for(&self, room: &RoomId) -> Option<RelayRecord> {
+        let relays = self.snapshot();
+        choose(room.as_str(), &relays, self.region.as_deref()).cloned()
+    }
+
+    /// Installs a fresh read of the fleet; returns the rooms among `served` whose relay changed.
+    pub fn update(&self, relays: Vec<RelayRecord>, served: &[RoomId]) -> Vec<RoomId> {
+        let old = self.snapshot();
+        if *old == relays {
+            return Vec::new();
+        }
+        let region = self.region.as_deref();
+        let moved = served
+            .iter()
+            .filter(|room| {
+                let before = choose(room.as_str(), &old, region).map(|r| &r.id);
+                let after = choose(room.as_str(), &relays, region).map(|r| &r.id);
+                before != after
+            })
+            .cloned()
+            .collect();
+        *self.relays.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(relays);
+        moved
+    }
+
+    /// How many rooms of `served` each active relay serves (for the metrics).
+    pub fn rooms_per_relay(&self, served: &[RoomId]) -> HashMap<String, u64> {
+        let relays = self.snapshot();
+        let mut counts: HashMap<String, u64> = relays
+            .iter()
+            .filter(|r| r.state == RelayState::Active)
+            .map(|r| (r.id.clone(), 0))
+            .collect();
+        for room in served {
+            if let Some(relay) = choose(room.as_str(), &relays, self.region.as_deref()) {
+                *counts.entry(relay.id.clone()).or_default() += 1;
+            }
+        }
+        counts
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One refresh: reads the fleet and returns the rooms among `served` that moved, or `None` when
+/// Redis did not answer (the last known fleet stays in use).
+pub async fn refresh(
+    fleet: &RelayFleet,
+    conn: &Connection,
+    timeout: Duration,
+    served: &[RoomId],
+    metrics: &Metrics,
+) -> Option<Vec<RoomId>> {
+    let relays = match read_fleet(conn, unix_ms(), timeout).await {
+        Ok(relays) => relays,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read the relay fleet");
+            return None;
+        }
+    };
+    let active = relays
+        .iter()
+        .filter(|r| r.state == RelayState::Active)
+        .count();
+    let moved = fleet.update(relays, served);
+    metrics.relay_fleet.set(active as i64);
+    metrics.relay_reassignments.inc_by(moved.len() as u64);
+    metrics.set_rooms_per_relay(&fleet.rooms_per_relay(served));
+    if !moved.is_empty() {
+        tracing::info!(rooms = moved.len(), active, "relay fleet changed: rooms moved");
+    }
+    Some(moved)
+}
+
+/// Refreshes the fleet every `every` and moves the rooms whose relay changed, until aborted.
+pub async fn run(
+    fleet: Arc<RelayFleet>,
+    conn: Connection,
+    hub: &Backend,
+    every: Duration,
+    timeout: Duration,
+    metrics: &Metrics,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let served = hub.rooms();
+        if let Some(moved) = refresh(&fleet, &conn, timeout, &served, metrics).await
+            && !moved.is_empty()
+        {
+            hub.push_ice_servers(&moved).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(id: &str, state: RelayState) -> RelayRecord {
+        RelayRecord {
+            id: id.into(),
+            urls: vec![format!("turn:{id}:3478?transport=udp")],
+            region: None,
+            capacity: 1.0,
+            allocations: 0,
+            bytes_per_sec: 0,
+            state,
+        }
+    }
+
+    #[test]
+    fn an_update_reports_exactly_the_served_rooms_whose_relay_changed() {
+        let fleet = RelayFleet::new(None);
+        let rooms: Vec<RoomId> = (0..300).map(|i| RoomId(format!("r{i}"))).collect();
+        let three = vec![
+            relay("a", RelayState::Active),
+            relay("b", RelayState::Active),
+            relay("c", RelayState::Active),
+        ];
+        // From nothing to a fleet: every room gets a relay.
+        assert_eq!(fleet.update(three.clone(), &rooms).len(), 300);
+        assert!(fleet.update(three.clone(), &rooms).is_empty(), "no change");
+        let on_b: Vec<RoomId> = rooms
+            .iter()
+            .filter(|r| fleet.relay_for(r).unwrap().id == "b")
+            .cloned()
+            .collect();
+        let mut drained = three.clone();
+        drained[1].state = RelayState::Draining;
+        let moved = fleet.update(drained, &rooms);
+        assert_eq!(moved, on_b, "exactly b's rooms move");
+        assert!(rooms.iter().all(|r| fleet.relay_for(r).unwrap().id != "b"));
+        let counts = fleet.rooms_per_relay(&rooms);
+        assert_eq!(counts.values().sum::<u64>(), 300);
+        assert!(!counts.contains_key("b"));
+        // A load change alone moves nothing.
+        let mut busier = fleet.snapshot().as_ref().clone();
+        busier[0].allocations = 7;
+        assert!(fleet.update(busier, &rooms).is_empty());
+    }
+}
