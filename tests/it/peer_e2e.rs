@@ -56,6 +56,11 @@ impl Proc {
         }
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
     /// Like [`Self::wait_line`], but `None` instead of a panic when no line matches in time.
     pub(crate) fn try_wait_line(
         &mut self,

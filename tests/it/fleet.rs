@@ -1,0 +1,289 @@
+//! Relays as a fleet: three (or four) real `relay` processes registered in a real Redis, one
+//! signaling node reading the fleet. Every room gets one relay by rendezvous hashing, both peers
+//! of a room get the same one, a joining relay takes about 1/N of the rooms, and the rooms of a
+//! relay that dies or drains move at once (their sessions get `ice_servers`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use e2e::redis::RedisServer;
+use futures_util::{SinkExt as _, StreamExt as _};
+use signaling::protocol::{ServerFrame, ServerMessage};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::peer_e2e::{Proc, Signaling, start_signaling_with};
+
+/// A registered relay process and its UDP port (how the tests recognise its TURN URLs).
+pub(crate) struct FleetRelay {
+    pub(crate) proc: Proc,
+    pub(crate) port: u16,
+}
+
+/// Starts a relay that registers in `redis` as `id` (TURN secret agreed through Redis).
+pub(crate) fn start_fleet_relay(redis: &RedisServer, id: &str) -> FleetRelay {
+    let url = redis.url();
+    let mut proc = Proc::spawn(
+        "relay",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--no-tcp",
+            "--admin-listen",
+            "none",
+            "--relay-ip",
+            "127.0.0.1",
+            "--allow-loopback-peers",
+            "--register",
+            &url,
+            "--node-id",
+            id,
+            "--node-heartbeat",
+            "200ms",
+            "--node-lease",
+            "1s",
+            "--drain-timeout",
+            "30s",
+        ],
+        false,
+    );
+    let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening udp "));
+    let port = line["listening udp ".len()..]
+        .parse::<SocketAddr>()
+        .expect("relay address")
+        .port();
+    proc.wait_line(Duration::from_secs(20), |l| l == "ready");
+    FleetRelay { proc, port }
+}
+
+/// A signaling node on `redis` that re-reads the fleet every 200 ms.
+pub(crate) fn start_fleet_signaling(redis: &RedisServer) -> Signaling {
+    start_signaling_with(
+        None,
+        "127.0.0.1:0",
+        &[
+            "--redis",
+            &redis.url(),
+            "--fleet-refresh",
+            "200ms",
+            "--api-key",
+            "fleet-test-key",
+            "--join-rate-per-ip",
+            "100000",
+            "--join-burst-per-ip",
+            "100000",
+        ],
+    )
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The UDP port of the TURN URL in an `ice_servers` list.
+fn turn_port(servers: &[signaling::protocol::IceServer]) -> Option<u16> {
+    servers
+        .iter()
+        .flat_map(|s| &s.urls)
+        .find(|u| u.starts_with("turn:"))
+        .and_then(|u| u.strip_prefix("turn:"))
+        .and_then(|u| u.split('?').next())
+        .and_then(|hostport| hostport.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+}
+
+/// Joins `room`; returns the socket and the port of the relay it was given.
+async fn join(addr: SocketAddr, room: &str) -> (Ws, u16) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/{room}"))
+        .await
+        .expect("connect");
+    ws.send(Message::text(r#"{"type":"join","versions":[1]}"#))
+        .await
+        .expect("send join");
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("welcome in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(text) = message {
+            let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
+            if let ServerMessage::Welcome { session, .. } = frame.message {
+                let port = turn_port(&session.ice_servers).expect("a TURN URL from the fleet");
+                return (ws, port);
+            }
+        }
+    }
+}
+
+/// For each socket, the relay port of the first `ice_servers` it gets within `limit`; and when
+/// the last of those arrived, after `since`.
+async fn moved(
+    sockets: &mut [Ws],
+    limit: Duration,
+    since: Instant,
+) -> (Vec<Option<u16>>, Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut last = Duration::ZERO;
+    for ws in sockets.iter_mut() {
+        let mut got = None;
+        while got.is_none() {
+            let Ok(next) = tokio::time::timeout_at(deadline, ws.next()).await else {
+                break;
+            };
+            let Some(Ok(Message::Text(text))) = next else {
+                break;
+            };
+            let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
+            if let ServerMessage::IceServers { ice_servers } = frame.message {
+                got = turn_port(&ice_servers);
+                last = last.max(since.elapsed());
+            }
+        }
+        out.push(got);
+    }
+    (out, last)
+}
+
+fn share(ports: &[u16]) -> HashMap<u16, usize> {
+    let mut counts = HashMap::new();
+    for port in ports {
+        *counts.entry(*port).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn rooms_spread_over_the_fleet_and_move_when_a_relay_joins_dies_or_drains() {
+    let redis = RedisServer::start();
+    let relays: Vec<FleetRelay> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|id| start_fleet_relay(&redis, id))
+        .collect();
+    let signaling = start_fleet_signaling(&redis);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        // Spread: 300 rooms over three relays.
+        let mut sockets = Vec::new();
+        let mut ports = Vec::new();
+        for i in 0..300 {
+            let (ws, port) = join(signaling.addr, &format!("room-{i}")).await;
+            sockets.push(ws);
+            ports.push(port);
+        }
+        let counts = share(&ports);
+        assert_eq!(counts.len(), 3, "every relay serves rooms: {counts:?}");
+        let max = *counts.values().max().unwrap() as f64;
+        assert!(
+            max / 100.0 < 1.35,
+            "balance (max/mean) {}: {counts:?}",
+            max / 100.0
+        );
+        for relay in &relays {
+            assert!(counts.contains_key(&relay.port));
+        }
+        // Both peers of a room get the same relay.
+        for i in [0, 1, 2, 77, 299] {
+            let (_second, port) = join(signaling.addr, &format!("room-{i}")).await;
+            assert_eq!(port, ports[i], "room-{i}: the second peer's relay");
+            // The first peer hears of the second; skip that frame.
+            let _ = tokio::time::timeout(Duration::from_secs(2), sockets[i].next()).await;
+        }
+
+        // The fleet, as the API shows it.
+        let (status, body) = api_get(signaling.addr, "/v1/relays").await;
+        assert_eq!(status, 200, "{body}");
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let listed = view["relays"].as_array().unwrap();
+        assert_eq!(listed.len(), 3, "{body}");
+        assert!(listed.iter().all(|r| r["state"] == "active"), "{body}");
+        let rooms_here: u64 = listed
+            .iter()
+            .map(|r| r["rooms_here"].as_u64().unwrap())
+            .sum();
+        assert_eq!(rooms_here, 300);
+
+        // Join: a fourth relay takes about a quarter of the rooms, and only those move.
+        let fourth = start_fleet_relay(&redis, "r4");
+        let started = Instant::now();
+        let (moves, took) = moved(&mut sockets, Duration::from_secs(3), started).await;
+        let to_fourth = moves.iter().filter(|m| **m == Some(fourth.port)).count();
+        assert_eq!(
+            moves.iter().flatten().count(),
+            to_fourth,
+            "rooms only move to the new relay"
+        );
+        let fraction = to_fourth as f64 / 300.0;
+        assert!((0.15..0.35).contains(&fraction), "moved {fraction}");
+        eprintln!("relay join: {to_fourth}/300 rooms moved, the last {took:?} after the start");
+        for (i, m) in moves.iter().enumerate() {
+            if let Some(port) = m {
+                ports[i] = *port;
+            }
+        }
+
+        // Death: kill -9 the fourth relay; its rooms go back when its lease (1 s) runs out.
+        let fourth_rooms: Vec<usize> = (0..300).filter(|i| ports[*i] == fourth.port).collect();
+        let started = Instant::now();
+        drop(fourth);
+        let (moves, elapsed) = moved(&mut sockets, Duration::from_secs(4), started).await;
+        for (i, m) in moves.iter().enumerate() {
+            if fourth_rooms.contains(&i) {
+                let port = m.unwrap_or_else(|| panic!("room-{i} was not moved off the dead relay"));
+                assert_ne!(port, ports[i]);
+                ports[i] = port;
+            } else {
+                assert_eq!(*m, None, "room-{i} moved though its relay lives");
+            }
+        }
+        eprintln!(
+            "relay death: {} rooms moved, the last {elapsed:?} after kill -9 (lease 1 s)",
+            fourth_rooms.len()
+        );
+
+        // Drain: SIGTERM marks the relay draining first: its rooms move at once.
+        let victim = &relays[0];
+        let victim_rooms: Vec<usize> = (0..300).filter(|i| ports[*i] == victim.port).collect();
+        let started = Instant::now();
+        let rc = unsafe { libc::kill(victim.proc.pid() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0);
+        let (moves, took) = moved(&mut sockets, Duration::from_secs(3), started).await;
+        for (i, m) in moves.iter().enumerate() {
+            if victim_rooms.contains(&i) {
+                let port =
+                    m.unwrap_or_else(|| panic!("room-{i} was not moved off the draining relay"));
+                assert_ne!(port, victim.port);
+            } else {
+                assert_eq!(*m, None, "room-{i} moved though its relay is not draining");
+            }
+        }
+        eprintln!(
+            "relay drain: {} rooms moved, the last {took:?} after SIGTERM",
+            victim_rooms.len()
+        );
+        // Draining with no allocation left, it has already stopped and left the fleet.
+        let (_, body) = api_get(signaling.addr, "/v1/relays").await;
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            view["relays"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["id"] != "r1" || r["state"] == "draining"),
+            "{body}"
+        );
+    });
+}
+
+/// `GET path` with the test's API key: (status, body).
+async fn api_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = e2e::signaling_http::http_request(
+        addr,
+        "GET",
+        path,
+        &[("Authorization", "Bearer fleet-test-key")],
+        "",
+    )
+    .await;
+    (status, body)
+}
