@@ -116,33 +116,37 @@ async fn join(addr: SocketAddr, room: &str) -> (Ws, u16) {
 }
 
 /// For each socket, the relay port of the first `ice_servers` it gets within `limit`; and when
-/// the last of those arrived, after `since`.
+/// the last of those arrived, after `since` (the sockets are read concurrently).
 async fn moved(
     sockets: &mut [Ws],
     limit: Duration,
     since: Instant,
 ) -> (Vec<Option<u16>>, Duration) {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut out = Vec::new();
-    let mut last = Duration::ZERO;
-    for ws in sockets.iter_mut() {
-        let mut got = None;
-        while got.is_none() {
-            let Ok(next) = tokio::time::timeout_at(deadline, ws.next()).await else {
-                break;
-            };
-            let Some(Ok(Message::Text(text))) = next else {
-                break;
+    let reads = sockets.iter_mut().map(|ws| async move {
+        loop {
+            let Ok(Some(Ok(Message::Text(text)))) =
+                tokio::time::timeout_at(deadline, ws.next()).await
+            else {
+                return None;
             };
             let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
             if let ServerMessage::IceServers { ice_servers } = frame.message {
-                got = turn_port(&ice_servers);
-                last = last.max(since.elapsed());
+                return Some((turn_port(&ice_servers)?, since.elapsed()));
             }
         }
-        out.push(got);
-    }
-    (out, last)
+    });
+    let results = futures_util::future::join_all(reads).await;
+    let last = results
+        .iter()
+        .flatten()
+        .map(|(_, at)| *at)
+        .max()
+        .unwrap_or_default();
+    (
+        results.iter().map(|r| r.map(|(port, _)| port)).collect(),
+        last,
+    )
 }
 
 fn share(ports: &[u16]) -> HashMap<u16, usize> {
