@@ -853,6 +853,8 @@ struct LatencyResult {
     sent: u64,
     received: u64,
     cpu_percent: f64,
+    /// Server CPU time per delivered signal, microseconds.
+    cpu_us_per_signal: f64,
     /// HTTP requests (all kinds, server's count) per delivered signal.
     http_per_signal: Option<f64>,
     /// Long-poll: the receivers' polls per frame they received.
@@ -988,6 +990,7 @@ async fn latency_run(transport: Transport, args: &Args) -> Result<LatencyResult,
         sent,
         received,
         cpu_percent: 100.0 * cpu / window,
+        cpu_us_per_signal: 1e6 * cpu / received.max(1) as f64,
         http_per_signal: (transport != Transport::WebSocket)
             .then(|| ratio(metrics1.http_requests - metrics0.http_requests, received))
             .flatten(),
@@ -1147,7 +1150,7 @@ fn table(rows: &[(String, Vec<String>)], transports: &[Transport]) -> String {
         row
     }));
     let widths: Vec<usize> = (0..all[0].len())
-        .map(|c| all.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .map(|c| all.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for (i, row) in all.iter().enumerate() {
@@ -1221,61 +1224,75 @@ async fn main() {
             latency.cpu_percent
         );
         let idle = if args.idle > 0 {
-            idle_run(transport, &args).await
+            let idle = idle_run(transport, &args).await;
+            println!(
+                "{}: {} idle sessions held ({} streams open), RSS {} -> {} KiB, {:.1} KiB per session",
+                transport.name(),
+                idle.held,
+                idle.streams,
+                idle.base_kib,
+                idle.idle_kib,
+                idle.per_session_kib()
+            );
+            Some(idle)
         } else {
-            IdleResult::default()
+            None
         };
-        println!(
-            "{}: {} idle sessions held ({} streams open), RSS {} -> {} KiB, {:.1} KiB per session",
-            transport.name(),
-            idle.held,
-            idle.streams,
-            idle.base_kib,
-            idle.idle_kib,
-            idle.per_session_kib()
-        );
         results.push((latency, idle));
     }
-    let row = |name: &str, cell: &dyn Fn(&LatencyResult, &IdleResult) -> String| {
+    let row = |name: &str, cell: &dyn Fn(&LatencyResult) -> String| {
         (
             name.to_owned(),
-            results.iter().map(|(l, i)| cell(l, i)).collect::<Vec<_>>(),
+            results.iter().map(|(l, _)| cell(l)).collect::<Vec<_>>(),
+        )
+    };
+    // The idle figures, "-" without an idle run.
+    let idle_row = |name: &str, cell: &dyn Fn(&IdleResult) -> String| {
+        (
+            name.to_owned(),
+            results
+                .iter()
+                .map(|(_, i)| i.as_ref().map_or("-".to_owned(), cell))
+                .collect::<Vec<_>>(),
         )
     };
     let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
     let rows = vec![
         row(
             &format!("relay latency p50 at {:.0} msg/s (ms)", args.rate),
-            &|l, _| format!("{:.3}", l.p50_ms),
+            &|l| format!("{:.3}", l.p50_ms),
         ),
-        row("relay latency p99 (ms)", &|l, _| format!("{:.3}", l.p99_ms)),
-        row("relay latency max (ms)", &|l, _| format!("{:.1}", l.max_ms)),
-        row("signals sent / received", &|l, _| {
+        row("relay latency p99 (ms)", &|l| format!("{:.3}", l.p99_ms)),
+        row("relay latency max (ms)", &|l| format!("{:.1}", l.max_ms)),
+        row("signals sent / received", &|l| {
             format!("{} / {}", l.sent, l.received)
         }),
-        row("server CPU during traffic (% of a core)", &|l, _| {
+        row("server CPU during traffic (% of a core)", &|l| {
             format!("{:.0}", l.cpu_percent)
         }),
-        row("HTTP requests per delivered signal", &|l, _| {
+        row("server CPU per delivered signal (µs)", &|l| {
+            format!("{:.0}", l.cpu_us_per_signal)
+        }),
+        row("HTTP requests per delivered signal", &|l| {
             opt(l.http_per_signal)
         }),
-        row("polls per delivered frame (client)", &|l, _| {
+        row("polls per delivered frame (client)", &|l| {
             opt(l.polls_per_frame_client)
         }),
-        row("polls per frame (server /metrics)", &|l, _| {
+        row("polls per frame (server /metrics)", &|l| {
             opt(l.polls_per_frame_server)
         }),
-        row("idle sessions held (streams open)", &|_, i| {
+        idle_row("idle sessions held (streams open)", &|i| {
             format!("{} ({})", i.held, i.streams)
         }),
-        row("server RSS empty -> idle (MiB)", &|_, i| {
+        idle_row("server RSS empty -> idle (MiB)", &|i| {
             format!(
                 "{:.1} -> {:.1}",
                 i.base_kib as f64 / 1024.0,
                 i.idle_kib as f64 / 1024.0
             )
         }),
-        row("RSS per idle session (KiB)", &|_, i| {
+        idle_row("RSS per idle session (KiB)", &|i| {
             format!("{:.1}", i.per_session_kib())
         }),
     ];
