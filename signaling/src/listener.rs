@@ -9,11 +9,13 @@
 //! - at start-up, a warning when `ulimit -n` is below what `--max-connections` needs.
 //!
 //! Upgraded WebSockets leave this count: they are bounded by `--max-connections` and the
-//! per-address limits in [`crate::ws`].
+//! per-address limits in [`crate::ws`]. So do connections while they carry a long-lived HTTP
+//! stream (an SSE stream, a pending long-poll): the handler borrows the connection's
+//! [`HttpSlot`] for the stream's length, and the stream counts as a connection instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -33,12 +35,45 @@ pub struct ListenerLimits {
     pub max_http_connections: usize,
 }
 
+/// A connection's place in the `--max-http-connections` count, held until it is upgraded or
+/// closed. Handlers find it in the request's extensions.
+#[derive(Clone)]
+pub struct HttpSlot {
+    pending: Arc<AtomicUsize>,
+    /// Whether the connection is counted now (false while a stream borrows the slot).
+    counted: Arc<AtomicBool>,
+}
+
+impl HttpSlot {
+    /// Takes the connection out of the count until the loan is dropped (a long-lived stream,
+    /// which `--max-connections` counts meanwhile).
+    pub fn lend(&self) -> SlotLoan {
+        if self.counted.swap(false, Ordering::AcqRel) {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        SlotLoan(self.clone())
+    }
+}
+
+/// See [`HttpSlot::lend`].
+pub struct SlotLoan(HttpSlot);
+
+impl Drop for SlotLoan {
+    fn drop(&mut self) {
+        if !self.0.counted.swap(true, Ordering::AcqRel) {
+            self.0.pending.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Counts a connection until it is upgraded or closed.
-struct Pending(Arc<AtomicUsize>);
+struct Pending(HttpSlot);
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.counted.swap(false, Ordering::AcqRel) {
+            self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -74,7 +109,10 @@ pub async fn serve(
             drop(tcp);
             continue;
         }
-        let guard = Pending(Arc::clone(&pending));
+        let guard = Pending(HttpSlot {
+            pending: Arc::clone(&pending),
+            counted: Arc::new(AtomicBool::new(true)),
+        });
         // Signaling frames are small and latency-bound: no Nagle delay.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -93,8 +131,10 @@ async fn serve_connection(
     guard: Pending,
     stop: CancellationToken,
 ) {
+    let slot = guard.0.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(slot.clone());
         router.clone().oneshot(request)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -114,7 +114,11 @@ pub async fn refresh(
     metrics.relay_reassignments.inc_by(moved.len() as u64);
     metrics.set_rooms_per_relay(&fleet.rooms_per_relay(served));
     if !moved.is_empty() {
-        tracing::info!(rooms = moved.len(), active, "relay fleet changed: rooms moved");
+        tracing::info!(
+            rooms = moved.len(),
+            active,
+            "relay fleet changed: rooms moved"
+        );
     }
     Some(moved)
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::Utf8Bytes;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
@@ -24,6 +24,7 @@ use crate::client_ip::{IpSlot, client_ip};
 use crate::cluster::inbox::frame_seq;
 use crate::error::RequestError;
 use crate::hub::{ConnId, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey};
+use crate::listener::{HttpSlot, SlotLoan};
 use crate::protocol::{ErrorCode, LeaveReason, SUPPORTED_VERSIONS, http};
 use crate::ws::origin_allowed;
 
@@ -39,6 +40,8 @@ struct StreamSession {
     /// Frames after the client's position, to write before the queue's.
     replay: Vec<Utf8Bytes>,
     _ip_slot: IpSlot,
+    /// The connection is out of `--max-http-connections` while the stream counts as one.
+    _http_slot: Option<SlotLoan>,
     detached: bool,
 }
 
@@ -68,6 +71,7 @@ impl Drop for StreamSession {
 /// The checks of a stream request (origin, connection limits), then the quiet resume.
 async fn attach(
     app: &Arc<AppState>,
+    http_slot: Option<&HttpSlot>,
     peer: SocketAddr,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
@@ -117,6 +121,7 @@ async fn attach(
         rx,
         replay: attached.replay,
         _ip_slot: ip_slot,
+        _http_slot: http_slot.map(HttpSlot::lend),
         detached: false,
     })
 }
@@ -144,13 +149,17 @@ fn position(query: &HashMap<String, String>, headers: &HeaderMap) -> Result<u64,
 /// `GET /http/events?session=S`: the session's frames as Server-Sent Events.
 pub async fn events(
     State(app): State<Arc<AppState>>,
+    http_slot: Option<Extension<HttpSlot>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     app.metrics.http_request("events");
     let session = match position(&query, &headers) {
-        Ok(last_seq) => attach(&app, peer, &query, &headers, last_seq).await,
+        Ok(last_seq) => {
+            let slot = http_slot.as_ref().map(|Extension(slot)| slot);
+            attach(&app, slot, peer, &query, &headers, last_seq).await
+        }
         Err(error) => Err(error),
     };
     let session = match session {
@@ -272,6 +281,7 @@ fn gather(app: &AppState, rx: &mut OutboundRx, out: Option<Outbound>) -> Next {
 /// `GET /http/poll?session=S&last_seq=N`: the frames after N as soon as there are any.
 pub async fn poll(
     State(app): State<Arc<AppState>>,
+    http_slot: Option<Extension<HttpSlot>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -282,7 +292,8 @@ pub async fn poll(
         Some(Err(error)) => return refusal(&app, error),
         None => 0,
     };
-    let mut session = match attach(&app, peer, &query, &headers, last_seq).await {
+    let slot = http_slot.as_ref().map(|Extension(slot)| slot);
+    let mut session = match attach(&app, slot, peer, &query, &headers, last_seq).await {
         Ok(session) => session,
         Err(error) => return refusal(&app, error),
     };

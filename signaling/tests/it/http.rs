@@ -569,3 +569,53 @@ async fn an_sse_reader_that_stops_reading_is_cut_off_not_buffered() {
         reply.body
     );
 }
+
+#[tokio::test]
+async fn open_streams_do_not_use_up_the_http_connection_cap() {
+    // SSE streams and pending polls count as connections (--max-connections), not as HTTP
+    // connections still sending their request (--max-http-connections, the slowloris cap).
+    let server = Server::start(&["--max-http-connections", "8", "--poll-timeout", "20s"]);
+    let mut streams = Vec::new();
+    let mut polls = Vec::new();
+    for i in 0..20 {
+        let session = http_client::open(server.addr, "many", &http_client::join(&format!("p{i}")))
+            .await
+            .expect("open");
+        if i % 2 == 0 {
+            let mut sse = Sse::connect(server.addr, &session, None).await;
+            assert_eq!(sse.status, 200, "stream {i}");
+            let _welcome = sse.frame().await;
+            streams.push(sse);
+        } else {
+            // Drain the welcome and peer_joined frames, then leave a poll pending.
+            let first = http_client::poll(server.addr, &session, 0).await;
+            let last = first.frames.last().unwrap().seq;
+            let addr = server.addr;
+            polls.push(tokio::spawn(async move {
+                crate::support::http_get(
+                    addr,
+                    &format!("/http/poll?session={session}&last_seq={last}"),
+                )
+                .await
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Ten streams (the polls may have returned with other peers' arrivals): past the cap of 8.
+    assert!(server.metric("signaling_connections").await >= 10);
+    // Still serving: metrics, a WebSocket join, a new open.
+    let (_client, _) = Client::join(&server.ws_first("/ws/many-ws"), None).await;
+    http_client::open(server.addr, "many", &http_client::join("late"))
+        .await
+        .expect("a new open is served");
+    assert_eq!(
+        server
+            .metric("signaling_http_connections_refused_total")
+            .await,
+        0
+    );
+    drop(streams);
+    for poll in polls {
+        poll.abort();
+    }
+}
