@@ -14,8 +14,12 @@
 //
 // Test hooks: `window.__demo` (state, actions) and data attributes on <body>
 // (data-signaling, data-transport, data-media, data-peers, data-connected), on
-// #signaling-transport (data-transport: websocket | sse | long-poll) and on each remote tile
-// (data-peer-id, data-state).
+// #signaling-transport (data-transport: websocket | sse | long-poll), on each remote tile
+// (data-peer-id, data-state) and on each connection panel entry (data-peer-id, data-state,
+// data-path, data-relay: HOST:PORT of the TURN server our side relays through, or empty).
+// `window.__demo.events` records every ICE restart ({ type: 'ice-restart', id, reason }; reason
+// 'relay moved' when the room's relay changed under a relayed pair) and `__demo.peers()` gives
+// each peer's `relayMoves` count.
 
 import { WebRTCRoom } from './webrtc-room.js';
 import { TRANSPORTS } from './signaling-client.js';
@@ -51,6 +55,7 @@ const demo = {
     return [...(this.room?.peers.values() || [])].map((p) => ({
       id: p.id, name: p.name, polite: p.polite, state: p.state,
       channels: p.channels.filter((c) => c.readyState === 'open').map((c) => c._label),
+      relayMoves: p.relayMoves,
     }));
   },
   async stats() {
@@ -437,6 +442,11 @@ room.addEventListener('message', (e) => {
     canvas.receive(label, peer, data);
   }
 });
+room.addEventListener('ice-restart', (e) => {
+  const { peer, reason } = e.detail;
+  note({ type: 'ice-restart', id: peer.id, reason });
+  if (reason === 'relay moved') systemLine(`The relay changed: reconnecting to ${peer.name} through the new one`);
+});
 room.addEventListener('log', (e) => {
   note({ type: 'log', level: e.detail.level, message: e.detail.message });
   if (e.detail.level === 'warn') console.warn(e.detail.message);
@@ -486,7 +496,9 @@ async function refreshStats() {
     c.querySelector('.c-proto').textContent = d.protocol;
     c.querySelector('.c-rtt').textContent = d.rtt;
     c.querySelector('.c-bytes').textContent = d.bytes;
+    c.querySelector('.c-relay').textContent = d.relay;
     c.dataset.path = d.pathKey;
+    c.dataset.relay = d.relayKey;
     c.title = d.addresses;
     t.tile.dataset.path = d.route;
   }

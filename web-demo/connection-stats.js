@@ -4,7 +4,9 @@
 /**
  * @param {import('./webrtc-room.js').ConnectionInfo} info
  * @returns {{ path: string, pathKey: string, protocol: string, rtt: string, bytes: string,
- *             addresses: string, route: ''|'direct'|'relay' }}
+ *             addresses: string, route: ''|'direct'|'relay', relay: string, relayKey: string }}
+ * `relay`: the TURN server in use on our side (`HOST:PORT`), "peer's" when only the other side
+ * relays, "none" for a direct pair; `relayKey`: our TURN server's `HOST:PORT`, or ''.
  */
 export function describeConnection(info) {
   const selected = !!info.localType;
@@ -18,6 +20,10 @@ export function describeConnection(info) {
     bytes: selected ? `${formatBytes(info.bytesSent)} / ${formatBytes(info.bytesReceived)}` : '–',
     addresses: info.localAddress ? `${info.localAddress} ↔ ${info.remoteAddress}` : '',
     route: info.localType === 'relay' || info.remoteType === 'relay' ? 'relay' : selected ? 'direct' : '',
+    relay: !selected ? '–'
+      : info.localType === 'relay' ? info.relayServer || 'unknown'
+        : info.remoteType === 'relay' ? 'peer\'s' : 'none',
+    relayKey: info.localType === 'relay' ? info.relayServer || '' : '',
   };
 }
 

@@ -34,6 +34,10 @@ export interface ConnectionInfo {
   remoteType: 'host' | 'srflx' | 'prflx' | 'relay' | null;
   protocol?: 'udp' | 'tcp' | null;
   relayProtocol?: 'udp' | 'tcp' | 'tls' | null;
+  /** For a relayed local candidate: the TURN URL it was allocated through (RTCIceCandidateStats.url). */
+  relayUrl?: string | null;
+  /** `HOST:PORT` of that TURN server. */
+  relayServer?: string | null;
   localAddress?: string | null;
   remoteAddress?: string | null;
   rttMs?: number | null;
@@ -52,9 +56,17 @@ export declare class RemotePeer {
   readonly pc: RTCPeerConnection;
   readonly channels: RTCDataChannel[];
   readonly remoteStream: MediaStream | null;
+  /** ICE restarts since the connection was last connected. */
+  readonly iceRestarts: number;
+  /** ICE restarts because the room's relay moved away from under this connection (never reset). */
+  readonly relayMoves: number;
+  /** The TURN URLs of the configuration in effect. */
+  readonly turnUrls: string[];
   send(label: string, data: string | ArrayBuffer | ArrayBufferView | Blob): boolean;
   isOpen(label: string): boolean;
   restartIce(reason: string): void;
+  /** Applies the signaling client's current ICE servers; restarts ICE if the relay moved (see relayMoved). */
+  applyFreshIceServers(): Promise<void>;
   connectionInfo(): Promise<ConnectionInfo | null>;
   receiveSignal(signal: Signal): Promise<void>;
 }
@@ -66,6 +78,8 @@ export interface WebRTCRoomEventMap {
   'channel-open': CustomEvent<{ peer: RemotePeer; label: string }>;
   message: CustomEvent<{ peer: RemotePeer; label: string; data: string | ArrayBuffer }>;
   track: CustomEvent<{ peer: RemotePeer; track: MediaStreamTrack; stream: MediaStream }>;
+  /** An ICE restart towards a peer began; reason 'relay moved' when the room's relay changed under a relayed pair. */
+  'ice-restart': CustomEvent<{ peer: RemotePeer; reason: string }>;
   signaling: CustomEvent<StateDetail>;
   log: CustomEvent<{ level: 'info' | 'warn'; message: string }>;
 }
@@ -87,5 +101,24 @@ export declare class WebRTCRoom extends EventTarget {
   addEventListener<K extends keyof WebRTCRoomEventMap>(type: K, listener: (ev: WebRTCRoomEventMap[K]) => void, options?: boolean | AddEventListenerOptions): void;
   addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
 }
+
+/** The TURN URLs (turn:, turns:) of RTCIceServer objects: sorted, without duplicates. */
+export declare function turnUrls(iceServers: readonly RTCIceServer[] | null | undefined): string[];
+/** The server a turn:/turns: URL names (host lower case, without IPv6 brackets; default ports), or null. */
+export declare function turnServer(url: string | null | undefined): { host: string; port: number } | null;
+/** `HOST:PORT` of a TURN URL (IPv6 in brackets), or null. */
+export declare function turnServerAddress(url: string | null | undefined): string | null;
+/**
+ * Whether a connection restarts ICE when the TURN URLs change from `before` to `after`: not for
+ * the same URLs; for a relayed local candidate whose TURN server (`relayUrl`, by host:port) is no
+ * longer listed or unknown; not for a direct one; without a selected pair only if `pathLost`.
+ */
+export declare function relayMoved(
+  before: readonly string[],
+  after: readonly string[],
+  localType: ConnectionInfo['localType'],
+  relayUrl: string | null,
+  pathLost?: boolean,
+): boolean;
 
 export type { PeerInfo };

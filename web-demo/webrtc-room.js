@@ -4,7 +4,8 @@
 // negotiation" (the W3C/MDN pattern: makingOffer / ignoreOffer / implicit rollback) with the
 // politeness the server assigned to the pair, trickles ICE candidates both ways (candidates that
 // arrive before the remote description are queued), restarts ICE when the connection fails,
-// applies fresh TURN credentials from the server, and can force relay-only (TURN) transport.
+// applies fresh ICE servers from the server (new TURN credentials, or a move of the room to
+// another relay: see `relayMoved`), and can force relay-only (TURN) transport.
 //
 //   import { WebRTCRoom } from './webrtc-room.js';
 //   const room = new WebRTCRoom('wss://example.org/ws', { room: 'demo', name: 'Ada', localStream });
@@ -28,6 +29,8 @@
 //   channel-open  { peer, label }
 //   message       { peer, label, data }
 //   track         { peer, track, stream }
+//   ice-restart   { peer, reason }         an ICE restart towards a peer began (reason 'relay moved':
+//                                          the room's relay changed under a relayed pair)
 //   signaling     { state, ... }           the SignalingClient's state events, forwarded
 //   log           { level, message }
 
@@ -38,6 +41,67 @@ export const DEFAULT_CHANNELS = Object.freeze([
   { label: 'canvas', init: { ordered: false } },
   { label: 'cursor', init: { ordered: false, maxRetransmits: 0 } },
 ]);
+
+/** The TURN URLs (`turn:`, `turns:`) of RTCIceServer objects: sorted, without duplicates. */
+export function turnUrls(iceServers) {
+  const urls = new Set();
+  for (const server of iceServers || []) {
+    for (const url of [].concat(server.urls || [])) {
+      if (/^turns?:/i.test(url)) urls.add(url);
+    }
+  }
+  return [...urls].sort();
+}
+
+/**
+ * The server a `turn:`/`turns:` URL names (RFC 7065: `turn[s]:HOST[:PORT][?transport=T]`):
+ * `{ host, port }` (host without IPv6 brackets, lower case; port defaulting to 3478 / 5349),
+ * or null for anything else.
+ */
+export function turnServer(url) {
+  const m = /^(turns?):(?:\[([^\]]+)\]|([^:?[\]]+))(?::(\d+))?(?:\?.*)?$/i.exec(String(url || ''));
+  if (!m) return null;
+  const port = m[4] ? Number(m[4]) : m[1].toLowerCase() === 'turns' ? 5349 : 3478;
+  if (!(port > 0 && port < 65536)) return null;
+  return { host: (m[2] || m[3]).toLowerCase(), port };
+}
+
+/** `HOST:PORT` of a TURN URL (IPv6 in brackets), or null. */
+export function turnServerAddress(url) {
+  const s = turnServer(url);
+  if (!s) return null;
+  return s.host.includes(':') ? `[${s.host}]:${s.port}` : `${s.host}:${s.port}`;
+}
+
+/** Whether two lists hold the same URLs (order and duplicates aside). */
+function sameUrls(a, b) {
+  const x = new Set(a || []);
+  const y = new Set(b || []);
+  return x.size === y.size && [...x].every((url) => y.has(url));
+}
+
+/**
+ * Whether a connection restarts ICE when the TURN URLs change from `before` to `after` (both as
+ * `turnUrls`), the rule of docs/protocol.md (`ice_servers`):
+ * - same URLs (a credential refresh): no (see `applyFreshIceServers` for what happens then);
+ * - the selected pair's local candidate is relayed (`localType` 'relay'): yes when its TURN
+ *   server (`relayUrl`, the candidate stats' `url`; compared by host:port) is not named by any
+ *   URL of `after`, or is unknown;
+ * - a direct local candidate (host, srflx, prflx): no;
+ * - no selected pair: yes only if the connection had connected and lost its path (`pathLost`:
+ *   its restarts so far gathered on the old servers, likely the relay that went away).
+ */
+export function relayMoved(before, after, localType, relayUrl, pathLost = false) {
+  if (sameUrls(before, after)) return false;
+  if (!localType) return !!pathLost;
+  if (localType !== 'relay') return false;
+  const server = turnServer(relayUrl);
+  if (!server) return true;
+  return !(after || []).some((url) => {
+    const listed = turnServer(url);
+    return listed && listed.port === server.port && listed.host === server.host;
+  });
+}
 
 const ROOM_DEFAULTS = Object.freeze({
   room: undefined,
@@ -193,7 +257,12 @@ export class RemotePeer {
     /** 'connecting'|'connected'|'reconnecting'|'unreachable'|'closed' */
     this.state = 'connecting';
     this.remoteStream = null;
+    /** ICE restarts since the connection was last connected (drives the retry backoff). */
     this.iceRestarts = 0;
+    /** ICE restarts because the room's relay moved away from under this connection (never reset). */
+    this.relayMoves = 0;
+    /** The TURN URLs of the configuration in effect (`turnUrls`). */
+    this.turnUrls = [];
     this.connectedAt = 0;
     this.createdAt = Date.now();
     /** @type {RTCDataChannel[]} */
@@ -209,8 +278,10 @@ export class RemotePeer {
   }
 
   start() {
-    const pc = new RTCPeerConnection(this.room.rtcConfiguration());
+    const config = this.room.rtcConfiguration();
+    const pc = new RTCPeerConnection(config);
     this.pc = pc;
+    this.turnUrls = turnUrls(config.iceServers);
     pc.onnegotiationneeded = () => this._negotiate();
     pc.onicecandidate = ({ candidate }) => {
       if (candidate && candidate.candidate) {
@@ -264,27 +335,53 @@ export class RemotePeer {
     this._restartPending = true;
     this.iceRestarts += 1;
     this.pc.restartIce();
+    this.room._emit('ice-restart', { peer: this, reason });
   }
 
   applyConfiguration() {
     if (!this.pc || this.pc.signalingState === 'closed') return;
+    const config = this.room.rtcConfiguration();
     try {
-      this.pc.setConfiguration(this.room.rtcConfiguration());
+      this.pc.setConfiguration(config);
+      this.turnUrls = turnUrls(config.iceServers);
     } catch (err) {
       this.room._log('warn', `setConfiguration failed: ${err.message}`);
     }
   }
 
   /**
-   * New TURN credentials arrived. New allocations use them at once; an established relay path
-   * is moved onto fresh allocations with an ICE restart (the impolite side does it), since the
-   * old credentials will stop refreshing the old allocations when they expire.
+   * Fresh ICE servers arrived (`ice_servers`, or after welcome/resumed); they are applied at
+   * once (new allocations use them).
+   *
+   * Same TURN URLs: new TURN credentials. An established relay path is moved onto fresh
+   * allocations with an ICE restart (the impolite side does it), since the old credentials
+   * will stop refreshing the old allocations when they expire.
+   *
+   * Other TURN URLs: the room moved to another relay (its relay died or drains). A connection
+   * whose selected pair is relayed through a TURN server no longer listed restarts ICE at once
+   * ('relay moved', counted in `relayMoves`); direct pairs are left alone (`relayMoved`).
    */
   async applyFreshIceServers() {
+    const before = this.turnUrls;
     this.applyConfiguration();
-    if (this.polite || this.state !== 'connected') return;
+    const after = this.turnUrls;
+    if (!this.pc || this.state === 'closed') return;
+    if (sameUrls(before, after)) {
+      if (this.polite || this.state !== 'connected') return;
+      const info = await this.connectionInfo().catch(() => null);
+      if (info && info.localType === 'relay') this.restartIce('fresh TURN credentials');
+      return;
+    }
     const info = await this.connectionInfo().catch(() => null);
-    if (info && info.localType === 'relay') this.restartIce('fresh TURN credentials');
+    const pathLost = this.connectedAt > 0 && this.state !== 'connected';
+    const restart = relayMoved(before, after, info?.localType ?? null, info?.relayUrl ?? null, pathLost);
+    this.room._log('info', `TURN servers changed for ${this.name} (${before.join(' ') || 'none'} -> ${after.join(' ') || 'none'}); `
+      + `selected local candidate ${info?.localType ?? 'none'}${info?.relayUrl ? ` via ${info.relayUrl}` : ''}: ${restart ? 'restarting ICE' : 'left alone'}`);
+    if (!restart || this.state === 'closed') return;
+    this.relayMoves += 1;
+    this.restartIce('relay moved');
+    // Give the restart time before the watchdog's own retries (which would interrupt it).
+    this._nextRestartAt = Math.max(this._nextRestartAt, Date.now() + this.room.options.iceRestartDelayMs);
   }
 
   async setLocalStream(stream) {
@@ -299,8 +396,11 @@ export class RemotePeer {
 
   /**
    * A snapshot of the selected candidate pair and media counters from getStats():
-   * { localType, remoteType, protocol, relayProtocol, localAddress, remoteAddress, rttMs,
-   *   bytesSent, bytesReceived, framesDecoded, frameWidth, frameHeight }
+   * { localType, remoteType, protocol, relayProtocol, relayUrl, relayServer, localAddress,
+   *   remoteAddress, rttMs, bytesSent, bytesReceived, framesDecoded, frameWidth, frameHeight }
+   * `relayUrl` / `relayServer`: for a relayed local candidate, the TURN URL it was allocated
+   * through (RTCIceCandidateStats.url, e.g. `turn:192.0.2.1:3478?transport=udp`) and its
+   * `HOST:PORT`; null otherwise.
    */
   async connectionInfo() {
     const pc = this.pc;
@@ -320,6 +420,8 @@ export class RemotePeer {
         remoteType: remote.candidateType ?? null,
         protocol: local.protocol ?? null,
         relayProtocol: local.relayProtocol ?? null,
+        relayUrl: local.candidateType === 'relay' ? local.url ?? null : null,
+        relayServer: local.candidateType === 'relay' ? turnServerAddress(local.url) : null,
         localAddress: local.address != null ? `${local.address}:${local.port}` : null,
         remoteAddress: remote.address != null ? `${remote.address}:${remote.port}` : null,
         rttMs: pair.currentRoundTripTime != null ? Math.round(pair.currentRoundTripTime * 10000) / 10 : null,

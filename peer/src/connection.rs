@@ -4,9 +4,11 @@
 //! ([`crate::negotiation`]) to the signals the room routes to it: it answers offers (rolling
 //! back its own when polite), applies answers, queues early candidates, trickles its own
 //! candidates (and end-of-candidates) back, restarts ICE when the connection fails, and picks
-//! up fresh ICE servers. Data channels it creates or receives get a reader task each
+//! up fresh ICE servers, restarting ICE when the room's relay moved away from under a relayed
+//! pair ([`crate::ice_servers`]). Data channels it creates or receives get a reader task each
 //! ([`crate::channel`]).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,23 +17,26 @@ use tokio::sync::{mpsc, oneshot};
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState,
-    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceConnectionState,
+    RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder,
+    StatsSelector,
 };
 
 use crate::channel::{ChannelKind, ChannelRegistry, RemoteId, read_remote, spawn_reader};
 use crate::error::Result;
+use crate::ice_servers::{relay_moved, turn_urls};
 use crate::negotiation::{CandidateDecision, Negotiation, OfferDecision};
 use crate::turn_tcp_bridge::TurnTcpBridges;
-use crate::{ConnectionState, PeerEvent, PeerOptions, SelectedPair};
+use crate::{ConnectionState, IceRestartReason, PeerEvent, PeerOptions, SelectedPair};
 
 /// Inputs the room sends to a connection.
 #[derive(Debug)]
 pub(crate) enum ConnectionInput {
     /// A negotiation message from the remote peer.
     Remote(Signal),
-    /// Fresh ICE servers (TURN credentials) for the next gathering.
+    /// Fresh ICE servers: new TURN credentials for the next gathering, or another relay (then
+    /// a relayed pair on a relay no longer listed restarts ICE).
     IceServers(Vec<IceServer>),
     /// The server restated our role (after a re-join).
     Polite(bool),
@@ -188,9 +193,9 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         .build();
     // webrtc speaks TURN over UDP only: TCP TURN URLs go through local bridges.
     let mut bridges = TurnTcpBridges::new(options.turn_ca.clone());
-    let ice_servers = bridges
-        .map(&usable_servers(&ctx.ice_servers, options.no_turn))
-        .await;
+    let usable = usable_servers(&ctx.ice_servers, options.no_turn);
+    let turn_urls = turn_urls(&usable);
+    let ice_servers = bridges.map(&usable).await;
     let pc = PeerConnectionBuilder::new()
         .with_configuration(configuration(&ice_servers, options.relay_only))
         .with_setting_engine(settings)
@@ -226,9 +231,11 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         pc,
         ctx,
         bridges,
+        turn_urls,
         ice_restart_pending: false,
         last_restart: None,
         state: RTCPeerConnectionState::New,
+        was_connected: false,
     };
     tokio::spawn(task.run(input_rx, handler_rx));
     Ok(handle)
@@ -240,9 +247,13 @@ struct ConnectionTask {
     negotiation: Negotiation,
     /// Local UDP bridges for TCP TURN URLs; they live as long as the connection.
     bridges: TurnTcpBridges,
+    /// The TURN URLs of the configuration in effect ([`turn_urls`] of the usable servers).
+    turn_urls: BTreeSet<String>,
     ice_restart_pending: bool,
     last_restart: Option<Instant>,
     state: RTCPeerConnectionState,
+    /// Whether the connection has ever been connected.
+    was_connected: bool,
 }
 
 impl ConnectionTask {
@@ -296,25 +307,77 @@ impl ConnectionTask {
     async fn on_input(&mut self, message: ConnectionInput) -> Result<()> {
         match message {
             ConnectionInput::Remote(signal) => self.on_signal(signal).await,
-            ConnectionInput::IceServers(servers) => {
-                let relay_only = self.ctx.options.relay_only;
-                let servers = usable_servers(&servers, self.ctx.options.no_turn);
-                let servers = self.bridges.map(&servers).await;
-                self.pc
-                    .set_configuration(configuration(&servers, relay_only))
-                    .await?;
-                Ok(())
-            }
+            ConnectionInput::IceServers(servers) => self.on_ice_servers(&servers).await,
             ConnectionInput::Polite(polite) => {
                 self.negotiation.set_polite(polite);
                 Ok(())
             }
             ConnectionInput::SelectedPair(reply) => {
-                let _ = reply.send(selected_pair(self.pc.as_ref()).await);
+                let _ = reply.send(self.selected_pair().await);
                 Ok(())
             }
             ConnectionInput::Close => Ok(()),
         }
+    }
+
+    /// Fresh ICE servers. Same TURN URLs: a credential refresh, the configuration is replaced
+    /// and nothing else happens. Other TURN URLs: the room moved to another relay; the
+    /// configuration is replaced (it takes effect at the next gathering) and, if the selected
+    /// pair is relayed through a server that is no longer listed (or the connection lost its
+    /// path and has no pair), ICE restarts at once (see [`relay_moved`]).
+    async fn on_ice_servers(&mut self, servers: &[IceServer]) -> Result<()> {
+        let usable = usable_servers(servers, self.ctx.options.no_turn);
+        let new_urls = turn_urls(&usable);
+        let restart = if new_urls == self.turn_urls {
+            false
+        } else {
+            let pair = self.selected_pair().await;
+            let path_lost = self.was_connected
+                && !matches!(
+                    self.state,
+                    RTCPeerConnectionState::Connected | RTCPeerConnectionState::Closed
+                );
+            let restart = relay_moved(
+                &self.turn_urls,
+                &new_urls,
+                pair.as_ref().map(|pair| pair.local_type.as_str()),
+                pair.as_ref().and_then(|pair| pair.relay_url.as_deref()),
+                path_lost,
+            );
+            tracing::info!(
+                peer = %self.peer(),
+                old = ?self.turn_urls,
+                new = ?new_urls,
+                local = ?pair.as_ref().map(|pair| &pair.local_type),
+                relay = ?pair.as_ref().and_then(|pair| pair.relay_url.as_deref()),
+                path_lost,
+                restart,
+                "TURN servers changed"
+            );
+            restart
+        };
+        let mapped = self.bridges.map(&usable).await;
+        self.pc
+            .set_configuration(configuration(&mapped, self.ctx.options.relay_only))
+            .await?;
+        self.turn_urls = new_urls;
+        if restart {
+            self.restart_ice(IceRestartReason::RelayMoved).await?;
+        }
+        Ok(())
+    }
+
+    /// The selected pair, with a bridged relay URL mapped back to the TURN URL it stands for.
+    async fn selected_pair(&self) -> Option<SelectedPair> {
+        let mut pair = selected_pair(self.pc.as_ref()).await?;
+        if let Some(original) = pair
+            .relay_url
+            .as_deref()
+            .and_then(|url| self.bridges.original_url(url))
+        {
+            pair.relay_url = Some(original.to_owned());
+        }
+        Some(pair)
     }
 
     async fn is_stable(&self) -> bool {
@@ -456,12 +519,13 @@ impl ConnectionTask {
             HandlerEvent::IceState(state) => {
                 tracing::debug!(peer = %self.peer(), %state, "ice connection state");
                 if state == RTCIceConnectionState::Failed {
-                    self.restart_ice().await?;
+                    self.restart_ice(IceRestartReason::Failed).await?;
                 }
                 Ok(())
             }
             HandlerEvent::State(state) => {
                 self.state = state;
+                self.was_connected |= state == RTCPeerConnectionState::Connected;
                 let mapped = ConnectionState::from(state);
                 let _ = self
                     .ctx
@@ -472,7 +536,7 @@ impl ConnectionTask {
                     })
                     .await;
                 if state == RTCPeerConnectionState::Failed {
-                    self.restart_ice().await?;
+                    self.restart_ice(IceRestartReason::Failed).await?;
                 }
                 Ok(())
             }
@@ -489,17 +553,28 @@ impl ConnectionTask {
         }
     }
 
-    /// ICE failed: restart it with a new offer (either side may; glare is resolved by the
-    /// polite flag). At most once every few seconds.
-    async fn restart_ice(&mut self) -> Result<()> {
-        if self
-            .last_restart
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(3))
+    /// Restarts ICE with a new offer (either side may; glare is resolved by the polite flag).
+    /// After a failure at most once every few seconds. A relay move always restarts: the
+    /// configuration it brings is used only by a gathering that starts after it, so a
+    /// failure restart of the last seconds (on the old relay) does not count.
+    async fn restart_ice(&mut self, reason: IceRestartReason) -> Result<()> {
+        if reason == IceRestartReason::Failed
+            && self
+                .last_restart
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(3))
         {
             return Ok(());
         }
         self.last_restart = Some(Instant::now());
-        tracing::info!(peer = %self.peer(), "connection failed: restarting ICE");
+        tracing::info!(peer = %self.peer(), %reason, "restarting ICE");
+        let _ = self
+            .ctx
+            .events
+            .send(PeerEvent::IceRestart {
+                peer: self.peer(),
+                reason,
+            })
+            .await;
         self.pc.restart_ice().await?;
         self.ice_restart_pending = true;
         self.make_offer(true).await
@@ -613,6 +688,8 @@ pub(crate) async fn selected_pair(pc: &dyn PeerConnection) -> Option<SelectedPai
         protocol: local.protocol.clone(),
         rtt: (pair.current_round_trip_time > 0.0)
             .then(|| Duration::from_secs_f64(pair.current_round_trip_time)),
+        relay_url: (local.candidate_type == RTCIceCandidateType::Relay && !local.url.is_empty())
+            .then(|| local.url.clone()),
     })
 }
 

@@ -24,11 +24,14 @@
 //! Modules, one job each: [`signaling_client`] (the WebSocket session, resume, backoff),
 //! [`negotiation`] (perfect negotiation decisions), [`connection`] (one `webrtc` peer
 //! connection per remote peer), [`channel`] (data channels and their registry), `room` (which
-//! connection exists for which peer), `turn_tcp_bridge` (TURN over TCP for webrtc), [`error`].
+//! connection exists for which peer), `ice_servers` (fresh ICE servers: credential refresh or
+//! relay move, and which connections restart ICE), `turn_tcp_bridge` (TURN over TCP for
+//! webrtc), [`error`].
 
 pub mod channel;
 mod connection;
 pub mod error;
+mod ice_servers;
 mod negotiation;
 mod room;
 mod signaling_client;
@@ -119,6 +122,41 @@ pub struct SelectedPair {
     pub protocol: String,
     /// The latest STUN round-trip time on the pair, once measured.
     pub rtt: Option<Duration>,
+    /// For a relayed local candidate: the URL of the TURN server it was allocated on, as the
+    /// signaling server listed it (`turn:HOST:PORT?transport=udp`; a TCP or TLS URL, not the
+    /// local bridge `webrtc` was handed). `None` for direct candidates or when unknown.
+    pub relay_url: Option<String>,
+}
+
+impl SelectedPair {
+    /// `HOST:PORT` of the TURN server carrying a relayed local candidate (from
+    /// [`relay_url`](Self::relay_url)).
+    pub fn relay_server(&self) -> Option<String> {
+        self.relay_url
+            .as_deref()
+            .and_then(ice_servers::TurnUrl::parse)
+            .map(|url| url.server())
+    }
+}
+
+/// Why a connection restarted ICE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IceRestartReason {
+    /// The connection failed.
+    Failed,
+    /// The room moved to another relay (`ice_servers` with other TURN URLs) and the selected
+    /// pair went through a TURN server that is no longer listed.
+    RelayMoved,
+}
+
+impl std::fmt::Display for IceRestartReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Failed => "failed",
+            Self::RelayMoved => "relay-moved",
+        })
+    }
 }
 
 /// What happens in the room.
@@ -160,8 +198,15 @@ pub enum PeerEvent {
     /// The signaling session could not be resumed; we joined again under a new id.
     /// Live connections keep working.
     SignalingRejoined { peer_id: PeerId },
-    /// The signaling server sent fresh ICE servers (TURN credentials).
+    /// The signaling server sent fresh ICE servers (`ice_servers`: new TURN credentials, or
+    /// the room's relay changed). Every connection took them; those that had to restart ICE
+    /// report [`PeerEvent::IceRestart`].
     IceServersUpdated,
+    /// A connection restarted ICE (a new offer with fresh ICE credentials follows).
+    IceRestart {
+        peer: PeerId,
+        reason: IceRestartReason,
+    },
     /// Signaling is over for good (left, or gave up reconnecting).
     SignalingClosed { message: String },
     /// A non-fatal error (a failed negotiation step, a refused signal).

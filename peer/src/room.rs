@@ -1,7 +1,9 @@
 //! The room task: maps signaling events onto peer connections.
 //!
 //! It owns the set of connections (one per remote peer), routes incoming signals to them and
-//! their outgoing signals to the signaling client, forwards fresh ICE servers, turns
+//! their outgoing signals to the signaling client, forwards fresh ICE servers (from
+//! `ice_servers`, and from `resumed` and a re-join's `welcome`; each connection decides whether
+//! the room's relay moved away from under it, see [`crate::ice_servers`]), turns
 //! joins/leaves into [`PeerEvent`]s, and after a signaling re-join (the server forgot the
 //! session) keeps the live connections: a connection whose peer is not in the new room
 //! listing is *orphaned* and is adopted by the first newcomer with the same display name, so
@@ -149,8 +151,14 @@ impl Room {
                 self.emit(PeerEvent::SignalingReconnecting { attempt, delay })
                     .await;
             }
-            SignalingEvent::Resumed { replayed } => {
+            SignalingEvent::Resumed {
+                replayed,
+                ice_servers,
+            } => {
                 self.emit(PeerEvent::SignalingResumed { replayed }).await;
+                // Normally the same TURN URLs as the last `ice_servers` (replayed if it came
+                // while we were away) with fresher credentials.
+                self.update_ice_servers(ice_servers);
             }
             SignalingEvent::Rejoined(info) => self.on_rejoined(*info).await,
             SignalingEvent::Closed(error) => {
@@ -168,7 +176,9 @@ impl Room {
         if let Ok(mut me) = self.me.write() {
             *me = info.peer_id.clone();
         }
-        self.ice_servers = info.ice_servers.clone();
+        // The live connections take them too (the room may have moved to another relay while
+        // we were away).
+        self.update_ice_servers(info.ice_servers.clone());
         // Every existing connection is orphaned until its peer shows up again.
         self.orphans = self.connections.keys().copied().collect();
         self.emit(PeerEvent::SignalingRejoined {
@@ -211,12 +221,7 @@ impl Room {
                 }
             }
             ServerMessage::IceServers { ice_servers } => {
-                self.ice_servers = ice_servers.clone();
-                for handle in self.connections.values() {
-                    let _ = handle
-                        .input
-                        .send(ConnectionInput::IceServers(ice_servers.clone()));
-                }
+                self.update_ice_servers(ice_servers);
                 self.emit(PeerEvent::IceServersUpdated).await;
             }
             ServerMessage::Broadcast { from, data } => {
@@ -239,6 +244,17 @@ impl Room {
             | ServerMessage::Pong { .. }
             | ServerMessage::Draining { .. } => {}
         }
+    }
+
+    /// New ICE servers for new connections and every existing one (which restarts ICE if its
+    /// relay is no longer listed).
+    fn update_ice_servers(&mut self, ice_servers: Vec<IceServer>) {
+        for handle in self.connections.values() {
+            let _ = handle
+                .input
+                .send(ConnectionInput::IceServers(ice_servers.clone()));
+        }
+        self.ice_servers = ice_servers;
     }
 
     /// A peer is in the room: connect to it (or adopt an orphaned connection to it).

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use signaling::protocol::{
-    ClientMessage, ErrorCode, PROTOCOL_VERSION, ResumeToken, ServerFrame, ServerMessage,
+    ClientMessage, ErrorCode, IceServer, PROTOCOL_VERSION, ResumeToken, ServerFrame, ServerMessage,
     SessionInfo,
 };
 use tokio::net::TcpStream;
@@ -47,7 +47,11 @@ pub(crate) enum SignalingEvent {
     /// The socket broke; a reconnect attempt follows after `delay`.
     Reconnecting { attempt: u32, delay: Duration },
     /// The session was resumed; `replayed` missed messages were delivered before this.
-    Resumed { replayed: u64 },
+    /// `ice_servers`: the fresh ones `resumed` carries.
+    Resumed {
+        replayed: u64,
+        ice_servers: Vec<IceServer>,
+    },
     /// The session could not be resumed; the client joined the room again as a new session.
     Rejoined(Box<SessionInfo>),
     /// The client gave up (or left); no more events follow.
@@ -457,7 +461,10 @@ impl Session {
                         self.last_seq = frame.seq;
                     }
                     self.resume_token = session.resume_token;
-                    let _ = self.events_tx.send(SignalingEvent::Resumed { replayed });
+                    let _ = self.events_tx.send(SignalingEvent::Resumed {
+                        replayed,
+                        ice_servers: session.ice_servers,
+                    });
                     return Ok(true);
                 }
                 ServerMessage::Error { code, message, .. } => {

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,6 +29,8 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
 
+use crate::ice_servers::TurnUrl;
+
 /// Bound on connecting to the relay.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Local UDP sources (allocations) one bridge serves at once.
@@ -39,10 +41,6 @@ const UPSTREAM_QUEUE: usize = 256;
 /// Largest datagram read from `webrtc`.
 const MAX_DATAGRAM: usize = 65_535;
 
-/// Default port of `turn:` URLs (RFC 7065).
-const DEFAULT_TURN_PORT: u16 = 3478;
-/// Default port of `turns:` URLs (RFC 7065).
-const DEFAULT_TURNS_PORT: u16 = 5349;
 /// System CA bundles, first one found wins (Debian/Ubuntu, Fedora/RHEL, Alpine/OpenSSL).
 const SYSTEM_CA_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",
@@ -65,47 +63,15 @@ impl StreamTurnUrl {
     /// Parses `turn:HOST[:PORT]?transport=tcp` and `turns:HOST[:PORT][?transport=tcp]`;
     /// `None` for any other URL.
     pub(crate) fn parse(url: &str) -> Option<Self> {
-        let (tls, rest) = match url.strip_prefix("turns:") {
-            Some(rest) => (true, rest),
-            None => (false, url.strip_prefix("turn:")?),
-        };
-        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let transport = query
-            .split('&')
-            .find_map(|param| param.strip_prefix("transport="));
-        let stream = match transport {
+        let url = TurnUrl::parse(url)?;
+        let stream = match &url.transport {
             Some(transport) => transport.eq_ignore_ascii_case("tcp"),
-            None => tls,
+            None => url.tls,
         };
-        if !stream {
-            return None;
-        }
-        let default_port = if tls {
-            DEFAULT_TURNS_PORT
-        } else {
-            DEFAULT_TURN_PORT
-        };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']')?;
-            let port = match after.strip_prefix(':') {
-                Some(port) => port.parse().ok()?,
-                None if after.is_empty() => default_port,
-                None => return None,
-            };
-            (host, port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, port.parse().ok()?),
-                None => (authority, default_port),
-            }
-        };
-        if host.is_empty() {
-            return None;
-        }
-        Some(Self {
-            host: host.to_owned(),
-            port,
-            tls,
+        stream.then_some(Self {
+            host: url.host,
+            port: url.port,
+            tls: url.tls,
         })
     }
 }
@@ -157,6 +123,19 @@ impl TurnTcpBridges {
             });
         }
         mapped
+    }
+
+    /// The TURN URL a local bridge URL stands for: `url` as `webrtc` reports it for a relayed
+    /// candidate (`turn:127.0.0.1:PORT?transport=udp`) mapped back to the TCP or TLS URL the
+    /// bridge connects to; `None` when `url` is not one of our bridges.
+    pub(crate) fn original_url(&self, url: &str) -> Option<&str> {
+        let url = TurnUrl::parse(url)?;
+        let ip: IpAddr = url.host.parse().ok()?;
+        let local = SocketAddr::new(ip, url.port);
+        self.bridges
+            .iter()
+            .find(|(_, bridge)| bridge.local == local)
+            .map(|(original, _)| original.as_str())
     }
 
     async fn bridged_url(&mut self, url: &str) -> Option<String> {
@@ -407,6 +386,8 @@ async fn read_stream_message<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::ice_servers::{DEFAULT_TURN_PORT, DEFAULT_TURNS_PORT};
 
     #[test]
     fn only_tcp_turn_urls_are_bridged() {

@@ -5,12 +5,35 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use peer::protocol::PeerId;
-use peer::{ChannelKind, Peer, PeerEvent};
+use peer::{ChannelKind, IceRestartReason, Peer, PeerEvent, SelectedPair};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::time::Instant;
 
 use super::{CommonArgs, Output};
+
+/// How long after a relay-moved ICE restart the new selected pair is waited for.
+const RESELECT_WAIT: Duration = Duration::from_secs(30);
+/// How often the selected pair of a restarted connection is looked at.
+const RESELECT_POLL: Duration = Duration::from_millis(200);
+
+/// A connection that restarted ICE because its relay moved: its `selected-pair` line is
+/// printed again once ICE selected a different pair.
+struct Reselect {
+    before: Option<SelectedPair>,
+    until: Instant,
+}
+
+/// Whether `now` is another path than `before` (addresses or relay server).
+fn moved(before: Option<&SelectedPair>, now: &SelectedPair) -> bool {
+    before.is_none_or(|before| {
+        before.local_address != now.local_address
+            || before.remote_address != now.remote_address
+            || before.relay_url != now.relay_url
+    })
+}
 
 pub(crate) async fn run(url: &str, common: &CommonArgs) -> anyhow::Result<ExitCode> {
     let out = common.output();
@@ -26,6 +49,9 @@ pub(crate) async fn run(url: &str, common: &CommonArgs) -> anyhow::Result<ExitCo
     let mut pending: VecDeque<String> = VecDeque::new();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
+    let mut reselect: HashMap<PeerId, Reselect> = HashMap::new();
+    let mut poll = tokio::time::interval(RESELECT_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             line = stdin.next_line(), if stdin_open => match line {
@@ -40,9 +66,12 @@ pub(crate) async fn run(url: &str, common: &CommonArgs) -> anyhow::Result<ExitCo
             },
             event = events.recv() => {
                 let Some(event) = event else { break };
-                if !on_event(&peer, &out, &mut names, &mut pending, event).await? {
+                if !on_event(&peer, &out, &mut names, &mut pending, &mut reselect, event).await? {
                     break;
                 }
+            }
+            _ = poll.tick(), if !reselect.is_empty() => {
+                report_reselected(&peer, &out, &mut reselect).await;
             }
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -62,12 +91,35 @@ fn display(names: &HashMap<PeerId, String>, peer: &PeerId) -> String {
     names.get(peer).cloned().unwrap_or_else(|| peer.to_string())
 }
 
+/// Prints the `selected-pair` line of every restarted connection whose pair changed.
+async fn report_reselected(peer: &Peer, out: &Output, reselect: &mut HashMap<PeerId, Reselect>) {
+    let now = Instant::now();
+    let ids: Vec<PeerId> = reselect.keys().cloned().collect();
+    for id in ids {
+        let pair = peer.selected_pair(&id).await.ok().flatten();
+        let Some(entry) = reselect.get(&id) else {
+            continue;
+        };
+        match pair {
+            Some(pair) if moved(entry.before.as_ref(), &pair) => {
+                out.selected_pair(id.as_str(), &pair, None);
+                reselect.remove(&id);
+            }
+            _ if now >= entry.until => {
+                reselect.remove(&id);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Handles one event; `false` when the session is over.
 async fn on_event(
     peer: &Peer,
     out: &Output,
     names: &mut HashMap<PeerId, String>,
     pending: &mut VecDeque<String>,
+    reselect: &mut HashMap<PeerId, Reselect>,
     event: PeerEvent,
 ) -> anyhow::Result<bool> {
     match event {
@@ -90,6 +142,7 @@ async fn on_event(
                 ],
             );
             names.remove(&id);
+            reselect.remove(&id);
         }
         PeerEvent::PeerRenamed { old, new } => {
             if let Some(name) = names.remove(&old) {
@@ -159,6 +212,23 @@ async fn on_event(
             out.notice("signaling-rejoined", &[("id", peer_id.to_string())]);
         }
         PeerEvent::IceServersUpdated => out.notice("ice-servers-updated", &[]),
+        PeerEvent::IceRestart { peer: id, reason } => {
+            out.notice(
+                "ice-restart",
+                &[("peer", id.to_string()), ("reason", reason.to_string())],
+            );
+            if reason == IceRestartReason::RelayMoved {
+                // Report the new pair once ICE has moved off the old one.
+                let before = peer.selected_pair(&id).await.ok().flatten();
+                reselect.insert(
+                    id,
+                    Reselect {
+                        before,
+                        until: Instant::now() + RESELECT_WAIT,
+                    },
+                );
+            }
+        }
         PeerEvent::SignalingClosed { message } => {
             out.notice("signaling-closed", &[("reason", message)]);
             return Ok(false);
@@ -183,6 +253,27 @@ async fn on_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_pair_is_reported_after_a_relay_move() {
+        let pair = |local: &str, relay: Option<&str>| SelectedPair {
+            local_type: "relay".into(),
+            remote_type: "relay".into(),
+            local_address: local.into(),
+            remote_address: "127.0.0.1:40001".into(),
+            protocol: "udp".into(),
+            rtt: None,
+            relay_url: relay.map(Into::into),
+        };
+        let old = pair("127.0.0.1:40000", Some("turn:127.0.0.1:3478?transport=udp"));
+        assert!(!moved(Some(&old), &old.clone()));
+        assert!(moved(Some(&old), &pair("127.0.0.1:40002", None)));
+        assert!(moved(
+            Some(&old),
+            &pair("127.0.0.1:40000", Some("turn:127.0.0.1:3479?transport=udp"))
+        ));
+        assert!(moved(None, &old));
+    }
 
     #[test]
     fn only_the_reliable_channel_is_chat() {

@@ -2,7 +2,8 @@
 //!
 //! Human output (default): room notices are lines starting with `* ` followed by a keyword
 //! and `key=value` fields (`* joined room=R id=ID`, `* selected-pair peer=ID local=relay
-//! remote=relay protocol=udp rtt_ms=0.4`); chat messages are `<name-or-id>: text`.
+//! remote=relay protocol=udp rtt_ms=0.4 relay=HOST:PORT`, `* ice-restart peer=ID
+//! reason=relay-moved`); chat messages are `<name-or-id>: text`.
 //! With `--json` every line is one JSON object with an `"event"` field instead.
 
 mod chat;
@@ -139,18 +140,19 @@ impl Output {
             .or_else(|| pair.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0))
             .map(|ms| format!("{ms:.2}"))
             .unwrap_or_else(|| "unknown".into());
-        self.notice(
-            "selected-pair",
-            &[
-                ("peer", peer.to_owned()),
-                ("local", pair.local_type.clone()),
-                ("remote", pair.remote_type.clone()),
-                ("protocol", pair.protocol.clone()),
-                ("local_addr", pair.local_address.clone()),
-                ("remote_addr", pair.remote_address.clone()),
-                ("rtt_ms", rtt),
-            ],
-        );
+        let mut fields = vec![
+            ("peer", peer.to_owned()),
+            ("local", pair.local_type.clone()),
+            ("remote", pair.remote_type.clone()),
+            ("protocol", pair.protocol.clone()),
+            ("local_addr", pair.local_address.clone()),
+            ("remote_addr", pair.remote_address.clone()),
+            ("rtt_ms", rtt),
+        ];
+        if let Some(relay) = pair.relay_server() {
+            fields.push(("relay", relay));
+        }
+        self.notice("selected-pair", &fields);
     }
 }
 
