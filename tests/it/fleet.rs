@@ -14,46 +14,81 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::peer_e2e::{Proc, Signaling, start_signaling_with};
 
-/// A registered relay process and its UDP port (how the tests recognise its TURN URLs).
+/// A registered relay process, its UDP port (how the tests recognise its TURN URLs) and its
+/// admin address (metrics).
 pub(crate) struct FleetRelay {
     pub(crate) proc: Proc,
     pub(crate) port: u16,
+    pub(crate) admin: SocketAddr,
 }
 
 /// Starts a relay that registers in `redis` as `id` (TURN secret agreed through Redis).
 pub(crate) fn start_fleet_relay(redis: &RedisServer, id: &str) -> FleetRelay {
+    start_fleet_relay_with(redis, id, &[])
+}
+
+/// [`start_fleet_relay`] with extra flags (`--region`, ...).
+pub(crate) fn start_fleet_relay_with(redis: &RedisServer, id: &str, extra: &[&str]) -> FleetRelay {
     let url = redis.url();
-    let mut proc = Proc::spawn(
-        "relay",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--no-tcp",
-            "--admin-listen",
-            "none",
-            "--relay-ip",
-            "127.0.0.1",
-            "--allow-loopback-peers",
-            "--register",
-            &url,
-            "--node-id",
-            id,
-            "--node-heartbeat",
-            "200ms",
-            "--node-lease",
-            "1s",
-            "--drain-timeout",
-            "30s",
-        ],
-        false,
-    );
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--no-tcp",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--relay-ip",
+        "127.0.0.1",
+        "--allow-loopback-peers",
+        "--register",
+        &url,
+        "--node-id",
+        id,
+        "--node-heartbeat",
+        "200ms",
+        "--node-lease",
+        "1s",
+        "--drain-timeout",
+        "30s",
+    ];
+    args.extend(extra);
+    let mut proc = Proc::spawn("relay", &args, false);
     let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening udp "));
     let port = line["listening udp ".len()..]
         .parse::<SocketAddr>()
         .expect("relay address")
         .port();
+    let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("admin http://"));
+    let admin = line["admin http://".len()..]
+        .parse()
+        .expect("admin address");
     proc.wait_line(Duration::from_secs(20), |l| l == "ready");
-    FleetRelay { proc, port }
+    FleetRelay { proc, port, admin }
+}
+
+/// Payload bytes a relay relayed (to peers, to clients), from its own `/metrics`.
+pub(crate) fn relayed_bytes(relay: &FleetRelay) -> (u64, u64) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(relay.admin).expect("admin");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .trim()
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    (
+        value("relay_bytes_relayed_total{direction=\"to_peer\"}"),
+        value("relay_bytes_relayed_total{direction=\"to_client\"}"),
+    )
 }
 
 /// A signaling node on `redis` that re-reads the fleet every 200 ms.
@@ -290,4 +325,178 @@ async fn api_get(addr: SocketAddr, path: &str) -> (u16, String) {
     )
     .await;
     (status, body)
+}
+
+/// Sends `bytes` of a file from `from_url` to `to_url` (the same room), relay-only; returns when
+/// the receiver verified it.
+fn relay_only_transfer(from_url: &str, to_url: &str, bytes: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src.bin");
+    let dst = dir.path().join("dst.bin");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..bytes)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(&src, &data).expect("write");
+    let (src, dst) = (src.to_string_lossy(), dst.to_string_lossy());
+    let mut receiver = Proc::spawn(
+        "peer",
+        &[
+            "recv-file",
+            to_url,
+            &dst,
+            "--bind",
+            "127.0.0.1",
+            "--relay-only",
+        ],
+        false,
+    );
+    receiver.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    let _sender = Proc::spawn(
+        "peer",
+        &[
+            "send-file",
+            from_url,
+            &src,
+            "--bind",
+            "127.0.0.1",
+            "--relay-only",
+        ],
+        false,
+    );
+    let done = receiver.wait_line(Duration::from_secs(120), |l| {
+        l.starts_with("* file-received")
+    });
+    assert!(done.contains("ok=true"), "{done}");
+}
+
+/// The relay fleet's figures for BENCHMARKS.md (`scripts/bench-relay-fleet.sh`):
+/// balance, movement when a relay joins or leaves, and relay egress of a relay-only call on one
+/// shared relay against two.
+#[test]
+#[ignore = "a benchmark: scripts/bench-relay-fleet.sh runs it"]
+fn fleet_benchmark() {
+    use fleet::relays::{RelayRecord, RelayState, choose};
+    let relay = |id: &str| RelayRecord {
+        id: id.into(),
+        urls: vec![format!("turn:{id}:3478?transport=udp")],
+        region: None,
+        capacity: 1.0,
+        allocations: 0,
+        bytes_per_sec: 0,
+        state: RelayState::Active,
+    };
+    let rooms: Vec<String> = (0..3000).map(|i| format!("room-{i:05}")).collect();
+    let three: Vec<RelayRecord> = ["relay-a", "relay-b", "relay-c"].map(relay).to_vec();
+    let mut four = three.clone();
+    four.push(relay("relay-d"));
+    let assign = |fleet: &[RelayRecord]| -> Vec<String> {
+        rooms
+            .iter()
+            .map(|r| choose(r, fleet, None).expect("a relay").id.clone())
+            .collect()
+    };
+    let on_three = assign(&three);
+    let on_four = assign(&four);
+    let counts = share_of(&on_three);
+    let max = *counts.values().max().unwrap() as f64;
+    println!(
+        "balance: 3 relays, 3000 rooms: {counts:?}, max/mean {:.3}",
+        max / 1000.0
+    );
+    let joined = on_three
+        .iter()
+        .zip(&on_four)
+        .filter(|(a, b)| a != b)
+        .count();
+    println!(
+        "relay joins (3 -> 4): {joined}/3000 rooms move = {:.3} (ideal 1/4 = 0.250)",
+        joined as f64 / 3000.0
+    );
+    let without_b: Vec<RelayRecord> = three
+        .iter()
+        .filter(|r| r.id != "relay-b")
+        .cloned()
+        .collect();
+    let on_two = assign(&without_b);
+    let left = on_three.iter().zip(&on_two).filter(|(a, b)| a != b).count();
+    println!(
+        "relay leaves (3 -> 2): {left}/3000 rooms move = {:.3} (ideal 1/3 = 0.333; exactly the leaver's rooms)",
+        left as f64 / 3000.0
+    );
+
+    // Egress: a relay-only 4 MiB transfer, both peers on one relay against one relay each
+    // (two regions: each signaling node prefers the relay of its own region).
+    let redis = RedisServer::start();
+    let relay_a = start_fleet_relay_with(&redis, "relay-a", &["--region", "a"]);
+    let relay_b = start_fleet_relay_with(&redis, "relay-b", &["--region", "b"]);
+    let node = |region: &str| {
+        start_signaling_with(
+            None,
+            "127.0.0.1:0",
+            &[
+                "--redis",
+                &redis.url(),
+                "--region",
+                region,
+                "--fleet-refresh",
+                "200ms",
+            ],
+        )
+    };
+    let (node_a, node_b) = (node("a"), node("b"));
+    let size = 4 * 1024 * 1024;
+    let measure = |from: &Signaling, to: &Signaling, room: &str| {
+        let before = [relayed_bytes(&relay_a), relayed_bytes(&relay_b)];
+        relay_only_transfer(
+            &format!("ws://{}/ws/{room}", from.addr),
+            &format!("ws://{}/ws/{room}", to.addr),
+            size,
+        );
+        // The workers publish their counters on a timer tick.
+        std::thread::sleep(Duration::from_millis(1500));
+        let after = [relayed_bytes(&relay_a), relayed_bytes(&relay_b)];
+        [
+            (after[0].0 - before[0].0, after[0].1 - before[0].1),
+            (after[1].0 - before[1].0, after[1].1 - before[1].1),
+        ]
+    };
+    let shared = measure(&node_a, &node_a, "egress-shared");
+    let split = measure(&node_b, &node_a, "egress-split");
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "egress of a relay-only 4 MiB transfer (relays' own counters, MiB, to_peer / to_client):"
+    );
+    for (name, [a, b]) in [("one shared relay", shared), ("one relay each", split)] {
+        // With one relay, to_peer goes from one of its allocations to another on the same
+        // host and never leaves it: only to_client does. With two (separate hosts in a real
+        // deployment), everything each relay sends crosses the network.
+        let leaving = if a == (0, 0) || b == (0, 0) {
+            a.1 + b.1
+        } else {
+            a.0 + a.1 + b.0 + b.1
+        };
+        println!(
+            "  {name:>16}: relay-a {:.2} / {:.2}, relay-b {:.2} / {:.2}; relayed in all {:.2}; leaving the relay hosts {:.2}",
+            mib(a.0),
+            mib(a.1),
+            mib(b.0),
+            mib(b.1),
+            mib(a.0 + a.1 + b.0 + b.1),
+            mib(leaving)
+        );
+    }
+}
+
+fn share_of(ids: &[String]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for id in ids {
+        *counts.entry(id.clone()).or_insert(0) += 1;
+    }
+    counts
 }
