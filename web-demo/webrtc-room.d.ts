@@ -108,6 +108,8 @@ export declare function turnUrls(iceServers: readonly RTCIceServer[] | null | un
 export declare function turnServer(url: string | null | undefined): { host: string; port: number } | null;
 /** `HOST:PORT` of a TURN URL (IPv6 in brackets), or null. */
 export declare function turnServerAddress(url: string | null | undefined): string | null;
+/** Whether the TURN server of `relayUrl` (host:port) is named by one of `urls`; null when `relayUrl` is no TURN URL. */
+export declare function relayListed(urls: readonly string[], relayUrl: string | null | undefined): boolean | null;
 /**
  * Whether a connection restarts ICE when the TURN URLs change from `before` to `after`: not for
  * the same URLs; for a relayed local candidate whose TURN server (`relayUrl`, by host:port) is no

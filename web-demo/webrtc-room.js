@@ -95,13 +95,24 @@ export function relayMoved(before, after, localType, relayUrl, pathLost = false)
   if (sameUrls(before, after)) return false;
   if (!localType) return !!pathLost;
   if (localType !== 'relay') return false;
+  return relayListed(after, relayUrl) !== true;
+}
+
+/**
+ * Whether the TURN server of `relayUrl` (host:port) is named by one of `urls`; null when
+ * `relayUrl` is not a TURN URL (unknown server).
+ */
+export function relayListed(urls, relayUrl) {
   const server = turnServer(relayUrl);
-  if (!server) return true;
-  return !(after || []).some((url) => {
+  if (!server) return null;
+  return (urls || []).some((url) => {
     const listed = turnServer(url);
-    return listed && listed.port === server.port && listed.host === server.host;
+    return !!listed && listed.port === server.port && listed.host === server.host;
   });
 }
+
+/** How long after a 'relay moved' restart the selected pair is checked again (see _relayFollowUpCheck). */
+const RELAY_FOLLOW_UP_MS = 2000;
 
 const ROOM_DEFAULTS = Object.freeze({
   room: undefined,
@@ -382,6 +393,29 @@ export class RemotePeer {
     this.restartIce('relay moved');
     // Give the restart time before the watchdog's own retries (which would interrupt it).
     this._nextRestartAt = Math.max(this._nextRestartAt, Date.now() + this.room.options.iceRestartDelayMs);
+    this._relayFollowUp = { at: Date.now() + RELAY_FOLLOW_UP_MS, left: 2 };
+  }
+
+  /**
+   * After a 'relay moved' restart, Chromium on the controlled side of the new ICE session (the
+   * side whose restart offer lost the glare) keeps its old selected pair while it still works:
+   * through a draining relay, until the relay exits. If the selected pair still goes through a
+   * TURN server that is no longer listed, restart again (at most twice): this side's offer then
+   * makes it the controlling agent, which selects the new pair.
+   */
+  async _relayFollowUpCheck(followUp) {
+    followUp.busy = true;
+    const info = await this.connectionInfo().catch(() => null);
+    followUp.busy = false;
+    if (this._relayFollowUp !== followUp || this.state !== 'connected') return;
+    const stale = info?.localType === 'relay' && relayListed(this.turnUrls, info.relayUrl) === false;
+    if (!stale || followUp.left <= 0) {
+      this._relayFollowUp = null;
+      return;
+    }
+    followUp.left -= 1;
+    followUp.at = Date.now() + RELAY_FOLLOW_UP_MS;
+    this.restartIce(`relay moved: still on ${info.relayServer || 'the old relay'}`);
   }
 
   async setLocalStream(stream) {
@@ -605,6 +639,9 @@ export class RemotePeer {
    */
   _watch() {
     const pc = this.pc;
+    const followUp = this._relayFollowUp;
+    if (pc && followUp && !followUp.busy && Date.now() >= followUp.at && this.state === 'connected'
+      && pc.signalingState === 'stable' && !this._makingOffer) this._relayFollowUpCheck(followUp);
     if (!pc || this.state === 'closed' || !this._notConnectedSince) return;
     const now = Date.now();
     if (now - this._notConnectedSince >= this.room.options.unreachableAfterMs) this._setState('unreachable');
