@@ -2,5 +2,6 @@
 //! Each module drives the real binaries over real sockets.
 mod cluster_e2e;
 mod fleet;
+mod fleet_failover;
 mod nat;
 mod peer_e2e;

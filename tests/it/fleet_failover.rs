@@ -1,0 +1,192 @@
+//! Relay failover as the peers see it (issue 13, client side): `peer` CLIs in a room of a relay
+//! fleet (real relays registered in a real Redis, one signaling node). When the room's relay
+//! dies (kill -9) or drains (SIGTERM), the server moves the room (`ice_servers` naming another
+//! relay); relay-only peers restart ICE onto it (`* ice-restart ... reason=relay-moved`, then a
+//! `* selected-pair ... relay=HOST:PORT` line naming the new relay) and the chat goes on. Peers on
+//! a direct pair get the new servers and are left alone.
+
+use std::time::{Duration, Instant};
+
+use e2e::redis::RedisServer;
+use futures_util::{SinkExt as _, StreamExt as _};
+use signaling::protocol::{ServerFrame, ServerMessage};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::fleet::{FleetRelay, start_fleet_relay, start_fleet_signaling};
+use crate::peer_e2e::{Proc, expect_chat, field, join, say};
+
+/// Bound on every step (set-up, move, restart).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The relay port of a `* selected-pair ... relay=127.0.0.1:PORT` line.
+fn relay_port(line: &str) -> Option<u16> {
+    field(line, "relay")?.rsplit(':').next()?.parse().ok()
+}
+
+/// Three registered relays and a signaling node reading the fleet.
+fn fleet(redis: &RedisServer) -> Vec<FleetRelay> {
+    ["r1", "r2", "r3"]
+        .iter()
+        .map(|id| start_fleet_relay(redis, id))
+        .collect()
+}
+
+/// Alice joins `url`, then Bob; returns both once each printed its first selected pair.
+fn pair(url: &str, relay_only: bool) -> (Proc, Proc, [String; 2]) {
+    let mut alice = join(url, "alice", relay_only);
+    alice.wait_line(WAIT, |l| l.starts_with("* joined"));
+    let mut bob = join(url, "bob", relay_only);
+    let a = alice.wait_line(WAIT, |l| l.starts_with("* selected-pair"));
+    let b = bob.wait_line(WAIT, |l| l.starts_with("* selected-pair"));
+    (alice, bob, [a, b])
+}
+
+enum Failure {
+    /// kill -9: the room moves when the relay's lease (1 s) runs out.
+    Death,
+    /// SIGTERM: the relay marks itself draining; the room moves at once.
+    Drain,
+}
+
+fn relay_only_peers_follow_their_room(failure: Failure) {
+    let redis = RedisServer::start();
+    let mut relays = fleet(&redis);
+    let signaling = start_fleet_signaling(&redis);
+    let url = format!("ws://{}/ws/failover-room", signaling.addr);
+    let (mut alice, mut bob, lines) = pair(&url, true);
+    let ports: Vec<u16> = lines
+        .iter()
+        .map(|line| {
+            assert_eq!(field(line, "local"), Some("relay"), "{line}");
+            relay_port(line).unwrap_or_else(|| panic!("no relay= in {line}"))
+        })
+        .collect();
+    assert_eq!(ports[0], ports[1], "both peers of a room use its relay");
+    let old = ports[0];
+    let victim = relays
+        .iter()
+        .position(|r| r.port == old)
+        .expect("the room's relay is one of the fleet");
+
+    let started = Instant::now();
+    match failure {
+        Failure::Death => drop(relays.remove(victim)),
+        Failure::Drain => {
+            // SAFETY: kill(2) on the pid of a child this test owns.
+            let rc = unsafe { libc::kill(relays[victim].proc.pid() as libc::pid_t, libc::SIGTERM) };
+            assert_eq!(rc, 0);
+        }
+    }
+    for (name, proc) in [("alice", &mut alice), ("bob", &mut bob)] {
+        proc.wait_line(WAIT, |l| {
+            l.starts_with("* ice-restart") && field(l, "reason") == Some("relay-moved")
+        });
+        let restarted = started.elapsed();
+        let line = proc.wait_line(WAIT, |l| l.starts_with("* selected-pair"));
+        let port = relay_port(&line).unwrap_or_else(|| panic!("{name}: no relay= in {line}"));
+        assert_ne!(port, old, "{name} still on the old relay: {line}");
+        assert!(
+            relays.iter().any(|r| r.port == port),
+            "{name} on a relay of the fleet: {line}"
+        );
+        eprintln!(
+            "{name}: ICE restart {restarted:?} and the new pair {:?} after the relay's {}",
+            started.elapsed(),
+            match failure {
+                Failure::Death => "kill -9",
+                Failure::Drain => "SIGTERM",
+            }
+        );
+    }
+    say(&mut alice, "on the new relay");
+    expect_chat(&mut bob, "alice: on the new relay");
+    say(&mut bob, "heard you");
+    expect_chat(&mut alice, "bob: heard you");
+}
+
+#[test]
+fn relay_only_peers_restart_ice_onto_the_new_relay_when_theirs_dies() {
+    relay_only_peers_follow_their_room(Failure::Death);
+}
+
+#[test]
+fn relay_only_peers_restart_ice_onto_the_new_relay_when_theirs_drains() {
+    relay_only_peers_follow_their_room(Failure::Drain);
+}
+
+/// The port of the relay the server gives `room` (a bare session that joins and leaves).
+fn room_relay(addr: std::net::SocketAddr, room: &str) -> u16 {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/{room}"))
+            .await
+            .expect("connect");
+        ws.send(Message::text(r#"{"type":"join","versions":[1]}"#))
+            .await
+            .expect("join");
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .expect("welcome in time")
+                .expect("open")
+                .expect("frame");
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
+            if let ServerMessage::Welcome { session, .. } = frame.message {
+                let _ = ws.send(Message::text(r#"{"type":"leave"}"#)).await;
+                return session
+                    .ice_servers
+                    .iter()
+                    .flat_map(|s| &s.urls)
+                    .find_map(|u| {
+                        u.strip_prefix("turn:")?
+                            .split('?')
+                            .next()?
+                            .rsplit(':')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .expect("a TURN URL from the fleet");
+            }
+        }
+    })
+}
+
+#[test]
+fn peers_on_a_direct_pair_are_left_alone_when_the_relay_moves() {
+    let redis = RedisServer::start();
+    let mut relays = fleet(&redis);
+    let signaling = start_fleet_signaling(&redis);
+    let room = "direct-room";
+    let old = room_relay(signaling.addr, room);
+    let url = format!("ws://{}/ws/{room}", signaling.addr);
+    let (mut alice, mut bob, lines) = pair(&url, false);
+    for line in &lines {
+        assert_ne!(field(line, "local"), Some("relay"), "{line}");
+        assert_eq!(relay_port(line), None, "{line}");
+    }
+    let victim = relays
+        .iter()
+        .position(|r| r.port == old)
+        .expect("the room's relay is one of the fleet");
+    drop(relays.remove(victim));
+    for proc in [&mut alice, &mut bob] {
+        // The move arrives ...
+        proc.wait_line(WAIT, |l| l.starts_with("* ice-servers-updated"));
+    }
+    // ... and changes nothing: no restart, the pair and the chat stay.
+    say(&mut alice, "still direct");
+    expect_chat(&mut bob, "alice: still direct");
+    say(&mut bob, "indeed");
+    expect_chat(&mut alice, "bob: indeed");
+    for proc in [&alice, &bob] {
+        assert!(
+            !proc.seen.iter().any(|l| l.starts_with("* ice-restart")),
+            "a direct pair restarted ICE:\n{}",
+            proc.seen.join("\n")
+        );
+    }
+}
