@@ -2,7 +2,8 @@
 //
 //   node tests/browser/run.mjs [name-filter...]
 //
-// Starts the real `signaling` binary (and, for the relay test, the real `relay`; for the interop
+// Starts the real `signaling` binary (and, for the relay tests, the real `relay`, a fleet of them
+// in a `redis-server` for the relay fleet tests; for the interop
 // test, the `peer` CLI; for the proxy test, Debian's `squid`), opens the demo in separate browser contexts (separate users), drives it
 // through the page's test hooks (window.__demo, data attributes) and checks what the other side
 // sees. Prints one line per test and a final `N passed, N failed`; exits non-zero on failure.
@@ -693,6 +694,72 @@ test('peer unreachable: relay-only with a dead TURN server shows the peer as unr
   const note = await a.eval(() => document.querySelector('#chat-log .msg.mine .msg-note')?.textContent || '');
   assert(/not delivered/.test(note), `undelivered message is flagged: ${note}`);
 });
+
+/** A relay registered in the fleet at `redis` as `id`: { id, proc, addr: '127.0.0.1:PORT' }. */
+async function startFleetRelay(t, redis, id) {
+  const relayBin = requireBin('RELAY_BIN', 'relay');
+  const proc = t.track(new Proc(`relay-${id}`, relayBin, [
+    '--listen', '127.0.0.1:0', '--no-tcp', '--admin-listen', 'none', '--relay-ip', '127.0.0.1',
+    '--allow-loopback-peers', '--register', redis, '--node-id', id, '--node-heartbeat', '200ms',
+    '--node-lease', '1s', '--drain-timeout', '30s',
+  ]));
+  const m = await proc.waitForLine(/^listening udp (\S+)/, 20000, `relay ${id} listening`);
+  await proc.waitForLine(/^ready$/, 20000, `relay ${id} ready`);
+  return { id, proc, addr: m[1] };
+}
+
+/**
+ * Relays as a fleet (issue 13): two relay-only pages in a room of a three-relay fleet; the
+ * room's relay is killed (SIGKILL) or drains (SIGTERM). The server moves the room (`ice_servers`
+ * naming another relay) and both pages restart ICE ('relay moved') onto the new relay: the
+ * connection panel shows it, and the chat goes on.
+ */
+async function relayFleetFailover(t, signal) {
+  const redis = await startRedis(t);
+  const relays = [];
+  for (const id of ['r1', 'r2', 'r3']) relays.push(await startFleetRelay(t, redis, id));
+  const sig = await startSignaling(['--redis', redis, '--fleet-refresh', '200ms'], 'signaling-fleet');
+  t.track(sig.proc);
+  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
+  await a.joined();
+  const b = await t.open('Bob', { server: sig, query: 'relay=1' });
+  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  const shownRelay = (p) => p.eval(() => document.querySelector('.conn')?.dataset.relay || '');
+  const old = await waitUntil(() => shownRelay(a), WAIT, 'the connection panel showing the relay');
+  await waitUntil(async () => (await shownRelay(b)) === old, WAIT, `Bob's panel showing the room's relay ${old} too`);
+  const victim = relays.find((r) => r.addr === old);
+  assert(victim, `the room's relay ${old} is one of the fleet (${relays.map((r) => r.addr).join(', ')})`);
+  const started = Date.now();
+  process.kill(victim.proc.pid, signal);
+  for (const p of [a, b]) {
+    await p.waitFor((o) => {
+      const relay = document.querySelector('.conn')?.dataset.relay;
+      return !!relay && relay !== o && window.__demo.peers()[0]?.state === 'connected';
+    }, old, 'the connection panel showing another relay', 30000);
+  }
+  const took = Date.now() - started;
+  const now = await shownRelay(a);
+  assert(relays.some((r) => r !== victim && r.addr === now), `Alice on another relay of the fleet: ${now}`);
+  assert(await shownRelay(b) === now, `both pages on the room's new relay ${now}`);
+  // A draining relay still works: the pages must not wait for it to exit (--drain-timeout 30s).
+  assert(took < 15000, `moved ${took} ms after ${signal}`);
+  for (const p of [a, b]) {
+    const moves = await p.eval(() => ({
+      restarts: window.__demo.events.filter((e) => e.type === 'ice-restart' && e.reason === 'relay moved').length,
+      relayMoves: window.__demo.peers()[0].relayMoves,
+      text: document.querySelector('.conn .c-relay').textContent,
+    }));
+    assert(moves.restarts === 1 && moves.relayMoves === 1, `${p.name}: one 'relay moved' ICE restart: ${JSON.stringify(moves)}`);
+    assert(moves.text === now, `${p.name}: the panel names the relay: ${JSON.stringify(moves)}`);
+  }
+  await a.eval(() => window.__demo.sendChat('on the new relay'));
+  await b.chatFrom('on the new relay');
+  await b.eval(() => window.__demo.sendChat('heard you'));
+  await a.chatFrom('heard you');
+}
+
+test('relay fleet: the room\'s relay dies mid-call (relay-only), both pages restart ICE onto its new relay', (t) => relayFleetFailover(t, 'SIGKILL'));
+test('relay fleet: the room\'s relay drains mid-call (relay-only), both pages move to its new relay before it exits', (t) => relayFleetFailover(t, 'SIGTERM'));
 
 async function interop(t, { cliFirst = false, relay = false } = {}) {
   const peerBin = requireBin('PEER_BIN', 'peer');
