@@ -19,12 +19,12 @@ use crate::peer_e2e::{Proc, expect_chat, field, join, say};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The relay port of a `* selected-pair ... relay=127.0.0.1:PORT` line.
-fn relay_port(line: &str) -> Option<u16> {
+pub(crate) fn relay_port(line: &str) -> Option<u16> {
     field(line, "relay")?.rsplit(':').next()?.parse().ok()
 }
 
 /// Three registered relays and a signaling node reading the fleet.
-fn fleet(redis: &RedisServer) -> Vec<FleetRelay> {
+pub(crate) fn fleet(redis: &RedisServer) -> Vec<FleetRelay> {
     ["r1", "r2", "r3"]
         .iter()
         .map(|id| start_fleet_relay(redis, id))
@@ -32,7 +32,7 @@ fn fleet(redis: &RedisServer) -> Vec<FleetRelay> {
 }
 
 /// Alice joins `url`, then Bob; returns both once each printed its first selected pair.
-fn pair(url: &str, relay_only: bool) -> (Proc, Proc, [String; 2]) {
+pub(crate) fn pair(url: &str, relay_only: bool) -> (Proc, Proc, [String; 2]) {
     let mut alice = join(url, "alice", relay_only);
     alice.wait_line(WAIT, |l| l.starts_with("* joined"));
     let mut bob = join(url, "bob", relay_only);
