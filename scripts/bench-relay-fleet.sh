@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
 cargo test --release -p e2e --test it fleet_benchmark -- --ignored --nocapture 2>/dev/null \
-  | grep -E '^(balance|relay |egress|  |failover)'
+  | grep -E '^(balance|relay |egress|  +one |failover)'
