@@ -309,7 +309,12 @@ mod tests {
             flat.push(k.to_owned());
             flat.push(v);
         }
-        flat.extend(["b".to_owned(), "2".to_owned(), "urls".to_owned(), "x".to_owned()]);
+        flat.extend([
+            "b".to_owned(),
+            "2".to_owned(),
+            "urls".to_owned(),
+            "x".to_owned(),
+        ]);
         assert_eq!(parse_fleet(&flat), vec![record]);
     }
 
