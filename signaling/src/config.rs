@@ -138,6 +138,12 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
+    /// Bytes of frames the node may hold in all: queued for its connections and, on a single
+    /// node, kept in sessions' replay buffers. Past it, the sessions holding the most end
+    /// (slowest consumers first, `slow_consumer`; then parked ones, `replay_overflow`).
+    #[arg(long, env = "SIGNALING_MEMORY_BUDGET", default_value_t = 256 << 20)]
+    pub memory_budget: usize,
+
     /// Open HTTP connections that are not (yet) WebSockets; past it, new TCP connections are
     /// closed at once. Upgraded sockets count against `--max-connections` instead.
     #[arg(long, env = "SIGNALING_MAX_HTTP_CONNECTIONS", default_value_t = 1024)]

@@ -18,6 +18,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use crate::api::PeerEntry;
 use crate::error::RequestError;
+use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 pub use crate::outbound::{Outbound, OutboundRx, OutboundTx};
 use crate::outbox::{Body, Outbox, ReplayLimits, to_json};
@@ -64,6 +65,8 @@ pub struct HubSettings {
     pub ping_timeout: Duration,
     pub max_message_bytes: usize,
     pub reconnect_after: Duration,
+    /// The node's `--memory-budget` (shared with every connection's queue).
+    pub memory: Arc<MemoryBudget>,
 }
 
 /// A validated `join`.
@@ -142,6 +145,10 @@ struct HubState {
     replay_limits: ReplayLimits,
     grace: Duration,
     metrics: Arc<Metrics>,
+    memory: Arc<MemoryBudget>,
+    /// The queues of sessions ended over the budget whose frames their socket task has not
+    /// let go of yet (they leave the budget when it does): not counted as excess twice.
+    evicted: Vec<OutboundTx>,
 }
 
 /// Rooms and sessions of one process. See the module docs.
@@ -165,6 +172,8 @@ impl LocalHub {
             replay_limits: settings.replay,
             grace: settings.resume_grace,
             metrics: Arc::clone(&metrics),
+            memory: Arc::clone(&settings.memory),
+            evicted: Vec::new(),
         };
         Self {
             state: Mutex::new(state),
@@ -351,7 +360,9 @@ impl LocalHub {
                 ),
             ));
         };
+        let before = session.outbox.bytes();
         session.outbox.ack(req.last_seq);
+        self.settings.memory.resize(before, session.outbox.bytes());
         let old = std::mem::replace(
             &mut session.link,
             Link::Attached {
@@ -457,7 +468,9 @@ impl LocalHub {
             }
             Request::Other(ClientMessage::Ack { seq }) => {
                 if let Some(session) = st.sessions.get_mut(&key) {
+                    let before = session.outbox.bytes();
                     session.outbox.ack(seq);
+                    self.settings.memory.resize(before, session.outbox.bytes());
                 }
             }
             Request::Other(ClientMessage::Ping { id }) => {
@@ -729,10 +742,12 @@ impl HubState {
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
+        let before = session.outbox.bytes();
         let frame = session.outbox.push(body);
         match &session.link {
             Link::Attached { tx, .. } => {
                 session.outbox.trim(self.replay_limits);
+                self.memory.resize(before, session.outbox.bytes());
                 // Keep the last slot for the error that ends a slow consumer.
                 if tx.has_room(frame.len()) {
                     tx.push(frame);
@@ -741,6 +756,7 @@ impl HubState {
                 }
             }
             Link::Parked { .. } => {
+                self.memory.resize(before, session.outbox.bytes());
                 if session.outbox.over(self.replay_limits) {
                     self.ending.push((key, ErrorCode::ReplayOverflow));
                 }
@@ -769,8 +785,70 @@ impl HubState {
     /// Ends the sessions marked during the operation (which may mark more: a `peer_left` can
     /// overflow another parked session).
     fn settle(&mut self) {
-        while let Some((key, code)) = self.ending.pop() {
-            self.end_session(key, Some(code), LeaveReason::Ended);
+        loop {
+            while let Some((key, code)) = self.ending.pop() {
+                self.end_session(key, Some(code), LeaveReason::Ended);
+            }
+            if !self.memory.over() {
+                return;
+            }
+            self.evict_over_budget();
+            if self.ending.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Past the memory budget: marks the sessions that hold the most for ending, the slowest
+    /// consumers (most queued) first, then parked sessions (largest replay buffers), until what
+    /// they hold would bring the count back under nine tenths of the budget.
+    fn evict_over_budget(&mut self) {
+        self.evicted.retain(|tx| tx.queued_bytes() > 0);
+        let pending: usize = self.evicted.iter().map(OutboundTx::queued_bytes).sum();
+        let mut excess = self.memory.excess().saturating_sub(pending);
+        // (queued, held, key): the slowest consumer has the most queued; ending it frees what
+        // it holds in all (its queue and its replay buffer).
+        let mut consumers: Vec<(usize, usize, SessionKey)> = Vec::new();
+        let mut parked: Vec<(usize, SessionKey)> = Vec::new();
+        for (key, session) in self.sessions.iter() {
+            match &session.link {
+                Link::Attached { tx, .. } => {
+                    let queued = tx.queued_bytes();
+                    if queued > 0 {
+                        consumers.push((queued, queued + session.outbox.bytes(), *key));
+                    }
+                }
+                Link::Parked { .. } => parked.push((session.outbox.bytes(), *key)),
+            }
+        }
+        consumers.sort_unstable_by(|a, b| b.cmp(a));
+        parked.sort_unstable_by(|a, b| b.cmp(a));
+        let victims = consumers
+            .into_iter()
+            .map(|(_, held, key)| (held, key, ErrorCode::SlowConsumer))
+            .chain(
+                parked
+                    .into_iter()
+                    .map(|(bytes, key)| (bytes, key, ErrorCode::ReplayOverflow)),
+            );
+        for (bytes, key, code) in victims {
+            if excess == 0 || bytes == 0 {
+                break;
+            }
+            tracing::warn!(
+                session = %format!("{key:016x}"),
+                %code,
+                bytes,
+                used = self.memory.used(),
+                budget = self.memory.limit(),
+                "over the memory budget: ending the session that holds the most"
+            );
+            self.metrics.budget_evictions.inc();
+            if let Some(Link::Attached { tx, .. }) = self.sessions.get(&key).map(|s| &s.link) {
+                self.evicted.push(tx.clone());
+            }
+            self.ending.push((key, code));
+            excess = excess.saturating_sub(bytes);
         }
     }
 
@@ -779,6 +857,7 @@ impl HubState {
         let Some(session) = self.sessions.remove(&key) else {
             return;
         };
+        self.memory.release(session.outbox.bytes());
         let mut others = Vec::new();
         if let Some(room) = self.rooms.get_mut(&session.room) {
             room.remove(key, &session.peer);
@@ -835,6 +914,10 @@ mod tests {
     use clap::Parser as _;
 
     fn hub(replay_max_messages: usize) -> LocalHub {
+        hub_with_budget(replay_max_messages, Arc::new(MemoryBudget::unlimited()))
+    }
+
+    fn hub_with_budget(replay_max_messages: usize, memory: Arc<MemoryBudget>) -> LocalHub {
         let settings = HubSettings {
             replay: ReplayLimits {
                 max_messages: replay_max_messages,
@@ -848,6 +931,7 @@ mod tests {
             ping_timeout: Duration::from_secs(30),
             max_message_bytes: 65536,
             reconnect_after: Duration::from_secs(1),
+            memory,
         };
         let config = crate::config::Config::parse_from(["signaling"]);
         LocalHub::new(
@@ -858,7 +942,7 @@ mod tests {
     }
 
     fn join(hub: &LocalHub, conn: ConnId, queue: usize) -> (Attached, OutboundRx) {
-        let (tx, rx) = crate::outbound::queue(queue, 1 << 20);
+        let (tx, rx) = crate::outbound::queue(queue, 1 << 20, &hub.settings.memory);
         let attached = hub
             .join(
                 conn,
@@ -914,6 +998,64 @@ mod tests {
         )
     }
 
+    /// What a session's end tells the others: (peer, reason) of each `peer_left` in `frames`.
+    fn left(frames: &[ServerFrame]) -> Vec<(PeerId, LeaveReason)> {
+        frames
+            .iter()
+            .filter_map(|f| match &f.message {
+                ServerMessage::PeerLeft { peer_id, reason } => Some((peer_id.clone(), *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn past_the_memory_budget_the_slowest_consumer_ends_first_then_parked_sessions() {
+        let memory = Arc::new(MemoryBudget::new(20_000));
+        let hub = hub_with_budget(10_000, Arc::clone(&memory));
+        let (a, mut a_rx) = join(&hub, 1, 1000);
+        let (b, _b_rx) = join(&hub, 2, 1000); // B never reads.
+        let (c, mut c_rx) = join(&hub, 3, 1000); // C reads everything.
+        frames(&mut a_rx);
+        frames(&mut c_rx);
+        // Signals to B pile up in its queue and replay buffer; to C, only in its buffer (it
+        // reads, and acks nothing).
+        let mut n = 0;
+        while hub.room_peers(&"r".into()).len() == 3 && n < 1000 {
+            send(&hub, &a, 1, &b, n);
+            send(&hub, &a, 1, &c, n);
+            frames(&mut c_rx);
+            n += 1;
+        }
+        assert!(n < 1000, "nobody was ended");
+        let gone = left(&frames(&mut a_rx));
+        assert_eq!(
+            gone,
+            [(b.peer.clone(), LeaveReason::Ended)],
+            "B first: it held the most"
+        );
+        assert!(
+            memory.used() <= memory.limit(),
+            "{} > {}",
+            memory.used(),
+            memory.limit()
+        );
+        assert_eq!(hub.metrics.budget_evictions.get(), 1);
+
+        // C parks; what it is sent waits in its buffer until the budget ends it too.
+        hub.detach(c.key, 3, LeaveReason::Disconnected, Instant::now());
+        let mut m = 0;
+        while hub.room_peers(&"r".into()).len() == 2 && m < 2000 {
+            send(&hub, &a, 1, &c, m);
+            m += 1;
+        }
+        assert!(m < 2000, "the parked session was never ended");
+        let gone = left(&frames(&mut a_rx));
+        assert_eq!(gone, [(c.peer.clone(), LeaveReason::Ended)]);
+        assert!(memory.used() <= memory.limit());
+        drop(_b_rx);
+    }
+
     #[test]
     fn seqs_are_contiguous_and_roles_follow_join_order() {
         let hub = hub(64);
@@ -955,7 +1097,8 @@ mod tests {
         for n in 0..5 {
             send(&hub, &a, 1, &b, n);
         }
-        let (tx, mut rx) = crate::outbound::queue(16, 1 << 20);
+        let (tx, mut rx) =
+            crate::outbound::queue(16, 1 << 20, &Arc::new(MemoryBudget::unlimited()));
         let resumed = hub
             .resume(
                 3,
@@ -1035,7 +1178,7 @@ mod tests {
         last_seq: u64,
         now: Instant,
     ) -> Result<Attached, RequestError> {
-        let (tx, _rx) = crate::outbound::queue(16, 1 << 20);
+        let (tx, _rx) = crate::outbound::queue(16, 1 << 20, &Arc::new(MemoryBudget::unlimited()));
         hub.resume(
             9,
             &tx,

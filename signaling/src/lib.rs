@@ -51,6 +51,8 @@ pub mod listener;
 #[cfg(feature = "with-relay")]
 pub mod local_relay;
 #[cfg(feature = "server")]
+pub mod memory_budget;
+#[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod outbound;
@@ -103,6 +105,7 @@ mod server {
     use crate::http_transport::SendRates;
     use crate::hub::{HubSettings, LocalHub};
     use crate::listener::ListenerLimits;
+    use crate::memory_budget::MemoryBudget;
     use crate::metrics::Metrics;
     use crate::outbox::ReplayLimits;
     use crate::protocol::http;
@@ -124,6 +127,8 @@ mod server {
         pub clients: Arc<IpTable>,
         /// The message rate of HTTP `send`s, per session.
         pub send_rates: SendRates,
+        /// The node's `--memory-budget`, shared by the hub and every connection's queue.
+        pub memory: Arc<MemoryBudget>,
         /// The relay fleet and the connection to read it (cluster mode).
         pub fleet: Option<(Arc<RelayFleet>, fleet::link::Connection)>,
     }
@@ -133,6 +138,7 @@ mod server {
         pub async fn new(config: Config) -> Result<Arc<Self>, Error> {
             config.validate()?;
             let metrics = Arc::new(Metrics::default());
+            let memory = Arc::new(MemoryBudget::new(config.memory_budget));
             let settings = HubSettings {
                 replay: ReplayLimits {
                     max_messages: config.replay_max_messages,
@@ -146,6 +152,7 @@ mod server {
                 ping_timeout: config.ping_timeout,
                 max_message_bytes: config.max_message_bytes,
                 reconnect_after: config.reconnect_after,
+                memory: Arc::clone(&memory),
             };
             let mut ice = IceServerMinter::from_config(&config);
             let fleet = if config.redis_urls.is_empty() {
@@ -195,6 +202,7 @@ mod server {
                     join_burst: config.join_burst_per_ip,
                 }),
                 send_rates: SendRates::new(config.rate_limit, config.rate_burst),
+                memory,
                 fleet,
                 config,
             }))
@@ -247,6 +255,7 @@ mod server {
     }
 
     async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+        app.metrics.budget_used.set(app.memory.used() as i64);
         (
             [(
                 header::CONTENT_TYPE,

@@ -48,6 +48,10 @@ pub struct Metrics {
     resumes: Family<ResultLabel, Counter>,
     http_requests: Family<KindLabel, Counter>,
     http_frames: Counter,
+    /// Sessions ended because the node was past its memory budget.
+    pub budget_evictions: Counter,
+    /// Bytes of frames held (queued and kept for replay), as the memory budget counts them.
+    pub budget_used: Gauge,
     /// Active relays in the fleet, as this node last read it.
     pub relay_fleet: Gauge,
     /// Rooms of this node moved to another relay of the fleet.
@@ -68,6 +72,18 @@ impl Default for Metrics {
         let resumes = Family::<ResultLabel, Counter>::default();
         let http_requests = Family::<KindLabel, Counter>::default();
         let http_frames = Counter::default();
+        let budget_evictions = Counter::default();
+        let budget_used = Gauge::default();
+        registry.register(
+            "memory_budget_evictions",
+            "Sessions ended because the node was past its --memory-budget",
+            budget_evictions.clone(),
+        );
+        registry.register(
+            "memory_budget_used_bytes",
+            "Bytes of frames held (queued and kept for replay) as the memory budget counts them",
+            budget_used.clone(),
+        );
         let relay_fleet = Gauge::default();
         let relay_reassignments = Counter::default();
         let rooms_per_relay = Family::<RelayLabel, Gauge>::default();
@@ -132,6 +148,8 @@ impl Default for Metrics {
             resumes,
             http_requests,
             http_frames,
+            budget_evictions,
+            budget_used,
             relay_fleet,
             relay_reassignments,
             rooms_per_relay,

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 
+use crate::memory_budget::MemoryBudget;
+
 /// What a session's socket task is told to write.
 #[derive(Debug)]
 pub enum Outbound {
@@ -20,8 +22,13 @@ pub enum Outbound {
     Close { frame: Option<Utf8Bytes>, code: u16 },
 }
 
-/// A queue of at most `frames` entries and `max_bytes` bytes of frames.
-pub fn queue(frames: usize, max_bytes: usize) -> (OutboundTx, OutboundRx) {
+/// A queue of at most `frames` entries and `max_bytes` bytes of frames, whose frames also
+/// count against the node's `budget`.
+pub fn queue(
+    frames: usize,
+    max_bytes: usize,
+    budget: &Arc<MemoryBudget>,
+) -> (OutboundTx, OutboundRx) {
     let (tx, rx) = mpsc::channel(frames);
     let bytes = Arc::new(AtomicUsize::new(0));
     (
@@ -29,8 +36,13 @@ pub fn queue(frames: usize, max_bytes: usize) -> (OutboundTx, OutboundRx) {
             tx,
             bytes: Arc::clone(&bytes),
             max_bytes,
+            budget: Arc::clone(budget),
         },
-        OutboundRx { rx, bytes },
+        OutboundRx {
+            rx,
+            bytes,
+            budget: Arc::clone(budget),
+        },
     )
 }
 
@@ -40,6 +52,7 @@ pub struct OutboundTx {
     tx: mpsc::Sender<Outbound>,
     bytes: Arc<AtomicUsize>,
     max_bytes: usize,
+    budget: Arc<MemoryBudget>,
 }
 
 impl OutboundTx {
@@ -53,9 +66,16 @@ impl OutboundTx {
     pub fn push(&self, frame: Utf8Bytes) {
         let len = frame.len();
         self.bytes.fetch_add(len, Ordering::AcqRel);
+        self.budget.add(len);
         if self.tx.try_send(Outbound::Frame(frame)).is_err() {
             self.bytes.fetch_sub(len, Ordering::AcqRel);
+            self.budget.release(len);
         }
+    }
+
+    /// Bytes of frames waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
     }
 
     /// Queues a close (behind what is queued), if there is room.
@@ -74,6 +94,7 @@ impl OutboundTx {
 pub struct OutboundRx {
     rx: mpsc::Receiver<Outbound>,
     bytes: Arc<AtomicUsize>,
+    budget: Arc<MemoryBudget>,
 }
 
 impl OutboundRx {
@@ -94,6 +115,17 @@ impl OutboundRx {
     fn taken(&self, entry: Option<&Outbound>) {
         if let Some(Outbound::Frame(frame)) = entry {
             self.bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+            self.budget.release(frame.len());
+        }
+    }
+}
+
+impl Drop for OutboundRx {
+    /// Frames nobody will write any more leave the budget (new pushes fail from now on).
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(entry) = self.rx.try_recv() {
+            self.taken(Some(&entry));
         }
     }
 }
@@ -104,7 +136,7 @@ mod tests {
 
     #[test]
     fn bounded_in_frames_and_bytes() {
-        let (tx, mut rx) = queue(8, 100);
+        let (tx, mut rx) = queue(8, 100, &Arc::new(MemoryBudget::unlimited()));
         let frame = |n: usize| Utf8Bytes::from("x".repeat(n));
         assert!(tx.has_room(60));
         tx.push(frame(60));
@@ -112,8 +144,27 @@ mod tests {
         assert!(tx.has_room(40));
         assert!(matches!(rx.try_recv(), Some(Outbound::Frame(_))));
         assert!(tx.has_room(100), "bytes given back when taken");
-        let (tx, _rx) = queue(2, 1000);
+        let (tx, _rx) = queue(2, 1000, &Arc::new(MemoryBudget::unlimited()));
         tx.push(frame(1));
         assert!(!tx.has_room(1), "the last slot is kept for the close");
+    }
+
+    #[test]
+    fn queued_frames_count_against_the_budget_until_taken_or_dropped() {
+        let budget = Arc::new(MemoryBudget::new(1000));
+        let (tx, mut rx) = queue(8, 1000, &budget);
+        tx.push(Utf8Bytes::from("x".repeat(100)));
+        tx.push(Utf8Bytes::from("y".repeat(50)));
+        assert_eq!((budget.used(), tx.queued_bytes()), (150, 150));
+        rx.try_recv();
+        assert_eq!(budget.used(), 50);
+        drop(rx);
+        assert_eq!(
+            budget.used(),
+            0,
+            "dropping the receiver releases what it held"
+        );
+        tx.push(Utf8Bytes::from("z".repeat(10)));
+        assert_eq!(budget.used(), 0, "a push to a dropped queue is not counted");
     }
 }

@@ -98,6 +98,11 @@ impl Outbox {
         self.replay.ack(seq);
     }
 
+    /// Bytes of frames kept for replay.
+    pub fn bytes(&self) -> usize {
+        self.replay.bytes
+    }
+
     /// Whether the replay buffer holds more than `limits` allow.
     pub fn over(&self, limits: ReplayLimits) -> bool {
         self.replay.over(limits)

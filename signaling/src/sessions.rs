@@ -106,6 +106,11 @@ impl Sessions {
         self.live.remove(key)
     }
 
+    /// Every live session with its key.
+    pub fn iter(&self) -> impl Iterator<Item = (&SessionKey, &Session)> {
+        self.live.iter()
+    }
+
     /// Every live session's key.
     pub fn keys(&self) -> impl Iterator<Item = &SessionKey> {
         self.live.keys()

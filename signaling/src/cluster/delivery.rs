@@ -126,6 +126,43 @@ impl ClusterHub {
             session.tx.push(frame);
         }
         session.close_if_due();
+        if self.settings.memory.over() {
+            self.evict_over_budget(st);
+        }
+    }
+
+    /// Past the memory budget: ends the local session with the most queued (the slowest
+    /// consumer) with `slow_consumer`, unless the sessions already being ended will free
+    /// enough. Redis holds the replay buffers of a cluster: only queues count here.
+    fn evict_over_budget(self: &Arc<Self>, mut st: std::sync::MutexGuard<'_, super::LocalState>) {
+        st.evicted.retain(|tx| tx.queued_bytes() > 0);
+        let pending: usize = st.evicted.iter().map(|tx| tx.queued_bytes()).sum();
+        if self.settings.memory.excess() <= pending {
+            return;
+        }
+        let Some((key, session)) = st
+            .attached
+            .iter_mut()
+            .filter(|(_, s)| !s.evicting && s.tx.queued_bytes() > 0)
+            .max_by_key(|(_, s)| s.tx.queued_bytes())
+        else {
+            return;
+        };
+        session.evicting = true;
+        let tx = session.tx.clone();
+        let (key, room, conn) = (*key, session.room.clone(), session.conn);
+        tracing::warn!(
+            session = %format!("{key:016x}"),
+            queued = session.tx.queued_bytes(),
+            used = self.settings.memory.used(),
+            budget = self.settings.memory.limit(),
+            "over the memory budget: ending the slowest consumer"
+        );
+        st.evicted.push(tx);
+        drop(st);
+        self.metrics.budget_evictions.inc();
+        let hub = Arc::clone(self);
+        tokio::spawn(async move { hub.end_slow_consumer(room, key, conn).await });
     }
 
     /// Ends a local session whose queue is full (it does not read): `slow_consumer`.

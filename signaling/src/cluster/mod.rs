@@ -128,6 +128,8 @@ struct LocalSession {
     /// Close the socket with this code once the frame with this seq is written (an error
     /// that ends the connection must reach the client first).
     close_after: Option<(u64, u16)>,
+    /// Chosen to end over the memory budget (its queue is released once it is gone).
+    evicting: bool,
 }
 
 impl LocalSession {
@@ -169,6 +171,9 @@ struct LocalState {
     pending_park: Vec<PendingPark>,
     /// Local sessions (attached or parked) per room.
     rooms: HashMap<RoomId, usize>,
+    /// The queues of sessions ended over the memory budget, until their socket tasks let go of
+    /// what they hold (not counted as excess twice).
+    evicted: Vec<OutboundTx>,
 }
 
 impl LocalState {
@@ -391,6 +396,7 @@ impl ClusterHub {
                     inbox: Inbox::starting_at(1),
                     ice_refresh_at: self.ice.refresh_after().map(|d| Instant::now() + d),
                     close_after: None,
+                    evicting: false,
                 },
             );
             key
@@ -610,6 +616,7 @@ impl ClusterHub {
                     inbox,
                     ice_refresh_at: self.ice.refresh_after().map(|d| Instant::now() + d),
                     close_after: None,
+                    evicting: false,
                 },
             );
             if let Some(previous) = previous

@@ -565,3 +565,79 @@ async fn silent_receivers_of_big_broadcasts_cost_a_bounded_amount_of_memory() {
         assert_eq!(left, 16, "every silent receiver was cut off");
     }
 }
+
+#[tokio::test]
+async fn the_memory_budget_bounds_what_many_silent_receivers_and_parked_sessions_hold() {
+    // 24 receivers that never read, each allowed 1 MiB of queue and 1 MiB of replay buffer:
+    // 48 MiB by the per-session bounds alone. The 4 MiB budget ends the biggest holders instead.
+    let server = Server::start(&[
+        "--memory-budget",
+        "4194304",
+        "--replay-max-bytes",
+        "1048576",
+        "--replay-max-messages",
+        "100000",
+        "--outbound-queue",
+        "100000",
+        "--rate-limit",
+        "10000",
+        "--rate-burst",
+        "10000",
+    ]);
+    let (mut a, _) = Client::join(&server.ws_first("/ws/budget"), None).await;
+    // One reader that keeps up: it is not the one to go.
+    let (mut reader, _) = Client::join(&server.ws("/ws/budget"), None).await;
+    let _ = a.recv_message().await;
+    let mut silent = Vec::new();
+    for _ in 0..24 {
+        silent.push(Client::join(&server.ws("/ws/budget"), None).await);
+        let _ = a.recv_message().await; // peer_joined
+    }
+    let before = peak_rss_kib(server.pid());
+    let blob = "b".repeat(20_000);
+    let mut left = 0;
+    let mut received = 0;
+    for _ in 0..400 {
+        a.send(&ClientMessage::Broadcast {
+            id: None,
+            data: serde_json::Value::String(blob.clone()),
+        })
+        .await;
+        while let Some(frame) = a.recv_within(Duration::from_millis(1)).await {
+            if let ServerMessage::PeerLeft { reason, .. } = frame.message {
+                assert_eq!(reason, LeaveReason::Ended);
+                left += 1;
+            }
+        }
+        while let Some(frame) = reader.recv_within(Duration::from_millis(1)).await {
+            if let ServerMessage::Broadcast { .. } = frame.message {
+                received += 1;
+            }
+            // A client that keeps up also acknowledges what it processed.
+            reader.send(&ClientMessage::Ack { seq: frame.seq }).await;
+        }
+    }
+    let growth_mib = peak_rss_kib(server.pid()).saturating_sub(before) / 1024;
+    let evictions = server
+        .metric("signaling_memory_budget_evictions_total")
+        .await;
+    eprintln!(
+        "24 silent receivers of 400 x 20 KB broadcasts under a 4 MiB budget: peak RSS +{growth_mib} MiB, {left} ended, {evictions} evictions"
+    );
+    assert!(evictions > 0, "the budget never ended anyone");
+    assert!(left > 0);
+    assert!(growth_mib < 40, "peak RSS grew by {growth_mib} MiB");
+    // The reader that keeps up got every broadcast.
+    while received < 400 {
+        match reader.recv_within(Duration::from_secs(5)).await {
+            Some(frame) => {
+                if let ServerMessage::Broadcast { .. } = frame.message {
+                    received += 1;
+                }
+                reader.send(&ClientMessage::Ack { seq: frame.seq }).await;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(received, 400, "the reader that keeps up lost nothing");
+}
