@@ -74,6 +74,15 @@ impl Admission<'_> {
                 ),
             ));
         }
+        let ticket = self.ip_slot.try_session().ok_or_else(|| {
+            RequestError::new(
+                ErrorCode::TooManySessions,
+                format!(
+                    "this address holds its maximum number of sessions ({})",
+                    self.app.config.max_sessions_per_ip
+                ),
+            )
+        })?;
         let room = match (room, self.path_room) {
             (Some(asked), Some(path)) if &asked != path => {
                 return Err(RequestError::new(
@@ -127,6 +136,7 @@ impl Admission<'_> {
                     version,
                     room,
                     name,
+                    ticket: Some(ticket),
                 },
             )
             .await

@@ -131,12 +131,21 @@ pub struct IpLimits {
     pub max_connections: usize,
     pub join_rate: f64,
     pub join_burst: f64,
+    /// Sessions (attached or parked) an address may hold on this node.
+    pub max_sessions: usize,
 }
 
 #[derive(Debug)]
 struct Entry {
     connections: usize,
+    sessions: usize,
     joins: TokenBucket,
+}
+
+impl Entry {
+    fn unused(&self) -> bool {
+        self.connections == 0 && self.sessions == 0
+    }
 }
 
 /// Open connections and join buckets per client address.
@@ -159,6 +168,22 @@ impl IpSlot {
         self.ip
     }
 
+    /// A place for one more session of this address, or `None` when it holds its maximum.
+    /// The hub keeps the ticket with the session: dropping it (the session ended) gives the
+    /// place back.
+    pub fn try_session(&self) -> Option<SessionTicket> {
+        let mut entries = self.table.lock();
+        let entry = entries.get_mut(&self.ip)?;
+        if entry.sessions >= self.table.limits.max_sessions {
+            return None;
+        }
+        entry.sessions += 1;
+        Some(SessionTicket {
+            table: Arc::clone(&self.table),
+            ip: self.ip,
+        })
+    }
+
     /// Takes one join from the address's bucket; `false` means it joins too fast.
     pub fn try_join(&self, now: Instant) -> bool {
         let mut entries = self.table.lock();
@@ -177,7 +202,26 @@ impl Drop for IpSlot {
         let mut entries = self.table.lock();
         if let Some(entry) = entries.get_mut(&self.ip) {
             entry.connections -= 1;
-            if entry.connections == 0 {
+            if entry.unused() {
+                entries.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One session's place among its address's (see [`IpSlot::try_session`]).
+#[derive(Debug)]
+pub struct SessionTicket {
+    table: Arc<IpTable>,
+    ip: IpAddr,
+}
+
+impl Drop for SessionTicket {
+    fn drop(&mut self) {
+        let mut entries = self.table.lock();
+        if let Some(entry) = entries.get_mut(&self.ip) {
+            entry.sessions -= 1;
+            if entry.unused() {
                 entries.remove(&self.ip);
             }
         }
@@ -202,6 +246,7 @@ impl IpTable {
         let mut entries = self.lock();
         let entry = entries.entry(ip).or_insert_with(|| Entry {
             connections: 0,
+            sessions: 0,
             joins: TokenBucket::new(self.limits.join_burst, now),
         });
         if entry.connections >= self.limits.max_connections {
@@ -275,6 +320,7 @@ mod tests {
             max_connections: 2,
             join_rate: 1.0,
             join_burst: 2.0,
+            max_sessions: 3,
         });
         let now = Instant::now();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
@@ -288,5 +334,32 @@ mod tests {
         assert!(table.connect(ip, now).is_some(), "a slot came back");
         drop(b);
         assert!(table.is_empty(), "entries go with their last connection");
+    }
+
+    #[test]
+    fn sessions_are_bounded_per_address_and_outlive_their_connection() {
+        let table = IpTable::new(IpLimits {
+            max_connections: 10,
+            join_rate: 100.0,
+            join_burst: 100.0,
+            max_sessions: 2,
+        });
+        let now = Instant::now();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let slot = table.connect(ip, now).unwrap();
+        let first = slot.try_session().unwrap();
+        let second = slot.try_session().unwrap();
+        assert!(slot.try_session().is_none(), "two sessions at most");
+        drop(slot);
+        assert_eq!(table.len(), 1, "parked sessions keep the address's entry");
+        drop(first);
+        let slot = table.connect(ip, now).unwrap();
+        assert!(
+            slot.try_session().is_some(),
+            "an ended session gives its place back"
+        );
+        drop(second);
+        drop(slot);
+        assert!(table.is_empty());
     }
 }

@@ -154,6 +154,11 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_MAX_CONNECTIONS_PER_IP", default_value_t = 500)]
     pub max_connections_per_ip: usize,
 
+    /// Sessions (attached or parked) per client address on this node; more joins are refused
+    /// with `too_many_sessions`.
+    #[arg(long, env = "SIGNALING_MAX_SESSIONS_PER_IP", default_value_t = 1000)]
+    pub max_sessions_per_ip: usize,
+
     /// Sustained joins per second per client address (token bucket rate); a faster `join` gets
     /// `rate_limited`.
     #[arg(long, env = "SIGNALING_JOIN_RATE_PER_IP", default_value_t = 20.0)]
@@ -341,10 +346,11 @@ impl Config {
             return bad("--header-read-timeout and --max-http-connections must be > 0".into());
         }
         if self.max_connections_per_ip == 0
+            || self.max_sessions_per_ip == 0
             || !(self.join_rate_per_ip > 0.0 && self.join_burst_per_ip >= 1.0)
         {
             return bad(
-                "--max-connections-per-ip must be > 0, --join-rate-per-ip > 0 and --join-burst-per-ip >= 1"
+                "--max-connections-per-ip and --max-sessions-per-ip must be > 0, --join-rate-per-ip > 0 and --join-burst-per-ip >= 1"
                     .into(),
             );
         }

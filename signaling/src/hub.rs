@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::extract::ws::Utf8Bytes;
 
 use crate::api::PeerEntry;
+use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
@@ -76,6 +77,8 @@ pub struct JoinRequest {
     pub version: u32,
     pub room: RoomId,
     pub name: Option<String>,
+    /// The session's place among its client address's (`--max-sessions-per-ip`).
+    pub ticket: Option<SessionTicket>,
 }
 
 /// A `resume` whose version was negotiated.
@@ -266,6 +269,7 @@ impl LocalHub {
                 tx: tx.clone(),
             },
             ice_refresh_at: self.ice.refresh_after().map(|d| now + d),
+            ticket: req.ticket,
         };
         st.sessions.insert(key, session);
         st.rooms
@@ -952,6 +956,7 @@ mod tests {
                     version: 1,
                     room: "r".into(),
                     name: None,
+                    ticket: None,
                 },
                 Instant::now(),
             )

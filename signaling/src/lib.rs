@@ -200,6 +200,7 @@ mod server {
                     max_connections: config.max_connections_per_ip,
                     join_rate: config.join_rate_per_ip,
                     join_burst: config.join_burst_per_ip,
+                    max_sessions: config.max_sessions_per_ip,
                 }),
                 send_rates: SendRates::new(config.rate_limit, config.rate_burst),
                 memory,

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::client_ip::SessionTicket;
 use crate::hub::{ConnId, SessionKey};
 use crate::outbound::OutboundTx;
 use crate::outbox::Outbox;
@@ -35,6 +36,8 @@ pub struct Session {
     pub link: Link,
     /// When fresh TURN credentials are due (80% of their TTL), if they expire at all.
     pub ice_refresh_at: Option<Instant>,
+    /// The session's place among its client address's (given back when it ends).
+    pub ticket: Option<SessionTicket>,
 }
 
 impl Session {

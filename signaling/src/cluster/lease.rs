@@ -171,6 +171,7 @@ impl ClusterHub {
                             room: room.clone(),
                             expires_ms,
                             reason: LeaveReason::Disconnected,
+                            ticket: None,
                         },
                     );
                 }

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::ws::Utf8Bytes;
 
 use crate::api::PeerEntry;
+use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
 use crate::hub::{
     Attached, ConnId, Flow, HubSettings, JoinRequest, OutboundTx, ResumeRequest, SessionKey,
@@ -130,6 +131,8 @@ struct LocalSession {
     close_after: Option<(u64, u16)>,
     /// Chosen to end over the memory budget (its queue is released once it is gone).
     evicting: bool,
+    /// Its place among its client address's sessions on this node, if it joined here.
+    ticket: Option<SessionTicket>,
 }
 
 impl LocalSession {
@@ -149,6 +152,7 @@ struct ParkedHere {
     room: RoomId,
     expires_ms: u64,
     reason: LeaveReason,
+    ticket: Option<SessionTicket>,
 }
 
 /// A detach that could not reach Redis (an outage): parked once it is back.
@@ -157,6 +161,7 @@ struct PendingPark {
     key: SessionKey,
     conn: ConnId,
     reason: LeaveReason,
+    ticket: Option<SessionTicket>,
 }
 
 /// What this node holds. Sessions enter and leave `attached` and `parked` only through the
@@ -215,11 +220,11 @@ impl LocalState {
         }
     }
 
-    /// Forgets a parked session.
-    fn unpark(&mut self, key: SessionKey) {
-        if let Some(parked) = self.parked.remove(&key) {
-            self.count_out(&parked.room);
-        }
+    /// Forgets a parked session; returns its ticket.
+    fn unpark(&mut self, key: SessionKey) -> Option<SessionTicket> {
+        let parked = self.parked.remove(&key)?;
+        self.count_out(&parked.room);
+        parked.ticket
     }
 }
 
@@ -363,7 +368,7 @@ impl ClusterHub {
         &self,
         conn: ConnId,
         tx: &OutboundTx,
-        req: JoinRequest,
+        mut req: JoinRequest,
     ) -> Result<Attached, RequestError> {
         self.accepting()?;
         let key = {
@@ -397,6 +402,7 @@ impl ClusterHub {
                     ice_refresh_at: self.ice.refresh_after().map(|d| Instant::now() + d),
                     close_after: None,
                     evicting: false,
+                    ticket: req.ticket.take(),
                 },
             );
             key
@@ -606,6 +612,9 @@ impl ClusterHub {
             let mut st = self.lock();
             let mut inbox = st.resuming.remove(&key).unwrap_or_default();
             all.extend(inbox.start(next));
+            // A session that joined on this node keeps its place among its address's.
+            let parked_ticket = st.unpark(key);
+            let attached_ticket = st.attached.get_mut(&key).and_then(|s| s.ticket.take());
             let previous = st.attach(
                 key,
                 LocalSession {
@@ -617,6 +626,7 @@ impl ClusterHub {
                     ice_refresh_at: self.ice.refresh_after().map(|d| Instant::now() + d),
                     close_after: None,
                     evicting: false,
+                    ticket: attached_ticket.or(parked_ticket),
                 },
             );
             if let Some(previous) = previous
@@ -624,7 +634,6 @@ impl ClusterHub {
             {
                 previous.tx.close(None, close_code::POLICY);
             }
-            st.unpark(key);
             self.update_gauges(&st);
         }
         if old_node != self.cluster.node_id {
@@ -885,7 +894,7 @@ impl ClusterHub {
 
     /// The socket of `conn` is gone: park its session for the grace period.
     pub async fn detach(&self, key: SessionKey, conn: ConnId, reason: LeaveReason) {
-        let room = {
+        let (room, ticket) = {
             let mut st = self.lock();
             match st.attached.get(&key) {
                 Some(s) if s.conn == conn => {}
@@ -894,7 +903,7 @@ impl ClusterHub {
             let session = st.detach(key);
             self.update_gauges(&st);
             match session {
-                Some(s) => s.room,
+                Some(s) => (s.room, s.ticket),
                 None => return,
             }
         };
@@ -903,6 +912,7 @@ impl ClusterHub {
             key,
             conn,
             reason,
+            ticket,
         })
         .await;
     }
@@ -932,6 +942,7 @@ impl ClusterHub {
                         room: pending.room,
                         expires_ms,
                         reason: pending.reason,
+                        ticket: pending.ticket,
                     },
                 );
                 self.update_gauges(&st);

@@ -641,3 +641,45 @@ async fn the_memory_budget_bounds_what_many_silent_receivers_and_parked_sessions
     }
     assert_eq!(received, 400, "the reader that keeps up lost nothing");
 }
+
+#[tokio::test]
+async fn sessions_are_limited_per_client_address_parked_ones_included() {
+    let server = Server::start(&["--max-sessions-per-ip", "3", "--resume-grace", "30s"]);
+    let url = || server.ws_first("/ws/sessions-ip");
+    // Three sessions from one address: two stay attached, one parks (its socket closes).
+    let (_a, _) = Client::join(&url(), None).await;
+    let (_b, _) = Client::join(&url(), None).await;
+    let (c, c_info) = Client::join(&url(), None).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A fourth is refused, even though only two sockets are open.
+    let mut d = Client::connect(&url()).await;
+    d.send(&join_message("sessions-ip")).await;
+    let refused = d.expect_error(ErrorCode::TooManySessions).await;
+    assert_eq!(refused.seq, 0);
+    assert_eq!(d.expect_close().await, Closed::Code(1013));
+    // The parked session resumes (resumes create nothing, so they are not refused)...
+    let mut c = Client::connect(&url()).await;
+    c.send(&ClientMessage::Resume {
+        id: None,
+        versions: vec![1],
+        resume_token: c_info.resume_token.clone(),
+        last_seq: 1,
+    })
+    .await;
+    loop {
+        if let ServerMessage::Resumed { .. } = c.recv_message().await {
+            break;
+        }
+    }
+    // ...and when it leaves, its place comes back.
+    c.send(&ClientMessage::Leave { id: None }).await;
+    assert_eq!(c.expect_close().await, Closed::Code(1000));
+    let (_e, _) = Client::join(&url(), None).await;
+    assert!(
+        server
+            .metric("signaling_errors_total{code=\"too_many_sessions\"}")
+            .await
+            >= 1
+    );
+}
