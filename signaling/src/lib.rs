@@ -209,6 +209,16 @@ mod server {
             }))
         }
 
+        /// A new connection's outbound queue, with the configured bounds, counted in the
+        /// memory budget.
+        pub fn outbound_queue(&self) -> (crate::outbound::OutboundTx, crate::outbound::OutboundRx) {
+            crate::outbound::queue(
+                self.config.outbound_queue,
+                self.config.outbound_queue_bytes,
+                &self.memory,
+            )
+        }
+
         /// How often the hub's periodic work runs: fine enough for the resume grace period
         /// and the TURN credential refresh, at most once a second.
         fn sweep_interval(&self) -> Duration {

@@ -40,11 +40,7 @@ pub struct Handshake {
 
 /// Runs one socket to its end.
 pub async fn run(socket: WebSocket, app: Arc<AppState>, handshake: Handshake) {
-    let (tx, rx) = crate::outbound::queue(
-        app.config.outbound_queue,
-        app.config.outbound_queue_bytes,
-        &app.memory,
-    );
+    let (tx, rx) = app.outbound_queue();
     let now = Instant::now();
     let mut task = SocketTask {
         conn: Connection::new(socket, app.config.ping_timeout),

@@ -126,7 +126,7 @@ fn turn_port(servers: &[signaling::protocol::IceServer]) -> Option<u16> {
 }
 
 /// Joins `room`; returns the socket and the port of the relay it was given.
-async fn join(addr: SocketAddr, room: &str) -> (Ws, u16) {
+pub(crate) async fn join(addr: SocketAddr, room: &str) -> (Ws, u16) {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/{room}"))
         .await
         .expect("connect");

@@ -8,8 +8,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::redis::RedisServer;
-use futures_util::{SinkExt as _, StreamExt as _};
-use signaling::protocol::{ServerFrame, ServerMessage};
+use futures_util::SinkExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::fleet::{FleetRelay, start_fleet_relay, start_fleet_signaling};
@@ -115,43 +114,13 @@ fn relay_only_peers_restart_ice_onto_the_new_relay_when_theirs_drains() {
 }
 
 /// The port of the relay the server gives `room` (a bare session that joins and leaves).
+/// The relay a peer of `room` is given, by a short-lived join.
 fn room_relay(addr: std::net::SocketAddr, room: &str) -> u16 {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/{room}"))
-            .await
-            .expect("connect");
-        ws.send(Message::text(r#"{"type":"join","versions":[1]}"#))
-            .await
-            .expect("join");
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
-                .await
-                .expect("welcome in time")
-                .expect("open")
-                .expect("frame");
-            let Message::Text(text) = message else {
-                continue;
-            };
-            let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
-            if let ServerMessage::Welcome { session, .. } = frame.message {
-                let _ = ws.send(Message::text(r#"{"type":"leave"}"#)).await;
-                return session
-                    .ice_servers
-                    .iter()
-                    .flat_map(|s| &s.urls)
-                    .find_map(|u| {
-                        u.strip_prefix("turn:")?
-                            .split('?')
-                            .next()?
-                            .rsplit(':')
-                            .next()?
-                            .parse()
-                            .ok()
-                    })
-                    .expect("a TURN URL from the fleet");
-            }
-        }
+        let (mut ws, port) = crate::fleet::join(addr, room).await;
+        let _ = ws.send(Message::text(r#"{"type":"leave"}"#)).await;
+        port
     })
 }
 

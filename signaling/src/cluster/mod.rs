@@ -110,6 +110,17 @@ fn parse_cluster_token(token: &ResumeToken) -> Option<(SessionKey, &str, PeerId,
     ))
 }
 
+/// The refusal for a session that ended with an error: the code of its tombstone (the first
+/// value of an `ended` reply).
+fn ended(reply: &Reply) -> RequestError {
+    let code = reply
+        .rest
+        .first()
+        .and_then(|c| serde_json::from_value(serde_json::Value::from(c.as_str())).ok())
+        .unwrap_or(ErrorCode::ResumeFailed);
+    RequestError::new(code, format!("the session ended ({code})"))
+}
+
 /// What Redis keeps to check a presented secret: its SHA-256 (a leaked store reveals no token).
 fn secret_hash(secret_hex: &str) -> String {
     hex::encode(ring::digest::digest(
@@ -667,17 +678,7 @@ impl ClusterHub {
         self.end_overflowed(room, &reply).await;
         match reply.status.as_str() {
             "ok" => {}
-            "ended" => {
-                let code = reply
-                    .rest
-                    .first()
-                    .and_then(|c| serde_json::from_value(serde_json::Value::from(c.as_str())).ok())
-                    .unwrap_or(ErrorCode::ResumeFailed);
-                return Err(RequestError::new(
-                    code,
-                    format!("the session ended ({code})"),
-                ));
-            }
+            "ended" => return Err(ended(&reply)),
             "gap" => {
                 return Err(RequestError::new(
                     ErrorCode::ResumeFailed,
@@ -734,17 +735,7 @@ impl ClusterHub {
             })?;
         match reply.status.as_str() {
             "ok" => {}
-            "ended" => {
-                let code = reply
-                    .rest
-                    .first()
-                    .and_then(|c| serde_json::from_value(serde_json::Value::from(c.as_str())).ok())
-                    .unwrap_or(ErrorCode::ResumeFailed);
-                return Err(RequestError::new(
-                    code,
-                    format!("the session ended ({code})"),
-                ));
-            }
+            "ended" => return Err(ended(&reply)),
             _ => return Err(unknown()),
         }
         for message in messages {

@@ -206,11 +206,7 @@ async fn try_open(
     })?;
     // The session is attached to a queue nobody reads for the length of this request, then
     // parked: its frames, `welcome` or `resumed` included, wait in its outbox for a stream.
-    let (tx, _rx) = crate::outbound::queue(
-        app.config.outbound_queue,
-        app.config.outbound_queue_bytes,
-        &app.memory,
-    );
+    let (tx, _rx) = app.outbound_queue();
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let door = Admission {
         app,

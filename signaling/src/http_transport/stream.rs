@@ -94,11 +94,7 @@ async fn attach(
             "too many connections from this address",
         )
     })?;
-    let (tx, rx) = crate::outbound::queue(
-        app.config.outbound_queue,
-        app.config.outbound_queue_bytes,
-        &app.memory,
-    );
+    let (tx, rx) = app.outbound_queue();
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let attached = app
         .hub
