@@ -78,6 +78,8 @@ pub mod turn_credentials;
 pub mod web;
 #[cfg(feature = "server")]
 pub mod ws;
+#[cfg(feature = "server")]
+pub mod y_webrtc;
 
 #[cfg(feature = "server")]
 pub use server::{AppState, app, serve};
@@ -235,6 +237,7 @@ mod server {
         Router::new()
             .route("/ws", get(crate::ws::upgrade))
             .route("/ws/{room}", get(crate::ws::upgrade_room))
+            .route("/y-webrtc", get(crate::y_webrtc::upgrade))
             .route(http::OPEN, post(crate::http_transport::open))
             .route(http::EVENTS, get(crate::http_transport::events))
             .route(http::POLL, get(crate::http_transport::poll))

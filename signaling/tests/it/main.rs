@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod basic;
 mod cluster;
+mod compat;
 mod docs;
 mod http;
 #[path = "../../../tests/src/signaling_http.rs"]

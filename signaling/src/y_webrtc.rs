@@ -1,0 +1,470 @@
+//! y-webrtc compatibility (`GET /y-webrtc`, a WebSocket): the signaling protocol of Yjs's
+//! WebRTC provider, served by our hub, so a Yjs app gets our limits, auth, metrics and cluster
+//! by changing its `signaling` URL. See `docs/compat.md`.
+//!
+//! The wire (JSON text frames): `{"type":"subscribe","topics":[..]}`,
+//! `{"type":"unsubscribe","topics":[..]}`, `{"type":"publish","topic":T,"data":..}` (delivered
+//! to the topic's other subscribers as the same message) and `{"type":"ping"}` (answered
+//! `{"type":"pong"}`). Each subscription is a hub session in a room named after the topic's
+//! hash (topics are free-form strings; room ids are not), with its own outbound queue so frames
+//! can be told apart by topic; a `publish` is a `broadcast` of that session. The payloads (SDP,
+//! ICE candidates, optionally encrypted with the y-webrtc room password) pass opaquely. y-webrtc
+//! has no resume: a closed socket leaves every topic at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SelectAll, Stream, StreamExt as _};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::auth::Claims;
+use crate::client_ip::{IpSlot, client_ip};
+use crate::connection::{Connection, Inbound};
+use crate::hub::{ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, SessionKey};
+use crate::protocol::{ClientMessage, ErrorCode, PeerId, RoomId, ServerFrame, ServerMessage};
+use crate::rate_limit::TokenBucket;
+use crate::ws::origin_allowed;
+
+/// Topics one connection may subscribe to at once.
+pub const MAX_TOPICS: usize = 64;
+
+/// Close codes of this endpoint (RFC 6455).
+mod close {
+    /// Not JSON, or not a y-webrtc message.
+    pub(super) const INVALID: u16 = 1007;
+    /// A limit (topics, rate, auth).
+    pub(super) const POLICY: u16 = 1008;
+}
+
+/// A client message of y-webrtc's signaling protocol.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum YMessage {
+    Subscribe {
+        #[serde(default)]
+        topics: Vec<String>,
+    },
+    Unsubscribe {
+        #[serde(default)]
+        topics: Vec<String>,
+    },
+    Publish {
+        topic: String,
+        #[serde(default)]
+        data: serde_json::Value,
+    },
+    Ping,
+}
+
+/// A `publish` as subscribers receive it.
+#[derive(Serialize)]
+struct Published<'a> {
+    r#type: &'static str,
+    topic: &'a str,
+    data: &'a serde_json::Value,
+}
+
+/// The room of a topic: its SHA-256, so any string maps to a valid room id, the same on every
+/// node.
+pub fn topic_room(topic: &str) -> RoomId {
+    let digest = ring::digest::digest(&ring::digest::SHA256, topic.as_bytes());
+    RoomId(format!("y.{}", hex::encode(&digest.as_ref()[..20])))
+}
+
+/// `GET /y-webrtc`: the upgrade, after the same checks as `/ws` (origin, draining, connection
+/// limits, `?token=`).
+pub async fn upgrade(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let refuse = |status: StatusCode, code: ErrorCode, message: &str| {
+        app.metrics.error(code);
+        (status, format!("{code}: {message}\n")).into_response()
+    };
+    if !origin_allowed(&app.config.allowed_origins, &headers) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        );
+    }
+    if app.hub.is_draining() || !app.hub.is_available() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the server cannot take connections now",
+        );
+    }
+    if app.metrics.connections.get() >= app.config.max_connections as i64 {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManySessions,
+            "too many connections",
+        );
+    }
+    let ip = client_ip(peer, &headers, &app.config.trusted_proxies);
+    let Some(ip_slot) = app.clients.connect(ip, Instant::now()) else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyConnections,
+            "too many connections from this address",
+        );
+    };
+    let claims = match (&app.auth, query.get("token")) {
+        (Some(auth), Some(token)) => match auth.verify(token) {
+            Ok(claims) => Some(claims),
+            Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.code, &e.message),
+        },
+        (Some(_), None) => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "this server requires a token (?token=) granting the topic",
+            );
+        }
+        (None, _) => None,
+    };
+    let limit = app.config.max_message_bytes;
+    ws.read_buffer_size(2 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limit.saturating_mul(4).max(1 << 20))
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| run(socket, app, ip_slot, claims))
+}
+
+/// One subscription: the hub session of the topic and its queue's handle.
+struct Subscription {
+    key: SessionKey,
+    peer: PeerId,
+    /// Held so the queue never reports "closed"; the hub closes it explicitly.
+    _tx: OutboundTx,
+    /// Frames delivered since the last ack to the hub.
+    unacked: u32,
+}
+
+/// The frames of every subscription, each tagged with its topic.
+type Inboxes = SelectAll<Pin<Box<dyn Stream<Item = (Arc<str>, Outbound)> + Send>>>;
+
+fn inbox(
+    topic: Arc<str>,
+    rx: OutboundRx,
+) -> Pin<Box<dyn Stream<Item = (Arc<str>, Outbound)> + Send>> {
+    Box::pin(futures_util::stream::unfold(rx, move |mut rx| {
+        let topic = Arc::clone(&topic);
+        async move { rx.recv().await.map(|out| ((topic, out), rx)) }
+    }))
+}
+
+struct YConnection {
+    app: Arc<AppState>,
+    conn: ConnId,
+    socket: Connection,
+    ip_slot: IpSlot,
+    claims: Option<Claims>,
+    topics: HashMap<Arc<str>, Subscription>,
+    bucket: TokenBucket,
+}
+
+/// Why the connection ends: a close to send, or nothing (the client went away).
+type End = Option<(u16, &'static str)>;
+
+async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Option<Claims>) {
+    let now = Instant::now();
+    let mut this = YConnection {
+        conn: app.next_conn.fetch_add(1, Ordering::Relaxed),
+        socket: Connection::new(socket, app.config.ping_timeout),
+        bucket: TokenBucket::new(app.config.rate_burst, now),
+        app,
+        ip_slot,
+        claims,
+        topics: HashMap::new(),
+    };
+    this.app.metrics.connections.inc();
+    this.app.metrics.connections_total.inc();
+    let mut inboxes = Inboxes::new();
+    let interval = this.app.config.ping_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut last_heard = Instant::now();
+    let end: End = loop {
+        let step = tokio::select! {
+            inbound = this.socket.recv() => {
+                last_heard = Instant::now();
+                this.on_inbound(inbound, &mut inboxes).await
+            }
+            Some((topic, out)) = inboxes.next(), if !inboxes.is_empty() => {
+                this.on_outbound(&topic, out).await
+            }
+            _ = ticker.tick() => {
+                if last_heard.elapsed() >= this.app.config.ping_timeout {
+                    Err(Some((close::POLICY, "ping timeout")))
+                } else if this.socket.ping().await.is_err() {
+                    Err(None)
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        if let Err(end) = step {
+            break end;
+        }
+    };
+    if let Some((code, reason)) = end {
+        this.socket.close(code, reason).await;
+    }
+    this.leave_all().await;
+    this.app.metrics.connections.dec();
+}
+
+impl YConnection {
+    async fn on_inbound(&mut self, inbound: Inbound, inboxes: &mut Inboxes) -> Result<(), End> {
+        let text = match inbound {
+            Inbound::Text(text) => text,
+            Inbound::Alive => return Ok(()),
+            Inbound::Closed => return Err(None),
+            Inbound::Binary => {
+                self.app.metrics.error(ErrorCode::BinaryNotSupported);
+                return Err(Some((close::INVALID, "text frames only")));
+            }
+            Inbound::TooLarge => {
+                self.app.metrics.error(ErrorCode::MessageTooLarge);
+                return Err(Some((1009, "message too large")));
+            }
+        };
+        let config = &self.app.config;
+        if !self
+            .bucket
+            .try_take(Instant::now(), config.rate_limit, config.rate_burst)
+        {
+            self.app.metrics.error(ErrorCode::RateLimited);
+            return Err(Some((close::POLICY, "rate limited")));
+        }
+        let message = match serde_json::from_str::<YMessage>(&text) {
+            Ok(message) => message,
+            Err(_) => {
+                self.app.metrics.error(ErrorCode::InvalidMessage);
+                return Err(Some((close::INVALID, "not a y-webrtc signaling message")));
+            }
+        };
+        match message {
+            YMessage::Subscribe { topics } => {
+                for topic in topics {
+                    self.subscribe(topic, inboxes).await?;
+                }
+                Ok(())
+            }
+            YMessage::Unsubscribe { topics } => {
+                for topic in topics {
+                    self.unsubscribe(&topic).await;
+                }
+                Ok(())
+            }
+            YMessage::Publish { topic, data } => self.publish(&topic, data).await,
+            YMessage::Ping => self
+                .socket
+                .send_text(Utf8Bytes::from_static(r#"{"type":"pong"}"#))
+                .await
+                .map_err(|_| None),
+        }
+    }
+
+    async fn subscribe(&mut self, topic: String, inboxes: &mut Inboxes) -> Result<(), End> {
+        if self.topics.contains_key(topic.as_str()) {
+            return Ok(());
+        }
+        if self.topics.len() >= MAX_TOPICS {
+            self.app.metrics.error(ErrorCode::TooManyRooms);
+            return Err(Some((close::POLICY, "too many topics on one connection")));
+        }
+        if let Some(claims) = &self.claims
+            && claims.room.as_str() != topic
+        {
+            self.app.metrics.error(ErrorCode::Forbidden);
+            return Err(Some((close::POLICY, "the token does not grant this topic")));
+        }
+        if !self.ip_slot.try_join(Instant::now()) {
+            self.app.metrics.error(ErrorCode::RateLimited);
+            return Err(Some((
+                close::POLICY,
+                "too many subscriptions from this address",
+            )));
+        }
+        let Some(ticket) = self.ip_slot.try_session() else {
+            self.app.metrics.error(ErrorCode::TooManySessions);
+            return Err(Some((close::POLICY, "too many sessions from this address")));
+        };
+        let (tx, rx) = self.app.outbound_queue();
+        let joined = self
+            .app
+            .hub
+            .join(
+                self.conn,
+                &tx,
+                JoinRequest {
+                    reference: None,
+                    version: 1,
+                    room: topic_room(&topic),
+                    name: None,
+                    ticket: Some(ticket),
+                },
+            )
+            .await;
+        let attached = match joined {
+            Ok(attached) => attached,
+            Err(error) => {
+                self.app.metrics.error(error.code);
+                return Err(Some((
+                    close::POLICY,
+                    "the topic cannot take more subscribers",
+                )));
+            }
+        };
+        let topic: Arc<str> = Arc::from(topic);
+        inboxes.push(inbox(Arc::clone(&topic), rx));
+        self.topics.insert(
+            topic,
+            Subscription {
+                key: attached.key,
+                peer: attached.peer,
+                _tx: tx,
+                unacked: 0,
+            },
+        );
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, topic: &str) {
+        if let Some(sub) = self.topics.remove(topic) {
+            // Its queue's stream ends when the hub drops the session's handle.
+            let _ = self
+                .app
+                .hub
+                .handle(
+                    sub.key,
+                    self.conn,
+                    &sub.peer,
+                    ClientMessage::Leave { id: None },
+                )
+                .await;
+        }
+    }
+
+    async fn publish(&mut self, topic: &str, data: serde_json::Value) -> Result<(), End> {
+        let Some(sub) = self.topics.get(topic) else {
+            // The reference server delivers it anyway; y-webrtc always subscribes first.
+            self.app.metrics.error(ErrorCode::NotJoined);
+            return Ok(());
+        };
+        let flow = self
+            .app
+            .hub
+            .handle(
+                sub.key,
+                self.conn,
+                &sub.peer,
+                ClientMessage::Broadcast { id: None, data },
+            )
+            .await;
+        match flow {
+            Flow::Continue => Ok(()),
+            Flow::Retry => Err(Some((1013, "unavailable"))),
+            Flow::Left | Flow::Gone => {
+                self.topics.remove(topic);
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_outbound(&mut self, topic: &Arc<str>, out: Outbound) -> Result<(), End> {
+        let frame = match out {
+            Outbound::Frame(frame) => frame,
+            Outbound::Close { code, .. } => {
+                // The hub ended this topic's session (slow consumer, budget, drain).
+                self.topics.remove(topic);
+                return match code {
+                    crate::hub::close_code::NORMAL => Ok(()),
+                    code => Err(Some((code, "session ended"))),
+                };
+            }
+        };
+        let Ok(parsed) = serde_json::from_str::<ServerFrame>(&frame) else {
+            return Ok(());
+        };
+        if let Some(sub) = self.topics.get_mut(topic) {
+            sub.unacked += 1;
+            if sub.unacked >= 16 {
+                sub.unacked = 0;
+                let (key, peer) = (sub.key, sub.peer.clone());
+                let _ = self
+                    .app
+                    .hub
+                    .handle(
+                        key,
+                        self.conn,
+                        &peer,
+                        ClientMessage::Ack { seq: parsed.seq },
+                    )
+                    .await;
+            }
+        }
+        let ServerMessage::Broadcast { data, .. } = parsed.message else {
+            // welcome, peer_joined, peer_left...: y-webrtc has no such messages.
+            return Ok(());
+        };
+        let published = serde_json::to_string(&Published {
+            r#type: "publish",
+            topic,
+            data: &data,
+        })
+        .unwrap_or_default();
+        self.app.metrics.messages_relayed.inc();
+        self.socket
+            .send_text(Utf8Bytes::from(published))
+            .await
+            .map_err(|_| None)
+    }
+
+    async fn leave_all(&mut self) {
+        let topics: Vec<Arc<str>> = self.topics.keys().cloned().collect();
+        for topic in topics {
+            self.unsubscribe(&topic).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_map_to_valid_room_ids_the_same_everywhere() {
+        let room = topic_room("my document / ünïcode");
+        assert!(crate::protocol::is_valid_room_id(room.as_str()), "{room}");
+        assert_eq!(room, topic_room("my document / ünïcode"));
+        assert_ne!(room, topic_room("another"));
+    }
+
+    #[test]
+    fn the_client_messages_parse() {
+        let m: YMessage =
+            serde_json::from_str(r#"{"type":"subscribe","topics":["a","b"]}"#).unwrap();
+        assert!(matches!(m, YMessage::Subscribe { topics } if topics.len() == 2));
+        let m: YMessage =
+            serde_json::from_str(r#"{"type":"publish","topic":"a","data":{"x":1}}"#).unwrap();
+        assert!(matches!(m, YMessage::Publish { .. }));
+        assert!(serde_json::from_str::<YMessage>(r#"{"type":"ping"}"#).is_ok());
+        assert!(serde_json::from_str::<YMessage>(r#"{"type":"dance"}"#).is_err());
+    }
+}
