@@ -251,12 +251,9 @@ impl YConnection {
             self.app.metrics.error(ErrorCode::RateLimited);
             return Err(Some((close::POLICY, "rate limited")));
         }
-        let message = match serde_json::from_str::<YMessage>(&text) {
-            Ok(message) => message,
-            Err(_) => {
-                self.app.metrics.error(ErrorCode::InvalidMessage);
-                return Err(Some((close::INVALID, "not a y-webrtc signaling message")));
-            }
+        let Ok(message) = serde_json::from_str::<YMessage>(&text) else {
+            self.app.metrics.error(ErrorCode::InvalidMessage);
+            return Err(Some((close::INVALID, "not a y-webrtc signaling message")));
         };
         match message {
             YMessage::Subscribe { topics } => {
