@@ -23,6 +23,16 @@ pub(crate) struct Proc {
 
 impl Proc {
     pub(crate) fn spawn(name: &str, args: &[&str], with_stdin: bool) -> Self {
+        Self::spawn_with_stderr(name, args, with_stdin, Stdio::inherit())
+    }
+
+    /// Like [`Self::spawn`], with stderr going to `stderr` (e.g. a file the test reads).
+    pub(crate) fn spawn_with_stderr(
+        name: &str,
+        args: &[&str],
+        with_stdin: bool,
+        stderr: Stdio,
+    ) -> Self {
         let mut child = Command::new(bin_path(name))
             .args(args)
             .stdin(if with_stdin {
@@ -31,7 +41,7 @@ impl Proc {
                 Stdio::null()
             })
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|err| panic!("spawn {name}: {err}"));
         let stdout = child.stdout.take().expect("piped stdout");
@@ -147,22 +157,27 @@ pub(crate) struct Relay {
 }
 
 fn start_relay() -> Relay {
-    let mut proc = Proc::spawn(
-        "relay",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--no-tcp",
-            "--admin-listen",
-            "none",
-            "--relay-ip",
-            "127.0.0.1",
-            "--allow-loopback-peers",
-            "--auth-secret",
-            TURN_SECRET,
-        ],
-        false,
-    );
+    start_relay_with(true)
+}
+
+/// A relay; without `allow_loopback` it refuses (403) permissions for loopback peers, as a
+/// production relay refuses private addresses.
+fn start_relay_with(allow_loopback: bool) -> Relay {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--no-tcp",
+        "--admin-listen",
+        "none",
+        "--relay-ip",
+        "127.0.0.1",
+        "--auth-secret",
+        TURN_SECRET,
+    ];
+    if allow_loopback {
+        args.push("--allow-loopback-peers");
+    }
+    let mut proc = Proc::spawn("relay", &args, false);
     let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening udp "));
     let udp = line["listening udp ".len()..]
         .parse()
@@ -697,4 +712,114 @@ fn relay_only_peers_chat_through_turn_over_tcp() {
 #[test]
 fn relay_only_peers_chat_through_turn_over_tls() {
     relay_only_chat_through_stream_turn(true);
+}
+
+/// A file for a child's stderr, and its text once the child is done.
+struct StderrFile {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl StderrFile {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stderr.txt");
+        Self { _dir: dir, path }
+    }
+
+    fn stdio(&self) -> Stdio {
+        Stdio::from(std::fs::File::create(&self.path).expect("create stderr file"))
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+}
+
+#[test]
+fn join_sends_what_stdin_had_then_leaves_and_exits_when_stdin_closes() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let url = format!("ws://{}/ws/stdin-eof", signaling.addr);
+    // Bob's stdin ends before anyone else is there: his lines wait for the first peer.
+    let mut bob = join(&url, "bob", false);
+    bob.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    say(&mut bob, "hello");
+    say(&mut bob, "bye");
+    drop(bob.stdin.take());
+    let mut alice = join(&url, "alice", false);
+    expect_chat(&mut alice, "bob: hello");
+    expect_chat(&mut alice, "bob: bye");
+    alice.wait_line(Duration::from_secs(20), |l| {
+        l.starts_with("* peer-left") && field(l, "name") == Some("bob")
+    });
+    let status = bob.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    // Alice's stdin closing with nothing left to send ends her session at once.
+    drop(alice.stdin.take());
+    assert!(alice.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn without_a_name_other_peers_see_the_host_name() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let url = format!("ws://{}/ws/default-name", signaling.addr);
+    let mut alice = join(&url, "alice", false);
+    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    let _anon = Proc::spawn("peer", &["join", &url, "--bind", "127.0.0.1"], true);
+    let joined = alice.wait_line(Duration::from_secs(20), |l| l.starts_with("* peer-joined"));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
+    assert_eq!(field(&joined, "name"), Some(host.trim()), "{joined}");
+}
+
+#[test]
+fn a_refused_connection_names_its_cause_once() {
+    // A port nothing listens on: bind one, note it, close it.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let stderr = StderrFile::new();
+    let mut proc = Proc::spawn_with_stderr(
+        "peer",
+        &["join", &format!("ws://127.0.0.1:{port}/ws/x")],
+        false,
+        stderr.stdio(),
+    );
+    assert!(!proc.wait_exit(Duration::from_secs(20)).success());
+    let text = stderr.text();
+    assert!(text.starts_with("error: "), "{text}");
+    assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
+}
+
+#[test]
+fn a_relay_refusing_loopback_peers_is_not_reported_as_an_error() {
+    let relay = start_relay_with(false);
+    let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
+    let url = format!("ws://{}/ws/refused", signaling.addr);
+    let (alice_err, bob_err) = (StderrFile::new(), StderrFile::new());
+    let spawn = |name: &str, stderr: &StderrFile| {
+        Proc::spawn_with_stderr(
+            "peer",
+            &["join", &url, "--name", name, "--bind", "127.0.0.1"],
+            true,
+            stderr.stdio(),
+        )
+    };
+    let mut alice = spawn("alice", &alice_err);
+    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    let mut bob = spawn("bob", &bob_err);
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(Duration::from_secs(30), |l| {
+            l.starts_with("* channel-open") && l.contains("kind=reliable")
+        });
+    }
+    say(&mut alice, "hi");
+    expect_chat(&mut bob, "alice: hi");
+    // The relay answered every permission for a loopback peer with 403 by now.
+    bob.read_for(Duration::from_secs(2));
+    drop((alice, bob));
+    for text in [alice_err.text(), bob_err.text()] {
+        assert!(!text.contains("403"), "{text}");
+        assert!(!text.contains("ERROR"), "{text}");
+    }
 }

@@ -1,6 +1,7 @@
 //! `peer join`: a line chat over the reliable data channel with every peer in the room.
 //!
 //! Lines read from stdin before any peer is connected are kept and sent to the first one.
+//! When stdin closes the command leaves the room and exits, once those lines are sent.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -18,6 +19,9 @@ use super::{CommonArgs, Output};
 const RESELECT_WAIT: Duration = Duration::from_secs(30);
 /// How often the selected pair of a restarted connection is looked at.
 const RESELECT_POLL: Duration = Duration::from_millis(200);
+/// How long the last lines get to leave the send buffers before the room is left at the end
+/// of stdin (closing the connection drops what is still buffered).
+const LINGER: Duration = Duration::from_secs(1);
 
 /// A connection that restarted ICE because its relay moved: its `selected-pair` line is
 /// printed again once ICE selected a different pair.
@@ -62,19 +66,35 @@ pub(crate) async fn run(url: &str, common: &CommonArgs) -> anyhow::Result<ExitCo
                         peer.broadcast_text(ChannelKind::Reliable, &line).await?;
                     }
                 }
-                Ok(None) | Err(_) => stdin_open = false,
+                Ok(None) | Err(_) => {
+                    stdin_open = false;
+                    if pending.is_empty() {
+                        break;
+                    }
+                }
             },
             event = events.recv() => {
                 let Some(event) = event else { break };
                 if !on_event(&peer, &out, &mut names, &mut pending, &mut reselect, event).await? {
                     break;
                 }
+                if !stdin_open && pending.is_empty() {
+                    // Stdin ended before any peer was there: its lines are sent now.
+                    break;
+                }
             }
             _ = poll.tick(), if !reselect.is_empty() => {
                 report_reselected(&peer, &out, &mut reselect).await;
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::signal::ctrl_c() => {
+                peer.close().await;
+                return Ok(ExitCode::SUCCESS);
+            }
         }
+    }
+    if !stdin_open {
+        tokio::time::sleep(LINGER).await;
+        out.notice("left", &[("room", peer.room().to_string())]);
     }
     peer.close().await;
     Ok(ExitCode::SUCCESS)

@@ -31,6 +31,9 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Join a room and chat: stdin lines go to every peer, their messages are printed.
+    ///
+    /// Runs until Ctrl-C or until stdin closes: then the lines read so far are sent (to the
+    /// first peer that connects, if none is connected yet) and the room is left.
     Join {
         /// Signaling URL naming the room, e.g. ws://127.0.0.1:8080/ws/demo
         url: String,
@@ -39,14 +42,18 @@ enum Command {
     },
     /// Send a file to the first peer that connects in the room.
     SendFile {
+        /// Signaling URL naming the room, e.g. ws://127.0.0.1:8080/ws/demo
         url: String,
+        /// The file to send; the receiver sees its file name, size and SHA-256.
         path: std::path::PathBuf,
         #[command(flatten)]
         common: CommonArgs,
     },
     /// Receive one file from a peer in the room and verify its SHA-256.
     RecvFile {
+        /// Signaling URL naming the room, e.g. ws://127.0.0.1:8080/ws/demo
         url: String,
+        /// Where to write the received file (overwritten if it exists).
         out_path: std::path::PathBuf,
         #[command(flatten)]
         common: CommonArgs,
@@ -55,6 +62,7 @@ enum Command {
     /// internal peers to each other, direct and relay-only) and report the selected
     /// candidate pair types and the round-trip time.
     Probe {
+        /// Signaling URL naming the room, e.g. ws://127.0.0.1:8080/ws/demo
         url: String,
         /// Connect two internal peers to each other instead of waiting for another peer.
         #[arg(long = "self")]
@@ -72,7 +80,7 @@ pub(crate) struct CommonArgs {
     /// Force every connection through TURN (ICE transport policy relay).
     #[arg(long, env = "PEER_RELAY_ONLY")]
     relay_only: bool,
-    /// Display name shown to other peers.
+    /// Display name shown to other peers [default: this machine's host name].
     #[arg(long, env = "PEER_NAME")]
     name: Option<String>,
     /// Local IP to bind ICE sockets to (0.0.0.0 = every non-loopback interface).
@@ -89,7 +97,7 @@ pub(crate) struct CommonArgs {
 impl CommonArgs {
     pub(crate) fn options(&self) -> PeerOptions {
         PeerOptions {
-            name: self.name.clone(),
+            name: self.name.clone().or_else(default_name),
             relay_only: self.relay_only,
             udp_addrs: vec![std::net::SocketAddr::new(self.bind, 0).to_string()],
             turn_ca: self.turn_ca.clone(),
@@ -100,6 +108,68 @@ impl CommonArgs {
     pub(crate) fn output(&self) -> Output {
         Output { json: self.json }
     }
+}
+
+/// The name other peers see when `--name` is not given: this machine's host name.
+fn default_name() -> Option<String> {
+    let from_file = |path: &str| std::fs::read_to_string(path).ok();
+    from_file("/proc/sys/kernel/hostname")
+        .or_else(|| from_file("/etc/hostname"))
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| Some("peer".to_owned()))
+}
+
+/// Hides the WebRTC stack's `ERROR TURN permission request failed: ... 403` lines: a relay
+/// refusing to relay to some of a peer's candidate addresses (private or loopback ones, by
+/// its policy) is expected, and the connection uses another pair. Shown with `PEER_LOG` set.
+pub(crate) struct ExpectedRefusals;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedRefusals {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        // Not filtered by target: events of the `log` crate (the WebRTC stack's) all carry
+        // the target `log` here.
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        !is_expected_refusal(&message.0)
+    }
+}
+
+/// Whether a log line of the WebRTC stack is a relay's refusal of a permission (403).
+fn is_expected_refusal(message: &str) -> bool {
+    message.contains("TURN permission request failed") && message.contains("403")
+}
+
+/// An error and its causes on one line, each message once: a cause whose text its wrapper
+/// already quotes (`signaling connection failed: IO error: X` caused by `IO error: X`
+/// caused by `X`) is not repeated.
+pub(crate) fn error_chain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Writes notices in the human or JSON format.
@@ -209,4 +279,60 @@ pub(crate) async fn first_open_peer(events: &mut PeerEvents) -> anyhow::Result<P
         }
     }
     bail!("peer closed before any peer connected")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_argument_of_every_subcommand_is_described() {
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.get_id() == "help" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help()
+                        .is_some_and(|help| !help.to_string().is_empty()),
+                    "`peer {} --help` does not describe <{}>",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_cause_quoted_by_its_wrapper_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let err = peer::PeerError::from(tokio_tungstenite::tungstenite::Error::Io(io));
+        let line = error_chain(&anyhow::Error::from(err));
+        assert_eq!(
+            line,
+            "signaling connection failed: IO error: Connection refused"
+        );
+        let err = anyhow::anyhow!("disk full").context("write out.bin");
+        assert_eq!(error_chain(&err), "write out.bin: disk full");
+    }
+
+    #[test]
+    fn a_relay_refusing_a_permission_is_not_an_error() {
+        assert!(is_expected_refusal(
+            "TURN permission request failed: CreatePermission error response (error 403: Forbidden)"
+        ));
+        assert!(!is_expected_refusal(
+            "TURN allocation failed from 127.0.0.1:1 to 127.0.0.1:3478: error 401"
+        ));
+    }
+
+    #[test]
+    fn without_a_name_the_host_name_is_used() {
+        let name = default_name().expect("a default name");
+        assert!(!name.trim().is_empty());
+        assert_eq!(name, name.trim());
+    }
 }
