@@ -26,7 +26,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # Browser tests drive Debian's Chromium with playwright-core (never a downloaded browser).
-if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules/playwright-core ]; then
+if [ -f tests/browser/package.json ] && { [ ! -d tests/browser/node_modules/playwright-core ] \
+    || [ ! -d tests/browser/node_modules/y-webrtc ] || [ ! -d tests/browser/node_modules/esbuild ]; }; then
   echo "install-test-deps: npm install (tests/browser)" >&2
   (cd tests/browser && npm install --no-audit --no-fund --silent)
 fi

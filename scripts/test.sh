@@ -46,6 +46,8 @@ for line in sys.stdin:
 if [ -f tests/browser/run.mjs ]; then
   step "browser tests (headless Chromium)"
   node tests/browser/run.mjs
+  step "browser tests of the compatibility endpoints (real y-webrtc + Yjs from npm)"
+  node tests/browser/compat.mjs
 fi
 
 step "all tests passed in $((SECONDS - start)) s"
