@@ -5,7 +5,8 @@
 // board), chat-log.js (chat rendering), connection-stats.js (panel text from getStats),
 // room-url.js (room and name from the URL). This file connects them to the DOM.
 //
-// URL: /r/<room> or /?room=<room> (a room is generated when absent). Optional parameters:
+// URL: /r/<room> or /?room=<room> (a room is generated when absent; an invalid name is
+// normalised the same way in every browser, see room-url.js). Optional parameters:
 //   name=<display name>   relay=1 (start relay-only)   media=0 (no camera/mic)
 //   signal=<ws url> (signaling server, default ws(s)://<this host>/ws)
 //   transport=<list> (signaling transports to try, comma-separated, of websocket, sse, long-poll;
@@ -37,7 +38,7 @@ const rejectedRoom = invalidRoomInUrl(params);
 const roomName = roomFromUrl(params);
 const myName = displayName(params);
 const signalingUrl = params.get('signal') || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
-const inviteLink = `${location.origin}/r/${encodeURIComponent(roomName)}`;
+const inviteLink = `${location.origin}/r/${encodeURIComponent(roomName || '')}`;
 const transports = (params.get('transport') || '').split(',').map((s) => s.trim()).filter((s) => TRANSPORTS.includes(s));
 
 // --- state and test hooks ---
@@ -73,11 +74,11 @@ const note = (e) => { demo.events.push({ t: Math.round(performance.now()), ...e 
 
 // --- page furniture ---
 
-$('room-name').textContent = roomName;
+$('room-name').textContent = roomName || '–';
 $('local-name').textContent = `${myName} (you)`;
 $('local-avatar').textContent = initials(myName);
 $('local-avatar').style.background = peerColor(myName);
-document.title = `${roomName} · webrtc-stack demo`;
+document.title = `${roomName || 'no room'} · webrtc-stack demo`;
 
 $('copy-link').addEventListener('click', async () => {
   let ok = false;
@@ -127,6 +128,7 @@ function hideBanner(owner) {
 // --- media ---
 
 let localStream = null;
+let leaving = false; // set once by Leave: the page is done with this room
 
 async function startMedia() {
   if (params.get('media') === '0') { setMedia('off', 'Camera off'); return; }
@@ -149,6 +151,12 @@ async function startMedia() {
       { label: 'Retry camera', run: () => { hideBanner('media'); startMedia(); } });
       return;
     }
+  }
+  if (leaving) {
+    // Left while the permission prompt was open: the camera must not stay on.
+    for (const track of localStream.getTracks()) track.stop();
+    localStream = null;
+    return;
   }
   const v = $('local-video');
   v.srcObject = localStream;
@@ -230,11 +238,30 @@ function setRelayOnly(on) {
 }
 $('relay-only').addEventListener('change', (e) => setRelayOnly(e.currentTarget.checked));
 
-$('leave').addEventListener('click', () => {
+/** Leave: every local track stopped (the camera light goes off), every connection closed. */
+function leave() {
+  if (leaving) return;
+  leaving = true;
+  note({ type: 'leave' });
   room.leave();
   for (const id of [...tiles.keys()]) removeTile(id);
-  showBanner('left', 'info', 'You left the room.', { label: 'Rejoin', run: () => location.reload() });
-});
+  for (const track of localStream?.getTracks() || []) track.stop();
+  $('local-video').srcObject = null;
+  localStream = null;
+  setMedia('off', 'Camera off');
+  $('chat-input').disabled = true;
+  $('chat-send').disabled = true;
+  $('chat-peers').textContent = 'you left the room';
+  hideBanner();
+  setStatus('idle', 'Left');
+  document.body.dataset.left = '1';
+  $('left-room').textContent = roomName;
+  $('left-screen').hidden = false;
+  $('rejoin').focus();
+}
+demo.leave = leave;
+$('leave').addEventListener('click', leave);
+$('rejoin').addEventListener('click', () => location.reload());
 
 room.addEventListener('signaling', (e) => {
   const s = e.detail;
@@ -307,6 +334,7 @@ function renderSignaling(s) {
     }
     case 'closed':
       setStatus('idle', 'Left');
+      document.body.dataset.peers = '0';
       break;
     default:
       break;
@@ -314,6 +342,7 @@ function renderSignaling(s) {
 }
 
 function renderPeerCount() {
+  if (leaving) return;
   const peers = [...room.peers.values()];
   const connected = peers.filter((p) => p.state === 'connected').length;
   document.body.dataset.peers = String(peers.length);
@@ -401,7 +430,7 @@ room.addEventListener('peer-removed', (e) => {
   removeTile(peer.id);
   canvas.removePeer(peer.id);
   note({ type: 'peer-removed', id: peer.id, reason });
-  if (reason !== 'left' || room.client.state === 'joined') systemLine(`${peer.name} left${reason && reason !== 'left' ? ` (${reason})` : ''}`);
+  if (!leaving && (reason !== 'left' || room.client.state === 'joined')) systemLine(`${peer.name} left${reason && reason !== 'left' ? ` (${reason})` : ''}`);
   renderPeerCount();
 });
 room.addEventListener('peer-state', (e) => {
@@ -508,8 +537,17 @@ setInterval(refreshStats, 1000);
 // --- start ---
 
 document.body.dataset.room = roomName;
+if (rejectedRoom && !roomName) {
+  // Nothing of the name could be kept: say so and stay out of every room (never a random one).
+  setStatus('bad', 'No such room');
+  document.body.dataset.roomRefused = '1';
+  showBanner('room', 'bad', `“${rejectedRoom.asked.slice(0, 80)}” cannot be used as a room name: a room name needs letters or digits (up to 64 of letters, digits, “-”, “_” and “.”). Ask for a new link, or start a new room.`, {
+    label: 'New room', run: () => { location.href = '/'; },
+  });
+  await new Promise(() => {}); // the page stays on this message
+}
 if (rejectedRoom) {
-  showBanner('room', 'info', `“${rejectedRoom.slice(0, 80)}” is not a valid room name (up to 64 letters, digits, “-”, “_” and “.”): you are in a new room, “${roomName}”.`);
+  showBanner('room', 'info', `“${rejectedRoom.asked.slice(0, 80)}” is not a valid room name (up to 64 letters, digits, “-”, “_” and “.”): everyone with this link meets in “${roomName}”.`);
 }
 // Join once the camera is decided (or after 3 s, e.g. while a permission prompt is open): the
 // first offer then carries the tracks, instead of a second negotiation right after the first.
@@ -519,4 +557,4 @@ room.join().then(
   (session) => note({ type: 'joined', peerId: session.peer_id }),
   (err) => note({ type: 'join-failed', code: err.code, message: err.message }),
 );
-window.addEventListener('pagehide', () => room.client.state === 'joined' && room.leave());
+window.addEventListener('pagehide', () => room.client.state === 'joined' && !leaving && room.leave());

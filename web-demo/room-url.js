@@ -1,7 +1,9 @@
 // room-url.js: which room and name the page uses, from its URL.
 //
-// `/r/<room>` or `?room=<room>`; a missing or invalid room becomes a generated one
-// (`calm-otter-4821`) written back into the address bar as `/r/<room>`, so the URL is the invite.
+// `/r/<room>` or `?room=<room>`; a missing room becomes a generated one (`calm-otter-4821`)
+// written back into the address bar as `/r/<room>`, so the URL is the invite. An invalid room
+// name is normalised (`normaliseRoom`), the same way for everyone who opens that link; one
+// with nothing left to keep (`!!!`) is refused, never replaced by a random room.
 
 export const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 const ADJ = ['amber', 'brisk', 'calm', 'dapper', 'eager', 'fuzzy', 'gentle', 'hazel', 'jolly', 'lucky', 'mellow', 'nimble', 'plucky', 'quiet', 'rosy', 'sunny', 'tidy', 'witty'];
@@ -9,10 +11,38 @@ const NOUN = ['otter', 'falcon', 'maple', 'comet', 'badger', 'lynx', 'heron', 'c
 const pick = (a) => a[Math.floor(Math.random() * a.length)];
 const cap = (s) => s[0].toUpperCase() + s.slice(1);
 
-/** The room asked for in the URL that is not a valid room name, if any. */
+export const ROOM_MAX = 64;
+// Latin letters that Unicode does not decompose into a base letter and a mark.
+const LATIN = { ß: 'ss', æ: 'ae', œ: 'oe', ø: 'o', ł: 'l', đ: 'd', ð: 'd', þ: 'th', ı: 'i' };
+
+/**
+ * A valid room name for `name`, the same in every browser: accents dropped (`café` -> `cafe`),
+ * lower case, runs of spaces and other separators -> `-`, letters and digits of other scripts
+ * -> `u<hex code point>`, anything else dropped, at most 64 characters. Null when nothing is
+ * left. A name that is already valid is returned as it is.
+ */
+export function normaliseRoom(name) {
+  const raw = String(name ?? '');
+  if (ROOM_RE.test(raw)) return raw;
+  let out = '';
+  for (const ch of raw.normalize('NFKD').replace(/\p{M}/gu, '').toLowerCase()) {
+    if (/[a-z0-9_.-]/.test(ch)) out += ch;
+    else if (LATIN[ch]) out += LATIN[ch];
+    else if (/[\p{L}\p{N}]/u.test(ch)) out += `u${ch.codePointAt(0).toString(16)}`;
+    else if (/[\s/\\+,:;|]/u.test(ch)) out += '-';
+    // other punctuation and symbols: dropped
+  }
+  out = out.replace(/-{2,}/g, '-').replace(/^[-.]+|[-.]+$/g, '').slice(0, ROOM_MAX).replace(/[-.]+$/, '');
+  return ROOM_RE.test(out) ? out : null;
+}
+
+/**
+ * What the URL asks for, when it is not a valid room name: `{ asked, room }` with the
+ * normalised name (`room` null when it cannot be normalised); null for a valid or missing room.
+ */
 export function invalidRoomInUrl(params) {
   const candidate = roomInUrl(params);
-  return candidate && !ROOM_RE.test(candidate) ? candidate : null;
+  return candidate && !ROOM_RE.test(candidate) ? { asked: candidate, room: normaliseRoom(candidate) } : null;
 }
 
 function roomInUrl(params) {
@@ -22,11 +52,15 @@ function roomInUrl(params) {
   return fromPath || params.get('room');
 }
 
-/** The room named by the URL, or a new one (then the address bar shows `/r/<room>`). */
+/**
+ * The room named by the URL (normalised if need be), or a new one when the URL names none (the
+ * address bar then shows `/r/<room>`); null when the URL names a room that cannot be normalised.
+ */
 export function roomFromUrl(params) {
   const candidate = roomInUrl(params);
   if (candidate && ROOM_RE.test(candidate)) return candidate;
-  const room = `${pick(ADJ)}-${pick(NOUN)}-${Math.floor(1000 + Math.random() * 9000)}`;
+  const room = candidate ? normaliseRoom(candidate) : `${pick(ADJ)}-${pick(NOUN)}-${Math.floor(1000 + Math.random() * 9000)}`;
+  if (!room) return null;
   const rest = new URLSearchParams(params);
   rest.delete('room');
   const qs = rest.toString();

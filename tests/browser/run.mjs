@@ -836,9 +836,104 @@ test('rooms from the URL: / generates one, ?room= and /r/<room> join it, the inv
   assert(copied === `${base}/r/${where.room}`, `the invite link was copied: ${copied}`);
   const bad = await t.open('Bad', { url: `${base}/r/${'x'.repeat(70)}` });
   await bad.joined();
-  assert(await bad.eval(() => window.__demo.roomName) !== 'x'.repeat(70), 'an invalid room name is replaced by a generated one');
+  assert(await bad.eval(() => window.__demo.roomName) === 'x'.repeat(64), 'an invalid room name is normalised (here: cut to 64)');
   const said = await bad.eval(() => document.getElementById('banner').hidden ? '' : document.getElementById('banner-text').textContent);
   assert(/not a valid room name/.test(said), `and the page says so: ${said}`);
+});
+
+/** Page script: keeps every local media track and RTCPeerConnection the page makes, for checks. */
+const keepMediaAndConnections = () => {
+  window.__tracks = [];
+  window.__pcs = [];
+  const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = async (c) => {
+    const s = await real(c);
+    window.__tracks.push(...s.getTracks());
+    return s;
+  };
+  const RealPC = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends RealPC {
+    constructor(...args) { super(...args); window.__pcs.push(this); }
+  };
+};
+
+const systemLines = (p) => p.eval(() => [...document.querySelectorAll('#chat-log .msg.system')].map((li) => li.textContent));
+
+test('leave: tracks stop, connections close, a "you left" screen offers Rejoin; the others see one line', async (t) => {
+  const a = await t.open('Alice', { initScript: keepMediaAndConnections });
+  await a.joined();
+  const b = await t.open('Bob');
+  await b.joined();
+  const c = await t.open('Carol');
+  await Promise.all([a.connected(2), b.connected(2), c.connected(2)]);
+  await a.waitFor(() => document.body.dataset.media === 'granted' && window.__tracks.some((tr) => tr.kind === 'video'), null, 'Alice\'s camera on');
+  await a.page.click('#leave');
+  await a.waitFor(() => !document.getElementById('left-screen').hidden, null, 'the "you left" screen');
+  const after = await a.eval(() => ({
+    live: window.__tracks.filter((tr) => tr.readyState !== 'ended').map((tr) => tr.kind),
+    open: window.__pcs.filter((pc) => pc.signalingState !== 'closed').length,
+    peers: window.__demo.room.peers.size,
+    tiles: document.querySelectorAll('.tile-remote').length,
+    chatDisabled: document.getElementById('chat-input').disabled && document.getElementById('chat-send').disabled,
+    rejoin: document.getElementById('rejoin').offsetParent !== null,
+    controls: document.querySelector('.controls').offsetParent !== null,
+    signaling: document.body.dataset.signaling,
+    screen: document.getElementById('left-screen').textContent,
+  }));
+  assert(after.live.length === 0, `every local track stopped: still live ${after.live}`);
+  assert(after.open === 0, `every RTCPeerConnection closed: ${after.open} open`);
+  assert(after.peers === 0 && after.tiles === 0, `no peers or tiles left: ${JSON.stringify(after)}`);
+  assert(after.chatDisabled, 'chat is disabled');
+  assert(after.rejoin && !after.controls, `Rejoin shown, call controls gone: ${JSON.stringify(after)}`);
+  assert(/you left/i.test(after.screen), `the screen says so: ${after.screen}`);
+  await a.waitFor(() => document.body.dataset.signaling === 'closed', null, 'signaling closed');
+  // Alice's own log says nothing about Bob or Carol leaving: they stayed.
+  const aLines = await systemLines(a);
+  assert(!aLines.some((l) => / left/.test(l)), `no "left" lines at Alice: ${JSON.stringify(aLines)}`);
+  // Bob and Carol: one line about Alice, nothing about each other, and still connected.
+  for (const [p, other] of [[b, 'Carol'], [c, 'Bob']]) {
+    await p.waitFor(() => window.__demo.peers().length === 1, null, 'Alice gone');
+    await p.connected(1);
+    const lines = await systemLines(p);
+    assert(lines.filter((l) => /^Alice left/.test(l)).length === 1, `${p.name}: one "Alice left" line: ${JSON.stringify(lines)}`);
+    assert(!lines.some((l) => l.startsWith(`${other} left`)), `${p.name}: no "${other} left" line: ${JSON.stringify(lines)}`);
+  }
+  await b.eval(() => window.__demo.sendChat('still here'));
+  await c.chatFrom('still here');
+  await t.screenshot(a, 'state-left.png');
+  // Rejoin puts Alice back in the room.
+  await a.page.click('#rejoin');
+  await a.connected(2);
+});
+
+test('room names: an invalid name in a link is normalised the same for everyone, or refused; never a random room', async (t) => {
+  const base = t.shared.signaling.http;
+  const suffix = t.room.slice(-6);
+  const cases = [
+    [`My Room! ${suffix}`, `my-room-${suffix}`],
+    [`Café ${suffix}`, `cafe-${suffix}`],
+    [`${suffix}${'x'.repeat(70)}`, `${suffix}${'x'.repeat(58)}`],
+  ];
+  for (const [asked, want] of cases) {
+    const url = `${base}/r/${encodeURIComponent(asked)}`;
+    const one = await t.open(`One ${want.slice(0, 12)}`, { url: `${url}?name=One` });
+    await one.joined();
+    const two = await t.open(`Two ${want.slice(0, 12)}`, { url: `${url}?name=Two` });
+    await Promise.all([one.connected(1), two.connected(1)]);
+    for (const p of [one, two]) {
+      const got = await p.eval(() => ({ room: window.__demo.roomName, path: location.pathname, banner: document.getElementById('banner-text').textContent }));
+      assert(got.room === want && got.path === `/r/${want}`, `"${asked}" -> "${want}": ${JSON.stringify(got)}`);
+      assert(got.banner.includes(want) && /not a valid room name/.test(got.banner), `the page says which room: ${got.banner}`);
+    }
+  }
+  // Nothing usable: refused, and the page joins no room at all.
+  const refused = await t.open('Refused', { url: `${base}/r/${encodeURIComponent('!!!')}?name=R` });
+  await refused.waitFor(() => document.body.dataset.roomRefused === '1', null, 'the refusal');
+  await new Promise((r) => setTimeout(r, 1000));
+  const state = await refused.eval(() => ({ signaling: document.body.dataset.signaling, path: location.pathname, banner: document.getElementById('banner-text').textContent }));
+  assert(state.signaling === 'idle', `no room joined: ${JSON.stringify(state)}`);
+  assert(/cannot be used as a room name/.test(state.banner), `the page says why: ${state.banner}`);
+  await t.screenshot(refused, 'state-room-refused.png');
 });
 
 test('demo: two peers in a call with chat and canvas (screenshots)', async (t) => {
