@@ -14,7 +14,8 @@
 //   unreachable_ms=<ms> (how long before a peer that cannot be reached is shown as such)
 //
 // Test hooks: `window.__demo` (state, actions) and data attributes on <body>
-// (data-signaling, data-transport, data-media, data-peers, data-connected), on
+// (data-signaling, data-transport, data-media, data-peers, data-connected; data-left=1 after
+// Leave, data-room-refused=1 for a room name that cannot be used), on
 // #signaling-transport (data-transport: websocket | sse | long-poll), on each remote tile
 // (data-peer-id, data-state) and on each connection panel entry (data-peer-id, data-state,
 // data-path, data-relay: HOST:PORT of the TURN server our side relays through, or empty).
@@ -343,7 +344,7 @@ function renderSignaling(s) {
 
 function renderPeerCount() {
   if (leaving) return;
-  const peers = [...room.peers.values()];
+  const peers = [...room.peers.values()].filter((p) => alive.has(p.id));
   const connected = peers.filter((p) => p.state === 'connected').length;
   document.body.dataset.peers = String(peers.length);
   document.body.dataset.connected = String(connected);
@@ -418,23 +419,64 @@ function renderPeerState(peer) {
   renderPeerCount();
 }
 
+// A peer gets a tile, a place in the counts and a "joined" line once it shows that it is really
+// there: it signals to us (every live client offers or answers at once). A session the server
+// still lists but nothing drives any more (a page that went away while the server restarted,
+// kept until its resume grace ends) never signals, and is not shown.
+const alive = new Set();
+const announced = new Map(); // peer id -> it was already in the room when we joined
+// After a session reset (the server lost our session): the names of the peers we had, which
+// come back under new ids without a "left" / "joined" line; those that don't are reported.
+let resetNames = [];
+let resetTimer = null;
+const RESET_RETURN_MS = 20000;
+
+function markAlive(id) {
+  const peer = room.peers.get(id);
+  if (!peer || alive.has(id) || leaving) return;
+  alive.add(id);
+  addTile(peer);
+  const returning = resetNames.indexOf(peer.name);
+  if (returning >= 0) resetNames.splice(returning, 1);
+  else systemLine(announced.get(id) ? `${peer.name} is here` : `${peer.name} joined`);
+  renderPeerCount();
+}
+room.client.addEventListener('signal', (e) => markAlive(e.detail.from));
+
 room.addEventListener('peer', (e) => {
   const { peer } = e.detail;
-  addTile(peer);
   note({ type: 'peer', id: peer.id, name: peer.name, polite: peer.polite });
-  const wasHere = room.client.session?.peers?.some((p) => p.id === peer.id);
-  systemLine(wasHere ? `${peer.name} is here` : `${peer.name} joined`);
+  announced.set(peer.id, !!room.client.session?.peers?.some((p) => p.id === peer.id));
 });
 room.addEventListener('peer-removed', (e) => {
   const { peer, reason } = e.detail;
+  const wasShown = alive.delete(peer.id);
+  announced.delete(peer.id);
   removeTile(peer.id);
   canvas.removePeer(peer.id);
   note({ type: 'peer-removed', id: peer.id, reason });
-  if (!leaving && (reason !== 'left' || room.client.state === 'joined')) systemLine(`${peer.name} left${reason && reason !== 'left' ? ` (${reason})` : ''}`);
+  if (String(reason).startsWith('session reset')) {
+    // Not a departure: the server forgot our session (see the 'session-reset' line).
+    if (wasShown) resetNames.push(peer.name);
+  } else if (wasShown && !leaving && (reason !== 'left' || room.client.state === 'joined')) {
+    systemLine(`${peer.name} left${reason && reason !== 'left' ? ` (${reason})` : ''}`);
+  }
   renderPeerCount();
+});
+room.client.addEventListener('session-reset', (e) => {
+  note({ type: 'session-reset', reason: e.detail.reason });
+  if (leaving) return;
+  // One plain sentence per reset, however many peers it took down.
+  systemLine('The signaling server lost this session (it restarted, or we were away too long), so the page joined the room again: the others reappear as they reconnect.');
+  clearTimeout(resetTimer);
+  resetTimer = setTimeout(() => {
+    for (const name of resetNames) systemLine(`${name} left`);
+    resetNames = [];
+  }, RESET_RETURN_MS);
 });
 room.addEventListener('peer-state', (e) => {
   note({ type: 'peer-state', id: e.detail.peer.id, state: e.detail.state });
+  if (e.detail.state === 'connected') markAlive(e.detail.peer.id);
   renderPeerState(e.detail.peer);
 });
 room.addEventListener('track', (e) => {

@@ -354,6 +354,48 @@ test('reconnect: signaling restarts (drain on SIGTERM), the pages rejoin and the
   await b.chatFrom('after the restart');
 });
 
+test('restart: signaling is killed and comes back, the pages show the peers that are there and explain the reset in one line', async (t) => {
+  const sig = await startSignaling(['--reconnect-after', '200ms'], 'signaling-kill');
+  t.track(sig.proc);
+  const a = await t.open('Ada', { server: sig });
+  await a.joined();
+  const b = await t.open('Grace', { server: sig });
+  await Promise.all([a.connected(1), b.connected(1)]);
+  await sig.proc.stop('SIGKILL');
+  await Promise.all([a, b].map((p) => p.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting', 10000)));
+  await new Promise((r) => setTimeout(r, 3000));
+  const sig2 = await startSignaling(['--resume-grace', '60s'], 'signaling-back', sig.addr);
+  t.track(sig2.proc);
+  await Promise.all([a.joined(), b.joined()]);
+  await Promise.all([a.connected(1), b.connected(1)]);
+  // A session nobody drives any more, named like Ada (a page of hers that went away during the
+  // restart): the server lists it, but it never signals.
+  await a.eval(({ url, room }) => {
+    const ws = new WebSocket(url);
+    ws.onopen = () => ws.send(JSON.stringify({ type: 'join', id: 1, versions: [1], room, name: 'Ada' }));
+    window.__ghost = ws;
+  }, { url: sig2.ws, room: t.room });
+  await Promise.all([a, b].map((p) => p.waitFor(() => window.__demo.room.peers.size === 2, null, 'the silent session listed')));
+  await new Promise((r) => setTimeout(r, 3000));
+  for (const [p, other] of [[a, 'Grace'], [b, 'Ada']]) {
+    const got = await p.eval(() => ({
+      tiles: [...document.querySelectorAll('.tile-remote')].map((x) => `${x.querySelector('.tile-name').textContent}:${x.dataset.state}`),
+      conns: document.querySelectorAll('.conn').length,
+      count: document.body.dataset.peers,
+      lines: [...document.querySelectorAll('#chat-log .msg.system')].map((li) => li.textContent),
+    }));
+    assert(got.tiles.length === 1 && got.tiles[0] === `${other}:connected` && got.conns === 1 && got.count === '1', `${p.name}: only ${other}, connected: ${JSON.stringify(got)}`);
+    const resets = got.lines.filter((l) => /signaling server lost this session/.test(l));
+    assert(resets.length === 1, `${p.name}: the reset explained once: ${JSON.stringify(got.lines)}`);
+    assert(!got.lines.some((l) => / left/.test(l)), `${p.name}: nobody "left": ${JSON.stringify(got.lines)}`);
+    const arrivals = got.lines.filter((l) => /^(Ada|Grace) (joined|is here)/.test(l));
+    assert(arrivals.length === 1, `${p.name}: ${other} arrived once, the silent session never: ${JSON.stringify(got.lines)}`);
+  }
+  await a.eval(() => window.__demo.sendChat('after the restart'));
+  await b.chatFrom('after the restart');
+  await t.screenshot(b, 'state-after-restart.png');
+});
+
 /** A private redis-server on a free port (no persistence). */
 async function startRedis(t) {
   const port = await freePort();
