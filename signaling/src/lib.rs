@@ -59,6 +59,8 @@ pub mod outbound;
 #[cfg(feature = "server")]
 pub mod outbox;
 #[cfg(feature = "server")]
+pub mod peerjs;
+#[cfg(feature = "server")]
 pub mod rate_limit;
 #[cfg(feature = "server")]
 pub mod relay_fleet;
@@ -131,6 +133,8 @@ mod server {
         pub send_rates: SendRates,
         /// The node's `--memory-budget`, shared by the hub and every connection's queue.
         pub memory: Arc<MemoryBudget>,
+        /// PeerJS clients' registrations, for their reconnects.
+        pub peerjs: crate::peerjs::Registrations,
         /// The relay fleet and the connection to read it (cluster mode).
         pub fleet: Option<(Arc<RelayFleet>, fleet::link::Connection)>,
     }
@@ -205,6 +209,12 @@ mod server {
                     max_sessions: config.max_sessions_per_ip,
                 }),
                 send_rates: SendRates::new(config.rate_limit, config.rate_burst),
+                peerjs: match &fleet {
+                    Some((_, conn)) => {
+                        crate::peerjs::Registrations::redis(conn.clone(), config.redis_timeout)
+                    }
+                    None => crate::peerjs::Registrations::local(),
+                },
                 memory,
                 fleet,
                 config,
@@ -238,6 +248,9 @@ mod server {
             .route("/ws", get(crate::ws::upgrade))
             .route("/ws/{room}", get(crate::ws::upgrade_room))
             .route("/y-webrtc", get(crate::y_webrtc::upgrade))
+            .route("/peerjs/peerjs", get(crate::peerjs::upgrade))
+            .route("/peerjs/{key}/id", get(crate::peerjs::new_id))
+            .route("/peerjs/{key}/peers", get(crate::peerjs::peers))
             .route(http::OPEN, post(crate::http_transport::open))
             .route(http::EVENTS, get(crate::http_transport::events))
             .route(http::POLL, get(crate::http_transport::poll))

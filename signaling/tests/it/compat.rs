@@ -153,3 +153,104 @@ async fn y_webrtc_bad_input_closes_that_connection_only() {
             >= 1
     );
 }
+
+/// A PeerJS client socket (as PeerJS opens it with `path: '/peerjs'`, key `key`).
+async fn peerjs(server: &Server, key: &str, id: &str, token: &str) -> Ws {
+    connect(&server.ws(&format!(
+        "/peerjs/peerjs?key={key}&id={id}&token={token}&version=1.5.5"
+    )))
+    .await
+}
+
+#[tokio::test]
+async fn peerjs_ids_open_relay_expire_and_a_taken_id_is_refused() {
+    let server = Server::start(&[]);
+    let (status, content_type, id) =
+        crate::support::http_get(server.addr, "/peerjs/peerjs/id?ts=1&version=1.5.5").await;
+    assert_eq!((status, content_type.as_str()), (200, "text/plain"));
+    assert_eq!(id.len(), 36, "a uuid: {id}");
+    let (status, _, _) = crate::support::http_get(server.addr, "/peerjs/peerjs/peers").await;
+    assert_eq!(status, 401, "discovery is off");
+
+    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut bob = peerjs(&server, "app", "bob", "t-bob").await;
+    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    // Relayed with the sender as `src`.
+    let payload = json!({"sdp":{"type":"offer","sdp":"v=0"},"type":"data","connectionId":"dc_1"});
+    send(
+        &mut bob,
+        json!({"type":"OFFER","dst":"alice","payload":payload}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut alice, STEP).await,
+        Some(json!({"type":"OFFER","dst":"alice","payload":payload,"src":"bob"}))
+    );
+    send(&mut bob, json!({"type":"HEARTBEAT"})).await;
+    // An unknown destination: EXPIRE.
+    send(
+        &mut bob,
+        json!({"type":"OFFER","dst":"nobody","payload":{}}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut bob, STEP).await,
+        Some(json!({"type":"EXPIRE","src":"nobody"}))
+    );
+    // Another client cannot take alice's id; another key is another namespace.
+    let mut thief = peerjs(&server, "app", "alice", "t-thief").await;
+    assert_eq!(next(&mut thief, STEP).await.unwrap()["type"], "ID-TAKEN");
+    let mut other = peerjs(&server, "other-app", "alice", "t-x").await;
+    assert_eq!(next(&mut other, STEP).await, Some(json!({"type":"OPEN"})));
+    send(&mut other, json!({"type":"OFFER","dst":"bob","payload":{}})).await;
+    assert_eq!(next(&mut other, STEP).await.unwrap()["type"], "EXPIRE");
+    // Unknown types are answered with ERROR; malformed JSON closes.
+    send(&mut bob, json!({"type":"DANCE"})).await;
+    assert_eq!(next(&mut bob, STEP).await.unwrap()["type"], "ERROR");
+    bob.send(Message::text("{nope")).await.unwrap();
+    assert_eq!(next(&mut bob, STEP).await.unwrap()["type"], "ERROR");
+}
+
+#[tokio::test]
+async fn peerjs_messages_for_a_reconnecting_peer_wait_for_it() {
+    let server = Server::start(&[]);
+    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut bob = peerjs(&server, "app", "bob", "t-bob").await;
+    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    for n in 0..20 {
+        send(
+            &mut bob,
+            json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}}),
+        )
+        .await;
+    }
+    for n in 0..20 {
+        assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
+    }
+    // Alice's signaling socket drops; Bob keeps sending (peerjs-server would expire these
+    // after 5 s; here they wait for the resume grace period).
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 20..40 {
+        send(
+            &mut bob,
+            json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}}),
+        )
+        .await;
+    }
+    // No EXPIRE: alice is parked, not gone.
+    assert_eq!(next(&mut bob, Duration::from_millis(300)).await, None);
+    // PeerJS's reconnect: the same id and token, on any node.
+    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    for n in 20..40 {
+        assert_eq!(
+            next(&mut alice, STEP).await.expect("held message")["payload"]["n"],
+            n,
+            "every held message, in order, once"
+        );
+    }
+    assert_eq!(next(&mut alice, Duration::from_millis(300)).await, None);
+}

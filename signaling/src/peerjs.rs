@@ -1,0 +1,597 @@
+//! PeerJS server compatibility: the HTTP and WebSocket API of `peerjs-server`, served by our
+//! hub, so a PeerJS app gets our limits, metrics, resume and cluster by pointing its `host`,
+//! `port` and `path: '/peerjs'` at us. See `docs/compat.md`.
+//!
+//! - `GET /peerjs/{key}/id`: a fresh random peer id (text).
+//! - `GET /peerjs/{key}/peers`: 401, as `peerjs-server` without `allow_discovery`.
+//! - `GET /peerjs/peerjs?key=K&id=ID&token=T` (WebSocket): `OPEN` once registered, then
+//!   `OFFER`/`ANSWER`/`CANDIDATE`/`LEAVE` to and from other peers of the key (the server adds
+//!   `src`), `EXPIRE` when the destination is unknown, `ID-TAKEN` when another client holds the
+//!   id, `ERROR`; the client's `HEARTBEAT`s keep the socket alive.
+//!
+//! Every (key, id) is a hub session alone in a room named after the hash of both, so keys are
+//! isolated namespaces and a message to `dst` is a backend broadcast into dst's room: it is
+//! numbered into dst's outbox, on any node. When a socket drops, its session is parked for the
+//! resume grace period (not `peerjs-server`'s 5 s): messages for it wait, bounded by the replay
+//! limits, and a reconnect with the same id and token (what `peer.reconnect()` does) resumes
+//! it and gets them. The registration (token, resume token, last delivered seq) is kept in the
+//! process, or in Redis on a cluster, so the reconnect may reach any node.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fleet::link::Connection as RedisConnection;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::api::SERVER_SENDER;
+use crate::client_ip::{IpSlot, client_ip};
+use crate::connection::{Connection, Inbound};
+use crate::hub::{
+    Attached, ConnId, JoinRequest, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey,
+};
+use crate::protocol::{
+    ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerFrame, ServerMessage,
+};
+use crate::rate_limit::TokenBucket;
+use crate::ws::origin_allowed;
+
+/// Keys, ids and tokens are at most this long (`peerjs-server` takes any string).
+const MAX_NAME: usize = 64;
+
+/// The room of peer `id` under `key`.
+pub fn peer_room(key: &str, id: &str) -> RoomId {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(key.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(id.as_bytes());
+    RoomId(format!("pj.{}", hex::encode(&ctx.finish().as_ref()[..20])))
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
+}
+
+/// What a reconnect needs to find its session again.
+#[derive(Debug, Clone, PartialEq)]
+struct Registration {
+    /// The client's own token (PeerJS draws one per `Peer`).
+    token: String,
+    resume: ResumeToken,
+    /// The last frame written to the client.
+    last_seq: u64,
+}
+
+impl Registration {
+    fn encode(&self) -> String {
+        format!("{} {} {}", self.last_seq, self.resume, self.token)
+    }
+
+    fn decode(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, ' ');
+        Some(Self {
+            last_seq: parts.next()?.parse().ok()?,
+            resume: ResumeToken(parts.next()?.to_owned()),
+            token: parts.next()?.to_owned(),
+        })
+    }
+}
+
+/// Where registrations live: this process, or the cluster's Redis.
+pub struct Registrations(Store);
+
+enum Store {
+    Local(Mutex<HashMap<(String, String), (Registration, Instant)>>),
+    Redis(RedisConnection, Duration),
+}
+
+impl Registrations {
+    /// In this process (a single node).
+    pub fn local() -> Self {
+        Self(Store::Local(Mutex::default()))
+    }
+
+    /// In the cluster's Redis, so a reconnect may reach any node.
+    pub fn redis(conn: RedisConnection, timeout: Duration) -> Self {
+        Self(Store::Redis(conn, timeout))
+    }
+
+    fn redis_key(key: &str, id: &str) -> String {
+        format!("sig:pj:{}", peer_room(key, id))
+    }
+
+    async fn get(&self, key: &str, id: &str) -> Option<Registration> {
+        match &self.0 {
+            Store::Local(map) => {
+                let map = map.lock().unwrap_or_else(|e| e.into_inner());
+                map.get(&(key.to_owned(), id.to_owned()))
+                    .map(|(r, _)| r.clone())
+            }
+            Store::Redis(conn, timeout) => {
+                let cmd = redis::cmd("GET").arg(Self::redis_key(key, id)).to_owned();
+                let value: Option<String> = conn.query(&cmd, *timeout).await.ok()?;
+                Registration::decode(&value?)
+            }
+        }
+    }
+
+    /// Stores `registration` for `ttl` (the session's grace period and a margin).
+    async fn put(&self, key: &str, id: &str, registration: &Registration, ttl: Duration) {
+        match &self.0 {
+            Store::Local(map) => {
+                let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                // Forget registrations past their time (bounded by the sessions alive).
+                if map.len() > 1024 {
+                    map.retain(|_, (_, until)| *until > now);
+                }
+                map.insert(
+                    (key.to_owned(), id.to_owned()),
+                    (registration.clone(), now + ttl),
+                );
+            }
+            Store::Redis(conn, timeout) => {
+                let cmd = redis::cmd("SET")
+                    .arg(Self::redis_key(key, id))
+                    .arg(registration.encode())
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64)
+                    .to_owned();
+                if let Err(e) = conn.query::<()>(&cmd, *timeout).await {
+                    tracing::warn!(error = %e, "could not store a PeerJS registration");
+                }
+            }
+        }
+    }
+}
+
+/// `GET /peerjs/{key}/id`: a fresh peer id.
+pub async fn new_id(Path(key): Path<String>) -> Response {
+    if !valid_name(&key) {
+        return (StatusCode::BAD_REQUEST, "invalid key\n").into_response();
+    }
+    let id = format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        rand::random::<u32>(),
+        rand::random::<u16>(),
+        rand::random::<u16>() & 0xfff,
+        (rand::random::<u16>() & 0x3fff) | 0x8000,
+        rand::random::<u64>() & 0xffff_ffff_ffff
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        id,
+    )
+        .into_response()
+}
+
+/// `GET /peerjs/{key}/peers`: peer discovery is off, as `peerjs-server` by default.
+pub async fn peers() -> Response {
+    (StatusCode::UNAUTHORIZED, "peer discovery is disabled\n").into_response()
+}
+
+/// `GET /peerjs/peerjs?key=&id=&token=`: the PeerJS socket.
+pub async fn upgrade(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let refuse = |status: StatusCode, code: ErrorCode, message: &str| {
+        app.metrics.error(code);
+        (status, format!("{code}: {message}\n")).into_response()
+    };
+    if !origin_allowed(&app.config.allowed_origins, &headers) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        );
+    }
+    if app.hub.is_draining() || !app.hub.is_available() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the server cannot take connections now",
+        );
+    }
+    if app.metrics.connections.get() >= app.config.max_connections as i64 {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManySessions,
+            "too many connections",
+        );
+    }
+    let field = |name: &str| query.get(name).cloned().unwrap_or_default();
+    let (key, id, token) = (field("key"), field("id"), field("token"));
+    if !(valid_name(&key) && valid_name(&id) && valid_name(&token)) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidMessage,
+            "key, id and token are 1 to 64 characters of [A-Za-z0-9-_.:@]",
+        );
+    }
+    let ip = client_ip(peer, &headers, &app.config.trusted_proxies);
+    let Some(ip_slot) = app.clients.connect(ip, Instant::now()) else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyConnections,
+            "too many connections from this address",
+        );
+    };
+    let limit = app.config.max_message_bytes;
+    ws.read_buffer_size(2 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limit.saturating_mul(4).max(1 << 20))
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| run(socket, app, ip_slot, key, id, token))
+}
+
+/// A server message of the PeerJS protocol.
+fn server_message(kind: &str, payload_msg: Option<&str>) -> Utf8Bytes {
+    let value = match payload_msg {
+        Some(msg) => json!({"type": kind, "payload": {"msg": msg}}),
+        None => json!({"type": kind}),
+    };
+    Utf8Bytes::from(value.to_string())
+}
+
+struct PeerSocket {
+    app: Arc<AppState>,
+    conn: ConnId,
+    socket: Connection,
+    key: String,
+    id: String,
+    token: String,
+    session: SessionKey,
+    peer: PeerId,
+    resume: ResumeToken,
+    last_seq: u64,
+    unacked: u32,
+    bucket: TokenBucket,
+}
+
+async fn run(
+    socket: WebSocket,
+    app: Arc<AppState>,
+    ip_slot: IpSlot,
+    key: String,
+    id: String,
+    token: String,
+) {
+    let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
+    let mut socket = Connection::new(socket, app.config.ping_timeout);
+    let (tx, mut rx) = app.outbound_queue();
+    let registered = match register(&app, conn, &tx, &ip_slot, &key, &id, &token).await {
+        Ok(registered) => registered,
+        Err(refusal) => {
+            let _ = socket.send_text(refusal).await;
+            socket.close(1008, "").await;
+            return;
+        }
+    };
+    let (attached, last_seq) = registered;
+    app.metrics.connections.inc();
+    app.metrics.connections_total.inc();
+    let now = Instant::now();
+    let mut this = PeerSocket {
+        bucket: TokenBucket::new(app.config.rate_burst, now),
+        conn,
+        socket,
+        key,
+        id,
+        token,
+        session: attached.key,
+        peer: attached.peer,
+        resume: attached.token,
+        last_seq,
+        unacked: 0,
+        app,
+    };
+    let mut ok = this
+        .socket
+        .send_text(server_message("OPEN", None))
+        .await
+        .is_ok();
+    for frame in attached.replay {
+        ok = ok && this.deliver(Outbound::Frame(frame)).await.is_ok();
+    }
+    if ok {
+        this.serve(&mut rx).await;
+    }
+    // Parked for the grace period: a reconnect with the same id and token resumes it.
+    this.app
+        .hub
+        .detach(
+            this.session,
+            this.conn,
+            crate::protocol::LeaveReason::Disconnected,
+        )
+        .await;
+    let registration = this.registration();
+    let app = Arc::clone(&this.app);
+    app.peerjs
+        .put(&this.key, &this.id, &registration, registration_ttl(&app))
+        .await;
+    app.metrics.connections.dec();
+    drop((tx, ip_slot));
+}
+
+/// Registers (key, id): resumes the client's earlier session when its token matches, refuses
+/// with `ID-TAKEN` when a live session of another client holds the id, joins otherwise.
+async fn register(
+    app: &Arc<AppState>,
+    conn: ConnId,
+    tx: &OutboundTx,
+    ip_slot: &IpSlot,
+    key: &str,
+    id: &str,
+    token: &str,
+) -> Result<(Attached, u64), Utf8Bytes> {
+    let room = peer_room(key, id);
+    let earlier = app.peerjs.get(key, id).await;
+    if let Some(earlier) = earlier.filter(|r| r.token == token) {
+        let resumed = app
+            .hub
+            .resume(
+                conn,
+                tx,
+                ResumeRequest {
+                    reference: None,
+                    version: 1,
+                    token: earlier.resume.clone(),
+                    last_seq: earlier.last_seq,
+                    announce: false,
+                },
+            )
+            .await;
+        if let Ok(attached) = resumed {
+            return Ok((attached, earlier.last_seq));
+        }
+    }
+    let taken = app
+        .hub
+        .room_peers(&room)
+        .await
+        .map_err(|_| server_message("ERROR", Some("the server cannot reach its store")))?;
+    if !taken.is_empty() {
+        app.metrics.error(ErrorCode::ResumeFailed);
+        return Err(server_message("ID-TAKEN", Some("ID is taken")));
+    }
+    if !ip_slot.try_join(Instant::now()) {
+        app.metrics.error(ErrorCode::RateLimited);
+        return Err(server_message(
+            "ERROR",
+            Some("too many joins from this address"),
+        ));
+    }
+    let ticket = ip_slot.try_session().ok_or_else(|| {
+        app.metrics.error(ErrorCode::TooManySessions);
+        server_message("ERROR", Some("too many sessions from this address"))
+    })?;
+    let attached = app
+        .hub
+        .join(
+            conn,
+            tx,
+            JoinRequest {
+                reference: None,
+                version: 1,
+                room,
+                name: None,
+                ticket: Some(ticket),
+            },
+        )
+        .await
+        .map_err(|e| {
+            app.metrics.error(e.code);
+            server_message("ERROR", Some(&e.message))
+        })?;
+    let registration = Registration {
+        token: token.to_owned(),
+        resume: attached.token.clone(),
+        last_seq: 0,
+    };
+    app.peerjs
+        .put(key, id, &registration, registration_ttl(app))
+        .await;
+    Ok((attached, 0))
+}
+
+fn registration_ttl(app: &AppState) -> Duration {
+    app.config.resume_grace + Duration::from_secs(60)
+}
+
+impl PeerSocket {
+    async fn serve(&mut self, rx: &mut OutboundRx) {
+        let interval = self.app.config.ping_interval;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut last_heard = Instant::now();
+        loop {
+            let step = tokio::select! {
+                inbound = self.socket.recv() => {
+                    last_heard = Instant::now();
+                    self.on_inbound(inbound).await
+                }
+                Some(out) = rx.recv() => self.deliver(out).await,
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() >= self.app.config.ping_timeout {
+                        Err(Some(1008))
+                    } else {
+                        self.socket.ping().await.map_err(|_| None)
+                    }
+                }
+            };
+            if let Err(close) = step {
+                if let Some(code) = close {
+                    self.socket.close(code, "").await;
+                }
+                return;
+            }
+        }
+    }
+
+    /// A frame of the session: the PeerJS message inside a backend broadcast, written as is.
+    async fn deliver(&mut self, out: Outbound) -> Result<(), Option<u16>> {
+        let frame = match out {
+            Outbound::Frame(frame) => frame,
+            Outbound::Close { code, .. } => return Err(Some(code)),
+        };
+        let Ok(parsed) = serde_json::from_str::<ServerFrame>(&frame) else {
+            return Ok(());
+        };
+        self.last_seq = parsed.seq;
+        self.unacked += 1;
+        if self.unacked >= 16 {
+            self.unacked = 0;
+            let _ = self
+                .app
+                .hub
+                .handle(
+                    self.session,
+                    self.conn,
+                    &self.peer,
+                    ClientMessage::Ack { seq: parsed.seq },
+                )
+                .await;
+        }
+        let ServerMessage::Broadcast { data, .. } = parsed.message else {
+            return Ok(());
+        };
+        self.socket
+            .send_text(Utf8Bytes::from(data.to_string()))
+            .await
+            .map_err(|_| None)
+    }
+
+    async fn on_inbound(&mut self, inbound: Inbound) -> Result<(), Option<u16>> {
+        let text = match inbound {
+            Inbound::Text(text) => text,
+            Inbound::Alive => return Ok(()),
+            Inbound::Closed => return Err(None),
+            Inbound::Binary | Inbound::TooLarge => {
+                self.app.metrics.error(ErrorCode::InvalidMessage);
+                let _ = self
+                    .socket
+                    .send_text(server_message("ERROR", Some("invalid message")))
+                    .await;
+                return Err(Some(1007));
+            }
+        };
+        let config = &self.app.config;
+        if !self
+            .bucket
+            .try_take(Instant::now(), config.rate_limit, config.rate_burst)
+        {
+            self.app.metrics.error(ErrorCode::RateLimited);
+            let _ = self
+                .socket
+                .send_text(server_message("ERROR", Some("rate limited")))
+                .await;
+            return Err(Some(1008));
+        }
+        let Ok(mut message) = serde_json::from_str::<Value>(&text) else {
+            self.app.metrics.error(ErrorCode::InvalidMessage);
+            let _ = self
+                .socket
+                .send_text(server_message("ERROR", Some("invalid message")))
+                .await;
+            return Err(Some(1007));
+        };
+        let kind = message["type"].as_str().unwrap_or("").to_owned();
+        match kind.as_str() {
+            "HEARTBEAT" => Ok(()),
+            "OFFER" | "ANSWER" | "CANDIDATE" | "LEAVE" | "EXPIRE" => {
+                let Some(dst) = message["dst"].as_str().map(str::to_owned) else {
+                    return Ok(());
+                };
+                message["src"] = Value::String(self.id.clone());
+                self.forward(&kind, &dst, message).await
+            }
+            _ => {
+                self.app.metrics.error(ErrorCode::InvalidMessage);
+                self.socket
+                    .send_text(server_message("ERROR", Some("Message unrecognized")))
+                    .await
+                    .map_err(|_| None)
+            }
+        }
+    }
+
+    /// Delivers `message` to peer `dst` of the same key; an unknown `dst` is answered with
+    /// `EXPIRE`, as `peerjs-server` does once its queue times out.
+    async fn forward(&mut self, kind: &str, dst: &str, message: Value) -> Result<(), Option<u16>> {
+        if !valid_name(dst) {
+            return Ok(());
+        }
+        let delivered = self
+            .app
+            .hub
+            .backend_broadcast(
+                &peer_room(&self.key, dst),
+                ServerMessage::Broadcast {
+                    from: PeerId::from(SERVER_SENDER),
+                    data: message,
+                },
+            )
+            .await;
+        match delivered {
+            Ok(0) if kind != "LEAVE" && kind != "EXPIRE" => {
+                let expire = json!({"type": "EXPIRE", "src": dst}).to_string();
+                self.socket
+                    .send_text(Utf8Bytes::from(expire))
+                    .await
+                    .map_err(|_| None)
+            }
+            Ok(_) => {
+                self.app.metrics.messages_relayed.inc();
+                Ok(())
+            }
+            Err(_) => Err(Some(1013)),
+        }
+    }
+
+    /// Where the client is, for its reconnect.
+    fn registration(&self) -> Registration {
+        Registration {
+            token: self.token.clone(),
+            resume: self.resume.clone(),
+            last_seq: self.last_seq,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_isolate_keys_and_registrations_round_trip() {
+        assert_ne!(peer_room("k1", "alice"), peer_room("k2", "alice"));
+        assert!(crate::protocol::is_valid_room_id(
+            peer_room("k", "a").as_str()
+        ));
+        let r = Registration {
+            token: "t0k3n".into(),
+            resume: ResumeToken::from("00c0ffee00c0ffee.abcd.peer.room"),
+            last_seq: 42,
+        };
+        assert_eq!(Registration::decode(&r.encode()), Some(r));
+        assert!(valid_name("3f2a-..:@x") && !valid_name("a b") && !valid_name(""));
+    }
+}
