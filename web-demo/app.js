@@ -15,7 +15,8 @@
 //
 // Test hooks: `window.__demo` (state, actions) and data attributes on <body>
 // (data-signaling, data-transport, data-media, data-peers, data-connected; data-left=1 after
-// Leave, data-room-refused=1 for a room name that cannot be used), on
+// Leave, data-room-refused=1 for a room name that cannot be used, data-chat-open=1 while the
+// phone chat overlay is open), on
 // #signaling-transport (data-transport: websocket | sse | long-poll), on each remote tile
 // (data-peer-id, data-state) and on each connection panel entry (data-peer-id, data-state,
 // data-path, data-relay: HOST:PORT of the TURN server our side relays through, or empty).
@@ -81,7 +82,25 @@ $('local-avatar').textContent = initials(myName);
 $('local-avatar').style.background = peerColor(myName);
 document.title = `${roomName || 'no room'} · webrtc-stack demo`;
 
+function toast(text) {
+  const el = $('copy-toast');
+  el.textContent = text;
+  el.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { el.hidden = true; }, 2500);
+}
+
 $('copy-link').addEventListener('click', async () => {
+  // Phones: the native share sheet, where there is one.
+  if (navigator.share && matchMedia('(max-width: 640px), (pointer: coarse)').matches) {
+    try {
+      await navigator.share({ title: `Join ${roomName}`, text: `Join me in “${roomName}”`, url: inviteLink });
+      toast('Link shared');
+      return;
+    } catch (err) {
+      if (err?.name === 'AbortError') return; // the user closed the sheet
+    }
+  }
   let ok = false;
   try { await navigator.clipboard.writeText(inviteLink); ok = true; } catch {
     // Clipboard API needs a secure context: fall back to a selection copy.
@@ -93,8 +112,26 @@ $('copy-link').addEventListener('click', async () => {
     ta.remove();
   }
   $('copy-label').textContent = ok ? 'Link copied!' : inviteLink;
+  toast(ok ? 'Link copied!' : inviteLink);
   setTimeout(() => { $('copy-label').textContent = 'Copy invite link'; }, 2500);
 });
+
+// Phones: the chat is an overlay opened from the control bar, which counts unread messages.
+let unread = 0;
+const chatOpen = () => document.body.dataset.chatOpen === '1';
+function renderUnread() {
+  $('chat-unread').hidden = unread === 0;
+  $('chat-unread').textContent = unread > 99 ? '99+' : String(unread);
+}
+$('toggle-chat').addEventListener('click', () => {
+  const open = !chatOpen();
+  document.body.dataset.chatOpen = open ? '1' : '0';
+  $('toggle-chat').setAttribute('aria-pressed', String(open));
+  $('toggle-chat').title = open ? 'Hide the chat' : 'Show the chat';
+  if (open) { unread = 0; renderUnread(); }
+});
+/** Whether the chat is out of sight (a phone with the overlay closed). */
+const chatHidden = () => $('chat-card').getClientRects().length === 0;
 
 function setStatus(tone, text) {
   const el = $('status');
@@ -545,6 +582,7 @@ const chatLog = new ChatLog($('chat-log'));
 
 function addChat(m) {
   demo.chat.push({ ...m, at: Date.now() });
+  if (!m.mine && chatHidden()) { unread += 1; renderUnread(); }
   let note;
   if (m.mine && m.delivered === 0) note = room.peers.size ? 'not delivered: no open connection yet' : 'no one else is here yet';
   chatLog.message({ name: m.mine ? 'You' : m.name, text: m.text, mine: m.mine, color: m.mine ? 'var(--accent)' : peerColor(m.from), note });

@@ -978,6 +978,57 @@ test('room names: an invalid name in a link is normalised the same for everyone,
   await t.screenshot(refused, 'state-room-refused.png');
 });
 
+test('phone: at 390 px the chat is an overlay with an unread count, names are not cut off, the invite uses the share sheet', async (t) => {
+  const phone = { width: 390, height: 844 };
+  const a = await t.open('Ada Lovelace');
+  await a.joined();
+  const stubShare = () => {
+    window.__shared = [];
+    navigator.share = async (data) => { window.__shared.push(data); };
+  };
+  const b = await t.open('Grace Brewster Hopper', { viewport: phone, initScript: stubShare });
+  await Promise.all([a.connected(1), b.connected(1)]);
+  const visible = (sel) => {
+    const el = document.querySelector(sel);
+    if (!el || el.getClientRects().length === 0) return false; // display: none, here or above
+    const r = el.getBoundingClientRect();
+    return r.width > 0 && r.height > 0 && r.top >= 0 && r.bottom <= innerHeight && r.left >= 0 && r.right <= innerWidth;
+  };
+  assert(!(await b.eval(visible, '#chat-card')) && await b.eval(visible, '#toggle-chat'), 'phone: chat closed, a Chat button in the bar');
+  assert(!(await a.eval(visible, '#toggle-chat')) && await a.eval(visible, '#chat-card'), 'desktop: chat in the side column, no Chat button');
+  await a.eval(() => window.__demo.sendChat('one'));
+  await a.eval(() => window.__demo.sendChat('two'));
+  await b.chatFrom('two');
+  await b.waitFor(() => document.getElementById('chat-unread').textContent === '2', null, 'unread count 2');
+  assert(await b.eval(visible, '#chat-unread'), 'the unread count is visible');
+  await b.page.click('#toggle-chat');
+  await b.waitFor(() => document.getElementById('chat-unread').hidden, null, 'unread cleared on opening');
+  assert(await b.eval(visible, '#chat-card') && await b.eval(visible, '#chat-input'), 'the chat overlay is on screen with its input');
+  const shown = await b.eval(() => [...document.querySelectorAll('#chat-log .msg-text')].map((x) => x.textContent));
+  assert(shown.includes('one') && shown.includes('two'), `messages in the overlay: ${JSON.stringify(shown)}`);
+  await t.screenshot(b, 'phone-chat.png');
+  await b.page.click('#toggle-chat');
+  // Names: whole, wrapped if need be.
+  await b.waitFor(() => document.querySelectorAll('.tile-name').length === 2, null, 'two tiles');
+  const names = await b.eval(() => [...document.querySelectorAll('.tile-name')].map((n) => ({ text: n.textContent, cut: n.scrollWidth > n.clientWidth + 1 })));
+  assert(names.every((n) => !n.cut), `no name is cut off: ${JSON.stringify(names)}`);
+  // The invite: the native share sheet on a phone, with a visible confirmation.
+  await b.page.click('#copy-link');
+  await b.waitFor(() => window.__shared.length === 1, null, 'navigator.share called');
+  const shared = await b.eval(() => ({ ...window.__shared[0], want: `${location.origin}/r/${window.__demo.roomName}` }));
+  assert(shared.url === shared.want, `the invite link was shared: ${JSON.stringify(shared)}`);
+  assert(await b.eval(visible, '#copy-toast'), 'the "shared" confirmation is visible at 390 px');
+  // A phone without a share sheet copies, and says so where it can be seen.
+  const c = await t.open('Carol', { viewport: phone });
+  await c.joined();
+  const base = t.shared.signaling.http;
+  await c.page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
+  await c.eval(() => { delete Navigator.prototype.share; });
+  await c.page.click('#copy-link');
+  await c.waitFor(() => document.getElementById('copy-toast').textContent === 'Link copied!', null, 'copy confirmation');
+  assert(await c.eval(visible, '#copy-toast'), 'the "copied" confirmation is visible at 390 px');
+});
+
 test('demo: two peers in a call with chat and canvas (screenshots)', async (t) => {
   const a = await t.open('Ada Lovelace');
   await a.joined();
