@@ -27,7 +27,8 @@ fi
 
 # Browser tests drive Debian's Chromium with playwright-core (never a downloaded browser).
 if [ -f tests/browser/package.json ] && { [ ! -d tests/browser/node_modules/playwright-core ] \
-    || [ ! -d tests/browser/node_modules/y-webrtc ] || [ ! -d tests/browser/node_modules/esbuild ]; }; then
+    || [ ! -d tests/browser/node_modules/y-webrtc ] || [ ! -d tests/browser/node_modules/peerjs ] \
+    || [ ! -d tests/browser/node_modules/esbuild ]; }; then
   echo "install-test-deps: npm install (tests/browser)" >&2
   (cd tests/browser && npm install --no-audit --no-fund --silent)
 fi

@@ -1,10 +1,10 @@
-// Browser tests of the compatibility endpoints with the real client libraries from npm: Yjs +
-// y-webrtc (bundled for the page with esbuild) against our server's /y-webrtc, in headless
-// Chromium. Each page has its own browser context, so y-webrtc cannot shortcut through a
+// Browser tests of the compatibility endpoints with the real client libraries from npm, bundled
+// for the page with esbuild, in headless Chromium: Yjs + y-webrtc against /y-webrtc, and PeerJS
+// against /peerjs. Each page has its own browser context, so y-webrtc cannot shortcut through a
 // BroadcastChannel: every update crosses our signaling server and a WebRTC data channel.
 //
 //   node compat.mjs [filter...]
-import { cpSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { build } from 'esbuild';
@@ -27,7 +27,43 @@ async function webDirWithNotes() {
     outfile: path.join(dir, 'examples', 'yjs-notes.bundle.js'),
     logLevel: 'warning',
   });
+  // PeerJS as the page gets it: a bundle that puts `Peer` on window, and an empty page.
+  writeFileSync(path.join(dir, 'peerjs-entry.js'), "import { Peer } from 'peerjs'; window.Peer = Peer;\n");
+  await build({
+    entryPoints: [path.join(dir, 'peerjs-entry.js')],
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    nodePaths: [path.join(REPO_ROOT, 'tests', 'browser', 'node_modules')],
+    outfile: path.join(dir, 'peerjs.bundle.js'),
+    logLevel: 'warning',
+  });
+  writeFileSync(
+    path.join(dir, 'peerjs-test.html'),
+    '<!doctype html><meta charset="utf-8"><title>PeerJS</title><script type="module" src="/peerjs.bundle.js"></script>\n',
+  );
   return dir;
+}
+
+/** A PeerJS `Peer` with id `id` in a page of its own context, connected to our server. */
+async function openPeer(browser, base, id) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(`${base}/peerjs-test.html`);
+  await page.waitForFunction(() => window.Peer !== undefined, null, { timeout: 15000 });
+  const port = Number(new URL(base).port);
+  await page.evaluate(({ id, port }) => new Promise((resolve, reject) => {
+    window.got = [];
+    window.opens = 0;
+    const peer = new window.Peer(id, { host: '127.0.0.1', port, path: '/peerjs', key: 'peerjs', debug: 0 });
+    window.peer = peer;
+    peer.on('connection', (c) => c.on('data', (d) => window.got.push(d)));
+    peer.on('open', () => { window.opens += 1; resolve(); });
+    peer.on('error', (e) => reject(new Error(`${e.type}: ${e.message}`)));
+  }), { id, port });
+  return { page, context, errors };
 }
 
 /** A page of the notes example in its own context, with its errors collected. */
@@ -89,6 +125,43 @@ const tests = [
       await new Promise((r) => setTimeout(r, 1500));
       if ((await text(eve)) !== '') throw new Error('a page with the wrong password got the text');
       for (const p of [a, b, eve]) await p.context.close();
+    },
+  },
+  {
+    name: 'peerjs: two pages connect by id, 1,000 messages arrive in order, and a reconnect after a dropped signaling socket gets what was sent meanwhile',
+    async fn({ browser, base }) {
+      const suffix = Date.now();
+      const a = await openPeer(browser, base, `alice-${suffix}`);
+      const b = await openPeer(browser, base, `bob-${suffix}`);
+      await b.page.evaluate((dst) => new Promise((resolve, reject) => {
+        const conn = window.peer.connect(dst, { reliable: true });
+        conn.on('open', () => {
+          for (let n = 0; n < 1000; n += 1) conn.send(n);
+          resolve();
+        });
+        conn.on('error', reject);
+      }), `alice-${suffix}`);
+      await waitUntil(async () => (await a.page.evaluate(() => window.got.length)) >= 1000, 20000, 'A got 1,000 messages');
+      const got = await a.page.evaluate(() => window.got.slice(0, 1000));
+      if (!got.every((v, i) => v === i)) throw new Error('messages out of order or changed');
+      // A's signaling socket drops; B opens a second connection meanwhile: its offer waits on
+      // the server until A reconnects (peer.reconnect(): the same id and token).
+      await a.page.evaluate(() => new Promise((resolve) => {
+        window.peer.once('disconnected', resolve);
+        window.peer.socket._socket.close();
+      }));
+      await b.page.evaluate((dst) => {
+        const conn = window.peer.connect(dst, { reliable: true, label: 'second' });
+        conn.on('open', () => conn.send('after the reconnect'));
+      }, `alice-${suffix}`);
+      // Longer than peerjs-server's 5 s message expiry: here it waits for the grace period.
+      await new Promise((r) => setTimeout(r, 6000));
+      await a.page.evaluate(() => window.peer.reconnect());
+      await waitUntil(async () => (await a.page.evaluate(() => window.got.includes('after the reconnect'))), 20000, 'A got the message of the connection offered while it was away');
+      for (const p of [a, b]) {
+        if (p.errors.length) throw new Error(`page errors: ${p.errors.join(' | ')}`);
+        await p.context.close();
+      }
     },
   },
 ];
