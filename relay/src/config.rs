@@ -126,10 +126,22 @@ pub struct Config {
     #[arg(long, env = "RELAY_UNAUTH_RATE", default_value_t = 100)]
     pub unauth_rate: u32,
 
-    /// Maximum simultaneous TCP/TLS client connections (split evenly over workers); new
+    /// Bytes of unauthenticated UDP responses (Binding, 401, 438, 400, 420) a source IP may
+    /// receive beyond the bytes of the STUN requests it sent (amplification allowance, per
+    /// worker; 0 = no byte limit).
+    #[arg(long, env = "RELAY_UNAUTH_BYTES", default_value_t = relay_proto::DEFAULT_AMPLIFICATION_ALLOWANCE)]
+    pub unauth_bytes: u32,
+
+    /// Maximum simultaneous TCP/TLS client connections of the whole relay (one counter for
+    /// every worker). A connection counts from accept on, TLS handshake included; new
     /// connections beyond it are closed at once and counted.
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
+
+    /// A TLS client that has not finished its handshake this long after connecting is closed
+    /// (e.g. `5s`, `1500ms`).
+    #[arg(long, env = "RELAY_TLS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
 
     /// Allow peers on loopback addresses (127.0.0.0/8, ::1). Tests only: off by default.
     #[arg(long, env = "RELAY_ALLOW_LOOPBACK_PEERS")]
@@ -345,6 +357,11 @@ impl Config {
                 "--public-url {url} is not a turn:, turns:, stun: or stuns: URL"
             )));
         }
+        if self.tls_handshake_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "--tls-handshake-timeout must be > 0".into(),
+            ));
+        }
         if self.user_quota == 0 {
             return Err(ConfigError::Invalid(
                 "--user-quota must be at least 1".into(),
@@ -432,15 +449,20 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "  quotas: {} allocations/user, {} total, {} permissions and {} channels/allocation, {} B/s/allocation, {} unauthenticated req/s/IP",
+            "  quotas: {} allocations/user, {} total, {} permissions and {} channels/allocation, {} B/s/allocation, {} unauthenticated req/s/IP, {} B unauthenticated allowance/IP",
             self.user_quota,
             self.total_quota,
             self.max_permissions,
             self.max_channels,
             self.max_bps,
-            self.unauth_rate
+            self.unauth_rate,
+            self.unauth_bytes
         );
-        let _ = writeln!(s, "  max tcp/tls connections: {}", self.max_connections);
+        let _ = writeln!(
+            s,
+            "  max tcp/tls connections: {} (tls handshake timeout {:?})",
+            self.max_connections, self.tls_handshake_timeout
+        );
         let _ = writeln!(s, "  allow loopback peers: {}", self.allow_loopback_peers);
         let cidrs = |v: &[IpNet]| {
             v.iter()
@@ -729,6 +751,9 @@ mod tests {
             AdminListen::Addr("127.0.0.1:9641".parse().unwrap())
         );
         assert_eq!(c.user_quota, 10);
+        assert_eq!(c.max_connections, 20_000);
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(5));
+        assert_eq!(c.unauth_bytes, 2048);
         assert!(!c.allow_loopback_peers);
         assert!(!c.tls_enabled());
     }
@@ -777,6 +802,22 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("alice"));
+    }
+
+    #[test]
+    fn limits_parse_and_a_zero_handshake_timeout_is_refused() {
+        let c = Config::from_args([
+            "--tls-handshake-timeout",
+            "1500ms",
+            "--unauth-bytes",
+            "0",
+            "--max-connections",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(c.tls_handshake_timeout, Duration::from_millis(1500));
+        assert_eq!((c.unauth_bytes, c.max_connections), (0, 7));
+        assert!(Config::from_args(["--tls-handshake-timeout", "0s"]).is_err());
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub use metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// A listening socket could not be bound.
+    /// A listening socket could not be bound; `source` is `AddrInUse` when anything else
+    /// holds the port (checked before the SO_REUSEPORT group is created).
     #[error("cannot bind {what} {addr}: {source}")]
     Bind {
         /// `udp`, `tcp`, `tls` or `admin`.
@@ -92,6 +93,7 @@ impl Relay {
         config.validate()?;
         tls::install_crypto_provider();
         let workers = config.worker_count();
+        io::conn_limit::warn_if_fd_limit_below(config.max_connections);
         let relay_ips = relay_ips(&config);
         tracing::info!(relay_ips = ?relay_ips, workers, "starting relay");
 
@@ -122,7 +124,7 @@ impl Relay {
                 (None, None)
             };
 
-        // One socket per worker per address; the first resolves port 0 for the others.
+        // One socket per worker per address.
         let mut udp: Vec<Vec<socket2::Socket>> = (0..workers).map(|_| Vec::new()).collect();
         let mut tcp: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
         let mut tls: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
@@ -134,62 +136,43 @@ impl Relay {
             relay_ips: relay_ips.clone(),
             tls_self_signed_pem,
         };
+        // Each port is probed first: start-up fails if anything else holds it (with
+        // SO_REUSEPORT we would otherwise join its group and share its traffic), and port 0
+        // becomes a port that is free. Then one socket per worker on it.
+        let bind_err = |what: &'static str, addr: SocketAddr| {
+            move |source: std::io::Error| StartError::Bind { what, addr, source }
+        };
         for &wanted in &config.listen {
-            let mut bound = wanted;
-            for (w, sockets) in udp.iter_mut().enumerate() {
-                let s = io::udp::bind_listener(bound, config.socket_buffer).map_err(|source| {
-                    StartError::Bind {
-                        what: "udp",
-                        addr: bound,
-                        source,
-                    }
-                })?;
-                if w == 0 {
-                    bound = local_socket_addr(&s).unwrap_or(bound);
-                }
-                sockets.push(s);
+            let bound = io::port_probe::probe_udp(wanted).map_err(bind_err("udp", wanted))?;
+            for sockets in &mut udp {
+                sockets.push(
+                    io::udp::bind_listener(bound, config.socket_buffer)
+                        .map_err(bind_err("udp", bound))?,
+                );
             }
             addrs.udp.push(bound);
             if !config.no_tcp {
-                // Prefer the UDP port for TCP too when the port was picked by the kernel.
-                let mut tcp_addr = bound;
-                let mut first = io::tcp::bind_listener(tcp_addr);
-                if first.is_err() && wanted.port() == 0 {
-                    tcp_addr = wanted;
-                    first = io::tcp::bind_listener(tcp_addr);
-                }
-                let first = first.map_err(|source| StartError::Bind {
-                    what: "tcp",
-                    addr: tcp_addr,
-                    source,
-                })?;
-                let tcp_addr = first.local_addr().unwrap_or(tcp_addr);
-                tcp[0].push(first);
-                for sockets in tcp.iter_mut().skip(1) {
-                    sockets.push(io::tcp::bind_listener(tcp_addr).map_err(|source| {
-                        StartError::Bind {
-                            what: "tcp",
-                            addr: tcp_addr,
-                            source,
-                        }
-                    })?);
+                // The UDP port for TCP too; if the kernel picked it and TCP has it taken, any
+                // free port.
+                let tcp_addr = match io::port_probe::probe_tcp(bound) {
+                    Ok(addr) => addr,
+                    Err(_) if wanted.port() == 0 => {
+                        io::port_probe::probe_tcp(wanted).map_err(bind_err("tcp", wanted))?
+                    }
+                    Err(source) => return Err(bind_err("tcp", bound)(source)),
+                };
+                for sockets in &mut tcp {
+                    sockets
+                        .push(io::tcp::bind_listener(tcp_addr).map_err(bind_err("tcp", tcp_addr))?);
                 }
                 addrs.tcp.push(tcp_addr);
             }
         }
         if tls_config.is_some() {
             for &wanted in &config.tls_listen {
-                let mut bound = wanted;
-                for (w, sockets) in tls.iter_mut().enumerate() {
-                    let l = io::tcp::bind_listener(bound).map_err(|source| StartError::Bind {
-                        what: "tls",
-                        addr: bound,
-                        source,
-                    })?;
-                    if w == 0 {
-                        bound = l.local_addr().unwrap_or(bound);
-                    }
-                    sockets.push(l);
+                let bound = io::port_probe::probe_tcp(wanted).map_err(bind_err("tls", wanted))?;
+                for sockets in &mut tls {
+                    sockets.push(io::tcp::bind_listener(bound).map_err(bind_err("tls", bound))?);
                 }
                 addrs.tls.push(bound);
             }
@@ -232,7 +215,11 @@ impl Relay {
             config.relay_ports.high,
             config.socket_buffer,
         );
-        let acceptor = tls_config.map(tokio_rustls::TlsAcceptor::from);
+        let tls_accept = tls_config.map(|c| io::tcp::TlsAccept {
+            acceptor: tokio_rustls::TlsAcceptor::from(c),
+            handshake_timeout: config.tls_handshake_timeout,
+        });
+        let connections = io::conn_limit::ConnectionLimit::new(config.max_connections);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for (index, ((udp, tcp), tls)) in udp.into_iter().zip(tcp).zip(tls).enumerate() {
             let setup = WorkerSetup {
@@ -242,9 +229,9 @@ impl Relay {
                 udp,
                 tcp,
                 tls,
-                tls_acceptor: acceptor.clone(),
+                tls_accept: tls_accept.clone(),
                 relay_ports: relay_ports.clone(),
-                max_streams: config.max_connections.div_ceil(workers),
+                connections: Arc::clone(&connections),
                 metrics: Arc::clone(&metrics),
                 shutdown: shutdown_rx.clone(),
                 stopped: stopped_tx.clone(),
@@ -424,10 +411,6 @@ fn spawn_admin(
         .map_err(|e| StartError::Worker(e.to_string()))
 }
 
-fn local_socket_addr(socket: &socket2::Socket) -> Option<SocketAddr> {
-    socket.local_addr().ok()?.as_socket()
-}
-
 /// The relay IPs: `--relay-ip`, else each family's concrete listening IP, else the private side
 /// of an `--external-ip` mapping, else the host's primary outbound IP of the family.
 fn relay_ips(config: &Config) -> Vec<IpAddr> {
@@ -541,6 +524,7 @@ fn server_config(config: &Config, relay_ips: &[IpAddr], addrs: &RelayAddrs) -> S
             per_second: (r.per_second / 4).max(1),
             burst: (r.burst / 4).max(1),
         }),
+        amplification_allowance: (config.unauth_bytes > 0).then_some(config.unauth_bytes),
         ..Quotas::default()
     };
     ServerConfig {

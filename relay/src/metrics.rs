@@ -25,9 +25,13 @@ pub struct IoStats {
     pub stream_connections_accepted: u64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: u64,
+    /// TLS handshakes that did not finish within `--tls-handshake-timeout`.
+    pub tls_handshake_timeouts: u64,
+    /// TLS handshakes in progress (gauge).
+    pub tls_handshakes: u64,
     /// Messages to a stream client dropped because its outbound queue was full.
     pub stream_queue_drops: u64,
-    /// Stream connections refused because the worker was at `--max-connections`.
+    /// Stream connections refused because the relay was at `--max-connections`.
     pub stream_connections_refused: u64,
     /// Stream connections closed for framing errors (neither STUN nor ChannelData).
     pub stream_framing_errors: u64,
@@ -90,6 +94,8 @@ impl Metrics {
             t.stream_connections += s.stream_connections;
             t.stream_connections_accepted += s.stream_connections_accepted;
             t.tls_handshake_failures += s.tls_handshake_failures;
+            t.tls_handshake_timeouts += s.tls_handshake_timeouts;
+            t.tls_handshakes += s.tls_handshakes;
             t.stream_queue_drops += s.stream_queue_drops;
             t.stream_framing_errors += s.stream_framing_errors;
             t.stream_connections_refused += s.stream_connections_refused;
@@ -302,6 +308,18 @@ impl Collector for Metrics {
             "reason",
             &denied,
         )?;
+        counter(
+            &mut e,
+            "relay_udp_request_bytes",
+            "Bytes of STUN requests received over UDP",
+            s.udp_request_bytes,
+        )?;
+        counter(
+            &mut e,
+            "relay_udp_unauthenticated_response_bytes",
+            "Bytes of unauthenticated responses sent over UDP (at most the request bytes plus --unauth-bytes per source IP and worker)",
+            s.udp_unauthenticated_response_bytes,
+        )?;
         let quotas: Vec<(&'static str, u64)> = QuotaKind::ALL
             .iter()
             .map(|q| (q.as_str(), s.quota(*q)))
@@ -337,11 +355,23 @@ impl Collector for Metrics {
             "TCP/TLS connections refused at --max-connections",
             io.stream_connections_refused,
         )?;
+        gauge(
+            &mut e,
+            "relay_tls_handshakes",
+            "TLS handshakes in progress (they count against --max-connections)",
+            io.tls_handshakes,
+        )?;
         counter(
             &mut e,
             "relay_tls_handshake_failures",
             "TLS handshakes that failed or timed out",
             io.tls_handshake_failures,
+        )?;
+        counter(
+            &mut e,
+            "relay_tls_handshake_timeouts",
+            "TLS handshakes not finished within --tls-handshake-timeout",
+            io.tls_handshake_timeouts,
         )?;
         counter(
             &mut e,

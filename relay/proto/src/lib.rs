@@ -25,10 +25,16 @@
 //! `message` / `attributes` (borrowed STUN codec), `channel_data` (4-byte header, hot path),
 //! `framing` (stream framing), `server` (TURN methods), `allocation` / `permission` /
 //! `channel` / `five_tuple`, `auth` / `nonce` (long-term and REST credentials), `policy`
-//! (peer addresses), `quota`, `expiry` (one deadline queue), `stats`, `config`, `output`.
+//! (peer addresses), `quota`, `amplification` (byte budget of unauthenticated UDP responses),
+//! `expiry` (one deadline queue), `stats`, `config`, `output`.
 //!
 //! # API changes
 //! Newest first. Changes since the first published API (a28a13f):
+//! - `Quotas` gained `amplification_allowance` (default `Some(2048)`), `QuotaKind` the variant
+//!   `UnauthenticatedBytes`, `Stats` the fields `udp_request_bytes` and
+//!   `udp_unauthenticated_response_bytes`; `DenyReason` the variant `Anycast`. Requests of an
+//!   unsupported method (or a method that is not a request, like Send) are now dropped
+//!   (RFC 8489 section 6.3) instead of answered with 400.
 //! - `Output::BindRelay` gained `address: Option<SocketAddr>`: when `Some`, bind exactly that
 //!   local address (the port reserved by EVEN-PORT's R bit, claimed with RESERVATION-TOKEN; this
 //!   is how `turnutils_uclient` allocates RTP/RTCP pairs without `-c`), and answer
@@ -42,6 +48,7 @@
 //! - `Server::relay_address_of`.
 
 mod allocation;
+mod amplification;
 pub mod attributes;
 pub mod auth;
 mod channel;
@@ -66,7 +73,7 @@ pub use config::{AuthConfig, ExternalIp, ServerConfig, StaticCredential, WallClo
 pub use five_tuple::{AddressFamily, FiveTuple, Transport};
 pub use output::{BindError, ClientAction, HEADROOM, Output, PeerAction, RelayRequestId, TAILROOM};
 pub use policy::{DenyReason, IpNet, PeerPolicy};
-pub use quota::{QuotaKind, Quotas, RateLimit, SharedQuotas};
+pub use quota::{DEFAULT_AMPLIFICATION_ALLOWANCE, QuotaKind, Quotas, RateLimit, SharedQuotas};
 pub use server::Server;
 pub use stats::Stats;
 

@@ -1,6 +1,7 @@
 //! The STUN/TURN request handlers of `Server`, one per method, each citing its RFC section,
 //! plus authentication and response building. Unauthenticated responses carry no SOFTWARE, no
-//! reason phrase, and a FINGERPRINT only when the response still fits in the request's size.
+//! reason phrase, and a FINGERPRINT only when the response still fits in the request's size;
+//! over UDP they are paid for by the source's amplification budget.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use crate::auth::{AuthFailure, Identity, MAX_USERNAME};
 use crate::channel::BindConflict;
 use crate::channel_data;
 use crate::expiry::{AllocKey, Timer};
-use crate::five_tuple::{AddressFamily, FiveTuple};
+use crate::five_tuple::{AddressFamily, FiveTuple, Transport};
 use crate::message::{
     ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMISSION, Class, MessageBuilder, REFRESH,
     StunMessage, TransactionId,
@@ -34,6 +35,14 @@ const MAX_RESERVATIONS: usize = 4096;
 
 /// Size of a FINGERPRINT attribute.
 const FINGERPRINT_SIZE: usize = 8;
+
+/// The request methods this server implements; requests of any other method are dropped.
+fn is_supported_request(method: u16) -> bool {
+    matches!(
+        method,
+        BINDING | ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND
+    )
+}
 
 /// A request that passed authentication.
 struct Authenticated {
@@ -120,8 +129,21 @@ fn allocate_params(msg: &StunMessage<'_>) -> Result<AllocateParams, u16> {
 }
 
 impl Server {
-    /// Dispatch a request (RFC 8489 section 6.3.1).
+    /// Dispatch a request (RFC 8489 section 6.3).
     pub(crate) fn handle_request(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
+        if from.transport == Transport::Udp {
+            let len = msg.raw().len();
+            self.stats.udp_request_bytes += len as u64;
+            self.amplification.earn(now, from.client.ip(), len);
+        }
+        let method = msg.method();
+        if !is_supported_request(method) {
+            // RFC 8489 section 6.3: a method the server does not support, or one that is not
+            // a request (Send, Data), fails the basic checks and is silently discarded.
+            self.stats.malformed_packets += 1;
+            trace!(client = %from.client, method, "request of an unsupported method dropped");
+            return;
+        }
         if !msg.has_integrity() {
             self.arm_sweep(now);
             if !self.unauthenticated.allow(now, from.client.ip()) {
@@ -131,6 +153,8 @@ impl Server {
         }
         let (unknown, n) = msg.unknown_required();
         if n > 0 {
+            // Before authentication (RFC 8489 section 6.3 checks credentials first): a 420 is
+            // the smaller answer (36 bytes for one attribute, a 401 is 68) and reveals nothing.
             self.stats.error_responses += 1;
             let mut b = self.error_builder(msg, 420, false);
             b.add_with(UNKNOWN_ATTRIBUTES, |out| {
@@ -138,29 +162,25 @@ impl Server {
                     out.extend_from_slice(&t.to_be_bytes());
                 }
             });
-            self.send_unauthenticated(from, msg.raw().len(), b);
+            self.send_unauthenticated(now, from, msg.raw().len(), b);
             return;
         }
-        match msg.method() {
-            BINDING => self.binding(from, msg),
+        match method {
+            BINDING => self.binding(now, from, msg),
             ALLOCATE => self.allocate(now, from, msg),
             REFRESH => self.refresh(now, from, msg),
             CREATE_PERMISSION => self.create_permission(now, from, msg),
             CHANNEL_BIND => self.channel_bind(now, from, msg),
-            _ => {
-                self.stats.error_responses += 1;
-                let b = self.error_builder(msg, 400, false);
-                self.send_unauthenticated(from, msg.raw().len(), b);
-            }
+            _ => {} // Refused above.
         }
     }
 
     /// RFC 8489 section 6.3.1: Binding answered with XOR-MAPPED-ADDRESS only.
-    fn binding(&mut self, from: FiveTuple, msg: &StunMessage<'_>) {
+    fn binding(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
         self.stats.binding_requests += 1;
         let mut b = MessageBuilder::new(BINDING, Class::Success, msg.transaction_id());
         b.add_xor_address(XOR_MAPPED_ADDRESS, unmapped(from.client));
-        self.send_unauthenticated(from, msg.raw().len(), b);
+        self.send_unauthenticated(now, from, msg.raw().len(), b);
     }
 
     /// RFC 8656 section 7.2: Allocate.
@@ -591,13 +611,13 @@ impl Server {
         else {
             self.stats.error_responses += 1;
             let b = self.error_builder(msg, 400, false);
-            self.send_unauthenticated(from, msg.raw().len(), b);
+            self.send_unauthenticated(now, from, msg.raw().len(), b);
             return None;
         };
         let Ok(username) = attributes::decode_text(user, MAX_USERNAME) else {
             self.stats.error_responses += 1;
             let b = self.error_builder(msg, 400, false);
-            self.send_unauthenticated(from, msg.raw().len(), b);
+            self.send_unauthenticated(now, from, msg.raw().len(), b);
             return None;
         };
         let now_unix = self.config.clock.unix_secs_at(now);
@@ -646,7 +666,7 @@ impl Server {
         let mut b = self.error_builder(msg, code, false);
         b.add(REALM, self.config.realm.as_bytes())
             .add(NONCE, nonce.as_bytes());
-        self.send_unauthenticated(from, msg.raw().len(), b);
+        self.send_unauthenticated(now, from, msg.raw().len(), b);
     }
 
     fn arm_sweep(&mut self, now: Instant) {
@@ -688,15 +708,32 @@ impl Server {
     }
 
     /// Queue an unauthenticated response; FINGERPRINT only if the result is no larger than the
-    /// request (amplification hardening).
-    fn send_unauthenticated(&mut self, to: FiveTuple, request_len: usize, mut b: MessageBuilder) {
+    /// request, and over UDP only if the source's byte credit pays for it (amplification
+    /// hardening: see `amplification`).
+    fn send_unauthenticated(
+        &mut self,
+        now: Instant,
+        to: FiveTuple,
+        request_len: usize,
+        mut b: MessageBuilder,
+    ) {
         if b.len() + FINGERPRINT_SIZE <= request_len {
             b.add_fingerprint();
         }
-        self.outputs.push_back(Output::Transmit {
-            to,
-            data: b.finish(),
-        });
+        let data = b.finish();
+        if to.transport == Transport::Udp {
+            if !self
+                .amplification
+                .try_spend(now, to.client.ip(), data.len())
+            {
+                self.stats.quota_hits[QuotaKind::UnauthenticatedBytes.index()] += 1;
+                trace!(client = %to.client, "amplification budget: response not sent");
+                return;
+            }
+            self.arm_sweep(now);
+            self.stats.udp_unauthenticated_response_bytes += data.len() as u64;
+        }
+        self.outputs.push_back(Output::Transmit { to, data });
     }
 
     /// XOR-RELAYED-ADDRESS for a relay socket: the 1:1 NAT public IP if one maps it.

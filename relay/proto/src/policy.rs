@@ -24,7 +24,8 @@ pub enum DenyReason {
     LinkLocal,
     /// `169.254.169.254`: cloud instance metadata. Never allowable.
     CloudMetadata,
-    /// `192.0.0.0/24` IETF protocol assignments.
+    /// `192.0.0.0/24` and `2001::/23` IETF protocol assignments (the parts without a row of
+    /// their own: service continuity, dummy addresses, NAT64 discovery, unassigned space).
     IetfProtocol,
     /// `192.0.2/24`, `198.51.100/24`, `203.0.113/24`, `2001:db8::/32`, `3fff::/20`.
     Documentation,
@@ -35,7 +36,8 @@ pub enum DenyReason {
     /// `224.0.0.0/4`, `ff00::/8`.
     Multicast,
     /// `240.0.0.0/4` (includes the limited broadcast address), `2001:10::/28` (deprecated
-    /// ORCHID), `5f00::/16` (SRv6 SIDs).
+    /// ORCHID), `2001:20::/28` (ORCHIDv2) and `2001:30::/28` (drone DETs): identifiers, not
+    /// locators; `5f00::/16` (SRv6 SIDs), `100:0:0:1::/64` (dummy prefix).
     Reserved,
     /// `64:ff9b::/96` NAT64 well-known prefix and `64:ff9b:1::/48` local-use NAT64 (RFC 8215)
     /// (the embedded IPv4 address is checked as well).
@@ -45,6 +47,12 @@ pub enum DenyReason {
     Ipv4Translated,
     /// `100::/64` discard-only prefix.
     DiscardOnly,
+    /// Anycast service addresses, never a WebRTC peer: PCP, TURN and DNS-SD SRP anycast
+    /// (`192.0.0.9`, `192.0.0.10`, `2001:1::1`-`2001:1::3`), AMT relays (`192.52.193.0/24`,
+    /// `2001:3::/32`), AS112 DNS sinks (`192.31.196.0/24`, `192.175.48.0/24`,
+    /// `2001:4:112::/48`, `2620:4f:8000::/48`). Relaying to them would let a client use the
+    /// relay host's nearest instance of the service (its NAT gateway, for PCP).
+    Anycast,
     /// Matched a configured deny entry.
     ConfiguredDeny,
     /// One of the relay's own listening addresses, or a non-relay port on one of its own IPs.
@@ -53,7 +61,7 @@ pub enum DenyReason {
 
 impl DenyReason {
     /// Number of variants (size of per-reason counter arrays).
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
 
     /// Every variant, in `index()` order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -72,6 +80,7 @@ impl DenyReason {
         Self::Nat64,
         Self::Ipv4Translated,
         Self::DiscardOnly,
+        Self::Anycast,
         Self::ConfiguredDeny,
         Self::OwnAddress,
     ];
@@ -99,6 +108,7 @@ impl DenyReason {
             Self::Nat64 => "nat64",
             Self::Ipv4Translated => "ipv4_translated",
             Self::DiscardOnly => "discard_only",
+            Self::Anycast => "anycast",
             Self::ConfiguredDeny => "configured_deny",
             Self::OwnAddress => "own_address",
         }
@@ -234,43 +244,67 @@ impl Default for PeerPolicy {
     }
 }
 
-/// IPv4 ranges denied by default.
+/// IPv4 ranges denied by default: the IANA IPv4 Special-Purpose Address Registry (every row
+/// is denied: none of them holds a WebRTC peer), multicast and the metadata address. First
+/// match wins, so more specific rows come first.
 const DEFAULT_DENY_V4: &[([u8; 4], u8, DenyReason)] = &[
-    ([0, 0, 0, 0], 8, DenyReason::Unspecified),
-    ([10, 0, 0, 0], 8, DenyReason::Private),
-    ([100, 64, 0, 0], 10, DenyReason::SharedAddressSpace),
-    ([127, 0, 0, 0], 8, DenyReason::Loopback),
+    ([0, 0, 0, 0], 8, DenyReason::Unspecified), // RFC 791 "this network" (and RFC 1122 0/32)
+    ([10, 0, 0, 0], 8, DenyReason::Private),    // RFC 1918
+    ([100, 64, 0, 0], 10, DenyReason::SharedAddressSpace), // RFC 6598
+    ([127, 0, 0, 0], 8, DenyReason::Loopback),  // RFC 1122
     ([169, 254, 169, 254], 32, DenyReason::CloudMetadata),
-    ([169, 254, 0, 0], 16, DenyReason::LinkLocal),
-    ([172, 16, 0, 0], 12, DenyReason::Private),
-    ([192, 0, 0, 0], 24, DenyReason::IetfProtocol),
-    ([192, 0, 2, 0], 24, DenyReason::Documentation),
-    ([192, 88, 99, 0], 24, DenyReason::Relay6to4Anycast),
-    ([192, 168, 0, 0], 16, DenyReason::Private),
-    ([198, 18, 0, 0], 15, DenyReason::Benchmarking),
-    ([198, 51, 100, 0], 24, DenyReason::Documentation),
-    ([203, 0, 113, 0], 24, DenyReason::Documentation),
-    ([224, 0, 0, 0], 4, DenyReason::Multicast),
-    ([240, 0, 0, 0], 4, DenyReason::Reserved),
+    ([169, 254, 0, 0], 16, DenyReason::LinkLocal), // RFC 3927
+    ([172, 16, 0, 0], 12, DenyReason::Private),    // RFC 1918
+    ([192, 0, 0, 9], 32, DenyReason::Anycast),     // RFC 7723 PCP anycast
+    ([192, 0, 0, 10], 32, DenyReason::Anycast),    // RFC 8155 TURN anycast
+    ([192, 0, 0, 0], 24, DenyReason::IetfProtocol), // RFC 6890 (RFC 7335, 7600, 8880 inside)
+    ([192, 0, 2, 0], 24, DenyReason::Documentation), // RFC 5737
+    ([192, 31, 196, 0], 24, DenyReason::Anycast),  // RFC 7535 AS112-v4
+    ([192, 52, 193, 0], 24, DenyReason::Anycast),  // RFC 7450 AMT
+    ([192, 88, 99, 0], 24, DenyReason::Relay6to4Anycast), // RFC 7526
+    ([192, 168, 0, 0], 16, DenyReason::Private),   // RFC 1918
+    ([192, 175, 48, 0], 24, DenyReason::Anycast),  // RFC 7534 AS112 direct delegation
+    ([198, 18, 0, 0], 15, DenyReason::Benchmarking), // RFC 2544
+    ([198, 51, 100, 0], 24, DenyReason::Documentation), // RFC 5737
+    ([203, 0, 113, 0], 24, DenyReason::Documentation), // RFC 5737
+    ([224, 0, 0, 0], 4, DenyReason::Multicast),    // RFC 5771
+    ([240, 0, 0, 0], 4, DenyReason::Reserved),     // RFC 1112; 255.255.255.255 (RFC 919) inside
 ];
 
-/// IPv6 ranges denied by default (checked on the raw IPv6 address; embedded IPv4 is checked too).
-const DEFAULT_DENY_V6: &[(u128, u8, DenyReason)] = &[
-    (0, 128, DenyReason::Unspecified),
-    (1, 128, DenyReason::Loopback),
-    (0xfc00 << 112, 7, DenyReason::Private),
-    (0xfe80 << 112, 10, DenyReason::LinkLocal),
-    (0xfec0 << 112, 10, DenyReason::Private),
-    (0xff00 << 112, 8, DenyReason::Multicast),
-    (0x2001_0db8 << 96, 32, DenyReason::Documentation),
-    (0x3fff << 112, 20, DenyReason::Documentation),
-    (0x0064_ff9b << 96, 96, DenyReason::Nat64),
-    (0x0064_ff9b_0001 << 80, 48, DenyReason::Nat64),
-    (0xffff_0000 << 32, 96, DenyReason::Ipv4Translated),
-    (0x0100 << 112, 64, DenyReason::DiscardOnly),
-    (0x2001_0002 << 96, 48, DenyReason::Benchmarking),
-    (0x2001_0010 << 96, 28, DenyReason::Reserved),
-    (0x5f00 << 112, 16, DenyReason::Reserved),
+/// IPv6 rows of the defaults: the IANA IPv6 Special-Purpose Address Registry plus multicast,
+/// site-local and IPv4-translated. First match wins; `None` allows the prefix: its hosts are
+/// ordinary peers whose embedded IPv4 address is checked as well (`embedded_ipv4`).
+const DEFAULT_V6: &[(u128, u8, Option<DenyReason>)] = &[
+    (0, 128, Some(DenyReason::Unspecified)), // RFC 4291
+    (1, 128, Some(DenyReason::Loopback)),    // RFC 4291
+    (0xffff << 32, 96, None),                // RFC 4291 IPv4-mapped: checked as IPv4
+    (0xffff_0000 << 32, 96, Some(DenyReason::Ipv4Translated)), // RFC 2765
+    (0, 96, None),                           // RFC 4291 IPv4-compatible: checked as IPv4
+    (0x0064_ff9b << 96, 96, Some(DenyReason::Nat64)), // RFC 6052
+    (0x0064_ff9b_0001 << 80, 48, Some(DenyReason::Nat64)), // RFC 8215
+    (0x0100 << 112, 64, Some(DenyReason::DiscardOnly)), // RFC 6666
+    (0x0100_0000_0000_0001 << 64, 64, Some(DenyReason::Reserved)), // RFC 9780 dummy prefix
+    // 2001::/23 IETF protocol assignments: the rows inside it first.
+    (0x2001 << 112, 32, None), // RFC 4380 Teredo: a host; its client IPv4 is checked
+    ((0x2001_0001 << 96) | 1, 128, Some(DenyReason::Anycast)), // RFC 7723 PCP
+    ((0x2001_0001 << 96) | 2, 128, Some(DenyReason::Anycast)), // RFC 8155 TURN
+    ((0x2001_0001 << 96) | 3, 128, Some(DenyReason::Anycast)), // RFC 9665 DNS-SD SRP
+    (0x2001_0002 << 96, 48, Some(DenyReason::Benchmarking)), // RFC 5180
+    (0x2001_0003 << 96, 32, Some(DenyReason::Anycast)), // RFC 7450 AMT
+    (0x2001_0004_0112 << 80, 48, Some(DenyReason::Anycast)), // RFC 7535 AS112-v6
+    (0x2001_0010 << 96, 28, Some(DenyReason::Reserved)), // RFC 4843 ORCHID (deprecated)
+    (0x2001_0020 << 96, 28, Some(DenyReason::Reserved)), // RFC 7343 ORCHIDv2
+    (0x2001_0030 << 96, 28, Some(DenyReason::Reserved)), // RFC 9374 drone DETs
+    (0x2001 << 112, 23, Some(DenyReason::IetfProtocol)), // RFC 2928: the rest
+    (0x2001_0db8 << 96, 32, Some(DenyReason::Documentation)), // RFC 3849
+    (0x2002 << 112, 16, None), // RFC 3056 6to4: a host; its IPv4 is checked
+    (0x2620_004f_8000 << 80, 48, Some(DenyReason::Anycast)), // RFC 7534 AS112 delegation
+    (0x3fff << 112, 20, Some(DenyReason::Documentation)), // RFC 9637
+    (0x5f00 << 112, 16, Some(DenyReason::Reserved)), // RFC 9602 SRv6 SIDs
+    (0xfc00 << 112, 7, Some(DenyReason::Private)), // RFC 4193 unique-local
+    (0xfe80 << 112, 10, Some(DenyReason::LinkLocal)), // RFC 4291
+    (0xfec0 << 112, 10, Some(DenyReason::Private)), // RFC 3879 site-local
+    (0xff00 << 112, 8, Some(DenyReason::Multicast)), // RFC 4291
 ];
 
 /// The IPv4 address embedded in an IPv6 address, by any of the encodings a router or a
@@ -379,10 +413,10 @@ fn default_deny(ip: IpAddr) -> Option<DenyReason> {
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
-            DEFAULT_DENY_V6
+            DEFAULT_V6
                 .iter()
                 .find(|(net, len, _)| bits & mask128(*len) == *net)
-                .map(|(_, _, r)| *r)
+                .and_then(|(_, _, r)| *r)
         }
     }
 }
@@ -445,6 +479,186 @@ mod tests {
         ];
         for (addr, reason) in table {
             assert_eq!(policy.check_ip(ip(addr)), Err(reason), "{addr}");
+        }
+    }
+
+    /// One row of an IANA special-purpose registry: its block, its RFC, an address inside it
+    /// and the default verdict. Denied rows are also checked at the block's last address.
+    type RegistryRow = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Result<(), DenyReason>,
+    );
+
+    fn check_registry(rows: &[RegistryRow]) {
+        let policy = PeerPolicy::default();
+        for &(block, rfc, sample, expected) in rows {
+            let net: IpNet = block.parse().unwrap();
+            assert!(net.contains(ip(sample)), "{sample} is not in {block}");
+            assert_eq!(
+                policy.check_ip(ip(sample)),
+                expected,
+                "{block} ({rfc}) at {sample}"
+            );
+            if expected.is_err() {
+                let last = match net.addr {
+                    IpAddr::V4(a) => IpAddr::V4((u32::from(a) | !mask32(net.prefix)).into()),
+                    IpAddr::V6(a) => IpAddr::V6((u128::from(a) | !mask128(net.prefix)).into()),
+                };
+                assert_eq!(policy.check_ip(last), expected, "{block} ({rfc}) at {last}");
+            }
+        }
+    }
+
+    /// Every row of the IANA IPv4 Special-Purpose Address Registry: all denied.
+    #[test]
+    fn ipv4_special_purpose_registry_rows() {
+        use DenyReason::*;
+        check_registry(&[
+            ("0.0.0.0/8", "RFC 791", "0.1.2.3", Err(Unspecified)),
+            ("0.0.0.0/32", "RFC 1122", "0.0.0.0", Err(Unspecified)),
+            ("10.0.0.0/8", "RFC 1918", "10.1.2.3", Err(Private)),
+            (
+                "100.64.0.0/10",
+                "RFC 6598",
+                "100.64.0.1",
+                Err(SharedAddressSpace),
+            ),
+            ("127.0.0.0/8", "RFC 1122", "127.0.0.1", Err(Loopback)),
+            ("169.254.0.0/16", "RFC 3927", "169.254.1.1", Err(LinkLocal)),
+            ("172.16.0.0/12", "RFC 1918", "172.16.0.1", Err(Private)),
+            ("192.0.0.0/24", "RFC 6890", "192.0.0.100", Err(IetfProtocol)),
+            ("192.0.0.0/29", "RFC 7335", "192.0.0.1", Err(IetfProtocol)),
+            ("192.0.0.8/32", "RFC 7600", "192.0.0.8", Err(IetfProtocol)),
+            ("192.0.0.9/32", "RFC 7723", "192.0.0.9", Err(Anycast)),
+            ("192.0.0.10/32", "RFC 8155", "192.0.0.10", Err(Anycast)),
+            (
+                "192.0.0.170/32",
+                "RFC 8880",
+                "192.0.0.170",
+                Err(IetfProtocol),
+            ),
+            (
+                "192.0.0.171/32",
+                "RFC 8880",
+                "192.0.0.171",
+                Err(IetfProtocol),
+            ),
+            ("192.0.2.0/24", "RFC 5737", "192.0.2.1", Err(Documentation)),
+            ("192.31.196.0/24", "RFC 7535", "192.31.196.1", Err(Anycast)),
+            ("192.52.193.0/24", "RFC 7450", "192.52.193.1", Err(Anycast)),
+            (
+                "192.88.99.0/24",
+                "RFC 7526",
+                "192.88.99.1",
+                Err(Relay6to4Anycast),
+            ),
+            ("192.168.0.0/16", "RFC 1918", "192.168.1.1", Err(Private)),
+            ("192.175.48.0/24", "RFC 7534", "192.175.48.1", Err(Anycast)),
+            ("198.18.0.0/15", "RFC 2544", "198.19.0.1", Err(Benchmarking)),
+            (
+                "198.51.100.0/24",
+                "RFC 5737",
+                "198.51.100.7",
+                Err(Documentation),
+            ),
+            (
+                "203.0.113.0/24",
+                "RFC 5737",
+                "203.0.113.9",
+                Err(Documentation),
+            ),
+            ("240.0.0.0/4", "RFC 1112", "240.0.0.1", Err(Reserved)),
+            (
+                "255.255.255.255/32",
+                "RFC 919",
+                "255.255.255.255",
+                Err(Reserved),
+            ),
+            // Not in the registry, denied as well.
+            ("224.0.0.0/4", "RFC 5771", "239.255.255.250", Err(Multicast)),
+            (
+                "169.254.169.254/32",
+                "metadata",
+                "169.254.169.254",
+                Err(CloudMetadata),
+            ),
+        ]);
+    }
+
+    /// Every row of the IANA IPv6 Special-Purpose Address Registry. Allowed rows are hosts
+    /// with an IPv4 address inside (checked as IPv4: public here).
+    #[test]
+    fn ipv6_special_purpose_registry_rows() {
+        use DenyReason::*;
+        check_registry(&[
+            ("::1/128", "RFC 4291", "::1", Err(Loopback)),
+            ("::/128", "RFC 4291", "::", Err(Unspecified)),
+            ("::ffff:0:0/96", "RFC 4291", "::ffff:8.8.8.8", Ok(())),
+            ("64:ff9b::/96", "RFC 6052", "64:ff9b::808:808", Err(Nat64)),
+            (
+                "64:ff9b:1::/48",
+                "RFC 8215",
+                "64:ff9b:1:ffff::1",
+                Err(Nat64),
+            ),
+            ("100::/64", "RFC 6666", "100::1", Err(DiscardOnly)),
+            ("100:0:0:1::/64", "RFC 9780", "100:0:0:1::1", Err(Reserved)),
+            ("2001::/23", "RFC 2928", "2001:100::1", Err(IetfProtocol)),
+            ("2001::/23", "RFC 2928", "2001:1::4", Err(IetfProtocol)),
+            // Teredo client 8.8.8.8 (stored inverted: !0xf7f7f7f7).
+            (
+                "2001::/32",
+                "RFC 4380",
+                "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+                Ok(()),
+            ),
+            ("2001:1::1/128", "RFC 7723", "2001:1::1", Err(Anycast)),
+            ("2001:1::2/128", "RFC 8155", "2001:1::2", Err(Anycast)),
+            ("2001:1::3/128", "RFC 9665", "2001:1::3", Err(Anycast)),
+            ("2001:2::/48", "RFC 5180", "2001:2::1", Err(Benchmarking)),
+            ("2001:3::/32", "RFC 7450", "2001:3::1", Err(Anycast)),
+            ("2001:4:112::/48", "RFC 7535", "2001:4:112::1", Err(Anycast)),
+            ("2001:10::/28", "RFC 4843", "2001:1f::1", Err(Reserved)),
+            ("2001:20::/28", "RFC 7343", "2001:20::1", Err(Reserved)),
+            ("2001:30::/28", "RFC 9374", "2001:30::1", Err(Reserved)),
+            (
+                "2001:db8::/32",
+                "RFC 3849",
+                "2001:db8::1",
+                Err(Documentation),
+            ),
+            ("2002::/16", "RFC 3056", "2002:808:808::1", Ok(())),
+            (
+                "2620:4f:8000::/48",
+                "RFC 7534",
+                "2620:4f:8000::1",
+                Err(Anycast),
+            ),
+            ("3fff::/20", "RFC 9637", "3fff:fff::1", Err(Documentation)),
+            ("5f00::/16", "RFC 9602", "5f00::1", Err(Reserved)),
+            ("fc00::/7", "RFC 4193", "fd12:3456::1", Err(Private)),
+            ("fe80::/10", "RFC 4291", "fe80::1", Err(LinkLocal)),
+            // Not in the registry, denied as well.
+            (
+                "::ffff:0:0:0/96",
+                "RFC 2765",
+                "::ffff:0:808:808",
+                Err(Ipv4Translated),
+            ),
+            ("fec0::/10", "RFC 3879", "fec0::1", Err(Private)),
+            ("ff00::/8", "RFC 4291", "ff02::1", Err(Multicast)),
+        ]);
+        // Inside 2001::/23 but outside its rows: IETF space; next to it: ordinary addresses.
+        let policy = PeerPolicy::default();
+        for (addr, expected) in [
+            ("2001:1::", Err(IetfProtocol)),
+            ("2001:4:113::1", Err(IetfProtocol)),
+            ("2001:200::1", Ok(())),
+            ("2001:4860:4860::8888", Ok(())),
+        ] {
+            assert_eq!(policy.check_ip(ip(addr)), expected, "{addr}");
         }
     }
 

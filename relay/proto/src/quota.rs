@@ -1,6 +1,7 @@
 //! Quotas and abuse limits: per-user and total allocation counts shared by every shard
 //! (`SharedQuotas`), per-allocation token buckets, and bounded per-source-IP rate limiters for
-//! unauthenticated requests and 401 responses.
+//! unauthenticated requests and 401 responses (the byte budget of unauthenticated responses is
+//! `amplification`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -35,11 +36,14 @@ pub enum QuotaKind {
     UnauthenticatedRate,
     /// `Quotas::unauthorized_per_ip`: 401 not sent.
     UnauthorizedRate,
+    /// `Quotas::amplification_allowance`: an unauthenticated UDP response not sent because
+    /// the source's byte credit could not pay for it.
+    UnauthenticatedBytes,
 }
 
 impl QuotaKind {
     /// Number of variants.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
     /// Every variant in `index()` order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::AllocationsPerUser,
@@ -49,6 +53,7 @@ impl QuotaKind {
         Self::Bandwidth,
         Self::UnauthenticatedRate,
         Self::UnauthorizedRate,
+        Self::UnauthenticatedBytes,
     ];
 
     /// Index into `Stats::quota_hits`.
@@ -66,9 +71,14 @@ impl QuotaKind {
             Self::Bandwidth => "bandwidth",
             Self::UnauthenticatedRate => "unauthenticated_rate",
             Self::UnauthorizedRate => "unauthorized_rate",
+            Self::UnauthenticatedBytes => "unauthenticated_bytes",
         }
     }
 }
+
+/// The default `Quotas::amplification_allowance`: the 401 round trips of about 60 fresh clients
+/// behind one address (each nets about 32 bytes before its authenticated requests earn more).
+pub const DEFAULT_AMPLIFICATION_ALLOWANCE: u32 = 2048;
 
 /// Limits (part of `ServerConfig`). `None` disables a rate limit (benchmarks from one IP).
 #[derive(Clone, Debug)]
@@ -87,6 +97,10 @@ pub struct Quotas {
     pub unauthenticated_per_ip: Option<RateLimit>,
     /// 401 responses per source IP (IPv6 per /64): beyond it requests are dropped silently.
     pub unauthorized_per_ip: Option<RateLimit>,
+    /// UDP only: bytes of unauthenticated responses a source IP (IPv6 per /64) may receive
+    /// beyond the bytes of the requests it sent (`bytes out <= bytes in + allowance`); a
+    /// response over it is not sent. `None`: no byte limit.
+    pub amplification_allowance: Option<u32>,
     /// Maximum tracked source IPs per limiter (a bounded table; idle entries are swept).
     pub rate_limit_table_size: usize,
 }
@@ -107,6 +121,7 @@ impl Default for Quotas {
                 per_second: 50,
                 burst: 100,
             }),
+            amplification_allowance: Some(DEFAULT_AMPLIFICATION_ALLOWANCE),
             rate_limit_table_size: 65_536,
         }
     }
@@ -317,7 +332,7 @@ impl IpRateLimiter {
 }
 
 /// IPv4 by address, IPv6 by /64 (one subscriber's prefix).
-fn rate_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn rate_key(ip: IpAddr) -> IpAddr {
     match crate::policy::canonical_ip(ip) {
         IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
         v4 => v4,

@@ -47,6 +47,10 @@ pub struct Stats {
     pub dropped_packets: u64,
     /// Sends to a peer that failed in the I/O layer (`Server::record_send_failure`).
     pub send_failures: u64,
+    /// Bytes of STUN requests received over UDP (what the amplification budget credits).
+    pub udp_request_bytes: u64,
+    /// Bytes of unauthenticated responses sent over UDP (what the amplification budget charges).
+    pub udp_unauthenticated_response_bytes: u64,
     /// Peer addresses refused by the policy, indexed by `DenyReason::index()`.
     pub peer_denied: [u64; DenyReason::COUNT],
     /// Quota and rate-limit hits, indexed by `QuotaKind::index()`.
@@ -87,6 +91,8 @@ impl Stats {
             malformed_packets,
             dropped_packets,
             send_failures,
+            udp_request_bytes,
+            udp_unauthenticated_response_bytes,
             peer_denied,
             quota_hits,
         } = other;
@@ -110,6 +116,8 @@ impl Stats {
         self.malformed_packets += malformed_packets;
         self.dropped_packets += dropped_packets;
         self.send_failures += send_failures;
+        self.udp_request_bytes += udp_request_bytes;
+        self.udp_unauthenticated_response_bytes += udp_unauthenticated_response_bytes;
         for (a, b) in self.peer_denied.iter_mut().zip(peer_denied) {
             *a += b;
         }

@@ -12,8 +12,8 @@ use relay_proto::{Server, ServerConfig, SharedQuotas};
 use socket2::Socket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::LocalSet;
-use tokio_rustls::TlsAcceptor;
 
+use super::conn_limit::ConnectionLimit;
 use super::relay_ports::RelayPorts;
 use super::shard::{Shard, TIME_BUDGET};
 use super::tcp;
@@ -31,10 +31,10 @@ pub(crate) struct WorkerSetup {
     pub(crate) udp: Vec<Socket>,
     pub(crate) tcp: Vec<std::net::TcpListener>,
     pub(crate) tls: Vec<std::net::TcpListener>,
-    pub(crate) tls_acceptor: Option<TlsAcceptor>,
+    pub(crate) tls_accept: Option<tcp::TlsAccept>,
     pub(crate) relay_ports: RelayPorts,
-    /// Open TCP/TLS connections allowed on this worker.
-    pub(crate) max_streams: usize,
+    /// `--max-connections`, one counter for every worker.
+    pub(crate) connections: Arc<ConnectionLimit>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Dropped when the worker has stopped (the handle waits for all of them).
@@ -66,9 +66,9 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             udp,
             tcp,
             tls,
-            tls_acceptor,
+            tls_accept,
             relay_ports,
-            max_streams,
+            connections,
             metrics,
             mut shutdown,
             stopped,
@@ -96,19 +96,19 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             }
         };
         let core = Server::with_shared_quotas(server_config, shared);
-        let shard = Shard::new(index, core, udp, relay_ports, max_streams, metrics);
+        let shard = Shard::new(index, core, udp, relay_ports, connections, metrics);
         for socket in shard.listeners() {
             tokio::task::spawn_local(run_udp_listener(Rc::clone(&shard), Rc::clone(socket)));
         }
         for listener in tcp {
             tokio::task::spawn_local(tcp::accept_loop(Rc::clone(&shard), listener, None));
         }
-        if let Some(acceptor) = tls_acceptor {
+        if let Some(tls_accept) = tls_accept {
             for listener in tls {
                 tokio::task::spawn_local(tcp::accept_loop(
                     Rc::clone(&shard),
                     listener,
-                    Some(acceptor.clone()),
+                    Some(tls_accept.clone()),
                 ));
             }
         }

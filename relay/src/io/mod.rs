@@ -2,9 +2,12 @@
 //! SO_REUSEPORT listening sockets and one `relay_proto::Server` shard (no lock on the packet
 //! path). `shard` moves bytes between sockets and the core, `driver` runs a worker, `udp` /
 //! `send_batch` are the batched datagram syscalls, `relay_ports` binds relay sockets,
-//! `stream` / `tcp` carry STUN/TURN over TCP and TLS.
+//! `stream` / `tcp` carry STUN/TURN over TCP and TLS, `conn_limit` is the relay-wide
+//! `--max-connections` counter, `port_probe` refuses ports another socket holds.
 
+pub(crate) mod conn_limit;
 pub(crate) mod driver;
+pub(crate) mod port_probe;
 pub(crate) mod relay_ports;
 pub(crate) mod send_batch;
 pub(crate) mod shard;

@@ -19,6 +19,7 @@ use relay_proto::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::conn_limit::{ConnectionLimit, ConnectionSlot};
 use super::relay_ports::RelayPorts;
 use super::send_batch::SendBatch;
 use super::udp::{BATCH, UdpSocket};
@@ -65,8 +66,8 @@ pub(crate) struct Shard {
     bufs: RefCell<RecvBuffers>,
     batch: RefCell<SendBatch>,
     relay_ports: RelayPorts,
-    /// Open TCP/TLS connections allowed on this worker.
-    max_streams: usize,
+    /// `--max-connections`, shared by every worker.
+    connections: Arc<ConnectionLimit>,
     io_stats: Cell<IoStats>,
     metrics: Arc<Metrics>,
     last_publish: Cell<Instant>,
@@ -78,7 +79,7 @@ impl Shard {
         core: Server,
         listeners: Vec<Rc<UdpSocket>>,
         relay_ports: RelayPorts,
-        max_streams: usize,
+        connections: Arc<ConnectionLimit>,
         metrics: Arc<Metrics>,
     ) -> Rc<Self> {
         let listeners = listeners
@@ -100,7 +101,7 @@ impl Shard {
             }),
             batch: RefCell::new(SendBatch::new(ARENA)),
             relay_ports,
-            max_streams,
+            connections,
             io_stats: Cell::new(IoStats::default()),
             metrics,
             last_publish: Cell::new(Instant::now()),
@@ -264,19 +265,34 @@ impl Shard {
         self.flush();
     }
 
-    /// Whether another stream connection fits under this worker's limit (counts a refusal).
-    pub(crate) fn admit_stream(&self) -> bool {
-        let open = self.io_stats.get().stream_connections;
-        if open >= self.max_streams as u64 {
+    /// A slot of `--max-connections` for a connection just accepted, or `None` (counted as
+    /// a refusal) at the limit.
+    pub(crate) fn admit_stream(&self) -> Option<ConnectionSlot> {
+        let slot = self.connections.try_acquire();
+        if slot.is_none() {
             self.count(|s| s.stream_connections_refused += 1);
-            return false;
         }
-        true
+        slot
     }
 
-    /// Counts a TLS handshake failure.
-    pub(crate) fn tls_failed(&self) {
+    /// A TLS handshake begins; it counts in the `tls_handshakes` gauge until the guard drops.
+    pub(crate) fn tls_handshake_started(&self) -> TlsHandshake<'_> {
+        self.count(|s| s.tls_handshakes += 1);
+        TlsHandshake(self)
+    }
+
+    /// Counts a TLS handshake that failed.
+    pub(crate) fn tls_handshake_failed(&self) {
         self.count(|s| s.tls_handshake_failures += 1);
+    }
+
+    /// Counts a TLS handshake that did not finish within `--tls-handshake-timeout` (also a
+    /// failure).
+    pub(crate) fn tls_handshake_timed_out(&self) {
+        self.count(|s| {
+            s.tls_handshake_failures += 1;
+            s.tls_handshake_timeouts += 1;
+        });
     }
 
     /// Counts a stream closed for bad framing.
@@ -454,5 +470,15 @@ impl Shard {
             }
         }
         self.streams.borrow_mut().clear();
+    }
+}
+
+/// A TLS handshake in progress (see `Shard::tls_handshake_started`).
+pub(crate) struct TlsHandshake<'a>(&'a Shard);
+
+impl Drop for TlsHandshake<'_> {
+    fn drop(&mut self) {
+        self.0
+            .count(|s| s.tls_handshakes = s.tls_handshakes.saturating_sub(1));
     }
 }

@@ -1,6 +1,8 @@
 //! TCP and TLS listeners: accept loops (one per worker on a SO_REUSEPORT listener, so the
 //! kernel spreads connections over workers and a connection stays on the shard that accepted
-//! it), the TLS handshake with a timeout, then `stream::serve`.
+//! it). Every accepted connection first takes a slot of the relay-wide `--max-connections`
+//! (refused and closed at once without one) and holds it until it ends, TLS handshake
+//! included; the handshake must finish within `--tls-handshake-timeout`. Then `stream::serve`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,14 +11,18 @@ use std::time::Duration;
 
 use relay_proto::{FiveTuple, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::shard::Shard;
 use super::stream;
 
-/// A TLS client must finish its handshake within this time.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS on a listener: the acceptor and how long a client may take to finish its handshake.
+#[derive(Clone)]
+pub(crate) struct TlsAccept {
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) handshake_timeout: Duration,
+}
 
 /// A TCP listener bound with SO_REUSEPORT (one per worker on the same port).
 pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -33,7 +39,7 @@ pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListene
 }
 
 /// Accepts connections until the worker stops; TLS when `tls` is given.
-pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Option<TlsAccept>) {
     loop {
         let (conn, client) = match listener.accept().await {
             Ok(c) => c,
@@ -44,10 +50,12 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Op
                 continue;
             }
         };
-        if !shard.admit_stream() {
+        // Before anything else, TLS handshake included: the slot is the connection's until
+        // its task ends.
+        let Some(slot) = shard.admit_stream() else {
             tracing::debug!(%client, "connection limit reached: closing");
             continue;
-        }
+        };
         let Ok(server) = conn.local_addr() else {
             continue;
         };
@@ -64,27 +72,40 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Op
                     };
                     stream::serve(shard, conn, five).await;
                 }
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
-                        Ok(Ok(tls_stream)) => {
-                            let five = FiveTuple {
-                                client,
-                                server,
-                                transport: Transport::Tls,
-                            };
-                            stream::serve(shard, tls_stream, five).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%client, error = %e, "TLS handshake failed");
-                            shard.tls_failed();
-                        }
-                        Err(_) => {
-                            tracing::debug!(%client, "TLS handshake timed out");
-                            shard.tls_failed();
-                        }
-                    }
-                }
+                Some(tls) => serve_tls(shard, conn, client, server, &tls).await,
             }
+            drop(slot);
         });
+    }
+}
+
+/// The TLS handshake (bounded by `handshake_timeout`), then the TURN stream.
+async fn serve_tls(
+    shard: Rc<Shard>,
+    conn: TcpStream,
+    client: SocketAddr,
+    server: SocketAddr,
+    tls: &TlsAccept,
+) {
+    let handshake = shard.tls_handshake_started();
+    let result = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(conn)).await;
+    drop(handshake);
+    match result {
+        Ok(Ok(tls_stream)) => {
+            let five = FiveTuple {
+                client,
+                server,
+                transport: Transport::Tls,
+            };
+            stream::serve(shard, tls_stream, five).await;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%client, error = %e, "TLS handshake failed");
+            shard.tls_handshake_failed();
+        }
+        Err(_) => {
+            tracing::debug!(%client, "TLS handshake timed out");
+            shard.tls_handshake_timed_out();
+        }
     }
 }

@@ -1,10 +1,13 @@
 //! Integration tests of the real `relay` binary on loopback: reference clients (the `turn`
 //! crate's client, coturn's turnutils), TLS, security rules, quotas, floods, metrics, drain.
 
+mod amplification;
 mod churn;
 mod coturn_clients;
 mod drain;
 mod embedded;
+mod limits;
+mod port_clash;
 mod security;
 mod stream_stress;
 mod streams;

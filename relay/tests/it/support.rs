@@ -187,6 +187,41 @@ impl Drop for RelayProcess {
     }
 }
 
+/// Runs the relay with exactly `args`, expecting it to exit by itself within `timeout` (a
+/// start-up failure): its exit status (`None` if it was still running and had to be killed)
+/// and its stderr.
+pub(crate) fn run_relay_to_exit(
+    args: &[&str],
+    timeout: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut child = Command::new(RELAY_BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn relay binary");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, reader.join().unwrap_or_default())
+}
+
 /// The value of one sample in Prometheus text, 0 if absent.
 pub(crate) fn metric_value(body: &str, sample: &str) -> u64 {
     body.lines()

@@ -795,6 +795,76 @@ fn binding_response_is_minimal_and_never_larger_than_the_request() {
 }
 
 #[test]
+fn unsupported_methods_are_dropped_and_unauthenticated_udp_bytes_stay_within_the_allowance() {
+    let t0 = std::time::Instant::now();
+    let mut cfg = config(t0);
+    cfg.quotas.amplification_allowance = Some(300);
+    let mut h = Harness::with_config(t0, cfg);
+    let from = udp("192.0.2.90:40000");
+    // RFC 8489 section 6.3: an unsupported method, or Send as a request: silently discarded.
+    for method in [
+        0x0ff,
+        relay_proto::message::SEND,
+        relay_proto::message::DATA,
+    ] {
+        let req = MessageBuilder::new(method, Class::Request, TransactionId([3; 12])).finish();
+        assert_eq!(h.send(from, &req), ClientAction::Drop, "method {method:#x}");
+    }
+    assert!(h.outputs().is_empty());
+    // A flood of bare Allocates (20 bytes, each worth a 401 of 72 with this realm).
+    let (mut sent, mut answered) = (0u64, 0u64);
+    for i in 0..200u8 {
+        let req = MessageBuilder::new(ALLOCATE, Class::Request, TransactionId([i; 12])).finish();
+        sent += req.len() as u64;
+        if h.send(from, &req) == ClientAction::Queued {
+            for o in h.outputs() {
+                let Output::Transmit { data, .. } = o else {
+                    panic!("expected a response")
+                };
+                assert_eq!(error_code(&data), Some(401));
+                answered += data.len() as u64;
+            }
+        }
+        assert!(
+            answered <= sent + 300,
+            "request {i}: {answered} > {sent} + 300"
+        );
+    }
+    assert!(
+        answered + 72 + 20 > sent + 300,
+        "answers as much as the bound allows"
+    );
+    let stats = h.server.stats();
+    assert!(stats.quota(QuotaKind::UnauthenticatedBytes) > 100);
+    assert_eq!(stats.udp_request_bytes, sent + 3 * 20);
+    assert_eq!(stats.udp_unauthenticated_response_bytes, answered);
+    // Another source is not affected; stream clients are not limited (no spoofing on TCP).
+    let other = udp("192.0.2.91:40000");
+    let req = MessageBuilder::new(BINDING, Class::Request, TransactionId([1; 12])).finish();
+    h.request(other, &req);
+    let tcp = five_tuple("192.0.2.90:40001", Transport::Tcp);
+    for _ in 0..20 {
+        h.request(tcp, &req);
+    }
+    // An authenticated client from the flooded address still gets its challenge answered
+    // once its requests have paid for it.
+    let mut alice = Client::new(udp("192.0.2.90:40002"), "alice", "alice-pass");
+    let tid = alice.next_tid();
+    let allocate = alice.allocate_request(tid);
+    let mut got = None;
+    for _ in 0..10 {
+        if h.send(alice.from, &allocate) == ClientAction::Queued {
+            got = h.outputs().into_iter().next();
+            break;
+        }
+    }
+    let Some(Output::Transmit { data, .. }) = got else {
+        panic!("no 401 after retransmissions")
+    };
+    assert_eq!(error_code(&data), Some(401));
+}
+
+#[test]
 fn stream_clients_get_padded_channel_data() {
     let mut h = Harness::new();
     let mut alice = Client::new(

@@ -1,0 +1,266 @@
+//! Amplification through the real binary on loopback: the size of the answer to each kind of
+//! unauthenticated request (the RFC minimum, or nothing where the RFC allows dropping it), and
+//! the bytes a single source gets back under a flood: never more than it sent plus the
+//! `--unauth-bytes` allowance. A control run with the byte budget off shows the measurement
+//! would catch a relay that amplifies.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::support::{RelayProcess, wait_until};
+
+const COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+/// The default `--unauth-bytes`.
+const ALLOWANCE: u64 = 2048;
+
+/// The STUN message type of a request of `method` (RFC 8489 section 5).
+fn request_type(method: u16) -> u16 {
+    (method & 0x000f) | ((method & 0x0070) << 1) | ((method & 0x0f80) << 2)
+}
+
+/// A request: header (transaction id `tid` repeated) and raw attribute bytes.
+fn request(method: u16, tid: u8, attributes: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(20 + attributes.len());
+    m.extend_from_slice(&request_type(method).to_be_bytes());
+    m.extend_from_slice(&(attributes.len() as u16).to_be_bytes());
+    m.extend_from_slice(&COOKIE);
+    m.extend_from_slice(&[tid; 12]);
+    m.extend_from_slice(attributes);
+    m
+}
+
+/// Sends `packet` from `socket` and returns the size of the answer (0: none within 400 ms).
+fn answer_size(socket: &UdpSocket, to: SocketAddr, packet: &[u8]) -> usize {
+    socket.send_to(packet, to).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    match socket.recv_from(&mut buf) {
+        Ok((n, _)) => n,
+        Err(_) => 0,
+    }
+}
+
+const BINDING: u16 = 0x001;
+const ALLOCATE: u16 = 0x003;
+const SEND: u16 = 0x006;
+/// Unassigned.
+const UNKNOWN_METHOD: u16 = 0x0ff;
+
+#[test]
+fn single_packet_ratios_are_the_rfc_minimum() {
+    let relay = RelayProcess::start_raw(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--user",
+        "u:p",
+    ]);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut bad_cookie = request(BINDING, 9, &[]);
+    bad_cookie[4] ^= 0xff;
+    let mut bad_length = request(BINDING, 10, &[]);
+    bad_length[3] = 8;
+    // MESSAGE-INTEGRITY (20 zero bytes) without USERNAME, REALM, NONCE.
+    let mut integrity_only = vec![0x00, 0x08, 0x00, 0x14];
+    integrity_only.extend_from_slice(&[0; 20]);
+    // (what, request, expected answer size): a 0 means dropped.
+    let cases: Vec<(&str, Vec<u8>, usize)> = vec![
+        ("Binding (IPv4)", request(BINDING, 1, &[]), 32),
+        ("bare Allocate -> 401", request(ALLOCATE, 2, &[]), 68),
+        (
+            "Binding with an unknown comprehension-required attribute -> 420",
+            request(BINDING, 3, &[0x77, 0x77, 0x00, 0x00]),
+            36,
+        ),
+        (
+            "unknown method -> dropped",
+            request(UNKNOWN_METHOD, 4, &[]),
+            0,
+        ),
+        ("Send as a request -> dropped", request(SEND, 5, &[]), 0),
+        (
+            "MESSAGE-INTEGRITY without credentials -> 400 (with FINGERPRINT: it still fits)",
+            request(ALLOCATE, 6, &integrity_only),
+            36,
+        ),
+        ("bad magic cookie -> dropped", bad_cookie, 0),
+        ("length mismatch -> dropped", bad_length, 0),
+    ];
+    for (what, packet, expected) in &cases {
+        let got = answer_size(&socket, relay.udp, packet);
+        eprintln!(
+            "{what}: {} B -> {got} B (ratio {:.2})",
+            packet.len(),
+            got as f64 / packet.len() as f64
+        );
+        assert_eq!(got, *expected, "{what}");
+    }
+
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED the IPv6 Binding: this host has no ::1");
+        return;
+    }
+    let v6 = RelayProcess::start_raw(&[
+        "--listen",
+        "[::1]:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ]);
+    let socket = UdpSocket::bind("[::1]:0").unwrap();
+    assert_eq!(
+        answer_size(&socket, v6.udp, &request(BINDING, 7, &[])),
+        44,
+        "Binding (IPv6)"
+    );
+}
+
+/// What one source sent and got back in a flood.
+struct Flood {
+    sent: u64,
+    received: u64,
+    /// The relay's own counters: UDP request bytes in, unauthenticated response bytes out.
+    relay_in: u64,
+    relay_out: u64,
+}
+
+/// Floods the relay from one socket with `rounds` x (bare Allocate, Binding, Binding with an
+/// unknown attribute: 401, success and 420, the three unauthenticated answers) in bursts,
+/// counting the bytes each way.
+fn flood(relay: &RelayProcess, rounds: usize) -> Flood {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let receiver = socket.try_clone().unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let counting = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let mut received = 0u64;
+            // Bounded: at most a million datagrams, and it stops after a quiet read once done.
+            for _ in 0..1_000_000 {
+                match receiver.recv_from(&mut buf) {
+                    Ok((n, _)) => received += n as u64,
+                    Err(_) if done.load(Ordering::Acquire) => break,
+                    Err(_) => {}
+                }
+            }
+            received
+        })
+    };
+    let packets = [
+        request(ALLOCATE, 1, &[]),
+        request(BINDING, 2, &[]),
+        request(BINDING, 3, &[0x77, 0x77, 0x00, 0x00]),
+    ];
+    let mut sent = 0u64;
+    for round in 0..rounds {
+        for p in &packets {
+            socket.send_to(p, relay.udp).unwrap();
+            sent += p.len() as u64;
+        }
+        if round % 50 == 49 {
+            // Keep the relay's receive buffer from overflowing.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    done.store(true, Ordering::Release);
+    let received = counting.join().unwrap();
+    // The counters are published every 200 ms (a datagram lost on loopback never arrives).
+    wait_until(Duration::from_secs(3), || {
+        relay.metric("relay_udp_request_bytes_total") >= sent
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    Flood {
+        sent,
+        received,
+        relay_in: relay.metric("relay_udp_request_bytes_total"),
+        relay_out: relay.metric("relay_udp_unauthenticated_response_bytes_total"),
+    }
+}
+
+fn start(extra: &[&str]) -> RelayProcess {
+    RelayProcess::start_raw(
+        &[
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--user",
+                "u:p",
+            ],
+            extra,
+        ]
+        .concat(),
+    )
+}
+
+/// 1,000 rounds: 64 KB in, so the allowance is 3% of it.
+const ROUNDS: usize = 1000;
+
+#[test]
+fn one_source_never_gets_back_more_than_it_sent_plus_the_allowance() {
+    // The byte budget alone (no request-rate limits), then the defaults (rate limits too).
+    for (name, extra) in [
+        ("byte budget only", &["--unauth-rate", "0"][..]),
+        ("defaults", &[][..]),
+    ] {
+        let relay = start(extra);
+        let f = flood(&relay, ROUNDS);
+        eprintln!(
+            "{name}: sent {} B, received {} B (ratio {:.3}); relay counted {} B in, {} B out \
+             (ratio {:.3}), {} responses withheld",
+            f.sent,
+            f.received,
+            f.received as f64 / f.sent as f64,
+            f.relay_in,
+            f.relay_out,
+            f.relay_out as f64 / f.relay_in.max(1) as f64,
+            relay.metric("relay_quota_hits_total{quota=\"unauthenticated_bytes\"}"),
+        );
+        assert!(f.relay_in > 0 && f.relay_in <= f.sent, "{name}: relay_in");
+        assert!(
+            f.received <= f.sent + ALLOWANCE,
+            "{name}: received {} > sent {} + {ALLOWANCE}",
+            f.received,
+            f.sent
+        );
+        assert!(
+            f.relay_out <= f.relay_in + ALLOWANCE,
+            "{name}: relay out {} > in {} + {ALLOWANCE}",
+            f.relay_out,
+            f.relay_in
+        );
+    }
+
+    // Control: without the byte budget and the rate limits, the same flood is amplified
+    // (about 136 B out per 64 B in), so the bound above is a real one.
+    let relay = start(&["--unauth-rate", "0", "--unauth-bytes", "0"]);
+    let f = flood(&relay, ROUNDS);
+    eprintln!(
+        "no limits: sent {} B, received {} B (ratio {:.3})",
+        f.sent,
+        f.received,
+        f.received as f64 / f.sent as f64
+    );
+    assert!(
+        f.relay_out > f.relay_in + ALLOWANCE,
+        "the control run must amplify: out {} in {}",
+        f.relay_out,
+        f.relay_in
+    );
+}
