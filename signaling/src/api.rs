@@ -4,6 +4,8 @@
 //! - `POST /v1/rooms/{room}/broadcast` with a JSON body: delivered to every peer of the room,
 //!   on every node, as a `broadcast` from `server`, in order with the peers' other frames.
 //! - `GET /v1/relays`: the relay fleet as this node sees it, with each relay's load and state.
+//! - `GET /v1/ice-servers?room=R`: ICE servers with fresh TURN credentials for a client library
+//!   that does not speak our protocol (y-webrtc, PeerJS); a room token for `R` also grants it.
 //!
 //! Both need `Authorization: Bearer CREDENTIAL`: one of `--api-key`, or an admin JWT
 //! (`{"admin": true, "exp": ...}` signed with `--jwt-secret`). With neither configured the API
@@ -121,6 +123,46 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The answer of `GET /v1/ice-servers`: the shape of `RTCConfiguration.iceServers`.
+#[derive(Debug, Serialize)]
+pub struct IceServersView {
+    #[serde(rename = "iceServers")]
+    ice_servers: Vec<crate::protocol::IceServer>,
+}
+
+/// `GET /v1/ice-servers?room=ROOM`: ICE servers with TURN credentials (the room's relay when
+/// there is a fleet), for apps on y-webrtc or PeerJS to pass into the library's configuration.
+/// Needs an API key, an admin token, or a room token (JWT) granting `room`.
+pub async fn ice_servers(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<IceServersView>, ApiError> {
+    let room = query
+        .get("room")
+        .cloned()
+        .unwrap_or_else(|| "default".into());
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let room_token_grants = app
+        .auth
+        .as_ref()
+        .and_then(|auth| auth.verify(presented).ok())
+        .is_some_and(|claims| claims.room.as_str() == room);
+    let room = if room_token_grants {
+        RoomId::from(room.as_str())
+    } else {
+        authorize(&app, &headers, &room)?
+    };
+    let peer = PeerId(format!("{:012x}", rand::random::<u64>() >> 16));
+    Ok(Json(IceServersView {
+        ice_servers: app.ice.mint(&peer, &room, std::time::SystemTime::now()),
+    }))
 }
 
 /// One relay of the fleet as the API lists it.

@@ -133,6 +133,8 @@ mod server {
         pub send_rates: SendRates,
         /// The node's `--memory-budget`, shared by the hub and every connection's queue.
         pub memory: Arc<MemoryBudget>,
+        /// ICE servers as the hub mints them (for `GET /v1/ice-servers`).
+        pub ice: IceServerMinter,
         /// PeerJS clients' registrations, for their reconnects.
         pub peerjs: crate::peerjs::Registrations,
         /// The relay fleet and the connection to read it (cluster mode).
@@ -174,6 +176,7 @@ mod server {
                 ice = ice.with_fleet(Arc::clone(&relays));
                 Some((relays, conn))
             };
+            let minter = ice.clone();
             let hub = if config.redis_urls.is_empty() {
                 Backend::Local(Box::new(LocalHub::new(settings, ice, Arc::clone(&metrics))))
             } else {
@@ -209,6 +212,7 @@ mod server {
                     max_sessions: config.max_sessions_per_ip,
                 }),
                 send_rates: SendRates::new(config.rate_limit, config.rate_burst),
+                ice: minter,
                 peerjs: match &fleet {
                     Some((_, conn)) => {
                         crate::peerjs::Registrations::redis(conn.clone(), config.redis_timeout)
@@ -262,6 +266,7 @@ mod server {
             .route("/v1/rooms/{room}", get(crate::api::room))
             .route("/v1/rooms/{room}/broadcast", post(crate::api::broadcast))
             .route("/v1/relays", get(crate::api::relays))
+            .route("/v1/ice-servers", get(crate::api::ice_servers))
             .route("/", get(crate::web::index))
             .route("/r/{room}", get(crate::web::index))
             .fallback(get(crate::web::file))

@@ -137,3 +137,47 @@ async fn an_admin_token_opens_the_api_and_a_room_token_does_not() {
     assert_eq!(get(admin).await, 200);
     assert_eq!(get(room).await, 401);
 }
+
+#[tokio::test]
+async fn ice_servers_for_other_client_libraries_need_a_key_or_a_token_for_the_room() {
+    use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
+    let server = Server::start(&[
+        "--api-key",
+        KEY,
+        "--jwt-secret",
+        "jwt-s3cret",
+        "--turn-url",
+        "turn:127.0.0.1:3478?transport=udp",
+        "--turn-secret",
+        "turn-s3cret",
+    ]);
+    let room_token = encode(
+        &Header::default(),
+        &serde_json::json!({"room": "notes", "exp": get_current_timestamp() + 60}),
+        &EncodingKey::from_secret(b"jwt-s3cret"),
+    )
+    .unwrap();
+    let get = |path: &'static str, auth: String| async move {
+        http_request(
+            server.addr,
+            "GET",
+            path,
+            &[("Authorization", auth.as_str())],
+            "",
+        )
+        .await
+    };
+    let (status, _, body) = get("/v1/ice-servers?room=notes", format!("Bearer {KEY}")).await;
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let turn = &view["iceServers"][0];
+    assert_eq!(turn["urls"][0], "turn:127.0.0.1:3478?transport=udp");
+    assert!(turn["username"].as_str().unwrap().contains(':'), "{body}");
+    assert!(turn["credential"].is_string());
+    let (status, _, _) = get("/v1/ice-servers?room=notes", format!("Bearer {room_token}")).await;
+    assert_eq!(status, 200, "a token for the room");
+    let (status, _, _) = get("/v1/ice-servers?room=other", format!("Bearer {room_token}")).await;
+    assert_eq!(status, 401, "a token for another room");
+    let (status, _, _) = get("/v1/ice-servers?room=notes", "Bearer nope".into()).await;
+    assert_eq!(status, 401);
+}
