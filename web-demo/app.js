@@ -7,7 +7,8 @@
 //
 // URL: /r/<room> or /?room=<room> (a room is generated when absent; an invalid name is
 // normalised the same way in every browser, see room-url.js). Optional parameters:
-//   name=<display name>   relay=1 (start relay-only)   media=0 (no camera/mic)
+//   name=<display name> (skips the join screen, shown otherwise: name, camera preview, devices)
+//   relay=1 (start relay-only)   media=0 (no camera/mic, no join screen)
 //   signal=<ws url> (signaling server, default ws(s)://<this host>/ws)
 //   transport=<list> (signaling transports to try, comma-separated, of websocket, sse, long-poll;
 //                     default all three in that order: e.g. transport=long-poll forces long-polling)
@@ -38,7 +39,7 @@ const params = new URLSearchParams(location.search);
 
 const rejectedRoom = invalidRoomInUrl(params);
 const roomName = roomFromUrl(params);
-const myName = displayName(params);
+let myName = displayName(params);
 const signalingUrl = params.get('signal') || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
 const inviteLink = `${location.origin}/r/${encodeURIComponent(roomName || '')}`;
 const transports = (params.get('transport') || '').split(',').map((s) => s.trim()).filter((s) => TRANSPORTS.includes(s));
@@ -168,13 +169,25 @@ function hideBanner(owner) {
 let localStream = null;
 let leaving = false; // set once by Leave: the page is done with this room
 
+// What the join screen chose: devices, and whether the camera / microphone start on.
+const choice = { camera: true, mic: true, cameraId: '', micId: '' };
+const videoConstraints = () => ({ width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 }, ...(choice.cameraId ? { deviceId: { exact: choice.cameraId } } : {}) });
+const audioConstraints = () => ({ echoCancellation: true, noiseSuppression: true, ...(choice.micId ? { deviceId: { exact: choice.micId } } : {}) });
+
 async function startMedia() {
   if (params.get('media') === '0') { setMedia('off', 'Camera off'); return; }
   if (!navigator.mediaDevices?.getUserMedia) { setMedia('unavailable', 'No camera access on this page (needs https or localhost)'); return; }
+  if (!choice.camera && !choice.mic) {
+    // Both off: nothing is opened; either can be turned on later from the control bar.
+    localStream = new MediaStream();
+    setMedia('granted', 'Camera off');
+    renderMediaButtons();
+    return;
+  }
   try {
     localStream = await navigator.mediaDevices.getUserMedia({
-      video: { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } },
-      audio: { echoCancellation: true, noiseSuppression: true },
+      video: choice.camera ? videoConstraints() : false,
+      audio: choice.mic ? audioConstraints() : false,
     });
   } catch (err) {
     if (err.name === 'NotFoundError' || err.name === 'OverconstrainedError') {
@@ -200,10 +213,45 @@ async function startMedia() {
   v.srcObject = localStream;
   v.play().catch(() => {});
   const hasVideo = localStream.getVideoTracks().length > 0;
-  setMedia('granted', hasVideo ? '' : 'Microphone only');
+  setMedia('granted', hasVideo ? '' : (choice.camera ? 'Microphone only' : 'Camera off'));
   $('tile-local').classList.toggle('has-video', hasVideo);
+  renderMediaButtons();
   hideBanner('media');
   if (demo.room) await demo.room.setLocalStream(localStream);
+}
+
+/**
+ * Turns on a kind of media the call started without (joined with the camera off): opens the
+ * device and adds the track to the call, which renegotiates.
+ */
+async function addTrack(kind) {
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia(kind === 'video' ? { video: videoConstraints() } : { audio: audioConstraints() });
+  } catch (err) {
+    showBanner('media', 'info', `Could not turn on the ${kind === 'video' ? 'camera' : 'microphone'}: ${err.message || err.name}`);
+    return;
+  }
+  if (leaving) { for (const t of stream.getTracks()) t.stop(); return; }
+  localStream = new MediaStream([...(localStream?.getTracks() || []), ...stream.getTracks()]);
+  const v = $('local-video');
+  v.srcObject = localStream;
+  v.play().catch(() => {});
+  if (kind === 'video') { $('tile-local').classList.add('has-video'); $('local-media-note').textContent = ''; }
+  renderMediaButtons();
+  renderLocalFlags();
+  note({ type: 'track-added', kind });
+  await room.setLocalStream(localStream);
+}
+
+/** The Mic / Camera buttons show "off" for a kind that is disabled or not opened at all. */
+function renderMediaButtons() {
+  for (const [kind, id, name] of [['audio', 'toggle-mic', 'microphone'], ['video', 'toggle-cam', 'camera']]) {
+    const tracks = kind === 'audio' ? localStream?.getAudioTracks() : localStream?.getVideoTracks();
+    const on = !!tracks?.length && tracks[0].enabled;
+    $(id).setAttribute('aria-pressed', String(!on));
+    $(id).title = `${on ? 'Turn off' : 'Turn on'} ${name}`;
+  }
 }
 
 function setMedia(state, note_) {
@@ -217,7 +265,7 @@ function setMedia(state, note_) {
 function toggleTrack(kind, button) {
   if (!localStream) return;
   const tracks = kind === 'audio' ? localStream.getAudioTracks() : localStream.getVideoTracks();
-  if (!tracks.length) return;
+  if (!tracks.length) { addTrack(kind); return; }
   const enabled = !tracks[0].enabled;
   for (const t of tracks) t.enabled = enabled;
   button.setAttribute('aria-pressed', String(!enabled));
@@ -614,6 +662,80 @@ async function refreshStats() {
 }
 setInterval(refreshStats, 1000);
 
+// --- the join screen ---
+
+/** Shows the join screen; resolves once the user pressed Join (name and devices chosen). */
+async function prejoin() {
+  document.body.dataset.prejoin = '1';
+  $('prejoin').hidden = false;
+  $('prejoin-room').textContent = roomName;
+  $('prejoin-name').value = myName;
+  setStatus('idle', 'Not joined yet');
+  let preview = null;
+  const stopPreview = () => { for (const t of preview?.getTracks() || []) t.stop(); preview = null; $('preview-video').srcObject = null; };
+  const renderAvatar = () => {
+    const name = $('prejoin-name').value.trim() || '?';
+    $('preview-avatar').textContent = initials(name);
+    $('preview-avatar').style.background = peerColor(name);
+  };
+  const fillDevices = async () => {
+    let devices = [];
+    try { devices = await navigator.mediaDevices.enumerateDevices(); } catch { /* none */ }
+    for (const [kind, id] of [['videoinput', 'prejoin-camera'], ['audioinput', 'prejoin-mic']]) {
+      const select = $(id);
+      const keep = select.value;
+      select.replaceChildren(...devices.filter((d) => d.kind === kind).map((d, i) => new Option(d.label || `${kind === 'videoinput' ? 'Camera' : 'Microphone'} ${i + 1}`, d.deviceId)));
+      if ([...select.options].some((o) => o.value === keep)) select.value = keep;
+      select.disabled = select.options.length === 0;
+    }
+  };
+  const startPreview = async () => {
+    stopPreview();
+    choice.camera = $('prejoin-cam-on').checked;
+    choice.cameraId = $('prejoin-camera').value;
+    $('preview-tile').classList.remove('has-video');
+    $('preview-note').textContent = choice.camera ? 'Starting camera…' : 'Camera off';
+    if (!choice.camera || !navigator.mediaDevices?.getUserMedia) return;
+    try {
+      preview = await navigator.mediaDevices.getUserMedia({ video: videoConstraints() });
+    } catch (err) {
+      $('preview-note').textContent = err.name === 'NotAllowedError' ? 'Camera blocked' : 'No camera found';
+      return;
+    }
+    if (!$('prejoin-cam-on').checked || document.body.dataset.prejoin !== '1') { stopPreview(); return; }
+    $('preview-video').srcObject = preview;
+    $('preview-video').play().catch(() => {});
+    $('preview-tile').classList.add('has-video');
+    await fillDevices(); // labels are known once a device was granted
+  };
+  renderAvatar();
+  $('prejoin-name').addEventListener('input', renderAvatar);
+  $('prejoin-cam-on').addEventListener('change', startPreview);
+  $('prejoin-camera').addEventListener('change', startPreview);
+  await fillDevices();
+  startPreview();
+  $('prejoin-name').focus();
+  await new Promise((resolve) => {
+    $('prejoin-form').addEventListener('submit', (e) => { e.preventDefault(); resolve(); }, { once: true });
+  });
+  stopPreview();
+  const name = $('prejoin-name').value.trim().slice(0, 64) || myName;
+  try { localStorage.setItem('demo-name', name); } catch { /* private mode */ }
+  myName = name;
+  demo.name = name;
+  room.client.options.name = name;
+  $('local-name').textContent = `${name} (you)`;
+  $('local-avatar').textContent = initials(name);
+  $('local-avatar').style.background = peerColor(name);
+  choice.camera = $('prejoin-cam-on').checked;
+  choice.mic = $('prejoin-mic-on').checked;
+  choice.cameraId = $('prejoin-camera').value;
+  choice.micId = $('prejoin-mic').value;
+  note({ type: 'prejoin', name, camera: choice.camera, mic: choice.mic });
+  $('prejoin').hidden = true;
+  delete document.body.dataset.prejoin;
+}
+
 // --- start ---
 
 document.body.dataset.room = roomName;
@@ -629,6 +751,10 @@ if (rejectedRoom && !roomName) {
 if (rejectedRoom) {
   showBanner('room', 'info', `“${rejectedRoom.asked.slice(0, 80)}” is not a valid room name (up to 64 letters, digits, “-”, “_” and “.”): everyone with this link meets in “${roomName}”.`);
 }
+// The join screen, unless the URL names the user (`?name=`, as tests and scripted links do) or
+// the page runs without media (`media=0`).
+if (!params.get('name') && params.get('media') !== '0') await prejoin();
+
 // Join once the camera is decided (or after 3 s, e.g. while a permission prompt is open): the
 // first offer then carries the tracks, instead of a second negotiation right after the first.
 const mediaDecided = startMedia();

@@ -864,7 +864,7 @@ test('example: the minimal example app (README) calls and chats with the demo pa
 
 test('rooms from the URL: / generates one, ?room= and /r/<room> join it, the invite link copies', async (t) => {
   const base = t.shared.signaling.http;
-  const gen = await t.open('Gen', { url: `${base}/` });
+  const gen = await t.open('Gen', { url: `${base}/?name=Gen` });
   await gen.joined();
   const where = await gen.eval(() => ({ path: location.pathname, room: window.__demo.roomName }));
   assert(/^\/r\/[a-z]+-[a-z]+-\d{4}$/.test(where.path) && where.path === `/r/${where.room}`, `a generated room in the address bar: ${JSON.stringify(where)}`);
@@ -876,7 +876,7 @@ test('rooms from the URL: / generates one, ?room= and /r/<room> join it, the inv
   await gen.waitFor(() => document.getElementById('copy-label').textContent === 'Link copied!', null, 'copy confirmation');
   const copied = await gen.eval(() => navigator.clipboard.readText());
   assert(copied === `${base}/r/${where.room}`, `the invite link was copied: ${copied}`);
-  const bad = await t.open('Bad', { url: `${base}/r/${'x'.repeat(70)}` });
+  const bad = await t.open('Bad', { url: `${base}/r/${'x'.repeat(70)}?name=Bad` });
   await bad.joined();
   assert(await bad.eval(() => window.__demo.roomName) === 'x'.repeat(64), 'an invalid room name is normalised (here: cut to 64)');
   const said = await bad.eval(() => document.getElementById('banner').hidden ? '' : document.getElementById('banner-text').textContent);
@@ -1027,6 +1027,46 @@ test('phone: at 390 px the chat is an overlay with an unread count, names are no
   await c.page.click('#copy-link');
   await c.waitFor(() => document.getElementById('copy-toast').textContent === 'Link copied!', null, 'copy confirmation');
   assert(await c.eval(visible, '#copy-toast'), 'the "copied" confirmation is visible at 390 px');
+});
+
+test('join screen: name (remembered), camera preview and devices; joining with the camera off and turning it on later', async (t) => {
+  const base = t.shared.signaling.http;
+  const url = `${base}/r/${t.room}`;
+  const k = await t.open('Katherine', { url });
+  await k.waitFor(() => !document.getElementById('prejoin').hidden, null, 'the join screen');
+  await k.waitFor(() => document.getElementById('preview-video').videoWidth > 0, null, 'the camera preview');
+  const before = await k.eval(() => ({
+    signaling: document.body.dataset.signaling,
+    cameras: document.getElementById('prejoin-camera').options.length,
+    mics: document.getElementById('prejoin-mic').options.length,
+    controls: document.querySelector('.controls').getClientRects().length,
+  }));
+  assert(before.signaling === 'idle', `not in the room before Join: ${JSON.stringify(before)}`);
+  assert(before.cameras >= 1 && before.mics >= 1, `devices to pick from: ${JSON.stringify(before)}`);
+  assert(before.controls === 0, 'no call controls on the join screen');
+  await k.page.fill('#prejoin-name', 'Katherine Johnson');
+  await k.page.click('#prejoin-cam-on + .switch-track');
+  await k.waitFor(() => document.getElementById('preview-video').srcObject === null, null, 'the preview stops with the camera off');
+  await t.screenshot(k, 'join-screen.png');
+  await k.page.click('#prejoin-join');
+  await k.joined();
+  const b = await t.open('Bob');
+  await Promise.all([k.connected(1), b.connected(1)]);
+  const seen = await b.eval(() => window.__demo.peers()[0].name);
+  assert(seen === 'Katherine Johnson', `Bob sees the chosen name: ${seen}`);
+  const camera = await k.eval(() => ({ pressed: document.getElementById('toggle-cam').getAttribute('aria-pressed'), disabled: document.getElementById('toggle-cam').disabled }));
+  assert(camera.pressed === 'true' && !camera.disabled, `camera shown off, and can be turned on: ${JSON.stringify(camera)}`);
+  await new Promise((r) => setTimeout(r, 1000));
+  assert(await b.eval(() => (document.querySelector('.tile-remote video')?.videoWidth || 0) === 0), 'no video from Katherine while her camera is off');
+  await k.page.click('#toggle-cam');
+  await b.waitFor(() => document.querySelector('.tile-remote video')?.videoWidth > 0, null, 'Katherine\'s video once she turns the camera on');
+  assert(await k.eval(() => document.getElementById('toggle-cam').getAttribute('aria-pressed')) === 'false', 'the camera button shows on');
+  // The name is remembered for the next visit (same browser).
+  const again = await k.context.newPage();
+  await again.goto(`${base}/r/${t.room}-2`);
+  await again.waitForFunction(() => !document.getElementById('prejoin').hidden, null, { timeout: WAIT });
+  const remembered = await again.evaluate(() => document.getElementById('prejoin-name').value);
+  assert(remembered === 'Katherine Johnson', `the name is remembered: ${remembered}`);
 });
 
 test('demo: two peers in a call with chat and canvas (screenshots)', async (t) => {
