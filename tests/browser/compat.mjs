@@ -4,11 +4,12 @@
 // BroadcastChannel: every update crosses our signaling server and a WebRTC data channel.
 //
 //   node compat.mjs [filter...]
+import { createHmac } from 'node:crypto';
 import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { build } from 'esbuild';
-import { REPO_ROOT, launchBrowser, startSignaling, waitUntil } from './harness.mjs';
+import { Proc, REPO_ROOT, freePort, launchBrowser, requireBin, startSignaling, waitUntil } from './harness.mjs';
 
 const TEST_TIMEOUT_MS = 60000;
 
@@ -91,6 +92,13 @@ async function converge(pages, want, what) {
   }, 20000, what);
 }
 
+/** An HS256 JWT of `claims` signed with `secret`. */
+function jwt(claims, secret) {
+  const part = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const body = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
+}
+
 const tests = [
   {
     name: 'y-webrtc: two pages edit one Y.Text through /y-webrtc, and a late third page gets the whole document',
@@ -125,6 +133,42 @@ const tests = [
       await new Promise((r) => setTimeout(r, 1500));
       if ((await text(eve)) !== '') throw new Error('a page with the wrong password got the text');
       for (const p of [a, b, eve]) await p.context.close();
+    },
+  },
+  {
+    name: 'y-webrtc: relay-only through our TURN relay, with a room token for the topic and the credentials',
+    async fn({ browser, webDir }) {
+      const turnSecret = 'compat-turn-secret';
+      const jwtSecret = 'compat-jwt-secret';
+      const port = await freePort();
+      const relay = new Proc('relay-compat', requireBin('RELAY_BIN', 'relay'), [
+        '--listen', `127.0.0.1:${port}`, '--no-tcp', '--admin-listen', 'none', '--relay-ip', '127.0.0.1',
+        '--allow-loopback-peers', '--auth-secret', turnSecret,
+      ]);
+      await relay.waitForLine(/^ready$/, 20000, 'relay ready');
+      const sig = await startSignaling([
+        '--web-dir', webDir, '--jwt-secret', jwtSecret,
+        '--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', turnSecret,
+      ], 'signaling-compat-turn');
+      try {
+        const room = `relayed-${Date.now()}`;
+        const token = jwt({ room, exp: Math.floor(Date.now() / 1000) + 300 }, jwtSecret);
+        const extra = `&relay=1&token=${token}`;
+        const a = await openNotes(browser, sig.http, room, extra);
+        const b = await openNotes(browser, sig.http, room, extra);
+        await type(a, 'through the relay');
+        await converge([a, b], 'through the relay', 'B syncs through TURN');
+        const types = await a.page.evaluate(() => window.notes.pairTypes());
+        if (!types.length || !types.every((x) => x === 'relay')) throw new Error(`selected pairs: ${JSON.stringify(types)}`);
+        // Without a token the topic stays closed.
+        const c = await openNotes(browser, sig.http, room, '');
+        await new Promise((r) => setTimeout(r, 1000));
+        if ((await text(c)) !== '') throw new Error('a page without a token joined the topic');
+        for (const p of [a, b, c]) await p.context.close();
+      } finally {
+        await sig.proc.stop().catch(() => {});
+        await relay.stop().catch(() => {});
+      }
     },
   },
   {
@@ -184,7 +228,7 @@ async function main() {
     const t0 = Date.now();
     try {
       await Promise.race([
-        fn({ browser, base, relayed }),
+        fn({ browser, base, relayed, webDir: dir }),
         new Promise((_, reject) => setTimeout(() => reject(new Error('timed out')), TEST_TIMEOUT_MS)),
       ]);
       passed += 1;

@@ -3,8 +3,10 @@
 //   npx esbuild web-demo/examples/yjs-notes.js --bundle --format=esm \
 //       --define:global=globalThis --outfile=web-demo/examples/yjs-notes.bundle.js
 // then serve the demo from disk: `signaling --web-dir web-demo`, and open
-// /examples/yjs-notes.html?room=NAME (optional: &password=SECRET, y-webrtc's end-to-end
-// encryption of the signaling payloads).
+// /examples/yjs-notes.html?room=NAME. Optional: &password=SECRET (y-webrtc's end-to-end
+// encryption of the signaling payloads); &token=JWT (a room token, on a server with
+// --jwt-secret: it opens the topic and fetches TURN credentials from /v1/ice-servers);
+// &relay=1 (relay-only: every byte through the TURN relay).
 import * as Y from 'yjs';
 import { WebrtcProvider } from 'y-webrtc';
 
@@ -12,11 +14,28 @@ const params = new URLSearchParams(location.search);
 const room = params.get('room') || 'notes';
 const password = params.get('password') || undefined;
 const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-const signaling = params.get('signaling') || `${scheme}://${location.host}/y-webrtc`;
+const token = params.get('token');
+const tokenQuery = token ? `?token=${encodeURIComponent(token)}` : '';
+const signaling = params.get('signaling') || `${scheme}://${location.host}/y-webrtc${tokenQuery}`;
+
+// With a room token, TURN credentials for the room (the server's relay, or its fleet's).
+let iceServers;
+if (token) {
+  const res = await fetch(`/v1/ice-servers?room=${encodeURIComponent(room)}`, {
+    headers: { Authorization: `Bearer ${token}` },
+  });
+  if (res.ok) iceServers = (await res.json()).iceServers;
+}
+const config = { iceServers };
+if (params.get('relay') === '1') config.iceTransportPolicy = 'relay';
 
 const doc = new Y.Doc();
 const text = doc.getText('notes');
-const provider = new WebrtcProvider(room, doc, { signaling: [signaling], password });
+const provider = new WebrtcProvider(room, doc, {
+  signaling: [signaling],
+  password,
+  peerOpts: iceServers ? { config } : {},
+});
 
 const area = document.getElementById('notes');
 const status = document.getElementById('status');
@@ -50,5 +69,19 @@ setInterval(() => {
   status.textContent = `${peers()} peer(s) connected over WebRTC`;
 }, 250);
 
+/** The candidate types of each WebRTC connection's selected pair (`relay` when relayed). */
+async function pairTypes() {
+  const types = [];
+  for (const conn of provider.room ? provider.room.webrtcConns.values() : []) {
+    const stats = await conn.peer._pc.getStats();
+    for (const s of stats.values()) {
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
+        types.push(stats.get(s.localCandidateId)?.candidateType);
+      }
+    }
+  }
+  return types;
+}
+
 // For tests and the curious.
-window.notes = { doc, text, provider, peers };
+window.notes = { doc, text, provider, peers, pairTypes };
