@@ -1096,6 +1096,11 @@ test('demo: two peers in a call with chat and canvas (screenshots)', async (t) =
   await a.waitFor(() => / (KB|MB)$/.test(document.querySelector('.conn .c-bytes')?.textContent || ''), null, 'byte counters in the panel');
   await t.screenshot(a, 'demo-two-peers.png');
   await t.screenshot(b, 'demo-phone.png');
+  // The join screen a third user meets with the invite link (no ?name=): preview and devices.
+  const j = await t.open('Joiner', { url: `${t.shared.signaling.http}/r/${t.room}` });
+  await j.waitFor(() => document.getElementById('preview-video').videoWidth > 0, null, 'the camera preview');
+  await j.page.fill('#prejoin-name', 'Katherine Johnson');
+  await t.screenshot(j, 'demo-join.png');
 });
 
 // --- STUN readiness probe (a Binding request; any STUN answer means the relay is up) ---
