@@ -321,6 +321,7 @@ function setRelayOnly(on) {
   $('relay-only').checked = on;
   room.setRelayOnly(on);
   note({ type: 'relay-only', on });
+  refreshStats();
 }
 $('relay-only').addEventListener('change', (e) => setRelayOnly(e.currentTarget.checked));
 
@@ -648,6 +649,11 @@ async function refreshStats() {
     try { info = await peer.connectionInfo(); } catch { continue; }
     if (!info) continue;
     const d = describeConnection(info);
+    if (room.relayOnly && info.localType !== 'relay') {
+      // "Relay only" is on but this connection is not (yet) on the relay: never show it as
+      // direct next to the switch.
+      Object.assign(d, { path: 'switching to the relay…', pathKey: 'switching', route: 'switching', relay: '–', relayKey: '' });
+    }
     const c = t.conn;
     c.querySelector('.c-path').textContent = d.path;
     c.querySelector('.c-proto').textContent = d.protocol;

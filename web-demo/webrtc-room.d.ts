@@ -65,6 +65,12 @@ export declare class RemotePeer {
   send(label: string, data: string | ArrayBuffer | ArrayBufferView | Blob): boolean;
   isOpen(label: string): boolean;
   restartIce(reason: string): void;
+  /**
+   * Replaces the RTCPeerConnection with a new one under the room's current configuration (new
+   * ICE and DTLS sessions, new channels); `offer`: make the first offer at once. The other side
+   * sees an offer with a new DTLS fingerprint and does the same.
+   */
+  rebuild(reason: string, offer?: boolean): void;
   /** Applies the signaling client's current ICE servers; restarts ICE if the relay moved (see relayMoved). */
   applyFreshIceServers(): Promise<void>;
   connectionInfo(): Promise<ConnectionInfo | null>;

@@ -189,13 +189,15 @@ export class WebRTCRoom extends EventTarget {
     await Promise.all([...this.peers.values()].map((p) => p.setLocalStream(stream)));
   }
 
-  /** Switches every connection to relay-only (TURN) or back, restarting ICE to apply it. */
+  /**
+   * Switches every connection to relay-only (TURN) or back. An ICE restart is not enough:
+   * Chromium keeps a working selected pair and never checks the new relay pairs, so each
+   * connection is made anew (`RemotePeer.rebuild`); closing the old one releases its TURN
+   * allocations. The other side sees an offer with a new DTLS fingerprint and rebuilds too.
+   */
   setRelayOnly(on) {
     this.relayOnly = !!on;
-    for (const peer of this.peers.values()) {
-      peer.applyConfiguration();
-      peer.restartIce(on ? 'relay-only on' : 'relay-only off');
-    }
+    for (const peer of this.peers.values()) peer.rebuild(on ? 'relay-only on' : 'relay-only off', true);
   }
 
   /** The RTCConfiguration for new and existing connections. */
@@ -255,6 +257,11 @@ export class WebRTCRoom extends EventTarget {
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
 
   _log(level, message) { this._emit('log', { level, message }); }
+}
+
+/** The DTLS fingerprint of a session description (a new one means a new connection). */
+function fingerprint(sdp) {
+  return /a=fingerprint:(\S+ \S+)/.exec(sdp || '')?.[1] ?? null;
 }
 
 /** One remote peer: its RTCPeerConnection, negotiation state and data channels. */
@@ -473,6 +480,35 @@ export class RemotePeer {
     return info;
   }
 
+  /**
+   * Replaces the RTCPeerConnection with a new one under the room's current configuration
+   * (new ICE and DTLS sessions, new channels); `offer`: make the first offer at once.
+   */
+  rebuild(reason, offer = false) {
+    if (!this.pc || this.state === 'closed') return;
+    this.room._log('info', `new connection to ${this.name}: ${reason}`);
+    this.room._emit('ice-restart', { peer: this, reason });
+    clearInterval(this._watchdog);
+    for (const t of this._timers) clearTimeout(t);
+    this._timers.clear();
+    for (const dc of this.channels) { try { dc.close(); } catch { /* ignore */ } }
+    this.channels = [];
+    try { this.pc.close(); } catch { /* ignore */ }
+    this.pc = null;
+    this._makingOffer = false;
+    this._ignoreOffer = false;
+    this._settingRemoteAnswerPending = false;
+    this._pendingCandidates = [];
+    this._offerWaitTimer = null;
+    this._offerWaitOver = offer;
+    this._relayFollowUp = null;
+    this.remoteStream = null;
+    this.iceRestarts = 0;
+    this.connectedAt = 0;
+    if (this.state === 'connected') this._setState('reconnecting');
+    this.start();
+  }
+
   close() {
     clearInterval(this._watchdog);
     for (const t of this._timers) clearTimeout(t);
@@ -533,6 +569,11 @@ export class RemotePeer {
       case 'offer':
       case 'answer': {
         const description = { type: signal.kind, sdp: signal.sdp };
+        if (description.type === 'offer' && pc.currentRemoteDescription && fingerprint(signal.sdp) !== fingerprint(pc.currentRemoteDescription.sdp)) {
+          // The other side made a new connection (e.g. it switched "relay only"): so do we.
+          this.rebuild('the other side made a new connection');
+          return this._handleSignal(signal);
+        }
         const readyForOffer = !this._makingOffer && (pc.signalingState === 'stable' || this._settingRemoteAnswerPending);
         const offerCollision = description.type === 'offer' && !readyForOffer;
         this._ignoreOffer = !this.polite && offerCollision;

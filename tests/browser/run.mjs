@@ -696,6 +696,46 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
   assert(info.localType === 'relay' && info.remoteType === 'relay', `still relay/relay: ${JSON.stringify(info)}`);
 });
 
+test('relay switch: "Relay only" turned on mid-call moves the call onto the relay, and off again, from either side', async (t) => {
+  const { port, secret } = await startRelay(t);
+  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret], 'signaling-turn');
+  t.track(sig.proc);
+  const a = await t.open('Alice', { server: sig });
+  await a.joined();
+  const b = await t.open('Bob', { server: sig });
+  await Promise.all([a.connected(1), b.connected(1)]);
+  const localType = async (p) => Object.values(await p.stats())[0]?.localType || null;
+  const shown = (p) => p.eval(() => ({ on: document.getElementById('relay-only').checked, tile: document.querySelector('.tile-remote')?.dataset.path || '', panel: document.querySelector('.conn .c-path')?.textContent || '' }));
+  for (const [who, other] of [[a, b], [b, a]]) {
+    assert(await localType(who) === 'host', `${who.name}: direct before the switch`);
+    await who.page.click('.switch:has(#relay-only) .switch-track');
+    const t0 = Date.now();
+    let ui = null;
+    // Until the selected pair is relayed, the page says "switching", never "direct".
+    while (Date.now() - t0 < 20000) {
+      ui = await shown(who);
+      assert(ui.on && ui.tile !== 'direct' && !/host ↔ host/.test(ui.panel), `${who.name}: "Relay only" ON never next to a direct path: ${JSON.stringify(ui)}`);
+      if (await localType(who) === 'relay' && ui.tile === 'relay') break;
+      await new Promise((r) => setTimeout(r, 150));
+    }
+    assert(await localType(who) === 'relay', `${who.name}: the selected pair moved onto the relay within 20 s: ${JSON.stringify(ui)}`);
+    await who.waitFor(() => /^relay ↔ /.test(document.querySelector('.conn .c-path')?.textContent || ''), null, 'the panel showing the relayed pair');
+    await Promise.all([who.connected(1), other.connected(1)]);
+    await who.eval((n) => window.__demo.sendChat(`relayed from ${n}`), who.name);
+    await other.chatFrom(`relayed from ${who.name}`);
+    await other.eval((n) => window.__demo.sendChat(`relayed to ${n}`), who.name);
+    await who.chatFrom(`relayed to ${who.name}`);
+    // And off again: back to a direct pair.
+    await who.page.click('.switch:has(#relay-only) .switch-track');
+    await waitUntil(async () => (await localType(who)) === 'host', 20000, `${who.name}: direct again after "Relay only" off`);
+    await Promise.all([who.connected(1), other.connected(1)]);
+    await who.waitFor(() => document.querySelector('.tile-remote')?.dataset.path === 'direct', null, 'the tile showing direct again');
+  }
+  await a.eval(() => window.__demo.sendChat('after both switches'));
+  await b.chatFrom('after both switches');
+  await b.waitFor(() => document.querySelector('.tile-remote video')?.videoWidth > 0, null, 'video still flowing');
+});
+
 test('ICE restart: the relay dies mid-call (relay-only), comes back, and the call recovers', async (t) => {
   const first = await startRelay(t);
   const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${first.port}?transport=udp`, '--turn-secret', first.secret], 'signaling-turn');
