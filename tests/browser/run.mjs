@@ -651,17 +651,23 @@ test('sse: forced SSE + POST (?transport=sse), a broken event stream is reopened
 });
 
 /** Starts our relay on a free loopback port with a fresh REST secret; resolves with { port, secret }. */
-async function startRelay(t, { port: fixedPort, secret: fixedSecret } = {}) {
+async function startRelay(t, { port: fixedPort, secret: fixedSecret, admin = false } = {}) {
   const relayBin = requireBin('RELAY_BIN', 'relay');
   const secret = fixedSecret || randomBytes(16).toString('hex');
   const port = fixedPort || await freePort();
+  const adminPort = admin ? await freePort() : null;
   const relay = t.track(new Proc('relay', relayBin, [
     '--listen', `127.0.0.1:${port}`, '--relay-ip', '127.0.0.1', '--auth-secret', secret,
-    '--allow-loopback-peers', '--admin-listen', 'none', '--realm', 'browser-test',
+    '--allow-loopback-peers', '--admin-listen', adminPort ? `127.0.0.1:${adminPort}` : 'none', '--realm', 'browser-test',
   ]));
   await waitUntil(() => stunBinding(port), 15000, `relay answering STUN on 127.0.0.1:${port}`, 200);
   assert(!relay.exited, 'relay running');
-  return { port, secret, proc: relay };
+  /** A metric of the relay's /metrics (with `admin`), summed over its labels. */
+  const metric = async (name) => {
+    const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+    return text.split('\n').filter((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`)).reduce((sum, l) => sum + Number(l.split(' ').pop()), 0);
+  };
+  return { port, secret, proc: relay, metric };
 }
 
 test('relay only: through our TURN relay the selected pair is relay/relay and chat works', async (t) => {
@@ -697,13 +703,24 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
 });
 
 test('relay switch: "Relay only" turned on mid-call moves the call onto the relay, and off again, from either side', async (t) => {
-  const { port, secret } = await startRelay(t);
+  const { port, secret, metric } = await startRelay(t, { admin: true });
   const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret], 'signaling-turn');
   t.track(sig.proc);
   const a = await t.open('Alice', { server: sig });
   await a.joined();
   const b = await t.open('Bob', { server: sig });
   await Promise.all([a.connected(1), b.connected(1)]);
+  // The allocations one call holds (one per local address and page), once gathering is done.
+  const settled = async () => {
+    let last = -1;
+    for (;;) {
+      const now = await metric('relay_allocations');
+      if (now === last) return now;
+      last = now;
+      await new Promise((r) => setTimeout(r, 1500));
+    }
+  };
+  const baseline = await settled();
   const localType = async (p) => Object.values(await p.stats())[0]?.localType || null;
   const shown = (p) => p.eval(() => ({ on: document.getElementById('relay-only').checked, tile: document.querySelector('.tile-remote')?.dataset.path || '', panel: document.querySelector('.conn .c-path')?.textContent || '' }));
   for (const [who, other] of [[a, b], [b, a]]) {
@@ -733,6 +750,11 @@ test('relay switch: "Relay only" turned on mid-call moves the call onto the rela
   }
   await a.eval(() => window.__demo.sendChat('after both switches'));
   await b.chatFrom('after both switches');
+  // The replaced connections released their TURN allocations: as many are left as one call holds.
+  await waitUntil(async () => (await metric('relay_allocations')) <= baseline, 10000, `allocations back to ${baseline} (of one call)`);
+  assert(await metric('relay_allocations_deleted_total') > 0, 'old allocations were deleted, not left to expire');
+  const hits = await metric('relay_quota_hits_total');
+  assert(hits === 0, `no quota hits during the switches: ${hits}`);
   await b.waitFor(() => document.querySelector('.tile-remote video')?.videoWidth > 0, null, 'video still flowing');
 });
 
