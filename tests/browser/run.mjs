@@ -995,7 +995,7 @@ test('leave: tracks stop, connections close, a "you left" screen offers Rejoin; 
   await c.chatFrom('still here');
   await t.screenshot(a, 'state-left.png');
   // Rejoin puts Alice back in the room.
-  await a.page.click('#rejoin');
+  await Promise.all([a.page.waitForNavigation(), a.page.click('#rejoin')]);
   await a.connected(2);
 });
 
