@@ -608,7 +608,7 @@ test('long-polling: two pages forced onto long-polling (?transport=long-poll) ca
   await chatAndDraw(a, b, 'by long-polling');
   // A dropped link resumes the session (same peer id, the missed offer replayed).
   const idBefore = await a.peerId();
-  await a.eval(() => window.__demo.dropSignaling(1500));
+  await a.eval(() => window.__demo.dropSignaling(4000));
   await a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 5000);
   await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: offer while the other side is offline'));
   await a.joined();
@@ -639,7 +639,7 @@ test('sse: forced SSE + POST (?transport=sse), a broken event stream is reopened
   }, null, 'Bob\'s ICE restart answered over the reopened stream');
   // Drop the whole link: the next one resumes the session with a `resume` (POST /http).
   const idBefore = await a.peerId();
-  await a.eval(() => window.__demo.dropSignaling(1500));
+  await a.eval(() => window.__demo.dropSignaling(4000));
   await a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 5000);
   await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: offer while the other side is offline'));
   await a.joined();
