@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::api::SERVER_SENDER;
-use crate::client_ip::{IpSlot, client_ip};
+use crate::client_ip::IpSlot;
 use crate::connection::{Connection, Inbound};
 use crate::hub::{
     Attached, ConnId, JoinRequest, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey,
@@ -41,7 +41,7 @@ use crate::protocol::{
     ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerFrame, ServerMessage,
 };
 use crate::rate_limit::TokenBucket;
-use crate::ws::origin_allowed;
+use crate::ws::{admit_socket, refuse};
 
 /// Keys, ids and tokens are at most this long (`peerjs-server` takes any string).
 const MAX_NAME: usize = 64;
@@ -191,47 +191,19 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let refuse = |status: StatusCode, code: ErrorCode, message: &str| {
-        app.metrics.error(code);
-        (status, format!("{code}: {message}\n")).into_response()
-    };
-    if !origin_allowed(&app.config.allowed_origins, &headers) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "origin not allowed",
-        );
-    }
-    if app.hub.is_draining() || !app.hub.is_available() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "the server cannot take connections now",
-        );
-    }
-    if app.metrics.connections.get() >= app.config.max_connections as i64 {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::TooManySessions,
-            "too many connections",
-        );
-    }
     let field = |name: &str| query.get(name).cloned().unwrap_or_default();
     let (key, id, token) = (field("key"), field("id"), field("token"));
     if !(valid_name(&key) && valid_name(&id) && valid_name(&token)) {
         return refuse(
+            &app,
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidMessage,
             "key, id and token are 1 to 64 characters of [A-Za-z0-9-_.:@]",
         );
     }
-    let ip = client_ip(peer, &headers, &app.config.trusted_proxies);
-    let Some(ip_slot) = app.clients.connect(ip, Instant::now()) else {
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TooManyConnections,
-            "too many connections from this address",
-        );
+    let ip_slot = match admit_socket(&app, peer, &headers) {
+        Ok(slot) => slot,
+        Err(refusal) => return *refusal,
     };
     let limit = app.config.max_message_bytes;
     ws.read_buffer_size(2 * 1024)

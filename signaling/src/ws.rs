@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument as _;
 
 use crate::AppState;
-use crate::client_ip::client_ip;
+use crate::client_ip::{IpSlot, client_ip};
 use crate::protocol::{ErrorCode, RoomId};
 use crate::session::{self, Handshake};
 
@@ -57,7 +57,59 @@ pub fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     }
 }
 
-fn refuse(app: &AppState, status: StatusCode, code: ErrorCode, message: &str) -> Response {
+/// What every WebSocket endpoint (`/ws`, `/y-webrtc`, `/peerjs`) checks before upgrading: the
+/// origin, draining, the shared store, the connection limit and the client address's. Returns
+/// the connection's place among its address's, or the HTTP refusal (counted).
+pub fn admit_socket(
+    app: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<IpSlot, Box<Response>> {
+    if !origin_allowed(&app.config.allowed_origins, headers) {
+        return Err(Box::new(refuse(
+            app,
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        )));
+    }
+    if app.hub.is_draining() {
+        return Err(Box::new(refuse(
+            app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Draining,
+            "the server is shutting down",
+        )));
+    }
+    if !app.hub.is_available() {
+        return Err(Box::new(refuse(
+            app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the server cannot reach its shared store",
+        )));
+    }
+    if app.metrics.connections.get() >= app.config.max_connections as i64 {
+        return Err(Box::new(refuse(
+            app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManySessions,
+            "too many connections",
+        )));
+    }
+    let ip = client_ip(peer, headers, &app.config.trusted_proxies);
+    app.clients.connect(ip, Instant::now()).ok_or_else(|| {
+        Box::new(refuse(
+            app,
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyConnections,
+            "too many connections from this address",
+        ))
+    })
+}
+
+/// An HTTP refusal of an upgrade, counted by its code.
+pub fn refuse(app: &AppState, status: StatusCode, code: ErrorCode, message: &str) -> Response {
     app.metrics.error(code);
     tracing::debug!(%code, message, "upgrade refused");
     (status, format!("{code}: {message}\n")).into_response()
@@ -71,46 +123,9 @@ fn accept(
     headers: &HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !origin_allowed(&app.config.allowed_origins, headers) {
-        return refuse(
-            &app,
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "origin not allowed",
-        );
-    }
-    if app.hub.is_draining() {
-        return refuse(
-            &app,
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Draining,
-            "the server is shutting down",
-        );
-    }
-    if !app.hub.is_available() {
-        return refuse(
-            &app,
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "the server cannot reach its shared store",
-        );
-    }
-    if app.metrics.connections.get() >= app.config.max_connections as i64 {
-        return refuse(
-            &app,
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::TooManySessions,
-            "too many connections",
-        );
-    }
-    let ip = client_ip(peer, headers, &app.config.trusted_proxies);
-    let Some(ip_slot) = app.clients.connect(ip, Instant::now()) else {
-        return refuse(
-            &app,
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TooManyConnections,
-            "too many connections from this address",
-        );
+    let ip_slot = match admit_socket(&app, peer, headers) {
+        Ok(slot) => slot,
+        Err(refusal) => return *refusal,
     };
     let claims = match (&app.auth, query.get("token")) {
         (Some(auth), Some(token)) => match auth.verify(token) {

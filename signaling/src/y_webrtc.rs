@@ -21,18 +21,18 @@ use std::time::Instant;
 use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::stream::{SelectAll, Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::auth::Claims;
-use crate::client_ip::{IpSlot, client_ip};
+use crate::client_ip::IpSlot;
 use crate::connection::{Connection, Inbound};
 use crate::hub::{ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, SessionKey};
 use crate::protocol::{ClientMessage, ErrorCode, PeerId, RoomId, ServerFrame, ServerMessage};
 use crate::rate_limit::TokenBucket;
-use crate::ws::origin_allowed;
+use crate::ws::{admit_socket, refuse};
 
 /// Topics one connection may subscribe to at once.
 pub const MAX_TOPICS: usize = 64;
@@ -89,46 +89,18 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let refuse = |status: StatusCode, code: ErrorCode, message: &str| {
-        app.metrics.error(code);
-        (status, format!("{code}: {message}\n")).into_response()
-    };
-    if !origin_allowed(&app.config.allowed_origins, &headers) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "origin not allowed",
-        );
-    }
-    if app.hub.is_draining() || !app.hub.is_available() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "the server cannot take connections now",
-        );
-    }
-    if app.metrics.connections.get() >= app.config.max_connections as i64 {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::TooManySessions,
-            "too many connections",
-        );
-    }
-    let ip = client_ip(peer, &headers, &app.config.trusted_proxies);
-    let Some(ip_slot) = app.clients.connect(ip, Instant::now()) else {
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TooManyConnections,
-            "too many connections from this address",
-        );
+    let ip_slot = match admit_socket(&app, peer, &headers) {
+        Ok(slot) => slot,
+        Err(refusal) => return *refusal,
     };
     let claims = match (&app.auth, query.get("token")) {
         (Some(auth), Some(token)) => match auth.verify(token) {
             Ok(claims) => Some(claims),
-            Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.code, &e.message),
+            Err(e) => return refuse(&app, StatusCode::UNAUTHORIZED, e.code, &e.message),
         },
         (Some(_), None) => {
             return refuse(
+                &app,
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Unauthorized,
                 "this server requires a token (?token=) granting the topic",

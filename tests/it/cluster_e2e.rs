@@ -33,21 +33,7 @@ pub(crate) fn start_cluster(redis: &RedisServer) -> Vec<Signaling> {
 
 /// Open WebSocket connections of the node at `addr` (from its `/metrics`).
 fn connections(addr: SocketAddr) -> u64 {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return 0;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut body = String::new();
-    let _ = stream.read_to_string(&mut body);
-    body.lines()
-        .find_map(|l| l.strip_prefix("signaling_connections "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    metric(addr, "signaling_connections")
 }
 
 #[test]
