@@ -321,6 +321,15 @@ function setRelayOnly(on) {
   $('relay-only').checked = on;
   room.setRelayOnly(on);
   note({ type: 'relay-only', on });
+  if (on) {
+    // At once, not after the next getStats: "Relay only" is never shown next to a direct path.
+    for (const t of tiles.values()) {
+      if (t.tile.dataset.path === 'relay') continue;
+      t.tile.dataset.path = 'switching';
+      t.conn.dataset.path = 'switching';
+      t.conn.querySelector('.c-path').textContent = 'switching to the relay…';
+    }
+  }
   refreshStats();
 }
 $('relay-only').addEventListener('change', (e) => setRelayOnly(e.currentTarget.checked));
