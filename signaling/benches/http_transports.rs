@@ -35,15 +35,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use signaling::protocol::{
-    ClientMessage, IceCandidate, PeerId, PollReply, ServerFrame, ServerMessage, Signal,
-};
+use signaling::protocol::{ClientMessage, PeerId, PollReply, ServerFrame, ServerMessage};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+mod common;
+use common::{client_config, cpu_seconds, make_signal, percentile, raise_fd_limit, timestamp_of};
 
 #[path = "../../tests/src/signaling_http.rs"]
 mod signaling_http;
@@ -137,20 +137,6 @@ fn parse_args() -> Args {
     args
 }
 
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain libc calls with a valid pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 /// VmRSS of a process, KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -159,18 +145,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 / hz
 }
 
 fn load_average() -> String {
@@ -474,12 +448,6 @@ impl HttpClient {
 // ---------------------------------------------------------------------------------------------
 // Sessions over each transport.
 
-fn client_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-}
-
 async fn ws_send(
     ws: &mut (impl futures_util::Sink<Message> + Unpin),
     message: &ClientMessage,
@@ -611,45 +579,6 @@ impl Recorder {
             self.samples.lock().expect("samples").push(latency);
             self.received.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-fn timestamp_of(signal: &Signal) -> Option<u64> {
-    let text = match signal {
-        Signal::Offer { sdp, .. } | Signal::Answer { sdp } => sdp.as_str(),
-        Signal::Candidate { candidate } => candidate.candidate.as_str(),
-        Signal::EndOfCandidates { .. } => return None,
-    };
-    text.rsplit_once(" t=")?.1.trim().parse().ok()
-}
-
-/// The mix of `signaling_load`: per 10 messages, one offer and one answer (~2 KB of SDP) and
-/// 8 candidates.
-fn make_signal(n: u64, stamp: u64) -> Signal {
-    let sdp = || {
-        format!(
-            "v=0\r\n{}\r\n t={stamp}",
-            "a=fingerprint:sha-256 AB:CD ".repeat(70)
-        )
-    };
-    match n % 10 {
-        0 => Signal::Offer {
-            sdp: sdp(),
-            ice_restart: false,
-        },
-        1 => Signal::Answer { sdp: sdp() },
-        _ => Signal::Candidate {
-            candidate: IceCandidate {
-                candidate: format!(
-                    "candidate:{n} 1 udp 2122260223 192.0.2.{} {} typ host t={stamp}",
-                    n % 250,
-                    40000 + n % 20000
-                ),
-                sdp_mid: Some("0".into()),
-                sdp_m_line_index: Some(0),
-                username_fragment: Some("bench".into()),
-            },
-        },
     }
 }
 
@@ -864,14 +793,6 @@ struct LatencyResult {
     errors: u64,
 }
 
-fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index] as f64 / 1e6
-}
-
 async fn latency_run(transport: Transport, args: &Args) -> Result<LatencyResult, String> {
     let server = Server::start(args);
     let addr = server.addr;
@@ -984,8 +905,8 @@ async fn latency_run(transport: Transport, args: &Args) -> Result<LatencyResult,
     let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
     let long_poll = transport == Transport::LongPoll;
     Ok(LatencyResult {
-        p50_ms: percentile_ms(&samples, 0.5),
-        p99_ms: percentile_ms(&samples, 0.99),
+        p50_ms: percentile(&samples, 0.5),
+        p99_ms: percentile(&samples, 0.99),
         max_ms: samples.last().map_or(f64::NAN, |m| *m as f64 / 1e6),
         sent,
         received,

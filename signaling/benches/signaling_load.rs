@@ -31,14 +31,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt as _, StreamExt as _};
-use signaling::protocol::{
-    ClientMessage, IceCandidate, PeerId, ResumeToken, ServerFrame, ServerMessage, Signal,
-};
+use signaling::protocol::{ClientMessage, PeerId, ResumeToken, ServerFrame, ServerMessage};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+mod common;
+use common::{client_config, cpu_seconds, make_signal, percentile, raise_fd_limit, timestamp_of};
 
 #[path = "../../tests/src/redis.rs"]
 mod redis;
@@ -98,20 +98,6 @@ fn parse_args() -> Args {
     args
 }
 
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain libc calls with a valid pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 /// (VmRSS, VmHWM) of a process, in KiB.
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -123,18 +109,6 @@ fn rss_kib(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 / hz
 }
 
 struct ServerProcess {
@@ -279,12 +253,6 @@ fn redis_memory(redis: &redis::RedisServer) -> u64 {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn client_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
 }
 
 async fn send(
@@ -474,52 +442,6 @@ fn spawn_reader(
             stream = new_stream;
         }
     });
-}
-
-fn timestamp_of(signal: &Signal) -> Option<u64> {
-    let text = match signal {
-        Signal::Offer { sdp, .. } | Signal::Answer { sdp } => sdp.as_str(),
-        Signal::Candidate { candidate } => candidate.candidate.as_str(),
-        Signal::EndOfCandidates { .. } => return None,
-    };
-    text.rsplit_once(" t=")?.1.trim().parse().ok()
-}
-
-/// A realistic mix: per 10 messages, one offer and one answer (~2 KB of SDP) and 8 candidates.
-fn make_signal(n: u64, stamp: u64) -> Signal {
-    let sdp = || {
-        format!(
-            "v=0\r\n{}\r\n t={stamp}",
-            "a=fingerprint:sha-256 AB:CD ".repeat(70)
-        )
-    };
-    match n % 10 {
-        0 => Signal::Offer {
-            sdp: sdp(),
-            ice_restart: false,
-        },
-        1 => Signal::Answer { sdp: sdp() },
-        _ => Signal::Candidate {
-            candidate: IceCandidate {
-                candidate: format!(
-                    "candidate:{n} 1 udp 2122260223 192.0.2.{} {} typ host t={stamp}",
-                    n % 250,
-                    40000 + n % 20000
-                ),
-                sdp_mid: Some("0".into()),
-                sdp_m_line_index: Some(0),
-                username_fragment: Some("bench".into()),
-            },
-        },
-    }
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index] as f64 / 1e6
 }
 
 #[tokio::main]

@@ -1,0 +1,85 @@
+//! What the signaling benchmarks share: the process limits and readings, the WebSocket
+//! client configuration, and the signal mix with its embedded send timestamp.
+
+#![allow(dead_code)] // Each benchmark uses its own share.
+
+use signaling::protocol::{IceCandidate, Signal};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+pub(crate) fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// utime + stime of a process, in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+pub(crate) fn client_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+pub(crate) fn timestamp_of(signal: &Signal) -> Option<u64> {
+    let text = match signal {
+        Signal::Offer { sdp, .. } | Signal::Answer { sdp } => sdp.as_str(),
+        Signal::Candidate { candidate } => candidate.candidate.as_str(),
+        Signal::EndOfCandidates { .. } => return None,
+    };
+    text.rsplit_once(" t=")?.1.trim().parse().ok()
+}
+
+/// A realistic mix: per 10 messages, one offer and one answer (~2 KB of SDP) and 8 candidates.
+pub(crate) fn make_signal(n: u64, stamp: u64) -> Signal {
+    let sdp = || {
+        format!(
+            "v=0\r\n{}\r\n t={stamp}",
+            "a=fingerprint:sha-256 AB:CD ".repeat(70)
+        )
+    };
+    match n % 10 {
+        0 => Signal::Offer {
+            sdp: sdp(),
+            ice_restart: false,
+        },
+        1 => Signal::Answer { sdp: sdp() },
+        _ => Signal::Candidate {
+            candidate: IceCandidate {
+                candidate: format!(
+                    "candidate:{n} 1 udp 2122260223 192.0.2.{} {} typ host t={stamp}",
+                    n % 250,
+                    40000 + n % 20000
+                ),
+                sdp_mid: Some("0".into()),
+                sdp_m_line_index: Some(0),
+                username_fragment: Some("bench".into()),
+            },
+        },
+    }
+}
+
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index] as f64 / 1e6
+}
