@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 
 use crate::AppState;
 use crate::client_ip::{IpSlot, client_ip};
+use crate::error::RequestError;
 use crate::protocol::{ErrorCode, RoomId};
 use crate::session::{self, Handshake};
 
@@ -97,14 +98,29 @@ pub fn admit_socket(
             "too many connections",
         )));
     }
-    let ip = client_ip(peer, headers, &app.config.trusted_proxies);
-    app.clients.connect(ip, Instant::now()).ok_or_else(|| {
+    address_slot(app, peer, headers).map_err(|e| {
         Box::new(refuse(
             app,
             StatusCode::TOO_MANY_REQUESTS,
+            e.code,
+            &e.message,
+        ))
+    })
+}
+
+/// A connection's place among its client address's (the address from trusted proxies'
+/// headers), or `too_many_connections`. Every endpoint that holds a connection takes one.
+pub fn address_slot(
+    app: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<IpSlot, RequestError> {
+    let ip = client_ip(peer, headers, &app.config.trusted_proxies);
+    app.clients.connect(ip, Instant::now()).ok_or_else(|| {
+        RequestError::new(
             ErrorCode::TooManyConnections,
             "too many connections from this address",
-        ))
+        )
     })
 }
 

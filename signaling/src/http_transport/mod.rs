@@ -28,14 +28,13 @@ use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 use crate::admission::Admission;
-use crate::client_ip::client_ip;
 use crate::error::RequestError;
 use crate::hub::{Flow, encode};
 use crate::protocol::{
     ClientMessage, ErrorCode, HttpOpened, LeaveReason, ResumeToken, RoomId, ServerFrame,
     ServerMessage, http,
 };
-use crate::ws::origin_allowed;
+use crate::ws::{address_slot, origin_allowed};
 
 /// The HTTP status of a refusal with `code` (the table in `docs/protocol.md`).
 pub fn status_of(code: ErrorCode) -> StatusCode {
@@ -186,13 +185,7 @@ async fn try_open(
     if !origin_allowed(&app.config.allowed_origins, headers) {
         return Err(forbidden_origin());
     }
-    let ip = client_ip(peer, headers, &app.config.trusted_proxies);
-    let ip_slot = app.clients.connect(ip, Instant::now()).ok_or_else(|| {
-        RequestError::new(
-            ErrorCode::TooManyConnections,
-            "too many connections from this address",
-        )
-    })?;
+    let ip_slot = address_slot(app, peer, headers)?;
     let claims = match (&app.auth, query.get("token")) {
         (Some(auth), Some(token)) => Some(auth.verify(token)?),
         _ => None,

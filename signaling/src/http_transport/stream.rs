@@ -8,7 +8,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::Utf8Bytes;
@@ -20,13 +19,13 @@ use tokio::time::MissedTickBehavior;
 
 use super::{forbidden_origin, json_body, refusal, session_token};
 use crate::AppState;
-use crate::client_ip::{IpSlot, client_ip};
+use crate::client_ip::IpSlot;
 use crate::cluster::inbox::frame_seq;
 use crate::error::RequestError;
 use crate::hub::{ConnId, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey};
 use crate::listener::{HttpSlot, SlotLoan};
 use crate::protocol::{ErrorCode, LeaveReason, SUPPORTED_VERSIONS, http};
-use crate::ws::origin_allowed;
+use crate::ws::{address_slot, origin_allowed};
 
 /// A session attached to this request. Dropping it (the client went away mid-request) parks
 /// the session, as a dropped socket does.
@@ -87,13 +86,7 @@ async fn attach(
             "too many connections",
         ));
     }
-    let ip = client_ip(peer, headers, &app.config.trusted_proxies);
-    let ip_slot = app.clients.connect(ip, Instant::now()).ok_or_else(|| {
-        RequestError::new(
-            ErrorCode::TooManyConnections,
-            "too many connections from this address",
-        )
-    })?;
+    let ip_slot = address_slot(app, peer, headers)?;
     let (tx, rx) = app.outbound_queue();
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let attached = app
