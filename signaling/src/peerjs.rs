@@ -451,18 +451,25 @@ impl PeerSocket {
             .map_err(|_| None)
     }
 
+    /// Counts `code`, tells the client with an `ERROR`, and closes the socket with `close`.
+    async fn fail(&mut self, code: ErrorCode, msg: &str, close: u16) -> Result<(), Option<u16>> {
+        self.app.metrics.error(code);
+        let _ = self
+            .socket
+            .send_text(server_message("ERROR", Some(msg)))
+            .await;
+        Err(Some(close))
+    }
+
     async fn on_inbound(&mut self, inbound: Inbound) -> Result<(), Option<u16>> {
         let text = match inbound {
             Inbound::Text(text) => text,
             Inbound::Alive => return Ok(()),
             Inbound::Closed => return Err(None),
             Inbound::Binary | Inbound::TooLarge => {
-                self.app.metrics.error(ErrorCode::InvalidMessage);
-                let _ = self
-                    .socket
-                    .send_text(server_message("ERROR", Some("invalid message")))
+                return self
+                    .fail(ErrorCode::InvalidMessage, "invalid message", 1007)
                     .await;
-                return Err(Some(1007));
             }
         };
         let config = &self.app.config;
@@ -470,20 +477,14 @@ impl PeerSocket {
             .bucket
             .try_take(Instant::now(), config.rate_limit, config.rate_burst)
         {
-            self.app.metrics.error(ErrorCode::RateLimited);
-            let _ = self
-                .socket
-                .send_text(server_message("ERROR", Some("rate limited")))
+            return self
+                .fail(ErrorCode::RateLimited, "rate limited", 1008)
                 .await;
-            return Err(Some(1008));
         }
         let Ok(mut message) = serde_json::from_str::<Value>(&text) else {
-            self.app.metrics.error(ErrorCode::InvalidMessage);
-            let _ = self
-                .socket
-                .send_text(server_message("ERROR", Some("invalid message")))
+            return self
+                .fail(ErrorCode::InvalidMessage, "invalid message", 1007)
                 .await;
-            return Err(Some(1007));
         };
         let kind = message["type"].as_str().unwrap_or("").to_owned();
         match kind.as_str() {
