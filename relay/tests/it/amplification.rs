@@ -52,16 +52,7 @@ const UNKNOWN_METHOD: u16 = 0x0ff;
 
 #[test]
 fn single_packet_ratios_are_the_rfc_minimum() {
-    let relay = RelayProcess::start_raw(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--user",
-        "u:p",
-    ]);
+    let relay = start(&[]);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut bad_cookie = request(BINDING, 9, &[]);
     bad_cookie[4] ^= 0xff;
