@@ -15,6 +15,9 @@ use std::sync::{Arc, RwLock};
 use signaling::protocol::{ClientMessage, IceServer, PeerId, PeerInfo, ServerMessage, SessionInfo};
 use tokio::sync::{mpsc, oneshot};
 
+/// How long closing a peer waits for its `leave` to be written.
+const LEAVE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 use crate::channel::{ChannelRegistry, read_remote};
 use crate::connection::{
     self, ConnectionContext, ConnectionHandle, ConnectionInput, ConnectionOutput,
@@ -108,7 +111,10 @@ impl Room {
                         }
                     }
                     Some(RoomCommand::Close { reply }) => {
-                        self.shutdown();
+                        let left = self.shutdown();
+                        // The leave must reach the server before the caller may exit; a dead
+                        // signaling socket does not hold the close up for long.
+                        let _ = tokio::time::timeout(LEAVE_WRITE_TIMEOUT, left).await;
                         let _ = reply.send(());
                         return;
                     }
@@ -116,14 +122,17 @@ impl Room {
                 },
             }
         }
-        self.shutdown();
+        drop(self.shutdown());
     }
 
-    fn shutdown(&mut self) {
-        self.signaling.leave();
+    /// Leaves the room and closes every connection; the receiver completes once the `leave`
+    /// frame was written.
+    fn shutdown(&mut self) -> oneshot::Receiver<()> {
+        let left = self.signaling.leave();
         for (_, handle) in self.connections.drain() {
             let _ = handle.input.send(ConnectionInput::Close);
         }
+        left
     }
 
     fn find(&self, peer: &PeerId) -> Option<&ConnectionHandle> {

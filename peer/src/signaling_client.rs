@@ -20,7 +20,7 @@ use signaling::protocol::{
     SessionInfo,
 };
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
@@ -66,7 +66,10 @@ pub(crate) struct SignalingClient {
 
 enum Outgoing {
     Message(ClientMessage),
-    Leave,
+    /// Leave the room; `sent` fires once the `leave` frame is written.
+    Leave {
+        sent: oneshot::Sender<()>,
+    },
 }
 
 impl SignalingClient {
@@ -105,9 +108,13 @@ impl SignalingClient {
             .map_err(|_| PeerError::SessionClosed)
     }
 
-    /// Leaves the room for good and ends the session.
-    pub(crate) fn leave(&self) {
-        let _ = self.outgoing.send(Outgoing::Leave);
+    /// Leaves the room for good and ends the session. The receiver completes once the
+    /// `leave` frame was written (or the session is over): a process that exits right after
+    /// leaving must wait for it, or the room only learns of it when the grace period ends.
+    pub(crate) fn leave(&self) -> oneshot::Receiver<()> {
+        let (sent, written) = oneshot::channel();
+        let _ = self.outgoing.send(Outgoing::Leave { sent });
+        written
     }
 }
 
@@ -332,7 +339,12 @@ impl Session {
                                 return Disconnect::Broken;
                             }
                         }
-                        Some(Outgoing::Leave) | None => {
+                        Some(Outgoing::Leave { sent }) => {
+                            let _ = send_json(ws, &ClientMessage::Leave { id: None }).await;
+                            let _ = sent.send(());
+                            return Disconnect::Finished(None);
+                        }
+                        None => {
                             let _ = send_json(ws, &ClientMessage::Leave { id: None }).await;
                             return Disconnect::Finished(None);
                         }
