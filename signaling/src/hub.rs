@@ -22,7 +22,7 @@ use crate::error::RequestError;
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 pub use crate::outbound::{Outbound, OutboundRx, OutboundTx};
-use crate::outbox::{Body, Outbox, ReplayLimits, to_json};
+use crate::outbox::{Body, Frame, Outbox, ReplayLimits, to_json};
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
     ServerFrame, ServerMessage, SessionInfo,
@@ -101,7 +101,7 @@ pub struct Attached {
     /// The session's resume token (also its token on the HTTP transports).
     pub token: ResumeToken,
     /// Missed frames to write, in order, before anything from the outbound queue.
-    pub replay: Vec<Utf8Bytes>,
+    pub replay: Vec<Frame>,
 }
 
 /// Who makes a request of a session: the socket it is attached to, or (HTTP `send`, from any
@@ -967,13 +967,14 @@ mod tests {
     fn frames(rx: &mut OutboundRx) -> Vec<ServerFrame> {
         let mut out = Vec::new();
         while let Some(item) = rx.try_recv() {
-            if let Outbound::Frame(text)
-            | Outbound::Close {
-                frame: Some(text), ..
-            } = item
-            {
-                out.push(serde_json::from_str(text.as_str()).unwrap());
-            }
+            let text = match item {
+                Outbound::Frame(frame) => frame.text(),
+                Outbound::Close {
+                    frame: Some(text), ..
+                } => text,
+                Outbound::Close { frame: None, .. } => continue,
+            };
+            out.push(serde_json::from_str(text.as_str()).unwrap());
         }
         out
     }
@@ -1122,7 +1123,7 @@ mod tests {
         let replayed: Vec<ServerFrame> = resumed
             .replay
             .iter()
-            .map(|f| serde_json::from_str(f.as_str()).unwrap())
+            .map(|f| serde_json::from_str(f.text().as_str()).unwrap())
             .collect();
         assert_eq!(
             replayed.iter().map(|f| f.seq).collect::<Vec<_>>(),

@@ -12,12 +12,13 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 
 use crate::memory_budget::MemoryBudget;
+use crate::outbox::Frame;
 
 /// What a session's socket task is told to write.
 #[derive(Debug)]
 pub enum Outbound {
-    /// One encoded server frame.
-    Frame(Utf8Bytes),
+    /// One server frame (its text is composed when written).
+    Frame(Frame),
     /// Write `frame` (if any), then close the socket with `code`.
     Close { frame: Option<Utf8Bytes>, code: u16 },
 }
@@ -63,7 +64,7 @@ impl OutboundTx {
     }
 
     /// Queues a frame (check [`Self::has_room`] first; a full queue drops it).
-    pub fn push(&self, frame: Utf8Bytes) {
+    pub fn push(&self, frame: Frame) {
         let len = frame.len();
         self.bytes.fetch_add(len, Ordering::AcqRel);
         self.budget.add(len);
@@ -137,7 +138,7 @@ mod tests {
     #[test]
     fn bounded_in_frames_and_bytes() {
         let (tx, mut rx) = queue(8, 100, &Arc::new(MemoryBudget::unlimited()));
-        let frame = |n: usize| Utf8Bytes::from("x".repeat(n));
+        let frame = |n: usize| Frame::Whole(Utf8Bytes::from("x".repeat(n)));
         assert!(tx.has_room(60));
         tx.push(frame(60));
         assert!(!tx.has_room(60), "120 bytes > 100");
@@ -153,8 +154,8 @@ mod tests {
     fn queued_frames_count_against_the_budget_until_taken_or_dropped() {
         let budget = Arc::new(MemoryBudget::new(1000));
         let (tx, mut rx) = queue(8, 1000, &budget);
-        tx.push(Utf8Bytes::from("x".repeat(100)));
-        tx.push(Utf8Bytes::from("y".repeat(50)));
+        tx.push(Frame::Whole(Utf8Bytes::from("x".repeat(100))));
+        tx.push(Frame::Whole(Utf8Bytes::from("y".repeat(50))));
         assert_eq!((budget.used(), tx.queued_bytes()), (150, 150));
         rx.try_recv();
         assert_eq!(budget.used(), 50);
@@ -164,7 +165,7 @@ mod tests {
             0,
             "dropping the receiver releases what it held"
         );
-        tx.push(Utf8Bytes::from("z".repeat(10)));
+        tx.push(Frame::Whole(Utf8Bytes::from("z".repeat(10))));
         assert_eq!(budget.used(), 0, "a push to a dropped queue is not counted");
     }
 }

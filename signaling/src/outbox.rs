@@ -6,9 +6,11 @@
 //! the session is parked, passing a bound ends the session with `replay_overflow`: the client
 //! could not be given every missed message exactly once.
 //!
-//! A message is encoded to JSON once, outside any lock, as a *body* (`{"type":...}`); numbering
-//! it only prepends `"seq":N`. A broadcast to a room is encoded once for all its members. The
-//! cluster's Lua scripts frame bodies the same way.
+//! A message is encoded to JSON once, outside any lock, as a *body* (`{"type":...}`). Numbering
+//! it keeps `seq` beside a reference to the body ([`Frame::Numbered`]); the text, the body with
+//! `"seq":N` prepended, is composed only when the frame is written. So a broadcast to a room is
+//! encoded once and held once, however many members queue it or keep it for replay. The
+//! cluster's Lua scripts frame bodies the same way, in Redis ([`Frame::Whole`]).
 
 use std::collections::VecDeque;
 
@@ -17,14 +19,15 @@ use serde::Serialize;
 
 use crate::protocol::ServerMessage;
 
-/// A server message encoded once, without its `seq`: a JSON object.
+/// A server message encoded once, without its `seq`: a JSON object. Cloning it shares the text
+/// (a reference count), so a broadcast is held once however many receivers queue or keep it.
 #[derive(Debug, Clone)]
-pub struct Body(String);
+pub struct Body(Utf8Bytes);
 
 impl Default for Body {
     /// An empty object (a placeholder that is never sent).
     fn default() -> Self {
-        Self("{}".into())
+        Self(Utf8Bytes::from_static("{}"))
     }
 }
 
@@ -32,7 +35,7 @@ impl Body {
     /// Encodes `message`. Serialising these types cannot fail (no maps with non-string keys),
     /// but a failure would be logged rather than crash the server.
     pub fn encode(message: &ServerMessage) -> Self {
-        Self(to_json(message))
+        Self(Utf8Bytes::from(to_json(message)))
     }
 
     /// The JSON text.
@@ -40,18 +43,81 @@ impl Body {
         &self.0
     }
 
-    /// The frame numbered `seq`: `{"seq":N,` followed by the body's fields.
-    pub fn frame(&self, seq: u64) -> Utf8Bytes {
-        let fields = self.0.strip_prefix('{').unwrap_or("}");
-        let mut text = String::with_capacity(self.0.len() + 24);
-        text.push_str("{\"seq\":");
-        text.push_str(&seq.to_string());
-        if fields != "}" {
-            text.push(',');
+    /// The frame numbered `seq`, sharing this body.
+    pub fn numbered(&self, seq: u64) -> Frame {
+        Frame::Numbered {
+            seq,
+            body: self.clone(),
         }
-        text.push_str(fields);
-        Utf8Bytes::from(text)
     }
+}
+
+/// One frame for one session, as queued and kept for replay.
+///
+/// A frame the hub numbered keeps its `seq` beside a shared [`Body`]: the text
+/// `{"seq":N,...}` is composed only when the frame is written, so the frames of a broadcast
+/// waiting in many queues share one buffer. A frame that arrives whole (numbered by the
+/// cluster's scripts, or an unnumbered error) is kept as it is.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// `{"seq":N,` followed by the body's fields.
+    Numbered { seq: u64, body: Body },
+    /// A complete frame.
+    Whole(Utf8Bytes),
+}
+
+impl Frame {
+    /// The frame's text, as written to the client.
+    pub fn text(&self) -> Utf8Bytes {
+        match self {
+            Frame::Whole(text) => text.clone(),
+            Frame::Numbered { .. } => {
+                let mut text = String::with_capacity(self.len());
+                self.append_to(&mut text);
+                Utf8Bytes::from(text)
+            }
+        }
+    }
+
+    /// Appends the frame's text to `out` (for writers that gather frames into one chunk).
+    pub fn append_to(&self, out: &mut String) {
+        match self {
+            Frame::Whole(text) => out.push_str(text),
+            Frame::Numbered { seq, body } => {
+                let fields = body.0.strip_prefix('{').unwrap_or("}");
+                out.push_str(SEQ_PREFIX);
+                out.push_str(&seq.to_string());
+                if fields != "}" {
+                    out.push(',');
+                }
+                out.push_str(fields);
+            }
+        }
+    }
+
+    /// The length of [`Self::text`] in bytes (what the frame counts against queue and memory
+    /// bounds: each holder counts it, so the count is an upper bound of what is held).
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Whole(text) => text.len(),
+            Frame::Numbered { seq, body } => {
+                let fields = body.0.len().saturating_sub(1);
+                let comma = usize::from(fields > 1);
+                SEQ_PREFIX.len() + decimal_digits(*seq) + comma + fields
+            }
+        }
+    }
+
+    /// Whether the text is empty (never, for a frame the server builds).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+const SEQ_PREFIX: &str = "{\"seq\":";
+
+fn decimal_digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// JSON of a serialisable value; `{}` (logged) if it cannot be encoded.
@@ -85,10 +151,10 @@ impl Outbox {
     }
 
     /// Numbers `body` and keeps the frame for replay; returns it.
-    pub fn push(&mut self, body: &Body) -> Utf8Bytes {
+    pub fn push(&mut self, body: &Body) -> Frame {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let frame = body.frame(seq);
+        let frame = body.numbered(seq);
         self.replay.push(seq, frame.clone());
         frame
     }
@@ -114,7 +180,7 @@ impl Outbox {
     }
 
     /// The frames after `last_seq`, if every one of them is still here.
-    pub fn replay_after(&self, last_seq: u64) -> Option<Vec<Utf8Bytes>> {
+    pub fn replay_after(&self, last_seq: u64) -> Option<Vec<Frame>> {
         self.replay.since(last_seq, self.next_seq)
     }
 }
@@ -129,13 +195,13 @@ pub struct ReplayLimits {
 /// Frames sent to a session and not yet acknowledged, oldest first, with contiguous seqs.
 #[derive(Debug, Default)]
 pub struct ReplayBuffer {
-    frames: VecDeque<(u64, Utf8Bytes)>,
+    frames: VecDeque<(u64, Frame)>,
     bytes: usize,
 }
 
 impl ReplayBuffer {
     /// Appends the frame with sequence number `seq` (one more than the last one pushed).
-    pub fn push(&mut self, seq: u64, frame: Utf8Bytes) {
+    pub fn push(&mut self, seq: u64, frame: Frame) {
         self.bytes += frame.len();
         self.frames.push_back((seq, frame));
     }
@@ -171,7 +237,7 @@ impl ReplayBuffer {
 
     /// The frames after `last_seq`, in order, when every one of them is still here;
     /// `None` when some were trimmed already. `next_seq` is the seq the next frame would get.
-    pub fn since(&self, last_seq: u64, next_seq: u64) -> Option<Vec<Utf8Bytes>> {
+    pub fn since(&self, last_seq: u64, next_seq: u64) -> Option<Vec<Frame>> {
         if last_seq >= next_seq {
             return None;
         }
@@ -203,8 +269,8 @@ impl ReplayBuffer {
 mod tests {
     use super::*;
 
-    fn frame(s: &str) -> Utf8Bytes {
-        Utf8Bytes::from(s.to_owned())
+    fn frame(s: &str) -> Frame {
+        Frame::Whole(Utf8Bytes::from(s.to_owned()))
     }
 
     #[test]
@@ -216,7 +282,7 @@ mod tests {
         buf.ack(2);
         let replay = buf.since(3, 6).unwrap();
         assert_eq!(
-            replay.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+            replay.iter().map(|f| f.text().to_string()).collect::<Vec<_>>(),
             ["m4", "m5"]
         );
         assert_eq!(buf.since(5, 6).unwrap().len(), 0);
@@ -250,13 +316,39 @@ mod tests {
     #[test]
     fn bodies_are_numbered_without_reencoding() {
         let body = Body::encode(&ServerMessage::Pong { reference: Some(3) });
-        let frame = body.frame(42);
-        let parsed: crate::protocol::ServerFrame = serde_json::from_str(&frame).unwrap();
+        let frame = body.numbered(42);
+        let parsed: crate::protocol::ServerFrame = serde_json::from_str(&frame.text()).unwrap();
         assert_eq!(parsed.seq, 42);
         assert_eq!(parsed.message, ServerMessage::Pong { reference: Some(3) });
         let mut outbox = Outbox::default();
-        assert_eq!(outbox.push(&body).as_str(), body.frame(1).as_str());
+        assert_eq!(outbox.push(&body).text(), body.numbered(1).text());
         assert_eq!(outbox.next_seq(), 2);
         assert_eq!(outbox.replay_after(0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_frame_counts_the_length_of_its_text() {
+        for body in [
+            Body::default(),
+            Body::encode(&ServerMessage::Pong { reference: None }),
+        ] {
+            for seq in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
+                let frame = body.numbered(seq);
+                assert_eq!(frame.len(), frame.text().len(), "{seq} {}", body.as_str());
+            }
+        }
+        assert_eq!(Body::default().numbered(7).text().as_str(), "{\"seq\":7}");
+    }
+
+    #[test]
+    fn the_frames_of_a_broadcast_share_one_body() {
+        let body = Body::encode(&ServerMessage::Pong { reference: None });
+        let frames: Vec<Frame> = (1..=100).map(|seq| body.numbered(seq)).collect();
+        for frame in &frames {
+            let Frame::Numbered { body: shared, .. } = frame else {
+                panic!("numbered");
+            };
+            assert_eq!(shared.as_str().as_ptr(), body.as_str().as_ptr(), "no copy");
+        }
     }
 }

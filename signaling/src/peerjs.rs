@@ -424,7 +424,7 @@ impl PeerSocket {
             Outbound::Frame(frame) => frame,
             Outbound::Close { code, .. } => return Err(Some(code)),
         };
-        let Ok(parsed) = serde_json::from_str::<ServerFrame>(&frame) else {
+        let Ok(parsed) = serde_json::from_str::<ServerFrame>(&frame.text()) else {
             return Ok(());
         };
         self.last_seq = parsed.seq;

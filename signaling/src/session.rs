@@ -138,7 +138,7 @@ impl SocketTask {
 
     async fn on_outbound(&mut self, out: Outbound) -> Step {
         match out {
-            Outbound::Frame(frame) => match self.conn.send_text(frame).await {
+            Outbound::Frame(frame) => match self.conn.send_text(frame.text()).await {
                 Ok(()) => Step::Continue,
                 Err(_) => Step::Stop(LeaveReason::Disconnected),
             },
@@ -308,7 +308,7 @@ impl SocketTask {
                 tracing::Span::current().record("peer", attached.peer.as_str());
                 tracing::info!(peer = %attached.peer, replayed = attached.replay.len(), "attached");
                 for frame in attached.replay {
-                    if self.conn.send_text(frame).await.is_err() {
+                    if self.conn.send_text(frame.text()).await.is_err() {
                         return Step::Stop(LeaveReason::Disconnected);
                     }
                 }

@@ -368,7 +368,7 @@ impl YConnection {
                 };
             }
         };
-        let Ok(parsed) = serde_json::from_str::<ServerFrame>(&frame) else {
+        let Ok(parsed) = serde_json::from_str::<ServerFrame>(&frame.text()) else {
             return Ok(());
         };
         if let Some(sub) = self.topics.get_mut(topic) {

@@ -12,6 +12,7 @@ use futures_util::StreamExt as _;
 use super::inbox::{Offer, frame_seq};
 use super::{ClusterHub, Guard, channel};
 use crate::hub::{ConnId, SessionKey, close_code, encode};
+use crate::outbox::Frame;
 use crate::protocol::{ErrorCode, LeaveReason, RoomId, ServerFrame, ServerMessage};
 
 impl ClusterHub {
@@ -123,7 +124,7 @@ impl ClusterHub {
                 tokio::spawn(async move { hub.end_slow_consumer(room, key, conn).await });
                 return;
             }
-            session.tx.push(frame);
+            session.tx.push(Frame::Whole(frame));
         }
         session.close_if_due();
         if self.settings.memory.over() {

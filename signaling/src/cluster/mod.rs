@@ -38,7 +38,7 @@ use crate::hub::{
     close_code,
 };
 use crate::metrics::Metrics;
-use crate::outbox::to_json;
+use crate::outbox::{Frame, to_json};
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
     ServerMessage, SessionInfo,
@@ -655,7 +655,7 @@ impl ClusterHub {
             key,
             peer,
             token: req.token,
-            replay: all,
+            replay: all.into_iter().map(Frame::Whole).collect(),
         })
     }
 

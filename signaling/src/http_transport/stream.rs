@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::{Body, Bytes};
-use axum::extract::ws::Utf8Bytes;
 use axum::extract::{ConnectInfo, Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +23,7 @@ use crate::cluster::inbox::frame_seq;
 use crate::error::RequestError;
 use crate::hub::{ConnId, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey};
 use crate::listener::{HttpSlot, SlotLoan};
+use crate::outbox::Frame;
 use crate::protocol::{ErrorCode, LeaveReason, SUPPORTED_VERSIONS, http};
 use crate::ws::{address_slot, origin_allowed};
 
@@ -37,7 +37,7 @@ struct StreamSession {
     _tx: OutboundTx,
     rx: OutboundRx,
     /// Frames after the client's position, to write before the queue's.
-    replay: Vec<Utf8Bytes>,
+    replay: Vec<Frame>,
     _ip_slot: IpSlot,
     /// The connection is out of `--max-http-connections` while the stream counts as one.
     _http_slot: Option<SlotLoan>,
@@ -180,14 +180,18 @@ pub async fn events(
 }
 
 /// One SSE event per frame; `id` is the frame's seq.
-fn push_event(chunk: &mut String, frame: &str) {
-    if let Some(seq) = frame_seq(frame) {
+fn push_event(chunk: &mut String, frame: &Frame) {
+    let seq = match frame {
+        Frame::Numbered { seq, .. } => Some(*seq),
+        Frame::Whole(text) => frame_seq(text),
+    };
+    if let Some(seq) = seq {
         chunk.push_str("id: ");
         chunk.push_str(&seq.to_string());
         chunk.push('\n');
     }
     chunk.push_str("data: ");
-    chunk.push_str(frame);
+    frame.append_to(chunk);
     chunk.push_str("\n\n");
 }
 
@@ -249,7 +253,7 @@ fn gather(app: &AppState, rx: &mut OutboundRx, out: Option<Outbound>) -> Next {
             }
             Some(Outbound::Close { frame, code }) => {
                 if let Some(frame) = frame {
-                    push_event(&mut chunk, &frame);
+                    push_event(&mut chunk, &Frame::Whole(frame));
                     frames += 1;
                 }
                 chunk.push_str(&format!("event: {}\ndata: {code}\n\n", http::CLOSE_EVENT));
@@ -312,7 +316,7 @@ pub async fn poll(
         if i > 0 {
             body.push(',');
         }
-        body.push_str(frame);
+        frame.append_to(&mut body);
     }
     body.push(']');
     if let Some(code) = close {
@@ -323,14 +327,14 @@ pub async fn poll(
 }
 
 /// Adds `out` to a poll reply; returns the close code if it ends the session's stream.
-fn take(out: Outbound, frames: &mut Vec<Utf8Bytes>) -> Option<u16> {
+fn take(out: Outbound, frames: &mut Vec<Frame>) -> Option<u16> {
     match out {
         Outbound::Frame(frame) => {
             frames.push(frame);
             None
         }
         Outbound::Close { frame, code } => {
-            frames.extend(frame);
+            frames.extend(frame.map(Frame::Whole));
             Some(code)
         }
     }

@@ -642,6 +642,67 @@ async fn the_memory_budget_bounds_what_many_silent_receivers_and_parked_sessions
     assert_eq!(received, 400, "the reader that keeps up lost nothing");
 }
 
+/// One node shares a broadcast's text between every receiver that queues or keeps it; a
+/// cluster's nodes get a frame per receiver from Redis (and keep no replay buffers), so this
+/// runs on one node only.
+#[tokio::test]
+async fn a_broadcast_is_held_once_however_many_receivers_keep_it() {
+    if crate::support::cluster_nodes() > 1 {
+        return;
+    }
+    // 24 receivers that never acknowledge, each allowed 8 MiB of replay buffer, get 150
+    // broadcasts of 20 KB: 3 MB each, 72 MB if every receiver kept its own copy (measured
+    // before the bodies were shared: +71 MiB).
+    let server = Server::start(&[
+        "--memory-budget",
+        "1073741824",
+        "--replay-max-bytes",
+        "8388608",
+        "--replay-max-messages",
+        "100000",
+        "--outbound-queue",
+        "100000",
+        "--outbound-queue-bytes",
+        "8388608",
+        "--rate-limit",
+        "10000",
+        "--rate-burst",
+        "10000",
+    ]);
+    let (mut a, _) = Client::join(&server.ws_first("/ws/shared"), None).await;
+    let mut receivers = Vec::new();
+    for _ in 0..24 {
+        receivers.push(Client::join(&server.ws("/ws/shared"), None).await);
+        let _ = a.recv_message().await; // peer_joined
+    }
+    let before = peak_rss_kib(server.pid());
+    let blob = "s".repeat(20_000);
+    for _ in 0..150 {
+        a.send(&ClientMessage::Broadcast {
+            id: None,
+            data: serde_json::Value::String(blob.clone()),
+        })
+        .await;
+    }
+    // The last receiver got all 150: the broadcasts are in every replay buffer by now.
+    let (last, _) = receivers.last_mut().unwrap();
+    let mut got = 0;
+    while got < 150 {
+        match last.recv_within(Duration::from_secs(5)).await {
+            Some(frame) if matches!(frame.message, ServerMessage::Broadcast { .. }) => got += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert_eq!(got, 150);
+    let growth_mib = peak_rss_kib(server.pid()).saturating_sub(before) / 1024;
+    eprintln!("24 receivers keeping 150 x 20 KB broadcasts: peak RSS +{growth_mib} MiB");
+    assert!(
+        growth_mib < 24,
+        "peak RSS grew by {growth_mib} MiB: the broadcasts were copied per receiver"
+    );
+}
+
 #[tokio::test]
 async fn sessions_are_limited_per_client_address_parked_ones_included() {
     let server = Server::start(&["--max-sessions-per-ip", "3", "--resume-grace", "30s"]);
