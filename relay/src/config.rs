@@ -138,6 +138,13 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
+    /// Bytes queued towards one TCP/TLS client connection and not yet written to its socket
+    /// (write buffer included). A message that would go over it is dropped and counted
+    /// (`relay_stream_queue_drops_total`): a client that stops reading costs at most this much.
+    /// At least 65556 (one largest STUN or ChannelData message).
+    #[arg(long, env = "RELAY_STREAM_QUEUE_BYTES", default_value_t = DEFAULT_STREAM_QUEUE_BYTES)]
+    pub stream_queue_bytes: usize,
+
     /// A TLS client that has not finished its handshake this long after connecting is closed
     /// (e.g. `5s`, `1500ms`).
     #[arg(long, env = "RELAY_TLS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -227,6 +234,10 @@ pub struct Config {
     #[arg(long, env = "RELAY_NODE_LEASE", default_value = "5s", value_parser = parse_duration)]
     pub node_lease: Duration,
 }
+
+/// The default `--stream-queue-bytes`: 128 KiB, about 0.4 s of a 2.5 Mbit/s video call (older
+/// media is useless to a real-time client anyway).
+pub const DEFAULT_STREAM_QUEUE_BYTES: usize = 128 * 1024;
 
 /// Errors found while reading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -362,6 +373,12 @@ impl Config {
                 "--tls-handshake-timeout must be > 0".into(),
             ));
         }
+        if self.stream_queue_bytes < relay_proto::framing::MAX_FRAME_LEN {
+            return Err(ConfigError::Invalid(format!(
+                "--stream-queue-bytes must be at least {} (one largest message)",
+                relay_proto::framing::MAX_FRAME_LEN
+            )));
+        }
         if self.user_quota == 0 {
             return Err(ConfigError::Invalid(
                 "--user-quota must be at least 1".into(),
@@ -460,8 +477,8 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "  max tcp/tls connections: {} (tls handshake timeout {:?})",
-            self.max_connections, self.tls_handshake_timeout
+            "  max tcp/tls connections: {} (tls handshake timeout {:?}), {} B queued per connection",
+            self.max_connections, self.tls_handshake_timeout, self.stream_queue_bytes
         );
         let _ = writeln!(s, "  allow loopback peers: {}", self.allow_loopback_peers);
         let cidrs = |v: &[IpNet]| {
@@ -754,6 +771,7 @@ mod tests {
         assert_eq!(c.max_connections, 20_000);
         assert_eq!(c.tls_handshake_timeout, Duration::from_secs(5));
         assert_eq!(c.unauth_bytes, 2048);
+        assert_eq!(c.stream_queue_bytes, 128 * 1024);
         assert!(!c.allow_loopback_peers);
         assert!(!c.tls_enabled());
     }
@@ -818,6 +836,13 @@ mod tests {
         assert_eq!(c.tls_handshake_timeout, Duration::from_millis(1500));
         assert_eq!((c.unauth_bytes, c.max_connections), (0, 7));
         assert!(Config::from_args(["--tls-handshake-timeout", "0s"]).is_err());
+        assert_eq!(
+            Config::from_args(["--stream-queue-bytes", "70000"])
+                .unwrap()
+                .stream_queue_bytes,
+            70_000
+        );
+        assert!(Config::from_args(["--stream-queue-bytes", "65555"]).is_err());
     }
 
     #[test]

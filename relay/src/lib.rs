@@ -232,6 +232,7 @@ impl Relay {
                 tls_accept: tls_accept.clone(),
                 relay_ports: relay_ports.clone(),
                 connections: Arc::clone(&connections),
+                stream_queue_bytes: config.stream_queue_bytes,
                 metrics: Arc::clone(&metrics),
                 shutdown: shutdown_rx.clone(),
                 stopped: stopped_tx.clone(),

@@ -29,8 +29,16 @@ pub struct IoStats {
     pub tls_handshake_timeouts: u64,
     /// TLS handshakes in progress (gauge).
     pub tls_handshakes: u64,
-    /// Messages to a stream client dropped because its outbound queue was full.
+    /// Messages to a stream client dropped because its outbound queue was full (in messages
+    /// or in `--stream-queue-bytes`).
     pub stream_queue_drops: u64,
+    /// Bytes of those dropped messages.
+    pub stream_queue_dropped_bytes: u64,
+    /// Bytes queued towards stream clients and not yet flushed, all connections (gauge).
+    pub stream_queued_bytes: u64,
+    /// The most bytes queued towards any one stream connection (gauge; at most
+    /// `--stream-queue-bytes`).
+    pub stream_queued_bytes_max: u64,
     /// Stream connections refused because the relay was at `--max-connections`.
     pub stream_connections_refused: u64,
     /// Stream connections closed for framing errors (neither STUN nor ChannelData).
@@ -97,6 +105,9 @@ impl Metrics {
             t.tls_handshake_timeouts += s.tls_handshake_timeouts;
             t.tls_handshakes += s.tls_handshakes;
             t.stream_queue_drops += s.stream_queue_drops;
+            t.stream_queue_dropped_bytes += s.stream_queue_dropped_bytes;
+            t.stream_queued_bytes += s.stream_queued_bytes;
+            t.stream_queued_bytes_max = t.stream_queued_bytes_max.max(s.stream_queued_bytes_max);
             t.stream_framing_errors += s.stream_framing_errors;
             t.stream_connections_refused += s.stream_connections_refused;
             t.recv_errors += s.recv_errors;
@@ -376,8 +387,26 @@ impl Collector for Metrics {
         counter(
             &mut e,
             "relay_stream_queue_drops",
-            "Messages dropped on a full stream outbound queue",
+            "Messages dropped on a full stream outbound queue (--stream-queue-bytes or 512 messages)",
             io.stream_queue_drops,
+        )?;
+        counter(
+            &mut e,
+            "relay_stream_queue_dropped_bytes",
+            "Bytes of the messages dropped on a full stream outbound queue",
+            io.stream_queue_dropped_bytes,
+        )?;
+        gauge(
+            &mut e,
+            "relay_stream_queued_bytes",
+            "Bytes queued towards TCP/TLS clients and not yet written, all connections",
+            io.stream_queued_bytes,
+        )?;
+        gauge(
+            &mut e,
+            "relay_stream_queued_bytes_max",
+            "The most bytes queued towards one TCP/TLS connection (at most --stream-queue-bytes)",
+            io.stream_queued_bytes_max,
         )?;
         counter(
             &mut e,

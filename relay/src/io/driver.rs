@@ -35,6 +35,8 @@ pub(crate) struct WorkerSetup {
     pub(crate) relay_ports: RelayPorts,
     /// `--max-connections`, one counter for every worker.
     pub(crate) connections: Arc<ConnectionLimit>,
+    /// `--stream-queue-bytes`.
+    pub(crate) stream_queue_bytes: usize,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Dropped when the worker has stopped (the handle waits for all of them).
@@ -69,6 +71,7 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             tls_accept,
             relay_ports,
             connections,
+            stream_queue_bytes,
             metrics,
             mut shutdown,
             stopped,
@@ -96,7 +99,15 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             }
         };
         let core = Server::with_shared_quotas(server_config, shared);
-        let shard = Shard::new(index, core, udp, relay_ports, connections, metrics);
+        let shard = Shard::new(
+            index,
+            core,
+            udp,
+            relay_ports,
+            connections,
+            stream_queue_bytes,
+            metrics,
+        );
         for socket in shard.listeners() {
             tokio::task::spawn_local(run_udp_listener(Rc::clone(&shard), Rc::clone(socket)));
         }

@@ -16,12 +16,12 @@ use relay_proto::{
     AddressFamily, BindError, ClientAction, FiveTuple, HEADROOM, Output, PeerAction,
     RelayRequestId, Server, TAILROOM, Transport,
 };
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::conn_limit::{ConnectionLimit, ConnectionSlot};
 use super::relay_ports::RelayPorts;
 use super::send_batch::SendBatch;
+use super::stream::StreamSender;
 use super::udp::{BATCH, UdpSocket};
 use crate::metrics::{IoStats, Metrics};
 
@@ -45,9 +45,6 @@ struct RelaySlot {
     task: Option<JoinHandle<()>>,
 }
 
-/// The outbound queue of one TCP/TLS client connection.
-pub(crate) type StreamSender = mpsc::Sender<Vec<u8>>;
-
 /// Receive storage: `BATCH` slots and their metadata.
 struct RecvBuffers {
     storage: Vec<u8>,
@@ -68,6 +65,8 @@ pub(crate) struct Shard {
     relay_ports: RelayPorts,
     /// `--max-connections`, shared by every worker.
     connections: Arc<ConnectionLimit>,
+    /// `--stream-queue-bytes`: the outbound bytes one TCP/TLS connection may have queued.
+    stream_queue_bytes: usize,
     io_stats: Cell<IoStats>,
     metrics: Arc<Metrics>,
     last_publish: Cell<Instant>,
@@ -80,6 +79,7 @@ impl Shard {
         listeners: Vec<Rc<UdpSocket>>,
         relay_ports: RelayPorts,
         connections: Arc<ConnectionLimit>,
+        stream_queue_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> Rc<Self> {
         let listeners = listeners
@@ -102,6 +102,7 @@ impl Shard {
             batch: RefCell::new(SendBatch::new(ARENA)),
             relay_ports,
             connections,
+            stream_queue_bytes,
             io_stats: Cell::new(IoStats::default()),
             metrics,
             last_publish: Cell::new(Instant::now()),
@@ -244,6 +245,11 @@ impl Shard {
         self.drain_outputs(&mut core, now);
     }
 
+    /// `--stream-queue-bytes`.
+    pub(crate) fn stream_queue_bytes(&self) -> usize {
+        self.stream_queue_bytes
+    }
+
     /// Registers a new stream connection's outbound queue.
     pub(crate) fn stream_opened(&self, five: FiveTuple, tx: StreamSender) {
         self.streams.borrow_mut().insert(five, tx);
@@ -312,7 +318,7 @@ impl Shard {
         if now.duration_since(self.last_publish.get()) >= PUBLISH_EVERY {
             self.last_publish.set(now);
             self.metrics
-                .publish(self.index, core.stats(), &self.io_stats.get());
+                .publish(self.index, core.stats(), &self.io_snapshot());
         }
         drop(core);
         self.flush();
@@ -322,7 +328,21 @@ impl Shard {
     /// Publishes counters now (at shutdown).
     pub(crate) fn publish(&self) {
         self.metrics
-            .publish(self.index, self.core.borrow().stats(), &self.io_stats.get());
+            .publish(self.index, self.core.borrow().stats(), &self.io_snapshot());
+    }
+
+    /// The I/O counters with the queued-bytes gauges filled in.
+    fn io_snapshot(&self) -> IoStats {
+        let mut io = self.io_stats.get();
+        let (mut total, mut max) = (0usize, 0usize);
+        for sender in self.streams.borrow().values() {
+            let queued = sender.queued_bytes();
+            total += queued;
+            max = max.max(queued);
+        }
+        io.stream_queued_bytes = total as u64;
+        io.stream_queued_bytes_max = max as u64;
+        io
     }
 
     /// Acts on every queued output of the core.
@@ -433,9 +453,15 @@ impl Shard {
 
     fn queue_to_stream(&self, to: FiveTuple, data: Vec<u8>) {
         let streams = self.streams.borrow();
-        let Some(tx) = streams.get(&to) else { return };
-        if tx.try_send(data).is_err() {
-            self.count(|s| s.stream_queue_drops += 1);
+        let Some(sender) = streams.get(&to) else {
+            return;
+        };
+        let len = data.len() as u64;
+        if sender.try_push(data).is_err() {
+            self.count(|s| {
+                s.stream_queue_drops += 1;
+                s.stream_queue_dropped_bytes += len;
+            });
         }
     }
 

@@ -1,9 +1,13 @@
 //! One TURN-over-TCP or TURN-over-TLS client connection: the reader splits the byte stream into
 //! STUN messages (by their length field) and ChannelData messages (by their 4-byte header,
 //! padded to a multiple of 4: RFC 8656 section 11.5 / RFC 6062) and hands each to the shard; the
-//! writer drains a bounded outbound queue the shard fills, flushing after every batch (TLS
-//! buffers records until flushed), and writes out what is left when the connection closes.
+//! writer drains an outbound queue the shard fills, flushing after every batch (TLS buffers
+//! records until flushed), and writes out what is left when the connection closes. The queue is
+//! bounded in messages and in bytes (`--stream-queue-bytes`): a message that would take a
+//! connection over either bound is dropped and counted, so a client that stops reading costs
+//! the relay at most that many bytes of queued data.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use relay_proto::FiveTuple;
@@ -13,8 +17,14 @@ use tokio::sync::mpsc;
 
 use super::shard::Shard;
 
-/// Messages queued towards one stream client before new ones are dropped (and counted).
+/// Messages queued towards one stream client before new ones are dropped (and counted). The
+/// byte bound (`--stream-queue-bytes`) is usually the one that applies; this one caps the
+/// per-message overhead of many tiny messages.
 const OUTBOUND_QUEUE: usize = 512;
+
+/// Capacity of the write buffer that coalesces queued messages into one write (its contents
+/// count against `--stream-queue-bytes` until flushed).
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -35,8 +45,16 @@ where
 {
     let (reader, writer) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    shard.stream_opened(five, tx);
-    let mut writing = std::pin::pin!(write_queue(writer, rx));
+    let queued = Rc::new(Cell::new(0));
+    shard.stream_opened(
+        five,
+        StreamSender {
+            tx,
+            queued: Rc::clone(&queued),
+            max_bytes: shard.stream_queue_bytes(),
+        },
+    );
+    let mut writing = std::pin::pin!(write_queue(writer, rx, &queued));
     let client_finished = tokio::select! {
         () = read_frames(&shard, reader, five) => true,
         () = &mut writing => false,
@@ -85,14 +103,23 @@ async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, fiv
     }
 }
 
-async fn write_queue<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+/// Writes queued messages out. A message's bytes stay counted in `queued` until the flush
+/// that hands them to the kernel has completed, so the byte bound covers the write buffer too.
+async fn write_queue<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    queued: &Cell<usize>,
+) {
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, writer);
     while let Some(message) = rx.recv().await {
+        let mut batch = message.len();
         if writer.write_all(&message).await.is_err() {
             return;
         }
+        drop(message);
         // Coalesce whatever else is queued into the same write.
         while let Ok(more) = rx.try_recv() {
+            batch += more.len();
             if writer.write_all(&more).await.is_err() {
                 return;
             }
@@ -100,7 +127,113 @@ async fn write_queue<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::Receiver<Ve
         if writer.flush().await.is_err() {
             return;
         }
+        queued.set(queued.get().saturating_sub(batch));
     }
     // Every sender is gone (the connection is being closed): flush and close our side.
     let _ = writer.shutdown().await;
+}
+
+/// The shard's end of one connection's outbound queue.
+pub(crate) struct StreamSender {
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Bytes accepted onto the queue and not yet flushed to the socket (shared with the
+    /// connection's writer, on the same thread).
+    queued: Rc<Cell<usize>>,
+    /// `--stream-queue-bytes`.
+    max_bytes: usize,
+}
+
+/// A message not queued: the connection is over its message or byte bound, or closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueFull;
+
+impl StreamSender {
+    /// Queues `data` unless that would take the connection over `--stream-queue-bytes` or
+    /// [`OUTBOUND_QUEUE`] messages.
+    pub(crate) fn try_push(&self, data: Vec<u8>) -> Result<(), QueueFull> {
+        let queued = self.queued.get();
+        let len = data.len();
+        if queued.saturating_add(len) > self.max_bytes {
+            return Err(QueueFull);
+        }
+        self.tx.try_send(data).map_err(|_| QueueFull)?;
+        self.queued.set(queued + len);
+        Ok(())
+    }
+
+    /// Bytes queued and not yet flushed.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender(max_bytes: usize) -> (StreamSender, mpsc::Receiver<Vec<u8>>, Rc<Cell<usize>>) {
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let queued = Rc::new(Cell::new(0));
+        let s = StreamSender {
+            tx,
+            queued: Rc::clone(&queued),
+            max_bytes,
+        };
+        (s, rx, queued)
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_and_in_messages() {
+        let (s, _rx, _) = sender(1000);
+        assert_eq!(s.try_push(vec![0; 600]), Ok(()));
+        assert_eq!(
+            s.try_push(vec![0; 401]),
+            Err(QueueFull),
+            "over the byte bound"
+        );
+        assert_eq!(s.try_push(vec![0; 400]), Ok(()), "exactly at the bound");
+        assert_eq!(s.queued_bytes(), 1000);
+        assert_eq!(s.try_push(vec![0; 1]), Err(QueueFull));
+
+        let (s, _rx, _) = sender(usize::MAX);
+        for _ in 0..OUTBOUND_QUEUE {
+            assert_eq!(s.try_push(vec![0; 1]), Ok(()));
+        }
+        assert_eq!(
+            s.try_push(vec![0; 1]),
+            Err(QueueFull),
+            "over the message bound"
+        );
+        assert_eq!(s.queued_bytes(), OUTBOUND_QUEUE);
+    }
+
+    #[tokio::test]
+    async fn flushed_bytes_leave_the_count_and_a_stalled_writer_keeps_them() {
+        let (s, rx, queued) = sender(100_000);
+        // A peer that never reads: a 1 KiB pipe, so the writer stalls after about 1 KiB.
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        for _ in 0..10 {
+            s.try_push(vec![7; 5_000]).unwrap();
+        }
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            write_queue(ours, rx, &queued),
+        )
+        .await;
+        drop(s);
+        let left = queued.get();
+        assert_eq!(left, 50_000, "nothing flushed to a peer that never reads");
+
+        let (s, rx, queued) = sender(100_000);
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        for _ in 0..10 {
+            s.try_push(vec![7; 5_000]).unwrap();
+        }
+        drop(s);
+        write_queue(ours, rx, &queued).await;
+        assert_eq!(queued.get(), 0, "everything flushed");
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 50_000);
+    }
 }

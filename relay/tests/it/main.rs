@@ -9,6 +9,7 @@ mod embedded;
 mod limits;
 mod port_clash;
 mod security;
+mod slow_reader;
 mod stream_stress;
 mod streams;
 mod support;
