@@ -127,8 +127,8 @@ pub struct Config {
     pub unauth_rate: u32,
 
     /// Bytes of unauthenticated UDP responses (Binding, 401, 438, 400, 420) a source IP may
-    /// receive beyond the bytes of the STUN requests it sent (amplification allowance, per
-    /// worker; 0 = no byte limit).
+    /// receive beyond the bytes of the STUN requests it sent (amplification allowance, one
+    /// credit per source IP for the whole relay, in a fixed 512 KiB table; 0 = no byte limit).
     #[arg(long, env = "RELAY_UNAUTH_BYTES", default_value_t = relay_proto::DEFAULT_AMPLIFICATION_ALLOWANCE)]
     pub unauth_bytes: u32,
 

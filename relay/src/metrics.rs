@@ -328,7 +328,7 @@ impl Collector for Metrics {
         counter(
             &mut e,
             "relay_udp_unauthenticated_response_bytes",
-            "Bytes of unauthenticated responses sent over UDP (at most the request bytes plus --unauth-bytes per source IP and worker)",
+            "Bytes of unauthenticated responses sent over UDP (at most the request bytes plus --unauth-bytes per source IP)",
             s.udp_unauthenticated_response_bytes,
         )?;
         let quotas: Vec<(&'static str, u64)> = QuotaKind::ALL

@@ -1,112 +1,168 @@
 //! The amplification budget: over UDP a source address can be spoofed, so the bytes of
 //! unauthenticated responses (Binding, 401, 438, 400, 420) sent to a source IP (IPv6 per /64)
 //! may exceed the bytes of STUN requests received from it by at most a fixed allowance:
-//! `bytes out <= bytes in + allowance`, whatever the request mix or rate.
+//! `bytes out <= bytes in + allowance`, whatever the request mix or rate, and whichever worker
+//! (shard) the kernel hands each of its datagrams to.
 //!
 //! Every source starts with `allowance` bytes of credit; each request from it adds its size
 //! (capped at `allowance`), each unauthenticated response takes its size, and a response the
 //! credit cannot pay for is not sent. Authenticated requests earn credit like any other (a
 //! source that authenticates is not reflecting someone else's traffic: its nonce is bound to
-//! its IP). Sources without an entry have the full allowance, so the table only holds sources
-//! that used some of it; entries are forgotten once back at the allowance or idle for
-//! [`AmplificationBudget::IDLE_RESET`], and the table is bounded (when it is full of active
-//! sources, new ones get no unauthenticated answers).
+//! its IP). A source idle for [`AmplificationBudget::IDLE_RESET`] starts over.
+//!
+//! The credit lives in one table shared by every shard (in `SharedQuotas`): a fixed number of
+//! buckets ([`AmplificationBudget::DEFAULT_BUCKETS`], 8 bytes each), each an `AtomicU64` holding
+//! the bytes a source has spent beyond what it earned (its debt, at most the allowance) and the
+//! second of its last use. A source's bucket is chosen by a keyed hash of its IP (the key is
+//! random per process, so a remote party cannot aim at a given bucket). Memory is fixed and
+//! nothing is ever refused for lack of room; sources that share a bucket share one credit, so
+//! the bound holds for every bucket as a whole (the bytes sent to its sources never exceed the
+//! bytes received from them plus one allowance), which is stricter than per source. The table
+//! holds no clock: `now` comes in with every call, measured from the first `now` it saw.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::fast_hash::FastHash;
 use crate::quota::rate_key;
 
-/// One source's credit.
-#[derive(Clone, Copy, Debug)]
-struct Credit {
-    /// Bytes that may still be sent; at most the allowance.
-    bytes: u32,
-    /// The last request or response of this source.
-    last: Instant,
+/// Per-source-IP byte credit for unauthenticated UDP responses, shared by every shard (see the
+/// module docs).
+pub(crate) struct AmplificationBudget {
+    /// `debt` (low 32 bits) and `last use in seconds since `epoch`` (high 32 bits) per bucket;
+    /// allocated on first use.
+    buckets: OnceLock<Box<[AtomicU64]>>,
+    /// A power of two.
+    len: usize,
+    hasher: FastHash,
+    /// The first `now` seen: bucket times are seconds since it.
+    epoch: OnceLock<Instant>,
 }
 
-/// Per-source-IP byte credit for unauthenticated UDP responses (see the module docs).
-#[derive(Debug)]
-pub(crate) struct AmplificationBudget {
-    /// `None`: no byte limit.
-    allowance: Option<u32>,
-    max_entries: usize,
-    credits: HashMap<IpAddr, Credit>,
+impl std::fmt::Debug for AmplificationBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmplificationBudget")
+            .field("buckets", &self.len)
+            .field("allocated", &self.buckets.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AmplificationBudget {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_BUCKETS)
+    }
 }
 
 impl AmplificationBudget {
-    /// A source idle this long starts over with the full allowance (and leaves the table).
+    /// A source idle this long starts over with the full allowance.
     pub(crate) const IDLE_RESET: Duration = Duration::from_secs(60);
 
-    pub(crate) fn new(allowance: Option<u32>, max_entries: usize) -> Self {
+    /// Buckets of the shared table: 65,536 x 8 bytes = 512 KiB.
+    pub(crate) const DEFAULT_BUCKETS: usize = 1 << 16;
+
+    /// A table of `buckets` buckets (rounded up to a power of two).
+    pub(crate) fn new(buckets: usize) -> Self {
         Self {
-            allowance,
-            max_entries: max_entries.max(1),
-            credits: HashMap::new(),
+            buckets: OnceLock::new(),
+            len: buckets.max(1).next_power_of_two(),
+            hasher: FastHash::default(),
+            epoch: OnceLock::new(),
         }
     }
 
+    /// The table's size in bytes once allocated.
+    #[cfg(test)]
+    fn memory_bytes(&self) -> usize {
+        self.len * size_of::<AtomicU64>()
+    }
+
+    fn bucket(&self, ip: IpAddr) -> &AtomicU64 {
+        let buckets = self
+            .buckets
+            .get_or_init(|| (0..self.len).map(|_| AtomicU64::new(0)).collect());
+        let index = self.hasher.hash_one(rate_key(ip)) as usize & (self.len - 1);
+        &buckets[index]
+    }
+
+    fn seconds(&self, now: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_init(|| now);
+        u32::try_from(now.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
+    }
+
     /// `bytes` of a request arrived from `ip`: credit them (up to the allowance).
-    pub(crate) fn earn(&mut self, now: Instant, ip: IpAddr, bytes: usize) {
-        let Some(allowance) = self.allowance else {
+    pub(crate) fn earn(&self, allowance: Option<u32>, now: Instant, ip: IpAddr, bytes: usize) {
+        if allowance.is_none() {
             return;
-        };
-        // No entry: the source already has the full allowance.
-        if let Some(credit) = self.credits.get_mut(&rate_key(ip)) {
-            credit.bytes = credit.bytes.saturating_add(clamp(bytes)).min(allowance);
-            credit.last = now;
+        }
+        let bucket = self.bucket(ip);
+        let t = self.seconds(now);
+        let mut current = bucket.load(Ordering::Relaxed);
+        loop {
+            let debt = live_debt(current, t);
+            if debt == 0 {
+                // Already at the full allowance: nothing to write (the common case).
+                return;
+            }
+            let next = pack(t, debt.saturating_sub(clamp(bytes)));
+            match bucket.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(seen) => current = seen,
+            }
         }
     }
 
     /// Whether an unauthenticated response of `bytes` may go to `ip`; if so, it is charged.
-    pub(crate) fn try_spend(&mut self, now: Instant, ip: IpAddr, bytes: usize) -> bool {
-        let Some(allowance) = self.allowance else {
+    pub(crate) fn try_spend(
+        &self,
+        allowance: Option<u32>,
+        now: Instant,
+        ip: IpAddr,
+        bytes: usize,
+    ) -> bool {
+        let Some(allowance) = allowance else {
             return true;
         };
         let bytes = clamp(bytes);
-        let key = rate_key(ip);
-        if let Some(credit) = self.credits.get_mut(&key) {
-            credit.last = now;
-            if credit.bytes < bytes {
-                return false;
-            }
-            credit.bytes -= bytes;
-            return true;
-        }
         if bytes > allowance {
             return false;
         }
-        if self.credits.len() >= self.max_entries {
-            self.sweep(now);
-            if self.credits.len() >= self.max_entries {
-                // Full of sources in debt (a distributed flood): no new ones until they expire.
-                return false;
+        let bucket = self.bucket(ip);
+        let t = self.seconds(now);
+        let mut current = bucket.load(Ordering::Relaxed);
+        loop {
+            let debt = live_debt(current, t);
+            // A refused response still marks the source as active: a flood never resets.
+            let (allowed, next) = if allowance.saturating_sub(debt) >= bytes {
+                (true, pack(t, debt + bytes))
+            } else {
+                (false, pack(t, debt))
+            };
+            match bucket.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return allowed,
+                Err(seen) => current = seen,
             }
         }
-        self.credits.insert(
-            key,
-            Credit {
-                bytes: allowance - bytes,
-                last: now,
-            },
-        );
-        true
     }
+}
 
-    /// Forget sources back at the full allowance or idle for `IDLE_RESET`.
-    pub(crate) fn sweep(&mut self, now: Instant) {
-        let Some(allowance) = self.allowance else {
-            return;
-        };
-        self.credits.retain(|_, c| {
-            c.bytes < allowance && now.saturating_duration_since(c.last) < Self::IDLE_RESET
-        });
-    }
+fn pack(seconds: u32, debt: u32) -> u64 {
+    (u64::from(seconds) << 32) | u64::from(debt)
+}
 
-    pub(crate) fn len(&self) -> usize {
-        self.credits.len()
+/// The debt of a bucket at `t` seconds: zero once idle for `IDLE_RESET`.
+fn live_debt(bucket: u64, t: u32) -> u32 {
+    let last = (bucket >> 32) as u32;
+    let debt = bucket as u32;
+    if u64::from(t.saturating_sub(last)) >= AmplificationBudget::IDLE_RESET.as_secs() {
+        0
+    } else {
+        debt
     }
 }
 
@@ -116,6 +172,8 @@ fn clamp(bytes: usize) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn ip(s: &str) -> IpAddr {
@@ -125,15 +183,16 @@ mod tests {
     #[test]
     fn bytes_out_never_exceed_bytes_in_plus_the_allowance() {
         let t0 = Instant::now();
-        let mut b = AmplificationBudget::new(Some(200), 16);
+        let b = AmplificationBudget::default();
+        let a = Some(200);
         let src = ip("192.0.2.1");
         let (mut sent_in, mut sent_out) = (0usize, 0usize);
         // A flood of bare 20-byte requests, each answered with 68 bytes if the credit allows.
         for i in 0..1000u32 {
             let now = t0 + Duration::from_millis(u64::from(i));
-            b.earn(now, src, 20);
+            b.earn(a, now, src, 20);
             sent_in += 20;
-            if b.try_spend(now, src, 68) {
+            if b.try_spend(a, now, src, 68) {
                 sent_out += 68;
             }
             assert!(
@@ -152,53 +211,112 @@ mod tests {
     #[test]
     fn credit_is_capped_and_other_sources_are_independent() {
         let t0 = Instant::now();
-        let mut b = AmplificationBudget::new(Some(100), 16);
-        let a = ip("192.0.2.1");
-        assert!(b.try_spend(t0, a, 60));
-        assert!(!b.try_spend(t0, a, 60), "only 40 left");
+        let b = AmplificationBudget::default();
+        let a = Some(100);
+        let src = ip("192.0.2.1");
+        assert!(b.try_spend(a, t0, src, 60));
+        assert!(!b.try_spend(a, t0, src, 60), "only 40 left");
         // Large requests cannot bank more than the allowance.
-        b.earn(t0, a, 10_000);
-        assert!(b.try_spend(t0, a, 100));
-        assert!(!b.try_spend(t0, a, 1));
-        assert!(b.try_spend(t0, ip("192.0.2.2"), 100), "another source");
+        b.earn(a, t0, src, 10_000);
+        assert!(b.try_spend(a, t0, src, 100));
+        assert!(!b.try_spend(a, t0, src, 1));
+        assert!(b.try_spend(a, t0, ip("192.0.2.2"), 100), "another source");
         // IPv6 sources share a budget per /64.
-        assert!(b.try_spend(t0, ip("2001:db8:1:2::1"), 100));
-        assert!(!b.try_spend(t0, ip("2001:db8:1:2::ffff"), 1));
+        assert!(b.try_spend(a, t0, ip("2001:db8:1:2::1"), 100));
+        assert!(!b.try_spend(a, t0, ip("2001:db8:1:2::ffff"), 1));
         assert!(
-            b.try_spend(t0, ip("::ffff:192.0.2.3"), 100),
+            b.try_spend(a, t0, ip("::ffff:192.0.2.3"), 100),
             "mapped = IPv4"
         );
-        assert!(!b.try_spend(t0, ip("192.0.2.3"), 1));
-    }
-
-    #[test]
-    fn idle_and_refilled_sources_leave_the_table_and_it_stays_bounded() {
-        let t0 = Instant::now();
-        let mut b = AmplificationBudget::new(Some(100), 2);
-        assert!(b.try_spend(t0, ip("192.0.2.1"), 100));
-        assert!(b.try_spend(t0, ip("192.0.2.2"), 50));
+        assert!(!b.try_spend(a, t0, ip("192.0.2.3"), 1));
         assert!(
-            !b.try_spend(t0, ip("192.0.2.3"), 1),
-            "table full of sources in debt"
+            !b.try_spend(a, t0, ip("192.0.2.9"), 101),
+            "over the allowance"
         );
-        b.earn(t0, ip("192.0.2.2"), 50);
-        b.sweep(t0);
-        assert_eq!(b.len(), 1, "a source back at the allowance is forgotten");
-        assert!(b.try_spend(t0, ip("192.0.2.3"), 1));
-        let later = t0 + AmplificationBudget::IDLE_RESET;
-        b.sweep(later);
-        assert_eq!(b.len(), 0, "idle sources start over");
-        assert!(b.try_spend(later, ip("192.0.2.1"), 100));
     }
 
     #[test]
-    fn disabled_budget_allows_everything_and_keeps_nothing() {
+    fn idle_sources_start_over_and_a_flood_never_idles() {
         let t0 = Instant::now();
-        let mut b = AmplificationBudget::new(None, 2);
-        for _ in 0..100 {
-            assert!(b.try_spend(t0, ip("192.0.2.1"), 10_000));
+        let b = AmplificationBudget::default();
+        let a = Some(100);
+        let src = ip("192.0.2.1");
+        assert!(b.try_spend(a, t0, src, 100));
+        // Refused every 30 s: still active, still in debt.
+        for k in 1..=4 {
+            assert!(!b.try_spend(a, t0 + Duration::from_secs(30 * k), src, 1));
         }
-        b.earn(t0, ip("192.0.2.1"), 1);
-        assert_eq!(b.len(), 0);
+        let idle = t0 + Duration::from_secs(120) + AmplificationBudget::IDLE_RESET;
+        assert!(b.try_spend(a, idle, src, 100), "idle: the full allowance");
+    }
+
+    #[test]
+    fn the_table_is_fixed_and_colliding_sources_share_one_credit() {
+        let t0 = Instant::now();
+        // Two buckets for 1,000 sources: every source is someone's neighbour.
+        let b = AmplificationBudget::new(2);
+        assert_eq!(b.memory_bytes(), 16);
+        let a = Some(1000);
+        let mut sent = 0;
+        for i in 0..1000u32 {
+            let src = IpAddr::from(std::net::Ipv4Addr::from(0xc000_0200 + i));
+            if b.try_spend(a, t0, src, 100) {
+                sent += 100;
+            }
+        }
+        // Nothing was refused for lack of room; the two buckets paid for two allowances.
+        assert_eq!(sent, 2000);
+        assert_eq!(
+            AmplificationBudget::default().memory_bytes(),
+            512 * 1024,
+            "the documented size"
+        );
+    }
+
+    #[test]
+    fn the_bound_holds_across_threads_sharing_the_table() {
+        const THREADS: usize = 4;
+        const ROUNDS: usize = 20_000;
+        let t0 = Instant::now();
+        let b = Arc::new(AmplificationBudget::default());
+        let a = Some(2048);
+        let src = ip("198.51.100.7");
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let b = Arc::clone(&b);
+                std::thread::spawn(move || {
+                    let (mut earned, mut spent) = (0usize, 0usize);
+                    for _ in 0..ROUNDS {
+                        b.earn(a, t0, src, 20);
+                        earned += 20;
+                        if b.try_spend(a, t0, src, 68) {
+                            spent += 68;
+                        }
+                    }
+                    (earned, spent)
+                })
+            })
+            .collect();
+        let (earned, spent) = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |(e, s), (e2, s2)| (e + e2, s + s2));
+        assert!(
+            spent <= earned + 2048,
+            "{spent} out for {earned} in across {THREADS} threads"
+        );
+        // And the shared credit still pays for most of it (nothing lost to sharing).
+        assert!(spent * 10 >= earned * 9, "{spent} vs {earned}");
+    }
+
+    #[test]
+    fn disabled_budget_allows_everything_and_allocates_nothing() {
+        let t0 = Instant::now();
+        let b = AmplificationBudget::default();
+        for _ in 0..100 {
+            assert!(b.try_spend(None, t0, ip("192.0.2.1"), 10_000));
+        }
+        b.earn(None, t0, ip("192.0.2.1"), 1);
+        assert!(b.buckets.get().is_none());
     }
 }

@@ -18,8 +18,8 @@
 //! # Sharding
 //! One `Server` per SO_REUSEPORT socket (per core), each owning the allocations of the clients
 //! the kernel hashes to it and their relay sockets, without locks. Only the allocation counts
-//! are global: create one `Arc<SharedQuotas>` and pass it to every shard with
-//! [`Server::with_shared_quotas`]. See `docs/relay.md`.
+//! and the amplification credit per source IP are global: create one `Arc<SharedQuotas>` and
+//! pass it to every shard with [`Server::with_shared_quotas`]. See `docs/relay.md`.
 //!
 //! # Layout
 //! `message` / `attributes` (borrowed STUN codec), `channel_data` (4-byte header, hot path),
@@ -30,6 +30,9 @@
 //!
 //! # API changes
 //! Newest first. Changes since the first published API (a28a13f):
+//! - The amplification credit (`Quotas::amplification_allowance`) moved from each `Server` into
+//!   `SharedQuotas` (a fixed table of atomic buckets): shards sharing one `SharedQuotas` share
+//!   one credit per source IP. `Server::new` keeps its own. No signature changed.
 //! - `Quotas` gained `amplification_allowance` (default `Some(2048)`), `QuotaKind` the variant
 //!   `UnauthenticatedBytes`, `Stats` the fields `udp_request_bytes` and
 //!   `udp_unauthenticated_response_bytes`; `DenyReason` the variant `Anycast`. Requests of an

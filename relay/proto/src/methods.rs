@@ -134,7 +134,12 @@ impl Server {
         if from.transport == Transport::Udp {
             let len = msg.raw().len();
             self.stats.udp_request_bytes += len as u64;
-            self.amplification.earn(now, from.client.ip(), len);
+            self.shared.amplification.earn(
+                self.config.quotas.amplification_allowance,
+                now,
+                from.client.ip(),
+                len,
+            );
         }
         let method = msg.method();
         if !is_supported_request(method) {
@@ -722,15 +727,16 @@ impl Server {
         }
         let data = b.finish();
         if to.transport == Transport::Udp {
-            if !self
-                .amplification
-                .try_spend(now, to.client.ip(), data.len())
-            {
+            if !self.shared.amplification.try_spend(
+                self.config.quotas.amplification_allowance,
+                now,
+                to.client.ip(),
+                data.len(),
+            ) {
                 self.stats.quota_hits[QuotaKind::UnauthenticatedBytes.index()] += 1;
                 trace!(client = %to.client, "amplification budget: response not sent");
                 return;
             }
-            self.arm_sweep(now);
             self.stats.udp_unauthenticated_response_bytes += data.len() as u64;
         }
         self.outputs.push_back(Output::Transmit { to, data });

@@ -1,13 +1,15 @@
 //! Quotas and abuse limits: per-user and total allocation counts shared by every shard
 //! (`SharedQuotas`), per-allocation token buckets, and bounded per-source-IP rate limiters for
 //! unauthenticated requests and 401 responses (the byte budget of unauthenticated responses is
-//! `amplification`).
+//! `amplification`, one table in `SharedQuotas` for every shard).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::amplification::AmplificationBudget;
 
 /// A rate with a burst allowance (token bucket parameters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,8 +100,9 @@ pub struct Quotas {
     /// 401 responses per source IP (IPv6 per /64): beyond it requests are dropped silently.
     pub unauthorized_per_ip: Option<RateLimit>,
     /// UDP only: bytes of unauthenticated responses a source IP (IPv6 per /64) may receive
-    /// beyond the bytes of the requests it sent (`bytes out <= bytes in + allowance`); a
-    /// response over it is not sent. `None`: no byte limit.
+    /// beyond the bytes of the requests it sent (`bytes out <= bytes in + allowance`), across
+    /// every shard sharing one `SharedQuotas`; a response over it is not sent. `None`: no byte
+    /// limit.
     pub amplification_allowance: Option<u32>,
     /// Maximum tracked source IPs per limiter (a bounded table; idle entries are swept).
     pub rate_limit_table_size: usize,
@@ -127,14 +130,19 @@ impl Default for Quotas {
     }
 }
 
-/// Allocation counters shared by every shard's `Server` (wrap in an `Arc`). Only touched when
-/// an allocation is created or freed, never on the relay path.
+/// State shared by every shard's `Server` (wrap in an `Arc`): allocation counters (only
+/// touched when an allocation is created or freed, never on the relay path), the drain flag,
+/// and the amplification byte credit of unauthenticated UDP responses per source IP (a fixed
+/// table of 65,536 atomic buckets, 512 KiB, allocated on first use), so that a source whose
+/// datagrams the kernel spreads over several shards has one credit, not one per shard.
 #[derive(Debug, Default)]
 pub struct SharedQuotas {
     total: AtomicU32,
     /// Username -> live allocations. A `Mutex` is fine: held for a map update on the control path.
     per_user: Mutex<HashMap<String, u32>>,
     draining: AtomicBool,
+    /// `Quotas::amplification_allowance` credit per source IP, for every shard.
+    pub(crate) amplification: AmplificationBudget,
 }
 
 impl SharedQuotas {

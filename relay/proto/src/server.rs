@@ -12,7 +12,6 @@ use std::time::Instant;
 use tracing::trace;
 
 use crate::allocation::{Allocation, PendingAllocation};
-use crate::amplification::AmplificationBudget;
 use crate::attributes::{self, DATA, XOR_PEER_ADDRESS};
 use crate::auth::Authenticator;
 use crate::channel_data;
@@ -65,8 +64,6 @@ pub struct Server {
     pub(crate) unauthenticated: IpRateLimiter,
     /// 401/438 responses per source IP.
     pub(crate) unauthorized: IpRateLimiter,
-    /// Byte credit of unauthenticated UDP responses per source IP.
-    pub(crate) amplification: AmplificationBudget,
     pub(crate) next_sweep: Option<Instant>,
     pub(crate) outputs: VecDeque<Output>,
     pub(crate) stats: Stats,
@@ -89,8 +86,6 @@ impl Server {
         let q = &config.quotas;
         let unauthenticated = IpRateLimiter::new(q.unauthenticated_per_ip, q.rate_limit_table_size);
         let unauthorized = IpRateLimiter::new(q.unauthorized_per_ip, q.rate_limit_table_size);
-        let amplification =
-            AmplificationBudget::new(q.amplification_allowance, q.rate_limit_table_size);
         let draining = config.draining;
         Self {
             config,
@@ -108,7 +103,6 @@ impl Server {
             expiry: ExpiryQueue::default(),
             unauthenticated,
             unauthorized,
-            amplification,
             next_sweep: None,
             outputs: VecDeque::new(),
             stats: Stats::default(),
@@ -378,9 +372,7 @@ impl Server {
         if self.next_sweep.is_some_and(|at| now >= at) {
             self.unauthenticated.sweep(now);
             self.unauthorized.sweep(now);
-            self.amplification.sweep(now);
-            let tracked =
-                self.unauthenticated.len() + self.unauthorized.len() + self.amplification.len();
+            let tracked = self.unauthenticated.len() + self.unauthorized.len();
             self.next_sweep = (tracked > 0).then(|| now + IpRateLimiter::SWEEP_INTERVAL);
         }
     }

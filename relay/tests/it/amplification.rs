@@ -1,8 +1,9 @@
 //! Amplification through the real binary on loopback: the size of the answer to each kind of
 //! unauthenticated request (the RFC minimum, or nothing where the RFC allows dropping it), and
 //! the bytes a single source gets back under a flood: never more than it sent plus the
-//! `--unauth-bytes` allowance. A control run with the byte budget off shows the measurement
-//! would catch a relay that amplifies.
+//! `--unauth-bytes` allowance, also when its datagrams come from many ports and the kernel
+//! spreads them over several workers (the credit is one for the whole relay). A control run
+//! with the byte budget off shows the measurement would catch a relay that amplifies.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -123,32 +124,40 @@ struct Flood {
     relay_out: u64,
 }
 
-/// Floods the relay from one socket with `rounds` x (bare Allocate, Binding, Binding with an
-/// unknown attribute: 401, success and 420, the three unauthenticated answers) in bursts,
-/// counting the bytes each way.
-fn flood(relay: &RelayProcess, rounds: usize) -> Flood {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let receiver = socket.try_clone().unwrap();
-    receiver
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+/// Floods the relay from `sources` sockets of 127.0.0.1 (one source IP, as many source ports:
+/// with several workers the kernel spreads them over every worker) with `rounds` x (bare
+/// Allocate, Binding, Binding with an unknown attribute: 401, success and 420, the three
+/// unauthenticated answers) in bursts, round `i` from socket `i % sources`, counting the bytes
+/// each way.
+fn flood(relay: &RelayProcess, rounds: usize, sources: usize) -> Flood {
+    let sockets: Vec<UdpSocket> = (0..sources)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
     let done = Arc::new(AtomicBool::new(false));
-    let counting = {
-        let done = Arc::clone(&done);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            let mut received = 0u64;
-            // Bounded: at most a million datagrams, and it stops after a quiet read once done.
-            for _ in 0..1_000_000 {
-                match receiver.recv_from(&mut buf) {
-                    Ok((n, _)) => received += n as u64,
-                    Err(_) if done.load(Ordering::Acquire) => break,
-                    Err(_) => {}
+    let counting: Vec<_> = sockets
+        .iter()
+        .map(|socket| {
+            let receiver = socket.try_clone().unwrap();
+            receiver
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                let mut received = 0u64;
+                // Bounded: at most a million datagrams, and it stops after a quiet read once
+                // done.
+                for _ in 0..1_000_000 {
+                    match receiver.recv_from(&mut buf) {
+                        Ok((n, _)) => received += n as u64,
+                        Err(_) if done.load(Ordering::Acquire) => break,
+                        Err(_) => {}
+                    }
                 }
-            }
-            received
+                received
+            })
         })
-    };
+        .collect();
     let packets = [
         request(ALLOCATE, 1, &[]),
         request(BINDING, 2, &[]),
@@ -156,6 +165,7 @@ fn flood(relay: &RelayProcess, rounds: usize) -> Flood {
     ];
     let mut sent = 0u64;
     for round in 0..rounds {
+        let socket = &sockets[round % sources];
         for p in &packets {
             socket.send_to(p, relay.udp).unwrap();
             sent += p.len() as u64;
@@ -167,7 +177,7 @@ fn flood(relay: &RelayProcess, rounds: usize) -> Flood {
     }
     std::thread::sleep(Duration::from_millis(200));
     done.store(true, Ordering::Release);
-    let received = counting.join().unwrap();
+    let received = counting.into_iter().map(|c| c.join().unwrap()).sum();
     // The counters are published every 200 ms (a datagram lost on loopback never arrives).
     wait_until(Duration::from_secs(3), || {
         relay.metric("relay_udp_request_bytes_total") >= sent
@@ -181,7 +191,13 @@ fn flood(relay: &RelayProcess, rounds: usize) -> Flood {
     }
 }
 
+/// A relay with one worker and `extra` flags.
 fn start(extra: &[&str]) -> RelayProcess {
+    start_with_workers(1, extra)
+}
+
+fn start_with_workers(workers: usize, extra: &[&str]) -> RelayProcess {
+    let workers = workers.to_string();
     RelayProcess::start_raw(
         &[
             &[
@@ -190,7 +206,7 @@ fn start(extra: &[&str]) -> RelayProcess {
                 "--admin-listen",
                 "127.0.0.1:0",
                 "--workers",
-                "1",
+                &workers,
                 "--user",
                 "u:p",
             ],
@@ -211,7 +227,7 @@ fn one_source_never_gets_back_more_than_it_sent_plus_the_allowance() {
         ("defaults", &[][..]),
     ] {
         let relay = start(extra);
-        let f = flood(&relay, ROUNDS);
+        let f = flood(&relay, ROUNDS, 1);
         eprintln!(
             "{name}: sent {} B, received {} B (ratio {:.3}); relay counted {} B in, {} B out \
              (ratio {:.3}), {} responses withheld",
@@ -241,7 +257,7 @@ fn one_source_never_gets_back_more_than_it_sent_plus_the_allowance() {
     // Control: without the byte budget and the rate limits, the same flood is amplified
     // (about 136 B out per 64 B in), so the bound above is a real one.
     let relay = start(&["--unauth-rate", "0", "--unauth-bytes", "0"]);
-    let f = flood(&relay, ROUNDS);
+    let f = flood(&relay, ROUNDS, 1);
     eprintln!(
         "no limits: sent {} B, received {} B (ratio {:.3})",
         f.sent,
@@ -254,4 +270,49 @@ fn one_source_never_gets_back_more_than_it_sent_plus_the_allowance() {
         f.relay_out,
         f.relay_in
     );
+}
+
+/// Workers and source ports of the multi-worker flood.
+const WORKERS: usize = 4;
+const SOURCES: usize = 32;
+
+#[test]
+fn one_source_ip_spread_over_every_worker_gets_one_allowance_in_all() {
+    // 32 source ports of one IP: the kernel's SO_REUSEPORT hash spreads them over the 4
+    // workers, so a credit kept per worker would let about 4 x 2048 B more out than in; the
+    // shared credit keeps it to one allowance. The byte budget alone (the request-rate limits
+    // would hide it), then the defaults.
+    for (name, extra) in [
+        ("byte budget only", &["--unauth-rate", "0"][..]),
+        ("defaults", &[][..]),
+    ] {
+        let relay = start_with_workers(WORKERS, extra);
+        let f = flood(&relay, ROUNDS, SOURCES);
+        eprintln!(
+            "{WORKERS} workers, {SOURCES} source ports, {name}: sent {} B, received {} B \
+             (ratio {:.3}, {} B over what was sent); relay counted {} B in, {} B out \
+             (ratio {:.3}), {} responses withheld",
+            f.sent,
+            f.received,
+            f.received as f64 / f.sent as f64,
+            f.received as i64 - f.sent as i64,
+            f.relay_in,
+            f.relay_out,
+            f.relay_out as f64 / f.relay_in.max(1) as f64,
+            relay.metric("relay_quota_hits_total{quota=\"unauthenticated_bytes\"}"),
+        );
+        assert!(f.relay_in > 0 && f.relay_in <= f.sent, "{name}: relay_in");
+        assert!(
+            f.received <= f.sent + ALLOWANCE,
+            "{name}: received {} > sent {} + {ALLOWANCE} (one allowance per worker?)",
+            f.received,
+            f.sent
+        );
+        assert!(
+            f.relay_out <= f.relay_in + ALLOWANCE,
+            "{name}: relay out {} > in {} + {ALLOWANCE}",
+            f.relay_out,
+            f.relay_in
+        );
+    }
 }

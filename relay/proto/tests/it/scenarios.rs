@@ -795,6 +795,39 @@ fn binding_response_is_minimal_and_never_larger_than_the_request() {
 }
 
 #[test]
+fn the_amplification_credit_is_one_for_every_shard_sharing_the_quotas() {
+    // Four shards (as four workers with SO_REUSEPORT), one source IP whose datagrams come
+    // from many ports and so land on every shard: one allowance in all, not one per shard.
+    let t0 = std::time::Instant::now();
+    let mut cfg = config(t0);
+    cfg.quotas.amplification_allowance = Some(300);
+    let shared = std::sync::Arc::new(SharedQuotas::new());
+    let mut shards: Vec<Server> = (0..4)
+        .map(|_| Server::with_shared_quotas(cfg.clone(), shared.clone()))
+        .collect();
+    let (mut sent, mut answered) = (0u64, 0u64);
+    for i in 0..400u16 {
+        let from = udp(&format!("192.0.2.77:{}", 40_000 + i));
+        let shard = &mut shards[usize::from(i) % 4];
+        let req =
+            MessageBuilder::new(ALLOCATE, Class::Request, TransactionId([i as u8; 12])).finish();
+        sent += req.len() as u64;
+        let action = shard.handle_client_packet(t0, from, &req);
+        assert!(matches!(action, ClientAction::Queued | ClientAction::Drop));
+        while let Some(o) = shard.poll_output() {
+            if let Output::Transmit { data, .. } = o {
+                answered += data.len() as u64;
+            }
+        }
+        assert!(
+            answered <= sent + 300,
+            "request {i}: {answered} > {sent} + 300 (a credit per shard?)"
+        );
+    }
+    assert!(answered + 72 + 20 > sent + 300, "{answered} for {sent}");
+}
+
+#[test]
 fn unsupported_methods_are_dropped_and_unauthenticated_udp_bytes_stay_within_the_allowance() {
     let t0 = std::time::Instant::now();
     let mut cfg = config(t0);
