@@ -30,6 +30,9 @@
 //!
 //! # API changes
 //! Newest first. Changes since the first published API (a28a13f):
+//! - `Output` is no longer `#[non_exhaustive]`: it is workspace-internal, and the I/O layer
+//!   matches every variant and field so that a new one cannot be ignored. RESERVATION-TOKENs
+//!   moved into `SharedQuotas`, so a token issued by one shard is honoured by another.
 //! - The amplification credit (`Quotas::amplification_allowance`) moved from each `Server` into
 //!   `SharedQuotas` (a fixed table of atomic buckets): shards sharing one `SharedQuotas` share
 //!   one credit per source IP. `Server::new` keeps its own. No signature changed.

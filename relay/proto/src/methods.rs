@@ -30,8 +30,6 @@ use crate::server::{Server, later};
 
 /// How long a RESERVATION-TOKEN stays valid (RFC 8656 suggests about 30 s).
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
-/// Bound on outstanding reservations per shard.
-const MAX_RESERVATIONS: usize = 4096;
 
 /// Size of a FINGERPRINT attribute.
 const FINGERPRINT_SIZE: usize = 8;
@@ -353,25 +351,20 @@ impl Server {
     }
 
     /// RFC 8656 section 7.2 (EVEN-PORT with R): remember `address` for a later Allocate
-    /// carrying the returned RESERVATION-TOKEN. The port is not held open: if something else
-    /// binds it meanwhile, that Allocate gets 508.
+    /// carrying the returned RESERVATION-TOKEN, in `SharedQuotas` so that the Allocate may come
+    /// from another source port (as the RTCP half of an RTP/RTCP pair does) and so reach
+    /// another shard. The port is not held open: if something else binds it meanwhile, that
+    /// Allocate gets 508.
     fn reserve(&mut self, address: SocketAddr, now: Instant) -> [u8; 8] {
-        if self.reservations.len() >= MAX_RESERVATIONS {
-            self.reservations.retain(|_, (_, until)| *until > now);
-            if self.reservations.len() >= MAX_RESERVATIONS {
-                self.reservations.clear();
-            }
-        }
         let token: [u8; 8] = rand::random();
-        self.reservations
-            .insert(token, (address, later(now, RESERVATION_LIFETIME)));
+        self.shared
+            .reserve(token, address, now, later(now, RESERVATION_LIFETIME));
         token
     }
 
     /// The address reserved under `token`, if it has not expired (single use).
     fn take_reservation(&mut self, token: [u8; 8], now: Instant) -> Option<SocketAddr> {
-        let (address, until) = self.reservations.remove(&token)?;
-        (now < until).then_some(address)
+        self.shared.take_reservation(token, now)
     }
 
     fn allocate_success(&self, tid: TransactionId, a: &Allocation, now: Instant) -> MessageBuilder {

@@ -83,9 +83,10 @@ impl std::fmt::Display for BindError {
     }
 }
 
-/// A queued control output, from `Server::poll_output`.
+/// A queued control output, from `Server::poll_output`. Deliberately exhaustive (no
+/// `#[non_exhaustive]`): the I/O layer matches every variant and destructures every field, so a
+/// field added here (as `BindRelay::address` once was) does not compile until it is handled.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Output {
     /// Send `data` to the client on `to` (STUN responses, Data indications; already padded for
     /// stream transports).

@@ -4,7 +4,7 @@
 //! `amplification`, one table in `SharedQuotas` for every shard).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -143,7 +143,14 @@ pub struct SharedQuotas {
     draining: AtomicBool,
     /// `Quotas::amplification_allowance` credit per source IP, for every shard.
     pub(crate) amplification: AmplificationBudget,
+    /// RESERVATION-TOKEN -> (reserved relay address, valid until), for every shard: the
+    /// Allocate that claims a reservation may reach another shard than the one that made it.
+    /// Touched only by Allocates with EVEN-PORT (R bit) or RESERVATION-TOKEN.
+    reservations: Mutex<HashMap<[u8; 8], (SocketAddr, Instant)>>,
 }
+
+/// Bound on outstanding RESERVATION-TOKENs of the whole relay (each about 64 bytes).
+const MAX_RESERVATIONS: usize = 16_384;
 
 impl SharedQuotas {
     /// Empty counters.
@@ -206,6 +213,38 @@ impl SharedQuotas {
             }
             self.total.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Remember `address` under `token` until `until` (RFC 8656 section 7.2). At the bound,
+    /// expired reservations are dropped first, then all of them.
+    pub(crate) fn reserve(
+        &self,
+        token: [u8; 8],
+        address: SocketAddr,
+        now: Instant,
+        until: Instant,
+    ) {
+        let mut map = self
+            .reservations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= MAX_RESERVATIONS {
+            map.retain(|_, (_, u)| *u > now);
+            if map.len() >= MAX_RESERVATIONS {
+                map.clear();
+            }
+        }
+        map.insert(token, (address, until));
+    }
+
+    /// The address reserved under `token`, if it has not expired (single use).
+    pub(crate) fn take_reservation(&self, token: [u8; 8], now: Instant) -> Option<SocketAddr> {
+        let (address, until) = self
+            .reservations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&token)?;
+        (now < until).then_some(address)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {

@@ -57,8 +57,6 @@ pub struct Server {
     pub(crate) pending: HashMap<RelayRequestId, PendingAllocation>,
     pub(crate) pending_by_five_tuple: HashMap<FiveTuple, RelayRequestId>,
     pub(crate) next_request: u64,
-    /// RESERVATION-TOKEN -> (reserved relay address, valid until).
-    pub(crate) reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
     pub(crate) expiry: ExpiryQueue,
     /// Requests without MESSAGE-INTEGRITY per source IP.
     pub(crate) unauthenticated: IpRateLimiter,
@@ -99,7 +97,6 @@ impl Server {
             pending: HashMap::new(),
             pending_by_five_tuple: HashMap::new(),
             next_request: 0,
-            reservations: HashMap::new(),
             expiry: ExpiryQueue::default(),
             unauthenticated,
             unauthorized,

@@ -67,6 +67,20 @@ impl RelayPorts {
         Err(BindError::NoCapacity)
     }
 
+    /// Binds exactly `addr` (a reserved port): it must be on a relay IP and inside the range;
+    /// `NoCapacity` if it is not, or if anything holds it.
+    pub(crate) fn bind_exact(&self, addr: SocketAddr) -> Result<Socket, BindError> {
+        let ours = Some(addr.ip()) == self.v4 || Some(addr.ip()) == self.v6;
+        if !ours || !(self.low..=self.high).contains(&addr.port()) {
+            tracing::debug!(%addr, "reserved relay address outside the relay IPs or ports");
+            return Err(BindError::NoCapacity);
+        }
+        self.try_bind(addr).map_err(|e| {
+            tracing::debug!(%addr, error = %e, "reserved relay port is taken");
+            BindError::NoCapacity
+        })
+    }
+
     fn try_bind(&self, addr: SocketAddr) -> io::Result<Socket> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() {
@@ -103,6 +117,26 @@ mod tests {
             ports.bind(AddressFamily::V6, false).err(),
             Some(BindError::FamilyNotSupported)
         );
+    }
+
+    #[test]
+    fn binds_exactly_the_reserved_address_or_refuses() {
+        let ports = RelayPorts::new(&["127.0.0.1".parse().unwrap()], 40300, 40310, 0);
+        let addr: SocketAddr = "127.0.0.1:40305".parse().unwrap();
+        let held = ports.bind_exact(addr).expect("a free reserved port");
+        assert_eq!(held.local_addr().unwrap().as_socket(), Some(addr));
+        assert_eq!(
+            ports.bind_exact(addr).err(),
+            Some(BindError::NoCapacity),
+            "taken"
+        );
+        for outside in ["127.0.0.1:40311", "127.0.0.2:40306", "[::1]:40306"] {
+            assert_eq!(
+                ports.bind_exact(outside.parse().unwrap()).err(),
+                Some(BindError::NoCapacity),
+                "{outside}"
+            );
+        }
     }
 
     #[test]

@@ -345,7 +345,8 @@ impl Shard {
         io
     }
 
-    /// Acts on every queued output of the core.
+    /// Acts on every queued output of the core. Every variant and every field is named (the
+    /// enum is exhaustive): a field the core adds does not compile until it is handled here.
     fn drain_outputs(self: &Rc<Self>, core: &mut Server, now: Instant) {
         while let Some(output) = core.poll_output() {
             match output {
@@ -353,25 +354,34 @@ impl Shard {
                 Output::BindRelay {
                     request,
                     family,
+                    // The relay socket is bound by this shard, the one that owns the client's
+                    // allocation, so its peer datagrams come back here: nothing to route.
+                    five_tuple: _,
                     even_port,
-                    ..
+                    address,
                 } => {
-                    let result = self.bind_relay(request, family, even_port);
+                    let result = self.bind_relay(request, family, even_port, address);
                     core.handle_relay_bound(now, request, result);
                 }
                 Output::ReleaseRelay { relay } => self.release_relay(relay),
-                other => tracing::debug!(?other, "unhandled core output"),
             }
         }
     }
 
+    /// Binds a relay socket: exactly `address` when the core gives one (a port reserved by
+    /// EVEN-PORT and claimed with RESERVATION-TOKEN), otherwise a free port of `family`.
     fn bind_relay(
         self: &Rc<Self>,
         request: RelayRequestId,
         family: AddressFamily,
         even_port: bool,
+        address: Option<SocketAddr>,
     ) -> Result<SocketAddr, BindError> {
-        let socket = match self.relay_ports.bind(family, even_port) {
+        let bound = match address {
+            Some(address) => self.relay_ports.bind_exact(address),
+            None => self.relay_ports.bind(family, even_port),
+        };
+        let socket = match bound {
             Ok(s) => s,
             Err(e) => {
                 self.count(|s| s.relay_bind_failures += 1);

@@ -6,8 +6,20 @@ use std::time::Duration;
 
 use crate::support::{EchoPeer, RelayProcess, parse_uclient, require_coturn, uclient};
 
-/// Runs uclient against `relay` and the echo `peer` with `extra` flags; returns the report.
+/// Runs uclient against `relay` and the echo `peer` with `extra` flags, without RTCP (`-c`);
+/// returns the report.
 fn run_uclient(
+    relay: &RelayProcess,
+    port: u16,
+    peer: &EchoPeer,
+    extra: &[&str],
+) -> crate::support::UclientReport {
+    run_uclient_with(relay, port, peer, &[&["-c"], extra].concat())
+}
+
+/// Runs uclient against `relay` and the echo `peer` with exactly `extra` flags besides the
+/// addresses and the load (4 clients, 100 messages of 180 bytes).
+fn run_uclient_with(
     relay: &RelayProcess,
     port: u16,
     peer: &EchoPeer,
@@ -16,7 +28,6 @@ fn run_uclient(
     let port = port.to_string();
     let peer_port = peer.port.to_string();
     let mut args = vec![
-        "-c",
         "-p",
         &port,
         "-e",
@@ -86,6 +97,58 @@ fn uclient_udp_channels_static_user() {
         &peer,
         &["-u", "alice", "-w", "wonderland"],
     ));
+}
+
+/// uclient's default mode (no `-c`): RTP/RTCP pairs. The RTP allocation asks for EVEN-PORT
+/// with the R bit (reserve the next port); the RTCP one comes from another socket with the
+/// RESERVATION-TOKEN it got, so the relay must bind exactly the reserved port, whichever worker
+/// the second socket lands on (4 workers, so it is usually another one; reservations are
+/// shared). Before, the I/O layer ignored the reserved address and uclient got 508.
+#[test]
+fn uclient_default_mode_rtp_rtcp_pairs_relay_with_zero_loss() {
+    for transport in [&[][..], &["-t"][..]] {
+        let relay = RelayProcess::start_raw(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "4",
+            "--allow-loopback-peers",
+            "--user",
+            "alice:wonderland",
+        ]);
+        let port = if transport.is_empty() {
+            relay.port()
+        } else {
+            relay.tcp.expect("tcp listener").port()
+        };
+        let peer = EchoPeer::start();
+        let report = run_uclient_with(
+            &relay,
+            port,
+            &peer,
+            &[transport, &["-u", "alice", "-w", "wonderland"]].concat(),
+        );
+        assert!(report.errors.is_empty(), "{transport:?}: {report:?}");
+        assert_lossless(&report);
+        // uclient makes 3 allocations per 2 clients in this mode (an RTP one with EVEN-PORT
+        // R, the RTCP one claiming its token, ...): 6 for `-m 4`, none refused.
+        let created = || relay.metric("relay_allocations_created_total");
+        assert!(
+            created() >= 6 || {
+                std::thread::sleep(Duration::from_millis(400));
+                created() >= 6
+            },
+            "{transport:?}: {} allocations",
+            created()
+        );
+        assert_eq!(
+            relay.metric("relay_relay_bind_failures_total"),
+            0,
+            "{transport:?}"
+        );
+    }
 }
 
 #[test]

@@ -1219,7 +1219,14 @@ fn even_port_is_passed_to_the_io_layer_as_a_hint() {
 
 #[test]
 fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
+    // Two shards sharing one `SharedQuotas` (two workers): the RTCP socket of the pair has
+    // another source port, so the kernel may hand its Allocate to the other shard.
     let mut h = Harness::new();
+    let t0 = h.now;
+    let cfg = config(t0);
+    let shared = std::sync::Arc::new(SharedQuotas::new());
+    h.server = Server::with_shared_quotas(cfg.clone(), shared.clone());
+    let mut other_shard = Server::with_shared_quotas(cfg, shared);
     let mut rtp = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
     let tid = rtp.next_tid();
     let challenge = h.request(rtp.from, &rtp.allocate_request(tid));
@@ -1263,18 +1270,21 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
         })
     };
     let req = with_token(&mut rtcp);
-    assert_eq!(h.send(rtcp.from, &req), ClientAction::Queued);
-    let Output::BindRelay {
+    assert_eq!(
+        other_shard.handle_client_packet(h.now, rtcp.from, &req),
+        ClientAction::Queued
+    );
+    let Some(Output::BindRelay {
         request,
         address: Some(address),
         ..
-    } = h.outputs().remove(0)
+    }) = other_shard.poll_output()
     else {
-        panic!("expected a bind of the reserved address")
+        panic!("expected a bind of the reserved address on the other shard")
     };
     assert_eq!(address, SocketAddr::new(relay.ip(), relay.port() + 1));
-    h.server.handle_relay_bound(h.now, request, Ok(address));
-    let Output::Transmit { data, .. } = h.outputs().remove(0) else {
+    other_shard.handle_relay_bound(h.now, request, Ok(address));
+    let Some(Output::Transmit { data, .. }) = other_shard.poll_output() else {
         panic!()
     };
     rtcp.verify_success(&data, ALLOCATE);
