@@ -8,6 +8,16 @@ export type Transport = 'websocket' | 'sse' | 'long-poll';
 /** Every transport, in the order they are tried. */
 export declare const TRANSPORTS: readonly Transport[];
 
+/** What a client does after an error (docs/protocol.md, "Client rules"). */
+export type RetryClass = 'continue' | 'retry' | 'rejoin' | 'fatal';
+
+/** The client rules every client follows: backoff, acks, and per error code its close code (null: the socket stays open) and class. */
+export declare const CLIENT_RULES: {
+  readonly backoff: { readonly initialMs: number; readonly maxMs: number; readonly factor: number; readonly jitter: number };
+  readonly ack: { readonly every: number; readonly delayMs: number };
+  readonly errors: { readonly [code: string]: { readonly close: number | null; readonly retry: RetryClass } };
+};
+
 /** Forgets which transport worked on this page: the next connection tries them in order again. */
 export declare function forgetTransports(): void;
 

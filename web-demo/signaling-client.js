@@ -48,26 +48,61 @@ const workingTransports = new Map();
 /** Forgets which transports worked: the next connection tries them in order again (tests). */
 export function forgetTransports() { workingTransports.clear(); }
 
+/**
+ * The client rules of docs/protocol.md ("Client rules"), the same for every client: reconnect
+ * backoff, acks, and per error code the close code that follows it (null: the socket stays
+ * open) and what the client does (continue, retry, rejoin, fatal). A test compares this table
+ * with the one the server's protocol.rs generates.
+ */
+export const CLIENT_RULES = Object.freeze({
+  backoff: Object.freeze({ initialMs: 250, maxMs: 8000, factor: 2, jitter: 0.5 }),
+  ack: Object.freeze({ every: 16, delayMs: 200 }),
+  errors: Object.freeze({
+    unsupported_version: { close: 1008, retry: 'fatal' },
+    invalid_message: { close: null, retry: 'continue' },
+    binary_not_supported: { close: null, retry: 'continue' },
+    message_too_large: { close: 1009, retry: 'retry' },
+    not_joined: { close: null, retry: 'continue' },
+    already_joined: { close: null, retry: 'continue' },
+    invalid_room_id: { close: 1008, retry: 'fatal' },
+    invalid_name: { close: 1008, retry: 'fatal' },
+    room_full: { close: 1013, retry: 'fatal' },
+    too_many_rooms: { close: 1013, retry: 'retry' },
+    too_many_sessions: { close: 1013, retry: 'retry' },
+    too_many_connections: { close: null, retry: 'retry' },
+    unknown_peer: { close: null, retry: 'continue' },
+    rate_limited: { close: null, retry: 'continue' },
+    unauthorized: { close: 1008, retry: 'fatal' },
+    forbidden: { close: 1008, retry: 'fatal' },
+    resume_failed: { close: 1008, retry: 'rejoin' },
+    replay_overflow: { close: 1008, retry: 'rejoin' },
+    slow_consumer: { close: 1008, retry: 'rejoin' },
+    draining: { close: 1013, retry: 'retry' },
+    internal: { close: 1011, retry: 'retry' },
+    unavailable: { close: 1013, retry: 'retry' },
+  }),
+});
+
+const codesOfClass = (retry) =>
+  new Set(Object.entries(CLIENT_RULES.errors).filter(([, r]) => r.retry === retry).map(([c]) => c));
 /** Error codes that end the attempt to join: retrying cannot help. */
-const FATAL_JOIN_CODES = new Set([
-  'unsupported_version', 'invalid_room_id', 'invalid_name', 'room_full', 'unauthorized', 'forbidden',
-]);
+const FATAL_JOIN_CODES = codesOfClass('fatal');
 /** Error codes that end the session on the server: a fresh join is needed. */
-const SESSION_ENDING_CODES = new Set(['resume_failed', 'replay_overflow', 'slow_consumer']);
+const SESSION_ENDING_CODES = codesOfClass('rejoin');
 
 const DEFAULTS = Object.freeze({
   room: undefined,
   name: undefined,
   token: undefined,
   /** Reconnect delays: min(maxMs, initialMs * factor^attempt), then scaled by a random factor in [1 - jitter, 1]. */
-  backoff: { initialMs: 250, maxMs: 8000, factor: 2, jitter: 0.5 },
+  backoff: CLIENT_RULES.backoff,
   /** Give up after this many consecutive failed attempts (Infinity: never). */
   maxReconnectAttempts: Infinity,
   /** A socket that does not open and get an answer to join/resume within this time is dropped. */
   connectTimeoutMs: 10000,
   /** Send an ack after this many unacked frames, or after ackDelayMs, whichever comes first. */
-  ackEvery: 16,
-  ackDelayMs: 200,
+  ackEvery: CLIENT_RULES.ack.every,
+  ackDelayMs: CLIENT_RULES.ack.delayMs,
   /** The WebSocket constructor (for tests or non-browser runtimes). */
   WebSocket: globalThis.WebSocket,
   /** Transports to try, in order: any of TRANSPORTS (e.g. ['sse'] forces SSE + POST). */

@@ -16,8 +16,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use signaling::protocol::{
-    ClientMessage, ErrorCode, IceServer, PROTOCOL_VERSION, ResumeToken, ServerFrame, ServerMessage,
-    SessionInfo,
+    ClientMessage, ErrorCode, IceServer, PROTOCOL_VERSION, ResumeToken, RetryClass, ServerFrame,
+    ServerMessage, SessionInfo, client_rules,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -31,13 +31,8 @@ type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long to wait for `welcome` or `resumed` after opening a socket.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// First reconnect delay; doubles per failed attempt up to [`MAX_BACKOFF`].
-const BASE_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Give up re-joining after this long without a session.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
-/// Acknowledge at least every this many messages, besides the timer.
-const ACK_EVERY: u64 = 32;
 
 /// What the signaling client reports to the rest of the SDK.
 #[derive(Debug)]
@@ -87,7 +82,6 @@ impl SignalingClient {
             url: url.to_owned(),
             name,
             resume_token: info.resume_token.clone(),
-            ping_interval: Duration::from_millis(info.ping_interval_ms.max(100)),
             ping_timeout: Duration::from_millis(info.ping_timeout_ms.max(500)),
             resume_grace: Duration::from_millis(info.resume_grace_ms),
             last_seq: seq,
@@ -240,7 +234,6 @@ struct Session {
     url: String,
     name: Option<String>,
     resume_token: ResumeToken,
-    ping_interval: Duration,
     ping_timeout: Duration,
     resume_grace: Duration,
     /// The highest `seq` delivered to the SDK.
@@ -309,8 +302,9 @@ impl Session {
             }
             self.pending.pop_front();
         }
-        let ack_interval = (self.ping_interval / 2).min(Duration::from_secs(1));
-        let mut ack_timer = tokio::time::interval(ack_interval);
+        // Acks follow the client rules: after ACK_EVERY frames, or within ACK_DELAY of the
+        // first unacknowledged one (the same tick checks the socket's silence).
+        let mut ack_timer = tokio::time::interval(client_rules::ACK_DELAY);
         let mut last_heard = Instant::now();
         loop {
             tokio::select! {
@@ -324,7 +318,7 @@ impl Session {
                             if let Some(disconnect) = self.on_frame(*frame) {
                                 return disconnect;
                             }
-                            if self.last_seq >= self.last_acked + ACK_EVERY && self.ack(ws).await.is_err() {
+                            if self.last_seq >= self.last_acked + client_rules::ACK_EVERY && self.ack(ws).await.is_err() {
                                 return Disconnect::Broken;
                             }
                         }
@@ -432,10 +426,7 @@ impl Session {
                 Reconnect::Rejoined(ws)
             }
             Err(PeerError::Signaling { code, message })
-                if matches!(
-                    code,
-                    ErrorCode::Unauthorized | ErrorCode::Forbidden | ErrorCode::UnsupportedVersion
-                ) =>
+                if code.retry_class() == RetryClass::Fatal =>
             {
                 Reconnect::Fatal(PeerError::Signaling { code, message })
             }
@@ -499,18 +490,16 @@ impl Session {
     }
 }
 
-/// Errors after which the server has ended the session.
+/// Errors after which the server has ended the session (the `rejoin` class).
 fn is_session_fatal(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::ReplayOverflow | ErrorCode::SlowConsumer)
+    code.retry_class() == RetryClass::Rejoin
 }
 
-/// Exponential backoff with full jitter in [delay/2, delay].
+/// The reconnect delay before attempt `attempt`: the protocol's backoff ceiling, scaled by a
+/// random factor in `[1 - BACKOFF_JITTER, 1]`.
 pub(crate) fn backoff(attempt: u32) -> Duration {
-    let exp = BASE_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let cap = exp.min(MAX_BACKOFF);
-    let millis = cap.as_millis() as u64;
-    let jittered = rand::rng().random_range(millis / 2..=millis.max(1));
-    Duration::from_millis(jittered)
+    let ceiling = client_rules::backoff_ceiling(attempt);
+    ceiling.mul_f64(1.0 - client_rules::BACKOFF_JITTER * rand::rng().random::<f64>())
 }
 
 #[cfg(test)]
@@ -521,11 +510,12 @@ mod tests {
     fn backoff_grows_exponentially_with_jitter_and_a_cap() {
         for _ in 0..100 {
             let first = backoff(1);
-            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            assert!(first >= Duration::from_millis(125) && first <= Duration::from_millis(250));
             let third = backoff(3);
-            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            assert!(third >= Duration::from_millis(500) && third <= Duration::from_millis(1000));
             let late = backoff(40);
-            assert!(late >= MAX_BACKOFF / 2 && late <= MAX_BACKOFF);
+            let max = client_rules::BACKOFF_MAX;
+            assert!(late >= max / 2 && late <= max);
         }
     }
 

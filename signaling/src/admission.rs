@@ -8,7 +8,8 @@ use crate::AppState;
 use crate::auth::{Claims, check_grant};
 use crate::client_ip::IpSlot;
 use crate::error::RequestError;
-use crate::hub::{Attached, ConnId, JoinRequest, OutboundTx, ResumeRequest, close_code};
+use crate::hub::{Attached, ConnId, JoinRequest, OutboundTx, ResumeRequest};
+use crate::protocol::close_code;
 use crate::protocol::{
     ClientMessage, ErrorCode, RequestId, ResumeToken, RoomId, SUPPORTED_VERSIONS, is_valid_name,
     is_valid_room_id, negotiate_version,
@@ -167,18 +168,13 @@ impl Admission<'_> {
     }
 }
 
-/// How a socket is closed after a refused `join`/`resume` with `code`: 1013 for a limit the
-/// client should retry later, 1011 for a fault of the server, 1008 for the rest.
+/// How a socket is closed after a refused `join`/`resume` with `code`: the code's own close
+/// code ([`ErrorCode::close_code`]); a refused join rate closes with 1013 (try again later);
+/// any other refusal with 1008.
 pub fn refusal_close_code(code: ErrorCode) -> u16 {
     match code {
-        ErrorCode::RoomFull
-        | ErrorCode::TooManyRooms
-        | ErrorCode::TooManySessions
-        | ErrorCode::Draining
-        | ErrorCode::RateLimited
-        | ErrorCode::Unavailable => close_code::TRY_AGAIN_LATER,
-        ErrorCode::Internal => close_code::INTERNAL,
-        _ => close_code::POLICY,
+        ErrorCode::RateLimited => close_code::TRY_AGAIN_LATER,
+        code => code.close_code().unwrap_or(close_code::POLICY),
     }
 }
 

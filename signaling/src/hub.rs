@@ -25,7 +25,7 @@ pub use crate::outbound::{Outbound, OutboundRx, OutboundTx};
 use crate::outbox::{Body, Frame, Outbox, ReplayLimits, to_json};
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
-    ServerFrame, ServerMessage, SessionInfo,
+    ServerFrame, ServerMessage, SessionInfo, close_code,
 };
 use crate::resume::{ResumeSecret, parse_token};
 use crate::room::Room;
@@ -36,23 +36,6 @@ use crate::turn_credentials::IceServerMinter;
 pub type SessionKey = u64;
 /// The id of one WebSocket connection (for logs, and to tell a stale socket from the current one).
 pub type ConnId = u64;
-
-/// WebSocket close codes the server uses (documented in `docs/protocol.md`).
-pub mod close_code {
-    /// After `leave`.
-    pub const NORMAL: u16 = 1000;
-    /// The server shut down after draining.
-    pub const GOING_AWAY: u16 = 1001;
-    /// A refused handshake, a timeout, a slow consumer, or a session taken over by a resume.
-    pub const POLICY: u16 = 1008;
-    /// A frame larger than `max_message_bytes`.
-    pub const TOO_BIG: u16 = 1009;
-    /// A fault on the server's side (`internal`).
-    pub const INTERNAL: u16 = 1011;
-    /// A limit of the server (room full, too many sessions, draining), or a cluster node that
-    /// lost its shared store: try again later.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-}
 
 /// The hub's share of the configuration.
 #[derive(Debug, Clone)]

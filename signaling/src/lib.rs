@@ -55,6 +55,8 @@ pub mod memory_budget;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod open_connections;
+#[cfg(feature = "server")]
 pub mod outbound;
 #[cfg(feature = "server")]
 pub mod outbox;
@@ -111,6 +113,7 @@ mod server {
     use crate::listener::ListenerLimits;
     use crate::memory_budget::MemoryBudget;
     use crate::metrics::Metrics;
+    use crate::open_connections::OpenConnections;
     use crate::outbox::ReplayLimits;
     use crate::protocol::http;
     use crate::relay_fleet::RelayFleet;
@@ -127,6 +130,8 @@ mod server {
         pub web: WebAssets,
         /// The id of the next connection (for logs).
         pub next_conn: AtomicU64,
+        /// Open WebSockets and HTTP streams.
+        pub connections: OpenConnections,
         /// Connections and join rates per client address.
         pub clients: Arc<IpTable>,
         /// The message rate of HTTP `send`s, per session.
@@ -199,12 +204,17 @@ mod server {
                 Some(dir) => WebAssets::Dir(dir.clone()),
                 None => WebAssets::Embedded,
             };
+            let connections = OpenConnections::new(
+                metrics.connections.clone(),
+                metrics.connections_total.clone(),
+            );
             Ok(Arc::new(Self {
                 auth: config.jwt_secret.as_ref().map(Authenticator::new),
                 hub,
                 metrics,
                 web,
                 next_conn: AtomicU64::new(1),
+                connections,
                 clients: IpTable::new(IpLimits {
                     max_connections: config.max_connections_per_ip,
                     join_rate: config.join_rate_per_ip,

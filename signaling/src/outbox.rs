@@ -70,8 +70,8 @@ impl Frame {
     /// The frame's text, as written to the client.
     pub fn text(&self) -> Utf8Bytes {
         match self {
-            Frame::Whole(text) => text.clone(),
-            Frame::Numbered { .. } => {
+            Self::Whole(text) => text.clone(),
+            Self::Numbered { .. } => {
                 let mut text = String::with_capacity(self.len());
                 self.append_to(&mut text);
                 Utf8Bytes::from(text)
@@ -82,8 +82,8 @@ impl Frame {
     /// Appends the frame's text to `out` (for writers that gather frames into one chunk).
     pub fn append_to(&self, out: &mut String) {
         match self {
-            Frame::Whole(text) => out.push_str(text),
-            Frame::Numbered { seq, body } => {
+            Self::Whole(text) => out.push_str(text),
+            Self::Numbered { seq, body } => {
                 let fields = body.0.strip_prefix('{').unwrap_or("}");
                 out.push_str(SEQ_PREFIX);
                 out.push_str(&seq.to_string());
@@ -99,8 +99,8 @@ impl Frame {
     /// bounds: each holder counts it, so the count is an upper bound of what is held).
     pub fn len(&self) -> usize {
         match self {
-            Frame::Whole(text) => text.len(),
-            Frame::Numbered { seq, body } => {
+            Self::Whole(text) => text.len(),
+            Self::Numbered { seq, body } => {
                 let fields = body.0.len().saturating_sub(1);
                 let comma = usize::from(fields > 1);
                 SEQ_PREFIX.len() + decimal_digits(*seq) + comma + fields
@@ -282,7 +282,10 @@ mod tests {
         buf.ack(2);
         let replay = buf.since(3, 6).unwrap();
         assert_eq!(
-            replay.iter().map(|f| f.text().to_string()).collect::<Vec<_>>(),
+            replay
+                .iter()
+                .map(|f| f.text().to_string())
+                .collect::<Vec<_>>(),
             ["m4", "m5"]
         );
         assert_eq!(buf.since(5, 6).unwrap().len(), 0);

@@ -258,8 +258,7 @@ async fn run(
         }
     };
     let (attached, last_seq) = registered;
-    app.metrics.connections.inc();
-    app.metrics.connections_total.inc();
+    let open = app.connections.open();
     let now = Instant::now();
     let mut this = PeerSocket {
         bucket: TokenBucket::new(app.config.rate_burst, now),
@@ -300,8 +299,7 @@ async fn run(
     app.peerjs
         .put(&this.key, &this.id, &registration, registration_ttl(&app))
         .await;
-    app.metrics.connections.dec();
-    drop((tx, ip_slot));
+    drop((tx, ip_slot, open));
 }
 
 /// Registers (key, id): resumes the client's earlier session when its token matches, refuses

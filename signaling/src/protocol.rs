@@ -443,6 +443,225 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// Every code, in the order of the table in `docs/protocol.md`.
+    pub const ALL: [Self; 22] = [
+        Self::UnsupportedVersion,
+        Self::InvalidMessage,
+        Self::BinaryNotSupported,
+        Self::MessageTooLarge,
+        Self::NotJoined,
+        Self::AlreadyJoined,
+        Self::InvalidRoomId,
+        Self::InvalidName,
+        Self::RoomFull,
+        Self::TooManyRooms,
+        Self::TooManySessions,
+        Self::TooManyConnections,
+        Self::UnknownPeer,
+        Self::RateLimited,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::ResumeFailed,
+        Self::ReplayOverflow,
+        Self::SlowConsumer,
+        Self::Draining,
+        Self::Internal,
+        Self::Unavailable,
+    ];
+
+    /// The WebSocket close code the server closes the socket with after this error, or `None`
+    /// when the socket stays open (`too_many_connections` is an HTTP 429 before any socket
+    /// exists). One exception: `rate_limited` in answer to a `join` closes with 1013.
+    pub fn close_code(self) -> Option<u16> {
+        use close_code::*;
+        match self {
+            Self::InvalidMessage
+            | Self::BinaryNotSupported
+            | Self::NotJoined
+            | Self::AlreadyJoined
+            | Self::TooManyConnections
+            | Self::UnknownPeer
+            | Self::RateLimited => None,
+            Self::MessageTooLarge => Some(TOO_BIG),
+            Self::UnsupportedVersion
+            | Self::InvalidRoomId
+            | Self::InvalidName
+            | Self::Unauthorized
+            | Self::Forbidden
+            | Self::ResumeFailed
+            | Self::ReplayOverflow
+            | Self::SlowConsumer => Some(POLICY),
+            Self::RoomFull
+            | Self::TooManyRooms
+            | Self::TooManySessions
+            | Self::Draining
+            | Self::Unavailable => Some(TRY_AGAIN_LATER),
+            Self::Internal => Some(INTERNAL),
+        }
+    }
+
+    /// What a client does after this error ([`RetryClass`]; the client rules of
+    /// `docs/protocol.md`).
+    pub fn retry_class(self) -> RetryClass {
+        match self {
+            Self::InvalidMessage
+            | Self::BinaryNotSupported
+            | Self::NotJoined
+            | Self::AlreadyJoined
+            | Self::UnknownPeer
+            | Self::RateLimited => RetryClass::Continue,
+            Self::UnsupportedVersion
+            | Self::InvalidRoomId
+            | Self::InvalidName
+            | Self::RoomFull
+            | Self::Unauthorized
+            | Self::Forbidden => RetryClass::Fatal,
+            Self::ResumeFailed | Self::ReplayOverflow | Self::SlowConsumer => RetryClass::Rejoin,
+            Self::MessageTooLarge
+            | Self::TooManyRooms
+            | Self::TooManySessions
+            | Self::TooManyConnections
+            | Self::Draining
+            | Self::Internal
+            | Self::Unavailable => RetryClass::Retry,
+        }
+    }
+}
+
+/// What a client does after an error: one rule per [`ErrorCode`], followed by every client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryClass {
+    /// Only that request failed; the session goes on.
+    Continue,
+    /// The server ended the session: join again at once, as a new peer, on a new socket.
+    Rejoin,
+    /// Reconnect after the backoff and resume (join if there is no session yet).
+    Retry,
+    /// Retrying cannot help (a refused `join`): stop and tell the user.
+    Fatal,
+}
+
+impl RetryClass {
+    /// The class as the docs and the JSON rules write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Continue => "continue",
+            Self::Rejoin => "rejoin",
+            Self::Retry => "retry",
+            Self::Fatal => "fatal",
+        }
+    }
+}
+
+/// The WebSocket close codes the server uses.
+pub mod close_code {
+    /// After `leave`.
+    pub const NORMAL: u16 = 1000;
+    /// The server shut down after draining.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A refused handshake, a timeout, a slow consumer, or a session taken over by a resume.
+    pub const POLICY: u16 = 1008;
+    /// A frame larger than `max_message_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// A fault on the server's side (`internal`).
+    pub const INTERNAL: u16 = 1011;
+    /// A limit of the server (room full, too many sessions, draining), or a cluster node that
+    /// lost its shared store: try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// How every client reconnects and acknowledges: one statement of the rules that the Rust SDK
+/// and the JS client both follow (`docs/protocol.md`, "Client rules"; a test compares the JS
+/// client's table with [`ClientRules::v1`]).
+pub mod client_rules {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde::Serialize;
+
+    use super::{ErrorCode, RetryClass};
+
+    /// The first reconnect delay; each failed attempt doubles it, up to [`BACKOFF_MAX`].
+    pub const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
+    /// The longest reconnect delay.
+    pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
+    /// Each delay is scaled by a random factor in `[1 - BACKOFF_JITTER, 1]`.
+    pub const BACKOFF_JITTER: f64 = 0.5;
+    /// Acknowledge after this many unacknowledged frames...
+    pub const ACK_EVERY: u64 = 16;
+    /// ...or this long after the first unacknowledged one, whichever comes first.
+    pub const ACK_DELAY: Duration = Duration::from_millis(200);
+
+    /// The reconnect delay before attempt `attempt` (1 for the first), before jitter:
+    /// `min(BACKOFF_MAX, BACKOFF_INITIAL * 2^(attempt-1))`.
+    pub fn backoff_ceiling(attempt: u32) -> Duration {
+        BACKOFF_INITIAL
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(BACKOFF_MAX)
+    }
+
+    /// The rules as data (what the JS client's table must equal).
+    #[derive(Debug, Serialize, PartialEq)]
+    pub struct ClientRules {
+        pub backoff: Backoff,
+        pub ack: Ack,
+        /// Per error code: the close code (none: the socket stays open) and the retry class.
+        pub errors: BTreeMap<&'static str, ErrorRule>,
+    }
+
+    #[derive(Debug, Serialize, PartialEq)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Backoff {
+        pub initial_ms: u64,
+        pub max_ms: u64,
+        pub factor: u32,
+        pub jitter: f64,
+    }
+
+    #[derive(Debug, Serialize, PartialEq)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Ack {
+        pub every: u64,
+        pub delay_ms: u64,
+    }
+
+    #[derive(Debug, Serialize, PartialEq)]
+    pub struct ErrorRule {
+        pub close: Option<u16>,
+        pub retry: RetryClass,
+    }
+
+    impl ClientRules {
+        /// The rules of protocol version 1.
+        pub fn v1() -> Self {
+            Self {
+                backoff: Backoff {
+                    initial_ms: BACKOFF_INITIAL.as_millis() as u64,
+                    max_ms: BACKOFF_MAX.as_millis() as u64,
+                    factor: 2,
+                    jitter: BACKOFF_JITTER,
+                },
+                ack: Ack {
+                    every: ACK_EVERY,
+                    delay_ms: ACK_DELAY.as_millis() as u64,
+                },
+                errors: ErrorCode::ALL
+                    .iter()
+                    .map(|code| {
+                        let rule = ErrorRule {
+                            close: code.close_code(),
+                            retry: code.retry_class(),
+                        };
+                        (code.as_str(), rule)
+                    })
+                    .collect(),
+            }
+        }
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -504,6 +723,22 @@ mod tests {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, serde_json::Value::String(code.as_str().into()));
         }
+    }
+
+    #[test]
+    fn every_code_has_a_rule_and_the_backoff_doubles_to_its_cap() {
+        let rules = client_rules::ClientRules::v1();
+        assert_eq!(rules.errors.len(), ErrorCode::ALL.len());
+        for code in ErrorCode::ALL {
+            // A code that ends the session always closes the socket.
+            if matches!(code.retry_class(), RetryClass::Rejoin | RetryClass::Fatal) {
+                assert!(code.close_code().is_some(), "{code}");
+            }
+        }
+        use client_rules::backoff_ceiling;
+        assert_eq!(backoff_ceiling(1), client_rules::BACKOFF_INITIAL);
+        assert_eq!(backoff_ceiling(3), client_rules::BACKOFF_INITIAL * 4);
+        assert_eq!(backoff_ceiling(40), client_rules::BACKOFF_MAX);
     }
 
     #[test]

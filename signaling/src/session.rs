@@ -20,7 +20,8 @@ use crate::auth::Claims;
 use crate::client_ip::IpSlot;
 use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
-use crate::hub::{ConnId, Flow, Outbound, OutboundRx, OutboundTx, SessionKey, close_code, encode};
+use crate::hub::{ConnId, Flow, Outbound, OutboundRx, OutboundTx, SessionKey, encode};
+use crate::protocol::close_code;
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, RoomId, ServerFrame, ServerMessage,
 };
@@ -56,13 +57,11 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, handshake: Handshake) {
         last_rate_reply: None,
         rate_dropped: 0,
     };
-    task.app.metrics.connections.inc();
-    task.app.metrics.connections_total.inc();
+    let _open = task.app.connections.open();
     let reason = task.run(rx).await;
     if let Some(key) = task.key {
         task.app.hub.detach(key, task.handshake.conn, reason).await;
     }
-    task.app.metrics.connections.dec();
     tracing::debug!(?reason, "connection closed");
 }
 

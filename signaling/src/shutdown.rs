@@ -23,19 +23,13 @@ pub async fn signal_received() -> std::io::Result<&'static str> {
 pub async fn drain(app: &Arc<AppState>, reason: &str, timeout: Duration) {
     app.hub.start_draining(reason).await;
     let deadline = tokio::time::Instant::now() + timeout;
-    tracing::info!(
-        connections = app.metrics.connections.get(),
-        ?timeout,
-        "draining"
-    );
-    while app.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tracing::info!(connections = app.connections.count(), ?timeout, "draining");
+    let _ = tokio::time::timeout_at(deadline, app.connections.all_closed()).await;
     app.hub.close_all();
     // Give the sockets a moment to write their close frames.
     let grace = deadline
         .saturating_duration_since(tokio::time::Instant::now())
         .min(Duration::from_millis(200));
     tokio::time::sleep(grace).await;
-    tracing::info!(connections = app.metrics.connections.get(), "drained");
+    tracing::info!(connections = app.connections.count(), "drained");
 }

@@ -90,7 +90,7 @@ pub fn admit_socket(
             "the server cannot reach its shared store",
         )));
     }
-    if app.metrics.connections.get() >= app.config.max_connections as i64 {
+    if app.connections.count() >= app.config.max_connections as i64 {
         return Err(Box::new(refuse(
             app,
             StatusCode::SERVICE_UNAVAILABLE,

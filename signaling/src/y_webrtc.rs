@@ -164,8 +164,7 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
         claims,
         topics: HashMap::new(),
     };
-    this.app.metrics.connections.inc();
-    this.app.metrics.connections_total.inc();
+    let _open = this.app.connections.open();
     let mut inboxes = Inboxes::new();
     let interval = this.app.config.ping_interval;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -197,7 +196,6 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
         this.socket.close(code, reason).await;
     }
     this.leave_all().await;
-    this.app.metrics.connections.dec();
 }
 
 impl YConnection {
@@ -363,7 +361,7 @@ impl YConnection {
                 // The hub ended this topic's session (slow consumer, budget, drain).
                 self.topics.remove(topic);
                 return match code {
-                    crate::hub::close_code::NORMAL => Ok(()),
+                    crate::protocol::close_code::NORMAL => Ok(()),
                     code => Err(Some((code, "session ended"))),
                 };
             }

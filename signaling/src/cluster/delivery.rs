@@ -11,8 +11,9 @@ use futures_util::StreamExt as _;
 
 use super::inbox::{Offer, frame_seq};
 use super::{ClusterHub, Guard, channel};
-use crate::hub::{ConnId, SessionKey, close_code, encode};
+use crate::hub::{ConnId, SessionKey, encode};
 use crate::outbox::Frame;
+use crate::protocol::close_code;
 use crate::protocol::{ErrorCode, LeaveReason, RoomId, ServerFrame, ServerMessage};
 
 impl ClusterHub {

@@ -35,10 +35,10 @@ use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
 use crate::hub::{
     Attached, ConnId, Flow, HubSettings, JoinRequest, OutboundTx, ResumeRequest, SessionKey,
-    close_code,
 };
 use crate::metrics::Metrics;
 use crate::outbox::{Frame, to_json};
+use crate::protocol::close_code;
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
     ServerMessage, SessionInfo,

@@ -23,6 +23,7 @@ use crate::cluster::inbox::frame_seq;
 use crate::error::RequestError;
 use crate::hub::{ConnId, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey};
 use crate::listener::{HttpSlot, SlotLoan};
+use crate::open_connections::ConnectionGuard;
 use crate::outbox::Frame;
 use crate::protocol::{ErrorCode, LeaveReason, SUPPORTED_VERSIONS, http};
 use crate::ws::{address_slot, origin_allowed};
@@ -38,6 +39,7 @@ struct StreamSession {
     rx: OutboundRx,
     /// Frames after the client's position, to write before the queue's.
     replay: Vec<Frame>,
+    _open: ConnectionGuard,
     _ip_slot: IpSlot,
     /// The connection is out of `--max-http-connections` while the stream counts as one.
     _http_slot: Option<SlotLoan>,
@@ -57,7 +59,6 @@ impl StreamSession {
 
 impl Drop for StreamSession {
     fn drop(&mut self) {
-        self.app.metrics.connections.dec();
         if !self.detached {
             let (app, key, conn) = (Arc::clone(&self.app), self.key, self.conn);
             tokio::spawn(async move {
@@ -80,7 +81,7 @@ async fn attach(
         return Err(forbidden_origin());
     }
     let token = session_token(query)?;
-    if app.metrics.connections.get() >= app.config.max_connections as i64 {
+    if app.connections.count() >= app.config.max_connections as i64 {
         return Err(RequestError::new(
             ErrorCode::TooManySessions,
             "too many connections",
@@ -103,9 +104,8 @@ async fn attach(
             },
         )
         .await?;
-    app.metrics.connections.inc();
-    app.metrics.connections_total.inc();
     Ok(StreamSession {
+        _open: app.connections.open(),
         app: Arc::clone(app),
         key: attached.key,
         conn,

@@ -1,5 +1,6 @@
 //! `docs/protocol.md` cannot drift from the code: every JSON example parses into the protocol
-//! types, and every error code is documented.
+//! types, every error code is documented with its close code and client rule, and the client
+//! rules the document states are the ones `protocol.rs` and the JS client hold.
 
 use signaling::protocol::{ClientMessage, HttpOpened, PollReply, ServerFrame};
 
@@ -97,36 +98,95 @@ fn every_server_sent_events_example_is_frames_with_their_seq_or_a_close_code() {
     assert!(closes >= 1);
 }
 
+/// The rows of the "Error codes" table: code, socket column, client column.
+fn error_rows() -> Vec<(String, String, String)> {
+    let section = DOC
+        .split("## Error codes")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("an Error codes section");
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+            let n = cells.len();
+            (
+                cells[0].trim_matches('`').to_owned(),
+                cells[n - 2].to_owned(),
+                cells[n - 1].to_owned(),
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn every_error_code_is_documented() {
-    // The codes as serde writes them; the list must match the enum (a new code fails here
-    // until it is added below and to the document).
-    use signaling::protocol::ErrorCode::*;
-    for code in [
-        UnsupportedVersion,
-        InvalidMessage,
-        BinaryNotSupported,
-        MessageTooLarge,
-        NotJoined,
-        AlreadyJoined,
-        InvalidRoomId,
-        InvalidName,
-        RoomFull,
-        TooManyRooms,
-        TooManySessions,
-        UnknownPeer,
-        RateLimited,
-        Unauthorized,
-        Forbidden,
-        ResumeFailed,
-        ReplayOverflow,
-        SlowConsumer,
-        Draining,
-        Internal,
-        Unavailable,
-        TooManyConnections,
-    ] {
-        let needle = format!("| `{}` |", code.as_str());
-        assert!(DOC.contains(&needle), "docs/protocol.md lacks {needle}");
+fn the_error_table_states_each_codes_close_code_and_client_rule() {
+    use signaling::protocol::ErrorCode;
+    let rows = error_rows();
+    assert_eq!(rows.len(), ErrorCode::ALL.len(), "one row per code");
+    for code in ErrorCode::ALL {
+        let (_, socket, client) = rows
+            .iter()
+            .find(|(c, _, _)| c == code.as_str())
+            .unwrap_or_else(|| panic!("no row for {code}"));
+        let documented_close = socket
+            .strip_prefix("closed, ")
+            .map(|rest| rest[..4].parse::<u16>().expect("a close code"));
+        assert_eq!(documented_close, code.close_code(), "{code}: {socket}");
+        assert_eq!(client, code.retry_class().as_str(), "{code}");
     }
+}
+
+#[test]
+fn the_client_rules_section_states_the_rules_the_clients_follow() {
+    use signaling::protocol::client_rules::*;
+    let section = DOC
+        .split("## Client rules")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Client rules section");
+    for row in [
+        format!(
+            "| first reconnect delay | {} ms |",
+            BACKOFF_INITIAL.as_millis()
+        ),
+        format!("| longest delay | {} ms |", BACKOFF_MAX.as_millis()),
+        format!(
+            "| jitter | each delay is scaled by a random factor in [{}, 1] |",
+            1.0 - BACKOFF_JITTER
+        ),
+        format!(
+            "| acknowledge (`ack`) | after {ACK_EVERY} unacknowledged frames, or {} ms after",
+            ACK_DELAY.as_millis()
+        ),
+    ] {
+        assert!(section.contains(&row), "the section lacks {row}");
+    }
+}
+
+#[test]
+fn the_js_client_follows_the_same_client_rules() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../web-demo/signaling-client.js"
+    );
+    let output = std::process::Command::new("node")
+        .args([
+            "--input-type=module",
+            "-e",
+            &format!(
+                "const m = await import({script:?}); console.log(JSON.stringify(m.CLIENT_RULES));"
+            ),
+        ])
+        .output()
+        .expect("node (scripts/test.sh installs it) runs the JS client's table");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let js: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rust = serde_json::to_value(signaling::protocol::client_rules::ClientRules::v1()).unwrap();
+    assert_eq!(js, rust, "web-demo/signaling-client.js CLIENT_RULES");
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, ServerMessage};
+use signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, ServerMessage, SessionInfo};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::basic::{candidate, expect_signal, signal};
@@ -509,6 +509,32 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A sender and `receivers` more peers in `room` (the sender has read their `peer_joined`).
+async fn sender_and_receivers(
+    server: &Server,
+    room: &str,
+    receivers: usize,
+) -> (Client, Vec<(Client, SessionInfo)>) {
+    let path = format!("/ws/{room}");
+    let (mut sender, _) = Client::join(&server.ws_first(&path), None).await;
+    let mut joined = Vec::new();
+    for _ in 0..receivers {
+        joined.push(Client::join(&server.ws(&path), None).await);
+        let _ = sender.recv_message().await; // peer_joined
+    }
+    (sender, joined)
+}
+
+/// Broadcasts `blob` as a JSON string.
+async fn broadcast(sender: &mut Client, blob: &str) {
+    sender
+        .send(&ClientMessage::Broadcast {
+            id: None,
+            data: serde_json::Value::String(blob.to_owned()),
+        })
+        .await;
+}
+
 #[tokio::test]
 async fn silent_receivers_of_big_broadcasts_cost_a_bounded_amount_of_memory() {
     let server = Server::start(&[
@@ -519,12 +545,7 @@ async fn silent_receivers_of_big_broadcasts_cost_a_bounded_amount_of_memory() {
         "--rate-burst",
         "10000",
     ]);
-    let (mut a, _) = Client::join(&server.ws_first("/ws/big"), None).await;
-    let mut silent = Vec::new();
-    for _ in 0..16 {
-        silent.push(Client::join(&server.ws("/ws/big"), None).await);
-        let _ = a.recv_message().await; // peer_joined
-    }
+    let (mut a, _silent) = sender_and_receivers(&server, "big", 16).await;
     let before = peak_rss_kib(server.pid());
     // 300 broadcasts of 30 KB: 9 MB for each of 16 receivers that never read (144 MB if the
     // server kept it all). Each silent receiver's queue holds at most 256 KiB, then its session
@@ -532,11 +553,7 @@ async fn silent_receivers_of_big_broadcasts_cost_a_bounded_amount_of_memory() {
     let blob = "z".repeat(30_000);
     let mut left = 0;
     for _ in 0..300 {
-        a.send(&ClientMessage::Broadcast {
-            id: None,
-            data: serde_json::Value::String(blob.clone()),
-        })
-        .await;
+        broadcast(&mut a, &blob).await;
         while let Some(frame) = a.recv_within(Duration::from_millis(1)).await {
             if let ServerMessage::PeerLeft { reason, .. } = frame.message {
                 assert_eq!(reason, LeaveReason::Ended);
@@ -584,25 +601,15 @@ async fn the_memory_budget_bounds_what_many_silent_receivers_and_parked_sessions
         "--rate-burst",
         "10000",
     ]);
-    let (mut a, _) = Client::join(&server.ws_first("/ws/budget"), None).await;
-    // One reader that keeps up: it is not the one to go.
-    let (mut reader, _) = Client::join(&server.ws("/ws/budget"), None).await;
-    let _ = a.recv_message().await;
-    let mut silent = Vec::new();
-    for _ in 0..24 {
-        silent.push(Client::join(&server.ws("/ws/budget"), None).await);
-        let _ = a.recv_message().await; // peer_joined
-    }
+    // The first receiver reads and keeps up: it is not the one to go. 24 more never read.
+    let (mut a, mut receivers) = sender_and_receivers(&server, "budget", 25).await;
+    let (mut reader, _) = receivers.remove(0);
     let before = peak_rss_kib(server.pid());
     let blob = "b".repeat(20_000);
     let mut left = 0;
     let mut received = 0;
     for _ in 0..400 {
-        a.send(&ClientMessage::Broadcast {
-            id: None,
-            data: serde_json::Value::String(blob.clone()),
-        })
-        .await;
+        broadcast(&mut a, &blob).await;
         while let Some(frame) = a.recv_within(Duration::from_millis(1)).await {
             if let ServerMessage::PeerLeft { reason, .. } = frame.message {
                 assert_eq!(reason, LeaveReason::Ended);
@@ -669,20 +676,11 @@ async fn a_broadcast_is_held_once_however_many_receivers_keep_it() {
         "--rate-burst",
         "10000",
     ]);
-    let (mut a, _) = Client::join(&server.ws_first("/ws/shared"), None).await;
-    let mut receivers = Vec::new();
-    for _ in 0..24 {
-        receivers.push(Client::join(&server.ws("/ws/shared"), None).await);
-        let _ = a.recv_message().await; // peer_joined
-    }
+    let (mut a, mut receivers) = sender_and_receivers(&server, "shared", 24).await;
     let before = peak_rss_kib(server.pid());
     let blob = "s".repeat(20_000);
     for _ in 0..150 {
-        a.send(&ClientMessage::Broadcast {
-            id: None,
-            data: serde_json::Value::String(blob.clone()),
-        })
-        .await;
+        broadcast(&mut a, &blob).await;
     }
     // The last receiver got all 150: the broadcasts are in every replay buffer by now.
     let (last, _) = receivers.last_mut().unwrap();
