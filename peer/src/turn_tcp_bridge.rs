@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use relay_proto::framing;
 use signaling::protocol::IceServer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -323,58 +324,28 @@ async fn connect(
     }
 }
 
-/// The two kinds of TURN message, told apart by the first two bits (RFC 8656 §12).
-enum Kind {
-    Stun,
-    ChannelData,
-}
-
-fn kind(first: u8) -> Option<Kind> {
-    match first >> 6 {
-        0b00 => Some(Kind::Stun),
-        0b01 => Some(Kind::ChannelData),
-        _ => None,
-    }
-}
-
 /// A datagram as written on a stream: STUN as is, ChannelData padded to a multiple of 4
-/// bytes. `None` for anything else or a truncated message.
+/// bytes (RFC 8656 §12.5, `relay_proto::framing`). `None` for anything else or a truncated
+/// message.
 fn frame_for_stream(datagram: &[u8]) -> Option<Vec<u8>> {
-    let header = datagram.get(..4)?;
-    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    match kind(header[0])? {
-        Kind::Stun => {
-            let message = datagram.get(..20 + len)?;
-            Some(message.to_vec())
-        }
-        Kind::ChannelData => {
-            let message = datagram.get(..4 + len)?;
-            let mut frame = Vec::with_capacity(padded(4 + len));
-            frame.extend_from_slice(message);
-            frame.resize(padded(4 + len), 0);
-            Some(frame)
-        }
-    }
-}
-
-fn padded(len: usize) -> usize {
-    len.div_ceil(4) * 4
+    let message = datagram.get(..framing::message_len(datagram).ok()??)?;
+    let mut frame = message.to_vec();
+    frame.resize(framing::stream_frame_len(datagram).ok()??, 0);
+    Some(frame)
 }
 
 /// Reads one message off a stream, without the ChannelData padding.
 async fn read_stream_message<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Vec<u8>> {
     let mut header = [0u8; 4];
     reader.read_exact(&mut header).await?;
-    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    let (total, keep) = match kind(header[0]) {
-        Some(Kind::Stun) => (20 + len, 20 + len),
-        Some(Kind::ChannelData) => (padded(4 + len), 4 + len),
-        None => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "relay sent neither STUN nor ChannelData",
-            ));
-        }
+    let (Ok(Some(total)), Ok(Some(keep))) = (
+        framing::stream_frame_len(&header),
+        framing::message_len(&header),
+    ) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "relay sent neither STUN nor ChannelData",
+        ));
     };
     let mut message = vec![0u8; total];
     message[..4].copy_from_slice(&header);

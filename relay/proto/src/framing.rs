@@ -24,14 +24,29 @@ pub enum FramingError {
 /// `Server::handle_client_packet` once that many bytes are there, then drop them from the
 /// stream buffer.
 pub fn stream_frame_len(buf: &[u8]) -> Result<Option<usize>, FramingError> {
+    Ok(frame_lens(buf)?.map(|(_, on_stream)| on_stream))
+}
+
+/// The length of the message at the start of `buf` as a datagram carries it: like
+/// [`stream_frame_len`], without ChannelData's stream padding. A client that bridges datagrams
+/// to a stream (and back) pads to [`stream_frame_len`] and keeps this much.
+pub fn message_len(buf: &[u8]) -> Result<Option<usize>, FramingError> {
+    Ok(frame_lens(buf)?.map(|(message, _)| message))
+}
+
+/// The message's length, and its length on a stream.
+fn frame_lens(buf: &[u8]) -> Result<Option<(usize, usize)>, FramingError> {
     let Some(&[b0, _, l0, l1]) = buf.get(..4) else {
         return Ok(None);
     };
     let len = usize::from(u16::from_be_bytes([l0, l1]));
     match b0 >> 6 {
         0b00 if len % 4 != 0 => Err(FramingError::BadLength),
-        0b00 => Ok(Some(HEADER_LEN + len)),
-        0b01 => Ok(Some(channel_data::framed_len(len, true))),
+        0b00 => Ok(Some((HEADER_LEN + len, HEADER_LEN + len))),
+        0b01 => Ok(Some((
+            channel_data::framed_len(len, false),
+            channel_data::framed_len(len, true),
+        ))),
         _ => Err(FramingError::UnknownFrame),
     }
 }
@@ -55,5 +70,16 @@ mod tests {
             Err(FramingError::UnknownFrame)
         );
         assert_eq!(stream_frame_len(&[0x40, 0, 0xFF, 0xFF]), Ok(Some(65_540)));
+    }
+
+    #[test]
+    fn a_datagram_keeps_channel_data_unpadded() {
+        assert_eq!(message_len(&[0x40, 0, 0, 5]), Ok(Some(9)));
+        assert_eq!(message_len(&[0, 1, 0, 8]), Ok(Some(28)));
+        assert_eq!(
+            message_len(&[0x80, 0, 0, 0]),
+            Err(FramingError::UnknownFrame)
+        );
+        assert_eq!(message_len(&[0x40, 0]), Ok(None));
     }
 }
