@@ -3,84 +3,175 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::error_code::ErrorCode;
 use crate::message::{MAGIC_COOKIE, TransactionId};
 
-/// MAPPED-ADDRESS (RFC 8489).
-pub const MAPPED_ADDRESS: u16 = 0x0001;
-/// USERNAME.
-pub const USERNAME: u16 = 0x0006;
-/// MESSAGE-INTEGRITY (HMAC-SHA1).
-pub const MESSAGE_INTEGRITY: u16 = 0x0008;
-/// ERROR-CODE.
-pub const ERROR_CODE: u16 = 0x0009;
-/// UNKNOWN-ATTRIBUTES.
-pub const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
-/// CHANNEL-NUMBER (RFC 8656).
-pub const CHANNEL_NUMBER: u16 = 0x000C;
-/// LIFETIME (RFC 8656).
-pub const LIFETIME: u16 = 0x000D;
-/// XOR-PEER-ADDRESS (RFC 8656).
-pub const XOR_PEER_ADDRESS: u16 = 0x0012;
-/// DATA (RFC 8656).
-pub const DATA: u16 = 0x0013;
-/// REALM.
-pub const REALM: u16 = 0x0014;
-/// NONCE.
-pub const NONCE: u16 = 0x0015;
-/// XOR-RELAYED-ADDRESS (RFC 8656).
-pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
-/// REQUESTED-ADDRESS-FAMILY (RFC 6156 / RFC 8656).
-pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
-/// EVEN-PORT (RFC 8656).
-pub const EVEN_PORT: u16 = 0x0018;
-/// REQUESTED-TRANSPORT (RFC 8656).
-pub const REQUESTED_TRANSPORT: u16 = 0x0019;
-/// DONT-FRAGMENT (RFC 8656).
-pub const DONT_FRAGMENT: u16 = 0x001A;
-/// XOR-MAPPED-ADDRESS.
-pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
-/// RESERVATION-TOKEN (RFC 8656).
-pub const RESERVATION_TOKEN: u16 = 0x0022;
-/// PRIORITY (ICE, RFC 8445).
-pub const PRIORITY: u16 = 0x0024;
-/// USE-CANDIDATE (ICE).
-pub const USE_CANDIDATE: u16 = 0x0025;
-/// SOFTWARE.
-pub const SOFTWARE: u16 = 0x8022;
-/// FINGERPRINT.
-pub const FINGERPRINT: u16 = 0x8028;
-/// ICE-CONTROLLED (ICE).
-pub const ICE_CONTROLLED: u16 = 0x8029;
-/// ICE-CONTROLLING (ICE).
-pub const ICE_CONTROLLING: u16 = 0x802A;
+/// The attribute types this crate knows, with their wire codes. A message may carry any
+/// other type: [`crate::message::RawAttribute::typ`] stays a `u16`, and
+/// [`AttributeType::from_code`] says whether it is one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum AttributeType {
+    /// MAPPED-ADDRESS (RFC 8489 section 14.1).
+    MappedAddress = 0x0001,
+    /// USERNAME (RFC 8489 section 14.3).
+    Username = 0x0006,
+    /// MESSAGE-INTEGRITY, HMAC-SHA1 (RFC 8489 section 14.5).
+    MessageIntegrity = 0x0008,
+    /// ERROR-CODE (RFC 8489 section 14.8).
+    ErrorCode = 0x0009,
+    /// UNKNOWN-ATTRIBUTES (RFC 8489 section 14.13).
+    UnknownAttributes = 0x000A,
+    /// CHANNEL-NUMBER (RFC 8656 section 18.1).
+    ChannelNumber = 0x000C,
+    /// LIFETIME (RFC 8656 section 18.2).
+    Lifetime = 0x000D,
+    /// XOR-PEER-ADDRESS (RFC 8656 section 18.3).
+    XorPeerAddress = 0x0012,
+    /// DATA, the payload of Send and Data indications (RFC 8656 section 18.4). Not to be
+    /// confused with the Data *method*, [`crate::message::Method::Data`].
+    Data = 0x0013,
+    /// REALM (RFC 8489 section 14.9).
+    Realm = 0x0014,
+    /// NONCE (RFC 8489 section 14.10).
+    Nonce = 0x0015,
+    /// XOR-RELAYED-ADDRESS (RFC 8656 section 18.5).
+    XorRelayedAddress = 0x0016,
+    /// REQUESTED-ADDRESS-FAMILY (RFC 8656 section 18.6, from RFC 6156).
+    RequestedAddressFamily = 0x0017,
+    /// EVEN-PORT (RFC 8656 section 18.7).
+    EvenPort = 0x0018,
+    /// REQUESTED-TRANSPORT (RFC 8656 section 18.8).
+    RequestedTransport = 0x0019,
+    /// DONT-FRAGMENT (RFC 8656 section 18.9).
+    DontFragment = 0x001A,
+    /// XOR-MAPPED-ADDRESS (RFC 8489 section 14.2).
+    XorMappedAddress = 0x0020,
+    /// RESERVATION-TOKEN (RFC 8656 section 18.10).
+    ReservationToken = 0x0022,
+    /// PRIORITY (ICE, RFC 8445 section 7.1.1).
+    Priority = 0x0024,
+    /// USE-CANDIDATE (ICE, RFC 8445 section 7.1.2).
+    UseCandidate = 0x0025,
+    /// SOFTWARE (RFC 8489 section 14.14).
+    Software = 0x8022,
+    /// FINGERPRINT (RFC 8489 section 14.7).
+    Fingerprint = 0x8028,
+    /// ICE-CONTROLLED (ICE, RFC 8445 section 7.1.3).
+    IceControlled = 0x8029,
+    /// ICE-CONTROLLING (ICE, RFC 8445 section 7.1.3).
+    IceControlling = 0x802A,
+}
 
-/// Comprehension-required attributes (type < 0x8000) this server understands; any other one in
-/// a request is answered with 420 Unknown Attribute.
-pub(crate) const UNDERSTOOD_REQUIRED: &[u16] = &[
-    MAPPED_ADDRESS,
-    USERNAME,
-    MESSAGE_INTEGRITY,
-    ERROR_CODE,
-    UNKNOWN_ATTRIBUTES,
-    CHANNEL_NUMBER,
-    LIFETIME,
-    XOR_PEER_ADDRESS,
-    DATA,
-    REALM,
-    NONCE,
-    XOR_RELAYED_ADDRESS,
-    REQUESTED_ADDRESS_FAMILY,
-    EVEN_PORT,
-    REQUESTED_TRANSPORT,
-    DONT_FRAGMENT,
-    XOR_MAPPED_ADDRESS,
-    RESERVATION_TOKEN,
-    PRIORITY,
-    USE_CANDIDATE,
-];
+impl AttributeType {
+    /// Every known type, in wire-code order.
+    pub const ALL: [Self; 24] = [
+        Self::MappedAddress,
+        Self::Username,
+        Self::MessageIntegrity,
+        Self::ErrorCode,
+        Self::UnknownAttributes,
+        Self::ChannelNumber,
+        Self::Lifetime,
+        Self::XorPeerAddress,
+        Self::Data,
+        Self::Realm,
+        Self::Nonce,
+        Self::XorRelayedAddress,
+        Self::RequestedAddressFamily,
+        Self::EvenPort,
+        Self::RequestedTransport,
+        Self::DontFragment,
+        Self::XorMappedAddress,
+        Self::ReservationToken,
+        Self::Priority,
+        Self::UseCandidate,
+        Self::Software,
+        Self::Fingerprint,
+        Self::IceControlled,
+        Self::IceControlling,
+    ];
+
+    /// The wire code.
+    pub const fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The known type with wire code `code`, if any.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.code() == code)
+    }
+
+    /// Comprehension-required (RFC 8489 section 14: 0x0000-0x7FFF): a request carrying one
+    /// this server does not understand is answered with 420 Unknown Attribute.
+    pub const fn is_comprehension_required(self) -> bool {
+        is_comprehension_required(self.code())
+    }
+}
+
+impl From<AttributeType> for u16 {
+    fn from(typ: AttributeType) -> Self {
+        typ.code()
+    }
+}
+
+/// Short aliases of [`AttributeType`] variants, for builder code (`b.add(USERNAME, ..)`).
+/// There is deliberately no `DATA` alias: write [`AttributeType::Data`] (the attribute) or
+/// [`crate::message::Method::Data`] (the method).
+pub const MAPPED_ADDRESS: AttributeType = AttributeType::MappedAddress;
+/// [`AttributeType::Username`].
+pub const USERNAME: AttributeType = AttributeType::Username;
+/// [`AttributeType::MessageIntegrity`].
+pub const MESSAGE_INTEGRITY: AttributeType = AttributeType::MessageIntegrity;
+/// [`AttributeType::ErrorCode`].
+pub const ERROR_CODE: AttributeType = AttributeType::ErrorCode;
+/// [`AttributeType::UnknownAttributes`].
+pub const UNKNOWN_ATTRIBUTES: AttributeType = AttributeType::UnknownAttributes;
+/// [`AttributeType::ChannelNumber`].
+pub const CHANNEL_NUMBER: AttributeType = AttributeType::ChannelNumber;
+/// [`AttributeType::Lifetime`].
+pub const LIFETIME: AttributeType = AttributeType::Lifetime;
+/// [`AttributeType::XorPeerAddress`].
+pub const XOR_PEER_ADDRESS: AttributeType = AttributeType::XorPeerAddress;
+/// [`AttributeType::Realm`].
+pub const REALM: AttributeType = AttributeType::Realm;
+/// [`AttributeType::Nonce`].
+pub const NONCE: AttributeType = AttributeType::Nonce;
+/// [`AttributeType::XorRelayedAddress`].
+pub const XOR_RELAYED_ADDRESS: AttributeType = AttributeType::XorRelayedAddress;
+/// [`AttributeType::RequestedAddressFamily`].
+pub const REQUESTED_ADDRESS_FAMILY: AttributeType = AttributeType::RequestedAddressFamily;
+/// [`AttributeType::EvenPort`].
+pub const EVEN_PORT: AttributeType = AttributeType::EvenPort;
+/// [`AttributeType::RequestedTransport`].
+pub const REQUESTED_TRANSPORT: AttributeType = AttributeType::RequestedTransport;
+/// [`AttributeType::DontFragment`].
+pub const DONT_FRAGMENT: AttributeType = AttributeType::DontFragment;
+/// [`AttributeType::XorMappedAddress`].
+pub const XOR_MAPPED_ADDRESS: AttributeType = AttributeType::XorMappedAddress;
+/// [`AttributeType::ReservationToken`].
+pub const RESERVATION_TOKEN: AttributeType = AttributeType::ReservationToken;
+/// [`AttributeType::Priority`].
+pub const PRIORITY: AttributeType = AttributeType::Priority;
+/// [`AttributeType::UseCandidate`].
+pub const USE_CANDIDATE: AttributeType = AttributeType::UseCandidate;
+/// [`AttributeType::Software`].
+pub const SOFTWARE: AttributeType = AttributeType::Software;
+/// [`AttributeType::Fingerprint`].
+pub const FINGERPRINT: AttributeType = AttributeType::Fingerprint;
+/// [`AttributeType::IceControlled`].
+pub const ICE_CONTROLLED: AttributeType = AttributeType::IceControlled;
+/// [`AttributeType::IceControlling`].
+pub const ICE_CONTROLLING: AttributeType = AttributeType::IceControlling;
+
+/// True if this server understands the attribute type `typ` (every comprehension-required
+/// type it knows); any other comprehension-required one in a request is answered with 420.
+pub(crate) fn is_understood(typ: u16) -> bool {
+    AttributeType::from_code(typ).is_some()
+}
 
 /// True if `typ` is comprehension-required (RFC 8489 section 14: 0x0000-0x7FFF).
-pub fn is_comprehension_required(typ: u16) -> bool {
+pub const fn is_comprehension_required(typ: u16) -> bool {
     typ < 0x8000
 }
 
@@ -203,6 +294,13 @@ pub struct ErrorCodeValue<'a> {
     pub code: u16,
     /// The reason phrase (may be empty).
     pub reason: &'a str,
+}
+
+impl ErrorCodeValue<'_> {
+    /// The code as an [`ErrorCode`], if it is one this crate knows.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_code(self.code)
+    }
 }
 
 /// Decode an ERROR-CODE value.

@@ -30,6 +30,13 @@
 //!
 //! # API changes
 //! Newest first. Changes since the first published API (a28a13f):
+//! - Typed wire vocabulary: `Method`, `AttributeType` and `ErrorCode` (each variant cites its
+//!   RFC section). `StunMessage::method` returns `Option<Method>` (`method_code` keeps the raw
+//!   12-bit code); `MessageBuilder::new`/`add*` and `StunMessage::get` take `impl Into<u16>`
+//!   (a typed value or a raw code: write `0x7777u16`); `add_error_code` takes an `ErrorCode`.
+//!   The attribute aliases (`attributes::USERNAME`...) are now `AttributeType`s; the method
+//!   aliases (`message::ALLOCATE`...) stay `u16` codes. Both `DATA` constants are gone (one
+//!   was the method, one the attribute): write `Method::Data` or `AttributeType::Data`.
 //! - `Output` is no longer `#[non_exhaustive]`: it is workspace-internal, and the I/O layer
 //!   matches every variant and field so that a new one cannot be ignored. RESERVATION-TOKENs
 //!   moved into `SharedQuotas`, so a token issued by one shard is honoured by another.
@@ -60,6 +67,7 @@ pub mod auth;
 mod channel;
 pub mod channel_data;
 mod config;
+mod error_code;
 mod expiry;
 mod fast_hash;
 mod five_tuple;
@@ -75,8 +83,11 @@ mod server;
 mod small_list;
 mod stats;
 
+pub use attributes::AttributeType;
 pub use config::{AuthConfig, ExternalIp, ServerConfig, StaticCredential, WallClock};
+pub use error_code::ErrorCode;
 pub use five_tuple::{AddressFamily, FiveTuple, Transport};
+pub use message::Method;
 pub use output::{BindError, ClientAction, HEADROOM, Output, PeerAction, RelayRequestId, TAILROOM};
 pub use policy::{DenyReason, IpNet, PeerPolicy};
 pub use quota::{DEFAULT_AMPLIFICATION_ALLOWANCE, QuotaKind, Quotas, RateLimit, SharedQuotas};

@@ -5,7 +5,8 @@
 use ring::hmac;
 use subtle::ConstantTimeEq;
 
-use crate::attributes::{self, FINGERPRINT, MESSAGE_INTEGRITY};
+use crate::attributes::{self, AttributeType};
+use crate::error_code::ErrorCode;
 
 /// The fixed magic cookie of RFC 5389/8489 messages.
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;
@@ -14,20 +15,71 @@ pub const HEADER_LEN: usize = 20;
 /// XOR constant of the FINGERPRINT CRC-32.
 const FINGERPRINT_XOR: u32 = 0x5354_554e;
 
-/// STUN Binding.
-pub const BINDING: u16 = 0x001;
-/// TURN Allocate.
-pub const ALLOCATE: u16 = 0x003;
-/// TURN Refresh.
-pub const REFRESH: u16 = 0x004;
-/// TURN Send (indication).
-pub const SEND: u16 = 0x006;
-/// TURN Data (indication).
-pub const DATA: u16 = 0x007;
-/// TURN CreatePermission.
-pub const CREATE_PERMISSION: u16 = 0x008;
-/// TURN ChannelBind.
-pub const CHANNEL_BIND: u16 = 0x009;
+/// The STUN/TURN methods this crate knows. A message may carry any 12-bit method:
+/// [`StunMessage::method_code`] keeps it, [`StunMessage::method`] says whether it is one of
+/// these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Method {
+    /// Binding (RFC 8489 section 18.1): request, or indication as a keepalive.
+    Binding = 0x001,
+    /// Allocate, request only (RFC 8656 section 7).
+    Allocate = 0x003,
+    /// Refresh, request only (RFC 8656 section 8).
+    Refresh = 0x004,
+    /// Send, indication only: client to peer through the relay (RFC 8656 section 11.1).
+    Send = 0x006,
+    /// Data, indication only: peer to client (RFC 8656 section 11.3). Not to be confused
+    /// with the DATA *attribute*, [`crate::attributes::AttributeType::Data`].
+    Data = 0x007,
+    /// CreatePermission, request only (RFC 8656 section 10).
+    CreatePermission = 0x008,
+    /// ChannelBind, request only (RFC 8656 section 12).
+    ChannelBind = 0x009,
+}
+
+impl Method {
+    /// Every known method, in wire-code order.
+    pub const ALL: [Self; 7] = [
+        Self::Binding,
+        Self::Allocate,
+        Self::Refresh,
+        Self::Send,
+        Self::Data,
+        Self::CreatePermission,
+        Self::ChannelBind,
+    ];
+
+    /// The 12-bit wire code.
+    pub const fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The known method with wire code `code`, if any.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.code() == code)
+    }
+}
+
+impl From<Method> for u16 {
+    fn from(method: Method) -> Self {
+        method.code()
+    }
+}
+
+/// Wire codes of the request methods, for code that passes a method around as a `u16`
+/// (`relay-bench`). New code uses [`Method`]. There is deliberately no `DATA` alias.
+pub const BINDING: u16 = Method::Binding.code();
+/// [`Method::Allocate`]'s code.
+pub const ALLOCATE: u16 = Method::Allocate.code();
+/// [`Method::Refresh`]'s code.
+pub const REFRESH: u16 = Method::Refresh.code();
+/// [`Method::Send`]'s code.
+pub const SEND: u16 = Method::Send.code();
+/// [`Method::CreatePermission`]'s code.
+pub const CREATE_PERMISSION: u16 = Method::CreatePermission.code();
+/// [`Method::ChannelBind`]'s code.
+pub const CHANNEL_BIND: u16 = Method::ChannelBind.code();
 
 /// The 96-bit transaction id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,7 +110,8 @@ impl Class {
 }
 
 /// Encode method and class into the 14-bit message type.
-pub fn message_type(method: u16, class: Class) -> u16 {
+pub fn message_type(method: impl Into<u16>, class: Class) -> u16 {
+    let method = method.into();
     let c = class.bits();
     (method & 0x000F)
         | ((method & 0x0070) << 1)
@@ -166,6 +219,8 @@ impl<'a> StunMessage<'a> {
             if pos + 4 + padded > buf.len() {
                 return Err(DecodeError::TruncatedAttribute);
             }
+            const MESSAGE_INTEGRITY: u16 = AttributeType::MessageIntegrity.code();
+            const FINGERPRINT: u16 = AttributeType::Fingerprint.code();
             match typ {
                 MESSAGE_INTEGRITY if msg.integrity.is_none() => {
                     if len != 20 {
@@ -192,8 +247,13 @@ impl<'a> StunMessage<'a> {
         Ok(msg)
     }
 
-    /// The method (`BINDING`, `ALLOCATE`...).
-    pub fn method(&self) -> u16 {
+    /// The method, if it is one this crate knows.
+    pub fn method(&self) -> Option<Method> {
+        Method::from_code(self.method)
+    }
+
+    /// The 12-bit method code as received (known or not).
+    pub fn method_code(&self) -> u16 {
         self.method
     }
 
@@ -234,9 +294,18 @@ impl<'a> StunMessage<'a> {
         }
     }
 
-    /// The first attribute of type `typ` (before MESSAGE-INTEGRITY).
-    pub fn get(&self, typ: u16) -> Option<&'a [u8]> {
+    /// The first attribute of type `typ` (an [`AttributeType`] or a raw code) before
+    /// MESSAGE-INTEGRITY.
+    pub fn get(&self, typ: impl Into<u16>) -> Option<&'a [u8]> {
+        let typ = typ.into();
         self.attributes().find(|a| a.typ == typ).map(|a| a.value)
+    }
+
+    /// Every attribute of type `typ` before MESSAGE-INTEGRITY, in order.
+    pub fn get_all(&self, typ: AttributeType) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        self.attributes()
+            .filter(move |a| a.typ == typ.code())
+            .map(|a| a.value)
     }
 
     /// Comprehension-required attributes this server does not understand (for 420), at most
@@ -246,7 +315,7 @@ impl<'a> StunMessage<'a> {
         let mut n = 0;
         for a in self.attributes() {
             if attributes::is_comprehension_required(a.typ)
-                && !attributes::UNDERSTOOD_REQUIRED.contains(&a.typ)
+                && !attributes::is_understood(a.typ)
                 && n < UNKNOWN_LIMIT
                 && !out[..n].contains(&a.typ)
             {
@@ -316,8 +385,8 @@ pub struct MessageBuilder {
 }
 
 impl MessageBuilder {
-    /// Start a message.
-    pub fn new(method: u16, class: Class, tid: TransactionId) -> Self {
+    /// Start a message of `method` (a [`Method`] or a raw code).
+    pub fn new(method: impl Into<u16>, class: Class, tid: TransactionId) -> Self {
         let mut buf = Vec::with_capacity(128);
         buf.extend_from_slice(&message_type(method, class).to_be_bytes());
         buf.extend_from_slice(&[0, 0]);
@@ -327,13 +396,13 @@ impl MessageBuilder {
     }
 
     /// Append an attribute with the given value.
-    pub fn add(&mut self, typ: u16, value: &[u8]) -> &mut Self {
+    pub fn add(&mut self, typ: impl Into<u16>, value: &[u8]) -> &mut Self {
         self.add_with(typ, |out| out.extend_from_slice(value))
     }
 
     /// Append an attribute padded with `pad` instead of zeros (RFC 8489 lets senders pick any
     /// padding bytes; the RFC 5769 vectors use spaces, and integrity covers the padding).
-    pub fn add_padded(&mut self, typ: u16, value: &[u8], pad: u8) -> &mut Self {
+    pub fn add_padded(&mut self, typ: impl Into<u16>, value: &[u8], pad: u8) -> &mut Self {
         self.add(typ, value);
         let padding = (4 - value.len() % 4) % 4;
         let end = self.buf.len();
@@ -342,9 +411,9 @@ impl MessageBuilder {
     }
 
     /// Append an attribute whose value `write` appends to the buffer.
-    pub fn add_with(&mut self, typ: u16, write: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
+    pub fn add_with(&mut self, typ: impl Into<u16>, write: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
         let start = self.buf.len();
-        self.buf.extend_from_slice(&typ.to_be_bytes());
+        self.buf.extend_from_slice(&typ.into().to_be_bytes());
         self.buf.extend_from_slice(&[0, 0]);
         write(&mut self.buf);
         let len = self.buf.len() - start - 4;
@@ -357,20 +426,24 @@ impl MessageBuilder {
     }
 
     /// Append an XOR'd address attribute.
-    pub fn add_xor_address(&mut self, typ: u16, addr: std::net::SocketAddr) -> &mut Self {
+    pub fn add_xor_address(
+        &mut self,
+        typ: impl Into<u16>,
+        addr: std::net::SocketAddr,
+    ) -> &mut Self {
         let tid = self.transaction_id();
         self.add_with(typ, |out| attributes::encode_xor_address(out, addr, &tid))
     }
 
-    /// Append ERROR-CODE.
-    pub fn add_error_code(&mut self, code: u16, reason: &str) -> &mut Self {
-        self.add_with(attributes::ERROR_CODE, |out| {
-            attributes::encode_error_code(out, code, reason)
+    /// Append ERROR-CODE with `reason` as the phrase (empty on unauthenticated responses).
+    pub fn add_error_code(&mut self, code: ErrorCode, reason: &str) -> &mut Self {
+        self.add_with(AttributeType::ErrorCode, |out| {
+            attributes::encode_error_code(out, code.code(), reason)
         })
     }
 
     /// Append a 32-bit attribute (LIFETIME).
-    pub fn add_u32(&mut self, typ: u16, value: u32) -> &mut Self {
+    pub fn add_u32(&mut self, typ: impl Into<u16>, value: u32) -> &mut Self {
         self.add(typ, &value.to_be_bytes())
     }
 
@@ -378,7 +451,7 @@ impl MessageBuilder {
     pub fn add_message_integrity(&mut self, key: &[u8]) -> &mut Self {
         let mi = self.buf.len();
         let tag = integrity_tag(&self.buf, mi, key);
-        self.add(MESSAGE_INTEGRITY, tag.as_ref())
+        self.add(AttributeType::MessageIntegrity, tag.as_ref())
     }
 
     /// Append FINGERPRINT (must be last).
@@ -388,7 +461,7 @@ impl MessageBuilder {
         let length = (fp + 8 - HEADER_LEN) as u16;
         self.buf[2..4].copy_from_slice(&length.to_be_bytes());
         let crc = crc32fast::hash(&self.buf) ^ FINGERPRINT_XOR;
-        self.add(FINGERPRINT, &crc.to_be_bytes())
+        self.add(AttributeType::Fingerprint, &crc.to_be_bytes())
     }
 
     /// Current encoded size.
@@ -425,15 +498,7 @@ mod tests {
 
     #[test]
     fn message_type_round_trips() {
-        for method in [
-            BINDING,
-            ALLOCATE,
-            REFRESH,
-            SEND,
-            DATA,
-            CREATE_PERMISSION,
-            CHANNEL_BIND,
-        ] {
+        for method in Method::ALL.map(Method::code) {
             for class in [
                 Class::Request,
                 Class::Indication,
@@ -447,7 +512,11 @@ mod tests {
         assert_eq!(message_type(BINDING, Class::Success), 0x0101);
         assert_eq!(message_type(ALLOCATE, Class::Error), 0x0113);
         assert_eq!(message_type(SEND, Class::Indication), 0x0016);
-        assert_eq!(message_type(DATA, Class::Indication), 0x0017);
+        assert_eq!(message_type(Method::Data, Class::Indication), 0x0017);
+        for m in Method::ALL {
+            assert_eq!(Method::from_code(m.code()), Some(m));
+        }
+        assert_eq!(Method::from_code(0x002), None);
     }
 
     #[test]
@@ -460,7 +529,7 @@ mod tests {
             .add_fingerprint();
         let bytes = b.finish();
         let m = StunMessage::parse(&bytes).unwrap();
-        assert_eq!(m.method(), ALLOCATE);
+        assert_eq!(m.method(), Some(Method::Allocate));
         assert_eq!(m.class(), Class::Request);
         assert_eq!(m.transaction_id(), tid);
         assert_eq!(m.get(attributes::USERNAME), Some(&b"user"[..]));

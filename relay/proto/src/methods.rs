@@ -9,20 +9,14 @@ use std::time::{Duration, Instant};
 use tracing::{debug, trace};
 
 use crate::allocation::{Allocation, PendingAllocation};
-use crate::attributes::{
-    self, CHANNEL_NUMBER, EVEN_PORT, LIFETIME, NONCE, REALM, REQUESTED_ADDRESS_FAMILY,
-    REQUESTED_TRANSPORT, RESERVATION_TOKEN, SOFTWARE, UNKNOWN_ATTRIBUTES, USERNAME,
-    XOR_MAPPED_ADDRESS, XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS,
-};
+use crate::attributes::{self, AttributeType as Attr};
 use crate::auth::{AuthFailure, Identity, MAX_USERNAME};
 use crate::channel::BindConflict;
 use crate::channel_data;
+use crate::error_code::ErrorCode;
 use crate::expiry::{AllocKey, Timer};
 use crate::five_tuple::{AddressFamily, FiveTuple, Transport};
-use crate::message::{
-    ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMISSION, Class, MessageBuilder, REFRESH,
-    StunMessage, TransactionId,
-};
+use crate::message::{Class, MessageBuilder, Method, StunMessage, TransactionId};
 use crate::nonce::NonceCheck;
 use crate::output::{BindError, Output, RelayRequestId};
 use crate::quota::{IpRateLimiter, QuotaKind, TokenBucket};
@@ -34,12 +28,19 @@ const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// Size of a FINGERPRINT attribute.
 const FINGERPRINT_SIZE: usize = 8;
 
-/// The request methods this server implements; requests of any other method are dropped.
-fn is_supported_request(method: u16) -> bool {
-    matches!(
-        method,
-        BINDING | ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND
-    )
+/// The request methods this server implements; requests of any other method (or of a
+/// method that is not a request, like Send or Data) are dropped.
+fn supported_request(method: Option<Method>) -> Option<Method> {
+    method.filter(|m| {
+        matches!(
+            m,
+            Method::Binding
+                | Method::Allocate
+                | Method::Refresh
+                | Method::CreatePermission
+                | Method::ChannelBind
+        )
+    })
 }
 
 /// A request that passed authentication.
@@ -48,23 +49,13 @@ struct Authenticated {
     username: Box<str>,
 }
 
-/// Reason phrases (only sent on authenticated responses).
-fn reason(code: u16) -> &'static str {
-    match code {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        420 => "Unknown Attribute",
-        437 => "Allocation Mismatch",
-        438 => "Stale Nonce",
-        440 => "Address Family not Supported",
-        441 => "Wrong Credentials",
-        442 => "Unsupported Transport Protocol",
-        443 => "Peer Address Family Mismatch",
-        486 => "Allocation Quota Reached",
-        508 => "Insufficient Capacity",
-        _ => "Error",
-    }
+/// A request that passed authentication and is about the requester's own live allocation
+/// (the common opening of Refresh, CreatePermission and ChannelBind).
+struct Authorized {
+    /// The long-term key that signs the response.
+    key: [u8; 16],
+    /// The allocation of the request's 5-tuple.
+    alloc: AllocKey,
 }
 
 /// The client's address as it should appear in XOR-MAPPED-ADDRESS: an IPv4-mapped IPv6
@@ -90,33 +81,35 @@ struct AllocateParams {
 }
 
 /// RFC 8656 section 7.2 steps 2-6: family, EVEN-PORT and RESERVATION-TOKEN, or an error code.
-fn allocate_params(msg: &StunMessage<'_>) -> Result<AllocateParams, u16> {
+fn allocate_params(msg: &StunMessage<'_>) -> Result<AllocateParams, ErrorCode> {
     let Some(Ok(transport)) = msg
-        .get(REQUESTED_TRANSPORT)
+        .get(Attr::RequestedTransport)
         .map(attributes::decode_requested_transport)
     else {
-        return Err(400);
+        return Err(ErrorCode::BadRequest);
     };
     if transport != attributes::PROTOCOL_UDP {
-        return Err(442);
+        return Err(ErrorCode::UnsupportedTransportProtocol);
     }
-    let family_attr = msg.get(REQUESTED_ADDRESS_FAMILY);
-    let even_port = msg.get(EVEN_PORT);
-    let token = match msg.get(RESERVATION_TOKEN) {
+    let family_attr = msg.get(Attr::RequestedAddressFamily);
+    let even_port = msg.get(Attr::EvenPort);
+    let token = match msg.get(Attr::ReservationToken) {
         None => None,
-        Some(_) if family_attr.is_some() || even_port.is_some() => return Err(400),
-        Some(t) => Some(<[u8; 8]>::try_from(t).map_err(|_| 400u16)?),
+        Some(_) if family_attr.is_some() || even_port.is_some() => {
+            return Err(ErrorCode::BadRequest);
+        }
+        Some(t) => Some(<[u8; 8]>::try_from(t).map_err(|_| ErrorCode::BadRequest)?),
     };
     let reserve_next = match even_port {
         None => false,
         Some([first, ..]) => first & 0x80 != 0,
-        Some([]) => return Err(400),
+        Some([]) => return Err(ErrorCode::BadRequest),
     };
     let family = match family_attr.map(attributes::decode_address_family) {
         None | Some(Ok(0x01)) => AddressFamily::V4,
         Some(Ok(0x02)) => AddressFamily::V6,
-        Some(Ok(_)) => return Err(440),
-        Some(Err(_)) => return Err(400),
+        Some(Ok(_)) => return Err(ErrorCode::AddressFamilyNotSupported),
+        Some(Err(_)) => return Err(ErrorCode::BadRequest),
     };
     Ok(AllocateParams {
         family,
@@ -139,14 +132,14 @@ impl Server {
                 len,
             );
         }
-        let method = msg.method();
-        if !is_supported_request(method) {
+        let Some(method) = supported_request(msg.method()) else {
             // RFC 8489 section 6.3: a method the server does not support, or one that is not
             // a request (Send, Data), fails the basic checks and is silently discarded.
             self.stats.malformed_packets += 1;
+            let method = msg.method_code();
             trace!(client = %from.client, method, "request of an unsupported method dropped");
             return;
-        }
+        };
         if !msg.has_integrity() {
             self.arm_sweep(now);
             if !self.unauthenticated.allow(now, from.client.ip()) {
@@ -159,8 +152,8 @@ impl Server {
             // Before authentication (RFC 8489 section 6.3 checks credentials first): a 420 is
             // the smaller answer (36 bytes for one attribute, a 401 is 68) and reveals nothing.
             self.stats.error_responses += 1;
-            let mut b = self.error_builder(msg, 420, false);
-            b.add_with(UNKNOWN_ATTRIBUTES, |out| {
+            let mut b = self.error_builder(msg, ErrorCode::UnknownAttribute, false);
+            b.add_with(Attr::UnknownAttributes, |out| {
                 for t in &unknown[..n] {
                     out.extend_from_slice(&t.to_be_bytes());
                 }
@@ -169,20 +162,20 @@ impl Server {
             return;
         }
         match method {
-            BINDING => self.binding(now, from, msg),
-            ALLOCATE => self.allocate(now, from, msg),
-            REFRESH => self.refresh(now, from, msg),
-            CREATE_PERMISSION => self.create_permission(now, from, msg),
-            CHANNEL_BIND => self.channel_bind(now, from, msg),
-            _ => {} // Refused above.
+            Method::Binding => self.binding(now, from, msg),
+            Method::Allocate => self.allocate(now, from, msg),
+            Method::Refresh => self.refresh(now, from, msg),
+            Method::CreatePermission => self.create_permission(now, from, msg),
+            Method::ChannelBind => self.channel_bind(now, from, msg),
+            Method::Send | Method::Data => {} // Not requests: refused above.
         }
     }
 
     /// RFC 8489 section 6.3.1: Binding answered with XOR-MAPPED-ADDRESS only.
     fn binding(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
         self.stats.binding_requests += 1;
-        let mut b = MessageBuilder::new(BINDING, Class::Success, msg.transaction_id());
-        b.add_xor_address(XOR_MAPPED_ADDRESS, unmapped(from.client));
+        let mut b = MessageBuilder::new(Method::Binding, Class::Success, msg.transaction_id());
+        b.add_xor_address(Attr::XorMappedAddress, unmapped(from.client));
         self.send_unauthenticated(now, from, msg.raw().len(), b);
     }
 
@@ -209,7 +202,7 @@ impl Server {
                 }
                 _ => {
                     self.stats.allocation_mismatches += 1;
-                    self.error_authenticated(from, msg, &key, 437);
+                    self.error_authenticated(from, msg, &key, ErrorCode::AllocationMismatch);
                 }
             }
             return;
@@ -221,7 +214,7 @@ impl Server {
                 .is_some_and(|p| p.transaction_id == tid);
             if !same {
                 self.stats.allocation_mismatches += 1;
-                self.error_authenticated(from, msg, &key, 437);
+                self.error_authenticated(from, msg, &key, ErrorCode::AllocationMismatch);
             }
             return;
         }
@@ -233,11 +226,18 @@ impl Server {
             None => None,
             Some(token) => match self.take_reservation(token, now) {
                 Some(address) => Some(address),
-                None => return self.error_authenticated(from, msg, &key, 508),
+                None => {
+                    return self.error_authenticated(
+                        from,
+                        msg,
+                        &key,
+                        ErrorCode::InsufficientCapacity,
+                    );
+                }
             },
         };
         if self.is_draining() {
-            return self.error_authenticated(from, msg, &key, 508);
+            return self.error_authenticated(from, msg, &key, ErrorCode::InsufficientCapacity);
         }
         let q = &self.config.quotas;
         if let Err(kind) = self.shared.try_acquire(
@@ -246,10 +246,10 @@ impl Server {
             q.total_allocations,
         ) {
             self.stats.quota_hits[kind.index()] += 1;
-            return self.error_authenticated(from, msg, &key, 486);
+            return self.error_authenticated(from, msg, &key, ErrorCode::AllocationQuotaReached);
         }
         let lifetime_secs = match self.desired_lifetime(msg) {
-            Ok(0) | Err(()) => self.config.default_allocation_lifetime.as_secs() as u32,
+            Ok(0) | Err(_) => self.config.default_allocation_lifetime.as_secs() as u32,
             Ok(secs) => secs,
         };
         self.next_request += 1;
@@ -300,7 +300,7 @@ impl Server {
                     self.outputs.push_back(Output::ReleaseRelay { relay });
                 }
                 if !p.cancelled {
-                    self.allocate_error(&p, 508);
+                    self.allocate_error(&p, ErrorCode::InsufficientCapacity);
                 }
                 return;
             }
@@ -309,9 +309,9 @@ impl Server {
                 self.shared.release(&p.quota_user);
                 if !p.cancelled {
                     let code = if err == BindError::FamilyNotSupported {
-                        440
+                        ErrorCode::AddressFamilyNotSupported
                     } else {
-                        508
+                        ErrorCode::InsufficientCapacity
                     };
                     self.allocate_error(&p, code);
                 }
@@ -344,7 +344,7 @@ impl Server {
         if let Some(a) = self.allocation(key) {
             let mut b = self.allocate_success(p.transaction_id, a, now);
             if let Some(token) = token {
-                b.add(RESERVATION_TOKEN, &token);
+                b.add(Attr::ReservationToken, &token);
             }
             self.send_authenticated(p.five_tuple, b, &p.key);
         }
@@ -369,39 +369,45 @@ impl Server {
 
     fn allocate_success(&self, tid: TransactionId, a: &Allocation, now: Instant) -> MessageBuilder {
         let remaining = a.expires.saturating_duration_since(now).as_secs() as u32;
-        let mut b = MessageBuilder::new(ALLOCATE, Class::Success, tid);
-        b.add_xor_address(XOR_RELAYED_ADDRESS, a.advertised)
-            .add_u32(LIFETIME, remaining)
-            .add_xor_address(XOR_MAPPED_ADDRESS, unmapped(a.five_tuple.client));
+        let mut b = MessageBuilder::new(Method::Allocate, Class::Success, tid);
+        b.add_xor_address(Attr::XorRelayedAddress, a.advertised)
+            .add_u32(Attr::Lifetime, remaining)
+            .add_xor_address(Attr::XorMappedAddress, unmapped(a.five_tuple.client));
         b
     }
 
-    fn allocate_error(&mut self, p: &PendingAllocation, code: u16) {
+    fn allocate_error(&mut self, p: &PendingAllocation, code: ErrorCode) {
         self.stats.error_responses += 1;
-        let mut b = MessageBuilder::new(ALLOCATE, Class::Error, p.transaction_id);
-        b.add_error_code(code, reason(code));
+        let mut b = MessageBuilder::new(Method::Allocate, Class::Error, p.transaction_id);
+        b.add_error_code(code, code.reason());
         self.send_authenticated(p.five_tuple, b, &p.key);
     }
 
-    /// RFC 8656 section 7.3: Refresh (lifetime 0 deletes).
+    /// RFC 8656 section 8.2: Refresh (lifetime 0 deletes).
     fn refresh(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
-        let Some(auth) = self.authenticate(now, from, msg) else {
+        let Some(Authorized {
+            key,
+            alloc: alloc_key,
+        }) = self.authorized_allocation(now, from, msg)
+        else {
             return;
         };
-        let key = auth.identity.key;
-        let Some(alloc_key) = self.owned_allocation(from, msg, &auth, now) else {
-            return;
+        let desired = match self.desired_lifetime(msg) {
+            Ok(desired) => desired,
+            Err(code) => return self.error_authenticated(from, msg, &key, code),
         };
-        let Ok(desired) = self.desired_lifetime(msg) else {
-            return self.error_authenticated(from, msg, &key, 400);
-        };
-        if let Some(fam) = msg.get(REQUESTED_ADDRESS_FAMILY) {
+        if let Some(fam) = msg.get(Attr::RequestedAddressFamily) {
             let relay_v4 = self
                 .allocation(alloc_key)
                 .is_some_and(|a| a.relay.is_ipv4());
             let wants_v4 = attributes::decode_address_family(fam) == Ok(0x01);
             if relay_v4 != wants_v4 {
-                return self.error_authenticated(from, msg, &key, 443);
+                return self.error_authenticated(
+                    from,
+                    msg,
+                    &key,
+                    ErrorCode::PeerAddressFamilyMismatch,
+                );
             }
         }
         if desired == 0 {
@@ -416,18 +422,18 @@ impl Server {
                 self.expiry.push(at, Timer::Allocation(alloc_key));
             }
         }
-        let mut b = MessageBuilder::new(REFRESH, Class::Success, msg.transaction_id());
-        b.add_u32(LIFETIME, desired);
+        let mut b = MessageBuilder::new(Method::Refresh, Class::Success, msg.transaction_id());
+        b.add_u32(Attr::Lifetime, desired);
         self.send_authenticated(from, b, &key);
     }
 
-    /// RFC 8656 section 9.2: CreatePermission for one or more XOR-PEER-ADDRESSes.
+    /// RFC 8656 section 10.2: CreatePermission for one or more XOR-PEER-ADDRESSes.
     fn create_permission(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
-        let Some(auth) = self.authenticate(now, from, msg) else {
-            return;
-        };
-        let key = auth.identity.key;
-        let Some(alloc_key) = self.owned_allocation(from, msg, &auth, now) else {
+        let Some(Authorized {
+            key,
+            alloc: alloc_key,
+        }) = self.authorized_allocation(now, from, msg)
+        else {
             return;
         };
         let tid = msg.transaction_id();
@@ -435,21 +441,26 @@ impl Server {
             .allocation(alloc_key)
             .is_some_and(|a| a.relay.is_ipv4());
         let mut peers: Vec<SocketAddr> = Vec::new();
-        for a in msg.attributes().filter(|a| a.typ == XOR_PEER_ADDRESS) {
-            let Ok(peer) = attributes::decode_xor_address(a.value, &tid) else {
-                return self.error_authenticated(from, msg, &key, 400);
+        for value in msg.get_all(Attr::XorPeerAddress) {
+            let Ok(peer) = attributes::decode_xor_address(value, &tid) else {
+                return self.error_authenticated(from, msg, &key, ErrorCode::BadRequest);
             };
             if peer.is_ipv4() != relay_v4 {
-                return self.error_authenticated(from, msg, &key, 443);
+                return self.error_authenticated(
+                    from,
+                    msg,
+                    &key,
+                    ErrorCode::PeerAddressFamilyMismatch,
+                );
             }
             if let Err(reason) = self.config.policy.check_ip(peer.ip()) {
                 self.count_denial(from, peer, reason);
-                return self.error_authenticated(from, msg, &key, 403);
+                return self.error_authenticated(from, msg, &key, ErrorCode::Forbidden);
             }
             peers.push(peer);
         }
         if peers.is_empty() {
-            return self.error_authenticated(from, msg, &key, 400);
+            return self.error_authenticated(from, msg, &key, ErrorCode::BadRequest);
         }
         let limit = self.config.quotas.permissions_per_allocation as usize;
         let Some(alloc) = self.allocation(alloc_key) else {
@@ -464,53 +475,53 @@ impl Server {
         new_ips.dedup();
         if alloc.permissions.len() + new_ips.len() > limit {
             self.stats.quota_hits[QuotaKind::Permissions.index()] += 1;
-            return self.error_authenticated(from, msg, &key, 508);
+            return self.error_authenticated(from, msg, &key, ErrorCode::InsufficientCapacity);
         }
         let expires = later(now, self.config.permission_lifetime);
         for peer in peers {
             self.install_permission(alloc_key, peer.ip(), expires);
         }
-        let b = MessageBuilder::new(CREATE_PERMISSION, Class::Success, tid);
+        let b = MessageBuilder::new(Method::CreatePermission, Class::Success, tid);
         self.send_authenticated(from, b, &key);
     }
 
-    /// RFC 8656 section 11.2: ChannelBind (also installs or refreshes the peer's permission).
+    /// RFC 8656 section 12.2: ChannelBind (also installs or refreshes the peer's permission).
     fn channel_bind(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
-        let Some(auth) = self.authenticate(now, from, msg) else {
-            return;
-        };
-        let key = auth.identity.key;
-        let Some(alloc_key) = self.owned_allocation(from, msg, &auth, now) else {
+        let Some(Authorized {
+            key,
+            alloc: alloc_key,
+        }) = self.authorized_allocation(now, from, msg)
+        else {
             return;
         };
         let tid = msg.transaction_id();
         let number = match msg
-            .get(CHANNEL_NUMBER)
+            .get(Attr::ChannelNumber)
             .map(attributes::decode_channel_number)
         {
             Some(Ok(n)) if channel_data::is_valid_channel(n) => n,
-            _ => return self.error_authenticated(from, msg, &key, 400),
+            _ => return self.error_authenticated(from, msg, &key, ErrorCode::BadRequest),
         };
         let Some(Ok(peer)) = msg
-            .get(XOR_PEER_ADDRESS)
+            .get(Attr::XorPeerAddress)
             .map(|v| attributes::decode_xor_address(v, &tid))
         else {
-            return self.error_authenticated(from, msg, &key, 400);
+            return self.error_authenticated(from, msg, &key, ErrorCode::BadRequest);
         };
         let Some(alloc) = self.allocation(alloc_key) else {
             return;
         };
         if peer.is_ipv4() != alloc.relay.is_ipv4() {
-            return self.error_authenticated(from, msg, &key, 443);
+            return self.error_authenticated(from, msg, &key, ErrorCode::PeerAddressFamilyMismatch);
         }
         if let Err(reason) = self.config.policy.check_addr(peer) {
             self.count_denial(from, peer, reason);
-            return self.error_authenticated(from, msg, &key, 403);
+            return self.error_authenticated(from, msg, &key, ErrorCode::Forbidden);
         }
         let new_channel = match alloc.channels.check(number, peer) {
             Ok(new) => new,
             Err(BindConflict::NumberInUse | BindConflict::PeerInUse) => {
-                return self.error_authenticated(from, msg, &key, 400);
+                return self.error_authenticated(from, msg, &key, ErrorCode::BadRequest);
             }
         };
         let q = &self.config.quotas;
@@ -525,7 +536,7 @@ impl Server {
                 QuotaKind::Permissions
             };
             self.stats.quota_hits[kind.index()] += 1;
-            return self.error_authenticated(from, msg, &key, 508);
+            return self.error_authenticated(from, msg, &key, ErrorCode::InsufficientCapacity);
         }
         let channel_expires = later(now, self.config.channel_lifetime);
         let permission_expires = later(now, self.config.permission_lifetime);
@@ -539,7 +550,7 @@ impl Server {
             }
         }
         self.install_permission(alloc_key, peer.ip(), permission_expires);
-        let b = MessageBuilder::new(CHANNEL_BIND, Class::Success, tid);
+        let b = MessageBuilder::new(Method::ChannelBind, Class::Success, tid);
         self.send_authenticated(from, b, &key);
     }
 
@@ -553,14 +564,17 @@ impl Server {
         }
     }
 
-    /// The allocation of `from`, checked to belong to the authenticated user (437 / 441).
-    fn owned_allocation(
+    /// The common opening of the requests about an existing allocation (Refresh,
+    /// CreatePermission, ChannelBind): authenticate (400/401/438), then find the live
+    /// allocation of `from` (437) and check that the same user created it (441). `None`: the
+    /// error response is queued.
+    fn authorized_allocation(
         &mut self,
+        now: Instant,
         from: FiveTuple,
         msg: &StunMessage<'_>,
-        auth: &Authenticated,
-        now: Instant,
-    ) -> Option<AllocKey> {
+    ) -> Option<Authorized> {
+        let auth = self.authenticate(now, from, msg)?;
         let key = auth.identity.key;
         let found = self.by_five_tuple.get(&from).copied().and_then(|k| {
             self.allocation(k)
@@ -569,24 +583,28 @@ impl Server {
         });
         let Some((alloc_key, alloc)) = found else {
             self.stats.allocation_mismatches += 1;
-            self.error_authenticated(from, msg, &key, 437);
+            self.error_authenticated(from, msg, &key, ErrorCode::AllocationMismatch);
             return None;
         };
         if alloc.username != auth.username {
             self.stats.wrong_credentials += 1;
-            self.error_authenticated(from, msg, &key, 441);
+            self.error_authenticated(from, msg, &key, ErrorCode::WrongCredentials);
             return None;
         }
-        Some(alloc_key)
+        Some(Authorized {
+            key,
+            alloc: alloc_key,
+        })
     }
 
-    /// RFC 8656 section 7.2/7.3: `max(default, min(requested, max))`; 0 stays 0.
-    fn desired_lifetime(&self, msg: &StunMessage<'_>) -> Result<u32, ()> {
+    /// RFC 8656 sections 7.2 and 8.2: `max(default, min(requested, max))` seconds; 0 stays 0.
+    /// A LIFETIME of the wrong size is a 400 (Refresh answers it; Allocate uses the default).
+    fn desired_lifetime(&self, msg: &StunMessage<'_>) -> Result<u32, ErrorCode> {
         let default = self.config.default_allocation_lifetime.as_secs() as u32;
         let max = self.config.max_allocation_lifetime.as_secs() as u32;
-        match msg.get(LIFETIME).map(attributes::decode_u32) {
+        match msg.get(Attr::Lifetime).map(attributes::decode_u32) {
             None => Ok(default),
-            Some(Err(_)) => Err(()),
+            Some(Err(_)) => Err(ErrorCode::BadRequest),
             Some(Ok(0)) => Ok(0),
             Some(Ok(v)) => Ok(v.min(max).max(default.min(max))),
         }
@@ -601,27 +619,29 @@ impl Server {
     ) -> Option<Authenticated> {
         if !msg.has_integrity() {
             self.stats.auth_challenges += 1;
-            self.challenge(now, from, msg, 401);
+            self.challenge(now, from, msg, ErrorCode::Unauthorized);
             return None;
         }
-        let (Some(user), Some(_realm), Some(nonce)) =
-            (msg.get(USERNAME), msg.get(REALM), msg.get(NONCE))
-        else {
+        let (Some(user), Some(_realm), Some(nonce)) = (
+            msg.get(Attr::Username),
+            msg.get(Attr::Realm),
+            msg.get(Attr::Nonce),
+        ) else {
             self.stats.error_responses += 1;
-            let b = self.error_builder(msg, 400, false);
+            let b = self.error_builder(msg, ErrorCode::BadRequest, false);
             self.send_unauthenticated(now, from, msg.raw().len(), b);
             return None;
         };
         let Ok(username) = attributes::decode_text(user, MAX_USERNAME) else {
             self.stats.error_responses += 1;
-            let b = self.error_builder(msg, 400, false);
+            let b = self.error_builder(msg, ErrorCode::BadRequest, false);
             self.send_unauthenticated(now, from, msg.raw().len(), b);
             return None;
         };
         let now_unix = self.config.clock.unix_secs_at(now);
         if self.nonces.check(nonce, now_unix, from.client.ip()) != NonceCheck::Valid {
             self.stats.stale_nonces += 1;
-            self.challenge(now, from, msg, 438);
+            self.challenge(now, from, msg, ErrorCode::StaleNonce);
             return None;
         }
         // The key is derived with our realm: a request for another realm fails integrity.
@@ -644,14 +664,14 @@ impl Server {
                     AuthFailure::BadIntegrity => "integrity mismatch",
                 };
                 debug!(client = %from.client, why, "authentication failed");
-                self.challenge(now, from, msg, 401);
+                self.challenge(now, from, msg, ErrorCode::Unauthorized);
                 None
             }
         }
     }
 
     /// 401 or 438 with REALM and a fresh NONCE, rate-limited per source IP.
-    fn challenge(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>, code: u16) {
+    fn challenge(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>, code: ErrorCode) {
         self.arm_sweep(now);
         if !self.unauthorized.allow(now, from.client.ip()) {
             self.stats.quota_hits[QuotaKind::UnauthorizedRate.index()] += 1;
@@ -662,8 +682,8 @@ impl Server {
             .nonces
             .issue(self.config.clock.unix_secs_at(now), from.client.ip());
         let mut b = self.error_builder(msg, code, false);
-        b.add(REALM, self.config.realm.as_bytes())
-            .add(NONCE, nonce.as_bytes());
+        b.add(Attr::Realm, self.config.realm.as_bytes())
+            .add(Attr::Nonce, nonce.as_bytes());
         self.send_unauthenticated(now, from, msg.raw().len(), b);
     }
 
@@ -673,9 +693,14 @@ impl Server {
         }
     }
 
-    fn error_builder(&self, msg: &StunMessage<'_>, code: u16, with_reason: bool) -> MessageBuilder {
-        let mut b = MessageBuilder::new(msg.method(), Class::Error, msg.transaction_id());
-        b.add_error_code(code, if with_reason { reason(code) } else { "" });
+    fn error_builder(
+        &self,
+        msg: &StunMessage<'_>,
+        code: ErrorCode,
+        with_reason: bool,
+    ) -> MessageBuilder {
+        let mut b = MessageBuilder::new(msg.method_code(), Class::Error, msg.transaction_id());
+        b.add_error_code(code, if with_reason { code.reason() } else { "" });
         b
     }
 
@@ -685,10 +710,10 @@ impl Server {
         from: FiveTuple,
         msg: &StunMessage<'_>,
         key: &[u8; 16],
-        code: u16,
+        code: ErrorCode,
     ) {
         self.stats.error_responses += 1;
-        trace!(client = %from.client, code, "error response");
+        trace!(client = %from.client, code = code.code(), "error response");
         let b = self.error_builder(msg, code, true);
         self.send_authenticated(from, b, key);
     }
@@ -696,7 +721,7 @@ impl Server {
     /// Add SOFTWARE (if configured), MESSAGE-INTEGRITY and FINGERPRINT, and queue.
     fn send_authenticated(&mut self, to: FiveTuple, mut b: MessageBuilder, key: &[u8; 16]) {
         if let Some(software) = &self.config.software {
-            b.add(SOFTWARE, software.as_bytes());
+            b.add(Attr::Software, software.as_bytes());
         }
         b.add_message_integrity(key).add_fingerprint();
         self.outputs.push_back(Output::Transmit {

@@ -12,13 +12,13 @@ use std::time::Instant;
 use tracing::trace;
 
 use crate::allocation::{Allocation, PendingAllocation};
-use crate::attributes::{self, DATA, XOR_PEER_ADDRESS};
+use crate::attributes::{self, AttributeType};
 use crate::auth::Authenticator;
 use crate::channel_data;
 use crate::config::ServerConfig;
 use crate::expiry::{AllocKey, ExpiryQueue, Timer};
 use crate::five_tuple::FiveTuple;
-use crate::message::{self, Class, MessageBuilder, StunMessage, TransactionId};
+use crate::message::{Class, MessageBuilder, Method, StunMessage, TransactionId};
 use crate::nonce::NonceKeys;
 use crate::output::{BindError, ClientAction, HEADROOM, Output, PeerAction, RelayRequestId};
 use crate::quota::{IpRateLimiter, QuotaKind, Quotas, SharedQuotas};
@@ -141,11 +141,11 @@ impl Server {
                     ClientAction::Drop
                 }
             }
-            Class::Indication if msg.method() == message::SEND => {
+            Class::Indication if msg.method() == Some(Method::Send) => {
                 self.client_send_indication(now, from, &msg, packet)
             }
             // A Binding indication is a keepalive (RFC 8489 section 6.3.2): nothing to do.
-            Class::Indication if msg.method() == message::BINDING => ClientAction::Drop,
+            Class::Indication if msg.method() == Some(Method::Binding) => ClientAction::Drop,
             _ => {
                 self.stats.dropped_packets += 1;
                 ClientAction::Drop
@@ -193,7 +193,7 @@ impl Server {
         }
     }
 
-    /// A Send indication (RFC 8656 section 10.2): forward its DATA to the peer in place.
+    /// A Send indication (RFC 8656 section 11.2): forward its DATA to the peer in place.
     fn client_send_indication(
         &mut self,
         now: Instant,
@@ -202,7 +202,10 @@ impl Server {
         packet: &[u8],
     ) -> ClientAction {
         let tid = msg.transaction_id();
-        let (Some(peer), Some(data)) = (msg.get(XOR_PEER_ADDRESS), msg.get(DATA)) else {
+        let (Some(peer), Some(data)) = (
+            msg.get(AttributeType::XorPeerAddress),
+            msg.get(AttributeType::Data),
+        ) else {
             self.stats.malformed_packets += 1;
             return ClientAction::Drop;
         };
@@ -548,10 +551,11 @@ fn live_allocation<'a>(
     (now < alloc.expires).then_some(alloc)
 }
 
-/// A Data indication carrying `data` from `peer` (RFC 8656 section 10.3).
+/// A Data indication carrying `data` from `peer` (RFC 8656 section 11.3).
 fn data_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
     let tid = TransactionId(rand::random());
-    let mut b = MessageBuilder::new(message::DATA, Class::Indication, tid);
-    b.add_xor_address(XOR_PEER_ADDRESS, peer).add(DATA, data);
+    let mut b = MessageBuilder::new(Method::Data, Class::Indication, tid);
+    b.add_xor_address(AttributeType::XorPeerAddress, peer)
+        .add(AttributeType::Data, data);
     b.finish()
 }

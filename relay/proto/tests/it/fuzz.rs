@@ -71,7 +71,7 @@ proptest! {
         let t0 = Instant::now();
         let mut server = Server::new(config(t0));
         let mut b = MessageBuilder::new(ALLOCATE, Class::Request, TransactionId([3; 12]));
-        b.add(0x0019, &[17, 0, 0, 0]).add(0x0006, b"alice").add(0x0015, b"nonce").add(0x0014, b"realm")
+        b.add(0x0019u16, &[17, 0, 0, 0]).add(0x0006u16, b"alice").add(0x0015u16, b"nonce").add(0x0014u16, b"realm")
             .add_message_integrity(b"k").add_fingerprint();
         let mut bytes = b.finish();
         let i = flip % bytes.len();

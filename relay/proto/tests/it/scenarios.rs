@@ -5,16 +5,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use relay_proto::attributes::{
-    DATA, ERROR_CODE, NONCE, REALM, SOFTWARE, UNKNOWN_ATTRIBUTES, XOR_MAPPED_ADDRESS,
-    XOR_PEER_ADDRESS,
+    ERROR_CODE, NONCE, REALM, SOFTWARE, UNKNOWN_ATTRIBUTES, XOR_MAPPED_ADDRESS, XOR_PEER_ADDRESS,
 };
 use relay_proto::message::{
     ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMISSION, Class, MessageBuilder, REFRESH,
     StunMessage, TransactionId,
 };
 use relay_proto::{
-    AddressFamily, BindError, ClientAction, DenyReason, HEADROOM, Output, PeerAction, QuotaKind,
-    Quotas, RateLimit, Server, SharedQuotas, TAILROOM, Transport, attributes, channel_data,
+    AddressFamily, AttributeType, BindError, ClientAction, DenyReason, HEADROOM, Method, Output,
+    PeerAction, QuotaKind, Quotas, RateLimit, Server, SharedQuotas, TAILROOM, Transport,
+    attributes, channel_data,
 };
 
 use crate::support::{
@@ -104,9 +104,9 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
             let m = StunMessage::parse(data).unwrap();
             assert_eq!(
                 (m.method(), m.class()),
-                (relay_proto::message::DATA, Class::Indication)
+                (Some(Method::Data), Class::Indication)
             );
-            assert_eq!(m.get(DATA), Some(&b"via data"[..]));
+            assert_eq!(m.get(AttributeType::Data), Some(&b"via data"[..]));
             let from = attributes::decode_xor_address(
                 m.get(XOR_PEER_ADDRESS).unwrap(),
                 &m.transaction_id(),
@@ -685,7 +685,7 @@ fn allocate_errors_400_420_440_442_508() {
     let tid = alice.next_tid();
     let req = alice.build(ALLOCATE, tid, |b| {
         b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(0x7777, &[1, 2, 3, 4]);
+            .add(0x7777u16, &[1, 2, 3, 4]);
     });
     let resp = h.request(alice.from, &req);
     assert_eq!(error_code(&resp), Some(420));
@@ -695,7 +695,7 @@ fn allocate_errors_400_420_440_442_508() {
     let tid = alice.next_tid();
     let req = alice.build(ALLOCATE, tid, |b| {
         b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(0xC001, &[1, 2, 3, 4]);
+            .add(0xC001u16, &[1, 2, 3, 4]);
     });
     assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
     let Output::BindRelay {
@@ -762,7 +762,10 @@ fn binding_response_is_minimal_and_never_larger_than_the_request() {
         let req = b.finish();
         let resp = h.request(from, &req);
         let m = StunMessage::parse(&resp).unwrap();
-        assert_eq!((m.method(), m.class()), (BINDING, Class::Success));
+        assert_eq!(
+            (m.method(), m.class()),
+            (Some(Method::Binding), Class::Success)
+        );
         let mapped =
             attributes::decode_xor_address(m.get(XOR_MAPPED_ADDRESS).unwrap(), &m.transaction_id());
         assert_eq!(mapped.unwrap(), from.client);
@@ -835,11 +838,7 @@ fn unsupported_methods_are_dropped_and_unauthenticated_udp_bytes_stay_within_the
     let mut h = Harness::with_config(t0, cfg);
     let from = udp("192.0.2.90:40000");
     // RFC 8489 section 6.3: an unsupported method, or Send as a request: silently discarded.
-    for method in [
-        0x0ff,
-        relay_proto::message::SEND,
-        relay_proto::message::DATA,
-    ] {
+    for method in [0x0ff, relay_proto::message::SEND, Method::Data.code()] {
         let req = MessageBuilder::new(method, Class::Request, TransactionId([3; 12])).finish();
         assert_eq!(h.send(from, &req), ClientAction::Drop, "method {method:#x}");
     }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use relay_proto::attributes::{
-    self, CHANNEL_NUMBER, DATA, ERROR_CODE, LIFETIME, NONCE, REALM, REQUESTED_TRANSPORT, USERNAME,
+    self, CHANNEL_NUMBER, ERROR_CODE, LIFETIME, NONCE, REALM, REQUESTED_TRANSPORT, USERNAME,
     XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS,
 };
 use relay_proto::auth::long_term_key;
@@ -14,8 +14,8 @@ use relay_proto::message::{
     TransactionId,
 };
 use relay_proto::{
-    AddressFamily, ClientAction, FiveTuple, Output, Quotas, RelayRequestId, Server, ServerConfig,
-    Transport, WallClock,
+    AddressFamily, AttributeType, ClientAction, FiveTuple, Output, Quotas, RelayRequestId, Server,
+    ServerConfig, Transport, WallClock,
 };
 
 pub(crate) const REALM_NAME: &str = "example.org";
@@ -234,7 +234,8 @@ impl Client {
     pub(crate) fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
         let tid = self.next_tid();
         let mut b = MessageBuilder::new(SEND, Class::Indication, tid);
-        b.add_xor_address(XOR_PEER_ADDRESS, peer).add(DATA, data);
+        b.add_xor_address(XOR_PEER_ADDRESS, peer)
+            .add(AttributeType::Data, data);
         b.finish()
     }
 
@@ -289,7 +290,7 @@ impl Client {
     pub(crate) fn verify_success<'a>(&self, resp: &'a [u8], method: u16) -> StunMessage<'a> {
         let m = StunMessage::parse(resp).unwrap();
         assert_eq!(
-            (m.method(), m.class()),
+            (m.method_code(), m.class()),
             (method, Class::Success),
             "error {:?}",
             error_code(resp)
