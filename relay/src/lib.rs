@@ -179,7 +179,7 @@ impl Relay {
         }
 
         let shared = Arc::new(SharedQuotas::new());
-        let metrics = Arc::new(Metrics::new(workers));
+        let metrics = Arc::new(Metrics::new(workers, Arc::clone(&shared)));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (stopped_tx, stopped_rx) = mpsc::channel::<()>(1);
 
@@ -326,9 +326,10 @@ impl RelayHandle {
     }
 
     /// Refuse new allocations from now on (existing ones keep working); `/readyz` turns 503.
+    /// The flag lives in `SharedQuotas` only: every worker, `/readyz` and `RelayStatus` read
+    /// it there.
     pub fn begin_drain(&self) {
         self.shared.set_draining(true);
-        self.metrics.set_draining(true);
     }
 
     /// True after `begin_drain`.

@@ -2,7 +2,7 @@
 //! `Metrics` slot (never on the per-packet path: on the worker's timer tick), and `/metrics`
 //! sums the slots into Prometheus text through a prometheus-client `Collector`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::collector::Collector;
@@ -10,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use relay_proto::{DenyReason, QuotaKind, Stats};
+use relay_proto::{DenyReason, QuotaKind, SharedQuotas, Stats};
 
 /// I/O-layer counters of one worker (plain fields, published with the core's stats).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -58,18 +58,20 @@ struct WorkerSnapshot {
 #[derive(Debug)]
 pub struct Metrics {
     workers: Vec<Mutex<WorkerSnapshot>>,
-    draining: AtomicBool,
+    /// The workers' shared state: its drain flag is the relay's (`/readyz`, `relay_draining`);
+    /// nothing here keeps a copy of it.
+    shared: Arc<SharedQuotas>,
     scrapes: AtomicU64,
 }
 
 impl Metrics {
-    /// Slots for `workers` workers.
-    pub fn new(workers: usize) -> Self {
+    /// Slots for `workers` workers sharing `shared`.
+    pub fn new(workers: usize, shared: Arc<SharedQuotas>) -> Self {
         Self {
             workers: (0..workers)
                 .map(|_| Mutex::new(WorkerSnapshot::default()))
                 .collect(),
-            draining: AtomicBool::new(false),
+            shared,
             scrapes: AtomicU64::new(0),
         }
     }
@@ -115,14 +117,10 @@ impl Metrics {
         t
     }
 
-    /// Marks the relay as draining (`/readyz` fails, `relay_draining` is 1).
-    pub fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::Relaxed);
-    }
-
-    /// See `set_draining`.
+    /// True while the relay drains (`/readyz` fails, `relay_draining` is 1): the workers'
+    /// `SharedQuotas` flag, set by `RelayHandle::begin_drain`.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.shared.is_draining()
     }
 
     /// Prometheus text exposition of every metric.
@@ -430,7 +428,8 @@ mod tests {
 
     #[test]
     fn renders_sums_of_workers() {
-        let m = Arc::new(Metrics::new(2));
+        let shared = Arc::new(SharedQuotas::new());
+        let m = Arc::new(Metrics::new(2, Arc::clone(&shared)));
         let a = Stats {
             allocations: 2,
             packets_to_peer: 5,
@@ -462,5 +461,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("relay_stream_connections 4"), "{text}");
+        assert!(text.contains("relay_draining 0"), "{text}");
+        shared.set_draining(true);
+        assert!(m.is_draining());
+        assert!(m.render().contains("relay_draining 1"));
     }
 }

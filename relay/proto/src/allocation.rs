@@ -36,18 +36,3 @@ pub(crate) struct Allocation {
     /// Relayed-bytes budget (when `Quotas::bandwidth_per_allocation` is set).
     pub(crate) bandwidth: Option<TokenBucket>,
 }
-
-/// An Allocate waiting for the I/O layer to bind its relay socket.
-#[derive(Debug)]
-pub(crate) struct PendingAllocation {
-    pub(crate) five_tuple: FiveTuple,
-    pub(crate) transaction_id: TransactionId,
-    pub(crate) lifetime_secs: u32,
-    pub(crate) username: Box<str>,
-    pub(crate) quota_user: Box<str>,
-    pub(crate) key: [u8; 16],
-    /// EVEN-PORT with R: reserve the next port once bound.
-    pub(crate) reserve_next: bool,
-    /// The client went away (stream closed) before the bind finished.
-    pub(crate) cancelled: bool,
-}

@@ -32,8 +32,6 @@ pub struct ServerConfig {
     pub software: Option<String>,
     /// 1:1 NAT: the public IP advertised in XOR-RELAYED-ADDRESS for a relay bound on a private IP.
     pub external_ips: Vec<ExternalIp>,
-    /// Start in draining mode (refuse new allocations); also settable with `Server::set_draining`.
-    pub draining: bool,
     /// Maps `Instant`s to Unix time for REST usernames and nonces (captured at `default()`;
     /// tests set a fixed one).
     pub clock: WallClock,
@@ -52,7 +50,6 @@ impl Default for ServerConfig {
             channel_lifetime: Duration::from_secs(600),
             software: None,
             external_ips: Vec::new(),
-            draining: false,
             clock: WallClock::now(),
         }
     }

@@ -22,14 +22,34 @@
 //! pass it to every shard with [`Server::with_shared_quotas`]. See `docs/relay.md`.
 //!
 //! # Layout
-//! `message` / `attributes` (borrowed STUN codec), `channel_data` (4-byte header, hot path),
-//! `framing` (stream framing), `server` (TURN methods), `allocation` / `permission` /
-//! `channel` / `five_tuple`, `auth` / `nonce` (long-term and REST credentials), `policy`
-//! (peer addresses), `quota`, `amplification` (byte budget of unauthenticated UDP responses),
-//! `expiry` (one deadline queue), `stats`, `config`, `output`.
+//! The wire:
+//! - `message` (borrowed STUN codec, [`Method`]), `attributes` ([`AttributeType`] and value
+//!   codecs), [`ErrorCode`] (`error_code`), `channel_data` (4-byte header, hot path),
+//!   `framing` (stream framing).
+//!
+//! The server, [`Server`] in `server` (relay paths, timers, outputs) and `methods` (one
+//! handler per TURN method, each citing its RFC section, and the shared `authorized_allocation`
+//! opening), over state split by concern:
+//! - `allocation_table` (`AllocationTable`: the slab of `allocation`s, indexed by 5-tuple and
+//!   by relay address), with `permission` / `channel` / `five_tuple` inside an allocation;
+//! - `pending` (`PendingAllocations`: Allocates waiting for their relay socket);
+//! - `admission` (`Admission`: `auth` / `nonce` credentials and nonces, the per-IP rate limits
+//!   of unauthenticated requests and challenges);
+//! - `own_addresses` ([`OwnAddresses`]: the host addresses learned at run time, so that
+//!   [`ServerConfig`] stays as given), checked by `policy` (peer addresses);
+//! - `expiry` (one deadline queue), `stats`, `output`;
+//! - shared by every shard: `quota` ([`SharedQuotas`]: allocation counts and the one drain
+//!   flag), `reservations` (RESERVATION-TOKENs), `amplification` (byte budget of
+//!   unauthenticated UDP responses).
+//!
+//! `config` holds [`ServerConfig`], which the server never changes.
 //!
 //! # API changes
 //! Newest first. Changes since the first published API (a28a13f):
+//! - `ServerConfig::draining` is gone and `Server::set_draining` sets the `SharedQuotas` flag
+//!   (all shards sharing it drain): the drain state has one owner. `Server::config` returns
+//!   the configuration as given; the addresses learned at run time are
+//!   `Server::own_addresses` ([`OwnAddresses`]).
 //! - Typed wire vocabulary: `Method`, `AttributeType` and `ErrorCode` (each variant cites its
 //!   RFC section). `StunMessage::method` returns `Option<Method>` (`method_code` keeps the raw
 //!   12-bit code); `MessageBuilder::new`/`add*` and `StunMessage::get` take `impl Into<u16>`
@@ -60,7 +80,9 @@
 //!   tests and the I/O layer's stream framing: `framing::stream_frame_len`).
 //! - `Server::relay_address_of`.
 
+mod admission;
 mod allocation;
+mod allocation_table;
 mod amplification;
 pub mod attributes;
 pub mod auth;
@@ -76,9 +98,12 @@ pub mod message;
 mod methods;
 mod nonce;
 mod output;
+mod own_addresses;
+mod pending;
 mod permission;
 pub mod policy;
 mod quota;
+mod reservations;
 mod server;
 mod small_list;
 mod stats;
@@ -89,6 +114,7 @@ pub use error_code::ErrorCode;
 pub use five_tuple::{AddressFamily, FiveTuple, Transport};
 pub use message::Method;
 pub use output::{BindError, ClientAction, HEADROOM, Output, PeerAction, RelayRequestId, TAILROOM};
+pub use own_addresses::OwnAddresses;
 pub use policy::{DenyReason, IpNet, PeerPolicy};
 pub use quota::{DEFAULT_AMPLIFICATION_ALLOWANCE, QuotaKind, Quotas, RateLimit, SharedQuotas};
 pub use server::Server;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, trace};
 
-use crate::allocation::{Allocation, PendingAllocation};
+use crate::allocation::Allocation;
 use crate::attributes::{self, AttributeType as Attr};
 use crate::auth::{AuthFailure, Identity, MAX_USERNAME};
 use crate::channel::BindConflict;
@@ -17,9 +17,9 @@ use crate::error_code::ErrorCode;
 use crate::expiry::{AllocKey, Timer};
 use crate::five_tuple::{AddressFamily, FiveTuple, Transport};
 use crate::message::{Class, MessageBuilder, Method, StunMessage, TransactionId};
-use crate::nonce::NonceCheck;
 use crate::output::{BindError, Output, RelayRequestId};
-use crate::quota::{IpRateLimiter, QuotaKind, TokenBucket};
+use crate::pending::PendingAllocation;
+use crate::quota::{QuotaKind, TokenBucket};
 use crate::server::{Server, later};
 
 /// How long a RESERVATION-TOKEN stays valid (RFC 8656 suggests about 30 s).
@@ -140,12 +140,9 @@ impl Server {
             trace!(client = %from.client, method, "request of an unsupported method dropped");
             return;
         };
-        if !msg.has_integrity() {
-            self.arm_sweep(now);
-            if !self.unauthenticated.allow(now, from.client.ip()) {
-                self.stats.quota_hits[QuotaKind::UnauthenticatedRate.index()] += 1;
-                return;
-            }
+        if !msg.has_integrity() && !self.admission.allow_unauthenticated(now, from.client.ip()) {
+            self.stats.quota_hits[QuotaKind::UnauthenticatedRate.index()] += 1;
+            return;
         }
         let (unknown, n) = msg.unknown_required();
         if n > 0 {
@@ -186,14 +183,14 @@ impl Server {
         };
         let tid = msg.transaction_id();
         let key = auth.identity.key;
-        if let Some(&existing) = self.by_five_tuple.get(&from)
+        if let Some(existing) = self.allocations.key_of(&from)
             && self.allocation(existing).is_some_and(|a| now >= a.expires)
         {
             // Expired but not swept yet: it is gone, the new Allocate may take its place.
             self.remove_allocation(existing);
             self.stats.allocations_expired += 1;
         }
-        if let Some(&existing) = self.by_five_tuple.get(&from) {
+        if let Some(existing) = self.allocations.key_of(&from) {
             match self.allocation(existing) {
                 Some(a) if a.created_by == tid => {
                     // A retransmission of the Allocate that created it: the same answer.
@@ -207,12 +204,8 @@ impl Server {
             }
             return;
         }
-        if let Some(request) = self.pending_by_five_tuple.get(&from) {
-            let same = self
-                .pending
-                .get(request)
-                .is_some_and(|p| p.transaction_id == tid);
-            if !same {
+        if self.pending.contains(&from) {
+            if self.pending.transaction_of(&from) != Some(tid) {
                 self.stats.allocation_mismatches += 1;
                 self.error_authenticated(from, msg, &key, ErrorCode::AllocationMismatch);
             }
@@ -252,22 +245,16 @@ impl Server {
             Ok(0) | Err(_) => self.config.default_allocation_lifetime.as_secs() as u32,
             Ok(secs) => secs,
         };
-        self.next_request += 1;
-        let request = RelayRequestId(self.next_request);
-        self.pending.insert(
-            request,
-            PendingAllocation {
-                five_tuple: from,
-                transaction_id: tid,
-                lifetime_secs,
-                username: auth.username,
-                quota_user: auth.identity.quota_user,
-                key,
-                reserve_next: params.reserve_next,
-                cancelled: false,
-            },
-        );
-        self.pending_by_five_tuple.insert(from, request);
+        let request = self.pending.insert(PendingAllocation {
+            five_tuple: from,
+            transaction_id: tid,
+            lifetime_secs,
+            username: auth.username,
+            quota_user: auth.identity.quota_user,
+            key,
+            reserve_next: params.reserve_next,
+            cancelled: false,
+        });
         self.outputs.push_back(Output::BindRelay {
             request,
             family: address.map_or(params.family, |a| AddressFamily::of(&a)),
@@ -284,19 +271,16 @@ impl Server {
         request: RelayRequestId,
         result: Result<SocketAddr, BindError>,
     ) {
-        let Some(p) = self.pending.remove(&request) else {
+        let Some(p) = self.pending.take(request) else {
             if let Ok(relay) = result {
                 self.outputs.push_back(Output::ReleaseRelay { relay });
             }
             return;
         };
-        if self.pending_by_five_tuple.get(&p.five_tuple) == Some(&request) {
-            self.pending_by_five_tuple.remove(&p.five_tuple);
-        }
         let relay = match result {
-            Ok(relay) if p.cancelled || self.by_relay.contains_key(&relay) => {
+            Ok(relay) if p.cancelled || self.allocations.has_relay(&relay) => {
                 self.shared.release(&p.quota_user);
-                if !self.by_relay.contains_key(&relay) {
+                if !self.allocations.has_relay(&relay) {
                     self.outputs.push_back(Output::ReleaseRelay { relay });
                 }
                 if !p.cancelled {
@@ -319,7 +303,7 @@ impl Server {
             }
         };
         let advertised = self.advertised(relay);
-        self.learn_own_addresses(p.five_tuple.server, relay, advertised);
+        self.own.learn(p.five_tuple.server, relay, advertised);
         let bandwidth = self
             .config
             .quotas
@@ -358,13 +342,14 @@ impl Server {
     fn reserve(&mut self, address: SocketAddr, now: Instant) -> [u8; 8] {
         let token: [u8; 8] = rand::random();
         self.shared
+            .reservations
             .reserve(token, address, now, later(now, RESERVATION_LIFETIME));
         token
     }
 
     /// The address reserved under `token`, if it has not expired (single use).
     fn take_reservation(&mut self, token: [u8; 8], now: Instant) -> Option<SocketAddr> {
-        self.shared.take_reservation(token, now)
+        self.shared.reservations.take(token, now)
     }
 
     fn allocate_success(&self, tid: TransactionId, a: &Allocation, now: Instant) -> MessageBuilder {
@@ -514,7 +499,7 @@ impl Server {
         if peer.is_ipv4() != alloc.relay.is_ipv4() {
             return self.error_authenticated(from, msg, &key, ErrorCode::PeerAddressFamilyMismatch);
         }
-        if let Err(reason) = self.config.policy.check_addr(peer) {
+        if let Err(reason) = self.own.check_peer(&self.config.policy, peer) {
             self.count_denial(from, peer, reason);
             return self.error_authenticated(from, msg, &key, ErrorCode::Forbidden);
         }
@@ -576,7 +561,7 @@ impl Server {
     ) -> Option<Authorized> {
         let auth = self.authenticate(now, from, msg)?;
         let key = auth.identity.key;
-        let found = self.by_five_tuple.get(&from).copied().and_then(|k| {
+        let found = self.allocations.key_of(&from).and_then(|k| {
             self.allocation(k)
                 .filter(|a| now < a.expires)
                 .map(|a| (k, a))
@@ -639,23 +624,23 @@ impl Server {
             return None;
         };
         let now_unix = self.config.clock.unix_secs_at(now);
-        if self.nonces.check(nonce, now_unix, from.client.ip()) != NonceCheck::Valid {
+        if !self
+            .admission
+            .nonce_is_valid(nonce, now_unix, from.client.ip())
+        {
             self.stats.stale_nonces += 1;
             self.challenge(now, from, msg, ErrorCode::StaleNonce);
             return None;
         }
         // The key is derived with our realm: a request for another realm fails integrity.
-        match self.auth.verify(msg, username, now_unix) {
-            Ok(identity) => {
-                // The challenge this source got was answered: legitimate challenge/response
-                // traffic (every Allocate starts with one) must not starve a busy NAT IP.
-                self.unauthenticated.refund(from.client.ip());
-                self.unauthorized.refund(from.client.ip());
-                Some(Authenticated {
-                    identity,
-                    username: username.into(),
-                })
-            }
+        match self
+            .admission
+            .verify(msg, username, now_unix, from.client.ip())
+        {
+            Ok(identity) => Some(Authenticated {
+                identity,
+                username: username.into(),
+            }),
             Err(failure) => {
                 self.stats.auth_failures += 1;
                 let why = match failure {
@@ -672,25 +657,18 @@ impl Server {
 
     /// 401 or 438 with REALM and a fresh NONCE, rate-limited per source IP.
     fn challenge(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>, code: ErrorCode) {
-        self.arm_sweep(now);
-        if !self.unauthorized.allow(now, from.client.ip()) {
+        if !self.admission.allow_challenge(now, from.client.ip()) {
             self.stats.quota_hits[QuotaKind::UnauthorizedRate.index()] += 1;
             trace!(client = %from.client, "401 rate limit hit");
             return;
         }
         let nonce = self
-            .nonces
-            .issue(self.config.clock.unix_secs_at(now), from.client.ip());
+            .admission
+            .issue_nonce(self.config.clock.unix_secs_at(now), from.client.ip());
         let mut b = self.error_builder(msg, code, false);
         b.add(Attr::Realm, self.config.realm.as_bytes())
             .add(Attr::Nonce, nonce.as_bytes());
         self.send_unauthenticated(now, from, msg.raw().len(), b);
-    }
-
-    fn arm_sweep(&mut self, now: Instant) {
-        if self.next_sweep.is_none() {
-            self.next_sweep = Some(now + IpRateLimiter::SWEEP_INTERVAL);
-        }
     }
 
     fn error_builder(
@@ -767,23 +745,5 @@ impl Server {
             None => e.public.is_ipv4() == relay.is_ipv4(),
         });
         mapped.map_or(relay, |e| SocketAddr::new(e.public, relay.port()))
-    }
-
-    /// Remember the host's own addresses for the peer policy (bounded: a handful of IPs).
-    fn learn_own_addresses(
-        &mut self,
-        listen: SocketAddr,
-        relay: SocketAddr,
-        advertised: SocketAddr,
-    ) {
-        let policy = &mut self.config.policy;
-        if !policy.listen_addresses.contains(&listen) && policy.listen_addresses.len() < 64 {
-            policy.listen_addresses.push(listen);
-        }
-        for ip in [listen.ip(), relay.ip(), advertised.ip()] {
-            if !ip.is_unspecified() && !policy.own_ips.contains(&ip) && policy.own_ips.len() < 64 {
-                policy.own_ips.push(ip);
-            }
-        }
     }
 }

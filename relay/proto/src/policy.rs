@@ -208,7 +208,8 @@ fn mask128(prefix: u8) -> u128 {
     }
 }
 
-/// The peer-address policy (part of `ServerConfig`).
+/// The peer-address policy (part of `ServerConfig`, which the server never changes: the
+/// addresses it learns at run time go to `OwnAddresses`).
 #[derive(Clone, Debug)]
 pub struct PeerPolicy {
     /// Prefixes allowed even though a default rule denies them (never overrides
@@ -364,11 +365,22 @@ impl PeerPolicy {
     /// `check_ip` plus the own-address rules (`own_ips`, `relay_ports`, `listen_addresses`);
     /// used for channel binds and sends, where the port is known.
     pub fn check_addr(&self, addr: SocketAddr) -> Result<(), DenyReason> {
+        self.check_addr_with(addr, &self.own_ips, &self.listen_addresses)
+    }
+
+    /// `check_addr` with `own_ips` and `listen_addresses` in place of the fields (the server
+    /// passes the addresses it learned at run time: `OwnAddresses`).
+    pub(crate) fn check_addr_with(
+        &self,
+        addr: SocketAddr,
+        own_ips: &[IpAddr],
+        listen_addresses: &[SocketAddr],
+    ) -> Result<(), DenyReason> {
         self.check_ip(addr.ip())?;
         let ip = canonical_ip(addr.ip());
         let same = |a: IpAddr| canonical_ip(a) == ip;
-        let own_ip = self.own_ips.iter().any(|o| same(*o));
-        if self.listen_addresses.iter().any(|l| {
+        let own_ip = own_ips.iter().any(|o| same(*o));
+        if listen_addresses.iter().any(|l| {
             l.port() == addr.port() && (same(l.ip()) || (l.ip().is_unspecified() && own_ip))
         }) {
             return Err(DenyReason::OwnAddress);

@@ -4,12 +4,13 @@
 //! `amplification`, one table in `SharedQuotas` for every shard).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::amplification::AmplificationBudget;
+use crate::reservations::Reservations;
 
 /// A rate with a burst allowance (token bucket parameters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,14 +144,10 @@ pub struct SharedQuotas {
     draining: AtomicBool,
     /// `Quotas::amplification_allowance` credit per source IP, for every shard.
     pub(crate) amplification: AmplificationBudget,
-    /// RESERVATION-TOKEN -> (reserved relay address, valid until), for every shard: the
-    /// Allocate that claims a reservation may reach another shard than the one that made it.
-    /// Touched only by Allocates with EVEN-PORT (R bit) or RESERVATION-TOKEN.
-    reservations: Mutex<HashMap<[u8; 8], (SocketAddr, Instant)>>,
+    /// RESERVATION-TOKENs for every shard: the Allocate that claims a reservation may reach
+    /// another shard than the one that made it.
+    pub(crate) reservations: Reservations,
 }
-
-/// Bound on outstanding RESERVATION-TOKENs of the whole relay (each about 64 bytes).
-const MAX_RESERVATIONS: usize = 16_384;
 
 impl SharedQuotas {
     /// Empty counters.
@@ -168,7 +165,9 @@ impl SharedQuotas {
         self.lock().get(user).copied().unwrap_or(0)
     }
 
-    /// Drain every shard sharing these counters (new allocations refused).
+    /// Drain every shard sharing these counters (new allocations refused). The one place the
+    /// drain state lives: `Server::is_draining`, the relay's `/readyz` and its fleet
+    /// registration all read it.
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Relaxed);
     }
@@ -213,38 +212,6 @@ impl SharedQuotas {
             }
             self.total.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-
-    /// Remember `address` under `token` until `until` (RFC 8656 section 7.2). At the bound,
-    /// expired reservations are dropped first, then all of them.
-    pub(crate) fn reserve(
-        &self,
-        token: [u8; 8],
-        address: SocketAddr,
-        now: Instant,
-        until: Instant,
-    ) {
-        let mut map = self
-            .reservations
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() >= MAX_RESERVATIONS {
-            map.retain(|_, (_, u)| *u > now);
-            if map.len() >= MAX_RESERVATIONS {
-                map.clear();
-            }
-        }
-        map.insert(token, (address, until));
-    }
-
-    /// The address reserved under `token`, if it has not expired (single use).
-    pub(crate) fn take_reservation(&self, token: [u8; 8], now: Instant) -> Option<SocketAddr> {
-        let (address, until) = self
-            .reservations
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&token)?;
-        (now < until).then_some(address)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {

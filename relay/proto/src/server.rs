@@ -1,27 +1,29 @@
 //! `Server`: the TURN state of one shard and its relay paths. ChannelData and peer datagrams
 //! are handled here without allocation (hash lookup + header write); STUN requests go to the
-//! method handlers in `methods`; every expiry goes through one `ExpiryQueue`.
+//! method handlers in `methods`; every expiry goes through one `ExpiryQueue`. The state is
+//! split by concern: `AllocationTable`, `PendingAllocations`, `Admission`, `OwnAddresses`, and
+//! `SharedQuotas` (counters, reservations, the drain flag) shared with the other shards.
 
-use std::collections::{HashMap, VecDeque};
-
-use crate::fast_hash::FastMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::trace;
 
-use crate::allocation::{Allocation, PendingAllocation};
+use crate::admission::Admission;
+use crate::allocation::Allocation;
+use crate::allocation_table::AllocationTable;
 use crate::attributes::{self, AttributeType};
-use crate::auth::Authenticator;
 use crate::channel_data;
 use crate::config::ServerConfig;
 use crate::expiry::{AllocKey, ExpiryQueue, Timer};
 use crate::five_tuple::FiveTuple;
 use crate::message::{Class, MessageBuilder, Method, StunMessage, TransactionId};
-use crate::nonce::NonceKeys;
 use crate::output::{BindError, ClientAction, HEADROOM, Output, PeerAction, RelayRequestId};
-use crate::quota::{IpRateLimiter, QuotaKind, Quotas, SharedQuotas};
+use crate::own_addresses::OwnAddresses;
+use crate::pending::PendingAllocations;
+use crate::quota::{QuotaKind, Quotas, SharedQuotas};
 use crate::stats::Stats;
 
 /// Largest peer payload a Data indication can carry (65535 minus XOR-PEER-ADDRESS for IPv6 and
@@ -35,37 +37,27 @@ pub(crate) fn later(now: Instant, d: std::time::Duration) -> Instant {
     now.checked_add(d).unwrap_or(now)
 }
 
-/// One slab slot; the generation makes stale `AllocKey`s (in timers) harmless.
-#[derive(Debug, Default)]
-pub(crate) struct Slot {
-    pub(crate) generation: u32,
-    pub(crate) allocation: Option<Allocation>,
-}
-
-/// The STUN/TURN server state of one shard: allocations keyed by 5-tuple, an index from relay
-/// address to allocation, one deadline queue for every expiry. Drive it as the crate docs say.
+/// The STUN/TURN server state of one shard: the allocations, the Allocates waiting for a
+/// relay socket, admission (credentials, nonces, rate limits), the addresses learned at run
+/// time, one deadline queue for every expiry, and the output queue. Drive it as the crate docs
+/// say.
 #[derive(Debug)]
 pub struct Server {
+    /// As given: never changed after `new` (learned addresses go to `own`).
     pub(crate) config: ServerConfig,
+    /// Allocation counts, reservations, amplification credit and the drain flag of every
+    /// shard.
     pub(crate) shared: Arc<SharedQuotas>,
-    pub(crate) auth: Authenticator,
-    pub(crate) nonces: NonceKeys,
-    pub(crate) slots: Vec<Slot>,
-    pub(crate) free: Vec<u32>,
-    pub(crate) by_five_tuple: FastMap<FiveTuple, AllocKey>,
-    pub(crate) by_relay: FastMap<SocketAddr, AllocKey>,
-    pub(crate) pending: HashMap<RelayRequestId, PendingAllocation>,
-    pub(crate) pending_by_five_tuple: HashMap<FiveTuple, RelayRequestId>,
-    pub(crate) next_request: u64,
+    pub(crate) admission: Admission,
+    pub(crate) allocations: AllocationTable,
+    pub(crate) pending: PendingAllocations,
+    /// The host's addresses for the peer policy, configured plus learned.
+    pub(crate) own: OwnAddresses,
+    /// Allocation, permission and channel deadlines (the rate-limit sweep is `admission`'s).
     pub(crate) expiry: ExpiryQueue,
-    /// Requests without MESSAGE-INTEGRITY per source IP.
-    pub(crate) unauthenticated: IpRateLimiter,
-    /// 401/438 responses per source IP.
-    pub(crate) unauthorized: IpRateLimiter,
-    pub(crate) next_sweep: Option<Instant>,
+    /// Drained by `poll_output`.
     pub(crate) outputs: VecDeque<Output>,
     pub(crate) stats: Stats,
-    pub(crate) draining: bool,
 }
 
 impl Server {
@@ -74,36 +66,19 @@ impl Server {
         Self::with_shared_quotas(config, Arc::new(SharedQuotas::new()))
     }
 
-    /// A shard: allocation counts (per user, total) and the drain flag are shared through `shared`.
+    /// A shard: allocation counts (per user, total), reservations, the amplification credit
+    /// and the drain flag are shared through `shared`.
     pub fn with_shared_quotas(config: ServerConfig, shared: Arc<SharedQuotas>) -> Self {
-        let auth = Authenticator::new(&config.realm, &config.auth);
-        let nonces = NonceKeys::new(
-            &config.auth.nonce_secret,
-            config.auth.nonce_lifetime.as_secs(),
-        );
-        let q = &config.quotas;
-        let unauthenticated = IpRateLimiter::new(q.unauthenticated_per_ip, q.rate_limit_table_size);
-        let unauthorized = IpRateLimiter::new(q.unauthorized_per_ip, q.rate_limit_table_size);
-        let draining = config.draining;
         Self {
+            admission: Admission::new(&config),
+            own: OwnAddresses::new(&config.policy),
             config,
             shared,
-            auth,
-            nonces,
-            slots: Vec::new(),
-            free: Vec::new(),
-            by_five_tuple: FastMap::default(),
-            by_relay: FastMap::default(),
-            pending: HashMap::new(),
-            pending_by_five_tuple: HashMap::new(),
-            next_request: 0,
+            allocations: AllocationTable::default(),
+            pending: PendingAllocations::default(),
             expiry: ExpiryQueue::default(),
-            unauthenticated,
-            unauthorized,
-            next_sweep: None,
             outputs: VecDeque::new(),
             stats: Stats::default(),
-            draining,
         }
     }
 
@@ -164,7 +139,7 @@ impl Server {
             self.stats.malformed_packets += 1;
             return ClientAction::Drop;
         };
-        let Some(alloc) = live_allocation(&self.by_five_tuple, &mut self.slots, &from, now) else {
+        let Some(alloc) = self.allocations.live_mut(&from, now) else {
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
         };
@@ -213,11 +188,11 @@ impl Server {
             self.stats.malformed_packets += 1;
             return ClientAction::Drop;
         };
-        if let Err(reason) = self.config.policy.check_addr(peer) {
+        if let Err(reason) = self.own.check_peer(&self.config.policy, peer) {
             self.count_denial(from, peer, reason);
             return ClientAction::Drop;
         }
-        let Some(alloc) = live_allocation(&self.by_five_tuple, &mut self.slots, &from, now) else {
+        let Some(alloc) = self.allocations.live_mut(&from, now) else {
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
         };
@@ -256,15 +231,7 @@ impl Server {
             self.stats.malformed_packets += 1;
             return PeerAction::Drop;
         }
-        let Some(&key) = self.by_relay.get(&relay) else {
-            self.stats.dropped_packets += 1;
-            return PeerAction::Drop;
-        };
-        let Some(alloc) = self
-            .slots
-            .get_mut(key.index as usize)
-            .and_then(|s| s.allocation.as_mut())
-        else {
+        let Some(alloc) = self.allocations.by_relay_mut(&relay) else {
             self.stats.dropped_packets += 1;
             return PeerAction::Drop;
         };
@@ -329,12 +296,8 @@ impl Server {
     /// section 3.1); a pending one is cancelled.
     pub fn handle_connection_closed(&mut self, now: Instant, five_tuple: FiveTuple) {
         let _ = now;
-        if let Some(request) = self.pending_by_five_tuple.remove(&five_tuple)
-            && let Some(p) = self.pending.get_mut(&request)
-        {
-            p.cancelled = true;
-        }
-        if let Some(&key) = self.by_five_tuple.get(&five_tuple) {
+        self.pending.cancel(&five_tuple);
+        if let Some(key) = self.allocations.key_of(&five_tuple) {
             self.remove_allocation(key);
             self.stats.allocations_deleted += 1;
         }
@@ -369,12 +332,7 @@ impl Server {
                 }
             }
         }
-        if self.next_sweep.is_some_and(|at| now >= at) {
-            self.unauthenticated.sweep(now);
-            self.unauthorized.sweep(now);
-            let tracked = self.unauthenticated.len() + self.unauthorized.len();
-            self.next_sweep = (tracked > 0).then(|| now + IpRateLimiter::SWEEP_INTERVAL);
-        }
+        self.admission.handle_timeout(now);
     }
 
     fn allocation_timer(&mut self, key: AllocKey, now: Instant) {
@@ -395,7 +353,7 @@ impl Server {
 
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.expiry.next_deadline(), self.next_sweep) {
+        match (self.expiry.next_deadline(), self.admission.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -411,14 +369,15 @@ impl Server {
         &self.stats
     }
 
-    /// Refuse new allocations (existing ones live on until they expire) when `true`.
+    /// Refuse new allocations (existing ones live on until they expire) when `true`. The flag
+    /// is `SharedQuotas`': this drains every shard sharing it (`SharedQuotas::set_draining`).
     pub fn set_draining(&mut self, draining: bool) {
-        self.draining = draining;
+        self.shared.set_draining(draining);
     }
 
-    /// True while new allocations are refused (this shard's flag or the shared one).
+    /// True while new allocations are refused.
     pub fn is_draining(&self) -> bool {
-        self.draining || self.shared.is_draining()
+        self.shared.is_draining()
     }
 
     /// The I/O layer failed to send a relayed packet to a peer (ENETUNREACH...): counted, the
@@ -427,51 +386,36 @@ impl Server {
         self.stats.send_failures += 1;
     }
 
-    /// The configuration in use (the policy includes the addresses learned at run time).
+    /// The configuration, as given to `new` (never changed since).
     pub fn config(&self) -> &ServerConfig {
         &self.config
     }
 
+    /// The host's own addresses the peer policy refuses: the configured ones plus those
+    /// learned from 5-tuples and relay sockets.
+    pub fn own_addresses(&self) -> &OwnAddresses {
+        &self.own
+    }
+
     /// The relay address (local) of the allocation of `five_tuple`, if one is live.
     pub fn relay_address_of(&self, five_tuple: &FiveTuple) -> Option<SocketAddr> {
-        let key = self.by_five_tuple.get(five_tuple)?;
-        self.allocation(*key).map(|a| a.relay)
+        let key = self.allocations.key_of(five_tuple)?;
+        self.allocation(key).map(|a| a.relay)
     }
 
     pub(crate) fn allocation(&self, key: AllocKey) -> Option<&Allocation> {
-        let slot = self.slots.get(key.index as usize)?;
-        if slot.generation != key.generation {
-            return None;
-        }
-        slot.allocation.as_ref()
+        self.allocations.get(key)
     }
 
     pub(crate) fn allocation_mut(&mut self, key: AllocKey) -> Option<&mut Allocation> {
-        let slot = self.slots.get_mut(key.index as usize)?;
-        if slot.generation != key.generation {
-            return None;
-        }
-        slot.allocation.as_mut()
+        self.allocations.get_mut(key)
     }
 
-    /// Store a new allocation in the slab and index it.
+    /// Store a new allocation, queue its expiry and count it.
     pub(crate) fn insert_allocation(&mut self, alloc: Allocation) -> AllocKey {
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(Slot::default());
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let slot = &mut self.slots[index as usize];
-        let key = AllocKey {
-            index,
-            generation: slot.generation,
-        };
-        self.by_five_tuple.insert(alloc.five_tuple, key);
-        self.by_relay.insert(alloc.relay, key);
-        self.expiry.push(alloc.expires, Timer::Allocation(key));
-        slot.allocation = Some(alloc);
+        let expires = alloc.expires;
+        let key = self.allocations.insert(alloc);
+        self.expiry.push(expires, Timer::Allocation(key));
         self.stats.allocations += 1;
         self.stats.allocations_created += 1;
         key
@@ -479,19 +423,9 @@ impl Server {
 
     /// Delete an allocation: indexes, quota slot, gauges, and release its relay socket.
     pub(crate) fn remove_allocation(&mut self, key: AllocKey) {
-        let Some(slot) = self.slots.get_mut(key.index as usize) else {
+        let Some(alloc) = self.allocations.remove(key) else {
             return;
         };
-        if slot.generation != key.generation {
-            return;
-        }
-        let Some(alloc) = slot.allocation.take() else {
-            return;
-        };
-        slot.generation = slot.generation.wrapping_add(1);
-        self.free.push(key.index);
-        self.by_five_tuple.remove(&alloc.five_tuple);
-        self.by_relay.remove(&alloc.relay);
         self.shared.release(&alloc.quota_user);
         self.stats.allocations = self.stats.allocations.saturating_sub(1);
         self.stats.permissions = self
@@ -536,19 +470,6 @@ fn charge_to_peer(
     stats.packets_to_peer += 1;
     stats.bytes_to_peer += len;
     true
-}
-
-/// The live allocation of `from` (split borrow so the caller can still update `stats`).
-#[inline]
-fn live_allocation<'a>(
-    by_five_tuple: &FastMap<FiveTuple, AllocKey>,
-    slots: &'a mut [Slot],
-    from: &FiveTuple,
-    now: Instant,
-) -> Option<&'a mut Allocation> {
-    let key = by_five_tuple.get(from)?;
-    let alloc = slots.get_mut(key.index as usize)?.allocation.as_mut()?;
-    (now < alloc.expires).then_some(alloc)
 }
 
 /// A Data indication carrying `data` from `peer` (RFC 8656 section 11.3).
