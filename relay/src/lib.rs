@@ -27,12 +27,13 @@ pub mod tls;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use relay_proto::{AuthConfig, PeerPolicy, Quotas, RateLimit, ServerConfig, SharedQuotas};
 use tokio::sync::{mpsc, watch};
 
 pub use config::Config;
+use io::drain::DrainSignal;
 use io::driver::{WorkerSetup, run_worker};
 use io::relay_ports::RelayPorts;
 pub use metrics::Metrics;
@@ -180,6 +181,7 @@ impl Relay {
 
         let shared = Arc::new(SharedQuotas::new());
         let metrics = Arc::new(Metrics::new(workers, Arc::clone(&shared)));
+        let drain = DrainSignal::new(Arc::clone(&shared));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (stopped_tx, stopped_rx) = mpsc::channel::<()>(1);
 
@@ -234,6 +236,7 @@ impl Relay {
                 connections: Arc::clone(&connections),
                 stream_queue_bytes: config.stream_queue_bytes,
                 metrics: Arc::clone(&metrics),
+                drain: Arc::clone(&drain),
                 shutdown: shutdown_rx.clone(),
                 stopped: stopped_tx.clone(),
             };
@@ -249,6 +252,7 @@ impl Relay {
             addrs,
             shared,
             metrics,
+            drain,
             shutdown: shutdown_tx,
             stopped: stopped_rx,
             threads,
@@ -295,8 +299,11 @@ pub struct RelayHandle {
     addrs: RelayAddrs,
     shared: Arc<SharedQuotas>,
     metrics: Arc<Metrics>,
+    /// Wakes `drain` when the last allocation ends.
+    drain: Arc<DrainSignal>,
     shutdown: watch::Sender<bool>,
-    /// Closed when every worker and the admin thread have stopped.
+    /// Closed when every worker and the admin thread have stopped (each holds a sender and
+    /// drops it last).
     stopped: mpsc::Receiver<()>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -337,15 +344,12 @@ impl RelayHandle {
         self.shared.is_draining()
     }
 
-    /// Graceful shutdown: `begin_drain`, wait until every allocation has ended or `timeout`
-    /// passed, then stop.
+    /// Graceful shutdown: `begin_drain`, wait until every allocation has ended (the workers
+    /// signal the last one; nothing polls) or `timeout` passed, then stop.
     pub async fn drain(self, timeout: Duration) {
         self.begin_drain();
-        let deadline = Instant::now() + timeout;
-        while self.allocations() > 0 && Instant::now() < deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            tokio::time::sleep(left.min(Duration::from_millis(100))).await;
-        }
+        let deadline = std::time::Instant::now() + timeout;
+        self.drain.wait_idle(deadline).await;
         tracing::info!(
             remaining_allocations = self.allocations(),
             "drain finished, stopping"

@@ -2,7 +2,9 @@
 //! shard's tasks: one per UDP listening socket, one per relay socket, TCP/TLS accept loops and
 //! connections, and the timer task. Each task awaits readiness, then processes whole batches
 //! synchronously, yielding after `TIME_BUDGET` so that no socket can starve the others or the
-//! timers.
+//! timers. On shutdown the listeners stop first, then the shard closes its relay sockets and
+//! connections and waits for their tasks (`Shard::shutdown`); the worker's `stopped` sender is
+//! dropped last, so the relay handle knows every worker is done when the channel closes.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -14,8 +16,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::LocalSet;
 
 use super::conn_limit::ConnectionLimit;
+use super::drain::DrainSignal;
 use super::relay_ports::RelayPorts;
-use super::shard::{Shard, TIME_BUDGET};
+use super::shard::{RelayWide, Shard, TIME_BUDGET};
 use super::tcp;
 use super::udp::UdpSocket;
 use crate::metrics::Metrics;
@@ -38,6 +41,8 @@ pub(crate) struct WorkerSetup {
     /// `--stream-queue-bytes`.
     pub(crate) stream_queue_bytes: usize,
     pub(crate) metrics: Arc<Metrics>,
+    /// Woken by the shard when a draining relay's last allocation ends.
+    pub(crate) drain: Arc<DrainSignal>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Dropped when the worker has stopped (the handle waits for all of them).
     pub(crate) stopped: mpsc::Sender<()>,
@@ -73,6 +78,7 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             connections,
             stream_queue_bytes,
             metrics,
+            drain,
             mut shutdown,
             stopped,
         } = setup;
@@ -104,23 +110,36 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             core,
             udp,
             relay_ports,
-            connections,
             stream_queue_bytes,
-            metrics,
+            RelayWide {
+                connections,
+                metrics,
+                drain,
+            },
         );
+        // The listeners: aborted first at shutdown, so no new work arrives while the shard
+        // waits for its connections.
+        let mut listeners = Vec::new();
         for socket in shard.listeners() {
-            tokio::task::spawn_local(run_udp_listener(Rc::clone(&shard), Rc::clone(socket)));
+            listeners.push(tokio::task::spawn_local(run_udp_listener(
+                Rc::clone(&shard),
+                Rc::clone(socket),
+            )));
         }
         for listener in tcp {
-            tokio::task::spawn_local(tcp::accept_loop(Rc::clone(&shard), listener, None));
+            listeners.push(tokio::task::spawn_local(tcp::accept_loop(
+                Rc::clone(&shard),
+                listener,
+                None,
+            )));
         }
         if let Some(tls_accept) = tls_accept {
             for listener in tls {
-                tokio::task::spawn_local(tcp::accept_loop(
+                listeners.push(tokio::task::spawn_local(tcp::accept_loop(
                     Rc::clone(&shard),
                     listener,
                     Some(tls_accept.clone()),
-                ));
+                )));
             }
         }
         let _ = ready.send(Ok(()));
@@ -128,8 +147,10 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             () = run_timer(Rc::clone(&shard)) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
-        shard.publish();
-        shard.close_all();
+        for listener in &listeners {
+            listener.abort();
+        }
+        shard.shutdown().await;
         drop(stopped);
     });
 }

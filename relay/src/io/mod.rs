@@ -3,14 +3,18 @@
 //! path). `shard` moves bytes between sockets and the core, `driver` runs a worker, `udp` /
 //! `send_batch` are the batched datagram syscalls, `relay_ports` binds relay sockets,
 //! `stream` / `tcp` carry STUN/TURN over TCP and TLS, `conn_limit` is the relay-wide
-//! `--max-connections` counter, `port_probe` refuses ports another socket holds.
+//! `--max-connections` counter, `port_probe` refuses ports another socket holds, `tasks`
+//! tracks the tasks a stopping worker waits for, `drain` wakes a draining relay when its last
+//! allocation ends.
 
 pub(crate) mod conn_limit;
+pub(crate) mod drain;
 pub(crate) mod driver;
 pub(crate) mod port_probe;
 pub(crate) mod relay_ports;
 pub(crate) mod send_batch;
 pub(crate) mod shard;
 pub(crate) mod stream;
+pub(crate) mod tasks;
 pub(crate) mod tcp;
 pub(crate) mod udp;

@@ -19,9 +19,11 @@ use relay_proto::{
 use tokio::task::JoinHandle;
 
 use super::conn_limit::{ConnectionLimit, ConnectionSlot};
+use super::drain::DrainSignal;
 use super::relay_ports::RelayPorts;
 use super::send_batch::SendBatch;
 use super::stream::StreamSender;
+use super::tasks::TaskGroup;
 use super::udp::{BATCH, UdpSocket};
 use crate::metrics::{IoStats, Metrics};
 
@@ -38,6 +40,10 @@ const ARENA: usize = 512 * 1024;
 
 /// How often the shard publishes its counters for `/metrics`.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+/// How long a stopping worker waits for its connections to write out what was queued to them
+/// (the relay socket tasks end at once).
+const SHUTDOWN_WRITE_OUT: Duration = Duration::from_secs(2);
 
 /// A relay socket and the task receiving on it.
 struct RelaySlot {
@@ -70,6 +76,19 @@ pub(crate) struct Shard {
     io_stats: Cell<IoStats>,
     metrics: Arc<Metrics>,
     last_publish: Cell<Instant>,
+    /// Connection and relay-socket tasks: a stopping worker waits for them (bounded).
+    tasks: TaskGroup,
+    /// Woken when a draining relay's last allocation ends.
+    drain: Arc<DrainSignal>,
+}
+
+/// What a shard shares with the other workers and the relay handle.
+pub(crate) struct RelayWide {
+    /// `--max-connections`, one counter for every worker.
+    pub(crate) connections: Arc<ConnectionLimit>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Woken when a draining relay's last allocation ends.
+    pub(crate) drain: Arc<DrainSignal>,
 }
 
 impl Shard {
@@ -78,10 +97,14 @@ impl Shard {
         core: Server,
         listeners: Vec<Rc<UdpSocket>>,
         relay_ports: RelayPorts,
-        connections: Arc<ConnectionLimit>,
         stream_queue_bytes: usize,
-        metrics: Arc<Metrics>,
+        relay_wide: RelayWide,
     ) -> Rc<Self> {
+        let RelayWide {
+            connections,
+            metrics,
+            drain,
+        } = relay_wide;
         let listeners = listeners
             .into_iter()
             .map(|s| {
@@ -106,6 +129,8 @@ impl Shard {
             io_stats: Cell::new(IoStats::default()),
             metrics,
             last_publish: Cell::new(Instant::now()),
+            tasks: TaskGroup::new(),
+            drain,
         })
     }
 
@@ -250,25 +275,44 @@ impl Shard {
         self.stream_queue_bytes
     }
 
-    /// Registers a new stream connection's outbound queue.
-    pub(crate) fn stream_opened(&self, five: FiveTuple, tx: StreamSender) {
+    /// Registers a new stream connection's outbound queue; it counts in the
+    /// `stream_connections` gauge until the returned guard is dropped.
+    pub(crate) fn stream_opened(
+        self: &Rc<Self>,
+        five: FiveTuple,
+        tx: StreamSender,
+    ) -> StreamRegistration {
         self.streams.borrow_mut().insert(five, tx);
         self.count(|s| {
             s.stream_connections += 1;
             s.stream_connections_accepted += 1;
         });
+        StreamRegistration {
+            shard: Rc::clone(self),
+            five,
+        }
     }
 
-    /// A stream connection ended: its allocation goes with it (RFC 8656 section 3.1).
-    pub(crate) fn stream_closed(self: &Rc<Self>, five: FiveTuple) {
+    /// A stream connection ended (its `StreamRegistration` was dropped): its allocation goes
+    /// with it (RFC 8656 section 3.1).
+    fn stream_closed(self: &Rc<Self>, five: FiveTuple) {
         self.streams.borrow_mut().remove(&five);
         self.count(|s| s.stream_connections = s.stream_connections.saturating_sub(1));
+        // Guards drop from tasks, never inside a core borrow; if one ever did, the allocation
+        // would still expire with its lifetime.
+        let Ok(mut core) = self.core.try_borrow_mut() else {
+            return;
+        };
         let now = Instant::now();
-        let mut core = self.core.borrow_mut();
         core.handle_connection_closed(now, five);
         self.drain_outputs(&mut core, now);
         drop(core);
         self.flush();
+    }
+
+    /// Spawns a connection's task, tracked: a stopping worker waits for it.
+    pub(crate) fn spawn_connection(&self, task: impl Future<Output = ()> + 'static) {
+        self.tasks.spawn_local(task);
     }
 
     /// A slot of `--max-connections` for a connection just accepted, or `None` (counted as
@@ -366,6 +410,7 @@ impl Shard {
                 Output::ReleaseRelay { relay } => self.release_relay(relay),
             }
         }
+        self.drain.check();
     }
 
     /// Binds a relay socket: exactly `address` when the core gives one (a port reserved by
@@ -398,7 +443,7 @@ impl Shard {
             }
         };
         let addr = socket.local_addr();
-        let task = tokio::task::spawn_local(super::driver::run_relay_socket(
+        let task = self.tasks.spawn_local(super::driver::run_relay_socket(
             Rc::clone(self),
             Rc::clone(&socket),
         ));
@@ -498,14 +543,41 @@ impl Shard {
         }
     }
 
-    /// Drops every relay socket task (shutdown).
-    pub(crate) fn close_all(&self) {
-        for (_, mut slot) in self.relays.borrow_mut().drain() {
+    /// Stops the shard (the worker's listeners are stopped first): aborts every relay
+    /// socket task, closes every connection's queue (its writer flushes what is queued and
+    /// closes its side), waits for those tasks (at most `SHUTDOWN_WRITE_OUT`), then
+    /// publishes the final counters.
+    pub(crate) async fn shutdown(&self) {
+        let relays: Vec<RelaySlot> = self.relays.borrow_mut().drain().map(|(_, s)| s).collect();
+        for mut slot in relays {
             if let Some(task) = slot.task.take() {
                 task.abort();
             }
         }
-        self.streams.borrow_mut().clear();
+        let streams: Vec<StreamSender> =
+            self.streams.borrow_mut().drain().map(|(_, s)| s).collect();
+        drop(streams);
+        if !self.tasks.close_and_wait(SHUTDOWN_WRITE_OUT).await {
+            tracing::debug!(
+                worker = self.index,
+                "connections still writing at shutdown: dropped"
+            );
+        }
+        self.publish();
+    }
+}
+
+/// One registered stream connection (see `Shard::stream_opened`). Dropping it, when the
+/// connection ends, fails or its task is cancelled, unregisters the connection, gives its
+/// gauge back and ends its allocation: nothing leaks on an early return.
+pub(crate) struct StreamRegistration {
+    shard: Rc<Shard>,
+    five: FiveTuple,
+}
+
+impl Drop for StreamRegistration {
+    fn drop(&mut self) {
+        self.shard.stream_closed(self.five);
     }
 }
 

@@ -46,7 +46,7 @@ where
     let (reader, writer) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let queued = Rc::new(Cell::new(0));
-    shard.stream_opened(
+    let registration = shard.stream_opened(
         five,
         StreamSender {
             tx,
@@ -60,7 +60,7 @@ where
         () = &mut writing => false,
     };
     // Unregistering drops the queue's sender: the writer ends once the queue is empty.
-    shard.stream_closed(five);
+    drop(registration);
     if client_finished {
         // The client ended its side (or went idle, or sent garbage): still deliver what was
         // queued before, such as the answer to its last request, then close our side (TLS

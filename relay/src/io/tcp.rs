@@ -60,9 +60,11 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Op
             continue;
         };
         let _ = conn.set_nodelay(true);
-        let shard = Rc::clone(&shard);
         let tls = tls.clone();
-        tokio::task::spawn_local(async move {
+        let conn_shard = Rc::clone(&shard);
+        shard.spawn_connection(async move {
+            // Dropped with the task, however it ends (cancellation included).
+            let _slot = slot;
             match tls {
                 None => {
                     let five = FiveTuple {
@@ -70,11 +72,10 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Op
                         server,
                         transport: Transport::Tcp,
                     };
-                    stream::serve(shard, conn, five).await;
+                    stream::serve(conn_shard, conn, five).await;
                 }
-                Some(tls) => serve_tls(shard, conn, client, server, &tls).await,
+                Some(tls) => serve_tls(conn_shard, conn, client, server, &tls).await,
             }
-            drop(slot);
         });
     }
 }
