@@ -18,7 +18,11 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::registry()
         .with(filter)
         .with((!verbose).then_some(cli::ExpectedRefusals))
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,13 +8,15 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{ArgMatches, CommandFactory, Parser};
 use relay_proto::{ExternalIp, IpNet};
+pub use startup::Secret;
+pub use startup::duration::parse as parse_duration;
+pub use startup::logging::LogFormat;
 
 /// Command-line, environment and file configuration of the `relay` binary.
 #[derive(Debug, Clone, Parser)]
@@ -92,9 +94,11 @@ pub struct Config {
 
     /// TURN REST shared secrets (repeatable or comma separated): any of them verifies a
     /// credential, the first is the current one. Rotate by prepending the new secret.
+    /// (`--auth-secret` is the older name of this flag.)
     #[arg(
-        long = "auth-secret",
-        env = "RELAY_AUTH_SECRETS",
+        long = "turn-secret",
+        visible_alias = "auth-secret",
+        env = "RELAY_TURN_SECRETS",
         value_delimiter = ',',
         value_name = "SECRET"
     )]
@@ -243,63 +247,42 @@ pub const DEFAULT_STREAM_QUEUE_BYTES: usize = 128 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// Flags or environment variables were invalid (the message is clap's, with usage).
+    /// Flags, environment variables or the `--config` file were invalid.
     #[error(transparent)]
-    Clap(#[from] clap::Error),
-    /// The `--config` file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    ReadFile {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The `--config` file is not valid TOML or has a value of the wrong shape.
-    #[error("config file {path}: {message}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
+    Load(#[from] startup::config_file::ConfigError),
     /// The values parse but do not make sense together.
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
 
+impl From<clap::Error> for ConfigError {
+    fn from(e: clap::Error) -> Self {
+        Self::Load(e.into())
+    }
+}
+
 impl Config {
-    /// Reads the configuration from the process's arguments, environment and `--config` file.
-    pub fn load() -> Result<Self, ConfigError> {
+    /// Reads the configuration from the process's arguments, environment and `--config` file;
+    /// also returns the matches it came from (for the start-up summary).
+    pub fn load() -> Result<(Self, ArgMatches), ConfigError> {
         Self::load_from(std::env::args_os())
     }
 
     /// Reads the configuration from `args` (the first is the program name), the environment
     /// and the `--config` file named there.
-    pub fn load_from<I, T>(args: I) -> Result<Self, ConfigError>
+    pub fn load_from<I, T>(args: I) -> Result<(Self, ArgMatches), ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let matches = Self::command().try_get_matches_from(&args)?;
-        let mut config = Self::from_arg_matches(&matches)?;
-        if let Some(path) = config.config.clone() {
-            let mut file_args = file_arguments(&path, &matches)?;
-            if !file_args.is_empty() {
-                // File values become flags placed before the real ones; keys that came from a
-                // flag or the environment were left out, so those keep precedence.
-                let mut merged = Vec::with_capacity(args.len() + file_args.len());
-                merged.extend(args.first().cloned());
-                merged.append(&mut file_args);
-                merged.extend(args.iter().skip(1).cloned());
-                config = Self::try_parse_from(merged).map_err(|e| ConfigError::File {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-            }
-        }
+        let (config, matches) = startup::config_file::load::<Self, _, _>(args)?;
         config.validate()?;
-        Ok(config)
+        Ok((config, matches))
+    }
+
+    /// The configuration as a readable block, secrets redacted (`startup::summary`).
+    pub fn summary(matches: &ArgMatches) -> String {
+        startup::summary::summary(&Self::command(), matches)
     }
 
     /// A configuration from the given arguments (without the program name) and the `RELAY_*`
@@ -340,16 +323,11 @@ impl Config {
             )));
         }
         for user in &self.users {
-            if user.name.is_empty() || user.password.0.is_empty() {
+            if user.name.is_empty() || user.password.expose().is_empty() {
                 return Err(ConfigError::Invalid(
                     "--user needs NAME:PASSWORD, both non-empty".into(),
                 ));
             }
-        }
-        if self.auth_secrets.iter().any(|s| s.0.is_empty()) {
-            return Err(ConfigError::Invalid(
-                "--auth-secret must not be empty".into(),
-            ));
         }
         if !(self.capacity > 0.0 && self.capacity.is_finite()) {
             return Err(ConfigError::Invalid("--capacity must be > 0".into()));
@@ -400,195 +378,6 @@ impl Config {
             std::thread::available_parallelism().map_or(1, usize::from)
         }
     }
-
-    /// A multi-line, human-readable summary with every secret redacted (printed at start-up).
-    pub fn redacted_summary(&self) -> String {
-        use fmt::Write as _;
-        let mut s = String::new();
-        let list = |v: &[SocketAddr]| {
-            v.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let _ = writeln!(
-            s,
-            "  listen (udp{}): {}",
-            if self.no_tcp { "" } else { "+tcp" },
-            list(&self.listen)
-        );
-        if self.tls_enabled() {
-            let source = match &self.tls_cert {
-                Some(cert) => cert.display().to_string(),
-                None => "self-signed at start-up".into(),
-            };
-            let _ = writeln!(
-                s,
-                "  tls listen: {} (certificate: {source})",
-                list(&self.tls_listen)
-            );
-        } else {
-            let _ = writeln!(s, "  tls: off");
-        }
-        let ips = self
-            .relay_ip
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>();
-        let _ = writeln!(
-            s,
-            "  relay ip: {}",
-            if ips.is_empty() {
-                "auto".into()
-            } else {
-                ips.join(",")
-            }
-        );
-        let _ = writeln!(s, "  relay ports: {}", self.relay_ports);
-        for mapping in &self.external_ip {
-            match mapping.private {
-                Some(private) => writeln!(s, "  external ip: {} for {private}", mapping.public),
-                None => writeln!(s, "  external ip: {}", mapping.public),
-            }
-            .ok();
-        }
-        let _ = writeln!(s, "  realm: {}", self.realm);
-        let users = self
-            .users
-            .iter()
-            .map(|u| format!("{}:<redacted>", u.name))
-            .collect::<Vec<_>>();
-        let _ = writeln!(s, "  static users: [{}]", users.join(", "));
-        let _ = writeln!(
-            s,
-            "  rest secrets: {} configured (redacted)",
-            self.auth_secrets.len()
-        );
-        let _ = writeln!(
-            s,
-            "  quotas: {} allocations/user, {} total, {} permissions and {} channels/allocation, {} B/s/allocation, {} unauthenticated req/s/IP, {} B unauthenticated allowance/IP",
-            self.user_quota,
-            self.total_quota,
-            self.max_permissions,
-            self.max_channels,
-            self.max_bps,
-            self.unauth_rate,
-            self.unauth_bytes
-        );
-        let _ = writeln!(
-            s,
-            "  max tcp/tls connections: {} (tls handshake timeout {:?}), {} B queued per connection",
-            self.max_connections, self.tls_handshake_timeout, self.stream_queue_bytes
-        );
-        let _ = writeln!(s, "  allow loopback peers: {}", self.allow_loopback_peers);
-        let cidrs = |v: &[IpNet]| {
-            v.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let _ = writeln!(
-            s,
-            "  allow peers: [{}], deny peers: [{}]",
-            cidrs(&self.allow_peer),
-            cidrs(&self.deny_peer)
-        );
-        let _ = writeln!(s, "  admin: {}", self.admin_listen);
-        if self.register.is_empty() {
-            let _ = writeln!(s, "  fleet: not registered");
-        } else {
-            let _ = writeln!(
-                s,
-                "  fleet: registered at {} as {}, region {}, capacity {}, heartbeat {:?}, lease {:?}, public urls [{}]",
-                fleet::link::redacted(&self.register),
-                self.node_id.as_deref().unwrap_or("<random>"),
-                self.region.as_deref().unwrap_or("-"),
-                self.capacity,
-                self.node_heartbeat,
-                self.node_lease,
-                if self.public_urls.is_empty() {
-                    "from the listeners".to_owned()
-                } else {
-                    self.public_urls.join(", ")
-                }
-            );
-        }
-        let _ = writeln!(s, "  drain timeout: {:?}", self.drain_timeout);
-        let _ = write!(
-            s,
-            "  workers: {}, socket buffers: {} B",
-            self.worker_count(),
-            self.socket_buffer
-        );
-        s
-    }
-}
-
-/// Turns the `--config` file into flag arguments for every key that was neither given as a
-/// flag nor set in the environment.
-fn file_arguments(path: &Path, matches: &clap::ArgMatches) -> Result<Vec<OsString>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-        path: path.to_owned(),
-        source,
-    })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    let command = Config::command();
-    let mut out = Vec::new();
-    for (key, value) in table {
-        let long = key.replace('_', "-");
-        let Some(arg) = command
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long.as_str()))
-        else {
-            return Err(ConfigError::File {
-                path: path.to_owned(),
-                message: format!("unknown key `{key}`"),
-            });
-        };
-        let id = arg.get_id().as_str();
-        if id == "config" {
-            return Err(ConfigError::File {
-                path: path.to_owned(),
-                message: "`config` cannot be set from a file".into(),
-            });
-        }
-        if matches!(
-            matches.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        ) {
-            continue;
-        }
-        let flag = format!("--{long}");
-        let scalar = |v: &toml::Value| -> Result<String, ConfigError> {
-            match v {
-                toml::Value::String(s) => Ok(s.clone()),
-                toml::Value::Integer(i) => Ok(i.to_string()),
-                toml::Value::Float(f) => Ok(f.to_string()),
-                toml::Value::Boolean(b) => Ok(b.to_string()),
-                _ => Err(ConfigError::File {
-                    path: path.to_owned(),
-                    message: format!("`{key}` must be a string, number or boolean"),
-                }),
-            }
-        };
-        match &value {
-            toml::Value::Boolean(b) if !arg.get_action().takes_values() => {
-                if *b {
-                    out.push(flag.into());
-                }
-            }
-            toml::Value::Array(items) => {
-                for item in items {
-                    out.push(format!("{flag}={}", scalar(item)?).into());
-                }
-            }
-            other => out.push(format!("{flag}={}", scalar(other)?).into()),
-        }
-    }
-    Ok(out)
 }
 
 /// Parses `PUBLIC[/PRIVATE]` (both of one family).
@@ -602,23 +391,6 @@ pub fn parse_external_ip(s: &str) -> Result<ExternalIp, String> {
         return Err(format!("`{s}`: PUBLIC and PRIVATE must be the same family"));
     }
     Ok(mapping)
-}
-
-/// Parses `90`, `90s`, `1500ms`, `5m` or `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s, 500ms, 5m"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
-    }
 }
 
 /// An inclusive UDP port range, `LOW-HIGH`.
@@ -657,29 +429,6 @@ impl fmt::Display for PortRange {
     }
 }
 
-/// A secret string whose `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl FromStr for Secret {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// A static long-term-credential user, `name:password`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticUser {
@@ -697,7 +446,7 @@ impl FromStr for StaticUser {
             .ok_or_else(|| "expected NAME:PASSWORD".to_owned())?;
         Ok(Self {
             name: name.to_owned(),
-            password: Secret(password.to_owned()),
+            password: Secret::new(password),
         })
     }
 }
@@ -730,15 +479,6 @@ impl fmt::Display for AdminListen {
             Self::Disabled => f.write_str("off"),
         }
     }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 #[cfg(test)]
@@ -786,7 +526,7 @@ mod tests {
         )
         .unwrap();
         let p = path.to_str().unwrap();
-        let c = Config::load_from(["relay", "--config", p, "--realm", "flag-realm"]).unwrap();
+        let (c, _) = Config::load_from(["relay", "--config", p, "--realm", "flag-realm"]).unwrap();
         assert_eq!(c.realm, "flag-realm");
         assert_eq!(
             c.relay_ports,
@@ -811,10 +551,18 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let c = Config::from_args(["--user", "alice:hunter2", "--auth-secret", "s3cr3t,older"])
-            .unwrap();
+        let args = [
+            "relay",
+            "--user",
+            "alice:hunter2",
+            "--turn-secret",
+            "s3cr3t,older",
+        ];
+        let (c, matches) = Config::load_from(args).unwrap();
         assert_eq!(c.auth_secrets.len(), 2);
-        let shown = format!("{}\n{:?}", c.redacted_summary(), c);
+        let (old_name, _) = Config::load_from(["relay", "--auth-secret", "s3cr3t"]).unwrap();
+        assert_eq!(old_name.auth_secrets.len(), 1, "--auth-secret is an alias");
+        let shown = format!("{}\n{:?}", Config::summary(&matches), c);
         assert!(
             !shown.contains("hunter2") && !shown.contains("s3cr3t"),
             "{shown}"

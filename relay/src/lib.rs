@@ -472,12 +472,12 @@ fn primary_ip(v4: bool) -> Option<IpAddr> {
 fn server_config(config: &Config, relay_ips: &[IpAddr], addrs: &RelayAddrs) -> ServerConfig {
     let mut auth = AuthConfig::default();
     for user in &config.users {
-        auth.add_user(user.name.clone(), user.password.0.clone());
+        auth.add_user(user.name.clone(), user.password.expose_str().to_owned());
     }
     auth.rest_secrets = config
         .auth_secrets
         .iter()
-        .map(|s| s.0.as_bytes().to_vec())
+        .map(|s| s.expose().to_vec())
         .collect();
     let mut own_ips: Vec<IpAddr> = relay_ips.to_vec();
     own_ips.extend(

@@ -9,19 +9,22 @@ use std::io::Write as _;
 use anyhow::Context as _;
 use std::sync::Arc;
 
-use relay::config::{ConfigError, LogFormat};
+use relay::config::ConfigError;
 use relay::registration::{FleetSettings, Registration};
 use relay::{Config, Relay};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    let mut config = match Config::load() {
-        Ok(c) => c,
-        Err(ConfigError::Clap(e)) => e.exit(),
+    let (mut config, matches) = match Config::load() {
+        Ok(loaded) => loaded,
+        Err(ConfigError::Load(startup::config_file::ConfigError::Clap(e))) => e.exit(),
         Err(e) => return Err(e.into()),
     };
-    init_tracing(config.log_format);
-    tracing::info!("configuration:\n{}", config.redacted_summary());
+    startup::logging::init(config.log_format);
+    tracing::info!(
+        workers = config.worker_count(),
+        "configuration:\n{}",
+        Config::summary(&matches)
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -36,7 +39,7 @@ fn main() -> anyhow::Result<()> {
                 &candidate,
             ))
             .context("cannot agree on a TURN secret through redis")?;
-        config.auth_secrets.push(relay::config::Secret(agreed));
+        config.auth_secrets.push(relay::config::Secret::new(agreed));
         tracing::info!("TURN secret agreed through redis");
     }
     let drain_timeout = config.drain_timeout;
@@ -83,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         if let Some(registration) = &registration {
             tokio::spawn(Arc::clone(registration).run(stopped));
         }
-        let signal = wait_for_signal().await?;
+        let signal = startup::signals::shutdown().await?;
         tracing::info!(signal, ?drain_timeout, "draining: new allocations refused");
         handle.begin_drain();
         if let Some(registration) = &registration {
@@ -91,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         }
         tokio::select! {
             () = handle.drain(drain_timeout) => {}
-            second = wait_for_signal() => {
+            second = startup::signals::shutdown() => {
                 tracing::info!(signal = second.unwrap_or("?"), "second signal: stopping now");
             }
         }
@@ -103,25 +106,4 @@ fn main() -> anyhow::Result<()> {
     })?;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

@@ -9,10 +9,9 @@ use crate::auth::{Claims, check_grant};
 use crate::client_ip::IpSlot;
 use crate::error::RequestError;
 use crate::hub::{Attached, ConnId, JoinRequest, OutboundTx, ResumeRequest};
-use crate::protocol::close_code;
 use crate::protocol::{
-    ClientMessage, ErrorCode, RequestId, ResumeToken, RoomId, SUPPORTED_VERSIONS, is_valid_name,
-    is_valid_room_id, negotiate_version,
+    ClientMessage, ErrorCode, RequestId, ResumeToken, RoomId, SUPPORTED_VERSIONS, close_code,
+    is_valid_name, is_valid_room_id, negotiate_version,
 };
 
 /// Where a session is being opened: the connection's id and queue, and what its HTTP request

@@ -1,68 +1,17 @@
 //! The server's configuration: one clap struct, from flags and `SIGNALING_*` environment
 //! variables, checked once at start-up and printed with its secrets redacted.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
 
 use crate::error::Error;
 
-/// A secret from the configuration. Its `Debug` never shows the value, so the configuration can
-/// be logged as a whole.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret's bytes, for signing and verifying.
-    pub fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl Secret {
-    /// A secret generated at start-up (e.g. the local stack's TURN secret).
-    pub fn from_generated(value: String) -> Self {
-        Self(value)
-    }
-}
-
-impl FromStr for Secret {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() {
-            return Err("a secret cannot be empty".into());
-        }
-        Ok(Self(s.to_owned()))
-    }
-}
-
-/// Parses a duration such as `250ms`, `30s`, `10m`, `1h` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (e.g. 250ms, 30s, 10m)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
-    }
-}
+pub use startup::Secret;
+pub use startup::duration::parse as parse_duration;
+pub use startup::logging::LogFormat;
 
 /// Everything the signaling server can be told. Every flag also reads an environment variable.
 #[derive(Debug, Clone, Parser)]
@@ -187,7 +136,7 @@ pub struct Config {
 
     /// HS256 secret for JWT auth. When set, every join needs a valid token granting its room
     /// (in the `token` query parameter or in `join`).
-    #[arg(long, env = "SIGNALING_JWT_SECRET")]
+    #[arg(long, env = "SIGNALING_JWT_SECRET", value_name = "SECRET")]
     pub jwt_secret: Option<Secret>,
 
     /// Browser origins allowed to connect (repeatable or comma-separated), e.g.
@@ -223,7 +172,8 @@ pub struct Config {
     #[arg(
         long = "turn-secret",
         env = "SIGNALING_TURN_SECRETS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_name = "SECRET"
     )]
     pub turn_secrets: Vec<Secret>,
 
@@ -268,7 +218,12 @@ pub struct Config {
 
     /// API keys for the backend HTTP API (`/v1/rooms/...`), repeatable or comma-separated,
     /// presented as `Authorization: Bearer KEY`. Without one, the API is off (404).
-    #[arg(long = "api-key", env = "SIGNALING_API_KEYS", value_delimiter = ',')]
+    #[arg(
+        long = "api-key",
+        env = "SIGNALING_API_KEYS",
+        value_delimiter = ',',
+        value_name = "SECRET"
+    )]
     pub api_keys: Vec<Secret>,
 
     /// Serve the web demo from this directory instead of the files embedded in the binary
@@ -276,9 +231,19 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
 
-    /// Log as JSON lines instead of human-readable text (the filter comes from `RUST_LOG`).
-    #[arg(long, env = "SIGNALING_LOG_JSON")]
+    /// Log format on stderr: `text` (coloured only on a terminal) or `json` lines; the filter
+    /// comes from `RUST_LOG`.
+    #[arg(long, env = "SIGNALING_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// The same as `--log-format json` (the flag's older name).
+    #[arg(long, env = "SIGNALING_LOG_JSON", hide = true)]
     pub log_json: bool,
+
+    /// A TOML file of settings, keyed by flag name (`ping_interval = "10s"`); flags and
+    /// environment variables take precedence over it.
+    #[arg(long, env = "SIGNALING_CONFIG")]
+    pub config: Option<PathBuf>,
 
     /// Run the STUN/TURN relay in this process (the one-command local stack): clients get its
     /// `stun:`/`turn:` URLs with credentials signed by `--turn-secret`, or by a secret generated
@@ -311,6 +276,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// `--log-format`, or `json` when the older `--log-json` is set.
+    pub fn effective_log_format(&self) -> LogFormat {
+        if self.log_json {
+            LogFormat::Json
+        } else {
+            self.log_format
+        }
+    }
+
     /// Checks the values that clap cannot: durations that must be positive, limits that must
     /// hold at least one of something, URLs with the right scheme.
     pub fn validate(&self) -> Result<(), Error> {

@@ -81,6 +81,9 @@ pub struct ResumeRequest {
 pub struct Attached {
     pub key: SessionKey,
     pub peer: PeerId,
+    /// The session's room, and its name when this node knows it (for the logs).
+    pub room: RoomId,
+    pub name: Option<String>,
     /// The session's resume token (also its token on the HTTP transports).
     pub token: ResumeToken,
     /// Missed frames to write, in order, before anything from the outbound queue.
@@ -286,6 +289,8 @@ impl LocalHub {
         Ok(Attached {
             key,
             peer,
+            room: req.room.clone(),
+            name: req.name.clone(),
             token,
             replay: Vec::new(),
         })
@@ -361,7 +366,11 @@ impl LocalHub {
             old_tx.close(None, close_code::POLICY);
         }
         session.ice_refresh_at = self.ice.refresh_after().map(|d| now + d);
-        let peer = session.peer.clone();
+        let (peer, room, name) = (
+            session.peer.clone(),
+            session.room.clone(),
+            session.name.clone(),
+        );
         if req.announce {
             session.version = req.version;
             let info = self.session_info(&st, key);
@@ -379,6 +388,8 @@ impl LocalHub {
         Ok(Attached {
             key,
             peer,
+            room,
+            name,
             token: req.token,
             replay,
         })

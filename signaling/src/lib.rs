@@ -1,20 +1,27 @@
 //! Signaling service: peers in a room find each other and exchange SDP and ICE candidates.
 //!
 //! # Layout
-//! - [`protocol`]: the one definition of the wire (always built; the peer SDK uses only this).
+//! - [`protocol`]: the one definition of the wire and of the client rules (error classes, close
+//!   codes, backoff, acks); always built, the peer SDK uses only this.
 //!
 //! With the `server` feature (default):
-//! - [`config`]: the clap configuration; [`error`]: client errors vs fatal errors.
-//! - [`ws`]: the HTTP upgrade (origin, token, limits); [`session`]: the per-socket task;
-//!   [`connection`]: one WebSocket's frames; [`outbound`]: its queue, bounded in frames and bytes.
+//! - [`config`]: the clap configuration (secrets, durations and the `--config` file come from the
+//!   workspace's `startup` crate); [`error`]: client errors vs fatal errors.
+//! - [`listener`]: the accept loop (header-read timeout, cap on connections not upgraded).
+//! - [`ws`]: the HTTP upgrade (origin, token, limits); [`admission`]: admitting `join`/`resume`,
+//!   shared by every transport; [`session`]: the per-socket task; [`connection`]: one
+//!   WebSocket's frames; [`http_transport`]: SSE + POST and long-polling.
+//! - [`outbound`]: a connection's queue, bounded in frames and bytes; [`memory_budget`]: the
+//!   node's bound over all of them; [`open_connections`]: a guard per open connection.
 //! - [`backend`]: where rooms and sessions live: in this process ([`hub`] composes [`room`]
 //!   (members, roles, peer index), [`sessions`] (parking, expiry, tombstones) and [`outbox`]
-//!   (numbering, replay) behind one lock, no clock inside) or in Redis shared by many nodes
-//!   ([`cluster`]); [`resume`]: resume tokens; [`rate_limit`]: the per-connection token bucket.
-//! - [`api`]: the backend HTTP API (`/v1/rooms/...`).
+//!   (numbering, replay; a broadcast's body shared by its receivers) behind one lock, no clock
+//!   inside) or in Redis shared by many nodes ([`cluster`]); [`resume`]: resume tokens;
+//!   [`rate_limit`]: the per-connection token bucket.
+//! - [`y_webrtc`], [`peerjs`]: servers for those libraries' own protocols, on the same hub.
+//! - [`api`]: the backend HTTP API (`/v1/rooms/...`); [`relay_fleet`]: the relay fleet.
 //! - [`client_ip`]: the client's address (trusted proxies) and per-address limits.
 //! - [`auth`]: optional HS256 JWTs; [`turn_credentials`]: TURN REST credentials for ICE servers.
-//! - [`listener`]: the accept loop (header-read timeout, cap on connections not upgraded).
 //! - [`metrics`], [`web`] (the embedded demo), [`shutdown`] (drain on SIGTERM/SIGINT).
 //! - `local_relay` (feature `with-relay`, default): the STUN/TURN relay run in-process by
 //!   `--with-relay`, the one-command local stack.

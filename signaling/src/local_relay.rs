@@ -96,12 +96,12 @@ fn start_relay(
     let secrets: Vec<String> = config
         .turn_secrets
         .iter()
-        .map(|s| String::from_utf8_lossy(s.expose()).into_owned())
+        .map(|s| s.expose_str().to_owned())
         .collect();
     let mut args = vec![
         "--listen".to_owned(),
         listen.to_string(),
-        "--auth-secret".to_owned(),
+        "--turn-secret".to_owned(),
         secrets.join(","),
         "--admin-listen".to_owned(),
         "127.0.0.1:0".to_owned(),
@@ -117,7 +117,7 @@ fn start_relay(
 /// 32 random bytes, hex: the shared secret of a stack nobody configured.
 fn generated_secret() -> Secret {
     let bytes: [u8; 32] = rand::random();
-    Secret::from_generated(hex::encode(bytes))
+    Secret::new(hex::encode(bytes))
 }
 
 fn format_addrs(addrs: &[SocketAddr]) -> String {

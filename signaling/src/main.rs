@@ -2,24 +2,24 @@
 //! SIGINT, drain, exit.
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::CommandFactory as _;
 use signaling::config::Config;
+use startup::config_file::ConfigError;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if config.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
-    tracing::info!(?config, "starting");
+    let (mut config, matches) = match startup::config_file::load::<Config, _, _>(std::env::args_os())
+    {
+        Ok(loaded) => loaded,
+        Err(ConfigError::Clap(e)) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
+    startup::logging::init(config.effective_log_format());
+    tracing::info!(
+        "starting; configuration:\n{}",
+        startup::summary::summary(&Config::command(), &matches)
+    );
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -58,13 +58,13 @@ async fn main() -> anyhow::Result<()> {
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            match signaling::shutdown::signal_received().await {
+            match startup::signals::shutdown().await {
                 Ok(name) => tracing::info!(signal = name, "shutting down"),
                 Err(e) => tracing::error!(error = %e, "cannot listen for signals"),
             }
             shutdown.cancel();
             // A second signal does not wait for the drain.
-            if let Ok(name) = signaling::shutdown::signal_received().await {
+            if let Ok(name) = startup::signals::shutdown().await {
                 tracing::warn!(signal = name, "second signal: exiting without draining");
                 std::process::exit(130);
             }

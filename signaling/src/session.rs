@@ -21,9 +21,9 @@ use crate::client_ip::IpSlot;
 use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
 use crate::hub::{ConnId, Flow, Outbound, OutboundRx, OutboundTx, SessionKey, encode};
-use crate::protocol::close_code;
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, RoomId, ServerFrame, ServerMessage,
+    close_code,
 };
 use crate::rate_limit::TokenBucket;
 
@@ -265,6 +265,7 @@ impl SocketTask {
             Flow::Continue => Step::Continue,
             Flow::Left => {
                 self.key = None;
+                tracing::info!("left");
                 self.conn.close(close_code::NORMAL, "left").await;
                 Step::Stop(LeaveReason::Left)
             }
@@ -300,12 +301,22 @@ impl SocketTask {
             claims: self.handshake.claims.as_ref(),
             ip_slot: &self.handshake.ip_slot,
         };
+        let how = match message {
+            ClientMessage::Resume { .. } => "resumed",
+            _ => "joined",
+        };
         match door.admit(message).await {
             Ok(attached) => {
                 self.key = Some(attached.key);
                 self.peer = attached.peer.clone();
-                tracing::Span::current().record("peer", attached.peer.as_str());
-                tracing::info!(peer = %attached.peer, replayed = attached.replay.len(), "attached");
+                // Every later line of this connection carries the peer, its room and name.
+                let span = tracing::Span::current();
+                span.record("peer", attached.peer.as_str());
+                span.record("room", attached.room.as_str());
+                if let Some(name) = &attached.name {
+                    span.record("name", name.as_str());
+                }
+                tracing::info!(replayed = attached.replay.len(), "{how}");
                 for frame in attached.replay {
                     if self.conn.send_text(frame.text()).await.is_err() {
                         return Step::Stop(LeaveReason::Disconnected);

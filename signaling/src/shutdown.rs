@@ -1,23 +1,11 @@
-//! Graceful shutdown: on SIGTERM or SIGINT, refuse new sessions, tell every client to
+//! Graceful shutdown: on SIGTERM or SIGINT (`startup::signals`), refuse new sessions, tell every client to
 //! reconnect elsewhere (`draining`), wait until they are gone or the drain timeout passes,
 //! close what is left with 1001, and let the server stop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
-
 use crate::AppState;
-
-/// Resolves at the first SIGTERM or SIGINT.
-pub async fn signal_received() -> std::io::Result<&'static str> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
-}
 
 /// Drains the server: returns when every connection closed or `timeout` passed.
 pub async fn drain(app: &Arc<AppState>, reason: &str, timeout: Duration) {

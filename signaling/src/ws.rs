@@ -153,7 +153,13 @@ fn accept(
         _ => None,
     };
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", id = conn, peer = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "conn",
+        id = conn,
+        peer = tracing::field::Empty,
+        room = tracing::field::Empty,
+        name = tracing::field::Empty
+    );
     let handshake = Handshake {
         conn,
         path_room,

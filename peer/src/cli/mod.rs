@@ -67,9 +67,9 @@ enum Command {
         /// Connect two internal peers to each other instead of waiting for another peer.
         #[arg(long = "self")]
         self_test: bool,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 20)]
-        timeout: u64,
+        /// Give up after this long (`20s`, `1500ms`, `2m`; a plain number is seconds).
+        #[arg(long, default_value = "20s", value_parser = startup::duration::parse)]
+        timeout: std::time::Duration,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -254,15 +254,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             self_test,
             timeout,
             common,
-        } => {
-            probe::run(
-                &url,
-                self_test,
-                std::time::Duration::from_secs(timeout),
-                &common,
-            )
-            .await
-        }
+        } => probe::run(&url, self_test, timeout, &common).await,
     }
 }
 

@@ -13,8 +13,7 @@ use super::inbox::{Offer, frame_seq};
 use super::{ClusterHub, Guard, channel};
 use crate::hub::{ConnId, SessionKey, encode};
 use crate::outbox::Frame;
-use crate::protocol::close_code;
-use crate::protocol::{ErrorCode, LeaveReason, RoomId, ServerFrame, ServerMessage};
+use crate::protocol::{ErrorCode, LeaveReason, RoomId, ServerFrame, ServerMessage, close_code};
 
 impl ClusterHub {
     /// Redis is gone: every attached socket is closed with 1013 so its client resumes once

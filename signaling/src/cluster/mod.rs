@@ -38,10 +38,9 @@ use crate::hub::{
 };
 use crate::metrics::Metrics;
 use crate::outbox::{Frame, to_json};
-use crate::protocol::close_code;
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
-    ServerMessage, SessionInfo,
+    ServerMessage, SessionInfo, close_code,
 };
 use crate::resume::ResumeSecret;
 use crate::turn_credentials::IceServerMinter;
@@ -446,6 +445,8 @@ impl ClusterHub {
         Ok(Attached {
             key,
             peer,
+            room: req.room.clone(),
+            name: req.name.clone(),
             token,
             replay: Vec::new(),
         })
@@ -654,6 +655,9 @@ impl ClusterHub {
         Ok(Attached {
             key,
             peer,
+            room,
+            // The name is in Redis; the session's node does not need it otherwise.
+            name: None,
             token: req.token,
             replay: all.into_iter().map(Frame::Whole).collect(),
         })

@@ -1,0 +1,197 @@
+//! `--config FILE`: a TOML file whose keys are the long flag names (`ping_interval` or
+//! `ping-interval`, or a flag's older name), for every binary with a clap configuration.
+//!
+//! Precedence, highest first: a flag, its environment variable, the file, the default. The file
+//! is turned into flags placed before the real ones, for the keys that were neither given as a
+//! flag nor set in the environment, so clap checks every value the same way wherever it came
+//! from.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+
+/// The argument id of the file flag (`--config`) in every binary.
+pub const CONFIG_ARG: &str = "config";
+
+/// Errors found while reading the configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Flags or environment variables were invalid (the message is clap's, with usage).
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The `--config` file is not valid TOML, or has an unknown key or a value of the wrong
+    /// shape.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Parses `args` (the first is the program name), the environment and the file named by
+/// `--config`, if any. Returns the configuration and the matches it came from (for
+/// [`crate::summary`]).
+pub fn load<C, I, T>(args: I) -> Result<(C, ArgMatches), ConfigError>
+where
+    C: CommandFactory + FromArgMatches,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut matches = C::command().try_get_matches_from(&args)?;
+    if let Some(path) = matches.get_one::<PathBuf>(CONFIG_ARG).cloned() {
+        let mut file_args = file_arguments::<C>(&path, &matches)?;
+        if !file_args.is_empty() {
+            let mut merged = Vec::with_capacity(args.len() + file_args.len());
+            merged.extend(args.first().cloned());
+            merged.append(&mut file_args);
+            merged.extend(args.iter().skip(1).cloned());
+            matches = C::command()
+                .try_get_matches_from(merged)
+                .map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+    }
+    let config = C::from_arg_matches(&matches)?;
+    Ok((config, matches))
+}
+
+/// The file's keys as flag arguments, for every key that was neither given as a flag nor set
+/// in the environment.
+fn file_arguments<C: CommandFactory>(
+    path: &Path,
+    matches: &ArgMatches,
+) -> Result<Vec<OsString>, ConfigError> {
+    let file_error = |message: String| ConfigError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+    let command = C::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let named = |a: &&clap::Arg| {
+            a.get_long() == Some(long.as_str())
+                || a.get_all_aliases()
+                    .is_some_and(|aliases| aliases.contains(&long.as_str()))
+        };
+        let Some(arg) = command.get_arguments().find(named) else {
+            return Err(file_error(format!("unknown key `{key}`")));
+        };
+        let id = arg.get_id().as_str();
+        if id == CONFIG_ARG {
+            return Err(file_error("`config` cannot be set from a file".into()));
+        }
+        if matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let flag = format!("--{long}");
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
+            _ => Err(file_error(format!(
+                "`{key}` must be a string, number or boolean"
+            ))),
+        };
+        match &value {
+            toml::Value::Boolean(b) if !arg.get_action().takes_values() => {
+                if *b {
+                    out.push(flag.into());
+                }
+            }
+            toml::Value::Array(items) => {
+                for item in items {
+                    out.push(format!("{flag}={}", scalar(item)?).into());
+                }
+            }
+            other => out.push(format!("{flag}={}", scalar(other)?).into()),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Example {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
+        #[arg(long, env = "STARTUP_TEST_NAME", default_value = "a")]
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        url: Vec<String>,
+        #[arg(long)]
+        verbose: bool,
+    }
+
+    /// A TOML file in the temp directory, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn file(text: &str) -> TempFile {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("startup-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+
+    #[test]
+    fn a_file_fills_what_flags_did_not_give() {
+        let f = file("workers = 4\nname = \"from-file\"\nurl = [\"x\", \"y\"]\nverbose = true\n");
+        let path = f.0.to_str().unwrap().to_owned();
+        let (c, _): (Example, _) =
+            load(["prog", "--config", &path, "--name", "from-flag"]).unwrap();
+        assert_eq!(c.workers, 4);
+        assert_eq!(c.name, "from-flag", "a flag wins over the file");
+        assert_eq!(c.url, ["x", "y"]);
+        assert!(c.verbose);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_the_file_named() {
+        let f = file("wokers = 4\n");
+        let path = f.0.to_str().unwrap().to_owned();
+        let err = load::<Example, _, _>(["prog", "--config", &path]).unwrap_err();
+        assert!(err.to_string().contains("unknown key `wokers`"), "{err}");
+        let f = file("workers = \"many\"\n");
+        let path = f.0.to_str().unwrap().to_owned();
+        let err = load::<Example, _, _>(["prog", "--config", &path]).unwrap_err();
+        assert!(matches!(err, ConfigError::File { .. }), "{err}");
+    }
+}

@@ -1,0 +1,19 @@
+//! What every binary of the workspace (`signaling`, `relay`, `peer`) does at start-up, written
+//! once so that the binaries agree:
+//!
+//! - [`Secret`]: a configured secret that never shows in logs;
+//! - [`duration`]: `250ms`, `30s`, `10m`, `1h` or a plain number of seconds, parsed and printed;
+//! - [`config_file`]: a `--config` TOML file whose keys are the long flag names, under flags
+//!   and environment variables;
+//! - [`summary`]: the configuration as a readable block for the start-up log, secrets redacted;
+//! - [`logging`]: `--log-format text|json` on stderr, colours only on a terminal;
+//! - [`signals`]: SIGTERM or SIGINT.
+
+pub mod config_file;
+pub mod duration;
+pub mod logging;
+mod secret;
+pub mod signals;
+pub mod summary;
+
+pub use secret::Secret;

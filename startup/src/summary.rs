@@ -1,0 +1,107 @@
+//! The configuration as a readable block for the start-up log: one line per setting (hidden
+//! flags aside) that has a value, `--flag  value`, marked with where it came from when it is not the default. Values of
+//! flags whose value is named `SECRET` or `PASSWORD` (or a `NAME:PASSWORD` pair) are redacted.
+
+use std::fmt::Write as _;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Command};
+
+/// The block (see the module docs); each line starts with two spaces.
+pub fn summary(command: &Command, matches: &ArgMatches) -> String {
+    let rows: Vec<(String, String, &str)> = command
+        .get_arguments()
+        .filter(|arg| !arg.is_hide_set() && !matches!(arg.get_id().as_str(), "help" | "version"))
+        .filter_map(|arg| {
+            let id = arg.get_id().as_str();
+            let values: Vec<String> = matches
+                .get_raw(id)?
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            if values.is_empty() {
+                return None;
+            }
+            let secret = arg.get_value_names().is_some_and(|names| {
+                names
+                    .iter()
+                    .any(|n| n.as_str().contains("SECRET") || n.as_str().contains("PASSWORD"))
+            });
+            let shown = if secret {
+                values
+                    .iter()
+                    .map(|v| redact(v))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            } else {
+                values.join(",")
+            };
+            let name = arg
+                .get_long()
+                .map_or_else(|| id.to_owned(), |long| format!("--{long}"));
+            let source = match matches.value_source(id) {
+                Some(ValueSource::CommandLine) => "  (flag or file)",
+                Some(ValueSource::EnvVariable) => "  (environment)",
+                _ => "",
+            };
+            Some((name, shown, source))
+        })
+        .collect();
+    let width = rows.iter().map(|(name, ..)| name.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (name, value, source) in rows {
+        let _ = writeln!(out, "  {name:<width$}  {value}{source}");
+    }
+    out
+}
+
+/// `<redacted>`, keeping the user name of a `NAME:PASSWORD` pair.
+fn redact(value: &str) -> String {
+    match value.split_once(':') {
+        Some((name, _)) => format!("{name}:<redacted>"),
+        None => "<redacted>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Example {
+        #[arg(long, default_value = "10s")]
+        ping_interval: String,
+        #[arg(long, value_name = "SECRET", value_delimiter = ',')]
+        turn_secret: Vec<String>,
+        #[arg(long, value_name = "NAME:PASSWORD")]
+        user: Vec<String>,
+        #[arg(long)]
+        region: Option<String>,
+    }
+
+    #[test]
+    fn one_line_per_set_value_with_secrets_redacted() {
+        let matches = Example::command().get_matches_from([
+            "prog",
+            "--turn-secret",
+            "s3cr3t,older",
+            "--user",
+            "alice:hunter2",
+        ]);
+        let text = summary(&Example::command(), &matches);
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("--turn-secret    <redacted>,<redacted>  (flag or file)"),
+            "{text}"
+        );
+        assert!(text.contains("--user           alice:<redacted>"), "{text}");
+        assert!(text.contains("--ping-interval  10s\n"), "{text}");
+        assert!(
+            !text.contains("--region"),
+            "unset values are left out: {text}"
+        );
+    }
+}
