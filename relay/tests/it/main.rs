@@ -3,6 +3,7 @@
 
 mod amplification;
 mod churn;
+mod conformance;
 mod coturn_clients;
 mod drain;
 mod embedded;

@@ -1,5 +1,7 @@
 //! relay-proto integration tests: one binary, one module per concern.
 
+mod conformance;
+mod conformance_sans_io;
 mod fuzz;
 mod rfc5769;
 mod scenarios;
