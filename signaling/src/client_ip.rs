@@ -15,59 +15,10 @@ use axum::http::HeaderMap;
 
 use crate::rate_limit::TokenBucket;
 
-/// A CIDR block, e.g. `10.0.0.0/8` or `::1/128` (a bare address is a /32 or /128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
+pub use relay_proto::IpNet;
 
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (s, None),
-        };
-        let network: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("`{s}`: the prefix must be 0 to {max}"))?,
-            None => max,
-        };
-        Ok(Self { network, prefix })
-    }
-}
-
-impl Cidr {
-    /// Whether `ip` is inside the block (IPv4-mapped IPv6 addresses count as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
+/// `ip`, with an IPv4-mapped IPv6 address as the IPv4 address it maps (so `10.0.0.0/8` matches
+/// `::ffff:10.1.2.3`).
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -77,9 +28,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// The client's address: the socket's peer, unless that peer is a trusted proxy, in which case
 /// the nearest untrusted address it forwarded (`X-Forwarded-For`, else `Forwarded: for=`).
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let peer = canonical(peer.ip());
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(canonical(ip)));
     if !is_trusted(peer) {
         return peer;
     }
@@ -286,7 +237,7 @@ mod tests {
     #[test]
     fn forwarded_addresses_count_only_behind_trusted_proxies() {
         let proxy: SocketAddr = "10.0.0.2:4000".parse().unwrap();
-        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let xff = headers(&[("x-forwarded-for", "198.51.100.9, 203.0.113.5, 10.0.0.7")]);
         assert_eq!(
             client_ip(proxy, &xff, &trusted),
@@ -308,10 +259,10 @@ mod tests {
         assert!(
             "::ffff:10.1.2.3"
                 .parse::<IpAddr>()
-                .is_ok_and(|ip| trusted[0].contains(ip))
+                .is_ok_and(|ip| trusted[0].contains(canonical(ip)))
         );
-        assert!("300.0.0.0/8".parse::<Cidr>().is_err());
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("300.0.0.0/8".parse::<IpNet>().is_err());
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub struct Config {
         env = "SIGNALING_TRUSTED_PROXIES",
         value_delimiter = ','
     )]
-    pub trusted_proxies: Vec<crate::client_ip::Cidr>,
+    pub trusted_proxies: Vec<crate::client_ip::IpNet>,
 
     /// Sustained messages per second per connection (token bucket rate).
     #[arg(long, env = "SIGNALING_RATE_LIMIT", default_value_t = 50.0)]

@@ -8,8 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use ring::hmac;
+use relay_proto::auth::rest_password;
 
 use crate::config::{Config, Secret};
 use crate::protocol::{IceServer, PeerId, RoomId};
@@ -73,7 +72,7 @@ impl IceServerMinter {
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs());
             let username = format!("{expiry}:{peer}");
-            let credential = turn_rest_credential(secret.expose(), &username);
+            let credential = rest_password(secret.expose(), &username);
             servers.push(IceServer {
                 urls: turn_urls,
                 username: Some(username),
@@ -84,16 +83,10 @@ impl IceServerMinter {
     }
 }
 
-/// `base64(HMAC-SHA1(secret, username))`: the TURN REST password for `username`.
-pub fn turn_rest_credential(secret: &[u8], username: &str) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
-    let tag = hmac::sign(&key, username.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use clap::Parser;
 
     #[test]
@@ -105,7 +98,7 @@ mod tests {
             0xdf, 0x9c, 0x25, 0x9a, 0x7c, 0x79,
         ]);
         assert_eq!(
-            turn_rest_credential(b"Jefe", "what do ya want for nothing?"),
+            rest_password(b"Jefe", "what do ya want for nothing?"),
             expected
         );
         assert_eq!(expected, "7/zfauXrL6LSdBbV8YTfnCWafHk=");
@@ -135,7 +128,7 @@ mod tests {
         assert_eq!(turn.username.as_deref(), Some("1000600:p1"));
         assert_eq!(
             turn.credential.as_deref(),
-            Some(turn_rest_credential(b"first", "1000600:p1").as_str())
+            Some(rest_password(b"first", "1000600:p1").as_str())
         );
         assert_eq!(minter.refresh_after(), Some(Duration::from_secs(480)));
     }

@@ -379,10 +379,7 @@ async fn nodes_without_a_turn_secret_agree_on_one_through_redis() {
         let username = turn.username.as_deref().expect("TURN username");
         assert_eq!(
             turn.credential.as_deref(),
-            Some(
-                signaling::turn_credentials::turn_rest_credential(secret.as_bytes(), username)
-                    .as_str()
-            ),
+            Some(relay_proto::auth::rest_password(secret.as_bytes(), username).as_str()),
             "both nodes sign with the agreed secret"
         );
     }

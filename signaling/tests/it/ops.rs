@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use relay_proto::auth::rest_password;
 use signaling::protocol::{ClientMessage, LeaveReason, ServerMessage};
-use signaling::turn_credentials::turn_rest_credential;
 
 use crate::support::{Client, Closed, Server};
 
@@ -85,7 +85,7 @@ async fn turn_credentials_are_minted_and_refreshed_before_expiry() {
         assert_eq!(peer, info.peer_id.as_str());
         assert_eq!(
             turn.credential.as_deref(),
-            Some(turn_rest_credential(b"signing-secret", username).as_str())
+            Some(rest_password(b"signing-secret", username).as_str())
         );
         expiry.parse().expect("expiry")
     };
