@@ -176,78 +176,31 @@ impl Server {
         self.send_unauthenticated(now, from, msg.raw().len(), b);
     }
 
-    /// RFC 8656 section 7.2: Allocate.
+    /// RFC 8656 section 7.2: Allocate. The relay socket is asked for with
+    /// `Output::BindRelay`; `finish_allocate` answers once it is bound.
     fn allocate(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
         let Some(auth) = self.authenticate(now, from, msg) else {
             return;
         };
-        let tid = msg.transaction_id();
         let key = auth.identity.key;
-        if let Some(existing) = self.allocations.key_of(&from)
-            && self.allocation(existing).is_some_and(|a| now >= a.expires)
-        {
-            // Expired but not swept yet: it is gone, the new Allocate may take its place.
-            self.remove_allocation(existing);
-            self.stats.allocations_expired += 1;
-        }
-        if let Some(existing) = self.allocations.key_of(&from) {
-            match self.allocation(existing) {
-                Some(a) if a.created_by == tid => {
-                    // A retransmission of the Allocate that created it: the same answer.
-                    let b = self.allocate_success(tid, a, now);
-                    self.send_authenticated(from, b, &key);
-                }
-                _ => {
-                    self.stats.allocation_mismatches += 1;
-                    self.error_authenticated(from, msg, &key, ErrorCode::AllocationMismatch);
-                }
-            }
-            return;
-        }
-        if self.pending.contains(&from) {
-            if self.pending.transaction_of(&from) != Some(tid) {
-                self.stats.allocation_mismatches += 1;
-                self.error_authenticated(from, msg, &key, ErrorCode::AllocationMismatch);
-            }
+        if self.allocate_from_existing(now, from, msg, &key) {
             return;
         }
         let params = match allocate_params(msg) {
             Ok(params) => params,
             Err(code) => return self.error_authenticated(from, msg, &key, code),
         };
-        let address = match params.token {
-            None => None,
-            Some(token) => match self.take_reservation(token, now) {
-                Some(address) => Some(address),
-                None => {
-                    return self.error_authenticated(
-                        from,
-                        msg,
-                        &key,
-                        ErrorCode::InsufficientCapacity,
-                    );
-                }
-            },
+        let address = match self.admit_allocate(now, &params, &auth.identity.quota_user) {
+            Ok(address) => address,
+            Err(code) => return self.error_authenticated(from, msg, &key, code),
         };
-        if self.is_draining() {
-            return self.error_authenticated(from, msg, &key, ErrorCode::InsufficientCapacity);
-        }
-        let q = &self.config.quotas;
-        if let Err(kind) = self.shared.try_acquire(
-            &auth.identity.quota_user,
-            q.allocations_per_user,
-            q.total_allocations,
-        ) {
-            self.stats.quota_hits[kind.index()] += 1;
-            return self.error_authenticated(from, msg, &key, ErrorCode::AllocationQuotaReached);
-        }
         let lifetime_secs = match self.desired_lifetime(msg) {
             Ok(0) | Err(_) => self.config.default_allocation_lifetime.as_secs() as u32,
             Ok(secs) => secs,
         };
         let request = self.pending.insert(PendingAllocation {
             five_tuple: from,
-            transaction_id: tid,
+            transaction_id: msg.transaction_id(),
             lifetime_secs,
             username: auth.username,
             quota_user: auth.identity.quota_user,
@@ -262,6 +215,77 @@ impl Server {
             even_port: params.even_port,
             address,
         });
+    }
+
+    /// RFC 8656 section 7.2, after authentication: the 5-tuple already has an allocation (or
+    /// one is being bound). A retransmission of the Allocate that created it gets the same
+    /// answer (or, while pending, none yet); any other Allocate gets 437. `false`: no
+    /// allocation, go on. An allocation that expired but was not swept yet is deleted first.
+    fn allocate_from_existing(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &StunMessage<'_>,
+        key: &[u8; 16],
+    ) -> bool {
+        let tid = msg.transaction_id();
+        if let Some(existing) = self.allocations.key_of(&from)
+            && self.allocation(existing).is_some_and(|a| now >= a.expires)
+        {
+            self.remove_allocation(existing);
+            self.stats.allocations_expired += 1;
+        }
+        if let Some(existing) = self.allocations.key_of(&from) {
+            match self.allocation(existing) {
+                Some(a) if a.created_by == tid => {
+                    let b = self.allocate_success(tid, a, now);
+                    self.send_authenticated(from, b, key);
+                }
+                _ => {
+                    self.stats.allocation_mismatches += 1;
+                    self.error_authenticated(from, msg, key, ErrorCode::AllocationMismatch);
+                }
+            }
+            return true;
+        }
+        if self.pending.contains(&from) {
+            if self.pending.transaction_of(&from) != Some(tid) {
+                self.stats.allocation_mismatches += 1;
+                self.error_authenticated(from, msg, key, ErrorCode::AllocationMismatch);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// RFC 8656 section 7.2, after the attributes, in this order: the port reserved by
+    /// RESERVATION-TOKEN (508 if gone), the drain (508), the allocation quotas (486; on
+    /// success the slot is taken). The address to bind, if one was reserved.
+    fn admit_allocate(
+        &mut self,
+        now: Instant,
+        params: &AllocateParams,
+        quota_user: &str,
+    ) -> Result<Option<SocketAddr>, ErrorCode> {
+        let address = match params.token {
+            None => None,
+            Some(token) => Some(
+                self.take_reservation(token, now)
+                    .ok_or(ErrorCode::InsufficientCapacity)?,
+            ),
+        };
+        if self.is_draining() {
+            return Err(ErrorCode::InsufficientCapacity);
+        }
+        let q = &self.config.quotas;
+        if let Err(kind) =
+            self.shared
+                .try_acquire(quota_user, q.allocations_per_user, q.total_allocations)
+        {
+            self.stats.quota_hits[kind.index()] += 1;
+            return Err(ErrorCode::AllocationQuotaReached);
+        }
+        Ok(address)
     }
 
     /// Second half of Allocate: the relay socket is bound (or not).
