@@ -4,7 +4,10 @@
 //! addresses into the ICE server URLs clients receive. In production the two binaries run
 //! separately with the same secret.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use clap::parser::ValueSource;
+use relay::config::AdminListen;
 
 use crate::config::{Config, Secret};
 use crate::error::Error;
@@ -86,31 +89,31 @@ impl LocalRelay {
     }
 }
 
-/// Builds the relay's configuration from ours: same secrets, a loopback-only admin port, and
-/// loopback peers allowed only when the relay itself is on loopback (everything local: two
-/// browser tabs relay to each other through 127.0.0.1). `--relay-arg` flags come last and win.
+/// Starts the relay on the configuration `--relay-arg` flags give (parsed like the relay's own
+/// command line), completed from ours where those flags are silent: the same TURN secrets, a
+/// loopback-only admin port, and loopback peers allowed only when the relay itself is on
+/// loopback (everything local: two browser tabs relay to each other through 127.0.0.1).
 fn start_relay(
     config: &Config,
     listen: SocketAddr,
 ) -> Result<relay::RelayHandle, relay::StartError> {
-    let secrets: Vec<String> = config
-        .turn_secrets
-        .iter()
-        .map(|s| s.expose_str().to_owned())
-        .collect();
-    let mut args = vec![
-        "--listen".to_owned(),
-        listen.to_string(),
-        "--turn-secret".to_owned(),
-        secrets.join(","),
-        "--admin-listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
-    ];
-    if listen.ip().is_loopback() {
-        args.push("--allow-loopback-peers".to_owned());
+    let args = std::iter::once("relay").chain(config.relay_args.iter().map(String::as_str));
+    let (mut relay_config, given) = relay::Config::load_from(args)?;
+    let silent = |id: &str| given.value_source(id) != Some(ValueSource::CommandLine);
+    if silent("listen") {
+        relay_config.listen = vec![listen];
     }
-    args.extend(config.relay_args.iter().cloned());
-    let relay_config = relay::Config::from_args(args)?;
+    if silent("auth_secrets") {
+        relay_config.auth_secrets = config.turn_secrets.clone();
+    }
+    if silent("admin_listen") {
+        relay_config.admin_listen =
+            AdminListen::Addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+    }
+    if silent("allow_loopback_peers") && listen.ip().is_loopback() {
+        relay_config.allow_loopback_peers = true;
+    }
+    relay_config.validate()?;
     relay::Relay::start(relay_config)
 }
 

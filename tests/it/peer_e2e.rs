@@ -543,6 +543,47 @@ fn probe_self_reports_host_and_relay_pairs() {
     assert!(probe.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// The one-command stack (`signaling --with-relay`, what `scripts/run.sh` runs): the in-process
+/// relay gets signaling's TURN secret, so a probe's relayed pair works with the credentials in
+/// `welcome`; a `--relay-arg` flag wins over the defaults signaling picks for the relay (here
+/// the admin address, which is otherwise a free loopback port).
+#[test]
+fn the_in_process_relay_relays_and_takes_relay_arg_flags() {
+    let admin_port = e2e::free_port();
+    let admin_flag = format!("--relay-arg=--admin-listen=127.0.0.1:{admin_port}");
+    let signaling = start_signaling_with(
+        None,
+        "127.0.0.1:0",
+        &["--with-relay", "--relay-listen", "127.0.0.1:0", &admin_flag],
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let url = format!("ws://{}/ws/local-stack", signaling.addr);
+    let mut probe = Proc::spawn(
+        "peer",
+        &[
+            "probe",
+            &url,
+            "--self",
+            "--bind",
+            "127.0.0.1",
+            "--timeout",
+            "30s",
+        ],
+        false,
+    );
+    let relayed = probe.wait_line(Duration::from_secs(60), |l| {
+        l.starts_with("* probe ") && l.contains("mode=relay")
+    });
+    assert_eq!(field(&relayed, "local"), Some("relay"), "{relayed}");
+    let result = probe.wait_line(Duration::from_secs(30), |l| l.starts_with("* probe-result"));
+    assert_eq!(field(&result, "relay"), Some("ok"), "{result}");
+    assert!(probe.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        relay_metric(admin, "relay_allocations_created_total") >= 2.0,
+        "the relay's admin port is the one --relay-arg named, and it allocated"
+    );
+}
+
 /// A quiet room carries nothing but the server's WebSocket pings: they alone must keep the
 /// session alive (no "silent socket" reconnect after the ping timeout).
 #[test]
