@@ -23,7 +23,8 @@ use super::tcp;
 use super::udp::UdpSocket;
 use crate::metrics::Metrics;
 
-/// Longest the timer task sleeps, so counters reach `/metrics` and shutdown is noticed promptly.
+/// Longest the timer task sleeps, so counters reach `/metrics` promptly (shutdown is a `select!`
+/// arm beside the timer, noticed at once).
 const MAX_TIMER_SLEEP: Duration = Duration::from_millis(200);
 
 /// Everything one worker needs, prepared (sockets bound) by `Relay::start`.
