@@ -51,7 +51,7 @@ pub(crate) fn start_fleet_relay_with(redis: &RedisServer, id: &str, extra: &[&st
         "30s",
     ];
     args.extend(extra);
-    let mut proc = Proc::spawn("relay", &args, false);
+    let mut proc = crate::peer_e2e::spawn("relay", &args, false);
     let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening udp "));
     let port = line["listening udp ".len()..]
         .parse::<SocketAddr>()
@@ -343,7 +343,7 @@ fn relay_only_transfer(from_url: &str, to_url: &str, bytes: usize) {
         .collect();
     std::fs::write(&src, &data).expect("write");
     let (src, dst) = (src.to_string_lossy(), dst.to_string_lossy());
-    let mut receiver = Proc::spawn(
+    let mut receiver = crate::peer_e2e::spawn(
         "peer",
         &[
             "recv-file",
@@ -356,7 +356,7 @@ fn relay_only_transfer(from_url: &str, to_url: &str, bytes: usize) {
         false,
     );
     receiver.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
-    let _sender = Proc::spawn(
+    let _sender = crate::peer_e2e::spawn(
         "peer",
         &[
             "send-file",

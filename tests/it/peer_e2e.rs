@@ -2,147 +2,36 @@
 //! loopback: ordered bulk chat (direct and relay-only), file transfer with checksum, and a
 //! signaling socket that drops mid-session (through a TCP proxy the test cuts).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use e2e::{ChildGuard, bin_path};
+use e2e::bin_path;
+use testkit::Spawned;
 
 const TURN_SECRET: &str = "peer-e2e-secret";
 
-/// A running binary with its stdout lines delivered on a channel.
-pub(crate) struct Proc {
-    guard: ChildGuard,
-    lines: mpsc::Receiver<String>,
-    stdin: Option<ChildStdin>,
-    pub(crate) seen: Vec<String>,
+/// A running workspace binary with its stdout read line by line (`testkit::Spawned`).
+pub(crate) type Proc = Spawned;
+
+/// Spawns workspace binary `name` with `args` (stdin piped when `with_stdin`).
+pub(crate) fn spawn(name: &str, args: &[&str], with_stdin: bool) -> Proc {
+    spawn_with_stderr(name, args, with_stdin, Stdio::inherit())
 }
 
-impl Proc {
-    pub(crate) fn spawn(name: &str, args: &[&str], with_stdin: bool) -> Self {
-        Self::spawn_with_stderr(name, args, with_stdin, Stdio::inherit())
-    }
-
-    /// Like [`Self::spawn`], with stderr going to `stderr` (e.g. a file the test reads).
-    pub(crate) fn spawn_with_stderr(
-        name: &str,
-        args: &[&str],
-        with_stdin: bool,
-        stderr: Stdio,
-    ) -> Self {
-        let mut child = Command::new(bin_path(name))
-            .args(args)
-            .stdin(if with_stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|err| panic!("spawn {name}: {err}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stdin = child.stdin.take();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            guard: ChildGuard {
-                child,
-                name: name.to_owned(),
-            },
-            lines,
-            stdin,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The process id.
-    pub(crate) fn pid(&self) -> u32 {
-        self.guard.pid()
-    }
-
-    /// Like [`Self::wait_line`], but `None` instead of a panic when no line matches in time.
-    pub(crate) fn try_wait_line(
-        &mut self,
-        timeout: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).ok()?;
-            self.seen.push(line.clone());
-            if pred(&line) {
-                return Some(line);
-            }
-        }
-    }
-
-    /// Waits for a line matching `pred`, keeping every line read in `seen`.
-    pub(crate) fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "{}: no matching line within {timeout:?}; got:\n{}",
-                    self.guard.name,
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Like [`Self::wait_line`], but a line already read earlier also counts.
-    fn wait_seen(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-        if let Some(line) = self.seen.iter().find(|l| pred(l)) {
-            return line.clone();
-        }
-        self.wait_line(timeout, pred)
-    }
-
-    /// Reads lines for `period`, keeping them in `seen`.
-    fn read_for(&mut self, period: Duration) {
-        let deadline = Instant::now() + period;
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(line);
-        }
-    }
-
-    /// Waits for the process to exit and returns its status.
-    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.guard.child.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?}",
-                self.guard.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// Like [`spawn`], with stderr going to `stderr` (e.g. a file the test reads).
+pub(crate) fn spawn_with_stderr(
+    name: &str,
+    args: &[&str],
+    with_stdin: bool,
+    stderr: Stdio,
+) -> Proc {
+    let mut command = Command::new(bin_path(name));
+    command.args(args).stderr(stderr);
+    Spawned::spawn(command, with_stdin)
 }
 
 /// The value of `key=` in a `* event k=v ...` notice line.
@@ -177,7 +66,7 @@ fn start_relay_with(allow_loopback: bool) -> Relay {
     if allow_loopback {
         args.push("--allow-loopback-peers");
     }
-    let mut proc = Proc::spawn("relay", &args, false);
+    let mut proc = spawn("relay", &args, false);
     let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening udp "));
     let udp = line["listening udp ".len()..]
         .parse()
@@ -211,7 +100,7 @@ pub(crate) fn start_signaling_with(
         ]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut proc = Proc::spawn("signaling", &args, false);
+    let mut proc = spawn("signaling", &args, false);
     let line = proc.wait_line(Duration::from_secs(20), |l| {
         l.contains("listening on http://")
     });
@@ -233,7 +122,7 @@ pub(crate) fn join_with(url: &str, name: &str, relay_only: bool, extra: &[&str])
         args.push("--relay-only");
     }
     args.extend(extra);
-    Proc::spawn("peer", &args, true)
+    spawn("peer", &args, true)
 }
 
 /// Two chat peers exchange `count` lines each way; every line arrives, in order.
@@ -330,13 +219,13 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
     std::fs::write(&src, &data).expect("write source");
     let src_s = src.to_string_lossy().into_owned();
     let dst_s = dst.to_string_lossy().into_owned();
-    let mut receiver = Proc::spawn(
+    let mut receiver = spawn(
         "peer",
         &["recv-file", &url, &dst_s, "--bind", "127.0.0.1"],
         false,
     );
     receiver.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
-    let mut sender = Proc::spawn(
+    let mut sender = spawn(
         "peer",
         &["send-file", &url, &src_s, "--bind", "127.0.0.1"],
         false,
@@ -514,7 +403,7 @@ fn probe_self_reports_host_and_relay_pairs() {
     let relay = start_relay();
     let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
     let url = format!("ws://{}/ws/probe", signaling.addr);
-    let mut probe = Proc::spawn(
+    let mut probe = spawn(
         "peer",
         &[
             "probe",
@@ -558,7 +447,7 @@ fn the_in_process_relay_relays_and_takes_relay_arg_flags() {
     );
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let url = format!("ws://{}/ws/local-stack", signaling.addr);
-    let mut probe = Proc::spawn(
+    let mut probe = spawn(
         "peer",
         &[
             "probe",
@@ -604,7 +493,7 @@ fn quiet_room_stays_connected_on_pings_alone() {
         alice.seen.join("\n")
     );
     assert!(
-        alice.guard.child.try_wait().ok().flatten().is_none(),
+        alice.child().try_wait().ok().flatten().is_none(),
         "peer exited"
     );
 }
@@ -626,7 +515,7 @@ impl Drop for StreamRelay {
 }
 
 fn start_stream_relay() -> StreamRelay {
-    let mut proc = Proc::spawn(
+    let mut proc = spawn(
         "relay",
         &[
             "--listen",
@@ -681,23 +570,8 @@ fn start_stream_relay() -> StreamRelay {
 }
 /// The value of one metric in the relay's `/metrics`.
 fn relay_metric(admin: SocketAddr, name: &str) -> f64 {
-    let mut stream = TcpStream::connect(admin).expect("connect admin");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("read timeout");
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request metrics");
-    let mut body = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut body).expect("read metrics");
-    body.lines()
-        .find_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            (key == name).then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+    let (_, body) = testkit::http_get(admin, "/metrics").expect("GET /metrics");
+    testkit::metric_value(&body, name).unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
 }
 
 /// Signaling hands out only one TURN URL over a stream (`turn:...?transport=tcp` or
@@ -806,7 +680,7 @@ fn without_a_name_other_peers_see_the_host_name() {
     let url = format!("ws://{}/ws/default-name", signaling.addr);
     let mut alice = join(&url, "alice", false);
     alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
-    let _anon = Proc::spawn("peer", &["join", &url, "--bind", "127.0.0.1"], true);
+    let _anon = spawn("peer", &["join", &url, "--bind", "127.0.0.1"], true);
     let joined = alice.wait_line(Duration::from_secs(20), |l| l.starts_with("* peer-joined"));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
     assert_eq!(field(&joined, "name"), Some(host.trim()), "{joined}");
@@ -820,7 +694,7 @@ fn a_refused_connection_names_its_cause_once() {
         .expect("free port")
         .port();
     let stderr = StderrFile::new();
-    let mut proc = Proc::spawn_with_stderr(
+    let mut proc = spawn_with_stderr(
         "peer",
         &["join", &format!("ws://127.0.0.1:{port}/ws/x")],
         false,
@@ -839,7 +713,7 @@ fn a_relay_refusing_loopback_peers_is_not_reported_as_an_error() {
     let url = format!("ws://{}/ws/refused", signaling.addr);
     let (alice_err, bob_err) = (StderrFile::new(), StderrFile::new());
     let spawn = |name: &str, stderr: &StderrFile| {
-        Proc::spawn_with_stderr(
+        spawn_with_stderr(
             "peer",
             &["join", &url, "--name", name, "--bind", "127.0.0.1"],
             true,

@@ -35,7 +35,7 @@ fn hundreds_of_allocate_delete_cycles_from_one_ip_keep_succeeding() {
     for i in 0..CYCLES {
         // A distinct REST user per cycle, like the peer ids signaling hands out.
         let user = format!("{}:peer-{i}", unix_now() + 600);
-        let mut c = TestClient::new(relay.udp, &user, &rest_password("s3cret", &user));
+        let mut c = TestClient::new(relay.udp, &user, &rest_password(b"s3cret", &user));
         match c.allocate() {
             Ok(_) => {
                 if let Err(code) = c.refresh(0) {

@@ -33,7 +33,7 @@ async fn relay_start_in_process_serves_and_shuts_down() {
     let admin = addrs.admin.expect("admin address");
 
     let username = format!("{}:peer-1", crate::support::unix_now() + 300);
-    let password = crate::support::rest_password("embedded-secret", &username);
+    let password = crate::support::rest_password(b"embedded-secret", &username);
     let relayed = tokio::task::spawn_blocking(move || {
         let mut c = TestClient::new(udp, &username, &password);
         c.allocate()
@@ -109,7 +109,7 @@ async fn drain_returns_when_the_last_allocation_ends() {
     let handle = start_embedded("drain-secret");
     let udp = handle.addrs().udp[0];
     let username = format!("{}:peer-1", crate::support::unix_now() + 300);
-    let password = crate::support::rest_password("drain-secret", &username);
+    let password = crate::support::rest_password(b"drain-secret", &username);
     let mut client = tokio::task::spawn_blocking(move || {
         let mut c = TestClient::new(udp, &username, &password);
         c.allocate().expect("allocate");

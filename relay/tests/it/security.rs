@@ -205,17 +205,17 @@ fn rest_usernames_expire() {
     let relay = RelayProcess::start(&["--auth-secret", "s3cret"]);
     let expired = format!("{}:dave", unix_now() - 60);
     assert_eq!(
-        TestClient::new(relay.udp, &expired, &rest_password("s3cret", &expired)).allocate(),
+        TestClient::new(relay.udp, &expired, &rest_password(b"s3cret", &expired)).allocate(),
         Err(401)
     );
     let valid = format!("{}:dave", unix_now() + 600);
     assert!(
-        TestClient::new(relay.udp, &valid, &rest_password("s3cret", &valid))
+        TestClient::new(relay.udp, &valid, &rest_password(b"s3cret", &valid))
             .allocate()
             .is_ok()
     );
     assert_eq!(
-        TestClient::new(relay.udp, &valid, &rest_password("other", &valid)).allocate(),
+        TestClient::new(relay.udp, &valid, &rest_password(b"other", &valid)).allocate(),
         Err(401)
     );
 }

@@ -2,11 +2,14 @@
 //! prints, kill it on drop; helpers for coturn's turnutils, `/metrics`, and a small STUN/TURN
 //! test client built on the `stun`/`turn` crates' message types.
 
-use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use relay_proto::framing;
+use testkit::Spawned;
+pub(crate) use testkit::{metric_value, rest_password};
 
 use stun::attributes::{ATTR_NONCE, ATTR_REALM};
 use stun::error_code::ErrorCodeAttribute;
@@ -28,7 +31,7 @@ pub(crate) const RELAY_BIN: &str = env!("CARGO_BIN_EXE_relay");
 
 /// A running `relay` process; killed (SIGKILL) on drop unless it already exited.
 pub(crate) struct RelayProcess {
-    child: Child,
+    process: Spawned,
     pub(crate) udp: SocketAddr,
     pub(crate) tcp: Option<SocketAddr>,
     pub(crate) tls: Option<SocketAddr>,
@@ -60,39 +63,29 @@ impl RelayProcess {
 
     /// Starts the relay with exactly `args` (plus nothing).
     pub(crate) fn start_raw(args: &[&str]) -> Self {
-        let mut child = Command::new(RELAY_BIN)
+        let mut command = Command::new(RELAY_BIN);
+        command
             .args(args)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn relay binary");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut stderr = child.stderr.take().expect("stderr");
+            .stderr(Stdio::piped());
+        let mut process = Spawned::spawn(command, false);
+        let mut stderr = process.child().stderr.take().expect("stderr");
         let stderr = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = stderr.read_to_string(&mut s);
             s
         });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        if process
+            .try_wait_line(Duration::from_secs(20), |l| l == "ready")
+            .is_none()
+        {
+            process.kill();
+            let err = stderr.join().unwrap_or_default();
+            panic!("relay did not print `ready` within 20 s; stderr:\n{err}");
+        }
         let (mut udp, mut tcp, mut tls, mut admin) = (None, None, None, None);
         let mut tls_pem = String::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let _ = child.kill();
-                let err = stderr.join().unwrap_or_default();
-                panic!("relay did not print `ready` within 20 s; stderr:\n{err}");
-            };
+        for line in &process.seen {
             let parse = |s: &str| s.parse::<SocketAddr>().expect("address");
             if let Some(a) = line.strip_prefix("listening udp ") {
                 udp.get_or_insert(parse(a));
@@ -105,20 +98,18 @@ impl RelayProcess {
             } else if line.starts_with("-----")
                 || !tls_pem.is_empty() && !tls_pem.contains("-----END")
             {
-                tls_pem.push_str(&line);
+                tls_pem.push_str(line);
                 tls_pem.push('\n');
-            } else if line == "ready" {
-                break;
             }
         }
         Self {
-            child,
             udp: udp.expect("udp address line"),
             tcp,
             tls,
             admin: admin.expect("admin line"),
             tls_pem,
             stderr: Some(stderr),
+            process,
         }
     }
 
@@ -129,33 +120,24 @@ impl RelayProcess {
 
     /// The process id.
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// True while the process runs.
     pub(crate) fn is_alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        matches!(self.process.child().try_wait(), Ok(None))
     }
 
     /// Sends SIGTERM.
     pub(crate) fn terminate(&self) {
-        // SAFETY-free: `kill` the command, by PID.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status();
+        self.process.terminate();
     }
 
     /// Waits up to `timeout` for the process to exit; returns its exit status success.
     pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status.success());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+        self.process
+            .try_wait_exit(timeout)
+            .map(|status| status.success())
     }
 
     /// GET `path` on the admin server: (status code, body).
@@ -167,14 +149,14 @@ impl RelayProcess {
     /// `relay_packets_relayed_total{direction="to_peer"}`), 0 if absent.
     pub(crate) fn metric(&self, sample: &str) -> u64 {
         let (_, body) = self.admin_get("/metrics");
-        metric_value(&body, sample)
+        metric_value(&body, sample).map_or(0, |v| v as u64)
     }
 }
 
 impl Drop for RelayProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Killed first, so that the stderr reader ends.
+        self.process.kill();
         if std::thread::panicking()
             && let Some(logs) = self.stderr.take().and_then(|h| h.join().ok())
         {
@@ -222,38 +204,9 @@ pub(crate) fn run_relay_to_exit(
     (status, reader.join().unwrap_or_default())
 }
 
-/// The value of one sample in Prometheus text, 0 if absent.
-pub(crate) fn metric_value(body: &str, sample: &str) -> u64 {
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
-/// A minimal HTTP/1.1 GET.
+/// A minimal HTTP/1.1 GET: (status, body); status 0 if the server could not be reached.
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    testkit::http_get(addr, path).unwrap_or((0, String::new()))
 }
 
 /// A free UDP port on 127.0.0.1 (bound and released: good enough for a test peer).
@@ -424,22 +377,15 @@ fn read_frame<S: std::io::Read>(
 ) -> Option<Vec<u8>> {
     let deadline = Instant::now() + timeout;
     loop {
-        if pending.len() >= 4 {
-            let len = usize::from(u16::from_be_bytes([pending[2], pending[3]]));
-            let channel = pending[0] & 0xC0 == 0x40;
-            let frame = if channel {
-                4 + len.div_ceil(4) * 4
-            } else {
-                20 + len
-            };
-            if pending.len() >= frame {
-                let rest = pending.split_off(frame);
-                let mut out = std::mem::replace(pending, rest);
-                if channel {
-                    out.truncate(4 + len);
-                }
-                return Some(out);
-            }
+        if let (Ok(Some(frame)), Ok(Some(keep))) = (
+            framing::stream_frame_len(pending),
+            framing::message_len(pending),
+        ) && pending.len() >= frame
+        {
+            let rest = pending.split_off(frame);
+            let mut out = std::mem::replace(pending, rest);
+            out.truncate(keep);
+            return Some(out);
         }
         let left = deadline.checked_duration_since(Instant::now())?;
         set_timeout(s, left.max(Duration::from_millis(1))).ok()?;
@@ -674,7 +620,8 @@ impl TestClient {
         };
         cd.encode();
         if matches!(self.link, Link::Tls(..) | Link::Tcp(..)) {
-            cd.raw.resize(cd.raw.len().div_ceil(4) * 4, 0);
+            cd.raw
+                .resize(relay_proto::channel_data::framed_len(data.len(), true), 0);
         }
         self.link.send(self.server, &cd.raw).unwrap();
     }
@@ -696,14 +643,6 @@ impl TestClient {
     }
 }
 
-/// The TURN REST password for `username` under `secret`: base64(HMAC-SHA1(secret, username)).
-pub(crate) fn rest_password(secret: &str, username: &str) -> String {
-    use base64::Engine as _;
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
-    base64::engine::general_purpose::STANDARD
-        .encode(ring::hmac::sign(&key, username.as_bytes()).as_ref())
-}
-
 /// Unix time now, in seconds.
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -712,14 +651,7 @@ pub(crate) fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// Waits until `f` is true or `timeout` passes.
+/// Waits until `f` is true or `timeout` passes (`testkit::wait_until` for a yes/no check).
 pub(crate) fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
+    testkit::wait_until(timeout, || f().then_some(())).is_some()
 }

@@ -2,14 +2,13 @@
 
 #![allow(dead_code)] // A toolbox shared by the test modules; not each uses every tool.
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc as std_mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use signaling::protocol::{ClientMessage, ErrorCode, ServerFrame, ServerMessage, SessionInfo};
+use testkit::Spawned;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -36,7 +35,7 @@ pub(crate) fn cluster_nodes() -> usize {
 /// [`Server::ws`] hands out the nodes' URLs in turn, so the clients of one test spread over
 /// the nodes.
 pub(crate) struct Server {
-    child: Child,
+    process: Spawned,
     pub(crate) addr: SocketAddr,
     others: Vec<Self>,
     redis: Option<redis::RedisServer>,
@@ -90,37 +89,19 @@ impl Server {
     }
 
     fn spawn_command(mut command: Command, args: &[&str]) -> Self {
-        let mut child = command
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn signaling");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = std_mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
+        command.args(["--listen", "127.0.0.1:0"]).args(args).env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        let mut process = Spawned::spawn(command, false);
+        let line = process.wait_line(Duration::from_secs(20), |l| {
+            l.starts_with("listening on http://")
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr.parse().expect("address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the server did not print its address");
-            }
-        };
+        let addr = line["listening on http://".len()..]
+            .parse()
+            .expect("address");
         Self {
-            child,
+            process,
             addr,
             others: Vec::new(),
             redis: None,
@@ -130,12 +111,11 @@ impl Server {
 
     /// Kills the process at once (SIGKILL), as a crash would.
     pub(crate) fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// `ws://ADDR{path}` of the first node, always.
@@ -159,8 +139,7 @@ impl Server {
 
     /// Sends SIGTERM (to every node).
     pub(crate) fn terminate(&self) {
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM");
+        self.process.terminate();
         for other in &self.others {
             other.terminate();
         }
@@ -169,14 +148,11 @@ impl Server {
     /// Waits for the process (every node) to exit, up to `limit`; returns whether it did.
     pub(crate) fn wait_exit(&mut self, limit: Duration) -> bool {
         let start = std::time::Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                let left = limit.saturating_sub(start.elapsed());
-                return self.others.iter_mut().all(|o| o.wait_exit(left));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if self.process.try_wait_exit(limit).is_none() {
+            return false;
         }
-        false
+        let left = limit.saturating_sub(start.elapsed());
+        self.others.iter_mut().all(|o| o.wait_exit(left))
     }
 
     /// The value of one metric series (`name{labels}` as exposed), summed over the nodes.
@@ -196,13 +172,6 @@ impl Server {
     /// A plain HTTP GET: (status, content-type, body).
     pub(crate) async fn get(&self, path: &str) -> (u16, String, String) {
         http_get(self.addr, path).await
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,106 @@
+//! The test harness the workspace's suites share (signaling's, the relay's and the end-to-end
+//! tests), so that each kit exists once:
+//!
+//! - [`Spawned`]: a binary with its stdout read line by line, waited on by line, killed and
+//!   reaped on drop whatever happens to the test; [`ChildGuard`] for processes read otherwise;
+//! - [`http_get`] and [`metric_value`]: a plain HTTP GET and one sample of Prometheus text;
+//! - [`free_port`], [`wait_until`], [`bin_path`];
+//! - [`rest_password`]: the TURN REST password, the relay's own implementation.
+
+mod process;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use process::{ChildGuard, Spawned};
+pub use relay_proto::auth::rest_password;
+
+/// The path of a workspace binary (`signaling`, `relay`, `peer`) built for this profile, beside
+/// the test executable (`target/<profile>/`; `scripts/test.sh` builds them first).
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/it-<hash> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Reserves a free port on 127.0.0.1 (UDP and TCP) by binding port 0 and releasing it. Prefer
+/// passing port 0 to the server and reading the bound address back; use this only where a
+/// program cannot report its port.
+pub fn free_port() -> u16 {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp 0");
+    let port = sock.local_addr().expect("local_addr").port();
+    drop(std::net::TcpListener::bind(("127.0.0.1", port)).expect("tcp port free"));
+    port
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or gives up after `timeout`.
+pub fn wait_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A blocking HTTP/1.1 GET with `Connection: close` (5 s timeouts): the status and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_owned();
+    Ok((status, body))
+}
+
+/// The value of one sample (`name` or `name{labels}`, as exposed) in Prometheus text.
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_one_sample() {
+        let text = "# TYPE a counter\na_total 3\na_total{x=\"1\"} 4.5\nab_total 9\n";
+        assert_eq!(metric_value(text, "a_total"), Some(3.0));
+        assert_eq!(metric_value(text, "a_total{x=\"1\"}"), Some(4.5));
+        assert_eq!(metric_value(text, "b_total"), None);
+    }
+}
