@@ -7,13 +7,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use relay_proto::Method;
 use relay_proto::attributes::{
     CHANNEL_NUMBER, ERROR_CODE, NONCE, REALM, REQUESTED_TRANSPORT, USERNAME, XOR_PEER_ADDRESS,
 };
 use relay_proto::auth::long_term_key;
-use relay_proto::message::{
-    ALLOCATE, BINDING, CHANNEL_BIND, Class, MessageBuilder, StunMessage, TransactionId,
-};
+use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
 use relay_proto::{
     ClientAction, FiveTuple, HEADROOM, Output, PeerAction, Quotas, Server, ServerConfig, TAILROOM,
     Transport, channel_data,
@@ -111,7 +110,8 @@ fn main() {
     report("ChannelData peer->client", packets, start.elapsed());
     assert_eq!(delivered, packets * (payload.len() + 4) as u64);
 
-    let binding = MessageBuilder::new(BINDING, Class::Request, TransactionId([1; 12])).finish();
+    let binding =
+        MessageBuilder::new(Method::Binding, Class::Request, TransactionId([1; 12])).finish();
     let n_binding = packets / 5;
     let start = Instant::now();
     for n in 0..n_binding {
@@ -153,7 +153,7 @@ fn allocate(
         t[4..8].copy_from_slice(&k.to_be_bytes());
         TransactionId(t)
     };
-    let mut b = MessageBuilder::new(ALLOCATE, Class::Request, tid(1));
+    let mut b = MessageBuilder::new(Method::Allocate, Class::Request, tid(1));
     b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     let _ = server.handle_client_packet(now, from, &b.finish());
     let Some(Output::Transmit { data, .. }) = server.poll_output() else {
@@ -169,7 +169,7 @@ fn allocate(
             .add(NONCE, &nonce)
             .add_message_integrity(key);
     };
-    let mut b = MessageBuilder::new(ALLOCATE, Class::Request, tid(2));
+    let mut b = MessageBuilder::new(Method::Allocate, Class::Request, tid(2));
     b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     signed(&mut b);
     let _ = server.handle_client_packet(now, from, &b.finish());
@@ -179,7 +179,7 @@ fn allocate(
     server.handle_relay_bound(now, request, Ok(relay));
     while server.poll_output().is_some() {}
 
-    let mut b = MessageBuilder::new(CHANNEL_BIND, Class::Request, tid(3));
+    let mut b = MessageBuilder::new(Method::ChannelBind, Class::Request, tid(3));
     b.add(CHANNEL_NUMBER, &[0x40, 0, 0, 0])
         .add_xor_address(XOR_PEER_ADDRESS, peer);
     signed(&mut b);

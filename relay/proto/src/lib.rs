@@ -54,9 +54,10 @@
 //!   RFC section). `StunMessage::method` returns `Option<Method>` (`method_code` keeps the raw
 //!   12-bit code); `MessageBuilder::new`/`add*` and `StunMessage::get` take `impl Into<u16>`
 //!   (a typed value or a raw code: write `0x7777u16`); `add_error_code` takes an `ErrorCode`.
-//!   The attribute aliases (`attributes::USERNAME`...) are now `AttributeType`s; the method
-//!   aliases (`message::ALLOCATE`...) stay `u16` codes. Both `DATA` constants are gone (one
-//!   was the method, one the attribute): write `Method::Data` or `AttributeType::Data`.
+//!   The attribute aliases (`attributes::USERNAME`...) are now `AttributeType`s; the `u16`
+//!   method aliases (`message::ALLOCATE`...) are gone: write `Method::Allocate`. Both `DATA`
+//!   constants are gone (one was the method, one the attribute): write `Method::Data` or
+//!   `AttributeType::Data`.
 //! - `Output` is no longer `#[non_exhaustive]`: it is workspace-internal, and the I/O layer
 //!   matches every variant and field so that a new one cannot be ignored. RESERVATION-TOKENs
 //!   moved into `SharedQuotas`, so a token issued by one shard is honoured by another.

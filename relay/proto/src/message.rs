@@ -67,20 +67,6 @@ impl From<Method> for u16 {
     }
 }
 
-/// Wire codes of the request methods, for code that passes a method around as a `u16`
-/// (`relay-bench`). New code uses [`Method`]. There is deliberately no `DATA` alias.
-pub const BINDING: u16 = Method::Binding.code();
-/// [`Method::Allocate`]'s code.
-pub const ALLOCATE: u16 = Method::Allocate.code();
-/// [`Method::Refresh`]'s code.
-pub const REFRESH: u16 = Method::Refresh.code();
-/// [`Method::Send`]'s code.
-pub const SEND: u16 = Method::Send.code();
-/// [`Method::CreatePermission`]'s code.
-pub const CREATE_PERMISSION: u16 = Method::CreatePermission.code();
-/// [`Method::ChannelBind`]'s code.
-pub const CHANNEL_BIND: u16 = Method::ChannelBind.code();
-
 /// The 96-bit transaction id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TransactionId(pub [u8; 12]);
@@ -508,10 +494,10 @@ mod tests {
                 assert_eq!(split_type(message_type(method, class)), (method, class));
             }
         }
-        assert_eq!(message_type(BINDING, Class::Request), 0x0001);
-        assert_eq!(message_type(BINDING, Class::Success), 0x0101);
-        assert_eq!(message_type(ALLOCATE, Class::Error), 0x0113);
-        assert_eq!(message_type(SEND, Class::Indication), 0x0016);
+        assert_eq!(message_type(Method::Binding, Class::Request), 0x0001);
+        assert_eq!(message_type(Method::Binding, Class::Success), 0x0101);
+        assert_eq!(message_type(Method::Allocate, Class::Error), 0x0113);
+        assert_eq!(message_type(Method::Send, Class::Indication), 0x0016);
         assert_eq!(message_type(Method::Data, Class::Indication), 0x0017);
         for m in Method::ALL {
             assert_eq!(Method::from_code(m.code()), Some(m));
@@ -522,7 +508,7 @@ mod tests {
     #[test]
     fn builder_output_parses_and_verifies() {
         let tid = TransactionId([9; 12]);
-        let mut b = MessageBuilder::new(ALLOCATE, Class::Request, tid);
+        let mut b = MessageBuilder::new(Method::Allocate, Class::Request, tid);
         b.add(attributes::USERNAME, b"user")
             .add_u32(attributes::LIFETIME, 600)
             .add_message_integrity(b"key")
@@ -541,7 +527,7 @@ mod tests {
     #[test]
     fn corrupt_messages_are_rejected() {
         let tid = TransactionId([1; 12]);
-        let mut b = MessageBuilder::new(BINDING, Class::Request, tid);
+        let mut b = MessageBuilder::new(Method::Binding, Class::Request, tid);
         b.add(attributes::SOFTWARE, b"x").add_fingerprint();
         let good = b.finish();
         assert!(StunMessage::parse(&good).is_ok());

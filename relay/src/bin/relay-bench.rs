@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use relay_proto::Method;
 use relay_proto::attributes::{
     CHANNEL_NUMBER, ERROR_CODE, LIFETIME, NONCE, REALM, REQUESTED_TRANSPORT, USERNAME,
     XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS,
 };
 use relay_proto::auth::long_term_key;
-use relay_proto::message::{
-    ALLOCATE, BINDING, CHANNEL_BIND, Class, MessageBuilder, StunMessage, TransactionId,
-};
+use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
 
 #[derive(Parser)]
 #[command(about = "Load tools for the relay benchmark")]
@@ -329,7 +328,7 @@ fn turn_client(spec: &LoadSpec, peer: SocketAddr) -> anyhow::Result<UdpSocket> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     let server = spec.server;
     let first = transact(&socket, server, &|tid| {
-        let mut b = MessageBuilder::new(ALLOCATE, Class::Request, tid);
+        let mut b = MessageBuilder::new(Method::Allocate, Class::Request, tid);
         b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
         b.finish()
     })?;
@@ -345,7 +344,7 @@ fn turn_client(spec: &LoadSpec, peer: SocketAddr) -> anyhow::Result<UdpSocket> {
         );
     };
     let key = long_term_key(&spec.user, &realm, &spec.password);
-    let authed = |method: u16, tid: TransactionId, extra: &dyn Fn(&mut MessageBuilder)| {
+    let authed = |method: Method, tid: TransactionId, extra: &dyn Fn(&mut MessageBuilder)| {
         let mut b = MessageBuilder::new(method, Class::Request, tid);
         extra(&mut b);
         b.add(USERNAME, spec.user.as_bytes());
@@ -356,7 +355,7 @@ fn turn_client(spec: &LoadSpec, peer: SocketAddr) -> anyhow::Result<UdpSocket> {
         b.finish()
     };
     let alloc = transact(&socket, server, &|tid| {
-        authed(ALLOCATE, tid, &|b| {
+        authed(Method::Allocate, tid, &|b| {
             b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
             b.add_u32(LIFETIME, 600);
         })
@@ -366,7 +365,7 @@ fn turn_client(spec: &LoadSpec, peer: SocketAddr) -> anyhow::Result<UdpSocket> {
         bail!("allocate failed: {:?}", error_code(&msg));
     }
     let bind = transact(&socket, server, &|tid| {
-        authed(CHANNEL_BIND, tid, &|b| {
+        authed(Method::ChannelBind, tid, &|b| {
             b.add(CHANNEL_NUMBER, &[0x40, 0x00, 0, 0]);
             b.add_xor_address(XOR_PEER_ADDRESS, peer);
         })
@@ -469,8 +468,9 @@ fn binding_load(
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let socket = UdpSocket::bind("127.0.0.1:0")?;
                 socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-                let request =
-                    |tid: TransactionId| MessageBuilder::new(BINDING, Class::Request, tid).finish();
+                let request = |tid: TransactionId| {
+                    MessageBuilder::new(Method::Binding, Class::Request, tid).finish()
+                };
                 for _ in 0..window {
                     socket.send_to(&request(TransactionId(rand::random())), server)?;
                 }

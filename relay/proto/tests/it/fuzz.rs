@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use proptest::prelude::*;
-use relay_proto::message::{ALLOCATE, Class, MessageBuilder, StunMessage, TransactionId};
-use relay_proto::{HEADROOM, Server, channel_data, framing};
+use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
+use relay_proto::{HEADROOM, Method, Server, channel_data, framing};
 
 use crate::support::{config, udp};
 
@@ -70,7 +70,7 @@ proptest! {
     fn server_never_panics_on_mutated_requests(flip in 0usize..64, value in any::<u8>()) {
         let t0 = Instant::now();
         let mut server = Server::new(config(t0));
-        let mut b = MessageBuilder::new(ALLOCATE, Class::Request, TransactionId([3; 12]));
+        let mut b = MessageBuilder::new(Method::Allocate, Class::Request, TransactionId([3; 12]));
         b.add(0x0019u16, &[17, 0, 0, 0]).add(0x0006u16, b"alice").add(0x0015u16, b"nonce").add(0x0014u16, b"realm")
             .add_message_integrity(b"k").add_fingerprint();
         let mut bytes = b.finish();

@@ -7,7 +7,7 @@ use relay_proto::attributes::{
     self, ICE_CONTROLLED, NONCE, PRIORITY, REALM, SOFTWARE, USERNAME, XOR_MAPPED_ADDRESS,
 };
 use relay_proto::auth::long_term_key;
-use relay_proto::message::{BINDING, Class, MessageBuilder, StunMessage, TransactionId};
+use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
 
 fn hex(s: &str) -> Vec<u8> {
     let digits: String = s.split_whitespace().collect();
@@ -72,7 +72,7 @@ fn sample_request_parses_verifies_and_reencodes() {
     // ICE attributes are understood (not "unknown comprehension-required").
     assert_eq!(m.unknown_required().1, 0);
 
-    let mut b = MessageBuilder::new(BINDING, Class::Request, TransactionId(TID));
+    let mut b = MessageBuilder::new(Method::Binding, Class::Request, TransactionId(TID));
     b.add(SOFTWARE, b"STUN test client")
         .add(PRIORITY, &[0x6e, 0x00, 0x01, 0xff])
         .add(
@@ -99,7 +99,7 @@ fn check_response(bytes: &[u8], mapped: &str) {
     assert!(m.verify_integrity(PASSWORD.as_bytes()));
     assert!(m.has_fingerprint());
 
-    let mut b = MessageBuilder::new(BINDING, Class::Success, TransactionId(TID));
+    let mut b = MessageBuilder::new(Method::Binding, Class::Success, TransactionId(TID));
     b.add_padded(SOFTWARE, b"test vector", b' ')
         .add_xor_address(XOR_MAPPED_ADDRESS, mapped)
         .add_message_integrity(PASSWORD.as_bytes())
@@ -137,7 +137,7 @@ fn long_term_request_parses_verifies_and_reencodes() {
     let tid = TransactionId([
         0x78, 0xad, 0x34, 0x33, 0xc6, 0xad, 0x72, 0xc0, 0x29, 0xda, 0x41, 0x2e,
     ]);
-    let mut b = MessageBuilder::new(BINDING, Class::Request, tid);
+    let mut b = MessageBuilder::new(Method::Binding, Class::Request, tid);
     b.add(USERNAME, username.as_bytes())
         .add(NONCE, b"f//499k954d6OL34oL9FSTvy64sA")
         .add(REALM, b"example.org")

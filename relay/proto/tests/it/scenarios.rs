@@ -7,10 +7,7 @@ use std::time::Duration;
 use relay_proto::attributes::{
     ERROR_CODE, NONCE, REALM, SOFTWARE, UNKNOWN_ATTRIBUTES, XOR_MAPPED_ADDRESS, XOR_PEER_ADDRESS,
 };
-use relay_proto::message::{
-    ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMISSION, Class, MessageBuilder, REFRESH,
-    StunMessage, TransactionId,
-};
+use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
 use relay_proto::{
     AddressFamily, AttributeType, BindError, ClientAction, DenyReason, HEADROOM, Method, Output,
     PeerAction, QuotaKind, Quotas, RateLimit, Server, SharedQuotas, TAILROOM, Transport,
@@ -61,9 +58,9 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
 
     let p = peer("203.0.114.7:6000");
     let resp = h.request(alice.from, &alice.permission_request(&[p]));
-    alice.verify_success(&resp, CREATE_PERMISSION);
+    alice.verify_success(&resp, Method::CreatePermission);
     let resp = h.request(alice.from, &alice.channel_bind_request(0x4000, p));
-    alice.verify_success(&resp, CHANNEL_BIND);
+    alice.verify_success(&resp, Method::ChannelBind);
     assert_eq!(
         (h.server.stats().permissions, h.server.stats().channels),
         (1, 1)
@@ -138,11 +135,20 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
 
     // Refresh to 1200 s (capped at 3600, floored at the default 600).
     let resp = h.request(alice.from, &alice.refresh_request(1200));
-    assert_eq!(lifetime_of(&alice.verify_success(&resp, REFRESH)), 1200);
+    assert_eq!(
+        lifetime_of(&alice.verify_success(&resp, Method::Refresh)),
+        1200
+    );
     let resp = h.request(alice.from, &alice.refresh_request(99_999));
-    assert_eq!(lifetime_of(&alice.verify_success(&resp, REFRESH)), 3600);
+    assert_eq!(
+        lifetime_of(&alice.verify_success(&resp, Method::Refresh)),
+        3600
+    );
     let resp = h.request(alice.from, &alice.refresh_request(60));
-    assert_eq!(lifetime_of(&alice.verify_success(&resp, REFRESH)), 600);
+    assert_eq!(
+        lifetime_of(&alice.verify_success(&resp, Method::Refresh)),
+        600
+    );
 
     // After 300 s without refresh the permission is gone, so is relaying.
     h.advance(Duration::from_secs(301));
@@ -175,9 +181,9 @@ fn channel_bind_keeps_permission_and_channel_alive_while_refreshed() {
     let p = peer("203.0.114.7:6000");
     for _ in 0..4 {
         let resp = alice.transact(&mut h, |c| c.channel_bind_request(0x4001, p));
-        alice.verify_success(&resp, CHANNEL_BIND);
+        alice.verify_success(&resp, Method::ChannelBind);
         let resp = alice.transact(&mut h, |c| c.refresh_request(600));
-        alice.verify_success(&resp, REFRESH);
+        alice.verify_success(&resp, Method::Refresh);
         h.advance(Duration::from_secs(250));
         let (action, _) = from_peer(&mut h, relay, p, b"x");
         assert!(matches!(action, PeerAction::ToClient { .. }));
@@ -204,7 +210,10 @@ fn refresh_with_zero_lifetime_deletes_the_allocation() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(lifetime_of(&alice.verify_success(&resp, REFRESH)), 0);
+    assert_eq!(
+        lifetime_of(&alice.verify_success(&resp, Method::Refresh)),
+        0
+    );
     assert_eq!(h.server.stats().allocations, 0);
     // A further Refresh finds no allocation: 437.
     let resp = h.request(alice.from, &alice.refresh_request(600));
@@ -217,7 +226,7 @@ fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
     let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
     alice.allocate(&mut h);
     let resp = h.request(alice.from, &alice.refresh_request(3600));
-    alice.verify_success(&resp, REFRESH);
+    alice.verify_success(&resp, Method::Refresh);
     h.advance(Duration::from_secs(601));
     let resp = h.request(alice.from, &alice.refresh_request(600));
     assert_eq!(error_code(&resp), Some(438));
@@ -227,7 +236,7 @@ fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
     alice.learn_nonce(&resp);
     assert_ne!(alice.nonce, old);
     let resp = h.request(alice.from, &alice.refresh_request(600));
-    alice.verify_success(&resp, REFRESH);
+    alice.verify_success(&resp, Method::Refresh);
     assert_eq!(h.server.stats().stale_nonces, 1);
 }
 
@@ -305,7 +314,7 @@ fn rest_credentials_verify_with_any_secret_and_expire() {
     );
     carol.allocate(&mut h);
     let resp = h.request(carol.from, &carol.refresh_request(3600));
-    carol.verify_success(&resp, REFRESH);
+    carol.verify_success(&resp, Method::Refresh);
     let mut old = Client::rest(
         udp("192.0.2.21:40000"),
         UNIX_T0 + 3600,
@@ -354,7 +363,7 @@ fn second_allocate_on_a_five_tuple_is_437_and_a_retransmission_is_answered_again
     });
     let req = alice.allocate_request(creating);
     let resp = h.request(alice.from, &req);
-    alice.verify_success(&resp, ALLOCATE);
+    alice.verify_success(&resp, Method::Allocate);
     let tid = alice.next_tid();
     let resp = h.request(alice.from, &alice.allocate_request(tid));
     assert_eq!(error_code(&resp), Some(437));
@@ -473,7 +482,7 @@ fn draining_refuses_new_allocations_but_keeps_existing_ones() {
     let (action, _) = from_peer(&mut h, relay, p, b"y");
     assert!(matches!(action, PeerAction::ToClient { .. }));
     let resp = h.request(alice.from, &alice.refresh_request(600));
-    alice.verify_success(&resp, REFRESH);
+    alice.verify_success(&resp, Method::Refresh);
 
     h.server.set_draining(false);
     bob.allocate(&mut h);
@@ -551,7 +560,7 @@ fn own_listening_address_is_never_a_peer() {
     assert_eq!(error_code(&resp), Some(403));
     // ...while another relay address of this server (relay-to-relay) is fine.
     let resp = h.request(alice.from, &alice.channel_bind_request(0x4000, relay));
-    alice.verify_success(&resp, CHANNEL_BIND);
+    alice.verify_success(&resp, Method::ChannelBind);
     assert_eq!(h.server.stats().denied(DenyReason::OwnAddress), 2);
 }
 
@@ -567,7 +576,7 @@ fn loopback_peers_need_the_opt_in() {
         alice.from,
         &alice.channel_bind_request(0x4000, peer("127.0.0.1:3480")),
     );
-    alice.verify_success(&resp, CHANNEL_BIND);
+    alice.verify_success(&resp, Method::ChannelBind);
     let resp = h.request(alice.from, &alice.permission_request(&[peer("0.0.0.0:1")]));
     assert_eq!(error_code(&resp), Some(403));
 }
@@ -581,13 +590,13 @@ fn channel_bind_rules() {
     {
         let req = alice.channel_bind_request(0x4000, p1);
         let resp = h.request(alice.from, &req);
-        alice.verify_success(&resp, CHANNEL_BIND);
+        alice.verify_success(&resp, Method::ChannelBind);
     }
     // Rebinding the same pair refreshes.
     {
         let req = alice.channel_bind_request(0x4000, p1);
         let resp = h.request(alice.from, &req);
-        alice.verify_success(&resp, CHANNEL_BIND);
+        alice.verify_success(&resp, Method::ChannelBind);
     }
     // The number to another peer, or the peer to another number: 400.
     assert_eq!(
@@ -609,14 +618,14 @@ fn channel_bind_rules() {
     );
     // After expiry the number stays reserved for 5 minutes, then can be reused.
     let resp = h.request(alice.from, &alice.refresh_request(3600));
-    alice.verify_success(&resp, REFRESH);
+    alice.verify_success(&resp, Method::Refresh);
     h.advance(Duration::from_secs(601));
     assert_eq!(h.server.stats().channels, 0);
     let resp = alice.transact(&mut h, |c| c.channel_bind_request(0x4000, p2));
     assert_eq!(error_code(&resp), Some(400));
     h.advance(Duration::from_secs(300));
     let resp = alice.transact(&mut h, |c| c.channel_bind_request(0x4000, p2));
-    alice.verify_success(&resp, CHANNEL_BIND);
+    alice.verify_success(&resp, Method::ChannelBind);
     assert_eq!(h.server.stats().channels, 1);
 }
 
@@ -633,7 +642,7 @@ fn channel_and_permission_quotas_get_508() {
         alice.from,
         &alice.permission_request(&[peer("203.0.114.1:1"), peer("203.0.114.2:1")]),
     );
-    alice.verify_success(&resp, CREATE_PERMISSION);
+    alice.verify_success(&resp, Method::CreatePermission);
     let resp = h.request(
         alice.from,
         &alice.permission_request(&[peer("203.0.114.3:1")]),
@@ -642,7 +651,7 @@ fn channel_and_permission_quotas_get_508() {
     {
         let req = alice.channel_bind_request(0x4000, peer("203.0.114.1:1"));
         let resp = h.request(alice.from, &req);
-        alice.verify_success(&resp, CHANNEL_BIND);
+        alice.verify_success(&resp, Method::ChannelBind);
     }
     let resp = h.request(
         alice.from,
@@ -662,28 +671,28 @@ fn allocate_errors_400_420_440_442_508() {
     alice.learn_nonce(&challenge);
 
     let tid = alice.next_tid();
-    let req = alice.build(ALLOCATE, tid, |b| {
+    let req = alice.build(Method::Allocate, tid, |b| {
         b.add(attributes::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
     });
     assert_eq!(error_code(&h.request(alice.from, &req)), Some(442));
     let tid = alice.next_tid();
-    let req = alice.build(ALLOCATE, tid, |_| {});
+    let req = alice.build(Method::Allocate, tid, |_| {});
     assert_eq!(error_code(&h.request(alice.from, &req)), Some(400));
     let tid = alice.next_tid();
-    let req = alice.build(ALLOCATE, tid, |b| {
+    let req = alice.build(Method::Allocate, tid, |b| {
         b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
             .add(attributes::REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0]);
     });
     assert_eq!(error_code(&h.request(alice.from, &req)), Some(440));
     let tid = alice.next_tid();
-    let req = alice.build(ALLOCATE, tid, |b| {
+    let req = alice.build(Method::Allocate, tid, |b| {
         b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
             .add(attributes::RESERVATION_TOKEN, &[1; 8]);
     });
     assert_eq!(error_code(&h.request(alice.from, &req)), Some(508));
     // Unknown comprehension-required attribute: 420 listing it.
     let tid = alice.next_tid();
-    let req = alice.build(ALLOCATE, tid, |b| {
+    let req = alice.build(Method::Allocate, tid, |b| {
         b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
             .add(0x7777u16, &[1, 2, 3, 4]);
     });
@@ -693,7 +702,7 @@ fn allocate_errors_400_420_440_442_508() {
     assert_eq!(m.get(UNKNOWN_ATTRIBUTES), Some(&[0x77, 0x77][..]));
     // Unknown comprehension-optional attributes are ignored.
     let tid = alice.next_tid();
-    let req = alice.build(ALLOCATE, tid, |b| {
+    let req = alice.build(Method::Allocate, tid, |b| {
         b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
             .add(0xC001u16, &[1, 2, 3, 4]);
     });
@@ -733,7 +742,7 @@ fn requests_without_a_full_credential_set_get_400_and_other_methods_without_allo
     let mut h = Harness::new();
     let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
     alice.allocate(&mut h);
-    let mut b = MessageBuilder::new(REFRESH, Class::Request, TransactionId([5; 12]));
+    let mut b = MessageBuilder::new(Method::Refresh, Class::Request, TransactionId([5; 12]));
     b.add(attributes::USERNAME, b"alice")
         .add_message_integrity(&alice.key);
     assert_eq!(error_code(&h.request(alice.from, &b.finish())), Some(400));
@@ -755,7 +764,7 @@ fn binding_response_is_minimal_and_never_larger_than_the_request() {
     let mut h = Harness::with_config(t0, cfg);
     let from = udp("192.0.2.50:40000");
     for padding in [0usize, 4, 8, 12, 24, 64] {
-        let mut b = MessageBuilder::new(BINDING, Class::Request, TransactionId([9; 12]));
+        let mut b = MessageBuilder::new(Method::Binding, Class::Request, TransactionId([9; 12]));
         if padding > 0 {
             b.add(SOFTWARE, &vec![b'x'; padding]);
         }
@@ -786,7 +795,7 @@ fn binding_response_is_minimal_and_never_larger_than_the_request() {
     let mut alice = Client::new(from, "alice", "alice-pass");
     let tid = alice.next_tid();
     let mut req = alice.allocate_request(tid);
-    let mut b = MessageBuilder::new(ALLOCATE, Class::Request, tid);
+    let mut b = MessageBuilder::new(Method::Allocate, Class::Request, tid);
     b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
         .add(SOFTWARE, &[b'x'; 80]);
     req.clone_from(&b.finish());
@@ -812,8 +821,12 @@ fn the_amplification_credit_is_one_for_every_shard_sharing_the_quotas() {
     for i in 0..400u16 {
         let from = udp(&format!("192.0.2.77:{}", 40_000 + i));
         let shard = &mut shards[usize::from(i) % 4];
-        let req =
-            MessageBuilder::new(ALLOCATE, Class::Request, TransactionId([i as u8; 12])).finish();
+        let req = MessageBuilder::new(
+            Method::Allocate,
+            Class::Request,
+            TransactionId([i as u8; 12]),
+        )
+        .finish();
         sent += req.len() as u64;
         let action = shard.handle_client_packet(t0, from, &req);
         assert!(matches!(action, ClientAction::Queued | ClientAction::Drop));
@@ -838,7 +851,7 @@ fn unsupported_methods_are_dropped_and_unauthenticated_udp_bytes_stay_within_the
     let mut h = Harness::with_config(t0, cfg);
     let from = udp("192.0.2.90:40000");
     // RFC 8489 section 6.3: an unsupported method, or Send as a request: silently discarded.
-    for method in [0x0ff, relay_proto::message::SEND, Method::Data.code()] {
+    for method in [0x0ff, Method::Send.code(), Method::Data.code()] {
         let req = MessageBuilder::new(method, Class::Request, TransactionId([3; 12])).finish();
         assert_eq!(h.send(from, &req), ClientAction::Drop, "method {method:#x}");
     }
@@ -846,7 +859,8 @@ fn unsupported_methods_are_dropped_and_unauthenticated_udp_bytes_stay_within_the
     // A flood of bare Allocates (20 bytes, each worth a 401 of 72 with this realm).
     let (mut sent, mut answered) = (0u64, 0u64);
     for i in 0..200u8 {
-        let req = MessageBuilder::new(ALLOCATE, Class::Request, TransactionId([i; 12])).finish();
+        let req =
+            MessageBuilder::new(Method::Allocate, Class::Request, TransactionId([i; 12])).finish();
         sent += req.len() as u64;
         if h.send(from, &req) == ClientAction::Queued {
             for o in h.outputs() {
@@ -872,7 +886,7 @@ fn unsupported_methods_are_dropped_and_unauthenticated_udp_bytes_stay_within_the
     assert_eq!(stats.udp_unauthenticated_response_bytes, answered);
     // Another source is not affected; stream clients are not limited (no spoofing on TCP).
     let other = udp("192.0.2.91:40000");
-    let req = MessageBuilder::new(BINDING, Class::Request, TransactionId([1; 12])).finish();
+    let req = MessageBuilder::new(Method::Binding, Class::Request, TransactionId([1; 12])).finish();
     h.request(other, &req);
     let tcp = five_tuple("192.0.2.90:40001", Transport::Tcp);
     for _ in 0..20 {
@@ -909,7 +923,7 @@ fn stream_clients_get_padded_channel_data() {
     {
         let req = alice.channel_bind_request(0x4000, p);
         let resp = h.request(alice.from, &req);
-        alice.verify_success(&resp, CHANNEL_BIND);
+        alice.verify_success(&resp, Method::ChannelBind);
     }
     // Padded ChannelData from the client (stream framing) is accepted.
     let mut packet = channel_data_packet(0x4000, b"abcde");
@@ -958,7 +972,8 @@ fn unauthenticated_and_401_rate_limits_per_source_ip() {
     });
     let mut h = Harness::with_config(t0, cfg);
     let from = udp("192.0.2.70:40000");
-    let binding = MessageBuilder::new(BINDING, Class::Request, TransactionId([1; 12])).finish();
+    let binding =
+        MessageBuilder::new(Method::Binding, Class::Request, TransactionId([1; 12])).finish();
     let mut answered = 0;
     for _ in 0..20 {
         if h.send(from, &binding) == ClientAction::Queued {
@@ -1018,7 +1033,7 @@ fn challenges_answered_with_valid_credentials_do_not_use_up_the_ip_limits() {
         assert_eq!(h.send(from, &req), ClientAction::Queued);
         let released = h.outputs().iter().any(|o| match o {
             Output::Transmit { data, .. } => {
-                c.verify_success(data, REFRESH);
+                c.verify_success(data, Method::Refresh);
                 false
             }
             Output::ReleaseRelay { .. } => true,
@@ -1029,7 +1044,8 @@ fn challenges_answered_with_valid_credentials_do_not_use_up_the_ip_limits() {
     assert_eq!(h.server.stats().quota(QuotaKind::UnauthenticatedRate), 0);
     assert_eq!(h.server.stats().quota(QuotaKind::UnauthorizedRate), 0);
     // A source on the same IP that never authenticates is still limited.
-    let binding = MessageBuilder::new(BINDING, Class::Request, TransactionId([9; 12])).finish();
+    let binding =
+        MessageBuilder::new(Method::Binding, Class::Request, TransactionId([9; 12])).finish();
     let answered = (0..10)
         .filter(|_| h.send(udp("192.0.2.80:30000"), &binding) == ClientAction::Queued)
         .count();
@@ -1190,8 +1206,8 @@ fn a_tcp_byte_stream_split_by_stream_frame_len_drives_the_server() {
             _ => None,
         })
         .collect();
-    alice.verify_success(&responses[0], CHANNEL_BIND);
-    alice.verify_success(&responses[1], REFRESH);
+    alice.verify_success(&responses[0], Method::ChannelBind);
+    alice.verify_success(&responses[1], Method::Refresh);
     // Garbage on a stream is a framing error: the I/O layer closes the connection.
     assert!(stream_frame_len(&[0xC0, 0, 0, 0]).is_err());
 }
@@ -1204,7 +1220,7 @@ fn even_port_is_passed_to_the_io_layer_as_a_hint() {
     let challenge = h.request(alice.from, &alice.allocate_request(tid));
     alice.learn_nonce(&challenge);
     let tid = alice.next_tid();
-    let req = alice.build(ALLOCATE, tid, |b| {
+    let req = alice.build(Method::Allocate, tid, |b| {
         b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
             .add(attributes::EVEN_PORT, &[0x80])
             .add(attributes::DONT_FRAGMENT, &[]);
@@ -1231,7 +1247,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
     let challenge = h.request(rtp.from, &rtp.allocate_request(tid));
     rtp.learn_nonce(&challenge);
     let tid = rtp.next_tid();
-    let req = rtp.build(ALLOCATE, tid, |b| {
+    let req = rtp.build(Method::Allocate, tid, |b| {
         b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
             .add(attributes::EVEN_PORT, &[0x80]);
     });
@@ -1246,7 +1262,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
         panic!("expected an even-port bind")
     };
     let resp = h.complete_bind(request, AddressFamily::V4);
-    let m = rtp.verify_success(&resp, ALLOCATE);
+    let m = rtp.verify_success(&resp, Method::Allocate);
     let token: [u8; 8] = m
         .get(attributes::RESERVATION_TOKEN)
         .unwrap()
@@ -1263,7 +1279,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
     rtcp.nonce = rtp.nonce.clone();
     let with_token = |c: &mut Client| {
         let tid = c.next_tid();
-        c.build(ALLOCATE, tid, |b| {
+        c.build(Method::Allocate, tid, |b| {
             b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
                 .add(attributes::RESERVATION_TOKEN, &token);
         })
@@ -1286,7 +1302,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
     let Some(Output::Transmit { data, .. }) = other_shard.poll_output() else {
         panic!()
     };
-    rtcp.verify_success(&data, ALLOCATE);
+    rtcp.verify_success(&data, Method::Allocate);
 
     // A token is single-use; an unknown one gets 508.
     let mut third = Client::new(udp("192.0.2.10:40002"), "alice", "alice-pass");
@@ -1299,7 +1315,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
 fn ipv4_mapped_clients_of_a_dual_stack_socket_see_their_ipv4_address() {
     let mut h = Harness::new();
     let from = udp("[::ffff:192.0.2.80]:40000");
-    let req = MessageBuilder::new(BINDING, Class::Request, TransactionId([2; 12])).finish();
+    let req = MessageBuilder::new(Method::Binding, Class::Request, TransactionId([2; 12])).finish();
     let resp = h.request(from, &req);
     let m = StunMessage::parse(&resp).unwrap();
     let mapped =

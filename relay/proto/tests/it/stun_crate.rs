@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use relay_proto::Method;
 use relay_proto::attributes::{self, USERNAME, XOR_MAPPED_ADDRESS};
 use relay_proto::auth::long_term_key;
-use relay_proto::message::{BINDING, Class, MessageBuilder, StunMessage, TransactionId};
+use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
 use stun::attributes::{ATTR_USERNAME, ATTR_XORMAPPED_ADDRESS};
 use stun::fingerprint::FINGERPRINT;
 use stun::integrity::MessageIntegrity;
@@ -56,7 +56,7 @@ fn stun_crate_messages_verify_with_our_parser() {
 fn our_messages_verify_with_the_stun_crate() {
     let key = long_term_key("bob", "example.org", "pw");
     let mapped: SocketAddr = "192.0.2.33:5555".parse().unwrap();
-    let mut b = MessageBuilder::new(BINDING, Class::Request, TransactionId([4; 12]));
+    let mut b = MessageBuilder::new(Method::Binding, Class::Request, TransactionId([4; 12]));
     b.add(USERNAME, b"bob")
         .add_xor_address(XOR_MAPPED_ADDRESS, mapped)
         .add_message_integrity(&key)

@@ -4,15 +4,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use relay_proto::Method;
 use relay_proto::attributes::{
     self, CHANNEL_NUMBER, ERROR_CODE, LIFETIME, NONCE, REALM, REQUESTED_TRANSPORT, USERNAME,
     XOR_PEER_ADDRESS, XOR_RELAYED_ADDRESS,
 };
 use relay_proto::auth::long_term_key;
-use relay_proto::message::{
-    ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, Class, MessageBuilder, REFRESH, SEND, StunMessage,
-    TransactionId,
-};
+use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
 use relay_proto::{
     AddressFamily, AttributeType, ClientAction, FiveTuple, Output, Quotas, RelayRequestId, Server,
     ServerConfig, Transport, WallClock,
@@ -161,7 +159,7 @@ impl Client {
     /// A request with USERNAME/REALM/NONCE/MESSAGE-INTEGRITY if a nonce is known.
     pub(crate) fn build(
         &mut self,
-        method: u16,
+        method: Method,
         tid: TransactionId,
         attrs: impl FnOnce(&mut MessageBuilder),
     ) -> Vec<u8> {
@@ -201,21 +199,21 @@ impl Client {
     }
 
     pub(crate) fn allocate_request(&mut self, tid: TransactionId) -> Vec<u8> {
-        self.build(ALLOCATE, tid, |b| {
+        self.build(Method::Allocate, tid, |b| {
             b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
         })
     }
 
     pub(crate) fn refresh_request(&mut self, lifetime: u32) -> Vec<u8> {
         let tid = self.next_tid();
-        self.build(REFRESH, tid, |b| {
+        self.build(Method::Refresh, tid, |b| {
             b.add_u32(LIFETIME, lifetime);
         })
     }
 
     pub(crate) fn permission_request(&mut self, peers: &[SocketAddr]) -> Vec<u8> {
         let tid = self.next_tid();
-        self.build(CREATE_PERMISSION, tid, |b| {
+        self.build(Method::CreatePermission, tid, |b| {
             for p in peers {
                 b.add_xor_address(XOR_PEER_ADDRESS, *p);
             }
@@ -224,7 +222,7 @@ impl Client {
 
     pub(crate) fn channel_bind_request(&mut self, number: u16, peer: SocketAddr) -> Vec<u8> {
         let tid = self.next_tid();
-        self.build(CHANNEL_BIND, tid, |b| {
+        self.build(Method::ChannelBind, tid, |b| {
             let n = number.to_be_bytes();
             b.add(CHANNEL_NUMBER, &[n[0], n[1], 0, 0])
                 .add_xor_address(XOR_PEER_ADDRESS, peer);
@@ -233,7 +231,7 @@ impl Client {
 
     pub(crate) fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
         let tid = self.next_tid();
-        let mut b = MessageBuilder::new(SEND, Class::Indication, tid);
+        let mut b = MessageBuilder::new(Method::Send, Class::Indication, tid);
         b.add_xor_address(XOR_PEER_ADDRESS, peer)
             .add(AttributeType::Data, data);
         b.finish()
@@ -253,7 +251,7 @@ impl Client {
             self.learn_nonce(&challenge);
         }
         let tid = self.next_tid();
-        let req = self.build(ALLOCATE, tid, |b| {
+        let req = self.build(Method::Allocate, tid, |b| {
             b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
             if family == AddressFamily::V6 {
                 b.add(attributes::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
@@ -281,17 +279,17 @@ impl Client {
             other => panic!("expected BindRelay, got {other:?}"),
         };
         let resp = h.complete_bind(request, family);
-        let m = self.verify_success(&resp, ALLOCATE);
+        let m = self.verify_success(&resp, Method::Allocate);
         attributes::decode_xor_address(m.get(XOR_RELAYED_ADDRESS).unwrap(), &m.transaction_id())
             .unwrap()
     }
 
     /// Parse a success response and check its integrity with our key.
-    pub(crate) fn verify_success<'a>(&self, resp: &'a [u8], method: u16) -> StunMessage<'a> {
+    pub(crate) fn verify_success<'a>(&self, resp: &'a [u8], method: Method) -> StunMessage<'a> {
         let m = StunMessage::parse(resp).unwrap();
         assert_eq!(
-            (m.method_code(), m.class()),
-            (method, Class::Success),
+            (m.method(), m.class()),
+            (Some(method), Class::Success),
             "error {:?}",
             error_code(resp)
         );
