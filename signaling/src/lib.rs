@@ -93,7 +93,7 @@ pub mod ws;
 pub mod y_webrtc;
 
 #[cfg(feature = "server")]
-pub use server::{AppState, app, serve};
+pub use server::{AppState, agree_turn_secret_if_needed, app, serve};
 
 #[cfg(feature = "server")]
 mod server {
@@ -151,6 +151,25 @@ mod server {
         pub peerjs: crate::peerjs::Registrations,
         /// The relay fleet and the connection to read it (cluster mode).
         pub fleet: Option<(Arc<RelayFleet>, fleet::link::Connection)>,
+    }
+
+    /// A cluster node given no `--turn-secret` agrees on one with the other nodes (and the
+    /// relays of the fleet) through Redis; anything else is left as it is. Run before
+    /// [`AppState::new`] (and before the in-process relay, which would generate one).
+    pub async fn agree_turn_secret_if_needed(config: &mut Config) -> Result<(), Error> {
+        if config.redis_urls.is_empty() || !config.turn_secrets.is_empty() {
+            return Ok(());
+        }
+        let candidate = hex::encode(rand::random::<[u8; 32]>());
+        let agreed =
+            crate::cluster::agree_turn_secret(&config.redis_urls, config.redis_timeout, &candidate)
+                .await
+                .map_err(|e| {
+                    Error::Config(format!("cannot agree on a TURN secret through redis: {e}"))
+                })?;
+        config.turn_secrets.push(crate::config::Secret::new(agreed));
+        tracing::info!("TURN secret agreed through redis");
+        Ok(())
     }
 
     impl AppState {

@@ -25,22 +25,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    if !config.redis_urls.is_empty() && config.turn_secrets.is_empty() {
-        // A cluster whose nodes were given no TURN secret agrees on one through Redis (with
-        // the relays of its fleet, which do the same).
-        let candidate = hex::encode(rand::random::<[u8; 32]>());
-        let agreed = signaling::cluster::agree_turn_secret(
-            &config.redis_urls,
-            config.redis_timeout,
-            &candidate,
-        )
-        .await
-        .context("cannot agree on a TURN secret through redis")?;
-        config
-            .turn_secrets
-            .push(agreed.parse().map_err(anyhow::Error::msg)?);
-        tracing::info!("TURN secret agreed through redis");
-    }
+    signaling::agree_turn_secret_if_needed(&mut config).await?;
     #[cfg(feature = "with-relay")]
     let local_relay = if config.with_relay {
         Some(signaling::local_relay::LocalRelay::start(&mut config)?)

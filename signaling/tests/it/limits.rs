@@ -537,7 +537,7 @@ async fn broadcast(sender: &mut Client, blob: &str) {
 
 #[tokio::test]
 async fn silent_receivers_of_big_broadcasts_cost_a_bounded_amount_of_memory() {
-    let server = Server::start(&[
+    let server = Server::start_process(&[
         "--outbound-queue-bytes",
         "262144",
         "--rate-limit",
@@ -587,7 +587,7 @@ async fn silent_receivers_of_big_broadcasts_cost_a_bounded_amount_of_memory() {
 async fn the_memory_budget_bounds_what_many_silent_receivers_and_parked_sessions_hold() {
     // 24 receivers that never read, each allowed 1 MiB of queue and 1 MiB of replay buffer:
     // 48 MiB by the per-session bounds alone. The 4 MiB budget ends the biggest holders instead.
-    let server = Server::start(&[
+    let server = Server::start_process(&[
         "--memory-budget",
         "4194304",
         "--replay-max-bytes",
@@ -660,7 +660,7 @@ async fn a_broadcast_is_held_once_however_many_receivers_keep_it() {
     // 24 receivers that never acknowledge, each allowed 8 MiB of replay buffer, get 150
     // broadcasts of 20 KB: 3 MB each, 72 MB if every receiver kept its own copy (measured
     // before the bodies were shared: +71 MiB).
-    let server = Server::start(&[
+    let server = Server::start_process(&[
         "--memory-budget",
         "1073741824",
         "--replay-max-bytes",

@@ -1,4 +1,9 @@
-//! The test harness: the real `signaling` binary on port 0 and a typed WebSocket client.
+//! The test harness: the server on port 0, and a typed WebSocket client.
+//!
+//! A server runs in this process by default (`signaling::serve` on a runtime of its own, as
+//! `main` runs it), so most tests pay no process start. Tests of what only a process has (its
+//! PID for RSS or SIGSTOP, kill -9, SIGTERM, `ulimit -n`) start the real binary with
+//! [`Server::start_process`].
 
 #![allow(dead_code)] // A toolbox shared by the test modules; not each uses every tool.
 
@@ -35,7 +40,7 @@ pub(crate) fn cluster_nodes() -> usize {
 /// [`Server::ws`] hands out the nodes' URLs in turn, so the clients of one test spread over
 /// the nodes.
 pub(crate) struct Server {
-    process: Spawned,
+    node: Node,
     pub(crate) addr: SocketAddr,
     others: Vec<Self>,
     redis: Option<redis::RedisServer>,
@@ -46,18 +51,74 @@ impl Server {
     /// Starts the server (or, in a cluster run, `cluster_nodes()` nodes on a fresh Redis) with
     /// `args`.
     pub(crate) fn start(args: &[&str]) -> Self {
+        Self::start_with(args, Self::in_process)
+    }
+
+    /// Like [`Self::start`], with every node the real binary in its own process.
+    pub(crate) fn start_process(args: &[&str]) -> Self {
+        Self::start_with(args, Self::spawn)
+    }
+
+    fn start_with(args: &[&str], node: fn(&[&str]) -> Self) -> Self {
         let nodes = cluster_nodes();
         if nodes <= 1 {
-            return Self::spawn(args);
+            return node(args);
         }
         let redis = redis::RedisServer::start();
         let url = redis.url();
         let mut with_redis: Vec<&str> = args.to_vec();
         with_redis.extend(["--redis", &url]);
-        let mut first = Self::spawn(&with_redis);
-        first.others = (1..nodes).map(|_| Self::spawn(&with_redis)).collect();
+        let mut first = node(&with_redis);
+        first.others = (1..nodes).map(|_| node(&with_redis)).collect();
         first.redis = Some(redis);
         first
+    }
+
+    /// Runs one node in this process, on a runtime of its own, with `--listen 127.0.0.1:0`
+    /// plus `args`.
+    pub(crate) fn in_process(args: &[&str]) -> Self {
+        let argv = ["signaling", "--listen", "127.0.0.1:0"]
+            .into_iter()
+            .chain(args.iter().copied());
+        let mut config = <signaling::config::Config as clap::Parser>::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (bound, address) = std::sync::mpsc::channel();
+        let serving = runtime.spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let listener = tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .expect("bind");
+                signaling::agree_turn_secret_if_needed(&mut config)
+                    .await
+                    .expect("TURN secret");
+                let state = signaling::AppState::new(config)
+                    .await
+                    .expect("server state");
+                let _ = bound.send(listener.local_addr().expect("local address"));
+                signaling::serve(listener, state, shutdown).await
+            }
+        });
+        let addr = address
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the in-process server did not start");
+        Self {
+            node: Node::InProcess {
+                runtime: Some(runtime),
+                shutdown,
+                serving,
+            },
+            addr,
+            others: Vec::new(),
+            redis: None,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     /// The address of each node (one, or the cluster's).
@@ -101,7 +162,7 @@ impl Server {
             .parse()
             .expect("address");
         Self {
-            process,
+            node: Node::Process(process),
             addr,
             others: Vec::new(),
             redis: None,
@@ -109,13 +170,25 @@ impl Server {
         }
     }
 
-    /// Kills the process at once (SIGKILL), as a crash would.
+    /// Stops the node at once, as a crash would: SIGKILL for a process; an in-process node's
+    /// runtime is dropped with every task and socket on it.
     pub(crate) fn kill(&mut self) {
-        self.process.kill();
+        match &mut self.node {
+            Node::Process(process) => process.kill(),
+            Node::InProcess { runtime, .. } => {
+                if let Some(runtime) = runtime.take() {
+                    runtime.shutdown_background();
+                }
+            }
+        }
     }
 
+    /// The process id (of a node started with [`Self::start_process`]).
     pub(crate) fn pid(&self) -> u32 {
-        self.process.pid()
+        match &self.node {
+            Node::Process(process) => process.pid(),
+            Node::InProcess { .. } => panic!("an in-process server has no PID: use start_process"),
+        }
     }
 
     /// `ws://ADDR{path}` of the first node, always.
@@ -139,7 +212,10 @@ impl Server {
 
     /// Sends SIGTERM (to every node).
     pub(crate) fn terminate(&self) {
-        self.process.terminate();
+        match &self.node {
+            Node::Process(process) => process.terminate(),
+            Node::InProcess { shutdown, .. } => shutdown.cancel(),
+        }
         for other in &self.others {
             other.terminate();
         }
@@ -148,7 +224,13 @@ impl Server {
     /// Waits for the process (every node) to exit, up to `limit`; returns whether it did.
     pub(crate) fn wait_exit(&mut self, limit: Duration) -> bool {
         let start = std::time::Instant::now();
-        if self.process.try_wait_exit(limit).is_none() {
+        let exited = match &mut self.node {
+            Node::Process(process) => process.try_wait_exit(limit).is_some(),
+            Node::InProcess { serving, .. } => {
+                testkit::wait_until(limit, || serving.is_finished().then_some(())).is_some()
+            }
+        };
+        if !exited {
             return false;
         }
         let left = limit.saturating_sub(start.elapsed());
@@ -172,6 +254,29 @@ impl Server {
     /// A plain HTTP GET: (status, content-type, body).
     pub(crate) async fn get(&self, path: &str) -> (u16, String, String) {
         http_get(self.addr, path).await
+    }
+}
+
+/// How a node runs.
+enum Node {
+    /// The real binary.
+    Process(Spawned),
+    /// `signaling::serve` on a runtime of its own; SIGTERM is `shutdown`.
+    InProcess {
+        runtime: Option<tokio::runtime::Runtime>,
+        shutdown: tokio_util::sync::CancellationToken,
+        serving: tokio::task::JoinHandle<Result<(), signaling::error::Error>>,
+    },
+}
+
+impl Drop for Node {
+    /// An in-process node stops at once, as a killed process would (its sockets close).
+    fn drop(&mut self) {
+        if let Self::InProcess { runtime, .. } = self
+            && let Some(runtime) = runtime.take()
+        {
+            runtime.shutdown_background();
+        }
     }
 }
 
