@@ -398,24 +398,26 @@ fn signaling_restart_rejoins_and_the_data_channel_keeps_working() {
     );
 }
 
+/// `peer probe URL --self` on loopback: two internal peers try a direct and a relayed pair.
+fn spawn_self_probe(url: &str) -> Proc {
+    let args = [
+        "probe",
+        url,
+        "--self",
+        "--bind",
+        "127.0.0.1",
+        "--timeout",
+        "30s",
+    ];
+    spawn("peer", &args, false)
+}
+
 #[test]
 fn probe_self_reports_host_and_relay_pairs() {
     let relay = start_relay();
     let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
     let url = format!("ws://{}/ws/probe", signaling.addr);
-    let mut probe = spawn(
-        "peer",
-        &[
-            "probe",
-            &url,
-            "--self",
-            "--bind",
-            "127.0.0.1",
-            "--timeout",
-            "30",
-        ],
-        false,
-    );
+    let mut probe = spawn_self_probe(&url);
     let direct = probe.wait_line(Duration::from_secs(60), |l| {
         l.starts_with("* probe ") && l.contains("mode=direct")
     });
@@ -447,19 +449,7 @@ fn the_in_process_relay_relays_and_takes_relay_arg_flags() {
     );
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let url = format!("ws://{}/ws/local-stack", signaling.addr);
-    let mut probe = spawn(
-        "peer",
-        &[
-            "probe",
-            &url,
-            "--self",
-            "--bind",
-            "127.0.0.1",
-            "--timeout",
-            "30s",
-        ],
-        false,
-    );
+    let mut probe = spawn_self_probe(&url);
     let relayed = probe.wait_line(Duration::from_secs(60), |l| {
         l.starts_with("* probe ") && l.contains("mode=relay")
     });
