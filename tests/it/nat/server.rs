@@ -2,8 +2,7 @@
 //! `signaling` (handing out the relay's URLs with short-lived REST credentials), both on
 //! 203.0.113.10 with ports chosen by the kernel and read back from their stdout.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use e2e::netns::{Host, PUBLIC_NET, SERVER_IP, Topology};
@@ -143,17 +142,7 @@ impl PublicServer {
     pub(super) fn relay_metrics(&self, topo: &Topology) -> String {
         let admin = self.admin;
         let text = topo
-            .in_netns(Host::Server, || {
-                let mut conn = TcpStream::connect_timeout(&admin, Duration::from_secs(3))?;
-                conn.set_read_timeout(Some(Duration::from_secs(3)))?;
-                write!(
-                    conn,
-                    "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
-                )?;
-                let mut text = String::new();
-                conn.read_to_string(&mut text)?;
-                Ok(text)
-            })
+            .in_netns(Host::Server, || Ok(testkit::http_get(admin, "/metrics")?.1))
             .unwrap_or_else(|e| panic!("relay /metrics: {e:#}\n{}", self.relay.logs()));
         text.lines()
             .filter(|l| l.starts_with("relay_"))
