@@ -14,8 +14,8 @@ use relay_proto::attributes::{
 use relay_proto::auth::long_term_key;
 use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
 use relay_proto::{
-    ClientAction, FiveTuple, HEADROOM, Output, PeerAction, Quotas, Server, ServerConfig, TAILROOM,
-    Transport, channel_data,
+    ClientAction, FiveTuple, HEADROOM, Output, PeerAction, Quotas, RelayHandle, Server,
+    ServerConfig, TAILROOM, Transport, channel_data,
 };
 
 const REALM_NAME: &str = "bench";
@@ -60,7 +60,7 @@ fn main() {
             20_000 + (i % 40_000) as u16,
         );
         let peer = SocketAddr::new([203, 0, 114, (i % 250) as u8].into(), 30_000);
-        allocate(&mut server, now, five_tuple, relay, peer, &key, i);
+        let relay = allocate(&mut server, now, five_tuple, relay, peer, &key, i);
         clients.push((five_tuple, relay, peer));
     }
     let setup = setup.elapsed();
@@ -146,7 +146,7 @@ fn allocate(
     peer: SocketAddr,
     key: &[u8; 16],
     i: u32,
-) {
+) -> RelayHandle {
     let tid = |k: u32| {
         let mut t = [0u8; 12];
         t[..4].copy_from_slice(&i.to_be_bytes());
@@ -173,10 +173,10 @@ fn allocate(
     b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     signed(&mut b);
     let _ = server.handle_client_packet(now, from, &b.finish());
-    let Some(Output::BindRelay { request, .. }) = server.poll_output() else {
+    let Some(Output::BindRelay { relay: handle, .. }) = server.poll_output() else {
         panic!("no bind")
     };
-    server.handle_relay_bound(now, request, Ok(relay));
+    server.handle_relay_bound(now, handle, Ok(relay));
     while server.poll_output().is_some() {}
 
     let mut b = MessageBuilder::new(Method::ChannelBind, Class::Request, tid(3));
@@ -189,4 +189,5 @@ fn allocate(
     };
     let m = StunMessage::parse(&data).unwrap();
     assert_eq!(m.class(), Class::Success, "channel bind failed");
+    handle
 }

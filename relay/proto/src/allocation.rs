@@ -9,13 +9,16 @@ use crate::five_tuple::FiveTuple;
 use crate::message::TransactionId;
 use crate::permission::Permissions;
 use crate::quota::TokenBucket;
+use crate::relay_handle::RelayHandle;
 
 /// The state of one allocation.
 #[derive(Debug)]
 pub(crate) struct Allocation {
     /// The client 5-tuple that owns it.
     pub(crate) five_tuple: FiveTuple,
-    /// Local address of the relay socket (where peer packets arrive).
+    /// The relay socket, as named to the I/O layer (where peer packets arrive).
+    pub(crate) handle: RelayHandle,
+    /// Local address of the relay socket (its family; learned by the peer policy).
     pub(crate) relay: SocketAddr,
     /// The address put in XOR-RELAYED-ADDRESS (the public one behind 1:1 NAT).
     pub(crate) advertised: SocketAddr,

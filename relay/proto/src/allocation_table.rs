@@ -1,14 +1,15 @@
 //! `AllocationTable`: the live allocations of one shard in a slab with generational keys,
-//! indexed by client 5-tuple (client packets) and by relay address (peer packets). It only
-//! stores and finds; `Server` decides (timers, quotas, gauges, outputs).
+//! indexed by client 5-tuple (client packets) and by `RelayHandle` (peer packets), and the
+//! relay handles themselves (`RelayHandles`). It only stores and finds; `Server` decides
+//! (timers, quotas, gauges, outputs).
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::allocation::Allocation;
 use crate::expiry::AllocKey;
 use crate::fast_hash::FastMap;
 use crate::five_tuple::FiveTuple;
+use crate::relay_handle::{RelayHandle, RelayHandles};
 
 /// One slab slot; the generation makes stale `AllocKey`s (in timers) harmless.
 #[derive(Debug, Default)]
@@ -25,8 +26,9 @@ pub(crate) struct AllocationTable {
     free: Vec<u32>,
     /// Client packets find their allocation here (one lookup on the hot path).
     by_five_tuple: FastMap<FiveTuple, AllocKey>,
-    /// Peer packets find theirs here, by the relay socket they arrived on.
-    by_relay: FastMap<SocketAddr, AllocKey>,
+    /// Peer packets find theirs here, by the handle of the relay socket they arrived on
+    /// (handles of pending binds too: they are handed out with `Output::BindRelay`).
+    relays: RelayHandles,
 }
 
 impl AllocationTable {
@@ -53,9 +55,20 @@ impl AllocationTable {
         self.by_five_tuple.get(five_tuple).copied()
     }
 
-    /// True if an allocation relays on `relay`.
-    pub(crate) fn has_relay(&self, relay: &SocketAddr) -> bool {
-        self.by_relay.contains_key(relay)
+    /// A new relay handle, for the `Output::BindRelay` of a pending Allocate.
+    pub(crate) fn open_relay(&mut self) -> RelayHandle {
+        self.relays.open()
+    }
+
+    /// True if `relay` was handed out by `open_relay` and is not closed yet.
+    pub(crate) fn is_relay_open(&self, relay: RelayHandle) -> bool {
+        self.relays.is_open(relay)
+    }
+
+    /// Release a handle that never got an allocation (its bind failed or was cancelled).
+    /// The allocation's handle is released by `remove`.
+    pub(crate) fn close_relay(&mut self, relay: RelayHandle) {
+        self.relays.close(relay);
     }
 
     /// The unexpired allocation of `from` (the client hot path: one hash lookup).
@@ -70,11 +83,11 @@ impl AllocationTable {
         (now < alloc.expires).then_some(alloc)
     }
 
-    /// The allocation relaying on `relay`, expired or not (the peer hot path).
+    /// The allocation relaying on `relay`, expired or not (the peer hot path: two indexes).
     #[inline]
-    pub(crate) fn by_relay_mut(&mut self, relay: &SocketAddr) -> Option<&mut Allocation> {
-        let key = self.by_relay.get(relay)?;
-        self.slots.get_mut(key.index as usize)?.allocation.as_mut()
+    pub(crate) fn by_relay_mut(&mut self, relay: RelayHandle) -> Option<&mut Allocation> {
+        let key = self.relays.allocation_of(relay)?;
+        self.get_mut(key)
     }
 
     /// Store `alloc` and index it.
@@ -92,7 +105,7 @@ impl AllocationTable {
             generation: slot.generation,
         };
         self.by_five_tuple.insert(alloc.five_tuple, key);
-        self.by_relay.insert(alloc.relay, key);
+        self.relays.bind(alloc.handle, key);
         slot.allocation = Some(alloc);
         key
     }
@@ -107,7 +120,7 @@ impl AllocationTable {
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(key.index);
         self.by_five_tuple.remove(&alloc.five_tuple);
-        self.by_relay.remove(&alloc.relay);
+        self.relays.close(alloc.handle);
         Some(alloc)
     }
 }

@@ -1,7 +1,8 @@
-//! A small keyed hasher for the relay-path maps (5-tuple -> allocation, relay address ->
-//! allocation). SipHash costs more than the rest of the ChannelData path together; these keys
-//! are short and fixed-size, and only authenticated allocations insert them (bounded by the
-//! quotas), so a fast multiply-mix with a random per-server seed is enough.
+//! A small keyed hasher for the relay-path map (5-tuple -> allocation; peer packets find
+//! theirs by `RelayHandle`, an index, without hashing). SipHash costs more than the rest of
+//! the ChannelData path together; these keys are short and fixed-size, and only authenticated
+//! allocations insert them (bounded by the quotas), so a fast multiply-mix with a random
+//! per-server seed is enough.
 
 use std::hash::{BuildHasher, Hasher};
 

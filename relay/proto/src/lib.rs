@@ -6,12 +6,15 @@
 //!
 //! # Run loop (one per shard)
 //! 1. Client datagram / framed stream message -> [`Server::handle_client_packet`]; act on the
-//!    returned [`ClientAction`] (send `packet[payload]` to a peer from the relay socket).
+//!    returned [`ClientAction`] (send `packet[payload]` to a peer from the relay socket named
+//!    by its [`RelayHandle`]).
 //! 2. Datagram on a relay socket -> receive into `buf[HEADROOM..]` and call
-//!    [`Server::handle_peer_packet`]; act on the [`PeerAction`] (send `buf[range]` to the client).
+//!    [`Server::handle_peer_packet`] with that socket's [`RelayHandle`]; act on the
+//!    [`PeerAction`] (send `buf[range]` to the client).
 //! 3. After every call, drain [`Server::poll_output`] until `None`: STUN responses and Data
-//!    indications ([`Output::Transmit`]), relay socket binds ([`Output::BindRelay`], answered
-//!    with [`Server::handle_relay_bound`]) and releases ([`Output::ReleaseRelay`]).
+//!    indications ([`Output::Transmit`]), relay socket binds ([`Output::BindRelay`]: file the
+//!    new socket at its handle's [`RelayHandle::index`], answer with
+//!    [`Server::handle_relay_bound`]) and releases ([`Output::ReleaseRelay`]).
 //! 4. Sleep until [`Server::poll_timeout`] (or the next packet) and call
 //!    [`Server::handle_timeout`]. TCP/TLS connection closed -> [`Server::handle_connection_closed`].
 //!
@@ -31,7 +34,9 @@
 //! handler per TURN method, each citing its RFC section, and the shared `authorized_allocation`
 //! opening), over state split by concern:
 //! - `allocation_table` (`AllocationTable`: the slab of `allocation`s, indexed by 5-tuple and
-//!   by relay address), with `permission` / `channel` / `five_tuple` inside an allocation;
+//!   by relay handle), with `permission` / `channel` / `five_tuple` inside an allocation;
+//! - `relay_handle` ([`RelayHandle`], the opaque name of a relay socket across the boundary,
+//!   and `RelayHandles`, the slab that hands them out and maps them to allocations);
 //! - `pending` (`PendingAllocations`: Allocates waiting for their relay socket);
 //! - `admission` (`Admission`: `auth` / `nonce` credentials and nonces, the per-IP rate limits
 //!   of unauthenticated requests and challenges);
@@ -46,6 +51,14 @@
 //!
 //! # API changes
 //! Newest first. Changes since the first published API (a28a13f):
+//! - Relay sockets are named by an opaque [`RelayHandle`] (slab index + generation, like
+//!   quinn's `ConnectionHandle`) instead of their local `SocketAddr`: `Output::BindRelay`'s
+//!   `request: RelayRequestId` became `relay: RelayHandle` (`RelayRequestId` is gone),
+//!   `handle_relay_bound` and `handle_peer_packet` take the handle, and
+//!   `ClientAction::Forward::relay` and `Output::ReleaseRelay::relay` are handles. The I/O
+//!   layer keeps its sockets in a `Vec` at [`RelayHandle::index`] and compares the whole
+//!   handle. New: `Server::relay_handle_of`. An I/O layer that binds the same local address
+//!   twice is no longer answered 508 (the core no longer indexes sockets by address).
 //! - `ServerConfig::draining` is gone and `Server::set_draining` sets the `SharedQuotas` flag
 //!   (all shards sharing it drain): the drain state has one owner. `Server::config` returns
 //!   the configuration as given; the addresses learned at run time are
@@ -104,6 +117,7 @@ mod pending;
 mod permission;
 pub mod policy;
 mod quota;
+mod relay_handle;
 mod reservations;
 mod server;
 mod small_list;
@@ -114,10 +128,11 @@ pub use config::{AuthConfig, ExternalIp, ServerConfig, StaticCredential, WallClo
 pub use error_code::ErrorCode;
 pub use five_tuple::{AddressFamily, FiveTuple, Transport};
 pub use message::Method;
-pub use output::{BindError, ClientAction, HEADROOM, Output, PeerAction, RelayRequestId, TAILROOM};
+pub use output::{BindError, ClientAction, HEADROOM, Output, PeerAction, TAILROOM};
 pub use own_addresses::OwnAddresses;
 pub use policy::{DenyReason, IpNet, PeerPolicy};
 pub use quota::{DEFAULT_AMPLIFICATION_ALLOWANCE, QuotaKind, Quotas, RateLimit, SharedQuotas};
+pub use relay_handle::RelayHandle;
 pub use server::Server;
 pub use stats::Stats;
 

@@ -17,9 +17,10 @@ use crate::error_code::ErrorCode;
 use crate::expiry::{AllocKey, Timer};
 use crate::five_tuple::{AddressFamily, FiveTuple, Transport};
 use crate::message::{Class, MessageBuilder, Method, StunMessage, TransactionId};
-use crate::output::{BindError, Output, RelayRequestId};
+use crate::output::{BindError, Output};
 use crate::pending::PendingAllocation;
 use crate::quota::{QuotaKind, TokenBucket};
+use crate::relay_handle::RelayHandle;
 use crate::server::{Server, later};
 
 /// How long a RESERVATION-TOKEN stays valid (RFC 8656 suggests about 30 s).
@@ -198,18 +199,22 @@ impl Server {
             Ok(0) | Err(_) => self.config.default_allocation_lifetime.as_secs() as u32,
             Ok(secs) => secs,
         };
-        let request = self.pending.insert(PendingAllocation {
-            five_tuple: from,
-            transaction_id: msg.transaction_id(),
-            lifetime_secs,
-            username: auth.username,
-            quota_user: auth.identity.quota_user,
-            key,
-            reserve_next: params.reserve_next,
-            cancelled: false,
-        });
+        let relay = self.allocations.open_relay();
+        self.pending.insert(
+            relay,
+            PendingAllocation {
+                five_tuple: from,
+                transaction_id: msg.transaction_id(),
+                lifetime_secs,
+                username: auth.username,
+                quota_user: auth.identity.quota_user,
+                key,
+                reserve_next: params.reserve_next,
+                cancelled: false,
+            },
+        );
         self.outputs.push_back(Output::BindRelay {
-            request,
+            relay,
             family: address.map_or(params.family, |a| AddressFamily::of(&a)),
             five_tuple: from,
             even_port: params.even_port,
@@ -292,28 +297,29 @@ impl Server {
     pub(crate) fn finish_allocate(
         &mut self,
         now: Instant,
-        request: RelayRequestId,
+        handle: RelayHandle,
         result: Result<SocketAddr, BindError>,
     ) {
-        let Some(p) = self.pending.take(request) else {
-            if let Ok(relay) = result {
-                self.outputs.push_back(Output::ReleaseRelay { relay });
+        let Some(p) = self.pending.take(handle) else {
+            // Not a handle waiting for its bind: close what was bound, unless the handle names
+            // a live socket (then this answer is a duplicate and the socket stays).
+            if result.is_ok() && !self.allocations.is_relay_open(handle) {
+                self.outputs
+                    .push_back(Output::ReleaseRelay { relay: handle });
             }
             return;
         };
         let relay = match result {
-            Ok(relay) if p.cancelled || self.allocations.has_relay(&relay) => {
+            Ok(_) if p.cancelled => {
                 self.shared.release(&p.quota_user);
-                if !self.allocations.has_relay(&relay) {
-                    self.outputs.push_back(Output::ReleaseRelay { relay });
-                }
-                if !p.cancelled {
-                    self.allocate_error(&p, ErrorCode::InsufficientCapacity);
-                }
+                self.allocations.close_relay(handle);
+                self.outputs
+                    .push_back(Output::ReleaseRelay { relay: handle });
                 return;
             }
             Ok(relay) => relay,
             Err(err) => {
+                self.allocations.close_relay(handle);
                 self.shared.release(&p.quota_user);
                 if !p.cancelled {
                     let code = if err == BindError::FamilyNotSupported {
@@ -335,6 +341,7 @@ impl Server {
             .map(|l| TokenBucket::new(now, l));
         let alloc = Allocation {
             five_tuple: p.five_tuple,
+            handle,
             relay,
             advertised,
             expires: later(now, Duration::from_secs(u64::from(p.lifetime_secs))),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 
 use crate::five_tuple::{AddressFamily, FiveTuple};
+use crate::relay_handle::RelayHandle;
 
 /// Bytes the I/O layer must leave free in front of a peer datagram (`buf[..HEADROOM]`) so the
 /// core can write a ChannelData header in place.
@@ -22,11 +23,11 @@ pub enum ClientAction {
     /// Nothing to send now (consumed, dropped or malformed: see `Stats`). Outputs may still have
     /// been queued: drain `poll_output` after every call anyway.
     Drop,
-    /// Send `packet[payload]` from the relay socket bound to `relay` to `peer` (the payload of a
+    /// Send `packet[payload]` from the relay socket `relay` to `peer` (the payload of a
     /// ChannelData message or of a Send indication's DATA attribute: zero-copy).
     Forward {
-        /// Local address of the allocation's relay socket (as given to `handle_relay_bound`).
-        relay: SocketAddr,
+        /// The allocation's relay socket (the handle of its `Output::BindRelay`).
+        relay: RelayHandle,
         /// Destination peer.
         peer: SocketAddr,
         /// Byte range of the payload inside the input `packet`.
@@ -54,10 +55,6 @@ pub enum PeerAction {
     Queued,
 }
 
-/// Identifies one pending relay-socket bind (`Output::BindRelay` -> `Server::handle_relay_bound`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RelayRequestId(pub u64);
-
 /// Why the I/O layer could not bind a relay socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -66,12 +63,6 @@ pub enum BindError {
     FamilyNotSupported,
     /// No free port in the relay range, or the socket limit was hit (answered 508).
     NoCapacity,
-}
-
-impl std::fmt::Display for RelayRequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "relay-request-{}", self.0)
-    }
 }
 
 impl std::fmt::Display for BindError {
@@ -96,11 +87,14 @@ pub enum Output {
         /// The complete message.
         data: Vec<u8>,
     },
-    /// Bind a UDP relay socket of `family` for a new allocation of `five_tuple`, then call
-    /// `Server::handle_relay_bound(now, request, result)` with its local address.
+    /// Bind a UDP relay socket of `family` for a new allocation of `five_tuple`, file it under
+    /// `relay`, then call `Server::handle_relay_bound(now, relay, result)` with its local
+    /// address.
     BindRelay {
-        /// Echo this back in `handle_relay_bound`.
-        request: RelayRequestId,
+        /// The new socket's name from now on, in both directions: pass it to
+        /// `handle_relay_bound` and `handle_peer_packet`; `ClientAction::Forward` and
+        /// `ReleaseRelay` name the socket by it.
+        relay: RelayHandle,
         /// IPv4 or IPv6 relayed address.
         family: AddressFamily,
         /// The client's 5-tuple (to route peer packets of this relay to the same shard).
@@ -112,9 +106,11 @@ pub enum Output {
         /// if it is taken. `None` (the usual case): any free port in the relay range.
         address: Option<SocketAddr>,
     },
-    /// The allocation bound to `relay` is gone: close its socket.
+    /// The allocation of the relay socket `relay` is gone: close the socket. The handle is
+    /// dead from here on (its index may come back, under another generation, in a later
+    /// `BindRelay`).
     ReleaseRelay {
-        /// Local address of the relay socket.
-        relay: SocketAddr,
+        /// The socket to close.
+        relay: RelayHandle,
     },
 }

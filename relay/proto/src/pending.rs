@@ -1,11 +1,11 @@
 //! `PendingAllocations`: Allocates waiting for the I/O layer to bind their relay socket
-//! (`Output::BindRelay` out, `Server::handle_relay_bound` back), by request id and by 5-tuple.
+//! (`Output::BindRelay` out, `Server::handle_relay_bound` back), by relay handle and by 5-tuple.
 
 use std::collections::HashMap;
 
 use crate::five_tuple::FiveTuple;
 use crate::message::TransactionId;
-use crate::output::RelayRequestId;
+use crate::relay_handle::RelayHandle;
 
 /// An Allocate waiting for the I/O layer to bind its relay socket.
 #[derive(Debug)]
@@ -25,17 +25,16 @@ pub(crate) struct PendingAllocation {
 /// The Allocates of one shard in flight.
 #[derive(Debug, Default)]
 pub(crate) struct PendingAllocations {
-    by_request: HashMap<RelayRequestId, PendingAllocation>,
+    by_relay: HashMap<RelayHandle, PendingAllocation>,
     /// A second Allocate from the same 5-tuple meanwhile is a retransmission or a 437.
-    by_five_tuple: HashMap<FiveTuple, RelayRequestId>,
-    next_request: u64,
+    by_five_tuple: HashMap<FiveTuple, RelayHandle>,
 }
 
 impl PendingAllocations {
     /// The transaction id of the Allocate pending for `five_tuple`, if any.
     pub(crate) fn transaction_of(&self, five_tuple: &FiveTuple) -> Option<TransactionId> {
-        let request = self.by_five_tuple.get(five_tuple)?;
-        self.by_request.get(request).map(|p| p.transaction_id)
+        let relay = self.by_five_tuple.get(five_tuple)?;
+        self.by_relay.get(relay).map(|p| p.transaction_id)
     }
 
     /// True if an Allocate from `five_tuple` waits for its bind.
@@ -43,19 +42,16 @@ impl PendingAllocations {
         self.by_five_tuple.contains_key(five_tuple)
     }
 
-    /// Queue `p` under a new request id.
-    pub(crate) fn insert(&mut self, p: PendingAllocation) -> RelayRequestId {
-        self.next_request += 1;
-        let request = RelayRequestId(self.next_request);
-        self.by_five_tuple.insert(p.five_tuple, request);
-        self.by_request.insert(request, p);
-        request
+    /// Queue `p`, waiting for the relay socket `relay` (a handle just opened).
+    pub(crate) fn insert(&mut self, relay: RelayHandle, p: PendingAllocation) {
+        self.by_five_tuple.insert(p.five_tuple, relay);
+        self.by_relay.insert(relay, p);
     }
 
-    /// The bind of `request` finished: take it out.
-    pub(crate) fn take(&mut self, request: RelayRequestId) -> Option<PendingAllocation> {
-        let p = self.by_request.remove(&request)?;
-        if self.by_five_tuple.get(&p.five_tuple) == Some(&request) {
+    /// The bind of `relay` finished: take it out.
+    pub(crate) fn take(&mut self, relay: RelayHandle) -> Option<PendingAllocation> {
+        let p = self.by_relay.remove(&relay)?;
+        if self.by_five_tuple.get(&p.five_tuple) == Some(&relay) {
             self.by_five_tuple.remove(&p.five_tuple);
         }
         Some(p)
@@ -63,8 +59,8 @@ impl PendingAllocations {
 
     /// The client of `five_tuple` went away: its bind, when it finishes, is released.
     pub(crate) fn cancel(&mut self, five_tuple: &FiveTuple) {
-        if let Some(request) = self.by_five_tuple.remove(five_tuple)
-            && let Some(p) = self.by_request.get_mut(&request)
+        if let Some(relay) = self.by_five_tuple.remove(five_tuple)
+            && let Some(p) = self.by_relay.get_mut(&relay)
         {
             p.cancelled = true;
         }

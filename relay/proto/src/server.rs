@@ -20,10 +20,11 @@ use crate::config::ServerConfig;
 use crate::expiry::{AllocKey, ExpiryQueue, Timer};
 use crate::five_tuple::FiveTuple;
 use crate::message::{Class, MessageBuilder, Method, StunMessage, TransactionId};
-use crate::output::{BindError, ClientAction, HEADROOM, Output, PeerAction, RelayRequestId};
+use crate::output::{BindError, ClientAction, HEADROOM, Output, PeerAction};
 use crate::own_addresses::OwnAddresses;
 use crate::pending::PendingAllocations;
 use crate::quota::{QuotaKind, Quotas, SharedQuotas};
+use crate::relay_handle::RelayHandle;
 use crate::stats::Stats;
 
 /// Largest peer payload a Data indication can carry (65535 minus XOR-PEER-ADDRESS for IPv6 and
@@ -160,7 +161,7 @@ impl Server {
         ) {
             return ClientAction::Drop;
         }
-        let relay = alloc.relay;
+        let relay = alloc.handle;
         ClientAction::Forward {
             relay,
             peer,
@@ -205,7 +206,7 @@ impl Server {
         if !charge_to_peer(&self.config.quotas, &mut self.stats, alloc, now, data.len()) {
             return ClientAction::Drop;
         }
-        let relay = alloc.relay;
+        let relay = alloc.handle;
         // `data` borrows `packet`: its offset is the distance between the two pointers.
         let start = data.as_ptr() as usize - packet.as_ptr() as usize;
         ClientAction::Forward {
@@ -215,14 +216,15 @@ impl Server {
         }
     }
 
-    /// A datagram from `peer` on the relay socket bound to `relay`. The payload is
+    /// A datagram from `peer` on the relay socket `relay` (the handle of its `BindRelay`; a
+    /// stale or unknown handle is dropped). The payload is
     /// `buf[HEADROOM..HEADROOM + len]`; leave `TAILROOM` bytes after it for stream clients.
     /// With a channel bound to `peer`, the ChannelData header is written into the headroom and
     /// `PeerAction::ToClient` names the bytes to send; otherwise a Data indication is queued.
     pub fn handle_peer_packet(
         &mut self,
         now: Instant,
-        relay: SocketAddr,
+        relay: RelayHandle,
         peer: SocketAddr,
         buf: &mut [u8],
         len: usize,
@@ -231,7 +233,7 @@ impl Server {
             self.stats.malformed_packets += 1;
             return PeerAction::Drop;
         }
-        let Some(alloc) = self.allocations.by_relay_mut(&relay) else {
+        let Some(alloc) = self.allocations.by_relay_mut(relay) else {
             self.stats.dropped_packets += 1;
             return PeerAction::Drop;
         };
@@ -281,15 +283,17 @@ impl Server {
         }
     }
 
-    /// The answer to `Output::BindRelay`: the local address of the new relay socket, or why
-    /// none could be bound (440 / 508 to the client).
+    /// The answer to the `Output::BindRelay` that handed out `relay`: the local address of
+    /// the new relay socket, or why none could be bound (440 / 508 to the client; the handle
+    /// is dead then). A socket the core no longer wants (its client went away meanwhile) is
+    /// released with `Output::ReleaseRelay`.
     pub fn handle_relay_bound(
         &mut self,
         now: Instant,
-        request: RelayRequestId,
+        relay: RelayHandle,
         result: Result<SocketAddr, BindError>,
     ) {
-        self.finish_allocate(now, request, result);
+        self.finish_allocate(now, relay, result);
     }
 
     /// The TCP/TLS connection of `five_tuple` closed: its allocation is deleted (RFC 8656
@@ -403,6 +407,12 @@ impl Server {
         self.allocation(key).map(|a| a.relay)
     }
 
+    /// The relay socket handle of the allocation of `five_tuple`, if one is live.
+    pub fn relay_handle_of(&self, five_tuple: &FiveTuple) -> Option<RelayHandle> {
+        let key = self.allocations.key_of(five_tuple)?;
+        self.allocation(key).map(|a| a.handle)
+    }
+
     pub(crate) fn allocation(&self, key: AllocKey) -> Option<&Allocation> {
         self.allocations.get(key)
     }
@@ -436,8 +446,9 @@ impl Server {
             .stats
             .channels
             .saturating_sub(alloc.channels.live() as u64);
-        self.outputs
-            .push_back(Output::ReleaseRelay { relay: alloc.relay });
+        self.outputs.push_back(Output::ReleaseRelay {
+            relay: alloc.handle,
+        });
     }
 
     pub(crate) fn count_denial(

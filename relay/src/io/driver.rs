@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use relay_proto::{Server, ServerConfig, SharedQuotas};
+use relay_proto::{RelayHandle, Server, ServerConfig, SharedQuotas};
 use socket2::Socket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::LocalSet;
@@ -176,14 +176,14 @@ async fn run_udp_listener(shard: Rc<Shard>, socket: Rc<UdpSocket>) {
 }
 
 /// Receives peer datagrams on one relay socket until its allocation ends (the task is aborted).
-pub(crate) async fn run_relay_socket(shard: Rc<Shard>, socket: Rc<UdpSocket>) {
+pub(crate) async fn run_relay_socket(shard: Rc<Shard>, relay: RelayHandle, socket: Rc<UdpSocket>) {
     loop {
         if let Err(e) = socket.readable().await {
             tracing::debug!(error = %e, "relay socket failed");
             return;
         }
         let mut started = Instant::now();
-        while shard.receive_peer_batch(&socket) > 0 {
+        while shard.receive_peer_batch(relay, &socket) > 0 {
             if started.elapsed() >= TIME_BUDGET {
                 tokio::task::yield_now().await;
                 started = Instant::now();

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use quinn_udp::RecvMeta;
 use relay_proto::{
-    AddressFamily, BindError, ClientAction, FiveTuple, HEADROOM, Output, PeerAction,
-    RelayRequestId, Server, TAILROOM, Transport,
+    AddressFamily, BindError, ClientAction, FiveTuple, HEADROOM, Output, PeerAction, RelayHandle,
+    Server, TAILROOM, Transport,
 };
 use tokio::task::JoinHandle;
 
@@ -45,10 +45,21 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// (the relay socket tasks end at once).
 const SHUTDOWN_WRITE_OUT: Duration = Duration::from_secs(2);
 
-/// A relay socket and the task receiving on it.
+/// A relay socket, the task receiving on it, and the core's handle for it (compared on every
+/// lookup, so a stale handle never reaches the socket that reused its index).
 struct RelaySlot {
+    handle: RelayHandle,
     socket: Rc<UdpSocket>,
     task: Option<JoinHandle<()>>,
+}
+
+impl RelaySlot {
+    /// Stops the receiving task; the socket closes when its last `Rc` (the task's) drops.
+    fn close(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 /// Receive storage: `BATCH` slots and their metadata.
@@ -64,7 +75,9 @@ pub(crate) struct Shard {
     /// UDP listening sockets and whether each is bound to a wildcard IP (then replies carry the
     /// destination IP of the request as source through IP_PKTINFO).
     listeners: Vec<(Rc<UdpSocket>, bool)>,
-    relays: RefCell<HashMap<SocketAddr, RelaySlot>>,
+    /// The relay sockets of this shard's allocations, at their `RelayHandle::index` (the core
+    /// reuses released indexes, so this stays as long as the most allocations at once).
+    relays: RefCell<Vec<Option<RelaySlot>>>,
     streams: RefCell<HashMap<FiveTuple, StreamSender>>,
     bufs: RefCell<RecvBuffers>,
     batch: RefCell<SendBatch>,
@@ -116,7 +129,7 @@ impl Shard {
             index,
             core: RefCell::new(core),
             listeners,
-            relays: RefCell::new(HashMap::new()),
+            relays: RefCell::new(Vec::new()),
             streams: RefCell::new(HashMap::new()),
             bufs: RefCell::new(RecvBuffers {
                 storage: vec![0; SLOT * BATCH],
@@ -208,8 +221,13 @@ impl Shard {
         n
     }
 
-    /// Receives one batch of peer datagrams on the relay socket `socket` and processes it.
-    pub(crate) fn receive_peer_batch(self: &Rc<Self>, socket: &Rc<UdpSocket>) -> usize {
+    /// Receives one batch of peer datagrams on the relay socket `socket` (the core's `relay`)
+    /// and processes it.
+    pub(crate) fn receive_peer_batch(
+        self: &Rc<Self>,
+        relay: RelayHandle,
+        socket: &Rc<UdpSocket>,
+    ) -> usize {
         let mut bufs = self.bufs.borrow_mut();
         let RecvBuffers { storage, meta } = &mut *bufs;
         let n = {
@@ -234,7 +252,6 @@ impl Shard {
             return 0;
         }
         let now = Instant::now();
-        let relay = socket.local_addr();
         let mut core = self.core.borrow_mut();
         for (i, m) in meta.iter().take(n).enumerate() {
             let slot = &mut storage[i * SLOT..(i + 1) * SLOT];
@@ -396,7 +413,7 @@ impl Shard {
             match output {
                 Output::Transmit { to, data } => self.transmit_owned(to, data),
                 Output::BindRelay {
-                    request,
+                    relay,
                     family,
                     // The relay socket is bound by this shard, the one that owns the client's
                     // allocation, so its peer datagrams come back here: nothing to route.
@@ -404,8 +421,8 @@ impl Shard {
                     even_port,
                     address,
                 } => {
-                    let result = self.bind_relay(request, family, even_port, address);
-                    core.handle_relay_bound(now, request, result);
+                    let result = self.bind_relay(relay, family, even_port, address);
+                    core.handle_relay_bound(now, relay, result);
                 }
                 Output::ReleaseRelay { relay } => self.release_relay(relay),
             }
@@ -413,11 +430,12 @@ impl Shard {
         self.drain.check();
     }
 
-    /// Binds a relay socket: exactly `address` when the core gives one (a port reserved by
-    /// EVEN-PORT and claimed with RESERVATION-TOKEN), otherwise a free port of `family`.
+    /// Binds the relay socket `relay`: exactly `address` when the core gives one (a port
+    /// reserved by EVEN-PORT and claimed with RESERVATION-TOKEN), otherwise a free port of
+    /// `family`, and files it at the handle's index.
     fn bind_relay(
         self: &Rc<Self>,
-        request: RelayRequestId,
+        relay: RelayHandle,
         family: AddressFamily,
         even_port: bool,
         address: Option<SocketAddr>,
@@ -430,7 +448,7 @@ impl Shard {
             Ok(s) => s,
             Err(e) => {
                 self.count(|s| s.relay_bind_failures += 1);
-                tracing::debug!(%request, error = %e, "relay bind failed");
+                tracing::debug!(%relay, error = %e, "relay bind failed");
                 return Err(e);
             }
         };
@@ -445,32 +463,47 @@ impl Shard {
         let addr = socket.local_addr();
         let task = self.tasks.spawn_local(super::driver::run_relay_socket(
             Rc::clone(self),
+            relay,
             Rc::clone(&socket),
         ));
-        self.relays.borrow_mut().insert(
-            addr,
-            RelaySlot {
-                socket,
-                task: Some(task),
-            },
-        );
+        let slot = RelaySlot {
+            handle: relay,
+            socket,
+            task: Some(task),
+        };
+        let mut relays = self.relays.borrow_mut();
+        if relays.len() <= relay.index() {
+            relays.resize_with(relay.index() + 1, || None);
+        }
+        // The core released the index's previous handle before handing it out again.
+        if let Some(stale) = relays[relay.index()].replace(slot) {
+            tracing::warn!(%relay, stale = %stale.handle, "relay handle index still in use");
+            stale.close();
+        }
         Ok(addr)
     }
 
-    fn release_relay(&self, relay: SocketAddr) {
-        if let Some(mut slot) = self.relays.borrow_mut().remove(&relay)
-            && let Some(task) = slot.task.take()
+    fn release_relay(&self, relay: RelayHandle) {
+        let mut relays = self.relays.borrow_mut();
+        let Some(entry) = relays.get_mut(relay.index()) else {
+            return;
+        };
+        if entry.as_ref().is_some_and(|s| s.handle == relay)
+            && let Some(slot) = entry.take()
         {
-            task.abort();
+            slot.close();
         }
     }
 
-    /// Queues `data` to `peer` from the relay socket bound to `relay`.
-    fn queue_to_peer(&self, relay: SocketAddr, peer: SocketAddr, data: &[u8]) {
+    /// Queues `data` to `peer` from the relay socket `relay`.
+    fn queue_to_peer(&self, relay: RelayHandle, peer: SocketAddr, data: &[u8]) {
         let relays = self.relays.borrow();
-        let Some(slot) = relays.get(&relay) else {
+        let Some(Some(slot)) = relays.get(relay.index()) else {
             return;
         };
+        if slot.handle != relay {
+            return;
+        }
         self.push(&slot.socket, peer, None, data);
     }
 
@@ -548,11 +581,9 @@ impl Shard {
     /// closes its side), waits for those tasks (at most `SHUTDOWN_WRITE_OUT`), then
     /// publishes the final counters.
     pub(crate) async fn shutdown(&self) {
-        let relays: Vec<RelaySlot> = self.relays.borrow_mut().drain().map(|(_, s)| s).collect();
-        for mut slot in relays {
-            if let Some(task) = slot.task.take() {
-                task.abort();
-            }
+        let relays: Vec<RelaySlot> = self.relays.borrow_mut().drain(..).flatten().collect();
+        for slot in relays {
+            slot.close();
         }
         let streams: Vec<StreamSender> =
             self.streams.borrow_mut().drain().map(|(_, s)| s).collect();

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use relay_proto::{
-    ClientAction, FiveTuple, HEADROOM, Output, PeerAction, Server, TAILROOM, Transport,
+    ClientAction, FiveTuple, HEADROOM, Output, PeerAction, RelayHandle, Server, TAILROOM, Transport,
 };
 
 use crate::conformance::{self, CLIENTS, PEERS, REALM, USERS, Wire};
@@ -21,6 +21,8 @@ struct SansIoWire {
     peers: Vec<SocketAddr>,
     client_inbox: Vec<VecDeque<Vec<u8>>>,
     peer_inbox: Vec<VecDeque<(SocketAddr, Vec<u8>)>>,
+    /// The bound relay sockets, at their handle's index (as the I/O layer keeps them).
+    relays: Vec<Option<(RelayHandle, SocketAddr)>>,
     next_relay_port: u16,
 }
 
@@ -51,6 +53,7 @@ impl SansIoWire {
             peers,
             client_inbox: vec![VecDeque::new(); CLIENTS],
             peer_inbox: vec![VecDeque::new(); PEERS],
+            relays: Vec::new(),
             next_relay_port: 50_000,
         }
     }
@@ -62,19 +65,28 @@ impl SansIoWire {
             match output {
                 Output::Transmit { to, data } => self.deliver_to_client(to, data),
                 Output::BindRelay {
-                    request,
+                    relay,
                     family: _,
                     five_tuple: _,
                     even_port: _,
                     address,
                 } => {
                     self.next_relay_port += 2;
-                    let relay = address.unwrap_or_else(|| {
+                    let address = address.unwrap_or_else(|| {
                         SocketAddr::from(([127, 0, 0, 1], self.next_relay_port))
                     });
-                    self.server.handle_relay_bound(self.now, request, Ok(relay));
+                    if self.relays.len() <= relay.index() {
+                        self.relays.resize(relay.index() + 1, None);
+                    }
+                    assert!(self.relays[relay.index()].is_none(), "index in use");
+                    self.relays[relay.index()] = Some((relay, address));
+                    self.server.handle_relay_bound(self.now, relay, Ok(address));
                 }
-                Output::ReleaseRelay { relay: _ } => {}
+                Output::ReleaseRelay { relay } => {
+                    let slot = self.relays.get_mut(relay.index()).expect("a bound relay");
+                    assert_eq!(slot.map(|(h, _)| h), Some(relay), "a live handle");
+                    *slot = None;
+                }
             }
         }
     }
@@ -113,8 +125,9 @@ impl Wire for SansIoWire {
                 peer,
                 payload,
             } => {
+                let (_, source) = self.relays[relay.index()].expect("a bound relay");
                 if let Some(index) = self.peers.iter().position(|p| *p == peer) {
-                    self.peer_inbox[index].push_back((relay, packet[payload].to_vec()));
+                    self.peer_inbox[index].push_back((source, packet[payload].to_vec()));
                 }
             }
             ClientAction::Queued | ClientAction::Drop => {}
@@ -138,9 +151,15 @@ impl Wire for SansIoWire {
         let mut buf = vec![0u8; HEADROOM + data.len() + TAILROOM];
         buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
         let from = self.peers[peer];
+        // The socket bound to `to` receives it: the wire finds it by address, as the network
+        // does; the core gets its handle.
+        let Some((relay, _)) = self.relays.iter().flatten().find(|(_, a)| *a == to) else {
+            return;
+        };
+        let relay = *relay;
         match self
             .server
-            .handle_peer_packet(self.now, to, from, &mut buf, data.len())
+            .handle_peer_packet(self.now, relay, from, &mut buf, data.len())
         {
             PeerAction::ToClient { to, range } => self.deliver_to_client(to, buf[range].to_vec()),
             PeerAction::Queued | PeerAction::Drop => {}

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
 use relay_proto::{HEADROOM, Method, Server, channel_data, framing};
 
-use crate::support::{config, udp};
+use crate::support::{Client, Harness, config, udp};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
@@ -54,14 +54,19 @@ proptest! {
     fn server_never_panics_on_arbitrary_client_and_peer_bytes(
         packets in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 1..20),
     ) {
-        let t0 = Instant::now();
-        let mut server = Server::new(config(t0));
-        let from = udp("192.0.2.1:1000");
+        // A live allocation with a permission, so that peer bytes reach the relay path (a
+        // relay handle only comes from the server).
+        let mut h = Harness::new();
+        let mut alice = Client::new(udp("192.0.2.1:1000"), "alice", "alice-pass");
+        let relay = alice.allocate_handle(&mut h);
+        let peer = "8.8.8.8:1".parse().unwrap();
+        let _ = alice.transact(&mut h, |c| c.permission_request(&[peer]));
+        let (t0, server) = (h.now, &mut h.server);
         for p in &packets {
-            let _ = server.handle_client_packet(t0, from, p);
+            let _ = server.handle_client_packet(t0, alice.from, p);
             let mut buf = vec![0u8; HEADROOM + p.len()];
             buf[HEADROOM..].copy_from_slice(p);
-            let _ = server.handle_peer_packet(t0, "198.51.100.1:50000".parse().unwrap(), "8.8.8.8:1".parse().unwrap(), &mut buf, p.len());
+            let _ = server.handle_peer_packet(t0, relay, peer, &mut buf, p.len());
             while server.poll_output().is_some() {}
         }
     }

@@ -10,8 +10,8 @@ use relay_proto::attributes::{
 use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
 use relay_proto::{
     AddressFamily, AttributeType, BindError, ClientAction, DenyReason, HEADROOM, Method, Output,
-    PeerAction, QuotaKind, Quotas, RateLimit, Server, SharedQuotas, TAILROOM, Transport,
-    attributes, channel_data,
+    PeerAction, QuotaKind, Quotas, RateLimit, RelayHandle, Server, SharedQuotas, TAILROOM,
+    Transport, attributes, channel_data,
 };
 
 use crate::support::{
@@ -25,7 +25,7 @@ fn peer(s: &str) -> SocketAddr {
 /// Deliver `payload` from `from` to the relay socket `relay`; returns the action and buffer.
 fn from_peer(
     h: &mut Harness,
-    relay: SocketAddr,
+    relay: RelayHandle,
     from: SocketAddr,
     payload: &[u8],
 ) -> (PeerAction, Vec<u8>) {
@@ -55,6 +55,8 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
     assert_eq!(h.server.stats().allocations, 1);
     let local_relay = h.server.relay_address_of(&alice.from).unwrap();
     assert_eq!(local_relay, relay);
+    // Across the sans-IO boundary the relay socket is named by its handle, not its address.
+    let handle = h.server.relay_handle_of(&alice.from).unwrap();
 
     let p = peer("203.0.114.7:6000");
     let resp = h.request(alice.from, &alice.permission_request(&[p]));
@@ -74,14 +76,14 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
             peer: to,
             payload,
         } => {
-            assert_eq!((r, to), (local_relay, p));
+            assert_eq!((r, to), (handle, p));
             assert_eq!(&packet[payload], b"hello peer");
         }
         other => panic!("expected forward, got {other:?}"),
     }
 
     // Peer -> client over the channel: header written in place.
-    let (action, buf) = from_peer(&mut h, local_relay, p, b"hello client");
+    let (action, buf) = from_peer(&mut h, handle, p, b"hello client");
     match action {
         PeerAction::ToClient { to, range } => {
             assert_eq!(to, alice.from);
@@ -93,7 +95,7 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
     }
 
     // Same peer IP, other port: permitted, no channel -> Data indication.
-    let (action, _) = from_peer(&mut h, local_relay, peer("203.0.114.7:6001"), b"via data");
+    let (action, _) = from_peer(&mut h, handle, peer("203.0.114.7:6001"), b"via data");
     assert_eq!(action, PeerAction::Queued);
     match h.outputs().as_slice() {
         [Output::Transmit { to, data }] => {
@@ -127,7 +129,7 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
     // No permission for another IP: dropped.
     let send = alice.send_indication(peer("203.0.114.8:7000"), b"nope");
     assert_eq!(h.send(alice.from, &send), ClientAction::Drop);
-    let (action, _) = from_peer(&mut h, local_relay, peer("203.0.114.8:1"), b"nope");
+    let (action, _) = from_peer(&mut h, handle, peer("203.0.114.8:1"), b"nope");
     assert_eq!(action, PeerAction::Drop);
 
     let stats = h.server.stats().clone();
@@ -157,7 +159,7 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
         h.send(alice.from, &channel_data_packet(0x4000, b"late")),
         ClientAction::Drop
     );
-    let (action, _) = from_peer(&mut h, local_relay, p, b"late");
+    let (action, _) = from_peer(&mut h, handle, p, b"late");
     assert_eq!(action, PeerAction::Drop);
 
     // The allocation (refreshed to 600 s at t=0) expires by the timer sweep.
@@ -166,18 +168,19 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
     assert_eq!(h.server.stats().allocations, 0);
     assert_eq!(h.server.stats().allocations_expired, 1);
     assert_eq!(h.server.stats().channels, 0);
-    assert_eq!(
-        h.outputs(),
-        vec![Output::ReleaseRelay { relay: local_relay }]
-    );
+    assert_eq!(h.outputs(), vec![Output::ReleaseRelay { relay: handle }]);
     assert!(h.server.relay_address_of(&alice.from).is_none());
+    assert!(h.server.relay_handle_of(&alice.from).is_none());
+    // The released handle is dead: a late peer datagram on it finds nothing.
+    let (action, _) = from_peer(&mut h, handle, p, b"after");
+    assert_eq!(action, PeerAction::Drop);
 }
 
 #[test]
 fn channel_bind_keeps_permission_and_channel_alive_while_refreshed() {
     let mut h = Harness::new();
     let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
-    let relay = alice.allocate(&mut h);
+    let relay = alice.allocate_handle(&mut h);
     let p = peer("203.0.114.7:6000");
     for _ in 0..4 {
         let resp = alice.transact(&mut h, |c| c.channel_bind_request(0x4001, p));
@@ -198,7 +201,7 @@ fn channel_bind_keeps_permission_and_channel_alive_while_refreshed() {
 fn refresh_with_zero_lifetime_deletes_the_allocation() {
     let mut h = Harness::new();
     let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
-    let relay = alice.allocate(&mut h);
+    let relay = alice.allocate_handle(&mut h);
     let req = alice.refresh_request(0);
     assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
     let outs = h.outputs();
@@ -460,7 +463,7 @@ fn total_allocation_quota_gets_486() {
 fn draining_refuses_new_allocations_but_keeps_existing_ones() {
     let mut h = Harness::new();
     let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
-    let relay = alice.allocate(&mut h);
+    let relay = alice.allocate_handle(&mut h);
     let p = peer("203.0.114.7:6000");
     h.request(alice.from, &alice.channel_bind_request(0x4000, p));
     h.server.set_draining(true);
@@ -708,7 +711,7 @@ fn allocate_errors_400_420_440_442_508() {
     });
     assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
     let Output::BindRelay {
-        request, even_port, ..
+        relay, even_port, ..
     } = h.outputs().remove(0)
     else {
         panic!()
@@ -716,7 +719,7 @@ fn allocate_errors_400_420_440_442_508() {
     assert!(!even_port);
     // The host has no address of that family: 440; no capacity: 508.
     h.server
-        .handle_relay_bound(h.now, request, Err(BindError::FamilyNotSupported));
+        .handle_relay_bound(h.now, relay, Err(BindError::FamilyNotSupported));
     let Output::Transmit { data, .. } = h.outputs().remove(0) else {
         panic!()
     };
@@ -724,11 +727,11 @@ fn allocate_errors_400_420_440_442_508() {
     let tid = alice.next_tid();
     let req = alice.allocate_request(tid);
     assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
-    let Output::BindRelay { request, .. } = h.outputs().remove(0) else {
+    let Output::BindRelay { relay, .. } = h.outputs().remove(0) else {
         panic!()
     };
     h.server
-        .handle_relay_bound(h.now, request, Err(BindError::NoCapacity));
+        .handle_relay_bound(h.now, relay, Err(BindError::NoCapacity));
     let Output::Transmit { data, .. } = h.outputs().remove(0) else {
         panic!()
     };
@@ -911,6 +914,55 @@ fn unsupported_methods_are_dropped_and_unauthenticated_udp_bytes_stay_within_the
 }
 
 #[test]
+fn relay_handles_name_sockets_both_ways_and_are_never_reused_as_is() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(
+        five_tuple("192.0.2.61:40000", Transport::Tcp),
+        "alice",
+        "alice-pass",
+    );
+    let tid = alice.next_tid();
+    let challenge = h.request(alice.from, &alice.allocate_request(tid));
+    alice.learn_nonce(&challenge);
+    let tid = alice.next_tid();
+    assert_eq!(
+        h.send(alice.from, &alice.allocate_request(tid)),
+        ClientAction::Queued
+    );
+    let Output::BindRelay { relay: first, .. } = h.outputs().remove(0) else {
+        panic!("expected a bind")
+    };
+    // The client goes away while its socket is being bound: the socket is released by the
+    // handle it was bound under, and no allocation is made.
+    h.server.handle_connection_closed(h.now, alice.from);
+    h.server
+        .handle_relay_bound(h.now, first, Ok(peer("198.51.100.1:50000")));
+    assert_eq!(h.outputs(), vec![Output::ReleaseRelay { relay: first }]);
+    assert_eq!(h.server.stats().allocations, 0);
+    // A late duplicate answer for the dead handle is released again, never adopted.
+    h.server
+        .handle_relay_bound(h.now, first, Ok(peer("198.51.100.1:50000")));
+    assert_eq!(h.outputs(), vec![Output::ReleaseRelay { relay: first }]);
+
+    // The next allocation reuses the index under a new handle; the old one finds nothing.
+    let mut bob = Client::new(udp("192.0.2.62:40000"), "bob", "bob-pass");
+    let second = bob.allocate_handle(&mut h);
+    assert_eq!(second.index(), first.index());
+    assert_ne!(second, first);
+    let p = peer("203.0.114.7:6000");
+    let resp = bob.transact(&mut h, |c| c.channel_bind_request(0x4000, p));
+    bob.verify_success(&resp, Method::ChannelBind);
+    let (action, _) = from_peer(&mut h, first, p, b"stale");
+    assert_eq!(action, PeerAction::Drop);
+    let (action, _) = from_peer(&mut h, second, p, b"live");
+    assert!(matches!(action, PeerAction::ToClient { to, .. } if to == bob.from));
+    match h.send(bob.from, &channel_data_packet(0x4000, b"out")) {
+        ClientAction::Forward { relay, .. } => assert_eq!(relay, second),
+        other => panic!("expected forward, got {other:?}"),
+    }
+}
+
+#[test]
 fn stream_clients_get_padded_channel_data() {
     let mut h = Harness::new();
     let mut alice = Client::new(
@@ -918,7 +970,7 @@ fn stream_clients_get_padded_channel_data() {
         "alice",
         "alice-pass",
     );
-    let relay = alice.allocate(&mut h);
+    let relay = alice.allocate_handle(&mut h);
     let p = peer("203.0.114.7:6000");
     {
         let req = alice.channel_bind_request(0x4000, p);
@@ -1066,7 +1118,7 @@ fn challenges_answered_with_valid_credentials_do_not_use_up_the_ip_limits() {
 fn garbage_flood_does_not_disturb_a_live_allocation() {
     let mut h = Harness::new();
     let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
-    let relay = alice.allocate(&mut h);
+    let relay = alice.allocate_handle(&mut h);
     let p = peer("203.0.114.7:6000");
     h.request(alice.from, &alice.channel_bind_request(0x4000, p));
     let mut seed = 0x1234_5678u32;
@@ -1253,7 +1305,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
     });
     assert_eq!(h.send(rtp.from, &req), ClientAction::Queued);
     let Output::BindRelay {
-        request,
+        relay: handle,
         even_port: true,
         address: None,
         ..
@@ -1261,7 +1313,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
     else {
         panic!("expected an even-port bind")
     };
-    let resp = h.complete_bind(request, AddressFamily::V4);
+    let resp = h.complete_bind(handle, AddressFamily::V4);
     let m = rtp.verify_success(&resp, Method::Allocate);
     let token: [u8; 8] = m
         .get(attributes::RESERVATION_TOKEN)
@@ -1290,7 +1342,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
         ClientAction::Queued
     );
     let Some(Output::BindRelay {
-        request,
+        relay: handle,
         address: Some(address),
         ..
     }) = other_shard.poll_output()
@@ -1298,7 +1350,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
         panic!("expected a bind of the reserved address on the other shard")
     };
     assert_eq!(address, SocketAddr::new(relay.ip(), relay.port() + 1));
-    other_shard.handle_relay_bound(h.now, request, Ok(address));
+    other_shard.handle_relay_bound(h.now, handle, Ok(address));
     let Some(Output::Transmit { data, .. }) = other_shard.poll_output() else {
         panic!()
     };

@@ -12,7 +12,7 @@ use relay_proto::attributes::{
 use relay_proto::auth::long_term_key;
 use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
 use relay_proto::{
-    AddressFamily, AttributeType, ClientAction, FiveTuple, Output, Quotas, RelayRequestId, Server,
+    AddressFamily, AttributeType, ClientAction, FiveTuple, Output, Quotas, RelayHandle, Server,
     ServerConfig, Transport, WallClock,
 };
 
@@ -103,17 +103,13 @@ impl Harness {
     }
 
     /// Answer a pending BindRelay with a fresh relay address; returns the response to the client.
-    pub(crate) fn complete_bind(
-        &mut self,
-        request: RelayRequestId,
-        family: AddressFamily,
-    ) -> Vec<u8> {
+    pub(crate) fn complete_bind(&mut self, relay: RelayHandle, family: AddressFamily) -> Vec<u8> {
         self.next_port += 2;
-        let relay: SocketAddr = match family {
+        let address: SocketAddr = match family {
             AddressFamily::V4 => SocketAddr::new("198.51.100.1".parse().unwrap(), self.next_port),
             AddressFamily::V6 => SocketAddr::new("2001:db8::1".parse().unwrap(), self.next_port),
         };
-        self.server.handle_relay_bound(self.now, request, Ok(relay));
+        self.server.handle_relay_bound(self.now, relay, Ok(address));
         match self.outputs().as_slice() {
             [Output::Transmit { data, .. }] => data.clone(),
             other => panic!("expected the Allocate response, got {other:?}"),
@@ -243,6 +239,15 @@ impl Client {
         self.allocate_family(h, AddressFamily::V4)
     }
 
+    /// Full allocation (see `allocate`); returns the relay socket's handle, the name peer
+    /// datagrams and `ReleaseRelay` use.
+    pub(crate) fn allocate_handle(&mut self, h: &mut Harness) -> RelayHandle {
+        self.allocate(h);
+        h.server
+            .relay_handle_of(&self.from)
+            .expect("a live allocation")
+    }
+
     pub(crate) fn allocate_family(&mut self, h: &mut Harness, family: AddressFamily) -> SocketAddr {
         if self.nonce.is_none() {
             let tid = self.next_tid();
@@ -263,10 +268,10 @@ impl Client {
             .into_iter()
             .filter(|o| !matches!(o, Output::ReleaseRelay { .. }))
             .collect();
-        let request = match outputs.as_slice() {
+        let relay = match outputs.as_slice() {
             [
                 Output::BindRelay {
-                    request,
+                    relay,
                     family: f,
                     five_tuple,
                     ..
@@ -274,11 +279,11 @@ impl Client {
             ] => {
                 assert_eq!(*f, family);
                 assert_eq!(*five_tuple, self.from);
-                *request
+                *relay
             }
             other => panic!("expected BindRelay, got {other:?}"),
         };
-        let resp = h.complete_bind(request, family);
+        let resp = h.complete_bind(relay, family);
         let m = self.verify_success(&resp, Method::Allocate);
         attributes::decode_xor_address(m.get(XOR_RELAYED_ADDRESS).unwrap(), &m.transaction_id())
             .unwrap()
