@@ -22,9 +22,32 @@ pub use startup::logging::LogFormat;
 )]
 pub struct Config {
     /// Address to listen on (HTTP and WebSocket). Port 0 picks a free port; the bound address
-    /// is printed on stdout as `listening on http://ADDR`.
+    /// is printed on stdout as `listening on http://ADDR` (`https://` with TLS).
     #[arg(long, env = "SIGNALING_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// PEM certificate chain: serve HTTPS and WSS on `--listen` instead of plain HTTP.
+    #[arg(
+        long,
+        env = "SIGNALING_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(
+        long,
+        env = "SIGNALING_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve HTTPS and WSS with a certificate generated at start-up for `localhost` and the
+    /// listening address (development only: browsers warn; the PEM is printed on stdout).
+    #[arg(long, env = "SIGNALING_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
 
     /// How often the server sends a WebSocket ping to each connection.
     #[arg(long, env = "SIGNALING_PING_INTERVAL", default_value = "10s", value_parser = parse_duration)]

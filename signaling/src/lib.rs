@@ -151,6 +151,34 @@ mod server {
         pub peerjs: crate::peerjs::Registrations,
         /// The relay fleet and the connection to read it (cluster mode).
         pub fleet: Option<(Arc<RelayFleet>, fleet::link::Connection)>,
+        /// HTTPS and WSS (`--tls-cert`/`--tls-key` or `--tls-self-signed`).
+        pub tls: Option<tokio_rustls::TlsAcceptor>,
+        /// The certificate generated for `--tls-self-signed`, as PEM (printed at start-up).
+        pub tls_self_signed_pem: Option<String>,
+    }
+
+    /// The TLS acceptor `--tls-cert`/`--tls-key` or `--tls-self-signed` ask for (and the
+    /// generated certificate's PEM), or none.
+    fn tls_config(
+        config: &Config,
+    ) -> Result<(Option<tokio_rustls::TlsAcceptor>, Option<String>), Error> {
+        let tls_error = |e: startup::tls::TlsError| Error::Config(format!("TLS: {e}"));
+        let (server_config, pem) = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => (
+                startup::tls::from_pem_files(cert, key).map_err(tls_error)?,
+                None,
+            ),
+            _ if config.tls_self_signed => {
+                let mut names = vec!["localhost".to_owned()];
+                if !config.listen.ip().is_unspecified() {
+                    names.push(config.listen.ip().to_string());
+                }
+                let (server_config, pem) = startup::tls::self_signed(names).map_err(tls_error)?;
+                (server_config, Some(pem))
+            }
+            _ => return Ok((None, None)),
+        };
+        Ok((Some(tokio_rustls::TlsAcceptor::from(server_config)), pem))
     }
 
     /// A cluster node given no `--turn-secret` agrees on one with the other nodes (and the
@@ -230,6 +258,7 @@ mod server {
                 Some(dir) => WebAssets::Dir(dir.clone()),
                 None => WebAssets::Embedded,
             };
+            let (tls, tls_self_signed_pem) = tls_config(&config)?;
             let connections = OpenConnections::new(
                 metrics.connections.clone(),
                 metrics.connections_total.clone(),
@@ -241,6 +270,8 @@ mod server {
                 web,
                 next_conn: AtomicU64::new(1),
                 connections,
+                tls,
+                tls_self_signed_pem,
                 clients: IpTable::new(IpLimits {
                     max_connections: config.max_connections_per_ip,
                     join_rate: config.join_rate_per_ip,
@@ -378,6 +409,7 @@ mod server {
             listener,
             app(Arc::clone(&state)),
             limits,
+            state.tls.clone(),
             Arc::clone(&state.metrics),
             stopped.clone(),
         ));

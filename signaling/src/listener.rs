@@ -23,6 +23,7 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -79,11 +80,14 @@ impl Drop for Pending {
 
 /// Serves `router` on `listener` until `stop` is cancelled; connections in progress are then
 /// shut down gracefully (upgraded WebSockets are no longer HTTP connections: the drain closes
-/// them).
+/// them). With `tls`, every connection is HTTPS (and its WebSockets WSS): the TLS handshake
+/// must finish within `--header-read-timeout` too, and counts against
+/// `--max-http-connections` while it runs.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ListenerLimits,
+    tls: Option<TlsAcceptor>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
@@ -119,18 +123,39 @@ pub async fn serve(
         }
         let router = router.clone();
         let stop = stop.clone();
-        tokio::spawn(serve_connection(tcp, peer, router, limits, guard, stop));
+        let Some(tls) = tls.clone() else {
+            tokio::spawn(serve_connection(tcp, peer, router, limits, guard, stop));
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            match tokio::time::timeout(limits.header_read_timeout, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    serve_connection(stream, peer, router, limits, guard, stop).await;
+                }
+                Ok(Err(e)) => {
+                    metrics.tls_handshake_failures.inc();
+                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                }
+                Err(_) => {
+                    metrics.tls_handshake_failures.inc();
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
+            }
+        });
     }
 }
 
-async fn serve_connection(
-    tcp: tokio::net::TcpStream,
+async fn serve_connection<I>(
+    io: I,
     peer: SocketAddr,
     router: Router,
     limits: ListenerLimits,
     guard: Pending,
     stop: CancellationToken,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let slot = guard.0.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
@@ -142,7 +167,7 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let connection = builder
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {

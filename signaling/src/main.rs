@@ -34,9 +34,17 @@ async fn main() -> anyhow::Result<()> {
     };
     let state = signaling::AppState::new(config).await?;
     // Tests and scripts parse this line for the bound address.
-    println!("listening on http://{addr}");
+    let (http, ws) = if state.tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    println!("listening on {http}://{addr}");
+    if let Some(pem) = &state.tls_self_signed_pem {
+        print!("{pem}");
+    }
     println!(
-        "web demo: open http://{addr}/ in two browser tabs (or `peer join ws://{addr}/ws/ROOM`)"
+        "web demo: open {http}://{addr}/ in two browser tabs (or `peer join {ws}://{addr}/ws/ROOM`)"
     );
 
     let shutdown = CancellationToken::new();

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub messages_relayed: Counter,
     /// TCP connections closed at once because `--max-http-connections` were open.
     pub http_refused: Counter,
+    /// TLS handshakes that failed or did not finish within `--header-read-timeout`.
+    pub tls_handshake_failures: Counter,
     errors: Family<CodeLabel, Counter>,
     resumes: Family<ResultLabel, Counter>,
     http_requests: Family<KindLabel, Counter>,
@@ -68,6 +70,7 @@ impl Default for Metrics {
         let rooms = Gauge::default();
         let messages_relayed = Counter::default();
         let http_refused = Counter::default();
+        let tls_handshake_failures = Counter::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let resumes = Family::<ResultLabel, Counter>::default();
         let http_requests = Family::<KindLabel, Counter>::default();
@@ -124,6 +127,11 @@ impl Default for Metrics {
             "TCP connections closed at once: too many open HTTP connections",
             http_refused.clone(),
         );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or did not finish within the header-read timeout",
+            tls_handshake_failures.clone(),
+        );
         registry.register("errors", "Error replies by code", errors.clone());
         registry.register("resumes", "Resume attempts by result", resumes.clone());
         registry.register(
@@ -144,6 +152,7 @@ impl Default for Metrics {
             rooms,
             messages_relayed,
             http_refused,
+            tls_handshake_failures,
             errors,
             resumes,
             http_requests,

@@ -7,7 +7,8 @@
 //!   and environment variables;
 //! - [`summary`]: the configuration as a readable block for the start-up log, secrets redacted;
 //! - [`logging`]: `--log-format text|json` on stderr, colours only on a terminal;
-//! - [`signals`]: SIGTERM or SIGINT.
+//! - [`signals`]: SIGTERM or SIGINT;
+//! - `tls` (feature `tls`): a TLS server configuration from PEM files, or self-signed.
 
 pub mod config_file;
 pub mod duration;
@@ -15,5 +16,7 @@ pub mod logging;
 mod secret;
 pub mod signals;
 pub mod summary;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use secret::Secret;

@@ -14,3 +14,4 @@ mod limits;
 mod ops;
 mod resume;
 mod support;
+mod tls;

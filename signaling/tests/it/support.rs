@@ -156,10 +156,12 @@ impl Server {
         );
         let mut process = Spawned::spawn(command, false);
         let line = process.wait_line(Duration::from_secs(20), |l| {
-            l.starts_with("listening on http://")
+            l.starts_with("listening on http")
         });
-        let addr = line["listening on http://".len()..]
-            .parse()
+        let addr = line
+            .rsplit("://")
+            .next()
+            .and_then(|a| a.parse().ok())
             .expect("address");
         Self {
             node: Node::Process(process),
@@ -168,6 +170,16 @@ impl Server {
             redis: None,
             next: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Everything the process printed on stdout up to its `web demo:` line (with
+    /// `--tls-self-signed`, the certificate's PEM is in it).
+    pub(crate) fn startup_output(&mut self) -> String {
+        let Node::Process(process) = &mut self.node else {
+            panic!("an in-process server prints nothing: use start_process");
+        };
+        process.wait_seen(Duration::from_secs(20), |l| l.starts_with("web demo:"));
+        process.seen.join("\n")
     }
 
     /// Stops the node at once, as a crash would: SIGKILL for a process; an in-process node's
@@ -319,6 +331,18 @@ impl Client {
                 .insert(*name, value.parse().expect("header value"));
         }
         let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self { ws, last_seq: 0 })
+    }
+
+    /// Connects to a `wss://` URL, trusting what `tls` trusts.
+    pub(crate) async fn connect_tls(
+        url: &str,
+        tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let connector = tokio_tungstenite::Connector::Rustls(tls);
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+                .await?;
         Ok(Self { ws, last_seq: 0 })
     }
 

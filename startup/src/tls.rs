@@ -1,0 +1,89 @@
+//! A TLS server configuration (`--tls-cert`/`--tls-key`, or `--tls-self-signed`, in both
+//! binaries): a certificate chain and key from PEM files, or one generated at start-up for
+//! development. rustls on the ring provider. Feature `tls`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The certificate file could not be read or holds no certificate.
+    #[error("certificate {path}: {message}")]
+    Certificate {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The key file could not be read or holds no private key.
+    #[error("private key {path}: {message}")]
+    Key {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// rustls refused the certificate/key pair.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The self-signed certificate could not be generated.
+    #[error("generating a self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// Installs the ring crypto provider as the process default (once; later calls are no-ops).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A TLS server configuration from PEM files.
+pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect)
+        .map_err(|e| TlsError::Certificate {
+            path: cert.display().to_string(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Certificate {
+            path: cert.display().to_string(),
+            message: "no CERTIFICATE block".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.display().to_string(),
+        message: e.to_string(),
+    })?;
+    build(certs, key)
+}
+
+/// A certificate for `names` generated now, and its TLS configuration. Returns the
+/// certificate PEM too, so it can be printed or handed to a test client.
+pub fn self_signed(names: Vec<String>) -> Result<(Arc<ServerConfig>, String), TlsError> {
+    let generated = rcgen::generate_simple_self_signed(names)?;
+    let pem = generated.cert.pem();
+    let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).map_err(|e| {
+        TlsError::Key {
+            path: "<generated>".into(),
+            message: e.to_owned(),
+        }
+    })?;
+    Ok((build(vec![generated.cert.der().clone()], key)?, pem))
+}
+
+fn build(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    install_crypto_provider();
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
