@@ -8,7 +8,7 @@ use crate::support::{RelayProcess, TestClient, wait_until};
 
 #[test]
 fn sigterm_drains_then_exits() {
-    let mut relay = RelayProcess::start(&[
+    let mut relay = RelayProcess::start_process(&[
         "--allow-loopback-peers",
         "--user",
         "u:p",
@@ -51,7 +51,7 @@ fn sigterm_drains_then_exits() {
 
 #[test]
 fn drain_ends_early_when_the_last_allocation_goes() {
-    let mut relay = RelayProcess::start(&[
+    let mut relay = RelayProcess::start_process(&[
         "--allow-loopback-peers",
         "--user",
         "u:p",

@@ -230,7 +230,7 @@ fn second_allocate_on_the_same_five_tuple_is_a_mismatch() {
 
 #[test]
 fn garbage_flood_does_not_disturb_live_relaying() {
-    let mut relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "u:p"]);
+    let mut relay = RelayProcess::start_process(&["--allow-loopback-peers", "--user", "u:p"]);
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let peer_addr = peer.local_addr().unwrap();

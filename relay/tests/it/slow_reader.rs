@@ -50,7 +50,7 @@ fn small_buffer_tcp(server: SocketAddr) -> TcpStream {
 
 #[test]
 fn a_tcp_client_that_stops_reading_costs_at_most_the_stream_queue_bytes() {
-    let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "u:p"]);
+    let relay = RelayProcess::start_process(&["--allow-loopback-peers", "--user", "u:p"]);
     let tcp = relay.tcp.expect("tcp listener");
 
     // The slow client: allocate, bind a channel to its peer, then never read again.

@@ -29,40 +29,70 @@ use turn::proto::reqtrans::RequestedTransport;
 /// The relay binary built by cargo for this test target.
 pub(crate) const RELAY_BIN: &str = env!("CARGO_BIN_EXE_relay");
 
-/// A running `relay` process; killed (SIGKILL) on drop unless it already exited.
+/// A running relay: in this process by default (`Relay::start`, as `signaling --with-relay`
+/// runs it), or the real binary ([`RelayProcess::start_process`]) for tests of what only a
+/// process has (SIGTERM, its PID, exit codes). Stopped on drop (a process is killed).
 pub(crate) struct RelayProcess {
-    process: Spawned,
+    node: Node,
     pub(crate) udp: SocketAddr,
     pub(crate) tcp: Option<SocketAddr>,
     pub(crate) tls: Option<SocketAddr>,
     pub(crate) admin: SocketAddr,
     /// The certificate printed with `--tls-self-signed`.
     pub(crate) tls_pem: String,
-    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// How a relay runs.
+enum Node {
+    /// `Relay::start` in this process; dropping the handle stops it.
+    InProcess { _handle: relay::RelayHandle },
+    /// The binary, with a thread collecting its stderr (shown if the test fails).
+    Process {
+        process: Spawned,
+        stderr: Option<std::thread::JoinHandle<String>>,
+    },
 }
 
 impl RelayProcess {
     /// Starts the relay on 127.0.0.1 port 0 (UDP+TCP) with an admin port, loopback peers
     /// allowed, a private relay port range, and `extra` flags.
     pub(crate) fn start(extra: &[&str]) -> Self {
-        Self::start_raw(
-            &[
-                &[
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--admin-listen",
-                    "127.0.0.1:0",
-                    "--workers",
-                    "2",
-                ],
-                extra,
-            ]
-            .concat(),
-        )
+        Self::start_raw(&[Self::DEFAULT_ARGS, extra].concat())
     }
 
-    /// Starts the relay with exactly `args` (plus nothing).
+    /// Like [`Self::start`], as the real binary.
+    pub(crate) fn start_process(extra: &[&str]) -> Self {
+        Self::start_raw_process(&[Self::DEFAULT_ARGS, extra].concat())
+    }
+
+    const DEFAULT_ARGS: &[&str] = &[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+    ];
+
+    /// Starts the relay in this process with exactly `args` (read as the binary reads its
+    /// command line, environment included).
     pub(crate) fn start_raw(args: &[&str]) -> Self {
+        let argv = std::iter::once("relay").chain(args.iter().copied());
+        let (config, _) = relay::Config::load_from(argv).unwrap_or_else(|e| panic!("{e}"));
+        let handle = relay::Relay::start(config).unwrap_or_else(|e| panic!("relay: {e}"));
+        let addrs = handle.addrs().clone();
+        Self {
+            udp: *addrs.udp.first().expect("a UDP listener"),
+            tcp: addrs.tcp.first().copied(),
+            tls: addrs.tls.first().copied(),
+            admin: addrs.admin.expect("an admin listener"),
+            tls_pem: addrs.tls_self_signed_pem.clone().unwrap_or_default(),
+            node: Node::InProcess { _handle: handle },
+        }
+    }
+
+    /// Starts the relay binary with exactly `args` (plus nothing).
+    pub(crate) fn start_raw_process(args: &[&str]) -> Self {
         let mut command = Command::new(RELAY_BIN);
         command
             .args(args)
@@ -108,8 +138,10 @@ impl RelayProcess {
             tls,
             admin: admin.expect("admin line"),
             tls_pem,
-            stderr: Some(stderr),
-            process,
+            node: Node::Process {
+                process,
+                stderr: Some(stderr),
+            },
         }
     }
 
@@ -118,24 +150,41 @@ impl RelayProcess {
         self.udp.port()
     }
 
+    /// The binary's process (tests of what only a process has start it with
+    /// [`Self::start_process`]).
+    fn process(&mut self) -> &mut Spawned {
+        match &mut self.node {
+            Node::Process { process, .. } => process,
+            Node::InProcess { .. } => panic!("an in-process relay: use start_process"),
+        }
+    }
+
     /// The process id.
     pub(crate) fn pid(&self) -> u32 {
-        self.process.pid()
+        match &self.node {
+            Node::Process { process, .. } => process.pid(),
+            Node::InProcess { .. } => panic!("an in-process relay has no PID: use start_process"),
+        }
     }
 
     /// True while the process runs.
     pub(crate) fn is_alive(&mut self) -> bool {
-        matches!(self.process.child().try_wait(), Ok(None))
+        matches!(self.process().child().try_wait(), Ok(None))
     }
 
     /// Sends SIGTERM.
     pub(crate) fn terminate(&self) {
-        self.process.terminate();
+        match &self.node {
+            Node::Process { process, .. } => process.terminate(),
+            Node::InProcess { .. } => {
+                panic!("an in-process relay gets no signals: use start_process")
+            }
+        }
     }
 
     /// Waits up to `timeout` for the process to exit; returns its exit status success.
     pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
-        self.process
+        self.process()
             .try_wait_exit(timeout)
             .map(|status| status.success())
     }
@@ -153,12 +202,15 @@ impl RelayProcess {
     }
 }
 
-impl Drop for RelayProcess {
+impl Drop for Node {
     fn drop(&mut self) {
+        let Self::Process { process, stderr } = self else {
+            return; // Dropping the relay's handle stops it.
+        };
         // Killed first, so that the stderr reader ends.
-        self.process.kill();
+        process.kill();
         if std::thread::panicking()
-            && let Some(logs) = self.stderr.take().and_then(|h| h.join().ok())
+            && let Some(logs) = stderr.take().and_then(|h| h.join().ok())
         {
             let tail: Vec<&str> = logs.lines().rev().take(40).collect();
             eprintln!("--- relay stderr (last lines) ---");

@@ -1,5 +1,6 @@
-//! Integration tests of the `signaling` binary: each test starts the real server on port 0 and
-//! drives it with real WebSocket clients speaking protocol v1.
+//! Integration tests of the signaling server: each test starts a server on port 0 (in this
+//! process, or the real binary where only a process will do; see `support.rs`) and drives it
+//! with real WebSocket and HTTP clients speaking protocol v1.
 
 mod api;
 mod auth;
