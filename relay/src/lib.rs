@@ -99,9 +99,10 @@ impl Relay {
         tracing::info!(relay_ips = ?relay_ips, workers, "starting relay");
 
         // TLS first: a bad certificate should fail before any socket is bound.
-        let (tls_config, tls_self_signed_pem) =
+        let (tls_config, tls_files, tls_self_signed_pem) =
             if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-                (Some(tls::from_pem_files(cert, key)?), None)
+                let (tls_config, files) = tls::from_pem_files(cert, key)?;
+                (Some(tls_config), Some(files), None)
             } else if config.tls_self_signed {
                 let mut names = vec!["localhost".to_owned()];
                 names.extend(
@@ -120,9 +121,9 @@ impl Relay {
                 );
                 names.dedup();
                 let (cfg, pem) = tls::self_signed(names)?;
-                (Some(cfg), Some(pem))
+                (Some(cfg), None, Some(pem))
             } else {
-                (None, None)
+                (None, None, None)
             };
 
         // One socket per worker per address.
@@ -256,6 +257,7 @@ impl Relay {
             shutdown: shutdown_tx,
             stopped: stopped_rx,
             threads,
+            tls_files,
         };
         for _ in 0..workers {
             match ready_rx.recv() {
@@ -306,9 +308,32 @@ pub struct RelayHandle {
     /// drops it last).
     stopped: mpsc::Receiver<()>,
     threads: Vec<JoinHandle<()>>,
+    /// The `--tls-cert`/`--tls-key` files, read again by [`RelayHandle::reload_tls`].
+    tls_files: Option<Arc<tls::CertificateFiles>>,
 }
 
 impl RelayHandle {
+    /// SIGHUP: reads the `--tls-cert`/`--tls-key` files again. New TLS handshakes get the new
+    /// certificate; connections already open (and their allocations) keep theirs. A pair that
+    /// does not load is refused with a log line and a count, and the certificate in force
+    /// stays.
+    pub fn reload_tls(&self) {
+        let Some(files) = &self.tls_files else {
+            tracing::info!("SIGHUP: no certificate files to read again");
+            return;
+        };
+        match files.reload() {
+            Ok(()) => {
+                self.metrics.tls_reload(true);
+                tracing::info!(cert = %files.cert_path().display(), "certificate reloaded");
+            }
+            Err(e) => {
+                self.metrics.tls_reload(false);
+                tracing::warn!(error = %e, "certificate reload refused: the old one stays");
+            }
+        }
+    }
+
     /// The bound addresses.
     pub fn addrs(&self) -> &RelayAddrs {
         &self.addrs

@@ -1,6 +1,7 @@
 //! The `relay` binary: reads the configuration, starts the relay, prints the bound addresses
-//! (one `listening <transport> <addr>` line each, then `admin http://<addr>`), and drains on
-//! SIGTERM/SIGINT (a second signal stops at once). With `--register`, it joins the relay
+//! (one `listening <transport> <addr>` line each, then `admin http://<addr>`), reads its
+//! certificate files again on SIGHUP, and drains on SIGTERM/SIGINT (a second signal stops at
+//! once). With `--register`, it joins the relay
 //! fleet in Redis, marks itself draining there first thing on SIGTERM, and leaves it when it
 //! stops.
 
@@ -86,7 +87,16 @@ fn main() -> anyhow::Result<()> {
         if let Some(registration) = &registration {
             tokio::spawn(Arc::clone(registration).run(stopped));
         }
-        let signal = startup::signals::shutdown().await?;
+        // SIGHUP reads the certificate files again (and no longer ends the process).
+        let mut hangups = startup::signals::reload_requests()?;
+        let shutdown = startup::signals::shutdown();
+        tokio::pin!(shutdown);
+        let signal = loop {
+            tokio::select! {
+                signal = &mut shutdown => break signal?,
+                Some(()) = hangups.recv() => handle.reload_tls(),
+            }
+        };
         tracing::info!(signal, ?drain_timeout, "draining: new allocations refused");
         handle.begin_drain();
         if let Some(registration) = &registration {

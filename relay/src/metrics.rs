@@ -62,6 +62,9 @@ pub struct Metrics {
     /// nothing here keeps a copy of it.
     shared: Arc<SharedQuotas>,
     scrapes: AtomicU64,
+    /// Certificate reloads on SIGHUP: accepted, and refused (the old certificate stayed).
+    tls_reloads: AtomicU64,
+    tls_reloads_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -73,7 +76,19 @@ impl Metrics {
                 .collect(),
             shared,
             scrapes: AtomicU64::new(0),
+            tls_reloads: AtomicU64::new(0),
+            tls_reloads_refused: AtomicU64::new(0),
         }
+    }
+
+    /// Counts one certificate reload.
+    pub fn tls_reload(&self, ok: bool) {
+        let counter = if ok {
+            &self.tls_reloads
+        } else {
+            &self.tls_reloads_refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Worker `index` publishes its current counters.
@@ -207,6 +222,18 @@ impl Collector for Metrics {
             "relay_workers",
             "Worker threads (protocol shards)",
             self.workers.len() as u64,
+        )?;
+        counter(
+            &mut e,
+            "relay_tls_reloads",
+            "Certificate reloads on SIGHUP that took effect",
+            self.tls_reloads.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "relay_tls_reloads_refused",
+            "Certificate reloads on SIGHUP refused (the old certificate stays)",
+            self.tls_reloads_refused.load(Ordering::Relaxed),
         )?;
         counter(
             &mut e,

@@ -153,32 +153,37 @@ mod server {
         pub fleet: Option<(Arc<RelayFleet>, fleet::link::Connection)>,
         /// HTTPS and WSS (`--tls-cert`/`--tls-key` or `--tls-self-signed`).
         pub tls: Option<tokio_rustls::TlsAcceptor>,
+        /// The `--tls-cert`/`--tls-key` files, read again by [`AppState::reload_tls`].
+        pub tls_files: Option<Arc<startup::tls::CertificateFiles>>,
         /// The certificate generated for `--tls-self-signed`, as PEM (printed at start-up).
         pub tls_self_signed_pem: Option<String>,
     }
 
-    /// The TLS acceptor `--tls-cert`/`--tls-key` or `--tls-self-signed` ask for (and the
-    /// generated certificate's PEM), or none.
-    fn tls_config(
-        config: &Config,
-    ) -> Result<(Option<tokio_rustls::TlsAcceptor>, Option<String>), Error> {
+    /// What `--tls-cert`/`--tls-key` (the acceptor and the files, for reloads) or
+    /// `--tls-self-signed` (the acceptor and the generated certificate's PEM) ask for.
+    type TlsSetup = (
+        Option<tokio_rustls::TlsAcceptor>,
+        Option<Arc<startup::tls::CertificateFiles>>,
+        Option<String>,
+    );
+
+    fn tls_config(config: &Config) -> Result<TlsSetup, Error> {
         let tls_error = |e: startup::tls::TlsError| Error::Config(format!("TLS: {e}"));
-        let (server_config, pem) = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => (
-                startup::tls::from_pem_files(cert, key).map_err(tls_error)?,
-                None,
-            ),
-            _ if config.tls_self_signed => {
-                let mut names = vec!["localhost".to_owned()];
-                if !config.listen.ip().is_unspecified() {
-                    names.push(config.listen.ip().to_string());
-                }
-                let (server_config, pem) = startup::tls::self_signed(names).map_err(tls_error)?;
-                (server_config, Some(pem))
+        let acceptor = tokio_rustls::TlsAcceptor::from;
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            let (server_config, files) =
+                startup::tls::from_pem_files(cert, key).map_err(tls_error)?;
+            return Ok((Some(acceptor(server_config)), Some(files), None));
+        }
+        if config.tls_self_signed {
+            let mut names = vec!["localhost".to_owned()];
+            if !config.listen.ip().is_unspecified() {
+                names.push(config.listen.ip().to_string());
             }
-            _ => return Ok((None, None)),
-        };
-        Ok((Some(tokio_rustls::TlsAcceptor::from(server_config)), pem))
+            let (server_config, pem) = startup::tls::self_signed(names).map_err(tls_error)?;
+            return Ok((Some(acceptor(server_config)), None, Some(pem)));
+        }
+        Ok((None, None, None))
     }
 
     /// A cluster node given no `--turn-secret` agrees on one with the other nodes (and the
@@ -201,6 +206,26 @@ mod server {
     }
 
     impl AppState {
+        /// SIGHUP: reads the `--tls-cert`/`--tls-key` files again. New handshakes get the new
+        /// certificate; connections already open keep theirs. A pair that does not load is
+        /// refused with a log line and a count, and the certificate in force stays.
+        pub fn reload_tls(&self) {
+            let Some(files) = &self.tls_files else {
+                tracing::info!("SIGHUP: no certificate files to read again");
+                return;
+            };
+            match files.reload() {
+                Ok(()) => {
+                    self.metrics.tls_reload(true);
+                    tracing::info!(cert = %files.cert_path().display(), "certificate reloaded");
+                }
+                Err(e) => {
+                    self.metrics.tls_reload(false);
+                    tracing::warn!(error = %e, "certificate reload refused: the old one stays");
+                }
+            }
+        }
+
         /// Builds the state from a validated configuration; in cluster mode, connects to Redis.
         pub async fn new(config: Config) -> Result<Arc<Self>, Error> {
             config.validate()?;
@@ -258,7 +283,7 @@ mod server {
                 Some(dir) => WebAssets::Dir(dir.clone()),
                 None => WebAssets::Embedded,
             };
-            let (tls, tls_self_signed_pem) = tls_config(&config)?;
+            let (tls, tls_files, tls_self_signed_pem) = tls_config(&config)?;
             let connections = OpenConnections::new(
                 metrics.connections.clone(),
                 metrics.connections_total.clone(),
@@ -271,6 +296,7 @@ mod server {
                 next_conn: AtomicU64::new(1),
                 connections,
                 tls,
+                tls_files,
                 tls_self_signed_pem,
                 clients: IpTable::new(IpLimits {
                     max_connections: config.max_connections_per_ip,

@@ -47,6 +47,16 @@ async fn main() -> anyhow::Result<()> {
         "web demo: open {http}://{addr}/ in two browser tabs (or `peer join {ws}://{addr}/ws/ROOM`)"
     );
 
+    // SIGHUP reads the certificate files again (and no longer ends the process).
+    let mut hangups = startup::signals::reload_requests().context("cannot listen for SIGHUP")?;
+    {
+        let state = std::sync::Arc::clone(&state);
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                state.reload_tls();
+            }
+        });
+    }
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();

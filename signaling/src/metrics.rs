@@ -46,6 +46,7 @@ pub struct Metrics {
     pub http_refused: Counter,
     /// TLS handshakes that failed or did not finish within `--header-read-timeout`.
     pub tls_handshake_failures: Counter,
+    tls_reloads: Family<ResultLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
     resumes: Family<ResultLabel, Counter>,
     http_requests: Family<KindLabel, Counter>,
@@ -71,6 +72,7 @@ impl Default for Metrics {
         let messages_relayed = Counter::default();
         let http_refused = Counter::default();
         let tls_handshake_failures = Counter::default();
+        let tls_reloads = Family::<ResultLabel, Counter>::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let resumes = Family::<ResultLabel, Counter>::default();
         let http_requests = Family::<KindLabel, Counter>::default();
@@ -132,6 +134,11 @@ impl Default for Metrics {
             "TLS handshakes that failed or did not finish within the header-read timeout",
             tls_handshake_failures.clone(),
         );
+        registry.register(
+            "tls_reloads",
+            "Certificate reloads on SIGHUP by result (refused: the old certificate stays)",
+            tls_reloads.clone(),
+        );
         registry.register("errors", "Error replies by code", errors.clone());
         registry.register("resumes", "Resume attempts by result", resumes.clone());
         registry.register(
@@ -153,6 +160,7 @@ impl Default for Metrics {
             messages_relayed,
             http_refused,
             tls_handshake_failures,
+            tls_reloads,
             errors,
             resumes,
             http_requests,
@@ -173,6 +181,14 @@ impl Metrics {
             .get_or_create(&CodeLabel {
                 code: code.as_str(),
             })
+            .inc();
+    }
+
+    /// Counts one resume attempt.
+    pub fn tls_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.tls_reloads
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 

@@ -11,3 +11,9 @@ pub async fn shutdown() -> std::io::Result<&'static str> {
         _ = int.recv() => "SIGINT",
     })
 }
+
+/// SIGHUP, the request to read certificates again (instead of the default action, which ends
+/// the process). Call it early: the handler is installed by this call.
+pub fn reload_requests() -> std::io::Result<tokio::signal::unix::Signal> {
+    signal(SignalKind::hangup())
+}

@@ -1,11 +1,14 @@
 //! A TLS server configuration (`--tls-cert`/`--tls-key`, or `--tls-self-signed`, in both
-//! binaries): a certificate chain and key from PEM files, or one generated at start-up for
-//! development. rustls on the ring provider. Feature `tls`.
+//! binaries): a certificate chain and key from PEM files, which SIGHUP reads again
+//! ([`CertificateFiles`]), or one generated at start-up for development. rustls on the ring
+//! provider. Feature `tls`.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -42,8 +45,58 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A TLS server configuration from PEM files.
-pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// A TLS server configuration from PEM files, and the handle that reads them again
+/// ([`CertificateFiles::reload`], on SIGHUP).
+pub fn from_pem_files(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<ServerConfig>, Arc<CertificateFiles>), TlsError> {
+    install_crypto_provider();
+    let files = Arc::new(CertificateFiles {
+        current: RwLock::new(read_certified_key(cert, key)?),
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+    });
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(&files) as Arc<dyn ResolvesServerCert>);
+    Ok((Arc::new(config), files))
+}
+
+/// A certificate chain and key read from PEM files, which can be read again: new handshakes get
+/// the certificate in force, connections already open keep the one they started with. A pair
+/// that does not load (unreadable, not PEM, a key that does not match the certificate) is
+/// refused and the certificate in force stays.
+#[derive(Debug)]
+pub struct CertificateFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertificateFiles {
+    /// Reads the files again; on success, new handshakes use them.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = read_certified_key(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+
+    /// The certificate file.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+}
+
+impl ResolvesServerCert for CertificateFiles {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
+}
+
+fn read_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(Iterator::collect)
         .map_err(|e| TlsError::Certificate {
@@ -60,7 +113,8 @@ pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsE
         path: key.display().to_string(),
         message: e.to_string(),
     })?;
-    build(certs, key)
+    let provider = rustls::crypto::ring::default_provider();
+    Ok(Arc::new(CertifiedKey::from_der(certs, key, &provider)?))
 }
 
 /// A certificate for `names` generated now, and its TLS configuration. Returns the

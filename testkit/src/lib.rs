@@ -5,7 +5,8 @@
 //!   reaped on drop whatever happens to the test; [`ChildGuard`] for processes read otherwise;
 //! - [`http_get`] and [`metric_value`]: a plain HTTP GET and one sample of Prometheus text;
 //! - [`free_port`], [`wait_until`], [`bin_path`];
-//! - [`rest_password`]: the TURN REST password, the relay's own implementation.
+//! - [`rest_password`]: the TURN REST password, the relay's own implementation;
+//! - [`write_self_signed`]: a certificate and key as PEM files (`--tls-cert`/`--tls-key`).
 
 mod process;
 
@@ -79,6 +80,24 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .map_or("", |(_, body)| body)
         .to_owned();
     Ok((status, body))
+}
+
+/// Writes a new self-signed certificate for `localhost` and 127.0.0.1 to `dir/cert.pem` and its
+/// key to `dir/key.pem` (each replaced in one rename), and returns the certificate's PEM (what
+/// a client trusts).
+pub fn write_self_signed(dir: &std::path::Path) -> String {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let generated = rcgen::generate_simple_self_signed(names).expect("generate a certificate");
+    let pem = generated.cert.pem();
+    for (name, text) in [
+        ("cert.pem", pem.as_str()),
+        ("key.pem", &generated.signing_key.serialize_pem()),
+    ] {
+        let staging = dir.join(format!(".{name}.new"));
+        std::fs::write(&staging, text).expect("write PEM");
+        std::fs::rename(&staging, dir.join(name)).expect("replace PEM");
+    }
+    pem
 }
 
 /// The value of one sample (`name` or `name{labels}`, as exposed) in Prometheus text.

@@ -57,3 +57,81 @@ fn turns_allocate_and_relay_both_ways() {
         relay.metric("relay_packets_relayed_total{direction=\"to_client\"}") >= 300
     }));
 }
+
+/// A TURN-over-TLS allocation keeps relaying, with nothing lost, across a certificate reload
+/// (SIGHUP); new handshakes get the new certificate; a pair that does not load is refused and
+/// the one in force stays.
+#[test]
+fn sighup_reloads_the_certificate_without_disturbing_live_allocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = testkit::write_self_signed(dir.path());
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let relay = RelayProcess::start_process(&[
+        "--allow-loopback-peers",
+        "--user",
+        "u:p",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--tls-listen",
+        "127.0.0.1:0",
+    ]);
+    let tls = relay.tls.expect("tls listener");
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut c = TestClient::with_link(tls_link(tls, &first), tls, "u", "p");
+    let relayed = c.allocate().expect("allocate over TLS");
+    c.channel_bind(0x4000, peer.local_addr().unwrap()).unwrap();
+    let relay_round = |c: &mut TestClient, i: usize| {
+        let payload = format!("message {i}").into_bytes();
+        c.send_channel(0x4000, &payload);
+        let mut buf = [0u8; 64];
+        let (n, _) = peer.recv_from(&mut buf).expect("peer receives");
+        assert_eq!(&buf[..n], &payload[..]);
+        peer.send_to(&payload, relayed).unwrap();
+        let (_, data) = c
+            .recv_channel(Duration::from_secs(3))
+            .expect("client receives");
+        assert_eq!(data, payload);
+    };
+    for i in 0..100 {
+        relay_round(&mut c, i);
+    }
+
+    let second = testkit::write_self_signed(dir.path());
+    hangup(&relay);
+    assert!(crate::support::wait_until(Duration::from_secs(5), || {
+        relay.metric("relay_tls_reloads_total") == 1
+    }));
+    // The allocation made before the reload relays on, both ways, nothing lost.
+    for i in 100..200 {
+        relay_round(&mut c, i);
+    }
+    // New handshakes get the new certificate.
+    let mut fresh = TestClient::with_link(tls_link(tls, &second), tls, "u", "p");
+    fresh
+        .allocate()
+        .expect("a client trusting the new certificate");
+    let mut stale = TestClient::with_link(tls_link(tls, &first), tls, "u", "p");
+    assert!(stale.allocate().is_err(), "the old certificate is gone");
+
+    // A pair that does not load is refused; the certificate in force stays.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    hangup(&relay);
+    assert!(crate::support::wait_until(Duration::from_secs(5), || {
+        relay.metric("relay_tls_reloads_refused_total") == 1
+    }));
+    let mut after = TestClient::with_link(tls_link(tls, &second), tls, "u", "p");
+    after.allocate().expect("still the second certificate");
+    for i in 200..210 {
+        relay_round(&mut c, i);
+    }
+}
+
+/// Sends SIGHUP to the relay process.
+fn hangup(relay: &RelayProcess) {
+    // SAFETY: kill(2) on the PID of a child this test spawned.
+    let rc = unsafe { libc::kill(relay.pid() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(rc, 0);
+}

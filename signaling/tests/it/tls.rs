@@ -28,19 +28,20 @@ fn trusting(text: &str) -> Arc<ClientConfig> {
     )
 }
 
-/// GET `path` over TLS; the whole response.
-async fn https_get(server: &Server, tls: Arc<ClientConfig>, path: &str) -> String {
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+/// GET `path` over TLS: the whole response, or `None` if the handshake fails (a certificate
+/// `tls` does not trust).
+async fn https_get(server: &Server, tls: Arc<ClientConfig>, path: &str) -> Option<String> {
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.ok()?;
     let name = "localhost".try_into().unwrap();
     let mut stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
-        .expect("TLS handshake");
+        .ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response).await;
-    response
+    Some(response)
 }
 
 #[tokio::test]
@@ -91,7 +92,9 @@ async fn wss_joins_and_plain_or_silent_clients_are_refused_and_counted() {
         .expect("a silent TLS client is closed within the header-read timeout");
     assert!(matches!(read, Ok(0) | Err(_)));
 
-    let metrics = https_get(&server, Arc::clone(&tls), "/metrics").await;
+    let metrics = https_get(&server, Arc::clone(&tls), "/metrics")
+        .await
+        .expect("HTTPS");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     let failures = testkit::metric_value(&metrics, "signaling_tls_handshake_failures_total")
         .expect("the failures counter");
@@ -111,4 +114,90 @@ async fn a_client_that_does_not_trust_the_certificate_cannot_connect() {
         Client::connect_tls(&url, trusting(&other)).await.is_err(),
         "a certificate from another server must not verify"
     );
+}
+
+/// Sends SIGHUP to the first node.
+fn hangup(server: &Server) {
+    // SAFETY: kill(2) on the PID of a child this test spawned.
+    let rc = unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(rc, 0);
+}
+
+/// Waits (up to 5 s) until the server, reached over HTTPS with a certificate `tls` trusts,
+/// reports `series` at `at_least` or more.
+async fn wait_for_metric(
+    server: &Server,
+    tls: &Arc<ClientConfig>,
+    series: &str,
+    at_least: f64,
+) -> bool {
+    for _ in 0..50 {
+        let value = https_get(server, Arc::clone(tls), "/metrics")
+            .await
+            .and_then(|text| testkit::metric_value(&text, series));
+        if value.is_some_and(|v| v >= at_least) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_and_a_bad_pair_is_refused() {
+    let dir = std::env::temp_dir().join(format!("signaling-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Each check below builds a fresh client configuration: one that was used before would
+    // resume its TLS session (no certificate in a resumption), which proves nothing here.
+    let first_pem = testkit::write_self_signed(&dir);
+    let first = trusting(&first_pem);
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut server = Server::start_process(&["--tls-cert", cert, "--tls-key", key]);
+    let _ = server.startup_output();
+    let url = format!("wss://localhost:{}/ws/reload", server.addr.port());
+    let mut a = Client::connect_tls(&url, Arc::clone(&first)).await.unwrap();
+    a.send(&crate::support::join_message("reload")).await;
+    a.expect_welcome().await;
+
+    // A new certificate on disk, then SIGHUP: new handshakes get it.
+    let second_pem = testkit::write_self_signed(&dir);
+    let second = trusting(&second_pem);
+    hangup(&server);
+    let ok = "signaling_tls_reloads_total{result=\"ok\"}";
+    assert!(
+        wait_for_metric(&server, &second, ok, 1.0).await,
+        "the new certificate is served and the reload counted"
+    );
+    assert!(
+        Client::connect_tls(&url, trusting(&first_pem))
+            .await
+            .is_err(),
+        "new handshakes no longer get the old certificate"
+    );
+    let mut b = Client::connect_tls(&url, Arc::clone(&second))
+        .await
+        .unwrap();
+    b.send(&crate::support::join_message("reload")).await;
+    b.expect_welcome().await;
+    // The connection made before the reload goes on.
+    assert!(matches!(
+        a.recv_message().await,
+        signaling::protocol::ServerMessage::PeerJoined { .. }
+    ));
+
+    // A pair that does not load is refused; the certificate in force stays.
+    std::fs::write(dir.join("cert.pem"), "not a certificate").unwrap();
+    hangup(&server);
+    let refused = "signaling_tls_reloads_total{result=\"refused\"}";
+    assert!(
+        wait_for_metric(&server, &second, refused, 1.0).await,
+        "the refused reload was counted, over the certificate still in force"
+    );
+    assert!(
+        Client::connect_tls(&url, trusting(&second_pem))
+            .await
+            .is_ok()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
