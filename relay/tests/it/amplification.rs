@@ -95,18 +95,9 @@ fn single_packet_ratios_are_the_rfc_minimum() {
         assert_eq!(got, *expected, "{what}");
     }
 
-    if UdpSocket::bind("[::1]:0").is_err() {
-        eprintln!("SKIPPED the IPv6 Binding: this host has no ::1");
+    let Some(v6) = crate::support::start_on_ipv6(&["--workers", "1"]) else {
         return;
-    }
-    let v6 = RelayProcess::start_raw(&[
-        "--listen",
-        "[::1]:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-    ]);
+    };
     let socket = UdpSocket::bind("[::1]:0").unwrap();
     assert_eq!(
         answer_size(&socket, v6.udp, &request(BINDING, 7, &[])),

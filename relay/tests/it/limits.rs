@@ -22,17 +22,20 @@ fn is_open(conn: &mut TcpStream) -> bool {
 
 #[test]
 fn silent_tls_handshakes_count_against_an_exact_limit_and_time_out() {
-    let relay = RelayProcess::start(&[
-        "--user",
-        "u:p",
-        "--tls-self-signed",
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--max-connections",
-        &LIMIT.to_string(),
-        "--tls-handshake-timeout",
-        "3s",
-    ]);
+    let relay = RelayProcess::start(
+        &[
+            &[
+                "--user",
+                "u:p",
+                "--max-connections",
+                &LIMIT.to_string(),
+                "--tls-handshake-timeout",
+                "3s",
+            ],
+            crate::support::TLS_ON_LOOPBACK,
+        ]
+        .concat(),
+    );
     let tls = relay.tls.expect("tls listener");
     let tcp = relay.tcp.expect("tcp listener");
     // (is TLS, connection): connected and silent, alternating transports.

@@ -122,18 +122,9 @@ fn loopback_opt_in_still_protects_the_relays_own_ports() {
 
 #[test]
 fn ipv4_in_ipv6_encodings_of_loopback_are_denied() {
-    if UdpSocket::bind("[::1]:0").is_err() {
-        eprintln!("SKIPPED: this host has no ::1 (IPv6 disabled); IPv6 relay tests need it");
+    let Some(relay) = crate::support::start_on_ipv6(&["--user", "u:p"]) else {
         return;
-    }
-    let relay = RelayProcess::start_raw(&[
-        "--listen",
-        "[::1]:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--user",
-        "u:p",
-    ]);
+    };
     let v6 = UdpSocket::bind("[::1]:0").unwrap();
     let mut c = TestClient::with_link(crate::support::Link::Udp(v6), relay.udp, "u", "p");
     let relayed = c.allocate_v6().expect("IPv6 allocation (RFC 6156)");

@@ -16,14 +16,13 @@ const CLIENTS: usize = 4;
 
 #[test]
 fn no_message_is_lost_over_tcp_or_tls_under_load() {
-    let relay = RelayProcess::start(&[
-        "--allow-loopback-peers",
-        "--user",
-        "u:p",
-        "--tls-self-signed",
-        "--tls-listen",
-        "127.0.0.1:0",
-    ]);
+    let relay = RelayProcess::start(
+        &[
+            &["--allow-loopback-peers", "--user", "u:p"],
+            crate::support::TLS_ON_LOOPBACK,
+        ]
+        .concat(),
+    );
     let tcp = relay.tcp.expect("tcp listener");
     let tls = relay.tls.expect("tls listener");
     let workers: Vec<_> = (0..CLIENTS * 2)
@@ -102,13 +101,8 @@ fn echo_bursts(mut c: TestClient) -> (usize, usize) {
 
 #[test]
 fn a_half_closed_client_still_gets_the_answer_to_its_last_request() {
-    let relay = RelayProcess::start(&[
-        "--user",
-        "u:p",
-        "--tls-self-signed",
-        "--tls-listen",
-        "127.0.0.1:0",
-    ]);
+    let relay =
+        RelayProcess::start(&[&["--user", "u:p"], crate::support::TLS_ON_LOOPBACK].concat());
     let tcp = relay.tcp.expect("tcp listener");
     let tls = relay.tls.expect("tls listener");
     for round in 0..10u8 {

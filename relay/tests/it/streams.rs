@@ -63,19 +63,10 @@ fn tcp_framing_survives_split_and_coalesced_writes() {
 
 #[test]
 fn ipv6_allocation_relays_to_an_ipv6_peer() {
-    if UdpSocket::bind("[::1]:0").is_err() {
-        eprintln!("SKIPPED: this host has no ::1 (IPv6 disabled)");
+    let Some(relay) = crate::support::start_on_ipv6(&["--allow-loopback-peers", "--user", "u:p"])
+    else {
         return;
-    }
-    let relay = RelayProcess::start_raw(&[
-        "--listen",
-        "[::1]:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--allow-loopback-peers",
-        "--user",
-        "u:p",
-    ]);
+    };
     let peer = UdpSocket::bind("[::1]:0").unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let peer_addr = peer.local_addr().unwrap();

@@ -221,6 +221,21 @@ impl Drop for Node {
     }
 }
 
+/// Flags for TURNS on 127.0.0.1 with a certificate generated at start-up
+/// ([`RelayProcess::tls_pem`] is what a client trusts).
+pub(crate) const TLS_ON_LOOPBACK: &[&str] = &["--tls-self-signed", "--tls-listen", "127.0.0.1:0"];
+
+/// A relay listening on `[::1]` (admin on 127.0.0.1) with `extra` flags, or `None`, said on
+/// stderr, on a host without IPv6.
+pub(crate) fn start_on_ipv6(extra: &[&str]) -> Option<RelayProcess> {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: this host has no ::1 (IPv6 disabled); the IPv6 relay tests need it");
+        return None;
+    }
+    let listen: &[&str] = &["--listen", "[::1]:0", "--admin-listen", "127.0.0.1:0"];
+    Some(RelayProcess::start_raw(&[listen, extra].concat()))
+}
+
 /// Runs the relay with exactly `args`, expecting it to exit by itself within `timeout` (a
 /// start-up failure): its exit status (`None` if it was still running and had to be killed)
 /// and its stderr.

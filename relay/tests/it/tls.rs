@@ -11,14 +11,13 @@ use crate::support::{RelayProcess, TestClient, tls_link};
 
 #[test]
 fn turns_allocate_and_relay_both_ways() {
-    let relay = RelayProcess::start(&[
-        "--allow-loopback-peers",
-        "--user",
-        "u:p",
-        "--tls-self-signed",
-        "--tls-listen",
-        "127.0.0.1:0",
-    ]);
+    let relay = RelayProcess::start(
+        &[
+            &["--allow-loopback-peers", "--user", "u:p"],
+            crate::support::TLS_ON_LOOPBACK,
+        ]
+        .concat(),
+    );
     let tls = relay.tls.expect("tls listener");
     assert!(
         relay.tls_pem.contains("BEGIN CERTIFICATE"),
