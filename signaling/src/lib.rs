@@ -157,6 +157,9 @@ mod server {
         pub tls_files: Option<Arc<startup::tls::CertificateFiles>>,
         /// The certificate generated for `--tls-self-signed`, as PEM (printed at start-up).
         pub tls_self_signed_pem: Option<String>,
+        /// The in-process relay's metrics (`--with-relay`): `/metrics` serves both.
+        #[cfg(feature = "with-relay")]
+        pub relay_metrics: std::sync::OnceLock<Arc<relay::Metrics>>,
     }
 
     /// What `--tls-cert`/`--tls-key` (the acceptor and the files, for reloads) or
@@ -298,6 +301,8 @@ mod server {
                 tls,
                 tls_files,
                 tls_self_signed_pem,
+                #[cfg(feature = "with-relay")]
+                relay_metrics: std::sync::OnceLock::new(),
                 clients: IpTable::new(IpLimits {
                     max_connections: config.max_connections_per_ip,
                     join_rate: config.join_rate_per_ip,
@@ -381,12 +386,21 @@ mod server {
 
     async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         app.metrics.budget_used.set(app.memory.used() as i64);
+        #[allow(unused_mut)] // Only `with-relay` appends.
+        let mut text = app.metrics.encode();
+        #[cfg(feature = "with-relay")]
+        if let Some(relay) = app.relay_metrics.get()
+            && let Some(ours) = text.strip_suffix("# EOF\n")
+        {
+            // One exposition: the relay's families, then its single `# EOF`.
+            text = format!("{ours}{}", relay.render());
+        }
         (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
-            app.metrics.encode(),
+            text,
         )
     }
 

@@ -83,6 +83,11 @@ impl LocalRelay {
         Ok(Self { handle })
     }
 
+    /// The relay's metrics (signaling's `/metrics` carries them too).
+    pub fn metrics(&self) -> std::sync::Arc<relay::Metrics> {
+        std::sync::Arc::clone(self.handle.metrics())
+    }
+
     /// Stops the relay's workers (allocations end with the process).
     pub async fn shutdown(self) {
         self.handle.shutdown().await;

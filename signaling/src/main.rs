@@ -33,6 +33,10 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     let state = signaling::AppState::new(config).await?;
+    #[cfg(feature = "with-relay")]
+    if let Some(local_relay) = &local_relay {
+        let _ = state.relay_metrics.set(local_relay.metrics());
+    }
     // Tests and scripts parse this line for the bound address.
     let (http, ws) = if state.tls.is_some() {
         ("https", "wss")

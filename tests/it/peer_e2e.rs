@@ -437,7 +437,8 @@ fn probe_self_reports_host_and_relay_pairs() {
 /// The one-command stack (`signaling --with-relay`, what `scripts/run.sh` runs): the in-process
 /// relay gets signaling's TURN secret, so a probe's relayed pair works with the credentials in
 /// `welcome`; a `--relay-arg` flag wins over the defaults signaling picks for the relay (here
-/// the admin address, which is otherwise a free loopback port).
+/// the admin address, which is otherwise a free loopback port); signaling's `/metrics` carries
+/// the relay's series too.
 #[test]
 fn the_in_process_relay_relays_and_takes_relay_arg_flags() {
     let admin_port = e2e::free_port();
@@ -461,6 +462,15 @@ fn the_in_process_relay_relays_and_takes_relay_arg_flags() {
         relay_metric(admin, "relay_allocations_created_total") >= 2.0,
         "the relay's admin port is the one --relay-arg named, and it allocated"
     );
+    // Signaling's /metrics carries the in-process relay's series too: one scrape for the stack.
+    let (_, text) = testkit::http_get(signaling.addr, "/metrics").expect("GET /metrics");
+    for series in ["signaling_connections", "relay_allocations_created_total"] {
+        assert!(
+            testkit::metric_value(&text, series).is_some(),
+            "{series} in:\n{text}"
+        );
+    }
+    assert_eq!(text.matches("# EOF").count(), 1, "one exposition");
 }
 
 /// A quiet room carries nothing but the server's WebSocket pings: they alone must keep the
