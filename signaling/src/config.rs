@@ -26,6 +26,12 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as HAProxy's
+    /// `send-proxy-v2` writes it) naming the client: for a TCP load balancer in front. Its
+    /// address is the client's everywhere (limits, logs); connections without one are closed.
+    #[arg(long, env = "SIGNALING_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
     /// PEM certificate chain: serve HTTPS and WSS on `--listen` instead of plain HTTP.
     #[arg(
         long,

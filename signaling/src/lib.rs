@@ -70,6 +70,8 @@ pub mod outbox;
 #[cfg(feature = "server")]
 pub mod peerjs;
 #[cfg(feature = "server")]
+pub mod proxy_protocol;
+#[cfg(feature = "server")]
 pub mod rate_limit;
 #[cfg(feature = "server")]
 pub mod relay_fleet;
@@ -449,7 +451,10 @@ mod server {
             listener,
             app(Arc::clone(&state)),
             limits,
-            state.tls.clone(),
+            crate::listener::Edge {
+                proxy_protocol: state.config.proxy_protocol,
+                tls: state.tls.clone(),
+            },
             Arc::clone(&state.metrics),
             stopped.clone(),
         ));

@@ -36,6 +36,14 @@ pub struct ListenerLimits {
     pub max_http_connections: usize,
 }
 
+/// What a connection passes through before HTTP: a PROXY protocol header naming the client
+/// (`--proxy-protocol`), then TLS (`--tls-cert`/`--tls-key`, `--tls-self-signed`).
+#[derive(Clone, Default)]
+pub struct Edge {
+    pub proxy_protocol: bool,
+    pub tls: Option<TlsAcceptor>,
+}
+
 /// A connection's place in the `--max-http-connections` count, held until it is upgraded or
 /// closed. Handlers find it in the request's extensions.
 #[derive(Clone)]
@@ -80,14 +88,15 @@ impl Drop for Pending {
 
 /// Serves `router` on `listener` until `stop` is cancelled; connections in progress are then
 /// shut down gracefully (upgraded WebSockets are no longer HTTP connections: the drain closes
-/// them). With `tls`, every connection is HTTPS (and its WebSockets WSS): the TLS handshake
-/// must finish within `--header-read-timeout` too, and counts against
-/// `--max-http-connections` while it runs.
+/// them). Each step of the `edge` (the PROXY header, the TLS handshake) must finish within
+/// `--header-read-timeout` too, and counts against `--max-http-connections` while it runs; a
+/// connection that fails one is closed and counted. With TLS, every connection is HTTPS (and
+/// its WebSockets WSS).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ListenerLimits,
-    tls: Option<TlsAcceptor>,
+    edge: Edge,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
@@ -123,12 +132,32 @@ pub async fn serve(
         }
         let router = router.clone();
         let stop = stop.clone();
-        let Some(tls) = tls.clone() else {
-            tokio::spawn(serve_connection(tcp, peer, router, limits, guard, stop));
-            continue;
-        };
+        let edge = edge.clone();
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
+            let mut tcp = tcp;
+            let peer = if edge.proxy_protocol {
+                let read = crate::proxy_protocol::read_header(&mut tcp);
+                match tokio::time::timeout(limits.header_read_timeout, read).await {
+                    Ok(Ok(client)) => client.unwrap_or(peer),
+                    Ok(Err(e)) => {
+                        metrics.proxy_headers_refused.inc();
+                        tracing::debug!(error = %e, %peer, "PROXY header refused");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.proxy_headers_refused.inc();
+                        tracing::debug!(%peer, "no PROXY header within the header-read timeout");
+                        return;
+                    }
+                }
+            } else {
+                peer
+            };
+            let Some(tls) = edge.tls else {
+                serve_connection(tcp, peer, router, limits, guard, stop).await;
+                return;
+            };
             match tokio::time::timeout(limits.header_read_timeout, tls.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     serve_connection(stream, peer, router, limits, guard, stop).await;

@@ -47,6 +47,8 @@ pub struct Metrics {
     /// TLS handshakes that failed or did not finish within `--header-read-timeout`.
     pub tls_handshake_failures: Counter,
     tls_reloads: Family<ResultLabel, Counter>,
+    /// Connections closed because their PROXY header was missing or malformed.
+    pub proxy_headers_refused: Counter,
     errors: Family<CodeLabel, Counter>,
     resumes: Family<ResultLabel, Counter>,
     http_requests: Family<KindLabel, Counter>,
@@ -73,6 +75,7 @@ impl Default for Metrics {
         let http_refused = Counter::default();
         let tls_handshake_failures = Counter::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
+        let proxy_headers_refused = Counter::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let resumes = Family::<ResultLabel, Counter>::default();
         let http_requests = Family::<KindLabel, Counter>::default();
@@ -139,6 +142,11 @@ impl Default for Metrics {
             "Certificate reloads on SIGHUP by result (refused: the old certificate stays)",
             tls_reloads.clone(),
         );
+        registry.register(
+            "proxy_headers_refused",
+            "Connections closed: no well-formed PROXY protocol header (--proxy-protocol)",
+            proxy_headers_refused.clone(),
+        );
         registry.register("errors", "Error replies by code", errors.clone());
         registry.register("resumes", "Resume attempts by result", resumes.clone());
         registry.register(
@@ -161,6 +169,7 @@ impl Default for Metrics {
             http_refused,
             tls_handshake_failures,
             tls_reloads,
+            proxy_headers_refused,
             errors,
             resumes,
             http_requests,

@@ -5,3 +5,4 @@ mod fleet;
 mod fleet_failover;
 mod nat;
 mod peer_e2e;
+mod proxy_protocol;

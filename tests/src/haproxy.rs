@@ -18,6 +18,16 @@ pub struct Haproxy {
 impl Haproxy {
     /// Starts HAProxy on a free port in front of `backends`.
     pub fn start(backends: &[SocketAddr]) -> Self {
+        Self::start_with(backends, "")
+    }
+
+    /// Like [`Self::start`], every connection to a backend (health checks included) starting
+    /// with a PROXY protocol v2 header naming the client (`send-proxy-v2`).
+    pub fn start_sending_proxy_v2(backends: &[SocketAddr]) -> Self {
+        Self::start_with(backends, " send-proxy-v2 check-send-proxy")
+    }
+
+    fn start_with(backends: &[SocketAddr], server_options: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -28,7 +38,9 @@ impl Haproxy {
         let servers: String = backends
             .iter()
             .enumerate()
-            .map(|(i, addr)| format!("  server s{i} {addr} check inter 300 fall 2 rise 1\n"))
+            .map(|(i, addr)| {
+                format!("  server s{i} {addr} check inter 300 fall 2 rise 1{server_options}\n")
+            })
             .collect();
         let config = format!(
             "global\n  maxconn 4096\n\

@@ -13,6 +13,7 @@ mod http;
 mod http_client;
 mod limits;
 mod ops;
+mod proxy;
 mod resume;
 mod support;
 mod tls;
