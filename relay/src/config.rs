@@ -52,6 +52,13 @@ pub struct Config {
     )]
     pub tls_listen: Vec<SocketAddr>,
 
+    /// Every TCP and TLS connection starts with a PROXY protocol header (v1 or v2, as HAProxy's
+    /// `send-proxy-v2` writes it) naming the client: for a TCP load balancer in front. Its
+    /// address is the client's everywhere (XOR-MAPPED-ADDRESS, limits, nonces, logs);
+    /// connections without one are closed. UDP is not affected.
+    #[arg(long, env = "RELAY_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
     /// PEM certificate chain for TURNS.
     #[arg(long, env = "RELAY_TLS_CERT", value_name = "PEM", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -233,6 +233,8 @@ impl Relay {
                 tcp,
                 tls,
                 tls_accept: tls_accept.clone(),
+                proxy_protocol: config.proxy_protocol,
+                header_timeout: config.tls_handshake_timeout,
                 relay_ports: relay_ports.clone(),
                 connections: Arc::clone(&connections),
                 stream_queue_bytes: config.stream_queue_bytes,

@@ -27,6 +27,8 @@ pub struct IoStats {
     pub tls_handshake_failures: u64,
     /// TLS handshakes that did not finish within `--tls-handshake-timeout`.
     pub tls_handshake_timeouts: u64,
+    /// Stream connections closed for lack of a well-formed PROXY header (`--proxy-protocol`).
+    pub proxy_headers_refused: u64,
     /// TLS handshakes in progress (gauge).
     pub tls_handshakes: u64,
     /// Messages to a stream client dropped because its outbound queue was full (in messages
@@ -120,6 +122,7 @@ impl Metrics {
             t.stream_connections_accepted += s.stream_connections_accepted;
             t.tls_handshake_failures += s.tls_handshake_failures;
             t.tls_handshake_timeouts += s.tls_handshake_timeouts;
+            t.proxy_headers_refused += s.proxy_headers_refused;
             t.tls_handshakes += s.tls_handshakes;
             t.stream_queue_drops += s.stream_queue_drops;
             t.stream_queue_dropped_bytes += s.stream_queue_dropped_bytes;
@@ -402,6 +405,12 @@ impl Collector for Metrics {
             "relay_tls_handshake_failures",
             "TLS handshakes that failed or timed out",
             io.tls_handshake_failures,
+        )?;
+        counter(
+            &mut e,
+            "relay_proxy_headers_refused",
+            "Stream connections closed: no well-formed PROXY protocol header (--proxy-protocol)",
+            io.proxy_headers_refused,
         )?;
         counter(
             &mut e,

@@ -70,8 +70,6 @@ pub mod outbox;
 #[cfg(feature = "server")]
 pub mod peerjs;
 #[cfg(feature = "server")]
-pub mod proxy_protocol;
-#[cfg(feature = "server")]
 pub mod rate_limit;
 #[cfg(feature = "server")]
 pub mod relay_fleet;

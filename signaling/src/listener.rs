@@ -137,7 +137,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let mut tcp = tcp;
             let peer = if edge.proxy_protocol {
-                let read = crate::proxy_protocol::read_header(&mut tcp);
+                let read = startup::proxy_protocol::read_header(&mut tcp);
                 match tokio::time::timeout(limits.header_read_timeout, read).await {
                     Ok(Ok(client)) => client.unwrap_or(peer),
                     Ok(Err(e)) => {

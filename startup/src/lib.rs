@@ -8,11 +8,14 @@
 //! - [`summary`]: the configuration as a readable block for the start-up log, secrets redacted;
 //! - [`logging`]: `--log-format text|json` on stderr, colours only on a terminal;
 //! - [`signals`]: SIGTERM or SIGINT;
-//! - `tls` (feature `tls`): a TLS server configuration from PEM files, or self-signed.
+//! - `tls` (feature `tls`): a TLS server configuration from PEM files, or self-signed;
+//! - `proxy_protocol` (feature `proxy-protocol`): the PROXY header at the start of a connection.
 
 pub mod config_file;
 pub mod duration;
 pub mod logging;
+#[cfg(feature = "proxy-protocol")]
+pub mod proxy_protocol;
 mod secret;
 pub mod signals;
 pub mod summary;

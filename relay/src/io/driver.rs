@@ -36,6 +36,10 @@ pub(crate) struct WorkerSetup {
     pub(crate) tcp: Vec<std::net::TcpListener>,
     pub(crate) tls: Vec<std::net::TcpListener>,
     pub(crate) tls_accept: Option<tcp::TlsAccept>,
+    /// `--proxy-protocol` on the TCP and TLS listeners.
+    pub(crate) proxy_protocol: bool,
+    /// How long a PROXY header may take (`--tls-handshake-timeout`).
+    pub(crate) header_timeout: Duration,
     pub(crate) relay_ports: RelayPorts,
     /// `--max-connections`, one counter for every worker.
     pub(crate) connections: Arc<ConnectionLimit>,
@@ -75,6 +79,8 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             tcp,
             tls,
             tls_accept,
+            proxy_protocol,
+            header_timeout,
             relay_ports,
             connections,
             stream_queue_bytes,
@@ -127,19 +133,28 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
                 Rc::clone(socket),
             )));
         }
+        let plain = tcp::StreamEdge {
+            proxy_protocol,
+            tls: None,
+            header_timeout,
+        };
         for listener in tcp {
             listeners.push(tokio::task::spawn_local(tcp::accept_loop(
                 Rc::clone(&shard),
                 listener,
-                None,
+                plain.clone(),
             )));
         }
         if let Some(tls_accept) = tls_accept {
+            let secure = tcp::StreamEdge {
+                tls: Some(tls_accept),
+                ..plain
+            };
             for listener in tls {
                 listeners.push(tokio::task::spawn_local(tcp::accept_loop(
                     Rc::clone(&shard),
                     listener,
-                    Some(tls_accept.clone()),
+                    secure.clone(),
                 )));
             }
         }

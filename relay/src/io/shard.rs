@@ -362,6 +362,11 @@ impl Shard {
         });
     }
 
+    /// Counts a stream connection closed for lack of a well-formed PROXY header.
+    pub(crate) fn proxy_header_refused(&self) {
+        self.count(|s| s.proxy_headers_refused += 1);
+    }
+
     /// Counts a stream closed for bad framing.
     pub(crate) fn framing_error(&self) {
         self.count(|s| s.stream_framing_errors += 1);

@@ -38,8 +38,18 @@ pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListene
     Ok(socket.into())
 }
 
-/// Accepts connections until the worker stops; TLS when `tls` is given.
-pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Option<TlsAccept>) {
+/// How a listener's connections start: a PROXY header naming the client (`--proxy-protocol`,
+/// read within the TLS handshake timeout), then TLS when `tls` is given.
+#[derive(Clone)]
+pub(crate) struct StreamEdge {
+    pub(crate) proxy_protocol: bool,
+    pub(crate) tls: Option<TlsAccept>,
+    /// The time a PROXY header may take.
+    pub(crate) header_timeout: Duration,
+}
+
+/// Accepts connections until the worker stops.
+pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, edge: StreamEdge) {
     loop {
         let (conn, client) = match listener.accept().await {
             Ok(c) => c,
@@ -60,12 +70,31 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Op
             continue;
         };
         let _ = conn.set_nodelay(true);
-        let tls = tls.clone();
+        let edge = edge.clone();
         let conn_shard = Rc::clone(&shard);
         shard.spawn_connection(async move {
             // Dropped with the task, however it ends (cancellation included).
             let _slot = slot;
-            match tls {
+            let mut conn = conn;
+            let client = if edge.proxy_protocol {
+                let read = startup::proxy_protocol::read_header(&mut conn);
+                match tokio::time::timeout(edge.header_timeout, read).await {
+                    Ok(Ok(named)) => named.unwrap_or(client),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%client, error = %e, "PROXY header refused");
+                        conn_shard.proxy_header_refused();
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%client, "no PROXY header in time");
+                        conn_shard.proxy_header_refused();
+                        return;
+                    }
+                }
+            } else {
+                client
+            };
+            match edge.tls {
                 None => {
                     let five = FiveTuple {
                         client,

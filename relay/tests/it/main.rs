@@ -9,6 +9,7 @@ mod drain;
 mod embedded;
 mod limits;
 mod port_clash;
+mod proxy_protocol;
 mod security;
 mod slow_reader;
 mod stream_stress;

@@ -1,8 +1,9 @@
-//! `--proxy-protocol`: every connection starts with a PROXY protocol header (v1 text or v2
-//! binary, as HAProxy's `send-proxy` / `send-proxy-v2` write it), which names the client the
-//! load balancer accepted. That address replaces the socket's peer everywhere: per-address
-//! limits, `X-Forwarded-For` trust, logs. A connection without a well-formed header is closed
-//! and counted; a `LOCAL` header (the balancer's own health check) keeps the socket's peer.
+//! `--proxy-protocol` in both binaries: every connection starts with a PROXY protocol header
+//! (v1 text or v2 binary, as HAProxy's `send-proxy` / `send-proxy-v2` write it), which names
+//! the client the load balancer accepted. That address replaces the socket's peer everywhere
+//! (per-address limits, mapped addresses, nonces, logs). A connection without a well-formed
+//! header is closed and counted; a `LOCAL` header (the balancer's own health check) keeps the
+//! socket's peer. Feature `proxy-protocol`.
 //!
 //! The header is read exactly, never a byte past it, so what follows (a TLS ClientHello or an
 //! HTTP request) is untouched; parsing is the `ppp` crate's.

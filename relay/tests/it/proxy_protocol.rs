@@ -1,0 +1,57 @@
+//! `--proxy-protocol` on the TCP listener: the client a PROXY header names is the client (its
+//! address comes back in XOR-MAPPED-ADDRESS); a connection without a well-formed header is
+//! closed and counted.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use relay_proto::attributes::{XOR_MAPPED_ADDRESS, decode_xor_address};
+use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
+use relay_proto::{Method, framing};
+
+use crate::support::RelayProcess;
+
+/// Sends `header` then a Binding request on a new TCP connection; the mapped address.
+fn mapped_address_after(relay: SocketAddr, header: &[u8]) -> Option<SocketAddr> {
+    let mut tcp = TcpStream::connect(relay).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let tid = TransactionId([7; 12]);
+    let request = MessageBuilder::new(Method::Binding, Class::Request, tid).finish();
+    tcp.write_all(&[header, &request].concat()).unwrap();
+    let mut response = vec![0u8; 20];
+    tcp.read_exact(&mut response[..4]).ok()?;
+    let len = framing::stream_frame_len(&response[..4]).ok()??;
+    response.resize(len, 0);
+    tcp.read_exact(&mut response[4..]).ok()?;
+    let message = StunMessage::parse(&response).ok()?;
+    decode_xor_address(message.get(XOR_MAPPED_ADDRESS)?, &tid).ok()
+}
+
+#[test]
+fn the_proxied_client_is_the_mapped_address_and_headerless_connections_are_refused() {
+    let relay = RelayProcess::start(&["--proxy-protocol", "--user", "u:p"]);
+    let tcp = relay.tcp.expect("tcp listener");
+    let v1 = b"PROXY TCP4 203.0.113.9 10.0.0.1 40000 3478\r\n";
+    assert_eq!(
+        mapped_address_after(tcp, v1),
+        Some("203.0.113.9:40000".parse().unwrap())
+    );
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[
+        0x21, 0x11, 0, 12, 198, 51, 100, 4, 10, 0, 0, 1, 0x9c, 0x41, 0x0d, 0x96,
+    ]);
+    assert_eq!(
+        mapped_address_after(tcp, &v2),
+        Some("198.51.100.4:40001".parse().unwrap())
+    );
+    // A balancer's health check (LOCAL) is answered with the balancer's own address.
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    assert!(mapped_address_after(tcp, &local).is_some_and(|a| a.ip().is_loopback()));
+    // Without a header: closed unanswered, and counted.
+    assert_eq!(mapped_address_after(tcp, b""), None);
+    assert!(crate::support::wait_until(Duration::from_secs(3), || {
+        relay.metric("relay_proxy_headers_refused_total") >= 1
+    }));
+}
