@@ -1,5 +1,5 @@
-//! Signaling behind HAProxy with `send-proxy-v2` (`--proxy-protocol`): the client HAProxy
-//! accepted is the client signaling counts. Two clients from different loopback addresses get
+//! Both binaries behind HAProxy with `send-proxy-v2` (`--proxy-protocol`). Signaling: the
+//! client HAProxy accepted is the client signaling counts. Two clients from different loopback addresses get
 //! in under `--max-connections-per-ip 1` (without the header both would be HAProxy's 127.0.0.1
 //! and the second refused); a second connection from one of them is refused with 429.
 
@@ -58,4 +58,58 @@ async fn behind_haproxy_send_proxy_v2_the_real_client_address_is_counted() {
             other.map(|_| ())
         ),
     }
+}
+
+/// The relay behind HAProxy in TCP mode with `send-proxy-v2` (`--proxy-protocol`): a STUN
+/// Binding over TCP from 127.0.0.2 is answered with 127.0.0.2 and the client's own port, not
+/// HAProxy's address.
+#[test]
+fn the_relay_behind_haproxy_send_proxy_v2_maps_the_real_client() {
+    use std::io::{Read as _, Write as _};
+
+    use relay_proto::attributes::{XOR_MAPPED_ADDRESS, decode_xor_address};
+    use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
+    use relay_proto::{Method, framing};
+
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "none",
+        "--proxy-protocol",
+        "--user",
+        "u:p",
+    ];
+    let mut relay = crate::peer_e2e::spawn("relay", &args, false);
+    let line = relay.wait_line(std::time::Duration::from_secs(20), |l| {
+        l.starts_with("listening tcp ")
+    });
+    let tcp_addr: SocketAddr = line["listening tcp ".len()..].parse().unwrap();
+    relay.wait_line(std::time::Duration::from_secs(20), |l| l == "ready");
+    let proxy = Haproxy::start_tcp_sending_proxy_v2(&[tcp_addr]);
+
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .unwrap();
+    socket.connect(&proxy.addr.into()).unwrap();
+    let mut tcp: std::net::TcpStream = socket.into();
+    let local = tcp.local_addr().unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let tid = TransactionId([9; 12]);
+    let request = MessageBuilder::new(Method::Binding, Class::Request, tid).finish();
+    tcp.write_all(&request).unwrap();
+    let mut response = vec![0u8; 4];
+    tcp.read_exact(&mut response)
+        .expect("a STUN answer through HAProxy");
+    let len = framing::stream_frame_len(&response).unwrap().unwrap();
+    response.resize(len, 0);
+    tcp.read_exact(&mut response[4..]).unwrap();
+    let message = StunMessage::parse(&response).unwrap();
+    let mapped = decode_xor_address(message.get(XOR_MAPPED_ADDRESS).unwrap(), &tid).unwrap();
+    assert_eq!(
+        mapped, local,
+        "the mapped address is the client's, not HAProxy's"
+    );
 }

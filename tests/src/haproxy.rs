@@ -27,7 +27,23 @@ impl Haproxy {
         Self::start_with(backends, " send-proxy-v2 check-send-proxy")
     }
 
+    /// HAProxy in TCP mode (no HTTP, TCP health checks) in front of `backends`, every
+    /// connection to a backend starting with a PROXY protocol v2 header (for the relay's TURN
+    /// over TCP).
+    pub fn start_tcp_sending_proxy_v2(backends: &[SocketAddr]) -> Self {
+        Self::launch(backends, "tcp", "", " send-proxy-v2")
+    }
+
     fn start_with(backends: &[SocketAddr], server_options: &str) -> Self {
+        Self::launch(
+            backends,
+            "http",
+            "  option httpchk GET /readyz\n",
+            server_options,
+        )
+    }
+
+    fn launch(backends: &[SocketAddr], mode: &str, check: &str, server_options: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -44,10 +60,10 @@ impl Haproxy {
             .collect();
         let config = format!(
             "global\n  maxconn 4096\n\
-             defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  \
+             defaults\n  mode {mode}\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  \
              timeout tunnel 1h\n  retries 3\n  option redispatch 1\n\
              frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
-             backend be\n  balance roundrobin\n  option httpchk GET /readyz\n{servers}"
+             backend be\n  balance roundrobin\n{check}{servers}"
         );
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config).expect("write haproxy.cfg");
