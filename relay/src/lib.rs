@@ -324,16 +324,7 @@ impl RelayHandle {
             tracing::info!("SIGHUP: no certificate files to read again");
             return;
         };
-        match files.reload() {
-            Ok(()) => {
-                self.metrics.tls_reload(true);
-                tracing::info!(cert = %files.cert_path().display(), "certificate reloaded");
-            }
-            Err(e) => {
-                self.metrics.tls_reload(false);
-                tracing::warn!(error = %e, "certificate reload refused: the old one stays");
-            }
-        }
+        self.metrics.tls_reload(files.reload_and_log());
     }
 
     /// The bound addresses.

@@ -217,16 +217,7 @@ mod server {
                 tracing::info!("SIGHUP: no certificate files to read again");
                 return;
             };
-            match files.reload() {
-                Ok(()) => {
-                    self.metrics.tls_reload(true);
-                    tracing::info!(cert = %files.cert_path().display(), "certificate reloaded");
-                }
-                Err(e) => {
-                    self.metrics.tls_reload(false);
-                    tracing::warn!(error = %e, "certificate reload refused: the old one stays");
-                }
-            }
+            self.metrics.tls_reload(files.reload_and_log());
         }
 
         /// Builds the state from a validated configuration; in cluster mode, connects to Redis.

@@ -82,9 +82,18 @@ impl CertificateFiles {
         Ok(())
     }
 
-    /// The certificate file.
-    pub fn cert_path(&self) -> &Path {
-        &self.cert
+    /// [`Self::reload`] on SIGHUP, with the outcome logged; whether the new pair is in force.
+    pub fn reload_and_log(&self) -> bool {
+        match self.reload() {
+            Ok(()) => {
+                tracing::info!(cert = %self.cert.display(), "certificate reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate reload refused: the old one stays");
+                false
+            }
+        }
     }
 }
 
