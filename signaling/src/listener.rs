@@ -137,17 +137,14 @@ pub async fn serve(
         tokio::spawn(async move {
             let mut tcp = tcp;
             let peer = if edge.proxy_protocol {
-                let read = startup::proxy_protocol::read_header(&mut tcp);
-                match tokio::time::timeout(limits.header_read_timeout, read).await {
-                    Ok(Ok(client)) => client.unwrap_or(peer),
-                    Ok(Err(e)) => {
+                let header_read_timeout = limits.header_read_timeout;
+                let client =
+                    startup::proxy_protocol::client_within(&mut tcp, peer, header_read_timeout);
+                match client.await {
+                    Ok(client) => client,
+                    Err(e) => {
                         metrics.proxy_headers_refused.inc();
                         tracing::debug!(error = %e, %peer, "PROXY header refused");
-                        return;
-                    }
-                    Err(_) => {
-                        metrics.proxy_headers_refused.inc();
-                        tracing::debug!(%peer, "no PROXY header within the header-read timeout");
                         return;
                     }
                 }

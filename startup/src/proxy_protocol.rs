@@ -9,6 +9,7 @@
 //! HTTP request) is untouched; parsing is the `ppp` crate's.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use ppp::{HeaderResult, v1, v2};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
@@ -27,6 +28,22 @@ pub enum ProxyHeaderError {
     /// The bytes are not a PROXY v1 or v2 header.
     #[error("not a PROXY protocol header")]
     Malformed,
+    /// The header did not arrive in time.
+    #[error("no PROXY protocol header within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// The connection's client: the address its PROXY header names, or `peer` (the socket's) when
+/// the header names none. The header must arrive within `timeout`.
+pub async fn client_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Result<SocketAddr, ProxyHeaderError> {
+    match tokio::time::timeout(timeout, read_header(stream)).await {
+        Ok(named) => Ok(named?.unwrap_or(peer)),
+        Err(_) => Err(ProxyHeaderError::TimedOut(timeout)),
+    }
 }
 
 /// Reads the PROXY header at the start of `stream`: the client's address, or `None` for a
@@ -113,6 +130,26 @@ mod tests {
         assert_eq!(rest, b"\x16\x03\x01", "the TLS ClientHello is untouched");
         let (addr, _) = read(&v2(0, 0x00, &[])).await;
         assert_eq!(addr.unwrap(), None, "LOCAL: the balancer's own check");
+    }
+
+    #[tokio::test]
+    async fn the_client_is_the_named_one_or_the_peer_and_a_silent_stream_times_out() {
+        let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let mut named = &b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 443\r\n"[..];
+        let within = Duration::from_secs(1);
+        let client = client_within(&mut named, peer, within).await.unwrap();
+        assert_eq!(client, "203.0.113.7:40000".parse().unwrap());
+        let mut unknown = &b"PROXY UNKNOWN\r\n"[..];
+        assert_eq!(
+            client_within(&mut unknown, peer, within).await.unwrap(),
+            peer
+        );
+        let (mut silent, _writer) = tokio::io::duplex(64);
+        let short = Duration::from_millis(50);
+        assert!(matches!(
+            client_within(&mut silent, peer, short).await,
+            Err(ProxyHeaderError::TimedOut(_))
+        ));
     }
 
     #[tokio::test]

@@ -77,16 +77,13 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, edge: S
             let _slot = slot;
             let mut conn = conn;
             let client = if edge.proxy_protocol {
-                let read = startup::proxy_protocol::read_header(&mut conn);
-                match tokio::time::timeout(edge.header_timeout, read).await {
-                    Ok(Ok(named)) => named.unwrap_or(client),
-                    Ok(Err(e)) => {
+                let header_timeout = edge.header_timeout;
+                match startup::proxy_protocol::client_within(&mut conn, client, header_timeout)
+                    .await
+                {
+                    Ok(client) => client,
+                    Err(e) => {
                         tracing::debug!(%client, error = %e, "PROXY header refused");
-                        conn_shard.proxy_header_refused();
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%client, "no PROXY header in time");
                         conn_shard.proxy_header_refused();
                         return;
                     }

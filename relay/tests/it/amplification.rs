@@ -115,6 +115,41 @@ struct Flood {
     relay_out: u64,
 }
 
+impl Flood {
+    /// Prints the figures, then asserts that the source got back, and the relay sent, at most
+    /// what was sent plus one [`ALLOWANCE`] (a credit kept per worker would exceed it).
+    fn check_within_allowance(&self, what: &str, relay: &RelayProcess) {
+        eprintln!(
+            "{what}: sent {} B, received {} B (ratio {:.3}, {} B over what was sent); relay \
+             counted {} B in, {} B out (ratio {:.3}), {} responses withheld",
+            self.sent,
+            self.received,
+            self.received as f64 / self.sent as f64,
+            self.received as i64 - self.sent as i64,
+            self.relay_in,
+            self.relay_out,
+            self.relay_out as f64 / self.relay_in.max(1) as f64,
+            relay.metric("relay_quota_hits_total{quota=\"unauthenticated_bytes\"}"),
+        );
+        assert!(
+            self.relay_in > 0 && self.relay_in <= self.sent,
+            "{what}: relay_in"
+        );
+        assert!(
+            self.received <= self.sent + ALLOWANCE,
+            "{what}: received {} > sent {} + {ALLOWANCE}",
+            self.received,
+            self.sent
+        );
+        assert!(
+            self.relay_out <= self.relay_in + ALLOWANCE,
+            "{what}: relay out {} > in {} + {ALLOWANCE}",
+            self.relay_out,
+            self.relay_in
+        );
+    }
+}
+
 /// Floods the relay from `sources` sockets of 127.0.0.1 (one source IP, as many source ports:
 /// with several workers the kernel spreads them over every worker) with `rounds` x (bare
 /// Allocate, Binding, Binding with an unknown attribute: 401, success and 420, the three
@@ -218,31 +253,7 @@ fn one_source_never_gets_back_more_than_it_sent_plus_the_allowance() {
         ("defaults", &[][..]),
     ] {
         let relay = start(extra);
-        let f = flood(&relay, ROUNDS, 1);
-        eprintln!(
-            "{name}: sent {} B, received {} B (ratio {:.3}); relay counted {} B in, {} B out \
-             (ratio {:.3}), {} responses withheld",
-            f.sent,
-            f.received,
-            f.received as f64 / f.sent as f64,
-            f.relay_in,
-            f.relay_out,
-            f.relay_out as f64 / f.relay_in.max(1) as f64,
-            relay.metric("relay_quota_hits_total{quota=\"unauthenticated_bytes\"}"),
-        );
-        assert!(f.relay_in > 0 && f.relay_in <= f.sent, "{name}: relay_in");
-        assert!(
-            f.received <= f.sent + ALLOWANCE,
-            "{name}: received {} > sent {} + {ALLOWANCE}",
-            f.received,
-            f.sent
-        );
-        assert!(
-            f.relay_out <= f.relay_in + ALLOWANCE,
-            "{name}: relay out {} > in {} + {ALLOWANCE}",
-            f.relay_out,
-            f.relay_in
-        );
+        flood(&relay, ROUNDS, 1).check_within_allowance(name, &relay);
     }
 
     // Control: without the byte budget and the rate limits, the same flood is amplified
@@ -278,32 +289,7 @@ fn one_source_ip_spread_over_every_worker_gets_one_allowance_in_all() {
         ("defaults", &[][..]),
     ] {
         let relay = start_with_workers(WORKERS, extra);
-        let f = flood(&relay, ROUNDS, SOURCES);
-        eprintln!(
-            "{WORKERS} workers, {SOURCES} source ports, {name}: sent {} B, received {} B \
-             (ratio {:.3}, {} B over what was sent); relay counted {} B in, {} B out \
-             (ratio {:.3}), {} responses withheld",
-            f.sent,
-            f.received,
-            f.received as f64 / f.sent as f64,
-            f.received as i64 - f.sent as i64,
-            f.relay_in,
-            f.relay_out,
-            f.relay_out as f64 / f.relay_in.max(1) as f64,
-            relay.metric("relay_quota_hits_total{quota=\"unauthenticated_bytes\"}"),
-        );
-        assert!(f.relay_in > 0 && f.relay_in <= f.sent, "{name}: relay_in");
-        assert!(
-            f.received <= f.sent + ALLOWANCE,
-            "{name}: received {} > sent {} + {ALLOWANCE} (one allowance per worker?)",
-            f.received,
-            f.sent
-        );
-        assert!(
-            f.relay_out <= f.relay_in + ALLOWANCE,
-            "{name}: relay out {} > in {} + {ALLOWANCE}",
-            f.relay_out,
-            f.relay_in
-        );
+        let what = format!("{WORKERS} workers, {SOURCES} source ports, {name}");
+        flood(&relay, ROUNDS, SOURCES).check_within_allowance(&what, &relay);
     }
 }
