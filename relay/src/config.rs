@@ -59,6 +59,23 @@ pub struct Config {
     #[arg(long, env = "RELAY_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
 
+    /// One port for TURN and the web: connections on the TCP and TLS listeners whose first
+    /// bytes are an HTTP request line (rather than STUN or ChannelData) are forwarded to this
+    /// `HOST:PORT` (plain HTTP: TLS ends here), e.g. a `signaling` server; anything else is
+    /// closed and counted. Connecting to it may take `--tls-handshake-timeout`. Off by default:
+    /// the listeners then speak TURN only.
+    #[arg(long, env = "RELAY_HTTP_UPSTREAM", value_name = "HOST:PORT")]
+    pub http_upstream: Option<String>,
+
+    /// Start every connection forwarded to `--http-upstream` with a PROXY v2 header naming the
+    /// client (run the upstream with `--proxy-protocol`), so it sees the client's address.
+    #[arg(
+        long,
+        env = "RELAY_HTTP_UPSTREAM_PROXY_PROTOCOL",
+        requires = "http_upstream"
+    )]
+    pub http_upstream_proxy_protocol: bool,
+
     /// PEM certificate chain for TURNS.
     #[arg(long, env = "RELAY_TLS_CERT", value_name = "PEM", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -362,6 +379,15 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "--stream-queue-bytes must be at least {} (one largest message)",
                 relay_proto::framing::MAX_FRAME_LEN
+            )));
+        }
+        if let Some(upstream) = &self.http_upstream
+            && !upstream
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--http-upstream {upstream} is not HOST:PORT"
             )));
         }
         if self.user_quota == 0 {

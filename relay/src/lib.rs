@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 pub use config::Config;
 use io::drain::DrainSignal;
 use io::driver::{WorkerSetup, run_worker};
+pub use io::intake::{AdoptError, AdoptedStream, StreamIntake, StreamTransport};
 use io::relay_ports::RelayPorts;
 pub use metrics::Metrics;
 
@@ -223,6 +224,18 @@ impl Relay {
             handshake_timeout: config.tls_handshake_timeout,
         });
         let connections = io::conn_limit::ConnectionLimit::new(config.max_connections);
+        let http_upstream =
+            config
+                .http_upstream
+                .clone()
+                .map(|addr| io::http_upstream::HttpUpstream {
+                    addr,
+                    proxy_protocol: config.http_upstream_proxy_protocol,
+                    connect_timeout: config.tls_handshake_timeout,
+                });
+        let (intake_queues, mut adopted): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| mpsc::channel(io::intake::QUEUE))
+            .unzip();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for (index, ((udp, tcp), tls)) in udp.into_iter().zip(tcp).zip(tls).enumerate() {
             let setup = WorkerSetup {
@@ -235,6 +248,8 @@ impl Relay {
                 tls_accept: tls_accept.clone(),
                 proxy_protocol: config.proxy_protocol,
                 header_timeout: config.tls_handshake_timeout,
+                http_upstream: http_upstream.clone(),
+                adopted: adopted.remove(0),
                 relay_ports: relay_ports.clone(),
                 connections: Arc::clone(&connections),
                 stream_queue_bytes: config.stream_queue_bytes,
@@ -260,6 +275,7 @@ impl Relay {
             stopped: stopped_rx,
             threads,
             tls_files,
+            intake: StreamIntake::new(intake_queues),
         };
         for _ in 0..workers {
             match ready_rx.recv() {
@@ -312,6 +328,8 @@ pub struct RelayHandle {
     threads: Vec<JoinHandle<()>>,
     /// The `--tls-cert`/`--tls-key` files, read again by [`RelayHandle::reload_tls`].
     tls_files: Option<Arc<tls::CertificateFiles>>,
+    /// Hands streams other servers accepted to the workers.
+    intake: StreamIntake,
 }
 
 impl RelayHandle {
@@ -325,6 +343,12 @@ impl RelayHandle {
             return;
         };
         self.metrics.tls_reload(files.reload_and_log());
+    }
+
+    /// Where another server of this process hands over the TURN streams it accepted (a port
+    /// shared with HTTP, like signaling's `--shared-port`).
+    pub fn stream_intake(&self) -> StreamIntake {
+        self.intake.clone()
     }
 
     /// The bound addresses.

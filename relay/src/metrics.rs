@@ -47,6 +47,13 @@ pub struct IoStats {
     pub stream_framing_errors: u64,
     /// Receive errors on UDP sockets other than "nothing to read".
     pub recv_errors: u64,
+    /// Connections (`--http-upstream`) closed because their first bytes were neither TURN nor
+    /// HTTP, or did not come within `--tls-handshake-timeout`.
+    pub first_bytes_refused: u64,
+    /// Connections forwarded to `--http-upstream`.
+    pub http_upstream_connections: u64,
+    /// Of those, the ones the upstream did not accept (unreachable, refused, timed out).
+    pub http_upstream_failures: u64,
 }
 
 /// What one worker last published.
@@ -131,6 +138,9 @@ impl Metrics {
             t.stream_framing_errors += s.stream_framing_errors;
             t.stream_connections_refused += s.stream_connections_refused;
             t.recv_errors += s.recv_errors;
+            t.first_bytes_refused += s.first_bytes_refused;
+            t.http_upstream_connections += s.http_upstream_connections;
+            t.http_upstream_failures += s.http_upstream_failures;
         }
         t
     }
@@ -453,6 +463,24 @@ impl Collector for Metrics {
             "relay_recv_errors",
             "UDP receive errors",
             io.recv_errors,
+        )?;
+        counter(
+            &mut e,
+            "relay_first_bytes_refused",
+            "Connections closed (--http-upstream): first bytes neither TURN nor HTTP, or too late",
+            io.first_bytes_refused,
+        )?;
+        counter(
+            &mut e,
+            "relay_http_upstream_connections",
+            "Connections forwarded to --http-upstream",
+            io.http_upstream_connections,
+        )?;
+        counter(
+            &mut e,
+            "relay_http_upstream_failures",
+            "Connections --http-upstream did not accept (unreachable, refused, timed out)",
+            io.http_upstream_failures,
         )?;
         Ok(())
     }

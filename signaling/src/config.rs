@@ -302,6 +302,15 @@ pub struct Config {
         requires = "with_relay"
     )]
     pub relay_args: Vec<String>,
+
+    /// One port for everything: `--listen` serves TURN too, handed to the in-process relay.
+    /// Each connection is told apart by its first bytes (after the PROXY header and the TLS
+    /// handshake): STUN or ChannelData goes to the relay, an HTTP request line to the web side.
+    /// With TLS on, the port carries HTTPS, WSS and TURN over TLS (`turns:HOST:PORT` in
+    /// `welcome`); without, HTTP, WS and TURN over TCP (`turn:HOST:PORT?transport=tcp`).
+    #[cfg(feature = "with-relay")]
+    #[arg(long, env = "SIGNALING_SHARED_PORT", requires = "with_relay")]
+    pub shared_port: bool,
 }
 
 impl Config {

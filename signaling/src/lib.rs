@@ -160,6 +160,9 @@ mod server {
         /// The in-process relay's metrics (`--with-relay`): `/metrics` serves both.
         #[cfg(feature = "with-relay")]
         pub relay_metrics: std::sync::OnceLock<Arc<relay::Metrics>>,
+        /// Where the listener hands TURN connections (`--shared-port`).
+        #[cfg(feature = "with-relay")]
+        pub relay_intake: std::sync::OnceLock<relay::StreamIntake>,
     }
 
     /// What `--tls-cert`/`--tls-key` (the acceptor and the files, for reloads) or
@@ -294,6 +297,8 @@ mod server {
                 tls_self_signed_pem,
                 #[cfg(feature = "with-relay")]
                 relay_metrics: std::sync::OnceLock::new(),
+                #[cfg(feature = "with-relay")]
+                relay_intake: std::sync::OnceLock::new(),
                 clients: IpTable::new(IpLimits {
                     max_connections: config.max_connections_per_ip,
                     join_rate: config.join_rate_per_ip,
@@ -443,6 +448,8 @@ mod server {
             crate::listener::Edge {
                 proxy_protocol: state.config.proxy_protocol,
                 tls: state.tls.clone(),
+                #[cfg(feature = "with-relay")]
+                turn: state.relay_intake.get().cloned(),
             },
             Arc::clone(&state.metrics),
             stopped.clone(),

@@ -8,6 +8,11 @@
 //!   loop backs off for a moment and goes on serving instead of spinning;
 //! - at start-up, a warning when `ulimit -n` is below what `--max-connections` needs.
 //!
+//! With `--shared-port` (and `--with-relay`), a connection whose first bytes are STUN or
+//! ChannelData rather than an HTTP request line is handed to the in-process relay as a TURN
+//! stream (`startup::first_bytes` decides; the bytes read are replayed to whichever side takes
+//! it); it then leaves this count for the relay's `--max-connections`.
+//!
 //! Upgraded WebSockets leave this count: they are bounded by `--max-connections` and the
 //! per-address limits in [`crate::ws`]. So do connections while they carry a long-lived HTTP
 //! stream (an SSE stream, a pending long-poll): the handler borrows the connection's
@@ -37,11 +42,15 @@ pub struct ListenerLimits {
 }
 
 /// What a connection passes through before HTTP: a PROXY protocol header naming the client
-/// (`--proxy-protocol`), then TLS (`--tls-cert`/`--tls-key`, `--tls-self-signed`).
+/// (`--proxy-protocol`), then TLS (`--tls-cert`/`--tls-key`, `--tls-self-signed`), then with
+/// `--shared-port` its first bytes, which send TURN to the in-process relay.
 #[derive(Clone, Default)]
 pub struct Edge {
     pub proxy_protocol: bool,
     pub tls: Option<TlsAcceptor>,
+    /// `--shared-port`: where TURN connections go.
+    #[cfg(feature = "with-relay")]
+    pub turn: Option<relay::StreamIntake>,
 }
 
 /// A connection's place in the `--max-http-connections` count, held until it is upgraded or
@@ -136,6 +145,9 @@ pub async fn serve(
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             let mut tcp = tcp;
+            let Ok(local) = tcp.local_addr() else {
+                return;
+            };
             let peer = if edge.proxy_protocol {
                 let header_read_timeout = limits.header_read_timeout;
                 let client =
@@ -151,13 +163,24 @@ pub async fn serve(
             } else {
                 peer
             };
-            let Some(tls) = edge.tls else {
-                serve_connection(tcp, peer, router, limits, guard, stop).await;
+            let Some(tls) = edge.tls.clone() else {
+                let conn = Conn {
+                    peer,
+                    local,
+                    secure: false,
+                };
+                serve_or_hand_over(tcp, conn, &edge, router, limits, guard, stop, &metrics).await;
                 return;
             };
             match tokio::time::timeout(limits.header_read_timeout, tls.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    serve_connection(stream, peer, router, limits, guard, stop).await;
+                    let conn = Conn {
+                        peer,
+                        local,
+                        secure: true,
+                    };
+                    serve_or_hand_over(stream, conn, &edge, router, limits, guard, stop, &metrics)
+                        .await;
                 }
                 Ok(Err(e)) => {
                     metrics.tls_handshake_failures.inc();
@@ -170,6 +193,67 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// A connection past its PROXY header: the client, our address, and whether it is TLS.
+#[derive(Clone, Copy)]
+struct Conn {
+    peer: SocketAddr,
+    #[cfg_attr(not(feature = "with-relay"), allow(dead_code))]
+    local: SocketAddr,
+    #[cfg_attr(not(feature = "with-relay"), allow(dead_code))]
+    secure: bool,
+}
+
+/// HTTP on `io`; with `--shared-port`, HTTP or (handed to the in-process relay) TURN, by the
+/// first bytes, which must come within `--header-read-timeout`.
+#[allow(clippy::too_many_arguments)]
+async fn serve_or_hand_over<I>(
+    io: I,
+    conn: Conn,
+    edge: &Edge,
+    router: Router,
+    limits: ListenerLimits,
+    guard: Pending,
+    stop: CancellationToken,
+    metrics: &Metrics,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    #[cfg(feature = "with-relay")]
+    if let Some(intake) = &edge.turn {
+        use startup::first_bytes::{Protocol, sniff};
+        let peer = conn.peer;
+        match sniff(io, limits.header_read_timeout).await {
+            Ok((Protocol::Http, io)) => {
+                serve_connection(io, peer, router, limits, guard, stop).await;
+            }
+            Ok((Protocol::Turn, io)) => {
+                // Not an HTTP connection: the relay's `--max-connections` counts it from now.
+                drop(guard);
+                let transport = if conn.secure {
+                    relay::StreamTransport::Tls
+                } else {
+                    relay::StreamTransport::Tcp
+                };
+                match intake.adopt(io, peer, conn.local, transport) {
+                    Ok(()) => metrics.turn_handovers.inc(),
+                    Err(e) => {
+                        metrics.first_bytes_refused.inc();
+                        tracing::debug!(error = %e, %peer, "TURN connection not taken");
+                    }
+                }
+            }
+            Err(e) => {
+                metrics.first_bytes_refused.inc();
+                tracing::debug!(error = %e, %peer, "neither TURN nor HTTP: closing");
+            }
+        }
+        return;
+    }
+    #[cfg(not(feature = "with-relay"))]
+    let _ = (edge, metrics);
+    serve_connection(io, conn.peer, router, limits, guard, stop).await;
 }
 
 async fn serve_connection<I>(

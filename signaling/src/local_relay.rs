@@ -2,7 +2,9 @@
 //! starts the whole local stack. The relay keeps its own threads and sockets; this module only
 //! chooses loopback-safe defaults, shares the TURN REST secret with it, and turns its bound
 //! addresses into the ICE server URLs clients receive. In production the two binaries run
-//! separately with the same secret.
+//! separately with the same secret. With `--shared-port`, the signaling listener hands the TURN
+//! connections it accepts to the relay ([`relay::StreamIntake`], see [`crate::listener`]), and
+//! clients get that port's URL too.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -23,8 +25,9 @@ pub struct LocalRelay {
 
 impl LocalRelay {
     /// Starts the relay and completes `config` with its URLs and, when none was given, a
-    /// freshly generated TURN secret (shared with the relay, never printed).
-    pub fn start(config: &mut Config) -> Result<Self, Error> {
+    /// freshly generated TURN secret (shared with the relay, never printed). `listening` is
+    /// signaling's own bound address: with `--shared-port`, the URL of TURN on it comes last.
+    pub fn start(config: &mut Config, listening: SocketAddr) -> Result<Self, Error> {
         if config.turn_secrets.is_empty() {
             config.turn_secrets.push(generated_secret());
         }
@@ -73,6 +76,11 @@ impl LocalRelay {
                 .turn_urls
                 .push(format!("turns:{host}:{}?transport=tcp", tls.port()));
         }
+        if config.shared_port {
+            config
+                .turn_urls
+                .push(shared_port_url(config, &host, listening));
+        }
         tracing::info!(stun = ?config.stun_urls, turn = ?config.turn_urls, "in-process relay started");
         // Scripts and tests parse these lines, like `listening on ...`.
         println!("relay udp {}", format_addrs(&addrs.udp));
@@ -81,6 +89,11 @@ impl LocalRelay {
             println!("relay admin http://{admin}");
         }
         Ok(Self { handle })
+    }
+
+    /// Where the listener hands the TURN connections of `--shared-port`.
+    pub fn stream_intake(&self) -> relay::StreamIntake {
+        self.handle.stream_intake()
     }
 
     /// The relay's metrics (signaling's `/metrics` carries them too).
@@ -120,6 +133,17 @@ fn start_relay(
     }
     relay_config.validate()?;
     relay::Relay::start(relay_config)
+}
+
+/// TURN on signaling's own port (`--shared-port`): over TLS when signaling serves TLS, over TCP
+/// otherwise. The host is the one clients use for the relay; the port is signaling's.
+fn shared_port_url(config: &Config, host: &str, listening: SocketAddr) -> String {
+    let port = listening.port();
+    if config.tls_cert.is_some() || config.tls_self_signed {
+        format!("turns:{host}:{port}?transport=tcp")
+    } else {
+        format!("turn:{host}:{port}?transport=tcp")
+    }
 }
 
 /// 32 random bytes, hex: the shared secret of a stack nobody configured.

@@ -28,7 +28,10 @@ async fn main() -> anyhow::Result<()> {
     signaling::agree_turn_secret_if_needed(&mut config).await?;
     #[cfg(feature = "with-relay")]
     let local_relay = if config.with_relay {
-        Some(signaling::local_relay::LocalRelay::start(&mut config)?)
+        Some(signaling::local_relay::LocalRelay::start(
+            &mut config,
+            addr,
+        )?)
     } else {
         None
     };
@@ -36,6 +39,9 @@ async fn main() -> anyhow::Result<()> {
     #[cfg(feature = "with-relay")]
     if let Some(local_relay) = &local_relay {
         let _ = state.relay_metrics.set(local_relay.metrics());
+        if state.config.shared_port {
+            let _ = state.relay_intake.set(local_relay.stream_intake());
+        }
     }
     // Tests and scripts parse this line for the bound address.
     let (http, ws) = if state.tls.is_some() {

@@ -49,6 +49,11 @@ pub struct Metrics {
     tls_reloads: Family<ResultLabel, Counter>,
     /// Connections closed because their PROXY header was missing or malformed.
     pub proxy_headers_refused: Counter,
+    /// `--shared-port`: connections closed because their first bytes were neither TURN nor
+    /// HTTP (or came too late), or because the relay could not take them.
+    pub first_bytes_refused: Counter,
+    /// `--shared-port`: TURN connections handed to the in-process relay.
+    pub turn_handovers: Counter,
     errors: Family<CodeLabel, Counter>,
     resumes: Family<ResultLabel, Counter>,
     http_requests: Family<KindLabel, Counter>,
@@ -76,6 +81,8 @@ impl Default for Metrics {
         let tls_handshake_failures = Counter::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
         let proxy_headers_refused = Counter::default();
+        let first_bytes_refused = Counter::default();
+        let turn_handovers = Counter::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let resumes = Family::<ResultLabel, Counter>::default();
         let http_requests = Family::<KindLabel, Counter>::default();
@@ -147,6 +154,17 @@ impl Default for Metrics {
             "Connections closed: no well-formed PROXY protocol header (--proxy-protocol)",
             proxy_headers_refused.clone(),
         );
+        registry.register(
+            "first_bytes_refused",
+            "Connections closed (--shared-port): first bytes neither TURN nor HTTP, too late, or \
+             the relay busy",
+            first_bytes_refused.clone(),
+        );
+        registry.register(
+            "turn_handovers",
+            "TURN connections handed to the in-process relay (--shared-port)",
+            turn_handovers.clone(),
+        );
         registry.register("errors", "Error replies by code", errors.clone());
         registry.register("resumes", "Resume attempts by result", resumes.clone());
         registry.register(
@@ -170,6 +188,8 @@ impl Default for Metrics {
             tls_handshake_failures,
             tls_reloads,
             proxy_headers_refused,
+            first_bytes_refused,
+            turn_handovers,
             errors,
             resumes,
             http_requests,

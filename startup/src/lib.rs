@@ -9,10 +9,12 @@
 //! - [`logging`]: `--log-format text|json` on stderr, colours only on a terminal;
 //! - [`signals`]: SIGTERM or SIGINT;
 //! - `tls` (feature `tls`): a TLS server configuration from PEM files, or self-signed;
-//! - `proxy_protocol` (feature `proxy-protocol`): the PROXY header at the start of a connection.
+//! - `proxy_protocol` (feature `proxy-protocol`): the PROXY header at the start of a connection;
+//! - [`first_bytes`]: TURN or HTTP on one port, told apart by a connection's first bytes.
 
 pub mod config_file;
 pub mod duration;
+pub mod first_bytes;
 pub mod logging;
 #[cfg(feature = "proxy-protocol")]
 pub mod proxy_protocol;

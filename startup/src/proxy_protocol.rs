@@ -75,6 +75,32 @@ pub async fn read_header<S: AsyncRead + Unpin>(
     source(HeaderResult::parse(&header))
 }
 
+/// A PROXY v2 header (`PROXY`, TCP) naming `client` as the source and `server` as the
+/// destination: what a balancer in front writes, for a server behind that reads it with
+/// `--proxy-protocol`. Addresses of different families are both written as IPv6 (IPv4-mapped).
+pub fn v2_header(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+    let (client, server) = if client.is_ipv4() == server.is_ipv4() {
+        (client, server)
+    } else {
+        (as_ipv6(client), as_ipv6(server))
+    };
+    v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Proxy,
+        v2::Protocol::Stream,
+        (client, server),
+    )
+    .build()
+    // Writing into a Vec cannot fail, and two addresses fit the length field.
+    .unwrap_or_default()
+}
+
+fn as_ipv6(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        SocketAddr::V6(_) => addr,
+    }
+}
+
 fn source(parsed: HeaderResult<'_>) -> Result<Option<SocketAddr>, ProxyHeaderError> {
     match parsed {
         HeaderResult::V2(Ok(header)) => Ok(match (header.command, header.addresses) {
@@ -150,6 +176,24 @@ mod tests {
             client_within(&mut silent, peer, short).await,
             Err(ProxyHeaderError::TimedOut(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_written_v2_header_reads_back_as_the_client() {
+        let client: SocketAddr = "203.0.113.7:40000".parse().unwrap();
+        let server: SocketAddr = "10.0.0.1:443".parse().unwrap();
+        let (addr, rest) = read(&[v2_header(client, server), b"GET".to_vec()].concat()).await;
+        assert_eq!(
+            (addr.unwrap(), rest.as_slice()),
+            (Some(client), &b"GET"[..])
+        );
+        let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        let (addr, _) = read(&v2_header(client, v6)).await;
+        let mapped = SocketAddr::new(
+            "::ffff:203.0.113.7".parse::<std::net::IpAddr>().unwrap(),
+            40000,
+        );
+        assert_eq!(addr.unwrap(), Some(mapped), "mixed families: both as IPv6");
     }
 
     #[tokio::test]

@@ -6,8 +6,10 @@
 //! - [`http_get`] and [`metric_value`]: a plain HTTP GET and one sample of Prometheus text;
 //! - [`free_port`], [`wait_until`], [`bin_path`];
 //! - [`rest_password`]: the TURN REST password, the relay's own implementation;
-//! - [`write_self_signed`]: a certificate and key as PEM files (`--tls-cert`/`--tls-key`).
+//! - [`write_self_signed`]: a certificate and key as PEM files (`--tls-cert`/`--tls-key`);
+//! - [`coturn`]: coturn's `turnutils_peer` and `turnutils_uclient`.
 
+pub mod coturn;
 mod process;
 
 use std::io::{Read as _, Write as _};

@@ -121,13 +121,14 @@ export class Proc {
   }
 }
 
-/** Starts `signaling` (on 127.0.0.1:0 unless told) and resolves with { proc, addr, http, ws }. */
+/** Starts `signaling` (on 127.0.0.1:0 unless told) and resolves with { proc, addr, http, ws }
+ * (https and wss with TLS). */
 export async function startSignaling(args = [], name = 'signaling', listen = '127.0.0.1:0') {
   const bin = requireBin('SIGNALING_BIN', 'signaling');
   const proc = new Proc(name, bin, ['--listen', listen, ...args], { env: { RUST_LOG: process.env.RUST_LOG || 'info' } });
-  const m = await proc.waitForLine(/listening on http:\/\/(\S+)/, 20000, '"listening on http://ADDR"');
-  const addr = m[1];
-  return { proc, addr, http: `http://${addr}`, ws: `ws://${addr}/ws` };
+  const m = await proc.waitForLine(/listening on http(s?):\/\/(\S+)/, 20000, '"listening on http(s)://ADDR"');
+  const [, s, addr] = m;
+  return { proc, addr, http: `http${s}://${addr}`, ws: `ws${s}://${addr}/ws` };
 }
 
 /** A free port on 127.0.0.1 for both UDP and TCP (for servers that must be told their port). */

@@ -702,6 +702,47 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
   assert(info.localType === 'relay' && info.remoteType === 'relay', `still relay/relay: ${JSON.stringify(info)}`);
 });
 
+/**
+ * One port for everything (`--shared-port`): the page, its WSS signaling and TURN over TLS all
+ * on signaling's one TLS port, the in-process relay behind it. The pages may use only that
+ * port's TURN URL (as a client behind a firewall that lets nothing but that TCP port out) and
+ * relay-only: the call connects through TURN over TLS on the shared port.
+ */
+test('one port: relay-only through TURN over TLS on the port that serves the page and WSS (--shared-port)', async (t) => {
+  const sig = await startSignaling(['--tls-self-signed', '--with-relay', '--relay-listen', '127.0.0.1:0', '--shared-port'], 'signaling-one-port');
+  t.track(sig.proc);
+  assert(sig.http.startsWith('https://'), `served over TLS: ${sig.http}`);
+  const port = sig.addr.split(':').pop();
+  // The self-signed certificate: for the page, its WSS and the TURN over TLS connection.
+  const browser = await launchBrowser(['--ignore-certificate-errors']);
+  t.onClose(() => browser.close());
+  const onlyThisPort = `(${(p) => {
+    const keep = (config) => {
+      const servers = (config?.iceServers || []).map((s) => ({ ...s, urls: [].concat(s.urls).filter((u) => u.startsWith(`turns:127.0.0.1:${p}?`)) }));
+      return { ...config, iceServers: servers.filter((s) => s.urls.length) };
+    };
+    const Real = window.RTCPeerConnection;
+    const setConfiguration = Real.prototype.setConfiguration;
+    Real.prototype.setConfiguration = function (config) { return setConfiguration.call(this, keep(config)); };
+    window.RTCPeerConnection = function RTCPeerConnection(config, ...rest) { return new Real(keep(config), ...rest); };
+    window.RTCPeerConnection.prototype = Real.prototype;
+  }})(${JSON.stringify(port)})`;
+  const a = await t.open('Alice', { server: sig, browser, query: 'relay=1', initScript: onlyThisPort });
+  await a.joined();
+  const b = await t.open('Bob', { server: sig, browser, query: 'relay=1', initScript: onlyThisPort });
+  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  for (const p of [a, b]) {
+    const info = Object.values(await p.stats())[0];
+    assert(info && info.localType === 'relay' && info.relayProtocol === 'tls', `${p.name}: relayed over TLS: ${JSON.stringify(info)}`);
+    assert(String(info.relayUrl).includes(`:${port}`), `${p.name}: through the shared port ${port}: ${JSON.stringify(info)}`);
+  }
+  await a.eval(() => window.__demo.sendChat('one port for everything'));
+  await b.chatFrom('one port for everything');
+  const metrics = await a.eval(async () => (await fetch('/metrics')).text());
+  const handovers = Number((metrics.match(/^signaling_turn_handovers_total (\d+)/m) || [])[1]);
+  assert(handovers >= 2, `TURN connections handed to the relay: ${handovers}`);
+});
+
 test('relay switch: "Relay only" turned on mid-call moves the call onto the relay, and off again, from either side', async (t) => {
   const { port, secret, metric } = await startRelay(t, { admin: true });
   const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret], 'signaling-turn');

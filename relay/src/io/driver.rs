@@ -17,6 +17,8 @@ use tokio::task::LocalSet;
 
 use super::conn_limit::ConnectionLimit;
 use super::drain::DrainSignal;
+use super::http_upstream::HttpUpstream;
+use super::intake::{Adopted, serve_adopted};
 use super::relay_ports::RelayPorts;
 use super::shard::{RelayWide, Shard, TIME_BUDGET};
 use super::tcp;
@@ -40,6 +42,10 @@ pub(crate) struct WorkerSetup {
     pub(crate) proxy_protocol: bool,
     /// How long a PROXY header may take (`--tls-handshake-timeout`).
     pub(crate) header_timeout: Duration,
+    /// `--http-upstream` on the TCP and TLS listeners.
+    pub(crate) http_upstream: Option<HttpUpstream>,
+    /// Streams other servers of the process hand over (`StreamIntake`).
+    pub(crate) adopted: mpsc::Receiver<Adopted>,
     pub(crate) relay_ports: RelayPorts,
     /// `--max-connections`, one counter for every worker.
     pub(crate) connections: Arc<ConnectionLimit>,
@@ -81,6 +87,8 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             tls_accept,
             proxy_protocol,
             header_timeout,
+            http_upstream,
+            adopted,
             relay_ports,
             connections,
             stream_queue_bytes,
@@ -133,10 +141,15 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
                 Rc::clone(socket),
             )));
         }
+        listeners.push(tokio::task::spawn_local(serve_adopted(
+            Rc::clone(&shard),
+            adopted,
+        )));
         let plain = tcp::StreamEdge {
             proxy_protocol,
             tls: None,
             header_timeout,
+            http_upstream,
         };
         for listener in tcp {
             listeners.push(tokio::task::spawn_local(tcp::accept_loop(

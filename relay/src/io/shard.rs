@@ -367,6 +367,22 @@ impl Shard {
         self.count(|s| s.proxy_headers_refused += 1);
     }
 
+    /// Counts a connection (`--http-upstream`) whose first bytes were neither TURN nor HTTP,
+    /// or did not arrive in time.
+    pub(crate) fn first_bytes_refused(&self) {
+        self.count(|s| s.first_bytes_refused += 1);
+    }
+
+    /// Counts a connection forwarded to `--http-upstream`.
+    pub(crate) fn http_forward_started(&self) {
+        self.count(|s| s.http_upstream_connections += 1);
+    }
+
+    /// Counts a connection that could not be forwarded (the upstream unreachable).
+    pub(crate) fn http_forward_failed(&self) {
+        self.count(|s| s.http_upstream_failures += 1);
+    }
+
     /// Counts a stream closed for bad framing.
     pub(crate) fn framing_error(&self) {
         self.count(|s| s.stream_framing_errors += 1);

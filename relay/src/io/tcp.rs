@@ -2,7 +2,8 @@
 //! kernel spreads connections over workers and a connection stays on the shard that accepted
 //! it). Every accepted connection first takes a slot of the relay-wide `--max-connections`
 //! (refused and closed at once without one) and holds it until it ends, TLS handshake
-//! included; the handshake must finish within `--tls-handshake-timeout`. Then `stream::serve`.
+//! included; the handshake must finish within `--tls-handshake-timeout`. Then `stream::serve`,
+//! or with `--http-upstream`, TURN or a forward to the upstream by the first bytes.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,9 +12,11 @@ use std::time::Duration;
 
 use relay_proto::{FiveTuple, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
+use startup::first_bytes::Protocol;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use super::http_upstream::{self, HttpUpstream};
 use super::shard::Shard;
 use super::stream;
 
@@ -39,13 +42,16 @@ pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListene
 }
 
 /// How a listener's connections start: a PROXY header naming the client (`--proxy-protocol`,
-/// read within the TLS handshake timeout), then TLS when `tls` is given.
+/// read within the TLS handshake timeout), then TLS when `tls` is given, then, with
+/// `--http-upstream`, the first bytes that tell TURN from HTTP.
 #[derive(Clone)]
 pub(crate) struct StreamEdge {
     pub(crate) proxy_protocol: bool,
     pub(crate) tls: Option<TlsAccept>,
-    /// The time a PROXY header may take.
+    /// The time a PROXY header (and the first bytes, with an upstream) may take.
     pub(crate) header_timeout: Duration,
+    /// `--http-upstream`: where connections that speak HTTP go.
+    pub(crate) http_upstream: Option<HttpUpstream>,
 }
 
 /// Accepts connections until the worker stops.
@@ -91,41 +97,46 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, edge: S
             } else {
                 client
             };
-            match edge.tls {
+            match &edge.tls {
                 None => {
                     let five = FiveTuple {
                         client,
                         server,
                         transport: Transport::Tcp,
                     };
-                    stream::serve(conn_shard, conn, five).await;
+                    serve_stream(conn_shard, conn, five, &edge).await;
                 }
-                Some(tls) => serve_tls(conn_shard, conn, client, server, &tls).await,
+                Some(tls) => {
+                    serve_tls(conn_shard, conn, five_tls(client, server), tls, &edge).await
+                }
             }
         });
     }
 }
 
-/// The TLS handshake (bounded by `handshake_timeout`), then the TURN stream.
+fn five_tls(client: SocketAddr, server: SocketAddr) -> FiveTuple {
+    FiveTuple {
+        client,
+        server,
+        transport: Transport::Tls,
+    }
+}
+
+/// The TLS handshake (bounded by `handshake_timeout`), then the TURN stream (or, with
+/// `--http-upstream`, whatever the first bytes say).
 async fn serve_tls(
     shard: Rc<Shard>,
     conn: TcpStream,
-    client: SocketAddr,
-    server: SocketAddr,
+    five: FiveTuple,
     tls: &TlsAccept,
+    edge: &StreamEdge,
 ) {
+    let client = five.client;
     let handshake = shard.tls_handshake_started();
     let result = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(conn)).await;
     drop(handshake);
     match result {
-        Ok(Ok(tls_stream)) => {
-            let five = FiveTuple {
-                client,
-                server,
-                transport: Transport::Tls,
-            };
-            stream::serve(shard, tls_stream, five).await;
-        }
+        Ok(Ok(tls_stream)) => serve_stream(shard, tls_stream, five, edge).await,
         Ok(Err(e)) => {
             tracing::debug!(%client, error = %e, "TLS handshake failed");
             shard.tls_handshake_failed();
@@ -133,6 +144,32 @@ async fn serve_tls(
         Err(_) => {
             tracing::debug!(%client, "TLS handshake timed out");
             shard.tls_handshake_timed_out();
+        }
+    }
+}
+
+/// A connection past its PROXY header and TLS handshake: TURN, or with `--http-upstream`, TURN
+/// or HTTP by its first bytes (anything else is closed and counted).
+async fn serve_stream<S>(shard: Rc<Shard>, conn: S, five: FiveTuple, edge: &StreamEdge)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some(upstream) = &edge.http_upstream else {
+        stream::serve(shard, conn, five).await;
+        return;
+    };
+    match startup::first_bytes::sniff(conn, edge.header_timeout).await {
+        Ok((Protocol::Turn, conn)) => stream::serve(shard, conn, five).await,
+        Ok((Protocol::Http, conn)) => {
+            shard.http_forward_started();
+            if let Err(e) = http_upstream::forward(upstream, conn, five.client, five.server).await {
+                tracing::warn!(client = %five.client, error = %e, "HTTP connection not forwarded");
+                shard.http_forward_failed();
+            }
+        }
+        Err(e) => {
+            tracing::debug!(client = %five.client, error = %e, "neither TURN nor HTTP: closing");
+            shard.first_bytes_refused();
         }
     }
 }

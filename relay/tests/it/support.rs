@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use relay_proto::framing;
 use testkit::Spawned;
+pub(crate) use testkit::coturn::{EchoPeer, UclientReport, parse_uclient, require_coturn, uclient};
 pub(crate) use testkit::{metric_value, rest_password};
 
 use stun::attributes::{ATTR_NONCE, ATTR_REALM};
@@ -274,102 +275,6 @@ pub(crate) fn run_relay_to_exit(
 /// A minimal HTTP/1.1 GET: (status, body); status 0 if the server could not be reached.
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     testkit::http_get(addr, path).unwrap_or((0, String::new()))
-}
-
-/// A free UDP port on 127.0.0.1 (bound and released: good enough for a test peer).
-pub(crate) fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Panics with an install hint if coturn's test tools are missing.
-pub(crate) fn require_coturn() {
-    if !std::path::Path::new("/usr/bin/turnutils_uclient").exists() {
-        panic!(
-            "coturn's turnutils are missing: run scripts/install-test-deps.sh (apt-get install coturn)"
-        );
-    }
-}
-
-/// `turnutils_peer` echoing on 127.0.0.1:PORT; killed on drop.
-pub(crate) struct EchoPeer {
-    child: Child,
-    pub(crate) port: u16,
-}
-
-impl EchoPeer {
-    pub(crate) fn start() -> Self {
-        require_coturn();
-        let port = free_udp_port();
-        let child = Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn turnutils_peer");
-        std::thread::sleep(Duration::from_millis(200));
-        Self { child, port }
-    }
-}
-
-impl Drop for EchoPeer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `turnutils_uclient` with `args` under a timeout.
-pub(crate) fn uclient(args: &[&str], timeout: Duration) -> Output {
-    require_coturn();
-    let secs = timeout.as_secs().max(1).to_string();
-    Command::new("timeout")
-        .args(["-s", "KILL", &secs, "turnutils_uclient"])
-        .args(args)
-        .output()
-        .expect("run turnutils_uclient")
-}
-
-/// What `turnutils_uclient` reported at the end of a run.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct UclientReport {
-    pub(crate) sent_bytes: u64,
-    pub(crate) received_bytes: u64,
-    pub(crate) lost_packets: Option<u64>,
-    pub(crate) errors: Vec<String>,
-}
-
-/// Parses `tot_send_bytes ~ N, tot_recv_bytes ~ M` and `Total lost packets N` lines.
-pub(crate) fn parse_uclient(output: &Output) -> UclientReport {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut r = UclientReport::default();
-    for line in text.lines() {
-        if let Some(rest) = line.split("tot_send_bytes ~ ").nth(1) {
-            let mut parts = rest.split(", tot_recv_bytes ~ ");
-            r.sent_bytes = parts
-                .next()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            r.received_bytes = parts
-                .next()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-        }
-        if let Some(rest) = line.split("Total lost packets ").nth(1) {
-            r.lost_packets = rest.split_whitespace().next().and_then(|v| v.parse().ok());
-        }
-        if line.contains("error") || line.contains("Cannot") {
-            r.errors.push(line.to_owned());
-        }
-    }
-    r
 }
 
 /// A TURN response's outcome.

@@ -12,6 +12,7 @@ mod http;
 #[path = "../../../tests/src/signaling_http.rs"]
 mod http_client;
 mod limits;
+mod one_port;
 mod ops;
 mod proxy;
 mod resume;

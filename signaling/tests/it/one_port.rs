@@ -1,0 +1,288 @@
+//! One port for everything (`--shared-port`, and the relay's `--http-upstream`): HTTPS, WSS and
+//! TURN over TLS on one TLS port, HTTP, WS and TURN over TCP on one plain port, told apart by
+//! each connection's first bytes. coturn's `turnutils_uclient` allocates and relays through
+//! the port with zero loss while WebSocket clients join a room on the same port; `welcome`
+//! advertises the port; connections that speak neither are refused and counted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use signaling::protocol::{ServerMessage, SessionInfo};
+use testkit::coturn::{EchoPeer, UclientReport, parse_uclient, uclient};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::support::{Client, Server, join_message};
+use crate::tls::{https_get_at, trusting};
+
+/// The static TURN user the tests' relays know.
+const USER: [&str; 2] = ["alice", "wonderland"];
+
+/// Runs `turnutils_uclient` (4 clients, 100 messages of 180 bytes each, channels) through
+/// `port` with `transport` flags (`-t` TCP, `-t -S` TLS) to the echo `peer`, on a blocking
+/// thread.
+async fn uclient_through(port: u16, peer: &EchoPeer, transport: &[&str]) -> UclientReport {
+    let peer_port = peer.port.to_string();
+    let mut args: Vec<String> = transport.iter().map(|s| (*s).to_owned()).collect();
+    args.extend(
+        [
+            "-c",
+            "-p",
+            &port.to_string(),
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port,
+            "-m",
+            "4",
+            "-n",
+            "100",
+            "-l",
+            "180",
+            "-z",
+            "2",
+            "-u",
+            USER[0],
+            "-w",
+            USER[1],
+            "127.0.0.1",
+        ]
+        .map(str::to_owned),
+    );
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        parse_uclient(&uclient(&args, Duration::from_secs(60)))
+    })
+    .await
+    .expect("uclient thread")
+}
+
+fn assert_lossless(report: &UclientReport) {
+    assert!(report.sent_bytes > 0, "uclient sent nothing: {report:?}");
+    assert_eq!(report.received_bytes, report.sent_bytes, "{report:?}");
+    assert_eq!(report.lost_packets, Some(0), "no loss: {report:?}");
+}
+
+/// Every URL `welcome` offers.
+fn urls(info: &SessionInfo) -> Vec<String> {
+    info.ice_servers
+        .iter()
+        .flat_map(|s| s.urls.iter().cloned())
+        .collect()
+}
+
+/// Two WebSocket clients meet in `room` at `url` while `traffic` runs; returns the first one's
+/// welcome.
+async fn two_peers_meet(connect: impl AsyncFn() -> Client, room: &str) -> SessionInfo {
+    let mut a = connect().await;
+    a.send(&join_message(room)).await;
+    let info = a.expect_welcome().await;
+    let mut b = connect().await;
+    b.send(&join_message(room)).await;
+    b.expect_welcome().await;
+    assert!(matches!(
+        a.recv_message().await,
+        ServerMessage::PeerJoined { .. }
+    ));
+    info
+}
+
+/// Sends `bytes` and expects the connection to close without an answer.
+async fn refused(addr: SocketAddr, bytes: &[u8]) {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(bytes).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "answered: {read:?}");
+}
+
+fn relay_flags<'a>() -> Vec<&'a str> {
+    vec![
+        "--with-relay",
+        "--relay-listen",
+        "127.0.0.1:0",
+        "--relay-arg=--user=alice:wonderland",
+        "--shared-port",
+    ]
+}
+
+#[tokio::test]
+async fn turn_over_tls_and_wss_share_the_signaling_port() {
+    let mut flags = relay_flags();
+    flags.push("--tls-self-signed");
+    let mut server = Server::spawn(&flags);
+    let tls = trusting(&server.startup_output());
+    let port = server.addr.port();
+    let peer = EchoPeer::start();
+
+    // TURN over TLS and WSS on the same port at the same time.
+    let url = format!("wss://localhost:{port}/ws/shared");
+    let (report, info) = tokio::join!(
+        uclient_through(port, &peer, &["-t", "-S"]),
+        two_peers_meet(
+            async || {
+                Client::connect_tls(&url, Arc::clone(&tls))
+                    .await
+                    .expect("wss")
+            },
+            "shared",
+        )
+    );
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_lossless(&report);
+
+    let advertised = format!("turns:127.0.0.1:{port}?transport=tcp");
+    assert!(urls(&info).contains(&advertised), "{:?}", urls(&info));
+
+    refused(server.addr, b"\x16\x03\x01\x00\x05hello").await;
+    let metrics = https_get_at(server.addr, Arc::clone(&tls), "/metrics")
+        .await
+        .expect("HTTPS on the shared port");
+    let handovers = testkit::metric_value(&metrics, "signaling_turn_handovers_total");
+    assert!(
+        handovers >= Some(4.0),
+        "one per uclient client: {handovers:?}"
+    );
+}
+
+#[tokio::test]
+async fn turn_over_tcp_and_ws_share_a_plain_signaling_port() {
+    let server = Server::spawn(&relay_flags());
+    let port = server.addr.port();
+    let peer = EchoPeer::start();
+    let url = format!("ws://{}/ws/plain", server.addr);
+    let (report, info) = tokio::join!(
+        uclient_through(port, &peer, &["-t"]),
+        two_peers_meet(async || Client::connect(&url).await, "plain")
+    );
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_lossless(&report);
+    let advertised = format!("turn:127.0.0.1:{port}?transport=tcp");
+    assert!(urls(&info).contains(&advertised), "{:?}", urls(&info));
+
+    // Neither TURN nor HTTP (a TLS ClientHello on the plain port, a lower-case method): closed.
+    refused(server.addr, b"\x16\x03\x01\x00\x05hello").await;
+    refused(server.addr, b"get / HTTP/1.1\r\n\r\n").await;
+    assert!(server.metric("signaling_first_bytes_refused_total").await >= 2);
+    assert!(server.metric("signaling_turn_handovers_total").await >= 4);
+}
+
+#[tokio::test]
+async fn without_shared_port_the_relay_keeps_to_its_own_ports() {
+    let server = Server::spawn(&relay_flags()[..4]);
+    let (_client, info) = Client::join(&format!("ws://{}/ws/own", server.addr), None).await;
+    let port = format!(":{}?", server.addr.port());
+    assert!(
+        urls(&info).iter().all(|u| !u.contains(&port)),
+        "{:?}",
+        urls(&info)
+    );
+    // A STUN Binding on the signaling port is not HTTP: hyper answers 400 or closes.
+    let binding = [
+        0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ];
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(&binding).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(
+        !matches!(read, Ok(n) if n >= 2 && buf[0] == 0x01 && buf[1] == 0x01),
+        "no STUN answer without --shared-port"
+    );
+}
+
+/// A standalone relay in front of signaling: `--http-upstream` forwards the HTTPS and WSS
+/// connections of its TLS port (and HTTP on its TCP port) to signaling, with a PROXY v2 header
+/// (`--http-upstream-proxy-protocol`, signaling runs with `--proxy-protocol`), and serves TURN
+/// over TLS on the same port.
+#[tokio::test]
+async fn a_standalone_relay_forwards_the_web_to_its_upstream_and_serves_turn_on_the_same_port() {
+    let signaling = Server::spawn(&["--proxy-protocol"]);
+    let upstream = signaling.addr.to_string();
+    let config = relay::Config::from_args([
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-self-signed",
+        "--user",
+        "alice:wonderland",
+        "--allow-loopback-peers",
+        "--admin-listen",
+        "none",
+        "--workers",
+        "1",
+        "--http-upstream",
+        &upstream,
+        "--http-upstream-proxy-protocol",
+    ])
+    .expect("relay config");
+    let relay = relay::Relay::start(config).expect("relay");
+    let tls_addr = relay.addrs().tls[0];
+    let tcp_addr = relay.addrs().tcp[0];
+    let tls = trusting(relay.addrs().tls_self_signed_pem.as_deref().expect("PEM"));
+    let peer = EchoPeer::start();
+
+    let url = format!("wss://localhost:{}/ws/edge", tls_addr.port());
+    let (report, _info) = tokio::join!(
+        uclient_through(tls_addr.port(), &peer, &["-t", "-S"]),
+        two_peers_meet(
+            async || {
+                Client::connect_tls(&url, Arc::clone(&tls))
+                    .await
+                    .expect("wss through the relay")
+            },
+            "edge",
+        )
+    );
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_lossless(&report);
+
+    let health = https_get_at(tls_addr, Arc::clone(&tls), "/healthz")
+        .await
+        .expect("HTTPS through the relay");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let plain = tokio::task::spawn_blocking(move || testkit::http_get(tcp_addr, "/healthz"))
+        .await
+        .unwrap()
+        .expect("HTTP through the relay's TCP port");
+    assert_eq!(plain.0, 200, "{plain:?}");
+    // Neither TURN nor HTTP on the TCP port: closed and counted.
+    refused(tcp_addr, b"\x16\x03\x01\x00\x05hello").await;
+
+    // The workers publish their counters on their timer tick (every 200 ms at most).
+    let mut counted = None;
+    for _ in 0..50 {
+        let metrics = relay.metrics().render();
+        let value = |name| testkit::metric_value(&metrics, name).unwrap_or(0.0);
+        counted = Some((
+            value("relay_http_upstream_connections_total"),
+            value("relay_http_upstream_failures_total"),
+            value("relay_first_bytes_refused_total"),
+        ));
+        if counted.is_some_and(|(forwarded, _, refused)| forwarded >= 4.0 && refused >= 1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        counted,
+        Some((4.0, 0.0, 1.0)),
+        "(forwarded: two WSS, HTTPS, HTTP; failed; refused)"
+    );
+    // Signaling refused no PROXY header: every forwarded connection carried one (read through
+    // the relay: signaling takes no connection without the header).
+    let metrics = https_get_at(tls_addr, Arc::clone(&tls), "/metrics")
+        .await
+        .expect("metrics through the relay");
+    assert_eq!(
+        testkit::metric_value(&metrics, "signaling_proxy_headers_refused_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+    relay.shutdown().await;
+}

@@ -1,0 +1,94 @@
+//! coturn's test clients (Debian package `coturn`): `turnutils_peer` as a UDP echo peer and
+//! `turnutils_uclient` as a TURN client, with the report it prints parsed.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// Panics with an install hint if coturn's test tools are missing.
+pub fn require_coturn() {
+    if !std::path::Path::new("/usr/bin/turnutils_uclient").exists() {
+        panic!(
+            "coturn's turnutils are missing: run scripts/install-test-deps.sh (apt-get install coturn)"
+        );
+    }
+}
+
+/// `turnutils_peer` echoing on 127.0.0.1:PORT; killed on drop.
+pub struct EchoPeer {
+    child: Child,
+    /// The UDP port it echoes on.
+    pub port: u16,
+}
+
+impl EchoPeer {
+    /// Starts the peer on a free port.
+    pub fn start() -> Self {
+        require_coturn();
+        let port = crate::free_port();
+        let child = Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn turnutils_peer");
+        std::thread::sleep(Duration::from_millis(200));
+        Self { child, port }
+    }
+}
+
+impl Drop for EchoPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `turnutils_uclient` with `args` under a timeout.
+pub fn uclient(args: &[&str], timeout: Duration) -> Output {
+    require_coturn();
+    let secs = timeout.as_secs().max(1).to_string();
+    Command::new("timeout")
+        .args(["-s", "KILL", &secs, "turnutils_uclient"])
+        .args(args)
+        .output()
+        .expect("run turnutils_uclient")
+}
+
+/// What `turnutils_uclient` reported at the end of a run.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UclientReport {
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub lost_packets: Option<u64>,
+    pub errors: Vec<String>,
+}
+
+/// Parses `tot_send_bytes ~ N, tot_recv_bytes ~ M` and `Total lost packets N` lines.
+pub fn parse_uclient(output: &Output) -> UclientReport {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut r = UclientReport::default();
+    for line in text.lines() {
+        if let Some(rest) = line.split("tot_send_bytes ~ ").nth(1) {
+            let mut parts = rest.split(", tot_recv_bytes ~ ");
+            r.sent_bytes = parts
+                .next()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            r.received_bytes = parts
+                .next()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+        }
+        if let Some(rest) = line.split("Total lost packets ").nth(1) {
+            r.lost_packets = rest.split_whitespace().next().and_then(|v| v.parse().ok());
+        }
+        if line.contains("error") || line.contains("Cannot") {
+            r.errors.push(line.to_owned());
+        }
+    }
+    r
+}
