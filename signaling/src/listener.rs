@@ -237,7 +237,9 @@ async fn serve_or_hand_over<I>(
                     relay::StreamTransport::Tcp
                 };
                 match intake.adopt(io, peer, conn.local, transport) {
-                    Ok(()) => metrics.turn_handovers.inc(),
+                    Ok(()) => {
+                        metrics.turn_handovers.inc();
+                    }
                     Err(e) => {
                         metrics.first_bytes_refused.inc();
                         tracing::debug!(error = %e, %peer, "TURN connection not taken");

@@ -241,7 +241,9 @@ mod tests {
             (&[0x7A, 0xBC, 0x00, 0x00], Verdict::Is(Turn)),
             // A capital that no method continues is ChannelData.
             (b"GEX\x00", Verdict::Is(Turn)),
-            // STUN's top bits without the cookie; TLS records; a lower-case method.
+            // Lower case is not a method: it has ChannelData's shape (channels up to 0x7FFF).
+            (b"get / HTTP/1.1", Verdict::Is(Turn)),
+            // STUN's top bits without the cookie; TLS records; top bits 10 and 11.
             (
                 &[0x00, 0x01, 0x00, 0x00, 0xde, 0xad, 0xbe, 0xef],
                 Verdict::Neither,
@@ -250,7 +252,7 @@ mod tests {
                 &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0, 0],
                 Verdict::Neither,
             ),
-            (b"get / HTTP/1.1", Verdict::Neither),
+            (&[0x80, 0, 0, 0], Verdict::Neither),
             (&[0xff; 8], Verdict::Neither),
         ];
         for (bytes, verdict) in cases {

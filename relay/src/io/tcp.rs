@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use relay_proto::{FiveTuple, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
-use startup::first_bytes::Protocol;
+use startup::first_bytes::Protocol as Speaks;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -159,8 +159,8 @@ where
         return;
     };
     match startup::first_bytes::sniff(conn, edge.header_timeout).await {
-        Ok((Protocol::Turn, conn)) => stream::serve(shard, conn, five).await,
-        Ok((Protocol::Http, conn)) => {
+        Ok((Speaks::Turn, conn)) => stream::serve(shard, conn, five).await,
+        Ok((Speaks::Http, conn)) => {
             shard.http_forward_started();
             if let Err(e) = http_upstream::forward(upstream, conn, five.client, five.server).await {
                 tracing::warn!(client = %five.client, error = %e, "HTTP connection not forwarded");

@@ -18,10 +18,12 @@ use crate::tls::{https_get_at, trusting};
 /// The static TURN user the tests' relays know.
 const USER: [&str; 2] = ["alice", "wonderland"];
 
-/// Runs `turnutils_uclient` (4 clients, 100 messages of 180 bytes each, channels) through
-/// `port` with `transport` flags (`-t` TCP, `-t -S` TLS) to the echo `peer`, on a blocking
-/// thread.
+/// Runs `turnutils_uclient` (100 messages of 180 bytes per client, channels) through `port`
+/// with `transport` flags to the echo `peer`, on a blocking thread: 4 clients over TCP (`-t`),
+/// one over TLS (`-t -S`: uclient's further clients try TLS 1.0 and 1.1, which rustls refuses).
 async fn uclient_through(port: u16, peer: &EchoPeer, transport: &[&str]) -> UclientReport {
+    let tls = transport.contains(&"-S");
+    let (clients, interval_ms) = if tls { ("1", "20") } else { ("4", "2") };
     let peer_port = peer.port.to_string();
     let mut args: Vec<String> = transport.iter().map(|s| (*s).to_owned()).collect();
     args.extend(
@@ -34,13 +36,13 @@ async fn uclient_through(port: u16, peer: &EchoPeer, transport: &[&str]) -> Ucli
             "-r",
             &peer_port,
             "-m",
-            "4",
+            clients,
             "-n",
             "100",
             "-l",
             "180",
             "-z",
-            "2",
+            interval_ms,
             "-u",
             USER[0],
             "-w",
@@ -55,6 +57,17 @@ async fn uclient_through(port: u16, peer: &EchoPeer, transport: &[&str]) -> Ucli
     })
     .await
     .expect("uclient thread")
+}
+
+/// uclient picks a TLS version at random per connection attempt and retries: its failed
+/// attempts at TLS 1.0/1.1 (which rustls refuses) are not errors of ours.
+fn assert_no_errors(report: &UclientReport) {
+    let ours: Vec<&String> = report
+        .errors
+        .iter()
+        .filter(|e| !e.contains("alert handshake failure"))
+        .collect();
+    assert!(ours.is_empty(), "{report:?}");
 }
 
 fn assert_lossless(report: &UclientReport) {
@@ -130,7 +143,7 @@ async fn turn_over_tls_and_wss_share_the_signaling_port() {
             "shared",
         )
     );
-    assert!(report.errors.is_empty(), "{report:?}");
+    assert_no_errors(&report);
     assert_lossless(&report);
 
     let advertised = format!("turns:127.0.0.1:{port}?transport=tcp");
@@ -142,8 +155,8 @@ async fn turn_over_tls_and_wss_share_the_signaling_port() {
         .expect("HTTPS on the shared port");
     let handovers = testkit::metric_value(&metrics, "signaling_turn_handovers_total");
     assert!(
-        handovers >= Some(4.0),
-        "one per uclient client: {handovers:?}"
+        handovers >= Some(1.0),
+        "uclient's connection: {handovers:?}"
     );
 }
 
@@ -157,14 +170,14 @@ async fn turn_over_tcp_and_ws_share_a_plain_signaling_port() {
         uclient_through(port, &peer, &["-t"]),
         two_peers_meet(async || Client::connect(&url).await, "plain")
     );
-    assert!(report.errors.is_empty(), "{report:?}");
+    assert_no_errors(&report);
     assert_lossless(&report);
     let advertised = format!("turn:127.0.0.1:{port}?transport=tcp");
     assert!(urls(&info).contains(&advertised), "{:?}", urls(&info));
 
-    // Neither TURN nor HTTP (a TLS ClientHello on the plain port, a lower-case method): closed.
+    // Neither TURN nor HTTP (a TLS ClientHello on the plain port, top bits 11): closed.
     refused(server.addr, b"\x16\x03\x01\x00\x05hello").await;
-    refused(server.addr, b"get / HTTP/1.1\r\n\r\n").await;
+    refused(server.addr, b"\xff\xff\xff\xff").await;
     assert!(server.metric("signaling_first_bytes_refused_total").await >= 2);
     assert!(server.metric("signaling_turn_handovers_total").await >= 4);
 }
@@ -239,7 +252,7 @@ async fn a_standalone_relay_forwards_the_web_to_its_upstream_and_serves_turn_on_
             "edge",
         )
     );
-    assert!(report.errors.is_empty(), "{report:?}");
+    assert_no_errors(&report);
     assert_lossless(&report);
 
     let health = https_get_at(tls_addr, Arc::clone(&tls), "/healthz")
