@@ -119,30 +119,40 @@ mod tests {
     async fn bytes_flow_both_ways_and_an_end_is_passed_on() {
         let (mut client, client_side) = tokio::io::duplex(1024);
         let (server_side, mut server) = tokio::io::duplex(1024);
-        let spliced = tokio::spawn(splice(client_side, server_side, Duration::from_secs(5)));
-        client.write_all(b"request").await.unwrap();
-        let mut got = [0u8; 7];
-        server.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"request");
-        server.write_all(b"response").await.unwrap();
-        drop(server);
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).await.unwrap();
-        assert_eq!(answer, b"response", "the server's end reaches the client");
-        drop(client);
-        tokio::time::timeout(Duration::from_secs(5), spliced)
+        let talk = async move {
+            client.write_all(b"request").await.unwrap();
+            let mut got = [0u8; 7];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"request");
+            server.write_all(b"response").await.unwrap();
+            drop(server);
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await.unwrap();
+            assert_eq!(answer, b"response", "the server's end reaches the client");
+        };
+        let both = async {
+            tokio::join!(
+                splice(client_side, server_side, Duration::from_secs(5)),
+                talk
+            )
+        };
+        tokio::time::timeout(Duration::from_secs(5), both)
             .await
-            .expect("both directions ended")
-            .unwrap();
+            .expect("both directions ended");
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_connection_where_nothing_moves_is_closed_after_the_idle_time() {
         let (_client, client_side) = tokio::io::duplex(1024);
         let (server_side, _server) = tokio::io::duplex(1024);
-        let idle = Duration::from_secs(60);
-        let started = tokio::time::Instant::now();
-        splice(client_side, server_side, idle).await;
+        let idle = Duration::from_millis(200);
+        let started = Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            splice(client_side, server_side, idle),
+        )
+        .await
+        .expect("closed once idle");
         assert!(started.elapsed() >= idle);
     }
 }
