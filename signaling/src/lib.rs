@@ -170,9 +170,12 @@ mod server {
         Option<String>,
     );
 
-    fn tls_config(config: &Config) -> Result<TlsSetup, Error> {
+    fn tls_config(config: &Config, metrics: &Arc<Metrics>) -> Result<TlsSetup, Error> {
         let tls_error = |e: startup::tls::TlsError| Error::Config(format!("TLS: {e}"));
         let acceptor = tokio_rustls::TlsAcceptor::from;
+        if let Some(server_config) = acme_config(config, metrics)? {
+            return Ok((Some(acceptor(server_config)), None, None));
+        }
         if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
             let (server_config, files) =
                 startup::tls::from_pem_files(cert, key).map_err(tls_error)?;
@@ -187,6 +190,36 @@ mod server {
             return Ok((Some(acceptor(server_config)), None, Some(pem)));
         }
         Ok((None, None, None))
+    }
+
+    /// With `--acme-domain`: the TLS configuration whose certificate ACME obtains and renews,
+    /// its manager running on the current runtime (it ends with the runtime).
+    fn acme_config(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>, Error> {
+        let Some(cache) = (!config.acme_domains.is_empty())
+            .then_some(config.acme_cache.clone())
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        let settings = startup::acme::Settings {
+            domains: config.acme_domains.clone(),
+            directory: config.acme_directory.clone(),
+            cache,
+            email: config.acme_email.clone(),
+            directory_ca: config.acme_directory_ca.clone(),
+            backoff: startup::acme::Backoff::default(),
+        };
+        let report_to = Arc::clone(metrics);
+        let report: startup::acme::Report =
+            Arc::new(move |status| report_to.acme(status));
+        let (server_config, manager) =
+            startup::acme::start(settings, vec![b"http/1.1".to_vec()], report)
+                .map_err(|e| Error::Config(format!("ACME: {e}")))?;
+        tokio::spawn(manager.run());
+        Ok(Some(server_config))
     }
 
     /// A cluster node given no `--turn-secret` agrees on one with the other nodes (and the
@@ -277,7 +310,7 @@ mod server {
                 Some(dir) => WebAssets::Dir(dir.clone()),
                 None => WebAssets::Embedded,
             };
-            let (tls, tls_files, tls_self_signed_pem) = tls_config(&config)?;
+            let (tls, tls_files, tls_self_signed_pem) = tls_config(&config, &metrics)?;
             let connections = OpenConnections::new(
                 metrics.connections.clone(),
                 metrics.connections_total.clone(),

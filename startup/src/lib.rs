@@ -9,8 +9,11 @@
 //! - [`logging`]: `--log-format text|json` on stderr, colours only on a terminal;
 //! - [`signals`]: SIGTERM or SIGINT;
 //! - `tls` (feature `tls`): a TLS server configuration from PEM files, or self-signed;
-//! - `proxy_protocol` (feature `proxy-protocol`): the PROXY header at the start of a connection.
+//! - `proxy_protocol` (feature `proxy-protocol`): the PROXY header at the start of a connection;
+//! - `acme` (feature `acme`): certificates obtained and renewed from an ACME CA (tls-alpn-01).
 
+#[cfg(feature = "acme")]
+pub mod acme;
 pub mod config_file;
 pub mod duration;
 pub mod logging;

@@ -13,7 +13,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use crate::support::{Client, Server};
 
 /// A client configuration that trusts the PEM certificates in `text`.
-fn trusting(text: &str) -> Arc<ClientConfig> {
+pub(crate) fn trusting(text: &str) -> Arc<ClientConfig> {
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
