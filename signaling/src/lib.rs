@@ -213,8 +213,7 @@ mod server {
             backoff: startup::acme::Backoff::default(),
         };
         let report_to = Arc::clone(metrics);
-        let report: startup::acme::Report =
-            Arc::new(move |status| report_to.acme(status));
+        let report: startup::acme::Report = Arc::new(move |status| report_to.acme(status));
         let (server_config, manager) =
             startup::acme::start(settings, vec![b"http/1.1".to_vec()], report)
                 .map_err(|e| Error::Config(format!("ACME: {e}")))?;

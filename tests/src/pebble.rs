@@ -146,8 +146,7 @@ impl Pebble {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let connection =
-            rustls::ClientConnection::new(Arc::new(config), name).expect("TLS client");
+        let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("TLS client");
         let tcp = TcpStream::connect(self.management).expect("connect to pebble management");
         tcp.set_read_timeout(Some(Duration::from_secs(5))).ok();
         let mut stream = rustls::StreamOwned::new(connection, tcp);

@@ -149,7 +149,10 @@ async fn issues_over_tls_alpn_serves_wss_and_restarts_from_the_cache() {
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     let value = |text: &str, series: &str| testkit::metric_value(text, series);
     assert_eq!(
-        value(&metrics, "signaling_acme_certificates_total{result=\"issued\"}"),
+        value(
+            &metrics,
+            "signaling_acme_certificates_total{result=\"issued\"}"
+        ),
         Some(1.0),
         "{metrics}"
     );
@@ -185,7 +188,10 @@ async fn issues_over_tls_alpn_serves_wss_and_restarts_from_the_cache() {
     assert_eq!(again[0], chain[0], "the same leaf as before the restart");
     let metrics = https_get(addr, trusting(&root), "/metrics").await;
     assert_eq!(
-        value(&metrics, "signaling_acme_certificates_total{result=\"cached\"}"),
+        value(
+            &metrics,
+            "signaling_acme_certificates_total{result=\"cached\"}"
+        ),
         Some(1.0),
         "{metrics}"
     );
@@ -234,8 +240,10 @@ async fn renews_before_expiry_while_connections_go_on() {
     };
     assert!(renewed.len() >= 2);
     let metrics = https_get(addr, trusting(&root), "/metrics").await;
-    let renewals =
-        testkit::metric_value(&metrics, "signaling_acme_certificates_total{result=\"renewed\"}");
+    let renewals = testkit::metric_value(
+        &metrics,
+        "signaling_acme_certificates_total{result=\"renewed\"}",
+    );
     assert!(renewals.is_some_and(|n| n >= 1.0), "{metrics}");
 
     // The connections made on the first certificate go on.

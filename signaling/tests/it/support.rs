@@ -351,7 +351,7 @@ impl Client {
     /// Connects to a `wss://` URL, trusting what `tls` trusts.
     pub(crate) async fn connect_tls(
         url: &str,
-        tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+        tls: std::sync::Arc<rustls::ClientConfig>,
     ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let connector = tokio_tungstenite::Connector::Rustls(tls);
         let (ws, _) =
@@ -365,7 +365,7 @@ impl Client {
     pub(crate) async fn connect_tls_via(
         addr: SocketAddr,
         url: &str,
-        tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+        tls: std::sync::Arc<rustls::ClientConfig>,
     ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let tcp = TcpStream::connect(addr).await?;
         let connector = tokio_tungstenite::Connector::Rustls(tls);

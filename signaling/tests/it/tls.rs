@@ -14,7 +14,7 @@ use crate::support::{Client, Server};
 
 /// A client configuration that trusts the PEM certificates in `text`.
 pub(crate) fn trusting(text: &str) -> Arc<ClientConfig> {
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
         roots

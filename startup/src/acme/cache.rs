@@ -23,7 +23,11 @@ pub(crate) struct Cache {
 impl Cache {
     /// Creates `dir` if needed (mode 0700) and names the files for `directory_url` and
     /// `domains` (in any order).
-    pub(crate) fn open(dir: &Path, directory_url: &str, domains: &[String]) -> std::io::Result<Self> {
+    pub(crate) fn open(
+        dir: &Path,
+        directory_url: &str,
+        domains: &[String],
+    ) -> std::io::Result<Self> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

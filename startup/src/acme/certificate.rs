@@ -124,7 +124,10 @@ mod tests {
         let (_, csr) =
             x509_parser::certification_request::X509CertificationRequest::from_der(&request)
                 .unwrap();
-        let text = format!("{:?}", csr.requested_extensions().map(|e| e.collect::<Vec<_>>()));
+        let text = format!(
+            "{:?}",
+            csr.requested_extensions().map(|e| e.collect::<Vec<_>>())
+        );
         for domain in &domains {
             assert!(text.contains(domain.as_str()), "{text}");
         }

@@ -122,12 +122,7 @@ async fn run_order(
     match order.poll_ready(&retries).await? {
         OrderStatus::Ready => {}
         status => {
-            let problems: Vec<String> = order
-                .state()
-                .error
-                .iter()
-                .map(|p| p.to_string())
-                .collect();
+            let problems: Vec<String> = order.state().error.iter().map(|p| p.to_string()).collect();
             return Err(AcmeError::Challenge(format!(
                 "order is {status:?}, not ready {problems:?}"
             )));

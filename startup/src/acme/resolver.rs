@@ -95,10 +95,13 @@ fn challenge_certificate(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey
     let cert = params.self_signed(&key)?;
     let key = PrivateKeyDer::try_from(key.serialize_der())
         .map_err(|e| AcmeError::Challenge(e.to_owned()))?;
-    let provider = rustls::crypto::ring::default_provider();
-    Ok(Arc::new(CertifiedKey::from_der(
+    // Not `CertifiedKey::from_der`: its key check parses the certificate with webpki, which
+    // refuses the critical acmeIdentifier extension (the validator expects it critical).
+    let signing_key = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)?;
+    Ok(Arc::new(CertifiedKey::new(
         vec![cert.der().clone()],
-        key,
-        &provider,
-    )?))
+        signing_key,
+    )))
 }
