@@ -192,12 +192,14 @@ mod server {
         Ok((None, None, None))
     }
 
+    use tokio_rustls::rustls::ServerConfig as TlsServerConfig;
+
     /// With `--acme-domain`: the TLS configuration whose certificate ACME obtains and renews,
     /// its manager running on the current runtime (it ends with the runtime).
     fn acme_config(
         config: &Config,
         metrics: &Arc<Metrics>,
-    ) -> Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>, Error> {
+    ) -> Result<Option<Arc<TlsServerConfig>>, Error> {
         let Some(cache) = (!config.acme_domains.is_empty())
             .then_some(config.acme_cache.clone())
             .flatten()

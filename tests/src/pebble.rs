@@ -56,7 +56,7 @@ impl Pebble {
             );
         }
         write_https_certificate(dir);
-        let [acme, management, dns, dns_management] = free_ports();
+        let [acme, management, dns, dns_management] = free_ports(options.tls_port);
         let localhost = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let dns_server = ChildGuard {
             child: Command::new("pebble-challtestsrv")
@@ -206,14 +206,18 @@ fn log_file(dir: &Path, name: &str) -> Stdio {
         .map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
-/// Four distinct ports free for TCP and UDP, all held open while they are picked.
-fn free_ports() -> [u16; 4] {
+/// Four distinct ports free for TCP and UDP, all held open while they are picked, none of
+/// them `taken` (the port the server under test is about to listen on).
+fn free_ports(taken: u16) -> [u16; 4] {
     let held: Vec<(std::net::TcpListener, std::net::UdpSocket)> = (0..4)
         .map(|_| {
             (0..100)
                 .find_map(|_| {
                     let tcp = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
                     let port = tcp.local_addr().ok()?.port();
+                    if port == taken {
+                        return None;
+                    }
                     let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).ok()?;
                     Some((tcp, udp))
                 })

@@ -10,6 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tempfile::TempDir;
+
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
@@ -122,22 +124,23 @@ async fn wss_peers_meet(addr: SocketAddr, root: &str, room: &str) -> (Client, Cl
     (a, b)
 }
 
-fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], testkit::free_port()))
+/// A scratch directory, the address the server will listen on, pebble validating there and
+/// issuing certificates for `validity` (its default when `None`), and its issuance root.
+fn pebble_for_a_server(validity: Option<Duration>) -> (TempDir, SocketAddr, Pebble, String) {
+    let scratch = tempfile::tempdir().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let options = PebbleOptions {
+        tls_port: addr.port(),
+        validity,
+    };
+    let pebble = Pebble::start(scratch.path(), options);
+    let root = pebble.issuance_root();
+    (scratch, addr, pebble, root)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issues_over_tls_alpn_serves_wss_and_restarts_from_the_cache() {
-    let scratch = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let pebble = Pebble::start(
-        scratch.path(),
-        PebbleOptions {
-            tls_port: addr.port(),
-            validity: None,
-        },
-    );
-    let root = pebble.issuance_root();
+    let (scratch, addr, pebble, root) = pebble_for_a_server(None);
     let cache = scratch.path().join("acme-cache");
     let server = start_server(addr, &pebble, &cache);
 
@@ -209,17 +212,8 @@ async fn issues_over_tls_alpn_serves_wss_and_restarts_from_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renews_before_expiry_while_connections_go_on() {
-    let scratch = tempfile::tempdir().unwrap();
-    let addr = free_addr();
     // 30-second certificates: renewal is due 20 s after each is issued.
-    let pebble = Pebble::start(
-        scratch.path(),
-        PebbleOptions {
-            tls_port: addr.port(),
-            validity: Some(Duration::from_secs(30)),
-        },
-    );
-    let root = pebble.issuance_root();
+    let (scratch, addr, pebble, root) = pebble_for_a_server(Some(Duration::from_secs(30)));
     let _server = start_server(addr, &pebble, &scratch.path().join("acme-cache"));
     let first = wait_for_certificate(addr, &root).await;
     let (mut a, mut b) = wss_peers_meet(addr, &root, "renewal").await;
