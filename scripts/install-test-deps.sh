@@ -15,6 +15,7 @@ command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v haproxy >/dev/null || need_apt+=(haproxy)
 [ -x /usr/sbin/squid ] || command -v squid >/dev/null || need_apt+=(squid)
+command -v pebble >/dev/null || need_apt+=(pebble)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-test-deps: missing ${need_apt[*]} and not root: install them first" >&2

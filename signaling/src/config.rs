@@ -55,6 +55,37 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
     pub tls_self_signed: bool,
 
+    /// Serve HTTPS and WSS with a certificate for NAME obtained and renewed from an ACME CA
+    /// (tls-alpn-01 on `--listen`, which must be port 443 of NAME as the CA sees it).
+    /// Repeatable (or comma-separated): one certificate names them all. Needs `--acme-cache`.
+    #[arg(
+        long = "acme-domain",
+        env = "SIGNALING_ACME_DOMAIN",
+        value_name = "NAME",
+        value_delimiter = ',',
+        requires = "acme_cache",
+        conflicts_with_all = ["tls_cert", "tls_self_signed"]
+    )]
+    pub acme_domains: Vec<String>,
+
+    /// The ACME directory URL of the CA (default: Let's Encrypt's production directory).
+    #[arg(long, env = "SIGNALING_ACME_DIRECTORY", value_name = "URL", default_value = startup::acme::LETS_ENCRYPT_DIRECTORY)]
+    pub acme_directory: String,
+
+    /// Directory for the ACME account key and the certificate (created mode 0700, files 0600):
+    /// a restart with a valid cached certificate serves it without a new order.
+    #[arg(long, env = "SIGNALING_ACME_CACHE", value_name = "DIR")]
+    pub acme_cache: Option<PathBuf>,
+
+    /// Contact address of the ACME account (the CA's expiry and policy mail).
+    #[arg(long, env = "SIGNALING_ACME_EMAIL", value_name = "ADDRESS")]
+    pub acme_email: Option<String>,
+
+    /// PEM CA certificate to trust for the ACME directory's HTTPS instead of the system's
+    /// roots: a private CA, or a test CA such as pebble.
+    #[arg(long, env = "SIGNALING_ACME_DIRECTORY_CA", value_name = "PEM")]
+    pub acme_directory_ca: Option<PathBuf>,
+
     /// How often the server sends a WebSocket ping to each connection.
     #[arg(long, env = "SIGNALING_PING_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub ping_interval: Duration,
@@ -311,9 +342,26 @@ pub struct Config {
     #[cfg(feature = "with-relay")]
     #[arg(long, env = "SIGNALING_SHARED_PORT", requires = "with_relay")]
     pub shared_port: bool,
+
+    /// Where clients reach the shared port, `HOST:PORT`, when a balancer or a port forward sits
+    /// in front (HAProxy on 443 passing TCP through to this node): `welcome` then advertises
+    /// `turns:HOST:PORT` instead of `--relay-host` and the `--listen` port.
+    #[cfg(feature = "with-relay")]
+    #[arg(
+        long,
+        env = "SIGNALING_SHARED_PORT_PUBLIC",
+        value_name = "HOST:PORT",
+        requires = "shared_port"
+    )]
+    pub shared_port_public: Option<String>,
 }
 
 impl Config {
+    /// Whether `--listen` speaks TLS: certificate files, a self-signed certificate or ACME.
+    pub fn serves_tls(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_self_signed || !self.acme_domains.is_empty()
+    }
+
     /// `--log-format`, or `json` when the older `--log-json` is set.
     pub fn effective_log_format(&self) -> LogFormat {
         if self.log_json {

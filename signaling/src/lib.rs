@@ -173,9 +173,12 @@ mod server {
         Option<String>,
     );
 
-    fn tls_config(config: &Config) -> Result<TlsSetup, Error> {
+    fn tls_config(config: &Config, metrics: &Arc<Metrics>) -> Result<TlsSetup, Error> {
         let tls_error = |e: startup::tls::TlsError| Error::Config(format!("TLS: {e}"));
         let acceptor = tokio_rustls::TlsAcceptor::from;
+        if let Some(server_config) = acme_config(config, metrics)? {
+            return Ok((Some(acceptor(server_config)), None, None));
+        }
         if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
             let (server_config, files) =
                 startup::tls::from_pem_files(cert, key).map_err(tls_error)?;
@@ -190,6 +193,43 @@ mod server {
             return Ok((Some(acceptor(server_config)), None, Some(pem)));
         }
         Ok((None, None, None))
+    }
+
+    use tokio_rustls::rustls::ServerConfig as TlsServerConfig;
+
+    /// With `--acme-domain`: the TLS configuration whose certificate ACME obtains and renews,
+    /// its manager running on the current runtime (it ends with the runtime).
+    fn acme_config(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Option<Arc<TlsServerConfig>>, Error> {
+        let Some(cache) = (!config.acme_domains.is_empty())
+            .then_some(config.acme_cache.clone())
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        let settings = startup::acme::Settings {
+            domains: config.acme_domains.clone(),
+            directory: config.acme_directory.clone(),
+            cache,
+            email: config.acme_email.clone(),
+            directory_ca: config.acme_directory_ca.clone(),
+            backoff: startup::acme::Backoff::default(),
+        };
+        let report_to = Arc::clone(metrics);
+        let report: startup::acme::Report = Arc::new(move |status| report_to.acme(status));
+        #[allow(unused_mut)]
+        let mut alpn = vec![b"http/1.1".to_vec()];
+        // TURN over TLS on the shared port: the ALPN ids of RFC 7443, for clients that send one.
+        #[cfg(feature = "with-relay")]
+        if config.shared_port {
+            alpn.extend([b"stun.turn".to_vec(), b"stun.nat-discovery".to_vec()]);
+        }
+        let (server_config, manager) = startup::acme::start(settings, alpn, report)
+            .map_err(|e| Error::Config(format!("ACME: {e}")))?;
+        tokio::spawn(manager.run());
+        Ok(Some(server_config))
     }
 
     /// A cluster node given no `--turn-secret` agrees on one with the other nodes (and the
@@ -280,7 +320,7 @@ mod server {
                 Some(dir) => WebAssets::Dir(dir.clone()),
                 None => WebAssets::Embedded,
             };
-            let (tls, tls_files, tls_self_signed_pem) = tls_config(&config)?;
+            let (tls, tls_files, tls_self_signed_pem) = tls_config(&config, &metrics)?;
             let connections = OpenConnections::new(
                 metrics.connections.clone(),
                 metrics.connections_total.clone(),

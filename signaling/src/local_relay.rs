@@ -77,6 +77,14 @@ impl LocalRelay {
                 .push(format!("turns:{host}:{}?transport=tcp", tls.port()));
         }
         if config.shared_port {
+            if let Some(public) = &config.shared_port_public {
+                let port = public.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+                if !matches!(port, Some(Ok(port)) if port != 0) {
+                    return Err(Error::Config(format!(
+                        "--shared-port-public {public}: expected HOST:PORT"
+                    )));
+                }
+            }
             config
                 .turn_urls
                 .push(shared_port_url(config, &host, listening));
@@ -137,13 +145,14 @@ fn start_relay(
 
 /// TURN on signaling's own port (`--shared-port`): over TLS when signaling serves TLS, over TCP
 /// otherwise. The host is the one clients use for the relay; the port is signaling's.
+/// `--shared-port-public` names the address a balancer in front gives clients instead.
 fn shared_port_url(config: &Config, host: &str, listening: SocketAddr) -> String {
-    let port = listening.port();
-    if config.tls_cert.is_some() || config.tls_self_signed {
-        format!("turns:{host}:{port}?transport=tcp")
-    } else {
-        format!("turn:{host}:{port}?transport=tcp")
-    }
+    let public = config
+        .shared_port_public
+        .clone()
+        .unwrap_or_else(|| format!("{host}:{}", listening.port()));
+    let scheme = if config.serves_tls() { "turns" } else { "turn" };
+    format!("{scheme}:{public}?transport=tcp")
 }
 
 /// 32 random bytes, hex: the shared secret of a stack nobody configured.

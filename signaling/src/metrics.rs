@@ -54,6 +54,9 @@ pub struct Metrics {
     pub first_bytes_refused: Counter,
     /// `--shared-port`: TURN connections handed to the in-process relay.
     pub turn_handovers: Counter,
+    acme_certificates: Family<ResultLabel, Counter>,
+    acme_not_after: Gauge,
+    acme_next_order: Gauge,
     errors: Family<CodeLabel, Counter>,
     resumes: Family<ResultLabel, Counter>,
     http_requests: Family<KindLabel, Counter>,
@@ -83,6 +86,24 @@ impl Default for Metrics {
         let proxy_headers_refused = Counter::default();
         let first_bytes_refused = Counter::default();
         let turn_handovers = Counter::default();
+        let acme_certificates = Family::<ResultLabel, Counter>::default();
+        let acme_not_after = Gauge::default();
+        let acme_next_order = Gauge::default();
+        registry.register(
+            "acme_certificates",
+            "ACME certificate steps by result (cached, issued, renewed, failed)",
+            acme_certificates.clone(),
+        );
+        registry.register(
+            "acme_certificate_not_after_seconds",
+            "notAfter of the ACME certificate in force, in Unix seconds (0: none yet)",
+            acme_not_after.clone(),
+        );
+        registry.register(
+            "acme_next_order_seconds",
+            "When the next ACME order (renewal or retry) is planned, in Unix seconds",
+            acme_next_order.clone(),
+        );
         let errors = Family::<CodeLabel, Counter>::default();
         let resumes = Family::<ResultLabel, Counter>::default();
         let http_requests = Family::<KindLabel, Counter>::default();
@@ -190,6 +211,9 @@ impl Default for Metrics {
             proxy_headers_refused,
             first_bytes_refused,
             turn_handovers,
+            acme_certificates,
+            acme_not_after,
+            acme_next_order,
             errors,
             resumes,
             http_requests,
@@ -219,6 +243,22 @@ impl Metrics {
         self.tls_reloads
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+
+    /// Counts one ACME step; records the expiry of the certificate in force and when the
+    /// next order is planned.
+    pub fn acme(&self, status: startup::acme::Status) {
+        self.acme_certificates
+            .get_or_create(&ResultLabel {
+                result: status.outcome.as_str(),
+            })
+            .inc();
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        };
+        self.acme_not_after.set(status.not_after.map_or(0, unix));
+        self.acme_next_order.set(unix(status.next_order));
     }
 
     /// Counts one resume attempt.

@@ -11,7 +11,10 @@
 //! - `tls` (feature `tls`): a TLS server configuration from PEM files, or self-signed;
 //! - `proxy_protocol` (feature `proxy-protocol`): the PROXY header at the start of a connection;
 //! - [`first_bytes`]: TURN or HTTP on one port, told apart by a connection's first bytes.
+//! - `acme` (feature `acme`): certificates obtained and renewed from an ACME CA (tls-alpn-01).
 
+#[cfg(feature = "acme")]
+pub mod acme;
 pub mod config_file;
 pub mod duration;
 pub mod first_bytes;

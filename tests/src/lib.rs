@@ -6,6 +6,7 @@
 
 pub mod haproxy;
 pub mod netns;
+pub mod pebble;
 pub mod redis;
 pub mod signaling_http;
 

@@ -2,6 +2,7 @@
 //! process, or the real binary where only a process will do; see `support.rs`) and drives it
 //! with real WebSocket and HTTP clients speaking protocol v1.
 
+mod acme;
 mod api;
 mod auth;
 mod basic;
@@ -14,6 +15,8 @@ mod http_client;
 mod limits;
 mod one_port;
 mod ops;
+#[path = "../../../tests/src/pebble.rs"]
+mod pebble;
 mod proxy;
 mod resume;
 mod support;

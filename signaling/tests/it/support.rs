@@ -138,6 +138,14 @@ impl Server {
         Self::spawn_command(Command::new(env!("CARGO_BIN_EXE_signaling")), args)
     }
 
+    /// Starts one node on `listen` (for a port another program must know first) plus `args`.
+    pub(crate) fn spawn_on(listen: SocketAddr, args: &[&str]) -> Self {
+        let listen = listen.to_string();
+        let mut with_listen = vec!["--listen", &listen];
+        with_listen.extend_from_slice(args);
+        Self::spawn_listening(Command::new(env!("CARGO_BIN_EXE_signaling")), &with_listen)
+    }
+
     /// Starts one node whose process may open at most `fds` files (`ulimit -n`).
     pub(crate) fn spawn_with_fd_limit(fds: u32, args: &[&str]) -> Self {
         let mut shell = Command::new("sh");
@@ -149,8 +157,14 @@ impl Server {
         Self::spawn_command(shell, args)
     }
 
-    fn spawn_command(mut command: Command, args: &[&str]) -> Self {
-        command.args(["--listen", "127.0.0.1:0"]).args(args).env(
+    fn spawn_command(command: Command, args: &[&str]) -> Self {
+        let mut with_listen = vec!["--listen", "127.0.0.1:0"];
+        with_listen.extend_from_slice(args);
+        Self::spawn_listening(command, &with_listen)
+    }
+
+    fn spawn_listening(mut command: Command, args: &[&str]) -> Self {
+        command.args(args).env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         );
@@ -337,11 +351,26 @@ impl Client {
     /// Connects to a `wss://` URL, trusting what `tls` trusts.
     pub(crate) async fn connect_tls(
         url: &str,
-        tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+        tls: std::sync::Arc<rustls::ClientConfig>,
     ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let connector = tokio_tungstenite::Connector::Rustls(tls);
         let (ws, _) =
             tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+                .await?;
+        Ok(Self { ws, last_seq: 0 })
+    }
+
+    /// Like [`Self::connect_tls`], over a TCP connection to `addr` whatever the URL's host
+    /// resolves to (the host is still the TLS server name).
+    pub(crate) async fn connect_tls_via(
+        addr: SocketAddr,
+        url: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let tcp = TcpStream::connect(addr).await?;
+        let connector = tokio_tungstenite::Connector::Rustls(tls);
+        let (ws, _) =
+            tokio_tungstenite::client_async_tls_with_config(url, tcp, None, Some(connector))
                 .await?;
         Ok(Self { ws, last_seq: 0 })
     }

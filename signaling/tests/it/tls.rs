@@ -14,7 +14,7 @@ use crate::support::{Client, Server};
 
 /// A client configuration that trusts the PEM certificates in `text`.
 pub(crate) fn trusting(text: &str) -> Arc<ClientConfig> {
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
         roots
@@ -31,16 +31,7 @@ pub(crate) fn trusting(text: &str) -> Arc<ClientConfig> {
 /// GET `path` over TLS: the whole response, or `None` if the handshake fails (a certificate
 /// `tls` does not trust).
 async fn https_get(server: &Server, tls: Arc<ClientConfig>, path: &str) -> Option<String> {
-    https_get_at(server.addr, tls, path).await
-}
-
-/// [`https_get`] from the server at `addr` (as `localhost`).
-pub(crate) async fn https_get_at(
-    addr: std::net::SocketAddr,
-    tls: Arc<ClientConfig>,
-    path: &str,
-) -> Option<String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.ok()?;
     let name = "localhost".try_into().unwrap();
     let mut stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
