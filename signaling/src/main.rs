@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
     #[cfg(feature = "with-relay")]
     if let Some(local_relay) = &local_relay {
         let _ = state.relay_metrics.set(local_relay.metrics());
+        let _ = state.relay_usage.set(local_relay.usage());
     }
     // Tests and scripts parse this line for the bound address.
     let (http, ws) = if state.tls.is_some() {
