@@ -520,25 +520,10 @@ impl LocalHub {
     /// The peers of `room`, oldest first (the backend API).
     pub fn room_peers(&self, room: &RoomId) -> Vec<PeerEntry> {
         let st = self.lock();
-        let Some(members) = st.rooms.get(room) else {
-            return Vec::new();
-        };
-        members
-            .members()
-            .iter()
-            .filter_map(|k| st.sessions.get(k))
-            .map(|s| PeerEntry {
-                id: s.peer.0.clone(),
-                name: s.name.clone(),
-                node: "local".into(),
-                state: match s.link {
-                    Link::Attached { .. } => "attached",
-                    Link::Parked { .. } => "parked",
-                },
-                transport: Some(s.transport),
-                connected_secs: None,
-            })
-            .collect()
+        st.rooms
+            .get(room)
+            .map(|members| st.peer_entries(members, "local", None))
+            .unwrap_or_default()
     }
 
     /// Every room here with its peers, oldest first, and how long each has been connected at
@@ -550,22 +535,7 @@ impl LocalHub {
             .iter()
             .map(|(room, members)| RoomView {
                 room: room.clone(),
-                peers: members
-                    .members()
-                    .iter()
-                    .filter_map(|k| st.sessions.get(k))
-                    .map(|s| PeerEntry {
-                        id: s.peer.0.clone(),
-                        name: s.name.clone(),
-                        node: node.to_owned(),
-                        state: match s.link {
-                            Link::Attached { .. } => "attached",
-                            Link::Parked { .. } => "parked",
-                        },
-                        transport: Some(s.transport),
-                        connected_secs: Some(now.saturating_duration_since(s.joined).as_secs()),
-                    })
-                    .collect(),
+                peers: st.peer_entries(members, node, Some(now)),
             })
             .collect();
         rooms.sort_by(|a, b| a.room.cmp(&b.room));
@@ -787,6 +757,26 @@ pub fn encode(frame: &ServerFrame) -> Utf8Bytes {
 }
 
 impl HubState {
+    /// The members of `room` as the APIs list them, oldest first; with `now`, each with its
+    /// connected time.
+    fn peer_entries(&self, room: &Room, node: &str, now: Option<Instant>) -> Vec<PeerEntry> {
+        room.members()
+            .iter()
+            .filter_map(|k| self.sessions.get(k))
+            .map(|s| PeerEntry {
+                id: s.peer.0.clone(),
+                name: s.name.clone(),
+                node: node.to_owned(),
+                state: match s.link {
+                    Link::Attached { .. } => "attached",
+                    Link::Parked { .. } => "parked",
+                },
+                transport: Some(s.transport),
+                connected_secs: now.map(|now| now.saturating_duration_since(s.joined).as_secs()),
+            })
+            .collect()
+    }
+
     /// The other members of `key`'s room, oldest first, with whether `key` is polite to each.
     fn room_of(&self, key: SessionKey) -> impl Iterator<Item = (SessionKey, bool)> + '_ {
         self.sessions
