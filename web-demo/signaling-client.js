@@ -80,6 +80,8 @@ export const CLIENT_RULES = Object.freeze({
     draining: { close: 1013, retry: 'retry' },
     internal: { close: 1011, retry: 'retry' },
     unavailable: { close: 1013, retry: 'retry' },
+    kicked: { close: 1008, retry: 'fatal' },
+    room_closed: { close: 1008, retry: 'fatal' },
   }),
 });
 

@@ -201,9 +201,23 @@ pub struct Config {
     )]
     pub deny_peer: Vec<IpNet>,
 
-    /// Admin HTTP address (`/healthz`, `/readyz`, `/metrics`); `none` disables it.
+    /// Admin HTTP address (`/healthz`, `/readyz`, `/metrics`, `/usage`); `none` disables it.
     #[arg(long, env = "RELAY_ADMIN_LISTEN", default_value = "127.0.0.1:9641")]
     pub admin_listen: AdminListen,
+
+    /// Usage accounting: the width of one time bucket (the finest window of `/usage`;
+    /// whole seconds, e.g. `1m`).
+    #[arg(long, env = "RELAY_USAGE_BUCKET", default_value = "1m", value_parser = parse_duration)]
+    pub usage_bucket: Duration,
+
+    /// Usage accounting: how long per-user buckets are kept (e.g. `6h`).
+    #[arg(long, env = "RELAY_USAGE_RETENTION", default_value = "6h", value_parser = parse_duration)]
+    pub usage_retention: Duration,
+
+    /// Usage accounting: distinct users kept per bucket; the traffic of more goes to `other`
+    /// (counted in `relay_usage_overflow_total`).
+    #[arg(long, env = "RELAY_USAGE_MAX_USERS", default_value_t = 1000)]
+    pub usage_max_users: usize,
 
     /// On SIGTERM/SIGINT: refuse new allocations, keep existing ones at most this long, then exit
     /// (e.g. `30s`, `5m`, `0s` = exit at once).
@@ -286,6 +300,15 @@ impl From<clap::Error> for ConfigError {
 }
 
 impl Config {
+    /// The usage ledger's bounds (`--usage-bucket`, `--usage-retention`, `--usage-max-users`).
+    pub fn usage_limits(&self) -> crate::usage::UsageLimits {
+        crate::usage::UsageLimits {
+            bucket: self.usage_bucket,
+            retention: self.usage_retention,
+            max_users: self.usage_max_users,
+        }
+    }
+
     /// Reads the configuration from the process's arguments, environment and `--config` file;
     /// also returns the matches it came from (for the start-up summary).
     pub fn load() -> Result<(Self, ArgMatches), ConfigError> {
@@ -345,6 +368,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "--relay-ip {ip} is not a unicast address"
             )));
+        }
+        if self.usage_bucket < Duration::from_secs(1) || self.usage_retention < self.usage_bucket {
+            return Err(ConfigError::Invalid(
+                "--usage-bucket must be at least 1s and --usage-retention at least one bucket"
+                    .into(),
+            ));
         }
         for user in &self.users {
             if user.name.is_empty() || user.password.expose().is_empty() {

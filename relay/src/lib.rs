@@ -15,7 +15,8 @@
 //!
 //! # Layout
 //! `config` (the clap struct), `io/` (workers: sockets, batches, stream framing, relay ports),
-//! `tls` (rustls set-up), `metrics` + `admin` (`/healthz`, `/readyz`, `/metrics`).
+//! `tls` (rustls set-up), `metrics` + `admin` (`/healthz`, `/readyz`, `/metrics`, `/usage`),
+//! `usage` (relayed bytes per user and time bucket).
 
 pub mod admin;
 pub mod config;
@@ -23,6 +24,7 @@ mod io;
 pub mod metrics;
 pub mod registration;
 pub mod tls;
+pub mod usage;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
@@ -182,7 +184,8 @@ impl Relay {
         }
 
         let shared = Arc::new(SharedQuotas::new());
-        let metrics = Arc::new(Metrics::new(workers, Arc::clone(&shared)));
+        let usage = Arc::new(usage::UsageBook::new(config.usage_limits()));
+        let metrics = Arc::new(Metrics::new(workers, Arc::clone(&shared), usage));
         let drain = DrainSignal::new(Arc::clone(&shared));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (stopped_tx, stopped_rx) = mpsc::channel::<()>(1);
@@ -354,6 +357,11 @@ impl RelayHandle {
     /// The bound addresses.
     pub fn addrs(&self) -> &RelayAddrs {
         &self.addrs
+    }
+
+    /// Relayed traffic per user and time bucket (the same as `/usage`).
+    pub fn usage(&self) -> &Arc<usage::UsageBook> {
+        self.metrics.usage()
     }
 
     /// Live counters (the same as `/metrics`).

@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use relay_proto::{DenyReason, QuotaKind, SharedQuotas, Stats};
 
+use crate::usage::UsageBook;
+
 /// I/O-layer counters of one worker (plain fields, published with the core's stats).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct IoStats {
@@ -70,6 +72,8 @@ pub struct Metrics {
     /// The workers' shared state: its drain flag is the relay's (`/readyz`, `relay_draining`);
     /// nothing here keeps a copy of it.
     shared: Arc<SharedQuotas>,
+    /// Relayed traffic per user (`/usage`); here its overflow counter and size gauge only.
+    usage: Arc<UsageBook>,
     scrapes: AtomicU64,
     /// Certificate reloads on SIGHUP: accepted, and refused (the old certificate stayed).
     tls_reloads: AtomicU64,
@@ -78,12 +82,13 @@ pub struct Metrics {
 
 impl Metrics {
     /// Slots for `workers` workers sharing `shared`.
-    pub fn new(workers: usize, shared: Arc<SharedQuotas>) -> Self {
+    pub fn new(workers: usize, shared: Arc<SharedQuotas>, usage: Arc<UsageBook>) -> Self {
         Self {
             workers: (0..workers)
                 .map(|_| Mutex::new(WorkerSnapshot::default()))
                 .collect(),
             shared,
+            usage,
             scrapes: AtomicU64::new(0),
             tls_reloads: AtomicU64::new(0),
             tls_reloads_refused: AtomicU64::new(0),
@@ -107,6 +112,11 @@ impl Metrics {
             slot.core.clone_from(core);
             slot.io = *io;
         }
+    }
+
+    /// The usage ledger the workers drain into.
+    pub fn usage(&self) -> &Arc<UsageBook> {
+        &self.usage
     }
 
     /// The core stats of all workers, summed.
@@ -482,6 +492,22 @@ impl Collector for Metrics {
             "Connections --http-upstream did not accept (unreachable, refused, timed out)",
             io.http_upstream_failures,
         )?;
+        let (overflowed, entries) = {
+            let ledger = self.usage.lock();
+            (ledger.overflowed(), ledger.entries())
+        };
+        counter(
+            &mut e,
+            "relay_usage_overflow",
+            "Usage records counted into `other`: their bucket already held --usage-max-users users",
+            overflowed,
+        )?;
+        gauge(
+            &mut e,
+            "relay_usage_entries",
+            "(user, bucket) entries held by the usage ledger",
+            entries as u64,
+        )?;
         Ok(())
     }
 }
@@ -493,7 +519,12 @@ mod tests {
     #[test]
     fn renders_sums_of_workers() {
         let shared = Arc::new(SharedQuotas::new());
-        let m = Arc::new(Metrics::new(2, Arc::clone(&shared)));
+        let usage = Arc::new(UsageBook::new(crate::usage::UsageLimits {
+            bucket: std::time::Duration::from_secs(60),
+            retention: std::time::Duration::from_secs(600),
+            max_users: 10,
+        }));
+        let m = Arc::new(Metrics::new(2, Arc::clone(&shared), usage));
         let a = Stats {
             allocations: 2,
             packets_to_peer: 5,

@@ -25,6 +25,8 @@ pub struct Admission<'a> {
     /// The claims of a valid `?token=`.
     pub claims: Option<&'a Claims>,
     pub ip_slot: &'a IpSlot,
+    /// `websocket` or `http` (what the admin API lists).
+    pub transport: &'static str,
 }
 
 impl Admission<'_> {
@@ -137,6 +139,7 @@ impl Admission<'_> {
                     room,
                     name,
                     ticket: Some(ticket),
+                    transport: self.transport,
                 },
             )
             .await

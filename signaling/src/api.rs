@@ -6,8 +6,12 @@
 //! - `GET /v1/relays`: the relay fleet as this node sees it, with each relay's load and state.
 //! - `GET /v1/ice-servers?room=R`: ICE servers with fresh TURN credentials for a client library
 //!   that does not speak our protocol (y-webrtc, PeerJS); a room token for `R` also grants it.
+//! - The admin actions (`docs/signaling.md`, "Admin API"): `GET /v1/rooms` (every room and
+//!   peer), `POST /v1/rooms/{room}/peers/{peer}/kick`, `POST /v1/rooms/{room}/close`,
+//!   `POST /v1/drain` (as SIGTERM), `GET /v1/usage` (TURN usage per user and room, JSON or
+//!   CSV, from the in-process relay).
 //!
-//! Both need `Authorization: Bearer CREDENTIAL`: one of `--api-key`, or an admin JWT
+//! All need `Authorization: Bearer CREDENTIAL`: one of `--api-key`, or an admin JWT
 //! (`{"admin": true, "exp": ...}` signed with `--jwt-secret`). With neither configured the API
 //! does not exist (404), so it is never open by accident.
 
@@ -37,13 +41,19 @@ pub struct PeerEntry {
     pub node: String,
     /// Attached to a socket, or parked waiting for a resume.
     pub state: &'static str,
+    /// How it joined (`websocket`, `http`, `y-webrtc`, `peerjs`), when this node knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<&'static str>,
+    /// Seconds since it joined (the admin room list, single node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected_secs: Option<u64>,
 }
 
 /// The answer of `GET /v1/rooms/{room}`.
 #[derive(Debug, Serialize)]
 pub struct RoomView {
-    room: RoomId,
-    peers: Vec<PeerEntry>,
+    pub room: RoomId,
+    pub peers: Vec<PeerEntry>,
 }
 
 /// The answer of a broadcast.
@@ -72,7 +82,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status == StatusCode::NOT_FOUND {
+        if self.code == "not_found" {
+            // The API is not configured: nothing tells it exists.
             return self.status.into_response();
         }
         (
@@ -264,4 +275,132 @@ pub async fn broadcast(
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
     Ok(Json(Delivered { delivered }))
+}
+
+/// The answer of `GET /v1/rooms`.
+#[derive(Debug, Serialize)]
+pub struct RoomsView {
+    /// This node's id (`local` on a single node).
+    node: String,
+    rooms: Vec<RoomView>,
+}
+
+/// `GET /v1/rooms`: every room with a session on this node and its peers.
+pub async fn rooms(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<RoomsView>, ApiError> {
+    authenticate(&app, &headers)?;
+    let rooms = app
+        .hub
+        .list_rooms()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
+    Ok(Json(RoomsView {
+        node: app.hub.node_id().unwrap_or("local").to_owned(),
+        rooms,
+    }))
+}
+
+fn single_node_only() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "single_node_only",
+        "kick and close act on a single node's hub; not available with --redis yet",
+    )
+}
+
+/// The answer of a kick.
+#[derive(Debug, Serialize)]
+pub struct Kicked {
+    kicked: String,
+}
+
+/// `POST /v1/rooms/{room}/peers/{peer}/kick`: ends the peer's session with `kicked`.
+pub async fn kick(
+    State(app): State<Arc<AppState>>,
+    Path((room, peer)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Kicked>, ApiError> {
+    let room = authorize(&app, &headers, &room)?;
+    let peer = PeerId::from(peer);
+    if !app.hub.kick(&room, &peer).map_err(|_| single_node_only())? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_peer",
+            format!("no peer {peer} in room {room}"),
+        ));
+    }
+    tracing::info!(%room, %peer, "admin API: peer kicked");
+    Ok(Json(Kicked { kicked: peer.0 }))
+}
+
+/// The answer of a room close.
+#[derive(Debug, Serialize)]
+pub struct Closed {
+    closed: u64,
+}
+
+/// `POST /v1/rooms/{room}/close`: ends every session of the room with `room_closed`.
+pub async fn close_room(
+    State(app): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Closed>, ApiError> {
+    let room = authorize(&app, &headers, &room)?;
+    let closed = app.hub.close_room(&room).map_err(|_| single_node_only())?;
+    tracing::info!(%room, peers = closed, "admin API: room closed");
+    Ok(Json(Closed { closed }))
+}
+
+/// `POST /v1/drain`: drains this node as SIGTERM does (clients are told to reconnect
+/// elsewhere, the node stops when they are gone or `--drain-timeout` passed). 202.
+pub async fn drain(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate(&app, &headers)?;
+    tracing::info!("admin API: drain requested");
+    app.drain_requested.cancel();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"draining": true})),
+    )
+        .into_response())
+}
+
+/// `GET /v1/usage`: TURN usage per user and room over a window (`from`/`to` or `since`;
+/// `format=csv` or `Accept: text/csv`, `by=room`), from the in-process relay (`--with-relay`);
+/// an empty report without one.
+pub async fn usage(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    authenticate(&app, &headers)?;
+    #[cfg(feature = "with-relay")]
+    {
+        let empty;
+        let book = match app.relay_usage.get() {
+            Some(book) => book.as_ref(),
+            None => {
+                empty = relay::usage::UsageBook::new(relay::usage::UsageLimits {
+                    bucket: std::time::Duration::from_secs(60),
+                    retention: std::time::Duration::from_secs(60),
+                    max_users: 0,
+                });
+                &empty
+            }
+        };
+        Ok(relay::admin::usage_response(book, &query, &headers))
+    }
+    #[cfg(not(feature = "with-relay"))]
+    {
+        let _ = query;
+        Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "no_relay",
+            "built without the in-process relay",
+        ))
+    }
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::api::PeerEntry;
+use crate::api::{PeerEntry, RoomView};
 use crate::cluster::ClusterHub;
 use crate::error::RequestError;
 use crate::hub::{
@@ -18,6 +18,10 @@ use crate::outbound::OutboundTx;
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, ResumeToken, RoomId, ServerMessage,
 };
+
+/// An admin action this backend cannot perform (kick and close on a cluster node).
+#[derive(Debug, Clone, Copy)]
+pub struct AdminUnsupported;
 
 /// See the module docs.
 pub enum Backend {
@@ -186,6 +190,41 @@ impl Backend {
         match self {
             Self::Local(hub) => Ok(hub.room_peers(room)),
             Self::Cluster(hub) => hub.room_peers(room).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Every room with a session on this node, with all its peers (on a cluster, the peers
+    /// on every node, read from the shared store), for the admin API.
+    pub async fn list_rooms(&self) -> Result<Vec<RoomView>, String> {
+        match self {
+            Self::Local(hub) => Ok(hub.list_rooms("local", Instant::now())),
+            Self::Cluster(hub) => {
+                let mut rooms = hub.rooms();
+                rooms.sort();
+                let mut views = Vec::with_capacity(rooms.len());
+                for room in rooms {
+                    let peers = hub.room_peers(&room).await.map_err(|e| e.to_string())?;
+                    views.push(RoomView { room, peers });
+                }
+                Ok(views)
+            }
+        }
+    }
+
+    /// Ends `peer`'s session with `kicked`. `Ok(false)`: no such peer. Single node only: a
+    /// cluster answers `Err`.
+    pub fn kick(&self, room: &RoomId, peer: &PeerId) -> Result<bool, AdminUnsupported> {
+        match self {
+            Self::Local(hub) => Ok(hub.kick(room, peer, Instant::now())),
+            Self::Cluster(_) => Err(AdminUnsupported),
+        }
+    }
+
+    /// Ends every session of `room` with `room_closed`; returns how many. Single node only.
+    pub fn close_room(&self, room: &RoomId) -> Result<u64, AdminUnsupported> {
+        match self {
+            Self::Local(hub) => Ok(hub.close_room(room, Instant::now())),
+            Self::Cluster(_) => Err(AdminUnsupported),
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
 
-use crate::api::PeerEntry;
+use crate::api::{PeerEntry, RoomView};
 use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
 use crate::memory_budget::MemoryBudget;
@@ -62,6 +62,8 @@ pub struct JoinRequest {
     pub name: Option<String>,
     /// The session's place among its client address's (`--max-sessions-per-ip`).
     pub ticket: Option<SessionTicket>,
+    /// How the client joined: `websocket`, `http`, `y-webrtc`, `peerjs` (the admin API).
+    pub transport: &'static str,
 }
 
 /// A `resume` whose version was negotiated.
@@ -256,6 +258,8 @@ impl LocalHub {
             },
             ice_refresh_at: self.ice.refresh_after().map(|d| now + d),
             ticket: req.ticket,
+            transport: req.transport,
+            joined: now,
         };
         st.sessions.insert(key, session);
         st.rooms
@@ -516,23 +520,56 @@ impl LocalHub {
     /// The peers of `room`, oldest first (the backend API).
     pub fn room_peers(&self, room: &RoomId) -> Vec<PeerEntry> {
         let st = self.lock();
-        let Some(members) = st.rooms.get(room) else {
-            return Vec::new();
-        };
-        members
-            .members()
+        st.rooms
+            .get(room)
+            .map(|members| st.peer_entries(members, "local", None))
+            .unwrap_or_default()
+    }
+
+    /// Every room here with its peers, oldest first, and how long each has been connected at
+    /// `now` (the admin API).
+    pub fn list_rooms(&self, node: &str, now: Instant) -> Vec<RoomView> {
+        let st = self.lock();
+        let mut rooms: Vec<RoomView> = st
+            .rooms
             .iter()
-            .filter_map(|k| st.sessions.get(k))
-            .map(|s| PeerEntry {
-                id: s.peer.0.clone(),
-                name: s.name.clone(),
-                node: "local".into(),
-                state: match s.link {
-                    Link::Attached { .. } => "attached",
-                    Link::Parked { .. } => "parked",
-                },
+            .map(|(room, members)| RoomView {
+                room: room.clone(),
+                peers: st.peer_entries(members, node, Some(now)),
             })
-            .collect()
+            .collect();
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        rooms
+    }
+
+    /// Ends the session of `peer` in `room` with `kicked` (admin API): it is told, its socket
+    /// closes with 1008, a resume is refused with `kicked`, and the room gets `peer_left`.
+    /// False when no such peer is here.
+    pub fn kick(&self, room: &RoomId, peer: &PeerId, now: Instant) -> bool {
+        let mut st = self.lock_at(now);
+        let Some(key) = st.rooms.get(room).and_then(|r| r.session_of(peer)) else {
+            return false;
+        };
+        st.ending.push((key, ErrorCode::Kicked));
+        st.settle();
+        self.update_gauges(&st);
+        true
+    }
+
+    /// Ends every session of `room` with `room_closed` (admin API); returns how many.
+    pub fn close_room(&self, room: &RoomId, now: Instant) -> u64 {
+        let mut st = self.lock_at(now);
+        let members: Vec<SessionKey> = st
+            .rooms
+            .get(room)
+            .map(|r| r.members().to_vec())
+            .unwrap_or_default();
+        // Newest first: `settle` pops from the end, so the oldest peer ends last.
+        st.ending
+            .extend(members.iter().map(|k| (*k, ErrorCode::RoomClosed)));
+        st.settle();
+        self.update_gauges(&st);
+        members.len() as u64
     }
 
     /// Delivers `message` (from the backend) to every peer of `room`; returns to how many.
@@ -720,6 +757,26 @@ pub fn encode(frame: &ServerFrame) -> Utf8Bytes {
 }
 
 impl HubState {
+    /// The members of `room` as the APIs list them, oldest first; with `now`, each with its
+    /// connected time.
+    fn peer_entries(&self, room: &Room, node: &str, now: Option<Instant>) -> Vec<PeerEntry> {
+        room.members()
+            .iter()
+            .filter_map(|k| self.sessions.get(k))
+            .map(|s| PeerEntry {
+                id: s.peer.0.clone(),
+                name: s.name.clone(),
+                node: node.to_owned(),
+                state: match s.link {
+                    Link::Attached { .. } => "attached",
+                    Link::Parked { .. } => "parked",
+                },
+                transport: Some(s.transport),
+                connected_secs: now.map(|now| now.saturating_duration_since(s.joined).as_secs()),
+            })
+            .collect()
+    }
+
     /// The other members of `key`'s room, oldest first, with whether `key` is polite to each.
     fn room_of(&self, key: SessionKey) -> impl Iterator<Item = (SessionKey, bool)> + '_ {
         self.sessions
@@ -880,6 +937,8 @@ impl HubState {
                 let message = match code {
                     ErrorCode::SlowConsumer => "too many unread messages: the session ended",
                     ErrorCode::ReplayOverflow => "the replay buffer overflowed: the session ended",
+                    ErrorCode::Kicked => "an operator removed you from the room",
+                    ErrorCode::RoomClosed => "an operator closed the room",
                     _ => "the session ended",
                 };
                 let frame = encode(&ServerFrame {
@@ -951,6 +1010,7 @@ mod tests {
                     room: "r".into(),
                     name: None,
                     ticket: None,
+                    transport: "websocket",
                 },
                 Instant::now(),
             )

@@ -163,6 +163,11 @@ mod server {
         /// Where the listener hands TURN connections (`--shared-port`).
         #[cfg(feature = "with-relay")]
         pub relay_intake: std::sync::OnceLock<relay::StreamIntake>,
+        /// The in-process relay's usage ledger (`--with-relay`): `GET /v1/usage` reads it.
+        #[cfg(feature = "with-relay")]
+        pub relay_usage: std::sync::OnceLock<Arc<relay::usage::UsageBook>>,
+        /// Cancelled by `POST /v1/drain`: `serve` drains as on SIGTERM.
+        pub drain_requested: CancellationToken,
     }
 
     /// What `--tls-cert`/`--tls-key` (the acceptor and the files, for reloads) or
@@ -339,6 +344,8 @@ mod server {
                 relay_metrics: std::sync::OnceLock::new(),
                 #[cfg(feature = "with-relay")]
                 relay_intake: std::sync::OnceLock::new(),
+                relay_usage: std::sync::OnceLock::new(),
+                drain_requested: CancellationToken::new(),
                 clients: IpTable::new(IpLimits {
                     max_connections: config.max_connections_per_ip,
                     join_rate: config.join_rate_per_ip,
@@ -397,7 +404,12 @@ mod server {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
+            .route("/v1/rooms", get(crate::api::rooms))
             .route("/v1/rooms/{room}", get(crate::api::room))
+            .route("/v1/rooms/{room}/close", post(crate::api::close_room))
+            .route("/v1/rooms/{room}/peers/{peer}/kick", post(crate::api::kick))
+            .route("/v1/drain", post(crate::api::drain))
+            .route("/v1/usage", get(crate::api::usage))
             .route("/v1/rooms/{room}/broadcast", post(crate::api::broadcast))
             .route("/v1/relays", get(crate::api::relays))
             .route("/v1/ice-servers", get(crate::api::ice_servers))
@@ -494,7 +506,10 @@ mod server {
             Arc::clone(&state.metrics),
             stopped.clone(),
         ));
-        shutdown.cancelled().await;
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = state.drain_requested.cancelled() => {}
+        }
         crate::shutdown::drain(&state, "server shutting down", state.config.drain_timeout).await;
         stopped.cancel();
         sweeper.abort();

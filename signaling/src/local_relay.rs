@@ -109,6 +109,11 @@ impl LocalRelay {
         std::sync::Arc::clone(self.handle.metrics())
     }
 
+    /// The relay's usage ledger (signaling's `GET /v1/usage` reads it).
+    pub fn usage(&self) -> std::sync::Arc<relay::usage::UsageBook> {
+        std::sync::Arc::clone(self.handle.usage())
+    }
+
     /// Stops the relay's workers (allocations end with the process).
     pub async fn shutdown(self) {
         self.handle.shutdown().await;

@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         if state.config.shared_port {
             let _ = state.relay_intake.set(local_relay.stream_intake());
         }
+        let _ = state.relay_usage.set(local_relay.usage());
     }
     // Tests and scripts parse this line for the bound address.
     let (http, ws) = if state.tls.is_some() {

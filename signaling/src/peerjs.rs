@@ -365,6 +365,7 @@ async fn register(
                 room,
                 name: None,
                 ticket: Some(ticket),
+                transport: "peerjs",
             },
         )
         .await

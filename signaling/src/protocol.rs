@@ -411,6 +411,10 @@ pub enum ErrorCode {
     Internal,
     /// The server cannot reach its shared store (cluster mode): try again shortly.
     Unavailable,
+    /// An operator removed this peer (admin API): the session ended and cannot be resumed.
+    Kicked,
+    /// An operator closed the room (admin API): every session of it ended.
+    RoomClosed,
 }
 
 impl ErrorCode {
@@ -439,13 +443,15 @@ impl ErrorCode {
             Self::Draining => "draining",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
+            Self::Kicked => "kicked",
+            Self::RoomClosed => "room_closed",
         }
     }
 }
 
 impl ErrorCode {
     /// Every code, in the order of the table in `docs/protocol.md`.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 24] = [
         Self::UnsupportedVersion,
         Self::InvalidMessage,
         Self::BinaryNotSupported,
@@ -468,6 +474,8 @@ impl ErrorCode {
         Self::Draining,
         Self::Internal,
         Self::Unavailable,
+        Self::Kicked,
+        Self::RoomClosed,
     ];
 
     /// The WebSocket close code the server closes the socket with after this error, or `None`
@@ -491,7 +499,9 @@ impl ErrorCode {
             | Self::Forbidden
             | Self::ResumeFailed
             | Self::ReplayOverflow
-            | Self::SlowConsumer => Some(POLICY),
+            | Self::SlowConsumer
+            | Self::Kicked
+            | Self::RoomClosed => Some(POLICY),
             Self::RoomFull
             | Self::TooManyRooms
             | Self::TooManySessions
@@ -516,7 +526,9 @@ impl ErrorCode {
             | Self::InvalidName
             | Self::RoomFull
             | Self::Unauthorized
-            | Self::Forbidden => RetryClass::Fatal,
+            | Self::Forbidden
+            | Self::Kicked
+            | Self::RoomClosed => RetryClass::Fatal,
             Self::ResumeFailed | Self::ReplayOverflow | Self::SlowConsumer => RetryClass::Rejoin,
             Self::MessageTooLarge
             | Self::TooManyRooms
@@ -561,7 +573,8 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     /// The server shut down after draining.
     pub const GOING_AWAY: u16 = 1001;
-    /// A refused handshake, a timeout, a slow consumer, or a session taken over by a resume.
+    /// A refused handshake, a timeout, a slow consumer, a session taken over by a resume, or
+    /// a peer kicked or a room closed by an operator.
     pub const POLICY: u16 = 1008;
     /// A frame larger than `max_message_bytes`.
     pub const TOO_BIG: u16 = 1009;

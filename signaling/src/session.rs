@@ -300,6 +300,7 @@ impl SocketTask {
             path_room: self.handshake.path_room.as_ref(),
             claims: self.handshake.claims.as_ref(),
             ip_slot: &self.handshake.ip_slot,
+            transport: "websocket",
         };
         let how = match message {
             ClientMessage::Resume { .. } => "resumed",

@@ -38,6 +38,10 @@ pub struct Session {
     pub ice_refresh_at: Option<Instant>,
     /// The session's place among its client address's (given back when it ends).
     pub ticket: Option<SessionTicket>,
+    /// How the client joined (`websocket`, `http`, `y-webrtc`, `peerjs`).
+    pub transport: &'static str,
+    /// When it joined (for the admin API's connected time).
+    pub joined: Instant,
 }
 
 impl Session {

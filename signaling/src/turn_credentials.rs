@@ -1,5 +1,8 @@
 //! ICE servers for clients, with short-lived TURN credentials in the TURN REST scheme:
-//! `username = "<expiry-unix>:<peer-id>"`, `credential = base64(HMAC-SHA1(secret, username))`.
+//! `username = "<expiry-unix>:<room>:<peer-id>"`, `credential = base64(HMAC-SHA1(secret,
+//! username))`. The user part `<room>:<peer-id>` is what the relay bills usage to (its room is
+//! the part before the last `:`; room ids and peer ids never hold a `:`). Any REST server
+//! accepts it: coturn reads the expiry before the first `:` as well.
 //!
 //! The relay holds the same secret list and recomputes the credential, so nothing is stored.
 //! The first configured secret signs; the relay accepts any of its list, which lets secrets
@@ -71,7 +74,7 @@ impl IceServerMinter {
                 .checked_add(self.ttl)
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs());
-            let username = format!("{expiry}:{peer}");
+            let username = format!("{expiry}:{room}:{peer}");
             let credential = rest_password(secret.expose(), &username);
             servers.push(IceServer {
                 urls: turn_urls,
@@ -125,10 +128,10 @@ mod tests {
         assert_eq!(servers[0].username, None);
         let turn = &servers[1];
         assert_eq!(turn.urls.len(), 2);
-        assert_eq!(turn.username.as_deref(), Some("1000600:p1"));
+        assert_eq!(turn.username.as_deref(), Some("1000600:r:p1"));
         assert_eq!(
             turn.credential.as_deref(),
-            Some(rest_password(b"first", "1000600:p1").as_str())
+            Some(rest_password(b"first", "1000600:r:p1").as_str())
         );
         assert_eq!(minter.refresh_after(), Some(Duration::from_secs(480)));
     }

@@ -285,6 +285,7 @@ impl YConnection {
                     room: topic_room(&topic),
                     name: None,
                     ticket: Some(ticket),
+                    transport: "y-webrtc",
                 },
             )
             .await;

@@ -6,3 +6,4 @@ mod fleet_failover;
 mod nat;
 mod peer_e2e;
 mod proxy_protocol;
+mod usage;

@@ -10,6 +10,7 @@ use crate::message::TransactionId;
 use crate::permission::Permissions;
 use crate::quota::TokenBucket;
 use crate::relay_handle::RelayHandle;
+use crate::usage::Usage;
 
 /// The state of one allocation.
 #[derive(Debug)]
@@ -38,4 +39,6 @@ pub(crate) struct Allocation {
     pub(crate) channels: Channels,
     /// Relayed-bytes budget (when `Quotas::bandwidth_per_allocation` is set).
     pub(crate) bandwidth: Option<TokenBucket>,
+    /// Traffic relayed since the last `Server::drain_usage`, billed to `quota_user`.
+    pub(crate) unbilled: Usage,
 }

@@ -110,6 +110,11 @@ impl AllocationTable {
         key
     }
 
+    /// Every live allocation (for the periodic usage drain; never on a packet path).
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Allocation> {
+        self.slots.iter_mut().filter_map(|s| s.allocation.as_mut())
+    }
+
     /// Take the allocation of `key` out of the table and its indexes; `None` if it is gone.
     pub(crate) fn remove(&mut self, key: AllocKey) -> Option<Allocation> {
         let slot = self.slots.get_mut(key.index as usize)?;

@@ -122,6 +122,7 @@ mod reservations;
 mod server;
 mod small_list;
 mod stats;
+mod usage;
 
 pub use attributes::AttributeType;
 pub use config::{AuthConfig, ExternalIp, ServerConfig, StaticCredential, WallClock};
@@ -135,6 +136,7 @@ pub use quota::{DEFAULT_AMPLIFICATION_ALLOWANCE, QuotaKind, Quotas, RateLimit, S
 pub use relay_handle::RelayHandle;
 pub use server::Server;
 pub use stats::Stats;
+pub use usage::Usage;
 
 #[cfg(test)]
 mod tests {

@@ -352,6 +352,7 @@ impl Server {
             permissions: Default::default(),
             channels: Default::default(),
             bandwidth,
+            unbilled: Default::default(),
         };
         let key = self.insert_allocation(alloc);
         let token = (p.reserve_next && relay.port() % 2 == 0 && relay.port() < u16::MAX)

@@ -26,6 +26,7 @@ use crate::pending::PendingAllocations;
 use crate::quota::{QuotaKind, Quotas, SharedQuotas};
 use crate::relay_handle::RelayHandle;
 use crate::stats::Stats;
+use crate::usage::{UnbilledUsage, Usage};
 
 /// Largest peer payload a Data indication can carry (65535 minus XOR-PEER-ADDRESS for IPv6 and
 /// the DATA attribute header, rounded down to a multiple of 4).
@@ -59,6 +60,8 @@ pub struct Server {
     /// Drained by `poll_output`.
     pub(crate) outputs: VecDeque<Output>,
     pub(crate) stats: Stats,
+    /// The last counts of allocations that ended, until `drain_usage`.
+    pub(crate) unbilled: UnbilledUsage,
 }
 
 impl Server {
@@ -80,6 +83,7 @@ impl Server {
             expiry: ExpiryQueue::default(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
+            unbilled: UnbilledUsage::default(),
         }
     }
 
@@ -253,6 +257,7 @@ impl Server {
         let channel = alloc.channels.by_peer(peer, now).map(|c| c.number);
         self.stats.packets_to_client += 1;
         self.stats.bytes_to_client += len as u64;
+        alloc.unbilled.count_to_client(len as u64);
         let Some(number) = channel else {
             if len > MAX_DATA_INDICATION_PAYLOAD {
                 // Would not fit in a STUN message's 16-bit length with its headers.
@@ -373,6 +378,19 @@ impl Server {
         &self.stats
     }
 
+    /// Hands `sink` the traffic relayed since the last call, per user (the `<user>` of a REST
+    /// username, or the static user), and starts counting afresh: live allocations and those
+    /// that ended since. Call it periodically (it walks every allocation of the shard), not
+    /// per packet; a user may be named more than once in one call.
+    pub fn drain_usage(&mut self, mut sink: impl FnMut(&str, Usage)) {
+        for alloc in self.allocations.iter_mut() {
+            if !alloc.unbilled.is_zero() {
+                sink(&alloc.quota_user, std::mem::take(&mut alloc.unbilled));
+            }
+        }
+        self.unbilled.drain(&mut sink);
+    }
+
     /// Refuse new allocations (existing ones live on until they expire) when `true`. The flag
     /// is `SharedQuotas`': this drains every shard sharing it (`SharedQuotas::set_draining`).
     pub fn set_draining(&mut self, draining: bool) {
@@ -437,6 +455,7 @@ impl Server {
             return;
         };
         self.shared.release(&alloc.quota_user);
+        self.unbilled.keep(&alloc.quota_user, alloc.unbilled);
         self.stats.allocations = self.stats.allocations.saturating_sub(1);
         self.stats.permissions = self
             .stats
@@ -480,6 +499,7 @@ fn charge_to_peer(
     }
     stats.packets_to_peer += 1;
     stats.bytes_to_peer += len;
+    alloc.unbilled.count_to_peer(len);
     true
 }
 

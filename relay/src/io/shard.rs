@@ -401,16 +401,26 @@ impl Shard {
             self.last_publish.set(now);
             self.metrics
                 .publish(self.index, core.stats(), &self.io_snapshot());
+            self.bill_usage(&mut core);
         }
         drop(core);
         self.flush();
         next
     }
 
-    /// Publishes counters now (at shutdown).
+    /// Publishes counters and usage now (at shutdown).
     pub(crate) fn publish(&self) {
+        let mut core = self.core.borrow_mut();
         self.metrics
-            .publish(self.index, self.core.borrow().stats(), &self.io_snapshot());
+            .publish(self.index, core.stats(), &self.io_snapshot());
+        self.bill_usage(&mut core);
+    }
+
+    /// Moves the traffic relayed since the last tick, per user, into the usage ledger.
+    fn bill_usage(&self, core: &mut Server) {
+        let now = crate::usage::unix_now();
+        let mut ledger = self.metrics.usage().lock();
+        core.drain_usage(|user, usage| ledger.record(now, user, usage));
     }
 
     /// The I/O counters with the queued-bytes gauges filled in.

@@ -1133,6 +1133,8 @@ impl ClusterHub {
                 name: (!c[1].is_empty()).then(|| c[1].clone()),
                 node: c[2].clone(),
                 state: if c[3] == "a" { "attached" } else { "parked" },
+                transport: None,
+                connected_secs: None,
             })
             .collect())
     }

@@ -49,9 +49,11 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::UnknownPeer => StatusCode::BAD_REQUEST,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::ResumeFailed | ErrorCode::ReplayOverflow | ErrorCode::SlowConsumer => {
-            StatusCode::GONE
-        }
+        ErrorCode::ResumeFailed
+        | ErrorCode::ReplayOverflow
+        | ErrorCode::SlowConsumer
+        | ErrorCode::Kicked
+        | ErrorCode::RoomClosed => StatusCode::GONE,
         ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RateLimited | ErrorCode::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::RoomFull
@@ -208,6 +210,7 @@ async fn try_open(
         path_room: path_room.as_ref(),
         claims: claims.as_ref(),
         ip_slot: &ip_slot,
+        transport: "http",
     };
     let attached = door.admit(message).await?;
     app.hub

@@ -3,6 +3,7 @@
 //! with real WebSocket and HTTP clients speaking protocol v1.
 
 mod acme;
+mod admin;
 mod api;
 mod auth;
 mod basic;

@@ -81,8 +81,8 @@ async fn turn_credentials_are_minted_and_refreshed_before_expiry() {
         let turn = &servers[1];
         assert_eq!(turn.urls.len(), 2);
         let username = turn.username.as_deref().expect("username");
-        let (expiry, peer) = username.split_once(':').expect("expiry:peer");
-        assert_eq!(peer, info.peer_id.as_str());
+        let (expiry, user) = username.split_once(':').expect("expiry:room:peer");
+        assert_eq!(user, format!("turn:{}", info.peer_id));
         assert_eq!(
             turn.credential.as_deref(),
             Some(rest_password(b"signing-secret", username).as_str())

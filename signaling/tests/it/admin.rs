@@ -1,0 +1,179 @@
+//! The admin API (`docs/signaling.md`, "Admin API"): list rooms and peers, kick a peer, close
+//! a room, read usage, drain the node; every action refused without the API key (401).
+
+use signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, ServerMessage};
+
+use crate::support::{Client, Closed, Server, cluster_nodes, http_request};
+
+const KEY: &str = "admin-key-1";
+
+async fn call(server: &Server, method: &str, path: &str, auth: Option<&str>) -> (u16, String) {
+    let header = auth.map(|key| format!("Bearer {key}"));
+    let headers: Vec<(&str, &str)> = header
+        .as_deref()
+        .map(|h| vec![("Authorization", h)])
+        .unwrap_or_default();
+    let (status, _, body) = http_request(server.addr, method, path, &headers, "").await;
+    (status, body)
+}
+
+const ACTIONS: [(&str, &str); 6] = [
+    ("GET", "/v1/rooms"),
+    ("POST", "/v1/rooms/adm/peers/000000000000/kick"),
+    ("POST", "/v1/rooms/adm/close"),
+    ("GET", "/v1/usage"),
+    ("GET", "/v1/usage?format=csv"),
+    ("POST", "/v1/drain"),
+];
+
+#[tokio::test]
+async fn every_admin_action_is_refused_without_the_key() {
+    let server = Server::start(&["--api-key", KEY]);
+    let (mut a, _) = Client::join(&server.ws_first("/ws/adm"), None).await;
+    for (method, path) in ACTIONS {
+        for auth in [None, Some("wrong-key")] {
+            let (status, body) = call(&server, method, path, auth).await;
+            assert_eq!(status, 401, "{method} {path} with {auth:?}: {body}");
+            assert!(body.contains("unauthorized"), "{body}");
+        }
+    }
+    // Nothing happened: the peer is still there, the node is not draining.
+    a.sync().await;
+    assert_eq!(server.get("/readyz").await.0, 200);
+    // Without --api-key or --jwt-secret the API does not exist.
+    let bare = Server::start(&[]);
+    for (method, path) in ACTIONS {
+        let (status, _) = call(&bare, method, path, Some(KEY)).await;
+        assert_eq!(status, 404, "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn the_admin_lists_kicks_and_closes_rooms() {
+    let server = Server::start(&["--api-key", KEY]);
+    let (mut a, a_info) = Client::join(&server.ws_first("/ws/adm"), None).await;
+    let (mut b, b_info) = Client::join(&server.ws_first("/ws/adm"), None).await;
+    let (mut c, _) = Client::join(&server.ws_first("/ws/adm"), None).await;
+    let (mut d, d_info) = Client::join(&server.ws_first("/ws/quiet"), None).await;
+    for _ in 0..2 {
+        let _ = a.recv_message().await;
+    }
+    let _ = b.recv_message().await;
+
+    let (status, body) = call(&server, "GET", "/v1/rooms", Some(KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let rooms = view["rooms"].as_array().expect("rooms");
+    let adm = rooms.iter().find(|r| r["room"] == "adm").expect("room adm");
+    let ids: Vec<&str> = adm["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(ids[0], a_info.peer_id.as_str());
+    assert!(rooms.iter().any(|r| r["room"] == "quiet"), "{body}");
+
+    if cluster_nodes() > 1 {
+        // Kick and close act on one node's hub: a cluster says so.
+        let kick = format!("/v1/rooms/adm/peers/{}/kick", b_info.peer_id);
+        let (status, body) = call(&server, "POST", &kick, Some(KEY)).await;
+        assert_eq!(status, 501, "{body}");
+        assert!(body.contains("single_node_only"), "{body}");
+        return;
+    }
+    let first = &adm["peers"][0];
+    assert_eq!(first["node"], "local");
+    assert_eq!(first["transport"], "websocket");
+    assert_eq!(first["state"], "attached");
+    assert!(first["connected_secs"].as_u64().is_some(), "{body}");
+
+    // Kick b: b is told and closed, the others see it leave, and b cannot resume.
+    let kick = format!("/v1/rooms/adm/peers/{}/kick", b_info.peer_id);
+    let (status, body) = call(&server, "POST", &kick, Some(KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(b_info.peer_id.as_str()), "{body}");
+    b.expect_error(ErrorCode::Kicked).await;
+    assert_eq!(b.expect_close().await, Closed::Code(1008));
+    for other in [&mut a, &mut c] {
+        match other.recv_message().await {
+            ServerMessage::PeerLeft { peer_id, reason } => {
+                assert_eq!(peer_id, b_info.peer_id);
+                assert_eq!(reason, LeaveReason::Ended);
+            }
+            other => panic!("expected peer_left, got {other:?}"),
+        }
+    }
+    let mut again = Client::connect(&server.ws_first("/ws")).await;
+    again
+        .send(&ClientMessage::Resume {
+            id: Some(1),
+            versions: vec![1],
+            resume_token: b_info.resume_token.clone(),
+            last_seq: b.last_seq,
+        })
+        .await;
+    again.expect_error(ErrorCode::Kicked).await;
+    assert_eq!(again.expect_close().await, Closed::Code(1008));
+    let (status, body) = call(&server, "POST", &kick, Some(KEY)).await;
+    assert_eq!(status, 404, "a second kick finds nobody: {body}");
+    assert!(body.contains("unknown_peer"), "{body}");
+
+    // Close the room: both remaining peers are told; the other room is untouched.
+    let (status, body) = call(&server, "POST", "/v1/rooms/adm/close", Some(KEY)).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"closed":2}"#));
+    for peer in [&mut a, &mut c] {
+        loop {
+            match peer.recv_message().await {
+                ServerMessage::PeerLeft { .. } => continue,
+                ServerMessage::Error { code, .. } => {
+                    assert_eq!(code, ErrorCode::RoomClosed);
+                    break;
+                }
+                other => panic!("expected room_closed, got {other:?}"),
+            }
+        }
+        assert_eq!(peer.expect_close().await, Closed::Code(1008));
+    }
+    let (_, body) = call(&server, "GET", "/v1/rooms", Some(KEY)).await;
+    let view: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let rooms: Vec<&str> = view["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["room"].as_str().unwrap())
+        .collect();
+    assert_eq!(rooms, ["quiet"]);
+    d.sync().await;
+    assert_eq!(d_info.room.as_str(), "quiet");
+}
+
+#[tokio::test]
+async fn usage_reads_as_json_and_csv_and_drain_tells_clients() {
+    let server = Server::start(&["--api-key", KEY, "--drain-timeout", "2s"]);
+    let (mut a, _) = Client::join(&server.ws_first("/ws/drain"), None).await;
+    // No in-process relay here: an empty report (the accounting itself is tested end to end
+    // with a relay in tests/it/usage.rs).
+    let (status, body) = call(&server, "GET", "/v1/usage?since=10m", Some(KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(report["users"], serde_json::json!([]));
+    assert_eq!(report["rooms"], serde_json::json!([]));
+    let (status, body) = call(&server, "GET", "/v1/usage?format=csv&by=room", Some(KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("from,to,room,users,bytes_to_peer"),
+        "{body}"
+    );
+    let (status, body) = call(&server, "GET", "/v1/usage?from=10&to=5", Some(KEY)).await;
+    assert_eq!(status, 400, "{body}");
+
+    let (status, body) = call(&server, "POST", "/v1/drain", Some(KEY)).await;
+    assert_eq!(status, 202, "{body}");
+    match a.recv_message().await {
+        ServerMessage::Draining { .. } => {}
+        other => panic!("expected draining, got {other:?}"),
+    }
+    assert_eq!(server.get("/readyz").await.0, 503);
+}

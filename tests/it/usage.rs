@@ -1,0 +1,254 @@
+//! TURN usage accounting end to end: `signaling --with-relay` mints a REST username
+//! `<expiry>:<room>:<peer>`, a `turn` crate client relays a known number of payload bytes each
+//! way through the in-process relay under it, and the per-user and per-room totals match,
+//! live (the allocation is still open), through the relay's admin `/usage` and through
+//! signaling's `/v1/usage` (JSON and CSV, refused without the API key).
+//!
+//! Tolerance: none. The relay bills application payload only (what the peer receives from the
+//! relay socket, what the client gets out of ChannelData or a Data indication); the TURN
+//! framing (4 bytes of ChannelData header, or ~36 bytes of Send/Data indication, per packet)
+//! and UDP/IP headers are not billed, so the totals equal the payload sent on loopback.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::bin_path;
+use e2e::signaling_http::http_request;
+use futures_util::{SinkExt as _, StreamExt as _};
+use signaling::protocol::{ClientMessage, ServerFrame, ServerMessage};
+use testkit::Spawned;
+use tokio::net::UdpSocket;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use turn::client::{Client, ClientConfig};
+use webrtc_util::Conn as _;
+
+const KEY: &str = "usage-key";
+const TO_PEER: (usize, usize) = (120, 1000); // packets, bytes each
+const TO_CLIENT: (usize, usize) = (80, 700);
+const STEP: Duration = Duration::from_secs(5);
+
+fn addr_after(line: &str) -> SocketAddr {
+    line.rsplit([' ', '/'])
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// Joins `room` over a WebSocket; returns the socket (kept open) and the TURN username and
+/// credential of the welcome.
+async fn join(
+    server: SocketAddr,
+    room: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+    String,
+    String,
+) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{server}/ws/{room}"))
+        .await
+        .expect("connect");
+    let join = ClientMessage::Join {
+        id: Some(1),
+        versions: vec![1],
+        room: None,
+        name: None,
+        token: None,
+    };
+    ws.send(Message::text(serde_json::to_string(&join).unwrap()))
+        .await
+        .unwrap();
+    loop {
+        let msg = timeout(STEP, ws.next())
+            .await
+            .expect("welcome")
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = msg else { continue };
+        let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
+        if let ServerMessage::Welcome { session, .. } = frame.message {
+            let turn = session
+                .ice_servers
+                .iter()
+                .find(|s| s.username.is_some())
+                .expect("a TURN server with credentials");
+            return (
+                ws,
+                session.peer_id.0.clone(),
+                turn.username.clone().unwrap(),
+                turn.credential.clone().unwrap(),
+            );
+        }
+    }
+}
+
+/// The (bytes_to_peer, bytes_to_client) of `user` and of `room` in a `/usage` JSON answer.
+fn totals(body: &str, user: &str, room: &str) -> Option<((u64, u64), (u64, u64))> {
+    let report: serde_json::Value = serde_json::from_str(body).ok()?;
+    let pick = |list: &str, key: &str, value: &str| {
+        report[list]
+            .as_array()?
+            .iter()
+            .find(|e| e[key] == value)
+            .map(|e| {
+                (
+                    e["bytes_to_peer"].as_u64().unwrap_or(0),
+                    e["bytes_to_client"].as_u64().unwrap_or(0),
+                )
+            })
+    };
+    Some((pick("users", "user", user)?, pick("rooms", "room", room)?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
+    let mut command = Command::new(bin_path("signaling"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--with-relay"])
+        .args(["--relay-listen", "127.0.0.1:0", "--api-key", KEY])
+        .env("RUST_LOG", "warn");
+    let mut proc = Spawned::spawn(command, false);
+    let relay = addr_after(&proc.wait_line(STEP * 4, |l| l.starts_with("relay udp ")));
+    let admin = addr_after(&proc.wait_line(STEP, |l| l.starts_with("relay admin http://")));
+    let server = addr_after(&proc.wait_line(STEP, |l| l.starts_with("listening on http://")));
+
+    let room = "billing-room";
+    let (_ws, peer_id, username, credential) = join(server, room).await;
+    let user = format!("{room}:{peer_id}");
+    assert!(username.ends_with(&format!(":{user}")), "{username}");
+
+    let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: relay.to_string(),
+        turn_serv_addr: relay.to_string(),
+        username,
+        password: credential,
+        realm: "relay".to_owned(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    let relayed = timeout(STEP, client.allocate()).await.unwrap().unwrap();
+    let relayed_addr = relayed.local_addr().unwrap();
+    let peer = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let peer_addr = peer.local_addr().unwrap();
+
+    // Client -> peer, counted by the peer.
+    let receiving = tokio::spawn({
+        let peer = Arc::clone(&peer);
+        async move {
+            let mut buf = vec![0u8; 2048];
+            let mut got = 0usize;
+            for _ in 0..TO_PEER.0 {
+                match timeout(STEP, peer.recv_from(&mut buf)).await {
+                    Ok(Ok((n, _))) => got += n,
+                    _ => break,
+                }
+            }
+            got
+        }
+    });
+    let payload = vec![7u8; TO_PEER.1];
+    for i in 0..TO_PEER.0 {
+        relayed.send_to(&payload, peer_addr).await.unwrap();
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let peer_got = receiving.await.unwrap();
+    assert_eq!(
+        peer_got,
+        TO_PEER.0 * TO_PEER.1,
+        "loopback lost packets to the peer"
+    );
+
+    // Peer -> client, counted by the client.
+    let reply = vec![9u8; TO_CLIENT.1];
+    let mut client_got = 0usize;
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..TO_CLIENT.0 {
+        peer.send_to(&reply, relayed_addr).await.unwrap();
+        let (n, _) = timeout(STEP, relayed.recv_from(&mut buf))
+            .await
+            .expect("relayed to the client")
+            .unwrap();
+        client_got += n;
+    }
+    assert_eq!(client_got, TO_CLIENT.0 * TO_CLIENT.1);
+    let expected = (peer_got as u64, client_got as u64);
+
+    // The allocation is still open: the totals are there already (workers publish every
+    // 200 ms), not only when it ends.
+    let mut last = String::new();
+    let mut seen = None;
+    for _ in 0..50 {
+        let (status, _, body) = http_request(admin, "GET", "/usage?since=10m", &[], "").await;
+        assert_eq!(status, 200, "{body}");
+        if let Some((by_user, by_room)) = totals(&body, &user, room)
+            && by_user == expected
+        {
+            seen = Some(by_room);
+            break;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let by_room = seen.unwrap_or_else(|| panic!("relay /usage never showed {expected:?}: {last}"));
+    assert_eq!(by_room, expected);
+
+    // The same through signaling's admin API, JSON and CSV; refused without the key.
+    let auth = format!("Bearer {KEY}");
+    let (status, _, body) = http_request(
+        server,
+        "GET",
+        "/v1/usage?since=10m",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        totals(&body, &user, room),
+        Some((expected, expected)),
+        "{body}"
+    );
+    let (status, content_type, csv) = http_request(
+        server,
+        "GET",
+        "/v1/usage?by=room",
+        &[("Authorization", &auth), ("Accept", "text/csv")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{csv}");
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let line = csv
+        .lines()
+        .find(|l| l.contains(&format!(",{room},")))
+        .unwrap_or_else(|| panic!("no line for the room: {csv}"));
+    let fields: Vec<&str> = line.split(',').collect();
+    assert_eq!(
+        fields[3..6].join(","),
+        format!("1,{},{}", expected.0, expected.1),
+        "{csv}"
+    );
+    let (status, _, _) = http_request(server, "GET", "/v1/usage", &[], "").await;
+    assert_eq!(status, 401);
+
+    // Never a per-user label: the relay's series in /metrics do not name the user.
+    let (_, _, metrics) = http_request(server, "GET", "/metrics", &[], "").await;
+    assert!(!metrics.contains(&peer_id), "a metric names the peer");
+    assert!(
+        metrics.contains("relay_usage_overflow_total 0"),
+        "{metrics}"
+    );
+    client.close().await.unwrap();
+    proc.kill();
+}
