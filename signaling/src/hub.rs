@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
 
+use crate::admin::{PeerView, RoomView};
 use crate::api::PeerEntry;
 use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
@@ -23,9 +24,10 @@ use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 pub use crate::outbound::{Outbound, OutboundRx, OutboundTx};
 use crate::outbox::{Body, Frame, Outbox, ReplayLimits, to_json};
+use crate::peer_stats::{PeerLinks, millis};
 use crate::protocol::{
-    ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
-    ServerFrame, ServerMessage, SessionInfo, close_code,
+    ClientMessage, ConnectionStats, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId,
+    ResumeToken, RoomId, ServerFrame, ServerMessage, SessionInfo, close_code,
 };
 use crate::resume::{ResumeSecret, parse_token};
 use crate::room::Room;
@@ -185,6 +187,11 @@ impl LocalHub {
         st
     }
 
+    /// The hub's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The hub's settings.
     pub fn settings(&self) -> &HubSettings {
         &self.settings
@@ -256,6 +263,8 @@ impl LocalHub {
             },
             ice_refresh_at: self.ice.refresh_after().map(|d| now + d),
             ticket: req.ticket,
+            joined_at: now,
+            links: PeerLinks::default(),
         };
         st.sessions.insert(key, session);
         st.rooms
@@ -478,6 +487,9 @@ impl LocalHub {
                 st.end_session(key, None, LeaveReason::Left);
                 flow = Flow::Left;
             }
+            Request::Other(ClientMessage::Stats { id, report }) => {
+                self.record_stats(&mut st, key, id, report);
+            }
             Request::Other(
                 ClientMessage::Join { id, .. }
                 | ClientMessage::Resume { id, .. }
@@ -493,6 +505,70 @@ impl LocalHub {
         st.settle();
         self.update_gauges(&st);
         flow
+    }
+
+    /// A `stats` report of session `key`: checked, then kept as its latest about that peer.
+    fn record_stats(
+        &self,
+        st: &mut HubState,
+        key: SessionKey,
+        id: Option<RequestId>,
+        report: ConnectionStats,
+    ) {
+        if let Err(message) = report.check() {
+            st.error(key, ErrorCode::InvalidMessage, message, id);
+            return;
+        }
+        let known = st
+            .sessions
+            .get(&key)
+            .and_then(|s| st.rooms.get(&s.room))
+            .and_then(|room| room.session_of(&report.peer))
+            .is_some_and(|target| target != key);
+        if !known {
+            let message = format!("no peer {} in your room to report on", report.peer);
+            st.error(key, ErrorCode::UnknownPeer, message, id);
+            return;
+        }
+        let now = st.now;
+        let capacity = self.settings.max_peers_per_room;
+        let Some(session) = st.sessions.get_mut(&key) else {
+            return;
+        };
+        let recorded = session.links.record(report, now, capacity);
+        self.metrics
+            .stats_report(&recorded, now.saturating_duration_since(session.joined_at));
+    }
+
+    /// What the admin page shows of this node's rooms at `now`: every room, its peers and
+    /// their latest reports.
+    pub fn snapshot(&self, now: Instant) -> Vec<RoomView> {
+        let st = self.lock();
+        let mut rooms: Vec<RoomView> = st
+            .rooms
+            .iter()
+            .map(|(id, room)| RoomView {
+                room: id.0.clone(),
+                peers: room
+                    .members()
+                    .iter()
+                    .filter_map(|k| st.sessions.get(k))
+                    .map(|s| PeerView {
+                        id: s.peer.0.clone(),
+                        name: s.name.clone(),
+                        node: "local".into(),
+                        state: match s.link {
+                            Link::Attached { .. } => "attached",
+                            Link::Parked { .. } => "parked",
+                        },
+                        connected_ms: Some(millis(now.saturating_duration_since(s.joined_at))),
+                        links: s.links.links().iter().map(|l| l.view(now)).collect(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        rooms
     }
 
     /// The session and peer id a token names, if the session exists and the secret matches
@@ -893,7 +969,17 @@ impl HubState {
                 tx.close(Some(frame), close_code::POLICY);
             }
         }
+        tracing::info!(
+            peer = %session.peer,
+            room = %session.room,
+            name = session.name.as_deref().unwrap_or(""),
+            ?reason,
+            "left the room"
+        );
         for other in others {
+            if let Some(s) = self.sessions.get_mut(&other) {
+                s.links.forget(&session.peer);
+            }
             self.deliver(
                 other,
                 ServerMessage::PeerLeft {

@@ -2,6 +2,7 @@
 //! when, and the tombstones of sessions that ended with an error. Pure state: the time of each
 //! operation is passed in.
 
+use crate::peer_stats::PeerLinks;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -38,6 +39,10 @@ pub struct Session {
     pub ice_refresh_at: Option<Instant>,
     /// The session's place among its client address's (given back when it ends).
     pub ticket: Option<SessionTicket>,
+    /// When it joined (time to ICE connected is measured from here).
+    pub joined_at: Instant,
+    /// Its latest `stats` report per other peer.
+    pub links: PeerLinks,
 }
 
 impl Session {

@@ -1,6 +1,7 @@
 //! What every binary of the workspace (`signaling`, `relay`, `peer`) does at start-up, written
 //! once so that the binaries agree:
 //!
+//! - [`admin_listen`]: `--admin-listen ADDR|none`;
 //! - [`Secret`]: a configured secret that never shows in logs;
 //! - [`duration`]: `250ms`, `30s`, `10m`, `1h` or a plain number of seconds, parsed and printed;
 //! - [`config_file`]: a `--config` TOML file whose keys are the long flag names, under flags
@@ -11,6 +12,7 @@
 //! - `tls` (feature `tls`): a TLS server configuration from PEM files, or self-signed;
 //! - `proxy_protocol` (feature `proxy-protocol`): the PROXY header at the start of a connection.
 
+pub mod admin_listen;
 pub mod config_file;
 pub mod duration;
 pub mod logging;

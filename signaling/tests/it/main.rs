@@ -2,6 +2,7 @@
 //! process, or the real binary where only a process will do; see `support.rs`) and drives it
 //! with real WebSocket and HTTP clients speaking protocol v1.
 
+mod admin;
 mod api;
 mod auth;
 mod basic;
