@@ -147,7 +147,7 @@ export declare class SignalingClient extends EventTarget {
   signal(to: string, signal: Signal): number;
   broadcast(data: unknown): number;
   /** Reports the connection to `peer` (a `stats` message); false when not joined (nothing sent). */
-  stats(peer: string, report: StatsReport): boolean;
+  reportStats(peer: string, report: StatsReport): boolean;
   leave(): void;
   close(): void;
   dropConnection(options?: { holdMs?: number }): void;

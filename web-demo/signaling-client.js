@@ -201,7 +201,7 @@ export class SignalingClient extends EventTarget {
    * ({local, remote, protocol, relay_protocol?, relay_url?} or null), `rtt_ms`, `bytes_sent`,
    * `bytes_received`. Sent only while joined (a stale report is worth nothing after a reconnect).
    */
-  stats(peer, report) {
+  reportStats(peer, report) {
     if (this.state !== 'joined' || this._ws?.readyState !== 1) return false;
     this._send({ type: 'stats', peer, ...report });
     return true;

@@ -729,7 +729,7 @@ export class RemotePeer {
       const pairKey = `${info.localType}/${info.remoteType}/${info.protocol}/${info.relayProtocol}`;
       const now = Date.now();
       if (pairKey === this._reportedPair && now - this._reportedAt < every) return;
-      if (this.room.client.stats(this.id, statsReport(info))) {
+      if (this.room.client.reportStats(this.id, statsReport(info))) {
         this._reportedPair = pairKey;
         this._reportedAt = now;
       }
