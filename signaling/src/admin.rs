@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::api::PeerEntry;
 use crate::peer_stats::LinkView;
 
 #[derive(RustEmbed)]
@@ -59,6 +60,20 @@ pub struct PeerView {
     pub connected_ms: Option<u64>,
     /// Its latest `stats` report per other peer.
     pub links: Vec<LinkView>,
+}
+
+impl PeerView {
+    /// A peer as the API lists it, with what this node knows of its connections.
+    pub fn new(entry: PeerEntry, connected_ms: Option<u64>, links: Vec<LinkView>) -> Self {
+        Self {
+            id: entry.id,
+            name: entry.name,
+            node: entry.node,
+            state: entry.state,
+            connected_ms,
+            links,
+        }
+    }
 }
 
 /// One relay as the admin page shows it.

@@ -553,16 +553,12 @@ impl LocalHub {
                     .members()
                     .iter()
                     .filter_map(|k| st.sessions.get(k))
-                    .map(|s| PeerView {
-                        id: s.peer.0.clone(),
-                        name: s.name.clone(),
-                        node: "local".into(),
-                        state: match s.link {
-                            Link::Attached { .. } => "attached",
-                            Link::Parked { .. } => "parked",
-                        },
-                        connected_ms: Some(millis(now.saturating_duration_since(s.joined_at))),
-                        links: s.links.links().iter().map(|l| l.view(now)).collect(),
+                    .map(|s| {
+                        PeerView::new(
+                            entry_of(s),
+                            Some(millis(now.saturating_duration_since(s.joined_at))),
+                            s.links.links().iter().map(|l| l.view(now)).collect(),
+                        )
                     })
                     .collect(),
             })
@@ -599,15 +595,7 @@ impl LocalHub {
             .members()
             .iter()
             .filter_map(|k| st.sessions.get(k))
-            .map(|s| PeerEntry {
-                id: s.peer.0.clone(),
-                name: s.name.clone(),
-                node: "local".into(),
-                state: match s.link {
-                    Link::Attached { .. } => "attached",
-                    Link::Parked { .. } => "parked",
-                },
-            })
+            .map(entry_of)
             .collect()
     }
 
@@ -786,6 +774,19 @@ impl LocalHub {
     fn update_gauges(&self, st: &HubState) {
         self.metrics.sessions.set(st.sessions.len() as i64);
         self.metrics.rooms.set(st.rooms.len() as i64);
+    }
+}
+
+/// A session as the API lists it.
+fn entry_of(s: &Session) -> PeerEntry {
+    PeerEntry {
+        id: s.peer.0.clone(),
+        name: s.name.clone(),
+        node: "local".into(),
+        state: match s.link {
+            Link::Attached { .. } => "attached",
+            Link::Parked { .. } => "parked",
+        },
     }
 }
 

@@ -1124,17 +1124,12 @@ impl ClusterHub {
                 .into_iter()
                 .map(|p| {
                     let here = st.attached.values().find(|s| s.peer.as_str() == p.id);
-                    PeerView {
-                        connected_ms: here
-                            .map(|s| millis(now.saturating_duration_since(s.attached_at))),
-                        links: here.map_or_else(Vec::new, |s| {
-                            s.links.links().iter().map(|l| l.view(now)).collect()
-                        }),
-                        id: p.id,
-                        name: p.name,
-                        node: p.node,
-                        state: p.state,
-                    }
+                    let connected_ms =
+                        here.map(|s| millis(now.saturating_duration_since(s.attached_at)));
+                    let links = here.map_or_else(Vec::new, |s| {
+                        s.links.links().iter().map(|l| l.view(now)).collect()
+                    });
+                    PeerView::new(p, connected_ms, links)
                 })
                 .collect();
             views.push(RoomView {
