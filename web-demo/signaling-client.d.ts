@@ -15,6 +15,7 @@ export type RetryClass = 'continue' | 'retry' | 'rejoin' | 'fatal';
 export declare const CLIENT_RULES: {
   readonly backoff: { readonly initialMs: number; readonly maxMs: number; readonly factor: number; readonly jitter: number };
   readonly ack: { readonly every: number; readonly delayMs: number };
+  readonly stats: { readonly everyMs: number };
   readonly errors: { readonly [code: string]: { readonly close: number | null; readonly retry: RetryClass } };
 };
 
@@ -145,10 +146,26 @@ export declare class SignalingClient extends EventTarget {
   /** Returns the request id; errors about it arrive as 'error' events with `ref`. */
   signal(to: string, signal: Signal): number;
   broadcast(data: unknown): number;
+  /** Reports the connection to `peer` (a `stats` message); false when not joined (nothing sent). */
+  reportStats(peer: string, report: StatsReport): boolean;
   leave(): void;
   close(): void;
   dropConnection(options?: { holdMs?: number }): void;
   reconnectNow(): void;
   addEventListener<K extends keyof SignalingEventMap>(type: K, listener: (ev: SignalingEventMap[K]) => void, options?: boolean | AddEventListenerOptions): void;
   addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+}
+
+/** A `stats` report (docs/protocol.md): the selected candidate pair, RTT and byte counts. */
+export interface StatsReport {
+  pair: {
+    local: 'host' | 'srflx' | 'prflx' | 'relay';
+    remote: 'host' | 'srflx' | 'prflx' | 'relay';
+    protocol: 'udp' | 'tcp';
+    relay_protocol?: 'udp' | 'tcp' | 'tls';
+    relay_url?: string;
+  } | null;
+  rtt_ms?: number;
+  bytes_sent: number;
+  bytes_received: number;
 }

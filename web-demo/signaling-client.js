@@ -57,6 +57,7 @@ export function forgetTransports() { workingTransports.clear(); }
 export const CLIENT_RULES = Object.freeze({
   backoff: Object.freeze({ initialMs: 250, maxMs: 8000, factor: 2, jitter: 0.5 }),
   ack: Object.freeze({ every: 16, delayMs: 200 }),
+  stats: Object.freeze({ everyMs: 15000 }),
   errors: Object.freeze({
     unsupported_version: { close: 1008, retry: 'fatal' },
     invalid_message: { close: null, retry: 'continue' },
@@ -196,6 +197,17 @@ export class SignalingClient extends EventTarget {
 
   /** Sends a negotiation message to one peer of the room (queued while reconnecting). */
   signal(to, signal) { return this._request({ type: 'signal', to, signal }); }
+
+  /**
+   * Reports the connection to `peer` (docs/protocol.md, `stats`): `report` holds `pair`
+   * ({local, remote, protocol, relay_protocol?, relay_url?} or null), `rtt_ms`, `bytes_sent`,
+   * `bytes_received`. Sent only while joined (a stale report is worth nothing after a reconnect).
+   */
+  reportStats(peer, report) {
+    if (this.state !== 'joined' || this._ws?.readyState !== 1) return false;
+    this._send({ type: 'stats', peer, ...report });
+    return true;
+  }
 
   /** Sends a small JSON value to every other peer of the room. */
   broadcast(data) { return this._request({ type: 'broadcast', data }); }

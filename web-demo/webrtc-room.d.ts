@@ -21,6 +21,8 @@ export interface WebRTCRoomOptions {
   channelAliases?: Record<string, string | null>;
   politeOfferWaitMs?: number;
   connectWatchdogMs?: number;
+  /** Report each connection to the server (`stats`) this often and when its selected pair changes; 0: never. Default CLIENT_RULES.stats.everyMs. */
+  statsEveryMs?: number;
   rtcConfig?: RTCConfiguration;
   iceRestartDelayMs?: number;
   unreachableAfterMs?: number;

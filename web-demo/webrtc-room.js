@@ -34,7 +34,7 @@
 //   signaling     { state, ... }           the SignalingClient's state events, forwarded
 //   log           { level, message }
 
-import { SignalingClient } from './signaling-client.js';
+import { CLIENT_RULES, SignalingClient } from './signaling-client.js';
 
 export const DEFAULT_CHANNELS = Object.freeze([
   { label: 'chat', init: { ordered: true } },
@@ -135,6 +135,8 @@ const ROOM_DEFAULTS = Object.freeze({
   politeOfferWaitMs: 1500,
   /** A connection still not connected this long after it started gets an ICE restart. */
   connectWatchdogMs: 8000,
+  /** Report each connection to the server (`stats`) this often, and when its selected pair changes (0: never). */
+  statsEveryMs: CLIENT_RULES.stats.everyMs,
   /** Options passed to SignalingClient. */
   signaling: {},
 });
@@ -257,6 +259,23 @@ export class WebRTCRoom extends EventTarget {
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
 
   _log(level, message) { this._emit('log', { level, message }); }
+}
+
+const CANDIDATE_TYPES = new Set(['host', 'srflx', 'prflx', 'relay']);
+const RELAY_PROTOCOLS = new Set(['udp', 'tcp', 'tls']);
+
+/** A `stats` message's report (docs/protocol.md) from a connectionInfo() snapshot. */
+export function statsReport(info) {
+  const known = CANDIDATE_TYPES.has(info.localType) && CANDIDATE_TYPES.has(info.remoteType)
+    && (info.protocol === 'udp' || info.protocol === 'tcp');
+  const pair = known ? { local: info.localType, remote: info.remoteType, protocol: info.protocol } : null;
+  if (pair && info.localType === 'relay') {
+    if (RELAY_PROTOCOLS.has(info.relayProtocol)) pair.relay_protocol = info.relayProtocol;
+    if (/^turns?:/.test(info.relayUrl || '') && info.relayUrl.length <= 256) pair.relay_url = info.relayUrl;
+  }
+  const report = { pair, bytes_sent: Math.max(0, Math.floor(info.bytesSent || 0)), bytes_received: Math.max(0, Math.floor(info.bytesReceived || 0)) };
+  if (info.rttMs != null && info.rttMs >= 0) report.rtt_ms = Math.min(600000, Math.round(info.rttMs));
+  return report;
 }
 
 /** The DTLS fingerprint of a session description (a new one means a new connection). */
@@ -679,6 +698,7 @@ export class RemotePeer {
    * `unreachableAfterMs` it is reported 'unreachable'.
    */
   _watch() {
+    this._reportStats();
     const pc = this.pc;
     const followUp = this._relayFollowUp;
     if (pc && followUp && !followUp.busy && Date.now() >= followUp.at && this.state === 'connected'
@@ -693,6 +713,29 @@ export class RemotePeer {
     this.restartIce(reason);
     const backoff = Math.min(15000, 1000 * 2 ** Math.min(4, this.iceRestarts - 1));
     this._nextRestartAt = now + backoff;
+  }
+
+  /**
+   * Once a second (from the watchdog): while connected, sends a `stats` report to the server
+   * when the selected candidate pair changed since the last report, or `statsEveryMs` after it.
+   */
+  async _reportStats() {
+    const every = this.room.options.statsEveryMs;
+    if (!every || this.state !== 'connected' || this._reportingStats) return;
+    this._reportingStats = true;
+    try {
+      const info = await this.connectionInfo();
+      if (!info || !info.localType || this.state !== 'connected') return;
+      const pairKey = `${info.localType}/${info.remoteType}/${info.protocol}/${info.relayProtocol}`;
+      const now = Date.now();
+      if (pairKey === this._reportedPair && now - this._reportedAt < every) return;
+      if (this.room.client.reportStats(this.id, statsReport(info))) {
+        this._reportedPair = pairKey;
+        this._reportedAt = now;
+      }
+    } catch { /* the connection closed under getStats: the next tick reports again */ } finally {
+      this._reportingStats = false;
+    }
   }
 
   _setState(state) {

@@ -12,7 +12,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signaling::protocol::{IceCandidate, IceServer, PeerId, Signal};
+use signaling::protocol::client_rules::STATS_EVERY;
+use signaling::protocol::{
+    CandidatePair, CandidateType, ConnectionStats, IceCandidate, IceProtocol, IceServer,
+    MAX_STATS_RELAY_URL, MAX_STATS_RTT_MS, PeerId, RelayProtocol, Signal,
+};
 use tokio::sync::{mpsc, oneshot};
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
@@ -51,6 +55,8 @@ pub(crate) enum ConnectionInput {
 pub(crate) enum ConnectionOutput {
     /// Send this signal to the connection's remote peer.
     Signal { key: u64, signal: Signal },
+    /// Report this on the connection to the server (`stats`).
+    Stats { report: ConnectionStats },
     /// The connection task ended.
     Ended { key: u64 },
 }
@@ -236,6 +242,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         last_restart: None,
         state: RTCPeerConnectionState::New,
         was_connected: false,
+        stats_sent: None,
     };
     tokio::spawn(task.run(input_rx, handler_rx));
     Ok(handle)
@@ -254,6 +261,8 @@ struct ConnectionTask {
     state: RTCPeerConnectionState,
     /// Whether the connection has ever been connected.
     was_connected: bool,
+    /// The path of the last `stats` report and when it was sent.
+    stats_sent: Option<(String, Instant)>,
 }
 
 impl ConnectionTask {
@@ -273,8 +282,14 @@ impl ConnectionTask {
         mut input: mpsc::UnboundedReceiver<ConnectionInput>,
         mut handler: mpsc::UnboundedReceiver<HandlerEvent>,
     ) {
+        let mut stats_tick = tokio::time::interval(STATS_TICK);
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let result = tokio::select! {
+                _ = stats_tick.tick() => {
+                    self.report_stats().await;
+                    Ok(())
+                }
                 message = input.recv() => match message {
                     None | Some(ConnectionInput::Close) => break,
                     Some(message) => self.on_input(message).await,
@@ -367,9 +382,38 @@ impl ConnectionTask {
         Ok(())
     }
 
+    /// While connected: a `stats` report when the selected pair changed since the last one, or
+    /// [`STATS_EVERY`] after it (`docs/protocol.md`, client rules).
+    async fn report_stats(&mut self) {
+        if self.state != RTCPeerConnectionState::Connected {
+            return;
+        }
+        let Some((pair, sent, received)) = self.selected_pair_with_bytes().await else {
+            return;
+        };
+        let report = stats_report(self.peer(), &pair, sent, received);
+        let path = format!("{:?}", report.pair);
+        let now = Instant::now();
+        let due = match &self.stats_sent {
+            Some((last, at)) => *last != path || now.duration_since(*at) >= STATS_EVERY,
+            None => true,
+        };
+        if due {
+            self.stats_sent = Some((path, now));
+            let _ = self.ctx.output.send(ConnectionOutput::Stats { report });
+        }
+    }
+
     /// The selected pair, with a bridged relay URL mapped back to the TURN URL it stands for.
     async fn selected_pair(&self) -> Option<SelectedPair> {
-        let mut pair = selected_pair(self.pc.as_ref()).await?;
+        self.selected_pair_with_bytes()
+            .await
+            .map(|(pair, _, _)| pair)
+    }
+
+    /// [`Self::selected_pair`] and the pair's bytes sent and received.
+    async fn selected_pair_with_bytes(&self) -> Option<(SelectedPair, u64, u64)> {
+        let (mut pair, sent, received) = selected_pair_stats(self.pc.as_ref()).await?;
         if let Some(original) = pair
             .relay_url
             .as_deref()
@@ -377,7 +421,7 @@ impl ConnectionTask {
         {
             pair.relay_url = Some(original.to_owned());
         }
-        Some(pair)
+        Some((pair, sent, received))
     }
 
     async fn is_stable(&self) -> bool {
@@ -618,8 +662,75 @@ fn ice_ufrag(sdp: &str) -> Option<String> {
         .map(|ufrag| ufrag.trim().to_owned())
 }
 
-/// The selected candidate pair of a connection, from its stats.
-pub(crate) async fn selected_pair(pc: &dyn PeerConnection) -> Option<SelectedPair> {
+/// How often a connection checks whether a `stats` report is due.
+const STATS_TICK: Duration = Duration::from_secs(1);
+
+/// The `stats` report of a connection to `peer` over `pair` (`docs/protocol.md`): types and
+/// protocols the protocol does not know leave the pair out rather than send a bad report.
+pub(crate) fn stats_report(
+    peer: PeerId,
+    pair: &SelectedPair,
+    bytes_sent: u64,
+    bytes_received: u64,
+) -> ConnectionStats {
+    let candidate = |t: &str| match t {
+        "host" => Some(CandidateType::Host),
+        "srflx" => Some(CandidateType::Srflx),
+        "prflx" => Some(CandidateType::Prflx),
+        "relay" => Some(CandidateType::Relay),
+        _ => None,
+    };
+    let protocol = match pair.protocol.as_str() {
+        "udp" => Some(IceProtocol::Udp),
+        "tcp" => Some(IceProtocol::Tcp),
+        _ => None,
+    };
+    let wire = match (
+        candidate(&pair.local_type),
+        candidate(&pair.remote_type),
+        protocol,
+    ) {
+        (Some(local), Some(remote), Some(protocol)) => {
+            let relay_url = pair
+                .relay_url
+                .clone()
+                .filter(|url| local == CandidateType::Relay && url.len() <= MAX_STATS_RELAY_URL);
+            let relay_protocol = relay_url.as_deref().map(|url| {
+                if url.starts_with("turns:") {
+                    RelayProtocol::Tls
+                } else if url.contains("transport=tcp") {
+                    RelayProtocol::Tcp
+                } else {
+                    RelayProtocol::Udp
+                }
+            });
+            Some(CandidatePair {
+                local,
+                remote,
+                protocol,
+                relay_protocol,
+                relay_url,
+            })
+        }
+        _ => None,
+    };
+    ConnectionStats {
+        peer,
+        pair: wire,
+        rtt_ms: pair.rtt.map(|rtt| {
+            u32::try_from(rtt.as_millis())
+                .unwrap_or(u32::MAX)
+                .min(MAX_STATS_RTT_MS)
+        }),
+        bytes_sent,
+        bytes_received,
+    }
+}
+
+/// The selected candidate pair of a connection and its bytes sent and received, from its stats.
+pub(crate) async fn selected_pair_stats(
+    pc: &dyn PeerConnection,
+) -> Option<(SelectedPair, u64, u64)> {
     let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
     let by_transport = report
         .transport()
@@ -674,7 +785,7 @@ pub(crate) async fn selected_pair(pc: &dyn PeerConnection) -> Option<SelectedPai
         "selected pair"
     );
     let local = local?;
-    Some(SelectedPair {
+    let selected = SelectedPair {
         local_type: local.candidate_type.to_string(),
         remote_type: remote.map_or_else(|| "prflx".to_owned(), |c| c.candidate_type.to_string()),
         local_address: format!(
@@ -690,12 +801,44 @@ pub(crate) async fn selected_pair(pc: &dyn PeerConnection) -> Option<SelectedPai
             .then(|| Duration::from_secs_f64(pair.current_round_trip_time)),
         relay_url: (local.candidate_type == RTCIceCandidateType::Relay && !local.url.is_empty())
             .then(|| local.url.clone()),
-    })
+    };
+    Some((selected, pair.bytes_sent, pair.bytes_received))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_reports_carry_the_pair_in_the_wire_vocabulary() {
+        let pair = SelectedPair {
+            local_type: "relay".into(),
+            remote_type: "host".into(),
+            local_address: "127.0.0.1:50000".into(),
+            remote_address: "127.0.0.1:40000".into(),
+            protocol: "udp".into(),
+            rtt: Some(Duration::from_micros(2500)),
+            relay_url: Some("turn:127.0.0.1:3478?transport=tcp".into()),
+        };
+        let report = stats_report("abc".into(), &pair, 10, 20);
+        let wire = report.pair.clone().expect("a known pair");
+        assert_eq!(
+            (wire.local, wire.remote, wire.protocol, wire.relay_protocol),
+            (
+                CandidateType::Relay,
+                CandidateType::Host,
+                IceProtocol::Udp,
+                Some(RelayProtocol::Tcp)
+            )
+        );
+        assert_eq!((report.rtt_ms, report.bytes_sent), (Some(2), 10));
+        assert_eq!(report.check(), Ok(()));
+        let odd = SelectedPair {
+            local_type: "unknown".into(),
+            ..pair
+        };
+        assert_eq!(stats_report("abc".into(), &odd, 0, 0).pair, None);
+    }
 
     #[test]
     fn ufrag_is_read_from_the_sdp() {

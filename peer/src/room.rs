@@ -349,6 +349,12 @@ impl Room {
                     tracing::debug!("signaling session closed; signal dropped");
                 }
             }
+            ConnectionOutput::Stats { report } => {
+                let message = ClientMessage::Stats { id: None, report };
+                if self.signaling.send(message).is_err() {
+                    tracing::debug!("signaling session closed; stats report dropped");
+                }
+            }
             ConnectionOutput::Ended { key } => {
                 self.connections.remove(&key);
                 self.orphans.retain(|k| *k != key);

@@ -6,11 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::collector::Collector;
+use prometheus_client::encoding::NoLabelSet;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use relay_proto::{DenyReason, QuotaKind, SharedQuotas, Stats};
+use relay_proto::{
+    DenyReason, LATENCY_BOUNDS_MICROS, LatencyHistogram, QuotaKind, SharedQuotas, Stats,
+};
 
 use crate::usage::UsageBook;
 
@@ -196,6 +200,23 @@ fn gauge(
     g.encode(m)
 }
 
+/// A histogram in seconds from a shard-summed [`LatencyHistogram`].
+fn latency_histogram(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    h: &LatencyHistogram,
+) -> Result<(), std::fmt::Error> {
+    let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_MICROS
+        .iter()
+        .zip(h.counts)
+        .map(|(bound, n)| (*bound as f64 / 1e6, n))
+        .collect();
+    buckets.push((f64::INFINITY, h.counts[LATENCY_BOUNDS_MICROS.len()]));
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    m.encode_histogram::<NoLabelSet>(h.sum_micros as f64 / 1e6, h.count(), &buckets, None)
+}
+
 fn labelled_counters(
     e: &mut DescriptorEncoder<'_>,
     name: &str,
@@ -263,6 +284,12 @@ impl Collector for Metrics {
             "relay_allocations_created",
             "Allocations created",
             s.allocations_created,
+        )?;
+        latency_histogram(
+            &mut e,
+            "relay_allocation_latency_seconds",
+            "New allocations: Allocate received -> success response queued (relay socket bound)",
+            &s.allocation_latency,
         )?;
         counter(
             &mut e,

@@ -41,7 +41,15 @@ impl Admission<'_> {
                 name,
                 token,
                 ..
-            } => self.join(reference, &versions, room, name, token).await,
+            } => {
+                let received = Instant::now();
+                let joined = self.join(reference, &versions, room, name, token).await;
+                if joined.is_ok() {
+                    let latency = received.elapsed().as_secs_f64();
+                    self.app.metrics.join_latency.observe(latency);
+                }
+                joined
+            }
             ClientMessage::Resume {
                 versions,
                 resume_token,

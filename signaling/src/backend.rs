@@ -8,12 +8,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::admin::RoomSnapshot;
 use crate::api::{PeerEntry, RoomView};
 use crate::cluster::ClusterHub;
 use crate::error::RequestError;
 use crate::hub::{
     Attached, Caller, ConnId, Flow, JoinRequest, LocalHub, ResumeRequest, SessionKey,
 };
+use crate::metrics::Metrics;
 use crate::outbound::OutboundTx;
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, ResumeToken, RoomId, ServerMessage,
@@ -64,9 +66,47 @@ impl Backend {
         peer: &PeerId,
         message: ClientMessage,
     ) -> Flow {
-        match self {
-            Self::Local(hub) => hub.handle(key, Caller::Conn(conn), peer, message, Instant::now()),
+        self.handle_at(key, conn, peer, message, Instant::now())
+            .await
+    }
+
+    /// Handles a request of the attached session `key` of `peer`, received at `received`
+    /// (a `signal` is timed from there to its delivery queued).
+    pub async fn handle_at(
+        &self,
+        key: SessionKey,
+        conn: ConnId,
+        peer: &PeerId,
+        message: ClientMessage,
+        received: Instant,
+    ) -> Flow {
+        let signal = matches!(message, ClientMessage::Signal { .. });
+        let flow = match self {
+            Self::Local(hub) => hub.handle(key, Caller::Conn(conn), peer, message, received),
             Self::Cluster(hub) => Box::pin(hub.handle(key, conn, message)).await,
+        };
+        if signal {
+            self.metrics()
+                .signal_latency
+                .observe(received.elapsed().as_secs_f64());
+        }
+        flow
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        match self {
+            Self::Local(hub) => hub.metrics(),
+            Self::Cluster(hub) => hub.metrics(),
+        }
+    }
+
+    /// The rooms, peers and latest `stats` reports the admin page shows (in a cluster: the
+    /// rooms with a session on this node, with their peers on every node).
+    pub async fn snapshot(&self) -> Result<Vec<RoomSnapshot>, String> {
+        match self {
+            Self::Local(hub) => Ok(hub.snapshot(Instant::now())),
+            Self::Cluster(hub) => Box::pin(hub.snapshot()).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -82,7 +122,14 @@ impl Backend {
                 let (key, peer) = hub.peer_of(token)?;
                 let secret = token.as_str().split_once('.').map_or("", |(_, s)| s);
                 for message in messages {
-                    match hub.handle(key, Caller::Secret(secret), &peer, message, Instant::now()) {
+                    let received = Instant::now();
+                    let signal = matches!(message, ClientMessage::Signal { .. });
+                    let flow = hub.handle(key, Caller::Secret(secret), &peer, message, received);
+                    if signal {
+                        let latency = received.elapsed().as_secs_f64();
+                        hub.metrics().signal_latency.observe(latency);
+                    }
+                    match flow {
                         Flow::Continue => {}
                         other => return Ok(other),
                     }

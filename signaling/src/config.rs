@@ -9,6 +9,9 @@ use clap::Parser;
 
 use crate::error::Error;
 
+/// The default `--admin-listen`: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9642";
+
 pub use startup::Secret;
 pub use startup::duration::parse as parse_duration;
 pub use startup::logging::LogFormat;
@@ -286,6 +289,17 @@ pub struct Config {
     )]
     pub api_keys: Vec<Secret>,
 
+    /// The admin listener: the live admin page (`/`, updated through SSE at `/events`), its
+    /// JSON (`/snapshot`), `/metrics` and `/healthz`; `none` turns it off. It has no
+    /// credentials of its own: keep it on loopback or a private network. When the default
+    /// port is taken, a free port is used (the address is printed as `admin http://...`).
+    #[arg(long, env = "SIGNALING_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: startup::admin_listen::AdminListen,
+
+    /// The price of one GB (10^9 bytes) of TURN egress, for the admin page's cost estimate.
+    #[arg(long, env = "SIGNALING_EGRESS_PRICE_PER_GB", default_value = "0.05")]
+    pub egress_price_per_gb: f64,
+
     /// Serve the web demo from this directory instead of the files embedded in the binary
     /// (for development).
     #[arg(long, env = "SIGNALING_WEB_DIR")]
@@ -380,6 +394,9 @@ impl Config {
         }
         if self.poll_timeout.is_zero() {
             return bad("--poll-timeout must be > 0".into());
+        }
+        if !(self.egress_price_per_gb.is_finite() && self.egress_price_per_gb >= 0.0) {
+            return bad("--egress-price-per-gb must be a number >= 0".into());
         }
         if self.resume_grace.is_zero() {
             return bad("--resume-grace must be > 0".into());

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
 
+use crate::admin::{PeerView, RoomSnapshot};
 use crate::api::{PeerEntry, RoomView};
 use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
@@ -23,9 +24,10 @@ use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 pub use crate::outbound::{Outbound, OutboundRx, OutboundTx};
 use crate::outbox::{Body, Frame, Outbox, ReplayLimits, to_json};
+use crate::peer_stats::{PeerLinks, millis};
 use crate::protocol::{
-    ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
-    ServerFrame, ServerMessage, SessionInfo, close_code,
+    ClientMessage, ConnectionStats, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId,
+    ResumeToken, RoomId, ServerFrame, ServerMessage, SessionInfo, close_code,
 };
 use crate::resume::{ResumeSecret, parse_token};
 use crate::room::Room;
@@ -187,6 +189,11 @@ impl LocalHub {
         st
     }
 
+    /// The hub's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The hub's settings.
     pub fn settings(&self) -> &HubSettings {
         &self.settings
@@ -259,7 +266,8 @@ impl LocalHub {
             ice_refresh_at: self.ice.refresh_after().map(|d| now + d),
             ticket: req.ticket,
             transport: req.transport,
-            joined: now,
+            joined_at: now,
+            links: PeerLinks::default(),
         };
         st.sessions.insert(key, session);
         st.rooms
@@ -482,6 +490,9 @@ impl LocalHub {
                 st.end_session(key, None, LeaveReason::Left);
                 flow = Flow::Left;
             }
+            Request::Other(ClientMessage::Stats { id, report }) => {
+                self.record_stats(&mut st, key, id, report);
+            }
             Request::Other(
                 ClientMessage::Join { id, .. }
                 | ClientMessage::Resume { id, .. }
@@ -497,6 +508,66 @@ impl LocalHub {
         st.settle();
         self.update_gauges(&st);
         flow
+    }
+
+    /// A `stats` report of session `key`: checked, then kept as its latest about that peer.
+    fn record_stats(
+        &self,
+        st: &mut HubState,
+        key: SessionKey,
+        id: Option<RequestId>,
+        report: ConnectionStats,
+    ) {
+        if let Err(message) = report.check() {
+            st.error(key, ErrorCode::InvalidMessage, message, id);
+            return;
+        }
+        let known = st
+            .sessions
+            .get(&key)
+            .and_then(|s| st.rooms.get(&s.room))
+            .and_then(|room| room.session_of(&report.peer))
+            .is_some_and(|target| target != key);
+        if !known {
+            let message = format!("no peer {} in your room to report on", report.peer);
+            st.error(key, ErrorCode::UnknownPeer, message, id);
+            return;
+        }
+        let now = st.now;
+        let capacity = self.settings.max_peers_per_room;
+        let Some(session) = st.sessions.get_mut(&key) else {
+            return;
+        };
+        let recorded = session.links.record(report, now, capacity);
+        self.metrics
+            .stats_report(&recorded, now.saturating_duration_since(session.joined_at));
+    }
+
+    /// What the admin page shows of this node's rooms at `now`: every room, its peers and
+    /// their latest reports.
+    pub fn snapshot(&self, now: Instant) -> Vec<RoomSnapshot> {
+        let st = self.lock();
+        let mut rooms: Vec<RoomSnapshot> = st
+            .rooms
+            .iter()
+            .map(|(id, room)| RoomSnapshot {
+                room: id.0.clone(),
+                peers: room
+                    .members()
+                    .iter()
+                    .filter_map(|k| st.sessions.get(k))
+                    .map(|s| {
+                        PeerView::new(
+                            entry_of(s, "local", None),
+                            Some(millis(now.saturating_duration_since(s.joined_at))),
+                            s.links.links().iter().map(|l| l.view(now)).collect(),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        rooms
     }
 
     /// The session and peer id a token names, if the session exists and the secret matches
@@ -750,6 +821,21 @@ impl LocalHub {
     }
 }
 
+/// A session as the APIs list it: served by `node`; with `now`, with its connected time.
+fn entry_of(s: &Session, node: &str, now: Option<Instant>) -> PeerEntry {
+    PeerEntry {
+        id: s.peer.0.clone(),
+        name: s.name.clone(),
+        node: node.to_owned(),
+        state: match s.link {
+            Link::Attached { .. } => "attached",
+            Link::Parked { .. } => "parked",
+        },
+        transport: Some(s.transport),
+        connected_secs: now.map(|now| now.saturating_duration_since(s.joined_at).as_secs()),
+    }
+}
+
 /// Encodes a whole frame (for frames that are not numbered by an outbox: `seq` 0 errors, the
 /// last error of an ended session).
 pub fn encode(frame: &ServerFrame) -> Utf8Bytes {
@@ -763,17 +849,7 @@ impl HubState {
         room.members()
             .iter()
             .filter_map(|k| self.sessions.get(k))
-            .map(|s| PeerEntry {
-                id: s.peer.0.clone(),
-                name: s.name.clone(),
-                node: node.to_owned(),
-                state: match s.link {
-                    Link::Attached { .. } => "attached",
-                    Link::Parked { .. } => "parked",
-                },
-                transport: Some(s.transport),
-                connected_secs: now.map(|now| now.saturating_duration_since(s.joined).as_secs()),
-            })
+            .map(|s| entry_of(s, node, now))
             .collect()
     }
 
@@ -952,7 +1028,17 @@ impl HubState {
                 tx.close(Some(frame), close_code::POLICY);
             }
         }
+        tracing::info!(
+            peer = %session.peer,
+            room = %session.room,
+            name = session.name.as_deref().unwrap_or(""),
+            ?reason,
+            "left the room"
+        );
         for other in others {
+            if let Some(s) = self.sessions.get_mut(&other) {
+                s.links.forget(&session.peer);
+            }
             self.deliver(
                 other,
                 ServerMessage::PeerLeft {

@@ -23,6 +23,8 @@
 //! - [`client_ip`]: the client's address (trusted proxies) and per-address limits.
 //! - [`auth`]: optional HS256 JWTs; [`turn_credentials`]: TURN REST credentials for ICE servers.
 //! - [`metrics`], [`web`] (the embedded demo), [`shutdown`] (drain on SIGTERM/SIGINT).
+//! - [`admin`]: the admin listener (`--admin-listen`): the live admin page over SSE;
+//!   [`peer_stats`]: the clients' `stats` reports it shows.
 //! - `local_relay` (feature `with-relay`, default): the STUN/TURN relay run in-process by
 //!   `--with-relay`, the one-command local stack.
 //!
@@ -31,6 +33,8 @@
 
 pub mod protocol;
 
+#[cfg(feature = "server")]
+pub mod admin;
 #[cfg(feature = "server")]
 pub mod admission;
 #[cfg(feature = "server")]
@@ -68,6 +72,8 @@ pub mod outbound;
 #[cfg(feature = "server")]
 pub mod outbox;
 #[cfg(feature = "server")]
+pub mod peer_stats;
+#[cfg(feature = "server")]
 pub mod peerjs;
 #[cfg(feature = "server")]
 pub mod rate_limit;
@@ -96,7 +102,7 @@ pub mod y_webrtc;
 pub use server::{AppState, agree_turn_secret_if_needed, app, serve};
 
 #[cfg(feature = "server")]
-mod server {
+pub(crate) mod server {
     use std::sync::Arc;
     use std::sync::atomic::AtomicU64;
     use std::time::{Duration, Instant};
@@ -432,7 +438,8 @@ mod server {
         }
     }
 
-    async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    /// `GET /metrics` (also on the admin listener).
+    pub(crate) async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         app.metrics.budget_used.set(app.memory.used() as i64);
         #[allow(unused_mut)] // Only `with-relay` appends.
         let mut text = app.metrics.encode();

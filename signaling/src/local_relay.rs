@@ -16,6 +16,9 @@ use crate::error::Error;
 
 /// The port the relay tries first; a free port is used when it is taken.
 const DEFAULT_RELAY_PORT: u16 = 3478;
+/// The relay's admin port (`/metrics`, `/healthz`, `/readyz`) on loopback: the standalone
+/// relay's default, tried first; a free port is used when it is taken.
+const DEFAULT_RELAY_ADMIN_PORT: u16 = 9641;
 
 /// The in-process relay. Stop it with [`LocalRelay::shutdown`] after the server has drained.
 #[derive(Debug)]
@@ -47,17 +50,8 @@ impl LocalRelay {
             (None, IpAddr::V4(ip)) => ip.to_string(),
         };
 
-        let handle = match start_relay(config, listen) {
-            Err(relay::StartError::Bind { source, .. })
-                if source.kind() == std::io::ErrorKind::AddrInUse
-                    && config.relay_listen.is_none() =>
-            {
-                tracing::warn!(%listen, "relay port taken, using a free port");
-                start_relay(config, SocketAddr::new(listen.ip(), 0))
-            }
-            other => other,
-        }
-        .map_err(|e| Error::Config(format!("in-process relay: {e}")))?;
+        let handle = start_with_fallbacks(config, listen)
+            .map_err(|e| Error::Config(format!("in-process relay: {e}")))?;
 
         let addrs = handle.addrs();
         if let Some(udp) = addrs.udp.first() {
@@ -120,13 +114,44 @@ impl LocalRelay {
     }
 }
 
+/// Starts the relay on `listen` and the default admin port; when the relay port (not given
+/// by `--relay-listen`) or the admin port is taken, on a free one instead.
+fn start_with_fallbacks(
+    config: &Config,
+    listen: SocketAddr,
+) -> Result<relay::RelayHandle, relay::StartError> {
+    let taken = |e: &relay::StartError| {
+        matches!(e, relay::StartError::Bind { source, .. }
+            if source.kind() == std::io::ErrorKind::AddrInUse)
+    };
+    let admin = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_RELAY_ADMIN_PORT);
+    let free_admin = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+    let free_listen = SocketAddr::new(listen.ip(), 0);
+    let mut attempts = vec![(listen, admin), (listen, free_admin)];
+    if config.relay_listen.is_none() {
+        attempts.extend([(free_listen, admin), (free_listen, free_admin)]);
+    }
+    let mut result = start_relay(config, attempts[0].0, attempts[0].1);
+    for (listen, admin) in attempts.into_iter().skip(1) {
+        match &result {
+            Err(e) if taken(e) => {
+                tracing::warn!(%listen, %admin, "relay or admin port taken, trying another");
+                result = start_relay(config, listen, admin);
+            }
+            _ => break,
+        }
+    }
+    result
+}
+
 /// Starts the relay on the configuration `--relay-arg` flags give (parsed like the relay's own
 /// command line), completed from ours where those flags are silent: the same TURN secrets, a
-/// loopback-only admin port, and loopback peers allowed only when the relay itself is on
+/// loopback-only admin port (`admin`), and loopback peers allowed only when the relay itself is on
 /// loopback (everything local: two browser tabs relay to each other through 127.0.0.1).
 fn start_relay(
     config: &Config,
     listen: SocketAddr,
+    admin: SocketAddr,
 ) -> Result<relay::RelayHandle, relay::StartError> {
     let args = std::iter::once("relay").chain(config.relay_args.iter().map(String::as_str));
     let (mut relay_config, given) = relay::Config::load_from(args)?;
@@ -138,8 +163,7 @@ fn start_relay(
         relay_config.auth_secrets = config.turn_secrets.clone();
     }
     if silent("admin_listen") {
-        relay_config.admin_listen =
-            AdminListen::Addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+        relay_config.admin_listen = AdminListen::Addr(admin);
     }
     if silent("allow_loopback_peers") && listen.ip().is_loopback() {
         relay_config.allow_loopback_peers = true;

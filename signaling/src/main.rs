@@ -3,7 +3,9 @@
 
 use anyhow::Context as _;
 use clap::CommandFactory as _;
+use clap::parser::ValueSource;
 use signaling::config::Config;
+use startup::admin_listen::AdminListen;
 use startup::config_file::ConfigError;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +56,20 @@ async fn main() -> anyhow::Result<()> {
     if let Some(pem) = &state.tls_self_signed_pem {
         print!("{pem}");
     }
+    let admin_stop = CancellationToken::new();
+    if let AdminListen::Addr(wanted) = state.config.admin_listen {
+        let explicit = matches.value_source("admin_listen") != Some(ValueSource::DefaultValue);
+        let (listener, bound) = signaling::admin::bind(wanted, explicit)
+            .await
+            .with_context(|| format!("cannot listen on --admin-listen {wanted}"))?;
+        println!("admin http://{bound}");
+        tokio::spawn(signaling::admin::serve(
+            listener,
+            std::sync::Arc::clone(&state),
+            admin_stop.clone(),
+        ));
+    }
+
     println!(
         "web demo: open {http}://{addr}/ in two browser tabs (or `peer join {ws}://{addr}/ws/ROOM`)"
     );
@@ -85,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     signaling::serve(listener, state, shutdown).await?;
+    admin_stop.cancel();
     #[cfg(feature = "with-relay")]
     if let Some(local_relay) = local_relay {
         local_relay.shutdown().await;

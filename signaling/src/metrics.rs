@@ -4,9 +4,20 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::peer_stats::{Recorded, path_of};
 use crate::protocol::ErrorCode;
+
+/// The path type of a selected candidate pair: both candidate types (4 x 4 values) and
+/// whether it is relayed. Bounded: no peer, room or address ever becomes a label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabel {
+    path: &'static str,
+    local: &'static str,
+    remote: &'static str,
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
@@ -70,6 +81,16 @@ pub struct Metrics {
     /// Rooms of this node moved to another relay of the fleet.
     pub relay_reassignments: Counter,
     rooms_per_relay: Family<RelayLabel, Gauge>,
+    /// `join` received -> `welcome` queued (admitted sessions only).
+    pub join_latency: Histogram,
+    /// A `signal` received -> queued to its target (inside this server).
+    pub signal_latency: Histogram,
+    /// Join -> the session's first `stats` report with a selected candidate pair.
+    ice_connected: Histogram,
+    /// Selected candidate pairs reported (new or changed), by path type.
+    ice_paths: Family<PathLabel, Counter>,
+    /// `stats` reports accepted.
+    stats_reports: Counter,
 }
 
 impl Default for Metrics {
@@ -123,6 +144,36 @@ impl Default for Metrics {
         let relay_fleet = Gauge::default();
         let relay_reassignments = Counter::default();
         let rooms_per_relay = Family::<RelayLabel, Gauge>::default();
+        let join_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let signal_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 14));
+        let ice_connected = Histogram::new(exponential_buckets(0.1, 2.0, 10));
+        let ice_paths = Family::<PathLabel, Counter>::default();
+        let stats_reports = Counter::default();
+        registry.register(
+            "join_latency_seconds",
+            "Time from a join received to its welcome queued",
+            join_latency.clone(),
+        );
+        registry.register(
+            "signal_latency_seconds",
+            "Time from a signal received to its delivery queued to the target, inside the server",
+            signal_latency.clone(),
+        );
+        registry.register(
+            "ice_connected_seconds",
+            "Time from a join to the session's first stats report with a selected candidate pair",
+            ice_connected.clone(),
+        );
+        registry.register(
+            "ice_paths",
+            "Selected candidate pairs reported by clients (new or changed), by path type",
+            ice_paths.clone(),
+        );
+        registry.register(
+            "stats_reports",
+            "Client stats reports accepted",
+            stats_reports.clone(),
+        );
         registry.register(
             "relay_fleet",
             "Active relays in the fleet (relays registered in Redis)",
@@ -223,6 +274,11 @@ impl Default for Metrics {
             relay_fleet,
             relay_reassignments,
             rooms_per_relay,
+            join_latency,
+            signal_latency,
+            ice_connected,
+            ice_paths,
+            stats_reports,
         }
     }
 }
@@ -237,7 +293,25 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one resume attempt.
+    /// Counts an accepted `stats` report: `since_join` is the time from the session's join to
+    /// the report.
+    pub fn stats_report(&self, recorded: &Recorded, since_join: std::time::Duration) {
+        self.stats_reports.inc();
+        if recorded.first_connected {
+            self.ice_connected.observe(since_join.as_secs_f64());
+        }
+        if let Some(pair) = &recorded.new_pair {
+            self.ice_paths
+                .get_or_create(&PathLabel {
+                    path: path_of(Some(pair)),
+                    local: pair.local.as_str(),
+                    remote: pair.remote.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts one certificate reload.
     pub fn tls_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
         self.tls_reloads

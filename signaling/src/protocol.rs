@@ -146,6 +146,131 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
     },
+    /// A report on the sender's connection to one other peer of the room (its selected ICE
+    /// candidate pair, RTT and byte counts), sent when the selected pair changes and every
+    /// [`client_rules::STATS_EVERY`]. Not answered; a bad report gets an error.
+    Stats {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        #[serde(flatten)]
+        report: ConnectionStats,
+    },
+}
+
+/// What a `stats` message reports about the sender's connection to `peer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionStats {
+    /// The other peer of the room the report is about.
+    pub peer: PeerId,
+    /// The selected candidate pair; absent (or `null`) while ICE has not selected one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<CandidatePair>,
+    /// The current round-trip time of the selected pair, in milliseconds (at most
+    /// [`MAX_STATS_RTT_MS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<u32>,
+    /// Bytes sent and received on the connection's transport so far.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
+}
+
+/// The largest `rtt_ms` a `stats` report may carry (ten minutes).
+pub const MAX_STATS_RTT_MS: u32 = 600_000;
+/// The longest `relay_url` a `stats` report may carry, in bytes.
+pub const MAX_STATS_RELAY_URL: usize = 256;
+
+/// A selected ICE candidate pair, as `RTCPeerConnection.getStats()` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidatePair {
+    /// The local candidate's type.
+    pub local: CandidateType,
+    /// The remote candidate's type.
+    pub remote: CandidateType,
+    /// The pair's transport.
+    pub protocol: IceProtocol,
+    /// How the local relay candidate reaches its TURN server (only when `local` is `relay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_protocol: Option<RelayProtocol>,
+    /// The TURN URL the local relay candidate came from (only when `local` is `relay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_url: Option<String>,
+}
+
+impl CandidatePair {
+    /// Whether media goes through a TURN relay (either side's candidate is a relay one).
+    pub fn is_relayed(&self) -> bool {
+        self.local == CandidateType::Relay || self.remote == CandidateType::Relay
+    }
+}
+
+/// An ICE candidate type (RFC 8445).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CandidateType {
+    Host,
+    Srflx,
+    Prflx,
+    Relay,
+}
+
+impl CandidateType {
+    /// Every type, for bounded metric labels.
+    pub const ALL: [Self; 4] = [Self::Host, Self::Srflx, Self::Prflx, Self::Relay];
+
+    /// The type as the wire (and the SDP) writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Srflx => "srflx",
+            Self::Prflx => "prflx",
+            Self::Relay => "relay",
+        }
+    }
+}
+
+/// The transport of an ICE candidate pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IceProtocol {
+    Udp,
+    Tcp,
+}
+
+/// How a relay candidate reaches its TURN server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayProtocol {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl ConnectionStats {
+    /// Checks what serde cannot: the RTT bound and the relay fields' consistency. The error
+    /// text is for the `invalid_message` reply.
+    pub fn check(&self) -> Result<(), String> {
+        if self.rtt_ms.is_some_and(|rtt| rtt > MAX_STATS_RTT_MS) {
+            return Err(format!("rtt_ms is at most {MAX_STATS_RTT_MS}"));
+        }
+        let Some(pair) = &self.pair else {
+            return Ok(());
+        };
+        let relay_fields = pair.relay_protocol.is_some() || pair.relay_url.is_some();
+        if relay_fields && pair.local != CandidateType::Relay {
+            return Err("relay_protocol and relay_url need a local relay candidate".into());
+        }
+        if let Some(url) = &pair.relay_url {
+            let scheme_ok = url.starts_with("turn:") || url.starts_with("turns:");
+            if !scheme_ok || url.len() > MAX_STATS_RELAY_URL || url.chars().any(char::is_control) {
+                return Err(format!(
+                    "relay_url is a turn: or turns: URL of at most {MAX_STATS_RELAY_URL} bytes"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ClientMessage {
@@ -157,7 +282,8 @@ impl ClientMessage {
             | Self::Signal { id, .. }
             | Self::Broadcast { id, .. }
             | Self::Ping { id }
-            | Self::Leave { id } => *id,
+            | Self::Leave { id }
+            | Self::Stats { id, .. } => *id,
             Self::Ack { .. } => None,
         }
     }
@@ -606,6 +732,9 @@ pub mod client_rules {
     pub const ACK_EVERY: u64 = 16;
     /// ...or this long after the first unacknowledged one, whichever comes first.
     pub const ACK_DELAY: Duration = Duration::from_millis(200);
+    /// A client sends a `stats` report per connected peer when its selected candidate pair
+    /// changes, and at least this often while it stays.
+    pub const STATS_EVERY: Duration = Duration::from_secs(15);
 
     /// The reconnect delay before attempt `attempt` (1 for the first), before jitter:
     /// `min(BACKOFF_MAX, BACKOFF_INITIAL * 2^(attempt-1))`.
@@ -620,6 +749,7 @@ pub mod client_rules {
     pub struct ClientRules {
         pub backoff: Backoff,
         pub ack: Ack,
+        pub stats: Stats,
         /// Per error code: the close code (none: the socket stays open) and the retry class.
         pub errors: BTreeMap<&'static str, ErrorRule>,
     }
@@ -641,6 +771,12 @@ pub mod client_rules {
     }
 
     #[derive(Debug, Serialize, PartialEq)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Stats {
+        pub every_ms: u64,
+    }
+
+    #[derive(Debug, Serialize, PartialEq)]
     pub struct ErrorRule {
         pub close: Option<u16>,
         pub retry: RetryClass,
@@ -659,6 +795,9 @@ pub mod client_rules {
                 ack: Ack {
                     every: ACK_EVERY,
                     delay_ms: ACK_DELAY.as_millis() as u64,
+                },
+                stats: Stats {
+                    every_ms: STATS_EVERY.as_millis() as u64,
                 },
                 errors: ErrorCode::ALL
                     .iter()

@@ -237,7 +237,7 @@ impl SocketTask {
                         .await;
                 }
                 match serde_json::from_str::<ClientMessage>(&text) {
-                    Ok(message) => self.on_message(message).await,
+                    Ok(message) => self.on_message(message, now).await,
                     Err(e) => {
                         let id = probe_id(&text);
                         self.refuse(
@@ -252,14 +252,14 @@ impl SocketTask {
         }
     }
 
-    async fn on_message(&mut self, message: ClientMessage) -> Step {
+    async fn on_message(&mut self, message: ClientMessage, received: Instant) -> Step {
         let Some(key) = self.key else {
             return self.on_handshake(message).await;
         };
         match self
             .app
             .hub
-            .handle(key, self.handshake.conn, &self.peer, message)
+            .handle_at(key, self.handshake.conn, &self.peer, message, received)
             .await
         {
             Flow::Continue => Step::Continue,

@@ -2,6 +2,7 @@
 //! when, and the tombstones of sessions that ended with an error. Pure state: the time of each
 //! operation is passed in.
 
+use crate::peer_stats::PeerLinks;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -40,8 +41,11 @@ pub struct Session {
     pub ticket: Option<SessionTicket>,
     /// How the client joined (`websocket`, `http`, `y-webrtc`, `peerjs`).
     pub transport: &'static str,
-    /// When it joined (for the admin API's connected time).
-    pub joined: Instant,
+    /// When it joined (the admin API's connected time; time to ICE connected is measured from
+    /// here).
+    pub joined_at: Instant,
+    /// Its latest `stats` report per other peer.
+    pub links: PeerLinks,
 }
 
 impl Session {

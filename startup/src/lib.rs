@@ -1,6 +1,7 @@
 //! What every binary of the workspace (`signaling`, `relay`, `peer`) does at start-up, written
 //! once so that the binaries agree:
 //!
+//! - [`admin_listen`]: `--admin-listen ADDR|none`;
 //! - [`Secret`]: a configured secret that never shows in logs;
 //! - [`duration`]: `250ms`, `30s`, `10m`, `1h` or a plain number of seconds, parsed and printed;
 //! - [`config_file`]: a `--config` TOML file whose keys are the long flag names, under flags
@@ -15,6 +16,7 @@
 
 #[cfg(feature = "acme")]
 pub mod acme;
+pub mod admin_listen;
 pub mod config_file;
 pub mod duration;
 pub mod first_bytes;

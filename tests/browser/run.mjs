@@ -743,6 +743,42 @@ test('one port: relay-only through TURN over TLS on the port that serves the pag
   assert(handovers >= 2, `TURN connections handed to the relay: ${handovers}`);
 });
 
+test('admin page: a room appears, a relay-only call shows as relayed (from the clients\' stats reports), and the room goes away after everyone leaves', async (t) => {
+  const sig = await startSignaling(['--with-relay', '--admin-listen', '127.0.0.1:0'], 'signaling-admin');
+  t.track(sig.proc);
+  const adminUrl = (await sig.proc.waitForLine(/^admin (http:\/\/\S+)/, 10000, '"admin http://ADDR"'))[1];
+  const admin = await t.open('Admin', { url: adminUrl });
+  await admin.waitFor(() => document.getElementById('status').textContent === 'live', null, 'the admin page fed by SSE', 10000);
+  const rowsOf = (room) => [...document.querySelectorAll('#rooms tr')].filter((tr) => tr.dataset.room === room)
+    .map((tr) => ({ peer: tr.dataset.peer, path: tr.querySelector('[data-field=path]')?.textContent, pair: tr.querySelector('[data-field=candidates]')?.textContent }));
+  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
+  await a.joined();
+  await admin.waitFor((room) => [...document.querySelectorAll('#rooms tr')].some((tr) => tr.dataset.room === room), t.room, 'the room on the admin page', 10000);
+  const b = await t.open('Bob', { server: sig, query: 'relay=1' });
+  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  // Each JS client reports its selected pair as soon as it is connected: both show relayed.
+  await admin.waitFor((room) => {
+    const rows = [...document.querySelectorAll('#rooms tr')].filter((tr) => tr.dataset.room === room);
+    return rows.length === 2 && rows.every((tr) => tr.querySelector('[data-field=path]')?.textContent === 'relayed');
+  }, t.room, 'both peers relayed on the admin page', 20000);
+  const rows = await admin.eval(rowsOf, t.room);
+  assert(rows.every((r) => /^relay ↔ /.test(r.pair)), `relay candidates on our side: ${JSON.stringify(rows)}`);
+  const page = await admin.eval(() => ({
+    relays: [...document.querySelectorAll('#relays [data-field=allocations]')].map((td) => Number(td.textContent)),
+    share: document.getElementById('relayed-share').textContent,
+    cost: document.getElementById('cost').textContent,
+  }));
+  assert(page.relays.length === 1 && page.relays[0] >= 2, `the in-process relay with the call's allocations: ${JSON.stringify(page)}`);
+  assert(/^100 %/.test(page.share) && /^\$/.test(page.cost), `every reporting peer relayed, a cost shown: ${JSON.stringify(page)}`);
+  const snapshot = await (await fetch(`${adminUrl}/snapshot`)).json();
+  const link = snapshot.rooms.find((r) => r.room === t.room).peers[0].links[0];
+  assert(link.pair.local === 'relay' && link.pair.relay_url?.startsWith('turn:') && Number.isInteger(link.bytes_sent), `a full report: ${JSON.stringify(link)}`);
+  await t.screenshot(admin, 'admin-page.png');
+  await a.eval(() => window.__demo.leave());
+  await b.eval(() => window.__demo.leave());
+  await admin.waitFor((room) => ![...document.querySelectorAll('#rooms tr')].some((tr) => tr.dataset.room === room), t.room, 'the room gone from the admin page after everyone left', 10000);
+});
+
 test('relay switch: "Relay only" turned on mid-call moves the call onto the relay, and off again, from either side', async (t) => {
   const { port, secret, metric } = await startRelay(t, { admin: true });
   const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret], 'signaling-turn');

@@ -434,10 +434,57 @@ fn probe_self_reports_host_and_relay_pairs() {
     assert!(probe.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// The Rust SDK reports each connection to signaling (`stats`, docs/protocol.md): a
+/// relay-only call between two `peer join`s shows as relayed in signaling's metrics and on its
+/// admin snapshot.
+#[test]
+fn the_rust_sdk_reports_its_selected_pair_to_signaling() {
+    let relay = start_relay();
+    let mut signaling = start_signaling_with(
+        Some(&relay),
+        "127.0.0.1:0",
+        &["--admin-listen", "127.0.0.1:0"],
+    );
+    let line = signaling
+        .proc
+        .wait_line(Duration::from_secs(10), |l| l.starts_with("admin http://"));
+    let admin: SocketAddr = line["admin http://".len()..]
+        .trim()
+        .parse()
+        .expect("admin address");
+    let url = format!("ws://{}/ws/sdk-stats", signaling.addr);
+    let _alice = join(&url, "alice", true);
+    let _bob = join(&url, "bob", true);
+    let series = r#"signaling_ice_paths_total{path="relayed",local="relay",remote="relay"}"#;
+    let counted = testkit::wait_until(Duration::from_secs(60), || {
+        let (_, text) = testkit::http_get(signaling.addr, "/metrics").ok()?;
+        testkit::metric_value(&text, series).filter(|n| *n >= 2.0)
+    });
+    assert!(counted.is_some(), "both SDK peers reported a relayed pair");
+    let (status, body) = testkit::http_get(admin, "/snapshot").expect("GET /snapshot");
+    assert_eq!(status, 200);
+    let snapshot: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let room = snapshot["rooms"]
+        .as_array()
+        .and_then(|rooms| rooms.iter().find(|r| r["room"] == "sdk-stats"))
+        .unwrap_or_else(|| panic!("no room in {body}"));
+    for peer in room["peers"].as_array().expect("peers") {
+        let link = &peer["links"][0];
+        assert_eq!(link["path"], "relayed", "{body}");
+        assert_eq!(link["pair"]["local"], "relay", "{body}");
+        assert!(
+            link["pair"]["relay_url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("turn:")),
+            "{body}"
+        );
+    }
+}
+
 /// The one-command stack (`signaling --with-relay`, what `scripts/run.sh` runs): the in-process
 /// relay gets signaling's TURN secret, so a probe's relayed pair works with the credentials in
 /// `welcome`; a `--relay-arg` flag wins over the defaults signaling picks for the relay (here
-/// the admin address, which is otherwise a free loopback port); signaling's `/metrics` carries
+/// the admin address, which is otherwise 127.0.0.1:9641 or a free loopback port); signaling's `/metrics` carries
 /// the relay's series too.
 #[test]
 fn the_in_process_relay_relays_and_takes_relay_arg_flags() {

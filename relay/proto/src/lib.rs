@@ -135,7 +135,7 @@ pub use policy::{DenyReason, IpNet, PeerPolicy};
 pub use quota::{DEFAULT_AMPLIFICATION_ALLOWANCE, QuotaKind, Quotas, RateLimit, SharedQuotas};
 pub use relay_handle::RelayHandle;
 pub use server::Server;
-pub use stats::Stats;
+pub use stats::{LATENCY_BOUNDS_MICROS, LatencyHistogram, Stats};
 pub use usage::Usage;
 
 #[cfg(test)]

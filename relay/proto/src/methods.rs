@@ -211,6 +211,7 @@ impl Server {
                 key,
                 reserve_next: params.reserve_next,
                 cancelled: false,
+                received_at: now,
             },
         );
         self.outputs.push_back(Output::BindRelay {
@@ -355,6 +356,9 @@ impl Server {
             unbilled: Default::default(),
         };
         let key = self.insert_allocation(alloc);
+        self.stats
+            .allocation_latency
+            .observe(now.saturating_duration_since(p.received_at));
         let token = (p.reserve_next && relay.port() % 2 == 0 && relay.port() < u16::MAX)
             .then(|| self.reserve(SocketAddr::new(relay.ip(), relay.port() + 1), now));
         if let Some(a) = self.allocation(key) {

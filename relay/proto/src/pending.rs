@@ -20,6 +20,8 @@ pub(crate) struct PendingAllocation {
     pub(crate) reserve_next: bool,
     /// The client went away (stream closed) before the bind finished.
     pub(crate) cancelled: bool,
+    /// When the Allocate arrived (for the allocation latency).
+    pub(crate) received_at: std::time::Instant,
 }
 
 /// The Allocates of one shard in flight.

@@ -55,6 +55,51 @@ pub struct Stats {
     pub peer_denied: [u64; DenyReason::COUNT],
     /// Quota and rate-limit hits, indexed by `QuotaKind::index()`.
     pub quota_hits: [u64; QuotaKind::COUNT],
+    /// New allocations: the Allocate received -> its success response queued (the relay
+    /// socket's bind in between).
+    pub allocation_latency: LatencyHistogram,
+}
+
+/// A latency histogram with fixed bounds (plain integers: shards merge by adding).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative): `counts[i]` for values up to
+    /// `LATENCY_BOUNDS_MICROS[i]`, the last for anything larger.
+    pub counts: [u64; LATENCY_BOUNDS_MICROS.len() + 1],
+    /// The sum of the observations, in microseconds.
+    pub sum_micros: u64,
+}
+
+/// The upper bounds of [`LatencyHistogram`]'s buckets, in microseconds (100 us to 2.5 s).
+pub const LATENCY_BOUNDS_MICROS: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000,
+];
+
+impl LatencyHistogram {
+    /// Counts one observation.
+    pub fn observe(&mut self, latency: std::time::Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_MICROS
+            .iter()
+            .position(|bound| micros <= *bound)
+            .unwrap_or(LATENCY_BOUNDS_MICROS.len());
+        self.counts[bucket] += 1;
+        self.sum_micros = self.sum_micros.saturating_add(micros);
+    }
+
+    /// How many observations in all.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Adds another shard's observations.
+    pub fn merge(&mut self, other: &Self) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine += theirs;
+        }
+        self.sum_micros = self.sum_micros.saturating_add(other.sum_micros);
+    }
 }
 
 impl Stats {
@@ -95,6 +140,7 @@ impl Stats {
             udp_unauthenticated_response_bytes,
             peer_denied,
             quota_hits,
+            allocation_latency,
         } = other;
         self.allocations += allocations;
         self.permissions += permissions;
@@ -118,6 +164,7 @@ impl Stats {
         self.send_failures += send_failures;
         self.udp_request_bytes += udp_request_bytes;
         self.udp_unauthenticated_response_bytes += udp_unauthenticated_response_bytes;
+        self.allocation_latency.merge(allocation_latency);
         for (a, b) in self.peer_denied.iter_mut().zip(peer_denied) {
             *a += b;
         }

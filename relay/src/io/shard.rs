@@ -453,7 +453,9 @@ impl Shard {
                     address,
                 } => {
                     let result = self.bind_relay(relay, family, even_port, address);
-                    core.handle_relay_bound(now, relay, result);
+                    // The time the bind finished: the core's allocation latency runs from the
+                    // Allocate's batch (`now`) to here.
+                    core.handle_relay_bound(Instant::now().max(now), relay, result);
                 }
                 Output::ReleaseRelay { relay } => self.release_relay(relay),
             }

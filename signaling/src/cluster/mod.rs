@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 
+use crate::admin::{PeerView, RoomSnapshot};
 use crate::api::PeerEntry;
 use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
@@ -38,9 +39,10 @@ use crate::hub::{
 };
 use crate::metrics::Metrics;
 use crate::outbox::{Frame, to_json};
+use crate::peer_stats::{PeerLinks, millis};
 use crate::protocol::{
-    ClientMessage, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId, ResumeToken, RoomId,
-    ServerMessage, SessionInfo, close_code,
+    ClientMessage, ConnectionStats, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId,
+    ResumeToken, RoomId, ServerMessage, SessionInfo, close_code,
 };
 use crate::resume::ResumeSecret;
 use crate::turn_credentials::IceServerMinter;
@@ -143,6 +145,10 @@ struct LocalSession {
     evicting: bool,
     /// Its place among its client address's sessions on this node, if it joined here.
     ticket: Option<SessionTicket>,
+    /// When it attached here (time to ICE connected is measured from a join).
+    attached_at: Instant,
+    /// Its latest `stats` report per other peer, kept by the node it is attached to.
+    links: PeerLinks,
 }
 
 impl LocalSession {
@@ -413,6 +419,8 @@ impl ClusterHub {
                     close_after: None,
                     evicting: false,
                     ticket: req.ticket.take(),
+                    attached_at: Instant::now(),
+                    links: PeerLinks::default(),
                 },
             );
             key
@@ -639,6 +647,8 @@ impl ClusterHub {
                     close_after: None,
                     evicting: false,
                     ticket: attached_ticket.or(parked_ticket),
+                    attached_at: Instant::now(),
+                    links: PeerLinks::resumed(),
                 },
             );
             if let Some(previous) = previous
@@ -830,6 +840,21 @@ impl ClusterHub {
                     }
                 };
             }
+            ClientMessage::Stats { id, report } => match report.check() {
+                Ok(()) => {
+                    self.record_stats(key, report);
+                    return Flow::Continue;
+                }
+                Err(message) => {
+                    self.metrics.error(ErrorCode::InvalidMessage);
+                    let body = to_json(&ServerMessage::Error {
+                        code: ErrorCode::InvalidMessage,
+                        message,
+                        reference: id,
+                    });
+                    self.store.call(Op::Emit, &room, &[&sid, &body]).await
+                }
+            },
             ClientMessage::Join { id, .. } | ClientMessage::Resume { id, .. } => {
                 self.metrics.error(ErrorCode::AlreadyJoined);
                 let body = to_json(&ServerMessage::Error {
@@ -993,6 +1018,7 @@ impl ClusterHub {
                 return Ok(reply);
             };
             self.index_remove(node, room, key).await;
+            tracing::info!(session = %sid(key), %room, ?reason, "left the room");
             if let Some(code) = code {
                 self.metrics.error(code);
                 tracing::info!(session = %sid(key), %code, "session ended");
@@ -1066,6 +1092,57 @@ impl ClusterHub {
         }
         let st = self.lock();
         self.update_gauges(&st);
+    }
+
+    /// Keeps a checked `stats` report of session `key` when it is attached here (a report
+    /// sent by HTTP `send` to another node than the stream's is dropped). Whether the peer
+    /// it is about is in the room is not checked in a cluster (that would cost a Redis call).
+    fn record_stats(&self, key: SessionKey, report: ConnectionStats) {
+        let now = Instant::now();
+        let capacity = self.settings.max_peers_per_room;
+        let mut st = self.lock();
+        if let Some(session) = st.attached.get_mut(&key) {
+            let recorded = session.links.record(report, now, capacity);
+            self.metrics.stats_report(
+                &recorded,
+                now.saturating_duration_since(session.attached_at),
+            );
+        }
+    }
+
+    /// What the admin page shows: the rooms with a session on this node, each with its peers
+    /// on every node (from Redis), and the latest reports of those attached here.
+    pub async fn snapshot(&self) -> Result<Vec<RoomSnapshot>, StoreError> {
+        let mut rooms = self.rooms();
+        rooms.sort();
+        let mut views = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            let peers = self.room_peers(&room).await?;
+            let now = Instant::now();
+            let st = self.lock();
+            let peers = peers
+                .into_iter()
+                .map(|p| {
+                    let here = st.attached.values().find(|s| s.peer.as_str() == p.id);
+                    let connected_ms =
+                        here.map(|s| millis(now.saturating_duration_since(s.attached_at)));
+                    let links = here.map_or_else(Vec::new, |s| {
+                        s.links.links().iter().map(|l| l.view(now)).collect()
+                    });
+                    PeerView::new(p, connected_ms, links)
+                })
+                .collect();
+            views.push(RoomSnapshot {
+                room: room.0.clone(),
+                peers,
+            });
+        }
+        Ok(views)
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The rooms with a session on this node.

@@ -216,7 +216,12 @@ async fn try_open(
     app.hub
         .detach(attached.key, conn, LeaveReason::Disconnected)
         .await;
-    tracing::info!(peer = %attached.peer, "opened over HTTP");
+    tracing::info!(
+        peer = %attached.peer,
+        room = %attached.room,
+        name = attached.name.as_deref().unwrap_or(""),
+        "opened over HTTP"
+    );
     Ok(attached.token)
 }
 

@@ -160,6 +160,10 @@ fn the_client_rules_section_states_the_rules_the_clients_follow() {
             "| acknowledge (`ack`) | after {ACK_EVERY} unacknowledged frames, or {} ms after",
             ACK_DELAY.as_millis()
         ),
+        format!(
+            "| stats every | {} ms per connected peer",
+            STATS_EVERY.as_millis()
+        ),
     ] {
         assert!(section.contains(&row), "the section lacks {row}");
     }

@@ -3,7 +3,8 @@
 //! with real WebSocket and HTTP clients speaking protocol v1.
 
 mod acme;
-mod admin;
+mod admin_api;
+mod admin_page;
 mod api;
 mod auth;
 mod basic;

@@ -31,7 +31,16 @@ pub(crate) fn trusting(text: &str) -> Arc<ClientConfig> {
 /// GET `path` over TLS: the whole response, or `None` if the handshake fails (a certificate
 /// `tls` does not trust).
 async fn https_get(server: &Server, tls: Arc<ClientConfig>, path: &str) -> Option<String> {
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.ok()?;
+    https_get_at(server.addr, tls, path).await
+}
+
+/// [`https_get`] from the server at `addr` (as `localhost`).
+pub(crate) async fn https_get_at(
+    addr: std::net::SocketAddr,
+    tls: Arc<ClientConfig>,
+    path: &str,
+) -> Option<String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let name = "localhost".try_into().unwrap();
     let mut stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
