@@ -67,6 +67,8 @@ pub struct Metrics {
     /// Certificate reloads on SIGHUP: accepted, and refused (the old certificate stayed).
     tls_reloads: AtomicU64,
     tls_reloads_refused: AtomicU64,
+    config_reloads: AtomicU64,
+    config_reloads_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -80,6 +82,8 @@ impl Metrics {
             scrapes: AtomicU64::new(0),
             tls_reloads: AtomicU64::new(0),
             tls_reloads_refused: AtomicU64::new(0),
+            config_reloads: AtomicU64::new(0),
+            config_reloads_refused: AtomicU64::new(0),
         }
     }
 
@@ -89,6 +93,16 @@ impl Metrics {
             &self.tls_reloads
         } else {
             &self.tls_reloads_refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one configuration reload (SIGHUP): `ok` when it took effect.
+    pub fn config_reload(&self, ok: bool) {
+        let counter = if ok {
+            &self.config_reloads
+        } else {
+            &self.config_reloads_refused
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -237,6 +251,18 @@ impl Collector for Metrics {
             "relay_tls_reloads_refused",
             "Certificate reloads on SIGHUP refused (the old certificate stays)",
             self.tls_reloads_refused.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "relay_config_reloads",
+            "Configuration reloads on SIGHUP that took effect",
+            self.config_reloads.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "relay_config_reloads_refused",
+            "Configuration reloads on SIGHUP refused (the configuration in force stays)",
+            self.config_reloads_refused.load(Ordering::Relaxed),
         )?;
         counter(
             &mut e,

@@ -6,6 +6,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use clap::ArgMatches;
+use clap::CommandFactory as _;
 use clap::parser::ValueSource;
 use relay::config::AdminListen;
 
@@ -19,6 +21,10 @@ const DEFAULT_RELAY_PORT: u16 = 3478;
 #[derive(Debug)]
 pub struct LocalRelay {
     handle: relay::RelayHandle,
+    /// The relay's listening address as asked (for its configuration on reloads).
+    listen: SocketAddr,
+    /// The relay's `--relay-arg` flags as parsed, to name what a reload changes.
+    given: ArgMatches,
 }
 
 impl LocalRelay {
@@ -44,17 +50,23 @@ impl LocalRelay {
             (None, IpAddr::V4(ip)) => ip.to_string(),
         };
 
-        let handle = match start_relay(config, listen) {
+        let in_process =
+            |e: &dyn std::fmt::Display| Error::Config(format!("in-process relay: {e}"));
+        let (relay_config, given) = relay_config(config, listen).map_err(|e| in_process(&e))?;
+        let handle = match relay::Relay::start(relay_config.clone()) {
             Err(relay::StartError::Bind { source, .. })
                 if source.kind() == std::io::ErrorKind::AddrInUse
                     && config.relay_listen.is_none() =>
             {
                 tracing::warn!(%listen, "relay port taken, using a free port");
-                start_relay(config, SocketAddr::new(listen.ip(), 0))
+                relay::Relay::start(relay::Config {
+                    listen: vec![SocketAddr::new(listen.ip(), 0)],
+                    ..relay_config
+                })
             }
             other => other,
         }
-        .map_err(|e| Error::Config(format!("in-process relay: {e}")))?;
+        .map_err(|e| in_process(&e))?;
 
         let addrs = handle.addrs();
         if let Some(udp) = addrs.udp.first() {
@@ -80,7 +92,34 @@ impl LocalRelay {
         if let Some(admin) = addrs.admin {
             println!("relay admin http://{admin}");
         }
-        Ok(Self { handle })
+        Ok(Self {
+            handle,
+            listen,
+            given,
+        })
+    }
+
+    /// SIGHUP: the relay's configuration built again from `config` (its `--relay-arg`s and
+    /// TURN secrets) and applied with [`relay::RelayHandle::reload`], which checks it whole
+    /// first. What changed is logged as `in-process relay configuration reloaded: ...`.
+    pub async fn reload(&mut self, config: &Config) -> Result<(), Error> {
+        let in_process =
+            |e: &dyn std::fmt::Display| Error::Config(format!("in-process relay: {e}"));
+        let (relay_config, given) =
+            relay_config(config, self.listen).map_err(|e| in_process(&e))?;
+        self.handle
+            .reload(&relay_config)
+            .await
+            .map_err(|e| in_process(&e))?;
+        startup::reload::Changes::between(
+            &relay::Config::command(),
+            &self.given,
+            &given,
+            relay::reload::RELOADABLE,
+        )
+        .log("in-process relay configuration");
+        self.given = given;
+        Ok(())
     }
 
     /// The relay's metrics (signaling's `/metrics` carries them too).
@@ -94,14 +133,15 @@ impl LocalRelay {
     }
 }
 
-/// Starts the relay on the configuration `--relay-arg` flags give (parsed like the relay's own
-/// command line), completed from ours where those flags are silent: the same TURN secrets, a
-/// loopback-only admin port, and loopback peers allowed only when the relay itself is on
-/// loopback (everything local: two browser tabs relay to each other through 127.0.0.1).
-fn start_relay(
+/// The relay's configuration: what the `--relay-arg` flags give (parsed like the relay's own
+/// command line, returned with the matches), completed from ours where those flags are
+/// silent: the same TURN secrets, a loopback-only admin port, and loopback peers allowed only
+/// when the relay itself is on loopback (everything local: two browser tabs relay to each
+/// other through 127.0.0.1).
+fn relay_config(
     config: &Config,
     listen: SocketAddr,
-) -> Result<relay::RelayHandle, relay::StartError> {
+) -> Result<(relay::Config, ArgMatches), relay::config::ConfigError> {
     let args = std::iter::once("relay").chain(config.relay_args.iter().map(String::as_str));
     let (mut relay_config, given) = relay::Config::load_from(args)?;
     let silent = |id: &str| given.value_source(id) != Some(ValueSource::CommandLine);
@@ -119,7 +159,7 @@ fn start_relay(
         relay_config.allow_loopback_peers = true;
     }
     relay_config.validate()?;
-    relay::Relay::start(relay_config)
+    Ok((relay_config, given))
 }
 
 /// 32 random bytes, hex: the shared secret of a stack nobody configured.

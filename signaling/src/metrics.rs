@@ -47,6 +47,7 @@ pub struct Metrics {
     /// TLS handshakes that failed or did not finish within `--header-read-timeout`.
     pub tls_handshake_failures: Counter,
     tls_reloads: Family<ResultLabel, Counter>,
+    config_reloads: Family<ResultLabel, Counter>,
     /// Connections closed because their PROXY header was missing or malformed.
     pub proxy_headers_refused: Counter,
     errors: Family<CodeLabel, Counter>,
@@ -75,6 +76,7 @@ impl Default for Metrics {
         let http_refused = Counter::default();
         let tls_handshake_failures = Counter::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
+        let config_reloads = Family::<ResultLabel, Counter>::default();
         let proxy_headers_refused = Counter::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let resumes = Family::<ResultLabel, Counter>::default();
@@ -143,6 +145,11 @@ impl Default for Metrics {
             tls_reloads.clone(),
         );
         registry.register(
+            "config_reloads",
+            "Configuration reloads on SIGHUP by result (refused: the configuration in force stays)",
+            config_reloads.clone(),
+        );
+        registry.register(
             "proxy_headers_refused",
             "Connections closed: no well-formed PROXY protocol header (--proxy-protocol)",
             proxy_headers_refused.clone(),
@@ -169,6 +176,7 @@ impl Default for Metrics {
             http_refused,
             tls_handshake_failures,
             tls_reloads,
+            config_reloads,
             proxy_headers_refused,
             errors,
             resumes,
@@ -193,10 +201,18 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one resume attempt.
+    /// Counts one certificate reload.
     pub fn tls_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
         self.tls_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Counts one configuration reload (SIGHUP): `ok` when it took effect.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.config_reloads
             .get_or_create(&ResultLabel { result })
             .inc();
     }

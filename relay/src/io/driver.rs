@@ -18,6 +18,7 @@ use tokio::task::LocalSet;
 use super::conn_limit::ConnectionLimit;
 use super::drain::DrainSignal;
 use super::relay_ports::RelayPorts;
+use super::settings::SettingsReceiver;
 use super::shard::{RelayWide, Shard, TIME_BUDGET};
 use super::tcp;
 use super::udp::UdpSocket;
@@ -48,6 +49,8 @@ pub(crate) struct WorkerSetup {
     pub(crate) metrics: Arc<Metrics>,
     /// Woken by the shard when a draining relay's last allocation ends.
     pub(crate) drain: Arc<DrainSignal>,
+    /// New live settings (SIGHUP), applied to the shard's core.
+    pub(crate) settings: SettingsReceiver,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Dropped when the worker has stopped (the handle waits for all of them).
     pub(crate) stopped: mpsc::Sender<()>,
@@ -86,6 +89,7 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             stream_queue_bytes,
             metrics,
             drain,
+            settings,
             mut shutdown,
             stopped,
         } = setup;
@@ -158,6 +162,10 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
                 )));
             }
         }
+        listeners.push(tokio::task::spawn_local(super::settings::run(
+            Rc::clone(&shard),
+            settings,
+        )));
         let _ = ready.send(Ok(()));
         tokio::select! {
             () = run_timer(Rc::clone(&shard)) => {}

@@ -391,6 +391,11 @@ impl Shard {
         next
     }
 
+    /// New credentials, peer lists and quotas for the core (a reload).
+    pub(crate) fn reconfigure(&self, settings: &relay_proto::LiveSettings) {
+        self.core.borrow_mut().reconfigure(settings);
+    }
+
     /// Publishes counters now (at shutdown).
     pub(crate) fn publish(&self) {
         self.metrics

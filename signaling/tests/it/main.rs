@@ -14,6 +14,7 @@ mod http_client;
 mod limits;
 mod ops;
 mod proxy;
+mod reload;
 mod resume;
 mod support;
 mod tls;
