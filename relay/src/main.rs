@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use relay::config::ConfigError;
 use relay::registration::{FleetSettings, Registration};
-use relay::reload::Reloader;
 use relay::{Config, Relay};
+use startup::reload::Reloading;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -97,13 +97,13 @@ fn main() -> anyhow::Result<()> {
         if let Some(registration) = &registration {
             tokio::spawn(Arc::clone(registration).run(stopped));
         }
-        let mut reloader = Reloader::new(args, matches, supplied_secrets, log_filter);
+        let mut reloading = Reloading::new(args, matches, supplied_secrets, log_filter);
         let shutdown = startup::signals::shutdown();
         tokio::pin!(shutdown);
         let signal = loop {
             tokio::select! {
                 signal = &mut shutdown => break signal?,
-                Some(()) = hangups.recv() => reloader.reload(&handle).await,
+                Some(()) = hangups.recv() => relay::reload::reload(&mut reloading, &handle).await,
             }
         };
         tracing::info!(signal, ?drain_timeout, "draining: new allocations refused");

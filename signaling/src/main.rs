@@ -4,8 +4,8 @@
 use anyhow::Context as _;
 use clap::CommandFactory as _;
 use signaling::config::Config;
-use signaling::reload::Reloader;
 use startup::config_file::ConfigError;
+use startup::reload::Reloading;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         config.turn_secrets.clone()
     };
-    let reloader = Reloader::new(args, matches, supplied_secrets, log_filter);
+    let reloading = Reloading::new(args, matches, supplied_secrets, log_filter);
     let state = signaling::AppState::new(config).await?;
     #[cfg(feature = "with-relay")]
     if let Some(local_relay) = &local_relay {
@@ -69,17 +69,20 @@ async fn main() -> anyhow::Result<()> {
     let local_relay = std::sync::Arc::new(tokio::sync::Mutex::new(local_relay));
     {
         let state = std::sync::Arc::clone(&state);
-        let mut reloader = reloader;
+        let mut reloading = reloading;
         #[cfg(feature = "with-relay")]
         let local_relay = std::sync::Arc::clone(&local_relay);
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
                 #[cfg(feature = "with-relay")]
-                reloader
-                    .reload(&state, local_relay.lock().await.as_mut())
-                    .await;
+                signaling::reload::reload(
+                    &mut reloading,
+                    &state,
+                    local_relay.lock().await.as_mut(),
+                )
+                .await;
                 #[cfg(not(feature = "with-relay"))]
-                reloader.reload(&state).await;
+                signaling::reload::reload(&mut reloading, &state).await;
             }
         });
     }

@@ -9,12 +9,9 @@
 //! The swapped settings are read where they are used through [`AppState::live`]
 //! ([`LiveSettings`]); `AppState::config` keeps the configuration as started.
 
-use std::ffi::OsString;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use clap::{ArgMatches, CommandFactory as _};
-use startup::logging::LogFilter;
-use startup::reload::{Changes, log_refused};
+use startup::reload::{Reloading, log_refused};
 use startup::tls::FreshCertificate;
 
 use crate::AppState;
@@ -154,72 +151,34 @@ impl AppState {
     }
 }
 
-/// What the binary keeps from start-up to reload its configuration.
-#[derive(Debug)]
-pub struct Reloader {
-    /// The command line the server was started with.
-    args: Vec<OsString>,
-    /// The configuration in force, as parsed (to name what a reload changes).
-    matches: ArgMatches,
-    /// The TURN secrets the server was given beyond its configuration (agreed through Redis,
-    /// or generated for `--with-relay`), kept when the configuration names none.
-    supplied_secrets: Vec<Secret>,
-    log_filter: LogFilter,
-}
-
-impl Reloader {
-    /// From the start-up command line, its parse, the TURN secrets in force after start-up
-    /// (`supplied_secrets` when the configuration named none), and the log filter.
-    pub fn new(
-        args: Vec<OsString>,
-        matches: ArgMatches,
-        supplied_secrets: Vec<Secret>,
-        log_filter: LogFilter,
-    ) -> Self {
-        Self {
-            args,
-            matches,
-            supplied_secrets,
-            log_filter,
-        }
-    }
-
-    /// Reads the configuration again and applies it (see the module docs).
-    pub async fn reload(
-        &mut self,
-        state: &AppState,
-        #[cfg(feature = "with-relay")] local_relay: Option<&mut crate::local_relay::LocalRelay>,
-    ) {
-        let loaded = startup::config_file::load::<Config, _, _>(self.args.iter().cloned());
-        let (mut config, matches) = match loaded {
-            Ok(loaded) => loaded,
-            Err(e) => return self.refuse(state, &e),
-        };
-        if config.turn_secrets.is_empty() {
-            config.turn_secrets.clone_from(&self.supplied_secrets);
-        }
-        let prepared = match state.prepare_reload(&config) {
-            Ok(prepared) => prepared,
-            Err(e) => return self.refuse(state, &e),
-        };
-        #[cfg(feature = "with-relay")]
-        if let Some(local_relay) = local_relay
-            && let Err(e) = local_relay.reload(&config).await
-        {
-            return self.refuse(state, &e);
-        }
-        state.apply_reload(prepared);
-        state.metrics.config_reload(true);
-        Changes::between(&Config::command(), &self.matches, &matches, RELOADABLE)
-            .log("configuration");
-        if let Err(e) = self.log_filter.set(&config.log_filter) {
-            tracing::warn!(error = %e, "the log filter stays");
-        }
-        self.matches = matches;
-    }
-
-    fn refuse(&self, state: &AppState, reason: &dyn std::fmt::Display) {
+/// Reads the configuration again and applies it (see the module docs).
+pub async fn reload(
+    reloading: &mut Reloading,
+    state: &AppState,
+    #[cfg(feature = "with-relay")] local_relay: Option<&mut crate::local_relay::LocalRelay>,
+) {
+    let refuse = |reason: &dyn std::fmt::Display| {
         state.metrics.config_reload(false);
         log_refused("configuration", reason);
+    };
+    let (mut config, matches) = match reloading.load::<Config>() {
+        Ok(loaded) => loaded,
+        Err(e) => return refuse(&e),
+    };
+    if config.turn_secrets.is_empty() {
+        config.turn_secrets = reloading.supplied_secrets().to_vec();
     }
+    let prepared = match state.prepare_reload(&config) {
+        Ok(prepared) => prepared,
+        Err(e) => return refuse(&e),
+    };
+    #[cfg(feature = "with-relay")]
+    if let Some(local_relay) = local_relay
+        && let Err(e) = local_relay.reload(&config).await
+    {
+        return refuse(&e);
+    }
+    state.apply_reload(prepared);
+    state.metrics.config_reload(true);
+    reloading.applied::<Config>(matches, RELOADABLE, &config.log_filter);
 }

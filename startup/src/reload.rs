@@ -11,9 +11,66 @@
 use std::ffi::OsString;
 use std::fmt;
 
-use clap::{ArgMatches, Command};
+use clap::{ArgMatches, Command, CommandFactory, FromArgMatches};
 
+use crate::Secret;
+use crate::config_file::{self, ConfigError};
+use crate::logging::LogFilter;
 use crate::summary::is_secret;
+
+/// What a binary keeps from start-up to reload its configuration: the command line, the
+/// configuration in force as parsed (to name what a reload changes), the TURN secrets it was
+/// given beyond its configuration (agreed through Redis, generated), and the log filter.
+#[derive(Debug)]
+pub struct Reloading {
+    args: Vec<OsString>,
+    matches: ArgMatches,
+    supplied_secrets: Vec<Secret>,
+    log_filter: LogFilter,
+}
+
+impl Reloading {
+    /// From the start-up command line and its parse, the secrets in force that the
+    /// configuration did not name (kept when a reloaded one names none), and the log filter.
+    pub fn new(
+        args: Vec<OsString>,
+        matches: ArgMatches,
+        supplied_secrets: Vec<Secret>,
+        log_filter: LogFilter,
+    ) -> Self {
+        Self {
+            args,
+            matches,
+            supplied_secrets,
+            log_filter,
+        }
+    }
+
+    /// The configuration read again as at start-up (not yet validated by the binary).
+    pub fn load<C: CommandFactory + FromArgMatches>(&self) -> Result<(C, ArgMatches), ConfigError> {
+        config_file::load::<C, _, _>(self.args.iter().cloned())
+    }
+
+    /// The secrets to use when the reloaded configuration names none.
+    pub fn supplied_secrets(&self) -> &[Secret] {
+        &self.supplied_secrets
+    }
+
+    /// A reload of `matches` took effect: logs what changed (see [`Changes`]), applies
+    /// `log_filter`, and keeps `matches` as the configuration in force.
+    pub fn applied<C: CommandFactory>(
+        &mut self,
+        matches: ArgMatches,
+        reloadable: &[&str],
+        log_filter: &str,
+    ) {
+        Changes::between(&C::command(), &self.matches, &matches, reloadable).log("configuration");
+        if let Err(e) = self.log_filter.set(log_filter) {
+            tracing::warn!(error = %e, "the log filter stays");
+        }
+        self.matches = matches;
+    }
+}
 
 /// What a reload changed, by flag.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
