@@ -236,6 +236,12 @@ pub struct Config {
     #[arg(long, env = "RELAY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Which logs to write: `info`, `warn,relay=debug`, ... (`RUST_LOG` syntax). SIGHUP
+    /// applies a new one from the `--config` file (when neither the flag nor `RUST_LOG` sets
+    /// it).
+    #[arg(long, env = "RUST_LOG", default_value = "info", value_parser = startup::logging::parse_filter)]
+    pub log_filter: String,
+
     /// Join a relay fleet: advertise this relay in the Redis that signaling reads (one URL, or
     /// the seeds of a Redis Cluster). Signaling then gives each room a relay of the fleet.
     #[arg(

@@ -16,13 +16,15 @@
 //! # Layout
 //! `config` (the clap struct), `io/` (workers: sockets, batches, stream framing, relay ports),
 //! `tls` (rustls set-up), `metrics` + `admin` (`/healthz`, `/readyz`, `/metrics`, `/usage`),
-//! `usage` (relayed bytes per user and time bucket).
+//! `usage` (relayed bytes per user and time bucket), `reload` (SIGHUP: the configuration read
+//! again, what it may change while running).
 
 pub mod admin;
 pub mod config;
 mod io;
 pub mod metrics;
 pub mod registration;
+pub mod reload;
 pub mod tls;
 pub mod usage;
 
@@ -240,7 +242,14 @@ impl Relay {
             .map(|_| mpsc::channel(io::intake::QUEUE))
             .unzip();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        for (index, ((udp, tcp), tls)) in udp.into_iter().zip(tcp).zip(tls).enumerate() {
+        let (settings, worker_settings) = io::settings::channel(workers);
+        for (index, (((udp, tcp), tls), settings)) in udp
+            .into_iter()
+            .zip(tcp)
+            .zip(tls)
+            .zip(worker_settings)
+            .enumerate()
+        {
             let setup = WorkerSetup {
                 index,
                 server_config: server_config.clone(),
@@ -258,6 +267,7 @@ impl Relay {
                 stream_queue_bytes: config.stream_queue_bytes,
                 metrics: Arc::clone(&metrics),
                 drain: Arc::clone(&drain),
+                settings,
                 shutdown: shutdown_rx.clone(),
                 stopped: stopped_tx.clone(),
             };
@@ -279,6 +289,7 @@ impl Relay {
             threads,
             tls_files,
             intake: StreamIntake::new(intake_queues),
+            settings,
         };
         for _ in 0..workers {
             match ready_rx.recv() {
@@ -329,23 +340,72 @@ pub struct RelayHandle {
     /// drops it last).
     stopped: mpsc::Receiver<()>,
     threads: Vec<JoinHandle<()>>,
-    /// The `--tls-cert`/`--tls-key` files, read again by [`RelayHandle::reload_tls`].
+    /// The `--tls-cert`/`--tls-key` files, read again by [`RelayHandle::reload`].
     tls_files: Option<Arc<tls::CertificateFiles>>,
     /// Hands streams other servers accepted to the workers.
     intake: StreamIntake,
+    /// Carries a reload's live settings to every worker.
+    settings: io::settings::SettingsSender,
+}
+
+/// Why a reload was refused (the configuration in force stays).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The new configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The certificate files do not load.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A worker did not take the new settings in time (it stopped).
+    #[error("a worker did not apply the new settings in time")]
+    Workers,
 }
 
 impl RelayHandle {
-    /// SIGHUP: reads the `--tls-cert`/`--tls-key` files again. New TLS handshakes get the new
-    /// certificate; connections already open (and their allocations) keep theirs. A pair that
-    /// does not load is refused with a log line and a count, and the certificate in force
-    /// stays.
-    pub fn reload_tls(&self) {
-        let Some(files) = &self.tls_files else {
-            tracing::info!("SIGHUP: no certificate files to read again");
-            return;
+    /// SIGHUP: takes what `config` changes among the settings a running relay can swap (the
+    /// `--user`s and `--turn-secret`s, the quotas and rate limits, the peer allow/deny lists,
+    /// see `relay::reload::RELOADABLE`) and reads the `--tls-cert`/`--tls-key` files again.
+    /// Everything is checked first: an invalid configuration or a certificate pair that does
+    /// not load is refused whole, and what is in force stays. Returns once every worker runs
+    /// with the new settings. Allocations, permissions and channels that exist stay; new
+    /// TLS handshakes get the new certificate, connections already open keep theirs. Counted
+    /// in `relay_config_reloads_total` / `relay_config_reloads_refused_total` (and the
+    /// certificate in `relay_tls_reloads*`). The other settings of `config` (addresses,
+    /// workers, ...) are not applied.
+    pub async fn reload(&self, config: &Config) -> Result<(), ReloadError> {
+        let result = self.try_reload(config).await;
+        self.metrics.config_reload(result.is_ok());
+        result
+    }
+
+    async fn try_reload(&self, config: &Config) -> Result<(), ReloadError> {
+        config.validate()?;
+        let certificate = match &self.tls_files {
+            Some(files) => {
+                let fresh = files.read_again();
+                if fresh.is_err() {
+                    self.metrics.tls_reload(false);
+                }
+                Some((files, fresh?))
+            }
+            None => None,
         };
-        self.metrics.tls_reload(files.reload_and_log());
+        let live = relay_proto::LiveSettings::of(&server_config(
+            config,
+            &self.addrs.relay_ips,
+            &self.addrs,
+        ));
+        if let Some((files, fresh)) = certificate {
+            files.install(fresh);
+            self.metrics.tls_reload(true);
+        }
+        self.settings
+            .deliver(live)
+            .await
+            .map_err(|_| ReloadError::Workers)?;
+        Ok(())
     }
 
     /// Where another server of this process hands over the TURN streams it accepted (a port

@@ -1,6 +1,6 @@
 //! The `relay` binary: reads the configuration, starts the relay, prints the bound addresses
 //! (one `listening <transport> <addr>` line each, then `admin http://<addr>`), reads its
-//! certificate files again on SIGHUP, and drains on SIGTERM/SIGINT (a second signal stops at
+//! configuration and certificate files again on SIGHUP (`relay::reload`), and drains on SIGTERM/SIGINT (a second signal stops at
 //! once). With `--register`, it joins the relay
 //! fleet in Redis, marks itself draining there first thing on SIGTERM, and leaves it when it
 //! stops.
@@ -13,22 +13,31 @@ use std::sync::Arc;
 use relay::config::ConfigError;
 use relay::registration::{FleetSettings, Registration};
 use relay::{Config, Relay};
+use startup::reload::Reloading;
 
 fn main() -> anyhow::Result<()> {
-    let (mut config, matches) = match Config::load() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (mut config, matches) = match Config::load_from(args.iter().cloned()) {
         Ok(loaded) => loaded,
         Err(ConfigError::Load(startup::config_file::ConfigError::Clap(e))) => e.exit(),
         Err(e) => return Err(e.into()),
     };
-    startup::logging::init(config.log_format);
+    let log_filter = startup::logging::init(config.log_format, &config.log_filter);
     tracing::info!(
         workers = config.worker_count(),
         "configuration:\n{}",
         Config::summary(&matches)
     );
+    let mut supplied_secrets = Vec::new();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Before anything is printed: a SIGHUP from then on reloads (the configuration and the
+    // certificate files), never ends the process.
+    let mut hangups = {
+        let _entered = runtime.enter();
+        startup::signals::reload_requests()?
+    };
     if !config.register.is_empty() && config.auth_secrets.is_empty() && config.users.is_empty() {
         // A fleet relay given no credentials takes the TURN secret signaling agreed on (or
         // proposes one).
@@ -40,7 +49,8 @@ fn main() -> anyhow::Result<()> {
                 &candidate,
             ))
             .context("cannot agree on a TURN secret through redis")?;
-        config.auth_secrets.push(relay::config::Secret::new(agreed));
+        supplied_secrets.push(relay::config::Secret::new(agreed));
+        config.auth_secrets.clone_from(&supplied_secrets);
         tracing::info!("TURN secret agreed through redis");
     }
     let drain_timeout = config.drain_timeout;
@@ -87,14 +97,13 @@ fn main() -> anyhow::Result<()> {
         if let Some(registration) = &registration {
             tokio::spawn(Arc::clone(registration).run(stopped));
         }
-        // SIGHUP reads the certificate files again (and no longer ends the process).
-        let mut hangups = startup::signals::reload_requests()?;
+        let mut reloading = Reloading::new(args, matches, supplied_secrets, log_filter);
         let shutdown = startup::signals::shutdown();
         tokio::pin!(shutdown);
         let signal = loop {
             tokio::select! {
                 signal = &mut shutdown => break signal?,
-                Some(()) = hangups.recv() => handle.reload_tls(),
+                Some(()) = hangups.recv() => relay::reload::reload(&mut reloading, &handle).await,
             }
         };
         tracing::info!(signal, ?drain_timeout, "draining: new allocations refused");

@@ -82,6 +82,8 @@ pub struct Metrics {
     /// Certificate reloads on SIGHUP: accepted, and refused (the old certificate stayed).
     tls_reloads: AtomicU64,
     tls_reloads_refused: AtomicU64,
+    config_reloads: AtomicU64,
+    config_reloads_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -96,6 +98,8 @@ impl Metrics {
             scrapes: AtomicU64::new(0),
             tls_reloads: AtomicU64::new(0),
             tls_reloads_refused: AtomicU64::new(0),
+            config_reloads: AtomicU64::new(0),
+            config_reloads_refused: AtomicU64::new(0),
         }
     }
 
@@ -105,6 +109,16 @@ impl Metrics {
             &self.tls_reloads
         } else {
             &self.tls_reloads_refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one configuration reload (SIGHUP): `ok` when it took effect.
+    pub fn config_reload(&self, ok: bool) {
+        let counter = if ok {
+            &self.config_reloads
+        } else {
+            &self.config_reloads_refused
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -278,6 +292,18 @@ impl Collector for Metrics {
             "relay_tls_reloads_refused",
             "Certificate reloads on SIGHUP refused (the old certificate stays)",
             self.tls_reloads_refused.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "relay_config_reloads",
+            "Configuration reloads on SIGHUP that took effect",
+            self.config_reloads.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "relay_config_reloads_refused",
+            "Configuration reloads on SIGHUP refused (the configuration in force stays)",
+            self.config_reloads_refused.load(Ordering::Relaxed),
         )?;
         counter(
             &mut e,

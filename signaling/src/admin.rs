@@ -193,7 +193,11 @@ pub async fn snapshot(app: &AppState, meter: &mut RateMeter) -> Snapshot {
 }
 
 /// The traffic view of `rooms`; `relay_egress`: the in-process relay's bytes, if any.
-pub fn traffic(rooms: &[RoomSnapshot], relay_egress: Option<u64>, price_per_gb: f64) -> TrafficView {
+pub fn traffic(
+    rooms: &[RoomSnapshot],
+    relay_egress: Option<u64>,
+    price_per_gb: f64,
+) -> TrafficView {
     let reporting = rooms
         .iter()
         .flat_map(|r| &r.peers)

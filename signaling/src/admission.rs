@@ -121,7 +121,7 @@ impl Admission<'_> {
                 "names are 1 to 64 characters without control characters",
             ));
         }
-        let name = match &self.app.auth {
+        let name = match self.app.live().auth.clone() {
             None => name,
             Some(auth) => {
                 let claims = match token {

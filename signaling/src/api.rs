@@ -109,7 +109,8 @@ fn authorize(app: &AppState, headers: &HeaderMap, room: &str) -> Result<RoomId, 
 
 /// Checks the bearer key (or admin token).
 fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if app.config.api_keys.is_empty() && app.auth.is_none() {
+    let live = app.live();
+    if live.api_keys.is_empty() && live.auth.is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", ""));
     }
     let presented = headers
@@ -117,12 +118,11 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let ok = app
-        .config
+    let ok = live
         .api_keys
         .iter()
         .any(|key| bool::from(key.expose().ct_eq(presented.as_bytes())))
-        || app
+        || live
             .auth
             .as_ref()
             .is_some_and(|auth| auth.verify_admin(presented));
@@ -161,6 +161,7 @@ pub async fn ice_servers(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     let room_token_grants = app
+        .live()
         .auth
         .as_ref()
         .and_then(|auth| auth.verify(presented).ok())

@@ -102,7 +102,8 @@ impl Entry {
 /// Open connections and join buckets per client address.
 #[derive(Debug)]
 pub struct IpTable {
-    limits: IpLimits,
+    /// Replaced by SIGHUP ([`IpTable::set_limits`]).
+    limits: std::sync::RwLock<IpLimits>,
     entries: Mutex<HashMap<IpAddr, Entry>>,
 }
 
@@ -125,7 +126,7 @@ impl IpSlot {
     pub fn try_session(&self) -> Option<SessionTicket> {
         let mut entries = self.table.lock();
         let entry = entries.get_mut(&self.ip)?;
-        if entry.sessions >= self.table.limits.max_sessions {
+        if entry.sessions >= self.table.limits().max_sessions {
             return None;
         }
         entry.sessions += 1;
@@ -138,13 +139,10 @@ impl IpSlot {
     /// Takes one join from the address's bucket; `false` means it joins too fast.
     pub fn try_join(&self, now: Instant) -> bool {
         let mut entries = self.table.lock();
-        entries.get_mut(&self.ip).is_some_and(|e| {
-            e.joins.try_take(
-                now,
-                self.table.limits.join_rate,
-                self.table.limits.join_burst,
-            )
-        })
+        let limits = self.table.limits();
+        entries
+            .get_mut(&self.ip)
+            .is_some_and(|e| e.joins.try_take(now, limits.join_rate, limits.join_burst))
     }
 }
 
@@ -183,9 +181,26 @@ impl IpTable {
     /// An empty table.
     pub fn new(limits: IpLimits) -> Arc<Self> {
         Arc::new(Self {
-            limits,
+            limits: std::sync::RwLock::new(limits),
             entries: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> IpLimits {
+        *self
+            .limits
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// New limits (SIGHUP) for every address from now on: an address over a lowered limit
+    /// keeps what it holds and gets no more.
+    pub fn set_limits(&self, limits: IpLimits) {
+        *self
+            .limits
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
@@ -194,13 +209,14 @@ impl IpTable {
 
     /// A connection slot for `ip`, or `None` when the address holds its maximum.
     pub fn connect(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Option<IpSlot> {
+        let limits = self.limits();
         let mut entries = self.lock();
         let entry = entries.entry(ip).or_insert_with(|| Entry {
             connections: 0,
             sessions: 0,
-            joins: TokenBucket::new(self.limits.join_burst, now),
+            joins: TokenBucket::new(limits.join_burst, now),
         });
-        if entry.connections >= self.limits.max_connections {
+        if entry.connections >= limits.max_connections {
             return None;
         }
         entry.connections += 1;

@@ -305,10 +305,15 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
 
-    /// Log format on stderr: `text` (coloured only on a terminal) or `json` lines; the filter
-    /// comes from `RUST_LOG`.
+    /// Log format on stderr: `text` (coloured only on a terminal) or `json` lines.
     #[arg(long, env = "SIGNALING_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Which logs to write: `info`, `warn,signaling=debug`, ... (`RUST_LOG` syntax). SIGHUP
+    /// applies a new one from the `--config` file (when neither the flag nor `RUST_LOG` sets
+    /// it).
+    #[arg(long, env = "RUST_LOG", default_value = "info", value_parser = startup::logging::parse_filter)]
+    pub log_filter: String,
 
     /// The same as `--log-format json` (the flag's older name).
     #[arg(long, env = "SIGNALING_LOG_JSON", hide = true)]

@@ -22,7 +22,8 @@
 //! - [`api`]: the backend HTTP API (`/v1/rooms/...`); [`relay_fleet`]: the relay fleet.
 //! - [`client_ip`]: the client's address (trusted proxies) and per-address limits.
 //! - [`auth`]: optional HS256 JWTs; [`turn_credentials`]: TURN REST credentials for ICE servers.
-//! - [`metrics`], [`web`] (the embedded demo), [`shutdown`] (drain on SIGTERM/SIGINT).
+//! - [`metrics`], [`web`] (the embedded demo), [`shutdown`] (drain on SIGTERM/SIGINT),
+//!   [`reload`] (SIGHUP: the configuration read again, what it may change while running).
 //! - [`admin`]: the admin listener (`--admin-listen`): the live admin page over SSE;
 //!   [`peer_stats`]: the clients' `stats` reports it shows.
 //! - `local_relay` (feature `with-relay`, default): the STUN/TURN relay run in-process by
@@ -80,6 +81,8 @@ pub mod rate_limit;
 #[cfg(feature = "server")]
 pub mod relay_fleet;
 #[cfg(feature = "server")]
+pub mod reload;
+#[cfg(feature = "server")]
 pub mod resume;
 #[cfg(feature = "server")]
 pub mod room;
@@ -115,7 +118,6 @@ pub(crate) mod server {
     use tokio::net::TcpListener;
     use tokio_util::sync::CancellationToken;
 
-    use crate::auth::Authenticator;
     use crate::backend::Backend;
     use crate::client_ip::{IpLimits, IpTable};
     use crate::cluster::{ClusterHub, ClusterSettings};
@@ -135,11 +137,13 @@ pub(crate) mod server {
 
     /// Everything the handlers share.
     pub struct AppState {
+        /// The configuration as started. The settings SIGHUP reloads
+        /// ([`crate::reload::RELOADABLE`]) are read from [`AppState::live`] instead.
         pub config: Config,
         pub hub: Backend,
         pub metrics: Arc<Metrics>,
-        /// Present when `--jwt-secret` is set.
-        pub auth: Option<Authenticator>,
+        /// The settings SIGHUP replaces (JWT secret, API keys, rates, limits, origins).
+        pub live_settings: crate::reload::Live,
         pub web: WebAssets,
         /// The id of the next connection (for logs).
         pub next_conn: AtomicU64,
@@ -159,7 +163,7 @@ pub(crate) mod server {
         pub fleet: Option<(Arc<RelayFleet>, fleet::link::Connection)>,
         /// HTTPS and WSS (`--tls-cert`/`--tls-key` or `--tls-self-signed`).
         pub tls: Option<tokio_rustls::TlsAcceptor>,
-        /// The `--tls-cert`/`--tls-key` files, read again by [`AppState::reload_tls`].
+        /// The `--tls-cert`/`--tls-key` files, read again on SIGHUP ([`crate::reload`]).
         pub tls_files: Option<Arc<startup::tls::CertificateFiles>>,
         /// The certificate generated for `--tls-self-signed`, as PEM (printed at start-up).
         pub tls_self_signed_pem: Option<String>,
@@ -263,17 +267,6 @@ pub(crate) mod server {
     }
 
     impl AppState {
-        /// SIGHUP: reads the `--tls-cert`/`--tls-key` files again. New handshakes get the new
-        /// certificate; connections already open keep theirs. A pair that does not load is
-        /// refused with a log line and a count, and the certificate in force stays.
-        pub fn reload_tls(&self) {
-            let Some(files) = &self.tls_files else {
-                tracing::info!("SIGHUP: no certificate files to read again");
-                return;
-            };
-            self.metrics.tls_reload(files.reload_and_log());
-        }
-
         /// Builds the state from a validated configuration; in cluster mode, connects to Redis.
         pub async fn new(config: Config) -> Result<Arc<Self>, Error> {
             config.validate()?;
@@ -337,7 +330,7 @@ pub(crate) mod server {
                 metrics.connections_total.clone(),
             );
             Ok(Arc::new(Self {
-                auth: config.jwt_secret.as_ref().map(Authenticator::new),
+                live_settings: crate::reload::Live::new(&config),
                 hub,
                 metrics,
                 web,

@@ -8,6 +8,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use clap::ArgMatches;
+use clap::CommandFactory as _;
 use clap::parser::ValueSource;
 use relay::config::AdminListen;
 
@@ -24,6 +26,12 @@ const DEFAULT_RELAY_ADMIN_PORT: u16 = 9641;
 #[derive(Debug)]
 pub struct LocalRelay {
     handle: relay::RelayHandle,
+    /// The relay's listening address as asked (for its configuration on reloads).
+    listen: SocketAddr,
+    /// The relay's admin address as asked (likewise).
+    admin: SocketAddr,
+    /// The relay's `--relay-arg` flags as parsed, to name what a reload changes.
+    given: ArgMatches,
 }
 
 impl LocalRelay {
@@ -50,8 +58,7 @@ impl LocalRelay {
             (None, IpAddr::V4(ip)) => ip.to_string(),
         };
 
-        let handle = start_with_fallbacks(config, listen)
-            .map_err(|e| Error::Config(format!("in-process relay: {e}")))?;
+        let (handle, given) = start_with_fallbacks(config, listen)?;
 
         let addrs = handle.addrs();
         if let Some(udp) = addrs.udp.first() {
@@ -90,7 +97,38 @@ impl LocalRelay {
         if let Some(admin) = addrs.admin {
             println!("relay admin http://{admin}");
         }
-        Ok(Self { handle })
+        let admin = addrs
+            .admin
+            .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+        Ok(Self {
+            handle,
+            listen,
+            admin,
+            given,
+        })
+    }
+
+    /// SIGHUP: the relay's configuration built again from `config` (its `--relay-arg`s and
+    /// TURN secrets) and applied with [`relay::RelayHandle::reload`], which checks it whole
+    /// first. What changed is logged as `in-process relay configuration reloaded: ...`.
+    pub async fn reload(&mut self, config: &Config) -> Result<(), Error> {
+        let in_process =
+            |e: &dyn std::fmt::Display| Error::Config(format!("in-process relay: {e}"));
+        let (relay_config, given) =
+            relay_config(config, self.listen, self.admin).map_err(|e| in_process(&e))?;
+        self.handle
+            .reload(&relay_config)
+            .await
+            .map_err(|e| in_process(&e))?;
+        startup::reload::Changes::between(
+            &relay::Config::command(),
+            &self.given,
+            &given,
+            relay::reload::RELOADABLE,
+        )
+        .log("in-process relay configuration");
+        self.given = given;
+        Ok(())
     }
 
     /// Where the listener hands the TURN connections of `--shared-port`.
@@ -115,11 +153,13 @@ impl LocalRelay {
 }
 
 /// Starts the relay on `listen` and the default admin port; when the relay port (not given
-/// by `--relay-listen`) or the admin port is taken, on a free one instead.
+/// by `--relay-listen`) or the admin port is taken, on a free one instead. Returns the relay
+/// and its `--relay-arg` flags as parsed.
 fn start_with_fallbacks(
     config: &Config,
     listen: SocketAddr,
-) -> Result<relay::RelayHandle, relay::StartError> {
+) -> Result<(relay::RelayHandle, ArgMatches), Error> {
+    let in_process = |e: &dyn std::fmt::Display| Error::Config(format!("in-process relay: {e}"));
     let taken = |e: &relay::StartError| {
         matches!(e, relay::StartError::Bind { source, .. }
             if source.kind() == std::io::ErrorKind::AddrInUse)
@@ -131,28 +171,31 @@ fn start_with_fallbacks(
     if config.relay_listen.is_none() {
         attempts.extend([(free_listen, admin), (free_listen, free_admin)]);
     }
-    let mut result = start_relay(config, attempts[0].0, attempts[0].1);
-    for (listen, admin) in attempts.into_iter().skip(1) {
-        match &result {
-            Err(e) if taken(e) => {
+    let last = attempts.len() - 1;
+    for (n, (listen, admin)) in attempts.into_iter().enumerate() {
+        let (relay_config, given) =
+            relay_config(config, listen, admin).map_err(|e| in_process(&e))?;
+        match relay::Relay::start(relay_config) {
+            Ok(handle) => return Ok((handle, given)),
+            Err(e) if taken(&e) && n < last => {
                 tracing::warn!(%listen, %admin, "relay or admin port taken, trying another");
-                result = start_relay(config, listen, admin);
             }
-            _ => break,
+            Err(e) => return Err(in_process(&e)),
         }
     }
-    result
+    unreachable!("the last attempt returns")
 }
 
-/// Starts the relay on the configuration `--relay-arg` flags give (parsed like the relay's own
-/// command line), completed from ours where those flags are silent: the same TURN secrets, a
-/// loopback-only admin port (`admin`), and loopback peers allowed only when the relay itself is on
-/// loopback (everything local: two browser tabs relay to each other through 127.0.0.1).
-fn start_relay(
+/// The relay's configuration: what the `--relay-arg` flags give (parsed like the relay's own
+/// command line, returned with the matches), completed from ours where those flags are
+/// silent: the same TURN secrets, a loopback-only admin port (`admin`), and loopback peers
+/// allowed only when the relay itself is on loopback (everything local: two browser tabs relay
+/// to each other through 127.0.0.1).
+fn relay_config(
     config: &Config,
     listen: SocketAddr,
     admin: SocketAddr,
-) -> Result<relay::RelayHandle, relay::StartError> {
+) -> Result<(relay::Config, ArgMatches), relay::config::ConfigError> {
     let args = std::iter::once("relay").chain(config.relay_args.iter().map(String::as_str));
     let (mut relay_config, given) = relay::Config::load_from(args)?;
     let silent = |id: &str| given.value_source(id) != Some(ValueSource::CommandLine);
@@ -169,7 +212,7 @@ fn start_relay(
         relay_config.allow_loopback_peers = true;
     }
     relay_config.validate()?;
-    relay::Relay::start(relay_config)
+    Ok((relay_config, given))
 }
 
 /// TURN on signaling's own port (`--shared-port`): over TLS when signaling serves TLS, over TCP

@@ -1,5 +1,5 @@
 //! The `signaling` binary: parse the configuration, start logging, bind, serve until SIGTERM or
-//! SIGINT, drain, exit.
+//! SIGINT, drain, exit. SIGHUP reloads the configuration (`signaling::reload`).
 
 use anyhow::Context as _;
 use clap::CommandFactory as _;
@@ -7,26 +7,30 @@ use clap::parser::ValueSource;
 use signaling::config::Config;
 use startup::admin_listen::AdminListen;
 use startup::config_file::ConfigError;
+use startup::reload::Reloading;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (mut config, matches) = match startup::config_file::load::<Config, _, _>(std::env::args_os())
-    {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (mut config, matches) = match startup::config_file::load::<Config, _, _>(args.clone()) {
         Ok(loaded) => loaded,
         Err(ConfigError::Clap(e)) => e.exit(),
         Err(e) => return Err(e.into()),
     };
-    startup::logging::init(config.effective_log_format());
+    let log_filter = startup::logging::init(config.effective_log_format(), &config.log_filter);
     tracing::info!(
         "starting; configuration:\n{}",
         startup::summary::summary(&Config::command(), &matches)
     );
 
+    // Before anything is printed: a SIGHUP from then on reloads, never ends the process.
+    let mut hangups = startup::signals::reload_requests().context("cannot listen for SIGHUP")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let named_secrets = !config.turn_secrets.is_empty();
     signaling::agree_turn_secret_if_needed(&mut config).await?;
     #[cfg(feature = "with-relay")]
     let local_relay = if config.with_relay {
@@ -37,6 +41,16 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    // A secret agreed through Redis or generated for the in-process relay stays in force
+    // across reloads of a configuration that names none.
+    let supplied_secrets = if named_secrets {
+        Vec::new()
+    } else {
+        config.turn_secrets.clone()
+    };
+    let admin_listen_explicit =
+        matches.value_source("admin_listen") != Some(ValueSource::DefaultValue);
+    let reloading = Reloading::new(args, matches, supplied_secrets, log_filter);
     let state = signaling::AppState::new(config).await?;
     #[cfg(feature = "with-relay")]
     if let Some(local_relay) = &local_relay {
@@ -58,8 +72,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let admin_stop = CancellationToken::new();
     if let AdminListen::Addr(wanted) = state.config.admin_listen {
-        let explicit = matches.value_source("admin_listen") != Some(ValueSource::DefaultValue);
-        let (listener, bound) = signaling::admin::bind(wanted, explicit)
+        let (listener, bound) = signaling::admin::bind(wanted, admin_listen_explicit)
             .await
             .with_context(|| format!("cannot listen on --admin-listen {wanted}"))?;
         println!("admin http://{bound}");
@@ -74,13 +87,26 @@ async fn main() -> anyhow::Result<()> {
         "web demo: open {http}://{addr}/ in two browser tabs (or `peer join {ws}://{addr}/ws/ROOM`)"
     );
 
-    // SIGHUP reads the certificate files again (and no longer ends the process).
-    let mut hangups = startup::signals::reload_requests().context("cannot listen for SIGHUP")?;
+    // SIGHUP reads the configuration and the certificate files again (and no longer ends the
+    // process).
+    #[cfg(feature = "with-relay")]
+    let local_relay = std::sync::Arc::new(tokio::sync::Mutex::new(local_relay));
     {
         let state = std::sync::Arc::clone(&state);
+        let mut reloading = reloading;
+        #[cfg(feature = "with-relay")]
+        let local_relay = std::sync::Arc::clone(&local_relay);
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
-                state.reload_tls();
+                #[cfg(feature = "with-relay")]
+                signaling::reload::reload(
+                    &mut reloading,
+                    &state,
+                    local_relay.lock().await.as_mut(),
+                )
+                .await;
+                #[cfg(not(feature = "with-relay"))]
+                signaling::reload::reload(&mut reloading, &state).await;
             }
         });
     }
@@ -103,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
     signaling::serve(listener, state, shutdown).await?;
     admin_stop.cancel();
     #[cfg(feature = "with-relay")]
-    if let Some(local_relay) = local_relay {
+    if let Some(local_relay) = local_relay.lock().await.take() {
         local_relay.shutdown().await;
     }
     tracing::info!("stopped");

@@ -58,6 +58,7 @@ pub struct Metrics {
     /// TLS handshakes that failed or did not finish within `--header-read-timeout`.
     pub tls_handshake_failures: Counter,
     tls_reloads: Family<ResultLabel, Counter>,
+    config_reloads: Family<ResultLabel, Counter>,
     /// Connections closed because their PROXY header was missing or malformed.
     pub proxy_headers_refused: Counter,
     /// `--shared-port`: connections closed because their first bytes were neither TURN nor
@@ -104,6 +105,7 @@ impl Default for Metrics {
         let http_refused = Counter::default();
         let tls_handshake_failures = Counter::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
+        let config_reloads = Family::<ResultLabel, Counter>::default();
         let proxy_headers_refused = Counter::default();
         let first_bytes_refused = Counter::default();
         let turn_handovers = Counter::default();
@@ -222,6 +224,11 @@ impl Default for Metrics {
             tls_reloads.clone(),
         );
         registry.register(
+            "config_reloads",
+            "Configuration reloads on SIGHUP by result (refused: the configuration in force stays)",
+            config_reloads.clone(),
+        );
+        registry.register(
             "proxy_headers_refused",
             "Connections closed: no well-formed PROXY protocol header (--proxy-protocol)",
             proxy_headers_refused.clone(),
@@ -259,6 +266,7 @@ impl Default for Metrics {
             http_refused,
             tls_handshake_failures,
             tls_reloads,
+            config_reloads,
             proxy_headers_refused,
             first_bytes_refused,
             turn_handovers,
@@ -333,6 +341,14 @@ impl Metrics {
         };
         self.acme_not_after.set(status.not_after.map_or(0, unix));
         self.acme_next_order.set(unix(status.next_order));
+    }
+
+    /// Counts one configuration reload (SIGHUP): `ok` when it took effect.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// Counts one resume attempt.

@@ -261,7 +261,7 @@ async fn run(
     let open = app.connections.open();
     let now = Instant::now();
     let mut this = PeerSocket {
-        bucket: TokenBucket::new(app.config.rate_burst, now),
+        bucket: TokenBucket::new(app.live().rate_burst, now),
         conn,
         socket,
         key,
@@ -471,7 +471,7 @@ impl PeerSocket {
                     .await;
             }
         };
-        let config = &self.app.config;
+        let config = self.app.live();
         if !self
             .bucket
             .try_take(Instant::now(), config.rate_limit, config.rate_burst)

@@ -45,7 +45,7 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, handshake: Handshake) {
     let now = Instant::now();
     let mut task = SocketTask {
         conn: Connection::new(socket, app.config.ping_timeout),
-        bucket: TokenBucket::new(app.config.rate_burst, now),
+        bucket: TokenBucket::new(app.live().rate_burst, now),
         app,
         handshake,
         tx,
@@ -211,7 +211,7 @@ impl SocketTask {
             }
             Inbound::Text(text) => {
                 self.last_heard = now;
-                let config = &self.app.config;
+                let config = self.app.live();
                 if !self
                     .bucket
                     .try_take(now, config.rate_limit, config.rate_burst)

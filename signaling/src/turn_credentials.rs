@@ -8,7 +8,7 @@
 //! The first configured secret signs; the relay accepts any of its list, which lets secrets
 //! rotate without dropping allocations.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use relay_proto::auth::rest_password;
@@ -25,7 +25,9 @@ pub struct IceServerMinter {
     turn_urls: Vec<String>,
     fleet: Option<Arc<RelayFleet>>,
     /// The signing secret (the first configured one); `None` when no TURN is configured.
-    signing_secret: Option<Secret>,
+    /// Shared by every clone, so that a reload ([`IceServerMinter::set_signing_secret`])
+    /// reaches the hub's too.
+    signing_secret: Arc<RwLock<Option<Secret>>>,
     ttl: Duration,
 }
 
@@ -36,7 +38,7 @@ impl IceServerMinter {
             stun_urls: config.stun_urls.clone(),
             turn_urls: config.turn_urls.clone(),
             fleet: None,
-            signing_secret: config.turn_secrets.first().cloned(),
+            signing_secret: Arc::new(RwLock::new(config.turn_secrets.first().cloned())),
             ttl: config.turn_ttl,
         }
     }
@@ -47,6 +49,21 @@ impl IceServerMinter {
         self
     }
 
+    /// Signs with `secret` from now on (SIGHUP), in this minter and every clone of it.
+    pub fn set_signing_secret(&self, secret: Option<Secret>) {
+        *self
+            .signing_secret
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = secret;
+    }
+
+    fn signing_secret(&self) -> Option<Secret> {
+        self.signing_secret
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// When fresh credentials must be pushed after minting: at 80% of the TTL. `None` when no
     /// credentials expire.
     pub fn refresh_after(&self) -> Option<Duration> {
@@ -54,7 +71,7 @@ impl IceServerMinter {
     }
 
     fn mints_credentials(&self) -> bool {
-        self.signing_secret.is_some() && (!self.turn_urls.is_empty() || self.fleet.is_some())
+        self.signing_secret().is_some() && (!self.turn_urls.is_empty() || self.fleet.is_some())
     }
 
     /// The ICE servers for `peer` of `room`, with TURN credentials valid from `now` for the TTL.
@@ -69,7 +86,7 @@ impl IceServerMinter {
                 credential: None,
             });
         }
-        if let (Some(secret), false) = (&self.signing_secret, turn_urls.is_empty()) {
+        if let (Some(secret), false) = (self.signing_secret(), turn_urls.is_empty()) {
             let expiry = now
                 .checked_add(self.ttl)
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())

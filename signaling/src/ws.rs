@@ -66,7 +66,7 @@ pub fn admit_socket(
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Result<IpSlot, Box<Response>> {
-    if !origin_allowed(&app.config.allowed_origins, headers) {
+    if !origin_allowed(&app.live().allowed_origins, headers) {
         return Err(Box::new(refuse(
             app,
             StatusCode::FORBIDDEN,
@@ -90,7 +90,7 @@ pub fn admit_socket(
             "the server cannot reach its shared store",
         )));
     }
-    if app.connections.count() >= app.config.max_connections as i64 {
+    if app.connections.count() >= app.live().max_connections as i64 {
         return Err(Box::new(refuse(
             app,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -143,7 +143,8 @@ fn accept(
         Ok(slot) => slot,
         Err(refusal) => return *refusal,
     };
-    let claims = match (&app.auth, query.get("token")) {
+    let live = app.live();
+    let claims = match (&live.auth, query.get("token")) {
         (Some(auth), Some(token)) => match auth.verify(token) {
             Ok(claims) => Some(claims),
             Err(e) => {

@@ -93,7 +93,8 @@ pub async fn upgrade(
         Ok(slot) => slot,
         Err(refusal) => return *refusal,
     };
-    let claims = match (&app.auth, query.get("token")) {
+    let live = app.live();
+    let claims = match (&live.auth, query.get("token")) {
         (Some(auth), Some(token)) => match auth.verify(token) {
             Ok(claims) => Some(claims),
             Err(e) => return refuse(&app, StatusCode::UNAUTHORIZED, e.code, &e.message),
@@ -158,7 +159,7 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
     let mut this = YConnection {
         conn: app.next_conn.fetch_add(1, Ordering::Relaxed),
         socket: Connection::new(socket, app.config.ping_timeout),
-        bucket: TokenBucket::new(app.config.rate_burst, now),
+        bucket: TokenBucket::new(app.live().rate_burst, now),
         app,
         ip_slot,
         claims,
@@ -213,7 +214,7 @@ impl YConnection {
                 return Err(Some((1009, "message too large")));
             }
         };
-        let config = &self.app.config;
+        let config = self.app.live();
         if !self
             .bucket
             .try_take(Instant::now(), config.rate_limit, config.rate_burst)

@@ -7,8 +7,10 @@
 //! - [`config_file`]: a `--config` TOML file whose keys are the long flag names, under flags
 //!   and environment variables;
 //! - [`summary`]: the configuration as a readable block for the start-up log, secrets redacted;
-//! - [`logging`]: `--log-format text|json` on stderr, colours only on a terminal;
-//! - [`signals`]: SIGTERM or SIGINT;
+//! - [`logging`]: `--log-format text|json` on stderr, colours only on a terminal, through a
+//!   `--log-filter` that SIGHUP can replace;
+//! - [`signals`]: SIGTERM or SIGINT, and SIGHUP;
+//! - [`reload`]: what a SIGHUP reload changed, flag by flag, and its log lines;
 //! - `tls` (feature `tls`): a TLS server configuration from PEM files, or self-signed;
 //! - `proxy_protocol` (feature `proxy-protocol`): the PROXY header at the start of a connection;
 //! - [`first_bytes`]: TURN or HTTP on one port, told apart by a connection's first bytes.
@@ -23,6 +25,7 @@ pub mod first_bytes;
 pub mod logging;
 #[cfg(feature = "proxy-protocol")]
 pub mod proxy_protocol;
+pub mod reload;
 mod secret;
 pub mod signals;
 pub mod summary;

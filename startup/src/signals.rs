@@ -12,8 +12,8 @@ pub async fn shutdown() -> std::io::Result<&'static str> {
     })
 }
 
-/// SIGHUP, the request to read certificates again (instead of the default action, which ends
-/// the process). Call it early: the handler is installed by this call.
+/// SIGHUP, the request to read the configuration and certificates again (instead of the
+/// default action, which ends the process; see [`crate::reload`]). Call it early: the handler is installed by this call.
 pub fn reload_requests() -> std::io::Result<tokio::signal::unix::Signal> {
     signal(SignalKind::hangup())
 }

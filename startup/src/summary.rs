@@ -21,12 +21,7 @@ pub fn summary(command: &Command, matches: &ArgMatches) -> String {
             if values.is_empty() {
                 return None;
             }
-            let secret = arg.get_value_names().is_some_and(|names| {
-                names
-                    .iter()
-                    .any(|n| n.as_str().contains("SECRET") || n.as_str().contains("PASSWORD"))
-            });
-            let shown = if secret {
+            let shown = if is_secret(arg) {
                 values
                     .iter()
                     .map(|v| redact(v))
@@ -52,6 +47,16 @@ pub fn summary(command: &Command, matches: &ArgMatches) -> String {
         let _ = writeln!(out, "  {name:<width$}  {value}{source}");
     }
     out
+}
+
+/// Whether `arg` takes a secret: its value is named `SECRET` or `PASSWORD` (or a
+/// `NAME:PASSWORD` pair).
+pub(crate) fn is_secret(arg: &clap::Arg) -> bool {
+    arg.get_value_names().is_some_and(|names| {
+        names
+            .iter()
+            .any(|n| n.as_str().contains("SECRET") || n.as_str().contains("PASSWORD"))
+    })
 }
 
 /// `<redacted>`, keeping the user name of a `NAME:PASSWORD` pair.

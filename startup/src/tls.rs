@@ -46,7 +46,7 @@ pub fn install_crypto_provider() {
 }
 
 /// A TLS server configuration from PEM files, and the handle that reads them again
-/// ([`CertificateFiles::reload`], on SIGHUP).
+/// ([`CertificateFiles::read_again`] and [`CertificateFiles::install`], on SIGHUP).
 pub fn from_pem_files(
     cert: &Path,
     key: &Path,
@@ -75,27 +75,28 @@ pub struct CertificateFiles {
 }
 
 impl CertificateFiles {
-    /// Reads the files again; on success, new handshakes use them.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = read_certified_key(&self.cert, &self.key)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
-        Ok(())
+    /// Reads the files again, without putting the pair in force: a reload checks everything
+    /// first and [`Self::install`]s it only when the whole new configuration is valid.
+    pub fn read_again(&self) -> Result<FreshCertificate, TlsError> {
+        read_certified_key(&self.cert, &self.key).map(FreshCertificate)
     }
 
-    /// [`Self::reload`] on SIGHUP, with the outcome logged; whether the new pair is in force.
-    pub fn reload_and_log(&self) -> bool {
-        match self.reload() {
-            Ok(()) => {
-                tracing::info!(cert = %self.cert.display(), "certificate reloaded");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "certificate reload refused: the old one stays");
-                false
-            }
-        }
+    /// Puts a pair [`Self::read_again`] read in force: new handshakes use it.
+    pub fn install(&self, fresh: FreshCertificate) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh.0;
+        tracing::info!(cert = %self.cert.display(), "certificate reloaded");
+    }
+
+    /// Reads the files again; on success, new handshakes use them.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        self.install(self.read_again()?);
+        Ok(())
     }
 }
+
+/// A certificate chain and key read again from their files, not yet in force.
+#[derive(Debug)]
+pub struct FreshCertificate(Arc<CertifiedKey>);
 
 impl ResolvesServerCert for CertificateFiles {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {

@@ -39,6 +39,16 @@ impl Admission {
         }
     }
 
+    /// Takes `config`'s credentials and rate limits (`Server::reconfigure`); nonces already
+    /// issued stay valid, and each source keeps its rate state under the new limits.
+    pub(crate) fn reconfigure(&mut self, config: &ServerConfig) {
+        self.auth = Authenticator::new(&config.realm, &config.auth);
+        self.unauthenticated
+            .set_limit(config.quotas.unauthenticated_per_ip);
+        self.unauthorized
+            .set_limit(config.quotas.unauthorized_per_ip);
+    }
+
     /// A request without MESSAGE-INTEGRITY from `ip`: within its rate?
     pub(crate) fn allow_unauthenticated(&mut self, now: Instant, ip: IpAddr) -> bool {
         self.arm_sweep(now);

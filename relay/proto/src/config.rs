@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::policy::PeerPolicy;
+use crate::policy::{IpNet, PeerPolicy};
 use crate::quota::Quotas;
 
 /// Configuration of one `Server` (clone it for every shard; the nonce secret is generated once
@@ -52,6 +52,72 @@ impl Default for ServerConfig {
             external_ips: Vec::new(),
             clock: WallClock::now(),
         }
+    }
+}
+
+/// The part of a [`ServerConfig`] a running server takes anew (`Server::reconfigure`, the
+/// relay's SIGHUP reload): static users and REST secrets, the configured peer allow and deny
+/// lists, and the quotas. The rest (realm, nonce key, lifetimes, the host's own addresses,
+/// relay ports, the size of the rate-limit tables) stays as the server was started with.
+/// `Debug` redacts every secret.
+#[derive(Clone)]
+pub struct LiveSettings {
+    /// `AuthConfig::users`.
+    pub users: HashMap<String, StaticCredential>,
+    /// `AuthConfig::rest_secrets`.
+    pub rest_secrets: Vec<Vec<u8>>,
+    /// `PeerPolicy::allow`.
+    pub allow: Vec<IpNet>,
+    /// `PeerPolicy::deny`.
+    pub deny: Vec<IpNet>,
+    /// `PeerPolicy::allow_loopback_peers`.
+    pub allow_loopback_peers: bool,
+    /// `ServerConfig::quotas` (but `rate_limit_table_size`).
+    pub quotas: Quotas,
+}
+
+impl LiveSettings {
+    /// The live part of `config`.
+    pub fn of(config: &ServerConfig) -> Self {
+        Self {
+            users: config.auth.users.clone(),
+            rest_secrets: config.auth.rest_secrets.clone(),
+            allow: config.policy.allow.clone(),
+            deny: config.policy.deny.clone(),
+            allow_loopback_peers: config.policy.allow_loopback_peers,
+            quotas: config.quotas.clone(),
+        }
+    }
+
+    /// Writes these settings into `config`, leaving everything else as it is.
+    pub(crate) fn apply_to(&self, config: &mut ServerConfig) {
+        config.auth.users.clone_from(&self.users);
+        config.auth.rest_secrets.clone_from(&self.rest_secrets);
+        config.policy.allow.clone_from(&self.allow);
+        config.policy.deny.clone_from(&self.deny);
+        config.policy.allow_loopback_peers = self.allow_loopback_peers;
+        config.quotas = Quotas {
+            rate_limit_table_size: config.quotas.rate_limit_table_size,
+            ..self.quotas.clone()
+        };
+    }
+}
+
+impl fmt::Debug for LiveSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = self.users.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("LiveSettings")
+            .field("users", &names)
+            .field(
+                "rest_secrets",
+                &format_args!("<{} redacted>", self.rest_secrets.len()),
+            )
+            .field("allow", &self.allow)
+            .field("deny", &self.deny)
+            .field("allow_loopback_peers", &self.allow_loopback_peers)
+            .field("quotas", &self.quotas)
+            .finish()
     }
 }
 

@@ -47,10 +47,16 @@
 //!   flag), `reservations` (RESERVATION-TOKENs), `amplification` (byte budget of
 //!   unauthenticated UDP responses).
 //!
-//! `config` holds [`ServerConfig`], which the server never changes.
+//! `config` holds [`ServerConfig`], which the server never changes but for its
+//! [`LiveSettings`] (credentials, peer allow/deny lists, quotas), which
+//! [`Server::reconfigure`] replaces while it runs.
 //!
 //! # API changes
 //! Newest first. Changes since the first published API (a28a13f):
+//! - New: [`LiveSettings`] and [`Server::reconfigure`] (the relay's SIGHUP reload): new
+//!   credentials, peer allow/deny lists and quotas for a running server. `Server::config`
+//!   returns them from then on. A `Quotas::bandwidth_per_allocation` set after an allocation
+//!   was created now limits that allocation too (its bucket is made on its next packet).
 //! - Relay sockets are named by an opaque [`RelayHandle`] (slab index + generation, like
 //!   quinn's `ConnectionHandle`) instead of their local `SocketAddr`: `Output::BindRelay`'s
 //!   `request: RelayRequestId` became `relay: RelayHandle` (`RelayRequestId` is gone),
@@ -125,7 +131,7 @@ mod stats;
 mod usage;
 
 pub use attributes::AttributeType;
-pub use config::{AuthConfig, ExternalIp, ServerConfig, StaticCredential, WallClock};
+pub use config::{AuthConfig, ExternalIp, LiveSettings, ServerConfig, StaticCredential, WallClock};
 pub use error_code::ErrorCode;
 pub use five_tuple::{AddressFamily, FiveTuple, Transport};
 pub use message::Method;

@@ -299,6 +299,21 @@ impl IpRateLimiter {
         }
     }
 
+    /// Limits by `limit` from now on: a source keeps its tokens, capped at the new burst;
+    /// `None` forgets every source.
+    pub(crate) fn set_limit(&mut self, limit: Option<RateLimit>) {
+        self.limit = limit;
+        match limit {
+            Some(limit) => {
+                let cap = limit.burst.saturating_mul(1000);
+                for bucket in self.buckets.values_mut() {
+                    bucket.milli_tokens = bucket.milli_tokens.min(cap);
+                }
+            }
+            None => self.buckets.clear(),
+        }
+    }
+
     /// Count one event from `ip`; false if over the limit.
     pub(crate) fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
         let Some(limit) = self.limit else { return true };
@@ -447,6 +462,28 @@ mod tests {
         l.refund("192.0.2.9".parse().unwrap());
         assert_eq!(l.len(), 1);
         IpRateLimiter::new(None, 10).refund(a);
+    }
+
+    #[test]
+    fn a_new_limit_caps_what_sources_hold_and_none_forgets_them() {
+        let t0 = Instant::now();
+        let wide = RateLimit {
+            per_second: 1,
+            burst: 10,
+        };
+        let mut l = IpRateLimiter::new(Some(wide), 10);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(l.allow(t0, a));
+        l.set_limit(Some(RateLimit {
+            per_second: 1,
+            burst: 2,
+        }));
+        assert!(l.allow(t0, a));
+        assert!(l.allow(t0, a));
+        assert!(!l.allow(t0, a), "capped at the new burst at once");
+        l.set_limit(None);
+        assert_eq!(l.len(), 0);
+        assert!((0..100).all(|_| l.allow(t0, a)));
     }
 
     #[test]

@@ -16,14 +16,14 @@ use crate::allocation::Allocation;
 use crate::allocation_table::AllocationTable;
 use crate::attributes::{self, AttributeType};
 use crate::channel_data;
-use crate::config::ServerConfig;
+use crate::config::{LiveSettings, ServerConfig};
 use crate::expiry::{AllocKey, ExpiryQueue, Timer};
 use crate::five_tuple::FiveTuple;
 use crate::message::{Class, MessageBuilder, Method, StunMessage, TransactionId};
 use crate::output::{BindError, ClientAction, HEADROOM, Output, PeerAction};
 use crate::own_addresses::OwnAddresses;
 use crate::pending::PendingAllocations;
-use crate::quota::{QuotaKind, Quotas, SharedQuotas};
+use crate::quota::{QuotaKind, Quotas, RateLimit, SharedQuotas, TokenBucket};
 use crate::relay_handle::RelayHandle;
 use crate::stats::Stats;
 use crate::usage::{UnbilledUsage, Usage};
@@ -45,7 +45,8 @@ pub(crate) fn later(now: Instant, d: std::time::Duration) -> Instant {
 /// say.
 #[derive(Debug)]
 pub struct Server {
-    /// As given: never changed after `new` (learned addresses go to `own`).
+    /// As given, except the parts [`Server::reconfigure`] replaces (learned addresses go to
+    /// `own`).
     pub(crate) config: ServerConfig,
     /// Allocation counts, reservations, amplification credit and the drain flag of every
     /// shard.
@@ -245,10 +246,8 @@ impl Server {
             self.stats.dropped_packets += 1;
             return PeerAction::Drop;
         }
-        if let (Some(limit), Some(bucket)) = (
-            self.config.quotas.bandwidth_per_allocation,
-            alloc.bandwidth.as_mut(),
-        ) && !bucket.try_take(now, limit, len as u64)
+        if let Some(limit) = self.config.quotas.bandwidth_per_allocation
+            && !bandwidth_bucket(alloc, now, limit).try_take(now, limit, len as u64)
         {
             self.stats.quota_hits[QuotaKind::Bandwidth.index()] += 1;
             return PeerAction::Drop;
@@ -408,9 +407,19 @@ impl Server {
         self.stats.send_failures += 1;
     }
 
-    /// The configuration, as given to `new` (never changed since).
+    /// The configuration, as given to `new` with what [`Self::reconfigure`] replaced since.
     pub fn config(&self) -> &ServerConfig {
         &self.config
+    }
+
+    /// Takes new credentials, peer allow/deny lists and quotas (the relay's SIGHUP reload);
+    /// everything else stays as given to `new`. Allocations, permissions and channels that
+    /// exist stay: the new values apply to every request from now on (a removed REST secret
+    /// or user stops verifying at once, a permission is checked against the new lists when
+    /// it is created or refreshed), and bandwidth limits to every relayed packet.
+    pub fn reconfigure(&mut self, live: &LiveSettings) {
+        live.apply_to(&mut self.config);
+        self.admission.reconfigure(&self.config);
     }
 
     /// The host's own addresses the peer policy refuses: the configured ones plus those
@@ -491,8 +500,8 @@ fn charge_to_peer(
     len: usize,
 ) -> bool {
     let len = len as u64;
-    if let (Some(limit), Some(bucket)) = (quotas.bandwidth_per_allocation, alloc.bandwidth.as_mut())
-        && !bucket.try_take(now, limit, len)
+    if let Some(limit) = quotas.bandwidth_per_allocation
+        && !bandwidth_bucket(alloc, now, limit).try_take(now, limit, len)
     {
         stats.quota_hits[QuotaKind::Bandwidth.index()] += 1;
         return false;
@@ -501,6 +510,14 @@ fn charge_to_peer(
     stats.bytes_to_peer += len;
     alloc.unbilled.count_to_peer(len);
     true
+}
+
+/// The allocation's bandwidth bucket, made full now if it has none yet (the limit was set by
+/// [`Server::reconfigure`] after the allocation was created).
+fn bandwidth_bucket(alloc: &mut Allocation, now: Instant, limit: RateLimit) -> &mut TokenBucket {
+    alloc
+        .bandwidth
+        .get_or_insert_with(|| TokenBucket::new(now, limit))
 }
 
 /// A Data indication carrying `data` from `peer` (RFC 8656 section 11.3).

@@ -20,6 +20,7 @@ use super::drain::DrainSignal;
 use super::http_upstream::HttpUpstream;
 use super::intake::{Adopted, serve_adopted};
 use super::relay_ports::RelayPorts;
+use super::settings::SettingsReceiver;
 use super::shard::{RelayWide, Shard, TIME_BUDGET};
 use super::tcp;
 use super::udp::UdpSocket;
@@ -54,6 +55,8 @@ pub(crate) struct WorkerSetup {
     pub(crate) metrics: Arc<Metrics>,
     /// Woken by the shard when a draining relay's last allocation ends.
     pub(crate) drain: Arc<DrainSignal>,
+    /// New live settings (SIGHUP), applied to the shard's core.
+    pub(crate) settings: SettingsReceiver,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Dropped when the worker has stopped (the handle waits for all of them).
     pub(crate) stopped: mpsc::Sender<()>,
@@ -94,6 +97,7 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
             stream_queue_bytes,
             metrics,
             drain,
+            settings,
             mut shutdown,
             stopped,
         } = setup;
@@ -171,6 +175,10 @@ pub(crate) fn run_worker(setup: WorkerSetup, ready: std::sync::mpsc::Sender<Resu
                 )));
             }
         }
+        listeners.push(tokio::task::spawn_local(super::settings::run(
+            Rc::clone(&shard),
+            settings,
+        )));
         let _ = ready.send(Ok(()));
         tokio::select! {
             () = run_timer(Rc::clone(&shard)) => {}

@@ -7,7 +7,7 @@
 //! the process accepted, `conn_limit` is the relay-wide
 //! `--max-connections` counter, `port_probe` refuses ports another socket holds, `tasks`
 //! tracks the tasks a stopping worker waits for, `drain` wakes a draining relay when its last
-//! allocation ends.
+//! allocation ends, `settings` carries a reload's new settings to every shard.
 
 pub(crate) mod conn_limit;
 pub(crate) mod drain;
@@ -17,6 +17,7 @@ pub(crate) mod intake;
 pub(crate) mod port_probe;
 pub(crate) mod relay_ports;
 pub(crate) mod send_batch;
+pub(crate) mod settings;
 pub(crate) mod shard;
 pub(crate) mod stream;
 pub(crate) mod tasks;

@@ -408,6 +408,11 @@ impl Shard {
         next
     }
 
+    /// New credentials, peer lists and quotas for the core (a reload).
+    pub(crate) fn reconfigure(&self, settings: &relay_proto::LiveSettings) {
+        self.core.borrow_mut().reconfigure(settings);
+    }
+
     /// Publishes counters and usage now (at shutdown).
     pub(crate) fn publish(&self) {
         let mut core = self.core.borrow_mut();

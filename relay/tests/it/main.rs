@@ -10,6 +10,7 @@ mod embedded;
 mod limits;
 mod port_clash;
 mod proxy_protocol;
+mod reload;
 mod security;
 mod slow_reader;
 mod stream_stress;

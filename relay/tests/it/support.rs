@@ -92,13 +92,42 @@ impl RelayProcess {
         }
     }
 
-    /// Starts the relay binary with exactly `args` (plus nothing).
+    /// Starts the relay binary with exactly `args` (plus nothing), logging at `info`.
     pub(crate) fn start_raw_process(args: &[&str]) -> Self {
         let mut command = Command::new(RELAY_BIN);
+        command.args(args).env("RUST_LOG", "info");
+        Self::spawn(command)
+    }
+
+    /// Like [`Self::start_process`], reading `--config file` with `RUST_LOG` unset, so that
+    /// the file's `log-filter` is the one in force (and a reload can change it).
+    pub(crate) fn start_with_config(file: &std::path::Path, extra: &[&str]) -> Self {
+        let mut command = Command::new(RELAY_BIN);
         command
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped());
+            .args(Self::DEFAULT_ARGS)
+            .arg("--config")
+            .arg(file)
+            .args(extra)
+            .env_remove("RUST_LOG");
+        Self::spawn(command)
+    }
+
+    /// Kills the process and returns everything it wrote on stderr.
+    pub(crate) fn stop_and_read_stderr(mut self) -> String {
+        match &mut self.node {
+            Node::Process { process, stderr } => {
+                process.kill();
+                stderr
+                    .take()
+                    .and_then(|h| h.join().ok())
+                    .unwrap_or_default()
+            }
+            Node::InProcess { .. } => panic!("an in-process relay: use start_process"),
+        }
+    }
+
+    fn spawn(mut command: Command) -> Self {
+        command.stderr(Stdio::piped());
         let mut process = Spawned::spawn(command, false);
         let mut stderr = process.child().stderr.take().expect("stderr");
         let stderr = std::thread::spawn(move || {

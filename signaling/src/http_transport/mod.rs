@@ -184,11 +184,12 @@ async fn try_open(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<ResumeToken, RequestError> {
-    if !origin_allowed(&app.config.allowed_origins, headers) {
+    if !origin_allowed(&app.live().allowed_origins, headers) {
         return Err(forbidden_origin());
     }
     let ip_slot = address_slot(app, peer, headers)?;
-    let claims = match (&app.auth, query.get("token")) {
+    let live = app.live();
+    let claims = match (&live.auth, query.get("token")) {
         (Some(auth), Some(token)) => Some(auth.verify(token)?),
         _ => None,
     };
@@ -246,7 +247,7 @@ async fn try_send(
     body: Body,
 ) -> Result<(), (RequestError, u64)> {
     let plain = |e| (e, 1);
-    if !origin_allowed(&app.config.allowed_origins, headers) {
+    if !origin_allowed(&app.live().allowed_origins, headers) {
         return Err(plain(forbidden_origin()));
     }
     let token = session_token(query).map_err(plain)?;
@@ -255,7 +256,7 @@ async fn try_send(
     if messages.is_empty() {
         return Ok(());
     }
-    let config = &app.config;
+    let config = app.live();
     let now = Instant::now();
     if let Err(wait) = app.send_rates.check(&token, messages.len(), now) {
         let error = if messages.len() as f64 > config.rate_burst {

@@ -14,13 +14,15 @@ use crate::rate_limit::TokenBucket;
 /// See the module docs.
 #[derive(Debug)]
 pub struct SendRates {
-    rate: f64,
-    burst: f64,
     buckets: Mutex<Buckets>,
 }
 
 #[derive(Debug, Default)]
 struct Buckets {
+    /// Messages per second (`--rate-limit`).
+    rate: f64,
+    /// Messages at once (`--rate-burst`).
+    burst: f64,
     by_session: HashMap<ResumeToken, TokenBucket>,
     /// Forget full buckets once the table reaches this size.
     prune_at: usize,
@@ -32,13 +34,20 @@ impl SendRates {
     /// `rate` messages per second, `burst` at once (`--rate-limit`, `--rate-burst`).
     pub fn new(rate: f64, burst: f64) -> Self {
         Self {
-            rate,
-            burst,
             buckets: Mutex::new(Buckets {
+                rate,
+                burst,
                 by_session: HashMap::new(),
                 prune_at: MIN_PRUNE_AT,
             }),
         }
+    }
+
+    /// A new rate and burst (SIGHUP), for every session from now on.
+    pub fn set_rate(&self, rate: f64, burst: f64) {
+        let mut buckets = self.lock();
+        buckets.rate = rate;
+        buckets.burst = burst;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
@@ -48,19 +57,21 @@ impl SendRates {
     /// Whether `n` messages of `session` are within the rate now (nothing is taken); `Err`
     /// says how long until they would be.
     pub fn check(&self, session: &ResumeToken, n: usize, now: Instant) -> Result<(), Duration> {
-        let mut bucket = self
-            .lock()
+        let buckets = self.lock();
+        let (rate, burst) = (buckets.rate, buckets.burst);
+        let mut bucket = buckets
             .by_session
             .get(session)
             .copied()
-            .unwrap_or_else(|| TokenBucket::new(self.burst, now));
-        bucket.try_take_n(now, n, self.rate, self.burst)
+            .unwrap_or_else(|| TokenBucket::new(burst, now));
+        drop(buckets);
+        bucket.try_take_n(now, n, rate, burst)
     }
 
     /// Takes `n` messages of `session` (after they were handled).
     pub fn take(&self, session: &ResumeToken, n: usize, now: Instant) {
-        let (rate, burst) = (self.rate, self.burst);
         let mut buckets = self.lock();
+        let (rate, burst) = (buckets.rate, buckets.burst);
         let bucket = buckets
             .by_session
             .entry(session.clone())

@@ -77,11 +77,11 @@ async fn attach(
     headers: &HeaderMap,
     last_seq: u64,
 ) -> Result<StreamSession, RequestError> {
-    if !origin_allowed(&app.config.allowed_origins, headers) {
+    if !origin_allowed(&app.live().allowed_origins, headers) {
         return Err(forbidden_origin());
     }
     let token = session_token(query)?;
-    if app.connections.count() >= app.config.max_connections as i64 {
+    if app.connections.count() >= app.live().max_connections as i64 {
         return Err(RequestError::new(
             ErrorCode::TooManySessions,
             "too many connections",

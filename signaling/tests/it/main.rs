@@ -20,6 +20,7 @@ mod ops;
 #[path = "../../../tests/src/pebble.rs"]
 mod pebble;
 mod proxy;
+mod reload;
 mod resume;
 mod support;
 mod tls;

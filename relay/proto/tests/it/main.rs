@@ -3,6 +3,7 @@
 mod conformance;
 mod conformance_sans_io;
 mod fuzz;
+mod reconfigure;
 mod rfc5769;
 mod scenarios;
 mod stun_crate;

@@ -1,0 +1,78 @@
+//! `Server::reconfigure` (the relay's SIGHUP reload), with a fake clock: new credentials,
+//! peer lists and quotas apply to the next request, allocations and channels that exist relay
+//! on, and a bandwidth limit set later reaches existing allocations.
+
+use std::net::SocketAddr;
+
+use relay_proto::{ClientAction, LiveSettings, Method, RateLimit, channel_data};
+
+use crate::support::{Client, Harness, REST_SECRET, UNIX_T0, error_code, udp};
+
+fn channel_data_packet(number: u16, payload: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; 4];
+    channel_data::write_header(&mut header, number, payload.len() as u16);
+    [&header[..], payload].concat()
+}
+
+/// A fresh client's Allocate after its challenge: the error code, or `None` on success.
+fn allocate_error(h: &mut Harness, client: &mut Client) -> Option<u16> {
+    let tid = client.next_tid();
+    let challenge = h.request(client.from, &client.allocate_request(tid));
+    client.learn_nonce(&challenge);
+    let tid = client.next_tid();
+    let resp = h.request(client.from, &client.allocate_request(tid));
+    error_code(&resp)
+}
+
+#[test]
+fn new_secrets_lists_and_quotas_apply_at_once_and_allocations_relay_on() {
+    let mut h = Harness::new();
+    let mut carol = Client::rest(
+        udp("192.0.2.20:40000"),
+        UNIX_T0 + 3600,
+        "carol",
+        REST_SECRET,
+    );
+    carol.allocate(&mut h);
+    let peer: SocketAddr = "203.0.114.7:6000".parse().unwrap();
+    let resp = h.request(carol.from, &carol.channel_bind_request(0x4000, peer));
+    carol.verify_success(&resp, Method::ChannelBind);
+
+    let mut live = LiveSettings::of(h.server.config());
+    live.rest_secrets = vec![b"new-secret".to_vec()];
+    live.deny = vec!["203.0.114.0/24".parse().unwrap()];
+    live.quotas.bandwidth_per_allocation = Some(RateLimit {
+        per_second: 100,
+        burst: 100,
+    });
+    h.server.reconfigure(&live);
+    assert_eq!(h.server.config().auth.rest_secrets, live.rest_secrets);
+
+    // The removed secret stops verifying, for a new client and on carol's next refresh.
+    let mut old = Client::rest(udp("192.0.2.21:40000"), UNIX_T0 + 3600, "dave", REST_SECRET);
+    assert_eq!(allocate_error(&mut h, &mut old), Some(401));
+    let resp = carol.transact(&mut h, |c| c.refresh_request(600));
+    assert_eq!(error_code(&resp), Some(401));
+    let mut new = Client::rest(
+        udp("192.0.2.22:40000"),
+        UNIX_T0 + 3600,
+        "erin",
+        b"new-secret",
+    );
+    new.allocate(&mut h);
+    // A new permission meets the new deny list.
+    let resp = h.request(new.from, &new.permission_request(&[peer]));
+    assert_eq!(error_code(&resp), Some(403));
+
+    // Carol's channel relays on, now under the bandwidth limit it did not have.
+    let packet = channel_data_packet(0x4000, &[7u8; 60]);
+    assert!(matches!(
+        h.send(carol.from, &packet),
+        ClientAction::Forward { .. }
+    ));
+    assert_eq!(
+        h.send(carol.from, &packet),
+        ClientAction::Drop,
+        "over 100 B/s"
+    );
+}

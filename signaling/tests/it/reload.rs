@@ -1,0 +1,199 @@
+//! SIGHUP reloads of the real binary's `--config` file: JWT and TURN secrets, per-address
+//! limits, the in-process relay's part (`--with-relay`); an invalid file is refused (counted)
+//! and the configuration in force stays. (Certificates: `tls.rs`; the relay's own reload:
+//! the relay's `reload.rs`.)
+
+use std::path::Path;
+use std::time::Duration;
+
+use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
+use signaling::auth::Claims;
+use signaling::protocol::{ClientMessage, ErrorCode, SessionInfo};
+use tokio_tungstenite::tungstenite;
+
+use crate::support::{Client, Server};
+
+/// A token for `room` signed with `secret`, valid for five minutes.
+fn token(secret: &str, room: &str) -> String {
+    let claims = Claims {
+        room: room.into(),
+        name: None,
+        exp: get_current_timestamp() + 300,
+    };
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+fn join_with_token(room: &str, token: String) -> ClientMessage {
+    ClientMessage::Join {
+        id: Some(1),
+        versions: vec![1],
+        room: Some(room.into()),
+        name: None,
+        token: Some(token),
+    }
+}
+
+/// Sends SIGHUP to the first node.
+fn hangup(server: &Server) {
+    // SAFETY: kill(2) on the PID of a child this test spawned.
+    let rc = unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(rc, 0);
+}
+
+/// Waits (up to 5 s) until `series` reaches `n`.
+async fn wait_metric(server: &Server, series: &str, n: u64) {
+    for _ in 0..100 {
+        if server.metric(series).await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{series} did not reach {n}");
+}
+
+const OK: &str = "signaling_config_reloads_total{result=\"ok\"}";
+const REFUSED: &str = "signaling_config_reloads_total{result=\"refused\"}";
+
+/// Joins `room` on the first node with a token signed by `jwt`.
+async fn join(server: &Server, room: &str, jwt: &str) -> (Client, SessionInfo) {
+    let mut client = Client::connect(&server.ws_first("/ws")).await;
+    client.send(&join_with_token(room, token(jwt, room))).await;
+    let info = client.expect_welcome().await;
+    (client, info)
+}
+
+/// The TURN credential of a welcome, checked against `secret`.
+fn signed_by(info: &SessionInfo, secret: &str) -> bool {
+    let turn = info
+        .ice_servers
+        .iter()
+        .find(|s| s.username.is_some())
+        .expect("a TURN entry");
+    let username = turn.username.as_deref().unwrap();
+    turn.credential.as_deref() == Some(&testkit::rest_password(secret.as_bytes(), username))
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn sighup_swaps_secrets_and_limits_and_sessions_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("signaling.toml");
+    let base = "turn-url = [\"turn:127.0.0.1:3478\"]\n";
+    write(
+        &file,
+        &format!("{base}jwt-secret = \"old-jwt\"\nturn-secret = [\"old-turn\"]\n"),
+    );
+    let server = Server::start_process(&["--config", file.to_str().unwrap()]);
+    let (mut a, info) = join(&server, "reload", "old-jwt").await;
+    assert!(signed_by(&info, "old-turn"));
+
+    write(
+        &file,
+        &format!("{base}jwt-secret = \"new-jwt\"\nturn-secret = [\"new-turn\", \"old-turn\"]\n"),
+    );
+    hangup(&server);
+    wait_metric(&server, OK, 1).await;
+
+    // The old JWT secret no longer verifies; the new one does, and the first TURN secret
+    // signs new credentials.
+    let mut stale = Client::connect(&server.ws_first("/ws")).await;
+    stale
+        .send(&join_with_token("reload", token("old-jwt", "reload")))
+        .await;
+    stale.expect_error(ErrorCode::Unauthorized).await;
+    let (_b, info) = join(&server, "reload", "new-jwt").await;
+    assert!(signed_by(&info, "new-turn"));
+    // The session from before the reload goes on.
+    assert!(matches!(
+        a.recv_message().await,
+        signaling::protocol::ServerMessage::PeerJoined { .. }
+    ));
+
+    // A lower per-address limit applies to the next connection.
+    write(
+        &file,
+        &format!(
+            "{base}jwt-secret = \"new-jwt\"\nturn-secret = [\"new-turn\"]\nmax-connections-per-ip = 1\n"
+        ),
+    );
+    hangup(&server);
+    wait_metric(&server, OK, 2).await;
+    match Client::try_connect(&server.ws_first("/ws"), &[]).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 429),
+        Err(other) => panic!("expected 429, got {other:?}"),
+        Ok(_) => panic!("a second connection from the address was admitted"),
+    }
+    assert_eq!(server.metric(REFUSED).await, 0);
+}
+
+#[tokio::test]
+async fn an_invalid_configuration_is_refused_and_the_one_in_force_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("signaling.toml");
+    write(&file, "jwt-secret = \"kept\"\n");
+    let server = Server::start_process(&["--config", file.to_str().unwrap()]);
+    let bad = [
+        "jwt-secret = \"other\"\nrate-limit = 0\n", // fails validation
+        "jwt-secret = \"other\n",                   // not TOML
+        "jwt-secret = \"other\"\nno-such-flag = 1\n", // unknown key
+        "jwt-secret = \"other\"\nmax-sessions-per-ip = \"many\"\n", // bad value
+    ];
+    for (n, text) in bad.iter().enumerate() {
+        write(&file, text);
+        hangup(&server);
+        wait_metric(&server, REFUSED, n as u64 + 1).await;
+        assert_eq!(server.metric(OK).await, 0);
+        let _kept = join(&server, &format!("room{n}"), "kept").await;
+        let mut other = Client::connect(&server.ws_first("/ws")).await;
+        other.send(&join_with_token("x", token("other", "x"))).await;
+        other.expect_error(ErrorCode::Unauthorized).await;
+    }
+}
+
+#[cfg(feature = "with-relay")]
+/// `--with-relay`: the in-process relay reloads with the server, and a refusal of its part
+/// refuses the whole reload.
+#[tokio::test]
+async fn the_in_process_relay_reloads_with_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("signaling.toml");
+    write(&file, "turn-secret = [\"first\"]\n");
+    let server = Server::start_process(&[
+        "--with-relay",
+        "--relay-listen",
+        "127.0.0.1:0",
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    let (_a, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;
+    assert!(signed_by(&info, "first"));
+
+    write(
+        &file,
+        "turn-secret = [\"second\"]\nrelay-arg = [\"--user-quota=3\"]\n",
+    );
+    hangup(&server);
+    wait_metric(&server, OK, 1).await;
+    wait_metric(&server, "relay_config_reloads_total", 1).await;
+    let (_b, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;
+    assert!(signed_by(&info, "second"));
+
+    // The relay refuses its part: nothing is applied.
+    write(
+        &file,
+        "turn-secret = [\"third\"]\nrelay-arg = [\"--user-quota=0\"]\n",
+    );
+    hangup(&server);
+    wait_metric(&server, REFUSED, 1).await;
+    assert_eq!(server.metric("relay_config_reloads_total").await, 1);
+    let (_c, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;
+    assert!(signed_by(&info, "second"), "the secret in force stays");
+}

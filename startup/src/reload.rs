@@ -1,0 +1,209 @@
+//! SIGHUP in both binaries: the configuration is read again exactly as at start-up (the
+//! command line kept from then, the environment, the `--config` file) and validated; then it
+//! is compared flag by flag with the one in force ([`Changes`]) and each binary applies the
+//! flags it can swap while running. The comparison and the log lines live here, so that both
+//! binaries report a reload alike:
+//!
+//! - `configuration reloaded: --user-quota 10 -> 5, --turn-secret <redacted>` (info);
+//! - `configuration reload: changed but needs a restart (not applied): --listen` (warn);
+//! - `configuration reload refused, the configuration in force stays: <reason>` (warn).
+
+use std::ffi::OsString;
+use std::fmt;
+
+use clap::{ArgMatches, Command, CommandFactory, FromArgMatches};
+
+use crate::Secret;
+use crate::config_file::{self, ConfigError};
+use crate::logging::LogFilter;
+use crate::summary::is_secret;
+
+/// What a binary keeps from start-up to reload its configuration: the command line, the
+/// configuration in force as parsed (to name what a reload changes), the TURN secrets it was
+/// given beyond its configuration (agreed through Redis, generated), and the log filter.
+#[derive(Debug)]
+pub struct Reloading {
+    args: Vec<OsString>,
+    matches: ArgMatches,
+    supplied_secrets: Vec<Secret>,
+    log_filter: LogFilter,
+}
+
+impl Reloading {
+    /// From the start-up command line and its parse, the secrets in force that the
+    /// configuration did not name (kept when a reloaded one names none), and the log filter.
+    pub fn new(
+        args: Vec<OsString>,
+        matches: ArgMatches,
+        supplied_secrets: Vec<Secret>,
+        log_filter: LogFilter,
+    ) -> Self {
+        Self {
+            args,
+            matches,
+            supplied_secrets,
+            log_filter,
+        }
+    }
+
+    /// The configuration read again as at start-up (not yet validated by the binary).
+    pub fn load<C: CommandFactory + FromArgMatches>(&self) -> Result<(C, ArgMatches), ConfigError> {
+        config_file::load::<C, _, _>(self.args.iter().cloned())
+    }
+
+    /// The secrets to use when the reloaded configuration names none.
+    pub fn supplied_secrets(&self) -> &[Secret] {
+        &self.supplied_secrets
+    }
+
+    /// A reload of `matches` took effect: logs what changed (see [`Changes`]), applies
+    /// `log_filter`, and keeps `matches` as the configuration in force.
+    pub fn applied<C: CommandFactory>(
+        &mut self,
+        matches: ArgMatches,
+        reloadable: &[&str],
+        log_filter: &str,
+    ) {
+        Changes::between(&C::command(), &self.matches, &matches, reloadable).log("configuration");
+        if let Err(e) = self.log_filter.set(log_filter) {
+            tracing::warn!(error = %e, "the log filter stays");
+        }
+        self.matches = matches;
+    }
+}
+
+/// What a reload changed, by flag.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Changed flags that take effect now: `--user-quota 10 -> 5`; a secret shows as
+    /// `--turn-secret <redacted>`.
+    pub applied: Vec<String>,
+    /// Changed flags that only a restart applies, as `--listen`.
+    pub needs_restart: Vec<String>,
+}
+
+impl Changes {
+    /// Compares `old` and `new` (two parses of `command`) flag by flag. `reloadable` names
+    /// the argument ids the binary applies while running; every other change needs a restart.
+    pub fn between(
+        command: &Command,
+        old: &ArgMatches,
+        new: &ArgMatches,
+        reloadable: &[&str],
+    ) -> Self {
+        let mut changes = Self::default();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let (before, after) = (raw_values(old, id), raw_values(new, id));
+            if before == after {
+                continue;
+            }
+            let name = arg
+                .get_long()
+                .map_or_else(|| id.to_owned(), |long| format!("--{long}"));
+            if !reloadable.contains(&id) {
+                changes.needs_restart.push(name);
+            } else if is_secret(arg) {
+                changes.applied.push(format!("{name} <redacted>"));
+            } else {
+                changes
+                    .applied
+                    .push(format!("{name} {} -> {}", shown(&before), shown(&after)));
+            }
+        }
+        changes
+    }
+
+    /// Logs a reload that took effect (`what`: `configuration`, or `relay configuration` for
+    /// an embedded relay): one line with the changes applied, and a warning naming those that
+    /// need a restart.
+    pub fn log(&self, what: &str) {
+        if self.applied.is_empty() {
+            tracing::info!("{what} reloaded: no change to apply");
+        } else {
+            tracing::info!("{what} reloaded: {}", self.applied.join(", "));
+        }
+        if !self.needs_restart.is_empty() {
+            tracing::warn!(
+                "{what} reload: changed but needs a restart (not applied): {}",
+                self.needs_restart.join(", ")
+            );
+        }
+    }
+}
+
+/// Logs a refused reload with its reason: the configuration in force stays.
+pub fn log_refused(what: &str, reason: &dyn fmt::Display) {
+    tracing::warn!("{what} reload refused, the configuration in force stays: {reason}");
+}
+
+fn raw_values(matches: &ArgMatches, id: &str) -> Vec<OsString> {
+    matches
+        .get_raw(id)
+        .map(|values| values.map(ToOwned::to_owned).collect())
+        .unwrap_or_default()
+}
+
+fn shown(values: &[OsString]) -> String {
+    if values.is_empty() {
+        return "(none)".into();
+    }
+    values
+        .iter()
+        .map(|v| v.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Example {
+        #[arg(long, default_value_t = 10)]
+        user_quota: u32,
+        #[arg(long, value_name = "SECRET", value_delimiter = ',')]
+        turn_secret: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1:1")]
+        listen: String,
+        #[arg(long)]
+        verbose: bool,
+    }
+
+    #[test]
+    fn changes_are_split_into_applied_and_restart_with_secrets_redacted() {
+        let parse = |args: &[&str]| {
+            Example::command().get_matches_from(std::iter::once("prog").chain(args.iter().copied()))
+        };
+        let old = parse(&["--turn-secret", "s3cr3t"]);
+        let new = parse(&[
+            "--turn-secret",
+            "n3w",
+            "--user-quota",
+            "5",
+            "--listen",
+            "127.0.0.1:2",
+            "--verbose",
+        ]);
+        let reloadable = ["turn_secret", "user_quota", "verbose"];
+        let changes = Changes::between(&Example::command(), &old, &new, &reloadable);
+        assert_eq!(
+            changes.applied,
+            [
+                "--user-quota 10 -> 5",
+                "--turn-secret <redacted>",
+                "--verbose false -> true"
+            ]
+        );
+        assert_eq!(changes.needs_restart, ["--listen"]);
+        let same = Changes::between(&Example::command(), &old, &old, &reloadable);
+        assert_eq!(same, Changes::default());
+        let text = format!("{changes:?}");
+        assert!(!text.contains("s3cr3t") && !text.contains("n3w"), "{text}");
+    }
+}
