@@ -7,9 +7,11 @@
 //! - [`free_port`], [`wait_until`], [`bin_path`];
 //! - [`rest_password`]: the TURN REST password, the relay's own implementation;
 //! - [`write_self_signed`]: a certificate and key as PEM files (`--tls-cert`/`--tls-key`);
-//! - [`coturn`]: coturn's `turnutils_peer` and `turnutils_uclient`.
+//! - [`coturn`]: coturn's `turnutils_peer` and `turnutils_uclient`;
+//! - [`haproxy`]: a real HAProxy in front of the servers.
 
 pub mod coturn;
+pub mod haproxy;
 mod process;
 
 use std::io::{Read as _, Write as _};

@@ -4,10 +4,9 @@
 //! The binaries are the ones `cargo build --workspace --bins` put beside the test executable
 //! (`target/<profile>/`); `scripts/test.sh` builds them before running the tests.
 
-pub mod haproxy;
 pub mod netns;
 pub mod pebble;
 pub mod redis;
 pub mod signaling_http;
 
-pub use testkit::{ChildGuard, bin_path, free_port, wait_until};
+pub use testkit::{ChildGuard, bin_path, free_port, haproxy, wait_until};

@@ -160,6 +160,61 @@ async fn turn_over_tls_and_wss_share_the_signaling_port() {
     );
 }
 
+/// The recipe "behind HAProxy" of `docs/deploy.md`: HAProxy on the edge port in TCP mode,
+/// passing TLS through with `send-proxy-v2` and checking `/readyz` over TLS; the node with
+/// `--proxy-protocol` and `--shared-port-public` naming the edge. WSS and TURN over TLS both go
+/// through the edge's one port at the same time, `welcome` advertises the edge (not the
+/// node's own port), and the node hands the TURN connection to its relay.
+#[tokio::test]
+async fn behind_haproxy_the_edge_port_carries_wss_and_turn_over_tls() {
+    let edge = testkit::free_port();
+    let public = format!("127.0.0.1:{edge}");
+    let mut flags = relay_flags();
+    flags.extend([
+        "--tls-self-signed",
+        "--proxy-protocol",
+        "--shared-port-public",
+        &public,
+    ]);
+    let mut server = Server::spawn(&flags);
+    let tls = trusting(&server.startup_output());
+    let proxy = testkit::haproxy::Haproxy::start_tls_passthrough_on(edge, &[server.addr]);
+    let peer = EchoPeer::start();
+
+    let url = format!("wss://localhost:{edge}/ws/edge");
+    let (report, info) = tokio::join!(
+        uclient_through(edge, &peer, &["-t", "-S"]),
+        two_peers_meet(
+            async || {
+                Client::connect_tls(&url, Arc::clone(&tls))
+                    .await
+                    .expect("wss through HAProxy")
+            },
+            "edge",
+        )
+    );
+    assert_no_errors(&report);
+    assert_lossless(&report);
+    let advertised = urls(&info);
+    assert!(
+        advertised.contains(&format!("turns:{public}?transport=tcp")),
+        "{advertised:?}"
+    );
+    let own = format!(":{}?", server.addr.port());
+    assert!(
+        advertised.iter().all(|u| !u.contains(&own)),
+        "{advertised:?}"
+    );
+    let metrics = https_get_at(proxy.addr, Arc::clone(&tls), "/metrics")
+        .await
+        .expect("HTTPS through HAProxy");
+    let handovers = testkit::metric_value(&metrics, "signaling_turn_handovers_total");
+    assert!(
+        handovers >= Some(1.0),
+        "uclient's connection: {handovers:?}"
+    );
+}
+
 #[tokio::test]
 async fn turn_over_tcp_and_ws_share_a_plain_signaling_port() {
     let server = Server::spawn(&relay_flags());

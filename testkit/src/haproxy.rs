@@ -34,6 +34,20 @@ impl Haproxy {
         Self::launch(backends, "tcp", "", " send-proxy-v2")
     }
 
+    /// The edge of `docs/deploy.md`: HAProxy on `port` in TCP mode passing TLS through
+    /// untouched to `backends` that serve TLS (HTTPS, WSS and TURN over TLS on one port),
+    /// every connection starting with a PROXY v2 header; a backend is up while `/readyz`
+    /// answers 200 over TLS.
+    pub fn start_tls_passthrough_on(port: u16, backends: &[SocketAddr]) -> Self {
+        Self::launch_on(
+            port,
+            backends,
+            "tcp",
+            "  option httpchk GET /readyz\n  http-check expect status 200\n",
+            " check-ssl verify none send-proxy-v2",
+        )
+    }
+
     fn start_with(backends: &[SocketAddr], server_options: &str) -> Self {
         Self::launch(
             backends,
@@ -48,6 +62,16 @@ impl Haproxy {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        Self::launch_on(port, backends, mode, check, server_options)
+    }
+
+    fn launch_on(
+        port: u16,
+        backends: &[SocketAddr],
+        mode: &str,
+        check: &str,
+        server_options: &str,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("haproxy-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
