@@ -43,11 +43,18 @@ pub fn bin_path(name: &str) -> PathBuf {
 /// Reserves a free port on 127.0.0.1 (UDP and TCP) by binding port 0 and releasing it. Prefer
 /// passing port 0 to the server and reading the bound address back; use this only where a
 /// program cannot report its port.
+///
+/// A port free for UDP may be held for TCP by another process (tests run in parallel), so a
+/// bounded number of candidates is tried.
 pub fn free_port() -> u16 {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp 0");
-    let port = sock.local_addr().expect("local_addr").port();
-    drop(std::net::TcpListener::bind(("127.0.0.1", port)).expect("tcp port free"));
-    port
+    for _ in 0..64 {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp 0");
+        let port = sock.local_addr().expect("local_addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP on 127.0.0.1 after 64 tries");
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or gives up after `timeout`.
