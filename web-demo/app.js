@@ -421,8 +421,11 @@ function renderSignaling(s) {
         forbidden: 'Your access token does not grant this room.',
         invalid_room_id: 'That room name is not valid: use letters, digits, “-”, “_” and “.”.',
         unsupported_version: 'The signaling server does not speak this client\'s protocol version.',
+        kicked: 'An operator removed you from this room.',
+        room_closed: 'An operator closed this room.',
       };
-      setStatus('bad', s.code === 'room_full' ? 'Room full' : 'Cannot join');
+      const removed = s.code === 'kicked' || s.code === 'room_closed';
+      setStatus('bad', s.code === 'room_full' ? 'Room full' : removed ? 'Removed' : 'Cannot join');
       showBanner('signaling', 'bad', texts[s.code] || `Cannot join: ${s.message || s.code}`, {
         label: 'New room', run: () => { location.href = '/'; },
       });

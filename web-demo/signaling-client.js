@@ -88,7 +88,7 @@ export const CLIENT_RULES = Object.freeze({
 
 const codesOfClass = (retry) =>
   new Set(Object.entries(CLIENT_RULES.errors).filter(([, r]) => r.retry === retry).map(([c]) => c));
-/** Error codes that end the attempt to join: retrying cannot help. */
+/** Error codes that end the attempt to join, or a joined session: retrying cannot help. */
 const FATAL_JOIN_CODES = codesOfClass('fatal');
 /** Error codes that end the session on the server: a fresh join is needed. */
 const SESSION_ENDING_CODES = codesOfClass('rejoin');
@@ -592,7 +592,10 @@ export class SignalingClient extends EventTarget {
     const { code, message, ref } = frame;
     const request = ref != null ? this._pending.get(ref) : undefined;
     if (ref != null) this._pending.delete(ref);
-    if (this.state !== 'joined' && FATAL_JOIN_CODES.has(code)) {
+    // A refused join, or a session an operator ended (`kicked`, `room_closed`: the server
+    // closes the socket after it): retrying cannot help, and coming back would defeat the order.
+    if (FATAL_JOIN_CODES.has(code) && (this.state !== 'joined' || CLIENT_RULES.errors[code].close != null)) {
+      if (this.state === 'joined') this._emit('error', { code, message, ref, request });
       this._fail(code, message);
       return;
     }

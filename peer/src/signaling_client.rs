@@ -380,6 +380,24 @@ impl Session {
                     reconnect_after_ms,
                 )));
             }
+            ServerMessage::Error { code, message, .. }
+                if code.retry_class() == RetryClass::Fatal =>
+            {
+                // An operator ended the session (`kicked`, `room_closed`): coming back,
+                // even as a new peer, would defeat the order.
+                tracing::warn!(%code, %message, "signaling session ended for good by the server");
+                let _ = self
+                    .events_tx
+                    .send(SignalingEvent::Message(ServerMessage::Error {
+                        code,
+                        message: message.clone(),
+                        reference: None,
+                    }));
+                return Some(Disconnect::Finished(Some(PeerError::Signaling {
+                    code,
+                    message,
+                })));
+            }
             ServerMessage::Error { code, message, .. } if is_session_fatal(code) => {
                 tracing::warn!(%code, %message, "signaling session ended by the server");
                 // The session is gone; reconnecting will join afresh.
@@ -408,6 +426,7 @@ impl Session {
             match self.resume(&mut ws).await {
                 Ok(true) => return Reconnect::Resumed(ws),
                 Ok(false) => self.session_lost = true,
+                Err(error @ PeerError::Signaling { .. }) => return Reconnect::Fatal(error),
                 Err(err) => {
                     tracing::debug!("signaling resume failed: {err}");
                     return Reconnect::Failed;
@@ -469,6 +488,12 @@ impl Session {
                         ice_servers: session.ice_servers,
                     });
                     return Ok(true);
+                }
+                ServerMessage::Error { code, message, .. }
+                    if code.retry_class() == RetryClass::Fatal =>
+                {
+                    // Ended by an operator while we were away: stop, as `join` would.
+                    return Err(PeerError::Signaling { code, message });
                 }
                 ServerMessage::Error { code, message, .. } => {
                     tracing::info!(%code, %message, "signaling session could not be resumed");

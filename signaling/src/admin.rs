@@ -45,35 +45,16 @@ pub struct RoomSnapshot {
     pub peers: Vec<PeerView>,
 }
 
-/// One peer as the admin page shows it.
+/// One peer as the admin page shows it: as the API lists it, with its connections.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PeerView {
-    pub id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// The node serving it (`local` on a single node).
-    pub node: String,
-    /// `attached` or `parked`.
-    pub state: &'static str,
-    /// Since its join (its attach to this node in a cluster); unknown for other nodes' peers.
+    #[serde(flatten)]
+    pub entry: PeerEntry,
+    /// Since its join, or its latest attach in a cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connected_ms: Option<u64>,
     /// Its latest `stats` report per other peer.
     pub links: Vec<LinkView>,
-}
-
-impl PeerView {
-    /// A peer as the API lists it, with what this node knows of its connections.
-    pub fn new(entry: PeerEntry, connected_ms: Option<u64>, links: Vec<LinkView>) -> Self {
-        Self {
-            id: entry.id,
-            name: entry.name,
-            node: entry.node,
-            state: entry.state,
-            connected_ms,
-            links,
-        }
-    }
 }
 
 /// One relay as the admin page shows it.

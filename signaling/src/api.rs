@@ -32,7 +32,7 @@ use crate::protocol::{PeerId, RoomId, ServerMessage, is_valid_room_id};
 pub const SERVER_SENDER: &str = "server";
 
 /// One peer as the API lists it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PeerEntry {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -44,7 +44,7 @@ pub struct PeerEntry {
     /// How it joined (`websocket`, `http`, `y-webrtc`, `peerjs`), when this node knows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transport: Option<&'static str>,
-    /// Seconds since it joined (the admin room list, single node).
+    /// Seconds since it joined (on a cluster: since its latest attach).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connected_secs: Option<u64>,
 }
@@ -78,6 +78,11 @@ impl ApiError {
             message: message.into(),
         }
     }
+}
+
+/// The cluster store could not be read or changed: 503 `unavailable`.
+fn unavailable(error: String) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error)
 }
 
 impl IntoResponse for ApiError {
@@ -236,11 +241,7 @@ pub async fn room(
     headers: HeaderMap,
 ) -> Result<Json<RoomView>, ApiError> {
     let room = authorize(&app, &headers, &room)?;
-    let peers = app
-        .hub
-        .room_peers(&room)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
+    let peers = app.hub.room_peers(&room).await.map_err(unavailable)?;
     Ok(Json(RoomView { room, peers }))
 }
 
@@ -274,7 +275,7 @@ pub async fn broadcast(
         .hub
         .backend_broadcast(&room, message)
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
+        .map_err(unavailable)?;
     Ok(Json(Delivered { delivered }))
 }
 
@@ -292,23 +293,11 @@ pub async fn rooms(
     headers: HeaderMap,
 ) -> Result<Json<RoomsView>, ApiError> {
     authenticate(&app, &headers)?;
-    let rooms = app
-        .hub
-        .list_rooms()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
+    let rooms = app.hub.list_rooms().await.map_err(unavailable)?;
     Ok(Json(RoomsView {
         node: app.hub.node_id().unwrap_or("local").to_owned(),
         rooms,
     }))
-}
-
-fn single_node_only() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "single_node_only",
-        "kick and close act on a single node's hub; not available with --redis yet",
-    )
 }
 
 /// The answer of a kick.
@@ -325,7 +314,8 @@ pub async fn kick(
 ) -> Result<Json<Kicked>, ApiError> {
     let room = authorize(&app, &headers, &room)?;
     let peer = PeerId::from(peer);
-    if !app.hub.kick(&room, &peer).map_err(|_| single_node_only())? {
+    let kicked = app.hub.kick(&room, &peer).await.map_err(unavailable)?;
+    if !kicked {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_peer",
@@ -349,7 +339,7 @@ pub async fn close_room(
     headers: HeaderMap,
 ) -> Result<Json<Closed>, ApiError> {
     let room = authorize(&app, &headers, &room)?;
-    let closed = app.hub.close_room(&room).map_err(|_| single_node_only())?;
+    let closed = app.hub.close_room(&room).await.map_err(unavailable)?;
     tracing::info!(%room, peers = closed, "admin API: room closed");
     Ok(Json(Closed { closed }))
 }

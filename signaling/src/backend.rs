@@ -21,10 +21,6 @@ use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, ResumeToken, RoomId, ServerMessage,
 };
 
-/// An admin action this backend cannot perform (kick and close on a cluster node).
-#[derive(Debug, Clone, Copy)]
-pub struct AdminUnsupported;
-
 /// See the module docs.
 pub enum Backend {
     Local(Box<LocalHub>),
@@ -240,38 +236,52 @@ impl Backend {
         }
     }
 
-    /// Every room with a session on this node, with all its peers (on a cluster, the peers
-    /// on every node, read from the shared store), for the admin API.
+    /// Every room with its peers, for the admin API (on a cluster: the rooms of every node,
+    /// at most [`crate::cluster::MAX_LISTED_ROOMS`], read from the shared store).
     pub async fn list_rooms(&self) -> Result<Vec<RoomView>, String> {
         match self {
             Self::Local(hub) => Ok(hub.list_rooms("local", Instant::now())),
             Self::Cluster(hub) => {
-                let mut rooms = hub.rooms();
-                rooms.sort();
+                let rooms = Box::pin(hub.cluster_rooms())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let mut views = Vec::with_capacity(rooms.len());
                 for room in rooms {
                     let peers = hub.room_peers(&room).await.map_err(|e| e.to_string())?;
-                    views.push(RoomView { room, peers });
+                    if !peers.is_empty() {
+                        views.push(RoomView { room, peers });
+                    }
                 }
                 Ok(views)
             }
         }
     }
 
-    /// Ends `peer`'s session with `kicked`. `Ok(false)`: no such peer. Single node only: a
-    /// cluster answers `Err`.
-    pub fn kick(&self, room: &RoomId, peer: &PeerId) -> Result<bool, AdminUnsupported> {
+    /// Ends `peer`'s session with `kicked`, on whichever node it is. `Ok(false)`: no such
+    /// peer.
+    pub async fn kick(&self, room: &RoomId, peer: &PeerId) -> Result<bool, String> {
         match self {
             Self::Local(hub) => Ok(hub.kick(room, peer, Instant::now())),
-            Self::Cluster(_) => Err(AdminUnsupported),
+            Self::Cluster(hub) => {
+                let message = "removed from the room by an operator";
+                Box::pin(hub.end_by_admin(room, Some(peer), ErrorCode::Kicked, message))
+                    .await
+                    .map(|ended| ended > 0)
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 
-    /// Ends every session of `room` with `room_closed`; returns how many. Single node only.
-    pub fn close_room(&self, room: &RoomId) -> Result<u64, AdminUnsupported> {
+    /// Ends every session of `room` with `room_closed`, on every node; returns how many.
+    pub async fn close_room(&self, room: &RoomId) -> Result<u64, String> {
         match self {
             Self::Local(hub) => Ok(hub.close_room(room, Instant::now())),
-            Self::Cluster(_) => Err(AdminUnsupported),
+            Self::Cluster(hub) => {
+                let message = "the room was closed by an operator";
+                Box::pin(hub.end_by_admin(room, None, ErrorCode::RoomClosed, message))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 

@@ -94,6 +94,20 @@ pub struct Attached {
     pub replay: Vec<Frame>,
 }
 
+impl Attached {
+    /// A session that just joined as `peer` (nothing to replay).
+    pub fn joined(key: SessionKey, peer: PeerId, req: &JoinRequest, token: ResumeToken) -> Self {
+        Self {
+            key,
+            peer,
+            room: req.room.clone(),
+            name: req.name.clone(),
+            token,
+            replay: Vec::new(),
+        }
+    }
+}
+
 /// Who makes a request of a session: the socket it is attached to, or (HTTP `send`, from any
 /// node) the holder of its token.
 #[derive(Debug, Clone, Copy)]
@@ -205,7 +219,7 @@ impl LocalHub {
         &self,
         conn: ConnId,
         tx: &OutboundTx,
-        req: JoinRequest,
+        mut req: JoinRequest,
         now: Instant,
     ) -> Result<Attached, RequestError> {
         let mut st = self.lock_at(now);
@@ -264,7 +278,7 @@ impl LocalHub {
                 tx: tx.clone(),
             },
             ice_refresh_at: self.ice.refresh_after().map(|d| now + d),
-            ticket: req.ticket,
+            ticket: req.ticket.take(),
             transport: req.transport,
             joined_at: now,
             links: PeerLinks::default(),
@@ -298,14 +312,7 @@ impl LocalHub {
         }
         st.settle();
         self.update_gauges(&st);
-        Ok(Attached {
-            key,
-            peer,
-            room: req.room.clone(),
-            name: req.name.clone(),
-            token,
-            replay: Vec::new(),
-        })
+        Ok(Attached::joined(key, peer, &req, token))
     }
 
     /// Re-attaches a parked (or still attached, if the old socket was not noticed dead yet)
@@ -556,12 +563,10 @@ impl LocalHub {
                     .members()
                     .iter()
                     .filter_map(|k| st.sessions.get(k))
-                    .map(|s| {
-                        PeerView::new(
-                            entry_of(s, "local", None),
-                            Some(millis(now.saturating_duration_since(s.joined_at))),
-                            s.links.links().iter().map(|l| l.view(now)).collect(),
-                        )
+                    .map(|s| PeerView {
+                        entry: entry_of(s, "local", None),
+                        connected_ms: Some(millis(now.saturating_duration_since(s.joined_at))),
+                        links: s.links.links().iter().map(|l| l.view(now)).collect(),
                     })
                     .collect(),
             })
@@ -630,11 +635,7 @@ impl LocalHub {
     /// Ends every session of `room` with `room_closed` (admin API); returns how many.
     pub fn close_room(&self, room: &RoomId, now: Instant) -> u64 {
         let mut st = self.lock_at(now);
-        let members: Vec<SessionKey> = st
-            .rooms
-            .get(room)
-            .map(|r| r.members().to_vec())
-            .unwrap_or_default();
+        let members = st.members_of(room);
         // Newest first: `settle` pops from the end, so the oldest peer ends last.
         st.ending
             .extend(members.iter().map(|k| (*k, ErrorCode::RoomClosed)));
@@ -646,11 +647,7 @@ impl LocalHub {
     /// Delivers `message` (from the backend) to every peer of `room`; returns to how many.
     pub fn backend_broadcast(&self, room: &RoomId, message: ServerMessage, now: Instant) -> u64 {
         let mut st = self.lock_at(now);
-        let members: Vec<SessionKey> = st
-            .rooms
-            .get(room)
-            .map(|r| r.members().to_vec())
-            .unwrap_or_default();
+        let members = st.members_of(room);
         let body = Body::encode(&message);
         for key in &members {
             st.deliver_body(*key, &body);
@@ -911,6 +908,14 @@ impl HubState {
                 reference,
             },
         );
+    }
+
+    /// The sessions of `room`, oldest first (none for an unknown room).
+    fn members_of(&self, room: &RoomId) -> Vec<SessionKey> {
+        self.rooms
+            .get(room)
+            .map(|r| r.members().to_vec())
+            .unwrap_or_default()
     }
 
     /// Ends the sessions marked during the operation (which may mark more: a `peer_left` can
@@ -1232,14 +1237,14 @@ mod tests {
 
     #[test]
     fn parked_sessions_buffer_and_resume_exactly() {
-        let hub = hub(64);
-        let (a, _a_rx) = join(&hub, 1, 16);
-        let (b, mut b_rx) = join(&hub, 2, 16);
-        let welcome_token = match &frames(&mut b_rx)[0].message {
-            ServerMessage::Welcome { session, .. } => session.resume_token.clone(),
-            other => panic!("{other:?}"),
-        };
-        hub.detach(b.key, 2, LeaveReason::Disconnected, Instant::now());
+        let ParkedPair {
+            hub,
+            a,
+            a_rx: _a_rx,
+            b,
+            token: welcome_token,
+            t0: _,
+        } = parked_pair(64, LeaveReason::Disconnected);
         for n in 0..5 {
             send(&hub, &a, 1, &b, n);
         }
@@ -1311,6 +1316,35 @@ mod tests {
         )));
     }
 
+    /// Two peers of a hub keeping `replay_max_messages` frames; `b` (conn 2) parked at `t0`
+    /// with `reason`, `a`'s queue read up to then.
+    struct ParkedPair {
+        hub: LocalHub,
+        a: Attached,
+        a_rx: OutboundRx,
+        b: Attached,
+        token: ResumeToken,
+        t0: Instant,
+    }
+
+    fn parked_pair(replay_max_messages: usize, reason: LeaveReason) -> ParkedPair {
+        let hub = hub(replay_max_messages);
+        let (a, mut a_rx) = join(&hub, 1, 16);
+        let (b, mut b_rx) = join(&hub, 2, 16);
+        let token = welcome_token(&mut b_rx);
+        let _ = frames(&mut a_rx);
+        let t0 = Instant::now();
+        hub.detach(b.key, 2, reason, t0);
+        ParkedPair {
+            hub,
+            a,
+            a_rx,
+            b,
+            token,
+            t0,
+        }
+    }
+
     fn welcome_token(rx: &mut OutboundRx) -> ResumeToken {
         match &frames(rx)[0].message {
             ServerMessage::Welcome { session, .. } => session.resume_token.clone(),
@@ -1342,14 +1376,15 @@ mod tests {
     /// A fake clock: the hub never reads one, so time is whatever the test passes in.
     #[test]
     fn a_parked_session_ends_exactly_when_its_grace_period_does() {
-        let hub = hub(64);
+        let ParkedPair {
+            hub,
+            a: _a,
+            mut a_rx,
+            b: _b,
+            token,
+            t0,
+        } = parked_pair(64, LeaveReason::Timeout);
         let grace = hub.settings().resume_grace;
-        let (_a, mut a_rx) = join(&hub, 1, 16);
-        let (b, mut b_rx) = join(&hub, 2, 16);
-        let token = welcome_token(&mut b_rx);
-        let _ = frames(&mut a_rx);
-        let t0 = Instant::now();
-        hub.detach(b.key, 2, LeaveReason::Timeout, t0);
         hub.sweep(t0 + grace - Duration::from_millis(1));
         assert!(
             frames(&mut a_rx).is_empty(),
@@ -1373,13 +1408,15 @@ mod tests {
 
     #[test]
     fn a_tombstone_explains_an_ended_session_for_one_grace_period() {
-        let hub = hub(2);
+        let ParkedPair {
+            hub,
+            a,
+            a_rx: _a_rx,
+            b,
+            token,
+            t0,
+        } = parked_pair(2, LeaveReason::Disconnected);
         let grace = hub.settings().resume_grace;
-        let (a, _a_rx) = join(&hub, 1, 16);
-        let (b, mut b_rx) = join(&hub, 2, 16);
-        let token = welcome_token(&mut b_rx);
-        let t0 = Instant::now();
-        hub.detach(b.key, 2, LeaveReason::Disconnected, t0);
         // Three frames for a parked session whose replay holds two: replay_overflow.
         for n in 0..3 {
             send(&hub, &a, 1, &b, n);
@@ -1397,14 +1434,15 @@ mod tests {
 
     #[test]
     fn a_resume_just_before_the_deadline_keeps_the_session() {
-        let hub = hub(64);
+        let ParkedPair {
+            hub,
+            a,
+            mut a_rx,
+            b,
+            token,
+            t0,
+        } = parked_pair(64, LeaveReason::Disconnected);
         let grace = hub.settings().resume_grace;
-        let (a, mut a_rx) = join(&hub, 1, 16);
-        let (b, mut b_rx) = join(&hub, 2, 16);
-        let token = welcome_token(&mut b_rx);
-        let _ = frames(&mut a_rx);
-        let t0 = Instant::now();
-        hub.detach(b.key, 2, LeaveReason::Disconnected, t0);
         send(&hub, &a, 1, &b, 7);
         let resumed = resume_at(&hub, token, 1, t0 + grace - Duration::from_millis(1)).unwrap();
         assert_eq!(resumed.replay.len(), 1);

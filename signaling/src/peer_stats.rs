@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use crate::protocol::{CandidatePair, ConnectionStats, PeerId};
 
@@ -94,12 +96,12 @@ fn same_path(a: &CandidatePair, b: &CandidatePair) -> bool {
 }
 
 /// A link as the admin snapshot shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LinkView {
     /// The other peer.
     pub peer: String,
     /// `direct`, `relayed`, or `none` (no selected pair yet).
-    pub path: &'static str,
+    pub path: Cow<'static, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pair: Option<CandidatePair>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,7 +118,7 @@ impl LinkReport {
         let r = &self.report;
         LinkView {
             peer: r.peer.0.clone(),
-            path: path_of(r.pair.as_ref()),
+            path: path_of(r.pair.as_ref()).into(),
             pair: r.pair.clone(),
             rtt_ms: r.rtt_ms,
             bytes_sent: r.bytes_sent,
@@ -191,6 +193,6 @@ mod tests {
         links.forget(&"b".into());
         assert_eq!(links.links().len(), 1);
         let view = links.links()[0].view(t0 + Duration::from_secs(3));
-        assert_eq!((view.path, view.age_ms), ("none", 1000));
+        assert_eq!((view.path.as_ref(), view.age_ms), ("none", 1000));
     }
 }

@@ -779,6 +779,31 @@ test('admin page: a room appears, a relay-only call shows as relayed (from the c
   await admin.waitFor((room) => ![...document.querySelectorAll('#rooms tr')].some((tr) => tr.dataset.room === room), t.room, 'the room gone from the admin page after everyone left', 10000);
 });
 
+test('admin API: a kicked page stops (no resume, no rejoin) and says so; closing the room stops the other page', async (t) => {
+  const key = 'browser-admin-key';
+  const sig = await startSignaling(['--api-key', key], 'signaling-kick');
+  t.track(sig.proc);
+  const a = await t.open('Alice', { server: sig });
+  const b = await t.open('Bob', { server: sig });
+  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  const bobId = await b.peerId();
+  const admin = (method, path) => fetch(`${sig.http}${path}`, { method, headers: { Authorization: `Bearer ${key}` } });
+  const kick = await admin('POST', `/v1/rooms/${t.room}/peers/${bobId}/kick`);
+  assert(kick.status === 200, `kick answered ${kick.status}`);
+  await b.waitFor(() => document.body.dataset.signaling === 'failed', null, 'Bob\'s page failed after the kick', 10000);
+  const bob = await b.eval(() => ({ banner: document.getElementById('banner-text').textContent, stats: window.__demo.client.stats }));
+  assert(/removed you/.test(bob.banner), `the page says why: ${JSON.stringify(bob)}`);
+  await a.waitFor(() => window.__demo.peers().length === 0, null, 'Alice sees Bob leave', 10000);
+  await new Promise((r) => setTimeout(r, 1500));
+  const later = await b.eval(() => ({ state: document.body.dataset.signaling, stats: window.__demo.client.stats }));
+  assert(later.state === 'failed' && later.stats.resumes === 0 && later.stats.rejoins === 0, `Bob stays out: ${JSON.stringify(later)}`);
+  const close = await admin('POST', `/v1/rooms/${t.room}/close`);
+  assert(close.status === 200 && (await close.json()).closed === 1, 'the room closed with Alice in it');
+  await a.waitFor(() => document.body.dataset.signaling === 'failed', null, 'Alice\'s page failed after the close', 10000);
+  const alice = await a.eval(() => document.getElementById('banner-text').textContent);
+  assert(/closed this room/.test(alice), `Alice's page says why: ${alice}`);
+});
+
 test('relay switch: "Relay only" turned on mid-call moves the call onto the relay, and off again, from either side', async (t) => {
   const { port, secret, metric } = await startRelay(t, { admin: true });
   const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret], 'signaling-turn');

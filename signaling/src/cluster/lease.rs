@@ -14,7 +14,7 @@ use super::{ClusterHub, ParkedHere, node_sessions_key, unix_ms};
 use crate::protocol::{LeaveReason, RoomId};
 
 /// The key of the lease table: node id -> lease expiry (unix ms).
-const NODES_KEY: &str = "sig:nodes";
+pub(super) const NODES_KEY: &str = "sig:nodes";
 
 impl ClusterHub {
     /// Leaves the cluster at shutdown: the lease is given up at once, so another node adopts

@@ -39,7 +39,7 @@ use crate::hub::{
 };
 use crate::metrics::Metrics;
 use crate::outbox::{Frame, to_json};
-use crate::peer_stats::{PeerLinks, millis};
+use crate::peer_stats::{LinkView, PeerLinks};
 use crate::protocol::{
     ClientMessage, ConnectionStats, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId,
     ResumeToken, RoomId, ServerMessage, SessionInfo, close_code,
@@ -450,14 +450,7 @@ impl ClusterHub {
                 return Err(error);
             }
         };
-        Ok(Attached {
-            key,
-            peer,
-            room: req.room.clone(),
-            name: req.name.clone(),
-            token,
-            replay: Vec::new(),
-        })
+        Ok(Attached::joined(key, peer, &req, token))
     }
 
     async fn try_join(
@@ -506,6 +499,7 @@ impl ClusterHub {
                         &welcome,
                         &joined,
                         req.name.as_deref().unwrap_or(""),
+                        &unix_ms(SystemTime::now()).to_string(),
                     ],
                 )
                 .await;
@@ -614,6 +608,7 @@ impl ClusterHub {
             req.version.to_string(),
             template,
             peer.0.clone(),
+            unix_ms(SystemTime::now()).to_string(),
         ];
         let (old_node, frames) = match self.resume_script(&room, req.last_seq, &args).await {
             Ok(outcome) => outcome,
@@ -842,7 +837,7 @@ impl ClusterHub {
             }
             ClientMessage::Stats { id, report } => match report.check() {
                 Ok(()) => {
-                    self.record_stats(key, report);
+                    self.record_stats(key, &room, report).await;
                     return Flow::Continue;
                 }
                 Err(message) => {
@@ -1097,39 +1092,64 @@ impl ClusterHub {
     /// Keeps a checked `stats` report of session `key` when it is attached here (a report
     /// sent by HTTP `send` to another node than the stream's is dropped). Whether the peer
     /// it is about is in the room is not checked in a cluster (that would cost a Redis call).
-    fn record_stats(&self, key: SessionKey, report: ConnectionStats) {
+    /// The session's links are also written to its Redis hash, for the admin views of the
+    /// other nodes.
+    async fn record_stats(&self, key: SessionKey, room: &RoomId, report: ConnectionStats) {
         let now = Instant::now();
         let capacity = self.settings.max_peers_per_room;
-        let mut st = self.lock();
-        if let Some(session) = st.attached.get_mut(&key) {
+        let links = {
+            let mut st = self.lock();
+            let Some(session) = st.attached.get_mut(&key) else {
+                return;
+            };
             let recorded = session.links.record(report, now, capacity);
             self.metrics.stats_report(
                 &recorded,
                 now.saturating_duration_since(session.attached_at),
             );
+            let views: Vec<LinkView> = session.links.links().iter().map(|l| l.view(now)).collect();
+            serde_json::to_string(&views).unwrap_or_default()
+        };
+        let now_ms = unix_ms(SystemTime::now()).to_string();
+        if let Err(e) = self
+            .store
+            .call(Op::Report, room, &[&sid(key), &links, &now_ms])
+            .await
+        {
+            // Only the other nodes' admin views miss it: not an outage of its own.
+            tracing::debug!(error = %e, "could not store a stats report");
         }
     }
 
-    /// What the admin page shows: the rooms with a session on this node, each with its peers
-    /// on every node (from Redis), and the latest reports of those attached here.
+    /// What the admin page shows: the rooms of the whole cluster ([`Self::cluster_rooms`]),
+    /// each with its peers on every node and their latest `stats` links (this node's own
+    /// record for the sessions attached here, else the copy in Redis).
     pub async fn snapshot(&self) -> Result<Vec<RoomSnapshot>, StoreError> {
-        let mut rooms = self.rooms();
-        rooms.sort();
+        let rooms = self.cluster_rooms().await?;
         let mut views = Vec::with_capacity(rooms.len());
         for room in rooms {
-            let peers = self.room_peers(&room).await?;
+            let members = self.members(&room).await?;
+            if members.is_empty() {
+                continue;
+            }
             let now = Instant::now();
             let st = self.lock();
-            let peers = peers
+            let peers = members
                 .into_iter()
-                .map(|p| {
-                    let here = st.attached.values().find(|s| s.peer.as_str() == p.id);
-                    let connected_ms =
-                        here.map(|s| millis(now.saturating_duration_since(s.attached_at)));
-                    let links = here.map_or_else(Vec::new, |s| {
-                        s.links.links().iter().map(|l| l.view(now)).collect()
-                    });
-                    PeerView::new(p, connected_ms, links)
+                .map(|m| {
+                    let here = st
+                        .attached
+                        .values()
+                        .find(|s| s.room == room && s.peer.as_str() == m.entry.id);
+                    let links = match here {
+                        Some(s) => s.links.links().iter().map(|l| l.view(now)).collect(),
+                        None => m.links,
+                    };
+                    PeerView {
+                        connected_ms: m.entry.connected_secs.map(|s| s * 1000),
+                        entry: m.entry,
+                        links,
+                    }
                 })
                 .collect();
             views.push(RoomSnapshot {
@@ -1138,6 +1158,83 @@ impl ClusterHub {
             });
         }
         Ok(views)
+    }
+
+    /// Every room with a session on any node, read from the nodes' session indexes: sorted,
+    /// the first [`MAX_LISTED_ROOMS`] (the nodes are read until that many are found).
+    pub async fn cluster_rooms(&self) -> Result<Vec<RoomId>, StoreError> {
+        let mut rooms: std::collections::BTreeSet<RoomId> = self.rooms().into_iter().collect();
+        let nodes: Vec<String> = self
+            .store
+            .query(redis::cmd("ZRANGE").arg(lease::NODES_KEY).arg(0).arg(-1))
+            .await?;
+        for node in nodes.iter().filter(|n| **n != self.cluster.node_id) {
+            if rooms.len() >= MAX_LISTED_ROOMS {
+                break;
+            }
+            let entries: Vec<String> = self
+                .store
+                .query(redis::cmd("SMEMBERS").arg(node_sessions_key(node)))
+                .await?;
+            rooms.extend(
+                entries
+                    .iter()
+                    .filter_map(|e| e.split_once('\t'))
+                    .map(|(room, _)| RoomId::from(room)),
+            );
+        }
+        Ok(rooms.into_iter().take(MAX_LISTED_ROOMS).collect())
+    }
+
+    /// Ends `peer`'s session in `room` (every session of the room when `None`) by an
+    /// operator's order, on whichever node it is attached or parked: the client gets the
+    /// `code` error, its socket closes with the code's close code, its resume is refused with
+    /// `code` and the rest of the room gets `peer_left`. Returns how many sessions ended.
+    pub async fn end_by_admin(
+        &self,
+        room: &RoomId,
+        peer: Option<&PeerId>,
+        code: ErrorCode,
+        message: &str,
+    ) -> Result<u64, StoreError> {
+        let error = to_json(&ServerMessage::Error {
+            code,
+            message: message.to_owned(),
+            reference: None,
+        });
+        let left = to_json(&ServerMessage::PeerLeft {
+            peer_id: PeerId::from("%PEER%"),
+            reason: LeaveReason::Ended,
+        });
+        let close = code.close_code().unwrap_or(close_code::POLICY);
+        let reply = self
+            .store
+            .call(
+                Op::AdminEnd,
+                room,
+                &[
+                    peer.map_or("", PeerId::as_str),
+                    &error,
+                    &left,
+                    code.as_str(),
+                    &self.settings.resume_grace.as_millis().max(1).to_string(),
+                    &close.to_string(),
+                ],
+            )
+            .await?;
+        let mut ended = 0;
+        for pair in reply.rest.chunks_exact(2) {
+            let (Ok(key), node) = (u64::from_str_radix(&pair[0], 16), &pair[1]) else {
+                continue;
+            };
+            self.index_remove(node, room, key).await;
+            self.lock().unpark(key);
+            self.metrics.error(code);
+            tracing::info!(session = %pair[0], %room, %code, "session ended by the admin API");
+            ended += 1;
+        }
+        Box::pin(self.end_overflowed(room, &reply)).await;
+        Ok(ended)
     }
 
     /// The node's metrics.
@@ -1199,20 +1296,24 @@ impl ClusterHub {
         }
     }
 
-    /// The peers of a room, oldest first.
+    /// The peers of a room, oldest first, as the API lists them.
     pub async fn room_peers(&self, room: &RoomId) -> Result<Vec<PeerEntry>, StoreError> {
+        Ok(self
+            .members(room)
+            .await?
+            .into_iter()
+            .map(|m| m.entry)
+            .collect())
+    }
+
+    /// The members of a room, oldest first, with their stored `stats` links.
+    async fn members(&self, room: &RoomId) -> Result<Vec<Member>, StoreError> {
         let reply = self.store.call(Op::Room, room, &[]).await?;
+        let now_ms = unix_ms(SystemTime::now());
         Ok(reply
             .rest
-            .chunks_exact(4)
-            .map(|c| PeerEntry {
-                id: c[0].clone(),
-                name: (!c[1].is_empty()).then(|| c[1].clone()),
-                node: c[2].clone(),
-                state: if c[3] == "a" { "attached" } else { "parked" },
-                transport: None,
-                connected_secs: None,
-            })
+            .chunks_exact(store::ROOM_FIELDS)
+            .map(|c| Member::parse(c, now_ms))
             .collect())
     }
 
@@ -1221,6 +1322,39 @@ impl ClusterHub {
         let reply = self.store.call(Op::Broadcast, room, &["", body]).await?;
         self.end_overflowed(room, &reply).await;
         Ok(reply.rest.first().and_then(|n| n.parse().ok()).unwrap_or(0))
+    }
+}
+
+/// At most this many rooms are listed by the admin views of a cluster.
+pub const MAX_LISTED_ROOMS: usize = 1000;
+
+/// A room member as the room script reads it.
+struct Member {
+    entry: PeerEntry,
+    links: Vec<LinkView>,
+}
+
+impl Member {
+    /// Parses one member's [`store::ROOM_FIELDS`] strings: peer name node state
+    /// attached-at-ms links-json reported-at-ms.
+    fn parse(c: &[String], now_ms: u64) -> Self {
+        let ms = |s: &str| s.parse::<u64>().ok();
+        let report_age = ms(&c[6]).map_or(0, |at| now_ms.saturating_sub(at));
+        let mut links: Vec<LinkView> = serde_json::from_str(&c[5]).unwrap_or_default();
+        for link in &mut links {
+            link.age_ms += report_age;
+        }
+        Self {
+            entry: PeerEntry {
+                id: c[0].clone(),
+                name: (!c[1].is_empty()).then(|| c[1].clone()),
+                node: c[2].clone(),
+                state: if c[3] == "a" { "attached" } else { "parked" },
+                transport: None,
+                connected_secs: ms(&c[4]).map(|at| now_ms.saturating_sub(at) / 1000),
+            },
+            links,
+        }
     }
 }
 

@@ -28,6 +28,8 @@ struct Scripts {
     touch: Script,
     room: Script,
     check: Script,
+    report: Script,
+    admin_end: Script,
 }
 
 const PRELUDE: &str = include_str!("scripts.lua");
@@ -39,7 +41,7 @@ fn script(body: &str) -> Script {
 impl Scripts {
     fn new() -> Self {
         Self {
-            // ARGV: sid peer sechash node conn version max_peers pt pf welcome joined name
+            // ARGV: sid peer sechash node conn version max_peers pt pf welcome joined name at-ms
             join: script(
                 r#"
 local sid = ARGV[4]
@@ -48,7 +50,7 @@ if redis.call('HEXISTS', PEERS, ARGV[5]) == 1 then return {'peer_taken', ''} end
 local s = skey(sid)
 redis.call('HSET', s, 'peer', ARGV[5], 'sec', ARGV[6], 'node', ARGV[7], 'conn', ARGV[8],
   'ver', ARGV[9], 'pt', ARGV[11], 'pf', ARGV[12], 'name', ARGV[15], 'state', 'a',
-  'next', 1, 'first', 1, 'bytes', 0)
+  'next', 1, 'first', 1, 'bytes', 0, 'at', ARGV[16])
 redis.call('RPUSH', M, sid)
 redis.call('HSET', PEERS, ARGV[5], sid)
 touch(s) touch(M) touch(PEERS)
@@ -59,7 +61,7 @@ end
 return {'ok', table.concat(over, ' ')}
 "#,
             ),
-            // ARGV: sid sechash last_seq node conn version resumed-template peer
+            // ARGV: sid sechash last_seq node conn version resumed-template peer at-ms
             resume: script(
                 r#"
 local sid = ARGV[4]
@@ -76,7 +78,8 @@ local first, nxt = tonumber(st[2]), tonumber(st[3])
 if last >= nxt or last + 1 < first then return {'gap', '', tostring(nxt)} end
 ack(sid, last)
 local replay = redis.call('LRANGE', lkey(sid), 0, -1)
-redis.call('HSET', s, 'node', ARGV[7], 'conn', ARGV[8], 'ver', ARGV[9], 'state', 'a')
+redis.call('HSET', s, 'node', ARGV[7], 'conn', ARGV[8], 'ver', ARGV[9], 'state', 'a',
+  'at', ARGV[12])
 if st[6] == 'a' and st[4] ~= ARGV[7] then
   -- The old node may still think its socket alive: tell it to let go.
   redis.call('PUBLISH', 'sig:ch:' .. st[4], '!close ' .. sid .. ' ' .. st[5])
@@ -201,17 +204,59 @@ end
 return {'unknown', ''}
 "#,
             ),
-            // The room's members, oldest first: peer name node state, four strings each.
+            // The room's members, oldest first, ROOM_FIELDS strings each: peer name node state
+            // attached-at-ms links-json reported-at-ms ('' when unknown).
             room: script(
                 r#"
 local out = {'ok', ''}
 for _, sid in ipairs(redis.call('LRANGE', M, 0, -1)) do
-  local st = redis.call('HMGET', skey(sid), 'peer', 'name', 'node', 'state')
+  local st = redis.call('HMGET', skey(sid), 'peer', 'name', 'node', 'state', 'at', 'links', 'lat')
   if st[1] then
-    out[#out + 1] = st[1] out[#out + 1] = st[2] or '' out[#out + 1] = st[3]
-    out[#out + 1] = st[4]
+    for i = 1, 7 do out[#out + 1] = st[i] or '' end
   end
 end
+return out
+"#,
+            ),
+            // ARGV: sid links-json now-ms. Keeps the session's latest `stats` links for the
+            // admin views of every node.
+            report: script(
+                r#"
+local s = skey(ARGV[4])
+if redis.call('EXISTS', s) == 0 then return {'gone', ''} end
+redis.call('HSET', s, 'links', ARGV[5], 'lat', ARGV[6])
+return {'ok', ''}
+"#,
+            ),
+            // ARGV: peer ('' = every member) error-body left-template code grace-ms close-code.
+            // Ends sessions by an operator's order: each gets the error frame, is removed with a
+            // tombstone (its resume is refused with `code`), and its socket, attached on any
+            // node, is closed with close-code after the frame. Returns the ended sessions as
+            // pairs: sid node.
+            admin_end: script(
+                r#"
+local targets
+if ARGV[4] == '' then
+  targets = redis.call('LRANGE', M, 0, -1)
+else
+  local sid = redis.call('HGET', PEERS, ARGV[4])
+  targets = sid and {sid} or {}
+end
+local ended = {}
+for _, sid in ipairs(targets) do
+  emit(sid, ARGV[5])
+  local gone = end_session(sid, ARGV[6], ARGV[7], tonumber(ARGV[8]))
+  if gone then
+    if gone[6] == 'a' then
+      redis.call('PUBLISH', 'sig:ch:' .. gone[3], '!close ' .. sid .. ' ' .. gone[4] .. ' ' .. ARGV[9])
+    end
+    ended[#ended + 1] = sid
+    ended[#ended + 1] = gone[3]
+  end
+end
+if redis.call('LLEN', M) == 0 then redis.call('DEL', M, PEERS) end
+local out = {'ok', table.concat(over, ' ')}
+for _, v in ipairs(ended) do out[#out + 1] = v end
 return out
 "#,
             ),
@@ -282,7 +327,12 @@ pub enum Op {
     Touch,
     Room,
     Check,
+    Report,
+    AdminEnd,
 }
+
+/// How many strings the room script returns per member.
+pub const ROOM_FIELDS: usize = 7;
 
 /// The routing key of a room: its member list. The `{room}` hash tag keeps every key of the
 /// room in one slot of a Redis Cluster.
@@ -322,6 +372,8 @@ impl Store {
             Op::Touch => &scripts.touch,
             Op::Check => &scripts.check,
             Op::Room => &scripts.room,
+            Op::Report => &scripts.report,
+            Op::AdminEnd => &scripts.admin_end,
         };
         let mut invocation = script.key(room_key(room));
         invocation

@@ -15,7 +15,7 @@ use crate::basic::{candidate, expect_signal, signal};
 use crate::support::{Client, STEP, Server, cluster_nodes, http_get};
 
 /// The admin listener's address, from the `admin http://...` line the process printed.
-fn admin_addr(server: &mut Server) -> SocketAddr {
+pub(crate) fn admin_addr(server: &mut Server) -> SocketAddr {
     let output = server.startup_output();
     output
         .lines()
@@ -24,7 +24,7 @@ fn admin_addr(server: &mut Server) -> SocketAddr {
         .unwrap_or_else(|| panic!("no admin line in {output}"))
 }
 
-fn relayed_report(peer: &PeerId) -> ConnectionStats {
+pub(crate) fn relayed_report(peer: &PeerId) -> ConnectionStats {
     ConnectionStats {
         peer: peer.clone(),
         pair: Some(CandidatePair {
@@ -40,7 +40,7 @@ fn relayed_report(peer: &PeerId) -> ConnectionStats {
     }
 }
 
-fn stats(report: ConnectionStats) -> ClientMessage {
+pub(crate) fn stats(report: ConnectionStats) -> ClientMessage {
     ClientMessage::Stats {
         id: Some(7),
         report,
@@ -48,7 +48,11 @@ fn stats(report: ConnectionStats) -> ClientMessage {
 }
 
 /// The first `snapshot` event of `/events` whose data contains `needle`, within `limit`.
-async fn sse_snapshot_with(admin: SocketAddr, needle: &str, limit: Duration) -> serde_json::Value {
+pub(crate) async fn sse_snapshot_with(
+    admin: SocketAddr,
+    needle: &str,
+    limit: Duration,
+) -> serde_json::Value {
     let mut stream = tokio::net::TcpStream::connect(admin).await.expect("admin");
     stream
         .write_all(b"GET /events HTTP/1.1\r\nHost: admin\r\nAccept: text/event-stream\r\n\r\n")
@@ -85,7 +89,7 @@ async fn sse_snapshot_with(admin: SocketAddr, needle: &str, limit: Duration) -> 
     }
 }
 
-fn peer_of<'a>(
+pub(crate) fn peer_of<'a>(
     snapshot: &'a serde_json::Value,
     room: &str,
     peer: &PeerId,

@@ -419,3 +419,46 @@ async fn a_node_frozen_past_its_lease_hands_its_clients_over() {
     signal(&mut b, &a_info.peer_id, candidate(9)).await;
     assert_eq!(expect_signal(&mut a, &b_info.peer_id).await, candidate(9));
 }
+
+#[tokio::test]
+async fn the_admin_page_of_any_node_shows_the_rooms_and_reports_of_the_whole_cluster() {
+    use crate::admin_page::{admin_addr, peer_of, relayed_report, sse_snapshot_with, stats};
+    let redis = RedisServer::start();
+    let mut quiet = node(&redis.url(), &["--admin-listen", "127.0.0.1:0"]);
+    let busy = node(&redis.url(), &[]);
+    let admin = admin_addr(&mut quiet);
+    // Both peers are on the busy node; the quiet node has no session at all.
+    let (mut a, a_info) = Client::join(&busy.ws("/ws/far-room"), None).await;
+    let (mut b, b_info) = Client::join(&busy.ws("/ws/far-room"), None).await;
+    let _ = a.recv_message().await; // peer_joined
+    a.send(&stats(relayed_report(&b_info.peer_id))).await;
+    a.sync().await;
+
+    let live = sse_snapshot_with(admin, "\"relayed\"", Duration::from_secs(10)).await;
+    let peer = peer_of(&live, "far-room", &a_info.peer_id);
+    assert_eq!(peer["state"], "attached");
+    assert_ne!(
+        peer["node"], live["node"],
+        "served by the other node: {live}"
+    );
+    assert!(peer["connected_ms"].is_u64(), "{peer}");
+    let link = &peer["links"][0];
+    assert_eq!(link["peer"], b_info.peer_id.as_str());
+    assert_eq!(link["path"], "relayed");
+    assert_eq!(link["rtt_ms"], 12);
+    assert!(
+        link["age_ms"].as_u64().is_some_and(|age| age < 10_000),
+        "{link}"
+    );
+    assert_eq!(live["traffic"]["peers_relayed"], 1, "{live}");
+    let _ = peer_of(&live, "far-room", &b_info.peer_id);
+
+    // Everyone leaves: the room goes from the quiet node's page too.
+    a.send(&ClientMessage::Leave { id: None }).await;
+    b.send(&ClientMessage::Leave { id: None }).await;
+    let gone = testkit::wait_until(Duration::from_secs(10), || {
+        let (_, body) = testkit::http_get(admin, "/snapshot").ok()?;
+        (!body.contains("far-room")).then_some(body)
+    });
+    assert!(gone.is_some(), "the room stayed on the admin page");
+}
