@@ -223,23 +223,7 @@ fn start(extra: &[&str]) -> RelayProcess {
 }
 
 fn start_with_workers(workers: usize, extra: &[&str]) -> RelayProcess {
-    let workers = workers.to_string();
-    RelayProcess::start_raw(
-        &[
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--workers",
-                &workers,
-                "--user",
-                "u:p",
-            ],
-            extra,
-        ]
-        .concat(),
-    )
+    RelayProcess::start_with_workers(workers, &[&["--user", "u:p"], extra].concat())
 }
 
 /// 1,000 rounds: 64 KB in, so the allowance is 3% of it.

@@ -8,7 +8,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{RelayProcess, TestClient, rest_password, tls_link, unix_now, wait_until};
+use crate::support::{
+    RelayProcess, TestClient, TlsFiles, rest_password, tls_link, unix_now, wait_until,
+};
 
 /// Writes the relay's `--config` file.
 fn write_config(path: &Path, toml: &str) {
@@ -197,18 +199,7 @@ fn a_turns_allocation_relays_every_packet_across_reloads_and_certificate_changes
     let file = dir.path().join("relay.toml");
     write_config(&file, "user = [\"u:p\"]\nallow-loopback-peers = true\n");
     let mut pem = testkit::write_self_signed(dir.path());
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let relay = RelayProcess::start_with_config(
-        &file,
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--tls-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let relay = RelayProcess::start_with_config(&file, &TlsFiles::in_dir(dir.path()).args());
     let tls = relay.tls.expect("tls listener");
     let peer = loopback_peer();
     let mut client = TestClient::with_link(tls_link(tls, &pem), tls, "u", "p");

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
-use crate::support::{RelayProcess, TestClient, tls_link};
+use crate::support::{RelayProcess, TestClient, TlsFiles, tls_link};
 
 #[test]
 fn turns_allocate_and_relay_both_ways() {
@@ -64,18 +64,14 @@ fn turns_allocate_and_relay_both_ways() {
 fn sighup_reloads_the_certificate_without_disturbing_live_allocations() {
     let dir = tempfile::tempdir().unwrap();
     let first = testkit::write_self_signed(dir.path());
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let relay = RelayProcess::start_process(&[
-        "--allow-loopback-peers",
-        "--user",
-        "u:p",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--tls-listen",
-        "127.0.0.1:0",
-    ]);
+    let files = TlsFiles::in_dir(dir.path());
+    let relay = RelayProcess::start_process(
+        &[
+            &["--allow-loopback-peers", "--user", "u:p"][..],
+            &files.args(),
+        ]
+        .concat(),
+    );
     let tls = relay.tls.expect("tls listener");
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -116,7 +112,7 @@ fn sighup_reloads_the_certificate_without_disturbing_live_allocations() {
     assert!(stale.allocate().is_err(), "the old certificate is gone");
 
     // A pair that does not load is refused; the certificate in force stays.
-    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(&files.cert, "not a certificate").unwrap();
     hangup(&relay);
     assert!(crate::support::wait_until(Duration::from_secs(5), || {
         relay.metric("relay_tls_reloads_refused_total") == 1
