@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::support::{
-    RelayProcess, TestClient, TlsFiles, rest_password, tls_link, unix_now, wait_until,
+    RelayProcess, TestClient, TlsFiles, loopback_peer, rest_password, tls_link, unix_now,
+    wait_until,
 };
 
 /// Writes the relay's `--config` file.
@@ -58,12 +59,6 @@ fn round_trip(client: &mut TestClient, peer: &UdpSocket, relayed: SocketAddr, pa
     assert_eq!(data, payload);
 }
 
-fn loopback_peer() -> UdpSocket {
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    peer
-}
-
 #[test]
 fn sighup_swaps_secrets_quotas_and_the_deny_list_without_disturbing_allocations() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,7 +68,7 @@ fn sighup_swaps_secrets_quotas_and_the_deny_list_without_disturbing_allocations(
         "turn-secret = [\"old-secret\"]\nuser-quota = 1\nallow-loopback-peers = true\n",
     );
     let relay = RelayProcess::start_with_config(&file, &[]);
-    let peer = loopback_peer();
+    let peer = loopback_peer(Duration::from_secs(3));
     let mut before = rest_client(&relay, "old-secret", "alice");
     let relayed = before.allocate().expect("the old secret verifies");
     before
@@ -201,7 +196,7 @@ fn a_turns_allocation_relays_every_packet_across_reloads_and_certificate_changes
     let mut pem = testkit::write_self_signed(dir.path());
     let relay = RelayProcess::start_with_config(&file, &TlsFiles::in_dir(dir.path()).args());
     let tls = relay.tls.expect("tls listener");
-    let peer = loopback_peer();
+    let peer = loopback_peer(Duration::from_secs(3));
     let mut client = TestClient::with_link(tls_link(tls, &pem), tls, "u", "p");
     let relayed = client.allocate().expect("allocate over TLS");
     client

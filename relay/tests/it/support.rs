@@ -295,6 +295,17 @@ impl TlsFiles {
     }
 }
 
+/// Flags for a relay that [`TestClient`]s use as user `u`, password `p`, relaying to peers
+/// on loopback.
+pub(crate) const USER_ON_LOOPBACK: &[&str] = &["--allow-loopback-peers", "--user", "u:p"];
+
+/// A UDP peer on 127.0.0.1 whose reads give up after `read_timeout`.
+pub(crate) fn loopback_peer(read_timeout: Duration) -> UdpSocket {
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(read_timeout)).unwrap();
+    peer
+}
+
 /// Flags for TURNS on 127.0.0.1 with a certificate generated at start-up
 /// ([`RelayProcess::tls_pem`] is what a client trusts).
 pub(crate) const TLS_ON_LOOPBACK: &[&str] = &["--tls-self-signed", "--tls-listen", "127.0.0.1:0"];

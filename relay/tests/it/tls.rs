@@ -4,20 +4,16 @@
 //! used here.)
 
 use std::io::Write as _;
-use std::net::{TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::support::{RelayProcess, TestClient, TlsFiles, tls_link};
+use crate::support::{
+    RelayProcess, TLS_ON_LOOPBACK, TestClient, TlsFiles, USER_ON_LOOPBACK, loopback_peer, tls_link,
+};
 
 #[test]
 fn turns_allocate_and_relay_both_ways() {
-    let relay = RelayProcess::start(
-        &[
-            &["--allow-loopback-peers", "--user", "u:p"],
-            crate::support::TLS_ON_LOOPBACK,
-        ]
-        .concat(),
-    );
+    let relay = RelayProcess::start(&[USER_ON_LOOPBACK, TLS_ON_LOOPBACK].concat());
     let tls = relay.tls.expect("tls listener");
     assert!(
         relay.tls_pem.contains("BEGIN CERTIFICATE"),
@@ -29,8 +25,7 @@ fn turns_allocate_and_relay_both_ways() {
     let _ = junk.write_all(b"\x00\x01\x00\x00 definitely not a TLS ClientHello");
     drop(junk);
 
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let peer = loopback_peer(Duration::from_secs(3));
     let peer_addr = peer.local_addr().unwrap();
     let mut c = TestClient::with_link(tls_link(tls, &relay.tls_pem), tls, "u", "p");
     let relayed = c.allocate().expect("allocate over TLS");
@@ -65,16 +60,9 @@ fn sighup_reloads_the_certificate_without_disturbing_live_allocations() {
     let dir = tempfile::tempdir().unwrap();
     let first = testkit::write_self_signed(dir.path());
     let files = TlsFiles::in_dir(dir.path());
-    let relay = RelayProcess::start_process(
-        &[
-            &["--allow-loopback-peers", "--user", "u:p"][..],
-            &files.args(),
-        ]
-        .concat(),
-    );
+    let relay = RelayProcess::start_process(&[USER_ON_LOOPBACK, &files.args()].concat());
     let tls = relay.tls.expect("tls listener");
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let peer = loopback_peer(Duration::from_secs(3));
     let mut c = TestClient::with_link(tls_link(tls, &first), tls, "u", "p");
     let relayed = c.allocate().expect("allocate over TLS");
     c.channel_bind(0x4000, peer.local_addr().unwrap()).unwrap();
