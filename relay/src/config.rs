@@ -476,14 +476,12 @@ impl FromStr for PortRange {
         let (low, high) = s
             .split_once('-')
             .ok_or_else(|| format!("`{s}` is not a range like 49152-65535"))?;
-        let low: u16 = low
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{low}` is not a port"))?;
-        let high: u16 = high
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{high}` is not a port"))?;
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("`{p}` is not a port"))
+        };
+        let (low, high) = (port(low)?, port(high)?);
         if low == 0 || low > high {
             return Err(format!("`{s}`: need 1 <= LOW <= HIGH"));
         }
@@ -556,17 +554,21 @@ mod tests {
         assert!(!c.tls_enabled());
     }
 
-    #[test]
-    fn file_is_overridden_by_flags() {
+    /// A `relay.toml` holding `toml` in a temporary directory (removed with it).
+    fn config_file(toml: &str) -> (tempfile::TempDir, String) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");
-        std::fs::write(
-            &path,
+        std::fs::write(&path, toml).unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        (dir, path)
+    }
+
+    #[test]
+    fn file_is_overridden_by_flags() {
+        let (_dir, p) = config_file(
             "realm = \"file-realm\"\nrelay_ports = \"50000-50010\"\nuser = [\"a:b\", \"c:d\"]\nallow-loopback-peers = true\nuser-quota = 3\n",
-        )
-        .unwrap();
-        let p = path.to_str().unwrap();
-        let (c, _) = Config::load_from(["relay", "--config", p, "--realm", "flag-realm"]).unwrap();
+        );
+        let (c, _) = Config::load_from(["relay", "--config", &p, "--realm", "flag-realm"]).unwrap();
         assert_eq!(c.realm, "flag-realm");
         assert_eq!(
             c.relay_ports,
@@ -582,10 +584,8 @@ mod tests {
 
     #[test]
     fn unknown_file_key_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("relay.toml");
-        std::fs::write(&path, "no_such_option = 1\n").unwrap();
-        let err = Config::load_from(["relay", "--config", path.to_str().unwrap()]).unwrap_err();
+        let (_dir, path) = config_file("no_such_option = 1\n");
+        let err = Config::load_from(["relay", "--config", &path]).unwrap_err();
         assert!(err.to_string().contains("no_such_option"), "{err}");
     }
 

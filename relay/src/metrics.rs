@@ -281,60 +281,60 @@ impl Collector for Metrics {
             "Worker threads (protocol shards)",
             self.workers.len() as u64,
         )?;
-        counter(
-            &mut e,
-            "relay_tls_reloads",
-            "Certificate reloads on SIGHUP that took effect",
-            self.tls_reloads.load(Ordering::Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "relay_tls_reloads_refused",
-            "Certificate reloads on SIGHUP refused (the old certificate stays)",
-            self.tls_reloads_refused.load(Ordering::Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "relay_config_reloads",
-            "Configuration reloads on SIGHUP that took effect",
-            self.config_reloads.load(Ordering::Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "relay_config_reloads_refused",
-            "Configuration reloads on SIGHUP refused (the configuration in force stays)",
-            self.config_reloads_refused.load(Ordering::Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "relay_allocations_created",
-            "Allocations created",
-            s.allocations_created,
-        )?;
+        for (name, help, value) in [
+            (
+                "relay_tls_reloads",
+                "Certificate reloads on SIGHUP that took effect",
+                self.tls_reloads.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_tls_reloads_refused",
+                "Certificate reloads on SIGHUP refused (the old certificate stays)",
+                self.tls_reloads_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_config_reloads",
+                "Configuration reloads on SIGHUP that took effect",
+                self.config_reloads.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_config_reloads_refused",
+                "Configuration reloads on SIGHUP refused (the configuration in force stays)",
+                self.config_reloads_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_allocations_created",
+                "Allocations created",
+                s.allocations_created,
+            ),
+        ] {
+            counter(&mut e, name, help, value)?;
+        }
         latency_histogram(
             &mut e,
             "relay_allocation_latency_seconds",
             "New allocations: Allocate received -> success response queued (relay socket bound)",
             &s.allocation_latency,
         )?;
-        counter(
-            &mut e,
-            "relay_allocations_expired",
-            "Allocations that timed out",
-            s.allocations_expired,
-        )?;
-        counter(
-            &mut e,
-            "relay_allocations_deleted",
-            "Allocations deleted by the client or a closed connection",
-            s.allocations_deleted,
-        )?;
-        counter(
-            &mut e,
-            "relay_binding_requests",
-            "STUN Binding requests answered",
-            s.binding_requests,
-        )?;
+        for (name, help, value) in [
+            (
+                "relay_allocations_expired",
+                "Allocations that timed out",
+                s.allocations_expired,
+            ),
+            (
+                "relay_allocations_deleted",
+                "Allocations deleted by the client or a closed connection",
+                s.allocations_deleted,
+            ),
+            (
+                "relay_binding_requests",
+                "STUN Binding requests answered",
+                s.binding_requests,
+            ),
+        ] {
+            counter(&mut e, name, help, value)?;
+        }
         labelled_counters(
             &mut e,
             "relay_packets_relayed",
@@ -355,60 +355,55 @@ impl Collector for Metrics {
                 ("to_client", s.bytes_to_client),
             ],
         )?;
-        counter(
-            &mut e,
-            "relay_auth_challenges",
-            "401 challenges to requests without credentials",
-            s.auth_challenges,
-        )?;
-        counter(
-            &mut e,
-            "relay_auth_failures",
-            "Requests whose credentials failed",
-            s.auth_failures,
-        )?;
-        counter(
-            &mut e,
-            "relay_stale_nonces",
-            "438 Stale Nonce responses",
-            s.stale_nonces,
-        )?;
-        counter(
-            &mut e,
-            "relay_wrong_credentials",
-            "441 Wrong Credentials responses",
-            s.wrong_credentials,
-        )?;
-        counter(
-            &mut e,
-            "relay_allocation_mismatches",
-            "437 Allocation Mismatch responses",
-            s.allocation_mismatches,
-        )?;
-        counter(
-            &mut e,
-            "relay_error_responses",
-            "Other error responses",
-            s.error_responses,
-        )?;
-        counter(
-            &mut e,
-            "relay_malformed_packets",
-            "Undecodable packets",
-            s.malformed_packets,
-        )?;
-        counter(
-            &mut e,
-            "relay_dropped_packets",
-            "Packets dropped for lack of allocation, permission or channel",
-            s.dropped_packets,
-        )?;
-        counter(
-            &mut e,
-            "relay_send_failures",
-            "Datagrams the kernel refused or that found a full socket buffer",
-            io.send_failures + s.send_failures,
-        )?;
+        for (name, help, value) in [
+            (
+                "relay_auth_challenges",
+                "401 challenges to requests without credentials",
+                s.auth_challenges,
+            ),
+            (
+                "relay_auth_failures",
+                "Requests whose credentials failed",
+                s.auth_failures,
+            ),
+            (
+                "relay_stale_nonces",
+                "438 Stale Nonce responses",
+                s.stale_nonces,
+            ),
+            (
+                "relay_wrong_credentials",
+                "441 Wrong Credentials responses",
+                s.wrong_credentials,
+            ),
+            (
+                "relay_allocation_mismatches",
+                "437 Allocation Mismatch responses",
+                s.allocation_mismatches,
+            ),
+            (
+                "relay_error_responses",
+                "Other error responses",
+                s.error_responses,
+            ),
+            (
+                "relay_malformed_packets",
+                "Undecodable packets",
+                s.malformed_packets,
+            ),
+            (
+                "relay_dropped_packets",
+                "Packets dropped for lack of allocation, permission or channel",
+                s.dropped_packets,
+            ),
+            (
+                "relay_send_failures",
+                "Datagrams the kernel refused or that found a full socket buffer",
+                io.send_failures + s.send_failures,
+            ),
+        ] {
+            counter(&mut e, name, help, value)?;
+        }
         let denied: Vec<(&'static str, u64)> = DenyReason::ALL
             .iter()
             .map(|r| (r.as_str(), s.denied(*r)))
@@ -420,18 +415,20 @@ impl Collector for Metrics {
             "reason",
             &denied,
         )?;
-        counter(
-            &mut e,
-            "relay_udp_request_bytes",
-            "Bytes of STUN requests received over UDP",
-            s.udp_request_bytes,
-        )?;
-        counter(
-            &mut e,
-            "relay_udp_unauthenticated_response_bytes",
-            "Bytes of unauthenticated responses sent over UDP (at most the request bytes plus --unauth-bytes per source IP)",
-            s.udp_unauthenticated_response_bytes,
-        )?;
+        for (name, help, value) in [
+            (
+                "relay_udp_request_bytes",
+                "Bytes of STUN requests received over UDP",
+                s.udp_request_bytes,
+            ),
+            (
+                "relay_udp_unauthenticated_response_bytes",
+                "Bytes of unauthenticated responses sent over UDP (at most the request bytes plus --unauth-bytes per source IP)",
+                s.udp_unauthenticated_response_bytes,
+            ),
+        ] {
+            counter(&mut e, name, help, value)?;
+        }
         let quotas: Vec<(&'static str, u64)> = QuotaKind::ALL
             .iter()
             .map(|q| (q.as_str(), s.quota(*q)))
@@ -455,54 +452,55 @@ impl Collector for Metrics {
             "Open TCP/TLS client connections",
             io.stream_connections,
         )?;
-        counter(
-            &mut e,
-            "relay_stream_connections_accepted",
-            "TCP/TLS client connections accepted",
-            io.stream_connections_accepted,
-        )?;
-        counter(
-            &mut e,
-            "relay_stream_connections_refused",
-            "TCP/TLS connections refused at --max-connections",
-            io.stream_connections_refused,
-        )?;
+        for (name, help, value) in [
+            (
+                "relay_stream_connections_accepted",
+                "TCP/TLS client connections accepted",
+                io.stream_connections_accepted,
+            ),
+            (
+                "relay_stream_connections_refused",
+                "TCP/TLS connections refused at --max-connections",
+                io.stream_connections_refused,
+            ),
+        ] {
+            counter(&mut e, name, help, value)?;
+        }
         gauge(
             &mut e,
             "relay_tls_handshakes",
             "TLS handshakes in progress (they count against --max-connections)",
             io.tls_handshakes,
         )?;
-        counter(
-            &mut e,
-            "relay_tls_handshake_failures",
-            "TLS handshakes that failed or timed out",
-            io.tls_handshake_failures,
-        )?;
-        counter(
-            &mut e,
-            "relay_proxy_headers_refused",
-            "Stream connections closed: no well-formed PROXY protocol header (--proxy-protocol)",
-            io.proxy_headers_refused,
-        )?;
-        counter(
-            &mut e,
-            "relay_tls_handshake_timeouts",
-            "TLS handshakes not finished within --tls-handshake-timeout",
-            io.tls_handshake_timeouts,
-        )?;
-        counter(
-            &mut e,
-            "relay_stream_queue_drops",
-            "Messages dropped on a full stream outbound queue (--stream-queue-bytes or 512 messages)",
-            io.stream_queue_drops,
-        )?;
-        counter(
-            &mut e,
-            "relay_stream_queue_dropped_bytes",
-            "Bytes of the messages dropped on a full stream outbound queue",
-            io.stream_queue_dropped_bytes,
-        )?;
+        for (name, help, value) in [
+            (
+                "relay_tls_handshake_failures",
+                "TLS handshakes that failed or timed out",
+                io.tls_handshake_failures,
+            ),
+            (
+                "relay_proxy_headers_refused",
+                "Stream connections closed: no well-formed PROXY protocol header (--proxy-protocol)",
+                io.proxy_headers_refused,
+            ),
+            (
+                "relay_tls_handshake_timeouts",
+                "TLS handshakes not finished within --tls-handshake-timeout",
+                io.tls_handshake_timeouts,
+            ),
+            (
+                "relay_stream_queue_drops",
+                "Messages dropped on a full stream outbound queue (--stream-queue-bytes or 512 messages)",
+                io.stream_queue_drops,
+            ),
+            (
+                "relay_stream_queue_dropped_bytes",
+                "Bytes of the messages dropped on a full stream outbound queue",
+                io.stream_queue_dropped_bytes,
+            ),
+        ] {
+            counter(&mut e, name, help, value)?;
+        }
         gauge(
             &mut e,
             "relay_stream_queued_bytes",
@@ -515,36 +513,31 @@ impl Collector for Metrics {
             "The most bytes queued towards one TCP/TLS connection (at most --stream-queue-bytes)",
             io.stream_queued_bytes_max,
         )?;
-        counter(
-            &mut e,
-            "relay_stream_framing_errors",
-            "Stream connections closed for bad framing",
-            io.stream_framing_errors,
-        )?;
-        counter(
-            &mut e,
-            "relay_recv_errors",
-            "UDP receive errors",
-            io.recv_errors,
-        )?;
-        counter(
-            &mut e,
-            "relay_first_bytes_refused",
-            "Connections closed (--http-upstream): first bytes neither TURN nor HTTP, or too late",
-            io.first_bytes_refused,
-        )?;
-        counter(
-            &mut e,
-            "relay_http_upstream_connections",
-            "Connections forwarded to --http-upstream",
-            io.http_upstream_connections,
-        )?;
-        counter(
-            &mut e,
-            "relay_http_upstream_failures",
-            "Connections --http-upstream did not accept (unreachable, refused, timed out)",
-            io.http_upstream_failures,
-        )?;
+        for (name, help, value) in [
+            (
+                "relay_stream_framing_errors",
+                "Stream connections closed for bad framing",
+                io.stream_framing_errors,
+            ),
+            ("relay_recv_errors", "UDP receive errors", io.recv_errors),
+            (
+                "relay_first_bytes_refused",
+                "Connections closed (--http-upstream): first bytes neither TURN nor HTTP, or too late",
+                io.first_bytes_refused,
+            ),
+            (
+                "relay_http_upstream_connections",
+                "Connections forwarded to --http-upstream",
+                io.http_upstream_connections,
+            ),
+            (
+                "relay_http_upstream_failures",
+                "Connections --http-upstream did not accept (unreachable, refused, timed out)",
+                io.http_upstream_failures,
+            ),
+        ] {
+            counter(&mut e, name, help, value)?;
+        }
         let (overflowed, entries) = {
             let ledger = self.usage.lock();
             (ledger.overflowed(), ledger.entries())

@@ -19,6 +19,7 @@ use crate::five_tuple::{AddressFamily, FiveTuple, Transport};
 use crate::message::{Class, MessageBuilder, Method, StunMessage, TransactionId};
 use crate::output::{BindError, Output};
 use crate::pending::PendingAllocation;
+use crate::policy::DenyReason;
 use crate::quota::{QuotaKind, TokenBucket};
 use crate::relay_handle::RelayHandle;
 use crate::server::{Server, later};
@@ -466,17 +467,9 @@ impl Server {
             let Ok(peer) = attributes::decode_xor_address(value, &tid) else {
                 return self.error_authenticated(from, msg, &key, ErrorCode::BadRequest);
             };
-            if peer.is_ipv4() != relay_v4 {
-                return self.error_authenticated(
-                    from,
-                    msg,
-                    &key,
-                    ErrorCode::PeerAddressFamilyMismatch,
-                );
-            }
-            if let Err(reason) = self.config.policy.check_ip(peer.ip()) {
-                self.count_denial(from, peer, reason);
-                return self.error_authenticated(from, msg, &key, ErrorCode::Forbidden);
+            let verdict = self.config.policy.check_ip(peer.ip());
+            if !self.peer_admitted(from, msg, &key, relay_v4, peer, verdict) {
+                return;
             }
             peers.push(peer);
         }
@@ -529,16 +522,16 @@ impl Server {
         else {
             return self.error_authenticated(from, msg, &key, ErrorCode::BadRequest);
         };
+        let Some(relay_v4) = self.allocation(alloc_key).map(|a| a.relay.is_ipv4()) else {
+            return;
+        };
+        let verdict = self.own.check_peer(&self.config.policy, peer);
+        if !self.peer_admitted(from, msg, &key, relay_v4, peer, verdict) {
+            return;
+        }
         let Some(alloc) = self.allocation(alloc_key) else {
             return;
         };
-        if peer.is_ipv4() != alloc.relay.is_ipv4() {
-            return self.error_authenticated(from, msg, &key, ErrorCode::PeerAddressFamilyMismatch);
-        }
-        if let Err(reason) = self.own.check_peer(&self.config.policy, peer) {
-            self.count_denial(from, peer, reason);
-            return self.error_authenticated(from, msg, &key, ErrorCode::Forbidden);
-        }
         let new_channel = match alloc.channels.check(number, peer) {
             Ok(new) => new,
             Err(BindConflict::NumberInUse | BindConflict::PeerInUse) => {
@@ -573,6 +566,30 @@ impl Server {
         self.install_permission(alloc_key, peer.ip(), permission_expires);
         let b = MessageBuilder::new(Method::ChannelBind, Class::Success, tid);
         self.send_authenticated(from, b, &key);
+    }
+
+    /// The checks of one XOR-PEER-ADDRESS (CreatePermission, ChannelBind): the family of the
+    /// relayed address (443), then the peer policy's `verdict` (403, counted). `false`: the
+    /// error response is queued.
+    fn peer_admitted(
+        &mut self,
+        from: FiveTuple,
+        msg: &StunMessage<'_>,
+        key: &[u8; 16],
+        relay_v4: bool,
+        peer: SocketAddr,
+        verdict: Result<(), DenyReason>,
+    ) -> bool {
+        if peer.is_ipv4() != relay_v4 {
+            self.error_authenticated(from, msg, key, ErrorCode::PeerAddressFamilyMismatch);
+            return false;
+        }
+        if let Err(reason) = verdict {
+            self.count_denial(from, peer, reason);
+            self.error_authenticated(from, msg, key, ErrorCode::Forbidden);
+            return false;
+        }
+        true
     }
 
     fn install_permission(&mut self, key: AllocKey, ip: std::net::IpAddr, expires: Instant) {

@@ -664,13 +664,21 @@ mod tests {
         ]);
         // Inside 2001::/23 but outside its rows: IETF space; next to it: ordinary addresses.
         let policy = PeerPolicy::default();
-        for (addr, expected) in [
-            ("2001:1::", Err(IetfProtocol)),
-            ("2001:4:113::1", Err(IetfProtocol)),
-            ("2001:200::1", Ok(())),
-            ("2001:4860:4860::8888", Ok(())),
-        ] {
-            assert_eq!(policy.check_ip(ip(addr)), expected, "{addr}");
+        assert_verdicts(
+            &policy,
+            &[
+                ("2001:1::", Err(IetfProtocol)),
+                ("2001:4:113::1", Err(IetfProtocol)),
+                ("2001:200::1", Ok(())),
+                ("2001:4860:4860::8888", Ok(())),
+            ],
+        );
+    }
+
+    /// `policy.check_ip` gives each address its expected verdict.
+    fn assert_verdicts(policy: &PeerPolicy, cases: &[(&str, Result<(), DenyReason>)]) {
+        for (addr, expected) in cases {
+            assert_eq!(policy.check_ip(ip(addr)), *expected, "{addr}");
         }
     }
 
@@ -713,38 +721,27 @@ mod tests {
             let sock = SocketAddr::new(ip(addr), 50000);
             assert!(policy.check_addr(sock).is_err(), "{addr} must be denied");
         }
-        assert_eq!(
-            policy.check_ip(ip("::ffff:127.0.0.1")),
-            Err(DenyReason::Loopback)
-        );
-        assert_eq!(
-            policy.check_ip(ip("2002:7f00:1::")),
-            Err(DenyReason::Loopback)
-        );
-        assert_eq!(
-            policy.check_ip(ip("2001::80ff:fffe")),
-            Err(DenyReason::Loopback)
+        assert_verdicts(
+            &policy,
+            &[
+                ("::ffff:127.0.0.1", Err(DenyReason::Loopback)),
+                ("2002:7f00:1::", Err(DenyReason::Loopback)),
+                ("2001::80ff:fffe", Err(DenyReason::Loopback)),
+            ],
         );
     }
 
     #[test]
     fn embedded_private_and_unspecified_addresses_are_denied() {
         let policy = PeerPolicy::default();
-        assert_eq!(
-            policy.check_ip(ip("::ffff:0.0.0.0")),
-            Err(DenyReason::Unspecified)
-        );
-        assert_eq!(
-            policy.check_ip(ip("::ffff:10.0.0.1")),
-            Err(DenyReason::Private)
-        );
-        assert_eq!(
-            policy.check_ip(ip("::ffff:169.254.169.254")),
-            Err(DenyReason::CloudMetadata)
-        );
-        assert_eq!(
-            policy.check_ip(ip("2002:c0a8:0101::")),
-            Err(DenyReason::Private)
+        assert_verdicts(
+            &policy,
+            &[
+                ("::ffff:0.0.0.0", Err(DenyReason::Unspecified)),
+                ("::ffff:10.0.0.1", Err(DenyReason::Private)),
+                ("::ffff:169.254.169.254", Err(DenyReason::CloudMetadata)),
+                ("2002:c0a8:0101::", Err(DenyReason::Private)),
+            ],
         );
     }
 
@@ -754,12 +751,17 @@ mod tests {
             allow_loopback_peers: true,
             ..PeerPolicy::default()
         };
-        assert_eq!(policy.check_ip(ip("127.0.0.1")), Ok(()));
-        assert_eq!(policy.check_ip(ip("::1")), Ok(()));
-        assert_eq!(policy.check_ip(ip("::ffff:127.0.0.1")), Ok(()));
-        assert_eq!(policy.check_ip(ip("0.0.0.0")), Err(DenyReason::Unspecified));
-        assert_eq!(policy.check_ip(ip("::")), Err(DenyReason::Unspecified));
-        assert_eq!(policy.check_ip(ip("10.0.0.1")), Err(DenyReason::Private));
+        assert_verdicts(
+            &policy,
+            &[
+                ("127.0.0.1", Ok(())),
+                ("::1", Ok(())),
+                ("::ffff:127.0.0.1", Ok(())),
+                ("0.0.0.0", Err(DenyReason::Unspecified)),
+                ("::", Err(DenyReason::Unspecified)),
+                ("10.0.0.1", Err(DenyReason::Private)),
+            ],
+        );
     }
 
     #[test]
@@ -769,25 +771,18 @@ mod tests {
             deny: vec!["8.8.4.0/24".parse().unwrap()],
             ..PeerPolicy::default()
         };
-        assert_eq!(policy.check_ip(ip("10.0.0.1")), Ok(()));
-        assert_eq!(policy.check_ip(ip("169.254.1.1")), Ok(()));
-        assert_eq!(policy.check_ip(ip("0.0.0.0")), Err(DenyReason::Unspecified));
-        assert_eq!(policy.check_ip(ip("::")), Err(DenyReason::Unspecified));
-        assert_eq!(
-            policy.check_ip(ip("::ffff:0.0.0.0")),
-            Err(DenyReason::Unspecified)
-        );
-        assert_eq!(
-            policy.check_ip(ip("169.254.169.254")),
-            Err(DenyReason::CloudMetadata)
-        );
-        assert_eq!(
-            policy.check_ip(ip("8.8.4.4")),
-            Err(DenyReason::ConfiguredDeny)
-        );
-        assert_eq!(
-            policy.check_ip(ip("::ffff:8.8.4.4")),
-            Err(DenyReason::ConfiguredDeny)
+        assert_verdicts(
+            &policy,
+            &[
+                ("10.0.0.1", Ok(())),
+                ("169.254.1.1", Ok(())),
+                ("0.0.0.0", Err(DenyReason::Unspecified)),
+                ("::", Err(DenyReason::Unspecified)),
+                ("::ffff:0.0.0.0", Err(DenyReason::Unspecified)),
+                ("169.254.169.254", Err(DenyReason::CloudMetadata)),
+                ("8.8.4.4", Err(DenyReason::ConfiguredDeny)),
+                ("::ffff:8.8.4.4", Err(DenyReason::ConfiguredDeny)),
+            ],
         );
     }
 

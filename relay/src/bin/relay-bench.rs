@@ -45,33 +45,7 @@ enum Command {
         threads: usize,
     },
     /// ChannelData (or raw datagrams) at a fixed rate through a relay to an in-process sink.
-    ChannelLoad {
-        /// TURN server (or forwarder with --raw).
-        #[arg(long)]
-        server: SocketAddr,
-        #[arg(long, default_value = "bench")]
-        user: String,
-        #[arg(long, default_value = "bench")]
-        password: String,
-        #[arg(long, default_value = "relay")]
-        realm: String,
-        /// Concurrent allocations (clients).
-        #[arg(long, default_value_t = 8)]
-        clients: usize,
-        /// Aggregate packets per second.
-        #[arg(long)]
-        rate: u64,
-        #[arg(long, default_value_t = 3)]
-        secs: u64,
-        /// Payload bytes.
-        #[arg(long, default_value_t = 100)]
-        size: usize,
-        /// Plain datagrams to --server; the sink binds --sink (the forwarder's --to).
-        #[arg(long)]
-        raw: bool,
-        #[arg(long, default_value = "127.0.0.1:0")]
-        sink: SocketAddr,
-    },
+    ChannelLoad(LoadSpec),
     /// STUN Binding requests as fast as answers come back.
     BindingLoad {
         #[arg(long)]
@@ -95,29 +69,7 @@ fn main() -> anyhow::Result<()> {
             to,
             threads,
         } => forwarder(listen, to, threads),
-        Command::ChannelLoad {
-            server,
-            user,
-            password,
-            realm,
-            clients,
-            rate,
-            secs,
-            size,
-            raw,
-            sink,
-        } => channel_load(&LoadSpec {
-            server,
-            user,
-            password,
-            realm,
-            clients,
-            rate,
-            secs,
-            size,
-            raw,
-            sink,
-        }),
+        Command::ChannelLoad(spec) => channel_load(&spec),
         Command::BindingLoad {
             server,
             sockets,
@@ -265,16 +217,32 @@ fn force_buffers(socket: &UdpSocket, bytes: usize) {
     }
 }
 
+#[derive(clap::Args)]
 struct LoadSpec {
+    /// TURN server (or forwarder with --raw).
+    #[arg(long)]
     server: SocketAddr,
+    #[arg(long, default_value = "bench")]
     user: String,
+    #[arg(long, default_value = "bench")]
     password: String,
+    #[arg(long, default_value = "relay")]
     realm: String,
+    /// Concurrent allocations (clients).
+    #[arg(long, default_value_t = 8)]
     clients: usize,
+    /// Aggregate packets per second.
+    #[arg(long)]
     rate: u64,
+    #[arg(long, default_value_t = 3)]
     secs: u64,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 100)]
     size: usize,
+    /// Plain datagrams to --server; the sink binds --sink (the forwarder's --to).
+    #[arg(long)]
     raw: bool,
+    #[arg(long, default_value = "127.0.0.1:0")]
     sink: SocketAddr,
 }
 

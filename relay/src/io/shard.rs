@@ -152,6 +152,35 @@ impl Shard {
         self.listeners.iter().map(|(s, _)| s)
     }
 
+    /// Receives one batch from `socket`: datagram `i` at `i * SLOT + HEADROOM` of `storage`,
+    /// up to `slot_end` of its slot; its metadata in `meta`. 0 on a receive error (counted,
+    /// logged as `what`).
+    fn recv_batch(
+        &self,
+        socket: &UdpSocket,
+        storage: &mut [u8],
+        meta: &mut [RecvMeta; BATCH],
+        slot_end: usize,
+        what: &str,
+    ) -> usize {
+        let mut chunks = storage.chunks_mut(SLOT);
+        let mut slices: [IoSliceMut<'_>; BATCH] = std::array::from_fn(|_| {
+            IoSliceMut::new(
+                chunks
+                    .next()
+                    .map_or(&mut [][..], |c| &mut c[HEADROOM..slot_end]),
+            )
+        });
+        match socket.try_recv(&mut slices, meta) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "{what} receive failed");
+                self.count(|s| s.recv_errors += 1);
+                0
+            }
+        }
+    }
+
     fn count(&self, f: impl FnOnce(&mut IoStats)) {
         let mut s = self.io_stats.get();
         f(&mut s);
@@ -167,20 +196,7 @@ impl Shard {
     ) -> usize {
         let mut bufs = self.bufs.borrow_mut();
         let RecvBuffers { storage, meta } = &mut *bufs;
-        let n = {
-            let mut chunks = storage.chunks_mut(SLOT);
-            let mut slices: [IoSliceMut<'_>; BATCH] = std::array::from_fn(|_| {
-                IoSliceMut::new(chunks.next().map_or(&mut [][..], |c| &mut c[HEADROOM..]))
-            });
-            match socket.try_recv(&mut slices, meta) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::debug!(error = %e, "udp receive failed");
-                    self.count(|s| s.recv_errors += 1);
-                    return 0;
-                }
-            }
-        };
+        let n = self.recv_batch(socket, storage, meta, SLOT, "udp");
         if n == 0 {
             return 0;
         }
@@ -230,24 +246,7 @@ impl Shard {
     ) -> usize {
         let mut bufs = self.bufs.borrow_mut();
         let RecvBuffers { storage, meta } = &mut *bufs;
-        let n = {
-            let mut chunks = storage.chunks_mut(SLOT);
-            let mut slices: [IoSliceMut<'_>; BATCH] = std::array::from_fn(|_| {
-                IoSliceMut::new(
-                    chunks
-                        .next()
-                        .map_or(&mut [][..], |c| &mut c[HEADROOM..SLOT - TAILROOM]),
-                )
-            });
-            match socket.try_recv(&mut slices, meta) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::debug!(error = %e, "relay socket receive failed");
-                    self.count(|s| s.recv_errors += 1);
-                    return 0;
-                }
-            }
-        };
+        let n = self.recv_batch(socket, storage, meta, SLOT - TAILROOM, "relay socket");
         if n == 0 {
             return 0;
         }

@@ -109,27 +109,23 @@ pub(crate) fn set_buffers(socket: &Socket, bytes: usize) {
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
-        // SAFETY: valid fd, c_int option value.
-        let forced = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                force,
-                (&raw const value).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if forced != 0 {
-            // SAFETY: as above.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    plain,
-                    (&raw const value).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
+        if set_socket_option(fd, force, value) != 0 {
+            set_socket_option(fd, plain, value);
         }
+    }
+}
+
+/// `setsockopt(fd, SOL_SOCKET, option, value)`; returns its result (0 on success).
+fn set_socket_option(fd: RawFd, option: libc::c_int, value: libc::c_int) -> libc::c_int {
+    // SAFETY: `fd` is an open socket of the caller's; the option value is a c_int of the
+    // given size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
     }
 }

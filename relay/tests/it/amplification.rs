@@ -223,24 +223,15 @@ fn start(extra: &[&str]) -> RelayProcess {
 }
 
 fn start_with_workers(workers: usize, extra: &[&str]) -> RelayProcess {
-    let workers = workers.to_string();
-    RelayProcess::start_raw(
-        &[
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--workers",
-                &workers,
-                "--user",
-                "u:p",
-            ],
-            extra,
-        ]
-        .concat(),
-    )
+    RelayProcess::start_with_workers(workers, &[&["--user", "u:p"], extra].concat())
 }
+
+/// The limits each flood runs under: the byte budget alone (no request-rate limits), then the
+/// defaults (rate limits too).
+const LIMITS: [(&str, &[&str]); 2] = [
+    ("byte budget only", &["--unauth-rate", "0"]),
+    ("defaults", &[]),
+];
 
 /// 1,000 rounds: 64 KB in, so the allowance is 3% of it.
 const ROUNDS: usize = 1000;
@@ -248,10 +239,7 @@ const ROUNDS: usize = 1000;
 #[test]
 fn one_source_never_gets_back_more_than_it_sent_plus_the_allowance() {
     // The byte budget alone (no request-rate limits), then the defaults (rate limits too).
-    for (name, extra) in [
-        ("byte budget only", &["--unauth-rate", "0"][..]),
-        ("defaults", &[][..]),
-    ] {
+    for (name, extra) in LIMITS {
         let relay = start(extra);
         flood(&relay, ROUNDS, 1).check_within_allowance(name, &relay);
     }
@@ -284,10 +272,7 @@ fn one_source_ip_spread_over_every_worker_gets_one_allowance_in_all() {
     // workers, so a credit kept per worker would let about 4 x 2048 B more out than in; the
     // shared credit keeps it to one allowance. The byte budget alone (the request-rate limits
     // would hide it), then the defaults.
-    for (name, extra) in [
-        ("byte budget only", &["--unauth-rate", "0"][..]),
-        ("defaults", &[][..]),
-    ] {
+    for (name, extra) in LIMITS {
         let relay = start_with_workers(WORKERS, extra);
         let what = format!("{WORKERS} workers, {SOURCES} source ports, {name}");
         flood(&relay, ROUNDS, SOURCES).check_within_allowance(&what, &relay);

@@ -17,19 +17,16 @@ fn hundreds_of_allocate_delete_cycles_from_one_ip_keep_succeeding() {
     // The defaults (`--unauth-rate` 100) on purpose; a narrow relay port range, so leaked
     // relay sockets would run out well within the loop.
     // One worker: the limiters are per worker, so this is the strictest set-up.
-    let relay = RelayProcess::start_raw(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--auth-secret",
-        "s3cret",
-        "--allow-loopback-peers",
-        "--relay-ports",
-        "41000-41099",
-    ]);
+    let relay = RelayProcess::start_with_workers(
+        1,
+        &[
+            "--auth-secret",
+            "s3cret",
+            "--allow-loopback-peers",
+            "--relay-ports",
+            "41000-41099",
+        ],
+    );
     let started = Instant::now();
     let mut failures = Vec::new();
     for i in 0..CYCLES {

@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use crate::support::{EchoPeer, RelayProcess, parse_uclient, require_coturn, uclient};
 
+/// Relay flags for uclient: loopback peers allowed (the echo peer runs there), one static
+/// user.
+const ALICE_RELAY: &[&str] = &["--allow-loopback-peers", "--user", "alice:wonderland"];
+/// uclient's flags for the static user of [`ALICE_RELAY`].
+const ALICE: &[&str] = &["-u", "alice", "-w", "wonderland"];
+
 /// Runs uclient against `relay` and the echo `peer` with `extra` flags, without RTCP (`-c`);
 /// returns the report.
 fn run_uclient(
@@ -51,6 +57,11 @@ fn run_uclient_with(
     report
 }
 
+/// Runs uclient (see [`run_uclient`]) and asserts that it lost nothing.
+fn assert_uclient_lossless(relay: &RelayProcess, port: u16, peer: &EchoPeer, extra: &[&str]) {
+    assert_lossless(&run_uclient(relay, port, peer, extra));
+}
+
 fn assert_lossless(report: &crate::support::UclientReport) {
     assert!(report.sent_bytes > 0, "uclient sent nothing: {report:?}");
     assert_eq!(
@@ -89,14 +100,9 @@ fn stunclient_gets_its_reflexive_address() {
 
 #[test]
 fn uclient_udp_channels_static_user() {
-    let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "alice:wonderland"]);
+    let relay = RelayProcess::start(ALICE_RELAY);
     let peer = EchoPeer::start();
-    assert_lossless(&run_uclient(
-        &relay,
-        relay.port(),
-        &peer,
-        &["-u", "alice", "-w", "wonderland"],
-    ));
+    assert_uclient_lossless(&relay, relay.port(), &peer, ALICE);
 }
 
 /// uclient's default mode (no `-c`): RTP/RTCP pairs. The RTP allocation asks for EVEN-PORT
@@ -107,29 +113,14 @@ fn uclient_udp_channels_static_user() {
 #[test]
 fn uclient_default_mode_rtp_rtcp_pairs_relay_with_zero_loss() {
     for transport in [&[][..], &["-t"][..]] {
-        let relay = RelayProcess::start_raw(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "4",
-            "--allow-loopback-peers",
-            "--user",
-            "alice:wonderland",
-        ]);
+        let relay = RelayProcess::start_with_workers(4, ALICE_RELAY);
         let port = if transport.is_empty() {
             relay.port()
         } else {
             relay.tcp.expect("tcp listener").port()
         };
         let peer = EchoPeer::start();
-        let report = run_uclient_with(
-            &relay,
-            port,
-            &peer,
-            &[transport, &["-u", "alice", "-w", "wonderland"]].concat(),
-        );
+        let report = run_uclient_with(&relay, port, &peer, &[transport, ALICE].concat());
         assert!(report.errors.is_empty(), "{transport:?}: {report:?}");
         assert_lossless(&report);
         // uclient makes 3 allocations per 2 clients in this mode (an RTP one with EVEN-PORT
@@ -153,33 +144,18 @@ fn uclient_default_mode_rtp_rtcp_pairs_relay_with_zero_loss() {
 
 #[test]
 fn uclient_udp_send_indications_static_user() {
-    let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "alice:wonderland"]);
+    let relay = RelayProcess::start(ALICE_RELAY);
     let peer = EchoPeer::start();
-    assert_lossless(&run_uclient(
-        &relay,
-        relay.port(),
-        &peer,
-        &["-s", "-u", "alice", "-w", "wonderland"],
-    ));
+    assert_uclient_lossless(&relay, relay.port(), &peer, &[&["-s"], ALICE].concat());
 }
 
 #[test]
 fn uclient_tcp_channels_and_send_indications() {
-    let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "alice:wonderland"]);
+    let relay = RelayProcess::start(ALICE_RELAY);
     let tcp = relay.tcp.expect("tcp listener").port();
     let peer = EchoPeer::start();
-    assert_lossless(&run_uclient(
-        &relay,
-        tcp,
-        &peer,
-        &["-t", "-u", "alice", "-w", "wonderland"],
-    ));
-    assert_lossless(&run_uclient(
-        &relay,
-        tcp,
-        &peer,
-        &["-t", "-s", "-u", "alice", "-w", "wonderland"],
-    ));
+    assert_uclient_lossless(&relay, tcp, &peer, &[&["-t"], ALICE].concat());
+    assert_uclient_lossless(&relay, tcp, &peer, &[&["-t", "-s"], ALICE].concat());
 }
 
 #[test]
@@ -190,19 +166,19 @@ fn uclient_rest_secret_and_rotation() {
         "current-secret,previous-secret",
     ]);
     let peer = EchoPeer::start();
-    assert_lossless(&run_uclient(
+    assert_uclient_lossless(
         &relay,
         relay.port(),
         &peer,
         &["-W", "current-secret", "-u", "carol"],
-    ));
+    );
     // A credential minted with the previous secret still works during rotation.
-    assert_lossless(&run_uclient(
+    assert_uclient_lossless(
         &relay,
         relay.port(),
         &peer,
         &["-W", "previous-secret", "-u", "carol2", "-s"],
-    ));
+    );
 }
 
 #[test]
@@ -229,29 +205,15 @@ fn uclient_wrong_secret_fails() {
 
 #[test]
 fn uclient_client_to_client_through_two_allocations() {
-    let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "alice:wonderland"]);
+    let relay = RelayProcess::start(ALICE_RELAY);
     let peer = EchoPeer::start();
-    assert_lossless(&run_uclient(
-        &relay,
-        relay.port(),
-        &peer,
-        &["-y", "-u", "alice", "-w", "wonderland"],
-    ));
+    assert_uclient_lossless(&relay, relay.port(), &peer, &[&["-y"], ALICE].concat());
 }
 
 #[test]
 fn tcp_connections_beyond_the_limit_are_refused_and_counted() {
     use std::io::Read as _;
-    let relay = RelayProcess::start_raw(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--max-connections",
-        "4",
-    ]);
+    let relay = RelayProcess::start_with_workers(1, &["--max-connections", "4"]);
     let tcp = relay.tcp.expect("tcp listener");
     let held: Vec<_> = (0..4)
         .map(|_| std::net::TcpStream::connect(tcp).unwrap())

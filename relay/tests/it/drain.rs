@@ -1,22 +1,15 @@
 //! Graceful drain: on SIGTERM the relay refuses new allocations, keeps relaying for existing
 //! ones, reports not-ready, and exits after the drain timeout.
 
-use std::net::UdpSocket;
 use std::time::Duration;
 
-use crate::support::{RelayProcess, TestClient, wait_until};
+use crate::support::{RelayProcess, TestClient, USER_ON_LOOPBACK, loopback_peer, wait_until};
 
 #[test]
 fn sigterm_drains_then_exits() {
-    let mut relay = RelayProcess::start_process(&[
-        "--allow-loopback-peers",
-        "--user",
-        "u:p",
-        "--drain-timeout",
-        "3s",
-    ]);
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut relay =
+        RelayProcess::start_process(&[USER_ON_LOOPBACK, &["--drain-timeout", "3s"]].concat());
+    let peer = loopback_peer(Duration::from_secs(2));
     let peer_addr = peer.local_addr().unwrap();
     let mut live = TestClient::new(relay.udp, "u", "p");
     live.allocate().expect("allocate before drain");
@@ -51,13 +44,8 @@ fn sigterm_drains_then_exits() {
 
 #[test]
 fn drain_ends_early_when_the_last_allocation_goes() {
-    let mut relay = RelayProcess::start_process(&[
-        "--allow-loopback-peers",
-        "--user",
-        "u:p",
-        "--drain-timeout",
-        "60s",
-    ]);
+    let mut relay =
+        RelayProcess::start_process(&[USER_ON_LOOPBACK, &["--drain-timeout", "60s"]].concat());
     let mut live = TestClient::new(relay.udp, "u", "p");
     live.allocate().expect("allocate");
     relay.terminate();

@@ -5,20 +5,17 @@ use std::time::Duration;
 
 use relay::{Config, Relay};
 
-use crate::support::{TestClient, http_get};
+use crate::support::{TestClient, base_args, http_get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_start_in_process_serves_and_shuts_down() {
-    let config = Config::from_args([
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-        "--auth-secret",
-        "embedded-secret",
-    ])
+    let config = Config::from_args(
+        [
+            &base_args("127.0.0.1:0", "2")[..],
+            &["--auth-secret", "embedded-secret"],
+        ]
+        .concat(),
+    )
     .unwrap();
     let handle = Relay::start(config).expect("start in-process");
     let addrs = handle.addrs().clone();

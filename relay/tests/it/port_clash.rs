@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::support::{RelayProcess, run_relay_to_exit};
+use crate::support::{RelayProcess, base_args, run_relay_to_exit};
 
 /// A socket of ours on 127.0.0.1 with SO_REUSEPORT, as another process of the same user could
 /// hold it (TCP ones listen).
@@ -39,6 +39,19 @@ fn tcp_holder_with_free_udp_twin() -> (Socket, SocketAddr) {
     panic!("no TCP port with a free UDP twin in 20 tries");
 }
 
+/// Flags for a relay on free loopback ports serving TURNS (self-signed) on `tls_listen`.
+fn tls_listening_on(tls_listen: &str) -> [&str; 7] {
+    [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--tls-self-signed",
+        "--tls-listen",
+        tls_listen,
+    ]
+}
+
 /// Runs the relay with `args`; it must exit non-zero with `expected` in its error output.
 fn assert_start_up_fails(args: &[&str], expected: &str) {
     let (status, stderr) = run_relay_to_exit(args, Duration::from_secs(20));
@@ -54,17 +67,7 @@ fn assert_start_up_fails(args: &[&str], expected: &str) {
 fn a_udp_port_held_with_so_reuseport_fails_start_up() {
     let (holder, addr) = reuseport_holder(Type::DGRAM, 0);
     let listen = addr.to_string();
-    assert_start_up_fails(
-        &[
-            "--listen",
-            &listen,
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ],
-        &format!("cannot bind udp {addr}"),
-    );
+    assert_start_up_fails(&base_args(&listen, "2"), &format!("cannot bind udp {addr}"));
     // The holder still gets its traffic (nobody joined its group).
     let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
     probe.send_to(b"still mine", addr).unwrap();
@@ -77,14 +80,7 @@ fn a_udp_port_held_with_so_reuseport_fails_start_up() {
     assert_eq!(&buf[..n], b"still mine");
     // Once it is gone, the relay starts on that port.
     drop(holder);
-    let relay = RelayProcess::start_raw(&[
-        "--listen",
-        &listen,
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-    ]);
+    let relay = RelayProcess::start_raw(&base_args(&listen, "2"));
     assert_eq!(relay.udp, addr);
 }
 
@@ -92,14 +88,7 @@ fn a_udp_port_held_with_so_reuseport_fails_start_up() {
 fn a_tcp_port_held_with_so_reuseport_fails_start_up() {
     let (_holder, addr) = tcp_holder_with_free_udp_twin();
     assert_start_up_fails(
-        &[
-            "--listen",
-            &addr.to_string(),
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ],
+        &base_args(&addr.to_string(), "2"),
         &format!("cannot bind tcp {addr}"),
     );
 }
@@ -108,15 +97,7 @@ fn a_tcp_port_held_with_so_reuseport_fails_start_up() {
 fn a_tls_port_held_with_so_reuseport_fails_start_up() {
     let (_holder, addr) = reuseport_holder(Type::STREAM, 0);
     assert_start_up_fails(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--tls-self-signed",
-            "--tls-listen",
-            &addr.to_string(),
-        ],
+        &tls_listening_on(&addr.to_string()),
         &format!("cannot bind tls {addr}"),
     );
 }
@@ -126,15 +107,7 @@ fn a_port_held_by_a_plain_socket_fails_start_up_too() {
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = holder.local_addr().unwrap();
     assert_start_up_fails(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--tls-self-signed",
-            "--tls-listen",
-            &addr.to_string(),
-        ],
+        &tls_listening_on(&addr.to_string()),
         &format!("cannot bind tls {addr}"),
     );
 }

@@ -5,14 +5,39 @@
 //! the certificate.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::support::{RelayProcess, TestClient, rest_password, tls_link, unix_now, wait_until};
+use crate::support::{
+    RelayProcess, TestClient, TlsFiles, loopback_peer, rest_password, tls_link, unix_now,
+    wait_until,
+};
 
-/// Writes the relay's `--config` file.
-fn write_config(path: &Path, toml: &str) {
-    std::fs::write(path, toml).unwrap();
+/// The relay's `--config` file, `relay.toml` in a temporary directory (removed on drop).
+struct ConfigFile {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    /// A new file holding `toml`.
+    fn new(toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        let file = Self { dir, path };
+        file.write(toml);
+        file
+    }
+
+    /// Replaces the contents (read again on SIGHUP).
+    fn write(&self, toml: &str) {
+        std::fs::write(&self.path, toml).unwrap();
+    }
+
+    /// Starts the relay binary on this file with `extra` flags.
+    fn start_relay(&self, extra: &[&str]) -> RelayProcess {
+        RelayProcess::start_with_config(&self.path, extra)
+    }
 }
 
 /// Sends SIGHUP to the relay process.
@@ -56,22 +81,13 @@ fn round_trip(client: &mut TestClient, peer: &UdpSocket, relayed: SocketAddr, pa
     assert_eq!(data, payload);
 }
 
-fn loopback_peer() -> UdpSocket {
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    peer
-}
-
 #[test]
 fn sighup_swaps_secrets_quotas_and_the_deny_list_without_disturbing_allocations() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("relay.toml");
-    write_config(
-        &file,
+    let config = ConfigFile::new(
         "turn-secret = [\"old-secret\"]\nuser-quota = 1\nallow-loopback-peers = true\n",
     );
-    let relay = RelayProcess::start_with_config(&file, &[]);
-    let peer = loopback_peer();
+    let relay = config.start_relay(&[]);
+    let peer = loopback_peer(Duration::from_secs(3));
     let mut before = rest_client(&relay, "old-secret", "alice");
     let relayed = before.allocate().expect("the old secret verifies");
     before
@@ -86,8 +102,7 @@ fn sighup_swaps_secrets_quotas_and_the_deny_list_without_disturbing_allocations(
     let denied_later: SocketAddr = "127.0.0.3:9".parse().unwrap();
     assert_eq!(before.create_permission(denied_later), Ok(()));
 
-    write_config(
-        &file,
+    config.write(
         "turn-secret = [\"new-secret\"]\nuser-quota = 2\nallow-loopback-peers = true\n\
          deny-peer = [\"127.0.0.3/32\"]\n",
     );
@@ -121,13 +136,8 @@ fn sighup_swaps_secrets_quotas_and_the_deny_list_without_disturbing_allocations(
 
 #[test]
 fn an_invalid_configuration_is_refused_and_the_one_in_force_stays() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("relay.toml");
-    write_config(
-        &file,
-        "turn-secret = [\"kept\"]\nallow-loopback-peers = true\n",
-    );
-    let relay = RelayProcess::start_with_config(&file, &[]);
+    let config = ConfigFile::new("turn-secret = [\"kept\"]\nallow-loopback-peers = true\n");
+    let relay = config.start_relay(&[]);
     let bad = [
         "turn-secret = [\"other\"]\nuser-quota = 0\n", // fails validation
         "turn-secret = [\"other\"\n",                  // not TOML
@@ -136,7 +146,7 @@ fn an_invalid_configuration_is_refused_and_the_one_in_force_stays() {
         "turn-secret = [\"other\"]\nlog-filter = \"relay=loud\"\n", // not a log filter
     ];
     for (n, text) in bad.iter().enumerate() {
-        write_config(&file, text);
+        config.write(text);
         hangup(&relay);
         wait_reloads(&relay, true, n as u64 + 1);
         assert_eq!(relay.metric("relay_config_reloads_total"), 0);
@@ -158,10 +168,8 @@ fn an_invalid_configuration_is_refused_and_the_one_in_force_stays() {
 
 #[test]
 fn the_log_filter_follows_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("relay.toml");
-    write_config(&file, "user = [\"u:p\"]\nlog-filter = \"info\"\n");
-    let relay = RelayProcess::start_with_config(&file, &[]);
+    let config = ConfigFile::new("user = [\"u:p\"]\nlog-filter = \"info\"\n");
+    let relay = config.start_relay(&[]);
     let mut client = TestClient::new(relay.udp, "u", "p");
     client.allocate().unwrap();
     // Denied peers are logged at debug: not yet.
@@ -169,10 +177,7 @@ fn the_log_filter_follows_the_file() {
         client.create_permission("192.0.2.1:9".parse().unwrap()),
         Err(403)
     );
-    write_config(
-        &file,
-        "user = [\"u:p\"]\nlog-filter = \"info,relay_proto=debug\"\n",
-    );
+    config.write("user = [\"u:p\"]\nlog-filter = \"info,relay_proto=debug\"\n");
     hangup(&relay);
     wait_reloads(&relay, false, 1);
     assert_eq!(
@@ -193,24 +198,11 @@ fn the_log_filter_follows_the_file() {
 
 #[test]
 fn a_turns_allocation_relays_every_packet_across_reloads_and_certificate_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("relay.toml");
-    write_config(&file, "user = [\"u:p\"]\nallow-loopback-peers = true\n");
-    let mut pem = testkit::write_self_signed(dir.path());
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let relay = RelayProcess::start_with_config(
-        &file,
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--tls-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let config = ConfigFile::new("user = [\"u:p\"]\nallow-loopback-peers = true\n");
+    let mut pem = testkit::write_self_signed(config.dir.path());
+    let relay = config.start_relay(&TlsFiles::in_dir(config.dir.path()).args());
     let tls = relay.tls.expect("tls listener");
-    let peer = loopback_peer();
+    let peer = loopback_peer(Duration::from_secs(3));
     let mut client = TestClient::with_link(tls_link(tls, &pem), tls, "u", "p");
     let relayed = client.allocate().expect("allocate over TLS");
     client
@@ -222,15 +214,12 @@ fn a_turns_allocation_relays_every_packet_across_reloads_and_certificate_changes
     let mut reloads = 0;
     for i in 0..ROUNDS {
         if i % 150 == 75 {
-            pem = testkit::write_self_signed(dir.path());
+            pem = testkit::write_self_signed(config.dir.path());
             reloads += 1;
-            write_config(
-                &file,
-                &format!(
-                    "user = [\"u:p\"]\nallow-loopback-peers = true\nmax-channels = {}\n",
-                    10 + reloads
-                ),
-            );
+            config.write(&format!(
+                "user = [\"u:p\"]\nallow-loopback-peers = true\nmax-channels = {}\n",
+                10 + reloads
+            ));
             hangup(&relay);
         }
         round_trip(

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{RelayProcess, TestClient, rest_password, unix_now, wait_until};
+use crate::support::{
+    RelayProcess, TestClient, USER_ON_LOOPBACK, loopback_peer, rest_password, unix_now, wait_until,
+};
 
 fn peer(s: &str) -> SocketAddr {
     SocketAddr::new(s.parse::<IpAddr>().unwrap(), 40_000)
@@ -221,9 +223,8 @@ fn second_allocate_on_the_same_five_tuple_is_a_mismatch() {
 
 #[test]
 fn garbage_flood_does_not_disturb_live_relaying() {
-    let mut relay = RelayProcess::start_process(&["--allow-loopback-peers", "--user", "u:p"]);
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut relay = RelayProcess::start_process(USER_ON_LOOPBACK);
+    let peer = loopback_peer(Duration::from_secs(2));
     let peer_addr = peer.local_addr().unwrap();
     let mut c = TestClient::new(relay.udp, "u", "p");
     let relayed = c.allocate().expect("allocate");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{Link, RelayProcess, TestClient};
+use crate::support::{Link, RelayProcess, TestClient, USER_ON_LOOPBACK, loopback_peer};
 
 /// The default `--stream-queue-bytes`.
 const QUEUE_BYTES: u64 = 128 * 1024;
@@ -50,7 +50,7 @@ fn small_buffer_tcp(server: SocketAddr) -> TcpStream {
 
 #[test]
 fn a_tcp_client_that_stops_reading_costs_at_most_the_stream_queue_bytes() {
-    let relay = RelayProcess::start_process(&["--allow-loopback-peers", "--user", "u:p"]);
+    let relay = RelayProcess::start_process(USER_ON_LOOPBACK);
     let tcp = relay.tcp.expect("tcp listener");
 
     // The slow client: allocate, bind a channel to its peer, then never read again.
@@ -77,8 +77,7 @@ fn a_tcp_client_that_stops_reading_costs_at_most_the_stream_queue_bytes() {
                 "u",
                 "p",
             );
-            let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-            peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let peer = loopback_peer(Duration::from_secs(3));
             let relayed = c.allocate().expect("healthy allocate");
             c.channel_bind(0x4001, peer.local_addr().unwrap())
                 .expect("healthy channel bind");

@@ -4,10 +4,12 @@
 //! including the answer to the last request of a client that has already closed its side.
 
 use std::io::Write as _;
-use std::net::{Shutdown, TcpStream, UdpSocket};
+use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use crate::support::{Link, RelayProcess, TestClient, tls_link};
+use crate::support::{
+    Link, RelayProcess, TLS_ON_LOOPBACK, TestClient, USER_ON_LOOPBACK, loopback_peer, tls_link,
+};
 
 /// Messages each way per client.
 const MESSAGES: usize = 200;
@@ -16,13 +18,7 @@ const CLIENTS: usize = 4;
 
 #[test]
 fn no_message_is_lost_over_tcp_or_tls_under_load() {
-    let relay = RelayProcess::start(
-        &[
-            &["--allow-loopback-peers", "--user", "u:p"],
-            crate::support::TLS_ON_LOOPBACK,
-        ]
-        .concat(),
-    );
+    let relay = RelayProcess::start(&[USER_ON_LOOPBACK, TLS_ON_LOOPBACK].concat());
     let tcp = relay.tcp.expect("tcp listener");
     let tls = relay.tls.expect("tls listener");
     let workers: Vec<_> = (0..CLIENTS * 2)
@@ -57,8 +53,7 @@ fn no_message_is_lost_over_tcp_or_tls_under_load() {
 /// Allocates, binds a channel to a fresh peer, sends [`MESSAGES`] to the peer in bursts and
 /// has the peer send [`MESSAGES`] back in bursts; returns how many were lost each way.
 fn echo_bursts(mut c: TestClient) -> (usize, usize) {
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let peer = loopback_peer(Duration::from_secs(3));
     let peer_addr = peer.local_addr().unwrap();
     let relayed = c.allocate().expect("allocate");
     c.channel_bind(0x4000, peer_addr).expect("channel bind");
@@ -101,8 +96,7 @@ fn echo_bursts(mut c: TestClient) -> (usize, usize) {
 
 #[test]
 fn a_half_closed_client_still_gets_the_answer_to_its_last_request() {
-    let relay =
-        RelayProcess::start(&[&["--user", "u:p"], crate::support::TLS_ON_LOOPBACK].concat());
+    let relay = RelayProcess::start(&[&["--user", "u:p"], TLS_ON_LOOPBACK].concat());
     let tcp = relay.tcp.expect("tcp listener");
     let tls = relay.tls.expect("tls listener");
     for round in 0..10u8 {

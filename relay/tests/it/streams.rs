@@ -6,14 +6,13 @@ use std::io::Write as _;
 use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
-use crate::support::{Link, RelayProcess, TestClient};
+use crate::support::{Link, RelayProcess, TestClient, USER_ON_LOOPBACK, loopback_peer};
 
 #[test]
 fn tcp_framing_survives_split_and_coalesced_writes() {
-    let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "u:p"]);
+    let relay = RelayProcess::start(USER_ON_LOOPBACK);
     let tcp = relay.tcp.expect("tcp listener");
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let peer = loopback_peer(Duration::from_secs(3));
     let peer_addr = peer.local_addr().unwrap();
 
     // Every request written 3 bytes at a time.
@@ -63,8 +62,7 @@ fn tcp_framing_survives_split_and_coalesced_writes() {
 
 #[test]
 fn ipv6_allocation_relays_to_an_ipv6_peer() {
-    let Some(relay) = crate::support::start_on_ipv6(&["--allow-loopback-peers", "--user", "u:p"])
-    else {
+    let Some(relay) = crate::support::start_on_ipv6(USER_ON_LOOPBACK) else {
         return;
     };
     let peer = UdpSocket::bind("[::1]:0").unwrap();

@@ -61,19 +61,18 @@ impl RelayProcess {
         Self::start_raw(&[Self::DEFAULT_ARGS, extra].concat())
     }
 
+    /// Like [`Self::start`], with `workers` workers instead of 2.
+    pub(crate) fn start_with_workers(workers: usize, extra: &[&str]) -> Self {
+        let workers = workers.to_string();
+        Self::start_raw(&[&base_args("127.0.0.1:0", &workers)[..], extra].concat())
+    }
+
     /// Like [`Self::start`], as the real binary.
     pub(crate) fn start_process(extra: &[&str]) -> Self {
         Self::start_raw_process(&[Self::DEFAULT_ARGS, extra].concat())
     }
 
-    const DEFAULT_ARGS: &[&str] = &[
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-    ];
+    const DEFAULT_ARGS: &[&str] = &base_args("127.0.0.1:0", "2");
 
     /// Starts the relay in this process with exactly `args` (read as the binary reads its
     /// command line, environment included).
@@ -249,6 +248,62 @@ impl Drop for Node {
             }
         }
     }
+}
+
+/// The flags a test relay starts with: UDP and TCP on `listen`, the admin server on
+/// 127.0.0.1 port 0, `workers` workers.
+pub(crate) const fn base_args<'a>(listen: &'a str, workers: &'a str) -> [&'a str; 6] {
+    [
+        "--listen",
+        listen,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--workers",
+        workers,
+    ]
+}
+
+/// A certificate and key in files (`cert.pem`, `key.pem`, where `testkit::write_self_signed`
+/// writes them), served with `--tls-cert`/`--tls-key`: rewriting them and reloading changes
+/// the certificate.
+pub(crate) struct TlsFiles {
+    /// The certificate file.
+    pub(crate) cert: String,
+    key: String,
+}
+
+impl TlsFiles {
+    /// The pair in `dir`.
+    pub(crate) fn in_dir(dir: &std::path::Path) -> Self {
+        let path = |name: &str| dir.join(name).to_str().expect("a UTF-8 path").to_owned();
+        Self {
+            cert: path("cert.pem"),
+            key: path("key.pem"),
+        }
+    }
+
+    /// Flags serving the pair for TURNS on 127.0.0.1 port 0.
+    pub(crate) fn args(&self) -> [&str; 6] {
+        [
+            "--tls-cert",
+            &self.cert,
+            "--tls-key",
+            &self.key,
+            "--tls-listen",
+            "127.0.0.1:0",
+        ]
+    }
+}
+
+/// Flags for a relay that [`TestClient`]s use as user `u`, password `p`, relaying to peers
+/// on loopback.
+pub(crate) const USER_ON_LOOPBACK: &[&str] = &["--allow-loopback-peers", "--user", "u:p"];
+
+/// A UDP peer on 127.0.0.1 whose reads give up after `read_timeout`.
+pub(crate) fn loopback_peer(read_timeout: Duration) -> UdpSocket {
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(read_timeout)).unwrap();
+    peer
 }
 
 /// Flags for TURNS on 127.0.0.1 with a certificate generated at start-up

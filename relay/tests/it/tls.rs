@@ -4,20 +4,16 @@
 //! used here.)
 
 use std::io::Write as _;
-use std::net::{TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::support::{RelayProcess, TestClient, tls_link};
+use crate::support::{
+    RelayProcess, TLS_ON_LOOPBACK, TestClient, TlsFiles, USER_ON_LOOPBACK, loopback_peer, tls_link,
+};
 
 #[test]
 fn turns_allocate_and_relay_both_ways() {
-    let relay = RelayProcess::start(
-        &[
-            &["--allow-loopback-peers", "--user", "u:p"],
-            crate::support::TLS_ON_LOOPBACK,
-        ]
-        .concat(),
-    );
+    let relay = RelayProcess::start(&[USER_ON_LOOPBACK, TLS_ON_LOOPBACK].concat());
     let tls = relay.tls.expect("tls listener");
     assert!(
         relay.tls_pem.contains("BEGIN CERTIFICATE"),
@@ -29,8 +25,7 @@ fn turns_allocate_and_relay_both_ways() {
     let _ = junk.write_all(b"\x00\x01\x00\x00 definitely not a TLS ClientHello");
     drop(junk);
 
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let peer = loopback_peer(Duration::from_secs(3));
     let peer_addr = peer.local_addr().unwrap();
     let mut c = TestClient::with_link(tls_link(tls, &relay.tls_pem), tls, "u", "p");
     let relayed = c.allocate().expect("allocate over TLS");
@@ -64,21 +59,10 @@ fn turns_allocate_and_relay_both_ways() {
 fn sighup_reloads_the_certificate_without_disturbing_live_allocations() {
     let dir = tempfile::tempdir().unwrap();
     let first = testkit::write_self_signed(dir.path());
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let relay = RelayProcess::start_process(&[
-        "--allow-loopback-peers",
-        "--user",
-        "u:p",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--tls-listen",
-        "127.0.0.1:0",
-    ]);
+    let files = TlsFiles::in_dir(dir.path());
+    let relay = RelayProcess::start_process(&[USER_ON_LOOPBACK, &files.args()].concat());
     let tls = relay.tls.expect("tls listener");
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let peer = loopback_peer(Duration::from_secs(3));
     let mut c = TestClient::with_link(tls_link(tls, &first), tls, "u", "p");
     let relayed = c.allocate().expect("allocate over TLS");
     c.channel_bind(0x4000, peer.local_addr().unwrap()).unwrap();
@@ -116,7 +100,7 @@ fn sighup_reloads_the_certificate_without_disturbing_live_allocations() {
     assert!(stale.allocate().is_err(), "the old certificate is gone");
 
     // A pair that does not load is refused; the certificate in force stays.
-    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(&files.cert, "not a certificate").unwrap();
     hangup(&relay);
     assert!(crate::support::wait_until(Duration::from_secs(5), || {
         relay.metric("relay_tls_reloads_refused_total") == 1

@@ -31,6 +31,22 @@ async fn client(server: SocketAddr, user: &str, pass: &str) -> Client {
     c
 }
 
+/// An allocation of `client` (within 5 s): the relayed connection.
+async fn allocate(client: &Client) -> impl Conn + use<> {
+    timeout(Duration::from_secs(5), client.allocate())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// The next datagram on `conn` (within 5 s) into `buf`: its length and source.
+async fn recv(conn: &impl Conn, buf: &mut [u8]) -> (usize, SocketAddr) {
+    timeout(Duration::from_secs(5), conn.recv_from(buf))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binding_request_returns_the_mapped_address() {
     let relay = RelayProcess::start(&["--allow-loopback-peers"]);
@@ -55,14 +71,8 @@ async fn two_clients_relay_both_ways_without_loss() {
     ]);
     let a = client(relay.udp, "alice", "wonderland").await;
     let b = client(relay.udp, "bob", "builder").await;
-    let a_conn = timeout(Duration::from_secs(5), a.allocate())
-        .await
-        .unwrap()
-        .unwrap();
-    let b_conn = timeout(Duration::from_secs(5), b.allocate())
-        .await
-        .unwrap()
-        .unwrap();
+    let a_conn = allocate(&a).await;
+    let b_conn = allocate(&b).await;
     let a_relayed = a_conn.local_addr().unwrap();
     let b_relayed = b_conn.local_addr().unwrap();
     assert_ne!(a_relayed, b_relayed);
@@ -73,28 +83,19 @@ async fn two_clients_relay_both_ways_without_loss() {
     b_conn.send_to(b"open", a_relayed).await.unwrap();
     a_conn.send_to(b"open", b_relayed).await.unwrap();
     let mut buf = vec![0u8; 1500];
-    let (n, from) = timeout(Duration::from_secs(5), b_conn.recv_from(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let (n, from) = recv(&b_conn, &mut buf).await;
     assert_eq!((&buf[..n], from), (&b"open"[..], a_relayed));
 
     const N: usize = 500;
     for i in 0..N {
         let msg = format!("a->b {i}");
         a_conn.send_to(msg.as_bytes(), b_relayed).await.unwrap();
-        let (n, from) = timeout(Duration::from_secs(5), b_conn.recv_from(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let (n, from) = recv(&b_conn, &mut buf).await;
         assert_eq!(from, a_relayed);
         // A stray "open" from the permission dance may arrive first.
         let got = String::from_utf8_lossy(&buf[..n]).into_owned();
         if got == "open" {
-            let (n, _) = timeout(Duration::from_secs(5), b_conn.recv_from(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
+            let (n, _) = recv(&b_conn, &mut buf).await;
             assert_eq!(String::from_utf8_lossy(&buf[..n]), msg);
         } else {
             assert_eq!(got, msg);
@@ -102,10 +103,7 @@ async fn two_clients_relay_both_ways_without_loss() {
         let reply = format!("b->a {i}");
         b_conn.send_to(reply.as_bytes(), a_relayed).await.unwrap();
         loop {
-            let (n, from) = timeout(Duration::from_secs(5), a_conn.recv_from(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
+            let (n, from) = recv(&a_conn, &mut buf).await;
             assert_eq!(from, b_relayed);
             let got = String::from_utf8_lossy(&buf[..n]).into_owned();
             if got != "open" {
@@ -134,26 +132,17 @@ async fn relays_to_and_from_a_plain_udp_peer() {
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
     let a = client(relay.udp, "alice", "wonderland").await;
-    let conn = timeout(Duration::from_secs(5), a.allocate())
-        .await
-        .unwrap()
-        .unwrap();
+    let conn = allocate(&a).await;
     let relayed = conn.local_addr().unwrap();
     let mut buf = vec![0u8; 1500];
     for i in 0..200 {
         let payload = vec![(i % 251) as u8; 100 + i];
         conn.send_to(&payload, peer_addr).await.unwrap();
-        let (n, from) = timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let (n, from) = recv(&peer, &mut buf).await;
         assert_eq!(from, relayed, "the peer sees the relayed address as source");
         assert_eq!(&buf[..n], &payload[..]);
         peer.send_to(&payload, relayed).await.unwrap();
-        let (n, from) = timeout(Duration::from_secs(5), conn.recv_from(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let (n, from) = recv(&conn, &mut buf).await;
         assert_eq!(from, peer_addr);
         assert_eq!(&buf[..n], &payload[..]);
     }

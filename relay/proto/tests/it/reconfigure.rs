@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use relay_proto::{ClientAction, LiveSettings, Method, RateLimit, channel_data};
+use relay_proto::{ClientAction, LiveSettings, RateLimit, channel_data};
 
 use crate::support::{Client, Harness, REST_SECRET, UNIX_T0, error_code, udp};
 
@@ -12,16 +12,6 @@ fn channel_data_packet(number: u16, payload: &[u8]) -> Vec<u8> {
     let mut header = [0u8; 4];
     channel_data::write_header(&mut header, number, payload.len() as u16);
     [&header[..], payload].concat()
-}
-
-/// A fresh client's Allocate after its challenge: the error code, or `None` on success.
-fn allocate_error(h: &mut Harness, client: &mut Client) -> Option<u16> {
-    let tid = client.next_tid();
-    let challenge = h.request(client.from, &client.allocate_request(tid));
-    client.learn_nonce(&challenge);
-    let tid = client.next_tid();
-    let resp = h.request(client.from, &client.allocate_request(tid));
-    error_code(&resp)
 }
 
 #[test]
@@ -35,8 +25,7 @@ fn new_secrets_lists_and_quotas_apply_at_once_and_allocations_relay_on() {
     );
     carol.allocate(&mut h);
     let peer: SocketAddr = "203.0.114.7:6000".parse().unwrap();
-    let resp = h.request(carol.from, &carol.channel_bind_request(0x4000, peer));
-    carol.verify_success(&resp, Method::ChannelBind);
+    carol.bind_channel(&mut h, 0x4000, peer);
 
     let mut live = LiveSettings::of(h.server.config());
     live.rest_secrets = vec![b"new-secret".to_vec()];
@@ -50,7 +39,7 @@ fn new_secrets_lists_and_quotas_apply_at_once_and_allocations_relay_on() {
 
     // The removed secret stops verifying, for a new client and on carol's next refresh.
     let mut old = Client::rest(udp("192.0.2.21:40000"), UNIX_T0 + 3600, "dave", REST_SECRET);
-    assert_eq!(allocate_error(&mut h, &mut old), Some(401));
+    assert_eq!(old.allocate_error(&mut h), Some(401));
     let resp = carol.transact(&mut h, |c| c.refresh_request(600));
     assert_eq!(error_code(&resp), Some(401));
     let mut new = Client::rest(

@@ -49,7 +49,7 @@ fn channel_data_packet(number: u16, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     let relay = alice.allocate(&mut h);
     assert_eq!(relay.ip().to_string(), "198.51.100.1");
     assert_eq!(h.server.stats().allocations, 1);
@@ -61,8 +61,7 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
     let p = peer("203.0.114.7:6000");
     let resp = h.request(alice.from, &alice.permission_request(&[p]));
     alice.verify_success(&resp, Method::CreatePermission);
-    let resp = h.request(alice.from, &alice.channel_bind_request(0x4000, p));
-    alice.verify_success(&resp, Method::ChannelBind);
+    alice.bind_channel(&mut h, 0x4000, p);
     assert_eq!(
         (h.server.stats().permissions, h.server.stats().channels),
         (1, 1)
@@ -136,21 +135,9 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
     assert_eq!((stats.packets_to_peer, stats.packets_to_client), (2, 2));
 
     // Refresh to 1200 s (capped at 3600, floored at the default 600).
-    let resp = h.request(alice.from, &alice.refresh_request(1200));
-    assert_eq!(
-        lifetime_of(&alice.verify_success(&resp, Method::Refresh)),
-        1200
-    );
-    let resp = h.request(alice.from, &alice.refresh_request(99_999));
-    assert_eq!(
-        lifetime_of(&alice.verify_success(&resp, Method::Refresh)),
-        3600
-    );
-    let resp = h.request(alice.from, &alice.refresh_request(60));
-    assert_eq!(
-        lifetime_of(&alice.verify_success(&resp, Method::Refresh)),
-        600
-    );
+    assert_eq!(alice.refresh(&mut h, 1200), 1200);
+    assert_eq!(alice.refresh(&mut h, 99_999), 3600);
+    assert_eq!(alice.refresh(&mut h, 60), 600);
 
     // After 300 s without refresh the permission is gone, so is relaying.
     h.advance(Duration::from_secs(301));
@@ -179,7 +166,7 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
 #[test]
 fn channel_bind_keeps_permission_and_channel_alive_while_refreshed() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     let relay = alice.allocate_handle(&mut h);
     let p = peer("203.0.114.7:6000");
     for _ in 0..4 {
@@ -200,7 +187,7 @@ fn channel_bind_keeps_permission_and_channel_alive_while_refreshed() {
 #[test]
 fn refresh_with_zero_lifetime_deletes_the_allocation() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     let relay = alice.allocate_handle(&mut h);
     let req = alice.refresh_request(0);
     assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
@@ -226,10 +213,9 @@ fn refresh_with_zero_lifetime_deletes_the_allocation() {
 #[test]
 fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     alice.allocate(&mut h);
-    let resp = h.request(alice.from, &alice.refresh_request(3600));
-    alice.verify_success(&resp, Method::Refresh);
+    alice.refresh(&mut h, 3600);
     h.advance(Duration::from_secs(601));
     let resp = h.request(alice.from, &alice.refresh_request(600));
     assert_eq!(error_code(&resp), Some(438));
@@ -238,20 +224,18 @@ fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
     let old = alice.nonce.clone();
     alice.learn_nonce(&resp);
     assert_ne!(alice.nonce, old);
-    let resp = h.request(alice.from, &alice.refresh_request(600));
-    alice.verify_success(&resp, Method::Refresh);
+    alice.refresh(&mut h, 600);
     assert_eq!(h.server.stats().stale_nonces, 1);
 }
 
 #[test]
 fn a_nonce_is_bound_to_the_client_ip() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     alice.allocate(&mut h);
     let mut thief = alice.clone();
     thief.from = udp("192.0.2.99:40000");
-    let tid = thief.next_tid();
-    let resp = h.request(thief.from, &thief.allocate_request(tid));
+    let resp = thief.allocate_once(&mut h);
     assert_eq!(error_code(&resp), Some(438));
 }
 
@@ -259,12 +243,10 @@ fn a_nonce_is_bound_to_the_client_ip() {
 fn wrong_password_and_unknown_user_get_401() {
     let mut h = Harness::new();
     let mut mallory = Client::new(udp("192.0.2.11:40000"), "alice", "wrong-pass");
-    let tid = mallory.next_tid();
-    let challenge = h.request(mallory.from, &mallory.allocate_request(tid));
+    let challenge = mallory.allocate_once(&mut h);
     assert_eq!(error_code(&challenge), Some(401));
     mallory.learn_nonce(&challenge);
-    let tid = mallory.next_tid();
-    let resp = h.request(mallory.from, &mallory.allocate_request(tid));
+    let resp = mallory.allocate_once(&mut h);
     assert_eq!(error_code(&resp), Some(401));
     // A 401 carries no MESSAGE-INTEGRITY and no reason phrase.
     let m = StunMessage::parse(&resp).unwrap();
@@ -279,8 +261,7 @@ fn wrong_password_and_unknown_user_get_401() {
     let mut nobody = Client::new(udp("192.0.2.12:40000"), "nobody", "x");
     nobody.nonce = mallory.nonce.clone();
     nobody.from = udp("192.0.2.11:40001");
-    let tid = nobody.next_tid();
-    let resp = h.request(nobody.from, &nobody.allocate_request(tid));
+    let resp = nobody.allocate_once(&mut h);
     assert_eq!(error_code(&resp), Some(401));
     assert_eq!(h.server.stats().auth_failures, 2);
     assert_eq!(h.server.stats().allocations, 0);
@@ -289,7 +270,7 @@ fn wrong_password_and_unknown_user_get_401() {
 #[test]
 fn another_users_credentials_on_an_allocation_get_441() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     alice.allocate(&mut h);
     let mut bob = Client::new(alice.from, "bob", "bob-pass");
     bob.nonce = alice.nonce.clone();
@@ -316,8 +297,7 @@ fn rest_credentials_verify_with_any_secret_and_expire() {
         REST_SECRET,
     );
     carol.allocate(&mut h);
-    let resp = h.request(carol.from, &carol.refresh_request(3600));
-    carol.verify_success(&resp, Method::Refresh);
+    carol.refresh(&mut h, 3600);
     let mut old = Client::rest(
         udp("192.0.2.21:40000"),
         UNIX_T0 + 3600,
@@ -328,20 +308,10 @@ fn rest_credentials_verify_with_any_secret_and_expire() {
     assert_eq!(h.server.stats().allocations, 2);
 
     let mut expired = Client::rest(udp("192.0.2.22:40000"), UNIX_T0 - 1, "erin", REST_SECRET);
-    let tid = expired.next_tid();
-    let challenge = h.request(expired.from, &expired.allocate_request(tid));
-    expired.learn_nonce(&challenge);
-    let tid = expired.next_tid();
-    let resp = h.request(expired.from, &expired.allocate_request(tid));
-    assert_eq!(error_code(&resp), Some(401));
+    assert_eq!(expired.allocate_error(&mut h), Some(401));
 
     let mut forged = Client::rest(udp("192.0.2.23:40000"), UNIX_T0 + 3600, "frank", b"guess");
-    let tid = forged.next_tid();
-    let challenge = h.request(forged.from, &forged.allocate_request(tid));
-    forged.learn_nonce(&challenge);
-    let tid = forged.next_tid();
-    let resp = h.request(forged.from, &forged.allocate_request(tid));
-    assert_eq!(error_code(&resp), Some(401));
+    assert_eq!(forged.allocate_error(&mut h), Some(401));
     assert_eq!(h.server.stats().auth_failures, 2);
 
     // A REST username that is valid now expires with time: later requests fail with 401.
@@ -355,7 +325,7 @@ fn rest_credentials_verify_with_any_secret_and_expire() {
 #[test]
 fn second_allocate_on_a_five_tuple_is_437_and_a_retransmission_is_answered_again() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     alice.allocate(&mut h);
     // Retransmission of the creating request (same transaction id) -> same success.
     let creating = TransactionId({
@@ -367,8 +337,7 @@ fn second_allocate_on_a_five_tuple_is_437_and_a_retransmission_is_answered_again
     let req = alice.allocate_request(creating);
     let resp = h.request(alice.from, &req);
     alice.verify_success(&resp, Method::Allocate);
-    let tid = alice.next_tid();
-    let resp = h.request(alice.from, &alice.allocate_request(tid));
+    let resp = alice.allocate_once(&mut h);
     assert_eq!(error_code(&resp), Some(437));
     assert_eq!(h.server.stats().allocation_mismatches, 1);
     assert_eq!(h.server.stats().allocations, 1);
@@ -399,11 +368,8 @@ fn eleventh_allocation_of_a_user_gets_486_across_shards() {
     assert_eq!(shared.allocations_of("alice"), 10);
     let h = &mut shards[1];
     let mut eleventh = Client::new(udp("192.0.2.30:42000"), "alice", "alice-pass");
-    let tid = eleventh.next_tid();
-    let challenge = h.request(eleventh.from, &eleventh.allocate_request(tid));
-    eleventh.learn_nonce(&challenge);
-    let tid = eleventh.next_tid();
-    let resp = h.request(eleventh.from, &eleventh.allocate_request(tid));
+    eleventh.fetch_nonce(h);
+    let resp = eleventh.allocate_once(h);
     assert_eq!(error_code(&resp), Some(486));
     assert!(
         StunMessage::parse(&resp)
@@ -427,42 +393,30 @@ fn eleventh_allocation_of_a_user_gets_486_across_shards() {
 
 #[test]
 fn rest_users_count_against_the_user_part_of_the_username() {
-    let t0 = std::time::Instant::now();
-    let mut cfg = config(t0);
-    cfg.quotas.allocations_per_user = 1;
-    let mut h = Harness::with_config(t0, cfg);
+    let mut h = Harness::configured(|cfg| {
+        cfg.quotas.allocations_per_user = 1;
+    });
     let mut a = Client::rest(udp("192.0.2.40:40000"), UNIX_T0 + 100, "gina", REST_SECRET);
     a.allocate(&mut h);
     let mut b = Client::rest(udp("192.0.2.40:40001"), UNIX_T0 + 200, "gina", REST_SECRET);
-    let tid = b.next_tid();
-    let challenge = h.request(b.from, &b.allocate_request(tid));
-    b.learn_nonce(&challenge);
-    let tid = b.next_tid();
-    let resp = h.request(b.from, &b.allocate_request(tid));
-    assert_eq!(error_code(&resp), Some(486));
+    assert_eq!(b.allocate_error(&mut h), Some(486));
 }
 
 #[test]
 fn total_allocation_quota_gets_486() {
-    let t0 = std::time::Instant::now();
-    let mut cfg = config(t0);
-    cfg.quotas.total_allocations = 1;
-    let mut h = Harness::with_config(t0, cfg);
+    let mut h = Harness::configured(|cfg| {
+        cfg.quotas.total_allocations = 1;
+    });
     Client::new(udp("192.0.2.40:40000"), "alice", "alice-pass").allocate(&mut h);
     let mut bob = Client::new(udp("192.0.2.41:40000"), "bob", "bob-pass");
-    let tid = bob.next_tid();
-    let challenge = h.request(bob.from, &bob.allocate_request(tid));
-    bob.learn_nonce(&challenge);
-    let tid = bob.next_tid();
-    let resp = h.request(bob.from, &bob.allocate_request(tid));
-    assert_eq!(error_code(&resp), Some(486));
+    assert_eq!(bob.allocate_error(&mut h), Some(486));
     assert_eq!(h.server.stats().quota(QuotaKind::TotalAllocations), 1);
 }
 
 #[test]
 fn draining_refuses_new_allocations_but_keeps_existing_ones() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     let relay = alice.allocate_handle(&mut h);
     let p = peer("203.0.114.7:6000");
     h.request(alice.from, &alice.channel_bind_request(0x4000, p));
@@ -470,12 +424,7 @@ fn draining_refuses_new_allocations_but_keeps_existing_ones() {
     assert!(h.server.is_draining());
 
     let mut bob = Client::new(udp("192.0.2.11:40000"), "bob", "bob-pass");
-    let tid = bob.next_tid();
-    let challenge = h.request(bob.from, &bob.allocate_request(tid));
-    bob.learn_nonce(&challenge);
-    let tid = bob.next_tid();
-    let resp = h.request(bob.from, &bob.allocate_request(tid));
-    assert_eq!(error_code(&resp), Some(508));
+    assert_eq!(bob.allocate_error(&mut h), Some(508));
 
     // The existing allocation still relays and refreshes.
     assert!(matches!(
@@ -484,8 +433,7 @@ fn draining_refuses_new_allocations_but_keeps_existing_ones() {
     ));
     let (action, _) = from_peer(&mut h, relay, p, b"y");
     assert!(matches!(action, PeerAction::ToClient { .. }));
-    let resp = h.request(alice.from, &alice.refresh_request(600));
-    alice.verify_success(&resp, Method::Refresh);
+    alice.refresh(&mut h, 600);
 
     h.server.set_draining(false);
     bob.allocate(&mut h);
@@ -494,7 +442,7 @@ fn draining_refuses_new_allocations_but_keeps_existing_ones() {
 #[test]
 fn denied_peers_get_403_in_every_encoding() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     alice.allocate(&mut h);
     for p in [
         "127.0.0.1:5000",
@@ -543,12 +491,11 @@ fn denied_peers_get_403_in_every_encoding() {
 
 #[test]
 fn own_listening_address_is_never_a_peer() {
-    let t0 = std::time::Instant::now();
-    let mut cfg = config(t0);
-    cfg.policy.allow = vec!["198.51.100.0/24".parse().unwrap()];
-    cfg.policy.relay_ports = 50000..=50100;
-    let mut h = Harness::with_config(t0, cfg);
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut h = Harness::configured(|cfg| {
+        cfg.policy.allow = vec!["198.51.100.0/24".parse().unwrap()];
+        cfg.policy.relay_ports = 50000..=50100;
+    });
+    let mut alice = Client::alice();
     let relay = alice.allocate(&mut h);
     // The listener (learned from the 5-tuple) and a non-relay port of our IP are refused...
     let resp = h.request(
@@ -562,24 +509,18 @@ fn own_listening_address_is_never_a_peer() {
     );
     assert_eq!(error_code(&resp), Some(403));
     // ...while another relay address of this server (relay-to-relay) is fine.
-    let resp = h.request(alice.from, &alice.channel_bind_request(0x4000, relay));
-    alice.verify_success(&resp, Method::ChannelBind);
+    alice.bind_channel(&mut h, 0x4000, relay);
     assert_eq!(h.server.stats().denied(DenyReason::OwnAddress), 2);
 }
 
 #[test]
 fn loopback_peers_need_the_opt_in() {
-    let t0 = std::time::Instant::now();
-    let mut cfg = config(t0);
-    cfg.policy.allow_loopback_peers = true;
-    let mut h = Harness::with_config(t0, cfg);
+    let mut h = Harness::configured(|cfg| {
+        cfg.policy.allow_loopback_peers = true;
+    });
     let mut alice = Client::new(udp("127.0.0.1:40000"), "alice", "alice-pass");
     alice.allocate(&mut h);
-    let resp = h.request(
-        alice.from,
-        &alice.channel_bind_request(0x4000, peer("127.0.0.1:3480")),
-    );
-    alice.verify_success(&resp, Method::ChannelBind);
+    alice.bind_channel(&mut h, 0x4000, peer("127.0.0.1:3480"));
     let resp = h.request(alice.from, &alice.permission_request(&[peer("0.0.0.0:1")]));
     assert_eq!(error_code(&resp), Some(403));
 }
@@ -587,20 +528,12 @@ fn loopback_peers_need_the_opt_in() {
 #[test]
 fn channel_bind_rules() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     alice.allocate(&mut h);
     let (p1, p2) = (peer("203.0.114.1:1"), peer("203.0.114.2:2"));
-    {
-        let req = alice.channel_bind_request(0x4000, p1);
-        let resp = h.request(alice.from, &req);
-        alice.verify_success(&resp, Method::ChannelBind);
-    }
+    alice.bind_channel(&mut h, 0x4000, p1);
     // Rebinding the same pair refreshes.
-    {
-        let req = alice.channel_bind_request(0x4000, p1);
-        let resp = h.request(alice.from, &req);
-        alice.verify_success(&resp, Method::ChannelBind);
-    }
+    alice.bind_channel(&mut h, 0x4000, p1);
     // The number to another peer, or the peer to another number: 400.
     assert_eq!(
         error_code(&h.request(alice.from, &alice.channel_bind_request(0x4000, p2))),
@@ -620,8 +553,7 @@ fn channel_bind_rules() {
         Some(400)
     );
     // After expiry the number stays reserved for 5 minutes, then can be reused.
-    let resp = h.request(alice.from, &alice.refresh_request(3600));
-    alice.verify_success(&resp, Method::Refresh);
+    alice.refresh(&mut h, 3600);
     h.advance(Duration::from_secs(601));
     assert_eq!(h.server.stats().channels, 0);
     let resp = alice.transact(&mut h, |c| c.channel_bind_request(0x4000, p2));
@@ -634,12 +566,11 @@ fn channel_bind_rules() {
 
 #[test]
 fn channel_and_permission_quotas_get_508() {
-    let t0 = std::time::Instant::now();
-    let mut cfg = config(t0);
-    cfg.quotas.permissions_per_allocation = 2;
-    cfg.quotas.channels_per_allocation = 1;
-    let mut h = Harness::with_config(t0, cfg);
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut h = Harness::configured(|cfg| {
+        cfg.quotas.permissions_per_allocation = 2;
+        cfg.quotas.channels_per_allocation = 1;
+    });
+    let mut alice = Client::alice();
     alice.allocate(&mut h);
     let resp = h.request(
         alice.from,
@@ -651,11 +582,7 @@ fn channel_and_permission_quotas_get_508() {
         &alice.permission_request(&[peer("203.0.114.3:1")]),
     );
     assert_eq!(error_code(&resp), Some(508));
-    {
-        let req = alice.channel_bind_request(0x4000, peer("203.0.114.1:1"));
-        let resp = h.request(alice.from, &req);
-        alice.verify_success(&resp, Method::ChannelBind);
-    }
+    alice.bind_channel(&mut h, 0x4000, peer("203.0.114.1:1"));
     let resp = h.request(
         alice.from,
         &alice.channel_bind_request(0x4001, peer("203.0.114.2:1")),
@@ -668,10 +595,8 @@ fn channel_and_permission_quotas_get_508() {
 #[test]
 fn allocate_errors_400_420_440_442_508() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
-    let tid = alice.next_tid();
-    let challenge = h.request(alice.from, &alice.allocate_request(tid));
-    alice.learn_nonce(&challenge);
+    let mut alice = Client::alice();
+    alice.fetch_nonce(&mut h);
 
     let tid = alice.next_tid();
     let req = alice.build(Method::Allocate, tid, |b| {
@@ -743,7 +668,7 @@ fn allocate_errors_400_420_440_442_508() {
 #[test]
 fn requests_without_a_full_credential_set_get_400_and_other_methods_without_allocation_437() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     alice.allocate(&mut h);
     let mut b = MessageBuilder::new(Method::Refresh, Class::Request, TransactionId([5; 12]));
     b.add(attributes::USERNAME, b"alice")
@@ -761,10 +686,9 @@ fn requests_without_a_full_credential_set_get_400_and_other_methods_without_allo
 
 #[test]
 fn binding_response_is_minimal_and_never_larger_than_the_request() {
-    let t0 = std::time::Instant::now();
-    let mut cfg = config(t0);
-    cfg.software = Some("relay test".to_owned());
-    let mut h = Harness::with_config(t0, cfg);
+    let mut h = Harness::configured(|cfg| {
+        cfg.software = Some("relay test".to_owned());
+    });
     let from = udp("192.0.2.50:40000");
     for padding in [0usize, 4, 8, 12, 24, 64] {
         let mut b = MessageBuilder::new(Method::Binding, Class::Request, TransactionId([9; 12]));
@@ -848,10 +772,9 @@ fn the_amplification_credit_is_one_for_every_shard_sharing_the_quotas() {
 
 #[test]
 fn unsupported_methods_are_dropped_and_unauthenticated_udp_bytes_stay_within_the_allowance() {
-    let t0 = std::time::Instant::now();
-    let mut cfg = config(t0);
-    cfg.quotas.amplification_allowance = Some(300);
-    let mut h = Harness::with_config(t0, cfg);
+    let mut h = Harness::configured(|cfg| {
+        cfg.quotas.amplification_allowance = Some(300);
+    });
     let from = udp("192.0.2.90:40000");
     // RFC 8489 section 6.3: an unsupported method, or Send as a request: silently discarded.
     for method in [0x0ff, Method::Send.code(), Method::Data.code()] {
@@ -921,9 +844,7 @@ fn relay_handles_name_sockets_both_ways_and_are_never_reused_as_is() {
         "alice",
         "alice-pass",
     );
-    let tid = alice.next_tid();
-    let challenge = h.request(alice.from, &alice.allocate_request(tid));
-    alice.learn_nonce(&challenge);
+    alice.fetch_nonce(&mut h);
     let tid = alice.next_tid();
     assert_eq!(
         h.send(alice.from, &alice.allocate_request(tid)),
@@ -972,11 +893,7 @@ fn stream_clients_get_padded_channel_data() {
     );
     let relay = alice.allocate_handle(&mut h);
     let p = peer("203.0.114.7:6000");
-    {
-        let req = alice.channel_bind_request(0x4000, p);
-        let resp = h.request(alice.from, &req);
-        alice.verify_success(&resp, Method::ChannelBind);
-    }
+    alice.bind_channel(&mut h, 0x4000, p);
     // Padded ChannelData from the client (stream framing) is accepted.
     let mut packet = channel_data_packet(0x4000, b"abcde");
     packet.extend_from_slice(&[0, 0, 0]);
@@ -1012,17 +929,16 @@ fn stream_clients_get_padded_channel_data() {
 
 #[test]
 fn unauthenticated_and_401_rate_limits_per_source_ip() {
-    let t0 = std::time::Instant::now();
-    let mut cfg = config(t0);
-    cfg.quotas.unauthenticated_per_ip = Some(RateLimit {
-        per_second: 1,
-        burst: 5,
+    let mut h = Harness::configured(|cfg| {
+        cfg.quotas.unauthenticated_per_ip = Some(RateLimit {
+            per_second: 1,
+            burst: 5,
+        });
+        cfg.quotas.unauthorized_per_ip = Some(RateLimit {
+            per_second: 1,
+            burst: 2,
+        });
     });
-    cfg.quotas.unauthorized_per_ip = Some(RateLimit {
-        per_second: 1,
-        burst: 2,
-    });
-    let mut h = Harness::with_config(t0, cfg);
     let from = udp("192.0.2.70:40000");
     let binding =
         MessageBuilder::new(Method::Binding, Class::Request, TransactionId([1; 12])).finish();
@@ -1046,9 +962,7 @@ fn unauthenticated_and_401_rate_limits_per_source_ip() {
 
     // 401s: wrong password repeatedly from one IP.
     let mut mallory = Client::new(udp("192.0.2.72:40000"), "alice", "bad");
-    let tid = mallory.next_tid();
-    let challenge = h.request(mallory.from, &mallory.allocate_request(tid));
-    mallory.learn_nonce(&challenge);
+    mallory.fetch_nonce(&mut h);
     let mut answered = 0;
     for _ in 0..10 {
         let tid = mallory.next_tid();
@@ -1066,15 +980,14 @@ fn unauthenticated_and_401_rate_limits_per_source_ip() {
 #[test]
 fn challenges_answered_with_valid_credentials_do_not_use_up_the_ip_limits() {
     // The strictest limits: 2 challenges at once, 1 per second, per source IP.
-    let t0 = std::time::Instant::now();
-    let mut cfg = config(t0);
-    let strict = Some(RateLimit {
-        per_second: 1,
-        burst: 2,
+    let mut h = Harness::configured(|cfg| {
+        let strict = Some(RateLimit {
+            per_second: 1,
+            burst: 2,
+        });
+        cfg.quotas.unauthenticated_per_ip = strict;
+        cfg.quotas.unauthorized_per_ip = strict;
     });
-    cfg.quotas.unauthenticated_per_ip = strict;
-    cfg.quotas.unauthorized_per_ip = strict;
-    let mut h = Harness::with_config(t0, cfg);
     // Hundreds of fresh clients behind one NAT IP, at the same instant: each gets its 401,
     // authenticates, allocates and deletes (the peer SDK's connect benchmark on loopback).
     for i in 0..300u16 {
@@ -1117,7 +1030,7 @@ fn challenges_answered_with_valid_credentials_do_not_use_up_the_ip_limits() {
 #[test]
 fn garbage_flood_does_not_disturb_a_live_allocation() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     let relay = alice.allocate_handle(&mut h);
     let p = peer("203.0.114.7:6000");
     h.request(alice.from, &alice.channel_bind_request(0x4000, p));
@@ -1155,11 +1068,11 @@ fn garbage_flood_does_not_disturb_a_live_allocation() {
 
 #[test]
 fn external_ip_is_advertised_and_peer_packets_use_the_local_address() {
-    let t0 = std::time::Instant::now();
-    let mut cfg = config(t0);
-    cfg.external_ips = vec![relay_proto::ExternalIp::parse("203.0.114.200/198.51.100.1").unwrap()];
-    let mut h = Harness::with_config(t0, cfg);
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut h = Harness::configured(|cfg| {
+        cfg.external_ips =
+            vec![relay_proto::ExternalIp::parse("203.0.114.200/198.51.100.1").unwrap()];
+    });
+    let mut alice = Client::alice();
     let advertised = alice.allocate(&mut h);
     assert_eq!(advertised.ip().to_string(), "203.0.114.200");
     let local = h.server.relay_address_of(&alice.from).unwrap();
@@ -1169,17 +1082,16 @@ fn external_ip_is_advertised_and_peer_packets_use_the_local_address() {
 
 #[test]
 fn bandwidth_quota_drops_excess() {
-    let t0 = std::time::Instant::now();
-    let mut cfg = config(t0);
-    cfg.quotas = Quotas {
-        bandwidth_per_allocation: Some(RateLimit {
-            per_second: 1000,
-            burst: 1000,
-        }),
-        ..cfg.quotas
-    };
-    let mut h = Harness::with_config(t0, cfg);
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut h = Harness::configured(|cfg| {
+        cfg.quotas = Quotas {
+            bandwidth_per_allocation: Some(RateLimit {
+                per_second: 1000,
+                burst: 1000,
+            }),
+            ..cfg.quotas
+        };
+    });
+    let mut alice = Client::alice();
     alice.allocate(&mut h);
     h.request(
         alice.from,
@@ -1196,7 +1108,7 @@ fn bandwidth_quota_drops_excess() {
 #[test]
 fn an_expired_allocation_not_yet_swept_does_not_block_a_new_one() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     let first = alice.allocate(&mut h);
     // Time passes without handle_timeout (the I/O layer was busy): lazy checks apply.
     h.now += Duration::from_secs(601);
@@ -1214,7 +1126,7 @@ fn an_expired_allocation_not_yet_swept_does_not_block_a_new_one() {
 #[test]
 fn send_failures_are_counted_and_keep_the_allocation() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice();
     alice.allocate(&mut h);
     h.server.record_send_failure();
     assert_eq!(h.server.stats().send_failures, 1);
@@ -1267,10 +1179,8 @@ fn a_tcp_byte_stream_split_by_stream_frame_len_drives_the_server() {
 #[test]
 fn even_port_is_passed_to_the_io_layer_as_a_hint() {
     let mut h = Harness::new();
-    let mut alice = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
-    let tid = alice.next_tid();
-    let challenge = h.request(alice.from, &alice.allocate_request(tid));
-    alice.learn_nonce(&challenge);
+    let mut alice = Client::alice();
+    alice.fetch_nonce(&mut h);
     let tid = alice.next_tid();
     let req = alice.build(Method::Allocate, tid, |b| {
         b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
@@ -1294,10 +1204,8 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
     let shared = std::sync::Arc::new(SharedQuotas::new());
     h.server = Server::with_shared_quotas(cfg.clone(), shared.clone());
     let mut other_shard = Server::with_shared_quotas(cfg, shared);
-    let mut rtp = Client::new(udp("192.0.2.10:40000"), "alice", "alice-pass");
-    let tid = rtp.next_tid();
-    let challenge = h.request(rtp.from, &rtp.allocate_request(tid));
-    rtp.learn_nonce(&challenge);
+    let mut rtp = Client::alice();
+    rtp.fetch_nonce(&mut h);
     let tid = rtp.next_tid();
     let req = rtp.build(Method::Allocate, tid, |b| {
         b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])

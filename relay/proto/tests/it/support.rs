@@ -66,6 +66,14 @@ impl Harness {
         Self::with_config(t0, config(t0))
     }
 
+    /// A harness on `config` as changed by `change`.
+    pub(crate) fn configured(change: impl FnOnce(&mut ServerConfig)) -> Self {
+        let t0 = Instant::now();
+        let mut config = config(t0);
+        change(&mut config);
+        Self::with_config(t0, config)
+    }
+
     pub(crate) fn with_config(t0: Instant, config: ServerConfig) -> Self {
         Self {
             server: Server::new(config),
@@ -128,6 +136,11 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    /// alice/alice-pass from 192.0.2.10:40000: the client most scenarios start with.
+    pub(crate) fn alice() -> Self {
+        Self::new(udp("192.0.2.10:40000"), "alice", "alice-pass")
+    }
+
     pub(crate) fn new(from: FiveTuple, username: &str, password: &str) -> Self {
         Self {
             from,
@@ -194,6 +207,27 @@ impl Client {
         self.nonce = Some(String::from_utf8(nonce.to_vec()).unwrap());
     }
 
+    /// Send one Allocate (with credentials once a nonce is known) and return the response;
+    /// nothing is bound, so it must be an error (a success would queue a `BindRelay`).
+    pub(crate) fn allocate_once(&mut self, h: &mut Harness) -> Vec<u8> {
+        let tid = self.next_tid();
+        h.request(self.from, &self.allocate_request(tid))
+    }
+
+    /// Send an Allocate and learn the NONCE of the challenge (401 or 438) it draws; returns
+    /// that challenge.
+    pub(crate) fn fetch_nonce(&mut self, h: &mut Harness) -> Vec<u8> {
+        let challenge = self.allocate_once(h);
+        self.learn_nonce(&challenge);
+        challenge
+    }
+
+    /// The error code of a fresh client's authenticated Allocate, sent after its challenge.
+    pub(crate) fn allocate_error(&mut self, h: &mut Harness) -> Option<u16> {
+        self.fetch_nonce(h);
+        error_code(&self.allocate_once(h))
+    }
+
     pub(crate) fn allocate_request(&mut self, tid: TransactionId) -> Vec<u8> {
         self.build(Method::Allocate, tid, |b| {
             b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
@@ -233,6 +267,18 @@ impl Client {
         b.finish()
     }
 
+    /// A ChannelBind of `number` to `peer` that must succeed.
+    pub(crate) fn bind_channel(&mut self, h: &mut Harness, number: u16, peer: SocketAddr) {
+        let resp = h.request(self.from, &self.channel_bind_request(number, peer));
+        self.verify_success(&resp, Method::ChannelBind);
+    }
+
+    /// A Refresh asking for `lifetime` that must succeed; returns the LIFETIME granted.
+    pub(crate) fn refresh(&mut self, h: &mut Harness, lifetime: u32) -> u32 {
+        let resp = h.request(self.from, &self.refresh_request(lifetime));
+        lifetime_of(&self.verify_success(&resp, Method::Refresh))
+    }
+
     /// Full allocation: 401 challenge, authenticated Allocate, relay bind. Returns the
     /// XOR-RELAYED-ADDRESS.
     pub(crate) fn allocate(&mut self, h: &mut Harness) -> SocketAddr {
@@ -250,8 +296,7 @@ impl Client {
 
     pub(crate) fn allocate_family(&mut self, h: &mut Harness, family: AddressFamily) -> SocketAddr {
         if self.nonce.is_none() {
-            let tid = self.next_tid();
-            let challenge = h.request(self.from, &self.allocate_request(tid));
+            let challenge = self.allocate_once(h);
             assert_eq!(error_code(&challenge), Some(401));
             self.learn_nonce(&challenge);
         }
