@@ -10,6 +10,7 @@ use signaling::protocol::{
 };
 
 use crate::http_client::{self, Event, Sse};
+use crate::limits::SLOW_CONSUMER_ARGS;
 use crate::support::{Client, STEP, Server};
 
 fn offer(n: u32) -> Signal {
@@ -36,6 +37,15 @@ fn offer_number(frame: &ServerFrame) -> u32 {
         } => sdp.rsplit('#').next().unwrap().parse().unwrap(),
         other => panic!("expected a signal, got {other:?}"),
     }
+}
+
+/// Asserts that the body of `reply` is an error frame with `code`.
+fn assert_error_code(reply: &http_client::Reply, code: ErrorCode) {
+    assert!(
+        matches!(reply.error().message, ServerMessage::Error { code: got, .. } if got == code),
+        "{}",
+        reply.body
+    );
 }
 
 fn welcome_peer(frame: &ServerFrame) -> PeerId {
@@ -260,17 +270,7 @@ async fn sends_obey_the_message_rate_and_the_frame_size_limit() {
     // The burst is spent: nothing of the next send is handled.
     let reply = http_client::send(server.addr, &a, std::slice::from_ref(&ping)).await;
     assert_eq!(reply.status, 429);
-    assert!(
-        matches!(
-            reply.error().message,
-            ServerMessage::Error {
-                code: ErrorCode::RateLimited,
-                ..
-            }
-        ),
-        "{}",
-        reply.body
-    );
+    assert_error_code(&reply, ErrorCode::RateLimited);
     // More frames than the burst can never pass.
     let reply = http_client::send(server.addr, &a, &vec![ping.clone(); 11]).await;
     assert_eq!(reply.status, 413);
@@ -278,17 +278,7 @@ async fn sends_obey_the_message_rate_and_the_frame_size_limit() {
     let big = format!(r#"{{"type":"broadcast","data":"{}"}}"#, "x".repeat(4096));
     let reply = http_client::post(server.addr, &format!("/http/send?session={a}"), &big).await;
     assert_eq!(reply.status, 413);
-    assert!(
-        matches!(
-            reply.error().message,
-            ServerMessage::Error {
-                code: ErrorCode::MessageTooLarge,
-                ..
-            }
-        ),
-        "{}",
-        reply.body
-    );
+    assert_error_code(&reply, ErrorCode::MessageTooLarge);
     // One bad frame: none is handled, and the error names it.
     let reply = http_client::post(
         server.addr,
@@ -499,22 +489,7 @@ async fn an_idle_sse_stream_gets_keep_alive_comments() {
 
 #[tokio::test]
 async fn an_sse_reader_that_stops_reading_is_cut_off_not_buffered() {
-    let server = Server::start(&[
-        "--outbound-queue",
-        "4",
-        "--rate-limit",
-        "10000",
-        "--rate-burst",
-        "10000",
-        "--replay-max-messages",
-        "100000",
-        "--replay-max-bytes",
-        "100000000",
-        "--ping-interval",
-        "200ms",
-        "--ping-timeout",
-        "1s",
-    ]);
+    let server = Server::start(SLOW_CONSUMER_ARGS);
     let (mut a, _) = Client::join(&server.ws("/ws/slow-sse"), None).await;
     let b = http_client::open(server.next_addr(), "slow-sse", &http_client::join("B"))
         .await
@@ -557,17 +532,7 @@ async fn an_sse_reader_that_stops_reading_is_cut_off_not_buffered() {
     let reply =
         http_client::send(server.next_addr(), &b, &[ClientMessage::Ping { id: None }]).await;
     assert_eq!(reply.status, 410);
-    assert!(
-        matches!(
-            reply.error().message,
-            ServerMessage::Error {
-                code: ErrorCode::SlowConsumer,
-                ..
-            }
-        ),
-        "{}",
-        reply.body
-    );
+    assert_error_code(&reply, ErrorCode::SlowConsumer);
 }
 
 #[tokio::test]
