@@ -42,7 +42,9 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{Ws, cpu_seconds, make_signal, percentile, raise_fd_limit, send, timestamp_of};
+use common::{
+    Ws, cpu_seconds, make_signal, percentile, raise_fd_limit, send, spawn_server, timestamp_of,
+};
 
 #[path = "../../tests/src/signaling_http.rs"]
 mod signaling_http;
@@ -159,7 +161,6 @@ impl Drop for Server {
 
 impl Server {
     fn start(args: &Args) -> Self {
-        use std::io::BufRead as _;
         // Room for every session, stream, keep-alive connection and in-flight open.
         let max = (4 * args.idle + 8 * args.pairs + 1_000).to_string();
         let poll_timeout = format!("{}s", args.poll_timeout_s);
@@ -186,24 +187,8 @@ impl Server {
             }
         }
         command.args(&args.server_args);
-        let mut child = command
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("spawn the signaling server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("server exited before printing its address")
-                .expect("read stdout");
-            if let Some(addr) = line.strip_prefix("listening on http://") {
-                break addr.parse().expect("server address");
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let (child, addr) = spawn_server(command);
+        let addr = addr.parse().expect("server address");
         Self {
             pid: child.id(),
             child,

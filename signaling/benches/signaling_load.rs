@@ -36,7 +36,9 @@ use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{Ws, cpu_seconds, make_signal, percentile, raise_fd_limit, send, timestamp_of};
+use common::{
+    Ws, cpu_seconds, make_signal, percentile, raise_fd_limit, send, spawn_server, timestamp_of,
+};
 
 #[path = "../../tests/src/redis.rs"]
 mod redis;
@@ -153,7 +155,6 @@ impl Servers {
 }
 
 fn spawn_node(args: &Args, redis: Option<String>) -> ServerProcess {
-    use std::io::BufRead as _;
     let max = (args.connections + 1000).to_string();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"));
     command.args([
@@ -182,24 +183,7 @@ fn spawn_node(args: &Args, redis: Option<String>) -> ServerProcess {
         // look dead.
         command.args(["--redis", &redis]);
     }
-    let mut child = command
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn the signaling server");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server exited before printing its address")
-            .expect("read stdout");
-        if let Some(addr) = line.strip_prefix("listening on http://") {
-            break addr.to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (child, addr) = spawn_server(command);
     ServerProcess {
         pid: child.id(),
         child: Some(child),

@@ -1,7 +1,10 @@
-//! What the signaling benchmarks share: the process limits and readings, the WebSocket
+//! What the signaling benchmarks share: the server process, its limits and readings, the WebSocket
 //! client (configuration, connect, join), and the signal mix with its embedded send timestamp.
 
 #![allow(dead_code)] // Each benchmark uses its own share.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
 
 use futures_util::{Sink, SinkExt as _, StreamExt as _};
 use signaling::protocol::{
@@ -39,6 +42,31 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 / hz
+}
+
+/// Spawns the signaling server of `command` (logging at `warn`, stderr inherited) and reads its
+/// stdout up to `listening on http://HOST:PORT`: the child and that `HOST:PORT`. The rest of its
+/// stdout is drained on a thread.
+pub(crate) fn spawn_server(mut command: Command) -> (Child, String) {
+    let mut child = command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the signaling server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before printing its address")
+            .expect("read stdout");
+        if let Some(addr) = line.strip_prefix("listening on http://") {
+            break addr.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
 }
 
 pub(crate) fn client_config() -> WebSocketConfig {
