@@ -10,7 +10,7 @@ use signaling::protocol::{
 };
 
 use crate::http_client::{self, Event, Sse};
-use crate::limits::SLOW_CONSUMER_ARGS;
+use crate::limits::{SLOW_CONSUMER_ARGS, flood_until_cut_off};
 use crate::support::{Client, STEP, Server};
 
 fn offer(n: u32) -> Signal {
@@ -499,27 +499,10 @@ async fn an_sse_reader_that_stops_reading_is_cut_off_not_buffered() {
     let ServerMessage::PeerJoined { peer } = a.recv_message().await else {
         panic!("expected peer_joined");
     };
-    let blob = "y".repeat(30_000);
-    let mut ended = false;
-    for _ in 0..2000 {
-        a.send(&ClientMessage::Broadcast {
-            id: None,
-            data: serde_json::Value::String(blob.clone()),
-        })
-        .await;
-        if let Some(frame) = a.recv_within(Duration::from_millis(1)).await {
-            assert_eq!(
-                frame.message,
-                ServerMessage::PeerLeft {
-                    peer_id: peer.id.clone(),
-                    reason: LeaveReason::Ended
-                }
-            );
-            ended = true;
-            break;
-        }
-    }
-    assert!(ended, "the stalled SSE reader was never cut off");
+    assert!(
+        flood_until_cut_off(&mut a, &peer.id).await,
+        "the stalled SSE reader was never cut off"
+    );
     // Its stream is dropped within the write timeout, and its token is dead.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while server.metric("signaling_connections").await > 1 {

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, ServerMessage, SessionInfo};
+use signaling::protocol::{
+    ClientMessage, ErrorCode, LeaveReason, PeerId, ServerMessage, SessionInfo,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::basic::{candidate, expect_signal, signal};
@@ -256,6 +258,26 @@ pub(crate) const SLOW_CONSUMER_ARGS: &[&str] = &[
     "1s",
 ];
 
+/// Broadcasts 30 KB from `sender` (2000 times at most) until a frame comes back to it, which
+/// must say that `peer` ended: whether one came.
+pub(crate) async fn flood_until_cut_off(sender: &mut Client, peer: &PeerId) -> bool {
+    let blob = "y".repeat(30_000);
+    for _ in 0..2000 {
+        broadcast(sender, &blob).await;
+        if let Some(frame) = sender.recv_within(Duration::from_millis(1)).await {
+            assert_eq!(
+                frame.message,
+                ServerMessage::PeerLeft {
+                    peer_id: peer.clone(),
+                    reason: LeaveReason::Ended
+                }
+            );
+            return true;
+        }
+    }
+    false
+}
+
 #[tokio::test]
 async fn a_slow_consumer_is_cut_off_not_buffered() {
     let server = Server::start(SLOW_CONSUMER_ARGS);
@@ -263,27 +285,10 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
     // B joins, then never reads again.
     let (_b, b_info) = Client::join(&server.ws("/ws/slow"), None).await;
     let _ = a.recv_message().await;
-    let blob = "y".repeat(30_000);
-    let mut ended = false;
-    for _ in 0..2000 {
-        a.send(&ClientMessage::Broadcast {
-            id: None,
-            data: serde_json::Value::String(blob.clone()),
-        })
-        .await;
-        if let Some(frame) = a.recv_within(Duration::from_millis(1)).await {
-            match frame.message {
-                ServerMessage::PeerLeft { peer_id, reason } => {
-                    assert_eq!(peer_id, b_info.peer_id);
-                    assert_eq!(reason, LeaveReason::Ended);
-                    ended = true;
-                    break;
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-    assert!(ended, "the slow consumer was never cut off");
+    assert!(
+        flood_until_cut_off(&mut a, &b_info.peer_id).await,
+        "the slow consumer was never cut off"
+    );
     // Counted by the node that cut it off (in a cluster, maybe a moment after A heard of it).
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     let slow = "signaling_errors_total{code=\"slow_consumer\"}";
