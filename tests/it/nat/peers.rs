@@ -128,13 +128,10 @@ fn symmetric_nats_without_turn_find_no_direct_path() {
     // Both must have met through signaling and started ICE (negotiation done), or "no
     // connection" would prove nothing.
     let checking = |p: &mut PeerCli| {
-        p.proc
-            .wait_stdout(CONNECT_TIMEOUT, |line| {
-                serde_json::from_str::<Value>(line)
-                    .ok()
-                    .filter(|e| e["event"] == "connection-state" && e["state"] == "connecting")
-            })
-            .is_some()
+        p.wait_json(CONNECT_TIMEOUT, |e| {
+            e["event"] == "connection-state" && e["state"] == "connecting"
+        })
+        .is_some()
     };
     let met = checking(&mut a) && checking(&mut b);
     assert!(
@@ -286,34 +283,31 @@ impl PeerCli {
         self.events().iter().any(|e| e["event"] == name)
     }
 
-    /// Waits for the first event called `name`.
-    fn wait_event(&mut self, timeout: Duration, name: &str) -> Option<Value> {
+    /// Waits for the first JSON event that `wanted` accepts.
+    fn wait_json(&mut self, timeout: Duration, wanted: impl Fn(&Value) -> bool) -> Option<Value> {
         self.proc.wait_stdout(timeout, |line| {
             serde_json::from_str::<Value>(line)
                 .ok()
-                .filter(|e| e["event"] == name)
+                .filter(|e| wanted(e))
         })
+    }
+
+    /// Waits for the first event called `name`.
+    fn wait_event(&mut self, timeout: Duration, name: &str) -> Option<Value> {
+        self.wait_json(timeout, |e| e["event"] == name)
     }
 
     /// Waits for the reliable data channel to open.
     fn wait_open(&mut self, timeout: Duration) -> bool {
-        self.proc
-            .wait_stdout(timeout, |line| {
-                serde_json::from_str::<Value>(line)
-                    .ok()
-                    .filter(|e| e["event"] == "channel-open" && e["kind"] == "reliable")
-            })
-            .is_some()
+        self.wait_json(timeout, |e| {
+            e["event"] == "channel-open" && e["kind"] == "reliable"
+        })
+        .is_some()
     }
 
     /// Waits for a chat message with exactly `text`.
     fn wait_message(&mut self, timeout: Duration, text: &str) -> bool {
-        self.proc
-            .wait_stdout(timeout, |line| {
-                serde_json::from_str::<Value>(line)
-                    .ok()
-                    .filter(|e| e["event"] == "message" && e["text"] == text)
-            })
+        self.wait_json(timeout, |e| e["event"] == "message" && e["text"] == text)
             .is_some()
     }
 
