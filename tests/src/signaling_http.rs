@@ -94,6 +94,11 @@ pub async fn open(addr: SocketAddr, room: &str, message: &ClientMessage) -> Resu
     Ok(opened.session.0)
 }
 
+/// `POST /http/ROOM` with a [`join`] as `name`: the session token (a refusal panics).
+pub async fn open_as(addr: SocketAddr, room: &str, name: &str) -> String {
+    open(addr, room, &join(name)).await.expect("open")
+}
+
 /// A `join` for the HTTP open (the room comes from the URL).
 pub fn join(name: &str) -> ClientMessage {
     ClientMessage::Join {
