@@ -879,22 +879,23 @@ mod tests {
         assert_eq!(local_candidate(init, None).sdp_mid, None);
     }
 
+    /// An ICE server entry of a welcome: its URLs and, for TURN, (username, credential).
+    fn ice_server(urls: &[&str], credentials: Option<(&str, &str)>) -> IceServer {
+        IceServer {
+            urls: urls.iter().map(|&url| url.to_owned()).collect(),
+            username: credentials.map(|(username, _)| username.to_owned()),
+            credential: credentials.map(|(_, credential)| credential.to_owned()),
+        }
+    }
+
     #[test]
     fn no_turn_keeps_only_stun_urls() {
         let servers = vec![
-            IceServer {
-                urls: vec![
-                    "stun:127.0.0.1:3478".into(),
-                    "turn:127.0.0.1:3478?transport=udp".into(),
-                ],
-                username: Some("u".into()),
-                credential: Some("c".into()),
-            },
-            IceServer {
-                urls: vec!["turns:127.0.0.1:5349".into()],
-                username: None,
-                credential: None,
-            },
+            ice_server(
+                &["stun:127.0.0.1:3478", "turn:127.0.0.1:3478?transport=udp"],
+                Some(("u", "c")),
+            ),
+            ice_server(&["turns:127.0.0.1:5349"], None),
         ];
         let direct = usable_servers(&servers, true);
         assert_eq!(direct.len(), 1);
@@ -905,16 +906,11 @@ mod tests {
     #[test]
     fn turn_credentials_map_to_webrtc_ice_servers() {
         let servers = vec![
-            IceServer {
-                urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
-                username: Some("1700000000:p1".into()),
-                credential: Some("secret".into()),
-            },
-            IceServer {
-                urls: vec!["stun:127.0.0.1:3478".into()],
-                username: None,
-                credential: None,
-            },
+            ice_server(
+                &["turn:127.0.0.1:3478?transport=udp"],
+                Some(("1700000000:p1", "secret")),
+            ),
+            ice_server(&["stun:127.0.0.1:3478"], None),
         ];
         let mapped = rtc_ice_servers(&servers);
         assert_eq!(mapped[0].username, "1700000000:p1");

@@ -155,6 +155,12 @@ mod tests {
     const B: &str = "turn:10.0.0.2:3478?transport=udp";
     const B_TLS: &str = "turns:10.0.0.2:5349";
 
+    /// Whether a connection relayed through `server` restarts when the TURN URLs go from
+    /// `old` to `new` (the pair is not failing).
+    fn relayed_moves(old: &[&str], new: &[&str], server: &str) -> bool {
+        relay_moved(&set(old), &set(new), Some("relay"), Some(server), false)
+    }
+
     #[test]
     fn same_urls_is_a_credential_refresh() {
         let urls = set(&[A, A_TCP]);
@@ -166,64 +172,33 @@ mod tests {
 
     #[test]
     fn a_relayed_pair_on_a_server_no_longer_listed_restarts() {
-        let old = set(&[A, A_TCP]);
-        let new = set(&[B, B_TLS]);
-        assert!(relay_moved(&old, &new, Some("relay"), Some(A), false));
+        assert!(relayed_moves(&[A, A_TCP], &[B, B_TLS], A));
         // Gathered over TCP (a bridged URL already mapped back to the listed one).
-        assert!(relay_moved(&old, &new, Some("relay"), Some(A_TCP), false));
+        assert!(relayed_moves(&[A, A_TCP], &[B, B_TLS], A_TCP));
         // The relay died: every TURN URL is gone.
-        assert!(relay_moved(&old, &set(&[]), Some("relay"), Some(A), false));
+        assert!(relayed_moves(&[A, A_TCP], &[], A));
     }
 
     #[test]
     fn a_relayed_pair_on_a_server_still_listed_stays() {
         // Another relay added, ours kept.
-        let old = set(&[A]);
-        assert!(!relay_moved(
-            &old,
-            &set(&[A, B]),
-            Some("relay"),
-            Some(A),
-            false
-        ));
+        assert!(!relayed_moves(&[A], &[A, B], A));
         // Same host:port under another transport or scheme: the same server.
-        assert!(!relay_moved(
-            &old,
-            &set(&[A_TCP, B]),
-            Some("relay"),
-            Some(A),
-            false
-        ));
-        assert!(!relay_moved(
-            &set(&[B]),
-            &set(&["turn:10.0.0.2"]),
-            Some("relay"),
-            Some(B),
-            false
-        ));
+        assert!(!relayed_moves(&[A], &[A_TCP, B], A));
+        assert!(!relayed_moves(&[B], &["turn:10.0.0.2"], B));
         // Names compare case-insensitively, IPv6 literals as addresses.
-        assert!(!relay_moved(
-            &set(&["turn:relay-1.example.org:3478"]),
-            &set(&["turn:Relay-1.Example.org:3478?transport=tcp"]),
-            Some("relay"),
-            Some("turn:relay-1.example.org:3478?transport=udp"),
-            false
+        assert!(!relayed_moves(
+            &["turn:relay-1.example.org:3478"],
+            &["turn:Relay-1.Example.org:3478?transport=tcp"],
+            "turn:relay-1.example.org:3478?transport=udp",
         ));
-        assert!(!relay_moved(
-            &set(&["turn:[::1]:3478"]),
-            &set(&["turn:[0:0::1]:3478?transport=udp"]),
-            Some("relay"),
-            Some("turn:[::1]:3478?transport=udp"),
-            false
+        assert!(!relayed_moves(
+            &["turn:[::1]:3478"],
+            &["turn:[0:0::1]:3478?transport=udp"],
+            "turn:[::1]:3478?transport=udp",
         ));
         // Same host, other port: another relay.
-        assert!(relay_moved(
-            &old,
-            &set(&["turn:10.0.0.1:3479"]),
-            Some("relay"),
-            Some(A),
-            false
-        ));
+        assert!(relayed_moves(&[A], &["turn:10.0.0.1:3479"], A));
     }
 
     #[test]

@@ -34,23 +34,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 use signaling::protocol::{ClientMessage, PeerId, PollReply, ServerFrame, ServerMessage};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod common;
-use common::{client_config, cpu_seconds, make_signal, percentile, raise_fd_limit, timestamp_of};
+use common::{
+    Ws, cpu_seconds, make_signal, percentile, raise_fd_limit, send, spawn_server, timestamp_of,
+};
 
 #[path = "../../tests/src/signaling_http.rs"]
 mod signaling_http;
 
 use signaling_http::{Event, Sse};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Frames between two acks of a WebSocket or SSE receiver.
 const ACK_EVERY: u64 = 50;
@@ -137,16 +136,6 @@ fn parse_args() -> Args {
     args
 }
 
-/// VmRSS of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -172,7 +161,6 @@ impl Drop for Server {
 
 impl Server {
     fn start(args: &Args) -> Self {
-        use std::io::BufRead as _;
         // Room for every session, stream, keep-alive connection and in-flight open.
         let max = (4 * args.idle + 8 * args.pairs + 1_000).to_string();
         let poll_timeout = format!("{}s", args.poll_timeout_s);
@@ -199,24 +187,8 @@ impl Server {
             }
         }
         command.args(&args.server_args);
-        let mut child = command
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("spawn the signaling server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("server exited before printing its address")
-                .expect("read stdout");
-            if let Some(addr) = line.strip_prefix("listening on http://") {
-                break addr.parse().expect("server address");
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let (child, addr) = spawn_server(command);
+        let addr = addr.parse().expect("server address");
         Self {
             pid: child.id(),
             child,
@@ -225,7 +197,7 @@ impl Server {
     }
 
     fn rss_kib(&self) -> u64 {
-        rss_kib(self.pid)
+        testkit::proc_status_kib(self.pid, "VmRSS")
     }
 
     fn cpu_seconds(&self) -> f64 {
@@ -448,50 +420,10 @@ impl HttpClient {
 // ---------------------------------------------------------------------------------------------
 // Sessions over each transport.
 
-async fn ws_send(
-    ws: &mut (impl futures_util::Sink<Message> + Unpin),
-    message: &ClientMessage,
-) -> bool {
-    let text = serde_json::to_string(message).expect("encode");
-    ws.send(Message::text(text)).await.is_ok()
-}
-
 /// Connects a WebSocket and joins `room`: the socket and its peer id.
 async fn ws_join(addr: SocketAddr, room: &str) -> Result<(Ws, PeerId), String> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
-        format!("ws://{addr}/ws/{room}"),
-        Some(client_config()),
-        true, // TCP_NODELAY, like browsers
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let join = ClientMessage::Join {
-        id: Some(1),
-        versions: vec![1],
-        room: None,
-        name: None,
-        token: None,
-    };
-    if !ws_send(&mut ws, &join).await {
-        return Err("send join".into());
-    }
-    for _ in 0..16 {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let frame: ServerFrame = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                return match frame.message {
-                    ServerMessage::Welcome { session, .. } => {
-                        ws_send(&mut ws, &ClientMessage::Ack { seq: frame.seq }).await;
-                        Ok((ws, session.peer_id))
-                    }
-                    other => Err(format!("expected welcome, got {other:?}")),
-                };
-            }
-            Some(Ok(_)) => {}
-            other => return Err(format!("socket ended: {other:?}")),
-        }
-    }
-    Err("no welcome".into())
+    let (ws, session) = common::join(&format!("ws://{addr}/ws/{room}")).await?;
+    Ok((ws, session.peer_id))
 }
 
 /// `POST /http/ROOM` with a join: the session token.
@@ -592,7 +524,7 @@ impl Outgoing {
     async fn send(&mut self, message: &ClientMessage) -> Result<(), String> {
         match self {
             Self::Ws(sink) => {
-                if ws_send(sink, message).await {
+                if send(sink, message).await {
                     Ok(())
                 } else {
                     Err("socket closed".into())
@@ -620,7 +552,7 @@ async fn ws_reader(mut ws: Ws, recorder: Option<Arc<Recorder>>) {
         unacked += 1;
         if unacked >= ACK_EVERY {
             unacked = 0;
-            if !ws_send(&mut ws, &ClientMessage::Ack { seq: frame.seq }).await {
+            if !send(&mut ws, &ClientMessage::Ack { seq: frame.seq }).await {
                 return;
             }
         }
@@ -726,44 +658,14 @@ async fn open_pair(
             tasks.spawn(ws_reader(receiver, Some(Arc::clone(recorder))));
             Ok((Outgoing::Ws(sink), peer))
         }
-        Transport::Sse => {
+        Transport::Sse | Transport::LongPoll => {
             let sender = http_open(addr, room).await?;
             let receiver = http_open(addr, room).await?;
-            let sender_sse = sse_connect(addr, sender.clone()).await?;
-            tasks.spawn(sse_reader(addr, sender.clone(), sender_sse, None));
-            let mut receiver_sse = sse_connect(addr, receiver.clone()).await?;
-            let welcome = sse_next(&mut receiver_sse, STEP)
-                .await?
-                .ok_or("no welcome on the stream")?;
-            let peer = welcome_peer(&welcome).ok_or("the first frame is not welcome")?;
-            tasks.spawn(sse_reader(
-                addr,
-                receiver,
-                receiver_sse,
-                Some(Arc::clone(recorder)),
-            ));
-            let outgoing = Outgoing::Http {
-                client: HttpClient::new(addr),
-                session: sender,
+            let peer = if transport == Transport::Sse {
+                sse_pair_streams(addr, &sender, receiver, recorder, tasks).await?
+            } else {
+                poll_pair_loops(addr, &sender, receiver, poll_timeout, recorder, tasks).await?
             };
-            Ok((outgoing, peer))
-        }
-        Transport::LongPoll => {
-            let sender = http_open(addr, room).await?;
-            let receiver = http_open(addr, room).await?;
-            tasks.spawn(poll_loop(addr, sender.clone(), 0, poll_timeout, None));
-            let mut client = HttpClient::new(addr);
-            let first = client.poll(&receiver, 0, poll_timeout).await?;
-            let welcome = first.frames.first().ok_or("no welcome in the first poll")?;
-            let peer = welcome_peer(welcome).ok_or("the first frame is not welcome")?;
-            let last_seq = first.frames.iter().map(|f| f.seq).max().unwrap_or(0);
-            tasks.spawn(poll_loop(
-                addr,
-                receiver,
-                last_seq,
-                poll_timeout,
-                Some(Arc::clone(recorder)),
-            ));
             let outgoing = Outgoing::Http {
                 client: HttpClient::new(addr),
                 session: sender,
@@ -771,6 +673,57 @@ async fn open_pair(
             Ok((outgoing, peer))
         }
     }
+}
+
+/// SSE: the events streams of an open pair's `sender` (drained) and `receiver` (recorded),
+/// run in `tasks`: the receiver's id, from the welcome on its stream.
+async fn sse_pair_streams(
+    addr: SocketAddr,
+    sender: &str,
+    receiver: String,
+    recorder: &Arc<Recorder>,
+    tasks: &mut JoinSet<()>,
+) -> Result<PeerId, String> {
+    let sender_sse = sse_connect(addr, sender.to_owned()).await?;
+    tasks.spawn(sse_reader(addr, sender.to_owned(), sender_sse, None));
+    let mut receiver_sse = sse_connect(addr, receiver.clone()).await?;
+    let welcome = sse_next(&mut receiver_sse, STEP)
+        .await?
+        .ok_or("no welcome on the stream")?;
+    let peer = welcome_peer(&welcome).ok_or("the first frame is not welcome")?;
+    tasks.spawn(sse_reader(
+        addr,
+        receiver,
+        receiver_sse,
+        Some(Arc::clone(recorder)),
+    ));
+    Ok(peer)
+}
+
+/// Long-poll: the poll loops of an open pair's `sender` (drained) and `receiver` (recorded),
+/// run in `tasks`: the receiver's id, from the welcome of its first poll.
+async fn poll_pair_loops(
+    addr: SocketAddr,
+    sender: &str,
+    receiver: String,
+    poll_timeout: Duration,
+    recorder: &Arc<Recorder>,
+    tasks: &mut JoinSet<()>,
+) -> Result<PeerId, String> {
+    tasks.spawn(poll_loop(addr, sender.to_owned(), 0, poll_timeout, None));
+    let mut client = HttpClient::new(addr);
+    let first = client.poll(&receiver, 0, poll_timeout).await?;
+    let welcome = first.frames.first().ok_or("no welcome in the first poll")?;
+    let peer = welcome_peer(welcome).ok_or("the first frame is not welcome")?;
+    let last_seq = first.frames.iter().map(|f| f.seq).max().unwrap_or(0);
+    tasks.spawn(poll_loop(
+        addr,
+        receiver,
+        last_seq,
+        poll_timeout,
+        Some(Arc::clone(recorder)),
+    ));
+    Ok(peer)
 }
 
 /// The figures of one latency run.

@@ -29,21 +29,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use futures_util::stream::SplitSink;
-use futures_util::{SinkExt as _, StreamExt as _};
 use signaling::protocol::{ClientMessage, PeerId, ResumeToken, ServerFrame, ServerMessage};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod common;
-use common::{client_config, cpu_seconds, make_signal, percentile, raise_fd_limit, timestamp_of};
+use common::{
+    Ws, cpu_seconds, make_signal, percentile, raise_fd_limit, send, spawn_server, timestamp_of,
+};
 
 #[path = "../../tests/src/redis.rs"]
 mod redis;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Sink = SplitSink<Ws, Message>;
 
 #[derive(Debug, Clone)]
@@ -98,19 +97,6 @@ fn parse_args() -> Args {
     args
 }
 
-/// (VmRSS, VmHWM) of a process, in KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 struct ServerProcess {
     child: Option<std::process::Child>,
     pid: u32,
@@ -156,7 +142,10 @@ impl Servers {
 
     /// Summed VmRSS of the nodes, KiB.
     fn rss_kib(&self) -> u64 {
-        self.nodes.iter().map(|n| rss_kib(n.pid).0).sum()
+        self.nodes
+            .iter()
+            .map(|n| testkit::proc_status_kib(n.pid, "VmRSS"))
+            .sum()
     }
 
     /// Summed CPU seconds of the nodes.
@@ -166,7 +155,6 @@ impl Servers {
 }
 
 fn spawn_node(args: &Args, redis: Option<String>) -> ServerProcess {
-    use std::io::BufRead as _;
     let max = (args.connections + 1000).to_string();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"));
     command.args([
@@ -195,24 +183,7 @@ fn spawn_node(args: &Args, redis: Option<String>) -> ServerProcess {
         // look dead.
         command.args(["--redis", &redis]);
     }
-    let mut child = command
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn the signaling server");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server exited before printing its address")
-            .expect("read stdout");
-        if let Some(addr) = line.strip_prefix("listening on http://") {
-            break addr.to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (child, addr) = spawn_server(command);
     ServerProcess {
         pid: child.id(),
         child: Some(child),
@@ -255,14 +226,6 @@ fn redis_memory(redis: &redis::RedisServer) -> u64 {
         .unwrap_or(0)
 }
 
-async fn send(
-    ws: &mut (impl futures_util::Sink<Message> + Unpin),
-    message: &ClientMessage,
-) -> bool {
-    let text = serde_json::to_string(message).expect("encode");
-    ws.send(Message::text(text)).await.is_ok()
-}
-
 /// A joined connection: its socket, peer id and resume token.
 struct Joined {
     ws: Ws,
@@ -272,54 +235,17 @@ struct Joined {
 
 /// Connects and joins.
 async fn join(url: &str, room: &str) -> Result<Joined, String> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
-        format!("{url}/ws/{room}"),
-        Some(client_config()),
-        true, // TCP_NODELAY, like browsers
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let join = ClientMessage::Join {
-        id: Some(1),
-        versions: vec![1],
-        room: None,
-        name: None,
-        token: None,
-    };
-    if !send(&mut ws, &join).await {
-        return Err("send join".into());
-    }
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let frame: ServerFrame = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                match frame.message {
-                    ServerMessage::Welcome { session, .. } => {
-                        send(&mut ws, &ClientMessage::Ack { seq: frame.seq }).await;
-                        return Ok(Joined {
-                            ws,
-                            peer: session.peer_id,
-                            token: session.resume_token,
-                        });
-                    }
-                    other => return Err(format!("expected welcome, got {other:?}")),
-                }
-            }
-            Some(Ok(_)) => {}
-            other => return Err(format!("socket ended: {other:?}")),
-        }
-    }
+    let (ws, session) = common::join(&format!("{url}/ws/{room}")).await?;
+    Ok(Joined {
+        ws,
+        peer: session.peer_id,
+        token: session.resume_token,
+    })
 }
 
 /// Connects to `url` and resumes; returns the socket once `resumed` arrived.
 async fn resume(url: &str, token: &ResumeToken, last_seq: u64) -> Result<Ws, String> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
-        format!("{url}/ws"),
-        Some(client_config()),
-        true,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let mut ws = common::connect(&format!("{url}/ws")).await?;
     let message = ClientMessage::Resume {
         id: Some(2),
         versions: vec![1],

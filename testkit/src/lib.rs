@@ -3,7 +3,9 @@
 //!
 //! - [`Spawned`]: a binary with its stdout read line by line, waited on by line, killed and
 //!   reaped on drop whatever happens to the test; [`ChildGuard`] for processes read otherwise;
-//! - [`http_get`] and [`metric_value`]: a plain HTTP GET and one sample of Prometheus text;
+//! - [`http_get`], [`status_code`] and [`metric_value`]: a plain HTTP GET, the status of a
+//!   response, and one sample of Prometheus text;
+//! - [`proc_status_kib`]: a process's memory (VmRSS, VmHWM) from `/proc`;
 //! - [`free_port`], [`wait_until`], [`bin_path`];
 //! - [`rest_password`]: the TURN REST password, the relay's own implementation;
 //! - [`write_self_signed`]: a certificate and key as PEM files (`--tls-cert`/`--tls-key`);
@@ -81,16 +83,32 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = status_code(&response);
     let body = response
         .split_once("\r\n\r\n")
         .map_or("", |(_, body)| body)
         .to_owned();
     Ok((status, body))
+}
+
+/// The status code of an HTTP/1.x response (its head or all of it); 0 without a status line.
+pub fn status_code(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in KiB; 0 if the process or the
+/// field is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Writes a new self-signed certificate for `localhost` and 127.0.0.1 to `dir/cert.pem` and its
@@ -132,5 +150,24 @@ mod tests {
         assert_eq!(metric_value(text, "a_total"), Some(3.0));
         assert_eq!(metric_value(text, "a_total{x=\"1\"}"), Some(4.5));
         assert_eq!(metric_value(text, "b_total"), None);
+    }
+
+    #[test]
+    fn reads_a_status_code() {
+        assert_eq!(
+            status_code("HTTP/1.1 404 Not Found\r\nA: b\r\n\r\nbody"),
+            404
+        );
+        assert_eq!(status_code("HTTP/1.1 200 OK\r\n"), 200);
+        assert_eq!(status_code(""), 0);
+    }
+
+    #[test]
+    fn reads_this_process_memory() {
+        let pid = std::process::id();
+        let rss = proc_status_kib(pid, "VmRSS");
+        assert!(rss > 0);
+        assert!(proc_status_kib(pid, "VmHWM") >= rss);
+        assert_eq!(proc_status_kib(pid, "NoSuchField"), 0);
     }
 }

@@ -332,15 +332,7 @@ fn relay_only_transfer(from_url: &str, to_url: &str, bytes: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("src.bin");
     let dst = dir.path().join("dst.bin");
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let data: Vec<u8> = (0..bytes)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let data = crate::peer_e2e::xorshift_bytes(0x9e37_79b9_7f4a_7c15, bytes);
     std::fs::write(&src, &data).expect("write");
     let (src, dst) = (src.to_string_lossy(), dst.to_string_lossy());
     let mut receiver = crate::peer_e2e::spawn(

@@ -199,6 +199,20 @@ fn ten_thousand_messages_each_way_relay_only_through_our_relay() {
     );
 }
 
+/// `len` non-repeating bytes for a file transfer: the low byte of each step of a xorshift
+/// generator started at `seed`.
+pub(crate) fn xorshift_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 #[test]
 fn file_of_several_megabytes_arrives_with_matching_checksum() {
     let signaling = start_signaling(None, "127.0.0.1:0");
@@ -206,16 +220,8 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("src.bin");
     let dst = dir.path().join("dst.bin");
-    // 6 MiB of non-repeating bytes (xorshift).
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let data: Vec<u8> = (0..6 * 1024 * 1024)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    // 6 MiB of non-repeating bytes.
+    let data = xorshift_bytes(0x2545_f491_4f6c_dd1d, 6 * 1024 * 1024);
     std::fs::write(&src, &data).expect("write source");
     let src_s = src.to_string_lossy().into_owned();
     let dst_s = dst.to_string_lossy().into_owned();

@@ -41,11 +41,7 @@ pub async fn http_request(
         .expect("read");
     let text = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = testkit::status_code(head);
     let content_type = head
         .lines()
         .find_map(|l| {
@@ -96,6 +92,11 @@ pub async fn open(addr: SocketAddr, room: &str, message: &ClientMessage) -> Resu
     }
     let opened: HttpOpened = serde_json::from_str(&reply.body).expect("open reply");
     Ok(opened.session.0)
+}
+
+/// `POST /http/ROOM` with a [`join`] as `name`: the session token (a refusal panics).
+pub async fn open_as(addr: SocketAddr, room: &str, name: &str) -> String {
+    open(addr, room, &join(name)).await.expect("open")
 }
 
 /// A `join` for the HTTP open (the room comes from the URL).
@@ -171,11 +172,7 @@ impl Sse {
             .await
             .expect("status in time")
             .expect("read");
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let status = testkit::status_code(&status_line);
         loop {
             let mut line = String::new();
             let n = tokio::time::timeout(STEP, reader.read_line(&mut line))

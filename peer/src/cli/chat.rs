@@ -41,14 +41,7 @@ fn moved(before: Option<&SelectedPair>, now: &SelectedPair) -> bool {
 
 pub(crate) async fn run(url: &str, common: &CommonArgs) -> anyhow::Result<ExitCode> {
     let out = common.output();
-    let (peer, mut events) = Peer::connect(url, common.options()).await?;
-    out.notice(
-        "joined",
-        &[
-            ("room", peer.room().to_string()),
-            ("id", peer.id().to_string()),
-        ],
-    );
+    let (peer, mut events) = super::join(url, common).await?;
     let mut names: HashMap<PeerId, String> = HashMap::new();
     let mut pending: VecDeque<String> = VecDeque::new();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use peer::protocol::PeerId;
-use peer::{ChannelKind, Peer, PeerEvent};
+use peer::{ChannelKind, PeerEvent};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,14 +72,7 @@ pub(crate) async fn send(url: &str, path: &Path, common: &CommonArgs) -> anyhow:
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
-    let (peer, mut events) = Peer::connect(url, common.options()).await?;
-    out.notice(
-        "joined",
-        &[
-            ("room", peer.room().to_string()),
-            ("id", peer.id().to_string()),
-        ],
-    );
+    let (peer, mut events) = super::join(url, common).await?;
     let to = super::first_open_peer(&mut events).await?;
     out.notice(
         "sending",
@@ -170,14 +163,7 @@ pub(crate) async fn receive(
     common: &CommonArgs,
 ) -> anyhow::Result<ExitCode> {
     let out = common.output();
-    let (peer, mut events) = Peer::connect(url, common.options()).await?;
-    out.notice(
-        "joined",
-        &[
-            ("room", peer.room().to_string()),
-            ("id", peer.id().to_string()),
-        ],
-    );
+    let (peer, mut events) = super::join(url, common).await?;
     let mut file = tokio::fs::File::create(out_path)
         .await
         .with_context(|| format!("create {}", out_path.display()))?;

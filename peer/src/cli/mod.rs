@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use peer::protocol::PeerId;
-use peer::{ChannelKind, PeerEvent, PeerEvents, PeerOptions, SelectedPair};
+use peer::{ChannelKind, Peer, PeerEvent, PeerEvents, PeerOptions, SelectedPair};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -227,10 +227,7 @@ impl Output {
 }
 
 /// The selected pair, retried briefly: stats can lag an open channel by a moment.
-pub(crate) async fn selected_pair_eventually(
-    peer: &peer::Peer,
-    remote: &PeerId,
-) -> Option<SelectedPair> {
+pub(crate) async fn selected_pair_eventually(peer: &Peer, remote: &PeerId) -> Option<SelectedPair> {
     for _ in 0..50 {
         if let Ok(Some(pair)) = peer.selected_pair(remote).await {
             return Some(pair);
@@ -256,6 +253,20 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             common,
         } => probe::run(&url, self_test, timeout, &common).await,
     }
+}
+
+/// Joins the room of `url` with the options of `common` and prints the `joined` notice (room
+/// and own id): how every subcommand with one peer starts.
+pub(crate) async fn join(url: &str, common: &CommonArgs) -> anyhow::Result<(Peer, PeerEvents)> {
+    let (peer, events) = Peer::connect(url, common.options()).await?;
+    common.output().notice(
+        "joined",
+        &[
+            ("room", peer.room().to_string()),
+            ("id", peer.id().to_string()),
+        ],
+    );
+    Ok((peer, events))
 }
 
 /// Waits for the first remote peer whose reliable channel opens.

@@ -70,15 +70,8 @@ pub(crate) async fn run(
             }
         }
     } else {
-        let (peer, mut events) = Peer::connect(url, common.options()).await?;
+        let (peer, mut events) = super::join(url, common).await?;
         let peer = Arc::new(peer);
-        out.notice(
-            "joined",
-            &[
-                ("room", peer.room().to_string()),
-                ("id", peer.id().to_string()),
-            ],
-        );
         let connected = tokio::time::timeout(timeout, super::first_open_peer(&mut events)).await;
         match connected {
             Ok(Ok(remote)) => {

@@ -1,10 +1,22 @@
-//! What the signaling benchmarks share: the process limits and readings, the WebSocket
-//! client configuration, and the signal mix with its embedded send timestamp.
+//! What the signaling benchmarks share: the server process, its limits and readings, the WebSocket
+//! client (configuration, connect, join), and the signal mix with its embedded send timestamp.
 
 #![allow(dead_code)] // Each benchmark uses its own share.
 
-use signaling::protocol::{IceCandidate, Signal};
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use futures_util::{Sink, SinkExt as _, StreamExt as _};
+use signaling::protocol::{
+    ClientMessage, IceCandidate, ServerFrame, ServerMessage, SessionInfo, Signal,
+};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A benchmark client's WebSocket.
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub(crate) fn raise_fd_limit() {
     let mut limit = libc::rlimit {
@@ -32,10 +44,86 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / hz
 }
 
+/// Spawns the signaling server of `command` (logging at `warn`, stderr inherited) and reads its
+/// stdout up to `listening on http://HOST:PORT`: the child and that `HOST:PORT`. The rest of its
+/// stdout is drained on a thread.
+pub(crate) fn spawn_server(mut command: Command) -> (Child, String) {
+    let mut child = command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the signaling server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before printing its address")
+            .expect("read stdout");
+        if let Some(addr) = line.strip_prefix("listening on http://") {
+            break addr.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
 pub(crate) fn client_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
+}
+
+/// Sends `message` as one text frame; false once the socket is gone.
+pub(crate) async fn send(ws: &mut (impl Sink<Message> + Unpin), message: &ClientMessage) -> bool {
+    let text = serde_json::to_string(message).expect("encode");
+    ws.send(Message::text(text)).await.is_ok()
+}
+
+/// Opens a WebSocket to `url` with [`client_config`] and TCP_NODELAY, like browsers.
+pub(crate) async fn connect(url: &str) -> Result<Ws, String> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(
+        url,
+        Some(client_config()),
+        true, // TCP_NODELAY, like browsers
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
+/// Connects to `url` (`ws://HOST:PORT/ws/ROOM`), joins that room and acks the welcome: the
+/// socket and its session.
+pub(crate) async fn join(url: &str) -> Result<(Ws, SessionInfo), String> {
+    let mut ws = connect(url).await?;
+    let join = ClientMessage::Join {
+        id: Some(1),
+        versions: vec![1],
+        room: None,
+        name: None,
+        token: None,
+    };
+    if !send(&mut ws, &join).await {
+        return Err("send join".into());
+    }
+    for _ in 0..16 {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let frame: ServerFrame = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                return match frame.message {
+                    ServerMessage::Welcome { session, .. } => {
+                        send(&mut ws, &ClientMessage::Ack { seq: frame.seq }).await;
+                        Ok((ws, session))
+                    }
+                    other => Err(format!("expected welcome, got {other:?}")),
+                };
+            }
+            Some(Ok(_)) => {}
+            other => return Err(format!("socket ended: {other:?}")),
+        }
+    }
+    Err("no welcome".into())
 }
 
 pub(crate) fn timestamp_of(signal: &Signal) -> Option<u64> {

@@ -1,10 +1,34 @@
 //! The backend HTTP API: list a room's peers, push a message into a room (on every node).
 
+use std::net::SocketAddr;
+
 use signaling::protocol::{PeerId, ServerMessage};
 
 use crate::support::{Client, Server, http_request};
 
 const KEY: &str = "backend-key-1";
+/// The `--jwt-secret` of the tests that sign tokens.
+const JWT_SECRET: &str = "jwt-s3cret";
+
+/// `GET path` with this `Authorization` header: status, content type, body.
+async fn get_authorized(
+    addr: SocketAddr,
+    path: &str,
+    authorization: &str,
+) -> (u16, String, String) {
+    http_request(addr, "GET", path, &[("Authorization", authorization)], "").await
+}
+
+/// A JWT of `claims` signed with [`JWT_SECRET`].
+fn sign(claims: serde_json::Value) -> String {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
 
 #[tokio::test]
 async fn the_backend_lists_a_room_and_pushes_into_it() {
@@ -15,14 +39,7 @@ async fn the_backend_lists_a_room_and_pushes_into_it() {
     let auth = format!("Bearer {KEY}");
     // Every node answers for the whole room.
     for addr in server.addrs() {
-        let (status, _, body) = http_request(
-            addr,
-            "GET",
-            "/v1/rooms/api",
-            &[("Authorization", &auth)],
-            "",
-        )
-        .await;
+        let (status, _, body) = get_authorized(addr, "/v1/rooms/api", &auth).await;
         assert_eq!(status, 200, "{body}");
         let view: serde_json::Value = serde_json::from_str(&body).expect("json");
         let ids: Vec<&str> = view["peers"]
@@ -56,14 +73,7 @@ async fn the_backend_lists_a_room_and_pushes_into_it() {
         }
     }
     // Wrong key, bad body, bad room.
-    let (status, _, _) = http_request(
-        server.addr,
-        "GET",
-        "/v1/rooms/api",
-        &[("Authorization", "Bearer nope")],
-        "",
-    )
-    .await;
+    let (status, _, _) = get_authorized(server.addr, "/v1/rooms/api", "Bearer nope").await;
     assert_eq!(status, 401);
     let (status, _, _) = http_request(server.addr, "GET", "/v1/rooms/api", &[], "").await;
     assert_eq!(status, 401);
@@ -77,44 +87,21 @@ async fn the_backend_lists_a_room_and_pushes_into_it() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("invalid_message"));
-    let (status, _, _) = http_request(
-        server.addr,
-        "GET",
-        "/v1/rooms/bad%2Froom",
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
+    let (status, _, _) = get_authorized(server.addr, "/v1/rooms/bad%2Froom", &auth).await;
     assert_eq!(status, 400);
 }
 
 #[tokio::test]
 async fn without_an_api_key_the_api_does_not_exist() {
     let server = Server::start(&[]);
-    let (status, _, _) = http_request(
-        server.addr,
-        "GET",
-        "/v1/rooms/x",
-        &[("Authorization", "Bearer anything")],
-        "",
-    )
-    .await;
+    let (status, _, _) = get_authorized(server.addr, "/v1/rooms/x", "Bearer anything").await;
     assert_eq!(status, 404);
 }
 
 #[tokio::test]
 async fn an_admin_token_opens_the_api_and_a_room_token_does_not() {
-    use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
-    let server = Server::start(&["--jwt-secret", "jwt-s3cret"]);
-    let sign = |claims: serde_json::Value| {
-        encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(b"jwt-s3cret"),
-        )
-        .unwrap()
-    };
-    let exp = get_current_timestamp() + 60;
+    let server = Server::start(&["--jwt-secret", JWT_SECRET]);
+    let exp = jsonwebtoken::get_current_timestamp() + 60;
     let admin = format!(
         "Bearer {}",
         sign(serde_json::json!({"admin": true, "exp": exp}))
@@ -123,49 +110,29 @@ async fn an_admin_token_opens_the_api_and_a_room_token_does_not() {
         "Bearer {}",
         sign(serde_json::json!({"room": "x", "exp": exp}))
     );
-    let get = |auth: String| async move {
-        http_request(
-            server.addr,
-            "GET",
-            "/v1/rooms/x",
-            &[("Authorization", auth.as_str())],
-            "",
-        )
-        .await
-        .0
-    };
+    let get =
+        |auth: String| async move { get_authorized(server.addr, "/v1/rooms/x", &auth).await.0 };
     assert_eq!(get(admin).await, 200);
     assert_eq!(get(room).await, 401);
 }
 
 #[tokio::test]
 async fn ice_servers_for_other_client_libraries_need_a_key_or_a_token_for_the_room() {
-    use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
     let server = Server::start(&[
         "--api-key",
         KEY,
         "--jwt-secret",
-        "jwt-s3cret",
+        JWT_SECRET,
         "--turn-url",
         "turn:127.0.0.1:3478?transport=udp",
         "--turn-secret",
         "turn-s3cret",
     ]);
-    let room_token = encode(
-        &Header::default(),
-        &serde_json::json!({"room": "notes", "exp": get_current_timestamp() + 60}),
-        &EncodingKey::from_secret(b"jwt-s3cret"),
-    )
-    .unwrap();
+    let room_token = sign(
+        serde_json::json!({"room": "notes", "exp": jsonwebtoken::get_current_timestamp() + 60}),
+    );
     let get = |path: &'static str, auth: String| async move {
-        http_request(
-            server.addr,
-            "GET",
-            path,
-            &[("Authorization", auth.as_str())],
-            "",
-        )
-        .await
+        get_authorized(server.addr, path, &auth).await
     };
     let (status, _, body) = get("/v1/ice-servers?room=notes", format!("Bearer {KEY}")).await;
     assert_eq!(status, 200, "{body}");

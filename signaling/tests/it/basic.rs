@@ -32,6 +32,20 @@ pub(crate) async fn signal(client: &mut Client, to: &PeerId, signal: Signal) {
         .await;
 }
 
+/// Expects `peer` to have left for `reason`.
+pub(crate) async fn expect_peer_left(client: &mut Client, peer: &PeerId, reason: LeaveReason) {
+    match client.recv_message().await {
+        ServerMessage::PeerLeft {
+            peer_id,
+            reason: got,
+        } => {
+            assert_eq!(&peer_id, peer);
+            assert_eq!(got, reason);
+        }
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+}
+
 /// Expects a signal from `from`; returns its payload.
 pub(crate) async fn expect_signal(client: &mut Client, from: &PeerId) -> Signal {
     match client.recv_message().await {
@@ -201,23 +215,11 @@ async fn leave_and_disconnect_are_announced() {
 
     b.send(&ClientMessage::Leave { id: None }).await;
     assert_eq!(b.expect_close().await, Closed::Code(1000));
-    match a.recv_message().await {
-        ServerMessage::PeerLeft { peer_id, reason } => {
-            assert_eq!(peer_id, b_info.peer_id);
-            assert_eq!(reason, LeaveReason::Left);
-        }
-        other => panic!("expected peer_left, got {other:?}"),
-    }
+    expect_peer_left(&mut a, &b_info.peer_id, LeaveReason::Left).await;
 
     // C's socket drops without a word: after the grace period it is gone for good.
     drop(c);
-    match a.recv_message().await {
-        ServerMessage::PeerLeft { peer_id, reason } => {
-            assert_eq!(peer_id, c_info.peer_id);
-            assert_eq!(reason, LeaveReason::Disconnected);
-        }
-        other => panic!("expected peer_left, got {other:?}"),
-    }
+    expect_peer_left(&mut a, &c_info.peer_id, LeaveReason::Disconnected).await;
 }
 
 #[tokio::test]
@@ -235,13 +237,7 @@ async fn silent_zombies_time_out() {
     let (zombie, zombie_info) = Client::join(&server.ws("/ws/zombies"), None).await;
     let _ = a.recv_message().await; // peer_joined
     // A keeps reading (and so answers pings) and must outlive the zombie.
-    match a.recv_message().await {
-        ServerMessage::PeerLeft { peer_id, reason } => {
-            assert_eq!(peer_id, zombie_info.peer_id);
-            assert_eq!(reason, LeaveReason::Timeout);
-        }
-        other => panic!("expected peer_left, got {other:?}"),
-    }
+    expect_peer_left(&mut a, &zombie_info.peer_id, LeaveReason::Timeout).await;
     drop(zombie);
     // A, which answers pings, is still served.
     a.send(&ClientMessage::Ping { id: Some(5) }).await;

@@ -10,6 +10,7 @@ use signaling::protocol::{
 };
 
 use crate::http_client::{self, Event, Sse};
+use crate::limits::{SLOW_CONSUMER_ARGS, flood_until_cut_off};
 use crate::support::{Client, STEP, Server};
 
 fn offer(n: u32) -> Signal {
@@ -38,6 +39,15 @@ fn offer_number(frame: &ServerFrame) -> u32 {
     }
 }
 
+/// Asserts that the body of `reply` is an error frame with `code`.
+fn assert_error_code(reply: &http_client::Reply, code: ErrorCode) {
+    assert!(
+        matches!(reply.error().message, ServerMessage::Error { code: got, .. } if got == code),
+        "{}",
+        reply.body
+    );
+}
+
 fn welcome_peer(frame: &ServerFrame) -> PeerId {
     match &frame.message {
         ServerMessage::Welcome { session, .. } => session.peer_id.clone(),
@@ -48,9 +58,7 @@ fn welcome_peer(frame: &ServerFrame) -> PeerId {
 #[tokio::test]
 async fn sse_and_post_carry_a_session_like_a_socket() {
     let server = Server::start(&[]);
-    let a = http_client::open(server.next_addr(), "web", &http_client::join("A"))
-        .await
-        .expect("open");
+    let a = http_client::open_as(server.next_addr(), "web", "A").await;
     let mut events = Sse::connect(server.next_addr(), &a, None).await;
     assert_eq!(events.status, 200);
     let welcome = events.frame().await;
@@ -128,9 +136,7 @@ async fn sse_and_post_carry_a_session_like_a_socket() {
 #[tokio::test]
 async fn a_dropped_sse_stream_resumes_with_last_event_id_and_loses_no_frame() {
     let server = Server::start(&[]);
-    let a = http_client::open(server.next_addr(), "drop", &http_client::join("A"))
-        .await
-        .expect("open");
+    let a = http_client::open_as(server.next_addr(), "drop", "A").await;
     let mut events = Sse::connect(server.next_addr(), &a, None).await;
     let a_peer = welcome_peer(&events.frame().await);
     let (mut b, _) = Client::join(&server.ws("/ws/drop"), None).await;
@@ -193,12 +199,8 @@ async fn long_polling_keeps_order_under_a_burst_of_1000_signals() {
         "--replay-max-bytes",
         "1048576",
     ]);
-    let a = http_client::open(server.next_addr(), "burst", &http_client::join("A"))
-        .await
-        .expect("open");
-    let b = http_client::open(server.next_addr(), "burst", &http_client::join("B"))
-        .await
-        .expect("open");
+    let a = http_client::open_as(server.next_addr(), "burst", "A").await;
+    let b = http_client::open_as(server.next_addr(), "burst", "B").await;
     let first = http_client::poll(server.next_addr(), &a, 0).await;
     let a_peer = welcome_peer(&first.frames[0]);
     let mut a_seq = first.frames.last().unwrap().seq;
@@ -250,9 +252,7 @@ async fn sends_obey_the_message_rate_and_the_frame_size_limit() {
         "--max-message-bytes",
         "2048",
     ]);
-    let a = http_client::open(server.addr, "limits", &http_client::join("A"))
-        .await
-        .expect("open");
+    let a = http_client::open_as(server.addr, "limits", "A").await;
     let ping = ClientMessage::Ping { id: None };
     let ten = vec![ping.clone(); 10];
     let reply = http_client::send(server.addr, &a, &ten).await;
@@ -260,17 +260,7 @@ async fn sends_obey_the_message_rate_and_the_frame_size_limit() {
     // The burst is spent: nothing of the next send is handled.
     let reply = http_client::send(server.addr, &a, std::slice::from_ref(&ping)).await;
     assert_eq!(reply.status, 429);
-    assert!(
-        matches!(
-            reply.error().message,
-            ServerMessage::Error {
-                code: ErrorCode::RateLimited,
-                ..
-            }
-        ),
-        "{}",
-        reply.body
-    );
+    assert_error_code(&reply, ErrorCode::RateLimited);
     // More frames than the burst can never pass.
     let reply = http_client::send(server.addr, &a, &vec![ping.clone(); 11]).await;
     assert_eq!(reply.status, 413);
@@ -278,17 +268,7 @@ async fn sends_obey_the_message_rate_and_the_frame_size_limit() {
     let big = format!(r#"{{"type":"broadcast","data":"{}"}}"#, "x".repeat(4096));
     let reply = http_client::post(server.addr, &format!("/http/send?session={a}"), &big).await;
     assert_eq!(reply.status, 413);
-    assert!(
-        matches!(
-            reply.error().message,
-            ServerMessage::Error {
-                code: ErrorCode::MessageTooLarge,
-                ..
-            }
-        ),
-        "{}",
-        reply.body
-    );
+    assert_error_code(&reply, ErrorCode::MessageTooLarge);
     // One bad frame: none is handled, and the error names it.
     let reply = http_client::post(
         server.addr,
@@ -326,12 +306,8 @@ async fn sends_obey_the_message_rate_and_the_frame_size_limit() {
 #[tokio::test]
 async fn stream_requests_count_as_connections_and_a_newer_stream_takes_over() {
     let server = Server::start(&["--max-connections-per-ip", "2"]);
-    let a = http_client::open(server.addr, "conns", &http_client::join("A"))
-        .await
-        .expect("open");
-    let b = http_client::open(server.addr, "conns", &http_client::join("B"))
-        .await
-        .expect("open");
+    let a = http_client::open_as(server.addr, "conns", "A").await;
+    let b = http_client::open_as(server.addr, "conns", "B").await;
     let mut first = Sse::connect(server.addr, &a, None).await;
     assert_eq!(first.status, 200);
     let _welcome = first.frame().await;
@@ -381,9 +357,7 @@ async fn stream_requests_count_as_connections_and_a_newer_stream_takes_over() {
 async fn an_http_session_without_a_stream_expires_like_a_parked_one() {
     let server = Server::start(&["--resume-grace", "1s"]);
     let (mut b, _) = Client::join(&server.ws("/ws/idle"), None).await;
-    let a = http_client::open(server.next_addr(), "idle", &http_client::join("A"))
-        .await
-        .expect("open");
+    let a = http_client::open_as(server.next_addr(), "idle", "A").await;
     let joined = b.recv_message().await;
     let ServerMessage::PeerJoined { peer } = joined else {
         panic!("expected peer_joined, got {joined:?}");
@@ -408,9 +382,7 @@ async fn an_http_session_without_a_stream_expires_like_a_parked_one() {
 #[tokio::test]
 async fn a_refused_open_answers_a_status_and_an_error_frame() {
     let server = Server::start(&["--max-peers-per-room", "1"]);
-    let _a = http_client::open(server.next_addr(), "full", &http_client::join("A"))
-        .await
-        .expect("open");
+    let _a = http_client::open_as(server.next_addr(), "full", "A").await;
     let refused = http_client::open(server.next_addr(), "full", &http_client::join("B"))
         .await
         .expect_err("the room is full");
@@ -472,9 +444,7 @@ async fn a_websocket_session_continues_over_http_after_a_resume() {
 async fn an_idle_sse_stream_gets_keep_alive_comments() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let server = Server::start(&["--ping-interval", "200ms", "--ping-timeout", "2s"]);
-    let a = http_client::open(server.addr, "quiet", &http_client::join("A"))
-        .await
-        .expect("open");
+    let a = http_client::open_as(server.addr, "quiet", "A").await;
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let request = format!("GET /http/events?session={a} HTTP/1.0\r\nHost: x\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -499,52 +469,18 @@ async fn an_idle_sse_stream_gets_keep_alive_comments() {
 
 #[tokio::test]
 async fn an_sse_reader_that_stops_reading_is_cut_off_not_buffered() {
-    let server = Server::start(&[
-        "--outbound-queue",
-        "4",
-        "--rate-limit",
-        "10000",
-        "--rate-burst",
-        "10000",
-        "--replay-max-messages",
-        "100000",
-        "--replay-max-bytes",
-        "100000000",
-        "--ping-interval",
-        "200ms",
-        "--ping-timeout",
-        "1s",
-    ]);
+    let server = Server::start(SLOW_CONSUMER_ARGS);
     let (mut a, _) = Client::join(&server.ws("/ws/slow-sse"), None).await;
-    let b = http_client::open(server.next_addr(), "slow-sse", &http_client::join("B"))
-        .await
-        .expect("open");
+    let b = http_client::open_as(server.next_addr(), "slow-sse", "B").await;
     // B's stream is open but never read again.
     let _stalled = Sse::connect(server.next_addr(), &b, None).await;
     let ServerMessage::PeerJoined { peer } = a.recv_message().await else {
         panic!("expected peer_joined");
     };
-    let blob = "y".repeat(30_000);
-    let mut ended = false;
-    for _ in 0..2000 {
-        a.send(&ClientMessage::Broadcast {
-            id: None,
-            data: serde_json::Value::String(blob.clone()),
-        })
-        .await;
-        if let Some(frame) = a.recv_within(Duration::from_millis(1)).await {
-            assert_eq!(
-                frame.message,
-                ServerMessage::PeerLeft {
-                    peer_id: peer.id.clone(),
-                    reason: LeaveReason::Ended
-                }
-            );
-            ended = true;
-            break;
-        }
-    }
-    assert!(ended, "the stalled SSE reader was never cut off");
+    assert!(
+        flood_until_cut_off(&mut a, &peer.id).await,
+        "the stalled SSE reader was never cut off"
+    );
     // Its stream is dropped within the write timeout, and its token is dead.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while server.metric("signaling_connections").await > 1 {
@@ -557,17 +493,7 @@ async fn an_sse_reader_that_stops_reading_is_cut_off_not_buffered() {
     let reply =
         http_client::send(server.next_addr(), &b, &[ClientMessage::Ping { id: None }]).await;
     assert_eq!(reply.status, 410);
-    assert!(
-        matches!(
-            reply.error().message,
-            ServerMessage::Error {
-                code: ErrorCode::SlowConsumer,
-                ..
-            }
-        ),
-        "{}",
-        reply.body
-    );
+    assert_error_code(&reply, ErrorCode::SlowConsumer);
 }
 
 #[tokio::test]
@@ -578,9 +504,7 @@ async fn open_streams_do_not_use_up_the_http_connection_cap() {
     let mut streams = Vec::new();
     let mut polls = Vec::new();
     for i in 0..20 {
-        let session = http_client::open(server.addr, "many", &http_client::join(&format!("p{i}")))
-            .await
-            .expect("open");
+        let session = http_client::open_as(server.addr, "many", &format!("p{i}")).await;
         if i % 2 == 0 {
             let mut sse = Sse::connect(server.addr, &session, None).await;
             assert_eq!(sse.status, 200, "stream {i}");

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, ServerMessage, SessionInfo};
+use signaling::protocol::{
+    ClientMessage, ErrorCode, LeaveReason, PeerId, ServerMessage, SessionInfo,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::basic::{candidate, expect_signal, signal};
@@ -236,49 +238,57 @@ async fn max_rooms() {
     c.expect_error(ErrorCode::TooManyRooms).await;
 }
 
+/// The server of the slow-consumer tests (here and over SSE in `http`): a 4-frame outbound
+/// queue, rate and replay limits a flood does not reach, pings every 200 ms with 1 s to answer
+/// (the write timeout).
+pub(crate) const SLOW_CONSUMER_ARGS: &[&str] = &[
+    "--outbound-queue",
+    "4",
+    "--rate-limit",
+    "10000",
+    "--rate-burst",
+    "10000",
+    "--replay-max-messages",
+    "100000",
+    "--replay-max-bytes",
+    "100000000",
+    "--ping-interval",
+    "200ms",
+    "--ping-timeout",
+    "1s",
+];
+
+/// Broadcasts 30 KB from `sender` (2000 times at most) until a frame comes back to it, which
+/// must say that `peer` ended: whether one came.
+pub(crate) async fn flood_until_cut_off(sender: &mut Client, peer: &PeerId) -> bool {
+    let blob = "y".repeat(30_000);
+    for _ in 0..2000 {
+        broadcast(sender, &blob).await;
+        if let Some(frame) = sender.recv_within(Duration::from_millis(1)).await {
+            assert_eq!(
+                frame.message,
+                ServerMessage::PeerLeft {
+                    peer_id: peer.clone(),
+                    reason: LeaveReason::Ended
+                }
+            );
+            return true;
+        }
+    }
+    false
+}
+
 #[tokio::test]
 async fn a_slow_consumer_is_cut_off_not_buffered() {
-    let server = Server::start(&[
-        "--outbound-queue",
-        "4",
-        "--rate-limit",
-        "10000",
-        "--rate-burst",
-        "10000",
-        "--replay-max-messages",
-        "100000",
-        "--replay-max-bytes",
-        "100000000",
-        "--ping-interval",
-        "200ms",
-        "--ping-timeout",
-        "1s",
-    ]);
+    let server = Server::start(SLOW_CONSUMER_ARGS);
     let (mut a, _) = Client::join(&server.ws("/ws/slow"), None).await;
     // B joins, then never reads again.
     let (_b, b_info) = Client::join(&server.ws("/ws/slow"), None).await;
     let _ = a.recv_message().await;
-    let blob = "y".repeat(30_000);
-    let mut ended = false;
-    for _ in 0..2000 {
-        a.send(&ClientMessage::Broadcast {
-            id: None,
-            data: serde_json::Value::String(blob.clone()),
-        })
-        .await;
-        if let Some(frame) = a.recv_within(Duration::from_millis(1)).await {
-            match frame.message {
-                ServerMessage::PeerLeft { peer_id, reason } => {
-                    assert_eq!(peer_id, b_info.peer_id);
-                    assert_eq!(reason, LeaveReason::Ended);
-                    ended = true;
-                    break;
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-    assert!(ended, "the slow consumer was never cut off");
+    assert!(
+        flood_until_cut_off(&mut a, &b_info.peer_id).await,
+        "the slow consumer was never cut off"
+    );
     // Counted by the node that cut it off (in a cluster, maybe a moment after A heard of it).
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     let slow = "signaling_errors_total{code=\"slow_consumer\"}";
@@ -501,12 +511,7 @@ async fn slowloris_connections_time_out_and_never_lock_out_a_real_client() {
 
 /// VmHWM (peak RSS) of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    testkit::proc_status_kib(pid, "VmHWM")
 }
 
 /// A sender and `receivers` more peers in `room` (the sender has read their `peer_joined`).
@@ -535,6 +540,19 @@ async fn broadcast(sender: &mut Client, blob: &str) {
         .await;
 }
 
+/// Reads what reaches `sender` until 1 ms passes without a frame: the number of `peer_left`
+/// among it (each must be a session that ended, not one that left).
+async fn ended_so_far(sender: &mut Client) -> usize {
+    let mut ended = 0;
+    while let Some(frame) = sender.recv_within(Duration::from_millis(1)).await {
+        if let ServerMessage::PeerLeft { reason, .. } = frame.message {
+            assert_eq!(reason, LeaveReason::Ended);
+            ended += 1;
+        }
+    }
+    ended
+}
+
 #[tokio::test]
 async fn silent_receivers_of_big_broadcasts_cost_a_bounded_amount_of_memory() {
     let server = Server::start_process(&[
@@ -554,12 +572,7 @@ async fn silent_receivers_of_big_broadcasts_cost_a_bounded_amount_of_memory() {
     let mut left = 0;
     for _ in 0..300 {
         broadcast(&mut a, &blob).await;
-        while let Some(frame) = a.recv_within(Duration::from_millis(1)).await {
-            if let ServerMessage::PeerLeft { reason, .. } = frame.message {
-                assert_eq!(reason, LeaveReason::Ended);
-                left += 1;
-            }
-        }
+        left += ended_so_far(&mut a).await;
     }
     while left < 16 {
         match a
@@ -610,12 +623,7 @@ async fn the_memory_budget_bounds_what_many_silent_receivers_and_parked_sessions
     let mut received = 0;
     for _ in 0..400 {
         broadcast(&mut a, &blob).await;
-        while let Some(frame) = a.recv_within(Duration::from_millis(1)).await {
-            if let ServerMessage::PeerLeft { reason, .. } = frame.message {
-                assert_eq!(reason, LeaveReason::Ended);
-                left += 1;
-            }
-        }
+        left += ended_so_far(&mut a).await;
         while let Some(frame) = reader.recv_within(Duration::from_millis(1)).await {
             if let ServerMessage::Broadcast { .. } = frame.message {
                 received += 1;

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::ClientConfig;
 use signaling::protocol::{ServerMessage, SessionInfo};
 use testkit::coturn::{EchoPeer, UclientReport, parse_uclient, uclient};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -100,6 +101,41 @@ async fn two_peers_meet(connect: impl AsyncFn() -> Client, room: &str) -> Sessio
     info
 }
 
+/// TURN over TLS (uclient, to the echo `peer`) and two WSS clients meeting in `room`, both
+/// through `port` at the same time: uclient's report and the first client's welcome.
+async fn turn_over_tls_and_wss(
+    port: u16,
+    tls: &Arc<ClientConfig>,
+    peer: &EchoPeer,
+    room: &str,
+) -> (UclientReport, SessionInfo) {
+    let url = format!("wss://localhost:{port}/ws/{room}");
+    tokio::join!(
+        uclient_through(port, peer, &["-t", "-S"]),
+        two_peers_meet(
+            async || {
+                Client::connect_tls(&url, Arc::clone(tls))
+                    .await
+                    .unwrap_or_else(|e| panic!("wss on port {port}: {e:?}"))
+            },
+            room,
+        )
+    )
+}
+
+/// Asserts that the node counted uclient's connection as a TURN handover to its relay, read
+/// from `/metrics` over HTTPS at `addr` (the node's port or the edge in front of it).
+async fn assert_handed_over(addr: SocketAddr, tls: &Arc<ClientConfig>) {
+    let metrics = https_get_at(addr, Arc::clone(tls), "/metrics")
+        .await
+        .unwrap_or_else(|| panic!("HTTPS at {addr}"));
+    let handovers = testkit::metric_value(&metrics, "signaling_turn_handovers_total");
+    assert!(
+        handovers >= Some(1.0),
+        "uclient's connection: {handovers:?}"
+    );
+}
+
 /// Sends `bytes` and expects the connection to close without an answer.
 async fn refused(addr: SocketAddr, bytes: &[u8]) {
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -131,18 +167,7 @@ async fn turn_over_tls_and_wss_share_the_signaling_port() {
     let peer = EchoPeer::start();
 
     // TURN over TLS and WSS on the same port at the same time.
-    let url = format!("wss://localhost:{port}/ws/shared");
-    let (report, info) = tokio::join!(
-        uclient_through(port, &peer, &["-t", "-S"]),
-        two_peers_meet(
-            async || {
-                Client::connect_tls(&url, Arc::clone(&tls))
-                    .await
-                    .expect("wss")
-            },
-            "shared",
-        )
-    );
+    let (report, info) = turn_over_tls_and_wss(port, &tls, &peer, "shared").await;
     assert_no_errors(&report);
     assert_lossless(&report);
 
@@ -150,14 +175,7 @@ async fn turn_over_tls_and_wss_share_the_signaling_port() {
     assert!(urls(&info).contains(&advertised), "{:?}", urls(&info));
 
     refused(server.addr, b"\x16\x03\x01\x00\x05hello").await;
-    let metrics = https_get_at(server.addr, Arc::clone(&tls), "/metrics")
-        .await
-        .expect("HTTPS on the shared port");
-    let handovers = testkit::metric_value(&metrics, "signaling_turn_handovers_total");
-    assert!(
-        handovers >= Some(1.0),
-        "uclient's connection: {handovers:?}"
-    );
+    assert_handed_over(server.addr, &tls).await;
 }
 
 /// The recipe "behind HAProxy" of `docs/deploy.md`: HAProxy on the edge port in TCP mode,
@@ -181,18 +199,7 @@ async fn behind_haproxy_the_edge_port_carries_wss_and_turn_over_tls() {
     let proxy = testkit::haproxy::Haproxy::start_tls_passthrough_on(edge, &[server.addr]);
     let peer = EchoPeer::start();
 
-    let url = format!("wss://localhost:{edge}/ws/edge");
-    let (report, info) = tokio::join!(
-        uclient_through(edge, &peer, &["-t", "-S"]),
-        two_peers_meet(
-            async || {
-                Client::connect_tls(&url, Arc::clone(&tls))
-                    .await
-                    .expect("wss through HAProxy")
-            },
-            "edge",
-        )
-    );
+    let (report, info) = turn_over_tls_and_wss(edge, &tls, &peer, "edge").await;
     assert_no_errors(&report);
     // The path is what this test proves (zero loss is the tests above): the peer leg is UDP
     // on a loaded loopback, and the extra hop can make uclient count a late echo as lost.
@@ -210,14 +217,7 @@ async fn behind_haproxy_the_edge_port_carries_wss_and_turn_over_tls() {
         advertised.iter().all(|u| !u.contains(&own)),
         "{advertised:?}"
     );
-    let metrics = https_get_at(proxy.addr, Arc::clone(&tls), "/metrics")
-        .await
-        .expect("HTTPS through HAProxy");
-    let handovers = testkit::metric_value(&metrics, "signaling_turn_handovers_total");
-    assert!(
-        handovers >= Some(1.0),
-        "uclient's connection: {handovers:?}"
-    );
+    assert_handed_over(proxy.addr, &tls).await;
 }
 
 #[tokio::test]

@@ -82,6 +82,12 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Rewrites the config file with `text` and sends SIGHUP, as an operator reloads.
+fn reload(server: &Server, file: &Path, text: &str) {
+    write(file, text);
+    hangup(server);
+}
+
 #[tokio::test]
 async fn sighup_swaps_secrets_and_limits_and_sessions_go_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -95,11 +101,11 @@ async fn sighup_swaps_secrets_and_limits_and_sessions_go_on() {
     let (mut a, info) = join(&server, "reload", "old-jwt").await;
     assert!(signed_by(&info, "old-turn"));
 
-    write(
+    reload(
+        &server,
         &file,
         &format!("{base}jwt-secret = \"new-jwt\"\nturn-secret = [\"new-turn\", \"old-turn\"]\n"),
     );
-    hangup(&server);
     wait_metric(&server, OK, 1).await;
 
     // The old JWT secret no longer verifies; the new one does, and the first TURN secret
@@ -118,13 +124,13 @@ async fn sighup_swaps_secrets_and_limits_and_sessions_go_on() {
     ));
 
     // A lower per-address limit applies to the next connection.
-    write(
+    reload(
+        &server,
         &file,
         &format!(
             "{base}jwt-secret = \"new-jwt\"\nturn-secret = [\"new-turn\"]\nmax-connections-per-ip = 1\n"
         ),
     );
-    hangup(&server);
     wait_metric(&server, OK, 2).await;
     match Client::try_connect(&server.ws_first("/ws"), &[]).await {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 429),
@@ -147,8 +153,7 @@ async fn an_invalid_configuration_is_refused_and_the_one_in_force_stays() {
         "jwt-secret = \"other\"\nmax-sessions-per-ip = \"many\"\n", // bad value
     ];
     for (n, text) in bad.iter().enumerate() {
-        write(&file, text);
-        hangup(&server);
+        reload(&server, &file, text);
         wait_metric(&server, REFUSED, n as u64 + 1).await;
         assert_eq!(server.metric(OK).await, 0);
         let _kept = join(&server, &format!("room{n}"), "kept").await;
@@ -176,22 +181,22 @@ async fn the_in_process_relay_reloads_with_the_server() {
     let (_a, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;
     assert!(signed_by(&info, "first"));
 
-    write(
+    reload(
+        &server,
         &file,
         "turn-secret = [\"second\"]\nrelay-arg = [\"--user-quota=3\"]\n",
     );
-    hangup(&server);
     wait_metric(&server, OK, 1).await;
     wait_metric(&server, "relay_config_reloads_total", 1).await;
     let (_b, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;
     assert!(signed_by(&info, "second"));
 
     // The relay refuses its part: nothing is applied.
-    write(
+    reload(
+        &server,
         &file,
         "turn-secret = [\"third\"]\nrelay-arg = [\"--user-quota=0\"]\n",
     );
-    hangup(&server);
     wait_metric(&server, REFUSED, 1).await;
     assert_eq!(server.metric("relay_config_reloads_total").await, 1);
     let (_c, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;

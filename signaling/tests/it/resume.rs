@@ -6,7 +6,7 @@ use signaling::protocol::{
     ClientMessage, ErrorCode, LeaveReason, ResumeToken, ServerFrame, ServerMessage,
 };
 
-use crate::basic::{candidate, expect_signal, signal};
+use crate::basic::{candidate, expect_peer_left, expect_signal, signal};
 use crate::support::{Client, Closed, Server};
 
 fn resume_message(token: &ResumeToken, last_seq: u64) -> ClientMessage {
@@ -120,13 +120,7 @@ async fn grace_expiry_ends_the_session() {
     let (b, b_info) = Client::join(&server.ws("/ws/grace"), None).await;
     let _ = a.recv_message().await;
     drop(b);
-    match a.recv_message().await {
-        ServerMessage::PeerLeft { peer_id, reason } => {
-            assert_eq!(peer_id, b_info.peer_id);
-            assert_eq!(reason, LeaveReason::Disconnected);
-        }
-        other => panic!("expected peer_left, got {other:?}"),
-    }
+    expect_peer_left(&mut a, &b_info.peer_id, LeaveReason::Disconnected).await;
     let mut b = Client::connect(&server.ws("/ws/grace")).await;
     b.send(&resume_message(&b_info.resume_token, 1)).await;
     let frame = b.expect_error(ErrorCode::ResumeFailed).await;

@@ -65,16 +65,8 @@ async fn wss_joins_and_plain_or_silent_clients_are_refused_and_counted() {
     let url = |room: &str| format!("wss://localhost:{}/ws/{room}", server.addr.port());
 
     // Two peers meet and signal over WSS.
-    let mut a = Client::connect_tls(&url("secure"), Arc::clone(&tls))
-        .await
-        .expect("wss");
-    a.send(&crate::support::join_message("secure")).await;
-    a.expect_welcome().await;
-    let mut b = Client::connect_tls(&url("secure"), Arc::clone(&tls))
-        .await
-        .expect("wss");
-    b.send(&crate::support::join_message("secure")).await;
-    b.expect_welcome().await;
+    let mut a = join_tls(&url("secure"), &tls, "secure").await;
+    let _b = join_tls(&url("secure"), &tls, "secure").await;
     assert!(matches!(
         a.recv_message().await,
         signaling::protocol::ServerMessage::PeerJoined { .. }
@@ -152,6 +144,24 @@ async fn wait_for_metric(
     false
 }
 
+/// Sends SIGHUP and waits (up to 5 s, over HTTPS trusting `tls`) until a certificate reload
+/// with this `result` (`ok`, `refused`) is counted.
+async fn reload_counted(server: &Server, tls: &Arc<ClientConfig>, result: &str) -> bool {
+    hangup(server);
+    let series = format!("signaling_tls_reloads_total{{result=\"{result}\"}}");
+    wait_for_metric(server, tls, &series, 1.0).await
+}
+
+/// Connects over WSS trusting `tls` and joins `room`.
+async fn join_tls(url: &str, tls: &Arc<ClientConfig>, room: &str) -> Client {
+    let mut client = Client::connect_tls(url, Arc::clone(tls))
+        .await
+        .expect("wss");
+    client.send(&crate::support::join_message(room)).await;
+    client.expect_welcome().await;
+    client
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_certificate_and_a_bad_pair_is_refused() {
     let dir = std::env::temp_dir().join(format!("signaling-tls-{}", std::process::id()));
@@ -165,17 +175,13 @@ async fn sighup_reloads_the_certificate_and_a_bad_pair_is_refused() {
     let mut server = Server::start_process(&["--tls-cert", cert, "--tls-key", key]);
     let _ = server.startup_output();
     let url = format!("wss://localhost:{}/ws/reload", server.addr.port());
-    let mut a = Client::connect_tls(&url, Arc::clone(&first)).await.unwrap();
-    a.send(&crate::support::join_message("reload")).await;
-    a.expect_welcome().await;
+    let mut a = join_tls(&url, &first, "reload").await;
 
     // A new certificate on disk, then SIGHUP: new handshakes get it.
     let second_pem = testkit::write_self_signed(&dir);
     let second = trusting(&second_pem);
-    hangup(&server);
-    let ok = "signaling_tls_reloads_total{result=\"ok\"}";
     assert!(
-        wait_for_metric(&server, &second, ok, 1.0).await,
+        reload_counted(&server, &second, "ok").await,
         "the new certificate is served and the reload counted"
     );
     assert!(
@@ -184,11 +190,7 @@ async fn sighup_reloads_the_certificate_and_a_bad_pair_is_refused() {
             .is_err(),
         "new handshakes no longer get the old certificate"
     );
-    let mut b = Client::connect_tls(&url, Arc::clone(&second))
-        .await
-        .unwrap();
-    b.send(&crate::support::join_message("reload")).await;
-    b.expect_welcome().await;
+    let _b = join_tls(&url, &second, "reload").await;
     // The connection made before the reload goes on.
     assert!(matches!(
         a.recv_message().await,
@@ -197,10 +199,8 @@ async fn sighup_reloads_the_certificate_and_a_bad_pair_is_refused() {
 
     // A pair that does not load is refused; the certificate in force stays.
     std::fs::write(dir.join("cert.pem"), "not a certificate").unwrap();
-    hangup(&server);
-    let refused = "signaling_tls_reloads_total{result=\"refused\"}";
     assert!(
-        wait_for_metric(&server, &second, refused, 1.0).await,
+        reload_counted(&server, &second, "refused").await,
         "the refused reload was counted, over the certificate still in force"
     );
     assert!(

@@ -34,81 +34,82 @@ const NO_DIRECT_PATH_WINDOW: Duration = Duration::from_secs(12);
 
 #[test]
 fn endpoint_independent_nats_connect_directly() {
-    let Some(topo) = topology_or_skip(
+    connected_scenario(
         "nat::peers::endpoint_independent",
         RouterSpec::cone(),
         RouterSpec::cone(),
-    ) else {
-        return;
-    };
-    let server = PublicServer::start(&topo, IceServers::StunAndTurn);
-    let run = Scenario::connect(&topo, &server, "cone");
-    for (side, pair) in run.pairs() {
-        let other_wan = if side == Side::A {
-            ROUTER_B_WAN
-        } else {
-            ROUTER_A_WAN
-        };
-        run.check(
-            pair.local != "relay" && pair.remote != "relay",
-            &format!("{side:?}: endpoint-independent NATs must connect without TURN"),
-        );
-        run.check(
-            matches!(pair.remote.as_str(), "srflx" | "prflx"),
-            &format!("{side:?}: the remote candidate must be server- or peer-reflexive"),
-        );
-        run.check(
-            pair.remote_addr.map(|a| a.ip()) == Some(IpAddr::V4(other_wan)),
-            &format!("{side:?}: the remote address must be the other router's public address"),
-        );
-    }
+        "cone",
+        |_, _, run| {
+            for (side, pair) in run.pairs() {
+                let other_wan = if side == Side::A {
+                    ROUTER_B_WAN
+                } else {
+                    ROUTER_A_WAN
+                };
+                run.check(
+                    pair.local != "relay" && pair.remote != "relay",
+                    &format!("{side:?}: endpoint-independent NATs must connect without TURN"),
+                );
+                run.check(
+                    matches!(pair.remote.as_str(), "srflx" | "prflx"),
+                    &format!("{side:?}: the remote candidate must be server- or peer-reflexive"),
+                );
+                run.check(
+                    pair.remote_addr.map(|a| a.ip()) == Some(IpAddr::V4(other_wan)),
+                    &format!(
+                        "{side:?}: the remote address must be the other router's public address"
+                    ),
+                );
+            }
+        },
+    );
 }
 
 #[test]
 fn symmetric_nats_connect_through_turn() {
-    let Some(topo) = topology_or_skip(
+    connected_scenario(
         "nat::peers::symmetric",
         RouterSpec::symmetric(),
         RouterSpec::symmetric(),
-    ) else {
-        return;
-    };
-    let server = PublicServer::start(&topo, IceServers::StunAndTurn);
-    let run = Scenario::connect(&topo, &server, "symmetric");
-    // Two symmetric NATs leave no direct path: at least one side sends from an allocation on
-    // our relay. The other side may see that relayed address as `relay` (trickled first) or as
-    // `prflx` (its connectivity check arrived before the candidate), and may itself send from
-    // its host address to it (seen on a loaded machine): either is a path through TURN.
-    let through_relay: Vec<_> = run
-        .pairs()
-        .filter(|(_, pair)| pair.local == "relay")
-        .collect();
-    run.check(
-        !through_relay.is_empty(),
-        "symmetric NATs must connect through a TURN relay candidate on one side at least",
+        "symmetric",
+        |topo, server, run| {
+            // Two symmetric NATs leave no direct path: at least one side sends from an allocation
+            // on our relay. The other side may see that relayed address as `relay` (trickled
+            // first) or as `prflx` (its connectivity check arrived before the candidate), and may
+            // itself send from its host address to it (seen on a loaded machine): either is a
+            // path through TURN.
+            let through_relay: Vec<_> = run
+                .pairs()
+                .filter(|(_, pair)| pair.local == "relay")
+                .collect();
+            run.check(
+                !through_relay.is_empty(),
+                "symmetric NATs must connect through a TURN relay candidate on one side at least",
+            );
+            for (side, pair) in &through_relay {
+                run.check(
+                    pair.local_addr.map(|a| a.ip()) == Some(IpAddr::V4(SERVER_IP)),
+                    &format!("{side:?}: the relay candidate must be an allocation on our relay"),
+                );
+            }
+            for (side, pair) in run.pairs() {
+                run.check(
+                    pair.local == "relay" || matches!(pair.remote.as_str(), "relay" | "prflx"),
+                    &format!("{side:?}: neither end of the pair is the relayed address"),
+                );
+            }
+            // And the relay saw the data channel's traffic both ways.
+            for direction in ["to_peer", "to_client"] {
+                let series = format!("relay_packets_relayed_total{{direction=\"{direction}\"}}");
+                let packets = server.relay_metric(topo, &series);
+                eprintln!("symmetric: {series} = {packets}");
+                run.check(
+                    packets > 0.0,
+                    &format!("the relay relayed no packets {direction}"),
+                );
+            }
+        },
     );
-    for (side, pair) in &through_relay {
-        run.check(
-            pair.local_addr.map(|a| a.ip()) == Some(IpAddr::V4(SERVER_IP)),
-            &format!("{side:?}: the relay candidate must be an allocation on our relay"),
-        );
-    }
-    for (side, pair) in run.pairs() {
-        run.check(
-            pair.local == "relay" || matches!(pair.remote.as_str(), "relay" | "prflx"),
-            &format!("{side:?}: neither end of the pair is the relayed address"),
-        );
-    }
-    // And the relay saw the data channel's traffic both ways.
-    for direction in ["to_peer", "to_client"] {
-        let series = format!("relay_packets_relayed_total{{direction=\"{direction}\"}}");
-        let packets = server.relay_metric(&topo, &series);
-        eprintln!("symmetric: {series} = {packets}");
-        run.check(
-            packets > 0.0,
-            &format!("the relay relayed no packets {direction}"),
-        );
-    }
 }
 
 #[test]
@@ -127,13 +128,10 @@ fn symmetric_nats_without_turn_find_no_direct_path() {
     // Both must have met through signaling and started ICE (negotiation done), or "no
     // connection" would prove nothing.
     let checking = |p: &mut PeerCli| {
-        p.proc
-            .wait_stdout(CONNECT_TIMEOUT, |line| {
-                serde_json::from_str::<Value>(line)
-                    .ok()
-                    .filter(|e| e["event"] == "connection-state" && e["state"] == "connecting")
-            })
-            .is_some()
+        p.wait_json(CONNECT_TIMEOUT, |e| {
+            e["event"] == "connection-state" && e["state"] == "connecting"
+        })
+        .is_some()
     };
     let met = checking(&mut a) && checking(&mut b);
     assert!(
@@ -154,45 +152,64 @@ fn symmetric_nats_without_turn_find_no_direct_path() {
 
 #[test]
 fn udp_blocked_side_connects_through_turn_over_tcp() {
-    let Some(topo) = topology_or_skip(
+    connected_scenario(
         "nat::peers::udp_blocked",
         RouterSpec::cone(),
         RouterSpec::cone().blocking_udp(),
-    ) else {
+        "udp-blocked",
+        |topo, server, run| {
+            for (side, pair) in run.pairs() {
+                // B's end of the pair is its relay candidate: local for B, remote for A.
+                let b_end = if side == Side::B {
+                    (&pair.local, pair.local_addr)
+                } else {
+                    (&pair.remote, pair.remote_addr)
+                };
+                run.check(
+                    b_end.0 == "relay" && b_end.1.map(|a| a.ip()) == Some(IpAddr::V4(SERVER_IP)),
+                    &format!(
+                        "{side:?}: B (UDP blocked) must be reached through its relay candidate"
+                    ),
+                );
+            }
+            // Proof from the router that B's allocation rides on TCP: an established TCP flow
+            // from B to the relay's TCP port, and no UDP flow out of B's LAN at all.
+            let port = format!("dport={}", server.turn_tcp.port());
+            run.check(
+                conntrack(topo, Host::RouterB, "tcp")
+                    .lines()
+                    .any(|l| l.contains("ESTABLISHED") && l.contains(&port)),
+                &format!("router B must carry an established TCP flow to the relay ({port})"),
+            );
+            run.check(
+                !conntrack(topo, Host::RouterB, "udp").contains("src=10.2.0.10"),
+                "no UDP flow may leave B's LAN",
+            );
+            let accepted = server.relay_metric(topo, "relay_stream_connections_accepted");
+            run.check(
+                accepted >= 1.0,
+                "the relay accepted no TCP client connection",
+            );
+        },
+    );
+}
+
+/// Builds the topology (or skips, see [`topology_or_skip`]), starts our signaling and relay
+/// (STUN and TURN) on the public host, connects a peer behind each router in `room`, and runs
+/// `check` on the result.
+fn connected_scenario(
+    test: &str,
+    router_a: RouterSpec,
+    router_b: RouterSpec,
+    room: &str,
+    check: impl FnOnce(&Topology, &PublicServer, &Scenario<'_>),
+) {
+    let Some(topo) = topology_or_skip(test, router_a, router_b) else {
         return;
     };
     let server = PublicServer::start(&topo, IceServers::StunAndTurn);
-    let run = Scenario::connect(&topo, &server, "udp-blocked");
-    for (side, pair) in run.pairs() {
-        // B's end of the pair is its relay candidate: local for B, remote for A.
-        let b_end = if side == Side::B {
-            (&pair.local, pair.local_addr)
-        } else {
-            (&pair.remote, pair.remote_addr)
-        };
-        run.check(
-            b_end.0 == "relay" && b_end.1.map(|a| a.ip()) == Some(IpAddr::V4(SERVER_IP)),
-            &format!("{side:?}: B (UDP blocked) must be reached through its relay candidate"),
-        );
-    }
-    // Proof from the router that B's allocation rides on TCP: an established TCP flow from B
-    // to the relay's TCP port, and no UDP flow out of B's LAN at all.
-    let port = format!("dport={}", server.turn_tcp.port());
-    run.check(
-        conntrack(&topo, Host::RouterB, "tcp")
-            .lines()
-            .any(|l| l.contains("ESTABLISHED") && l.contains(&port)),
-        &format!("router B must carry an established TCP flow to the relay ({port})"),
-    );
-    run.check(
-        !conntrack(&topo, Host::RouterB, "udp").contains("src=10.2.0.10"),
-        "no UDP flow may leave B's LAN",
-    );
-    let accepted = server.relay_metric(&topo, "relay_stream_connections_accepted");
-    run.check(
-        accepted >= 1.0,
-        "the relay accepted no TCP client connection",
-    );
+    let run = Scenario::connect(&topo, &server, room);
+    check(&topo, &server, &run);
 }
 
 /// Router `host`'s conntrack table for one protocol.
@@ -266,34 +283,31 @@ impl PeerCli {
         self.events().iter().any(|e| e["event"] == name)
     }
 
-    /// Waits for the first event called `name`.
-    fn wait_event(&mut self, timeout: Duration, name: &str) -> Option<Value> {
+    /// Waits for the first JSON event that `wanted` accepts.
+    fn wait_json(&mut self, timeout: Duration, wanted: impl Fn(&Value) -> bool) -> Option<Value> {
         self.proc.wait_stdout(timeout, |line| {
             serde_json::from_str::<Value>(line)
                 .ok()
-                .filter(|e| e["event"] == name)
+                .filter(|e| wanted(e))
         })
+    }
+
+    /// Waits for the first event called `name`.
+    fn wait_event(&mut self, timeout: Duration, name: &str) -> Option<Value> {
+        self.wait_json(timeout, |e| e["event"] == name)
     }
 
     /// Waits for the reliable data channel to open.
     fn wait_open(&mut self, timeout: Duration) -> bool {
-        self.proc
-            .wait_stdout(timeout, |line| {
-                serde_json::from_str::<Value>(line)
-                    .ok()
-                    .filter(|e| e["event"] == "channel-open" && e["kind"] == "reliable")
-            })
-            .is_some()
+        self.wait_json(timeout, |e| {
+            e["event"] == "channel-open" && e["kind"] == "reliable"
+        })
+        .is_some()
     }
 
     /// Waits for a chat message with exactly `text`.
     fn wait_message(&mut self, timeout: Duration, text: &str) -> bool {
-        self.proc
-            .wait_stdout(timeout, |line| {
-                serde_json::from_str::<Value>(line)
-                    .ok()
-                    .filter(|e| e["event"] == "message" && e["text"] == text)
-            })
+        self.wait_json(timeout, |e| e["event"] == "message" && e["text"] == text)
             .is_some()
     }
 
