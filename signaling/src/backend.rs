@@ -241,19 +241,7 @@ impl Backend {
     pub async fn list_rooms(&self) -> Result<Vec<RoomView>, String> {
         match self {
             Self::Local(hub) => Ok(hub.list_rooms("local", Instant::now())),
-            Self::Cluster(hub) => {
-                let rooms = Box::pin(hub.cluster_rooms())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut views = Vec::with_capacity(rooms.len());
-                for room in rooms {
-                    let peers = hub.room_peers(&room).await.map_err(|e| e.to_string())?;
-                    if !peers.is_empty() {
-                        views.push(RoomView { room, peers });
-                    }
-                }
-                Ok(views)
-            }
+            Self::Cluster(hub) => Box::pin(hub.list_rooms()).await.map_err(|e| e.to_string()),
         }
     }
 

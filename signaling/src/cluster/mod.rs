@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::ws::Utf8Bytes;
 
 use crate::admin::{PeerView, RoomSnapshot};
-use crate::api::PeerEntry;
+use crate::api::{PeerEntry, RoomView};
 use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
 use crate::hub::{
@@ -91,6 +91,15 @@ fn cluster_token(
     room: &RoomId,
 ) -> ResumeToken {
     ResumeToken(format!("{}.{peer}.{room}", secret.token(key).0))
+}
+
+/// The `peer_left` the end scripts send the rest of a room, with the peer id `%PEER%` that the
+/// script replaces.
+fn left_template(reason: LeaveReason) -> String {
+    to_json(&ServerMessage::PeerLeft {
+        peer_id: PeerId::from("%PEER%"),
+        reason,
+    })
 }
 
 /// A presented cluster token: (session key, secret hex, peer, room).
@@ -338,6 +347,11 @@ impl ClusterHub {
             ErrorCode::Unavailable,
             "the server cannot reach its shared store: try again shortly",
         )
+    }
+
+    /// How long the tombstone of an ended session lives, in ms: one resume grace period.
+    fn tombstone_ms(&self) -> String {
+        self.settings.resume_grace.as_millis().max(1).to_string()
     }
 
     /// Records a failed Redis call; the heartbeat finds out when it is back.
@@ -981,10 +995,7 @@ impl ClusterHub {
         code: Option<ErrorCode>,
         guard: Guard,
     ) -> Result<Reply, StoreError> {
-        let left = to_json(&ServerMessage::PeerLeft {
-            peer_id: PeerId::from("%PEER%"),
-            reason,
-        });
+        let left = left_template(reason);
         let (guard_word, conn) = match guard {
             Guard::Any => ("any", String::new()),
             Guard::Token => ("token", String::new()),
@@ -1000,7 +1011,7 @@ impl ClusterHub {
                     &sid(key),
                     &left,
                     code.map_or("", ErrorCode::as_str),
-                    &self.settings.resume_grace.as_millis().max(1).to_string(),
+                    &self.tombstone_ms(),
                     guard_word,
                     &self.cluster.node_id,
                     &conn,
@@ -1125,13 +1136,9 @@ impl ClusterHub {
     /// each with its peers on every node and their latest `stats` links (this node's own
     /// record for the sessions attached here, else the copy in Redis).
     pub async fn snapshot(&self) -> Result<Vec<RoomSnapshot>, StoreError> {
-        let rooms = self.cluster_rooms().await?;
+        let rooms = self.rooms_with_members().await?;
         let mut views = Vec::with_capacity(rooms.len());
-        for room in rooms {
-            let members = self.members(&room).await?;
-            if members.is_empty() {
-                continue;
-            }
+        for (room, members) in rooms {
             let now = Instant::now();
             let st = self.lock();
             let peers = members
@@ -1158,6 +1165,33 @@ impl ClusterHub {
             });
         }
         Ok(views)
+    }
+
+    /// Every room of the cluster with its peers, for the admin API ([`Self::cluster_rooms`]).
+    pub async fn list_rooms(&self) -> Result<Vec<RoomView>, StoreError> {
+        Ok(self
+            .rooms_with_members()
+            .await?
+            .into_iter()
+            .map(|(room, members)| RoomView {
+                room,
+                peers: members.into_iter().map(|m| m.entry).collect(),
+            })
+            .collect())
+    }
+
+    /// The rooms of [`Self::cluster_rooms`] with their members, leaving out those found empty
+    /// (a session index entry can outlive its session by one Redis call).
+    async fn rooms_with_members(&self) -> Result<Vec<(RoomId, Vec<Member>)>, StoreError> {
+        let rooms = self.cluster_rooms().await?;
+        let mut out = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            let members = self.members(&room).await?;
+            if !members.is_empty() {
+                out.push((room, members));
+            }
+        }
+        Ok(out)
     }
 
     /// Every room with a session on any node, read from the nodes' session indexes: sorted,
@@ -1202,10 +1236,7 @@ impl ClusterHub {
             message: message.to_owned(),
             reference: None,
         });
-        let left = to_json(&ServerMessage::PeerLeft {
-            peer_id: PeerId::from("%PEER%"),
-            reason: LeaveReason::Ended,
-        });
+        let left = left_template(LeaveReason::Ended);
         let close = code.close_code().unwrap_or(close_code::POLICY);
         let reply = self
             .store
@@ -1217,7 +1248,7 @@ impl ClusterHub {
                     &error,
                     &left,
                     code.as_str(),
-                    &self.settings.resume_grace.as_millis().max(1).to_string(),
+                    &self.tombstone_ms(),
                     &close.to_string(),
                 ],
             )
