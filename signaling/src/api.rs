@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -99,9 +100,23 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Checks the bearer key and the room id.
-fn authorize(app: &AppState, headers: &HeaderMap, room: &str) -> Result<RoomId, ApiError> {
-    authenticate(app, headers)?;
+/// A request that carried an API key or an admin token (`Authorization: Bearer ...`). Every
+/// backend handler takes one, so none can forget the check.
+pub struct Operator;
+
+impl FromRequestParts<Arc<AppState>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(app, &parts.headers).map(|()| Self)
+    }
+}
+
+/// A room id of the URL, validated.
+fn room_id(room: &str) -> Result<RoomId, ApiError> {
     if !is_valid_room_id(room) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -112,17 +127,22 @@ fn authorize(app: &AppState, headers: &HeaderMap, room: &str) -> Result<RoomId, 
     Ok(RoomId::from(room))
 }
 
+/// The `Authorization: Bearer` credential, empty without one.
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
 /// Checks the bearer key (or admin token).
 fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let live = app.live();
     if live.api_keys.is_empty() && live.auth.is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", ""));
     }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let presented = bearer(headers);
     let ok = live
         .api_keys
         .iter()
@@ -160,11 +180,7 @@ pub async fn ice_servers(
         .get("room")
         .cloned()
         .unwrap_or_else(|| "default".into());
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let presented = bearer(&headers);
     let room_token_grants = app
         .live()
         .auth
@@ -174,7 +190,8 @@ pub async fn ice_servers(
     let room = if room_token_grants {
         RoomId::from(room.as_str())
     } else {
-        authorize(&app, &headers, &room)?
+        authenticate(&app, &headers)?;
+        room_id(&room)?
     };
     let peer = PeerId(format!("{:012x}", rand::random::<u64>() >> 16));
     Ok(Json(IceServersView {
@@ -207,9 +224,8 @@ pub struct FleetView {
 /// `GET /v1/relays`: the relay fleet (empty without `--redis` or without registered relays).
 pub async fn relays(
     State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Operator,
 ) -> Result<Json<FleetView>, ApiError> {
-    authenticate(&app, &headers)?;
     let Some((fleet, _)) = &app.fleet else {
         return Ok(Json(FleetView { relays: Vec::new() }));
     };
@@ -238,9 +254,9 @@ pub async fn relays(
 pub async fn room(
     State(app): State<Arc<AppState>>,
     Path(room): Path<String>,
-    headers: HeaderMap,
+    _: Operator,
 ) -> Result<Json<RoomView>, ApiError> {
-    let room = authorize(&app, &headers, &room)?;
+    let room = room_id(&room)?;
     let peers = app.hub.room_peers(&room).await.map_err(unavailable)?;
     Ok(Json(RoomView { room, peers }))
 }
@@ -249,10 +265,10 @@ pub async fn room(
 pub async fn broadcast(
     State(app): State<Arc<AppState>>,
     Path(room): Path<String>,
-    headers: HeaderMap,
+    _: Operator,
     body: Bytes,
 ) -> Result<Json<Delivered>, ApiError> {
-    let room = authorize(&app, &headers, &room)?;
+    let room = room_id(&room)?;
     if body.len() > app.config.max_message_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -290,9 +306,8 @@ pub struct RoomsView {
 /// `GET /v1/rooms`: every room with a session on this node and its peers.
 pub async fn rooms(
     State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _: Operator,
 ) -> Result<Json<RoomsView>, ApiError> {
-    authenticate(&app, &headers)?;
     let rooms = app.hub.list_rooms().await.map_err(unavailable)?;
     Ok(Json(RoomsView {
         node: app.hub.node_id().unwrap_or("local").to_owned(),
@@ -310,9 +325,9 @@ pub struct Kicked {
 pub async fn kick(
     State(app): State<Arc<AppState>>,
     Path((room, peer)): Path<(String, String)>,
-    headers: HeaderMap,
+    _: Operator,
 ) -> Result<Json<Kicked>, ApiError> {
-    let room = authorize(&app, &headers, &room)?;
+    let room = room_id(&room)?;
     let peer = PeerId::from(peer);
     let kicked = app.hub.kick(&room, &peer).await.map_err(unavailable)?;
     if !kicked {
@@ -336,9 +351,9 @@ pub struct Closed {
 pub async fn close_room(
     State(app): State<Arc<AppState>>,
     Path(room): Path<String>,
-    headers: HeaderMap,
+    _: Operator,
 ) -> Result<Json<Closed>, ApiError> {
-    let room = authorize(&app, &headers, &room)?;
+    let room = room_id(&room)?;
     let closed = app.hub.close_room(&room).await.map_err(unavailable)?;
     tracing::info!(%room, peers = closed, "admin API: room closed");
     Ok(Json(Closed { closed }))
@@ -346,11 +361,7 @@ pub async fn close_room(
 
 /// `POST /v1/drain`: drains this node as SIGTERM does (clients are told to reconnect
 /// elsewhere, the node stops when they are gone or `--drain-timeout` passed). 202.
-pub async fn drain(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authenticate(&app, &headers)?;
+pub async fn drain(State(app): State<Arc<AppState>>, _: Operator) -> Result<Response, ApiError> {
     tracing::info!("admin API: drain requested");
     app.drain_requested.cancel();
     Ok((
@@ -365,10 +376,10 @@ pub async fn drain(
 /// an empty report without one.
 pub async fn usage(
     State(app): State<Arc<AppState>>,
+    _: Operator,
     headers: HeaderMap,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    authenticate(&app, &headers)?;
     #[cfg(feature = "with-relay")]
     {
         let empty;

@@ -141,18 +141,13 @@ impl Backend {
     pub async fn reply_error(
         &self,
         key: SessionKey,
-        code: ErrorCode,
-        message: String,
+        error: RequestError,
         reference: Option<RequestId>,
         close: Option<u16>,
     ) {
         match self {
-            Self::Local(hub) => {
-                hub.reply_error(key, code, message, reference, close, Instant::now());
-            }
-            Self::Cluster(hub) => {
-                Box::pin(hub.reply_error(key, code, message, reference, close)).await;
-            }
+            Self::Local(hub) => hub.reply_error(key, error, reference, close, Instant::now()),
+            Self::Cluster(hub) => Box::pin(hub.reply_error(key, error, reference, close)).await,
         }
     }
 

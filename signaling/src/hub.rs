@@ -663,14 +663,13 @@ impl LocalHub {
     pub fn reply_error(
         &self,
         key: SessionKey,
-        code: ErrorCode,
-        message: String,
+        error: RequestError,
         reference: Option<RequestId>,
         close: Option<u16>,
         now: Instant,
     ) {
         let mut st = self.lock_at(now);
-        st.error(key, code, message, reference);
+        st.error(key, error.code, error.message.into_owned(), reference);
         if let (
             Some(code),
             Some(Session {

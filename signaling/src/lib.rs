@@ -8,8 +8,9 @@
 //! - [`config`]: the clap configuration (secrets, durations and the `--config` file come from the
 //!   workspace's `startup` crate); [`error`]: client errors vs fatal errors.
 //! - [`listener`]: the accept loop (header-read timeout, cap on connections not upgraded).
-//! - [`ws`]: the HTTP upgrade (origin, token, limits); [`admission`]: admitting `join`/`resume`,
-//!   shared by every transport; [`session`]: the per-socket task; [`connection`]: one
+//! - [`client_request`]: what every client endpoint reads and checks first (origin, draining,
+//!   connection limits, `?token=`) and the WebSocket frame limits; [`ws`]: the `/ws` upgrade;
+//!   [`admission`]: admitting `join`/`resume`, shared by every transport; [`session`]: the per-socket task; [`connection`]: one
 //!   WebSocket's frames; [`http_transport`]: SSE + POST and long-polling.
 //! - [`outbound`]: a connection's queue, bounded in frames and bytes; [`memory_budget`]: the
 //!   node's bound over all of them; [`open_connections`]: a guard per open connection.
@@ -46,6 +47,8 @@ pub mod auth;
 pub mod backend;
 #[cfg(feature = "server")]
 pub mod client_ip;
+#[cfg(feature = "server")]
+pub mod client_request;
 #[cfg(feature = "server")]
 pub mod cluster;
 #[cfg(feature = "server")]

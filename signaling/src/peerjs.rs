@@ -18,14 +18,13 @@
 //! process, or in Redis on a cluster, so the reconnect may reach any node.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fleet::link::Connection as RedisConnection;
 use serde_json::{Value, json};
@@ -33,7 +32,9 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::api::SERVER_SENDER;
 use crate::client_ip::IpSlot;
+use crate::client_request::{ClientRequest, refuse, with_limits};
 use crate::connection::{Connection, Inbound};
+use crate::error::RequestError;
 use crate::hub::{
     Attached, ConnId, JoinRequest, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey,
 };
@@ -41,7 +42,6 @@ use crate::protocol::{
     ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerFrame, ServerMessage,
 };
 use crate::rate_limit::TokenBucket;
-use crate::ws::{admit_socket, refuse};
 
 /// Keys, ids and tokens are at most this long (`peerjs-server` takes any string).
 const MAX_NAME: usize = 64;
@@ -186,32 +186,25 @@ pub async fn peers() -> Response {
 /// `GET /peerjs/peerjs?key=&id=&token=`: the PeerJS socket.
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    client: ClientRequest,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let field = |name: &str| query.get(name).cloned().unwrap_or_default();
+    let field = |name: &str| client.query.get(name).cloned().unwrap_or_default();
     let (key, id, token) = (field("key"), field("id"), field("token"));
     if !(valid_name(&key) && valid_name(&id) && valid_name(&token)) {
         return refuse(
             &app,
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidMessage,
-            "key, id and token are 1 to 64 characters of [A-Za-z0-9-_.:@]",
+            &RequestError::new(
+                ErrorCode::InvalidMessage,
+                "key, id and token are 1 to 64 characters of [A-Za-z0-9-_.:@]",
+            ),
         );
     }
-    let ip_slot = match admit_socket(&app, peer, &headers) {
+    let ip_slot = match client.admit_socket(&app) {
         Ok(slot) => slot,
-        Err(refusal) => return *refusal,
+        Err(e) => return refuse(&app, &e),
     };
-    let limit = app.config.max_message_bytes;
-    ws.read_buffer_size(2 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(limit.saturating_mul(4).max(1 << 20))
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| run(socket, app, ip_slot, key, id, token))
+    with_limits(ws, &app).on_upgrade(move |socket| run(socket, app, ip_slot, key, id, token))
 }
 
 /// A server message of the PeerJS protocol.

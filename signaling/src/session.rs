@@ -160,13 +160,11 @@ impl SocketTask {
             return Step::Stop(LeaveReason::Timeout);
         }
         if self.key.is_none() && self.opened.elapsed() >= timeout {
-            self.app.metrics.error(ErrorCode::NotJoined);
-            self.send_direct(
+            let error = RequestError::new(
                 ErrorCode::NotJoined,
-                "no join or resume within the ping timeout".into(),
-                None,
-            )
-            .await;
+                "no join or resume within the ping timeout",
+            );
+            self.send_direct(error, None).await;
             self.conn.close(close_code::POLICY, "join timeout").await;
             return Step::Stop(LeaveReason::Disconnected);
         }
@@ -275,13 +273,11 @@ impl SocketTask {
                 Step::Stop(LeaveReason::Disconnected)
             }
             Flow::Retry => {
-                self.app.metrics.error(ErrorCode::Unavailable);
-                self.send_direct(
+                let error = RequestError::new(
                     ErrorCode::Unavailable,
-                    "the server cannot reach its shared store: resume shortly".into(),
-                    None,
-                )
-                .await;
+                    "the server cannot reach its shared store: resume shortly",
+                );
+                self.send_direct(error, None).await;
                 self.conn
                     .close(close_code::TRY_AGAIN_LATER, "unavailable")
                     .await;
@@ -346,22 +342,11 @@ impl SocketTask {
         tracing::debug!(code = %error.code, message = %error.message, "client error");
         match self.key {
             Some(key) => {
-                self.app
-                    .hub
-                    .reply_error(
-                        key,
-                        error.code,
-                        error.message.into_owned(),
-                        reference,
-                        close,
-                    )
-                    .await;
+                self.app.hub.reply_error(key, error, reference, close).await;
                 Step::Continue
             }
             None => {
-                self.app.metrics.error(error.code);
-                self.send_direct(error.code, error.message.into_owned(), reference)
-                    .await;
+                self.send_direct(error, reference).await;
                 match close {
                     Some(code) => {
                         self.conn.close(code, "").await;
@@ -374,17 +359,15 @@ impl SocketTask {
         }
     }
 
-    async fn send_direct(
-        &mut self,
-        code: ErrorCode,
-        message: String,
-        reference: Option<RequestId>,
-    ) {
+    /// An error frame (`seq` 0) straight to the socket, for a connection without a session;
+    /// counted.
+    async fn send_direct(&mut self, error: RequestError, reference: Option<RequestId>) {
+        self.app.metrics.error(error.code);
         let frame = encode(&ServerFrame {
             seq: 0,
             message: ServerMessage::Error {
-                code,
-                message,
+                code: error.code,
+                message: error.message.into_owned(),
                 reference,
             },
         });

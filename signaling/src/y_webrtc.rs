@@ -12,15 +12,13 @@
 //! has no resume: a closed socket leaves every topic at once.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use axum::extract::State;
 use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::stream::{SelectAll, Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
@@ -28,11 +26,12 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::auth::Claims;
 use crate::client_ip::IpSlot;
+use crate::client_request::{ClientRequest, refuse, with_limits};
 use crate::connection::{Connection, Inbound};
+use crate::error::RequestError;
 use crate::hub::{ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, SessionKey};
 use crate::protocol::{ClientMessage, ErrorCode, PeerId, RoomId, ServerFrame, ServerMessage};
 use crate::rate_limit::TokenBucket;
-use crate::ws::{admit_socket, refuse};
 
 /// Topics one connection may subscribe to at once.
 pub const MAX_TOPICS: usize = 64;
@@ -84,38 +83,26 @@ pub fn topic_room(topic: &str) -> RoomId {
 /// limits, `?token=`).
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    client: ClientRequest,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let ip_slot = match admit_socket(&app, peer, &headers) {
+    let ip_slot = match client.admit_socket(&app) {
         Ok(slot) => slot,
-        Err(refusal) => return *refusal,
+        Err(e) => return refuse(&app, &e),
     };
-    let live = app.live();
-    let claims = match (&live.auth, query.get("token")) {
-        (Some(auth), Some(token)) => match auth.verify(token) {
-            Ok(claims) => Some(claims),
-            Err(e) => return refuse(&app, StatusCode::UNAUTHORIZED, e.code, &e.message),
-        },
-        (Some(_), None) => {
-            return refuse(
-                &app,
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthorized,
-                "this server requires a token (?token=) granting the topic",
-            );
+    let claims = match client.claims(&app) {
+        Ok(None) if app.live().auth.is_some() => Err(RequestError::new(
+            ErrorCode::Unauthorized,
+            "this server requires a token (?token=) granting the topic",
+        )),
+        claims => claims,
+    };
+    match claims {
+        Ok(claims) => {
+            with_limits(ws, &app).on_upgrade(move |socket| run(socket, app, ip_slot, claims))
         }
-        (None, _) => None,
-    };
-    let limit = app.config.max_message_bytes;
-    ws.read_buffer_size(2 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(limit.saturating_mul(4).max(1 << 20))
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| run(socket, app, ip_slot, claims))
+        Err(e) => refuse(&app, &e),
+    }
 }
 
 /// One subscription: the hub session of the topic and its queue's handle.
@@ -126,6 +113,13 @@ struct Subscription {
     _tx: OutboundTx,
     /// Frames delivered since the last ack to the hub.
     unacked: u32,
+}
+
+impl Subscription {
+    /// Hands `message` to the hub as this topic's session on connection `conn`.
+    async fn send(&self, app: &AppState, conn: ConnId, message: ClientMessage) -> Flow {
+        app.hub.handle(self.key, conn, &self.peer, message).await
+    }
 }
 
 /// The frames of every subscription, each tagged with its topic.
@@ -317,15 +311,8 @@ impl YConnection {
     async fn unsubscribe(&mut self, topic: &str) {
         if let Some(sub) = self.topics.remove(topic) {
             // Its queue's stream ends when the hub drops the session's handle.
-            let _ = self
-                .app
-                .hub
-                .handle(
-                    sub.key,
-                    self.conn,
-                    &sub.peer,
-                    ClientMessage::Leave { id: None },
-                )
+            let _ = sub
+                .send(&self.app, self.conn, ClientMessage::Leave { id: None })
                 .await;
         }
     }
@@ -336,13 +323,10 @@ impl YConnection {
             self.app.metrics.error(ErrorCode::NotJoined);
             return Ok(());
         };
-        let flow = self
-            .app
-            .hub
-            .handle(
-                sub.key,
+        let flow = sub
+            .send(
+                &self.app,
                 self.conn,
-                &sub.peer,
                 ClientMessage::Broadcast { id: None, data },
             )
             .await;

@@ -891,18 +891,17 @@ impl ClusterHub {
     pub async fn reply_error(
         &self,
         key: SessionKey,
-        code: ErrorCode,
-        message: String,
+        error: RequestError,
         reference: Option<RequestId>,
         close: Option<u16>,
     ) {
-        self.metrics.error(code);
+        self.metrics.error(error.code);
         let Some(room) = self.lock().attached.get(&key).map(|s| s.room.clone()) else {
             return;
         };
         let body = to_json(&ServerMessage::Error {
-            code,
-            message,
+            code: error.code,
+            message: error.message.into_owned(),
             reference,
         });
         match self.store.call(Op::Emit, &room, &[&sid(key), &body]).await {

@@ -16,25 +16,24 @@ pub use send_rate::SendRates;
 pub use stream::{events, poll};
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 use crate::admission::Admission;
+use crate::client_request::ClientRequest;
 use crate::error::RequestError;
 use crate::hub::{Flow, encode};
 use crate::protocol::{
     ClientMessage, ErrorCode, HttpOpened, LeaveReason, ResumeToken, RoomId, ServerFrame,
     ServerMessage, http,
 };
-use crate::ws::{address_slot, origin_allowed};
 
 /// The HTTP status of a refusal with `code` (the table in `docs/protocol.md`).
 pub fn status_of(code: ErrorCode) -> StatusCode {
@@ -131,43 +130,29 @@ async fn read_body(app: &AppState, body: Body) -> Result<axum::body::Bytes, Requ
     })
 }
 
-fn forbidden_origin() -> RequestError {
-    RequestError::new(ErrorCode::Forbidden, "origin not allowed")
-}
-
 /// `POST /http`: open with a `join` naming its room, or a `resume`.
-pub async fn open(
-    State(app): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    open_session(app, peer, None, query, headers, body).await
+pub async fn open(State(app): State<Arc<AppState>>, client: ClientRequest, body: Body) -> Response {
+    open_session(app, None, client, body).await
 }
 
 /// `POST /http/{room}`: open in the room of the URL.
 pub async fn open_room(
     State(app): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    client: ClientRequest,
     body: Body,
 ) -> Response {
-    open_session(app, peer, Some(RoomId(room)), query, headers, body).await
+    open_session(app, Some(RoomId(room)), client, body).await
 }
 
 async fn open_session(
     app: Arc<AppState>,
-    peer: SocketAddr,
     path_room: Option<RoomId>,
-    query: HashMap<String, String>,
-    headers: HeaderMap,
+    client: ClientRequest,
     body: Body,
 ) -> Response {
     app.metrics.http_request("open");
-    match try_open(&app, peer, path_room, &query, &headers, body).await {
+    match try_open(&app, path_room, &client, body).await {
         Ok(token) => {
             let body = serde_json::to_string(&HttpOpened { session: token }).unwrap_or_default();
             json_body(body).into_response()
@@ -178,21 +163,13 @@ async fn open_session(
 
 async fn try_open(
     app: &AppState,
-    peer: SocketAddr,
     path_room: Option<RoomId>,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
+    client: &ClientRequest,
     body: Body,
 ) -> Result<ResumeToken, RequestError> {
-    if !origin_allowed(&app.live().allowed_origins, headers) {
-        return Err(forbidden_origin());
-    }
-    let ip_slot = address_slot(app, peer, headers)?;
-    let live = app.live();
-    let claims = match (&live.auth, query.get("token")) {
-        (Some(auth), Some(token)) => Some(auth.verify(token)?),
-        _ => None,
-    };
+    client.origin_allowed(app)?;
+    let ip_slot = client.address_slot(app)?;
+    let claims = client.claims(app)?;
     let body = read_body(app, body).await?;
     let message: ClientMessage = serde_json::from_slice(&body).map_err(|e| {
         RequestError::new(
@@ -227,14 +204,9 @@ async fn try_open(
 }
 
 /// `POST /http/send?session=S`: one client frame, or an array of them, handled in order.
-pub async fn send(
-    State(app): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn send(State(app): State<Arc<AppState>>, client: ClientRequest, body: Body) -> Response {
     app.metrics.http_request("send");
-    match try_send(&app, &query, &headers, body).await {
+    match try_send(&app, &client, body).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err((error, retry_after)) => refusal_after(&app, error, retry_after),
     }
@@ -242,15 +214,12 @@ pub async fn send(
 
 async fn try_send(
     app: &AppState,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
+    client: &ClientRequest,
     body: Body,
 ) -> Result<(), (RequestError, u64)> {
     let plain = |e| (e, 1);
-    if !origin_allowed(&app.live().allowed_origins, headers) {
-        return Err(plain(forbidden_origin()));
-    }
-    let token = session_token(query).map_err(plain)?;
+    client.origin_allowed(app).map_err(plain)?;
+    let token = session_token(&client.query).map_err(plain)?;
     let body = read_body(app, body).await.map_err(plain)?;
     let messages = parse_frames(&body).map_err(plain)?;
     if messages.is_empty() {

@@ -3,22 +3,21 @@
 //! a quiet `resume` from the client's position, and detaches (parks) it when it ends; the
 //! frames come through the same bounded outbound queue as a WebSocket's.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Extension, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Extension, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
-use super::{forbidden_origin, json_body, refusal, session_token};
+use super::{json_body, refusal, session_token};
 use crate::AppState;
 use crate::client_ip::IpSlot;
+use crate::client_request::ClientRequest;
 use crate::cluster::inbox::frame_seq;
 use crate::error::RequestError;
 use crate::hub::{ConnId, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey};
@@ -26,7 +25,6 @@ use crate::listener::{HttpSlot, SlotLoan};
 use crate::open_connections::ConnectionGuard;
 use crate::outbox::Frame;
 use crate::protocol::{ErrorCode, LeaveReason, SUPPORTED_VERSIONS, http};
-use crate::ws::{address_slot, origin_allowed};
 
 /// A session attached to this request. Dropping it (the client went away mid-request) parks
 /// the session, as a dropped socket does.
@@ -72,22 +70,13 @@ impl Drop for StreamSession {
 async fn attach(
     app: &Arc<AppState>,
     http_slot: Option<&HttpSlot>,
-    peer: SocketAddr,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
+    client: &ClientRequest,
     last_seq: u64,
 ) -> Result<StreamSession, RequestError> {
-    if !origin_allowed(&app.live().allowed_origins, headers) {
-        return Err(forbidden_origin());
-    }
-    let token = session_token(query)?;
-    if app.connections.count() >= app.live().max_connections as i64 {
-        return Err(RequestError::new(
-            ErrorCode::TooManySessions,
-            "too many connections",
-        ));
-    }
-    let ip_slot = address_slot(app, peer, headers)?;
+    client.origin_allowed(app)?;
+    let token = session_token(&client.query)?;
+    ClientRequest::connection_room(app)?;
+    let ip_slot = client.address_slot(app)?;
     let (tx, rx) = app.outbound_queue();
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let attached = app
@@ -128,11 +117,11 @@ fn parse_seq(text: &str) -> Result<u64, RequestError> {
 }
 
 /// The client's position: `Last-Event-ID`, else `last_seq`, else 0.
-fn position(query: &HashMap<String, String>, headers: &HeaderMap) -> Result<u64, RequestError> {
-    if let Some(id) = headers.get("last-event-id") {
+fn position(client: &ClientRequest) -> Result<u64, RequestError> {
+    if let Some(id) = client.headers.get("last-event-id") {
         return parse_seq(id.to_str().unwrap_or(""));
     }
-    match query.get(http::LAST_SEQ_PARAM) {
+    match client.query.get(http::LAST_SEQ_PARAM) {
         Some(seq) => parse_seq(seq),
         None => Ok(0),
     }
@@ -142,15 +131,13 @@ fn position(query: &HashMap<String, String>, headers: &HeaderMap) -> Result<u64,
 pub async fn events(
     State(app): State<Arc<AppState>>,
     http_slot: Option<Extension<HttpSlot>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    client: ClientRequest,
 ) -> Response {
     app.metrics.http_request("events");
-    let session = match position(&query, &headers) {
+    let session = match position(&client) {
         Ok(last_seq) => {
             let slot = http_slot.as_ref().map(|Extension(slot)| slot);
-            attach(&app, slot, peer, &query, &headers, last_seq).await
+            attach(&app, slot, &client, last_seq).await
         }
         Err(error) => Err(error),
     };
@@ -278,18 +265,16 @@ fn gather(app: &AppState, rx: &mut OutboundRx, out: Option<Outbound>) -> Next {
 pub async fn poll(
     State(app): State<Arc<AppState>>,
     http_slot: Option<Extension<HttpSlot>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    client: ClientRequest,
 ) -> Response {
     app.metrics.http_request("poll");
-    let last_seq = match query.get(http::LAST_SEQ_PARAM).map(|s| parse_seq(s)) {
+    let last_seq = match client.query.get(http::LAST_SEQ_PARAM).map(|s| parse_seq(s)) {
         Some(Ok(seq)) => seq,
         Some(Err(error)) => return refusal(&app, error),
         None => 0,
     };
     let slot = http_slot.as_ref().map(|Extension(slot)| slot);
-    let mut session = match attach(&app, slot, peer, &query, &headers, last_seq).await {
+    let mut session = match attach(&app, slot, &client, last_seq).await {
         Ok(session) => session,
         Err(error) => return refusal(&app, error),
     };

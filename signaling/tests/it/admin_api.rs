@@ -1,9 +1,9 @@
 //! The admin API (`docs/signaling.md`, "Admin API"): list rooms and peers, kick a peer, close
 //! a room, read usage, drain the node; every action refused without the API key (401).
 
-use signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, ServerMessage};
+use signaling::protocol::{ErrorCode, LeaveReason, ServerMessage};
 
-use crate::support::{Client, Closed, Server, cluster_nodes, http_request};
+use crate::support::{Client, Closed, Server, cluster_nodes, http_request, resume_message};
 
 const KEY: &str = "admin-key-1";
 
@@ -111,12 +111,7 @@ async fn the_admin_lists_kicks_and_closes_rooms() {
     }
     let mut again = Client::connect(&server.ws("/ws")).await;
     again
-        .send(&ClientMessage::Resume {
-            id: Some(1),
-            versions: vec![1],
-            resume_token: b_info.resume_token.clone(),
-            last_seq: b.last_seq,
-        })
+        .send(&resume_message(&b_info.resume_token, b.last_seq))
         .await;
     again.expect_error(ErrorCode::Kicked).await;
     assert_eq!(again.expect_close().await, Closed::Code(1008));

@@ -32,6 +32,16 @@ pub(crate) async fn signal(client: &mut Client, to: &PeerId, signal: Signal) {
         .await;
 }
 
+/// `from` signals `candidate(n)` to `to`, which receives it: each side is a client and its peer id.
+pub(crate) async fn pass_candidate(
+    (from, from_id): (&mut Client, &PeerId),
+    (to, to_id): (&mut Client, &PeerId),
+    n: u32,
+) {
+    signal(from, to_id, candidate(n)).await;
+    assert_eq!(expect_signal(to, from_id).await, candidate(n));
+}
+
 /// Expects `peer` to have left for `reason`.
 pub(crate) async fn expect_peer_left(client: &mut Client, peer: &PeerId, reason: LeaveReason) {
     match client.recv_message().await {

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, ResumeToken, ServerMessage};
 
-use crate::basic::{candidate, expect_signal, signal};
+use crate::basic::{candidate, expect_signal, pass_candidate, signal};
 use crate::support::redis::{RedisCluster, RedisServer};
-use crate::support::{Client, Closed, Server, join_message};
+use crate::support::{Client, Closed, Server, join_message, resume_message};
 
 /// Fast failure detection for tests: heartbeat 200 ms, lease 1 s.
 fn node(redis_urls: &str, extra: &[&str]) -> Server {
@@ -25,15 +25,6 @@ fn node(redis_urls: &str, extra: &[&str]) -> Server {
     Server::spawn(&args)
 }
 
-fn resume(token: &ResumeToken, last_seq: u64) -> ClientMessage {
-    ClientMessage::Resume {
-        id: Some(9),
-        versions: vec![1],
-        resume_token: token.clone(),
-        last_seq,
-    }
-}
-
 /// Resumes on `url` and expects `n` replayed signals `first..first+n` from `from`, then
 /// `resumed` with `replayed == n`.
 async fn resume_expecting(
@@ -46,7 +37,7 @@ async fn resume_expecting(
 ) -> Client {
     let mut client = Client::connect(url).await;
     client.last_seq = last_seq;
-    client.send(&resume(token, last_seq)).await;
+    client.send(&resume_message(token, last_seq)).await;
     for i in first..first + n {
         assert_eq!(
             expect_signal(&mut client, from).await,
@@ -70,8 +61,7 @@ async fn a_client_of_a_killed_node_resumes_on_another_with_nothing_lost() {
     let (mut a, a_info) = Client::join(&n1.ws("/ws/call"), None).await;
     let (mut b, b_info) = Client::join(&n2.ws("/ws/call"), None).await;
     let _ = a.recv_message().await; // peer_joined
-    signal(&mut a, &b_info.peer_id, candidate(0)).await;
-    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(0));
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 0).await;
     let b_seen = b.last_seq;
 
     // kill -9 B's node mid-negotiation; A goes on trickling to B.
@@ -101,10 +91,8 @@ async fn a_client_of_a_killed_node_resumes_on_another_with_nothing_lost() {
     );
     b.expect_silence(Duration::from_millis(200)).await;
     // A never saw B leave; the call goes on both ways.
-    signal(&mut b, &a_info.peer_id, candidate(50)).await;
-    assert_eq!(expect_signal(&mut a, &b_info.peer_id).await, candidate(50));
-    signal(&mut a, &b_info.peer_id, candidate(51)).await;
-    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(51));
+    pass_candidate((&mut b, &b_info.peer_id), (&mut a, &a_info.peer_id), 50).await;
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 51).await;
     a.expect_silence(Duration::from_millis(300)).await;
 }
 
@@ -177,8 +165,7 @@ async fn draining_a_node_moves_its_clients_with_zero_frames_lost() {
     .await;
     assert!(n2.wait_exit(Duration::from_secs(5)), "drained node exits");
     let mut b = b;
-    signal(&mut a, &b_info.peer_id, candidate(9)).await;
-    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(9));
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 9).await;
     a.expect_silence(Duration::from_millis(200)).await;
 }
 
@@ -190,8 +177,7 @@ async fn a_redis_outage_is_refused_clearly_and_healed_without_a_restart() {
     let (mut a, a_info) = Client::join(&n1.ws("/ws/outage"), None).await;
     let (mut b, b_info) = Client::join(&n2.ws("/ws/outage"), None).await;
     let _ = a.recv_message().await;
-    signal(&mut a, &b_info.peer_id, candidate(0)).await;
-    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(0));
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 0).await;
     let (a_seen, b_seen) = (a.last_seq, b.last_seq);
 
     redis.freeze();
@@ -220,20 +206,19 @@ async fn a_redis_outage_is_refused_clearly_and_healed_without_a_restart() {
     // Both resume (each on the other node) with nothing lost, and the call goes on.
     let mut a = Client::connect(&n2.ws("/ws/outage")).await;
     a.last_seq = a_seen;
-    a.send(&resume(&a_info.resume_token, a_seen)).await;
+    a.send(&resume_message(&a_info.resume_token, a_seen)).await;
     assert!(matches!(
         a.recv_message().await,
         ServerMessage::Resumed { replayed: 0, .. }
     ));
     let mut b = Client::connect(&n1.ws("/ws/outage")).await;
     b.last_seq = b_seen;
-    b.send(&resume(&b_info.resume_token, b_seen)).await;
+    b.send(&resume_message(&b_info.resume_token, b_seen)).await;
     assert!(matches!(
         b.recv_message().await,
         ServerMessage::Resumed { replayed: 0, .. }
     ));
-    signal(&mut a, &b_info.peer_id, candidate(1)).await;
-    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(1));
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 1).await;
     // New joins work again.
     let (_c, _) = Client::join(&n1.ws("/ws/outage"), None).await;
 }
@@ -252,7 +237,7 @@ async fn a_restarted_empty_redis_is_served_again_and_old_sessions_fail_cleanly()
     }
     // The data is gone: the resume fails with a clear code, and a fresh join works.
     let mut a = Client::connect(&n1.ws("/ws/restart")).await;
-    a.send(&resume(&a_info.resume_token, 1)).await;
+    a.send(&resume_message(&a_info.resume_token, 1)).await;
     a.expect_error(ErrorCode::ResumeFailed).await;
     let (_b, info) = Client::join(&n1.ws("/ws/restart"), None).await;
     assert!(info.peers.is_empty());
@@ -303,8 +288,7 @@ async fn every_key_is_gone_after_everyone_leaves() {
         let (mut b, b_info) = Client::join(&n2.ws(&format!("/ws/{room}")), None).await;
         let _ = a.recv_message().await;
         for i in 0..3 {
-            signal(&mut a, &b_info.peer_id, candidate(i)).await;
-            assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(i));
+            pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), i).await;
         }
         // One leaves, one just drops its socket (parked, then expired).
         a.send(&ClientMessage::Leave { id: None }).await;
@@ -359,8 +343,7 @@ async fn a_room_spans_nodes_on_a_redis_cluster() {
             3,
         )
         .await;
-        signal(&mut b, &a_info.peer_id, candidate(7)).await;
-        assert_eq!(expect_signal(&mut a, &b_info.peer_id).await, candidate(7));
+        pass_candidate((&mut b, &b_info.peer_id), (&mut a, &a_info.peer_id), 7).await;
     }
     assert!(cluster.dbsize() > 0);
 }
@@ -416,8 +399,7 @@ async fn a_node_frozen_past_its_lease_hands_its_clients_over() {
         3,
     )
     .await;
-    signal(&mut b, &a_info.peer_id, candidate(9)).await;
-    assert_eq!(expect_signal(&mut a, &b_info.peer_id).await, candidate(9));
+    pass_candidate((&mut b, &b_info.peer_id), (&mut a, &a_info.peer_id), 9).await;
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use signaling::protocol::{
 
 use crate::http_client::{self, Event, Sse};
 use crate::limits::{SLOW_CONSUMER_ARGS, flood_until_cut_off};
-use crate::support::{Client, STEP, Server};
+use crate::support::{Client, STEP, Server, resume_message};
 
 fn offer(n: u32) -> Signal {
     Signal::Offer {
@@ -419,12 +419,7 @@ async fn a_websocket_session_continues_over_http_after_a_resume() {
     b.send(&signal(&a_info.peer_id, 5)).await;
     b.sync().await;
     // A's WebSocket is blocked from now on: it resumes over HTTP.
-    let resume = ClientMessage::Resume {
-        id: Some(9),
-        versions: vec![1],
-        resume_token: a_info.resume_token.clone(),
-        last_seq: last,
-    };
+    let resume = resume_message(&a_info.resume_token, last);
     let token = http_client::open(server.next_addr(), "switch", &resume)
         .await
         .expect("resume over HTTP");

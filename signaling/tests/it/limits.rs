@@ -8,8 +8,8 @@ use signaling::protocol::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::basic::{candidate, expect_signal, signal};
-use crate::support::{Client, Closed, Server, join_message};
+use crate::basic::{candidate, pass_candidate};
+use crate::support::{Client, Closed, Server, join_message, resume_message};
 
 fn error_ref(message: &ServerMessage) -> Option<u64> {
     match message {
@@ -53,8 +53,7 @@ async fn bad_input_is_answered_and_harms_nobody() {
     a.expect_error(ErrorCode::AlreadyJoined).await;
 
     // A is still a working member, and B saw none of it.
-    signal(&mut a, &b_info.peer_id, candidate(1)).await;
-    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(1));
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 1).await;
 
     // An oversize frame closes A's socket with 1009 after the error.
     a.send_raw(Message::text("x".repeat(2000))).await;
@@ -395,8 +394,7 @@ async fn garbage_never_hurts_the_server() {
         }
     }
     // Everyone is still served.
-    signal(&mut a, &b_info.peer_id, candidate(5)).await;
-    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(5));
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 5).await;
     let (status, _, _) = server.get("/healthz").await;
     assert_eq!(status, 200);
 }
@@ -727,13 +725,7 @@ async fn sessions_are_limited_per_client_address_parked_ones_included() {
     assert_eq!(d.expect_close().await, Closed::Code(1013));
     // The parked session resumes (resumes create nothing, so they are not refused)...
     let mut c = Client::connect(&url()).await;
-    c.send(&ClientMessage::Resume {
-        id: None,
-        versions: vec![1],
-        resume_token: c_info.resume_token.clone(),
-        last_seq: 1,
-    })
-    .await;
+    c.send(&resume_message(&c_info.resume_token, 1)).await;
     loop {
         if let ServerMessage::Resumed { .. } = c.recv_message().await {
             break;

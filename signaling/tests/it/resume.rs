@@ -6,17 +6,8 @@ use signaling::protocol::{
     ClientMessage, ErrorCode, LeaveReason, ResumeToken, ServerFrame, ServerMessage,
 };
 
-use crate::basic::{candidate, expect_peer_left, expect_signal, signal};
-use crate::support::{Client, Closed, Server};
-
-fn resume_message(token: &ResumeToken, last_seq: u64) -> ClientMessage {
-    ClientMessage::Resume {
-        id: Some(77),
-        versions: vec![1],
-        resume_token: token.clone(),
-        last_seq,
-    }
-}
+use crate::basic::{candidate, expect_peer_left, expect_signal, pass_candidate, signal};
+use crate::support::{Client, Closed, Server, resume_message};
 
 #[tokio::test]
 async fn resume_replays_missed_messages_exactly_once_in_order() {
@@ -82,10 +73,8 @@ async fn resume_replays_missed_messages_exactly_once_in_order() {
     b.expect_silence(Duration::from_millis(200)).await;
 
     // The session goes on both ways, and A never saw B leave or join.
-    signal(&mut b, &a_info.peer_id, candidate(99)).await;
-    assert_eq!(expect_signal(&mut a, &b_info.peer_id).await, candidate(99));
-    signal(&mut a, &b_info.peer_id, candidate(100)).await;
-    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(100));
+    pass_candidate((&mut b, &b_info.peer_id), (&mut a, &a_info.peer_id), 99).await;
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 100).await;
     a.expect_silence(Duration::from_millis(200)).await;
     assert_eq!(
         server
@@ -108,8 +97,7 @@ async fn resume_takes_over_a_socket_the_server_still_thinks_alive() {
         ServerMessage::Resumed { replayed: 0, .. }
     ));
     assert_eq!(old.expect_close().await, Closed::Code(1008));
-    signal(&mut a, &b_info.peer_id, candidate(1)).await;
-    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(1));
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 1).await;
     a.expect_silence(Duration::from_millis(200)).await;
 }
 

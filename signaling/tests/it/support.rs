@@ -12,7 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use signaling::protocol::{ClientMessage, ErrorCode, ServerFrame, ServerMessage, SessionInfo};
+use signaling::protocol::{
+    ClientMessage, ErrorCode, ResumeToken, ServerFrame, ServerMessage, SessionInfo,
+};
 use testkit::Spawned;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -506,6 +508,17 @@ impl Client {
             } => session,
             other => panic!("expected welcome with seq 1, got {other:?}"),
         }
+    }
+}
+
+/// A `resume` message (request id 77) of the session `token` that processed frames up to
+/// `last_seq`.
+pub(crate) fn resume_message(token: &ResumeToken, last_seq: u64) -> ClientMessage {
+    ClientMessage::Resume {
+        id: Some(77),
+        versions: vec![1],
+        resume_token: token.clone(),
+        last_seq,
     }
 }
 

@@ -1,0 +1,143 @@
+//! What every client endpoint (`/ws`, `/y-webrtc`, `/peerjs`, the HTTP transports) reads off
+//! its request and checks before it holds a connection: the origin allow-list, draining, the
+//! shared store, the connection limits (global and per client address) and a `?token=`. One
+//! place, so every transport refuses the same things with the same codes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+use crate::auth::Claims;
+use crate::client_ip::{IpSlot, client_ip};
+use crate::error::RequestError;
+use crate::protocol::ErrorCode;
+
+/// Initial read buffer of a socket. tungstenite allocates it up front (its default is 128 KiB);
+/// larger frames grow it on demand.
+const READ_BUFFER_BYTES: usize = 2 * 1024;
+
+/// A client endpoint's request: the socket's address (the client's own behind a PROXY
+/// protocol header), the query parameters and the headers.
+pub struct ClientRequest {
+    pub peer: SocketAddr,
+    pub query: HashMap<String, String>,
+    pub headers: HeaderMap,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientRequest {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Query(query) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            peer,
+            query,
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+impl ClientRequest {
+    /// Whether a browser's `Origin` (if any) is in the `--allowed-origin` list (when one is set).
+    pub fn origin_allowed(&self, app: &AppState) -> Result<(), RequestError> {
+        let allowed = &app.live().allowed_origins;
+        match self.headers.get(header::ORIGIN) {
+            Some(origin) => {
+                let origin = origin.to_str().unwrap_or("");
+                if allowed.is_empty() || allowed.iter().any(|a| a == origin) {
+                    Ok(())
+                } else {
+                    Err(RequestError::new(
+                        ErrorCode::Forbidden,
+                        "origin not allowed",
+                    ))
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The claims of the `?token=`, verified; `None` without one or when auth is off.
+    pub fn claims(&self, app: &AppState) -> Result<Option<Claims>, RequestError> {
+        match (&app.live().auth, self.query.get("token")) {
+            (Some(auth), Some(token)) => auth.verify(token).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The connection's place among its client address's (the address from trusted proxies'
+    /// headers), or `too_many_connections`. Every endpoint that holds a connection takes one.
+    pub fn address_slot(&self, app: &AppState) -> Result<IpSlot, RequestError> {
+        let ip = client_ip(self.peer, &self.headers, &app.config.trusted_proxies);
+        app.clients.connect(ip, Instant::now()).ok_or_else(|| {
+            RequestError::new(
+                ErrorCode::TooManyConnections,
+                "too many connections from this address",
+            )
+        })
+    }
+
+    /// The node-wide limit on open connections (WebSockets and HTTP streams).
+    pub fn connection_room(app: &AppState) -> Result<(), RequestError> {
+        if app.connections.count() >= app.live().max_connections as i64 {
+            return Err(RequestError::new(
+                ErrorCode::TooManySessions,
+                "too many connections",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What every WebSocket endpoint checks before upgrading: the origin, draining, the shared
+    /// store, the connection limit and the client address's. Returns the connection's place
+    /// among its address's.
+    pub fn admit_socket(&self, app: &AppState) -> Result<IpSlot, RequestError> {
+        self.origin_allowed(app)?;
+        if app.hub.is_draining() {
+            return Err(RequestError::new(
+                ErrorCode::Draining,
+                "the server is shutting down",
+            ));
+        }
+        if !app.hub.is_available() {
+            return Err(RequestError::new(
+                ErrorCode::Unavailable,
+                "the server cannot reach its shared store",
+            ));
+        }
+        Self::connection_room(app)?;
+        self.address_slot(app)
+    }
+}
+
+/// An HTTP refusal of an upgrade, counted by its code, with the status of the code's row in
+/// `docs/protocol.md`.
+pub fn refuse(app: &AppState, error: &RequestError) -> Response {
+    app.metrics.error(error.code);
+    tracing::debug!(code = %error.code, message = %error.message, "upgrade refused");
+    let status = crate::http_transport::status_of(error.code);
+    (status, format!("{}: {}\n", error.code, error.message)).into_response()
+}
+
+/// A WebSocket upgrade with the node's frame limits (`--max-message-bytes`) and small buffers,
+/// so idle connections stay cheap.
+pub fn with_limits(ws: WebSocketUpgrade, app: &AppState) -> WebSocketUpgrade {
+    let limit = app.config.max_message_bytes;
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limit.saturating_mul(4).max(1 << 20))
+        .max_message_size(limit)
+        .max_frame_size(limit)
+}
