@@ -915,13 +915,7 @@ async fn idle_session(
                 .await
                 .unwrap_or_else(|_| Err("join: no welcome in time".into()));
             drop(permit);
-            match ws {
-                Ok((ws, _)) => {
-                    let _ = ready.send(Ok(()));
-                    ws_reader(ws, None).await;
-                }
-                Err(e) => drop(ready.send(Err(e))),
-            }
+            report_then_hold(ws, ready, |(ws, _)| ws_reader(ws, None)).await;
         }
         Transport::Sse => {
             let opened = async {
@@ -931,13 +925,10 @@ async fn idle_session(
             }
             .await;
             drop(permit);
-            match opened {
-                Ok((session, sse)) => {
-                    let _ = ready.send(Ok(()));
-                    sse_reader(addr, session, sse, None).await;
-                }
-                Err(e) => drop(ready.send(Err(e))),
-            }
+            report_then_hold(opened, ready, |(session, sse)| {
+                sse_reader(addr, session, sse, None)
+            })
+            .await;
         }
         Transport::LongPoll => {
             let opened = async {
@@ -949,14 +940,26 @@ async fn idle_session(
             }
             .await;
             drop(permit);
-            match opened {
-                Ok((session, last_seq)) => {
-                    let _ = ready.send(Ok(()));
-                    poll_loop(addr, session, last_seq, poll_timeout, None).await;
-                }
-                Err(e) => drop(ready.send(Err(e))),
-            }
+            report_then_hold(opened, ready, |(session, last_seq)| {
+                poll_loop(addr, session, last_seq, poll_timeout, None)
+            })
+            .await;
         }
+    }
+}
+
+/// Reports how opening went on `ready`; once open, holds the session with `hold`.
+async fn report_then_hold<T, H: std::future::Future<Output = ()>>(
+    opened: Result<T, String>,
+    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+    hold: impl FnOnce(T) -> H,
+) {
+    match opened {
+        Ok(open) => {
+            let _ = ready.send(Ok(()));
+            hold(open).await;
+        }
+        Err(e) => drop(ready.send(Err(e))),
     }
 }
 

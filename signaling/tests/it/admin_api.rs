@@ -26,6 +26,15 @@ const ACTIONS: [(&str, &str); 6] = [
     ("POST", "/v1/drain"),
 ];
 
+/// The string `field` of every object of the JSON array `list`.
+fn strings_of<'a>(list: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    let items = list.as_array().expect("an array");
+    items
+        .iter()
+        .map(|item| item[field].as_str().expect(field))
+        .collect()
+}
+
 #[tokio::test]
 async fn every_admin_action_is_refused_without_the_key() {
     let server = Server::start(&["--api-key", KEY]);
@@ -67,12 +76,7 @@ async fn the_admin_lists_kicks_and_closes_rooms() {
     let view: serde_json::Value = serde_json::from_str(&body).expect("json");
     let rooms = view["rooms"].as_array().expect("rooms");
     let adm = rooms.iter().find(|r| r["room"] == "adm").expect("room adm");
-    let ids: Vec<&str> = adm["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = strings_of(&adm["peers"], "id");
     assert_eq!(ids.len(), 3);
     assert_eq!(ids[0], a_info.peer_id.as_str());
     assert!(rooms.iter().any(|r| r["room"] == "quiet"), "{body}");
@@ -82,12 +86,8 @@ async fn the_admin_lists_kicks_and_closes_rooms() {
         assert_eq!(first["node"], "local");
         assert_eq!(first["transport"], "websocket");
     } else {
-        let nodes: std::collections::HashSet<&str> = adm["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["node"].as_str().unwrap())
-            .collect();
+        let nodes: std::collections::HashSet<&str> =
+            strings_of(&adm["peers"], "node").into_iter().collect();
         assert_eq!(nodes.len(), 3, "the peers are on three nodes: {body}");
     }
     assert_eq!(first["state"], "attached");
@@ -137,12 +137,7 @@ async fn the_admin_lists_kicks_and_closes_rooms() {
     }
     let (_, body) = call(&server, "GET", "/v1/rooms", Some(KEY)).await;
     let view: serde_json::Value = serde_json::from_str(&body).expect("json");
-    let rooms: Vec<&str> = view["rooms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["room"].as_str().unwrap())
-        .collect();
+    let rooms: Vec<&str> = strings_of(&view["rooms"], "room");
     assert_eq!(rooms, ["quiet"]);
     d.sync().await;
     assert_eq!(d_info.room.as_str(), "quiet");

@@ -136,9 +136,8 @@ async fn two_peers_negotiate_with_fifo_trickle() {
 #[tokio::test]
 async fn three_peers_roles_and_targeted_delivery() {
     let server = Server::start(&[]);
-    let (mut a, a_info) = Client::join(&server.ws("/ws/trio"), None).await;
-    let (mut b, b_info) = Client::join(&server.ws("/ws/trio"), None).await;
-    let _ = a.recv_message().await; // peer_joined b
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&server.ws("/ws/trio"), &server.ws("/ws/trio")).await;
     let (mut c, c_info) = Client::join(&server.ws("/ws/trio"), None).await;
     let ids: Vec<_> = c_info.peers.iter().map(|p| p.id.clone()).collect();
     assert_eq!(ids, [a_info.peer_id.clone(), b_info.peer_id.clone()]);

@@ -58,9 +58,8 @@ async fn a_client_of_a_killed_node_resumes_on_another_with_nothing_lost() {
     let n1 = node(&redis.url(), &["--resume-grace", "20s"]);
     let mut n2 = node(&redis.url(), &["--resume-grace", "20s"]);
     let n3 = node(&redis.url(), &["--resume-grace", "20s"]);
-    let (mut a, a_info) = Client::join(&n1.ws("/ws/call"), None).await;
-    let (mut b, b_info) = Client::join(&n2.ws("/ws/call"), None).await;
-    let _ = a.recv_message().await; // peer_joined
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&n1.ws("/ws/call"), &n2.ws("/ws/call")).await;
     pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 0).await;
     let b_seen = b.last_seq;
 
@@ -130,9 +129,8 @@ async fn draining_a_node_moves_its_clients_with_zero_frames_lost() {
         &redis.url(),
         &["--drain-timeout", "3s", "--reconnect-after", "100ms"],
     );
-    let (mut a, a_info) = Client::join(&n1.ws("/ws/move"), None).await;
-    let (mut b, b_info) = Client::join(&n2.ws("/ws/move"), None).await;
-    let _ = a.recv_message().await;
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&n1.ws("/ws/move"), &n2.ws("/ws/move")).await;
 
     n2.terminate();
     assert!(matches!(
@@ -174,9 +172,8 @@ async fn a_redis_outage_is_refused_clearly_and_healed_without_a_restart() {
     let redis = RedisServer::start();
     let n1 = node(&redis.url(), &["--resume-grace", "30s"]);
     let n2 = node(&redis.url(), &["--resume-grace", "30s"]);
-    let (mut a, a_info) = Client::join(&n1.ws("/ws/outage"), None).await;
-    let (mut b, b_info) = Client::join(&n2.ws("/ws/outage"), None).await;
-    let _ = a.recv_message().await;
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&n1.ws("/ws/outage"), &n2.ws("/ws/outage")).await;
     pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 0).await;
     let (a_seen, b_seen) = (a.last_seq, b.last_seq);
 
@@ -284,9 +281,11 @@ async fn every_key_is_gone_after_everyone_leaves() {
     let n2 = node(&redis.url(), &["--resume-grace", "1s"]);
     let baseline = redis.keys();
     for room in ["k1", "k2"] {
-        let (mut a, a_info) = Client::join(&n1.ws(&format!("/ws/{room}")), None).await;
-        let (mut b, b_info) = Client::join(&n2.ws(&format!("/ws/{room}")), None).await;
-        let _ = a.recv_message().await;
+        let ((mut a, a_info), (mut b, b_info)) = Client::pair(
+            &n1.ws(&format!("/ws/{room}")),
+            &n2.ws(&format!("/ws/{room}")),
+        )
+        .await;
         for i in 0..3 {
             pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), i).await;
         }
@@ -375,9 +374,8 @@ async fn a_node_frozen_past_its_lease_hands_its_clients_over() {
     let redis = RedisServer::start();
     let n1 = node(&redis.url(), &["--resume-grace", "20s"]);
     let n2 = node(&redis.url(), &["--resume-grace", "20s"]);
-    let (mut a, a_info) = Client::join(&n1.ws("/ws/frozen"), None).await;
-    let (mut b, b_info) = Client::join(&n2.ws("/ws/frozen"), None).await;
-    let _ = a.recv_message().await;
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&n1.ws("/ws/frozen"), &n2.ws("/ws/frozen")).await;
     let b_seen = b.last_seq;
     // SIGSTOP n2 past its lease: n1 adopts B's session (parked) while B's socket stays open.
     let pid = n2.pid() as libc::pid_t;
@@ -410,9 +408,8 @@ async fn the_admin_page_of_any_node_shows_the_rooms_and_reports_of_the_whole_clu
     let busy = node(&redis.url(), &[]);
     let admin = admin_addr(&mut quiet);
     // Both peers are on the busy node; the quiet node has no session at all.
-    let (mut a, a_info) = Client::join(&busy.ws("/ws/far-room"), None).await;
-    let (mut b, b_info) = Client::join(&busy.ws("/ws/far-room"), None).await;
-    let _ = a.recv_message().await; // peer_joined
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&busy.ws("/ws/far-room"), &busy.ws("/ws/far-room")).await;
     a.send(&stats(relayed_report(&b_info.peer_id))).await;
     a.sync().await;
 

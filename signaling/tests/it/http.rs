@@ -410,9 +410,8 @@ async fn a_refused_open_answers_a_status_and_an_error_frame() {
 #[tokio::test]
 async fn a_websocket_session_continues_over_http_after_a_resume() {
     let server = Server::start(&[]);
-    let (mut a, a_info) = Client::join(&server.ws("/ws/switch"), None).await;
-    let (mut b, b_info) = Client::join(&server.ws("/ws/switch"), None).await;
-    let _joined = a.recv_message().await;
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&server.ws("/ws/switch"), &server.ws("/ws/switch")).await;
     a.sync().await;
     let last = 3; // welcome, peer_joined, the pong of `sync`
     drop(a);

@@ -12,9 +12,8 @@ use crate::support::{Client, Closed, Server, resume_message};
 #[tokio::test]
 async fn resume_replays_missed_messages_exactly_once_in_order() {
     let server = Server::start(&["--resume-grace", "10s"]);
-    let (mut a, a_info) = Client::join(&server.ws("/ws/resume"), None).await;
-    let (mut b, b_info) = Client::join(&server.ws("/ws/resume"), None).await;
-    let _ = a.recv_message().await; // peer_joined
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&server.ws("/ws/resume"), &server.ws("/ws/resume")).await;
 
     // B receives 0..5 and processes them; it acks up to 2 only.
     for n in 0..5 {

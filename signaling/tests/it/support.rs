@@ -483,6 +483,21 @@ impl Client {
             .await;
     }
 
+    /// A joins at `a_url`, then B at `b_url` (the same room, possibly through another node);
+    /// A has read B's `peer_joined`.
+    pub(crate) async fn pair(
+        a_url: &str,
+        b_url: &str,
+    ) -> ((Self, SessionInfo), (Self, SessionInfo)) {
+        let (mut a, a_info) = Self::join(a_url, None).await;
+        let (b, b_info) = Self::join(b_url, None).await;
+        match a.recv_message().await {
+            ServerMessage::PeerJoined { peer, .. } if peer.id == b_info.peer_id => {}
+            other => panic!("expected B's peer_joined, got {other:?}"),
+        }
+        ((a, a_info), (b, b_info))
+    }
+
     /// Sends `join` for `room` (request id 1) and expects `welcome`.
     pub(crate) async fn join(url: &str, room: Option<&str>) -> (Self, SessionInfo) {
         let mut client = Self::connect(url).await;
