@@ -949,7 +949,7 @@ async fn idle_session(
 }
 
 /// Reports how opening went on `ready`; once open, holds the session with `hold`.
-async fn report_then_hold<T, H: std::future::Future<Output = ()>>(
+async fn report_then_hold<T, H: Future<Output = ()>>(
     opened: Result<T, String>,
     ready: tokio::sync::oneshot::Sender<Result<(), String>>,
     hold: impl FnOnce(T) -> H,
