@@ -122,6 +122,17 @@ impl ClientRequest {
     }
 }
 
+impl ClientRequest {
+    /// [`admit_socket`](Self::admit_socket), then the claims of the `?token=`.
+    pub fn admit_socket_with_claims(
+        &self,
+        app: &AppState,
+    ) -> Result<(IpSlot, Option<Claims>), RequestError> {
+        let ip_slot = self.admit_socket(app)?;
+        Ok((ip_slot, self.claims(app)?))
+    }
+}
+
 /// An HTTP refusal of an upgrade, counted by its code, with the status of the code's row in
 /// `docs/protocol.md`.
 pub fn refuse(app: &AppState, error: &RequestError) -> Response {

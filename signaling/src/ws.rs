@@ -40,12 +40,8 @@ fn accept(
     client: ClientRequest,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let ip_slot = match client.admit_socket(&app) {
-        Ok(slot) => slot,
-        Err(e) => return refuse(&app, &e),
-    };
-    let claims = match client.claims(&app) {
-        Ok(claims) => claims,
+    let (ip_slot, claims) = match client.admit_socket_with_claims(&app) {
+        Ok(admitted) => admitted,
         Err(e) => return refuse(&app, &e),
     };
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);

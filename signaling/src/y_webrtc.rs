@@ -86,23 +86,18 @@ pub async fn upgrade(
     client: ClientRequest,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let ip_slot = match client.admit_socket(&app) {
-        Ok(slot) => slot,
+    let (ip_slot, claims) = match client.admit_socket_with_claims(&app) {
+        Ok(admitted) => admitted,
         Err(e) => return refuse(&app, &e),
     };
-    let claims = match client.claims(&app) {
-        Ok(None) if app.live().auth.is_some() => Err(RequestError::new(
+    if claims.is_none() && app.live().auth.is_some() {
+        let e = RequestError::new(
             ErrorCode::Unauthorized,
             "this server requires a token (?token=) granting the topic",
-        )),
-        claims => claims,
-    };
-    match claims {
-        Ok(claims) => {
-            with_limits(ws, &app).on_upgrade(move |socket| run(socket, app, ip_slot, claims))
-        }
-        Err(e) => refuse(&app, &e),
+        );
+        return refuse(&app, &e);
     }
+    with_limits(ws, &app).on_upgrade(move |socket| run(socket, app, ip_slot, claims))
 }
 
 /// One subscription: the hub session of the topic and its queue's handle.
