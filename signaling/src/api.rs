@@ -32,6 +32,9 @@ use crate::protocol::{PeerId, RoomId, ServerMessage, is_valid_room_id};
 /// The `from` of a message pushed by the backend (peer ids are 12 hex digits: no clash).
 pub const SERVER_SENDER: &str = "server";
 
+/// The ways a client joins, as the admin views name them.
+pub const TRANSPORTS: [&str; 4] = ["websocket", "http", "y-webrtc", "peerjs"];
+
 /// One peer as the API lists it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PeerEntry {
@@ -42,7 +45,8 @@ pub struct PeerEntry {
     pub node: String,
     /// Attached to a socket, or parked waiting for a resume.
     pub state: &'static str,
-    /// How it joined (`websocket`, `http`, `y-webrtc`, `peerjs`), when this node knows.
+    /// How it joined: one of [`TRANSPORTS`] (absent for a session a node of an older version
+    /// opened).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transport: Option<&'static str>,
     /// Seconds since it joined (on a cluster: since its latest attach).

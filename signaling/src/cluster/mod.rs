@@ -514,6 +514,7 @@ impl ClusterHub {
                         &joined,
                         req.name.as_deref().unwrap_or(""),
                         &unix_ms(SystemTime::now()).to_string(),
+                        req.transport,
                     ],
                 )
                 .await;
@@ -1366,7 +1367,7 @@ struct Member {
 
 impl Member {
     /// Parses one member's [`store::ROOM_FIELDS`] strings: peer name node state
-    /// attached-at-ms links-json reported-at-ms.
+    /// attached-at-ms links-json reported-at-ms transport.
     fn parse(c: &[String], now_ms: u64) -> Self {
         let ms = |s: &str| s.parse::<u64>().ok();
         let report_age = ms(&c[6]).map_or(0, |at| now_ms.saturating_sub(at));
@@ -1380,7 +1381,7 @@ impl Member {
                 name: (!c[1].is_empty()).then(|| c[1].clone()),
                 node: c[2].clone(),
                 state: if c[3] == "a" { "attached" } else { "parked" },
-                transport: None,
+                transport: crate::api::TRANSPORTS.into_iter().find(|t| *t == c[7]),
                 connected_secs: ms(&c[4]).map(|at| now_ms.saturating_sub(at) / 1000),
             },
             links,

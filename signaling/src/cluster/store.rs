@@ -42,6 +42,7 @@ impl Scripts {
     fn new() -> Self {
         Self {
             // ARGV: sid peer sechash node conn version max_peers pt pf welcome joined name at-ms
+            // transport
             join: script(
                 r#"
 local sid = ARGV[4]
@@ -50,7 +51,7 @@ if redis.call('HEXISTS', PEERS, ARGV[5]) == 1 then return {'peer_taken', ''} end
 local s = skey(sid)
 redis.call('HSET', s, 'peer', ARGV[5], 'sec', ARGV[6], 'node', ARGV[7], 'conn', ARGV[8],
   'ver', ARGV[9], 'pt', ARGV[11], 'pf', ARGV[12], 'name', ARGV[15], 'state', 'a',
-  'next', 1, 'first', 1, 'bytes', 0, 'at', ARGV[16])
+  'next', 1, 'first', 1, 'bytes', 0, 'at', ARGV[16], 'tr', ARGV[17])
 redis.call('RPUSH', M, sid)
 redis.call('HSET', PEERS, ARGV[5], sid)
 touch(s) touch(M) touch(PEERS)
@@ -205,14 +206,15 @@ return {'unknown', ''}
 "#,
             ),
             // The room's members, oldest first, ROOM_FIELDS strings each: peer name node state
-            // attached-at-ms links-json reported-at-ms ('' when unknown).
+            // attached-at-ms links-json reported-at-ms transport ('' when unknown).
             room: script(
                 r#"
 local out = {'ok', ''}
 for _, sid in ipairs(redis.call('LRANGE', M, 0, -1)) do
-  local st = redis.call('HMGET', skey(sid), 'peer', 'name', 'node', 'state', 'at', 'links', 'lat')
+  local st = redis.call('HMGET', skey(sid), 'peer', 'name', 'node', 'state', 'at', 'links', 'lat',
+    'tr')
   if st[1] then
-    for i = 1, 7 do out[#out + 1] = st[i] or '' end
+    for i = 1, 8 do out[#out + 1] = st[i] or '' end
   end
 end
 return out
@@ -332,7 +334,7 @@ pub enum Op {
 }
 
 /// How many strings the room script returns per member.
-pub const ROOM_FIELDS: usize = 7;
+pub const ROOM_FIELDS: usize = 8;
 
 /// The routing key of a room: its member list. The `{room}` hash tag keeps every key of the
 /// room in one slot of a Redis Cluster.
