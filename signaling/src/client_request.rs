@@ -50,8 +50,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientRequest {
 }
 
 impl ClientRequest {
-    /// Whether a browser's `Origin` (if any) is in the `--allowed-origin` list (when one is set).
-    pub fn origin_allowed(&self, app: &AppState) -> Result<(), RequestError> {
+    /// A browser's `Origin` (if any) must be in the `--allowed-origin` list (when one is set);
+    /// `forbidden` otherwise.
+    pub fn check_origin(&self, app: &AppState) -> Result<(), RequestError> {
         let allowed = &app.live().allowed_origins;
         match self.headers.get(header::ORIGIN) {
             Some(origin) => {
@@ -104,7 +105,7 @@ impl ClientRequest {
     /// store, the connection limit and the client address's. Returns the connection's place
     /// among its address's.
     pub fn admit_socket(&self, app: &AppState) -> Result<IpSlot, RequestError> {
-        self.origin_allowed(app)?;
+        self.check_origin(app)?;
         if app.hub.is_draining() {
             return Err(RequestError::new(
                 ErrorCode::Draining,
@@ -120,9 +121,7 @@ impl ClientRequest {
         Self::connection_room(app)?;
         self.address_slot(app)
     }
-}
 
-impl ClientRequest {
     /// [`admit_socket`](Self::admit_socket), then the claims of the `?token=`.
     pub fn admit_socket_with_claims(
         &self,

@@ -167,7 +167,7 @@ async fn try_open(
     client: &ClientRequest,
     body: Body,
 ) -> Result<ResumeToken, RequestError> {
-    client.origin_allowed(app)?;
+    client.check_origin(app)?;
     let ip_slot = client.address_slot(app)?;
     let claims = client.claims(app)?;
     let body = read_body(app, body).await?;
@@ -218,7 +218,7 @@ async fn try_send(
     body: Body,
 ) -> Result<(), (RequestError, u64)> {
     let plain = |e| (e, 1);
-    client.origin_allowed(app).map_err(plain)?;
+    client.check_origin(app).map_err(plain)?;
     let token = session_token(&client.query).map_err(plain)?;
     let body = read_body(app, body).await.map_err(plain)?;
     let messages = parse_frames(&body).map_err(plain)?;

@@ -73,7 +73,7 @@ async fn attach(
     client: &ClientRequest,
     last_seq: u64,
 ) -> Result<StreamSession, RequestError> {
-    client.origin_allowed(app)?;
+    client.check_origin(app)?;
     let token = session_token(&client.query)?;
     ClientRequest::connection_room(app)?;
     let ip_slot = client.address_slot(app)?;
