@@ -41,17 +41,23 @@ impl Backend {
         }
     }
 
-    /// Re-attaches a session to the caller's queue; the missed frames come first.
+    /// Re-attaches a session to the caller's queue; the missed frames come first. A client's
+    /// `resume` (not a quiet one of the HTTP transports) is counted by its result.
     pub async fn resume(
         &self,
         conn: ConnId,
         tx: &OutboundTx,
         req: ResumeRequest,
     ) -> Result<Attached, RequestError> {
-        match self {
+        let announce = req.announce;
+        let result = match self {
             Self::Local(hub) => hub.resume(conn, tx, req, Instant::now()),
             Self::Cluster(hub) => Box::pin(hub.resume(conn, tx, req)).await,
+        };
+        if announce {
+            self.metrics().resume(result.is_ok());
         }
+        result
     }
 
     /// Handles a request of the attached session `key` of `peer`.

@@ -10,7 +10,7 @@ use std::time::Instant;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
@@ -132,13 +132,27 @@ impl ClientRequest {
     }
 }
 
-/// An HTTP refusal of an upgrade, counted by its code, with the status of the code's row in
-/// `docs/protocol.md`.
-pub fn refuse(app: &AppState, error: &RequestError) -> Response {
+/// An HTTP refusal of an upgrade: the status of its code's row in `docs/protocol.md`, and
+/// `code: message` as text.
+pub struct Refusal {
+    status: StatusCode,
+    text: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, self.text).into_response()
+    }
+}
+
+/// The refusal of `error`, counted by its code.
+pub fn refuse(app: &AppState, error: &RequestError) -> Refusal {
     app.metrics.error(error.code);
     tracing::debug!(code = %error.code, message = %error.message, "upgrade refused");
-    let status = crate::http_transport::status_of(error.code);
-    (status, format!("{}: {}\n", error.code, error.message)).into_response()
+    Refusal {
+        status: crate::http_transport::status_of(error.code),
+        text: format!("{}: {}\n", error.code, error.message),
+    }
 }
 
 /// A WebSocket upgrade with the node's frame limits (`--max-message-bytes`) and small buffers,

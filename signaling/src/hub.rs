@@ -325,21 +325,6 @@ impl LocalHub {
         req: ResumeRequest,
         now: Instant,
     ) -> Result<Attached, RequestError> {
-        let announce = req.announce;
-        let result = self.try_resume(conn, tx, req, now);
-        if announce {
-            self.metrics.resume(result.is_ok());
-        }
-        result
-    }
-
-    fn try_resume(
-        &self,
-        conn: ConnId,
-        tx: &OutboundTx,
-        req: ResumeRequest,
-        now: Instant,
-    ) -> Result<Attached, RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let (key, secret) = parse_token(&req.token).ok_or_else(unknown)?;
         let mut st = self.lock_at(now);

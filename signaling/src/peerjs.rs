@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::api::SERVER_SENDER;
 use crate::client_ip::IpSlot;
-use crate::client_request::{ClientRequest, refuse, with_limits};
+use crate::client_request::{ClientRequest, Refusal, refuse, with_limits};
 use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
 use crate::hub::{
@@ -188,23 +188,18 @@ pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     client: ClientRequest,
     ws: WebSocketUpgrade,
-) -> Response {
+) -> Result<Response, Refusal> {
     let field = |name: &str| client.query.get(name).cloned().unwrap_or_default();
     let (key, id, token) = (field("key"), field("id"), field("token"));
     if !(valid_name(&key) && valid_name(&id) && valid_name(&token)) {
-        return refuse(
-            &app,
-            &RequestError::new(
-                ErrorCode::InvalidMessage,
-                "key, id and token are 1 to 64 characters of [A-Za-z0-9-_.:@]",
-            ),
+        let e = RequestError::new(
+            ErrorCode::InvalidMessage,
+            "key, id and token are 1 to 64 characters of [A-Za-z0-9-_.:@]",
         );
+        return Err(refuse(&app, &e));
     }
-    let ip_slot = match client.admit_socket(&app) {
-        Ok(slot) => slot,
-        Err(e) => return refuse(&app, &e),
-    };
-    with_limits(ws, &app).on_upgrade(move |socket| run(socket, app, ip_slot, key, id, token))
+    let ip_slot = client.admit_socket(&app).map_err(|e| refuse(&app, &e))?;
+    Ok(with_limits(ws, &app).on_upgrade(move |socket| run(socket, app, ip_slot, key, id, token)))
 }
 
 /// A server message of the PeerJS protocol.

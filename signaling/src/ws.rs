@@ -11,7 +11,7 @@ use axum::response::Response;
 use tracing::Instrument as _;
 
 use crate::AppState;
-use crate::client_request::{ClientRequest, refuse, with_limits};
+use crate::client_request::{ClientRequest, Refusal, refuse, with_limits};
 use crate::protocol::RoomId;
 use crate::session::{self, Handshake};
 
@@ -20,7 +20,7 @@ pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     client: ClientRequest,
     ws: WebSocketUpgrade,
-) -> Response {
+) -> Result<Response, Refusal> {
     accept(app, None, client, ws)
 }
 
@@ -30,7 +30,7 @@ pub async fn upgrade_room(
     Path(room): Path<String>,
     client: ClientRequest,
     ws: WebSocketUpgrade,
-) -> Response {
+) -> Result<Response, Refusal> {
     accept(app, Some(RoomId(room)), client, ws)
 }
 
@@ -39,11 +39,10 @@ fn accept(
     path_room: Option<RoomId>,
     client: ClientRequest,
     ws: WebSocketUpgrade,
-) -> Response {
-    let (ip_slot, claims) = match client.admit_socket_with_claims(&app) {
-        Ok(admitted) => admitted,
-        Err(e) => return refuse(&app, &e),
-    };
+) -> Result<Response, Refusal> {
+    let (ip_slot, claims) = client
+        .admit_socket_with_claims(&app)
+        .map_err(|e| refuse(&app, &e))?;
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(
         "conn",
@@ -58,6 +57,6 @@ fn accept(
         claims,
         ip_slot,
     };
-    with_limits(ws, &app)
-        .on_upgrade(move |socket| session::run(socket, app, handshake).instrument(span))
+    Ok(with_limits(ws, &app)
+        .on_upgrade(move |socket| session::run(socket, app, handshake).instrument(span)))
 }

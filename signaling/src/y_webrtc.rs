@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::auth::Claims;
 use crate::client_ip::IpSlot;
-use crate::client_request::{ClientRequest, refuse, with_limits};
+use crate::client_request::{ClientRequest, Refusal, refuse, with_limits};
 use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
 use crate::hub::{ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, SessionKey};
@@ -85,19 +85,18 @@ pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     client: ClientRequest,
     ws: WebSocketUpgrade,
-) -> Response {
-    let (ip_slot, claims) = match client.admit_socket_with_claims(&app) {
-        Ok(admitted) => admitted,
-        Err(e) => return refuse(&app, &e),
-    };
+) -> Result<Response, Refusal> {
+    let (ip_slot, claims) = client
+        .admit_socket_with_claims(&app)
+        .map_err(|e| refuse(&app, &e))?;
     if claims.is_none() && app.live().auth.is_some() {
         let e = RequestError::new(
             ErrorCode::Unauthorized,
             "this server requires a token (?token=) granting the topic",
         );
-        return refuse(&app, &e);
+        return Err(refuse(&app, &e));
     }
-    with_limits(ws, &app).on_upgrade(move |socket| run(socket, app, ip_slot, claims))
+    Ok(with_limits(ws, &app).on_upgrade(move |socket| run(socket, app, ip_slot, claims)))
 }
 
 /// One subscription: the hub session of the topic and its queue's handle.

@@ -581,20 +581,6 @@ impl ClusterHub {
         tx: &OutboundTx,
         req: ResumeRequest,
     ) -> Result<Attached, RequestError> {
-        let announce = req.announce;
-        let result = self.try_resume(conn, tx, req).await;
-        if announce {
-            self.metrics.resume(result.is_ok());
-        }
-        result
-    }
-
-    async fn try_resume(
-        &self,
-        conn: ConnId,
-        tx: &OutboundTx,
-        req: ResumeRequest,
-    ) -> Result<Attached, RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let (key, secret_hex, peer, room) = parse_cluster_token(&req.token).ok_or_else(unknown)?;
         self.accepting()?;
