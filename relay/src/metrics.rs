@@ -592,17 +592,15 @@ mod tests {
             },
         );
         let text = m.render();
-        assert!(text.contains("relay_allocations 3"), "{text}");
-        assert!(
-            text.contains("relay_packets_relayed_total{direction=\"to_peer\"} 12"),
-            "{text}"
-        );
-        assert!(
-            text.contains("relay_peer_denied_total{reason=\"loopback\"} 3"),
-            "{text}"
-        );
-        assert!(text.contains("relay_stream_connections 4"), "{text}");
-        assert!(text.contains("relay_draining 0"), "{text}");
+        for line in [
+            "relay_allocations 3",
+            "relay_packets_relayed_total{direction=\"to_peer\"} 12",
+            "relay_peer_denied_total{reason=\"loopback\"} 3",
+            "relay_stream_connections 4",
+            "relay_draining 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
         shared.set_draining(true);
         assert!(m.is_draining());
         assert!(m.render().contains("relay_draining 1"));

@@ -10,6 +10,7 @@ use crate::expiry::AllocKey;
 use crate::fast_hash::FastMap;
 use crate::five_tuple::FiveTuple;
 use crate::relay_handle::{RelayHandle, RelayHandles};
+use crate::slab_index;
 
 /// One slab slot; the generation makes stale `AllocKey`s (in timers) harmless.
 #[derive(Debug, Default)]
@@ -92,13 +93,7 @@ impl AllocationTable {
 
     /// Store `alloc` and index it.
     pub(crate) fn insert(&mut self, alloc: Allocation) -> AllocKey {
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(Slot::default());
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let index = slab_index::reuse_or_push(&mut self.slots, &mut self.free);
         let slot = &mut self.slots[index as usize];
         let key = AllocKey {
             index,

@@ -196,6 +196,15 @@ pub enum AttributeError {
     Missing,
 }
 
+/// The `N` address bytes that follow an address attribute's 4-byte header (reserved, family,
+/// port): `BadLength` unless exactly `N` follow.
+fn address_bytes<const N: usize>(value: &[u8]) -> Result<[u8; N], AttributeError> {
+    value
+        .get(4..)
+        .and_then(|rest| rest.try_into().ok())
+        .ok_or(AttributeError::BadLength)
+}
+
 /// Decode an XOR'd address (XOR-MAPPED/PEER/RELAYED-ADDRESS).
 pub fn decode_xor_address(value: &[u8], tid: &TransactionId) -> Result<SocketAddr, AttributeError> {
     if value.len() < 4 {
@@ -204,25 +213,11 @@ pub fn decode_xor_address(value: &[u8], tid: &TransactionId) -> Result<SocketAdd
     let port = u16::from_be_bytes([value[2], value[3]]) ^ (MAGIC_COOKIE >> 16) as u16;
     match value[1] {
         0x01 => {
-            let raw: [u8; 4] = value
-                .get(4..8)
-                .and_then(|s| s.try_into().ok())
-                .ok_or(AttributeError::BadLength)?;
-            if value.len() != 8 {
-                return Err(AttributeError::BadLength);
-            }
-            let ip = u32::from_be_bytes(raw) ^ MAGIC_COOKIE;
+            let ip = u32::from_be_bytes(address_bytes(value)?) ^ MAGIC_COOKIE;
             Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
         }
         0x02 => {
-            let raw: [u8; 16] = value
-                .get(4..20)
-                .and_then(|s| s.try_into().ok())
-                .ok_or(AttributeError::BadLength)?;
-            if value.len() != 20 {
-                return Err(AttributeError::BadLength);
-            }
-            let mut ip = raw;
+            let mut ip: [u8; 16] = address_bytes(value)?;
             for (b, k) in ip.iter_mut().zip(xor_key(tid)) {
                 *b ^= k;
             }

@@ -36,7 +36,8 @@
 //! - `allocation_table` (`AllocationTable`: the slab of `allocation`s, indexed by 5-tuple and
 //!   by relay handle), with `permission` / `channel` / `five_tuple` inside an allocation;
 //! - `relay_handle` ([`RelayHandle`], the opaque name of a relay socket across the boundary,
-//!   and `RelayHandles`, the slab that hands them out and maps them to allocations);
+//!   and `RelayHandles`, the slab that hands them out and maps them to allocations); both
+//!   slabs reuse released indexes the one way of `slab_index`;
 //! - `pending` (`PendingAllocations`: Allocates waiting for their relay socket);
 //! - `admission` (`Admission`: `auth` / `nonce` credentials and nonces, the per-IP rate limits
 //!   of unauthenticated requests and challenges);
@@ -126,6 +127,7 @@ mod quota;
 mod relay_handle;
 mod reservations;
 mod server;
+mod slab_index;
 mod small_list;
 mod stats;
 mod usage;

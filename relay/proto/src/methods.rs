@@ -407,77 +407,69 @@ impl Server {
 
     /// RFC 8656 section 8.2: Refresh (lifetime 0 deletes).
     fn refresh(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
-        let Some(Authorized {
-            key,
-            alloc: alloc_key,
-        }) = self.authorized_allocation(now, from, msg)
-        else {
+        let Some(auth) = self.authorized_allocation(now, from, msg) else {
             return;
         };
         let desired = match self.desired_lifetime(msg) {
             Ok(desired) => desired,
-            Err(code) => return self.error_authenticated(from, msg, &key, code),
+            Err(code) => return self.error_authenticated(from, msg, &auth.key, code),
         };
         if let Some(fam) = msg.get(Attr::RequestedAddressFamily) {
             let relay_v4 = self
-                .allocation(alloc_key)
+                .allocation(auth.alloc)
                 .is_some_and(|a| a.relay.is_ipv4());
             let wants_v4 = attributes::decode_address_family(fam) == Ok(0x01);
             if relay_v4 != wants_v4 {
                 return self.error_authenticated(
                     from,
                     msg,
-                    &key,
+                    &auth.key,
                     ErrorCode::PeerAddressFamilyMismatch,
                 );
             }
         }
         if desired == 0 {
-            self.remove_allocation(alloc_key);
+            self.remove_allocation(auth.alloc);
             self.stats.allocations_deleted += 1;
-        } else if let Some(alloc) = self.allocation_mut(alloc_key) {
+        } else if let Some(alloc) = self.allocation_mut(auth.alloc) {
             alloc.expires = later(now, Duration::from_secs(u64::from(desired)));
             // One queued timer per allocation, unless the lifetime was shortened.
             if alloc.expires < alloc.timer_at {
                 alloc.timer_at = alloc.expires;
                 let at = alloc.expires;
-                self.expiry.push(at, Timer::Allocation(alloc_key));
+                self.expiry.push(at, Timer::Allocation(auth.alloc));
             }
         }
         let mut b = MessageBuilder::new(Method::Refresh, Class::Success, msg.transaction_id());
         b.add_u32(Attr::Lifetime, desired);
-        self.send_authenticated(from, b, &key);
+        self.send_authenticated(from, b, &auth.key);
     }
 
     /// RFC 8656 section 10.2: CreatePermission for one or more XOR-PEER-ADDRESSes.
     fn create_permission(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
-        let Some(Authorized {
-            key,
-            alloc: alloc_key,
-        }) = self.authorized_allocation(now, from, msg)
-        else {
+        let Some(auth) = self.authorized_allocation(now, from, msg) else {
             return;
         };
         let tid = msg.transaction_id();
         let relay_v4 = self
-            .allocation(alloc_key)
+            .allocation(auth.alloc)
             .is_some_and(|a| a.relay.is_ipv4());
         let mut peers: Vec<SocketAddr> = Vec::new();
         for value in msg.get_all(Attr::XorPeerAddress) {
             let Ok(peer) = attributes::decode_xor_address(value, &tid) else {
-                return self.error_authenticated(from, msg, &key, ErrorCode::BadRequest);
+                return self.error_authenticated(from, msg, &auth.key, ErrorCode::BadRequest);
             };
             let verdict = self.config.policy.check_ip(peer.ip());
-            if !self.peer_admitted(from, msg, &key, relay_v4, peer, verdict) {
+            if !self.peer_admitted(from, msg, &auth, relay_v4, peer, verdict) {
                 return;
             }
             peers.push(peer);
         }
         if peers.is_empty() {
-            return self.error_authenticated(from, msg, &key, ErrorCode::BadRequest);
+            return self.error_authenticated(from, msg, &auth.key, ErrorCode::BadRequest);
         }
         let limit = self.config.quotas.permissions_per_allocation as usize;
-        let Some(alloc) = self.allocation(alloc_key) else {
+        let Some(alloc) = self.allocation(auth.alloc) else {
             return;
         };
         let mut new_ips: Vec<_> = peers
@@ -489,23 +481,19 @@ impl Server {
         new_ips.dedup();
         if alloc.permissions.len() + new_ips.len() > limit {
             self.stats.quota_hits[QuotaKind::Permissions.index()] += 1;
-            return self.error_authenticated(from, msg, &key, ErrorCode::InsufficientCapacity);
+            return self.error_authenticated(from, msg, &auth.key, ErrorCode::InsufficientCapacity);
         }
         let expires = later(now, self.config.permission_lifetime);
         for peer in peers {
-            self.install_permission(alloc_key, peer.ip(), expires);
+            self.install_permission(auth.alloc, peer.ip(), expires);
         }
         let b = MessageBuilder::new(Method::CreatePermission, Class::Success, tid);
-        self.send_authenticated(from, b, &key);
+        self.send_authenticated(from, b, &auth.key);
     }
 
     /// RFC 8656 section 12.2: ChannelBind (also installs or refreshes the peer's permission).
     fn channel_bind(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>) {
-        let Some(Authorized {
-            key,
-            alloc: alloc_key,
-        }) = self.authorized_allocation(now, from, msg)
-        else {
+        let Some(auth) = self.authorized_allocation(now, from, msg) else {
             return;
         };
         let tid = msg.transaction_id();
@@ -514,28 +502,28 @@ impl Server {
             .map(attributes::decode_channel_number)
         {
             Some(Ok(n)) if channel_data::is_valid_channel(n) => n,
-            _ => return self.error_authenticated(from, msg, &key, ErrorCode::BadRequest),
+            _ => return self.error_authenticated(from, msg, &auth.key, ErrorCode::BadRequest),
         };
         let Some(Ok(peer)) = msg
             .get(Attr::XorPeerAddress)
             .map(|v| attributes::decode_xor_address(v, &tid))
         else {
-            return self.error_authenticated(from, msg, &key, ErrorCode::BadRequest);
+            return self.error_authenticated(from, msg, &auth.key, ErrorCode::BadRequest);
         };
-        let Some(relay_v4) = self.allocation(alloc_key).map(|a| a.relay.is_ipv4()) else {
+        let Some(relay_v4) = self.allocation(auth.alloc).map(|a| a.relay.is_ipv4()) else {
             return;
         };
         let verdict = self.own.check_peer(&self.config.policy, peer);
-        if !self.peer_admitted(from, msg, &key, relay_v4, peer, verdict) {
+        if !self.peer_admitted(from, msg, &auth, relay_v4, peer, verdict) {
             return;
         }
-        let Some(alloc) = self.allocation(alloc_key) else {
+        let Some(alloc) = self.allocation(auth.alloc) else {
             return;
         };
         let new_channel = match alloc.channels.check(number, peer) {
             Ok(new) => new,
             Err(BindConflict::NumberInUse | BindConflict::PeerInUse) => {
-                return self.error_authenticated(from, msg, &key, ErrorCode::BadRequest);
+                return self.error_authenticated(from, msg, &auth.key, ErrorCode::BadRequest);
             }
         };
         let q = &self.config.quotas;
@@ -550,22 +538,22 @@ impl Server {
                 QuotaKind::Permissions
             };
             self.stats.quota_hits[kind.index()] += 1;
-            return self.error_authenticated(from, msg, &key, ErrorCode::InsufficientCapacity);
+            return self.error_authenticated(from, msg, &auth.key, ErrorCode::InsufficientCapacity);
         }
         let channel_expires = later(now, self.config.channel_lifetime);
         let permission_expires = later(now, self.config.permission_lifetime);
-        if let Some(alloc) = self.allocation_mut(alloc_key) {
+        if let Some(alloc) = self.allocation_mut(auth.alloc) {
             if alloc.channels.bind(number, peer, channel_expires) {
                 self.stats.channels += 1;
             }
             if new_channel {
                 self.expiry
-                    .push(channel_expires, Timer::Channel(alloc_key, number));
+                    .push(channel_expires, Timer::Channel(auth.alloc, number));
             }
         }
-        self.install_permission(alloc_key, peer.ip(), permission_expires);
+        self.install_permission(auth.alloc, peer.ip(), permission_expires);
         let b = MessageBuilder::new(Method::ChannelBind, Class::Success, tid);
-        self.send_authenticated(from, b, &key);
+        self.send_authenticated(from, b, &auth.key);
     }
 
     /// The checks of one XOR-PEER-ADDRESS (CreatePermission, ChannelBind): the family of the
@@ -575,18 +563,18 @@ impl Server {
         &mut self,
         from: FiveTuple,
         msg: &StunMessage<'_>,
-        key: &[u8; 16],
+        auth: &Authorized,
         relay_v4: bool,
         peer: SocketAddr,
         verdict: Result<(), DenyReason>,
     ) -> bool {
         if peer.is_ipv4() != relay_v4 {
-            self.error_authenticated(from, msg, key, ErrorCode::PeerAddressFamilyMismatch);
+            self.error_authenticated(from, msg, &auth.key, ErrorCode::PeerAddressFamilyMismatch);
             return false;
         }
         if let Err(reason) = verdict {
             self.count_denial(from, peer, reason);
-            self.error_authenticated(from, msg, key, ErrorCode::Forbidden);
+            self.error_authenticated(from, msg, &auth.key, ErrorCode::Forbidden);
             return false;
         }
         true

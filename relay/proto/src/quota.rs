@@ -372,6 +372,11 @@ pub(crate) fn rate_key(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
 
+    /// `per_second` with a bucket of `burst`.
+    fn rate(per_second: u64, burst: u64) -> RateLimit {
+        RateLimit { per_second, burst }
+    }
+
     #[test]
     fn shared_quotas_count_per_user_and_total() {
         let q = SharedQuotas::new();
@@ -400,10 +405,7 @@ mod tests {
     #[test]
     fn token_bucket_refills_at_rate() {
         let t0 = Instant::now();
-        let limit = RateLimit {
-            per_second: 1000,
-            burst: 100,
-        };
+        let limit = rate(1000, 100);
         let mut b = TokenBucket::new(t0, limit);
         assert!(b.try_take(t0, limit, 100));
         assert!(!b.try_take(t0, limit, 1));
@@ -415,13 +417,7 @@ mod tests {
     #[test]
     fn ip_limiter_is_bounded_and_sweeps() {
         let t0 = Instant::now();
-        let mut l = IpRateLimiter::new(
-            Some(RateLimit {
-                per_second: 1,
-                burst: 2,
-            }),
-            2,
-        );
+        let mut l = IpRateLimiter::new(Some(rate(1, 2)), 2);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let c: IpAddr = "192.0.2.3".parse().unwrap();
@@ -440,11 +436,7 @@ mod tests {
     #[test]
     fn refunds_restore_the_allowance_up_to_the_burst() {
         let t0 = Instant::now();
-        let limit = RateLimit {
-            per_second: 1,
-            burst: 2,
-        };
-        let mut l = IpRateLimiter::new(Some(limit), 10);
+        let mut l = IpRateLimiter::new(Some(rate(1, 2)), 10);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         // Challenge, then an authenticated request gives the token back: forever allowed.
         for _ in 0..1000 {
@@ -467,17 +459,11 @@ mod tests {
     #[test]
     fn a_new_limit_caps_what_sources_hold_and_none_forgets_them() {
         let t0 = Instant::now();
-        let wide = RateLimit {
-            per_second: 1,
-            burst: 10,
-        };
+        let wide = rate(1, 10);
         let mut l = IpRateLimiter::new(Some(wide), 10);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         assert!(l.allow(t0, a));
-        l.set_limit(Some(RateLimit {
-            per_second: 1,
-            burst: 2,
-        }));
+        l.set_limit(Some(rate(1, 2)));
         assert!(l.allow(t0, a));
         assert!(l.allow(t0, a));
         assert!(!l.allow(t0, a), "capped at the new burst at once");
@@ -489,13 +475,7 @@ mod tests {
     #[test]
     fn ipv6_sources_share_a_bucket_per_64() {
         let t0 = Instant::now();
-        let mut l = IpRateLimiter::new(
-            Some(RateLimit {
-                per_second: 1,
-                burst: 1,
-            }),
-            10,
-        );
+        let mut l = IpRateLimiter::new(Some(rate(1, 1)), 10);
         assert!(l.allow(t0, "2001:db8:1:2::1".parse().unwrap()));
         assert!(!l.allow(t0, "2001:db8:1:2::ffff".parse().unwrap()));
         assert!(l.allow(t0, "2001:db8:1:3::1".parse().unwrap()));

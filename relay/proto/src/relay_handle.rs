@@ -4,6 +4,7 @@
 //! the peer policy); the I/O layer never has to look a socket up by address.
 
 use crate::expiry::AllocKey;
+use crate::slab_index;
 
 /// One relay socket, named by the core when it asks for the socket (`Output::BindRelay`) and
 /// used in both directions from then on: `Server::handle_relay_bound`,
@@ -65,13 +66,7 @@ pub(crate) struct RelayHandles {
 impl RelayHandles {
     /// A new handle for a relay socket about to be asked for.
     pub(crate) fn open(&mut self) -> RelayHandle {
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.entries.push(Entry::default());
-                (self.entries.len() - 1) as u32
-            }
-        };
+        let index = slab_index::reuse_or_push(&mut self.entries, &mut self.free);
         let entry = &mut self.entries[index as usize];
         entry.state = State::Binding;
         RelayHandle {

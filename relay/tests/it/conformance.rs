@@ -121,22 +121,4 @@ impl Wire for LoopbackWire {
     }
 }
 
-#[test]
-fn allocation_life_cycle() {
-    scenarios::allocation_life_cycle(&mut LoopbackWire::start());
-}
-
-#[test]
-fn allocation_belongs_to_its_5_tuple_and_user() {
-    scenarios::allocation_belongs_to_its_5_tuple_and_user(&mut LoopbackWire::start());
-}
-
-#[test]
-fn send_and_data_indications() {
-    scenarios::send_and_data_indications(&mut LoopbackWire::start());
-}
-
-#[test]
-fn channel_data_both_ways() {
-    scenarios::channel_data_both_ways(&mut LoopbackWire::start());
-}
+scenarios::conformance_tests!(scenarios, LoopbackWire::start());

@@ -62,6 +62,14 @@ fn assert_uclient_lossless(relay: &RelayProcess, port: u16, peer: &EchoPeer, ext
     assert_lossless(&run_uclient(relay, port, peer, extra));
 }
 
+/// uclient over UDP with `flags`, as the static user of a fresh relay started with
+/// [`ALICE_RELAY`], against an echo peer: nothing lost.
+fn assert_alice_udp_lossless(flags: &[&str]) {
+    let relay = RelayProcess::start(ALICE_RELAY);
+    let peer = EchoPeer::start();
+    assert_uclient_lossless(&relay, relay.port(), &peer, &[flags, ALICE].concat());
+}
+
 fn assert_lossless(report: &crate::support::UclientReport) {
     assert!(report.sent_bytes > 0, "uclient sent nothing: {report:?}");
     assert_eq!(
@@ -100,9 +108,7 @@ fn stunclient_gets_its_reflexive_address() {
 
 #[test]
 fn uclient_udp_channels_static_user() {
-    let relay = RelayProcess::start(ALICE_RELAY);
-    let peer = EchoPeer::start();
-    assert_uclient_lossless(&relay, relay.port(), &peer, ALICE);
+    assert_alice_udp_lossless(&[]);
 }
 
 /// uclient's default mode (no `-c`): RTP/RTCP pairs. The RTP allocation asks for EVEN-PORT
@@ -144,9 +150,7 @@ fn uclient_default_mode_rtp_rtcp_pairs_relay_with_zero_loss() {
 
 #[test]
 fn uclient_udp_send_indications_static_user() {
-    let relay = RelayProcess::start(ALICE_RELAY);
-    let peer = EchoPeer::start();
-    assert_uclient_lossless(&relay, relay.port(), &peer, &[&["-s"], ALICE].concat());
+    assert_alice_udp_lossless(&["-s"]);
 }
 
 #[test]
@@ -205,9 +209,7 @@ fn uclient_wrong_secret_fails() {
 
 #[test]
 fn uclient_client_to_client_through_two_allocations() {
-    let relay = RelayProcess::start(ALICE_RELAY);
-    let peer = EchoPeer::start();
-    assert_uclient_lossless(&relay, relay.port(), &peer, &[&["-y"], ALICE].concat());
+    assert_alice_udp_lossless(&["-y"]);
 }
 
 #[test]

@@ -126,8 +126,7 @@ impl TurnClient {
             b.add(AttributeType::RequestedTransport, &[17, 0, 0, 0]);
         })?;
         let m = StunMessage::parse(&resp).unwrap();
-        let relayed = m.get(AttributeType::XorRelayedAddress).unwrap();
-        Ok(attributes::decode_xor_address(relayed, &m.transaction_id()).unwrap())
+        Ok(xor_address(&m, AttributeType::XorRelayedAddress))
     }
 
     /// Refresh with `lifetime` seconds; the granted LIFETIME.
@@ -191,20 +190,47 @@ pub(crate) fn error_code(resp: &[u8]) -> Option<u16> {
         .map(|e| e.code)
 }
 
+/// `packet` parsed, after asserting that it is a `class` message of `method`.
+fn parse_as(packet: &[u8], method: Method, class: Class) -> StunMessage<'_> {
+    let m = StunMessage::parse(packet).expect("a STUN message");
+    assert_eq!((m.method(), m.class()), (Some(method), class));
+    m
+}
+
+/// The address in `m`'s XOR-encoded address attribute `attr`.
+fn xor_address(m: &StunMessage<'_>, attr: AttributeType) -> SocketAddr {
+    attributes::decode_xor_address(m.get(attr).unwrap(), &m.transaction_id()).unwrap()
+}
+
 /// (XOR-PEER-ADDRESS, DATA) of a Data indication.
 fn data_indication(packet: &[u8]) -> (SocketAddr, Vec<u8>) {
-    let m = StunMessage::parse(packet).expect("a Data indication");
-    assert_eq!(
-        (m.method(), m.class()),
-        (Some(Method::Data), Class::Indication)
-    );
-    let peer = attributes::decode_xor_address(
-        m.get(AttributeType::XorPeerAddress).unwrap(),
-        &m.transaction_id(),
-    )
-    .unwrap();
+    let m = parse_as(packet, Method::Data, Class::Indication);
+    let peer = xor_address(&m, AttributeType::XorPeerAddress);
     (peer, m.get(AttributeType::Data).unwrap().to_vec())
 }
+
+/// One `#[test]` per scenario of this module, each run on a fresh `$wire`. `$scenarios` names
+/// this module where the macro is used (the including crates mount it under different names).
+macro_rules! conformance_tests {
+    ($scenarios:ident, $wire:expr) => {
+        $scenarios::conformance_tests!(
+            @each $scenarios, $wire,
+            allocation_life_cycle,
+            allocation_belongs_to_its_5_tuple_and_user,
+            send_and_data_indications,
+            channel_data_both_ways,
+        );
+    };
+    (@each $scenarios:ident, $wire:expr, $($scenario:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $scenario() {
+                $scenarios::$scenario(&mut $wire);
+            }
+        )*
+    };
+}
+pub(crate) use conformance_tests;
 
 /// Binding answers with the client's address; an Allocate first gets 401, then the relayed
 /// address; Refresh grants a lifetime; Refresh 0 deletes; a Refresh after that is a 437.
@@ -212,16 +238,8 @@ pub(crate) fn allocation_life_cycle<W: Wire>(w: &mut W) {
     let tid = TransactionId([9; 12]);
     let binding = MessageBuilder::new(Method::Binding, Class::Request, tid).finish();
     let resp = w.request(0, &binding);
-    let m = StunMessage::parse(&resp).unwrap();
-    assert_eq!(
-        (m.method(), m.class()),
-        (Some(Method::Binding), Class::Success)
-    );
-    let mapped = attributes::decode_xor_address(
-        m.get(AttributeType::XorMappedAddress).unwrap(),
-        &m.transaction_id(),
-    )
-    .unwrap();
+    let m = parse_as(&resp, Method::Binding, Class::Success);
+    let mapped = xor_address(&m, AttributeType::XorMappedAddress);
     assert_eq!(mapped, w.client_addr(0));
 
     let mut alice = TurnClient::new(0, USERS[0].0, USERS[0].1);

@@ -168,22 +168,4 @@ impl Wire for SansIoWire {
     }
 }
 
-#[test]
-fn allocation_life_cycle() {
-    conformance::allocation_life_cycle(&mut SansIoWire::new());
-}
-
-#[test]
-fn allocation_belongs_to_its_5_tuple_and_user() {
-    conformance::allocation_belongs_to_its_5_tuple_and_user(&mut SansIoWire::new());
-}
-
-#[test]
-fn send_and_data_indications() {
-    conformance::send_and_data_indications(&mut SansIoWire::new());
-}
-
-#[test]
-fn channel_data_both_ways() {
-    conformance::channel_data_both_ways(&mut SansIoWire::new());
-}
+conformance::conformance_tests!(conformance, SansIoWire::new());

@@ -57,7 +57,7 @@ proptest! {
         // A live allocation with a permission, so that peer bytes reach the relay path (a
         // relay handle only comes from the server).
         let mut h = Harness::new();
-        let mut alice = Client::new(udp("192.0.2.1:1000"), "alice", "alice-pass");
+        let mut alice = Client::alice_at(udp("192.0.2.1:1000"));
         let relay = alice.allocate_handle(&mut h);
         let peer = "8.8.8.8:1".parse().unwrap();
         let _ = alice.transact(&mut h, |c| c.permission_request(&[peer]));

@@ -4,25 +4,14 @@
 
 use std::net::SocketAddr;
 
-use relay_proto::{ClientAction, LiveSettings, RateLimit, channel_data};
+use relay_proto::{ClientAction, LiveSettings, RateLimit};
 
-use crate::support::{Client, Harness, REST_SECRET, UNIX_T0, error_code, udp};
-
-fn channel_data_packet(number: u16, payload: &[u8]) -> Vec<u8> {
-    let mut header = [0u8; 4];
-    channel_data::write_header(&mut header, number, payload.len() as u16);
-    [&header[..], payload].concat()
-}
+use crate::support::{Client, Harness, REST_SECRET, UNIX_T0, channel_data_packet, error_code, udp};
 
 #[test]
 fn new_secrets_lists_and_quotas_apply_at_once_and_allocations_relay_on() {
     let mut h = Harness::new();
-    let mut carol = Client::rest(
-        udp("192.0.2.20:40000"),
-        UNIX_T0 + 3600,
-        "carol",
-        REST_SECRET,
-    );
+    let mut carol = Client::carol(UNIX_T0 + 3600);
     carol.allocate(&mut h);
     let peer: SocketAddr = "203.0.114.7:6000".parse().unwrap();
     carol.bind_channel(&mut h, 0x4000, peer);

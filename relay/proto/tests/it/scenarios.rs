@@ -15,7 +15,8 @@ use relay_proto::{
 };
 
 use crate::support::{
-    Client, Harness, REST_SECRET, UNIX_T0, config, error_code, five_tuple, lifetime_of, udp,
+    Client, Harness, REST_SECRET, UNIX_T0, channel_data_packet, config, error_code, five_tuple,
+    lifetime_of, udp,
 };
 
 fn peer(s: &str) -> SocketAddr {
@@ -37,20 +38,9 @@ fn from_peer(
     (action, buf)
 }
 
-fn channel_data_packet(number: u16, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0u8; 4];
-    let mut header = [0u8; 4];
-    channel_data::write_header(&mut header, number, payload.len() as u16);
-    p.copy_from_slice(&header);
-    p.extend_from_slice(payload);
-    p
-}
-
 #[test]
 fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    let relay = alice.allocate(&mut h);
+    let (mut h, mut alice, relay) = Harness::with_alice_allocated();
     assert_eq!(relay.ip().to_string(), "198.51.100.1");
     assert_eq!(h.server.stats().allocations, 1);
     let local_relay = h.server.relay_address_of(&alice.from).unwrap();
@@ -212,9 +202,7 @@ fn refresh_with_zero_lifetime_deletes_the_allocation() {
 
 #[test]
 fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    alice.allocate(&mut h);
+    let (mut h, mut alice, _) = Harness::with_alice_allocated();
     alice.refresh(&mut h, 3600);
     h.advance(Duration::from_secs(601));
     let resp = h.request(alice.from, &alice.refresh_request(600));
@@ -230,9 +218,7 @@ fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
 
 #[test]
 fn a_nonce_is_bound_to_the_client_ip() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    alice.allocate(&mut h);
+    let (mut h, alice, _) = Harness::with_alice_allocated();
     let mut thief = alice.clone();
     thief.from = udp("192.0.2.99:40000");
     let resp = thief.allocate_once(&mut h);
@@ -269,9 +255,7 @@ fn wrong_password_and_unknown_user_get_401() {
 
 #[test]
 fn another_users_credentials_on_an_allocation_get_441() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    alice.allocate(&mut h);
+    let (mut h, alice, _) = Harness::with_alice_allocated();
     let mut bob = Client::new(alice.from, "bob", "bob-pass");
     bob.nonce = alice.nonce.clone();
     let resp = h.request(bob.from, &bob.refresh_request(600));
@@ -290,12 +274,7 @@ fn another_users_credentials_on_an_allocation_get_441() {
 #[test]
 fn rest_credentials_verify_with_any_secret_and_expire() {
     let mut h = Harness::new();
-    let mut carol = Client::rest(
-        udp("192.0.2.20:40000"),
-        UNIX_T0 + 1000,
-        "carol",
-        REST_SECRET,
-    );
+    let mut carol = Client::carol(UNIX_T0 + 1000);
     carol.allocate(&mut h);
     carol.refresh(&mut h, 3600);
     let mut old = Client::rest(
@@ -324,9 +303,7 @@ fn rest_credentials_verify_with_any_secret_and_expire() {
 
 #[test]
 fn second_allocate_on_a_five_tuple_is_437_and_a_retransmission_is_answered_again() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    alice.allocate(&mut h);
+    let (mut h, mut alice, _) = Harness::with_alice_allocated();
     // Retransmission of the creating request (same transaction id) -> same success.
     let creating = TransactionId({
         let mut t = [0u8; 12];
@@ -358,16 +335,12 @@ fn eleventh_allocation_of_a_user_gets_486_across_shards() {
         .collect();
     for i in 0..10u16 {
         let h = &mut shards[usize::from(i % 2)];
-        let mut c = Client::new(
-            udp(&format!("192.0.2.30:{}", 41000 + i)),
-            "alice",
-            "alice-pass",
-        );
+        let mut c = Client::alice_at(udp(&format!("192.0.2.30:{}", 41000 + i)));
         c.allocate(h);
     }
     assert_eq!(shared.allocations_of("alice"), 10);
     let h = &mut shards[1];
-    let mut eleventh = Client::new(udp("192.0.2.30:42000"), "alice", "alice-pass");
+    let mut eleventh = Client::alice_at(udp("192.0.2.30:42000"));
     eleventh.fetch_nonce(h);
     let resp = eleventh.allocate_once(h);
     assert_eq!(error_code(&resp), Some(486));
@@ -381,7 +354,7 @@ fn eleventh_allocation_of_a_user_gets_486_across_shards() {
     let mut bob = Client::new(udp("192.0.2.31:40000"), "bob", "bob-pass");
     bob.allocate(h);
     // Freeing one of Alice's allocations lets the next one in.
-    let mut first = Client::new(udp("192.0.2.30:41000"), "alice", "alice-pass");
+    let mut first = Client::alice_at(udp("192.0.2.30:41000"));
     first.nonce = eleventh.nonce.clone();
     let req = first.refresh_request(0);
     let _ = shards[0].send(first.from, &req);
@@ -407,7 +380,7 @@ fn total_allocation_quota_gets_486() {
     let mut h = Harness::configured(|cfg| {
         cfg.quotas.total_allocations = 1;
     });
-    Client::new(udp("192.0.2.40:40000"), "alice", "alice-pass").allocate(&mut h);
+    Client::alice_at(udp("192.0.2.40:40000")).allocate(&mut h);
     let mut bob = Client::new(udp("192.0.2.41:40000"), "bob", "bob-pass");
     assert_eq!(bob.allocate_error(&mut h), Some(486));
     assert_eq!(h.server.stats().quota(QuotaKind::TotalAllocations), 1);
@@ -441,9 +414,7 @@ fn draining_refuses_new_allocations_but_keeps_existing_ones() {
 
 #[test]
 fn denied_peers_get_403_in_every_encoding() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    alice.allocate(&mut h);
+    let (mut h, mut alice, _) = Harness::with_alice_allocated();
     for p in [
         "127.0.0.1:5000",
         "10.0.0.1:5000",
@@ -469,7 +440,7 @@ fn denied_peers_get_403_in_every_encoding() {
     assert_eq!(h.server.stats().denied(DenyReason::Loopback), 4);
 
     // IPv6 relay: every IPv4-in-IPv6 form of 127.0.0.1 is refused.
-    let mut v6 = Client::new(udp("192.0.2.10:40001"), "alice", "alice-pass");
+    let mut v6 = Client::alice_at(udp("192.0.2.10:40001"));
     v6.nonce = alice.nonce.clone();
     v6.allocate_family(&mut h, AddressFamily::V6);
     for p in [
@@ -518,7 +489,7 @@ fn loopback_peers_need_the_opt_in() {
     let mut h = Harness::configured(|cfg| {
         cfg.policy.allow_loopback_peers = true;
     });
-    let mut alice = Client::new(udp("127.0.0.1:40000"), "alice", "alice-pass");
+    let mut alice = Client::alice_at(udp("127.0.0.1:40000"));
     alice.allocate(&mut h);
     alice.bind_channel(&mut h, 0x4000, peer("127.0.0.1:3480"));
     let resp = h.request(alice.from, &alice.permission_request(&[peer("0.0.0.0:1")]));
@@ -527,9 +498,7 @@ fn loopback_peers_need_the_opt_in() {
 
 #[test]
 fn channel_bind_rules() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    alice.allocate(&mut h);
+    let (mut h, mut alice, _) = Harness::with_alice_allocated();
     let (p1, p2) = (peer("203.0.114.1:1"), peer("203.0.114.2:2"));
     alice.bind_channel(&mut h, 0x4000, p1);
     // Rebinding the same pair refreshes.
@@ -667,15 +636,13 @@ fn allocate_errors_400_420_440_442_508() {
 
 #[test]
 fn requests_without_a_full_credential_set_get_400_and_other_methods_without_allocation_437() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    alice.allocate(&mut h);
+    let (mut h, alice, _) = Harness::with_alice_allocated();
     let mut b = MessageBuilder::new(Method::Refresh, Class::Request, TransactionId([5; 12]));
     b.add(attributes::USERNAME, b"alice")
         .add_message_integrity(&alice.key);
     assert_eq!(error_code(&h.request(alice.from, &b.finish())), Some(400));
 
-    let mut other = Client::new(udp("192.0.2.10:40009"), "alice", "alice-pass");
+    let mut other = Client::alice_at(udp("192.0.2.10:40009"));
     other.nonce = alice.nonce.clone();
     let resp = h.request(
         other.from,
@@ -719,7 +686,7 @@ fn binding_response_is_minimal_and_never_larger_than_the_request() {
         assert_eq!(m.has_fingerprint(), req.len() >= 40);
     }
     // The 401 to a padded Allocate is no larger than the request either.
-    let mut alice = Client::new(from, "alice", "alice-pass");
+    let mut alice = Client::alice_at(from);
     let tid = alice.next_tid();
     let mut req = alice.allocate_request(tid);
     let mut b = MessageBuilder::new(Method::Allocate, Class::Request, tid);
@@ -820,7 +787,7 @@ fn unsupported_methods_are_dropped_and_unauthenticated_udp_bytes_stay_within_the
     }
     // An authenticated client from the flooded address still gets its challenge answered
     // once its requests have paid for it.
-    let mut alice = Client::new(udp("192.0.2.90:40002"), "alice", "alice-pass");
+    let mut alice = Client::alice_at(udp("192.0.2.90:40002"));
     let tid = alice.next_tid();
     let allocate = alice.allocate_request(tid);
     let mut got = None;
@@ -839,11 +806,7 @@ fn unsupported_methods_are_dropped_and_unauthenticated_udp_bytes_stay_within_the
 #[test]
 fn relay_handles_name_sockets_both_ways_and_are_never_reused_as_is() {
     let mut h = Harness::new();
-    let mut alice = Client::new(
-        five_tuple("192.0.2.61:40000", Transport::Tcp),
-        "alice",
-        "alice-pass",
-    );
+    let mut alice = Client::alice_at(five_tuple("192.0.2.61:40000", Transport::Tcp));
     alice.fetch_nonce(&mut h);
     let tid = alice.next_tid();
     assert_eq!(
@@ -886,11 +849,7 @@ fn relay_handles_name_sockets_both_ways_and_are_never_reused_as_is() {
 #[test]
 fn stream_clients_get_padded_channel_data() {
     let mut h = Harness::new();
-    let mut alice = Client::new(
-        five_tuple("192.0.2.60:40000", Transport::Tcp),
-        "alice",
-        "alice-pass",
-    );
+    let mut alice = Client::alice_at(five_tuple("192.0.2.60:40000", Transport::Tcp));
     let relay = alice.allocate_handle(&mut h);
     let p = peer("203.0.114.7:6000");
     alice.bind_channel(&mut h, 0x4000, p);
@@ -1107,9 +1066,7 @@ fn bandwidth_quota_drops_excess() {
 
 #[test]
 fn an_expired_allocation_not_yet_swept_does_not_block_a_new_one() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    let first = alice.allocate(&mut h);
+    let (mut h, mut alice, first) = Harness::with_alice_allocated();
     // Time passes without handle_timeout (the I/O layer was busy): lazy checks apply.
     h.now += Duration::from_secs(601);
     assert_eq!(
@@ -1125,9 +1082,7 @@ fn an_expired_allocation_not_yet_swept_does_not_block_a_new_one() {
 
 #[test]
 fn send_failures_are_counted_and_keep_the_allocation() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    alice.allocate(&mut h);
+    let (mut h, _, _) = Harness::with_alice_allocated();
     h.server.record_send_failure();
     assert_eq!(h.server.stats().send_failures, 1);
     assert_eq!(h.server.stats().allocations, 1);
@@ -1137,11 +1092,7 @@ fn send_failures_are_counted_and_keep_the_allocation() {
 fn a_tcp_byte_stream_split_by_stream_frame_len_drives_the_server() {
     use relay_proto::framing::stream_frame_len;
     let mut h = Harness::new();
-    let mut alice = Client::new(
-        five_tuple("192.0.2.61:40000", Transport::Tls),
-        "alice",
-        "alice-pass",
-    );
+    let mut alice = Client::alice_at(five_tuple("192.0.2.61:40000", Transport::Tls));
     alice.allocate(&mut h);
     let p = peer("203.0.114.7:6000");
     // Several messages back to back in one read: ChannelBind, padded ChannelData, Refresh.
@@ -1235,7 +1186,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
     .unwrap();
     assert_eq!(relay.port() % 2, 0);
 
-    let mut rtcp = Client::new(udp("192.0.2.10:40001"), "alice", "alice-pass");
+    let mut rtcp = Client::alice_at(udp("192.0.2.10:40001"));
     rtcp.nonce = rtp.nonce.clone();
     let with_token = |c: &mut Client| {
         let tid = c.next_tid();
@@ -1265,7 +1216,7 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
     rtcp.verify_success(&data, Method::Allocate);
 
     // A token is single-use; an unknown one gets 508.
-    let mut third = Client::new(udp("192.0.2.10:40002"), "alice", "alice-pass");
+    let mut third = Client::alice_at(udp("192.0.2.10:40002"));
     third.nonce = rtp.nonce.clone();
     let req = with_token(&mut third);
     assert_eq!(error_code(&h.request(third.from, &req)), Some(508));

@@ -13,7 +13,7 @@ use relay_proto::auth::long_term_key;
 use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
 use relay_proto::{
     AddressFamily, AttributeType, ClientAction, FiveTuple, Output, Quotas, RelayHandle, Server,
-    ServerConfig, Transport, WallClock,
+    ServerConfig, Transport, WallClock, channel_data,
 };
 
 pub(crate) const REALM_NAME: &str = "example.org";
@@ -64,6 +64,15 @@ impl Harness {
     pub(crate) fn new() -> Self {
         let t0 = Instant::now();
         Self::with_config(t0, config(t0))
+    }
+
+    /// A new harness in which [`Client::alice`] has allocated: (harness, alice, her relayed
+    /// address).
+    pub(crate) fn with_alice_allocated() -> (Self, Client, SocketAddr) {
+        let mut h = Self::new();
+        let mut alice = Client::alice();
+        let relayed = alice.allocate(&mut h);
+        (h, alice, relayed)
     }
 
     /// A harness on `config` as changed by `change`.
@@ -138,7 +147,12 @@ pub(crate) struct Client {
 impl Client {
     /// alice/alice-pass from 192.0.2.10:40000: the client most scenarios start with.
     pub(crate) fn alice() -> Self {
-        Self::new(udp("192.0.2.10:40000"), "alice", "alice-pass")
+        Self::alice_at(udp("192.0.2.10:40000"))
+    }
+
+    /// alice/alice-pass from `from`.
+    pub(crate) fn alice_at(from: FiveTuple) -> Self {
+        Self::new(from, "alice", "alice-pass")
     }
 
     pub(crate) fn new(from: FiveTuple, username: &str, password: &str) -> Self {
@@ -155,6 +169,12 @@ impl Client {
         let username = format!("{expiry}:{user}");
         let password = relay_proto::auth::rest_password(secret, &username);
         Self::new(from, &username, &password)
+    }
+
+    /// carol from 192.0.2.20:40000, a REST user of `REST_SECRET` whose username expires at
+    /// `expiry` (Unix seconds).
+    pub(crate) fn carol(expiry: u64) -> Self {
+        Self::rest(udp("192.0.2.20:40000"), expiry, "carol", REST_SECRET)
     }
 
     pub(crate) fn next_tid(&mut self) -> TransactionId {
@@ -347,6 +367,13 @@ impl Client {
         assert!(m.has_fingerprint());
         m
     }
+}
+
+/// A ChannelData message of `payload` on channel `number`.
+pub(crate) fn channel_data_packet(number: u16, payload: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; channel_data::CHANNEL_DATA_HEADER_LEN];
+    channel_data::write_header(&mut header, number, payload.len() as u16);
+    [&header[..], payload].concat()
 }
 
 /// The ERROR-CODE of a response, if any.
