@@ -66,6 +66,20 @@ pub struct RelayRecord {
 }
 
 impl RelayRecord {
+    /// A relay at `urls` as it registers before its first heartbeat: active, no region, the
+    /// default capacity of 1, no load yet.
+    pub fn new(id: impl Into<String>, urls: Vec<String>) -> Self {
+        Self {
+            id: id.into(),
+            urls,
+            region: None,
+            capacity: 1.0,
+            allocations: 0,
+            bytes_per_sec: 0,
+            state: RelayState::Active,
+        }
+    }
+
     /// The record as hash fields.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -255,14 +269,10 @@ mod tests {
     use super::*;
 
     fn relay(id: &str, capacity: f64) -> RelayRecord {
+        let urls = vec![format!("turn:{id}.example.com:3478?transport=udp")];
         RelayRecord {
-            id: id.into(),
-            urls: vec![format!("turn:{id}.example.com:3478?transport=udp")],
-            region: None,
             capacity,
-            allocations: 0,
-            bytes_per_sec: 0,
-            state: RelayState::Active,
+            ..RelayRecord::new(id, urls)
         }
     }
 

@@ -103,8 +103,12 @@ impl ClientRequest {
 
     /// What every WebSocket endpoint checks before upgrading: the origin, draining, the shared
     /// store, the connection limit and the client address's. Returns the connection's place
-    /// among its address's.
-    pub fn admit_socket(&self, app: &AppState) -> Result<IpSlot, RequestError> {
+    /// among its address's, or the refusal (counted).
+    pub fn admit_socket(&self, app: &AppState) -> Result<IpSlot, Refusal> {
+        self.try_admit_socket(app).map_err(|e| refuse(app, &e))
+    }
+
+    fn try_admit_socket(&self, app: &AppState) -> Result<IpSlot, RequestError> {
         self.check_origin(app)?;
         if app.hub.is_draining() {
             return Err(RequestError::new(
@@ -126,9 +130,10 @@ impl ClientRequest {
     pub fn admit_socket_with_claims(
         &self,
         app: &AppState,
-    ) -> Result<(IpSlot, Option<Claims>), RequestError> {
+    ) -> Result<(IpSlot, Option<Claims>), Refusal> {
         let ip_slot = self.admit_socket(app)?;
-        Ok((ip_slot, self.claims(app)?))
+        let claims = self.claims(app).map_err(|e| refuse(app, &e))?;
+        Ok((ip_slot, claims))
     }
 }
 

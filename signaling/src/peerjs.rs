@@ -198,7 +198,7 @@ pub async fn upgrade(
         );
         return Err(refuse(&app, &e));
     }
-    let ip_slot = client.admit_socket(&app).map_err(|e| refuse(&app, &e))?;
+    let ip_slot = client.admit_socket(&app)?;
     Ok(with_limits(ws, &app).on_upgrade(move |socket| run(socket, app, ip_slot, key, id, token)))
 }
 

@@ -150,14 +150,10 @@ mod tests {
     use super::*;
 
     fn relay(id: &str, state: RelayState) -> RelayRecord {
+        let urls = vec![format!("turn:{id}:3478?transport=udp")];
         RelayRecord {
-            id: id.into(),
-            urls: vec![format!("turn:{id}:3478?transport=udp")],
-            region: None,
-            capacity: 1.0,
-            allocations: 0,
-            bytes_per_sec: 0,
             state,
+            ..RelayRecord::new(id, urls)
         }
     }
 

@@ -11,7 +11,7 @@ use axum::response::Response;
 use tracing::Instrument as _;
 
 use crate::AppState;
-use crate::client_request::{ClientRequest, Refusal, refuse, with_limits};
+use crate::client_request::{ClientRequest, Refusal, with_limits};
 use crate::protocol::RoomId;
 use crate::session::{self, Handshake};
 
@@ -40,9 +40,7 @@ fn accept(
     client: ClientRequest,
     ws: WebSocketUpgrade,
 ) -> Result<Response, Refusal> {
-    let (ip_slot, claims) = client
-        .admit_socket_with_claims(&app)
-        .map_err(|e| refuse(&app, &e))?;
+    let (ip_slot, claims) = client.admit_socket_with_claims(&app)?;
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(
         "conn",

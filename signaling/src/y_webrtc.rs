@@ -86,9 +86,7 @@ pub async fn upgrade(
     client: ClientRequest,
     ws: WebSocketUpgrade,
 ) -> Result<Response, Refusal> {
-    let (ip_slot, claims) = client
-        .admit_socket_with_claims(&app)
-        .map_err(|e| refuse(&app, &e))?;
+    let (ip_slot, claims) = client.admit_socket_with_claims(&app)?;
     if claims.is_none() && app.live().auth.is_some() {
         let e = RequestError::new(
             ErrorCode::Unauthorized,
