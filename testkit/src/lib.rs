@@ -10,11 +10,13 @@
 //! - [`rest_password`]: the TURN REST password, the relay's own implementation;
 //! - [`write_self_signed`]: a certificate and key as PEM files (`--tls-cert`/`--tls-key`);
 //! - [`coturn`]: coturn's `turnutils_peer` and `turnutils_uclient`;
-//! - [`haproxy`]: a real HAProxy in front of the servers.
+//! - [`haproxy`]: a real HAProxy in front of the servers;
+//! - [`turn_client`]: the webrtc-rs `turn` crate's client on a loopback socket.
 
 pub mod coturn;
 pub mod haproxy;
 mod process;
+pub mod turn_client;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
