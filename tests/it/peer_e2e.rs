@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use e2e::bin_path;
-use testkit::Spawned;
+use testkit::{LoopbackRelay, Spawned};
 
 const TURN_SECRET: &str = "peer-e2e-secret";
 
@@ -40,39 +40,14 @@ pub(crate) fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
 }
 
-pub(crate) struct Relay {
-    _proc: Proc,
-    udp: SocketAddr,
-}
-
-fn start_relay() -> Relay {
+fn start_relay() -> LoopbackRelay {
     start_relay_with(true)
 }
 
 /// A relay; without `allow_loopback` it refuses (403) permissions for loopback peers, as a
 /// production relay refuses private addresses.
-fn start_relay_with(allow_loopback: bool) -> Relay {
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--no-tcp",
-        "--admin-listen",
-        "none",
-        "--relay-ip",
-        "127.0.0.1",
-        "--auth-secret",
-        TURN_SECRET,
-    ];
-    if allow_loopback {
-        args.push("--allow-loopback-peers");
-    }
-    let mut proc = spawn("relay", &args, false);
-    let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening udp "));
-    let udp = line["listening udp ".len()..]
-        .parse()
-        .expect("relay address");
-    proc.wait_line(Duration::from_secs(20), |l| l == "ready");
-    Relay { _proc: proc, udp }
+fn start_relay_with(allow_loopback: bool) -> LoopbackRelay {
+    LoopbackRelay::start(TURN_SECRET, allow_loopback, Stdio::inherit())
 }
 
 pub(crate) struct Signaling {
@@ -87,12 +62,12 @@ impl Signaling {
     }
 }
 
-fn start_signaling(relay: Option<&Relay>, listen: &str) -> Signaling {
+fn start_signaling(relay: Option<&LoopbackRelay>, listen: &str) -> Signaling {
     start_signaling_with(relay, listen, &[])
 }
 
 pub(crate) fn start_signaling_with(
-    relay: Option<&Relay>,
+    relay: Option<&LoopbackRelay>,
     listen: &str,
     extra: &[&str],
 ) -> Signaling {
@@ -101,7 +76,7 @@ pub(crate) fn start_signaling_with(
     if let Some(relay) = relay {
         args.extend([
             "--turn-url".to_owned(),
-            format!("turn:{}?transport=udp", relay.udp),
+            relay.turn_url(),
             "--turn-secret".to_owned(),
             TURN_SECRET.to_owned(),
         ]);
