@@ -11,47 +11,27 @@
 //! cargo run --release -p peer --example connect_bench -- 20
 //! ```
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use peer::{ChannelKind, Peer, PeerEvent, PeerOptions};
+use testkit::{LoopbackRelay, Spawned, bin_path};
 
 const SECRET: &str = "bench-secret";
 
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(name: &str, args: &[&str], marker: &str) -> anyhow::Result<(Guard, String)> {
-    let exe = std::env::current_exe()?;
-    // target/<profile>/examples/connect_bench -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .ok_or_else(|| anyhow::anyhow!("unexpected example location"))?;
-    let mut child = Command::new(dir.join(name))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let guard = Guard(child);
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(rest) = line.strip_prefix(marker) {
-            return Ok((guard, rest.trim().to_owned()));
-        }
-    }
-    anyhow::bail!("{name} exited before printing {marker:?}")
+/// Starts `signaling` on loopback, handing out `turn_url` with the bench's secret; returns
+/// the process and its HTTP address.
+fn start_signaling(turn_url: &str) -> (Spawned, String) {
+    let mut command = Command::new(bin_path("signaling"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--turn-url", turn_url])
+        .args(["--turn-secret", SECRET, "--rate-limit", "1000"])
+        .stderr(Stdio::null());
+    let mut proc = Spawned::spawn(command, false);
+    let marker = "listening on http://";
+    let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with(marker));
+    let http = line[marker.len()..].trim().to_owned();
+    (proc, http)
 }
 
 async fn one_run(url: &str, relay_only: bool) -> anyhow::Result<Duration> {
@@ -112,37 +92,8 @@ async fn main() -> anyhow::Result<()> {
     for (mode, relay_only) in [("direct", false), ("relay-only", true)] {
         // A fresh relay and signaling server per mode, so one mode's allocations cannot
         // affect the other.
-        let (_relay, relay_addr) = spawn(
-            "relay",
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--no-tcp",
-                "--admin-listen",
-                "none",
-                "--relay-ip",
-                "127.0.0.1",
-                "--allow-loopback-peers",
-                "--auth-secret",
-                SECRET,
-            ],
-            "listening udp ",
-        )?;
-        let turn = format!("turn:{relay_addr}?transport=udp");
-        let (_signaling, http) = spawn(
-            "signaling",
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--turn-url",
-                &turn,
-                "--turn-secret",
-                SECRET,
-                "--rate-limit",
-                "1000",
-            ],
-            "listening on http://",
-        )?;
+        let relay = LoopbackRelay::start(SECRET, true, Stdio::null());
+        let (_signaling, http) = start_signaling(&relay.turn_url());
         let mut times = Vec::with_capacity(runs);
         let mut failures = 0;
         for run in 0..runs {

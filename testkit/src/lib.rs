@@ -10,25 +10,31 @@
 //! - [`rest_password`]: the TURN REST password, the relay's own implementation;
 //! - [`write_self_signed`]: a certificate and key as PEM files (`--tls-cert`/`--tls-key`);
 //! - [`coturn`]: coturn's `turnutils_peer` and `turnutils_uclient`;
-//! - [`haproxy`]: a real HAProxy in front of the servers.
+//! - [`haproxy`]: a real HAProxy in front of the servers;
+//! - [`LoopbackRelay`]: the `relay` binary on loopback UDP with TURN REST credentials;
+//! - [`turn_client`]: the webrtc-rs `turn` crate's client on a loopback socket.
 
 pub mod coturn;
 pub mod haproxy;
+mod loopback_relay;
 mod process;
+pub mod turn_client;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use loopback_relay::LoopbackRelay;
 pub use process::{ChildGuard, Spawned};
 pub use relay_proto::auth::rest_password;
 
 /// The path of a workspace binary (`signaling`, `relay`, `peer`) built for this profile, beside
-/// the test executable (`target/<profile>/`; `scripts/test.sh` builds them first).
+/// the test executable (`target/<profile>/`; `scripts/test.sh` builds them first). An example
+/// (`target/<profile>/examples/`) finds them the same way.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/it-<hash> -> target/<profile>/<name>
+    // target/<profile>/deps/it-<hash> (or examples/<name>) -> target/<profile>/<name>
     let dir = exe
         .parent()
         .and_then(|deps| deps.parent())

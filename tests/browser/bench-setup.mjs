@@ -8,25 +8,11 @@
 // through our relay. Prints median and p95 per mode. Same binaries and env vars as run.mjs.
 
 import { randomBytes } from 'node:crypto';
-import { Proc, freePort, launchBrowser, requireBin, startSignaling, waitUntil } from './harness.mjs';
-import { createSocket } from 'node:dgram';
+import {
+  Proc, freePort, launchBrowser, requireBin, startSignaling, stunBinding, waitUntil,
+} from './harness.mjs';
 
 const runs = Number(process.argv[2]) || 20;
-
-function stunBinding(port) {
-  return new Promise((resolve) => {
-    const sock = createSocket('udp4');
-    const msg = Buffer.alloc(20);
-    msg.writeUInt16BE(0x0001, 0);
-    msg.writeUInt32BE(0x2112a442, 4);
-    randomBytes(12).copy(msg, 8);
-    const done = (ok) => { clearTimeout(timer); try { sock.close(); } catch { /* closed */ } resolve(ok); };
-    const timer = setTimeout(() => done(false), 500);
-    sock.on('message', () => done(true));
-    sock.on('error', () => done(false));
-    sock.send(msg, port, '127.0.0.1');
-  });
-}
 
 const secret = randomBytes(16).toString('hex');
 const port = await freePort();

@@ -1,4 +1,4 @@
-// harness.mjs: processes, Chromium and bounded waits for the browser tests.
+// harness.mjs: processes, Chromium, bounded waits and a STUN readiness probe for the browser tests.
 //
 // Every child process is killed by PID when the runner exits, whatever the reason; every wait
 // has a deadline. Nothing here sleeps for a fixed time where a condition can be awaited.
@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { createSocket } from 'node:dgram';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -163,6 +164,24 @@ export async function waitUntil(fn, timeoutMs, what, intervalMs = 100) {
     if (Date.now() > deadline) throw new Error(`timeout (${timeoutMs} ms) waiting for ${what}${last instanceof Error ? `: ${last.message}` : ''}`);
     await new Promise((r) => setTimeout(r, intervalMs));
   }
+}
+
+/** A STUN Binding request to 127.0.0.1:`port`: resolves true when a STUN answer comes back
+ * within 500 ms (any answer means the relay is up), false otherwise. */
+export function stunBinding(port) {
+  return new Promise((resolve) => {
+    const sock = createSocket('udp4');
+    const msg = Buffer.alloc(20);
+    msg.writeUInt16BE(0x0001, 0);
+    msg.writeUInt16BE(0, 2);
+    msg.writeUInt32BE(0x2112a442, 4);
+    randomBytes(12).copy(msg, 8);
+    const done = (ok) => { clearTimeout(timer); try { sock.close(); } catch { /* closed */ } resolve(ok); };
+    const timer = setTimeout(() => done(false), 500);
+    sock.on('message', (m) => done(m.length >= 20 && m.readUInt32BE(4) === 0x2112a442));
+    sock.on('error', () => done(false));
+    sock.send(msg, port, '127.0.0.1');
+  });
 }
 
 export const CHROMIUM_ARGS = [

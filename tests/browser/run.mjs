@@ -23,9 +23,8 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { createSocket } from 'node:dgram';
 import {
-  ARTIFACTS, Proc, freePort, launchBrowser, requireBin, startSignaling, waitUntil,
+  ARTIFACTS, Proc, freePort, launchBrowser, requireBin, startSignaling, stunBinding, waitUntil,
 } from './harness.mjs';
 
 const TEST_TIMEOUT_MS = Number(process.env.BROWSER_TEST_TIMEOUT_MS) || 90000;
@@ -73,6 +72,37 @@ class PeerPage {
   }
 
   peerId() { return this.eval(() => window.__demo.room.peerId); }
+
+  /** Sends `text` on the chat channel. */
+  say(text) { return this.eval((m) => window.__demo.sendChat(m), text); }
+
+  /** Sends `text` on the chat channel and waits until `other` has received it. */
+  async sayTo(other, text) {
+    await this.say(text);
+    await other.chatFrom(text);
+  }
+
+  /** Restarts ICE with the (first) remote peer; `reason` goes to the page's log. */
+  restartIce(reason) {
+    return this.eval((r) => [...window.__demo.room.peers.values()][0].restartIce(r), reason);
+  }
+
+  /** Waits until the (first) remote peer's negotiation is stable and connected: an ICE restart was answered. */
+  iceRestartAnswered(what) {
+    return this.waitFor(() => {
+      const p = [...window.__demo.room.peers.values()][0];
+      return p.pc.signalingState === 'stable' && p.state === 'connected';
+    }, null, what);
+  }
+
+  /** Drops the signaling link, keeps it down for `ms` and waits until the page shows it is reconnecting. */
+  async dropSignaling(ms) {
+    await this.eval((d) => window.__demo.dropSignaling(d), ms);
+    await this.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 5000);
+  }
+
+  /** How many `peer-removed` events the page has seen. */
+  peersRemoved() { return this.eval(() => window.__demo.events.filter((e) => e.type === 'peer-removed').length); }
 
   stats() { return this.eval(() => window.__demo.stats()); }
 }
@@ -168,8 +198,7 @@ test('chat: a message typed in one browser appears in the other, both ways', asy
   await a.page.fill('#chat-input', 'hello from Alice');
   await a.page.click('#chat-send');
   await b.chatFrom('hello from Alice');
-  await b.eval(() => window.__demo.sendChat('hi Alice, Bob here'));
-  await a.chatFrom('hi Alice, Bob here');
+  await b.sayTo(a, 'hi Alice, Bob here');
   // And it is rendered, with the sender's name.
   const rendered = await b.eval(() => [...document.querySelectorAll('#chat-log .msg:not(.mine)')].map((li) => li.textContent));
   assert(rendered.some((s) => s.includes('Alice') && s.includes('hello from Alice')), `Bob's chat log shows Alice's message: ${JSON.stringify(rendered)}`);
@@ -240,9 +269,9 @@ test('three peers: a full mesh, everyone hears everyone', async (t) => {
   await b.joined();
   const c = await t.open('Carol');
   await Promise.all([a.connected(2), b.connected(2), c.connected(2)]);
-  await c.eval(() => window.__demo.sendChat('hi both'));
+  await c.say('hi both');
   await Promise.all([a.chatFrom('hi both'), b.chatFrom('hi both')]);
-  await a.eval(() => window.__demo.sendChat('hi Carol'));
+  await a.say('hi Carol');
   await Promise.all([b.chatFrom('hi Carol'), c.chatFrom('hi Carol')]);
   await c.waitFor(() => [...document.querySelectorAll('.tile-remote video')].filter((v) => v.videoWidth > 0).length === 2, null, 'two remote videos at Carol');
   await t.screenshot(c, 'three-peers.png');
@@ -251,7 +280,7 @@ test('three peers: a full mesh, everyone hears everyone', async (t) => {
 test('glare: both sides renegotiate at the same moment, perfect negotiation settles it', async (t) => {
   const [a, b] = await t.pair();
   for (let round = 0; round < 3; round += 1) {
-    await Promise.all([a, b].map((p) => p.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: simultaneous restart'))));
+    await Promise.all([a, b].map((p) => p.restartIce('test: simultaneous restart')));
     for (const p of [a, b]) {
       await p.waitFor(() => {
         const peer = [...window.__demo.room.peers.values()][0];
@@ -261,10 +290,8 @@ test('glare: both sides renegotiate at the same moment, perfect negotiation sett
   }
   const glare = await a.eval(() => window.__demo.events.some((e) => e.type === 'log' && /^glare/.test(e.message)));
   assert(glare, 'a collision actually happened and the impolite side ignored the other offer');
-  await a.eval(() => window.__demo.sendChat('after the glare'));
-  await b.chatFrom('after the glare');
-  await b.eval(() => window.__demo.sendChat('settled'));
-  await a.chatFrom('settled');
+  await a.sayTo(b, 'after the glare');
+  await b.sayTo(a, 'settled');
 });
 
 test('no camera: permission denied is shown, chat and canvas still work', async (t) => {
@@ -284,10 +311,8 @@ test('no camera: permission denied is shown, chat and canvas still work', async 
   await t.screenshot(a, 'state-camera-denied.png');
   const b = await t.open('Bob');
   await Promise.all([a.connected(1), b.connected(1)]);
-  await a.eval(() => window.__demo.sendChat('no camera here'));
-  await b.chatFrom('no camera here');
-  await b.eval(() => window.__demo.sendChat('I can read you'));
-  await a.chatFrom('I can read you');
+  await a.sayTo(b, 'no camera here');
+  await b.sayTo(a, 'I can read you');
   const id = await a.eval(() => window.__demo.drawStroke([[0.2, 0.2], [0.8, 0.8]]));
   await b.waitFor((sid) => window.__demo.canvas.strokes.has(sid), id, 'stroke from the camera-less peer');
   // Alice still receives Bob's camera.
@@ -299,30 +324,24 @@ test('reconnect: the WebSocket drops mid-call, the page shows reconnecting, resu
   const idBefore = await a.peerId();
   const framesOf = async (p) => Object.values(await p.stats())[0]?.framesDecoded || 0;
   // Drop Alice's socket and keep her offline for 3 s.
-  await a.eval(() => window.__demo.dropSignaling(3000));
-  await a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 5000);
+  await a.dropSignaling(3000);
   const shown = await a.eval(() => ({ status: document.getElementById('status-text').textContent, banner: document.getElementById('banner').hidden ? '' : document.getElementById('banner-text').textContent }));
   assert(/reconnecting/i.test(shown.status) && /reconnecting/i.test(shown.banner), `the page says it is reconnecting: ${JSON.stringify(shown)}`);
   await t.screenshot(a, 'state-reconnecting.png');
   // While Alice is away, Bob restarts ICE: his offer waits in Alice's replay buffer.
-  await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: offer while the other side is offline'));
+  await b.restartIce('test: offer while the other side is offline');
   await a.waitFor(() => document.body.dataset.signaling === 'joined', null, 'joined again after resume', 20000);
   const after = await a.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats }));
   assert(after.id === idBefore, `peer id kept across the resume (${idBefore} -> ${after.id})`);
   assert(after.stats.resumes >= 1 && after.stats.rejoins === 0, `resumed, not rejoined: ${JSON.stringify(after.stats)}`);
   assert(after.stats.replayed >= 1, `the missed offer was replayed: ${JSON.stringify(after.stats)}`);
   // Bob never saw Alice leave, and the ICE restart he started while she was away completed.
-  const bobEvents = await b.eval(() => window.__demo.events.filter((e) => e.type === 'peer-removed').length);
+  const bobEvents = await b.peersRemoved();
   assert(bobEvents === 0, 'Bob saw no peer-removed');
-  await b.waitFor(() => {
-    const p = [...window.__demo.room.peers.values()][0];
-    return p.pc.signalingState === 'stable' && p.state === 'connected';
-  }, null, 'Bob\'s ICE restart answered after the replay');
+  await b.iceRestartAnswered('Bob\'s ICE restart answered after the replay');
   // The call is alive: chat both ways and video still flowing.
-  await a.eval(() => window.__demo.sendChat('back after the drop'));
-  await b.chatFrom('back after the drop');
-  await b.eval(() => window.__demo.sendChat('welcome back'));
-  await a.chatFrom('welcome back');
+  await a.sayTo(b, 'back after the drop');
+  await b.sayTo(a, 'welcome back');
   const f1 = await framesOf(b);
   await waitUntil(async () => (await framesOf(b)) > f1 + 10, WAIT, 'video frames still decoded on Bob');
   await a.waitFor(() => window.__demo.peers()[0]?.state === 'connected', null, 'Alice still connected to Bob');
@@ -350,8 +369,7 @@ test('reconnect: signaling restarts (drain on SIGTERM), the pages rejoin and the
   await Promise.all([a.connected(1), b.connected(1)]);
   const stats = await a.eval(() => window.__demo.client.stats);
   assert(stats.rejoins >= 1, `a new session after the restart: ${JSON.stringify(stats)}`);
-  await a.eval(() => window.__demo.sendChat('after the restart'));
-  await b.chatFrom('after the restart');
+  await a.sayTo(b, 'after the restart');
 });
 
 test('restart: signaling is killed and comes back, the pages show the peers that are there and explain the reset in one line', async (t) => {
@@ -391,8 +409,7 @@ test('restart: signaling is killed and comes back, the pages show the peers that
     const arrivals = got.lines.filter((l) => /^(Ada|Grace) (joined|is here)/.test(l));
     assert(arrivals.length === 1, `${p.name}: ${other} arrived once, the silent session never: ${JSON.stringify(got.lines)}`);
   }
-  await a.eval(() => window.__demo.sendChat('after the restart'));
-  await b.chatFrom('after the restart');
+  await a.sayTo(b, 'after the restart');
   await t.screenshot(b, 'state-after-restart.png');
 });
 
@@ -447,8 +464,7 @@ async function clusterFailover(t, transport) {
   const idsBefore = [await a.peerId(), await b.peerId()];
   await victim.proc.stop('SIGKILL');
   // The call does not need signaling; the cut-off page resumes on another node via HAProxy.
-  await a.eval(() => window.__demo.sendChat('during the failover'));
-  await b.chatFrom('during the failover');
+  await a.sayTo(b, 'during the failover');
   const resumed = (s) => (transport === 'websocket' ? s.resumes : s.streamReconnects) >= 1;
   await waitUntil(async () => {
     const stats = await Promise.all([a, b].map((p) => p.eval(() => ({ s: window.__demo.client.stats, st: document.body.dataset.signaling }))));
@@ -461,13 +477,9 @@ async function clusterFailover(t, transport) {
     assert(x.removed === 0, 'nobody saw the other leave');
   }
   // Signaling still works across nodes: Bob restarts ICE, the offer/answer go through the cluster.
-  await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: after failover'));
-  await b.waitFor(() => {
-    const p = [...window.__demo.room.peers.values()][0];
-    return p.pc.signalingState === 'stable' && p.state === 'connected';
-  }, null, 'Bob\'s ICE restart answered through the cluster');
-  await b.eval(() => window.__demo.sendChat('after the failover'));
-  await a.chatFrom('after the failover');
+  await b.restartIce('test: after failover');
+  await b.iceRestartAnswered('Bob\'s ICE restart answered through the cluster');
+  await b.sayTo(a, 'after the failover');
 }
 
 test('cluster: through HAProxy over 3 nodes, a node is killed mid-call, the pages resume elsewhere and the call goes on', (t) => clusterFailover(t, 'websocket'));
@@ -514,10 +526,8 @@ const shownTransport = (p) => p.eval(() => {
 
 /** Chat both ways and a stroke each way between two connected pages. */
 async function chatAndDraw(a, b, tag) {
-  await a.eval((m) => window.__demo.sendChat(m), `hello from Alice ${tag}`);
-  await b.chatFrom(`hello from Alice ${tag}`);
-  await b.eval((m) => window.__demo.sendChat(m), `hi Alice, Bob ${tag}`);
-  await a.chatFrom(`hi Alice, Bob ${tag}`);
+  await a.sayTo(b, `hello from Alice ${tag}`);
+  await b.sayTo(a, `hi Alice, Bob ${tag}`);
   const wave = Array.from({ length: 40 }, (_, i) => [0.1 + i * 0.02, 0.5 + 0.2 * Math.sin(i / 5)]);
   const sa = await a.eval((pts) => window.__demo.drawStroke(pts, '#ffd166'), wave);
   const sb = await b.eval((pts) => window.__demo.drawStroke(pts.map(([x, y]) => [x, 1 - y]), '#06d6a0'), wave);
@@ -608,19 +618,14 @@ test('long-polling: two pages forced onto long-polling (?transport=long-poll) ca
   await chatAndDraw(a, b, 'by long-polling');
   // A dropped link resumes the session (same peer id, the missed offer replayed).
   const idBefore = await a.peerId();
-  await a.eval(() => window.__demo.dropSignaling(4000));
-  await a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 5000);
-  await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: offer while the other side is offline'));
+  await a.dropSignaling(4000);
+  await b.restartIce('test: offer while the other side is offline');
   await a.joined();
   const after = await a.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats, transport: window.__demo.client.transport }));
   assert(after.id === idBefore && after.stats.resumes >= 1 && after.stats.rejoins === 0 && after.stats.replayed >= 1, `resumed over long-polling: ${JSON.stringify(after)}`);
   assert(after.transport === 'long-poll', `still long-polling: ${after.transport}`);
-  await b.waitFor(() => {
-    const p = [...window.__demo.room.peers.values()][0];
-    return p.pc.signalingState === 'stable' && p.state === 'connected';
-  }, null, 'Bob\'s ICE restart answered after the replay');
-  await a.eval(() => window.__demo.sendChat('back after the drop'));
-  await b.chatFrom('back after the drop');
+  await b.iceRestartAnswered('Bob\'s ICE restart answered after the replay');
+  await a.sayTo(b, 'back after the drop');
 });
 
 test('sse: forced SSE + POST (?transport=sse), a broken event stream is reopened from the last seq and a dropped link resumes', async (t) => {
@@ -632,20 +637,16 @@ test('sse: forced SSE + POST (?transport=sse), a broken event stream is reopened
   // Break Alice's event stream (as a proxy cutting it would): the link reopens it by itself.
   await a.eval(() => window.__demo.client._ws._stream.abort());
   await a.waitFor(() => window.__demo.client.stats.streamReconnects >= 1 && document.body.dataset.signaling === 'joined', null, 'the event stream reopened');
-  await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: after the stream broke'));
-  await b.waitFor(() => {
-    const p = [...window.__demo.room.peers.values()][0];
-    return p.pc.signalingState === 'stable' && p.state === 'connected';
-  }, null, 'Bob\'s ICE restart answered over the reopened stream');
+  await b.restartIce('test: after the stream broke');
+  await b.iceRestartAnswered('Bob\'s ICE restart answered over the reopened stream');
   // Drop the whole link: the next one resumes the session with a `resume` (POST /http).
   const idBefore = await a.peerId();
-  await a.eval(() => window.__demo.dropSignaling(4000));
-  await a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 5000);
-  await b.eval(() => [...window.__demo.room.peers.values()][0].restartIce('test: offer while the other side is offline'));
+  await a.dropSignaling(4000);
+  await b.restartIce('test: offer while the other side is offline');
   await a.joined();
   const after = await a.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats }));
   assert(after.id === idBefore && after.stats.resumes >= 1 && after.stats.rejoins === 0 && after.stats.replayed >= 1, `resumed over SSE: ${JSON.stringify(after)}`);
-  const removed = await b.eval(() => window.__demo.events.filter((e) => e.type === 'peer-removed').length);
+  const removed = await b.peersRemoved();
   assert(removed === 0, 'Bob saw no peer-removed');
   await chatAndDraw(a, b, 'after the resume');
 });
@@ -684,10 +685,8 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
     assert(info && info.localType === 'relay' && info.remoteType === 'relay', `${p.name}: selected pair relay/relay: ${JSON.stringify(info)}`);
     await p.waitFor(() => document.querySelector('.conn .c-path')?.textContent === 'relay ↔ relay', null, 'the connection panel showing relay ↔ relay', 5000);
   }
-  await a.eval(() => window.__demo.sendChat('through the relay'));
-  await b.chatFrom('through the relay');
-  await b.eval(() => window.__demo.sendChat('relayed back'));
-  await a.chatFrom('relayed back');
+  await a.sayTo(b, 'through the relay');
+  await b.sayTo(a, 'relayed back');
   await t.screenshot(a, 'relay-only.png');
   // Fresh TURN credentials arrive, are applied, and the relayed call moves onto them (ICE
   // restart by the impolite side) without dropping.
@@ -696,8 +695,7 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
   const restartedB = await b.eval(() => window.__demo.events.some((e) => e.type === 'log' && /fresh TURN credentials/.test(e.message)));
   assert(restarted || restartedB, 'an ICE restart onto the fresh credentials happened');
   await Promise.all([a.connected(1), b.connected(1)]);
-  await a.eval(() => window.__demo.sendChat('still relayed after new credentials'));
-  await b.chatFrom('still relayed after new credentials');
+  await a.sayTo(b, 'still relayed after new credentials');
   const info = Object.values(await a.stats())[0];
   assert(info.localType === 'relay' && info.remoteType === 'relay', `still relay/relay: ${JSON.stringify(info)}`);
 });
@@ -736,8 +734,7 @@ test('one port: relay-only through TURN over TLS on the port that serves the pag
     assert(info && info.localType === 'relay' && info.relayProtocol === 'tls', `${p.name}: relayed over TLS: ${JSON.stringify(info)}`);
     assert(String(info.relayUrl).includes(`:${port}`), `${p.name}: through the shared port ${port}: ${JSON.stringify(info)}`);
   }
-  await a.eval(() => window.__demo.sendChat('one port for everything'));
-  await b.chatFrom('one port for everything');
+  await a.sayTo(b, 'one port for everything');
   const metrics = await a.eval(async () => (await fetch('/metrics')).text());
   const handovers = Number((metrics.match(/^signaling_turn_handovers_total (\d+)/m) || [])[1]);
   assert(handovers >= 2, `TURN connections handed to the relay: ${handovers}`);
@@ -829,18 +826,15 @@ test('relay switch: "Relay only" turned on mid-call moves the call onto the rela
     assert(await localType(who) === 'relay', `${who.name}: the selected pair moved onto the relay within 20 s: ${JSON.stringify(ui)}`);
     await who.waitFor(() => /^relay ↔ /.test(document.querySelector('.conn .c-path')?.textContent || ''), null, 'the panel showing the relayed pair');
     await Promise.all([who.connected(1), other.connected(1)]);
-    await who.eval((n) => window.__demo.sendChat(`relayed from ${n}`), who.name);
-    await other.chatFrom(`relayed from ${who.name}`);
-    await other.eval((n) => window.__demo.sendChat(`relayed to ${n}`), who.name);
-    await who.chatFrom(`relayed to ${who.name}`);
+    await who.sayTo(other, `relayed from ${who.name}`);
+    await other.sayTo(who, `relayed to ${who.name}`);
     // And off again: back to a direct pair.
     await who.page.click('.switch:has(#relay-only) .switch-track');
     await waitUntil(async () => (await localType(who)) === 'host', 20000, `${who.name}: direct again after "Relay only" off`);
     await Promise.all([who.connected(1), other.connected(1)]);
     await who.waitFor(() => document.querySelector('.tile-remote')?.dataset.path === 'direct', null, 'the tile showing direct again');
   }
-  await a.eval(() => window.__demo.sendChat('after both switches'));
-  await b.chatFrom('after both switches');
+  await a.sayTo(b, 'after both switches');
   // The replaced connections released their TURN allocations (deleted, not left to expire),
   // and no quota was hit on the way (per-user allocations).
   await waitUntil(async () => (await metric('relay_allocations_deleted_total')) > 0, 10000, 'old allocations deleted');
@@ -866,8 +860,7 @@ test('ICE restart: the relay dies mid-call (relay-only), comes back, and the cal
   assert(restarts >= 1, 'ICE was restarted');
   const info = Object.values(await a.stats())[0];
   assert(info.localType === 'relay' && info.remoteType === 'relay', `relay/relay again: ${JSON.stringify(info)}`);
-  await a.eval(() => window.__demo.sendChat('we are back'));
-  await b.chatFrom('we are back');
+  await a.sayTo(b, 'we are back');
 });
 
 test('peer unreachable: relay-only with a dead TURN server shows the peer as unreachable', async (t) => {
@@ -885,7 +878,7 @@ test('peer unreachable: relay-only with a dead TURN server shows the peer as unr
   }
   await t.screenshot(a, 'state-peer-unreachable.png');
   // Chat says why a message did not go out.
-  await a.eval(() => window.__demo.sendChat('anyone?'));
+  await a.say('anyone?');
   const note = await a.eval(() => document.querySelector('#chat-log .msg.mine .msg-note')?.textContent || '');
   assert(/not delivered/.test(note), `undelivered message is flagged: ${note}`);
 });
@@ -947,10 +940,8 @@ async function relayFleetFailover(t, signal) {
     assert(moves.restarts === 1 && moves.relayMoves === 1, `${p.name}: one 'relay moved' ICE restart: ${JSON.stringify(moves)}`);
     assert(moves.text === now, `${p.name}: the panel names the relay: ${JSON.stringify(moves)}`);
   }
-  await a.eval(() => window.__demo.sendChat('on the new relay'));
-  await b.chatFrom('on the new relay');
-  await b.eval(() => window.__demo.sendChat('heard you'));
-  await a.chatFrom('heard you');
+  await a.sayTo(b, 'on the new relay');
+  await b.sayTo(a, 'heard you');
 }
 
 test('relay fleet: the room\'s relay dies mid-call (relay-only), both pages restart ICE onto its new relay', (t) => relayFleetFailover(t, 'SIGKILL'));
@@ -980,7 +971,7 @@ async function interop(t, { cliFirst = false, relay = false } = {}) {
   await a.connected(1, 30000);
   const name = await a.eval(() => window.__demo.peers()[0].name);
   assert(name === 'rusty', `the CLI peer is listed by name: ${name}`);
-  await a.eval(() => window.__demo.sendChat('hello from the browser'));
+  await a.say('hello from the browser');
   await cli.waitForLine(/^Alice: hello from the browser$/, WAIT, 'the browser\'s message, printed with the sender\'s name');
   cli.send('hello from rust');
   await a.chatFrom('hello from rust');
@@ -1006,7 +997,7 @@ test('example: the minimal example app (README) calls and chats with the demo pa
   await ex.waitFor(() => document.getElementById('state').textContent === 'joined', null, 'the example joined');
   const demo = await t.open('Alice');
   await demo.connected(1);
-  await demo.eval(() => window.__demo.sendChat('hello example'));
+  await demo.say('hello example');
   await ex.waitFor(() => [...document.querySelectorAll('#log li')].some((li) => li.textContent === 'Alice: hello example'), null, 'the demo\'s message in the example');
   await ex.page.fill('#text', 'hello demo');
   await ex.page.press('#text', 'Enter');
@@ -1093,8 +1084,7 @@ test('leave: tracks stop, connections close, a "you left" screen offers Rejoin; 
     assert(lines.filter((l) => /^Alice left/.test(l)).length === 1, `${p.name}: one "Alice left" line: ${JSON.stringify(lines)}`);
     assert(!lines.some((l) => l.startsWith(`${other} left`)), `${p.name}: no "${other} left" line: ${JSON.stringify(lines)}`);
   }
-  await b.eval(() => window.__demo.sendChat('still here'));
-  await c.chatFrom('still here');
+  await b.sayTo(c, 'still here');
   await t.screenshot(a, 'state-left.png');
   // Rejoin puts Alice back in the room.
   await Promise.all([a.page.waitForNavigation(), a.page.click('#rejoin')]);
@@ -1149,9 +1139,8 @@ test('phone: at 390 px the chat is an overlay with an unread count, names are no
   };
   assert(!(await b.eval(visible, '#chat-card')) && await b.eval(visible, '#toggle-chat'), 'phone: chat closed, a Chat button in the bar');
   assert(!(await a.eval(visible, '#toggle-chat')) && await a.eval(visible, '#chat-card'), 'desktop: chat in the side column, no Chat button');
-  await a.eval(() => window.__demo.sendChat('one'));
-  await a.eval(() => window.__demo.sendChat('two'));
-  await b.chatFrom('two');
+  await a.say('one');
+  await a.sayTo(b, 'two');
   await b.waitFor(() => document.getElementById('chat-unread').textContent === '2', null, 'unread count 2');
   assert(await b.eval(visible, '#chat-unread'), 'the unread count is visible');
   await b.page.click('#toggle-chat');
@@ -1227,10 +1216,8 @@ test('demo: two peers in a call with chat and canvas (screenshots)', async (t) =
   await a.joined();
   const b = await t.open('Grace Hopper', { viewport: { width: 390, height: 844 } });
   await Promise.all([a.connected(1), b.connected(1)]);
-  await a.eval(() => window.__demo.sendChat('Hi Grace! Can you see the canvas?'));
-  await b.chatFrom('Hi Grace! Can you see the canvas?');
-  await b.eval(() => window.__demo.sendChat('Yes, drawing a wave for you'));
-  await a.chatFrom('Yes, drawing a wave for you');
+  await a.sayTo(b, 'Hi Grace! Can you see the canvas?');
+  await b.sayTo(a, 'Yes, drawing a wave for you');
   const wave = Array.from({ length: 60 }, (_, i) => [0.08 + i * 0.014, 0.55 + 0.18 * Math.sin(i / 6)]);
   const spiral = Array.from({ length: 90 }, (_, i) => [0.72 + 0.0022 * i * Math.cos(i / 7), 0.4 + 0.004 * i * Math.sin(i / 7)]);
   const w = await b.eval((pts) => window.__demo.drawStroke(pts, '#06d6a0'), wave);
@@ -1255,24 +1242,6 @@ test('demo: two peers in a call with chat and canvas (screenshots)', async (t) =
   await j.page.fill('#prejoin-name', 'Katherine Johnson');
   await t.screenshot(j, 'demo-join.png');
 });
-
-// --- STUN readiness probe (a Binding request; any STUN answer means the relay is up) ---
-
-function stunBinding(port) {
-  return new Promise((resolve) => {
-    const sock = createSocket('udp4');
-    const msg = Buffer.alloc(20);
-    msg.writeUInt16BE(0x0001, 0);
-    msg.writeUInt16BE(0, 2);
-    msg.writeUInt32BE(0x2112a442, 4);
-    randomBytes(12).copy(msg, 8);
-    const done = (ok) => { clearTimeout(timer); try { sock.close(); } catch { /* closed */ } resolve(ok); };
-    const timer = setTimeout(() => done(false), 500);
-    sock.on('message', (m) => done(m.length >= 20 && m.readUInt32BE(4) === 0x2112a442));
-    sock.on('error', () => done(false));
-    sock.send(msg, port, '127.0.0.1');
-  });
-}
 
 // --- runner ---
 

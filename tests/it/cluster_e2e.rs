@@ -8,7 +8,9 @@ use std::time::Duration;
 use e2e::haproxy::Haproxy;
 use e2e::redis::RedisServer;
 
-use crate::peer_e2e::{Signaling, chat_pair, expect_chat, join, say, start_signaling_with};
+use crate::peer_e2e::{
+    Signaling, chat_pair, expect_chat, join, reliable_channel_open, say, start_signaling_with,
+};
 
 /// Three nodes sharing `redis`, with fast failure detection.
 pub(crate) fn start_cluster(redis: &RedisServer) -> Vec<Signaling> {
@@ -80,9 +82,7 @@ fn rust_peers_through_haproxy_survive_a_killed_node() {
     // Signaling still routes across the surviving nodes: a third peer reaches both.
     let mut carol = join(&url, "carol", false);
     for _ in 0..2 {
-        carol.wait_line(Duration::from_secs(30), |l| {
-            l.starts_with("* channel-open") && l.contains("kind=reliable")
-        });
+        carol.wait_line(Duration::from_secs(30), reliable_channel_open);
     }
     say(&mut carol, "hello-from-carol");
     expect_chat(&mut alice, "carol: hello-from-carol");

@@ -12,7 +12,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use signaling::protocol::{ServerFrame, ServerMessage};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::peer_e2e::{Proc, Signaling, start_signaling_with};
+use crate::peer_e2e::{Proc, Signaling, start_signaling_with, wait_joined};
 
 /// A registered relay process, its UDP port (how the tests recognise its TURN URLs) and its
 /// admin address (metrics).
@@ -347,7 +347,7 @@ fn relay_only_transfer(from_url: &str, to_url: &str, bytes: usize) {
         ],
         false,
     );
-    receiver.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    wait_joined(&mut receiver);
     let _sender = crate::peer_e2e::spawn(
         "peer",
         &[
@@ -444,11 +444,7 @@ fn fleet_benchmark() {
     let size = 4 * 1024 * 1024;
     let measure = |from: &Signaling, to: &Signaling, room: &str| {
         let before = [relayed_bytes(&relay_a), relayed_bytes(&relay_b)];
-        relay_only_transfer(
-            &format!("ws://{}/ws/{room}", from.addr),
-            &format!("ws://{}/ws/{room}", to.addr),
-            size,
-        );
+        relay_only_transfer(&from.room_url(room), &to.room_url(room), size);
         // The workers publish their counters on a timer tick.
         std::thread::sleep(Duration::from_millis(1500));
         let after = [relayed_bytes(&relay_a), relayed_bytes(&relay_b)];
@@ -500,7 +496,7 @@ fn failover_time() -> Duration {
     let redis = RedisServer::start();
     let mut relays = fleet(&redis);
     let signaling = start_fleet_signaling(&redis);
-    let url = format!("ws://{}/ws/failover-bench", signaling.addr);
+    let url = signaling.room_url("failover-bench");
     let (mut alice, mut bob, lines) = pair(&url, true);
     let port = relay_port(&lines[0]).expect("relayed pair");
     let victim = relays

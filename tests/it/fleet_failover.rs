@@ -51,7 +51,7 @@ fn relay_only_peers_follow_their_room(failure: Failure) {
     let redis = RedisServer::start();
     let mut relays = fleet(&redis);
     let signaling = start_fleet_signaling(&redis);
-    let url = format!("ws://{}/ws/failover-room", signaling.addr);
+    let url = signaling.room_url("failover-room");
     let (mut alice, mut bob, lines) = pair(&url, true);
     let ports: Vec<u16> = lines
         .iter()
@@ -136,7 +136,7 @@ fn peers_on_a_direct_pair_are_left_alone_when_the_relay_moves() {
         .find_map(|attempt| {
             let room = format!("direct-room-{attempt}");
             let old = room_relay(signaling.addr, &room);
-            let url = format!("ws://{}/ws/{room}", signaling.addr);
+            let url = signaling.room_url(&room);
             let (mut alice, mut bob, lines) = pair(&url, false);
             let direct = [(&mut alice, &lines[0]), (&mut bob, &lines[1])]
                 .into_iter()

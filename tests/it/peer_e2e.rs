@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use e2e::bin_path;
-use testkit::Spawned;
+use testkit::{LoopbackRelay, Spawned};
 
 const TURN_SECRET: &str = "peer-e2e-secret";
 
@@ -40,39 +40,14 @@ pub(crate) fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
 }
 
-pub(crate) struct Relay {
-    _proc: Proc,
-    udp: SocketAddr,
-}
-
-fn start_relay() -> Relay {
+fn start_relay() -> LoopbackRelay {
     start_relay_with(true)
 }
 
 /// A relay; without `allow_loopback` it refuses (403) permissions for loopback peers, as a
 /// production relay refuses private addresses.
-fn start_relay_with(allow_loopback: bool) -> Relay {
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--no-tcp",
-        "--admin-listen",
-        "none",
-        "--relay-ip",
-        "127.0.0.1",
-        "--auth-secret",
-        TURN_SECRET,
-    ];
-    if allow_loopback {
-        args.push("--allow-loopback-peers");
-    }
-    let mut proc = spawn("relay", &args, false);
-    let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening udp "));
-    let udp = line["listening udp ".len()..]
-        .parse()
-        .expect("relay address");
-    proc.wait_line(Duration::from_secs(20), |l| l == "ready");
-    Relay { _proc: proc, udp }
+fn start_relay_with(allow_loopback: bool) -> LoopbackRelay {
+    LoopbackRelay::start(TURN_SECRET, allow_loopback, Stdio::inherit())
 }
 
 pub(crate) struct Signaling {
@@ -80,12 +55,19 @@ pub(crate) struct Signaling {
     pub(crate) addr: SocketAddr,
 }
 
-fn start_signaling(relay: Option<&Relay>, listen: &str) -> Signaling {
+impl Signaling {
+    /// The WebSocket URL of `room` on this server.
+    pub(crate) fn room_url(&self, room: &str) -> String {
+        format!("ws://{}/ws/{room}", self.addr)
+    }
+}
+
+fn start_signaling(relay: Option<&LoopbackRelay>, listen: &str) -> Signaling {
     start_signaling_with(relay, listen, &[])
 }
 
 pub(crate) fn start_signaling_with(
-    relay: Option<&Relay>,
+    relay: Option<&LoopbackRelay>,
     listen: &str,
     extra: &[&str],
 ) -> Signaling {
@@ -94,7 +76,7 @@ pub(crate) fn start_signaling_with(
     if let Some(relay) = relay {
         args.extend([
             "--turn-url".to_owned(),
-            format!("turn:{}?transport=udp", relay.udp),
+            relay.turn_url(),
             "--turn-secret".to_owned(),
             TURN_SECRET.to_owned(),
         ]);
@@ -128,7 +110,7 @@ pub(crate) fn join_with(url: &str, name: &str, relay_only: bool, extra: &[&str])
 /// Two chat peers exchange `count` lines each way; every line arrives, in order.
 fn bulk_chat(url: &str, relay_only: bool, count: usize) {
     let mut alice = join(url, "alice", relay_only);
-    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    wait_joined(&mut alice);
     let mut bob = join(url, "bob", relay_only);
     let timeout = Duration::from_secs(30);
     for proc in [&mut alice, &mut bob] {
@@ -144,9 +126,7 @@ fn bulk_chat(url: &str, relay_only: bool, count: usize) {
         } else {
             assert_eq!(field(&pair, "local"), Some("host"), "{pair}");
         }
-        proc.wait_seen(timeout, |l| {
-            l.starts_with("* channel-open") && l.contains("kind=reliable")
-        });
+        proc.wait_seen(timeout, reliable_channel_open);
     }
     let writers: Vec<_> = [("a", &mut alice), ("b", &mut bob)]
         .into_iter()
@@ -181,22 +161,14 @@ fn bulk_chat(url: &str, relay_only: bool, count: usize) {
 #[test]
 fn ten_thousand_messages_each_way_in_order_over_loopback() {
     let signaling = start_signaling(None, "127.0.0.1:0");
-    bulk_chat(
-        &format!("ws://{}/ws/bulk-direct", signaling.addr),
-        false,
-        10_000,
-    );
+    bulk_chat(&signaling.room_url("bulk-direct"), false, 10_000);
 }
 
 #[test]
 fn ten_thousand_messages_each_way_relay_only_through_our_relay() {
     let relay = start_relay();
     let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
-    bulk_chat(
-        &format!("ws://{}/ws/bulk-relay", signaling.addr),
-        true,
-        10_000,
-    );
+    bulk_chat(&signaling.room_url("bulk-relay"), true, 10_000);
 }
 
 /// `len` non-repeating bytes for a file transfer: the low byte of each step of a xorshift
@@ -216,7 +188,7 @@ pub(crate) fn xorshift_bytes(seed: u64, len: usize) -> Vec<u8> {
 #[test]
 fn file_of_several_megabytes_arrives_with_matching_checksum() {
     let signaling = start_signaling(None, "127.0.0.1:0");
-    let url = format!("ws://{}/ws/file", signaling.addr);
+    let url = signaling.room_url("file");
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("src.bin");
     let dst = dir.path().join("dst.bin");
@@ -230,7 +202,7 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
         &["recv-file", &url, &dst_s, "--bind", "127.0.0.1"],
         false,
     );
-    receiver.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    wait_joined(&mut receiver);
     let mut sender = spawn(
         "peer",
         &["send-file", &url, &src_s, "--bind", "127.0.0.1"],
@@ -311,6 +283,17 @@ impl Drop for CuttableProxy {
     }
 }
 
+/// Waits (10 s) for `proc`'s `* joined` notice: it is in the room, so a peer that joins next
+/// finds it there.
+pub(crate) fn wait_joined(proc: &mut Proc) {
+    proc.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+}
+
+/// Whether `line` is the notice of a reliable (chat) channel opening.
+pub(crate) fn reliable_channel_open(line: &str) -> bool {
+    line.starts_with("* channel-open") && line.contains("kind=reliable")
+}
+
 pub(crate) fn say(proc: &mut Proc, line: &str) {
     let stdin = proc.stdin.as_mut().expect("stdin");
     writeln!(stdin, "{line}").expect("write stdin");
@@ -324,12 +307,10 @@ pub(crate) fn expect_chat(proc: &mut Proc, want: &str) {
 /// Alice joins the room at `url`, then Bob; returns once both have their chat channel open.
 pub(crate) fn chat_pair(url: &str) -> (Proc, Proc) {
     let mut alice = join(url, "alice", false);
-    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    wait_joined(&mut alice);
     let mut bob = join(url, "bob", false);
     for proc in [&mut alice, &mut bob] {
-        proc.wait_line(Duration::from_secs(30), |l| {
-            l.starts_with("* channel-open") && l.contains("kind=reliable")
-        });
+        proc.wait_line(Duration::from_secs(30), reliable_channel_open);
     }
     (alice, bob)
 }
@@ -360,12 +341,8 @@ fn signaling_socket_drop_resumes_and_the_data_channel_keeps_working() {
 
     // Signaling itself still routes: a third peer joins and connects to both.
     let mut carol = join(&url, "carol", false);
-    carol.wait_line(Duration::from_secs(30), |l| {
-        l.starts_with("* channel-open") && l.contains("kind=reliable")
-    });
-    carol.wait_line(Duration::from_secs(30), |l| {
-        l.starts_with("* channel-open") && l.contains("kind=reliable")
-    });
+    carol.wait_line(Duration::from_secs(30), reliable_channel_open);
+    carol.wait_line(Duration::from_secs(30), reliable_channel_open);
     say(&mut carol, "hello-from-carol");
     expect_chat(&mut alice, "carol: hello-from-carol");
     expect_chat(&mut bob, "carol: hello-from-carol");
@@ -375,7 +352,7 @@ fn signaling_socket_drop_resumes_and_the_data_channel_keeps_working() {
 fn signaling_restart_rejoins_and_the_data_channel_keeps_working() {
     let listen = format!("127.0.0.1:{}", e2e::free_port());
     let signaling = start_signaling(None, &listen);
-    let url = format!("ws://{}/ws/restart", signaling.addr);
+    let url = signaling.room_url("restart");
     let (mut alice, mut bob) = chat_pair(&url);
     drop(signaling.proc);
     say(&mut alice, "while-down");
@@ -422,7 +399,7 @@ fn spawn_self_probe(url: &str) -> Proc {
 fn probe_self_reports_host_and_relay_pairs() {
     let relay = start_relay();
     let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
-    let url = format!("ws://{}/ws/probe", signaling.addr);
+    let url = signaling.room_url("probe");
     let mut probe = spawn_self_probe(&url);
     let direct = probe.wait_line(Duration::from_secs(60), |l| {
         l.starts_with("* probe ") && l.contains("mode=direct")
@@ -458,7 +435,7 @@ fn the_rust_sdk_reports_its_selected_pair_to_signaling() {
         .trim()
         .parse()
         .expect("admin address");
-    let url = format!("ws://{}/ws/sdk-stats", signaling.addr);
+    let url = signaling.room_url("sdk-stats");
     let _alice = join(&url, "alice", true);
     let _bob = join(&url, "bob", true);
     let series = r#"signaling_ice_paths_total{path="relayed",local="relay",remote="relay"}"#;
@@ -502,7 +479,7 @@ fn the_in_process_relay_relays_and_takes_relay_arg_flags() {
         &["--with-relay", "--relay-listen", "127.0.0.1:0", &admin_flag],
     );
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let url = format!("ws://{}/ws/local-stack", signaling.addr);
+    let url = signaling.room_url("local-stack");
     let mut probe = spawn_self_probe(&url);
     let relayed = probe.wait_line(Duration::from_secs(60), |l| {
         l.starts_with("* probe ") && l.contains("mode=relay")
@@ -535,9 +512,9 @@ fn quiet_room_stays_connected_on_pings_alone() {
         "127.0.0.1:0",
         &["--ping-interval", "200ms", "--ping-timeout", "1s"],
     );
-    let url = format!("ws://{}/ws/quiet", signaling.addr);
+    let url = signaling.room_url("quiet");
     let mut alice = join(&url, "alice", false);
-    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    wait_joined(&mut alice);
     // Five ping timeouts with no message at all.
     alice.read_for(Duration::from_secs(5));
     assert!(
@@ -642,17 +619,15 @@ fn relay_only_chat_through_stream_turn(tls: bool) {
         "127.0.0.1:0",
         &["--turn-url", &turn_url, "--turn-secret", TURN_SECRET],
     );
-    let url = format!("ws://{}/ws/stream-turn", signaling.addr);
+    let url = signaling.room_url("stream-turn");
     let ca = relay.ca_file.to_string_lossy().into_owned();
     let extra = ["--turn-ca", ca.as_str()];
     let mut alice = join_with(&url, "alice", true, &extra);
-    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    wait_joined(&mut alice);
     let mut bob = join_with(&url, "bob", true, &extra);
     let timeout = Duration::from_secs(30);
     for proc in [&mut alice, &mut bob] {
-        proc.wait_seen(timeout, |l| {
-            l.starts_with("* channel-open") && l.contains("kind=reliable")
-        });
+        proc.wait_seen(timeout, reliable_channel_open);
         let pair = proc.wait_seen(timeout, |l| l.starts_with("* selected-pair"));
         assert_eq!(field(&pair, "local"), Some("relay"), "{pair}");
         assert_eq!(field(&pair, "remote"), Some("relay"), "{pair}");
@@ -707,10 +682,10 @@ impl StderrFile {
 #[test]
 fn join_sends_what_stdin_had_then_leaves_and_exits_when_stdin_closes() {
     let signaling = start_signaling(None, "127.0.0.1:0");
-    let url = format!("ws://{}/ws/stdin-eof", signaling.addr);
+    let url = signaling.room_url("stdin-eof");
     // Bob's stdin ends before anyone else is there: his lines wait for the first peer.
     let mut bob = join(&url, "bob", false);
-    bob.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    wait_joined(&mut bob);
     say(&mut bob, "hello");
     say(&mut bob, "bye");
     drop(bob.stdin.take());
@@ -730,9 +705,9 @@ fn join_sends_what_stdin_had_then_leaves_and_exits_when_stdin_closes() {
 #[test]
 fn without_a_name_other_peers_see_the_host_name() {
     let signaling = start_signaling(None, "127.0.0.1:0");
-    let url = format!("ws://{}/ws/default-name", signaling.addr);
+    let url = signaling.room_url("default-name");
     let mut alice = join(&url, "alice", false);
-    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    wait_joined(&mut alice);
     let _anon = spawn("peer", &["join", &url, "--bind", "127.0.0.1"], true);
     let joined = alice.wait_line(Duration::from_secs(20), |l| l.starts_with("* peer-joined"));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
@@ -763,7 +738,7 @@ fn a_refused_connection_names_its_cause_once() {
 fn a_relay_refusing_loopback_peers_is_not_reported_as_an_error() {
     let relay = start_relay_with(false);
     let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
-    let url = format!("ws://{}/ws/refused", signaling.addr);
+    let url = signaling.room_url("refused");
     let (alice_err, bob_err) = (StderrFile::new(), StderrFile::new());
     let spawn = |name: &str, stderr: &StderrFile| {
         spawn_with_stderr(
@@ -774,12 +749,10 @@ fn a_relay_refusing_loopback_peers_is_not_reported_as_an_error() {
         )
     };
     let mut alice = spawn("alice", &alice_err);
-    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    wait_joined(&mut alice);
     let mut bob = spawn("bob", &bob_err);
     for proc in [&mut alice, &mut bob] {
-        proc.wait_line(Duration::from_secs(30), |l| {
-            l.starts_with("* channel-open") && l.contains("kind=reliable")
-        });
+        proc.wait_line(Duration::from_secs(30), reliable_channel_open);
     }
     say(&mut alice, "hi");
     expect_chat(&mut bob, "alice: hi");

@@ -22,7 +22,6 @@ use testkit::Spawned;
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use turn::client::{Client, ClientConfig};
 use webrtc_util::Conn as _;
 
 const KEY: &str = "usage-key";
@@ -120,21 +119,7 @@ async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
     let user = format!("{room}:{peer_id}");
     assert!(username.ends_with(&format!(":{user}")), "{username}");
 
-    let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: relay.to_string(),
-        turn_serv_addr: relay.to_string(),
-        username,
-        password: credential,
-        realm: "relay".to_owned(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    })
-    .await
-    .unwrap();
-    client.listen().await.unwrap();
+    let client = testkit::turn_client::udp_client(relay, &username, &credential).await;
     let relayed = timeout(STEP, client.allocate()).await.unwrap().unwrap();
     let relayed_addr = relayed.local_addr().unwrap();
     let peer = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());

@@ -2,34 +2,15 @@
 //! permissions, channels, and relaying both ways between two clients and to a plain UDP peer.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
+use testkit::turn_client::udp_client;
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
-use turn::client::{Client, ClientConfig};
+use turn::client::Client;
 use webrtc_util::Conn;
 
 use crate::support::RelayProcess;
-
-async fn client(server: SocketAddr, user: &str, pass: &str) -> Client {
-    let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let c = Client::new(ClientConfig {
-        stun_serv_addr: server.to_string(),
-        turn_serv_addr: server.to_string(),
-        username: user.to_owned(),
-        password: pass.to_owned(),
-        realm: "relay".to_owned(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    })
-    .await
-    .unwrap();
-    c.listen().await.unwrap();
-    c
-}
 
 /// An allocation of `client` (within 5 s): the relayed connection.
 async fn allocate(client: &Client) -> impl Conn + use<> {
@@ -50,7 +31,7 @@ async fn recv(conn: &impl Conn, buf: &mut [u8]) -> (usize, SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binding_request_returns_the_mapped_address() {
     let relay = RelayProcess::start(&["--allow-loopback-peers"]);
-    let c = client(relay.udp, "", "").await;
+    let c = udp_client(relay.udp, "", "").await;
     let mapped = timeout(Duration::from_secs(5), c.send_binding_request())
         .await
         .unwrap()
@@ -69,8 +50,8 @@ async fn two_clients_relay_both_ways_without_loss() {
         "--user",
         "bob:builder",
     ]);
-    let a = client(relay.udp, "alice", "wonderland").await;
-    let b = client(relay.udp, "bob", "builder").await;
+    let a = udp_client(relay.udp, "alice", "wonderland").await;
+    let b = udp_client(relay.udp, "bob", "builder").await;
     let a_conn = allocate(&a).await;
     let b_conn = allocate(&b).await;
     let a_relayed = a_conn.local_addr().unwrap();
@@ -131,7 +112,7 @@ async fn relays_to_and_from_a_plain_udp_peer() {
     let relay = RelayProcess::start(&["--allow-loopback-peers", "--user", "alice:wonderland"]);
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
-    let a = client(relay.udp, "alice", "wonderland").await;
+    let a = udp_client(relay.udp, "alice", "wonderland").await;
     let conn = allocate(&a).await;
     let relayed = conn.local_addr().unwrap();
     let mut buf = vec![0u8; 1500];
