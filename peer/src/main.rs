@@ -34,7 +34,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(args)) {
+    let result = runtime.block_on(cli::run(args));
+    // A read of stdin may still be blocked (the server ended the session while stdin stayed
+    // open): the process ends without waiting for it.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", cli::error_chain(&err));

@@ -735,6 +735,62 @@ fn a_refused_connection_names_its_cause_once() {
 }
 
 #[test]
+fn a_kicked_peer_stops_for_good_and_says_why() {
+    const KEY: &str = "peer-e2e-api-key";
+    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--api-key", KEY]);
+    let url = signaling.room_url("kicks");
+    let mut alice = join(&url, "alice", false);
+    wait_joined(&mut alice);
+    let mut bob = join(&url, "bob", false);
+    let joined = bob.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    let bob_id = field(&joined, "id").expect("bob's peer id").to_owned();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let bearer = format!("Bearer {KEY}");
+    let kick = format!("/v1/rooms/kicks/peers/{bob_id}/kick");
+    let (status, _, body) = runtime.block_on(e2e::signaling_http::http_request(
+        signaling.addr,
+        "POST",
+        &kick,
+        &[("Authorization", &bearer)],
+        "",
+    ));
+    assert_eq!(status, 200, "{body}");
+
+    // Bob says why and exits: no resume, no new join as another peer (the `fatal` class).
+    let closed = bob.wait_line(Duration::from_secs(10), |l| {
+        l.starts_with("* signaling-closed")
+    });
+    assert!(closed.contains("kicked"), "{closed}");
+    let status = bob.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "an ended session is a failure: {status}"
+    );
+    alice.wait_line(Duration::from_secs(10), |l| {
+        l.starts_with("* peer-left") && field(l, "name") == Some("bob")
+    });
+    let (status, _, room) = runtime.block_on(e2e::signaling_http::http_request(
+        signaling.addr,
+        "GET",
+        "/v1/rooms/kicks",
+        &[("Authorization", &bearer)],
+        "",
+    ));
+    assert_eq!(status, 200, "{room}");
+    let room: serde_json::Value = serde_json::from_str(&room).expect("room JSON");
+    let peers = room["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 1, "only alice is left: {room}");
+    alice.read_for(Duration::from_millis(500));
+    let joins = alice.seen.iter().filter(|l| l.starts_with("* peer-joined"));
+    assert_eq!(joins.count(), 1, "bob came back as a new peer");
+}
+
+#[test]
 fn a_relay_refusing_loopback_peers_is_not_reported_as_an_error() {
     let relay = start_relay_with(false);
     let signaling = start_signaling(Some(&relay), "127.0.0.1:0");

@@ -69,7 +69,9 @@ pub(crate) async fn run(url: &str, common: &CommonArgs) -> anyhow::Result<ExitCo
             event = events.recv() => {
                 let Some(event) = event else { break };
                 if !on_event(&peer, &out, &mut names, &mut pending, &mut reselect, event).await? {
-                    break;
+                    // The server ended the session (`* signaling-closed`): a failure.
+                    peer.close().await;
+                    return Ok(ExitCode::FAILURE);
                 }
                 if !stdin_open && pending.is_empty() {
                     // Stdin ended before any peer was there: its lines are sent now.

@@ -33,7 +33,10 @@ enum Command {
     /// Join a room and chat: stdin lines go to every peer, their messages are printed.
     ///
     /// Runs until Ctrl-C or until stdin closes: then the lines read so far are sent (to the
-    /// first peer that connects, if none is connected yet) and the room is left.
+    /// first peer that connects, if none is connected yet) and the room is left. When the
+    /// server ends the session for good (an operator's `kicked` or `room_closed`, or no resume
+    /// or join possible for five minutes) it prints `* signaling-closed reason=...` and exits with
+    /// status 1.
     Join {
         /// Signaling URL naming the room, e.g. ws://127.0.0.1:8080/ws/demo
         url: String,
