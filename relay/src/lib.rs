@@ -5,7 +5,7 @@
 //! # Embedding
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = relay::Config::from_args(["--listen", "127.0.0.1:0", "--auth-secret", "s3cret"])?;
+//! let config = relay::Config::from_args(["--listen", "127.0.0.1:0", "--turn-secret", "s3cret"])?;
 //! let handle = relay::Relay::start(config)?;
 //! println!("TURN on {:?}", handle.addrs().udp);
 //! // ... later, on shutdown:

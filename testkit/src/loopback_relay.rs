@@ -31,7 +31,7 @@ impl LoopbackRelay {
                 "--admin-listen",
                 "none",
             ])
-            .args(["--relay-ip", "127.0.0.1", "--auth-secret", secret])
+            .args(["--relay-ip", "127.0.0.1", "--turn-secret", secret])
             .stderr(stderr);
         if allow_loopback_peers {
             command.arg("--allow-loopback-peers");

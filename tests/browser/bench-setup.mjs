@@ -17,7 +17,7 @@ const runs = Number(process.argv[2]) || 20;
 const secret = randomBytes(16).toString('hex');
 const port = await freePort();
 const relay = new Proc('relay', requireBin('RELAY_BIN', 'relay'), [
-  '--listen', `127.0.0.1:${port}`, '--relay-ip', '127.0.0.1', '--auth-secret', secret,
+  '--listen', `127.0.0.1:${port}`, '--relay-ip', '127.0.0.1', '--turn-secret', secret,
   '--allow-loopback-peers', '--admin-listen', 'none',
 ]);
 await waitUntil(() => stunBinding(port), 15000, 'relay up', 200);

@@ -143,7 +143,7 @@ const tests = [
       const port = await freePort();
       const relay = new Proc('relay-compat', requireBin('RELAY_BIN', 'relay'), [
         '--listen', `127.0.0.1:${port}`, '--no-tcp', '--admin-listen', 'none', '--relay-ip', '127.0.0.1',
-        '--allow-loopback-peers', '--auth-secret', turnSecret,
+        '--allow-loopback-peers', '--turn-secret', turnSecret,
       ]);
       await relay.waitForLine(/^ready$/, 20000, 'relay ready');
       const sig = await startSignaling([

@@ -658,7 +658,7 @@ async function startRelay(t, { port: fixedPort, secret: fixedSecret, admin = fal
   const port = fixedPort || await freePort();
   const adminPort = admin ? await freePort() : null;
   const relay = t.track(new Proc('relay', relayBin, [
-    '--listen', `127.0.0.1:${port}`, '--relay-ip', '127.0.0.1', '--auth-secret', secret,
+    '--listen', `127.0.0.1:${port}`, '--relay-ip', '127.0.0.1', '--turn-secret', secret,
     '--allow-loopback-peers', '--admin-listen', adminPort ? `127.0.0.1:${adminPort}` : 'none', '--realm', 'browser-test',
   ]));
   await waitUntil(() => stunBinding(port), 15000, `relay answering STUN on 127.0.0.1:${port}`, 200);

@@ -558,7 +558,7 @@ fn start_stream_relay() -> StreamRelay {
             "--relay-ip",
             "127.0.0.1",
             "--allow-loopback-peers",
-            "--auth-secret",
+            "--turn-secret",
             TURN_SECRET,
         ],
         false,

@@ -20,7 +20,7 @@ fn hundreds_of_allocate_delete_cycles_from_one_ip_keep_succeeding() {
     let relay = RelayProcess::start_with_workers(
         1,
         &[
-            "--auth-secret",
+            "--turn-secret",
             "s3cret",
             "--allow-loopback-peers",
             "--relay-ports",

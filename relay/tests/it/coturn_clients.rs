@@ -166,7 +166,7 @@ fn uclient_tcp_channels_and_send_indications() {
 fn uclient_rest_secret_and_rotation() {
     let relay = RelayProcess::start(&[
         "--allow-loopback-peers",
-        "--auth-secret",
+        "--turn-secret",
         "current-secret,previous-secret",
     ]);
     let peer = EchoPeer::start();
@@ -187,7 +187,7 @@ fn uclient_rest_secret_and_rotation() {
 
 #[test]
 fn uclient_wrong_secret_fails() {
-    let relay = RelayProcess::start(&["--allow-loopback-peers", "--auth-secret", "right-secret"]);
+    let relay = RelayProcess::start(&["--allow-loopback-peers", "--turn-secret", "right-secret"]);
     let peer = EchoPeer::start();
     let report = run_uclient(
         &relay,

@@ -12,7 +12,7 @@ async fn relay_start_in_process_serves_and_shuts_down() {
     let config = Config::from_args(
         [
             &base_args("127.0.0.1:0", "2")[..],
-            &["--auth-secret", "embedded-secret"],
+            &["--turn-secret", "embedded-secret"],
         ]
         .concat(),
     )
@@ -66,7 +66,7 @@ fn start_embedded(secret: &str) -> relay::RelayHandle {
         "none",
         "--workers",
         "2",
-        "--auth-secret",
+        "--turn-secret",
         secret,
     ])
     .unwrap();

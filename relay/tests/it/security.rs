@@ -195,7 +195,7 @@ fn wrong_password_and_unknown_user_get_401() {
 
 #[test]
 fn rest_usernames_expire() {
-    let relay = RelayProcess::start(&["--auth-secret", "s3cret"]);
+    let relay = RelayProcess::start(&["--turn-secret", "s3cret"]);
     let expired = format!("{}:dave", unix_now() - 60);
     assert_eq!(
         TestClient::new(relay.udp, &expired, &rest_password(b"s3cret", &expired)).allocate(),

@@ -44,7 +44,7 @@ impl PublicServer {
             &SERVER_IP.to_string(),
             "--relay-ports",
             "49152-49407",
-            "--auth-secret",
+            "--turn-secret",
             &secret,
             "--realm",
             "nat.e2e.test",
