@@ -13,7 +13,9 @@ use super::inbox::{Offer, frame_seq};
 use super::{ClusterHub, Guard, channel};
 use crate::hub::{ConnId, SessionKey, encode};
 use crate::outbox::Frame;
-use crate::protocol::{ErrorCode, LeaveReason, RoomId, ServerFrame, ServerMessage, close_code};
+use crate::protocol::{
+    ConnectionStats, ErrorCode, LeaveReason, RoomId, ServerFrame, ServerMessage, close_code,
+};
 
 impl ClusterHub {
     /// Redis is gone: every attached socket is closed with 1013 so its client resumes once
@@ -70,8 +72,26 @@ impl ClusterHub {
     }
 
     /// One message of the node's channel: a frame (`SID` + JSON) or a control
-    /// (`!close SID CONN [CODE]`, 1008 when no code is given).
+    /// (`!close SID CONN [CODE]`, 1008 when no code is given; `!stats SID JSON`, a session's
+    /// `stats` report that reached another node).
     pub(super) fn dispatch(self: &Arc<Self>, text: String) {
+        if let Some(forwarded) = text.strip_prefix("!stats ") {
+            let Some((id, json)) = forwarded.split_once(' ') else {
+                return;
+            };
+            let (Ok(key), Ok(report)) = (
+                u64::from_str_radix(id, 16),
+                serde_json::from_str::<ConnectionStats>(json),
+            ) else {
+                return;
+            };
+            let Some(room) = self.lock().attached.get(&key).map(|s| s.room.clone()) else {
+                return;
+            };
+            let hub = Arc::clone(self);
+            tokio::spawn(async move { hub.record_stats(key, &room, report, false).await });
+            return;
+        }
         if let Some(control) = text.strip_prefix("!close ") {
             let mut parts = control.split(' ');
             let (Some(id), Some(conn)) = (parts.next(), parts.next()) else {

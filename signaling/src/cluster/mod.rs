@@ -838,7 +838,7 @@ impl ClusterHub {
             }
             ClientMessage::Stats { id, report } => match report.check() {
                 Ok(()) => {
-                    self.record_stats(key, &room, report).await;
+                    self.record_stats(key, &room, report, true).await;
                     return Flow::Continue;
                 }
                 Err(message) => {
@@ -1086,12 +1086,30 @@ impl ClusterHub {
         self.update_gauges(&st);
     }
 
-    /// Keeps a checked `stats` report of session `key` when it is attached here (a report
-    /// sent by HTTP `send` to another node than the stream's is dropped). Whether the peer
-    /// it is about is in the room is not checked in a cluster (that would cost a Redis call).
-    /// The session's links are also written to its Redis hash, for the admin views of the
-    /// other nodes.
-    async fn record_stats(&self, key: SessionKey, room: &RoomId, report: ConnectionStats) {
+    /// Keeps a checked `stats` report of session `key` when it is attached here; otherwise
+    /// (an HTTP `send` that reached another node than the session's stream) it is sent on to
+    /// the node holding the session, when `forward` (a forwarded report is not sent on
+    /// again, and a parked session's is dropped). Whether the peer it is about is in the room
+    /// is not checked in a cluster (that would cost a Redis call). The session's links are
+    /// also written to its Redis hash, for the admin views of the other nodes.
+    async fn record_stats(
+        &self,
+        key: SessionKey,
+        room: &RoomId,
+        report: ConnectionStats,
+        forward: bool,
+    ) {
+        if !self.lock().attached.contains_key(&key) {
+            if forward {
+                let json = serde_json::to_string(&report).unwrap_or_default();
+                let args = [sid(key), json, self.cluster.node_id.clone()];
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                if let Err(e) = self.store.call(Op::ForwardStats, room, &args).await {
+                    tracing::debug!(error = %e, "could not forward a stats report");
+                }
+            }
+            return;
+        }
         let now = Instant::now();
         let capacity = self.settings.max_peers_per_room;
         let links = {

@@ -29,6 +29,7 @@ struct Scripts {
     room: Script,
     check: Script,
     report: Script,
+    forward_stats: Script,
     admin_end: Script,
 }
 
@@ -230,6 +231,17 @@ redis.call('HSET', s, 'links', ARGV[5], 'lat', ARGV[6])
 return {'ok', ''}
 "#,
             ),
+            // ARGV: sid report-json this-node. A `stats` report that reached a node other than
+            // the one holding the session's socket or stream goes to that node
+            // (`!stats SID JSON`); a parked session's is dropped (`parked`).
+            forward_stats: script(
+                r#"
+local st = redis.call('HMGET', skey(ARGV[4]), 'node', 'state')
+if st[2] ~= 'a' or st[1] == ARGV[6] then return {'parked', ''} end
+redis.call('PUBLISH', 'sig:ch:' .. st[1], '!stats ' .. ARGV[4] .. ' ' .. ARGV[5])
+return {'ok', ''}
+"#,
+            ),
             // ARGV: peer ('' = every member) error-body left-template code grace-ms close-code.
             // Ends sessions by an operator's order: each gets the error frame, is removed with a
             // tombstone (its resume is refused with `code`), and its socket, attached on any
@@ -330,6 +342,7 @@ pub enum Op {
     Room,
     Check,
     Report,
+    ForwardStats,
     AdminEnd,
 }
 
@@ -375,6 +388,7 @@ impl Store {
             Op::Check => &scripts.check,
             Op::Room => &scripts.room,
             Op::Report => &scripts.report,
+            Op::ForwardStats => &scripts.forward_stats,
             Op::AdminEnd => &scripts.admin_end,
         };
         let mut invocation = script.key(room_key(room));

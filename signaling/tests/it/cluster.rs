@@ -441,3 +441,36 @@ async fn the_admin_page_of_any_node_shows_the_rooms_and_reports_of_the_whole_clu
     });
     assert!(gone.is_some(), "the room stayed on the admin page");
 }
+
+#[tokio::test]
+async fn a_stats_report_sent_through_another_node_reaches_the_node_of_the_stream() {
+    use crate::admin_page::{admin_addr, peer_of, relayed_report, sse_snapshot_with, stats};
+    use crate::http_client::{self, Event, Sse};
+    let redis = RedisServer::start();
+    let mut home = node(&redis.url(), &["--admin-listen", "127.0.0.1:0"]);
+    let other = node(&redis.url(), &[]);
+    let admin = admin_addr(&mut home);
+    let (_a, a_info) = Client::join(&home.ws("/ws/via-http"), None).await;
+    // B is on the HTTP transports: its stream is attached to the home node.
+    let session = http_client::open_as(home.addr, "via-http", "B").await;
+    let mut stream = Sse::connect(home.addr, &session, None).await;
+    let b_id = match stream.next_within(Duration::from_secs(5)).await {
+        Some(Event::Frame { frame, .. }) => match frame.message {
+            ServerMessage::Welcome { session, .. } => session.peer_id,
+            other => panic!("expected welcome, got {other:?}"),
+        },
+        other => panic!("expected the welcome event, got {other:?}"),
+    };
+    // Its `stats` report reaches the other node, which sends it on to the home node.
+    let report = stats(relayed_report(&a_info.peer_id));
+    let reply = http_client::send(other.addr, &session, &[report]).await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+
+    let live = sse_snapshot_with(admin, "\"relayed\"", Duration::from_secs(10)).await;
+    let peer = peer_of(&live, "via-http", &b_id);
+    assert_eq!(peer["node"], live["node"], "B is served here: {live}");
+    let link = &peer["links"][0];
+    assert_eq!(link["peer"], a_info.peer_id.as_str(), "{live}");
+    assert_eq!(link["path"], "relayed");
+    assert_eq!(live["traffic"]["peers_relayed"], 1, "counted here: {live}");
+}
