@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use crate::AppState;
+use crate::api::Transport;
 use crate::auth::{Claims, check_grant};
 use crate::client_ip::IpSlot;
 use crate::error::RequestError;
@@ -26,7 +27,7 @@ pub struct Admission<'a> {
     pub claims: Option<&'a Claims>,
     pub ip_slot: &'a IpSlot,
     /// `websocket` or `http` (what the admin API lists).
-    pub transport: &'static str,
+    pub transport: Transport,
 }
 
 impl Admission<'_> {

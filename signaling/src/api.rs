@@ -32,8 +32,37 @@ use crate::protocol::{PeerId, RoomId, ServerMessage, is_valid_room_id};
 /// The `from` of a message pushed by the backend (peer ids are 12 hex digits: no clash).
 pub const SERVER_SENDER: &str = "server";
 
-/// The ways a client joins, as the admin views name them.
-pub const TRANSPORTS: [&str; 4] = ["websocket", "http", "y-webrtc", "peerjs"];
+/// How a client joined, as the admin views name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Transport {
+    #[serde(rename = "websocket")]
+    WebSocket,
+    #[serde(rename = "http")]
+    Http,
+    #[serde(rename = "y-webrtc")]
+    YWebrtc,
+    #[serde(rename = "peerjs")]
+    PeerJs,
+}
+
+impl Transport {
+    const ALL: [Self; 4] = [Self::WebSocket, Self::Http, Self::YWebrtc, Self::PeerJs];
+
+    /// Its name in the admin views (and in a cluster session's Redis hash).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Http => "http",
+            Self::YWebrtc => "y-webrtc",
+            Self::PeerJs => "peerjs",
+        }
+    }
+
+    /// The transport named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
 
 /// One peer as the API lists it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -45,10 +74,9 @@ pub struct PeerEntry {
     pub node: String,
     /// Attached to a socket, or parked waiting for a resume.
     pub state: &'static str,
-    /// How it joined: one of [`TRANSPORTS`] (absent for a session a node of an older version
-    /// opened).
+    /// How it joined (absent for a session a node of an older version opened).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub transport: Option<&'static str>,
+    pub transport: Option<Transport>,
     /// Seconds since it joined (on a cluster: since its latest attach).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connected_secs: Option<u64>,

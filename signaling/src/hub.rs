@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::extract::ws::Utf8Bytes;
 
 use crate::admin::{PeerView, RoomSnapshot};
-use crate::api::{PeerEntry, RoomView};
+use crate::api::{PeerEntry, RoomView, Transport};
 use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
 use crate::memory_budget::MemoryBudget;
@@ -64,8 +64,8 @@ pub struct JoinRequest {
     pub name: Option<String>,
     /// The session's place among its client address's (`--max-sessions-per-ip`).
     pub ticket: Option<SessionTicket>,
-    /// How the client joined: `websocket`, `http`, `y-webrtc`, `peerjs` (the admin API).
-    pub transport: &'static str,
+    /// How the client joined (the admin API).
+    pub transport: Transport,
 }
 
 /// A `resume` whose version was negotiated.
@@ -1085,7 +1085,7 @@ mod tests {
                     room: "r".into(),
                     name: None,
                     ticket: None,
-                    transport: "websocket",
+                    transport: Transport::WebSocket,
                 },
                 Instant::now(),
             )

@@ -30,7 +30,7 @@ use fleet::link::Connection as RedisConnection;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::api::SERVER_SENDER;
+use crate::api::{SERVER_SENDER, Transport};
 use crate::client_ip::IpSlot;
 use crate::client_request::{ClientRequest, Refusal, refuse, with_limits};
 use crate::connection::{Connection, Inbound};
@@ -353,7 +353,7 @@ async fn register(
                 room,
                 name: None,
                 ticket: Some(ticket),
-                transport: "peerjs",
+                transport: Transport::PeerJs,
             },
         )
         .await

@@ -16,6 +16,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::AppState;
 use crate::admission::{Admission, refusal_close_code};
+use crate::api::Transport;
 use crate::auth::Claims;
 use crate::client_ip::IpSlot;
 use crate::connection::{Connection, Inbound};
@@ -296,7 +297,7 @@ impl SocketTask {
             path_room: self.handshake.path_room.as_ref(),
             claims: self.handshake.claims.as_ref(),
             ip_slot: &self.handshake.ip_slot,
-            transport: "websocket",
+            transport: Transport::WebSocket,
         };
         let how = match message {
             ClientMessage::Resume { .. } => "resumed",

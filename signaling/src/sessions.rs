@@ -2,6 +2,7 @@
 //! when, and the tombstones of sessions that ended with an error. Pure state: the time of each
 //! operation is passed in.
 
+use crate::api::Transport;
 use crate::peer_stats::PeerLinks;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -39,8 +40,8 @@ pub struct Session {
     pub ice_refresh_at: Option<Instant>,
     /// The session's place among its client address's (given back when it ends).
     pub ticket: Option<SessionTicket>,
-    /// How the client joined (`websocket`, `http`, `y-webrtc`, `peerjs`).
-    pub transport: &'static str,
+    /// How the client joined.
+    pub transport: Transport,
     /// When it joined (the admin API's connected time; time to ICE connected is measured from
     /// here).
     pub joined_at: Instant,

@@ -24,6 +24,7 @@ use futures_util::stream::{SelectAll, Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
+use crate::api::Transport;
 use crate::auth::Claims;
 use crate::client_ip::IpSlot;
 use crate::client_request::{ClientRequest, Refusal, refuse, with_limits};
@@ -272,7 +273,7 @@ impl YConnection {
                     room: topic_room(&topic),
                     name: None,
                     ticket: Some(ticket),
-                    transport: "y-webrtc",
+                    transport: Transport::YWebrtc,
                 },
             )
             .await;

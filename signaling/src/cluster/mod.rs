@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::ws::Utf8Bytes;
 
 use crate::admin::{PeerView, RoomSnapshot};
-use crate::api::{PeerEntry, RoomView};
+use crate::api::{PeerEntry, RoomView, Transport};
 use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
 use crate::hub::{
@@ -514,7 +514,7 @@ impl ClusterHub {
                         &joined,
                         req.name.as_deref().unwrap_or(""),
                         &unix_ms(SystemTime::now()).to_string(),
-                        req.transport,
+                        req.transport.as_str(),
                     ],
                 )
                 .await;
@@ -1385,7 +1385,7 @@ impl Member {
                 name: (!c[1].is_empty()).then(|| c[1].clone()),
                 node: c[2].clone(),
                 state: if c[3] == "a" { "attached" } else { "parked" },
-                transport: crate::api::TRANSPORTS.into_iter().find(|t| *t == c[7]),
+                transport: Transport::from_name(&c[7]),
                 connected_secs: ms(&c[4]).map(|at| now_ms.saturating_sub(at) / 1000),
             },
             links,

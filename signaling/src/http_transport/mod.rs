@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 use crate::admission::Admission;
+use crate::api::Transport;
 use crate::client_request::ClientRequest;
 use crate::error::RequestError;
 use crate::hub::{Flow, encode};
@@ -188,7 +189,7 @@ async fn try_open(
         path_room: path_room.as_ref(),
         claims: claims.as_ref(),
         ip_slot: &ip_slot,
-        transport: "http",
+        transport: Transport::Http,
     };
     let attached = door.admit(message).await?;
     app.hub
