@@ -26,7 +26,7 @@ pub struct Admission<'a> {
     /// The claims of a valid `?token=`.
     pub claims: Option<&'a Claims>,
     pub ip_slot: &'a IpSlot,
-    /// `websocket` or `http` (what the admin API lists).
+    /// How the client connects (what the admin API lists).
     pub transport: Transport,
 }
 

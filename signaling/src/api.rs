@@ -32,17 +32,19 @@ use crate::protocol::{PeerId, RoomId, ServerMessage, is_valid_room_id};
 /// The `from` of a message pushed by the backend (peer ids are 12 hex digits: no clash).
 pub const SERVER_SENDER: &str = "server";
 
-/// How a client joined, as the admin views name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How a client joined, as the admin views name it ([`Transport::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    #[serde(rename = "websocket")]
     WebSocket,
-    #[serde(rename = "http")]
     Http,
-    #[serde(rename = "y-webrtc")]
     YWebrtc,
-    #[serde(rename = "peerjs")]
     PeerJs,
+}
+
+impl Serialize for Transport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 impl Transport {

@@ -166,8 +166,9 @@ export async function waitUntil(fn, timeoutMs, what, intervalMs = 100) {
   }
 }
 
-/** A STUN Binding request to 127.0.0.1:`port`: resolves true when a STUN answer comes back
- * within 500 ms (any answer means the relay is up), false otherwise. */
+/** A STUN Binding request to 127.0.0.1:`port`: resolves true when a STUN message (the magic
+ * cookie in place) comes back within 500 ms, whatever its class (the relay is up), false
+ * otherwise. */
 export function stunBinding(port) {
   return new Promise((resolve) => {
     const sock = createSocket('udp4');

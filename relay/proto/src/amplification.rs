@@ -180,16 +180,12 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// A start time, a budget with the default table, an `allowance` to pass it and a source
-    /// that has not been seen.
-    fn fresh_budget(allowance: u32) -> (Instant, AmplificationBudget, Option<u32>, IpAddr) {
-        let budget = AmplificationBudget::default();
-        (Instant::now(), budget, Some(allowance), ip("192.0.2.1"))
-    }
-
     #[test]
     fn bytes_out_never_exceed_bytes_in_plus_the_allowance() {
-        let (t0, b, a, src) = fresh_budget(200);
+        let t0 = Instant::now();
+        let b = AmplificationBudget::default();
+        let a = Some(200);
+        let src = ip("192.0.2.1");
         let (mut sent_in, mut sent_out) = (0usize, 0usize);
         // A flood of bare 20-byte requests, each answered with 68 bytes if the credit allows.
         for i in 0..1000u32 {
@@ -214,7 +210,10 @@ mod tests {
 
     #[test]
     fn credit_is_capped_and_other_sources_are_independent() {
-        let (t0, b, a, src) = fresh_budget(100);
+        let t0 = Instant::now();
+        let b = AmplificationBudget::default();
+        let a = Some(100);
+        let src = ip("192.0.2.1");
         assert!(b.try_spend(a, t0, src, 60));
         assert!(!b.try_spend(a, t0, src, 60), "only 40 left");
         // Large requests cannot bank more than the allowance.
@@ -238,7 +237,10 @@ mod tests {
 
     #[test]
     fn idle_sources_start_over_and_a_flood_never_idles() {
-        let (t0, b, a, src) = fresh_budget(100);
+        let t0 = Instant::now();
+        let b = AmplificationBudget::default();
+        let a = Some(100);
+        let src = ip("192.0.2.1");
         assert!(b.try_spend(a, t0, src, 100));
         // Refused every 30 s: still active, still in debt.
         for k in 1..=4 {

@@ -400,13 +400,19 @@ async fn a_node_frozen_past_its_lease_hands_its_clients_over() {
     pass_candidate((&mut b, &b_info.peer_id), (&mut a, &a_info.peer_id), 9).await;
 }
 
+/// Two nodes on `redis`: the first with an admin listener (its address comes third), the
+/// second without.
+fn admin_node_and_another(redis: &RedisServer) -> (Server, Server, std::net::SocketAddr) {
+    let mut with_admin = node(&redis.url(), &["--admin-listen", "127.0.0.1:0"]);
+    let admin = crate::admin_page::admin_addr(&mut with_admin);
+    (with_admin, node(&redis.url(), &[]), admin)
+}
+
 #[tokio::test]
 async fn the_admin_page_of_any_node_shows_the_rooms_and_reports_of_the_whole_cluster() {
-    use crate::admin_page::{admin_addr, peer_of, relayed_report, sse_snapshot_with, stats};
+    use crate::admin_page::{peer_of, relayed_report, sse_snapshot_with, stats};
     let redis = RedisServer::start();
-    let mut quiet = node(&redis.url(), &["--admin-listen", "127.0.0.1:0"]);
-    let busy = node(&redis.url(), &[]);
-    let admin = admin_addr(&mut quiet);
+    let (_quiet, busy, admin) = admin_node_and_another(&redis);
     // Both peers are on the busy node; the quiet node has no session at all.
     let ((mut a, a_info), (mut b, b_info)) =
         Client::pair(&busy.ws("/ws/far-room"), &busy.ws("/ws/far-room")).await;
@@ -444,12 +450,10 @@ async fn the_admin_page_of_any_node_shows_the_rooms_and_reports_of_the_whole_clu
 
 #[tokio::test]
 async fn a_stats_report_sent_through_another_node_reaches_the_node_of_the_stream() {
-    use crate::admin_page::{admin_addr, peer_of, relayed_report, sse_snapshot_with, stats};
+    use crate::admin_page::{peer_of, relayed_report, sse_snapshot_with, stats};
     use crate::http_client::{self, Event, Sse};
     let redis = RedisServer::start();
-    let mut home = node(&redis.url(), &["--admin-listen", "127.0.0.1:0"]);
-    let other = node(&redis.url(), &[]);
-    let admin = admin_addr(&mut home);
+    let (home, other, admin) = admin_node_and_another(&redis);
     let (_a, a_info) = Client::join(&home.ws("/ws/via-http"), None).await;
     // B is on the HTTP transports: its stream is attached to the home node.
     let session = http_client::open_as(home.addr, "via-http", "B").await;
