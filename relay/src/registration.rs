@@ -110,6 +110,10 @@ pub struct Registration {
     settings: FleetSettings,
     conn: Connection,
     status: RelayStatus,
+    /// Held while a record is written or withdrawn, so writes reach Redis in the order their
+    /// records were made (a heartbeat's `active` made before the drain cannot land after the
+    /// `draining` mark); true once withdrawn, after which nothing is advertised again.
+    withdrawn: tokio::sync::Mutex<bool>,
 }
 
 fn unix_ms() -> u64 {
@@ -127,6 +131,7 @@ impl Registration {
             settings,
             conn,
             status,
+            withdrawn: tokio::sync::Mutex::new(false),
         };
         registration.advertise(0).await?;
         tracing::info!(
@@ -159,6 +164,10 @@ impl Registration {
     }
 
     async fn advertise(&self, bytes_per_sec: u64) -> Result<(), StoreError> {
+        let withdrawn = self.withdrawn.lock().await;
+        if *withdrawn {
+            return Ok(());
+        }
         let lease = self.settings.lease;
         relays::advertise(
             &self.conn,
@@ -204,6 +213,8 @@ impl Registration {
 
     /// Leaves the fleet (a clean stop).
     pub async fn withdraw(&self) {
+        let mut withdrawn = self.withdrawn.lock().await;
+        *withdrawn = true;
         if let Err(e) = relays::withdraw(&self.conn, &self.settings.id, REDIS_TIMEOUT).await {
             tracing::warn!(error = %e, "could not leave the relay fleet");
         }

@@ -212,7 +212,6 @@ impl Manager {
         tracing::info!(domains = ?self.settings.domains, directory = %self.settings.directory, renewing, "ACME order");
         match self.try_order().await {
             Ok(issued) => {
-                self.resolver.set_current(issued.certified);
                 self.schedule.succeeded(issued.validity);
                 let outcome = if renewing {
                     Outcome::Renewed
@@ -225,11 +224,13 @@ impl Manager {
                     renew_at = %unix(issued.validity.renew_at()),
                     "ACME certificate in force"
                 );
+                // Counted before it is served: whoever sees the new certificate sees it counted.
                 (self.report)(Status {
                     outcome,
                     not_after: Some(issued.validity.not_after),
                     next_order: issued.validity.renew_at(),
                 });
+                self.resolver.set_current(issued.certified);
             }
             Err(e) => {
                 let now = SystemTime::now();
