@@ -65,11 +65,29 @@ impl Connection {
         timeout: Duration,
     ) -> Result<T, StoreError> {
         let mut conn = self.clone();
-        tokio::time::timeout(timeout, cmd.query_async(&mut conn))
-            .await
-            .map_err(|_| StoreError::Timeout(timeout))?
-            .map_err(StoreError::from)
+        within(timeout, cmd.query_async(&mut conn)).await
     }
+
+    /// Runs a script `invocation` within `timeout`.
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        timeout: Duration,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.clone();
+        within(timeout, invocation.invoke_async(&mut conn)).await
+    }
+}
+
+/// The answer of `call`, or a timeout after `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))?
+        .map_err(StoreError::from)
 }
 
 /// Connects to `urls`: a Redis Cluster when the first server says `cluster_enabled:1` (every

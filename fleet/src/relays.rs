@@ -148,10 +148,7 @@ return 1
     for (field, value) in record.to_fields() {
         invocation.arg(field).arg(value);
     }
-    let mut conn = conn.clone();
-    let _: i64 = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
-        .await
-        .map_err(|_| StoreError::Timeout(timeout))??;
+    let _: i64 = conn.invoke(&invocation, timeout).await?;
     Ok(())
 }
 
@@ -166,10 +163,7 @@ return 1
     );
     let mut invocation = script.key(RELAYS_KEY);
     invocation.key(relay_key(id)).arg(id);
-    let mut conn = conn.clone();
-    let _: i64 = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
-        .await
-        .map_err(|_| StoreError::Timeout(timeout))??;
+    let _: i64 = conn.invoke(&invocation, timeout).await?;
     Ok(())
 }
 
@@ -196,10 +190,7 @@ return out
     );
     let mut invocation = script.key(RELAYS_KEY);
     invocation.arg(now_ms).arg(relay_key(""));
-    let mut conn = conn.clone();
-    let flat: Vec<String> = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
-        .await
-        .map_err(|_| StoreError::Timeout(timeout))??;
+    let flat: Vec<String> = conn.invoke(&invocation, timeout).await?;
     let mut relays = parse_fleet(&flat);
     relays.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(relays)

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::metrics::Metrics;
-use crate::usage::{UsageBook, unix_now};
+use crate::usage::{UsageBook, UsageReport, unix_now};
 
 /// The admin routes over `metrics`.
 pub fn router(metrics: Arc<Metrics>) -> Router {
@@ -59,19 +59,19 @@ pub fn usage_response(
     query: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Response {
-    let query = match UsageQuery::parse(query, headers, unix_now()) {
-        Ok(q) => q,
-        Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
-    };
-    let report = book.report(query.from, query.to);
-    if query.csv {
-        (
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            report.to_csv(query.by_room),
-        )
-            .into_response()
-    } else {
-        axum::Json(report).into_response()
+    match UsageQuery::parse(query, headers, unix_now()) {
+        Ok(query) => query.respond(&book.report(query.from, query.to)),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// A `/usage` query that does not parse: a 400 with its one-line reason.
+#[derive(Debug)]
+pub struct BadUsageQuery(String);
+
+impl IntoResponse for BadUsageQuery {
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, format!("{}\n", self.0)).into_response()
     }
 }
 
@@ -91,7 +91,29 @@ pub struct UsageQuery {
 impl UsageQuery {
     /// Reads `from`, `to` (Unix seconds), `since` (a duration back from `now`, instead of
     /// `from`), `format` and `by`; the `Accept` header chooses CSV when `format` is absent.
+    /// A bad parameter is a 400 with a one-line reason.
     pub fn parse(
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+        now: u64,
+    ) -> Result<Self, BadUsageQuery> {
+        Self::read(query, headers, now).map_err(BadUsageQuery)
+    }
+
+    /// `report` as asked: JSON, or CSV per user or per room.
+    pub fn respond(&self, report: &UsageReport) -> Response {
+        if self.csv {
+            (
+                [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                report.to_csv(self.by_room),
+            )
+                .into_response()
+        } else {
+            axum::Json(report).into_response()
+        }
+    }
+
+    fn read(
         query: &HashMap<String, String>,
         headers: &HeaderMap,
         now: u64,
@@ -155,7 +177,7 @@ mod tests {
         if let Some(a) = accept {
             headers.insert(header::ACCEPT, a.parse().unwrap());
         }
-        UsageQuery::parse(&query, &headers, 10_000)
+        UsageQuery::read(&query, &headers, 10_000)
     }
 
     #[test]

@@ -320,6 +320,11 @@ impl RelayStatus {
         self.shared.is_draining()
     }
 
+    /// Relayed traffic per user and time bucket (the same as `/usage`).
+    pub fn usage(&self) -> &Arc<usage::UsageBook> {
+        self.metrics.usage()
+    }
+
     /// Payload bytes relayed since start, both directions (as of the workers' last publish).
     pub fn relayed_bytes(&self) -> u64 {
         let totals = self.metrics.core_totals();

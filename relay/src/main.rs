@@ -119,6 +119,8 @@ fn main() -> anyhow::Result<()> {
         }
         let _ = stop_heartbeats.send(true);
         if let Some(registration) = &registration {
+            // The workers' last counts are in the ledger once the drain has stopped them.
+            registration.publish_usage().await;
             registration.withdraw().await;
         }
         anyhow::Ok(())

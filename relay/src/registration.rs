@@ -4,6 +4,10 @@
 //! relays (`fleet::relays::choose`). A relay that dies drops out when its lease (`--node-lease`)
 //! runs out; one that shuts down marks itself draining before anything else (its rooms move
 //! at once) and withdraws when it stops.
+//!
+//! With every heartbeat, and a last time when it stops, it also publishes the usage of the
+//! users whose traffic changed (`fleet::usage`), which signaling's `/v1/usage` reports for the
+//! whole fleet; what a failed publication held is published with the next.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +32,8 @@ pub struct FleetSettings {
     pub capacity: f64,
     pub heartbeat: Duration,
     pub lease: Duration,
+    /// How long published usage is kept (`--usage-retention` plus one bucket).
+    pub usage_keep: Duration,
 }
 
 impl FleetSettings {
@@ -51,6 +57,7 @@ impl FleetSettings {
             capacity: config.capacity,
             heartbeat: config.node_heartbeat,
             lease: config.node_lease,
+            usage_keep: config.usage_retention + config.usage_bucket,
         })
     }
 }
@@ -114,6 +121,9 @@ pub struct Registration {
     /// records were made (a heartbeat's `active` made before the drain cannot land after the
     /// `draining` mark); true once withdrawn, after which nothing is advertised again.
     withdrawn: tokio::sync::Mutex<bool>,
+    /// Held from taking the changed usage to its publication, so that totals reach Redis in
+    /// the order they were taken (an older total never lands over a newer one).
+    publishing: tokio::sync::Mutex<()>,
 }
 
 fn unix_ms() -> u64 {
@@ -127,11 +137,13 @@ impl Registration {
     /// this returns).
     pub async fn start(settings: FleetSettings, status: RelayStatus) -> Result<Self, StoreError> {
         let (conn, _) = link::connect(&settings.redis_urls, REDIS_TIMEOUT).await?;
+        status.usage().lock().track_changes();
         let registration = Self {
             settings,
             conn,
             status,
             withdrawn: tokio::sync::Mutex::new(false),
+            publishing: tokio::sync::Mutex::new(()),
         };
         registration.advertise(0).await?;
         tracing::info!(
@@ -198,6 +210,35 @@ impl Registration {
             last = (now, bytes);
             if let Err(e) = self.advertise(rate).await {
                 tracing::warn!(error = %e, "could not renew the fleet lease");
+            }
+            self.publish_usage().await;
+        }
+    }
+
+    /// Publishes the usage that changed since the last publication; on a failure, what was
+    /// not published waits for the next (the ledger keeps it; nothing is counted twice, as
+    /// the totals are absolute).
+    pub async fn publish_usage(&self) {
+        let _publishing = self.publishing.lock().await;
+        let book = self.status.usage();
+        let (taken, overflowed) = {
+            let mut ledger = book.lock();
+            (ledger.take_changes(), ledger.overflowed())
+        };
+        for (i, bucket) in taken.iter().enumerate() {
+            let published = fleet::usage::publish(
+                &self.conn,
+                &self.settings.id,
+                bucket,
+                self.settings.usage_keep,
+                overflowed,
+                REDIS_TIMEOUT,
+            )
+            .await;
+            if let Err(e) = published {
+                tracing::warn!(error = %e, "could not publish usage to the relay fleet");
+                book.lock().restore_changes(&taken[i..]);
+                return;
             }
         }
     }

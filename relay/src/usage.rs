@@ -7,12 +7,16 @@
 //! Memory is bounded: at most `retention / bucket + 1` buckets, each with at most `max_users`
 //! users; traffic of further users in a bucket goes to its `other` entry and is counted
 //! (`relay_usage_overflow_total`). Users are never metric labels.
+//!
+//! A fleet relay also publishes what changed to Redis (`UsageLedger::take_changes`, sent by
+//! `registration`); [`UsageReport::of_fleet`] reads it back for signaling's `/v1/usage`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fleet::usage::{BucketTotals, FleetUsage};
 use relay_proto::Usage;
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +53,16 @@ pub struct UsageLedger {
     buckets: VecDeque<Bucket>,
     /// Records that found their bucket full of other users (counted into `other`).
     overflowed: u64,
+    /// What changed since [`UsageLedger::take_changes`] last ran, per bucket start; `None`
+    /// unless the relay publishes to a fleet. A subset of the ledger: at most its entries.
+    changes: Option<BTreeMap<u64, Changes>>,
+}
+
+/// The users (and whether `other`) of one bucket whose totals changed since the last take.
+#[derive(Debug, Default)]
+struct Changes {
+    users: HashSet<Box<str>>,
+    other: bool,
 }
 
 impl UsageLedger {
@@ -58,6 +72,62 @@ impl UsageLedger {
             limits,
             buckets: VecDeque::new(),
             overflowed: 0,
+            changes: None,
+        }
+    }
+
+    /// From now on, remember what changed for [`Self::take_changes`] (a fleet relay's
+    /// publication of its usage).
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_default();
+    }
+
+    /// The current totals of every user (and `other`) whose traffic changed since the last
+    /// call, per bucket, oldest first; forgets them until they change again.
+    pub fn take_changes(&mut self) -> Vec<BucketTotals> {
+        let Some(changes) = self.changes.as_mut() else {
+            return Vec::new();
+        };
+        let width = self.limits.bucket_secs();
+        let mut taken = Vec::new();
+        for (start, changed) in std::mem::take(changes) {
+            let Some(bucket) = self.buckets.iter().find(|b| b.start == start) else {
+                continue;
+            };
+            let users = changed
+                .users
+                .iter()
+                .filter_map(|u| Some((u.to_string(), *bucket.users.get(u)?)))
+                .collect();
+            taken.push(BucketTotals {
+                start,
+                width,
+                users,
+                other: if changed.other {
+                    bucket.other
+                } else {
+                    Usage::default()
+                },
+            });
+        }
+        taken
+    }
+
+    /// Marks `taken` (from [`Self::take_changes`], not published after all) as changed again,
+    /// for the buckets still kept.
+    pub fn restore_changes(&mut self, taken: &[BucketTotals]) {
+        let Some(changes) = self.changes.as_mut() else {
+            return;
+        };
+        for bucket in taken {
+            if !self.buckets.iter().any(|b| b.start == bucket.start) {
+                continue;
+            }
+            let changed = changes.entry(bucket.start).or_default();
+            changed
+                .users
+                .extend(bucket.users.iter().map(|(u, _)| Box::from(u.as_str())));
+            changed.other |= !bucket.other.is_zero();
         }
     }
 
@@ -80,17 +150,31 @@ impl UsageLedger {
             while self.buckets.front().is_some_and(|b| b.start < keep_from) {
                 self.buckets.pop_front();
             }
+            if let Some(changes) = self.changes.as_mut() {
+                changes.retain(|start, _| *start >= keep_from);
+            }
         }
         let Some(bucket) = self.buckets.back_mut() else {
             return;
         };
-        if let Some(u) = bucket.users.get_mut(user) {
+        let counted_as_user = if let Some(u) = bucket.users.get_mut(user) {
             u.add(&usage);
+            true
         } else if bucket.users.len() < self.limits.max_users {
             bucket.users.insert(user.into(), usage);
+            true
         } else {
             bucket.other.add(&usage);
             self.overflowed += 1;
+            false
+        };
+        if let Some(changes) = self.changes.as_mut() {
+            let changed = changes.entry(bucket.start).or_default();
+            if !counted_as_user {
+                changed.other = true;
+            } else if !changed.users.contains(user) {
+                changed.users.insert(user.into());
+            }
         }
     }
 
@@ -109,24 +193,15 @@ impl UsageLedger {
     pub fn report(&self, from: u64, to: u64) -> UsageReport {
         let width = self.limits.bucket_secs();
         let from = from - from % width;
-        let mut users: BTreeMap<&str, Usage> = BTreeMap::new();
-        let mut other = Usage::default();
-        for bucket in self
+        let buckets = self
             .buckets
             .iter()
-            .filter(|b| b.start >= from && b.start < to)
-        {
-            for (user, usage) in &bucket.users {
-                users.entry(user).or_default().add(usage);
-            }
-            other.add(&bucket.other);
-        }
-        UsageReport::new(
+            .filter(|b| b.start >= from && b.start < to);
+        UsageReport::of_buckets(
             from,
             to,
             width,
-            users.into_iter().map(|(u, usage)| (u.to_owned(), usage)),
-            other,
+            buckets.map(|b| (b.users.iter().map(|(u, n)| (&**u, n)), &b.other)),
             self.overflowed,
         )
     }
@@ -240,6 +315,40 @@ impl UsageReport {
         };
         report.derive_rooms();
         report
+    }
+
+    /// The totals of `buckets` (each: its users' usage and its `other`) over `[from, to)`.
+    fn of_buckets<'a, U>(
+        from: u64,
+        to: u64,
+        bucket_secs: u64,
+        buckets: impl Iterator<Item = (U, &'a Usage)>,
+        overflowed: u64,
+    ) -> Self
+    where
+        U: Iterator<Item = (&'a str, &'a Usage)>,
+    {
+        let mut users: BTreeMap<&str, Usage> = BTreeMap::new();
+        let mut other = Usage::default();
+        for (bucket_users, bucket_other) in buckets {
+            for (user, usage) in bucket_users {
+                users.entry(user).or_default().add(usage);
+            }
+            other.add(bucket_other);
+        }
+        let users = users.into_iter().map(|(u, usage)| (u.to_owned(), usage));
+        Self::new(from, to, bucket_secs, users, other, overflowed)
+    }
+
+    /// The fleet relays' published usage ([`fleet::usage::read`] over `[from, to)`) as a
+    /// report; `from` is rounded down to its bucket's start.
+    pub fn of_fleet(fleet: &FleetUsage, from: u64, to: u64) -> Self {
+        let width = fleet.buckets.first().map_or(60, |b| b.width.max(1));
+        let buckets = fleet.buckets.iter().map(|b| {
+            let users = b.users.iter().map(|(u, n)| (u.as_str(), n));
+            (users, &b.other)
+        });
+        Self::of_buckets(from - from % width, to, width, buckets, fleet.overflowed)
     }
 
     fn derive_rooms(&mut self) {
@@ -427,6 +536,53 @@ mod tests {
         l.record(660, "b:1", usage(1, 1));
         assert_eq!(l.entries(), 1);
         assert_eq!(l.report(0, u64::MAX).other.bytes, 0);
+    }
+
+    #[test]
+    fn changes_are_taken_once_as_totals_and_restored_when_not_published() {
+        let mut l = ledger(1);
+        l.record(0, "a:1", usage(1, 0));
+        assert!(
+            l.take_changes().is_empty(),
+            "not tracked before track_changes"
+        );
+        l.track_changes();
+        l.record(10, "a:1", usage(2, 0));
+        l.record(20, "a:2", usage(5, 0));
+        l.record(70, "a:1", usage(4, 0));
+        let to_peer = |users: &[(String, Usage)]| -> Vec<(String, u64)> {
+            users
+                .iter()
+                .map(|(u, n)| (u.clone(), n.bytes_to_peer))
+                .collect()
+        };
+        let taken = l.take_changes();
+        assert_eq!(taken.len(), 2);
+        assert_eq!((taken[0].start, taken[0].width), (0, 60));
+        assert_eq!(to_peer(&taken[0].users), [("a:1".to_owned(), 3)]);
+        assert_eq!(taken[0].other, usage(5, 0), "a:2 went to other");
+        assert_eq!(to_peer(&taken[1].users), [("a:1".to_owned(), 4)]);
+        assert!(l.take_changes().is_empty(), "taken once");
+        // A failed publication puts them back; the totals are the ledger's at the next take.
+        l.restore_changes(&taken);
+        l.record(80, "a:1", usage(1, 0));
+        let again = l.take_changes();
+        assert_eq!(again[0].other, usage(5, 0));
+        assert_eq!(to_peer(&again[1].users), [("a:1".to_owned(), 5)]);
+        // Changes of buckets past the retention are dropped with them.
+        l.record(90, "a:1", usage(1, 0));
+        l.record(6_000, "b:1", usage(1, 0));
+        let late = l.take_changes();
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].start, 6_000);
+        let fleet = FleetUsage {
+            buckets: late,
+            overflowed: 2,
+        };
+        let report = UsageReport::of_fleet(&fleet, 6_010, 7_000);
+        assert_eq!((report.from, report.bucket_secs), (6_000, 60));
+        assert_eq!(report.users[0].counts.bytes, 1);
+        assert_eq!(report.overflowed, 2);
     }
 
     #[test]

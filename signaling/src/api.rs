@@ -406,8 +406,8 @@ pub async fn drain(State(app): State<Arc<AppState>>, _: Operator) -> Result<Resp
 }
 
 /// `GET /v1/usage`: TURN usage per user and room over a window (`from`/`to` or `since`;
-/// `format=csv` or `Accept: text/csv`, `by=room`), from the in-process relay (`--with-relay`);
-/// an empty report without one.
+/// `format=csv` or `Accept: text/csv`, `by=room`): the in-process relay's (`--with-relay`)
+/// and, with `--redis`, what the fleet relays published; an empty report without either.
 pub async fn usage(
     State(app): State<Arc<AppState>>,
     _: Operator,
@@ -416,19 +416,29 @@ pub async fn usage(
 ) -> Result<Response, ApiError> {
     #[cfg(feature = "with-relay")]
     {
-        let empty;
-        let book = match app.relay_usage.get() {
-            Some(book) => book.as_ref(),
-            None => {
-                empty = relay::usage::UsageBook::new(relay::usage::UsageLimits {
-                    bucket: std::time::Duration::from_secs(60),
-                    retention: std::time::Duration::from_secs(60),
-                    max_users: 0,
-                });
-                &empty
-            }
+        use relay::usage::UsageReport;
+        let query =
+            match relay::admin::UsageQuery::parse(&query, &headers, relay::usage::unix_now()) {
+                Ok(query) => query,
+                Err(refusal) => return Ok(refusal.into_response()),
+            };
+        let (from, to) = (query.from, query.to);
+        let local = app.relay_usage.get().map(|book| book.report(from, to));
+        let fleet = match &app.fleet {
+            Some((_, conn)) => fleet::usage::read(conn, from, to, app.config.redis_timeout)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?,
+            None => fleet::usage::FleetUsage::default(),
         };
-        Ok(relay::admin::usage_response(book, &query, &headers))
+        let fleet = UsageReport::of_fleet(&fleet, from, to);
+        let report = match local {
+            Some(mut report) => {
+                report.merge(&fleet);
+                report
+            }
+            None => fleet,
+        };
+        Ok(query.respond(&report))
     }
     #[cfg(not(feature = "with-relay"))]
     {

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
-use turn::client::{Client, ClientConfig};
+pub use turn::client::Client;
+use turn::client::ClientConfig;
 
 /// A `turn` client of the relay at `server` (its STUN and TURN address) with `username` and
 /// `password`, bound to `127.0.0.1:0` and listening; allocate with [`Client::allocate`].

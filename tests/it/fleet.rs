@@ -27,7 +27,8 @@ pub(crate) fn start_fleet_relay(redis: &RedisServer, id: &str) -> FleetRelay {
     start_fleet_relay_with(redis, id, &[])
 }
 
-/// [`start_fleet_relay`] with extra flags (`--region`, ...).
+/// [`start_fleet_relay`] with extra flags (`--region`, ...); a `--node-heartbeat`,
+/// `--node-lease` or `--drain-timeout` among them replaces the default.
 pub(crate) fn start_fleet_relay_with(redis: &RedisServer, id: &str, extra: &[&str]) -> FleetRelay {
     let url = redis.url();
     let mut args = vec![
@@ -43,13 +44,17 @@ pub(crate) fn start_fleet_relay_with(redis: &RedisServer, id: &str, extra: &[&st
         &url,
         "--node-id",
         id,
-        "--node-heartbeat",
-        "200ms",
-        "--node-lease",
-        "1s",
-        "--drain-timeout",
-        "30s",
     ];
+    let defaults = [
+        ("--node-heartbeat", "200ms"),
+        ("--node-lease", "1s"),
+        ("--drain-timeout", "30s"),
+    ];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
     args.extend(extra);
     let mut proc = crate::peer_e2e::spawn("relay", &args, false);
     let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening udp "));
@@ -314,7 +319,7 @@ fn rooms_spread_over_the_fleet_and_move_when_a_relay_joins_dies_or_drains() {
 }
 
 /// `GET path` with the test's API key: (status, body).
-async fn api_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn api_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let (status, _, body) = e2e::signaling_http::http_request(
         addr,
         "GET",

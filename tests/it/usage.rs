@@ -102,24 +102,15 @@ fn totals(body: &str, user: &str, room: &str) -> Option<((u64, u64), (u64, u64))
     Some((pick("users", "user", user)?, pick("rooms", "room", room)?))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
-    let mut command = Command::new(bin_path("signaling"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--with-relay"])
-        .args(["--relay-listen", "127.0.0.1:0", "--api-key", KEY])
-        .env("RUST_LOG", "warn");
-    let mut proc = Spawned::spawn(command, false);
-    let relay = addr_after(&proc.wait_line(STEP * 4, |l| l.starts_with("relay udp ")));
-    let admin = addr_after(&proc.wait_line(STEP, |l| l.starts_with("relay admin http://")));
-    let server = addr_after(&proc.wait_line(STEP, |l| l.starts_with("listening on http://")));
-
-    let room = "billing-room";
-    let (_ws, peer_id, username, credential) = join(server, room).await;
-    let user = format!("{room}:{peer_id}");
-    assert!(username.ends_with(&format!(":{user}")), "{username}");
-
-    let client = testkit::turn_client::udp_client(relay, &username, &credential).await;
+/// Allocates on `relay` with the given credentials and relays `TO_PEER` to a loopback peer
+/// and `TO_CLIENT` back, checking that none is lost; returns the TURN client (its allocation
+/// still open) and the payload bytes (to the peer, to the client).
+async fn relay_known_traffic(
+    relay: SocketAddr,
+    username: &str,
+    credential: &str,
+) -> (testkit::turn_client::Client, (u64, u64)) {
+    let client = testkit::turn_client::udp_client(relay, username, credential).await;
     let relayed = timeout(STEP, client.allocate()).await.unwrap().unwrap();
     let relayed_addr = relayed.local_addr().unwrap();
     let peer = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
@@ -168,6 +159,27 @@ async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
     }
     assert_eq!(client_got, TO_CLIENT.0 * TO_CLIENT.1);
     let expected = (peer_got as u64, client_got as u64);
+    (client, expected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
+    let mut command = Command::new(bin_path("signaling"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--with-relay"])
+        .args(["--relay-listen", "127.0.0.1:0", "--api-key", KEY])
+        .env("RUST_LOG", "warn");
+    let mut proc = Spawned::spawn(command, false);
+    let relay = addr_after(&proc.wait_line(STEP * 4, |l| l.starts_with("relay udp ")));
+    let admin = addr_after(&proc.wait_line(STEP, |l| l.starts_with("relay admin http://")));
+    let server = addr_after(&proc.wait_line(STEP, |l| l.starts_with("listening on http://")));
+
+    let room = "billing-room";
+    let (_ws, peer_id, username, credential) = join(server, room).await;
+    let user = format!("{room}:{peer_id}");
+    assert!(username.ends_with(&format!(":{user}")), "{username}");
+
+    let (client, expected) = relay_known_traffic(relay, &username, &credential).await;
 
     // The allocation is still open: the totals are there already (workers publish every
     // 200 ms), not only when it ends.
@@ -236,4 +248,83 @@ async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
     );
     client.close().await.unwrap();
     proc.kill();
+}
+
+/// `/v1/usage` with fleet relays (`--register`): each relay publishes its users' totals to
+/// Redis on its heartbeats and once more when it stops, and signaling reports them summed,
+/// after the relays are gone. Relay A (200 ms heartbeats) is seen live; relay B (heartbeats an
+/// hour apart) publishes only when it stops, and nothing it relayed is missing.
+#[test]
+fn fleet_relays_publish_their_usage_and_it_outlives_them() {
+    use crate::fleet::{api_get, start_fleet_relay_with, start_fleet_signaling};
+    let redis = e2e::redis::RedisServer::start();
+    let signaling = start_fleet_signaling(&redis);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let usage_of = |user: String, room: &'static str| {
+            let addr = signaling.addr;
+            async move {
+                let (status, body) = api_get(addr, "/v1/usage?since=1h").await;
+                assert_eq!(status, 200, "{body}");
+                (totals(&body, &user, room), body)
+            }
+        };
+        let relay_a = start_fleet_relay_with(&redis, "usage-a", &["--drain-timeout", "1s"]);
+        await_fleet(signaling.addr, "usage-a", "-").await;
+        let (_ws_a, peer_a, username, credential) = join(signaling.addr, "room-a").await;
+        let relay = SocketAddr::from(([127, 0, 0, 1], relay_a.port));
+        let (client, expected_a) = relay_known_traffic(relay, &username, &credential).await;
+        let user_a = format!("room-a:{peer_a}");
+        let mut last = String::new();
+        let mut live = false;
+        for _ in 0..50 {
+            let (totals, body) = usage_of(user_a.clone(), "room-a").await;
+            if totals == Some((expected_a, expected_a)) {
+                live = true;
+                break;
+            }
+            last = body;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(live, "relay A's usage never reached /v1/usage: {last}");
+        client.close().await.unwrap();
+        drop(relay_a);
+
+        let quiet = ["--node-heartbeat", "1h", "--node-lease", "2h"];
+        let mut relay_b = start_fleet_relay_with(
+            &redis,
+            "usage-b",
+            &[&quiet[..], &["--drain-timeout", "1s"]].concat(),
+        );
+        await_fleet(signaling.addr, "usage-b", "usage-a").await;
+        let (_ws_b, peer_b, username, credential) = join(signaling.addr, "room-b").await;
+        let relay = SocketAddr::from(([127, 0, 0, 1], relay_b.port));
+        let (client, expected_b) = relay_known_traffic(relay, &username, &credential).await;
+        let user_b = format!("room-b:{peer_b}");
+        let (before_stop, body) = usage_of(user_b.clone(), "room-b").await;
+        assert_eq!(before_stop, None, "B has not published yet: {body}");
+        client.close().await.unwrap();
+        relay_b.proc.terminate();
+        let status = relay_b.proc.wait_exit(STEP * 2);
+        assert!(status.success(), "relay B: {status:?}");
+
+        // Both relays are gone; what they relayed is reported, to the byte.
+        let (b, body) = usage_of(user_b, "room-b").await;
+        assert_eq!(b, Some((expected_b, expected_b)), "{body}");
+        let (a, body) = usage_of(user_a, "room-a").await;
+        assert_eq!(a, Some((expected_a, expected_a)), "{body}");
+    });
+}
+
+/// Waits until signaling's `/v1/relays` lists relay `present` and not `absent`.
+async fn await_fleet(addr: SocketAddr, present: &str, absent: &str) {
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = crate::fleet::api_get(addr, "/v1/relays").await.1;
+        if body.contains(&format!("\"{present}\"")) && !body.contains(&format!("\"{absent}\"")) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the fleet never became {present} without {absent}: {body}");
 }

@@ -399,20 +399,12 @@ impl Store {
         for arg in args {
             invocation.arg(*arg);
         }
-        let mut conn = self.conn.clone();
-        let value: Vec<Option<String>> =
-            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-                .await
-                .map_err(|_| StoreError::Timeout(self.timeout))??;
+        let value: Vec<Option<String>> = self.conn.invoke(&invocation, self.timeout).await?;
         Reply::parse(value)
     }
 
     /// Runs a plain command (node leases and indexes).
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?
-            .map_err(StoreError::from)
+        self.conn.query(cmd, self.timeout).await
     }
 }

@@ -1,0 +1,242 @@
+//! The relayed traffic of the fleet's relays, per user and time bucket, kept in the shared
+//! Redis so that signaling's `GET /v1/usage` reports the whole fleet and a relay's counts
+//! outlive its process.
+//!
+//! Each registered relay publishes, on every heartbeat and once more when it stops, the totals
+//! of the users whose traffic changed since its last publication ([`publish`]): absolute totals
+//! per (relay, user, bucket), so a publication that is repeated (after a timeout) counts once.
+//! Layout, all under the `{fleet}` hash tag (one slot of a Redis Cluster):
+//!
+//! - [`USAGE_KEY`], a sorted set of the buckets: member `START/WIDTH` (Unix seconds), score the
+//!   bucket's end. Members whose end is older than the publishing relay's retention are
+//!   trimmed at each publication.
+//! - `sig:{fleet}:usage:START`, a hash per bucket: field `RELAY\tUSER` (a user's totals on one
+//!   relay) or `RELAY` (the relay's `other`: users beyond its `--usage-max-users`), value
+//!   `BYTES_TO_PEER BYTES_TO_CLIENT PACKETS_TO_PEER PACKETS_TO_CLIENT`. It expires with the
+//!   retention.
+//! - [`OVERFLOW_KEY`], a hash: relay id -> records counted into `other` since that relay
+//!   started.
+//!
+//! Memory: per bucket at most `relays x (--usage-max-users + 1)` fields, for
+//! `--usage-retention` (6 h) of buckets: the relays' own ledger bound, once per relay.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::Script;
+use relay_proto::Usage;
+
+use crate::link::{Connection, StoreError};
+
+/// Sorted set of published buckets: member `START/WIDTH`, score the bucket's end (Unix s).
+pub const USAGE_KEY: &str = "sig:{fleet}:usage";
+
+/// Hash: relay id -> records that relay counted into `other` since it started.
+pub const OVERFLOW_KEY: &str = "sig:{fleet}:usage-overflow";
+
+/// The prefix of a bucket's hash (`sig:{fleet}:usage:START`).
+const BUCKET_PREFIX: &str = "sig:{fleet}:usage:";
+
+/// The totals of one time bucket: per user, and of the users beyond the cap (`other`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BucketTotals {
+    /// Bucket start, Unix seconds.
+    pub start: u64,
+    /// Bucket width, seconds.
+    pub width: u64,
+    /// Per user, absolute totals in this bucket.
+    pub users: Vec<(String, Usage)>,
+    /// The traffic of users beyond the per-bucket cap.
+    pub other: Usage,
+}
+
+/// What [`read`] found over a window: the buckets (summed over the relays) and the records
+/// counted into `other` by the relays that published.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetUsage {
+    /// Oldest first.
+    pub buckets: Vec<BucketTotals>,
+    pub overflowed: u64,
+}
+
+/// `"BYTES_TO_PEER BYTES_TO_CLIENT PACKETS_TO_PEER PACKETS_TO_CLIENT"`.
+fn encode(u: &Usage) -> String {
+    format!(
+        "{} {} {} {}",
+        u.bytes_to_peer, u.bytes_to_client, u.packets_to_peer, u.packets_to_client
+    )
+}
+
+fn decode(text: &str) -> Option<Usage> {
+    let mut n = text.split(' ').map(str::parse::<u64>);
+    let mut next = || n.next()?.ok();
+    Some(Usage {
+        bytes_to_peer: next()?,
+        bytes_to_client: next()?,
+        packets_to_peer: next()?,
+        packets_to_client: next()?,
+    })
+}
+
+/// Publishes relay `relay`'s totals of `bucket` (the users in it replace what the relay
+/// published for them before), kept for `keep`; `overflowed` is the relay's count of records
+/// that went to `other`.
+pub async fn publish(
+    conn: &Connection,
+    relay: &str,
+    bucket: &BucketTotals,
+    keep: Duration,
+    overflowed: u64,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let script = Script::new(
+        r"
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4])
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return 1
+",
+    );
+    let end = bucket.start + bucket.width;
+    let keep_ms = keep.as_millis().max(1) as u64;
+    let mut invocation = script.key(USAGE_KEY);
+    invocation
+        .key(format!("{BUCKET_PREFIX}{}", bucket.start))
+        .key(OVERFLOW_KEY)
+        .arg(format!("{}/{}", bucket.start, bucket.width))
+        .arg(end)
+        .arg(keep_ms)
+        .arg(end.saturating_sub(keep.as_secs()))
+        .arg(relay)
+        .arg(overflowed);
+    for (user, usage) in &bucket.users {
+        invocation
+            .arg(format!("{relay}\t{user}"))
+            .arg(encode(usage));
+    }
+    if !bucket.other.is_zero() {
+        invocation.arg(relay).arg(encode(&bucket.other));
+    }
+    let _: i64 = conn.invoke(&invocation, timeout).await?;
+    Ok(())
+}
+
+/// The published buckets that overlap `[from, to)` (Unix seconds), each summed over the
+/// relays that published it.
+pub async fn read(
+    conn: &Connection,
+    from: u64,
+    to: u64,
+    timeout: Duration,
+) -> Result<FleetUsage, StoreError> {
+    // Reply: overflowed, then per bucket: member, field count, fields...
+    let script = Script::new(
+        r"
+local overflowed = 0
+for _, n in ipairs(redis.call('HVALS', KEYS[2])) do overflowed = overflowed + tonumber(n) end
+local out = {tostring(overflowed)}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')) do
+  local start = string.match(m, '^(%d+)/')
+  if start and tonumber(start) < tonumber(ARGV[2]) then
+    local fields = redis.call('HGETALL', ARGV[3] .. start)
+    out[#out + 1] = m
+    out[#out + 1] = tostring(#fields)
+    for _, f in ipairs(fields) do out[#out + 1] = f end
+  end
+end
+return out
+",
+    );
+    let mut invocation = script.key(USAGE_KEY);
+    invocation
+        .key(OVERFLOW_KEY)
+        .arg(from)
+        .arg(to)
+        .arg(BUCKET_PREFIX);
+    let flat: Vec<String> = conn.invoke(&invocation, timeout).await?;
+    parse_read(&flat).ok_or_else(|| StoreError::Reply("usage buckets".into()))
+}
+
+/// [`read`]'s flat reply as buckets, oldest first.
+fn parse_read(flat: &[String]) -> Option<FleetUsage> {
+    let (overflowed, mut rest) = flat.split_first()?;
+    let mut buckets = Vec::new();
+    while let [member, count, tail @ ..] = rest {
+        let (start, width) = member.split_once('/')?;
+        let count: usize = count.parse().ok()?;
+        let fields = tail.get(..count)?;
+        let mut users: BTreeMap<&str, Usage> = BTreeMap::new();
+        let mut other = Usage::default();
+        for pair in fields.chunks_exact(2) {
+            let Some(usage) = decode(&pair[1]) else {
+                continue;
+            };
+            match pair[0].split_once('\t') {
+                Some((_relay, user)) => users.entry(user).or_default().add(&usage),
+                None => other.add(&usage),
+            }
+        }
+        buckets.push(BucketTotals {
+            start: start.parse().ok()?,
+            width: width.parse().ok()?,
+            users: users.into_iter().map(|(u, n)| (u.to_owned(), n)).collect(),
+            other,
+        });
+        rest = &tail[count..];
+    }
+    buckets.sort_by_key(|b| b.start);
+    Some(FleetUsage {
+        buckets,
+        overflowed: overflowed.parse().unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(bytes: u64) -> Usage {
+        Usage {
+            bytes_to_peer: bytes,
+            bytes_to_client: 2 * bytes,
+            packets_to_peer: 1,
+            packets_to_client: 2,
+        }
+    }
+
+    #[test]
+    fn a_bucket_sums_the_relays_and_keeps_other_apart() {
+        let flat: Vec<String> = [
+            "3",
+            "120/60",
+            "6",
+            "r1\troom:a",
+            "10 20 1 2",
+            "r2\troom:a",
+            "5 10 1 2",
+            "r2",
+            "7 14 1 2",
+            "60/60",
+            "2",
+            "r1\troom:b",
+            "1 2 1 2",
+        ]
+        .map(String::from)
+        .to_vec();
+        let read = parse_read(&flat).unwrap();
+        assert_eq!(read.overflowed, 3);
+        assert_eq!(read.buckets.len(), 2);
+        assert_eq!(read.buckets[0].start, 60, "oldest first");
+        let newer = &read.buckets[1];
+        assert_eq!((newer.start, newer.width), (120, 60));
+        let mut expected = usage(10);
+        expected.add(&usage(5));
+        assert_eq!(newer.users, vec![("room:a".to_owned(), expected)]);
+        assert_eq!(newer.other, usage(7));
+        assert_eq!(decode(&encode(&usage(9))), Some(usage(9)));
+        assert_eq!(parse_read(&["0".into(), "x".into(), "0".into()]), None);
+    }
+}
