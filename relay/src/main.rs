@@ -120,7 +120,9 @@ fn main() -> anyhow::Result<()> {
         let _ = stop_heartbeats.send(true);
         if let Some(registration) = &registration {
             // The workers' last counts are in the ledger once the drain has stopped them.
-            registration.publish_usage().await;
+            registration
+                .publish_last_usage(3, std::time::Duration::from_secs(1))
+                .await;
             registration.withdraw().await;
         }
         anyhow::Ok(())

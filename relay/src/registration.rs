@@ -211,14 +211,14 @@ impl Registration {
             if let Err(e) = self.advertise(rate).await {
                 tracing::warn!(error = %e, "could not renew the fleet lease");
             }
-            self.publish_usage().await;
+            let _ = self.publish_usage().await;
         }
     }
 
     /// Publishes the usage that changed since the last publication; on a failure, what was
     /// not published waits for the next (the ledger keeps it; nothing is counted twice, as
-    /// the totals are absolute).
-    pub async fn publish_usage(&self) {
+    /// the totals are absolute). True when everything was published.
+    pub async fn publish_usage(&self) -> bool {
         let _publishing = self.publishing.lock().await;
         let book = self.status.usage();
         let (taken, overflowed) = {
@@ -238,9 +238,27 @@ impl Registration {
             if let Err(e) = published {
                 tracing::warn!(error = %e, "could not publish usage to the relay fleet");
                 book.lock().restore_changes(&taken[i..]);
-                return;
+                return false;
             }
         }
+        true
+    }
+
+    /// The last publication, at the stop: tried `attempts` times, `pause` apart, while Redis
+    /// does not answer.
+    pub async fn publish_last_usage(&self, attempts: u32, pause: Duration) {
+        for attempt in 1..=attempts {
+            if self.publish_usage().await {
+                return;
+            }
+            if attempt < attempts {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        tracing::error!(
+            attempts,
+            "the last usage could not be published to the relay fleet: it was on this relay's /usage only"
+        );
     }
 
     /// Tells the fleet at once that this relay is draining (call after `begin_drain`): its
