@@ -4,20 +4,22 @@
 //!
 //! Each registered relay publishes, on every heartbeat and once more when it stops, the totals
 //! of the users whose traffic changed since its last publication ([`publish`]): absolute totals
-//! per (relay, user, bucket), so a publication that is repeated (after a timeout) counts once.
-//! Layout, all under the `{fleet}` hash tag (one slot of a Redis Cluster):
+//! per (publisher, user, bucket), so a publication that is repeated (after a timeout) counts
+//! once. The publisher is the relay's id and a random tag of the process
+//! ([`publisher_id`]): a relay restarted under the same id starts new totals beside the old
+//! ones instead of overwriting them. Layout, all under the `{fleet}` hash tag (one slot of a
+//! Redis Cluster):
 //!
 //! - [`USAGE_KEY`], a sorted set of the buckets: member `START/WIDTH` (Unix seconds), score the
 //!   bucket's end. Members whose end is older than the publishing relay's retention are
 //!   trimmed at each publication.
-//! - `sig:{fleet}:usage:START`, a hash per bucket: field `RELAY\tUSER` (a user's totals on one
-//!   relay) or `RELAY` (the relay's `other`: users beyond its `--usage-max-users`), value
-//!   `BYTES_TO_PEER BYTES_TO_CLIENT PACKETS_TO_PEER PACKETS_TO_CLIENT`. It expires with the
-//!   retention.
-//! - [`OVERFLOW_KEY`], a hash: relay id -> records counted into `other` since that relay
-//!   started.
+//! - `sig:{fleet}:usage:START`, a hash per bucket: field `PUBLISHER\tUSER` (a user's totals
+//!   from one relay process), value `BYTES_TO_PEER BYTES_TO_CLIENT PACKETS_TO_PEER
+//!   PACKETS_TO_CLIENT`; field `PUBLISHER` (its `other`: users beyond its
+//!   `--usage-max-users`), the same four numbers and a fifth, the records it had counted into
+//!   `other` since it started. It expires with the retention.
 //!
-//! Memory: per bucket at most `relays x (--usage-max-users + 1)` fields, for
+//! Memory: per bucket at most `relay processes x (--usage-max-users + 1)` fields, for
 //! `--usage-retention` (6 h) of buckets: the relays' own ledger bound, once per relay.
 
 use std::collections::BTreeMap;
@@ -30,9 +32,6 @@ use crate::link::{Connection, StoreError};
 
 /// Sorted set of published buckets: member `START/WIDTH`, score the bucket's end (Unix s).
 pub const USAGE_KEY: &str = "sig:{fleet}:usage";
-
-/// Hash: relay id -> records that relay counted into `other` since it started.
-pub const OVERFLOW_KEY: &str = "sig:{fleet}:usage-overflow";
 
 /// The prefix of a bucket's hash (`sig:{fleet}:usage:START`).
 const BUCKET_PREFIX: &str = "sig:{fleet}:usage:";
@@ -51,12 +50,17 @@ pub struct BucketTotals {
 }
 
 /// What [`read`] found over a window: the buckets (summed over the relays) and the records
-/// counted into `other` by the relays that published.
+/// counted into `other` by the relay processes that published one (each since it started).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FleetUsage {
     /// Oldest first.
     pub buckets: Vec<BucketTotals>,
     pub overflowed: u64,
+}
+
+/// The publisher of this relay process: the relay's fleet id and a random tag.
+pub fn publisher_id(relay: &str, tag: u32) -> String {
+    format!("{relay}#{tag:08x}")
 }
 
 /// `"BYTES_TO_PEER BYTES_TO_CLIENT PACKETS_TO_PEER PACKETS_TO_CLIENT"`.
@@ -67,23 +71,25 @@ fn encode(u: &Usage) -> String {
     )
 }
 
-fn decode(text: &str) -> Option<Usage> {
+/// The four numbers of [`encode`], and the fifth of an `other` line (0 when absent).
+fn decode(text: &str) -> Option<(Usage, u64)> {
     let mut n = text.split(' ').map(str::parse::<u64>);
     let mut next = || n.next()?.ok();
-    Some(Usage {
+    let usage = Usage {
         bytes_to_peer: next()?,
         bytes_to_client: next()?,
         packets_to_peer: next()?,
         packets_to_client: next()?,
-    })
+    };
+    Some((usage, next().unwrap_or(0)))
 }
 
-/// Publishes relay `relay`'s totals of `bucket` (the users in it replace what the relay
-/// published for them before), kept for `keep`; `overflowed` is the relay's count of records
-/// that went to `other`.
+/// Publishes `publisher`'s ([`publisher_id`]) totals of `bucket` (the users in it replace
+/// what it published for them before), kept for `keep`; `overflowed` is the process's count
+/// of records that went to `other`.
 pub async fn publish(
     conn: &Connection,
-    relay: &str,
+    publisher: &str,
     bucket: &BucketTotals,
     keep: Duration,
     overflowed: u64,
@@ -93,32 +99,27 @@ pub async fn publish(
         r"
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4])
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return 1
 ",
     );
     let end = bucket.start + bucket.width;
-    let keep_ms = keep.as_millis().max(1) as u64;
     let mut invocation = script.key(USAGE_KEY);
     invocation
         .key(format!("{BUCKET_PREFIX}{}", bucket.start))
-        .key(OVERFLOW_KEY)
         .arg(format!("{}/{}", bucket.start, bucket.width))
         .arg(end)
-        .arg(keep_ms)
-        .arg(end.saturating_sub(keep.as_secs()))
-        .arg(relay)
-        .arg(overflowed);
+        .arg(keep.as_millis().max(1) as u64)
+        .arg(end.saturating_sub(keep.as_secs()));
     for (user, usage) in &bucket.users {
         invocation
-            .arg(format!("{relay}\t{user}"))
+            .arg(format!("{publisher}\t{user}"))
             .arg(encode(usage));
     }
     if !bucket.other.is_zero() {
-        invocation.arg(relay).arg(encode(&bucket.other));
+        let other = format!("{} {overflowed}", encode(&bucket.other));
+        invocation.arg(publisher).arg(other);
     }
     let _: i64 = conn.invoke(&invocation, timeout).await?;
     Ok(())
@@ -132,12 +133,10 @@ pub async fn read(
     to: u64,
     timeout: Duration,
 ) -> Result<FleetUsage, StoreError> {
-    // Reply: overflowed, then per bucket: member, field count, fields...
+    // Reply: per bucket, its member, field count, fields...
     let script = Script::new(
         r"
-local overflowed = 0
-for _, n in ipairs(redis.call('HVALS', KEYS[2])) do overflowed = overflowed + tonumber(n) end
-local out = {tostring(overflowed)}
+local out = {}
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')) do
   local start = string.match(m, '^(%d+)/')
   if start and tonumber(start) < tonumber(ARGV[2]) then
@@ -151,19 +150,17 @@ return out
 ",
     );
     let mut invocation = script.key(USAGE_KEY);
-    invocation
-        .key(OVERFLOW_KEY)
-        .arg(from)
-        .arg(to)
-        .arg(BUCKET_PREFIX);
+    invocation.arg(from).arg(to).arg(BUCKET_PREFIX);
     let flat: Vec<String> = conn.invoke(&invocation, timeout).await?;
     parse_read(&flat).ok_or_else(|| StoreError::Reply("usage buckets".into()))
 }
 
 /// [`read`]'s flat reply as buckets, oldest first.
 fn parse_read(flat: &[String]) -> Option<FleetUsage> {
-    let (overflowed, mut rest) = flat.split_first()?;
+    let mut rest = flat;
     let mut buckets = Vec::new();
+    // Per publisher, the highest overflow count its `other` lines carried.
+    let mut overflowed: BTreeMap<&str, u64> = BTreeMap::new();
     while let [member, count, tail @ ..] = rest {
         let (start, width) = member.split_once('/')?;
         let count: usize = count.parse().ok()?;
@@ -171,12 +168,16 @@ fn parse_read(flat: &[String]) -> Option<FleetUsage> {
         let mut users: BTreeMap<&str, Usage> = BTreeMap::new();
         let mut other = Usage::default();
         for pair in fields.chunks_exact(2) {
-            let Some(usage) = decode(&pair[1]) else {
+            let Some((usage, overflow)) = decode(&pair[1]) else {
                 continue;
             };
             match pair[0].split_once('\t') {
-                Some((_relay, user)) => users.entry(user).or_default().add(&usage),
-                None => other.add(&usage),
+                Some((_publisher, user)) => users.entry(user).or_default().add(&usage),
+                None => {
+                    other.add(&usage);
+                    let most = overflowed.entry(&pair[0]).or_default();
+                    *most = (*most).max(overflow);
+                }
             }
         }
         buckets.push(BucketTotals {
@@ -190,7 +191,7 @@ fn parse_read(flat: &[String]) -> Option<FleetUsage> {
     buckets.sort_by_key(|b| b.start);
     Some(FleetUsage {
         buckets,
-        overflowed: overflowed.parse().unwrap_or(0),
+        overflowed: overflowed.values().sum(),
     })
 }
 
@@ -210,24 +211,31 @@ mod tests {
     #[test]
     fn a_bucket_sums_the_relays_and_keeps_other_apart() {
         let flat: Vec<String> = [
-            "3",
             "120/60",
-            "6",
-            "r1\troom:a",
+            "8",
+            "r1#1\troom:a",
             "10 20 1 2",
-            "r2\troom:a",
+            "r2#1\troom:a",
             "5 10 1 2",
-            "r2",
-            "7 14 1 2",
+            "r2#1",
+            "7 14 1 2 3",
+            "r2#2",
+            "1 2 1 2 1",
             "60/60",
-            "2",
-            "r1\troom:b",
+            "4",
+            "r1#1\troom:b",
             "1 2 1 2",
+            "r2#1",
+            "1 2 1 2 2",
         ]
         .map(String::from)
         .to_vec();
         let read = parse_read(&flat).unwrap();
-        assert_eq!(read.overflowed, 3);
+        assert_eq!(
+            read.overflowed,
+            3 + 1,
+            "the latest count of each process, summed"
+        );
         assert_eq!(read.buckets.len(), 2);
         assert_eq!(read.buckets[0].start, 60, "oldest first");
         let newer = &read.buckets[1];
@@ -235,8 +243,11 @@ mod tests {
         let mut expected = usage(10);
         expected.add(&usage(5));
         assert_eq!(newer.users, vec![("room:a".to_owned(), expected)]);
-        assert_eq!(newer.other, usage(7));
-        assert_eq!(decode(&encode(&usage(9))), Some(usage(9)));
-        assert_eq!(parse_read(&["0".into(), "x".into(), "0".into()]), None);
+        let mut other = usage(7);
+        other.add(&usage(1));
+        assert_eq!(newer.other, other);
+        assert_eq!(decode(&encode(&usage(9))), Some((usage(9), 0)));
+        assert_eq!(parse_read(&["x".into(), "0".into()]), None);
+        assert_eq!(publisher_id("eu-1", 255), "eu-1#000000ff");
     }
 }

@@ -17,7 +17,8 @@
 //! `config` (the clap struct), `io/` (workers: sockets, batches, stream framing, relay ports),
 //! `tls` (rustls set-up), `metrics` + `admin` (`/healthz`, `/readyz`, `/metrics`, `/usage`),
 //! `usage` (relayed bytes per user and time bucket), `reload` (SIGHUP: the configuration read
-//! again, what it may change while running).
+//! again, what it may change while running), `registration` (`--register`: the relay's record
+//! in the fleet's Redis) and `usage_publisher` (its usage published there).
 
 pub mod admin;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod registration;
 pub mod reload;
 pub mod tls;
 pub mod usage;
+pub mod usage_publisher;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;

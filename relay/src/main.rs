@@ -121,7 +121,8 @@ fn main() -> anyhow::Result<()> {
         if let Some(registration) = &registration {
             // The workers' last counts are in the ledger once the drain has stopped them.
             registration
-                .publish_last_usage(3, std::time::Duration::from_secs(1))
+                .usage()
+                .publish_last(3, std::time::Duration::from_secs(1))
                 .await;
             registration.withdraw().await;
         }

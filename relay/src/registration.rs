@@ -17,6 +17,7 @@ use fleet::relays::{self, RelayRecord, RelayState};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::usage_publisher::UsagePublisher;
 use crate::{RelayAddrs, RelayStatus};
 
 /// How long one Redis call may take.
@@ -32,8 +33,6 @@ pub struct FleetSettings {
     pub capacity: f64,
     pub heartbeat: Duration,
     pub lease: Duration,
-    /// How long published usage is kept (`--usage-retention` plus one bucket).
-    pub usage_keep: Duration,
 }
 
 impl FleetSettings {
@@ -57,7 +56,6 @@ impl FleetSettings {
             capacity: config.capacity,
             heartbeat: config.node_heartbeat,
             lease: config.node_lease,
-            usage_keep: config.usage_retention + config.usage_bucket,
         })
     }
 }
@@ -121,9 +119,7 @@ pub struct Registration {
     /// records were made (a heartbeat's `active` made before the drain cannot land after the
     /// `draining` mark); true once withdrawn, after which nothing is advertised again.
     withdrawn: tokio::sync::Mutex<bool>,
-    /// Held from taking the changed usage to its publication, so that totals reach Redis in
-    /// the order they were taken (an older total never lands over a newer one).
-    publishing: tokio::sync::Mutex<()>,
+    usage: UsagePublisher,
 }
 
 fn unix_ms() -> u64 {
@@ -137,13 +133,18 @@ impl Registration {
     /// this returns).
     pub async fn start(settings: FleetSettings, status: RelayStatus) -> Result<Self, StoreError> {
         let (conn, _) = link::connect(&settings.redis_urls, REDIS_TIMEOUT).await?;
-        status.usage().lock().track_changes();
+        let usage = UsagePublisher::new(
+            conn.clone(),
+            &settings.id,
+            Arc::clone(status.usage()),
+            REDIS_TIMEOUT,
+        );
         let registration = Self {
             settings,
             conn,
             status,
             withdrawn: tokio::sync::Mutex::new(false),
-            publishing: tokio::sync::Mutex::new(()),
+            usage,
         };
         registration.advertise(0).await?;
         tracing::info!(
@@ -211,54 +212,14 @@ impl Registration {
             if let Err(e) = self.advertise(rate).await {
                 tracing::warn!(error = %e, "could not renew the fleet lease");
             }
-            let _ = self.publish_usage().await;
+            let _ = self.usage.publish().await;
         }
     }
 
-    /// Publishes the usage that changed since the last publication; on a failure, what was
-    /// not published waits for the next (the ledger keeps it; nothing is counted twice, as
-    /// the totals are absolute). True when everything was published.
-    pub async fn publish_usage(&self) -> bool {
-        let _publishing = self.publishing.lock().await;
-        let book = self.status.usage();
-        let (taken, overflowed) = {
-            let mut ledger = book.lock();
-            (ledger.take_changes(), ledger.overflowed())
-        };
-        for (i, bucket) in taken.iter().enumerate() {
-            let published = fleet::usage::publish(
-                &self.conn,
-                &self.settings.id,
-                bucket,
-                self.settings.usage_keep,
-                overflowed,
-                REDIS_TIMEOUT,
-            )
-            .await;
-            if let Err(e) = published {
-                tracing::warn!(error = %e, "could not publish usage to the relay fleet");
-                book.lock().restore_changes(&taken[i..]);
-                return false;
-            }
-        }
-        true
-    }
-
-    /// The last publication, at the stop: tried `attempts` times, `pause` apart, while Redis
-    /// does not answer.
-    pub async fn publish_last_usage(&self, attempts: u32, pause: Duration) {
-        for attempt in 1..=attempts {
-            if self.publish_usage().await {
-                return;
-            }
-            if attempt < attempts {
-                tokio::time::sleep(pause).await;
-            }
-        }
-        tracing::error!(
-            attempts,
-            "the last usage could not be published to the relay fleet: it was on this relay's /usage only"
-        );
+    /// The usage publication of this relay (on every heartbeat; call
+    /// [`UsagePublisher::publish_last`] at the stop).
+    pub fn usage(&self) -> &UsagePublisher {
+        &self.usage
     }
 
     /// Tells the fleet at once that this relay is draining (call after `begin_drain`): its

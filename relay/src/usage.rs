@@ -76,6 +76,11 @@ impl UsageLedger {
         }
     }
 
+    /// The bucket width, retention and per-bucket cap.
+    pub fn limits(&self) -> &UsageLimits {
+        &self.limits
+    }
+
     /// From now on, remember what changed for [`Self::take_changes`] (a fleet relay's
     /// publication of its usage).
     pub fn track_changes(&mut self) {

@@ -406,8 +406,9 @@ pub async fn drain(State(app): State<Arc<AppState>>, _: Operator) -> Result<Resp
 }
 
 /// `GET /v1/usage`: TURN usage per user and room over a window (`from`/`to` or `since`;
-/// `format=csv` or `Accept: text/csv`, `by=room`): the in-process relay's (`--with-relay`)
-/// and, with `--redis`, what the fleet relays published; an empty report without either.
+/// `format=csv` or `Accept: text/csv`, `by=room`). With `--redis`, what the fleet's relays and
+/// the nodes' in-process relays published to Redis; on a single node, the in-process relay's
+/// (`--with-relay`); an empty report without either.
 pub async fn usage(
     State(app): State<Arc<AppState>>,
     _: Operator,
@@ -423,20 +424,15 @@ pub async fn usage(
                 Err(refusal) => return Ok(refusal.into_response()),
             };
         let (from, to) = (query.from, query.to);
-        let local = app.relay_usage.get().map(|book| book.report(from, to));
-        let fleet = match &app.fleet {
-            Some((_, conn)) => fleet::usage::read(conn, from, to, app.config.redis_timeout)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?,
-            None => fleet::usage::FleetUsage::default(),
-        };
-        let fleet = UsageReport::of_fleet(&fleet, from, to);
-        let report = match local {
-            Some(mut report) => {
-                report.merge(&fleet);
-                report
+        let report = match (&app.fleet, app.relay_usage.get()) {
+            (Some((_, conn)), _) => {
+                let fleet = fleet::usage::read(conn, from, to, app.config.redis_timeout)
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?;
+                UsageReport::of_fleet(&fleet, from, to)
             }
-            None => fleet,
+            (None, Some(book)) => book.report(from, to),
+            (None, None) => UsageReport::of_fleet(&fleet::usage::FleetUsage::default(), from, to),
         };
         Ok(query.respond(&report))
     }

@@ -60,6 +60,25 @@ async fn main() -> anyhow::Result<()> {
         }
         let _ = state.relay_usage.set(local_relay.usage());
     }
+    // In a cluster the in-process relay's usage goes to Redis too, beside the fleet relays':
+    // every node's `/v1/usage` reports it, and it outlives this process.
+    #[cfg(feature = "with-relay")]
+    let usage_publisher = match (&local_relay, &state.fleet) {
+        (Some(local_relay), Some((_, conn))) => {
+            let node = state.hub.node_id().unwrap_or("local");
+            let publisher = std::sync::Arc::new(relay::usage_publisher::UsagePublisher::new(
+                conn.clone(),
+                &format!("signaling-{node}"),
+                local_relay.usage(),
+                state.config.redis_timeout,
+            ));
+            let every = state.config.node_heartbeat;
+            let running = std::sync::Arc::clone(&publisher);
+            let task = tokio::spawn(async move { running.run(every).await });
+            Some((publisher, task))
+        }
+        _ => None,
+    };
     // Tests and scripts parse this line for the bound address.
     let (http, ws) = if state.tls.is_some() {
         ("https", "wss")
@@ -131,6 +150,12 @@ async fn main() -> anyhow::Result<()> {
     #[cfg(feature = "with-relay")]
     if let Some(local_relay) = local_relay.lock().await.take() {
         local_relay.shutdown().await;
+        if let Some((publisher, task)) = usage_publisher {
+            task.abort();
+            publisher
+                .publish_last(3, std::time::Duration::from_secs(1))
+                .await;
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -328,3 +328,68 @@ async fn await_fleet(addr: SocketAddr, present: &str, absent: &str) {
     }
     panic!("the fleet never became {present} without {absent}: {body}");
 }
+
+/// A cluster node's in-process relay publishes to Redis like a fleet relay: its usage is
+/// reported by another node, after the first has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_relay_of_a_cluster_node_is_reported_by_every_node() {
+    let redis = e2e::redis::RedisServer::start();
+    let node = |with_relay: bool| {
+        let mut command = Command::new(bin_path("signaling"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--api-key", KEY])
+            .args(["--redis", &redis.url(), "--node-heartbeat", "200ms"])
+            .args(["--admin-listen", "none", "--drain-timeout", "1s"])
+            .env("RUST_LOG", "warn");
+        if with_relay {
+            command.args(["--with-relay", "--relay-listen", "127.0.0.1:0"]);
+            command.arg("--relay-arg=--admin-listen=127.0.0.1:0");
+        }
+        Spawned::spawn(command, false)
+    };
+    let mut first = node(true);
+    let relay = addr_after(&first.wait_line(STEP * 4, |l| l.starts_with("relay udp ")));
+    let server = addr_after(&first.wait_line(STEP, |l| l.starts_with("listening on http://")));
+    let mut second = node(false);
+    let other = addr_after(&second.wait_line(STEP * 4, |l| l.starts_with("listening on http://")));
+
+    let room = "cluster-billing";
+    let (_ws, peer_id, username, credential) = join(server, room).await;
+    let user = format!("{room}:{peer_id}");
+    let (client, expected) = relay_known_traffic(relay, &username, &credential).await;
+    let auth = format!("Bearer {KEY}");
+    let usage_at = |addr: SocketAddr| {
+        let auth = auth.clone();
+        let user = user.clone();
+        async move {
+            let (status, _, body) = http_request(
+                addr,
+                "GET",
+                "/v1/usage?since=1h",
+                &[("Authorization", &auth)],
+                "",
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            (totals(&body, &user, room), body)
+        }
+    };
+    let mut last = String::new();
+    let mut seen = false;
+    for _ in 0..50 {
+        let (found, body) = usage_at(other).await;
+        if found == Some((expected, expected)) {
+            seen = true;
+            break;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the other node never reported the usage: {last}");
+    client.close().await.unwrap();
+    first.terminate();
+    assert!(first.wait_exit(STEP * 4).success());
+    let (found, body) = usage_at(other).await;
+    assert_eq!(found, Some((expected, expected)), "after the stop: {body}");
+    second.kill();
+}
