@@ -25,6 +25,8 @@ use tokio_tungstenite::tungstenite::Message;
 use webrtc_util::Conn as _;
 
 const KEY: &str = "usage-key";
+/// The API key of `fleet::start_fleet_signaling`.
+const FLEET_KEY: &str = "fleet-test-key";
 const TO_PEER: (usize, usize) = (120, 1000); // packets, bytes each
 const TO_CLIENT: (usize, usize) = (80, 700);
 const STEP: Duration = Duration::from_secs(5);
@@ -162,6 +164,35 @@ async fn relay_known_traffic(
     (client, expected)
 }
 
+/// `GET path` on signaling's API with `Bearer key` (and `Accept: accept`): checked 200;
+/// (content type, body).
+async fn v1_get(addr: SocketAddr, key: &str, path: &str, accept: Option<&str>) -> (String, String) {
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![("Authorization", auth.as_str())];
+    headers.extend(accept.map(|a| ("Accept", a)));
+    let (status, content_type, body) = http_request(addr, "GET", path, &headers, "").await;
+    assert_eq!(status, 200, "{path}: {body}");
+    (content_type, body)
+}
+
+/// Reads a usage report with `read` (every 100 ms, for at most 5 s) until `user` and `room`
+/// show `expected` bytes (to the peer, to the client); panics with the last report otherwise.
+async fn await_totals<F, R>(mut read: F, user: &str, room: &str, expected: (u64, u64))
+where
+    F: FnMut() -> R,
+    R: Future<Output = String>,
+{
+    let mut last = String::new();
+    for _ in 0..50 {
+        last = read().await;
+        if totals(&last, user, room) == Some((expected, expected)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{user}'s usage never showed {expected:?}: {last}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
     let mut command = Command::new(bin_path("signaling"));
@@ -183,48 +214,21 @@ async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
 
     // The allocation is still open: the totals are there already (workers publish every
     // 200 ms), not only when it ends.
-    let mut last = String::new();
-    let mut seen = None;
-    for _ in 0..50 {
+    let relay_usage = || async move {
         let (status, _, body) = http_request(admin, "GET", "/usage?since=10m", &[], "").await;
         assert_eq!(status, 200, "{body}");
-        if let Some((by_user, by_room)) = totals(&body, &user, room)
-            && by_user == expected
-        {
-            seen = Some(by_room);
-            break;
-        }
-        last = body;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let by_room = seen.unwrap_or_else(|| panic!("relay /usage never showed {expected:?}: {last}"));
-    assert_eq!(by_room, expected);
+        body
+    };
+    await_totals(relay_usage, &user, room, expected).await;
 
     // The same through signaling's admin API, JSON and CSV; refused without the key.
-    let auth = format!("Bearer {KEY}");
-    let (status, _, body) = http_request(
-        server,
-        "GET",
-        "/v1/usage?since=10m",
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let (_, body) = v1_get(server, KEY, "/v1/usage?since=10m", None).await;
     assert_eq!(
         totals(&body, &user, room),
         Some((expected, expected)),
         "{body}"
     );
-    let (status, content_type, csv) = http_request(
-        server,
-        "GET",
-        "/v1/usage?by=room",
-        &[("Authorization", &auth), ("Accept", "text/csv")],
-        "",
-    )
-    .await;
-    assert_eq!(status, 200, "{csv}");
+    let (content_type, csv) = v1_get(server, KEY, "/v1/usage?by=room", Some("text/csv")).await;
     assert!(content_type.starts_with("text/csv"), "{content_type}");
     let line = csv
         .lines()
@@ -256,18 +260,15 @@ async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
 /// hour apart) publishes only when it stops, and nothing it relayed is missing.
 #[test]
 fn fleet_relays_publish_their_usage_and_it_outlives_them() {
-    use crate::fleet::{api_get, start_fleet_relay_with, start_fleet_signaling};
+    use crate::fleet::{start_fleet_relay_with, start_fleet_signaling};
     let redis = e2e::redis::RedisServer::start();
     let signaling = start_fleet_signaling(&redis);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let usage_of = |user: String, room: &'static str| {
-            let addr = signaling.addr;
-            async move {
-                let (status, body) = api_get(addr, "/v1/usage?since=1h").await;
-                assert_eq!(status, 200, "{body}");
-                (totals(&body, &user, room), body)
-            }
+        let usage = || async {
+            v1_get(signaling.addr, FLEET_KEY, "/v1/usage?since=1h", None)
+                .await
+                .1
         };
         let relay_a = start_fleet_relay_with(&redis, "usage-a", &["--drain-timeout", "1s"]);
         await_fleet(signaling.addr, "usage-a", "-").await;
@@ -275,18 +276,7 @@ fn fleet_relays_publish_their_usage_and_it_outlives_them() {
         let relay = SocketAddr::from(([127, 0, 0, 1], relay_a.port));
         let (client, expected_a) = relay_known_traffic(relay, &username, &credential).await;
         let user_a = format!("room-a:{peer_a}");
-        let mut last = String::new();
-        let mut live = false;
-        for _ in 0..50 {
-            let (totals, body) = usage_of(user_a.clone(), "room-a").await;
-            if totals == Some((expected_a, expected_a)) {
-                live = true;
-                break;
-            }
-            last = body;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(live, "relay A's usage never reached /v1/usage: {last}");
+        await_totals(usage, &user_a, "room-a", expected_a).await;
         client.close().await.unwrap();
         drop(relay_a);
 
@@ -301,18 +291,29 @@ fn fleet_relays_publish_their_usage_and_it_outlives_them() {
         let relay = SocketAddr::from(([127, 0, 0, 1], relay_b.port));
         let (client, expected_b) = relay_known_traffic(relay, &username, &credential).await;
         let user_b = format!("room-b:{peer_b}");
-        let (before_stop, body) = usage_of(user_b.clone(), "room-b").await;
-        assert_eq!(before_stop, None, "B has not published yet: {body}");
+        let body = usage().await;
+        assert_eq!(
+            totals(&body, &user_b, "room-b"),
+            None,
+            "B has not published yet: {body}"
+        );
         client.close().await.unwrap();
         relay_b.proc.terminate();
         let status = relay_b.proc.wait_exit(STEP * 2);
         assert!(status.success(), "relay B: {status:?}");
 
         // Both relays are gone; what they relayed is reported, to the byte.
-        let (b, body) = usage_of(user_b, "room-b").await;
-        assert_eq!(b, Some((expected_b, expected_b)), "{body}");
-        let (a, body) = usage_of(user_a, "room-a").await;
-        assert_eq!(a, Some((expected_a, expected_a)), "{body}");
+        let body = usage().await;
+        assert_eq!(
+            totals(&body, &user_b, "room-b"),
+            Some((expected_b, expected_b)),
+            "{body}"
+        );
+        assert_eq!(
+            totals(&body, &user_a, "room-a"),
+            Some((expected_a, expected_a)),
+            "{body}"
+        );
     });
 }
 
@@ -357,39 +358,17 @@ async fn an_in_process_relay_of_a_cluster_node_is_reported_by_every_node() {
     let (_ws, peer_id, username, credential) = join(server, room).await;
     let user = format!("{room}:{peer_id}");
     let (client, expected) = relay_known_traffic(relay, &username, &credential).await;
-    let auth = format!("Bearer {KEY}");
-    let usage_at = |addr: SocketAddr| {
-        let auth = auth.clone();
-        let user = user.clone();
-        async move {
-            let (status, _, body) = http_request(
-                addr,
-                "GET",
-                "/v1/usage?since=1h",
-                &[("Authorization", &auth)],
-                "",
-            )
-            .await;
-            assert_eq!(status, 200, "{body}");
-            (totals(&body, &user, room), body)
-        }
-    };
-    let mut last = String::new();
-    let mut seen = false;
-    for _ in 0..50 {
-        let (found, body) = usage_at(other).await;
-        if found == Some((expected, expected)) {
-            seen = true;
-            break;
-        }
-        last = body;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(seen, "the other node never reported the usage: {last}");
+    let usage_at =
+        |addr: SocketAddr| async move { v1_get(addr, KEY, "/v1/usage?since=1h", None).await.1 };
+    await_totals(|| usage_at(other), &user, room, expected).await;
     client.close().await.unwrap();
     first.terminate();
     assert!(first.wait_exit(STEP * 4).success());
-    let (found, body) = usage_at(other).await;
-    assert_eq!(found, Some((expected, expected)), "after the stop: {body}");
+    let body = usage_at(other).await;
+    assert_eq!(
+        totals(&body, &user, room),
+        Some((expected, expected)),
+        "after the stop: {body}"
+    );
     second.kill();
 }
