@@ -45,14 +45,20 @@ impl UsagePublisher {
 
     /// Publishes the usage that changed since the last publication; on a failure, what was
     /// not published waits for the next (the ledger keeps it; nothing is counted twice, as
-    /// the totals are absolute). True when everything was published.
+    /// the totals are absolute). True when everything was published. Cancel-safe: what a
+    /// dropped call had taken goes back to the ledger.
     pub async fn publish(&self) -> bool {
         let _publishing = self.publishing.lock().await;
-        let (taken, overflowed) = {
+        let (buckets, overflowed) = {
             let mut ledger = self.book.lock();
             (ledger.take_changes(), ledger.overflowed())
         };
-        for (i, bucket) in taken.iter().enumerate() {
+        let mut taken = Taken {
+            book: &self.book,
+            buckets,
+            published: 0,
+        };
+        while let Some(bucket) = taken.buckets.get(taken.published) {
             let published = fleet::usage::publish(
                 &self.conn,
                 &self.publisher,
@@ -64,9 +70,9 @@ impl UsagePublisher {
             .await;
             if let Err(e) = published {
                 tracing::warn!(error = %e, "could not publish usage to the relay fleet");
-                self.book.lock().restore_changes(&taken[i..]);
                 return false;
             }
+            taken.published += 1;
         }
         true
     }
@@ -96,5 +102,23 @@ impl UsagePublisher {
             attempts,
             "the last usage could not be published to the relay fleet: it was on this relay's /usage only"
         );
+    }
+}
+
+/// Changes taken from the ledger for one publication; those not published when it is dropped
+/// (a failure, or a cancelled call) are marked changed again.
+struct Taken<'a> {
+    book: &'a UsageBook,
+    buckets: Vec<fleet::usage::BucketTotals>,
+    published: usize,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(rest) = self.buckets.get(self.published..)
+            && !rest.is_empty()
+        {
+            self.book.lock().restore_changes(rest);
+        }
     }
 }

@@ -176,7 +176,8 @@ pub(crate) mod server {
         /// Where the listener hands TURN connections (`--shared-port`).
         #[cfg(feature = "with-relay")]
         pub relay_intake: std::sync::OnceLock<relay::StreamIntake>,
-        /// The in-process relay's usage ledger (`--with-relay`): `GET /v1/usage` reads it.
+        /// The in-process relay's usage ledger (`--with-relay`): `GET /v1/usage` reads it on a
+        /// single node (in a cluster the node publishes it to Redis and reads Redis).
         #[cfg(feature = "with-relay")]
         pub relay_usage: std::sync::OnceLock<Arc<relay::usage::UsageBook>>,
         /// Cancelled by `POST /v1/drain`: `serve` drains as on SIGTERM.
