@@ -154,26 +154,33 @@ pub(crate) async fn join(addr: SocketAddr, room: &str) -> (Ws, u16) {
     }
 }
 
-/// For each socket, the relay port of the first `ice_servers` it gets within `limit`; and when
-/// the last of those arrived, after `since` (the sockets are read concurrently).
+/// For each socket, the relay port its room ended up on, if other than its port in `ports`:
+/// that of the last `ice_servers` it gets within `limit` (a relay whose lease lapsed for a
+/// moment under load moves rooms away and back within the window); and when the last of the
+/// first moves arrived, after `since`. The sockets are read concurrently, each until `limit`,
+/// so nothing of one step is left for the next.
 async fn moved(
     sockets: &mut [Ws],
+    ports: &[u16],
     limit: Duration,
     since: Instant,
 ) -> (Vec<Option<u16>>, Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     let reads = sockets.iter_mut().map(|ws| async move {
-        loop {
-            let Ok(Some(Ok(Message::Text(text)))) =
-                tokio::time::timeout_at(deadline, ws.next()).await
-            else {
-                return None;
+        let mut seen: Option<(u16, Duration)> = None;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, ws.next()).await {
+            let Message::Text(text) = message else {
+                continue;
             };
             let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
-            if let ServerMessage::IceServers { ice_servers } = frame.message {
-                return Some((turn_port(&ice_servers)?, since.elapsed()));
+            if let ServerMessage::IceServers { ice_servers } = frame.message
+                && let Some(port) = turn_port(&ice_servers)
+            {
+                let first_at = seen.map_or_else(|| since.elapsed(), |(_, at)| at);
+                seen = Some((port, first_at));
             }
         }
+        seen
     });
     let results = futures_util::future::join_all(reads).await;
     let last = results
@@ -182,10 +189,11 @@ async fn moved(
         .map(|(_, at)| *at)
         .max()
         .unwrap_or_default();
-    (
-        results.iter().map(|r| r.map(|(port, _)| port)).collect(),
-        last,
-    )
+    let ended_elsewhere = results
+        .iter()
+        .zip(ports)
+        .map(|(r, was)| r.map(|(port, _)| port).filter(|port| port != was));
+    (ended_elsewhere.collect(), last)
 }
 
 fn share(ports: &[u16]) -> HashMap<u16, usize> {
@@ -249,7 +257,7 @@ fn rooms_spread_over_the_fleet_and_move_when_a_relay_joins_dies_or_drains() {
         // Join: a fourth relay takes about a quarter of the rooms, and only those move.
         let fourth = start_fleet_relay(&redis, "r4");
         let started = Instant::now();
-        let (moves, took) = moved(&mut sockets, Duration::from_secs(3), started).await;
+        let (moves, took) = moved(&mut sockets, &ports, Duration::from_secs(3), started).await;
         let to_fourth = moves.iter().filter(|m| **m == Some(fourth.port)).count();
         assert_eq!(
             moves.iter().flatten().count(),
@@ -269,7 +277,7 @@ fn rooms_spread_over_the_fleet_and_move_when_a_relay_joins_dies_or_drains() {
         let fourth_rooms: Vec<usize> = (0..300).filter(|i| ports[*i] == fourth.port).collect();
         let started = Instant::now();
         drop(fourth);
-        let (moves, elapsed) = moved(&mut sockets, Duration::from_secs(4), started).await;
+        let (moves, elapsed) = moved(&mut sockets, &ports, Duration::from_secs(4), started).await;
         for (i, m) in moves.iter().enumerate() {
             if fourth_rooms.contains(&i) {
                 let port = m.unwrap_or_else(|| panic!("room-{i} was not moved off the dead relay"));
@@ -290,7 +298,7 @@ fn rooms_spread_over_the_fleet_and_move_when_a_relay_joins_dies_or_drains() {
         let started = Instant::now();
         let rc = unsafe { libc::kill(victim.proc.pid() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(rc, 0);
-        let (moves, took) = moved(&mut sockets, Duration::from_secs(3), started).await;
+        let (moves, took) = moved(&mut sockets, &ports, Duration::from_secs(3), started).await;
         for (i, m) in moves.iter().enumerate() {
             if victim_rooms.contains(&i) {
                 let port =
