@@ -538,9 +538,9 @@ impl Collector for Metrics {
         ] {
             counter(&mut e, name, help, value)?;
         }
-        let (overflowed, entries) = {
+        let (overflowed, entries, unpublished) = {
             let ledger = self.usage.lock();
-            (ledger.overflowed(), ledger.entries())
+            (ledger.overflowed(), ledger.entries(), ledger.unpublished())
         };
         counter(
             &mut e,
@@ -553,6 +553,12 @@ impl Collector for Metrics {
             "relay_usage_entries",
             "(user, bucket) entries held by the usage ledger",
             entries as u64,
+        )?;
+        gauge(
+            &mut e,
+            "relay_usage_unpublished",
+            "(user, bucket) entries changed and not yet published to the fleet's Redis",
+            unpublished as u64,
         )?;
         Ok(())
     }

@@ -76,6 +76,14 @@ impl UsageLedger {
         }
     }
 
+    /// (user, bucket) entries whose change is not published to the fleet yet (0 when the
+    /// relay does not publish): what a Redis outage has held back.
+    pub fn unpublished(&self) -> usize {
+        self.changes
+            .as_ref()
+            .map_or(0, |c| c.values().map(|b| b.users.len()).sum())
+    }
+
     /// The bucket width, retention and per-bucket cap.
     pub fn limits(&self) -> &UsageLimits {
         &self.limits
@@ -568,8 +576,10 @@ mod tests {
         assert_eq!(taken[0].other, usage(5, 0), "a:2 went to other");
         assert_eq!(to_peer(&taken[1].users), [("a:1".to_owned(), 4)]);
         assert!(l.take_changes().is_empty(), "taken once");
+        assert_eq!(l.unpublished(), 0);
         // A failed publication puts them back; the totals are the ledger's at the next take.
         l.restore_changes(&taken);
+        assert_eq!(l.unpublished(), 2, "a:1 in both buckets");
         l.record(80, "a:1", usage(1, 0));
         let again = l.take_changes();
         assert_eq!(again[0].other, usage(5, 0));

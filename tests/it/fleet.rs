@@ -70,28 +70,18 @@ pub(crate) fn start_fleet_relay_with(redis: &RedisServer, id: &str, extra: &[&st
     FleetRelay { proc, port, admin }
 }
 
+/// A sample of a relay's own `/metrics` (0 when absent).
+pub(crate) fn relay_metric(relay: &FleetRelay, sample: &str) -> u64 {
+    let (status, text) = testkit::http_get(relay.admin, "/metrics").expect("relay /metrics");
+    assert_eq!(status, 200, "{text}");
+    testkit::metric_value(&text, sample).map_or(0, |v| v as u64)
+}
+
 /// Payload bytes a relay relayed (to peers, to clients), from its own `/metrics`.
 pub(crate) fn relayed_bytes(relay: &FleetRelay) -> (u64, u64) {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(relay.admin).expect("admin");
-    let request = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    stream.write_all(request.as_bytes()).expect("write");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read");
-    let value = |series: &str| {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
-    };
     (
-        value("relay_bytes_relayed_total{direction=\"to_peer\"}"),
-        value("relay_bytes_relayed_total{direction=\"to_client\"}"),
+        relay_metric(relay, "relay_bytes_relayed_total{direction=\"to_peer\"}"),
+        relay_metric(relay, "relay_bytes_relayed_total{direction=\"to_client\"}"),
     )
 }
 

@@ -260,7 +260,7 @@ async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
 /// hour apart) publishes only when it stops, and nothing it relayed is missing.
 #[test]
 fn fleet_relays_publish_their_usage_and_it_outlives_them() {
-    use crate::fleet::{start_fleet_relay_with, start_fleet_signaling};
+    use crate::fleet::{relay_metric, start_fleet_relay_with, start_fleet_signaling};
     let redis = e2e::redis::RedisServer::start();
     let signaling = start_fleet_signaling(&redis);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -277,6 +277,7 @@ fn fleet_relays_publish_their_usage_and_it_outlives_them() {
         let (client, expected_a) = relay_known_traffic(relay, &username, &credential).await;
         let user_a = format!("room-a:{peer_a}");
         await_totals(usage, &user_a, "room-a", expected_a).await;
+        assert_eq!(relay_metric(&relay_a, "relay_usage_unpublished"), 0);
         client.close().await.unwrap();
         drop(relay_a);
 
@@ -297,6 +298,17 @@ fn fleet_relays_publish_their_usage_and_it_outlives_them() {
             None,
             "B has not published yet: {body}"
         );
+        // What B holds back shows in its metrics: one (user, bucket) entry, once its workers
+        // have handed the counts over (200 ms).
+        let mut unpublished = 0;
+        for _ in 0..30 {
+            unpublished = relay_metric(&relay_b, "relay_usage_unpublished");
+            if unpublished == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(unpublished, 1, "relay B's relay_usage_unpublished");
         client.close().await.unwrap();
         relay_b.proc.terminate();
         let status = relay_b.proc.wait_exit(STEP * 2);
