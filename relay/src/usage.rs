@@ -8,7 +8,7 @@
 //! users; traffic of further users in a bucket goes to its `other` entry and is counted
 //! (`relay_usage_overflow_total`). Users are never metric labels.
 //!
-//! A fleet relay also publishes what changed to Redis (`UsageLedger::take_changes`, sent by
+//! A fleet relay also publishes what changed to Redis (`UsageLedger::changes`, sent by
 //! `registration`); [`UsageReport::of_fleet`] reads it back for signaling's `/v1/usage`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -53,7 +53,7 @@ pub struct UsageLedger {
     buckets: VecDeque<Bucket>,
     /// Records that found their bucket full of other users (counted into `other`).
     overflowed: u64,
-    /// What changed since [`UsageLedger::take_changes`] last ran, per bucket start; `None`
+    /// What changed and is not confirmed published yet, per bucket start; `None`
     /// unless the relay publishes to a fleet. A subset of the ledger: at most its entries.
     changes: Option<BTreeMap<u64, Changes>>,
 }
@@ -89,22 +89,22 @@ impl UsageLedger {
         &self.limits
     }
 
-    /// From now on, remember what changed for [`Self::take_changes`] (a fleet relay's
+    /// From now on, remember what changed for [`Self::changes`] (a fleet relay's
     /// publication of its usage).
     pub fn track_changes(&mut self) {
         self.changes.get_or_insert_default();
     }
 
-    /// The current totals of every user (and `other`) whose traffic changed since the last
-    /// call, per bucket, oldest first; forgets them until they change again.
-    pub fn take_changes(&mut self) -> Vec<BucketTotals> {
-        let Some(changes) = self.changes.as_mut() else {
+    /// The current totals of every user (and `other`) whose traffic changed since it was last
+    /// [confirmed published](Self::confirm_published), per bucket, oldest first.
+    pub fn changes(&self) -> Vec<BucketTotals> {
+        let Some(changes) = self.changes.as_ref() else {
             return Vec::new();
         };
         let width = self.limits.bucket_secs();
-        let mut taken = Vec::new();
-        for (start, changed) in std::mem::take(changes) {
-            let Some(bucket) = self.buckets.iter().find(|b| b.start == start) else {
+        let mut totals = Vec::new();
+        for (start, changed) in changes {
+            let Some(bucket) = self.bucket(*start) else {
                 continue;
             };
             let users = changed
@@ -112,8 +112,8 @@ impl UsageLedger {
                 .iter()
                 .filter_map(|u| Some((u.to_string(), *bucket.users.get(u)?)))
                 .collect();
-            taken.push(BucketTotals {
-                start,
+            totals.push(BucketTotals {
+                start: *start,
                 width,
                 users,
                 other: if changed.other {
@@ -123,25 +123,35 @@ impl UsageLedger {
                 },
             });
         }
-        taken
+        totals
     }
 
-    /// Marks `taken` (from [`Self::take_changes`], not published after all) as changed again,
-    /// for the buckets still kept.
-    pub fn restore_changes(&mut self, taken: &[BucketTotals]) {
-        let Some(changes) = self.changes.as_mut() else {
+    /// `published` (one bucket of [`Self::changes`]) is in the fleet's store: its users (and
+    /// `other`) stop counting as changed, unless they changed again since (their totals here
+    /// are higher now; totals only grow).
+    pub fn confirm_published(&mut self, published: &BucketTotals) {
+        let bucket = self.buckets.iter().find(|b| b.start == published.start);
+        let (Some(bucket), Some(changes)) = (bucket, self.changes.as_mut()) else {
             return;
         };
-        for bucket in taken {
-            if !self.buckets.iter().any(|b| b.start == bucket.start) {
-                continue;
+        let Some(changed) = changes.get_mut(&published.start) else {
+            return;
+        };
+        for (user, usage) in &published.users {
+            if bucket.users.get(user.as_str()) == Some(usage) {
+                changed.users.remove(user.as_str());
             }
-            let changed = changes.entry(bucket.start).or_default();
-            changed
-                .users
-                .extend(bucket.users.iter().map(|(u, _)| Box::from(u.as_str())));
-            changed.other |= !bucket.other.is_zero();
         }
+        if changed.other && bucket.other == published.other {
+            changed.other = false;
+        }
+        if changed.users.is_empty() && !changed.other {
+            changes.remove(&published.start);
+        }
+    }
+
+    fn bucket(&self, start: u64) -> Option<&Bucket> {
+        self.buckets.iter().find(|b| b.start == start)
     }
 
     /// Adds `usage` of `user` at `now_unix` (seconds).
@@ -552,13 +562,10 @@ mod tests {
     }
 
     #[test]
-    fn changes_are_taken_once_as_totals_and_restored_when_not_published() {
+    fn changes_are_totals_until_confirmed_published_unless_they_changed_again() {
         let mut l = ledger(1);
         l.record(0, "a:1", usage(1, 0));
-        assert!(
-            l.take_changes().is_empty(),
-            "not tracked before track_changes"
-        );
+        assert!(l.changes().is_empty(), "not tracked before track_changes");
         l.track_changes();
         l.record(10, "a:1", usage(2, 0));
         l.record(20, "a:2", usage(5, 0));
@@ -569,25 +576,29 @@ mod tests {
                 .map(|(u, n)| (u.clone(), n.bytes_to_peer))
                 .collect()
         };
-        let taken = l.take_changes();
-        assert_eq!(taken.len(), 2);
-        assert_eq!((taken[0].start, taken[0].width), (0, 60));
-        assert_eq!(to_peer(&taken[0].users), [("a:1".to_owned(), 3)]);
-        assert_eq!(taken[0].other, usage(5, 0), "a:2 went to other");
-        assert_eq!(to_peer(&taken[1].users), [("a:1".to_owned(), 4)]);
-        assert!(l.take_changes().is_empty(), "taken once");
-        assert_eq!(l.unpublished(), 0);
-        // A failed publication puts them back; the totals are the ledger's at the next take.
-        l.restore_changes(&taken);
+        let changes = l.changes();
+        assert_eq!(changes.len(), 2);
+        assert_eq!((changes[0].start, changes[0].width), (0, 60));
+        assert_eq!(to_peer(&changes[0].users), [("a:1".to_owned(), 3)]);
+        assert_eq!(changes[0].other, usage(5, 0), "a:2 went to other");
+        assert_eq!(to_peer(&changes[1].users), [("a:1".to_owned(), 4)]);
         assert_eq!(l.unpublished(), 2, "a:1 in both buckets");
+        // Until confirmed (a publication that failed or was dropped), they stay changes.
+        assert_eq!(l.changes(), changes);
+        // The first bucket is confirmed; the second changed again while it was published.
         l.record(80, "a:1", usage(1, 0));
-        let again = l.take_changes();
-        assert_eq!(again[0].other, usage(5, 0));
-        assert_eq!(to_peer(&again[1].users), [("a:1".to_owned(), 5)]);
+        l.confirm_published(&changes[0]);
+        l.confirm_published(&changes[1]);
+        let again = l.changes();
+        assert_eq!(again.len(), 1);
+        assert_eq!(to_peer(&again[0].users), [("a:1".to_owned(), 5)]);
+        l.confirm_published(&again[0]);
+        assert!(l.changes().is_empty());
+        assert_eq!(l.unpublished(), 0);
         // Changes of buckets past the retention are dropped with them.
         l.record(90, "a:1", usage(1, 0));
         l.record(6_000, "b:1", usage(1, 0));
-        let late = l.take_changes();
+        let late = l.changes();
         assert_eq!(late.len(), 1);
         assert_eq!(late[0].start, 6_000);
         let fleet = FleetUsage {

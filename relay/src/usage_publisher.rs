@@ -43,22 +43,17 @@ impl UsagePublisher {
         }
     }
 
-    /// Publishes the usage that changed since the last publication; on a failure, what was
-    /// not published waits for the next (the ledger keeps it; nothing is counted twice, as
-    /// the totals are absolute). True when everything was published. Cancel-safe: what a
-    /// dropped call had taken goes back to the ledger.
+    /// Publishes the usage that changed since it was last published. What is not confirmed
+    /// published (a failure, or a dropped call) stays a change in the ledger and goes with the
+    /// next publication; nothing is counted twice, as the totals are absolute. True when
+    /// everything was published.
     pub async fn publish(&self) -> bool {
         let _publishing = self.publishing.lock().await;
-        let (buckets, overflowed) = {
-            let mut ledger = self.book.lock();
-            (ledger.take_changes(), ledger.overflowed())
+        let (changes, overflowed) = {
+            let ledger = self.book.lock();
+            (ledger.changes(), ledger.overflowed())
         };
-        let mut taken = Taken {
-            book: &self.book,
-            buckets,
-            published: 0,
-        };
-        while let Some(bucket) = taken.buckets.get(taken.published) {
+        for bucket in &changes {
             let published = fleet::usage::publish(
                 &self.conn,
                 &self.publisher,
@@ -72,7 +67,7 @@ impl UsagePublisher {
                 tracing::warn!(error = %e, "could not publish usage to the relay fleet");
                 return false;
             }
-            taken.published += 1;
+            self.book.lock().confirm_published(bucket);
         }
         true
     }
@@ -102,23 +97,5 @@ impl UsagePublisher {
             attempts,
             "the last usage could not be published to the relay fleet: it was on this relay's /usage only"
         );
-    }
-}
-
-/// Changes taken from the ledger for one publication; those not published when it is dropped
-/// (a failure, or a cancelled call) are marked changed again.
-struct Taken<'a> {
-    book: &'a UsageBook,
-    buckets: Vec<fleet::usage::BucketTotals>,
-    published: usize,
-}
-
-impl Drop for Taken<'_> {
-    fn drop(&mut self) {
-        if let Some(rest) = self.buckets.get(self.published..)
-            && !rest.is_empty()
-        {
-            self.book.lock().restore_changes(rest);
-        }
     }
 }

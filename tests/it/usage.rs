@@ -24,6 +24,8 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use webrtc_util::Conn as _;
 
+use crate::fleet::{relay_metric, start_fleet_relay_with, start_fleet_signaling};
+
 const KEY: &str = "usage-key";
 /// The API key of `fleet::start_fleet_signaling`.
 const FLEET_KEY: &str = "fleet-test-key";
@@ -260,7 +262,6 @@ async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
 /// hour apart) publishes only when it stops, and nothing it relayed is missing.
 #[test]
 fn fleet_relays_publish_their_usage_and_it_outlives_them() {
-    use crate::fleet::{relay_metric, start_fleet_relay_with, start_fleet_signaling};
     let redis = e2e::redis::RedisServer::start();
     let signaling = start_fleet_signaling(&redis);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -385,4 +386,44 @@ async fn an_in_process_relay_of_a_cluster_node_is_reported_by_every_node() {
         "after the stop: {body}"
     );
     second.kill();
+}
+
+/// A Redis outage (the server frozen with SIGSTOP) while a fleet relay relays: its usage is
+/// held back (`relay_usage_unpublished`) and reaches `/v1/usage` whole once Redis answers.
+#[test]
+fn a_redis_outage_holds_the_usage_back_and_loses_none() {
+    let redis = e2e::redis::RedisServer::start();
+    let signaling = start_fleet_signaling(&redis);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let relay_a = start_fleet_relay_with(&redis, "outage-a", &["--drain-timeout", "1s"]);
+        await_fleet(signaling.addr, "outage-a", "-").await;
+        let (_ws, peer, username, credential) = join(signaling.addr, "outage").await;
+        let user = format!("outage:{peer}");
+
+        redis.freeze();
+        let relay = SocketAddr::from(([127, 0, 0, 1], relay_a.port));
+        let (client, expected) = relay_known_traffic(relay, &username, &credential).await;
+        let mut held = 0;
+        for _ in 0..30 {
+            held = relay_metric(&relay_a, "relay_usage_unpublished");
+            if held == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(held, 1, "the relay holds the user's usage back");
+        // Past a publication's deadline (2 s): it failed, and the change stays.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(relay_metric(&relay_a, "relay_usage_unpublished"), 1);
+        redis.thaw();
+
+        let usage = || async {
+            v1_get(signaling.addr, FLEET_KEY, "/v1/usage?since=1h", None)
+                .await
+                .1
+        };
+        await_totals(usage, &user, "outage", expected).await;
+        client.close().await.unwrap();
+    });
 }
