@@ -58,7 +58,8 @@ pub struct UsageLedger {
     changes: Option<BTreeMap<u64, Changes>>,
 }
 
-/// The users (and whether `other`) of one bucket whose totals changed since the last take.
+/// The users (and whether `other`) of one bucket whose totals changed since they were last
+/// confirmed published.
 #[derive(Debug, Default)]
 struct Changes {
     users: HashSet<Box<str>>,

@@ -260,87 +260,67 @@ async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
 /// Redis on its heartbeats and once more when it stops, and signaling reports them summed,
 /// after the relays are gone. Relay A (200 ms heartbeats) is seen live; relay B (heartbeats an
 /// hour apart) publishes only when it stops, and nothing it relayed is missing.
-#[test]
-fn fleet_relays_publish_their_usage_and_it_outlives_them() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_relays_publish_their_usage_and_it_outlives_them() {
     let redis = e2e::redis::RedisServer::start();
     let signaling = start_fleet_signaling(&redis);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let usage = || async {
-            v1_get(signaling.addr, FLEET_KEY, "/v1/usage?since=1h", None)
-                .await
-                .1
-        };
-        let relay_a = start_fleet_relay_with(&redis, "usage-a", &["--drain-timeout", "1s"]);
-        await_fleet(signaling.addr, "usage-a", "-").await;
-        let (_ws_a, peer_a, username, credential) = join(signaling.addr, "room-a").await;
-        let relay = SocketAddr::from(([127, 0, 0, 1], relay_a.port));
-        let (client, expected_a) = relay_known_traffic(relay, &username, &credential).await;
-        let user_a = format!("room-a:{peer_a}");
-        await_totals(usage, &user_a, "room-a", expected_a).await;
-        assert_eq!(relay_metric(&relay_a, "relay_usage_unpublished"), 0);
-        client.close().await.unwrap();
-        drop(relay_a);
+    let usage = || async {
+        v1_get(signaling.addr, FLEET_KEY, "/v1/usage?since=1h", None)
+            .await
+            .1
+    };
+    let a = FleetCall::start(&redis, signaling.addr, "usage-a", "room-a", &[]).await;
+    let (client, expected_a) = a.relay_known_traffic().await;
+    await_totals(usage, &a.user, "room-a", expected_a).await;
+    assert_eq!(relay_metric(&a.relay, "relay_usage_unpublished"), 0);
+    client.close().await.unwrap();
+    let user_a = a.user.clone();
+    drop(a);
 
-        let quiet = ["--node-heartbeat", "1h", "--node-lease", "2h"];
-        let mut relay_b = start_fleet_relay_with(
-            &redis,
-            "usage-b",
-            &[&quiet[..], &["--drain-timeout", "1s"]].concat(),
-        );
-        await_fleet(signaling.addr, "usage-b", "usage-a").await;
-        let (_ws_b, peer_b, username, credential) = join(signaling.addr, "room-b").await;
-        let relay = SocketAddr::from(([127, 0, 0, 1], relay_b.port));
-        let (client, expected_b) = relay_known_traffic(relay, &username, &credential).await;
-        let user_b = format!("room-b:{peer_b}");
-        let body = usage().await;
-        assert_eq!(
-            totals(&body, &user_b, "room-b"),
-            None,
-            "B has not published yet: {body}"
-        );
-        // What B holds back shows in its metrics: one (user, bucket) entry, once its workers
-        // have handed the counts over (200 ms).
-        let mut unpublished = 0;
-        for _ in 0..30 {
-            unpublished = relay_metric(&relay_b, "relay_usage_unpublished");
-            if unpublished == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(unpublished, 1, "relay B's relay_usage_unpublished");
-        client.close().await.unwrap();
-        relay_b.proc.terminate();
-        let status = relay_b.proc.wait_exit(STEP * 2);
-        assert!(status.success(), "relay B: {status:?}");
+    let quiet = ["--node-heartbeat", "1h", "--node-lease", "2h"];
+    let mut b = FleetCall::start(&redis, signaling.addr, "usage-b", "room-b", &quiet).await;
+    let (client, expected_b) = b.relay_known_traffic().await;
+    let body = usage().await;
+    assert_eq!(
+        totals(&body, &b.user, "room-b"),
+        None,
+        "B has not published yet: {body}"
+    );
+    // What B holds back shows in its metrics.
+    await_held_back(&b.relay).await;
+    client.close().await.unwrap();
+    b.relay.proc.terminate();
+    let status = b.relay.proc.wait_exit(STEP * 2);
+    assert!(status.success(), "relay B: {status:?}");
 
-        // Both relays are gone; what they relayed is reported, to the byte.
-        let body = usage().await;
-        assert_eq!(
-            totals(&body, &user_b, "room-b"),
-            Some((expected_b, expected_b)),
-            "{body}"
-        );
-        assert_eq!(
-            totals(&body, &user_a, "room-a"),
-            Some((expected_a, expected_a)),
-            "{body}"
-        );
-    });
+    // Both relays are gone; what they relayed is reported, to the byte.
+    let body = usage().await;
+    assert_eq!(
+        totals(&body, &b.user, "room-b"),
+        Some((expected_b, expected_b)),
+        "{body}"
+    );
+    assert_eq!(
+        totals(&body, &user_a, "room-a"),
+        Some((expected_a, expected_a)),
+        "{body}"
+    );
 }
 
-/// Waits until signaling's `/v1/relays` lists relay `present` and not `absent`.
-async fn await_fleet(addr: SocketAddr, present: &str, absent: &str) {
+/// Waits until signaling's `/v1/relays` lists relay `id` and no other.
+async fn await_fleet(addr: SocketAddr, id: &str) {
     let mut body = String::new();
     for _ in 0..100 {
         body = crate::fleet::api_get(addr, "/v1/relays").await.1;
-        if body.contains(&format!("\"{present}\"")) && !body.contains(&format!("\"{absent}\"")) {
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if let Some([relay]) = view["relays"].as_array().map(Vec::as_slice)
+            && relay["id"] == id
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the fleet never became {present} without {absent}: {body}");
+    panic!("the fleet never became {id} alone: {body}");
 }
 
 /// A cluster node's in-process relay publishes to Redis like a fleet relay: its usage is
@@ -390,40 +370,80 @@ async fn an_in_process_relay_of_a_cluster_node_is_reported_by_every_node() {
 
 /// A Redis outage (the server frozen with SIGSTOP) while a fleet relay relays: its usage is
 /// held back (`relay_usage_unpublished`) and reaches `/v1/usage` whole once Redis answers.
-#[test]
-fn a_redis_outage_holds_the_usage_back_and_loses_none() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_holds_the_usage_back_and_loses_none() {
     let redis = e2e::redis::RedisServer::start();
     let signaling = start_fleet_signaling(&redis);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let relay_a = start_fleet_relay_with(&redis, "outage-a", &["--drain-timeout", "1s"]);
-        await_fleet(signaling.addr, "outage-a", "-").await;
-        let (_ws, peer, username, credential) = join(signaling.addr, "outage").await;
-        let user = format!("outage:{peer}");
+    let call = FleetCall::start(&redis, signaling.addr, "outage-a", "outage", &[]).await;
+    redis.freeze();
+    let (client, expected) = call.relay_known_traffic().await;
+    await_held_back(&call.relay).await;
+    // Past a publication's deadline (2 s): it failed, and the change stays.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(relay_metric(&call.relay, "relay_usage_unpublished"), 1);
+    redis.thaw();
 
-        redis.freeze();
-        let relay = SocketAddr::from(([127, 0, 0, 1], relay_a.port));
-        let (client, expected) = relay_known_traffic(relay, &username, &credential).await;
-        let mut held = 0;
-        for _ in 0..30 {
-            held = relay_metric(&relay_a, "relay_usage_unpublished");
-            if held == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let usage = || async {
+        v1_get(signaling.addr, FLEET_KEY, "/v1/usage?since=1h", None)
+            .await
+            .1
+    };
+    await_totals(usage, &call.user, "outage", expected).await;
+    client.close().await.unwrap();
+}
+
+/// Waits (at most 3 s) until `relay` holds one (user, bucket) entry back from the fleet's
+/// Redis (`relay_usage_unpublished`): once its workers have handed the counts over (200 ms).
+async fn await_held_back(relay: &crate::fleet::FleetRelay) {
+    let mut held = 0;
+    for _ in 0..30 {
+        held = relay_metric(relay, "relay_usage_unpublished");
+        if held == 1 {
+            return;
         }
-        assert_eq!(held, 1, "the relay holds the user's usage back");
-        // Past a publication's deadline (2 s): it failed, and the change stays.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert_eq!(relay_metric(&relay_a, "relay_usage_unpublished"), 1);
-        redis.thaw();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("relay_usage_unpublished is {held}, not 1");
+}
 
-        let usage = || async {
-            v1_get(signaling.addr, FLEET_KEY, "/v1/usage?since=1h", None)
-                .await
-                .1
-        };
-        await_totals(usage, &user, "outage", expected).await;
-        client.close().await.unwrap();
-    });
+/// A fleet relay that signaling hands out, and a peer joined to a room served by it.
+struct FleetCall {
+    relay: crate::fleet::FleetRelay,
+    _ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    /// The user the relay bills: `ROOM:PEER`.
+    user: String,
+    username: String,
+    credential: String,
+}
+
+impl FleetCall {
+    /// Starts relay `id` in the fleet on `redis` (with `extra` flags; a 1 s drain), waits
+    /// until signaling at `signaling` lists it alone, and joins `room` there.
+    async fn start(
+        redis: &e2e::redis::RedisServer,
+        signaling: SocketAddr,
+        id: &str,
+        room: &str,
+        extra: &[&str],
+    ) -> Self {
+        let flags = [extra, &["--drain-timeout", "1s"]].concat();
+        let relay = start_fleet_relay_with(redis, id, &flags);
+        await_fleet(signaling, id).await;
+        let (ws, peer, username, credential) = join(signaling, room).await;
+        Self {
+            relay,
+            _ws: ws,
+            user: format!("{room}:{peer}"),
+            username,
+            credential,
+        }
+    }
+
+    /// [`relay_known_traffic`] through this call's relay.
+    async fn relay_known_traffic(&self) -> (testkit::turn_client::Client, (u64, u64)) {
+        let relay = SocketAddr::from(([127, 0, 0, 1], self.relay.port));
+        relay_known_traffic(relay, &self.username, &self.credential).await
+    }
 }
