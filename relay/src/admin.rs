@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::metrics::Metrics;
-use crate::usage::{UsageBook, UsageReport, unix_now};
+use crate::usage::{UsageReport, unix_now};
 
 /// The admin routes over `metrics`.
 pub fn router(metrics: Arc<Metrics>) -> Router {
@@ -44,23 +44,14 @@ async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse 
 }
 
 /// `GET /usage?from=&to=` or `?since=`, `format=json|csv`, `by=user|room` (CSV only).
+/// Signaling's `/v1/usage` parses and answers with the same [`UsageQuery`].
 async fn usage(
     State(metrics): State<Arc<Metrics>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    usage_response(metrics.usage(), &query, &headers)
-}
-
-/// The `/usage` answer over `book` for the query parameters `query` (shared with signaling's
-/// `/v1/usage`, which reads an in-process relay's book the same way).
-pub fn usage_response(
-    book: &UsageBook,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
-) -> Response {
-    match UsageQuery::parse(query, headers, unix_now()) {
-        Ok(query) => query.respond(&book.report(query.from, query.to)),
+    match UsageQuery::parse(&query, &headers, unix_now()) {
+        Ok(query) => query.respond(&metrics.usage().report(query.from, query.to)),
         Err(refusal) => refusal.into_response(),
     }
 }
