@@ -1,5 +1,5 @@
 //! Publishes a relay's usage ledger to the fleet's Redis (`fleet::usage`): the totals of what
-//! changed since the last publication, so that signaling's `/v1/usage` reports every relay and
+//! changed since Redis last confirmed them, so that signaling's `/v1/usage` reports every relay and
 //! the counts outlive the process. Used by a registered relay on its heartbeats and at its
 //! stop, and by signaling's in-process relay in a cluster.
 
@@ -19,8 +19,8 @@ pub struct UsagePublisher {
     /// How long Redis keeps a bucket (the retention plus one bucket).
     keep: Duration,
     timeout: Duration,
-    /// Held from taking the changes to their publication, so that totals reach Redis in the
-    /// order they were taken (an older total never lands over a newer one).
+    /// Held from reading the changes to their confirmation, so that totals reach Redis in the
+    /// order they were read (an older total never lands over a newer one).
     publishing: tokio::sync::Mutex<()>,
 }
 
