@@ -83,16 +83,23 @@ class PeerPage {
   }
 
   /** Restarts ICE with the (first) remote peer; `reason` goes to the page's log. */
-  restartIce(reason) {
+  async restartIce(reason) {
+    this.restartedAt = await this.eval(() => performance.now());
     return this.eval((r) => [...window.__demo.room.peers.values()][0].restartIce(r), reason);
   }
 
-  /** Waits until the (first) remote peer's negotiation is stable and connected: an ICE restart was answered. */
+  /**
+   * Waits until the last `restartIce` was answered: an answer went either way after it (the
+   * restart's offer runs once the negotiation before it is done), and the (first) remote peer's
+   * negotiation is stable and connected. Right after `restartIce` the state is still stable: the
+   * offer comes later.
+   */
   iceRestartAnswered(what) {
-    return this.waitFor(() => {
+    return this.waitFor((since) => {
       const p = [...window.__demo.room.peers.values()][0];
-      return p.pc.signalingState === 'stable' && p.state === 'connected';
-    }, null, what);
+      const answered = window.__demo.events.some((e) => e.t >= since && e.type === 'log' && /^(<- answer from|-> answer to) /.test(e.message));
+      return answered && p.pc.signalingState === 'stable' && p.state === 'connected';
+    }, Math.floor(this.restartedAt ?? 0), what);
   }
 
   /** Drops the signaling link, keeps it down for `ms` and waits until the page shows it is reconnecting. */
