@@ -67,7 +67,10 @@ fn assert_start_up_fails(args: &[&str], expected: &str) {
 fn a_udp_port_held_with_so_reuseport_fails_start_up() {
     let (holder, addr) = reuseport_holder(Type::DGRAM, 0);
     let listen = addr.to_string();
-    assert_start_up_fails(&base_args(&listen, "2"), &format!("cannot bind udp {addr}"));
+    // UDP only (`--no-tcp`): the TCP port of the same number is not ours to hold, and another
+    // test may take it at any time.
+    let udp_only = [&base_args(&listen, "2")[..], &["--no-tcp"]].concat();
+    assert_start_up_fails(&udp_only, &format!("cannot bind udp {addr}"));
     // The holder still gets its traffic (nobody joined its group).
     let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
     probe.send_to(b"still mine", addr).unwrap();
@@ -80,7 +83,7 @@ fn a_udp_port_held_with_so_reuseport_fails_start_up() {
     assert_eq!(&buf[..n], b"still mine");
     // Once it is gone, the relay starts on that port.
     drop(holder);
-    let relay = RelayProcess::start_raw(&base_args(&listen, "2"));
+    let relay = RelayProcess::start_raw(&udp_only);
     assert_eq!(relay.udp, addr);
 }
 
