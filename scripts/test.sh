@@ -6,8 +6,8 @@
 # the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-step() { printf '\n==> %s\n' "$*" >&2; }
 start=$SECONDS
+step() { printf '\n==> %s (at %d s)\n' "$*" "$((SECONDS - start))" >&2; }
 
 step "install test dependencies"
 scripts/install-test-deps.sh
