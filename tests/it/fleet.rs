@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use e2e::redis::RedisServer;
 use futures_util::{SinkExt as _, StreamExt as _};
-use signaling::protocol::{ServerFrame, ServerMessage};
+use signaling::protocol::{ServerFrame, ServerMessage, SessionInfo};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::peer_e2e::{Proc, Signaling, start_signaling_with, wait_joined};
@@ -105,7 +105,7 @@ pub(crate) fn start_fleet_signaling(redis: &RedisServer) -> Signaling {
     )
 }
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The UDP port of the TURN URL in an `ice_servers` list.
@@ -120,8 +120,8 @@ fn turn_port(servers: &[signaling::protocol::IceServer]) -> Option<u16> {
         .and_then(|p| p.parse().ok())
 }
 
-/// Joins `room`; returns the socket and the port of the relay it was given.
-pub(crate) async fn join(addr: SocketAddr, room: &str) -> (Ws, u16) {
+/// Joins `room` over a WebSocket; returns the socket (kept open) and the session of its welcome.
+pub(crate) async fn join_session(addr: SocketAddr, room: &str) -> (Ws, SessionInfo) {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/{room}"))
         .await
         .expect("connect");
@@ -137,11 +137,17 @@ pub(crate) async fn join(addr: SocketAddr, room: &str) -> (Ws, u16) {
         if let Message::Text(text) = message {
             let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
             if let ServerMessage::Welcome { session, .. } = frame.message {
-                let port = turn_port(&session.ice_servers).expect("a TURN URL from the fleet");
-                return (ws, port);
+                return (ws, session);
             }
         }
     }
+}
+
+/// Joins `room`; returns the socket and the port of the relay it was given.
+pub(crate) async fn join(addr: SocketAddr, room: &str) -> (Ws, u16) {
+    let (ws, session) = join_session(addr, room).await;
+    let port = turn_port(&session.ice_servers).expect("a TURN URL from the fleet");
+    (ws, port)
 }
 
 /// For each socket, the relay port its room ended up on, if other than its port in `ports`:

@@ -16,15 +16,12 @@ use std::time::Duration;
 
 use e2e::bin_path;
 use e2e::signaling_http::http_request;
-use futures_util::{SinkExt as _, StreamExt as _};
-use signaling::protocol::{ClientMessage, ServerFrame, ServerMessage};
 use testkit::Spawned;
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::Message;
 use webrtc_util::Conn as _;
 
-use crate::fleet::{relay_metric, start_fleet_relay_with, start_fleet_signaling};
+use crate::fleet::{Ws, join_session, relay_metric, start_fleet_relay_with, start_fleet_signaling};
 
 const KEY: &str = "usage-key";
 /// The API key of `fleet::start_fleet_signaling`.
@@ -40,52 +37,22 @@ fn addr_after(line: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
-/// Joins `room` over a WebSocket; returns the socket (kept open) and the TURN username and
-/// credential of the welcome.
-async fn join(
-    server: SocketAddr,
-    room: &str,
-) -> (
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    String,
-    String,
-    String,
-) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{server}/ws/{room}"))
-        .await
-        .expect("connect");
-    let join = ClientMessage::Join {
-        id: Some(1),
-        versions: vec![1],
-        room: None,
-        name: None,
-        token: None,
-    };
-    ws.send(Message::text(serde_json::to_string(&join).unwrap()))
-        .await
-        .unwrap();
-    loop {
-        let msg = timeout(STEP, ws.next())
-            .await
-            .expect("welcome")
-            .unwrap()
-            .unwrap();
-        let Message::Text(text) = msg else { continue };
-        let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
-        if let ServerMessage::Welcome { session, .. } = frame.message {
-            let turn = session
-                .ice_servers
-                .iter()
-                .find(|s| s.username.is_some())
-                .expect("a TURN server with credentials");
-            return (
-                ws,
-                session.peer_id.0.clone(),
-                turn.username.clone().unwrap(),
-                turn.credential.clone().unwrap(),
-            );
-        }
-    }
+/// Joins `room` over a WebSocket; returns the socket (kept open), the peer id, and the TURN
+/// username and credential of the welcome.
+async fn join(server: SocketAddr, room: &str) -> (Ws, String, String, String) {
+    let (ws, session) = join_session(server, room).await;
+    let turn = session
+        .ice_servers
+        .iter()
+        .find(|s| s.username.is_some())
+        .expect("a TURN server with credentials");
+    let (username, credential) = (turn.username.clone(), turn.credential.clone());
+    (
+        ws,
+        session.peer_id.0,
+        username.unwrap(),
+        credential.unwrap(),
+    )
 }
 
 /// The (bytes_to_peer, bytes_to_client) of `user` and of `room` in a `/usage` JSON answer.
@@ -409,9 +376,7 @@ async fn await_held_back(relay: &crate::fleet::FleetRelay) {
 /// A fleet relay that signaling hands out, and a peer joined to a room served by it.
 struct FleetCall {
     relay: crate::fleet::FleetRelay,
-    _ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    _ws: Ws,
     /// The user the relay bills: `ROOM:PEER`.
     user: String,
     username: String,
