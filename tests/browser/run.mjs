@@ -160,7 +160,7 @@ class TestContext {
     if (failed) {
       for (const p of this.pages) {
         try {
-          const dump = await p.eval(() => ({ events: window.__demo.events.slice(0, 80), peers: window.__demo.peers(), signaling: document.body.dataset.signaling }));
+          const dump = await p.eval(() => ({ events: window.__demo.events.filter((e) => !/^(->|<-) candidate /.test(e.message || '')).slice(-80), peers: window.__demo.peers(), signaling: document.body.dataset.signaling }));
           p.dump = dump;
         } catch { /* page gone */ }
         try { await this.screenshot(p, `fail-${this.name.replace(/\W+/g, '_')}-${p.name}.png`, { fullPage: true }); } catch { /* page gone */ }
@@ -176,7 +176,7 @@ class TestContext {
     for (const p of this.pages) {
       parts.push(`  --- page ${p.name} (last console lines)\n${p.logs.slice(-25).map((l) => `    ${l}`).join('\n')}`);
       if (p.dump) {
-        parts.push(`  --- page ${p.name}: signaling ${p.dump.signaling}, peers ${JSON.stringify(p.dump.peers)}, last events:`);
+        parts.push(`  --- page ${p.name}: signaling ${p.dump.signaling}, peers ${JSON.stringify(p.dump.peers)}, last events (candidates left out):`);
         parts.push(p.dump.events.map((e) => `    ${JSON.stringify(e)}`).join('\n'));
       }
     }
