@@ -1,8 +1,9 @@
 //! coturn's test clients (Debian package `coturn`): `turnutils_peer` as a UDP echo peer and
 //! `turnutils_uclient` as a TURN client, with the report it prints parsed.
 
+use std::net::UdpSocket;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Panics with an install hint if coturn's test tools are missing.
 pub fn require_coturn() {
@@ -21,7 +22,8 @@ pub struct EchoPeer {
 }
 
 impl EchoPeer {
-    /// Starts the peer on a free port.
+    /// Starts the peer on a free port and returns once it echoes (at most 10 s): a packet
+    /// relayed to it before it has bound its port would be lost, and counted as the relay's loss.
     pub fn start() -> Self {
         require_coturn();
         let port = crate::free_port();
@@ -31,8 +33,38 @@ impl EchoPeer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn turnutils_peer");
-        std::thread::sleep(Duration::from_millis(200));
-        Self { child, port }
+        let mut peer = Self { child, port };
+        if !peer.echoes(Duration::from_secs(10)) {
+            let exited = peer.child.try_wait().ok().flatten();
+            panic!(
+                "turnutils_peer on 127.0.0.1:{port} does not echo after 10 s (exited: {exited:?})"
+            );
+        }
+        peer
+    }
+
+    /// Sends a probe every 50 ms until it comes back, for at most `limit`.
+    fn echoes(&mut self, limit: Duration) -> bool {
+        let probe = UdpSocket::bind("127.0.0.1:0").expect("bind a probe socket");
+        probe
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("probe timeout");
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 64];
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
+            let _ = probe.send_to(b"echo?", ("127.0.0.1", self.port));
+            if let Ok((n, _)) = probe.recv_from(&mut buf) {
+                if &buf[..n] == b"echo?" {
+                    return true;
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        false
     }
 }
 

@@ -103,21 +103,33 @@ impl LiveSettings {
     }
 }
 
+/// Adds `users` (their names, sorted) and `rest_secrets` (how many) to `out`: the credentials
+/// as a `Debug` shows them, never a password or a secret.
+fn redacted_credentials<'s, 'a, 'b>(
+    out: &'s mut fmt::DebugStruct<'a, 'b>,
+    users: &HashMap<String, StaticCredential>,
+    rest_secrets: &[Vec<u8>],
+) -> &'s mut fmt::DebugStruct<'a, 'b> {
+    let mut names: Vec<&str> = users.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    out.field("users", &names).field(
+        "rest_secrets",
+        &format_args!("<{} redacted>", rest_secrets.len()),
+    )
+}
+
 impl fmt::Debug for LiveSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<&str> = self.users.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        f.debug_struct("LiveSettings")
-            .field("users", &names)
-            .field(
-                "rest_secrets",
-                &format_args!("<{} redacted>", self.rest_secrets.len()),
-            )
-            .field("allow", &self.allow)
-            .field("deny", &self.deny)
-            .field("allow_loopback_peers", &self.allow_loopback_peers)
-            .field("quotas", &self.quotas)
-            .finish()
+        redacted_credentials(
+            &mut f.debug_struct("LiveSettings"),
+            &self.users,
+            &self.rest_secrets,
+        )
+        .field("allow", &self.allow)
+        .field("deny", &self.deny)
+        .field("allow_loopback_peers", &self.allow_loopback_peers)
+        .field("quotas", &self.quotas)
+        .finish()
     }
 }
 
@@ -235,17 +247,14 @@ impl AuthConfig {
 
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<&str> = self.users.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        f.debug_struct("AuthConfig")
-            .field("users", &names)
-            .field(
-                "rest_secrets",
-                &format_args!("<{} redacted>", self.rest_secrets.len()),
-            )
-            .field("nonce_secret", &format_args!("<redacted>"))
-            .field("nonce_lifetime", &self.nonce_lifetime)
-            .finish()
+        redacted_credentials(
+            &mut f.debug_struct("AuthConfig"),
+            &self.users,
+            &self.rest_secrets,
+        )
+        .field("nonce_secret", &format_args!("<redacted>"))
+        .field("nonce_lifetime", &self.nonce_lifetime)
+        .finish()
     }
 }
 
