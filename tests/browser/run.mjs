@@ -432,6 +432,7 @@ async function startRedis(t) {
 async function startHaproxy(t, backends) {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'haproxy-'));
+  t.onClose(() => rmSync(dir, { recursive: true, force: true }));
   const servers = backends.map((b, i) => `  server s${i} ${b} check inter 300 fall 2 rise 1`).join('\n');
   const cfg = `global\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n  retries 3\n  option redispatch 1\nfrontend fe\n  bind 127.0.0.1:${port}\n  default_backend be\nbackend be\n  balance roundrobin\n  option httpchk GET /readyz\n${servers}\n`;
   writeFileSync(path.join(dir, 'haproxy.cfg'), cfg);
