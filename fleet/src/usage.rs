@@ -17,7 +17,8 @@
 //!   from one relay process), value `BYTES_TO_PEER BYTES_TO_CLIENT PACKETS_TO_PEER
 //!   PACKETS_TO_CLIENT`; field `PUBLISHER` (its `other`: users beyond its
 //!   `--usage-max-users`), the same four numbers and a fifth, the records it had counted into
-//!   `other` since it started. It expires with the retention.
+//!   `other` since it started. It expires with the longest retention of the relays that
+//!   wrote it: a publication only ever extends its time to live.
 //!
 //! Memory: per bucket at most `relay processes x (--usage-max-users + 1)` fields, for
 //! `--usage-retention` (6 h) of buckets: the relays' own ledger bound, once per relay.
@@ -100,7 +101,8 @@ pub async fn publish(
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4])
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+-- Only ever longer: a relay never shortens what another relay keeps.
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
 return 1
 ",
     );
@@ -126,32 +128,39 @@ return 1
 }
 
 /// The published buckets that overlap `[from, to)` (Unix seconds), each summed over the
-/// relays that published it.
+/// relays that published it. One `ZRANGEBYSCORE` and one `HGETALL` per bucket, as plain
+/// commands (not one script): a long window of a large fleet never blocks Redis for the
+/// relays' and nodes' other calls. The whole read is bounded by `timeout`.
 pub async fn read(
     conn: &Connection,
     from: u64,
     to: u64,
     timeout: Duration,
 ) -> Result<FleetUsage, StoreError> {
-    // Reply: per bucket, its member, field count, fields...
-    let script = Script::new(
-        r"
-local out = {}
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')) do
-  local start = string.match(m, '^(%d+)/')
-  if start and tonumber(start) < tonumber(ARGV[2]) then
-    local fields = redis.call('HGETALL', ARGV[3] .. start)
-    out[#out + 1] = m
-    out[#out + 1] = tostring(#fields)
-    for _, f in ipairs(fields) do out[#out + 1] = f end
-  end
-end
-return out
-",
-    );
-    let mut invocation = script.key(USAGE_KEY);
-    invocation.arg(from).arg(to).arg(BUCKET_PREFIX);
-    let flat: Vec<String> = conn.invoke(&invocation, timeout).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    let mut members = redis::cmd("ZRANGEBYSCORE");
+    members.arg(USAGE_KEY).arg(format!("({from}")).arg("+inf");
+    let members: Vec<String> = conn.query(&members, left()).await?;
+    // As `parse_read` takes it: per bucket, its member, field count, fields...
+    let mut flat = Vec::new();
+    for member in members {
+        let Some(start) = member
+            .split_once('/')
+            .and_then(|(start, _)| start.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if start >= to {
+            continue;
+        }
+        let mut fields = redis::cmd("HGETALL");
+        fields.arg(format!("{BUCKET_PREFIX}{start}"));
+        let fields: Vec<String> = conn.query(&fields, left()).await?;
+        flat.push(member);
+        flat.push(fields.len().to_string());
+        flat.extend(fields);
+    }
     parse_read(&flat).ok_or_else(|| StoreError::Reply("usage buckets".into()))
 }
 

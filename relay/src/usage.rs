@@ -91,9 +91,20 @@ impl UsageLedger {
     }
 
     /// From now on, remember what changed for [`Self::changes`] (a fleet relay's
-    /// publication of its usage).
+    /// publication of its usage). What the ledger holds already (traffic relayed before the
+    /// publisher started) counts as changed: it was never published.
     pub fn track_changes(&mut self) {
-        self.changes.get_or_insert_default();
+        if self.changes.is_some() {
+            return;
+        }
+        let held = self.buckets.iter().map(|bucket| {
+            let changed = Changes {
+                users: bucket.users.keys().cloned().collect(),
+                other: !bucket.other.is_zero(),
+            };
+            (bucket.start, changed)
+        });
+        self.changes = Some(held.collect());
     }
 
     /// The current totals of every user (and `other`) whose traffic changed since it was last
@@ -560,6 +571,23 @@ mod tests {
         l.record(660, "b:1", usage(1, 1));
         assert_eq!(l.entries(), 1);
         assert_eq!(l.report(0, u64::MAX).other.bytes, 0);
+    }
+
+    #[test]
+    fn what_was_relayed_before_tracking_started_counts_as_changed() {
+        let mut l = ledger(1);
+        l.record(0, "a:1", usage(1, 0));
+        l.record(0, "a:2", usage(2, 0));
+        l.record(70, "a:1", usage(4, 0));
+        l.track_changes();
+        let changes = l.changes();
+        let users: Vec<(&str, u64)> = changes
+            .iter()
+            .flat_map(|b| b.users.iter().map(|(u, n)| (u.as_str(), n.bytes_to_peer)))
+            .collect();
+        assert_eq!(users, [("a:1", 1), ("a:1", 4)]);
+        assert_eq!(changes[0].other, usage(2, 0), "a:2 went to other");
+        assert_eq!(l.unpublished(), 2);
     }
 
     #[test]

@@ -24,27 +24,33 @@ pub struct EchoPeer {
 impl EchoPeer {
     /// Starts the peer on a free port and returns once it echoes (at most 10 s): a packet
     /// relayed to it before it has bound its port would be lost, and counted as the relay's loss.
+    /// A peer that exits (another process took the port meanwhile) is started again on another
+    /// port, 3 times at most.
     pub fn start() -> Self {
         require_coturn();
-        let port = crate::free_port();
-        let child = Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn turnutils_peer");
-        let mut peer = Self { child, port };
-        if !peer.echoes(Duration::from_secs(10)) {
-            let exited = peer.child.try_wait().ok().flatten();
-            panic!(
-                "turnutils_peer on 127.0.0.1:{port} does not echo after 10 s (exited: {exited:?})"
-            );
+        for _ in 0..3 {
+            let port = crate::free_port();
+            let child = Command::new("turnutils_peer")
+                .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn turnutils_peer");
+            let mut peer = Self { child, port };
+            match peer.echoes(Duration::from_secs(10)) {
+                Some(true) => return peer,
+                Some(false) => {
+                    panic!("turnutils_peer on 127.0.0.1:{port} does not echo after 10 s")
+                }
+                None => continue, // exited
+            }
         }
-        peer
+        panic!("turnutils_peer exited at start 3 times");
     }
 
-    /// Sends a probe every 50 ms until it comes back, for at most `limit`.
-    fn echoes(&mut self, limit: Duration) -> bool {
+    /// Sends a probe every 50 ms until it comes back (`Some(true)`), for at most `limit`
+    /// (`Some(false)`); `None` if the peer exited.
+    fn echoes(&mut self, limit: Duration) -> Option<bool> {
         let probe = UdpSocket::bind("127.0.0.1:0").expect("bind a probe socket");
         probe
             .set_read_timeout(Some(Duration::from_millis(50)))
@@ -53,18 +59,16 @@ impl EchoPeer {
         let mut buf = [0u8; 64];
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return false;
+                return None;
             }
             let _ = probe.send_to(b"echo?", ("127.0.0.1", self.port));
-            if let Ok((n, _)) = probe.recv_from(&mut buf) {
-                if &buf[..n] == b"echo?" {
-                    return true;
-                }
-            } else {
-                std::thread::sleep(Duration::from_millis(10));
+            match probe.recv_from(&mut buf) {
+                Ok((n, _)) if &buf[..n] == b"echo?" => return Some(true),
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
-        false
+        Some(false)
     }
 }
 
