@@ -412,3 +412,61 @@ impl FleetCall {
         relay_known_traffic(relay, &self.username, &self.credential).await
     }
 }
+
+/// Two relays of different `--usage-retention` publish the same bucket: the shorter one never
+/// shortens the bucket's time to live in Redis, and a read sums both (plain commands against a
+/// real Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_retention_never_cuts_what_another_relay_keeps() {
+    use fleet::usage::{BucketTotals, publish, read};
+    let redis = e2e::redis::RedisServer::start();
+    let (conn, _) = fleet::link::connect(&[redis.url()], STEP)
+        .await
+        .expect("connect");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let start = now - now % 60;
+    let usage = |bytes, packets| relay_proto::Usage {
+        bytes_to_peer: bytes,
+        bytes_to_client: bytes,
+        packets_to_peer: packets,
+        packets_to_client: packets,
+    };
+    let bucket = |bytes| BucketTotals {
+        start,
+        width: 60,
+        users: vec![("room:peer".to_owned(), usage(bytes, 1))],
+        other: relay_proto::Usage::default(),
+    };
+    let hour = Duration::from_secs(3600);
+    publish(&conn, "long#1", &bucket(100), hour, 0, STEP)
+        .await
+        .expect("publish");
+    publish(
+        &conn,
+        "short#2",
+        &bucket(20),
+        Duration::from_secs(120),
+        0,
+        STEP,
+    )
+    .await
+    .expect("publish");
+    let ttl_ms: u64 = redis
+        .cli(&["PTTL", &format!("sig:{{fleet}}:usage:{start}")])
+        .trim()
+        .parse()
+        .expect("PTTL");
+    assert!(
+        ttl_ms > 3_000_000,
+        "the bucket lives for the longer retention: {ttl_ms} ms"
+    );
+    let fleet = read(&conn, 0, u64::MAX, STEP).await.expect("read");
+    assert_eq!(fleet.buckets.len(), 1, "{fleet:?}");
+    assert_eq!(
+        fleet.buckets[0].users,
+        [("room:peer".to_owned(), usage(120, 2))]
+    );
+}
