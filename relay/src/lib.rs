@@ -465,13 +465,19 @@ impl RelayHandle {
     /// signal the last one; nothing polls) or `timeout` passed, then stop.
     pub async fn drain(self, timeout: Duration) {
         self.begin_drain();
+        self.wait_drained(timeout).await;
+        self.shutdown().await;
+    }
+
+    /// Waits until every allocation has ended (after `begin_drain`) or `timeout` passed; the
+    /// relay keeps running: call `shutdown` next. Cancel it to stop waiting.
+    pub async fn wait_drained(&self, timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
         self.drain.wait_idle(deadline).await;
         tracing::info!(
             remaining_allocations = self.allocations(),
             "drain finished, stopping"
         );
-        self.shutdown().await;
     }
 
     /// Stops every worker now (allocations end with the process) and waits for them.

@@ -112,14 +112,16 @@ fn main() -> anyhow::Result<()> {
             registration.mark_draining().await;
         }
         tokio::select! {
-            () = handle.drain(drain_timeout) => {}
+            () = handle.wait_drained(drain_timeout) => {}
             second = startup::signals::shutdown() => {
                 tracing::info!(signal = second.unwrap_or("?"), "second signal: stopping now");
             }
         }
+        // Waits for the workers, which bill their last counts on their way out.
+        handle.shutdown().await;
         let _ = stop_heartbeats.send(true);
         if let Some(registration) = &registration {
-            // The workers' last counts are in the ledger once the drain has stopped them.
+            // The workers' last counts are in the ledger now.
             registration
                 .usage()
                 .publish_last(3, std::time::Duration::from_secs(1))

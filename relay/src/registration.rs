@@ -192,8 +192,22 @@ impl Registration {
         .await
     }
 
+    /// Renews the lease with the current load, and publishes the usage, every heartbeat until
+    /// `stop` turns true. The two run side by side: a slow publication (a backlog after a
+    /// Redis outage) never delays a lease.
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let mut publish_stop = stop.clone();
+        let publish = async {
+            tokio::select! {
+                () = self.usage.run(self.settings.heartbeat) => {}
+                _ = publish_stop.wait_for(|stopped| *stopped) => {}
+            }
+        };
+        tokio::join!(self.renew_lease(stop), publish);
+    }
+
     /// Renews the lease with the current load every heartbeat until `stop` turns true.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    async fn renew_lease(&self, mut stop: watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(self.settings.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = (Instant::now(), self.status.relayed_bytes());
@@ -212,7 +226,6 @@ impl Registration {
             if let Err(e) = self.advertise(rate).await {
                 tracing::warn!(error = %e, "could not renew the fleet lease");
             }
-            let _ = self.usage.publish().await;
         }
     }
 

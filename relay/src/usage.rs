@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -110,35 +111,38 @@ impl UsageLedger {
     /// The current totals of every user (and `other`) whose traffic changed since it was last
     /// [confirmed published](Self::confirm_published), per bucket, oldest first.
     pub fn changes(&self) -> Vec<BucketTotals> {
-        let Some(changes) = self.changes.as_ref() else {
-            return Vec::new();
-        };
-        let width = self.limits.bucket_secs();
-        let mut totals = Vec::new();
-        for (start, changed) in changes {
-            let Some(bucket) = self.bucket(*start) else {
-                continue;
-            };
-            let users = changed
-                .users
-                .iter()
-                .filter_map(|u| Some((u.to_string(), *bucket.users.get(u)?)))
-                .collect();
-            totals.push(BucketTotals {
-                start: *start,
-                width,
-                users,
-                other: if changed.other {
-                    bucket.other
-                } else {
-                    Usage::default()
-                },
-            });
-        }
-        totals
+        std::iter::successors(self.next_change(None), |b| self.next_change(Some(b.start))).collect()
     }
 
-    /// `published` (one bucket of [`Self::changes`]) is in the fleet's store: its users (and
+    /// Like [`Self::changes`], one bucket at a time: the changes of the oldest bucket that
+    /// starts after `after` (the first with `None`). A publication copies one bucket's changes
+    /// at a time under the ledger's lock, not its whole backlog.
+    pub fn next_change(&self, after: Option<u64>) -> Option<BucketTotals> {
+        let changes = self.changes.as_ref()?;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        changes
+            .range((from, Bound::Unbounded))
+            .find_map(|(start, changed)| {
+                let bucket = self.bucket(*start)?;
+                let users = changed
+                    .users
+                    .iter()
+                    .filter_map(|u| Some((u.to_string(), *bucket.users.get(u)?)))
+                    .collect();
+                Some(BucketTotals {
+                    start: *start,
+                    width: self.limits.bucket_secs(),
+                    users,
+                    other: if changed.other {
+                        bucket.other
+                    } else {
+                        Usage::default()
+                    },
+                })
+            })
+    }
+
+    /// `published` (one bucket of [`Self::changes`] or [`Self::next_change`]) is in the fleet's store: its users (and
     /// `other`) stop counting as changed, unless they changed again since (their totals here
     /// are higher now; totals only grow).
     pub fn confirm_published(&mut self, published: &BucketTotals) {

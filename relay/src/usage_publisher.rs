@@ -49,15 +49,21 @@ impl UsagePublisher {
     /// everything was published.
     pub async fn publish(&self) -> bool {
         let _publishing = self.publishing.lock().await;
-        let (changes, overflowed) = {
-            let ledger = self.book.lock();
-            (ledger.changes(), ledger.overflowed())
-        };
-        for bucket in &changes {
+        let mut after = None;
+        loop {
+            // One bucket at a time: the workers share the ledger's lock.
+            let (bucket, overflowed) = {
+                let ledger = self.book.lock();
+                (ledger.next_change(after), ledger.overflowed())
+            };
+            let Some(bucket) = bucket else {
+                return true;
+            };
+            after = Some(bucket.start);
             let published = fleet::usage::publish(
                 &self.conn,
                 &self.publisher,
-                bucket,
+                &bucket,
                 self.keep,
                 overflowed,
                 self.timeout,
@@ -67,9 +73,8 @@ impl UsagePublisher {
                 tracing::warn!(error = %e, "could not publish usage to the relay fleet");
                 return false;
             }
-            self.book.lock().confirm_published(bucket);
+            self.book.lock().confirm_published(&bucket);
         }
-        true
     }
 
     /// Publishes every `every` until dropped (spawn it; abort the task to stop).
