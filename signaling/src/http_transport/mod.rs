@@ -163,7 +163,7 @@ async fn open_session(
 }
 
 async fn try_open(
-    app: &AppState,
+    app: &Arc<AppState>,
     path_room: Option<RoomId>,
     client: &ClientRequest,
     body: Body,
@@ -180,21 +180,30 @@ async fn try_open(
     })?;
     // The session is attached to a queue nobody reads for the length of this request, then
     // parked: its frames, `welcome` or `resumed` included, wait in its outbox for a stream.
+    // In a task of its own: a client that gives up on the request (its connection dropped
+    // while Redis answers) must not leave the session attached to a queue nobody will read.
     let (tx, _rx) = app.outbound_queue();
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
-    let door = Admission {
-        app,
-        conn,
-        tx: &tx,
-        path_room: path_room.as_ref(),
-        claims: claims.as_ref(),
-        ip_slot: &ip_slot,
-        transport: Transport::Http,
-    };
-    let attached = door.admit(message).await?;
-    app.hub
-        .detach(attached.key, conn, LeaveReason::Disconnected)
-        .await;
+    let task_app = Arc::clone(app);
+    let attached = tokio::spawn(async move {
+        let app = &task_app;
+        let door = Admission {
+            app,
+            conn,
+            tx: &tx,
+            path_room: path_room.as_ref(),
+            claims: claims.as_ref(),
+            ip_slot: &ip_slot,
+            transport: Transport::Http,
+        };
+        let attached = door.admit(message).await?;
+        app.hub
+            .detach(attached.key, conn, LeaveReason::Disconnected)
+            .await;
+        Ok::<_, RequestError>(attached)
+    })
+    .await
+    .map_err(|e| RequestError::new(ErrorCode::Internal, format!("opening failed: {e}")))??;
     tracing::info!(
         peer = %attached.peer,
         room = %attached.room,

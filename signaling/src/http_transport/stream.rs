@@ -45,13 +45,15 @@ struct StreamSession {
 }
 
 impl StreamSession {
-    /// Parks the session (unless it was taken over or ended meanwhile: then nothing happens).
+    /// Parks the session (unless it was taken over or ended meanwhile: then nothing happens),
+    /// in a task of its own: the park completes even if this request is dropped meanwhile.
     async fn detach(mut self) {
         self.detached = true;
-        self.app
-            .hub
-            .detach(self.key, self.conn, LeaveReason::Disconnected)
-            .await;
+        let (app, key, conn) = (Arc::clone(&self.app), self.key, self.conn);
+        let parked = tokio::spawn(async move {
+            app.hub.detach(key, conn, LeaveReason::Disconnected).await;
+        });
+        let _ = parked.await;
     }
 }
 
@@ -79,32 +81,41 @@ async fn attach(
     let ip_slot = client.address_slot(app)?;
     let (tx, rx) = app.outbound_queue();
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
-    let attached = app
-        .hub
-        .resume(
+    let open = app.connections.open();
+    let http_slot = http_slot.map(HttpSlot::lend);
+    let app = Arc::clone(app);
+    // In a task of its own, which builds the `StreamSession` whose drop parks the session: a
+    // request dropped while Redis answers never leaves the session attached to a dead queue.
+    tokio::spawn(async move {
+        let attached = app
+            .hub
+            .resume(
+                conn,
+                &tx,
+                ResumeRequest {
+                    reference: None,
+                    version: SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1],
+                    token,
+                    last_seq,
+                    announce: false,
+                },
+            )
+            .await?;
+        Ok(StreamSession {
+            _open: open,
+            app,
+            key: attached.key,
             conn,
-            &tx,
-            ResumeRequest {
-                reference: None,
-                version: SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1],
-                token,
-                last_seq,
-                announce: false,
-            },
-        )
-        .await?;
-    Ok(StreamSession {
-        _open: app.connections.open(),
-        app: Arc::clone(app),
-        key: attached.key,
-        conn,
-        _tx: tx,
-        rx,
-        replay: attached.replay,
-        _ip_slot: ip_slot,
-        _http_slot: http_slot.map(HttpSlot::lend),
-        detached: false,
+            _tx: tx,
+            rx,
+            replay: attached.replay,
+            _ip_slot: ip_slot,
+            _http_slot: http_slot,
+            detached: false,
+        })
     })
+    .await
+    .map_err(|e| RequestError::new(ErrorCode::Internal, format!("attaching failed: {e}")))?
 }
 
 fn parse_seq(text: &str) -> Result<u64, RequestError> {
