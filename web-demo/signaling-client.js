@@ -712,10 +712,12 @@ const MAX_BATCH_FRAMES = 64;
 
 /**
  * The HTTP endpoints that go with a WebSocket URL: `wss://host/p/ws[/ROOM]?token=T` gives
- * `root` = `https://host/p/http` and `open` = `https://host/p/http[/ROOM]?token=T`.
+ * `root` = `https://host/p/http` and `open` = `https://host/p/http[/ROOM]?token=T`; a ROOM named
+ * `events`, `poll` or `send` opens at `https://host/p/http?token=T` and comes back as `room`, for
+ * the `join` to name (docs/protocol.md).
  * @param {string} wsUrl
  * @param {string} [base]  for relative URLs
- * @returns {{ root: string, open: string }}
+ * @returns {{ root: string, open: string, room?: string }}
  */
 export function httpEndpoints(wsUrl, base = globalThis.location?.href) {
   const u = new URL(wsUrl, base);
@@ -724,8 +726,14 @@ export function httpEndpoints(wsUrl, base = globalThis.location?.href) {
   const m = /^(.*?)\/ws(?:\/([^/]+))?\/?$/.exec(u.pathname);
   const prefix = m ? m[1] : u.pathname.replace(/\/+$/, '');
   const root = `${u.origin}${prefix}/http`;
+  const room = m?.[2] ? decodeURIComponent(m[2]) : null;
+  // Rooms named like the transport's own paths open at `/http`, the room in `join`.
+  if (room && HTTP_PATH_NAMES.has(room)) return { root, open: `${root}${u.search}`, room };
   return { root, open: `${root}${m?.[2] ? `/${m[2]}` : ''}${u.search}` };
 }
+
+/** `/http/<name>` paths of the HTTP transports: no room can be opened at `/http/<name>` with these. */
+const HTTP_PATH_NAMES = new Set(['events', 'poll', 'send']);
 
 /** The close code a socket would have got for a refused HTTP request with this status. */
 function closeCodeForStatus(status) {
@@ -814,7 +822,7 @@ class SseParser {
  */
 class HttpLink {
   /**
-   * @param {{ root: string, open: string }} endpoints
+   * @param {{ root: string, open: string, room?: string }} endpoints (`room`: the join names it)
    * @param {{ mode: 'sse'|'long-poll', canPoll?: boolean, fetch: typeof fetch, graceMs?: number,
    *   maxBodyBytes?: number, firstByteMs?: number, pollTimeoutMs?: number }} options
    */
@@ -912,6 +920,10 @@ class HttpLink {
   async _openSession(first) {
     let frame = null;
     try { frame = JSON.parse(first); } catch { /* the server answers invalid_message */ }
+    if (this.endpoints.room && frame?.type === 'join' && !frame.room) {
+      frame.room = this.endpoints.room;
+      first = JSON.stringify(frame);
+    }
     // A resume continues after its last_seq; a join starts at the welcome (seq 1).
     this.lastSeq = frame?.type === 'resume' ? Number(frame.last_seq) || 0 : 0;
     let res;

@@ -659,6 +659,24 @@ test('sse: forced SSE + POST (?transport=sse), a broken event stream is reopened
   await chatAndDraw(a, b, 'after the resume');
 });
 
+test('sse and long-polling: rooms named like the transport paths (events, poll, send) join by URL', async (t) => {
+  const p = await t.open('Solo');
+  await p.joined();
+  const results = await p.eval(async () => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const ws = `${location.origin.replace(/^http/, 'ws')}/ws`;
+    const out = [];
+    for (const [room, transport] of [['events', 'sse'], ['poll', 'long-poll'], ['send', 'sse']]) {
+      const client = new SignalingClient(`${ws}/${room}`, { transports: [transport], name: 'x' });
+      const session = await Promise.race([client.connect(), new Promise((r) => { setTimeout(() => r(null), 8000); })]);
+      out.push({ room, transport: client.transport, joined: session?.room ?? null, state: client.state });
+      client.close();
+    }
+    return out;
+  });
+  for (const r of results) assert(r.joined === r.room, `room ${r.room} over ${r.transport}: ${JSON.stringify(r)}`);
+});
+
 /** Starts our relay on a free loopback port with a fresh REST secret; resolves with { port, secret }. */
 async function startRelay(t, { port: fixedPort, secret: fixedSecret, admin = false } = {}) {
   const relayBin = requireBin('RELAY_BIN', 'relay');
