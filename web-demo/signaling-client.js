@@ -881,12 +881,17 @@ class HttpLink {
     return true;
   }
 
-  /** Stops reading (the session is parked on the server). Frames still queued are POSTed once. */
+  /**
+   * Stops reading (the session is parked on the server). Frames still queued are POSTed once,
+   * after the batch waiting to be retried, if any (in order; not one whose POST is under way).
+   */
   close() {
     if (this.readyState === 3) return;
     this.readyState = 3;
     this._stop();
-    const last = this._queue.splice(0);
+    const waiting = this._inflight && !this._posting ? this._inflight : [];
+    if (waiting.length) this._inflight = null;
+    const last = [...waiting, ...this._queue.splice(0)];
     if (this.token && last.length) {
       const body = last.length === 1 ? last[0] : `[${last.join(',')}]`;
       this._fetch(this._sendUrl(), {
