@@ -478,3 +478,51 @@ async fn a_stats_report_sent_through_another_node_reaches_the_node_of_the_stream
     assert_eq!(link["path"], "relayed");
     assert_eq!(live["traffic"]["peers_relayed"], 1, "counted here: {live}");
 }
+
+/// A client that gives up on its `POST /http` open while Redis is slow (its connection closed
+/// mid-request) does not leave a session attached to a queue nobody reads: once Redis answers,
+/// the session is parked, and after the resume grace period the others see it leave.
+#[tokio::test]
+async fn an_http_open_abandoned_while_redis_is_slow_still_parks_its_session() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let n1 = Server::spawn(&[
+        "--redis",
+        &url,
+        "--node-heartbeat",
+        "200ms",
+        "--node-lease",
+        "5s",
+        "--redis-timeout",
+        "5s",
+        "--resume-grace",
+        "1s",
+    ]);
+    let (mut a, _) = Client::join(&n1.ws("/ws/abandoned"), None).await;
+    redis.freeze();
+    let body = r#"{"type":"join","versions":[1],"name":"gone"}"#;
+    let mut conn = tokio::net::TcpStream::connect(n1.addr).await.unwrap();
+    let request = format!(
+        "POST /http/abandoned HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut conn, request.as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(conn); // the client gives up while the join waits for Redis
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.thaw();
+    let joined = match a.recv_message().await {
+        ServerMessage::PeerJoined { peer, .. } => peer.id,
+        other => panic!("expected peer_joined, got {other:?}"),
+    };
+    // Parked when the request ended, it leaves after the 1 s grace period.
+    match a.recv_message().await {
+        ServerMessage::PeerLeft { peer_id, reason } => {
+            assert_eq!(peer_id, joined);
+            assert_eq!(reason, LeaveReason::Disconnected);
+        }
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+}
