@@ -3,9 +3,9 @@
 //! outlive its process.
 //!
 //! Each registered relay publishes, on every heartbeat and once more when it stops, the totals
-//! of the users whose traffic changed since Redis last confirmed them ([`publish`]): absolute totals
-//! per (publisher, user, bucket), so a publication that is repeated (after a timeout) counts
-//! once. The publisher is the relay's id and a random tag of the process
+//! of the users whose traffic changed since Redis last confirmed them ([`publish`]): absolute
+//! totals per (publisher, user, bucket), so a publication that is repeated (after a timeout)
+//! counts once. The publisher is the relay's id and a random tag of the process
 //! ([`publisher_id`]): a relay restarted under the same id starts new totals beside the old
 //! ones instead of overwriting them. Layout, all under the `{fleet}` hash tag (one slot of a
 //! Redis Cluster):

@@ -142,9 +142,9 @@ impl UsageLedger {
             })
     }
 
-    /// `published` (one bucket of [`Self::changes`] or [`Self::next_change`]) is in the fleet's store: its users (and
-    /// `other`) stop counting as changed, unless they changed again since (their totals here
-    /// are higher now; totals only grow).
+    /// `published` (one bucket of [`Self::changes`] or [`Self::next_change`]) is in the fleet's
+    /// store: its users (and `other`) stop counting as changed, unless they changed again since
+    /// (their totals here are higher now; totals only grow).
     pub fn confirm_published(&mut self, published: &BucketTotals) {
         let bucket = self.buckets.iter().find(|b| b.start == published.start);
         let (Some(bucket), Some(changes)) = (bucket, self.changes.as_mut()) else {
