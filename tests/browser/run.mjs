@@ -1136,6 +1136,8 @@ test('room names: an invalid name in a link is normalised the same for everyone,
       assert(got.room === want && got.path === `/r/${want}`, `"${asked}" -> "${want}": ${JSON.stringify(got)}`);
       assert(got.banner.includes(want) && /not a valid room name/.test(got.banner), `the page says which room: ${got.banner}`);
     }
+    // The next case gets the machine to itself: no calls left running behind it.
+    await Promise.all([one, two].map((p) => p.context.close()));
   }
   // Nothing usable: refused, and the page joins no room at all.
   const refused = await t.open('Refused', { url: `${base}/r/${encodeURIComponent('!!!')}?name=R` });
