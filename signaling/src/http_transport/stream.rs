@@ -45,25 +45,27 @@ struct StreamSession {
 }
 
 impl StreamSession {
-    /// Parks the session (unless it was taken over or ended meanwhile: then nothing happens),
-    /// in a task of its own: the park completes even if this request is dropped meanwhile.
+    /// Parks the session (unless it was taken over or ended meanwhile: then nothing happens)
+    /// and waits for it.
     async fn detach(mut self) {
         self.detached = true;
+        let _ = self.park().await;
+    }
+
+    /// Parks the session in a task of its own: the park completes even if this request is
+    /// dropped meanwhile.
+    fn park(&self) -> tokio::task::JoinHandle<()> {
         let (app, key, conn) = (Arc::clone(&self.app), self.key, self.conn);
-        let parked = tokio::spawn(async move {
+        tokio::spawn(async move {
             app.hub.detach(key, conn, LeaveReason::Disconnected).await;
-        });
-        let _ = parked.await;
+        })
     }
 }
 
 impl Drop for StreamSession {
     fn drop(&mut self) {
         if !self.detached {
-            let (app, key, conn) = (Arc::clone(&self.app), self.key, self.conn);
-            tokio::spawn(async move {
-                app.hub.detach(key, conn, LeaveReason::Disconnected).await;
-            });
+            self.park();
         }
     }
 }
