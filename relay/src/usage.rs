@@ -8,8 +8,8 @@
 //! users; traffic of further users in a bucket goes to its `other` entry and is counted
 //! (`relay_usage_overflow_total`). Users are never metric labels.
 //!
-//! A fleet relay also publishes what changed to Redis (`UsageLedger::changes`, sent by
-//! `registration`); [`UsageReport::of_fleet`] reads it back for signaling's `/v1/usage`.
+//! A fleet relay also publishes what changed to Redis (`UsageLedger::next_change`, sent by
+//! `usage_publisher`); [`UsageReport::of_fleet`] reads it back for signaling's `/v1/usage`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -91,7 +91,7 @@ impl UsageLedger {
         &self.limits
     }
 
-    /// From now on, remember what changed for [`Self::changes`] (a fleet relay's
+    /// From now on, remember what changed for [`Self::next_change`] (a fleet relay's
     /// publication of its usage). What the ledger holds already (traffic relayed before the
     /// publisher started) counts as changed: it was never published.
     pub fn track_changes(&mut self) {
@@ -108,15 +108,16 @@ impl UsageLedger {
         self.changes = Some(held.collect());
     }
 
-    /// The current totals of every user (and `other`) whose traffic changed since it was last
-    /// [confirmed published](Self::confirm_published), per bucket, oldest first.
-    pub fn changes(&self) -> Vec<BucketTotals> {
+    /// Every bucket's [`Self::next_change`], oldest first.
+    #[cfg(test)]
+    fn changes(&self) -> Vec<BucketTotals> {
         std::iter::successors(self.next_change(None), |b| self.next_change(Some(b.start))).collect()
     }
 
-    /// Like [`Self::changes`], one bucket at a time: the changes of the oldest bucket that
-    /// starts after `after` (the first with `None`). A publication copies one bucket's changes
-    /// at a time under the ledger's lock, not its whole backlog.
+    /// The current totals of every user (and `other`) whose traffic changed since it was last
+    /// [confirmed published](Self::confirm_published), in the oldest bucket that starts after
+    /// `after` (the first with `None`). One bucket at a time: a publication copies one bucket's
+    /// changes under the ledger's lock, not its whole backlog.
     pub fn next_change(&self, after: Option<u64>) -> Option<BucketTotals> {
         let changes = self.changes.as_ref()?;
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
@@ -142,9 +143,9 @@ impl UsageLedger {
             })
     }
 
-    /// `published` (one bucket of [`Self::changes`] or [`Self::next_change`]) is in the fleet's
-    /// store: its users (and `other`) stop counting as changed, unless they changed again since
-    /// (their totals here are higher now; totals only grow).
+    /// `published` (a [`Self::next_change`]) is in the fleet's store: its users (and `other`)
+    /// stop counting as changed, unless they changed again since (their totals here are higher
+    /// now; totals only grow).
     pub fn confirm_published(&mut self, published: &BucketTotals) {
         let bucket = self.buckets.iter().find(|b| b.start == published.start);
         let (Some(bucket), Some(changes)) = (bucket, self.changes.as_mut()) else {

@@ -1,6 +1,6 @@
 //! Publishes a relay's usage ledger to the fleet's Redis (`fleet::usage`): the totals of what
-//! changed since Redis last confirmed them, so that signaling's `/v1/usage` reports every relay and
-//! the counts outlive the process. Used by a registered relay on its heartbeats and at its
+//! changed since Redis last confirmed them, so that signaling's `/v1/usage` reports every relay
+//! and the counts outlive the process. Used by a registered relay on its heartbeats and at its
 //! stop, and by signaling's in-process relay in a cluster.
 
 use std::sync::Arc;
