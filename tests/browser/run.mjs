@@ -108,6 +108,14 @@ class PeerPage {
     await this.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 5000);
   }
 
+  /** Ends the hold of a `dropSignaling`: the page reconnects now. */
+  reconnectSignaling() { return this.eval(() => window.__demo.room.client.reconnectNow()); }
+
+  /** Waits until the page has sent an offer since its last `restartIce`. */
+  offerSent(what) {
+    return this.waitFor((since) => window.__demo.events.some((e) => e.t >= since && e.type === 'log' && /^-> offer to /.test(e.message)), Math.floor(this.restartedAt ?? 0), what);
+  }
+
   /** How many `peer-removed` events the page has seen. */
   peersRemoved() { return this.eval(() => window.__demo.events.filter((e) => e.type === 'peer-removed').length); }
 
@@ -330,13 +338,16 @@ test('reconnect: the WebSocket drops mid-call, the page shows reconnecting, resu
   const [a, b] = await t.pair();
   const idBefore = await a.peerId();
   const framesOf = async (p) => Object.values(await p.stats())[0]?.framesDecoded || 0;
-  // Drop Alice's socket and keep her offline for 3 s.
-  await a.dropSignaling(3000);
+  // Drop Alice's socket and keep her offline until Bob's offer is out (released below).
+  await a.dropSignaling(60000);
   const shown = await a.eval(() => ({ status: document.getElementById('status-text').textContent, banner: document.getElementById('banner').hidden ? '' : document.getElementById('banner-text').textContent }));
   assert(/reconnecting/i.test(shown.status) && /reconnecting/i.test(shown.banner), `the page says it is reconnecting: ${JSON.stringify(shown)}`);
   await t.screenshot(a, 'state-reconnecting.png');
-  // While Alice is away, Bob restarts ICE: his offer waits in Alice's replay buffer.
+  // While Alice is away, Bob restarts ICE: his offer waits in Alice's replay buffer. (A fixed
+  // hold raced with the screenshot above under CI load: the offer came after her return.)
   await b.restartIce('test: offer while the other side is offline');
+  await b.offerSent('Bob\'s offer while Alice is offline');
+  await a.reconnectSignaling();
   await a.waitFor(() => document.body.dataset.signaling === 'joined', null, 'joined again after resume', 20000);
   const after = await a.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats }));
   assert(after.id === idBefore, `peer id kept across the resume (${idBefore} -> ${after.id})`);
