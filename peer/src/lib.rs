@@ -33,6 +33,7 @@ mod connection;
 pub mod error;
 mod ice_servers;
 mod negotiation;
+mod resend;
 mod room;
 mod signaling_client;
 mod turn_tcp_bridge;

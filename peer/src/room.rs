@@ -341,6 +341,7 @@ impl Room {
                     .signaling
                     .send(ClientMessage::Signal {
                         id: Some(id),
+                        cseq: None,
                         to,
                         signal,
                     })

@@ -8,7 +8,9 @@
 //! sees every server message exactly once and in order. When the session cannot be resumed
 //! (the grace period passed, or the server restarted and forgot it), it joins the room again as
 //! a new session and says so. Outgoing messages written while disconnected are kept and sent
-//! after the session is back.
+//! after the session is back; `signal` and `broadcast` frames are numbered (`cseq`) and kept
+//! until the server confirms them, so those a dropped socket swallowed are sent again after
+//! the resume, and take effect exactly once ([`ResendLog`]).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -26,6 +28,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::error::{PeerError, Result};
+use crate::resend::ResendLog;
 
 type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -88,6 +91,7 @@ impl SignalingClient {
             last_acked: 0,
             session_lost: false,
             pending: VecDeque::new(),
+            resend: ResendLog::default(),
             out_rx,
             events_tx,
         };
@@ -243,6 +247,8 @@ struct Session {
     session_lost: bool,
     /// Messages taken from `out_rx` but not yet written to a socket.
     pending: VecDeque<ClientMessage>,
+    /// The numbered frames written and not confirmed yet.
+    resend: ResendLog,
     out_rx: mpsc::UnboundedReceiver<Outgoing>,
     events_tx: mpsc::UnboundedSender<SignalingEvent>,
 }
@@ -296,11 +302,11 @@ impl Session {
     /// Serves one connected socket until it breaks or the session ends.
     async fn serve(&mut self, ws: &mut WsStream) -> Disconnect {
         // Flush what queued up while we were away.
-        while let Some(message) = self.pending.front() {
-            if send_json(ws, message).await.is_err() {
+        while let Some(message) = self.pending.pop_front() {
+            if let Err(message) = self.write(ws, message).await {
+                self.pending.push_front(message);
                 return Disconnect::Broken;
             }
-            self.pending.pop_front();
         }
         // Acks follow the client rules: after ACK_EVERY frames, or within ACK_DELAY of the
         // first unacknowledged one (the same tick checks the socket's silence).
@@ -328,7 +334,7 @@ impl Session {
                 outgoing = self.out_rx.recv() => {
                     match outgoing {
                         Some(Outgoing::Message(message)) => {
-                            if send_json(ws, &message).await.is_err() {
+                            if let Err(message) = self.write(ws, message).await {
                                 self.pending.push_back(message);
                                 return Disconnect::Broken;
                             }
@@ -352,9 +358,38 @@ impl Session {
                     if self.last_seq > self.last_acked && self.ack(ws).await.is_err() {
                         return Disconnect::Broken;
                     }
+                    if self.resend.ping_due(Instant::now()) && self.ping(ws).await.is_err() {
+                        return Disconnect::Broken;
+                    }
                 }
             }
         }
+    }
+
+    /// Writes one message, numbering it first when it is a `signal` or `broadcast`; gives it
+    /// back when the socket failed. Pings for a confirmation when one is due.
+    async fn write(
+        &mut self,
+        ws: &mut WsStream,
+        mut message: ClientMessage,
+    ) -> std::result::Result<(), ClientMessage> {
+        self.resend.number(&mut message);
+        if send_json(ws, &message).await.is_err() {
+            return Err(message);
+        }
+        self.resend.written(message, Instant::now());
+        if self.resend.ping_due(Instant::now()) {
+            // A failure shows on the next read or write.
+            let _ = self.ping(ws).await;
+        }
+        Ok(())
+    }
+
+    /// Asks for a `pong`, whose `received` confirms the numbered frames written so far.
+    async fn ping(&mut self, ws: &mut WsStream) -> Result<()> {
+        send_json(ws, &ClientMessage::Ping { id: None }).await?;
+        self.resend.pinged();
+        Ok(())
     }
 
     async fn ack(&mut self, ws: &mut WsStream) -> Result<()> {
@@ -406,6 +441,7 @@ impl Session {
             ServerMessage::Resumed { session, .. } | ServerMessage::Welcome { session, .. } => {
                 self.resume_token = session.resume_token;
             }
+            ServerMessage::Pong { received, .. } => self.resend.confirmed(received),
             message => {
                 let _ = self.events_tx.send(SignalingEvent::Message(message));
             }
@@ -439,6 +475,7 @@ impl Session {
                 self.last_seq = seq;
                 self.last_acked = 0;
                 self.session_lost = false;
+                self.resend.restart(&mut self.pending);
                 let _ = self
                     .events_tx
                     .send(SignalingEvent::Rejoined(Box::new(info)));
@@ -477,11 +514,18 @@ impl Session {
                 .ok_or(PeerError::SessionClosed)?;
             match frame.message {
                 ServerMessage::Resumed {
-                    session, replayed, ..
+                    session,
+                    replayed,
+                    received,
+                    ..
                 } => {
                     if frame.seq > self.last_seq {
                         self.last_seq = frame.seq;
                     }
+                    // What the dropped socket swallowed goes first, in its original order.
+                    let mut again = self.resend.resend(received);
+                    again.append(&mut self.pending);
+                    self.pending = again;
                     self.resume_token = session.resume_token;
                     let _ = self.events_tx.send(SignalingEvent::Resumed {
                         replayed,

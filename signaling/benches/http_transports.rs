@@ -805,6 +805,7 @@ async fn latency_run(transport: Transport, args: &Args) -> Result<LatencyResult,
                 }
                 let message = ClientMessage::Signal {
                     id: None,
+                    cseq: None,
                     to: to.clone(),
                     signal: make_signal(n, stamp),
                 };

@@ -504,6 +504,7 @@ async fn main() {
                 let stamp = epoch.elapsed().as_nanos() as u64;
                 let message = ClientMessage::Signal {
                     id: None,
+                    cseq: None,
                     to: to.clone(),
                     signal: make_signal(n, stamp),
                 };

@@ -26,7 +26,7 @@ pub use crate::outbound::{Outbound, OutboundRx, OutboundTx};
 use crate::outbox::{Body, Frame, Outbox, ReplayLimits, to_json};
 use crate::peer_stats::{PeerLinks, millis};
 use crate::protocol::{
-    ClientMessage, ConnectionStats, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId,
+    ClientMessage, ClientSeq, ConnectionStats, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId,
     ResumeToken, RoomId, ServerFrame, ServerMessage, SessionInfo, close_code,
 };
 use crate::resume::{ResumeSecret, parse_token};
@@ -134,9 +134,12 @@ pub enum Flow {
 enum Request {
     Signal {
         id: Option<RequestId>,
+        cseq: Option<ClientSeq>,
         to: PeerId,
     },
-    Broadcast,
+    Broadcast {
+        cseq: Option<ClientSeq>,
+    },
     /// Everything else (`Signal` and `Broadcast` never arrive here).
     Other(ClientMessage),
 }
@@ -282,6 +285,7 @@ impl LocalHub {
             transport: req.transport,
             joined_at: now,
             links: PeerLinks::default(),
+            received: 0,
         };
         st.sessions.insert(key, session);
         st.rooms
@@ -378,12 +382,14 @@ impl LocalHub {
         if req.announce {
             session.version = req.version;
             let info = self.session_info(&st, key);
+            let received = st.sessions.get(&key).map_or(0, |s| s.received);
             st.deliver(
                 key,
                 ServerMessage::Resumed {
                     reference: req.reference,
                     session: info,
                     replayed: replay.len() as u64,
+                    received,
                 },
             );
         }
@@ -411,19 +417,24 @@ impl LocalHub {
         now: Instant,
     ) -> Flow {
         let (message, body) = match message {
-            ClientMessage::Signal { id, to, signal } => {
+            ClientMessage::Signal {
+                id,
+                cseq,
+                to,
+                signal,
+            } => {
                 let body = Body::encode(&ServerMessage::Signal {
                     from: peer.clone(),
                     signal,
                 });
-                (Request::Signal { id, to }, body)
+                (Request::Signal { id, cseq, to }, body)
             }
-            ClientMessage::Broadcast { id: _, data } => {
+            ClientMessage::Broadcast { id: _, cseq, data } => {
                 let body = Body::encode(&ServerMessage::Broadcast {
                     from: peer.clone(),
                     data,
                 });
-                (Request::Broadcast, body)
+                (Request::Broadcast { cseq }, body)
             }
             other => (Request::Other(other), Body::default()),
         };
@@ -435,9 +446,19 @@ impl LocalHub {
         if !allowed {
             return Flow::Gone;
         }
+        let cseq = match &message {
+            Request::Signal { cseq, .. } | Request::Broadcast { cseq } => *cseq,
+            Request::Other(_) => None,
+        };
+        if let Some(session) = st.sessions.get_mut(&key)
+            && !session.first_sight(cseq)
+        {
+            self.metrics.duplicates_dropped.inc();
+            return Flow::Continue;
+        }
         let mut flow = Flow::Continue;
         match message {
-            Request::Signal { id, to } => {
+            Request::Signal { id, cseq: _, to } => {
                 let target = st
                     .sessions
                     .get(&key)
@@ -461,7 +482,7 @@ impl LocalHub {
                     }
                 }
             }
-            Request::Broadcast => {
+            Request::Broadcast { cseq: _ } => {
                 let others: Vec<SessionKey> = st.room_of(key).map(|(k, _)| k).collect();
                 for other in others {
                     st.deliver_body(other, &body);
@@ -476,7 +497,12 @@ impl LocalHub {
                 }
             }
             Request::Other(ClientMessage::Ping { id }) => {
-                st.deliver(key, ServerMessage::Pong { reference: id });
+                let received = st.sessions.get(&key).map_or(0, |s| s.received);
+                let pong = ServerMessage::Pong {
+                    reference: id,
+                    received,
+                };
+                st.deliver(key, pong);
             }
             Request::Other(ClientMessage::Leave { .. }) => {
                 st.end_session(key, None, LeaveReason::Left);
@@ -1126,6 +1152,7 @@ mod tests {
             &from.peer,
             ClientMessage::Signal {
                 id: None,
+                cseq: None,
                 to: to.peer.clone(),
                 signal: candidate(n),
             },

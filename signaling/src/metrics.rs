@@ -53,6 +53,8 @@ pub struct Metrics {
     pub rooms: Gauge,
     /// Signal and broadcast messages delivered to a recipient's queue.
     pub messages_relayed: Counter,
+    /// Numbered frames (`cseq`) dropped because the session had handled them already.
+    pub duplicates_dropped: Counter,
     /// TCP connections closed at once because `--max-http-connections` were open.
     pub http_refused: Counter,
     /// TLS handshakes that failed or did not finish within `--header-read-timeout`.
@@ -131,6 +133,7 @@ impl Default for Metrics {
         let resumes = Family::<ResultLabel, Counter>::default();
         let http_requests = Family::<KindLabel, Counter>::default();
         let http_frames = Counter::default();
+        let duplicates_dropped = Counter::default();
         let budget_evictions = Counter::default();
         let budget_used = Gauge::default();
         registry.register(
@@ -256,6 +259,11 @@ impl Default for Metrics {
             "Frames written to SSE streams and long-poll replies",
             http_frames.clone(),
         );
+        registry.register(
+            "duplicate_frames",
+            "Numbered client frames (cseq) dropped as already handled",
+            duplicates_dropped.clone(),
+        );
         Self {
             registry,
             connections,
@@ -263,6 +271,7 @@ impl Default for Metrics {
             sessions,
             rooms,
             messages_relayed,
+            duplicates_dropped,
             http_refused,
             tls_handshake_failures,
             tls_reloads,

@@ -318,11 +318,20 @@ mod tests {
 
     #[test]
     fn bodies_are_numbered_without_reencoding() {
-        let body = Body::encode(&ServerMessage::Pong { reference: Some(3) });
+        let body = Body::encode(&ServerMessage::Pong {
+            reference: Some(3),
+            received: 0,
+        });
         let frame = body.numbered(42);
         let parsed: crate::protocol::ServerFrame = serde_json::from_str(&frame.text()).unwrap();
         assert_eq!(parsed.seq, 42);
-        assert_eq!(parsed.message, ServerMessage::Pong { reference: Some(3) });
+        assert_eq!(
+            parsed.message,
+            ServerMessage::Pong {
+                reference: Some(3),
+                received: 0,
+            }
+        );
         let mut outbox = Outbox::default();
         assert_eq!(outbox.push(&body).text(), body.numbered(1).text());
         assert_eq!(outbox.next_seq(), 2);
@@ -333,7 +342,10 @@ mod tests {
     fn a_frame_counts_the_length_of_its_text() {
         for body in [
             Body::default(),
-            Body::encode(&ServerMessage::Pong { reference: None }),
+            Body::encode(&ServerMessage::Pong {
+                reference: None,
+                received: 0,
+            }),
         ] {
             for seq in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
                 let frame = body.numbered(seq);
@@ -345,7 +357,10 @@ mod tests {
 
     #[test]
     fn the_frames_of_a_broadcast_share_one_body() {
-        let body = Body::encode(&ServerMessage::Pong { reference: None });
+        let body = Body::encode(&ServerMessage::Pong {
+            reference: None,
+            received: 0,
+        });
         let frames: Vec<Frame> = (1..=100).map(|seq| body.numbered(seq)).collect();
         for frame in &frames {
             let Frame::Numbered { body: shared, .. } = frame else {

@@ -83,6 +83,13 @@ string_id!(
 /// A client-chosen request id. Replies and errors caused by a request carry it back as `ref`.
 pub type RequestId = u64;
 
+/// A client's sequence number of a `signal` or `broadcast` frame (`cseq`): 1 for the session's
+/// first numbered frame, one more for each next one, across resumes and transports. The server
+/// remembers the highest it handled (`received` in `resumed` and `pong`) and drops a frame
+/// numbered at or below it as a duplicate, so a client may send again whatever it could not
+/// see confirmed: each numbered frame takes effect exactly once.
+pub type ClientSeq = u64;
+
 /// Client -> server requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -123,6 +130,9 @@ pub enum ClientMessage {
     Signal {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
+        /// The client's sequence number of this frame ([`ClientSeq`]), when it numbers them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cseq: Option<ClientSeq>,
         to: PeerId,
         signal: Signal,
     },
@@ -130,6 +140,9 @@ pub enum ClientMessage {
     Broadcast {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
+        /// The client's sequence number of this frame ([`ClientSeq`]), when it numbers them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cseq: Option<ClientSeq>,
         data: serde_json::Value,
     },
     /// Acknowledge every server message up to and including `seq`, so the server can drop
@@ -389,6 +402,9 @@ pub enum ServerMessage {
         session: SessionInfo,
         /// How many missed messages were replayed just before this one.
         replayed: u64,
+        /// The highest `cseq` the session handled: send again the numbered frames after it.
+        #[serde(default)]
+        received: ClientSeq,
     },
     /// Another peer joined the room.
     PeerJoined { peer: PeerInfo },
@@ -411,6 +427,9 @@ pub enum ServerMessage {
     Pong {
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<RequestId>,
+        /// The highest `cseq` the session handled: the numbered frames up to it are confirmed.
+        #[serde(default)]
+        received: ClientSeq,
     },
     /// The server is shutting down: reconnect (with `resume`) after the given delay, possibly
     /// to another instance. The socket closes when the drain time is over.
@@ -732,6 +751,11 @@ pub mod client_rules {
     pub const ACK_EVERY: u64 = 16;
     /// ...or this long after the first unacknowledged one, whichever comes first.
     pub const ACK_DELAY: Duration = Duration::from_millis(200);
+    /// A client that numbers its frames (`cseq`) sends a `ping`, whose `pong` confirms them,
+    /// after this many numbered frames since its last `ping`...
+    pub const CONFIRM_EVERY: u64 = 16;
+    /// ...or this long after the first of them, whichever comes first.
+    pub const CONFIRM_DELAY: Duration = Duration::from_secs(1);
     /// A client sends a `stats` report per connected peer when its selected candidate pair
     /// changes, and at least this often while it stays.
     pub const STATS_EVERY: Duration = Duration::from_secs(15);
@@ -749,6 +773,7 @@ pub mod client_rules {
     pub struct ClientRules {
         pub backoff: Backoff,
         pub ack: Ack,
+        pub confirm: Confirm,
         pub stats: Stats,
         /// Per error code: the close code (none: the socket stays open) and the retry class.
         pub errors: BTreeMap<&'static str, ErrorRule>,
@@ -766,6 +791,13 @@ pub mod client_rules {
     #[derive(Debug, Serialize, PartialEq)]
     #[serde(rename_all = "camelCase")]
     pub struct Ack {
+        pub every: u64,
+        pub delay_ms: u64,
+    }
+
+    #[derive(Debug, Serialize, PartialEq)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Confirm {
         pub every: u64,
         pub delay_ms: u64,
     }
@@ -795,6 +827,10 @@ pub mod client_rules {
                 ack: Ack {
                     every: ACK_EVERY,
                     delay_ms: ACK_DELAY.as_millis() as u64,
+                },
+                confirm: Confirm {
+                    every: CONFIRM_EVERY,
+                    delay_ms: CONFIRM_DELAY.as_millis() as u64,
                 },
                 stats: Stats {
                     every_ms: STATS_EVERY.as_millis() as u64,

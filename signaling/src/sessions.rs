@@ -11,7 +11,7 @@ use crate::client_ip::SessionTicket;
 use crate::hub::{ConnId, SessionKey};
 use crate::outbound::OutboundTx;
 use crate::outbox::Outbox;
-use crate::protocol::{ErrorCode, LeaveReason, PeerId, RoomId};
+use crate::protocol::{ClientSeq, ErrorCode, LeaveReason, PeerId, RoomId};
 use crate::resume::ResumeSecret;
 
 /// Where a session's frames go.
@@ -47,9 +47,25 @@ pub struct Session {
     pub joined_at: Instant,
     /// Its latest `stats` report per other peer.
     pub links: PeerLinks,
+    /// The highest `cseq` it handled (0: none yet).
+    pub received: ClientSeq,
 }
 
 impl Session {
+    /// Whether a frame numbered `cseq` is new, recording it as handled; a frame numbered at or
+    /// below the highest handled is a duplicate (a client sent it again after a dropped link).
+    /// An unnumbered frame is always new.
+    pub fn first_sight(&mut self, cseq: Option<ClientSeq>) -> bool {
+        match cseq {
+            Some(n) if n <= self.received => false,
+            Some(n) => {
+                self.received = n;
+                true
+            }
+            None => true,
+        }
+    }
+
     /// Whether the session is attached to the socket `conn`.
     pub fn attached_to(&self, conn: ConnId) -> bool {
         matches!(self.link, Link::Attached { conn: c, .. } if c == conn)

@@ -320,7 +320,11 @@ impl YConnection {
             .send(
                 &self.app,
                 self.conn,
-                ClientMessage::Broadcast { id: None, data },
+                ClientMessage::Broadcast {
+                    id: None,
+                    cseq: None,
+                    data,
+                },
             )
             .await;
         match flow {

@@ -119,6 +119,7 @@ fn http_transports_through_haproxy_round_robin_survive_a_killed_node() {
     fn signal(to: &PeerId, n: u32) -> ClientMessage {
         ClientMessage::Signal {
             id: None,
+            cseq: None,
             to: to.clone(),
             signal: Signal::Answer { sdp: n.to_string() },
         }

@@ -47,7 +47,9 @@ use crate::protocol::{
 use crate::resume::ResumeSecret;
 use crate::turn_credentials::IceServerMinter;
 use inbox::Inbox;
-use store::{Op, Reply, Store, StoreError, StoreLimits};
+use store::{
+    Op, RECEIVED_PLACEHOLDER, REPLAYED_PLACEHOLDER, Reply, Store, StoreError, StoreLimits,
+};
 
 /// How a cluster node keeps in touch with the others.
 #[derive(Debug, Clone)]
@@ -585,14 +587,15 @@ impl ClusterHub {
         let (key, secret_hex, peer, room) = parse_cluster_token(&req.token).ok_or_else(unknown)?;
         self.accepting()?;
         // The template's resume token must be the one the client holds: rebuild it. The
-        // placeholders (no peers, `replayed` = u64::MAX) are filled in by the script.
+        // placeholders (no peers, `replayed`, `received`) are filled in by the script.
         let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;
         // No template: a quiet re-attach (HTTP streams) sends no `resumed`.
         let template = if req.announce {
             to_json(&ServerMessage::Resumed {
                 reference: req.reference,
                 session: self.session_info(key, &peer, &room, req.version, &secret),
-                replayed: u64::MAX,
+                replayed: REPLAYED_PLACEHOLDER,
+                received: RECEIVED_PLACEHOLDER,
             })
         } else {
             String::new()
@@ -772,16 +775,26 @@ impl ClusterHub {
         let room = room.clone();
         let sid = sid(key);
         let result = match message {
-            ClientMessage::Signal { id, to, signal } => {
+            ClientMessage::Signal {
+                id,
+                cseq,
+                to,
+                signal,
+            } => {
                 let body = to_json(&ServerMessage::Signal {
                     from: peer.clone(),
                     signal,
                 });
+                let cseq = cseq.map(|n| n.to_string()).unwrap_or_default();
                 let reply = self
                     .store
-                    .call(Op::Signal, &room, &[&sid, to.as_str(), &body])
+                    .call(Op::Signal, &room, &[&sid, to.as_str(), &body, &cseq])
                     .await;
                 match reply {
+                    Ok(reply) if reply.status == "dup" => {
+                        self.metrics.duplicates_dropped.inc();
+                        Ok(reply)
+                    }
                     Ok(reply) if reply.status == "unknown_peer" => {
                         // Rare: the error is encoded (and sent, in order) only when needed.
                         self.end_overflowed(&room, &reply).await;
@@ -800,15 +813,25 @@ impl ClusterHub {
                     Err(e) => Err(e),
                 }
             }
-            ClientMessage::Broadcast { id: _, data } => {
+            ClientMessage::Broadcast { id: _, cseq, data } => {
                 let body = to_json(&ServerMessage::Broadcast {
                     from: peer.clone(),
                     data,
                 });
-                let reply = self.store.call(Op::Broadcast, &room, &[&sid, &body]).await;
-                if let Ok(reply) = &reply {
-                    let n = reply.rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
-                    self.metrics.messages_relayed.inc_by(n);
+                let cseq = cseq.map(|n| n.to_string()).unwrap_or_default();
+                let reply = self
+                    .store
+                    .call(Op::Broadcast, &room, &[&sid, &body, &cseq])
+                    .await;
+                match &reply {
+                    Ok(reply) if reply.status == "dup" => {
+                        self.metrics.duplicates_dropped.inc();
+                    }
+                    Ok(reply) => {
+                        let n = reply.rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+                        self.metrics.messages_relayed.inc_by(n);
+                    }
+                    Err(_) => {}
                 }
                 reply
             }
@@ -818,8 +841,11 @@ impl ClusterHub {
                     .await
             }
             ClientMessage::Ping { id } => {
-                let body = to_json(&ServerMessage::Pong { reference: id });
-                self.store.call(Op::Emit, &room, &[&sid, &body]).await
+                let body = to_json(&ServerMessage::Pong {
+                    reference: id,
+                    received: RECEIVED_PLACEHOLDER,
+                });
+                self.store.call(Op::Pong, &room, &[&sid, &body]).await
             }
             ClientMessage::Leave { .. } => {
                 let reply = self.end(&room, key, LeaveReason::Left, None, guard).await;
@@ -1354,7 +1380,10 @@ impl ClusterHub {
 
     /// Delivers an app message from the backend to every peer of `room`; returns how many.
     pub async fn backend_broadcast(&self, room: &RoomId, body: &str) -> Result<u64, StoreError> {
-        let reply = self.store.call(Op::Broadcast, room, &["", body]).await?;
+        let reply = self
+            .store
+            .call(Op::Broadcast, room, &["", body, ""])
+            .await?;
         self.end_overflowed(room, &reply).await;
         Ok(reply.rest.first().and_then(|n| n.parse().ok()).unwrap_or(0))
     }

@@ -22,6 +22,10 @@ local function lkey(sid) return P .. 'l:' .. sid end
 local function touch(k) redis.call('PEXPIRE', k, TTL) end
 -- Sessions whose outbox overflowed while parked: the caller ends them (replay_overflow).
 local over = {}
+-- The placeholders of templates that a script fills in: `replayed` and `received` (u64::MAX
+-- and u64::MAX - 1, numbers no real count reaches).
+local REPLAYED = '18446744073709551615'
+local RECEIVED = '18446744073709551614'
 
 -- Numbers `body` (a JSON object without seq) for session `sid`, appends it to the outbox and,
 -- when the session is attached, publishes it to its node. Returns the seq, or nil.
@@ -50,6 +54,22 @@ local function emit(sid, body)
   end
   redis.call('HSET', s, 'next', seq + 1, 'first', first, 'bytes', bytes)
   return seq
+end
+
+-- The highest client frame number (`cseq`) session `sid` handled, as a string ('0': none).
+local function received(sid)
+  return redis.call('HGET', skey(sid), 'rcv') or '0'
+end
+
+-- Whether client frame number `cseq` (a string; '' for an unnumbered frame) is new for
+-- session `sid`, recording it as handled. A frame at or below the highest handled is a
+-- duplicate: its client sent it again after a dropped link.
+local function first_sight(sid, cseq)
+  if cseq == '' then return true end
+  local n = tonumber(cseq)
+  if n <= tonumber(received(sid)) then return false end
+  redis.call('HSET', skey(sid), 'rcv', cseq)
+  return true
 end
 
 -- Drops outbox frames up to and including `seq`.

@@ -21,6 +21,7 @@ struct Scripts {
     signal: Script,
     broadcast: Script,
     emit: Script,
+    pong: Script,
     ack: Script,
     park: Script,
     adopt: Script,
@@ -34,6 +35,13 @@ struct Scripts {
 }
 
 const PRELUDE: &str = include_str!("scripts.lua");
+
+/// What a `resumed` template says for `replayed` until the script fills in the count (the
+/// script's `REPLAYED`: no real count reaches it).
+pub const REPLAYED_PLACEHOLDER: u64 = u64::MAX;
+/// What a `resumed` or `pong` template says for `received` until the script fills in the
+/// session's highest handled `cseq` (the script's `RECEIVED`).
+pub const RECEIVED_PLACEHOLDER: u64 = u64::MAX - 1;
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
@@ -88,7 +96,8 @@ if st[6] == 'a' and st[4] ~= ARGV[7] then
 end
 if ARGV[10] ~= '' then
   local body = plain_replace(ARGV[10], '"peers":[]', '"peers":[' .. peers_of(sid) .. ']')
-  body = plain_replace(body, '18446744073709551615', tostring(#replay))
+  body = plain_replace(body, REPLAYED, tostring(#replay))
+  body = plain_replace(body, RECEIVED, received(sid))
   emit(sid, body)
 end
 local out = {'ok', table.concat(over, ' '), st[4], st[5], st[6]}
@@ -96,22 +105,26 @@ for _, f in ipairs(replay) do out[#out + 1] = f end
 return out
 "#,
             ),
-            // ARGV: from-sid to-peer body. 'unknown_peer': nothing was sent (the caller
-            // answers with an error).
+            // ARGV: from-sid to-peer body cseq ('' when unnumbered). 'unknown_peer': nothing
+            // was sent (the caller answers with an error); 'dup': the session handled `cseq`
+            // already, nothing was sent.
             signal: script(
                 r#"
+if redis.call('EXISTS', skey(ARGV[4])) == 0 then return {'unknown_peer', ''} end
+if not first_sight(ARGV[4], ARGV[7]) then return {'dup', ''} end
 local target = redis.call('HGET', PEERS, ARGV[5])
-if target and target ~= ARGV[4] and redis.call('EXISTS', skey(ARGV[4])) == 1 then
+if target and target ~= ARGV[4] then
   emit(target, ARGV[6])
   return {'ok', table.concat(over, ' ')}
 end
 return {'unknown_peer', ''}
 "#,
             ),
-            // ARGV: from-sid ('' for the backend) body
+            // ARGV: from-sid ('' for the backend) body cseq ('' when unnumbered)
             broadcast: script(
                 r#"
 if ARGV[4] ~= '' and redis.call('EXISTS', skey(ARGV[4])) == 0 then return {'ok', '', '0'} end
+if ARGV[4] ~= '' and not first_sight(ARGV[4], ARGV[6]) then return {'dup', '', '0'} end
 local n = 0
 for _, other in ipairs(redis.call('LRANGE', M, 0, -1)) do
   if other ~= ARGV[4] then emit(other, ARGV[5]) n = n + 1 end
@@ -123,6 +136,13 @@ return {'ok', table.concat(over, ' '), tostring(n)}
             emit: script(
                 r#"
 local seq = emit(ARGV[4], ARGV[5])
+return {seq and 'ok' or 'gone', table.concat(over, ' '), tostring(seq or 0)}
+"#,
+            ),
+            // ARGV: sid pong-template (its `received` placeholder filled in here)
+            pong: script(
+                r#"
+local seq = emit(ARGV[4], plain_replace(ARGV[5], RECEIVED, received(ARGV[4])))
 return {seq and 'ok' or 'gone', table.concat(over, ' '), tostring(seq or 0)}
 "#,
             ),
@@ -334,6 +354,7 @@ pub enum Op {
     Signal,
     Broadcast,
     Emit,
+    Pong,
     Ack,
     Park,
     Adopt,
@@ -380,6 +401,7 @@ impl Store {
             Op::Signal => &scripts.signal,
             Op::Broadcast => &scripts.broadcast,
             Op::Emit => &scripts.emit,
+            Op::Pong => &scripts.pong,
             Op::Ack => &scripts.ack,
             Op::Park => &scripts.park,
             Op::Adopt => &scripts.adopt,

@@ -26,6 +26,7 @@ pub(crate) async fn signal(client: &mut Client, to: &PeerId, signal: Signal) {
     client
         .send(&ClientMessage::Signal {
             id: None,
+            cseq: None,
             to: to.clone(),
             signal,
         })
@@ -170,6 +171,7 @@ async fn three_peers_roles_and_targeted_delivery() {
     // Broadcast reaches everyone else, not the sender.
     c.send(&ClientMessage::Broadcast {
         id: Some(9),
+        cseq: None,
         data: serde_json::json!({"chat": "hi"}),
     })
     .await;
@@ -192,6 +194,7 @@ async fn signals_never_cross_rooms() {
     let (mut x, x_info) = Client::join(&server.ws("/ws/blue"), None).await;
     a.send(&ClientMessage::Signal {
         id: Some(42),
+        cseq: None,
         to: x_info.peer_id.clone(),
         signal: candidate(1),
     })
@@ -204,6 +207,7 @@ async fn signals_never_cross_rooms() {
     // A made-up id is refused the same way.
     a.send(&ClientMessage::Signal {
         id: Some(43),
+        cseq: None,
         to: "nobody".into(),
         signal: candidate(2),
     })
@@ -252,6 +256,9 @@ async fn silent_zombies_time_out() {
     a.send(&ClientMessage::Ping { id: Some(5) }).await;
     assert!(matches!(
         a.recv_message().await,
-        ServerMessage::Pong { reference: Some(5) }
+        ServerMessage::Pong {
+            reference: Some(5),
+            ..
+        }
     ));
 }

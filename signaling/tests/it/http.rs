@@ -23,6 +23,7 @@ fn offer(n: u32) -> Signal {
 fn signal(to: &PeerId, n: u32) -> ClientMessage {
     ClientMessage::Signal {
         id: None,
+        cseq: None,
         to: to.clone(),
         signal: offer(n),
     }
@@ -93,7 +94,13 @@ async fn sse_and_post_carry_a_session_like_a_socket() {
         other => panic!("expected the signal, got {other:?}"),
     }
     let pong = events.frame().await;
-    assert_eq!(pong.message, ServerMessage::Pong { reference: Some(7) });
+    assert_eq!(
+        pong.message,
+        ServerMessage::Pong {
+            reference: Some(7),
+            received: 0
+        }
+    );
     // An unknown target is answered on the stream, as over a socket.
     let reply = http_client::send(
         server.next_addr(),
@@ -131,6 +138,57 @@ async fn sse_and_post_carry_a_session_like_a_socket() {
     assert_eq!(reply.status, 410);
     let gone = Sse::connect(server.next_addr(), &a, None).await;
     assert_eq!(gone.status, 410);
+}
+
+#[tokio::test]
+async fn a_numbered_send_retried_after_a_lost_reply_is_delivered_once() {
+    let server = Server::start(&[]);
+    let a = http_client::open_as(server.next_addr(), "retry", "A").await;
+    let mut events = Sse::connect(server.next_addr(), &a, None).await;
+    let _welcome = events.frame().await;
+    let (mut b, b_info) = Client::join(&server.ws("/ws/retry"), None).await;
+    let _joined = events.frame().await;
+    let numbered = |cseq: u64| ClientMessage::Signal {
+        id: None,
+        cseq: Some(cseq),
+        to: b_info.peer_id.clone(),
+        signal: offer(cseq as u32),
+    };
+    let batch = [numbered(1), numbered(2)];
+    let reply = http_client::send(server.next_addr(), &a, &batch).await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    // The client never saw that reply (a network error): it posts the same batch again, to
+    // another node in a cluster run, with the next frame behind it.
+    let reply = http_client::send(
+        server.next_addr(),
+        &a,
+        &[batch[0].clone(), batch[1].clone(), numbered(3)],
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    for n in 1..=3 {
+        match b.recv_message().await {
+            ServerMessage::Signal { signal, .. } => assert_eq!(signal, offer(n)),
+            other => panic!("expected signal {n}, got {other:?}"),
+        }
+    }
+    b.sync().await;
+    b.expect_silence(Duration::from_millis(300)).await;
+    let reply = http_client::send(
+        server.next_addr(),
+        &a,
+        &[ClientMessage::Ping { id: Some(1) }],
+    )
+    .await;
+    assert_eq!(reply.status, 204);
+    let pong = events.frame().await;
+    assert_eq!(
+        pong.message,
+        ServerMessage::Pong {
+            reference: Some(1),
+            received: 3
+        }
+    );
 }
 
 #[tokio::test]

@@ -62,7 +62,10 @@ async fn bad_input_is_answered_and_harms_nobody() {
     b.send(&ClientMessage::Ping { id: Some(8) }).await;
     assert!(matches!(
         b.recv_message().await,
-        ServerMessage::Pong { reference: Some(8) }
+        ServerMessage::Pong {
+            reference: Some(8),
+            ..
+        }
     ));
 
     // The errors are counted.
@@ -87,6 +90,7 @@ async fn handshake_errors() {
     let mut c = Client::connect(&server.ws("/ws/early")).await;
     c.send(&ClientMessage::Signal {
         id: Some(1),
+        cseq: None,
         to: "x".into(),
         signal: candidate(0),
     })
@@ -196,7 +200,8 @@ async fn rate_limit_drops_the_excess() {
     assert!(matches!(
         a.recv_message().await,
         ServerMessage::Pong {
-            reference: Some(100)
+            reference: Some(100),
+            ..
         }
     ));
 }
@@ -531,6 +536,7 @@ async fn broadcast(sender: &mut Client, blob: &str) {
     sender
         .send(&ClientMessage::Broadcast {
             id: None,
+            cseq: None,
             data: serde_json::Value::String(blob.to_owned()),
         })
         .await;

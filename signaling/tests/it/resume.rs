@@ -57,6 +57,7 @@ async fn resume_replays_missed_messages_exactly_once_in_order() {
                     reference,
                     session,
                     replayed,
+                    received: 0,
                 },
             ..
         } => {
@@ -152,4 +153,73 @@ async fn replay_overflow_ends_a_parked_session() {
     b.send(&resume_message(&b_info.resume_token, 1)).await;
     b.expect_error(ErrorCode::ReplayOverflow).await;
     assert_eq!(b.expect_close().await, Closed::Code(1008));
+}
+
+/// A `signal` numbered `cseq` carrying candidate `n`.
+fn numbered_signal(to: &signaling::protocol::PeerId, cseq: u64) -> ClientMessage {
+    ClientMessage::Signal {
+        id: None,
+        cseq: Some(cseq),
+        to: to.clone(),
+        signal: candidate(cseq as u32),
+    }
+}
+
+#[tokio::test]
+async fn numbered_frames_sent_again_after_a_resume_take_effect_once() {
+    let server = Server::start(&["--resume-grace", "10s"]);
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&server.ws("/ws/cseq"), &server.ws("/ws/cseq")).await;
+    for cseq in 1..=2 {
+        a.send(&numbered_signal(&b_info.peer_id, cseq)).await;
+    }
+    a.send(&ClientMessage::Broadcast {
+        id: None,
+        cseq: Some(3),
+        data: serde_json::json!("hello"),
+    })
+    .await;
+    for n in 1..=2 {
+        assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(n));
+    }
+    assert!(matches!(
+        b.recv_message().await,
+        ServerMessage::Broadcast { data, .. } if data == "hello"
+    ));
+    // A `pong` confirms what the session handled.
+    a.send(&ClientMessage::Ping { id: Some(5) }).await;
+    assert_eq!(
+        a.recv_message().await,
+        ServerMessage::Pong {
+            reference: Some(5),
+            received: 3
+        }
+    );
+    // The socket drops; A cannot know whether its last frames arrived.
+    let last_seq = a.last_seq;
+    drop(a);
+    let mut a = Client::connect(&server.ws("/ws/cseq")).await;
+    a.send(&resume_message(&a_info.resume_token, last_seq))
+        .await;
+    match a.recv_message().await {
+        ServerMessage::Resumed { received, .. } => assert_eq!(received, 3),
+        other => panic!("expected resumed, got {other:?}"),
+    }
+    // A sends everything after an older confirmation again, then goes on: only 4 is new.
+    for cseq in 2..=4 {
+        a.send(&numbered_signal(&b_info.peer_id, cseq)).await;
+    }
+    a.send(&ClientMessage::Broadcast {
+        id: None,
+        cseq: Some(3),
+        data: serde_json::json!("hello"),
+    })
+    .await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(4));
+    a.sync().await;
+    b.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(server.metric("signaling_duplicate_frames_total").await, 3);
+    // Unnumbered frames are never taken for duplicates.
+    signal(&mut a, &b_info.peer_id, candidate(1)).await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(1));
 }

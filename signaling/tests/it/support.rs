@@ -433,6 +433,7 @@ impl Client {
         match self.recv().await.message {
             ServerMessage::Pong {
                 reference: Some(4242),
+                ..
             } => {}
             other => panic!("expected pong, got {other:?}"),
         }

@@ -1,0 +1,210 @@
+//! The client's side of `cseq` (`docs/protocol.md`, "Client sequence numbers"): `signal` and
+//! `broadcast` frames are numbered as they are written, kept until the server confirms them
+//! (`received` in `pong` and `resumed`), and written again after a resume when the server did
+//! not handle them before the socket dropped. The server drops what it handled already, so
+//! each frame takes effect exactly once. Pure state: the time is passed in.
+
+use std::collections::VecDeque;
+
+use signaling::protocol::{ClientMessage, ClientSeq, client_rules};
+use tokio::time::Instant;
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct ResendLog {
+    /// The number the next numbered frame gets.
+    next: ClientSeq,
+    /// Numbered frames written to a socket and not confirmed yet, in order.
+    unconfirmed: VecDeque<ClientMessage>,
+    /// Numbered frames written since the last `ping`, and when the first of them was.
+    since_ping: u64,
+    first_since_ping: Option<Instant>,
+}
+
+impl Default for ResendLog {
+    fn default() -> Self {
+        Self {
+            next: 1,
+            unconfirmed: VecDeque::new(),
+            since_ping: 0,
+            first_since_ping: None,
+        }
+    }
+}
+
+fn cseq_of(message: &ClientMessage) -> Option<ClientSeq> {
+    match message {
+        ClientMessage::Signal { cseq, .. } | ClientMessage::Broadcast { cseq, .. } => *cseq,
+        _ => None,
+    }
+}
+
+fn cseq_mut(message: &mut ClientMessage) -> Option<&mut Option<ClientSeq>> {
+    match message {
+        ClientMessage::Signal { cseq, .. } | ClientMessage::Broadcast { cseq, .. } => Some(cseq),
+        _ => None,
+    }
+}
+
+impl ResendLog {
+    /// Gives a `signal` or `broadcast` that has no number yet the next one.
+    pub(crate) fn number(&mut self, message: &mut ClientMessage) {
+        if let Some(cseq @ None) = cseq_mut(message) {
+            *cseq = Some(self.next);
+            self.next += 1;
+        }
+    }
+
+    /// `message` was written to the socket at `now`: a numbered one is kept until confirmed.
+    pub(crate) fn written(&mut self, message: ClientMessage, now: Instant) {
+        if cseq_of(&message).is_some() {
+            self.unconfirmed.push_back(message);
+            self.since_ping += 1;
+            self.first_since_ping.get_or_insert(now);
+        }
+    }
+
+    /// Whether to send a `ping` now so that its `pong` confirms what was written
+    /// ([`client_rules::CONFIRM_EVERY`] frames, or [`client_rules::CONFIRM_DELAY`] after the
+    /// first of them).
+    pub(crate) fn ping_due(&self, now: Instant) -> bool {
+        self.since_ping >= client_rules::CONFIRM_EVERY
+            || self
+                .first_since_ping
+                .is_some_and(|at| now.saturating_duration_since(at) >= client_rules::CONFIRM_DELAY)
+    }
+
+    /// A `ping` was written.
+    pub(crate) fn pinged(&mut self) {
+        self.since_ping = 0;
+        self.first_since_ping = None;
+    }
+
+    /// The server handled every numbered frame up to `received` (`pong`, `resumed`).
+    pub(crate) fn confirmed(&mut self, received: ClientSeq) {
+        while self
+            .unconfirmed
+            .front()
+            .and_then(cseq_of)
+            .is_some_and(|n| n <= received)
+        {
+            self.unconfirmed.pop_front();
+        }
+    }
+
+    /// A resume said the server handled up to `received`: the frames after it, in order, to
+    /// write again before anything else.
+    pub(crate) fn resend(&mut self, received: ClientSeq) -> VecDeque<ClientMessage> {
+        self.confirmed(received);
+        self.since_ping = 0;
+        self.first_since_ping = None;
+        std::mem::take(&mut self.unconfirmed)
+    }
+
+    /// The session was lost and joined again as a new one: numbering starts over, nothing is
+    /// sent again (its peers are gone), and the frames still `pending` lose their old numbers.
+    pub(crate) fn restart(&mut self, pending: &mut VecDeque<ClientMessage>) {
+        *self = Self::default();
+        for message in pending {
+            if let Some(cseq) = cseq_mut(message) {
+                *cseq = None;
+            }
+        }
+    }
+
+    /// How many numbered frames wait for confirmation.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.unconfirmed.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signaling::protocol::PeerId;
+    use std::time::Duration;
+
+    fn broadcast(n: u64) -> ClientMessage {
+        ClientMessage::Broadcast {
+            id: None,
+            cseq: None,
+            data: serde_json::json!(n),
+        }
+    }
+
+    #[test]
+    fn frames_are_numbered_kept_until_confirmed_and_written_again_after_a_resume() {
+        let mut log = ResendLog::default();
+        let t0 = Instant::now();
+        for n in 0..5 {
+            let mut message = broadcast(n);
+            log.number(&mut message);
+            assert_eq!(cseq_of(&message), Some(n + 1));
+            log.written(message, t0);
+        }
+        let mut ping = ClientMessage::Ping { id: None };
+        log.number(&mut ping);
+        log.written(ping, t0);
+        assert_eq!(log.waiting(), 5, "pings are not numbered or kept");
+        log.confirmed(2);
+        assert_eq!(log.waiting(), 3);
+        let again: Vec<_> = log.resend(3).iter().filter_map(cseq_of).collect();
+        assert_eq!(again, [4, 5]);
+        assert_eq!(log.waiting(), 0);
+        // A frame keeps its number when it is written again.
+        let mut message = ClientMessage::Signal {
+            id: None,
+            cseq: Some(4),
+            to: PeerId("p".into()),
+            signal: signaling::protocol::Signal::EndOfCandidates {
+                username_fragment: None,
+            },
+        };
+        log.number(&mut message);
+        assert_eq!(cseq_of(&message), Some(4));
+    }
+
+    #[test]
+    fn a_ping_is_due_after_enough_frames_or_time() {
+        let mut log = ResendLog::default();
+        let t0 = Instant::now();
+        assert!(
+            !log.ping_due(t0 + Duration::from_secs(60)),
+            "nothing to confirm"
+        );
+        let mut message = broadcast(0);
+        log.number(&mut message);
+        log.written(message, t0);
+        assert!(!log.ping_due(t0));
+        assert!(log.ping_due(t0 + client_rules::CONFIRM_DELAY));
+        log.pinged();
+        for n in 1..client_rules::CONFIRM_EVERY {
+            let mut message = broadcast(n);
+            log.number(&mut message);
+            log.written(message, t0);
+            assert!(!log.ping_due(t0));
+        }
+        let mut message = broadcast(99);
+        log.number(&mut message);
+        log.written(message, t0);
+        assert!(log.ping_due(t0));
+    }
+
+    #[test]
+    fn a_new_session_numbers_from_one_and_forgets_the_old_frames() {
+        let mut log = ResendLog::default();
+        let t0 = Instant::now();
+        let mut message = broadcast(0);
+        log.number(&mut message);
+        log.written(message, t0);
+        let mut failed = broadcast(1);
+        log.number(&mut failed);
+        let mut pending = VecDeque::from([failed]);
+        log.restart(&mut pending);
+        assert_eq!(log.waiting(), 0);
+        assert_eq!(cseq_of(&pending[0]), None);
+        log.number(&mut pending[0]);
+        assert_eq!(cseq_of(&pending[0]), Some(1));
+    }
+}
