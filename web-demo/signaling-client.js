@@ -3,7 +3,10 @@
 // It owns one session with the signaling server: the versioned join, sequence numbers and acks,
 // app-level pings (browsers cannot see WebSocket pings), reconnection with exponential backoff
 // and jitter, and resume with replay so that every server message is processed exactly once, in
-// order, across dropped connections. It knows nothing about RTCPeerConnection: see
+// order, across dropped connections. The other way, `signal` and `broadcast` frames are
+// numbered (`cseq`) and kept until a `pong` or `resumed` confirms them: those a dropped link
+// swallowed are sent again after the resume, and the server drops what it had already, so each
+// takes effect exactly once. It knows nothing about RTCPeerConnection: see
 // webrtc-room.js for that side.
 //
 // Transports (docs/protocol.md, "When WebSockets are blocked"): a WebSocket first; when the
@@ -57,6 +60,7 @@ export function forgetTransports() { workingTransports.clear(); }
 export const CLIENT_RULES = Object.freeze({
   backoff: Object.freeze({ initialMs: 250, maxMs: 8000, factor: 2, jitter: 0.5 }),
   ack: Object.freeze({ every: 16, delayMs: 200 }),
+  confirm: Object.freeze({ every: 16, delayMs: 1000 }),
   stats: Object.freeze({ everyMs: 15000 }),
   errors: Object.freeze({
     unsupported_version: { close: 1008, retry: 'fatal' },
@@ -106,6 +110,9 @@ const DEFAULTS = Object.freeze({
   /** Send an ack after this many unacked frames, or after ackDelayMs, whichever comes first. */
   ackEvery: CLIENT_RULES.ack.every,
   ackDelayMs: CLIENT_RULES.ack.delayMs,
+  /** Ping (its pong confirms numbered frames) after this many since the last ping, or after confirmDelayMs. */
+  confirmEvery: CLIENT_RULES.confirm.every,
+  confirmDelayMs: CLIENT_RULES.confirm.delayMs,
   /** The WebSocket constructor (for tests or non-browser runtimes). */
   WebSocket: globalThis.WebSocket,
   /** Transports to try, in order: any of TRANSPORTS (e.g. ['sse'] forces SSE + POST). */
@@ -152,6 +159,8 @@ export class SignalingClient extends EventTarget {
     /** How many reconnects resumed the session, and how many messages were replayed in all. */
     this.stats = {
       resumes: 0, replayed: 0, rejoins: 0, reconnectAttempts: 0, duplicatesDropped: 0, iceServerUpdates: 0,
+      /** Numbered frames sent again after a resume because the server had not handled them. */
+      resent: 0,
       /** HTTP transports: event streams or polls reopened from the last seq (no resume needed). */
       streamReconnects: 0,
       /** Transports given up on for the next one (a blocked WebSocket, a buffered event stream). */
@@ -167,6 +176,10 @@ export class SignalingClient extends EventTarget {
     this._nextId = 1;
     this._pending = new Map(); // request id -> the message, to explain errors
     this._outbox = []; // messages queued while not joined
+    this._nextCseq = 1; // the cseq of the next signal or broadcast
+    this._unconfirmed = []; // numbered messages sent, not yet confirmed by pong/resumed
+    this._sincePing = 0; // numbered messages sent since the last ping
+    this._confirmTimer = null;
     this._attempt = 0;
     this._retryTimer = null;
     this._connectTimer = null;
@@ -446,6 +459,8 @@ export class SignalingClient extends EventTarget {
     for (const text of texts) {
       try {
         const msg = JSON.parse(text);
+        // Numbered messages are still in _unconfirmed: the resume sends them again.
+        if (msg.cseq != null) continue;
         if (msg.type !== 'ack' && msg.type !== 'ping' && msg.type !== 'join' && msg.type !== 'resume') msgs.push(msg);
       } catch { /* not ours */ }
     }
@@ -505,6 +520,7 @@ export class SignalingClient extends EventTarget {
     switch (frame.type) {
       case 'welcome': {
         if (this._hadSession) this.stats.rejoins += 1;
+        this._restartNumbering();
         this._hadSession = true;
         this._takeSession(frame, true);
         this._joined(ws);
@@ -517,6 +533,11 @@ export class SignalingClient extends EventTarget {
         this.stats.resumes += 1;
         this.stats.replayed += Number(frame.replayed) || 0;
         this._takeSession(frame, false);
+        // What the old link swallowed goes out first (_joined flushes the outbox), in order.
+        this._confirmed(Number(frame.received) || 0);
+        this.stats.resent += this._unconfirmed.length;
+        this._outbox.unshift(...this._unconfirmed.splice(0));
+        this._sincePing = 0;
         this._joined(ws);
         this._emit('resumed', { session: this.session, replayed: frame.replayed });
         this._emit('ice-servers', { iceServers: this.iceServers });
@@ -544,6 +565,7 @@ export class SignalingClient extends EventTarget {
         this._emit('ice-servers', { iceServers: this.iceServers });
         break;
       case 'pong':
+        this._confirmed(Number(frame.received) || 0);
         break;
       case 'draining':
         this._drainDelayMs = Number(frame.reconnect_after_ms) || 0;
@@ -559,8 +581,8 @@ export class SignalingClient extends EventTarget {
   }
 
   _takeSession(frame, fresh) {
-    const { type, seq, ref, replayed, ...session } = frame;
-    void type; void seq; void ref; void replayed;
+    const { type, seq, ref, replayed, received, ...session } = frame;
+    void type; void seq; void ref; void replayed; void received;
     const before = this.peers;
     this.session = session;
     this.iceServers = session.ice_servers || [];
@@ -642,12 +664,45 @@ export class SignalingClient extends EventTarget {
   }
 
   _send(msg) {
+    const numbered = msg.type === 'signal' || msg.type === 'broadcast';
+    if (numbered && msg.cseq == null) msg.cseq = this._nextCseq++;
     try {
       // An HttpLink returns false when it is closed (a WebSocket throws, or drops silently).
-      if (this._ws.send(JSON.stringify(msg)) === false) this._outbox.push(msg);
+      if (this._ws.send(JSON.stringify(msg)) === false) { this._outbox.push(msg); return; }
     } catch {
       this._outbox.push(msg);
+      return;
     }
+    if (!numbered) return;
+    // Kept until a pong or resumed says the server handled it (docs/protocol.md, "cseq").
+    this._unconfirmed.push(msg);
+    this._sincePing += 1;
+    if (this._sincePing >= this.options.confirmEvery) this._confirmPing();
+    else if (!this._confirmTimer) this._confirmTimer = setTimeout(() => this._confirmPing(), this.options.confirmDelayMs);
+  }
+
+  /** Sends a ping whose pong confirms the numbered messages sent so far. */
+  _confirmPing() {
+    clearTimeout(this._confirmTimer);
+    this._confirmTimer = null;
+    if (this._sincePing === 0 || this.state !== 'joined' || this._ws?.readyState !== 1) return;
+    this._sincePing = 0;
+    try { this._ws.send(JSON.stringify({ type: 'ping', id: this._nextId++ })); } catch { /* the link is going */ }
+  }
+
+  /** The server handled every numbered message up to `received`. */
+  _confirmed(received) {
+    let n = 0;
+    while (n < this._unconfirmed.length && this._unconfirmed[n].cseq <= received) n += 1;
+    this._unconfirmed.splice(0, n);
+  }
+
+  /** A new session: numbering starts over, and nothing of the old one is sent again. */
+  _restartNumbering() {
+    this._nextCseq = 1;
+    this._unconfirmed = [];
+    this._sincePing = 0;
+    for (const msg of this._outbox) delete msg.cseq;
   }
 
   _scheduleAck() {
@@ -678,6 +733,7 @@ export class SignalingClient extends EventTarget {
         return;
       }
       this._sendAck();
+      this._sincePing = 0;
       ws.send(JSON.stringify({ type: 'ping', id: this._nextId++ }));
     }, interval);
   }
@@ -687,7 +743,8 @@ export class SignalingClient extends EventTarget {
     clearTimeout(this._connectTimer);
     clearTimeout(this._ackTimer);
     clearInterval(this._pingTimer);
-    this._retryTimer = this._connectTimer = this._ackTimer = this._pingTimer = null;
+    clearTimeout(this._confirmTimer);
+    this._retryTimer = this._connectTimer = this._ackTimer = this._pingTimer = this._confirmTimer = null;
   }
 
   _setState(state, extra = {}) {

@@ -688,6 +688,48 @@ test('sse and long-polling: rooms named like the transport paths (events, poll, 
   for (const r of results) assert(r.joined === r.room, `room ${r.room} over ${r.transport}: ${JSON.stringify(r)}`);
 });
 
+test('cseq: what a dead link swallowed is sent again after the resume and arrives once, in order, over each transport', async (t) => {
+  const p = await t.open('Solo');
+  await p.joined();
+  const results = await p.eval(async () => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const ws = `${location.origin.replace(/^http/, 'ws')}/ws`;
+    const until = (cond, ms) => new Promise((resolve) => {
+      const t0 = Date.now();
+      const tick = () => (cond() || Date.now() - t0 > ms ? resolve(cond()) : setTimeout(tick, 50));
+      tick();
+    });
+    const out = [];
+    for (const transport of ['websocket', 'sse', 'long-poll']) {
+      const room = `cseq-${transport}`;
+      const a = new SignalingClient(`${ws}/${room}`, { transports: [transport], name: 'a' });
+      const b = new SignalingClient(`${ws}/${room}`, { transports: [transport], name: 'b' });
+      const got = [];
+      b.addEventListener('broadcast', (e) => got.push(e.detail.data.n));
+      await a.connect();
+      await b.connect();
+      await until(() => a.peers.size === 1, 8000);
+      for (let n = 1; n <= 3; n++) a.broadcast({ n });
+      await until(() => got.length >= 3, 8000);
+      // The path dies without the link noticing: what A writes now never reaches the server.
+      a._ws.send = () => true;
+      for (let n = 4; n <= 6; n++) a.broadcast({ n });
+      a.dropConnection();
+      await until(() => got.length >= 6 && a.state === 'joined', 10000);
+      // A duplicate would arrive right behind the resent frames.
+      await new Promise((r) => { setTimeout(r, 500); });
+      out.push({ transport, got, resent: a.stats.resent, resumes: a.stats.resumes });
+      a.close();
+      b.close();
+    }
+    return out;
+  });
+  for (const r of results) {
+    assert(JSON.stringify(r.got) === '[1,2,3,4,5,6]', `${r.transport}: every broadcast once, in order: ${JSON.stringify(r)}`);
+    assert(r.resumes === 1 && r.resent >= 3, `${r.transport}: resumed once and sent the swallowed frames again: ${JSON.stringify(r)}`);
+  }
+});
+
 /** Starts our relay on a free loopback port with a fresh REST secret; resolves with { port, secret }. */
 async function startRelay(t, { port: fixedPort, secret: fixedSecret, admin = false } = {}) {
   const relayBin = requireBin('RELAY_BIN', 'relay');

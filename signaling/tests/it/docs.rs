@@ -161,6 +161,10 @@ fn the_client_rules_section_states_the_rules_the_clients_follow() {
             ACK_DELAY.as_millis()
         ),
         format!(
+            "| confirm (`ping`) | after {CONFIRM_EVERY} numbered frames (`cseq`) since the last `ping`, or {} ms after",
+            CONFIRM_DELAY.as_millis()
+        ),
+        format!(
             "| stats every | {} ms per connected peer",
             STATS_EVERY.as_millis()
         ),
