@@ -588,6 +588,128 @@ mod tests {
         }
     }
 
+    /// A TCP proxy in front of the server whose connections can go deaf (what the client
+    /// writes is dropped, as on a path that died without a reset) and then be cut.
+    struct DeafProxy {
+        addr: std::net::SocketAddr,
+        deaf: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        live: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    }
+
+    impl DeafProxy {
+        async fn start(upstream: std::net::SocketAddr) -> Self {
+            use std::sync::atomic::Ordering;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let deaf = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (deaf2, live2) = (deaf.clone(), live.clone());
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let (mut client_rx, mut client_tx) = client.into_split();
+                    let (mut server_rx, mut server_tx) = server.into_split();
+                    let deaf = deaf2.clone();
+                    let up = tokio::spawn(async move {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
+                            if !deaf.load(Ordering::Relaxed)
+                                && server_tx.write_all(&buf[..n]).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    });
+                    let down = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                    });
+                    let mut live = live2.lock().unwrap();
+                    live.push(up.abort_handle());
+                    live.push(down.abort_handle());
+                }
+            });
+            Self { addr, deaf, live }
+        }
+
+        fn go_deaf(&self) {
+            self.deaf.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        /// Closes every connection made so far; new ones pass everything again.
+        fn cut(&self) {
+            for task in self.live.lock().unwrap().drain(..) {
+                task.abort();
+            }
+            self.deaf.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The next `broadcast` B's socket reads (within 10 s), as its `data`.
+    async fn next_broadcast(b: &mut WsStream) -> Option<serde_json::Value> {
+        loop {
+            let frame = timeout(Duration::from_secs(10), next_frame(b)).await.ok()?;
+            match frame.ok()??.message {
+                ServerMessage::Broadcast { data, .. } => return Some(data),
+                _ => continue,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_a_dead_socket_swallowed_are_sent_again_after_the_resume_once() {
+        let mut command = std::process::Command::new(testkit::bin_path("signaling"));
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::null());
+        let mut server = testkit::Spawned::spawn(command, false);
+        let marker = "listening on http://";
+        let line = server.wait_line(Duration::from_secs(20), |l| l.starts_with(marker));
+        let server_addr: std::net::SocketAddr = line[marker.len()..].trim().parse().unwrap();
+        let proxy = DeafProxy::start(server_addr).await;
+
+        // B joins straight to the server, A through the proxy with the SDK.
+        let mut b = open(&format!("ws://{server_addr}/ws/deaf")).await.unwrap();
+        join(&mut b, Some("b".into())).await.unwrap();
+        let url = format!("ws://{}/ws/deaf", proxy.addr);
+        let (a, _info, mut events) = SignalingClient::connect(&url, Some("a".into()))
+            .await
+            .unwrap();
+        let broadcast = |n: u32| ClientMessage::Broadcast {
+            id: None,
+            cseq: None,
+            data: serde_json::json!(n),
+        };
+        a.send(broadcast(1)).unwrap();
+        assert_eq!(next_broadcast(&mut b).await, Some(serde_json::json!(1)));
+
+        // The path dies silently: 2 and 3 are written to a socket that delivers nothing.
+        proxy.go_deaf();
+        a.send(broadcast(2)).unwrap();
+        a.send(broadcast(3)).unwrap();
+        sleep(Duration::from_millis(300)).await;
+        proxy.cut();
+        let resumed = timeout(Duration::from_secs(15), async {
+            while let Some(event) = events.recv().await {
+                if let SignalingEvent::Resumed { .. } = event {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(resumed, Ok(true), "the SDK resumed through the proxy");
+        for n in [2, 3] {
+            assert_eq!(next_broadcast(&mut b).await, Some(serde_json::json!(n)));
+        }
+        // Exactly once: nothing follows.
+        a.send(broadcast(4)).unwrap();
+        assert_eq!(next_broadcast(&mut b).await, Some(serde_json::json!(4)));
+        server.kill();
+    }
+
     #[test]
     fn urls_must_be_websocket_urls() {
         assert!(validate_url("ws://127.0.0.1:1/ws/room").is_ok());
