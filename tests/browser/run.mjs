@@ -116,6 +116,11 @@ class PeerPage {
     return this.waitFor((since) => window.__demo.events.some((e) => e.t >= since && e.type === 'log' && /^-> offer to /.test(e.message)), Math.floor(this.restartedAt ?? 0), what);
   }
 
+  /** Waits until the server confirmed (`pong` `received`) every numbered frame the page sent. */
+  sendsConfirmed(what) {
+    return this.waitFor(() => { const c = window.__demo.room.client; return c._unconfirmed.length === 0 && c._outbox.length === 0; }, null, what);
+  }
+
   /** How many `peer-removed` events the page has seen. */
   peersRemoved() { return this.eval(() => window.__demo.events.filter((e) => e.type === 'peer-removed').length); }
 
@@ -347,6 +352,7 @@ test('reconnect: the WebSocket drops mid-call, the page shows reconnecting, resu
   // hold raced with the screenshot above under CI load: the offer came after her return.)
   await b.restartIce('test: offer while the other side is offline');
   await b.offerSent('Bob\'s offer while Alice is offline');
+  await b.sendsConfirmed('Bob\'s offer handled by the server');
   await a.reconnectSignaling();
   await a.waitFor(() => document.body.dataset.signaling === 'joined', null, 'joined again after resume', 20000);
   const after = await a.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats }));
@@ -637,8 +643,11 @@ test('long-polling: two pages forced onto long-polling (?transport=long-poll) ca
   await chatAndDraw(a, b, 'by long-polling');
   // A dropped link resumes the session (same peer id, the missed offer replayed).
   const idBefore = await a.peerId();
-  await a.dropSignaling(4000);
+  await a.dropSignaling(60000);
   await b.restartIce('test: offer while the other side is offline');
+  await b.offerSent('Bob\'s offer while Alice is offline');
+  await b.sendsConfirmed('Bob\'s offer handled by the server');
+  await a.reconnectSignaling();
   await a.joined();
   const after = await a.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats, transport: window.__demo.client.transport }));
   assert(after.id === idBefore && after.stats.resumes >= 1 && after.stats.rejoins === 0 && after.stats.replayed >= 1, `resumed over long-polling: ${JSON.stringify(after)}`);
@@ -660,8 +669,11 @@ test('sse: forced SSE + POST (?transport=sse), a broken event stream is reopened
   await b.iceRestartAnswered('Bob\'s ICE restart answered over the reopened stream');
   // Drop the whole link: the next one resumes the session with a `resume` (POST /http).
   const idBefore = await a.peerId();
-  await a.dropSignaling(4000);
+  await a.dropSignaling(60000);
   await b.restartIce('test: offer while the other side is offline');
+  await b.offerSent('Bob\'s offer while Alice is offline');
+  await b.sendsConfirmed('Bob\'s offer handled by the server');
+  await a.reconnectSignaling();
   await a.joined();
   const after = await a.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats }));
   assert(after.id === idBefore && after.stats.resumes >= 1 && after.stats.rejoins === 0 && after.stats.replayed >= 1, `resumed over SSE: ${JSON.stringify(after)}`);
