@@ -15,6 +15,7 @@ export type RetryClass = 'continue' | 'retry' | 'rejoin' | 'fatal';
 export declare const CLIENT_RULES: {
   readonly backoff: { readonly initialMs: number; readonly maxMs: number; readonly factor: number; readonly jitter: number };
   readonly ack: { readonly every: number; readonly delayMs: number };
+  readonly confirm: { readonly every: number; readonly delayMs: number };
   readonly stats: { readonly everyMs: number };
   readonly errors: { readonly [code: string]: { readonly close: number | null; readonly retry: RetryClass } };
 };
@@ -87,6 +88,9 @@ export interface SignalingClientOptions {
   connectTimeoutMs?: number;
   ackEvery?: number;
   ackDelayMs?: number;
+  /** Ping (its pong confirms the numbered signal/broadcast frames) after this many since the last ping, or after confirmDelayMs. */
+  confirmEvery?: number;
+  confirmDelayMs?: number;
   WebSocket?: typeof WebSocket;
   /** Transports to try, in order (default ['websocket', 'sse', 'long-poll']); e.g. ['sse'] forces SSE + POST. */
   transports?: readonly Transport[];
@@ -136,6 +140,8 @@ export declare class SignalingClient extends EventTarget {
   readonly transport: Transport | null;
   readonly stats: {
     resumes: number; replayed: number; rejoins: number; reconnectAttempts: number; duplicatesDropped: number; iceServerUpdates: number;
+    /** Numbered frames (signal, broadcast) sent again after a resume: the dropped link had swallowed them. */
+    resent: number;
     /** HTTP transports: event streams or polls reopened from the last seq (no resume needed). */
     streamReconnects: number;
     /** Transports given up on for the next one. */
