@@ -180,6 +180,7 @@ export class SignalingClient extends EventTarget {
     this._unconfirmed = []; // numbered messages sent, not yet confirmed by pong/resumed
     this._sincePing = 0; // numbered messages sent since the last ping
     this._confirmTimer = null;
+    this._confirming = true; // false once the server showed it does not confirm (no `received`)
     this._attempt = 0;
     this._retryTimer = null;
     this._connectTimer = null;
@@ -534,7 +535,7 @@ export class SignalingClient extends EventTarget {
         this.stats.replayed += Number(frame.replayed) || 0;
         this._takeSession(frame, false);
         // What the old link swallowed goes out first (_joined flushes the outbox), in order.
-        this._confirmed(Number(frame.received) || 0);
+        this._confirmed(frame.received);
         this.stats.resent += this._unconfirmed.length;
         this._outbox.unshift(...this._unconfirmed.splice(0));
         this._sincePing = 0;
@@ -565,7 +566,7 @@ export class SignalingClient extends EventTarget {
         this._emit('ice-servers', { iceServers: this.iceServers });
         break;
       case 'pong':
-        this._confirmed(Number(frame.received) || 0);
+        this._confirmed(frame.received);
         break;
       case 'draining':
         this._drainDelayMs = Number(frame.reconnect_after_ms) || 0;
@@ -665,7 +666,16 @@ export class SignalingClient extends EventTarget {
 
   _send(msg) {
     const numbered = msg.type === 'signal' || msg.type === 'broadcast';
-    if (numbered && msg.cseq == null) msg.cseq = this._nextCseq++;
+    if (numbered && msg.cseq == null) {
+      // Refused with a close (1009) at every resume if sent: drop it before it takes a number.
+      const max = Number(this.session?.max_message_bytes) || Infinity;
+      const bytes = new TextEncoder().encode(JSON.stringify(msg)).length;
+      if (bytes + 32 > max) {
+        this._emit('error', { code: 'message_too_large', message: `${msg.type} of ${bytes} bytes not sent: the server takes at most ${max}`, ref: msg.id, request: msg });
+        return;
+      }
+      msg.cseq = this._nextCseq++;
+    }
     try {
       // An HttpLink returns false when it is closed (a WebSocket throws, or drops silently).
       if (this._ws.send(JSON.stringify(msg)) === false) { this._outbox.push(msg); return; }
@@ -673,7 +683,7 @@ export class SignalingClient extends EventTarget {
       this._outbox.push(msg);
       return;
     }
-    if (!numbered) return;
+    if (!numbered || !this._confirming) return;
     // Kept until a pong or resumed says the server handled it (docs/protocol.md, "cseq").
     this._unconfirmed.push(msg);
     this._sincePing += 1;
@@ -690,8 +700,14 @@ export class SignalingClient extends EventTarget {
     try { this._ws.send(JSON.stringify({ type: 'ping', id: this._nextId++ })); } catch { /* the link is going */ }
   }
 
-  /** The server handled every numbered message up to `received`. */
+  /** The server handled every numbered message up to `received` (a frame's field). */
   _confirmed(received) {
+    if (received == null) {
+      // A server that predates cseq: it will never confirm, so keep nothing.
+      this._confirming = false;
+      this._unconfirmed = [];
+      return;
+    }
     let n = 0;
     while (n < this._unconfirmed.length && this._unconfirmed[n].cseq <= received) n += 1;
     this._unconfirmed.splice(0, n);
@@ -877,6 +893,11 @@ class SseParser {
  * `configure(session)`, `takeUnsent()`, and the hooks `onstall`, `onrecover`, `onalive`,
  * `ontransport` (an event stream that stayed silent was replaced by long-polling).
  */
+/** Whether a frame's JSON text carries a `cseq`. */
+function isNumbered(text) {
+  try { return JSON.parse(text).cseq != null; } catch { return false; }
+}
+
 class HttpLink {
   /**
    * @param {{ root: string, open: string, room?: string }} endpoints (`room`: the join names it)
@@ -948,7 +969,10 @@ class HttpLink {
     this._stop();
     const waiting = this._inflight && !this._posting ? this._inflight : [];
     if (waiting.length) this._inflight = null;
-    const last = [...waiting, ...this._queue.splice(0)];
+    let last = [...waiting, ...this._queue.splice(0)];
+    // While a POST is under way, numbered frames must not overtake it (the server would take
+    // them and drop the earlier ones as already handled): the resume sends them again.
+    if (this._posting) last = last.filter((text) => !isNumbered(text));
     if (this.token && last.length) {
       const body = last.length === 1 ? last[0] : `[${last.join(',')}]`;
       this._fetch(this._sendUrl(), {

@@ -2,7 +2,8 @@
 //! `broadcast` frames are numbered as they are written, kept until the server confirms them
 //! (`received` in `pong` and `resumed`), and written again after a resume when the server did
 //! not handle them before the socket dropped. The server drops what it handled already, so
-//! each frame takes effect exactly once. Pure state: the time is passed in.
+//! each frame takes effect exactly once. A server that predates `cseq` sends no `received`:
+//! then nothing is kept or sent again. Pure state: the time is passed in.
 
 use std::collections::VecDeque;
 
@@ -19,6 +20,8 @@ pub(crate) struct ResendLog {
     /// Numbered frames written since the last `ping`, and when the first of them was.
     since_ping: u64,
     first_since_ping: Option<Instant>,
+    /// False once the server showed it does not confirm (no `received`).
+    confirming: bool,
 }
 
 impl Default for ResendLog {
@@ -28,6 +31,7 @@ impl Default for ResendLog {
             unconfirmed: VecDeque::new(),
             since_ping: 0,
             first_since_ping: None,
+            confirming: true,
         }
     }
 }
@@ -57,7 +61,7 @@ impl ResendLog {
 
     /// `message` was written to the socket at `now`: a numbered one is kept until confirmed.
     pub(crate) fn written(&mut self, message: ClientMessage, now: Instant) {
-        if cseq_of(&message).is_some() {
+        if self.confirming && cseq_of(&message).is_some() {
             self.unconfirmed.push_back(message);
             self.since_ping += 1;
             self.first_since_ping.get_or_insert(now);
@@ -80,8 +84,14 @@ impl ResendLog {
         self.first_since_ping = None;
     }
 
-    /// The server handled every numbered frame up to `received` (`pong`, `resumed`).
-    pub(crate) fn confirmed(&mut self, received: ClientSeq) {
+    /// The server handled every numbered frame up to `received` (`pong`, `resumed`); `None`:
+    /// the server predates `cseq` and will never confirm, so nothing is kept from now on.
+    pub(crate) fn confirmed(&mut self, received: Option<ClientSeq>) {
+        let Some(received) = received else {
+            self.confirming = false;
+            self.unconfirmed.clear();
+            return;
+        };
         while self
             .unconfirmed
             .front()
@@ -94,7 +104,7 @@ impl ResendLog {
 
     /// A resume said the server handled up to `received`: the frames after it, in order, to
     /// write again before anything else.
-    pub(crate) fn resend(&mut self, received: ClientSeq) -> VecDeque<ClientMessage> {
+    pub(crate) fn resend(&mut self, received: Option<ClientSeq>) -> VecDeque<ClientMessage> {
         self.confirmed(received);
         self.since_ping = 0;
         self.first_since_ping = None;
@@ -104,7 +114,10 @@ impl ResendLog {
     /// The session was lost and joined again as a new one: numbering starts over, nothing is
     /// sent again (its peers are gone), and the frames still `pending` lose their old numbers.
     pub(crate) fn restart(&mut self, pending: &mut VecDeque<ClientMessage>) {
-        *self = Self::default();
+        *self = Self {
+            confirming: self.confirming,
+            ..Self::default()
+        };
         for message in pending {
             if let Some(cseq) = cseq_mut(message) {
                 *cseq = None;
@@ -147,9 +160,9 @@ mod tests {
         log.number(&mut ping);
         log.written(ping, t0);
         assert_eq!(log.waiting(), 5, "pings are not numbered or kept");
-        log.confirmed(2);
+        log.confirmed(Some(2));
         assert_eq!(log.waiting(), 3);
-        let again: Vec<_> = log.resend(3).iter().filter_map(cseq_of).collect();
+        let again: Vec<_> = log.resend(Some(3)).iter().filter_map(cseq_of).collect();
         assert_eq!(again, [4, 5]);
         assert_eq!(log.waiting(), 0);
         // A frame keeps its number when it is written again.
@@ -163,6 +176,22 @@ mod tests {
         };
         log.number(&mut message);
         assert_eq!(cseq_of(&message), Some(4));
+    }
+
+    #[test]
+    fn a_server_without_received_gets_nothing_kept_or_sent_again() {
+        let mut log = ResendLog::default();
+        let t0 = Instant::now();
+        let mut message = broadcast(0);
+        log.number(&mut message);
+        log.written(message, t0);
+        log.confirmed(None);
+        assert_eq!(log.waiting(), 0);
+        let mut message = broadcast(1);
+        log.number(&mut message);
+        log.written(message, t0);
+        assert_eq!(log.waiting(), 0);
+        assert!(log.resend(None).is_empty());
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl SignalingClient {
             resume_token: info.resume_token.clone(),
             ping_timeout: Duration::from_millis(info.ping_timeout_ms.max(500)),
             resume_grace: Duration::from_millis(info.resume_grace_ms),
+            max_message_bytes: info.max_message_bytes,
             last_seq: seq,
             last_acked: 0,
             session_lost: false,
@@ -240,6 +241,8 @@ struct Session {
     resume_token: ResumeToken,
     ping_timeout: Duration,
     resume_grace: Duration,
+    /// The largest frame the server takes (from `welcome`/`resumed`).
+    max_message_bytes: usize,
     /// The highest `seq` delivered to the SDK.
     last_seq: u64,
     last_acked: u64,
@@ -373,6 +376,17 @@ impl Session {
         ws: &mut WsStream,
         mut message: ClientMessage,
     ) -> std::result::Result<(), ClientMessage> {
+        // A frame the server would refuse (closing the socket with 1009) would come back
+        // with every resume: drop it here, before it takes a number. The margin covers `cseq`.
+        let size = serde_json::to_string(&message).map_or(usize::MAX, |text| text.len());
+        if size + 32 > self.max_message_bytes {
+            tracing::error!(
+                size,
+                max = self.max_message_bytes,
+                "signaling frame over the server's max_message_bytes: not sent"
+            );
+            return Ok(());
+        }
         self.resend.number(&mut message);
         if send_json(ws, &message).await.is_err() {
             return Err(message);
@@ -439,6 +453,7 @@ impl Session {
                 return Some(Disconnect::Broken);
             }
             ServerMessage::Resumed { session, .. } | ServerMessage::Welcome { session, .. } => {
+                self.max_message_bytes = session.max_message_bytes;
                 self.resume_token = session.resume_token;
             }
             ServerMessage::Pong { received, .. } => self.resend.confirmed(received),
@@ -472,6 +487,7 @@ impl Session {
         match join(&mut ws, self.name.clone()).await {
             Ok((info, seq)) => {
                 self.resume_token = info.resume_token.clone();
+                self.max_message_bytes = info.max_message_bytes;
                 self.last_seq = seq;
                 self.last_acked = 0;
                 self.session_lost = false;
@@ -526,6 +542,7 @@ impl Session {
                     let mut again = self.resend.resend(received);
                     again.append(&mut self.pending);
                     self.pending = again;
+                    self.max_message_bytes = session.max_message_bytes;
                     self.resume_token = session.resume_token;
                     let _ = self.events_tx.send(SignalingEvent::Resumed {
                         replayed,

@@ -389,7 +389,7 @@ impl LocalHub {
                     reference: req.reference,
                     session: info,
                     replayed: replay.len() as u64,
-                    received,
+                    received: Some(received),
                 },
             );
         }
@@ -500,7 +500,7 @@ impl LocalHub {
                 let received = st.sessions.get(&key).map_or(0, |s| s.received);
                 let pong = ServerMessage::Pong {
                     reference: id,
-                    received,
+                    received: Some(received),
                 };
                 st.deliver(key, pong);
             }

@@ -320,7 +320,7 @@ mod tests {
     fn bodies_are_numbered_without_reencoding() {
         let body = Body::encode(&ServerMessage::Pong {
             reference: Some(3),
-            received: 0,
+            received: None,
         });
         let frame = body.numbered(42);
         let parsed: crate::protocol::ServerFrame = serde_json::from_str(&frame.text()).unwrap();
@@ -329,7 +329,7 @@ mod tests {
             parsed.message,
             ServerMessage::Pong {
                 reference: Some(3),
-                received: 0,
+                received: None,
             }
         );
         let mut outbox = Outbox::default();
@@ -344,7 +344,7 @@ mod tests {
             Body::default(),
             Body::encode(&ServerMessage::Pong {
                 reference: None,
-                received: 0,
+                received: None,
             }),
         ] {
             for seq in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
@@ -359,7 +359,7 @@ mod tests {
     fn the_frames_of_a_broadcast_share_one_body() {
         let body = Body::encode(&ServerMessage::Pong {
             reference: None,
-            received: 0,
+            received: None,
         });
         let frames: Vec<Frame> = (1..=100).map(|seq| body.numbered(seq)).collect();
         for frame in &frames {

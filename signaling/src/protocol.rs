@@ -403,8 +403,9 @@ pub enum ServerMessage {
         /// How many missed messages were replayed just before this one.
         replayed: u64,
         /// The highest `cseq` the session handled: send again the numbered frames after it.
-        #[serde(default)]
-        received: ClientSeq,
+        /// Always sent by this server; absent from servers that predate `cseq`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        received: Option<ClientSeq>,
     },
     /// Another peer joined the room.
     PeerJoined { peer: PeerInfo },
@@ -428,8 +429,9 @@ pub enum ServerMessage {
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<RequestId>,
         /// The highest `cseq` the session handled: the numbered frames up to it are confirmed.
-        #[serde(default)]
-        received: ClientSeq,
+        /// Always sent by this server; absent from servers that predate `cseq`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        received: Option<ClientSeq>,
     },
     /// The server is shutting down: reconnect (with `resume`) after the given delay, possibly
     /// to another instance. The socket closes when the drain time is over.

@@ -216,6 +216,20 @@ impl SocketTask {
                     .try_take(now, config.rate_limit, config.rate_burst)
                 {
                     self.rate_dropped += 1;
+                    if self.key.is_some() && text.contains("\"cseq\"") {
+                        // A numbered frame cannot be passed over: the next one would move
+                        // `received` past it. The client resumes after its backoff and sends
+                        // it again (a frame that merely mentions "cseq" costs only a resume).
+                        let message = format!(
+                            "more than {} messages/s (burst {}): a numbered frame is not dropped; resume and send it again",
+                            config.rate_limit, config.rate_burst
+                        );
+                        self.rate_dropped = 0;
+                        let error = RequestError::new(ErrorCode::RateLimited, message);
+                        return self
+                            .refuse(error, probe_id(&text), Some(close_code::TRY_AGAIN_LATER))
+                            .await;
+                    }
                     if self
                         .last_rate_reply
                         .is_some_and(|t| now.duration_since(t) < RATE_REPLY_EVERY)

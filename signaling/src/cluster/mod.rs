@@ -595,7 +595,7 @@ impl ClusterHub {
                 reference: req.reference,
                 session: self.session_info(key, &peer, &room, req.version, &secret),
                 replayed: REPLAYED_PLACEHOLDER,
-                received: RECEIVED_PLACEHOLDER,
+                received: Some(RECEIVED_PLACEHOLDER),
             })
         } else {
             String::new()
@@ -843,7 +843,7 @@ impl ClusterHub {
             ClientMessage::Ping { id } => {
                 let body = to_json(&ServerMessage::Pong {
                     reference: id,
-                    received: RECEIVED_PLACEHOLDER,
+                    received: Some(RECEIVED_PLACEHOLDER),
                 });
                 self.store.call(Op::Pong, &room, &[&sid, &body]).await
             }

@@ -23,9 +23,10 @@ local function touch(k) redis.call('PEXPIRE', k, TTL) end
 -- Sessions whose outbox overflowed while parked: the caller ends them (replay_overflow).
 local over = {}
 -- The placeholders of templates that a script fills in: `replayed` and `received` (u64::MAX
--- and u64::MAX - 1, numbers no real count reaches).
-local REPLAYED = '18446744073709551615'
-local RECEIVED = '18446744073709551614'
+-- and u64::MAX - 1, numbers no real count reaches), each with its key: a name or room that
+-- spells the number is a JSON string, where a quote is escaped, so it cannot match.
+local REPLAYED = '"replayed":18446744073709551615'
+local RECEIVED = '"received":18446744073709551614'
 
 -- Numbers `body` (a JSON object without seq) for session `sid`, appends it to the outbox and,
 -- when the session is attached, publishes it to its node. Returns the seq, or nil.

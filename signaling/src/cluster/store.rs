@@ -96,8 +96,8 @@ if st[6] == 'a' and st[4] ~= ARGV[7] then
 end
 if ARGV[10] ~= '' then
   local body = plain_replace(ARGV[10], '"peers":[]', '"peers":[' .. peers_of(sid) .. ']')
-  body = plain_replace(body, REPLAYED, tostring(#replay))
-  body = plain_replace(body, RECEIVED, received(sid))
+  body = plain_replace(body, REPLAYED, '"replayed":' .. tostring(#replay))
+  body = plain_replace(body, RECEIVED, '"received":' .. received(sid))
   emit(sid, body)
 end
 local out = {'ok', table.concat(over, ' '), st[4], st[5], st[6]}
@@ -142,7 +142,8 @@ return {seq and 'ok' or 'gone', table.concat(over, ' '), tostring(seq or 0)}
             // ARGV: sid pong-template (its `received` placeholder filled in here)
             pong: script(
                 r#"
-local seq = emit(ARGV[4], plain_replace(ARGV[5], RECEIVED, received(ARGV[4])))
+local body = plain_replace(ARGV[5], RECEIVED, '"received":' .. received(ARGV[4]))
+local seq = emit(ARGV[4], body)
 return {seq and 'ok' or 'gone', table.concat(over, ' '), tostring(seq or 0)}
 "#,
             ),

@@ -98,7 +98,7 @@ async fn sse_and_post_carry_a_session_like_a_socket() {
         pong.message,
         ServerMessage::Pong {
             reference: Some(7),
-            received: 0
+            received: Some(0)
         }
     );
     // An unknown target is answered on the stream, as over a socket.
@@ -186,7 +186,7 @@ async fn a_numbered_send_retried_after_a_lost_reply_is_delivered_once() {
         pong.message,
         ServerMessage::Pong {
             reference: Some(1),
-            received: 3
+            received: Some(3)
         }
     );
 }

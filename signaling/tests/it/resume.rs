@@ -57,7 +57,7 @@ async fn resume_replays_missed_messages_exactly_once_in_order() {
                     reference,
                     session,
                     replayed,
-                    received: 0,
+                    received: Some(0),
                 },
             ..
         } => {
@@ -165,20 +165,41 @@ fn numbered_signal(to: &signaling::protocol::PeerId, cseq: u64) -> ClientMessage
     }
 }
 
+/// A `broadcast` of "hello" numbered `cseq`.
+fn numbered_hello(cseq: u64) -> ClientMessage {
+    ClientMessage::Broadcast {
+        id: None,
+        cseq: Some(cseq),
+        data: serde_json::json!("hello"),
+    }
+}
+
 #[tokio::test]
 async fn numbered_frames_sent_again_after_a_resume_take_effect_once() {
     let server = Server::start(&["--resume-grace", "10s"]);
-    let ((mut a, a_info), (mut b, b_info)) =
-        Client::pair(&server.ws("/ws/cseq"), &server.ws("/ws/cseq")).await;
+    // The room and B's name spell the numbers a cluster's `resumed` template holds until its
+    // script fills them in: they must stay as they are, and so must the fields.
+    const PLACEHOLDERS: &str = r#""received":18446744073709551614,"replayed":18446744073709551615"#;
+    let room = "/ws/18446744073709551614";
+    let (mut a, a_info) = Client::join(&server.ws(room), None).await;
+    let mut b = Client::connect(&server.ws(room)).await;
+    b.send(&ClientMessage::Join {
+        id: Some(1),
+        versions: vec![1],
+        room: None,
+        name: Some(PLACEHOLDERS.into()),
+        token: None,
+    })
+    .await;
+    let b_info = b.expect_welcome().await;
+    assert!(matches!(
+        a.recv_message().await,
+        ServerMessage::PeerJoined { .. }
+    ));
     for cseq in 1..=2 {
         a.send(&numbered_signal(&b_info.peer_id, cseq)).await;
     }
-    a.send(&ClientMessage::Broadcast {
-        id: None,
-        cseq: Some(3),
-        data: serde_json::json!("hello"),
-    })
-    .await;
+    a.send(&numbered_hello(3)).await;
     for n in 1..=2 {
         assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(n));
     }
@@ -192,29 +213,32 @@ async fn numbered_frames_sent_again_after_a_resume_take_effect_once() {
         a.recv_message().await,
         ServerMessage::Pong {
             reference: Some(5),
-            received: 3
+            received: Some(3)
         }
     );
     // The socket drops; A cannot know whether its last frames arrived.
     let last_seq = a.last_seq;
     drop(a);
-    let mut a = Client::connect(&server.ws("/ws/cseq")).await;
+    let mut a = Client::connect(&server.ws(room)).await;
     a.send(&resume_message(&a_info.resume_token, last_seq))
         .await;
     match a.recv_message().await {
-        ServerMessage::Resumed { received, .. } => assert_eq!(received, 3),
+        ServerMessage::Resumed {
+            received,
+            replayed,
+            session,
+            ..
+        } => {
+            assert_eq!((received, replayed), (Some(3), 0));
+            assert_eq!(session.peers[0].name.as_deref(), Some(PLACEHOLDERS));
+        }
         other => panic!("expected resumed, got {other:?}"),
     }
     // A sends everything after an older confirmation again, then goes on: only 4 is new.
     for cseq in 2..=4 {
         a.send(&numbered_signal(&b_info.peer_id, cseq)).await;
     }
-    a.send(&ClientMessage::Broadcast {
-        id: None,
-        cseq: Some(3),
-        data: serde_json::json!("hello"),
-    })
-    .await;
+    a.send(&numbered_hello(3)).await;
     assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(4));
     a.sync().await;
     b.expect_silence(Duration::from_millis(300)).await;
@@ -222,4 +246,58 @@ async fn numbered_frames_sent_again_after_a_resume_take_effect_once() {
     // Unnumbered frames are never taken for duplicates.
     signal(&mut a, &b_info.peer_id, candidate(1)).await;
     assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(1));
+}
+
+#[tokio::test]
+async fn a_numbered_frame_over_the_message_rate_closes_the_socket_and_is_sent_again_after_it() {
+    // The bucket holds the join and four frames; the fifth numbered one is over the rate.
+    let server = Server::start(&["--rate-limit", "1", "--rate-burst", "5"]);
+    let ((mut a, a_info), (mut b, _)) =
+        Client::pair(&server.ws("/ws/cseq-rate"), &server.ws("/ws/cseq-rate")).await;
+    for cseq in 1..=6 {
+        a.send(&numbered_hello(cseq)).await;
+    }
+    match a.recv_message().await {
+        ServerMessage::Error {
+            code: ErrorCode::RateLimited,
+            ..
+        } => {}
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+    assert_eq!(a.expect_close().await, Closed::Code(1013));
+    let mut got = 0;
+    while got < 4 {
+        assert!(matches!(
+            b.recv_message().await,
+            ServerMessage::Broadcast { .. }
+        ));
+        got += 1;
+    }
+    b.expect_silence(Duration::from_millis(200)).await;
+    // The resume says 4 were handled: 5 and 6 go again, on a socket with a fresh bucket.
+    let last_seq = a.last_seq;
+    let mut a = Client::connect(&server.ws("/ws/cseq-rate")).await;
+    a.send(&resume_message(&a_info.resume_token, last_seq))
+        .await;
+    // (The socket read on until its close: 6 got its own `rate_limited`, replayed now.)
+    loop {
+        match a.recv_message().await {
+            ServerMessage::Resumed { received, .. } => break assert_eq!(received, Some(4)),
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            } => {}
+            other => panic!("expected resumed, got {other:?}"),
+        }
+    }
+    for cseq in 5..=6 {
+        a.send(&numbered_hello(cseq)).await;
+    }
+    for _ in 5..=6 {
+        assert!(matches!(
+            b.recv_message().await,
+            ServerMessage::Broadcast { .. }
+        ));
+    }
+    b.expect_silence(Duration::from_millis(200)).await;
 }
