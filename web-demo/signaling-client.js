@@ -461,7 +461,7 @@ export class SignalingClient extends EventTarget {
       try {
         const msg = JSON.parse(text);
         // Numbered messages are still in _unconfirmed: the resume sends them again.
-        if (msg.cseq != null) continue;
+        if (msg.cseq != null && this._confirming) continue;
         if (msg.type !== 'ack' && msg.type !== 'ping' && msg.type !== 'join' && msg.type !== 'resume') msgs.push(msg);
       } catch { /* not ours */ }
     }
