@@ -22,6 +22,7 @@
 //! behind proxies that refuse WebSockets; the JS client uses them, this SDK does not.
 //!
 //! Modules, one job each: [`signaling_client`] (the WebSocket session, resume, backoff),
+//! `resend` (numbered frames kept until the server confirms them, sent again after a resume),
 //! [`negotiation`] (perfect negotiation decisions), [`connection`] (one `webrtc` peer
 //! connection per remote peer), [`channel`] (data channels and their registry), `room` (which
 //! connection exists for which peer), `ice_servers` (fresh ICE servers: credential refresh or
