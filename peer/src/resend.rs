@@ -146,15 +146,21 @@ mod tests {
         }
     }
 
+    /// Numbers broadcast `n` and writes it at `at`; returns its number.
+    fn write(log: &mut ResendLog, n: u64, at: Instant) -> Option<ClientSeq> {
+        let mut message = broadcast(n);
+        log.number(&mut message);
+        let cseq = cseq_of(&message);
+        log.written(message, at);
+        cseq
+    }
+
     #[test]
     fn frames_are_numbered_kept_until_confirmed_and_written_again_after_a_resume() {
         let mut log = ResendLog::default();
         let t0 = Instant::now();
         for n in 0..5 {
-            let mut message = broadcast(n);
-            log.number(&mut message);
-            assert_eq!(cseq_of(&message), Some(n + 1));
-            log.written(message, t0);
+            assert_eq!(write(&mut log, n, t0), Some(n + 1));
         }
         let mut ping = ClientMessage::Ping { id: None };
         log.number(&mut ping);
@@ -182,14 +188,10 @@ mod tests {
     fn a_server_without_received_gets_nothing_kept_or_sent_again() {
         let mut log = ResendLog::default();
         let t0 = Instant::now();
-        let mut message = broadcast(0);
-        log.number(&mut message);
-        log.written(message, t0);
+        write(&mut log, 0, t0);
         log.confirmed(None);
         assert_eq!(log.waiting(), 0);
-        let mut message = broadcast(1);
-        log.number(&mut message);
-        log.written(message, t0);
+        write(&mut log, 1, t0);
         assert_eq!(log.waiting(), 0);
         assert!(log.resend(None).is_empty());
     }
@@ -202,21 +204,15 @@ mod tests {
             !log.ping_due(t0 + Duration::from_secs(60)),
             "nothing to confirm"
         );
-        let mut message = broadcast(0);
-        log.number(&mut message);
-        log.written(message, t0);
+        write(&mut log, 0, t0);
         assert!(!log.ping_due(t0));
         assert!(log.ping_due(t0 + client_rules::CONFIRM_DELAY));
         log.pinged();
         for n in 1..client_rules::CONFIRM_EVERY {
-            let mut message = broadcast(n);
-            log.number(&mut message);
-            log.written(message, t0);
+            write(&mut log, n, t0);
             assert!(!log.ping_due(t0));
         }
-        let mut message = broadcast(99);
-        log.number(&mut message);
-        log.written(message, t0);
+        write(&mut log, 99, t0);
         assert!(log.ping_due(t0));
     }
 
@@ -224,9 +220,7 @@ mod tests {
     fn a_new_session_numbers_from_one_and_forgets_the_old_frames() {
         let mut log = ResendLog::default();
         let t0 = Instant::now();
-        let mut message = broadcast(0);
-        log.number(&mut message);
-        log.written(message, t0);
+        write(&mut log, 0, t0);
         let mut failed = broadcast(1);
         log.number(&mut failed);
         let mut pending = VecDeque::from([failed]);
