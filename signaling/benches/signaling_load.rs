@@ -24,6 +24,9 @@
 //! inside the scripts) and Redis memory per session. `--failover` then kills node 1 with
 //! SIGKILL and reports how long its clients took to resume on another node (median, max).
 //! `scripts/bench-signaling-cluster.sh` runs one node and three side by side.
+//!
+//! `--numbered`: the senders number their signals (`cseq`, as the SDK and the JS client do), so
+//! the server checks and records each number: what exactly-once sending costs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +60,7 @@ struct Args {
     connect_concurrency: usize,
     nodes: usize,
     failover: bool,
+    numbered: bool,
 }
 
 fn parse_args() -> Args {
@@ -71,6 +75,7 @@ fn parse_args() -> Args {
         connect_concurrency: 64,
         nodes: 1,
         failover: false,
+        numbered: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -88,6 +93,7 @@ fn parse_args() -> Args {
             "--connect-concurrency" => args.connect_concurrency = value().parse().expect("N"),
             "--nodes" => args.nodes = value().parse().expect("--nodes N"),
             "--failover" => args.failover = true,
+            "--numbered" => args.numbered = true,
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown argument {other}"),
         }
@@ -172,6 +178,8 @@ fn spawn_node(args: &Args, redis: Option<String>) -> ServerProcess {
         &max,
         // Every client of the bench is 127.0.0.1.
         "--max-connections-per-ip",
+        &max,
+        "--max-sessions-per-ip",
         &max,
         "--join-rate-per-ip",
         "100000",
@@ -490,6 +498,7 @@ async fn main() {
     let deadline = Instant::now() + args.duration;
     let n_pairs = pairs.len() as f64;
     let mut tasks = Vec::new();
+    let numbered = args.numbered;
     for (k, (sink, to)) in pairs.iter().cloned().enumerate() {
         let sent = Arc::clone(&sent);
         tasks.push(tokio::spawn(async move {
@@ -504,7 +513,7 @@ async fn main() {
                 let stamp = epoch.elapsed().as_nanos() as u64;
                 let message = ClientMessage::Signal {
                     id: None,
-                    cseq: None,
+                    cseq: numbered.then_some(n + 1),
                     to: to.clone(),
                     signal: make_signal(n, stamp),
                 };
