@@ -80,7 +80,8 @@ struct SocketTask {
     /// The last time anything arrived (frames, pongs).
     last_heard: Instant,
     opened: Instant,
-    /// False once the read side is unusable (oversize frame): only the queue is served then.
+    /// False once the read side is unusable (oversize frame) or must not be read any more (a
+    /// numbered frame over the rate): only the queue is served then, up to its close.
     reading: bool,
     /// When the last `rate_limited` reply was sent: at most one a second, so a flood does not
     /// turn into a flood of replies.
@@ -225,6 +226,9 @@ impl SocketTask {
                             config.rate_limit, config.rate_burst
                         );
                         self.rate_dropped = 0;
+                        // Nothing more is read: a later numbered frame handled before the close
+                        // would move `received` past this one, which would then be lost.
+                        self.reading = false;
                         let error = RequestError::new(ErrorCode::RateLimited, message);
                         return self
                             .refuse(error, probe_id(&text), Some(close_code::TRY_AGAIN_LATER))
