@@ -340,6 +340,8 @@ export class SignalingClient extends EventTarget {
       maxBodyBytes: this.session?.max_message_bytes,
       firstByteMs: this.options.sseFirstByteMs,
       pollTimeoutMs: this.options.pollTimeoutMs,
+      // Numbered frames are kept by the client (and sent again) only while the server confirms.
+      numberedKept: () => this._confirming,
     });
     link.onstall = (info) => this._onStall(link, info);
     link.onrecover = () => this._onRecover(link);
@@ -907,6 +909,7 @@ class HttpLink {
   constructor(endpoints, options) {
     this.endpoints = endpoints;
     this.mode = options.mode;
+    this._numberedKept = options.numberedKept || (() => false);
     this.implicitAcks = this.mode === 'long-poll';
     /** 0 connecting, 1 open (frames may be sent), 3 closed: as WebSocket.readyState. */
     this.readyState = 0;
@@ -972,7 +975,7 @@ class HttpLink {
     let last = [...waiting, ...this._queue.splice(0)];
     // While a POST is under way, numbered frames must not overtake it (the server would take
     // them and drop the earlier ones as already handled): the resume sends them again.
-    if (this._posting) last = last.filter((text) => !isNumbered(text));
+    if (this._posting && this._numberedKept()) last = last.filter((text) => !isNumbered(text));
     if (this.token && last.length) {
       const body = last.length === 1 ? last[0] : `[${last.join(',')}]`;
       this._fetch(this._sendUrl(), {
