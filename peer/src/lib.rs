@@ -195,8 +195,9 @@ pub enum PeerEvent {
     },
     /// The signaling socket broke; reconnecting after `delay`.
     SignalingReconnecting { attempt: u32, delay: Duration },
-    /// The signaling session was resumed (`replayed` missed messages delivered).
-    SignalingResumed { replayed: u64 },
+    /// The signaling session was resumed: `replayed` missed messages delivered, and `resent`
+    /// of our own signals sent again (the dropped socket had swallowed them).
+    SignalingResumed { replayed: u64, resent: u64 },
     /// The signaling session could not be resumed; we joined again under a new id.
     /// Live connections keep working.
     SignalingRejoined { peer_id: PeerId },

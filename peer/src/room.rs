@@ -162,9 +162,11 @@ impl Room {
             }
             SignalingEvent::Resumed {
                 replayed,
+                resent,
                 ice_servers,
             } => {
-                self.emit(PeerEvent::SignalingResumed { replayed }).await;
+                self.emit(PeerEvent::SignalingResumed { replayed, resent })
+                    .await;
                 // Normally the same TURN URLs as the last `ice_servers` (replayed if it came
                 // while we were away) with fresher credentials.
                 self.update_ice_servers(ice_servers);

@@ -44,10 +44,11 @@ pub(crate) enum SignalingEvent {
     Message(ServerMessage),
     /// The socket broke; a reconnect attempt follows after `delay`.
     Reconnecting { attempt: u32, delay: Duration },
-    /// The session was resumed; `replayed` missed messages were delivered before this.
-    /// `ice_servers`: the fresh ones `resumed` carries.
+    /// The session was resumed; `replayed` missed messages were delivered before this, and
+    /// `resent` numbered frames are sent again. `ice_servers`: the fresh ones `resumed` carries.
     Resumed {
         replayed: u64,
+        resent: u64,
         ice_servers: Vec<IceServer>,
     },
     /// The session could not be resumed; the client joined the room again as a new session.
@@ -540,12 +541,14 @@ impl Session {
                     }
                     // What the dropped socket swallowed goes first, in its original order.
                     let mut again = self.resend.resend(received);
+                    let resent = again.len() as u64;
                     again.append(&mut self.pending);
                     self.pending = again;
                     self.max_message_bytes = session.max_message_bytes;
                     self.resume_token = session.resume_token;
                     let _ = self.events_tx.send(SignalingEvent::Resumed {
                         replayed,
+                        resent,
                         ice_servers: session.ice_servers,
                     });
                     return Ok(true);
@@ -710,14 +713,18 @@ mod tests {
         proxy.cut();
         let resumed = timeout(Duration::from_secs(15), async {
             while let Some(event) = events.recv().await {
-                if let SignalingEvent::Resumed { .. } = event {
-                    return true;
+                if let SignalingEvent::Resumed { resent, .. } = event {
+                    return Some(resent);
                 }
             }
-            false
+            None
         })
         .await;
-        assert_eq!(resumed, Ok(true), "the SDK resumed through the proxy");
+        assert_eq!(
+            resumed,
+            Ok(Some(2)),
+            "resumed through the proxy, 2 and 3 sent again"
+        );
         for n in [2, 3] {
             assert_eq!(next_broadcast(&mut b).await, Some(serde_json::json!(n)));
         }

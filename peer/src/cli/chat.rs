@@ -220,8 +220,12 @@ async fn on_event(
                 ("delay_ms", delay.as_millis().to_string()),
             ],
         ),
-        PeerEvent::SignalingResumed { replayed } => {
-            out.notice("signaling-resumed", &[("replayed", replayed.to_string())]);
+        PeerEvent::SignalingResumed { replayed, resent } => {
+            let fields = [
+                ("replayed", replayed.to_string()),
+                ("resent", resent.to_string()),
+            ];
+            out.notice("signaling-resumed", &fields);
         }
         PeerEvent::SignalingRejoined { peer_id } => {
             out.notice("signaling-rejoined", &[("id", peer_id.to_string())]);
