@@ -36,24 +36,10 @@ impl Default for ResendLog {
     }
 }
 
-fn cseq_of(message: &ClientMessage) -> Option<ClientSeq> {
-    match message {
-        ClientMessage::Signal { cseq, .. } | ClientMessage::Broadcast { cseq, .. } => *cseq,
-        _ => None,
-    }
-}
-
-fn cseq_mut(message: &mut ClientMessage) -> Option<&mut Option<ClientSeq>> {
-    match message {
-        ClientMessage::Signal { cseq, .. } | ClientMessage::Broadcast { cseq, .. } => Some(cseq),
-        _ => None,
-    }
-}
-
 impl ResendLog {
     /// Gives a `signal` or `broadcast` that has no number yet the next one.
     pub(crate) fn number(&mut self, message: &mut ClientMessage) {
-        if let Some(cseq @ None) = cseq_mut(message) {
+        if let Some(cseq @ None) = message.cseq_mut() {
             *cseq = Some(self.next);
             self.next += 1;
         }
@@ -61,7 +47,7 @@ impl ResendLog {
 
     /// `message` was written to the socket at `now`: a numbered one is kept until confirmed.
     pub(crate) fn written(&mut self, message: ClientMessage, now: Instant) {
-        if self.confirming && cseq_of(&message).is_some() {
+        if self.confirming && message.cseq().is_some() {
             self.unconfirmed.push_back(message);
             self.since_ping += 1;
             self.first_since_ping.get_or_insert(now);
@@ -95,7 +81,7 @@ impl ResendLog {
         while self
             .unconfirmed
             .front()
-            .and_then(cseq_of)
+            .and_then(ClientMessage::cseq)
             .is_some_and(|n| n <= received)
         {
             self.unconfirmed.pop_front();
@@ -119,7 +105,7 @@ impl ResendLog {
             ..Self::default()
         };
         for message in pending {
-            if let Some(cseq) = cseq_mut(message) {
+            if let Some(cseq) = message.cseq_mut() {
                 *cseq = None;
             }
         }
@@ -150,7 +136,7 @@ mod tests {
     fn write(log: &mut ResendLog, n: u64, at: Instant) -> Option<ClientSeq> {
         let mut message = broadcast(n);
         log.number(&mut message);
-        let cseq = cseq_of(&message);
+        let cseq = message.cseq();
         log.written(message, at);
         cseq
     }
@@ -168,7 +154,11 @@ mod tests {
         assert_eq!(log.waiting(), 5, "pings are not numbered or kept");
         log.confirmed(Some(2));
         assert_eq!(log.waiting(), 3);
-        let again: Vec<_> = log.resend(Some(3)).iter().filter_map(cseq_of).collect();
+        let again: Vec<_> = log
+            .resend(Some(3))
+            .iter()
+            .filter_map(ClientMessage::cseq)
+            .collect();
         assert_eq!(again, [4, 5]);
         assert_eq!(log.waiting(), 0);
         // A frame keeps its number when it is written again.
@@ -181,7 +171,7 @@ mod tests {
             },
         };
         log.number(&mut message);
-        assert_eq!(cseq_of(&message), Some(4));
+        assert_eq!(message.cseq(), Some(4));
     }
 
     #[test]
@@ -226,8 +216,8 @@ mod tests {
         let mut pending = VecDeque::from([failed]);
         log.restart(&mut pending);
         assert_eq!(log.waiting(), 0);
-        assert_eq!(cseq_of(&pending[0]), None);
+        assert_eq!(pending[0].cseq(), None);
         log.number(&mut pending[0]);
-        assert_eq!(cseq_of(&pending[0]), Some(1));
+        assert_eq!(pending[0].cseq(), Some(1));
     }
 }

@@ -26,7 +26,7 @@ pub use crate::outbound::{Outbound, OutboundRx, OutboundTx};
 use crate::outbox::{Body, Frame, Outbox, ReplayLimits, to_json};
 use crate::peer_stats::{PeerLinks, millis};
 use crate::protocol::{
-    ClientMessage, ClientSeq, ConnectionStats, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId,
+    ClientMessage, ConnectionStats, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId,
     ResumeToken, RoomId, ServerFrame, ServerMessage, SessionInfo, close_code,
 };
 use crate::resume::{ResumeSecret, parse_token};
@@ -134,12 +134,9 @@ pub enum Flow {
 enum Request {
     Signal {
         id: Option<RequestId>,
-        cseq: Option<ClientSeq>,
         to: PeerId,
     },
-    Broadcast {
-        cseq: Option<ClientSeq>,
-    },
+    Broadcast,
     /// Everything else (`Signal` and `Broadcast` never arrive here).
     Other(ClientMessage),
 }
@@ -381,8 +378,8 @@ impl LocalHub {
         );
         if req.announce {
             session.version = req.version;
+            let received = session.received;
             let info = self.session_info(&st, key);
-            let received = st.sessions.get(&key).map_or(0, |s| s.received);
             st.deliver(
                 key,
                 ServerMessage::Resumed {
@@ -416,10 +413,11 @@ impl LocalHub {
         message: ClientMessage,
         now: Instant,
     ) -> Flow {
+        let cseq = message.cseq();
         let (message, body) = match message {
             ClientMessage::Signal {
                 id,
-                cseq,
+                cseq: _,
                 to,
                 signal,
             } => {
@@ -427,14 +425,18 @@ impl LocalHub {
                     from: peer.clone(),
                     signal,
                 });
-                (Request::Signal { id, cseq, to }, body)
+                (Request::Signal { id, to }, body)
             }
-            ClientMessage::Broadcast { id: _, cseq, data } => {
+            ClientMessage::Broadcast {
+                id: _,
+                cseq: _,
+                data,
+            } => {
                 let body = Body::encode(&ServerMessage::Broadcast {
                     from: peer.clone(),
                     data,
                 });
-                (Request::Broadcast { cseq }, body)
+                (Request::Broadcast, body)
             }
             other => (Request::Other(other), Body::default()),
         };
@@ -446,10 +448,6 @@ impl LocalHub {
         if !allowed {
             return Flow::Gone;
         }
-        let cseq = match &message {
-            Request::Signal { cseq, .. } | Request::Broadcast { cseq } => *cseq,
-            Request::Other(_) => None,
-        };
         if let Some(session) = st.sessions.get_mut(&key)
             && !session.first_sight(cseq)
         {
@@ -458,7 +456,7 @@ impl LocalHub {
         }
         let mut flow = Flow::Continue;
         match message {
-            Request::Signal { id, cseq: _, to } => {
+            Request::Signal { id, to } => {
                 let target = st
                     .sessions
                     .get(&key)
@@ -482,7 +480,7 @@ impl LocalHub {
                     }
                 }
             }
-            Request::Broadcast { cseq: _ } => {
+            Request::Broadcast => {
                 let others: Vec<SessionKey> = st.room_of(key).map(|(k, _)| k).collect();
                 for other in others {
                     st.deliver_body(other, &body);

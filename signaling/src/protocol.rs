@@ -300,6 +300,22 @@ impl ClientMessage {
             Self::Ack { .. } => None,
         }
     }
+
+    /// The frame's `cseq`, for the kinds a client may number (`signal`, `broadcast`).
+    pub fn cseq(&self) -> Option<ClientSeq> {
+        match self {
+            Self::Signal { cseq, .. } | Self::Broadcast { cseq, .. } => *cseq,
+            _ => None,
+        }
+    }
+
+    /// The frame's `cseq` field, for the kinds a client may number; `None` for the others.
+    pub fn cseq_mut(&mut self) -> Option<&mut Option<ClientSeq>> {
+        match self {
+            Self::Signal { cseq, .. } | Self::Broadcast { cseq, .. } => Some(cseq),
+            _ => None,
+        }
+    }
 }
 
 /// A negotiation payload, forwarded opaquely from one peer to another.

@@ -774,10 +774,12 @@ impl ClusterHub {
     ) -> Flow {
         let room = room.clone();
         let sid = sid(key);
+        // The scripts' argument: the frame's number, '' when it has none.
+        let cseq = message.cseq().map(|n| n.to_string()).unwrap_or_default();
         let result = match message {
             ClientMessage::Signal {
                 id,
-                cseq,
+                cseq: _,
                 to,
                 signal,
             } => {
@@ -785,7 +787,6 @@ impl ClusterHub {
                     from: peer.clone(),
                     signal,
                 });
-                let cseq = cseq.map(|n| n.to_string()).unwrap_or_default();
                 let reply = self
                     .store
                     .call(Op::Signal, &room, &[&sid, to.as_str(), &body, &cseq])
@@ -813,12 +814,15 @@ impl ClusterHub {
                     Err(e) => Err(e),
                 }
             }
-            ClientMessage::Broadcast { id: _, cseq, data } => {
+            ClientMessage::Broadcast {
+                id: _,
+                cseq: _,
+                data,
+            } => {
                 let body = to_json(&ServerMessage::Broadcast {
                     from: peer.clone(),
                     data,
                 });
-                let cseq = cseq.map(|n| n.to_string()).unwrap_or_default();
                 let reply = self
                     .store
                     .call(Op::Broadcast, &room, &[&sid, &body, &cseq])
