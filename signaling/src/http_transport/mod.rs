@@ -162,6 +162,19 @@ async fn open_session(
     }
 }
 
+/// Runs a request's work on the hub in a task of its own, so that it completes even when the
+/// request is dropped half-way (its client gave up while Redis answered): a session is then
+/// never left attached to a queue nobody reads. `what` names the work in the `internal` error
+/// of a task that panicked.
+async fn to_completion<T: Send + 'static>(
+    what: &str,
+    work: impl Future<Output = Result<T, RequestError>> + Send + 'static,
+) -> Result<T, RequestError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| RequestError::new(ErrorCode::Internal, format!("{what} failed: {e}")))?
+}
+
 async fn try_open(
     app: &Arc<AppState>,
     path_room: Option<RoomId>,
@@ -185,7 +198,7 @@ async fn try_open(
     let (tx, _rx) = app.outbound_queue();
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let task_app = Arc::clone(app);
-    let attached = tokio::spawn(async move {
+    let attached = to_completion("opening", async move {
         let app = &task_app;
         let door = Admission {
             app,
@@ -200,10 +213,9 @@ async fn try_open(
         app.hub
             .detach(attached.key, conn, LeaveReason::Disconnected)
             .await;
-        Ok::<_, RequestError>(attached)
+        Ok(attached)
     })
-    .await
-    .map_err(|e| RequestError::new(ErrorCode::Internal, format!("opening failed: {e}")))??;
+    .await?;
     tracing::info!(
         peer = %attached.peer,
         room = %attached.room,

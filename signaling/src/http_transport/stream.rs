@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
-use super::{json_body, refusal, session_token};
+use super::{json_body, refusal, session_token, to_completion};
 use crate::AppState;
 use crate::client_ip::IpSlot;
 use crate::client_request::ClientRequest;
@@ -88,7 +88,7 @@ async fn attach(
     let app = Arc::clone(app);
     // In a task of its own, which builds the `StreamSession` whose drop parks the session: a
     // request dropped while Redis answers never leaves the session attached to a dead queue.
-    tokio::spawn(async move {
+    to_completion("attaching", async move {
         let attached = app
             .hub
             .resume(
@@ -117,7 +117,6 @@ async fn attach(
         })
     })
     .await
-    .map_err(|e| RequestError::new(ErrorCode::Internal, format!("attaching failed: {e}")))?
 }
 
 fn parse_seq(text: &str) -> Result<u64, RequestError> {
