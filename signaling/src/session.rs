@@ -217,10 +217,10 @@ impl SocketTask {
                     .try_take(now, config.rate_limit, config.rate_burst)
                 {
                     self.rate_dropped += 1;
-                    if self.key.is_some() && text.contains("\"cseq\"") {
+                    if self.key.is_some() && is_numbered(&text) {
                         // A numbered frame cannot be passed over: the next one would move
                         // `received` past it. The client resumes after its backoff and sends
-                        // it again (a frame that merely mentions "cseq" costs only a resume).
+                        // it again.
                         let message = format!(
                             "more than {} messages/s (burst {}): a numbered frame is not dropped; resume and send it again",
                             config.rate_limit, config.rate_burst
@@ -401,6 +401,16 @@ async fn linger_if_unread(reading: bool) {
     if !reading {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+}
+
+/// Whether a frame over the rate is numbered: parsed as the hub would read it, so that an
+/// escaped key counts and a payload that merely mentions `cseq` does not. Only frames over the
+/// rate pay for this parse, each at most `max_message_bytes`, and it is dropped at once.
+fn is_numbered(text: &str) -> bool {
+    serde_json::from_str::<ClientMessage>(text)
+        .ok()
+        .and_then(|message| message.cseq())
+        .is_some()
 }
 
 fn probe_id(text: &str) -> Option<RequestId> {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use signaling::protocol::{
     ClientMessage, ErrorCode, LeaveReason, ResumeToken, ServerFrame, ServerMessage,
 };
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::basic::{candidate, expect_peer_left, expect_signal, pass_candidate, signal};
 use crate::support::{Client, Closed, Server, resume_message};
@@ -250,19 +251,32 @@ async fn numbered_frames_sent_again_after_a_resume_take_effect_once() {
 
 #[tokio::test]
 async fn a_numbered_frame_over_the_message_rate_closes_the_socket_and_is_sent_again_after_it() {
-    // The bucket holds the join and four frames; the fifth numbered one is over the rate.
+    // The bucket holds the join and four frames; what follows is over the rate.
     let server = Server::start(&["--rate-limit", "1", "--rate-burst", "5"]);
     let ((mut a, a_info), (mut b, _)) =
         Client::pair(&server.ws("/ws/cseq-rate"), &server.ws("/ws/cseq-rate")).await;
-    for cseq in 1..=6 {
+    for cseq in 1..=4 {
         a.send(&numbered_hello(cseq)).await;
     }
-    match a.recv_message().await {
-        ServerMessage::Error {
-            code: ErrorCode::RateLimited,
-            ..
-        } => {}
-        other => panic!("expected rate_limited, got {other:?}"),
+    // An unnumbered frame whose data merely mentions the key is dropped like any other...
+    a.send_raw(Message::text(
+        r#"{"type":"broadcast","data":{"cseq":"not a number"}}"#,
+    ))
+    .await;
+    // ...and a numbered one closes the socket, however its key is spelt.
+    a.send_raw(Message::text(
+        r#"{"type":"broadcast","cs\u0065q":5,"data":"hello"}"#,
+    ))
+    .await;
+    a.send(&numbered_hello(6)).await;
+    for _ in 0..2 {
+        match a.recv_message().await {
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            } => {}
+            other => panic!("expected rate_limited, got {other:?}"),
+        }
     }
     assert_eq!(a.expect_close().await, Closed::Code(1013));
     let mut got = 0;
