@@ -787,9 +787,20 @@ impl ClusterHub {
                     from: peer.clone(),
                     signal,
                 });
+                // Encoded for every signal, so that the script that finds `to` missing can
+                // answer in the same atomic step.
+                let error = to_json(&ServerMessage::Error {
+                    code: ErrorCode::UnknownPeer,
+                    message: format!("no peer {to} in room {room}; nothing was delivered"),
+                    reference: id,
+                });
                 let reply = self
                     .store
-                    .call(Op::Signal, &room, &[&sid, to.as_str(), &body, &cseq])
+                    .call(
+                        Op::Signal,
+                        &room,
+                        &[&sid, to.as_str(), &body, &cseq, &error],
+                    )
                     .await;
                 match reply {
                     Ok(reply) if reply.status == "dup" => {
@@ -797,15 +808,8 @@ impl ClusterHub {
                         Ok(reply)
                     }
                     Ok(reply) if reply.status == "unknown_peer" => {
-                        // Rare: the error is encoded (and sent, in order) only when needed.
-                        self.end_overflowed(&room, &reply).await;
                         self.metrics.error(ErrorCode::UnknownPeer);
-                        let error = to_json(&ServerMessage::Error {
-                            code: ErrorCode::UnknownPeer,
-                            message: format!("no peer {to} in room {room}; nothing was delivered"),
-                            reference: id,
-                        });
-                        self.store.call(Op::Emit, &room, &[&sid, &error]).await
+                        Ok(reply)
                     }
                     Ok(reply) => {
                         self.metrics.messages_relayed.inc();

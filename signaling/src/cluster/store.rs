@@ -105,8 +105,9 @@ for _, f in ipairs(replay) do out[#out + 1] = f end
 return out
 "#,
             ),
-            // ARGV: from-sid to-peer body cseq ('' when unnumbered). 'unknown_peer': nothing
-            // was sent (the caller answers with an error); 'dup': the session handled `cseq`
+            // ARGV: from-sid to-peer body cseq ('' when unnumbered) error. 'unknown_peer':
+            // nothing was sent, and `error` went to the sender in the same step (a node lost
+            // after the check cannot drop the answer); 'dup': the session handled `cseq`
             // already, nothing was sent.
             signal: script(
                 r#"
@@ -117,7 +118,8 @@ if target and target ~= ARGV[4] then
   emit(target, ARGV[6])
   return {'ok', table.concat(over, ' ')}
 end
-return {'unknown_peer', ''}
+emit(ARGV[4], ARGV[8])
+return {'unknown_peer', table.concat(over, ' ')}
 "#,
             ),
             // ARGV: from-sid ('' for the backend) body cseq ('' when unnumbered)

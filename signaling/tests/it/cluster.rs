@@ -526,3 +526,52 @@ async fn an_http_open_abandoned_while_redis_is_slow_still_parks_its_session() {
         other => panic!("expected peer_left, got {other:?}"),
     }
 }
+
+/// Scripts Redis has run so far (`EVALSHA` and `EVAL` calls).
+fn script_calls(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn an_unknown_peer_answer_is_written_by_the_script_that_found_the_peer_missing() {
+    // One script per signal, the answer included: a node lost after the check cannot drop the
+    // answer, which is in the sender's outbox (and so in its replay) from the same atomic step.
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &[]);
+    let (mut a, _) = Client::join(&n1.ws("/ws/alone"), None).await;
+    const SIGNALS: u64 = 40;
+    let before = script_calls(&redis);
+    for id in 1..=SIGNALS {
+        a.send(&ClientMessage::Signal {
+            id: Some(id),
+            cseq: None,
+            to: "nobody".into(),
+            signal: candidate(1),
+        })
+        .await;
+    }
+    for id in 1..=SIGNALS {
+        match a.expect_error(ErrorCode::UnknownPeer).await.message {
+            ServerMessage::Error { reference, .. } => assert_eq!(reference, Some(id)),
+            _ => unreachable!(),
+        }
+    }
+    // Heartbeats and acks add a few calls; a second call per answer would add 40.
+    let calls = script_calls(&redis) - before;
+    assert!(
+        calls < SIGNALS + SIGNALS / 2,
+        "{calls} scripts for {SIGNALS} unknown-peer signals"
+    );
+}
