@@ -20,6 +20,11 @@
 //!   `other` since it started. It expires with the longest retention of the relays that
 //!   wrote it: a publication only ever extends its time to live.
 //!
+//! - `sig:{fleet}:usage-held:PUBLISHER`, a mark that Redis holds what the process published,
+//!   set on each of its heartbeats ([`hold`]) with the same time to live as its buckets. A mark
+//!   found missing means Redis lost it (restarted without persistence, flushed, failed over to
+//!   a replica that lagged): the process publishes again everything its ledger holds.
+//!
 //! Memory: per bucket at most `relay processes x (--usage-max-users + 1)` fields, for
 //! `--usage-retention` (6 h) of buckets: the relays' own ledger bound, once per relay.
 
@@ -125,6 +130,30 @@ return 1
     }
     let _: i64 = conn.invoke(&invocation, timeout).await?;
     Ok(())
+}
+
+/// The prefix of a publisher's [`hold`] mark.
+const HELD_PREFIX: &str = "sig:{fleet}:usage-held:";
+
+/// Marks, for `keep`, that Redis holds what `publisher` published. False when the mark was
+/// missing: Redis holds none of it (or the process never published): publish it all again.
+pub async fn hold(
+    conn: &Connection,
+    publisher: &str,
+    keep: Duration,
+    timeout: Duration,
+) -> Result<bool, StoreError> {
+    let script = Script::new(
+        r"
+local held = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return held
+",
+    );
+    let mut invocation = script.key(format!("{HELD_PREFIX}{publisher}"));
+    invocation.arg(keep.as_millis().max(1) as u64);
+    let held: i64 = conn.invoke(&invocation, timeout).await?;
+    Ok(held == 1)
 }
 
 /// The published buckets that overlap `[from, to)` (Unix seconds), each summed over the

@@ -95,9 +95,14 @@ impl UsageLedger {
     /// publication of its usage). What the ledger holds already (traffic relayed before the
     /// publisher started) counts as changed: it was never published.
     pub fn track_changes(&mut self) {
-        if self.changes.is_some() {
-            return;
+        if self.changes.is_none() {
+            self.mark_all_changed();
         }
+    }
+
+    /// Everything the ledger holds counts as changed, to be published again: the fleet's
+    /// Redis lost what was published (`fleet::usage::hold`).
+    pub fn mark_all_changed(&mut self) {
         let held = self.buckets.iter().map(|bucket| {
             let changed = Changes {
                 users: bucket.users.keys().cloned().collect(),
@@ -628,6 +633,17 @@ mod tests {
         assert_eq!(to_peer(&again[0].users), [("a:1".to_owned(), 5)]);
         l.confirm_published(&again[0]);
         assert!(l.changes().is_empty());
+        assert_eq!(l.unpublished(), 0);
+        // Redis lost what was published: all of it is a change again, at its current totals.
+        l.mark_all_changed();
+        let all = l.changes();
+        assert_eq!(all.len(), 2);
+        assert_eq!(to_peer(&all[0].users), [("a:1".to_owned(), 3)]);
+        assert_eq!(all[0].other, usage(5, 0));
+        assert_eq!(to_peer(&all[1].users), [("a:1".to_owned(), 5)]);
+        for bucket in &all {
+            l.confirm_published(bucket);
+        }
         assert_eq!(l.unpublished(), 0);
         // Changes of buckets past the retention are dropped with them.
         l.record(90, "a:1", usage(1, 0));

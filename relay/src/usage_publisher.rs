@@ -4,6 +4,7 @@
 //! stop, and by signaling's in-process relay in a cluster.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fleet::link::Connection;
@@ -22,6 +23,8 @@ pub struct UsagePublisher {
     /// Held from reading the changes to their confirmation, so that totals reach Redis in the
     /// order they were read (an older total never lands over a newer one).
     publishing: tokio::sync::Mutex<()>,
+    /// Whether this process has set its mark in Redis once (`fleet::usage::hold`).
+    marked: AtomicBool,
 }
 
 impl UsagePublisher {
@@ -40,15 +43,34 @@ impl UsagePublisher {
             keep,
             timeout,
             publishing: tokio::sync::Mutex::new(()),
+            marked: AtomicBool::new(false),
         }
     }
 
-    /// Publishes the usage that changed since it was last published. What is not confirmed
+    /// Publishes the usage that changed since it was last published, or all the ledger holds
+    /// when Redis lost what was (its mark of this process is gone). What is not confirmed
     /// published (a failure, or a dropped call) stays a change in the ledger and goes with the
     /// next publication; nothing is counted twice, as the totals are absolute. True when
     /// everything was published.
     pub async fn publish(&self) -> bool {
         let _publishing = self.publishing.lock().await;
+        match fleet::usage::hold(&self.conn, &self.publisher, self.keep, self.timeout).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Missing at the first publication: nothing was published yet, and the ledger
+                // counts everything it holds as changed already.
+                if self.marked.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the relay fleet's Redis lost the usage this relay published (restarted without persistence?): publishing again all it holds"
+                    );
+                }
+                self.book.lock().mark_all_changed();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not publish usage to the relay fleet");
+                return false;
+            }
+        }
         let mut after = None;
         loop {
             // One bucket at a time: the workers share the ledger's lock.

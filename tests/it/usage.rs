@@ -359,6 +359,34 @@ async fn a_redis_outage_holds_the_usage_back_and_loses_none() {
     client.close().await.unwrap();
 }
 
+/// Redis restarted without persistence (its data gone) under a fleet relay: the relay finds its
+/// mark gone at its next heartbeat and publishes again all its ledger holds, so `/v1/usage`
+/// reports the traffic relayed before the restart without any new traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_data_gets_the_usage_published_again() {
+    let mut redis = e2e::redis::RedisServer::start();
+    let signaling = start_fleet_signaling(&redis);
+    let call = FleetCall::start(&redis, signaling.addr, "amnesia-a", "amnesia", &[]).await;
+    let (client, expected) = call.relay_known_traffic().await;
+    client.close().await.unwrap();
+    let usage = || async {
+        v1_get(signaling.addr, FLEET_KEY, "/v1/usage?since=1h", None)
+            .await
+            .1
+    };
+    await_totals(usage, &call.user, "amnesia", expected).await;
+    redis.restart();
+    // Until signaling has its connection back, a read may answer 503.
+    let auth = format!("Bearer {FLEET_KEY}");
+    let usage = || async {
+        let headers = [("Authorization", auth.as_str())];
+        http_request(signaling.addr, "GET", "/v1/usage?since=1h", &headers, "")
+            .await
+            .2
+    };
+    await_totals(usage, &call.user, "amnesia", expected).await;
+}
+
 /// Waits (at most 3 s) until `relay` holds one (user, bucket) entry back from the fleet's
 /// Redis (`relay_usage_unpublished`): once its workers have handed the counts over (200 ms).
 async fn await_held_back(relay: &crate::fleet::FleetRelay) {
