@@ -32,11 +32,14 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // Before anything is printed: a SIGHUP from then on reloads (the configuration and the
-    // certificate files), never ends the process.
-    let mut hangups = {
+    // Before anything is printed: from then on a SIGHUP reloads (the configuration and the
+    // certificate files) and SIGTERM or SIGINT drains; neither ends the process unannounced.
+    let (mut hangups, mut shutdown) = {
         let _entered = runtime.enter();
-        startup::signals::reload_requests()?
+        (
+            startup::signals::reload_requests()?,
+            startup::signals::ShutdownSignals::install()?,
+        )
     };
     if !config.register.is_empty() && config.auth_secrets.is_empty() && config.users.is_empty() {
         // A fleet relay given no credentials takes the TURN secret signaling agreed on (or
@@ -98,11 +101,9 @@ fn main() -> anyhow::Result<()> {
             tokio::spawn(Arc::clone(registration).run(stopped));
         }
         let mut reloading = Reloading::new(args, matches, supplied_secrets, log_filter);
-        let shutdown = startup::signals::shutdown();
-        tokio::pin!(shutdown);
         let signal = loop {
             tokio::select! {
-                signal = &mut shutdown => break signal?,
+                signal = shutdown.recv() => break signal,
                 Some(()) = hangups.recv() => relay::reload::reload(&mut reloading, &handle).await,
             }
         };
@@ -113,8 +114,8 @@ fn main() -> anyhow::Result<()> {
         }
         tokio::select! {
             () = handle.wait_drained(drain_timeout) => {}
-            second = startup::signals::shutdown() => {
-                tracing::info!(signal = second.unwrap_or("?"), "second signal: stopping now");
+            second = shutdown.recv() => {
+                tracing::info!(signal = second, "second signal: stopping now");
             }
         }
         // Waits for the workers, which bill their last counts on their way out.

@@ -24,8 +24,11 @@ async fn main() -> anyhow::Result<()> {
         startup::summary::summary(&Config::command(), &matches)
     );
 
-    // Before anything is printed: a SIGHUP from then on reloads, never ends the process.
+    // Before anything is printed: from then on a SIGHUP reloads and SIGTERM or SIGINT drains;
+    // neither ends the process unannounced.
     let mut hangups = startup::signals::reload_requests().context("cannot listen for SIGHUP")?;
+    let mut signals = startup::signals::ShutdownSignals::install()
+        .context("cannot listen for SIGTERM and SIGINT")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -133,16 +136,13 @@ async fn main() -> anyhow::Result<()> {
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            match startup::signals::shutdown().await {
-                Ok(name) => tracing::info!(signal = name, "shutting down"),
-                Err(e) => tracing::error!(error = %e, "cannot listen for signals"),
-            }
+            let name = signals.recv().await;
+            tracing::info!(signal = name, "shutting down");
             shutdown.cancel();
             // A second signal does not wait for the drain.
-            if let Ok(name) = startup::signals::shutdown().await {
-                tracing::warn!(signal = name, "second signal: exiting without draining");
-                std::process::exit(130);
-            }
+            let name = signals.recv().await;
+            tracing::warn!(signal = name, "second signal: exiting without draining");
+            std::process::exit(130);
         });
     }
     signaling::serve(listener, state, shutdown).await?;

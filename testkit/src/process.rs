@@ -130,9 +130,18 @@ impl Spawned {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends SIGINT, as Ctrl-C in a terminal does.
+    pub fn interrupt(&self) {
+        self.signal(libc::SIGINT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) with a pid this process spawned and has not reaped yet.
-        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM {}", self.guard.name);
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill -{signal} {}", self.guard.name);
     }
 
     /// Kills the process at once (SIGKILL), as a crash would, and reaps it.

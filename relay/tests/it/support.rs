@@ -181,7 +181,7 @@ impl RelayProcess {
 
     /// The binary's process (tests of what only a process has start it with
     /// [`Self::start_process`]).
-    fn process(&mut self) -> &mut Spawned {
+    pub(crate) fn process(&mut self) -> &mut Spawned {
         match &mut self.node {
             Node::Process { process, .. } => process,
             Node::InProcess { .. } => panic!("an in-process relay: use start_process"),
