@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{ArgMatches, CommandFactory, Parser};
-use relay_proto::{ExternalIp, IpNet};
+use relay_proto::{ExternalIp, IpNet, StaticCredential};
 pub use startup::Secret;
 pub use startup::duration::parse as parse_duration;
 pub use startup::logging::LogFormat;
@@ -107,7 +107,9 @@ pub struct Config {
     #[arg(long, env = "RELAY_REALM", default_value = "relay")]
     pub realm: String,
 
-    /// Static long-term user `name:password` (repeatable).
+    /// Static long-term user `name:password` (repeatable), or `name:0xKEY` with the 32 hex
+    /// digits of the precomputed key `MD5(name:realm:password)` (as coturn's `turnadmin -k`
+    /// prints it), so that the password itself is stored nowhere.
     #[arg(
         long = "user",
         env = "RELAY_USERS",
@@ -495,13 +497,29 @@ impl fmt::Display for PortRange {
     }
 }
 
-/// A static long-term-credential user, `name:password`.
+/// A static long-term-credential user, `name:password` or `name:0xKEY`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticUser {
     /// The USERNAME clients send.
     pub name: String,
-    /// The password (redacted in logs).
+    /// The password, or `0x` and the key's 32 hex digits (redacted in logs).
     pub password: Secret,
+}
+
+impl StaticUser {
+    /// What the core verifies with: the key, when the password is `0x` and 32 hex digits.
+    pub fn credential(&self) -> StaticCredential {
+        let text = self.password.expose_str();
+        let key = text
+            .strip_prefix("0x")
+            .filter(|hex| hex.len() == 32)
+            .and_then(|hex| hex::decode(hex).ok())
+            .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok());
+        match key {
+            Some(key) => StaticCredential::Key(key),
+            None => StaticCredential::Password(text.to_owned()),
+        }
+    }
 }
 
 impl FromStr for StaticUser {

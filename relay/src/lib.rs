@@ -595,7 +595,7 @@ fn primary_ip(v4: bool) -> Option<IpAddr> {
 fn server_config(config: &Config, relay_ips: &[IpAddr], addrs: &RelayAddrs) -> ServerConfig {
     let mut auth = AuthConfig::default();
     for user in &config.users {
-        auth.add_user(user.name.clone(), user.password.expose_str().to_owned());
+        auth.add_user_credential(user.name.clone(), user.credential());
     }
     auth.rest_secrets = config
         .auth_secrets

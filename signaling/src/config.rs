@@ -240,6 +240,11 @@ pub struct Config {
     )]
     pub turn_secrets: Vec<Secret>,
 
+    /// Set when `turn_secrets` holds only the secret agreed through Redis (no `--turn-secret`):
+    /// the node writes it back if Redis loses it.
+    #[arg(skip)]
+    pub turn_secret_agreed: bool,
+
     /// Lifetime of minted TURN credentials. Fresh ones are pushed at 80% of it.
     #[arg(long, env = "SIGNALING_TURN_TTL", default_value = "10m", value_parser = parse_duration)]
     pub turn_ttl: Duration,

@@ -266,6 +266,7 @@ pub(crate) mod server {
                     Error::Config(format!("cannot agree on a TURN secret through redis: {e}"))
                 })?;
         config.turn_secrets.push(crate::config::Secret::new(agreed));
+        config.turn_secret_agreed = true;
         tracing::info!("TURN secret agreed through redis");
         Ok(())
     }
@@ -318,6 +319,10 @@ pub(crate) mod server {
                     heartbeat: config.node_heartbeat,
                     lease: config.node_lease,
                     redis_timeout: config.redis_timeout,
+                    agreed_turn_secret: config
+                        .turn_secret_agreed
+                        .then(|| config.turn_secrets.first().cloned())
+                        .flatten(),
                 };
                 let hub = ClusterHub::start(cluster, settings, ice, Arc::clone(&metrics))
                     .await

@@ -243,6 +243,15 @@ impl AuthConfig {
         self.users
             .insert(username.into(), StaticCredential::Password(password.into()));
     }
+
+    /// Adds (or replaces) a static user with a password or a precomputed key.
+    pub fn add_user_credential(
+        &mut self,
+        username: impl Into<String>,
+        credential: StaticCredential,
+    ) {
+        self.users.insert(username.into(), credential);
+    }
 }
 
 impl fmt::Debug for AuthConfig {

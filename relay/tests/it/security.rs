@@ -194,6 +194,20 @@ fn wrong_password_and_unknown_user_get_401() {
 }
 
 #[test]
+fn a_static_user_given_as_a_precomputed_key_authenticates_with_its_password() {
+    // `MD5(u:relay:p)`, as `turnadmin -k -u u -r relay -p p` prints it: the relay never sees p.
+    let key = hex::encode(relay_proto::auth::long_term_key("u", "relay", "p"));
+    let user = format!("u:0x{key}");
+    let relay = RelayProcess::start(&["--realm", "relay", "--user", &user]);
+    assert!(TestClient::new(relay.udp, "u", "p").allocate().is_ok());
+    assert_eq!(
+        TestClient::new(relay.udp, "u", &format!("0x{key}")).allocate(),
+        Err(401),
+        "the key is not a password"
+    );
+}
+
+#[test]
 fn rest_usernames_expire() {
     let relay = RelayProcess::start(&["--turn-secret", "s3cret"]);
     let expired = format!("{}:dave", unix_now() - 60);

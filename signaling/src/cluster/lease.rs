@@ -73,6 +73,19 @@ impl ClusterHub {
             self.store
                 .query::<i64>(redis::cmd("PEXPIRE").arg(node_sessions_key(me)).arg(ttl))
                 .await?;
+            if let Some(secret) = &self.cluster.agreed_turn_secret {
+                // Back if Redis lost it (restarted empty); `NX`: never over another's.
+                self.store
+                    .query::<Option<String>>(
+                        redis::cmd("SET")
+                            .arg(TURN_SECRET_KEY)
+                            .arg(secret.expose_str())
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(SECRET_TTL.as_millis() as u64),
+                    )
+                    .await?;
+            }
             self.store
                 .query::<i64>(
                     redis::cmd("PEXPIRE")

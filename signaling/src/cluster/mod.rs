@@ -64,6 +64,10 @@ pub struct ClusterSettings {
     pub lease: Duration,
     /// The deadline of one Redis call.
     pub redis_timeout: Duration,
+    /// The TURN secret this node agreed on through Redis (it was given none): each heartbeat
+    /// writes it back if Redis lost it, so that a node started later reads it instead of
+    /// making another.
+    pub agreed_turn_secret: Option<crate::config::Secret>,
 }
 
 fn node_sessions_key(node: &str) -> String {

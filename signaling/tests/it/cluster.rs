@@ -349,24 +349,46 @@ async fn a_room_spans_nodes_on_a_redis_cluster() {
 
 #[tokio::test]
 async fn nodes_without_a_turn_secret_agree_on_one_through_redis() {
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let turn = ["--turn-url", "turn:127.0.0.1:3478?transport=udp"];
     let n1 = node(&redis.url(), &turn);
     let n2 = node(&redis.url(), &turn);
     let secret = redis.cli(&["GET", "sig:secret:turn"]);
     assert_eq!(secret.len(), 64, "a generated secret: {secret}");
+    let signs_with_secret = |server: &Server| {
+        let url = server.ws("/ws/turn");
+        let secret = secret.clone();
+        async move {
+            let (_client, info) = Client::join(&url, None).await;
+            let turn = &info.ice_servers[0];
+            let username = turn.username.as_deref().expect("TURN username");
+            assert_eq!(
+                turn.credential.as_deref(),
+                Some(relay_proto::auth::rest_password(secret.as_bytes(), username).as_str()),
+                "every node signs with the agreed secret"
+            );
+        }
+    };
     for server in [&n1, &n2] {
-        let (_client, info) = Client::join(&server.ws("/ws/turn"), None).await;
-        let turn = &info.ice_servers[0];
-        let username = turn.username.as_deref().expect("TURN username");
-        assert_eq!(
-            turn.credential.as_deref(),
-            Some(relay_proto::auth::rest_password(secret.as_bytes(), username).as_str()),
-            "both nodes sign with the agreed secret"
-        );
+        signs_with_secret(server).await;
     }
     let ttl: i64 = redis.cli(&["PTTL", "sig:secret:turn"]).parse().unwrap();
     assert!(ttl > 0);
+
+    // Redis restarted empty: the nodes write the secret back at their next heartbeat (200 ms),
+    // so a node started afterwards reads it instead of making another.
+    redis.restart();
+    let mut back = String::new();
+    for _ in 0..50 {
+        back = redis.cli(&["GET", "sig:secret:turn"]);
+        if !back.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(back, secret, "the agreed secret is back in redis");
+    let n3 = node(&redis.url(), &turn);
+    signs_with_secret(&n3).await;
 }
 
 #[tokio::test]
