@@ -19,15 +19,29 @@ pub async fn agree_turn_secret(
     candidate: &str,
 ) -> Result<String, StoreError> {
     let (conn, _) = link::connect(urls, timeout).await?;
-    let set = redis::cmd("SET")
-        .arg(TURN_SECRET_KEY)
-        .arg(candidate)
-        .arg("NX")
-        .arg("PX")
-        .arg(SECRET_TTL.as_millis() as u64)
-        .to_owned();
-    let _: Option<String> = conn.query(&set, timeout).await?;
+    let _: Option<String> = conn.query(&restore_turn_secret(candidate), timeout).await?;
     let get = redis::cmd("GET").arg(TURN_SECRET_KEY).to_owned();
     let agreed: Option<String> = conn.query(&get, timeout).await?;
     agreed.ok_or_else(|| StoreError::Reply("the agreed TURN secret vanished".into()))
+}
+
+/// What a process that agreed on `secret` sends on each heartbeat: the secret written back if
+/// Redis lost it (restarted empty; `NX`, never over another), so that a process started later
+/// reads it instead of making another; then [`renew_turn_secret`].
+pub fn restore_turn_secret(secret: &str) -> redis::Cmd {
+    redis::cmd("SET")
+        .arg(TURN_SECRET_KEY)
+        .arg(secret)
+        .arg("NX")
+        .arg("PX")
+        .arg(SECRET_TTL.as_millis() as u64)
+        .to_owned()
+}
+
+/// Renews the agreed secret's time to live ([`SECRET_TTL`] from now), on each heartbeat.
+pub fn renew_turn_secret() -> redis::Cmd {
+    redis::cmd("PEXPIRE")
+        .arg(TURN_SECRET_KEY)
+        .arg(SECRET_TTL.as_millis() as u64)
+        .to_owned()
 }

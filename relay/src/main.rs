@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
             startup::signals::ShutdownSignals::install()?,
         )
     };
+    let mut agreed_turn_secret = None;
     if !config.register.is_empty() && config.auth_secrets.is_empty() && config.users.is_empty() {
         // A fleet relay given no credentials takes the TURN secret signaling agreed on (or
         // proposes one).
@@ -52,7 +53,9 @@ fn main() -> anyhow::Result<()> {
                 &candidate,
             ))
             .context("cannot agree on a TURN secret through redis")?;
-        supplied_secrets.push(relay::config::Secret::new(agreed));
+        let agreed = relay::config::Secret::new(agreed);
+        agreed_turn_secret = Some(agreed.clone());
+        supplied_secrets.push(agreed);
         config.auth_secrets.clone_from(&supplied_secrets);
         tracing::info!("TURN secret agreed through redis");
     }
@@ -60,11 +63,14 @@ fn main() -> anyhow::Result<()> {
     let fleet_config = config.clone();
     let handle = Relay::start(config).context("starting the relay")?;
     let registration = match FleetSettings::from_config(&fleet_config, handle.addrs()) {
-        Some(settings) => Some(Arc::new(
-            runtime
-                .block_on(Registration::start(settings, handle.status()))
-                .context("cannot register in the relay fleet")?,
-        )),
+        Some(mut settings) => {
+            settings.agreed_turn_secret = agreed_turn_secret;
+            Some(Arc::new(
+                runtime
+                    .block_on(Registration::start(settings, handle.status()))
+                    .context("cannot register in the relay fleet")?,
+            ))
+        }
         None => None,
     };
 

@@ -16,7 +16,7 @@ use fleet::link::{self, Connection, StoreError};
 use fleet::relays::{self, RelayRecord, RelayState};
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::usage_publisher::UsagePublisher;
 use crate::{RelayAddrs, RelayStatus};
 
@@ -33,6 +33,9 @@ pub struct FleetSettings {
     pub capacity: f64,
     pub heartbeat: Duration,
     pub lease: Duration,
+    /// The TURN secret this relay agreed on through Redis (it was given no credentials): each
+    /// heartbeat writes it back if Redis lost it, and renews its time to live.
+    pub agreed_turn_secret: Option<Secret>,
 }
 
 impl FleetSettings {
@@ -56,6 +59,7 @@ impl FleetSettings {
             capacity: config.capacity,
             heartbeat: config.node_heartbeat,
             lease: config.node_lease,
+            agreed_turn_secret: None,
         })
     }
 }
@@ -225,6 +229,26 @@ impl Registration {
             last = (now, bytes);
             if let Err(e) = self.advertise(rate).await {
                 tracing::warn!(error = %e, "could not renew the fleet lease");
+            }
+            if let Some(agreed) = &self.settings.agreed_turn_secret {
+                let restore = fleet::secret::restore_turn_secret(agreed.expose_str());
+                let kept = match self
+                    .conn
+                    .query::<Option<String>>(&restore, REDIS_TIMEOUT)
+                    .await
+                {
+                    Ok(_) => {
+                        let renew = fleet::secret::renew_turn_secret();
+                        self.conn
+                            .query::<i64>(&renew, REDIS_TIMEOUT)
+                            .await
+                            .map(drop)
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = kept {
+                    tracing::warn!(error = %e, "could not keep the agreed TURN secret in redis");
+                }
             }
         }
     }

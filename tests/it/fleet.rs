@@ -200,6 +200,25 @@ fn share(ports: &[u16]) -> HashMap<u16, usize> {
     counts
 }
 
+/// A relay that agreed on the TURN secret through Redis writes it back when Redis restarts
+/// empty (at its next heartbeat), so that signaling started afterwards mints credentials it
+/// accepts.
+#[test]
+fn a_fleet_relay_writes_the_agreed_secret_back_into_an_emptied_redis() {
+    let mut redis = RedisServer::start();
+    let _relay = start_fleet_relay(&redis, "keeper");
+    let secret = redis.cli(&["GET", "sig:secret:turn"]);
+    assert!(!secret.is_empty(), "the relay proposed a secret");
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut back = String::new();
+    while back.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        back = redis.cli(&["GET", "sig:secret:turn"]);
+    }
+    assert_eq!(back, secret);
+}
+
 #[test]
 fn rooms_spread_over_the_fleet_and_move_when_a_relay_joins_dies_or_drains() {
     let redis = RedisServer::start();

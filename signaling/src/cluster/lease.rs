@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt as _;
 
-use fleet::secret::{SECRET_TTL, TURN_SECRET_KEY};
+use fleet::secret;
 
 use super::store::Op;
 use super::{ClusterHub, ParkedHere, node_sessions_key, unix_ms};
@@ -74,24 +74,12 @@ impl ClusterHub {
                 .query::<i64>(redis::cmd("PEXPIRE").arg(node_sessions_key(me)).arg(ttl))
                 .await?;
             if let Some(secret) = &self.cluster.agreed_turn_secret {
-                // Back if Redis lost it (restarted empty); `NX`: never over another's.
                 self.store
-                    .query::<Option<String>>(
-                        redis::cmd("SET")
-                            .arg(TURN_SECRET_KEY)
-                            .arg(secret.expose_str())
-                            .arg("NX")
-                            .arg("PX")
-                            .arg(SECRET_TTL.as_millis() as u64),
-                    )
+                    .query::<Option<String>>(&secret::restore_turn_secret(secret.expose_str()))
                     .await?;
             }
             self.store
-                .query::<i64>(
-                    redis::cmd("PEXPIRE")
-                        .arg(TURN_SECRET_KEY)
-                        .arg(SECRET_TTL.as_millis() as u64),
-                )
+                .query::<i64>(&secret::renew_turn_secret())
                 .await?;
             self.store
                 .query::<Vec<String>>(
