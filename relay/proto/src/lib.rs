@@ -142,6 +142,7 @@ pub use own_addresses::OwnAddresses;
 pub use policy::{DenyReason, IpNet, PeerPolicy};
 pub use quota::{DEFAULT_AMPLIFICATION_ALLOWANCE, QuotaKind, Quotas, RateLimit, SharedQuotas};
 pub use relay_handle::RelayHandle;
+pub use reservations::RESERVATION_LIFETIME;
 pub use server::Server;
 pub use stats::{LATENCY_BOUNDS_MICROS, LatencyHistogram, Stats};
 pub use usage::Usage;

@@ -22,10 +22,8 @@ use crate::pending::PendingAllocation;
 use crate::policy::DenyReason;
 use crate::quota::{QuotaKind, TokenBucket};
 use crate::relay_handle::RelayHandle;
+use crate::reservations::RESERVATION_LIFETIME;
 use crate::server::{Server, later};
-
-/// How long a RESERVATION-TOKEN stays valid (RFC 8656 suggests about 30 s).
-const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// Size of a FINGERPRINT attribute.
 const FINGERPRINT_SIZE: usize = 8;
@@ -220,6 +218,7 @@ impl Server {
             family: address.map_or(params.family, |a| AddressFamily::of(&a)),
             five_tuple: from,
             even_port: params.even_port,
+            reserve_next: params.reserve_next,
             address,
         });
     }
@@ -374,8 +373,7 @@ impl Server {
     /// RFC 8656 section 7.2 (EVEN-PORT with R): remember `address` for a later Allocate
     /// carrying the returned RESERVATION-TOKEN, in `SharedQuotas` so that the Allocate may come
     /// from another source port (as the RTCP half of an RTP/RTCP pair does) and so reach
-    /// another shard. The port is not held open: if something else binds it meanwhile, that
-    /// Allocate gets 508.
+    /// another shard. The I/O layer holds the port open meanwhile (`BindRelay::reserve_next`).
     fn reserve(&mut self, address: SocketAddr, now: Instant) -> [u8; 8] {
         let token: [u8; 8] = rand::random();
         self.shared

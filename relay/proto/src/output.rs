@@ -101,6 +101,11 @@ pub enum Output {
         five_tuple: FiveTuple,
         /// The client sent EVEN-PORT: try an even port (best effort).
         even_port: bool,
+        /// EVEN-PORT with the R bit (RFC 8656 section 7.2): the port must be even and the
+        /// next-higher one free too. Hold that one open for [`crate::RESERVATION_LIFETIME`]
+        /// for the Allocate that claims it (its `address`); answer `BindError::NoCapacity`
+        /// when no even port of the range has a free next one.
+        reserve_next: bool,
         /// Bind exactly this local address: the port reserved by an earlier Allocate's EVEN-PORT
         /// (R bit) and claimed now with its RESERVATION-TOKEN. Answer `BindError::NoCapacity`
         /// if it is taken. `None` (the usual case): any free port in the relay range.

@@ -5,13 +5,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a RESERVATION-TOKEN stays valid (RFC 8656 suggests about 30 s), and so how long the
+/// I/O layer holds the reserved port open (`Output::BindRelay::reserve_next`).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// Bound on outstanding RESERVATION-TOKENs of the whole relay (each about 64 bytes).
 const MAX_RESERVATIONS: usize = 16_384;
 
-/// Token -> (reserved relay address, valid until). The port is not held open: if something
-/// else binds it meanwhile, the Allocate that claims it gets 508.
+/// Token -> (reserved relay address, valid until). The I/O layer holds the port open until
+/// then; if it could not (or something else took it), the Allocate that claims it gets 508.
 #[derive(Debug, Default)]
 pub(crate) struct Reservations {
     /// A `Mutex`: touched only by Allocates with EVEN-PORT (R bit) or RESERVATION-TOKEN,

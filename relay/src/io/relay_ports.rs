@@ -1,17 +1,30 @@
 //! Relay sockets: binding one UDP socket per allocation on the relay IP of the requested family,
-//! on a free port of the configured range (random start, linear probe), buffers raised.
+//! on a free port of the configured range (random start, linear probe), buffers raised; and
+//! holding open the ports that EVEN-PORT reserves (RFC 8656 section 7.2) until the Allocate
+//! with the RESERVATION-TOKEN claims them, or the reservation expires.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use rand::Rng;
-use relay_proto::{AddressFamily, BindError};
+use relay_proto::{AddressFamily, BindError, RESERVATION_LIFETIME};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::udp::set_buffers;
 
 /// How many ports to try before answering 508 Insufficient Capacity.
 const MAX_PROBES: u32 = 512;
+
+/// Reserved ports held open at most (one socket each, for at most `RESERVATION_LIFETIME`):
+/// beyond, an Allocate with EVEN-PORT's R bit gets 508.
+const MAX_HELD: usize = 1024;
+
+/// Reserved ports held open, by address, with when their reservation ends. Shared by every
+/// shard: the Allocate that claims one may reach another shard.
+type HeldPorts = HashMap<SocketAddr, (Socket, Instant)>;
 
 /// Where relay sockets are bound.
 #[derive(Debug, Clone)]
@@ -23,6 +36,7 @@ pub(crate) struct RelayPorts {
     low: u16,
     high: u16,
     buffer: usize,
+    held: Arc<Mutex<HeldPorts>>,
 }
 
 impl RelayPorts {
@@ -33,16 +47,43 @@ impl RelayPorts {
             low,
             high,
             buffer,
+            held: Arc::default(),
         }
     }
 
-    /// Binds a relay socket of `family` on a free port (an even one if `even_port`).
-    pub(crate) fn bind(&self, family: AddressFamily, even_port: bool) -> Result<Socket, BindError> {
+    /// Binds a relay socket of `family` on a free port (an even one if `even_port`; with
+    /// `reserve_next`, an even one whose next port is free too, which is held open for the
+    /// reservation, or `NoCapacity`).
+    pub(crate) fn bind(
+        &self,
+        family: AddressFamily,
+        even_port: bool,
+        reserve_next: bool,
+    ) -> Result<Socket, BindError> {
         let ip = match family {
             AddressFamily::V4 => self.v4,
             AddressFamily::V6 => self.v6,
         }
         .ok_or(BindError::FamilyNotSupported)?;
+        let now = Instant::now();
+        let mut held = self.held();
+        // Reservations that ended give their ports back before a port is looked for.
+        held.retain(|_, (_, until)| *until > now);
+        if reserve_next {
+            if held.len() >= MAX_HELD {
+                tracing::debug!("too many reserved ports held open");
+                return Err(BindError::NoCapacity);
+            }
+            let (socket, next) = self.bind_pair(ip)?;
+            let next_addr = next
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or(BindError::NoCapacity)?;
+            held.insert(next_addr, (next, now + RESERVATION_LIFETIME));
+            return Ok(socket);
+        }
+        drop(held);
         let span = u32::from(self.high - self.low) + 1;
         let start = rand::rng().random_range(0..span);
         let step = if even_port { 2 } else { 1 };
@@ -54,22 +95,47 @@ impl RelayPorts {
             let port = u16::try_from(u32::from(self.low) + offset % span).unwrap_or(self.low);
             match self.try_bind(SocketAddr::new(ip, port)) {
                 Ok(socket) => return Ok(socket),
-                Err(e)
-                    if e.kind() == io::ErrorKind::AddrInUse
-                        || e.kind() == io::ErrorKind::PermissionDenied => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, %ip, port, "cannot bind relay socket");
-                    return Err(BindError::NoCapacity);
-                }
+                Err(e) if is_taken(&e) => {}
+                Err(e) => return Err(cannot_bind(&e, ip, port)),
             }
             offset += step;
         }
         Err(BindError::NoCapacity)
     }
 
-    /// Binds exactly `addr` (a reserved port): it must be on a relay IP and inside the range;
-    /// `NoCapacity` if it is not, or if anything holds it.
+    /// An even port and the next one, both bound, or `NoCapacity` (random start, as `bind`).
+    fn bind_pair(&self, ip: IpAddr) -> Result<(Socket, Socket), BindError> {
+        let first_even = u32::from(self.low) + u32::from(self.low % 2);
+        let high = u32::from(self.high);
+        if first_even + 1 > high {
+            return Err(BindError::NoCapacity);
+        }
+        let pairs = (high - first_even - 1) / 2 + 1;
+        let start = rand::rng().random_range(0..pairs);
+        for k in 0..MAX_PROBES.min(pairs) {
+            let port = first_even + 2 * ((start + k) % pairs);
+            let port = u16::try_from(port).map_err(|_| BindError::NoCapacity)?;
+            let even = match self.try_bind(SocketAddr::new(ip, port)) {
+                Ok(socket) => socket,
+                Err(e) if is_taken(&e) => continue,
+                Err(e) => return Err(cannot_bind(&e, ip, port)),
+            };
+            match self.try_bind(SocketAddr::new(ip, port + 1)) {
+                Ok(next) => return Ok((even, next)),
+                Err(e) if is_taken(&e) => continue,
+                Err(e) => return Err(cannot_bind(&e, ip, port + 1)),
+            }
+        }
+        Err(BindError::NoCapacity)
+    }
+
+    /// Binds exactly `addr` (a reserved port): the socket held open for it when there is one;
+    /// otherwise it must be on a relay IP and inside the range; `NoCapacity` if it is not, or
+    /// if anything holds it.
     pub(crate) fn bind_exact(&self, addr: SocketAddr) -> Result<Socket, BindError> {
+        if let Some((socket, _)) = self.held().remove(&addr) {
+            return Ok(socket);
+        }
         let ours = Some(addr.ip()) == self.v4 || Some(addr.ip()) == self.v6;
         if !ours || !(self.low..=self.high).contains(&addr.port()) {
             tracing::debug!(%addr, "reserved relay address outside the relay IPs or ports");
@@ -79,6 +145,11 @@ impl RelayPorts {
             tracing::debug!(%addr, error = %e, "reserved relay port is taken");
             BindError::NoCapacity
         })
+    }
+
+    fn held(&self) -> MutexGuard<'_, HeldPorts> {
+        // A poisoned lock only means another shard panicked mid-insert of a plain entry.
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn try_bind(&self, addr: SocketAddr) -> io::Result<Socket> {
@@ -94,6 +165,20 @@ impl RelayPorts {
     }
 }
 
+/// The port is in use (or not ours to bind): try the next.
+fn is_taken(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
+    )
+}
+
+/// Any other bind failure: logged, and 508 for the client.
+fn cannot_bind(e: &io::Error, ip: IpAddr, port: u16) -> BindError {
+    tracing::warn!(error = %e, %ip, port, "cannot bind relay socket");
+    BindError::NoCapacity
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,18 +188,18 @@ mod tests {
         let ports = RelayPorts::new(&["127.0.0.1".parse().unwrap()], 40000, 40100, 0);
         let mut held = Vec::new();
         for _ in 0..20 {
-            let s = ports.bind(AddressFamily::V4, false).unwrap();
+            let s = ports.bind(AddressFamily::V4, false, false).unwrap();
             let port = s.local_addr().unwrap().as_socket().unwrap().port();
             assert!((40000..=40100).contains(&port));
             held.push(s);
         }
-        let even = ports.bind(AddressFamily::V4, true).unwrap();
+        let even = ports.bind(AddressFamily::V4, true, false).unwrap();
         assert_eq!(
             even.local_addr().unwrap().as_socket().unwrap().port() % 2,
             0
         );
         assert_eq!(
-            ports.bind(AddressFamily::V6, false).err(),
+            ports.bind(AddressFamily::V6, false, false).err(),
             Some(BindError::FamilyNotSupported)
         );
     }
@@ -140,14 +225,48 @@ mod tests {
     }
 
     #[test]
+    fn a_reserved_next_port_is_held_for_its_reservation_only() {
+        // Two pairs: 40400/40401 and 40402/40403.
+        let ports = RelayPorts::new(&["127.0.0.1".parse().unwrap()], 40400, 40403, 0);
+        let port_of = |s: &Socket| s.local_addr().unwrap().as_socket().unwrap().port();
+        let rtp = ports.bind(AddressFamily::V4, true, true).unwrap();
+        let even = port_of(&rtp);
+        assert_eq!(even % 2, 0);
+        let reserved = SocketAddr::from(([127, 0, 0, 1], even + 1));
+        // Ordinary allocations take the other pair, never the reserved port...
+        let others: Vec<Socket> = (0..2)
+            .map(|_| ports.bind(AddressFamily::V4, false, false).unwrap())
+            .collect();
+        let taken: Vec<u16> = others.iter().map(port_of).collect();
+        assert!(!taken.contains(&(even + 1)), "{taken:?} took {reserved}");
+        assert_eq!(
+            ports.bind(AddressFamily::V4, false, false).err(),
+            Some(BindError::NoCapacity)
+        );
+        // ...which goes to the Allocate that claims it, once.
+        let rtcp = ports.bind_exact(reserved).expect("the held socket");
+        assert_eq!(port_of(&rtcp), even + 1);
+        assert_eq!(
+            ports.bind_exact(reserved).err(),
+            Some(BindError::NoCapacity)
+        );
+        // No even port with a free next one left: the R bit gets 508.
+        drop(rtp);
+        assert_eq!(
+            ports.bind(AddressFamily::V4, true, true).err(),
+            Some(BindError::NoCapacity)
+        );
+    }
+
+    #[test]
     fn full_range_is_no_capacity() {
         let ports = RelayPorts::new(&["127.0.0.1".parse().unwrap()], 40200, 40203, 0);
         let held: Vec<_> = (0..4)
-            .filter_map(|_| ports.bind(AddressFamily::V4, false).ok())
+            .filter_map(|_| ports.bind(AddressFamily::V4, false, false).ok())
             .collect();
         assert!(held.len() <= 4);
         assert_eq!(
-            ports.bind(AddressFamily::V4, false).err(),
+            ports.bind(AddressFamily::V4, false, false).err(),
             Some(BindError::NoCapacity)
         );
     }

@@ -454,9 +454,10 @@ impl Shard {
                     // allocation, so its peer datagrams come back here: nothing to route.
                     five_tuple: _,
                     even_port,
+                    reserve_next,
                     address,
                 } => {
-                    let result = self.bind_relay(relay, family, even_port, address);
+                    let result = self.bind_relay(relay, family, even_port, reserve_next, address);
                     // The time the bind finished: the core's allocation latency runs from the
                     // Allocate's batch (`now`) to here.
                     core.handle_relay_bound(Instant::now().max(now), relay, result);
@@ -469,17 +470,19 @@ impl Shard {
 
     /// Binds the relay socket `relay`: exactly `address` when the core gives one (a port
     /// reserved by EVEN-PORT and claimed with RESERVATION-TOKEN), otherwise a free port of
-    /// `family`, and files it at the handle's index.
+    /// `family` (holding the next one open for a reservation if `reserve_next`), and files it
+    /// at the handle's index.
     fn bind_relay(
         self: &Rc<Self>,
         relay: RelayHandle,
         family: AddressFamily,
         even_port: bool,
+        reserve_next: bool,
         address: Option<SocketAddr>,
     ) -> Result<SocketAddr, BindError> {
         let bound = match address {
             Some(address) => self.relay_ports.bind_exact(address),
-            None => self.relay_ports.bind(family, even_port),
+            None => self.relay_ports.bind(family, even_port, reserve_next),
         };
         let socket = match bound {
             Ok(s) => s,

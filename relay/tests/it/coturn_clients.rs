@@ -2,9 +2,10 @@
 //! `turnutils_uclient` with `turnutils_peer` (UDP and TCP; channels and Send indications;
 //! static users and TURN REST secrets), asserting zero loss on loopback.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{EchoPeer, RelayProcess, parse_uclient, require_coturn, uclient};
+use crate::support::{EchoPeer, RelayProcess, TestClient, parse_uclient, require_coturn, uclient};
 
 /// Relay flags for uclient: loopback peers allowed (the echo peer runs there), one static
 /// user.
@@ -116,6 +117,37 @@ fn uclient_udp_channels_static_user() {
 /// RESERVATION-TOKEN it got, so the relay must bind exactly the reserved port, whichever worker
 /// the second socket lands on (4 workers, so it is usually another one; reservations are
 /// shared). Before, the I/O layer ignored the reserved address and uclient got 508.
+/// The port EVEN-PORT's R bit reserves is held for its token: in a range of four ports (two
+/// even/odd pairs), two ordinary Allocates after the reserving one take the other pair, and
+/// the Allocate with the token gets exactly the reserved port. Before, the reserved port was
+/// free for anyone, and the token's Allocate got 508 in most runs.
+#[test]
+fn a_reserved_port_goes_to_its_token_only() {
+    for _ in 0..3 {
+        let relay = RelayProcess::start_with_workers(
+            2,
+            &[ALICE_RELAY, &["--relay-ports", "41200-41203"]].concat(),
+        );
+        let mut rtp = TestClient::new(relay.udp, "alice", "wonderland");
+        let (relayed, token) = rtp.allocate_reserving_next().expect("EVEN-PORT R");
+        assert_eq!(relayed.port() % 2, 0);
+        let mut others: Vec<TestClient> = (0..2)
+            .map(|_| TestClient::new(relay.udp, "alice", "wonderland"))
+            .collect();
+        for other in &mut others {
+            let port = other.allocate().expect("an ordinary allocation").port();
+            assert_ne!(
+                port,
+                relayed.port() + 1,
+                "the reserved port went to another"
+            );
+        }
+        let mut rtcp = TestClient::new(relay.udp, "alice", "wonderland");
+        let reserved = rtcp.allocate_reserved(token).expect("the reserved port");
+        assert_eq!(reserved, SocketAddr::new(relayed.ip(), relayed.port() + 1));
+    }
+}
+
 #[test]
 fn uclient_default_mode_rtp_rtcp_pairs_relay_with_zero_loss() {
     for transport in [&[][..], &["-t"][..]] {

@@ -606,20 +606,52 @@ impl TestClient {
         &mut self,
         family: Option<turn::proto::reqfamily::RequestedAddressFamily>,
     ) -> Result<SocketAddr, u16> {
+        let extra: Vec<Box<dyn Setter>> = match family {
+            Some(f) => vec![Box::new(f)],
+            None => Vec::new(),
+        };
+        self.allocate_returning(extra).map(|(relayed, _)| relayed)
+    }
+
+    /// Allocate with EVEN-PORT's R bit (RFC 8656 section 7.2): the relayed address and the
+    /// RESERVATION-TOKEN of the next port.
+    pub(crate) fn allocate_reserving_next(&mut self) -> Result<(SocketAddr, Vec<u8>), u16> {
+        let even_port = stun::attributes::RawAttribute {
+            typ: stun::attributes::ATTR_EVEN_PORT,
+            length: 1,
+            value: vec![0x80],
+        };
+        let (relayed, token) = self.allocate_returning(vec![Box::new(even_port)])?;
+        Ok((relayed, token.expect("RESERVATION-TOKEN")))
+    }
+
+    /// Allocate the port reserved under `token`.
+    pub(crate) fn allocate_reserved(&mut self, token: Vec<u8>) -> Result<SocketAddr, u16> {
+        let token = turn::proto::rsrvtoken::ReservationToken(token);
+        self.allocate_returning(vec![Box::new(token)])
+            .map(|(relayed, _)| relayed)
+    }
+
+    /// Allocate (UDP, 600 s, `extra` attributes): the relayed address and the
+    /// RESERVATION-TOKEN if the answer has one, or the error code.
+    fn allocate_returning(
+        &mut self,
+        extra: Vec<Box<dyn Setter>>,
+    ) -> Result<(SocketAddr, Option<Vec<u8>>), u16> {
         let mut attrs: Vec<Box<dyn Setter>> = vec![
             Box::new(RequestedTransport {
                 protocol: turn::proto::PROTO_UDP,
             }),
             Box::new(Lifetime(Duration::from_secs(600))),
         ];
-        if let Some(f) = family {
-            attrs.push(Box::new(f));
-        }
+        attrs.extend(extra);
         match self.request(METHOD_ALLOCATE, &attrs) {
             Reply::Ok(m) => {
                 let mut relayed = RelayedAddress::default();
                 relayed.get_from(&m).expect("XOR-RELAYED-ADDRESS");
-                Ok(SocketAddr::new(relayed.ip, relayed.port))
+                let mut token = turn::proto::rsrvtoken::ReservationToken::default();
+                let token = token.get_from(&m).is_ok().then_some(token.0);
+                Ok((SocketAddr::new(relayed.ip, relayed.port), token))
             }
             Reply::Error(c) => Err(c),
             Reply::Timeout => Err(0),

@@ -69,6 +69,8 @@ impl SansIoWire {
                     family: _,
                     five_tuple: _,
                     even_port: _,
+                    // Ports go up by two: the next one of each is always free.
+                    reserve_next: _,
                     address,
                 } => {
                     self.next_relay_port += 2;
