@@ -82,7 +82,8 @@ pub struct UsageQuery {
 impl UsageQuery {
     /// Reads `from`, `to` (Unix seconds), `since` (a duration back from `now`, instead of
     /// `from`), `format` and `by`; the `Accept` header chooses CSV when `format` is absent.
-    /// A bad parameter is a 400 with a one-line reason.
+    /// A bad or unknown parameter is a 400 with a one-line reason (a misspelt `since` must not
+    /// quietly widen a bill to everything kept).
     pub fn parse(
         query: &HashMap<String, String>,
         headers: &HeaderMap,
@@ -109,6 +110,12 @@ impl UsageQuery {
         headers: &HeaderMap,
         now: u64,
     ) -> Result<Self, String> {
+        const KNOWN: [&str; 5] = ["from", "to", "since", "format", "by"];
+        if let Some(unknown) = query.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(format!(
+                "unknown parameter `{unknown}` (from, to, since, format, by)"
+            ));
+        }
         let secs = |name: &str| -> Result<Option<u64>, String> {
             query
                 .get(name)

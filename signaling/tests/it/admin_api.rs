@@ -166,6 +166,10 @@ async fn usage_reads_as_json_and_csv_and_drain_tells_clients() {
     );
     let (status, body) = call(&server, "GET", "/v1/usage?from=10&to=5", Some(KEY)).await;
     assert_eq!(status, 400, "{body}");
+    // A misspelt parameter is refused, not read as "everything kept".
+    let (status, body) = call(&server, "GET", "/v1/usage?sinse=10m", Some(KEY)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown parameter `sinse`"), "{body}");
 
     let (status, body) = call(&server, "POST", "/v1/drain", Some(KEY)).await;
     assert_eq!(status, 202, "{body}");
