@@ -101,7 +101,6 @@ impl Relay {
         config.validate()?;
         tls::install_crypto_provider();
         let workers = config.worker_count();
-        io::conn_limit::warn_if_fd_limit_below(config.max_connections);
         let relay_ips = relay_ips(&config);
         tracing::info!(relay_ips = ?relay_ips, workers, "starting relay");
 
@@ -216,6 +215,11 @@ impl Relay {
                 shutdown_rx.clone(),
                 stopped_tx.clone(),
             )?);
+        }
+
+        // Only stream listeners count against --max-connections.
+        if !config.no_tcp || tls_config.is_some() {
+            io::conn_limit::warn_if_fd_limit_below(config.max_connections);
         }
 
         // After the admin bind: its address is one the policy must refuse as a peer.

@@ -23,11 +23,7 @@ fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     let log_filter = startup::logging::init(config.log_format, &config.log_filter);
-    tracing::info!(
-        workers = config.worker_count(),
-        "configuration:\n{}",
-        Config::summary(&matches)
-    );
+    tracing::info!("configuration:\n{}", Config::summary(&matches));
     let mut supplied_secrets = Vec::new();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
