@@ -627,6 +627,16 @@ fn server_config(config: &Config, relay_ips: &[IpAddr], addrs: &RelayAddrs) -> S
         .copied()
         .collect();
     listen_addresses.extend(addrs.admin);
+    for allowed in &config.allow_peer {
+        let never = allowed.never_allowed_inside();
+        if !never.is_empty() {
+            let never: Vec<String> = never.iter().map(ToString::to_string).collect();
+            tracing::warn!(
+                "--allow-peer {allowed} cannot open {}: these addresses are always denied",
+                never.join(", ")
+            );
+        }
+    }
     let policy = PeerPolicy {
         allow: config.allow_peer.clone(),
         deny: config.deny_peer.clone(),

@@ -162,6 +162,24 @@ impl IpNet {
             _ => false,
         }
     }
+
+    /// The addresses inside this prefix that no allow-list entry can open (`0.0.0.0/8`,
+    /// `::/128`, the cloud metadata address), as prefixes: an `--allow-peer` naming them
+    /// deserves a warning, as they stay denied.
+    pub fn never_allowed_inside(&self) -> Vec<IpNet> {
+        let absolute_v4 = DEFAULT_DENY_V4
+            .iter()
+            .filter(|(_, _, reason)| reason.is_absolute())
+            .map(|(addr, prefix, _)| IpNet::new(IpAddr::V4(Ipv4Addr::from(*addr)), *prefix));
+        let absolute_v6 = DEFAULT_V6
+            .iter()
+            .filter(|(_, _, reason)| reason.is_some_and(DenyReason::is_absolute))
+            .map(|(addr, prefix, _)| IpNet::new(IpAddr::V6(Ipv6Addr::from(*addr)), *prefix));
+        absolute_v4
+            .chain(absolute_v6)
+            .filter(|never| self.contains(never.addr) || never.contains(self.addr))
+            .collect()
+    }
 }
 
 impl fmt::Display for IpNet {
@@ -762,6 +780,25 @@ mod tests {
                 ("10.0.0.1", Err(DenyReason::Private)),
             ],
         );
+    }
+
+    #[test]
+    fn an_allow_entry_names_the_never_allowed_addresses_inside_it() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let inside = |s: &str| -> Vec<String> {
+            net(s)
+                .never_allowed_inside()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(inside("0.0.0.0/8"), ["0.0.0.0/8"]);
+        assert_eq!(inside("0.0.0.1"), ["0.0.0.0/8"]);
+        assert_eq!(inside("169.254.0.0/16"), ["169.254.169.254/32"]);
+        assert_eq!(inside("0.0.0.0/0"), ["0.0.0.0/8", "169.254.169.254/32"]);
+        assert_eq!(inside("::/0"), ["::/128"]);
+        assert!(inside("10.0.0.0/8").is_empty());
+        assert!(inside("::1").is_empty());
     }
 
     #[test]
