@@ -166,15 +166,15 @@ impl IpNet {
     /// The addresses inside this prefix that no allow-list entry can open (`0.0.0.0/8`,
     /// `::/128`, the cloud metadata address), as prefixes: an `--allow-peer` naming them
     /// deserves a warning, as they stay denied.
-    pub fn never_allowed_inside(&self) -> Vec<IpNet> {
+    pub fn never_allowed_inside(&self) -> Vec<Self> {
         let absolute_v4 = DEFAULT_DENY_V4
             .iter()
             .filter(|(_, _, reason)| reason.is_absolute())
-            .map(|(addr, prefix, _)| IpNet::new(IpAddr::V4(Ipv4Addr::from(*addr)), *prefix));
+            .map(|(addr, prefix, _)| Self::new(IpAddr::V4(Ipv4Addr::from(*addr)), *prefix));
         let absolute_v6 = DEFAULT_V6
             .iter()
             .filter(|(_, _, reason)| reason.is_some_and(DenyReason::is_absolute))
-            .map(|(addr, prefix, _)| IpNet::new(IpAddr::V6(Ipv6Addr::from(*addr)), *prefix));
+            .map(|(addr, prefix, _)| Self::new(IpAddr::V6(Ipv6Addr::from(*addr)), *prefix));
         absolute_v4
             .chain(absolute_v6)
             .filter(|never| self.contains(never.addr) || never.contains(self.addr))
