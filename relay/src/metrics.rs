@@ -455,7 +455,7 @@ impl Collector for Metrics {
         for (name, help, value) in [
             (
                 "relay_stream_connections_accepted",
-                "TCP/TLS client connections accepted",
+                "TCP/TLS client connections that reached STUN framing (TLS: handshake done)",
                 io.stream_connections_accepted,
             ),
             (
