@@ -19,6 +19,8 @@ pub enum Inbound {
     Alive,
     /// A frame larger than the limit; the socket cannot be read any further.
     TooLarge,
+    /// A text frame that is not UTF-8: RFC 6455 (section 8.1) has the socket failed.
+    NotUtf8,
     /// The peer closed the socket, or it failed.
     Closed,
 }
@@ -55,6 +57,7 @@ impl Connection {
                 let inner = e.into_inner();
                 match inner.downcast_ref::<tungstenite::Error>() {
                     Some(tungstenite::Error::Capacity(_)) => Inbound::TooLarge,
+                    Some(tungstenite::Error::Utf8(_)) => Inbound::NotUtf8,
                     _ => {
                         tracing::debug!(error = %inner, "socket read failed");
                         Inbound::Closed

@@ -197,6 +197,18 @@ impl SocketTask {
                 )
                 .await
             }
+            Inbound::NotUtf8 => {
+                self.reading = false;
+                self.refuse(
+                    RequestError::new(
+                        ErrorCode::InvalidMessage,
+                        "a text frame must be UTF-8: the socket is closed (RFC 6455)",
+                    ),
+                    None,
+                    Some(close_code::INVALID_PAYLOAD),
+                )
+                .await
+            }
             Inbound::Binary => {
                 self.last_heard = now;
                 self.refuse(

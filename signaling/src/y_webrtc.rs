@@ -200,6 +200,10 @@ impl YConnection {
                 self.app.metrics.error(ErrorCode::MessageTooLarge);
                 return Err(Some((1009, "message too large")));
             }
+            Inbound::NotUtf8 => {
+                self.app.metrics.error(ErrorCode::InvalidMessage);
+                return Err(Some((close::INVALID, "text frames must be UTF-8")));
+            }
         };
         let config = self.app.live();
         if !self

@@ -7,6 +7,8 @@ use signaling::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, ServerMessage, SessionInfo,
 };
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::basic::{candidate, pass_candidate};
 use crate::support::{Client, Closed, STEP, Server, join_message, resume_message};
@@ -53,6 +55,23 @@ async fn bad_input_is_answered_and_harms_nobody() {
 
     // A is still a working member, and B saw none of it.
     pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 1).await;
+
+    // A text frame that is not UTF-8 fails the socket (RFC 6455): the error, then 1007; the
+    // session is parked, and a resume goes on with it.
+    let (mut c, c_info) = Client::join(&server.ws("/ws/bad"), None).await;
+    b.recv_message().await; // C's peer_joined
+    a.recv_message().await;
+    let not_utf8 = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    c.send_raw(Message::Frame(not_utf8)).await;
+    c.expect_error(ErrorCode::InvalidMessage).await;
+    assert_eq!(c.expect_close().await, Closed::Code(1007));
+    let mut c2 = Client::connect(&server.ws("/ws/bad")).await;
+    c2.send(&resume_message(&c_info.resume_token, c.last_seq))
+        .await;
+    assert!(matches!(
+        c2.recv_message().await,
+        ServerMessage::Resumed { .. }
+    ));
 
     // An oversize frame closes A's socket with 1009 after the error.
     a.send_raw(Message::text("x".repeat(2000))).await;
