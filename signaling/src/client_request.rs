@@ -10,7 +10,7 @@ use std::time::Instant;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
@@ -137,27 +137,20 @@ impl ClientRequest {
     }
 }
 
-/// An HTTP refusal of an upgrade: the status of its code's row in `docs/protocol.md`, and
-/// `code: message` as text.
-pub struct Refusal {
-    status: StatusCode,
-    text: String,
-}
+/// An HTTP refusal of an upgrade, as the HTTP transport refuses an open: the status of its
+/// code's row in `docs/protocol.md`, one error frame (`seq` 0) as the body, and `Retry-After`
+/// on 429 and 503.
+pub struct Refusal(Response);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        (self.status, self.text).into_response()
+        self.0
     }
 }
 
 /// The refusal of `error`, counted by its code.
 pub fn refuse(app: &AppState, error: &RequestError) -> Refusal {
-    app.metrics.error(error.code);
-    tracing::debug!(code = %error.code, message = %error.message, "upgrade refused");
-    Refusal {
-        status: crate::http_transport::status_of(error.code),
-        text: format!("{}: {}\n", error.code, error.message),
-    }
+    Refusal(crate::http_transport::refusal(app, error.clone()))
 }
 
 /// A WebSocket upgrade with the node's frame limits (`--max-message-bytes`) and small buffers,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use signaling::protocol::{
-    ClientMessage, ErrorCode, LeaveReason, PeerId, ServerMessage, SessionInfo,
+    ClientMessage, ErrorCode, LeaveReason, PeerId, ServerFrame, ServerMessage, SessionInfo,
 };
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -441,7 +441,19 @@ async fn connections_and_joins_are_limited_per_client_address() {
     let mut c = Client::connect(&url("ip")).await;
     match Client::try_connect(&url("ip"), &[]).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status().as_u16(), 429)
+            assert_eq!(response.status().as_u16(), 429);
+            // As an HTTP open is refused: Retry-After, and one error frame as the body.
+            assert!(response.headers().contains_key("retry-after"));
+            let body = response.body().as_deref().unwrap_or_default();
+            let frame: ServerFrame = serde_json::from_slice(body).expect("an error frame");
+            assert_eq!(frame.seq, 0);
+            assert!(matches!(
+                frame.message,
+                ServerMessage::Error {
+                    code: ErrorCode::TooManyConnections,
+                    ..
+                }
+            ));
         }
         other => panic!("expected 429, got {:?}", other.map(|_| ())),
     }
