@@ -185,29 +185,15 @@ impl SocketTask {
             }
             Inbound::Closed => Step::Stop(LeaveReason::Disconnected),
             Inbound::TooLarge => {
-                self.reading = false;
                 let limit = self.app.config.max_message_bytes;
-                self.refuse(
-                    RequestError::new(
-                        ErrorCode::MessageTooLarge,
-                        format!("frames are limited to {limit} bytes"),
-                    ),
-                    None,
-                    Some(close_code::TOO_BIG),
-                )
-                .await
+                let message = format!("frames are limited to {limit} bytes");
+                let error = RequestError::new(ErrorCode::MessageTooLarge, message);
+                self.fail_socket(error, close_code::TOO_BIG).await
             }
             Inbound::NotUtf8 => {
-                self.reading = false;
-                self.refuse(
-                    RequestError::new(
-                        ErrorCode::InvalidMessage,
-                        "a text frame must be UTF-8: the socket is closed (RFC 6455)",
-                    ),
-                    None,
-                    Some(close_code::INVALID_PAYLOAD),
-                )
-                .await
+                let message = "a text frame must be UTF-8: the socket is closed (RFC 6455)";
+                let error = RequestError::new(ErrorCode::InvalidMessage, message);
+                self.fail_socket(error, close_code::INVALID_PAYLOAD).await
             }
             Inbound::Binary => {
                 self.last_heard = now;
@@ -364,6 +350,12 @@ impl SocketTask {
 
     /// Answers a client error: through the session when there is one, straight to the socket
     /// (seq 0) otherwise; then closes the socket when `close` says so.
+    /// A socket that cannot be read any further: `error`, then the `close`.
+    async fn fail_socket(&mut self, error: RequestError, close: u16) -> Step {
+        self.reading = false;
+        self.refuse(error, None, Some(close)).await
+    }
+
     async fn refuse(
         &mut self,
         error: RequestError,

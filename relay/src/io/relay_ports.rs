@@ -183,9 +183,14 @@ fn cannot_bind(e: &io::Error, ip: IpAddr, port: u16) -> BindError {
 mod tests {
     use super::*;
 
+    /// Relay ports `low..=high` on 127.0.0.1, default buffers.
+    fn on_loopback(low: u16, high: u16) -> RelayPorts {
+        RelayPorts::new(&["127.0.0.1".parse().unwrap()], low, high, 0)
+    }
+
     #[test]
     fn binds_in_range_and_refuses_missing_family() {
-        let ports = RelayPorts::new(&["127.0.0.1".parse().unwrap()], 40000, 40100, 0);
+        let ports = on_loopback(40000, 40100);
         let mut held = Vec::new();
         for _ in 0..20 {
             let s = ports.bind(AddressFamily::V4, false, false).unwrap();
@@ -206,7 +211,7 @@ mod tests {
 
     #[test]
     fn binds_exactly_the_reserved_address_or_refuses() {
-        let ports = RelayPorts::new(&["127.0.0.1".parse().unwrap()], 40300, 40310, 0);
+        let ports = on_loopback(40300, 40310);
         let addr: SocketAddr = "127.0.0.1:40305".parse().unwrap();
         let held = ports.bind_exact(addr).expect("a free reserved port");
         assert_eq!(held.local_addr().unwrap().as_socket(), Some(addr));
@@ -227,7 +232,7 @@ mod tests {
     #[test]
     fn a_reserved_next_port_is_held_for_its_reservation_only() {
         // Two pairs: 40400/40401 and 40402/40403.
-        let ports = RelayPorts::new(&["127.0.0.1".parse().unwrap()], 40400, 40403, 0);
+        let ports = on_loopback(40400, 40403);
         let port_of = |s: &Socket| s.local_addr().unwrap().as_socket().unwrap().port();
         let rtp = ports.bind(AddressFamily::V4, true, true).unwrap();
         let even = port_of(&rtp);
@@ -260,7 +265,7 @@ mod tests {
 
     #[test]
     fn full_range_is_no_capacity() {
-        let ports = RelayPorts::new(&["127.0.0.1".parse().unwrap()], 40200, 40203, 0);
+        let ports = on_loopback(40200, 40203);
         let held: Vec<_> = (0..4)
             .filter_map(|_| ports.bind(AddressFamily::V4, false, false).ok())
             .collect();
