@@ -140,17 +140,17 @@ impl ClientRequest {
 /// An HTTP refusal of an upgrade, as the HTTP transport refuses an open: the status of its
 /// code's row in `docs/protocol.md`, one error frame (`seq` 0) as the body, and `Retry-After`
 /// on 429 and 503.
-pub struct Refusal(Response);
+pub struct Refusal(Box<Response>);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        self.0
+        *self.0
     }
 }
 
 /// The refusal of `error`, counted by its code.
 pub fn refuse(app: &AppState, error: &RequestError) -> Refusal {
-    Refusal(crate::http_transport::refusal(app, error.clone()))
+    Refusal(Box::new(crate::http_transport::refusal(app, error.clone())))
 }
 
 /// A WebSocket upgrade with the node's frame limits (`--max-message-bytes`) and small buffers,
