@@ -71,7 +71,11 @@ export type ClientState = 'idle' | 'connecting' | 'joined' | 'reconnecting' | 'f
 export interface StateDetail {
   state: ClientState;
   previous: ClientState;
-  /** For 'reconnecting': 'unreachable' | 'closed' | 'timeout' | 'dropped'; for 'failed': an error code such as 'room_full'. */
+  /**
+   * For 'reconnecting': 'unreachable' | 'closed' | 'timeout' | 'dropped'; for 'failed': the
+   * server's error code (e.g. 'room_full'), or, after maxReconnectAttempts, the last
+   * reconnect's ('unreachable' | 'closed' | 'timeout').
+   */
   code?: string;
   message?: string;
   attempt?: number;
@@ -83,7 +87,9 @@ export interface SignalingClientOptions {
   room?: string;
   name?: string;
   token?: string;
+  /** Waits between reconnects, WebSocket and HTTP alike (an HTTP link reopening its stream or poll uses it too); default CLIENT_RULES.backoff. A draining server's reconnect_after_ms is waited at least. */
   backoff?: { initialMs?: number; maxMs?: number; factor?: number; jitter?: number };
+  /** Reconnects in a row before the client gives up ('failed'); stats.reconnectAttempts counts the one given up too. */
   maxReconnectAttempts?: number;
   connectTimeoutMs?: number;
   ackEvery?: number;
@@ -92,9 +98,9 @@ export interface SignalingClientOptions {
   confirmEvery?: number;
   confirmDelayMs?: number;
   WebSocket?: typeof WebSocket;
-  /** Transports to try, in order (default ['websocket', 'sse', 'long-poll']); e.g. ['sse'] forces SSE + POST. */
+  /** Transports to try, in order (default ['websocket', 'sse', 'long-poll']); e.g. ['sse'] forces SSE + POST. Unknown names are ignored; none usable means ['websocket']. */
   transports?: readonly Transport[];
-  /** The root of the HTTP transports, e.g. 'https://host/http' (default: derived from the WebSocket URL). */
+  /** The root of the HTTP transports, e.g. 'https://host/http' (default: derived from the WebSocket URL); the room stays the WebSocket URL's. */
   httpUrl?: string;
   /** Two WebSockets in a row closing abnormally (1006) this soon after opening count as blocked (default 4000). */
   earlyCloseMs?: number;
@@ -110,6 +116,7 @@ export interface SignalingEventMap {
   state: CustomEvent<StateDetail>;
   welcome: CustomEvent<{ session: SessionInfo }>;
   resumed: CustomEvent<{ session: SessionInfo; replayed: number }>;
+  /** The session ended and a new one is joined: the old peers are gone, and queued signals (addressed to them) are dropped; queued broadcasts still go. */
   'session-reset': CustomEvent<{ reason: string; peers: string[] }>;
   'peer-joined': CustomEvent<{ peer: PeerInfo }>;
   'peer-left': CustomEvent<{ peerId: string; reason: string }>;
@@ -117,8 +124,15 @@ export interface SignalingEventMap {
   broadcast: CustomEvent<{ from: string; data: unknown }>;
   'ice-servers': CustomEvent<{ iceServers: IceServer[] }>;
   draining: CustomEvent<{ reason: string; reconnectAfterMs: number }>;
+  /**
+   * Every error frame of the server (a fatal one, e.g. a refused join, also moves the state to
+   * 'failed' and rejects connect()), and two of the client's own: 'message_too_large' (a
+   * signal, broadcast or stats report over max_message_bytes, not sent; it fires after the
+   * call returned, with `ref` = the returned id) and 'invalid_frame' (the server sent text that
+   * is not JSON). `request` is the request `ref` names, as sent.
+   */
   error: CustomEvent<{ code: string; message: string; ref?: number; request?: object }>;
-  /** The transport in use changed (the first frame over a transport sets it). */
+  /** The transport in use changed: the first frame of a session over a transport sets it (a refusal does not). */
   transport: CustomEvent<{ transport: Transport; previous: Transport | null }>;
 }
 
@@ -133,6 +147,7 @@ export declare class SignalingClient extends EventTarget {
   readonly state: ClientState;
   readonly session: SessionInfo | null;
   readonly peerId: string | null;
+  /** The room's other peers; a new Map on each welcome or resumed (read it again, do not keep it). */
   readonly peers: Map<string, PeerInfo>;
   readonly iceServers: IceServer[];
   readonly lastSeq: number;
@@ -147,12 +162,12 @@ export declare class SignalingClient extends EventTarget {
     /** Transports given up on for the next one. */
     fallbacks: number;
   };
-  /** Connects and joins; resolves with the first welcome, rejects on a refusal (room_full, unauthorized, ...). */
+  /** Connects and joins; resolves with the first welcome, rejects on a refusal (room_full, unauthorized, ...). Once per client: a later call returns the same promise. */
   connect(): Promise<SessionInfo>;
-  /** Returns the request id; errors about it arrive as 'error' events with `ref`. */
+  /** Returns the request id; errors about it arrive as 'error' events with `ref`. After close(), leave() or 'failed', the message is dropped (a client does not come back: make a new one). */
   signal(to: string, signal: Signal): number;
   broadcast(data: unknown): number;
-  /** Reports the connection to `peer` (a `stats` message); false when not joined (nothing sent). */
+  /** Reports the connection to `peer` (a `stats` message with a request id); false when not joined or over max_message_bytes (nothing sent). */
   reportStats(peer: string, report: StatsReport): boolean;
   leave(): void;
   close(): void;

@@ -219,7 +219,10 @@ export class SignalingClient extends EventTarget {
    */
   reportStats(peer, report) {
     if (this.state !== 'joined' || this._ws?.readyState !== 1) return false;
-    this._send({ type: 'stats', peer, ...report });
+    const msg = { type: 'stats', id: this._nextId++, peer, ...report };
+    if (!this._fits(msg)) return false;
+    this._remember(msg);
+    this._send(msg);
     return true;
   }
 
@@ -277,8 +280,12 @@ export class SignalingClient extends EventTarget {
     if (!this._endpoints) {
       this._endpoints = httpEndpoints(this.url);
       if (this.options.httpUrl) {
+        // Another root; the room stays where the WebSocket URL put it (a path after the root,
+        // or in `join` for a room named like a transport path).
+        const derived = this._endpoints;
         const root = String(this.options.httpUrl).replace(/\/+$/, '');
-        this._endpoints = { root, open: `${root}${new URL(this.url, globalThis.location?.href).search}` };
+        const roomPath = derived.open.slice(derived.root.length).split('?')[0];
+        this._endpoints = { ...derived, root, open: `${root}${roomPath}${new URL(this.url, globalThis.location?.href).search}` };
       }
     }
     return this._endpoints;
@@ -342,6 +349,7 @@ export class SignalingClient extends EventTarget {
       pollTimeoutMs: this.options.pollTimeoutMs,
       // Numbered frames are kept by the client (and sent again) only while the server confirms.
       numberedKept: () => this._confirming,
+      reopenDelayMs: (attempt) => this._reopenDelayMs(attempt),
     });
     link.onstall = (info) => this._onStall(link, info);
     link.onrecover = () => this._onRecover(link);
@@ -386,6 +394,7 @@ export class SignalingClient extends EventTarget {
     } catch (err) {
       this._linkKind = kind;
       this._linkFrames = 0;
+      this._linkWorked = false;
       if (!this._fallBack()) this._scheduleReconnect('unreachable', String(err.message || err));
       return;
     }
@@ -393,6 +402,7 @@ export class SignalingClient extends EventTarget {
     this._opened = false;
     this._linkKind = kind;
     this._linkFrames = 0;
+    this._linkWorked = false;
     this._linkOpenedAt = Date.now();
     ws.onopen = () => {
       this._opened = true;
@@ -478,15 +488,38 @@ export class SignalingClient extends EventTarget {
       this._fail(code, `gave up after ${this._attempt - 1} attempts: ${message}`);
       return;
     }
-    const { initialMs, maxMs, factor, jitter } = this.options.backoff;
-    let delay = Math.min(maxMs, initialMs * factor ** (this._attempt - 1));
-    delay *= 1 - jitter * Math.random();
-    if (this._drainDelayMs != null) { delay = Math.max(delay, this._drainDelayMs); this._drainDelayMs = null; }
+    let delay = this._backoffMs(this._attempt);
+    // A session the server ended (`rejoin`): join again at once, not after a backoff.
+    if (this._rejoinAtOnce) { delay = 0; this._rejoinAtOnce = false; }
     delay = Math.max(delay, this._holdUntil - Date.now(), 0);
     delay = Math.round(delay);
     this._setState('reconnecting', { code, message, attempt: this._attempt, retryInMs: delay, retryAt: Date.now() + delay });
     clearTimeout(this._retryTimer);
     this._retryTimer = setTimeout(() => { this._retryTimer = null; this._open(); }, delay);
+  }
+
+  /**
+   * The wait before reconnect attempt `attempt` (1, 2, ...): the backoff (`options.backoff`),
+   * at least a draining server's `reconnect_after_ms`.
+   */
+  _backoffMs(attempt) {
+    const { initialMs, maxMs, factor, jitter } = this.options.backoff;
+    let delay = Math.min(maxMs, initialMs * factor ** (attempt - 1));
+    delay *= 1 - jitter * Math.random();
+    if (this._drainDelayMs != null) { delay = Math.max(delay, this._drainDelayMs); this._drainDelayMs = null; }
+    return Math.round(delay);
+  }
+
+  /**
+   * The wait before an HTTP link reopens its stream or poll (the same session): the reconnect
+   * backoff; null past `maxReconnectAttempts`, when the link ends and the client gives up.
+   */
+  _reopenDelayMs(attempt) {
+    if (attempt > this.options.maxReconnectAttempts) {
+      this._attempt = this.options.maxReconnectAttempts;
+      return null;
+    }
+    return this._backoffMs(attempt);
   }
 
   // --- incoming frames ---
@@ -503,8 +536,13 @@ export class SignalingClient extends EventTarget {
       return;
     }
     this._linkFrames += 1;
-    if (this._linkFrames === 1) this._transportWorks(this._linkKind);
     const seq = Number(frame.seq);
+    // Works: it carried a session's frame. A refusal (`seq` 0) says only that the server was
+    // reached, so a refused upgrade that fell back to HTTP is not remembered as the transport.
+    if (!this._linkWorked && seq > 0) {
+      this._linkWorked = true;
+      this._transportWorks(this._linkKind);
+    }
     if (Number.isFinite(seq) && seq > 0) {
       if (seq <= this.lastSeq) {
         // Already processed before the socket dropped: replay overlap. Processing it again
@@ -620,7 +658,7 @@ export class SignalingClient extends EventTarget {
     // A refused join, or a session an operator ended (`kicked`, `room_closed`: the server
     // closes the socket after it): retrying cannot help, and coming back would defeat the order.
     if (FATAL_JOIN_CODES.has(code) && (this.state !== 'joined' || CLIENT_RULES.errors[code].close != null)) {
-      if (this.state === 'joined') this._emit('error', { code, message, ref, request });
+      this._emit('error', { code, message, ref, request });
       this._fail(code, message);
       return;
     }
@@ -629,6 +667,7 @@ export class SignalingClient extends EventTarget {
       // next socket, at once.
       this._resetSession(code);
       this._attempt = 0;
+      this._rejoinAtOnce = true;
       this._emit('error', { code, message, ref, request });
       return;
     }
@@ -659,24 +698,25 @@ export class SignalingClient extends EventTarget {
   _request(msg) {
     const id = this._nextId++;
     const full = { ...msg, id };
-    this._pending.set(id, full);
-    if (this._pending.size > 1024) this._pending.delete(this._pending.keys().next().value);
+    this._remember(full);
     if (this.state === 'joined' && this._ws?.readyState === 1) this._send(full);
     else if (this.state !== 'closed' && this.state !== 'failed') this._outbox.push(full);
     return id;
   }
 
+  /** Keeps a request by id (the latest 1024) for the `request` of an error that names it. */
+  _remember(msg) {
+    this._pending.set(msg.id, msg);
+    if (this._pending.size > 1024) this._pending.delete(this._pending.keys().next().value);
+  }
+
   _send(msg) {
     const numbered = msg.type === 'signal' || msg.type === 'broadcast';
     if (numbered && msg.cseq == null) {
-      // Refused with a close (1009) at every resume if sent: drop it before it takes a number.
-      const max = Number(this.session?.max_message_bytes) || Infinity;
-      const bytes = new TextEncoder().encode(JSON.stringify(msg)).length;
-      if (bytes + 32 > max) {
-        this._emit('error', { code: 'message_too_large', message: `${msg.type} of ${bytes} bytes not sent: the server takes at most ${max}`, ref: msg.id, request: msg });
-        return;
-      }
-      msg.cseq = this._nextCseq++;
+      // Refused with a close (1009) at every resume if sent: drop it before it keeps a number.
+      msg.cseq = this._nextCseq;
+      if (!this._fits(msg)) { delete msg.cseq; return; }
+      this._nextCseq += 1;
     }
     try {
       // An HttpLink returns false when it is closed (a WebSocket throws, or drops silently).
@@ -691,6 +731,21 @@ export class SignalingClient extends EventTarget {
     this._sincePing += 1;
     if (this._sincePing >= this.options.confirmEvery) this._confirmPing();
     else if (!this._confirmTimer) this._confirmTimer = setTimeout(() => this._confirmPing(), this.options.confirmDelayMs);
+  }
+
+  /**
+   * Whether `msg` fits the server's `max_message_bytes`; if not, an `error` event
+   * (`message_too_large`, `ref` = its id) fires once the current call has returned, so the
+   * caller already holds the id.
+   */
+  _fits(msg) {
+    const max = Number(this.session?.max_message_bytes) || Infinity;
+    const bytes = new TextEncoder().encode(JSON.stringify(msg)).length;
+    if (bytes <= max) return true;
+    const { cseq, ...request } = msg;
+    const detail = { code: 'message_too_large', message: `${msg.type} of ${bytes} bytes not sent: the server takes at most ${max}`, ref: msg.id, request };
+    queueMicrotask(() => this._emit('error', detail));
+    return false;
   }
 
   /** Sends a ping whose pong confirms the numbered messages sent so far. */
@@ -927,6 +982,8 @@ class HttpLink {
     this._maxBodyBytes = Number(options.maxBodyBytes) || 65536;
     this._firstByteMs = options.firstByteMs ?? 4000;
     this._pollTimeoutMs = options.pollTimeoutMs ?? 40000;
+    // The wait before reopening attempt N, or null to give up (the client's reconnect backoff).
+    this._reopenDelayMs = options.reopenDelayMs ?? ((n) => Math.min(4000, 100 * 2 ** (n - 1)));
     this._queue = []; // frames (JSON text) not yet POSTed, in order
     this._inflight = null; // the batch being POSTed
     this._sending = false;
@@ -1185,7 +1242,11 @@ class HttpLink {
       return false;
     }
     this._stallAttempt += 1;
-    const delay = Math.round(delayMs ?? Math.min(4000, 100 * 2 ** (this._stallAttempt - 1)));
+    const delay = delayMs ?? this._reopenDelayMs(this._stallAttempt);
+    if (delay == null) {
+      this._end(1006, `${retry}; gave up after ${this._stallAttempt - 1} attempts`);
+      return false;
+    }
     this.onstall?.({ message: retry, attempt: this._stallAttempt, retryInMs: delay });
     await new Promise((resolve) => {
       this._wake = resolve;

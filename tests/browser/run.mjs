@@ -700,6 +700,40 @@ test('sse and long-polling: rooms named like the transport paths (events, poll, 
   for (const r of results) assert(r.joined === r.room, `room ${r.room} over ${r.transport}: ${JSON.stringify(r)}`);
 });
 
+test('client API: httpUrl keeps the room, an oversize send errors after the call with its id, an oversize stats report is refused', async (t) => {
+  const p = await t.open('Solo');
+  await p.joined();
+  const r = await p.eval(async () => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const ws = `${location.origin.replace(/^http/, 'ws')}/ws`;
+    const out = {};
+    // Another HTTP root: the room is still the WebSocket URL's.
+    const http = new SignalingClient(`${ws}/api-room`, { transports: ['long-poll'], httpUrl: `${location.origin}/http/`, name: 'h' });
+    const session = await Promise.race([http.connect(), new Promise((res) => { setTimeout(() => res(null), 8000); })]);
+    out.httpRoom = session?.room ?? null;
+    // Over the frame limit: nothing is sent, and the error, naming the id, comes after the call.
+    const max = session?.max_message_bytes ?? 65536;
+    let id = null;
+    let errorRef;
+    let errorDuringCall = false;
+    http.addEventListener('error', (e) => {
+      if (e.detail.code !== 'message_too_large') return;
+      errorRef = e.detail.ref;
+      if (id === null) errorDuringCall = true;
+    });
+    id = http.broadcast('x'.repeat(max));
+    await new Promise((res) => { setTimeout(res, 50); });
+    out.oversize = { id, errorRef, errorDuringCall };
+    out.statsSent = http.reportStats('nobody', { pair: null, bytes_sent: 0, bytes_received: 0, padding: 'x'.repeat(max) });
+    out.stateAfter = http.state;
+    http.close();
+    return out;
+  });
+  assert(r.httpRoom === 'api-room', `httpUrl keeps the room: ${JSON.stringify(r)}`);
+  assert(r.oversize.errorRef === r.oversize.id && !r.oversize.errorDuringCall, `oversize error after the call, ref = id: ${JSON.stringify(r)}`);
+  assert(r.statsSent === false && r.stateAfter === 'joined', `oversize stats refused, session intact: ${JSON.stringify(r)}`);
+});
+
 test('cseq: what a dead link swallowed is sent again after the resume and arrives once, in order, over each transport', async (t) => {
   const p = await t.open('Solo');
   await p.joined();
