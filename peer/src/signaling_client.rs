@@ -284,7 +284,12 @@ impl Session {
                     return;
                 }
                 attempt += 1;
-                let delay = wait.max(backoff(attempt));
+                // A session the server ended is joined again at once (the `rejoin` class).
+                let delay = if attempt == 1 && self.session_lost {
+                    wait
+                } else {
+                    wait.max(backoff(attempt))
+                };
                 wait = Duration::ZERO;
                 let _ = self
                     .events_tx
@@ -453,7 +458,8 @@ impl Session {
             }
             ServerMessage::Error { code, message, .. } if is_session_fatal(code) => {
                 tracing::warn!(%code, %message, "signaling session ended by the server");
-                // The session is gone; reconnecting will join afresh.
+                // The session is gone: join afresh, at once (the `rejoin` class).
+                self.session_lost = true;
                 return Some(Disconnect::Broken);
             }
             ServerMessage::Resumed { session, .. } | ServerMessage::Welcome { session, .. } => {
@@ -470,17 +476,22 @@ impl Session {
 
     /// Opens a new socket and resumes the session (or, failing that, joins afresh).
     async fn reconnect(&mut self, try_resume: bool) -> Reconnect {
-        let mut ws = match open(&self.url).await {
-            Ok(ws) => ws,
-            Err(err) => {
-                tracing::debug!("signaling reconnect failed: {err}");
-                return Reconnect::Failed;
-            }
+        let Some(mut ws) = self.open_socket().await else {
+            return Reconnect::Failed;
         };
         if try_resume {
             match self.resume(&mut ws).await {
                 Ok(true) => return Reconnect::Resumed(ws),
-                Ok(false) => self.session_lost = true,
+                Ok(false) => {
+                    // The server closes a refused resume's socket (1008): join on a new one,
+                    // at once (the `rejoin` class).
+                    self.session_lost = true;
+                    let _ = ws.close(None).await;
+                    let Some(fresh) = self.open_socket().await else {
+                        return Reconnect::Failed;
+                    };
+                    ws = fresh;
+                }
                 Err(error @ PeerError::Signaling { .. }) => return Reconnect::Fatal(error),
                 Err(err) => {
                     tracing::debug!("signaling resume failed: {err}");
@@ -513,8 +524,16 @@ impl Session {
         }
     }
 
+    /// A new socket to the server, or `None` (logged) when it cannot be opened.
+    async fn open_socket(&self) -> Option<WsStream> {
+        open(&self.url)
+            .await
+            .inspect_err(|err| tracing::debug!("signaling reconnect failed: {err}"))
+            .ok()
+    }
+
     /// Sends `resume` and delivers the replay. `Ok(false)` when the server refused to resume
-    /// (the socket stays usable for a fresh join).
+    /// (it then closes the socket: join on a new one).
     async fn resume(&mut self, ws: &mut WsStream) -> Result<bool> {
         send_json(
             ws,
