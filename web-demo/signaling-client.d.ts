@@ -169,7 +169,9 @@ export declare class SignalingClient extends EventTarget {
   broadcast(data: unknown): number;
   /** Reports the connection to `peer` (a `stats` message with a request id); false when not joined or over max_message_bytes (nothing sent). */
   reportStats(peer: string, report: StatsReport): boolean;
+  /** Sends `leave` when joined (the others see `peer_left` with reason 'left'), then closes. While reconnecting nothing can be sent: the server ends the session after its grace period (the others see 'disconnected'), and queued messages are dropped. */
   leave(): void;
+  /** Closes without leaving (the server keeps the session for its grace period); a second call does nothing. */
   close(): void;
   dropConnection(options?: { holdMs?: number }): void;
   reconnectNow(): void;

@@ -237,6 +237,7 @@ export class SignalingClient extends EventTarget {
 
   /** Closes the socket without leaving: the server keeps the session for its grace period. */
   close() {
+    if (this.state === 'closed') return;
     this._clearTimers();
     globalThis.removeEventListener?.('online', this._onOnline);
     const ws = this._ws;
