@@ -230,27 +230,23 @@ impl Registration {
             if let Err(e) = self.advertise(rate).await {
                 tracing::warn!(error = %e, "could not renew the fleet lease");
             }
-            if let Some(agreed) = &self.settings.agreed_turn_secret {
-                let restore = fleet::secret::restore_turn_secret(agreed.expose_str());
-                let kept = match self
-                    .conn
-                    .query::<Option<String>>(&restore, REDIS_TIMEOUT)
-                    .await
-                {
-                    Ok(_) => {
-                        let renew = fleet::secret::renew_turn_secret();
-                        self.conn
-                            .query::<i64>(&renew, REDIS_TIMEOUT)
-                            .await
-                            .map(drop)
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = kept {
-                    tracing::warn!(error = %e, "could not keep the agreed TURN secret in redis");
-                }
+            if let Some(agreed) = &self.settings.agreed_turn_secret
+                && let Err(e) = self.keep_turn_secret(agreed).await
+            {
+                tracing::warn!(error = %e, "could not keep the agreed TURN secret in redis");
             }
         }
+    }
+
+    /// Writes the agreed TURN secret back if Redis lost it, and renews its time to live.
+    async fn keep_turn_secret(&self, agreed: &Secret) -> Result<(), StoreError> {
+        let restore = fleet::secret::restore_turn_secret(agreed.expose_str());
+        let _: Option<String> = self.conn.query(&restore, REDIS_TIMEOUT).await?;
+        let _: i64 = self
+            .conn
+            .query(&fleet::secret::renew_turn_secret(), REDIS_TIMEOUT)
+            .await?;
+        Ok(())
     }
 
     /// The usage publication of this relay (on every heartbeat; call
