@@ -945,7 +945,7 @@ class SseParser {
  * be detected) or from long-polls (`GET /http/poll`); frames sent are POSTed in order, those of
  * one tick in one request (`POST /http/send`). A stream that breaks, or ends with close 1001 or
  * 1013, is reopened from the last seq within the resume grace period (`onstall` / `onrecover`);
- * one that ends with 1000, 1008, 1009 or 1011 closes the link with that code, as a socket closes.
+ * one that ends with 1000, 1008 or 1011 (or 1009) closes the link with that code, as a socket closes.
  *
  * Extra surface: `implicitAcks` (long-polling acknowledges by `last_seq`), `retryNow()`,
  * `configure(session)`, `takeUnsent()`, and the hooks `onstall`, `onrecover`, `onalive`,
