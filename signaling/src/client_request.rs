@@ -53,20 +53,11 @@ impl ClientRequest {
     /// A browser's `Origin` (if any) must be in the `--allowed-origin` list (when one is set);
     /// `forbidden` otherwise.
     pub fn check_origin(&self, app: &AppState) -> Result<(), RequestError> {
-        let allowed = &app.live().allowed_origins;
         match self.headers.get(header::ORIGIN) {
-            Some(origin) => {
-                let origin = origin.to_str().unwrap_or("");
-                if allowed.is_empty() || allowed.iter().any(|a| a == origin) {
-                    Ok(())
-                } else {
-                    Err(RequestError::new(
-                        ErrorCode::Forbidden,
-                        "origin not allowed",
-                    ))
-                }
-            }
-            None => Ok(()),
+            Some(origin) if !origin_allowed(app, origin.to_str().unwrap_or("")) => Err(
+                RequestError::new(ErrorCode::Forbidden, "origin not allowed"),
+            ),
+            _ => Ok(()),
         }
     }
 
@@ -135,6 +126,12 @@ impl ClientRequest {
         let claims = self.claims(app).map_err(|e| refuse(app, &e))?;
         Ok((ip_slot, claims))
     }
+}
+
+/// Whether a browser page of `origin` may connect: `--allowed-origin` lists it, or is empty.
+pub fn origin_allowed(app: &AppState, origin: &str) -> bool {
+    let allowed = &app.live().allowed_origins;
+    allowed.is_empty() || allowed.iter().any(|a| a == origin)
 }
 
 /// An HTTP refusal of an upgrade, as the HTTP transport refuses an open: the status of its

@@ -10,6 +10,7 @@
 //! - [`listener`]: the accept loop (header-read timeout, cap on connections not upgraded).
 //! - [`client_request`]: what every client endpoint reads and checks first (origin, draining,
 //!   connection limits, `?token=`) and the WebSocket frame limits; [`ws`]: the `/ws` upgrade;
+//!   [`cors`]: cross-origin access to the HTTP transports and `/v1/ice-servers`;
 //!   [`admission`]: admitting `join`/`resume`, shared by every transport; [`session`]: the per-socket task; [`connection`]: one
 //!   WebSocket's frames; [`http_transport`]: SSE + POST and long-polling.
 //! - [`outbound`]: a connection's queue, bounded in frames and bytes; [`memory_budget`]: the
@@ -55,6 +56,8 @@ pub mod cluster;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod connection;
+#[cfg(feature = "server")]
+pub mod cors;
 #[cfg(feature = "server")]
 pub mod error;
 #[cfg(feature = "server")]
@@ -397,6 +400,15 @@ pub(crate) mod server {
 
     /// The HTTP routes: WebSocket upgrade, health, readiness, metrics and the web demo.
     pub fn app(state: Arc<AppState>) -> Router {
+        // What a page of another origin calls with `fetch`.
+        let cross_origin = Router::new()
+            .route(http::OPEN, post(crate::http_transport::open))
+            .route(http::EVENTS, get(crate::http_transport::events))
+            .route(http::POLL, get(crate::http_transport::poll))
+            .route(http::SEND, post(crate::http_transport::send))
+            .route("/http/{room}", post(crate::http_transport::open_room))
+            .route("/v1/ice-servers", get(crate::api::ice_servers))
+            .layer(crate::cors::layer(Arc::clone(&state)));
         Router::new()
             .route("/ws", get(crate::ws::upgrade))
             .route("/ws/{room}", get(crate::ws::upgrade_room))
@@ -404,11 +416,7 @@ pub(crate) mod server {
             .route("/peerjs/peerjs", get(crate::peerjs::upgrade))
             .route("/peerjs/{key}/id", get(crate::peerjs::new_id))
             .route("/peerjs/{key}/peers", get(crate::peerjs::peers))
-            .route(http::OPEN, post(crate::http_transport::open))
-            .route(http::EVENTS, get(crate::http_transport::events))
-            .route(http::POLL, get(crate::http_transport::poll))
-            .route(http::SEND, post(crate::http_transport::send))
-            .route("/http/{room}", post(crate::http_transport::open_room))
+            .merge(cross_origin)
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
@@ -420,7 +428,6 @@ pub(crate) mod server {
             .route("/v1/usage", get(crate::api::usage))
             .route("/v1/rooms/{room}/broadcast", post(crate::api::broadcast))
             .route("/v1/relays", get(crate::api::relays))
-            .route("/v1/ice-servers", get(crate::api::ice_servers))
             .route("/", get(crate::web::index))
             .route("/r/{room}", get(crate::web::index))
             .fallback(get(crate::web::file))

@@ -734,6 +734,31 @@ test('client API: httpUrl keeps the room, an oversize send errors after the call
   assert(r.statsSent === false && r.stateAfter === 'joined', `oversize stats refused, session intact: ${JSON.stringify(r)}`);
 });
 
+test('cross-origin: a page of another origin joins a signaling server over SSE + POST and long-polling (CORS)', async (t) => {
+  const other = await startSignaling([], 'signaling-other-origin');
+  t.track(other.proc);
+  const p = await t.open('Solo');
+  await p.joined();
+  const results = await p.eval(async (ws) => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const out = [];
+    for (const transport of ['sse', 'long-poll']) {
+      const a = new SignalingClient(`${ws}/cors-${transport}`, { transports: [transport], name: 'a' });
+      const b = new SignalingClient(`${ws}/cors-${transport}`, { transports: [transport], name: 'b' });
+      const timeout = new Promise((r) => { setTimeout(() => r(null), 8000); });
+      const joined = await Promise.race([Promise.all([a.connect(), b.connect()]), timeout]);
+      const got = new Promise((r) => { b.addEventListener('broadcast', (e) => r(e.detail.data), { once: true }); });
+      a.broadcast('across origins');
+      const data = await Promise.race([got, new Promise((r) => { setTimeout(() => r(null), 5000); })]);
+      out.push({ transport, joined: !!joined, data, used: a.transport, state: a.state });
+      a.close();
+      b.close();
+    }
+    return out;
+  }, other.ws);
+  for (const r of results) assert(r.joined && r.data === 'across origins' && r.used === r.transport, `cross-origin over ${r.transport}: ${JSON.stringify(r)}`);
+});
+
 test('cseq: what a dead link swallowed is sent again after the resume and arrives once, in order, over each transport', async (t) => {
   const p = await t.open('Solo');
   await p.joined();

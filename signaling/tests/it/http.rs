@@ -595,3 +595,57 @@ async fn open_streams_do_not_use_up_the_http_connection_cap() {
         poll.abort();
     }
 }
+
+/// The head of the answer to a raw HTTP/1.1 request (lower-cased, for header checks).
+async fn answer_head(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_page_of_an_allowed_origin_may_use_the_http_transports_from_another_origin() {
+    let server = Server::start(&["--allowed-origin", "https://app.example"]);
+    let preflight = |origin: &str| {
+        format!(
+            "OPTIONS /http/cors HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\nConnection: close\r\n\r\n"
+        )
+    };
+    // The preflight of the JSON open is granted to the allowed origin...
+    let head = answer_head(server.addr, &preflight("https://app.example")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-headers: content-type"),
+        "{head}"
+    );
+    // ...and so is the open itself, with Retry-After readable by the page.
+    let body = serde_json::to_string(&http_client::join("A")).unwrap();
+    let open = format!(
+        "POST /http/cors HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let head = answer_head(server.addr, &open).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-expose-headers: retry-after"),
+        "{head}"
+    );
+    // Another origin gets no grant (and its open would be refused: forbidden).
+    let head = answer_head(server.addr, &preflight("https://other.example")).await;
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+}
