@@ -66,8 +66,14 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 }
 
 /// A refusal: the status of its code, and one error frame (`seq` 0) as the body. Counted.
+/// `Retry-After` (429 and 503) is 1 s, or for `draining` the `--reconnect-after` that the
+/// `draining` message suggests (whole seconds, at least 1).
 pub fn refusal(app: &AppState, error: RequestError) -> Response {
-    refusal_after(app, error, 1)
+    let retry_after = match error.code {
+        ErrorCode::Draining => app.config.reconnect_after.as_secs_f64().ceil().max(1.0) as u64,
+        _ => 1,
+    };
+    refusal_after(app, error, retry_after)
 }
 
 /// A refusal whose `Retry-After` (for 429 and 503) is `retry_after` seconds.
