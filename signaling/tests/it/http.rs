@@ -610,6 +610,16 @@ async fn answer_head(addr: std::net::SocketAddr, request: &str) -> String {
     text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
 }
 
+/// A 200 that grants `https://app.example` and carries `header` (lower-cased `name: value`).
+fn assert_granted(head: &str, header: &str) {
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    assert!(head.contains(header), "{header}: {head}");
+}
+
 #[tokio::test]
 async fn a_page_of_an_allowed_origin_may_use_the_http_transports_from_another_origin() {
     let server = Server::start(&["--allowed-origin", "https://app.example"]);
@@ -620,15 +630,7 @@ async fn a_page_of_an_allowed_origin_may_use_the_http_transports_from_another_or
     };
     // The preflight of the JSON open is granted to the allowed origin...
     let head = answer_head(server.addr, &preflight("https://app.example")).await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(
-        head.contains("access-control-allow-origin: https://app.example"),
-        "{head}"
-    );
-    assert!(
-        head.contains("access-control-allow-headers: content-type"),
-        "{head}"
-    );
+    assert_granted(&head, "access-control-allow-headers: content-type");
     // ...and so is the open itself, with Retry-After readable by the page.
     let body = serde_json::to_string(&http_client::join("A")).unwrap();
     let open = format!(
@@ -636,15 +638,7 @@ async fn a_page_of_an_allowed_origin_may_use_the_http_transports_from_another_or
         body.len()
     );
     let head = answer_head(server.addr, &open).await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(
-        head.contains("access-control-allow-origin: https://app.example"),
-        "{head}"
-    );
-    assert!(
-        head.contains("access-control-expose-headers: retry-after"),
-        "{head}"
-    );
+    assert_granted(&head, "access-control-expose-headers: retry-after");
     // Another origin gets no grant (and its open would be refused: forbidden).
     let head = answer_head(server.addr, &preflight("https://other.example")).await;
     assert!(!head.contains("access-control-allow-origin"), "{head}");
