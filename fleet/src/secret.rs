@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::link::{self, StoreError};
+use redis::Script;
+
+use crate::link::{self, Connection, StoreError};
 
 /// Where the agreed secret lives.
 pub const TURN_SECRET_KEY: &str = "sig:secret:turn";
@@ -19,29 +21,31 @@ pub async fn agree_turn_secret(
     candidate: &str,
 ) -> Result<String, StoreError> {
     let (conn, _) = link::connect(urls, timeout).await?;
-    let _: Option<String> = conn.query(&restore_turn_secret(candidate), timeout).await?;
-    let get = redis::cmd("GET").arg(TURN_SECRET_KEY).to_owned();
-    let agreed: Option<String> = conn.query(&get, timeout).await?;
-    agreed.ok_or_else(|| StoreError::Reply("the agreed TURN secret vanished".into()))
+    keep_turn_secret(&conn, Some(candidate), timeout)
+        .await?
+        .ok_or_else(|| StoreError::Reply("the agreed TURN secret vanished".into()))
 }
 
-/// What a process that agreed on `secret` sends on each heartbeat: the secret written back if
-/// Redis lost it (restarted empty; `NX`, never over another), so that a process started later
-/// reads it instead of making another; then [`renew_turn_secret`].
-pub fn restore_turn_secret(secret: &str) -> redis::Cmd {
-    redis::cmd("SET")
-        .arg(TURN_SECRET_KEY)
-        .arg(secret)
-        .arg("NX")
-        .arg("PX")
-        .arg(SECRET_TTL.as_millis() as u64)
-        .to_owned()
-}
-
-/// Renews the agreed secret's time to live ([`SECRET_TTL`] from now), on each heartbeat.
-pub fn renew_turn_secret() -> redis::Cmd {
-    redis::cmd("PEXPIRE")
-        .arg(TURN_SECRET_KEY)
-        .arg(SECRET_TTL.as_millis() as u64)
-        .to_owned()
+/// One round trip, at the start and on each heartbeat: writes `secret` if Redis holds none
+/// (the first process, or a Redis that restarted empty; `NX`, never over another, so that a
+/// process started later reads it instead of making another), renews the time to live of the
+/// secret Redis holds ([`SECRET_TTL`] from now), and returns it. `None` writes nothing: a
+/// process given its own secret still keeps an agreed one alive for the others.
+pub async fn keep_turn_secret(
+    conn: &Connection,
+    secret: Option<&str>,
+    timeout: Duration,
+) -> Result<Option<String>, StoreError> {
+    let script = Script::new(
+        r"
+if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('GET', KEYS[1])
+",
+    );
+    let mut invocation = script.key(TURN_SECRET_KEY);
+    invocation
+        .arg(secret.unwrap_or(""))
+        .arg(SECRET_TTL.as_millis() as u64);
+    conn.invoke(&invocation, timeout).await
 }

@@ -240,12 +240,8 @@ impl Registration {
 
     /// Writes the agreed TURN secret back if Redis lost it, and renews its time to live.
     async fn keep_turn_secret(&self, agreed: &Secret) -> Result<(), StoreError> {
-        let restore = fleet::secret::restore_turn_secret(agreed.expose_str());
-        let _: Option<String> = self.conn.query(&restore, REDIS_TIMEOUT).await?;
-        let _: i64 = self
-            .conn
-            .query(&fleet::secret::renew_turn_secret(), REDIS_TIMEOUT)
-            .await?;
+        let kept = Some(agreed.expose_str());
+        fleet::secret::keep_turn_secret(&self.conn, kept, REDIS_TIMEOUT).await?;
         Ok(())
     }
 

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt as _;
 
-use fleet::secret;
-
 use super::store::Op;
 use super::{ClusterHub, ParkedHere, node_sessions_key, unix_ms};
 use crate::protocol::{LeaveReason, RoomId};
@@ -73,13 +71,9 @@ impl ClusterHub {
             self.store
                 .query::<i64>(redis::cmd("PEXPIRE").arg(node_sessions_key(me)).arg(ttl))
                 .await?;
-            if let Some(secret) = &self.cluster.agreed_turn_secret {
-                self.store
-                    .query::<Option<String>>(&secret::restore_turn_secret(secret.expose_str()))
-                    .await?;
-            }
+            let agreed = self.cluster.agreed_turn_secret.as_ref();
             self.store
-                .query::<i64>(&secret::renew_turn_secret())
+                .keep_turn_secret(agreed.map(|s| s.expose_str()))
                 .await?;
             self.store
                 .query::<Vec<String>>(

@@ -432,4 +432,11 @@ impl Store {
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         self.conn.query(cmd, self.timeout).await
     }
+
+    /// Keeps the agreed TURN secret alive (and writes back `agreed` if Redis lost it): see
+    /// [`fleet::secret::keep_turn_secret`].
+    pub async fn keep_turn_secret(&self, agreed: Option<&str>) -> Result<(), StoreError> {
+        fleet::secret::keep_turn_secret(&self.conn, agreed, self.timeout).await?;
+        Ok(())
+    }
 }
