@@ -37,12 +37,28 @@ impl Default for ResendLog {
 }
 
 impl ResendLog {
-    /// Gives a `signal` or `broadcast` that has no number yet the next one.
-    pub(crate) fn number(&mut self, message: &mut ClientMessage) {
-        if let Some(cseq @ None) = message.cseq_mut() {
-            *cseq = Some(self.next);
-            self.next += 1;
+    /// Gives a `signal` or `broadcast` that has no number yet the next one, if `fits` says the
+    /// numbered frame is small enough to send; if not, leaves it unnumbered (its number goes to
+    /// the next frame) and returns false. A frame the server would refuse for its size would
+    /// come back with every resume, so it must not take a number (`docs/protocol.md`, "cseq").
+    /// Any other frame is only measured.
+    pub(crate) fn number_if_fits(
+        &mut self,
+        message: &mut ClientMessage,
+        fits: impl FnOnce(&ClientMessage) -> bool,
+    ) -> bool {
+        let Some(cseq @ None) = message.cseq_mut() else {
+            return fits(message);
+        };
+        *cseq = Some(self.next);
+        if !fits(message) {
+            if let Some(cseq) = message.cseq_mut() {
+                *cseq = None;
+            }
+            return false;
         }
+        self.next += 1;
+        true
     }
 
     /// `message` was written to the socket at `now`: a numbered one is kept until confirmed.
@@ -135,10 +151,34 @@ mod tests {
     /// Numbers broadcast `n` and writes it at `at`; returns its number.
     fn write(log: &mut ResendLog, n: u64, at: Instant) -> Option<ClientSeq> {
         let mut message = broadcast(n);
-        log.number(&mut message);
+        log.number_if_fits(&mut message, |_| true);
         let cseq = message.cseq();
         log.written(message, at);
         cseq
+    }
+
+    #[test]
+    fn a_frame_too_large_once_numbered_takes_no_number() {
+        let mut log = ResendLog::default();
+        let encoded = |m: &ClientMessage| serde_json::to_string(m).unwrap().len();
+        let mut first = broadcast(1000);
+        assert!(log.number_if_fits(&mut first, |m| encoded(m) <= 64));
+        assert_eq!(first.cseq(), Some(1));
+        // The limit is the numbered frame's exact size: to the byte, not one over.
+        let max = encoded(&first);
+        let mut at_max = broadcast(1001);
+        assert!(log.number_if_fits(&mut at_max, |m| encoded(m) <= max));
+        assert_eq!((at_max.cseq(), encoded(&at_max)), (Some(2), max));
+        let mut over = broadcast(10000);
+        assert!(!log.number_if_fits(&mut over, |m| encoded(m) <= max));
+        assert_eq!(over.cseq(), None, "a frame not sent keeps no number");
+        let mut next = broadcast(3);
+        assert!(log.number_if_fits(&mut next, |_| true));
+        assert_eq!(next.cseq(), Some(3), "the number went to the next frame");
+        // A frame that is never numbered is only measured.
+        let mut ping = ClientMessage::Ping { id: None };
+        assert!(!log.number_if_fits(&mut ping, |_| false));
+        assert_eq!(log.next, 4);
     }
 
     #[test]
@@ -149,7 +189,7 @@ mod tests {
             assert_eq!(write(&mut log, n, t0), Some(n + 1));
         }
         let mut ping = ClientMessage::Ping { id: None };
-        log.number(&mut ping);
+        log.number_if_fits(&mut ping, |_| true);
         log.written(ping, t0);
         assert_eq!(log.waiting(), 5, "pings are not numbered or kept");
         log.confirmed(Some(2));
@@ -170,7 +210,7 @@ mod tests {
                 username_fragment: None,
             },
         };
-        log.number(&mut message);
+        log.number_if_fits(&mut message, |_| true);
         assert_eq!(message.cseq(), Some(4));
     }
 
@@ -212,12 +252,12 @@ mod tests {
         let t0 = Instant::now();
         write(&mut log, 0, t0);
         let mut failed = broadcast(1);
-        log.number(&mut failed);
+        log.number_if_fits(&mut failed, |_| true);
         let mut pending = VecDeque::from([failed]);
         log.restart(&mut pending);
         assert_eq!(log.waiting(), 0);
         assert_eq!(pending[0].cseq(), None);
-        log.number(&mut pending[0]);
+        log.number_if_fits(&mut pending[0], |_| true);
         assert_eq!(pending[0].cseq(), Some(1));
     }
 }

@@ -383,20 +383,18 @@ impl Session {
         mut message: ClientMessage,
     ) -> std::result::Result<(), ClientMessage> {
         // A frame the server would refuse (closing the socket with 1009) would come back
-        // with every resume: drop it here, before it takes a number. The margin covers `cseq`.
-        // (Only frames about to be numbered: a resent one passed this check the first time.)
-        if matches!(message.cseq_mut(), Some(None)) {
-            let size = serde_json::to_string(&message).map_or(usize::MAX, |text| text.len());
-            if size + 32 > self.max_message_bytes {
-                tracing::error!(
-                    size,
-                    max = self.max_message_bytes,
-                    "signaling frame over the server's max_message_bytes: not sent"
-                );
-                return Ok(());
-            }
+        // with every resume: drop it here, before it takes a number. Only frames about to be
+        // numbered are measured: a resent one passed this check the first time.
+        let max = self.max_message_bytes;
+        let fits = |m: &ClientMessage| serde_json::to_string(m).is_ok_and(|t| t.len() <= max);
+        let fresh = matches!(message.cseq_mut(), Some(None));
+        if fresh && !self.resend.number_if_fits(&mut message, fits) {
+            tracing::error!(
+                max,
+                "signaling frame over the server's max_message_bytes: not sent"
+            );
+            return Ok(());
         }
-        self.resend.number(&mut message);
         if send_json(ws, &message).await.is_err() {
             return Err(message);
         }
