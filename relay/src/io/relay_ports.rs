@@ -74,7 +74,12 @@ impl RelayPorts {
                 tracing::debug!("too many reserved ports held open");
                 return Err(BindError::NoCapacity);
             }
-            let (socket, next) = self.bind_pair(ip)?;
+            let (socket, next) = self.probe(true, true, |port| {
+                let Some(even) = self.try_port(ip, port)? else {
+                    return Ok(None);
+                };
+                Ok(self.try_port(ip, port + 1)?.map(|next| (even, next)))
+            })?;
             let next_addr = next
                 .local_addr()
                 .ok()
@@ -84,49 +89,44 @@ impl RelayPorts {
             return Ok(socket);
         }
         drop(held);
-        let span = u32::from(self.high - self.low) + 1;
-        let start = rand::rng().random_range(0..span);
-        let step = if even_port { 2 } else { 1 };
-        let mut offset = start;
-        if even_port && (u32::from(self.low) + offset) % 2 == 1 {
-            offset += 1;
+        self.probe(even_port, false, |port| self.try_port(ip, port))
+    }
+
+    /// Tries the ports of the range from a random one on (only even ones if `even`; with
+    /// `need_next`, only those whose next port is in the range too), at most [`MAX_PROBES`],
+    /// until `take` gives a value (`None`: the port is taken, try the next).
+    fn probe<T>(
+        &self,
+        even: bool,
+        need_next: bool,
+        mut take: impl FnMut(u16) -> Result<Option<T>, BindError>,
+    ) -> Result<T, BindError> {
+        let step = if even { 2 } else { 1 };
+        let first = u32::from(self.low) + u32::from(even && self.low % 2 == 1);
+        let last = u32::from(self.high) - u32::from(need_next);
+        if last < first {
+            return Err(BindError::NoCapacity);
         }
-        for _ in 0..MAX_PROBES.min(span) {
-            let port = u16::try_from(u32::from(self.low) + offset % span).unwrap_or(self.low);
-            match self.try_bind(SocketAddr::new(ip, port)) {
-                Ok(socket) => return Ok(socket),
-                Err(e) if is_taken(&e) => {}
-                Err(e) => return Err(cannot_bind(&e, ip, port)),
+        let count = (last - first) / step + 1;
+        let start = rand::rng().random_range(0..count);
+        for k in 0..MAX_PROBES.min(count) {
+            let port = first + step * ((start + k) % count);
+            let port = u16::try_from(port).map_err(|_| BindError::NoCapacity)?;
+            if let Some(taken) = take(port)? {
+                return Ok(taken);
             }
-            offset += step;
         }
         Err(BindError::NoCapacity)
     }
 
-    /// An even port and the next one, both bound, or `NoCapacity` (random start, as `bind`).
-    fn bind_pair(&self, ip: IpAddr) -> Result<(Socket, Socket), BindError> {
-        let first_even = u32::from(self.low) + u32::from(self.low % 2);
-        let high = u32::from(self.high);
-        if first_even + 1 > high {
-            return Err(BindError::NoCapacity);
+    /// A socket bound on `ip:port`, `None` if the port is in use (or not ours to bind), or
+    /// `NoCapacity` (logged) on any other failure.
+    fn try_port(&self, ip: IpAddr, port: u16) -> Result<Option<Socket>, BindError> {
+        match self.try_bind(SocketAddr::new(ip, port)) {
+            Ok(socket) => Ok(Some(socket)),
+            Err(e) if is_taken(&e) => Ok(None),
+            Err(e) => Err(cannot_bind(&e, ip, port)),
         }
-        let pairs = (high - first_even - 1) / 2 + 1;
-        let start = rand::rng().random_range(0..pairs);
-        for k in 0..MAX_PROBES.min(pairs) {
-            let port = first_even + 2 * ((start + k) % pairs);
-            let port = u16::try_from(port).map_err(|_| BindError::NoCapacity)?;
-            let even = match self.try_bind(SocketAddr::new(ip, port)) {
-                Ok(socket) => socket,
-                Err(e) if is_taken(&e) => continue,
-                Err(e) => return Err(cannot_bind(&e, ip, port)),
-            };
-            match self.try_bind(SocketAddr::new(ip, port + 1)) {
-                Ok(next) => return Ok((even, next)),
-                Err(e) if is_taken(&e) => continue,
-                Err(e) => return Err(cannot_bind(&e, ip, port + 1)),
-            }
-        }
-        Err(BindError::NoCapacity)
     }
 
     /// Binds exactly `addr` (a reserved port): the socket held open for it when there is one;
@@ -261,6 +261,26 @@ mod tests {
             ports.bind(AddressFamily::V4, true, true).err(),
             Some(BindError::NoCapacity)
         );
+    }
+
+    #[test]
+    fn even_port_gives_even_ports_only_when_the_probe_wraps() {
+        // An odd number of ports (three even ones): a probe that wraps past the top must not
+        // land on an odd port.
+        let ports = on_loopback(40500, 40504);
+        let port_of = |s: &Socket| s.local_addr().unwrap().as_socket().unwrap().port();
+        for _ in 0..10 {
+            let even: Vec<Socket> = (0..3)
+                .map(|_| ports.bind(AddressFamily::V4, true, false).unwrap())
+                .collect();
+            let mut taken: Vec<u16> = even.iter().map(port_of).collect();
+            taken.sort_unstable();
+            assert_eq!(taken, [40500, 40502, 40504]);
+            assert_eq!(
+                ports.bind(AddressFamily::V4, true, false).err(),
+                Some(BindError::NoCapacity)
+            );
+        }
     }
 
     #[test]
