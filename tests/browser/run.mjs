@@ -111,6 +111,25 @@ class PeerPage {
   /** Ends the hold of a `dropSignaling`: the page reconnects now. */
   reconnectSignaling() { return this.eval(() => window.__demo.room.client.reconnectNow()); }
 
+  /**
+   * Drops the signaling link; while the page is away, `other` restarts ICE until the server has
+   * handled its offer (so it waits in this page's replay buffer); then reconnects and checks
+   * that the session resumed (same peer id, no rejoin, the offer replayed). Returns what the
+   * page shows after (`id`, `stats`, `transport`).
+   */
+  async resumeAfterMissingAnOffer(other) {
+    const idBefore = await this.peerId();
+    await this.dropSignaling(60000);
+    await other.restartIce('test: offer while the other side is offline');
+    await other.offerSent(`${other.name}'s offer while ${this.name} is offline`);
+    await other.sendsConfirmed(`${other.name}'s offer handled by the server`);
+    await this.reconnectSignaling();
+    await this.joined();
+    const after = await this.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats, transport: window.__demo.client.transport }));
+    assert(after.id === idBefore && after.stats.resumes >= 1 && after.stats.rejoins === 0 && after.stats.replayed >= 1, `${this.name} resumed: ${JSON.stringify(after)}`);
+    return after;
+  }
+
   /** Waits until the page has sent an offer since its last `restartIce`. */
   offerSent(what) {
     return this.waitFor((since) => window.__demo.events.some((e) => e.t >= since && e.type === 'log' && /^-> offer to /.test(e.message)), Math.floor(this.restartedAt ?? 0), what);
@@ -642,15 +661,7 @@ test('long-polling: two pages forced onto long-polling (?transport=long-poll) ca
   }
   await chatAndDraw(a, b, 'by long-polling');
   // A dropped link resumes the session (same peer id, the missed offer replayed).
-  const idBefore = await a.peerId();
-  await a.dropSignaling(60000);
-  await b.restartIce('test: offer while the other side is offline');
-  await b.offerSent('Bob\'s offer while Alice is offline');
-  await b.sendsConfirmed('Bob\'s offer handled by the server');
-  await a.reconnectSignaling();
-  await a.joined();
-  const after = await a.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats, transport: window.__demo.client.transport }));
-  assert(after.id === idBefore && after.stats.resumes >= 1 && after.stats.rejoins === 0 && after.stats.replayed >= 1, `resumed over long-polling: ${JSON.stringify(after)}`);
+  const after = await a.resumeAfterMissingAnOffer(b);
   assert(after.transport === 'long-poll', `still long-polling: ${after.transport}`);
   await b.iceRestartAnswered('Bob\'s ICE restart answered after the replay');
   await a.sayTo(b, 'back after the drop');
@@ -668,15 +679,8 @@ test('sse: forced SSE + POST (?transport=sse), a broken event stream is reopened
   await b.restartIce('test: after the stream broke');
   await b.iceRestartAnswered('Bob\'s ICE restart answered over the reopened stream');
   // Drop the whole link: the next one resumes the session with a `resume` (POST /http).
-  const idBefore = await a.peerId();
-  await a.dropSignaling(60000);
-  await b.restartIce('test: offer while the other side is offline');
-  await b.offerSent('Bob\'s offer while Alice is offline');
-  await b.sendsConfirmed('Bob\'s offer handled by the server');
-  await a.reconnectSignaling();
-  await a.joined();
-  const after = await a.eval(() => ({ id: window.__demo.room.peerId, stats: window.__demo.client.stats }));
-  assert(after.id === idBefore && after.stats.resumes >= 1 && after.stats.rejoins === 0 && after.stats.replayed >= 1, `resumed over SSE: ${JSON.stringify(after)}`);
+  const after = await a.resumeAfterMissingAnOffer(b);
+  assert(after.transport === 'sse', `still SSE: ${after.transport}`);
   const removed = await b.peersRemoved();
   assert(removed === 0, 'Bob saw no peer-removed');
   await chatAndDraw(a, b, 'after the resume');
