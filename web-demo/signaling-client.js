@@ -350,7 +350,8 @@ export class SignalingClient extends EventTarget {
       pollTimeoutMs: this.options.pollTimeoutMs,
       // Numbered frames are kept by the client (and sent again) only while the server confirms.
       numberedKept: () => this._confirming,
-      reopenDelayMs: (attempt) => this._reopenDelayMs(attempt),
+      reopenDelayMs: (attempt) => this._backoffMs(attempt),
+      maxReopenAttempts: this.options.maxReconnectAttempts,
     });
     link.onstall = (info) => this._onStall(link, info);
     link.onrecover = () => this._onRecover(link);
@@ -462,6 +463,8 @@ export class SignalingClient extends EventTarget {
     this._requeue(ws.takeUnsent?.() || []);
     const detail = closeEvent ? `${reason} (close code ${closeEvent.code}${closeEvent.reason ? `: ${closeEvent.reason}` : ''})` : reason;
     if (this._looksBlocked(reason, closeEvent) && this._fallBack()) return;
+    // An HTTP link that spent the reconnect attempts reopening: no further attempt.
+    if (closeEvent?.gaveUp) { this._fail(reason, detail); return; }
     if (closeEvent?.retryAfterMs) this._holdUntil = Math.max(this._holdUntil, Date.now() + closeEvent.retryAfterMs);
     this._scheduleReconnect(reason, detail);
   }
@@ -490,6 +493,8 @@ export class SignalingClient extends EventTarget {
       return;
     }
     let delay = this._backoffMs(this._attempt);
+    // A draining server's `reconnect_after_ms` holds the first attempt after it.
+    if (this._drainDelayMs != null) { delay = Math.max(delay, this._drainDelayMs); this._drainDelayMs = null; }
     // A session the server ended (`rejoin`): join again at once, not after a backoff.
     if (this._rejoinAtOnce) { delay = 0; this._rejoinAtOnce = false; }
     delay = Math.max(delay, this._holdUntil - Date.now(), 0);
@@ -500,27 +505,13 @@ export class SignalingClient extends EventTarget {
   }
 
   /**
-   * The wait before reconnect attempt `attempt` (1, 2, ...): the backoff (`options.backoff`),
-   * at least a draining server's `reconnect_after_ms`.
+   * The wait before reconnect attempt `attempt` (1, 2, ...), and before an HTTP link reopens
+   * its stream or poll: the backoff (`options.backoff`).
    */
   _backoffMs(attempt) {
     const { initialMs, maxMs, factor, jitter } = this.options.backoff;
-    let delay = Math.min(maxMs, initialMs * factor ** (attempt - 1));
-    delay *= 1 - jitter * Math.random();
-    if (this._drainDelayMs != null) { delay = Math.max(delay, this._drainDelayMs); this._drainDelayMs = null; }
-    return Math.round(delay);
-  }
-
-  /**
-   * The wait before an HTTP link reopens its stream or poll (the same session): the reconnect
-   * backoff; null past `maxReconnectAttempts`, when the link ends and the client gives up.
-   */
-  _reopenDelayMs(attempt) {
-    if (attempt > this.options.maxReconnectAttempts) {
-      this._attempt = this.options.maxReconnectAttempts;
-      return null;
-    }
-    return this._backoffMs(attempt);
+    const delay = Math.min(maxMs, initialMs * factor ** (attempt - 1));
+    return Math.round(delay * (1 - jitter * Math.random()));
   }
 
   // --- incoming frames ---
@@ -983,8 +974,10 @@ class HttpLink {
     this._maxBodyBytes = Number(options.maxBodyBytes) || 65536;
     this._firstByteMs = options.firstByteMs ?? 4000;
     this._pollTimeoutMs = options.pollTimeoutMs ?? 40000;
-    // The wait before reopening attempt N, or null to give up (the client's reconnect backoff).
+    // The wait before reopening attempt N (the client's reconnect backoff), and how many
+    // attempts before the link gives up (ends with `gaveUp`).
     this._reopenDelayMs = options.reopenDelayMs ?? ((n) => Math.min(4000, 100 * 2 ** (n - 1)));
+    this._maxReopenAttempts = options.maxReopenAttempts ?? Infinity;
     this._queue = []; // frames (JSON text) not yet POSTed, in order
     this._inflight = null; // the batch being POSTed
     this._sending = false;
@@ -1243,11 +1236,11 @@ class HttpLink {
       return false;
     }
     this._stallAttempt += 1;
-    const delay = delayMs ?? this._reopenDelayMs(this._stallAttempt);
-    if (delay == null) {
-      this._end(1006, `${retry}; gave up after ${this._stallAttempt - 1} attempts`);
+    if (this._stallAttempt > this._maxReopenAttempts) {
+      this._end(1006, `${retry}; gave up after ${this._stallAttempt - 1} attempts`, undefined, true);
       return false;
     }
+    const delay = delayMs ?? this._reopenDelayMs(this._stallAttempt);
     this.onstall?.({ message: retry, attempt: this._stallAttempt, retryInMs: delay });
     await new Promise((resolve) => {
       this._wake = resolve;
@@ -1356,11 +1349,14 @@ class HttpLink {
     this._stream?.abort();
   }
 
-  /** The link ends on its own (server close, refusal, gave up): reports it as a socket close. */
-  _end(code, reason, retryAfter) {
+  /**
+   * The link ends on its own (server close, refusal, gave up): reports it as a socket close;
+   * `gaveUp` when it spent its reopen attempts (the client then gives up too).
+   */
+  _end(code, reason, retryAfter, gaveUp = false) {
     if (this.readyState === 3) return;
     this.readyState = 3;
     this._stop();
-    this.onclose?.({ code, reason, wasClean: code !== 1006, established: this.established, retryAfterMs: retryAfter });
+    this.onclose?.({ code, reason, wasClean: code !== 1006, established: this.established, retryAfterMs: retryAfter, gaveUp });
   }
 }

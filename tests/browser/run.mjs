@@ -763,6 +763,34 @@ test('cross-origin: a page of another origin joins a signaling server over SSE +
   for (const r of results) assert(r.joined && r.data === 'across origins' && r.used === r.transport, `cross-origin over ${r.transport}: ${JSON.stringify(r)}`);
 });
 
+test('client API: an HTTP link whose server died reopens on the backoff, then gives up after maxReconnectAttempts', async (t) => {
+  const other = await startSignaling([], 'signaling-dies');
+  t.track(other.proc);
+  const p = await t.open('Solo');
+  await p.joined();
+  await p.eval(async (ws) => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const backoff = { initialMs: 200, maxMs: 400, factor: 2, jitter: 0 };
+    const client = new SignalingClient(`${ws}/gives-up`, { transports: ['long-poll'], name: 'g', maxReconnectAttempts: 3, backoff });
+    const states = [];
+    client.addEventListener('state', (e) => states.push({ ...e.detail, at: Date.now() }));
+    window.__givesUp = { client, states };
+    await client.connect();
+  }, other.ws);
+  await other.proc.stop('SIGKILL');
+  const r = await p.eval(async () => {
+    const { client, states } = window.__givesUp;
+    const t0 = Date.now();
+    while (client.state !== 'failed' && Date.now() - t0 < 15000) await new Promise((res) => { setTimeout(res, 50); });
+    return { state: client.state, info: client.stateInfo, states, stats: client.stats };
+  });
+  const retries = r.states.filter((s) => s.state === 'reconnecting');
+  // Each reopen waits the backoff (200, 400, 400 ms); a fourth attempt is never made.
+  assert(r.state === 'failed' && /gave up after 3 attempts/.test(r.info.message), `gave up: ${JSON.stringify(r.info)}`);
+  assert(JSON.stringify(retries.map((s) => [s.attempt, s.retryInMs])) === '[[1,200],[2,400],[3,400]]', `reopened on the backoff: ${JSON.stringify(retries)}`);
+  assert(r.stats.reconnectAttempts === 3, `three attempts, none after the link gave up: ${JSON.stringify(r.stats)}`);
+});
+
 test('cseq: what a dead link swallowed is sent again after the resume and arrives once, in order, over each transport', async (t) => {
   const p = await t.open('Solo');
   await p.joined();
