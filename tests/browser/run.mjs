@@ -791,6 +791,37 @@ test('client API: an HTTP link whose server died reopens on the backoff, then gi
   assert(r.stats.reconnectAttempts === 3, `three attempts, none after the link gave up: ${JSON.stringify(r.stats)}`);
 });
 
+test('client API: a refused resume (the server restarted) is followed by a join at once, not after the backoff', async (t) => {
+  const sig = await startSignaling([], 'signaling-forgets');
+  t.track(sig.proc);
+  const p = await t.open('Solo');
+  await p.joined();
+  await p.eval(async (ws) => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const backoff = { initialMs: 1500, maxMs: 1500, factor: 1, jitter: 0 };
+    const client = new SignalingClient(`${ws}/forgotten`, { name: 'f', backoff });
+    const events = [];
+    client.addEventListener('state', (e) => events.push({ state: e.detail.state, retryInMs: e.detail.retryInMs }));
+    client.addEventListener('error', (e) => events.push({ error: e.detail.code }));
+    window.__forgotten = { client, events };
+    await client.connect();
+  }, sig.ws);
+  await sig.proc.stop('SIGKILL');
+  const sig2 = await startSignaling([], 'signaling-forgot', sig.addr);
+  t.track(sig2.proc);
+  const r = await p.eval(async () => {
+    const { client, events } = window.__forgotten;
+    const t0 = Date.now();
+    while (client.stats.rejoins < 1 && Date.now() - t0 < 15000) await new Promise((res) => { setTimeout(res, 50); });
+    return { events, stats: client.stats, state: client.state };
+  });
+  // The lost socket waits the backoff; the refused resume's rejoin does not.
+  const after = r.events.slice(r.events.findIndex((e) => e.error === 'resume_failed'));
+  assert(r.state === 'joined' && r.stats.rejoins === 1, `joined again: ${JSON.stringify(r)}`);
+  assert(after.length > 1 && after[1].state === 'reconnecting' && after[1].retryInMs === 0, `rejoined at once after resume_failed: ${JSON.stringify(r.events)}`);
+  assert(r.events.some((e) => e.state === 'reconnecting' && e.retryInMs === 1500), `the lost socket waited the backoff: ${JSON.stringify(r.events)}`);
+});
+
 test('cseq: what a dead link swallowed is sent again after the resume and arrives once, in order, over each transport', async (t) => {
   const p = await t.open('Solo');
   await p.joined();
