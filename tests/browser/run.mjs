@@ -763,31 +763,44 @@ test('cross-origin: a page of another origin joins a signaling server over SSE +
   for (const r of results) assert(r.joined && r.data === 'across origins' && r.used === r.transport, `cross-origin over ${r.transport}: ${JSON.stringify(r)}`);
 });
 
+/**
+ * Connects, in page `p`, a client of `/signaling-client.js` to `url` with `options`, recording
+ * its `state` and `error` events; `clientInPage(p)` reads them back.
+ */
+function connectInPage(p, url, options) {
+  return p.eval(async ([u, o]) => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const client = new SignalingClient(u, o);
+    const events = [];
+    client.addEventListener('state', (e) => events.push({ ...e.detail }));
+    client.addEventListener('error', (e) => events.push({ error: e.detail.code }));
+    window.__client = { client, events };
+    await client.connect();
+  }, [url, options]);
+}
+
+/** The state, stats and recorded events of the client of `connectInPage`. */
+function clientInPage(p) {
+  return p.eval(() => {
+    const { client, events } = window.__client;
+    return { state: client.state, info: client.stateInfo, stats: client.stats, events };
+  });
+}
+
 test('client API: an HTTP link whose server died reopens on the backoff, then gives up after maxReconnectAttempts', async (t) => {
   const other = await startSignaling([], 'signaling-dies');
   t.track(other.proc);
   const p = await t.open('Solo');
   await p.joined();
-  await p.eval(async (ws) => {
-    const { SignalingClient } = await import('/signaling-client.js');
-    const backoff = { initialMs: 200, maxMs: 400, factor: 2, jitter: 0 };
-    const client = new SignalingClient(`${ws}/gives-up`, { transports: ['long-poll'], name: 'g', maxReconnectAttempts: 3, backoff });
-    const states = [];
-    client.addEventListener('state', (e) => states.push({ ...e.detail, at: Date.now() }));
-    window.__givesUp = { client, states };
-    await client.connect();
-  }, other.ws);
+  const backoff = { initialMs: 200, maxMs: 400, factor: 2, jitter: 0 };
+  await connectInPage(p, `${other.ws}/gives-up`, { transports: ['long-poll'], name: 'g', maxReconnectAttempts: 3, backoff });
   await other.proc.stop('SIGKILL');
-  const r = await p.eval(async () => {
-    const { client, states } = window.__givesUp;
-    const t0 = Date.now();
-    while (client.state !== 'failed' && Date.now() - t0 < 15000) await new Promise((res) => { setTimeout(res, 50); });
-    return { state: client.state, info: client.stateInfo, states, stats: client.stats };
-  });
-  const retries = r.states.filter((s) => s.state === 'reconnecting');
+  await p.waitFor(() => window.__client.client.state === 'failed', null, 'the client gave up', 15000);
+  const r = await clientInPage(p);
+  const retries = r.events.filter((e) => e.state === 'reconnecting').map((e) => [e.attempt, e.retryInMs]);
   // Each reopen waits the backoff (200, 400, 400 ms); a fourth attempt is never made.
-  assert(r.state === 'failed' && /gave up after 3 attempts/.test(r.info.message), `gave up: ${JSON.stringify(r.info)}`);
-  assert(JSON.stringify(retries.map((s) => [s.attempt, s.retryInMs])) === '[[1,200],[2,400],[3,400]]', `reopened on the backoff: ${JSON.stringify(retries)}`);
+  assert(/gave up after 3 attempts/.test(r.info.message), `gave up: ${JSON.stringify(r.info)}`);
+  assert(JSON.stringify(retries) === '[[1,200],[2,400],[3,400]]', `reopened on the backoff: ${JSON.stringify(retries)}`);
   assert(r.stats.reconnectAttempts === 3, `three attempts, none after the link gave up: ${JSON.stringify(r.stats)}`);
 });
 
@@ -796,30 +809,18 @@ test('client API: a refused resume (the server restarted) is followed by a join 
   t.track(sig.proc);
   const p = await t.open('Solo');
   await p.joined();
-  await p.eval(async (ws) => {
-    const { SignalingClient } = await import('/signaling-client.js');
-    const backoff = { initialMs: 1500, maxMs: 1500, factor: 1, jitter: 0 };
-    const client = new SignalingClient(`${ws}/forgotten`, { name: 'f', backoff });
-    const events = [];
-    client.addEventListener('state', (e) => events.push({ state: e.detail.state, retryInMs: e.detail.retryInMs }));
-    client.addEventListener('error', (e) => events.push({ error: e.detail.code }));
-    window.__forgotten = { client, events };
-    await client.connect();
-  }, sig.ws);
+  const backoff = { initialMs: 1500, maxMs: 1500, factor: 1, jitter: 0 };
+  await connectInPage(p, `${sig.ws}/forgotten`, { name: 'f', backoff });
   await sig.proc.stop('SIGKILL');
   const sig2 = await startSignaling([], 'signaling-forgot', sig.addr);
   t.track(sig2.proc);
-  const r = await p.eval(async () => {
-    const { client, events } = window.__forgotten;
-    const t0 = Date.now();
-    while (client.stats.rejoins < 1 && Date.now() - t0 < 15000) await new Promise((res) => { setTimeout(res, 50); });
-    return { events, stats: client.stats, state: client.state };
-  });
+  await p.waitFor(() => window.__client.client.stats.rejoins >= 1, null, 'joined again', 15000);
+  const r = await clientInPage(p);
+  const events = r.events.map((e) => e.error ?? `${e.state}${e.retryInMs === undefined ? '' : ` ${e.retryInMs}`}`);
   // The lost socket waits the backoff; the refused resume's rejoin does not.
-  const after = r.events.slice(r.events.findIndex((e) => e.error === 'resume_failed'));
-  assert(r.state === 'joined' && r.stats.rejoins === 1, `joined again: ${JSON.stringify(r)}`);
-  assert(after.length > 1 && after[1].state === 'reconnecting' && after[1].retryInMs === 0, `rejoined at once after resume_failed: ${JSON.stringify(r.events)}`);
-  assert(r.events.some((e) => e.state === 'reconnecting' && e.retryInMs === 1500), `the lost socket waited the backoff: ${JSON.stringify(r.events)}`);
+  const after = events.slice(events.indexOf('resume_failed'));
+  assert(events.includes('reconnecting 1500'), `the lost socket waited the backoff: ${events}`);
+  assert(after[1] === 'reconnecting 0', `rejoined at once after resume_failed: ${events}`);
 });
 
 test('cseq: what a dead link swallowed is sent again after the resume and arrives once, in order, over each transport', async (t) => {
