@@ -76,7 +76,9 @@ pub struct ResumeRequest {
     pub token: ResumeToken,
     pub last_seq: u64,
     /// Whether the client is told with a `resumed` frame. An HTTP stream re-attaches its
-    /// session on every request (SSE reconnect, each long-poll) without one.
+    /// session on every request (SSE reconnect, each long-poll) without one; such a quiet
+    /// re-attach goes on while the node drains (as a socket stays open until the drain ends),
+    /// where a client coming back with `resume` is sent elsewhere (`draining`).
     pub announce: bool,
 }
 
@@ -329,7 +331,7 @@ impl LocalHub {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let (key, secret) = parse_token(&req.token).ok_or_else(unknown)?;
         let mut st = self.lock_at(now);
-        if st.draining {
+        if st.draining && req.announce {
             return Err(RequestError::new(
                 ErrorCode::Draining,
                 "the server is shutting down",

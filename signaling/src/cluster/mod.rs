@@ -589,7 +589,12 @@ impl ClusterHub {
     ) -> Result<Attached, RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let (key, secret_hex, peer, room) = parse_cluster_token(&req.token).ok_or_else(unknown)?;
-        self.accepting()?;
+        // A quiet re-attach (an HTTP stream request) goes on while the node drains.
+        if req.announce {
+            self.accepting()?;
+        } else if !self.is_available() {
+            return Err(Self::unavailable());
+        }
         // The template's resume token must be the one the client holds: rebuild it. The
         // placeholders (no peers, `replayed`, `received`) are filled in by the script.
         let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use signaling::protocol::{
-    ClientMessage, ErrorCode, LeaveReason, PeerId, ServerFrame, ServerMessage, Signal,
+    ClientMessage, ErrorCode, LeaveReason, PeerId, ResumeToken, ServerFrame, ServerMessage, Signal,
 };
 
 use crate::http_client::{self, Event, Sse};
@@ -642,4 +642,48 @@ async fn a_page_of_an_allowed_origin_may_use_the_http_transports_from_another_or
     // Another origin gets no grant (and its open would be refused: forbidden).
     let head = answer_head(server.addr, &preflight("https://other.example")).await;
     assert!(!head.contains("access-control-allow-origin"), "{head}");
+}
+
+#[tokio::test]
+async fn a_draining_server_serves_its_long_polling_sessions_until_the_drain_ends() {
+    let server = Server::start(&["--api-key", "drain-key", "--drain-timeout", "20s"]);
+    let a = http_client::open_as(server.next_addr(), "drain-poll", "A").await;
+    let first = http_client::poll(server.next_addr(), &a, 0).await;
+    let a_peer = welcome_peer(&first.frames[0]);
+    let mut a_seq = first.frames.last().unwrap().seq;
+    let (mut b, _) = Client::join(&server.ws("/ws/drain-poll"), None).await;
+    let auth = [("Authorization", "Bearer drain-key")];
+    let (status, _, body) =
+        http_client::http_request(server.addr, "POST", "/v1/drain", &auth, "").await;
+    assert_eq!(status, 202, "{body}");
+    // A session the draining node serves keeps being served, as a socket stays open: its
+    // polls are answered (200, not 503 `draining`) and carry what the room sends meanwhile.
+    b.send(&signal(&a_peer, 1)).await;
+    let (mut draining, mut signals) = (0, Vec::new());
+    for _ in 0..10 {
+        let reply = http_client::poll(server.next_addr(), &a, a_seq).await;
+        for frame in reply.frames {
+            a_seq = frame.seq;
+            match frame.message {
+                ServerMessage::Draining { .. } => draining += 1,
+                ServerMessage::Signal { .. } => signals.push(offer_number(&frame)),
+                _ => {}
+            }
+        }
+        if !signals.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(signals, [1]);
+    // (In a cluster run, the drained node is one of three and A's session is parked
+    // elsewhere: only a single node tells it.)
+    if server.addrs().len() == 1 {
+        assert_eq!(draining, 1, "the session was told");
+    }
+    // A client coming back with `resume` is sent elsewhere.
+    let resume = resume_message(&ResumeToken(a.clone()), a_seq);
+    let refused = http_client::open(server.addr, "drain-poll", &resume)
+        .await
+        .expect_err("a draining node takes no resume");
+    assert_eq!(refused.status, 503, "{}", refused.body);
 }
