@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::AppState;
@@ -25,7 +25,12 @@ pub fn layer(app: Arc<AppState>) -> CorsLayer {
                 .is_ok_and(|origin| crate::client_request::origin_allowed(&app, origin))
         }))
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        // `Last-Event-ID`: a page that reads the event stream with `fetch` sets its position.
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("last-event-id"),
+        ])
         // A 429 or 503 says when to come back.
         .expose_headers([header::RETRY_AFTER])
         .max_age(PREFLIGHT_MAX_AGE)

@@ -32,7 +32,7 @@ use crate::client_request::ClientRequest;
 use crate::error::RequestError;
 use crate::hub::{Flow, encode};
 use crate::protocol::{
-    ClientMessage, ErrorCode, HttpOpened, LeaveReason, ResumeToken, RoomId, ServerFrame,
+    ClientMessage, ErrorCode, HttpOpened, LeaveReason, RequestId, ResumeToken, RoomId, ServerFrame,
     ServerMessage, http,
 };
 
@@ -69,15 +69,25 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 /// `Retry-After` (429 and 503) is 1 s, or for `draining` the `--reconnect-after` that the
 /// `draining` message suggests (whole seconds, at least 1).
 pub fn refusal(app: &AppState, error: RequestError) -> Response {
+    refusal_of(app, error, None)
+}
+
+/// A [`refusal`] of the request frame whose `id` was `reference` (the frame's `ref`).
+fn refusal_of(app: &AppState, error: RequestError, reference: Option<RequestId>) -> Response {
     let retry_after = match error.code {
         ErrorCode::Draining => app.config.reconnect_after.as_secs_f64().ceil().max(1.0) as u64,
         _ => 1,
     };
-    refusal_after(app, error, retry_after)
+    refusal_after(app, error, reference, retry_after)
 }
 
 /// A refusal whose `Retry-After` (for 429 and 503) is `retry_after` seconds.
-fn refusal_after(app: &AppState, error: RequestError, retry_after: u64) -> Response {
+fn refusal_after(
+    app: &AppState,
+    error: RequestError,
+    reference: Option<RequestId>,
+    retry_after: u64,
+) -> Response {
     app.metrics.error(error.code);
     tracing::debug!(code = %error.code, message = %error.message, "HTTP transport refusal");
     let status = status_of(error.code);
@@ -86,7 +96,7 @@ fn refusal_after(app: &AppState, error: RequestError, retry_after: u64) -> Respo
         message: ServerMessage::Error {
             code: error.code,
             message: error.message.into_owned(),
-            reference: None,
+            reference,
         },
     });
     let mut response = (status, json_body(body.as_str().to_owned())).into_response();
@@ -164,7 +174,7 @@ async fn open_session(
             let body = serde_json::to_string(&HttpOpened { session: token }).unwrap_or_default();
             json_body(body).into_response()
         }
-        Err(error) => refusal(&app, error),
+        Err((error, reference)) => refusal_of(&app, error, reference),
     }
 }
 
@@ -181,22 +191,26 @@ async fn to_completion<T: Send + 'static>(
         .map_err(|e| RequestError::new(ErrorCode::Internal, format!("{what} failed: {e}")))?
 }
 
+/// The session's token, or the refusal with the `id` of the frame it answers (once parsed).
 async fn try_open(
     app: &Arc<AppState>,
     path_room: Option<RoomId>,
     client: &ClientRequest,
     body: Body,
-) -> Result<ResumeToken, RequestError> {
-    client.check_origin(app)?;
-    let ip_slot = client.address_slot(app)?;
-    let claims = client.claims(app)?;
-    let body = read_body(app, body).await?;
+) -> Result<ResumeToken, (RequestError, Option<RequestId>)> {
+    let unparsed = |e| (e, None);
+    client.check_origin(app).map_err(unparsed)?;
+    let ip_slot = client.address_slot(app).map_err(unparsed)?;
+    let claims = client.claims(app).map_err(unparsed)?;
+    let body = read_body(app, body).await.map_err(unparsed)?;
     let message: ClientMessage = serde_json::from_slice(&body).map_err(|e| {
-        RequestError::new(
+        let error = RequestError::new(
             ErrorCode::InvalidMessage,
             crate::session::short(e.to_string()),
-        )
+        );
+        (error, None)
     })?;
+    let reference = message.request_id();
     // The session is attached to a queue nobody reads for the length of this request, then
     // parked: its frames, `welcome` or `resumed` included, wait in its outbox for a stream.
     // In a task of its own: a client that gives up on the request (its connection dropped
@@ -221,7 +235,8 @@ async fn try_open(
             .await;
         Ok(attached)
     })
-    .await?;
+    .await
+    .map_err(|e| (e, reference))?;
     tracing::info!(
         peer = %attached.peer,
         room = %attached.room,
@@ -236,7 +251,7 @@ pub async fn send(State(app): State<Arc<AppState>>, client: ClientRequest, body:
     app.metrics.http_request("send");
     match try_send(&app, &client, body).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err((error, retry_after)) => refusal_after(&app, error, retry_after),
+        Err((error, retry_after)) => refusal_after(&app, error, None, retry_after),
     }
 }
 

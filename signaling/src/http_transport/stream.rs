@@ -119,11 +119,12 @@ async fn attach(
     .await
 }
 
-fn parse_seq(text: &str) -> Result<u64, RequestError> {
+/// A position given as `what` (`last_seq` or `Last-Event-ID`).
+fn parse_seq(text: &str, what: &str) -> Result<u64, RequestError> {
     text.trim().parse().map_err(|_| {
         RequestError::new(
             ErrorCode::InvalidMessage,
-            "last_seq and Last-Event-ID are unsigned integers",
+            format!("{what} is an unsigned integer"),
         )
     })
 }
@@ -131,10 +132,10 @@ fn parse_seq(text: &str) -> Result<u64, RequestError> {
 /// The client's position: `Last-Event-ID`, else `last_seq`, else 0.
 fn position(client: &ClientRequest) -> Result<u64, RequestError> {
     if let Some(id) = client.headers.get("last-event-id") {
-        return parse_seq(id.to_str().unwrap_or(""));
+        return parse_seq(id.to_str().unwrap_or(""), "Last-Event-ID");
     }
     match client.query.get(http::LAST_SEQ_PARAM) {
-        Some(seq) => parse_seq(seq),
+        Some(seq) => parse_seq(seq, http::LAST_SEQ_PARAM),
         None => Ok(0),
     }
 }
@@ -280,7 +281,8 @@ pub async fn poll(
     client: ClientRequest,
 ) -> Response {
     app.metrics.http_request("poll");
-    let last_seq = match client.query.get(http::LAST_SEQ_PARAM).map(|s| parse_seq(s)) {
+    let given = client.query.get(http::LAST_SEQ_PARAM);
+    let last_seq = match given.map(|s| parse_seq(s, http::LAST_SEQ_PARAM)) {
         Some(Ok(seq)) => seq,
         Some(Err(error)) => return refusal(&app, error),
         None => 0,

@@ -447,11 +447,13 @@ async fn a_refused_open_answers_a_status_and_an_error_frame() {
     assert_eq!(refused.status, 503);
     let error = refused.error();
     assert_eq!(error.seq, 0);
+    // The error answers the `join` (id 1), as over a socket.
     assert!(
         matches!(
             error.message,
             ServerMessage::Error {
                 code: ErrorCode::RoomFull,
+                reference: Some(1),
                 ..
             }
         ),
@@ -623,14 +625,27 @@ fn assert_granted(head: &str, header: &str) {
 #[tokio::test]
 async fn a_page_of_an_allowed_origin_may_use_the_http_transports_from_another_origin() {
     let server = Server::start(&["--allowed-origin", "https://app.example"]);
-    let preflight = |origin: &str| {
+    let preflight = |origin: &str, path: &str, method: &str, headers: &str| {
         format!(
-            "OPTIONS /http/cors HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\nConnection: close\r\n\r\n"
+            "OPTIONS {path} HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: {method}\r\nAccess-Control-Request-Headers: {headers}\r\nConnection: close\r\n\r\n"
         )
     };
+    let app = "https://app.example";
     // The preflight of the JSON open is granted to the allowed origin...
-    let head = answer_head(server.addr, &preflight("https://app.example")).await;
+    let head = answer_head(
+        server.addr,
+        &preflight(app, "/http/cors", "POST", "content-type"),
+    )
+    .await;
     assert_granted(&head, "access-control-allow-headers: content-type");
+    // ...as is that of an event stream read with `Last-Event-ID` by `fetch`.
+    let events = "/http/events?session=x";
+    let head = answer_head(server.addr, &preflight(app, events, "GET", "last-event-id")).await;
+    let allowed = head
+        .lines()
+        .find(|l| l.starts_with("access-control-allow-headers:"))
+        .unwrap_or_default();
+    assert!(allowed.contains("last-event-id"), "{head}");
     // ...and so is the open itself, with Retry-After readable by the page.
     let body = serde_json::to_string(&http_client::join("A")).unwrap();
     let open = format!(
@@ -640,7 +655,13 @@ async fn a_page_of_an_allowed_origin_may_use_the_http_transports_from_another_or
     let head = answer_head(server.addr, &open).await;
     assert_granted(&head, "access-control-expose-headers: retry-after");
     // Another origin gets no grant (and its open would be refused: forbidden).
-    let head = answer_head(server.addr, &preflight("https://other.example")).await;
+    let other = preflight(
+        "https://other.example",
+        "/http/cors",
+        "POST",
+        "content-type",
+    );
+    let head = answer_head(server.addr, &other).await;
     assert!(!head.contains("access-control-allow-origin"), "{head}");
 }
 
