@@ -372,7 +372,12 @@ impl LocalHub {
         if let Link::Attached { tx: old_tx, .. } = old {
             old_tx.close(None, close_code::POLICY);
         }
-        session.ice_refresh_at = self.ice.refresh_after().map(|d| now + d);
+        // `resumed` carries fresh ICE servers; a quiet re-attach (HTTP) keeps the session's
+        // due refresh, which the sweep pushes once due (re-attached every poll, it would
+        // otherwise never come).
+        if req.announce {
+            session.ice_refresh_at = self.ice.refresh_after().map(|d| now + d);
+        }
         let (peer, room, name) = (
             session.peer.clone(),
             session.room.clone(),

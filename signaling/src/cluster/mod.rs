@@ -521,6 +521,7 @@ impl ClusterHub {
                         req.name.as_deref().unwrap_or(""),
                         &unix_ms(SystemTime::now()).to_string(),
                         req.transport.as_str(),
+                        &self.ice_due_ms(),
                     ],
                 )
                 .await;
@@ -622,8 +623,15 @@ impl ClusterHub {
             template,
             peer.0.clone(),
             unix_ms(SystemTime::now()).to_string(),
+            // `resumed` carries fresh ICE servers; a quiet re-attach keeps the due refresh.
+            if req.announce {
+                self.ice_due_ms()
+            } else {
+                String::new()
+            },
         ];
-        let (old_node, frames) = match self.resume_script(&room, req.last_seq, &args).await {
+        let (old_node, ice_due, frames) = match self.resume_script(&room, req.last_seq, &args).await
+        {
             Ok(outcome) => outcome,
             Err(error) => {
                 self.lock().resuming.remove(&key);
@@ -651,7 +659,7 @@ impl ClusterHub {
                     conn,
                     tx: tx.clone(),
                     inbox,
-                    ice_refresh_at: self.ice.refresh_after().map(|d| Instant::now() + d),
+                    ice_refresh_at: self.ice_refresh_at(&ice_due),
                     close_after: None,
                     evicting: false,
                     ticket: attached_ticket.or(parked_ticket),
@@ -687,7 +695,7 @@ impl ClusterHub {
         room: &RoomId,
         last_seq: u64,
         args: &[String],
-    ) -> Result<(String, Vec<String>), RequestError> {
+    ) -> Result<(String, String, Vec<String>), RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let reply = match self.store.call(Op::Resume, room, &args).await {
@@ -716,9 +724,30 @@ impl ClusterHub {
         let old_node = rest
             .next()
             .ok_or_else(|| RequestError::new(ErrorCode::Internal, "bad resume reply"))?;
-        // The old connection and state, then the frames.
-        let frames = rest.skip(2).collect();
-        Ok((old_node, frames))
+        // The old connection and state, the ice due, then the frames.
+        let ice_due = rest.nth(2).unwrap_or_default();
+        Ok((old_node, ice_due, rest.collect()))
+    }
+
+    /// When the TURN credentials minted now are due for a refresh, as the scripts keep it
+    /// (Unix ms; '' when this node mints none).
+    fn ice_due_ms(&self) -> String {
+        self.ice
+            .refresh_after()
+            .map(|d| (unix_ms(SystemTime::now()) + d.as_millis() as u64).to_string())
+            .unwrap_or_default()
+    }
+
+    /// When to push fresh ICE servers to a session whose credentials are due at `ice_due`
+    /// (Unix ms, from Redis): at once when it is past, or unknown.
+    fn ice_refresh_at(&self, ice_due: &str) -> Option<Instant> {
+        self.ice.refresh_after()?;
+        let now = Instant::now();
+        let Ok(due_ms) = ice_due.parse::<u64>() else {
+            return Some(now);
+        };
+        let wait = due_ms.saturating_sub(unix_ms(SystemTime::now()));
+        Some(now + Duration::from_millis(wait))
     }
 
     /// Handles a request of an attached session (everything but `join`/`resume`).
@@ -1121,7 +1150,12 @@ impl ClusterHub {
             let body = to_json(&ServerMessage::IceServers {
                 ice_servers: self.ice.mint(&peer, &room, SystemTime::now()),
             });
-            if let Err(e) = self.store.call(Op::Emit, &room, &[&sid(key), &body]).await {
+            let due = self.ice_due_ms();
+            if let Err(e) = self
+                .store
+                .call(Op::Emit, &room, &[&sid(key), &body, &due])
+                .await
+            {
                 self.store_failed("ice refresh", &e);
             }
         }
@@ -1325,22 +1359,41 @@ impl ClusterHub {
         self.lock().rooms.keys().cloned().collect()
     }
 
-    /// Sends fresh ICE servers to the sessions of `rooms` attached here (their relay changed;
-    /// parked sessions get the new servers in `resumed`).
+    /// Sends fresh ICE servers to the sessions of `rooms` attached here (their relay
+    /// changed). The sessions parked here get them when they come back: in `resumed`, or, on
+    /// a quiet re-attach (HTTP), pushed at once (their refresh is made due now).
     pub async fn push_ice_servers(&self, rooms: &[RoomId]) {
-        let targets: Vec<(SessionKey, RoomId, PeerId)> = {
+        let (targets, parked) = {
             let st = self.lock();
-            st.attached
+            let attached: Vec<(SessionKey, RoomId, PeerId)> = st
+                .attached
                 .iter()
                 .filter(|(_, s)| rooms.contains(&s.room))
                 .map(|(k, s)| (*k, s.room.clone(), s.peer.clone()))
-                .collect()
+                .collect();
+            let parked: Vec<(SessionKey, RoomId)> = st
+                .parked
+                .iter()
+                .filter(|(_, p)| rooms.contains(&p.room))
+                .map(|(k, p)| (*k, p.room.clone()))
+                .collect();
+            (attached, parked)
         };
+        let due = self.ice_due_ms();
         for (key, room, peer) in targets {
             let body = to_json(&ServerMessage::IceServers {
                 ice_servers: self.ice.mint(&peer, &room, SystemTime::now()),
             });
-            if let Err(e) = self.store.call(Op::Emit, &room, &[&sid(key), &body]).await {
+            if let Err(e) = self
+                .store
+                .call(Op::Emit, &room, &[&sid(key), &body, &due])
+                .await
+            {
+                self.store_failed("ice servers", &e);
+            }
+        }
+        for (key, room) in parked {
+            if let Err(e) = self.store.call(Op::IceDue, &room, &[&sid(key), "0"]).await {
                 self.store_failed("ice servers", &e);
             }
         }

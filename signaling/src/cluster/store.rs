@@ -27,6 +27,7 @@ struct Scripts {
     adopt: Script,
     end: Script,
     touch: Script,
+    ice_due: Script,
     room: Script,
     check: Script,
     report: Script,
@@ -51,7 +52,7 @@ impl Scripts {
     fn new() -> Self {
         Self {
             // ARGV: sid peer sechash node conn version max_peers pt pf welcome joined name at-ms
-            // transport
+            // transport ice-due (unix ms when the welcome's TURN credentials are refreshed; '')
             join: script(
                 r#"
 local sid = ARGV[4]
@@ -61,6 +62,7 @@ local s = skey(sid)
 redis.call('HSET', s, 'peer', ARGV[5], 'sec', ARGV[6], 'node', ARGV[7], 'conn', ARGV[8],
   'ver', ARGV[9], 'pt', ARGV[11], 'pf', ARGV[12], 'name', ARGV[15], 'state', 'a',
   'next', 1, 'first', 1, 'bytes', 0, 'at', ARGV[16], 'tr', ARGV[17])
+if ARGV[18] ~= '' then redis.call('HSET', s, 'ice', ARGV[18]) end
 redis.call('RPUSH', M, sid)
 redis.call('HSET', PEERS, ARGV[5], sid)
 touch(s) touch(M) touch(PEERS)
@@ -71,7 +73,9 @@ end
 return {'ok', table.concat(over, ' ')}
 "#,
             ),
-            // ARGV: sid sechash last_seq node conn version resumed-template peer at-ms
+            // ARGV: sid sechash last_seq node conn version resumed-template peer at-ms ice-due
+            // ('' for a quiet re-attach: the due refresh stays). Returns the old node, conn and
+            // state, the ice due, then the frames to replay.
             resume: script(
                 r#"
 local sid = ARGV[4]
@@ -81,7 +85,7 @@ if tomb then
   if sec == ARGV[5] then return {'ended', '', code} end
 end
 local s = skey(sid)
-local st = redis.call('HMGET', s, 'sec', 'first', 'next', 'node', 'conn', 'state', 'peer')
+local st = redis.call('HMGET', s, 'sec', 'first', 'next', 'node', 'conn', 'state', 'peer', 'ice')
 if not st[1] or st[1] ~= ARGV[5] or st[7] ~= ARGV[11] then return {'unknown', ''} end
 local last = tonumber(ARGV[6])
 local first, nxt = tonumber(st[2]), tonumber(st[3])
@@ -90,6 +94,11 @@ ack(sid, last)
 local replay = redis.call('LRANGE', lkey(sid), 0, -1)
 redis.call('HSET', s, 'node', ARGV[7], 'conn', ARGV[8], 'ver', ARGV[9], 'state', 'a',
   'at', ARGV[12])
+local ice = st[8] or ''
+if ARGV[13] ~= '' then
+  redis.call('HSET', s, 'ice', ARGV[13])
+  ice = ARGV[13]
+end
 if st[6] == 'a' and st[4] ~= ARGV[7] then
   -- The old node may still think its socket alive: tell it to let go.
   redis.call('PUBLISH', 'sig:ch:' .. st[4], '!close ' .. sid .. ' ' .. st[5])
@@ -100,7 +109,7 @@ if ARGV[10] ~= '' then
   body = plain_replace(body, RECEIVED, '"received":' .. received(sid))
   emit(sid, body)
 end
-local out = {'ok', table.concat(over, ' '), st[4], st[5], st[6]}
+local out = {'ok', table.concat(over, ' '), st[4], st[5], st[6], ice}
 for _, f in ipairs(replay) do out[#out + 1] = f end
 return out
 "#,
@@ -134,10 +143,11 @@ end
 return {'ok', table.concat(over, ' '), tostring(n)}
 "#,
             ),
-            // ARGV: sid body
+            // ARGV: sid body [ice-due: the body carries fresh TURN credentials, due then]
             emit: script(
                 r#"
 local seq = emit(ARGV[4], ARGV[5])
+if seq and ARGV[6] then redis.call('HSET', skey(ARGV[4]), 'ice', ARGV[6]) end
 return {seq and 'ok' or 'gone', table.concat(over, ' '), tostring(seq or 0)}
 "#,
             ),
@@ -209,6 +219,15 @@ return {'ok', table.concat(over, ' '), gone[3], gone[4], gone[5]}
                 r#"
 touch(M) touch(PEERS)
 for _, sid in ipairs(redis.call('LRANGE', M, 0, -1)) do touch(skey(sid)) touch(lkey(sid)) end
+return {'ok', ''}
+"#,
+            ),
+            // ARGV: sid ice-due. Sets when session `sid`'s TURN credentials are due for a
+            // refresh ('0': at once, after its relay changed while it was parked).
+            ice_due: script(
+                r#"
+local s = skey(ARGV[4])
+if redis.call('EXISTS', s) == 1 then redis.call('HSET', s, 'ice', ARGV[5]) end
 return {'ok', ''}
 "#,
             ),
@@ -363,6 +382,7 @@ pub enum Op {
     Adopt,
     End,
     Touch,
+    IceDue,
     Room,
     Check,
     Report,
@@ -410,6 +430,7 @@ impl Store {
             Op::Adopt => &scripts.adopt,
             Op::End => &scripts.end,
             Op::Touch => &scripts.touch,
+            Op::IceDue => &scripts.ice_due,
             Op::Check => &scripts.check,
             Op::Room => &scripts.room,
             Op::Report => &scripts.report,
