@@ -885,18 +885,25 @@ impl HubState {
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
+        // A session about to end gets nothing more: its error is the next frame it sees.
+        if self.ending.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        // Keep the last slot for the error that ends a slow consumer. A frame that does not
+        // fit takes no number: the error follows the last frame sent without a gap in `seq`.
+        if let Link::Attached { tx, .. } = &session.link
+            && !tx.has_room(body.numbered(session.outbox.next_seq()).len())
+        {
+            self.ending.push((key, ErrorCode::SlowConsumer));
+            return;
+        }
         let before = session.outbox.bytes();
         let frame = session.outbox.push(body);
         match &session.link {
             Link::Attached { tx, .. } => {
                 session.outbox.trim(self.replay_limits);
                 self.memory.resize(before, session.outbox.bytes());
-                // Keep the last slot for the error that ends a slow consumer.
-                if tx.has_room(frame.len()) {
-                    tx.push(frame);
-                } else {
-                    self.ending.push((key, ErrorCode::SlowConsumer));
-                }
+                tx.push(frame);
             }
             Link::Parked { .. } => {
                 self.memory.resize(before, session.outbox.bytes());

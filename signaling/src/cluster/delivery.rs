@@ -128,6 +128,9 @@ impl ClusterHub {
         let Some(session) = st.attached.get_mut(&key) else {
             return;
         };
+        if session.ending {
+            return;
+        }
         let out = match session.inbox.offer(seq, frame) {
             Offer::Write(out) => out,
             Offer::Nothing => return,
@@ -138,10 +141,15 @@ impl ClusterHub {
         };
         for frame in out {
             if !session.tx.has_room(frame.len()) {
-                let (room, conn) = (session.room.clone(), session.conn);
+                // The error takes the seq of the first frame not sent: no gap before it.
+                session.ending = true;
+                let (room, conn, error_seq) =
+                    (session.room.clone(), session.conn, frame_seq(&frame));
                 drop(st);
                 let hub = Arc::clone(self);
-                tokio::spawn(async move { hub.end_slow_consumer(room, key, conn).await });
+                tokio::spawn(
+                    async move { hub.end_slow_consumer(room, key, conn, error_seq).await },
+                );
                 return;
             }
             session.tx.push(Frame::Whole(frame));
@@ -164,13 +172,15 @@ impl ClusterHub {
         let Some((key, session)) = st
             .attached
             .iter_mut()
-            .filter(|(_, s)| !s.evicting && s.tx.queued_bytes() > 0)
+            .filter(|(_, s)| !s.ending && s.tx.queued_bytes() > 0)
             .max_by_key(|(_, s)| s.tx.queued_bytes())
         else {
             return;
         };
-        session.evicting = true;
+        session.ending = true;
         let tx = session.tx.clone();
+        // Every frame so far went to the queue: the error takes the next seq.
+        let error_seq = session.inbox.next();
         let (key, room, conn) = (*key, session.room.clone(), session.conn);
         tracing::warn!(
             session = %format!("{key:016x}"),
@@ -183,11 +193,19 @@ impl ClusterHub {
         drop(st);
         self.metrics.budget_evictions.inc();
         let hub = Arc::clone(self);
-        tokio::spawn(async move { hub.end_slow_consumer(room, key, conn).await });
+        tokio::spawn(async move { hub.end_slow_consumer(room, key, conn, error_seq).await });
     }
 
-    /// Ends a local session whose queue is full (it does not read): `slow_consumer`.
-    pub(super) async fn end_slow_consumer(&self, room: RoomId, key: SessionKey, conn: ConnId) {
+    /// Ends a local session whose queue is full (it does not read): `slow_consumer`, as the
+    /// frame numbered `error_seq` (the first one the session was not sent; when unknown, the
+    /// session's next seq in Redis).
+    pub(super) async fn end_slow_consumer(
+        &self,
+        room: RoomId,
+        key: SessionKey,
+        conn: ConnId,
+        error_seq: Option<u64>,
+    ) {
         let reply = self
             .end(
                 &room,
@@ -205,7 +223,7 @@ impl ClusterHub {
         };
         let next = match &reply {
             Ok(reply) if reply.status == "ok" => {
-                reply.rest.get(2).and_then(|n| n.parse::<u64>().ok())
+                error_seq.or_else(|| reply.rest.get(2).and_then(|n| n.parse::<u64>().ok()))
             }
             _ => None,
         };

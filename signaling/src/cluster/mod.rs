@@ -156,8 +156,9 @@ struct LocalSession {
     /// Close the socket with this code once the frame with this seq is written (an error
     /// that ends the connection must reach the client first).
     close_after: Option<(u64, u16)>,
-    /// Chosen to end over the memory budget (its queue is released once it is gone).
-    evicting: bool,
+    /// Being ended as a slow consumer (its queue is full, or it was chosen over the memory
+    /// budget): it gets no more frames, so the error that ends it follows the last one sent.
+    ending: bool,
     /// Its place among its client address's sessions on this node, if it joined here.
     ticket: Option<SessionTicket>,
     /// When it attached here (time to ICE connected is measured from a join).
@@ -437,7 +438,7 @@ impl ClusterHub {
                     inbox: Inbox::starting_at(1),
                     ice_refresh_at: self.ice.refresh_after().map(|d| Instant::now() + d),
                     close_after: None,
-                    evicting: false,
+                    ending: false,
                     ticket: req.ticket.take(),
                     attached_at: Instant::now(),
                     links: PeerLinks::default(),
@@ -661,7 +662,7 @@ impl ClusterHub {
                     inbox,
                     ice_refresh_at: self.ice_refresh_at(&ice_due),
                     close_after: None,
-                    evicting: false,
+                    ending: false,
                     ticket: attached_ticket.or(parked_ticket),
                     attached_at: Instant::now(),
                     links: PeerLinks::resumed(),

@@ -737,5 +737,8 @@ async fn a_long_polling_session_gets_fresh_turn_credentials_before_they_expire()
         }
     }
     let pushed = pushed.unwrap_or_else(|| panic!("no ice_servers in {polls} polls"));
-    assert!(pushed < Duration::from_millis(3000), "pushed after {pushed:?}");
+    assert!(
+        pushed < Duration::from_millis(3000),
+        "pushed after {pushed:?}"
+    );
 }

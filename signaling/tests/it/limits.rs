@@ -334,6 +334,32 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
     }
 }
 
+#[tokio::test]
+async fn a_slow_consumer_reads_every_seq_up_to_the_error_that_ends_it() {
+    // As SLOW_CONSUMER_ARGS, but the server waits long enough for B to read the rest.
+    let mut args = SLOW_CONSUMER_ARGS[..10].to_vec();
+    args.extend(["--ping-interval", "5s", "--ping-timeout", "20s"]);
+    let server = Server::start(&args);
+    let (mut a, _) = Client::join(&server.ws("/ws/slow-seq"), None).await;
+    let (mut b, b_info) = Client::join(&server.ws("/ws/slow-seq"), None).await;
+    let _ = a.recv_message().await;
+    assert!(flood_until_cut_off(&mut a, &b_info.peer_id).await);
+    // B reads at last what was sent to it: one seq after the other, ending with the error (a
+    // frame numbered but not sent would show as a gap before it).
+    let mut last = b.last_seq;
+    loop {
+        let Some(frame) = b.recv_within(Duration::from_secs(5)).await else {
+            panic!("no slow_consumer after seq {last}");
+        };
+        assert_eq!(frame.seq, last + 1, "{:?}", frame.message);
+        last = frame.seq;
+        if let ServerMessage::Error { code, .. } = frame.message {
+            assert_eq!(code, ErrorCode::SlowConsumer);
+            break;
+        }
+    }
+}
+
 /// Mutated and truncated versions of valid messages, thousands of them: every one gets an
 /// answer or is ignored, and the server and the other peers carry on.
 #[tokio::test]
