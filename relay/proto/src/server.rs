@@ -221,6 +221,20 @@ impl Server {
         }
     }
 
+    /// A peer packet of `len` payload bytes that [`Self::handle_peer_packet`] counted to the
+    /// client of `relay` (its `PeerAction::ToClient`, or the Data indication of
+    /// `PeerAction::Queued`) was not sent: the client's stream queue was full (it does not
+    /// read). Takes it out of the counts and the allocation's bill: a user is billed for what
+    /// its client was sent.
+    pub fn client_missed(&mut self, relay: RelayHandle, len: usize) {
+        let len = len as u64;
+        self.stats.packets_to_client = self.stats.packets_to_client.saturating_sub(1);
+        self.stats.bytes_to_client = self.stats.bytes_to_client.saturating_sub(len);
+        if let Some(alloc) = self.allocations.by_relay_mut(relay) {
+            alloc.unbilled.uncount_to_client(len);
+        }
+    }
+
     /// A datagram from `peer` on the relay socket `relay` (the handle of its `BindRelay`; a
     /// stale or unknown handle is dropped). The payload is
     /// `buf[HEADROOM..HEADROOM + len]`; leave `TAILROOM` bytes after it for stream clients.

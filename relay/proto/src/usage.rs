@@ -51,6 +51,12 @@ impl Usage {
         self.packets_to_client += 1;
         self.bytes_to_client += len;
     }
+
+    /// Takes back a [`Self::count_to_client`] (a packet that was not sent after all).
+    pub(crate) fn uncount_to_client(&mut self, len: u64) {
+        self.packets_to_client = self.packets_to_client.saturating_sub(1);
+        self.bytes_to_client = self.bytes_to_client.saturating_sub(len);
+    }
 }
 
 /// The counts of allocations that ended since the last `Server::drain_usage`, per user. At

@@ -254,13 +254,17 @@ impl Shard {
         let mut core = self.core.borrow_mut();
         for (i, m) in meta.iter().take(n).enumerate() {
             let slot = &mut storage[i * SLOT..(i + 1) * SLOT];
-            match core.handle_peer_packet(now, relay, m.addr, slot, m.len) {
-                PeerAction::ToClient { to, range } => {
-                    if let Some(bytes) = slot.get(range) {
-                        self.send_to_client(to, bytes);
-                    }
-                }
-                PeerAction::Drop | PeerAction::Queued => {}
+            let sent = match core.handle_peer_packet(now, relay, m.addr, slot, m.len) {
+                PeerAction::ToClient { to, range } => slot
+                    .get(range)
+                    .is_none_or(|bytes| self.send_to_client(to, bytes)),
+                // The Data indication is the one output queued.
+                PeerAction::Queued => self.drain_outputs(&mut core, now),
+                PeerAction::Drop => true,
+            };
+            if !sent {
+                // The client's stream queue was full: what it was not sent is not billed.
+                core.client_missed(relay, m.len);
             }
             self.drain_outputs(&mut core, now);
         }
@@ -443,10 +447,13 @@ impl Shard {
 
     /// Acts on every queued output of the core. Every variant and every field is named (the
     /// enum is exhaustive): a field the core adds does not compile until it is handled here.
-    fn drain_outputs(self: &Rc<Self>, core: &mut Server, now: Instant) {
+    /// Carries out the core's outputs; false if a message for a stream client was dropped
+    /// at its full queue.
+    fn drain_outputs(self: &Rc<Self>, core: &mut Server, now: Instant) -> bool {
+        let mut all_sent = true;
         while let Some(output) = core.poll_output() {
             match output {
-                Output::Transmit { to, data } => self.transmit_owned(to, data),
+                Output::Transmit { to, data } => all_sent &= self.transmit_owned(to, data),
                 Output::BindRelay {
                     relay,
                     family,
@@ -466,6 +473,7 @@ impl Shard {
             }
         }
         self.drain.check();
+        all_sent
     }
 
     /// Binds the relay socket `relay`: exactly `address` when the core gives one (a port
@@ -548,17 +556,24 @@ impl Shard {
     }
 
     /// Sends a message to a client: into the send batch for UDP, onto the connection's queue
-    /// for TCP/TLS.
-    fn send_to_client(&self, to: FiveTuple, data: &[u8]) {
+    /// for TCP/TLS. False when a stream's queue was full (the message was dropped).
+    fn send_to_client(&self, to: FiveTuple, data: &[u8]) -> bool {
         match to.transport {
-            Transport::Udp => self.queue_to_udp_client(to, data),
+            Transport::Udp => {
+                self.queue_to_udp_client(to, data);
+                true
+            }
             Transport::Tcp | Transport::Tls => self.queue_to_stream(to, data.to_vec()),
         }
     }
 
-    fn transmit_owned(&self, to: FiveTuple, data: Vec<u8>) {
+    /// [`Self::send_to_client`] of an owned message.
+    fn transmit_owned(&self, to: FiveTuple, data: Vec<u8>) -> bool {
         match to.transport {
-            Transport::Udp => self.queue_to_udp_client(to, &data),
+            Transport::Udp => {
+                self.queue_to_udp_client(to, &data);
+                true
+            }
             Transport::Tcp | Transport::Tls => self.queue_to_stream(to, data),
         }
     }
@@ -579,10 +594,12 @@ impl Shard {
         self.push(socket, to.client, src, data);
     }
 
-    fn queue_to_stream(&self, to: FiveTuple, data: Vec<u8>) {
+    /// Queues `data` on the connection `to`; false when its queue is full (dropped, counted).
+    /// A connection that is gone already counts as sent: its allocation ends with it.
+    fn queue_to_stream(&self, to: FiveTuple, data: Vec<u8>) -> bool {
         let streams = self.streams.borrow();
         let Some(sender) = streams.get(&to) else {
-            return;
+            return true;
         };
         let len = data.len() as u64;
         if sender.try_push(data).is_err() {
@@ -590,7 +607,9 @@ impl Shard {
                 s.stream_queue_drops += 1;
                 s.stream_queue_dropped_bytes += len;
             });
+            return false;
         }
+        true
     }
 
     fn push(&self, socket: &Rc<UdpSocket>, to: SocketAddr, src: Option<IpAddr>, data: &[u8]) {

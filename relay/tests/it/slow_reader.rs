@@ -151,6 +151,39 @@ fn a_tcp_client_that_stops_reading_costs_at_most_the_stream_queue_bytes() {
         "the healthy client kept relaying: {round_trips}"
     );
     assert_eq!(lost, 0, "the healthy client lost round trips");
+    // What was dropped is not billed: user `u` (both clients) pays for what its clients were
+    // sent, the healthy client's 200-byte round trips and the slow client's queued share.
+    let sent_to_slow = (DATAGRAMS as u64 - drops) * DATAGRAM as u64;
+    let sent_to_healthy = u64::from(round_trips) * 200;
+    let billed = billed_to_client(&relay, "u");
+    assert!(
+        billed <= sent_to_slow + sent_to_healthy,
+        "billed {billed} B to the client, sent {sent_to_slow} + {sent_to_healthy} B"
+    );
+    let counted = relay.metric("relay_bytes_relayed_total{direction=\"to_client\"}");
+    assert_eq!(
+        counted, billed,
+        "the relayed-bytes counter agrees with the bill"
+    );
     // The slow client is still connected (its queue was bounded, not the connection ended).
     drop(slow);
+}
+
+/// The `bytes_to_client` of `user` in the relay's `/usage` (published within a second).
+fn billed_to_client(relay: &RelayProcess, user: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = relay.admin_get("/usage?since=10m");
+        assert_eq!(status, 200, "{body}");
+        let usage: serde_json::Value = serde_json::from_str(&body).expect("usage JSON");
+        let billed = usage["users"]
+            .as_array()
+            .and_then(|users| users.iter().find(|u| u["user"] == user))
+            .and_then(|u| u["bytes_to_client"].as_u64());
+        if let Some(billed) = billed {
+            return billed;
+        }
+        assert!(Instant::now() < deadline, "no usage of {user}: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
