@@ -63,6 +63,9 @@ pub struct RelayRecord {
     /// Live load: relayed bytes per second (both directions), over the last heartbeat.
     pub bytes_per_sec: u64,
     pub state: RelayState,
+    /// The ids ([`crate::secret::secret_id`]) of the TURN REST secrets the relay accepts;
+    /// empty when it accepts none (static users only) or predates the field.
+    pub secret_ids: Vec<String>,
 }
 
 impl RelayRecord {
@@ -77,7 +80,14 @@ impl RelayRecord {
             allocations: 0,
             bytes_per_sec: 0,
             state: RelayState::Active,
+            secret_ids: Vec::new(),
         }
+    }
+
+    /// Whether the relay accepts the credentials signed with the secret of id `secret_id`
+    /// (a relay that names no secret is taken at its word).
+    pub fn accepts(&self, secret_id: &str) -> bool {
+        self.secret_ids.is_empty() || self.secret_ids.iter().any(|id| id == secret_id)
     }
 
     /// The record as hash fields.
@@ -89,6 +99,7 @@ impl RelayRecord {
             ("allocations", self.allocations.to_string()),
             ("bytes_per_sec", self.bytes_per_sec.to_string()),
             ("state", self.state.as_str().to_owned()),
+            ("secret_ids", self.secret_ids.join(" ")),
         ]
     }
 
@@ -117,6 +128,10 @@ impl RelayRecord {
             allocations: fields.get("allocations")?.parse().ok()?,
             bytes_per_sec: fields.get("bytes_per_sec")?.parse().ok()?,
             state,
+            secret_ids: fields
+                .get("secret_ids")
+                .map(|ids| ids.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -287,6 +302,7 @@ mod tests {
         record.region = Some("eu".into());
         record.urls.push("turns:r1.example.com:5349".into());
         record.state = RelayState::Draining;
+        record.secret_ids = vec!["0011223344556677".into(), "8899aabbccddeeff".into()];
         let fields: HashMap<String, String> = record
             .to_fields()
             .into_iter()

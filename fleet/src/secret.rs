@@ -14,6 +14,16 @@ pub const TURN_SECRET_KEY: &str = "sig:secret:turn";
 /// How long an agreed secret outlives the last process that refreshes it.
 pub const SECRET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// A relay's record names the TURN REST secrets it accepts by these ids, so that signaling
+/// gives rooms only to relays that accept the credentials it mints: the first 8 bytes of
+/// HMAC-SHA256(secret, "turn-rest-secret-id"), in hex. One-way: the id does not give the
+/// secret away (a weak secret could be guessed from it offline, as from any credential).
+pub fn secret_id(secret: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, b"turn-rest-secret-id");
+    hex::encode(&tag.as_ref()[..8])
+}
+
 /// The secret already agreed, or `candidate` if this process is the first.
 pub async fn agree_turn_secret(
     urls: &[String],
@@ -48,4 +58,18 @@ return redis.call('GET', KEYS[1])
         .arg(secret.unwrap_or(""))
         .arg(SECRET_TTL.as_millis() as u64);
     conn.invoke(&invocation, timeout).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_id_is_short_stable_and_differs_per_secret() {
+        let id = secret_id(b"s3cret");
+        assert_eq!(id.len(), 16);
+        assert_eq!(id, secret_id(b"s3cret"));
+        assert_ne!(id, secret_id(b"s3cret2"));
+        assert!(!id.contains("s3cret"));
+    }
 }

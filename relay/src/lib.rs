@@ -31,7 +31,7 @@ pub mod usage;
 pub mod usage_publisher;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -187,6 +187,7 @@ impl Relay {
         }
 
         let shared = Arc::new(SharedQuotas::new());
+        let secret_ids = Arc::new(RwLock::new(secret_ids(&config)));
         let usage = Arc::new(usage::UsageBook::new(config.usage_limits()));
         let metrics = Arc::new(Metrics::new(workers, Arc::clone(&shared), usage));
         let drain = DrainSignal::new(Arc::clone(&shared));
@@ -296,6 +297,7 @@ impl Relay {
             tls_files,
             intake: StreamIntake::new(intake_queues),
             settings,
+            secret_ids,
         };
         for _ in 0..workers {
             match ready_rx.recv() {
@@ -313,6 +315,7 @@ impl Relay {
 pub struct RelayStatus {
     shared: Arc<SharedQuotas>,
     metrics: Arc<Metrics>,
+    secret_ids: Arc<RwLock<Vec<String>>>,
 }
 
 impl RelayStatus {
@@ -324,6 +327,14 @@ impl RelayStatus {
     /// True once the relay drains.
     pub fn is_draining(&self) -> bool {
         self.shared.is_draining()
+    }
+
+    /// The ids of the TURN REST secrets the relay accepts now (`fleet::secret::secret_id`).
+    pub fn secret_ids(&self) -> Vec<String> {
+        self.secret_ids
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Relayed traffic per user and time bucket (the same as `/usage`).
@@ -357,6 +368,8 @@ pub struct RelayHandle {
     intake: StreamIntake,
     /// Carries a reload's live settings to every worker.
     settings: io::settings::SettingsSender,
+    /// The ids of the TURN REST secrets in force (advertised to the fleet).
+    secret_ids: Arc<RwLock<Vec<String>>>,
 }
 
 /// Why a reload was refused (the configuration in force stays).
@@ -416,6 +429,10 @@ impl RelayHandle {
             .deliver(live)
             .await
             .map_err(|_| ReloadError::Workers)?;
+        *self
+            .secret_ids
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = secret_ids(config);
         Ok(())
     }
 
@@ -450,6 +467,7 @@ impl RelayHandle {
         RelayStatus {
             shared: Arc::clone(&self.shared),
             metrics: Arc::clone(&self.metrics),
+            secret_ids: Arc::clone(&self.secret_ids),
         }
     }
 
@@ -593,6 +611,15 @@ fn primary_ip(v4: bool) -> Option<IpAddr> {
     socket.connect(probe).ok()?;
     let ip = socket.local_addr().ok()?.ip();
     (!ip.is_unspecified()).then_some(ip)
+}
+
+/// The ids of `config`'s TURN REST secrets, as the fleet record names them.
+fn secret_ids(config: &Config) -> Vec<String> {
+    config
+        .auth_secrets
+        .iter()
+        .map(|s| fleet::secret::secret_id(s.expose()))
+        .collect()
 }
 
 /// The core's configuration from the relay's.

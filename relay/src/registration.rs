@@ -177,6 +177,7 @@ impl Registration {
             } else {
                 RelayState::Active
             },
+            secret_ids: self.status.secret_ids(),
         }
     }
 

@@ -247,6 +247,9 @@ pub struct RelayEntry {
     state: &'static str,
     /// Rooms with a session on this node that this relay serves.
     rooms_here: u64,
+    /// Whether the relay accepts the TURN credentials this node mints (false: it gets no
+    /// rooms; give it the same `--turn-secret`).
+    accepts_credentials: bool,
 }
 
 /// The answer of `GET /v1/relays`.
@@ -279,6 +282,7 @@ pub async fn relays(
                 fleet::relays::RelayState::Draining => "draining",
             },
             rooms_here: rooms.get(&r.id).copied().unwrap_or(0),
+            accepts_credentials: fleet.accepts(r),
         })
         .collect();
     Ok(Json(FleetView { relays }))

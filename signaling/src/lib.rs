@@ -303,10 +303,10 @@ pub(crate) mod server {
                     .await
                     .map_err(|e| Error::Config(format!("--redis: cannot use redis: {e}")))?;
                 let relays = Arc::new(RelayFleet::new(config.region.clone()));
+                ice = ice.with_fleet(Arc::clone(&relays));
                 // Read once before serving, so the first joins already get the fleet's relays.
                 crate::relay_fleet::refresh(&relays, &conn, config.redis_timeout, &[], &metrics)
                     .await;
-                ice = ice.with_fleet(Arc::clone(&relays));
                 Some((relays, conn))
             };
             let minter = ice.clone();

@@ -7,9 +7,13 @@
 //! new relay took the room over), every session of that room attached here gets an
 //! `ice_servers` frame at once; the clients restart ICE on connections that used the old relay.
 //! With no active relay in the fleet, the static `--turn-url` list is used.
+//!
+//! A relay whose record names the TURN secrets it accepts, none of them the one this node signs
+//! with (a relay given another `--turn-secret`, or none while the nodes were given one), would
+//! refuse every credential minted here: it gets no rooms, and a warning names it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleet::link::Connection;
@@ -22,8 +26,15 @@ use crate::protocol::RoomId;
 /// See the module docs.
 #[derive(Debug)]
 pub struct RelayFleet {
+    /// Every relay as last read.
     relays: RwLock<Arc<Vec<RelayRecord>>>,
+    /// Those that accept this node's credentials: the ones rooms are given to.
+    usable: RwLock<Arc<Vec<RelayRecord>>>,
     region: Option<String>,
+    /// The id (`fleet::secret::secret_id`) of the secret this node signs with, if any.
+    secret_id: RwLock<Option<String>>,
+    /// The relays warned about as refusing this node's credentials (warned once each).
+    refusing: Mutex<HashSet<String>>,
 }
 
 impl RelayFleet {
@@ -31,25 +42,54 @@ impl RelayFleet {
     pub fn new(region: Option<String>) -> Self {
         Self {
             relays: RwLock::new(Arc::new(Vec::new())),
+            usable: RwLock::new(Arc::new(Vec::new())),
             region,
+            secret_id: RwLock::new(None),
+            refusing: Mutex::new(HashSet::new()),
         }
     }
 
-    /// The relays as last read.
+    /// This node signs TURN credentials with `secret` from now on (at start and on SIGHUP):
+    /// the next [`Self::update`] gives rooms only to relays that accept it.
+    pub fn set_signing_secret(&self, secret: Option<&[u8]>) {
+        *self
+            .secret_id
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = secret.map(fleet::secret::secret_id);
+    }
+
+    /// Every relay as last read.
     pub fn snapshot(&self) -> Arc<Vec<RelayRecord>> {
-        Arc::clone(&self.relays.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.relays.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The relays rooms are given to (they accept this node's credentials).
+    fn usable(&self) -> Arc<Vec<RelayRecord>> {
+        Arc::clone(&self.usable.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Whether `relay` accepts the credentials this node mints.
+    pub fn accepts(&self, relay: &RelayRecord) -> bool {
+        let secret_id = self
+            .secret_id
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        secret_id.as_deref().is_none_or(|id| relay.accepts(id))
     }
 
     /// The relay that serves `room` now, if the fleet has an active one.
     pub fn relay_for(&self, room: &RoomId) -> Option<RelayRecord> {
-        let relays = self.snapshot();
+        let relays = self.usable();
         choose(room.as_str(), &relays, self.region.as_deref()).cloned()
     }
 
     /// Installs a fresh read of the fleet; returns the rooms among `served` whose relay changed.
     pub fn update(&self, relays: Vec<RelayRecord>, served: &[RoomId]) -> Vec<RoomId> {
-        let old = self.snapshot();
-        if *old == relays {
+        let usable: Vec<RelayRecord> = relays.iter().filter(|r| self.accepts(r)).cloned().collect();
+        self.warn_about_refusing(&relays);
+        *self.relays.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(relays);
+        let old = self.usable();
+        if *old == usable {
             return Vec::new();
         }
         let region = self.region.as_deref();
@@ -57,18 +97,35 @@ impl RelayFleet {
             .iter()
             .filter(|room| {
                 let before = choose(room.as_str(), &old, region).map(|r| &r.id);
-                let after = choose(room.as_str(), &relays, region).map(|r| &r.id);
+                let after = choose(room.as_str(), &usable, region).map(|r| &r.id);
                 before != after
             })
             .cloned()
             .collect();
-        *self.relays.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(relays);
+        *self.usable.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(usable);
         moved
+    }
+
+    /// Warns once about each relay of `relays` that refuses this node's credentials.
+    fn warn_about_refusing(&self, relays: &[RelayRecord]) {
+        let mut warned = self.refusing.lock().unwrap_or_else(PoisonError::into_inner);
+        let refusing: Vec<&RelayRecord> = relays.iter().filter(|r| !self.accepts(r)).collect();
+        for relay in &refusing {
+            if warned.insert(relay.id.clone()) {
+                tracing::warn!(
+                    relay = %relay.id,
+                    "this relay does not accept the TURN credentials this node mints (it was \
+                     given another --turn-secret, or none while this node has one): it gets no \
+                     rooms until both share a secret"
+                );
+            }
+        }
+        warned.retain(|id| refusing.iter().any(|r| &r.id == id));
     }
 
     /// How many rooms of `served` each active relay serves (for the metrics).
     pub fn rooms_per_relay(&self, served: &[RoomId]) -> HashMap<String, u64> {
-        let relays = self.snapshot();
+        let relays = self.usable();
         let mut counts: HashMap<String, u64> = relays
             .iter()
             .filter(|r| r.state == RelayState::Active)
@@ -107,7 +164,7 @@ pub async fn refresh(
     };
     let active = relays
         .iter()
-        .filter(|r| r.state == RelayState::Active)
+        .filter(|r| r.state == RelayState::Active && fleet.accepts(r))
         .count();
     let moved = fleet.update(relays, served);
     metrics.relay_fleet.set(active as i64);

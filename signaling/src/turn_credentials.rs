@@ -43,14 +43,18 @@ impl IceServerMinter {
         }
     }
 
-    /// Also mints from `fleet` (cluster mode).
+    /// Also mints from `fleet` (cluster mode), whose relays must accept this minter's secret.
     pub fn with_fleet(mut self, fleet: Arc<RelayFleet>) -> Self {
+        fleet.set_signing_secret(self.signing_secret().as_ref().map(Secret::expose));
         self.fleet = Some(fleet);
         self
     }
 
     /// Signs with `secret` from now on (SIGHUP), in this minter and every clone of it.
     pub fn set_signing_secret(&self, secret: Option<Secret>) {
+        if let Some(fleet) = &self.fleet {
+            fleet.set_signing_secret(secret.as_ref().map(Secret::expose));
+        }
         *self
             .signing_secret
             .write()

@@ -219,6 +219,49 @@ fn a_fleet_relay_writes_the_agreed_secret_back_into_an_emptied_redis() {
     assert_eq!(back, secret);
 }
 
+/// A relay that would refuse the credentials signaling mints (the nodes were given a
+/// `--turn-secret`, the relay none: it proposed its own through Redis) gets no rooms, and
+/// `/v1/relays` says why; the relay given the nodes' secret gets them all.
+#[test]
+fn a_relay_that_refuses_the_nodes_credentials_gets_no_rooms() {
+    let redis = RedisServer::start();
+    let agreeing = start_fleet_relay_with(&redis, "agreeing", &["--turn-secret", "node-secret"]);
+    let _stranger = start_fleet_relay(&redis, "stranger");
+    let signaling = start_signaling_with(
+        None,
+        "127.0.0.1:0",
+        &[
+            "--redis",
+            &redis.url(),
+            "--turn-secret",
+            "node-secret",
+            "--api-key",
+            "fleet-test-key",
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        for i in 0..20 {
+            let (_ws, port) = join(signaling.addr, &format!("secret-{i}")).await;
+            assert_eq!(
+                port, agreeing.port,
+                "room secret-{i} went to the other relay"
+            );
+        }
+        let (status, body) = api_get(signaling.addr, "/v1/relays").await;
+        assert_eq!(status, 200, "{body}");
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let accepts: HashMap<&str, bool> = view["relays"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["id"].as_str().unwrap(), r["accepts_credentials"] == true))
+            .collect();
+        let expected = HashMap::from([("agreeing", true), ("stranger", false)]);
+        assert_eq!(accepts, expected, "{body}");
+    });
+}
+
 #[test]
 fn rooms_spread_over_the_fleet_and_move_when_a_relay_joins_dies_or_drains() {
     let redis = RedisServer::start();
@@ -400,16 +443,8 @@ fn relay_only_transfer(from_url: &str, to_url: &str, bytes: usize) {
 #[test]
 #[ignore = "a benchmark: scripts/bench-relay-fleet.sh runs it"]
 fn fleet_benchmark() {
-    use fleet::relays::{RelayRecord, RelayState, choose};
-    let relay = |id: &str| RelayRecord {
-        id: id.into(),
-        urls: vec![format!("turn:{id}:3478?transport=udp")],
-        region: None,
-        capacity: 1.0,
-        allocations: 0,
-        bytes_per_sec: 0,
-        state: RelayState::Active,
-    };
+    use fleet::relays::{RelayRecord, choose};
+    let relay = |id: &str| RelayRecord::new(id, vec![format!("turn:{id}:3478?transport=udp")]);
     let rooms: Vec<String> = (0..3000).map(|i| format!("room-{i:05}")).collect();
     let three: Vec<RelayRecord> = ["relay-a", "relay-b", "relay-c"].map(relay).to_vec();
     let mut four = three.clone();
