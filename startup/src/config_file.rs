@@ -71,6 +71,18 @@ where
     Ok((config, matches))
 }
 
+/// A TOML syntax error as its line and message, without the quoted source line that `toml`
+/// adds: the line may hold a secret (`api-key = "...`), and the error goes to the log.
+fn syntax_error(text: &str, error: &toml::de::Error) -> String {
+    match error.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {}", error.message())
+        }
+        None => error.message().to_owned(),
+    }
+}
+
 /// The file's keys as flag arguments, for every key that was neither given as a flag nor set
 /// in the environment.
 fn file_arguments<C: CommandFactory>(
@@ -85,7 +97,8 @@ fn file_arguments<C: CommandFactory>(
         path: path.to_owned(),
         source,
     })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| file_error(syntax_error(&text, &e)))?;
     let command = C::command();
     let mut out = Vec::new();
     for (key, value) in table {
@@ -193,5 +206,15 @@ mod tests {
         let path = f.0.to_str().unwrap().to_owned();
         let err = load::<Example, _, _>(["prog", "--config", &path]).unwrap_err();
         assert!(matches!(err, ConfigError::File { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line_but_does_not_quote_it() {
+        let f = file("workers = 4\nname = \"s3cret-LEAK\n");
+        let path = f.0.to_str().unwrap().to_owned();
+        let err = load::<Example, _, _>(["prog", "--config", &path]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("line 2"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
     }
 }

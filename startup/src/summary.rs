@@ -1,6 +1,7 @@
 //! The configuration as a readable block for the start-up log: one line per setting (hidden
 //! flags aside) that has a value, `--flag  value`, marked with where it came from when it is not the default. Values of
-//! flags whose value is named `SECRET` or `PASSWORD` (or a `NAME:PASSWORD` pair) are redacted.
+//! flags whose value is named `SECRET` or `PASSWORD` (or a `NAME:PASSWORD` pair) are redacted, and
+//! so is the password of any URL (`redis://user:PASSWORD@host`).
 
 use std::fmt::Write as _;
 
@@ -28,7 +29,11 @@ pub fn summary(command: &Command, matches: &ArgMatches) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             } else {
-                values.join(",")
+                values
+                    .iter()
+                    .map(|v| redact_url_password(v))
+                    .collect::<Vec<_>>()
+                    .join(",")
             };
             let name = arg
                 .get_long()
@@ -59,6 +64,28 @@ pub(crate) fn is_secret(arg: &clap::Arg) -> bool {
     })
 }
 
+/// `value` with the password of a URL's user info (`scheme://user:password@host`, or
+/// `scheme://password@host`) redacted; any other value as it is.
+fn redact_url_password(value: &str) -> String {
+    let Some(scheme_end) = value.find("://").map(|i| i + 3) else {
+        return value.to_owned();
+    };
+    let authority_end = value[scheme_end..]
+        .find('/')
+        .map_or(value.len(), |i| scheme_end + i);
+    let Some(at) = value[scheme_end..authority_end]
+        .rfind('@')
+        .map(|i| scheme_end + i)
+    else {
+        return value.to_owned();
+    };
+    let user = match value[scheme_end..at].split_once(':') {
+        Some((user, _)) => format!("{user}:"),
+        None => String::new(),
+    };
+    format!("{}{user}<redacted>{}", &value[..scheme_end], &value[at..])
+}
+
 /// `<redacted>`, keeping the user name of a `NAME:PASSWORD` pair.
 fn redact(value: &str) -> String {
     match value.split_once(':') {
@@ -82,6 +109,8 @@ mod tests {
         user: Vec<String>,
         #[arg(long)]
         region: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        redis: Vec<String>,
     }
 
     #[test]
@@ -92,6 +121,8 @@ mod tests {
             "s3cr3t,older",
             "--user",
             "alice:hunter2",
+            "--redis",
+            "redis://default:pa55@10.0.0.5:6379/0,rediss://:pa56@h:1,redis://h:2",
         ]);
         let text = summary(&Example::command(), &matches);
         assert!(
@@ -103,6 +134,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("--user           alice:<redacted>"), "{text}");
+        assert!(
+            text.contains(
+                "redis://default:<redacted>@10.0.0.5:6379/0,rediss://:<redacted>@h:1,redis://h:2"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("pa55") && !text.contains("pa56"), "{text}");
         assert!(text.contains("--ping-interval  10s\n"), "{text}");
         assert!(
             !text.contains("--region"),
