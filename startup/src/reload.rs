@@ -4,7 +4,10 @@
 //! flags it can swap while running. The comparison and the log lines live here, so that both
 //! binaries report a reload alike:
 //!
-//! - `configuration reloaded: --user-quota 10 -> 5, --turn-secret <redacted>` (info);
+//! - `configuration reloaded: --user-quota 10 -> 5, --turn-secret <redacted> -> <redacted>`
+//!   (info);
+//! - `configuration reload removed --jwt-secret: ...` (warn: a secret the file no longer names
+//!   is gone, and what it guarded is off);
 //! - `configuration reload: changed but needs a restart (not applied): --listen` (warn);
 //! - `configuration reload refused, the configuration in force stays: <reason>` (warn).
 
@@ -80,6 +83,8 @@ pub struct Changes {
     pub applied: Vec<String>,
     /// Changed flags that only a restart applies, as `--listen`.
     pub needs_restart: Vec<String>,
+    /// Secret flags that had a value and have none now, as `--jwt-secret` (applied too).
+    pub secrets_removed: Vec<String>,
 }
 
 impl Changes {
@@ -107,7 +112,15 @@ impl Changes {
             if !reloadable.contains(&id) {
                 changes.needs_restart.push(name);
             } else if is_secret(arg) {
-                changes.applied.push(format!("{name} <redacted>"));
+                let redacted = |v: &[OsString]| if v.is_empty() { "(none)" } else { "<redacted>" };
+                changes.applied.push(format!(
+                    "{name} {} -> {}",
+                    redacted(&before),
+                    redacted(&after)
+                ));
+                if after.is_empty() {
+                    changes.secrets_removed.push(name);
+                }
             } else {
                 changes
                     .applied
@@ -130,6 +143,13 @@ impl Changes {
             tracing::warn!(
                 "{what} reload: changed but needs a restart (not applied): {}",
                 self.needs_restart.join(", ")
+            );
+        }
+        if !self.secrets_removed.is_empty() {
+            tracing::warn!(
+                "{what} reload removed {}: the file and environment no longer give it, so what \
+                 it guarded or signed is off now (put it back and reload to undo)",
+                self.secrets_removed.join(", ")
             );
         }
     }
@@ -169,6 +189,8 @@ mod tests {
         user_quota: u32,
         #[arg(long, value_name = "SECRET", value_delimiter = ',')]
         turn_secret: Vec<String>,
+        #[arg(long, value_name = "SECRET")]
+        jwt_secret: Option<String>,
         #[arg(long, default_value = "127.0.0.1:1")]
         listen: String,
         #[arg(long)]
@@ -180,7 +202,7 @@ mod tests {
         let parse = |args: &[&str]| {
             Example::command().get_matches_from(std::iter::once("prog").chain(args.iter().copied()))
         };
-        let old = parse(&["--turn-secret", "s3cr3t"]);
+        let old = parse(&["--turn-secret", "s3cr3t", "--jwt-secret", "j"]);
         let new = parse(&[
             "--turn-secret",
             "n3w",
@@ -190,17 +212,19 @@ mod tests {
             "127.0.0.1:2",
             "--verbose",
         ]);
-        let reloadable = ["turn_secret", "user_quota", "verbose"];
+        let reloadable = ["turn_secret", "jwt_secret", "user_quota", "verbose"];
         let changes = Changes::between(&Example::command(), &old, &new, &reloadable);
         assert_eq!(
             changes.applied,
             [
                 "--user-quota 10 -> 5",
-                "--turn-secret <redacted>",
+                "--turn-secret <redacted> -> <redacted>",
+                "--jwt-secret <redacted> -> (none)",
                 "--verbose false -> true"
             ]
         );
         assert_eq!(changes.needs_restart, ["--listen"]);
+        assert_eq!(changes.secrets_removed, ["--jwt-secret"]);
         let same = Changes::between(&Example::command(), &old, &old, &reloadable);
         assert_eq!(same, Changes::default());
         let text = format!("{changes:?}");
