@@ -21,6 +21,9 @@ pub enum Inbound {
     TooLarge,
     /// A text frame that is not UTF-8: RFC 6455 (section 8.1) has the socket failed.
     NotUtf8,
+    /// A frame that breaks RFC 6455 (unmasked, a reserved opcode or bit, a control frame over
+    /// 125 bytes or fragmented): the socket cannot be read any further.
+    ProtocolViolation,
     /// The peer closed the socket, or it failed.
     Closed,
 }
@@ -58,6 +61,10 @@ impl Connection {
                 match inner.downcast_ref::<tungstenite::Error>() {
                     Some(tungstenite::Error::Capacity(_)) => Inbound::TooLarge,
                     Some(tungstenite::Error::Utf8(_)) => Inbound::NotUtf8,
+                    Some(tungstenite::Error::Protocol(e)) => {
+                        tracing::debug!(error = %e, "WebSocket protocol violation");
+                        Inbound::ProtocolViolation
+                    }
                     _ => {
                         tracing::debug!(error = %inner, "socket read failed");
                         Inbound::Closed

@@ -453,7 +453,7 @@ impl PeerSocket {
             Inbound::Text(text) => text,
             Inbound::Alive => return Ok(()),
             Inbound::Closed => return Err(None),
-            Inbound::Binary | Inbound::TooLarge | Inbound::NotUtf8 => {
+            Inbound::Binary | Inbound::TooLarge | Inbound::NotUtf8 | Inbound::ProtocolViolation => {
                 return self
                     .fail(ErrorCode::InvalidMessage, "invalid message", 1007)
                     .await;

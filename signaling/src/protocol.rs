@@ -739,6 +739,8 @@ pub mod close_code {
     /// A refused handshake, a timeout, a slow consumer, a session taken over by a resume, or
     /// a peer kicked or a room closed by an operator.
     pub const POLICY: u16 = 1008;
+    /// A frame that breaks RFC 6455 (unmasked, reserved opcode or bits, oversize control).
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame that is not UTF-8 (RFC 6455 section 8.1 fails the socket).
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame larger than `max_message_bytes`.

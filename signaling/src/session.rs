@@ -195,6 +195,12 @@ impl SocketTask {
                 let error = RequestError::new(ErrorCode::InvalidMessage, message);
                 self.fail_socket(error, close_code::INVALID_PAYLOAD).await
             }
+            Inbound::ProtocolViolation => {
+                let message =
+                    "a frame broke the WebSocket protocol: the socket is closed (RFC 6455)";
+                let error = RequestError::new(ErrorCode::InvalidMessage, message);
+                self.fail_socket(error, close_code::PROTOCOL_ERROR).await
+            }
             Inbound::Binary => {
                 self.last_heard = now;
                 self.refuse(

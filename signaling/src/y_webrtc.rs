@@ -204,6 +204,10 @@ impl YConnection {
                 self.app.metrics.error(ErrorCode::InvalidMessage);
                 return Err(Some((close::INVALID, "text frames must be UTF-8")));
             }
+            Inbound::ProtocolViolation => {
+                self.app.metrics.error(ErrorCode::InvalidMessage);
+                return Err(Some((1002, "WebSocket protocol violation")));
+            }
         };
         let config = self.app.live();
         if !self

@@ -72,6 +72,15 @@ async fn bad_input_is_answered_and_harms_nobody() {
         c2.recv_message().await,
         ServerMessage::Resumed { .. }
     ));
+    // A frame that breaks RFC 6455 (here a reserved opcode) fails the socket too: the error,
+    // then 1002.
+    let (mut d, _) = Client::join(&server.ws("/ws/bad"), None).await;
+    b.recv_message().await; // D's peer_joined
+    a.recv_message().await;
+    let reserved = Frame::message(vec![b'x'], OpCode::Data(Data::Reserved(3)), true);
+    d.send_raw(Message::Frame(reserved)).await;
+    d.expect_error(ErrorCode::InvalidMessage).await;
+    assert_eq!(d.expect_close().await, Closed::Code(1002));
 
     // An oversize frame closes A's socket with 1009 after the error.
     a.send_raw(Message::text("x".repeat(2000))).await;
