@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -148,6 +149,28 @@ impl IntoResponse for Refusal {
 /// The refusal of `error`, counted by its code.
 pub fn refuse(app: &AppState, error: &RequestError) -> Refusal {
     Refusal(Box::new(crate::http_transport::refusal(app, error.clone())))
+}
+
+/// A WebSocket upgrade; a request that is not a valid one (no `Upgrade: websocket`, a missing
+/// `Sec-WebSocket-Key`, another `Sec-WebSocket-Version`, not a GET) is refused as the other
+/// refusals are: `invalid_message` (400), one JSON error frame, counted.
+pub struct Upgrade(pub WebSocketUpgrade);
+
+impl FromRequestParts<Arc<AppState>> for Upgrade {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        WebSocketUpgrade::from_request_parts(parts, app)
+            .await
+            .map(Self)
+            .map_err(|rejection| {
+                let message = format!("not a WebSocket upgrade: {}", rejection.body_text());
+                refuse(app, &RequestError::new(ErrorCode::InvalidMessage, message))
+            })
+    }
 }
 
 /// A WebSocket upgrade with the node's frame limits (`--max-message-bytes`) and small buffers,

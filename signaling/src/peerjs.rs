@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Utf8Bytes, WebSocket};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::api::{SERVER_SENDER, Transport};
 use crate::client_ip::IpSlot;
-use crate::client_request::{ClientRequest, Refusal, refuse, with_limits};
+use crate::client_request::{ClientRequest, Refusal, Upgrade, refuse, with_limits};
 use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
 use crate::hub::{
@@ -187,7 +187,7 @@ pub async fn peers() -> Response {
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     client: ClientRequest,
-    ws: WebSocketUpgrade,
+    Upgrade(ws): Upgrade,
 ) -> Result<Response, Refusal> {
     let field = |name: &str| client.query.get(name).cloned().unwrap_or_default();
     let (key, id, token) = (field("key"), field("id"), field("token"));

@@ -11,7 +11,7 @@ use axum::response::Response;
 use tracing::Instrument as _;
 
 use crate::AppState;
-use crate::client_request::{ClientRequest, Refusal, with_limits};
+use crate::client_request::{ClientRequest, Refusal, Upgrade, with_limits};
 use crate::protocol::RoomId;
 use crate::session::{self, Handshake};
 
@@ -19,7 +19,7 @@ use crate::session::{self, Handshake};
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     client: ClientRequest,
-    ws: WebSocketUpgrade,
+    Upgrade(ws): Upgrade,
 ) -> Result<Response, Refusal> {
     accept(app, None, client, ws)
 }
@@ -29,7 +29,7 @@ pub async fn upgrade_room(
     State(app): State<Arc<AppState>>,
     Path(room): Path<String>,
     client: ClientRequest,
-    ws: WebSocketUpgrade,
+    Upgrade(ws): Upgrade,
 ) -> Result<Response, Refusal> {
     accept(app, Some(RoomId(room)), client, ws)
 }

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Utf8Bytes, WebSocket};
 use axum::response::Response;
 use futures_util::stream::{SelectAll, Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,7 @@ use crate::AppState;
 use crate::api::Transport;
 use crate::auth::Claims;
 use crate::client_ip::IpSlot;
-use crate::client_request::{ClientRequest, Refusal, refuse, with_limits};
+use crate::client_request::{ClientRequest, Refusal, Upgrade, refuse, with_limits};
 use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
 use crate::hub::{ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, SessionKey};
@@ -85,7 +85,7 @@ pub fn topic_room(topic: &str) -> RoomId {
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     client: ClientRequest,
-    ws: WebSocketUpgrade,
+    Upgrade(ws): Upgrade,
 ) -> Result<Response, Refusal> {
     let (ip_slot, claims) = client.admit_socket_with_claims(&app)?;
     if claims.is_none() && app.live().auth.is_some() {

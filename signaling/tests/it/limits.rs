@@ -186,6 +186,37 @@ async fn handshake_errors() {
     })
     .await;
     c.expect_error(ErrorCode::InvalidName).await;
+
+    // A request that is not a valid WebSocket upgrade (here without Sec-WebSocket-Key) is
+    // refused as the others are: 400, one JSON error frame, counted.
+    let before = server
+        .metric("signaling_errors_total{code=\"invalid_message\"}")
+        .await;
+    let headers = [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")];
+    for path in ["/ws/u", "/y-webrtc", "/peerjs/peerjs?key=k&id=i&token=t"] {
+        let (status, content_type, body) =
+            crate::http_client::http_request(server.addr, "GET", path, &headers, "").await;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (400, "application/json"),
+            "{path}: {body}"
+        );
+        let frame: ServerFrame = serde_json::from_str(&body).expect("an error frame");
+        assert!(
+            matches!(
+                frame.message,
+                ServerMessage::Error {
+                    code: ErrorCode::InvalidMessage,
+                    ..
+                }
+            ),
+            "{path}: {body}"
+        );
+    }
+    let after = server
+        .metric("signaling_errors_total{code=\"invalid_message\"}")
+        .await;
+    assert_eq!(after, before + 3);
 }
 
 #[tokio::test]
