@@ -886,10 +886,34 @@ pub fn is_valid_room_id(room: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// Checks a display name: 1 to 64 characters, none of them control characters.
+/// Checks a display name: 1 to 64 characters, none of them control characters or invisible
+/// characters that change how the rest displays ([`is_invisible_format`]).
 pub fn is_valid_name(name: &str) -> bool {
     let count = name.chars().count();
-    (1..=64).contains(&count) && !name.chars().any(char::is_control)
+    (1..=64).contains(&count)
+        && !name
+            .chars()
+            .any(|c| c.is_control() || is_invisible_format(c))
+}
+
+/// Characters that show nothing themselves but change how the text around them displays, so
+/// a name could pass for another's: bidirectional overrides, embeddings and isolates
+/// (U+202A-U+202E, U+2066-U+2069) and marks (U+200E, U+200F, U+061C), the zero-width space
+/// and its kin (U+200B, U+2060-U+2064, U+FEFF) and line or paragraph separators (U+2028,
+/// U+2029). The zero-width joiner and non-joiner (U+200C, U+200D) stay: emoji sequences and
+/// several scripts need them.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 #[cfg(test)]
@@ -960,5 +984,21 @@ mod tests {
         assert!(is_valid_name("Zoë"));
         assert!(!is_valid_name("a\nb"));
         assert!(!is_valid_name(""));
+        // Names that would display as another's: right-to-left override, zero-width space,
+        // line separator, byte order mark.
+        for spoof in [
+            "Bob\u{202E}gpj.exe",
+            "Al\u{200B}ice",
+            "A\u{2028}B",
+            "\u{FEFF}Eve",
+        ] {
+            assert!(!is_valid_name(spoof), "{spoof:?}");
+        }
+        assert!(is_valid_name("José María"));
+        assert!(is_valid_name("محمد"));
+        assert!(
+            is_valid_name("👩\u{200D}💻"),
+            "a zero-width joiner joins an emoji"
+        );
     }
 }
