@@ -393,7 +393,7 @@ impl Collector for Metrics {
             ),
             (
                 "relay_dropped_packets",
-                "Packets dropped for lack of allocation, permission or channel",
+                "Packets dropped: no allocation, permission or channel for them, or a STUN message the relay does not take (a response, an indication other than Send or Binding)",
                 s.dropped_packets,
             ),
             (

@@ -247,16 +247,12 @@ impl Server {
                     let b = self.allocate_success(tid, a, now);
                     self.send_authenticated(from, b, key);
                 }
-                _ => {
-                    self.stats.allocation_mismatches += 1;
-                    self.error_authenticated(from, msg, key, ErrorCode::AllocationMismatch);
-                }
+                _ => self.error_authenticated(from, msg, key, ErrorCode::AllocationMismatch),
             }
             return true;
         }
         if self.pending.contains(&from) {
             if self.pending.transaction_of(&from) != Some(tid) {
-                self.stats.allocation_mismatches += 1;
                 self.error_authenticated(from, msg, key, ErrorCode::AllocationMismatch);
             }
             return true;
@@ -606,12 +602,10 @@ impl Server {
                 .map(|a| (k, a))
         });
         let Some((alloc_key, alloc)) = found else {
-            self.stats.allocation_mismatches += 1;
             self.error_authenticated(from, msg, &key, ErrorCode::AllocationMismatch);
             return None;
         };
         if alloc.username != auth.username {
-            self.stats.wrong_credentials += 1;
             self.error_authenticated(from, msg, &key, ErrorCode::WrongCredentials);
             return None;
         }
@@ -721,7 +715,8 @@ impl Server {
         b
     }
 
-    /// An error response protected with the requester's key.
+    /// An error response protected with the requester's key, counted once: 437 and 441 in
+    /// their own counters, any other code in `error_responses`.
     fn error_authenticated(
         &mut self,
         from: FiveTuple,
@@ -729,7 +724,11 @@ impl Server {
         key: &[u8; 16],
         code: ErrorCode,
     ) {
-        self.stats.error_responses += 1;
+        match code {
+            ErrorCode::AllocationMismatch => self.stats.allocation_mismatches += 1,
+            ErrorCode::WrongCredentials => self.stats.wrong_credentials += 1,
+            _ => self.stats.error_responses += 1,
+        }
         trace!(client = %from.client, code = code.code(), "error response");
         let b = self.error_builder(msg, code, true);
         self.send_authenticated(from, b, key);

@@ -269,6 +269,8 @@ fn another_users_credentials_on_an_allocation_get_441() {
     let resp = h.request(bob.from, &bob.permission_request(&[peer("203.0.114.7:1")]));
     assert_eq!(error_code(&resp), Some(441));
     assert_eq!(h.server.stats().wrong_credentials, 2);
+    // Counted once: not among the other error responses too.
+    assert_eq!(h.server.stats().error_responses, 0);
 }
 
 #[test]
@@ -317,6 +319,7 @@ fn second_allocate_on_a_five_tuple_is_437_and_a_retransmission_is_answered_again
     let resp = alice.allocate_once(&mut h);
     assert_eq!(error_code(&resp), Some(437));
     assert_eq!(h.server.stats().allocation_mismatches, 1);
+    assert_eq!(h.server.stats().error_responses, 0, "counted once");
     assert_eq!(h.server.stats().allocations, 1);
 }
 
