@@ -61,7 +61,7 @@ impl Connection {
                 match inner.downcast_ref::<tungstenite::Error>() {
                     Some(tungstenite::Error::Capacity(_)) => Inbound::TooLarge,
                     Some(tungstenite::Error::Utf8(_)) => Inbound::NotUtf8,
-                    Some(tungstenite::Error::Protocol(e)) => {
+                    Some(tungstenite::Error::Protocol(e)) if is_violation(e) => {
                         tracing::debug!(error = %e, "WebSocket protocol violation");
                         Inbound::ProtocolViolation
                     }
@@ -103,4 +103,23 @@ impl Connection {
             ))),
         }
     }
+}
+
+/// Whether a read error is a frame the client got wrong (answered with 1002), rather than the
+/// connection ending (a reset without a closing handshake is a client that went away).
+fn is_violation(error: &tungstenite::error::ProtocolError) -> bool {
+    use tungstenite::error::ProtocolError as P;
+    matches!(
+        error,
+        P::NonZeroReservedBits
+            | P::UnmaskedFrameFromClient
+            | P::FragmentedControlFrame
+            | P::ControlFrameTooBig
+            | P::UnknownControlFrameType(_)
+            | P::UnknownDataFrameType(_)
+            | P::UnexpectedContinueFrame
+            | P::ExpectedFragment(_)
+            | P::InvalidOpcode(_)
+            | P::InvalidCloseSequence
+    )
 }
