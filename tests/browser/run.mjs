@@ -738,11 +738,20 @@ test('client API: httpUrl keeps the room, an oversize send errors after the call
   assert(r.statsSent === false && r.stateAfter === 'joined', `oversize stats refused, session intact: ${JSON.stringify(r)}`);
 });
 
-test('cross-origin: a page of another origin joins a signaling server over SSE + POST and long-polling (CORS)', async (t) => {
-  const other = await startSignaling([], 'signaling-other-origin');
+/**
+ * A signaling server of the test's own (its log named `name`), and a page of the main server
+ * that has joined: the page runs clients against the other server.
+ */
+async function pageAndOwnServer(t, name) {
+  const other = await startSignaling([], name);
   t.track(other.proc);
   const p = await t.open('Solo');
   await p.joined();
+  return { p, other };
+}
+
+test('cross-origin: a page of another origin joins a signaling server over SSE + POST and long-polling (CORS)', async (t) => {
+  const { p, other } = await pageAndOwnServer(t, 'signaling-other-origin');
   const results = await p.eval(async (ws) => {
     const { SignalingClient } = await import('/signaling-client.js');
     const out = [];
@@ -788,10 +797,7 @@ function clientInPage(p) {
 }
 
 test('client API: an HTTP link whose server died reopens on the backoff, then gives up after maxReconnectAttempts', async (t) => {
-  const other = await startSignaling([], 'signaling-dies');
-  t.track(other.proc);
-  const p = await t.open('Solo');
-  await p.joined();
+  const { p, other } = await pageAndOwnServer(t, 'signaling-dies');
   const backoff = { initialMs: 200, maxMs: 400, factor: 2, jitter: 0 };
   await connectInPage(p, `${other.ws}/gives-up`, { transports: ['long-poll'], name: 'g', maxReconnectAttempts: 3, backoff });
   await other.proc.stop('SIGKILL');
@@ -805,10 +811,7 @@ test('client API: an HTTP link whose server died reopens on the backoff, then gi
 });
 
 test('client API: a refused resume (the server restarted) is followed by a join at once, not after the backoff', async (t) => {
-  const sig = await startSignaling([], 'signaling-forgets');
-  t.track(sig.proc);
-  const p = await t.open('Solo');
-  await p.joined();
+  const { p, other: sig } = await pageAndOwnServer(t, 'signaling-forgets');
   const backoff = { initialMs: 1500, maxMs: 1500, factor: 1, jitter: 0 };
   await connectInPage(p, `${sig.ws}/forgotten`, { name: 'f', backoff });
   await sig.proc.stop('SIGKILL');
