@@ -215,6 +215,11 @@ impl Shard {
             };
             let start = i * SLOT + HEADROOM;
             let data = &storage[start..start + m.len];
+            if data.is_empty() {
+                // An empty datagram has no segments: the core counts it as malformed.
+                let _ = core.handle_client_packet(now, five, data);
+                continue;
+            }
             for segment in data.chunks(m.stride.max(1)) {
                 match core.handle_client_packet(now, five, segment) {
                     ClientAction::Forward {

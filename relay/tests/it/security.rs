@@ -319,3 +319,19 @@ fn garbage_flood_does_not_disturb_live_relaying() {
         + relay.metric("relay_dropped_packets_total")
         > 100));
 }
+
+#[test]
+fn an_empty_datagram_is_counted_as_malformed() {
+    let relay = RelayProcess::start_process(USER_ON_LOOPBACK);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before = relay.metric("relay_malformed_packets_total");
+    for _ in 0..3 {
+        socket.send_to(&[], relay.udp).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(2), || relay
+            .metric("relay_malformed_packets_total")
+            >= before + 3),
+        "three empty datagrams counted"
+    );
+}
