@@ -350,7 +350,7 @@ export class SignalingClient extends EventTarget {
       pollTimeoutMs: this.options.pollTimeoutMs,
       // Numbered frames are kept by the client (and sent again) only while the server confirms.
       numberedKept: () => this._confirming,
-      reopenDelayMs: (attempt) => this._backoffMs(attempt),
+      reopenDelayMs: (attempt) => Math.max(this._backoffMs(attempt), this._takeDrainDelayMs()),
       maxReopenAttempts: this.options.maxReconnectAttempts,
     });
     link.onstall = (info) => this._onStall(link, info);
@@ -493,8 +493,7 @@ export class SignalingClient extends EventTarget {
       return;
     }
     let delay = this._backoffMs(this._attempt);
-    // A draining server's `reconnect_after_ms` holds the first attempt after it.
-    if (this._drainDelayMs != null) { delay = Math.max(delay, this._drainDelayMs); this._drainDelayMs = null; }
+    delay = Math.max(delay, this._takeDrainDelayMs());
     // A session the server ended (`rejoin`): join again at once, not after a backoff.
     if (this._rejoinAtOnce) { delay = 0; this._rejoinAtOnce = false; }
     delay = Math.max(delay, this._holdUntil - Date.now(), 0);
@@ -613,7 +612,19 @@ export class SignalingClient extends EventTarget {
     }
   }
 
+  /**
+   * A draining server's `reconnect_after_ms`, once: the first reconnect or reopen after the
+   * `draining` frame waits at least that long (0 when none is pending).
+   */
+  _takeDrainDelayMs() {
+    const delay = this._drainDelayMs ?? 0;
+    this._drainDelayMs = null;
+    return delay;
+  }
+
   _takeSession(frame, fresh) {
+    // Back in a session: a drain delay not spent belongs to the server left behind.
+    this._drainDelayMs = null;
     const { type, seq, ref, replayed, received, ...session } = frame;
     void type; void seq; void ref; void replayed; void received;
     const before = this.peers;

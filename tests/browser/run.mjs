@@ -739,11 +739,11 @@ test('client API: httpUrl keeps the room, an oversize send errors after the call
 });
 
 /**
- * A signaling server of the test's own (its log named `name`), and a page of the main server
- * that has joined: the page runs clients against the other server.
+ * A signaling server of the test's own (its log named `name`, started with `args`), and a page
+ * of the main server that has joined: the page runs clients against the other server.
  */
-async function pageAndOwnServer(t, name) {
-  const other = await startSignaling([], name);
+async function pageAndOwnServer(t, name, args = []) {
+  const other = await startSignaling(args, name);
   t.track(other.proc);
   const p = await t.open('Solo');
   await p.joined();
@@ -824,6 +824,19 @@ test('client API: a refused resume (the server restarted) is followed by a join 
   const after = events.slice(events.indexOf('resume_failed'));
   assert(events.includes('reconnecting 1500'), `the lost socket waited the backoff: ${events}`);
   assert(after[1] === 'reconnecting 0', `rejoined at once after resume_failed: ${events}`);
+});
+
+test('client API: a long-polling client of a draining server reopens after its reconnect_after_ms, not at once', async (t) => {
+  const args = ['--drain-timeout', '1s', '--reconnect-after', '1500ms'];
+  const { p, other } = await pageAndOwnServer(t, 'signaling-drains', args);
+  const backoff = { initialMs: 100, maxMs: 100, factor: 1, jitter: 0 };
+  await connectInPage(p, `${other.ws}/drains`, { transports: ['long-poll'], name: 'd', backoff });
+  const stopped = other.proc.stop('SIGTERM', 10000);
+  await p.waitFor(() => window.__client.events.some((e) => e.state === 'reconnecting'), null, 'the link reopening after the drain', 10000);
+  await stopped;
+  const r = await clientInPage(p);
+  const retries = r.events.filter((e) => e.state === 'reconnecting').map((e) => e.retryInMs);
+  assert(retries[0] >= 1500, `the first reopen waits reconnect_after_ms: ${JSON.stringify(retries)}`);
 });
 
 test('cseq: what a dead link swallowed is sent again after the resume and arrives once, in order, over each transport', async (t) => {
