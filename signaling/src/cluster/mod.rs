@@ -23,9 +23,9 @@ pub mod store;
 
 pub use fleet::secret::agree_turn_secret;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
@@ -211,6 +211,8 @@ struct LocalState {
     /// The queues of sessions ended over the memory budget, until their socket tasks let go of
     /// what they hold (not counted as excess twice).
     evicted: Vec<OutboundTx>,
+    /// While draining: the sessions told `draining` (each is told once).
+    told_draining: HashSet<SessionKey>,
 }
 
 impl LocalState {
@@ -270,6 +272,8 @@ pub struct ClusterHub {
     metrics: Arc<Metrics>,
     local: Mutex<LocalState>,
     draining: AtomicBool,
+    /// Why the node drains (what `draining` says).
+    drain_reason: Mutex<String>,
     /// The last Redis call succeeded.
     store_ok: AtomicBool,
     /// The node's channel is subscribed.
@@ -301,6 +305,7 @@ impl ClusterHub {
             metrics,
             local: Mutex::new(LocalState::default()),
             draining: AtomicBool::new(false),
+            drain_reason: Mutex::new(String::new()),
             store_ok: AtomicBool::new(true),
             subscribed: AtomicBool::new(false),
             registered: AtomicBool::new(false),
@@ -591,8 +596,13 @@ impl ClusterHub {
     ) -> Result<Attached, RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let (key, secret_hex, peer, room) = parse_cluster_token(&req.token).ok_or_else(unknown)?;
-        // A quiet re-attach (an HTTP stream request) goes on while the node drains.
-        if req.announce {
+        // A quiet re-attach (an HTTP stream request) of a session this node serves goes on
+        // while it drains (the session was told `draining`); any other is sent elsewhere.
+        let serves = || {
+            let st = self.lock();
+            st.attached.contains_key(&key) || st.parked.contains_key(&key)
+        };
+        if req.announce || !serves() {
             self.accepting()?;
         } else if !self.is_available() {
             return Err(Self::unavailable());
@@ -678,6 +688,10 @@ impl ClusterHub {
         if old_node != self.cluster.node_id {
             // The script told the old node to let go of its socket, if it had one.
             self.index_remove(&old_node, &room, key).await;
+        }
+        if self.is_draining() {
+            // A session this node serves came back between two HTTP requests.
+            self.tell_draining(key, &room).await;
         }
         Ok(Attached {
             key,
@@ -1401,23 +1415,42 @@ impl ClusterHub {
     }
 
     /// Starts draining: refuses new sessions and tells every attached session to reconnect
-    /// (through the balancer, to another node, where it resumes).
+    /// (through the balancer, to another node, where it resumes). A session parked here
+    /// between two HTTP requests is told when it comes back (`tell_draining`).
     pub async fn start_draining(&self, reason: &str) {
         self.draining.store(true, Ordering::Release);
+        *self
+            .drain_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = reason.to_owned();
+        let sessions: Vec<(SessionKey, RoomId)> = {
+            let st = self.lock();
+            st.attached
+                .iter()
+                .map(|(k, s)| (*k, s.room.clone()))
+                .collect()
+        };
+        for (key, room) in sessions {
+            self.tell_draining(key, &room).await;
+        }
+    }
+
+    /// Sends `draining` to session `key` unless it was told already.
+    async fn tell_draining(&self, key: SessionKey, room: &RoomId) {
+        if !self.lock().told_draining.insert(key) {
+            return;
+        }
+        let reason = self
+            .drain_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let body = to_json(&ServerMessage::Draining {
-            reason: reason.to_owned(),
+            reason,
             reconnect_after_ms: self.settings.reconnect_after.as_millis() as u64,
         });
-        let sessions: Vec<(SessionKey, RoomId)> = self
-            .lock()
-            .attached
-            .iter()
-            .map(|(k, s)| (*k, s.room.clone()))
-            .collect();
-        for (key, room) in sessions {
-            if let Err(e) = self.store.call(Op::Emit, &room, &[&sid(key), &body]).await {
-                self.store_failed("draining", &e);
-            }
+        if let Err(e) = self.store.call(Op::Emit, room, &[&sid(key), &body]).await {
+            self.store_failed("draining", &e);
         }
     }
 
