@@ -268,15 +268,15 @@ impl Server {
         }
         let to = alloc.five_tuple;
         let channel = alloc.channels.by_peer(peer, now).map(|c| c.number);
+        if channel.is_none() && len > MAX_DATA_INDICATION_PAYLOAD {
+            // Would not fit in a STUN message's 16-bit length with its headers.
+            self.stats.dropped_packets += 1;
+            return PeerAction::Drop;
+        }
         self.stats.packets_to_client += 1;
         self.stats.bytes_to_client += len as u64;
         alloc.unbilled.count_to_client(len as u64);
         let Some(number) = channel else {
-            if len > MAX_DATA_INDICATION_PAYLOAD {
-                // Would not fit in a STUN message's 16-bit length with its headers.
-                self.stats.dropped_packets += 1;
-                return PeerAction::Drop;
-            }
             let data = data_indication(peer, &buf[HEADROOM..HEADROOM + len]);
             self.outputs.push_back(Output::Transmit { to, data });
             return PeerAction::Queued;
