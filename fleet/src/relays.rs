@@ -63,9 +63,9 @@ pub struct RelayRecord {
     /// Live load: relayed bytes per second (both directions), over the last heartbeat.
     pub bytes_per_sec: u64,
     pub state: RelayState,
-    /// The ids ([`crate::secret::secret_id`]) of the TURN REST secrets the relay accepts;
-    /// empty when it accepts none (static users only) or predates the field.
-    pub secret_ids: Vec<String>,
+    /// The ids ([`crate::secret::secret_id`]) of the TURN REST secrets the relay accepts
+    /// (empty: none, static users only); `None` for a relay that predates the field.
+    pub secret_ids: Option<Vec<String>>,
 }
 
 impl RelayRecord {
@@ -80,27 +80,32 @@ impl RelayRecord {
             allocations: 0,
             bytes_per_sec: 0,
             state: RelayState::Active,
-            secret_ids: Vec::new(),
+            secret_ids: None,
         }
     }
 
-    /// Whether the relay accepts the credentials signed with the secret of id `secret_id`
-    /// (a relay that names no secret is taken at its word).
+    /// Whether the relay accepts the credentials signed with the secret of id `secret_id` (a
+    /// relay that predates the list is taken at its word).
     pub fn accepts(&self, secret_id: &str) -> bool {
-        self.secret_ids.is_empty() || self.secret_ids.iter().any(|id| id == secret_id)
+        self.secret_ids
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|id| id == secret_id))
     }
 
     /// The record as hash fields.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut fields = vec![
             ("urls", self.urls.join(" ")),
             ("region", self.region.clone().unwrap_or_default()),
             ("capacity", self.capacity.to_string()),
             ("allocations", self.allocations.to_string()),
             ("bytes_per_sec", self.bytes_per_sec.to_string()),
             ("state", self.state.as_str().to_owned()),
-            ("secret_ids", self.secret_ids.join(" ")),
-        ]
+        ];
+        if let Some(ids) = &self.secret_ids {
+            fields.push(("secret_ids", ids.join(" ")));
+        }
+        fields
     }
 
     /// A record from its hash fields; `None` when a field is missing or malformed (a record
@@ -130,8 +135,7 @@ impl RelayRecord {
             state,
             secret_ids: fields
                 .get("secret_ids")
-                .map(|ids| ids.split_whitespace().map(str::to_owned).collect())
-                .unwrap_or_default(),
+                .map(|ids| ids.split_whitespace().map(str::to_owned).collect()),
         })
     }
 }
@@ -302,7 +306,7 @@ mod tests {
         record.region = Some("eu".into());
         record.urls.push("turns:r1.example.com:5349".into());
         record.state = RelayState::Draining;
-        record.secret_ids = vec!["0011223344556677".into(), "8899aabbccddeeff".into()];
+        record.secret_ids = Some(vec!["0011223344556677".into(), "8899aabbccddeeff".into()]);
         let fields: HashMap<String, String> = record
             .to_fields()
             .into_iter()
@@ -314,6 +318,28 @@ mod tests {
         assert_eq!(RelayRecord::from_fields("r1", &broken), None);
         broken.remove("capacity");
         assert_eq!(RelayRecord::from_fields("r1", &broken), None);
+    }
+
+    #[test]
+    fn a_relay_accepts_the_secrets_its_record_names() {
+        let mut record = relay("r", 1.0);
+        assert!(
+            record.accepts("0011223344556677"),
+            "a record without the list"
+        );
+        record.secret_ids = Some(Vec::new());
+        assert!(!record.accepts("0011223344556677"), "static users only");
+        record.secret_ids = Some(vec!["0011223344556677".into()]);
+        assert!(record.accepts("0011223344556677"));
+        assert!(!record.accepts("8899aabbccddeeff"));
+        // An empty list survives the round trip through Redis as an empty field.
+        record.secret_ids = Some(Vec::new());
+        let fields: HashMap<String, String> = record
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(RelayRecord::from_fields("r", &fields), Some(record));
     }
 
     #[test]

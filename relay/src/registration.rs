@@ -177,7 +177,7 @@ impl Registration {
             } else {
                 RelayState::Active
             },
-            secret_ids: self.status.secret_ids(),
+            secret_ids: Some(self.status.secret_ids()),
         }
     }
 
