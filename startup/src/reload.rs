@@ -19,7 +19,7 @@ use clap::{ArgMatches, Command, CommandFactory, FromArgMatches};
 use crate::Secret;
 use crate::config_file::{self, ConfigError};
 use crate::logging::LogFilter;
-use crate::summary::is_secret;
+use crate::summary::{is_secret, redact_value};
 
 /// What a binary keeps from start-up to reload its configuration: the command line, the
 /// configuration in force as parsed (to name what a reload changes), the TURN secrets it was
@@ -173,7 +173,7 @@ fn shown(values: &[OsString]) -> String {
     }
     values
         .iter()
-        .map(|v| v.to_string_lossy())
+        .map(|v| redact_value(&v.to_string_lossy()))
         .collect::<Vec<_>>()
         .join(",")
 }

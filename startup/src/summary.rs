@@ -1,7 +1,8 @@
 //! The configuration as a readable block for the start-up log: one line per setting (hidden
 //! flags aside) that has a value, `--flag  value`, marked with where it came from when it is not the default. Values of
 //! flags whose value is named `SECRET` or `PASSWORD` (or a `NAME:PASSWORD` pair) are redacted, and
-//! so is the password of any URL (`redis://user:PASSWORD@host`).
+//! so is the password of any URL (`redis://user:PASSWORD@host`) and the value of a flag passed on
+//! inside a value (`--relay-arg=--user=NAME:PASSWORD`) whose name says it holds a secret.
 
 use std::fmt::Write as _;
 
@@ -31,7 +32,7 @@ pub fn summary(command: &Command, matches: &ArgMatches) -> String {
             } else {
                 values
                     .iter()
-                    .map(|v| redact_url_password(v))
+                    .map(|v| redact_value(v))
                     .collect::<Vec<_>>()
                     .join(",")
             };
@@ -62,6 +63,21 @@ pub(crate) fn is_secret(arg: &clap::Arg) -> bool {
             .iter()
             .any(|n| n.as_str().contains("SECRET") || n.as_str().contains("PASSWORD"))
     })
+}
+
+/// A value of a flag that is not itself a secret, with what it may still hold redacted: a URL's
+/// password, or the value of a flag passed on (`--user=NAME:PASSWORD`, `--turn-secret=S`,
+/// `--api-key=K`) whose name contains `secret`, `password`, `user`, `key` or `token`.
+pub(crate) fn redact_value(value: &str) -> String {
+    if let Some((flag, _)) = value.split_once('=')
+        && flag.starts_with("--")
+        && ["secret", "password", "user", "key", "token"]
+            .iter()
+            .any(|word| flag.contains(word))
+    {
+        return format!("{flag}=<redacted>");
+    }
+    redact_url_password(value)
 }
 
 /// `value` with the password of a URL's user info (`scheme://user:password@host`, or
@@ -111,6 +127,8 @@ mod tests {
         region: Option<String>,
         #[arg(long, value_delimiter = ',')]
         redis: Vec<String>,
+        #[arg(long = "relay-arg")]
+        relay_args: Vec<String>,
     }
 
     #[test]
@@ -123,6 +141,8 @@ mod tests {
             "alice:hunter2",
             "--redis",
             "redis://default:pa55@10.0.0.5:6379/0,rediss://:pa56@h:1,redis://h:2",
+            "--relay-arg=--user=bob:pa57",
+            "--relay-arg=--workers=2",
         ]);
         let text = summary(&Example::command(), &matches);
         assert!(
@@ -141,6 +161,8 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("pa55") && !text.contains("pa56"), "{text}");
+        assert!(text.contains("--user=<redacted>,--workers=2"), "{text}");
+        assert!(!text.contains("pa57"), "{text}");
         assert!(text.contains("--ping-interval  10s\n"), "{text}");
         assert!(
             !text.contains("--region"),
