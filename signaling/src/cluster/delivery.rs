@@ -141,10 +141,13 @@ impl ClusterHub {
         };
         for frame in out {
             if !session.tx.has_room(frame.len()) {
-                // The error takes the seq of the first frame not sent: no gap before it.
+                // The error takes the seq of the first frame not sent: no gap before it. Its
+                // queue counts as being freed (the memory budget does not pick another).
                 session.ending = true;
+                let tx = session.tx.clone();
                 let (room, conn, error_seq) =
                     (session.room.clone(), session.conn, frame_seq(&frame));
+                st.evicted.push(tx);
                 drop(st);
                 let hub = Arc::clone(self);
                 tokio::spawn(
@@ -215,9 +218,12 @@ impl ClusterHub {
                 Guard::Conn(conn),
             )
             .await;
+        // Only the connection that was too slow: a request that took the session over
+        // meanwhile keeps it.
         let session = {
             let mut st = self.lock();
-            let session = st.detach(key);
+            let ours = st.attached.get(&key).is_some_and(|s| s.conn == conn);
+            let session = if ours { st.detach(key) } else { None };
             self.update_gauges(&st);
             session
         };
