@@ -453,9 +453,14 @@ impl PeerSocket {
             Inbound::Text(text) => text,
             Inbound::Alive => return Ok(()),
             Inbound::Closed => return Err(None),
-            Inbound::Binary | Inbound::TooLarge | Inbound::NotUtf8 | Inbound::ProtocolViolation => {
+            Inbound::Binary | Inbound::TooLarge | Inbound::NotUtf8 => {
                 return self
                     .fail(ErrorCode::InvalidMessage, "invalid message", 1007)
+                    .await;
+            }
+            Inbound::ProtocolViolation => {
+                return self
+                    .fail(ErrorCode::InvalidMessage, "invalid message", 1002)
                     .await;
             }
         };
