@@ -286,6 +286,15 @@ mod tests {
         }
     }
 
+    /// The hash fields of `record`, as Redis gives them back.
+    fn fields_of(record: &RelayRecord) -> HashMap<String, String> {
+        record
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
+    }
+
     fn rooms(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("room-{i}")).collect()
     }
@@ -307,11 +316,7 @@ mod tests {
         record.urls.push("turns:r1.example.com:5349".into());
         record.state = RelayState::Draining;
         record.secret_ids = Some(vec!["0011223344556677".into(), "8899aabbccddeeff".into()]);
-        let fields: HashMap<String, String> = record
-            .to_fields()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
+        let fields = fields_of(&record);
         assert_eq!(RelayRecord::from_fields("r1", &fields), Some(record));
         let mut broken = fields.clone();
         broken.insert("capacity".into(), "-1".into());
@@ -334,12 +339,10 @@ mod tests {
         assert!(!record.accepts("8899aabbccddeeff"));
         // An empty list survives the round trip through Redis as an empty field.
         record.secret_ids = Some(Vec::new());
-        let fields: HashMap<String, String> = record
-            .to_fields()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        assert_eq!(RelayRecord::from_fields("r", &fields), Some(record));
+        assert_eq!(
+            RelayRecord::from_fields("r", &fields_of(&record)),
+            Some(record)
+        );
     }
 
     #[test]
