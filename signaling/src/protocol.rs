@@ -896,16 +896,24 @@ pub fn is_valid_name(name: &str) -> bool {
             .any(|c| c.is_control() || is_invisible_format(c))
 }
 
-/// Characters that show nothing themselves but change how the text around them displays, so
-/// a name could pass for another's: bidirectional overrides, embeddings and isolates
-/// (U+202A-U+202E, U+2066-U+2069) and marks (U+200E, U+200F, U+061C), the zero-width space
-/// and its kin (U+200B, U+2060-U+2064, U+FEFF) and line or paragraph separators (U+2028,
-/// U+2029). The zero-width joiner and non-joiner (U+200C, U+200D) stay: emoji sequences and
-/// several scripts need them.
+/// Characters that show nothing themselves (or change how the text around them displays), so
+/// a name could pass for another's or look empty: bidirectional overrides, embeddings and
+/// isolates (U+202A-U+202E, U+2066-U+2069) and marks (U+200E, U+200F, U+061C), the zero-width
+/// space and its kin (U+200B, U+2060-U+2064, U+FEFF, U+00AD, U+034F, U+180E), the blank Hangul
+/// fillers (U+115F, U+1160, U+3164, U+FFA0) and line or paragraph separators (U+2028, U+2029).
+/// The zero-width joiner and non-joiner (U+200C, U+200D) stay: emoji sequences and several
+/// scripts need them.
 pub fn is_invisible_format(c: char) -> bool {
     matches!(
         c,
-        '\u{061C}'
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{180E}'
+            | '\u{3164}'
+            | '\u{FFA0}'
             | '\u{200B}'
             | '\u{200E}'
             | '\u{200F}'
@@ -991,6 +999,8 @@ mod tests {
             "Al\u{200B}ice",
             "A\u{2028}B",
             "\u{FEFF}Eve",
+            "\u{3164}",
+            "Ma\u{00AD}llory",
         ] {
             assert!(!is_valid_name(spoof), "{spoof:?}");
         }
