@@ -85,8 +85,10 @@ impl RelayFleet {
 
     /// Installs a fresh read of the fleet; returns the rooms among `served` whose relay changed.
     pub fn update(&self, relays: Vec<RelayRecord>, served: &[RoomId]) -> Vec<RoomId> {
-        let usable: Vec<RelayRecord> = relays.iter().filter(|r| self.accepts(r)).cloned().collect();
-        self.warn_about_refusing(&relays);
+        let (usable, refusing): (Vec<&RelayRecord>, Vec<&RelayRecord>) =
+            relays.iter().partition(|r| self.accepts(r));
+        let usable: Vec<RelayRecord> = usable.into_iter().cloned().collect();
+        self.warn_about_refusing(&refusing);
         *self.relays.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(relays);
         let old = self.usable();
         if *old == usable {
@@ -106,11 +108,10 @@ impl RelayFleet {
         moved
     }
 
-    /// Warns once about each relay of `relays` that refuses this node's credentials.
-    fn warn_about_refusing(&self, relays: &[RelayRecord]) {
+    /// Warns once about each relay of `refusing` (they refuse this node's credentials).
+    fn warn_about_refusing(&self, refusing: &[&RelayRecord]) {
         let mut warned = self.refusing.lock().unwrap_or_else(PoisonError::into_inner);
-        let refusing: Vec<&RelayRecord> = relays.iter().filter(|r| !self.accepts(r)).collect();
-        for relay in &refusing {
+        for relay in refusing {
             if warned.insert(relay.id.clone()) {
                 tracing::warn!(
                     relay = %relay.id,
@@ -162,11 +163,12 @@ pub async fn refresh(
             return None;
         }
     };
-    let active = relays
-        .iter()
-        .filter(|r| r.state == RelayState::Active && fleet.accepts(r))
-        .count();
     let moved = fleet.update(relays, served);
+    let active = fleet
+        .usable()
+        .iter()
+        .filter(|r| r.state == RelayState::Active)
+        .count();
     metrics.relay_fleet.set(active as i64);
     metrics.relay_reassignments.inc_by(moved.len() as u64);
     metrics.set_rooms_per_relay(&fleet.rooms_per_relay(served));

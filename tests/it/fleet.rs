@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use e2e::redis::RedisServer;
+use e2e::signaling_http;
 use futures_util::{SinkExt as _, StreamExt as _};
 use signaling::protocol::{ServerFrame, ServerMessage, SessionInfo};
 use tokio_tungstenite::tungstenite::Message;
@@ -262,6 +263,74 @@ fn a_relay_that_refuses_the_nodes_credentials_gets_no_rooms() {
     });
 }
 
+/// Sessions parked while their room moves to another relay get the new relay's ICE servers
+/// when they come back: a WebSocket resume in its `resumed`, a long-polling session (which
+/// re-attaches quietly, without `resumed`) in an `ice_servers` frame at once, not at its next
+/// scheduled refresh.
+#[test]
+fn sessions_parked_while_their_room_moves_get_the_new_relay_when_they_come_back() {
+    let redis = RedisServer::start();
+    let relays: Vec<FleetRelay> = ["p1", "p2"]
+        .iter()
+        .map(|id| start_fleet_relay(&redis, id))
+        .collect();
+    let signaling = start_fleet_signaling(&redis);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (ws, session) = join_session(signaling.addr, "parked-room").await;
+        let port = turn_port(&session.ice_servers).expect("a TURN URL from the fleet");
+        drop(ws);
+        let polling = signaling_http::open_as(signaling.addr, "parked-room", "poller").await;
+        let welcome = signaling_http::poll(signaling.addr, &polling, 0).await;
+        let last_seq = welcome.frames.last().expect("welcome").seq;
+        // No poll open now: the long-polling session is parked too.
+
+        let victim = relays.iter().find(|r| r.port == port).expect("its relay");
+        let rc = unsafe { libc::kill(victim.proc.pid() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0);
+        // The node reads the fleet every 200 ms: the room has moved well within a second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            signaling_http::poll(signaling.addr, &polling, last_seq),
+        )
+        .await
+        .expect("the poll is answered at once, not after the poll timeout");
+        let fresh = reply.frames.iter().find_map(|f| match &f.message {
+            ServerMessage::IceServers { ice_servers } => turn_port(ice_servers),
+            _ => None,
+        });
+        let fresh = fresh.unwrap_or_else(|| panic!("no ice_servers: {:?}", reply.frames));
+        assert_ne!(fresh, port, "long-polling: still the draining relay");
+
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/ws/parked-room", signaling.addr))
+                .await
+                .expect("connect");
+        let resume = serde_json::json!({
+            "type": "resume", "id": 2, "versions": [1],
+            "resume_token": session.resume_token, "last_seq": 1,
+        });
+        ws.send(Message::text(resume.to_string()))
+            .await
+            .expect("send resume");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, ws.next()).await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
+            if let ServerMessage::Resumed { session, .. } = frame.message {
+                let now = turn_port(&session.ice_servers).expect("a TURN URL");
+                assert_ne!(now, port, "WebSocket: still the draining relay");
+                return;
+            }
+        }
+        panic!("no resumed");
+    });
+}
+
 #[test]
 fn rooms_spread_over_the_fleet_and_move_when_a_relay_joins_dies_or_drains() {
     let redis = RedisServer::start();
@@ -386,7 +455,7 @@ fn rooms_spread_over_the_fleet_and_move_when_a_relay_joins_dies_or_drains() {
 
 /// `GET path` with the test's API key: (status, body).
 pub(crate) async fn api_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let (status, _, body) = e2e::signaling_http::http_request(
+    let (status, _, body) = signaling_http::http_request(
         addr,
         "GET",
         path,
