@@ -5,7 +5,8 @@
 // name is normalised (`normaliseRoom`), the same way for everyone who opens that link; one
 // with nothing left to keep (`!!!`) is refused, never replaced by a random room.
 
-export const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+// `.` and `..` are refused too: a browser resolves them out of `/r/..` and `/ws/..`.
+export const ROOM_RE = /^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$/;
 const ADJ = ['amber', 'brisk', 'calm', 'dapper', 'eager', 'fuzzy', 'gentle', 'hazel', 'jolly', 'lucky', 'mellow', 'nimble', 'plucky', 'quiet', 'rosy', 'sunny', 'tidy', 'witty'];
 const NOUN = ['otter', 'falcon', 'maple', 'comet', 'badger', 'lynx', 'heron', 'cedar', 'puffin', 'koala', 'walrus', 'orca', 'finch', 'tapir', 'yak', 'panda'];
 const pick = (a) => a[Math.floor(Math.random() * a.length)];

@@ -113,7 +113,7 @@ impl Admission<'_> {
         if !is_valid_room_id(room.as_str()) {
             return Err(RequestError::new(
                 ErrorCode::InvalidRoomId,
-                "room ids are 1 to 64 characters of [A-Za-z0-9_.-]",
+                "room ids are 1 to 64 characters of [A-Za-z0-9_.-], not . or ..",
             ));
         }
         if name.as_deref().is_some_and(|n| !is_valid_name(n)) {

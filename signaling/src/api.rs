@@ -155,7 +155,7 @@ fn room_id(room: &str) -> Result<RoomId, ApiError> {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_room_id",
-            "room ids are 1 to 64 characters of [A-Za-z0-9_.-]",
+            "room ids are 1 to 64 characters of [A-Za-z0-9_.-], not . or ..",
         ));
     }
     Ok(RoomId::from(room))

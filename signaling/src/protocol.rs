@@ -64,7 +64,7 @@ macro_rules! string_id {
 }
 
 string_id!(
-    /// A room name chosen by clients: 1 to 64 characters of `[A-Za-z0-9_.-]`.
+    /// A room name chosen by clients: 1 to 64 characters of `[A-Za-z0-9_.-]`, not `.` or `..`.
     RoomId
 );
 string_id!(
@@ -542,7 +542,7 @@ pub enum ErrorCode {
     NotJoined,
     /// `join`/`resume` on a socket that has already joined.
     AlreadyJoined,
-    /// The room id is empty, too long, or has characters outside `[A-Za-z0-9_.-]`.
+    /// The room id is empty, too long, `.` or `..`, or has characters outside `[A-Za-z0-9_.-]`.
     InvalidRoomId,
     /// The display name is empty, too long, or has control characters.
     InvalidName,
@@ -878,9 +878,12 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// Checks a room id: 1 to 64 characters of `[A-Za-z0-9_.-]`.
+/// Checks a room id: 1 to 64 characters of `[A-Za-z0-9_.-]`, but not `.` or `..` (a URL path
+/// segment that HTTP clients resolve away, so `/ws/..` could never reach the room).
 pub fn is_valid_room_id(room: &str) -> bool {
     (1..=64).contains(&room.len())
+        && room != "."
+        && room != ".."
         && room
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
@@ -988,6 +991,9 @@ mod tests {
         assert!(is_valid_room_id("demo-1.room_A"));
         assert!(!is_valid_room_id(""));
         assert!(!is_valid_room_id("a/b"));
+        assert!(!is_valid_room_id("."));
+        assert!(!is_valid_room_id(".."));
+        assert!(is_valid_room_id("..."));
         assert!(!is_valid_room_id(&"x".repeat(65)));
         assert!(is_valid_name("Zoë"));
         assert!(!is_valid_name("a\nb"));

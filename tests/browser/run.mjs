@@ -1343,14 +1343,18 @@ test('room names: an invalid name in a link is normalised the same for everyone,
     // The next case gets the machine to itself: no calls left running behind it.
     await Promise.all([one, two].map((p) => p.context.close()));
   }
-  // Nothing usable: refused, and the page joins no room at all.
-  const refused = await t.open('Refused', { url: `${base}/r/${encodeURIComponent('!!!')}?name=R` });
-  await refused.waitFor(() => document.body.dataset.roomRefused === '1', null, 'the refusal');
-  await new Promise((r) => setTimeout(r, 1000));
-  const state = await refused.eval(() => ({ signaling: document.body.dataset.signaling, path: location.pathname, banner: document.getElementById('banner-text').textContent }));
-  assert(state.signaling === 'idle', `no room joined: ${JSON.stringify(state)}`);
-  assert(/cannot be used as a room name/.test(state.banner), `the page says why: ${state.banner}`);
-  await t.screenshot(refused, 'state-room-refused.png');
+  // Nothing usable (or `..`, which a URL path cannot carry): refused, and the page joins no
+  // room at all.
+  for (const url of [`${base}/r/${encodeURIComponent('!!!')}?name=R`, `${base}/?room=..&name=R`]) {
+    const refused = await t.open('Refused', { url });
+    await refused.waitFor(() => document.body.dataset.roomRefused === '1', null, `the refusal of ${url}`);
+    await new Promise((r) => setTimeout(r, 1000));
+    const state = await refused.eval(() => ({ signaling: document.body.dataset.signaling, path: location.pathname, banner: document.getElementById('banner-text').textContent }));
+    assert(state.signaling === 'idle', `no room joined: ${JSON.stringify(state)}`);
+    assert(/cannot be used as a room name/.test(state.banner), `the page says why: ${state.banner}`);
+    if (url.includes('!!!')) await t.screenshot(refused, 'state-room-refused.png');
+    await refused.context.close();
+  }
 });
 
 test('phone: at 390 px the chat is an overlay with an unread count, names are not cut off, the invite uses the share sheet', async (t) => {
