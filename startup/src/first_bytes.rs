@@ -4,13 +4,14 @@
 //!
 //! - an HTTP request line starts with a method and a space (`GET `, `POST `, ... `PRI ` for the
 //!   HTTP/2 preface): the web side;
-//! - a STUN header has its top two bits `00` and the magic cookie `0x2112A442` at bytes 4..8,
-//!   ChannelData starts with `01` (channels 0x4000-0x7FFF): TURN;
+//! - a STUN header has its top two bits `00` and the magic cookie `0x2112A442` at bytes 4..8:
+//!   TURN;
 //! - anything else is neither, and the connection is refused.
 //!
-//! ChannelData's first byte can be an ASCII capital, so an HTTP method wins while the bytes can
-//! still become one (no TURN client starts a connection with ChannelData anyway: it needs an
-//! allocation, made on that very connection). [`classify`] is the pure decision; [`sniff`]
+//! ChannelData is refused too: no TURN client starts a connection with it (a channel needs an
+//! allocation, made by a STUN request on that very connection), and its shape (top bits `01`)
+//! takes in every ASCII letter, so accepting it would hand any text to the relay, past
+//! `--header-read-timeout`. [`classify`] is the pure decision; [`sniff`]
 //! reads the first bytes within a time limit and hands back a [`Replay`] stream that yields
 //! them again, so the side that takes the connection sees it from its first byte.
 
@@ -46,7 +47,7 @@ const HTTP_METHODS: [&[u8]; 10] = [
 /// What a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// STUN or ChannelData: TURN over TCP or TLS.
+    /// STUN: TURN over TCP or TLS.
     Turn,
     /// An HTTP request line (HTTPS, WebSocket upgrades).
     Http,
@@ -90,9 +91,7 @@ pub fn classify(first: &[u8]) -> Verdict {
                 Verdict::Is(Protocol::Turn)
             }
         }
-        // A ChannelData header is 4 bytes: channel number and length.
-        0b01 if first.len() < 4 => Verdict::NeedMore,
-        0b01 => Verdict::Is(Protocol::Turn),
+        // ChannelData (`01`) cannot open a connection; `10` and `11` are neither.
         _ => Verdict::Neither,
     }
 }
@@ -236,13 +235,14 @@ mod tests {
             (b"CONNECT x:443 HTTP/1.1\r\n", Verdict::Is(Http)),
             (b"PRI * HTTP/2.0\r\n", Verdict::Is(Http)),
             (&BINDING, Verdict::Is(Turn)),
-            // ChannelData on channel 0x4001 and coturn's 0x7ABC.
-            (&[0x40, 0x01, 0x00, 0x04, 1, 2, 3, 4], Verdict::Is(Turn)),
-            (&[0x7A, 0xBC, 0x00, 0x00], Verdict::Is(Turn)),
-            // A capital that no method continues is ChannelData.
-            (b"GEX\x00", Verdict::Is(Turn)),
-            // Lower case is not a method: it has ChannelData's shape (channels up to 0x7FFF).
-            (b"get / HTTP/1.1", Verdict::Is(Turn)),
+            // ChannelData (channel 0x4001, coturn's 0x7ABC) cannot open a connection.
+            (&[0x40, 0x01, 0x00, 0x04, 1, 2, 3, 4], Verdict::Neither),
+            (&[0x7A, 0xBC, 0x00, 0x00], Verdict::Neither),
+            // Text that is no method: a capital no method continues, lower case, JSON.
+            (b"GEX\x00", Verdict::Neither),
+            (b"XXXX", Verdict::Neither),
+            (b"get / HTTP/1.1", Verdict::Neither),
+            (b"{\"type\":\"join\"}", Verdict::Neither),
             // STUN's top bits without the cookie; TLS records; top bits 10 and 11.
             (
                 &[0x00, 0x01, 0x00, 0x00, 0xde, 0xad, 0xbe, 0xef],
@@ -271,7 +271,7 @@ mod tests {
         ];
         for bytes in whole {
             let end = classify(&bytes[..bytes.len().min(DECISIVE_LEN)]);
-            assert!(matches!(end, Verdict::Is(_)), "{bytes:x?}");
+            assert_ne!(end, Verdict::NeedMore, "{bytes:x?}");
             for cut in 0..bytes.len().min(DECISIVE_LEN) {
                 let verdict = classify(&bytes[..cut]);
                 assert!(
