@@ -33,6 +33,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// a client whose traffic flows keeps refreshing its permissions and channels well within it.
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
 
+/// A new connection must have sent its first whole message within this: a TURN client opens
+/// with a request at once, so silence or a message that never completes is a slow-loris client.
+const FIRST_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a closing connection may take to write out what was queued before it closed.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -71,12 +75,21 @@ where
 
 async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, five: FiveTuple) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK * 2);
+    let mut messages = 0u64;
     loop {
+        // A connection opens with a STUN request: ChannelData needs a channel bound on it
+        // first, and its shape (top bits `01`) is that of any text.
+        if messages == 0 && buf.first().is_some_and(|b| b >> 6 != 0) {
+            tracing::debug!(client = %five.client, "closing stream: it does not open with STUN");
+            shard.framing_error();
+            return;
+        }
         // Hand over every complete frame in the buffer.
         let mut consumed = 0;
         loop {
             match stream_frame_len(&buf[consumed..]) {
                 Ok(Some(len)) if buf.len() - consumed >= len => {
+                    messages += 1;
                     shard.handle_stream_message(five, &buf[consumed..consumed + len]);
                     consumed += len;
                 }
@@ -92,7 +105,12 @@ async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, fiv
         buf.drain(..consumed);
         debug_assert!(buf.len() <= MAX_FRAME_LEN);
         buf.reserve(READ_CHUNK);
-        match tokio::time::timeout(IDLE_TIMEOUT, reader.read_buf(&mut buf)).await {
+        let timeout = if messages == 0 {
+            FIRST_MESSAGE_TIMEOUT
+        } else {
+            IDLE_TIMEOUT
+        };
+        match tokio::time::timeout(timeout, reader.read_buf(&mut buf)).await {
             Ok(Ok(0) | Err(_)) => return,
             Ok(Ok(_)) => {}
             Err(_) => {

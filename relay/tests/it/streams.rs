@@ -90,3 +90,35 @@ fn ipv6_allocation_relays_to_an_ipv6_peer() {
         assert_eq!((channel, data), (0x4000, vec![i; 17]));
     }
 }
+
+/// A TURN client opens a stream with a STUN request. A connection that opens with anything else
+/// (text has ChannelData's top bits) is closed at once; one that sends nothing whole is closed
+/// after 10 s, not the 15 min idle timeout of a connection in use.
+#[test]
+fn a_stream_that_does_not_open_with_a_whole_stun_message_is_closed() {
+    use std::io::Read as _;
+    let relay = RelayProcess::start(USER_ON_LOOPBACK);
+    let tcp = relay.tcp.expect("tcp listener");
+    let closed_within = |mut stream: TcpStream, limit: Duration| {
+        stream.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 64];
+        let read = stream.read(&mut buf);
+        assert!(
+            matches!(read, Ok(0))
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "not closed within {limit:?}: {read:?}"
+        );
+    };
+    let mut text = TcpStream::connect(tcp).unwrap();
+    text.write_all(b"XXXX").unwrap();
+    closed_within(text, Duration::from_secs(3));
+
+    // A STUN header whose message never completes.
+    let mut stalled = TcpStream::connect(tcp).unwrap();
+    stalled
+        .write_all(&[0x00, 0x03, 0x00, 0x40, 0x21, 0x12, 0xA4, 0x42])
+        .unwrap();
+    closed_within(stalled, Duration::from_secs(15));
+}
