@@ -131,7 +131,9 @@ pub struct Config {
     pub auth_secrets: Vec<Secret>,
 
     /// Maximum simultaneous allocations per username (486 Allocation Quota Reached beyond).
-    #[arg(long, env = "RELAY_USER_QUOTA", default_value_t = 10)]
+    /// The default fits a peer of a full mesh room: 31 other peers, each connection allocating
+    /// once per TURN URL (UDP, TCP, TLS).
+    #[arg(long, env = "RELAY_USER_QUOTA", default_value_t = 100)]
     pub user_quota: u32,
 
     /// Maximum simultaneous allocations on the whole relay (486 beyond; 0 = unlimited).

@@ -156,7 +156,7 @@ fn ipv4_in_ipv6_encodings_of_loopback_are_denied() {
 
 #[test]
 fn eleventh_allocation_of_a_user_gets_486() {
-    let relay = RelayProcess::start(&["--user", "u:p", "--user", "v:q"]);
+    let relay = RelayProcess::start(&["--user", "u:p", "--user", "v:q", "--user-quota", "10"]);
     let mut held = Vec::new();
     for i in 0..10 {
         let mut c = TestClient::new(relay.udp, "u", "p");

@@ -328,7 +328,8 @@ fn eleventh_allocation_of_a_user_gets_486_across_shards() {
     let t0 = std::time::Instant::now();
     let shared = std::sync::Arc::new(SharedQuotas::new());
     // One config cloned for every shard: they share the nonce secret.
-    let cfg = config(t0);
+    let mut cfg = config(t0);
+    cfg.quotas.allocations_per_user = 10;
     let mut shards: Vec<Harness> = (0..2)
         .map(|_| {
             let mut h = Harness::with_config(t0, cfg.clone());
