@@ -58,6 +58,9 @@ pub enum AcmeError {
     /// A key or certificate could not be generated.
     #[error("generating a key or certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// `--acme-directory-ca` cannot be read, or holds no certificate.
+    #[error("--acme-directory-ca {path}: {message}")]
+    DirectoryCa { path: String, message: String },
 }
 
 /// What `--acme-*` asks for.
@@ -130,6 +133,9 @@ pub fn start(
     crate::tls::install_crypto_provider();
     if settings.domains.is_empty() {
         return Err(AcmeError::Challenge("no --acme-domain".into()));
+    }
+    if let Some(ca) = &settings.directory_ca {
+        check_directory_ca(ca)?;
     }
     let cache = cache::Cache::open(&settings.cache, &settings.directory, &settings.domains)?;
     let resolver = Arc::new(AcmeResolver::default());
@@ -262,4 +268,47 @@ impl Manager {
 fn unix(time: SystemTime) -> u64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Checks that `--acme-directory-ca` names a readable PEM file with at least one certificate, so
+/// a wrong path stops the start instead of failing every order.
+fn check_directory_ca(path: &std::path::Path) -> Result<(), AcmeError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let refused = |message: String| AcmeError::DirectoryCa {
+        path: path.display().to_string(),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect)
+        .map_err(|e| refused(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(refused("no CERTIFICATE block".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_ca_must_be_a_readable_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = check_directory_ca(&missing).unwrap_err().to_string();
+        assert!(err.contains("missing.pem"), "{err}");
+        let key_only = dir.path().join("key.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&key_only, key.serialize_pem()).unwrap();
+        let err = check_directory_ca(&key_only).unwrap_err().to_string();
+        assert!(err.contains("no CERTIFICATE"), "{err}");
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::CertificateParams::new(vec!["ca.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&ca, cert.pem()).unwrap();
+        check_directory_ca(&ca).unwrap();
+    }
 }
