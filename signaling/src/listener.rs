@@ -1,15 +1,17 @@
 //! The accept loop: HTTP/1.1 connections served by hyper under the limits a public server needs
 //! against slow or abusive clients (slowloris):
 //!
-//! - a connection must send its request headers within `--header-read-timeout`, or it is closed;
+//! - a connection must be through its edge steps (PROXY header, TLS handshake, first bytes)
+//!   within `--header-read-timeout` of the accept, and send each request's headers within
+//!   `--header-read-timeout`, or it is closed; headers over [`MAX_HEADER_BYTES`] get 431;
 //! - at most `--max-http-connections` connections may be open and not upgraded to a WebSocket
 //!   (past that, new ones are closed at once and counted);
 //! - when accepting fails because the process is out of file descriptors (EMFILE/ENFILE), the
 //!   loop backs off for a moment and goes on serving instead of spinning;
 //! - at start-up, a warning when `ulimit -n` is below what `--max-connections` needs.
 //!
-//! With `--shared-port` (and `--with-relay`), a connection whose first bytes are STUN or
-//! ChannelData rather than an HTTP request line is handed to the in-process relay as a TURN
+//! With `--shared-port` (and `--with-relay`), a connection whose first bytes are STUN rather
+//! than an HTTP request line is handed to the in-process relay as a TURN
 //! stream (`startup::first_bytes` decides; the bytes read are replayed to whichever side takes
 //! it); it then leaves this count for the relay's `--max-connections`.
 //!
@@ -97,9 +99,10 @@ impl Drop for Pending {
 
 /// Serves `router` on `listener` until `stop` is cancelled; connections in progress are then
 /// shut down gracefully (upgraded WebSockets are no longer HTTP connections: the drain closes
-/// them). Each step of the `edge` (the PROXY header, the TLS handshake) must finish within
-/// `--header-read-timeout` too, and counts against `--max-http-connections` while it runs; a
-/// connection that fails one is closed and counted. With TLS, every connection is HTTPS (and
+/// them). The steps of the `edge` (the PROXY header, the TLS handshake, the first bytes on a
+/// shared port) must all finish within `--header-read-timeout` of the accept, and count against
+/// `--max-http-connections` while they run; a connection that fails one is closed and counted.
+/// The request headers then get `--header-read-timeout` of their own (hyper's timer). With TLS, every connection is HTTPS (and
 /// its WebSockets WSS).
 pub async fn serve(
     listener: TcpListener,
@@ -143,15 +146,16 @@ pub async fn serve(
         let stop = stop.clone();
         let edge = edge.clone();
         let metrics = Arc::clone(&metrics);
+        // The PROXY header, the TLS handshake and the first bytes share one deadline.
+        let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+        let left = move || deadline.saturating_duration_since(tokio::time::Instant::now());
         tokio::spawn(async move {
             let mut tcp = tcp;
             let Ok(local) = tcp.local_addr() else {
                 return;
             };
             let peer = if edge.proxy_protocol {
-                let header_read_timeout = limits.header_read_timeout;
-                let client =
-                    startup::proxy_protocol::client_within(&mut tcp, peer, header_read_timeout);
+                let client = startup::proxy_protocol::client_within(&mut tcp, peer, left());
                 match client.await {
                     Ok(client) => client,
                     Err(e) => {
@@ -168,16 +172,18 @@ pub async fn serve(
                     peer,
                     local,
                     secure: false,
+                    deadline,
                 };
                 serve_or_hand_over(tcp, conn, &edge, router, limits, guard, stop, &metrics).await;
                 return;
             };
-            match tokio::time::timeout(limits.header_read_timeout, tls.accept(tcp)).await {
+            match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     let conn = Conn {
                         peer,
                         local,
                         secure: true,
+                        deadline,
                     };
                     serve_or_hand_over(stream, conn, &edge, router, limits, guard, stop, &metrics)
                         .await;
@@ -195,7 +201,12 @@ pub async fn serve(
     }
 }
 
-/// A connection past its PROXY header: the client, our address, and whether it is TLS.
+/// The most bytes of request headers a connection may send (hyper's read buffer; beyond it the
+/// request gets 431): what a browser's WebSocket upgrade with cookies needs, many times over.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// A connection past its PROXY header: the client, our address, whether it is TLS, and when
+/// its edge steps (PROXY header, TLS handshake, first bytes) must be done.
 #[derive(Clone, Copy)]
 struct Conn {
     peer: SocketAddr,
@@ -203,10 +214,12 @@ struct Conn {
     local: SocketAddr,
     #[cfg_attr(not(feature = "with-relay"), allow(dead_code))]
     secure: bool,
+    #[cfg_attr(not(feature = "with-relay"), allow(dead_code))]
+    deadline: tokio::time::Instant,
 }
 
 /// HTTP on `io`; with `--shared-port`, HTTP or (handed to the in-process relay) TURN, by the
-/// first bytes, which must come within `--header-read-timeout`.
+/// first bytes, which must come by the connection's edge deadline.
 #[allow(clippy::too_many_arguments)]
 async fn serve_or_hand_over<I>(
     io: I,
@@ -224,7 +237,10 @@ async fn serve_or_hand_over<I>(
     if let Some(intake) = &edge.turn {
         use startup::first_bytes::{Protocol, sniff};
         let peer = conn.peer;
-        match sniff(io, limits.header_read_timeout).await {
+        let left = conn
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        match sniff(io, left).await {
             Ok((Protocol::Http, io)) => {
                 serve_connection(io, peer, router, limits, guard, stop).await;
             }
@@ -277,7 +293,9 @@ async fn serve_connection<I>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_HEADER_BYTES);
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

@@ -543,6 +543,29 @@ async fn connections_and_joins_are_limited_per_client_address() {
     );
 }
 
+/// Request headers are bounded (64 KiB): a connection cannot hold hundreds of KiB while it
+/// sends them.
+#[tokio::test]
+async fn request_headers_over_64_kib_get_431() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = Server::spawn(&[]);
+    for (size, status) in [(60_000, "200"), (70_000, "431")] {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let request = format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(size)
+        );
+        let _ = tcp.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{size} bytes of headers: {answer}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn slowloris_connections_time_out_and_never_lock_out_a_real_client() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -381,3 +381,40 @@ async fn a_standalone_relay_forwards_the_web_to_its_upstream_and_serves_turn_on_
     );
     relay.shutdown().await;
 }
+
+/// The PROXY header, the TLS handshake and the first bytes share one `--header-read-timeout`
+/// from the accept: a client that takes most of it for the PROXY header cannot then take as
+/// long again before its first bytes.
+#[tokio::test]
+async fn the_edge_steps_share_one_header_read_timeout() {
+    let mut flags = relay_flags();
+    flags.extend(["--proxy-protocol", "--header-read-timeout", "2s"]);
+    let server = Server::spawn(&flags);
+    let header = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 443\r\n";
+
+    // Within the deadline, all steps together: served.
+    let mut quick = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    quick.write_all(header).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    quick
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), quick.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Each step within 2 s, but not all of them: closed unanswered.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    slow.write_all(header).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = slow
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "answered: {read:?}");
+}
