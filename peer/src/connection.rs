@@ -198,7 +198,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         )
         .build();
     // webrtc speaks TURN over UDP only: TCP TURN URLs go through local bridges.
-    let mut bridges = TurnTcpBridges::new(options.turn_ca.clone());
+    let mut bridges = TurnTcpBridges::new(options.turn_ca_files());
     let usable = usable_servers(&ctx.ice_servers, options.no_turn);
     let turn_urls = turn_urls(&usable);
     let ice_servers = bridges.map(&usable).await;

@@ -14,6 +14,21 @@ pub enum PeerError {
     #[error("signaling connection failed: {0}")]
     SignalingConnect(#[from] Box<tokio_tungstenite::tungstenite::Error>),
 
+    /// The `wss://` signaling server's TLS certificate failed verification against the
+    /// trusted CAs (the system bundle plus [`PeerOptions::ca`](crate::PeerOptions::ca)):
+    /// issued by an unknown CA (e.g. self-signed), expired, or for another name.
+    #[error("signaling server certificate not trusted: {source}")]
+    UntrustedCertificate {
+        /// `rustls::Error::InvalidCertificate`, saying why.
+        #[source]
+        source: tokio_rustls::rustls::Error,
+    },
+
+    /// The CAs to trust for TLS could not be loaded (an unreadable CA file, or nothing to
+    /// trust).
+    #[error("TLS trust: {0}")]
+    TlsRoots(#[from] crate::TlsRootsError),
+
     /// The signaling server refused a request or ended the session.
     #[error("signaling server error {code}: {message}")]
     Signaling { code: ErrorCode, message: String },
@@ -55,8 +70,27 @@ pub enum PeerError {
 }
 
 impl From<tokio_tungstenite::tungstenite::Error> for PeerError {
+    /// A TLS handshake that failed on the server's certificate becomes
+    /// [`PeerError::UntrustedCertificate`]; anything else [`PeerError::SignalingConnect`].
     fn from(err: tokio_tungstenite::tungstenite::Error) -> Self {
-        Self::SignalingConnect(Box::new(err))
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        use tokio_tungstenite::tungstenite::error::TlsError;
+        let rustls_error = match &err {
+            // tokio-rustls reports a failed handshake as an I/O error wrapping rustls's.
+            WsError::Io(io) => io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>()),
+            WsError::Tls(TlsError::Rustls(rustls)) => Some(rustls.as_ref()),
+            _ => None,
+        };
+        match rustls_error {
+            Some(source @ tokio_rustls::rustls::Error::InvalidCertificate(_)) => {
+                Self::UntrustedCertificate {
+                    source: source.clone(),
+                }
+            }
+            _ => Self::SignalingConnect(Box::new(err)),
+        }
     }
 }
 

@@ -17,7 +17,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Signaling transport: WebSocket only (`ws://` or `wss://`). The server's HTTP fallbacks (SSE +
+//! Signaling transport: WebSocket only (`ws://` or `wss://`; TLS with rustls on ring, trusting
+//! the system CA bundle plus [`PeerOptions::ca`]). The server's HTTP fallbacks (SSE +
 //! POST, long-polling; `docs/protocol.md`, "When WebSockets are blocked") are for browsers
 //! behind proxies that refuse WebSockets; the JS client uses them, this SDK does not.
 //!
@@ -27,7 +28,7 @@
 //! connection per remote peer), [`channel`] (data channels and their registry), `room` (which
 //! connection exists for which peer), `ice_servers` (fresh ICE servers: credential refresh or
 //! relay move, and which connections restart ICE), `turn_tcp_bridge` (TURN over TCP for
-//! webrtc), [`error`].
+//! webrtc), `tls_roots` (the CAs trusted for `wss://` and `turns:`), [`error`].
 
 pub mod channel;
 mod connection;
@@ -37,8 +38,10 @@ mod negotiation;
 mod resend;
 mod room;
 mod signaling_client;
+mod tls_roots;
 mod turn_tcp_bridge;
 
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -50,6 +53,7 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 pub use channel::ChannelKind;
 pub use error::{PeerError, Result};
 pub use signaling::protocol;
+pub use tls_roots::TlsRootsError;
 
 use channel::{ChannelRegistry, send_on};
 use room::{Room, RoomCommand};
@@ -71,8 +75,22 @@ pub struct PeerOptions {
     /// Per-channel bound on bytes handed to a channel but not yet acknowledged: `send` waits
     /// when it is reached (back-pressure instead of unbounded buffering).
     pub send_buffer_limit: usize,
-    /// Extra CA certificates (PEM file) trusted for `turns:` relays, besides the system bundle.
-    pub turn_ca: Option<std::path::PathBuf>,
+    /// Extra CA certificates (a PEM file, one or more certificates) trusted besides the system
+    /// CA bundle, for `wss://` signaling and `turns:` relays alike: the CA of a server with a
+    /// private or self-signed certificate (`signaling --tls-self-signed` prints its
+    /// certificate). Without it, such a server's certificate is not trusted and
+    /// [`Peer::connect`] fails with [`PeerError::UntrustedCertificate`].
+    pub ca: Option<PathBuf>,
+    /// Extra CA certificates (PEM file) trusted for `turns:` relays only, on top of
+    /// [`ca`](Self::ca).
+    pub turn_ca: Option<PathBuf>,
+}
+
+impl PeerOptions {
+    /// The extra CA files trusted for `turns:` relays.
+    fn turn_ca_files(&self) -> Vec<PathBuf> {
+        self.ca.iter().chain(&self.turn_ca).cloned().collect()
+    }
 }
 
 impl Default for PeerOptions {
@@ -83,6 +101,7 @@ impl Default for PeerOptions {
             no_turn: false,
             udp_addrs: vec!["0.0.0.0:0".to_owned()],
             send_buffer_limit: 1024 * 1024,
+            ca: None,
             turn_ca: None,
         }
     }
@@ -240,11 +259,11 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Joins the room named by the signaling URL (`ws://host:port/ws/ROOM`) and starts
-    /// connecting to every peer in it. Returns once the server welcomed us.
+    /// Joins the room named by the signaling URL (`ws://host:port/ws/ROOM`, or `wss://` for
+    /// TLS) and starts connecting to every peer in it. Returns once the server welcomed us.
     pub async fn connect(url: &str, options: PeerOptions) -> Result<(Self, PeerEvents)> {
         let (signaling, info, signaling_rx) =
-            SignalingClient::connect(url, options.name.clone()).await?;
+            SignalingClient::connect(url, options.name.clone(), options.ca.as_deref()).await?;
         let (events_tx, events_rx) = mpsc::channel(4096);
         let registry = Arc::new(ChannelRegistry::default());
         let me = Arc::new(RwLock::new(info.peer_id.clone()));

@@ -10,9 +10,11 @@
 //! a new session and says so. Outgoing messages written while disconnected are kept and sent
 //! after the session is back; `signal` and `broadcast` frames are numbered (`cseq`) and kept
 //! until the server confirms them, so those a dropped socket swallowed are sent again after
-//! the resume, and take effect exactly once ([`ResendLog`]).
+//! the resume, and take effect exactly once ([`ResendLog`]). `wss://` URLs are opened with
+//! rustls, trusting the system CA bundle plus an optional CA file (`tls_roots`).
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -25,10 +27,13 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{
+    Connector, MaybeTlsStream, WebSocketStream, connect_async_tls_with_config,
+};
 
 use crate::error::{PeerError, Result};
 use crate::resend::ResendLog;
+use crate::tls_roots;
 
 type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -72,18 +77,22 @@ enum Outgoing {
 }
 
 impl SignalingClient {
-    /// Connects, joins the room named by the URL and starts the session task.
+    /// Connects, joins the room named by the URL and starts the session task. A `wss://` URL
+    /// trusts the system CA bundle plus the certificates of `ca` (a PEM file).
     pub(crate) async fn connect(
         url: &str,
         name: Option<String>,
+        ca: Option<&Path>,
     ) -> Result<(Self, SessionInfo, mpsc::UnboundedReceiver<SignalingEvent>)> {
         validate_url(url)?;
-        let mut ws = open(url).await?;
+        let connector = connector(url, ca)?;
+        let mut ws = open(url, &connector).await?;
         let (info, seq) = join(&mut ws, name.clone()).await?;
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let session = Session {
             url: url.to_owned(),
+            connector,
             name,
             resume_token: info.resume_token.clone(),
             ping_timeout: Duration::from_millis(info.ping_timeout_ms.max(500)),
@@ -130,8 +139,19 @@ pub(crate) fn validate_url(url: &str) -> Result<()> {
     }
 }
 
-async fn open(url: &str) -> Result<WsStream> {
-    let (ws, _response) = timeout(HANDSHAKE_TIMEOUT, connect_async(url))
+/// How to open sockets to `url`: plain for `ws://`, rustls trusting the system CA bundle
+/// and `ca` for `wss://` (built once, reused by every reconnect).
+fn connector(url: &str, ca: Option<&Path>) -> Result<Connector> {
+    if url.starts_with("wss://") {
+        Ok(Connector::Rustls(tls_roots::client_config(ca)?))
+    } else {
+        Ok(Connector::Plain)
+    }
+}
+
+async fn open(url: &str, connector: &Connector) -> Result<WsStream> {
+    let connect = connect_async_tls_with_config(url, None, false, Some(connector.clone()));
+    let (ws, _response) = timeout(HANDSHAKE_TIMEOUT, connect)
         .await
         .map_err(|_| PeerError::SignalingTimeout(HANDSHAKE_TIMEOUT))??;
     Ok(ws)
@@ -238,6 +258,8 @@ enum Reconnect {
 
 struct Session {
     url: String,
+    /// Plain or TLS (with the trusted CAs), for every socket of the session.
+    connector: Connector,
     name: Option<String>,
     resume_token: ResumeToken,
     ping_timeout: Duration,
@@ -524,7 +546,7 @@ impl Session {
 
     /// A new socket to the server, or `None` (logged) when it cannot be opened.
     async fn open_socket(&self) -> Option<WsStream> {
-        open(&self.url)
+        open(&self.url, &self.connector)
             .await
             .inspect_err(|err| tracing::debug!("signaling reconnect failed: {err}"))
             .ok()
@@ -711,10 +733,12 @@ mod tests {
         let proxy = DeafProxy::start(server_addr).await;
 
         // B joins straight to the server, A through the proxy with the SDK.
-        let mut b = open(&format!("ws://{server_addr}/ws/deaf")).await.unwrap();
+        let mut b = open(&format!("ws://{server_addr}/ws/deaf"), &Connector::Plain)
+            .await
+            .unwrap();
         join(&mut b, Some("b".into())).await.unwrap();
         let url = format!("ws://{}/ws/deaf", proxy.addr);
-        let (a, _info, mut events) = SignalingClient::connect(&url, Some("a".into()))
+        let (a, _info, mut events) = SignalingClient::connect(&url, Some("a".into()), None)
             .await
             .unwrap();
         let broadcast = |n: u32| ClientMessage::Broadcast {

@@ -8,13 +8,13 @@
 //! message is self-delimiting by its 20-byte header and length; ChannelData by its 4-byte
 //! header, padded to a multiple of 4 bytes on streams) and come back as single datagrams with
 //! the padding stripped. `turns:` URLs get the same bridge over TLS (rustls, ring), verified
-//! against the system CA bundle plus an optional extra CA file. UDP TURN URLs are left as they
-//! are.
+//! against the system CA bundle plus the extra CA files (`tls_roots`). UDP TURN URLs are left
+//! as they are.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +26,10 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::ice_servers::TurnUrl;
+use crate::tls_roots;
 
 /// Bound on connecting to the relay.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,13 +40,6 @@ const MAX_CLIENTS: usize = 32;
 const UPSTREAM_QUEUE: usize = 256;
 /// Largest datagram read from `webrtc`.
 const MAX_DATAGRAM: usize = 65_535;
-
-/// System CA bundles, first one found wins (Debian/Ubuntu, Fedora/RHEL, Alpine/OpenSSL).
-const SYSTEM_CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
 
 /// A TURN URL over a stream (`turn:...?transport=tcp` or `turns:`), split into what the bridge
 /// connects to.
@@ -81,8 +73,8 @@ impl StreamTurnUrl {
 /// (an allocation made through a bridge keeps using it after its credentials are refreshed).
 pub(crate) struct TurnTcpBridges {
     bridges: HashMap<String, Bridge>,
-    /// Extra CA certificates (PEM) trusted for `turns:` besides the system bundle.
-    extra_ca: Option<PathBuf>,
+    /// Extra CA files (PEM) trusted for `turns:` besides the system bundle.
+    extra_ca: Vec<PathBuf>,
     /// Built on the first `turns:` URL.
     tls: Option<TlsConnector>,
 }
@@ -99,7 +91,7 @@ impl Drop for Bridge {
 }
 
 impl TurnTcpBridges {
-    pub(crate) fn new(extra_ca: Option<PathBuf>) -> Self {
+    pub(crate) fn new(extra_ca: Vec<PathBuf>) -> Self {
         Self {
             bridges: HashMap::new(),
             extra_ca,
@@ -148,8 +140,8 @@ impl TurnTcpBridges {
         }
         let tls = if target.tls {
             if self.tls.is_none() {
-                match tls_connector(self.extra_ca.as_deref()) {
-                    Ok(connector) => self.tls = Some(connector),
+                match tls_roots::client_config(self.extra_ca.iter().map(PathBuf::as_path)) {
+                    Ok(config) => self.tls = Some(TlsConnector::from(config)),
                     Err(err) => {
                         tracing::warn!(%url, "cannot set up TLS for TURN: {err}");
                         return None;
@@ -177,39 +169,6 @@ impl TurnTcpBridges {
 
 fn local_url(local: SocketAddr) -> String {
     format!("turn:{local}?transport=udp")
-}
-
-/// A TLS client trusting the system CA bundle and `extra_ca`.
-fn tls_connector(extra_ca: Option<&Path>) -> io::Result<TlsConnector> {
-    let mut roots = RootCertStore::empty();
-    let system = SYSTEM_CA_BUNDLES
-        .iter()
-        .map(Path::new)
-        .find(|path| path.is_file());
-    for path in system.into_iter().chain(extra_ca) {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|err| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {err}", path.display()),
-                )
-            })?;
-        let (added, ignored) = roots.add_parsable_certificates(certs);
-        tracing::debug!(path = %path.display(), added, ignored, "TURN TLS roots");
-    }
-    if roots.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "no CA certificates (no system bundle and no --turn-ca)",
-        ));
-    }
-    let config = ClientConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 async fn start(target: StreamTurnUrl, tls: Option<TlsConnector>) -> io::Result<Bridge> {

@@ -105,8 +105,14 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
+    // A private or self-signed certificate is trusted by `peer` with `--ca`.
+    let trust = if state.tls.is_some() && state.config.acme_domains.is_empty() {
+        " --ca CA.pem"
+    } else {
+        ""
+    };
     println!(
-        "web demo: open {http}://{addr}/ in two browser tabs (or `peer join {ws}://{addr}/ws/ROOM`)"
+        "web demo: open {http}://{addr}/ in two browser tabs (or `peer join {ws}://{addr}/ws/ROOM{trust}`)"
     );
 
     // SIGHUP reads the configuration and the certificate files again (and no longer ends the

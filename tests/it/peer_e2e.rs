@@ -825,3 +825,95 @@ fn a_relay_refusing_loopback_peers_is_not_reported_as_an_error() {
         assert!(!text.contains("ERROR"), "{text}");
     }
 }
+
+/// The `signaling` binary serving HTTPS and WSS with `--tls-self-signed`, and the certificate
+/// it printed, in a file for `peer --ca`.
+struct TlsSignaling {
+    _proc: Proc,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    ca_file: std::path::PathBuf,
+}
+
+impl TlsSignaling {
+    /// The secure WebSocket URL of `room` on this server.
+    fn room_url(&self, room: &str) -> String {
+        format!("wss://{}/ws/{room}", self.addr)
+    }
+}
+
+fn start_tls_signaling() -> TlsSignaling {
+    let mut proc = spawn(
+        "signaling",
+        &["--listen", "127.0.0.1:0", "--tls-self-signed"],
+        false,
+    );
+    let line = proc.wait_line(Duration::from_secs(20), |l| {
+        l.contains("listening on https://")
+    });
+    let addr = line
+        .rsplit("https://")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .expect("signaling address");
+    // The PEM follows the listening line.
+    proc.wait_line(Duration::from_secs(20), |l| {
+        l.starts_with("-----END CERTIFICATE")
+    });
+    let begin = proc
+        .seen
+        .iter()
+        .position(|l| l.starts_with("-----BEGIN CERTIFICATE"))
+        .expect("self-signed certificate printed");
+    let pem = proc.seen[begin..].join("\n") + "\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("signaling-ca.pem");
+    std::fs::write(&ca_file, pem).expect("write CA file");
+    TlsSignaling {
+        _proc: proc,
+        addr,
+        _dir: dir,
+        ca_file,
+    }
+}
+
+/// `peer join wss://...`: without `--ca` a self-signed certificate is refused with a message
+/// naming the cause and the way out, and exit status 1; with `--ca` two peers join and chat.
+#[test]
+fn peers_chat_over_wss_trusting_the_ca_and_refuse_an_untrusted_certificate() {
+    let signaling = start_tls_signaling();
+    let url = signaling.room_url("wss-chat");
+
+    let stderr = StderrFile::new();
+    let mut untrusted = spawn_with_stderr(
+        "peer",
+        &["join", &url, "--name", "z", "--bind", "127.0.0.1"],
+        true,
+        stderr.stdio(),
+    );
+    let status = untrusted.wait_exit(Duration::from_secs(20));
+    untrusted.read_for(Duration::from_millis(200));
+    let text = stderr.text();
+    assert_eq!(status.code(), Some(1), "{status}: {text}");
+    assert!(text.starts_with("error: "), "{text}");
+    assert!(text.contains("certificate not trusted"), "{text}");
+    assert!(text.contains("--ca FILE"), "{text}");
+    assert!(
+        !untrusted.seen.iter().any(|l| l.starts_with("* joined")),
+        "joined without trusting the certificate:\n{}",
+        untrusted.seen.join("\n")
+    );
+
+    let ca = signaling.ca_file.to_string_lossy().into_owned();
+    let extra = ["--ca", ca.as_str()];
+    let mut alice = join_with(&url, "alice", false, &extra);
+    wait_joined(&mut alice);
+    let mut bob = join_with(&url, "bob", false, &extra);
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(Duration::from_secs(30), reliable_channel_open);
+    }
+    say(&mut alice, "over wss");
+    expect_chat(&mut bob, "alice: over wss");
+    say(&mut bob, "and back");
+    expect_chat(&mut alice, "bob: and back");
+}

@@ -12,10 +12,10 @@ mod probe;
 
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use peer::protocol::PeerId;
-use peer::{ChannelKind, Peer, PeerEvent, PeerEvents, PeerOptions, SelectedPair};
+use peer::{ChannelKind, Peer, PeerError, PeerEvent, PeerEvents, PeerOptions, SelectedPair};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,7 +36,8 @@ enum Command {
     /// first peer that connects, if none is connected yet) and the room is left. When the
     /// server ends the session for good (an operator's `kicked` or `room_closed`, or no resume
     /// or join possible for five minutes) it prints `* signaling-closed reason=...` and exits with
-    /// status 1.
+    /// status 1. It exits with status 1 too, printing `error: ...`, when it cannot join: the
+    /// server is unreachable, refuses, or (wss://) has a certificate not trusted (see --ca).
     Join {
         /// Signaling URL naming the room, e.g. ws://127.0.0.1:8080/ws/demo
         url: String,
@@ -92,7 +93,11 @@ pub(crate) struct CommonArgs {
     /// One JSON object per output line.
     #[arg(long)]
     json: bool,
-    /// Extra CA certificates (PEM) to trust for `turns:` relays, besides the system bundle.
+    /// Trust this PEM CA bundle too, besides the system one, for wss:// signaling and turns:
+    /// relays (e.g. the certificate `signaling --tls-self-signed` prints).
+    #[arg(long, env = "PEER_CA", value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
+    /// Trust this PEM CA bundle too, for turns: relays only (on top of --ca).
     #[arg(long, env = "PEER_TURN_CA", value_name = "PEM")]
     turn_ca: Option<std::path::PathBuf>,
 }
@@ -103,6 +108,7 @@ impl CommonArgs {
             name: self.name.clone().or_else(default_name),
             relay_only: self.relay_only,
             udp_addrs: vec![std::net::SocketAddr::new(self.bind, 0).to_string()],
+            ca: self.ca.clone(),
             turn_ca: self.turn_ca.clone(),
             ..PeerOptions::default()
         }
@@ -261,7 +267,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Joins the room of `url` with the options of `common` and prints the `joined` notice (room
 /// and own id): how every subcommand with one peer starts.
 pub(crate) async fn join(url: &str, common: &CommonArgs) -> anyhow::Result<(Peer, PeerEvents)> {
-    let (peer, events) = Peer::connect(url, common.options()).await?;
+    let (peer, events) = connect(url, common.options()).await?;
     common.output().notice(
         "joined",
         &[
@@ -270,6 +276,21 @@ pub(crate) async fn join(url: &str, common: &CommonArgs) -> anyhow::Result<(Peer
         ],
     );
     Ok((peer, events))
+}
+
+/// [`Peer::connect`], with the way out of an untrusted certificate in its error.
+pub(crate) async fn connect(url: &str, options: PeerOptions) -> anyhow::Result<(Peer, PeerEvents)> {
+    Peer::connect(url, options).await.map_err(with_hint)
+}
+
+/// An SDK error for the user, with the flag that fixes it where there is one.
+fn with_hint(err: PeerError) -> anyhow::Error {
+    match err {
+        PeerError::UntrustedCertificate { .. } => {
+            anyhow!("{err} (pass --ca FILE with the PEM certificate of its CA to trust it)")
+        }
+        err => err.into(),
+    }
 }
 
 /// Waits for the first remote peer whose reliable channel opens.
@@ -315,7 +336,7 @@ mod tests {
     #[test]
     fn a_cause_quoted_by_its_wrapper_is_printed_once() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
-        let err = peer::PeerError::from(tokio_tungstenite::tungstenite::Error::Io(io));
+        let err = PeerError::from(tokio_tungstenite::tungstenite::Error::Io(io));
         let line = error_chain(&anyhow::Error::from(err));
         assert_eq!(
             line,
@@ -323,6 +344,33 @@ mod tests {
         );
         let err = anyhow::anyhow!("disk full").context("write out.bin");
         assert_eq!(error_chain(&err), "write out.bin: disk full");
+    }
+
+    #[test]
+    fn an_untrusted_certificate_names_the_cause_and_the_flag() {
+        use tokio_rustls::rustls;
+        let handshake = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let err = PeerError::from(tokio_tungstenite::tungstenite::Error::Io(handshake));
+        assert!(
+            matches!(err, PeerError::UntrustedCertificate { .. }),
+            "{err}"
+        );
+        assert_eq!(
+            error_chain(&with_hint(err)),
+            "signaling server certificate not trusted: invalid peer certificate: UnknownIssuer \
+             (pass --ca FILE with the PEM certificate of its CA to trust it)"
+        );
+        // Any other TLS failure stays a connection failure, without the hint.
+        let other = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::HandshakeNotComplete,
+        );
+        let err = PeerError::from(tokio_tungstenite::tungstenite::Error::Io(other));
+        assert!(matches!(err, PeerError::SignalingConnect(_)), "{err}");
+        assert!(!error_chain(&with_hint(err)).contains("--ca"));
     }
 
     #[test]

@@ -207,8 +207,8 @@ async fn self_pair(
     out: &Output,
     mode: &str,
 ) -> anyhow::Result<SelectedPair> {
-    let (a, mut a_events) = Peer::connect(url, options.clone()).await?;
-    let (b, mut b_events) = Peer::connect(url, options).await?;
+    let (a, mut a_events) = super::connect(url, options.clone()).await?;
+    let (b, mut b_events) = super::connect(url, options).await?;
     let b = Arc::new(b);
     let responder = {
         let b = b.clone();
