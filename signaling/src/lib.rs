@@ -197,9 +197,19 @@ pub(crate) mod server {
 
     fn tls_config(config: &Config, metrics: &Arc<Metrics>) -> Result<TlsSetup, Error> {
         let tls_error = |e: startup::tls::TlsError| Error::Config(format!("TLS: {e}"));
-        let acceptor = tokio_rustls::TlsAcceptor::from;
+        // The same ALPN ids whatever the certificate's source (ACME's configuration has them,
+        // next to its own `acme-tls/1`).
+        let acceptor = |server_config: Arc<TlsServerConfig>| {
+            let mut server_config = Arc::unwrap_or_clone(server_config);
+            server_config.alpn_protocols = alpn_protocols(config);
+            tokio_rustls::TlsAcceptor::from(Arc::new(server_config))
+        };
         if let Some(server_config) = acme_config(config, metrics)? {
-            return Ok((Some(acceptor(server_config)), None, None));
+            return Ok((
+                Some(tokio_rustls::TlsAcceptor::from(server_config)),
+                None,
+                None,
+            ));
         }
         if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
             let (server_config, files) =
@@ -218,6 +228,21 @@ pub(crate) mod server {
     }
 
     use tokio_rustls::rustls::ServerConfig as TlsServerConfig;
+
+    /// The ALPN ids the TLS listener offers: HTTP/1.1 (the only HTTP it speaks, so an
+    /// HTTP/2-only client is refused in the handshake), and on the shared port the ids of RFC
+    /// 7443 for TURN clients that send one.
+    fn alpn_protocols(config: &Config) -> Vec<Vec<u8>> {
+        #[allow(unused_mut)]
+        let mut alpn = vec![b"http/1.1".to_vec()];
+        #[cfg(feature = "with-relay")]
+        if config.shared_port {
+            alpn.extend([b"stun.turn".to_vec(), b"stun.nat-discovery".to_vec()]);
+        }
+        #[cfg(not(feature = "with-relay"))]
+        let _ = config;
+        alpn
+    }
 
     /// With `--acme-domain`: the TLS configuration whose certificate ACME obtains and renews,
     /// its manager running on the current runtime (it ends with the runtime).
@@ -241,15 +266,9 @@ pub(crate) mod server {
         };
         let report_to = Arc::clone(metrics);
         let report: startup::acme::Report = Arc::new(move |status| report_to.acme(status));
-        #[allow(unused_mut)]
-        let mut alpn = vec![b"http/1.1".to_vec()];
-        // TURN over TLS on the shared port: the ALPN ids of RFC 7443, for clients that send one.
-        #[cfg(feature = "with-relay")]
-        if config.shared_port {
-            alpn.extend([b"stun.turn".to_vec(), b"stun.nat-discovery".to_vec()]);
-        }
-        let (server_config, manager) = startup::acme::start(settings, alpn, report)
-            .map_err(|e| Error::Config(format!("ACME: {e}")))?;
+        let (server_config, manager) =
+            startup::acme::start(settings, alpn_protocols(config), report)
+                .map_err(|e| Error::Config(format!("ACME: {e}")))?;
         tokio::spawn(manager.run());
         Ok(Some(server_config))
     }
@@ -408,14 +427,14 @@ pub(crate) mod server {
             .route(http::SEND, post(crate::http_transport::send))
             .route("/http/{room}", post(crate::http_transport::open_room))
             .route("/v1/ice-servers", get(crate::api::ice_servers))
+            .route("/peerjs/{key}/id", get(crate::peerjs::new_id))
+            .route("/peerjs/{key}/peers", get(crate::peerjs::peers))
             .layer(crate::cors::layer(Arc::clone(&state)));
         Router::new()
             .route("/ws", get(crate::ws::upgrade))
             .route("/ws/{room}", get(crate::ws::upgrade_room))
             .route("/y-webrtc", get(crate::y_webrtc::upgrade))
             .route("/peerjs/peerjs", get(crate::peerjs::upgrade))
-            .route("/peerjs/{key}/id", get(crate::peerjs::new_id))
-            .route("/peerjs/{key}/peers", get(crate::peerjs::peers))
             .merge(cross_origin)
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))

@@ -135,7 +135,7 @@ impl Changes {
     /// need a restart.
     pub fn log(&self, what: &str) {
         if self.applied.is_empty() {
-            tracing::info!("{what} reloaded: no change to apply");
+            tracing::info!("{what} reloaded: no setting changed");
         } else {
             tracing::info!("{what} reloaded: {}", self.applied.join(", "));
         }

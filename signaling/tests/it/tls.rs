@@ -210,3 +210,30 @@ async fn sighup_reloads_the_certificate_and_a_bad_pair_is_refused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The listener speaks HTTP/1.1 only and says so in ALPN: a browser offering `h2` and
+/// `http/1.1` gets `http/1.1`, a client offering only `h2` is refused in the handshake (not
+/// left to fail on its first HTTP/2 frame).
+#[tokio::test]
+async fn alpn_offers_http_1_1_and_refuses_an_h2_only_client() {
+    let mut server = Server::start_process(&["--tls-self-signed"]);
+    let tls = trusting(&server.startup_output());
+    let handshake = |protocols: &[&[u8]]| {
+        let mut config = (*tls).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        let addr = server.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = "localhost".try_into().unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map(|stream| stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+        }
+    };
+    let browser = handshake(&[b"h2", b"http/1.1"]).await.expect("handshake");
+    assert_eq!(browser.as_deref(), Some(&b"http/1.1"[..]));
+    assert!(handshake(&[b"h2"]).await.is_err(), "an h2-only client");
+    let none = handshake(&[]).await.expect("a client without ALPN");
+    assert_eq!(none, None);
+}
