@@ -2,15 +2,22 @@
 //! hub, so a PeerJS app gets our limits, metrics, resume and cluster by pointing its `host`,
 //! `port` and `path: '/peerjs'` at us. See `docs/compat.md`.
 //!
-//! - `GET /peerjs/{key}/id`: a fresh random peer id (text).
+//! - `GET /peerjs/{key}/id`: a fresh random peer id (text); cross-origin (`crate::cors`), 503
+//!   while draining.
 //! - `GET /peerjs/{key}/peers`: 401, as `peerjs-server` without `allow_discovery`.
 //! - `GET /peerjs/peerjs?key=K&id=ID&token=T` (WebSocket): `OPEN` once registered, then
 //!   `OFFER`/`ANSWER`/`CANDIDATE`/`LEAVE` to and from other peers of the key (the server adds
 //!   `src`), `EXPIRE` when the destination is unknown, `ID-TAKEN` when another client holds the
-//!   id, `ERROR`; the client's `HEARTBEAT`s keep the socket alive.
+//!   id, `ERROR`; the client's `HEARTBEAT`s keep the socket alive. A drain closes it with
+//!   1001 at once (the session parks; `reconnect()` resumes it on another node).
 //!
-//! Every (key, id) is a hub session alone in a room named after the hash of both, so keys are
-//! isolated namespaces and a message to `dst` is a backend broadcast into dst's room: it is
+//! With `--jwt-secret`, the key must be a token (JWT) verified as `/ws` verifies `?token=`
+//! ([`crate::auth`]): the peers' namespace is then the token's room, not the key's text, and a
+//! token that fixes a name fixes the peer id. PeerJS's own `token` is the library's random
+//! string (what tells its reconnects from a thief), so the JWT cannot go there.
+//!
+//! Every (namespace, id) is a hub session alone in a room named after the hash of both, so
+//! namespaces are isolated and a message to `dst` is a backend broadcast into dst's room: it is
 //! numbered into dst's outbox, on any node. When a socket drops, its session is parked for the
 //! resume grace period (not `peerjs-server`'s 5 s): messages for it wait, bounded by the replay
 //! limits, and a reconnect with the same id and token (what `peer.reconnect()` does) resumes
@@ -31,6 +38,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::api::{SERVER_SENDER, Transport};
+use crate::auth::check_grant;
 use crate::client_ip::IpSlot;
 use crate::client_request::{ClientRequest, Refusal, Upgrade, refuse, with_limits};
 use crate::connection::{Connection, Inbound};
@@ -39,17 +47,20 @@ use crate::hub::{
     Attached, ConnId, JoinRequest, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey,
 };
 use crate::protocol::{
-    ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerFrame, ServerMessage,
+    ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerFrame, ServerMessage, close_code,
 };
 use crate::rate_limit::TokenBucket;
 
 /// Keys, ids and tokens are at most this long (`peerjs-server` takes any string).
 const MAX_NAME: usize = 64;
 
-/// The room of peer `id` under `key`.
-pub fn peer_room(key: &str, id: &str) -> RoomId {
+/// With `--jwt-secret`, a key (a JWT) is at most this long.
+const MAX_TOKEN_KEY: usize = 4096;
+
+/// The room of peer `id` in `namespace` (see [`namespace`]).
+pub fn peer_room(namespace: &str, id: &str) -> RoomId {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(key.as_bytes());
+    ctx.update(namespace.as_bytes());
     ctx.update(&[0]);
     ctx.update(id.as_bytes());
     RoomId(format!("pj.{}", hex::encode(&ctx.finish().as_ref()[..20])))
@@ -60,6 +71,37 @@ fn valid_name(s: &str) -> bool {
         && s.len() <= MAX_NAME
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
+}
+
+/// The namespace of the peers of `key`, and the id the key fixes (if any). Without
+/// `--jwt-secret`, the key itself (`invalid_message` unless a valid name). With it, the key
+/// must be a valid token (`unauthorized`): the namespace is its room, so every holder of a
+/// token for that room sees the same peers; a token that fixes a name makes it the only id
+/// it may register (`forbidden` for `id` otherwise). A room namespace starts with `room `,
+/// which no key can (no spaces), should SIGHUP turn auth on or off.
+fn namespace(
+    app: &AppState,
+    key: &str,
+    id: Option<&str>,
+) -> Result<(String, Option<String>), RequestError> {
+    let Some(auth) = app.live().auth.clone() else {
+        if !valid_name(key) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidMessage,
+                "key, id and token are 1 to 64 characters of [A-Za-z0-9-_.:@]",
+            ));
+        }
+        return Ok((key.to_owned(), None));
+    };
+    if key.is_empty() || key.len() > MAX_TOKEN_KEY {
+        return Err(RequestError::new(
+            ErrorCode::Unauthorized,
+            "this server requires a token (JWT) as the PeerJS key",
+        ));
+    }
+    let claims = auth.verify(key)?;
+    let fixed = check_grant(&claims, &claims.room, id.map(str::to_owned))?;
+    Ok((format!("room {}", claims.room), fixed))
 }
 
 /// What a reconnect needs to find its session again.
@@ -155,27 +197,44 @@ impl Registrations {
     }
 }
 
-/// `GET /peerjs/{key}/id`: a fresh peer id.
-pub async fn new_id(Path(key): Path<String>) -> Response {
-    if !valid_name(&key) {
-        return (StatusCode::BAD_REQUEST, "invalid key\n").into_response();
-    }
-    let id = format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        rand::random::<u32>(),
-        rand::random::<u16>(),
-        rand::random::<u16>() & 0xfff,
-        (rand::random::<u16>() & 0x3fff) | 0x8000,
-        rand::random::<u64>() & 0xffff_ffff_ffff
-    );
-    (
+/// `GET /peerjs/{key}/id`: a fresh peer id (or the one the key's token fixes). Refused as an
+/// upgrade would be: origin, draining, the key (see [`namespace`]).
+pub async fn new_id(
+    State(app): State<Arc<AppState>>,
+    client: ClientRequest,
+    Path(key): Path<String>,
+) -> Result<Response, Refusal> {
+    let checked = client.check_origin(&app).and_then(|()| {
+        if app.hub.is_draining() {
+            return Err(RequestError::new(
+                ErrorCode::Draining,
+                "the server is shutting down",
+            ));
+        }
+        namespace(&app, &key, None)
+    });
+    let (_, fixed) = checked.map_err(|e| refuse(&app, &e))?;
+    let id = fixed.unwrap_or_else(random_id);
+    Ok((
         [
             (header::CONTENT_TYPE, "text/plain"),
             (header::CACHE_CONTROL, "no-store"),
         ],
         id,
     )
-        .into_response()
+        .into_response())
+}
+
+/// A random UUID v4, as `peerjs-server` hands out.
+fn random_id() -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        rand::random::<u32>(),
+        rand::random::<u16>(),
+        rand::random::<u16>() & 0xfff,
+        (rand::random::<u16>() & 0x3fff) | 0x8000,
+        rand::random::<u64>() & 0xffff_ffff_ffff
+    )
 }
 
 /// `GET /peerjs/{key}/peers`: peer discovery is off, as `peerjs-server` by default.
@@ -191,7 +250,7 @@ pub async fn upgrade(
 ) -> Result<Response, Refusal> {
     let field = |name: &str| client.query.get(name).cloned().unwrap_or_default();
     let (key, id, token) = (field("key"), field("id"), field("token"));
-    if !(valid_name(&key) && valid_name(&id) && valid_name(&token)) {
+    if !(valid_name(&id) && valid_name(&token)) {
         let e = RequestError::new(
             ErrorCode::InvalidMessage,
             "key, id and token are 1 to 64 characters of [A-Za-z0-9-_.:@]",
@@ -199,7 +258,9 @@ pub async fn upgrade(
         return Err(refuse(&app, &e));
     }
     let ip_slot = client.admit_socket(&app)?;
-    Ok(with_limits(ws, &app).on_upgrade(move |socket| run(socket, app, ip_slot, key, id, token)))
+    let (namespace, _) = namespace(&app, &key, Some(&id)).map_err(|e| refuse(&app, &e))?;
+    Ok(with_limits(ws, &app)
+        .on_upgrade(move |socket| run(socket, app, ip_slot, namespace, id, token)))
 }
 
 /// A server message of the PeerJS protocol.
@@ -215,7 +276,8 @@ struct PeerSocket {
     app: Arc<AppState>,
     conn: ConnId,
     socket: Connection,
-    key: String,
+    /// The peers' namespace (see [`namespace`]).
+    namespace: String,
     id: String,
     token: String,
     session: SessionKey,
@@ -230,14 +292,14 @@ async fn run(
     socket: WebSocket,
     app: Arc<AppState>,
     ip_slot: IpSlot,
-    key: String,
+    namespace: String,
     id: String,
     token: String,
 ) {
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut socket = Connection::new(socket, app.config.ping_timeout);
     let (tx, mut rx) = app.outbound_queue();
-    let registered = match register(&app, conn, &tx, &ip_slot, &key, &id, &token).await {
+    let registered = match register(&app, conn, &tx, &ip_slot, &namespace, &id, &token).await {
         Ok(registered) => registered,
         Err(refusal) => {
             let _ = socket.send_text(refusal).await;
@@ -252,7 +314,7 @@ async fn run(
         bucket: TokenBucket::new(app.live().rate_burst, now),
         conn,
         socket,
-        key,
+        namespace,
         id,
         token,
         session: attached.key,
@@ -273,6 +335,7 @@ async fn run(
     if ok {
         this.serve(&mut rx).await;
     }
+    this.ack_delivered().await;
     // Parked for the grace period: a reconnect with the same id and token resumes it.
     this.app
         .hub
@@ -285,7 +348,12 @@ async fn run(
     let registration = this.registration();
     let app = Arc::clone(&this.app);
     app.peerjs
-        .put(&this.key, &this.id, &registration, registration_ttl(&app))
+        .put(
+            &this.namespace,
+            &this.id,
+            &registration,
+            registration_ttl(&app),
+        )
         .await;
     drop((tx, ip_slot, open));
 }
@@ -297,12 +365,12 @@ async fn register(
     conn: ConnId,
     tx: &OutboundTx,
     ip_slot: &IpSlot,
-    key: &str,
+    namespace: &str,
     id: &str,
     token: &str,
 ) -> Result<(Attached, u64), Utf8Bytes> {
-    let room = peer_room(key, id);
-    let earlier = app.peerjs.get(key, id).await;
+    let room = peer_room(namespace, id);
+    let earlier = app.peerjs.get(namespace, id).await;
     if let Some(earlier) = earlier.filter(|r| r.token == token) {
         let resumed = app
             .hub
@@ -367,7 +435,7 @@ async fn register(
         last_seq: 0,
     };
     app.peerjs
-        .put(key, id, &registration, registration_ttl(app))
+        .put(namespace, id, &registration, registration_ttl(app))
         .await;
     Ok((attached, 0))
 }
@@ -417,25 +485,39 @@ impl PeerSocket {
         self.last_seq = parsed.seq;
         self.unacked += 1;
         if self.unacked >= 16 {
-            self.unacked = 0;
-            let _ = self
-                .app
-                .hub
-                .handle(
-                    self.session,
-                    self.conn,
-                    &self.peer,
-                    ClientMessage::Ack { seq: parsed.seq },
-                )
-                .await;
+            self.ack_delivered().await;
         }
-        let ServerMessage::Broadcast { data, .. } = parsed.message else {
-            return Ok(());
+        let data = match parsed.message {
+            ServerMessage::Broadcast { data, .. } => data,
+            // Closed at once, so the client's `reconnect()` finds another node (PeerJS reports
+            // a `network` error on any close and the app reconnects).
+            ServerMessage::Draining { .. } => return Err(Some(close_code::GOING_AWAY)),
+            // welcome, ice_servers, ...: PeerJS has no such messages.
+            _ => return Ok(()),
         };
         self.socket
             .send_text(Utf8Bytes::from(data.to_string()))
             .await
             .map_err(|_| None)
+    }
+
+    /// Acknowledges every frame written to the client, so the replay buffer holds only what
+    /// it has not had (a parked session's bound is then all for messages still to come).
+    async fn ack_delivered(&mut self) {
+        if self.unacked == 0 {
+            return;
+        }
+        self.unacked = 0;
+        let _ = self
+            .app
+            .hub
+            .handle(
+                self.session,
+                self.conn,
+                &self.peer,
+                ClientMessage::Ack { seq: self.last_seq },
+            )
+            .await;
     }
 
     /// Counts `code`, tells the client with an `ERROR`, and closes the socket with `close`.
@@ -508,7 +590,7 @@ impl PeerSocket {
             .app
             .hub
             .backend_broadcast(
-                &peer_room(&self.key, dst),
+                &peer_room(&self.namespace, dst),
                 ServerMessage::Broadcast {
                     from: PeerId::from(SERVER_SENDER),
                     data: message,
@@ -523,10 +605,8 @@ impl PeerSocket {
                     .await
                     .map_err(|_| None)
             }
-            Ok(_) => {
-                self.app.metrics.messages_relayed.inc();
-                Ok(())
-            }
+            // Counted by the hub, once per delivery.
+            Ok(_) => Ok(()),
             Err(_) => Err(Some(1013)),
         }
     }

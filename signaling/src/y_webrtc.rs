@@ -31,7 +31,9 @@ use crate::client_request::{ClientRequest, Refusal, Upgrade, refuse, with_limits
 use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
 use crate::hub::{ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, SessionKey};
-use crate::protocol::{ClientMessage, ErrorCode, PeerId, RoomId, ServerFrame, ServerMessage};
+use crate::protocol::{
+    ClientMessage, ErrorCode, PeerId, RoomId, ServerFrame, ServerMessage, close_code,
+};
 use crate::rate_limit::TokenBucket;
 
 /// Topics one connection may subscribe to at once.
@@ -352,7 +354,7 @@ impl YConnection {
                 // The hub ended this topic's session (slow consumer, budget, drain).
                 self.topics.remove(topic);
                 return match code {
-                    crate::protocol::close_code::NORMAL => Ok(()),
+                    close_code::NORMAL => Ok(()),
                     code => Err(Some((code, "session ended"))),
                 };
             }
@@ -377,9 +379,15 @@ impl YConnection {
                     .await;
             }
         }
-        let ServerMessage::Broadcast { data, .. } = parsed.message else {
+        let data = match parsed.message {
+            ServerMessage::Broadcast { data, .. } => data,
+            // Closed at once: lib0's socket reconnects after any close, through the balancer
+            // to another node.
+            ServerMessage::Draining { .. } => {
+                return Err(Some((close_code::GOING_AWAY, "server shutting down")));
+            }
             // welcome, peer_joined, peer_left...: y-webrtc has no such messages.
-            return Ok(());
+            _ => return Ok(()),
         };
         let published = serde_json::to_string(&Published {
             r#type: "publish",
@@ -387,7 +395,7 @@ impl YConnection {
             data: &data,
         })
         .unwrap_or_default();
-        self.app.metrics.messages_relayed.inc();
+        // Counted by the hub, once per delivery.
         self.socket
             .send_text(Utf8Bytes::from(published))
             .await

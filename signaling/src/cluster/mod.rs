@@ -1489,7 +1489,9 @@ impl ClusterHub {
             .call(Op::Broadcast, room, &["", body, ""])
             .await?;
         self.end_overflowed(room, &reply).await;
-        Ok(reply.rest.first().and_then(|n| n.parse().ok()).unwrap_or(0))
+        let delivered = reply.rest.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+        self.metrics.messages_relayed.inc_by(delivered);
+        Ok(delivered)
     }
 }
 

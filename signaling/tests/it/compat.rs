@@ -254,3 +254,245 @@ async fn peerjs_messages_for_a_reconnecting_peer_wait_for_it() {
     }
     assert_eq!(next(&mut alice, Duration::from_millis(300)).await, None);
 }
+
+/// The status and JSON error body of a refused WebSocket upgrade.
+async fn refused(url: &str) -> (u16, Value) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            (
+                response.status().as_u16(),
+                serde_json::from_slice(body).expect("a JSON error body"),
+            )
+        }
+        other => panic!("expected an HTTP refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// The close code the server ends `ws` with, within `limit` (skipping other frames).
+async fn close_code(ws: &mut Ws, limit: Duration) -> Option<u16> {
+    tokio::time::timeout(limit, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+const SECRET: &str = "compat-secret-0123456789";
+
+/// A room token (JWT) signed with `secret`.
+fn room_token(secret: &str, room: &str, name: Option<&str>, exp_in: i64) -> String {
+    let claims = signaling::auth::Claims {
+        room: room.into(),
+        name: name.map(Into::into),
+        exp: (jsonwebtoken::get_current_timestamp() as i64 + exp_in) as u64,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+#[tokio::test]
+async fn peerjs_with_a_jwt_secret_the_key_is_a_token_and_its_room_the_namespace() {
+    let server = Server::start(&["--jwt-secret", SECRET]);
+    // A plain key gets neither a socket nor an id.
+    let (status, body) = refused(&server.ws("/peerjs/peerjs?key=k&id=alice&token=abc123")).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    let (status, content_type, body) = server.get("/peerjs/k/id").await;
+    assert_eq!((status, content_type.as_str()), (401, "application/json"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "unauthorized"
+    );
+    // Nor does an expired token, or one signed with another secret.
+    for bad in [
+        room_token(SECRET, "app", None, -120),
+        room_token("another-secret", "app", None, 300),
+    ] {
+        let url = server.ws(&format!("/peerjs/peerjs?key={bad}&id=alice&token=abc123"));
+        assert_eq!(refused(&url).await.0, 401);
+    }
+    // Two tokens for room `app` (different texts): one namespace.
+    let (key_a, key_b) = (
+        room_token(SECRET, "app", None, 300),
+        room_token(SECRET, "app", None, 600),
+    );
+    let (status, _, id) = server.get(&format!("/peerjs/{key_a}/id")).await;
+    assert_eq!((status, id.len()), (200, 36), "{id}");
+    let mut alice = peerjs(&server, &key_a, "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut bob = peerjs(&server, &key_b, "bob", "t-bob").await;
+    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    send(&mut bob, json!({"type":"OFFER","dst":"alice","payload":{}})).await;
+    assert_eq!(next(&mut alice, STEP).await.unwrap()["src"], "bob");
+    // A token for another room: another namespace.
+    let other = room_token(SECRET, "other", None, 300);
+    let mut carol = peerjs(&server, &other, "carol", "t-carol").await;
+    assert_eq!(next(&mut carol, STEP).await, Some(json!({"type":"OPEN"})));
+    send(
+        &mut carol,
+        json!({"type":"OFFER","dst":"alice","payload":{}}),
+    )
+    .await;
+    assert_eq!(next(&mut carol, STEP).await.unwrap()["type"], "EXPIRE");
+    // A token that fixes a name fixes the id: `/id` hands it out, another id is forbidden.
+    let named = room_token(SECRET, "app", Some("dave"), 300);
+    let (status, _, id) = server.get(&format!("/peerjs/{named}/id")).await;
+    assert_eq!((status, id.as_str()), (200, "dave"));
+    let url = server.ws(&format!("/peerjs/peerjs?key={named}&id=mallory&token=t-m"));
+    let (status, body) = refused(&url).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    let mut dave = peerjs(&server, &named, "dave", "t-dave").await;
+    assert_eq!(next(&mut dave, STEP).await, Some(json!({"type":"OPEN"})));
+}
+
+/// The head of the answer to a raw HTTP/1.1 request (lower-cased, for header checks).
+async fn answer_head(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn peerjs_ids_may_be_fetched_by_a_page_of_an_allowed_origin() {
+    let server = Server::start(&["--allowed-origin", "https://app.example"]);
+    let get = |origin: &str| {
+        format!(
+            "GET /peerjs/k/id?ts=1 HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let head = answer_head(server.addr, &get("https://app.example")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    let preflight = "OPTIONS /peerjs/k/id HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: GET\r\nConnection: close\r\n\r\n";
+    let head = answer_head(server.addr, preflight).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    // Another origin: no grant, and refused anyway.
+    let head = answer_head(server.addr, &get("https://other.example")).await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+}
+
+#[tokio::test]
+async fn compat_deliveries_are_counted_once() {
+    let server = Server::start(&[]);
+    let relayed = "signaling_messages_relayed_total";
+    let url = || server.ws("/y-webrtc");
+    let (mut a, mut b) = (connect(&url()).await, connect(&url()).await);
+    subscribe(&mut a, &["counted"]).await;
+    subscribe(&mut b, &["counted"]).await;
+    let before = server.metric(relayed).await;
+    send(
+        &mut a,
+        json!({"type":"publish","topic":"counted","data":{}}),
+    )
+    .await;
+    assert_eq!(next(&mut b, STEP).await.unwrap()["type"], "publish");
+    assert_eq!(server.metric(relayed).await - before, 1, "y-webrtc publish");
+
+    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut bob = peerjs(&server, "app", "bob", "t-bob").await;
+    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    let before = server.metric(relayed).await;
+    send(&mut bob, json!({"type":"OFFER","dst":"alice","payload":{}})).await;
+    assert_eq!(next(&mut alice, STEP).await.unwrap()["type"], "OFFER");
+    assert_eq!(server.metric(relayed).await - before, 1, "PeerJS OFFER");
+}
+
+#[tokio::test]
+async fn draining_closes_compat_sockets_at_once_with_1001() {
+    let mut server = Server::start(&["--drain-timeout", "3s"]);
+    // A native client that stays keeps the server draining for the whole timeout.
+    let (_stays, _) = crate::support::Client::join(&server.ws_first("/ws/stay"), None).await;
+    let mut y = connect(&server.ws_first("/y-webrtc")).await;
+    subscribe(&mut y, &["drained"]).await;
+    let mut pj =
+        connect(&server.ws_first("/peerjs/peerjs?key=app&id=alice&token=t-alice&version=1.5.5"))
+            .await;
+    assert_eq!(next(&mut pj, STEP).await, Some(json!({"type":"OPEN"})));
+
+    let start = std::time::Instant::now();
+    server.terminate();
+    let limit = Duration::from_millis(1500);
+    assert_eq!(close_code(&mut y, limit).await, Some(1001), "y-webrtc");
+    assert_eq!(close_code(&mut pj, limit).await, Some(1001), "PeerJS");
+    assert!(start.elapsed() < limit, "{:?}", start.elapsed());
+    // No new PeerJS ids either, as no new upgrades.
+    let (status, _, body) = server.get("/peerjs/app/id").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "draining"
+    );
+    assert!(server.wait_exit(Duration::from_secs(5)), "still running");
+}
+
+#[tokio::test]
+async fn peerjs_a_parked_peer_holds_up_to_the_replay_limit() {
+    let server = Server::start(&["--rate-limit", "5000", "--rate-burst", "5000"]);
+    let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
+    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut bob = peerjs(&server, "app", "bob", "t-bob").await;
+    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    // Some delivered before the drop (not all acknowledged to the hub yet).
+    for n in 0..20 {
+        send(&mut bob, candidate(n)).await;
+    }
+    for n in 0..20 {
+        assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
+    }
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Exactly the limit (256 messages) waits for alice.
+    for n in 0..256 {
+        send(&mut bob, candidate(n)).await;
+    }
+    assert_eq!(next(&mut bob, Duration::from_millis(500)).await, None);
+    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    for n in 0..256 {
+        assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
+    }
+    assert_eq!(next(&mut alice, Duration::from_millis(300)).await, None);
+    // One more than the limit: the session ends, what waited is lost, later messages EXPIRE
+    // and the reconnect is a plain OPEN.
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 0..257 {
+        send(&mut bob, candidate(n)).await;
+    }
+    send(&mut bob, candidate(257)).await;
+    assert_eq!(
+        next(&mut bob, STEP).await,
+        Some(json!({"type":"EXPIRE","src":"alice"}))
+    );
+    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    assert_eq!(next(&mut alice, Duration::from_millis(300)).await, None);
+}
