@@ -10,7 +10,7 @@
 //! - [`listener`]: the accept loop (header-read timeout, cap on connections not upgraded).
 //! - [`client_request`]: what every client endpoint reads and checks first (origin, draining,
 //!   connection limits, `?token=`) and the WebSocket frame limits; [`ws`]: the `/ws` upgrade;
-//!   [`cors`]: cross-origin access to the HTTP transports and `/v1/ice-servers`;
+//!   [`cors`]: cross-origin access to the HTTP transports, `/v1/ice-servers` and PeerJS ids;
 //!   [`admission`]: admitting `join`/`resume`, shared by every transport; [`session`]: the per-socket task; [`connection`]: one
 //!   WebSocket's frames; [`http_transport`]: SSE + POST and long-polling.
 //! - [`outbound`]: a connection's queue, bounded in frames and bytes; [`memory_budget`]: the
