@@ -10,8 +10,8 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use relay_proto::FiveTuple;
 use relay_proto::framing::{MAX_FRAME_LEN, stream_frame_len};
+use relay_proto::{FiveTuple, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
@@ -58,7 +58,10 @@ where
             max_bytes: shard.stream_queue_bytes(),
         },
     );
-    let mut writing = std::pin::pin!(write_queue(writer, rx, &queued));
+    // Over TLS each message is a record of its own: TURN clients that read one message per
+    // record (coturn's `turnutils_uclient`) lose the second of two messages sharing one.
+    let record_per_message = five.transport == Transport::Tls;
+    let mut writing = std::pin::pin!(write_queue(writer, rx, &queued, record_per_message));
     let client_finished = tokio::select! {
         () = read_frames(&shard, reader, five) => true,
         () = &mut writing => false,
@@ -121,12 +124,15 @@ async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, fiv
     }
 }
 
-/// Writes queued messages out. A message's bytes stay counted in `queued` until the flush
-/// that hands them to the kernel has completed, so the byte bound covers the write buffer too.
+/// Writes queued messages out, coalescing what is queued into one write; with
+/// `record_per_message` (TLS), each message is flushed on its own, so it is its own record. A
+/// message's bytes stay counted in `queued` until the flush that hands them to the kernel has
+/// completed, so the byte bound covers the write buffer too.
 async fn write_queue<W: AsyncWrite + Unpin>(
     writer: W,
     mut rx: mpsc::Receiver<Vec<u8>>,
     queued: &Cell<usize>,
+    record_per_message: bool,
 ) {
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER, writer);
     while let Some(message) = rx.recv().await {
@@ -137,6 +143,9 @@ async fn write_queue<W: AsyncWrite + Unpin>(
         drop(message);
         // Coalesce whatever else is queued into the same write.
         while let Ok(more) = rx.try_recv() {
+            if record_per_message && writer.flush().await.is_err() {
+                return;
+            }
             batch += more.len();
             if writer.write_all(&more).await.is_err() {
                 return;

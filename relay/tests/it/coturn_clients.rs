@@ -266,3 +266,24 @@ fn tcp_connections_beyond_the_limit_are_refused_and_counted() {
     }));
     drop(held);
 }
+
+/// TURN over TLS, two uclient clients relaying to each other at uclient's default pace: nothing
+/// lost. uclient reads one TURN message per TLS record, so it lost messages that shared one
+/// (each message is now a record of its own; its handshakes that try TLS 1.0/1.1 are refused
+/// and retried, which loses nothing).
+#[test]
+fn uclient_over_tls_client_to_client_loses_nothing() {
+    let relay = RelayProcess::start(&[ALICE_RELAY, crate::support::TLS_ON_LOOPBACK].concat());
+    let port = relay.tls.expect("tls listener").port().to_string();
+    let args = [
+        &[
+            "-S", "-t", "-y", "-p", &port, "-n", "20", "-m", "1", "-l", "200",
+        ][..],
+        ALICE,
+        &["127.0.0.1"],
+    ]
+    .concat();
+    let report = parse_uclient(&uclient(&args, Duration::from_secs(60)));
+    assert!(report.received_bytes > 0, "{report:?}");
+    assert_eq!(report.lost_packets, Some(0), "no loss: {report:?}");
+}
