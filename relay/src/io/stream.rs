@@ -244,7 +244,7 @@ mod tests {
         }
         let _ = tokio::time::timeout(
             std::time::Duration::from_millis(100),
-            write_queue(ours, rx, &queued),
+            write_queue(ours, rx, &queued, false),
         )
         .await;
         drop(s);
@@ -257,7 +257,7 @@ mod tests {
             s.try_push(vec![7; 5_000]).unwrap();
         }
         drop(s);
-        write_queue(ours, rx, &queued).await;
+        write_queue(ours, rx, &queued, false).await;
         assert_eq!(queued.get(), 0, "everything flushed");
         let mut got = Vec::new();
         theirs.read_to_end(&mut got).await.unwrap();
