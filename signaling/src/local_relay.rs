@@ -216,9 +216,15 @@ fn relay_config(
 }
 
 /// TURN on signaling's own port (`--shared-port`): over TLS when signaling serves TLS, over TCP
-/// otherwise. The host is the one clients use for the relay; the port is signaling's.
-/// `--shared-port-public` names the address a balancer in front gives clients instead.
+/// otherwise. The address is `--shared-port-public` (what a balancer in front gives clients),
+/// else HOST and signaling's port, where HOST is `--relay-host`, else the first
+/// `--acme-domain` (the name of the ACME certificate, which a TLS client checks), else the
+/// relay's listening IP (`host`).
 fn shared_port_url(config: &Config, host: &str, listening: SocketAddr) -> String {
+    let host = match (&config.relay_host, config.acme_domains.first()) {
+        (None, Some(domain)) => domain.as_str(),
+        _ => host,
+    };
     let public = config
         .shared_port_public
         .clone()
@@ -239,4 +245,32 @@ fn format_addrs(addrs: &[SocketAddr]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn the_shared_port_is_advertised_under_the_name_its_certificate_has() {
+        let listening: SocketAddr = "0.0.0.0:443".parse().unwrap();
+        let url = |args: &[&str]| {
+            let config = Config::parse_from(
+                [&["signaling", "--with-relay", "--shared-port"], args].concat(),
+            );
+            // As `start` resolves it: `--relay-host`, else the relay's listening IP.
+            let host = config
+                .relay_host
+                .clone()
+                .unwrap_or_else(|| "192.0.2.1".into());
+            shared_port_url(&config, &host, listening)
+        };
+        let acme = ["--acme-domain", "sig.example", "--acme-cache", "/tmp/c"];
+        assert_eq!(url(&acme), "turns:sig.example:443?transport=tcp");
+        let named = [&acme[..], &["--relay-host", "turn.example"]].concat();
+        assert_eq!(url(&named), "turns:turn.example:443?transport=tcp");
+        assert_eq!(url(&[]), "turn:192.0.2.1:443?transport=tcp");
+    }
 }
