@@ -85,13 +85,31 @@ impl Connection {
             .await
     }
 
-    /// Sends a close frame with `code` and `reason`; the socket is done afterwards.
+    /// Sends a close frame with `code` and `reason`; the socket is done afterwards. Then reads,
+    /// and drops, what the client still sends until its own close (at most [`CLOSE_TIMEOUT`]):
+    /// closing a socket with unread bytes makes the kernel reset the connection, and a client
+    /// that was still sending (a flood over the rate) would lose our close frame to the reset
+    /// and see 1006 instead of the code.
     pub async fn close(&mut self, code: u16, reason: &'static str) {
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = self.send(Message::Close(Some(frame)), CLOSE_TIMEOUT).await;
+        if self
+            .send(Message::Close(Some(frame)), CLOSE_TIMEOUT)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(message)) = self.socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     async fn send(&mut self, message: Message, limit: Duration) -> Result<(), axum::Error> {

@@ -9,6 +9,7 @@ import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { build } from 'esbuild';
+import WebSocket from 'ws';
 import { Proc, REPO_ROOT, freePort, launchBrowser, requireBin, startSignaling, waitUntil } from './harness.mjs';
 
 const TEST_TIMEOUT_MS = 60000;
@@ -206,6 +207,38 @@ const tests = [
         if (p.errors.length) throw new Error(`page errors: ${p.errors.join(' | ')}`);
         await p.context.close();
       }
+    },
+  },
+  {
+    // No page: a client of the wire protocols (Node's `ws`, as the libraries' own tests use).
+    name: 'a client flooding past the message rate gets its error and the 1008 close, not a reset (y-webrtc, PeerJS)',
+    async fn({ base }) {
+      const W = base.replace(/^http/, 'ws');
+      const suffix = Date.now();
+      const open = (url) => new Promise((resolve, reject) => {
+        const ws = new WebSocket(url);
+        const c = { ws, msgs: [], closed: null };
+        ws.on('message', (data) => c.msgs.push(String(data)));
+        ws.on('close', (code) => { c.closed = code; });
+        ws.on('error', () => {});
+        ws.on('unexpected-response', (_, res) => reject(new Error(`${url}: HTTP ${res.statusCode}`)));
+        ws.on('open', () => resolve(c));
+      });
+      // Over the default rate (50/s, burst 200) by far, sent without waiting.
+      const flood = async (c, frame) => {
+        for (let i = 0; i < 1000; i++) c.ws.send(JSON.stringify(frame(i)));
+        await waitUntil(() => c.closed !== null, 10000, 'the close');
+      };
+      const y = await open(`${W}/y-webrtc`);
+      const topic = `flood-${suffix}`;
+      y.ws.send(JSON.stringify({ type: 'subscribe', topics: [topic] }));
+      await flood(y, (i) => ({ type: 'publish', topic, data: i }));
+      if (y.closed !== 1008) throw new Error(`y-webrtc: closed with ${y.closed}, not 1008`);
+      const p = await open(`${W}/peerjs/peerjs?key=flood&id=f${suffix}&token=t${suffix}`);
+      await waitUntil(() => p.msgs.some((m) => m.includes('"OPEN"')), 5000, 'OPEN');
+      await flood(p, (i) => ({ type: 'CANDIDATE', dst: `nobody-${suffix}`, payload: { i } }));
+      if (p.closed !== 1008) throw new Error(`PeerJS: closed with ${p.closed}, not 1008`);
+      if (!p.msgs.some((m) => m.includes('"ERROR"'))) throw new Error('PeerJS: no ERROR before the close');
     },
   },
 ];
