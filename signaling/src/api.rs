@@ -195,6 +195,18 @@ fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The room `GET /v1/ice-servers?room=` mints for: the room id itself, or for a string that is
+/// none (a y-webrtc topic, which may hold any character) its topic's room, `y.` and 40 hex
+/// digits, as the admin API shows it. A TURN username (`EXPIRY:ROOM:PEER`) so never holds a
+/// `:`, a line break or anything else outside room ids.
+fn credentials_room(room: &str) -> RoomId {
+    if is_valid_room_id(room) {
+        RoomId::from(room)
+    } else {
+        crate::y_webrtc::topic_room(room)
+    }
+}
+
 /// The answer of `GET /v1/ice-servers`: the shape of `RTCConfiguration.iceServers`.
 #[derive(Debug, Serialize)]
 pub struct IceServersView {
@@ -221,12 +233,10 @@ pub async fn ice_servers(
         .as_ref()
         .and_then(|auth| auth.verify(presented).ok())
         .is_some_and(|claims| claims.room.as_str() == room);
-    let room = if room_token_grants {
-        RoomId::from(room.as_str())
-    } else {
+    if !room_token_grants {
         authenticate(&app, &headers)?;
-        room_id(&room)?
-    };
+    }
+    let room = credentials_room(&room);
     let peer = PeerId(format!("{:012x}", rand::random::<u64>() >> 16));
     Ok(Json(IceServersView {
         ice_servers: app.ice.mint(&peer, &room, std::time::SystemTime::now()),

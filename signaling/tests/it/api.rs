@@ -147,4 +147,23 @@ async fn ice_servers_for_other_client_libraries_need_a_key_or_a_token_for_the_ro
     assert_eq!(status, 401, "a token for another room");
     let (status, _, _) = get("/v1/ice-servers?room=notes", "Bearer nope".into()).await;
     assert_eq!(status, 401);
+
+    // A room that is no room id (a y-webrtc topic may hold any character): minted for its
+    // topic's room, by either credential, so a username never holds the topic's characters.
+    let topic_token = sign(
+        serde_json::json!({"room": "co:lon\nnotes", "exp": jsonwebtoken::get_current_timestamp() + 60}),
+    );
+    let topic_room = signaling::y_webrtc::topic_room("co:lon\nnotes");
+    for auth in [format!("Bearer {topic_token}"), format!("Bearer {KEY}")] {
+        let (status, _, body) = get("/v1/ice-servers?room=co%3Alon%0Anotes", auth).await;
+        assert_eq!(status, 200, "{body}");
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let username = view["iceServers"][0]["username"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let parts: Vec<&str> = username.split(':').collect();
+        assert_eq!(parts.len(), 3, "{username}");
+        assert_eq!(parts[1], topic_room.as_str(), "{username}");
+    }
 }
