@@ -109,6 +109,14 @@ pub(crate) fn start_fleet_signaling(redis: &RedisServer) -> Signaling {
 pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// A Redis, a relay registered in it under each of `ids`, and a signaling node reading them.
+fn fleet_and_node(ids: &[&str]) -> (RedisServer, Vec<FleetRelay>, Signaling) {
+    let redis = RedisServer::start();
+    let relays = ids.iter().map(|id| start_fleet_relay(&redis, id)).collect();
+    let signaling = start_fleet_signaling(&redis);
+    (redis, relays, signaling)
+}
+
 /// The UDP port of the TURN URL in an `ice_servers` list.
 fn turn_port(servers: &[signaling::protocol::IceServer]) -> Option<u16> {
     servers
@@ -269,12 +277,7 @@ fn a_relay_that_refuses_the_nodes_credentials_gets_no_rooms() {
 /// scheduled refresh.
 #[test]
 fn sessions_parked_while_their_room_moves_get_the_new_relay_when_they_come_back() {
-    let redis = RedisServer::start();
-    let relays: Vec<FleetRelay> = ["p1", "p2"]
-        .iter()
-        .map(|id| start_fleet_relay(&redis, id))
-        .collect();
-    let signaling = start_fleet_signaling(&redis);
+    let (_redis, relays, signaling) = fleet_and_node(&["p1", "p2"]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let (ws, session) = join_session(signaling.addr, "parked-room").await;
@@ -333,12 +336,7 @@ fn sessions_parked_while_their_room_moves_get_the_new_relay_when_they_come_back(
 
 #[test]
 fn rooms_spread_over_the_fleet_and_move_when_a_relay_joins_dies_or_drains() {
-    let redis = RedisServer::start();
-    let relays: Vec<FleetRelay> = ["r1", "r2", "r3"]
-        .iter()
-        .map(|id| start_fleet_relay(&redis, id))
-        .collect();
-    let signaling = start_fleet_signaling(&redis);
+    let (redis, relays, signaling) = fleet_and_node(&["r1", "r2", "r3"]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         // Spread: 300 rooms over three relays.

@@ -356,20 +356,6 @@ async fn peerjs_with_a_jwt_secret_the_key_is_a_token_and_its_room_the_namespace(
     assert_eq!(next(&mut dave, STEP).await, Some(json!({"type":"OPEN"})));
 }
 
-/// The head of the answer to a raw HTTP/1.1 request (lower-cased, for header checks).
-async fn answer_head(addr: std::net::SocketAddr, request: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut answer = Vec::new();
-    tokio::time::timeout(STEP, stream.read_to_end(&mut answer))
-        .await
-        .expect("an answer in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&answer).to_lowercase();
-    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
-}
-
 #[tokio::test]
 async fn peerjs_ids_may_be_fetched_by_a_page_of_an_allowed_origin() {
     let server = Server::start(&["--allowed-origin", "https://app.example"]);
@@ -378,21 +364,21 @@ async fn peerjs_ids_may_be_fetched_by_a_page_of_an_allowed_origin() {
             "GET /peerjs/k/id?ts=1 HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n"
         )
     };
-    let head = answer_head(server.addr, &get("https://app.example")).await;
+    let head = crate::http::answer_head(server.addr, &get("https://app.example")).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(
         head.contains("access-control-allow-origin: https://app.example"),
         "{head}"
     );
     let preflight = "OPTIONS /peerjs/k/id HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: GET\r\nConnection: close\r\n\r\n";
-    let head = answer_head(server.addr, preflight).await;
+    let head = crate::http::answer_head(server.addr, preflight).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(
         head.contains("access-control-allow-origin: https://app.example"),
         "{head}"
     );
     // Another origin: no grant, and refused anyway.
-    let head = answer_head(server.addr, &get("https://other.example")).await;
+    let head = crate::http::answer_head(server.addr, &get("https://other.example")).await;
     assert!(head.starts_with("http/1.1 403"), "{head}");
     assert!(!head.contains("access-control-allow-origin"), "{head}");
 }

@@ -599,7 +599,7 @@ async fn open_streams_do_not_use_up_the_http_connection_cap() {
 }
 
 /// The head of the answer to a raw HTTP/1.1 request (lower-cased, for header checks).
-async fn answer_head(addr: std::net::SocketAddr, request: &str) -> String {
+pub(crate) async fn answer_head(addr: std::net::SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request.as_bytes()).await.expect("write");
