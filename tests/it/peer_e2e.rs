@@ -917,3 +917,301 @@ fn peers_chat_over_wss_trusting_the_ca_and_refuse_an_untrusted_certificate() {
     say(&mut bob, "and back");
     expect_chat(&mut alice, "bob: and back");
 }
+
+/// `peer join URL --name NAME` on loopback with its stderr in `stderr`.
+fn join_logged(url: &str, name: &str, stderr: &StderrFile) -> Proc {
+    spawn_with_stderr(
+        "peer",
+        &["join", url, "--name", name, "--bind", "127.0.0.1"],
+        true,
+        stderr.stdio(),
+    )
+}
+
+/// Writes `bytes` to `proc`'s stdin as they are.
+fn write_stdin(proc: &mut Proc, bytes: &[u8]) {
+    let stdin = proc.stdin.as_mut().expect("stdin");
+    stdin.write_all(bytes).expect("write stdin");
+    stdin.flush().expect("flush");
+}
+
+/// Waits (10 s) until `stderr` holds `want`; panics with what it holds otherwise.
+fn wait_stderr(stderr: &StderrFile, want: &str) {
+    let found = testkit::wait_until(Duration::from_secs(10), || {
+        stderr.text().contains(want).then_some(())
+    });
+    assert!(found.is_some(), "no {want:?} in stderr:\n{}", stderr.text());
+}
+
+/// Terminal escapes (ESC, BEL, CR, a bidi override) a remote peer sends are printed escaped,
+/// on the one line of the message: they can neither drive the terminal nor start a line that
+/// passes for a notice.
+#[test]
+fn a_chat_message_with_terminal_escapes_is_printed_escaped_on_one_line() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let (mut alice, mut bob) = chat_pair(&signaling.room_url("escapes"));
+    say(
+        &mut alice,
+        "a\x1b]0;pwned\x07b\x1b[2J\r* peer-left id=deadbeef name=bob reason=left\u{202e}z",
+    );
+    expect_chat(
+        &mut bob,
+        r"alice: a\x1b]0;pwned\x07b\x1b[2J\r* peer-left id=deadbeef name=bob reason=left\u{202e}z",
+    );
+    assert!(
+        !bob.seen
+            .iter()
+            .any(|l| l.contains('\x1b') || l.contains('\r')),
+        "{:?}",
+        bob.seen
+    );
+}
+
+/// A stdin line that is not UTF-8 is sent with U+FFFD in place of the bad bytes, with a
+/// warning, and the lines after it still go.
+#[test]
+fn a_line_that_is_not_utf8_is_sent_lossily_and_the_rest_of_stdin_still_goes() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let url = signaling.room_url("not-utf8");
+    let alice_err = StderrFile::new();
+    let mut alice = join_logged(&url, "alice", &alice_err);
+    wait_joined(&mut alice);
+    let mut bob = join(&url, "bob", false);
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(Duration::from_secs(30), reliable_channel_open);
+    }
+    write_stdin(&mut alice, b"good1\ncaf\xc3\xa9 \xff bad\ngood2\n");
+    expect_chat(&mut bob, "alice: good1");
+    expect_chat(&mut bob, "alice: caf\u{e9} \u{fffd} bad");
+    expect_chat(&mut bob, "alice: good2");
+    wait_stderr(&alice_err, "warning: line 2 is not valid UTF-8");
+    assert!(
+        alice.child().try_wait().ok().flatten().is_none(),
+        "alice exited"
+    );
+}
+
+/// A data channel takes messages of at most 64 KiB: a line of exactly that size arrives, a
+/// longer one is not sent and the sender says so, and the chat goes on.
+#[test]
+fn a_line_over_the_message_limit_is_not_sent_and_the_sender_says_so() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let url = signaling.room_url("long-line");
+    let alice_err = StderrFile::new();
+    let mut alice = join_logged(&url, "alice", &alice_err);
+    wait_joined(&mut alice);
+    let mut bob = join(&url, "bob", false);
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(Duration::from_secs(30), reliable_channel_open);
+    }
+    let largest = "x".repeat(65_536);
+    let too_long = "y".repeat(65_537);
+    write_stdin(
+        &mut alice,
+        format!("{largest}\n{too_long}\nafter\n").as_bytes(),
+    );
+    expect_chat(&mut bob, &format!("alice: {largest}"));
+    expect_chat(&mut bob, "alice: after");
+    assert!(
+        !bob.seen.iter().any(|l| l.contains("yyy")),
+        "too long a line arrived"
+    );
+    wait_stderr(
+        &alice_err,
+        "warning: line of 65537 bytes not sent: at most 65536 bytes per message",
+    );
+}
+
+/// When every connection is down (the only other peer vanished without leaving: its session
+/// stays parked on the server for the resume grace), lines are kept, with a warning, and go
+/// to the next peer that connects instead of into the dead connection.
+#[test]
+fn lines_typed_while_every_connection_is_down_go_to_the_next_peer() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let url = signaling.room_url("all-down");
+    let alice_err = StderrFile::new();
+    let mut alice = join_logged(&url, "alice", &alice_err);
+    wait_joined(&mut alice);
+    let mut bob = join(&url, "bob", false);
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(Duration::from_secs(30), reliable_channel_open);
+    }
+    let joined = bob.wait_seen(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    let bob_id = field(&joined, "id").expect("bob's id").to_owned();
+    bob.kill();
+    alice.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* connection-state")
+            && field(l, "peer") == Some(bob_id.as_str())
+            && matches!(field(l, "state"), Some("disconnected" | "failed"))
+    });
+    say(&mut alice, "while-alone");
+    let mut carol = join(&url, "carol", false);
+    expect_chat(&mut carol, "alice: while-alone");
+    wait_stderr(&alice_err, "warning: no peer connected");
+    assert!(
+        !alice.seen.iter().any(|l| l.starts_with("* peer-left")),
+        "bob's session was still parked: the line did not go because he left"
+    );
+}
+
+/// SIGTERM makes `peer join` leave the room: the other side sees it go at once (not after the
+/// server's 30 s resume grace), and it exits with 143.
+#[test]
+fn sigterm_makes_join_leave_the_room_at_once() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let (alice, mut bob) = chat_pair(&signaling.room_url("sigterm"));
+    let sent = std::time::Instant::now();
+    alice.terminate();
+    let left = bob.wait_line(Duration::from_secs(5), |l| l.starts_with("* peer-left"));
+    assert_eq!(field(&left, "name"), Some("alice"), "{left}");
+    assert_eq!(field(&left, "reason"), Some("left"), "{left}");
+    assert!(sent.elapsed() < Duration::from_secs(5));
+    let mut alice = alice;
+    assert_eq!(alice.wait_exit(Duration::from_secs(10)).code(), Some(143));
+}
+
+/// `recv-file` and `send-file` stop on SIGINT and SIGTERM with 130 and 143, leaving the
+/// room; `recv-file` removes the output file of a transfer that did not complete.
+#[test]
+fn interrupted_file_commands_leave_and_remove_the_partial_file() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let url = signaling.room_url("interrupted");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dst = dir.path().join("dst.bin");
+    let dst_s = dst.to_string_lossy().into_owned();
+    let mut watcher = join(&url, "watcher", false);
+    wait_joined(&mut watcher);
+    let mut receiver = spawn(
+        "peer",
+        &[
+            "recv-file",
+            &url,
+            &dst_s,
+            "--name",
+            "receiver",
+            "--bind",
+            "127.0.0.1",
+        ],
+        false,
+    );
+    wait_joined(&mut receiver);
+    receiver.interrupt();
+    assert_eq!(
+        receiver.wait_exit(Duration::from_secs(10)).code(),
+        Some(130)
+    );
+    assert!(!dst.exists(), "the partial output file was kept");
+    watcher.wait_line(Duration::from_secs(5), |l| {
+        l.starts_with("* peer-left") && field(l, "name") == Some("receiver")
+    });
+
+    let src = dir.path().join("src.bin");
+    std::fs::write(&src, b"some bytes").expect("write source");
+    let src_s = src.to_string_lossy().into_owned();
+    // Alone in the room (a chat peer would decline the file), send-file waits for a peer.
+    watcher.terminate();
+    watcher.wait_exit(Duration::from_secs(10));
+    let mut sender = spawn(
+        "peer",
+        &[
+            "send-file",
+            &url,
+            &src_s,
+            "--name",
+            "sender",
+            "--bind",
+            "127.0.0.1",
+        ],
+        false,
+    );
+    wait_joined(&mut sender);
+    sender.terminate();
+    assert_eq!(sender.wait_exit(Duration::from_secs(10)).code(), Some(143));
+}
+
+/// `send-file` to a room whose first peer is a `peer join` chat: the chat peer declines the
+/// file (no binary on its terminal) and the sender fails saying so instead of waiting forever.
+#[test]
+fn a_chat_peer_declines_a_file_and_the_sender_says_so() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let url = signaling.room_url("declined");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("photo.bin");
+    std::fs::write(&src, xorshift_bytes(7, 200_000)).expect("write source");
+    let src_s = src.to_string_lossy().into_owned();
+    let mut alice = join(&url, "alice", false);
+    wait_joined(&mut alice);
+    let stderr = StderrFile::new();
+    let mut sender = spawn_with_stderr(
+        "peer",
+        &["send-file", &url, &src_s, "--bind", "127.0.0.1"],
+        false,
+        stderr.stdio(),
+    );
+    let declined = alice.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* file-declined")
+    });
+    assert_eq!(field(&declined, "file"), Some("photo.bin"), "{declined}");
+    assert_eq!(field(&declined, "bytes"), Some("200000"), "{declined}");
+    let status = sender.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{status}");
+    assert!(
+        stderr.text().contains("declined the file"),
+        "{}",
+        stderr.text()
+    );
+    alice.read_for(Duration::from_millis(500));
+    assert!(
+        alice.seen.iter().all(|l| l.starts_with("* ")),
+        "a chat peer printed file data:\n{}",
+        alice.seen.join("\n")
+    );
+}
+
+/// `PEER_RELAY_ONLY=1` is accepted (as are 0, true, false, yes, no): the command gets as far
+/// as connecting instead of failing on its arguments.
+#[test]
+fn peer_relay_only_accepts_1_from_the_environment() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let output = Command::new(bin_path("peer"))
+        .args(["join", &format!("ws://127.0.0.1:{port}/ws/x")])
+        .env("PEER_RELAY_ONLY", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run peer");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+}
+
+/// A peer an operator kicks says so once on stderr (`warning: signaling: kicked: ...`), not a
+/// second time through the SDK's log.
+#[test]
+fn a_kick_is_reported_once_on_stderr() {
+    const KEY: &str = "peer-e2e-api-key";
+    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--api-key", KEY]);
+    let url = signaling.room_url("kick-once");
+    let stderr = StderrFile::new();
+    let mut bob = join_logged(&url, "bob", &stderr);
+    let joined = bob.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    let bob_id = field(&joined, "id").expect("bob's peer id").to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (status, _, body) = runtime.block_on(e2e::signaling_http::http_request(
+        signaling.addr,
+        "POST",
+        &format!("/v1/rooms/kick-once/peers/{bob_id}/kick"),
+        &[("Authorization", &format!("Bearer {KEY}"))],
+        "",
+    ));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(bob.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    let text = stderr.text();
+    assert_eq!(text.matches("kicked").count(), 1, "{text}");
+    assert!(text.contains("warning: signaling: kicked: "), "{text}");
+}

@@ -1,19 +1,25 @@
 //! `peer join`: a line chat over the reliable data channel with every peer in the room.
 //!
-//! Lines read from stdin before any peer is connected are kept and sent to the first one.
-//! When stdin closes the command leaves the room and exits, once those lines are sent.
+//! Each stdin line is one message to every connected peer. Lines read while no peer is
+//! connected (before the first one, or while every connection is down) are kept and sent to
+//! the next peer that connects. When stdin closes the command leaves the room and exits, once
+//! those lines are sent. Incoming text is printed one message a line, escaped
+//! ([`super::escape`]); binary messages as a `* binary-message` notice.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use peer::protocol::PeerId;
-use peer::{ChannelKind, IceRestartReason, Peer, PeerEvent, SelectedPair};
+use peer::{
+    ChannelKind, ConnectionState, IceRestartReason, Peer, PeerEvent, PeerEvents, SelectedPair,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
-use super::{CommonArgs, Output};
+use super::file_transfer::Control;
+use super::{CommonArgs, Interrupted, Output, Stop, escape};
 
 /// How long after a relay-moved ICE restart the new selected pair is waited for.
 const RESELECT_WAIT: Duration = Duration::from_secs(30);
@@ -22,6 +28,12 @@ const RESELECT_POLL: Duration = Duration::from_millis(200);
 /// How long the last lines get to leave the send buffers before the room is left at the end
 /// of stdin (closing the connection drops what is still buffered).
 const LINGER: Duration = Duration::from_secs(1);
+/// The largest message a data channel takes, in bytes: the `max-message-size` both sides
+/// offer (the SDP default of RFC 8841, 64 KiB, which the SDK keeps). The SCTP layer refuses a
+/// longer message, so a longer line is not sent at all.
+const MAX_MESSAGE: usize = 65_536;
+/// Why a `peer join` peer answers a file offer with `file-declined`.
+const DECLINE_REASON: &str = "a chat peer (peer join) does not receive files: use peer recv-file";
 
 /// A connection that restarted ICE because its relay moved: its `selected-pair` line is
 /// printed again once ICE selected a different pair.
@@ -39,60 +51,444 @@ fn moved(before: Option<&SelectedPair>, now: &SelectedPair) -> bool {
     })
 }
 
-pub(crate) async fn run(url: &str, common: &CommonArgs) -> anyhow::Result<ExitCode> {
-    let out = common.output();
-    let (peer, mut events) = super::join(url, common).await?;
-    let mut names: HashMap<PeerId, String> = HashMap::new();
-    let mut pending: VecDeque<String> = VecDeque::new();
-    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    let mut stdin_open = true;
-    let mut reselect: HashMap<PeerId, Reselect> = HashMap::new();
-    let mut poll = tokio::time::interval(RESELECT_POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            line = stdin.next_line(), if stdin_open => match line {
-                Ok(Some(line)) => {
-                    if peer.connected_peers(ChannelKind::Reliable).is_empty() {
-                        pending.push_back(line);
-                    } else {
-                        peer.broadcast_text(ChannelKind::Reliable, &line).await?;
+/// Stdin, line by line, as bytes: a line that is not UTF-8 is still a line.
+struct StdinLines {
+    reader: BufReader<tokio::io::Stdin>,
+    /// The line read so far: [`Self::next`] may be cancelled (by `select!`) mid-line, and the
+    /// bytes it read then stay here for the next call.
+    buf: Vec<u8>,
+}
+
+impl StdinLines {
+    fn new() -> Self {
+        Self {
+            reader: BufReader::new(tokio::io::stdin()),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line without its `\n` or `\r\n`; `None` at the end of stdin. Cancel-safe.
+    async fn next(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        self.reader.read_until(b'\n', &mut self.buf).await?;
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let mut line = std::mem::take(&mut self.buf);
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        Ok(Some(line))
+    }
+}
+
+/// Stdin line number `number` as a chat message, and the `warning:` to print about it: text
+/// that is not UTF-8 is sent with U+FFFD in place of the invalid bytes; a line longer than
+/// [`MAX_MESSAGE`] bytes is not sent (`None`).
+fn chat_message(line: Vec<u8>, number: u64) -> (Option<String>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let text = String::from_utf8(line).unwrap_or_else(|err| {
+        warnings.push(format!(
+            "line {number} is not valid UTF-8: sent with U+FFFD in place of the invalid bytes"
+        ));
+        String::from_utf8_lossy(err.as_bytes()).into_owned()
+    });
+    if text.len() > MAX_MESSAGE {
+        warnings.clear();
+        warnings.push(format!(
+            "line of {} bytes not sent: at most {MAX_MESSAGE} bytes per message",
+            text.len()
+        ));
+        return (None, warnings);
+    }
+    (Some(text), warnings)
+}
+
+/// A chat message as one text line: `NAME: TEXT`, both escaped. A name starting with `*` is
+/// quoted, so that no chat line can start like a notice (`* `).
+fn chat_line(name: &str, text: &str) -> String {
+    let name = escape(name);
+    if name.starts_with('*') {
+        format!("\"{name}\": {}", escape(text))
+    } else {
+        format!("{name}: {}", escape(text))
+    }
+}
+
+pub(crate) async fn run(
+    url: &str,
+    common: &CommonArgs,
+    stop: &mut Stop,
+) -> anyhow::Result<ExitCode> {
+    let (peer, mut events) = match stop.guard(super::join(url, common)).await {
+        Ok(joined) => joined?,
+        Err(signal) => return stopped_by(signal),
+    };
+    let mut chat = Chat::new(common.output());
+    let outcome = stop.guard(chat.run(&peer, &mut events)).await;
+    if !chat.pending.is_empty() {
+        eprintln!(
+            "warning: {} line(s) not sent: no peer connected",
+            chat.pending.len()
+        );
+    }
+    stop.leave(peer).await;
+    match outcome {
+        Ok(result) => result,
+        Err(signal) => stopped_by(signal),
+    }
+}
+
+/// How `peer join` ends on a signal: Ctrl-C is how a chat ends (status 0); SIGTERM is 143.
+fn stopped_by(signal: Interrupted) -> anyhow::Result<ExitCode> {
+    match signal {
+        Interrupted::Int => Ok(ExitCode::SUCCESS),
+        Interrupted::Term => Err(signal.into()),
+    }
+}
+
+/// The most stdin lines kept while no peer is connected (each at most one message, 64 KiB:
+/// 64 MiB at worst); past it stdin is not read until a peer connects.
+const MAX_PENDING_LINES: usize = 1024;
+
+/// The state of one `peer join` session.
+struct Chat {
+    out: Output,
+    names: HashMap<PeerId, String>,
+    /// Lines read while no peer was connected, for the next one that connects.
+    pending: VecDeque<String>,
+    reselect: HashMap<PeerId, Reselect>,
+    /// Peers whose connection is down (disconnected or failed) though their channel is still
+    /// registered: a line sent there would sit in a buffer that may never drain.
+    down: HashSet<PeerId>,
+    /// Peers sending a file we declined: their binary chunks are dropped, not shown.
+    declined: HashSet<PeerId>,
+}
+
+impl Chat {
+    fn new(out: Output) -> Self {
+        Self {
+            out,
+            names: HashMap::new(),
+            pending: VecDeque::new(),
+            reselect: HashMap::new(),
+            down: HashSet::new(),
+            declined: HashSet::new(),
+        }
+    }
+
+    /// Runs until stdin ends (and what it had is sent) or the server ends the session.
+    async fn run(&mut self, peer: &Peer, events: &mut PeerEvents) -> anyhow::Result<ExitCode> {
+        let mut stdin = StdinLines::new();
+        let mut stdin_open = true;
+        let mut line_number = 0u64;
+        let mut poll = tokio::time::interval(RESELECT_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // With no peer to take them, stdin is read until MAX_PENDING_LINES wait: then
+                // it is left unread (a pipe into us blocks) until a peer connects.
+                line = stdin.next(), if stdin_open && self.pending.len() < MAX_PENDING_LINES => match line {
+                    Ok(Some(line)) => {
+                        line_number += 1;
+                        let (text, warnings) = chat_message(line, line_number);
+                        for warning in warnings {
+                            eprintln!("warning: {warning}");
+                        }
+                        if let Some(text) = text {
+                            self.send_line(peer, text).await;
+                        }
                     }
-                }
-                Ok(None) | Err(_) => {
-                    stdin_open = false;
-                    if pending.is_empty() {
+                    Ok(None) | Err(_) => {
+                        // An I/O error ends stdin like its end, with a word.
+                        if let Err(err) = line {
+                            eprintln!("warning: cannot read stdin: {err}");
+                        }
+                        stdin_open = false;
+                        if self.pending.is_empty() {
+                            break;
+                        }
+                    }
+                },
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    if !self.on_event(peer, event).await {
+                        // The server ended the session (`* signaling-closed`): a failure.
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    if !stdin_open && self.pending.is_empty() {
+                        // Stdin ended while no peer was connected: its lines are sent now.
                         break;
                     }
                 }
-            },
-            event = events.recv() => {
-                let Some(event) = event else { break };
-                if !on_event(&peer, &out, &mut names, &mut pending, &mut reselect, event).await? {
-                    // The server ended the session (`* signaling-closed`): a failure.
-                    peer.close().await;
-                    return Ok(ExitCode::FAILURE);
+                _ = poll.tick(), if !self.reselect.is_empty() => {
+                    report_reselected(peer, &self.out, &mut self.reselect).await;
                 }
-                if !stdin_open && pending.is_empty() {
-                    // Stdin ended before any peer was there: its lines are sent now.
-                    break;
-                }
-            }
-            _ = poll.tick(), if !reselect.is_empty() => {
-                report_reselected(&peer, &out, &mut reselect).await;
-            }
-            _ = tokio::signal::ctrl_c() => {
-                peer.close().await;
-                return Ok(ExitCode::SUCCESS);
             }
         }
+        if !stdin_open {
+            tokio::time::sleep(LINGER).await;
+            self.out
+                .notice("left", &[("room", peer.room().to_string())]);
+        }
+        Ok(ExitCode::SUCCESS)
     }
-    if !stdin_open {
-        tokio::time::sleep(LINGER).await;
-        out.notice("left", &[("room", peer.room().to_string())]);
+
+    /// Peers a line goes to: an open chat channel and a connection that is not down.
+    fn live_peers(&self, peer: &Peer) -> Vec<PeerId> {
+        peer.connected_peers(ChannelKind::Reliable)
+            .into_iter()
+            .filter(|id| !self.down.contains(id))
+            .collect()
     }
-    peer.close().await;
-    Ok(ExitCode::SUCCESS)
+
+    /// Sends a stdin line to every live peer, or keeps it for the next one.
+    async fn send_line(&mut self, peer: &Peer, line: String) {
+        let to = self.live_peers(peer);
+        if to.is_empty() {
+            if self.pending.is_empty() {
+                eprintln!(
+                    "warning: no peer connected: lines are kept for the next peer that connects"
+                );
+            }
+            self.pending.push_back(line);
+            return;
+        }
+        for id in to {
+            self.send_to(peer, &id, &line).await;
+        }
+    }
+
+    async fn send_to(&self, peer: &Peer, to: &PeerId, line: &str) {
+        if let Err(err) = peer.send_text(to, ChannelKind::Reliable, line).await {
+            eprintln!(
+                "warning: not sent to {}: {err}",
+                escape(&display(&self.names, to))
+            );
+        }
+    }
+
+    /// Sends the kept lines to `to`, which just connected.
+    async fn flush_pending(&mut self, peer: &Peer, to: &PeerId) {
+        while let Some(line) = self.pending.pop_front() {
+            self.send_to(peer, to, &line).await;
+        }
+    }
+
+    /// Handles one event; `false` when the session is over.
+    async fn on_event(&mut self, peer: &Peer, event: PeerEvent) -> bool {
+        let out = self.out;
+        match event {
+            PeerEvent::PeerJoined { peer: id, name } => {
+                if let Some(name) = &name {
+                    self.names.insert(id.clone(), name.clone());
+                }
+                out.notice(
+                    "peer-joined",
+                    &[("id", id.to_string()), ("name", name.unwrap_or_default())],
+                );
+            }
+            PeerEvent::PeerLeft { peer: id, reason } => {
+                out.notice(
+                    "peer-left",
+                    &[
+                        ("id", id.to_string()),
+                        ("name", display(&self.names, &id)),
+                        ("reason", format!("{reason:?}").to_lowercase()),
+                    ],
+                );
+                self.names.remove(&id);
+                self.reselect.remove(&id);
+                self.down.remove(&id);
+                self.declined.remove(&id);
+            }
+            PeerEvent::PeerRenamed { old, new } => {
+                if let Some(name) = self.names.remove(&old) {
+                    self.names.insert(new.clone(), name);
+                }
+                if self.down.remove(&old) {
+                    self.down.insert(new.clone());
+                }
+                if self.declined.remove(&old) {
+                    self.declined.insert(new.clone());
+                }
+                out.notice(
+                    "peer-renamed",
+                    &[("old", old.to_string()), ("new", new.to_string())],
+                );
+            }
+            PeerEvent::ChannelOpen { peer: id, kind } => {
+                out.notice(
+                    "channel-open",
+                    &[("peer", id.to_string()), ("kind", kind.to_string())],
+                );
+                if kind == ChannelKind::Reliable {
+                    if !self.down.contains(&id) {
+                        self.flush_pending(peer, &id).await;
+                    }
+                    if let Some(pair) = super::selected_pair_eventually(peer, &id).await {
+                        out.selected_pair(id.as_str(), &pair, None);
+                    }
+                }
+            }
+            PeerEvent::ChannelClosed { peer: id, kind } => {
+                out.notice(
+                    "channel-closed",
+                    &[("peer", id.to_string()), ("kind", kind.to_string())],
+                );
+            }
+            PeerEvent::Message {
+                from,
+                kind,
+                text,
+                data,
+            } => self.on_message(peer, from, kind, text, &data).await,
+            PeerEvent::ConnectionState { peer: id, state } => {
+                out.notice(
+                    "connection-state",
+                    &[
+                        ("peer", id.to_string()),
+                        ("state", format!("{state:?}").to_lowercase()),
+                    ],
+                );
+                self.on_connection_state(peer, id, state).await;
+            }
+            PeerEvent::SignalingReconnecting { attempt, delay } => out.notice_values(
+                "signaling-reconnecting",
+                &[
+                    ("attempt", attempt.into()),
+                    (
+                        "delay_ms",
+                        u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).into(),
+                    ),
+                ],
+            ),
+            PeerEvent::SignalingResumed { replayed, resent } => {
+                let fields = [("replayed", replayed.into()), ("resent", resent.into())];
+                out.notice_values("signaling-resumed", &fields);
+            }
+            PeerEvent::SignalingRejoined { peer_id } => {
+                out.notice("signaling-rejoined", &[("id", peer_id.to_string())]);
+            }
+            PeerEvent::IceServersUpdated => out.notice("ice-servers-updated", &[]),
+            PeerEvent::IceRestart { peer: id, reason } => {
+                out.notice(
+                    "ice-restart",
+                    &[("peer", id.to_string()), ("reason", reason.to_string())],
+                );
+                if reason == IceRestartReason::RelayMoved {
+                    // Report the new pair once ICE has moved off the old one.
+                    let before = peer.selected_pair(&id).await.ok().flatten();
+                    self.reselect.insert(
+                        id,
+                        Reselect {
+                            before,
+                            until: Instant::now() + RESELECT_WAIT,
+                        },
+                    );
+                }
+            }
+            PeerEvent::SignalingClosed { message } => {
+                out.notice("signaling-closed", &[("reason", message)]);
+                return false;
+            }
+            PeerEvent::Broadcast { from, data } => {
+                out.notice(
+                    "broadcast",
+                    &[("from", from.to_string()), ("data", data.to_string())],
+                );
+            }
+            PeerEvent::Error { peer: id, message } => {
+                let about = id.map(|id| format!("peer {id}: ")).unwrap_or_default();
+                eprintln!("warning: {about}{}", escape(&message));
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Tracks whether a connection is down; the kept lines go to one that comes back.
+    async fn on_connection_state(&mut self, peer: &Peer, id: PeerId, state: ConnectionState) {
+        match state {
+            ConnectionState::Connected => {
+                let was_down = self.down.remove(&id);
+                let open = peer.connected_peers(ChannelKind::Reliable).contains(&id);
+                if was_down && open {
+                    self.flush_pending(peer, &id).await;
+                }
+            }
+            ConnectionState::Disconnected | ConnectionState::Failed | ConnectionState::Closed => {
+                self.down.insert(id);
+            }
+            ConnectionState::New | ConnectionState::Connecting => {}
+        }
+    }
+
+    /// Prints a chat message; declines a file offer; notes a binary message by its size.
+    async fn on_message(
+        &mut self,
+        peer: &Peer,
+        from: PeerId,
+        kind: ChannelKind,
+        text: bool,
+        data: &[u8],
+    ) {
+        let out = self.out;
+        let Some(chat) = chat_text(kind, data) else {
+            tracing::debug!(%from, %kind, bytes = data.len(), "non-chat message not shown");
+            return;
+        };
+        let name = display(&self.names, &from);
+        if !text {
+            // File chunks of an offer declined already are not news.
+            if !self.declined.contains(&from) {
+                out.notice_values(
+                    "binary-message",
+                    &[
+                        ("from", from.as_str().into()),
+                        ("name", name.into()),
+                        ("bytes", data.len().into()),
+                    ],
+                );
+            }
+            return;
+        }
+        match serde_json::from_slice::<Control>(data) {
+            Ok(Control::Header {
+                name: file, size, ..
+            }) => {
+                out.notice_values(
+                    "file-declined",
+                    &[
+                        ("from", from.as_str().into()),
+                        ("name", name.into()),
+                        ("file", file.into()),
+                        ("bytes", size.into()),
+                    ],
+                );
+                self.declined.insert(from.clone());
+                let reply = Control::Declined {
+                    reason: DECLINE_REASON.into(),
+                };
+                if let Ok(reply) = serde_json::to_string(&reply) {
+                    let _ = peer.send_text(&from, ChannelKind::Reliable, &reply).await;
+                }
+                return;
+            }
+            Ok(Control::End) if self.declined.remove(&from) => return,
+            _ => {}
+        }
+        if out.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "message", "from": from.as_str(), "name": name, "text": chat})
+            );
+        } else {
+            println!("{}", chat_line(&name, &chat));
+        }
+    }
 }
 
 /// The chat text of a message, if it is one. Chat is the reliable (ordered) channel, labelled
@@ -128,147 +524,6 @@ async fn report_reselected(peer: &Peer, out: &Output, reselect: &mut HashMap<Pee
     }
 }
 
-/// Handles one event; `false` when the session is over.
-async fn on_event(
-    peer: &Peer,
-    out: &Output,
-    names: &mut HashMap<PeerId, String>,
-    pending: &mut VecDeque<String>,
-    reselect: &mut HashMap<PeerId, Reselect>,
-    event: PeerEvent,
-) -> anyhow::Result<bool> {
-    match event {
-        PeerEvent::PeerJoined { peer: id, name } => {
-            if let Some(name) = &name {
-                names.insert(id.clone(), name.clone());
-            }
-            out.notice(
-                "peer-joined",
-                &[("id", id.to_string()), ("name", name.unwrap_or_default())],
-            );
-        }
-        PeerEvent::PeerLeft { peer: id, reason } => {
-            out.notice(
-                "peer-left",
-                &[
-                    ("id", id.to_string()),
-                    ("name", display(names, &id)),
-                    ("reason", format!("{reason:?}").to_lowercase()),
-                ],
-            );
-            names.remove(&id);
-            reselect.remove(&id);
-        }
-        PeerEvent::PeerRenamed { old, new } => {
-            if let Some(name) = names.remove(&old) {
-                names.insert(new.clone(), name);
-            }
-            out.notice(
-                "peer-renamed",
-                &[("old", old.to_string()), ("new", new.to_string())],
-            );
-        }
-        PeerEvent::ChannelOpen { peer: id, kind } => {
-            out.notice(
-                "channel-open",
-                &[("peer", id.to_string()), ("kind", kind.to_string())],
-            );
-            if kind == ChannelKind::Reliable {
-                while let Some(line) = pending.pop_front() {
-                    peer.send_text(&id, ChannelKind::Reliable, &line).await?;
-                }
-                if let Some(pair) = super::selected_pair_eventually(peer, &id).await {
-                    out.selected_pair(id.as_str(), &pair, None);
-                }
-            }
-        }
-        PeerEvent::ChannelClosed { peer: id, kind } => {
-            out.notice(
-                "channel-closed",
-                &[("peer", id.to_string()), ("kind", kind.to_string())],
-            );
-        }
-        PeerEvent::Message {
-            from, kind, data, ..
-        } => {
-            let Some(text) = chat_text(kind, &data) else {
-                tracing::debug!(%from, %kind, bytes = data.len(), "non-chat message not shown");
-                return Ok(true);
-            };
-            if out.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"event": "message", "from": from.as_str(), "name": display(names, &from), "text": text})
-                );
-            } else {
-                println!("{}: {}", display(names, &from), text);
-            }
-        }
-        PeerEvent::ConnectionState { peer: id, state } => {
-            out.notice(
-                "connection-state",
-                &[
-                    ("peer", id.to_string()),
-                    ("state", format!("{state:?}").to_lowercase()),
-                ],
-            );
-        }
-        PeerEvent::SignalingReconnecting { attempt, delay } => out.notice(
-            "signaling-reconnecting",
-            &[
-                ("attempt", attempt.to_string()),
-                ("delay_ms", delay.as_millis().to_string()),
-            ],
-        ),
-        PeerEvent::SignalingResumed { replayed, resent } => {
-            let fields = [
-                ("replayed", replayed.to_string()),
-                ("resent", resent.to_string()),
-            ];
-            out.notice("signaling-resumed", &fields);
-        }
-        PeerEvent::SignalingRejoined { peer_id } => {
-            out.notice("signaling-rejoined", &[("id", peer_id.to_string())]);
-        }
-        PeerEvent::IceServersUpdated => out.notice("ice-servers-updated", &[]),
-        PeerEvent::IceRestart { peer: id, reason } => {
-            out.notice(
-                "ice-restart",
-                &[("peer", id.to_string()), ("reason", reason.to_string())],
-            );
-            if reason == IceRestartReason::RelayMoved {
-                // Report the new pair once ICE has moved off the old one.
-                let before = peer.selected_pair(&id).await.ok().flatten();
-                reselect.insert(
-                    id,
-                    Reselect {
-                        before,
-                        until: Instant::now() + RESELECT_WAIT,
-                    },
-                );
-            }
-        }
-        PeerEvent::SignalingClosed { message } => {
-            out.notice("signaling-closed", &[("reason", message)]);
-            return Ok(false);
-        }
-        PeerEvent::Broadcast { from, data } => {
-            out.notice(
-                "broadcast",
-                &[("from", from.to_string()), ("data", data.to_string())],
-            );
-        }
-        PeerEvent::Error { peer: id, message } => {
-            eprintln!(
-                "warning: {}{message}",
-                id.map(|id| format!("peer {id}: ")).unwrap_or_default()
-            );
-        }
-        _ => {}
-    }
-    Ok(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +547,51 @@ mod tests {
             &pair("127.0.0.1:40000", Some("turn:127.0.0.1:3479?transport=udp"))
         ));
         assert!(moved(None, &old));
+    }
+
+    #[test]
+    fn a_chat_message_is_one_line_that_cannot_pass_for_a_notice() {
+        let line = chat_line(
+            "mallory",
+            "line one\n* peer-left id=deadbeef name=bob reason=left\x1b]0;pwned\x07\r",
+        );
+        assert_eq!(
+            line,
+            "mallory: line one\\n* peer-left id=deadbeef name=bob reason=left\\x1b]0;pwned\\x07\\r"
+        );
+        // A display name starting like a notice is quoted (the server refuses control
+        // characters in names; they are escaped anyway).
+        assert_eq!(
+            chat_line("* peer-left id=1 reason=left", "x"),
+            "\"* peer-left id=1 reason=left\": x"
+        );
+        assert_eq!(chat_line("bo\x1bb", "hi"), "bo\\x1bb: hi");
+        assert_eq!(chat_line("ada", "plain text"), "ada: plain text");
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_sent_lossily_with_a_warning() {
+        let (text, warnings) = chat_message(b"caf\xc3\xa9 \xff bad".to_vec(), 2);
+        assert_eq!(text.as_deref(), Some("café \u{fffd} bad"));
+        assert_eq!(
+            warnings,
+            ["line 2 is not valid UTF-8: sent with U+FFFD in place of the invalid bytes"]
+        );
+        let (text, warnings) = chat_message(b"good".to_vec(), 1);
+        assert_eq!((text.as_deref(), warnings.len()), (Some("good"), 0));
+    }
+
+    #[test]
+    fn a_line_longer_than_a_message_is_not_sent_and_says_so() {
+        let (text, warnings) = chat_message(vec![b'x'; MAX_MESSAGE], 1);
+        assert_eq!(text.map(|t| t.len()), Some(MAX_MESSAGE));
+        assert!(warnings.is_empty());
+        let (text, warnings) = chat_message(vec![b'x'; MAX_MESSAGE + 1], 1);
+        assert_eq!(text, None);
+        assert_eq!(
+            warnings,
+            ["line of 65537 bytes not sent: at most 65536 bytes per message"]
+        );
     }
 
     #[test]

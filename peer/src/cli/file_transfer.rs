@@ -4,27 +4,31 @@
 //! Wire format on the channel: a text header `{"type":"file-header","name":..,"size":..,
 //! "sha256":..}`, the content as binary messages of [`CHUNK`] bytes, a text
 //! `{"type":"file-end"}`; the receiver answers `{"type":"file-result","ok":..,"sha256":..}`.
-//! Both sides exit non-zero when the checksums differ.
+//! Both sides exit non-zero when the checksums differ. A peer that does not take files (a
+//! `peer join` chat) answers the header with `{"type":"file-declined","reason":..}`, and the
+//! sender stops.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use futures_util::FutureExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use peer::protocol::PeerId;
-use peer::{ChannelKind, PeerEvent};
+use peer::{ChannelKind, Peer, PeerEvent, PeerEvents};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::CommonArgs;
+use super::{CommonArgs, Output, Stop};
 
 /// Bytes per data-channel message.
 const CHUNK: usize = 16 * 1024;
 
+/// The text messages of a transfer.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
-enum Control {
+pub(crate) enum Control {
     #[serde(rename = "file-header")]
     Header {
         name: String,
@@ -35,6 +39,9 @@ enum Control {
     End,
     #[serde(rename = "file-result")]
     Result { ok: bool, sha256: String },
+    /// The peer does not take the file (it is no `recv-file`).
+    #[serde(rename = "file-declined")]
+    Declined { reason: String },
 }
 
 fn progress(size: u64) -> ProgressBar {
@@ -47,15 +54,34 @@ fn progress(size: u64) -> ProgressBar {
     bar
 }
 
-async fn file_sha256(path: &Path) -> anyhow::Result<(u64, String)> {
-    let mut file = tokio::fs::File::open(path)
+/// Opens the file to send: a regular file (not a directory), named in any error.
+async fn open_source(path: &Path) -> anyhow::Result<tokio::fs::File> {
+    let file = tokio::fs::File::open(path)
         .await
         .with_context(|| format!("open {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .await
+        .with_context(|| format!("stat {}", path.display()))?;
+    if meta.is_dir() {
+        bail!(
+            "{} is a directory: send-file sends one file",
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+async fn file_sha256(path: &Path) -> anyhow::Result<(u64, String)> {
+    let mut file = open_source(path).await?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf).await?;
+        let n = file
+            .read(&mut buf)
+            .await
+            .with_context(|| format!("read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -65,18 +91,90 @@ async fn file_sha256(path: &Path) -> anyhow::Result<(u64, String)> {
     Ok((size, hex::encode(hasher.finalize())))
 }
 
-pub(crate) async fn send(url: &str, path: &Path, common: &CommonArgs) -> anyhow::Result<ExitCode> {
-    let out = common.output();
-    let (size, sha256) = file_sha256(path).await?;
+pub(crate) async fn send(
+    url: &str,
+    path: &Path,
+    common: &CommonArgs,
+    stop: &mut Stop,
+) -> anyhow::Result<ExitCode> {
+    let (size, sha256) = stop.guard(file_sha256(path)).await??;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
-    let (peer, mut events) = super::join(url, common).await?;
-    let to = super::first_open_peer(&mut events).await?;
-    out.notice(
+    let offer = Offer {
+        path: path.to_owned(),
+        name,
+        size,
+        sha256,
+    };
+    let (peer, mut events) = stop.guard(super::join(url, common)).await??;
+    let outcome = stop
+        .guard(send_to_first_peer(
+            &peer,
+            &mut events,
+            offer,
+            common.output(),
+        ))
+        .await;
+    stop.leave(peer).await;
+    outcome?
+}
+
+/// The file being sent.
+struct Offer {
+    path: PathBuf,
+    name: String,
+    size: u64,
+    sha256: String,
+}
+
+/// How the receiver answered.
+enum Verdict {
+    /// Its checksum, and whether it matches.
+    Checked { ok: bool, sha256: String },
+    /// It does not take files.
+    Declined(String),
+    /// It left (or our peer closed) before answering.
+    Gone,
+}
+
+/// The receiver's answer in `event`, if it is one.
+fn verdict(event: Option<PeerEvent>, to: &PeerId) -> Option<Verdict> {
+    match event {
+        Some(PeerEvent::Message {
+            from,
+            text: true,
+            data,
+            ..
+        }) if from == *to => match serde_json::from_slice(&data) {
+            Ok(Control::Result { ok, sha256 }) => Some(Verdict::Checked { ok, sha256 }),
+            Ok(Control::Declined { reason }) => Some(Verdict::Declined(reason)),
+            _ => None,
+        },
+        Some(PeerEvent::PeerLeft { peer: left, .. }) if left == *to => Some(Verdict::Gone),
+        Some(_) => None,
+        None => Some(Verdict::Gone),
+    }
+}
+
+/// Sends `offer` to the first peer that connects and waits for its verdict.
+async fn send_to_first_peer(
+    peer: &Peer,
+    events: &mut PeerEvents,
+    offer: Offer,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
+    let Offer {
+        path,
+        name,
+        size,
+        sha256,
+    } = offer;
+    let to = super::first_open_peer(events).await?;
+    out.notice_values(
         "sending",
-        &[("peer", to.to_string()), ("bytes", size.to_string())],
+        &[("peer", to.as_str().into()), ("bytes", size.into())],
     );
 
     let header = Control::Header {
@@ -87,10 +185,24 @@ pub(crate) async fn send(url: &str, path: &Path, common: &CommonArgs) -> anyhow:
     peer.send_text(&to, ChannelKind::Reliable, &serde_json::to_string(&header)?)
         .await?;
     let bar = progress(size);
-    let mut file = tokio::fs::File::open(path).await?;
+    let mut file = open_source(&path).await?;
     let mut buf = vec![0u8; CHUNK];
+    let mut early = None;
     loop {
-        let n = file.read(&mut buf).await?;
+        // A receiver that declines (or leaves) answers before the end: stop there.
+        while let Some(event) = events.recv().now_or_never() {
+            early = verdict(event, &to);
+            if early.is_some() {
+                break;
+            }
+        }
+        if early.is_some() {
+            break;
+        }
+        let n = file
+            .read(&mut buf)
+            .await
+            .with_context(|| format!("read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -102,58 +214,44 @@ pub(crate) async fn send(url: &str, path: &Path, common: &CommonArgs) -> anyhow:
         .await?;
         bar.inc(n as u64);
     }
-    peer.send_text(
-        &to,
-        ChannelKind::Reliable,
-        &serde_json::to_string(&Control::End)?,
-    )
-    .await?;
-    bar.finish();
-
-    // Wait for the receiver's verdict.
-    let verdict = loop {
-        match events.recv().await {
-            Some(PeerEvent::Message {
-                from,
-                text: true,
-                data,
-                ..
-            }) if from == to => {
-                if let Ok(Control::Result { ok, sha256 }) = serde_json::from_slice(&data) {
-                    break Some((ok, sha256));
+    let verdict = match early {
+        Some(verdict) => {
+            bar.abandon();
+            verdict
+        }
+        None => {
+            peer.send_text(
+                &to,
+                ChannelKind::Reliable,
+                &serde_json::to_string(&Control::End)?,
+            )
+            .await?;
+            bar.finish();
+            loop {
+                if let Some(verdict) = verdict(events.recv().await, &to) {
+                    break verdict;
                 }
             }
-            Some(PeerEvent::PeerLeft { peer: left, .. }) if left == to => break None,
-            Some(_) => {}
-            None => break None,
         }
     };
-    peer.close().await;
+    let mut fields: Vec<(&str, serde_json::Value)> =
+        vec![("bytes", size.into()), ("sha256", sha256.into())];
     match verdict {
-        Some((true, _)) => {
-            out.notice(
-                "file-sent",
-                &[
-                    ("bytes", size.to_string()),
-                    ("sha256", sha256),
-                    ("ok", "true".into()),
-                ],
-            );
+        Verdict::Checked { ok: true, .. } => {
+            fields.push(("ok", true.into()));
+            out.notice_values("file-sent", &fields);
             Ok(ExitCode::SUCCESS)
         }
-        Some((false, theirs)) => {
-            out.notice(
-                "file-sent",
-                &[
-                    ("bytes", size.to_string()),
-                    ("sha256", sha256),
-                    ("received_sha256", theirs),
-                    ("ok", "false".into()),
-                ],
-            );
+        Verdict::Checked { ok: false, sha256 } => {
+            fields.push(("received_sha256", sha256.into()));
+            fields.push(("ok", false.into()));
+            out.notice_values("file-sent", &fields);
             Ok(ExitCode::FAILURE)
         }
-        None => bail!("the receiver left before confirming the checksum"),
+        Verdict::Declined(reason) => {
+            bail!("peer {to} declined the file: {}", super::escape(&reason))
+        }
+        Verdict::Gone => bail!("the receiver left before confirming the checksum"),
     }
 }
 
@@ -161,96 +259,128 @@ pub(crate) async fn receive(
     url: &str,
     out_path: &Path,
     common: &CommonArgs,
+    stop: &mut Stop,
 ) -> anyhow::Result<ExitCode> {
-    let out = common.output();
-    let (peer, mut events) = super::join(url, common).await?;
-    let mut file = tokio::fs::File::create(out_path)
-        .await
-        .with_context(|| format!("create {}", out_path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut received = 0u64;
-    let mut expected: Option<(PeerId, u64, String)> = None;
-    let mut bar: Option<ProgressBar> = None;
+    let (peer, mut events) = stop.guard(super::join(url, common)).await??;
+    let file = match tokio::fs::File::create(out_path).await {
+        Ok(file) => file,
+        Err(err) => {
+            stop.leave(peer).await;
+            return Err(err).with_context(|| format!("create {}", out_path.display()));
+        }
+    };
+    let mut target = Target {
+        file,
+        path: out_path,
+        complete: false,
+    };
+    let outcome = stop
+        .guard(receive_one(
+            &peer,
+            &mut events,
+            &mut target,
+            common.output(),
+        ))
+        .await;
+    stop.leave(peer).await;
+    if !target.complete {
+        // Half a file passes for a file: remove it.
+        match std::fs::remove_file(out_path) {
+            Ok(()) => eprintln!(
+                "warning: transfer incomplete: removed {}",
+                out_path.display()
+            ),
+            Err(err) => eprintln!(
+                "warning: transfer incomplete: cannot remove {}: {err}",
+                out_path.display()
+            ),
+        }
+    }
+    outcome?
+}
+
+/// Where a received file goes.
+struct Target<'a> {
+    file: tokio::fs::File,
+    path: &'a Path,
+    /// Whether the whole file arrived (`file-end`, whatever its checksum): an incomplete file
+    /// is removed.
+    complete: bool,
+}
+
+/// A transfer in progress.
+struct Incoming {
+    sender: PeerId,
+    size: u64,
+    sha256: String,
+    received: u64,
+    hasher: Sha256,
+    bar: ProgressBar,
+}
+
+/// Receives one file into `target` and answers its sender with the checksum.
+async fn receive_one(
+    peer: &Peer,
+    events: &mut PeerEvents,
+    target: &mut Target<'_>,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
+    let mut incoming: Option<Incoming> = None;
     while let Some(event) = events.recv().await {
         match event {
             PeerEvent::Message {
                 from,
-                text,
+                text: true,
+                data,
+                kind: ChannelKind::Reliable,
+            } => match serde_json::from_slice::<Control>(&data) {
+                Ok(Control::Header { name, size, sha256 }) => {
+                    out.notice_values(
+                        "receiving",
+                        &[
+                            ("peer", from.as_str().into()),
+                            ("name", name.into()),
+                            ("bytes", size.into()),
+                        ],
+                    );
+                    incoming = Some(Incoming {
+                        sender: from,
+                        size,
+                        sha256,
+                        received: 0,
+                        hasher: Sha256::new(),
+                        bar: progress(size),
+                    });
+                }
+                Ok(Control::End) => {
+                    let Some(done) = incoming.take() else {
+                        bail!("file-end before file-header");
+                    };
+                    return finish(peer, target, done, out).await;
+                }
+                _ => {}
+            },
+            PeerEvent::Message {
+                from,
+                text: false,
                 data,
                 kind: ChannelKind::Reliable,
             } => {
-                if text {
-                    match serde_json::from_slice::<Control>(&data) {
-                        Ok(Control::Header { name, size, sha256 }) => {
-                            out.notice(
-                                "receiving",
-                                &[
-                                    ("peer", from.to_string()),
-                                    ("name", name),
-                                    ("bytes", size.to_string()),
-                                ],
-                            );
-                            bar = Some(progress(size));
-                            expected = Some((from, size, sha256));
-                        }
-                        Ok(Control::End) => {
-                            let Some((sender, size, want)) = expected.take() else {
-                                bail!("file-end before file-header");
-                            };
-                            file.flush().await?;
-                            if let Some(bar) = &bar {
-                                bar.finish();
-                            }
-                            let got = hex::encode(std::mem::take(&mut hasher).finalize());
-                            let ok = got == want && received == size;
-                            let reply = Control::Result {
-                                ok,
-                                sha256: got.clone(),
-                            };
-                            peer.send_text(
-                                &sender,
-                                ChannelKind::Reliable,
-                                &serde_json::to_string(&reply)?,
-                            )
-                            .await?;
-                            out.notice(
-                                "file-received",
-                                &[
-                                    ("path", out_path.display().to_string()),
-                                    ("bytes", received.to_string()),
-                                    ("sha256", got),
-                                    ("expected_sha256", want),
-                                    ("ok", ok.to_string()),
-                                ],
-                            );
-                            // Let the verdict reach the sender before leaving.
-                            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                            peer.close().await;
-                            return Ok(if ok {
-                                ExitCode::SUCCESS
-                            } else {
-                                ExitCode::FAILURE
-                            });
-                        }
-                        _ => {}
-                    }
-                } else if expected
-                    .as_ref()
-                    .is_some_and(|(sender, _, _)| *sender == from)
-                {
-                    hasher.update(&data);
-                    file.write_all(&data).await?;
-                    received += data.len() as u64;
-                    if let Some(bar) = &bar {
-                        bar.inc(data.len() as u64);
-                    }
+                if let Some(incoming) = incoming.as_mut().filter(|i| i.sender == from) {
+                    incoming.hasher.update(&data);
+                    target
+                        .file
+                        .write_all(&data)
+                        .await
+                        .with_context(|| format!("write {}", target.path.display()))?;
+                    incoming.received += data.len() as u64;
+                    incoming.bar.inc(data.len() as u64);
                 }
             }
             PeerEvent::PeerLeft { peer: left, .. }
-                if expected
-                    .as_ref()
-                    .is_some_and(|(sender, _, _)| *sender == left) =>
+                if incoming.as_ref().is_some_and(|i| i.sender == left) =>
             {
+                let received = incoming.map_or(0, |i| i.received);
                 bail!("the sender left before the file was complete ({received} bytes received)");
             }
             PeerEvent::SignalingClosed { message } => bail!("signaling closed: {message}"),
@@ -258,4 +388,81 @@ pub(crate) async fn receive(
         }
     }
     bail!("peer closed before a file arrived")
+}
+
+/// The file is all there: checks it, tells the sender, reports.
+async fn finish(
+    peer: &Peer,
+    target: &mut Target<'_>,
+    done: Incoming,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
+    target
+        .file
+        .flush()
+        .await
+        .with_context(|| format!("write {}", target.path.display()))?;
+    target.complete = true;
+    done.bar.finish();
+    let got = hex::encode(done.hasher.finalize());
+    let ok = got == done.sha256 && done.received == done.size;
+    let reply = Control::Result {
+        ok,
+        sha256: got.clone(),
+    };
+    peer.send_text(
+        &done.sender,
+        ChannelKind::Reliable,
+        &serde_json::to_string(&reply)?,
+    )
+    .await?;
+    out.notice_values(
+        "file-received",
+        &[
+            ("path", target.path.display().to_string().into()),
+            ("bytes", done.received.into()),
+            ("sha256", got.into()),
+            ("expected_sha256", done.sha256.into()),
+            ("ok", ok.into()),
+        ],
+    );
+    // Let the verdict reach the sender before leaving.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_directory_is_refused_by_name() {
+        let dir = std::env::temp_dir();
+        let err = file_sha256(&dir).await.expect_err("a directory");
+        let line = super::super::error_chain(&err);
+        assert!(line.contains(&dir.display().to_string()), "{line}");
+        assert!(line.contains("is a directory"), "{line}");
+    }
+
+    #[test]
+    fn a_declined_offer_is_one_control_message() {
+        let declined = Control::Declined {
+            reason: "no".into(),
+        };
+        let text = serde_json::to_string(&declined).expect("JSON");
+        assert_eq!(text, r#"{"type":"file-declined","reason":"no"}"#);
+        let to: PeerId = serde_json::from_str(r#""abc""#).expect("peer id");
+        let event = PeerEvent::Message {
+            from: to.clone(),
+            kind: ChannelKind::Reliable,
+            text: true,
+            data: text.into(),
+        };
+        assert!(matches!(verdict(Some(event), &to), Some(Verdict::Declined(r)) if r == "no"));
+        assert!(matches!(verdict(None, &to), Some(Verdict::Gone)));
+    }
 }

@@ -3,17 +3,27 @@
 //! Human output (default): room notices are lines starting with `* ` followed by a keyword
 //! and `key=value` fields (`* joined room=R id=ID`, `* selected-pair peer=ID local=relay
 //! remote=relay protocol=udp rtt_ms=0.4 relay=HOST:PORT`, `* ice-restart peer=ID
-//! reason=relay-moved`); chat messages are `<name-or-id>: text`.
-//! With `--json` every line is one JSON object with an `"event"` field instead.
+//! reason=relay-moved`); chat messages are `<name-or-id>: text`, one line each, with control
+//! and invisible formatting characters escaped ([`escape`]) so that what a remote peer sends
+//! can neither pass for a notice nor drive the terminal. `error:` and `warning:` lines and logs
+//! go to stderr. With `--json` every stdout line is one JSON object with an `"event"` field
+//! instead, text as sent.
+//!
+//! Every subcommand stops on SIGINT or SIGTERM ([`Stop`]): it leaves the room, so the others
+//! see it go at once, and exits with 130 or 143 (`join` exits 0 on SIGINT, Ctrl-C being how a
+//! chat ends).
 
 mod chat;
 mod file_transfer;
 mod probe;
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::future::Future;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use peer::protocol::PeerId;
 use peer::{ChannelKind, Peer, PeerError, PeerEvent, PeerEvents, PeerOptions, SelectedPair};
 
@@ -30,21 +40,34 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Join a room and chat: stdin lines go to every peer, their messages are printed.
+    /// Join a room and chat: stdin lines go to every connected peer; theirs are printed.
     ///
-    /// Runs until Ctrl-C or until stdin closes: then the lines read so far are sent (to the
-    /// first peer that connects, if none is connected yet) and the room is left. When the
-    /// server ends the session for good (an operator's `kicked` or `room_closed`, or no resume
-    /// or join possible for five minutes) it prints `* signaling-closed reason=...` and exits with
-    /// status 1. It exits with status 1 too, printing `error: ...`, when it cannot join: the
-    /// server is unreachable, refuses, or (wss://) has a certificate not trusted (see --ca).
+    /// Each stdin line is one message of at most 65536 bytes (a longer line is not sent, with a
+    /// `warning:`); invalid UTF-8 is sent with U+FFFD in its place, with a `warning:`. Lines
+    /// read while no peer is connected (none joined yet, or every connection is down) are kept
+    /// and sent to the next peer that connects (up to 1024: then stdin waits for a peer).
+    /// Text output shows each message on one line
+    /// as `NAME: TEXT`, control characters escaped (`\n`, `\x1b`, `\u{202e}`); use --json
+    /// for the exact text. Binary messages show as `* binary-message`. Stdout carries chat
+    /// lines and `* ` notices; stderr `error:` and `warning:` lines and logs.
+    ///
+    /// Leaves the room on Ctrl-C (exit 0) or SIGTERM (exit 143), or when stdin closes: then
+    /// the lines read so far are sent first (to the next peer that connects, if none is
+    /// connected). When the server ends the session for good (an operator's `kicked` or
+    /// `room_closed`, or no resume or join possible for five minutes) it prints
+    /// `* signaling-closed reason=...` and exits with status 1. It exits with status 1 too,
+    /// printing `error: ...`, when it cannot join: the server is unreachable, refuses, or
+    /// (wss://) has a certificate not trusted (see --ca).
     Join {
         /// Signaling URL naming the room, e.g. ws://127.0.0.1:8080/ws/demo
         url: String,
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// Send a file to the first peer that connects in the room.
+    /// Send a file to the first peer that connects in the room (run `peer recv-file` there).
+    ///
+    /// A `peer join` peer that connects first declines the file: send-file then fails.
+    /// SIGINT or SIGTERM leave the room and exit with 130 or 143.
     SendFile {
         /// Signaling URL naming the room, e.g. ws://127.0.0.1:8080/ws/demo
         url: String,
@@ -54,6 +77,9 @@ enum Command {
         common: CommonArgs,
     },
     /// Receive one file from a peer in the room and verify its SHA-256.
+    ///
+    /// When the transfer does not complete (the sender left, SIGINT or SIGTERM, an error), the
+    /// partial output file is removed. SIGINT or SIGTERM exit with 130 or 143.
     RecvFile {
         /// Signaling URL naming the room, e.g. ws://127.0.0.1:8080/ws/demo
         url: String,
@@ -64,7 +90,7 @@ enum Command {
     },
     /// Check connectivity: connect to another peer/probe in the room (or, with --self, two
     /// internal peers to each other, direct and relay-only) and report the selected
-    /// candidate pair types and the round-trip time.
+    /// candidate pair types and the round-trip time. SIGINT or SIGTERM exit with 130 or 143.
     Probe {
         /// Signaling URL naming the room, e.g. ws://127.0.0.1:8080/ws/demo
         url: String,
@@ -81,8 +107,14 @@ enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct CommonArgs {
-    /// Force every connection through TURN (ICE transport policy relay).
-    #[arg(long, env = "PEER_RELAY_ONLY")]
+    /// Force every connection through TURN (ICE transport policy relay). The environment
+    /// variable takes 1/0, true/false, yes/no, on/off.
+    #[arg(
+        long,
+        env = "PEER_RELAY_ONLY",
+        action = ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     relay_only: bool,
     /// Display name shown to other peers [default: this machine's host name].
     #[arg(long, env = "PEER_NAME")]
@@ -133,7 +165,9 @@ fn default_name() -> Option<String> {
 
 /// Hides the WebRTC stack's `ERROR TURN permission request failed: ... 403` lines: a relay
 /// refusing to relay to some of a peer's candidate addresses (private or loopback ones, by
-/// its policy) is expected, and the connection uses another pair. Shown with `PEER_LOG` set.
+/// its policy) is expected, and the connection uses another pair. Hides too the SDK's log of
+/// a session the server ended for good (`kicked`, `room_closed`): every subcommand reports
+/// that itself, once. Both are shown with `PEER_LOG` set.
 pub(crate) struct ExpectedRefusals;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedRefusals {
@@ -145,8 +179,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedRefusals {
         struct Message(String);
         impl tracing::field::Visit for Message {
             fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                // An event may carry a `message` field besides its format string's.
                 if field.name() == "message" {
-                    self.0 = format!("{value:?}");
+                    let _ = write!(self.0, "{value:?} ");
                 }
             }
         }
@@ -154,13 +189,118 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedRefusals {
         // the target `log` here.
         let mut message = Message(String::new());
         event.record(&mut message);
-        !is_expected_refusal(&message.0)
+        !is_expected_refusal(&message.0) && !is_reported_closure(&message.0)
     }
 }
 
 /// Whether a log line of the WebRTC stack is a relay's refusal of a permission (403).
 fn is_expected_refusal(message: &str) -> bool {
     message.contains("TURN permission request failed") && message.contains("403")
+}
+
+/// Whether a log line is the SDK's note of a session the server ended for good, which the
+/// subcommand prints itself (`warning: signaling: kicked: ...`, `* signaling-closed`).
+fn is_reported_closure(message: &str) -> bool {
+    message.contains("signaling session ended for good by the server")
+}
+
+/// `text` for a terminal line: control characters (C0, DEL, C1) and invisible formatting
+/// characters (bidirectional overrides, zero-width spaces, line separators: the ones a
+/// display name may not contain, [`is_invisible_format`](peer::protocol::is_invisible_format))
+/// escaped as `\n`, `\r`, `\t`, `\x1b` or `\u{202e}`. The result is one line that cannot move
+/// the cursor, change the terminal's state or reorder what follows it. Backslashes stay as
+/// they are: the exact text is what `--json` is for.
+pub(crate) fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut line = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\t' => line.push_str("\\t"),
+            c if needs_escape(c) && c.is_ascii() => {
+                let _ = write!(line, "\\x{:02x}", u32::from(c));
+            }
+            c if needs_escape(c) => {
+                let _ = write!(line, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => line.push(c),
+        }
+    }
+    Cow::Owned(line)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || peer::protocol::is_invisible_format(c)
+}
+
+/// A notice field's value in the text format: [`escape`]d, and quoted when it is empty or
+/// holds whitespace or a quote (so that it stays one `key=value` field).
+fn field_value(value: &str) -> Cow<'_, str> {
+    let escaped = escape(value);
+    if escaped.is_empty() || escaped.contains(|c: char| c.is_whitespace() || c == '"') {
+        Cow::Owned(format!("\"{}\"", escaped.replace('"', "\\\"")))
+    } else {
+        escaped
+    }
+}
+
+/// Why a subcommand stopped early: SIGINT or SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Interrupted {
+    /// SIGINT (Ctrl-C).
+    #[error("interrupted (SIGINT)")]
+    Int,
+    /// SIGTERM.
+    #[error("terminated (SIGTERM)")]
+    Term,
+}
+
+impl Interrupted {
+    /// The shell's status for a process ended by the signal: 128 + its number.
+    pub(crate) fn exit_code(self) -> ExitCode {
+        ExitCode::from(match self {
+            Self::Int => 130,
+            Self::Term => 143,
+        })
+    }
+}
+
+/// SIGINT and SIGTERM, caught for the whole run of a subcommand: it races its work against
+/// them ([`Stop::guard`]), and leaves the room ([`Stop::leave`]) whether the work completed or
+/// not, so the other peers see it go at once rather than after the server's resume grace.
+pub(crate) struct Stop {
+    signals: startup::signals::ShutdownSignals,
+}
+
+impl Stop {
+    /// Catches SIGINT and SIGTERM from now on.
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        let signals = startup::signals::ShutdownSignals::install()
+            .map_err(|err| anyhow!("cannot catch SIGINT and SIGTERM: {err}"))?;
+        Ok(Self { signals })
+    }
+
+    /// `work`'s output, or the signal that came first (`work` is dropped then).
+    pub(crate) async fn guard<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+    ) -> Result<T, Interrupted> {
+        tokio::select! {
+            output = work => Ok(output),
+            signal = self.signals.recv() => Err(match signal {
+                "SIGINT" => Interrupted::Int,
+                _ => Interrupted::Term,
+            }),
+        }
+    }
+
+    /// Leaves the room and closes every connection; a second signal cuts that short.
+    pub(crate) async fn leave(&mut self, peer: Peer) {
+        let _ = self.guard(peer.close()).await;
+    }
 }
 
 /// An error and its causes on one line, each message once: a cause whose text its wrapper
@@ -190,49 +330,64 @@ pub(crate) struct Output {
 impl Output {
     /// A notice: `* event k=v ...` or `{"event":..., k: v}`.
     pub(crate) fn notice(&self, event: &str, fields: &[(&str, String)]) {
+        let fields: Vec<(&str, serde_json::Value)> = fields
+            .iter()
+            .map(|(key, value)| (*key, value.as_str().into()))
+            .collect();
+        self.notice_values(event, &fields);
+    }
+
+    /// A notice with typed values: numbers stay numbers in JSON; `null` is `unknown` in text.
+    pub(crate) fn notice_values(&self, event: &str, fields: &[(&str, serde_json::Value)]) {
+        println!("{}", self.notice_line(event, fields));
+    }
+
+    fn notice_line(&self, event: &str, fields: &[(&str, serde_json::Value)]) -> String {
         if self.json {
             let mut map = serde_json::Map::new();
             map.insert("event".into(), event.into());
             for (key, value) in fields {
-                map.insert((*key).into(), value.clone().into());
+                map.insert((*key).into(), value.clone());
             }
-            println!("{}", serde_json::Value::Object(map));
-        } else {
-            let mut line = format!("* {event}");
-            for (key, value) in fields {
-                line.push(' ');
-                line.push_str(key);
-                line.push('=');
-                if value.is_empty() || value.contains(char::is_whitespace) {
-                    line.push_str(&format!("{value:?}"));
-                } else {
-                    line.push_str(value);
-                }
-            }
-            println!("{line}");
+            return serde_json::Value::Object(map).to_string();
         }
+        let mut line = format!("* {event}");
+        for (key, value) in fields {
+            let _ = match value {
+                serde_json::Value::String(text) => write!(line, " {key}={}", field_value(text)),
+                serde_json::Value::Null => write!(line, " {key}=unknown"),
+                other => write!(line, " {key}={}", field_value(&other.to_string())),
+            };
+        }
+        line
     }
 
-    /// The selected candidate pair line.
+    /// The selected candidate pair line; `rtt_ms` a number (two decimals) or unknown.
     pub(crate) fn selected_pair(&self, peer: &str, pair: &SelectedPair, rtt_ms: Option<f64>) {
-        let rtt = rtt_ms
-            .or_else(|| pair.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0))
-            .map(|ms| format!("{ms:.2}"))
-            .unwrap_or_else(|| "unknown".into());
-        let mut fields = vec![
-            ("peer", peer.to_owned()),
-            ("local", pair.local_type.clone()),
-            ("remote", pair.remote_type.clone()),
-            ("protocol", pair.protocol.clone()),
-            ("local_addr", pair.local_address.clone()),
-            ("remote_addr", pair.remote_address.clone()),
-            ("rtt_ms", rtt),
+        let rtt = rtt_ms.or_else(|| pair.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0));
+        let mut fields: Vec<(&str, serde_json::Value)> = vec![
+            ("peer", peer.into()),
+            ("local", pair.local_type.as_str().into()),
+            ("remote", pair.remote_type.as_str().into()),
+            ("protocol", pair.protocol.as_str().into()),
+            ("local_addr", pair.local_address.as_str().into()),
+            ("remote_addr", pair.remote_address.as_str().into()),
+            ("rtt_ms", rtt_value(rtt)),
         ];
         if let Some(relay) = pair.relay_server() {
-            fields.push(("relay", relay));
+            fields.push(("relay", relay.into()));
         }
-        self.notice("selected-pair", &fields);
+        self.notice_values("selected-pair", &fields);
     }
+}
+
+/// A round-trip time in milliseconds for a notice: a number rounded to two decimals, or `null`
+/// (`unknown`) when not measured.
+pub(crate) fn rtt_value(rtt_ms: Option<f64>) -> serde_json::Value {
+    rtt_ms
+        .map(|ms| (ms * 100.0).round() / 100.0)
+        .and_then(serde_json::Number::from_f64)
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
 /// The selected pair, retried briefly: stats can lag an open channel by a moment.
@@ -247,20 +402,31 @@ pub(crate) async fn selected_pair_eventually(peer: &Peer, remote: &PeerId) -> Op
 }
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Join { url, common } => chat::run(&url, &common).await,
-        Command::SendFile { url, path, common } => file_transfer::send(&url, &path, &common).await,
+    let mut stop = Stop::install()?;
+    let stop = &mut stop;
+    let result = match cli.command {
+        Command::Join { url, common } => chat::run(&url, &common, stop).await,
+        Command::SendFile { url, path, common } => {
+            file_transfer::send(&url, &path, &common, stop).await
+        }
         Command::RecvFile {
             url,
             out_path,
             common,
-        } => file_transfer::receive(&url, &out_path, &common).await,
+        } => file_transfer::receive(&url, &out_path, &common, stop).await,
         Command::Probe {
             url,
             self_test,
             timeout,
             common,
-        } => probe::run(&url, self_test, timeout, &common).await,
+        } => probe::run(&url, self_test, timeout, &common, stop).await,
+    };
+    match result {
+        Err(err) => match err.downcast_ref::<Interrupted>() {
+            Some(signal) => Ok(signal.exit_code()),
+            None => Err(err),
+        },
+        ok => ok,
     }
 }
 
@@ -380,6 +546,105 @@ mod tests {
         ));
         assert!(!is_expected_refusal(
             "TURN allocation failed from 127.0.0.1:1 to 127.0.0.1:3478: error 401"
+        ));
+    }
+
+    #[test]
+    fn a_remote_text_cannot_fake_a_notice_or_drive_the_terminal() {
+        let fake = "line one\n* peer-left id=deadbeef name=bob reason=left";
+        assert_eq!(
+            escape(fake),
+            "line one\\n* peer-left id=deadbeef name=bob reason=left"
+        );
+        let cases = [
+            ("\x1b]0;pwned\x07", "\\x1b]0;pwned\\x07"),
+            ("\x1b[2J", "\\x1b[2J"),
+            ("over\rwrite", "over\\rwrite"),
+            ("a\tb", "a\\tb"),
+            ("nul\0 del\x7f", "nul\\x00 del\\x7f"),
+            ("c1 \u{9b}31m", "c1 \\u{9b}31m"),
+            ("evil\u{202e}txt.exe", "evil\\u{202e}txt.exe"),
+            (
+                "zero\u{200b}width \u{2066}isolate",
+                "zero\\u{200b}width \\u{2066}isolate",
+            ),
+            ("line\u{2028}separator", "line\\u{2028}separator"),
+        ];
+        for (text, shown) in cases {
+            assert_eq!(escape(text), shown, "{text:?}");
+            assert!(!escape(text).contains(|c: char| c.is_control()), "{text:?}");
+        }
+        // Ordinary text, backslashes and emoji joined by U+200D stay as they are.
+        for text in ["café, naïve, 日本語", r"C:\path\n", "👩\u{200d}💻", ""] {
+            assert!(matches!(escape(text), Cow::Borrowed(_)), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_notice_field_stays_one_field_on_one_line() {
+        let out = Output { json: false };
+        let line = out.notice_line(
+            "signaling-closed",
+            &[("reason", "kicked\n* joined room=x\x1b[2J".into())],
+        );
+        assert_eq!(
+            line,
+            r#"* signaling-closed reason="kicked\n* joined room=x\x1b[2J""#
+        );
+        let line = out.notice_line("x", &[("a", "".into()), ("b", "say \"hi\"".into())]);
+        assert_eq!(line, r#"* x a="" b="say \"hi\"""#);
+        let json = Output { json: true }.notice_line("x", &[("reason", "a\nb".into())]);
+        assert_eq!(json, r#"{"event":"x","reason":"a\nb"}"#);
+    }
+
+    #[test]
+    fn a_round_trip_time_is_a_number_in_json_and_unknown_when_not_measured() {
+        let fields = |rtt| [("rtt_ms", rtt_value(rtt))];
+        let (text, json) = (Output { json: false }, Output { json: true });
+        assert_eq!(
+            json.notice_line("probe", &fields(Some(0.4267))),
+            r#"{"event":"probe","rtt_ms":0.43}"#
+        );
+        assert_eq!(
+            json.notice_line("probe", &fields(None)),
+            r#"{"event":"probe","rtt_ms":null}"#
+        );
+        assert_eq!(
+            text.notice_line("probe", &fields(Some(12.0))),
+            "* probe rtt_ms=12.0"
+        );
+        assert_eq!(
+            text.notice_line("probe", &fields(None)),
+            "* probe rtt_ms=unknown"
+        );
+    }
+
+    #[test]
+    fn relay_only_is_a_flag_read_from_the_environment_too() {
+        let cli = Cli::command();
+        let join = cli.find_subcommand("join").expect("join");
+        let arg = join
+            .get_arguments()
+            .find(|arg| arg.get_id() == "relay_only")
+            .expect("--relay-only");
+        assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new("PEER_RELAY_ONLY")));
+        let parsed = Cli::try_parse_from(["peer", "join", "ws://h/ws/r", "--relay-only"]);
+        let Ok(Cli {
+            command: Command::Join { common, .. },
+        }) = parsed
+        else {
+            panic!("join with --relay-only: {parsed:?}");
+        };
+        assert!(common.relay_only);
+    }
+
+    #[test]
+    fn a_closed_session_is_reported_by_the_command_not_the_log_too() {
+        assert!(is_reported_closure(
+            "\"kicked by an operator\" signaling session ended for good by the server "
+        ));
+        assert!(!is_reported_closure(
+            "signaling session ended by the server"
         ));
     }
 

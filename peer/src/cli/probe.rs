@@ -7,16 +7,20 @@
 //! both. Ends with `* probe-result host=.. srflx=.. relay=..` (`ok`, `fail` or `untested`).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 use peer::protocol::PeerId;
 use peer::{ChannelKind, Peer, PeerEvent, PeerEvents, PeerOptions, SelectedPair};
 use rand::Rng;
 
-use super::{CommonArgs, Output};
+use super::{CommonArgs, Interrupted, Output, Stop};
+
+/// The outcome of each candidate type: `ok`, `fail` or `untested`.
+type Results = BTreeMap<&'static str, &'static str>;
 
 const PINGS: u32 = 5;
 
@@ -25,9 +29,10 @@ pub(crate) async fn run(
     self_test: bool,
     timeout: Duration,
     common: &CommonArgs,
+    stop: &mut Stop,
 ) -> anyhow::Result<ExitCode> {
     let out = common.output();
-    let mut results: BTreeMap<&'static str, &'static str> = [
+    let mut results: Results = [
         ("host", "untested"),
         ("srflx", "untested"),
         ("relay", "untested"),
@@ -45,9 +50,10 @@ pub(crate) async fn run(
             options.relay_only = relay_only;
             // The direct mode must not fall back to the relay, or it proves nothing.
             options.no_turn = !relay_only;
-            match tokio::time::timeout(timeout, self_pair(&room_url, options, &out, mode)).await {
-                Ok(Ok(pair)) => record(&mut results, &pair),
-                Ok(Err(err)) => {
+            match self_pair(&room_url, options, &out, mode, timeout, stop).await {
+                Ok(pair) => record(&mut results, &pair),
+                Err(err) if err.is::<Interrupted>() => return Err(err),
+                Err(err) => {
                     out.notice(
                         "probe-failed",
                         &[("mode", mode.into()), ("error", err.to_string())],
@@ -57,51 +63,21 @@ pub(crate) async fn run(
                     }
                     failed = true;
                 }
-                Err(_) => {
-                    out.notice(
-                        "probe-failed",
-                        &[("mode", mode.into()), ("error", "timeout".into())],
-                    );
-                    if relay_only {
-                        results.insert("relay", "fail");
-                    }
-                    failed = true;
-                }
             }
         }
     } else {
-        let (peer, mut events) = super::join(url, common).await?;
-        let peer = Arc::new(peer);
-        let connected = tokio::time::timeout(timeout, super::first_open_peer(&mut events)).await;
-        match connected {
-            Ok(Ok(remote)) => {
-                let rtt = ping(&peer, &mut events, &remote).await;
-                match super::selected_pair_eventually(&peer, &remote).await {
-                    Some(pair) => {
-                        out.selected_pair(remote.as_str(), &pair, rtt);
-                        record(&mut results, &pair);
-                    }
-                    None => failed = true,
-                }
-                // Keep answering the other side's pings for a moment.
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), serve(&peer, &mut events)).await;
-            }
-            Ok(Err(err)) => {
-                out.notice("probe-failed", &[("error", err.to_string())]);
-                failed = true;
-            }
-            Err(_) => {
-                out.notice(
-                    "probe-failed",
-                    &[("error", "timeout: no peer connected".into())],
-                );
-                failed = true;
-            }
-        }
-        if let Ok(peer) = Arc::try_unwrap(peer) {
-            peer.close().await;
-        }
+        let (peer, mut events) = stop.guard(super::join(url, common)).await??;
+        let outcome = stop
+            .guard(probe_remote(
+                &peer,
+                &mut events,
+                timeout,
+                &out,
+                &mut results,
+            ))
+            .await;
+        stop.leave(peer).await;
+        failed = !outcome?;
     }
     let fields: Vec<(&str, String)> = results.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
     out.notice("probe-result", &fields);
@@ -110,6 +86,54 @@ pub(crate) async fn run(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Connects to the first other peer in the room, reports the pair and RTT, and answers its
+/// pings for a moment; whether it worked.
+async fn probe_remote(
+    peer: &Peer,
+    events: &mut PeerEvents,
+    timeout: Duration,
+    out: &Output,
+    results: &mut Results,
+) -> bool {
+    match tokio::time::timeout(timeout, super::first_open_peer(events)).await {
+        Ok(Ok(remote)) => {
+            let rtt = ping(peer, events, &remote).await;
+            let pair = super::selected_pair_eventually(peer, &remote).await;
+            if let Some(pair) = &pair {
+                out.selected_pair(remote.as_str(), pair, rtt);
+                record(results, pair);
+            }
+            // Keep answering the other side's pings for a moment.
+            let _ = tokio::time::timeout(Duration::from_secs(2), serve(peer, events)).await;
+            pair.is_some()
+        }
+        Ok(Err(err)) => {
+            out.notice("probe-failed", &[("error", err.to_string())]);
+            false
+        }
+        Err(_) => {
+            out.notice(
+                "probe-failed",
+                &[("error", "timeout: no peer connected".into())],
+            );
+            false
+        }
+    }
+}
+
+/// `work` until `deadline`: an error `timeout` after it, [`Interrupted`] on a signal.
+async fn within<T>(
+    stop: &mut Stop,
+    deadline: tokio::time::Instant,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match stop.guard(tokio::time::timeout_at(deadline, work)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_elapsed)) => Err(anyhow!("timeout")),
+        Err(signal) => Err(signal.into()),
+    }
 }
 
 /// Marks the candidate types of a working pair as `ok`.
@@ -200,43 +224,55 @@ async fn ping(peer: &Peer, events: &mut PeerEvents, to: &PeerId) -> Option<f64> 
     samples.get(samples.len() / 2).copied()
 }
 
-/// Two internal peers connect to each other; returns A's selected pair.
+/// Two internal peers connect to each other within `timeout`; returns A's selected pair. Both
+/// leave the room whatever happens.
 async fn self_pair(
     url: &str,
     options: PeerOptions,
     out: &Output,
     mode: &str,
+    timeout: Duration,
+    stop: &mut Stop,
 ) -> anyhow::Result<SelectedPair> {
-    let (a, mut a_events) = super::connect(url, options.clone()).await?;
-    let (b, mut b_events) = super::connect(url, options).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (a, mut a_events) = within(stop, deadline, super::connect(url, options.clone())).await?;
+    let (b, mut b_events) = match within(stop, deadline, super::connect(url, options)).await {
+        Ok(b) => b,
+        Err(err) => {
+            stop.leave(a).await;
+            return Err(err);
+        }
+    };
     let b = Arc::new(b);
     let responder = {
         let b = b.clone();
         tokio::spawn(async move { serve(&b, &mut b_events).await })
     };
-    let remote = super::first_open_peer(&mut a_events).await?;
-    let rtt = ping(&a, &mut a_events, &remote).await;
-    let pair = super::selected_pair_eventually(&a, &remote).await;
+    let measured = within(stop, deadline, async {
+        let remote = super::first_open_peer(&mut a_events).await?;
+        let rtt = ping(&a, &mut a_events, &remote).await;
+        Ok((rtt, super::selected_pair_eventually(&a, &remote).await))
+    })
+    .await;
     responder.abort();
-    a.close().await;
+    // The aborted task gives its handle on B back.
+    let _ = responder.await;
+    stop.leave(a).await;
     if let Ok(b) = Arc::try_unwrap(b) {
-        b.close().await;
+        stop.leave(b).await;
     }
+    let (rtt, pair) = measured?;
     let Some(pair) = pair else {
         bail!("no selected candidate pair");
     };
-    out.notice(
+    out.notice_values(
         "probe",
         &[
-            ("mode", mode.to_owned()),
-            ("local", pair.local_type.clone()),
-            ("remote", pair.remote_type.clone()),
-            ("protocol", pair.protocol.clone()),
-            (
-                "rtt_ms",
-                rtt.map(|ms| format!("{ms:.2}"))
-                    .unwrap_or_else(|| "unknown".into()),
-            ),
+            ("mode", mode.into()),
+            ("local", pair.local_type.as_str().into()),
+            ("remote", pair.remote_type.as_str().into()),
+            ("protocol", pair.protocol.as_str().into()),
+            ("rtt_ms", super::rtt_value(rtt)),
         ],
     );
     Ok(pair)
