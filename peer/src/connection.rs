@@ -3,9 +3,10 @@
 //! The task owns the `webrtc` peer connection and applies perfect negotiation
 //! ([`crate::negotiation`]) to the signals the room routes to it: it answers offers (rolling
 //! back its own when polite), applies answers, queues early candidates, trickles its own
-//! candidates (and end-of-candidates) back, restarts ICE when the connection fails, and picks
-//! up fresh ICE servers, restarting ICE when the room's relay moved away from under a relayed
-//! pair ([`crate::ice_servers`]). Data channels it creates or receives get a reader task each
+//! candidates (and end-of-candidates) back, restarts ICE when the connection fails (each
+//! restart gathers anew: new sockets, new TURN allocations), and picks up fresh ICE servers,
+//! restarting ICE when the room's relay moved away from under a relayed pair
+//! ([`crate::ice_servers`]). Data channels it creates or receives get a reader task each
 //! ([`crate::channel`]).
 
 use std::collections::BTreeSet;
@@ -44,6 +45,9 @@ pub(crate) enum ConnectionInput {
     IceServers(Vec<IceServer>),
     /// The server restated our role (after a re-join).
     Polite(bool),
+    /// The server has no current `stats` report from us (the session is new after a re-join,
+    /// or reports were dropped while signaling was down): report at the next tick.
+    ReportStats,
     /// Report the selected candidate pair.
     SelectedPair(oneshot::Sender<Option<SelectedPair>>),
     /// Close the connection.
@@ -55,8 +59,9 @@ pub(crate) enum ConnectionInput {
 pub(crate) enum ConnectionOutput {
     /// Send this signal to the connection's remote peer.
     Signal { key: u64, signal: Signal },
-    /// Report this on the connection to the server (`stats`).
-    Stats { report: ConnectionStats },
+    /// Report this on the connection to the server (`stats`); the room puts in the remote
+    /// peer's current id.
+    Stats { key: u64, report: ConnectionStats },
     /// The connection task ended.
     Ended { key: u64 },
 }
@@ -196,6 +201,12 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
             Some(Duration::from_secs(6)),
             Some(Duration::from_secs(1)),
         )
+        // An ICE restart gathers anew, as a browser's does: new sockets, new candidates and
+        // new TURN allocations (the old ones released first). Without it webrtc re-offers the
+        // candidates of the first gathering, so after a relay restart (same address, its
+        // allocations gone) every restart re-offered dead relayed candidates and a relay-only
+        // call never recovered.
+        .with_discard_local_candidates_during_ice_restart(true)
         .build();
     // webrtc speaks TURN over UDP only: TCP TURN URLs go through local bridges.
     let mut bridges = TurnTcpBridges::new(options.turn_ca_files());
@@ -327,6 +338,10 @@ impl ConnectionTask {
                 self.negotiation.set_polite(polite);
                 Ok(())
             }
+            ConnectionInput::ReportStats => {
+                self.stats_sent = None;
+                Ok(())
+            }
             ConnectionInput::SelectedPair(reply) => {
                 let _ = reply.send(self.selected_pair().await);
                 Ok(())
@@ -400,7 +415,10 @@ impl ConnectionTask {
         };
         if due {
             self.stats_sent = Some((path, now));
-            let _ = self.ctx.output.send(ConnectionOutput::Stats { report });
+            let _ = self.ctx.output.send(ConnectionOutput::Stats {
+                key: self.ctx.key,
+                report,
+            });
         }
     }
 

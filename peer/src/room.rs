@@ -8,6 +8,8 @@
 //! session) keeps the live connections: a connection whose peer is not in the new room
 //! listing is *orphaned* and is adopted by the first newcomer with the same display name, so
 //! two peers that both re-join keep their data channels instead of building duplicates.
+//! Connections' `stats` reports go out only while the session is up and name the remote's
+//! current id (an orphan's are dropped), so a re-join never reports on an old-session peer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -45,6 +47,11 @@ pub(crate) struct Room {
     pub(crate) ice_servers: Vec<IceServer>,
     connections: HashMap<u64, ConnectionHandle>,
     orphans: Vec<u64>,
+    /// Whether the signaling session is up (false from `Reconnecting` until it resumed or
+    /// re-joined). `stats` reports made meanwhile are dropped rather than queued: after a
+    /// re-join they would name peer ids of the old session (`unknown_peer`), and a fresh
+    /// report follows the comeback anyway.
+    signaling_up: bool,
     next_key: u64,
     output_tx: mpsc::UnboundedSender<ConnectionOutput>,
     next_request: u64,
@@ -70,6 +77,7 @@ impl Room {
                 ice_servers,
                 connections: HashMap::new(),
                 orphans: Vec::new(),
+                signaling_up: true,
                 next_key: 1,
                 output_tx,
                 next_request: 100,
@@ -157,6 +165,7 @@ impl Room {
         match event {
             SignalingEvent::Message(message) => self.on_server_message(message).await,
             SignalingEvent::Reconnecting { attempt, delay } => {
+                self.signaling_up = false;
                 self.emit(PeerEvent::SignalingReconnecting { attempt, delay })
                     .await;
             }
@@ -165,8 +174,13 @@ impl Room {
                 resent,
                 ice_servers,
             } => {
+                self.signaling_up = true;
                 self.emit(PeerEvent::SignalingResumed { replayed, resent })
                     .await;
+                // Reports dropped while we were away: the server gets the current ones.
+                for handle in self.connections.values() {
+                    let _ = handle.input.send(ConnectionInput::ReportStats);
+                }
                 // Normally the same TURN URLs as the last `ice_servers` (replayed if it came
                 // while we were away) with fresher credentials.
                 self.update_ice_servers(ice_servers);
@@ -187,6 +201,7 @@ impl Room {
         if let Ok(mut me) = self.me.write() {
             *me = info.peer_id.clone();
         }
+        self.signaling_up = true;
         // The live connections take them too (the room may have moved to another relay while
         // we were away).
         self.update_ice_servers(info.ice_servers.clone());
@@ -288,6 +303,8 @@ impl Room {
                     *remote = info.id.clone();
                 }
                 let _ = handle.input.send(ConnectionInput::Polite(info.polite));
+                // The new session has no report on this connection yet.
+                let _ = handle.input.send(ConnectionInput::ReportStats);
                 tracing::info!(%old, new = %info.id, "re-joined peer adopted its connection");
                 self.emit(PeerEvent::PeerRenamed {
                     old,
@@ -352,7 +369,18 @@ impl Room {
                     tracing::debug!("signaling session closed; signal dropped");
                 }
             }
-            ConnectionOutput::Stats { report } => {
+            ConnectionOutput::Stats { key, mut report } => {
+                // Only on a live session, and about a peer in the room under its current id:
+                // an orphan's peer has not re-joined (yet), and a report made just before an
+                // adoption names the old id.
+                if !self.signaling_up || self.orphans.contains(&key) {
+                    tracing::debug!("stats report dropped: signaling down or peer not in the room");
+                    return;
+                }
+                let Some(handle) = self.connections.get(&key) else {
+                    return;
+                };
+                report.peer = read_remote(&handle.remote);
                 let message = ClientMessage::Stats { id: None, report };
                 if self.signaling.send(message).is_err() {
                     tracing::debug!("signaling session closed; stats report dropped");

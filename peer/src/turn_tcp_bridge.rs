@@ -40,6 +40,12 @@ const MAX_CLIENTS: usize = 32;
 const UPSTREAM_QUEUE: usize = 256;
 /// Largest datagram read from `webrtc`.
 const MAX_DATAGRAM: usize = 65_535;
+/// How long a stream stays after its allocation was deleted (a Refresh with LIFETIME 0), for
+/// the relay's answer to come back.
+const DEALLOCATION_GRACE: Duration = Duration::from_secs(2);
+/// A stream whose allocation sent nothing for this long is closed: a live allocation refreshes
+/// itself (and its permissions, every 5 minutes) well within it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(11 * 60);
 
 /// A TURN URL over a stream (`turn:...?transport=tcp` or `turns:`), split into what the bridge
 /// connects to.
@@ -241,11 +247,19 @@ async fn client(
         }
     };
     let (mut reader, mut writer) = tokio::io::split(stream);
+    // Ends when `webrtc` deletes the allocation (every ICE restart does) or forgets it: each
+    // restart makes new allocations, and the streams of the old ones must not pile up.
     let up = async {
-        while let Some(frame) = upstream.recv().await {
+        loop {
+            let Ok(Some(frame)) = tokio::time::timeout(IDLE_TIMEOUT, upstream.recv()).await else {
+                return Ok(());
+            };
             writer.write_all(&frame).await?;
+            if is_deallocation(&frame) {
+                tokio::time::sleep(DEALLOCATION_GRACE).await;
+                return Ok::<_, io::Error>(());
+            }
         }
-        Ok::<_, io::Error>(())
     };
     let down = async {
         loop {
@@ -261,6 +275,18 @@ async fn client(
         Ok(()) => tracing::debug!(%local, "TURN over TCP bridge stream closed"),
         Err(err) => tracing::debug!(%local, "TURN over TCP bridge stream ended: {err}"),
     }
+}
+
+/// Whether `frame` deletes its allocation: a Refresh request with LIFETIME 0 (RFC 8656
+/// section 7.2).
+fn is_deallocation(frame: &[u8]) -> bool {
+    use relay_proto::message::{Class, StunMessage};
+    use relay_proto::{AttributeType, Method};
+    StunMessage::parse(frame).is_ok_and(|message| {
+        message.method() == Some(Method::Refresh)
+            && message.class() == Class::Request
+            && message.get(AttributeType::Lifetime) == Some(&[0, 0, 0, 0][..])
+    })
 }
 
 /// A byte stream to the relay: plain TCP or TLS.
@@ -318,6 +344,38 @@ mod tests {
     use super::*;
 
     use crate::ice_servers::{DEFAULT_TURN_PORT, DEFAULT_TURNS_PORT};
+
+    #[test]
+    fn a_refresh_with_lifetime_zero_deletes_the_allocation() {
+        use relay_proto::message::{Class, MessageBuilder, TransactionId};
+        use relay_proto::{AttributeType, Method};
+        let refresh = |method: Method, class: Class, lifetime: u32| {
+            let mut message = MessageBuilder::new(method, class, TransactionId([7; 12]));
+            message.add(AttributeType::Lifetime, &lifetime.to_be_bytes());
+            message.finish()
+        };
+        assert!(is_deallocation(&refresh(
+            Method::Refresh,
+            Class::Request,
+            0
+        )));
+        assert!(!is_deallocation(&refresh(
+            Method::Refresh,
+            Class::Request,
+            600
+        )));
+        assert!(!is_deallocation(&refresh(
+            Method::Refresh,
+            Class::Success,
+            0
+        )));
+        assert!(!is_deallocation(&refresh(
+            Method::Allocate,
+            Class::Request,
+            0
+        )));
+        assert!(!is_deallocation(&[0x40, 0x00, 0x00, 0x04, 0, 0, 0, 0]));
+    }
 
     #[test]
     fn only_tcp_turn_urls_are_bridged() {

@@ -6,4 +6,5 @@ mod fleet_failover;
 mod nat;
 mod peer_e2e;
 mod proxy_protocol;
+mod relay_restart;
 mod usage;
