@@ -535,9 +535,14 @@ impl PeerSocket {
             Inbound::Text(text) => text,
             Inbound::Alive => return Ok(()),
             Inbound::Closed => return Err(None),
-            Inbound::Binary | Inbound::TooLarge | Inbound::NotUtf8 => {
+            Inbound::Binary | Inbound::NotUtf8 => {
                 return self
                     .fail(ErrorCode::InvalidMessage, "invalid message", 1007)
+                    .await;
+            }
+            Inbound::TooLarge => {
+                return self
+                    .fail(ErrorCode::MessageTooLarge, "message too large", 1009)
                     .await;
             }
             Inbound::ProtocolViolation => {

@@ -482,3 +482,25 @@ async fn peerjs_a_parked_peer_holds_up_to_the_replay_limit() {
     assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
     assert_eq!(next(&mut alice, Duration::from_millis(300)).await, None);
 }
+
+/// A PeerJS frame over `--max-message-bytes` is answered like one on `/y-webrtc`: `ERROR`,
+/// counted as `message_too_large`, and the close 1009.
+#[tokio::test]
+async fn peerjs_a_frame_too_large_closes_with_1009() {
+    let server = Server::start(&["--max-message-bytes", "4096"]);
+    let mut alice = peerjs(&server, "big", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let big = json!({"type":"OFFER","dst":"bob","payload":{"sdp":"x".repeat(8000)}});
+    send(&mut alice, big).await;
+    assert_eq!(
+        next(&mut alice, STEP).await.map(|m| m["type"].clone()),
+        Some(json!("ERROR"))
+    );
+    assert_eq!(close_code(&mut alice, STEP).await, Some(1009));
+    assert!(
+        server
+            .metric("signaling_errors_total{code=\"message_too_large\"}")
+            .await
+            >= 1
+    );
+}
