@@ -565,7 +565,7 @@ mod tests {
             c.admin_listen,
             AdminListen::Addr("127.0.0.1:9641".parse().unwrap())
         );
-        assert_eq!(c.user_quota, 10);
+        assert_eq!(c.user_quota, 100);
         assert_eq!(c.max_connections, 20_000);
         assert_eq!(c.tls_handshake_timeout, Duration::from_secs(5));
         assert_eq!(c.unauth_bytes, 2048);

@@ -15,6 +15,8 @@ use relay_proto::{FiveTuple, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
+use startup::first_bytes::{Protocol, Verdict, classify};
+
 use super::shard::Shard;
 
 /// Messages queued towards one stream client before new ones are dropped (and counted). The
@@ -79,10 +81,18 @@ where
 async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, five: FiveTuple) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK * 2);
     let mut messages = 0u64;
+    // The first message must be whole by then, however the client trickles its bytes.
+    let first_by = tokio::time::Instant::now() + FIRST_MESSAGE_TIMEOUT;
     loop {
-        // A connection opens with a STUN request: ChannelData needs a channel bound on it
-        // first, and its shape (top bits `01`) is that of any text.
-        if messages == 0 && buf.first().is_some_and(|b| b >> 6 != 0) {
+        // A connection opens with a STUN message (the cookie checked as soon as it is there):
+        // ChannelData needs a channel bound on the connection first, and its shape (top bits
+        // `01`) is that of any text.
+        if messages == 0
+            && !matches!(
+                classify(&buf),
+                Verdict::NeedMore | Verdict::Is(Protocol::Turn)
+            )
+        {
             tracing::debug!(client = %five.client, "closing stream: it does not open with STUN");
             shard.framing_error();
             return;
@@ -108,12 +118,12 @@ async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, fiv
         buf.drain(..consumed);
         debug_assert!(buf.len() <= MAX_FRAME_LEN);
         buf.reserve(READ_CHUNK);
-        let timeout = if messages == 0 {
-            FIRST_MESSAGE_TIMEOUT
+        let until = if messages == 0 {
+            first_by
         } else {
-            IDLE_TIMEOUT
+            tokio::time::Instant::now() + IDLE_TIMEOUT
         };
-        match tokio::time::timeout(timeout, reader.read_buf(&mut buf)).await {
+        match tokio::time::timeout_at(until, reader.read_buf(&mut buf)).await {
             Ok(Ok(0) | Err(_)) => return,
             Ok(Ok(_)) => {}
             Err(_) => {

@@ -115,10 +115,24 @@ fn a_stream_that_does_not_open_with_a_whole_stun_message_is_closed() {
     text.write_all(b"XXXX").unwrap();
     closed_within(text, Duration::from_secs(3));
 
-    // A STUN header whose message never completes.
+    // STUN's top bits without the magic cookie: not STUN either.
+    let mut no_cookie = TcpStream::connect(tcp).unwrap();
+    no_cookie.write_all(&[0u8; 20]).unwrap();
+    closed_within(no_cookie, Duration::from_secs(3));
+
+    // A STUN header whose message never completes, however its bytes trickle in: closed 10 s
+    // after the connect, not 10 s after the last byte.
+    let opened = std::time::Instant::now();
     let mut stalled = TcpStream::connect(tcp).unwrap();
     stalled
         .write_all(&[0x00, 0x03, 0x00, 0x40, 0x21, 0x12, 0xA4, 0x42])
         .unwrap();
-    closed_within(stalled, Duration::from_secs(15));
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_secs(3));
+        if stalled.write_all(&[0]).is_err() {
+            break;
+        }
+    }
+    closed_within(stalled, Duration::from_secs(5));
+    assert!(opened.elapsed() < Duration::from_secs(20), "{:?}", opened.elapsed());
 }
