@@ -54,9 +54,22 @@ fn moved(before: Option<&SelectedPair>, now: &SelectedPair) -> bool {
 /// Stdin, line by line, as bytes: a line that is not UTF-8 is still a line.
 struct StdinLines {
     reader: BufReader<tokio::io::Stdin>,
-    /// The line read so far: [`Self::next`] may be cancelled (by `select!`) mid-line, and the
-    /// bytes it read then stay here for the next call.
+    /// The line read so far (at most [`LINE_CAP`] bytes): [`Self::next`] may be cancelled (by
+    /// `select!`) mid-line, and the bytes it read then stay here for the next call.
     buf: Vec<u8>,
+    /// Bytes of the current line past [`LINE_CAP`]: counted, not kept.
+    skipped: usize,
+}
+
+/// The most bytes of one stdin line kept: a message and its line end. A longer line is only
+/// counted, so no line, however long, grows memory.
+const LINE_CAP: usize = MAX_MESSAGE + 2;
+
+/// One line of stdin, without its `\n` or `\r\n`.
+enum StdinLine {
+    Bytes(Vec<u8>),
+    /// Longer than [`LINE_CAP`]: only its length is known.
+    TooLong(usize),
 }
 
 impl StdinLines {
@@ -64,23 +77,47 @@ impl StdinLines {
         Self {
             reader: BufReader::new(tokio::io::stdin()),
             buf: Vec::new(),
+            skipped: 0,
         }
     }
 
-    /// The next line without its `\n` or `\r\n`; `None` at the end of stdin. Cancel-safe.
-    async fn next(&mut self) -> std::io::Result<Option<Vec<u8>>> {
-        self.reader.read_until(b'\n', &mut self.buf).await?;
-        if self.buf.is_empty() {
-            return Ok(None);
+    /// The next line; `None` at the end of stdin. Cancel-safe.
+    async fn next(&mut self) -> std::io::Result<Option<StdinLine>> {
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                if self.buf.is_empty() && self.skipped == 0 {
+                    return Ok(None);
+                }
+                return Ok(Some(self.take_line(false)));
+            }
+            let end = available.iter().position(|&b| b == b'\n');
+            let chunk = &available[..end.map_or(available.len(), |i| i + 1)];
+            let keep = chunk.len().min(LINE_CAP.saturating_sub(self.buf.len()));
+            self.buf.extend_from_slice(&chunk[..keep]);
+            self.skipped += chunk.len() - keep;
+            let used = chunk.len();
+            self.reader.consume(used);
+            if end.is_some() {
+                return Ok(Some(self.take_line(true)));
+            }
         }
+    }
+
+    /// The line read so far (`ended`: up to and with its `\n`), and a fresh one begins.
+    fn take_line(&mut self, ended: bool) -> StdinLine {
         let mut line = std::mem::take(&mut self.buf);
-        if line.last() == Some(&b'\n') {
+        let skipped = std::mem::take(&mut self.skipped);
+        if skipped > 0 {
+            return StdinLine::TooLong(line.len() + skipped - usize::from(ended));
+        }
+        if ended {
             line.pop();
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
         }
-        Ok(Some(line))
+        StdinLine::Bytes(line)
     }
 }
 
@@ -97,13 +134,15 @@ fn chat_message(line: Vec<u8>, number: u64) -> (Option<String>, Vec<String>) {
     });
     if text.len() > MAX_MESSAGE {
         warnings.clear();
-        warnings.push(format!(
-            "line of {} bytes not sent: at most {MAX_MESSAGE} bytes per message",
-            text.len()
-        ));
+        warnings.push(too_long(text.len()));
         return (None, warnings);
     }
     (Some(text), warnings)
+}
+
+/// The warning for a line of `len` bytes, too long to be sent.
+fn too_long(len: usize) -> String {
+    format!("line of {len} bytes not sent: at most {MAX_MESSAGE} bytes per message")
 }
 
 /// A chat message as one text line: `NAME: TEXT`, both escaped. A name starting with `*` is
@@ -193,7 +232,10 @@ impl Chat {
                 line = stdin.next(), if stdin_open && self.pending.len() < MAX_PENDING_LINES => match line {
                     Ok(Some(line)) => {
                         line_number += 1;
-                        let (text, warnings) = chat_message(line, line_number);
+                        let (text, warnings) = match line {
+                            StdinLine::Bytes(line) => chat_message(line, line_number),
+                            StdinLine::TooLong(len) => (None, vec![too_long(len)]),
+                        };
                         for warning in warnings {
                             eprintln!("warning: {warning}");
                         }

@@ -283,8 +283,10 @@ pub(crate) async fn receive(
         ))
         .await;
     stop.leave(peer).await;
-    if !target.complete {
-        // Half a file passes for a file: remove it.
+    // Half a file passes for a file: remove it; but only a regular file (never what a symlink
+    // points at, a device such as /dev/null, or a pipe).
+    let regular = std::fs::symlink_metadata(out_path).is_ok_and(|m| m.file_type().is_file());
+    if !target.complete && regular {
         match std::fs::remove_file(out_path) {
             Ok(()) => eprintln!(
                 "warning: transfer incomplete: removed {}",
