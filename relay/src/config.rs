@@ -132,8 +132,8 @@ pub struct Config {
 
     /// Maximum simultaneous allocations per username (486 Allocation Quota Reached beyond).
     /// The default fits a peer of a full mesh room: 31 other peers, each connection allocating
-    /// once per TURN URL (UDP, TCP, TLS).
-    #[arg(long, env = "RELAY_USER_QUOTA", default_value_t = 100)]
+    /// once per TURN URL (UDP, TCP, TLS), twice while an ICE restart overlaps the old.
+    #[arg(long, env = "RELAY_USER_QUOTA", default_value_t = 200)]
     pub user_quota: u32,
 
     /// Maximum simultaneous allocations on the whole relay (486 beyond; 0 = unlimited).
@@ -565,7 +565,7 @@ mod tests {
             c.admin_listen,
             AdminListen::Addr("127.0.0.1:9641".parse().unwrap())
         );
-        assert_eq!(c.user_quota, 100);
+        assert_eq!(c.user_quota, 200);
         assert_eq!(c.max_connections, 20_000);
         assert_eq!(c.tls_handshake_timeout, Duration::from_secs(5));
         assert_eq!(c.unauth_bytes, 2048);

@@ -101,6 +101,13 @@ fn namespace(
     }
     let claims = auth.verify(key)?;
     let fixed = check_grant(&claims, &claims.room, id.map(str::to_owned))?;
+    // A display name such as `Ada Lovelace` is no PeerJS id: such a token can never register.
+    if fixed.as_deref().is_some_and(|name| !valid_name(name)) {
+        return Err(RequestError::new(
+            ErrorCode::Forbidden,
+            "the token's name is no PeerJS id (1 to 64 characters of [A-Za-z0-9-_.:@])",
+        ));
+    }
     Ok((format!("room {}", claims.room), fixed))
 }
 

@@ -112,7 +112,7 @@ pub struct Quotas {
 impl Default for Quotas {
     fn default() -> Self {
         Self {
-            allocations_per_user: 100,
+            allocations_per_user: 200,
             total_allocations: 100_000,
             permissions_per_allocation: 128,
             channels_per_allocation: 128,

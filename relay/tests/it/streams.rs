@@ -134,5 +134,9 @@ fn a_stream_that_does_not_open_with_a_whole_stun_message_is_closed() {
         }
     }
     closed_within(stalled, Duration::from_secs(5));
-    assert!(opened.elapsed() < Duration::from_secs(20), "{:?}", opened.elapsed());
+    assert!(
+        opened.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        opened.elapsed()
+    );
 }

@@ -354,6 +354,11 @@ async fn peerjs_with_a_jwt_secret_the_key_is_a_token_and_its_room_the_namespace(
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
     let mut dave = peerjs(&server, &named, "dave", "t-dave").await;
     assert_eq!(next(&mut dave, STEP).await, Some(json!({"type":"OPEN"})));
+    // A name that is no PeerJS id: refused up front, not handed out as an id no socket takes.
+    let spaced = room_token(SECRET, "app", Some("Ada Lovelace"), 300);
+    let (status, _, body) = server.get(&format!("/peerjs/{spaced}/id")).await;
+    let code = serde_json::from_str::<Value>(&body).unwrap()["code"].clone();
+    assert_eq!((status, code), (403, json!("forbidden")), "{body}");
 }
 
 #[tokio::test]

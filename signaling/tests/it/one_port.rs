@@ -406,9 +406,9 @@ async fn the_edge_steps_share_one_header_read_timeout() {
 
     // Each step within 2 s, but not all of them: closed unanswered.
     let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     slow.write_all(header).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let _ = slow
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
