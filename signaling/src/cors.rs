@@ -2,7 +2,8 @@
 //! HTTP transports (`/http...`, the JS client's fallbacks when WebSockets are blocked),
 //! `/v1/ice-servers` and PeerJS's `GET /peerjs/{key}/id` (and `/peers`), which a `new Peer()`
 //! fetches before it opens its socket. An origin is let in when `--allowed-origin` lists it,
-//! or when the list is empty (as for the WebSocket upgrade); the handlers refuse the others anyway (`forbidden`).
+//! or when the list is empty (as for the WebSocket upgrade); the handlers refuse the others
+//! anyway (`forbidden`).
 //! No cookies are involved (sessions and tokens travel in the URL or `Authorization`), so no
 //! credentials mode.
 

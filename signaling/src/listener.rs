@@ -102,8 +102,8 @@ impl Drop for Pending {
 /// them). The steps of the `edge` (the PROXY header, the TLS handshake, the first bytes on a
 /// shared port) must all finish within `--header-read-timeout` of the accept, and count against
 /// `--max-http-connections` while they run; a connection that fails one is closed and counted.
-/// The request headers then get `--header-read-timeout` of their own (hyper's timer). With TLS, every connection is HTTPS (and
-/// its WebSockets WSS).
+/// The request headers then get `--header-read-timeout` of their own (hyper's timer). With
+/// TLS, every connection is HTTPS (and its WebSockets WSS).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
