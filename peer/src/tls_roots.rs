@@ -6,8 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio_rustls::rustls::pki_types::CertificateDer;
-use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, crypto};
 
 /// System CA bundles, first one found wins (Debian/Ubuntu, Fedora/RHEL, Alpine/OpenSSL).
@@ -21,13 +19,10 @@ const SYSTEM_CA_BUNDLES: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsRootsError {
-    /// A CA file (the system bundle or one passed by the user) could not be read or is not PEM.
-    #[error("cannot read CA certificates from {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: pem::Error,
-    },
+    /// A CA file (the system bundle or one passed by the user) could not be read, is not PEM,
+    /// or holds no certificate.
+    #[error("CA file: {0}")]
+    Read(#[from] startup::tls::TlsError),
     /// A CA file passed by the user holds no certificate rustls can use: trusting nothing
     /// from it would only show later, as a certificate that is not trusted.
     #[error("{path}: no usable PEM certificate in this CA file")]
@@ -78,12 +73,7 @@ fn system_bundle() -> Option<&'static Path> {
 
 /// Adds the certificates of a PEM file to `roots`; returns how many were added.
 fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<usize, TlsRootsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|source| TlsRootsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+    let certs = startup::tls::read_certificates(path)?;
     let (added, ignored) = roots.add_parsable_certificates(certs);
     tracing::debug!(path = %path.display(), added, ignored, "TLS roots");
     Ok(added)
@@ -105,7 +95,8 @@ mod tests {
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let err = client_config([empty.as_path()]).unwrap_err();
-        assert!(matches!(err, TlsRootsError::NoCertificate { .. }), "{err}");
+        assert!(matches!(err, TlsRootsError::Read(_)), "{err}");
+        assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -106,19 +106,24 @@ impl ResolvesServerCert for CertificateFiles {
     }
 }
 
-fn read_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+/// The certificates of a PEM file (a chain, or CAs to trust): refused when the file cannot be
+/// read, is not PEM, or holds no `CERTIFICATE` block.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let refused = |message: String| TlsError::Certificate {
+        path: path.display().to_string(),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(Iterator::collect)
-        .map_err(|e| TlsError::Certificate {
-            path: cert.display().to_string(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| refused(e.to_string()))?;
     if certs.is_empty() {
-        return Err(TlsError::Certificate {
-            path: cert.display().to_string(),
-            message: "no CERTIFICATE block".into(),
-        });
+        return Err(refused("no CERTIFICATE block".into()));
     }
+    Ok(certs)
+}
+
+fn read_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let certs = read_certificates(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.display().to_string(),
         message: e.to_string(),

@@ -59,8 +59,8 @@ pub enum AcmeError {
     #[error("generating a key or certificate: {0}")]
     Generate(#[from] rcgen::Error),
     /// `--acme-directory-ca` cannot be read, or holds no certificate.
-    #[error("--acme-directory-ca {path}: {message}")]
-    DirectoryCa { path: String, message: String },
+    #[error("--acme-directory-ca: {0}")]
+    DirectoryCa(crate::tls::TlsError),
 }
 
 /// What `--acme-*` asks for.
@@ -273,18 +273,7 @@ fn unix(time: SystemTime) -> u64 {
 /// Checks that `--acme-directory-ca` names a readable PEM file with at least one certificate, so
 /// a wrong path stops the start instead of failing every order.
 fn check_directory_ca(path: &std::path::Path) -> Result<(), AcmeError> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject as _;
-    let refused = |message: String| AcmeError::DirectoryCa {
-        path: path.display().to_string(),
-        message,
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect)
-        .map_err(|e| refused(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(refused("no CERTIFICATE block".into()));
-    }
+    crate::tls::read_certificates(path).map_err(AcmeError::DirectoryCa)?;
     Ok(())
 }
 
