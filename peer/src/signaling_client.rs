@@ -463,7 +463,8 @@ impl Session {
             {
                 // An operator ended the session (`kicked`, `room_closed`): coming back,
                 // even as a new peer, would defeat the order.
-                tracing::warn!(%code, %message, "signaling session ended for good by the server");
+                // The application hears of it (`Closed`) and reports it: a note, not a warning.
+                tracing::info!(%code, %message, "signaling session ended for good by the server");
                 let _ = self
                     .events_tx
                     .send(SignalingEvent::Message(ServerMessage::Error {

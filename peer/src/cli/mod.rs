@@ -189,19 +189,13 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedRefusals {
         // the target `log` here.
         let mut message = Message(String::new());
         event.record(&mut message);
-        !is_expected_refusal(&message.0) && !is_reported_closure(&message.0)
+        !is_expected_refusal(&message.0)
     }
 }
 
 /// Whether a log line of the WebRTC stack is a relay's refusal of a permission (403).
 fn is_expected_refusal(message: &str) -> bool {
     message.contains("TURN permission request failed") && message.contains("403")
-}
-
-/// Whether a log line is the SDK's note of a session the server ended for good, which the
-/// subcommand prints itself (`warning: signaling: kicked: ...`, `* signaling-closed`).
-fn is_reported_closure(message: &str) -> bool {
-    message.contains("signaling session ended for good by the server")
 }
 
 /// `text` for a terminal line: control characters (C0, DEL, C1) and invisible formatting
@@ -636,16 +630,6 @@ mod tests {
             panic!("join with --relay-only: {parsed:?}");
         };
         assert!(common.relay_only);
-    }
-
-    #[test]
-    fn a_closed_session_is_reported_by_the_command_not_the_log_too() {
-        assert!(is_reported_closure(
-            "\"kicked by an operator\" signaling session ended for good by the server "
-        ));
-        assert!(!is_reported_closure(
-            "signaling session ended by the server"
-        ));
     }
 
     #[test]
