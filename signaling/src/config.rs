@@ -256,8 +256,10 @@ pub struct Config {
     #[arg(long = "redis", env = "SIGNALING_REDIS", value_delimiter = ',')]
     pub redis_urls: Vec<String>,
 
-    /// This node's id in the cluster (for logs, `GET /v1/rooms/ROOM` and its lease). Default: a
-    /// random id at each start.
+    /// This node's name in the cluster: its id (in logs, `GET /v1/rooms/ROOM` and its lease) is
+    /// `ID.` and a random part new at each start, so a node restarted under the same name is a
+    /// new node and the sessions of its predecessor are adopted as a dead node's. Default: only
+    /// the random part.
     #[arg(long, env = "SIGNALING_NODE_ID", requires = "redis_urls")]
     pub node_id: Option<String>,
 

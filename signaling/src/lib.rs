@@ -334,10 +334,7 @@ pub(crate) mod server {
             } else {
                 let cluster = ClusterSettings {
                     redis_urls: config.redis_urls.clone(),
-                    node_id: config
-                        .node_id
-                        .clone()
-                        .unwrap_or_else(|| format!("{:08x}", rand::random::<u32>())),
+                    node_id: incarnation_id(config.node_id.as_deref()),
                     heartbeat: config.node_heartbeat,
                     lease: config.node_lease,
                     redis_timeout: config.redis_timeout,
@@ -414,6 +411,19 @@ pub(crate) mod server {
                 interval = interval.min(refresh / 10);
             }
             interval.clamp(Duration::from_millis(10), Duration::from_secs(1))
+        }
+    }
+
+    /// This process's id in the cluster: `--node-id` (or nothing) and a random part new at each
+    /// start. A node restarted under the same `--node-id` within its predecessor's lease must
+    /// not take the predecessor's sessions and lease for its own: they would never be adopted
+    /// (their sockets are gone) and it would not notice losing them. As another id, the
+    /// predecessor's lease runs out and its sessions are adopted as any dead node's.
+    fn incarnation_id(node_id: Option<&str>) -> String {
+        let random = format!("{:08x}", rand::random::<u32>());
+        match node_id {
+            Some(id) => format!("{id}.{random}"),
+            None => random,
         }
     }
 

@@ -121,6 +121,32 @@ async fn a_dead_nodes_client_that_never_returns_leaves_after_the_grace_period() 
     assert!(killed.elapsed() < Duration::from_secs(6));
 }
 
+/// A supervisor restarts a killed node at once under the same `--node-id`: the new process is a
+/// new node, so its predecessor's sessions are still adopted when the old lease runs out, and a
+/// client that never returns leaves after the grace period (it stayed in the room for good).
+#[tokio::test]
+async fn a_node_restarted_at_once_under_the_same_name_does_not_keep_its_predecessors_ghosts() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--resume-grace", "1s"]);
+    let mut n2 = node(&redis.url(), &["--resume-grace", "1s", "--node-id", "same"]);
+    let (mut a, _) = Client::join(&n1.ws("/ws/restarted"), None).await;
+    let (_b, b_info) = Client::join(&n2.ws("/ws/restarted"), None).await;
+    let _ = a.recv_message().await;
+    n2.kill();
+    let _n2_again = node(&redis.url(), &["--resume-grace", "1s", "--node-id", "same"]);
+    match a
+        .recv_within(Duration::from_secs(8))
+        .await
+        .map(|f| f.message)
+    {
+        Some(ServerMessage::PeerLeft { peer_id, reason }) => {
+            assert_eq!(peer_id, b_info.peer_id);
+            assert_eq!(reason, LeaveReason::Disconnected);
+        }
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn draining_a_node_moves_its_clients_with_zero_frames_lost() {
     let redis = RedisServer::start();
