@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, ResumeToken, ServerMessage};
+use signaling::protocol::{
+    ClientMessage, ErrorCode, LeaveReason, PeerId, ResumeToken, ServerMessage,
+};
 
 use crate::basic::{candidate, expect_signal, pass_candidate, signal};
 use crate::support::redis::{RedisCluster, RedisServer};
@@ -31,7 +33,7 @@ async fn resume_expecting(
     url: &str,
     token: &ResumeToken,
     last_seq: u64,
-    from: &signaling::protocol::PeerId,
+    from: &PeerId,
     first: u32,
     n: u32,
 ) -> Client {
@@ -107,18 +109,19 @@ async fn a_dead_nodes_client_that_never_returns_leaves_after_the_grace_period() 
     let killed = Instant::now();
     // Nothing before the lease (1 s) and the grace period (1 s) have passed.
     a.expect_silence(Duration::from_millis(1500)).await;
-    match a
-        .recv_within(Duration::from_secs(5))
-        .await
-        .map(|f| f.message)
-    {
+    expect_disconnected(&mut a, &b_info.peer_id, Duration::from_secs(5)).await;
+    assert!(killed.elapsed() < Duration::from_secs(6));
+}
+
+/// The next frame of `client`, within `limit`, is `peer_left` of `peer`, `disconnected`.
+async fn expect_disconnected(client: &mut Client, peer: &PeerId, limit: Duration) {
+    match client.recv_within(limit).await.map(|f| f.message) {
         Some(ServerMessage::PeerLeft { peer_id, reason }) => {
-            assert_eq!(peer_id, b_info.peer_id);
+            assert_eq!(&peer_id, peer);
             assert_eq!(reason, LeaveReason::Disconnected);
         }
         other => panic!("expected peer_left, got {other:?}"),
     }
-    assert!(killed.elapsed() < Duration::from_secs(6));
 }
 
 /// A supervisor restarts a killed node at once under the same `--node-id`: the new process is a
@@ -134,17 +137,7 @@ async fn a_node_restarted_at_once_under_the_same_name_does_not_keep_its_predeces
     let _ = a.recv_message().await;
     n2.kill();
     let _n2_again = node(&redis.url(), &["--resume-grace", "1s", "--node-id", "same"]);
-    match a
-        .recv_within(Duration::from_secs(8))
-        .await
-        .map(|f| f.message)
-    {
-        Some(ServerMessage::PeerLeft { peer_id, reason }) => {
-            assert_eq!(peer_id, b_info.peer_id);
-            assert_eq!(reason, LeaveReason::Disconnected);
-        }
-        other => panic!("expected peer_left, got {other:?}"),
-    }
+    expect_disconnected(&mut a, &b_info.peer_id, Duration::from_secs(8)).await;
 }
 
 #[tokio::test]
