@@ -32,20 +32,7 @@ pub(crate) fn start_fleet_relay(redis: &RedisServer, id: &str) -> FleetRelay {
 /// `--node-lease` or `--drain-timeout` among them replaces the default.
 pub(crate) fn start_fleet_relay_with(redis: &RedisServer, id: &str, extra: &[&str]) -> FleetRelay {
     let url = redis.url();
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--no-tcp",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--relay-ip",
-        "127.0.0.1",
-        "--allow-loopback-peers",
-        "--register",
-        &url,
-        "--node-id",
-        id,
-    ];
+    let mut args = vec!["--register", &url, "--node-id", id];
     let defaults = [
         ("--node-heartbeat", "200ms"),
         ("--node-lease", "1s"),
@@ -56,6 +43,23 @@ pub(crate) fn start_fleet_relay_with(redis: &RedisServer, id: &str, extra: &[&st
             args.extend([flag, value]);
         }
     }
+    args.extend(extra);
+    start_loopback_relay("127.0.0.1:0", &args)
+}
+
+/// A UDP-only relay process listening on `listen`, relaying to loopback peers, with an admin
+/// listener, started with `extra` flags; once it is ready.
+pub(crate) fn start_loopback_relay(listen: &str, extra: &[&str]) -> FleetRelay {
+    let mut args = vec![
+        "--listen",
+        listen,
+        "--no-tcp",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--relay-ip",
+        "127.0.0.1",
+        "--allow-loopback-peers",
+    ];
     args.extend(extra);
     let mut proc = crate::peer_e2e::spawn("relay", &args, false);
     let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("listening udp "));

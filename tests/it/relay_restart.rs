@@ -4,12 +4,11 @@
 //! process) and bring the chat back. Before the fix every restart re-offered the dead relayed
 //! candidates and the call never recovered.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::fleet::{FleetRelay, relay_metric};
+use crate::fleet::{relay_metric, start_loopback_relay};
 use crate::peer_e2e::{
-    expect_chat, field, join, reliable_channel_open, say, spawn, start_signaling_with, wait_joined,
+    expect_chat, field, join, reliable_channel_open, say, start_signaling_with, wait_joined,
 };
 
 const TURN_SECRET: &str = "relay-restart-secret";
@@ -22,33 +21,6 @@ const DOWN_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
 /// Bound on recovery once the relay is back: a few failure restarts' worth.
 const RECOVERY: Duration = Duration::from_secs(40);
-
-/// A relay on the fixed UDP `port` of 127.0.0.1 (TURN REST secret [`TURN_SECRET`]), with an
-/// admin listener for its metrics.
-fn start_relay(port: u16) -> FleetRelay {
-    let listen = format!("127.0.0.1:{port}");
-    let args = [
-        "--listen",
-        &listen,
-        "--no-tcp",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--relay-ip",
-        "127.0.0.1",
-        "--allow-loopback-peers",
-        "--turn-secret",
-        TURN_SECRET,
-    ];
-    let mut proc = spawn("relay", &args, false);
-    proc.wait_line(WAIT, |l| l.starts_with("listening udp "));
-    let line = proc.wait_line(WAIT, |l| l.starts_with("admin http://"));
-    let admin: SocketAddr = line["admin http://".len()..]
-        .trim()
-        .parse()
-        .expect("admin address");
-    proc.wait_line(WAIT, |l| l == "ready");
-    FleetRelay { proc, port, admin }
-}
 
 /// Whether `line` reports a selected pair through our relay.
 fn relayed_pair(line: &str) -> bool {
@@ -63,7 +35,9 @@ fn connected(line: &str) -> bool {
 #[test]
 fn relay_only_call_recovers_after_its_relay_restarts_on_the_same_address() {
     let port = e2e::free_port();
-    let mut relay = start_relay(port);
+    let listen = format!("127.0.0.1:{port}");
+    let relay_flags = ["--turn-secret", TURN_SECRET];
+    let mut relay = start_loopback_relay(&listen, &relay_flags);
     let turn_url = format!("turn:127.0.0.1:{port}?transport=udp");
     let signaling = start_signaling_with(
         None,
@@ -91,7 +65,7 @@ fn relay_only_call_recovers_after_its_relay_restarts_on_the_same_address() {
         });
     }
     std::thread::sleep(DOWN_AFTER_FAILURE);
-    let relay = start_relay(port);
+    let relay = start_loopback_relay(&listen, &relay_flags);
     let back = Instant::now();
     for (name, proc) in [("alice", &mut alice), ("bob", &mut bob)] {
         let recovered = proc.try_wait_line(RECOVERY.saturating_sub(back.elapsed()), connected);
