@@ -277,6 +277,7 @@ impl SocketTask {
         let Some(key) = self.key else {
             return self.on_handshake(message).await;
         };
+        let reference = message.request_id();
         match self
             .app
             .hub
@@ -300,7 +301,8 @@ impl SocketTask {
                     ErrorCode::Unavailable,
                     "the server cannot reach its shared store: resume shortly",
                 );
-                self.send_direct(error, None).await;
+                // The request that failed is named, so its client knows it was not taken.
+                self.send_direct(error, reference).await;
                 self.conn
                     .close(close_code::TRY_AGAIN_LATER, "unavailable")
                     .await;

@@ -473,6 +473,32 @@ impl Client {
         }
     }
 
+    /// The error frames the server sends before it closes the socket (within [`STEP`]), and how
+    /// it closed.
+    pub(crate) async fn errors_then_close(&mut self) -> (Vec<ServerFrame>, Closed) {
+        let deadline = tokio::time::Instant::now() + STEP;
+        let mut errors = Vec::new();
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("socket closed in time");
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: ServerFrame = serde_json::from_str(&text).expect("server frame");
+                    assert_eq!(frame.seq, 0, "only errors before the close: {text}");
+                    errors.push(frame);
+                }
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (errors, Closed::Code(u16::from(frame.code)));
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                    return (errors, Closed::NoCode);
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// Closes the socket politely (a close frame, then waits for the server's).
     pub(crate) async fn close(mut self) {
         let _ = self
