@@ -107,7 +107,7 @@ impl Relay {
         // TLS first: a bad certificate should fail before any socket is bound.
         let (tls_config, tls_files, tls_self_signed_pem) =
             if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-                let (tls_config, files) = tls::from_pem_files(cert, key)?;
+                let (tls_config, files) = tls::from_pem_files(cert, key, Vec::new())?;
                 (Some(tls_config), Some(files), None)
             } else if config.tls_self_signed {
                 let mut names = vec!["localhost".to_owned()];
@@ -126,7 +126,7 @@ impl Relay {
                         .map(ToString::to_string),
                 );
                 names.dedup();
-                let (cfg, pem) = tls::self_signed(names)?;
+                let (cfg, pem) = tls::self_signed(names, Vec::new())?;
                 (Some(cfg), None, Some(pem))
             } else {
                 (None, None, None)

@@ -197,23 +197,15 @@ pub(crate) mod server {
 
     fn tls_config(config: &Config, metrics: &Arc<Metrics>) -> Result<TlsSetup, Error> {
         let tls_error = |e: startup::tls::TlsError| Error::Config(format!("TLS: {e}"));
-        // The same ALPN ids whatever the certificate's source (ACME's configuration has them,
-        // next to its own `acme-tls/1`).
-        let acceptor = |server_config: Arc<TlsServerConfig>| {
-            let mut server_config = Arc::unwrap_or_clone(server_config);
-            server_config.alpn_protocols = alpn_protocols(config);
-            tokio_rustls::TlsAcceptor::from(Arc::new(server_config))
-        };
+        // The same ALPN ids whatever the certificate's source.
+        let acceptor = tokio_rustls::TlsAcceptor::from;
         if let Some(server_config) = acme_config(config, metrics)? {
-            return Ok((
-                Some(tokio_rustls::TlsAcceptor::from(server_config)),
-                None,
-                None,
-            ));
+            return Ok((Some(acceptor(server_config)), None, None));
         }
         if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
             let (server_config, files) =
-                startup::tls::from_pem_files(cert, key).map_err(tls_error)?;
+                startup::tls::from_pem_files(cert, key, alpn_protocols(config))
+                    .map_err(tls_error)?;
             return Ok((Some(acceptor(server_config)), Some(files), None));
         }
         if config.tls_self_signed {
@@ -221,7 +213,8 @@ pub(crate) mod server {
             if !config.listen.ip().is_unspecified() {
                 names.push(config.listen.ip().to_string());
             }
-            let (server_config, pem) = startup::tls::self_signed(names).map_err(tls_error)?;
+            let (server_config, pem) =
+                startup::tls::self_signed(names, alpn_protocols(config)).map_err(tls_error)?;
             return Ok((Some(acceptor(server_config)), None, Some(pem)));
         }
         Ok((None, None, None))

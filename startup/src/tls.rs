@@ -50,6 +50,7 @@ pub fn install_crypto_provider() {
 pub fn from_pem_files(
     cert: &Path,
     key: &Path,
+    alpn: Vec<Vec<u8>>,
 ) -> Result<(Arc<ServerConfig>, Arc<CertificateFiles>), TlsError> {
     install_crypto_provider();
     let files = Arc::new(CertificateFiles {
@@ -57,9 +58,10 @@ pub fn from_pem_files(
         cert: cert.to_owned(),
         key: key.to_owned(),
     });
-    let config = ServerConfig::builder()
+    let mut config = ServerConfig::builder()
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(&files) as Arc<dyn ResolvesServerCert>);
+    config.alpn_protocols = alpn;
     Ok((Arc::new(config), files))
 }
 
@@ -134,7 +136,10 @@ fn read_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsE
 
 /// A certificate for `names` generated now, and its TLS configuration. Returns the
 /// certificate PEM too, so it can be printed or handed to a test client.
-pub fn self_signed(names: Vec<String>) -> Result<(Arc<ServerConfig>, String), TlsError> {
+pub fn self_signed(
+    names: Vec<String>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<(Arc<ServerConfig>, String), TlsError> {
     let generated = rcgen::generate_simple_self_signed(names)?;
     let pem = generated.cert.pem();
     let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).map_err(|e| {
@@ -143,16 +148,18 @@ pub fn self_signed(names: Vec<String>) -> Result<(Arc<ServerConfig>, String), Tl
             message: e.to_owned(),
         }
     })?;
-    Ok((build(vec![generated.cert.der().clone()], key)?, pem))
+    Ok((build(vec![generated.cert.der().clone()], key, alpn)?, pem))
 }
 
 fn build(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    alpn: Vec<Vec<u8>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     install_crypto_provider();
-    let config = ServerConfig::builder()
+    let mut config = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
+    config.alpn_protocols = alpn;
     Ok(Arc::new(config))
 }
