@@ -100,7 +100,9 @@ impl ClientRequest {
         self.try_admit_socket(app).map_err(|e| refuse(app, &e))
     }
 
-    fn try_admit_socket(&self, app: &AppState) -> Result<IpSlot, RequestError> {
+    /// The origin, and that the server is not draining: what a request that opens anything
+    /// (a socket, a PeerJS id) checks first.
+    pub fn check_open(&self, app: &AppState) -> Result<(), RequestError> {
         self.check_origin(app)?;
         if app.hub.is_draining() {
             return Err(RequestError::new(
@@ -108,6 +110,11 @@ impl ClientRequest {
                 "the server is shutting down",
             ));
         }
+        Ok(())
+    }
+
+    fn try_admit_socket(&self, app: &AppState) -> Result<IpSlot, RequestError> {
+        self.check_open(app)?;
         if !app.hub.is_available() {
             return Err(RequestError::new(
                 ErrorCode::Unavailable,

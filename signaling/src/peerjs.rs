@@ -211,15 +211,9 @@ pub async fn new_id(
     client: ClientRequest,
     Path(key): Path<String>,
 ) -> Result<Response, Refusal> {
-    let checked = client.check_origin(&app).and_then(|()| {
-        if app.hub.is_draining() {
-            return Err(RequestError::new(
-                ErrorCode::Draining,
-                "the server is shutting down",
-            ));
-        }
-        namespace(&app, &key, None)
-    });
+    let checked = client
+        .check_open(&app)
+        .and_then(|()| namespace(&app, &key, None));
     let (_, fixed) = checked.map_err(|e| refuse(&app, &e))?;
     let id = fixed.unwrap_or_else(random_id);
     Ok((
