@@ -148,14 +148,14 @@ pub async fn serve(
         let metrics = Arc::clone(&metrics);
         // The PROXY header, the TLS handshake and the first bytes share one deadline.
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-        let left = move || deadline.saturating_duration_since(tokio::time::Instant::now());
         tokio::spawn(async move {
             let mut tcp = tcp;
             let Ok(local) = tcp.local_addr() else {
                 return;
             };
             let peer = if edge.proxy_protocol {
-                let client = startup::proxy_protocol::client_within(&mut tcp, peer, left());
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let client = startup::proxy_protocol::client_within(&mut tcp, peer, left);
                 match client.await {
                     Ok(client) => client,
                     Err(e) => {

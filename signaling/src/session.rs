@@ -408,7 +408,9 @@ impl SocketTask {
 
 /// After an oversize frame, the rest of it is still unread in the kernel: closing now would
 /// reset the connection and could destroy our error and close frame before the client reads
-/// them. Wait a moment so the client gets them first.
+/// them. Wait a moment so the client gets them first. (A socket that can still be read is
+/// drained instead, by [`Connection::close`]; after an
+/// oversize frame tungstenite reads nothing more.)
 async fn linger_if_unread(reading: bool) {
     if !reading {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;

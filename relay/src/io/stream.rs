@@ -80,14 +80,15 @@ where
 
 async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, five: FiveTuple) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK * 2);
-    let mut messages = 0u64;
+    // Whether a whole message has come: until then the first-message rules apply.
+    let mut opened = false;
     // The first message must be whole by then, however the client trickles its bytes.
     let first_by = tokio::time::Instant::now() + FIRST_MESSAGE_TIMEOUT;
     loop {
         // A connection opens with a STUN message (the cookie checked as soon as it is there):
         // ChannelData needs a channel bound on the connection first, and its shape (top bits
         // `01`) is that of any text.
-        if messages == 0
+        if !opened
             && !matches!(
                 classify(&buf),
                 Verdict::NeedMore | Verdict::Is(Protocol::Turn)
@@ -102,7 +103,7 @@ async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, fiv
         loop {
             match stream_frame_len(&buf[consumed..]) {
                 Ok(Some(len)) if buf.len() - consumed >= len => {
-                    messages += 1;
+                    opened = true;
                     shard.handle_stream_message(five, &buf[consumed..consumed + len]);
                     consumed += len;
                 }
@@ -118,10 +119,10 @@ async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, fiv
         buf.drain(..consumed);
         debug_assert!(buf.len() <= MAX_FRAME_LEN);
         buf.reserve(READ_CHUNK);
-        let until = if messages == 0 {
-            first_by
-        } else {
+        let until = if opened {
             tokio::time::Instant::now() + IDLE_TIMEOUT
+        } else {
+            first_by
         };
         match tokio::time::timeout_at(until, reader.read_buf(&mut buf)).await {
             Ok(Ok(0) | Err(_)) => return,
