@@ -282,11 +282,13 @@ async fn client(
 fn is_deallocation(frame: &[u8]) -> bool {
     use relay_proto::message::{Class, StunMessage};
     use relay_proto::{AttributeType, Method};
-    StunMessage::parse(frame).is_ok_and(|message| {
-        message.method() == Some(Method::Refresh)
-            && message.class() == Class::Request
-            && message.get(AttributeType::Lifetime) == Some(&[0, 0, 0, 0][..])
-    })
+    // Every relayed datagram passes here: only a Refresh request's type (0x0004) is parsed.
+    frame.starts_with(&[0x00, 0x04])
+        && StunMessage::parse(frame).is_ok_and(|message| {
+            message.method() == Some(Method::Refresh)
+                && message.class() == Class::Request
+                && message.get(AttributeType::Lifetime) == Some(&[0, 0, 0, 0][..])
+        })
 }
 
 /// A byte stream to the relay: plain TCP or TLS.

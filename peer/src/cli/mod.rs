@@ -165,9 +165,7 @@ fn default_name() -> Option<String> {
 
 /// Hides the WebRTC stack's `ERROR TURN permission request failed: ... 403` lines: a relay
 /// refusing to relay to some of a peer's candidate addresses (private or loopback ones, by
-/// its policy) is expected, and the connection uses another pair. Hides too the SDK's log of
-/// a session the server ended for good (`kicked`, `room_closed`): every subcommand reports
-/// that itself, once. Both are shown with `PEER_LOG` set.
+/// its policy) is expected, and the connection uses another pair. Shown with `PEER_LOG` set.
 pub(crate) struct ExpectedRefusals;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedRefusals {
@@ -179,9 +177,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedRefusals {
         struct Message(String);
         impl tracing::field::Visit for Message {
             fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                // An event may carry a `message` field besides its format string's.
                 if field.name() == "message" {
-                    let _ = write!(self.0, "{value:?} ");
+                    self.0 = format!("{value:?}");
                 }
             }
         }
