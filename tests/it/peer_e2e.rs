@@ -185,6 +185,14 @@ pub(crate) fn xorshift_bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `peer send-file` or `peer recv-file` (`command`) of `path` in the room of `url`, on
+/// loopback, with `extra` flags.
+fn file_peer(command: &str, url: &str, path: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![command, url, path, "--bind", "127.0.0.1"];
+    args.extend_from_slice(extra);
+    spawn("peer", &args, false)
+}
+
 #[test]
 fn file_of_several_megabytes_arrives_with_matching_checksum() {
     let signaling = start_signaling(None, "127.0.0.1:0");
@@ -197,17 +205,9 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
     std::fs::write(&src, &data).expect("write source");
     let src_s = src.to_string_lossy().into_owned();
     let dst_s = dst.to_string_lossy().into_owned();
-    let mut receiver = spawn(
-        "peer",
-        &["recv-file", &url, &dst_s, "--bind", "127.0.0.1"],
-        false,
-    );
+    let mut receiver = file_peer("recv-file", &url, &dst_s, &[]);
     wait_joined(&mut receiver);
-    let mut sender = spawn(
-        "peer",
-        &["send-file", &url, &src_s, "--bind", "127.0.0.1"],
-        false,
-    );
+    let mut sender = file_peer("send-file", &url, &src_s, &[]);
     let received = receiver.wait_line(Duration::from_secs(120), |l| {
         l.starts_with("* file-received")
     });
@@ -1081,19 +1081,7 @@ fn interrupted_file_commands_leave_and_remove_the_partial_file() {
     let dst_s = dst.to_string_lossy().into_owned();
     let mut watcher = join(&url, "watcher", false);
     wait_joined(&mut watcher);
-    let mut receiver = spawn(
-        "peer",
-        &[
-            "recv-file",
-            &url,
-            &dst_s,
-            "--name",
-            "receiver",
-            "--bind",
-            "127.0.0.1",
-        ],
-        false,
-    );
+    let mut receiver = file_peer("recv-file", &url, &dst_s, &["--name", "receiver"]);
     wait_joined(&mut receiver);
     receiver.interrupt();
     assert_eq!(
@@ -1111,19 +1099,7 @@ fn interrupted_file_commands_leave_and_remove_the_partial_file() {
     // Alone in the room (a chat peer would decline the file), send-file waits for a peer.
     watcher.terminate();
     watcher.wait_exit(Duration::from_secs(10));
-    let mut sender = spawn(
-        "peer",
-        &[
-            "send-file",
-            &url,
-            &src_s,
-            "--name",
-            "sender",
-            "--bind",
-            "127.0.0.1",
-        ],
-        false,
-    );
+    let mut sender = file_peer("send-file", &url, &src_s, &["--name", "sender"]);
     wait_joined(&mut sender);
     sender.terminate();
     assert_eq!(sender.wait_exit(Duration::from_secs(10)).code(), Some(143));
