@@ -290,7 +290,7 @@ pub(crate) mod server {
         /// Builds the state from a validated configuration; in cluster mode, connects to Redis.
         pub async fn new(config: Config) -> Result<Arc<Self>, Error> {
             config.validate()?;
-            let metrics = Arc::new(Metrics::default());
+            let metrics = Arc::new(Metrics::new(!config.redis_urls.is_empty()));
             let memory = Arc::new(MemoryBudget::new(config.memory_budget));
             let settings = HubSettings {
                 replay: ReplayLimits {

@@ -39,6 +39,83 @@ struct ResultLabel {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Why a cluster node closed its sockets with 1013 (the `reason` of
+/// `signaling_cluster_outages_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// A Redis call failed or timed out.
+    Store,
+    /// The node's pub/sub subscription was lost.
+    Pubsub,
+    /// The node found its lease expired and its sessions adopted by another node.
+    LeaseLost,
+}
+
+impl Outage {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outage::Store => "store",
+            Outage::Pubsub => "pubsub",
+            Outage::LeaseLost => "lease_lost",
+        }
+    }
+}
+
+/// The series only a cluster node (`--redis`) has: the health of its link to Redis and to the
+/// other nodes.
+#[derive(Debug)]
+struct ClusterMetrics {
+    available: Gauge,
+    outages: Family<ReasonLabel, Counter>,
+    store_errors: Counter,
+    nodes: Gauge,
+    sessions_adopted: Counter,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            available: Gauge::default(),
+            outages: Family::default(),
+            store_errors: Counter::default(),
+            nodes: Gauge::default(),
+            sessions_adopted: Counter::default(),
+        };
+        registry.register(
+            "cluster_available",
+            "1 while Redis answers and this node's channel is subscribed, 0 during an outage",
+            metrics.available.clone(),
+        );
+        registry.register(
+            "cluster_outages",
+            "Times this node closed its sockets with 1013 because of an outage, by reason",
+            metrics.outages.clone(),
+        );
+        registry.register(
+            "cluster_store_errors",
+            "Redis calls that failed or timed out",
+            metrics.store_errors.clone(),
+        );
+        registry.register(
+            "cluster_nodes",
+            "Nodes holding a live lease, this one included, at the last heartbeat that reached Redis",
+            metrics.nodes.clone(),
+        );
+        registry.register(
+            "cluster_sessions_adopted",
+            "Sessions of dead nodes this node adopted (parked for their clients to resume)",
+            metrics.sessions_adopted.clone(),
+        );
+        metrics
+    }
+}
+
 /// Every metric of the server. Cheap to update from any task (atomics).
 #[derive(Debug)]
 pub struct Metrics {
@@ -94,11 +171,22 @@ pub struct Metrics {
     ice_paths: Family<PathLabel, Counter>,
     /// `stats` reports accepted.
     stats_reports: Counter,
+    /// Cluster mode only.
+    cluster: Option<ClusterMetrics>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+impl Metrics {
+    /// Every series of a node; `cluster` adds the `signaling_cluster_*` series of a node
+    /// started with `--redis`.
+    pub fn new(cluster: bool) -> Self {
         let mut registry = Registry::with_prefix("signaling");
+        let cluster = cluster.then(|| ClusterMetrics::register(&mut registry));
         let connections = Gauge::default();
         let connections_total = Counter::default();
         let sessions = Gauge::default();
@@ -296,11 +384,45 @@ impl Default for Metrics {
             ice_connected,
             ice_paths,
             stats_reports,
+            cluster,
         }
     }
-}
 
-impl Metrics {
+    /// Cluster mode: whether Redis answers and the node's channel is subscribed.
+    pub fn cluster_available(&self, available: bool) {
+        if let Some(cluster) = &self.cluster {
+            cluster.available.set(i64::from(available));
+        }
+    }
+
+    /// Cluster mode: counts one outage (the node closed its sockets with 1013).
+    pub fn cluster_outage(&self, why: Outage) {
+        if let Some(cluster) = &self.cluster {
+            let reason = why.as_str();
+            cluster.outages.get_or_create(&ReasonLabel { reason }).inc();
+        }
+    }
+
+    /// Cluster mode: counts one failed Redis call.
+    pub fn cluster_store_error(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.store_errors.inc();
+        }
+    }
+
+    /// Cluster mode: the nodes with a live lease.
+    pub fn cluster_nodes(&self, nodes: u64) {
+        if let Some(cluster) = &self.cluster {
+            cluster.nodes.set(i64::try_from(nodes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Cluster mode: counts one session adopted from a dead node.
+    pub fn cluster_session_adopted(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.sessions_adopted.inc();
+        }
+    }
     /// Counts one error reply (or refusal) with `code`.
     pub fn error(&self, code: ErrorCode) {
         self.errors

@@ -12,18 +12,22 @@ use futures_util::StreamExt as _;
 use super::inbox::{Offer, frame_seq};
 use super::{ClusterHub, Guard, channel};
 use crate::hub::{ConnId, SessionKey, encode};
+use crate::metrics::Outage;
 use crate::outbox::Frame;
 use crate::protocol::{
     ConnectionStats, ErrorCode, LeaveReason, RoomId, ServerFrame, ServerMessage, close_code,
 };
 
 impl ClusterHub {
-    /// Redis is gone: every attached socket is closed with 1013 so its client resumes once
-    /// Redis is back (frames published meanwhile may not have reached this node).
-    pub(super) fn outage(&self, why: &str) {
+    /// Redis is gone (or this node's lease): every attached socket is closed with 1013 so its
+    /// client resumes once Redis is back (frames published meanwhile may not have reached this
+    /// node).
+    pub(super) fn outage(&self, why: Outage) {
+        self.availability_changed();
+        self.metrics.cluster_outage(why);
         let st = self.lock();
         tracing::error!(
-            why,
+            why = why.as_str(),
             sessions = st.attached.len(),
             "cluster store unavailable: closing sockets"
         );
@@ -52,6 +56,7 @@ impl ClusterHub {
                 Err(_) => continue,
             };
             self.subscribed.store(true, Ordering::Release);
+            self.availability_changed();
             tracing::debug!(channel = %me, "subscribed");
             {
                 let mut messages = pubsub.on_message();
@@ -66,7 +71,7 @@ impl ClusterHub {
             self.subscribed.store(false, Ordering::Release);
             // Frames published while unsubscribed would be lost to the sockets: cut them, so
             // their clients resume from the outbox.
-            self.outage("pub/sub connection lost");
+            self.outage(Outage::Pubsub);
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }

@@ -9,6 +9,7 @@ use futures_util::StreamExt as _;
 
 use super::store::Op;
 use super::{ClusterHub, ParkedHere, node_sessions_key, unix_ms};
+use crate::metrics::Outage;
 use crate::protocol::{LeaveReason, RoomId};
 
 /// The key of the lease table: node id -> lease expiry (unix ms).
@@ -63,7 +64,7 @@ impl ClusterHub {
                 // or cut off) and adopted our sessions. Our sockets no longer get their frames:
                 // cut them so their clients resume (on any node, this one included).
                 tracing::error!("this node's lease had expired and its sessions were adopted");
-                self.outage("lease lost");
+                self.outage(Outage::LeaseLost);
             }
             self.store
                 .query::<i64>(redis::cmd("PEXPIRE").arg(NODES_KEY).arg(ttl))
@@ -75,17 +76,31 @@ impl ClusterHub {
             self.store
                 .keep_turn_secret(agreed.map(|s| s.expose_str()))
                 .await?;
-            self.store
+            let live = self
+                .store
+                .query::<u64>(
+                    redis::cmd("ZCOUNT")
+                        .arg(NODES_KEY)
+                        .arg(format!("({now_ms}"))
+                        .arg("+inf"),
+                )
+                .await?;
+            let dead = self
+                .store
                 .query::<Vec<String>>(
                     redis::cmd("ZRANGEBYSCORE")
                         .arg(NODES_KEY)
                         .arg("-inf")
                         .arg(now_ms),
                 )
-                .await
+                .await?;
+            Ok::<_, super::StoreError>((live, dead))
         };
         let dead = match renew.await {
-            Ok(dead) => dead,
+            Ok((live, dead)) => {
+                self.metrics.cluster_nodes(live);
+                dead
+            }
             Err(e) => {
                 self.store_failed("heartbeat", &e);
                 return;
@@ -94,6 +109,7 @@ impl ClusterHub {
         if !self.store_ok.swap(true, Ordering::AcqRel) {
             tracing::info!("redis answers again");
         }
+        self.availability_changed();
         let pending = std::mem::take(&mut self.lock().pending_park);
         for p in pending {
             self.park(p).await;
@@ -155,6 +171,7 @@ impl ClusterHub {
                 if let Ok(reply) = reply
                     && adopted
                 {
+                    self.metrics.cluster_session_adopted();
                     let expires_ms = reply
                         .rest
                         .first()

@@ -37,7 +37,7 @@ use crate::error::RequestError;
 use crate::hub::{
     Attached, ConnId, Flow, HubSettings, JoinRequest, OutboundTx, ResumeRequest, SessionKey,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outage};
 use crate::outbox::{Frame, to_json};
 use crate::peer_stats::{LinkView, PeerLinks};
 use crate::protocol::{
@@ -369,9 +369,16 @@ impl ClusterHub {
     /// Records a failed Redis call; the heartbeat finds out when it is back.
     fn store_failed(&self, what: &str, error: &StoreError) {
         tracing::warn!(%error, what, "redis call failed");
+        self.metrics.cluster_store_error();
         if self.store_ok.swap(false, Ordering::AcqRel) {
-            self.outage("redis does not answer");
+            self.outage(Outage::Store);
         }
+    }
+
+    /// Publishes [`Self::is_available`] as `signaling_cluster_available`; called after each
+    /// change of what it reads.
+    fn availability_changed(&self) {
+        self.metrics.cluster_available(self.is_available());
     }
 
     fn session_info(

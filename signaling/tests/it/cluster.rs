@@ -27,6 +27,19 @@ fn node(redis_urls: &str, extra: &[&str]) -> Server {
     Server::spawn(&args)
 }
 
+/// Waits (up to 5 s) until `server`'s metric `series` reads `want`.
+async fn metric_becomes(server: &Server, series: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = server.metric(series).await;
+        if value == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} is {value}, not {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Resumes on `url` and expects `n` replayed signals `first..first+n` from `from`, then
 /// `resumed` with `replayed == n`.
 async fn resume_expecting(
@@ -60,6 +73,7 @@ async fn a_client_of_a_killed_node_resumes_on_another_with_nothing_lost() {
     let n1 = node(&redis.url(), &["--resume-grace", "20s"]);
     let mut n2 = node(&redis.url(), &["--resume-grace", "20s"]);
     let n3 = node(&redis.url(), &["--resume-grace", "20s"]);
+    metric_becomes(&n1, "signaling_cluster_nodes", 3).await;
     let ((mut a, a_info), (mut b, b_info)) =
         Client::pair(&n1.ws("/ws/call"), &n2.ws("/ws/call")).await;
     pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 0).await;
@@ -90,6 +104,11 @@ async fn a_client_of_a_killed_node_resumes_on_another_with_nothing_lost() {
         "kill -9 to resumed elsewhere: {} ms",
         killed.elapsed().as_millis()
     );
+    // The operator sees the node gone and its one session adopted by a survivor.
+    metric_becomes(&n1, "signaling_cluster_nodes", 2).await;
+    let adopted = n1.metric("signaling_cluster_sessions_adopted_total").await
+        + n3.metric("signaling_cluster_sessions_adopted_total").await;
+    assert_eq!(adopted, 1);
     b.expect_silence(Duration::from_millis(200)).await;
     // A never saw B leave; the call goes on both ways.
     pass_candidate((&mut b, &b_info.peer_id), (&mut a, &a_info.peer_id), 50).await;
@@ -195,6 +214,14 @@ async fn a_redis_outage_is_refused_clearly_and_healed_without_a_restart() {
         Client::pair(&n1.ws("/ws/outage"), &n2.ws("/ws/outage")).await;
     pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 0).await;
     let (a_seen, b_seen) = (a.last_seq, b.last_seq);
+    for server in [&n1, &n2] {
+        metric_becomes(server, "signaling_cluster_available", 1).await;
+        metric_becomes(server, "signaling_cluster_nodes", 2).await;
+        assert_eq!(
+            server.metric("signaling_cluster_store_errors_total").await,
+            0
+        );
+    }
 
     redis.freeze();
     // A request in flight fails with `unavailable` naming it (so its client knows it was not
@@ -223,6 +250,15 @@ async fn a_redis_outage_is_refused_clearly_and_healed_without_a_restart() {
     for server in [&n1, &n2] {
         let (status, _, body) = server.get("/readyz").await;
         assert_eq!(status, 503, "{body}");
+        // The operator's view: unavailable, one outage of the store, failed calls counted.
+        assert_eq!(server.metric("signaling_cluster_available").await, 0);
+        assert_eq!(
+            server
+                .metric("signaling_cluster_outages_total{reason=\"store\"}")
+                .await,
+            1
+        );
+        assert!(server.metric("signaling_cluster_store_errors_total").await > 0);
         match Client::try_connect(&server.ws("/ws/outage"), &[]).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status().as_u16(), 503)
@@ -237,6 +273,7 @@ async fn a_redis_outage_is_refused_clearly_and_healed_without_a_restart() {
             assert!(Instant::now() < deadline, "never ready again");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        assert_eq!(server.metric("signaling_cluster_available").await, 1);
     }
     // Both resume (each on the other node) with nothing lost, and the call goes on.
     let mut a = Client::connect(&n2.ws("/ws/outage")).await;
