@@ -60,9 +60,9 @@ impl Outage {
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            Outage::Store => "store",
-            Outage::Pubsub => "pubsub",
-            Outage::LeaseLost => "lease_lost",
+            Self::Store => "store",
+            Self::Pubsub => "pubsub",
+            Self::LeaseLost => "lease_lost",
         }
     }
 }
