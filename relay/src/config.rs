@@ -170,6 +170,11 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
+    /// Of `--max-connections`, how many one client address (IPv6: one /64) may hold; more are
+    /// closed at once and counted. Keep it well above the users behind one NAT or proxy.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = 500)]
+    pub max_connections_per_ip: usize,
+
     /// Bytes queued towards one TCP/TLS client connection and not yet written to its socket
     /// (write buffer included). A message that would go over it is dropped and counted
     /// (`relay_stream_queue_drops_total`): a client that stops reading costs at most this much.
@@ -434,6 +439,11 @@ impl Config {
                 "--user-quota must be at least 1".into(),
             ));
         }
+        if self.max_connections_per_ip == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-connections-per-ip must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -567,6 +577,7 @@ mod tests {
         );
         assert_eq!(c.user_quota, 200);
         assert_eq!(c.max_connections, 20_000);
+        assert_eq!(c.max_connections_per_ip, 500);
         assert_eq!(c.tls_handshake_timeout, Duration::from_secs(5));
         assert_eq!(c.unauth_bytes, 2048);
         assert_eq!(c.stream_queue_bytes, 128 * 1024);

@@ -235,7 +235,10 @@ impl Relay {
             acceptor: tokio_rustls::TlsAcceptor::from(c),
             handshake_timeout: config.tls_handshake_timeout,
         });
-        let connections = io::conn_limit::ConnectionLimit::new(config.max_connections);
+        let connections = io::conn_limit::ConnectionLimit::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        );
         let http_upstream =
             config
                 .http_upstream

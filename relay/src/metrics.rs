@@ -49,6 +49,8 @@ pub struct IoStats {
     pub stream_queued_bytes_max: u64,
     /// Stream connections refused because the relay was at `--max-connections`.
     pub stream_connections_refused: u64,
+    /// Stream connections refused because their address was at `--max-connections-per-ip`.
+    pub stream_connections_refused_per_ip: u64,
     /// Stream connections closed for framing errors (neither STUN nor ChannelData).
     pub stream_framing_errors: u64,
     /// Receive errors on UDP sockets other than "nothing to read".
@@ -165,6 +167,7 @@ impl Metrics {
             t.stream_queued_bytes_max = t.stream_queued_bytes_max.max(s.stream_queued_bytes_max);
             t.stream_framing_errors += s.stream_framing_errors;
             t.stream_connections_refused += s.stream_connections_refused;
+            t.stream_connections_refused_per_ip += s.stream_connections_refused_per_ip;
             t.recv_errors += s.recv_errors;
             t.first_bytes_refused += s.first_bytes_refused;
             t.http_upstream_connections += s.http_upstream_connections;
@@ -462,6 +465,11 @@ impl Collector for Metrics {
                 "relay_stream_connections_refused",
                 "TCP/TLS connections refused at --max-connections",
                 io.stream_connections_refused,
+            ),
+            (
+                "relay_stream_connections_refused_per_ip",
+                "TCP/TLS connections refused at --max-connections-per-ip",
+                io.stream_connections_refused_per_ip,
             ),
         ] {
             counter(&mut e, name, help, value)?;

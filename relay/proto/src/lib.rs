@@ -140,7 +140,9 @@ pub use message::Method;
 pub use output::{BindError, ClientAction, HEADROOM, Output, PeerAction, TAILROOM};
 pub use own_addresses::OwnAddresses;
 pub use policy::{DenyReason, IpNet, PeerPolicy};
-pub use quota::{DEFAULT_AMPLIFICATION_ALLOWANCE, QuotaKind, Quotas, RateLimit, SharedQuotas};
+pub use quota::{
+    DEFAULT_AMPLIFICATION_ALLOWANCE, QuotaKind, Quotas, RateLimit, SharedQuotas, rate_key,
+};
 pub use relay_handle::RelayHandle;
 pub use reservations::RESERVATION_LIFETIME;
 pub use server::Server;

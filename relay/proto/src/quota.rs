@@ -361,7 +361,7 @@ impl IpRateLimiter {
 }
 
 /// IPv4 by address, IPv6 by /64 (one subscriber's prefix).
-pub(crate) fn rate_key(ip: IpAddr) -> IpAddr {
+pub fn rate_key(ip: IpAddr) -> IpAddr {
     match crate::policy::canonical_ip(ip) {
         IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
         v4 => v4,

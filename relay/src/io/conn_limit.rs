@@ -1,41 +1,84 @@
-//! `--max-connections`: one counter of open TCP/TLS client connections shared by every worker.
-//! A slot is taken right after `accept`, before any TLS handshake, and given back when the
-//! connection's task ends (the `ConnectionSlot` is dropped), so the limit is exact whatever
-//! the kernel's spread of connections over workers and however many handshakes are pending.
+//! `--max-connections`: one counter of open TCP/TLS client connections shared by every worker,
+//! and `--max-connections-per-ip`: the share of them one source address may hold (IPv6 per
+//! /64). A slot is taken right after `accept`, before any TLS handshake (behind
+//! `--proxy-protocol`, the source's share once the header named the client), and given back
+//! when the connection's task ends (the `ConnectionSlot` is dropped), so the limits are exact
+//! whatever the kernel's spread of connections over workers and however many handshakes are
+//! pending. The table of sources holds only addresses with an open connection: at most
+//! `--max-connections` entries.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-/// The shared counter and its limit.
+/// The shared counters and their limits.
 #[derive(Debug)]
 pub(crate) struct ConnectionLimit {
     open: AtomicUsize,
     max: usize,
+    /// Open connections per source key ([`relay_proto::rate_key`]), zeros removed.
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+    max_per_source: usize,
+}
+
+/// Why a connection was refused a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The relay holds `--max-connections`.
+    Full,
+    /// Its source address holds `--max-connections-per-ip`.
+    SourceFull,
 }
 
 impl ConnectionLimit {
-    /// A limit of `max` open connections.
-    pub(crate) fn new(max: usize) -> Arc<Self> {
+    /// A limit of `max` open connections, `max_per_source` of them from one address.
+    pub(crate) fn new(max: usize, max_per_source: usize) -> Arc<Self> {
         Arc::new(Self {
             open: AtomicUsize::new(0),
             max,
+            per_source: Mutex::new(HashMap::new()),
+            max_per_source,
         })
     }
 
-    /// Takes a slot, or `None` at the limit.
-    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
+    /// Takes a slot, counted for `source` when it is known already (else see
+    /// [`ConnectionSlot::attribute`]).
+    pub(crate) fn try_acquire(
+        self: &Arc<Self>,
+        source: Option<IpAddr>,
+    ) -> Result<ConnectionSlot, Refused> {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| ConnectionSlot(Arc::clone(self)))
+            .map_err(|_| Refused::Full)?;
+        let mut slot = ConnectionSlot {
+            limit: Arc::clone(self),
+            source: None,
+        };
+        if let Some(source) = source {
+            slot.attribute(source)?;
+        }
+        Ok(slot)
+    }
+
+    fn per_source(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Slots in use.
     #[cfg(test)]
     pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Sources with an open connection.
+    #[cfg(test)]
+    fn sources(&self) -> usize {
+        self.per_source().len()
     }
 }
 
@@ -66,11 +109,45 @@ pub(crate) fn warn_if_fd_limit_below(max: usize) {
 
 /// One open connection's slot; dropping it gives the slot back.
 #[derive(Debug)]
-pub(crate) struct ConnectionSlot(Arc<ConnectionLimit>);
+pub(crate) struct ConnectionSlot {
+    limit: Arc<ConnectionLimit>,
+    /// The source key it is counted for, once known.
+    source: Option<IpAddr>,
+}
+
+impl ConnectionSlot {
+    /// Counts the slot for the connection's source address (once; a second call is a no-op).
+    pub(crate) fn attribute(&mut self, source: IpAddr) -> Result<(), Refused> {
+        if self.source.is_some() {
+            return Ok(());
+        }
+        let key = relay_proto::rate_key(source);
+        let mut per_source = self.limit.per_source();
+        let open = per_source.entry(key).or_insert(0);
+        if *open >= self.limit.max_per_source {
+            if *open == 0 {
+                per_source.remove(&key);
+            }
+            return Err(Refused::SourceFull);
+        }
+        *open += 1;
+        self.source = Some(key);
+        Ok(())
+    }
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.limit.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(key) = self.source {
+            let mut per_source = self.limit.per_source();
+            if let Some(open) = per_source.get_mut(&key) {
+                *open -= 1;
+                if *open == 0 {
+                    per_source.remove(&key);
+                }
+            }
+        }
     }
 }
 
@@ -80,23 +157,23 @@ mod tests {
 
     #[test]
     fn slots_are_limited_and_given_back() {
-        let limit = ConnectionLimit::new(2);
-        let a = limit.try_acquire().expect("first");
-        let b = limit.try_acquire().expect("second");
-        assert!(limit.try_acquire().is_none(), "at the limit");
+        let limit = ConnectionLimit::new(2, 2);
+        let a = limit.try_acquire(None).expect("first");
+        let b = limit.try_acquire(None).expect("second");
+        assert_eq!(limit.try_acquire(None).err(), Some(Refused::Full));
         drop(a);
-        let c = limit.try_acquire().expect("a slot was given back");
+        let c = limit.try_acquire(None).expect("a slot was given back");
         assert_eq!(limit.open(), 2);
         drop((b, c));
         assert_eq!(limit.open(), 0);
-        assert!(ConnectionLimit::new(0).try_acquire().is_none());
+        assert!(ConnectionLimit::new(0, 1).try_acquire(None).is_err());
     }
 
     #[test]
     fn the_limit_holds_across_threads() {
         const THREADS: usize = 8;
         const ROUNDS: usize = 2_000;
-        let limit = ConnectionLimit::new(5);
+        let limit = ConnectionLimit::new(5, 5);
         let peak = Arc::new(AtomicUsize::new(0));
         let handles: Vec<_> = (0..THREADS)
             .map(|_| {
@@ -106,7 +183,7 @@ mod tests {
                     let mut held = Vec::new();
                     let mut taken = 0;
                     for round in 0..ROUNDS {
-                        if let Some(slot) = limit.try_acquire() {
+                        if let Ok(slot) = limit.try_acquire(None) {
                             taken += 1;
                             held.push(slot);
                             peak.fetch_max(limit.open(), Ordering::AcqRel);
@@ -126,5 +203,45 @@ mod tests {
             "never more than the limit"
         );
         assert_eq!(limit.open(), 0, "every slot given back");
+    }
+
+    #[test]
+    fn one_source_holds_at_most_its_share() {
+        let limit = ConnectionLimit::new(10, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a1 = limit.try_acquire(Some(a)).expect("a, first");
+        let _a2 = limit.try_acquire(Some(a)).expect("a, second");
+        assert_eq!(limit.try_acquire(Some(a)).err(), Some(Refused::SourceFull));
+        // A refused source's try gives its global slot back.
+        assert_eq!(limit.open(), 2);
+        let _b1 = limit
+            .try_acquire(Some(b))
+            .expect("another source is not affected");
+        drop(a1);
+        let _a3 = limit
+            .try_acquire(Some(a))
+            .expect("a's share was given back");
+        assert_eq!(limit.sources(), 2);
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_64_and_late_attribution_works() {
+        let limit = ConnectionLimit::new(10, 1);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let held = limit.try_acquire(Some(one)).expect("first");
+        // Behind a PROXY header: a slot first, the source once the header named it.
+        let mut late = limit.try_acquire(None).expect("a slot");
+        assert_eq!(late.attribute(same_64), Err(Refused::SourceFull));
+        late.attribute(other_64).expect("another /64");
+        late.attribute(same_64).expect("attributed once: a no-op");
+        drop((held, late));
+        assert_eq!(
+            (limit.open(), limit.sources()),
+            (0, 0),
+            "nothing left behind"
+        );
     }
 }

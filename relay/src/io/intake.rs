@@ -124,7 +124,7 @@ impl StreamIntake {
 /// A worker's intake task: serves every stream handed to it until the worker stops.
 pub(crate) async fn serve_adopted(shard: Rc<Shard>, mut queue: mpsc::Receiver<Adopted>) {
     while let Some(Adopted { stream, five }) = queue.recv().await {
-        let Some(slot) = shard.admit_stream() else {
+        let Some(slot) = shard.admit_stream(Some(five.client.ip())) else {
             tracing::debug!(client = %five.client, "connection limit reached: closing");
             continue;
         };

@@ -18,7 +18,7 @@ use relay_proto::{
 };
 use tokio::task::JoinHandle;
 
-use super::conn_limit::{ConnectionLimit, ConnectionSlot};
+use super::conn_limit::{ConnectionLimit, ConnectionSlot, Refused};
 use super::drain::DrainSignal;
 use super::relay_ports::RelayPorts;
 use super::send_batch::SendBatch;
@@ -340,14 +340,21 @@ impl Shard {
         self.tasks.spawn_local(task);
     }
 
-    /// A slot of `--max-connections` for a connection just accepted, or `None` (counted as
-    /// a refusal) at the limit.
-    pub(crate) fn admit_stream(&self) -> Option<ConnectionSlot> {
-        let slot = self.connections.try_acquire();
-        if slot.is_none() {
-            self.count(|s| s.stream_connections_refused += 1);
+    /// A slot of `--max-connections` for a connection just accepted, counted for its `source`
+    /// when known (`--max-connections-per-ip`), or `None` (counted as a refusal) at a limit.
+    pub(crate) fn admit_stream(&self, source: Option<IpAddr>) -> Option<ConnectionSlot> {
+        self.connections
+            .try_acquire(source)
+            .map_err(|refused| self.connection_refused(refused))
+            .ok()
+    }
+
+    /// Counts a stream connection refused a slot.
+    pub(crate) fn connection_refused(&self, refused: Refused) {
+        match refused {
+            Refused::Full => self.count(|s| s.stream_connections_refused += 1),
+            Refused::SourceFull => self.count(|s| s.stream_connections_refused_per_ip += 1),
         }
-        slot
     }
 
     /// A TLS handshake begins; it counts in the `tls_handshakes` gauge until the guard drops.

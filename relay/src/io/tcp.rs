@@ -1,8 +1,8 @@
 //! TCP and TLS listeners: accept loops (one per worker on a SO_REUSEPORT listener, so the
 //! kernel spreads connections over workers and a connection stays on the shard that accepted
 //! it). Every accepted connection first takes a slot of the relay-wide `--max-connections`
-//! (refused and closed at once without one) and holds it until it ends, TLS handshake
-//! included; the handshake must finish within `--tls-handshake-timeout`. Then `stream::serve`,
+//! and of its address's `--max-connections-per-ip` (refused and closed at once without one)
+//! and holds it until it ends, TLS handshake included; the handshake must finish within `--tls-handshake-timeout`. Then `stream::serve`,
 //! or with `--http-upstream`, TURN or a forward to the upstream by the first bytes.
 
 use std::io;
@@ -67,8 +67,9 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, edge: S
             }
         };
         // Before anything else, TLS handshake included: the slot is the connection's until
-        // its task ends.
-        let Some(slot) = shard.admit_stream() else {
+        // its task ends. Behind a PROXY header, its source is known once the header is read.
+        let source = (!edge.proxy_protocol).then_some(client.ip());
+        let Some(slot) = shard.admit_stream(source) else {
             tracing::debug!(%client, "connection limit reached: closing");
             continue;
         };
@@ -80,7 +81,7 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, edge: S
         let conn_shard = Rc::clone(&shard);
         shard.spawn_connection(async move {
             // Dropped with the task, however it ends (cancellation included).
-            let _slot = slot;
+            let mut slot = slot;
             let mut conn = conn;
             let client = if edge.proxy_protocol {
                 let header_timeout = edge.header_timeout;
@@ -97,6 +98,11 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, edge: S
             } else {
                 client
             };
+            if let Err(refused) = slot.attribute(client.ip()) {
+                tracing::debug!(%client, "connection limit of its address reached: closing");
+                conn_shard.connection_refused(refused);
+                return;
+            }
             match &edge.tls {
                 None => {
                     let five = FiveTuple {

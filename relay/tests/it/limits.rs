@@ -1,13 +1,14 @@
 //! `--max-connections` through the real binary: one relay-wide limit (exact over two workers)
 //! that counts a connection from accept on, so silent TLS clients that never finish their
 //! handshake hold slots only until `--tls-handshake-timeout`, are counted, and give their
-//! slots back.
+//! slots back. `--max-connections-per-ip`: one address's share, by the socket's peer or by the
+//! client a PROXY header names.
 
-use std::io::{ErrorKind, Read as _};
-use std::net::TcpStream;
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::support::{RelayProcess, TestClient, tls_link, wait_until};
+use crate::support::{Link, RelayProcess, TestClient, tls_link, wait_until};
 
 const LIMIT: usize = 20;
 /// Silent connections opened per transport (TLS and plain TCP, interleaved).
@@ -102,4 +103,96 @@ fn silent_tls_handshakes_count_against_an_exact_limit_and_time_out() {
     client
         .allocate()
         .expect("allocate over TLS after the silent ones left");
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into()).expect("bind a loopback address");
+    socket
+        .connect_timeout(&to.into(), Duration::from_secs(5))
+        .expect("connect");
+    socket.into()
+}
+
+/// Opens `n` silent connections from `from`, waits until the relay has refused `refused` (in
+/// all, per address), and returns those it keeps open.
+fn open_silent(relay: &RelayProcess, from: &str, n: usize, refused: u64) -> Vec<TcpStream> {
+    let tcp = relay.tcp.expect("tcp listener");
+    let mut conns: Vec<TcpStream> = (0..n).map(|_| connect_from(from, tcp)).collect();
+    assert!(
+        wait_until(Duration::from_secs(5), || relay
+            .metric("relay_stream_connections_refused_per_ip_total")
+            >= refused),
+        "refusals: {}",
+        relay.metric("relay_stream_connections_refused_per_ip_total")
+    );
+    // The count comes just before the close.
+    std::thread::sleep(Duration::from_millis(100));
+    conns.retain_mut(is_open);
+    conns
+}
+
+#[test]
+fn one_address_holds_at_most_its_share_of_the_connections() {
+    let relay = RelayProcess::start(&["--user", "u:p", "--max-connections-per-ip", "3"]);
+    let tcp = relay.tcp.expect("tcp listener");
+    let mut held = open_silent(&relay, "127.0.0.1", 5, 2);
+    assert_eq!(held.len(), 3, "exactly the share stays open");
+    assert_eq!(
+        relay.metric("relay_stream_connections_refused_per_ip_total"),
+        2
+    );
+    assert_eq!(relay.metric("relay_stream_connections_refused_total"), 0);
+
+    // Another address is not affected: a real client allocates.
+    let link = Link::Tcp(connect_from("127.0.0.2", tcp), Vec::new(), 0);
+    let mut client = TestClient::with_link(link, tcp, "u", "p");
+    client.allocate().expect("allocate from another address");
+
+    // A closed connection gives its address's slot back.
+    held.pop();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let mut conn = connect_from("127.0.0.1", tcp);
+            std::thread::sleep(Duration::from_millis(100));
+            is_open(&mut conn)
+        }),
+        "the slot was not given back"
+    );
+}
+
+#[test]
+fn behind_a_proxy_header_the_share_is_the_named_clients() {
+    let relay = RelayProcess::start(&[
+        "--user",
+        "u:p",
+        "--proxy-protocol",
+        "--max-connections-per-ip",
+        "2",
+    ]);
+    let tcp = relay.tcp.expect("tcp listener");
+    // Every connection comes from the balancer (127.0.0.1); the header names the client.
+    let proxied = |client: &str, port: u16| {
+        let mut conn = connect_from("127.0.0.1", tcp);
+        let header = format!("PROXY TCP4 {client} 10.0.0.1 {port} 3478\r\n");
+        conn.write_all(header.as_bytes()).unwrap();
+        conn
+    };
+    let mut from_one: Vec<TcpStream> = (0..3).map(|i| proxied("203.0.113.9", 40_000 + i)).collect();
+    let mut from_another: Vec<TcpStream> = (0..2)
+        .map(|i| proxied("198.51.100.4", 40_000 + i))
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || relay
+        .metric("relay_stream_connections_refused_per_ip_total")
+        == 1));
+    std::thread::sleep(Duration::from_millis(100));
+    from_one.retain_mut(is_open);
+    from_another.retain_mut(is_open);
+    assert_eq!(
+        (from_one.len(), from_another.len()),
+        (2, 2),
+        "each named client holds its own share, not the balancer's address"
+    );
 }
