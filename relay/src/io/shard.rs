@@ -301,21 +301,27 @@ impl Shard {
     }
 
     /// Registers a new stream connection's outbound queue; it counts in the
-    /// `stream_connections` gauge until the returned guard is dropped.
+    /// `stream_connections` gauge until the returned guard is dropped. `None` when a connection
+    /// of the same five-tuple is open on this shard.
     pub(crate) fn stream_opened(
         self: &Rc<Self>,
         five: FiveTuple,
         tx: StreamSender,
-    ) -> StreamRegistration {
-        self.streams.borrow_mut().insert(five, tx);
+    ) -> Option<StreamRegistration> {
+        match self.streams.borrow_mut().entry(five) {
+            // Only a PROXY header can name the five-tuple of a connection still open: the
+            // newcomer is refused rather than take over the other's allocation.
+            std::collections::hash_map::Entry::Occupied(_) => return None,
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(tx),
+        };
         self.count(|s| {
             s.stream_connections += 1;
             s.stream_connections_accepted += 1;
         });
-        StreamRegistration {
+        Some(StreamRegistration {
             shard: Rc::clone(self),
             five,
-        }
+        })
     }
 
     /// A stream connection ended (its `StreamRegistration` was dropped): its allocation goes

@@ -52,14 +52,18 @@ where
     let (reader, writer) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let queued = Rc::new(Cell::new(0));
-    let registration = shard.stream_opened(
+    let Some(registration) = shard.stream_opened(
         five,
         StreamSender {
             tx,
             queued: Rc::clone(&queued),
             max_bytes: shard.stream_queue_bytes(),
         },
-    );
+    ) else {
+        tracing::debug!(client = %five.client, "closing stream: its five-tuple is in use");
+        shard.proxy_header_refused();
+        return;
+    };
     // Over TLS each message is a record of its own: TURN clients that read one message per
     // record (coturn's `turnutils_uclient`) lose the second of two messages sharing one.
     let record_per_message = five.transport == Transport::Tls;

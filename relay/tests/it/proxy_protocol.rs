@@ -15,10 +15,16 @@ use crate::support::RelayProcess;
 /// Sends `header` then a Binding request on a new TCP connection; the mapped address.
 fn mapped_address_after(relay: SocketAddr, header: &[u8]) -> Option<SocketAddr> {
     let mut tcp = TcpStream::connect(relay).unwrap();
+    tcp.write_all(header).unwrap();
+    binding(&mut tcp)
+}
+
+/// A Binding request on `tcp`; the mapped address in the response.
+fn binding(tcp: &mut TcpStream) -> Option<SocketAddr> {
     tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let tid = TransactionId([7; 12]);
     let request = MessageBuilder::new(Method::Binding, Class::Request, tid).finish();
-    tcp.write_all(&[header, &request].concat()).unwrap();
+    tcp.write_all(&request).ok()?;
     let mut response = vec![0u8; 20];
     tcp.read_exact(&mut response[..4]).ok()?;
     let len = framing::stream_frame_len(&response[..4]).ok()??;
@@ -54,4 +60,28 @@ fn the_proxied_client_is_the_mapped_address_and_headerless_connections_are_refus
     assert!(crate::support::wait_until(Duration::from_secs(3), || {
         relay.metric("relay_proxy_headers_refused_total") >= 1
     }));
+}
+
+#[test]
+fn a_header_naming_a_connection_still_open_is_refused_and_the_open_one_goes_on() {
+    let relay = RelayProcess::start_with_workers(1, &["--proxy-protocol", "--user", "u:p"]);
+    let tcp = relay.tcp.expect("tcp listener");
+    let header = b"PROXY TCP4 203.0.113.9 10.0.0.1 40000 3478\r\n";
+    let mut first = TcpStream::connect(tcp).unwrap();
+    first.write_all(header).unwrap();
+    let named = Some("203.0.113.9:40000".parse().unwrap());
+    assert_eq!(binding(&mut first), named);
+    assert_eq!(
+        mapped_address_after(tcp, header),
+        None,
+        "the same five-tuple again is closed"
+    );
+    assert!(crate::support::wait_until(Duration::from_secs(3), || {
+        relay.metric("relay_proxy_headers_refused_total") >= 1
+    }));
+    assert_eq!(
+        binding(&mut first),
+        named,
+        "the first connection is untouched"
+    );
 }
