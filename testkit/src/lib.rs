@@ -146,9 +146,37 @@ pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
     })
 }
 
+/// The series names of a Prometheus text exposition, as scraped (`_total` on counters).
+pub fn exposed_series(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.strip_prefix("# TYPE ")?.split_whitespace();
+            let (name, kind) = (words.next()?, words.next()?);
+            Some(match kind {
+                "counter" if !name.ends_with("_total") => format!("{name}_total"),
+                _ => name.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Whether the Markdown `doc` names `series` in code style, alone or with its labels.
+pub fn documents(doc: &str, series: &str) -> bool {
+    doc.contains(&format!("`{series}`")) || doc.contains(&format!("`{series}{{"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_are_named_as_scraped_and_found_in_code_style() {
+        let text = "# HELP a_total x\n# TYPE a counter\na_total 1\n# TYPE b gauge\nb 2\n";
+        assert_eq!(exposed_series(text), ["a_total", "b"]);
+        let doc = "| `a_total{code}` | counter |\n| `bb` | gauge |";
+        assert!(documents(doc, "a_total"));
+        assert!(!documents(doc, "b"), "`bb` is not `b`");
+    }
 
     #[test]
     fn reads_one_sample() {

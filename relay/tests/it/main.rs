@@ -8,6 +8,7 @@ mod coturn_clients;
 mod drain;
 mod embedded;
 mod limits;
+mod metrics_doc;
 mod port_clash;
 mod proxy_protocol;
 mod reload;

@@ -308,5 +308,30 @@ async fn every_series_the_grafana_dashboard_queries_is_exposed() {
                 );
             }
         }
+        assert_documented(&text);
     }
+}
+
+/// Every series of `metrics` is in the metrics tables of `docs/signaling.md` (or, for the
+/// in-process relay's, `docs/relay.md`).
+fn assert_documented(metrics: &str) {
+    let docs = [
+        include_str!("../../../docs/signaling.md"),
+        include_str!("../../../docs/relay.md"),
+    ];
+    let missing: Vec<String> = testkit::exposed_series(metrics)
+        .into_iter()
+        .filter(|series| !docs.iter().any(|doc| testkit::documents(doc, series)))
+        .collect();
+    assert!(missing.is_empty(), "not in the docs: {missing:?}");
+}
+
+#[tokio::test]
+async fn every_series_of_a_cluster_node_is_in_the_docs() {
+    let redis = crate::support::redis::RedisServer::start();
+    let server = Server::spawn(&["--redis", &redis.url()]);
+    let (_a, _) = Client::join(&server.ws("/ws/documented"), None).await;
+    let (_, _, text) = server.get("/metrics").await;
+    assert!(text.contains("signaling_cluster_available"), "{text}");
+    assert_documented(&text);
 }
