@@ -57,6 +57,8 @@ pub enum Outage {
 }
 
 impl Outage {
+    const ALL: [Self; 3] = [Self::Store, Self::Pubsub, Self::LeaseLost];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -92,6 +94,11 @@ impl ClusterMetrics {
             "1 while Redis answers and this node's channel is subscribed, 0 during an outage",
             metrics.available.clone(),
         );
+        // Every reason from the start, so that an alert on `increase` sees the first outage.
+        for why in Outage::ALL {
+            let reason = why.as_str();
+            let _ = metrics.outages.get_or_create(&ReasonLabel { reason });
+        }
         registry.register(
             "cluster_outages",
             "Times this node closed its sockets with 1013 because of an outage, by reason",
