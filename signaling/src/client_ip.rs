@@ -99,7 +99,7 @@ impl Entry {
     }
 }
 
-/// Open connections and join buckets per client address.
+/// Open connections, sessions and join buckets per client address (IPv6: per /64).
 #[derive(Debug)]
 pub struct IpTable {
     /// Replaced by SIGHUP ([`IpTable::set_limits`]).
@@ -111,15 +111,11 @@ pub struct IpTable {
 #[derive(Debug)]
 pub struct IpSlot {
     table: Arc<IpTable>,
+    /// The address's key in the table (IPv6: its /64).
     ip: IpAddr,
 }
 
 impl IpSlot {
-    /// The client's address.
-    pub fn ip(&self) -> IpAddr {
-        self.ip
-    }
-
     /// A place for one more session of this address, or `None` when it holds its maximum.
     /// The hub keeps the ticket with the session: dropping it (the session ended) gives the
     /// place back.
@@ -207,8 +203,10 @@ impl IpTable {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A connection slot for `ip`, or `None` when the address holds its maximum.
+    /// A connection slot for `ip`, or `None` when the address holds its maximum. An IPv6
+    /// address counts with its /64 (one subscriber's prefix: a client picks any address in it).
     pub fn connect(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Option<IpSlot> {
+        let ip = relay_proto::rate_key(ip);
         let limits = self.limits();
         let mut entries = self.lock();
         let entry = entries.entry(ip).or_insert_with(|| Entry {
@@ -295,6 +293,20 @@ mod tests {
         let b = table.connect(ip, now).unwrap();
         assert!(table.connect(ip, now).is_none());
         assert!(table.connect("192.0.2.2".parse().unwrap(), now).is_some());
+        // IPv6 by /64: another address of the prefix is the same client, another prefix not.
+        let v6 = table.connect("2001:db8:0:1::1".parse().unwrap(), now);
+        let v6b = table.connect("2001:db8:0:1::2".parse().unwrap(), now);
+        assert!(
+            table
+                .connect("2001:db8:0:1::ffff".parse().unwrap(), now)
+                .is_none()
+        );
+        assert!(
+            table
+                .connect("2001:db8:0:2::1".parse().unwrap(), now)
+                .is_some()
+        );
+        drop((v6, v6b));
         assert!(a.try_join(now) && b.try_join(now));
         assert!(!a.try_join(now), "burst of 2 spent");
         drop(a);
