@@ -3,7 +3,8 @@
 //!
 //! - a connection must be through its edge steps (PROXY header, TLS handshake, first bytes)
 //!   within `--header-read-timeout` of the accept, and send each request's headers within
-//!   `--header-read-timeout`, or it is closed; headers over [`MAX_HEADER_BYTES`] get 431;
+//!   `--header-read-timeout`, and then its body within `--header-read-timeout` more
+//!   ([`DeadlineBody`]), or it is closed; headers over [`MAX_HEADER_BYTES`] get 431;
 //! - at most `--max-http-connections` connections may be open and not upgraded to a WebSocket
 //!   (past that, new ones are closed at once and counted);
 //! - when accepting fails because the process is out of file descriptors (EMFILE/ENFILE), the
@@ -20,9 +21,12 @@
 //! stream (an SSE stream, a pending long-poll): the handler borrows the connection's
 //! [`HttpSlot`] for the stream's length, and the stream counts as a connection instead.
 
+use std::future::Future as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -285,9 +289,11 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let slot = guard.0.clone();
+    let body_time = limits.header_read_timeout;
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(slot.clone());
+        let request = request.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_time)));
         router.clone().oneshot(request)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -313,6 +319,57 @@ async fn serve_connection<I>(
     // The HTTP connection is over: closed, timed out, or handed to a WebSocket (which
     // `--max-connections` counts from now on).
     drop(guard);
+}
+
+/// A request body that must arrive whole within a time from its request's headers: a client
+/// that trickles it, or stops, gets [`BodyTooSlow`] instead of holding its connection.
+pub struct DeadlineBody<B> {
+    body: B,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> DeadlineBody<B> {
+    fn new(body: B, within: Duration) -> Self {
+        Self {
+            body,
+            deadline: Box::pin(tokio::time::sleep(within)),
+        }
+    }
+}
+
+/// The error of a [`DeadlineBody`] past its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within --header-read-timeout")]
+pub struct BodyTooSlow;
+
+impl<B> hyper::body::Body for DeadlineBody<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if self.body.is_end_stream() {
+            return Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
+        }
+        Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Warns when the process may open fewer files than `--max-connections` needs (each WebSocket

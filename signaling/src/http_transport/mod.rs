@@ -31,6 +31,7 @@ use crate::api::Transport;
 use crate::client_request::ClientRequest;
 use crate::error::RequestError;
 use crate::hub::{Flow, encode};
+use crate::listener::BodyTooSlow;
 use crate::protocol::{
     ClientMessage, ErrorCode, HttpOpened, LeaveReason, RequestId, ResumeToken, RoomId, ServerFrame,
     ServerMessage, http,
@@ -136,14 +137,28 @@ fn session_token(query: &HashMap<String, String>) -> Result<ResumeToken, Request
         })
 }
 
-/// A request body of at most `max_message_bytes`.
+/// A request body of at most `max_message_bytes` (a larger `Content-Length` is refused before
+/// a byte of the body is read), which must arrive within `--header-read-timeout`.
 async fn read_body(app: &AppState, body: Body) -> Result<axum::body::Bytes, RequestError> {
     let limit = app.config.max_message_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let too_large = || {
         RequestError::new(
             ErrorCode::MessageTooLarge,
             format!("request bodies are limited to {limit} bytes"),
         )
+    };
+    if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(error) = cause {
+            if error.is::<BodyTooSlow>() {
+                return RequestError::new(ErrorCode::InvalidMessage, BodyTooSlow.to_string());
+            }
+            cause = error.source();
+        }
+        too_large()
     })
 }
 

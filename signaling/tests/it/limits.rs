@@ -1,7 +1,7 @@
 //! Bad input and limits: every one answered with its error code, counted, and other peers
 //! unaffected.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use signaling::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, ServerFrame, ServerMessage, SessionInfo,
@@ -356,22 +356,22 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
         "the slow consumer was never cut off"
     );
     // Counted by the node that cut it off (in a cluster, maybe a moment after A heard of it).
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(3);
     let slow = "signaling_errors_total{code=\"slow_consumer\"}";
-    while server.metric(slow).await == 0 && std::time::Instant::now() < deadline {
+    while server.metric(slow).await == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(server.metric(slow).await, 1);
     // The server does not stay stuck writing to B, which still does not read: its socket is
     // dropped within the write timeout (the ping timeout).
     a.close().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if server.metric("signaling_connections").await == 0 {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "B's socket was never dropped"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -610,7 +610,7 @@ async fn slowloris_connections_time_out_and_never_lock_out_a_real_client() {
             attackers.push(tcp);
         }
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     let (mut a, _) = loop {
         let attempt = tokio::time::timeout(Duration::from_secs(2), async {
             let mut client = Client::try_connect(&server.ws("/ws/real"), &[])
@@ -625,13 +625,74 @@ async fn slowloris_connections_time_out_and_never_lock_out_a_real_client() {
             break joined;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "the real client never got in"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     a.send(&ClientMessage::Ping { id: Some(1) }).await;
     assert!(matches!(a.recv_message().await, ServerMessage::Pong { .. }));
+}
+
+/// A request body must arrive whole within `--header-read-timeout` of its headers, trickled or
+/// not; a `Content-Length` over the limit is refused before a byte of the body is read.
+#[tokio::test]
+async fn slow_request_bodies_are_cut_off_and_oversize_lengths_refused_at_once() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = Server::spawn(&["--header-read-timeout", "1s", "--max-http-connections", "8"]);
+    let post = |length: &str| {
+        format!("POST /http/slow HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n")
+    };
+    // The answer and the close, within `limit`.
+    async fn answer(tcp: &mut tokio::net::TcpStream, limit: Duration) -> String {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(limit, tcp.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "still open after {limit:?}");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    let started = Instant::now();
+    let mut huge = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    huge.write_all(post("99999999999").as_bytes())
+        .await
+        .unwrap();
+    let refused = answer(&mut huge, Duration::from_secs(3)).await;
+    assert!(refused.starts_with("HTTP/1.1 413"), "{refused}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "not refused at once"
+    );
+
+    // Every slot of --max-http-connections held by a body that stops, or trickles.
+    let mut stalled = Vec::new();
+    for _ in 0..7 {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(format!("{}{{\"type\"", post("100")).as_bytes())
+            .await
+            .unwrap();
+        stalled.push(tcp);
+    }
+    let mut trickled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    trickled.write_all(post("100").as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..20 {
+            if trickled.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        trickled
+    });
+    for tcp in &mut stalled {
+        let cut = answer(tcp, Duration::from_secs(4)).await;
+        assert!(cut.starts_with("HTTP/1.1 400"), "{cut}");
+        assert!(cut.contains("header-read-timeout"), "{cut}");
+    }
+    let mut trickled = trickle.await.unwrap();
+    let cut = answer(&mut trickled, Duration::from_secs(2)).await;
+    assert!(cut.starts_with("HTTP/1.1 400"), "the trickled body: {cut}");
+    // The slots are free again: a real client joins.
+    let (_a, _) = Client::join(&server.ws("/ws/after"), None).await;
 }
 
 /// VmHWM (peak RSS) of a process, in KiB.
