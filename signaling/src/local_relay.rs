@@ -22,7 +22,8 @@ const DEFAULT_RELAY_PORT: u16 = 3478;
 /// relay's default, tried first; a free port is used when it is taken.
 const DEFAULT_RELAY_ADMIN_PORT: u16 = 9641;
 
-/// The in-process relay. Stop it with [`LocalRelay::shutdown`] after the server has drained.
+/// The in-process relay: it drains with the server ([`LocalRelay::begin_drain`] when the
+/// server's drain starts, [`LocalRelay::finish_drain`] once it is done).
 #[derive(Debug)]
 pub struct LocalRelay {
     handle: relay::RelayHandle,
@@ -146,8 +147,17 @@ impl LocalRelay {
         std::sync::Arc::clone(self.handle.usage())
     }
 
-    /// Stops the relay's workers (allocations end with the process).
-    pub async fn shutdown(self) {
+    /// Refuses new allocations from now on (508); the relay's `/readyz` turns 503. The
+    /// allocations already made keep relaying.
+    pub fn begin_drain(&self) {
+        self.handle.begin_drain();
+    }
+
+    /// Waits until the relay's allocations have ended or `until` passed, then stops its workers
+    /// (what is left ends with the process).
+    pub async fn finish_drain(self, until: std::time::Instant) {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        self.handle.wait_drained(left).await;
         self.handle.shutdown().await;
     }
 }

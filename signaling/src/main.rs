@@ -151,11 +151,33 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(130);
         });
     }
+    // The in-process relay drains with the server, on a signal or `POST /v1/drain`: it
+    // refuses new allocations at once, and its allocations get what is left of
+    // `--drain-timeout` once the server has drained.
+    #[cfg(feature = "with-relay")]
+    let relay_drain = {
+        let local_relay = std::sync::Arc::clone(&local_relay);
+        let state = std::sync::Arc::clone(&state);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = state.drain_requested.cancelled() => {}
+            }
+            if let Some(relay) = local_relay.lock().await.as_ref() {
+                relay.begin_drain();
+            }
+            std::time::Instant::now() + state.config.drain_timeout
+        })
+    };
     signaling::serve(listener, state, shutdown).await?;
     admin_stop.cancel();
     #[cfg(feature = "with-relay")]
     if let Some(local_relay) = local_relay.lock().await.take() {
-        local_relay.shutdown().await;
+        let until = relay_drain
+            .await
+            .unwrap_or_else(|_| std::time::Instant::now());
+        local_relay.finish_drain(until).await;
         if let Some((publisher, task)) = usage_publisher {
             task.abort();
             publisher

@@ -370,10 +370,7 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
         if server.metric("signaling_connections").await == 0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "B's socket was never dropped"
-        );
+        assert!(Instant::now() < deadline, "B's socket was never dropped");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -624,10 +621,7 @@ async fn slowloris_connections_time_out_and_never_lock_out_a_real_client() {
         if let Ok(Some(joined)) = attempt {
             break joined;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the real client never got in"
-        );
+        assert!(Instant::now() < deadline, "the real client never got in");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     a.send(&ClientMessage::Ping { id: Some(1) }).await;

@@ -176,6 +176,52 @@ async fn sigterm_drains_then_exits() {
     assert!(start.elapsed() < Duration::from_secs(4));
 }
 
+/// `--with-relay`: the in-process relay drains with the server: from the signal on, its
+/// `/readyz` is 503 and `relay_draining` 1 (new allocations refused), and it stops with the
+/// server within `--drain-timeout`.
+#[cfg(feature = "with-relay")]
+#[tokio::test]
+async fn sigterm_drains_the_in_process_relay_too() {
+    let mut server = Server::start_process(&[
+        "--with-relay",
+        "--relay-listen",
+        "127.0.0.1:0",
+        "--relay-arg=--admin-listen=127.0.0.1:0",
+        "--drain-timeout",
+        "2s",
+    ]);
+    let relay_admin: std::net::SocketAddr = server
+        .startup_output()
+        .lines()
+        .find_map(|l| l.strip_prefix("relay admin http://"))
+        .expect("the relay's admin line")
+        .trim()
+        .parse()
+        .expect("the relay's admin address");
+    let (mut a, _) = Client::join(&server.ws_first("/ws/relay-drain"), None).await;
+    assert_eq!(
+        crate::support::http_get(relay_admin, "/readyz").await.0,
+        200
+    );
+    assert_eq!(server.metric("relay_draining").await, 0);
+
+    let start = Instant::now();
+    server.terminate();
+    assert!(matches!(
+        a.recv_message().await,
+        ServerMessage::Draining { .. }
+    ));
+    // The client stays: the server is draining, and so is its relay.
+    assert_eq!(
+        crate::support::http_get(relay_admin, "/readyz").await.0,
+        503
+    );
+    assert_eq!(server.metric("relay_draining").await, 1);
+    assert_eq!(a.expect_close().await, Closed::Code(1001));
+    assert!(server.wait_exit(Duration::from_secs(4)), "still running");
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
 #[test]
 fn startup_prints_the_config_without_secrets() {
     use std::io::{BufRead as _, BufReader, Read as _};
