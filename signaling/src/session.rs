@@ -336,7 +336,7 @@ impl SocketTask {
                 span.record("peer", attached.peer.as_str());
                 span.record("room", attached.room.as_str());
                 if let Some(name) = &attached.name {
-                    span.record("name", name.as_str());
+                    span.record("peer_name", name.as_str());
                 }
                 tracing::info!(replayed = attached.replay.len(), "{how}");
                 for frame in attached.replay {

@@ -47,7 +47,7 @@ fn accept(
         id = conn,
         peer = tracing::field::Empty,
         room = tracing::field::Empty,
-        name = tracing::field::Empty
+        peer_name = tracing::field::Empty
     );
     let handshake = Handshake {
         conn,

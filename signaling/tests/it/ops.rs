@@ -222,6 +222,65 @@ async fn sigterm_drains_the_in_process_relay_too() {
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 
+/// `--log-format json`: a connection's log lines carry its span's fields once each (the peer's
+/// name as `peer_name`, not a second `name` beside the span's own).
+#[tokio::test]
+async fn json_log_lines_name_the_peer_and_the_span_once_each() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "none",
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read");
+    let addr = first
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect("the listening line")
+        .to_owned();
+    let mut client = Client::connect(&format!("ws://{addr}/ws/logged")).await;
+    client
+        .send(&ClientMessage::Join {
+            id: Some(1),
+            versions: vec![1],
+            room: None,
+            name: Some("tester".into()),
+            token: None,
+        })
+        .await;
+    client.expect_welcome().await;
+    client.send(&ClientMessage::Leave { id: None }).await;
+    let _ = client.expect_close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("read stderr");
+    let left = logs
+        .lines()
+        .find(|l| l.contains(r#""message":"left""#))
+        .unwrap_or_else(|| panic!("no `left` line:\n{logs}"));
+    let line: serde_json::Value = serde_json::from_str(left).expect("a JSON line");
+    assert_eq!(line["span"]["name"], "conn", "{left}");
+    assert_eq!(line["span"]["peer_name"], "tester", "{left}");
+}
+
 #[test]
 fn startup_prints_the_config_without_secrets() {
     use std::io::{BufRead as _, BufReader, Read as _};
