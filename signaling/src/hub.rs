@@ -614,7 +614,7 @@ impl LocalHub {
         let st = self.lock();
         st.rooms
             .get(room)
-            .map(|members| st.peer_entries(members, "local", None))
+            .map(|members| st.peer_entries(members, "local", Some(Instant::now())))
             .unwrap_or_default()
     }
 

@@ -96,6 +96,16 @@ async fn the_admin_lists_kicks_and_closes_rooms() {
     }
     assert_eq!(first["state"], "attached");
     assert!(first["connected_secs"].as_u64().is_some(), "{body}");
+    // One room's peers have the same fields as the list's.
+    let (status, body) = call(&server, "GET", "/v1/rooms/adm", Some(KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    let one: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let peers = one["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 3, "{body}");
+    assert!(
+        peers.iter().all(|p| p["connected_secs"].as_u64().is_some()),
+        "{body}"
+    );
 
     // Kick b: b is told and closed, the others see it leave, and b cannot resume.
     let kick = format!("/v1/rooms/adm/peers/{}/kick", b_info.peer_id);
