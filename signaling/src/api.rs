@@ -348,6 +348,8 @@ pub async fn broadcast(
 pub struct RoomsView {
     /// This node's id (`local` on a single node).
     node: String,
+    /// How many rooms there are; `rooms` lists the first [`crate::cluster::MAX_LISTED_ROOMS`].
+    total: usize,
     rooms: Vec<RoomView>,
 }
 
@@ -356,9 +358,10 @@ pub async fn rooms(
     State(app): State<Arc<AppState>>,
     _: Operator,
 ) -> Result<Json<RoomsView>, ApiError> {
-    let rooms = app.hub.list_rooms().await.map_err(unavailable)?;
+    let (rooms, total) = app.hub.list_rooms().await.map_err(unavailable)?;
     Ok(Json(RoomsView {
         node: app.hub.node_id().unwrap_or("local").to_owned(),
+        total,
         rooms,
     }))
 }

@@ -239,7 +239,7 @@ impl Backend {
 
     /// Every room with its peers, for the admin API (on a cluster: the rooms of every node,
     /// at most [`crate::cluster::MAX_LISTED_ROOMS`], read from the shared store).
-    pub async fn list_rooms(&self) -> Result<Vec<RoomView>, String> {
+    pub async fn list_rooms(&self) -> Result<(Vec<RoomView>, usize), String> {
         match self {
             Self::Local(hub) => Ok(hub.list_rooms("local", Instant::now())),
             Self::Cluster(hub) => Box::pin(hub.list_rooms()).await.map_err(|e| e.to_string()),

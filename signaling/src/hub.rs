@@ -618,20 +618,22 @@ impl LocalHub {
             .unwrap_or_default()
     }
 
-    /// Every room here with its peers, oldest first, and how long each has been connected at
-    /// `now` (the admin API).
-    pub fn list_rooms(&self, node: &str, now: Instant) -> Vec<RoomView> {
+    /// The rooms here, sorted, the first [`crate::cluster::MAX_LISTED_ROOMS`], each with its
+    /// peers (oldest first) and how long each has been connected at `now`; and how many rooms
+    /// there are in all (the admin API).
+    pub fn list_rooms(&self, node: &str, now: Instant) -> (Vec<RoomView>, usize) {
         let st = self.lock();
-        let mut rooms: Vec<RoomView> = st
-            .rooms
-            .iter()
-            .map(|(room, members)| RoomView {
+        let mut ids: Vec<&RoomId> = st.rooms.keys().collect();
+        ids.sort();
+        let rooms = ids
+            .into_iter()
+            .take(crate::cluster::MAX_LISTED_ROOMS)
+            .map(|room| RoomView {
                 room: room.clone(),
-                peers: st.peer_entries(members, node, Some(now)),
+                peers: st.peer_entries(&st.rooms[room], node, Some(now)),
             })
             .collect();
-        rooms.sort_by(|a, b| a.room.cmp(&b.room));
-        rooms
+        (rooms, st.rooms.len())
     }
 
     /// Ends the session of `peer` in `room` with `kicked` (admin API): it is told, its socket

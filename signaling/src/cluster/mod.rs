@@ -1239,7 +1239,7 @@ impl ClusterHub {
     /// each with its peers on every node and their latest `stats` links (this node's own
     /// record for the sessions attached here, else the copy in Redis).
     pub async fn snapshot(&self) -> Result<Vec<RoomSnapshot>, StoreError> {
-        let rooms = self.rooms_with_members().await?;
+        let (rooms, _) = self.rooms_with_members().await?;
         let mut views = Vec::with_capacity(rooms.len());
         for (room, members) in rooms {
             let now = Instant::now();
@@ -1270,23 +1270,24 @@ impl ClusterHub {
         Ok(views)
     }
 
-    /// Every room of the cluster with its peers, for the admin API ([`Self::cluster_rooms`]).
-    pub async fn list_rooms(&self) -> Result<Vec<RoomView>, StoreError> {
-        Ok(self
-            .rooms_with_members()
-            .await?
+    /// The rooms of the cluster with their peers, for the admin API ([`Self::cluster_rooms`]),
+    /// and how many rooms there are in all.
+    pub async fn list_rooms(&self) -> Result<(Vec<RoomView>, usize), StoreError> {
+        let (rooms, total) = self.rooms_with_members().await?;
+        let views = rooms
             .into_iter()
             .map(|(room, members)| RoomView {
                 room,
                 peers: members.into_iter().map(|m| m.entry).collect(),
             })
-            .collect())
+            .collect();
+        Ok((views, total))
     }
 
     /// The rooms of [`Self::cluster_rooms`] with their members, leaving out those found empty
-    /// (a session index entry can outlive its session by one Redis call).
-    async fn rooms_with_members(&self) -> Result<Vec<(RoomId, Vec<Member>)>, StoreError> {
-        let rooms = self.cluster_rooms().await?;
+    /// (a session index entry can outlive its session by one Redis call), and the total.
+    async fn rooms_with_members(&self) -> Result<(Vec<(RoomId, Vec<Member>)>, usize), StoreError> {
+        let (rooms, total) = self.cluster_rooms().await?;
         let mut out = Vec::with_capacity(rooms.len());
         for room in rooms {
             let members = self.members(&room).await?;
@@ -1294,21 +1295,19 @@ impl ClusterHub {
                 out.push((room, members));
             }
         }
-        Ok(out)
+        Ok((out, total))
     }
 
-    /// Every room with a session on any node, read from the nodes' session indexes: sorted,
-    /// the first [`MAX_LISTED_ROOMS`] (the nodes are read until that many are found).
-    pub async fn cluster_rooms(&self) -> Result<Vec<RoomId>, StoreError> {
+    /// The rooms with a session on any node, read from every node's session index: sorted,
+    /// the first [`MAX_LISTED_ROOMS`]; and how many there are in all. Every node answers the
+    /// same.
+    pub async fn cluster_rooms(&self) -> Result<(Vec<RoomId>, usize), StoreError> {
         let mut rooms: std::collections::BTreeSet<RoomId> = self.rooms().into_iter().collect();
         let nodes: Vec<String> = self
             .store
             .query(redis::cmd("ZRANGE").arg(lease::NODES_KEY).arg(0).arg(-1))
             .await?;
         for node in nodes.iter().filter(|n| **n != self.cluster.node_id) {
-            if rooms.len() >= MAX_LISTED_ROOMS {
-                break;
-            }
             let entries: Vec<String> = self
                 .store
                 .query(redis::cmd("SMEMBERS").arg(node_sessions_key(node)))
@@ -1320,7 +1319,8 @@ impl ClusterHub {
                     .map(|(room, _)| RoomId::from(room)),
             );
         }
-        Ok(rooms.into_iter().take(MAX_LISTED_ROOMS).collect())
+        let total = rooms.len();
+        Ok((rooms.into_iter().take(MAX_LISTED_ROOMS).collect(), total))
     }
 
     /// Ends `peer`'s session in `room` (every session of the room when `None`) by an

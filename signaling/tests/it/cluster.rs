@@ -685,3 +685,54 @@ async fn an_unknown_peer_answer_is_written_by_the_script_that_found_the_peer_mis
         "{calls} scripts for {SIGNALS} unknown-peer signals"
     );
 }
+
+/// `GET /v1/rooms` lists the same rooms whichever node answers: every node's index is read,
+/// sorted, the first 1000 listed, and `total` counts them all.
+#[tokio::test]
+async fn every_node_lists_the_same_first_rooms_and_the_total() {
+    use futures_util::StreamExt as _;
+    let redis = RedisServer::start();
+    let generous = [
+        "--api-key",
+        "k",
+        "--join-rate-per-ip",
+        "100000",
+        "--join-burst-per-ip",
+        "100000",
+        "--max-sessions-per-ip",
+        "100000",
+        "--resume-grace",
+        "60s",
+    ];
+    let n1 = node(&redis.url(), &generous);
+    let n2 = node(&redis.url(), &generous);
+    // 1002 rooms on the first node; the two rooms that sort first, on the second.
+    let rooms: Vec<(std::net::SocketAddr, String)> = (0..1002)
+        .map(|i| (n1.addr, format!("m{i:04}")))
+        .chain((0..2).map(|i| (n2.addr, format!("a{i}"))))
+        .collect();
+    futures_util::stream::iter(rooms)
+        .for_each_concurrent(32, |(addr, room)| async move {
+            crate::http_client::open_as(addr, &room, "p").await;
+        })
+        .await;
+    let mut answers = Vec::new();
+    for server in [&n1, &n2] {
+        let headers = [("Authorization", "Bearer k")];
+        let (status, _, body) =
+            crate::support::http_request(server.addr, "GET", "/v1/rooms", &headers, "").await;
+        assert_eq!(status, 200, "{body}");
+        let view: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(view["total"], 1004, "{}", &body[..200.min(body.len())]);
+        let listed: Vec<String> = view["rooms"]
+            .as_array()
+            .expect("rooms")
+            .iter()
+            .map(|r| r["room"].as_str().expect("room").to_owned())
+            .collect();
+        assert_eq!(listed.len(), 1000);
+        assert_eq!(listed[..3], ["a0", "a1", "m0000"]);
+        answers.push(listed);
+    }
+    assert_eq!(answers[0], answers[1], "both nodes list the same rooms");
+}
