@@ -102,6 +102,10 @@ pub async fn upgrade(
 
 /// One subscription: the hub session of the topic and its queue's handle.
 struct Subscription {
+    /// Which of this connection's subscriptions it is: the frames of its queue carry it, so
+    /// those of an earlier subscription to the same topic (unsubscribed, whose queue may still
+    /// deliver its last frames and its close) are told apart from this one's.
+    generation: u64,
     key: SessionKey,
     peer: PeerId,
     /// Held so the queue never reports "closed"; the hub closes it explicitly.
@@ -117,16 +121,21 @@ impl Subscription {
     }
 }
 
-/// The frames of every subscription, each tagged with its topic.
-type Inboxes = SelectAll<Pin<Box<dyn Stream<Item = (Arc<str>, Outbound)> + Send>>>;
+/// A frame of a subscription's queue, tagged with its topic and the subscription's generation.
+type Tagged = (Arc<str>, u64, Outbound);
+
+/// The frames of every subscription, current or ended (an ended one's queue runs dry and
+/// closes once the hub dropped the session).
+type Inboxes = SelectAll<Pin<Box<dyn Stream<Item = Tagged> + Send>>>;
 
 fn inbox(
     topic: Arc<str>,
+    generation: u64,
     rx: OutboundRx,
-) -> Pin<Box<dyn Stream<Item = (Arc<str>, Outbound)> + Send>> {
+) -> Pin<Box<dyn Stream<Item = Tagged> + Send>> {
     Box::pin(futures_util::stream::unfold(rx, move |mut rx| {
         let topic = Arc::clone(&topic);
-        async move { rx.recv().await.map(|out| ((topic, out), rx)) }
+        async move { rx.recv().await.map(|out| ((topic, generation, out), rx)) }
     }))
 }
 
@@ -136,7 +145,12 @@ struct YConnection {
     socket: Connection,
     ip_slot: IpSlot,
     claims: Option<Claims>,
+    /// The current subscription of each topic. Every session this connection created and did
+    /// not end is here: removing one ends its session (see [`YConnection::end`]), and
+    /// [`YConnection::leave_all`] ends the rest when the socket goes.
     topics: HashMap<Arc<str>, Subscription>,
+    /// The generation of the next subscription.
+    next_generation: u64,
     bucket: TokenBucket,
 }
 
@@ -153,6 +167,7 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
         ip_slot,
         claims,
         topics: HashMap::new(),
+        next_generation: 0,
     };
     let _open = this.app.connections.open();
     let mut inboxes = Inboxes::new();
@@ -165,8 +180,8 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
                 last_heard = Instant::now();
                 this.on_inbound(inbound, &mut inboxes).await
             }
-            Some((topic, out)) = inboxes.next(), if !inboxes.is_empty() => {
-                this.on_outbound(&topic, out).await
+            Some((topic, generation, out)) = inboxes.next(), if !inboxes.is_empty() => {
+                this.on_outbound(&topic, generation, out).await
             }
             _ = ticker.tick() => {
                 if last_heard.elapsed() >= this.app.config.ping_timeout {
@@ -298,10 +313,13 @@ impl YConnection {
             }
         };
         let topic: Arc<str> = Arc::from(topic);
-        inboxes.push(inbox(Arc::clone(&topic), rx));
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        inboxes.push(inbox(Arc::clone(&topic), generation, rx));
         self.topics.insert(
             topic,
             Subscription {
+                generation,
                 key: attached.key,
                 peer: attached.peer,
                 _tx: tx,
@@ -313,11 +331,17 @@ impl YConnection {
 
     async fn unsubscribe(&mut self, topic: &str) {
         if let Some(sub) = self.topics.remove(topic) {
-            // Its queue's stream ends when the hub drops the session's handle.
-            let _ = sub
-                .send(&self.app, self.conn, ClientMessage::Leave { id: None })
-                .await;
+            self.end(sub).await;
         }
+    }
+
+    /// Ends the session of `sub`, just removed from [`Self::topics`] (a no-op if the hub
+    /// already ended it). Its queue's stream ends when the hub drops the session's handle;
+    /// what it still delivers is ignored (its generation is no topic's current one).
+    async fn end(&mut self, sub: Subscription) {
+        let _ = sub
+            .send(&self.app, self.conn, ClientMessage::Leave { id: None })
+            .await;
     }
 
     async fn publish(&mut self, topic: &str, data: serde_json::Value) -> Result<(), End> {
@@ -347,14 +371,35 @@ impl YConnection {
         }
     }
 
-    async fn on_outbound(&mut self, topic: &Arc<str>, out: Outbound) -> Result<(), End> {
+    async fn on_outbound(
+        &mut self,
+        topic: &Arc<str>,
+        generation: u64,
+        out: Outbound,
+    ) -> Result<(), End> {
+        if self
+            .topics
+            .get(topic)
+            .is_none_or(|sub| sub.generation != generation)
+        {
+            // From a subscription that is over (unsubscribed, and maybe subscribed again since:
+            // its close must not end the new one, its frames are not the new one's to ack).
+            return Ok(());
+        }
         let frame = match out {
             Outbound::Frame(frame) => frame,
             Outbound::Close { code, .. } => {
-                // The hub ended this topic's session (slow consumer, budget, drain).
-                self.topics.remove(topic);
                 return match code {
-                    close_code::NORMAL => Ok(()),
+                    // The session was ended by a `leave`: the socket stays, for other topics.
+                    close_code::NORMAL => {
+                        if let Some(sub) = self.topics.remove(topic) {
+                            self.end(sub).await;
+                        }
+                        Ok(())
+                    }
+                    // The hub ended the session (slow consumer, budget) or closes the socket
+                    // (drain, cluster outage) with the session still there: the socket closes
+                    // first, then `leave_all` ends whatever is left.
                     code => Err(Some((code, "session ended"))),
                 };
             }

@@ -509,3 +509,74 @@ async fn peerjs_a_frame_too_large_closes_with_1009() {
             >= 1
     );
 }
+
+/// `subscribe T`, `unsubscribe T`, `subscribe T` on one socket, then close: the close of the
+/// first subscription's queue (queued by its `leave`, read after the second `subscribe`) must
+/// not end the second subscription's bookkeeping, and the socket's close must end every
+/// session it made. It once left the second session attached with no socket, for good:
+/// counted, a ghost peer of the topic (32 fill it), one of the address's sessions.
+#[tokio::test]
+async fn y_webrtc_resubscribing_a_topic_leaves_no_session_behind() {
+    let server = Server::start(&["--resume-grace", "1s", "--join-burst-per-ip", "1000"]);
+    let topic = "subscribed, unsubscribed, subscribed again";
+    for round in 0..30 {
+        let mut ws = connect(&server.ws("/y-webrtc")).await;
+        // In one write, so the server reads them back to back.
+        for message in [
+            json!({"type":"subscribe","topics":[topic]}),
+            json!({"type":"unsubscribe","topics":[topic]}),
+            json!({"type":"subscribe","topics":[topic]}),
+            json!({"type":"ping"}),
+        ] {
+            ws.feed(Message::text(message.to_string()))
+                .await
+                .expect("send");
+        }
+        ws.flush().await.expect("send");
+        assert_eq!(
+            next(&mut ws, STEP).await,
+            Some(json!({"type":"pong"})),
+            "round {round}"
+        );
+        ws.close(None).await.expect("close");
+    }
+    // Ended when their sockets closed (well within the grace period and a step).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1) + STEP;
+    let left = loop {
+        let left = (
+            server.metric("signaling_sessions").await,
+            server.metric("signaling_connections").await,
+        );
+        if left == (0, 0) || tokio::time::Instant::now() >= deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        left,
+        (0, 0),
+        "(sessions, connections) after every socket closed"
+    );
+    assert_eq!(
+        server.metric("signaling_rooms").await,
+        0,
+        "the topic's room"
+    );
+    // The topic is as good as new.
+    let (mut a, mut b) = (
+        connect(&server.ws("/y-webrtc")).await,
+        connect(&server.ws("/y-webrtc")).await,
+    );
+    subscribe(&mut a, &[topic]).await;
+    subscribe(&mut b, &[topic]).await;
+    send(
+        &mut a,
+        json!({"type":"publish","topic":topic,"data":{"fresh":true}}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut b, STEP).await,
+        Some(json!({"type":"publish","topic":topic,"data":{"fresh":true}}))
+    );
+    assert_eq!(server.metric("signaling_sessions").await, 2);
+}
