@@ -361,7 +361,7 @@ impl Collector for Metrics {
         for (name, help, value) in [
             (
                 "relay_auth_challenges",
-                "401 challenges to requests without credentials",
+                "Requests without credentials (each answered with a 401 challenge unless the unauthorized-rate limit dropped the answer)",
                 s.auth_challenges,
             ),
             (
@@ -371,7 +371,7 @@ impl Collector for Metrics {
             ),
             (
                 "relay_stale_nonces",
-                "438 Stale Nonce responses",
+                "Requests with a stale or unknown nonce (each answered with 438 Stale Nonce unless the unauthorized-rate limit dropped the answer)",
                 s.stale_nonces,
             ),
             (

@@ -132,6 +132,10 @@ async fn read_frames<R: AsyncRead + Unpin>(shard: &Rc<Shard>, mut reader: R, fiv
             Ok(Ok(0) | Err(_)) => return,
             Ok(Ok(_)) => {}
             Err(_) => {
+                if !opened {
+                    // Its first message never came whole: as good as a framing error.
+                    shard.framing_error();
+                }
                 tracing::debug!(client = %five.client, "closing idle stream");
                 return;
             }

@@ -139,4 +139,8 @@ fn a_stream_that_does_not_open_with_a_whole_stun_message_is_closed() {
         "{:?}",
         opened.elapsed()
     );
+    // Each of the three is counted, the one that timed out included.
+    assert!(crate::support::wait_until(Duration::from_secs(2), || {
+        relay.metric("relay_stream_framing_errors_total") == 3
+    }));
 }
