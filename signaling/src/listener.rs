@@ -246,7 +246,7 @@ async fn serve_or_hand_over<I>(
             .saturating_duration_since(tokio::time::Instant::now());
         match sniff(io, left).await {
             Ok((Protocol::Http, io)) => {
-                serve_connection(io, peer, router, limits, guard, stop).await;
+                serve_connection(io, peer, router, limits, guard, stop, metrics).await;
             }
             Ok((Protocol::Turn, io)) => {
                 // Not an HTTP connection: the relay's `--max-connections` counts it from now.
@@ -274,8 +274,8 @@ async fn serve_or_hand_over<I>(
         return;
     }
     #[cfg(not(feature = "with-relay"))]
-    let _ = (edge, metrics);
-    serve_connection(io, conn.peer, router, limits, guard, stop).await;
+    let _ = edge;
+    serve_connection(io, conn.peer, router, limits, guard, stop, metrics).await;
 }
 
 async fn serve_connection<I>(
@@ -285,6 +285,7 @@ async fn serve_connection<I>(
     limits: ListenerLimits,
     guard: Pending,
     stop: CancellationToken,
+    metrics: &Metrics,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -314,6 +315,9 @@ async fn serve_connection<I>(
         }
     };
     if let Err(e) = result {
+        if e.is_timeout() {
+            metrics.http_header_timeouts.inc();
+        }
         tracing::debug!(error = %e, %peer, "HTTP connection ended with an error");
     }
     // The HTTP connection is over: closed, timed out, or handed to a WebSocket (which

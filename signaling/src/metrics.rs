@@ -141,6 +141,9 @@ pub struct Metrics {
     pub duplicates_dropped: Counter,
     /// TCP connections closed at once because `--max-http-connections` were open.
     pub http_refused: Counter,
+    /// HTTP connections closed: a request's headers did not come within
+    /// `--header-read-timeout`.
+    pub http_header_timeouts: Counter,
     /// TLS handshakes that failed or did not finish within `--header-read-timeout`.
     pub tls_handshake_failures: Counter,
     tls_reloads: Family<ResultLabel, Counter>,
@@ -200,6 +203,7 @@ impl Metrics {
         let rooms = Gauge::default();
         let messages_relayed = Counter::default();
         let http_refused = Counter::default();
+        let http_header_timeouts = Counter::default();
         let tls_handshake_failures = Counter::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
@@ -312,6 +316,12 @@ impl Metrics {
             http_refused.clone(),
         );
         registry.register(
+            "http_header_timeouts",
+            "HTTP connections closed because a request's headers did not come within \
+             --header-read-timeout",
+            http_header_timeouts.clone(),
+        );
+        registry.register(
             "tls_handshake_failures",
             "TLS handshakes that failed or did not finish within the header-read timeout",
             tls_handshake_failures.clone(),
@@ -368,6 +378,7 @@ impl Metrics {
             messages_relayed,
             duplicates_dropped,
             http_refused,
+            http_header_timeouts,
             tls_handshake_failures,
             tls_reloads,
             config_reloads,

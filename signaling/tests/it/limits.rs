@@ -600,6 +600,8 @@ async fn slowloris_connections_time_out_and_never_lock_out_a_real_client() {
         }
     }
     assert_eq!(closed, attackers.len(), "every slow connection was closed");
+    // Those the server took were timed out, and counted.
+    assert!(server.metric("signaling_http_header_timeouts_total").await > 0);
     // A real client joins and is served while the attack goes on (new attackers keep coming).
     for _ in 0..60 {
         if let Ok(mut tcp) = tokio::net::TcpStream::connect(server.addr).await {
