@@ -442,6 +442,16 @@ pub(crate) mod server {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
+            .merge(operator_api(Arc::clone(&state)))
+            .route("/", get(crate::web::index))
+            .route("/r/{room}", get(crate::web::index))
+            .fallback(get(crate::web::file))
+            .with_state(state)
+    }
+
+    /// The backend and admin API (`--api-key`), each answer counted by status.
+    fn operator_api(state: Arc<AppState>) -> Router<Arc<AppState>> {
+        Router::new()
             .route("/v1/rooms", get(crate::api::rooms))
             .route("/v1/rooms/{room}", get(crate::api::room))
             .route("/v1/rooms/{room}/close", post(crate::api::close_room))
@@ -450,10 +460,20 @@ pub(crate) mod server {
             .route("/v1/usage", get(crate::api::usage))
             .route("/v1/rooms/{room}/broadcast", post(crate::api::broadcast))
             .route("/v1/relays", get(crate::api::relays))
-            .route("/", get(crate::web::index))
-            .route("/r/{room}", get(crate::web::index))
-            .fallback(get(crate::web::file))
-            .with_state(state)
+            .route_layer(axum::middleware::from_fn_with_state(
+                state,
+                count_api_answer,
+            ))
+    }
+
+    async fn count_api_answer(
+        State(app): State<Arc<AppState>>,
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        let response = next.run(request).await;
+        app.metrics.api_answer(response.status());
+        response
     }
 
     async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {

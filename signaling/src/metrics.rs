@@ -40,6 +40,11 @@ struct ResultLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -181,6 +186,8 @@ pub struct Metrics {
     ice_paths: Family<PathLabel, Counter>,
     /// `stats` reports accepted.
     stats_reports: Counter,
+    /// Answers of the backend and admin API by HTTP status.
+    api_answers: Family<StatusLabel, Counter>,
     /// Cluster mode only.
     cluster: Option<ClusterMetrics>,
 }
@@ -253,6 +260,12 @@ impl Metrics {
         let ice_connected = Histogram::new(exponential_buckets(0.1, 2.0, 10));
         let ice_paths = Family::<PathLabel, Counter>::default();
         let stats_reports = Counter::default();
+        let api_answers = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "api_answers",
+            "Answers of the backend and admin API (/v1/...) by HTTP status (401: a bad key)",
+            api_answers.clone(),
+        );
         registry.register(
             "join_latency_seconds",
             "Time from a join received to its welcome queued",
@@ -402,8 +415,17 @@ impl Metrics {
             ice_connected,
             ice_paths,
             stats_reports,
+            api_answers,
             cluster,
         }
+    }
+
+    /// Counts one answer of the backend and admin API.
+    pub fn api_answer(&self, status: axum::http::StatusCode) {
+        let status = status.as_u16();
+        self.api_answers
+            .get_or_create(&StatusLabel { status })
+            .inc();
     }
 
     /// Cluster mode: whether Redis answers and the node's channel is subscribed.

@@ -49,6 +49,13 @@ async fn every_admin_action_is_refused_without_the_key() {
     // Nothing happened: the peer is still there, the node is not draining.
     a.sync().await;
     assert_eq!(server.get("/readyz").await.0, 200);
+    // The operator sees every refusal (a key being guessed) in the metrics.
+    assert_eq!(
+        server
+            .metric(r#"signaling_api_answers_total{status="401"}"#)
+            .await,
+        2 * ACTIONS.len() as u64
+    );
     // Without --api-key or --jwt-secret the API does not exist.
     let bare = Server::start(&[]);
     for (method, path) in ACTIONS {
