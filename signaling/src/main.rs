@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         ""
     };
     println!(
-        "web demo: open {http}://{addr}/ in two browser tabs (or `peer join {ws}://{addr}/ws/ROOM{trust}`)"
+        "web demo: open {http}://{addr}/r/demo in two browser tabs (or `peer join {ws}://{addr}/ws/demo{trust}`)"
     );
 
     // SIGHUP reads the configuration and the certificate files again (and no longer ends the
