@@ -36,4 +36,7 @@ pub enum Error {
     /// Socket I/O failed (binding, serving).
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// A service the configuration names could not be used at start-up (Redis).
+    #[error("{0}")]
+    Unreachable(String),
 }

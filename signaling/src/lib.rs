@@ -313,7 +313,11 @@ pub(crate) mod server {
             } else {
                 let (conn, _) = fleet::link::connect(&config.redis_urls, config.redis_timeout)
                     .await
-                    .map_err(|e| Error::Config(format!("--redis: cannot use redis: {e}")))?;
+                    .map_err(|e| {
+                        Error::Unreachable(format!(
+                            "--redis: redis cannot be reached at start-up: {e}"
+                        ))
+                    })?;
                 let relays = Arc::new(RelayFleet::new(config.region.clone()));
                 ice = ice.with_fleet(Arc::clone(&relays));
                 // Read once before serving, so the first joins already get the fleet's relays.
@@ -338,7 +342,11 @@ pub(crate) mod server {
                 };
                 let hub = ClusterHub::start(cluster, settings, ice, Arc::clone(&metrics))
                     .await
-                    .map_err(|e| Error::Config(format!("--redis: cannot use redis: {e}")))?;
+                    .map_err(|e| {
+                        Error::Unreachable(format!(
+                            "--redis: redis cannot be reached at start-up: {e}"
+                        ))
+                    })?;
                 Backend::Cluster(hub)
             };
             let web = match &config.web_dir {

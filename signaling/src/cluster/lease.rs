@@ -63,7 +63,10 @@ impl ClusterHub {
                 // Our entry was gone: another node found our lease expired (we were too slow,
                 // or cut off) and adopted our sessions. Our sockets no longer get their frames:
                 // cut them so their clients resume (on any node, this one included).
-                tracing::error!("this node's lease had expired and its sessions were adopted");
+                tracing::error!(
+                    "this node's lease was gone from redis (it expired and another node adopted \
+                     its sessions, or redis lost its data): closing its sockets"
+                );
                 self.outage(Outage::LeaseLost);
             }
             self.store
