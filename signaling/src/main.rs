@@ -88,15 +88,21 @@ async fn main() -> anyhow::Result<()> {
     } else {
         ("http", "ws")
     };
+    // Bound before anything is printed: a failure must not follow a `listening on` line.
+    let admin = match state.config.admin_listen {
+        AdminListen::Addr(wanted) => Some(
+            signaling::admin::bind(wanted, admin_listen_explicit)
+                .await
+                .with_context(|| format!("cannot listen on --admin-listen {wanted}"))?,
+        ),
+        AdminListen::Disabled => None,
+    };
     println!("listening on {http}://{addr}");
     if let Some(pem) = &state.tls_self_signed_pem {
         print!("{pem}");
     }
     let admin_stop = CancellationToken::new();
-    if let AdminListen::Addr(wanted) = state.config.admin_listen {
-        let (listener, bound) = signaling::admin::bind(wanted, admin_listen_explicit)
-            .await
-            .with_context(|| format!("cannot listen on --admin-listen {wanted}"))?;
+    if let Some((listener, bound)) = admin {
         println!("admin http://{bound}");
         tokio::spawn(signaling::admin::serve(
             listener,

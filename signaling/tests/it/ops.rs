@@ -281,6 +281,23 @@ async fn json_log_lines_name_the_peer_and_the_span_once_each() {
     assert_eq!(line["span"]["peer_name"], "tester", "{left}");
 }
 
+/// A taken `--admin-listen` stops the start before `listening on` is printed (scripts wait
+/// for that line).
+#[test]
+fn a_taken_admin_port_fails_before_the_listening_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap().to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", &admin])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--admin-listen"), "{stderr}");
+}
+
 #[test]
 fn startup_prints_the_config_without_secrets() {
     use std::io::{BufRead as _, BufReader, Read as _};
