@@ -535,7 +535,7 @@ impl Collector for Metrics {
             ),
             (
                 "relay_http_upstream_connections",
-                "Connections forwarded to --http-upstream",
+                "Connections handed to --http-upstream (those it did not accept included)",
                 io.http_upstream_connections,
             ),
             (

@@ -293,7 +293,7 @@ impl Metrics {
         );
         registry.register(
             "relay_fleet",
-            "Active relays in the fleet (relays registered in Redis)",
+            "Active relays of the fleet that accept this node's TURN credentials (those rooms are given to)",
             relay_fleet.clone(),
         );
         registry.register(
