@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
+use futures_util::SinkExt as _;
 use tokio_tungstenite::tungstenite;
 
 /// What arrived on the socket.
@@ -49,13 +50,21 @@ impl Connection {
         }
     }
 
-    /// The next inbound event. Cancel-safe (it is `Stream::next`), so it can sit in a `select!`.
+    /// The next inbound event. Cancel-safe (it is `Stream::next`), so it can sit in a `select!`;
+    /// but for the client's close frame: it is answered before `Closed` is returned (cancelled
+    /// meanwhile, the answer may not go, and the next call returns `Closed`).
     pub async fn recv(&mut self) -> Inbound {
         match self.socket.recv().await {
             Some(Ok(Message::Text(text))) => Inbound::Text(text),
             Some(Ok(Message::Binary(_))) => Inbound::Binary,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Alive,
-            Some(Ok(Message::Close(_))) | None => Inbound::Closed,
+            Some(Ok(Message::Close(_))) => {
+                // RFC 6455 section 5.5.1: a close frame is answered with one. tungstenite has
+                // queued it (with 1002 for a code the RFC forbids); write it out.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.flush()).await;
+                Inbound::Closed
+            }
+            None => Inbound::Closed,
             Some(Err(e)) => {
                 let inner = e.into_inner();
                 match inner.downcast_ref::<tungstenite::Error>() {

@@ -262,3 +262,29 @@ async fn silent_zombies_time_out() {
         }
     ));
 }
+
+/// RFC 6455 section 5.5.1: the server answers a client's close frame with its own (its code,
+/// or 1002 for a code the RFC forbids), so the client's close handshake completes cleanly.
+#[tokio::test]
+async fn a_clients_close_frame_is_answered_with_one() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let server = Server::start(&[]);
+    for (sent, answered) in [(1000, 1000), (999, 1002)] {
+        let (mut client, _) = Client::join(&server.ws("/ws/closing"), None).await;
+        let close = CloseFrame {
+            code: CloseCode::from(sent),
+            reason: "bye".into(),
+        };
+        client
+            .send_raw(Message::Frame(Frame::close(Some(close))))
+            .await;
+        assert_eq!(
+            client.expect_close().await,
+            Closed::Code(answered),
+            "{sent}"
+        );
+    }
+}
