@@ -222,20 +222,12 @@ async fn sigterm_drains_the_in_process_relay_too() {
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 
-/// `--log-format json`: a connection's log lines carry its span's fields once each (the peer's
-/// name as `peer_name`, not a second `name` beside the span's own).
-#[tokio::test]
-async fn json_log_lines_name_the_peer_and_the_span_once_each() {
-    use std::io::{BufRead as _, BufReader, Read as _};
+/// The binary with `args`, stdout and stderr piped (`RUST_LOG=info`), and the first line it
+/// printed (`listening on ...`).
+fn spawn_logging(args: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead as _, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "none",
-            "--log-format",
-            "json",
-        ])
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -244,6 +236,38 @@ async fn json_log_lines_name_the_peer_and_the_span_once_each() {
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut first = String::new();
     stdout.read_line(&mut first).expect("read");
+    // Kept open: the server's next lines would fail on a closed pipe.
+    child.stdout = Some(stdout.into_inner());
+    (child, first)
+}
+
+/// Kills `child` and returns everything it logged.
+fn kill_and_read_stderr(mut child: std::process::Child) -> String {
+    use std::io::Read as _;
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("read stderr");
+    logs
+}
+
+/// `--log-format json`: a connection's log lines carry its span's fields once each (the peer's
+/// name as `peer_name`, not a second `name` beside the span's own).
+#[tokio::test]
+async fn json_log_lines_name_the_peer_and_the_span_once_each() {
+    let (child, first) = spawn_logging(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "none",
+        "--log-format",
+        "json",
+    ]);
     let addr = first
         .trim()
         .strip_prefix("listening on http://")
@@ -263,15 +287,7 @@ async fn json_log_lines_name_the_peer_and_the_span_once_each() {
     client.send(&ClientMessage::Leave { id: None }).await;
     let _ = client.expect_close().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut logs)
-        .expect("read stderr");
+    let logs = kill_and_read_stderr(child);
     let left = logs
         .lines()
         .find(|l| l.contains(r#""message":"left""#))
@@ -300,39 +316,21 @@ fn a_taken_admin_port_fails_before_the_listening_line() {
 
 #[test]
 fn startup_prints_the_config_without_secrets() {
-    use std::io::{BufRead as _, BufReader, Read as _};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--jwt-secret",
-            "jwt-very-secret",
-            "--turn-url",
-            "turn:127.0.0.1:3478",
-            "--turn-secret",
-            "turn-very-secret",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut first = String::new();
-    stdout.read_line(&mut first).expect("read");
+    let (child, first) = spawn_logging(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        "jwt-very-secret",
+        "--turn-url",
+        "turn:127.0.0.1:3478",
+        "--turn-secret",
+        "turn-very-secret",
+    ]);
     assert!(
         first.starts_with("listening on http://127.0.0.1:"),
         "{first}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut logs)
-        .expect("read stderr");
+    let logs = kill_and_read_stderr(child);
     assert!(logs.contains("starting"), "{logs}");
     assert!(logs.contains("turn:127.0.0.1:3478"), "{logs}");
     assert!(logs.contains("<redacted>"), "{logs}");
