@@ -9,7 +9,7 @@
 // normalised the same way in every browser, see room-url.js). Optional parameters:
 //   name=<display name> (skips the join screen, shown otherwise: name, camera preview, devices)
 //   relay=1 (start relay-only)   media=0 (no camera/mic, no join screen)
-//   signal=<ws url> (signaling server, default ws(s)://<this host>/ws)
+//   signal=<ws url> (signaling server, default ws(s)://<this host>/ws; kept in the invite link)
 //   transport=<list> (signaling transports to try, comma-separated, of websocket, sse, long-poll;
 //                     default all three in that order: e.g. transport=long-poll forces long-polling)
 //   unreachable_ms=<ms> (how long before a peer that cannot be reached is shown as such)
@@ -25,10 +25,10 @@
 // 'relay moved' when the room's relay changed under a relayed pair) and `__demo.peers()` gives
 // each peer's `relayMoves` count.
 
-import { WebRTCRoom } from './webrtc-room.js';
+import { WebRTCRoom, turnUrls } from './webrtc-room.js';
 import { TRANSPORTS } from './signaling-client.js';
 import { SharedCanvas, peerColor } from './shared-canvas.js';
-import { roomFromUrl, invalidRoomInUrl, displayName, initials } from './room-url.js';
+import { roomFromUrl, invalidRoomInUrl, displayName, cleanName, nameProblem, initials } from './room-url.js';
 import { describeConnection } from './connection-stats.js';
 import { ChatLog } from './chat-log.js';
 
@@ -41,7 +41,9 @@ const rejectedRoom = invalidRoomInUrl(params);
 const roomName = roomFromUrl(params);
 let myName = displayName(params);
 const signalingUrl = params.get('signal') || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
-const inviteLink = `${location.origin}/r/${encodeURIComponent(roomName || '')}`;
+// A page on another signaling server (`signal=`) invites to that server: the others must meet
+// there, not on the one that serves the page.
+const inviteLink = `${location.origin}/r/${encodeURIComponent(roomName || '')}${params.get('signal') ? `?signal=${encodeURIComponent(params.get('signal'))}` : ''}`;
 const transports = (params.get('transport') || '').split(',').map((s) => s.trim()).filter((s) => TRANSPORTS.includes(s));
 
 // --- state and test hooks ---
@@ -241,7 +243,17 @@ async function addTrack(kind) {
   renderMediaButtons();
   renderLocalFlags();
   note({ type: 'track-added', kind });
-  await room.setLocalStream(localStream);
+  await room.setLocalStream(sentStream());
+}
+
+/**
+ * What the call sends: the local tracks without a camera that is turned off. A disabled track
+ * would still send black frames, which the others cannot tell from a picture; a kind not sent
+ * mutes their track, and their tile shows the placeholder.
+ */
+function sentStream() {
+  const off = localStream?.getVideoTracks().filter((t) => !t.enabled) || [];
+  return off.length ? new MediaStream(localStream.getTracks().filter((t) => !off.includes(t))) : localStream;
 }
 
 /** The Mic / Camera buttons show "off" for a kind that is disabled or not opened at all. */
@@ -270,7 +282,10 @@ function toggleTrack(kind, button) {
   for (const t of tracks) t.enabled = enabled;
   button.setAttribute('aria-pressed', String(!enabled));
   button.title = `${enabled ? 'Turn off' : 'Turn on'} ${kind === 'audio' ? 'microphone' : 'camera'}`;
-  if (kind === 'video') $('tile-local').classList.toggle('has-video', enabled);
+  if (kind === 'video') {
+    $('tile-local').classList.toggle('has-video', enabled);
+    room.setLocalStream(sentStream()).catch((err) => note({ type: 'log', level: 'warn', message: `camera ${enabled ? 'on' : 'off'}: ${err.message}` }));
+  }
   renderLocalFlags();
 }
 $('toggle-mic').addEventListener('click', (e) => toggleTrack('audio', e.currentTarget));
@@ -330,9 +345,26 @@ function setRelayOnly(on) {
       t.conn.querySelector('.c-path').textContent = 'switching to the relay…';
     }
   }
+  renderRelaySwitch();
   refreshStats();
 }
 $('relay-only').addEventListener('change', (e) => setRelayOnly(e.currentTarget.checked));
+
+/**
+ * "Relay only" needs a TURN server: when the server's ICE servers list none, the switch is
+ * disabled (it stays usable to turn relay-only off, e.g. after `relay=1`), and says why.
+ */
+function renderRelaySwitch() {
+  if (!room.client.session) return; // not known before the first welcome
+  const hasTurn = turnUrls(room.client.iceServers).length > 0;
+  const input = $('relay-only');
+  input.disabled = !hasTurn && !input.checked;
+  input.closest('.switch').title = hasTurn
+    ? 'Force every connection through the TURN relay'
+    : 'This signaling server offers no TURN relay: connections cannot be forced through one';
+  $('relay-note').hidden = hasTurn;
+}
+room.client.addEventListener('ice-servers', renderRelaySwitch);
 
 /** Leave: every local track stopped (the camera light goes off), every connection closed. */
 function leave() {
@@ -383,7 +415,8 @@ renderTransport(room.client.transport);
 
 room.client.addEventListener('draining', (e) => {
   note({ type: 'draining', reason: e.detail.reason });
-  showBanner('signaling', 'warn', `The signaling server is going away (${e.detail.reason}); the page will reconnect by itself. Calls stay up meanwhile.`);
+  // Not every call: one relayed by a relay that runs in the signaling process goes with it.
+  showBanner('signaling', 'warn', `The signaling server is going away (${e.detail.reason}); the page will reconnect by itself. Direct calls stay up meanwhile.`);
 });
 
 let everJoined = false;
@@ -401,14 +434,20 @@ function renderSignaling(s) {
       renderPeerCount();
       break;
     case 'reconnecting': {
-      const unreachable = !everJoined;
-      setStatus(unreachable ? 'bad' : 'wait', unreachable ? 'Signaling unreachable' : 'Reconnecting…');
+      // The server was reached and refused (a limit, a shutdown): say so, not "unreachable".
+      const refused = s.serverError;
+      const unreachable = !everJoined && !refused;
+      setStatus(unreachable || (refused && !everJoined) ? 'bad' : 'wait',
+        unreachable ? 'Signaling unreachable' : refused && !everJoined ? refusalStatus(refused.code) : 'Reconnecting…');
       const tick = () => {
         const secs = Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000));
-        const text = unreachable
-          ? `Can't reach the signaling server (${signalingUrl}). Retrying in ${secs} s (attempt ${s.attempt}).`
-          : `Connection to the signaling server lost. Reconnecting in ${secs} s (attempt ${s.attempt}); your calls stay up meanwhile.`;
-        showBanner('signaling', unreachable ? 'bad' : 'warn', text, { label: 'Retry now', run: () => room.client.reconnectNow() });
+        // "Direct": a call relayed by a relay in the signaling process does not stay up.
+        const text = refused
+          ? `${REFUSAL_TEXT[refused.code] || `The signaling server refused: ${refused.message}`} (${refused.code}). ${everJoined ? 'Reconnecting' : 'Retrying'} in ${secs} s (attempt ${s.attempt})${everJoined ? '; direct calls stay up meanwhile' : ''}.`
+          : unreachable
+            ? `Can't reach the signaling server (${signalingUrl}). Retrying in ${secs} s (attempt ${s.attempt}).`
+            : `Connection to the signaling server lost. Reconnecting in ${secs} s (attempt ${s.attempt}); direct calls stay up meanwhile.`;
+        showBanner('signaling', unreachable || (refused && !everJoined) ? 'bad' : 'warn', text, { label: 'Retry now', run: () => room.client.reconnectNow() });
       };
       tick();
       countdown = setInterval(tick, 500);
@@ -418,7 +457,10 @@ function renderSignaling(s) {
       const texts = {
         room_full: `Room “${roomName}” is full. Try another room or ask someone to leave.`,
         unauthorized: 'This server requires a valid access token for the room.',
-        forbidden: 'Your access token does not grant this room.',
+        forbidden: /origin/i.test(s.message || '')
+          ? `This signaling server does not accept pages from ${location.origin} (only the origins it is configured to allow).`
+          : 'Your access token does not grant this room.',
+        invalid_name: `The server refused the name “${myName}”: use 1 to 64 characters, without control or invisible characters.`,
         invalid_room_id: 'That room name is not valid: use letters, digits, “-”, “_” and “.”.',
         unsupported_version: 'The signaling server does not speak this client\'s protocol version.',
         kicked: 'An operator removed you from this room.',
@@ -426,9 +468,10 @@ function renderSignaling(s) {
       };
       const removed = s.code === 'kicked' || s.code === 'room_closed';
       setStatus('bad', s.code === 'room_full' ? 'Room full' : removed ? 'Removed' : 'Cannot join');
-      showBanner('signaling', 'bad', texts[s.code] || `Cannot join: ${s.message || s.code}`, {
-        label: 'New room', run: () => { location.href = '/'; },
-      });
+      const action = s.code === 'invalid_name'
+        ? { label: 'Change name', run: changeName }
+        : { label: 'New room', run: () => { location.href = '/'; } };
+      showBanner('signaling', 'bad', texts[s.code] || `Cannot join: ${s.message || s.code}`, action);
       break;
     }
     case 'closed':
@@ -438,6 +481,27 @@ function renderSignaling(s) {
     default:
       break;
   }
+}
+
+// Refusals of a server that is reachable (the client retries them), in words.
+const REFUSAL_TEXT = {
+  too_many_rooms: 'The signaling server has as many rooms as it allows: no new room can open now',
+  too_many_sessions: 'The signaling server has as many participants as it allows',
+  too_many_connections: 'Too many connections from your network to the signaling server',
+  draining: 'The signaling server is shutting down',
+  unavailable: 'The signaling server is unavailable for now',
+  internal: 'The signaling server had an internal error',
+  invalid_message: 'The signaling server did not understand this page’s request',
+};
+const refusalStatus = (code) => (/^too_many_/.test(code) ? 'Server busy' : 'Signaling refused');
+
+/** After an invalid_name refusal: the join screen again (no `name=`), without the refused name. */
+function changeName() {
+  try { if (cleanName(localStorage.getItem('demo-name')) === myName) localStorage.removeItem('demo-name'); } catch { /* private mode */ }
+  const next = new URLSearchParams(location.search);
+  next.delete('name');
+  const qs = next.toString();
+  location.href = `${location.pathname}${qs ? `?${qs}` : ''}`;
 }
 
 function renderPeerCount() {
@@ -577,17 +641,28 @@ room.addEventListener('peer-state', (e) => {
   if (e.detail.state === 'connected') markAlive(e.detail.peer.id);
   renderPeerState(e.detail.peer);
 });
+const watchedTracks = new WeakSet();
 room.addEventListener('track', (e) => {
-  const { peer, stream, track } = e.detail;
+  const { peer, track } = e.detail;
   const t = tiles.get(peer.id);
   if (!t) return;
-  if (t.video.srcObject !== stream) t.video.srcObject = stream;
+  // One stream per tile with the peer's latest track of each kind: a track added later (a
+  // camera turned on mid-call) may come in a stream of its own, and showing that stream alone
+  // would silence the peer.
+  t.stream ||= new MediaStream();
+  for (const old of t.stream.getTracks()) if (old.kind === track.kind && old !== track) t.stream.removeTrack(old);
+  if (!t.stream.getTracks().includes(track)) t.stream.addTrack(track);
+  if (t.video.srcObject !== t.stream) t.video.srcObject = t.stream;
   if (track.kind === 'video') {
     // A remote track starts muted and unmutes when its first frames arrive: only then is
-    // there a picture to show instead of the placeholder.
+    // there a picture to show instead of the placeholder. It is muted again while the peer's
+    // camera is off (its side stops sending video).
     t.tile.classList.toggle('has-video', !track.muted);
-    track.addEventListener('mute', () => t.tile.classList.remove('has-video'));
-    track.addEventListener('unmute', () => t.tile.classList.add('has-video'));
+    if (!watchedTracks.has(track)) {
+      watchedTracks.add(track);
+      track.addEventListener('mute', () => tiles.get(peer.id)?.tile.classList.remove('has-video'));
+      track.addEventListener('unmute', () => tiles.get(peer.id)?.tile.classList.add('has-video'));
+    }
   }
   t.video.play().catch(() => {
     // Autoplay with sound needs a user gesture in some browsers: play muted, offer to unmute.
@@ -726,8 +801,17 @@ async function prejoin() {
     $('preview-tile').classList.add('has-video');
     await fillDevices(); // labels are known once a device was granted
   };
+  // A name the server would refuse (spaces only, control or invisible characters) is refused
+  // here, with the reason, rather than by the server after Join.
+  const checkName = () => {
+    const problem = nameProblem($('prejoin-name').value);
+    $('prejoin-name').setCustomValidity(problem || '');
+    $('prejoin-name-error').textContent = problem || '';
+    $('prejoin-name-error').hidden = !problem;
+  };
   renderAvatar();
-  $('prejoin-name').addEventListener('input', renderAvatar);
+  checkName();
+  $('prejoin-name').addEventListener('input', () => { renderAvatar(); checkName(); });
   $('prejoin-cam-on').addEventListener('change', startPreview);
   $('prejoin-camera').addEventListener('change', startPreview);
   await fillDevices();
@@ -737,7 +821,7 @@ async function prejoin() {
     $('prejoin-form').addEventListener('submit', (e) => { e.preventDefault(); resolve(); }, { once: true });
   });
   stopPreview();
-  const name = $('prejoin-name').value.trim().slice(0, 64) || myName;
+  const name = cleanName($('prejoin-name').value) || myName;
   try { localStorage.setItem('demo-name', name); } catch { /* private mode */ }
   myName = name;
   demo.name = name;
@@ -777,8 +861,11 @@ if (!params.get('name') && params.get('media') !== '0') await prejoin();
 // first offer then carries the tracks, instead of a second negotiation right after the first.
 const mediaDecided = startMedia();
 await Promise.race([mediaDecided, new Promise((r) => setTimeout(r, 3000))]);
-room.join().then(
-  (session) => note({ type: 'joined', peerId: session.peer_id }),
-  (err) => note({ type: 'join-failed', code: err.code, message: err.message }),
-);
+// Leave pressed meanwhile (e.g. while the permission prompt was open): the page is done.
+if (!leaving) {
+  room.join().then(
+    (session) => note({ type: 'joined', peerId: session.peer_id }),
+    (err) => note({ type: 'join-failed', code: err.code, message: err.message }),
+  );
+}
 window.addEventListener('pagehide', () => room.client.state === 'joined' && !leaving && room.leave());

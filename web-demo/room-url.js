@@ -69,12 +69,43 @@ export function roomFromUrl(params) {
   return room;
 }
 
-/** `?name=`, else the name this browser used before, else a new friendly one (remembered). */
+export const NAME_MAX = 64;
+// What the server refuses in a name (docs/protocol.md, `join`): besides control characters, the
+// invisible ones that change how text displays (direction marks and overrides, zero-width
+// spaces, blank fillers, line separators). The zero-width joiners U+200C and U+200D are allowed.
+const INVISIBLE = /[\u00AD\u034F\u061C\u115F\u1160\u180E\u3164\uFFA0\u200B\u200E\u200F\u2028-\u202E\u2060-\u2064\u2066-\u2069\uFEFF]/gu;
+const CONTROL = /\p{Cc}+/gu;
+// A lone UTF-16 surrogate cannot be sent as JSON text the server accepts.
+const LONE_SURROGATE = /\p{Cs}/gu;
+
+/** Why the server would refuse `name` as it is, or null: for the join form's message. */
+export function nameProblem(name) {
+  const s = String(name ?? '');
+  if (!s.trim()) return 'Enter a name (spaces alone are not a name).';
+  if (new RegExp(CONTROL.source, 'u').test(s) || new RegExp(LONE_SURROGATE.source, 'u').test(s)) return 'A name cannot contain line breaks, tabs or other control characters.';
+  if (new RegExp(INVISIBLE.source, 'u').test(s)) return 'A name cannot contain invisible characters (zero-width spaces, text direction marks and the like).';
+  if ([...s.trim()].length > NAME_MAX) return `A name has at most ${NAME_MAX} characters.`;
+  return null;
+}
+
+/**
+ * `name` as the server takes it (1 to 64 characters, no control or invisible formatting
+ * characters): control characters become spaces, invisible ones are dropped, the ends trimmed,
+ * cut to 64 characters by code point (the server counts characters; cutting UTF-16 units could
+ * split an emoji into a lone surrogate, which no JSON the server accepts can carry). '' when
+ * nothing is left.
+ */
+export function cleanName(name) {
+  const s = String(name ?? '').replace(LONE_SURROGATE, '').replace(CONTROL, ' ').replace(INVISIBLE, '').trim();
+  return [...s].slice(0, NAME_MAX).join('').trim();
+}
+
+/** `?name=`, else the name this browser used before, else a new friendly one (remembered); cleaned (`cleanName`). */
 export function displayName(params) {
-  const fromUrl = params.get('name');
-  if (fromUrl) return fromUrl.slice(0, 64);
+  const fromUrl = cleanName(params.get('name'));
+  if (fromUrl) return fromUrl;
   let saved = null;
-  try { saved = localStorage.getItem('demo-name'); } catch { /* private mode */ }
+  try { saved = cleanName(localStorage.getItem('demo-name')); } catch { /* private mode */ }
   if (saved) return saved;
   const n = `${cap(pick(ADJ))} ${cap(pick(NOUN))}`;
   try { localStorage.setItem('demo-name', n); } catch { /* ignore */ }

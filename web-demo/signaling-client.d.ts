@@ -81,6 +81,14 @@ export interface StateDetail {
   attempt?: number;
   retryInMs?: number;
   retryAt?: number;
+  /**
+   * For 'reconnecting' (and 'failed' after maxReconnectAttempts): the error frame the server
+   * answered the last attempt with, if any: it was reached but refused the join or ended the
+   * link (e.g. 'too_many_rooms', 'too_many_sessions', 'too_many_connections' from an HTTP 429,
+   * 'unavailable', 'invalid_message'). Absent when the server was not reached or said nothing
+   * (a WebSocket cannot see the body of a refused upgrade).
+   */
+  serverError?: { code: string; message: string };
 }
 
 export interface SignalingClientOptions {
@@ -145,6 +153,8 @@ export declare class SignalingClient extends EventTarget {
   constructor(url: string, options?: SignalingClientOptions);
   readonly url: string;
   readonly state: ClientState;
+  /** The detail of the last 'state' event (undefined before the first): e.g. the reconnecting state's serverError. */
+  readonly stateInfo?: StateDetail;
   readonly session: SessionInfo | null;
   readonly peerId: string | null;
   /** The room's other peers; a new Map on each welcome or resumed (read it again, do not keep it). */
@@ -162,7 +172,12 @@ export declare class SignalingClient extends EventTarget {
     /** Transports given up on for the next one. */
     fallbacks: number;
   };
-  /** Connects and joins; resolves with the first welcome, rejects on a refusal (room_full, unauthorized, ...). Once per client: a later call returns the same promise. */
+  /**
+   * Connects and joins; resolves with the first welcome, rejects on a refusal (room_full,
+   * unauthorized, ...). Once per client: a later call returns the same promise. Once the client
+   * is 'closed' (close(), leave()) or 'failed', it rejects (SignalingError code 'closed', or the
+   * failure's code) and the state stays: a client does not come back, make a new one.
+   */
   connect(): Promise<SessionInfo>;
   /** Returns the request id; errors about it arrive as 'error' events with `ref`. After close(), leave() or 'failed', the message is dropped (a client does not come back: make a new one). */
   signal(to: string, signal: Signal): number;

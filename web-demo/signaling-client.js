@@ -24,7 +24,7 @@
 //   client.signal(session.peers[0].id, { kind: 'offer', sdp });
 //
 // Events (CustomEvent, payload in `event.detail`):
-//   state         { state, previous, code?, message?, attempt?, retryInMs? }
+//   state         { state, previous, code?, message?, attempt?, retryInMs?, serverError? }
 //   welcome       { session }          a new session (first join, or a rejoin after resume failed)
 //   resumed       { session, replayed } the session continued after a dropped socket
 //   session-reset { reason }           the old session is gone (peer ids changed): drop all peers
@@ -38,7 +38,9 @@
 //   transport     { transport, previous } the transport in use changed ('websocket'|'sse'|'long-poll')
 //
 // States: idle -> connecting -> joined <-> reconnecting; failed (a refusal such as room_full,
-// no more retries) and closed (close() or leave()) are final.
+// no more retries) and closed (close() or leave()) are final: connect() then rejects (a client
+// does not come back: make a new one). A reconnect after the server answered with an error (a
+// refusal to retry, such as too_many_rooms) carries it in the state's `serverError`.
 
 export const PROTOCOL_VERSIONS = Object.freeze([1]);
 
@@ -192,14 +194,25 @@ export class SignalingClient extends EventTarget {
     this._drainDelayMs = null;
     this._holdUntil = 0;
     this._firstJoin = null;
+    /** The error the server answered the current attempt with ({ code, message }), for the reconnecting state. */
+    this._serverError = null;
     this._onOnline = () => { if (this.state === 'reconnecting') this.reconnectNow(); };
     globalThis.addEventListener?.('online', this._onOnline);
   }
 
   get peerId() { return this.session?.peer_id ?? null; }
 
-  /** Connects and joins; resolves with the session of the first welcome, rejects on a refusal. */
+  /**
+   * Connects and joins; resolves with the session of the first welcome, rejects on a refusal.
+   * A closed or failed client rejects: those states are final (a resolved first join must not
+   * hand out a session that is over).
+   */
   connect() {
+    if (this.state === 'closed') return Promise.reject(new SignalingError('closed', 'client closed: make a new client'));
+    if (this.state === 'failed') {
+      const { code = 'failed', message = 'client failed' } = this.stateInfo || {};
+      return Promise.reject(new SignalingError(code, message));
+    }
     if (this._firstJoin) return this._firstJoin.promise;
     let resolve, reject;
     const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
@@ -389,6 +402,8 @@ export class SignalingClient extends EventTarget {
   // --- socket lifecycle ---
 
   _open() {
+    // What the server said to an earlier attempt does not explain this one.
+    this._serverError = null;
     const kind = this._transports[this._transportIndex] || this._transports[0];
     let ws;
     try {
@@ -488,8 +503,10 @@ export class SignalingClient extends EventTarget {
     if (this.state === 'closed' || this.state === 'failed') return;
     this._attempt += 1;
     this.stats.reconnectAttempts += 1;
+    // The server was reached but refused (too_many_rooms, an HTTP 429 ...): say that, not "unreachable".
+    const serverError = this._serverError ? { serverError: this._serverError } : {};
     if (this._attempt > this.options.maxReconnectAttempts) {
-      this._fail(code, `gave up after ${this._attempt - 1} attempts: ${message}`);
+      this._fail(code, `gave up after ${this._attempt - 1} attempts: ${message}`, serverError);
       return;
     }
     let delay = this._backoffMs(this._attempt);
@@ -498,7 +515,7 @@ export class SignalingClient extends EventTarget {
     if (this._rejoinAtOnce) { delay = 0; this._rejoinAtOnce = false; }
     delay = Math.max(delay, this._holdUntil - Date.now(), 0);
     delay = Math.round(delay);
-    this._setState('reconnecting', { code, message, attempt: this._attempt, retryInMs: delay, retryAt: Date.now() + delay });
+    this._setState('reconnecting', { code, message, attempt: this._attempt, retryInMs: delay, retryAt: Date.now() + delay, ...serverError });
     clearTimeout(this._retryTimer);
     this._retryTimer = setTimeout(() => { this._retryTimer = null; this._open(); }, delay);
   }
@@ -645,6 +662,7 @@ export class SignalingClient extends EventTarget {
 
   _joined(ws) {
     this._attempt = 0;
+    this._serverError = null;
     this._holdUntil = 0;
     clearTimeout(this._connectTimer);
     ws.configure?.(this.session);
@@ -658,6 +676,11 @@ export class SignalingClient extends EventTarget {
     const { code, message, ref } = frame;
     const request = ref != null ? this._pending.get(ref) : undefined;
     if (ref != null) this._pending.delete(ref);
+    // An error that ends the link ('retry', e.g. too_many_rooms), or any answer to the join
+    // but a session reset: the reason of the reconnect that follows. Errors about single
+    // requests of a session are not, nor a resume refused (the page joins again at once).
+    const retry = CLIENT_RULES.errors[code]?.retry;
+    if (retry === 'retry' || (this.state !== 'joined' && retry !== 'rejoin')) this._serverError = { code, message };
     // A refused join, or a session an operator ended (`kicked`, `room_closed`: the server
     // closes the socket after it): retrying cannot help, and coming back would defeat the order.
     if (FATAL_JOIN_CODES.has(code) && (this.state !== 'joined' || CLIENT_RULES.errors[code].close != null)) {
@@ -687,12 +710,12 @@ export class SignalingClient extends EventTarget {
     this._emit('session-reset', { reason, peers: hadPeers });
   }
 
-  _fail(code, message) {
+  _fail(code, message, extra = {}) {
     this._clearTimers();
     const ws = this._ws;
     this._ws = null;
     if (ws) { this._detach(ws); try { ws.close(1000, code); } catch { /* ignore */ } }
-    this._setState('failed', { code, message });
+    this._setState('failed', { code, message, ...extra });
     this._firstJoin?.reject(new SignalingError(code, message));
   }
 

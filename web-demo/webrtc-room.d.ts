@@ -83,13 +83,15 @@ export interface WebRTCRoomEventMap {
   peer: CustomEvent<{ peer: RemotePeer }>;
   'peer-removed': CustomEvent<{ peer: RemotePeer; reason: string }>;
   'peer-state': CustomEvent<{ peer: RemotePeer; state: PeerState }>;
+  /** Once per data channel that opens: this side's own channel and the other side's of a label each fire it. */
   'channel-open': CustomEvent<{ peer: RemotePeer; label: string }>;
   message: CustomEvent<{ peer: RemotePeer; label: string; data: string | ArrayBuffer }>;
   track: CustomEvent<{ peer: RemotePeer; track: MediaStreamTrack; stream: MediaStream }>;
   /** An ICE restart towards a peer began; reason 'relay moved' when the room's relay changed under a relayed pair. */
   'ice-restart': CustomEvent<{ peer: RemotePeer; reason: string }>;
   signaling: CustomEvent<StateDetail>;
-  log: CustomEvent<{ level: 'info' | 'warn'; message: string }>;
+  /** 'debug': every signal and negotiation step (verbose); 'info': restarts, glare, relay moves; 'warn': failures. */
+  log: CustomEvent<{ level: 'debug' | 'info' | 'warn'; message: string }>;
 }
 
 export declare class WebRTCRoom extends EventTarget {
@@ -99,10 +101,16 @@ export declare class WebRTCRoom extends EventTarget {
   readonly peerId: string | null;
   readonly relayOnly: boolean;
   readonly localStream: MediaStream | null;
+  /** Joins the room (SignalingClient.connect). After leave() it rejects: make a new room to join again. */
   join(): ReturnType<SignalingClient['connect']>;
   leave(): void;
   /** Returns how many peers it was sent to. */
   send(label: string, data: string | ArrayBuffer | ArrayBufferView | Blob, to?: string): number;
+  /**
+   * Sends this stream's tracks to every peer: a kind already sent is replaced, a new kind added
+   * (renegotiation), a kind the stream lacks (every kind for null) is no longer sent: its sender
+   * gets no track and stops sending, so the peers' track of that kind is muted.
+   */
   setLocalStream(stream: MediaStream | null): Promise<void>;
   setRelayOnly(on: boolean): void;
   rtcConfiguration(): RTCConfiguration;

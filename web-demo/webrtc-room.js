@@ -32,7 +32,7 @@
 //   ice-restart   { peer, reason }         an ICE restart towards a peer began (reason 'relay moved':
 //                                          the room's relay changed under a relayed pair)
 //   signaling     { state, ... }           the SignalingClient's state events, forwarded
-//   log           { level, message }
+//   log           { level, message }       level 'debug' (every signal, verbose) | 'info' | 'warn'
 
 import { CLIENT_RULES, SignalingClient } from './signaling-client.js';
 
@@ -163,7 +163,10 @@ export class WebRTCRoom extends EventTarget {
 
   get peerId() { return this.client.peerId; }
 
-  /** Joins the room; resolves with the signaling session (peer id, peers, ICE servers). */
+  /**
+   * Joins the room; resolves with the signaling session (peer id, peers, ICE servers). After
+   * leave() it rejects (the client is closed for good): a left room does not come back.
+   */
   join() { return this.client.connect(); }
 
   /** Leaves the room: closes every peer connection and the signaling session. */
@@ -185,7 +188,10 @@ export class WebRTCRoom extends EventTarget {
     return sent;
   }
 
-  /** Replaces the local media: tracks of a kind already sent are replaced, new kinds added. */
+  /**
+   * Replaces the local media: tracks of a kind already sent are replaced, new kinds added, and
+   * kinds the stream lacks (all for null) are no longer sent.
+   */
   async setLocalStream(stream) {
     this.localStream = stream;
     await Promise.all([...this.peers.values()].map((p) => p.setLocalStream(stream)));
@@ -444,13 +450,38 @@ export class RemotePeer {
     this.restartIce(`relay moved: still on ${info.relayServer || 'the old relay'}`);
   }
 
+  /**
+   * Sends the tracks of `stream` (null: none). A kind the stream lacks stops: its sender gets no
+   * track and its direction no longer sends, so the other side's track is muted (it shows a
+   * placeholder, not a frozen or black picture). Such a paused sender is used again when the
+   * kind comes back, instead of a new m-section on every camera toggle.
+   */
   async setLocalStream(stream) {
     const pc = this.pc;
     if (!pc || pc.signalingState === 'closed') return;
-    for (const track of stream ? stream.getTracks() : []) {
+    // This connection's paused senders (a rebuild during the awaits below starts a new set).
+    const pausedSenders = (this._paused ||= new Set());
+    const tracks = stream ? stream.getTracks() : [];
+    for (const track of tracks) {
       const sender = pc.getSenders().find((s) => s.track?.kind === track.kind);
-      if (sender) await sender.replaceTrack(track);
-      else pc.addTrack(track, stream);
+      const paused = !sender && pc.getTransceivers().find((t) => pausedSenders.has(t.sender) && t.currentDirection !== 'stopped' && t.receiver.track.kind === track.kind);
+      if (sender) {
+        await sender.replaceTrack(track);
+      } else if (paused) {
+        pausedSenders.delete(paused.sender);
+        await paused.sender.replaceTrack(track);
+        paused.direction = paused.direction === 'inactive' ? 'sendonly' : 'sendrecv';
+      } else {
+        pc.addTrack(track, stream);
+      }
+    }
+    const kinds = new Set(tracks.map((t) => t.kind));
+    for (const t of pc.getTransceivers()) {
+      if (!t.sender.track || kinds.has(t.sender.track.kind) || t.currentDirection === 'stopped') continue;
+      await t.sender.replaceTrack(null);
+      if (pc.signalingState === 'closed') return;
+      t.direction = t.direction === 'sendonly' ? 'inactive' : 'recvonly';
+      pausedSenders.add(t.sender);
     }
   }
 
@@ -521,6 +552,7 @@ export class RemotePeer {
     this._offerWaitTimer = null;
     this._offerWaitOver = offer;
     this._relayFollowUp = null;
+    this._paused = null; // senders of the old connection
     this.remoteStream = null;
     this.iceRestarts = 0;
     this.connectedAt = 0;
@@ -758,7 +790,13 @@ export class RemotePeer {
     dc._label = label;
     dc.binaryType = 'arraybuffer';
     this.channels.push(dc);
-    dc.onopen = () => this.room._emit('channel-open', { peer: this, label });
+    // Once per channel: an incoming channel may be announced open and still get its open event.
+    let opened = false;
+    dc.onopen = () => {
+      if (opened) return;
+      opened = true;
+      this.room._emit('channel-open', { peer: this, label });
+    };
     dc.onmessage = (ev) => this.room._emit('message', { peer: this, label, data: ev.data });
     dc.onclose = () => { this.channels = this.channels.filter((c) => c !== dc); };
     if (dc.readyState === 'open') queueMicrotask(() => dc.onopen?.());

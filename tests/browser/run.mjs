@@ -298,7 +298,11 @@ test('video: the remote video element receives frames from the fake camera', asy
   await a.page.click('#toggle-cam');
   const pressed = await a.page.getAttribute('#toggle-cam', 'aria-pressed');
   assert(pressed === 'true', 'camera button shows off');
-  assert(await a.eval(() => window.__demo.room.localStream.getVideoTracks()[0].enabled === false), 'video track disabled');
+  const off = await a.eval(() => ({
+    enabled: document.getElementById('local-video').srcObject.getVideoTracks()[0].enabled,
+    sent: window.__demo.room.localStream.getVideoTracks().length,
+  }));
+  assert(off.enabled === false && off.sent === 0, `video track disabled, and no longer sent: ${JSON.stringify(off)}`);
 });
 
 test('three peers: a full mesh, everyone hears everyone', async (t) => {
@@ -366,6 +370,8 @@ test('reconnect: the WebSocket drops mid-call, the page shows reconnecting, resu
   await a.dropSignaling(60000);
   const shown = await a.eval(() => ({ status: document.getElementById('status-text').textContent, banner: document.getElementById('banner').hidden ? '' : document.getElementById('banner-text').textContent }));
   assert(/reconnecting/i.test(shown.status) && /reconnecting/i.test(shown.banner), `the page says it is reconnecting: ${JSON.stringify(shown)}`);
+  // A call relayed by a relay inside the signaling process would not stay up: only direct ones are promised.
+  assert(/direct calls stay up/i.test(shown.banner) && !/your calls stay up/i.test(shown.banner), `no promise for relayed calls: ${shown.banner}`);
   await t.screenshot(a, 'state-reconnecting.png');
   // While Alice is away, Bob restarts ICE: his offer waits in Alice's replay buffer. (A fixed
   // hold raced with the screenshot above under CI load: the offer came after her return.)
@@ -910,6 +916,8 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
   await a.joined();
   const b = await t.open('Bob', { server: sig, query: 'relay=1' });
   await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  const offered = await a.eval(() => ({ disabled: document.getElementById('relay-only').disabled, note: !document.getElementById('relay-note').hidden }));
+  assert(!offered.disabled && !offered.note, `with a TURN server the switch is offered: ${JSON.stringify(offered)}`);
   for (const p of [a, b]) {
     const info = Object.values(await p.stats())[0];
     assert(info && info.localType === 'relay' && info.remoteType === 'relay', `${p.name}: selected pair relay/relay: ${JSON.stringify(info)}`);
@@ -1438,6 +1446,10 @@ test('join screen: name (remembered), camera preview and devices; joining with t
   assert(await b.eval(() => (document.querySelector('.tile-remote video')?.videoWidth || 0) === 0), 'no video from Katherine while her camera is off');
   await k.page.click('#toggle-cam');
   await b.waitFor(() => document.querySelector('.tile-remote video')?.videoWidth > 0, null, 'Katherine\'s video once she turns the camera on');
+  // Her microphone plays on: the camera's track may come in a stream of its own, and the tile
+  // must not show that stream alone.
+  const played = await b.eval(() => document.querySelector('.tile-remote video').srcObject.getTracks().map((tr) => tr.kind).sort().join());
+  assert(played === 'audio,video', `Bob's tile plays Katherine's microphone and camera: ${played}`);
   assert(await k.eval(() => document.getElementById('toggle-cam').getAttribute('aria-pressed')) === 'false', 'the camera button shows on');
   // The name is remembered for the next visit (same browser).
   const again = await k.context.newPage();
@@ -1445,6 +1457,258 @@ test('join screen: name (remembered), camera preview and devices; joining with t
   await again.waitForFunction(() => !document.getElementById('prejoin').hidden, null, { timeout: WAIT });
   const remembered = await again.evaluate(() => document.getElementById('prejoin-name').value);
   assert(remembered === 'Katherine Johnson', `the name is remembered: ${remembered}`);
+});
+
+const sleep = (ms) => new Promise((r) => { setTimeout(r, ms); });
+
+/** Page script: getUserMedia answers only when the page calls `__releaseCamera()` (a permission prompt left open). */
+const holdCamera = () => {
+  const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = (c) => new Promise((resolve, reject) => {
+    window.__releaseCamera = () => real(c).then(resolve, reject);
+  });
+};
+
+test('leave early: Leave while the camera prompt is open never joins; a closed client and a left room do not come back', async (t) => {
+  const a = await t.open('Alice', { initScript: holdCamera });
+  await a.waitFor(() => typeof window.__releaseCamera === 'function' && document.getElementById('leave').offsetParent !== null, null, 'the camera prompt open, Leave on screen');
+  await a.page.click('#leave');
+  await a.waitFor(() => !document.getElementById('left-screen').hidden, null, 'the "you left" screen');
+  // Past the page's 3 s wait for the camera; then the prompt is answered, late.
+  await sleep(3500);
+  await a.eval(() => window.__releaseCamera());
+  const b = await t.open('Bob', { query: 'media=0' });
+  await b.joined();
+  await sleep(1000);
+  const alice = await a.eval(() => ({
+    client: window.__demo.client.state,
+    signaling: document.body.dataset.signaling,
+    everJoined: window.__demo.events.some((e) => e.type === 'signaling' && (e.state === 'connecting' || e.state === 'joined')),
+    camera: (document.getElementById('local-video').srcObject?.getTracks() || []).filter((tr) => tr.readyState === 'live').length,
+  }));
+  assert(alice.client === 'closed' && alice.signaling === 'closed' && !alice.everJoined, `Alice never joined: ${JSON.stringify(alice)}`);
+  assert(alice.camera === 0, `no camera shown after leaving: ${JSON.stringify(alice)}`);
+  const bobSees = await b.eval(() => window.__demo.client.peers.size);
+  assert(bobSees === 0, `Bob is alone in the room: ${bobSees} other peer(s)`);
+  // The client API: closed and failed are final.
+  const api = await b.eval(async (room) => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const { WebRTCRoom } = await import('/webrtc-room.js');
+    const ws = `${location.origin.replace(/^http/, 'ws')}/ws`;
+    const settle = (p) => Promise.race([
+      p.then((s) => `resolved ${s.peer_id}`, (e) => `rejected ${e.code}`),
+      new Promise((r) => { setTimeout(() => r('pending'), 3000); }),
+    ]);
+    const c = new SignalingClient(ws, { room, name: 'Closed' });
+    const states = [];
+    c.addEventListener('state', (e) => states.push(e.detail.state));
+    c.close();
+    const afterClose = await settle(c.connect());
+    const r = new WebRTCRoom(ws, { room, name: 'Left' });
+    const first = await settle(r.join());
+    r.leave();
+    const again = await settle(r.join());
+    return { afterClose, states, closedState: c.state, first, again, roomClient: r.client.state };
+  }, `${t.room}-api`);
+  assert(api.afterClose === 'rejected closed' && api.closedState === 'closed' && api.states.join() === 'closed', `connect() after close() rejects, the state stays closed: ${JSON.stringify(api)}`);
+  assert(api.first.startsWith('resolved') && api.again === 'rejected closed' && api.roomClient === 'closed', `join() after leave() rejects: ${JSON.stringify(api)}`);
+});
+
+/** The first remote peer's transceivers and the kinds its senders send, at `p`. */
+const sendersOf = (p) => p.eval(() => {
+  const pc = [...window.__demo.room.peers.values()][0].pc;
+  return { transceivers: pc.getTransceivers().length, sending: pc.getSenders().filter((s) => s.track).map((s) => s.track.kind).sort() };
+});
+const framesOf = async (p) => Object.values(await p.stats())[0]?.framesDecoded || 0;
+const videoAt = (p, what) => p.waitFor(() => document.querySelector('.tile-remote')?.classList.contains('has-video') && document.querySelector('.tile-remote video').videoWidth > 0, null, what);
+const placeholderAt = (p, what) => p.waitFor(() => !document.querySelector('.tile-remote').classList.contains('has-video'), null, what);
+
+test('setLocalStream(null): no sender keeps a track, the other side\'s frames stop; the stream back uses the same senders', async (t) => {
+  const [a, b] = await t.pair();
+  await videoAt(b, 'Alice\'s video at Bob');
+  const before = await sendersOf(a);
+  assert(before.sending.join() === 'audio,video', `Alice sends audio and video: ${JSON.stringify(before)}`);
+  await a.eval(() => window.__demo.room.setLocalStream(null));
+  const none = await sendersOf(a);
+  assert(none.sending.length === 0, `no sender keeps a track after setLocalStream(null): ${JSON.stringify(none)}`);
+  await sleep(500);
+  const f1 = await framesOf(b);
+  await sleep(1500);
+  const f2 = await framesOf(b);
+  assert(f2 - f1 <= 1, `Bob decodes no more frames of Alice: ${f1} -> ${f2}`);
+  // And back: the same transceivers carry the camera again (no new m-section per change).
+  await a.eval(() => window.__demo.room.setLocalStream(document.getElementById('local-video').srcObject));
+  await videoAt(b, 'Alice\'s video at Bob again');
+  const after = await sendersOf(a);
+  assert(after.transceivers === before.transceivers && after.sending.join() === before.sending.join(), `the same senders again: ${JSON.stringify({ before, after })}`);
+});
+
+test('camera off: the other side shows the placeholder, not a black picture, and the picture once it is back on', async (t) => {
+  const [a, b] = await t.pair();
+  await videoAt(b, 'Alice\'s video at Bob');
+  await a.page.click('#toggle-cam');
+  await placeholderAt(b, 'the placeholder at Bob once Alice turned her camera off');
+  const shown = await b.eval(() => {
+    const tile = document.querySelector('.tile-remote');
+    return { placeholder: getComputedStyle(tile.querySelector('.tile-placeholder')).display !== 'none', note: tile.querySelector('.tile-note').textContent };
+  });
+  assert(shown.placeholder && /camera off/i.test(shown.note), `Bob sees Alice's placeholder: ${JSON.stringify(shown)}`);
+  await t.screenshot(b, 'remote-camera-off.png');
+  // Her microphone still goes to Bob while the camera is off.
+  assert((await sendersOf(a)).sending.join() === 'audio', 'Alice still sends audio');
+  await a.page.click('#toggle-cam');
+  await videoAt(b, 'Alice\'s video back at Bob');
+});
+
+test('channels: each data channel opens once (one channel-open per channel, ours and theirs)', async (t) => {
+  const [a, b] = await t.pair();
+  await sleep(500);
+  for (const p of [a, b]) {
+    const counts = await p.eval(() => {
+      const out = {};
+      for (const e of window.__demo.events) if (e.type === 'channel-open') out[e.label] = (out[e.label] || 0) + 1;
+      return out;
+    });
+    // Each side opens its own chat, canvas and cursor channels and accepts the other's.
+    assert(counts.chat === 2 && counts.canvas === 2 && counts.cursor === 2, `${p.name}: channel-open per label: ${JSON.stringify(counts)}`);
+  }
+});
+
+test('server refusals: at its room limit, or its connections per address, the page says what the server refused (not "unreachable")', async (t) => {
+  const cases = [
+    { args: ['--max-rooms', '1'], code: 'too_many_rooms', otherRoom: true },
+    { args: ['--max-connections-per-ip', '1'], code: 'too_many_connections', otherRoom: false },
+  ];
+  for (const c of cases) {
+    const sig = await startSignaling(c.args, `signaling-${c.code}`);
+    t.track(sig.proc);
+    const a = await t.open(`Alice ${c.code}`, { server: sig, query: 'media=0' });
+    await a.joined();
+    const b = await t.open(`Bob ${c.code}`, { server: sig, query: 'media=0', room: c.otherRoom ? `${t.room}-2` : t.room });
+    await b.waitFor(() => document.body.dataset.signaling === 'reconnecting' && window.__demo.client.stateInfo?.serverError, null, `the ${c.code} refusal`);
+    const shown = await b.eval(() => ({
+      status: document.getElementById('status-text').textContent,
+      banner: document.getElementById('banner-text').textContent,
+      serverError: window.__demo.client.stateInfo.serverError,
+    }));
+    assert(shown.serverError.code === c.code, `the reconnecting state carries the server's code: ${JSON.stringify(shown)}`);
+    assert(shown.banner.includes(c.code) && !/can't reach/i.test(shown.banner) && shown.status === 'Server busy', `the page says what was refused: ${JSON.stringify(shown)}`);
+    if (c.code === 'too_many_rooms') await t.screenshot(b, 'state-server-refused.png');
+    // Still retrying: once Alice leaves, Bob gets in.
+    await a.page.click('#leave');
+    await b.eval(() => window.__demo.client.reconnectNow());
+    await b.joined();
+    await Promise.all([a, b].map((p) => p.context.close()));
+  }
+});
+
+test('origin refused: a server that does not allow the page\'s origin is named as the reason', async (t) => {
+  const sig = await startSignaling(['--allowed-origin', 'https://app.example.com'], 'signaling-origin');
+  t.track(sig.proc);
+  const a = await t.open('Alice', { server: sig, query: 'media=0' });
+  await a.waitFor(() => document.body.dataset.signaling === 'failed', null, 'failed state');
+  const banner = await a.eval(() => document.getElementById('banner-text').textContent);
+  assert(/origin/i.test(banner) && banner.includes(new URL(sig.http).origin) && !/access token/i.test(banner), `the origin is the reason shown: ${banner}`);
+});
+
+test('relay only without TURN: a server that lists no TURN server has the switch disabled, and says why', async (t) => {
+  const a = await t.open('Alice', { query: 'media=0' });
+  await a.joined();
+  const shown = await a.eval(() => ({
+    turn: window.__demo.client.iceServers.flatMap((s) => [].concat(s.urls)).filter((u) => /^turns?:/.test(u)),
+    disabled: document.getElementById('relay-only').disabled,
+    title: document.getElementById('relay-only').closest('.switch').title,
+    note: document.getElementById('relay-note').hidden ? '' : document.getElementById('relay-note').textContent,
+  }));
+  assert(shown.turn.length === 0, `the shared server lists no TURN server: ${JSON.stringify(shown)}`);
+  assert(shown.disabled && /no TURN/i.test(shown.title) && /no TURN/i.test(shown.note), `the switch is disabled and says why: ${JSON.stringify(shown)}`);
+  // A click on the disabled switch changes nothing.
+  await a.page.click('.switch:has(#relay-only) .switch-track', { force: true });
+  assert(await a.eval(() => !document.getElementById('relay-only').checked && !window.__demo.room.relayOnly), 'relay-only stays off');
+});
+
+test('invite link: a page on another signaling server (signal=) invites there', async (t) => {
+  const other = await startSignaling([], 'signaling-other');
+  t.track(other.proc);
+  const a = await t.open('Alice', { query: `media=0&signal=${encodeURIComponent(other.ws)}` });
+  await a.joined();
+  const base = t.shared.signaling.http;
+  await a.page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
+  await a.page.click('#copy-link');
+  await a.waitFor(() => document.getElementById('copy-label').textContent === 'Link copied!', null, 'copy confirmation');
+  const link = await a.eval(() => navigator.clipboard.readText());
+  assert(link === `${base}/r/${t.room}?signal=${encodeURIComponent(other.ws)}`, `the invite keeps signal=: ${link}`);
+  const b = await t.open('Bob', { url: `${link}&name=Bob&media=0` });
+  await Promise.all([a.connected(1), b.connected(1)]);
+});
+
+/** Page script: the first join this tab sends names someone the server refuses (a bell character). */
+const refusedNameOnce = () => {
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function sendTampered(data) {
+    if (typeof data === 'string' && data.includes('"type":"join"') && !sessionStorage.getItem('tampered')) {
+      sessionStorage.setItem('tampered', '1');
+      const m = JSON.parse(data);
+      m.name = 'Bell\u0007';
+      return send.call(this, JSON.stringify(m));
+    }
+    return send.call(this, data);
+  };
+};
+
+test('names: what the server refuses is cleaned from links, refused with a reason in the join form, and a refused name can be changed', async (t) => {
+  const base = t.shared.signaling.http;
+  const emoji = `a${'\u{1F600}'.repeat(40)}`;
+  const cases = [
+    ['two\nlines', 'two lines'],
+    [`\u202Eevil`, 'evil'],
+    ['Ali\u200Bce', 'Alice'],
+    [emoji, emoji], // 41 characters, 81 UTF-16 units: not cut, never split
+    [`${'\u{1F600}'.repeat(70)}`, '\u{1F600}'.repeat(64)],
+  ];
+  for (const [asked, want] of cases) {
+    const p = await t.open('Named', { url: `${base}/r/${t.room}?media=0&name=${encodeURIComponent(asked)}` });
+    await p.joined();
+    const sent = await p.eval(() => window.__demo.client.options.name);
+    assert(sent === want, `${JSON.stringify(asked)} joins as ${JSON.stringify(want)}: ${JSON.stringify(sent)}`);
+    await p.context.close();
+  }
+  // Spaces alone: the remembered (or a new) name instead.
+  const blank = await t.open('Blank', { url: `${base}/r/${t.room}?media=0&name=${encodeURIComponent('   ')}` });
+  await blank.joined();
+  const blankName = await blank.eval(() => window.__demo.client.options.name);
+  assert(blankName && blankName.trim() === blankName, `a real name instead of spaces: ${JSON.stringify(blankName)}`);
+  await blank.context.close();
+  // The join form refuses, with the reason, and lets a good name through.
+  const f = await t.open('Form', { url: `${base}/r/${t.room}` });
+  await f.waitFor(() => !document.getElementById('prejoin').hidden, null, 'the join screen');
+  const attempt = async (name) => {
+    await f.page.fill('#prejoin-name', name);
+    await f.page.click('#prejoin-join');
+    await sleep(300);
+    return f.eval(() => ({ prejoin: !document.getElementById('prejoin').hidden, error: document.getElementById('prejoin-name-error').hidden ? '' : document.getElementById('prejoin-name-error').textContent, signaling: document.body.dataset.signaling }));
+  };
+  const spaces = await attempt('   ');
+  assert(spaces.prejoin && /spaces/i.test(spaces.error) && spaces.signaling === 'idle', `spaces alone refused: ${JSON.stringify(spaces)}`);
+  const zw = await attempt('Ali\u200Bce');
+  assert(zw.prejoin && /invisible/i.test(zw.error) && zw.signaling === 'idle', `a zero-width space refused: ${JSON.stringify(zw)}`);
+  await t.screenshot(f, 'join-name-refused.png');
+  const ok = await attempt('Alice Form');
+  assert(!ok.prejoin && !ok.error, `a good name joins: ${JSON.stringify(ok)}`);
+  await f.joined();
+  await f.context.close();
+  // A name the server refuses anyway (invalid_name): the error offers to change it, and the
+  // join screen comes back.
+  const r = await t.open('Refused', { initScript: refusedNameOnce });
+  await r.waitFor(() => document.body.dataset.signaling === 'failed', null, 'the invalid_name refusal');
+  const failed = await r.eval(() => ({ banner: document.getElementById('banner-text').textContent, action: document.getElementById('banner-action').hidden ? '' : document.getElementById('banner-action').textContent }));
+  assert(/name/i.test(failed.banner) && failed.action === 'Change name', `the refusal offers a new name: ${JSON.stringify(failed)}`);
+  await Promise.all([r.page.waitForNavigation(), r.page.click('#banner-action')]);
+  await r.waitFor(() => !document.getElementById('prejoin').hidden, null, 'the join screen again');
+  await r.page.fill('#prejoin-name', 'Renamed');
+  await r.page.click('#prejoin-join');
+  await r.joined();
+  assert(await r.eval(() => window.__demo.client.options.name) === 'Renamed', 'joined under the new name');
 });
 
 test('demo: two peers in a call with chat and canvas (screenshots)', async (t) => {
