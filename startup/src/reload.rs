@@ -19,7 +19,7 @@ use clap::{ArgMatches, Command, CommandFactory, FromArgMatches};
 use crate::Secret;
 use crate::config_file::{self, ConfigError};
 use crate::logging::LogFilter;
-use crate::summary::{is_secret, redact_value};
+use crate::summary::{is_secret, redact_values};
 
 /// What a binary keeps from start-up to reload its configuration: the command line, the
 /// configuration in force as parsed (to name what a reload changes), the TURN secrets it was
@@ -171,11 +171,11 @@ fn shown(values: &[OsString]) -> String {
     if values.is_empty() {
         return "(none)".into();
     }
-    values
+    let values: Vec<String> = values
         .iter()
-        .map(|v| redact_value(&v.to_string_lossy()))
-        .collect::<Vec<_>>()
-        .join(",")
+        .map(|v| v.to_string_lossy().into_owned())
+        .collect();
+    redact_values(&values).join(",")
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The configuration as a readable block for the start-up log: one line per setting (hidden
 //! flags aside) that has a value, `--flag  value`, marked with where it came from when it is not the default. Values of
 //! flags whose value is named `SECRET` or `PASSWORD` (or a `NAME:PASSWORD` pair) are redacted, and
-//! so is the password of any URL (`redis://user:PASSWORD@host`) and the value of a flag passed on
-//! inside a value (`--relay-arg=--user=NAME:PASSWORD`) whose name says it holds a secret.
+//! so is the password of any URL (`redis://user:PASSWORD@host`) and the value of a secret flag
+//! passed on inside a list value ([`PASSED_ON_SECRETS`]), in both forms:
+//! `--relay-arg=--user=NAME:PASSWORD` and `--relay-arg=--user --relay-arg=NAME:PASSWORD`.
 
 use std::fmt::Write as _;
 
@@ -30,11 +31,7 @@ pub fn summary(command: &Command, matches: &ArgMatches) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             } else {
-                values
-                    .iter()
-                    .map(|v| redact_value(v))
-                    .collect::<Vec<_>>()
-                    .join(",")
+                redact_values(&values).join(",")
             };
             let name = arg
                 .get_long()
@@ -57,7 +54,7 @@ pub fn summary(command: &Command, matches: &ArgMatches) -> String {
 
 /// Whether `arg` takes a secret: its value is named `SECRET` or `PASSWORD` (or a
 /// `NAME:PASSWORD` pair).
-pub(crate) fn is_secret(arg: &clap::Arg) -> bool {
+pub fn is_secret(arg: &clap::Arg) -> bool {
     arg.get_value_names().is_some_and(|names| {
         names
             .iter()
@@ -65,19 +62,54 @@ pub(crate) fn is_secret(arg: &clap::Arg) -> bool {
     })
 }
 
-/// A value of a flag that is not itself a secret, with what it may still hold redacted: a URL's
-/// password, or the value of a flag passed on (`--user=NAME:PASSWORD`, `--turn-secret=S`,
-/// `--api-key=K`) whose name contains `secret`, `password`, `user`, `key` or `token`.
-pub(crate) fn redact_value(value: &str) -> String {
+/// The long names (and aliases) of the flags that take a secret when they are passed on inside
+/// a value: those of the relay, for which [`is_secret`] holds (`--user NAME:PASSWORD`,
+/// `--turn-secret SECRET` and its older name `--auth-secret`), as signaling's `--relay-arg`
+/// hands them to its in-process relay. Whole names: `--user-quota` is no secret. (startup
+/// cannot see the relay's command; signaling's `tests/it/reload.rs` checks this list against
+/// it.) A Redis URL (`--register`) has only its password redacted, as everywhere.
+pub const PASSED_ON_SECRETS: &[&str] = &["user", "turn-secret", "auth-secret"];
+
+/// Whether `value` is a secret flag of [`PASSED_ON_SECRETS`] given alone (`--turn-secret`),
+/// so that the next value is its secret.
+fn is_secret_flag(value: &str) -> bool {
+    value
+        .strip_prefix("--")
+        .is_some_and(|name| PASSED_ON_SECRETS.contains(&name))
+}
+
+/// One value of a flag that is not itself a secret, with what it may still hold redacted: a
+/// URL's password, or the value of a secret flag passed on in the `--flag=value` form
+/// (`--user=NAME:PASSWORD`, `--turn-secret=S`: [`PASSED_ON_SECRETS`], whole names only, so
+/// `--user-quota=200` shows). A secret given as the value after its flag (`--turn-secret`, `S`)
+/// is only seen by [`redact_values`], which has the values in order.
+pub fn redact_value(value: &str) -> String {
     if let Some((flag, _)) = value.split_once('=')
-        && flag.starts_with("--")
-        && ["secret", "password", "user", "key", "token"]
-            .iter()
-            .any(|word| flag.contains(word))
+        && is_secret_flag(flag)
     {
         return format!("{flag}=<redacted>");
     }
     redact_url_password(value)
+}
+
+/// The values of a flag that is not itself a secret, in order, each as [`redact_value`] shows
+/// it, and a value that follows a secret flag given alone (`--turn-secret`, `S`; `--user`,
+/// `NAME:PASSWORD`) redacted whole.
+pub fn redact_values<S: AsRef<str>>(values: &[S]) -> Vec<String> {
+    let mut follows_secret_flag = false;
+    values
+        .iter()
+        .map(|value| {
+            let value = value.as_ref();
+            let shown = if follows_secret_flag {
+                "<redacted>".to_owned()
+            } else {
+                redact_value(value)
+            };
+            follows_secret_flag = is_secret_flag(value);
+            shown
+        })
+        .collect()
 }
 
 /// `value` with the password of a URL's user info (`scheme://user:password@host`, or
@@ -127,7 +159,7 @@ mod tests {
         region: Option<String>,
         #[arg(long, value_delimiter = ',')]
         redis: Vec<String>,
-        #[arg(long = "relay-arg")]
+        #[arg(long = "relay-arg", allow_hyphen_values = true)]
         relay_args: Vec<String>,
     }
 
@@ -167,6 +199,152 @@ mod tests {
         assert!(
             !text.contains("--region"),
             "unset values are left out: {text}"
+        );
+    }
+
+    /// The `--relay-arg` line of the summary of `args` (after the program name).
+    fn relay_arg_line(args: &[&str]) -> String {
+        let matches = Example::command()
+            .get_matches_from(std::iter::once("prog").chain(args.iter().copied()));
+        let text = summary(&Example::command(), &matches);
+        text.lines()
+            .find(|line| line.trim_start().starts_with("--relay-arg"))
+            .unwrap_or_else(|| panic!("no --relay-arg line: {text}"))
+            .to_owned()
+    }
+
+    #[test]
+    fn secret_flags_passed_on_are_redacted_in_both_forms() {
+        let line = relay_arg_line(&[
+            "--relay-arg=--admin-listen=127.0.0.1:9",
+            "--relay-arg",
+            "--turn-secret",
+            "--relay-arg",
+            "splitsecretXYZ",
+            "--relay-arg=--user",
+            "--relay-arg=dave:davepassword",
+            "--relay-arg=--auth-secret",
+            "--relay-arg=olderXYZ",
+            "--relay-arg=--turn-secret=joinedXYZ",
+            "--relay-arg=--user=erin:erinpassword",
+            "--relay-arg=--register",
+            "--relay-arg=redis://default:redispass@10.0.0.5:6379",
+            "--relay-arg=--register=rediss://:redispass2@h:1",
+        ]);
+        assert_eq!(
+            line.split_whitespace().collect::<Vec<_>>(),
+            [
+                "--relay-arg",
+                "--admin-listen=127.0.0.1:9,--turn-secret,<redacted>,--user,<redacted>,\
+                 --auth-secret,<redacted>,--turn-secret=<redacted>,--user=<redacted>,\
+                 --register,redis://default:<redacted>@10.0.0.5:6379,\
+                 --register=rediss://:<redacted>@h:1",
+                "(flag",
+                "or",
+                "file)"
+            ],
+            "{line}"
+        );
+        for secret in ["XYZ", "davepassword", "erinpassword", "redispass"] {
+            assert!(!line.contains(secret), "{secret} shows: {line}");
+        }
+    }
+
+    #[test]
+    fn a_secret_flag_given_alone_redacts_whatever_follows_it() {
+        // `--user` as the value of `--turn-secret` (the relay refuses it, but the summary is
+        // printed first): both it and the value after it are redacted.
+        assert_eq!(
+            redact_values(&[
+                "--turn-secret",
+                "--user",
+                "dave:pw",
+                "--workers",
+                "2",
+                "--user"
+            ]),
+            [
+                "--turn-secret",
+                "<redacted>",
+                "<redacted>",
+                "--workers",
+                "2",
+                "--user"
+            ]
+        );
+        assert_eq!(redact_values::<&str>(&[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn flags_that_only_look_like_secrets_show_their_values() {
+        let line = relay_arg_line(&[
+            "--relay-arg=--user-quota=200",
+            "--relay-arg=--user-quota",
+            "--relay-arg=200",
+            "--relay-arg=--usage-max-users=500",
+            "--relay-arg=--usage-max-users",
+            "--relay-arg=500",
+            "--relay-arg=--secret-free=1",
+        ]);
+        assert!(
+            line.contains(
+                "--user-quota=200,--user-quota,200,--usage-max-users=500,--usage-max-users,500,\
+                 --secret-free=1  (flag or file)"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("<redacted>"), "{line}");
+        assert_eq!(redact_value("--user-quota=200"), "--user-quota=200");
+    }
+
+    #[test]
+    fn a_reload_diff_of_passed_on_flags_shows_changes_but_no_secret() {
+        let parse = |args: &[&str]| {
+            Example::command().get_matches_from(std::iter::once("prog").chain(args.iter().copied()))
+        };
+        let old = parse(&[
+            "--relay-arg=--turn-secret=oldXYZ",
+            "--relay-arg=--user=dave:oldpassword",
+            "--relay-arg=--user-quota=200",
+        ]);
+        let new = parse(&[
+            "--relay-arg=--turn-secret=newXYZ",
+            "--relay-arg=--user=dave:newpassword",
+            "--relay-arg=--user-quota=180",
+        ]);
+        let changes =
+            crate::reload::Changes::between(&Example::command(), &old, &new, &["relay_args"]);
+        assert_eq!(
+            changes.applied,
+            [
+                "--relay-arg --turn-secret=<redacted>,--user=<redacted>,--user-quota=200 -> \
+                 --turn-secret=<redacted>,--user=<redacted>,--user-quota=180"
+            ]
+        );
+        let text = format!("{changes:?}");
+        assert!(
+            !text.contains("XYZ") && !text.contains("password"),
+            "{text}"
+        );
+        // Each secret after its flag: only the values in order tell the secret apart.
+        let old = parse(&[
+            "--relay-arg=--turn-secret",
+            "--relay-arg=oldXYZ",
+            "--relay-arg=--user-quota",
+            "--relay-arg=200",
+        ]);
+        let new = parse(&[
+            "--relay-arg=--turn-secret",
+            "--relay-arg=newXYZ",
+            "--relay-arg=--user-quota",
+            "--relay-arg=180",
+        ]);
+        let changes =
+            crate::reload::Changes::between(&Example::command(), &old, &new, &["relay_args"]);
+        assert_eq!(
+            changes.applied,
+            ["--relay-arg --turn-secret,<redacted>,--user-quota,200 -> \
+                 --turn-secret,<redacted>,--user-quota,180"]
         );
     }
 }

@@ -202,3 +202,26 @@ async fn the_in_process_relay_reloads_with_the_server() {
     let (_c, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;
     assert!(signed_by(&info, "second"), "the secret in force stays");
 }
+
+#[cfg(feature = "with-relay")]
+/// The relay flags that `--relay-arg` values have redacted (in the start-up summary and the
+/// reload line) are exactly the relay's secret flags, names and aliases: a new secret flag of
+/// the relay must be added to `startup::summary::PASSED_ON_SECRETS`.
+#[test]
+fn relay_arg_redacts_exactly_the_relays_secret_flags() {
+    use clap::CommandFactory as _;
+    let command = relay::Config::command();
+    let mut secret: Vec<&str> = command
+        .get_arguments()
+        .filter(|arg| startup::summary::is_secret(arg))
+        .flat_map(|arg| {
+            arg.get_long()
+                .into_iter()
+                .chain(arg.get_all_aliases().unwrap_or_default())
+        })
+        .collect();
+    secret.sort_unstable();
+    let mut listed = startup::summary::PASSED_ON_SECRETS.to_vec();
+    listed.sort_unstable();
+    assert_eq!(secret, listed);
+}
