@@ -175,6 +175,7 @@ impl Server {
             ("--max-http-connections", &max),
             // Every client of the bench is 127.0.0.1.
             ("--max-connections-per-ip", &max),
+            ("--max-http-connections-per-ip", &max),
             ("--max-sessions-per-ip", &max),
             ("--join-rate-per-ip", "100000"),
             ("--join-burst-per-ip", "100000"),

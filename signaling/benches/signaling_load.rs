@@ -179,6 +179,8 @@ fn spawn_node(args: &Args, redis: Option<String>) -> ServerProcess {
         // Every client of the bench is 127.0.0.1.
         "--max-connections-per-ip",
         &max,
+        "--max-http-connections-per-ip",
+        &max,
         "--max-sessions-per-ip",
         &max,
         "--join-rate-per-ip",

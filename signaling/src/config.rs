@@ -161,6 +161,16 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_MAX_HTTP_CONNECTIONS", default_value_t = 1024)]
     pub max_http_connections: usize,
 
+    /// Of `--max-http-connections`, how many one source address (IPv6: one /64) may hold: the
+    /// socket's peer, or the client a PROXY header names; a `--trusted-proxy` is not limited.
+    /// Past it, its new TCP connections are closed at once.
+    #[arg(
+        long,
+        env = "SIGNALING_MAX_HTTP_CONNECTIONS_PER_IP",
+        default_value_t = 256
+    )]
+    pub max_http_connections_per_ip: usize,
+
     /// Open WebSocket connections per client address; more are refused with HTTP 429
     /// `too_many_connections`. Keep it well above the users behind one NAT or proxy.
     #[arg(long, env = "SIGNALING_MAX_CONNECTIONS_PER_IP", default_value_t = 500)]
@@ -431,8 +441,15 @@ impl Config {
         if self.max_peers_per_room == 0 || self.max_rooms == 0 || self.max_sessions == 0 {
             return bad("room and session limits must be > 0".into());
         }
-        if self.header_read_timeout.is_zero() || self.max_http_connections == 0 {
-            return bad("--header-read-timeout and --max-http-connections must be > 0".into());
+        if self.header_read_timeout.is_zero()
+            || self.max_http_connections == 0
+            || self.max_http_connections_per_ip == 0
+        {
+            return bad(
+                "--header-read-timeout, --max-http-connections and --max-http-connections-per-ip \
+                 must be > 0"
+                    .into(),
+            );
         }
         if self.max_connections_per_ip == 0
             || self.max_sessions_per_ip == 0

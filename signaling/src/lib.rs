@@ -554,6 +554,8 @@ pub(crate) mod server {
         let limits = ListenerLimits {
             header_read_timeout: state.config.header_read_timeout,
             max_http_connections: state.config.max_http_connections,
+            max_http_connections_per_ip: state.config.max_http_connections_per_ip,
+            trusted_proxies: state.config.trusted_proxies.clone().into(),
         };
         crate::listener::check_fd_budget(
             state.config.max_connections,

@@ -22,10 +22,10 @@
 //! [`HttpSlot`] for the stream's length, and the stream counts as a connection instead.
 
 use std::future::Future as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,13 +38,39 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use startup::source_limit::{SourceLimit, SourceSlot};
+
+use crate::client_ip::IpNet;
 use crate::metrics::Metrics;
 
 /// The limits of the accept loop.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ListenerLimits {
     pub header_read_timeout: Duration,
     pub max_http_connections: usize,
+    pub max_http_connections_per_ip: usize,
+    /// `--trusted-proxy`: sources whose connections carry many clients' (not limited per
+    /// source).
+    pub trusted_proxies: Arc<[IpNet]>,
+}
+
+impl ListenerLimits {
+    /// A share of `--max-http-connections-per-ip` for `source`: `Ok(None)` for a trusted proxy,
+    /// `Err` when the source holds its share.
+    fn source_slot(
+        &self,
+        per_source: &Arc<SourceLimit>,
+        source: IpAddr,
+    ) -> Result<Option<SourceSlot>, ()> {
+        let source = source.to_canonical();
+        if self.trusted_proxies.iter().any(|net| net.contains(source)) {
+            return Ok(None);
+        }
+        per_source
+            .try_take(relay_proto::rate_key(source))
+            .map(Some)
+            .ok_or(())
+    }
 }
 
 /// What a connection passes through before HTTP: a PROXY protocol header naming the client
@@ -66,16 +92,29 @@ pub struct HttpSlot {
     pending: Arc<AtomicUsize>,
     /// Whether the connection is counted now (false while a stream borrows the slot).
     counted: Arc<AtomicBool>,
+    /// Its source's share of `--max-http-connections-per-ip`, until it is upgraded, closed, or
+    /// lent to a stream (the source's streams count in `--max-connections-per-ip` instead).
+    source: Arc<Mutex<Option<SourceSlot>>>,
 }
 
 impl HttpSlot {
     /// Takes the connection out of the count until the loan is dropped (a long-lived stream,
-    /// which `--max-connections` counts meanwhile).
+    /// which `--max-connections` counts meanwhile); out of its source's for good.
     pub fn lend(&self) -> SlotLoan {
         if self.counted.swap(false, Ordering::AcqRel) {
             self.pending.fetch_sub(1, Ordering::AcqRel);
         }
+        self.release_source();
         SlotLoan(self.clone())
+    }
+
+    fn release_source(&self) {
+        drop(
+            self.source
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
@@ -98,6 +137,7 @@ impl Drop for Pending {
         if self.0.counted.swap(false, Ordering::AcqRel) {
             self.0.pending.fetch_sub(1, Ordering::AcqRel);
         }
+        self.0.release_source();
     }
 }
 
@@ -117,6 +157,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let pending = Arc::new(AtomicUsize::new(0));
+    let per_source = SourceLimit::new(limits.max_http_connections_per_ip);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -138,9 +179,23 @@ pub async fn serve(
             drop(tcp);
             continue;
         }
+        // Behind a PROXY header, the source is known once the header is read.
+        let source = if edge.proxy_protocol {
+            None
+        } else {
+            match limits.source_slot(&per_source, peer.ip()) {
+                Ok(slot) => slot,
+                Err(()) => {
+                    pending.fetch_sub(1, Ordering::AcqRel);
+                    metrics.http_refused_per_ip.inc();
+                    continue;
+                }
+            }
+        };
         let guard = Pending(HttpSlot {
             pending: Arc::clone(&pending),
             counted: Arc::new(AtomicBool::new(true)),
+            source: Arc::new(Mutex::new(source)),
         });
         // Signaling frames are small and latency-bound: no Nagle delay.
         if let Err(e) = tcp.set_nodelay(true) {
@@ -150,6 +205,8 @@ pub async fn serve(
         let stop = stop.clone();
         let edge = edge.clone();
         let metrics = Arc::clone(&metrics);
+        let limits = limits.clone();
+        let per_source = Arc::clone(&per_source);
         // The PROXY header, the TLS handshake and the first bytes share one deadline.
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
         tokio::spawn(async move {
@@ -160,14 +217,28 @@ pub async fn serve(
             let peer = if edge.proxy_protocol {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let client = startup::proxy_protocol::client_within(&mut tcp, peer, left);
-                match client.await {
+                let client = match client.await {
                     Ok(client) => client,
                     Err(e) => {
                         metrics.proxy_headers_refused.inc();
                         tracing::debug!(error = %e, %peer, "PROXY header refused");
                         return;
                     }
+                };
+                match limits.source_slot(&per_source, client.ip()) {
+                    Ok(slot) => {
+                        *guard
+                            .0
+                            .source
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = slot;
+                    }
+                    Err(()) => {
+                        metrics.http_refused_per_ip.inc();
+                        return;
+                    }
                 }
+                client
             } else {
                 peer
             };

@@ -146,6 +146,8 @@ pub struct Metrics {
     pub duplicates_dropped: Counter,
     /// TCP connections closed at once because `--max-http-connections` were open.
     pub http_refused: Counter,
+    /// TCP connections closed at once: their source held `--max-http-connections-per-ip`.
+    pub http_refused_per_ip: Counter,
     /// HTTP connections closed: a request's headers did not come within
     /// `--header-read-timeout`.
     pub http_header_timeouts: Counter,
@@ -210,6 +212,12 @@ impl Metrics {
         let rooms = Gauge::default();
         let messages_relayed = Counter::default();
         let http_refused = Counter::default();
+        let http_refused_per_ip = Counter::default();
+        registry.register(
+            "http_connections_refused_per_ip",
+            "TCP connections closed at once: their source held --max-http-connections-per-ip",
+            http_refused_per_ip.clone(),
+        );
         let http_header_timeouts = Counter::default();
         let tls_handshake_failures = Counter::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
@@ -391,6 +399,7 @@ impl Metrics {
             messages_relayed,
             duplicates_dropped,
             http_refused,
+            http_refused_per_ip,
             http_header_timeouts,
             tls_handshake_failures,
             tls_reloads,

@@ -13,7 +13,8 @@
 //! - [`reload`]: what a SIGHUP reload changed, flag by flag, and its log lines;
 //! - `tls` (feature `tls`): a TLS server configuration from PEM files, or self-signed;
 //! - `proxy_protocol` (feature `proxy-protocol`): the PROXY header at the start of a connection;
-//! - [`first_bytes`]: TURN or HTTP on one port, told apart by a connection's first bytes.
+//! - [`first_bytes`]: TURN or HTTP on one port, told apart by a connection's first bytes;
+//! - [`source_limit`]: how many connections one source address may hold at once.
 //! - `acme` (feature `acme`): certificates obtained and renewed from an ACME CA (tls-alpn-01).
 
 #[cfg(feature = "acme")]
@@ -28,6 +29,7 @@ pub mod proxy_protocol;
 pub mod reload;
 mod secret;
 pub mod signals;
+pub mod source_limit;
 pub mod summary;
 #[cfg(feature = "tls")]
 pub mod tls;

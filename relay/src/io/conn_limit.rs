@@ -7,19 +7,19 @@
 //! pending. The table of sources holds only addresses with an open connection: at most
 //! `--max-connections` entries.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+
+use startup::source_limit::{SourceLimit, SourceSlot};
 
 /// The shared counters and their limits.
 #[derive(Debug)]
 pub(crate) struct ConnectionLimit {
     open: AtomicUsize,
     max: usize,
-    /// Open connections per source key ([`relay_proto::rate_key`]), zeros removed.
-    per_source: Mutex<HashMap<IpAddr, usize>>,
-    max_per_source: usize,
+    /// Open connections per source key ([`relay_proto::rate_key`]).
+    per_source: Arc<SourceLimit>,
 }
 
 /// Why a connection was refused a slot.
@@ -37,8 +37,7 @@ impl ConnectionLimit {
         Arc::new(Self {
             open: AtomicUsize::new(0),
             max,
-            per_source: Mutex::new(HashMap::new()),
-            max_per_source,
+            per_source: SourceLimit::new(max_per_source),
         })
     }
 
@@ -63,12 +62,6 @@ impl ConnectionLimit {
         Ok(slot)
     }
 
-    fn per_source(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        self.per_source
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Slots in use.
     #[cfg(test)]
     pub(crate) fn open(&self) -> usize {
@@ -78,7 +71,7 @@ impl ConnectionLimit {
     /// Sources with an open connection.
     #[cfg(test)]
     fn sources(&self) -> usize {
-        self.per_source().len()
+        self.per_source.sources()
     }
 }
 
@@ -111,27 +104,22 @@ pub(crate) fn warn_if_fd_limit_below(max: usize) {
 #[derive(Debug)]
 pub(crate) struct ConnectionSlot {
     limit: Arc<ConnectionLimit>,
-    /// The source key it is counted for, once known.
-    source: Option<IpAddr>,
+    /// Its source's share, once the source is known.
+    source: Option<SourceSlot>,
 }
 
 impl ConnectionSlot {
     /// Counts the slot for the connection's source address (once; a second call is a no-op).
     pub(crate) fn attribute(&mut self, source: IpAddr) -> Result<(), Refused> {
-        if self.source.is_some() {
-            return Ok(());
+        if self.source.is_none() {
+            let key = relay_proto::rate_key(source);
+            self.source = Some(
+                self.limit
+                    .per_source
+                    .try_take(key)
+                    .ok_or(Refused::SourceFull)?,
+            );
         }
-        let key = relay_proto::rate_key(source);
-        let mut per_source = self.limit.per_source();
-        let open = per_source.entry(key).or_insert(0);
-        if *open >= self.limit.max_per_source {
-            if *open == 0 {
-                per_source.remove(&key);
-            }
-            return Err(Refused::SourceFull);
-        }
-        *open += 1;
-        self.source = Some(key);
         Ok(())
     }
 }
@@ -139,15 +127,6 @@ impl ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.limit.open.fetch_sub(1, Ordering::AcqRel);
-        if let Some(key) = self.source {
-            let mut per_source = self.limit.per_source();
-            if let Some(open) = per_source.get_mut(&key) {
-                *open -= 1;
-                if *open == 0 {
-                    per_source.remove(&key);
-                }
-            }
-        }
     }
 }
 

@@ -691,6 +691,80 @@ async fn slow_request_bodies_are_cut_off_and_oversize_lengths_refused_at_once() 
     let (_a, _) = Client::join(&server.ws("/ws/after"), None).await;
 }
 
+/// A TCP connection to `to` from the loopback address `from`.
+async fn connect_from(from: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{from}:0").parse().unwrap())
+        .expect("bind a loopback address");
+    socket.connect(to).await.expect("connect")
+}
+
+/// Whether the server closed `tcp` within a moment (nothing else is expected on it).
+async fn closed_soon(tcp: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// One source holds at most `--max-http-connections-per-ip` of the connections that have not
+/// finished a request; another source, and a trusted proxy, are not held back by it.
+#[tokio::test]
+async fn one_source_holds_at_most_its_share_of_unfinished_http_connections() {
+    use tokio::io::AsyncWriteExt as _;
+    for trusted in [false, true] {
+        let mut args = vec![
+            "--max-http-connections-per-ip",
+            "3",
+            "--header-read-timeout",
+            "5s",
+        ];
+        if trusted {
+            args.extend(["--trusted-proxy", "127.0.0.1/32"]);
+        }
+        let server = Server::spawn(&args);
+        let mut slow = Vec::new();
+        for _ in 0..5 {
+            let mut tcp = connect_from("127.0.0.1", server.addr).await;
+            let _ = tcp.write_all(b"GET /healthz HTTP/1.1\r\n").await;
+            slow.push(tcp);
+        }
+        let mut closed = 0;
+        for tcp in &mut slow {
+            if closed_soon(tcp).await {
+                closed += 1;
+            }
+        }
+        // Another source is served meanwhile.
+        let mut other = connect_from("127.0.0.2", server.addr).await;
+        other
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let _ = tokio::time::timeout(
+            STEP,
+            tokio::io::AsyncReadExt::read_to_string(&mut other, &mut answer),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Closed, they give their source's share back (the metrics are read from it).
+        drop(slow);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let refused = server
+            .metric("signaling_http_connections_refused_per_ip_total")
+            .await;
+        if trusted {
+            assert_eq!((closed, refused), (0, 0), "a trusted proxy is not limited");
+        } else {
+            assert_eq!((closed, refused), (2, 2), "3 of 5 held open");
+        }
+    }
+}
+
 /// VmHWM (peak RSS) of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     testkit::proc_status_kib(pid, "VmHWM")
