@@ -453,7 +453,7 @@ impl Server {
             let Ok(peer) = attributes::decode_xor_address(value, &tid) else {
                 return self.error_authenticated(from, msg, &auth.key, ErrorCode::BadRequest);
             };
-            let verdict = self.config.policy.check_ip(peer.ip());
+            let verdict = self.own.check_permission(&self.config.policy, peer.ip());
             if !self.peer_admitted(from, msg, &auth, relay_v4, peer, verdict) {
                 return;
             }

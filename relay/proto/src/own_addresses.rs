@@ -50,6 +50,15 @@ impl OwnAddresses {
         }
     }
 
+    /// `policy.check_ip` (a permission) with these addresses as the host's own.
+    pub(crate) fn check_permission(
+        &self,
+        policy: &PeerPolicy,
+        ip: IpAddr,
+    ) -> Result<(), DenyReason> {
+        policy.check_ip_with(ip, &self.ips)
+    }
+
     /// `policy.check_addr` with these addresses instead of the configured ones.
     pub(crate) fn check_peer(
         &self,

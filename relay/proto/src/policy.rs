@@ -238,10 +238,11 @@ pub struct PeerPolicy {
     /// Allow `127.0.0.0/8` and `::1` peers. Off by default: for tests on loopback only.
     pub allow_loopback_peers: bool,
     /// The relay host's own IPs (listening, relay and advertised public IPs). A peer on one of
-    /// these IPs is allowed only on a port inside `relay_ports` (relay-to-relay traffic between
-    /// two clients of this server is how two relay-only WebRTC peers talk); anything else on
-    /// the host (admin port, SSH, the TURN listeners) is `OwnAddress`. The server adds the IPs
-    /// it sees in 5-tuples and bound relay addresses by itself.
+    /// these IPs is allowed, whatever its range (a relay on a private or loopback address), but
+    /// only on a port inside `relay_ports` (relay-to-relay traffic between two clients of this
+    /// server is how two relay-only WebRTC peers talk); anything else on the host (admin port,
+    /// SSH, the TURN listeners) is `OwnAddress`. The server adds the IPs it sees in 5-tuples
+    /// and bound relay addresses by itself.
     pub own_ips: Vec<IpAddr>,
     /// The port range relay sockets are bound in (see `own_ips`).
     pub relay_ports: RangeInclusive<u16>,
@@ -380,6 +381,24 @@ impl PeerPolicy {
         Ok(())
     }
 
+    /// `check_ip` for a permission, knowing the relay host's own IPs: one of them is allowed
+    /// whatever its range (private, loopback), unless configured or absolutely denied, since
+    /// relay-to-relay traffic between two clients of this server goes there; the port rules of
+    /// [`Self::check_addr_with`] then keep it to relay sockets.
+    pub(crate) fn check_ip_with(&self, ip: IpAddr, own_ips: &[IpAddr]) -> Result<(), DenyReason> {
+        let canonical = canonical_ip(ip);
+        if !own_ips.iter().any(|o| canonical_ip(*o) == canonical) {
+            return self.check_ip(ip);
+        }
+        if let Some(reason) = default_deny(canonical).filter(|r| r.is_absolute()) {
+            return Err(reason);
+        }
+        if self.deny.iter().any(|n| n.contains(canonical)) {
+            return Err(DenyReason::ConfiguredDeny);
+        }
+        Ok(())
+    }
+
     /// `check_ip` plus the own-address rules (`own_ips`, `relay_ports`, `listen_addresses`);
     /// used for channel binds and sends, where the port is known.
     pub fn check_addr(&self, addr: SocketAddr) -> Result<(), DenyReason> {
@@ -394,7 +413,7 @@ impl PeerPolicy {
         own_ips: &[IpAddr],
         listen_addresses: &[SocketAddr],
     ) -> Result<(), DenyReason> {
-        self.check_ip(addr.ip())?;
+        self.check_ip_with(addr.ip(), own_ips)?;
         let ip = canonical_ip(addr.ip());
         let same = |a: IpAddr| canonical_ip(a) == ip;
         let own_ip = own_ips.iter().any(|o| same(*o));
@@ -846,6 +865,34 @@ mod tests {
             Err(DenyReason::OwnAddress)
         );
         assert_eq!(policy.check_addr(at("203.0.114.6:22")), Ok(()));
+    }
+
+    #[test]
+    fn own_private_and_loopback_addresses_are_relay_ports_only() {
+        let policy = PeerPolicy {
+            own_ips: vec![ip("192.168.1.5"), ip("127.0.0.1")],
+            relay_ports: 50000..=50100,
+            deny: vec!["127.0.0.0/8".parse().unwrap()],
+            ..PeerPolicy::default()
+        };
+        let own = policy.own_ips.clone();
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // A relay on a LAN address: its relay sockets are peers, nothing else on it is.
+        assert_eq!(policy.check_ip_with(ip("192.168.1.5"), &own), Ok(()));
+        assert_eq!(policy.check_addr(at("192.168.1.5:50050")), Ok(()));
+        assert_eq!(
+            policy.check_addr(at("192.168.1.5:22")),
+            Err(DenyReason::OwnAddress)
+        );
+        // Another private address is still refused, and a configured deny still wins.
+        assert_eq!(
+            policy.check_ip_with(ip("192.168.1.6"), &own),
+            Err(DenyReason::Private)
+        );
+        assert_eq!(
+            policy.check_addr(at("127.0.0.1:50050")),
+            Err(DenyReason::ConfiguredDeny)
+        );
     }
 
     #[test]

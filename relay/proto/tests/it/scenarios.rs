@@ -488,6 +488,34 @@ fn own_listening_address_is_never_a_peer() {
     assert_eq!(h.server.stats().denied(DenyReason::OwnAddress), 2);
 }
 
+/// Relay-to-relay needs no allow entry when the relay's own address is in a range the policy
+/// refuses (here documentation space; a LAN or loopback relay alike): the relay sockets of this
+/// server are peers, nothing else on its IP is, and other addresses of the range stay refused.
+#[test]
+fn relay_to_relay_works_on_an_own_address_of_a_denied_range() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice();
+    let alice_relay = alice.allocate(&mut h);
+    let mut bob = Client::new(udp("192.0.2.20:4000"), "bob", "bob-pass");
+    let bob_relay = bob.allocate(&mut h);
+    assert_eq!(alice_relay.ip(), bob_relay.ip());
+    let resp = h.request(alice.from, &alice.permission_request(&[bob_relay]));
+    alice.verify_success(&resp, Method::CreatePermission);
+    alice.bind_channel(&mut h, 0x4000, bob_relay);
+    let resp = h.request(
+        alice.from,
+        &alice.channel_bind_request(0x4001, SocketAddr::new(bob_relay.ip(), 22)),
+    );
+    assert_eq!(error_code(&resp), Some(403), "not a relay port of ours");
+    let resp = h.request(
+        alice.from,
+        &alice.permission_request(&[peer("198.51.100.7:5000")]),
+    );
+    assert_eq!(error_code(&resp), Some(403), "not our address");
+    assert_eq!(h.server.stats().denied(DenyReason::OwnAddress), 1);
+    assert_eq!(h.server.stats().denied(DenyReason::Documentation), 1);
+}
+
 #[test]
 fn loopback_peers_need_the_opt_in() {
     let mut h = Harness::configured(|cfg| {
