@@ -918,6 +918,54 @@ fn peers_chat_over_wss_trusting_the_ca_and_refuse_an_untrusted_certificate() {
     expect_chat(&mut alice, "bob: and back");
 }
 
+/// A server certificate marked as a CA (what `openssl req -x509` makes by default) is refused
+/// by rustls even when given with `--ca`: the error says what to change in the certificate.
+#[test]
+fn a_ca_certificate_used_as_the_servers_is_explained() {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).expect("certificate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).expect("write cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+    let (cert_file, key_file) = (
+        cert_file.to_string_lossy().into_owned(),
+        key_file.to_string_lossy().into_owned(),
+    );
+    let mut server = spawn(
+        "signaling",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "none",
+            "--tls-cert",
+            &cert_file,
+            "--tls-key",
+            &key_file,
+        ],
+        false,
+    );
+    let line = server.wait_line(Duration::from_secs(20), |l| {
+        l.contains("listening on https://")
+    });
+    let port = line.rsplit(':').next().expect("port").trim().to_owned();
+    let url = format!("wss://localhost:{port}/ws/ca-leaf");
+    let stderr = StderrFile::new();
+    let mut refused = spawn_with_stderr(
+        "peer",
+        &["join", &url, "--name", "z", "--ca", &cert_file],
+        true,
+        stderr.stdio(),
+    );
+    let status = refused.wait_exit(Duration::from_secs(20));
+    let text = stderr.text();
+    assert_eq!(status.code(), Some(1), "{status}: {text}");
+    assert!(text.contains("basicConstraints CA:FALSE"), "{text}");
+}
+
 /// `peer join URL --name NAME` on loopback with its stderr in `stderr`.
 fn join_logged(url: &str, name: &str, stderr: &StderrFile) -> Proc {
     spawn_with_stderr(

@@ -442,11 +442,22 @@ pub(crate) async fn connect(url: &str, options: PeerOptions) -> anyhow::Result<(
 
 /// An SDK error for the user, with the flag that fixes it where there is one.
 fn with_hint(err: PeerError) -> anyhow::Error {
-    match err {
+    use tokio_rustls::rustls::{CertificateError, OtherError};
+    match &err {
+        // webpki refuses a server certificate marked as a CA (basicConstraints CA:TRUE, as
+        // `openssl req -x509` makes by default), even when it is the one given with --ca.
+        PeerError::UntrustedCertificate {
+            source:
+                tokio_rustls::rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(e))),
+        } if e.to_string().contains("CaUsedAsEndEntity") => anyhow!(
+            "{err} (the server's certificate is a CA certificate: a server certificate must \
+             have basicConstraints CA:FALSE; with openssl add \
+             -addext basicConstraints=critical,CA:FALSE)"
+        ),
         PeerError::UntrustedCertificate { .. } => {
             anyhow!("{err} (pass --ca FILE with the PEM certificate of its CA to trust it)")
         }
-        err => err.into(),
+        _ => err.into(),
     }
 }
 
