@@ -213,6 +213,11 @@ pub(crate) mod server {
             if !config.listen.ip().is_unspecified() {
                 names.push(config.listen.ip().to_string());
             }
+            // `--relay-host` is the address clients use for this host (run.sh --lan gives the
+            // LAN IP while listening on all interfaces): name it too.
+            if let Some(host) = config.relay_host.as_ref().filter(|h| !names.contains(h)) {
+                names.push(host.trim_matches(['[', ']']).to_owned());
+            }
             let (server_config, pem) =
                 startup::tls::self_signed(names, alpn_protocols(config)).map_err(tls_error)?;
             return Ok((Some(acceptor(server_config)), None, Some(pem)));
