@@ -80,8 +80,9 @@ impl Admission {
         username: &str,
         now_unix: u64,
         ip: IpAddr,
+        expiry_counts: bool,
     ) -> Result<Identity, AuthFailure> {
-        let identity = self.auth.verify(msg, username, now_unix)?;
+        let identity = self.auth.verify(msg, username, now_unix, expiry_counts)?;
         self.unauthenticated.refund(ip);
         self.unauthorized.refund(ip);
         Ok(identity)

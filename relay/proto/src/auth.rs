@@ -90,12 +90,16 @@ impl Authenticator {
         }
     }
 
-    /// Verify `msg` (which has MESSAGE-INTEGRITY) for `username` at `now_unix`.
+    /// Verify `msg` (which has MESSAGE-INTEGRITY) for `username` at `now_unix`. A REST
+    /// username's expiry counts only when `expiry_counts`: it limits when an allocation may be
+    /// made, not how long one made in time may be refreshed (as coturn, and as clients that
+    /// keep refreshing with the credentials they allocated with expect).
     pub(crate) fn verify(
         &self,
         msg: &StunMessage<'_>,
         username: &str,
         now_unix: u64,
+        expiry_counts: bool,
     ) -> Result<Identity, AuthFailure> {
         if let Some(key) = self.users.get(username) {
             return if msg.verify_integrity(key) {
@@ -117,7 +121,7 @@ impl Authenticator {
         let Ok(expiry) = expiry.parse::<u64>() else {
             return Err(AuthFailure::UnknownUser);
         };
-        if expiry < now_unix {
+        if expiry_counts && expiry < now_unix {
             return Err(AuthFailure::Expired);
         }
         for secret in &self.rest_secrets {

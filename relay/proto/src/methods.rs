@@ -665,11 +665,22 @@ impl Server {
             self.challenge(now, from, msg, ErrorCode::StaleNonce);
             return None;
         }
+        // A REST username's expiry bounds when an allocation may be made: the requests of an
+        // allocation it made (Refresh, permissions, channels) go on being accepted with it.
+        let allocated_with_it = msg.method() != Some(Method::Allocate)
+            && self
+                .allocations
+                .key_of(&from)
+                .and_then(|k| self.allocation(k))
+                .is_some_and(|a| &*a.username == username && now < a.expires);
         // The key is derived with our realm: a request for another realm fails integrity.
-        match self
-            .admission
-            .verify(msg, username, now_unix, from.client.ip())
-        {
+        match self.admission.verify(
+            msg,
+            username,
+            now_unix,
+            from.client.ip(),
+            !allocated_with_it,
+        ) {
             Ok(identity) => Some(Authenticated {
                 identity,
                 username: username.into(),

@@ -274,7 +274,7 @@ fn another_users_credentials_on_an_allocation_get_441() {
 }
 
 #[test]
-fn rest_credentials_verify_with_any_secret_and_expire() {
+fn rest_credentials_verify_with_any_secret_and_expire_for_new_allocations() {
     let mut h = Harness::new();
     let mut carol = Client::carol(UNIX_T0 + 1000);
     carol.allocate(&mut h);
@@ -295,11 +295,19 @@ fn rest_credentials_verify_with_any_secret_and_expire() {
     assert_eq!(forged.allocate_error(&mut h), Some(401));
     assert_eq!(h.server.stats().auth_failures, 2);
 
-    // A REST username that is valid now expires with time: later requests fail with 401.
+    // A REST username that is valid now expires with time: no allocation is made with it any
+    // more, but the one made in time goes on being refreshed with it (as coturn: clients keep
+    // the credentials they allocated with).
     h.advance(Duration::from_secs(1001));
     assert_eq!(h.outputs().len(), 1, "dave's allocation expired");
     let resp = carol.transact(&mut h, |c| c.refresh_request(600));
-    assert_eq!(error_code(&resp), Some(401));
+    carol.verify_success(&resp, Method::Refresh);
+    let peer_addr = peer("8.8.8.8:5000");
+    let resp = carol.transact(&mut h, |c| c.permission_request(&[peer_addr]));
+    carol.verify_success(&resp, Method::CreatePermission);
+    let mut late = Client::carol(UNIX_T0 + 1000);
+    late.from = udp("192.0.2.24:40000");
+    assert_eq!(late.allocate_error(&mut h), Some(401));
     assert_eq!(h.server.stats().auth_failures, 3);
 }
 
