@@ -50,11 +50,22 @@ impl Ord for Entry {
 }
 
 /// A min-heap of deadlines.
+///
+/// Every live allocation, permission and channel has one entry. A deleted allocation's
+/// entries stay until their deadline (up to 10 minutes), so a client that churns allocations
+/// would grow the heap: [`Self::compact`] drops them once the heap is more than twice what it
+/// kept last time (plus [`COMPACT_SLACK`]), so it holds at most about twice the live entries.
 #[derive(Debug, Default)]
 pub(crate) struct ExpiryQueue {
     heap: BinaryHeap<Reverse<Entry>>,
     seq: u64,
+    /// Entries kept by the last compaction.
+    kept: usize,
 }
+
+/// Entries above twice the last compaction's before the next one (amortised: a compaction
+/// costs one pass over the heap and happens once every this many pushes at least).
+pub(crate) const COMPACT_SLACK: usize = 1024;
 
 impl ExpiryQueue {
     /// Schedule `timer` at `at`.
@@ -80,8 +91,21 @@ impl ExpiryQueue {
         self.heap.pop().map(|Reverse(e)| e.timer)
     }
 
+    /// Whether enough stale entries may have piled up for [`Self::compact`] to be worth it.
+    pub(crate) fn needs_compaction(&self) -> bool {
+        self.heap.len() > 2 * self.kept + COMPACT_SLACK
+    }
+
+    /// Drops the entries `live` says are stale, and the memory they held.
+    pub(crate) fn compact(&mut self, live: impl Fn(&Timer) -> bool) {
+        let mut entries = std::mem::take(&mut self.heap).into_vec();
+        entries.retain(|Reverse(e)| live(&e.timer));
+        entries.shrink_to_fit();
+        self.heap = BinaryHeap::from(entries);
+        self.kept = self.heap.len();
+    }
+
     /// Number of queued entries.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.heap.len()
     }
@@ -118,5 +142,35 @@ mod tests {
         ));
         assert_eq!(q.pop_due(t0 + Duration::from_secs(2)), None);
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn compaction_drops_stale_entries_and_keeps_the_order() {
+        let t0 = Instant::now();
+        let key = |index| AllocKey {
+            index,
+            generation: 0,
+        };
+        let mut q = ExpiryQueue::default();
+        assert!(!q.needs_compaction());
+        let n = COMPACT_SLACK as u32 + 10;
+        for i in 0..n {
+            q.push(
+                t0 + Duration::from_secs(u64::from(n - i)),
+                Timer::Allocation(key(i)),
+            );
+        }
+        assert!(q.needs_compaction());
+        // Only the even allocations are still there.
+        q.compact(|t| matches!(t, Timer::Allocation(k) if k.index % 2 == 0));
+        assert_eq!(q.len(), (n as usize).div_ceil(2));
+        assert!(!q.needs_compaction());
+        let mut last = None;
+        while let Some(Timer::Allocation(k)) = q.pop_due(t0 + Duration::from_secs(u64::from(n))) {
+            assert_eq!(k.index % 2, 0);
+            assert!(last.is_none_or(|l| l > k.index), "deadline order kept");
+            last = Some(k.index);
+        }
+        assert_eq!(q.len(), 0);
     }
 }

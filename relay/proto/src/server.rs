@@ -386,6 +386,12 @@ impl Server {
         self.outputs.pop_front()
     }
 
+    /// Deadlines queued (live allocations, permissions and channels, plus those of deleted
+    /// allocations not yet compacted away): at most about twice the live ones, plus 1024.
+    pub fn queued_timers(&self) -> usize {
+        self.expiry.len()
+    }
+
     /// This shard's counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -491,6 +497,15 @@ impl Server {
         self.outputs.push_back(Output::ReleaseRelay {
             relay: alloc.handle,
         });
+        // Its timers stay queued until their deadlines: compacted away under churn.
+        if self.expiry.needs_compaction() {
+            let allocations = &self.allocations;
+            self.expiry.compact(|timer| {
+                let (Timer::Allocation(key) | Timer::Permission(key, _) | Timer::Channel(key, _)) =
+                    *timer;
+                allocations.get(key).is_some()
+            });
+        }
     }
 
     pub(crate) fn count_denial(

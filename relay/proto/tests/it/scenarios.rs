@@ -524,6 +524,32 @@ fn relay_to_relay_works_on_an_own_address_of_a_denied_range() {
     assert_eq!(h.server.stats().denied(DenyReason::Documentation), 1);
 }
 
+/// Allocations made and deleted in a loop (each with permissions and channels) leave their
+/// timers behind until the deadlines; the queue is compacted so that it stays within about
+/// twice the live timers (plus 1024), whatever the churn.
+#[test]
+fn churned_allocations_do_not_grow_the_timer_queue() {
+    let mut h = Harness::configured(|cfg| {
+        cfg.policy.allow = vec!["198.51.100.0/24".parse().unwrap()];
+    });
+    let mut alice = Client::alice();
+    let mut peak = 0;
+    for round in 0..400u16 {
+        alice.allocate(&mut h);
+        for i in 0..4u16 {
+            let peer_addr = peer(&format!("198.51.100.{}:{}", 10 + i, 5000 + round));
+            alice.bind_channel(&mut h, 0x4000 + i, peer_addr);
+        }
+        let delete = alice.refresh_request(0);
+        assert_eq!(h.send(alice.from, &delete), ClientAction::Queued);
+        h.outputs();
+        peak = peak.max(h.server.queued_timers());
+    }
+    assert_eq!(h.server.stats().allocations, 0);
+    // 400 rounds x (1 allocation + 4 permissions + 4 channels) = 3600 timers without compaction.
+    assert!(peak <= 1024 + 9 + 1, "peak {peak}");
+}
+
 #[test]
 fn loopback_peers_need_the_opt_in() {
     let mut h = Harness::configured(|cfg| {
