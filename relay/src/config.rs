@@ -23,7 +23,7 @@ pub use startup::logging::LogFormat;
 #[command(
     name = "relay",
     version,
-    about = "STUN/TURN relay (RFC 8489, RFC 8656, RFC 6062, RFC 6156)"
+    about = "STUN/TURN relay (RFC 8489, RFC 8656, RFC 6156; RFC 6062 framing, not TCP allocations)"
 )]
 pub struct Config {
     /// TOML file with defaults for any of the options below (keys are the long flag names).

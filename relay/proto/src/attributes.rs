@@ -53,6 +53,12 @@ pub enum AttributeType {
     Priority = 0x0024,
     /// USE-CANDIDATE (ICE, RFC 8445 section 7.1.2).
     UseCandidate = 0x0025,
+    /// ADDITIONAL-ADDRESS-FAMILY, the second family of a dual allocation (RFC 8656 section
+    /// 18.11).
+    AdditionalAddressFamily = 0x8000,
+    /// ADDRESS-ERROR-CODE, why one family of a dual allocation failed (RFC 8656 section
+    /// 18.12).
+    AddressErrorCode = 0x8001,
     /// SOFTWARE (RFC 8489 section 14.14).
     Software = 0x8022,
     /// FINGERPRINT (RFC 8489 section 14.7).
@@ -65,7 +71,7 @@ pub enum AttributeType {
 
 impl AttributeType {
     /// Every known type, in wire-code order.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 26] = [
         Self::MappedAddress,
         Self::Username,
         Self::MessageIntegrity,
@@ -86,6 +92,8 @@ impl AttributeType {
         Self::ReservationToken,
         Self::Priority,
         Self::UseCandidate,
+        Self::AdditionalAddressFamily,
+        Self::AddressErrorCode,
         Self::Software,
         Self::Fingerprint,
         Self::IceControlled,
@@ -318,6 +326,13 @@ pub fn decode_error_code(value: &[u8]) -> Result<ErrorCodeValue<'_>, AttributeEr
 /// Encode an ERROR-CODE value.
 pub fn encode_error_code(out: &mut Vec<u8>, code: u16, reason: &str) {
     out.extend_from_slice(&[0, 0, (code / 100) as u8, (code % 100) as u8]);
+    out.extend_from_slice(reason.as_bytes());
+}
+
+/// Encode ADDRESS-ERROR-CODE (RFC 8656 section 18.12): the address family (0x01 IPv4, 0x02
+/// IPv6), then class and number as in ERROR-CODE, then the reason phrase.
+pub fn encode_address_error_code(out: &mut Vec<u8>, family: u8, code: u16, reason: &str) {
+    out.extend_from_slice(&[family, 0, (code / 100) as u8, (code % 100) as u8]);
     out.extend_from_slice(reason.as_bytes());
 }
 

@@ -78,6 +78,24 @@ struct AllocateParams {
     reserve_next: bool,
     /// RESERVATION-TOKEN: use a port reserved by an earlier Allocate.
     token: Option<[u8; 8]>,
+    /// ADDITIONAL-ADDRESS-FAMILY IPv6: a dual allocation, which this server does not make;
+    /// the IPv4 allocation is answered with ADDRESS-ERROR-CODE 440 for IPv6.
+    dual_refused: bool,
+}
+
+/// The ADDRESS-ERROR-CODE of an allocation asked as dual: the IPv6 half was not made.
+fn refuse_ipv6_half(b: &mut MessageBuilder) {
+    let code = ErrorCode::AddressFamilyNotSupported;
+    b.add_with(Attr::AddressErrorCode, |out| {
+        attributes::encode_address_error_code(out, 0x02, code.code(), code.reason());
+    });
+}
+
+/// Whether `msg` asks for a dual allocation (ADDITIONAL-ADDRESS-FAMILY IPv6).
+fn asks_dual(msg: &StunMessage<'_>) -> bool {
+    msg.get(Attr::AdditionalAddressFamily)
+        .map(attributes::decode_address_family)
+        == Some(Ok(0x02))
 }
 
 /// RFC 8656 section 7.2 steps 2-6: family, EVEN-PORT and RESERVATION-TOKEN, or an error code.
@@ -92,13 +110,22 @@ fn allocate_params(msg: &StunMessage<'_>) -> Result<AllocateParams, ErrorCode> {
         return Err(ErrorCode::UnsupportedTransportProtocol);
     }
     let family_attr = msg.get(Attr::RequestedAddressFamily);
+    let additional = msg.get(Attr::AdditionalAddressFamily);
     let even_port = msg.get(Attr::EvenPort);
     let token = match msg.get(Attr::ReservationToken) {
         None => None,
-        Some(_) if family_attr.is_some() || even_port.is_some() => {
+        Some(_) if family_attr.is_some() || additional.is_some() || even_port.is_some() => {
             return Err(ErrorCode::BadRequest);
         }
         Some(t) => Some(<[u8; 8]>::try_from(t).map_err(|_| ErrorCode::BadRequest)?),
+    };
+    // Section 7.2 step 6: with REQUESTED-ADDRESS-FAMILY, or naming IPv4 (the family every
+    // allocation has), it is a 400.
+    let dual_refused = match additional.map(attributes::decode_address_family) {
+        None => false,
+        Some(Ok(0x02)) if family_attr.is_none() => true,
+        Some(Ok(0x02) | Ok(0x01)) | Some(Err(_)) => return Err(ErrorCode::BadRequest),
+        Some(Ok(_)) => return Err(ErrorCode::AddressFamilyNotSupported),
     };
     let reserve_next = match even_port {
         None => false,
@@ -116,6 +143,7 @@ fn allocate_params(msg: &StunMessage<'_>) -> Result<AllocateParams, ErrorCode> {
         even_port: even_port.is_some(),
         reserve_next,
         token,
+        dual_refused,
     })
 }
 
@@ -209,6 +237,7 @@ impl Server {
                 quota_user: auth.identity.quota_user,
                 key,
                 reserve_next: params.reserve_next,
+                dual_refused: params.dual_refused,
                 cancelled: false,
                 received_at: now,
             },
@@ -244,7 +273,10 @@ impl Server {
         if let Some(existing) = self.allocations.key_of(&from) {
             match self.allocation(existing) {
                 Some(a) if a.created_by == tid => {
-                    let b = self.allocate_success(tid, a, now);
+                    let mut b = self.allocate_success(tid, a, now);
+                    if asks_dual(msg) {
+                        refuse_ipv6_half(&mut b);
+                    }
                     self.send_authenticated(from, b, key);
                 }
                 _ => self.error_authenticated(from, msg, key, ErrorCode::AllocationMismatch),
@@ -361,6 +393,9 @@ impl Server {
             let mut b = self.allocate_success(p.transaction_id, a, now);
             if let Some(token) = token {
                 b.add(Attr::ReservationToken, &token);
+            }
+            if p.dual_refused {
+                refuse_ipv6_half(&mut b);
             }
             self.send_authenticated(p.five_tuple, b, &p.key);
         }

@@ -18,6 +18,8 @@ pub(crate) struct PendingAllocation {
     pub(crate) key: [u8; 16],
     /// EVEN-PORT with R: reserve the next port once bound.
     pub(crate) reserve_next: bool,
+    /// ADDITIONAL-ADDRESS-FAMILY IPv6: answered with ADDRESS-ERROR-CODE 440 for IPv6.
+    pub(crate) dual_refused: bool,
     /// The client went away (stream closed) before the bind finished.
     pub(crate) cancelled: bool,
     /// When the Allocate arrived (for the allocation latency).

@@ -183,9 +183,13 @@ impl Server {
         packet: &[u8],
     ) -> ClientAction {
         let tid = msg.transaction_id();
-        let (Some(peer), Some(data)) = (
+        // RFC 8489 section 6.3.3: an indication with an unknown comprehension-required
+        // attribute is discarded.
+        let (_, unknown) = msg.unknown_required();
+        let (Some(peer), Some(data), 0) = (
             msg.get(AttributeType::XorPeerAddress),
             msg.get(AttributeType::Data),
+            unknown,
         ) else {
             self.stats.malformed_packets += 1;
             return ClientAction::Drop;

@@ -115,6 +115,13 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
         }
         other => panic!("expected forward, got {other:?}"),
     }
+    // An unknown comprehension-required attribute: discarded (RFC 8489 section 6.3.3).
+    let tid = alice.next_tid();
+    let mut b = MessageBuilder::new(Method::Send, Class::Indication, tid);
+    b.add_xor_address(XOR_PEER_ADDRESS, peer("203.0.114.7:7000"))
+        .add(AttributeType::Data, b"odd")
+        .add(0x7777u16, &[0; 4]);
+    assert_eq!(h.send(alice.from, &b.finish()), ClientAction::Drop);
     // No permission for another IP: dropped.
     let send = alice.send_indication(peer("203.0.114.8:7000"), b"nope");
     assert_eq!(h.send(alice.from, &send), ClientAction::Drop);
@@ -625,6 +632,52 @@ fn channel_and_permission_quotas_get_508() {
     assert_eq!(error_code(&resp), Some(508));
     assert_eq!(h.server.stats().quota(QuotaKind::Permissions), 1);
     assert_eq!(h.server.stats().quota(QuotaKind::Channels), 1);
+}
+
+/// RFC 8656 section 7.2: ADDITIONAL-ADDRESS-FAMILY with REQUESTED-ADDRESS-FAMILY, or naming
+/// IPv4, is a 400; naming IPv6 asks for a dual allocation, which this server does not make:
+/// the IPv4 allocation is made and its answer says, in ADDRESS-ERROR-CODE, that IPv6 was not.
+#[test]
+fn a_dual_allocation_is_answered_with_ipv4_and_an_address_error_for_ipv6() {
+    use relay_proto::AttributeType;
+    let mut h = Harness::new();
+    let mut alice = Client::alice();
+    alice.fetch_nonce(&mut h);
+    for (requested, additional) in [(Some(0x01u8), 0x02u8), (None, 0x01)] {
+        let tid = alice.next_tid();
+        let req = alice.build(Method::Allocate, tid, |b| {
+            b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            if let Some(family) = requested {
+                b.add(attributes::REQUESTED_ADDRESS_FAMILY, &[family, 0, 0, 0]);
+            }
+            b.add(
+                AttributeType::AdditionalAddressFamily,
+                &[additional, 0, 0, 0],
+            );
+        });
+        assert_eq!(error_code(&h.request(alice.from, &req)), Some(400));
+    }
+    let tid = alice.next_tid();
+    let req = alice.build(Method::Allocate, tid, |b| {
+        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(AttributeType::AdditionalAddressFamily, &[0x02, 0, 0, 0]);
+    });
+    assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
+    let Output::BindRelay { relay, family, .. } = h.outputs().remove(0) else {
+        panic!()
+    };
+    assert_eq!(family, AddressFamily::V4);
+    let resp = h.complete_bind(relay, family);
+    let m = alice.verify_success(&resp, Method::Allocate);
+    let error = m
+        .get(AttributeType::AddressErrorCode)
+        .expect("ADDRESS-ERROR-CODE");
+    assert_eq!(&error[..4], &[0x02, 0, 4, 40], "IPv6: 440");
+    assert!(
+        m.get(attributes::XOR_RELAYED_ADDRESS)
+            .is_some_and(|a| a.len() == 8),
+        "one IPv4 address"
+    );
 }
 
 #[test]
