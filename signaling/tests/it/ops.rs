@@ -182,7 +182,8 @@ async fn sigterm_drains_then_exits() {
 #[cfg(feature = "with-relay")]
 #[tokio::test]
 async fn sigterm_drains_the_in_process_relay_too() {
-    let mut server = Server::start_process(&[
+    // One node, also in a cluster run: the relay of the node signalled is the one read.
+    let mut server = Server::spawn(&[
         "--with-relay",
         "--relay-listen",
         "127.0.0.1:0",
