@@ -51,7 +51,7 @@ pub use metrics::Metrics;
 pub enum StartError {
     /// A listening socket could not be bound; `source` is `AddrInUse` when anything else
     /// holds the port (checked before the SO_REUSEPORT group is created).
-    #[error("cannot bind {what} {addr}: {source}")]
+    #[error("cannot bind {what} {addr} (choose another with {}): {source}", flag_of(.what))]
     Bind {
         /// `udp`, `tcp`, `tls` or `admin`.
         what: &'static str,
@@ -69,6 +69,15 @@ pub enum StartError {
     /// The configuration is inconsistent.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+}
+
+/// The flag that sets the address of a listener of `what` kind (see [`StartError::Bind`]).
+fn flag_of(what: &str) -> &'static str {
+    match what {
+        "tls" => "--tls-listen",
+        "admin" => "--admin-listen",
+        _ => "--listen",
+    }
 }
 
 /// The addresses the relay ended up on (port 0 resolved).

@@ -55,6 +55,12 @@ fn main() -> anyhow::Result<()> {
         config.auth_secrets.clone_from(&supplied_secrets);
         tracing::info!("TURN secret agreed through redis");
     }
+    if config.auth_secrets.is_empty() && config.users.is_empty() {
+        tracing::warn!(
+            "no credentials (--user, --turn-secret or --register): every Allocate will be \
+             refused; the relay answers STUN Binding only"
+        );
+    }
     let drain_timeout = config.drain_timeout;
     let fleet_config = config.clone();
     let handle = Relay::start(config).context("starting the relay")?;

@@ -283,7 +283,9 @@ pub(crate) mod server {
             crate::cluster::agree_turn_secret(&config.redis_urls, config.redis_timeout, &candidate)
                 .await
                 .map_err(|e| {
-                    Error::Config(format!("cannot agree on a TURN secret through redis: {e}"))
+                    Error::Unreachable(format!(
+                        "--redis: cannot agree on a TURN secret through redis at start-up: {e}"
+                    ))
                 })?;
         config.turn_secrets.push(crate::config::Secret::new(agreed));
         config.turn_secret_agreed = true;

@@ -70,7 +70,10 @@ fn a_udp_port_held_with_so_reuseport_fails_start_up() {
     // UDP only (`--no-tcp`): the TCP port of the same number is not ours to hold, and another
     // test may take it at any time.
     let udp_only = [&base_args(&listen, "2")[..], &["--no-tcp"]].concat();
-    assert_start_up_fails(&udp_only, &format!("cannot bind udp {addr}"));
+    assert_start_up_fails(
+        &udp_only,
+        &format!("cannot bind udp {addr} (choose another with --listen)"),
+    );
     // The holder still gets its traffic (nobody joined its group).
     let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
     probe.send_to(b"still mine", addr).unwrap();
@@ -101,7 +104,7 @@ fn a_tls_port_held_with_so_reuseport_fails_start_up() {
     let (_holder, addr) = reuseport_holder(Type::STREAM, 0);
     assert_start_up_fails(
         &tls_listening_on(&addr.to_string()),
-        &format!("cannot bind tls {addr}"),
+        &format!("cannot bind tls {addr} (choose another with --tls-listen)"),
     );
 }
 

@@ -246,3 +246,18 @@ fn a_turns_allocation_relays_every_packet_across_reloads_and_certificate_changes
         .allocate()
         .expect("a client trusting the new certificate");
 }
+
+/// A relay started without any credentials says, at start-up, that it will refuse every
+/// Allocate (a common first mistake: it looks ready otherwise).
+#[test]
+fn a_relay_without_credentials_warns_that_it_refuses_allocations() {
+    let relay = RelayProcess::start_raw_process(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--no-tcp",
+    ]);
+    let logs = relay.stop_and_read_stderr();
+    assert!(logs.contains("no credentials"), "{logs}");
+}
