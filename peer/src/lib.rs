@@ -264,6 +264,16 @@ impl Peer {
     pub async fn connect(url: &str, options: PeerOptions) -> Result<(Self, PeerEvents)> {
         let (signaling, info, signaling_rx) =
             SignalingClient::connect(url, options.name.clone(), options.ca.as_deref()).await?;
+        let offers_turn = info
+            .ice_servers
+            .iter()
+            .flat_map(|server| &server.urls)
+            .any(|url| url.starts_with("turn:") || url.starts_with("turns:"));
+        if options.relay_only && !offers_turn {
+            tracing::warn!(
+                "relay-only, but the signaling server offers no TURN server: no peer can be reached"
+            );
+        }
         let (events_tx, events_rx) = mpsc::channel(4096);
         let registry = Arc::new(ChannelRegistry::default());
         let me = Arc::new(RwLock::new(info.peer_id.clone()));

@@ -966,6 +966,38 @@ fn a_ca_certificate_used_as_the_servers_is_explained() {
     assert!(text.contains("basicConstraints CA:FALSE"), "{text}");
 }
 
+/// `--relay-only` against a server that offers no TURN server says that no peer can be
+/// reached, instead of waiting silently.
+#[test]
+fn relay_only_without_a_turn_server_warns() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let stderr = StderrFile::new();
+    let mut alone = spawn_with_stderr(
+        "peer",
+        &[
+            "join",
+            &signaling.room_url("no-turn"),
+            "--name",
+            "a",
+            "--relay-only",
+            "--bind",
+            "127.0.0.1",
+        ],
+        true,
+        stderr.stdio(),
+    );
+    wait_joined(&mut alone);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !stderr.text().contains("offers no TURN server") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning: {}",
+            stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `peer join URL --name NAME` on loopback with its stderr in `stderr`.
 fn join_logged(url: &str, name: &str, stderr: &StderrFile) -> Proc {
     spawn_with_stderr(
