@@ -457,6 +457,14 @@ fn with_hint(err: PeerError) -> anyhow::Error {
         PeerError::UntrustedCertificate { .. } => {
             anyhow!("{err} (pass --ca FILE with the PEM certificate of its CA to trust it)")
         }
+        // An HTTP answer instead of the WebSocket upgrade: a page's URL (`/r/ROOM`), or a path
+        // that is not a signaling endpoint.
+        PeerError::SignalingConnect(e)
+            if matches!(**e, tokio_tungstenite::tungstenite::Error::Http(ref r)
+                if r.status().is_success() || r.status().as_u16() == 404) =>
+        {
+            anyhow!("{err} (not a signaling URL: use ws://HOST:PORT/ws/ROOM, or wss://)")
+        }
         _ => err.into(),
     }
 }
@@ -512,6 +520,27 @@ mod tests {
         );
         let err = anyhow::anyhow!("disk full").context("write out.bin");
         assert_eq!(error_chain(&err), "write out.bin: disk full");
+    }
+
+    #[test]
+    fn a_page_url_is_said_not_to_be_a_signaling_url() {
+        use tokio_tungstenite::tungstenite;
+        let page = tungstenite::http::Response::builder()
+            .status(200)
+            .body(None)
+            .unwrap();
+        let err = PeerError::from(tungstenite::Error::Http(Box::new(page)));
+        assert!(
+            error_chain(&with_hint(err))
+                .ends_with("(not a signaling URL: use ws://HOST:PORT/ws/ROOM, or wss://)")
+        );
+        // A refusal of the upgrade (a full server) is not a wrong URL.
+        let busy = tungstenite::http::Response::builder()
+            .status(503)
+            .body(None)
+            .unwrap();
+        let err = PeerError::from(tungstenite::Error::Http(Box::new(busy)));
+        assert!(!error_chain(&with_hint(err)).contains("not a signaling URL"));
     }
 
     #[test]
