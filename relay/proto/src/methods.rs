@@ -383,6 +383,13 @@ impl Server {
             bandwidth,
             unbilled: Default::default(),
         };
+        debug!(
+            client = %alloc.five_tuple.client,
+            transport = ?alloc.five_tuple.transport,
+            relayed = %alloc.advertised,
+            user = %alloc.quota_user,
+            "allocation created"
+        );
         let key = self.insert_allocation(alloc);
         self.stats
             .allocation_latency

@@ -487,6 +487,13 @@ impl Server {
         let Some(alloc) = self.allocations.remove(key) else {
             return;
         };
+        tracing::debug!(
+            client = %alloc.five_tuple.client,
+            relayed = %alloc.advertised,
+            user = %alloc.quota_user,
+            permissions = alloc.permissions.len(),
+            "allocation ended"
+        );
         self.shared.release(&alloc.quota_user);
         self.unbilled.keep(&alloc.quota_user, alloc.unbilled);
         self.stats.allocations = self.stats.allocations.saturating_sub(1);

@@ -184,7 +184,16 @@ fn the_log_filter_follows_the_file() {
         client.create_permission("198.51.100.1:9".parse().unwrap()),
         Err(403)
     );
+    // Allocations are logged at debug only: the first one (at info) was not.
+    TestClient::new(relay.udp, "u", "p")
+        .allocate()
+        .expect("a second allocation");
     let logs = relay.stop_and_read_stderr();
+    assert_eq!(
+        logs.matches("allocation created").count(),
+        1,
+        "the allocation trail at debug only: {logs}"
+    );
     assert!(
         logs.contains("configuration reloaded: --log-filter info -> info,relay_proto=debug"),
         "{logs}"
