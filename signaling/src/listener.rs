@@ -24,7 +24,7 @@
 use std::future::Future as _;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -55,21 +55,20 @@ pub struct ListenerLimits {
 }
 
 impl ListenerLimits {
-    /// A share of `--max-http-connections-per-ip` for `source`: `Ok(None)` for a trusted proxy,
-    /// `Err` when the source holds its share.
+    /// A share of `--max-http-connections-per-ip` for `source`, with the table and key it is
+    /// counted under: `Ok(None)` for a trusted proxy, `Err` when the source holds its share.
     fn source_slot(
         &self,
         per_source: &Arc<SourceLimit>,
         source: IpAddr,
-    ) -> Result<Option<SourceSlot>, ()> {
+    ) -> Result<Option<(Arc<SourceLimit>, IpAddr, SourceSlot)>, ()> {
         let source = source.to_canonical();
         if self.trusted_proxies.iter().any(|net| net.contains(source)) {
             return Ok(None);
         }
-        per_source
-            .try_take(relay_proto::rate_key(source))
-            .map(Some)
-            .ok_or(())
+        let key = relay_proto::rate_key(source);
+        let slot = per_source.try_take(key).ok_or(())?;
+        Ok(Some((Arc::clone(per_source), key, slot)))
     }
 }
 
@@ -90,41 +89,83 @@ pub struct Edge {
 #[derive(Clone)]
 pub struct HttpSlot {
     pending: Arc<AtomicUsize>,
-    /// Whether the connection is counted now (false while a stream borrows the slot).
-    counted: Arc<AtomicBool>,
-    /// Its source's share of `--max-http-connections-per-ip`, until it is upgraded, closed, or
-    /// lent to a stream (the source's streams count in `--max-connections-per-ip` instead).
-    source: Arc<Mutex<Option<SourceSlot>>>,
+    state: Arc<Mutex<SlotState>>,
+}
+
+/// Where a connection stands in the counts; one lock, so that a loan ending after the
+/// connection closed (its stream's task outlives the request) cannot count it again.
+struct SlotState {
+    /// Counted in `pending` now (false while a stream borrows the slot, and once closed).
+    counted: bool,
+    /// The connection is gone: nothing counts it again.
+    closed: bool,
+    /// Its source's table and key (`None`: a trusted proxy, or not known yet).
+    source_of: Option<(Arc<SourceLimit>, IpAddr)>,
+    /// Its source's share of `--max-http-connections-per-ip`, except while lent to a stream
+    /// (the source's streams count in `--max-connections-per-ip` instead).
+    source: Option<SourceSlot>,
 }
 
 impl HttpSlot {
-    /// Takes the connection out of the count until the loan is dropped (a long-lived stream,
-    /// which `--max-connections` counts meanwhile); out of its source's for good.
-    pub fn lend(&self) -> SlotLoan {
-        if self.counted.swap(false, Ordering::AcqRel) {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+    fn new(
+        pending: Arc<AtomicUsize>,
+        source: Option<(Arc<SourceLimit>, IpAddr, SourceSlot)>,
+    ) -> Self {
+        let (source_of, source) = match source {
+            Some((limit, key, slot)) => (Some((limit, key)), Some(slot)),
+            None => (None, None),
+        };
+        Self {
+            pending,
+            state: Arc::new(Mutex::new(SlotState {
+                counted: true,
+                closed: false,
+                source_of,
+                source,
+            })),
         }
-        self.release_source();
-        SlotLoan(self.clone())
     }
 
-    fn release_source(&self) {
-        drop(
-            self.source
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts the connection for its source once it is known (behind a PROXY header).
+    fn set_source(&self, limit: Arc<SourceLimit>, key: IpAddr, slot: SourceSlot) {
+        let mut state = self.state();
+        state.source_of = Some((limit, key));
+        state.source = Some(slot);
+    }
+
+    /// Takes the connection out of the counts until the loan is dropped (a long-lived stream,
+    /// which `--max-connections` and `--max-connections-per-ip` count meanwhile).
+    pub fn lend(&self) -> SlotLoan {
+        let mut state = self.state();
+        if state.counted {
+            state.counted = false;
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        state.source = None;
+        SlotLoan(self.clone())
     }
 }
 
-/// See [`HttpSlot::lend`].
+/// See [`HttpSlot::lend`]. Dropped, it counts the connection again unless it closed meanwhile;
+/// for its source even over the share (the source's next connection is then refused).
 pub struct SlotLoan(HttpSlot);
 
 impl Drop for SlotLoan {
     fn drop(&mut self) {
-        if !self.0.counted.swap(true, Ordering::AcqRel) {
-            self.0.pending.fetch_add(1, Ordering::AcqRel);
+        let slot = &self.0;
+        let mut state = slot.state();
+        if state.closed || state.counted {
+            return;
+        }
+        state.counted = true;
+        slot.pending.fetch_add(1, Ordering::AcqRel);
+        if let Some((limit, key)) = &state.source_of {
+            let again = limit.take_over(*key);
+            state.source = Some(again);
         }
     }
 }
@@ -134,10 +175,14 @@ struct Pending(HttpSlot);
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if self.0.counted.swap(false, Ordering::AcqRel) {
-            self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        let slot = &self.0;
+        let mut state = slot.state();
+        state.closed = true;
+        if state.counted {
+            state.counted = false;
+            slot.pending.fetch_sub(1, Ordering::AcqRel);
         }
-        self.0.release_source();
+        state.source = None;
     }
 }
 
@@ -192,11 +237,7 @@ pub async fn serve(
                 }
             }
         };
-        let guard = Pending(HttpSlot {
-            pending: Arc::clone(&pending),
-            counted: Arc::new(AtomicBool::new(true)),
-            source: Arc::new(Mutex::new(source)),
-        });
+        let guard = Pending(HttpSlot::new(Arc::clone(&pending), source));
         // Signaling frames are small and latency-bound: no Nagle delay.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -226,13 +267,8 @@ pub async fn serve(
                     }
                 };
                 match limits.source_slot(&per_source, client.ip()) {
-                    Ok(slot) => {
-                        *guard
-                            .0
-                            .source
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner) = slot;
-                    }
+                    Ok(Some((limit, key, slot))) => guard.0.set_source(limit, key, slot),
+                    Ok(None) => {}
                     Err(()) => {
                         metrics.http_refused_per_ip.inc();
                         return;

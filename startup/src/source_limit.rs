@@ -45,6 +45,17 @@ impl SourceLimit {
         })
     }
 
+    /// A slot for `key` even when it holds `max` already: for a connection that comes back to
+    /// the count it left (the source's next `try_take` is then refused until it gives some
+    /// back).
+    pub fn take_over(self: &Arc<Self>, key: IpAddr) -> SourceSlot {
+        *self.held().entry(key).or_insert(0) += 1;
+        SourceSlot {
+            limit: Arc::clone(self),
+            key,
+        }
+    }
+
     /// Sources holding at least one slot.
     pub fn sources(&self) -> usize {
         self.held().len()
@@ -90,5 +101,19 @@ mod tests {
         assert_eq!(limit.sources(), 0);
         assert!(SourceLimit::new(0).try_take(a).is_none());
         assert_eq!(limit.sources(), 0, "a refusal leaves no entry");
+        // Taken over the share: counted, and the next try is refused until it is given back.
+        let (x, y, z) = (
+            limit.try_take(a).unwrap(),
+            limit.try_take(a).unwrap(),
+            limit.take_over(a),
+        );
+        assert!(limit.try_take(a).is_none());
+        drop(x);
+        assert!(
+            limit.try_take(a).is_none(),
+            "one + the one taken over: at the share"
+        );
+        drop((y, z));
+        assert!(limit.try_take(a).is_some());
     }
 }

@@ -767,6 +767,52 @@ async fn one_source_holds_at_most_its_share_of_unfinished_http_connections() {
     }
 }
 
+/// A connection that carried a stream (here a long-poll, refused) and stays open for more
+/// requests counts for its source again: lending the slot to a stream is no way around the
+/// share.
+#[tokio::test]
+async fn a_connection_back_from_a_stream_counts_for_its_source_again() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = Server::spawn(&[
+        "--max-http-connections-per-ip",
+        "2",
+        "--header-read-timeout",
+        "5s",
+    ]);
+    let mut kept = connect_from("127.0.0.1", server.addr).await;
+    kept.write_all(b"GET /http/poll?session=made-up HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(STEP, kept.read_exact(&mut head))
+        .await
+        .expect("an answer")
+        .expect("read");
+    assert!(
+        head.starts_with(b"HTTP/1.1 4"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // `kept` stays open (keep-alive): with it, one more unfinished connection is the share.
+    let mut second = connect_from("127.0.0.1", server.addr).await;
+    second
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let mut third = connect_from("127.0.0.1", server.addr).await;
+    let _ = third.write_all(b"GET /healthz HTTP/1.1\r\n").await;
+    assert!(!closed_soon(&mut second).await, "within the share");
+    assert!(closed_soon(&mut third).await, "past the share");
+    drop((kept, second));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        server
+            .metric("signaling_http_connections_refused_per_ip_total")
+            .await,
+        1
+    );
+}
+
 /// VmHWM (peak RSS) of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     testkit::proc_status_kib(pid, "VmHWM")
