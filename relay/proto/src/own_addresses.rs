@@ -16,6 +16,9 @@ pub struct OwnAddresses {
     ips: Vec<IpAddr>,
     /// `PeerPolicy::listen_addresses` plus the server side of every 5-tuple seen since.
     listen: Vec<SocketAddr>,
+    /// The IPs of relay sockets bound and advertised since: the own IPs that relay-to-relay
+    /// traffic goes to, exempt from the range check (a listening IP alone is not).
+    relay_ips: Vec<IpAddr>,
 }
 
 impl OwnAddresses {
@@ -24,6 +27,7 @@ impl OwnAddresses {
         Self {
             ips: policy.own_ips.clone(),
             listen: policy.listen_addresses.clone(),
+            relay_ips: Vec::new(),
         }
     }
 
@@ -48,6 +52,14 @@ impl OwnAddresses {
                 self.ips.push(ip);
             }
         }
+        for ip in [relay.ip(), advertised.ip()] {
+            if !ip.is_unspecified()
+                && !self.relay_ips.contains(&ip)
+                && self.relay_ips.len() < MAX_LEARNED
+            {
+                self.relay_ips.push(ip);
+            }
+        }
     }
 
     /// `policy.check_ip` (a permission) with these addresses as the host's own.
@@ -56,7 +68,7 @@ impl OwnAddresses {
         policy: &PeerPolicy,
         ip: IpAddr,
     ) -> Result<(), DenyReason> {
-        policy.check_ip_with(ip, &self.ips)
+        policy.check_ip_with(ip, &self.relay_ips)
     }
 
     /// `policy.check_addr` with these addresses instead of the configured ones.
@@ -65,6 +77,6 @@ impl OwnAddresses {
         policy: &PeerPolicy,
         addr: SocketAddr,
     ) -> Result<(), DenyReason> {
-        policy.check_addr_with(addr, &self.ips, &self.listen)
+        policy.check_addr_with(addr, &self.ips, &self.relay_ips, &self.listen)
     }
 }

@@ -381,13 +381,14 @@ impl PeerPolicy {
         Ok(())
     }
 
-    /// `check_ip` for a permission, knowing the relay host's own IPs: one of them is allowed
-    /// whatever its range (private, loopback), unless configured or absolutely denied, since
-    /// relay-to-relay traffic between two clients of this server goes there; the port rules of
-    /// [`Self::check_addr_with`] then keep it to relay sockets.
-    pub(crate) fn check_ip_with(&self, ip: IpAddr, own_ips: &[IpAddr]) -> Result<(), DenyReason> {
+    /// `check_ip` for a permission, knowing the IPs of this server's relay sockets (bound and
+    /// advertised): one of them is allowed whatever its range (private, loopback), unless
+    /// configured or absolutely denied, since relay-to-relay traffic between two clients of
+    /// this server goes there; the port rules of [`Self::check_addr_with`] then keep it to
+    /// relay sockets. A listening IP that no relay socket has is not exempt.
+    pub(crate) fn check_ip_with(&self, ip: IpAddr, relay_ips: &[IpAddr]) -> Result<(), DenyReason> {
         let canonical = canonical_ip(ip);
-        if !own_ips.iter().any(|o| canonical_ip(*o) == canonical) {
+        if !relay_ips.iter().any(|o| canonical_ip(*o) == canonical) {
             return self.check_ip(ip);
         }
         if let Some(reason) = default_deny(canonical).filter(|r| r.is_absolute()) {
@@ -402,18 +403,20 @@ impl PeerPolicy {
     /// `check_ip` plus the own-address rules (`own_ips`, `relay_ports`, `listen_addresses`);
     /// used for channel binds and sends, where the port is known.
     pub fn check_addr(&self, addr: SocketAddr) -> Result<(), DenyReason> {
-        self.check_addr_with(addr, &self.own_ips, &self.listen_addresses)
+        self.check_addr_with(addr, &self.own_ips, &self.own_ips, &self.listen_addresses)
     }
 
-    /// `check_addr` with `own_ips` and `listen_addresses` in place of the fields (the server
+    /// `check_addr` with `own_ips`, `relay_ips` (the own IPs exempt from the range check, see
+    /// [`Self::check_ip_with`]) and `listen_addresses` in place of the fields (the server
     /// passes the addresses it learned at run time: `OwnAddresses`).
     pub(crate) fn check_addr_with(
         &self,
         addr: SocketAddr,
         own_ips: &[IpAddr],
+        relay_ips: &[IpAddr],
         listen_addresses: &[SocketAddr],
     ) -> Result<(), DenyReason> {
-        self.check_ip_with(addr.ip(), own_ips)?;
+        self.check_ip_with(addr.ip(), relay_ips)?;
         let ip = canonical_ip(addr.ip());
         let same = |a: IpAddr| canonical_ip(a) == ip;
         let own_ip = own_ips.iter().any(|o| same(*o));
@@ -883,6 +886,11 @@ mod tests {
         assert_eq!(
             policy.check_addr(at("192.168.1.5:22")),
             Err(DenyReason::OwnAddress)
+        );
+        // A listening IP that no relay socket has is not exempt.
+        assert_eq!(
+            policy.check_addr_with(at("192.168.1.5:50050"), &own, &[], &[]),
+            Err(DenyReason::Private)
         );
         // Another private address is still refused, and a configured deny still wins.
         assert_eq!(

@@ -391,7 +391,8 @@ impl Server {
     }
 
     /// Deadlines queued (live allocations, permissions and channels, plus those of deleted
-    /// allocations not yet compacted away): at most about twice the live ones, plus 1024.
+    /// allocations not yet compacted away): at most twice what the last compaction kept, plus
+    /// 1024 (stale entries also leave when they fire, within 10 minutes).
     pub fn queued_timers(&self) -> usize {
         self.expiry.len()
     }
