@@ -215,6 +215,7 @@ pub(crate) mod server {
             }
             // `--relay-host` is the address clients use for this host (run.sh --lan gives the
             // LAN IP while listening on all interfaces): name it too.
+            #[cfg(feature = "with-relay")]
             if let Some(host) = config.relay_host.as_ref().filter(|h| !names.contains(h)) {
                 names.push(host.trim_matches(['[', ']']).to_owned());
             }
@@ -379,6 +380,7 @@ pub(crate) mod server {
                 relay_metrics: std::sync::OnceLock::new(),
                 #[cfg(feature = "with-relay")]
                 relay_intake: std::sync::OnceLock::new(),
+                #[cfg(feature = "with-relay")]
                 relay_usage: std::sync::OnceLock::new(),
                 drain_requested: CancellationToken::new(),
                 clients: IpTable::new(IpLimits {
