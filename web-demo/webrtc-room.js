@@ -398,7 +398,8 @@ export class RemotePeer {
    *
    * Same TURN URLs: new TURN credentials. An established relay path is moved onto fresh
    * allocations with an ICE restart (the impolite side does it), since the old credentials
-   * will stop refreshing the old allocations when they expire.
+   * stop refreshing the old allocations once their secret is rotated out (and, on relays that
+   * check the expiry of every refresh, once they expire).
    *
    * Other TURN URLs: the room moved to another relay (its relay died or drains). A connection
    * whose selected pair is relayed through a TURN server no longer listed restarts ICE at once
