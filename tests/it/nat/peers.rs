@@ -158,7 +158,7 @@ fn udp_blocked_side_connects_through_turn_over_tcp() {
         RouterSpec::cone().blocking_udp(),
         "udp-blocked",
         |topo, server, run| {
-            let on_relay = |kind: &str, addr: Option<std::net::SocketAddr>| {
+            let on_relay = |kind: &str, addr: Option<SocketAddr>| {
                 kind == "relay" && addr.map(|a| a.ip()) == Some(IpAddr::V4(SERVER_IP))
             };
             let b_relayed = run
