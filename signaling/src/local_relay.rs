@@ -111,7 +111,8 @@ impl LocalRelay {
 
     /// SIGHUP: the relay's configuration built again from `config` (its `--relay-arg`s and
     /// TURN secrets) and applied with [`relay::RelayHandle::reload`], which checks it whole
-    /// first. What changed is logged as `in-process relay configuration reloaded: ...`.
+    /// first. What changed in its `--relay-arg`s is logged as `in-process relay (--relay-arg)
+    /// reloaded: ...`; the TURN secrets it shares are in the server's own reload line.
     pub async fn reload(&mut self, config: &Config) -> Result<(), Error> {
         let in_process =
             |e: &dyn std::fmt::Display| Error::Config(format!("in-process relay: {e}"));
@@ -127,7 +128,7 @@ impl LocalRelay {
             &given,
             relay::reload::RELOADABLE,
         )
-        .log("in-process relay configuration");
+        .log("in-process relay (--relay-arg)");
         self.given = given;
         Ok(())
     }
