@@ -119,6 +119,14 @@ fn file_arguments<C: CommandFactory>(
             matches.value_source(id),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         ) {
+            // Said at each reload (at start-up, before logging starts, the summary marks the
+            // flag's source): an operator editing the file would otherwise wait for a change
+            // that cannot come.
+            tracing::warn!(
+                "config file {}: `{key}` is overridden by a flag or environment variable given \
+                 at start-up (those win over the file)",
+                path.display()
+            );
             continue;
         }
         let flag = format!("--{long}");

@@ -270,3 +270,19 @@ fn a_relay_without_credentials_warns_that_it_refuses_allocations() {
     let logs = relay.stop_and_read_stderr();
     assert!(logs.contains("no credentials"), "{logs}");
 }
+
+/// A reload names the file's keys that a flag given at start-up overrides: editing them in
+/// the file changes nothing, and the operator is told so.
+#[test]
+fn a_reload_says_which_file_keys_a_flag_overrides() {
+    let config = ConfigFile::new("user = [\"u:p\"]\nuser-quota = 5\n");
+    let relay = config.start_relay(&["--user-quota", "7"]);
+    config.write("user = [\"u:p\"]\nuser-quota = 6\n");
+    hangup(&relay);
+    wait_reloads(&relay, false, 1);
+    let logs = relay.stop_and_read_stderr();
+    assert!(
+        logs.contains("`user-quota` is overridden by a flag or environment variable"),
+        "{logs}"
+    );
+}
