@@ -55,20 +55,19 @@ pub struct ListenerLimits {
 }
 
 impl ListenerLimits {
-    /// A share of `--max-http-connections-per-ip` for `source`, with the table and key it is
-    /// counted under: `Ok(None)` for a trusted proxy, `Err` when the source holds its share.
+    /// A share of `--max-http-connections-per-ip` for `source`: `Ok(None)` for a trusted proxy,
+    /// `Err` when the source holds its share.
     fn source_slot(
         &self,
         per_source: &Arc<SourceLimit>,
         source: IpAddr,
-    ) -> Result<Option<(Arc<SourceLimit>, IpAddr, SourceSlot)>, ()> {
+    ) -> Result<Option<SourceSlot>, ()> {
         let source = source.to_canonical();
         if self.trusted_proxies.iter().any(|net| net.contains(source)) {
             return Ok(None);
         }
         let key = relay_proto::rate_key(source);
-        let slot = per_source.try_take(key).ok_or(())?;
-        Ok(Some((Arc::clone(per_source), key, slot)))
+        per_source.try_take(key).map(Some).ok_or(())
     }
 }
 
@@ -99,28 +98,19 @@ struct SlotState {
     counted: bool,
     /// The connection is gone: nothing counts it again.
     closed: bool,
-    /// Its source's table and key (`None`: a trusted proxy, or not known yet).
-    source_of: Option<(Arc<SourceLimit>, IpAddr)>,
-    /// Its source's share of `--max-http-connections-per-ip`, except while lent to a stream
-    /// (the source's streams count in `--max-connections-per-ip` instead).
+    /// Its source's share of `--max-http-connections-per-ip` (`None`: a trusted proxy, or not
+    /// known yet), suspended while lent to a stream (the source's streams count in
+    /// `--max-connections-per-ip` instead).
     source: Option<SourceSlot>,
 }
 
 impl HttpSlot {
-    fn new(
-        pending: Arc<AtomicUsize>,
-        source: Option<(Arc<SourceLimit>, IpAddr, SourceSlot)>,
-    ) -> Self {
-        let (source_of, source) = match source {
-            Some((limit, key, slot)) => (Some((limit, key)), Some(slot)),
-            None => (None, None),
-        };
+    fn new(pending: Arc<AtomicUsize>, source: Option<SourceSlot>) -> Self {
         Self {
             pending,
             state: Arc::new(Mutex::new(SlotState {
                 counted: true,
                 closed: false,
-                source_of,
                 source,
             })),
         }
@@ -131,10 +121,8 @@ impl HttpSlot {
     }
 
     /// Counts the connection for its source once it is known (behind a PROXY header).
-    fn set_source(&self, limit: Arc<SourceLimit>, key: IpAddr, slot: SourceSlot) {
-        let mut state = self.state();
-        state.source_of = Some((limit, key));
-        state.source = Some(slot);
+    fn set_source(&self, slot: SourceSlot) {
+        self.state().source = Some(slot);
     }
 
     /// Takes the connection out of the counts until the loan is dropped (a long-lived stream,
@@ -145,7 +133,9 @@ impl HttpSlot {
             state.counted = false;
             self.pending.fetch_sub(1, Ordering::AcqRel);
         }
-        state.source = None;
+        if let Some(source) = &mut state.source {
+            source.suspend();
+        }
         SlotLoan(self.clone())
     }
 }
@@ -163,9 +153,8 @@ impl Drop for SlotLoan {
         }
         state.counted = true;
         slot.pending.fetch_add(1, Ordering::AcqRel);
-        if let Some((limit, key)) = &state.source_of {
-            let again = limit.take_over(*key);
-            state.source = Some(again);
+        if let Some(source) = &mut state.source {
+            source.resume();
         }
     }
 }
@@ -267,7 +256,7 @@ pub async fn serve(
                     }
                 };
                 match limits.source_slot(&per_source, client.ip()) {
-                    Ok(Some((limit, key, slot))) => guard.0.set_source(limit, key, slot),
+                    Ok(Some(slot)) => guard.0.set_source(slot),
                     Ok(None) => {}
                     Err(()) => {
                         metrics.http_refused_per_ip.inc();

@@ -42,17 +42,17 @@ impl SourceLimit {
         Some(SourceSlot {
             limit: Arc::clone(self),
             key,
+            counted: true,
         })
     }
 
-    /// A slot for `key` even when it holds `max` already: for a connection that comes back to
-    /// the count it left (the source's next `try_take` is then refused until it gives some
-    /// back).
-    pub fn take_over(self: &Arc<Self>, key: IpAddr) -> SourceSlot {
-        *self.held().entry(key).or_insert(0) += 1;
-        SourceSlot {
-            limit: Arc::clone(self),
-            key,
+    fn give_back(&self, key: IpAddr) {
+        let mut held = self.held();
+        if let Some(count) = held.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&key);
+            }
         }
     }
 
@@ -67,17 +67,31 @@ impl SourceLimit {
 pub struct SourceSlot {
     limit: Arc<SourceLimit>,
     key: IpAddr,
+    /// False while suspended.
+    counted: bool,
+}
+
+impl SourceSlot {
+    /// Gives the slot back for now, keeping the right to [`Self::resume`] it.
+    pub fn suspend(&mut self) {
+        if std::mem::replace(&mut self.counted, false) {
+            self.limit.give_back(self.key);
+        }
+    }
+
+    /// Counts the slot again, even when its source holds its share meanwhile (a connection
+    /// coming back to the count it left): the source's next `try_take` is then refused until
+    /// it gives some back.
+    pub fn resume(&mut self) {
+        if !std::mem::replace(&mut self.counted, true) {
+            *self.limit.held().entry(self.key).or_insert(0) += 1;
+        }
+    }
 }
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut held = self.limit.held();
-        if let Some(count) = held.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.key);
-            }
-        }
+        self.suspend();
     }
 }
 
@@ -101,19 +115,20 @@ mod tests {
         assert_eq!(limit.sources(), 0);
         assert!(SourceLimit::new(0).try_take(a).is_none());
         assert_eq!(limit.sources(), 0, "a refusal leaves no entry");
-        // Taken over the share: counted, and the next try is refused until it is given back.
-        let (x, y, z) = (
-            limit.try_take(a).unwrap(),
-            limit.try_take(a).unwrap(),
-            limit.take_over(a),
-        );
+        // Suspended, a slot leaves the count; resumed, it counts again even over the share, and
+        // the next try is refused until one is given back.
+        let (x, mut y) = (limit.try_take(a).unwrap(), limit.try_take(a).unwrap());
+        y.suspend();
+        let z = limit.try_take(a).expect("y's place");
+        y.resume();
         assert!(limit.try_take(a).is_none());
         drop(x);
         assert!(
             limit.try_take(a).is_none(),
-            "one + the one taken over: at the share"
+            "z + the resumed y: at the share"
         );
         drop((y, z));
+        assert_eq!(limit.sources(), 0);
         assert!(limit.try_take(a).is_some());
     }
 }
