@@ -321,11 +321,7 @@ pub(crate) mod server {
             } else {
                 let (conn, _) = fleet::link::connect(&config.redis_urls, config.redis_timeout)
                     .await
-                    .map_err(|e| {
-                        Error::Unreachable(format!(
-                            "--redis: redis cannot be reached at start-up: {e}"
-                        ))
-                    })?;
+                    .map_err(redis_unreachable)?;
                 let relays = Arc::new(RelayFleet::new(config.region.clone()));
                 ice = ice.with_fleet(Arc::clone(&relays));
                 // Read once before serving, so the first joins already get the fleet's relays.
@@ -350,11 +346,7 @@ pub(crate) mod server {
                 };
                 let hub = ClusterHub::start(cluster, settings, ice, Arc::clone(&metrics))
                     .await
-                    .map_err(|e| {
-                        Error::Unreachable(format!(
-                            "--redis: redis cannot be reached at start-up: {e}"
-                        ))
-                    })?;
+                    .map_err(redis_unreachable)?;
                 Backend::Cluster(hub)
             };
             let web = match &config.web_dir {
@@ -422,6 +414,11 @@ pub(crate) mod server {
             }
             interval.clamp(Duration::from_millis(10), Duration::from_secs(1))
         }
+    }
+
+    /// Redis did not answer at start-up (it is needed then; later outages are survived).
+    fn redis_unreachable(e: impl std::fmt::Display) -> Error {
+        Error::Unreachable(format!("--redis: redis cannot be reached at start-up: {e}"))
     }
 
     /// This process's id in the cluster: `--node-id` (or nothing) and a random part new at each

@@ -390,7 +390,14 @@ async fn serve_connection<I>(
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(slot.clone());
-        let request = request.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_time)));
+        // Only a request with a body gets a deadline (GETs and upgrades have none: no timer).
+        let request = request.map(|body| {
+            if hyper::body::Body::is_end_stream(&body) {
+                axum::body::Body::new(body)
+            } else {
+                axum::body::Body::new(DeadlineBody::new(body, body_time))
+            }
+        });
         router.clone().oneshot(request)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

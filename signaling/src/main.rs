@@ -178,21 +178,21 @@ async fn main() -> anyhow::Result<()> {
     };
     signaling::serve(listener, state, shutdown).await?;
     admin_stop.cancel();
-    // The drain task takes the lock too: wait for it before taking the relay.
     #[cfg(feature = "with-relay")]
-    let until = relay_drain
-        .await
-        .unwrap_or_else(|_| std::time::Instant::now());
-    #[cfg(feature = "with-relay")]
-    let taken = local_relay.lock().await.take();
-    #[cfg(feature = "with-relay")]
-    if let Some(local_relay) = taken {
-        local_relay.finish_drain(until).await;
-        if let Some((publisher, task)) = usage_publisher {
-            task.abort();
-            publisher
-                .publish_last(3, std::time::Duration::from_secs(1))
-                .await;
+    {
+        // The drain task takes the lock too: wait for it before taking the relay.
+        let until = relay_drain
+            .await
+            .unwrap_or_else(|_| std::time::Instant::now());
+        let taken = local_relay.lock().await.take();
+        if let Some(local_relay) = taken {
+            local_relay.finish_drain(until).await;
+            if let Some((publisher, task)) = usage_publisher {
+                task.abort();
+                publisher
+                    .publish_last(3, std::time::Duration::from_secs(1))
+                    .await;
+            }
         }
     }
     tracing::info!("stopped");
