@@ -372,11 +372,11 @@ impl PeerPolicy {
     /// Decide whether a peer IP may be used for a permission. Checks the raw address and, for
     /// IPv6, the embedded IPv4 address: denied if either form is denied.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), DenyReason> {
-        self.check_one(ip)?;
+        self.check_one(ip, false)?;
         if let IpAddr::V6(v6) = ip
             && let Some(v4) = embedded_ipv4(v6)
         {
-            self.check_one(IpAddr::V4(v4))?;
+            self.check_one(IpAddr::V4(v4), false)?;
         }
         Ok(())
     }
@@ -388,16 +388,11 @@ impl PeerPolicy {
     /// relay sockets. A listening IP that no relay socket has is not exempt.
     pub(crate) fn check_ip_with(&self, ip: IpAddr, relay_ips: &[IpAddr]) -> Result<(), DenyReason> {
         let canonical = canonical_ip(ip);
-        if !relay_ips.iter().any(|o| canonical_ip(*o) == canonical) {
-            return self.check_ip(ip);
+        if relay_ips.iter().any(|o| canonical_ip(*o) == canonical) {
+            self.check_one(canonical, true)
+        } else {
+            self.check_ip(ip)
         }
-        if let Some(reason) = default_deny(canonical).filter(|r| r.is_absolute()) {
-            return Err(reason);
-        }
-        if self.deny.iter().any(|n| n.contains(canonical)) {
-            return Err(DenyReason::ConfiguredDeny);
-        }
-        Ok(())
     }
 
     /// `check_ip` plus the own-address rules (`own_ips`, `relay_ports`, `listen_addresses`);
@@ -434,7 +429,10 @@ impl PeerPolicy {
         Ok(())
     }
 
-    fn check_one(&self, ip: IpAddr) -> Result<(), DenyReason> {
+    /// One address form against the rules: absolute denials, then configured ones, then (but
+    /// for an `own_relay` address, see [`Self::check_ip_with`]) the default ranges and their
+    /// allow entries.
+    fn check_one(&self, ip: IpAddr, own_relay: bool) -> Result<(), DenyReason> {
         let default = default_deny(ip);
         if let Some(reason) = default
             && reason.is_absolute()
@@ -443,6 +441,9 @@ impl PeerPolicy {
         }
         if self.deny.iter().any(|n| n.contains(ip)) {
             return Err(DenyReason::ConfiguredDeny);
+        }
+        if own_relay {
+            return Ok(());
         }
         match default {
             None => Ok(()),
