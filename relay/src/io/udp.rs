@@ -1,7 +1,8 @@
 //! `UdpSocket`: a non-blocking UDP socket registered with the worker's tokio reactor, received
 //! from in batches through `quinn-udp` (recvmmsg, GRO where the kernel has it). Also builds the
 //! SO_REUSEPORT listening sockets (one per worker on the same port). Every socket registered
-//! here lets the kernel fragment (no DF unless a client asks for it; see `allow_fragmentation`).
+//! here lets the kernel fragment: no DF bit, DONT-FRAGMENT is not honoured (see
+//! `allow_fragmentation`).
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -73,17 +74,7 @@ impl AsRawFd for UdpSocket {
 
 /// Sets UDP_GRO (best effort; older kernels lack it).
 fn set_udp_gro(fd: RawFd, on: bool) {
-    let value: libc::c_int = i32::from(on);
-    // SAFETY: a valid fd and a c_int option value of the right size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&raw const value).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    set_int_option(fd, libc::SOL_UDP, libc::UDP_GRO, i32::from(on));
 }
 
 /// Lets the kernel fragment a datagram larger than the path MTU instead of refusing it with
