@@ -83,7 +83,7 @@ fn is_secret_flag(value: &str) -> bool {
 /// (`--user=NAME:PASSWORD`, `--turn-secret=S`: [`PASSED_ON_SECRETS`], whole names only, so
 /// `--user-quota=200` shows). A secret given as the value after its flag (`--turn-secret`, `S`)
 /// is only seen by [`redact_values`], which has the values in order.
-pub fn redact_value(value: &str) -> String {
+fn redact_value(value: &str) -> String {
     if let Some((flag, _)) = value.split_once('=')
         && is_secret_flag(flag)
     {
@@ -92,9 +92,10 @@ pub fn redact_value(value: &str) -> String {
     redact_url_password(value)
 }
 
-/// The values of a flag that is not itself a secret, in order, each as [`redact_value`] shows
-/// it, and a value that follows a secret flag given alone (`--turn-secret`, `S`; `--user`,
-/// `NAME:PASSWORD`) redacted whole.
+/// The values of a flag that is not itself a secret, in order, with what they may hold
+/// redacted: a URL's password, a secret flag's value in the `--flag=value` form, and a value
+/// that follows a secret flag given alone (`--turn-secret`, `S`; `--user`, `NAME:PASSWORD`),
+/// whole.
 pub fn redact_values<S: AsRef<str>>(values: &[S]) -> Vec<String> {
     let mut follows_secret_flag = false;
     values
