@@ -506,7 +506,7 @@ pub(crate) mod server {
     /// `GET /metrics` (also on the admin listener).
     pub(crate) async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         app.metrics.budget_used.set(app.memory.used() as i64);
-        // Read from the flags at each scrape too: their own updates may interleave.
+        // Read from the hub's flags at each scrape (the only reader of the gauge).
         app.metrics.cluster_available(app.hub.is_available());
         #[allow(unused_mut)] // Only `with-relay` appends.
         let mut text = app.metrics.encode();

@@ -23,7 +23,6 @@ impl ClusterHub {
     /// client resumes once Redis is back (frames published meanwhile may not have reached this
     /// node).
     pub(super) fn outage(&self, why: Outage) {
-        self.availability_changed();
         self.metrics.cluster_outage(why);
         let st = self.lock();
         tracing::error!(
@@ -56,7 +55,6 @@ impl ClusterHub {
                 Err(_) => continue,
             };
             self.subscribed.store(true, Ordering::Release);
-            self.availability_changed();
             tracing::debug!(channel = %me, "subscribed");
             {
                 let mut messages = pubsub.on_message();

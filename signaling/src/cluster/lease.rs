@@ -112,7 +112,6 @@ impl ClusterHub {
         if !self.store_ok.swap(true, Ordering::AcqRel) {
             tracing::info!("redis answers again");
         }
-        self.availability_changed();
         let pending = std::mem::take(&mut self.lock().pending_park);
         for p in pending {
             self.park(p).await;

@@ -375,12 +375,6 @@ impl ClusterHub {
         }
     }
 
-    /// Publishes [`Self::is_available`] as `signaling_cluster_available`; called after each
-    /// change of what it reads.
-    fn availability_changed(&self) {
-        self.metrics.cluster_available(self.is_available());
-    }
-
     fn session_info(
         &self,
         key: SessionKey,
