@@ -17,6 +17,8 @@ cargo fmt --all --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# signaling without the in-process relay (docs/signaling.md, "How it is built").
+cargo clippy -p signaling --no-default-features --features server --locked -- -D warnings
 
 # One build of every target (binaries the end-to-end tests spawn, and the tests themselves):
 # `--all-targets` resolves features the way `cargo test` does, so the test step compiles nothing.

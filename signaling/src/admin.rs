@@ -130,6 +130,7 @@ pub async fn snapshot(app: &AppState, meter: &mut RateMeter) -> Snapshot {
         Err(e) => (Vec::new(), Some(e)),
     };
     let mut relays = Vec::new();
+    #[cfg_attr(not(feature = "with-relay"), allow(unused_mut))]
     let mut relay_egress = None;
     #[cfg(feature = "with-relay")]
     if let Some(metrics) = app.relay_metrics.get() {

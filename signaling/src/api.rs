@@ -455,7 +455,7 @@ pub async fn usage(
     }
     #[cfg(not(feature = "with-relay"))]
     {
-        let _ = query;
+        let _ = (app, headers, query);
         Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "no_relay",
