@@ -313,6 +313,11 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: startup::admin_listen::AdminListen,
 
+    /// Do not serve `/metrics` on `--listen` (404 there; the admin listener keeps it): for
+    /// nodes whose load should not be public behind a balancer in TCP mode.
+    #[arg(long, env = "SIGNALING_NO_PUBLIC_METRICS")]
+    pub no_public_metrics: bool,
+
     /// The price of one GB (10^9 bytes) of TURN egress, for the admin page's cost estimate.
     #[arg(long, env = "SIGNALING_EGRESS_PRICE_PER_GB", default_value = "0.05")]
     pub egress_price_per_gb: f64,

@@ -447,6 +447,11 @@ pub(crate) mod server {
             .route("/peerjs/{key}/id", get(crate::peerjs::new_id))
             .route("/peerjs/{key}/peers", get(crate::peerjs::peers))
             .layer(crate::cors::layer(Arc::clone(&state)));
+        let public_metrics = if state.config.no_public_metrics {
+            Router::new()
+        } else {
+            Router::new().route("/metrics", get(metrics))
+        };
         Router::new()
             .route("/ws", get(crate::ws::upgrade))
             .route("/ws/{room}", get(crate::ws::upgrade_room))
@@ -455,7 +460,7 @@ pub(crate) mod server {
             .merge(cross_origin)
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
+            .merge(public_metrics)
             .merge(operator_api(Arc::clone(&state)))
             .route("/", get(crate::web::index))
             .route("/r/{room}", get(crate::web::index))

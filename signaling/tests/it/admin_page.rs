@@ -316,6 +316,23 @@ async fn every_series_the_grafana_dashboard_queries_is_exposed() {
     }
 }
 
+/// `--no-public-metrics`: the main listener answers 404 on `/metrics` (the web demo's 404, not
+/// the exposition); the admin listener still serves it.
+#[tokio::test]
+async fn no_public_metrics_leaves_metrics_to_the_admin_listener() {
+    let mut server = Server::spawn(&["--no-public-metrics", "--admin-listen", "127.0.0.1:0"]);
+    let admin = admin_addr(&mut server);
+    let (status, _, text) = http_get(server.addr, "/metrics").await;
+    assert_eq!(status, 404, "{text}");
+    assert!(!text.contains("signaling_"), "{text}");
+    let (status, _, text) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("signaling_sessions"), "{text}");
+    // The rest of the main listener is unchanged.
+    let (status, _, _) = http_get(server.addr, "/healthz").await;
+    assert_eq!(status, 200);
+}
+
 /// Every series of `metrics` is in the metrics tables of `docs/signaling.md` (or, for the
 /// in-process relay's, `docs/relay.md`).
 fn assert_documented(metrics: &str) {
