@@ -23,7 +23,7 @@ use crate::error::RequestError;
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 pub use crate::outbound::{Outbound, OutboundRx, OutboundTx};
-use crate::outbox::{Body, Frame, Outbox, ReplayLimits, to_json};
+use crate::outbox::{Body, Frame, Outbox, ReplayGap, ReplayLimits, to_json};
 use crate::peer_stats::{PeerLinks, millis};
 use crate::protocol::{
     ClientMessage, ConnectionStats, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId,
@@ -349,15 +349,33 @@ impl LocalHub {
         if !session.secret.matches(secret) {
             return Err(unknown());
         }
-        let Some(replay) = session.outbox.replay_after(req.last_seq) else {
-            return Err(RequestError::new(
-                ErrorCode::ResumeFailed,
-                format!(
-                    "last_seq {} cannot be resumed exactly (next seq {})",
-                    req.last_seq,
-                    session.outbox.next_seq()
-                ),
-            ));
+        let replay = match session.outbox.replay_after(req.last_seq) {
+            Ok(replay) => replay,
+            Err(ReplayGap::Dropped) => {
+                // Frames the client never acknowledged are gone (a socket thought alive took
+                // them): the session cannot go on exactly, for this client or any other.
+                st.ending.push((key, ErrorCode::ReplayOverflow));
+                st.settle();
+                self.update_gauges(&st);
+                return Err(RequestError::new(
+                    ErrorCode::ReplayOverflow,
+                    format!(
+                        "frames after last_seq {} were dropped before they were acknowledged: \
+                         the session ended",
+                        req.last_seq
+                    ),
+                ));
+            }
+            Err(ReplayGap::NotSent | ReplayGap::BelowAck) => {
+                return Err(RequestError::new(
+                    ErrorCode::ResumeFailed,
+                    format!(
+                        "last_seq {} cannot be resumed exactly (next seq {})",
+                        req.last_seq,
+                        session.outbox.next_seq()
+                    ),
+                ));
+            }
         };
         let before = session.outbox.bytes();
         session.outbox.ack(req.last_seq);

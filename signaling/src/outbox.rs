@@ -159,9 +159,9 @@ impl Outbox {
         frame
     }
 
-    /// The client processed every frame up to `seq`.
+    /// The client processed every frame up to `seq` (at most the last one sent).
     pub fn ack(&mut self, seq: u64) {
-        self.replay.ack(seq);
+        self.replay.ack(seq.min(self.next_seq - 1));
     }
 
     /// Bytes of frames kept for replay.
@@ -180,7 +180,7 @@ impl Outbox {
     }
 
     /// The frames after `last_seq`, if every one of them is still here.
-    pub fn replay_after(&self, last_seq: u64) -> Option<Vec<Frame>> {
+    pub fn replay_after(&self, last_seq: u64) -> Result<Vec<Frame>, ReplayGap> {
         self.replay.since(last_seq, self.next_seq)
     }
 }
@@ -192,11 +192,27 @@ pub struct ReplayLimits {
     pub max_bytes: usize,
 }
 
+/// Why the frames after a resume's `last_seq` cannot be replayed exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayGap {
+    /// `last_seq` was never sent.
+    NotSent,
+    /// `last_seq` is below what the client acknowledged: it contradicts itself, and the
+    /// session is left as it was.
+    BelowAck,
+    /// Frames after `last_seq` were dropped before the client acknowledged them (the bound
+    /// passed while a socket the server thought alive was attached): nobody can resume the
+    /// session exactly any more.
+    Dropped,
+}
+
 /// Frames sent to a session and not yet acknowledged, oldest first, with contiguous seqs.
 #[derive(Debug, Default)]
 pub struct ReplayBuffer {
     frames: VecDeque<(u64, Frame)>,
     bytes: usize,
+    /// The highest seq the client acknowledged (0: none).
+    acked: u64,
 }
 
 impl ReplayBuffer {
@@ -220,6 +236,7 @@ impl ReplayBuffer {
 
     /// Drops every frame up to and including `seq` (the client has processed them).
     pub fn ack(&mut self, seq: u64) {
+        self.acked = self.acked.max(seq);
         while self.frames.front().is_some_and(|(s, _)| *s <= seq) {
             self.pop_front();
         }
@@ -235,17 +252,20 @@ impl ReplayBuffer {
         }
     }
 
-    /// The frames after `last_seq`, in order, when every one of them is still here;
-    /// `None` when some were trimmed already. `next_seq` is the seq the next frame would get.
-    pub fn since(&self, last_seq: u64, next_seq: u64) -> Option<Vec<Frame>> {
+    /// The frames after `last_seq`, in order, when every one of them is still here; else why
+    /// not. `next_seq` is the seq the next frame would get.
+    pub fn since(&self, last_seq: u64, next_seq: u64) -> Result<Vec<Frame>, ReplayGap> {
         if last_seq >= next_seq {
-            return None;
+            return Err(ReplayGap::NotSent);
+        }
+        if last_seq < self.acked {
+            return Err(ReplayGap::BelowAck);
         }
         let first_kept = self.frames.front().map_or(next_seq, |(s, _)| *s);
         if last_seq + 1 < first_kept {
-            return None;
+            return Err(ReplayGap::Dropped);
         }
-        Some(
+        Ok(
             self.frames
                 .iter()
                 .filter(|(s, _)| *s > last_seq)
@@ -289,12 +309,30 @@ mod tests {
             ["m4", "m5"]
         );
         assert_eq!(buf.since(5, 6).unwrap().len(), 0);
-        // Seq 1 and 2 were acked away: a resume from 0 or 1 cannot be served exactly.
-        assert!(buf.since(0, 6).is_none());
-        assert!(buf.since(1, 6).is_none());
-        assert!(buf.since(2, 6).is_some());
+        // Seq 1 and 2 were acked away: a resume from 0 or 1 contradicts the ack.
+        assert_eq!(buf.since(0, 6).unwrap_err(), ReplayGap::BelowAck);
+        assert_eq!(buf.since(1, 6).unwrap_err(), ReplayGap::BelowAck);
+        assert!(buf.since(2, 6).is_ok());
         // A client cannot claim messages that were never sent.
-        assert!(buf.since(6, 6).is_none());
+        assert_eq!(buf.since(6, 6).unwrap_err(), ReplayGap::NotSent);
+    }
+
+    #[test]
+    fn frames_trimmed_before_their_ack_are_a_gap_of_their_own() {
+        let limits = ReplayLimits {
+            max_messages: 3,
+            max_bytes: 1 << 20,
+        };
+        let mut buf = ReplayBuffer::default();
+        for seq in 1..=5 {
+            buf.push(seq, frame(&format!("m{seq}")));
+        }
+        buf.ack(1);
+        buf.trim(limits);
+        // Seq 2 was dropped unacknowledged: from 1, the session cannot be resumed exactly.
+        assert_eq!(buf.since(1, 6).unwrap_err(), ReplayGap::Dropped);
+        assert_eq!(buf.since(0, 6).unwrap_err(), ReplayGap::BelowAck);
+        assert_eq!(buf.since(2, 6).unwrap().len(), 3);
     }
 
     #[test]

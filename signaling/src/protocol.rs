@@ -562,9 +562,11 @@ pub enum ErrorCode {
     Unauthorized,
     /// The token does not grant this room (or name).
     Forbidden,
-    /// The resume token is unknown, expired, or `last_seq` is not available any more.
+    /// The resume token is unknown or expired, or `last_seq` is below the acknowledged one or
+    /// above the last one sent.
     ResumeFailed,
-    /// The session's replay buffer overflowed while the client was away: the session ended.
+    /// The session's replay buffer overflowed while the client was away, or frames after a
+    /// resume's `last_seq` were dropped before they were acknowledged: the session ended.
     ReplayOverflow,
     /// The client was too slow to read its messages: the session ended.
     SlowConsumer,

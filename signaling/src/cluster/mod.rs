@@ -734,6 +734,16 @@ impl ClusterHub {
                     ),
                 ));
             }
+            // Ended above, with the overflowed sessions.
+            "dropped" => {
+                return Err(RequestError::new(
+                    ErrorCode::ReplayOverflow,
+                    format!(
+                        "frames after last_seq {last_seq} were dropped before they were \
+                         acknowledged: the session ended"
+                    ),
+                ));
+            }
             _ => return Err(unknown()),
         }
         let mut rest = reply.rest.into_iter();

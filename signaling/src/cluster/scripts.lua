@@ -73,10 +73,11 @@ local function first_sight(sid, cseq)
   return true
 end
 
--- Drops outbox frames up to and including `seq`.
+-- Drops outbox frames up to and including `seq`, and records `seq` as acknowledged ('ack':
+-- a resume from below it contradicts the client, one from below 'first' finds frames dropped).
 local function ack(sid, seq)
   local s = skey(sid)
-  local st = redis.call('HMGET', s, 'first', 'bytes', 'next')
+  local st = redis.call('HMGET', s, 'first', 'bytes', 'next', 'ack')
   if not st[1] then return end
   local first = tonumber(st[1])
   local bytes = tonumber(st[2])
@@ -88,7 +89,7 @@ local function ack(sid, seq)
     bytes = bytes - #old
     first = first + 1
   end
-  redis.call('HSET', s, 'first', first, 'bytes', bytes)
+  redis.call('HSET', s, 'first', first, 'bytes', bytes, 'ack', math.max(last, tonumber(st[4] or '0')))
 end
 
 -- The other members with, for each, the PeerInfo JSON as `sid` sees it (polite towards those

@@ -75,7 +75,8 @@ return {'ok', table.concat(over, ' ')}
             ),
             // ARGV: sid sechash last_seq node conn version resumed-template peer at-ms ice-due
             // ('' for a quiet re-attach: the due refresh stays). Returns the old node, conn and
-            // state, the ice due, then the frames to replay.
+            // state, the ice due, then the frames to replay; 'gap' (the session stays) or
+            // 'dropped' (the session is in the overflowed list) when it cannot be resumed.
             resume: script(
                 r#"
 local sid = ARGV[4]
@@ -85,11 +86,18 @@ if tomb then
   if sec == ARGV[5] then return {'ended', '', code} end
 end
 local s = skey(sid)
-local st = redis.call('HMGET', s, 'sec', 'first', 'next', 'node', 'conn', 'state', 'peer', 'ice')
+local st = redis.call('HMGET', s, 'sec', 'first', 'next', 'node', 'conn', 'state', 'peer', 'ice',
+  'ack')
 if not st[1] or st[1] ~= ARGV[5] or st[7] ~= ARGV[11] then return {'unknown', ''} end
 local last = tonumber(ARGV[6])
 local first, nxt = tonumber(st[2]), tonumber(st[3])
-if last >= nxt or last + 1 < first then return {'gap', '', tostring(nxt)} end
+if last >= nxt or last < tonumber(st[9] or '0') then return {'gap', '', tostring(nxt)} end
+if last + 1 < first then
+  -- Frames the client never acknowledged were dropped while it counted as attached (a socket
+  -- thought alive, or a node that died before its lease ran out): the caller ends it.
+  over[#over + 1] = sid
+  return {'dropped', table.concat(over, ' '), tostring(nxt)}
+end
 ack(sid, last)
 local replay = redis.call('LRANGE', lkey(sid), 0, -1)
 redis.call('HSET', s, 'node', ARGV[7], 'conn', ARGV[8], 'ver', ARGV[9], 'state', 'a',

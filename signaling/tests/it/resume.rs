@@ -156,6 +156,50 @@ async fn replay_overflow_ends_a_parked_session() {
     assert_eq!(b.expect_close().await, Closed::Code(1008));
 }
 
+/// While a socket is attached, frames beyond the replay bound are dropped unacknowledged. A
+/// resume from before them (the socket was half dead, or its cluster node died before its lease
+/// ran out) cannot be served exactly by anyone: the session ends at once with `replay_overflow`
+/// and the others see it leave (`ended`), instead of a `resume_failed` that left it in the room
+/// until its grace ran out. A resume from below what the client acknowledged still leaves the
+/// session as it was.
+#[tokio::test]
+async fn a_resume_after_unacknowledged_frames_were_dropped_ends_the_session() {
+    let server = Server::start(&["--resume-grace", "30s", "--replay-max-messages", "5"]);
+    let (mut a, a_info) = Client::join(&server.ws("/ws/dropped"), None).await;
+    let (mut old, b_info) = Client::join(&server.ws("/ws/dropped"), None).await;
+    let _ = a.recv_message().await;
+    // B reads the first two signals and acknowledges them, then reads nothing more.
+    for n in 0..2 {
+        signal(&mut a, &b_info.peer_id, candidate(n)).await;
+        assert_eq!(expect_signal(&mut old, &a_info.peer_id).await, candidate(n));
+    }
+    let acked = old.last_seq;
+    old.send(&ClientMessage::Ack { seq: acked }).await;
+    old.sync().await;
+    for n in 2..12 {
+        signal(&mut a, &b_info.peer_id, candidate(n)).await;
+    }
+    a.sync().await;
+
+    // Below the ack: the client contradicts itself; the session stays.
+    let mut b = Client::connect(&server.ws("/ws/dropped")).await;
+    b.send(&resume_message(&b_info.resume_token, acked - 1)).await;
+    b.expect_error(ErrorCode::ResumeFailed).await;
+    assert_eq!(b.expect_close().await, Closed::Code(1008));
+    a.expect_silence(Duration::from_millis(300)).await;
+
+    // From the ack: candidates 2..7 were dropped while the old socket was attached.
+    let mut b = Client::connect(&server.ws("/ws/dropped")).await;
+    b.send(&resume_message(&b_info.resume_token, acked)).await;
+    b.expect_error(ErrorCode::ReplayOverflow).await;
+    assert_eq!(b.expect_close().await, Closed::Code(1008));
+    expect_peer_left(&mut a, &b_info.peer_id, LeaveReason::Ended).await;
+    // Ended for good: the token now says so.
+    let mut b = Client::connect(&server.ws("/ws/dropped")).await;
+    b.send(&resume_message(&b_info.resume_token, acked)).await;
+    b.expect_error(ErrorCode::ReplayOverflow).await;
+}
+
 /// A `signal` numbered `cseq` carrying candidate `n`.
 fn numbered_signal(to: &signaling::protocol::PeerId, cseq: u64) -> ClientMessage {
     ClientMessage::Signal {
