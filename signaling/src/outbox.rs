@@ -265,13 +265,12 @@ impl ReplayBuffer {
         if last_seq + 1 < first_kept {
             return Err(ReplayGap::Dropped);
         }
-        Ok(
-            self.frames
-                .iter()
-                .filter(|(s, _)| *s > last_seq)
-                .map(|(_, f)| f.clone())
-                .collect(),
-        )
+        Ok(self
+            .frames
+            .iter()
+            .filter(|(s, _)| *s > last_seq)
+            .map(|(_, f)| f.clone())
+            .collect())
     }
 
     /// Number of frames held.
