@@ -153,6 +153,15 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Saves the data (`SAVE`), kills the server, waits `down`, and starts it again on the
+    /// same port from the saved data: a Redis restarted with persistence.
+    pub fn restart_from_saved_data(&mut self, down: Duration) {
+        assert_eq!(self.cli(&["SAVE"]), "OK");
+        self.kill();
+        std::thread::sleep(down);
+        self.spawn();
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -21,15 +21,24 @@ use crate::protocol::{
 impl ClusterHub {
     /// Redis is gone (or this node's lease): every attached socket is closed with 1013 so its
     /// client resumes once Redis is back (frames published meanwhile may not have reached this
-    /// node).
-    pub(super) fn outage(&self, why: Outage) {
-        self.metrics.cluster_outage(why);
+    /// node). `was_available`: the node was available until now; an outage is counted (and
+    /// logged as an error) once, by its first cause, however many of its parts fail.
+    pub(super) fn outage(&self, why: Outage, was_available: bool) {
         let st = self.lock();
-        tracing::error!(
-            why = why.as_str(),
-            sessions = st.attached.len(),
-            "cluster store unavailable: closing sockets"
-        );
+        if was_available {
+            self.metrics.cluster_outage(why);
+            tracing::error!(
+                why = why.as_str(),
+                sessions = st.attached.len(),
+                "cluster store unavailable: closing sockets"
+            );
+        } else {
+            tracing::debug!(
+                why = why.as_str(),
+                sessions = st.attached.len(),
+                "still unavailable: closing sockets"
+            );
+        }
         for session in st.attached.values() {
             session.tx.close(None, close_code::TRY_AGAIN_LATER);
         }
@@ -69,7 +78,7 @@ impl ClusterHub {
             self.subscribed.store(false, Ordering::Release);
             // Frames published while unsubscribed would be lost to the sockets: cut them, so
             // their clients resume from the outbox.
-            self.outage(Outage::Pubsub);
+            self.outage(Outage::Pubsub, self.store_ok.load(Ordering::Acquire));
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }

@@ -67,7 +67,7 @@ impl ClusterHub {
                     "this node's lease was gone from redis (it expired and another node adopted \
                      its sessions, or redis lost its data): closing its sockets"
                 );
-                self.outage(Outage::LeaseLost);
+                self.outage(Outage::LeaseLost, true);
             }
             self.store
                 .query::<i64>(redis::cmd("PEXPIRE").arg(NODES_KEY).arg(ttl))
@@ -111,13 +111,23 @@ impl ClusterHub {
         };
         if !self.store_ok.swap(true, Ordering::AcqRel) {
             tracing::info!("redis answers again");
+            // No node could renew its lease while Redis was away (or restarting from its
+            // saved data): every lease may read expired now. Give the live nodes one lease to
+            // renew theirs before taking any node for dead.
+            self.lock().adopt_after = Some(Instant::now() + self.cluster.lease);
         }
         let pending = std::mem::take(&mut self.lock().pending_park);
         for p in pending {
             self.park(p).await;
         }
-        for node in dead.iter().filter(|n| *n != me) {
-            self.adopt(node).await;
+        let may_adopt = self
+            .lock()
+            .adopt_after
+            .is_none_or(|after| Instant::now() >= after);
+        if may_adopt {
+            for node in dead.iter().filter(|n| *n != me) {
+                self.adopt(node).await;
+            }
         }
     }
 

@@ -206,6 +206,8 @@ struct LocalState {
     resuming: HashMap<SessionKey, Inbox>,
     parked: HashMap<SessionKey, ParkedHere>,
     pending_park: Vec<PendingPark>,
+    /// After an outage of the store: no node's sessions are adopted before then.
+    adopt_after: Option<Instant>,
     /// Local sessions (attached or parked) per room.
     rooms: HashMap<RoomId, usize>,
     /// The queues of sessions ended over the memory budget, until their socket tasks let go of
@@ -371,7 +373,7 @@ impl ClusterHub {
         tracing::warn!(%error, what, "redis call failed");
         self.metrics.cluster_store_error();
         if self.store_ok.swap(false, Ordering::AcqRel) {
-            self.outage(Outage::Store);
+            self.outage(Outage::Store, self.subscribed.load(Ordering::Acquire));
         }
     }
 

@@ -308,6 +308,79 @@ async fn a_redis_outage_is_refused_clearly_and_healed_without_a_restart() {
     let (_c, _) = Client::join(&n1.ws("/ws/outage"), None).await;
 }
 
+/// Redis down for longer than the lease, then back with its saved data: every lease reads
+/// expired, but no node died. The nodes count one outage each (its sockets closed once, not
+/// once per failed part), adopt nobody's sessions (no `lease_lost`, no node's clients cut a
+/// second time), and their clients resume where they were with nothing lost.
+#[tokio::test]
+async fn redis_back_after_the_lease_ran_out_adopts_no_live_nodes_sessions() {
+    let mut redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--resume-grace", "30s"]);
+    let n2 = node(&redis.url(), &["--resume-grace", "30s"]);
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&n1.ws("/ws/comeback"), &n2.ws("/ws/comeback")).await;
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 0).await;
+    let (a_seen, b_seen) = (a.last_seq, b.last_seq);
+    for server in [&n1, &n2] {
+        metric_becomes(server, "signaling_cluster_nodes", 2).await;
+    }
+
+    // Down for three leases (the lease is 1 s).
+    redis.restart_from_saved_data(Duration::from_secs(3));
+    assert_eq!(a.expect_close().await, Closed::Code(1013));
+    assert_eq!(b.expect_close().await, Closed::Code(1013));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for server in [&n1, &n2] {
+        while server.get("/readyz").await.0 != 200 {
+            assert!(Instant::now() < deadline, "never ready again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Past the lease that every node gets to renew its own.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for server in [&n1, &n2] {
+        let outages = server
+            .metric("signaling_cluster_outages_total{reason=\"store\"}")
+            .await
+            + server
+                .metric("signaling_cluster_outages_total{reason=\"pubsub\"}")
+                .await;
+        assert_eq!(outages, 1, "one outage, counted once");
+        assert_eq!(
+            server
+                .metric("signaling_cluster_outages_total{reason=\"lease_lost\"}")
+                .await,
+            0
+        );
+        assert_eq!(
+            server
+                .metric("signaling_cluster_sessions_adopted_total")
+                .await,
+            0
+        );
+        assert_eq!(server.metric("signaling_cluster_nodes").await, 2);
+    }
+    // Each resumes on its own node: nothing lost, and the call goes on.
+    let mut a = Client::connect(&n1.ws("/ws/comeback")).await;
+    a.last_seq = a_seen;
+    a.send(&resume_message(&a_info.resume_token, a_seen)).await;
+    assert!(matches!(
+        a.recv_message().await,
+        ServerMessage::Resumed { replayed: 0, .. }
+    ));
+    let mut b = Client::connect(&n2.ws("/ws/comeback")).await;
+    b.last_seq = b_seen;
+    b.send(&resume_message(&b_info.resume_token, b_seen)).await;
+    assert!(matches!(
+        b.recv_message().await,
+        ServerMessage::Resumed { replayed: 0, .. }
+    ));
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 1).await;
+    // Still attached a lease later: nobody took them over.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pass_candidate((&mut b, &b_info.peer_id), (&mut a, &a_info.peer_id), 2).await;
+}
+
 #[tokio::test]
 async fn a_restarted_empty_redis_is_served_again_and_old_sessions_fail_cleanly() {
     let mut redis = RedisServer::start();

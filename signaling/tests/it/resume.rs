@@ -183,7 +183,8 @@ async fn a_resume_after_unacknowledged_frames_were_dropped_ends_the_session() {
 
     // Below the ack: the client contradicts itself; the session stays.
     let mut b = Client::connect(&server.ws("/ws/dropped")).await;
-    b.send(&resume_message(&b_info.resume_token, acked - 1)).await;
+    b.send(&resume_message(&b_info.resume_token, acked - 1))
+        .await;
     b.expect_error(ErrorCode::ResumeFailed).await;
     assert_eq!(b.expect_close().await, Closed::Code(1008));
     a.expect_silence(Duration::from_millis(300)).await;
