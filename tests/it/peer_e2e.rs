@@ -205,8 +205,11 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
     std::fs::write(&src, &data).expect("write source");
     let src_s = src.to_string_lossy().into_owned();
     let dst_s = dst.to_string_lossy().into_owned();
+    // An existing file is replaced once the whole file arrived.
+    std::fs::write(&dst, b"older contents").expect("write old destination");
     let mut receiver = file_peer("recv-file", &url, &dst_s, &[]);
     wait_joined(&mut receiver);
+    assert_eq!(std::fs::read(&dst).expect("read"), b"older contents");
     let mut sender = file_peer("send-file", &url, &src_s, &[]);
     let received = receiver.wait_line(Duration::from_secs(120), |l| {
         l.starts_with("* file-received")
@@ -217,6 +220,23 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
     assert!(receiver.wait_exit(Duration::from_secs(10)).success());
     assert!(sender.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(std::fs::read(&dst).expect("read received"), data);
+    // No temporary file left, and the file has the mode a plain create gives it.
+    assert_eq!(dir_names(dir.path()), ["dst.bin", "src.bin"]);
+    use std::os::unix::fs::PermissionsExt as _;
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"").expect("write plain");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode();
+    assert_eq!(mode(&dst), mode(&plain));
+}
+
+/// The names in `dir`, sorted.
+fn dir_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// A TCP proxy whose live connections the test can cut while it keeps accepting new ones.
@@ -1151,7 +1171,8 @@ fn sigterm_makes_join_leave_the_room_at_once() {
 }
 
 /// `recv-file` and `send-file` stop on SIGINT and SIGTERM with 130 and 143, leaving the
-/// room; `recv-file` removes the output file of a transfer that did not complete.
+/// room; a transfer that did not complete leaves `recv-file`'s output as it was (an existing
+/// file untouched, no new or temporary file).
 #[test]
 fn interrupted_file_commands_leave_and_remove_the_partial_file() {
     let signaling = start_signaling(None, "127.0.0.1:0");
@@ -1168,9 +1189,26 @@ fn interrupted_file_commands_leave_and_remove_the_partial_file() {
         receiver.wait_exit(Duration::from_secs(10)).code(),
         Some(130)
     );
-    assert!(!dst.exists(), "the partial output file was kept");
+    assert!(dir_names(dir.path()).is_empty(), "a file was left behind");
     watcher.wait_line(Duration::from_secs(5), |l| {
         l.starts_with("* peer-left") && field(l, "name") == Some("receiver")
+    });
+    // An existing file is neither emptied while the receiver waits nor removed when it stops.
+    let kept = dir.path().join("kept.txt");
+    std::fs::write(&kept, b"precious data").expect("write existing");
+    let kept_s = kept.to_string_lossy().into_owned();
+    let mut receiver = file_peer("recv-file", &url, &kept_s, &["--name", "receiver2"]);
+    wait_joined(&mut receiver);
+    assert_eq!(std::fs::read(&kept).expect("read"), b"precious data");
+    receiver.terminate();
+    assert_eq!(
+        receiver.wait_exit(Duration::from_secs(10)).code(),
+        Some(143)
+    );
+    assert_eq!(std::fs::read(&kept).expect("read"), b"precious data");
+    assert_eq!(dir_names(dir.path()), ["kept.txt"]);
+    watcher.wait_line(Duration::from_secs(5), |l| {
+        l.starts_with("* peer-left") && field(l, "name") == Some("receiver2")
     });
 
     let src = dir.path().join("src.bin");

@@ -261,19 +261,9 @@ pub(crate) async fn receive(
     common: &CommonArgs,
     stop: &mut Stop,
 ) -> anyhow::Result<ExitCode> {
+    // Before joining: a path that cannot be written fails without the room seeing us.
+    let mut target = Target::open(out_path)?;
     let (peer, mut events) = stop.guard(super::join(url, common)).await??;
-    let file = match tokio::fs::File::create(out_path).await {
-        Ok(file) => file,
-        Err(err) => {
-            stop.leave(peer).await;
-            return Err(err).with_context(|| format!("create {}", out_path.display()));
-        }
-    };
-    let mut target = Target {
-        file,
-        path: out_path,
-        complete: false,
-    };
     let outcome = stop
         .guard(receive_one(
             &peer,
@@ -283,31 +273,117 @@ pub(crate) async fn receive(
         ))
         .await;
     stop.leave(peer).await;
-    // Half a file passes for a file: remove it; but only a regular file (never what a symlink
-    // points at, a device such as /dev/null, or a pipe).
-    let regular = std::fs::symlink_metadata(out_path).is_ok_and(|m| m.file_type().is_file());
-    if !target.complete && regular {
-        match std::fs::remove_file(out_path) {
-            Ok(()) => eprintln!(
-                "warning: transfer incomplete: removed {}",
-                out_path.display()
-            ),
-            Err(err) => eprintln!(
-                "warning: transfer incomplete: cannot remove {}: {err}",
-                out_path.display()
-            ),
-        }
+    if !target.complete && matches!(target.sink, Sink::Staged { .. }) {
+        // The temporary file goes with `target`.
+        eprintln!(
+            "warning: transfer incomplete: {} left as it was",
+            out_path.display()
+        );
     }
     outcome?
 }
 
 /// Where a received file goes.
-struct Target<'a> {
-    file: tokio::fs::File,
-    path: &'a Path,
-    /// Whether the whole file arrived (`file-end`, whatever its checksum): an incomplete file
-    /// is removed.
+struct Target {
+    sink: Sink,
+    /// The name the user gave, for messages.
+    shown: PathBuf,
+    /// Whether the whole file arrived (`file-end`, whatever its checksum).
     complete: bool,
+}
+
+enum Sink {
+    /// A regular file (or none yet): written to a temporary file beside it, which replaces it
+    /// once the whole file arrived; an incomplete transfer removes only the temporary file (on
+    /// drop), so an existing file is never truncated or lost.
+    Staged {
+        file: tokio::fs::File,
+        staged: tempfile::NamedTempFile,
+        dest: PathBuf,
+    },
+    /// Something that is no regular file (`/dev/null`, a pipe): written to directly.
+    Direct { file: tokio::fs::File },
+    /// Completed.
+    Done,
+}
+
+impl Target {
+    fn open(out_path: &Path) -> anyhow::Result<Self> {
+        let context = || format!("create {}", out_path.display());
+        // Through a symlink, the file it points at is replaced, not the link.
+        let dest = match std::fs::canonicalize(out_path) {
+            Ok(resolved) => resolved,
+            Err(_) => out_path.to_owned(),
+        };
+        let existing = std::fs::metadata(&dest).ok();
+        if existing.as_ref().is_some_and(std::fs::Metadata::is_dir) {
+            bail!("{} is a directory: give the file's path", out_path.display());
+        }
+        let sink = if existing.is_some_and(|m| !m.is_file()) {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&dest)
+                .with_context(context)?;
+            Sink::Direct {
+                file: tokio::fs::File::from_std(file),
+            }
+        } else {
+            let dir = match dest.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            let name = dest
+                .file_name()
+                .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+            let staged = tempfile::Builder::new()
+                .prefix(&format!(".{name}."))
+                .suffix(".part")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                .tempfile_in(&dir)
+                .with_context(context)?;
+            let file = staged.reopen().with_context(context)?;
+            Sink::Staged {
+                file: tokio::fs::File::from_std(file),
+                staged,
+                dest,
+            }
+        };
+        Ok(Self {
+            sink,
+            shown: out_path.to_owned(),
+            complete: false,
+        })
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        let file = match &mut self.sink {
+            Sink::Staged { file, .. } | Sink::Direct { file } => file,
+            Sink::Done => bail!("data after the end of {}", self.shown.display()),
+        };
+        file.write_all(data)
+            .await
+            .with_context(|| format!("write {}", self.shown.display()))
+    }
+
+    /// The whole file arrived: flushes it and puts it in place.
+    async fn complete(&mut self) -> anyhow::Result<()> {
+        let context = || format!("write {}", self.shown.display());
+        match std::mem::replace(&mut self.sink, Sink::Done) {
+            Sink::Staged {
+                mut file,
+                staged,
+                dest,
+            } => {
+                file.flush().await.with_context(context)?;
+                file.sync_all().await.with_context(context)?;
+                staged.persist(&dest).map_err(|e| e.error).with_context(context)?;
+            }
+            Sink::Direct { mut file } => file.flush().await.with_context(context)?,
+            Sink::Done => {}
+        }
+        self.complete = true;
+        Ok(())
+    }
 }
 
 /// A transfer in progress.
@@ -324,7 +400,7 @@ struct Incoming {
 async fn receive_one(
     peer: &Peer,
     events: &mut PeerEvents,
-    target: &mut Target<'_>,
+    target: &mut Target,
     out: Output,
 ) -> anyhow::Result<ExitCode> {
     let mut incoming: Option<Incoming> = None;
@@ -370,11 +446,7 @@ async fn receive_one(
             } => {
                 if let Some(incoming) = incoming.as_mut().filter(|i| i.sender == from) {
                     incoming.hasher.update(&data);
-                    target
-                        .file
-                        .write_all(&data)
-                        .await
-                        .with_context(|| format!("write {}", target.path.display()))?;
+                    target.write_all(&data).await?;
                     incoming.received += data.len() as u64;
                     incoming.bar.inc(data.len() as u64);
                 }
@@ -395,16 +467,11 @@ async fn receive_one(
 /// The file is all there: checks it, tells the sender, reports.
 async fn finish(
     peer: &Peer,
-    target: &mut Target<'_>,
+    target: &mut Target,
     done: Incoming,
     out: Output,
 ) -> anyhow::Result<ExitCode> {
-    target
-        .file
-        .flush()
-        .await
-        .with_context(|| format!("write {}", target.path.display()))?;
-    target.complete = true;
+    target.complete().await?;
     done.bar.finish();
     let got = hex::encode(done.hasher.finalize());
     let ok = got == done.sha256 && done.received == done.size;
@@ -421,7 +488,7 @@ async fn finish(
     out.notice_values(
         "file-received",
         &[
-            ("path", target.path.display().to_string().into()),
+            ("path", target.shown.display().to_string().into()),
             ("bytes", done.received.into()),
             ("sha256", got.into()),
             ("expected_sha256", done.sha256.into()),
