@@ -317,7 +317,10 @@ impl Target {
         };
         let existing = std::fs::metadata(&dest).ok();
         if existing.as_ref().is_some_and(std::fs::Metadata::is_dir) {
-            bail!("{} is a directory: give the file's path", out_path.display());
+            bail!(
+                "{} is a directory: give the file's path",
+                out_path.display()
+            );
         }
         let sink = if existing.is_some_and(|m| !m.is_file()) {
             let file = std::fs::OpenOptions::new()
@@ -376,7 +379,10 @@ impl Target {
             } => {
                 file.flush().await.with_context(context)?;
                 file.sync_all().await.with_context(context)?;
-                staged.persist(&dest).map_err(|e| e.error).with_context(context)?;
+                staged
+                    .persist(&dest)
+                    .map_err(|e| e.error)
+                    .with_context(context)?;
             }
             Sink::Direct { mut file } => file.flush().await.with_context(context)?,
             Sink::Done => {}
