@@ -83,9 +83,10 @@ impl ClusterHub {
         }
     }
 
-    /// One message of the node's channel: a frame (`SID` + JSON) or a control
-    /// (`!close SID CONN [CODE]`, 1008 when no code is given; `!stats SID JSON`, a session's
-    /// `stats` report that reached another node).
+    /// One message of the node's channel: a frame (`SID` + JSON), frames of one body for
+    /// several sessions (`!bc SID:SEQ,... BODY`), or a control (`!close SID CONN [CODE]`, 1008
+    /// when no code is given; `!stats SID JSON`, a session's `stats` report that reached
+    /// another node).
     pub(super) fn dispatch(self: &Arc<Self>, text: String) {
         if let Some(forwarded) = text.strip_prefix("!stats ") {
             let Some((id, json)) = forwarded.split_once(' ') else {
@@ -125,6 +126,27 @@ impl ClusterHub {
             self.update_gauges(&st);
             return;
         }
+        if let Some(batch) = text.strip_prefix("!bc ") {
+            // One body for several sessions of this node, each with its seq: the frame of
+            // each is numbered here exactly as the scripts number frames.
+            let Some((list, body)) = batch.split_once(' ') else {
+                return;
+            };
+            let Some(fields) = body.strip_prefix('{') else {
+                return;
+            };
+            for entry in list.split(',') {
+                let Some((id, seq)) = entry.split_once(':') else {
+                    continue;
+                };
+                let (Ok(key), Ok(seq)) = (u64::from_str_radix(id, 16), seq.parse::<u64>()) else {
+                    continue;
+                };
+                let frame = format!("{{\"seq\":{seq},{fields}");
+                self.deliver(key, seq, Utf8Bytes::from(frame));
+            }
+            return;
+        }
         if text.len() < 16 || !text.is_char_boundary(16) {
             return;
         }
@@ -132,7 +154,11 @@ impl ClusterHub {
         let (Ok(key), Some(seq)) = (u64::from_str_radix(id, 16), frame_seq(frame)) else {
             return;
         };
-        let frame = Utf8Bytes::from(frame.to_owned());
+        self.deliver(key, seq, Utf8Bytes::from(frame.to_owned()));
+    }
+
+    /// Frame `seq` of session `key`, from the node's channel: on to its socket, in order.
+    fn deliver(self: &Arc<Self>, key: SessionKey, seq: u64, frame: Utf8Bytes) {
         let mut st = self.lock();
         if let Some(inbox) = st.resuming.get_mut(&key) {
             let _ = inbox.offer(seq, frame.clone());

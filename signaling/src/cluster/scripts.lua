@@ -28,9 +28,10 @@ local over = {}
 local REPLAYED = '"replayed":18446744073709551615'
 local RECEIVED = '"received":18446744073709551614'
 
--- Numbers `body` (a JSON object without seq) for session `sid`, appends it to the outbox and,
--- when the session is attached, publishes it to its node. Returns the seq, or nil.
-local function emit(sid, body)
+-- Numbers `body` (a JSON object without seq) for session `sid` and appends it to the outbox.
+-- Returns the seq and the frame, and the node to publish it to when the session is attached
+-- (nil when it is parked); nil when the session is gone.
+local function append(sid, body)
   local s = skey(sid)
   local st = redis.call('HMGET', s, 'next', 'first', 'bytes', 'state', 'node')
   if not st[1] then return nil end
@@ -41,6 +42,7 @@ local function emit(sid, body)
   local first = tonumber(st[2])
   local bytes = tonumber(st[3]) + #frame
   local n = seq - first + 1
+  local node = nil
   if st[4] == 'a' then
     -- Attached: the socket gets it now; keep a bounded tail for a resume.
     while n > MAXN or bytes > MAXB do
@@ -49,12 +51,44 @@ local function emit(sid, body)
       first = first + 1
       n = n - 1
     end
-    redis.call('PUBLISH', 'sig:ch:' .. st[5], sid .. frame)
+    node = st[5]
   elseif n > MAXN or bytes > MAXB then
     over[#over + 1] = sid
   end
   redis.call('HSET', s, 'next', seq + 1, 'first', first, 'bytes', bytes)
+  return seq, frame, node
+end
+
+-- Numbers `body` for session `sid`, appends it to the outbox and, when the session is
+-- attached, publishes it to its node ('SID' .. frame). Returns the seq, or nil.
+local function emit(sid, body)
+  local seq, frame, node = append(sid, body)
+  if node then redis.call('PUBLISH', 'sig:ch:' .. node, sid .. frame) end
   return seq
+end
+
+-- `emit` of one `body` to each session of `sids`, published once per node rather than once
+-- per session: '!bc SID:SEQ,SID:SEQ,... ' .. body (each node numbers the frames itself, as
+-- `append` does). A broadcast crosses pub/sub as many times as there are nodes, whatever the
+-- room's size. Returns how many sessions got it.
+local function emit_all(sids, body)
+  local by_node, nodes, n = {}, {}, 0
+  for _, sid in ipairs(sids) do
+    local seq, _, node = append(sid, body)
+    if seq then n = n + 1 end
+    if node then
+      if not by_node[node] then
+        by_node[node] = {}
+        nodes[#nodes + 1] = node
+      end
+      local list = by_node[node]
+      list[#list + 1] = sid .. ':' .. seq
+    end
+  end
+  for _, node in ipairs(nodes) do
+    redis.call('PUBLISH', 'sig:ch:' .. node, '!bc ' .. table.concat(by_node[node], ',') .. ' ' .. body)
+  end
+  return n
 end
 
 -- The highest client frame number (`cseq`) session `sid` handled, as a string ('0': none).
@@ -127,8 +161,6 @@ local function end_session(sid, left, code, grace)
     redis.call('SET', P .. 't:' .. sid, code .. ' ' .. st[2], 'PX', grace)
   end
   local body = plain_replace(left, '"%PEER%"', '"' .. st[1] .. '"')
-  for _, other in ipairs(redis.call('LRANGE', M, 0, -1)) do
-    emit(other, body)
-  end
+  emit_all(redis.call('LRANGE', M, 0, -1), body)
   return st
 end

@@ -711,6 +711,70 @@ async fn an_http_open_abandoned_while_redis_is_slow_still_parks_its_session() {
 }
 
 /// Scripts Redis has run so far (`EVALSHA` and `EVAL` calls).
+/// A broadcast (and any frame to a whole room: `peer_joined`, `peer_left`) crosses Redis
+/// pub/sub once per node, not once per recipient: a large broadcast to a full room must not
+/// overrun the subscribers' output buffers. Every recipient still gets it, numbered in its
+/// own sequence.
+#[tokio::test]
+async fn a_broadcast_crosses_pubsub_once_per_node() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &[]);
+    let n2 = node(&redis.url(), &[]);
+    let (mut sender, sender_info) = Client::join(&n1.ws("/ws/fanout"), None).await;
+    let mut others = Vec::new();
+    for i in 0..6 {
+        let at = if i % 2 == 0 { &n1 } else { &n2 };
+        let (client, _) = Client::join(&at.ws("/ws/fanout"), None).await;
+        others.push(client);
+    }
+    // Everyone has seen everyone join.
+    for (i, client) in others.iter_mut().enumerate() {
+        for _ in i + 1..6 {
+            assert!(matches!(
+                client.recv_message().await,
+                ServerMessage::PeerJoined { .. }
+            ));
+        }
+    }
+    for _ in 0..6 {
+        assert!(matches!(
+            sender.recv_message().await,
+            ServerMessage::PeerJoined { .. }
+        ));
+    }
+    let before = publishes(&redis);
+    sender
+        .send(&ClientMessage::Broadcast {
+            id: None,
+            cseq: None,
+            data: serde_json::json!({"blob": "x".repeat(30_000)}),
+        })
+        .await;
+    for client in &mut others {
+        let seq_before = client.last_seq;
+        let frame = client.recv().await;
+        assert_eq!(frame.seq, seq_before + 1, "numbered in its own sequence");
+        match frame.message {
+            ServerMessage::Broadcast { from, data } => {
+                assert_eq!(from, sender_info.peer_id);
+                assert_eq!(data["blob"].as_str().map(str::len), Some(30_000));
+            }
+            other => panic!("expected the broadcast, got {other:?}"),
+        }
+    }
+    assert_eq!(publishes(&redis) - before, 2, "one publish per node");
+}
+
+/// PUBLISH calls Redis ran so far (the scripts' included).
+fn publishes(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:"))
+        .and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn script_calls(redis: &RedisServer) -> u64 {
     redis
         .cli(&["INFO", "commandstats"])
