@@ -41,6 +41,8 @@ type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Give up re-joining after this long without a session.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
+/// How long a `leave` waits for the server's close (the room's own wait for the leave is 2 s).
+const LEAVE_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// What the signaling client reports to the rest of the SDK.
 #[derive(Debug)]
@@ -155,6 +157,21 @@ async fn open(url: &str, connector: &Connector) -> Result<WsStream> {
         .await
         .map_err(|_| PeerError::SignalingTimeout(HANDSHAKE_TIMEOUT))??;
     Ok(ws)
+}
+
+/// After `leave`: reads (and drops) what the server still sends until its close, which
+/// answers the `leave` (within [`LEAVE_CLOSE_WAIT`]). Dropping the socket with frames unread
+/// would make the kernel reset the connection, and a reset can discard the `leave` before
+/// the server reads it: the room would see the peer leave only when its grace ran out.
+async fn await_close(ws: &mut WsStream) {
+    let _ = timeout(LEAVE_CLOSE_WAIT, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn send_json(ws: &mut WsStream, message: &ClientMessage) -> Result<()> {
@@ -372,11 +389,13 @@ impl Session {
                         }
                         Some(Outgoing::Leave { sent }) => {
                             let _ = send_json(ws, &ClientMessage::Leave { id: None }).await;
+                            await_close(ws).await;
                             let _ = sent.send(());
                             return Disconnect::Finished(None);
                         }
                         None => {
                             let _ = send_json(ws, &ClientMessage::Leave { id: None }).await;
+                            await_close(ws).await;
                             return Disconnect::Finished(None);
                         }
                     }

@@ -437,6 +437,45 @@ fn probe_self_reports_host_and_relay_pairs() {
     assert!(probe.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// A `--self` probe whose relay-only phase times out (the relay refuses signaling's
+/// credentials) still takes both its internal peers out of the room: nothing of it stays behind
+/// in signaling (a ghost would hold a place in the room until its resume grace ran out).
+#[test]
+fn a_failed_self_probe_leaves_nothing_behind() {
+    let relay = start_relay();
+    let turn_url = relay.turn_url();
+    let signaling = start_signaling_with(
+        None,
+        "127.0.0.1:0",
+        &[
+            "--turn-url",
+            &turn_url,
+            "--turn-secret",
+            "not-the-relays-secret",
+        ],
+    );
+    let url = signaling.room_url("failed-probe");
+    let args = [
+        "probe",
+        &url,
+        "--self",
+        "--bind",
+        "127.0.0.1",
+        "--timeout",
+        "10s",
+    ];
+    let mut probe = spawn("peer", &args, false);
+    let failed = probe.wait_line(Duration::from_secs(60), |l| l.starts_with("* probe-failed"));
+    assert_eq!(field(&failed, "mode"), Some("relay"), "{failed}");
+    assert_eq!(probe.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    // Their `leave`s were written before the probe exited; the server takes a moment.
+    let emptied = testkit::wait_until(Duration::from_secs(2), || {
+        let (_, text) = testkit::http_get(signaling.addr, "/metrics").ok()?;
+        (testkit::metric_value(&text, "signaling_sessions") == Some(0.0)).then_some(())
+    });
+    assert!(emptied.is_some(), "a session of the probe stayed");
+}
+
 /// The Rust SDK reports each connection to signaling (`stats`, docs/protocol.md): a
 /// relay-only call between two `peer join`s shows as relayed in signaling's metrics and on its
 /// admin snapshot.

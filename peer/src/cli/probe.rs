@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
@@ -243,24 +242,22 @@ async fn self_pair(
             return Err(err);
         }
     };
-    let b = Arc::new(b);
-    let responder = {
-        let b = b.clone();
-        tokio::spawn(async move { serve(&b, &mut b_events).await })
-    };
+    // B answers A's pings in this same task, so both are still ours to leave with whatever
+    // the outcome (a timeout included).
     let measured = within(stop, deadline, async {
-        let remote = super::first_open_peer(&mut a_events).await?;
-        let rtt = ping(&a, &mut a_events, &remote).await;
-        Ok((rtt, super::selected_pair_eventually(&a, &remote).await))
+        let measure = async {
+            let remote = super::first_open_peer(&mut a_events).await?;
+            let rtt = ping(&a, &mut a_events, &remote).await;
+            Ok((rtt, super::selected_pair_eventually(&a, &remote).await))
+        };
+        tokio::select! {
+            measured = measure => measured,
+            () = serve(&b, &mut b_events) => Err(anyhow!("the second peer's connection ended")),
+        }
     })
     .await;
-    responder.abort();
-    // The aborted task gives its handle on B back.
-    let _ = responder.await;
     stop.leave(a).await;
-    if let Ok(b) = Arc::try_unwrap(b) {
-        stop.leave(b).await;
-    }
+    stop.leave(b).await;
     let (rtt, pair) = measured?;
     let Some(pair) = pair else {
         bail!("no selected candidate pair");
