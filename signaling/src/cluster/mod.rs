@@ -568,12 +568,14 @@ impl ClusterHub {
     /// Adds a session to this node's index (what another node adopts if this one dies).
     /// Returns whether the entry is new.
     async fn index_add(&self, room: &RoomId, key: SessionKey) -> bool {
-        let cmd = redis::cmd("SADD")
-            .arg(node_sessions_key(&self.cluster.node_id))
-            .arg(format!("{room}\t{}", sid(key)))
-            .to_owned();
-        match self.store.query::<i64>(&cmd).await {
-            Ok(added) => added == 1,
+        let index = node_sessions_key(&self.cluster.node_id);
+        let member = format!("{room}\t{}", sid(key));
+        match self
+            .store
+            .add_to_set(&index, &member, self.store_ttl())
+            .await
+        {
+            Ok(added) => added,
             Err(e) => {
                 self.store_failed("index", &e);
                 false

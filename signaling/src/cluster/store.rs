@@ -465,6 +465,26 @@ impl Store {
         self.conn.query(cmd, self.timeout).await
     }
 
+    /// Adds `member` to the set `key` and gives the set `ttl`, in one step (every key has a
+    /// TTL from its first write). Whether `member` is new.
+    pub async fn add_to_set(
+        &self,
+        key: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        static ADD: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+            Script::new(
+                "local added = redis.call('SADD', KEYS[1], ARGV[1]) \
+                 redis.call('PEXPIRE', KEYS[1], ARGV[2]) return added",
+            )
+        });
+        let mut invocation = ADD.key(key);
+        invocation.arg(member).arg(ttl.as_millis() as u64);
+        let added: i64 = self.conn.invoke(&invocation, self.timeout).await?;
+        Ok(added == 1)
+    }
+
     /// Keeps the agreed TURN secret alive (and writes back `agreed` if Redis lost it): see
     /// [`fleet::secret::keep_turn_secret`].
     pub async fn keep_turn_secret(&self, agreed: Option<&str>) -> Result<(), StoreError> {

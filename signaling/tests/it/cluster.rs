@@ -450,6 +450,12 @@ async fn every_key_is_gone_after_everyone_leaves() {
         for i in 0..3 {
             pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), i).await;
         }
+        // Every key has a TTL from its first write (the heartbeat renews them, but is not
+        // what gives a new key its first one).
+        for key in redis.keys() {
+            let ttl: i64 = redis.cli(&["PTTL", &key]).parse().unwrap_or(-1);
+            assert!(ttl > 0, "{key} has no TTL");
+        }
         // One leaves, one just drops its socket (parked, then expired).
         a.send(&ClientMessage::Leave { id: None }).await;
         drop(b);
