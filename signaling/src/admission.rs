@@ -173,6 +173,7 @@ impl Admission<'_> {
                     token,
                     last_seq,
                     announce: true,
+                    ticket: self.ip_slot.try_session(),
                 },
             )
             .await

@@ -80,6 +80,10 @@ pub struct ResumeRequest {
     /// re-attach goes on while the node drains (as a socket stays open until the drain ends),
     /// where a client coming back with `resume` is sent elsewhere (`draining`).
     pub announce: bool,
+    /// A place among the client address's sessions on this node (`--max-sessions-per-ip`),
+    /// when one is free: a session that comes from another node of a cluster takes it, and
+    /// is refused without one. A session this node holds keeps its own.
+    pub ticket: Option<SessionTicket>,
 }
 
 /// A session now attached to the caller's socket.
@@ -1303,6 +1307,7 @@ mod tests {
                     token: welcome_token,
                     last_seq: 1,
                     announce: true,
+                    ticket: None,
                 },
                 Instant::now(),
             )
@@ -1411,6 +1416,7 @@ mod tests {
                 token,
                 last_seq,
                 announce: true,
+                ticket: None,
             },
             now,
         )

@@ -384,6 +384,7 @@ async fn register(
                     token: earlier.resume.clone(),
                     last_seq: earlier.last_seq,
                     announce: false,
+                    ticket: ip_slot.try_session(),
                 },
             )
             .await;

@@ -85,8 +85,8 @@ impl ClusterHub {
 
     /// One message of the node's channel: a frame (`SID` + JSON), frames of one body for
     /// several sessions (`!bc SID:SEQ,... BODY`), or a control (`!close SID CONN [CODE]`, 1008
-    /// when no code is given; `!stats SID JSON`, a session's `stats` report that reached
-    /// another node).
+    /// when no code is given; `!moved SID EXPIRES_MS`, a session parked here was resumed elsewhere;
+    /// `!stats SID JSON`, a session's `stats` report that reached another node).
     pub(super) fn dispatch(self: &Arc<Self>, text: String) {
         if let Some(forwarded) = text.strip_prefix("!stats ") {
             let Some((id, json)) = forwarded.split_once(' ') else {
@@ -103,6 +103,28 @@ impl ClusterHub {
             };
             let hub = Arc::clone(self);
             tokio::spawn(async move { hub.record_stats(key, &room, report, false).await });
+            return;
+        }
+        if let Some(moved) = text.strip_prefix("!moved ") {
+            // A session parked here (until `expires_ms`) was resumed on another node: it no
+            // longer counts here (its place among its address's sessions is given back).
+            let Some((id, expires_ms)) = moved.split_once(' ') else {
+                return;
+            };
+            let (Ok(key), Ok(expires_ms)) =
+                (u64::from_str_radix(id, 16), expires_ms.parse::<u64>())
+            else {
+                return;
+            };
+            let mut st = self.lock();
+            if st
+                .parked
+                .get(&key)
+                .is_some_and(|p| p.expires_ms == expires_ms)
+            {
+                drop(st.unpark(key));
+                self.update_gauges(&st);
+            }
             return;
         }
         if let Some(control) = text.strip_prefix("!close ") {

@@ -592,12 +592,38 @@ impl ClusterHub {
         let _ = self.store.query::<i64>(&cmd).await;
     }
 
+    /// Whether a session of `room` that another node holds may come here: within this node's
+    /// `--max-sessions` and `--max-rooms`, and with a place among its client address's
+    /// sessions (`has_ticket`).
+    fn admit_moved_session(&self, room: &RoomId, has_ticket: bool) -> Result<(), RequestError> {
+        if !has_ticket {
+            return Err(RequestError::new(
+                ErrorCode::TooManySessions,
+                "this address holds its maximum number of sessions on this node",
+            ));
+        }
+        let st = self.lock();
+        if st.attached.len() + st.parked.len() >= self.settings.max_sessions {
+            return Err(RequestError::new(
+                ErrorCode::TooManySessions,
+                "the server holds its maximum number of sessions",
+            ));
+        }
+        if !st.rooms.contains_key(room) && st.rooms.len() >= self.settings.max_rooms {
+            return Err(RequestError::new(
+                ErrorCode::TooManyRooms,
+                "the server holds its maximum number of rooms",
+            ));
+        }
+        Ok(())
+    }
+
     /// Re-attaches a session, wherever it was, to the caller's queue.
     pub async fn resume(
         &self,
         conn: ConnId,
         tx: &OutboundTx,
-        req: ResumeRequest,
+        mut req: ResumeRequest,
     ) -> Result<Attached, RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let (key, secret_hex, peer, room) = parse_cluster_token(&req.token).ok_or_else(unknown)?;
@@ -607,10 +633,17 @@ impl ClusterHub {
             let st = self.lock();
             st.attached.contains_key(&key) || st.parked.contains_key(&key)
         };
-        if req.announce || !serves() {
+        let here = serves();
+        if req.announce || !here {
             self.accepting()?;
         } else if !self.is_available() {
             return Err(Self::unavailable());
+        }
+        // A session from another node counts here from now: it must fit this node's limits
+        // (else sessions moved over by resumes would escape every one of them).
+        let ticket = req.ticket.take();
+        if !here {
+            self.admit_moved_session(&room, ticket.is_some())?;
         }
         // The template's resume token must be the one the client holds: rebuild it. The
         // placeholders (no peers, `replayed`, `received`) are filled in by the script.
@@ -678,7 +711,7 @@ impl ClusterHub {
                     ice_refresh_at: self.ice_refresh_at(&ice_due),
                     close_after: None,
                     ending: false,
-                    ticket: attached_ticket.or(parked_ticket),
+                    ticket: attached_ticket.or(parked_ticket).or(ticket),
                     attached_at: Instant::now(),
                     links: PeerLinks::resumed(),
                 },

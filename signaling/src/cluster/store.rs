@@ -89,7 +89,7 @@ if tomb then
 end
 local s = skey(sid)
 local st = redis.call('HMGET', s, 'sec', 'first', 'next', 'node', 'conn', 'state', 'peer', 'ice',
-  'ack')
+  'ack', 'exp')
 if not st[1] or st[1] ~= ARGV[5] or st[7] ~= ARGV[11] then return {'unknown', ''} end
 local last = tonumber(ARGV[6])
 local first, nxt = tonumber(st[2]), tonumber(st[3])
@@ -109,9 +109,15 @@ if ARGV[13] ~= '' then
   redis.call('HSET', s, 'ice', ARGV[13])
   ice = ARGV[13]
 end
-if st[6] == 'a' and st[4] ~= ARGV[7] then
-  -- The old node may still think its socket alive: tell it to let go.
-  redis.call('PUBLISH', 'sig:ch:' .. st[4], '!close ' .. sid .. ' ' .. st[5])
+if st[4] ~= ARGV[7] then
+  if st[6] == 'a' then
+    -- The old node may still think its socket alive: tell it to let go.
+    redis.call('PUBLISH', 'sig:ch:' .. st[4], '!close ' .. sid .. ' ' .. st[5])
+  else
+    -- Parked there: that node stops counting (and expiring) it; the deadline names which
+    -- parking (the session may be parked there again by the time this arrives).
+    redis.call('PUBLISH', 'sig:ch:' .. st[4], '!moved ' .. sid .. ' ' .. (st[10] or ''))
+  end
 end
 if ARGV[10] ~= '' then
   local body = plain_replace(ARGV[10], '"peers":[]', '"peers":[' .. peers_of(sid) .. ']')

@@ -100,6 +100,7 @@ async fn attach(
                     token,
                     last_seq,
                     announce: false,
+                    ticket: ip_slot.try_session(),
                 },
             )
             .await?;

@@ -771,6 +771,64 @@ async fn a_broadcast_crosses_pubsub_once_per_node() {
     assert_eq!(publishes(&redis) - before, 2, "one publish per node");
 }
 
+/// A session that moves to another node by a resume counts there from then on, and no longer
+/// on the node it left: in sessions, and among its address's sessions (`--max-sessions-per-ip`
+/// holds per node for resumes too, or sessions moved over would escape every limit).
+#[tokio::test]
+async fn a_moved_session_counts_where_it_is_and_resumes_obey_the_limits() {
+    let redis = RedisServer::start();
+    let limits = ["--resume-grace", "30s", "--max-sessions-per-ip", "2"];
+    let n1 = node(&redis.url(), &limits);
+    let n2 = node(&redis.url(), &limits);
+    // Two sessions on n1, parked there.
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let (client, info) = Client::join(&n1.ws("/ws/moving"), None).await;
+        drop(client);
+        tokens.push((info.resume_token, 1));
+    }
+    metric_becomes(&n1, "signaling_sessions", 2).await;
+    // Both resume on n2: they count there, and no longer on n1.
+    let mut moved = Vec::new();
+    for (token, last_seq) in &tokens {
+        let mut client = Client::connect(&n2.ws("/ws/moving")).await;
+        client.send(&resume_message(token, *last_seq)).await;
+        loop {
+            if let ServerMessage::Resumed { .. } = client.recv_message().await {
+                break;
+            }
+        }
+        moved.push(client);
+    }
+    metric_becomes(&n2, "signaling_sessions", 2).await;
+    metric_becomes(&n1, "signaling_sessions", 0).await;
+    // n1 has room for this address again; n2 has none: two new sessions of n1 cannot move.
+    let mut more = Vec::new();
+    for _ in 0..2 {
+        let (client, info) = Client::join(&n1.ws("/ws/moving"), None).await;
+        drop(client);
+        more.push(info.resume_token);
+    }
+    metric_becomes(&n1, "signaling_sessions", 2).await;
+    for token in &more {
+        let mut client = Client::connect(&n2.ws("/ws/moving")).await;
+        client.send(&resume_message(token, 1)).await;
+        client.expect_error(ErrorCode::TooManySessions).await;
+        assert_eq!(client.expect_close().await, Closed::Code(1013));
+    }
+    // Refused, they stay where they were: each resumes on n1.
+    for token in &more {
+        let mut client = Client::connect(&n1.ws("/ws/moving")).await;
+        client.send(&resume_message(token, 1)).await;
+        loop {
+            if let ServerMessage::Resumed { .. } = client.recv_message().await {
+                break;
+            }
+        }
+    }
+    assert_eq!(n2.metric("signaling_sessions").await, 2);
+}
+
 /// PUBLISH calls Redis ran so far (the scripts' included).
 fn publishes(redis: &RedisServer) -> u64 {
     redis
