@@ -249,6 +249,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         ctx,
         bridges,
         turn_urls,
+        turn_unchecked: Some(usable),
         ice_restart_pending: false,
         last_restart: None,
         state: RTCPeerConnectionState::New,
@@ -267,6 +268,9 @@ struct ConnectionTask {
     bridges: TurnTcpBridges,
     /// The TURN URLs of the configuration in effect ([`turn_urls`] of the usable servers).
     turn_urls: BTreeSet<String>,
+    /// The servers in effect, until a failure of the connection checked them (once per
+    /// configuration: see [`crate::turn_check`]).
+    turn_unchecked: Option<Vec<IceServer>>,
     ice_restart_pending: bool,
     last_restart: Option<Instant>,
     state: RTCPeerConnectionState,
@@ -391,6 +395,7 @@ impl ConnectionTask {
             .set_configuration(configuration(&mapped, self.ctx.options.relay_only))
             .await?;
         self.turn_urls = new_urls;
+        self.turn_unchecked = Some(usable);
         if restart {
             self.restart_ice(IceRestartReason::RelayMoved).await?;
         }
@@ -598,6 +603,7 @@ impl ConnectionTask {
                     })
                     .await;
                 if state == RTCPeerConnectionState::Failed {
+                    self.check_turn();
                     self.restart_ice(IceRestartReason::Failed).await?;
                 }
                 Ok(())
@@ -613,6 +619,39 @@ impl ConnectionTask {
                 Ok(())
             }
         }
+    }
+
+    /// The connection failed: once per configuration, each TURN server in it is tried with
+    /// its credentials (in a task of its own), and each that gives no allocation is reported
+    /// as [`PeerEvent::TurnUnusable`] saying why (`webrtc` only logs it).
+    fn check_turn(&mut self) {
+        let Some(servers) = self.turn_unchecked.take() else {
+            return;
+        };
+        let (peer, events) = (self.peer(), self.ctx.events.clone());
+        tokio::spawn(async move {
+            for server in servers {
+                let (Some(username), Some(credential)) = (&server.username, &server.credential)
+                else {
+                    continue;
+                };
+                for url in &server.urls {
+                    let Some(outcome) = crate::turn_check::check(url, username, credential).await
+                    else {
+                        continue;
+                    };
+                    if outcome != crate::turn_check::TurnOutcome::Allocated {
+                        let _ = events
+                            .send(PeerEvent::TurnUnusable {
+                                peer: peer.clone(),
+                                url: url.clone(),
+                                reason: outcome.to_string(),
+                            })
+                            .await;
+                    }
+                }
+            }
+        });
     }
 
     /// Restarts ICE with a new offer (either side may; glare is resolved by the polite flag).

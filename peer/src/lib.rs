@@ -28,7 +28,8 @@
 //! connection per remote peer), [`channel`] (data channels and their registry), `room` (which
 //! connection exists for which peer), `ice_servers` (fresh ICE servers: credential refresh or
 //! relay move, and which connections restart ICE), `turn_tcp_bridge` (TURN over TCP for
-//! webrtc), `tls_roots` (the CAs trusted for `wss://` and `turns:`), [`error`].
+//! webrtc), `turn_check` (why a TURN server gives no relayed candidate, said when a connection
+//! fails), `tls_roots` (the CAs trusted for `wss://` and `turns:`), [`error`].
 
 pub mod channel;
 mod connection;
@@ -39,6 +40,7 @@ mod resend;
 mod room;
 mod signaling_client;
 mod tls_roots;
+mod turn_check;
 mod turn_tcp_bridge;
 
 use std::path::PathBuf;
@@ -231,6 +233,14 @@ pub enum PeerEvent {
     },
     /// Signaling is over for good (left, or gave up reconnecting).
     SignalingClosed { message: String },
+    /// A connection failed, and a TURN server of its configuration gives no allocation with
+    /// the credentials signaling handed out: `reason` says why (refused credentials, no
+    /// answer, ...). Checked once per configuration; the connection keeps trying.
+    TurnUnusable {
+        peer: PeerId,
+        url: String,
+        reason: String,
+    },
     /// A non-fatal error (a failed negotiation step, a refused signal).
     Error {
         peer: Option<PeerId>,

@@ -437,8 +437,9 @@ fn probe_self_reports_host_and_relay_pairs() {
     assert!(probe.wait_exit(Duration::from_secs(10)).success());
 }
 
-/// A `--self` probe whose relay-only phase times out (the relay refuses signaling's
-/// credentials) still takes both its internal peers out of the room: nothing of it stays behind
+/// A `--self` probe whose relay-only phase fails (the relay refuses signaling's credentials)
+/// says why (the SDK tries the TURN server itself once the connection fails: `webrtc` only logs
+/// the 401), and still takes both its internal peers out of the room: nothing of it stays behind
 /// in signaling (a ghost would hold a place in the room until its resume grace ran out).
 #[test]
 fn a_failed_self_probe_leaves_nothing_behind() {
@@ -462,11 +463,15 @@ fn a_failed_self_probe_leaves_nothing_behind() {
         "--bind",
         "127.0.0.1",
         "--timeout",
-        "10s",
+        "30s",
     ];
     let mut probe = spawn("peer", &args, false);
     let failed = probe.wait_line(Duration::from_secs(60), |l| l.starts_with("* probe-failed"));
     assert_eq!(field(&failed, "mode"), Some("relay"), "{failed}");
+    assert!(
+        failed.contains("refused the credentials (401 Unauthorized)"),
+        "{failed}"
+    );
     assert_eq!(probe.wait_exit(Duration::from_secs(10)).code(), Some(1));
     // Their `leave`s were written before the probe exited; the server takes a moment.
     let emptied = testkit::wait_until(Duration::from_secs(2), || {

@@ -442,6 +442,12 @@ impl Chat {
                     &[("from", from.to_string()), ("data", data.to_string())],
                 );
             }
+            PeerEvent::TurnUnusable { peer, url, reason } => {
+                eprintln!(
+                    "warning: peer {peer}: connection failed; TURN {url}: {}",
+                    escape(&reason)
+                );
+            }
             PeerEvent::Error { peer: id, message } => {
                 let about = id.map(|id| format!("peer {id}: ")).unwrap_or_default();
                 eprintln!("warning: {about}{}", escape(&message));
