@@ -211,9 +211,8 @@ impl Link {
                     loop {
                         let mut header = [0u8; 4];
                         stream.read_exact(&mut header).await?;
-                        let total = match framing::stream_frame_len(&header) {
-                            Ok(Some(total)) => total,
-                            _ => return Err(std::io::Error::other("not a STUN stream")),
+                        let Ok(Some(total)) = framing::stream_frame_len(&header) else {
+                            return Err(std::io::Error::other("not a STUN stream"));
                         };
                         let mut message = vec![0u8; total];
                         message[..4].copy_from_slice(&header);
