@@ -71,10 +71,23 @@ pub enum PeerError {
 
 impl From<tokio_tungstenite::tungstenite::Error> for PeerError {
     /// A TLS handshake that failed on the server's certificate becomes
-    /// [`PeerError::UntrustedCertificate`]; anything else [`PeerError::SignalingConnect`].
+    /// [`PeerError::UntrustedCertificate`]; an upgrade the server refused with an `error` frame
+    /// as its body (an invalid token, a full server: `docs/protocol.md`) becomes
+    /// [`PeerError::Signaling`] with its code and message; anything else
+    /// [`PeerError::SignalingConnect`].
     fn from(err: tokio_tungstenite::tungstenite::Error) -> Self {
+        use signaling::protocol::{ServerFrame, ServerMessage};
         use tokio_tungstenite::tungstenite::Error as WsError;
         use tokio_tungstenite::tungstenite::error::TlsError;
+        if let WsError::Http(response) = &err
+            && let Some(body) = response.body()
+            && let Ok(ServerFrame {
+                message: ServerMessage::Error { code, message, .. },
+                ..
+            }) = serde_json::from_slice::<ServerFrame>(body)
+        {
+            return Self::Signaling { code, message };
+        }
         let rustls_error = match &err {
             // tokio-rustls reports a failed handshake as an I/O error wrapping rustls's.
             WsError::Io(io) => io

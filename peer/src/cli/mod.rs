@@ -444,7 +444,10 @@ pub(crate) async fn connect(url: &str, options: PeerOptions) -> anyhow::Result<(
 
 /// An SDK error for the user, with the flag that fixes it where there is one.
 fn with_hint(err: PeerError) -> anyhow::Error {
+    use peer::protocol::ErrorCode;
     use tokio_rustls::rustls::{CertificateError, OtherError};
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
     match &err {
         // webpki refuses a server certificate marked as a CA (basicConstraints CA:TRUE, as
         // `openssl req -x509` makes by default), even when it is the one given with --ca.
@@ -461,12 +464,37 @@ fn with_hint(err: PeerError) -> anyhow::Error {
         }
         // An HTTP answer instead of the WebSocket upgrade: a page's URL (`/r/ROOM`), or a path
         // that is not a signaling endpoint.
-        PeerError::SignalingConnect(e)
-            if matches!(**e, tokio_tungstenite::tungstenite::Error::Http(ref r)
-                if r.status().is_success() || r.status().as_u16() == 404) =>
-        {
-            anyhow!("{err} (not a signaling URL: use ws://HOST:PORT/ws/ROOM, or wss://)")
-        }
+        PeerError::SignalingConnect(e) => match &**e {
+            WsError::Http(response)
+                if response.status().is_success() || response.status().as_u16() == 404 =>
+            {
+                anyhow!(
+                    "signaling connection failed: the server answered HTTP {} instead of \
+                     opening a WebSocket (not a signaling URL: use ws://HOST:PORT/ws/ROOM, or \
+                     wss://)",
+                    response.status()
+                )
+            }
+            // `wss://` to a server that answers in plain text (its first bytes are no TLS).
+            WsError::Io(io)
+                if io
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+                    .is_some_and(|e| {
+                        matches!(e, tokio_rustls::rustls::Error::InvalidMessage(_))
+                    }) =>
+            {
+                anyhow!("{err} (the server does not speak TLS there: use ws://)")
+            }
+            WsError::Protocol(ProtocolError::HandshakeIncomplete) => {
+                anyhow!("{err} (no HTTP answer: is this the signaling server's address and port?)")
+            }
+            _ => err.into(),
+        },
+        PeerError::Signaling {
+            code: ErrorCode::InvalidRoomId,
+            ..
+        } => anyhow!("{err} (the peer CLI takes the room from the URL: ws://HOST:PORT/ws/ROOM)"),
         _ => err.into(),
     }
 }
@@ -543,6 +571,43 @@ mod tests {
             .unwrap();
         let err = PeerError::from(tungstenite::Error::Http(Box::new(busy)));
         assert!(!error_chain(&with_hint(err)).contains("not a signaling URL"));
+    }
+
+    #[test]
+    fn refusals_and_wrong_ports_say_what_the_server_said_or_what_to_check() {
+        use tokio_tungstenite::tungstenite;
+        // A refused upgrade carries an `error` frame: its code and message are the error.
+        let refused = tungstenite::http::Response::builder()
+            .status(401)
+            .body(Some(
+                br#"{"seq":0,"type":"error","code":"unauthorized","message":"invalid token"}"#
+                    .to_vec(),
+            ))
+            .unwrap();
+        let err = PeerError::from(tungstenite::Error::Http(Box::new(refused)));
+        assert_eq!(
+            error_chain(&with_hint(err)),
+            "signaling server error unauthorized: invalid token"
+        );
+        // wss:// to a plain-text server.
+        let not_tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            tokio_rustls::rustls::Error::InvalidMessage(
+                tokio_rustls::rustls::InvalidMessage::InvalidContentType,
+            ),
+        );
+        let err = PeerError::from(tungstenite::Error::Io(not_tls));
+        assert!(
+            error_chain(&with_hint(err))
+                .ends_with("(the server does not speak TLS there: use ws://)")
+        );
+        // A port where no HTTP server answers.
+        let silent =
+            tungstenite::Error::Protocol(tungstenite::error::ProtocolError::HandshakeIncomplete);
+        assert!(
+            error_chain(&with_hint(PeerError::from(silent)))
+                .contains("is this the signaling server's address and port?")
+        );
     }
 
     #[test]
