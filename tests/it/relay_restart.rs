@@ -55,6 +55,7 @@ fn relay_only_call_recovers_after_its_relay_restarts_on_the_same_address() {
     say(&mut alice, "before the crash");
     expect_chat(&mut bob, "alice: before the crash");
 
+    let marks = [alice.seen.len(), bob.seen.len()];
     relay.proc.kill();
     // Down long enough that both connections fail and restart ICE while it is gone, and
     // that the Allocate of that restart gives up (its STUN retransmissions last ~8 s): the
@@ -79,6 +80,23 @@ fn relay_only_call_recovers_after_its_relay_restarts_on_the_same_address() {
         eprintln!(
             "{name}: connected again {:?} after the restart",
             back.elapsed()
+        );
+    }
+    // Each says which pair it uses now: a new relayed pair (a new allocation).
+    for ((name, proc), mark) in [("alice", &mut alice), ("bob", &mut bob)]
+        .into_iter()
+        .zip(marks)
+    {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let reselected =
+            |proc: &testkit::Spawned| proc.seen[mark..].iter().any(|l| relayed_pair(l));
+        while !reselected(proc) && Instant::now() < deadline {
+            proc.read_for(Duration::from_millis(200));
+        }
+        assert!(
+            reselected(proc),
+            "{name} printed no selected-pair line after recovering:\n{}",
+            proc.seen[mark..].join("\n")
         );
     }
     say(&mut alice, "after the restart");

@@ -12,16 +12,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use peer::protocol::PeerId;
-use peer::{
-    ChannelKind, ConnectionState, IceRestartReason, Peer, PeerEvent, PeerEvents, SelectedPair,
-};
+use peer::{ChannelKind, ConnectionState, Peer, PeerEvent, PeerEvents, SelectedPair};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
 use super::file_transfer::Control;
 use super::{CommonArgs, Interrupted, Output, Stop, escape};
 
-/// How long after a relay-moved ICE restart the new selected pair is waited for.
+/// How long after an ICE restart the new selected pair is waited for.
 const RESELECT_WAIT: Duration = Duration::from_secs(30);
 /// How often the selected pair of a restarted connection is looked at.
 const RESELECT_POLL: Duration = Duration::from_millis(200);
@@ -35,8 +33,8 @@ const MAX_MESSAGE: usize = 65_536;
 /// Why a `peer join` peer answers a file offer with `file-declined`.
 const DECLINE_REASON: &str = "a chat peer (peer join) does not receive files: use peer recv-file";
 
-/// A connection that restarted ICE because its relay moved: its `selected-pair` line is
-/// printed again once ICE selected a different pair.
+/// A connection that restarted ICE (its relay moved, or its path failed): its `selected-pair`
+/// line is printed again once ICE selected a different pair.
 struct Reselect {
     before: Option<SelectedPair>,
     until: Instant,
@@ -420,16 +418,15 @@ impl Chat {
                     "ice-restart",
                     &[("peer", id.to_string()), ("reason", reason.to_string())],
                 );
-                if reason == IceRestartReason::RelayMoved {
-                    // Report the new pair once ICE has moved off the old one.
-                    let before = peer.selected_pair(&id).await.ok().flatten();
-                    self.reselect.insert(
-                        id,
-                        Reselect {
-                            before,
-                            until: Instant::now() + RESELECT_WAIT,
-                        },
-                    );
+                // Report the new pair once ICE has moved off the one before the (first of a
+                // series of) restarts: a moved relay, or a path that failed and came back.
+                let until = Instant::now() + RESELECT_WAIT;
+                match self.reselect.get_mut(&id) {
+                    Some(waiting) => waiting.until = until,
+                    None => {
+                        let before = peer.selected_pair(&id).await.ok().flatten();
+                        self.reselect.insert(id, Reselect { before, until });
+                    }
                 }
             }
             PeerEvent::SignalingClosed { message } => {
