@@ -774,10 +774,15 @@ pub(crate) fn stats_report(
     ConnectionStats {
         peer,
         pair: wire,
+        // Rounded to the nearest millisecond, as the JS client does (a 0.6 ms loopback RTT is
+        // 1, not 0).
         rtt_ms: pair.rtt.map(|rtt| {
-            u32::try_from(rtt.as_millis())
-                .unwrap_or(u32::MAX)
-                .min(MAX_STATS_RTT_MS)
+            let millis = (rtt.as_secs_f64() * 1000.0).round();
+            if millis >= f64::from(MAX_STATS_RTT_MS) {
+                MAX_STATS_RTT_MS
+            } else {
+                millis as u32
+            }
         }),
         bytes_sent,
         bytes_received,
@@ -888,8 +893,14 @@ mod tests {
                 Some(RelayProtocol::Tcp)
             )
         );
-        assert_eq!((report.rtt_ms, report.bytes_sent), (Some(2), 10));
+        assert_eq!((report.rtt_ms, report.bytes_sent), (Some(3), 10));
         assert_eq!(report.check(), Ok(()));
+        // A loopback RTT under a millisecond rounds to 1, not down to 0.
+        let fast = SelectedPair {
+            rtt: Some(Duration::from_micros(600)),
+            ..pair.clone()
+        };
+        assert_eq!(stats_report("abc".into(), &fast, 0, 0).rtt_ms, Some(1));
         let odd = SelectedPair {
             local_type: "unknown".into(),
             ..pair
