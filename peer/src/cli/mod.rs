@@ -499,7 +499,9 @@ fn with_hint(err: PeerError) -> anyhow::Error {
     }
 }
 
-/// Waits for the first remote peer whose reliable channel opens.
+/// Waits for the first remote peer whose reliable channel opens. A TURN server that gives no
+/// allocation when a connection fails ends the wait, saying why (the connection would only
+/// retry the same server).
 pub(crate) async fn first_open_peer(events: &mut PeerEvents) -> anyhow::Result<PeerId> {
     while let Some(event) = events.recv().await {
         match event {
@@ -507,6 +509,9 @@ pub(crate) async fn first_open_peer(events: &mut PeerEvents) -> anyhow::Result<P
                 peer,
                 kind: ChannelKind::Reliable,
             } => return Ok(peer),
+            PeerEvent::TurnUnusable { url, reason, .. } => {
+                bail!("connection failed; TURN {url}: {reason}")
+            }
             PeerEvent::SignalingClosed { message } => bail!("signaling closed: {message}"),
             _ => {}
         }

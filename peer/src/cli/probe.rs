@@ -170,25 +170,6 @@ fn private_room(url: &str) -> String {
     room_url
 }
 
-/// The first peer whose reliable channel opens; a TURN server that gives no allocation when
-/// the connection fails ends the wait, saying why (rather than a bare timeout).
-async fn first_open_or_turn_failure(events: &mut PeerEvents) -> anyhow::Result<PeerId> {
-    while let Some(event) = events.recv().await {
-        match event {
-            PeerEvent::ChannelOpen {
-                peer,
-                kind: ChannelKind::Reliable,
-            } => return Ok(peer),
-            PeerEvent::TurnUnusable { url, reason, .. } => {
-                bail!("connection failed; TURN {url}: {reason}")
-            }
-            PeerEvent::SignalingClosed { message } => bail!("signaling closed: {message}"),
-            _ => {}
-        }
-    }
-    bail!("peer closed before any peer connected")
-}
-
 /// Answers `probe-ping` messages forever.
 async fn serve(peer: &Peer, events: &mut PeerEvents) {
     while let Some(event) = events.recv().await {
@@ -265,7 +246,7 @@ async fn self_pair(
     // the outcome (a timeout included).
     let measured = within(stop, deadline, async {
         let measure = async {
-            let remote = first_open_or_turn_failure(&mut a_events).await?;
+            let remote = super::first_open_peer(&mut a_events).await?;
             let rtt = ping(&a, &mut a_events, &remote).await;
             Ok((rtt, super::selected_pair_eventually(&a, &remote).await))
         };
