@@ -691,6 +691,18 @@ room.addEventListener('ice-restart', (e) => {
   note({ type: 'ice-restart', id: peer.id, reason });
   if (reason === 'relay moved') systemLine(`The relay changed: reconnecting to ${peer.name} through the new one`);
 });
+/** TURN errors shown in the chat (`URL CODE`): once each, whatever the number of peers. */
+const turnErrorsShown = new Set();
+room.addEventListener('turn-error', (e) => {
+  const { url, code, text } = e.detail;
+  note({ type: 'turn-error', url, code, text });
+  if (turnErrorsShown.has(`${url} ${code}`)) return;
+  turnErrorsShown.add(`${url} ${code}`);
+  // What the user or the operator can act on; others (a stale nonce the browser retries) are
+  // only logged.
+  if (code === 401) systemLine(`The relay refused this server's TURN credentials (${url}): the signaling server and the relay need the same TURN secret`);
+  else if ([403, 486, 508].includes(code)) systemLine(`The relay refused a TURN allocation (${url}: ${code} ${text})`);
+});
 room.addEventListener('log', (e) => {
   note({ type: 'log', level: e.detail.level, message: e.detail.message });
   if (e.detail.level === 'warn') console.warn(e.detail.message);

@@ -89,6 +89,8 @@ export interface WebRTCRoomEventMap {
   track: CustomEvent<{ peer: RemotePeer; track: MediaStreamTrack; stream: MediaStream }>;
   /** An ICE restart towards a peer began; reason 'relay moved' when the room's relay changed under a relayed pair. */
   'ice-restart': CustomEvent<{ peer: RemotePeer; reason: string }>;
+  /** A TURN server answered an Allocate with an error (401: refused credentials); once per URL and code per connection. */
+  'turn-error': CustomEvent<{ peer: RemotePeer; url: string; code: number; text: string }>;
   signaling: CustomEvent<StateDetail>;
   /** 'debug': every signal and negotiation step (verbose); 'info': restarts, glare, relay moves; 'warn': failures. */
   log: CustomEvent<{ level: 'debug' | 'info' | 'warn'; message: string }>;

@@ -31,6 +31,8 @@
 //   track         { peer, track, stream }
 //   ice-restart   { peer, reason }         an ICE restart towards a peer began (reason 'relay moved':
 //                                          the room's relay changed under a relayed pair)
+//   turn-error    { peer, url, code, text } a TURN server answered an Allocate with an error
+//                                          (401: refused credentials), once per URL and code
 //   signaling     { state, ... }           the SignalingClient's state events, forwarded
 //   log           { level, message }       level 'debug' (every signal, verbose) | 'info' | 'warn'
 
@@ -317,6 +319,8 @@ export class RemotePeer {
     this._signalChain = Promise.resolve();
     this._restartPending = false;
     this._timers = new Set();
+    /** TURN errors already reported (`URL CODE`): each once per connection. */
+    this._turnErrors = new Set();
     this.pc = null;
   }
 
@@ -333,6 +337,18 @@ export class RemotePeer {
         const ufrag = /a=ice-ufrag:(\S+)/.exec(pc.localDescription?.sdp || '')?.[1];
         this._signal(ufrag ? { kind: 'end_of_candidates', username_fragment: ufrag } : { kind: 'end_of_candidates' });
       }
+    };
+    // A TURN server that refuses the credentials or errs on the Allocate: the one reason a
+    // relay-only connection never connects that nothing else shows. STUN/TURN error codes
+    // (300-699) only; the browser's own 701 (a server it could not reach from one of its
+    // interfaces) is common and harmless.
+    pc.onicecandidateerror = (ev) => {
+      if (!/^turns?:/.test(ev.url || '') || ev.errorCode < 300 || ev.errorCode > 699) return;
+      const key = `${ev.url} ${ev.errorCode}`;
+      if (this._turnErrors.has(key)) return;
+      this._turnErrors.add(key);
+      this.room._log('warn', `TURN ${ev.url}: ${ev.errorCode} ${ev.errorText}`);
+      this.room._emit('turn-error', { peer: this, url: ev.url, code: ev.errorCode, text: ev.errorText });
     };
     pc.oniceconnectionstatechange = () => this._onIceState();
     pc.onconnectionstatechange = () => this._onIceState();

@@ -1121,6 +1121,21 @@ test('peer unreachable: relay-only with a dead TURN server shows the peer as unr
   assert(/not delivered/.test(note), `undelivered message is flagged: ${note}`);
 });
 
+test('TURN refused: relay-only with a relay that does not share the TURN secret says so in the chat', async (t) => {
+  const { port } = await startRelay(t);
+  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', 'not-the-relays-secret'], 'signaling-wrongsecret');
+  t.track(sig.proc);
+  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
+  await a.joined();
+  const b = await t.open('Bob', { server: sig, query: 'relay=1' });
+  await b.joined();
+  for (const p of [a, b]) {
+    await p.waitFor(() => window.__demo.events.some((e) => e.type === 'turn-error' && e.code === 401), null, 'a turn-error 401 event', 20000);
+    const lines = await p.eval(() => [...document.querySelectorAll('#chat-log .system')].map((n) => n.textContent).filter((s) => /TURN credentials/.test(s)));
+    assert(lines.length === 1 && /same TURN secret/.test(lines[0]), `${p.name}: one line explains the refused credentials: ${JSON.stringify(lines)}`);
+  }
+});
+
 /** A relay registered in the fleet at `redis` as `id`: { id, proc, addr: '127.0.0.1:PORT' }. */
 async function startFleetRelay(t, redis, id) {
   const relayBin = requireBin('RELAY_BIN', 'relay');
