@@ -1,7 +1,26 @@
 //! The per-connection message rate limit: a token bucket (16 bytes per connection).
-//! HTTP `send`s take several tokens at once, all or none.
+//! HTTP `send`s take several tokens at once, all or none. A message costs one token, a
+//! broadcast one per started KiB of its data ([`message_cost`]).
 
 use std::time::{Duration, Instant};
+
+use crate::protocol::ClientMessage;
+
+/// Bytes of broadcast data per token.
+pub const BROADCAST_BYTES_PER_TOKEN: usize = 1024;
+
+/// The tokens `message` takes from its session's message rate: one, or for a broadcast one
+/// per started KiB of its data. A broadcast is copied to every peer of the room (and, in a
+/// cluster, to every node): at one token each, a client could make the server write its
+/// message rate times `--max-message-bytes` times the room's size every second.
+pub fn message_cost(message: &ClientMessage) -> usize {
+    match message {
+        ClientMessage::Broadcast { data, .. } => serde_json::to_vec(data)
+            .map_or(1, |bytes| bytes.len().div_ceil(BROADCAST_BYTES_PER_TOKEN))
+            .max(1),
+        _ => 1,
+    }
+}
 
 /// A token bucket refilled at `rate` tokens per second up to `burst`.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +49,26 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod cost_tests {
+    use super::*;
+
+    #[test]
+    fn a_broadcast_costs_a_token_per_started_kib_and_anything_else_one() {
+        let broadcast = |len: usize| ClientMessage::Broadcast {
+            id: None,
+            cseq: None,
+            data: serde_json::Value::String("x".repeat(len)),
+        };
+        // The data's JSON: the string and its two quotes.
+        assert_eq!(message_cost(&broadcast(0)), 1);
+        assert_eq!(message_cost(&broadcast(1022)), 1);
+        assert_eq!(message_cost(&broadcast(1023)), 2);
+        assert_eq!(message_cost(&broadcast(64_000)), 63);
+        assert_eq!(message_cost(&ClientMessage::Leave { id: None }), 1);
     }
 }
 

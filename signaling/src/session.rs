@@ -26,7 +26,7 @@ use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, RoomId, ServerFrame, ServerMessage,
     close_code,
 };
-use crate::rate_limit::TokenBucket;
+use crate::rate_limit::{TokenBucket, message_cost};
 
 /// What the upgrade handler learned from the HTTP request.
 #[derive(Debug)]
@@ -220,45 +220,23 @@ impl SocketTask {
                     .bucket
                     .try_take(now, config.rate_limit, config.rate_burst)
                 {
-                    self.rate_dropped += 1;
-                    if self.key.is_some() && is_numbered(&text) {
-                        // A numbered frame cannot be passed over: the next one would move
-                        // `received` past it. The client resumes after its backoff and sends
-                        // it again.
-                        let message = format!(
-                            "more than {} messages/s (burst {}): a numbered frame is not dropped; resume and send it again",
-                            config.rate_limit, config.rate_burst
-                        );
-                        self.rate_dropped = 0;
-                        // Nothing more is read: a later numbered frame handled before the close
-                        // would move `received` past this one, which would then be lost.
-                        self.reading = false;
-                        let error = RequestError::new(ErrorCode::RateLimited, message);
-                        return self
-                            .refuse(error, probe_id(&text), Some(close_code::TRY_AGAIN_LATER))
-                            .await;
-                    }
-                    if self
-                        .last_rate_reply
-                        .is_some_and(|t| now.duration_since(t) < RATE_REPLY_EVERY)
-                    {
-                        // Dropped and counted; the client was told less than a second ago.
-                        self.app.metrics.error(ErrorCode::RateLimited);
-                        return Step::Continue;
-                    }
-                    self.last_rate_reply = Some(now);
-                    let message = format!(
-                        "more than {} messages/s (burst {}): {} message(s) dropped since the last notice",
-                        config.rate_limit, config.rate_burst, self.rate_dropped
-                    );
-                    self.rate_dropped = 0;
-                    let id = probe_id(&text);
-                    return self
-                        .refuse(RequestError::new(ErrorCode::RateLimited, message), id, None)
-                        .await;
+                    return self.over_rate(&text, now).await;
                 }
                 match serde_json::from_str::<ClientMessage>(&text) {
-                    Ok(message) => self.on_message(message, now).await,
+                    Ok(message) => {
+                        // A broadcast takes the rest of its cost once it parsed (floods over
+                        // the rate are dropped above without parsing).
+                        let rest = message_cost(&message) - 1;
+                        if rest > 0
+                            && self
+                                .bucket
+                                .try_take_n(now, rest, config.rate_limit, config.rate_burst)
+                                .is_err()
+                        {
+                            return self.over_rate(&text, now).await;
+                        }
+                        self.on_message(message, now).await
+                    }
                     Err(e) => {
                         let id = probe_id(&text);
                         self.refuse(
@@ -271,6 +249,46 @@ impl SocketTask {
                 }
             }
         }
+    }
+
+    /// A frame over the message rate: dropped (at most one reply a second), or for a numbered
+    /// frame the socket is closed so that the client sends it again after its resume.
+    async fn over_rate(&mut self, text: &str, now: Instant) -> Step {
+        let config = self.app.live();
+        self.rate_dropped += 1;
+        if self.key.is_some() && is_numbered(text) {
+            // A numbered frame cannot be passed over: the next one would move `received` past
+            // it. The client resumes after its backoff and sends it again.
+            let message = format!(
+                "more than {} messages/s (burst {}; a broadcast counts one per KiB): a numbered frame is not dropped; resume and send it again",
+                config.rate_limit, config.rate_burst
+            );
+            self.rate_dropped = 0;
+            // Nothing more is read: a later numbered frame handled before the close would move
+            // `received` past this one, which would then be lost.
+            self.reading = false;
+            let error = RequestError::new(ErrorCode::RateLimited, message);
+            return self
+                .refuse(error, probe_id(text), Some(close_code::TRY_AGAIN_LATER))
+                .await;
+        }
+        if self
+            .last_rate_reply
+            .is_some_and(|t| now.duration_since(t) < RATE_REPLY_EVERY)
+        {
+            // Dropped and counted; the client was told less than a second ago.
+            self.app.metrics.error(ErrorCode::RateLimited);
+            return Step::Continue;
+        }
+        self.last_rate_reply = Some(now);
+        let message = format!(
+            "more than {} messages/s (burst {}; a broadcast counts one per KiB): {} message(s) dropped since the last notice",
+            config.rate_limit, config.rate_burst, self.rate_dropped
+        );
+        self.rate_dropped = 0;
+        let id = probe_id(text);
+        self.refuse(RequestError::new(ErrorCode::RateLimited, message), id, None)
+            .await
     }
 
     async fn on_message(&mut self, message: ClientMessage, received: Instant) -> Step {

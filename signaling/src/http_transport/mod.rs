@@ -36,6 +36,7 @@ use crate::protocol::{
     ClientMessage, ErrorCode, HttpOpened, LeaveReason, RequestId, ResumeToken, RoomId, ServerFrame,
     ServerMessage, http,
 };
+use crate::rate_limit::message_cost;
 
 /// The HTTP status of a refusal with `code` (the table in `docs/protocol.md`).
 pub fn status_of(code: ErrorCode) -> StatusCode {
@@ -285,12 +286,14 @@ async fn try_send(
     }
     let config = app.live();
     let now = Instant::now();
-    if let Err(wait) = app.send_rates.check(&token, messages.len(), now) {
-        let error = if messages.len() as f64 > config.rate_burst {
+    // One token a frame, a broadcast one per started KiB (`rate_limit::message_cost`).
+    let cost: usize = messages.iter().map(message_cost).sum();
+    if let Err(wait) = app.send_rates.check(&token, cost, now) {
+        let error = if cost as f64 > config.rate_burst {
             RequestError::new(
                 ErrorCode::MessageTooLarge,
                 format!(
-                    "a send holds at most {} frames (the message burst)",
+                    "a send holds at most {} frames, a broadcast counting one per KiB (the message burst)",
                     config.rate_burst
                 ),
             )
@@ -298,17 +301,16 @@ async fn try_send(
             RequestError::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "more than {} messages/s (burst {}): nothing of this send was handled; retry it",
+                    "more than {} messages/s (burst {}; a broadcast counts one per KiB): nothing of this send was handled; retry it",
                     config.rate_limit, config.rate_burst
                 ),
             )
         };
         return Err((error, wait.as_secs_f64().ceil().max(1.0) as u64));
     }
-    let count = messages.len();
     match app.hub.handle_by_token(&token, messages).await {
         Ok(Flow::Continue | Flow::Left) => {
-            app.send_rates.take(&token, count, now);
+            app.send_rates.take(&token, cost, now);
             Ok(())
         }
         Ok(Flow::Gone) => Err(plain(RequestError::new(

@@ -858,6 +858,48 @@ async fn ended_so_far(sender: &mut Client) -> usize {
     ended
 }
 
+/// A broadcast is copied to every peer of the room: it takes one token of the message rate per
+/// started KiB of its data, so the default burst (200) passes three 60 KB broadcasts, not 200
+/// (which a room of 32 would have multiplied into 380 MB to write). Small broadcasts and
+/// signals still cost one.
+#[tokio::test]
+async fn big_broadcasts_take_a_token_per_kib_of_the_message_rate() {
+    let server = Server::start(&["--rate-limit", "1"]);
+    let (mut a, mut receivers) = sender_and_receivers(&server, "weighted", 1).await;
+    let (b, _) = &mut receivers[0];
+    let blob = "w".repeat(60_000);
+    for _ in 0..4 {
+        broadcast(&mut a, &blob).await;
+    }
+    // 3 x 59 tokens of 200: the fourth is over the rate.
+    let refused = a.expect_error(ErrorCode::RateLimited).await;
+    match refused.message {
+        ServerMessage::Error { message, .. } => {
+            assert!(message.contains("a broadcast counts one per KiB"), "{message}")
+        }
+        other => panic!("expected the rate_limited error, got {other:?}"),
+    }
+    for _ in 0..3 {
+        match b.recv_message().await {
+            ServerMessage::Broadcast { data, .. } => {
+                assert_eq!(data.as_str().map(str::len), Some(60_000))
+            }
+            other => panic!("expected a broadcast, got {other:?}"),
+        }
+    }
+    b.expect_silence(Duration::from_millis(300)).await;
+    // What is left of the burst (23 tokens) still passes small messages.
+    for _ in 0..20 {
+        broadcast(&mut a, "small").await;
+    }
+    for _ in 0..20 {
+        assert!(matches!(
+            b.recv_message().await,
+            ServerMessage::Broadcast { .. }
+        ));
+    }
+}
+
 #[tokio::test]
 async fn silent_receivers_of_big_broadcasts_cost_a_bounded_amount_of_memory() {
     let server = Server::start_process(&[
