@@ -875,7 +875,10 @@ async fn big_broadcasts_take_a_token_per_kib_of_the_message_rate() {
     let refused = a.expect_error(ErrorCode::RateLimited).await;
     match refused.message {
         ServerMessage::Error { message, .. } => {
-            assert!(message.contains("a broadcast counts one per KiB"), "{message}")
+            assert!(
+                message.contains("a broadcast counts one per KiB"),
+                "{message}"
+            )
         }
         other => panic!("expected the rate_limited error, got {other:?}"),
     }
