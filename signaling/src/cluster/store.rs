@@ -96,7 +96,11 @@ local first, nxt = tonumber(st[2]), tonumber(st[3])
 if last >= nxt or last < tonumber(st[9] or '0') then return {'gap', '', tostring(nxt)} end
 if last + 1 < first then
   -- Frames the client never acknowledged were dropped while it counted as attached (a socket
-  -- thought alive, or a node that died before its lease ran out): the caller ends it.
+  -- thought alive, or a node that died before its lease ran out): the caller ends it, and
+  -- the node of a socket still attached lets go of it.
+  if st[6] == 'a' then
+    redis.call('PUBLISH', 'sig:ch:' .. st[4], '!close ' .. sid .. ' ' .. st[5])
+  end
   over[#over + 1] = sid
   return {'dropped', table.concat(over, ' '), tostring(nxt)}
 end

@@ -195,6 +195,9 @@ async fn a_resume_after_unacknowledged_frames_were_dropped_ends_the_session() {
     b.expect_error(ErrorCode::ReplayOverflow).await;
     assert_eq!(b.expect_close().await, Closed::Code(1008));
     expect_peer_left(&mut a, &b_info.peer_id, LeaveReason::Ended).await;
+    // The socket that was still attached is let go of (on whichever node holds it): it does
+    // not hold a place until its ping timeout.
+    assert_eq!(old.close_after_frames().await, Closed::Code(1008));
     // Ended for good: the token now says so.
     let mut b = Client::connect(&server.ws("/ws/dropped")).await;
     b.send(&resume_message(&b_info.resume_token, acked)).await;

@@ -473,6 +473,24 @@ impl Client {
         }
     }
 
+    /// Reads past whatever frames are still queued until the socket closes (within [`STEP`]);
+    /// returns the close code.
+    pub(crate) async fn close_after_frames(&mut self) -> Closed {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("socket closed in time");
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Closed::Code(u16::from(frame.code));
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Closed::NoCode,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// The error frames the server sends before it closes the socket (within [`STEP`]), and how
     /// it closed.
     pub(crate) async fn errors_then_close(&mut self) -> (Vec<ServerFrame>, Closed) {
