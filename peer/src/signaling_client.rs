@@ -521,8 +521,9 @@ impl Session {
         };
         if try_resume {
             match self.resume(&mut ws).await {
-                Ok(true) => return Reconnect::Resumed(ws),
-                Ok(false) => {
+                Ok(Resume::Done) => return Reconnect::Resumed(ws),
+                Ok(Resume::Later) => return Reconnect::Failed,
+                Ok(Resume::Lost) => {
                     // The server closes a refused resume's socket (1008): join on a new one,
                     // at once (the `rejoin` class).
                     self.session_lost = true;
@@ -572,9 +573,9 @@ impl Session {
             .ok()
     }
 
-    /// Sends `resume` and delivers the replay. `Ok(false)` when the server refused to resume
-    /// (it then closes the socket: join on a new one).
-    async fn resume(&mut self, ws: &mut WsStream) -> Result<bool> {
+    /// Sends `resume` and delivers the replay; or says why not (the server then closes the
+    /// socket): the session is gone (join on a new socket), or not now (resume again later).
+    async fn resume(&mut self, ws: &mut WsStream) -> Result<Resume> {
         send_json(
             ws,
             &ClientMessage::Resume {
@@ -613,18 +614,23 @@ impl Session {
                         resent,
                         ice_servers: session.ice_servers,
                     });
-                    return Ok(true);
+                    return Ok(Resume::Done);
                 }
-                ServerMessage::Error { code, message, .. }
-                    if code.retry_class() == RetryClass::Fatal =>
-                {
+                ServerMessage::Error { code, message, .. } => match code.retry_class() {
                     // Ended by an operator while we were away: stop, as `join` would.
-                    return Err(PeerError::Signaling { code, message });
-                }
-                ServerMessage::Error { code, message, .. } => {
-                    tracing::info!(%code, %message, "signaling session could not be resumed");
-                    return Ok(false);
-                }
+                    RetryClass::Fatal => return Err(PeerError::Signaling { code, message }),
+                    // The session is gone: join afresh.
+                    RetryClass::Rejoin => {
+                        tracing::info!(%code, %message, "signaling session could not be resumed");
+                        return Ok(Resume::Lost);
+                    }
+                    // Not now (a node at its limits, draining, or without its store): the
+                    // session is kept; back off and resume again.
+                    RetryClass::Retry | RetryClass::Continue => {
+                        tracing::info!(%code, %message, "signaling resume refused for now");
+                        return Ok(Resume::Later);
+                    }
+                },
                 message => {
                     if self
                         .on_frame(ServerFrame {
@@ -639,6 +645,16 @@ impl Session {
             }
         }
     }
+}
+
+/// What a `resume` came to.
+enum Resume {
+    /// Resumed: the replay was delivered.
+    Done,
+    /// The session is gone (the `rejoin` class): join afresh.
+    Lost,
+    /// Refused for now (the `retry` class): the session is kept; try again after the backoff.
+    Later,
 }
 
 /// Errors after which the server has ended the session (the `rejoin` class).
