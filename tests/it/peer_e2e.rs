@@ -205,8 +205,13 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
     std::fs::write(&src, &data).expect("write source");
     let src_s = src.to_string_lossy().into_owned();
     let dst_s = dst.to_string_lossy().into_owned();
-    // An existing file is replaced once the whole file arrived.
+    // An existing file gets the new content once the whole file arrived and checked out; it
+    // stays the same file (its mode, its hard links).
     std::fs::write(&dst, b"older contents").expect("write old destination");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let link = dir.path().join("link.bin");
+    std::fs::hard_link(&dst, &link).expect("hard link");
     let mut receiver = file_peer("recv-file", &url, &dst_s, &[]);
     wait_joined(&mut receiver);
     assert_eq!(std::fs::read(&dst).expect("read"), b"older contents");
@@ -220,13 +225,11 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
     assert!(receiver.wait_exit(Duration::from_secs(10)).success());
     assert!(sender.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(std::fs::read(&dst).expect("read received"), data);
-    // No temporary file left, and the file has the mode a plain create gives it.
-    assert_eq!(dir_names(dir.path()), ["dst.bin", "src.bin"]);
-    use std::os::unix::fs::PermissionsExt as _;
-    let plain = dir.path().join("plain");
-    std::fs::write(&plain, b"").expect("write plain");
-    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode();
-    assert_eq!(mode(&dst), mode(&plain));
+    assert_eq!(std::fs::read(&link).expect("read the link"), data);
+    let mode = std::fs::metadata(&dst).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // No temporary file left.
+    assert_eq!(dir_names(dir.path()), ["dst.bin", "link.bin", "src.bin"]);
 }
 
 /// The names in `dir`, sorted.

@@ -261,8 +261,9 @@ pub(crate) async fn receive(
     common: &CommonArgs,
     stop: &mut Stop,
 ) -> anyhow::Result<ExitCode> {
-    // Before joining: a path that cannot be written fails without the room seeing us.
-    let mut target = Target::open(out_path)?;
+    // Before joining: a path that cannot be written fails without the room seeing us (a FIFO
+    // without a reader blocks here, and a signal still stops it).
+    let mut target = stop.guard(Target::open(out_path)).await??;
     let (peer, mut events) = stop.guard(super::join(url, common)).await??;
     let outcome = stop
         .guard(receive_one(
@@ -273,7 +274,7 @@ pub(crate) async fn receive(
         ))
         .await;
     stop.leave(peer).await;
-    if !target.complete && matches!(target.sink, Sink::Staged { .. }) {
+    if !target.settled && matches!(target.sink, Sink::Staged { .. }) {
         // The temporary file goes with `target`.
         eprintln!(
             "warning: transfer incomplete: {} left as it was",
@@ -288,73 +289,64 @@ struct Target {
     sink: Sink,
     /// The name the user gave, for messages.
     shown: PathBuf,
-    /// Whether the whole file arrived (`file-end`, whatever its checksum).
-    complete: bool,
+    /// Whether the transfer came to its end (`file-end`): put in place, or found wrong.
+    settled: bool,
 }
 
 enum Sink {
-    /// A regular file (or none yet): written to a temporary file beside it, which replaces it
-    /// once the whole file arrived; an incomplete transfer removes only the temporary file (on
-    /// drop), so an existing file is never truncated or lost.
+    /// A regular file, or none yet: the file is written to a temporary file (beside it, or in
+    /// the temporary directory when its directory is not writable), and only a whole file with
+    /// the right checksum reaches `dest`. Anything else removes just the temporary file (on
+    /// drop): an existing file is never truncated or lost.
     Staged {
         file: tokio::fs::File,
         staged: tempfile::NamedTempFile,
         dest: PathBuf,
+        /// `dest` is a file already: its content is replaced in place (its mode, owner and
+        /// links stay), not the file itself.
+        existing: bool,
     },
     /// Something that is no regular file (`/dev/null`, a pipe): written to directly.
     Direct { file: tokio::fs::File },
-    /// Completed.
+    /// Put in place or discarded.
     Done,
 }
 
 impl Target {
-    fn open(out_path: &Path) -> anyhow::Result<Self> {
+    async fn open(out_path: &Path) -> anyhow::Result<Self> {
         let context = || format!("create {}", out_path.display());
-        // Through a symlink, the file it points at is replaced, not the link.
-        let dest = match std::fs::canonicalize(out_path) {
-            Ok(resolved) => resolved,
-            Err(_) => out_path.to_owned(),
-        };
-        let existing = std::fs::metadata(&dest).ok();
+        let dest = resolve_links(out_path);
+        let existing = tokio::fs::metadata(&dest).await.ok();
         if existing.as_ref().is_some_and(std::fs::Metadata::is_dir) {
             bail!(
                 "{} is a directory: give the file's path",
                 out_path.display()
             );
         }
-        let sink = if existing.is_some_and(|m| !m.is_file()) {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&dest)
-                .with_context(context)?;
-            Sink::Direct {
-                file: tokio::fs::File::from_std(file),
+        let sink = match existing {
+            Some(meta) if !meta.is_file() => {
+                let file = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&dest)
+                    .await
+                    .with_context(context)?;
+                Sink::Direct { file }
             }
-        } else {
-            let dir = match dest.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-                _ => PathBuf::from("."),
-            };
-            let name = dest
-                .file_name()
-                .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
-            let staged = tempfile::Builder::new()
-                .prefix(&format!(".{name}."))
-                .suffix(".part")
-                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-                .tempfile_in(&dir)
-                .with_context(context)?;
-            let file = staged.reopen().with_context(context)?;
-            Sink::Staged {
-                file: tokio::fs::File::from_std(file),
-                staged,
-                dest,
+            existing => {
+                let staged = stage_beside(&dest).with_context(context)?;
+                let file = staged.reopen().with_context(context)?;
+                Sink::Staged {
+                    file: tokio::fs::File::from_std(file),
+                    staged,
+                    dest,
+                    existing: existing.is_some(),
+                }
             }
         };
         Ok(Self {
             sink,
             shown: out_path.to_owned(),
-            complete: false,
+            settled: false,
         })
     }
 
@@ -368,28 +360,89 @@ impl Target {
             .with_context(|| format!("write {}", self.shown.display()))
     }
 
-    /// The whole file arrived: flushes it and puts it in place.
-    async fn complete(&mut self) -> anyhow::Result<()> {
+    /// The transfer ended: a right file (`ok`) is put in place; a wrong one is discarded, and
+    /// the destination stays as it was (a direct sink has had it already).
+    async fn settle(&mut self, ok: bool) -> anyhow::Result<()> {
         let context = || format!("write {}", self.shown.display());
+        self.settled = true;
         match std::mem::replace(&mut self.sink, Sink::Done) {
             Sink::Staged {
                 mut file,
                 staged,
                 dest,
+                existing,
             } => {
+                if !ok {
+                    return Ok(());
+                }
                 file.flush().await.with_context(context)?;
                 file.sync_all().await.with_context(context)?;
-                staged
-                    .persist(&dest)
-                    .map_err(|e| e.error)
-                    .with_context(context)?;
+                drop(file);
+                if existing {
+                    // In place: the content changes, not the file (mode, owner, hard links;
+                    // `fs::copy` would give it the temporary file's mode).
+                    let mut from = tokio::fs::File::open(staged.path())
+                        .await
+                        .with_context(context)?;
+                    let mut to = tokio::fs::OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(&dest)
+                        .await
+                        .with_context(context)?;
+                    tokio::io::copy(&mut from, &mut to)
+                        .await
+                        .with_context(context)?;
+                    to.sync_all().await.with_context(context)?;
+                } else if let Err(err) = staged.persist_noclobber(&dest) {
+                    // Another file system (the temporary directory), or a file that appeared
+                    // meanwhile: copy, creating or replacing it.
+                    tokio::fs::copy(err.file.path(), &dest)
+                        .await
+                        .with_context(context)?;
+                }
             }
             Sink::Direct { mut file } => file.flush().await.with_context(context)?,
             Sink::Done => {}
         }
-        self.complete = true;
         Ok(())
     }
+}
+
+/// `path` with its symlinks followed, as a write through it would: the file they lead to,
+/// even one that does not exist yet (a dangling link is written through, not replaced).
+fn resolve_links(path: &Path) -> PathBuf {
+    let mut current = path.to_owned();
+    // A loop of links gives up after a few hops, as the kernel does (ELOOP).
+    for _ in 0..40 {
+        let Ok(target) = std::fs::read_link(&current) else {
+            break;
+        };
+        current = match current.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target,
+        };
+    }
+    current
+}
+
+/// A temporary file in `dest`'s directory (so that putting it in place is a rename), or in the
+/// temporary directory when that one is not writable.
+fn stage_beside(dest: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = match dest.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = dest
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder
+        .prefix(&prefix)
+        .suffix(".part")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    builder.tempfile_in(&dir).or_else(|_| builder.tempfile())
 }
 
 /// A transfer in progress.
@@ -477,10 +530,10 @@ async fn finish(
     done: Incoming,
     out: Output,
 ) -> anyhow::Result<ExitCode> {
-    target.complete().await?;
     done.bar.finish();
     let got = hex::encode(done.hasher.finalize());
     let ok = got == done.sha256 && done.received == done.size;
+    target.settle(ok).await?;
     let reply = Control::Result {
         ok,
         sha256: got.clone(),
@@ -513,6 +566,64 @@ async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A target at `path` that received `content`, settled as `ok`.
+    async fn receive_into(path: &Path, content: &[u8], ok: bool) {
+        let mut target = Target::open(path).await.expect("open target");
+        target.write_all(content).await.expect("write");
+        target.settle(ok).await.expect("settle");
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn only_a_checked_file_reaches_the_destination_and_an_existing_one_stays_itself() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out.bin");
+        // A new file: created with the content.
+        receive_into(&out, b"first", true).await;
+        assert_eq!(std::fs::read(&out).unwrap(), b"first");
+        // A wrong file (checksum or size): the destination stays as it was.
+        receive_into(&out, b"corrupt", false).await;
+        assert_eq!(std::fs::read(&out).unwrap(), b"first");
+        // An existing file keeps its mode and its hard links.
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link.bin");
+        std::fs::hard_link(&out, &link).unwrap();
+        receive_into(&out, b"second", true).await;
+        assert_eq!(std::fs::read(&link).unwrap(), b"second");
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Nothing temporary is left behind.
+        assert_eq!(names(dir.path()), ["link.bin", "out.bin"]);
+    }
+
+    #[tokio::test]
+    async fn a_dangling_symlink_is_written_through_not_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let link = dir.path().join("link.bin");
+        std::os::unix::fs::symlink("real.bin", &link).unwrap();
+        receive_into(&link, b"through", true).await;
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("real.bin")).unwrap(),
+            b"through"
+        );
+        assert_eq!(names(dir.path()), ["link.bin", "real.bin"]);
+    }
 
     #[tokio::test]
     async fn a_directory_is_refused_by_name() {

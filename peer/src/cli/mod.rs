@@ -78,14 +78,15 @@ enum Command {
     },
     /// Receive one file from a peer in the room and verify its SHA-256.
     ///
-    /// The file is written beside the output path and put in place (over an existing file) once
-    /// it has all arrived: a transfer that does not complete (the sender left, SIGINT or
-    /// SIGTERM, an error) leaves the output path as it was. SIGINT or SIGTERM exit with 130 or
-    /// 143.
+    /// The file is written beside the output path and put in place once it has all arrived with
+    /// the right SHA-256: a transfer that does not complete (the sender left, SIGINT or
+    /// SIGTERM, an error) or a wrong file leaves the output path as it was. SIGINT or SIGTERM
+    /// exit with 130 or 143.
     RecvFile {
         /// Signaling URL naming the room, e.g. ws://127.0.0.1:8080/ws/demo
         url: String,
-        /// Where to write the received file (replaced once it has all arrived).
+        /// Where to write the received file (its content replaced once it has all arrived and
+        /// checked out).
         out_path: std::path::PathBuf,
         #[command(flatten)]
         common: CommonArgs,
