@@ -622,34 +622,34 @@ impl ConnectionTask {
     }
 
     /// The connection failed: once per configuration, each TURN server in it is tried with
-    /// its credentials (in a task of its own), and each that gives no allocation is reported
-    /// as [`PeerEvent::TurnUnusable`] saying why (`webrtc` only logs it).
+    /// its credentials (in a task of its own). When none gives an allocation, each is reported
+    /// as [`PeerEvent::TurnUnusable`] saying why (`webrtc` only logs it); when one does, TURN
+    /// is not why the connection failed, and nothing is said.
     fn check_turn(&mut self) {
         let Some(servers) = self.turn_unchecked.take() else {
             return;
         };
         let (peer, events) = (self.peer(), self.ctx.events.clone());
         tokio::spawn(async move {
+            let mut unusable = Vec::new();
             for server in servers {
                 let (Some(username), Some(credential)) = (&server.username, &server.credential)
                 else {
                     continue;
                 };
                 for url in &server.urls {
-                    let Some(outcome) = crate::turn_check::check(url, username, credential).await
-                    else {
-                        continue;
-                    };
-                    if outcome != crate::turn_check::TurnOutcome::Allocated {
-                        let _ = events
-                            .send(PeerEvent::TurnUnusable {
-                                peer: peer.clone(),
-                                url: url.clone(),
-                                reason: outcome.to_string(),
-                            })
-                            .await;
+                    match crate::turn_check::check(url, username, credential).await {
+                        None => {}
+                        Some(crate::turn_check::TurnOutcome::Allocated) => return,
+                        Some(outcome) => unusable.push((url.clone(), outcome.to_string())),
                     }
                 }
+            }
+            for (url, reason) in unusable {
+                let peer = peer.clone();
+                let _ = events
+                    .send(PeerEvent::TurnUnusable { peer, url, reason })
+                    .await;
             }
         });
     }

@@ -233,9 +233,10 @@ pub enum PeerEvent {
     },
     /// Signaling is over for good (left, or gave up reconnecting).
     SignalingClosed { message: String },
-    /// A connection failed, and a TURN server of its configuration gives no allocation with
-    /// the credentials signaling handed out: `reason` says why (refused credentials, no
-    /// answer, ...). Checked once per configuration; the connection keeps trying.
+    /// A connection failed, and no TURN server of its configuration gives an allocation with
+    /// the credentials signaling handed out: one event per server, `reason` saying why
+    /// (refused credentials, no answer, ...). Checked once per configuration (`turns:` URLs
+    /// are not checked); the connection keeps trying.
     TurnUnusable {
         peer: PeerId,
         url: String,
