@@ -21,11 +21,13 @@ use crate::protocol::{
 impl ClusterHub {
     /// Redis is gone (or this node's lease): every attached socket is closed with 1013 so its
     /// client resumes once Redis is back (frames published meanwhile may not have reached this
-    /// node). `was_available`: the node was available until now; an outage is counted (and
-    /// logged as an error) once, by its first cause, however many of its parts fail.
-    pub(super) fn outage(&self, why: Outage, was_available: bool) {
+    /// node). An outage is counted (and logged as an error) once, by its first cause, however
+    /// many of its parts fail, until a heartbeat finds the node whole again; a lost lease is
+    /// always counted.
+    pub(super) fn outage(&self, why: Outage) {
+        let first = why == Outage::LeaseLost || !self.in_outage.swap(true, Ordering::AcqRel);
         let st = self.lock();
-        if was_available {
+        if first {
             self.metrics.cluster_outage(why);
             tracing::error!(
                 why = why.as_str(),
@@ -78,7 +80,7 @@ impl ClusterHub {
             self.subscribed.store(false, Ordering::Release);
             // Frames published while unsubscribed would be lost to the sockets: cut them, so
             // their clients resume from the outbox.
-            self.outage(Outage::Pubsub, self.store_ok.load(Ordering::Acquire));
+            self.outage(Outage::Pubsub);
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }

@@ -67,7 +67,7 @@ impl ClusterHub {
                     "this node's lease was gone from redis (it expired and another node adopted \
                      its sessions, or redis lost its data): closing its sockets"
                 );
-                self.outage(Outage::LeaseLost, true);
+                self.outage(Outage::LeaseLost);
             }
             self.store
                 .query::<i64>(redis::cmd("PEXPIRE").arg(NODES_KEY).arg(ttl))
@@ -109,6 +109,10 @@ impl ClusterHub {
                 return;
             }
         };
+        if self.subscribed.load(Ordering::Acquire) {
+            // Whole again: the next failure is a new outage.
+            self.in_outage.store(false, Ordering::Release);
+        }
         if !self.store_ok.swap(true, Ordering::AcqRel) {
             tracing::info!("redis answers again");
             // No node could renew its lease while Redis was away (or restarting from its

@@ -206,7 +206,7 @@ struct LocalState {
     resuming: HashMap<SessionKey, Inbox>,
     parked: HashMap<SessionKey, ParkedHere>,
     pending_park: Vec<PendingPark>,
-    /// After an outage of the store: no node's sessions are adopted before then.
+    /// At start and after an outage of the store: no node's sessions are adopted before then.
     adopt_after: Option<Instant>,
     /// Local sessions (attached or parked) per room.
     rooms: HashMap<RoomId, usize>,
@@ -282,6 +282,8 @@ pub struct ClusterHub {
     subscribed: AtomicBool,
     /// The node has entered its lease at least once.
     registered: AtomicBool,
+    /// An outage was counted and the node has not been whole since (see `outage`).
+    in_outage: AtomicBool,
 }
 
 impl ClusterHub {
@@ -298,6 +300,7 @@ impl ClusterHub {
             max_frames: settings.replay.max_messages,
             max_bytes: settings.replay.max_bytes,
         };
+        let adopt_after = Instant::now() + cluster.lease;
         let hub = Arc::new(Self {
             store: Store::new(conn, limits, cluster.redis_timeout),
             pubsub,
@@ -305,12 +308,18 @@ impl ClusterHub {
             settings,
             ice,
             metrics,
-            local: Mutex::new(LocalState::default()),
+            // Redis may hold leases restored from saved data, expired while nobody could
+            // renew them: a new node waits a lease before it takes any node for dead.
+            local: Mutex::new(LocalState {
+                adopt_after: Some(adopt_after),
+                ..LocalState::default()
+            }),
             draining: AtomicBool::new(false),
             drain_reason: Mutex::new(String::new()),
             store_ok: AtomicBool::new(true),
             subscribed: AtomicBool::new(false),
             registered: AtomicBool::new(false),
+            in_outage: AtomicBool::new(false),
         });
         hub.heartbeat().await;
         tokio::spawn(Arc::clone(&hub).subscriber());
@@ -373,7 +382,7 @@ impl ClusterHub {
         tracing::warn!(%error, what, "redis call failed");
         self.metrics.cluster_store_error();
         if self.store_ok.swap(false, Ordering::AcqRel) {
-            self.outage(Outage::Store, self.subscribed.load(Ordering::Acquire));
+            self.outage(Outage::Store);
         }
     }
 
