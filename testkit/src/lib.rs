@@ -6,7 +6,7 @@
 //! - [`http_get`], [`status_code`] and [`metric_value`]: a plain HTTP GET, the status of a
 //!   response, and one sample of Prometheus text;
 //! - [`proc_status_kib`]: a process's memory (VmRSS, VmHWM) from `/proc`;
-//! - [`free_port`], [`wait_until`], [`bin_path`];
+//! - [`free_port`], [`wait_until`], [`bin_path`], [`dir_names`];
 //! - [`rest_password`]: the TURN REST password, the relay's own implementation;
 //! - [`write_self_signed`]: a certificate and key as PEM files (`--tls-cert`/`--tls-key`);
 //! - [`coturn`]: coturn's `turnutils_peer` and `turnutils_uclient`;
@@ -28,6 +28,16 @@ use std::time::{Duration, Instant};
 pub use loopback_relay::LoopbackRelay;
 pub use process::{ChildGuard, Spawned};
 pub use relay_proto::auth::rest_password;
+
+/// The names of the entries of `dir`, sorted (what a command left in a directory).
+pub fn dir_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
 
 /// The path of a workspace binary (`signaling`, `relay`, `peer`) built for this profile, beside
 /// the test executable (`target/<profile>/`; `scripts/test.sh` builds them first). An example

@@ -229,17 +229,10 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
     let mode = std::fs::metadata(&dst).expect("stat").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     // No temporary file left.
-    assert_eq!(dir_names(dir.path()), ["dst.bin", "link.bin", "src.bin"]);
-}
-
-/// The names in `dir`, sorted.
-fn dir_names(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+    assert_eq!(
+        testkit::dir_names(dir.path()),
+        ["dst.bin", "link.bin", "src.bin"]
+    );
 }
 
 /// A TCP proxy whose live connections the test can cut while it keeps accepting new ones.
@@ -1236,7 +1229,10 @@ fn interrupted_file_commands_leave_and_remove_the_partial_file() {
         receiver.wait_exit(Duration::from_secs(10)).code(),
         Some(130)
     );
-    assert!(dir_names(dir.path()).is_empty(), "a file was left behind");
+    assert!(
+        testkit::dir_names(dir.path()).is_empty(),
+        "a file was left behind"
+    );
     watcher.wait_line(Duration::from_secs(5), |l| {
         l.starts_with("* peer-left") && field(l, "name") == Some("receiver")
     });
@@ -1253,7 +1249,7 @@ fn interrupted_file_commands_leave_and_remove_the_partial_file() {
         Some(143)
     );
     assert_eq!(std::fs::read(&kept).expect("read"), b"precious data");
-    assert_eq!(dir_names(dir.path()), ["kept.txt"]);
+    assert_eq!(testkit::dir_names(dir.path()), ["kept.txt"]);
     watcher.wait_line(Duration::from_secs(5), |l| {
         l.starts_with("* peer-left") && field(l, "name") == Some("receiver2")
     });

@@ -574,15 +574,6 @@ mod tests {
         target.settle(ok).await.expect("settle");
     }
 
-    fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("read dir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
     #[tokio::test]
     async fn only_a_checked_file_reaches_the_destination_and_an_existing_one_stays_itself() {
         use std::os::unix::fs::PermissionsExt as _;
@@ -603,7 +594,7 @@ mod tests {
         let mode = std::fs::metadata(&out).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         // Nothing temporary is left behind.
-        assert_eq!(names(dir.path()), ["link.bin", "out.bin"]);
+        assert_eq!(testkit::dir_names(dir.path()), ["link.bin", "out.bin"]);
     }
 
     #[tokio::test]
@@ -622,7 +613,7 @@ mod tests {
             std::fs::read(dir.path().join("real.bin")).unwrap(),
             b"through"
         );
-        assert_eq!(names(dir.path()), ["link.bin", "real.bin"]);
+        assert_eq!(testkit::dir_names(dir.path()), ["link.bin", "real.bin"]);
     }
 
     #[tokio::test]

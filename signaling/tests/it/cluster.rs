@@ -361,20 +361,11 @@ async fn redis_back_after_the_lease_ran_out_adopts_no_live_nodes_sessions() {
         assert_eq!(server.metric("signaling_cluster_nodes").await, 2);
     }
     // Each resumes on its own node: nothing lost, and the call goes on.
-    let mut a = Client::connect(&n1.ws("/ws/comeback")).await;
-    a.last_seq = a_seen;
-    a.send(&resume_message(&a_info.resume_token, a_seen)).await;
-    assert!(matches!(
-        a.recv_message().await,
-        ServerMessage::Resumed { replayed: 0, .. }
-    ));
-    let mut b = Client::connect(&n2.ws("/ws/comeback")).await;
-    b.last_seq = b_seen;
-    b.send(&resume_message(&b_info.resume_token, b_seen)).await;
-    assert!(matches!(
-        b.recv_message().await,
-        ServerMessage::Resumed { replayed: 0, .. }
-    ));
+    let (a_id, b_id) = (&a_info.peer_id, &b_info.peer_id);
+    let a_url = n1.ws("/ws/comeback");
+    let mut a = resume_expecting(&a_url, &a_info.resume_token, a_seen, b_id, 0, 0).await;
+    let b_url = n2.ws("/ws/comeback");
+    let mut b = resume_expecting(&b_url, &b_info.resume_token, b_seen, a_id, 0, 0).await;
     pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 1).await;
     // Still attached a lease later: nobody took them over.
     tokio::time::sleep(Duration::from_millis(1500)).await;

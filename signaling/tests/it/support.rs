@@ -455,8 +455,18 @@ impl Client {
         }
     }
 
-    /// Reads until the socket closes; returns the close code.
+    /// Reads until the socket closes; returns the close code. Any frame before it fails.
     pub(crate) async fn expect_close(&mut self) -> Closed {
+        self.read_to_close(false).await
+    }
+
+    /// Reads past whatever frames are still queued until the socket closes (within [`STEP`]);
+    /// returns the close code.
+    pub(crate) async fn close_after_frames(&mut self) -> Closed {
+        self.read_to_close(true).await
+    }
+
+    async fn read_to_close(&mut self, past_frames: bool) -> Closed {
         let deadline = tokio::time::Instant::now() + STEP;
         loop {
             let next = tokio::time::timeout_at(deadline, self.ws.next())
@@ -468,25 +478,8 @@ impl Client {
                 }
                 Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Closed::NoCode,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(_)) if past_frames => {}
                 Some(Ok(other)) => panic!("expected a close, got {other:?}"),
-            }
-        }
-    }
-
-    /// Reads past whatever frames are still queued until the socket closes (within [`STEP`]);
-    /// returns the close code.
-    pub(crate) async fn close_after_frames(&mut self) -> Closed {
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("socket closed in time");
-            match next {
-                Some(Ok(Message::Close(Some(frame)))) => {
-                    return Closed::Code(u16::from(frame.code));
-                }
-                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Closed::NoCode,
-                Some(Ok(_)) => {}
             }
         }
     }
