@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# A room of big broadcasts beside a probe pair in another room: one node, then three on one
+# Redis, in one run (signaling/benches/broadcast_flood.rs says what it measures).
+#   scripts/bench-broadcast-flood.sh                  # the figures in BENCHMARKS.md
+#   SENDERS=8 DURATION=10 scripts/bench-broadcast-flood.sh
+# Needs redis-server (scripts/install-test-deps.sh installs it). Everything runs on loopback and
+# shares this machine's cores: compare the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOM_SIZE=${ROOM_SIZE:-32}
+SENDERS=${SENDERS:-3}
+BYTES=${BYTES:-64000}
+RATE=${RATE:-50}
+DURATION=${DURATION:-20}
+cargo build --release -p signaling --bench broadcast_flood >/dev/null 2>&1 || cargo build --release -p signaling --bench broadcast_flood
+run() {
+  cargo bench -q -p signaling --bench broadcast_flood -- --room-size "$ROOM_SIZE" \
+    --senders "$SENDERS" --bytes "$BYTES" --rate "$RATE" --duration "$DURATION" "$@" 2>/dev/null | grep -v '^$'
+}
+for nodes in 1 3; do
+  echo "=== $nodes node(s), default limits (a broadcast costs a token per KiB)"
+  run --nodes "$nodes"
+done
+# 64 times the message rate and burst: a 64 KB broadcast then passes as often as a one-token
+# message does with the defaults, which is what every broadcast cost before (one token).
+echo "=== 3 nodes, one token per broadcast (limits x 64)"
+run --nodes 3 --server-args "--rate-limit 3200 --rate-burst 12800"
