@@ -67,22 +67,24 @@ local function emit(sid, body)
   return seq
 end
 
--- `emit` of one `body` to each session of `sids`, published once per node rather than once
--- per session: '!bc SID:SEQ,SID:SEQ,... ' .. body (each node numbers the frames itself, as
--- `append` does). A broadcast crosses pub/sub as many times as there are nodes, whatever the
--- room's size. Returns how many sessions got it.
-local function emit_all(sids, body)
+-- `emit` of one `body` to each member of the room but `except` (a session id, or nil),
+-- published once per node rather than once per session: '!bc SID:SEQ,SID:SEQ,... ' .. body
+-- (each node numbers the frames itself, as `append` does). A broadcast crosses pub/sub as
+-- many times as there are nodes, whatever the room's size. Returns how many sessions got it.
+local function emit_all(body, except)
   local by_node, nodes, n = {}, {}, 0
-  for _, sid in ipairs(sids) do
-    local seq, _, node = append(sid, body)
-    if seq then n = n + 1 end
-    if node then
-      if not by_node[node] then
-        by_node[node] = {}
-        nodes[#nodes + 1] = node
+  for _, sid in ipairs(redis.call('LRANGE', M, 0, -1)) do
+    if sid ~= except then
+      local seq, _, node = append(sid, body)
+      if seq then n = n + 1 end
+      if node then
+        if not by_node[node] then
+          by_node[node] = {}
+          nodes[#nodes + 1] = node
+        end
+        local list = by_node[node]
+        list[#list + 1] = sid .. ':' .. seq
       end
-      local list = by_node[node]
-      list[#list + 1] = sid .. ':' .. seq
     end
   end
   for _, node in ipairs(nodes) do
@@ -161,6 +163,6 @@ local function end_session(sid, left, code, grace)
     redis.call('SET', P .. 't:' .. sid, code .. ' ' .. st[2], 'PX', grace)
   end
   local body = plain_replace(left, '"%PEER%"', '"' .. st[1] .. '"')
-  emit_all(redis.call('LRANGE', M, 0, -1), body)
+  emit_all(body, nil)
   return st
 end

@@ -67,11 +67,7 @@ redis.call('RPUSH', M, sid)
 redis.call('HSET', PEERS, ARGV[5], sid)
 touch(s) touch(M) touch(PEERS)
 emit(sid, plain_replace(ARGV[13], '"peers":[]', '"peers":[' .. peers_of(sid) .. ']'))
-local others = {}
-for _, other in ipairs(redis.call('LRANGE', M, 0, -1)) do
-  if other ~= sid then others[#others + 1] = other end
-end
-emit_all(others, ARGV[14])
+emit_all(ARGV[14], sid)
 return {'ok', table.concat(over, ' ')}
 "#,
             ),
@@ -156,11 +152,7 @@ return {'unknown_peer', table.concat(over, ' ')}
                 r#"
 if ARGV[4] ~= '' and redis.call('EXISTS', skey(ARGV[4])) == 0 then return {'ok', '', '0'} end
 if ARGV[4] ~= '' and not first_sight(ARGV[4], ARGV[6]) then return {'dup', '', '0'} end
-local others = {}
-for _, other in ipairs(redis.call('LRANGE', M, 0, -1)) do
-  if other ~= ARGV[4] then others[#others + 1] = other end
-end
-local n = emit_all(others, ARGV[5])
+local n = emit_all(ARGV[5], ARGV[4])
 return {'ok', table.concat(over, ' '), tostring(n)}
 "#,
             ),
