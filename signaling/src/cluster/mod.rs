@@ -256,6 +256,23 @@ impl LocalState {
         }
     }
 
+    /// Whether one more session of `room` fits this node's `--max-sessions` and `--max-rooms`.
+    fn has_room_for(&self, room: &RoomId, settings: &HubSettings) -> Result<(), RequestError> {
+        if self.attached.len() + self.parked.len() >= settings.max_sessions {
+            return Err(RequestError::new(
+                ErrorCode::TooManySessions,
+                "the server holds its maximum number of sessions",
+            ));
+        }
+        if !self.rooms.contains_key(room) && self.rooms.len() >= settings.max_rooms {
+            return Err(RequestError::new(
+                ErrorCode::TooManyRooms,
+                "the server holds its maximum number of rooms",
+            ));
+        }
+        Ok(())
+    }
+
     /// Forgets a parked session; returns its ticket.
     fn unpark(&mut self, key: SessionKey) -> Option<SessionTicket> {
         let parked = self.parked.remove(&key)?;
@@ -427,18 +444,7 @@ impl ClusterHub {
         self.accepting()?;
         let key = {
             let mut st = self.lock();
-            if st.attached.len() + st.parked.len() >= self.settings.max_sessions {
-                return Err(RequestError::new(
-                    ErrorCode::TooManySessions,
-                    "the server holds its maximum number of sessions",
-                ));
-            }
-            if !st.rooms.contains_key(&req.room) && st.rooms.len() >= self.settings.max_rooms {
-                return Err(RequestError::new(
-                    ErrorCode::TooManyRooms,
-                    "the server holds its maximum number of rooms",
-                ));
-            }
+            st.has_room_for(&req.room, &self.settings)?;
             let key = loop {
                 let key = rand::random::<u64>();
                 if key != 0 && !st.attached.contains_key(&key) {
@@ -611,20 +617,7 @@ impl ClusterHub {
                 "this address holds its maximum number of sessions on this node",
             ));
         }
-        let st = self.lock();
-        if st.attached.len() + st.parked.len() >= self.settings.max_sessions {
-            return Err(RequestError::new(
-                ErrorCode::TooManySessions,
-                "the server holds its maximum number of sessions",
-            ));
-        }
-        if !st.rooms.contains_key(room) && st.rooms.len() >= self.settings.max_rooms {
-            return Err(RequestError::new(
-                ErrorCode::TooManyRooms,
-                "the server holds its maximum number of rooms",
-            ));
-        }
-        Ok(())
+        self.lock().has_room_for(room, &self.settings)
     }
 
     /// Re-attaches a session, wherever it was, to the caller's queue.
@@ -638,11 +631,10 @@ impl ClusterHub {
         let (key, secret_hex, peer, room) = parse_cluster_token(&req.token).ok_or_else(unknown)?;
         // A quiet re-attach (an HTTP stream request) of a session this node serves goes on
         // while it drains (the session was told `draining`); any other is sent elsewhere.
-        let serves = || {
+        let here = {
             let st = self.lock();
             st.attached.contains_key(&key) || st.parked.contains_key(&key)
         };
-        let here = serves();
         if req.announce || !here {
             self.accepting()?;
         } else if !self.is_available() {
