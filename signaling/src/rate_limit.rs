@@ -52,26 +52,6 @@ impl TokenBucket {
     }
 }
 
-#[cfg(test)]
-mod cost_tests {
-    use super::*;
-
-    #[test]
-    fn a_broadcast_costs_a_token_per_started_kib_and_anything_else_one() {
-        let broadcast = |len: usize| ClientMessage::Broadcast {
-            id: None,
-            cseq: None,
-            data: serde_json::Value::String("x".repeat(len)),
-        };
-        // The data's JSON: the string and its two quotes.
-        assert_eq!(message_cost(&broadcast(0)), 1);
-        assert_eq!(message_cost(&broadcast(1022)), 1);
-        assert_eq!(message_cost(&broadcast(1023)), 2);
-        assert_eq!(message_cost(&broadcast(64_000)), 63);
-        assert_eq!(message_cost(&ClientMessage::Leave { id: None }), 1);
-    }
-}
-
 impl TokenBucket {
     /// The tokens there would be at `now`.
     pub fn available(&self, now: Instant, rate: f64, burst: f64) -> f64 {
@@ -105,6 +85,21 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broadcast_costs_a_token_per_started_kib_and_anything_else_one() {
+        let broadcast = |len: usize| ClientMessage::Broadcast {
+            id: None,
+            cseq: None,
+            data: serde_json::Value::String("x".repeat(len)),
+        };
+        // The data's JSON: the string and its two quotes.
+        assert_eq!(message_cost(&broadcast(0)), 1);
+        assert_eq!(message_cost(&broadcast(1022)), 1);
+        assert_eq!(message_cost(&broadcast(1023)), 2);
+        assert_eq!(message_cost(&broadcast(64_000)), 63);
+        assert_eq!(message_cost(&ClientMessage::Leave { id: None }), 1);
+    }
 
     #[test]
     fn allows_the_burst_then_the_rate() {
