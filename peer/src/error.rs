@@ -24,6 +24,14 @@ pub enum PeerError {
         source: tokio_rustls::rustls::Error,
     },
 
+    /// A `wss://` signaling server answered in plain text, not TLS (it serves `ws://`).
+    #[error("signaling connection failed: {source}")]
+    NotTls {
+        /// `rustls::Error::InvalidMessage`, what the first bytes were.
+        #[source]
+        source: tokio_rustls::rustls::Error,
+    },
+
     /// The CAs to trust for TLS could not be loaded (an unreadable CA file, or nothing to
     /// trust).
     #[error("TLS trust: {0}")]
@@ -71,7 +79,8 @@ pub enum PeerError {
 
 impl From<tokio_tungstenite::tungstenite::Error> for PeerError {
     /// A TLS handshake that failed on the server's certificate becomes
-    /// [`PeerError::UntrustedCertificate`]; an upgrade the server refused with an `error` frame
+    /// [`PeerError::UntrustedCertificate`], one with a server that does not speak TLS
+    /// [`PeerError::NotTls`]; an upgrade the server refused with an `error` frame
     /// as its body (an invalid token, a full server: `docs/protocol.md`) becomes
     /// [`PeerError::Signaling`] with its code and message; anything else
     /// [`PeerError::SignalingConnect`].
@@ -102,6 +111,10 @@ impl From<tokio_tungstenite::tungstenite::Error> for PeerError {
                     source: source.clone(),
                 }
             }
+            // Its first bytes are no TLS record: a plain `ws://` server.
+            Some(source @ tokio_rustls::rustls::Error::InvalidMessage(_)) => Self::NotTls {
+                source: source.clone(),
+            },
             _ => Self::SignalingConnect(Box::new(err)),
         }
     }

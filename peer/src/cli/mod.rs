@@ -476,22 +476,14 @@ fn with_hint(err: PeerError) -> anyhow::Error {
                     response.status()
                 )
             }
-            // `wss://` to a server that answers in plain text (its first bytes are no TLS).
-            WsError::Io(io)
-                if io
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
-                    .is_some_and(|e| {
-                        matches!(e, tokio_rustls::rustls::Error::InvalidMessage(_))
-                    }) =>
-            {
-                anyhow!("{err} (the server does not speak TLS there: use ws://)")
-            }
             WsError::Protocol(ProtocolError::HandshakeIncomplete) => {
                 anyhow!("{err} (no HTTP answer: is this the signaling server's address and port?)")
             }
             _ => err.into(),
         },
+        PeerError::NotTls { .. } => {
+            anyhow!("{err} (the server does not speak TLS there: use ws://)")
+        }
         PeerError::Signaling {
             code: ErrorCode::InvalidRoomId,
             ..
