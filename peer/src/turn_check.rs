@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use relay_proto::attributes::decode_error_code;
 use relay_proto::auth::long_term_key;
-use relay_proto::framing;
 use relay_proto::message::{Class, MessageBuilder, StunMessage, TransactionId};
 use relay_proto::{AttributeType, Method};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout;
 
 use crate::ice_servers::TurnUrl;
+use crate::turn_tcp_bridge::read_stream_message;
 
 /// How long a check waits for each answer (a UDP request is sent again once within it).
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
@@ -209,16 +209,9 @@ impl Link {
                 stream.write_all(request).await.map_err(unreachable)?;
                 let read = async {
                     loop {
-                        let mut header = [0u8; 4];
-                        stream.read_exact(&mut header).await?;
-                        let Ok(Some(total)) = framing::stream_frame_len(&header) else {
-                            return Err(std::io::Error::other("not a STUN stream"));
-                        };
-                        let mut message = vec![0u8; total];
-                        message[..4].copy_from_slice(&header);
-                        stream.read_exact(&mut message[4..]).await?;
+                        let message = read_stream_message(stream).await?;
                         if message.len() >= 20 && &message[8..20] == tid {
-                            return Ok(message);
+                            return Ok::<_, std::io::Error>(message);
                         }
                     }
                 };

@@ -322,7 +322,9 @@ fn frame_for_stream(datagram: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Reads one message off a stream, without the ChannelData padding.
-async fn read_stream_message<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Vec<u8>> {
+pub(crate) async fn read_stream_message<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> io::Result<Vec<u8>> {
     let mut header = [0u8; 4];
     reader.read_exact(&mut header).await?;
     let (Ok(Some(total)), Ok(Some(keep))) = (
