@@ -274,8 +274,8 @@ pub(crate) async fn receive(
         ))
         .await;
     stop.leave(peer).await;
-    if !target.settled && matches!(target.sink, Sink::Staged { .. }) {
-        // The temporary file goes with `target`.
+    if matches!(target.sink, Sink::Staged { .. }) {
+        // Never settled: the temporary file goes with `target`.
         eprintln!(
             "warning: transfer incomplete: {} left as it was",
             out_path.display()
@@ -289,8 +289,6 @@ struct Target {
     sink: Sink,
     /// The name the user gave, for messages.
     shown: PathBuf,
-    /// Whether the transfer came to its end (`file-end`): put in place, or found wrong.
-    settled: bool,
 }
 
 enum Sink {
@@ -346,7 +344,6 @@ impl Target {
         Ok(Self {
             sink,
             shown: out_path.to_owned(),
-            settled: false,
         })
     }
 
@@ -364,7 +361,6 @@ impl Target {
     /// the destination stays as it was (a direct sink has had it already).
     async fn settle(&mut self, ok: bool) -> anyhow::Result<()> {
         let context = || format!("write {}", self.shown.display());
-        self.settled = true;
         match std::mem::replace(&mut self.sink, Sink::Done) {
             Sink::Staged {
                 mut file,
