@@ -76,18 +76,11 @@ fn parse_args() -> Args {
     args
 }
 
-/// A node: its process and its `ws://HOST:PORT` and `HOST:PORT`.
+/// A node: its process (killed on drop) and its `ws://HOST:PORT` and `HOST:PORT`.
 struct Node {
-    child: std::process::Child,
+    process: testkit::ChildGuard,
     url: String,
     addr: std::net::SocketAddr,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn spawn_node(redis: Option<&str>, extra: &[String]) -> Node {
@@ -113,7 +106,10 @@ fn spawn_node(redis: Option<&str>, extra: &[String]) -> Node {
     command.args(extra);
     let (child, addr) = spawn_server(command);
     Node {
-        child,
+        process: testkit::ChildGuard {
+            child,
+            name: "signaling".into(),
+        },
         url: format!("ws://{addr}"),
         addr: addr.parse().expect("node address"),
     }
@@ -132,7 +128,7 @@ struct Counts {
 }
 
 /// Reads a socket until it ends: acknowledges every 32 frames, counts broadcasts delivered and
-/// `rate_limited` refusals, and hands each signal's latency (ms) to `latency`.
+/// `rate_limited` refusals, and hands each signal's send time and latency to `latency`.
 async fn read(
     mut stream: futures_util::stream::SplitStream<common::Ws>,
     sink: Arc<Mutex<futures_util::stream::SplitSink<common::Ws, Message>>>,
@@ -310,9 +306,13 @@ async fn main() {
             });
         }
     }
-    let cpu_before: f64 = nodes.iter().map(|n| cpu_seconds(n.child.id())).sum();
+    let cpu_before: f64 = nodes.iter().map(|n| cpu_seconds(n.process.pid())).sum();
     tokio::time::sleep((flood_ends + Duration::from_secs(2)).saturating_sub(epoch.elapsed())).await;
-    let cpu: f64 = nodes.iter().map(|n| cpu_seconds(n.child.id())).sum::<f64>() - cpu_before;
+    let cpu: f64 = nodes
+        .iter()
+        .map(|n| cpu_seconds(n.process.pid()))
+        .sum::<f64>()
+        - cpu_before;
 
     let samples = latency.lock().expect("latency").clone();
     println!(
