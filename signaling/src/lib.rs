@@ -7,7 +7,8 @@
 //! With the `server` feature (default):
 //! - [`config`]: the clap configuration (secrets, durations and the `--config` file come from the
 //!   workspace's `startup` crate); [`error`]: client errors vs fatal errors.
-//! - [`listener`]: the accept loop (header-read timeout, cap on connections not upgraded).
+//! - [`listener`]: the accept loop (header-read timeout, cap on connections not upgraded);
+//!   [`lingering_close`]: a refused request's answer is not lost to a reset on close.
 //! - [`client_request`]: what every client endpoint reads and checks first (origin, draining,
 //!   connection limits, `?token=`) and the WebSocket frame limits; [`ws`]: the `/ws` upgrade;
 //!   [`cors`]: cross-origin access to the HTTP transports, `/v1/ice-servers` and PeerJS ids;
@@ -64,6 +65,8 @@ pub mod error;
 pub mod http_transport;
 #[cfg(feature = "server")]
 pub mod hub;
+#[cfg(feature = "server")]
+pub mod lingering_close;
 #[cfg(feature = "server")]
 pub mod listener;
 #[cfg(feature = "with-relay")]

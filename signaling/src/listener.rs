@@ -7,6 +7,8 @@
 //!   ([`DeadlineBody`]), or it is closed; headers over [`MAX_HEADER_BYTES`] get 431;
 //! - at most `--max-http-connections` connections may be open and not upgraded to a WebSocket
 //!   (past that, new ones are closed at once and counted);
+//! - a connection closed with the client's bytes unread (a refused or too slow body) lingers
+//!   ([`crate::lingering_close`]), so that its answer is not lost to a reset;
 //! - when accepting fails because the process is out of file descriptors (EMFILE/ENFILE), the
 //!   loop backs off for a moment and goes on serving instead of spinning;
 //! - at start-up, a warning when `ulimit -n` is below what `--max-connections` needs.
@@ -41,6 +43,7 @@ use tower::ServiceExt as _;
 use startup::source_limit::{SourceLimit, SourceSlot};
 
 use crate::client_ip::IpNet;
+use crate::lingering_close::Lingering;
 use crate::metrics::Metrics;
 
 /// The limits of the accept loop.
@@ -192,6 +195,8 @@ pub async fn serve(
 ) {
     let pending = Arc::new(AtomicUsize::new(0));
     let per_source = SourceLimit::new(limits.max_http_connections_per_ip);
+    // As many as may be open and not upgraded: closing ones hold no more descriptors than that.
+    let lingering = Lingering::new(limits.max_http_connections);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -239,11 +244,12 @@ pub async fn serve(
         let per_source = Arc::clone(&per_source);
         // The PROXY header, the TLS handshake and the first bytes share one deadline.
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+        let Ok(local) = tcp.local_addr() else {
+            continue;
+        };
+        let tcp = lingering.wrap(tcp);
         tokio::spawn(async move {
             let mut tcp = tcp;
-            let Ok(local) = tcp.local_addr() else {
-                return;
-            };
             let peer = if edge.proxy_protocol {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let client = startup::proxy_protocol::client_within(&mut tcp, peer, left);
@@ -490,13 +496,14 @@ pub fn check_fd_budget(max_connections: usize, max_http_connections: usize) {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return;
     }
-    let needed = (max_connections + max_http_connections + 64) as libc::rlim_t;
+    // HTTP connections open, and as many lingering on their close.
+    let needed = (max_connections + 2 * max_http_connections + 64) as libc::rlim_t;
     if limit.rlim_cur < needed {
         tracing::warn!(
             open_files = limit.rlim_cur,
             needed,
-            "ulimit -n is below --max-connections + --max-http-connections + 64: raise it, or \
-             lower the limits (past it, accepts fail and new clients wait)"
+            "ulimit -n is below --max-connections + 2 x --max-http-connections + 64: raise it, \
+             or lower the limits (past it, accepts fail and new clients wait)"
         );
     }
 }

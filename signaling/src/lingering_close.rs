@@ -1,0 +1,202 @@
+//! Closing a TCP connection without losing the last answer (a web server's "lingering close").
+//!
+//! When a socket is closed with bytes from the client still unread (a request body the server
+//! refused, or stopped reading past its deadline), the kernel does not send a FIN: it resets
+//! the connection and discards what was written but not yet sent. So the answer that explains
+//! why (`400`, `413`) can be lost, under load or when the client reads slowly, and the client
+//! sees only "connection reset".
+//!
+//! A [`LingeringTcp`] dropped with unread bytes is closed the way Apache and nginx close such a
+//! connection: its write side is shut (the answer, then a FIN), and what the client still sends
+//! is read and thrown away until it stops, for at most [`LINGER_TIME`] and [`LINGER_BYTES`];
+//! then it is closed. At most a fixed number of connections linger at once ([`Lingering`]);
+//! past that, a connection is closed at once, as before.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+/// The longest a closing connection is read from before it is closed.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// The most bytes read and thrown away from a closing connection before it is closed.
+pub const LINGER_BYTES: usize = 256 * 1024;
+
+/// The connections that may linger at once (each holds a descriptor for up to [`LINGER_TIME`]).
+#[derive(Clone)]
+pub struct Lingering(Arc<Semaphore>);
+
+impl Lingering {
+    /// At most `max` connections lingering at once.
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(Semaphore::new(max)))
+    }
+
+    /// `tcp`, closed with a linger when dropped with unread bytes.
+    pub fn wrap(&self, tcp: TcpStream) -> LingeringTcp {
+        LingeringTcp {
+            tcp: Some(tcp),
+            lingering: self.clone(),
+        }
+    }
+}
+
+/// A TCP stream that lingers on close when the client's bytes were not all read.
+pub struct LingeringTcp {
+    /// Taken only by `drop`.
+    tcp: Option<TcpStream>,
+    lingering: Lingering,
+}
+
+impl LingeringTcp {
+    fn tcp(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(self.tcp.as_mut().expect("taken only by drop"))
+    }
+}
+
+impl Drop for LingeringTcp {
+    fn drop(&mut self) {
+        let Some(tcp) = self.tcp.take() else {
+            return;
+        };
+        // Bytes waiting now mean a reset on close; none (or the client's FIN) mean a clean close.
+        let mut first = [0u8; 1024];
+        if !matches!(tcp.try_read(&mut first), Ok(n) if n > 0) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(permit) = Arc::clone(&self.lingering.0).try_acquire_owned() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(LINGER_TIME, linger(tcp)).await;
+        });
+    }
+}
+
+/// Shuts `tcp`'s write side, then reads until the client stops or [`LINGER_BYTES`] were read.
+async fn linger(mut tcp: TcpStream) {
+    if tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let mut read = 0;
+    while read < LINGER_BYTES {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => read += n,
+        }
+    }
+}
+
+impl AsyncRead for LingeringTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().tcp().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LingeringTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().tcp().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().tcp().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.as_ref().is_some_and(AsyncWrite::is_write_vectored)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().tcp().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().tcp().poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that writes an answer the client has no room for yet, and closes with the
+    /// client's bytes unread: the client, reading later, gets all of it and a clean end.
+    async fn answer_survives_close(lingering: Option<&Lingering>) -> io::Result<usize> {
+        const ANSWER: usize = 512 * 1024;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small receive window: most of the answer waits in the server's send queue.
+        client.set_recv_buffer_size(4096).unwrap();
+        let mut client = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // A request body, more than the look on drop takes, that the server never reads.
+        client.write_all(&[b'r'; 8 * 1024]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut server = server;
+        let mut sent = 0;
+        let chunk = [b'x'; 16 * 1024];
+        // As much of the answer as the send queue takes now.
+        while sent < ANSWER {
+            match tokio::time::timeout(Duration::from_millis(100), server.write(&chunk)).await {
+                Ok(Ok(n)) => sent += n,
+                _ => break,
+            }
+        }
+        assert!(sent > 64 * 1024, "the send queue took only {sent} bytes");
+        match lingering {
+            Some(lingering) => drop(lingering.wrap(server)),
+            None => drop(server),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+            .await
+            .expect("the server closed")?;
+        assert_eq!(got.len(), sent);
+        Ok(got.len())
+    }
+
+    #[tokio::test]
+    async fn an_answer_written_before_a_close_with_unread_bytes_arrives_whole() {
+        let lingering = Lingering::new(4);
+        answer_survives_close(Some(&lingering))
+            .await
+            .expect("a clean end");
+        // The kernel's own close resets the connection and drops the answer's unsent part.
+        let plain = answer_survives_close(None).await;
+        assert!(plain.is_err(), "a plain close lost nothing: {plain:?}");
+    }
+
+    #[tokio::test]
+    async fn at_most_the_limit_linger_and_the_rest_close_at_once() {
+        let lingering = Lingering::new(0);
+        let plain = answer_survives_close(Some(&lingering)).await;
+        assert!(plain.is_err(), "lingered past the limit: {plain:?}");
+    }
+}
