@@ -15,11 +15,17 @@ pub const BROADCAST_BYTES_PER_TOKEN: usize = 1024;
 /// message rate times `--max-message-bytes` times the room's size every second.
 pub fn message_cost(message: &ClientMessage) -> usize {
     match message {
-        ClientMessage::Broadcast { data, .. } => serde_json::to_vec(data)
-            .map_or(1, |bytes| bytes.len().div_ceil(BROADCAST_BYTES_PER_TOKEN))
-            .max(1),
+        ClientMessage::Broadcast { data, .. } => fan_out_cost(data),
         _ => 1,
     }
+}
+
+/// The tokens a message copied to many takes for its `data` (a broadcast, a y-webrtc
+/// `publish`): one per started KiB of its JSON, at least one.
+pub fn fan_out_cost(data: &serde_json::Value) -> usize {
+    serde_json::to_vec(data)
+        .map_or(1, |bytes| bytes.len().div_ceil(BROADCAST_BYTES_PER_TOKEN))
+        .max(1)
 }
 
 /// A token bucket refilled at `rate` tokens per second up to `burst`.

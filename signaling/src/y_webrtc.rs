@@ -34,7 +34,7 @@ use crate::hub::{ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, Se
 use crate::protocol::{
     ClientMessage, ErrorCode, PeerId, RoomId, ServerFrame, ServerMessage, close_code,
 };
-use crate::rate_limit::TokenBucket;
+use crate::rate_limit::{TokenBucket, fan_out_cost};
 
 /// Topics one connection may subscribe to at once.
 pub const MAX_TOPICS: usize = 64;
@@ -238,6 +238,19 @@ impl YConnection {
             self.app.metrics.error(ErrorCode::InvalidMessage);
             return Err(Some((close::INVALID, "not a y-webrtc signaling message")));
         };
+        // A publish is copied to every subscriber: like a broadcast, one token per started KiB.
+        if let YMessage::Publish { data, .. } = &message {
+            let rest = fan_out_cost(data) - 1;
+            if rest > 0
+                && self
+                    .bucket
+                    .try_take_n(Instant::now(), rest, config.rate_limit, config.rate_burst)
+                    .is_err()
+            {
+                self.app.metrics.error(ErrorCode::RateLimited);
+                return Err(Some((close::POLICY, "rate limited")));
+            }
+        }
         match message {
             YMessage::Subscribe { topics } => {
                 for topic in topics {

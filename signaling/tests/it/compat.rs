@@ -7,7 +7,6 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{STEP, Server};
 
@@ -117,24 +116,8 @@ async fn y_webrtc_bad_input_closes_that_connection_only() {
     ] {
         let mut bad_client = connect(&url()).await;
         bad_client.send(bad).await.expect("send");
-        let closed = tokio::time::timeout(STEP, async {
-            loop {
-                match bad_client.next().await {
-                    Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
-                    Some(Ok(_)) => {}
-                    _ => return None,
-                }
-            }
-        })
-        .await
-        .expect("closed in time");
-        assert!(
-            matches!(
-                closed,
-                Some(CloseCode::Invalid | CloseCode::Size | CloseCode::Policy)
-            ),
-            "{closed:?}"
-        );
+        let closed = close_code(&mut bad_client, STEP).await;
+        assert!(matches!(closed, Some(1007..=1009)), "{closed:?}");
     }
     // The others are undisturbed.
     send(
@@ -149,6 +132,41 @@ async fn y_webrtc_bad_input_closes_that_connection_only() {
     assert!(
         server
             .metric("signaling_errors_total{code=\"invalid_message\"}")
+            .await
+            >= 1
+    );
+}
+
+/// A publish is copied to every subscriber: like a broadcast, it takes a token of the message
+/// rate per started KiB of its data, so big ones cannot flood a topic at the message rate.
+#[tokio::test]
+async fn y_webrtc_big_publishes_take_a_token_per_kib_of_the_message_rate() {
+    let server = Server::start(&["--rate-limit", "1"]);
+    let url = || server.ws("/y-webrtc");
+    let (mut a, mut b) = (connect(&url()).await, connect(&url()).await);
+    subscribe(&mut a, &["weighted"]).await;
+    subscribe(&mut b, &["weighted"]).await;
+    let blob = "w".repeat(60_000);
+    // 2 tokens for the subscribe and the ping, then 59 a publish: the burst (200) takes 3.
+    for _ in 0..4 {
+        send(
+            &mut a,
+            json!({"type":"publish","topic":"weighted","data":blob}),
+        )
+        .await;
+    }
+    for _ in 0..3 {
+        let got = next(&mut b, STEP).await.expect("a publish");
+        assert_eq!(got["data"].as_str().map(str::len), Some(60_000));
+    }
+    assert_eq!(next(&mut b, Duration::from_millis(300)).await, None);
+    assert_eq!(
+        close_frame(&mut a, STEP).await,
+        Some((1008, "rate limited".to_owned()))
+    );
+    assert!(
+        server
+            .metric("signaling_errors_total{code=\"rate_limited\"}")
             .await
             >= 1
     );
@@ -271,10 +289,17 @@ async fn refused(url: &str) -> (u16, Value) {
 
 /// The close code the server ends `ws` with, within `limit` (skipping other frames).
 async fn close_code(ws: &mut Ws, limit: Duration) -> Option<u16> {
+    close_frame(ws, limit).await.map(|(code, _)| code)
+}
+
+/// The code and reason of the close frame the server ends `ws` with, within `limit`.
+async fn close_frame(ws: &mut Ws, limit: Duration) -> Option<(u16, String)> {
     tokio::time::timeout(limit, async {
         loop {
             match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Close(frame))) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
                 Some(Ok(_)) => {}
                 _ => return None,
             }
