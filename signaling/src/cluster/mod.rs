@@ -256,9 +256,15 @@ impl LocalState {
         }
     }
 
-    /// Whether one more session of `room` fits this node's `--max-sessions` and `--max-rooms`.
+    /// Whether one more session of `room` fits this node's `--max-sessions` and `--max-rooms`
+    /// (sessions on their way here from another node count).
     fn has_room_for(&self, room: &RoomId, settings: &HubSettings) -> Result<(), RequestError> {
-        if self.attached.len() + self.parked.len() >= settings.max_sessions {
+        let moving_in = self
+            .resuming
+            .keys()
+            .filter(|key| !self.attached.contains_key(key) && !self.parked.contains_key(key))
+            .count();
+        if self.attached.len() + self.parked.len() + moving_in >= settings.max_sessions {
             return Err(RequestError::new(
                 ErrorCode::TooManySessions,
                 "the server holds its maximum number of sessions",
@@ -609,15 +615,24 @@ impl ClusterHub {
 
     /// Whether a session of `room` that another node holds may come here: within this node's
     /// `--max-sessions` and `--max-rooms`, and with a place among its client address's
-    /// sessions (`has_ticket`).
-    fn admit_moved_session(&self, room: &RoomId, has_ticket: bool) -> Result<(), RequestError> {
+    /// sessions (`has_ticket`). If so, its place is held (it is resuming) until it is
+    /// attached or the resume fails.
+    fn admit_moved_session(
+        &self,
+        key: SessionKey,
+        room: &RoomId,
+        has_ticket: bool,
+    ) -> Result<(), RequestError> {
         if !has_ticket {
             return Err(RequestError::new(
                 ErrorCode::TooManySessions,
                 "this address holds its maximum number of sessions on this node",
             ));
         }
-        self.lock().has_room_for(room, &self.settings)
+        let mut st = self.lock();
+        st.has_room_for(room, &self.settings)?;
+        st.resuming.entry(key).or_insert_with(Inbox::pending);
+        Ok(())
     }
 
     /// Re-attaches a session, wherever it was, to the caller's queue.
@@ -640,15 +655,16 @@ impl ClusterHub {
         } else if !self.is_available() {
             return Err(Self::unavailable());
         }
+        let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;
         // A session from another node counts here from now: it must fit this node's limits
-        // (else sessions moved over by resumes would escape every one of them).
+        // (else sessions moved over by resumes would escape every one of them). From here on,
+        // every way out removes its `resuming` entry.
         let ticket = req.ticket.take();
         if !here {
-            self.admit_moved_session(&room, ticket.is_some())?;
+            self.admit_moved_session(key, &room, ticket.is_some())?;
         }
         // The template's resume token must be the one the client holds: rebuild it. The
         // placeholders (no peers, `replayed`, `received`) are filled in by the script.
-        let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;
         // No template: a quiet re-attach (HTTP streams) sends no `resumed`.
         let template = if req.announce {
             to_json(&ServerMessage::Resumed {
@@ -662,7 +678,10 @@ impl ClusterHub {
         };
         // Indexed first: if this node dies right after the script, the session must be found.
         let added = self.index_add(&room, key).await;
-        self.lock().resuming.insert(key, Inbox::pending());
+        self.lock()
+            .resuming
+            .entry(key)
+            .or_insert_with(Inbox::pending);
         let args = [
             sid(key),
             secret_hash(secret_hex),

@@ -820,6 +820,54 @@ async fn a_moved_session_counts_where_it_is_and_resumes_obey_the_limits() {
     assert_eq!(n2.metric("signaling_sessions").await, 2);
 }
 
+/// Resumes that bring sessions to a node at the same moment hold their places while they run:
+/// no more of them get in than the node has room for (`--max-sessions`).
+#[tokio::test]
+async fn concurrent_resumes_to_one_node_take_at_most_its_free_places() {
+    let redis = RedisServer::start();
+    let grace = ["--resume-grace", "30s"];
+    let n1 = node(&redis.url(), &grace);
+    let n2 = node(
+        &redis.url(),
+        &["--resume-grace", "30s", "--max-sessions", "3"],
+    );
+    let mut tokens = Vec::new();
+    for _ in 0..8 {
+        let (client, info) = Client::join(&n1.ws("/ws/crowd"), None).await;
+        drop(client);
+        tokens.push(info.resume_token);
+    }
+    metric_becomes(&n1, "signaling_sessions", 8).await;
+    let mut clients = Vec::new();
+    for _ in &tokens {
+        clients.push(Client::connect(&n2.ws("/ws/crowd")).await);
+    }
+    // All 8 resumes on their way before any answer.
+    for (client, token) in clients.iter_mut().zip(&tokens) {
+        client.send(&resume_message(token, 1)).await;
+    }
+    let outcomes = futures_util::future::join_all(clients.iter_mut().map(|client| async {
+        loop {
+            match client.recv_message().await {
+                ServerMessage::Resumed { .. } => return Ok(()),
+                ServerMessage::Error { code, .. } => return Err(code),
+                _ => {}
+            }
+        }
+    }))
+    .await;
+    let resumed = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(resumed, 3, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Ok(()) | Err(ErrorCode::TooManySessions))),
+        "{outcomes:?}"
+    );
+    metric_becomes(&n2, "signaling_sessions", 3).await;
+    metric_becomes(&n1, "signaling_sessions", 5).await;
+}
+
 /// PUBLISH calls Redis ran so far (the scripts' included).
 fn publishes(redis: &RedisServer) -> u64 {
     redis
