@@ -21,7 +21,8 @@
 //!   (numbering, replay; a broadcast's body shared by its receivers) behind one lock, no clock
 //!   inside) or in Redis shared by many nodes ([`cluster`]); [`resume`]: resume tokens;
 //!   [`rate_limit`]: the per-connection token bucket.
-//! - [`y_webrtc`], [`peerjs`]: servers for those libraries' own protocols, on the same hub.
+//! - [`y_webrtc`], [`peerjs`]: servers for those libraries' own protocols, on the same hub;
+//!   [`written_acks`]: what they wrote is acknowledged for them (they have no `ack`).
 //! - [`api`]: the backend HTTP API (`/v1/rooms/...`); [`relay_fleet`]: the relay fleet.
 //! - [`client_ip`]: the client's address (trusted proxies) and per-address limits.
 //! - [`auth`]: optional HS256 JWTs; [`turn_credentials`]: TURN REST credentials for ICE servers.
@@ -105,6 +106,8 @@ pub mod shutdown;
 pub mod turn_credentials;
 #[cfg(feature = "server")]
 pub mod web;
+#[cfg(feature = "server")]
+pub mod written_acks;
 #[cfg(feature = "server")]
 pub mod ws;
 #[cfg(feature = "server")]

@@ -47,9 +47,11 @@ use crate::hub::{
     Attached, ConnId, JoinRequest, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey,
 };
 use crate::protocol::{
-    ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerFrame, ServerMessage, close_code,
+    ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerFrame, ServerMessage,
+    client_rules, close_code,
 };
 use crate::rate_limit::TokenBucket;
+use crate::written_acks::{self, WrittenFrames};
 
 /// Keys, ids and tokens are at most this long (`peerjs-server` takes any string).
 const MAX_NAME: usize = 64;
@@ -285,7 +287,10 @@ struct PeerSocket {
     peer: PeerId,
     resume: ResumeToken,
     last_seq: u64,
-    unacked: u32,
+    /// Frames written and not yet acknowledged (PeerJS has no acks: this socket sends them).
+    written: WrittenFrames,
+    /// When they are acknowledged at the latest.
+    ack_at: Option<tokio::time::Instant>,
     bucket: TokenBucket,
 }
 
@@ -322,7 +327,8 @@ async fn run(
         peer: attached.peer,
         resume: attached.token,
         last_seq,
-        unacked: 0,
+        written: WrittenFrames::default(),
+        ack_at: None,
         app,
     };
     let mut ok = this
@@ -458,6 +464,10 @@ impl PeerSocket {
                     self.on_inbound(inbound).await
                 }
                 Some(out) = rx.recv() => self.deliver(out).await,
+                () = written_acks::sleep_until(self.ack_at), if self.ack_at.is_some() => {
+                    self.ack_delivered().await;
+                    Ok(())
+                }
                 _ = ticker.tick() => {
                     if last_heard.elapsed() >= self.app.config.ping_timeout {
                         Err(Some(1008))
@@ -485,9 +495,12 @@ impl PeerSocket {
             return Ok(());
         };
         self.last_seq = parsed.seq;
-        self.unacked += 1;
-        if self.unacked >= 16 {
-            self.ack_delivered().await;
+        match self.written.written(parsed.seq, frame.len()) {
+            Some(seq) => self.ack(seq).await,
+            None => {
+                self.ack_at
+                    .get_or_insert_with(|| tokio::time::Instant::now() + client_rules::ACK_DELAY);
+            }
         }
         let data = match parsed.message {
             ServerMessage::Broadcast { data, .. } => data,
@@ -506,10 +519,13 @@ impl PeerSocket {
     /// Acknowledges every frame written to the client, so the replay buffer holds only what
     /// it has not had (a parked session's bound is then all for messages still to come).
     async fn ack_delivered(&mut self) {
-        if self.unacked == 0 {
-            return;
+        self.ack_at = None;
+        if let Some(seq) = self.written.take() {
+            self.ack(seq).await;
         }
-        self.unacked = 0;
+    }
+
+    async fn ack(&mut self, seq: u64) {
         let _ = self
             .app
             .hub
@@ -517,7 +533,7 @@ impl PeerSocket {
                 self.session,
                 self.conn,
                 &self.peer,
-                ClientMessage::Ack { seq: self.last_seq },
+                ClientMessage::Ack { seq },
             )
             .await;
     }

@@ -32,9 +32,10 @@ use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
 use crate::hub::{ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, SessionKey};
 use crate::protocol::{
-    ClientMessage, ErrorCode, PeerId, RoomId, ServerFrame, ServerMessage, close_code,
+    ClientMessage, ErrorCode, PeerId, RoomId, ServerFrame, ServerMessage, client_rules, close_code,
 };
 use crate::rate_limit::{TokenBucket, fan_out_cost};
+use crate::written_acks::{self, WrittenFrames};
 
 /// Topics one connection may subscribe to at once.
 pub const MAX_TOPICS: usize = 64;
@@ -110,8 +111,8 @@ struct Subscription {
     peer: PeerId,
     /// Held so the queue never reports "closed"; the hub closes it explicitly.
     _tx: OutboundTx,
-    /// Frames delivered since the last ack to the hub.
-    unacked: u32,
+    /// Frames written since the last ack to the hub.
+    written: WrittenFrames,
 }
 
 impl Subscription {
@@ -152,6 +153,8 @@ struct YConnection {
     /// The generation of the next subscription.
     next_generation: u64,
     bucket: TokenBucket,
+    /// When the frames written and not yet acknowledged are acknowledged at the latest.
+    ack_at: Option<tokio::time::Instant>,
 }
 
 /// Why the connection ends: a close to send, or nothing (the client went away).
@@ -168,6 +171,7 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
         claims,
         topics: HashMap::new(),
         next_generation: 0,
+        ack_at: None,
     };
     let _open = this.app.connections.open();
     let mut inboxes = Inboxes::new();
@@ -182,6 +186,10 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
             }
             Some((topic, generation, out)) = inboxes.next(), if !inboxes.is_empty() => {
                 this.on_outbound(&topic, generation, out).await
+            }
+            () = written_acks::sleep_until(this.ack_at), if this.ack_at.is_some() => {
+                this.ack_written().await;
+                Ok(())
             }
             _ = ticker.tick() => {
                 if last_heard.elapsed() >= this.app.config.ping_timeout {
@@ -336,7 +344,7 @@ impl YConnection {
                 key: attached.key,
                 peer: attached.peer,
                 _tx: tx,
-                unacked: 0,
+                written: WrittenFrames::default(),
             },
         );
         Ok(())
@@ -421,20 +429,17 @@ impl YConnection {
             return Ok(());
         };
         if let Some(sub) = self.topics.get_mut(topic) {
-            sub.unacked += 1;
-            if sub.unacked >= 16 {
-                sub.unacked = 0;
-                let (key, peer) = (sub.key, sub.peer.clone());
-                let _ = self
-                    .app
-                    .hub
-                    .handle(
-                        key,
-                        self.conn,
-                        &peer,
-                        ClientMessage::Ack { seq: parsed.seq },
-                    )
-                    .await;
+            match sub.written.written(parsed.seq, frame.len()) {
+                Some(seq) => {
+                    let _ = sub
+                        .send(&self.app, self.conn, ClientMessage::Ack { seq })
+                        .await;
+                }
+                None => {
+                    self.ack_at.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + client_rules::ACK_DELAY
+                    });
+                }
             }
         }
         let data = match parsed.message {
@@ -458,6 +463,18 @@ impl YConnection {
             .send_text(Utf8Bytes::from(published))
             .await
             .map_err(|_| None)
+    }
+
+    /// Acknowledges every frame written and not yet acknowledged, on every topic.
+    async fn ack_written(&mut self) {
+        self.ack_at = None;
+        for sub in self.topics.values_mut() {
+            if let Some(seq) = sub.written.take() {
+                let _ = sub
+                    .send(&self.app, self.conn, ClientMessage::Ack { seq })
+                    .await;
+            }
+        }
     }
 
     async fn leave_all(&mut self) {

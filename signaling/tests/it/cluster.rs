@@ -9,7 +9,7 @@ use signaling::protocol::{
 
 use crate::basic::{candidate, expect_signal, pass_candidate, signal};
 use crate::support::redis::{RedisCluster, RedisServer};
-use crate::support::{Client, Closed, Server, join_message, resume_message};
+use crate::support::{Client, Closed, Server, join_message, metric_becomes, resume_message};
 
 /// Fast failure detection for tests: heartbeat 200 ms, lease 1 s.
 fn node(redis_urls: &str, extra: &[&str]) -> Server {
@@ -25,19 +25,6 @@ fn node(redis_urls: &str, extra: &[&str]) -> Server {
     ];
     args.extend_from_slice(extra);
     Server::spawn(&args)
-}
-
-/// Waits (up to 5 s) until `server`'s metric `series` reads `want`.
-async fn metric_becomes(server: &Server, series: &str, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let value = server.metric(series).await;
-        if value == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{series} is {value}, not {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Resumes on `url` and expects `n` replayed signals `first..first+n` from `from`, then

@@ -8,7 +8,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{STEP, Server};
+use crate::support::{STEP, Server, metric_becomes};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -170,6 +170,49 @@ async fn y_webrtc_big_publishes_take_a_token_per_kib_of_the_message_rate() {
             .await
             >= 1
     );
+}
+
+/// y-webrtc and PeerJS have no acks: the server acknowledges what it wrote, so a client that
+/// reads everything holds nothing in the replay buffer or the node's memory budget.
+#[tokio::test]
+async fn y_webrtc_and_peerjs_frames_written_leave_nothing_in_the_memory_budget() {
+    let server = Server::spawn(&[]);
+    let url = || server.ws("/y-webrtc");
+    let (mut a, mut b) = (connect(&url()).await, connect(&url()).await);
+    subscribe(&mut a, &["kept"]).await;
+    subscribe(&mut b, &["kept"]).await;
+    let blob = "k".repeat(5_000);
+    for n in 0..21 {
+        send(
+            &mut a,
+            json!({"type":"publish","topic":"kept","data":[n, blob]}),
+        )
+        .await;
+    }
+    for n in 0..21 {
+        assert_eq!(next(&mut b, STEP).await.expect("a publish")["data"][0], n);
+    }
+    metric_becomes(&server, "signaling_memory_budget_used_bytes", 0).await;
+
+    let mut alice = peerjs(&server, "kept", "alice", "ta").await;
+    let mut bob = peerjs(&server, "kept", "bob", "tb").await;
+    for ws in [&mut alice, &mut bob] {
+        assert_eq!(next(ws, STEP).await.expect("OPEN")["type"], "OPEN");
+    }
+    for n in 0..3 {
+        send(
+            &mut bob,
+            json!({"type":"OFFER","dst":"alice","payload":[n, blob]}),
+        )
+        .await;
+    }
+    for n in 0..3 {
+        assert_eq!(
+            next(&mut alice, STEP).await.expect("an OFFER")["payload"][0],
+            n
+        );
+    }
+    metric_becomes(&server, "signaling_memory_budget_used_bytes", 0).await;
 }
 
 /// A PeerJS client socket (as PeerJS opens it with `path: '/peerjs'`, key `key`).

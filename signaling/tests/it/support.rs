@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use signaling::protocol::{
@@ -251,7 +251,7 @@ impl Server {
 
     /// Waits for the process (every node) to exit, up to `limit`; returns whether it did.
     pub(crate) fn wait_exit(&mut self, limit: Duration) -> bool {
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let exited = match &mut self.node {
             Node::Process(process) => process.try_wait_exit(limit).is_some(),
             Node::InProcess { serving, .. } => {
@@ -328,6 +328,19 @@ pub(crate) struct Client {
 pub(crate) enum Closed {
     Code(u16),
     NoCode,
+}
+
+/// Waits (up to 5 s) until `server`'s metric `series` reads `want`.
+pub(crate) async fn metric_becomes(server: &Server, series: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = server.metric(series).await;
+        if value == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} is {value}, not {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 impl Client {

@@ -1,0 +1,83 @@
+//! Acknowledgements on behalf of clients whose protocol has none (y-webrtc, PeerJS).
+//!
+//! A session's frames stay in its replay buffer, and count in the node's `--memory-budget`,
+//! until they are acknowledged. Those clients never send `ack`, so their socket tasks
+//! acknowledge what they wrote themselves, by the client rulebook
+//! ([`client_rules::ACK_EVERY`] frames, or [`client_rules::ACK_DELAY`] after the first) and by
+//! size ([`ACK_BYTES`]): what is written and not yet acknowledged stays under `ACK_BYTES` plus
+//! one frame per session, for at most `ACK_DELAY`.
+
+use std::time::Duration;
+
+use crate::protocol::client_rules;
+
+/// Acknowledge once the frames written and not acknowledged reach this many bytes.
+pub const ACK_BYTES: usize = 16 * 1024;
+
+/// The frames of one session written to its client and not yet acknowledged.
+#[derive(Debug, Default)]
+pub struct WrittenFrames {
+    last_seq: u64,
+    frames: u64,
+    bytes: usize,
+}
+
+impl WrittenFrames {
+    /// Notes frame `seq` (`len` bytes) as written; `Some(seq)` when it is time to acknowledge
+    /// everything up to it.
+    pub fn written(&mut self, seq: u64, len: usize) -> Option<u64> {
+        self.last_seq = seq;
+        self.frames += 1;
+        self.bytes += len;
+        if self.frames >= client_rules::ACK_EVERY || self.bytes >= ACK_BYTES {
+            self.take()
+        } else {
+            None
+        }
+    }
+
+    /// The frame to acknowledge everything written so far with, if anything is unacknowledged.
+    pub fn take(&mut self) -> Option<u64> {
+        if self.frames == 0 {
+            return None;
+        }
+        self.frames = 0;
+        self.bytes = 0;
+        Some(self.last_seq)
+    }
+
+    /// Whether any frame written is unacknowledged.
+    pub fn is_pending(&self) -> bool {
+        self.frames > 0
+    }
+}
+
+/// A deadline for a timer branch of `select!` that is off while `at` is `None` (the future is
+/// built either way; it is polled only while `at` is set).
+pub fn sleep_until(at: Option<tokio::time::Instant>) -> tokio::time::Sleep {
+    tokio::time::sleep_until(
+        at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledges_every_16_frames_or_16_kib() {
+        let mut written = WrittenFrames::default();
+        for seq in 1..16 {
+            assert_eq!(written.written(seq, 100), None);
+        }
+        assert!(written.is_pending());
+        assert_eq!(written.written(16, 100), Some(16));
+        assert!(!written.is_pending());
+        assert_eq!(written.written(17, 10_000), None);
+        assert_eq!(written.written(18, 10_000), Some(18));
+        assert_eq!(written.written(19, 60_000), Some(19));
+        assert_eq!(written.take(), None);
+        assert_eq!(written.written(20, 1), None);
+        assert_eq!(written.take(), Some(20));
+    }
+}
