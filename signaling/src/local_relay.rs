@@ -31,7 +31,9 @@ pub struct LocalRelay {
     listen: SocketAddr,
     /// The relay's admin address as asked (likewise).
     admin: SocketAddr,
-    /// The relay's `--relay-arg` flags as parsed, to name what a reload changes.
+    /// The relay's `--relay-arg` flags as started with (what its restart-only settings run
+    /// with) and as last reloaded, to name what a reload changes.
+    started: ArgMatches,
     given: ArgMatches,
 }
 
@@ -105,6 +107,7 @@ impl LocalRelay {
             handle,
             listen,
             admin,
+            started: given.clone(),
             given,
         })
     }
@@ -122,9 +125,13 @@ impl LocalRelay {
             .reload(&relay_config)
             .await
             .map_err(|e| in_process(&e))?;
+        let in_force = startup::reload::InForce {
+            started: &self.started,
+            reloaded: &self.given,
+        };
         startup::reload::Changes::between(
             &relay::Config::command(),
-            &self.given,
+            in_force,
             &given,
             relay::reload::RELOADABLE,
         )

@@ -27,6 +27,9 @@ use crate::summary::{is_secret, redact_values};
 #[derive(Debug)]
 pub struct Reloading {
     args: Vec<OsString>,
+    /// The configuration the process started with: what the settings that need a restart run with.
+    started: ArgMatches,
+    /// The configuration last put in force: what the reloadable settings run with.
     matches: ArgMatches,
     supplied_secrets: Vec<Secret>,
     log_filter: LogFilter,
@@ -43,6 +46,7 @@ impl Reloading {
     ) -> Self {
         Self {
             args,
+            started: matches.clone(),
             matches,
             supplied_secrets,
             log_filter,
@@ -59,19 +63,43 @@ impl Reloading {
         &self.supplied_secrets
     }
 
-    /// A reload of `matches` took effect: logs what changed (see [`Changes`]), applies
-    /// `log_filter`, and keeps `matches` as the configuration in force.
+    /// A reload of `matches` took effect: applies `log_filter` (first, so that the new filter
+    /// decides what of this reload is logged), logs what changed (see [`Changes`]), and keeps
+    /// `matches` as the configuration in force.
     pub fn applied<C: CommandFactory>(
         &mut self,
         matches: ArgMatches,
         reloadable: &[&str],
         log_filter: &str,
     ) {
-        Changes::between(&C::command(), &self.matches, &matches, reloadable).log("configuration");
         if let Err(e) = self.log_filter.set(log_filter) {
             tracing::warn!(error = %e, "the log filter stays");
         }
+        let in_force = InForce {
+            started: &self.started,
+            reloaded: &self.matches,
+        };
+        Changes::between(&C::command(), in_force, &matches, reloadable).log("configuration");
         self.matches = matches;
+    }
+}
+
+/// The configuration a process runs with: a setting that needs a restart still has its
+/// start-up value (`started`), whatever later files said; a reloadable one has the value of the
+/// last reload that took effect (`reloaded`).
+#[derive(Debug, Clone, Copy)]
+pub struct InForce<'a> {
+    pub started: &'a ArgMatches,
+    pub reloaded: &'a ArgMatches,
+}
+
+impl<'a> InForce<'a> {
+    /// A configuration never reloaded.
+    pub fn started(matches: &'a ArgMatches) -> Self {
+        Self {
+            started: matches,
+            reloaded: matches,
+        }
     }
 }
 
@@ -88,11 +116,12 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// Compares `old` and `new` (two parses of `command`) flag by flag. `reloadable` names
-    /// the argument ids the binary applies while running; every other change needs a restart.
+    /// Compares the configuration in force and `new` (parses of `command`) flag by flag.
+    /// `reloadable` names the argument ids the binary applies while running; every other
+    /// change needs a restart.
     pub fn between(
         command: &Command,
-        old: &ArgMatches,
+        old: InForce<'_>,
         new: &ArgMatches,
         reloadable: &[&str],
     ) -> Self {
@@ -102,14 +131,20 @@ impl Changes {
             if matches!(id, "help" | "version") {
                 continue;
             }
-            let (before, after) = (raw_values(old, id), raw_values(new, id));
+            let is_reloadable = reloadable.contains(&id);
+            let in_force = if is_reloadable {
+                old.reloaded
+            } else {
+                old.started
+            };
+            let (before, after) = (raw_values(in_force, id), raw_values(new, id));
             if before == after {
                 continue;
             }
             let name = arg
                 .get_long()
                 .map_or_else(|| id.to_owned(), |long| format!("--{long}"));
-            if !reloadable.contains(&id) {
+            if !is_reloadable {
                 changes.needs_restart.push(name);
             } else if is_secret(arg) {
                 let redacted = |v: &[OsString]| if v.is_empty() { "(none)" } else { "<redacted>" };
@@ -155,9 +190,25 @@ impl Changes {
     }
 }
 
-/// Logs a refused reload with its reason: the configuration in force stays.
+/// Logs a refused reload with its reason, on one line: the configuration in force stays.
 pub fn log_refused(what: &str, reason: &dyn fmt::Display) {
+    let reason = one_line(&reason.to_string());
     tracing::warn!("{what} reload refused, the configuration in force stays: {reason}");
+}
+
+/// A reason of several lines (clap's errors: the error, the arguments it names, a usage line,
+/// a pointer to `--help`) as one: its lines joined, without the usage and the pointer.
+fn one_line(reason: &str) -> String {
+    reason
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            !line.is_empty()
+                && !line.starts_with("Usage:")
+                && !line.starts_with("For more information")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn raw_values(matches: &ArgMatches, id: &str) -> Vec<OsString> {
@@ -213,7 +264,12 @@ mod tests {
             "--verbose",
         ]);
         let reloadable = ["turn_secret", "jwt_secret", "user_quota", "verbose"];
-        let changes = Changes::between(&Example::command(), &old, &new, &reloadable);
+        let changes = Changes::between(
+            &Example::command(),
+            InForce::started(&old),
+            &new,
+            &reloadable,
+        );
         assert_eq!(
             changes.applied,
             [
@@ -225,9 +281,38 @@ mod tests {
         );
         assert_eq!(changes.needs_restart, ["--listen"]);
         assert_eq!(changes.secrets_removed, ["--jwt-secret"]);
-        let same = Changes::between(&Example::command(), &old, &old, &reloadable);
+        let same = Changes::between(
+            &Example::command(),
+            InForce::started(&old),
+            &old,
+            &reloadable,
+        );
         assert_eq!(same, Changes::default());
+        // A restart-only setting compares with the value it runs with (the started one), not
+        // with what the last reload's file said: putting it back is no change.
+        let in_force = InForce {
+            started: &old,
+            reloaded: &new,
+        };
+        let back = Changes::between(&Example::command(), in_force, &old, &reloadable);
+        assert!(back.needs_restart.is_empty(), "{back:?}");
+        assert!(!back.applied.is_empty(), "{back:?}");
         let text = format!("{changes:?}");
         assert!(!text.contains("s3cr3t") && !text.contains("n3w"), "{text}");
+    }
+
+    #[test]
+    fn a_refused_reload_is_told_on_one_line() {
+        let error = Example::command()
+            .try_get_matches_from(["prog", "--user-quota", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.lines().count() > 1, "{error}");
+        let line = one_line(&error);
+        assert!(!line.contains('\n') && !line.contains("--help"), "{line}");
+        assert!(
+            line.starts_with("error: invalid value 'x' for '--user-quota"),
+            "{line}"
+        );
     }
 }

@@ -313,8 +313,12 @@ mod tests {
             "--relay-arg=--user=dave:newpassword",
             "--relay-arg=--user-quota=180",
         ]);
-        let changes =
-            crate::reload::Changes::between(&Example::command(), &old, &new, &["relay_args"]);
+        let changes = crate::reload::Changes::between(
+            &Example::command(),
+            crate::reload::InForce::started(&old),
+            &new,
+            &["relay_args"],
+        );
         assert_eq!(
             changes.applied,
             [
@@ -340,8 +344,12 @@ mod tests {
             "--relay-arg=--user-quota",
             "--relay-arg=180",
         ]);
-        let changes =
-            crate::reload::Changes::between(&Example::command(), &old, &new, &["relay_args"]);
+        let changes = crate::reload::Changes::between(
+            &Example::command(),
+            crate::reload::InForce::started(&old),
+            &new,
+            &["relay_args"],
+        );
         assert_eq!(
             changes.applied,
             ["--relay-arg --turn-secret,<redacted>,--user-quota,200 -> \
