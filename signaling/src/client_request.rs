@@ -170,14 +170,30 @@ impl FromRequestParts<Arc<AppState>> for Upgrade {
         parts: &mut Parts,
         app: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
+        let invalid = |why: &str| {
+            let message = format!("not a WebSocket upgrade: {why}");
+            refuse(app, &RequestError::new(ErrorCode::InvalidMessage, message))
+        };
+        let keys = parts.headers.get_all(header::SEC_WEBSOCKET_KEY);
+        if keys.iter().count() > 1 || keys.iter().any(|key| !is_websocket_key(key.as_bytes())) {
+            return Err(invalid(
+                "`Sec-WebSocket-Key` must be one base64-encoded 16-byte nonce",
+            ));
+        }
         WebSocketUpgrade::from_request_parts(parts, app)
             .await
             .map(Self)
-            .map_err(|rejection| {
-                let message = format!("not a WebSocket upgrade: {}", rejection.body_text());
-                refuse(app, &RequestError::new(ErrorCode::InvalidMessage, message))
-            })
+            .map_err(|rejection| invalid(&rejection.body_text()))
     }
+}
+
+/// Whether `key` is what RFC 6455 (section 4.1) asks of `Sec-WebSocket-Key`: 16 bytes in
+/// base64.
+fn is_websocket_key(key: &[u8]) -> bool {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|nonce| nonce.len() == 16)
 }
 
 /// A WebSocket upgrade with the node's frame limits (`--max-message-bytes`) and small buffers,

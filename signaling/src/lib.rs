@@ -8,7 +8,8 @@
 //! - [`config`]: the clap configuration (secrets, durations and the `--config` file come from the
 //!   workspace's `startup` crate); [`error`]: client errors vs fatal errors.
 //! - [`listener`]: the accept loop (header-read timeout, cap on connections not upgraded);
-//!   [`lingering_close`]: a refused request's answer is not lost to a reset on close.
+//!   [`lingering_close`]: a refused request's answer is not lost to a reset on close;
+//!   [`write_deadline`]: a client that does not read its answers does not keep its slot.
 //! - [`client_request`]: what every client endpoint reads and checks first (origin, draining,
 //!   connection limits, `?token=`) and the WebSocket frame limits; [`ws`]: the `/ws` upgrade;
 //!   [`cors`]: cross-origin access to the HTTP transports, `/v1/ice-servers` and PeerJS ids;
@@ -106,6 +107,8 @@ pub mod shutdown;
 pub mod turn_credentials;
 #[cfg(feature = "server")]
 pub mod web;
+#[cfg(feature = "server")]
+pub mod write_deadline;
 #[cfg(feature = "server")]
 pub mod written_acks;
 #[cfg(feature = "server")]

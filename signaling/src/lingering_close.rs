@@ -6,11 +6,12 @@
 //! why (`400`, `413`) can be lost, under load or when the client reads slowly, and the client
 //! sees only "connection reset".
 //!
-//! A [`LingeringTcp`] dropped with unread bytes is closed the way Apache and nginx close such a
-//! connection: its write side is shut (the answer, then a FIN), and what the client still sends
-//! is read and thrown away until it stops, for at most [`LINGER_TIME`] and [`LINGER_BYTES`];
-//! then it is closed. At most a fixed number of connections linger at once ([`Lingering`]);
-//! past that, a connection is closed at once, as before.
+//! So a [`LingeringTcp`] dropped before its client ended its side (bytes waiting, or none yet:
+//! a body still on its way) is closed the way Apache closes a connection: its write side is
+//! shut (the answer, then a FIN), and what the client still sends is read and thrown away until
+//! it stops (its FIN), for at most [`LINGER_TIME`] and [`LINGER_BYTES`]; then it is closed. A
+//! client that already ended its side is closed at once. At most a fixed number of connections
+//! linger at once ([`Lingering`]); past that, a connection is closed at once.
 
 use std::io;
 use std::pin::Pin;
@@ -38,7 +39,7 @@ impl Lingering {
         Self(Arc::new(Semaphore::new(max)))
     }
 
-    /// `tcp`, closed with a linger when dropped with unread bytes.
+    /// `tcp`, closed with a linger when dropped while its client may still send.
     pub fn wrap(&self, tcp: TcpStream) -> LingeringTcp {
         LingeringTcp {
             tcp: Some(tcp),
@@ -47,7 +48,7 @@ impl Lingering {
     }
 }
 
-/// A TCP stream that lingers on close when the client's bytes were not all read.
+/// A TCP stream that lingers on close while its client may still send.
 pub struct LingeringTcp {
     /// Taken only by `drop`.
     tcp: Option<TcpStream>,
@@ -65,10 +66,14 @@ impl Drop for LingeringTcp {
         let Some(tcp) = self.tcp.take() else {
             return;
         };
-        // Bytes waiting now mean a reset on close; none (or the client's FIN) mean a clean close.
+        // Bytes waiting now would draw a reset on close, and so would bytes still on their way;
+        // the client's FIN (or an error) means nothing more comes.
         let mut first = [0u8; 1024];
-        if !matches!(tcp.try_read(&mut first), Ok(n) if n > 0) {
-            return;
+        match tcp.try_read(&mut first) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -142,9 +147,16 @@ impl AsyncWrite for LingeringTcp {
 mod tests {
     use super::*;
 
-    /// A server that writes an answer the client has no room for yet, and closes with the
-    /// client's bytes unread: the client, reading later, gets all of it and a clean end.
-    async fn answer_survives_close(lingering: Option<&Lingering>) -> io::Result<usize> {
+    /// When the client's body comes: before the server closes (unread then), or after.
+    #[derive(Clone, Copy)]
+    enum Body {
+        Before,
+        After,
+    }
+
+    /// A server that writes an answer the client has no room for yet, and closes without
+    /// reading the client's body: the client, reading later, gets all of it and a clean end.
+    async fn answer_survives_close(lingering: Option<&Lingering>, body: Body) -> io::Result<usize> {
         const ANSWER: usize = 512 * 1024;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpSocket::new_v4().unwrap();
@@ -156,8 +168,11 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         // A request body, more than the look on drop takes, that the server never reads.
-        client.write_all(&[b'r'; 8 * 1024]).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let request = [b'r'; 8 * 1024];
+        if let Body::Before = body {
+            client.write_all(&request).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let mut server = server;
         let mut sent = 0;
         let chunk = [b'x'; 16 * 1024];
@@ -173,6 +188,10 @@ mod tests {
             Some(lingering) => drop(lingering.wrap(server)),
             None => drop(server),
         }
+        if let Body::After = body {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(&request).await.unwrap();
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let mut got = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
@@ -183,20 +202,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_answer_written_before_a_close_with_unread_bytes_arrives_whole() {
+    async fn an_answer_written_before_a_close_arrives_whole_whenever_the_body_comes() {
         let lingering = Lingering::new(4);
-        answer_survives_close(Some(&lingering))
-            .await
-            .expect("a clean end");
-        // The kernel's own close resets the connection and drops the answer's unsent part.
-        let plain = answer_survives_close(None).await;
-        assert!(plain.is_err(), "a plain close lost nothing: {plain:?}");
+        for body in [Body::Before, Body::After] {
+            answer_survives_close(Some(&lingering), body)
+                .await
+                .expect("a clean end");
+            // The kernel's own close resets the connection (at once with bytes unread, or when
+            // they arrive) and drops the answer's unsent part.
+            let plain = answer_survives_close(None, body).await;
+            assert!(plain.is_err(), "a plain close lost nothing: {plain:?}");
+        }
     }
 
     #[tokio::test]
     async fn at_most_the_limit_linger_and_the_rest_close_at_once() {
         let lingering = Lingering::new(0);
-        let plain = answer_survives_close(Some(&lingering)).await;
+        let plain = answer_survives_close(Some(&lingering), Body::Before).await;
         assert!(plain.is_err(), "lingered past the limit: {plain:?}");
     }
 }

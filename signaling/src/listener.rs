@@ -7,8 +7,10 @@
 //!   ([`DeadlineBody`]), or it is closed; headers over [`MAX_HEADER_BYTES`] get 431;
 //! - at most `--max-http-connections` connections may be open and not upgraded to a WebSocket
 //!   (past that, new ones are closed at once and counted);
-//! - a connection closed with the client's bytes unread (a refused or too slow body) lingers
+//! - a connection closed while its client may still send (a refused or too slow body) lingers
 //!   ([`crate::lingering_close`]), so that its answer is not lost to a reset;
+//! - an answer's write that makes no progress within `--header-read-timeout` closes the
+//!   connection ([`crate::write_deadline`]): a client that never reads cannot keep its slot;
 //! - when accepting fails because the process is out of file descriptors (EMFILE/ENFILE), the
 //!   loop backs off for a moment and goes on serving instead of spinning;
 //! - at start-up, a warning when `ulimit -n` is below what `--max-connections` needs.
@@ -45,6 +47,7 @@ use startup::source_limit::{SourceLimit, SourceSlot};
 use crate::client_ip::IpNet;
 use crate::lingering_close::Lingering;
 use crate::metrics::Metrics;
+use crate::write_deadline::WriteDeadline;
 
 /// The limits of the accept loop.
 #[derive(Debug, Clone)]
@@ -126,6 +129,12 @@ impl HttpSlot {
     /// Counts the connection for its source once it is known (behind a PROXY header).
     fn set_source(&self, slot: SourceSlot) {
         self.state().source = Some(slot);
+    }
+
+    /// Whether the connection counts in `--max-http-connections` now (not lent to a stream,
+    /// not upgraded, not closed).
+    pub fn is_counted(&self) -> bool {
+        self.state().counted
     }
 
     /// Takes the connection out of the counts until the loan is dropped (a long-lived stream,
@@ -335,7 +344,7 @@ async fn serve_or_hand_over<I>(
     limits: ListenerLimits,
     guard: Pending,
     stop: CancellationToken,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -387,12 +396,18 @@ async fn serve_connection<I>(
     limits: ListenerLimits,
     guard: Pending,
     stop: CancellationToken,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let slot = guard.0.clone();
     let body_time = limits.header_read_timeout;
+    let io = WriteDeadline::new(
+        io,
+        limits.header_read_timeout,
+        guard.0.clone(),
+        Arc::clone(metrics),
+    );
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(slot.clone());

@@ -151,6 +151,9 @@ pub struct Metrics {
     /// HTTP connections closed: a request's headers did not come within
     /// `--header-read-timeout`.
     pub http_header_timeouts: Counter,
+    /// HTTP connections closed: an answer's write made no progress within
+    /// `--header-read-timeout` (a client that does not read).
+    pub http_write_timeouts: Counter,
     /// TLS handshakes that failed or did not finish within `--header-read-timeout`.
     pub tls_handshake_failures: Counter,
     tls_reloads: Family<ResultLabel, Counter>,
@@ -219,6 +222,7 @@ impl Metrics {
             http_refused_per_ip.clone(),
         );
         let http_header_timeouts = Counter::default();
+        let http_write_timeouts = Counter::default();
         let tls_handshake_failures = Counter::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
@@ -343,6 +347,12 @@ impl Metrics {
             http_header_timeouts.clone(),
         );
         registry.register(
+            "http_write_timeouts",
+            "HTTP connections closed because an answer's write made no progress within \
+             --header-read-timeout (the client does not read)",
+            http_write_timeouts.clone(),
+        );
+        registry.register(
             "tls_handshake_failures",
             "TLS handshakes that failed or did not finish within the header-read timeout",
             tls_handshake_failures.clone(),
@@ -401,6 +411,7 @@ impl Metrics {
             http_refused,
             http_refused_per_ip,
             http_header_timeouts,
+            http_write_timeouts,
             tls_handshake_failures,
             tls_reloads,
             config_reloads,

@@ -221,10 +221,44 @@ async fn handshake_errors() {
             "{path}: {body}"
         );
     }
+    // So is one whose key is not one base64 16-byte nonce (RFC 6455, 4.1).
+    let nonce = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for (path, keys) in [
+        ("/ws/u", "Sec-WebSocket-Key: \r\n".to_owned()),
+        ("/ws/u", "Sec-WebSocket-Key: abc\r\n".to_owned()),
+        ("/y-webrtc", format!("{nonce}{nonce}")),
+    ] {
+        assert_eq!(
+            upgrade_status(server.addr, path, &keys).await,
+            400,
+            "{keys}"
+        );
+    }
     let after = server
         .metric("signaling_errors_total{code=\"invalid_message\"}")
         .await;
-    assert_eq!(after, before + 3);
+    assert_eq!(after, before + 6);
+    // The sample nonce of RFC 6455 upgrades.
+    assert_eq!(upgrade_status(server.addr, "/ws/u", nonce).await, 101);
+}
+
+/// The status of a WebSocket upgrade of `path` with the header lines `keys`.
+async fn upgrade_status(addr: std::net::SocketAddr, path: &str, keys: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\n{keys}\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(STEP, tcp.read_exact(&mut head))
+        .await
+        .expect("an answer in time")
+        .expect("a status line");
+    String::from_utf8_lossy(&head[9..12])
+        .parse()
+        .expect("a status")
 }
 
 #[tokio::test]
@@ -727,6 +761,54 @@ async fn closed_soon(tcp: &mut tokio::net::TcpStream) -> bool {
         tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await,
         Ok(Ok(0) | Err(_))
     )
+}
+
+/// Clients that send requests and never read the answers cannot keep their places in
+/// `--max-http-connections`: a write that makes no progress for `--header-read-timeout` closes
+/// the connection, counted.
+#[tokio::test]
+async fn clients_that_never_read_their_answers_lose_their_http_slots() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = Server::spawn(&["--header-read-timeout", "1s", "--max-http-connections", "5"]);
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(50);
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut tcp = socket.connect(server.addr).await.unwrap();
+        let request = request.clone();
+        // Requests until the server stops taking them (its answers are not read), for 5 s
+        // at the most; the socket is kept, unread.
+        writers.push(tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + Duration::from_secs(5);
+            for _ in 0..2_000 {
+                let wrote = tokio::time::timeout_at(until, tcp.write_all(&request)).await;
+                if !matches!(wrote, Ok(Ok(()))) {
+                    break;
+                }
+            }
+            tcp
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while server.metric("signaling_http_write_timeouts_total").await < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the readers that never read kept their slots"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Their places are free: 4 connections that take them, and a real client still joins.
+    let mut holders = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        holders.push(tcp);
+    }
+    let (_a, _) = Client::join(&server.ws("/ws/reads"), None).await;
+    for writer in writers {
+        drop(writer.await.unwrap());
+    }
 }
 
 /// One source holds at most `--max-http-connections-per-ip` of the connections that have not
