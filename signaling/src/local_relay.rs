@@ -64,21 +64,30 @@ impl LocalRelay {
         let (handle, given) = start_with_fallbacks(config, listen)?;
 
         let addrs = handle.addrs();
+        // Each URL once, also when --stun-url/--turn-url name this relay already.
+        let add = |urls: &mut Vec<String>, url: String| {
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        };
         if let Some(udp) = addrs.udp.first() {
-            config.stun_urls.push(format!("stun:{host}:{}", udp.port()));
-            config
-                .turn_urls
-                .push(format!("turn:{host}:{}?transport=udp", udp.port()));
+            add(&mut config.stun_urls, format!("stun:{host}:{}", udp.port()));
+            add(
+                &mut config.turn_urls,
+                format!("turn:{host}:{}?transport=udp", udp.port()),
+            );
         }
         if let Some(tcp) = addrs.tcp.first() {
-            config
-                .turn_urls
-                .push(format!("turn:{host}:{}?transport=tcp", tcp.port()));
+            add(
+                &mut config.turn_urls,
+                format!("turn:{host}:{}?transport=tcp", tcp.port()),
+            );
         }
         if let Some(tls) = addrs.tls.first() {
-            config
-                .turn_urls
-                .push(format!("turns:{host}:{}?transport=tcp", tls.port()));
+            add(
+                &mut config.turn_urls,
+                format!("turns:{host}:{}?transport=tcp", tls.port()),
+            );
         }
         if config.shared_port {
             if let Some(public) = &config.shared_port_public {
@@ -89,9 +98,8 @@ impl LocalRelay {
                     )));
                 }
             }
-            config
-                .turn_urls
-                .push(shared_port_url(config, &host, listening));
+            let url = shared_port_url(config, &host, listening);
+            add(&mut config.turn_urls, url);
         }
         tracing::info!(stun = ?config.stun_urls, turn = ?config.turn_urls, "in-process relay started");
         // Scripts and tests parse these lines, like `listening on ...`.

@@ -176,6 +176,42 @@ async fn sigterm_drains_then_exits() {
     assert!(start.elapsed() < Duration::from_secs(4));
 }
 
+/// `--with-relay` with `--stun-url`/`--turn-url` that name the in-process relay already: each
+/// URL is given to clients once.
+#[cfg(feature = "with-relay")]
+#[tokio::test]
+async fn urls_naming_the_in_process_relay_are_given_once() {
+    let port = testkit::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let stun = format!("stun:127.0.0.1:{port}");
+    let turn = format!("turn:127.0.0.1:{port}?transport=udp");
+    let server = Server::spawn(&[
+        "--with-relay",
+        "--relay-listen",
+        &listen,
+        "--stun-url",
+        &stun,
+        "--turn-url",
+        &turn,
+        "--turn-secret",
+        "a-secret-of-sixteen-bytes",
+    ]);
+    let (_a, info) = Client::join(&server.ws_first("/ws/once"), None).await;
+    let urls: Vec<&str> = info
+        .ice_servers
+        .iter()
+        .flat_map(|server| server.urls.iter().map(String::as_str))
+        .collect();
+    let mut unique = urls.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(urls.len(), unique.len(), "{urls:?}");
+    assert!(
+        urls.contains(&stun.as_str()) && urls.contains(&turn.as_str()),
+        "{urls:?}"
+    );
+}
+
 /// `--with-relay`: the in-process relay drains with the server: from the signal on, its
 /// `/readyz` is 503 and `relay_draining` 1 (new allocations refused), and it stops with the
 /// server within `--drain-timeout`.
