@@ -15,16 +15,22 @@ pub const BROADCAST_BYTES_PER_TOKEN: usize = 1024;
 /// message rate times `--max-message-bytes` times the room's size every second.
 pub fn message_cost(message: &ClientMessage) -> usize {
     match message {
-        ClientMessage::Broadcast { data, .. } => fan_out_cost(data),
+        ClientMessage::Broadcast { data, .. } => fan_out_cost(data, BROADCAST_BYTES_PER_TOKEN),
         _ => 1,
     }
 }
 
+/// Bytes of a y-webrtc `publish`'s data per token. Every y-webrtc signal is a publish to the
+/// whole topic (offers, answers and candidates, grown by encryption and base64 with a
+/// password), so they keep to one or two tokens each and honest rooms keep headroom at their
+/// join; 4 KiB still bounds a flood of 64 KiB publishes to 16 times fewer than at one token.
+pub const PUBLISH_BYTES_PER_TOKEN: usize = 4096;
+
 /// The tokens a message copied to many takes for its `data` (a broadcast, a y-webrtc
-/// `publish`): one per started KiB of its JSON, at least one.
-pub fn fan_out_cost(data: &serde_json::Value) -> usize {
+/// `publish`): one per started `bytes_per_token` of its JSON, at least one.
+pub fn fan_out_cost(data: &serde_json::Value, bytes_per_token: usize) -> usize {
     serde_json::to_vec(data)
-        .map_or(1, |bytes| bytes.len().div_ceil(BROADCAST_BYTES_PER_TOKEN))
+        .map_or(1, |bytes| bytes.len().div_ceil(bytes_per_token))
         .max(1)
 }
 
@@ -105,6 +111,11 @@ mod tests {
         assert_eq!(message_cost(&broadcast(1023)), 2);
         assert_eq!(message_cost(&broadcast(64_000)), 63);
         assert_eq!(message_cost(&ClientMessage::Leave { id: None }), 1);
+        // A y-webrtc publish: per started 4 KiB.
+        let publish = |len: usize| serde_json::Value::String("x".repeat(len));
+        assert_eq!(fan_out_cost(&publish(4094), PUBLISH_BYTES_PER_TOKEN), 1);
+        assert_eq!(fan_out_cost(&publish(4095), PUBLISH_BYTES_PER_TOKEN), 2);
+        assert_eq!(fan_out_cost(&publish(60_000), PUBLISH_BYTES_PER_TOKEN), 15);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::hub::{ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, Se
 use crate::protocol::{
     ClientMessage, ErrorCode, PeerId, RoomId, ServerFrame, ServerMessage, client_rules, close_code,
 };
-use crate::rate_limit::{TokenBucket, fan_out_cost};
+use crate::rate_limit::{PUBLISH_BYTES_PER_TOKEN, TokenBucket, fan_out_cost};
 use crate::written_acks::{self, WrittenFrames};
 
 /// Topics one connection may subscribe to at once.
@@ -246,9 +246,9 @@ impl YConnection {
             self.app.metrics.error(ErrorCode::InvalidMessage);
             return Err(Some((close::INVALID, "not a y-webrtc signaling message")));
         };
-        // A publish is copied to every subscriber: like a broadcast, one token per started KiB.
+        // A publish is copied to every subscriber: one token per started 4 KiB of its data.
         if let YMessage::Publish { data, .. } = &message {
-            let rest = fan_out_cost(data) - 1;
+            let rest = fan_out_cost(data, PUBLISH_BYTES_PER_TOKEN) - 1;
             if rest > 0
                 && self
                     .bucket
