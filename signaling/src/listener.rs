@@ -501,7 +501,8 @@ where
 }
 
 /// Warns when the process may open fewer files than `--max-connections` needs (each WebSocket
-/// is one descriptor, plus a margin for HTTP connections and the process's own).
+/// is one descriptor, plus the HTTP connections, as many again closing with a linger, and a
+/// margin for the process's own).
 pub fn check_fd_budget(max_connections: usize, max_http_connections: usize) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

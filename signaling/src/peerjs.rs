@@ -494,26 +494,42 @@ impl PeerSocket {
         let Ok(parsed) = serde_json::from_str::<ServerFrame>(&frame.text()) else {
             return Ok(());
         };
-        self.last_seq = parsed.seq;
-        match self.written.written(parsed.seq, frame.len()) {
+        let (seq, len) = (parsed.seq, frame.len());
+        let data = match parsed.message {
+            ServerMessage::Broadcast { data, .. } => data,
+            // Closed at once, so the client's `reconnect()` finds another node (PeerJS reports
+            // a `network` error on any close and the app reconnects); handled, so that the
+            // resume does not replay it.
+            ServerMessage::Draining { .. } => {
+                self.handled(seq, len).await;
+                return Err(Some(close_code::GOING_AWAY));
+            }
+            // welcome, ice_servers, ...: PeerJS has no such messages.
+            _ => {
+                self.handled(seq, len).await;
+                return Ok(());
+            }
+        };
+        // Handled once written: a frame whose write fails is replayed by the resume.
+        self.socket
+            .send_text(Utf8Bytes::from(data.to_string()))
+            .await
+            .map_err(|_| None)?;
+        self.handled(seq, len).await;
+        Ok(())
+    }
+
+    /// Frame `seq` (`len` bytes) is done with: the resume starts after it, and it is
+    /// acknowledged now or by the ack timer.
+    async fn handled(&mut self, seq: u64, len: usize) {
+        self.last_seq = seq;
+        match self.written.record(seq, len) {
             Some(seq) => self.ack(seq).await,
             None => {
                 self.ack_at
                     .get_or_insert_with(|| tokio::time::Instant::now() + client_rules::ACK_DELAY);
             }
         }
-        let data = match parsed.message {
-            ServerMessage::Broadcast { data, .. } => data,
-            // Closed at once, so the client's `reconnect()` finds another node (PeerJS reports
-            // a `network` error on any close and the app reconnects).
-            ServerMessage::Draining { .. } => return Err(Some(close_code::GOING_AWAY)),
-            // welcome, ice_servers, ...: PeerJS has no such messages.
-            _ => return Ok(()),
-        };
-        self.socket
-            .send_text(Utf8Bytes::from(data.to_string()))
-            .await
-            .map_err(|_| None)
     }
 
     /// Acknowledges every frame written to the client, so the replay buffer holds only what

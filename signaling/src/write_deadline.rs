@@ -6,7 +6,9 @@
 //! connection ([`HttpSlot::is_counted`]), a write (or flush, or shutdown) that makes no progress
 //! for `--header-read-timeout` fails, and the connection is closed and counted. Once upgraded to
 //! a WebSocket, or while it carries an SSE stream or a pending long-poll, its slot does not
-//! count it and the bound is off (those have write timeouts of their own).
+//! count it and the bound waits (those have write timeouts of their own); when a stream ends on
+//! its own timeout and the connection counts again, a write still stalled fails within another
+//! `--header-read-timeout`.
 
 use std::future::Future as _;
 use std::io;
@@ -41,7 +43,10 @@ impl<I> WriteDeadline<I> {
         }
     }
 
-    /// The outcome of a write step: progress ends the stall; a stall past the deadline fails.
+    /// The outcome of a write step: progress ends the stall; a stall past the deadline fails
+    /// if the connection counts as HTTP then. The timer stays armed while the slot is lent or
+    /// released (it is looked at again every `within`, since nothing else wakes this task when
+    /// a stream's loan ends), so a stall that outlives a loan fails at most `within` after it.
     fn step<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -51,20 +56,23 @@ impl<I> WriteDeadline<I> {
             self.stalled = None;
             return polled;
         }
-        if !self.slot.is_counted() {
-            self.stalled = None;
-            return Poll::Pending;
-        }
         let within = self.within;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(within)));
-        ready!(stalled.as_mut().poll(cx));
-        self.metrics.http_write_timeouts.inc();
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the client did not read its answers within --header-read-timeout",
-        )))
+        loop {
+            let stalled = self
+                .stalled
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(within)));
+            ready!(stalled.as_mut().poll(cx));
+            if self.slot.is_counted() {
+                self.stalled = None;
+                self.metrics.http_write_timeouts.inc();
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client did not read its answers within --header-read-timeout",
+                )));
+            }
+            // Lent to a stream, or upgraded: not this bound's; look again in `within`.
+            stalled.as_mut().reset(tokio::time::Instant::now() + within);
+        }
     }
 }
 

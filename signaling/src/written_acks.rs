@@ -23,9 +23,9 @@ pub struct WrittenFrames {
 }
 
 impl WrittenFrames {
-    /// Notes frame `seq` (`len` bytes) as written; `Some(seq)` when it is time to acknowledge
+    /// Records frame `seq` (`len` bytes) as written; `Some(seq)` when it is time to acknowledge
     /// everything up to it.
-    pub fn written(&mut self, seq: u64, len: usize) -> Option<u64> {
+    pub fn record(&mut self, seq: u64, len: usize) -> Option<u64> {
         self.last_seq = seq;
         self.frames += 1;
         self.bytes += len;
@@ -68,16 +68,16 @@ mod tests {
     fn acknowledges_every_16_frames_or_16_kib() {
         let mut written = WrittenFrames::default();
         for seq in 1..16 {
-            assert_eq!(written.written(seq, 100), None);
+            assert_eq!(written.record(seq, 100), None);
         }
         assert!(written.is_pending());
-        assert_eq!(written.written(16, 100), Some(16));
+        assert_eq!(written.record(16, 100), Some(16));
         assert!(!written.is_pending());
-        assert_eq!(written.written(17, 10_000), None);
-        assert_eq!(written.written(18, 10_000), Some(18));
-        assert_eq!(written.written(19, 60_000), Some(19));
+        assert_eq!(written.record(17, 10_000), None);
+        assert_eq!(written.record(18, 10_000), Some(18));
+        assert_eq!(written.record(19, 60_000), Some(19));
         assert_eq!(written.take(), None);
-        assert_eq!(written.written(20, 1), None);
+        assert_eq!(written.record(20, 1), None);
         assert_eq!(written.take(), Some(20));
     }
 }

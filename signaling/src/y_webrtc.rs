@@ -428,20 +428,7 @@ impl YConnection {
         let Ok(parsed) = serde_json::from_str::<ServerFrame>(&frame.text()) else {
             return Ok(());
         };
-        if let Some(sub) = self.topics.get_mut(topic) {
-            match sub.written.written(parsed.seq, frame.len()) {
-                Some(seq) => {
-                    let _ = sub
-                        .send(&self.app, self.conn, ClientMessage::Ack { seq })
-                        .await;
-                }
-                None => {
-                    self.ack_at.get_or_insert_with(|| {
-                        tokio::time::Instant::now() + client_rules::ACK_DELAY
-                    });
-                }
-            }
-        }
+        let (seq, len) = (parsed.seq, frame.len());
         let data = match parsed.message {
             ServerMessage::Broadcast { data, .. } => data,
             // Closed at once: lib0's socket reconnects after any close, through the balancer
@@ -450,7 +437,10 @@ impl YConnection {
                 return Err(Some((close_code::GOING_AWAY, "server shutting down")));
             }
             // welcome, peer_joined, peer_left...: y-webrtc has no such messages.
-            _ => return Ok(()),
+            _ => {
+                self.handled(topic, seq, len).await;
+                return Ok(());
+            }
         };
         let published = serde_json::to_string(&Published {
             r#type: "publish",
@@ -462,7 +452,28 @@ impl YConnection {
         self.socket
             .send_text(Utf8Bytes::from(published))
             .await
-            .map_err(|_| None)
+            .map_err(|_| None)?;
+        self.handled(topic, seq, len).await;
+        Ok(())
+    }
+
+    /// Frame `seq` (`len` bytes) of `topic`'s session is written (or has nothing to write): it
+    /// is acknowledged now or by the ack timer.
+    async fn handled(&mut self, topic: &str, seq: u64, len: usize) {
+        let Some(sub) = self.topics.get_mut(topic) else {
+            return;
+        };
+        match sub.written.record(seq, len) {
+            Some(seq) => {
+                let _ = sub
+                    .send(&self.app, self.conn, ClientMessage::Ack { seq })
+                    .await;
+            }
+            None => {
+                self.ack_at
+                    .get_or_insert_with(|| tokio::time::Instant::now() + client_rules::ACK_DELAY);
+            }
+        }
     }
 
     /// Acknowledges every frame written and not yet acknowledged, on every topic.

@@ -204,6 +204,11 @@ struct LocalState {
     attached: HashMap<SessionKey, LocalSession>,
     /// Resumes in flight: frames for the session are held here until its replay is written.
     resuming: HashMap<SessionKey, Inbox>,
+    /// Resumes in flight that bring a session from another node: their places, held against
+    /// `--max-sessions` (and their rooms against `--max-rooms`) until they attach or fail.
+    moving_in: HashMap<SessionKey, RoomId>,
+    /// The rooms of `moving_in`, with how many of its sessions each has.
+    moving_in_rooms: HashMap<RoomId, usize>,
     parked: HashMap<SessionKey, ParkedHere>,
     pending_park: Vec<PendingPark>,
     /// At start and after an outage of the store: no node's sessions are adopted before then.
@@ -257,26 +262,44 @@ impl LocalState {
     }
 
     /// Whether one more session of `room` fits this node's `--max-sessions` and `--max-rooms`
-    /// (sessions on their way here from another node count).
+    /// (sessions on their way here from another node count, and their rooms: as new ones, an
+    /// upper bound).
     fn has_room_for(&self, room: &RoomId, settings: &HubSettings) -> Result<(), RequestError> {
-        let moving_in = self
-            .resuming
-            .keys()
-            .filter(|key| !self.attached.contains_key(key) && !self.parked.contains_key(key))
-            .count();
-        if self.attached.len() + self.parked.len() + moving_in >= settings.max_sessions {
+        let sessions = self.attached.len() + self.parked.len() + self.moving_in.len();
+        if sessions >= settings.max_sessions {
             return Err(RequestError::new(
                 ErrorCode::TooManySessions,
                 "the server holds its maximum number of sessions",
             ));
         }
-        if !self.rooms.contains_key(room) && self.rooms.len() >= settings.max_rooms {
+        let known = self.rooms.contains_key(room) || self.moving_in_rooms.contains_key(room);
+        if !known && self.rooms.len() + self.moving_in_rooms.len() >= settings.max_rooms {
             return Err(RequestError::new(
                 ErrorCode::TooManyRooms,
                 "the server holds its maximum number of rooms",
             ));
         }
         Ok(())
+    }
+
+    /// Holds a place for session `key` of `room`, on its way here from another node.
+    fn reserve_move(&mut self, key: SessionKey, room: &RoomId) {
+        if self.moving_in.insert(key, room.clone()).is_none() {
+            *self.moving_in_rooms.entry(room.clone()).or_default() += 1;
+        }
+    }
+
+    /// Lets go of the place [`Self::reserve_move`] held, if any.
+    fn end_move(&mut self, key: SessionKey) {
+        let Some(room) = self.moving_in.remove(&key) else {
+            return;
+        };
+        if let Some(count) = self.moving_in_rooms.get_mut(&room) {
+            *count -= 1;
+            if *count == 0 {
+                self.moving_in_rooms.remove(&room);
+            }
+        }
     }
 
     /// Forgets a parked session; returns its ticket.
@@ -631,6 +654,7 @@ impl ClusterHub {
         }
         let mut st = self.lock();
         st.has_room_for(room, &self.settings)?;
+        st.reserve_move(key, room);
         st.resuming.entry(key).or_insert_with(Inbox::pending);
         Ok(())
     }
@@ -658,7 +682,7 @@ impl ClusterHub {
         let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;
         // A session from another node counts here from now: it must fit this node's limits
         // (else sessions moved over by resumes would escape every one of them). From here on,
-        // every way out removes its `resuming` entry.
+        // every way out removes its `resuming` entry and its reservation.
         let ticket = req.ticket.take();
         if !here {
             self.admit_moved_session(key, &room, ticket.is_some())?;
@@ -703,7 +727,11 @@ impl ClusterHub {
         {
             Ok(outcome) => outcome,
             Err(error) => {
-                self.lock().resuming.remove(&key);
+                {
+                    let mut st = self.lock();
+                    st.resuming.remove(&key);
+                    st.end_move(key);
+                }
                 if added {
                     self.index_remove(&self.cluster.node_id, &room, key).await;
                 }
@@ -716,6 +744,7 @@ impl ClusterHub {
         {
             let mut st = self.lock();
             let mut inbox = st.resuming.remove(&key).unwrap_or_default();
+            st.end_move(key);
             all.extend(inbox.start(next));
             // A session that joined on this node keeps its place among its address's.
             let parked_ticket = st.unpark(key);

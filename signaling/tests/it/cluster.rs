@@ -808,28 +808,55 @@ async fn a_moved_session_counts_where_it_is_and_resumes_obey_the_limits() {
 }
 
 /// Resumes that bring sessions to a node at the same moment hold their places while they run:
-/// no more of them get in than the node has room for (`--max-sessions`).
+/// no more of them get in than the node has room for (`--max-sessions`, `--max-rooms`).
 #[tokio::test]
 async fn concurrent_resumes_to_one_node_take_at_most_its_free_places() {
     let redis = RedisServer::start();
-    let grace = ["--resume-grace", "30s"];
-    let n1 = node(&redis.url(), &grace);
-    let n2 = node(
-        &redis.url(),
-        &["--resume-grace", "30s", "--max-sessions", "3"],
+    let crowd = ["crowd"; 8];
+    let outcomes = concurrent_moves(&redis, &["--max-sessions", "3"], &crowd).await;
+    let resumed = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(resumed, 3, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Ok(()) | Err(ErrorCode::TooManySessions))),
+        "{outcomes:?}"
     );
+    // Six sessions of six rooms to a node with room for two rooms.
+    let rooms = ["r1", "r2", "r3", "r4", "r5", "r6"];
+    let outcomes = concurrent_moves(&redis, &["--max-rooms", "2"], &rooms).await;
+    let resumed = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(resumed, 2, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Ok(()) | Err(ErrorCode::TooManyRooms))),
+        "{outcomes:?}"
+    );
+}
+
+/// Joins a session to each of `rooms` on a fresh node, parks them, and resumes them all at
+/// once on another fresh node started with `limits`: each resume's outcome.
+async fn concurrent_moves(
+    redis: &RedisServer,
+    limits: &[&str],
+    rooms: &[&str],
+) -> Vec<Result<(), ErrorCode>> {
+    let grace = ["--resume-grace", "30s"];
+    let from = node(&redis.url(), &grace);
+    let to = node(&redis.url(), &[&grace[..], limits].concat());
     let mut tokens = Vec::new();
-    for _ in 0..8 {
-        let (client, info) = Client::join(&n1.ws("/ws/crowd"), None).await;
+    for room in rooms {
+        let (client, info) = Client::join(&from.ws(&format!("/ws/{room}")), None).await;
         drop(client);
         tokens.push(info.resume_token);
     }
-    metric_becomes(&n1, "signaling_sessions", 8).await;
+    metric_becomes(&from, "signaling_sessions", rooms.len() as u64).await;
     let mut clients = Vec::new();
-    for _ in &tokens {
-        clients.push(Client::connect(&n2.ws("/ws/crowd")).await);
+    for room in rooms {
+        clients.push(Client::connect(&to.ws(&format!("/ws/{room}"))).await);
     }
-    // All 8 resumes on their way before any answer.
+    // All the resumes on their way before any answer.
     for (client, token) in clients.iter_mut().zip(&tokens) {
         client.send(&resume_message(token, 1)).await;
     }
@@ -843,16 +870,10 @@ async fn concurrent_resumes_to_one_node_take_at_most_its_free_places() {
         }
     }))
     .await;
-    let resumed = outcomes.iter().filter(|o| o.is_ok()).count();
-    assert_eq!(resumed, 3, "{outcomes:?}");
-    assert!(
-        outcomes
-            .iter()
-            .all(|o| matches!(o, Ok(()) | Err(ErrorCode::TooManySessions))),
-        "{outcomes:?}"
-    );
-    metric_becomes(&n2, "signaling_sessions", 3).await;
-    metric_becomes(&n1, "signaling_sessions", 5).await;
+    let moved = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+    metric_becomes(&to, "signaling_sessions", moved).await;
+    metric_becomes(&from, "signaling_sessions", rooms.len() as u64 - moved).await;
+    outcomes
 }
 
 /// PUBLISH calls Redis ran so far (the scripts' included).

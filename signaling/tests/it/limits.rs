@@ -811,6 +811,85 @@ async fn clients_that_never_read_their_answers_lose_their_http_slots() {
     }
 }
 
+/// An SSE stream lends its connection's slot; when the stream ends on its own write timeout
+/// (the client stopped reading), the connection counts again, and its stalled write closes it
+/// within another `--header-read-timeout`: it does not keep the slot for ever.
+#[tokio::test]
+async fn an_sse_client_that_stops_reading_loses_its_http_slot() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = Server::spawn(&[
+        "--header-read-timeout",
+        "1s",
+        "--ping-interval",
+        "500ms",
+        "--ping-timeout",
+        "1s",
+        "--rate-limit",
+        "10000",
+        "--rate-burst",
+        "10000",
+    ]);
+    let session = crate::http_client::open_as(server.addr, "stall", "reader").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut events = socket.connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /http/events?session={session} HTTP/1.0\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    events.write_all(request.as_bytes()).await.unwrap();
+    // The room fills the stream, which is never read.
+    let (mut sender, _) = Client::join(&server.ws("/ws/stall"), None).await;
+    let blob = "s".repeat(20_000);
+    for _ in 0..150 {
+        broadcast(&mut sender, &blob).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while server.metric("signaling_http_write_timeouts_total").await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled stream's connection kept its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(events);
+}
+
+/// The HTTP write bound is not a WebSocket's: a socket whose client pauses reading for longer
+/// than `--header-read-timeout` (but within its ping timeout) stays, and gets every frame.
+#[tokio::test]
+async fn a_websocket_that_pauses_reading_is_not_cut_by_the_http_write_bound() {
+    let server = Server::spawn(&[
+        "--header-read-timeout",
+        "1s",
+        "--outbound-queue",
+        "1000",
+        "--outbound-queue-bytes",
+        "16777216",
+        "--rate-limit",
+        "10000",
+        "--rate-burst",
+        "10000",
+    ]);
+    let url = server.ws("/ws/pause");
+    let ((mut paused, _), (mut sender, _)) = Client::pair(&url, &url).await;
+    let blob = "p".repeat(20_000);
+    // 6 MB: more than the socket buffers take, so the server's writes stall.
+    for _ in 0..300 {
+        broadcast(&mut sender, &blob).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for _ in 0..300 {
+        assert!(matches!(
+            paused.recv_message().await,
+            ServerMessage::Broadcast { .. }
+        ));
+    }
+    assert_eq!(
+        server.metric("signaling_http_write_timeouts_total").await,
+        0
+    );
+}
+
 /// One source holds at most `--max-http-connections-per-ip` of the connections that have not
 /// finished a request; another source, and a trusted proxy, are not held back by it.
 #[tokio::test]
