@@ -7,8 +7,9 @@
 //!   ([`DeadlineBody`]), or it is closed; headers over [`MAX_HEADER_BYTES`] get 431;
 //! - at most `--max-http-connections` connections may be open and not upgraded to a WebSocket
 //!   (past that, new ones are closed at once and counted);
-//! - a connection closed while its client may still send (a refused or too slow body) lingers
-//!   ([`crate::lingering_close`]), so that its answer is not lost to a reset;
+//! - a connection closed while its client may still send (a refused or too slow body, and any
+//!   other: WebSockets, TURN streams handed over) lingers ([`crate::lingering_close`]), so that
+//!   its last answer is not lost to a reset;
 //! - an answer's write that makes no progress within `--header-read-timeout` closes the
 //!   connection ([`crate::write_deadline`]): a client that never reads cannot keep its slot;
 //! - when accepting fails because the process is out of file descriptors (EMFILE/ENFILE), the
