@@ -790,14 +790,8 @@ async fn clients_that_never_read_their_answers_lose_their_http_slots() {
             tcp
         }));
     }
-    let deadline = Instant::now() + Duration::from_secs(6);
-    while server.metric("signaling_http_write_timeouts_total").await < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "the readers that never read kept their slots"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The readers that never read lose their connections.
+    write_timeouts_reach(&server, 4, Duration::from_secs(6)).await;
     // Their places are free: 4 connections that take them, and a real client still joins.
     let mut holders = Vec::new();
     for _ in 0..4 {
@@ -808,6 +802,22 @@ async fn clients_that_never_read_their_answers_lose_their_http_slots() {
     let (_a, _) = Client::join(&server.ws("/ws/reads"), None).await;
     for writer in writers {
         drop(writer.await.unwrap());
+    }
+}
+
+/// Waits (up to `within`) until `server` has closed `n` connections for stalled writes.
+async fn write_timeouts_reach(server: &Server, n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let closed = server.metric("signaling_http_write_timeouts_total").await;
+        if closed >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{closed} write timeouts, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -843,14 +853,8 @@ async fn an_sse_client_that_stops_reading_loses_its_http_slot() {
     for _ in 0..150 {
         broadcast(&mut sender, &blob).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while server.metric("signaling_http_write_timeouts_total").await < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the stalled stream's connection kept its slot"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The stalled stream's connection loses its slot.
+    write_timeouts_reach(&server, 1, Duration::from_secs(8)).await;
     drop(events);
 }
 
