@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
+use signaling::protocol::ErrorCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{STEP, Server, metric_becomes};
@@ -129,12 +130,7 @@ async fn y_webrtc_bad_input_closes_that_connection_only() {
         next(&mut b, STEP).await.expect("publish")["data"]["still"],
         "here"
     );
-    assert!(
-        server
-            .metric("signaling_errors_total{code=\"invalid_message\"}")
-            .await
-            >= 1
-    );
+    assert!(server.errors(ErrorCode::InvalidMessage).await >= 1);
 }
 
 /// A publish is copied to every subscriber: it takes a token of the message rate per started
@@ -164,12 +160,7 @@ async fn y_webrtc_big_publishes_take_a_token_per_4_kib_of_the_message_rate() {
         close_frame(&mut a, STEP).await,
         Some((1008, "rate limited".to_owned()))
     );
-    assert!(
-        server
-            .metric("signaling_errors_total{code=\"rate_limited\"}")
-            .await
-            >= 1
-    );
+    assert!(server.errors(ErrorCode::RateLimited).await >= 1);
 }
 
 /// y-webrtc and PeerJS have no acks: the server acknowledges what it wrote, so a client that
@@ -570,12 +561,7 @@ async fn peerjs_a_frame_too_large_closes_with_1009() {
         Some(json!("ERROR"))
     );
     assert_eq!(close_code(&mut alice, STEP).await, Some(1009));
-    assert!(
-        server
-            .metric("signaling_errors_total{code=\"message_too_large\"}")
-            .await
-            >= 1
-    );
+    assert!(server.errors(ErrorCode::MessageTooLarge).await >= 1);
 }
 
 /// `subscribe T`, `unsubscribe T`, `subscribe T` on one socket, then close: the close of the

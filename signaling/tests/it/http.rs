@@ -353,12 +353,7 @@ async fn sends_obey_the_message_rate_and_the_frame_size_limit() {
         .filter(|f| matches!(f.message, ServerMessage::Pong { .. }))
         .count();
     assert_eq!((pongs, reply.frames.len()), (10, 10));
-    assert!(
-        server
-            .metric("signaling_errors_total{code=\"rate_limited\"}")
-            .await
-            >= 1
-    );
+    assert!(server.errors(ErrorCode::RateLimited).await >= 1);
 }
 
 #[tokio::test]

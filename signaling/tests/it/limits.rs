@@ -197,9 +197,7 @@ async fn handshake_errors() {
 
     // A request that is not a valid WebSocket upgrade (here without Sec-WebSocket-Key) is
     // refused as the others are: 400, one JSON error frame, counted.
-    let before = server
-        .metric("signaling_errors_total{code=\"invalid_message\"}")
-        .await;
+    let before = server.errors(ErrorCode::InvalidMessage).await;
     let headers = [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")];
     for path in ["/ws/u", "/y-webrtc", "/peerjs/peerjs?key=k&id=i&token=t"] {
         let (status, content_type, body) =
@@ -234,9 +232,7 @@ async fn handshake_errors() {
             "{keys}"
         );
     }
-    let after = server
-        .metric("signaling_errors_total{code=\"invalid_message\"}")
-        .await;
+    let after = server.errors(ErrorCode::InvalidMessage).await;
     assert_eq!(after, before + 6);
     // The sample nonce of RFC 6455 upgrades.
     assert_eq!(upgrade_status(server.addr, "/ws/u", nonce).await, 101);
@@ -289,12 +285,7 @@ async fn rate_limit_drops_the_excess() {
     assert_eq!((pongs, limited), (4, 1));
     a.expect_silence(Duration::from_millis(100)).await;
     // Every drop is counted.
-    assert_eq!(
-        server
-            .metric("signaling_errors_total{code=\"rate_limited\"}")
-            .await,
-        6
-    );
+    assert_eq!(server.errors(ErrorCode::RateLimited).await, 6);
     // Tokens come back at the configured rate.
     tokio::time::sleep(Duration::from_millis(450)).await;
     a.send(&ClientMessage::Ping { id: Some(100) }).await;
@@ -574,12 +565,7 @@ async fn connections_and_joins_are_limited_per_client_address() {
         d.send(&join_message("ip")).await;
         d.expect_welcome().await;
     }
-    assert!(
-        server
-            .metric("signaling_errors_total{code=\"too_many_connections\"}")
-            .await
-            >= 1
-    );
+    assert!(server.errors(ErrorCode::TooManyConnections).await >= 1);
 }
 
 /// Request headers are bounded (64 KiB): a connection cannot hold hundreds of KiB while it
@@ -1271,10 +1257,5 @@ async fn sessions_are_limited_per_client_address_parked_ones_included() {
     c.send(&ClientMessage::Leave { id: None }).await;
     assert_eq!(c.expect_close().await, Closed::Code(1000));
     let (_e, _) = Client::join(&url(), None).await;
-    assert!(
-        server
-            .metric("signaling_errors_total{code=\"too_many_sessions\"}")
-            .await
-            >= 1
-    );
+    assert!(server.errors(ErrorCode::TooManySessions).await >= 1);
 }

@@ -279,6 +279,15 @@ impl Server {
         sum
     }
 
+    /// How many errors with `code` the nodes counted (`signaling_errors_total{code}`).
+    pub(crate) async fn errors(&self, code: ErrorCode) -> u64 {
+        self.metric(&format!(
+            "signaling_errors_total{{code=\"{}\"}}",
+            code.as_str()
+        ))
+        .await
+    }
+
     /// A plain HTTP GET: (status, content-type, body).
     pub(crate) async fn get(&self, path: &str) -> (u16, String, String) {
         http_get(self.addr, path).await
