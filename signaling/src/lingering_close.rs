@@ -6,16 +6,18 @@
 //! why (`400`, `413`) can be lost, under load or when the client reads slowly, and the client
 //! sees only "connection reset".
 //!
-//! So a [`LingeringTcp`] dropped before its client ended its side (bytes waiting, or none yet:
-//! a body still on its way) is closed the way Apache closes a connection: its write side is
-//! shut (the answer, then a FIN), and what the client still sends is read and thrown away until
-//! it stops (its FIN), for at most [`LINGER_TIME`] and [`LINGER_BYTES`]; then it is closed. A
-//! client that already ended its side is closed at once. At most a fixed number of connections
-//! linger at once ([`Lingering`]); past that, a connection is closed at once.
+//! So a [`LingeringTcp`] dropped with bytes of its client waiting, or in the middle of a request
+//! body that was not read to its end (refused, or cut off: the rest may still be on its way), is
+//! closed the way Apache closes a connection: its write side is shut (the answer, then a FIN),
+//! and what the client still sends is read and thrown away until it stops (its FIN), for at
+//! most [`LINGER_TIME`] and [`LINGER_BYTES`]; then it is closed. Any other connection (its
+//! client done, or sending nothing: a slowloris) is closed at once, and so is one past the
+//! number that may linger at once ([`Lingering`]).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,10 +41,12 @@ impl Lingering {
         Self(Arc::new(Semaphore::new(max)))
     }
 
-    /// `tcp`, closed with a linger when dropped while its client may still send.
-    pub fn wrap(&self, tcp: TcpStream) -> LingeringTcp {
+    /// `tcp`, closed with a linger when dropped with bytes waiting or while `body_unread`
+    /// (set by whoever reads the connection's request bodies).
+    pub fn wrap(&self, tcp: TcpStream, body_unread: Arc<AtomicBool>) -> LingeringTcp {
         LingeringTcp {
             tcp: Some(tcp),
+            body_unread,
             lingering: self.clone(),
         }
     }
@@ -52,6 +56,8 @@ impl Lingering {
 pub struct LingeringTcp {
     /// Taken only by `drop`.
     tcp: Option<TcpStream>,
+    /// A request body was started and not read to its end.
+    body_unread: Arc<AtomicBool>,
     lingering: Lingering,
 }
 
@@ -66,13 +72,17 @@ impl Drop for LingeringTcp {
         let Some(tcp) = self.tcp.take() else {
             return;
         };
-        // Bytes waiting now would draw a reset on close, and so would bytes still on their way;
-        // the client's FIN (or an error) means nothing more comes.
+        // Bytes waiting now would draw a reset on close, and so would the rest of a body still
+        // on its way; the client's FIN (or an error) means nothing more comes.
         let mut first = [0u8; 1024];
         match tcp.try_read(&mut first) {
             Ok(0) => return,
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !self.body_unread.load(Ordering::Acquire) {
+                    return;
+                }
+            }
             Err(_) => return,
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -147,11 +157,12 @@ impl AsyncWrite for LingeringTcp {
 mod tests {
     use super::*;
 
-    /// When the client's body comes: before the server closes (unread then), or after.
+    /// When the client's body comes: before the server closes (unread then), or after (the
+    /// server knowing, or not, that it closes in the middle of a body).
     #[derive(Clone, Copy)]
     enum Body {
         Before,
-        After,
+        After { known: bool },
     }
 
     /// A server that writes an answer the client has no room for yet, and closes without
@@ -184,11 +195,12 @@ mod tests {
             }
         }
         assert!(sent > 64 * 1024, "the send queue took only {sent} bytes");
+        let known = matches!(body, Body::After { known: true });
         match lingering {
-            Some(lingering) => drop(lingering.wrap(server)),
+            Some(lingering) => drop(lingering.wrap(server, Arc::new(AtomicBool::new(known)))),
             None => drop(server),
         }
-        if let Body::After = body {
+        if let Body::After { .. } = body {
             tokio::time::sleep(Duration::from_millis(20)).await;
             client.write_all(&request).await.unwrap();
         }
@@ -204,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_written_before_a_close_arrives_whole_whenever_the_body_comes() {
         let lingering = Lingering::new(4);
-        for body in [Body::Before, Body::After] {
+        for body in [Body::Before, Body::After { known: true }] {
             answer_survives_close(Some(&lingering), body)
                 .await
                 .expect("a clean end");
@@ -213,6 +225,9 @@ mod tests {
             let plain = answer_survives_close(None, body).await;
             assert!(plain.is_err(), "a plain close lost nothing: {plain:?}");
         }
+        // Nothing waiting and no body known to be under way: closed at once, as plainly.
+        let unknown = answer_survives_close(Some(&lingering), Body::After { known: false }).await;
+        assert!(unknown.is_err(), "lingered without a reason: {unknown:?}");
     }
 
     #[tokio::test]

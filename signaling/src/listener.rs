@@ -7,9 +7,9 @@
 //!   ([`DeadlineBody`]), or it is closed; headers over [`MAX_HEADER_BYTES`] get 431;
 //! - at most `--max-http-connections` connections may be open and not upgraded to a WebSocket
 //!   (past that, new ones are closed at once and counted);
-//! - a connection closed while its client may still send (a refused or too slow body, and any
-//!   other: WebSockets, TURN streams handed over) lingers ([`crate::lingering_close`]), so that
-//!   its last answer is not lost to a reset;
+//! - a connection closed with its client's bytes waiting, or in the middle of a request body
+//!   not read to its end (refused, or too slow), lingers ([`crate::lingering_close`]), so that
+//!   its answer is not lost to a reset;
 //! - an answer's write that makes no progress within `--header-read-timeout` closes the
 //!   connection ([`crate::write_deadline`]): a client that never reads cannot keep its slot;
 //! - when accepting fails because the process is out of file descriptors (EMFILE/ENFILE), the
@@ -29,7 +29,7 @@
 use std::future::Future as _;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -96,6 +96,8 @@ pub struct Edge {
 pub struct HttpSlot {
     pending: Arc<AtomicUsize>,
     state: Arc<Mutex<SlotState>>,
+    /// A request body was started and not read to its end (the close then lingers).
+    body_unread: Arc<AtomicBool>,
 }
 
 /// Where a connection stands in the counts; one lock, so that a loan ending after the
@@ -120,6 +122,7 @@ impl HttpSlot {
                 closed: false,
                 source,
             })),
+            body_unread: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -207,6 +210,12 @@ pub async fn serve(
     let per_source = SourceLimit::new(limits.max_http_connections_per_ip);
     // As many as may be open and not upgraded: closing ones hold no more descriptors than that.
     let lingering = Lingering::new(limits.max_http_connections);
+    let serving = HttpServing {
+        router,
+        limits: limits.clone(),
+        stop: stop.clone(),
+        metrics: Arc::clone(&metrics),
+    };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -246,20 +255,18 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let router = router.clone();
-        let stop = stop.clone();
+        let serving = serving.clone();
         let edge = edge.clone();
-        let metrics = Arc::clone(&metrics);
-        let limits = limits.clone();
         let per_source = Arc::clone(&per_source);
         // The PROXY header, the TLS handshake and the first bytes share one deadline.
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
         let Ok(local) = tcp.local_addr() else {
             continue;
         };
-        let tcp = lingering.wrap(tcp);
+        let tcp = lingering.wrap(tcp, Arc::clone(&guard.0.body_unread));
         tokio::spawn(async move {
             let mut tcp = tcp;
+            let (limits, metrics) = (&serving.limits, &serving.metrics);
             let peer = if edge.proxy_protocol {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let client = startup::proxy_protocol::client_within(&mut tcp, peer, left);
@@ -290,7 +297,7 @@ pub async fn serve(
                     secure: false,
                     deadline,
                 };
-                serve_or_hand_over(tcp, conn, &edge, router, limits, guard, stop, &metrics).await;
+                serve_or_hand_over(tcp, conn, &edge, serving, guard).await;
                 return;
             };
             match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
@@ -301,8 +308,7 @@ pub async fn serve(
                         secure: true,
                         deadline,
                     };
-                    serve_or_hand_over(stream, conn, &edge, router, limits, guard, stop, &metrics)
-                        .await;
+                    serve_or_hand_over(stream, conn, &edge, serving, guard).await;
                 }
                 Ok(Err(e)) => {
                     metrics.tls_handshake_failures.inc();
@@ -334,19 +340,20 @@ struct Conn {
     deadline: tokio::time::Instant,
 }
 
-/// HTTP on `io`; with `--shared-port`, HTTP or (handed to the in-process relay) TURN, by the
-/// first bytes, which must come by the connection's edge deadline.
-#[allow(clippy::too_many_arguments)]
-async fn serve_or_hand_over<I>(
-    io: I,
-    conn: Conn,
-    edge: &Edge,
+/// What serves HTTP on a connection: the app, the listener's limits, the stop signal and the
+/// metrics.
+#[derive(Clone)]
+struct HttpServing {
     router: Router,
     limits: ListenerLimits,
-    guard: Pending,
     stop: CancellationToken,
-    metrics: &Arc<Metrics>,
-) where
+    metrics: Arc<Metrics>,
+}
+
+/// HTTP on `io`; with `--shared-port`, HTTP or (handed to the in-process relay) TURN, by the
+/// first bytes, which must come by the connection's edge deadline.
+async fn serve_or_hand_over<I>(io: I, conn: Conn, edge: &Edge, serving: HttpServing, guard: Pending)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     #[cfg(feature = "with-relay")]
@@ -358,11 +365,12 @@ async fn serve_or_hand_over<I>(
             .saturating_duration_since(tokio::time::Instant::now());
         match sniff(io, left).await {
             Ok((Protocol::Http, io)) => {
-                serve_connection(io, peer, router, limits, guard, stop, metrics).await;
+                serve_connection(io, peer, serving, guard).await;
             }
             Ok((Protocol::Turn, io)) => {
                 // Not an HTTP connection: the relay's `--max-connections` counts it from now.
                 drop(guard);
+                let metrics = &serving.metrics;
                 let transport = if conn.secure {
                     relay::StreamTransport::Tls
                 } else {
@@ -379,7 +387,7 @@ async fn serve_or_hand_over<I>(
                 }
             }
             Err(e) => {
-                metrics.first_bytes_refused.inc();
+                serving.metrics.first_bytes_refused.inc();
                 tracing::debug!(error = %e, %peer, "neither TURN nor HTTP: closing");
             }
         }
@@ -387,27 +395,26 @@ async fn serve_or_hand_over<I>(
     }
     #[cfg(not(feature = "with-relay"))]
     let _ = edge;
-    serve_connection(io, conn.peer, router, limits, guard, stop, metrics).await;
+    serve_connection(io, conn.peer, serving, guard).await;
 }
 
-async fn serve_connection<I>(
-    io: I,
-    peer: SocketAddr,
-    router: Router,
-    limits: ListenerLimits,
-    guard: Pending,
-    stop: CancellationToken,
-    metrics: &Arc<Metrics>,
-) where
+async fn serve_connection<I>(io: I, peer: SocketAddr, serving: HttpServing, guard: Pending)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let HttpServing {
+        router,
+        limits,
+        stop,
+        metrics,
+    } = serving;
     let slot = guard.0.clone();
     let body_time = limits.header_read_timeout;
     let io = WriteDeadline::new(
         io,
         limits.header_read_timeout,
         guard.0.clone(),
-        Arc::clone(metrics),
+        Arc::clone(&metrics),
     );
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
@@ -417,7 +424,8 @@ async fn serve_connection<I>(
             if hyper::body::Body::is_end_stream(&body) {
                 axum::body::Body::new(body)
             } else {
-                axum::body::Body::new(DeadlineBody::new(body, body_time))
+                let unread = Arc::clone(&slot.body_unread);
+                axum::body::Body::new(DeadlineBody::new(body, body_time, unread))
             }
         });
         router.clone().oneshot(request)
@@ -455,13 +463,18 @@ async fn serve_connection<I>(
 pub struct DeadlineBody<B> {
     body: B,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Set from the start until the body is read to its end: a connection closed meanwhile
+    /// lingers ([`crate::lingering_close`]), the rest of the body being on its way.
+    unread: Arc<AtomicBool>,
 }
 
 impl<B> DeadlineBody<B> {
-    fn new(body: B, within: Duration) -> Self {
+    fn new(body: B, within: Duration, unread: Arc<AtomicBool>) -> Self {
+        unread.store(true, Ordering::Release);
         Self {
             body,
             deadline: Box::pin(tokio::time::sleep(within)),
+            unread,
         }
     }
 }
@@ -484,12 +497,17 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         if self.body.is_end_stream() {
+            self.unread.store(false, Ordering::Release);
             return Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into);
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
         }
-        Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into)
+        let polled = Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into);
+        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.unread.store(false, Ordering::Release);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -303,6 +303,10 @@ mod tests {
         let parse = |args: &[&str]| {
             Example::command().get_matches_from(std::iter::once("prog").chain(args.iter().copied()))
         };
+        let applied = |old, new| {
+            let in_force = crate::reload::InForce::started(old);
+            crate::reload::Changes::between(&Example::command(), in_force, new, &["relay_args"])
+        };
         let old = parse(&[
             "--relay-arg=--turn-secret=oldXYZ",
             "--relay-arg=--user=dave:oldpassword",
@@ -313,12 +317,7 @@ mod tests {
             "--relay-arg=--user=dave:newpassword",
             "--relay-arg=--user-quota=180",
         ]);
-        let changes = crate::reload::Changes::between(
-            &Example::command(),
-            crate::reload::InForce::started(&old),
-            &new,
-            &["relay_args"],
-        );
+        let changes = applied(&old, &new);
         assert_eq!(
             changes.applied,
             [
@@ -344,12 +343,7 @@ mod tests {
             "--relay-arg=--user-quota",
             "--relay-arg=180",
         ]);
-        let changes = crate::reload::Changes::between(
-            &Example::command(),
-            crate::reload::InForce::started(&old),
-            &new,
-            &["relay_args"],
-        );
+        let changes = applied(&old, &new);
         assert_eq!(
             changes.applied,
             ["--relay-arg --turn-secret,<redacted>,--user-quota,200 -> \
