@@ -142,7 +142,16 @@ pub enum DecodeError {
     /// FINGERPRINT does not match.
     #[error("fingerprint mismatch")]
     BadFingerprint,
+    /// More than [`MAX_ATTRIBUTES`] attributes.
+    #[error("more than {MAX_ATTRIBUTES} attributes")]
+    TooManyAttributes,
 }
+
+/// The most attributes a message may carry. Real ones carry about a dozen (a CreatePermission
+/// for `--max-permissions` peers at once, 64 by default, about 70); a datagram packed with
+/// thousands of empty ones would make every lookup (each a walk of the attributes) cost a
+/// worker a millisecond, so it is refused at parse, before any lookup.
+pub const MAX_ATTRIBUTES: usize = 128;
 
 /// One raw attribute: type and unpadded value, borrowed from the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,9 +205,14 @@ impl<'a> StunMessage<'a> {
             fingerprint: None,
         };
         let mut pos = HEADER_LEN;
+        let mut count = 0;
         while pos < buf.len() {
             if msg.fingerprint.is_some() {
                 return Err(DecodeError::BadTrailer);
+            }
+            count += 1;
+            if count > MAX_ATTRIBUTES {
+                return Err(DecodeError::TooManyAttributes);
             }
             let (typ, len) = attr_header(buf, pos).ok_or(DecodeError::TruncatedAttribute)?;
             let padded = (len + 3) & !3;
@@ -522,6 +536,23 @@ mod tests {
         assert!(m.verify_integrity(b"key"));
         assert!(!m.verify_integrity(b"other"));
         assert!(m.has_fingerprint());
+    }
+
+    #[test]
+    fn a_message_of_more_than_max_attributes_is_refused_at_parse() {
+        let with = |n: usize| {
+            let mut b =
+                MessageBuilder::new(Method::Binding, Class::Request, TransactionId([2; 12]));
+            for _ in 0..n {
+                b.add(attributes::SOFTWARE, b"");
+            }
+            b.finish()
+        };
+        assert!(StunMessage::parse(&with(MAX_ATTRIBUTES)).is_ok());
+        assert_eq!(
+            StunMessage::parse(&with(MAX_ATTRIBUTES + 1)).unwrap_err(),
+            DecodeError::TooManyAttributes
+        );
     }
 
     #[test]

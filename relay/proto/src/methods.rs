@@ -682,7 +682,7 @@ impl Server {
             self.challenge(now, from, msg, ErrorCode::Unauthorized);
             return None;
         }
-        let (Some(user), Some(_realm), Some(nonce)) = (
+        let (Some(user), Some(realm), Some(nonce)) = (
             msg.get(Attr::Username),
             msg.get(Attr::Realm),
             msg.get(Attr::Nonce),
@@ -715,7 +715,14 @@ impl Server {
                 .key_of(&from)
                 .and_then(|k| self.allocation(k))
                 .is_some_and(|a| &*a.username == username && now < a.expires);
-        // The key is derived with our realm: a request for another realm fails integrity.
+        // The key is derived with our realm, whatever the request names: one that names
+        // another realm is refused as such (its integrity could still match our key).
+        if realm != self.config.realm.as_bytes() {
+            self.stats.auth_failures += 1;
+            debug!(client = %from.client, why = "another realm", "authentication failed");
+            self.challenge(now, from, msg, ErrorCode::Unauthorized);
+            return None;
+        }
         match self.admission.verify(
             msg,
             username,

@@ -55,9 +55,9 @@ pub enum PeerAction {
     Queued,
 }
 
-/// Why the I/O layer could not bind a relay socket.
+/// Why the I/O layer could not bind a relay socket (workspace-internal, so exhaustive: the I/O
+/// layer's counting matches each variant).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum BindError {
     /// The host has no address of the requested family (answered 440).
     FamilyNotSupported,

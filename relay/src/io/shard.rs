@@ -513,7 +513,11 @@ impl Shard {
         let socket = match bound {
             Ok(s) => s,
             Err(e) => {
-                self.count(|s| s.relay_bind_failures += 1);
+                // No address of the family is the client's ask (440), not a failure of ours.
+                match e {
+                    BindError::NoCapacity => self.count(|s| s.relay_bind_failures += 1),
+                    BindError::FamilyNotSupported => {}
+                }
                 tracing::debug!(%relay, error = %e, "relay bind failed");
                 return Err(e);
             }

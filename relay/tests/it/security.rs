@@ -126,6 +126,22 @@ fn loopback_opt_in_still_protects_the_relays_own_ports() {
     );
 }
 
+/// REQUESTED-ADDRESS-FAMILY IPv6 on a relay with IPv4 addresses only: 440, the client's ask
+/// (not a relay socket the relay failed to bind: `relay_relay_bind_failures_total` stays 0).
+#[test]
+fn an_ipv6_allocation_on_an_ipv4_relay_gets_440_and_no_bind_failure() {
+    let relay = RelayProcess::start(&["--user", "u:p"]);
+    let mut c = TestClient::new(relay.udp, "u", "p");
+    assert_eq!(c.allocate_v6(), Err(440));
+    // The workers' counts reach /metrics together: once the 440 is counted, so would be a
+    // bind failure.
+    assert!(wait_until(Duration::from_secs(3), || {
+        relay.metric("relay_error_responses_total") >= 1
+    }));
+    assert_eq!(relay.metric("relay_relay_bind_failures_total"), 0);
+    c.allocate().expect("an IPv4 allocation");
+}
+
 #[test]
 fn ipv4_in_ipv6_encodings_of_loopback_are_denied() {
     let Some(relay) = crate::support::start_on_ipv6(&["--user", "u:p"]) else {

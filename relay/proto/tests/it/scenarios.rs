@@ -261,6 +261,20 @@ fn wrong_password_and_unknown_user_get_401() {
 }
 
 #[test]
+fn a_request_naming_another_realm_gets_401() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice();
+    let challenge = alice.allocate_once(&mut h);
+    alice.learn_nonce(&challenge);
+    // The key is alice's in our realm; only the REALM attribute names another.
+    alice.realm = "other.example".to_owned();
+    let resp = alice.allocate_once(&mut h);
+    assert_eq!(error_code(&resp), Some(401));
+    assert_eq!(h.server.stats().auth_failures, 1);
+    assert_eq!(h.server.stats().allocations, 0);
+}
+
+#[test]
 fn another_users_credentials_on_an_allocation_get_441() {
     let (mut h, alice, _) = Harness::with_alice_allocated();
     let mut bob = Client::new(alice.from, "bob", "bob-pass");

@@ -141,6 +141,8 @@ pub(crate) struct Client {
     pub(crate) username: String,
     pub(crate) key: [u8; 16],
     pub(crate) nonce: Option<String>,
+    /// The REALM its requests name (the server's, unless a test changes it).
+    pub(crate) realm: String,
     tid: u32,
 }
 
@@ -161,6 +163,7 @@ impl Client {
             username: username.to_owned(),
             key: long_term_key(username, REALM_NAME, password),
             nonce: None,
+            realm: REALM_NAME.to_owned(),
             tid: 0,
         }
     }
@@ -196,7 +199,7 @@ impl Client {
         attrs(&mut b);
         if let Some(nonce) = &self.nonce {
             b.add(USERNAME, self.username.as_bytes())
-                .add(REALM, REALM_NAME.as_bytes())
+                .add(REALM, self.realm.as_bytes())
                 .add(NONCE, nonce.as_bytes())
                 .add_message_integrity(&self.key);
         }
