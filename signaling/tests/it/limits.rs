@@ -659,7 +659,10 @@ async fn slowloris_connections_time_out_and_never_lock_out_a_real_client() {
 #[tokio::test]
 async fn slow_request_bodies_are_cut_off_and_oversize_lengths_refused_at_once() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let server = Server::spawn(&["--header-read-timeout", "1s", "--max-http-connections", "8"]);
+    // 9 places: the 8 connections below, and the refused one before them, whose place the server
+    // may not have let go of yet when they connect (its task ends a moment after the client saw
+    // the close; with 8 the last connection was sometimes refused, unanswered, under load).
+    let server = Server::spawn(&["--header-read-timeout", "1s", "--max-http-connections", "9"]);
     let post = |length: &str| {
         format!("POST /http/slow HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n")
     };
@@ -683,7 +686,7 @@ async fn slow_request_bodies_are_cut_off_and_oversize_lengths_refused_at_once() 
         "not refused at once"
     );
 
-    // Every slot of --max-http-connections held by a body that stops, or trickles.
+    // Every other place held by a body that stops, or trickles.
     let mut stalled = Vec::new();
     for _ in 0..7 {
         let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -725,7 +728,12 @@ async fn slow_request_bodies_are_cut_off_and_oversize_lengths_refused_at_once() 
     }
     trickle.await.unwrap();
     let cut = reader.await.unwrap();
-    assert!(cut.starts_with("HTTP/1.1 400"), "the trickled body: {cut}");
+    if !cut.starts_with("HTTP/1.1 400") {
+        let refused = server
+            .metric("signaling_http_connections_refused_total")
+            .await;
+        panic!("the trickled body: {cut:?} (connections refused at accept: {refused})");
+    }
     // The slots are free again: a real client joins.
     let (_a, _) = Client::join(&server.ws("/ws/after"), None).await;
 }
