@@ -31,10 +31,9 @@ pub struct LocalRelay {
     listen: SocketAddr,
     /// The relay's admin address as asked (likewise).
     admin: SocketAddr,
-    /// The relay's `--relay-arg` flags as started with (what its restart-only settings run
-    /// with) and as last reloaded, to name what a reload changes.
-    started: ArgMatches,
-    given: ArgMatches,
+    /// The relay's `--relay-arg` flags as started with and as last reloaded, to name what a
+    /// reload changes.
+    given: startup::reload::Running,
 }
 
 impl LocalRelay {
@@ -115,8 +114,7 @@ impl LocalRelay {
             handle,
             listen,
             admin,
-            started: given.clone(),
-            given,
+            given: startup::reload::Running::new(given),
         })
     }
 
@@ -133,18 +131,9 @@ impl LocalRelay {
             .reload(&relay_config)
             .await
             .map_err(|e| in_process(&e))?;
-        let in_force = startup::reload::InForce {
-            started: &self.started,
-            reloaded: &self.given,
-        };
-        startup::reload::Changes::between(
-            &relay::Config::command(),
-            in_force,
-            &given,
-            relay::reload::RELOADABLE,
-        )
-        .log("in-process relay (--relay-arg)");
-        self.given = given;
+        self.given
+            .reloaded(&relay::Config::command(), given, relay::reload::RELOADABLE)
+            .log("in-process relay (--relay-arg)");
         Ok(())
     }
 

@@ -27,10 +27,7 @@ use crate::summary::{is_secret, redact_values};
 #[derive(Debug)]
 pub struct Reloading {
     args: Vec<OsString>,
-    /// The configuration the process started with: what the settings that need a restart run with.
-    started: ArgMatches,
-    /// The configuration last put in force: what the reloadable settings run with.
-    matches: ArgMatches,
+    running: Running,
     supplied_secrets: Vec<Secret>,
     log_filter: LogFilter,
 }
@@ -46,8 +43,7 @@ impl Reloading {
     ) -> Self {
         Self {
             args,
-            started: matches.clone(),
-            matches,
+            running: Running::new(matches),
             supplied_secrets,
             log_filter,
         }
@@ -75,12 +71,45 @@ impl Reloading {
         if let Err(e) = self.log_filter.set(log_filter) {
             tracing::warn!(error = %e, "the log filter stays");
         }
+        self.running
+            .reloaded(&C::command(), matches, reloadable)
+            .log("configuration");
+    }
+}
+
+/// The parses of a configuration a process runs with, kept across reloads (see [`InForce`]).
+#[derive(Debug)]
+pub struct Running {
+    /// As started: what the settings that need a restart run with.
+    started: ArgMatches,
+    /// As last reloaded: what the reloadable settings run with.
+    reloaded: ArgMatches,
+}
+
+impl Running {
+    /// A configuration as started.
+    pub fn new(started: ArgMatches) -> Self {
+        Self {
+            reloaded: started.clone(),
+            started,
+        }
+    }
+
+    /// A reload of `matches` (parses of `command`) took effect: what changed from the
+    /// configuration in force; `matches` is the last reloaded one from now on.
+    pub fn reloaded(
+        &mut self,
+        command: &Command,
+        matches: ArgMatches,
+        reloadable: &[&str],
+    ) -> Changes {
         let in_force = InForce {
             started: &self.started,
-            reloaded: &self.matches,
+            reloaded: &self.reloaded,
         };
-        Changes::between(&C::command(), in_force, &matches, reloadable).log("configuration");
-        self.matches = matches;
+        let changes = Changes::between(command, in_force, &matches, reloadable);
+        self.reloaded = matches;
+        changes
     }
 }
 
