@@ -47,8 +47,7 @@ use crate::hub::{
     Attached, ConnId, JoinRequest, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey,
 };
 use crate::protocol::{
-    ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerFrame, ServerMessage,
-    client_rules, close_code,
+    ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerFrame, ServerMessage, close_code,
 };
 use crate::rate_limit::TokenBucket;
 use crate::written_acks::{self, WrittenFrames};
@@ -523,12 +522,8 @@ impl PeerSocket {
     /// acknowledged now or by the ack timer.
     async fn handled(&mut self, seq: u64, len: usize) {
         self.last_seq = seq;
-        match self.written.record(seq, len) {
-            Some(seq) => self.ack(seq).await,
-            None => {
-                self.ack_at
-                    .get_or_insert_with(|| tokio::time::Instant::now() + client_rules::ACK_DELAY);
-            }
+        if let Some(seq) = self.written.record(seq, len, &mut self.ack_at) {
+            self.ack(seq).await;
         }
     }
 

@@ -23,17 +23,23 @@ pub struct WrittenFrames {
 }
 
 impl WrittenFrames {
-    /// Records frame `seq` (`len` bytes) as written; `Some(seq)` when it is time to acknowledge
-    /// everything up to it.
-    pub fn record(&mut self, seq: u64, len: usize) -> Option<u64> {
+    /// Records frame `seq` (`len` bytes) as written: `Some(seq)` when it is time to acknowledge
+    /// everything up to it; otherwise the acknowledgement is due by `ack_at`, set to
+    /// [`client_rules::ACK_DELAY`] from now unless it is set already.
+    pub fn record(
+        &mut self,
+        seq: u64,
+        len: usize,
+        ack_at: &mut Option<tokio::time::Instant>,
+    ) -> Option<u64> {
         self.last_seq = seq;
         self.frames += 1;
         self.bytes += len;
         if self.frames >= client_rules::ACK_EVERY || self.bytes >= ACK_BYTES {
-            self.take()
-        } else {
-            None
+            return self.take();
         }
+        ack_at.get_or_insert_with(|| tokio::time::Instant::now() + client_rules::ACK_DELAY);
+        None
     }
 
     /// The frame to acknowledge everything written so far with, if anything is unacknowledged.
@@ -64,20 +70,22 @@ pub fn sleep_until(at: Option<tokio::time::Instant>) -> tokio::time::Sleep {
 mod tests {
     use super::*;
 
-    #[test]
-    fn acknowledges_every_16_frames_or_16_kib() {
+    #[tokio::test]
+    async fn acknowledges_every_16_frames_or_16_kib() {
         let mut written = WrittenFrames::default();
+        let mut ack_at = None;
         for seq in 1..16 {
-            assert_eq!(written.record(seq, 100), None);
+            assert_eq!(written.record(seq, 100, &mut ack_at), None);
         }
         assert!(written.is_pending());
-        assert_eq!(written.record(16, 100), Some(16));
+        assert!(ack_at.is_some(), "the acknowledgement is due later");
+        assert_eq!(written.record(16, 100, &mut ack_at), Some(16));
         assert!(!written.is_pending());
-        assert_eq!(written.record(17, 10_000), None);
-        assert_eq!(written.record(18, 10_000), Some(18));
-        assert_eq!(written.record(19, 60_000), Some(19));
+        assert_eq!(written.record(17, 10_000, &mut ack_at), None);
+        assert_eq!(written.record(18, 10_000, &mut ack_at), Some(18));
+        assert_eq!(written.record(19, 60_000, &mut ack_at), Some(19));
         assert_eq!(written.take(), None);
-        assert_eq!(written.record(20, 1), None);
+        assert_eq!(written.record(20, 1, &mut ack_at), None);
         assert_eq!(written.take(), Some(20));
     }
 }

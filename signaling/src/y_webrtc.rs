@@ -32,7 +32,7 @@ use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
 use crate::hub::{ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, SessionKey};
 use crate::protocol::{
-    ClientMessage, ErrorCode, PeerId, RoomId, ServerFrame, ServerMessage, client_rules, close_code,
+    ClientMessage, ErrorCode, PeerId, RoomId, ServerFrame, ServerMessage, close_code,
 };
 use crate::rate_limit::{PUBLISH_BYTES_PER_TOKEN, TokenBucket, fan_out_cost};
 use crate::written_acks::{self, WrittenFrames};
@@ -463,16 +463,10 @@ impl YConnection {
         let Some(sub) = self.topics.get_mut(topic) else {
             return;
         };
-        match sub.written.record(seq, len) {
-            Some(seq) => {
-                let _ = sub
-                    .send(&self.app, self.conn, ClientMessage::Ack { seq })
-                    .await;
-            }
-            None => {
-                self.ack_at
-                    .get_or_insert_with(|| tokio::time::Instant::now() + client_rules::ACK_DELAY);
-            }
+        if let Some(seq) = sub.written.record(seq, len, &mut self.ack_at) {
+            let _ = sub
+                .send(&self.app, self.conn, ClientMessage::Ack { seq })
+                .await;
         }
     }
 

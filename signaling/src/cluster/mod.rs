@@ -638,8 +638,8 @@ impl ClusterHub {
 
     /// Whether a session of `room` that another node holds may come here: within this node's
     /// `--max-sessions` and `--max-rooms`, and with a place among its client address's
-    /// sessions (`has_ticket`). If so, its place is held (it is resuming) until it is
-    /// attached or the resume fails.
+    /// sessions (`has_ticket`). If so, its place is held until it is attached or the resume
+    /// fails.
     fn admit_moved_session(
         &self,
         key: SessionKey,
@@ -655,7 +655,6 @@ impl ClusterHub {
         let mut st = self.lock();
         st.has_room_for(room, &self.settings)?;
         st.reserve_move(key, room);
-        st.resuming.entry(key).or_insert_with(Inbox::pending);
         Ok(())
     }
 
@@ -682,7 +681,7 @@ impl ClusterHub {
         let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;
         // A session from another node counts here from now: it must fit this node's limits
         // (else sessions moved over by resumes would escape every one of them). From here on,
-        // every way out removes its `resuming` entry and its reservation.
+        // every way out removes its reservation.
         let ticket = req.ticket.take();
         if !here {
             self.admit_moved_session(key, &room, ticket.is_some())?;
@@ -702,10 +701,7 @@ impl ClusterHub {
         };
         // Indexed first: if this node dies right after the script, the session must be found.
         let added = self.index_add(&room, key).await;
-        self.lock()
-            .resuming
-            .entry(key)
-            .or_insert_with(Inbox::pending);
+        self.lock().resuming.insert(key, Inbox::pending());
         let args = [
             sid(key),
             secret_hash(secret_hex),
