@@ -322,9 +322,14 @@ pub(crate) fn expect_chat(proc: &mut Proc, want: &str) {
 
 /// Alice joins the room at `url`, then Bob; returns once both have their chat channel open.
 pub(crate) fn chat_pair(url: &str) -> (Proc, Proc) {
-    let mut alice = join(url, "alice", false);
+    chat_pair_from(join(url, "alice", false), || join(url, "bob", false))
+}
+
+/// [`chat_pair`] with peers started otherwise: waits for `alice` (started) to join, then
+/// starts Bob with `start_bob`; returns once both have their chat channel open.
+fn chat_pair_from(mut alice: Proc, start_bob: impl FnOnce() -> Proc) -> (Proc, Proc) {
     wait_joined(&mut alice);
-    let mut bob = join(url, "bob", false);
+    let mut bob = start_bob();
     for proc in [&mut alice, &mut bob] {
         proc.wait_line(Duration::from_secs(30), reliable_channel_open);
     }
@@ -861,20 +866,9 @@ fn a_relay_refusing_loopback_peers_is_not_reported_as_an_error() {
     let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
     let url = signaling.room_url("refused");
     let (alice_err, bob_err) = (StderrFile::new(), StderrFile::new());
-    let spawn = |name: &str, stderr: &StderrFile| {
-        spawn_with_stderr(
-            "peer",
-            &["join", &url, "--name", name, "--bind", "127.0.0.1"],
-            true,
-            stderr.stdio(),
-        )
-    };
-    let mut alice = spawn("alice", &alice_err);
-    wait_joined(&mut alice);
-    let mut bob = spawn("bob", &bob_err);
-    for proc in [&mut alice, &mut bob] {
-        proc.wait_line(Duration::from_secs(30), reliable_channel_open);
-    }
+    let (mut alice, mut bob) = chat_pair_from(join_logged(&url, "alice", &alice_err), || {
+        join_logged(&url, "bob", &bob_err)
+    });
     say(&mut alice, "hi");
     expect_chat(&mut bob, "alice: hi");
     // The relay answered every permission for a loopback peer with 403 by now.
@@ -945,12 +939,7 @@ fn peers_chat_over_wss_trusting_the_ca_and_refuse_an_untrusted_certificate() {
     let url = signaling.room_url("wss-chat");
 
     let stderr = StderrFile::new();
-    let mut untrusted = spawn_with_stderr(
-        "peer",
-        &["join", &url, "--name", "z", "--bind", "127.0.0.1"],
-        true,
-        stderr.stdio(),
-    );
+    let mut untrusted = join_logged(&url, "z", &stderr);
     let status = untrusted.wait_exit(Duration::from_secs(20));
     untrusted.read_for(Duration::from_millis(200));
     let text = stderr.text();
@@ -966,12 +955,9 @@ fn peers_chat_over_wss_trusting_the_ca_and_refuse_an_untrusted_certificate() {
 
     let ca = signaling.ca_file.to_string_lossy().into_owned();
     let extra = ["--ca", ca.as_str()];
-    let mut alice = join_with(&url, "alice", false, &extra);
-    wait_joined(&mut alice);
-    let mut bob = join_with(&url, "bob", false, &extra);
-    for proc in [&mut alice, &mut bob] {
-        proc.wait_line(Duration::from_secs(30), reliable_channel_open);
-    }
+    let (mut alice, mut bob) = chat_pair_from(join_with(&url, "alice", false, &extra), || {
+        join_with(&url, "bob", false, &extra)
+    });
     say(&mut alice, "over wss");
     expect_chat(&mut bob, "alice: over wss");
     say(&mut bob, "and back");
@@ -1068,6 +1054,13 @@ fn join_logged(url: &str, name: &str, stderr: &StderrFile) -> Proc {
     )
 }
 
+/// [`chat_pair`] with Alice's stderr in `alice_err`.
+fn logged_chat_pair(url: &str, alice_err: &StderrFile) -> (Proc, Proc) {
+    chat_pair_from(join_logged(url, "alice", alice_err), || {
+        join(url, "bob", false)
+    })
+}
+
 /// Writes `bytes` to `proc`'s stdin as they are.
 fn write_stdin(proc: &mut Proc, bytes: &[u8]) {
     let stdin = proc.stdin.as_mut().expect("stdin");
@@ -1114,12 +1107,7 @@ fn a_line_that_is_not_utf8_is_sent_lossily_and_the_rest_of_stdin_still_goes() {
     let signaling = start_signaling(None, "127.0.0.1:0");
     let url = signaling.room_url("not-utf8");
     let alice_err = StderrFile::new();
-    let mut alice = join_logged(&url, "alice", &alice_err);
-    wait_joined(&mut alice);
-    let mut bob = join(&url, "bob", false);
-    for proc in [&mut alice, &mut bob] {
-        proc.wait_line(Duration::from_secs(30), reliable_channel_open);
-    }
+    let (mut alice, mut bob) = logged_chat_pair(&url, &alice_err);
     write_stdin(&mut alice, b"good1\ncaf\xc3\xa9 \xff bad\ngood2\n");
     expect_chat(&mut bob, "alice: good1");
     expect_chat(&mut bob, "alice: caf\u{e9} \u{fffd} bad");
@@ -1138,12 +1126,7 @@ fn a_line_over_the_message_limit_is_not_sent_and_the_sender_says_so() {
     let signaling = start_signaling(None, "127.0.0.1:0");
     let url = signaling.room_url("long-line");
     let alice_err = StderrFile::new();
-    let mut alice = join_logged(&url, "alice", &alice_err);
-    wait_joined(&mut alice);
-    let mut bob = join(&url, "bob", false);
-    for proc in [&mut alice, &mut bob] {
-        proc.wait_line(Duration::from_secs(30), reliable_channel_open);
-    }
+    let (mut alice, mut bob) = logged_chat_pair(&url, &alice_err);
     let largest = "x".repeat(65_536);
     let too_long = "y".repeat(65_537);
     write_stdin(
@@ -1170,12 +1153,7 @@ fn lines_typed_while_every_connection_is_down_go_to_the_next_peer() {
     let signaling = start_signaling(None, "127.0.0.1:0");
     let url = signaling.room_url("all-down");
     let alice_err = StderrFile::new();
-    let mut alice = join_logged(&url, "alice", &alice_err);
-    wait_joined(&mut alice);
-    let mut bob = join(&url, "bob", false);
-    for proc in [&mut alice, &mut bob] {
-        proc.wait_line(Duration::from_secs(30), reliable_channel_open);
-    }
+    let (mut alice, mut bob) = logged_chat_pair(&url, &alice_err);
     let joined = bob.wait_seen(Duration::from_secs(10), |l| l.starts_with("* joined"));
     let bob_id = field(&joined, "id").expect("bob's id").to_owned();
     bob.kill();
