@@ -12,7 +12,7 @@ use futures_util::SinkExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::fleet::{FleetRelay, start_fleet_relay, start_fleet_signaling};
-use crate::peer_e2e::{Proc, expect_chat, field, join, say};
+use crate::peer_e2e::{Proc, chat_both_ways, field, join};
 
 /// Bound on every step (set-up, move, restart).
 const WAIT: Duration = Duration::from_secs(30);
@@ -97,10 +97,7 @@ fn relay_only_peers_follow_their_room(failure: Failure) {
             }
         );
     }
-    say(&mut alice, "on the new relay");
-    expect_chat(&mut bob, "alice: on the new relay");
-    say(&mut bob, "heard you");
-    expect_chat(&mut alice, "bob: heard you");
+    chat_both_ways(&mut alice, &mut bob, "on the new relay", "heard you");
 }
 
 #[test]
@@ -175,10 +172,7 @@ fn peers_on_a_direct_pair_are_left_alone_when_the_relay_moves() {
         proc.wait_line(WAIT, |l| l.starts_with("* ice-servers-updated"));
     }
     // ... and changes nothing: no restart, the pair and the chat stay.
-    say(&mut alice, "still direct");
-    expect_chat(&mut bob, "alice: still direct");
-    say(&mut bob, "indeed");
-    expect_chat(&mut alice, "bob: indeed");
+    chat_both_ways(&mut alice, &mut bob, "still direct", "indeed");
     for proc in [&alice, &bob] {
         assert!(
             !proc.seen.iter().any(|l| l.starts_with("* ice-restart")),

@@ -320,6 +320,15 @@ pub(crate) fn expect_chat(proc: &mut Proc, want: &str) {
     proc.wait_line(Duration::from_secs(20), |l| l == want);
 }
 
+/// The chat works both ways: Alice says `there` and Bob reads it, then Bob says `back` and
+/// Alice reads it.
+pub(crate) fn chat_both_ways(alice: &mut Proc, bob: &mut Proc, there: &str, back: &str) {
+    say(alice, there);
+    expect_chat(bob, &format!("alice: {there}"));
+    say(bob, back);
+    expect_chat(alice, &format!("bob: {back}"));
+}
+
 /// Alice joins the room at `url`, then Bob; returns once both have their chat channel open.
 pub(crate) fn chat_pair(url: &str) -> (Proc, Proc) {
     chat_pair_from(join(url, "alice", false), || join(url, "bob", false))
@@ -702,10 +711,7 @@ fn relay_only_chat_through_stream_turn(tls: bool) {
         assert_eq!(field(&pair, "local"), Some("relay"), "{pair}");
         assert_eq!(field(&pair, "remote"), Some("relay"), "{pair}");
     }
-    say(&mut alice, "over a stream");
-    expect_chat(&mut bob, "alice: over a stream");
-    say(&mut bob, "and back");
-    expect_chat(&mut alice, "bob: and back");
+    chat_both_ways(&mut alice, &mut bob, "over a stream", "and back");
     // Both allocations rode on TCP/TLS connections (signaling offered no UDP TURN URL).
     assert!(relay_metric(relay.admin, "relay_stream_connections_accepted_total") >= 2.0);
     assert!(relay_metric(relay.admin, "relay_allocations_created_total") >= 2.0);
@@ -958,10 +964,7 @@ fn peers_chat_over_wss_trusting_the_ca_and_refuse_an_untrusted_certificate() {
     let (mut alice, mut bob) = chat_pair_from(join_with(&url, "alice", false, &extra), || {
         join_with(&url, "bob", false, &extra)
     });
-    say(&mut alice, "over wss");
-    expect_chat(&mut bob, "alice: over wss");
-    say(&mut bob, "and back");
-    expect_chat(&mut alice, "bob: and back");
+    chat_both_ways(&mut alice, &mut bob, "over wss", "and back");
 }
 
 /// A server certificate marked as a CA (what `openssl req -x509` makes by default) is refused

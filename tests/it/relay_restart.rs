@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::fleet::{relay_metric, start_loopback_relay};
 use crate::peer_e2e::{
-    expect_chat, field, join, reliable_channel_open, say, start_signaling_with, wait_joined,
+    chat_both_ways, expect_chat, field, join, reliable_channel_open, say, start_signaling_with,
+    wait_joined,
 };
 
 const TURN_SECRET: &str = "relay-restart-secret";
@@ -99,10 +100,7 @@ fn relay_only_call_recovers_after_its_relay_restarts_on_the_same_address() {
             proc.seen[mark..].join("\n")
         );
     }
-    say(&mut alice, "after the restart");
-    expect_chat(&mut bob, "alice: after the restart");
-    say(&mut bob, "heard you");
-    expect_chat(&mut alice, "bob: heard you");
+    chat_both_ways(&mut alice, &mut bob, "after the restart", "heard you");
     assert!(
         relay_metric(&relay, "relay_allocations_created_total") > 0,
         "the restarted relay created no allocation"
