@@ -810,31 +810,50 @@ fn a_refused_connection_names_its_cause_once() {
     assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
 }
 
-#[test]
-fn a_kicked_peer_stops_for_good_and_says_why() {
-    const KEY: &str = "peer-e2e-api-key";
-    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--api-key", KEY]);
-    let url = signaling.room_url("kicks");
-    let mut alice = join(&url, "alice", false);
-    wait_joined(&mut alice);
-    let mut bob = join(&url, "bob", false);
-    let joined = bob.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
-    let bob_id = field(&joined, "id").expect("bob's peer id").to_owned();
+/// The operator's API key of the signaling servers of the kick tests.
+const API_KEY: &str = "peer-e2e-api-key";
 
+/// `METHOD path` on `signaling`'s operator API with [`API_KEY`]: the status and the body.
+fn api_request(signaling: &Signaling, method: &str, path: &str) -> (u16, String) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let bearer = format!("Bearer {KEY}");
-    let kick = format!("/v1/rooms/kicks/peers/{bob_id}/kick");
     let (status, _, body) = runtime.block_on(e2e::signaling_http::http_request(
         signaling.addr,
-        "POST",
-        &kick,
-        &[("Authorization", &bearer)],
+        method,
+        path,
+        &[("Authorization", &format!("Bearer {API_KEY}"))],
         "",
     ));
+    (status, body)
+}
+
+/// Waits (10 s) for `proc`'s `* joined` notice; its peer id.
+fn joined_id(proc: &mut Proc) -> String {
+    let joined = proc.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    field(&joined, "id").expect("the peer id").to_owned()
+}
+
+/// Kicks the peer `id` out of `room` through the operator API.
+fn kick(signaling: &Signaling, room: &str, id: &str) {
+    let (status, body) = api_request(
+        signaling,
+        "POST",
+        &format!("/v1/rooms/{room}/peers/{id}/kick"),
+    );
     assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_kicked_peer_stops_for_good_and_says_why() {
+    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--api-key", API_KEY]);
+    let url = signaling.room_url("kicks");
+    let mut alice = join(&url, "alice", false);
+    wait_joined(&mut alice);
+    let mut bob = join(&url, "bob", false);
+    let bob_id = joined_id(&mut bob);
+    kick(&signaling, "kicks", &bob_id);
 
     // Bob says why and exits: no resume, no new join as another peer (the `fatal` class).
     let closed = bob.wait_line(Duration::from_secs(10), |l| {
@@ -850,13 +869,7 @@ fn a_kicked_peer_stops_for_good_and_says_why() {
     alice.wait_line(Duration::from_secs(10), |l| {
         l.starts_with("* peer-left") && field(l, "name") == Some("bob")
     });
-    let (status, _, room) = runtime.block_on(e2e::signaling_http::http_request(
-        signaling.addr,
-        "GET",
-        "/v1/rooms/kicks",
-        &[("Authorization", &bearer)],
-        "",
-    ));
+    let (status, room) = api_request(&signaling, "GET", "/v1/rooms/kicks");
     assert_eq!(status, 200, "{room}");
     let room: serde_json::Value = serde_json::from_str(&room).expect("room JSON");
     let peers = room["peers"].as_array().expect("peers");
@@ -1309,25 +1322,12 @@ fn peer_relay_only_accepts_1_from_the_environment() {
 /// second time through the SDK's log.
 #[test]
 fn a_kick_is_reported_once_on_stderr() {
-    const KEY: &str = "peer-e2e-api-key";
-    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--api-key", KEY]);
+    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--api-key", API_KEY]);
     let url = signaling.room_url("kick-once");
     let stderr = StderrFile::new();
     let mut bob = join_logged(&url, "bob", &stderr);
-    let joined = bob.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
-    let bob_id = field(&joined, "id").expect("bob's peer id").to_owned();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (status, _, body) = runtime.block_on(e2e::signaling_http::http_request(
-        signaling.addr,
-        "POST",
-        &format!("/v1/rooms/kick-once/peers/{bob_id}/kick"),
-        &[("Authorization", &format!("Bearer {KEY}"))],
-        "",
-    ));
-    assert_eq!(status, 200, "{body}");
+    let bob_id = joined_id(&mut bob);
+    kick(&signaling, "kick-once", &bob_id);
     assert_eq!(bob.wait_exit(Duration::from_secs(10)).code(), Some(1));
     let text = stderr.text();
     assert_eq!(text.matches("kicked").count(), 1, "{text}");
