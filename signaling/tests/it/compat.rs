@@ -46,6 +46,17 @@ async fn subscribe(ws: &mut Ws, topics: &[&str]) {
     assert_eq!(next(ws, STEP).await, Some(json!({"type":"pong"})));
 }
 
+/// Two y-webrtc clients of `server` (of its nodes in turn), both subscribed to `topic`.
+async fn two_subscribers(server: &Server, topic: &str) -> (Ws, Ws) {
+    let (mut a, mut b) = (
+        connect(&server.ws("/y-webrtc")).await,
+        connect(&server.ws("/y-webrtc")).await,
+    );
+    subscribe(&mut a, &[topic]).await;
+    subscribe(&mut b, &[topic]).await;
+    (a, b)
+}
+
 #[tokio::test]
 async fn y_webrtc_publishes_reach_the_other_subscribers_of_the_topic_only() {
     let server = Server::start(&[]);
@@ -103,9 +114,7 @@ async fn y_webrtc_publishes_reach_the_other_subscribers_of_the_topic_only() {
 async fn y_webrtc_bad_input_closes_that_connection_only() {
     let server = Server::start(&["--max-message-bytes", "4096"]);
     let url = || server.ws("/y-webrtc");
-    let (mut a, mut b) = (connect(&url()).await, connect(&url()).await);
-    subscribe(&mut a, &["t"]).await;
-    subscribe(&mut b, &["t"]).await;
+    let (mut a, mut b) = two_subscribers(&server, "t").await;
     for bad in [
         Message::text("{not json"),
         Message::text(r#"{"type":"dance"}"#),
@@ -138,10 +147,7 @@ async fn y_webrtc_bad_input_closes_that_connection_only() {
 #[tokio::test]
 async fn y_webrtc_big_publishes_take_a_token_per_4_kib_of_the_message_rate() {
     let server = Server::start(&["--rate-limit", "1"]);
-    let url = || server.ws("/y-webrtc");
-    let (mut a, mut b) = (connect(&url()).await, connect(&url()).await);
-    subscribe(&mut a, &["weighted"]).await;
-    subscribe(&mut b, &["weighted"]).await;
+    let (mut a, mut b) = two_subscribers(&server, "weighted").await;
     let blob = "w".repeat(60_000);
     // 2 tokens for the subscribe and the ping, then 15 a publish: the burst (200) takes 13.
     for _ in 0..14 {
@@ -168,10 +174,7 @@ async fn y_webrtc_big_publishes_take_a_token_per_4_kib_of_the_message_rate() {
 #[tokio::test]
 async fn y_webrtc_and_peerjs_frames_written_leave_nothing_in_the_memory_budget() {
     let server = Server::spawn(&[]);
-    let url = || server.ws("/y-webrtc");
-    let (mut a, mut b) = (connect(&url()).await, connect(&url()).await);
-    subscribe(&mut a, &["kept"]).await;
-    subscribe(&mut b, &["kept"]).await;
+    let (mut a, mut b) = two_subscribers(&server, "kept").await;
     let blob = "k".repeat(5_000);
     for n in 0..21 {
         send(
@@ -451,10 +454,7 @@ async fn peerjs_ids_may_be_fetched_by_a_page_of_an_allowed_origin() {
 async fn compat_deliveries_are_counted_once() {
     let server = Server::start(&[]);
     let relayed = "signaling_messages_relayed_total";
-    let url = || server.ws("/y-webrtc");
-    let (mut a, mut b) = (connect(&url()).await, connect(&url()).await);
-    subscribe(&mut a, &["counted"]).await;
-    subscribe(&mut b, &["counted"]).await;
+    let (mut a, mut b) = two_subscribers(&server, "counted").await;
     let before = server.metric(relayed).await;
     send(
         &mut a,
@@ -617,12 +617,7 @@ async fn y_webrtc_resubscribing_a_topic_leaves_no_session_behind() {
         "the topic's room"
     );
     // The topic is as good as new.
-    let (mut a, mut b) = (
-        connect(&server.ws("/y-webrtc")).await,
-        connect(&server.ws("/y-webrtc")).await,
-    );
-    subscribe(&mut a, &[topic]).await;
-    subscribe(&mut b, &[topic]).await;
+    let (mut a, mut b) = two_subscribers(&server, topic).await;
     send(
         &mut a,
         json!({"type":"publish","topic":topic,"data":{"fresh":true}}),
