@@ -253,14 +253,7 @@ async fn silent_zombies_time_out() {
     expect_peer_left(&mut a, &zombie_info.peer_id, LeaveReason::Timeout).await;
     drop(zombie);
     // A, which answers pings, is still served.
-    a.send(&ClientMessage::Ping { id: Some(5) }).await;
-    assert!(matches!(
-        a.recv_message().await,
-        ServerMessage::Pong {
-            reference: Some(5),
-            ..
-        }
-    ));
+    a.ping(5).await;
 }
 
 /// RFC 6455 section 5.5.1: the server answers a client's close frame with its own (its code,

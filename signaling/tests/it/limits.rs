@@ -89,14 +89,7 @@ async fn bad_input_is_answered_and_harms_nobody() {
     a.expect_error(ErrorCode::MessageTooLarge).await;
     assert_eq!(a.expect_close().await, Closed::Code(1009));
     // B is unaffected.
-    b.send(&ClientMessage::Ping { id: Some(8) }).await;
-    assert!(matches!(
-        b.recv_message().await,
-        ServerMessage::Pong {
-            reference: Some(8),
-            ..
-        }
-    ));
+    b.ping(8).await;
 
     // The errors are counted.
     let (_, _, metrics) = server.get("/metrics").await;
@@ -288,14 +281,7 @@ async fn rate_limit_drops_the_excess() {
     assert_eq!(server.errors(ErrorCode::RateLimited).await, 6);
     // Tokens come back at the configured rate.
     tokio::time::sleep(Duration::from_millis(450)).await;
-    a.send(&ClientMessage::Ping { id: Some(100) }).await;
-    assert!(matches!(
-        a.recv_message().await,
-        ServerMessage::Pong {
-            reference: Some(100),
-            ..
-        }
-    ));
+    a.ping(100).await;
 }
 
 #[tokio::test]

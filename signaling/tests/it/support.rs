@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use signaling::protocol::{
-    ClientMessage, ErrorCode, ResumeToken, ServerFrame, ServerMessage, SessionInfo,
+    ClientMessage, ErrorCode, RequestId, ResumeToken, ServerFrame, ServerMessage, SessionInfo,
 };
 use testkit::Spawned;
 use tokio::net::TcpStream;
@@ -451,13 +451,15 @@ impl Client {
     /// Waits until the server has handled everything this client sent before (one socket's
     /// requests are served in order: the pong comes after them). Nothing else may arrive.
     pub(crate) async fn sync(&mut self) {
-        self.send(&ClientMessage::Ping { id: Some(4242) }).await;
-        match self.recv().await.message {
-            ServerMessage::Pong {
-                reference: Some(4242),
-                ..
-            } => {}
-            other => panic!("expected pong, got {other:?}"),
+        self.ping(4242).await;
+    }
+
+    /// Sends the ping `id`; the next message must be its pong.
+    pub(crate) async fn ping(&mut self, id: RequestId) {
+        self.send(&ClientMessage::Ping { id: Some(id) }).await;
+        match self.recv_message().await {
+            ServerMessage::Pong { reference, .. } if reference == Some(id) => {}
+            other => panic!("expected the pong to ping {id}, got {other:?}"),
         }
     }
 
