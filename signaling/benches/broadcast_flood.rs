@@ -127,11 +127,27 @@ struct Counts {
     closed: AtomicU64,
 }
 
+/// A socket's writing half, shared by its reader (which acknowledges) and its sender.
+type SharedSink = Arc<Mutex<futures_util::stream::SplitSink<common::Ws, Message>>>;
+
+/// Splits `ws` and spawns [`read`] on its reading half; returns the writing half.
+fn spawn_reader(
+    ws: common::Ws,
+    epoch: Instant,
+    counts: Arc<Counts>,
+    latency: Option<Latencies>,
+) -> SharedSink {
+    let (sink, stream) = ws.split();
+    let sink = Arc::new(Mutex::new(sink));
+    tokio::spawn(read(stream, Arc::clone(&sink), epoch, counts, latency));
+    sink
+}
+
 /// Reads a socket until it ends: acknowledges every 32 frames, counts broadcasts delivered and
 /// `rate_limited` refusals, and hands each signal's send time and latency to `latency`.
 async fn read(
     mut stream: futures_util::stream::SplitStream<common::Ws>,
-    sink: Arc<Mutex<futures_util::stream::SplitSink<common::Ws, Message>>>,
+    sink: SharedSink,
     epoch: Instant,
     counts: Arc<Counts>,
     latency: Option<Latencies>,
@@ -237,23 +253,13 @@ async fn main() {
         common::join(&format!("{}/ws/probe", nodes[1 % args.nodes].url))
             .await
             .expect("probe receiver joins");
-    let (rx_sink, rx_stream) = probe_rx.split();
-    tokio::spawn(read(
-        rx_stream,
-        Arc::new(Mutex::new(rx_sink)),
+    spawn_reader(
+        probe_rx,
         epoch,
         Arc::clone(&counts),
         Some(Arc::clone(&latency)),
-    ));
-    let (tx_sink, tx_stream) = probe_tx.split();
-    let tx_sink = Arc::new(Mutex::new(tx_sink));
-    tokio::spawn(read(
-        tx_stream,
-        Arc::clone(&tx_sink),
-        epoch,
-        Arc::new(Counts::default()),
-        None,
-    ));
+    );
+    let tx_sink = spawn_reader(probe_tx, epoch, Arc::new(Counts::default()), None);
     let probe_to = probe_rx_info.peer_id;
     let flood_ends = args.baseline + args.duration;
     tokio::spawn(async move {
@@ -277,15 +283,7 @@ async fn main() {
     for i in 0..args.room_size {
         let url = format!("{}/ws/flood", nodes[i % args.nodes].url);
         let (ws, _) = common::join(&url).await.expect("flood peer joins");
-        let (sink, stream) = ws.split();
-        let sink = Arc::new(Mutex::new(sink));
-        tokio::spawn(read(
-            stream,
-            Arc::clone(&sink),
-            epoch,
-            Arc::clone(&counts),
-            None,
-        ));
+        let sink = spawn_reader(ws, epoch, Arc::clone(&counts), None);
         if i < args.senders {
             let (counts, blob, rate) = (Arc::clone(&counts), blob.clone(), args.rate);
             let start = args.baseline;
