@@ -887,6 +887,13 @@ test('cseq: what a dead link swallowed is sent again after the resume and arrive
   }
 });
 
+/** A signaling server, tracked by `t`, handing out credentials for our relay on loopback `port` (UDP) signed with `secret`; `args`: more flags. */
+async function startTurnSignaling(t, port, secret, name = 'signaling-turn', args = []) {
+  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret, ...args], name);
+  t.track(sig.proc);
+  return sig;
+}
+
 /** Starts our relay on a free loopback port with a fresh REST secret; resolves with { port, secret }. */
 async function startRelay(t, { port: fixedPort, secret: fixedSecret, admin = false } = {}) {
   const relayBin = requireBin('RELAY_BIN', 'relay');
@@ -910,8 +917,7 @@ async function startRelay(t, { port: fixedPort, secret: fixedSecret, admin = fal
 test('relay only: through our TURN relay the selected pair is relay/relay and chat works', async (t) => {
   const { port, secret } = await startRelay(t);
   // Short-lived credentials: the server pushes fresh ones (at 80% of the TTL) during the test.
-  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret, '--turn-ttl', '6s'], 'signaling-turn');
-  t.track(sig.proc);
+  const sig = await startTurnSignaling(t, port, secret, 'signaling-turn', ['--turn-ttl', '6s']);
   const a = await t.open('Alice', { server: sig, query: 'relay=1' });
   await a.joined();
   const b = await t.open('Bob', { server: sig, query: 'relay=1' });
@@ -1041,8 +1047,7 @@ test('admin API: a kicked page stops (no resume, no rejoin) and says so; closing
 
 test('relay switch: "Relay only" turned on mid-call moves the call onto the relay, and off again, from either side', async (t) => {
   const { port, secret, metric } = await startRelay(t, { admin: true });
-  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret], 'signaling-turn');
-  t.track(sig.proc);
+  const sig = await startTurnSignaling(t, port, secret);
   const a = await t.open('Alice', { server: sig });
   await a.joined();
   const b = await t.open('Bob', { server: sig });
@@ -1083,8 +1088,7 @@ test('relay switch: "Relay only" turned on mid-call moves the call onto the rela
 
 test('ICE restart: the relay dies mid-call (relay-only), comes back, and the call recovers', async (t) => {
   const first = await startRelay(t);
-  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${first.port}?transport=udp`, '--turn-secret', first.secret], 'signaling-turn');
-  t.track(sig.proc);
+  const sig = await startTurnSignaling(t, first.port, first.secret);
   const a = await t.open('Alice', { server: sig, query: 'relay=1' });
   await a.joined();
   const b = await t.open('Bob', { server: sig, query: 'relay=1' });
@@ -1103,8 +1107,7 @@ test('ICE restart: the relay dies mid-call (relay-only), comes back, and the cal
 
 test('peer unreachable: relay-only with a dead TURN server shows the peer as unreachable', async (t) => {
   const deadPort = await freePort();
-  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${deadPort}?transport=udp`, '--turn-secret', 'unused-secret'], 'signaling-deadturn');
-  t.track(sig.proc);
+  const sig = await startTurnSignaling(t, deadPort, 'unused-secret', 'signaling-deadturn');
   const a = await t.open('Alice', { server: sig, query: 'relay=1&unreachable_ms=4000' });
   await a.joined();
   const b = await t.open('Bob', { server: sig, query: 'relay=1&unreachable_ms=4000' });
@@ -1123,8 +1126,7 @@ test('peer unreachable: relay-only with a dead TURN server shows the peer as unr
 
 test('TURN refused: relay-only with a relay that does not share the TURN secret says so in the chat', async (t) => {
   const { port } = await startRelay(t);
-  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', 'not-the-relays-secret'], 'signaling-wrongsecret');
-  t.track(sig.proc);
+  const sig = await startTurnSignaling(t, port, 'not-the-relays-secret', 'signaling-wrongsecret');
   const a = await t.open('Alice', { server: sig, query: 'relay=1' });
   await a.joined();
   const b = await t.open('Bob', { server: sig, query: 'relay=1' });
@@ -1207,8 +1209,7 @@ async function interop(t, { cliFirst = false, relay = false } = {}) {
   let query = '';
   if (relay) {
     const r = await startRelay(t);
-    server = await startSignaling(['--turn-url', `turn:127.0.0.1:${r.port}?transport=udp`, '--turn-secret', r.secret], 'signaling-turn');
-    t.track(server.proc);
+    server = await startTurnSignaling(t, r.port, r.secret);
     cliArgs.push('--relay-only');
     query = 'relay=1';
   }
