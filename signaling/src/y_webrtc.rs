@@ -385,10 +385,10 @@ impl YConnection {
         match flow {
             Flow::Continue => Ok(()),
             Flow::Retry => Err(Some((1013, "unavailable"))),
-            Flow::Left | Flow::Gone => {
-                self.topics.remove(topic);
-                Ok(())
-            }
+            // The hub ended the session (slow consumer, budget) and its close waits behind the
+            // frames still queued for it: close now, as that close would (dropping the topic
+            // instead would leave the client subscribed to nothing without knowing it).
+            Flow::Left | Flow::Gone => Err(Some((close::POLICY, "session ended"))),
         }
     }
 

@@ -209,6 +209,45 @@ async fn y_webrtc_and_peerjs_frames_written_leave_nothing_in_the_memory_budget()
     metric_becomes(&server, "signaling_memory_budget_used_bytes", 0).await;
 }
 
+/// A subscription the server ends (its client reads too slowly) closes the socket, so that
+/// y-webrtc reconnects and subscribes again, even when the client publishes to the topic while
+/// the end waits in its queue (that publish finds the subscription gone: it used to drop the
+/// topic and leave the socket open, subscribed to nothing, every later publish lost).
+#[tokio::test]
+async fn y_webrtc_a_subscription_ended_as_slow_consumer_closes_the_socket() {
+    let server = Server::start(&[
+        "--outbound-queue",
+        "8",
+        "--rate-limit",
+        "10000",
+        "--rate-burst",
+        "10000",
+    ]);
+    let (mut a, mut b) = two_subscribers(&server, "slow").await;
+    // A stops reading; B publishes more than A's socket buffers and its queue hold.
+    let blob = "s".repeat(60_000);
+    for _ in 0..300 {
+        send(&mut b, json!({"type":"publish","topic":"slow","data":blob})).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while server.errors(ErrorCode::SlowConsumer).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A never fell behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A publishes while the end of its subscription waits behind the frames queued for it.
+    for n in 0..5 {
+        send(&mut a, json!({"type":"publish","topic":"slow","data":n})).await;
+    }
+    // A reads again: after what was queued, its socket closes.
+    assert_eq!(
+        close_frame(&mut a, Duration::from_secs(20)).await,
+        Some((1008, "session ended".to_owned()))
+    );
+}
+
 /// A PeerJS client socket (as PeerJS opens it with `path: '/peerjs'`, key `key`).
 async fn peerjs(server: &Server, key: &str, id: &str, token: &str) -> Ws {
     connect(&server.ws(&format!(
