@@ -150,6 +150,10 @@ pub(crate) mod server {
     use crate::turn_credentials::IceServerMinter;
     use crate::web::WebAssets;
 
+    /// The bytes of `--outbound-queue-bytes` a y-webrtc subscription's queue gives one frame
+    /// ([`AppState::topic_queue`]): 4,096 frames by default.
+    pub(crate) const TOPIC_QUEUE_BYTES_PER_FRAME: usize = 256;
+
     /// Everything the handlers share.
     pub struct AppState {
         /// The configuration as started. The settings SIGHUP reloads
@@ -409,6 +413,21 @@ pub(crate) mod server {
         pub fn outbound_queue(&self) -> (crate::outbound::OutboundTx, crate::outbound::OutboundRx) {
             crate::outbound::queue(
                 self.config.outbound_queue,
+                self.config.outbound_queue_bytes,
+                &self.memory,
+            )
+        }
+
+        /// A y-webrtc subscription's outbound queue: bounded in bytes as any other, in frames
+        /// only as the bytes are (one per [`TOPIC_QUEUE_BYTES_PER_FRAME`], at least
+        /// `--outbound-queue`). y-webrtc sends every signal to the whole topic, so a topic of
+        /// N subscribers sends each about 8 (N - 1)^2 small frames as it forms (2,900 for 20):
+        /// `--outbound-queue` frames would end honest readers as slow consumers.
+        pub fn topic_queue(&self) -> (crate::outbound::OutboundTx, crate::outbound::OutboundRx) {
+            crate::outbound::queue(
+                self.config
+                    .outbound_queue
+                    .max(self.config.outbound_queue_bytes / TOPIC_QUEUE_BYTES_PER_FRAME),
                 self.config.outbound_queue_bytes,
                 &self.memory,
             )

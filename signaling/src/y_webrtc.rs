@@ -306,7 +306,7 @@ impl YConnection {
             self.app.metrics.error(ErrorCode::TooManySessions);
             return Err(Some((close::POLICY, "too many sessions from this address")));
         };
-        let (tx, rx) = self.app.outbound_queue();
+        let (tx, rx) = self.app.topic_queue();
         let joined = self
             .app
             .hub

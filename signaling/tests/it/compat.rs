@@ -248,6 +248,41 @@ async fn y_webrtc_a_subscription_ended_as_slow_consumer_closes_the_socket() {
     );
 }
 
+/// A y-webrtc subscription's queue is bounded by `--outbound-queue-bytes` (at
+/// `--outbound-queue-bytes` / 256 frames), not by `--outbound-queue` frames: every signal of a
+/// y-webrtc room goes to the whole topic, so honest subscribers fall thousands of small
+/// frames behind while a room forms.
+#[tokio::test]
+async fn y_webrtc_queues_are_bounded_by_bytes_not_by_outbound_queue_frames() {
+    let server = Server::start(&[
+        "--outbound-queue",
+        "8",
+        "--outbound-queue-bytes",
+        "67108864",
+        "--rate-limit",
+        "10000",
+        "--rate-burst",
+        "10000",
+    ]);
+    let (mut a, mut b) = two_subscribers(&server, "behind").await;
+    // A does not read while B publishes far more than the socket buffers hold: the rest waits
+    // in A's queue, 18 MB in some hundreds of frames.
+    let blob = "b".repeat(60_000);
+    for n in 0..300 {
+        send(
+            &mut b,
+            json!({"type":"publish","topic":"behind","data":[n, blob]}),
+        )
+        .await;
+    }
+    send(&mut b, json!({"type":"ping"})).await;
+    assert_eq!(next(&mut b, STEP).await, Some(json!({"type":"pong"})));
+    for n in 0..300 {
+        assert_eq!(next(&mut a, STEP).await.expect("a publish")["data"][0], n);
+    }
+    assert_eq!(server.errors(ErrorCode::SlowConsumer).await, 0);
+}
+
 /// A PeerJS client socket (as PeerJS opens it with `path: '/peerjs'`, key `key`).
 async fn peerjs(server: &Server, key: &str, id: &str, token: &str) -> Ws {
     connect(&server.ws(&format!(
