@@ -20,7 +20,7 @@ pub struct LinkReport {
 
 /// A session's reports, at most one per other peer and at most `capacity` in all (the room's
 /// peer limit): a report about a new peer past that replaces the oldest.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PeerLinks {
     links: Vec<LinkReport>,
     /// Whether any report of this session had a selected pair (time to ICE connected is

@@ -10,7 +10,7 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt as _;
 
 use super::inbox::{Offer, frame_seq};
-use super::{ClusterHub, Guard, channel};
+use super::{ClusterHub, Guard, StatsSource, channel};
 use crate::hub::{ConnId, SessionKey, encode};
 use crate::metrics::Outage;
 use crate::outbox::Frame;
@@ -104,7 +104,10 @@ impl ClusterHub {
                 return;
             };
             let hub = Arc::clone(self);
-            tokio::spawn(async move { hub.record_stats(key, &room, report, false).await });
+            tokio::spawn(async move {
+                hub.record_stats(key, &room, report, StatsSource::Forwarded)
+                    .await;
+            });
             return;
         }
         if let Some(moved) = text.strip_prefix("!moved ") {

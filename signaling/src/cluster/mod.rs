@@ -1018,7 +1018,8 @@ impl ClusterHub {
             }
             ClientMessage::Stats { id, report } => match report.check() {
                 Ok(()) => {
-                    self.record_stats(key, &room, report, true).await;
+                    self.record_stats(key, &room, report, StatsSource::Client(id))
+                        .await;
                     return Flow::Continue;
                 }
                 Err(message) => {
@@ -1273,51 +1274,84 @@ impl ClusterHub {
 
     /// Keeps a checked `stats` report of session `key` when it is attached here; otherwise
     /// (an HTTP `send` that reached another node than the session's stream) it is sent on to
-    /// the node holding the session, when `forward` (a forwarded report is not sent on
-    /// again, and a parked session's is dropped). Whether the peer it is about is in the room
-    /// is not checked in a cluster (that would cost a Redis call). The session's links are
-    /// also written to its Redis hash, for the admin views of the other nodes.
+    /// the node holding the session, when it came from the client (a forwarded report is not
+    /// sent on again, and a parked session's is dropped). The script that keeps or sends it
+    /// on checks that the peer it is about is another peer of the room: a report about
+    /// anyone else is dropped and, when it came from the client, answered with
+    /// `unknown_peer` in the same step. The session's links are also written to its Redis
+    /// hash, for the admin views of the other nodes.
     async fn record_stats(
         &self,
         key: SessionKey,
         room: &RoomId,
         report: ConnectionStats,
-        forward: bool,
+        source: StatsSource,
     ) {
-        if !self.lock().attached.contains_key(&key) {
-            if forward {
+        let answer = match source {
+            StatsSource::Client(reference) => to_json(&ServerMessage::Error {
+                code: ErrorCode::UnknownPeer,
+                message: format!("no peer {} in your room to report on", report.peer),
+                reference,
+            }),
+            StatsSource::Forwarded => String::new(),
+        };
+        let now = Instant::now();
+        let capacity = self.settings.max_peers_per_room;
+        // The links as they will be with this report (kept once the script agrees).
+        let links = {
+            let st = self.lock();
+            st.attached.get(&key).map(|session| {
+                let mut links = session.links.clone();
+                links.record(report.clone(), now, capacity);
+                let views: Vec<LinkView> = links.links().iter().map(|l| l.view(now)).collect();
+                serde_json::to_string(&views).unwrap_or_default()
+            })
+        };
+        let Some(links) = links else {
+            if let StatsSource::Client(_) = source {
                 let json = serde_json::to_string(&report).unwrap_or_default();
-                let args = [sid(key), json, self.cluster.node_id.clone()];
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                if let Err(e) = self.store.call(Op::ForwardStats, room, &args).await {
-                    tracing::debug!(error = %e, "could not forward a stats report");
+                let args = [
+                    &sid(key),
+                    &json,
+                    &self.cluster.node_id,
+                    report.peer.as_str(),
+                    &answer,
+                ];
+                match self.store.call(Op::ForwardStats, room, &args).await {
+                    Ok(reply) => self.stats_refused(room, &reply).await,
+                    Err(e) => tracing::debug!(error = %e, "could not forward a stats report"),
                 }
             }
             return;
-        }
-        let now = Instant::now();
-        let capacity = self.settings.max_peers_per_room;
-        let links = {
-            let mut st = self.lock();
-            let Some(session) = st.attached.get_mut(&key) else {
+        };
+        let now_ms = unix_ms(SystemTime::now()).to_string();
+        let args = [&sid(key), &links, &now_ms, report.peer.as_str(), &answer];
+        match self.store.call(Op::Report, room, &args).await {
+            Ok(reply) if reply.status == "unknown_peer" => {
+                self.stats_refused(room, &reply).await;
                 return;
-            };
+            }
+            Ok(_) => {}
+            // Unchecked, kept here: only the other nodes' admin views miss it, not an outage
+            // of its own.
+            Err(e) => tracing::debug!(error = %e, "could not store a stats report"),
+        }
+        let mut st = self.lock();
+        if let Some(session) = st.attached.get_mut(&key) {
             let recorded = session.links.record(report, now, capacity);
             self.metrics.stats_report(
                 &recorded,
                 now.saturating_duration_since(session.attached_at),
             );
-            let views: Vec<LinkView> = session.links.links().iter().map(|l| l.view(now)).collect();
-            serde_json::to_string(&views).unwrap_or_default()
-        };
-        let now_ms = unix_ms(SystemTime::now()).to_string();
-        if let Err(e) = self
-            .store
-            .call(Op::Report, room, &[&sid(key), &links, &now_ms])
-            .await
-        {
-            // Only the other nodes' admin views miss it: not an outage of its own.
-            tracing::debug!(error = %e, "could not store a stats report");
+        }
+    }
+
+    /// Counts a `stats` report refused as `unknown_peer` (answered by the script, if it
+    /// came from the client).
+    async fn stats_refused(&self, room: &RoomId, reply: &Reply) {
+        if reply.status == "unknown_peer" {
+            self.metrics.error(ErrorCode::UnknownPeer);
+            self.end_overflowed(room, reply).await;
         }
     }
 
@@ -1619,6 +1653,15 @@ impl Member {
             links,
         }
     }
+}
+
+/// Where a `stats` report reached [`ClusterHub::record_stats`] from.
+#[derive(Debug, Clone, Copy)]
+enum StatsSource {
+    /// The session's own request (its id, for the `ref` of an `unknown_peer` answer).
+    Client(Option<RequestId>),
+    /// Sent on by the node that received it: kept or dropped, never answered or sent on.
+    Forwarded,
 }
 
 /// Which state a session must be in for `end` to end it.

@@ -166,3 +166,16 @@ local function end_session(sid, left, code, grace)
   emit_all(body, nil)
   return st
 end
+
+-- Whether `peer` is a member of the room other than session `sid`.
+local function other_peer(sid, peer)
+  local target = redis.call('HGET', PEERS, peer)
+  return target and target ~= sid
+end
+
+-- A `stats` report of `sid` about no other peer of the room: `answer` (unless '') goes to the
+-- session; the reply is the script's 'unknown_peer'.
+local function refuse_stats(sid, answer)
+  if answer ~= '' then emit(sid, answer) end
+  return {'unknown_peer', table.concat(over, ' ')}
+end

@@ -276,23 +276,29 @@ end
 return out
 "#,
             ),
-            // ARGV: sid links-json now-ms. Keeps the session's latest `stats` links for the
-            // admin views of every node.
+            // ARGV: sid links-json now-ms peer answer. Keeps the session's latest `stats` links
+            // for the admin views of every node, when the report's `peer` is another peer of
+            // the room; else 'unknown_peer': nothing kept, and `answer` (unless '') went to
+            // the session in the same step.
             report: script(
                 r#"
 local s = skey(ARGV[4])
 if redis.call('EXISTS', s) == 0 then return {'gone', ''} end
+if not other_peer(ARGV[4], ARGV[7]) then return refuse_stats(ARGV[4], ARGV[8]) end
 redis.call('HSET', s, 'links', ARGV[5], 'lat', ARGV[6])
 return {'ok', ''}
 "#,
             ),
-            // ARGV: sid report-json this-node. A `stats` report that reached a node other than
-            // the one holding the session's socket or stream goes to that node
-            // (`!stats SID JSON`); a parked session's is dropped (`parked`).
+            // ARGV: sid report-json this-node peer answer. A `stats` report that reached a node
+            // other than the one holding the session's socket or stream goes to that node
+            // (`!stats SID JSON`); a parked session's is dropped ('parked'), one about a
+            // `peer` that is not another peer of the room too, `answer` going to the session
+            // in the same step ('unknown_peer').
             forward_stats: script(
                 r#"
 local st = redis.call('HMGET', skey(ARGV[4]), 'node', 'state')
 if st[2] ~= 'a' or st[1] == ARGV[6] then return {'parked', ''} end
+if not other_peer(ARGV[4], ARGV[7]) then return refuse_stats(ARGV[4], ARGV[8]) end
 redis.call('PUBLISH', 'sig:ch:' .. st[1], '!stats ' .. ARGV[4] .. ' ' .. ARGV[5])
 return {'ok', ''}
 "#,

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::basic::{candidate, expect_signal, signal};
-use crate::support::{Client, STEP, Server, cluster_nodes, http_get};
+use crate::support::{Client, STEP, Server, http_get};
 
 /// The admin listener's address, from the `admin http://...` line the process printed.
 pub(crate) fn admin_addr(server: &mut Server) -> SocketAddr {
@@ -151,12 +151,10 @@ async fn stats_reports_are_checked_rate_limited_and_shown_live_on_the_admin_page
         a.send_raw(Message::Text(bad.into())).await;
         a.expect_error(ErrorCode::InvalidMessage).await;
     }
-    if cluster_nodes() <= 1 {
-        // A report about a peer outside the room (or about oneself).
-        for peer in [PeerId::from("000000000000"), a_info.peer_id.clone()] {
-            a.send(&stats(relayed_report(&peer))).await;
-            a.expect_error(ErrorCode::UnknownPeer).await;
-        }
+    // A report about a peer outside the room (or about oneself).
+    for peer in [PeerId::from("000000000000"), a_info.peer_id.clone()] {
+        a.send(&stats(relayed_report(&peer))).await;
+        a.expect_error(ErrorCode::UnknownPeer).await;
     }
 
     // A signal, for the relay-latency histogram.

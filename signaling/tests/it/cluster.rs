@@ -644,6 +644,24 @@ async fn a_stats_report_sent_through_another_node_reaches_the_node_of_the_stream
     assert_eq!(link["peer"], a_info.peer_id.as_str(), "{live}");
     assert_eq!(link["path"], "relayed");
     assert_eq!(live["traffic"]["peers_relayed"], 1, "counted here: {live}");
+
+    // A report about no peer of the room, through either node, is answered on the stream.
+    for node in [&other, &home] {
+        let report = stats(relayed_report(&PeerId::from("000000000000")));
+        let reply = http_client::send(node.addr, &session, &[report]).await;
+        assert_eq!(reply.status, 204, "{}", reply.body);
+        match stream.next_within(Duration::from_secs(5)).await {
+            Some(Event::Frame { frame, .. }) => match frame.message {
+                ServerMessage::Error {
+                    code: ErrorCode::UnknownPeer,
+                    reference: Some(7),
+                    ..
+                } => {}
+                other => panic!("expected unknown_peer, got {other:?}"),
+            },
+            other => panic!("expected the error event, got {other:?}"),
+        }
+    }
 }
 
 /// A client that gives up on its `POST /http` open while Redis is slow (its connection closed
