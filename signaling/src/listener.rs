@@ -428,7 +428,19 @@ where
                 axum::body::Body::new(DeadlineBody::new(body, body_time, unread))
             }
         });
-        router.clone().oneshot(request)
+        let (router, slot) = (router.clone(), slot.clone());
+        async move {
+            let mut response = router.oneshot(request).await?;
+            // Answered before its body was read to the end (a 413 on its `Content-Length`, a
+            // refusal): the connection cannot carry another request, and says so.
+            if slot.body_unread.load(Ordering::Acquire) {
+                response.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

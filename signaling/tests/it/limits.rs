@@ -667,6 +667,13 @@ async fn slow_request_bodies_are_cut_off_and_oversize_lengths_refused_at_once() 
         .unwrap();
     let refused = answer(&mut huge, Duration::from_secs(3)).await;
     assert!(refused.starts_with("HTTP/1.1 413"), "{refused}");
+    // The connection closes after it (the body was not read), and the answer says so.
+    assert!(
+        refused
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{refused}"
+    );
     assert!(
         started.elapsed() < Duration::from_millis(900),
         "not refused at once"
