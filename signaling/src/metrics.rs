@@ -83,6 +83,7 @@ struct ClusterMetrics {
     store_errors: Counter,
     nodes: Gauge,
     sessions_adopted: Counter,
+    sessions_vanished: Counter,
 }
 
 impl ClusterMetrics {
@@ -93,6 +94,7 @@ impl ClusterMetrics {
             store_errors: Counter::default(),
             nodes: Gauge::default(),
             sessions_adopted: Counter::default(),
+            sessions_vanished: Counter::default(),
         };
         registry.register(
             "cluster_available",
@@ -123,6 +125,12 @@ impl ClusterMetrics {
             "cluster_sessions_adopted",
             "Sessions of dead nodes this node adopted (parked for their clients to resume)",
             metrics.sessions_adopted.clone(),
+        );
+        registry.register(
+            "cluster_sessions_vanished",
+            "Sessions attached here found missing from Redis (their keys expired, or ended \
+             unheard): their sockets were closed",
+            metrics.sessions_vanished.clone(),
         );
         metrics
     }
@@ -460,6 +468,13 @@ impl Metrics {
         if let Some(cluster) = &self.cluster {
             let reason = why.as_str();
             cluster.outages.get_or_create(&ReasonLabel { reason }).inc();
+        }
+    }
+
+    /// Cluster mode: counts a session attached here found missing from Redis.
+    pub fn cluster_session_vanished(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.sessions_vanished.inc();
         }
     }
 

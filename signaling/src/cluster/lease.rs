@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt as _;
 
 use super::store::Op;
-use super::{ClusterHub, ParkedHere, node_sessions_key, unix_ms};
+use super::{ClusterHub, ParkedHere, node_sessions_key, sid, unix_ms};
+use crate::hub::SessionKey;
 use crate::metrics::Outage;
 use crate::protocol::{LeaveReason, RoomId};
 
@@ -217,9 +218,27 @@ impl ClusterHub {
     pub(super) async fn touch_rooms(&self) {
         let rooms: Vec<RoomId> = self.lock().rooms.keys().cloned().collect();
         for room in rooms {
-            if let Err(e) = self.store.call(Op::Touch, &room, &[]).await {
-                self.store_failed("touch", &e);
-                return;
+            // The sessions attached here before the call must be among the room's.
+            let attached: Vec<SessionKey> = {
+                let st = self.lock();
+                st.attached
+                    .iter()
+                    .filter(|(_, s)| s.room == room)
+                    .map(|(k, _)| *k)
+                    .collect()
+            };
+            match self.store.call(Op::Touch, &room, &[]).await {
+                Ok(reply) => {
+                    for key in attached {
+                        if !reply.rest.contains(&sid(key)) {
+                            self.session_vanished(key);
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.store_failed("touch", &e);
+                    return;
+                }
             }
         }
     }

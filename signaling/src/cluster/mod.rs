@@ -35,14 +35,14 @@ use crate::api::{PeerEntry, RoomView, Transport};
 use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
 use crate::hub::{
-    Attached, ConnId, Flow, HubSettings, JoinRequest, OutboundTx, ResumeRequest, SessionKey,
+    Attached, ConnId, Flow, HubSettings, JoinRequest, OutboundTx, ResumeRequest, SessionKey, encode,
 };
 use crate::metrics::{Metrics, Outage};
 use crate::outbox::{Frame, to_json};
 use crate::peer_stats::{LinkView, PeerLinks};
 use crate::protocol::{
     ClientMessage, ConnectionStats, ErrorCode, LeaveReason, PeerId, PeerInfo, RequestId,
-    ResumeToken, RoomId, ServerMessage, SessionInfo, close_code,
+    ResumeToken, RoomId, ServerFrame, ServerMessage, SessionInfo, close_code,
 };
 use crate::resume::ResumeSecret;
 use crate::turn_credentials::IceServerMinter;
@@ -957,11 +957,11 @@ impl ClusterHub {
                         self.metrics.error(ErrorCode::UnknownPeer);
                         Ok(reply)
                     }
-                    Ok(reply) => {
+                    Ok(reply) if reply.status == "ok" => {
                         self.metrics.messages_relayed.inc();
                         Ok(reply)
                     }
-                    Err(e) => Err(e),
+                    other => other,
                 }
             }
             ClientMessage::Broadcast {
@@ -1043,6 +1043,11 @@ impl ClusterHub {
             }
         };
         match result {
+            Ok(reply) if reply.status == "gone" => {
+                // Its socket task writes the error and closes, as for any session ended.
+                self.session_vanished(key);
+                Flow::Continue
+            }
             Ok(reply) => {
                 self.end_overflowed(&room, &reply).await;
                 Flow::Continue
@@ -1052,6 +1057,35 @@ impl ClusterHub {
                 Flow::Retry
             }
         }
+    }
+
+    /// Session `key`, attached here, is not in Redis any more (its keys expired, or it was
+    /// ended without this node hearing of it): its socket or stream is told `resume_failed`
+    /// (seq 0: its session is unknown now), closed (1008) and forgotten here, so that its
+    /// client joins afresh instead of talking to a room that no longer has it.
+    pub(super) fn session_vanished(&self, key: SessionKey) {
+        let mut st = self.lock();
+        if let Some(session) = st.detach(key) {
+            tracing::warn!(
+                peer = %session.peer,
+                room = %session.room,
+                "the session is gone from redis: closing its socket"
+            );
+            self.metrics.cluster_session_vanished();
+            self.metrics.error(ErrorCode::ResumeFailed);
+            let frame = encode(&ServerFrame {
+                seq: 0,
+                message: ServerMessage::Error {
+                    code: ErrorCode::ResumeFailed,
+                    message: "the session is gone from the server's shared store (it expired \
+                              during an outage): join again"
+                        .into(),
+                    reference: None,
+                },
+            });
+            session.tx.close(Some(frame), close_code::POLICY);
+        }
+        self.update_gauges(&st);
     }
 
     /// Sends an error to an attached session (for errors found before the hub, e.g. parsing),

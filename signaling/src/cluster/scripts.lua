@@ -20,6 +20,13 @@ local PEERS = P .. 'p'
 local function skey(sid) return P .. 's:' .. sid end
 local function lkey(sid) return P .. 'l:' .. sid end
 local function touch(k) redis.call('PEXPIRE', k, TTL) end
+-- Refreshes the TTL of every key of the room; returns its sessions.
+local function touch_room()
+  touch(M) touch(PEERS)
+  local members = redis.call('LRANGE', M, 0, -1)
+  for _, sid in ipairs(members) do touch(skey(sid)) touch(lkey(sid)) end
+  return members
+end
 -- Sessions whose outbox overflowed while parked: the caller ends them (replay_overflow).
 local over = {}
 -- The placeholders of templates that a script fills in: `replayed` and `received` (u64::MAX

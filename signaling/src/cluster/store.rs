@@ -125,6 +125,9 @@ if ARGV[10] ~= '' then
   body = plain_replace(body, RECEIVED, '"received":' .. received(sid))
   emit(sid, body)
 end
+-- The room lives on: its keys' TTL may be nearly spent (after a Redis outage no node could
+-- renew it, and this node renews its rooms only every quarter TTL).
+touch_room()
 local out = {'ok', table.concat(over, ' '), st[4], st[5], st[6], ice}
 for _, f in ipairs(replay) do out[#out + 1] = f end
 return out
@@ -133,10 +136,11 @@ return out
             // ARGV: from-sid to-peer body cseq ('' when unnumbered) error. 'unknown_peer':
             // nothing was sent, and `error` went to the sender in the same step (a node lost
             // after the check cannot drop the answer); 'dup': the session handled `cseq`
-            // already, nothing was sent.
+            // already, nothing was sent; 'gone': the sender's session is not in Redis (any
+            // more), nothing was sent. Broadcast and ack answer 'gone' alike.
             signal: script(
                 r#"
-if redis.call('EXISTS', skey(ARGV[4])) == 0 then return {'unknown_peer', ''} end
+if redis.call('EXISTS', skey(ARGV[4])) == 0 then return {'gone', ''} end
 if not first_sight(ARGV[4], ARGV[7]) then return {'dup', ''} end
 local target = redis.call('HGET', PEERS, ARGV[5])
 if target and target ~= ARGV[4] then
@@ -150,7 +154,7 @@ return {'unknown_peer', table.concat(over, ' ')}
             // ARGV: from-sid ('' for the backend) body cseq ('' when unnumbered)
             broadcast: script(
                 r#"
-if ARGV[4] ~= '' and redis.call('EXISTS', skey(ARGV[4])) == 0 then return {'ok', '', '0'} end
+if ARGV[4] ~= '' and redis.call('EXISTS', skey(ARGV[4])) == 0 then return {'gone', '', '0'} end
 if ARGV[4] ~= '' and not first_sight(ARGV[4], ARGV[6]) then return {'dup', '', '0'} end
 local n = emit_all(ARGV[5], ARGV[4])
 return {'ok', table.concat(over, ' '), tostring(n)}
@@ -175,6 +179,7 @@ return {seq and 'ok' or 'gone', table.concat(over, ' '), tostring(seq or 0)}
             // ARGV: sid seq
             ack: script(
                 r#"
+if redis.call('EXISTS', skey(ARGV[4])) == 0 then return {'gone', ''} end
 ack(ARGV[4], tonumber(ARGV[5]))
 return {'ok', ''}
 "#,
@@ -186,6 +191,7 @@ local s = skey(ARGV[4])
 local st = redis.call('HMGET', s, 'node', 'conn', 'state')
 if st[1] ~= ARGV[5] or st[2] ~= ARGV[6] or st[3] ~= 'a' then return {'no', ''} end
 redis.call('HSET', s, 'state', 'p', 'exp', ARGV[7], 'reason', ARGV[8])
+touch_room()
 return {'ok', ''}
 "#,
             ),
@@ -227,12 +233,13 @@ if redis.call('LLEN', M) == 0 then redis.call('DEL', M, PEERS) end
 return {'ok', table.concat(over, ' '), gone[3], gone[4], gone[5]}
 "#,
             ),
-            // Refreshes the TTL of every key of the room.
+            // Refreshes the TTL of every key of the room. Returns the room's sessions (a node
+            // closes the sockets of its sessions that are no longer there).
             touch: script(
                 r#"
-touch(M) touch(PEERS)
-for _, sid in ipairs(redis.call('LRANGE', M, 0, -1)) do touch(skey(sid)) touch(lkey(sid)) end
-return {'ok', ''}
+local out = {'ok', ''}
+for _, sid in ipairs(touch_room()) do out[#out + 1] = sid end
+return out
 "#,
             ),
             // ARGV: sid ice-due. Sets when session `sid`'s TURN credentials are due for a

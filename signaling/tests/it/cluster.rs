@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use signaling::protocol::{
-    ClientMessage, ErrorCode, LeaveReason, PeerId, ResumeToken, ServerMessage,
+    ClientMessage, ErrorCode, LeaveReason, PeerId, ResumeToken, ServerFrame, ServerMessage,
 };
 
 use crate::basic::{candidate, expect_signal, pass_candidate, signal};
@@ -997,4 +997,91 @@ async fn every_node_lists_the_same_first_rooms_and_the_total() {
         answers.push(listed);
     }
     assert_eq!(answers[0], answers[1], "both nodes list the same rooms");
+}
+
+/// After a Redis outage longer than the room keys' TTL could bear, a room may be gone from Redis
+/// while its clients are still attached. A resume renews the room's keys (their TTL may be
+/// nearly spent when Redis comes back), and a session found missing from Redis, whether by a
+/// request of its own or by the node's periodic renewal, has its socket closed with 1008: its
+/// resume is refused and the client joins afresh, instead of talking to nobody unawares.
+#[tokio::test]
+async fn a_room_gone_from_redis_closes_its_sockets_and_a_resume_renews_the_room() {
+    let redis = RedisServer::start();
+    // Keys live --resume-grace + 60 s (61 s): each node renews its rooms every 15 s.
+    let n1 = node(&redis.url(), &["--resume-grace", "1s"]);
+    let n2 = node(&redis.url(), &["--resume-grace", "1s"]);
+    let pttl = || {
+        redis
+            .cli(&["PTTL", "sig:{vanish}:m"])
+            .trim()
+            .parse::<i64>()
+            .expect("PTTL")
+    };
+    let (a, a_info) = Client::join(&n1.ws("/ws/vanish"), None).await;
+    let (mut b, _) = Client::join(&n2.ws("/ws/vanish"), None).await;
+    // A's socket goes; its TTL nearly spent, the room is renewed by A's resume on n2.
+    let last_seq = a.last_seq;
+    a.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.cli(&["PEXPIRE", "sig:{vanish}:m", "5000"]);
+    let mut a = Client::connect(&n2.ws("/ws")).await;
+    a.send(&resume_message(&a_info.resume_token, last_seq))
+        .await;
+    loop {
+        if let ServerMessage::Resumed { .. } = a.recv_message().await {
+            break;
+        }
+    }
+    assert!(
+        pttl() > 30_000,
+        "the resume did not renew the room: {} ms",
+        pttl()
+    );
+
+    // The room vanishes from Redis. B's next request finds its session gone: closed.
+    let (mut c, c_info) = Client::join(&n1.ws("/ws/idle"), None).await;
+    for room in ["vanish", "idle"] {
+        let keys = redis.cli(&["KEYS", &format!("sig:{{{room}}}:*")]);
+        for key in keys.split_whitespace() {
+            redis.cli(&["DEL", key]);
+        }
+    }
+    b.send(&ClientMessage::Broadcast {
+        id: None,
+        cseq: None,
+        data: serde_json::json!("anyone?"),
+    })
+    .await;
+    let (errors, closed) = b.errors_then_close().await;
+    assert!(
+        matches!(
+            errors.as_slice(),
+            [ServerFrame {
+                message: ServerMessage::Error {
+                    code: ErrorCode::ResumeFailed,
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{errors:?}"
+    );
+    assert_eq!(closed, Closed::Code(1008));
+    let mut again = Client::connect(&n1.ws("/ws")).await;
+    again
+        .send(&resume_message(&a_info.resume_token, a.last_seq))
+        .await;
+    again.expect_error(ErrorCode::ResumeFailed).await;
+    // C says nothing: n1's next renewal of its rooms (within 15 s) finds it gone.
+    let started = Instant::now();
+    while n1.metric("signaling_cluster_sessions_vanished_total").await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "C still attached"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (errors, closed) = c.errors_then_close().await;
+    assert_eq!(errors.len(), 1, "{errors:?} {c_info:?}");
+    assert_eq!(closed, Closed::Code(1008));
 }
