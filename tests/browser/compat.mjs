@@ -5,47 +5,12 @@
 //
 //   node compat.mjs [filter...]
 import { createHmac } from 'node:crypto';
-import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { build } from 'esbuild';
+import { rmSync } from 'node:fs';
 import WebSocket from 'ws';
-import { Proc, REPO_ROOT, freePort, launchBrowser, requireBin, startSignaling, waitUntil } from './harness.mjs';
+import { Proc, freePort, launchBrowser, requireBin, startSignaling, waitUntil } from './harness.mjs';
+import { openNotes, webDirWithNotes } from './yjs-notes-pages.mjs';
 
 const TEST_TIMEOUT_MS = 60000;
-
-/** A copy of web-demo with the Yjs notes example bundled, for `signaling --web-dir`. */
-async function webDirWithNotes() {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'web-demo-'));
-  cpSync(path.join(REPO_ROOT, 'web-demo'), dir, { recursive: true });
-  await build({
-    entryPoints: [path.join(dir, 'examples', 'yjs-notes.js')],
-    bundle: true,
-    format: 'esm',
-    platform: 'browser',
-    define: { global: 'globalThis' },
-    // The libraries come from this test directory's node_modules.
-    nodePaths: [path.join(REPO_ROOT, 'tests', 'browser', 'node_modules')],
-    outfile: path.join(dir, 'examples', 'yjs-notes.bundle.js'),
-    logLevel: 'warning',
-  });
-  // PeerJS as the page gets it: a bundle that puts `Peer` on window, and an empty page.
-  writeFileSync(path.join(dir, 'peerjs-entry.js'), "import { Peer } from 'peerjs'; window.Peer = Peer;\n");
-  await build({
-    entryPoints: [path.join(dir, 'peerjs-entry.js')],
-    bundle: true,
-    format: 'esm',
-    platform: 'browser',
-    nodePaths: [path.join(REPO_ROOT, 'tests', 'browser', 'node_modules')],
-    outfile: path.join(dir, 'peerjs.bundle.js'),
-    logLevel: 'warning',
-  });
-  writeFileSync(
-    path.join(dir, 'peerjs-test.html'),
-    '<!doctype html><meta charset="utf-8"><title>PeerJS</title><script type="module" src="/peerjs.bundle.js"></script>\n',
-  );
-  return dir;
-}
 
 /** A PeerJS `Peer` with id `id` in a page of its own context, connected to our server. */
 async function openPeer(browser, base, id) {
@@ -65,17 +30,6 @@ async function openPeer(browser, base, id) {
     peer.on('open', () => { window.opens += 1; resolve(); });
     peer.on('error', (e) => reject(new Error(`${e.type}: ${e.message}`)));
   }), { id, port });
-  return { page, context, errors };
-}
-
-/** A page of the notes example in its own context, with its errors collected. */
-async function openNotes(browser, base, room, extra = '') {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(`${base}/examples/yjs-notes.html?room=${encodeURIComponent(room)}${extra}`);
-  await page.waitForFunction(() => window.notes !== undefined, null, { timeout: 15000 });
   return { page, context, errors };
 }
 
