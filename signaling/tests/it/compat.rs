@@ -46,6 +46,20 @@ async fn subscribe(ws: &mut Ws, topics: &[&str]) {
     assert_eq!(next(ws, STEP).await, Some(json!({"type":"pong"})));
 }
 
+/// Publishes `[n, blob]` to `topic`, for n from 0 to `count` - 1.
+async fn publish_numbered(ws: &mut Ws, topic: &str, count: u32, blob: &str) {
+    for n in 0..count {
+        send(ws, json!({"type":"publish","topic":topic,"data":[n, blob]})).await;
+    }
+}
+
+/// The `count` publishes of [`publish_numbered`], in order.
+async fn expect_numbered(ws: &mut Ws, count: u32) {
+    for n in 0..count {
+        assert_eq!(next(ws, STEP).await.expect("a publish")["data"][0], n);
+    }
+}
+
 /// Two y-webrtc clients of `server` (of its nodes in turn), both subscribed to `topic`.
 async fn two_subscribers(server: &Server, topic: &str) -> (Ws, Ws) {
     let (mut a, mut b) = (
@@ -176,16 +190,8 @@ async fn y_webrtc_and_peerjs_frames_written_leave_nothing_in_the_memory_budget()
     let server = Server::spawn(&[]);
     let (mut a, mut b) = two_subscribers(&server, "kept").await;
     let blob = "k".repeat(5_000);
-    for n in 0..21 {
-        send(
-            &mut a,
-            json!({"type":"publish","topic":"kept","data":[n, blob]}),
-        )
-        .await;
-    }
-    for n in 0..21 {
-        assert_eq!(next(&mut b, STEP).await.expect("a publish")["data"][0], n);
-    }
+    publish_numbered(&mut a, "kept", 21, &blob).await;
+    expect_numbered(&mut b, 21).await;
     metric_becomes(&server, "signaling_memory_budget_used_bytes", 0).await;
 
     let mut alice = peerjs(&server, "kept", "alice", "ta").await;
@@ -267,19 +273,10 @@ async fn y_webrtc_queues_are_bounded_by_bytes_not_by_outbound_queue_frames() {
     let (mut a, mut b) = two_subscribers(&server, "behind").await;
     // A does not read while B publishes far more than the socket buffers hold: the rest waits
     // in A's queue, 18 MB in some hundreds of frames.
-    let blob = "b".repeat(60_000);
-    for n in 0..300 {
-        send(
-            &mut b,
-            json!({"type":"publish","topic":"behind","data":[n, blob]}),
-        )
-        .await;
-    }
+    publish_numbered(&mut b, "behind", 300, &"b".repeat(60_000)).await;
     send(&mut b, json!({"type":"ping"})).await;
     assert_eq!(next(&mut b, STEP).await, Some(json!({"type":"pong"})));
-    for n in 0..300 {
-        assert_eq!(next(&mut a, STEP).await.expect("a publish")["data"][0], n);
-    }
+    expect_numbered(&mut a, 300).await;
     assert_eq!(server.errors(ErrorCode::SlowConsumer).await, 0);
 }
 
