@@ -343,8 +343,24 @@ impl Config {
     }
 
     /// The configuration as a readable block, secrets redacted (`startup::summary`).
+    /// `--tls-listen` has a default, listened on only with TLS: without it the line says so.
     pub fn summary(matches: &ArgMatches) -> String {
-        startup::summary::summary(&Self::command(), matches)
+        let summary = startup::summary::summary(&Self::command(), matches);
+        let tls =
+            matches.get_one::<PathBuf>("tls_cert").is_some() || matches.get_flag("tls_self_signed");
+        if tls {
+            return summary;
+        }
+        summary
+            .lines()
+            .map(|line| {
+                if line.trim_start().starts_with("--tls-listen ") {
+                    format!("{line}  (unused: no --tls-cert or --tls-self-signed)\n")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect()
     }
 
     /// A configuration from the given arguments (without the program name) and the `RELAY_*`
@@ -552,6 +568,21 @@ pub use startup::admin_listen::AdminListen;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_says_when_tls_listen_is_unused() {
+        let line = |args: &[&str]| {
+            let matches = Config::command()
+                .get_matches_from(std::iter::once("relay").chain(args.iter().copied()));
+            Config::summary(&matches)
+                .lines()
+                .find(|l| l.trim_start().starts_with("--tls-listen "))
+                .map(str::to_owned)
+                .expect("a --tls-listen line")
+        };
+        assert!(line(&[]).ends_with("(unused: no --tls-cert or --tls-self-signed)"));
+        assert!(!line(&["--tls-self-signed"]).contains("unused"));
+    }
 
     #[test]
     fn defaults_are_documented_values() {
