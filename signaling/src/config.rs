@@ -116,7 +116,8 @@ pub struct Config {
     pub replay_max_bytes: usize,
 
     /// Outbound queue per connection, in messages. A client that falls this far behind is a
-    /// slow consumer: its session ends with `slow_consumer`.
+    /// slow consumer: its session ends with `slow_consumer`. (A y-webrtc subscription's queue
+    /// holds one message per 256 bytes of --outbound-queue-bytes, if that is more.)
     #[arg(long, env = "SIGNALING_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
 

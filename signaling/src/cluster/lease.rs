@@ -1,6 +1,7 @@
 //! Node leases: each node renews its lease every heartbeat; the sessions of a node whose lease
 //! ran out are adopted (parked) by another; the TTLs of the rooms a node serves are renewed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -9,7 +10,7 @@ use futures_util::StreamExt as _;
 
 use super::store::Op;
 use super::{ClusterHub, ParkedHere, node_sessions_key, sid, unix_ms};
-use crate::hub::SessionKey;
+use crate::hub::{ConnId, SessionKey};
 use crate::metrics::Outage;
 use crate::protocol::{LeaveReason, RoomId};
 
@@ -217,21 +218,24 @@ impl ClusterHub {
     /// Refreshes the TTL of every room this node serves.
     pub(super) async fn touch_rooms(&self) {
         let rooms: Vec<RoomId> = self.lock().rooms.keys().cloned().collect();
+        // The sessions attached here whose join Redis confirmed (a joining one has no peer id
+        // yet: its key may not be written yet), each with its connection.
+        let mut attached: HashMap<RoomId, Vec<(SessionKey, ConnId)>> = HashMap::new();
+        for (key, session) in &self.lock().attached {
+            if !session.peer.as_str().is_empty() && !session.ending {
+                let conns = attached.entry(session.room.clone()).or_default();
+                conns.push((*key, session.conn));
+            }
+        }
         for room in rooms {
-            // The sessions attached here before the call must be among the room's.
-            let attached: Vec<SessionKey> = {
-                let st = self.lock();
-                st.attached
-                    .iter()
-                    .filter(|(_, s)| s.room == room)
-                    .map(|(k, _)| *k)
-                    .collect()
-            };
-            match self.store.call(Op::Touch, &room, &[]).await {
+            let sessions = attached.remove(&room).unwrap_or_default();
+            let sids: Vec<String> = sessions.iter().map(|(key, _)| sid(*key)).collect();
+            let args: Vec<&str> = sids.iter().map(String::as_str).collect();
+            match self.store.call(Op::Touch, &room, &args).await {
                 Ok(reply) => {
-                    for key in attached {
-                        if !reply.rest.contains(&sid(key)) {
-                            self.session_vanished(key);
+                    for (key, conn) in &sessions {
+                        if reply.rest.contains(&sid(*key)) {
+                            self.session_vanished(*key, Some(*conn));
                         }
                     }
                 }

@@ -1002,6 +1002,13 @@ impl ClusterHub {
                 self.store.call(Op::Pong, &room, &[&sid, &body]).await
             }
             ClientMessage::Leave { .. } => {
+                // Ending (and detached below whatever the reply): gone from Redis once the
+                // script ran, it is not taken for vanished meanwhile.
+                if let Guard::Conn(_) = guard
+                    && let Some(session) = self.lock().attached.get_mut(&key)
+                {
+                    session.ending = true;
+                }
                 let reply = self.end(&room, key, LeaveReason::Left, None, guard).await;
                 if let Guard::Conn(_) = guard {
                     let mut st = self.lock();
@@ -1045,7 +1052,7 @@ impl ClusterHub {
         match result {
             Ok(reply) if reply.status == "gone" => {
                 // Its socket task writes the error and closes, as for any session ended.
-                self.session_vanished(key);
+                self.session_vanished(key, None);
                 Flow::Continue
             }
             Ok(reply) => {
@@ -1059,33 +1066,39 @@ impl ClusterHub {
         }
     }
 
-    /// Session `key`, attached here, is not in Redis any more (its keys expired, or it was
-    /// ended without this node hearing of it): its socket or stream is told `resume_failed`
-    /// (seq 0: its session is unknown now), closed (1008) and forgotten here, so that its
-    /// client joins afresh instead of talking to a room that no longer has it.
-    pub(super) fn session_vanished(&self, key: SessionKey) {
+    /// Session `key`, attached here (to `conn`, when given), is not in Redis any more and
+    /// left no tombstone (its keys expired): its socket or stream is told `resume_failed`
+    /// (seq 0: its session is unknown now) and closed with 1008, so that its client joins
+    /// afresh instead of talking to a room that no longer has it. Like a slow consumer's, the
+    /// session gets no more frames and stays attached until its socket task has written the
+    /// error and let go (a request meanwhile finds it gone again: nothing more happens).
+    pub(super) fn session_vanished(&self, key: SessionKey, conn: Option<ConnId>) {
         let mut st = self.lock();
-        if let Some(session) = st.detach(key) {
-            tracing::warn!(
-                peer = %session.peer,
-                room = %session.room,
-                "the session is gone from redis: closing its socket"
-            );
-            self.metrics.cluster_session_vanished();
-            self.metrics.error(ErrorCode::ResumeFailed);
-            let frame = encode(&ServerFrame {
-                seq: 0,
-                message: ServerMessage::Error {
-                    code: ErrorCode::ResumeFailed,
-                    message: "the session is gone from the server's shared store (it expired \
-                              during an outage): join again"
-                        .into(),
-                    reference: None,
-                },
-            });
-            session.tx.close(Some(frame), close_code::POLICY);
+        let Some(session) = st.attached.get_mut(&key) else {
+            return;
+        };
+        if session.ending || conn.is_some_and(|c| c != session.conn) {
+            return;
         }
-        self.update_gauges(&st);
+        session.ending = true;
+        tracing::warn!(
+            peer = %session.peer,
+            room = %session.room,
+            "the session is gone from redis: closing its socket"
+        );
+        self.metrics.cluster_session_vanished();
+        self.metrics.error(ErrorCode::ResumeFailed);
+        let frame = encode(&ServerFrame {
+            seq: 0,
+            message: ServerMessage::Error {
+                code: ErrorCode::ResumeFailed,
+                message: "the session is gone from the server's shared store (it expired \
+                          during an outage): join again"
+                    .into(),
+                reference: None,
+            },
+        });
+        session.tx.close(Some(frame), close_code::POLICY);
     }
 
     /// Sends an error to an attached session (for errors found before the hub, e.g. parsing),
@@ -1352,7 +1365,7 @@ impl ClusterHub {
                     &answer,
                 ];
                 match self.store.call(Op::ForwardStats, room, &args).await {
-                    Ok(reply) => self.stats_refused(room, &reply).await,
+                    Ok(reply) => self.stats_refused(room, &reply, source).await,
                     Err(e) => tracing::debug!(error = %e, "could not forward a stats report"),
                 }
             }
@@ -1362,7 +1375,11 @@ impl ClusterHub {
         let args = [&sid(key), &links, &now_ms, report.peer.as_str(), &answer];
         match self.store.call(Op::Report, room, &args).await {
             Ok(reply) if reply.status == "unknown_peer" => {
-                self.stats_refused(room, &reply).await;
+                self.stats_refused(room, &reply, source).await;
+                return;
+            }
+            Ok(reply) if reply.status == "gone" => {
+                self.session_vanished(key, None);
                 return;
             }
             Ok(_) => {}
@@ -1380,11 +1397,13 @@ impl ClusterHub {
         }
     }
 
-    /// Counts a `stats` report refused as `unknown_peer` (answered by the script, if it
-    /// came from the client).
-    async fn stats_refused(&self, room: &RoomId, reply: &Reply) {
+    /// Counts a `stats` report from the client refused as `unknown_peer` (the script
+    /// answered it); a forwarded one was counted where it arrived.
+    async fn stats_refused(&self, room: &RoomId, reply: &Reply, source: StatsSource) {
         if reply.status == "unknown_peer" {
-            self.metrics.error(ErrorCode::UnknownPeer);
+            if let StatsSource::Client(_) = source {
+                self.metrics.error(ErrorCode::UnknownPeer);
+            }
             self.end_overflowed(room, reply).await;
         }
     }

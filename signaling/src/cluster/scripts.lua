@@ -20,12 +20,16 @@ local PEERS = P .. 'p'
 local function skey(sid) return P .. 's:' .. sid end
 local function lkey(sid) return P .. 'l:' .. sid end
 local function touch(k) redis.call('PEXPIRE', k, TTL) end
--- Refreshes the TTL of every key of the room; returns its sessions.
+-- Refreshes the TTL of every key of the room.
 local function touch_room()
   touch(M) touch(PEERS)
-  local members = redis.call('LRANGE', M, 0, -1)
-  for _, sid in ipairs(members) do touch(skey(sid)) touch(lkey(sid)) end
-  return members
+  for _, sid in ipairs(redis.call('LRANGE', M, 0, -1)) do touch(skey(sid)) touch(lkey(sid)) end
+end
+-- Why session `sid` is not in Redis: 'ended' (it left a tombstone: its end, with its error, is
+-- on its way to its node) or 'gone' (its keys expired, or it ended without a code).
+local function missing(sid)
+  if redis.call('EXISTS', P .. 't:' .. sid) == 1 then return 'ended' end
+  return 'gone'
 end
 -- Sessions whose outbox overflowed while parked: the caller ends them (replay_overflow).
 local over = {}

@@ -65,7 +65,7 @@ redis.call('HSET', s, 'peer', ARGV[5], 'sec', ARGV[6], 'node', ARGV[7], 'conn', 
 if ARGV[18] ~= '' then redis.call('HSET', s, 'ice', ARGV[18]) end
 redis.call('RPUSH', M, sid)
 redis.call('HSET', PEERS, ARGV[5], sid)
-touch(s) touch(M) touch(PEERS)
+touch_room()
 emit(sid, plain_replace(ARGV[13], '"peers":[]', '"peers":[' .. peers_of(sid) .. ']'))
 emit_all(ARGV[14], sid)
 return {'ok', table.concat(over, ' ')}
@@ -136,11 +136,12 @@ return out
             // ARGV: from-sid to-peer body cseq ('' when unnumbered) error. 'unknown_peer':
             // nothing was sent, and `error` went to the sender in the same step (a node lost
             // after the check cannot drop the answer); 'dup': the session handled `cseq`
-            // already, nothing was sent; 'gone': the sender's session is not in Redis (any
-            // more), nothing was sent. Broadcast and ack answer 'gone' alike.
+            // already, nothing was sent; 'gone': the sender's session is not in Redis and left
+            // no tombstone (its keys expired), 'ended': it ended (its end is on its way to its
+            // node); nothing was sent. Broadcast, emit, pong and ack answer these alike.
             signal: script(
                 r#"
-if redis.call('EXISTS', skey(ARGV[4])) == 0 then return {'gone', ''} end
+if redis.call('EXISTS', skey(ARGV[4])) == 0 then return {missing(ARGV[4]), ''} end
 if not first_sight(ARGV[4], ARGV[7]) then return {'dup', ''} end
 local target = redis.call('HGET', PEERS, ARGV[5])
 if target and target ~= ARGV[4] then
@@ -154,7 +155,9 @@ return {'unknown_peer', table.concat(over, ' ')}
             // ARGV: from-sid ('' for the backend) body cseq ('' when unnumbered)
             broadcast: script(
                 r#"
-if ARGV[4] ~= '' and redis.call('EXISTS', skey(ARGV[4])) == 0 then return {'gone', '', '0'} end
+if ARGV[4] ~= '' and redis.call('EXISTS', skey(ARGV[4])) == 0 then
+  return {missing(ARGV[4]), '', '0'}
+end
 if ARGV[4] ~= '' and not first_sight(ARGV[4], ARGV[6]) then return {'dup', '', '0'} end
 local n = emit_all(ARGV[5], ARGV[4])
 return {'ok', table.concat(over, ' '), tostring(n)}
@@ -165,7 +168,7 @@ return {'ok', table.concat(over, ' '), tostring(n)}
                 r#"
 local seq = emit(ARGV[4], ARGV[5])
 if seq and ARGV[6] then redis.call('HSET', skey(ARGV[4]), 'ice', ARGV[6]) end
-return {seq and 'ok' or 'gone', table.concat(over, ' '), tostring(seq or 0)}
+return {seq and 'ok' or missing(ARGV[4]), table.concat(over, ' '), tostring(seq or 0)}
 "#,
             ),
             // ARGV: sid pong-template (its `received` placeholder filled in here)
@@ -173,13 +176,13 @@ return {seq and 'ok' or 'gone', table.concat(over, ' '), tostring(seq or 0)}
                 r#"
 local body = plain_replace(ARGV[5], RECEIVED, '"received":' .. received(ARGV[4]))
 local seq = emit(ARGV[4], body)
-return {seq and 'ok' or 'gone', table.concat(over, ' '), tostring(seq or 0)}
+return {seq and 'ok' or missing(ARGV[4]), table.concat(over, ' '), tostring(seq or 0)}
 "#,
             ),
             // ARGV: sid seq
             ack: script(
                 r#"
-if redis.call('EXISTS', skey(ARGV[4])) == 0 then return {'gone', ''} end
+if redis.call('EXISTS', skey(ARGV[4])) == 0 then return {missing(ARGV[4]), ''} end
 ack(ARGV[4], tonumber(ARGV[5]))
 return {'ok', ''}
 "#,
@@ -233,12 +236,17 @@ if redis.call('LLEN', M) == 0 then redis.call('DEL', M, PEERS) end
 return {'ok', table.concat(over, ' '), gone[3], gone[4], gone[5]}
 "#,
             ),
-            // Refreshes the TTL of every key of the room. Returns the room's sessions (a node
-            // closes the sockets of its sessions that are no longer there).
+            // ARGV: the sessions attached to the calling node. Refreshes the TTL of every key
+            // of the room; returns those of the sessions that are 'gone' (see `signal`): the
+            // node closes their sockets.
             touch: script(
                 r#"
+touch_room()
 local out = {'ok', ''}
-for _, sid in ipairs(touch_room()) do out[#out + 1] = sid end
+for i = 4, #ARGV do
+  local sid = ARGV[i]
+  if redis.call('EXISTS', skey(sid)) == 0 and missing(sid) == 'gone' then out[#out + 1] = sid end
+end
 return out
 "#,
             ),
@@ -290,7 +298,7 @@ return out
             report: script(
                 r#"
 local s = skey(ARGV[4])
-if redis.call('EXISTS', s) == 0 then return {'gone', ''} end
+if redis.call('EXISTS', s) == 0 then return {missing(ARGV[4]), ''} end
 if not other_peer(ARGV[4], ARGV[7]) then return refuse_stats(ARGV[4], ARGV[8]) end
 redis.call('HSET', s, 'links', ARGV[5], 'lat', ARGV[6])
 return {'ok', ''}
