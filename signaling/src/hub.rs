@@ -574,7 +574,7 @@ impl LocalHub {
             .and_then(|room| room.session_of(&report.peer))
             .is_some_and(|target| target != key);
         if !known {
-            let message = format!("no peer {} in your room to report on", report.peer);
+            let message = crate::peer_stats::unknown_peer_message(&report.peer);
             st.error(key, ErrorCode::UnknownPeer, message, id);
             return;
         }

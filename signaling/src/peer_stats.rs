@@ -18,6 +18,11 @@ pub struct LinkReport {
     pub at: Instant,
 }
 
+/// The `unknown_peer` answer to a report about `peer`, not another peer of the room.
+pub fn unknown_peer_message(peer: &PeerId) -> String {
+    format!("no peer {peer} in your room to report on")
+}
+
 /// A session's reports, at most one per other peer and at most `capacity` in all (the room's
 /// peer limit): a report about a new peer past that replaces the oldest.
 #[derive(Debug, Default, Clone)]

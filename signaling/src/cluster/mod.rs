@@ -1337,7 +1337,7 @@ impl ClusterHub {
         let answer = match source {
             StatsSource::Client(reference) => to_json(&ServerMessage::Error {
                 code: ErrorCode::UnknownPeer,
-                message: format!("no peer {} in your room to report on", report.peer),
+                message: crate::peer_stats::unknown_peer_message(&report.peer),
                 reference,
             }),
             StatsSource::Forwarded => String::new(),
