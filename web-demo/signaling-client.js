@@ -190,7 +190,6 @@ export class SignalingClient extends EventTarget {
     this._ackTimer = null;
     this._lastAcked = 0;
     this._lastFrameAt = 0;
-    this._disconnectedAt = 0;
     this._drainDelayMs = null;
     this._holdUntil = 0;
     this._firstJoin = null;
@@ -376,7 +375,6 @@ export class SignalingClient extends EventTarget {
   /** An HTTP link's event stream or poll broke; it reopens it from the last seq by itself. */
   _onStall(link, { message, attempt, retryInMs }) {
     if (link !== this._ws || (this.state !== 'joined' && this.state !== 'reconnecting')) return;
-    if (this.state === 'joined') this._disconnectedAt = Date.now();
     clearInterval(this._pingTimer);
     this._pingTimer = null;
     this.stats.reconnectAttempts += 1;
@@ -425,16 +423,15 @@ export class SignalingClient extends EventTarget {
       this._opened = true;
       this._linkOpenedAt = Date.now();
       this._lastFrameAt = Date.now();
-      // Resume only while the server can still hold the session.
-      const grace = this.session?.resume_grace_ms ?? 0;
-      const canResume = this.session && (Date.now() - this._disconnectedAt) < grace;
-      if (canResume) {
+      // Resume whenever there is a session, however long ago the link broke: only the server
+      // knows whether it still holds it (a cluster's grace restarts when its shared store comes
+      // back from an outage); a refusal (`resume_failed`) resets the session and joins afresh.
+      if (this.session) {
         ws.send(JSON.stringify({
           type: 'resume', id: this._nextId++, versions: PROTOCOL_VERSIONS,
           resume_token: this.session.resume_token, last_seq: this.lastSeq,
         }));
       } else {
-        if (this.session) this._resetSession('resume grace period passed');
         this._sendJoin(ws);
       }
     };
@@ -474,7 +471,6 @@ export class SignalingClient extends EventTarget {
     this._pingTimer = null;
     clearTimeout(this._connectTimer);
     if (this.state === 'closed' || this.state === 'failed') return;
-    if (this.state === 'joined') this._disconnectedAt = Date.now();
     this._requeue(ws.takeUnsent?.() || []);
     const detail = closeEvent ? `${reason} (close code ${closeEvent.code}${closeEvent.reason ? `: ${closeEvent.reason}` : ''})` : reason;
     if (this._looksBlocked(reason, closeEvent) && this._fallBack()) return;
@@ -619,6 +615,10 @@ export class SignalingClient extends EventTarget {
       case 'draining':
         this._drainDelayMs = Number(frame.reconnect_after_ms) || 0;
         this._emit('draining', { reason: frame.reason, reconnectAfterMs: this._drainDelayMs });
+        // Leave the draining server after `reconnect_after_ms` (not at the end of its drain
+        // time): reconnect and resume, through the balancer, on another one.
+        clearTimeout(this._drainTimer);
+        this._drainTimer = setTimeout(() => this._leaveDrainingServer(ws), this._drainDelayMs);
         break;
       case 'error':
         this._onError(ws, frame);
@@ -627,6 +627,15 @@ export class SignalingClient extends EventTarget {
         // A newer server may add message types: ignore what we do not know.
         break;
     }
+  }
+
+  /** The `reconnect_after_ms` of a `draining` frame on `ws` passed: reconnect now (no wait). */
+  _leaveDrainingServer(ws) {
+    this._drainTimer = null;
+    if (ws !== this._ws || this.state !== 'joined') return;
+    this._drainDelayMs = null;
+    try { ws.close(4000, 'server draining'); } catch { /* ignore */ }
+    this._onSocketGone(ws, 'draining');
   }
 
   /**
@@ -838,6 +847,8 @@ export class SignalingClient extends EventTarget {
   }
 
   _clearTimers() {
+    clearTimeout(this._drainTimer);
+    this._drainTimer = null;
     clearTimeout(this._retryTimer);
     clearTimeout(this._connectTimer);
     clearTimeout(this._ackTimer);

@@ -5,9 +5,10 @@
 //! the room, acknowledges what it received, and when the socket breaks (or the server says it
 //! is draining) reconnects with exponential backoff and jitter and sends `resume` with the
 //! last processed `seq`. Replayed messages are deduplicated by `seq`, so the rest of the SDK
-//! sees every server message exactly once and in order. When the session cannot be resumed
-//! (the grace period passed, or the server restarted and forgot it), it joins the room again as
-//! a new session and says so. Outgoing messages written while disconnected are kept and sent
+//! sees every server message exactly once and in order. When the server refuses the resume
+//! (the grace period passed, or it forgot the session), it joins the room again as a new
+//! session and says so. It does not time the grace period itself: a cluster's grace restarts
+//! when its shared store comes back from an outage, so only the server knows. Outgoing messages written while disconnected are kept and sent
 //! after the session is back; `signal` and `broadcast` frames are numbered (`cseq`) and kept
 //! until the server confirms them, so those a dropped socket swallowed are sent again after
 //! the resume, and take effect exactly once ([`ResendLog`]). `wss://` URLs are opened with
@@ -98,7 +99,6 @@ impl SignalingClient {
             name,
             resume_token: info.resume_token.clone(),
             ping_timeout: Duration::from_millis(info.ping_timeout_ms.max(500)),
-            resume_grace: Duration::from_millis(info.resume_grace_ms),
             max_message_bytes: info.max_message_bytes,
             last_seq: seq,
             last_acked: 0,
@@ -280,7 +280,6 @@ struct Session {
     name: Option<String>,
     resume_token: ResumeToken,
     ping_timeout: Duration,
-    resume_grace: Duration,
     /// The largest frame the server takes (from `welcome`/`resumed`).
     max_message_bytes: usize,
     /// The highest `seq` delivered to the SDK.
@@ -334,8 +333,7 @@ impl Session {
                     .events_tx
                     .send(SignalingEvent::Reconnecting { attempt, delay });
                 sleep(delay).await;
-                let try_resume = !self.session_lost && lost_at.elapsed() < self.resume_grace;
-                match self.reconnect(try_resume).await {
+                match self.reconnect(!self.session_lost).await {
                     Reconnect::Resumed(ws) | Reconnect::Rejoined(ws) => break ws,
                     Reconnect::Failed => {}
                     Reconnect::Fatal(error) => {

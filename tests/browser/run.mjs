@@ -817,7 +817,9 @@ test('client API: an HTTP link whose server died reopens on the backoff, then gi
 });
 
 test('client API: a refused resume (the server restarted) is followed by a join at once, not after the backoff', async (t) => {
-  const { p, other: sig } = await pageAndOwnServer(t, 'signaling-forgets');
+  // A grace period shorter than the backoff: the client resumes all the same (only the server
+  // knows whether it still holds the session; a cluster's grace restarts after an outage).
+  const { p, other: sig } = await pageAndOwnServer(t, 'signaling-forgets', ['--resume-grace', '1s']);
   const backoff = { initialMs: 1500, maxMs: 1500, factor: 1, jitter: 0 };
   await connectInPage(p, `${sig.ws}/forgotten`, { name: 'f', backoff });
   await sig.proc.stop('SIGKILL');
@@ -830,6 +832,18 @@ test('client API: a refused resume (the server restarted) is followed by a join 
   const after = events.slice(events.indexOf('resume_failed'));
   assert(events.includes('reconnecting 1500'), `the lost socket waited the backoff: ${events}`);
   assert(after[1] === 'reconnecting 0', `rejoined at once after resume_failed: ${events}`);
+});
+
+test('client API: a client of a draining server leaves it after reconnect_after_ms, not at the end of the drain time', async (t) => {
+  const args = ['--drain-timeout', '10s', '--reconnect-after', '500ms'];
+  const { p, other } = await pageAndOwnServer(t, 'signaling-drains-long', args);
+  await connectInPage(p, `${other.ws}/leaves`, { name: 'l' });
+  const stopped = other.proc.stop('SIGTERM', 15000);
+  await p.waitFor(() => window.__client.events.some((e) => e.state === 'reconnecting'), null, 'the client leaving the draining server', 4000);
+  const r = await clientInPage(p);
+  const gone = r.events.find((e) => e.state === 'reconnecting');
+  assert(/draining/.test(gone.message ?? ''), `left because the server drains: ${JSON.stringify(gone)}`);
+  await stopped;
 });
 
 test('client API: a long-polling client of a draining server reopens after its reconnect_after_ms, not at once', async (t) => {

@@ -228,3 +228,49 @@ fn http_transports_through_haproxy_round_robin_survive_a_killed_node() {
         assert_eq!(got, (30..50).collect::<Vec<_>>());
     });
 }
+
+/// A Redis outage longer than the resume grace period: the node parks the sessions it closed
+/// when Redis answers again, and their grace starts then. The CLI does not time the grace on
+/// its own clock: it resumes (same peer id, nobody seen leaving) instead of joining afresh.
+#[test]
+fn rust_peers_resume_after_a_redis_outage_longer_than_the_grace_period() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let node = start_signaling_with(
+        None,
+        "127.0.0.1:0",
+        &[
+            "--redis",
+            &url,
+            "--node-heartbeat",
+            "200ms",
+            "--node-lease",
+            "1s",
+            "--redis-timeout",
+            "500ms",
+            "--resume-grace",
+            "4s",
+        ],
+    );
+    let (mut alice, mut bob) = chat_pair(&node.room_url("outage"));
+    redis.freeze();
+    std::thread::sleep(Duration::from_secs(6));
+    redis.thaw();
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(Duration::from_secs(20), |l| {
+            l.starts_with("* signaling-resumed")
+        });
+    }
+    for proc in [&alice, &bob] {
+        assert!(
+            !proc
+                .seen
+                .iter()
+                .any(|l| { l.starts_with("* signaling-rejoined") || l.starts_with("* peer-left") }),
+            "joined afresh or saw a peer leave: {:?}",
+            proc.seen
+        );
+    }
+    say(&mut alice, "after-the-outage");
+    expect_chat(&mut bob, "alice: after-the-outage");
+}
