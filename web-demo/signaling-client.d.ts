@@ -131,6 +131,7 @@ export interface SignalingEventMap {
   signal: CustomEvent<{ from: string; signal: Signal }>;
   broadcast: CustomEvent<{ from: string; data: unknown }>;
   'ice-servers': CustomEvent<{ iceServers: IceServer[] }>;
+  /** The server is shutting down: the client leaves it after reconnectAfterMs (closes and reconnects, resuming its session, through the balancer on another server). */
   draining: CustomEvent<{ reason: string; reconnectAfterMs: number }>;
   /**
    * Every error frame of the server (a fatal one, e.g. a refused join, also moves the state to
