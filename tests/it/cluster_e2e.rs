@@ -14,23 +14,22 @@ use crate::peer_e2e::{
 
 /// Three nodes sharing `redis`, with fast failure detection.
 pub(crate) fn start_cluster(redis: &RedisServer) -> Vec<Signaling> {
+    (0..3).map(|_| cluster_node(redis, &[])).collect()
+}
+
+/// A node sharing `redis`, with fast failure detection, and `extra` flags.
+fn cluster_node(redis: &RedisServer, extra: &[&str]) -> Signaling {
     let url = redis.url();
-    (0..3)
-        .map(|_| {
-            start_signaling_with(
-                None,
-                "127.0.0.1:0",
-                &[
-                    "--redis",
-                    &url,
-                    "--node-heartbeat",
-                    "200ms",
-                    "--node-lease",
-                    "1s",
-                ],
-            )
-        })
-        .collect()
+    let mut args = vec![
+        "--redis",
+        &url,
+        "--node-heartbeat",
+        "200ms",
+        "--node-lease",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    start_signaling_with(None, "127.0.0.1:0", &args)
 }
 
 /// Open WebSocket connections of the node at `addr` (from its `/metrics`).
@@ -235,26 +234,15 @@ fn http_transports_through_haproxy_round_robin_survive_a_killed_node() {
 #[test]
 fn rust_peers_resume_after_a_redis_outage_longer_than_the_grace_period() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let node = start_signaling_with(
-        None,
-        "127.0.0.1:0",
-        &[
-            "--redis",
-            &url,
-            "--node-heartbeat",
-            "200ms",
-            "--node-lease",
-            "1s",
-            "--redis-timeout",
-            "500ms",
-            "--resume-grace",
-            "4s",
-        ],
+    // The grace period is well over the longest reconnect delay (8 s), so the first attempt
+    // after Redis is back falls within it; the outage is longer than it.
+    let node = cluster_node(
+        &redis,
+        &["--redis-timeout", "500ms", "--resume-grace", "12s"],
     );
     let (mut alice, mut bob) = chat_pair(&node.room_url("outage"));
     redis.freeze();
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(14));
     redis.thaw();
     for proc in [&mut alice, &mut bob] {
         proc.wait_line(Duration::from_secs(20), |l| {
