@@ -8,7 +8,8 @@
 //! sees every server message exactly once and in order. When the server refuses the resume
 //! (the grace period passed, or it forgot the session), it joins the room again as a new
 //! session and says so. It does not time the grace period itself: a cluster's grace restarts
-//! when its shared store comes back from an outage, so only the server knows. Outgoing messages written while disconnected are kept and sent
+//! when its shared store comes back from an outage, so only the server knows. Outgoing
+//! messages written while disconnected are kept and sent
 //! after the session is back; `signal` and `broadcast` frames are numbered (`cseq`) and kept
 //! until the server confirms them, so those a dropped socket swallowed are sent again after
 //! the resume, and take effect exactly once ([`ResendLog`]). `wss://` URLs are opened with
