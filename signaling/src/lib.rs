@@ -411,11 +411,7 @@ pub(crate) mod server {
         /// A new connection's outbound queue, with the configured bounds, counted in the
         /// memory budget.
         pub fn outbound_queue(&self) -> (crate::outbound::OutboundTx, crate::outbound::OutboundRx) {
-            crate::outbound::queue(
-                self.config.outbound_queue,
-                self.config.outbound_queue_bytes,
-                &self.memory,
-            )
+            self.queue_of(self.config.outbound_queue)
         }
 
         /// A y-webrtc subscription's outbound queue: bounded in bytes as any other, in frames
@@ -424,13 +420,20 @@ pub(crate) mod server {
         /// N subscribers sends each about 8 (N - 1)^2 small frames as it forms (2,900 for 20):
         /// `--outbound-queue` frames would end honest readers as slow consumers.
         pub fn topic_queue(&self) -> (crate::outbound::OutboundTx, crate::outbound::OutboundRx) {
-            crate::outbound::queue(
+            let bytes = self.config.outbound_queue_bytes;
+            self.queue_of(
                 self.config
                     .outbound_queue
-                    .max(self.config.outbound_queue_bytes / TOPIC_QUEUE_BYTES_PER_FRAME),
-                self.config.outbound_queue_bytes,
-                &self.memory,
+                    .max(bytes / TOPIC_QUEUE_BYTES_PER_FRAME),
             )
+        }
+
+        /// An outbound queue of at most `frames` frames and `--outbound-queue-bytes` bytes.
+        fn queue_of(
+            &self,
+            frames: usize,
+        ) -> (crate::outbound::OutboundTx, crate::outbound::OutboundRx) {
+            crate::outbound::queue(frames, self.config.outbound_queue_bytes, &self.memory)
         }
 
         /// How often the hub's periodic work runs: fine enough for the resume grace period

@@ -1365,7 +1365,10 @@ impl ClusterHub {
                     &answer,
                 ];
                 match self.store.call(Op::ForwardStats, room, &args).await {
-                    Ok(reply) => self.stats_refused(room, &reply, source).await,
+                    Ok(reply) if reply.status == "unknown_peer" => {
+                        self.stats_refused(room, &reply, source).await
+                    }
+                    Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "could not forward a stats report"),
                 }
             }
@@ -1400,12 +1403,10 @@ impl ClusterHub {
     /// Counts a `stats` report from the client refused as `unknown_peer` (the script
     /// answered it); a forwarded one was counted where it arrived.
     async fn stats_refused(&self, room: &RoomId, reply: &Reply, source: StatsSource) {
-        if reply.status == "unknown_peer" {
-            if let StatsSource::Client(_) = source {
-                self.metrics.error(ErrorCode::UnknownPeer);
-            }
-            self.end_overflowed(room, reply).await;
+        if let StatsSource::Client(_) = source {
+            self.metrics.error(ErrorCode::UnknownPeer);
         }
+        self.end_overflowed(room, reply).await;
     }
 
     /// What the admin page shows: the rooms of the whole cluster ([`Self::cluster_rooms`]),
