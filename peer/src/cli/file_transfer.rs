@@ -72,16 +72,24 @@ async fn open_source(path: &Path) -> anyhow::Result<tokio::fs::File> {
     Ok(file)
 }
 
+/// Reads the next chunk of the file being sent into `buf` (0 at its end), named in any error.
+async fn read_chunk(
+    file: &mut tokio::fs::File,
+    buf: &mut [u8],
+    path: &Path,
+) -> anyhow::Result<usize> {
+    file.read(buf)
+        .await
+        .with_context(|| format!("read {}", path.display()))
+}
+
 async fn file_sha256(path: &Path) -> anyhow::Result<(u64, String)> {
     let mut file = open_source(path).await?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
-        let n = file
-            .read(&mut buf)
-            .await
-            .with_context(|| format!("read {}", path.display()))?;
+        let n = read_chunk(&mut file, &mut buf, path).await?;
         if n == 0 {
             break;
         }
@@ -199,10 +207,7 @@ async fn send_to_first_peer(
         if early.is_some() {
             break;
         }
-        let n = file
-            .read(&mut buf)
-            .await
-            .with_context(|| format!("read {}", path.display()))?;
+        let n = read_chunk(&mut file, &mut buf, &path).await?;
         if n == 0 {
             break;
         }
