@@ -84,6 +84,7 @@ struct ClusterMetrics {
     nodes: Gauge,
     sessions_adopted: Counter,
     sessions_vanished: Counter,
+    sessions_orphaned: Counter,
 }
 
 impl ClusterMetrics {
@@ -95,6 +96,7 @@ impl ClusterMetrics {
             nodes: Gauge::default(),
             sessions_adopted: Counter::default(),
             sessions_vanished: Counter::default(),
+            sessions_orphaned: Counter::default(),
         };
         registry.register(
             "cluster_available",
@@ -131,6 +133,13 @@ impl ClusterMetrics {
             "Sessions attached here found missing from Redis (their keys expired, or ended \
              unheard): their sockets were closed",
             metrics.sessions_vanished.clone(),
+        );
+        registry.register(
+            "cluster_sessions_orphaned",
+            "Sessions Redis attached to this node that it did not serve (a join or resume it \
+             gave up on during an outage, run by Redis afterwards): parked, to be resumed or to \
+             leave after the grace period",
+            metrics.sessions_orphaned.clone(),
         );
         metrics
     }
@@ -492,12 +501,20 @@ impl Metrics {
         }
     }
 
+    /// Cluster mode: counts one session found in this node's index that it did not serve.
+    pub fn cluster_session_orphaned(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.sessions_orphaned.inc();
+        }
+    }
+
     /// Cluster mode: counts one session adopted from a dead node.
     pub fn cluster_session_adopted(&self) {
         if let Some(cluster) = &self.cluster {
             cluster.sessions_adopted.inc();
         }
     }
+
     /// Counts one error reply (or refusal) with `code`.
     pub fn error(&self, code: ErrorCode) {
         self.errors

@@ -1,7 +1,8 @@
 //! Node leases: each node renews its lease every heartbeat; the sessions of a node whose lease
-//! ran out are adopted (parked) by another; the TTLs of the rooms a node serves are renewed.
+//! ran out are adopted (parked) by another; the TTLs of the rooms a node serves are renewed;
+//! each node's index of its sessions is reconciled with what it holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -9,10 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt as _;
 
 use super::store::Op;
-use super::{ClusterHub, ParkedHere, node_sessions_key, sid, unix_ms};
+use super::{ClusterHub, ParkedHere, node_sessions_key, parse_index_entry, sid, unix_ms};
 use crate::hub::{ConnId, SessionKey};
 use crate::metrics::Outage;
-use crate::protocol::{LeaveReason, RoomId};
+use crate::protocol::{LeaveReason, RoomId, close_code};
 
 /// The key of the lease table: node id -> lease expiry (unix ms).
 pub(super) const NODES_KEY: &str = "sig:nodes";
@@ -35,13 +36,21 @@ impl ClusterHub {
         let mut ticker = tokio::time::interval(self.cluster.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let touch_every = (self.store_ttl() / 4).max(self.cluster.heartbeat);
-        let mut last_touch = Instant::now();
+        // Longer than any join, resume or adoption takes (a few Redis calls, each within
+        // `--redis-timeout`): an entry unknown at two rounds is no request in flight.
+        let reconcile_every = (self.cluster.redis_timeout * 4).max(self.cluster.lease);
+        let (mut last_touch, mut last_reconcile) = (Instant::now(), Instant::now());
         loop {
             ticker.tick().await;
             self.heartbeat().await;
             if self.store_ok.load(Ordering::Acquire) && last_touch.elapsed() >= touch_every {
                 last_touch = Instant::now();
                 self.touch_rooms().await;
+            }
+            if self.store_ok.load(Ordering::Acquire) && last_reconcile.elapsed() >= reconcile_every
+            {
+                last_reconcile = Instant::now();
+                self.reconcile_index().await;
             }
         }
     }
@@ -166,10 +175,7 @@ impl ClusterHub {
         // A few scripts in flight at once: a dead node may have served thousands of sessions.
         futures_util::stream::iter(members)
             .for_each_concurrent(32, |member| async move {
-                let Some((room, id)) = member.split_once('\t') else {
-                    return;
-                };
-                let (room, Ok(key)) = (RoomId::from(room), u64::from_str_radix(id, 16)) else {
+                let Some((room, key)) = parse_index_entry(&member) else {
                     return;
                 };
                 // Indexed first: if this node dies too, the session must still be found.
@@ -179,15 +185,20 @@ impl ClusterHub {
                     .call(
                         Op::Adopt,
                         &room,
-                        &[id, dead, &self.cluster.node_id, &expires_ms.to_string()],
+                        &[
+                            &sid(key),
+                            dead,
+                            &self.cluster.node_id,
+                            &expires_ms.to_string(),
+                        ],
                     )
                     .await;
-                let adopted = matches!(&reply, Ok(reply) if reply.status == "ok");
-                if !adopted && added {
+                // Refused: not adopted. Unanswered: it may still be (see `reconcile_index`).
+                if added && matches!(&reply, Ok(reply) if reply.status != "ok") {
                     self.index_remove(&self.cluster.node_id, &room, key).await;
                 }
                 if let Ok(reply) = reply
-                    && adopted
+                    && reply.status == "ok"
                 {
                     self.metrics.cluster_session_adopted();
                     let expires_ms = reply
@@ -241,6 +252,93 @@ impl ClusterHub {
                 }
                 Err(e) => {
                     self.store_failed("touch", &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reconciles this node's index (the sessions another node adopts if this one dies) with
+    /// the sessions it holds. Redis may run a join or resume after its node gave up waiting
+    /// (it was frozen, or slow): the session is then attached to this node, which neither
+    /// serves it nor renews it, and the others would see a peer nobody holds for as long as
+    /// the room lives. An entry that names no session held here, at this round and the one
+    /// before (no request takes that long), is adopted by this node as a dead node's would
+    /// be: parked, for its client to resume or to leave after the grace period. An entry for
+    /// a session that is not this node's (ended, or moved away) is removed.
+    pub(super) async fn reconcile_index(&self) {
+        let me = &self.cluster.node_id;
+        let entries = match self
+            .store
+            .query::<Vec<String>>(redis::cmd("SMEMBERS").arg(node_sessions_key(me)))
+            .await
+        {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.store_failed("reconcile", &e);
+                return;
+            }
+        };
+        let orphans: Vec<(RoomId, SessionKey)> = {
+            let mut st = self.lock();
+            let unknown: HashSet<String> = entries
+                .into_iter()
+                .filter(|entry| parse_index_entry(entry).is_some_and(|(_, key)| !st.knows(key)))
+                .collect();
+            let twice = unknown
+                .intersection(&st.index_suspects)
+                .filter_map(|entry| parse_index_entry(entry))
+                .collect();
+            st.index_suspects = unknown;
+            twice
+        };
+        let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
+        for (room, key) in orphans {
+            let reply = self
+                .store
+                .call(
+                    Op::Adopt,
+                    &room,
+                    &[&sid(key), me, me, &expires_ms.to_string()],
+                )
+                .await;
+            match reply {
+                Ok(reply) if reply.status == "ok" => {
+                    tracing::warn!(
+                        session = %sid(key),
+                        %room,
+                        "a session redis attached to this node, not held here: parked"
+                    );
+                    self.metrics.cluster_session_orphaned();
+                    let expires_ms = reply
+                        .rest
+                        .first()
+                        .and_then(|e| e.parse().ok())
+                        .unwrap_or(expires_ms);
+                    let mut st = self.lock();
+                    if let Some(session) = st.attached.get(&key) {
+                        // Attached here meanwhile, after all: its client resumes the parked
+                        // session, with nothing lost.
+                        session.tx.close(None, close_code::TRY_AGAIN_LATER);
+                    }
+                    st.park(
+                        key,
+                        ParkedHere {
+                            room,
+                            expires_ms,
+                            reason: LeaveReason::Disconnected,
+                            ticket: None,
+                        },
+                    );
+                    self.update_gauges(&st);
+                }
+                Ok(_) => {
+                    if !self.lock().knows(key) {
+                        self.index_remove(me, &room, key).await;
+                    }
+                }
+                Err(e) => {
+                    self.store_failed("reconcile", &e);
                     return;
                 }
             }

@@ -74,6 +74,17 @@ fn node_sessions_key(node: &str) -> String {
     format!("sig:node:{node}:sessions")
 }
 
+/// A session's entry in its node's index ([`node_sessions_key`]).
+fn index_entry(room: &RoomId, key: SessionKey) -> String {
+    format!("{room}\t{}", sid(key))
+}
+
+/// The session an index entry names.
+fn parse_index_entry(entry: &str) -> Option<(RoomId, SessionKey)> {
+    let (room, id) = entry.split_once('\t')?;
+    Some((RoomId::from(room), u64::from_str_radix(id, 16).ok()?))
+}
+
 fn channel(node: &str) -> String {
     format!("sig:ch:{node}")
 }
@@ -220,6 +231,9 @@ struct LocalState {
     evicted: Vec<OutboundTx>,
     /// While draining: the sessions told `draining` (each is told once).
     told_draining: HashSet<SessionKey>,
+    /// The entries of this node's index that named no session held here at the last
+    /// reconciliation ([`ClusterHub::reconcile_index`]).
+    index_suspects: HashSet<String>,
 }
 
 impl LocalState {
@@ -300,6 +314,16 @@ impl LocalState {
                 self.moving_in_rooms.remove(&room);
             }
         }
+    }
+
+    /// Whether this node holds session `key`, or has a request for it in flight (a join is
+    /// attached from its start; a resume is `resuming`, and `moving_in` from another node).
+    fn knows(&self, key: SessionKey) -> bool {
+        self.attached.contains_key(&key)
+            || self.parked.contains_key(&key)
+            || self.resuming.contains_key(&key)
+            || self.moving_in.contains_key(&key)
+            || self.pending_park.iter().any(|p| p.key == key)
     }
 
     /// Forgets a parked session; returns its ticket.
@@ -518,8 +542,12 @@ impl ClusterHub {
         let (peer, token) = match result {
             Ok(joined) => joined,
             Err(error) => {
-                self.index_remove(&self.cluster.node_id, &req.room, key)
-                    .await;
+                // Refused: no session. Unanswered: Redis may still run the script; the entry
+                // lets the reconciliation find what it leaves.
+                if error.code != ErrorCode::Unavailable {
+                    self.index_remove(&self.cluster.node_id, &req.room, key)
+                        .await;
+                }
                 return Err(error);
             }
         };
@@ -613,10 +641,9 @@ impl ClusterHub {
     /// Returns whether the entry is new.
     async fn index_add(&self, room: &RoomId, key: SessionKey) -> bool {
         let index = node_sessions_key(&self.cluster.node_id);
-        let member = format!("{room}\t{}", sid(key));
         match self
             .store
-            .add_to_set(&index, &member, self.store_ttl())
+            .add_to_set(&index, &index_entry(room, key), self.store_ttl())
             .await
         {
             Ok(added) => added,
@@ -631,7 +658,7 @@ impl ClusterHub {
     async fn index_remove(&self, node: &str, room: &RoomId, key: SessionKey) {
         let cmd = redis::cmd("SREM")
             .arg(node_sessions_key(node))
-            .arg(format!("{room}\t{}", sid(key)))
+            .arg(index_entry(room, key))
             .to_owned();
         let _ = self.store.query::<i64>(&cmd).await;
     }
@@ -728,7 +755,8 @@ impl ClusterHub {
                     st.resuming.remove(&key);
                     st.end_move(key);
                 }
-                if added {
+                // As for a join: an unanswered script may still run.
+                if added && error.code != ErrorCode::Unavailable {
                     self.index_remove(&self.cluster.node_id, &room, key).await;
                 }
                 return Err(error);

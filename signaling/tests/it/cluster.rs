@@ -254,12 +254,8 @@ async fn a_redis_outage_is_refused_clearly_and_healed_without_a_restart() {
         }
     }
     redis.thaw();
-    let deadline = Instant::now() + Duration::from_secs(10);
     for server in [&n1, &n2] {
-        while server.get("/readyz").await.0 != 200 {
-            assert!(Instant::now() < deadline, "never ready again");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        ready_again(server).await;
         assert_eq!(server.metric("signaling_cluster_available").await, 1);
     }
     // Both resume (each on the other node) with nothing lost, and the call goes on.
@@ -316,12 +312,8 @@ async fn redis_back_after_the_lease_ran_out_adopts_no_live_nodes_sessions() {
     redis.restart_from_saved_data(Duration::from_secs(3));
     assert_eq!(a.expect_close().await, Closed::Code(1013));
     assert_eq!(b.expect_close().await, Closed::Code(1013));
-    let deadline = Instant::now() + Duration::from_secs(10);
     for server in [&n1, &n2] {
-        while server.get("/readyz").await.0 != 200 {
-            assert!(Instant::now() < deadline, "never ready again");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        ready_again(server).await;
     }
     // Past the lease that every node gets to renew its own.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -1124,4 +1116,116 @@ async fn a_session_ended_on_purpose_is_not_taken_for_lost() {
         n1.metric("signaling_cluster_sessions_vanished_total").await,
         0
     );
+}
+
+/// A resume its node gave up on while Redis was frozen, run by Redis once it came back, leaves
+/// the session attached to that node, which does not hold it (its client gave up too). The
+/// node finds it in its index and parks it: the others see the peer leave after the resume
+/// grace period, instead of keeping a member nobody holds for as long as the room lives.
+#[tokio::test]
+async fn a_resume_run_after_its_node_gave_up_leaves_no_ghost_in_the_room() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--resume-grace", "3s"]);
+    let n2 = node(&redis.url(), &["--resume-grace", "3s"]);
+    let (a, a_info) = Client::join(&n2.ws("/ws/ghost"), None).await;
+    let (b, b_info) = Client::join(&n2.ws("/ws/ghost"), None).await;
+    let b_seen = b.last_seq;
+    drop(b);
+    // Redis knows the resume script (a node sends only its hash: a script Redis does not know
+    // fails without running).
+    let url = n2.ws("/ws/ghost");
+    let b = resume_expecting(&url, &b_info.resume_token, b_seen, &a_info.peer_id, 0, 0).await;
+    let a_seen = a.last_seq;
+    drop(b); // parked on n2
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.freeze();
+    // The resume reaches n1 before it notices the outage: its calls wait in Redis's queue.
+    let mut b = Client::connect(&n1.ws("/ws/ghost")).await;
+    b.send(&resume_message(&b_info.resume_token, b_seen)).await;
+    let _ = b.errors_then_close().await;
+    drop(b); // and its client gives up
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.thaw();
+    let mut a = resume_when_ready(&n2, "/ws/ghost", &a_info.resume_token, a_seen).await;
+    expect_disconnected(&mut a, &b_info.peer_id, Duration::from_secs(20)).await;
+    assert_eq!(
+        n1.metric("signaling_cluster_sessions_orphaned_total").await,
+        1
+    );
+}
+
+/// The same for a join: its node answered `unavailable`, Redis ran it later. The others see
+/// the peer join, then leave after the grace period.
+#[tokio::test]
+async fn a_join_run_after_its_node_gave_up_leaves_no_ghost_in_the_room() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--resume-grace", "3s"]);
+    let n2 = node(&redis.url(), &["--resume-grace", "3s"]);
+    let (a, a_info) = Client::join(&n2.ws("/ws/ghostjoin"), None).await;
+    let a_seen = a.last_seq;
+    redis.freeze();
+    let mut c = Client::connect(&n1.ws("/ws/ghostjoin")).await;
+    c.send(&join_message("ghostjoin")).await;
+    let _ = c.errors_then_close().await;
+    drop(c);
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.thaw();
+    ready_again(&n2).await;
+    let mut a = Client::connect(&n2.ws("/ws/ghostjoin")).await;
+    a.last_seq = a_seen;
+    a.send(&resume_message(&a_info.resume_token, a_seen)).await;
+    let mut joined = None;
+    loop {
+        match a.recv_message().await {
+            ServerMessage::PeerJoined { peer, .. } => joined = Some(peer.id),
+            ServerMessage::Resumed { session, .. } => {
+                // Joined before the resume was answered: listed in the room.
+                if let [peer] = session.peers.as_slice() {
+                    joined = Some(peer.id.clone());
+                }
+                break;
+            }
+            other => panic!("expected resumed, got {other:?}"),
+        }
+    }
+    let joined = match joined {
+        Some(peer) => peer,
+        None => match a.recv_message().await {
+            ServerMessage::PeerJoined { peer, .. } => peer.id,
+            other => panic!("expected the late join, got {other:?}"),
+        },
+    };
+    expect_disconnected(&mut a, &joined, Duration::from_secs(20)).await;
+}
+
+/// Resumes session `token` on `server` once it is ready again after a Redis outage, skipping
+/// what it replays.
+async fn resume_when_ready(
+    server: &Server,
+    path: &str,
+    token: &ResumeToken,
+    last_seq: u64,
+) -> Client {
+    ready_again(server).await;
+    let mut client = Client::connect(&server.ws(path)).await;
+    client.last_seq = last_seq;
+    client.send(&resume_message(token, last_seq)).await;
+    loop {
+        match client.recv_message().await {
+            ServerMessage::Resumed { .. } => return client,
+            ServerMessage::PeerJoined { .. } | ServerMessage::PeerLeft { .. } => {}
+            other => panic!("expected resumed, got {other:?}"),
+        }
+    }
+}
+
+/// Waits (10 s at most) for `server` to be ready again after a Redis outage.
+async fn ready_again(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.get("/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
