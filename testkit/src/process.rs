@@ -25,6 +25,47 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Gives our binaries free ports where the test named none: a listener the test does not read
+/// must not take a default port (9641, 9642, 3478) that another program on the machine may
+/// want. A test's own flag or variable wins.
+fn no_default_ports(program: &str, command: &mut Command) {
+    let args: Vec<String> = command
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let envs: Vec<String> = command
+        .get_envs()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .collect();
+    let has_env = |key: &str| envs.iter().any(|k| k == key);
+    let has_arg = |prefix: &str| args.iter().any(|a| a.starts_with(prefix));
+    // `--relay-arg=--admin-listen=A` or `--relay-arg` `--admin-listen=A`.
+    let relay_admin = has_arg("--relay-arg=--admin-listen")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--relay-arg" && w[1].starts_with("--admin-listen"));
+    match program {
+        "signaling" => {
+            if !has_env("SIGNALING_ADMIN_LISTEN") {
+                command.env("SIGNALING_ADMIN_LISTEN", "127.0.0.1:0");
+            }
+            if has_arg("--with-relay") {
+                if !has_arg("--relay-listen") && !has_env("SIGNALING_RELAY_LISTEN") {
+                    command.args(["--relay-listen", "127.0.0.1:0"]);
+                }
+                // A `--config` file may hold the relay's flags: a flag would override them.
+                if !relay_admin && !has_arg("--config") {
+                    command.arg("--relay-arg=--admin-listen=127.0.0.1:0");
+                }
+            }
+        }
+        "relay" if !has_env("RELAY_ADMIN_LISTEN") => {
+            command.env("RELAY_ADMIN_LISTEN", "127.0.0.1:0");
+        }
+        _ => {}
+    }
+}
+
 /// A running binary whose stdout lines arrive on a channel (read by a thread), so a test can
 /// wait for a line with a timeout; every line read is kept in [`Spawned::seen`].
 #[derive(Debug)]
@@ -43,6 +84,7 @@ impl Spawned {
     pub fn spawn(mut command: Command, with_stdin: bool) -> Self {
         let name = command.get_program().to_string_lossy().into_owned();
         let name = name.rsplit('/').next().unwrap_or(&name).to_owned();
+        no_default_ports(&name, &mut command);
         let mut child = command
             .stdin(if with_stdin {
                 Stdio::piped()

@@ -126,7 +126,15 @@ export class Proc {
  * (https and wss with TLS). */
 export async function startSignaling(args = [], name = 'signaling', listen = '127.0.0.1:0') {
   const bin = requireBin('SIGNALING_BIN', 'signaling');
-  const proc = new Proc(name, bin, ['--listen', listen, ...args], { env: { RUST_LOG: process.env.RUST_LOG || 'info' } });
+  // Free ports where the test named none: no default port (9642, 3478, 9641) another program
+  // on the machine may want. The test's own flags win.
+  const extra = [];
+  if (args.includes('--with-relay')) {
+    if (!args.includes('--relay-listen')) extra.push('--relay-listen', '127.0.0.1:0');
+    if (!args.some((a) => a.startsWith('--relay-arg=--admin-listen'))) extra.push('--relay-arg=--admin-listen=127.0.0.1:0');
+  }
+  const env = { RUST_LOG: process.env.RUST_LOG || 'info', SIGNALING_ADMIN_LISTEN: '127.0.0.1:0' };
+  const proc = new Proc(name, bin, ['--listen', listen, ...args, ...extra], { env });
   const m = await proc.waitForLine(/listening on http(s?):\/\/(\S+)/, 20000, '"listening on http(s)://ADDR"');
   const [, s, addr] = m;
   return { proc, addr, http: `http${s}://${addr}`, ws: `ws${s}://${addr}/ws` };

@@ -266,6 +266,8 @@ fn spawn_logging(args: &[&str]) -> (std::process::Child, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
         .args(args)
         .env("RUST_LOG", "info")
+        // Not the default port (another program may want it); a flag of the test wins.
+        .env("SIGNALING_ADMIN_LISTEN", "127.0.0.1:0")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

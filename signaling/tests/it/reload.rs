@@ -170,7 +170,12 @@ async fn an_invalid_configuration_is_refused_and_the_one_in_force_stays() {
 async fn the_in_process_relay_reloads_with_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("signaling.toml");
-    write(&file, "turn-secret = [\"first\"]\n");
+    // The relay's admin port on every relay-arg list (not the default: another program may
+    // want it).
+    write(
+        &file,
+        "turn-secret = [\"first\"]\nrelay-arg = [\"--admin-listen=127.0.0.1:0\"]\n",
+    );
     let server = Server::start_process(&[
         "--with-relay",
         "--relay-listen",
@@ -184,7 +189,7 @@ async fn the_in_process_relay_reloads_with_the_server() {
     reload(
         &server,
         &file,
-        "turn-secret = [\"second\"]\nrelay-arg = [\"--user-quota=3\"]\n",
+        "turn-secret = [\"second\"]\nrelay-arg = [\"--admin-listen=127.0.0.1:0\", \"--user-quota=3\"]\n",
     );
     wait_metric(&server, OK, 1).await;
     wait_metric(&server, "relay_config_reloads_total", 1).await;
@@ -195,7 +200,7 @@ async fn the_in_process_relay_reloads_with_the_server() {
     reload(
         &server,
         &file,
-        "turn-secret = [\"third\"]\nrelay-arg = [\"--user-quota=0\"]\n",
+        "turn-secret = [\"third\"]\nrelay-arg = [\"--admin-listen=127.0.0.1:0\", \"--user-quota=0\"]\n",
     );
     wait_metric(&server, REFUSED, 1).await;
     assert_eq!(server.metric("relay_config_reloads_total").await, 1);

@@ -151,6 +151,8 @@ impl Server {
     /// Starts one node whose process may open at most `fds` files (`ulimit -n`).
     pub(crate) fn spawn_with_fd_limit(fds: u32, args: &[&str]) -> Self {
         let mut shell = Command::new("sh");
+        // `Spawned` cannot tell the shell runs our binary: no default admin port (as there).
+        shell.env("SIGNALING_ADMIN_LISTEN", "127.0.0.1:0");
         shell.args([
             "-c",
             &format!("ulimit -n {fds} && exec \"$0\" \"$@\""),
