@@ -412,10 +412,11 @@ export class RemotePeer {
    * Fresh ICE servers arrived (`ice_servers`, or after welcome/resumed); they are applied at
    * once (new allocations use them).
    *
-   * Same TURN URLs: new TURN credentials. An established relay path is moved onto fresh
-   * allocations with an ICE restart (the impolite side does it), since the old credentials
-   * stop refreshing the old allocations once their secret is rotated out (and, on relays that
-   * check the expiry of every refresh, once they expire).
+   * Same TURN URLs: new TURN credentials. An established path whose local candidate is
+   * relayed is moved onto fresh allocations with an ICE restart (on either side: each side's
+   * allocations are its own), since the old credentials stop refreshing the old allocations
+   * once their secret is rotated out (and, on relays that check the expiry of every refresh,
+   * once they expire).
    *
    * Other TURN URLs: the room moved to another relay (its relay died or drains). A connection
    * whose selected pair is relayed through a TURN server no longer listed restarts ICE at once
@@ -427,7 +428,7 @@ export class RemotePeer {
     const after = this.turnUrls;
     if (!this.pc || this.state === 'closed') return;
     if (sameUrls(before, after)) {
-      if (this.polite || this.state !== 'connected') return;
+      if (this.state !== 'connected') return;
       const info = await this.connectionInfo().catch(() => null);
       if (info && info.localType === 'relay') this.restartIce('fresh TURN credentials');
       return;

@@ -354,16 +354,24 @@ impl ConnectionTask {
         }
     }
 
-    /// Fresh ICE servers. Same TURN URLs: a credential refresh, the configuration is replaced
-    /// and nothing else happens. Other TURN URLs: the room moved to another relay; the
-    /// configuration is replaced (it takes effect at the next gathering) and, if the selected
-    /// pair is relayed through a server that is no longer listed (or the connection lost its
-    /// path and has no pair), ICE restarts at once (see [`relay_moved`]).
+    /// Fresh ICE servers; the configuration is replaced (it takes effect at the next
+    /// gathering). Same TURN URLs: a credential refresh; a connected path whose local candidate
+    /// is relayed restarts ICE onto allocations made with the fresh credentials (the old ones
+    /// stop refreshing once the secret that signed them is rotated out). Other TURN URLs: the
+    /// room moved to another relay; if the selected pair is relayed through a server that is
+    /// no longer listed (or the connection lost its path and has no pair), ICE restarts at
+    /// once (see [`relay_moved`]).
     async fn on_ice_servers(&mut self, servers: &[IceServer]) -> Result<()> {
         let usable = usable_servers(servers, self.ctx.options.no_turn);
         let new_urls = turn_urls(&usable);
         let restart = if new_urls == self.turn_urls {
-            false
+            let relayed = self.state == RTCPeerConnectionState::Connected
+                && !new_urls.is_empty()
+                && self
+                    .selected_pair()
+                    .await
+                    .is_some_and(|pair| pair.local_type == "relay");
+            relayed.then_some(IceRestartReason::FreshCredentials)
         } else {
             let pair = self.selected_pair().await;
             let path_lost = self.was_connected
@@ -388,7 +396,7 @@ impl ConnectionTask {
                 restart,
                 "TURN servers changed"
             );
-            restart
+            restart.then_some(IceRestartReason::RelayMoved)
         };
         let mapped = self.bridges.map(&usable).await;
         self.pc
@@ -396,8 +404,8 @@ impl ConnectionTask {
             .await?;
         self.turn_urls = new_urls;
         self.turn_unchecked = Some(usable);
-        if restart {
-            self.restart_ice(IceRestartReason::RelayMoved).await?;
+        if let Some(reason) = restart {
+            self.restart_ice(reason).await?;
         }
         Ok(())
     }
@@ -655,7 +663,8 @@ impl ConnectionTask {
     }
 
     /// Restarts ICE with a new offer (either side may; glare is resolved by the polite flag).
-    /// After a failure at most once every few seconds. A relay move always restarts: the
+    /// After a failure at most once every few seconds. A relay move (or fresh credentials)
+    /// always restarts: the
     /// configuration it brings is used only by a gathering that starts after it, so a
     /// failure restart of the last seconds (on the old relay) does not count.
     async fn restart_ice(&mut self, reason: IceRestartReason) -> Result<()> {

@@ -1,12 +1,14 @@
 //! Fresh ICE servers from the signaling server, and which connections must restart ICE.
 //!
 //! `ice_servers` (`docs/protocol.md`) means one of two things. With the same TURN URLs as
-//! before it is a credential refresh: the connection takes the new configuration and nothing
-//! else happens (the allocations are re-signed). With different TURN URLs the room moved to
-//! another relay of the fleet (its relay died or drains): a connection whose selected
-//! candidate pair goes through a relayed candidate of a TURN server that is no longer listed
-//! restarts ICE; direct pairs (host, srflx, prflx) are left alone. [`relay_moved`] is that
-//! decision, as a pure function.
+//! before it is a credential refresh: the connection takes the new configuration, and a
+//! connected one whose local candidate is relayed restarts ICE onto allocations made with the
+//! fresh credentials (an allocation keeps the credentials it was made with, and stops
+//! refreshing once the secret that signed them is rotated out). With different TURN URLs the
+//! room moved to another relay of the fleet (its relay died or drains): a connection whose
+//! selected candidate pair goes through a relayed candidate of a TURN server that is no longer
+//! listed restarts ICE; direct pairs (host, srflx, prflx) are left alone. [`relay_moved`] is
+//! that decision, as a pure function.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

@@ -48,7 +48,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use signaling::protocol::{LeaveReason, PeerId, RoomId};
+use signaling::protocol::{ErrorCode, LeaveReason, PeerId, RoomId};
 use tokio::sync::{mpsc, oneshot};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
@@ -171,6 +171,10 @@ pub enum IceRestartReason {
     /// The room moved to another relay (`ice_servers` with other TURN URLs) and the selected
     /// pair went through a TURN server that is no longer listed.
     RelayMoved,
+    /// Fresh TURN credentials (`ice_servers` with the same TURN URLs) and the selected pair's
+    /// local candidate is relayed: the path moves onto allocations made with them, before the
+    /// secret that signed the old ones is rotated out (then the old ones stop refreshing).
+    FreshCredentials,
 }
 
 impl std::fmt::Display for IceRestartReason {
@@ -178,6 +182,7 @@ impl std::fmt::Display for IceRestartReason {
         f.write_str(match self {
             Self::Failed => "failed",
             Self::RelayMoved => "relay-moved",
+            Self::FreshCredentials => "fresh-credentials",
         })
     }
 }
@@ -219,9 +224,10 @@ pub enum PeerEvent {
     /// The signaling session was resumed: `replayed` missed messages delivered, and `resent`
     /// of our own signals sent again (the dropped socket had swallowed them).
     SignalingResumed { replayed: u64, resent: u64 },
-    /// The signaling session could not be resumed; we joined again under a new id.
+    /// The signaling session could not be resumed (`reason`: the server's error, e.g.
+    /// `resume_failed`, `replay_overflow`, `slow_consumer`); we joined again under a new id.
     /// Live connections keep working.
-    SignalingRejoined { peer_id: PeerId },
+    SignalingRejoined { peer_id: PeerId, reason: ErrorCode },
     /// The signaling server sent fresh ICE servers (`ice_servers`: new TURN credentials, or
     /// the room's relay changed). Every connection took them; those that had to restart ICE
     /// report [`PeerEvent::IceRestart`].

@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use signaling::protocol::{ClientMessage, IceServer, PeerId, PeerInfo, ServerMessage, SessionInfo};
+use signaling::protocol::{
+    ClientMessage, ErrorCode, IceServer, PeerId, PeerInfo, ServerMessage, SessionInfo,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long closing a peer waits for its `leave` to be written.
@@ -185,7 +187,9 @@ impl Room {
                 // while we were away) with fresher credentials.
                 self.update_ice_servers(ice_servers);
             }
-            SignalingEvent::Rejoined(info) => self.on_rejoined(*info).await,
+            SignalingEvent::Rejoined { session, reason } => {
+                self.on_rejoined(*session, reason).await
+            }
             SignalingEvent::Closed(error) => {
                 self.emit(PeerEvent::SignalingClosed {
                     message: error.to_string(),
@@ -197,7 +201,7 @@ impl Room {
         true
     }
 
-    async fn on_rejoined(&mut self, info: SessionInfo) {
+    async fn on_rejoined(&mut self, info: SessionInfo, reason: ErrorCode) {
         if let Ok(mut me) = self.me.write() {
             *me = info.peer_id.clone();
         }
@@ -209,6 +213,7 @@ impl Room {
         self.orphans = self.connections.keys().copied().collect();
         self.emit(PeerEvent::SignalingRejoined {
             peer_id: info.peer_id.clone(),
+            reason,
         })
         .await;
         for peer in info.peers {

@@ -60,8 +60,12 @@ pub(crate) enum SignalingEvent {
         resent: u64,
         ice_servers: Vec<IceServer>,
     },
-    /// The session could not be resumed; the client joined the room again as a new session.
-    Rejoined(Box<SessionInfo>),
+    /// The session could not be resumed (`reason`: the server's error, of the `rejoin`
+    /// class); the client joined the room again as a new session.
+    Rejoined {
+        session: Box<SessionInfo>,
+        reason: ErrorCode,
+    },
     /// The client gave up (or left); no more events follow.
     Closed(PeerError),
 }
@@ -103,7 +107,7 @@ impl SignalingClient {
             max_message_bytes: info.max_message_bytes,
             last_seq: seq,
             last_acked: 0,
-            session_lost: false,
+            session_lost: None,
             pending: VecDeque::new(),
             resend: ResendLog::default(),
             out_rx,
@@ -286,8 +290,9 @@ struct Session {
     /// The highest `seq` delivered to the SDK.
     last_seq: u64,
     last_acked: u64,
-    /// The server refused to resume: join afresh from now on.
-    session_lost: bool,
+    /// The server ended the session or refused to resume it, with this error: join afresh
+    /// from now on.
+    session_lost: Option<ErrorCode>,
     /// Messages taken from `out_rx` but not yet written to a socket.
     pending: VecDeque<ClientMessage>,
     /// The numbered frames written and not confirmed yet.
@@ -324,7 +329,7 @@ impl Session {
                 }
                 attempt += 1;
                 // A session the server ended is joined again at once (the `rejoin` class).
-                let delay = if attempt == 1 && self.session_lost {
+                let delay = if attempt == 1 && self.session_lost.is_some() {
                     wait
                 } else {
                     wait.max(backoff(attempt))
@@ -334,7 +339,7 @@ impl Session {
                     .events_tx
                     .send(SignalingEvent::Reconnecting { attempt, delay });
                 sleep(delay).await;
-                match self.reconnect(!self.session_lost).await {
+                match self.reconnect(self.session_lost.is_none()).await {
                     Reconnect::Resumed(ws) | Reconnect::Rejoined(ws) => break ws,
                     Reconnect::Failed => {}
                     Reconnect::Fatal(error) => {
@@ -498,7 +503,7 @@ impl Session {
             ServerMessage::Error { code, message, .. } if is_session_fatal(code) => {
                 tracing::warn!(%code, %message, "signaling session ended by the server");
                 // The session is gone: join afresh, at once (the `rejoin` class).
-                self.session_lost = true;
+                self.session_lost = Some(code);
                 return Some(Disconnect::Broken);
             }
             ServerMessage::Resumed { session, .. } | ServerMessage::Welcome { session, .. } => {
@@ -522,10 +527,10 @@ impl Session {
             match self.resume(&mut ws).await {
                 Ok(Resume::Done) => return Reconnect::Resumed(ws),
                 Ok(Resume::Later) => return Reconnect::Failed,
-                Ok(Resume::Lost) => {
+                Ok(Resume::Lost(code)) => {
                     // The server closes a refused resume's socket (1008): join on a new one,
                     // at once (the `rejoin` class).
-                    self.session_lost = true;
+                    self.session_lost = Some(code);
                     let _ = ws.close(None).await;
                     let Some(fresh) = self.open_socket().await else {
                         return Reconnect::Failed;
@@ -545,11 +550,12 @@ impl Session {
                 self.max_message_bytes = info.max_message_bytes;
                 self.last_seq = seq;
                 self.last_acked = 0;
-                self.session_lost = false;
+                let reason = self.session_lost.take().unwrap_or(ErrorCode::ResumeFailed);
                 self.resend.restart(&mut self.pending);
-                let _ = self
-                    .events_tx
-                    .send(SignalingEvent::Rejoined(Box::new(info)));
+                let _ = self.events_tx.send(SignalingEvent::Rejoined {
+                    session: Box::new(info),
+                    reason,
+                });
                 Reconnect::Rejoined(ws)
             }
             Err(PeerError::Signaling { code, message })
@@ -621,7 +627,7 @@ impl Session {
                     // The session is gone: join afresh.
                     RetryClass::Rejoin => {
                         tracing::info!(%code, %message, "signaling session could not be resumed");
-                        return Ok(Resume::Lost);
+                        return Ok(Resume::Lost(code));
                     }
                     // Not now (a node at its limits, draining, or without its store): the
                     // session is kept; back off and resume again.
@@ -650,8 +656,8 @@ impl Session {
 enum Resume {
     /// Resumed: the replay was delivered.
     Done,
-    /// The session is gone (the `rejoin` class): join afresh.
-    Lost,
+    /// The session is gone (the `rejoin` class, this error): join afresh.
+    Lost(ErrorCode),
     /// Refused for now (the `retry` class): the session is kept; try again after the backoff.
     Later,
 }

@@ -946,12 +946,12 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
   await a.sayTo(b, 'through the relay');
   await b.sayTo(a, 'relayed back');
   await t.screenshot(a, 'relay-only.png');
-  // Fresh TURN credentials arrive, are applied, and the relayed call moves onto them (ICE
-  // restart by the impolite side) without dropping.
+  // Fresh TURN credentials arrive, are applied, and the relayed call moves onto them (an ICE
+  // restart by each side whose local candidate is relayed) without dropping.
   await a.waitFor(() => window.__demo.client.stats.iceServerUpdates >= 2, null, 'two pushes of fresh TURN credentials', 20000);
   const restarted = await a.eval(() => window.__demo.events.some((e) => e.type === 'log' && /fresh TURN credentials/.test(e.message)));
   const restartedB = await b.eval(() => window.__demo.events.some((e) => e.type === 'log' && /fresh TURN credentials/.test(e.message)));
-  assert(restarted || restartedB, 'an ICE restart onto the fresh credentials happened');
+  assert(restarted && restartedB, `both relayed sides restarted ICE onto their fresh credentials (Alice ${restarted}, Bob ${restartedB})`);
   await Promise.all([a.connected(1), b.connected(1)]);
   await a.sayTo(b, 'still relayed after new credentials');
   const info = Object.values(await a.stats())[0];

@@ -409,8 +409,9 @@ impl Chat {
                 let fields = [("replayed", replayed.into()), ("resent", resent.into())];
                 out.notice_values("signaling-resumed", &fields);
             }
-            PeerEvent::SignalingRejoined { peer_id } => {
-                out.notice("signaling-rejoined", &[("id", peer_id.to_string())]);
+            PeerEvent::SignalingRejoined { peer_id, reason } => {
+                let fields = [("id", peer_id.to_string()), ("reason", reason.to_string())];
+                out.notice("signaling-rejoined", &fields);
             }
             PeerEvent::IceServersUpdated => out.notice("ice-servers-updated", &[]),
             PeerEvent::IceRestart { peer: id, reason } => {

@@ -54,8 +54,9 @@ enum Command {
     /// When the signaling connection drops it prints `* signaling-reconnecting attempt=N
     /// delay_ms=D` before each attempt, then `* signaling-resumed replayed=N resent=N` (the
     /// session went on; the data channels are not touched) or, when the server no longer holds
-    /// the session, `* signaling-rejoined id=NEW` (a new peer id; a peer it was connected to
-    /// that does the same shows as `* peer-renamed old=ID new=ID`).
+    /// the session, `* signaling-rejoined id=NEW reason=CODE` (a new peer id; CODE is the
+    /// server's error: `resume_failed`, `replay_overflow` or `slow_consumer`; a peer it was
+    /// connected to that does the same shows as `* peer-renamed old=ID new=ID`).
     ///
     /// Leaves the room on Ctrl-C (exit 0) or SIGTERM (exit 143), or when stdin closes: then
     /// the lines read so far are sent first (to the next peer that connects, if none is
