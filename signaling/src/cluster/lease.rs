@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt as _;
@@ -135,6 +135,7 @@ impl ClusterHub {
         for p in pending {
             self.park(p).await;
         }
+        self.retry_leaves().await;
         let may_adopt = self
             .lock()
             .adopt_after
@@ -172,6 +173,10 @@ impl ClusterHub {
             "node lease expired: adopting its sessions"
         );
         let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
+        // A session Redis did not answer for is neither adopted nor refused: the dead node's
+        // index is kept for another try.
+        let unanswered = AtomicBool::new(false);
+        let unanswered = &unanswered;
         // A few scripts in flight at once: a dead node may have served thousands of sessions.
         futures_util::stream::iter(members)
             .for_each_concurrent(32, |member| async move {
@@ -179,7 +184,10 @@ impl ClusterHub {
                     return;
                 };
                 // Indexed first: if this node dies too, the session must still be found.
-                let added = self.index_add(&room, key).await;
+                let Ok(added) = self.index_add(&room, key).await else {
+                    unanswered.store(true, Ordering::Relaxed);
+                    return;
+                };
                 let reply = self
                     .store
                     .call(
@@ -196,6 +204,9 @@ impl ClusterHub {
                 // Refused: not adopted. Unanswered: it may still be (see `reconcile_index`).
                 if added && matches!(&reply, Ok(reply) if reply.status != "ok") {
                     self.index_remove(&self.cluster.node_id, &room, key).await;
+                }
+                if reply.is_err() {
+                    unanswered.store(true, Ordering::Relaxed);
                 }
                 if let Ok(reply) = reply
                     && reply.status == "ok"
@@ -218,10 +229,18 @@ impl ClusterHub {
                 }
             })
             .await;
-        let _ = self
-            .store
-            .query::<i64>(redis::cmd("DEL").arg(node_sessions_key(dead)))
-            .await;
+        let cmd = if unanswered.load(Ordering::Relaxed) {
+            // Dead again at once: the next heartbeat that reaches Redis (this node's or
+            // another's) adopts what is left.
+            redis::cmd("ZADD")
+                .arg(NODES_KEY)
+                .arg(0)
+                .arg(dead)
+                .to_owned()
+        } else {
+            redis::cmd("DEL").arg(node_sessions_key(dead)).to_owned()
+        };
+        let _ = self.store.query::<i64>(&cmd).await;
         let st = self.lock();
         self.update_gauges(&st);
     }

@@ -207,6 +207,13 @@ struct PendingPark {
     ticket: Option<SessionTicket>,
 }
 
+/// A `leave` the store did not take (see [`LocalState::pending_leave`]).
+struct PendingLeave {
+    room: RoomId,
+    key: SessionKey,
+    guard: Guard,
+}
+
 /// What this node holds. Sessions enter and leave `attached` and `parked` only through the
 /// methods below, which keep `rooms` (sessions per room) in step: the room limit and the
 /// gauges read it without walking every session.
@@ -222,6 +229,9 @@ struct LocalState {
     moving_in_rooms: HashMap<RoomId, usize>,
     parked: HashMap<SessionKey, ParkedHere>,
     pending_park: Vec<PendingPark>,
+    /// Leaves that failed on the store (the client was told `unavailable`): done when it
+    /// answers again.
+    pending_leave: Vec<PendingLeave>,
     /// At start and after an outage of the store: no node's sessions are adopted before then.
     adopt_after: Option<Instant>,
     /// Local sessions (attached or parked) per room.
@@ -324,6 +334,7 @@ impl LocalState {
             || self.resuming.contains_key(&key)
             || self.moving_in.contains_key(&key)
             || self.pending_park.iter().any(|p| p.key == key)
+            || self.pending_leave.iter().any(|p| p.key == key)
     }
 
     /// Forgets a parked session; returns its ticket.
@@ -523,8 +534,10 @@ impl ClusterHub {
             key
         };
         // Indexed first: if this node dies right after the script, the session must be found.
-        self.index_add(&req.room, key).await;
-        let result = self.try_join(key, conn, &req).await;
+        let result = match self.index_add(&req.room, key).await {
+            Ok(_) => self.try_join(key, conn, &req).await,
+            Err(error) => Err(error),
+        };
         {
             let mut st = self.lock();
             match &result {
@@ -638,20 +651,17 @@ impl ClusterHub {
     }
 
     /// Adds a session to this node's index (what another node adopts if this one dies).
-    /// Returns whether the entry is new.
-    async fn index_add(&self, room: &RoomId, key: SessionKey) -> bool {
+    /// Returns whether the entry is new; `unavailable` when Redis did not take it (the caller
+    /// sends nothing more: a session that would be in no index must not come to be).
+    async fn index_add(&self, room: &RoomId, key: SessionKey) -> Result<bool, RequestError> {
         let index = node_sessions_key(&self.cluster.node_id);
-        match self
-            .store
+        self.store
             .add_to_set(&index, &index_entry(room, key), self.store_ttl())
             .await
-        {
-            Ok(added) => added,
-            Err(e) => {
+            .map_err(|e| {
                 self.store_failed("index", &e);
-                false
-            }
-        }
+                Self::unavailable()
+            })
     }
 
     /// Removes a session from `node`'s index.
@@ -727,7 +737,13 @@ impl ClusterHub {
             String::new()
         };
         // Indexed first: if this node dies right after the script, the session must be found.
-        let added = self.index_add(&room, key).await;
+        let added = match self.index_add(&room, key).await {
+            Ok(added) => added,
+            Err(error) => {
+                self.lock().end_move(key);
+                return Err(error);
+            }
+        };
         self.lock().resuming.insert(key, Inbox::pending());
         let args = [
             sid(key),
@@ -1038,14 +1054,18 @@ impl ClusterHub {
                     session.ending = true;
                 }
                 let reply = self.end(&room, key, LeaveReason::Left, None, guard).await;
+                let mut st = self.lock();
                 if let Guard::Conn(_) = guard {
-                    let mut st = self.lock();
                     st.detach(key);
                     self.update_gauges(&st);
                 }
                 return match reply {
                     Ok(_) => Flow::Left,
                     Err(e) => {
+                        // Not taken (or taken when Redis answers): it leaves then all the
+                        // same, not left behind as a session nobody holds.
+                        st.pending_leave.push(PendingLeave { room, key, guard });
+                        drop(st);
                         self.store_failed("leave", &e);
                         Flow::Retry
                     }
@@ -1224,6 +1244,21 @@ impl ClusterHub {
                 // `store_failed` takes the lock itself.
                 drop(st);
                 self.store_failed("park", &e);
+            }
+        }
+    }
+
+    /// Carries out the leaves the store did not take during an outage (their sessions may have
+    /// resumed meanwhile, elsewhere: then the guard refuses).
+    pub(super) async fn retry_leaves(&self) {
+        let pending = std::mem::take(&mut self.lock().pending_leave);
+        for leave in pending {
+            let reply = self
+                .end(&leave.room, leave.key, LeaveReason::Left, None, leave.guard)
+                .await;
+            if let Err(e) = reply {
+                self.lock().pending_leave.push(leave);
+                self.store_failed("leave", &e);
             }
         }
     }

@@ -1118,12 +1118,11 @@ async fn a_session_ended_on_purpose_is_not_taken_for_lost() {
     );
 }
 
-/// A resume its node gave up on while Redis was frozen, run by Redis once it came back, leaves
-/// the session attached to that node, which does not hold it (its client gave up too). The
-/// node finds it in its index and parks it: the others see the peer leave after the resume
-/// grace period, instead of keeping a member nobody holds for as long as the room lives.
+/// A resume that reaches a node while Redis hangs is refused (`unavailable`) before anything
+/// that could attach the session there is sent; its client gives up. Once Redis answers, the
+/// session is where it was (parked) and the others see it leave after the grace period.
 #[tokio::test]
-async fn a_resume_run_after_its_node_gave_up_leaves_no_ghost_in_the_room() {
+async fn a_resume_sent_while_redis_hangs_leaves_no_ghost_in_the_room() {
     let redis = RedisServer::start();
     let n1 = node(&redis.url(), &["--resume-grace", "3s"]);
     let n2 = node(&redis.url(), &["--resume-grace", "3s"]);
@@ -1139,7 +1138,6 @@ async fn a_resume_run_after_its_node_gave_up_leaves_no_ghost_in_the_room() {
     drop(b); // parked on n2
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.freeze();
-    // The resume reaches n1 before it notices the outage: its calls wait in Redis's queue.
     let mut b = Client::connect(&n1.ws("/ws/ghost")).await;
     b.send(&resume_message(&b_info.resume_token, b_seen)).await;
     let _ = b.errors_then_close().await;
@@ -1147,18 +1145,13 @@ async fn a_resume_run_after_its_node_gave_up_leaves_no_ghost_in_the_room() {
     drop(a);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.thaw();
-    let mut a = resume_when_ready(&n2, "/ws/ghost", &a_info.resume_token, a_seen).await;
+    let (mut a, _) = resume_when_ready(&n2, "/ws/ghost", &a_info.resume_token, a_seen).await;
     expect_disconnected(&mut a, &b_info.peer_id, Duration::from_secs(20)).await;
-    assert_eq!(
-        n1.metric("signaling_cluster_sessions_orphaned_total").await,
-        1
-    );
 }
 
-/// The same for a join: its node answered `unavailable`, Redis ran it later. The others see
-/// the peer join, then leave after the grace period.
+/// The same for a join: refused before its script is sent, it leaves nothing in the room.
 #[tokio::test]
-async fn a_join_run_after_its_node_gave_up_leaves_no_ghost_in_the_room() {
+async fn a_join_sent_while_redis_hangs_leaves_no_ghost_in_the_room() {
     let redis = RedisServer::start();
     let n1 = node(&redis.url(), &["--resume-grace", "3s"]);
     let n2 = node(&redis.url(), &["--resume-grace", "3s"]);
@@ -1172,51 +1165,73 @@ async fn a_join_run_after_its_node_gave_up_leaves_no_ghost_in_the_room() {
     drop(a);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.thaw();
-    ready_again(&n2).await;
-    let mut a = Client::connect(&n2.ws("/ws/ghostjoin")).await;
-    a.last_seq = a_seen;
-    a.send(&resume_message(&a_info.resume_token, a_seen)).await;
-    let mut joined = None;
-    loop {
-        match a.recv_message().await {
-            ServerMessage::PeerJoined { peer, .. } => joined = Some(peer.id),
-            ServerMessage::Resumed { session, .. } => {
-                // Joined before the resume was answered: listed in the room.
-                if let [peer] = session.peers.as_slice() {
-                    joined = Some(peer.id.clone());
-                }
-                break;
-            }
-            other => panic!("expected resumed, got {other:?}"),
-        }
-    }
-    let joined = match joined {
-        Some(peer) => peer,
-        None => match a.recv_message().await {
-            ServerMessage::PeerJoined { peer, .. } => peer.id,
-            other => panic!("expected the late join, got {other:?}"),
-        },
-    };
-    expect_disconnected(&mut a, &joined, Duration::from_secs(20)).await;
+    let (mut a, replayed) =
+        resume_when_ready(&n2, "/ws/ghostjoin", &a_info.resume_token, a_seen).await;
+    assert!(replayed.is_empty(), "{replayed:?}");
+    a.expect_silence(Duration::from_secs(2)).await;
+    let (_d, d_info) = Client::join(&n1.ws("/ws/ghostjoin"), None).await;
+    let peers: Vec<&PeerId> = d_info.peers.iter().map(|p| &p.id).collect();
+    assert_eq!(peers, [&a_info.peer_id]);
 }
 
-/// Resumes session `token` on `server` once it is ready again after a Redis outage, skipping
-/// what it replays.
+/// What a join or resume leaves when Redis runs it after its node gave up waiting (the freeze
+/// came between the node's index write and the script): the session attached to a node that
+/// does not hold it, its client gone. The node finds it in its index and parks it: the others
+/// see the peer leave after the resume grace period, instead of keeping a member nobody holds
+/// for as long as the room lives.
+#[tokio::test]
+async fn a_session_attached_to_a_node_that_does_not_hold_it_is_parked() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--node-id", "one", "--resume-grace", "3s"]);
+    let n2 = node(&redis.url(), &["--resume-grace", "3s"]);
+    let (mut a, _) = Client::join(&n2.ws("/ws/orphan"), None).await;
+    let (b, b_info) = Client::join(&n2.ws("/ws/orphan"), None).await;
+    assert!(matches!(
+        a.recv_message().await,
+        ServerMessage::PeerJoined { .. }
+    ));
+    drop(b); // parked on n2
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let one = redis
+        .cli(&["ZRANGE", "sig:nodes", "0", "-1"])
+        .lines()
+        .find(|id| id.starts_with("one."))
+        .expect("n1's lease")
+        .to_owned();
+    let session = redis.cli(&["KEYS", "sig:{orphan}:s:*"]);
+    let key = session
+        .lines()
+        .find(|key| redis.cli(&["HGET", key, "peer"]) == b_info.peer_id.as_str())
+        .expect("B's session")
+        .to_owned();
+    let sid = key.rsplit(':').next().unwrap().to_owned();
+    redis.cli(&["HSET", &key, "node", &one, "conn", "999", "state", "a"]);
+    let index = format!("sig:node:{one}:sessions");
+    redis.cli(&["SADD", &index, &format!("orphan\t{sid}")]);
+    expect_disconnected(&mut a, &b_info.peer_id, Duration::from_secs(20)).await;
+    assert_eq!(
+        n1.metric("signaling_cluster_sessions_orphaned_total").await,
+        1
+    );
+}
+
+/// Resumes session `token` on `server` once it is ready again after a Redis outage; returns
+/// the client and what it replayed.
 async fn resume_when_ready(
     server: &Server,
     path: &str,
     token: &ResumeToken,
     last_seq: u64,
-) -> Client {
+) -> (Client, Vec<ServerMessage>) {
     ready_again(server).await;
     let mut client = Client::connect(&server.ws(path)).await;
     client.last_seq = last_seq;
     client.send(&resume_message(token, last_seq)).await;
+    let mut replayed = Vec::new();
     loop {
         match client.recv_message().await {
-            ServerMessage::Resumed { .. } => return client,
-            ServerMessage::PeerJoined { .. } | ServerMessage::PeerLeft { .. } => {}
-            other => panic!("expected resumed, got {other:?}"),
+            ServerMessage::Resumed { .. } => return (client, replayed),
+            message => replayed.push(message),
         }
     }
 }
@@ -1227,5 +1242,56 @@ async fn ready_again(server: &Server) {
     while server.get("/readyz").await.0 != 200 {
         assert!(Instant::now() < deadline, "never ready again");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A `leave` that waited on a frozen Redis is answered `unavailable`, and carried out once
+/// Redis answers: the others see the peer leave (reason `left`) instead of keeping a member
+/// nobody holds.
+#[tokio::test]
+async fn a_leave_redis_did_not_take_is_carried_out_when_it_answers() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--resume-grace", "30s"]);
+    let n2 = node(&redis.url(), &["--resume-grace", "30s"]);
+    let (a, a_info) = Client::join(&n2.ws("/ws/ghostleave"), None).await;
+    let (mut b, b_info) = Client::join(&n1.ws("/ws/ghostleave"), None).await;
+    let a_seen = a.last_seq;
+    redis.freeze();
+    b.send(&ClientMessage::Leave { id: Some(5) }).await;
+    let (errors, _) = b.errors_then_close().await;
+    assert!(
+        matches!(
+            errors.as_slice(),
+            [ServerFrame {
+                message: ServerMessage::Error {
+                    code: ErrorCode::Unavailable,
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{errors:?}"
+    );
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    redis.thaw();
+    let (mut a, replayed) =
+        resume_when_ready(&n2, "/ws/ghostleave", &a_info.resume_token, a_seen).await;
+    // B's `peer_joined`, then its `peer_left`: replayed, or just after.
+    let mut left = replayed
+        .into_iter()
+        .find(|m| matches!(m, ServerMessage::PeerLeft { .. }));
+    if left.is_none() {
+        left = a
+            .recv_within(Duration::from_secs(10))
+            .await
+            .map(|f| f.message);
+    }
+    match left {
+        Some(ServerMessage::PeerLeft { peer_id, reason }) => {
+            assert_eq!(peer_id, b_info.peer_id);
+            assert_eq!(reason, LeaveReason::Left);
+        }
+        other => panic!("expected peer_left, got {other:?}"),
     }
 }
