@@ -140,22 +140,44 @@ impl RelayRecord {
     }
 }
 
+/// What [`advertise`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advertised {
+    /// The record and its lease are written.
+    Written,
+    /// Another live relay holds this id (another process, at other URLs, with a lease not run
+    /// out): nothing was written. Its URLs.
+    IdTaken { urls: Vec<String> },
+}
+
 /// Writes `record` with a lease ending at `lease_until_ms` (Unix ms): the record expires with
-/// it unless renewed.
+/// it unless renewed. `instance` names this process: a record of the same id written by
+/// another process at other URLs, whose lease has not run out at `now_ms`, is another relay
+/// given the same id, and is left alone (two relays writing one record in turn would move
+/// rooms between them at every heartbeat). The same id at the same URLs is this relay's
+/// predecessor (restarted within its lease): taken over.
 pub async fn advertise(
     conn: &Connection,
     record: &RelayRecord,
-    lease_until_ms: u64,
+    instance: &str,
+    (now_ms, lease_until_ms): (u64, u64),
     lease: Duration,
     timeout: Duration,
-) -> Result<(), StoreError> {
+) -> Result<Advertised, StoreError> {
     let script = Script::new(
         r"
+local holder = redis.call('HMGET', KEYS[2], 'instance', 'urls')
+local until_ms = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if holder[1] and holder[1] ~= ARGV[5] and holder[2] ~= ARGV[7]
+   and until_ms and tonumber(until_ms) > tonumber(ARGV[4]) then
+  return {'taken', holder[2]}
+end
 redis.call('DEL', KEYS[2])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[2], 'instance', ARGV[5])
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return 1
+return {'ok'}
 ",
     );
     let mut invocation = script.key(RELAYS_KEY);
@@ -163,25 +185,41 @@ return 1
         .key(relay_key(&record.id))
         .arg(&record.id)
         .arg(lease_until_ms)
-        .arg(lease.as_millis().max(1) as u64);
+        .arg(lease.as_millis().max(1) as u64)
+        .arg(now_ms)
+        .arg(instance);
+    // `urls` first (ARGV[6], its value ARGV[7]): the script compares it with the holder's.
     for (field, value) in record.to_fields() {
         invocation.arg(field).arg(value);
     }
-    let _: i64 = conn.invoke(&invocation, timeout).await?;
-    Ok(())
+    let reply: Vec<String> = conn.invoke(&invocation, timeout).await?;
+    match reply.as_slice() {
+        [ok] if ok == "ok" => Ok(Advertised::Written),
+        [taken, urls] if taken == "taken" => Ok(Advertised::IdTaken {
+            urls: urls.split_whitespace().map(str::to_owned).collect(),
+        }),
+        other => Err(StoreError::Reply(format!("advertise: {other:?}"))),
+    }
 }
 
-/// Removes relay `id` from the fleet at once (a clean exit).
-pub async fn withdraw(conn: &Connection, id: &str, timeout: Duration) -> Result<(), StoreError> {
+/// Removes relay `id` from the fleet at once (a clean exit), if this process (`instance`)
+/// holds its record: another relay given the same id stays.
+pub async fn withdraw(
+    conn: &Connection,
+    id: &str,
+    instance: &str,
+    timeout: Duration,
+) -> Result<(), StoreError> {
     let script = Script::new(
         r"
+if redis.call('HGET', KEYS[2], 'instance') ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 return 1
 ",
     );
     let mut invocation = script.key(RELAYS_KEY);
-    invocation.key(relay_key(id)).arg(id);
+    invocation.key(relay_key(id)).arg(id).arg(instance);
     let _: i64 = conn.invoke(&invocation, timeout).await?;
     Ok(())
 }

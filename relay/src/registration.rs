@@ -10,10 +10,11 @@
 //! whole fleet; what a failed publication held is published with the next.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fleet::link::{self, Connection, StoreError};
-use fleet::relays::{self, RelayRecord, RelayState};
+use fleet::relays::{self, Advertised, RelayRecord, RelayState};
 use tokio::sync::watch;
 
 use crate::config::{Config, Secret};
@@ -114,9 +115,26 @@ pub fn advertised_urls(config: &Config, addrs: &RelayAddrs) -> Vec<String> {
     urls
 }
 
+/// Why the relay could not join the fleet.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "--node-id {id} is registered by another live relay (at {}): give every relay its own \
+         --node-id",
+        urls.join(" ")
+    )]
+    IdTaken { id: String, urls: Vec<String> },
+}
+
 /// A registered relay. See the module docs.
 pub struct Registration {
     settings: FleetSettings,
+    /// This process, in its fleet record: another relay given the same id is told apart.
+    instance: String,
+    /// Another live relay holds this id (at the last heartbeat): nothing is advertised.
+    id_taken: AtomicBool,
     conn: Connection,
     status: RelayStatus,
     /// Held while a record is written or withdrawn, so writes reach Redis in the order their
@@ -135,7 +153,11 @@ fn unix_ms() -> u64 {
 impl Registration {
     /// Connects to the fleet's Redis and advertises the relay once (so it is in the fleet when
     /// this returns).
-    pub async fn start(settings: FleetSettings, status: RelayStatus) -> Result<Self, StoreError> {
+    /// Fails when another live relay holds the same `--node-id`.
+    pub async fn start(
+        settings: FleetSettings,
+        status: RelayStatus,
+    ) -> Result<Self, RegistrationError> {
         let (conn, _) = link::connect(&settings.redis_urls, REDIS_TIMEOUT).await?;
         let usage = UsagePublisher::new(
             conn.clone(),
@@ -145,12 +167,17 @@ impl Registration {
         );
         let registration = Self {
             settings,
+            instance: format!("{:016x}", rand::random::<u64>()),
+            id_taken: AtomicBool::new(false),
             conn,
             status,
             withdrawn: tokio::sync::Mutex::new(false),
             usage,
         };
-        registration.advertise(0).await?;
+        if let Advertised::IdTaken { urls } = registration.advertise(0).await? {
+            let id = registration.settings.id.clone();
+            return Err(RegistrationError::IdTaken { id, urls });
+        }
         tracing::info!(
             id = %registration.settings.id,
             urls = ?registration.settings.urls,
@@ -181,20 +208,40 @@ impl Registration {
         }
     }
 
-    async fn advertise(&self, bytes_per_sec: u64) -> Result<(), StoreError> {
+    async fn advertise(&self, bytes_per_sec: u64) -> Result<Advertised, StoreError> {
         let withdrawn = self.withdrawn.lock().await;
         if *withdrawn {
-            return Ok(());
+            return Ok(Advertised::Written);
         }
         let lease = self.settings.lease;
-        relays::advertise(
+        let now = unix_ms();
+        let advertised = relays::advertise(
             &self.conn,
             &self.record(bytes_per_sec),
-            unix_ms() + lease.as_millis() as u64,
+            &self.instance,
+            (now, now + lease.as_millis() as u64),
             lease,
             REDIS_TIMEOUT,
         )
-        .await
+        .await?;
+        let taken = matches!(advertised, Advertised::IdTaken { .. });
+        if taken != self.id_taken.swap(taken, Ordering::Relaxed) {
+            match &advertised {
+                // Both started at once, or Redis lost the first one's record: the other
+                // relay holds it now.
+                Advertised::IdTaken { urls } => tracing::error!(
+                    id = %self.settings.id,
+                    other = %urls.join(" "),
+                    "another live relay registered this --node-id: this relay is out of the \
+                     fleet (it gets no rooms) until that one leaves; give every relay its own \
+                     --node-id"
+                ),
+                Advertised::Written => {
+                    tracing::info!(id = %self.settings.id, "registered in the relay fleet again")
+                }
+            }
+        }
+        Ok(advertised)
     }
 
     /// Renews the lease with the current load, and publishes the usage, every heartbeat until
@@ -256,7 +303,8 @@ impl Registration {
     /// rooms move to other relays.
     pub async fn mark_draining(&self) {
         match self.advertise(0).await {
-            Ok(()) => tracing::info!("marked draining in the relay fleet"),
+            Ok(Advertised::Written) => tracing::info!("marked draining in the relay fleet"),
+            Ok(Advertised::IdTaken { .. }) => {}
             Err(e) => tracing::warn!(error = %e, "could not mark the relay draining"),
         }
     }
@@ -265,7 +313,8 @@ impl Registration {
     pub async fn withdraw(&self) {
         let mut withdrawn = self.withdrawn.lock().await;
         *withdrawn = true;
-        if let Err(e) = relays::withdraw(&self.conn, &self.settings.id, REDIS_TIMEOUT).await {
+        let (id, instance) = (&self.settings.id, &self.instance);
+        if let Err(e) = relays::withdraw(&self.conn, id, instance, REDIS_TIMEOUT).await {
             tracing::warn!(error = %e, "could not leave the relay fleet");
         }
     }

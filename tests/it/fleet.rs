@@ -232,6 +232,75 @@ fn a_fleet_relay_writes_the_agreed_secret_back_into_an_emptied_redis() {
     assert_eq!(back, secret);
 }
 
+/// Two relays given one `--node-id`: the second, at other URLs while the first's lease runs,
+/// refuses to start (exit 1, naming the other's URLs) and leaves the first's record alone (the
+/// two would otherwise write it in turn, moving its rooms at every heartbeat, and the second's
+/// stop would take the first out of the fleet). The first, killed and restarted at once at its
+/// own address (as by a supervisor), takes its record back within its lease.
+#[test]
+fn a_second_relay_with_a_live_relays_id_refuses_to_start() {
+    let redis = RedisServer::start();
+    let mut first = start_fleet_relay(&redis, "twin");
+    let record = "sig:{fleet}:relay:twin";
+    let urls = redis.cli(&["HGET", record, "urls"]);
+    assert!(urls.contains(&format!(":{}", first.port)), "{urls}");
+    let url = redis.url();
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut second = crate::peer_e2e::spawn_with_stderr(
+        "relay",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--no-tcp",
+            "--relay-ip",
+            "127.0.0.1",
+            "--register",
+            &url,
+            "--node-id",
+            "twin",
+            "--node-heartbeat",
+            "200ms",
+            "--node-lease",
+            "1s",
+        ],
+        false,
+        std::process::Stdio::from(stderr.reopen().unwrap()),
+    );
+    let status = second.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1));
+    let said = std::fs::read_to_string(stderr.path()).unwrap();
+    assert!(
+        said.contains("--node-id twin is registered by another live relay"),
+        "{said}"
+    );
+    assert!(said.contains(&urls), "{said}");
+    // Untouched, through heartbeats of the first.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(redis.cli(&["HGET", record, "urls"]), urls);
+    assert!(
+        !redis
+            .cli(&["ZSCORE", "sig:{fleet}:relays", "twin"])
+            .is_empty()
+    );
+
+    let listen = format!("127.0.0.1:{}", first.port);
+    first.proc.kill();
+    let _again = start_loopback_relay(
+        &listen,
+        &[
+            "--register",
+            &url,
+            "--node-id",
+            "twin",
+            "--node-heartbeat",
+            "200ms",
+            "--node-lease",
+            "1s",
+        ],
+    );
+    assert_eq!(redis.cli(&["HGET", record, "urls"]), urls);
+}
+
 /// A relay that would refuse the credentials signaling mints (the nodes were given a
 /// `--turn-secret`, the relay none: it proposed its own through Redis) gets no rooms, and
 /// `/v1/relays` says why; the relay given the nodes' secret gets them all.
