@@ -224,21 +224,30 @@ return 1
     Ok(())
 }
 
+/// A relay's record with the end of its lease (Unix ms).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leased {
+    pub record: RelayRecord,
+    pub until_ms: u64,
+}
+
 /// The relays whose lease runs past `now_ms`, sorted by id (records that do not parse are left
 /// out). Expired leases are removed on the way.
 pub async fn read_fleet(
     conn: &Connection,
     now_ms: u64,
     timeout: Duration,
-) -> Result<Vec<RelayRecord>, StoreError> {
-    // Every record as: id, field count, fields...
+) -> Result<Vec<Leased>, StoreError> {
+    // Every record as: id, lease end, field count, fields...
     let script = Script::new(
         r"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')) do
-  local fields = redis.call('HGETALL', ARGV[2] .. id)
-  out[#out + 1] = id
+local leases = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES')
+for i = 1, #leases, 2 do
+  local fields = redis.call('HGETALL', ARGV[2] .. leases[i])
+  out[#out + 1] = leases[i]
+  out[#out + 1] = leases[i + 1]
   out[#out + 1] = tostring(#fields)
   for _, f in ipairs(fields) do out[#out + 1] = f end
 end
@@ -249,21 +258,25 @@ return out
     invocation.arg(now_ms).arg(relay_key(""));
     let flat: Vec<String> = conn.invoke(&invocation, timeout).await?;
     let mut relays = parse_fleet(&flat);
-    relays.sort_by(|a, b| a.id.cmp(&b.id));
+    relays.sort_by(|a, b| a.record.id.cmp(&b.record.id));
     Ok(relays)
 }
 
 /// The records of [`read_fleet`]'s flat reply.
-fn parse_fleet(flat: &[String]) -> Vec<RelayRecord> {
+fn parse_fleet(flat: &[String]) -> Vec<Leased> {
     let mut relays = Vec::new();
     let mut rest = flat;
-    while let [id, count, tail @ ..] = rest {
+    while let [id, until, count, tail @ ..] = rest {
         let count: usize = count.parse().unwrap_or(0).min(tail.len());
         let fields: HashMap<String, String> = tail[..count]
             .chunks_exact(2)
             .map(|kv| (kv[0].clone(), kv[1].clone()))
             .collect();
-        relays.extend(RelayRecord::from_fields(id, &fields));
+        // A score Redis printed as a float (`1.7e12`) parses too.
+        let until_ms = until.parse::<f64>().map_or(0, |ms| ms as u64);
+        relays.extend(
+            RelayRecord::from_fields(id, &fields).map(|record| Leased { record, until_ms }),
+        );
         rest = &tail[count..];
     }
     relays
@@ -386,7 +399,7 @@ mod tests {
     #[test]
     fn the_fleet_reply_parses_and_skips_broken_records() {
         let record = relay("a", 1.0);
-        let mut flat = vec!["a".to_owned()];
+        let mut flat = vec!["a".to_owned(), "1767225600000".to_owned()];
         let fields = record.to_fields();
         flat.push((fields.len() * 2).to_string());
         for (k, v) in fields {
@@ -395,11 +408,13 @@ mod tests {
         }
         flat.extend([
             "b".to_owned(),
+            "1767225600000".to_owned(),
             "2".to_owned(),
             "urls".to_owned(),
             "x".to_owned(),
         ]);
-        assert_eq!(parse_fleet(&flat), vec![record]);
+        let until_ms = 1_767_225_600_000;
+        assert_eq!(parse_fleet(&flat), vec![Leased { record, until_ms }]);
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //! When a refresh changes the relay of a room this node serves (its relay died, drained, or a
 //! new relay took the room over), every session of that room attached here gets an
 //! `ice_servers` frame at once; the clients restart ICE on connections that used the old relay.
-//! With no active relay in the fleet, the static `--turn-url` list is used.
+//! With no active relay in the fleet, the static `--turn-url` list is used. A relay missing
+//! from a read before its lease ran out (Redis restarted empty, or failed over to a replica
+//! that had not seen its last heartbeats) is kept until that lease ends, unless it was
+//! draining: its rooms stay put while it registers again, instead of moving away and back (or
+//! to the static list).
 //!
 //! A relay whose record names the TURN secrets it accepts, none of them the one this node signs
 //! with (a relay given another `--turn-secret`, or none while the nodes were given one), would
@@ -17,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleet::link::Connection;
-use fleet::relays::{RelayRecord, RelayState, choose, read_fleet};
+use fleet::relays::{Leased, RelayRecord, RelayState, choose, read_fleet};
 
 use crate::backend::Backend;
 use crate::metrics::Metrics;
@@ -35,6 +39,8 @@ pub struct RelayFleet {
     secret_id: RwLock<Option<String>>,
     /// The relays warned about as refusing this node's credentials (warned once each).
     refusing: Mutex<HashSet<String>>,
+    /// The relays of the last read, with their leases ([`Self::carry_over`]).
+    leased: Mutex<Vec<Leased>>,
 }
 
 impl RelayFleet {
@@ -46,7 +52,32 @@ impl RelayFleet {
             region,
             secret_id: RwLock::new(None),
             refusing: Mutex::new(HashSet::new()),
+            leased: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The relays of a fresh `read` of Redis, and those of the last read that it misses while
+    /// their lease runs past `now_ms` (Unix ms) and they were active: Redis lost their records
+    /// (restarted empty), not they their lease. A relay that leaves marks itself draining
+    /// first, and one that dies stays in Redis until its lease ends: neither is kept.
+    pub fn carry_over(&self, read: Vec<Leased>, now_ms: u64) -> Vec<RelayRecord> {
+        let mut last = self.leased.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut relays = read;
+        for old in last.iter() {
+            let missing = !relays.iter().any(|l| l.record.id == old.record.id);
+            if missing && old.record.state == RelayState::Active && old.until_ms > now_ms {
+                tracing::info!(
+                    relay = %old.record.id,
+                    lease_left_ms = old.until_ms - now_ms,
+                    "a relay is missing from redis before its lease ran out (redis lost its \
+                     data?): kept until its lease ends"
+                );
+                relays.push(old.clone());
+            }
+        }
+        relays.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        last.clone_from(&relays);
+        relays.into_iter().map(|l| l.record).collect()
     }
 
     /// This node signs TURN credentials with `secret` from now on (at start and on SIGHUP):
@@ -156,8 +187,9 @@ pub async fn refresh(
     served: &[RoomId],
     metrics: &Metrics,
 ) -> Option<Vec<RoomId>> {
-    let relays = match read_fleet(conn, unix_ms(), timeout).await {
-        Ok(relays) => relays,
+    let now_ms = unix_ms();
+    let relays = match read_fleet(conn, now_ms, timeout).await {
+        Ok(read) => fleet.carry_over(read, now_ms),
         Err(e) => {
             tracing::debug!(error = %e, "could not read the relay fleet");
             return None;
@@ -214,6 +246,30 @@ mod tests {
             state,
             ..RelayRecord::new(id, urls)
         }
+    }
+
+    #[test]
+    fn a_relay_missing_before_its_lease_ends_is_kept_unless_it_was_draining() {
+        let fleet = RelayFleet::new(None);
+        let leased = |id: &str, state, until_ms| Leased {
+            record: relay(id, state),
+            until_ms,
+        };
+        let ids = |relays: Vec<RelayRecord>| relays.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let read = vec![
+            leased("a", RelayState::Active, 5_000),
+            leased("b", RelayState::Draining, 5_000),
+            leased("c", RelayState::Active, 2_000),
+        ];
+        assert_eq!(ids(fleet.carry_over(read, 1_000)), ["a", "b", "c"]);
+        // Redis lost every record at 1,500: the active ones stay until their leases end; the
+        // draining one (it was leaving) does not.
+        assert_eq!(ids(fleet.carry_over(Vec::new(), 1_500)), ["a", "c"]);
+        assert_eq!(ids(fleet.carry_over(Vec::new(), 2_500)), ["a"]);
+        // Back in Redis with a fresh lease: the record read wins.
+        let back = vec![leased("a", RelayState::Draining, 9_000)];
+        assert_eq!(fleet.carry_over(back, 3_000)[0].state, RelayState::Draining);
+        assert!(fleet.carry_over(Vec::new(), 5_500).is_empty());
     }
 
     #[test]

@@ -301,6 +301,73 @@ fn a_second_relay_with_a_live_relays_id_refuses_to_start() {
     assert_eq!(redis.cli(&["HGET", record, "urls"]), urls);
 }
 
+/// Redis restarted empty loses every relay's record; the relays register again at their next
+/// heartbeat. Meanwhile the node keeps them (their leases have not run out): no room moves
+/// away and back, and the static `--turn-url` is never handed out.
+#[test]
+fn a_redis_restarted_empty_moves_no_room_off_the_fleet() {
+    let mut redis = RedisServer::start();
+    let lease = ["--node-lease", "5s"];
+    let _relays: Vec<FleetRelay> = ["r1", "r2"]
+        .iter()
+        .map(|id| start_fleet_relay_with(&redis, id, &lease))
+        .collect();
+    let signaling = start_signaling_with(
+        None,
+        "127.0.0.1:0",
+        &[
+            "--redis",
+            &redis.url(),
+            "--fleet-refresh",
+            "50ms",
+            "--api-key",
+            "fleet-test-key",
+            "--turn-url",
+            "turn:127.0.0.9:9?transport=udp",
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let rooms: Vec<String> = (0..8).map(|i| format!("keep-{i}")).collect();
+    let relay_ports = || {
+        runtime.block_on(async {
+            let mut ports = Vec::new();
+            for room in &rooms {
+                let (status, body) =
+                    api_get(signaling.addr, &format!("/v1/ice-servers?room={room}")).await;
+                assert_eq!(status, 200, "{body}");
+                let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let servers: Vec<signaling::protocol::IceServer> =
+                    serde_json::from_value(view["iceServers"].clone()).unwrap();
+                ports.push(turn_port(&servers));
+            }
+            ports
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let ports = relay_ports();
+        if ports.iter().all(|p| p.is_some_and(|p| p != 9)) {
+            break ports;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet never served: {ports:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    redis.restart();
+    // Through the restart and the relays' return (heartbeat 200 ms), at every read.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(relay_ports(), before);
+    }
+    assert!(
+        !redis
+            .cli(&["HGET", "sig:{fleet}:relay:r1", "urls"])
+            .is_empty()
+    );
+}
+
 /// A relay that would refuse the credentials signaling mints (the nodes were given a
 /// `--turn-secret`, the relay none: it proposed its own through Redis) gets no rooms, and
 /// `/v1/relays` says why; the relay given the nodes' secret gets them all.
