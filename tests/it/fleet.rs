@@ -245,24 +245,28 @@ fn a_second_relay_with_a_live_relays_id_refuses_to_start() {
     let urls = redis.cli(&["HGET", record, "urls"]);
     assert!(urls.contains(&format!(":{}", first.port)), "{urls}");
     let url = redis.url();
+    let as_twin = [
+        "--register",
+        &url,
+        "--node-id",
+        "twin",
+        "--node-heartbeat",
+        "200ms",
+        "--node-lease",
+        "1s",
+    ];
     let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--no-tcp",
+        "--relay-ip",
+        "127.0.0.1",
+    ];
+    args.extend(as_twin);
     let mut second = crate::peer_e2e::spawn_with_stderr(
         "relay",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--no-tcp",
-            "--relay-ip",
-            "127.0.0.1",
-            "--register",
-            &url,
-            "--node-id",
-            "twin",
-            "--node-heartbeat",
-            "200ms",
-            "--node-lease",
-            "1s",
-        ],
+        &args,
         false,
         std::process::Stdio::from(stderr.reopen().unwrap()),
     );
@@ -285,19 +289,7 @@ fn a_second_relay_with_a_live_relays_id_refuses_to_start() {
 
     let listen = format!("127.0.0.1:{}", first.port);
     first.proc.kill();
-    let _again = start_loopback_relay(
-        &listen,
-        &[
-            "--register",
-            &url,
-            "--node-id",
-            "twin",
-            "--node-heartbeat",
-            "200ms",
-            "--node-lease",
-            "1s",
-        ],
-    );
+    let _again = start_loopback_relay(&listen, &as_twin);
     assert_eq!(redis.cli(&["HGET", record, "urls"]), urls);
 }
 

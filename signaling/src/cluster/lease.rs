@@ -9,8 +9,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt as _;
 
-use super::store::Op;
-use super::{ClusterHub, ParkedHere, node_sessions_key, parse_index_entry, sid, unix_ms};
+use super::store::{Op, Reply};
+use super::{
+    ClusterHub, LocalState, ParkedHere, node_sessions_key, parse_index_entry, sid, unix_ms,
+};
 use crate::hub::{ConnId, SessionKey};
 use crate::metrics::Outage;
 use crate::protocol::{LeaveReason, RoomId, close_code};
@@ -156,16 +158,8 @@ impl ClusterHub {
         if !matches!(won, Ok(1)) {
             return;
         }
-        let members = match self
-            .store
-            .query::<Vec<String>>(redis::cmd("SMEMBERS").arg(node_sessions_key(dead)))
-            .await
-        {
-            Ok(members) => members,
-            Err(e) => {
-                self.store_failed("adopt", &e);
-                return;
-            }
+        let Some(members) = self.index_entries(dead, "adopt").await else {
+            return;
         };
         tracing::warn!(
             node = dead,
@@ -212,20 +206,7 @@ impl ClusterHub {
                     && reply.status == "ok"
                 {
                     self.metrics.cluster_session_adopted();
-                    let expires_ms = reply
-                        .rest
-                        .first()
-                        .and_then(|e| e.parse().ok())
-                        .unwrap_or(expires_ms);
-                    self.lock().park(
-                        key,
-                        ParkedHere {
-                            room: room.clone(),
-                            expires_ms,
-                            reason: LeaveReason::Disconnected,
-                            ticket: None,
-                        },
-                    );
+                    park_adopted(&mut self.lock(), key, room, &reply, expires_ms);
                 }
             })
             .await;
@@ -277,6 +258,21 @@ impl ClusterHub {
         }
     }
 
+    /// The entries of `node`'s index of sessions; `None` (counted as a failure of `what`) when
+    /// Redis did not answer.
+    async fn index_entries(&self, node: &str, what: &str) -> Option<Vec<String>> {
+        let cmd = redis::cmd("SMEMBERS")
+            .arg(node_sessions_key(node))
+            .to_owned();
+        match self.store.query::<Vec<String>>(&cmd).await {
+            Ok(entries) => Some(entries),
+            Err(e) => {
+                self.store_failed(what, &e);
+                None
+            }
+        }
+    }
+
     /// Reconciles this node's index (the sessions another node adopts if this one dies) with
     /// the sessions it holds. Redis may run a join or resume after its node gave up waiting
     /// (it was frozen, or slow): the session is then attached to this node, which neither
@@ -287,16 +283,8 @@ impl ClusterHub {
     /// a session that is not this node's (ended, or moved away) is removed.
     pub(super) async fn reconcile_index(&self) {
         let me = &self.cluster.node_id;
-        let entries = match self
-            .store
-            .query::<Vec<String>>(redis::cmd("SMEMBERS").arg(node_sessions_key(me)))
-            .await
-        {
-            Ok(entries) => entries,
-            Err(e) => {
-                self.store_failed("reconcile", &e);
-                return;
-            }
+        let Some(entries) = self.index_entries(me, "reconcile").await else {
+            return;
         };
         let orphans: Vec<(RoomId, SessionKey)> = {
             let mut st = self.lock();
@@ -329,26 +317,13 @@ impl ClusterHub {
                         "a session redis attached to this node, not held here: parked"
                     );
                     self.metrics.cluster_session_orphaned();
-                    let expires_ms = reply
-                        .rest
-                        .first()
-                        .and_then(|e| e.parse().ok())
-                        .unwrap_or(expires_ms);
                     let mut st = self.lock();
                     if let Some(session) = st.attached.get(&key) {
                         // Attached here meanwhile, after all: its client resumes the parked
                         // session, with nothing lost.
                         session.tx.close(None, close_code::TRY_AGAIN_LATER);
                     }
-                    st.park(
-                        key,
-                        ParkedHere {
-                            room,
-                            expires_ms,
-                            reason: LeaveReason::Disconnected,
-                            ticket: None,
-                        },
-                    );
+                    park_adopted(&mut st, key, room, &reply, expires_ms);
                     self.update_gauges(&st);
                 }
                 Ok(_) => {
@@ -363,4 +338,27 @@ impl ClusterHub {
             }
         }
     }
+}
+
+/// Parks here a session the adopt script gave this node, until the deadline the script
+/// returned (one an earlier parking set), else `expires_ms`.
+fn park_adopted(
+    st: &mut LocalState,
+    key: SessionKey,
+    room: RoomId,
+    reply: &Reply,
+    expires_ms: u64,
+) {
+    let expires_ms = reply
+        .rest
+        .first()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(expires_ms);
+    let parked = ParkedHere {
+        room,
+        expires_ms,
+        reason: LeaveReason::Disconnected,
+        ticket: None,
+    };
+    st.park(key, parked);
 }
