@@ -55,7 +55,7 @@ export function forgetTransports() { workingTransports.clear(); }
 
 /**
  * The client rules of docs/protocol.md ("Client rules"), the same for every client: reconnect
- * backoff, acks, and per error code the close code that follows it (null: the socket stays
+ * backoff, acks, stats reports, resending an unanswered offer, and per error code the close code that follows it (null: the socket stays
  * open) and what the client does (continue, retry, rejoin, fatal). A test compares this table
  * with the one the server's protocol.rs generates.
  */
@@ -64,6 +64,7 @@ export const CLIENT_RULES = Object.freeze({
   ack: Object.freeze({ every: 16, delayMs: 200 }),
   confirm: Object.freeze({ every: 16, delayMs: 1000 }),
   stats: Object.freeze({ everyMs: 15000 }),
+  offer: Object.freeze({ resendAfterMs: 5000 }),
   errors: Object.freeze({
     unsupported_version: { close: 1008, retry: 'fatal' },
     invalid_message: { close: null, retry: 'continue' },

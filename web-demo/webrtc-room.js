@@ -712,8 +712,28 @@ export class RemotePeer {
 
   _signal(signal) {
     if (this.state === 'closed') return;
+    if (signal.kind === 'offer') this._offerSent = { at: Date.now(), iceRestart: !!signal.ice_restart };
     this.room._log('debug', `-> ${signal.kind} to ${this.name} (${this.pc?.signalingState})${signal.sdp ? ` ${signal.sdp.split('\r\n').filter((l) => l.startsWith('m=') || l.startsWith('a=mid')).join(' | ')}` : ''}`);
     this.room.client.signal(this.id, signal);
+  }
+
+  /**
+   * Once a second (from the watchdog): our offer, unanswered `offer.resendAfterMs` after it was
+   * sent, is sent again (CLIENT_RULES): a signal to a peer whose session ended meanwhile is
+   * lost, and while an offer waits no new one is made.
+   */
+  _resendOffer() {
+    const pc = this.pc;
+    const sent = this._offerSent;
+    if (!pc || !sent || pc.signalingState !== 'have-local-offer' || this._makingOffer) {
+      if (pc && pc.signalingState !== 'have-local-offer') this._offerSent = null;
+      return;
+    }
+    if (Date.now() - sent.at < CLIENT_RULES.offer.resendAfterMs) return;
+    this.room._log('info', `offer to ${this.name} unanswered: sending it again`);
+    const offer = { kind: 'offer', sdp: pc.localDescription.sdp };
+    if (sent.iceRestart) offer.ice_restart = true;
+    this._signal(offer);
   }
 
   // --- connection state ---
@@ -749,6 +769,7 @@ export class RemotePeer {
    */
   _watch() {
     this._reportStats();
+    this._resendOffer();
     const pc = this.pc;
     const followUp = this._relayFollowUp;
     if (pc && followUp && !followUp.busy && Date.now() >= followUp.at && this.state === 'connected'

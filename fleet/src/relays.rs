@@ -224,6 +224,14 @@ return 1
     Ok(())
 }
 
+/// The key naming the fleet's data in this Redis: a random token the first reader writes (it
+/// lives [`EPOCH_TTL`] past the last read). A new one means Redis lost the fleet (restarted
+/// empty), not that its relays left.
+pub const EPOCH_KEY: &str = "sig:{fleet}:epoch";
+
+/// How long [`EPOCH_KEY`] outlives the last read of the fleet.
+pub const EPOCH_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// A relay's record with the end of its lease (Unix ms).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Leased {
@@ -231,18 +239,32 @@ pub struct Leased {
     pub until_ms: u64,
 }
 
+/// One read of the fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetRead {
+    /// The token of [`EPOCH_KEY`].
+    pub epoch: String,
+    /// The relays whose lease runs past the time of the read, sorted by id.
+    pub relays: Vec<Leased>,
+}
+
 /// The relays whose lease runs past `now_ms`, sorted by id (records that do not parse are left
-/// out). Expired leases are removed on the way.
+/// out), and the fleet's epoch (`epoch` is written when there is none). Expired leases are
+/// removed on the way.
 pub async fn read_fleet(
     conn: &Connection,
     now_ms: u64,
+    epoch: &str,
     timeout: Duration,
-) -> Result<Vec<Leased>, StoreError> {
-    // Every record as: id, lease end, field count, fields...
+) -> Result<FleetRead, StoreError> {
+    // The epoch, then every record as: id, lease end, field count, fields...
     let script = Script::new(
         r"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then epoch = ARGV[3] end
+redis.call('SET', KEYS[2], epoch, 'PX', ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local out = {}
+local out = {epoch}
 local leases = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES')
 for i = 1, #leases, 2 do
   local fields = redis.call('HGETALL', ARGV[2] .. leases[i])
@@ -255,11 +277,22 @@ return out
 ",
     );
     let mut invocation = script.key(RELAYS_KEY);
-    invocation.arg(now_ms).arg(relay_key(""));
+    invocation
+        .key(EPOCH_KEY)
+        .arg(now_ms)
+        .arg(relay_key(""))
+        .arg(epoch)
+        .arg(EPOCH_TTL.as_millis() as u64);
     let flat: Vec<String> = conn.invoke(&invocation, timeout).await?;
-    let mut relays = parse_fleet(&flat);
+    let Some((epoch, flat)) = flat.split_first() else {
+        return Err(StoreError::Reply("read_fleet: no epoch".into()));
+    };
+    let mut relays = parse_fleet(flat);
     relays.sort_by(|a, b| a.record.id.cmp(&b.record.id));
-    Ok(relays)
+    Ok(FleetRead {
+        epoch: epoch.clone(),
+        relays,
+    })
 }
 
 /// The records of [`read_fleet`]'s flat reply.

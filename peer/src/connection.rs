@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signaling::protocol::client_rules::STATS_EVERY;
+use signaling::protocol::client_rules::{self, STATS_EVERY};
 use signaling::protocol::{
     CandidatePair, CandidateType, ConnectionStats, IceCandidate, IceProtocol, IceServer,
     MAX_STATS_RELAY_URL, MAX_STATS_RTT_MS, PeerId, RelayProtocol, Signal,
@@ -24,8 +24,8 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceConnectionState,
     RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder,
-    StatsSelector,
+    RTCPeerConnectionState, RTCSdpType, RTCSessionDescription, RTCStatsReportEntry,
+    SettingEngineBuilder, StatsSelector,
 };
 
 use crate::channel::{ChannelKind, ChannelRegistry, RemoteId, read_remote, spawn_reader};
@@ -45,6 +45,9 @@ pub(crate) enum ConnectionInput {
     IceServers(Vec<IceServer>),
     /// The server restated our role (after a re-join).
     Polite(bool),
+    /// The remote peer re-joined under a new id: an offer of ours still unanswered went to
+    /// its old id, and is sent again.
+    Renamed,
     /// The server has no current `stats` report from us (the session is new after a re-join,
     /// or reports were dropped while signaling was down): report at the next tick.
     ReportStats,
@@ -251,6 +254,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         turn_urls,
         turn_unchecked: Some(usable),
         ice_restart_pending: false,
+        offer_out: None,
         last_restart: None,
         state: RTCPeerConnectionState::New,
         was_connected: false,
@@ -272,6 +276,8 @@ struct ConnectionTask {
     /// configuration: see [`crate::turn_check`]).
     turn_unchecked: Option<Vec<IceServer>>,
     ice_restart_pending: bool,
+    /// Our offer waiting for its answer: since when it was sent, and whether it restarts ICE.
+    offer_out: Option<(Instant, bool)>,
     last_restart: Option<Instant>,
     state: RTCPeerConnectionState,
     /// Whether the connection has ever been connected.
@@ -303,7 +309,7 @@ impl ConnectionTask {
             let result = tokio::select! {
                 _ = stats_tick.tick() => {
                     self.report_stats().await;
-                    Ok(())
+                    self.resend_offer(client_rules::OFFER_RESEND).await
                 }
                 message = input.recv() => match message {
                     None | Some(ConnectionInput::Close) => break,
@@ -342,6 +348,7 @@ impl ConnectionTask {
                 self.negotiation.set_polite(polite);
                 Ok(())
             }
+            ConnectionInput::Renamed => self.resend_offer(Duration::ZERO).await,
             ConnectionInput::ReportStats => {
                 self.stats_sent = None;
                 Ok(())
@@ -564,6 +571,32 @@ impl ConnectionTask {
                 sdp: local.sdp,
                 ice_restart,
             });
+            self.offer_out = Some((Instant::now(), ice_restart));
+        }
+        Ok(())
+    }
+
+    /// Sends our offer again when it has waited `after` for its answer and is still pending:
+    /// a signal to a peer whose session ended meanwhile is lost (`unknown_peer`), and while an
+    /// offer is out no new one is made (a later ICE restart would wait for ever).
+    async fn resend_offer(&mut self, after: Duration) -> Result<()> {
+        let Some((since, ice_restart)) = self.offer_out else {
+            return Ok(());
+        };
+        if since.elapsed() < after {
+            return Ok(());
+        }
+        match self.pc.pending_local_description().await {
+            Some(offer) if offer.sdp_type == RTCSdpType::Offer => {
+                tracing::info!(peer = %self.peer(), "offer unanswered: sending it again");
+                self.signal(Signal::Offer {
+                    sdp: offer.sdp,
+                    ice_restart,
+                });
+                self.offer_out = Some((Instant::now(), ice_restart));
+            }
+            // Answered, or rolled back for the remote's offer.
+            _ => self.offer_out = None,
         }
         Ok(())
     }

@@ -206,9 +206,6 @@ impl Room {
             *me = info.peer_id.clone();
         }
         self.signaling_up = true;
-        // The live connections take them too (the room may have moved to another relay while
-        // we were away).
-        self.update_ice_servers(info.ice_servers.clone());
         // Every existing connection is orphaned until its peer shows up again.
         self.orphans = self.connections.keys().copied().collect();
         self.emit(PeerEvent::SignalingRejoined {
@@ -216,9 +213,15 @@ impl Room {
             reason,
         })
         .await;
+        // New connections use the fresh ICE servers at once.
+        self.ice_servers.clone_from(&info.ice_servers);
         for peer in info.peers {
             self.peer_present(peer).await;
         }
+        // The live connections take them once their peers are known again (the room may have
+        // moved to another relay while we were away): an ICE restart they cause then goes to
+        // the peers' new ids.
+        self.update_ice_servers(info.ice_servers);
     }
 
     async fn on_server_message(&mut self, message: ServerMessage) {
@@ -308,6 +311,7 @@ impl Room {
                     *remote = info.id.clone();
                 }
                 let _ = handle.input.send(ConnectionInput::Polite(info.polite));
+                let _ = handle.input.send(ConnectionInput::Renamed);
                 // The new session has no report on this connection yet.
                 let _ = handle.input.send(ConnectionInput::ReportStats);
                 tracing::info!(%old, new = %info.id, "re-joined peer adopted its connection");

@@ -174,7 +174,8 @@ impl Registration {
             withdrawn: tokio::sync::Mutex::new(false),
             usage,
         };
-        if let Advertised::IdTaken { urls } = registration.advertise(0).await? {
+        // At start a taken id is an error of its own (the relay exits), not a change to log.
+        if let Advertised::IdTaken { urls } = registration.write_record(0).await? {
             let id = registration.settings.id.clone();
             return Err(RegistrationError::IdTaken { id, urls });
         }
@@ -208,22 +209,10 @@ impl Registration {
         }
     }
 
+    /// Writes the record and renews the lease; logs when another relay takes this id, or
+    /// leaves it.
     async fn advertise(&self, bytes_per_sec: u64) -> Result<Advertised, StoreError> {
-        let withdrawn = self.withdrawn.lock().await;
-        if *withdrawn {
-            return Ok(Advertised::Written);
-        }
-        let lease = self.settings.lease;
-        let now = unix_ms();
-        let advertised = relays::advertise(
-            &self.conn,
-            &self.record(bytes_per_sec),
-            &self.instance,
-            (now, now + lease.as_millis() as u64),
-            lease,
-            REDIS_TIMEOUT,
-        )
-        .await?;
+        let advertised = self.write_record(bytes_per_sec).await?;
         let taken = matches!(advertised, Advertised::IdTaken { .. });
         if taken != self.id_taken.swap(taken, Ordering::Relaxed) {
             match &advertised {
@@ -242,6 +231,24 @@ impl Registration {
             }
         }
         Ok(advertised)
+    }
+
+    async fn write_record(&self, bytes_per_sec: u64) -> Result<Advertised, StoreError> {
+        let withdrawn = self.withdrawn.lock().await;
+        if *withdrawn {
+            return Ok(Advertised::Written);
+        }
+        let lease = self.settings.lease;
+        let now = unix_ms();
+        relays::advertise(
+            &self.conn,
+            &self.record(bytes_per_sec),
+            &self.instance,
+            (now, now + lease.as_millis() as u64),
+            lease,
+            REDIS_TIMEOUT,
+        )
+        .await
     }
 
     /// Renews the lease with the current load, and publishes the usage, every heartbeat until

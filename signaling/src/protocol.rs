@@ -783,6 +783,10 @@ pub mod client_rules {
     /// A client sends a `stats` report per connected peer when its selected candidate pair
     /// changes, and at least this often while it stays.
     pub const STATS_EVERY: Duration = Duration::from_secs(15);
+    /// A client sends its offer again when no answer came this long after it: a signal to a
+    /// peer whose session ended meanwhile is lost (`unknown_peer`), and while an offer waits
+    /// no new one can be made.
+    pub const OFFER_RESEND: Duration = Duration::from_secs(5);
 
     /// The reconnect delay before attempt `attempt` (1 for the first), before jitter:
     /// `min(BACKOFF_MAX, BACKOFF_INITIAL * 2^(attempt-1))`.
@@ -799,6 +803,7 @@ pub mod client_rules {
         pub ack: Ack,
         pub confirm: Confirm,
         pub stats: Stats,
+        pub offer: Offer,
         /// Per error code: the close code (none: the socket stays open) and the retry class.
         pub errors: BTreeMap<&'static str, ErrorRule>,
     }
@@ -833,6 +838,12 @@ pub mod client_rules {
     }
 
     #[derive(Debug, Serialize, PartialEq)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Offer {
+        pub resend_after_ms: u64,
+    }
+
+    #[derive(Debug, Serialize, PartialEq)]
     pub struct ErrorRule {
         pub close: Option<u16>,
         pub retry: RetryClass,
@@ -858,6 +869,9 @@ pub mod client_rules {
                 },
                 stats: Stats {
                     every_ms: STATS_EVERY.as_millis() as u64,
+                },
+                offer: Offer {
+                    resend_after_ms: OFFER_RESEND.as_millis() as u64,
                 },
                 errors: ErrorCode::ALL
                     .iter()

@@ -6,11 +6,10 @@
 //! When a refresh changes the relay of a room this node serves (its relay died, drained, or a
 //! new relay took the room over), every session of that room attached here gets an
 //! `ice_servers` frame at once; the clients restart ICE on connections that used the old relay.
-//! With no active relay in the fleet, the static `--turn-url` list is used. A relay missing
-//! from a read before its lease ran out (Redis restarted empty, or failed over to a replica
-//! that had not seen its last heartbeats) is kept until that lease ends, unless it was
-//! draining: its rooms stay put while it registers again, instead of moving away and back (or
-//! to the static list).
+//! With no active relay in the fleet, the static `--turn-url` list is used. When Redis lost
+//! the fleet (restarted empty: a new epoch, `fleet::relays::EPOCH_KEY`), the relays active at
+//! the last read are kept until their leases end or they register again: their rooms stay put,
+//! instead of moving away and back (or to the static list).
 //!
 //! A relay whose record names the TURN secrets it accepts, none of them the one this node signs
 //! with (a relay given another `--turn-secret`, or none while the nodes were given one), would
@@ -21,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleet::link::Connection;
-use fleet::relays::{Leased, RelayRecord, RelayState, choose, read_fleet};
+use fleet::relays::{FleetRead, Leased, RelayRecord, RelayState, choose, read_fleet};
 
 use crate::backend::Backend;
 use crate::metrics::Metrics;
@@ -39,8 +38,17 @@ pub struct RelayFleet {
     secret_id: RwLock<Option<String>>,
     /// The relays warned about as refusing this node's credentials (warned once each).
     refusing: Mutex<HashSet<String>>,
-    /// The relays of the last read, with their leases ([`Self::carry_over`]).
-    leased: Mutex<Vec<Leased>>,
+    /// What [`Self::carry_over`] keeps between reads.
+    leased: Mutex<CarryOver>,
+}
+
+/// The fleet's epoch at the last read, the relays of that read, and those kept because Redis
+/// lost them.
+#[derive(Debug, Default)]
+struct CarryOver {
+    epoch: Option<String>,
+    last: Vec<Leased>,
+    kept: Vec<Leased>,
 }
 
 impl RelayFleet {
@@ -52,31 +60,41 @@ impl RelayFleet {
             region,
             secret_id: RwLock::new(None),
             refusing: Mutex::new(HashSet::new()),
-            leased: Mutex::new(Vec::new()),
+            leased: Mutex::new(CarryOver::default()),
         }
     }
 
-    /// The relays of a fresh `read` of Redis, and those of the last read that it misses while
-    /// their lease runs past `now_ms` (Unix ms) and they were active: Redis lost their records
-    /// (restarted empty), not they their lease. A relay that leaves marks itself draining
-    /// first, and one that dies stays in Redis until its lease ends: neither is kept.
-    pub fn carry_over(&self, read: Vec<Leased>, now_ms: u64) -> Vec<RelayRecord> {
-        let mut last = self.leased.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut relays = read;
-        for old in last.iter() {
-            let missing = !relays.iter().any(|l| l.record.id == old.record.id);
-            if missing && old.record.state == RelayState::Active && old.until_ms > now_ms {
-                tracing::info!(
-                    relay = %old.record.id,
-                    lease_left_ms = old.until_ms - now_ms,
-                    "a relay is missing from redis before its lease ran out (redis lost its \
-                     data?): kept until its lease ends"
-                );
-                relays.push(old.clone());
-            }
+    /// The relays of a fresh `read` of Redis and, when Redis lost the fleet since the last
+    /// read (a new epoch), the relays then active that it misses, until their leases (as
+    /// last read) end at `now_ms` (Unix ms) or they register again. A relay that leaves or
+    /// dies is not kept: the epoch stays.
+    pub fn carry_over(&self, read: FleetRead, now_ms: u64) -> Vec<RelayRecord> {
+        let mut state = self.leased.lock().unwrap_or_else(PoisonError::into_inner);
+        if state
+            .epoch
+            .as_ref()
+            .is_some_and(|epoch| *epoch != read.epoch)
+        {
+            state.kept = state
+                .last
+                .iter()
+                .filter(|l| l.record.state == RelayState::Active)
+                .cloned()
+                .collect();
+            tracing::info!(
+                relays = state.kept.len(),
+                "redis lost the relay fleet (restarted empty?): its relays are kept until \
+                 their leases end or they register again"
+            );
         }
+        state.epoch = Some(read.epoch);
+        let mut relays = read.relays;
+        state
+            .kept
+            .retain(|k| k.until_ms > now_ms && !relays.iter().any(|l| l.record.id == k.record.id));
+        relays.extend(state.kept.iter().cloned());
         relays.sort_by(|a, b| a.record.id.cmp(&b.record.id));
-        last.clone_from(&relays);
+        state.last.clone_from(&relays);
         relays.into_iter().map(|l| l.record).collect()
     }
 
@@ -188,7 +206,9 @@ pub async fn refresh(
     metrics: &Metrics,
 ) -> Option<Vec<RoomId>> {
     let now_ms = unix_ms();
-    let relays = match read_fleet(conn, now_ms, timeout).await {
+    // A new token at each read: one written now differs from any written before.
+    let epoch = format!("{:016x}", rand::random::<u64>());
+    let relays = match read_fleet(conn, now_ms, &epoch, timeout).await {
         Ok(read) => fleet.carry_over(read, now_ms),
         Err(e) => {
             tracing::debug!(error = %e, "could not read the relay fleet");
@@ -249,27 +269,45 @@ mod tests {
     }
 
     #[test]
-    fn a_relay_missing_before_its_lease_ends_is_kept_unless_it_was_draining() {
+    fn relays_redis_lost_are_kept_until_their_leases_end_or_they_come_back() {
         let fleet = RelayFleet::new(None);
         let leased = |id: &str, state, until_ms| Leased {
             record: relay(id, state),
             until_ms,
         };
+        let read = |epoch: &str, relays: Vec<Leased>| FleetRead {
+            epoch: epoch.into(),
+            relays,
+        };
         let ids = |relays: Vec<RelayRecord>| relays.into_iter().map(|r| r.id).collect::<Vec<_>>();
-        let read = vec![
+        let three = vec![
             leased("a", RelayState::Active, 5_000),
             leased("b", RelayState::Draining, 5_000),
             leased("c", RelayState::Active, 2_000),
         ];
-        assert_eq!(ids(fleet.carry_over(read, 1_000)), ["a", "b", "c"]);
-        // Redis lost every record at 1,500: the active ones stay until their leases end; the
-        // draining one (it was leaving) does not.
-        assert_eq!(ids(fleet.carry_over(Vec::new(), 1_500)), ["a", "c"]);
-        assert_eq!(ids(fleet.carry_over(Vec::new(), 2_500)), ["a"]);
-        // Back in Redis with a fresh lease: the record read wins.
+        assert_eq!(
+            ids(fleet.carry_over(read("e1", three), 1_000)),
+            ["a", "b", "c"]
+        );
+        // Relays that leave or die (same epoch) are not kept.
+        let only_a = vec![leased("a", RelayState::Active, 5_000)];
+        assert_eq!(ids(fleet.carry_over(read("e1", only_a), 1_200)), ["a"]);
+        // Redis lost everything (a new epoch): the active ones are kept until their leases
+        // end...
+        assert_eq!(ids(fleet.carry_over(read("e2", Vec::new()), 1_500)), ["a"]);
+        assert_eq!(ids(fleet.carry_over(read("e2", Vec::new()), 4_000)), ["a"]);
+        // ... or they are back, as they now are.
         let back = vec![leased("a", RelayState::Draining, 9_000)];
-        assert_eq!(fleet.carry_over(back, 3_000)[0].state, RelayState::Draining);
-        assert!(fleet.carry_over(Vec::new(), 5_500).is_empty());
+        assert_eq!(
+            fleet.carry_over(read("e2", back), 4_500)[0].state,
+            RelayState::Draining
+        );
+        assert!(fleet.carry_over(read("e2", Vec::new()), 4_600).is_empty());
+        // Lost once more, with nothing active to keep.
+        let lost = vec![leased("d", RelayState::Active, 3_000)];
+        assert_eq!(ids(fleet.carry_over(read("e2", lost), 2_000)), ["d"]);
+        assert_eq!(ids(fleet.carry_over(read("e3", Vec::new()), 2_500)), ["d"]);
+        assert!(fleet.carry_over(read("e3", Vec::new()), 3_000).is_empty());
     }
 
     #[test]

@@ -236,7 +236,8 @@ fn a_fleet_relay_writes_the_agreed_secret_back_into_an_emptied_redis() {
 /// refuses to start (exit 1, naming the other's URLs) and leaves the first's record alone (the
 /// two would otherwise write it in turn, moving its rooms at every heartbeat, and the second's
 /// stop would take the first out of the fleet). The first, killed and restarted at once at its
-/// own address (as by a supervisor), takes its record back within its lease.
+/// own address (as by a supervisor), takes its record back within its lease; it leaves alone a
+/// record another process took meanwhile, and does not withdraw it when it stops.
 #[test]
 fn a_second_relay_with_a_live_relays_id_refuses_to_start() {
     let redis = RedisServer::start();
@@ -289,8 +290,30 @@ fn a_second_relay_with_a_live_relays_id_refuses_to_start() {
 
     let listen = format!("127.0.0.1:{}", first.port);
     first.proc.kill();
-    let _again = start_loopback_relay(&listen, &as_twin);
+    let mut again = start_loopback_relay(&listen, &as_twin);
     assert_eq!(redis.cli(&["HGET", record, "urls"]), urls);
+
+    // Another process takes the id while this one runs (both started at once, or Redis lost
+    // the record): this one leaves it alone at its heartbeats, and its stop withdraws nothing.
+    let other = "turn:127.0.0.9:9?transport=udp";
+    redis.cli(&["HSET", record, "instance", "another", "urls", other]);
+    redis.cli(&["PERSIST", record]);
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000;
+    redis.cli(&["ZADD", "sig:{fleet}:relays", &far.to_string(), "twin"]);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(redis.cli(&["HGET", record, "urls"]), other);
+    again.proc.terminate();
+    again.proc.wait_exit(Duration::from_secs(20));
+    assert_eq!(redis.cli(&["HGET", record, "urls"]), other);
+    assert!(
+        !redis
+            .cli(&["ZSCORE", "sig:{fleet}:relays", "twin"])
+            .is_empty()
+    );
 }
 
 /// Redis restarted empty loses every relay's record; the relays register again at their next

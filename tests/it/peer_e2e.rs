@@ -405,6 +405,28 @@ fn signaling_socket_drop_resumes_and_the_data_channel_keeps_working() {
     expect_chat(&mut bob, "carol: hello-from-carol");
 }
 
+/// The same with relay-only peers: the welcome of their re-join brings fresh TURN credentials,
+/// so each restarts ICE onto them. Its offer must reach the other's new id (sent to the old one
+/// it is lost, and the connection, its old ICE credentials gone, stays `connecting` for good),
+/// and the call goes on.
+#[test]
+fn signaling_restart_keeps_a_relay_only_call() {
+    let relay = start_relay();
+    let listen = format!("127.0.0.1:{}", e2e::free_port());
+    let signaling = start_signaling(Some(&relay), &listen);
+    let url = signaling.room_url("restart-relayed");
+    let (mut alice, mut bob) =
+        chat_pair_from(join(&url, "alice", true), || join(&url, "bob", true));
+    drop(signaling.proc);
+    let _restarted = start_signaling(Some(&relay), &listen);
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(Duration::from_secs(30), |l| {
+            l.starts_with("* ice-restart") && field(l, "reason") == Some("fresh-credentials")
+        });
+    }
+    chat_both_ways(&mut alice, &mut bob, "after the restart", "still relayed");
+}
+
 #[test]
 fn signaling_restart_rejoins_and_the_data_channel_keeps_working() {
     let listen = format!("127.0.0.1:{}", e2e::free_port());
@@ -540,10 +562,14 @@ fn the_rust_sdk_reports_its_selected_pair_to_signaling() {
     let url = signaling.room_url("sdk-stats");
     let _alice = join(&url, "alice", true);
     let _bob = join(&url, "bob", true);
-    let series = r#"signaling_ice_paths_total{path="relayed",local="relay",remote="relay"}"#;
+    // The remote is the other's relayed candidate, `prflx` when its check came before it.
+    let series = |remote: &str| {
+        format!(r#"signaling_ice_paths_total{{path="relayed",local="relay",remote="{remote}"}}"#)
+    };
     let counted = testkit::wait_until(Duration::from_secs(60), || {
         let (_, text) = testkit::http_get(signaling.addr, "/metrics").ok()?;
-        testkit::metric_value(&text, series).filter(|n| *n >= 2.0)
+        let count = |remote| testkit::metric_value(&text, &series(remote)).unwrap_or(0.0);
+        Some(count("relay") + count("prflx")).filter(|n| *n >= 2.0)
     });
     assert!(counted.is_some(), "both SDK peers reported a relayed pair");
     let (status, body) = testkit::http_get(admin, "/snapshot").expect("GET /snapshot");

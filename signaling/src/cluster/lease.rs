@@ -15,7 +15,7 @@ use super::{
 };
 use crate::hub::{ConnId, SessionKey};
 use crate::metrics::Outage;
-use crate::protocol::{LeaveReason, RoomId, close_code};
+use crate::protocol::{LeaveReason, RoomId};
 
 /// The key of the lease table: node id -> lease expiry (unix ms).
 pub(super) const NODES_KEY: &str = "sig:nodes";
@@ -138,6 +138,7 @@ impl ClusterHub {
             self.park(p).await;
         }
         self.retry_leaves().await;
+        self.readopt().await;
         let may_adopt = self
             .lock()
             .adopt_after
@@ -151,6 +152,11 @@ impl ClusterHub {
 
     /// Takes over the sessions of a dead node (only one node wins the `ZREM`).
     pub(super) async fn adopt(&self, dead: &str) {
+        // Read before the `ZREM`: a node that won it must have the list (a dead node adds
+        // nothing to its index).
+        let Some(members) = self.index_entries(dead, "adopt").await else {
+            return;
+        };
         let won = self
             .store
             .query::<i64>(redis::cmd("ZREM").arg(NODES_KEY).arg(dead))
@@ -158,9 +164,6 @@ impl ClusterHub {
         if !matches!(won, Ok(1)) {
             return;
         }
-        let Some(members) = self.index_entries(dead, "adopt").await else {
-            return;
-        };
         tracing::warn!(
             node = dead,
             sessions = members.len(),
@@ -210,20 +213,35 @@ impl ClusterHub {
                 }
             })
             .await;
-        let cmd = if unanswered.load(Ordering::Relaxed) {
-            // Dead again at once: the next heartbeat that reaches Redis (this node's or
+        if unanswered.load(Ordering::Relaxed) {
+            // Among the dead again: the next heartbeat that reaches Redis (this node's or
             // another's) adopts what is left.
-            redis::cmd("ZADD")
-                .arg(NODES_KEY)
-                .arg(0)
-                .arg(dead)
-                .to_owned()
+            self.lock().unadopted.push(dead.to_owned());
+            self.readopt().await;
         } else {
-            redis::cmd("DEL").arg(node_sessions_key(dead)).to_owned()
-        };
-        let _ = self.store.query::<i64>(&cmd).await;
+            let cmd = redis::cmd("DEL").arg(node_sessions_key(dead)).to_owned();
+            let _ = self.store.query::<i64>(&cmd).await;
+        }
         let st = self.lock();
         self.update_gauges(&st);
+    }
+
+    /// Puts the nodes of [`super::LocalState::unadopted`] back among the dead (`NX`: one that
+    /// renewed its lease meanwhile is alive); those Redis did not take stay for the next
+    /// heartbeat.
+    async fn readopt(&self) {
+        let nodes = std::mem::take(&mut self.lock().unadopted);
+        for node in nodes {
+            let cmd = redis::cmd("ZADD")
+                .arg(NODES_KEY)
+                .arg("NX")
+                .arg(0)
+                .arg(&node)
+                .to_owned();
+            if self.store.query::<i64>(&cmd).await.is_err() {
+                self.lock().unadopted.push(node);
+            }
+        }
     }
 
     /// Refreshes the TTL of every room this node serves.
@@ -301,6 +319,14 @@ impl ClusterHub {
         };
         let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
         for (room, key) in orphans {
+            {
+                // Unknown still, and no resume of it may start until it is parked.
+                let mut st = self.lock();
+                if st.knows(key) {
+                    continue;
+                }
+                st.reconciling.insert(key);
+            }
             let reply = self
                 .store
                 .call(
@@ -309,28 +335,31 @@ impl ClusterHub {
                     &[&sid(key), me, me, &expires_ms.to_string()],
                 )
                 .await;
+            let (parked, known) = {
+                let mut st = self.lock();
+                // Parked here before a resume of it may start.
+                st.reconciling.remove(&key);
+                let parked = matches!(&reply, Ok(reply) if reply.status == "ok");
+                if let Ok(reply) = &reply
+                    && parked
+                {
+                    park_adopted(&mut st, key, room.clone(), reply, expires_ms);
+                    self.update_gauges(&st);
+                }
+                (parked, st.knows(key))
+            };
             match reply {
-                Ok(reply) if reply.status == "ok" => {
+                Ok(_) if parked => {
                     tracing::warn!(
                         session = %sid(key),
                         %room,
                         "a session redis attached to this node, not held here: parked"
                     );
                     self.metrics.cluster_session_orphaned();
-                    let mut st = self.lock();
-                    if let Some(session) = st.attached.get(&key) {
-                        // Attached here meanwhile, after all: its client resumes the parked
-                        // session, with nothing lost.
-                        session.tx.close(None, close_code::TRY_AGAIN_LATER);
-                    }
-                    park_adopted(&mut st, key, room, &reply, expires_ms);
-                    self.update_gauges(&st);
                 }
-                Ok(_) => {
-                    if !self.lock().knows(key) {
-                        self.index_remove(me, &room, key).await;
-                    }
-                }
+                // Not this node's (ended, or moved away).
+                Ok(_) if !known => self.index_remove(me, &room, key).await,
+                Ok(_) => {}
                 Err(e) => {
                     self.store_failed("reconcile", &e);
                     return;

@@ -244,6 +244,12 @@ struct LocalState {
     /// The entries of this node's index that named no session held here at the last
     /// reconciliation ([`ClusterHub::reconcile_index`]).
     index_suspects: HashSet<String>,
+    /// Sessions the reconciliation is parking: a resume of one waits (`unavailable`) until
+    /// it is done, so that the two cannot cross.
+    reconciling: HashSet<SessionKey>,
+    /// Dead nodes whose adoption Redis did not finish: put back among the dead (for another
+    /// try) once it answers.
+    unadopted: Vec<String>,
 }
 
 impl LocalState {
@@ -690,6 +696,9 @@ impl ClusterHub {
             ));
         }
         let mut st = self.lock();
+        if st.reconciling.contains(&key) {
+            return Err(Self::unavailable());
+        }
         st.has_room_for(room, &self.settings)?;
         st.reserve_move(key, room);
         Ok(())
@@ -1062,9 +1071,12 @@ impl ClusterHub {
                 return match reply {
                     Ok(_) => Flow::Left,
                     Err(e) => {
-                        // Not taken (or taken when Redis answers): it leaves then all the
-                        // same, not left behind as a session nobody holds.
-                        st.pending_leave.push(PendingLeave { room, key, guard });
+                        // Not taken (or taken when Redis answers): a socket's session leaves
+                        // then all the same, not left behind as a session nobody holds (an
+                        // HTTP session is parked between requests: it expires).
+                        if let Guard::Conn(_) = guard {
+                            st.pending_leave.push(PendingLeave { room, key, guard });
+                        }
                         drop(st);
                         self.store_failed("leave", &e);
                         Flow::Retry

@@ -168,6 +168,10 @@ fn the_client_rules_section_states_the_rules_the_clients_follow() {
             "| stats every | {} ms per connected peer",
             STATS_EVERY.as_millis()
         ),
+        format!(
+            "| resend an offer | {} ms after it was sent with no answer yet",
+            OFFER_RESEND.as_millis()
+        ),
     ] {
         assert!(section.contains(&row), "the section lacks {row}");
     }
