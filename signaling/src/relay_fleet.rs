@@ -47,6 +47,8 @@ pub struct RelayFleet {
 #[derive(Debug, Default)]
 struct CarryOver {
     epoch: Option<String>,
+    /// When the last read was made (Unix ms).
+    last_read_ms: u64,
     last: Vec<Leased>,
     kept: Vec<Leased>,
 }
@@ -64,9 +66,10 @@ impl RelayFleet {
         }
     }
 
-    /// The relays of a fresh `read` of Redis and, when Redis lost the fleet since the last
-    /// read (a new epoch), the relays then active that it misses, until their leases (as
-    /// last read) end at `now_ms` (Unix ms) or they register again. A relay that leaves or
+    /// The relays of a fresh `read` of Redis (at `now_ms`, Unix ms) and, when Redis lost the
+    /// fleet since the last read (a new epoch), the relays then active that it misses, for
+    /// what was left of their leases at the last read (counted from now: an outage longer
+    /// than a lease does not drop them) or until they register again. A relay that leaves or
     /// dies is not kept: the epoch stays.
     pub fn carry_over(&self, read: FleetRead, now_ms: u64) -> Vec<RelayRecord> {
         let mut state = self.leased.lock().unwrap_or_else(PoisonError::into_inner);
@@ -75,11 +78,18 @@ impl RelayFleet {
             .as_ref()
             .is_some_and(|epoch| *epoch != read.epoch)
         {
+            // Each for what was left of its lease at the last read, from now: no relay could
+            // renew its lease while Redis was away, and each registers again at its next
+            // heartbeat now that Redis answers (one that died meanwhile never does).
+            let last_read_ms = state.last_read_ms;
             state.kept = state
                 .last
                 .iter()
                 .filter(|l| l.record.state == RelayState::Active)
-                .cloned()
+                .map(|l| Leased {
+                    record: l.record.clone(),
+                    until_ms: now_ms + l.until_ms.saturating_sub(last_read_ms).max(1_000),
+                })
                 .collect();
             tracing::info!(
                 relays = state.kept.len(),
@@ -95,6 +105,7 @@ impl RelayFleet {
         relays.extend(state.kept.iter().cloned());
         relays.sort_by(|a, b| a.record.id.cmp(&b.record.id));
         state.last.clone_from(&relays);
+        state.last_read_ms = now_ms;
         relays.into_iter().map(|l| l.record).collect()
     }
 
@@ -292,22 +303,23 @@ mod tests {
         // Relays that leave or die (same epoch) are not kept.
         let only_a = vec![leased("a", RelayState::Active, 5_000)];
         assert_eq!(ids(fleet.carry_over(read("e1", only_a), 1_200)), ["a"]);
-        // Redis lost everything (a new epoch): the active ones are kept until their leases
-        // end...
+        // Redis lost everything (a new epoch): the active ones are kept for what was left of
+        // their leases at the last read (3,800 ms for a), from now...
         assert_eq!(ids(fleet.carry_over(read("e2", Vec::new()), 1_500)), ["a"]);
-        assert_eq!(ids(fleet.carry_over(read("e2", Vec::new()), 4_000)), ["a"]);
-        // ... or they are back, as they now are.
+        assert_eq!(ids(fleet.carry_over(read("e2", Vec::new()), 5_200)), ["a"]);
+        // ... or until they are back, as they now are.
         let back = vec![leased("a", RelayState::Draining, 9_000)];
         assert_eq!(
-            fleet.carry_over(read("e2", back), 4_500)[0].state,
+            fleet.carry_over(read("e2", back), 5_300)[0].state,
             RelayState::Draining
         );
-        assert!(fleet.carry_over(read("e2", Vec::new()), 4_600).is_empty());
-        // Lost once more, with nothing active to keep.
-        let lost = vec![leased("d", RelayState::Active, 3_000)];
-        assert_eq!(ids(fleet.carry_over(read("e2", lost), 2_000)), ["d"]);
-        assert_eq!(ids(fleet.carry_over(read("e3", Vec::new()), 2_500)), ["d"]);
-        assert!(fleet.carry_over(read("e3", Vec::new()), 3_000).is_empty());
+        assert!(fleet.carry_over(read("e2", Vec::new()), 5_400).is_empty());
+        // Lost after an outage longer than a lease: kept from the moment Redis answers.
+        let d = vec![leased("d", RelayState::Active, 10_000)];
+        assert_eq!(ids(fleet.carry_over(read("e2", d), 6_000)), ["d"]);
+        assert_eq!(ids(fleet.carry_over(read("e3", Vec::new()), 20_000)), ["d"]);
+        assert_eq!(ids(fleet.carry_over(read("e3", Vec::new()), 23_900)), ["d"]);
+        assert!(fleet.carry_over(read("e3", Vec::new()), 24_100).is_empty());
     }
 
     #[test]

@@ -317,12 +317,24 @@ fn a_second_relay_with_a_live_relays_id_refuses_to_start() {
 }
 
 /// Redis restarted empty loses every relay's record; the relays register again at their next
-/// heartbeat. Meanwhile the node keeps them (their leases have not run out): no room moves
-/// away and back, and the static `--turn-url` is never handed out.
+/// heartbeat. Meanwhile the node keeps them: no room moves away and back, and the static
+/// `--turn-url` is never handed out.
 #[test]
 fn a_redis_restarted_empty_moves_no_room_off_the_fleet() {
+    redis_restarted_empty_keeps_the_rooms("5s", Duration::ZERO);
+}
+
+/// The same after an outage longer than the relays' lease: no relay could renew it meanwhile.
+#[test]
+fn a_redis_back_empty_after_more_than_a_lease_moves_no_room_off_the_fleet() {
+    redis_restarted_empty_keeps_the_rooms("1s", Duration::from_millis(2500));
+}
+
+/// Two relays with `lease`, a node with a static `--turn-url`; Redis restarted empty after
+/// `down`: for 2 s after, every room keeps its relay.
+fn redis_restarted_empty_keeps_the_rooms(lease: &str, down: Duration) {
     let mut redis = RedisServer::start();
-    let lease = ["--node-lease", "5s"];
+    let lease = ["--node-lease", lease];
     let _relays: Vec<FleetRelay> = ["r1", "r2"]
         .iter()
         .map(|id| start_fleet_relay_with(&redis, id, &lease))
@@ -370,8 +382,8 @@ fn a_redis_restarted_empty_moves_no_room_off_the_fleet() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    redis.restart();
-    // Through the restart and the relays' return (heartbeat 200 ms), at every read.
+    redis.restart_empty_after(down);
+    // Through the relays' return (heartbeat 200 ms), at every read.
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
         assert_eq!(relay_ports(), before);

@@ -153,6 +153,13 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Kills the server, waits `down`, and starts it again empty on the same port.
+    pub fn restart_empty_after(&mut self, down: Duration) {
+        self.kill();
+        std::thread::sleep(down);
+        self.spawn();
+    }
+
     /// Saves the data (`SAVE`), kills the server, waits `down`, and starts it again on the
     /// same port from the saved data: a Redis restarted with persistence.
     pub fn restart_from_saved_data(&mut self, down: Duration) {
