@@ -56,7 +56,9 @@ enum Command {
     /// session went on; the data channels are not touched) or, when the server no longer holds
     /// the session, `* signaling-rejoined id=NEW reason=CODE` (a new peer id; CODE is the
     /// server's error: `resume_failed`, `replay_overflow` or `slow_consumer`; a peer it was
-    /// connected to that does the same shows as `* peer-renamed old=ID new=ID`).
+    /// connected to that does the same shows as `* peer-renamed old=ID new=ID`). A connection
+    /// that restarts ICE prints `* ice-restart peer=ID reason=R`: `failed`, `relay-moved` (the
+    /// room's relay changed) or `fresh-credentials` (new TURN credentials for a relayed path).
     ///
     /// Leaves the room on Ctrl-C (exit 0) or SIGTERM (exit 143), or when stdin closes: then
     /// the lines read so far are sent first (to the next peer that connects, if none is
