@@ -233,6 +233,8 @@ impl Registration {
         Ok(advertised)
     }
 
+    /// Writes the record and renews the lease, unless withdrawn or another live relay holds
+    /// the id (`relays::advertise`).
     async fn write_record(&self, bytes_per_sec: u64) -> Result<Advertised, StoreError> {
         let withdrawn = self.withdrawn.lock().await;
         if *withdrawn {
