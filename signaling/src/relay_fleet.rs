@@ -93,8 +93,8 @@ impl RelayFleet {
                 .collect();
             tracing::info!(
                 relays = state.kept.len(),
-                "redis lost the relay fleet (restarted empty?): its relays are kept until \
-                 their leases end or they register again"
+                "redis lost the relay fleet (restarted empty?): its relays are kept for what \
+                 was left of their leases, or until they register again"
             );
         }
         state.epoch = Some(read.epoch);
