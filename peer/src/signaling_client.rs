@@ -343,6 +343,17 @@ impl Session {
                     Reconnect::Resumed(ws) | Reconnect::Rejoined(ws) => break ws,
                     Reconnect::Failed => {}
                     Reconnect::Fatal(error) => {
+                        // Learnt on a resume or join (the socket that carried the error
+                        // broke first): told as when it arrives on a live socket.
+                        if let PeerError::Signaling { code, message } = &error {
+                            let _ = self.events_tx.send(SignalingEvent::Message(
+                                ServerMessage::Error {
+                                    code: *code,
+                                    message: message.clone(),
+                                    reference: None,
+                                },
+                            ));
+                        }
                         let _ = self.events_tx.send(SignalingEvent::Closed(error));
                         return;
                     }

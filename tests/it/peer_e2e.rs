@@ -1375,6 +1375,24 @@ fn peer_relay_only_accepts_1_from_the_environment() {
     assert!(stderr.contains("Connection refused"), "{stderr}");
 }
 
+/// A peer kicked while its signaling socket was down learns it from its resume, and says so as
+/// when the kick reaches a live socket: once on stderr, then exit 1.
+#[test]
+fn a_kick_learnt_on_resume_is_reported_once_on_stderr() {
+    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--api-key", API_KEY]);
+    let proxy = CuttableProxy::start(signaling.addr);
+    let url = format!("ws://{}/ws/kick-away", proxy.addr);
+    let stderr = StderrFile::new();
+    let mut bob = join_logged(&url, "bob", &stderr);
+    let bob_id = joined_id(&mut bob);
+    proxy.cut_all();
+    kick(&signaling, "kick-away", &bob_id);
+    assert_eq!(bob.wait_exit(Duration::from_secs(20)).code(), Some(1));
+    let text = stderr.text();
+    let said = text.matches("warning: signaling: kicked: ").count();
+    assert_eq!(said, 1, "{text}");
+}
+
 /// A peer an operator kicks says so once on stderr (`warning: signaling: kicked: ...`), not a
 /// second time through the SDK's log.
 #[test]
