@@ -1564,8 +1564,8 @@ impl ClusterHub {
             rooms.extend(
                 entries
                     .iter()
-                    .filter_map(|e| e.split_once('\t'))
-                    .map(|(room, _)| RoomId::from(room)),
+                    .filter_map(|e| parse_index_entry(e))
+                    .map(|(room, _)| room),
             );
         }
         let total = rooms.len();
