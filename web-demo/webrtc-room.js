@@ -318,6 +318,12 @@ export class RemotePeer {
     this._pendingCandidates = [];
     this._signalChain = Promise.resolve();
     this._restartPending = false;
+    this._checkingCredentials = false;
+    /**
+     * Fresh TURN credentials (same URLs) arrived and no ICE restart of ours has gathered with
+     * them yet: a relayed path is still on an allocation made with older ones.
+     */
+    this._freshCredentialsOwed = false;
     this._timers = new Set();
     /** TURN errors already reported (`URL CODE`): each once per connection. */
     this._turnErrors = new Set();
@@ -329,6 +335,7 @@ export class RemotePeer {
     const pc = new RTCPeerConnection(config);
     this.pc = pc;
     this.turnUrls = turnUrls(config.iceServers);
+    this._freshCredentialsOwed = false;
     pc.onnegotiationneeded = () => this._negotiate();
     pc.onicecandidate = ({ candidate }) => {
       if (candidate && candidate.candidate) {
@@ -392,6 +399,8 @@ export class RemotePeer {
     if (!this.pc || this.pc.connectionState === 'closed') return;
     this.room._log('info', `ICE restart towards ${this.name}: ${reason}`);
     this._restartPending = true;
+    // The restart gathers with the configuration in effect.
+    this._freshCredentialsOwed = false;
     this.iceRestarts += 1;
     this.pc.restartIce();
     this.room._emit('ice-restart', { peer: this, reason });
@@ -428,9 +437,8 @@ export class RemotePeer {
     const after = this.turnUrls;
     if (!this.pc || this.state === 'closed') return;
     if (sameUrls(before, after)) {
-      if (this.state !== 'connected') return;
-      const info = await this.connectionInfo().catch(() => null);
-      if (info && info.localType === 'relay') this.restartIce('fresh TURN credentials');
+      this._freshCredentialsOwed = after.length > 0;
+      await this._moveOntoFreshCredentials();
       return;
     }
     const info = await this.connectionInfo().catch(() => null);
@@ -444,6 +452,23 @@ export class RemotePeer {
     // Give the restart time before the watchdog's own retries (which would interrupt it).
     this._nextRestartAt = Math.max(this._nextRestartAt, Date.now() + this.room.options.iceRestartDelayMs);
     this._relayFollowUp = { at: Date.now() + RELAY_FOLLOW_UP_MS, left: 2 };
+  }
+
+  /**
+   * Fresh credentials not gathered with yet (`_freshCredentialsOwed`): a connected path whose
+   * local candidate is relayed restarts ICE onto them. A connection that is not connected (or
+   * in the middle of a negotiation) when they arrive does so once it is (from the watchdog): it
+   * may come back on an allocation made with the old ones.
+   */
+  async _moveOntoFreshCredentials() {
+    const pc = this.pc;
+    if (!pc || !this._freshCredentialsOwed || this._checkingCredentials || this.state !== 'connected'
+      || pc.signalingState !== 'stable' || this._makingOffer) return;
+    this._checkingCredentials = true;
+    const info = await this.connectionInfo().catch(() => null);
+    this._checkingCredentials = false;
+    if (!this._freshCredentialsOwed || this.state !== 'connected') return;
+    if (info && info.localType === 'relay') this.restartIce('fresh TURN credentials');
   }
 
   /**
@@ -770,6 +795,7 @@ export class RemotePeer {
   _watch() {
     this._reportStats();
     this._resendOffer();
+    this._moveOntoFreshCredentials();
     const pc = this.pc;
     const followUp = this._relayFollowUp;
     if (pc && followUp && !followUp.busy && Date.now() >= followUp.at && this.state === 'connected'

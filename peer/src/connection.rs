@@ -254,6 +254,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         turn_urls,
         turn_unchecked: Some(usable),
         ice_restart_pending: false,
+        fresh_credentials_owed: false,
         offer_out: None,
         last_restart: None,
         state: RTCPeerConnectionState::New,
@@ -276,6 +277,9 @@ struct ConnectionTask {
     /// configuration: see [`crate::turn_check`]).
     turn_unchecked: Option<Vec<IceServer>>,
     ice_restart_pending: bool,
+    /// Fresh TURN credentials arrived (same URLs) and no ICE restart of ours has gathered with
+    /// them yet: a relayed path is still on an allocation made with older ones.
+    fresh_credentials_owed: bool,
     /// Our offer waiting for its answer: since when it was sent, and whether it restarts ICE.
     offer_out: Option<(Instant, bool)>,
     last_restart: Option<Instant>,
@@ -309,7 +313,10 @@ impl ConnectionTask {
             let result = tokio::select! {
                 _ = stats_tick.tick() => {
                     self.report_stats().await;
-                    self.resend_offer(client_rules::OFFER_RESEND).await
+                    match self.resend_offer(client_rules::OFFER_RESEND).await {
+                        Ok(()) => self.move_onto_fresh_credentials().await,
+                        err => err,
+                    }
                 }
                 message = input.recv() => match message {
                     None | Some(ConnectionInput::Close) => break,
@@ -363,8 +370,9 @@ impl ConnectionTask {
 
     /// Fresh ICE servers; the configuration is replaced (it takes effect at the next
     /// gathering). Same TURN URLs: a credential refresh; a connected path whose local candidate
-    /// is relayed restarts ICE onto allocations made with the fresh credentials (the old ones
-    /// stop refreshing once the secret that signed them is rotated out). Other TURN URLs: the
+    /// is relayed restarts ICE onto allocations made with the fresh credentials, now or once it
+    /// is connected again (the old ones stop refreshing once the secret that signed them is
+    /// rotated out; see [`Self::move_onto_fresh_credentials`]). Other TURN URLs: the
     /// room moved to another relay; if the selected pair is relayed through a server that is
     /// no longer listed (or the connection lost its path and has no pair), ICE restarts at
     /// once (see [`relay_moved`]).
@@ -372,13 +380,9 @@ impl ConnectionTask {
         let usable = usable_servers(servers, self.ctx.options.no_turn);
         let new_urls = turn_urls(&usable);
         let restart = if new_urls == self.turn_urls {
-            let relayed = self.state == RTCPeerConnectionState::Connected
-                && !new_urls.is_empty()
-                && self
-                    .selected_pair()
-                    .await
-                    .is_some_and(|pair| pair.local_type == "relay");
-            relayed.then_some(IceRestartReason::FreshCredentials)
+            // Owed until a gathering of ours starts after this configuration is in effect.
+            self.fresh_credentials_owed = !new_urls.is_empty();
+            None
         } else {
             let pair = self.selected_pair().await;
             let path_lost = self.was_connected
@@ -413,6 +417,28 @@ impl ConnectionTask {
         self.turn_unchecked = Some(usable);
         if let Some(reason) = restart {
             self.restart_ice(reason).await?;
+        }
+        self.move_onto_fresh_credentials().await
+    }
+
+    /// Fresh credentials not gathered with yet ([`Self::fresh_credentials_owed`]): a connected
+    /// path whose local candidate is relayed restarts ICE onto them. A connection that is not
+    /// connected (or in the middle of a negotiation) when they arrive does so once it is: it
+    /// may come back on its old allocation without a restart of its own (an answered restart
+    /// of the other side gathers nothing here).
+    async fn move_onto_fresh_credentials(&mut self) -> Result<()> {
+        if !self.fresh_credentials_owed
+            || self.state != RTCPeerConnectionState::Connected
+            || !self.is_stable().await
+        {
+            return Ok(());
+        }
+        let relayed = self
+            .selected_pair()
+            .await
+            .is_some_and(|pair| pair.local_type == "relay");
+        if relayed {
+            self.restart_ice(IceRestartReason::FreshCredentials).await?;
         }
         Ok(())
     }
@@ -709,6 +735,8 @@ impl ConnectionTask {
             return Ok(());
         }
         self.last_restart = Some(Instant::now());
+        // The restart gathers with the configuration in effect.
+        self.fresh_credentials_owed = false;
         tracing::info!(peer = %self.peer(), %reason, "restarting ICE");
         let _ = self
             .ctx

@@ -180,6 +180,17 @@ impl Spawned {
         self.signal(libc::SIGINT);
     }
 
+    /// Freezes the process (SIGSTOP): it neither answers nor closes its sockets, as a hung
+    /// host does, until [`Self::thaw`].
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
     fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) with a pid this process spawned and has not reaped yet.
         let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };

@@ -959,6 +959,53 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
 });
 
 /**
+ * Fresh TURN credentials that arrive while the path is down (the relay frozen, the connection
+ * 'reconnecting') are moved onto once it is back: Chromium comes back on the old allocation by
+ * itself, so the page restarts ICE then ('fresh TURN credentials'), not at the next refresh.
+ * The watchdog's own restarts are held off, so that the path comes back without one.
+ */
+test('relay only: fresh TURN credentials that arrive while the path is down are moved onto once it is back', async (t) => {
+  const { port, secret, proc: relay } = await startRelay(t);
+  // A refresh every 8 s.
+  const sig = await startTurnSignaling(t, port, secret, 'signaling-turn-down', ['--turn-ttl', '10s']);
+  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
+  await a.joined();
+  const b = await t.open('Bob', { server: sig, query: 'relay=1' });
+  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  await a.eval(() => { window.__demo.room.options.iceRestartDelayMs = 120000; });
+  const look = () => a.eval(() => ({
+    updates: window.__demo.client.stats.iceServerUpdates,
+    state: window.__demo.peers()[0]?.state,
+    fresh: window.__demo.events.filter((e) => e.type === 'log' && /fresh TURN credentials/.test(e.message)).length,
+  }));
+  let landed = null;
+  for (let attempt = 1; attempt <= 3 && !landed; attempt += 1) {
+    const before = (await look()).updates;
+    await a.waitFor((n) => window.__demo.client.stats.iceServerUpdates > n, before, 'a refresh', 15000);
+    // Its restart (connected, relayed) settles; the path goes down well before the next one.
+    await sleep(2000);
+    const refreshed = (await look()).updates;
+    process.kill(relay.child.pid, 'SIGSTOP');
+    let now = await look();
+    for (let i = 0; i < 100 && now.updates === refreshed; i += 1) {
+      await sleep(100);
+      now = await look();
+    }
+    process.kill(relay.child.pid, 'SIGCONT');
+    if (now.state !== 'connected') landed = now;
+    else await a.connected(1, 30000);
+  }
+  assert(landed, 'a refresh arrived while the connection was down');
+  await a.connected(1, 30000);
+  await a.waitFor((n) => window.__demo.events.filter((e) => e.type === 'log' && /fresh TURN credentials/.test(e.message)).length > n,
+    landed.fresh, 'a restart onto the fresh credentials', 6000);
+  const after = await look();
+  assert(after.updates === landed.updates, `the restart came before the next refresh: ${JSON.stringify({ landed, after })}`);
+  await a.connected(1, 30000);
+  await a.sayTo(b, 'back on fresh credentials');
+});
+
+/**
  * One port for everything (`--shared-port`): the page, its WSS signaling and TURN over TLS all
  * on signaling's one TLS port, the in-process relay behind it. The pages may use only that
  * port's TURN URL (as a client behind a firewall that lets nothing but that TCP port out) and

@@ -405,6 +405,59 @@ fn signaling_socket_drop_resumes_and_the_data_channel_keeps_working() {
     expect_chat(&mut bob, "carol: hello-from-carol");
 }
 
+/// Fresh TURN credentials that arrive while the path is down (the relay frozen: `disconnected`,
+/// not yet `failed`) are moved onto once it is back. The connection comes back on its old
+/// allocation without a restart of its own, so it restarts ICE then, not at the next refresh
+/// (80% of a TTL later, when the secret that signed the old credentials may be gone).
+#[test]
+fn fresh_credentials_that_arrive_while_the_path_is_down_are_moved_onto_once_it_is_back() {
+    let relay = start_relay();
+    // A refresh every 8 s; ICE says `disconnected` 3 s after the last packet and `failed` 6 s.
+    let signaling = start_signaling_with(Some(&relay), "127.0.0.1:0", &["--turn-ttl", "10s"]);
+    let url = signaling.room_url("fresh-while-down");
+    let (mut alice, mut bob) =
+        chat_pair_from(join(&url, "alice", true), || join(&url, "bob", true));
+    let refreshed = |l: &str| l == "* ice-servers-updated";
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(attempts <= 3, "no refresh landed while the path was down");
+        alice.wait_line(Duration::from_secs(20), refreshed);
+        // Its restart (connected, relayed) settles; the path goes down before the next one.
+        alice.read_for(Duration::from_millis(4500));
+        relay.proc.freeze();
+        let down = |l: &str| {
+            l.starts_with("* connection-state")
+                && matches!(field(l, "state"), Some("disconnected" | "failed"))
+        };
+        let next = alice.wait_line(Duration::from_secs(8), |l| refreshed(l) || down(l));
+        if refreshed(&next) {
+            relay.proc.thaw();
+            continue;
+        }
+        let next = alice.wait_line(Duration::from_secs(8), |l| refreshed(l) || down(l));
+        relay.proc.thaw();
+        if !refreshed(&next) {
+            continue;
+        }
+        break;
+    }
+    let after = alice.wait_line(Duration::from_secs(8), |l| {
+        refreshed(l) || l.starts_with("* ice-restart")
+    });
+    assert_eq!(
+        field(&after, "reason"),
+        Some("fresh-credentials"),
+        "{after}"
+    );
+    chat_both_ways(
+        &mut alice,
+        &mut bob,
+        "back on fresh credentials",
+        "still here",
+    );
+}
+
 /// The same with relay-only peers: the welcome of their re-join brings fresh TURN credentials,
 /// so each restarts ICE onto them. Its offer must reach the other's new id (sent to the old one
 /// it is lost, and the connection, its old ICE credentials gone, stays `connecting` for good),
