@@ -149,6 +149,12 @@ impl ClusterHub {
                 && let Some(session) = st.detach(key)
             {
                 session.tx.close(None, code);
+            } else if let Some(resuming) = st.resuming.get_mut(&key)
+                && resuming.conn == conn
+            {
+                // Its resume here is not done yet (Redis ran it first, then another node's):
+                // closed once it is.
+                resuming.closed = Some(code);
             }
             self.update_gauges(&st);
             return;
@@ -187,8 +193,8 @@ impl ClusterHub {
     /// Frame `seq` of session `key`, from the node's channel: on to its socket, in order.
     fn deliver(self: &Arc<Self>, key: SessionKey, seq: u64, frame: Utf8Bytes) {
         let mut st = self.lock();
-        if let Some(inbox) = st.resuming.get_mut(&key) {
-            let _ = inbox.offer(seq, frame.clone());
+        if let Some(resuming) = st.resuming.get_mut(&key) {
+            let _ = resuming.inbox.offer(seq, frame.clone());
         }
         let Some(session) = st.attached.get_mut(&key) else {
             return;

@@ -207,6 +207,44 @@ struct PendingPark {
     ticket: Option<SessionTicket>,
 }
 
+/// A resume in flight on this node ([`LocalState::resuming`]).
+struct Resuming {
+    /// The connection resuming.
+    conn: ConnId,
+    /// Frames for the session, held until its replay is written.
+    inbox: Inbox,
+    /// A takeover on another node (`!close` for this connection) that came before the resume
+    /// was done here: the close it asked for, carried out once it is.
+    closed: Option<u16>,
+}
+
+/// A [`Resuming`] entry, removed when this is dropped (a resume that failed, or whose request
+/// went away) unless [`Self::finish`] took it.
+struct ResumeInFlight<'a> {
+    hub: &'a ClusterHub,
+    key: SessionKey,
+    finished: bool,
+}
+
+impl ResumeInFlight<'_> {
+    /// The entry, for a resume that is done (`st`: the hub's state, locked).
+    fn finish(mut self, st: &mut LocalState) -> Option<Resuming> {
+        self.finished = true;
+        st.resuming.remove(&self.key)
+    }
+}
+
+impl Drop for ResumeInFlight<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.hub.lock().resuming.remove(&self.key);
+        }
+    }
+}
+
+/// How often a resume waits for another of the same session on this node to be done.
+const RESUME_QUEUE_POLL: Duration = Duration::from_millis(10);
+
 /// A `leave` the store did not take (see [`LocalState::pending_leave`]).
 struct PendingLeave {
     room: RoomId,
@@ -220,8 +258,8 @@ struct PendingLeave {
 #[derive(Default)]
 struct LocalState {
     attached: HashMap<SessionKey, LocalSession>,
-    /// Resumes in flight: frames for the session are held here until its replay is written.
-    resuming: HashMap<SessionKey, Inbox>,
+    /// Resumes in flight, one per session ([`ClusterHub::begin_resume`]).
+    resuming: HashMap<SessionKey, Resuming>,
     /// Resumes in flight that bring a session from another node: their places, held against
     /// `--max-sessions` (and their rooms against `--max-rooms`) until they attach or fail.
     moving_in: HashMap<SessionKey, RoomId>,
@@ -713,6 +751,7 @@ impl ClusterHub {
     ) -> Result<Attached, RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let (key, secret_hex, peer, room) = parse_cluster_token(&req.token).ok_or_else(unknown)?;
+        let in_flight = self.begin_resume(key, conn).await?;
         // A quiet re-attach (an HTTP stream request) of a session this node serves goes on
         // while it drains (the session was told `draining`); any other is sent elsewhere.
         let here = {
@@ -753,7 +792,6 @@ impl ClusterHub {
                 return Err(error);
             }
         };
-        self.lock().resuming.insert(key, Inbox::pending());
         let args = [
             sid(key),
             secret_hash(secret_hex),
@@ -775,11 +813,7 @@ impl ClusterHub {
         {
             Ok(outcome) => outcome,
             Err(error) => {
-                {
-                    let mut st = self.lock();
-                    st.resuming.remove(&key);
-                    st.end_move(key);
-                }
+                self.lock().end_move(key);
                 // As for a join: an unanswered script may still run.
                 if added && error.code != ErrorCode::Unavailable {
                     self.index_remove(&self.cluster.node_id, &room, key).await;
@@ -792,7 +826,9 @@ impl ClusterHub {
         let mut all = replay;
         {
             let mut st = self.lock();
-            let mut inbox = st.resuming.remove(&key).unwrap_or_default();
+            let (mut inbox, closed) = in_flight
+                .finish(&mut st)
+                .map_or((Inbox::default(), None), |r| (r.inbox, r.closed));
             st.end_move(key);
             all.extend(inbox.start(next));
             // A session that joined on this node keeps its place among its address's.
@@ -819,6 +855,12 @@ impl ClusterHub {
             {
                 previous.tx.close(None, close_code::POLICY);
             }
+            if let Some(code) = closed
+                && let Some(session) = st.detach(key)
+            {
+                // Taken over on another node meanwhile: let go as on a `!close` that came now.
+                session.tx.close(None, code);
+            }
             self.update_gauges(&st);
         }
         if old_node != self.cluster.node_id {
@@ -838,6 +880,38 @@ impl ClusterHub {
             token: req.token,
             replay: all.into_iter().map(Frame::Whole).collect(),
         })
+    }
+
+    /// Enters a resume of session `key` by `conn` in [`LocalState::resuming`]. One at a time
+    /// per session: a second socket resuming it here at the same instant waits until the first
+    /// is done, then takes over from it as from any attached socket (the order Redis runs their
+    /// scripts in is the order they attach in). `unavailable` if the first is not done within
+    /// twice `--redis-timeout`.
+    async fn begin_resume(
+        &self,
+        key: SessionKey,
+        conn: ConnId,
+    ) -> Result<ResumeInFlight<'_>, RequestError> {
+        let deadline = Instant::now() + self.cluster.redis_timeout * 2;
+        loop {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.lock().resuming.entry(key)
+            {
+                slot.insert(Resuming {
+                    conn,
+                    inbox: Inbox::pending(),
+                    closed: None,
+                });
+                return Ok(ResumeInFlight {
+                    hub: self,
+                    key,
+                    finished: false,
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(Self::unavailable());
+            }
+            tokio::time::sleep(RESUME_QUEUE_POLL).await;
+        }
     }
 
     /// Runs the resume script; returns the node the session was on and the frames to replay.

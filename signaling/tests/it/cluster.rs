@@ -1295,3 +1295,48 @@ async fn a_leave_redis_did_not_take_is_carried_out_when_it_answers() {
         other => panic!("expected peer_left, got {other:?}"),
     }
 }
+
+/// Two sockets resume one session at the same instant, on two nodes (the node whose script
+/// Redis ran first may read the other's takeover before its own answer) or on one: exactly one
+/// holds the session and gets every later frame; the other is closed with 1008.
+#[tokio::test]
+async fn simultaneous_resumes_of_one_session_leave_one_socket_holding_it() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &[]);
+    let n2 = node(&redis.url(), &[]);
+    metric_becomes(&n1, "signaling_cluster_nodes", 2).await;
+    let signals = |frames: &[ServerFrame]| {
+        frames
+            .iter()
+            .filter(|f| matches!(f.message, ServerMessage::Signal { .. }))
+            .count()
+    };
+    for round in 0..16 {
+        let other = if round % 4 == 3 { &n1 } else { &n2 };
+        let path = format!("/ws/twice-{round}");
+        let ((mut a, _), (b, b_info)) = Client::pair(&n1.ws(&path), &n1.ws(&path)).await;
+        let last = b.last_seq;
+        drop(b);
+        let (x_url, y_url) = (n1.ws(&path), other.ws(&path));
+        let (mut x, mut y) = tokio::join!(Client::connect(&x_url), Client::connect(&y_url));
+        let resume = resume_message(&b_info.resume_token, last);
+        tokio::join!(x.send(&resume), y.send(&resume));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for i in 0..3 {
+            signal(&mut a, &b_info.peer_id, candidate(i)).await;
+        }
+        let limit = Duration::from_millis(1500);
+        let ((x_frames, x_closed), (y_frames, y_closed)) =
+            tokio::join!(x.frames_for(limit), y.frames_for(limit));
+        let outcome = format!(
+            "round {round}: first socket {x_closed:?} after {} signals, second {y_closed:?} after {}",
+            signals(&x_frames),
+            signals(&y_frames)
+        );
+        match (x_closed, y_closed) {
+            (None, Some(Closed::Code(1008))) => assert_eq!(signals(&x_frames), 3, "{outcome}"),
+            (Some(Closed::Code(1008)), None) => assert_eq!(signals(&y_frames), 3, "{outcome}"),
+            _ => panic!("{outcome}"),
+        }
+    }
+}

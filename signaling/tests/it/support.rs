@@ -510,6 +510,32 @@ impl Client {
         }
     }
 
+    /// The frames that arrive within `limit`, and how the socket closed if it did meanwhile.
+    pub(crate) async fn frames_for(
+        &mut self,
+        limit: Duration,
+    ) -> (Vec<ServerFrame>, Option<Closed>) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut frames = Vec::new();
+        loop {
+            let Ok(next) = tokio::time::timeout_at(deadline, self.ws.next()).await else {
+                return (frames, None);
+            };
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    frames.push(serde_json::from_str(&text).expect("server frame"));
+                }
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (frames, Some(Closed::Code(u16::from(frame.code))));
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                    return (frames, Some(Closed::NoCode));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// The error frames the server sends before it closes the socket (within [`STEP`]), and how
     /// it closed.
     pub(crate) async fn errors_then_close(&mut self) -> (Vec<ServerFrame>, Closed) {
