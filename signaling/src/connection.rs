@@ -29,6 +29,15 @@ pub enum Inbound {
     Closed,
 }
 
+/// Why a write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailed {
+    /// The client does not read: the write waited past the write timeout.
+    Stalled,
+    /// The connection failed or was closed.
+    Broken,
+}
+
 /// A WebSocket connection of the server.
 pub struct Connection {
     socket: WebSocket,
@@ -84,12 +93,12 @@ impl Connection {
     }
 
     /// Writes one text frame and flushes it, within the write timeout.
-    pub async fn send_text(&mut self, frame: Utf8Bytes) -> Result<(), axum::Error> {
+    pub async fn send_text(&mut self, frame: Utf8Bytes) -> Result<(), SendFailed> {
         self.send(Message::Text(frame), self.write_timeout).await
     }
 
     /// Sends a WebSocket ping, within the write timeout.
-    pub async fn ping(&mut self) -> Result<(), axum::Error> {
+    pub async fn ping(&mut self) -> Result<(), SendFailed> {
         self.send(Message::Ping(Bytes::new()), self.write_timeout)
             .await
     }
@@ -99,7 +108,9 @@ impl Connection {
     /// closing a socket with unread bytes makes the kernel reset the connection, and a client
     /// that was still sending (a flood over the rate) would lose our close frame to the reset
     /// and see 1006 instead of the code.
-    pub async fn close(&mut self, code: u16, reason: &'static str) {
+    /// Returns whether it waited so: `false` when the close frame could not be sent or the
+    /// socket could not be read (after a frame it cannot read past).
+    pub async fn close(&mut self, code: u16, reason: &'static str) -> bool {
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
@@ -109,25 +120,24 @@ impl Connection {
             .await
             .is_err()
         {
-            return;
+            return false;
         }
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        tokio::time::timeout(CLOSE_TIMEOUT, async {
             while let Some(Ok(message)) = self.socket.recv().await {
                 if matches!(message, Message::Close(_)) {
-                    break;
+                    return true;
                 }
             }
+            false
         })
-        .await;
+        .await
+        .unwrap_or(true)
     }
 
-    async fn send(&mut self, message: Message, limit: Duration) -> Result<(), axum::Error> {
+    async fn send(&mut self, message: Message, limit: Duration) -> Result<(), SendFailed> {
         match tokio::time::timeout(limit, self.socket.send(message)).await {
-            Ok(result) => result,
-            Err(_) => Err(axum::Error::new(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client does not read",
-            ))),
+            Ok(result) => result.map_err(|_| SendFailed::Broken),
+            Err(_) => Err(SendFailed::Stalled),
         }
     }
 }

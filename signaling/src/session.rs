@@ -19,7 +19,7 @@ use crate::admission::{Admission, refusal_close_code};
 use crate::api::Transport;
 use crate::auth::Claims;
 use crate::client_ip::IpSlot;
-use crate::connection::{Connection, Inbound};
+use crate::connection::{Connection, Inbound, SendFailed};
 use crate::error::RequestError;
 use crate::hub::{ConnId, Flow, Outbound, OutboundRx, OutboundTx, SessionKey, encode};
 use crate::protocol::{
@@ -141,16 +141,25 @@ impl SocketTask {
         match out {
             Outbound::Frame(frame) => match self.conn.send_text(frame.text()).await {
                 Ok(()) => Step::Continue,
-                Err(_) => Step::Stop(LeaveReason::Disconnected),
+                Err(failed) => self.write_failed(failed).await,
             },
             Outbound::Close { frame, code } => {
                 if let Some(frame) = frame {
                     let _ = self.conn.send_text(frame).await;
                 }
-                self.conn.close(code, "").await;
-                linger_if_unread(self.reading).await;
+                self.close_after_error(code).await;
                 Step::Stop(LeaveReason::Disconnected)
             }
+        }
+    }
+
+    /// Closes the socket with `code` after an error frame. One that cannot be read past a frame
+    /// (too large: the rest of it is still in the kernel) is not drained by the close, and
+    /// closing it at once would reset the connection, which could destroy the error and the
+    /// close frame before the client reads them: it waits a moment first.
+    async fn close_after_error(&mut self, code: u16) {
+        if !self.conn.close(code, "").await && !self.reading {
+            tokio::time::sleep(UNREAD_LINGER).await;
         }
     }
 
@@ -172,7 +181,21 @@ impl SocketTask {
         }
         match self.conn.ping().await {
             Ok(()) => Step::Continue,
-            Err(_) => Step::Stop(LeaveReason::Disconnected),
+            Err(failed) => self.write_failed(failed).await,
+        }
+    }
+
+    /// A write failed. A client that does not read (the write waited past the ping timeout)
+    /// is handled as a silent one: closed with 1008 (if it takes the close frame within its
+    /// own short timeout), its peer leaves with `timeout`. A broken socket: `disconnected`.
+    async fn write_failed(&mut self, failed: SendFailed) -> Step {
+        match failed {
+            SendFailed::Stalled => {
+                tracing::info!("a write waited past the ping timeout: closing");
+                self.conn.close(close_code::POLICY, "write timeout").await;
+                Step::Stop(LeaveReason::Timeout)
+            }
+            SendFailed::Broken => Step::Stop(LeaveReason::Disconnected),
         }
     }
 
@@ -358,8 +381,8 @@ impl SocketTask {
                 }
                 tracing::info!(replayed = attached.replay.len(), "{how}");
                 for frame in attached.replay {
-                    if self.conn.send_text(frame.text()).await.is_err() {
-                        return Step::Stop(LeaveReason::Disconnected);
+                    if let Err(failed) = self.conn.send_text(frame.text()).await {
+                        return self.write_failed(failed).await;
                     }
                 }
                 Step::Continue
@@ -398,8 +421,7 @@ impl SocketTask {
                 self.send_direct(error, reference).await;
                 match close {
                     Some(code) => {
-                        self.conn.close(code, "").await;
-                        linger_if_unread(self.reading).await;
+                        self.close_after_error(code).await;
                         Step::Stop(LeaveReason::Disconnected)
                     }
                     None => Step::Continue,
@@ -424,16 +446,9 @@ impl SocketTask {
     }
 }
 
-/// After an oversize frame, the rest of it is still unread in the kernel: closing now would
-/// reset the connection and could destroy our error and close frame before the client reads
-/// them. Wait a moment so the client gets them first. (A socket that can still be read is
-/// drained instead, by [`Connection::close`]; after an
-/// oversize frame tungstenite reads nothing more.)
-async fn linger_if_unread(reading: bool) {
-    if !reading {
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-}
+/// How long a socket that cannot be read past a frame stays open after its close frame
+/// ([`SocketTask::close_after_error`]).
+const UNREAD_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Whether a frame over the rate is numbered: parsed as the hub would read it, so that an
 /// escaped key counts and a payload that merely mentions `cseq` does not. Only frames over the

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use signaling::protocol::{
-    ClientMessage, ErrorCode, LeaveReason, PeerId, ServerFrame, ServerMessage, SessionInfo,
+    ClientMessage, ErrorCode, LeaveReason, PeerId, ServerFrame, ServerMessage, SessionInfo, Signal,
 };
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::basic::{candidate, pass_candidate};
+use crate::basic::{candidate, pass_candidate, signal};
 use crate::support::{Client, Closed, STEP, Server, join_message, resume_message};
 
 fn error_ref(message: &ServerMessage) -> Option<u64> {
@@ -387,6 +387,61 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
         }
         assert!(Instant::now() < deadline, "B's socket was never dropped");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client that goes on sending (pings) but stops reading, so that one write to it waits past
+/// the ping timeout, is disconnected as a silent one is: its peers see it leave with `timeout`.
+#[tokio::test]
+async fn a_client_that_stops_reading_leaves_with_timeout() {
+    let server = Server::start(&[
+        // Queues that take everything: the stalled write ends it, not `slow_consumer`.
+        "--outbound-queue",
+        "100000",
+        "--outbound-queue-bytes",
+        "200000000",
+        "--rate-limit",
+        "10000",
+        "--rate-burst",
+        "10000",
+        "--replay-max-messages",
+        "100000",
+        "--replay-max-bytes",
+        "200000000",
+        "--ping-interval",
+        "200ms",
+        "--ping-timeout",
+        "1s",
+        "--resume-grace",
+        "200ms",
+    ]);
+    let (mut a, _) = Client::join(&server.ws("/ws/stops-reading"), None).await;
+    let (mut b, b_info) = Client::join(&server.ws("/ws/stops-reading"), None).await;
+    let _ = a.recv_message().await; // peer_joined
+    let offer = Signal::Offer {
+        sdp: "x".repeat(60_000),
+        ice_restart: false,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "B never left");
+        for _ in 0..10 {
+            signal(&mut a, &b_info.peer_id, offer.clone()).await;
+        }
+        b.send(&ClientMessage::Ping { id: None }).await;
+        match a
+            .recv_within(Duration::from_millis(100))
+            .await
+            .map(|f| f.message)
+        {
+            None => {}
+            Some(ServerMessage::PeerLeft { peer_id, reason }) => {
+                assert_eq!(peer_id, b_info.peer_id);
+                assert_eq!(reason, LeaveReason::Timeout);
+                break;
+            }
+            Some(other) => panic!("expected B to leave, got {other:?}"),
+        }
     }
 }
 
