@@ -981,38 +981,33 @@ impl HubState {
         }
     }
 
-    /// Past the memory budget: marks the sessions that hold the most for ending, the slowest
-    /// consumers (most queued) first, then parked sessions (largest replay buffers), until what
-    /// they hold would bring the count back under nine tenths of the budget.
+    /// Past the memory budget: marks the sessions that hold the most for ending, most first,
+    /// until what they hold would bring the count back under nine tenths of the budget. The
+    /// candidates are the consumers with frames queued (`slow_consumer`; what ending one frees
+    /// is its queue and its replay buffer) and the parked sessions (`replay_overflow`; their
+    /// replay buffers). A client that reads is no candidate before a session that holds more:
+    /// the frame that took the count past the budget may be in its queue for a moment.
     fn evict_over_budget(&mut self) {
         self.evicted.retain(|tx| tx.queued_bytes() > 0);
         let pending: usize = self.evicted.iter().map(OutboundTx::queued_bytes).sum();
         let mut excess = self.memory.excess().saturating_sub(pending);
-        // (queued, held, key): the slowest consumer has the most queued; ending it frees what
-        // it holds in all (its queue and its replay buffer).
-        let mut consumers: Vec<(usize, usize, SessionKey)> = Vec::new();
-        let mut parked: Vec<(usize, SessionKey)> = Vec::new();
+        // (held, key, code)
+        let mut victims: Vec<(usize, SessionKey, ErrorCode)> = Vec::new();
         for (key, session) in self.sessions.iter() {
             match &session.link {
                 Link::Attached { tx, .. } => {
                     let queued = tx.queued_bytes();
                     if queued > 0 {
-                        consumers.push((queued, queued + session.outbox.bytes(), *key));
+                        let held = queued + session.outbox.bytes();
+                        victims.push((held, *key, ErrorCode::SlowConsumer));
                     }
                 }
-                Link::Parked { .. } => parked.push((session.outbox.bytes(), *key)),
+                Link::Parked { .. } => {
+                    victims.push((session.outbox.bytes(), *key, ErrorCode::ReplayOverflow));
+                }
             }
         }
-        consumers.sort_unstable_by(|a, b| b.cmp(a));
-        parked.sort_unstable_by(|a, b| b.cmp(a));
-        let victims = consumers
-            .into_iter()
-            .map(|(_, held, key)| (held, key, ErrorCode::SlowConsumer))
-            .chain(
-                parked
-                    .into_iter()
-                    .map(|(bytes, key)| (bytes, key, ErrorCode::ReplayOverflow)),
-            );
+        victims.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         for (bytes, key, code) in victims {
             if excess == 0 || bytes == 0 {
                 break;
@@ -1205,6 +1200,64 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A parked session that holds more ends before a client that reads and acknowledges
+    /// everything, although the frame that took the count past the budget is in that client's
+    /// queue at that moment.
+    #[test]
+    fn past_the_memory_budget_a_parked_session_holding_more_ends_before_a_reader() {
+        let memory = Arc::new(MemoryBudget::new(20_000));
+        let hub = hub_with_budget(10_000, Arc::clone(&memory));
+        let (a, mut a_rx) = join(&hub, 1, 1000);
+        let (b, _b_rx) = join(&hub, 2, 1000);
+        let (c, mut c_rx) = join(&hub, 3, 1000);
+        frames(&mut a_rx);
+        frames(&mut c_rx);
+        hub.detach(b.key, 2, LeaveReason::Disconnected, Instant::now());
+        let mut n = 0;
+        while memory.used() < 18_000 && n < 1000 {
+            send(&hub, &a, 1, &b, n);
+            n += 1;
+        }
+        // Offers of 3 KB to C: the first one takes the count past the budget.
+        let offer = Signal::Offer {
+            sdp: "x".repeat(3000),
+            ice_restart: false,
+        };
+        let mut m = 0;
+        while hub.room_peers(&"r".into()).len() == 3 && m < 100 {
+            hub.handle(
+                a.key,
+                Caller::Conn(1),
+                &a.peer,
+                ClientMessage::Signal {
+                    id: None,
+                    cseq: None,
+                    to: c.peer.clone(),
+                    signal: offer.clone(),
+                },
+                Instant::now(),
+            );
+            for frame in frames(&mut c_rx) {
+                hub.handle(
+                    c.key,
+                    Caller::Conn(3),
+                    &c.peer,
+                    ClientMessage::Ack { seq: frame.seq },
+                    Instant::now(),
+                );
+            }
+            m += 1;
+        }
+        assert!(m < 100, "nobody was ended");
+        let gone = left(&frames(&mut a_rx));
+        assert_eq!(
+            gone,
+            [(b.peer.clone(), LeaveReason::Ended)],
+            "B: it held the most"
+        );
+        assert!(memory.used() <= memory.limit());
     }
 
     #[test]
