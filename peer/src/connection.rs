@@ -424,8 +424,8 @@ impl ConnectionTask {
     /// Fresh credentials not gathered with yet ([`Self::fresh_credentials_owed`]): a connected
     /// path whose local candidate is relayed restarts ICE onto them. A connection that is not
     /// connected (or in the middle of a negotiation) when they arrive does so once it is: it
-    /// may come back on its old allocation without a restart of its own (an answered restart
-    /// of the other side gathers nothing here).
+    /// may come back on its old allocation without a restart of its own. (An answered restart
+    /// of the other side is not counted as one: at worst one restart too many.)
     async fn move_onto_fresh_credentials(&mut self) -> Result<()> {
         if !self.fresh_credentials_owed
             || self.state != RTCPeerConnectionState::Connected
@@ -735,8 +735,6 @@ impl ConnectionTask {
             return Ok(());
         }
         self.last_restart = Some(Instant::now());
-        // The restart gathers with the configuration in effect.
-        self.fresh_credentials_owed = false;
         tracing::info!(peer = %self.peer(), %reason, "restarting ICE");
         let _ = self
             .ctx
@@ -747,6 +745,8 @@ impl ConnectionTask {
             })
             .await;
         self.pc.restart_ice().await?;
+        // The restart gathers with the configuration in effect.
+        self.fresh_credentials_owed = false;
         self.ice_restart_pending = true;
         self.make_offer(true).await
     }

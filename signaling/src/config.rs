@@ -152,8 +152,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
 
     /// Bytes of frames the node may hold in all: queued for its connections and, on a single
-    /// node, kept in sessions' replay buffers. Past it, the sessions holding the most end
-    /// (slowest consumers first, `slow_consumer`; then parked ones, `replay_overflow`).
+    /// node, kept in sessions' replay buffers. Past it, the sessions holding the most end, most
+    /// first (connected ones with frames queued: `slow_consumer`; parked ones: `replay_overflow`).
     #[arg(long, env = "SIGNALING_MEMORY_BUDGET", default_value_t = 256 << 20)]
     pub memory_budget: usize,
 

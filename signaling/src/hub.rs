@@ -1261,7 +1261,7 @@ mod tests {
     }
 
     #[test]
-    fn past_the_memory_budget_the_slowest_consumer_ends_first_then_parked_sessions() {
+    fn past_the_memory_budget_the_biggest_holder_ends_first_a_silent_consumer_then_a_parked_one() {
         let memory = Arc::new(MemoryBudget::new(20_000));
         let hub = hub_with_budget(10_000, Arc::clone(&memory));
         let (a, mut a_rx) = join(&hub, 1, 1000);

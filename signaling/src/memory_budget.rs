@@ -8,9 +8,9 @@
 //! the moment it is queued or kept until it is written and acknowledged (a frame both queued
 //! and kept counts twice, and the frames of a broadcast share one body but count once per
 //! receiver, so the count is an upper bound of what is held). When a delivery
-//! takes the count past the budget, the hub ends the sessions that hold the most, first the
-//! slowest consumers (`slow_consumer`), then parked sessions (`replay_overflow`), until the
-//! count is back under nine tenths of the budget.
+//! takes the count past the budget, the hub ends the sessions that hold the most, most first
+//! (connected ones with frames queued: `slow_consumer`; parked ones: `replay_overflow`), until
+//! the count is back under nine tenths of the budget.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -141,7 +141,7 @@ impl SocketTask {
         match out {
             Outbound::Frame(frame) => match self.conn.send_text(frame.text()).await {
                 Ok(()) => Step::Continue,
-                Err(failed) => self.write_failed(failed).await,
+                Err(failed) => self.write_failed(failed),
             },
             Outbound::Close { frame, code } => {
                 if let Some(frame) = frame {
@@ -181,18 +181,18 @@ impl SocketTask {
         }
         match self.conn.ping().await {
             Ok(()) => Step::Continue,
-            Err(failed) => self.write_failed(failed).await,
+            Err(failed) => self.write_failed(failed),
         }
     }
 
     /// A write failed. A client that does not read (the write waited past the ping timeout)
-    /// is handled as a silent one: closed with 1008 (if it takes the close frame within its
-    /// own short timeout), its peer leaves with `timeout`. A broken socket: `disconnected`.
-    async fn write_failed(&mut self, failed: SendFailed) -> Step {
+    /// is handled as a silent one, its peers see it leave with `timeout`; the connection is
+    /// dropped at once (a close frame would wait behind what it does not read). A broken
+    /// socket: `disconnected`.
+    fn write_failed(&self, failed: SendFailed) -> Step {
         match failed {
             SendFailed::Stalled => {
-                tracing::info!("a write waited past the ping timeout: closing");
-                self.conn.close(close_code::POLICY, "write timeout").await;
+                tracing::info!("a write waited past the ping timeout: dropping the connection");
                 Step::Stop(LeaveReason::Timeout)
             }
             SendFailed::Broken => Step::Stop(LeaveReason::Disconnected),
@@ -382,7 +382,7 @@ impl SocketTask {
                 tracing::info!(replayed = attached.replay.len(), "{how}");
                 for frame in attached.replay {
                     if let Err(failed) = self.conn.send_text(frame.text()).await {
-                        return self.write_failed(failed).await;
+                        return self.write_failed(failed);
                     }
                 }
                 Step::Continue

@@ -434,7 +434,7 @@ fn fresh_credentials_that_arrive_while_the_path_is_down_are_moved_onto_once_it_i
         );
         alice.wait_line(Duration::from_secs(20), refreshed);
         // Its restart (connected, relayed) settles; the path goes down before the next one.
-        alice.read_for(Duration::from_millis(4500));
+        alice.read_for(Duration::from_millis(4000));
         relay.proc.freeze();
         let first = alice.wait_line(Duration::from_secs(8), |l| refreshed(l) || down(l));
         let second = (!refreshed(&first))

@@ -152,9 +152,9 @@ impl ClusterHub {
             } else if let Some(resuming) = st.resuming.get_mut(&key)
                 && resuming.conn == conn
             {
-                // Its resume here is not done yet (Redis ran it first, then another node's):
-                // closed once it is.
-                resuming.closed = Some(code);
+                // Its resume here is not done yet (Redis ran its script first, then what let
+                // go of it): closed once it is.
+                resuming.close_on_attach = Some(code);
             }
             self.update_gauges(&st);
             return;

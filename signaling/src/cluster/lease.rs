@@ -11,7 +11,8 @@ use futures_util::StreamExt as _;
 
 use super::store::{Op, Reply};
 use super::{
-    ClusterHub, LocalState, ParkedHere, node_sessions_key, parse_index_entry, sid, unix_ms,
+    ClusterHub, LocalState, ParkedHere, index_entry, node_sessions_key, parse_index_entry, sid,
+    unix_ms,
 };
 use crate::hub::{ConnId, SessionKey};
 use crate::metrics::Outage;
@@ -298,25 +299,40 @@ impl ClusterHub {
     /// the room lives. An entry that names no session held here, at this round and the one
     /// before (no request takes that long), is adopted by this node as a dead node's would
     /// be: parked, for its client to resume or to leave after the grace period. An entry for
-    /// a session that is not this node's (ended, or moved away) is removed.
+    /// a session that is not this node's (ended, or moved away) is removed. A session held here
+    /// that the index does not list is put back: two sockets resuming it at once on two nodes
+    /// may leave it here while the other node, done last, removes this node's entry.
     pub(super) async fn reconcile_index(&self) {
         let me = &self.cluster.node_id;
         let Some(entries) = self.index_entries(me, "reconcile").await else {
             return;
         };
-        let orphans: Vec<(RoomId, SessionKey)> = {
+        let (orphans, unlisted): (Vec<IndexedSession>, Vec<IndexedSession>) = {
             let mut st = self.lock();
-            let unknown: HashSet<String> = entries
-                .into_iter()
+            let listed: HashSet<String> = entries.into_iter().collect();
+            let unknown: HashSet<String> = listed
+                .iter()
                 .filter(|entry| parse_index_entry(entry).is_some_and(|(_, key)| !st.knows(key)))
+                .cloned()
                 .collect();
             let twice = unknown
                 .intersection(&st.index_suspects)
                 .filter_map(|entry| parse_index_entry(entry))
                 .collect();
             st.index_suspects = unknown;
-            twice
+            let held = st.attached.iter().map(|(key, s)| (&s.room, *key));
+            let unlisted = held
+                .chain(st.parked.iter().map(|(key, p)| (&p.room, *key)))
+                .filter(|(room, key)| !listed.contains(&index_entry(room, *key)))
+                .map(|(room, key)| (room.clone(), key))
+                .collect();
+            (twice, unlisted)
         };
+        for (room, key) in unlisted {
+            tracing::warn!(session = %sid(key), %room, "a session held here was not in this node's index: added");
+            // Failed: the next round tries again.
+            let _ = self.index_add(&room, key).await;
+        }
         let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
         for (room, key) in orphans {
             {
@@ -368,6 +384,9 @@ impl ClusterHub {
         }
     }
 }
+
+/// A session as this node's index names it.
+type IndexedSession = (RoomId, SessionKey);
 
 /// Parks here a session the adopt script gave this node, until the deadline the script
 /// returned (one an earlier parking set), else `expires_ms`.

@@ -213,13 +213,15 @@ struct Resuming {
     conn: ConnId,
     /// Frames for the session, held until its replay is written.
     inbox: Inbox,
-    /// A takeover on another node (`!close` for this connection) that came before the resume
-    /// was done here: the close it asked for, carried out once it is.
-    closed: Option<u16>,
+    /// A `!close` for this connection that came before the resume was done here (Redis ran
+    /// this node's script, then something that let go of the socket: another node's resume, an
+    /// operator's end, an HTTP `leave`): the close code, carried out once it is attached.
+    close_on_attach: Option<u16>,
 }
 
-/// A [`Resuming`] entry, removed when this is dropped (a resume that failed, or whose request
-/// went away) unless [`Self::finish`] took it.
+/// A resume in flight: its [`Resuming`] entry, and the place [`LocalState::reserve_move`] may
+/// hold for it. Both are let go of when this is dropped (a resume that failed, or whose
+/// request went away) or by [`Self::finish`].
 struct ResumeInFlight<'a> {
     hub: &'a ClusterHub,
     key: SessionKey,
@@ -227,9 +229,11 @@ struct ResumeInFlight<'a> {
 }
 
 impl ResumeInFlight<'_> {
-    /// The entry, for a resume that is done (`st`: the hub's state, locked).
+    /// The entry, for a resume that is done (`st`: the hub's state, locked). Always there: this
+    /// guard owns it.
     fn finish(mut self, st: &mut LocalState) -> Option<Resuming> {
         self.finished = true;
+        st.end_move(self.key);
         st.resuming.remove(&self.key)
     }
 }
@@ -237,13 +241,16 @@ impl ResumeInFlight<'_> {
 impl Drop for ResumeInFlight<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.hub.lock().resuming.remove(&self.key);
+            let mut st = self.hub.lock();
+            st.end_move(self.key);
+            st.resuming.remove(&self.key);
         }
     }
 }
 
-/// How often a resume waits for another of the same session on this node to be done.
-const RESUME_QUEUE_POLL: Duration = Duration::from_millis(10);
+/// How often a resume looks whether another of the same session on this node is done (those
+/// waiting go on in no particular order).
+const RESUME_WAIT_POLL: Duration = Duration::from_millis(10);
 
 /// A `leave` the store did not take (see [`LocalState::pending_leave`]).
 struct PendingLeave {
@@ -751,6 +758,7 @@ impl ClusterHub {
     ) -> Result<Attached, RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let (key, secret_hex, peer, room) = parse_cluster_token(&req.token).ok_or_else(unknown)?;
+        let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;
         let in_flight = self.begin_resume(key, conn).await?;
         // A quiet re-attach (an HTTP stream request) of a session this node serves goes on
         // while it drains (the session was told `draining`); any other is sent elsewhere.
@@ -763,10 +771,9 @@ impl ClusterHub {
         } else if !self.is_available() {
             return Err(Self::unavailable());
         }
-        let secret = ResumeSecret::from_hex(secret_hex).ok_or_else(unknown)?;
         // A session from another node counts here from now: it must fit this node's limits
-        // (else sessions moved over by resumes would escape every one of them). From here on,
-        // every way out removes its reservation.
+        // (else sessions moved over by resumes would escape every one of them). `in_flight`
+        // lets go of the place on every way out.
         let ticket = req.ticket.take();
         if !here {
             self.admit_moved_session(key, &room, ticket.is_some())?;
@@ -785,13 +792,7 @@ impl ClusterHub {
             String::new()
         };
         // Indexed first: if this node dies right after the script, the session must be found.
-        let added = match self.index_add(&room, key).await {
-            Ok(added) => added,
-            Err(error) => {
-                self.lock().end_move(key);
-                return Err(error);
-            }
-        };
+        let added = self.index_add(&room, key).await?;
         let args = [
             sid(key),
             secret_hash(secret_hex),
@@ -813,7 +814,6 @@ impl ClusterHub {
         {
             Ok(outcome) => outcome,
             Err(error) => {
-                self.lock().end_move(key);
                 // As for a join: an unanswered script may still run.
                 if added && error.code != ErrorCode::Unavailable {
                     self.index_remove(&self.cluster.node_id, &room, key).await;
@@ -824,12 +824,11 @@ impl ClusterHub {
         let replay: Vec<Utf8Bytes> = frames.iter().map(|f| Utf8Bytes::from(f.clone())).collect();
         let next = req.last_seq + 1 + replay.len() as u64;
         let mut all = replay;
-        {
+        let close_on_attach = {
             let mut st = self.lock();
-            let (mut inbox, closed) = in_flight
+            let (mut inbox, close_on_attach) = in_flight
                 .finish(&mut st)
-                .map_or((Inbox::default(), None), |r| (r.inbox, r.closed));
-            st.end_move(key);
+                .map_or((Inbox::default(), None), |r| (r.inbox, r.close_on_attach));
             all.extend(inbox.start(next));
             // A session that joined on this node keeps its place among its address's.
             let parked_ticket = st.unpark(key);
@@ -855,19 +854,24 @@ impl ClusterHub {
             {
                 previous.tx.close(None, close_code::POLICY);
             }
-            if let Some(code) = closed
+            if let Some(code) = close_on_attach
                 && let Some(session) = st.detach(key)
             {
-                // Taken over on another node meanwhile: let go as on a `!close` that came now.
+                // Let go meanwhile (taken over elsewhere, or ended): as on a `!close` now.
                 session.tx.close(None, code);
             }
             self.update_gauges(&st);
-        }
-        if old_node != self.cluster.node_id {
+            close_on_attach
+        };
+        // Let go of already: the index entries are the business of what let go of it (the
+        // resume that took it over removes this node's; the old node's is not this one's to
+        // remove: the session may be back there).
+        let let_go = close_on_attach.is_some();
+        if !let_go && old_node != self.cluster.node_id {
             // The script told the old node to let go of its socket, if it had one.
             self.index_remove(&old_node, &room, key).await;
         }
-        if self.is_draining() {
+        if !let_go && self.is_draining() {
             // A session this node serves came back between two HTTP requests.
             self.tell_draining(key, &room).await;
         }
@@ -886,20 +890,21 @@ impl ClusterHub {
     /// per session: a second socket resuming it here at the same instant waits until the first
     /// is done, then takes over from it as from any attached socket (the order Redis runs their
     /// scripts in is the order they attach in). `unavailable` if the first is not done within
-    /// twice `--redis-timeout`.
+    /// four times `--redis-timeout` (its store calls take at most one each, and it makes three
+    /// in a row, or more if it ends overflowed sessions).
     async fn begin_resume(
         &self,
         key: SessionKey,
         conn: ConnId,
     ) -> Result<ResumeInFlight<'_>, RequestError> {
-        let deadline = Instant::now() + self.cluster.redis_timeout * 2;
+        let deadline = Instant::now() + self.cluster.redis_timeout * 4;
         loop {
             if let std::collections::hash_map::Entry::Vacant(slot) = self.lock().resuming.entry(key)
             {
                 slot.insert(Resuming {
                     conn,
                     inbox: Inbox::pending(),
-                    closed: None,
+                    close_on_attach: None,
                 });
                 return Ok(ResumeInFlight {
                     hub: self,
@@ -910,7 +915,7 @@ impl ClusterHub {
             if Instant::now() >= deadline {
                 return Err(Self::unavailable());
             }
-            tokio::time::sleep(RESUME_QUEUE_POLL).await;
+            tokio::time::sleep(RESUME_WAIT_POLL).await;
         }
     }
 

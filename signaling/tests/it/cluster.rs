@@ -1340,3 +1340,28 @@ async fn simultaneous_resumes_of_one_session_leave_one_socket_holding_it() {
         }
     }
 }
+
+/// A session held by a node but missing from its index (which another node adopts from if
+/// this one dies) is put back by the reconciliation: a resume that lost a race on another node
+/// removes the index entry the winner's node had just added.
+#[tokio::test]
+async fn a_session_missing_from_its_nodes_index_is_put_back() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--node-id", "one"]);
+    let (_a, _) = Client::join(&n1.ws("/ws/unlisted"), None).await;
+    let one = redis
+        .cli(&["ZRANGE", "sig:nodes", "0", "-1"])
+        .lines()
+        .find(|id| id.starts_with("one."))
+        .expect("n1's lease")
+        .to_owned();
+    let index = format!("sig:node:{one}:sessions");
+    let entry = redis.cli(&["SMEMBERS", &index]);
+    assert!(entry.starts_with("unlisted\t"), "{entry}");
+    redis.cli(&["SREM", &index, entry.trim()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["SMEMBERS", &index]).trim() != entry.trim() {
+        assert!(Instant::now() < deadline, "the entry was never put back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
