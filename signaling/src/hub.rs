@@ -147,13 +147,31 @@ enum Request {
     Other(ClientMessage),
 }
 
+/// A session to end once the current operation is done: the error its client is told.
+struct Ending {
+    key: SessionKey,
+    code: ErrorCode,
+    /// Ended by the memory budget (the error's message says so).
+    over_budget: bool,
+}
+
+impl Ending {
+    fn new(key: SessionKey, code: ErrorCode) -> Self {
+        Self {
+            key,
+            code,
+            over_budget: false,
+        }
+    }
+}
+
 struct HubState {
     /// The time of the operation in progress (every public method is given it: no clock here).
     now: Instant,
     sessions: Sessions,
     rooms: HashMap<RoomId, Room>,
     /// Sessions to end once the current operation is done (slow consumers, overflows).
-    ending: Vec<(SessionKey, ErrorCode)>,
+    ending: Vec<Ending>,
     draining: bool,
     replay_limits: ReplayLimits,
     grace: Duration,
@@ -358,7 +376,7 @@ impl LocalHub {
             Err(ReplayGap::Dropped) => {
                 // Frames the client never acknowledged are gone (a socket thought alive took
                 // them): the session cannot go on exactly, for this client or any other.
-                st.ending.push((key, ErrorCode::ReplayOverflow));
+                st.ending.push(Ending::new(key, ErrorCode::ReplayOverflow));
                 st.settle();
                 self.update_gauges(&st);
                 return Err(RequestError::new(
@@ -666,7 +684,7 @@ impl LocalHub {
         let Some(key) = st.rooms.get(room).and_then(|r| r.session_of(peer)) else {
             return false;
         };
-        st.ending.push((key, ErrorCode::Kicked));
+        st.ending.push(Ending::new(key, ErrorCode::Kicked));
         st.settle();
         self.update_gauges(&st);
         true
@@ -677,8 +695,11 @@ impl LocalHub {
         let mut st = self.lock_at(now);
         let members = st.members_of(room);
         // Newest first: `settle` pops from the end, so the oldest peer ends last.
-        st.ending
-            .extend(members.iter().map(|k| (*k, ErrorCode::RoomClosed)));
+        st.ending.extend(
+            members
+                .iter()
+                .map(|k| Ending::new(*k, ErrorCode::RoomClosed)),
+        );
         st.settle();
         self.update_gauges(&st);
         members.len() as u64
@@ -910,7 +931,7 @@ impl HubState {
             return;
         };
         // A session about to end gets nothing more: its error is the next frame it sees.
-        if self.ending.iter().any(|(k, _)| *k == key) {
+        if self.ending.iter().any(|e| e.key == key) {
             return;
         }
         // Keep the last slot for the error that ends a slow consumer. A frame that does not
@@ -918,7 +939,7 @@ impl HubState {
         if let Link::Attached { tx, .. } = &session.link
             && !tx.has_room(body.numbered(session.outbox.next_seq()).len())
         {
-            self.ending.push((key, ErrorCode::SlowConsumer));
+            self.ending.push(Ending::new(key, ErrorCode::SlowConsumer));
             return;
         }
         let before = session.outbox.bytes();
@@ -932,7 +953,8 @@ impl HubState {
             Link::Parked { .. } => {
                 self.memory.resize(before, session.outbox.bytes());
                 if session.outbox.over(self.replay_limits) {
-                    self.ending.push((key, ErrorCode::ReplayOverflow));
+                    self.ending
+                        .push(Ending::new(key, ErrorCode::ReplayOverflow));
                 }
             }
         }
@@ -968,8 +990,8 @@ impl HubState {
     /// overflow another parked session).
     fn settle(&mut self) {
         loop {
-            while let Some((key, code)) = self.ending.pop() {
-                self.end_session(key, Some(code), LeaveReason::Ended);
+            while let Some(ending) = self.ending.pop() {
+                self.end_session(ending.key, Some(ending), LeaveReason::Ended);
             }
             if !self.memory.over() {
                 return;
@@ -1024,13 +1046,17 @@ impl HubState {
             if let Some(Link::Attached { tx, .. }) = self.sessions.get(&key).map(|s| &s.link) {
                 self.evicted.push(tx.clone());
             }
-            self.ending.push((key, code));
+            self.ending.push(Ending {
+                key,
+                code,
+                over_budget: true,
+            });
             excess = excess.saturating_sub(bytes);
         }
     }
 
     /// Removes a session for good and tells the rest of its room.
-    fn end_session(&mut self, key: SessionKey, error: Option<ErrorCode>, reason: LeaveReason) {
+    fn end_session(&mut self, key: SessionKey, error: Option<Ending>, reason: LeaveReason) {
         let Some(session) = self.sessions.remove(&key) else {
             return;
         };
@@ -1050,13 +1076,20 @@ impl HubState {
             // A `leave` that came by HTTP `send` while a stream is attached.
             tx.close(None, close_code::NORMAL);
         }
-        if let Some(code) = error {
+        if let Some(Ending {
+            code, over_budget, ..
+        }) = error
+        {
             self.metrics.error(code);
             tracing::info!(peer = %session.peer, %code, "session ended");
             self.sessions
                 .bury(key, code, session.secret, self.now + self.grace);
             if let Link::Attached { tx, .. } = &session.link {
                 let message = match code {
+                    _ if over_budget => {
+                        "the server is over its memory budget and this session held among the \
+                         most: the session ended"
+                    }
                     ErrorCode::SlowConsumer => "too many unread messages: the session ended",
                     ErrorCode::ReplayOverflow => "the replay buffer overflowed: the session ended",
                     ErrorCode::Kicked => "an operator removed you from the room",
