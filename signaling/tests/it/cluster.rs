@@ -27,6 +27,19 @@ fn node(redis_urls: &str, extra: &[&str]) -> Server {
     Server::spawn(&args)
 }
 
+/// The full id of the node started with `--node-id name` (its lease in `sig:nodes`).
+fn node_named(redis: &RedisServer, name: &str) -> String {
+    redis
+        .cli(&["ZRANGE", "sig:nodes", "0", "-1"])
+        .lines()
+        .find(|id| {
+            id.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+        .unwrap_or_else(|| panic!("the lease of node {name}"))
+        .to_owned()
+}
+
 /// Resumes on `url` and expects `n` replayed signals `first..first+n` from `from`, then
 /// `resumed` with `replayed == n`.
 async fn resume_expecting(
@@ -1192,12 +1205,7 @@ async fn a_session_attached_to_a_node_that_does_not_hold_it_is_parked() {
     ));
     drop(b); // parked on n2
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let one = redis
-        .cli(&["ZRANGE", "sig:nodes", "0", "-1"])
-        .lines()
-        .find(|id| id.starts_with("one."))
-        .expect("n1's lease")
-        .to_owned();
+    let one = node_named(&redis, "one");
     let session = redis.cli(&["KEYS", "sig:{orphan}:s:*"]);
     let key = session
         .lines()
@@ -1349,12 +1357,7 @@ async fn a_session_missing_from_its_nodes_index_is_put_back() {
     let redis = RedisServer::start();
     let n1 = node(&redis.url(), &["--node-id", "one"]);
     let (_a, _) = Client::join(&n1.ws("/ws/unlisted"), None).await;
-    let one = redis
-        .cli(&["ZRANGE", "sig:nodes", "0", "-1"])
-        .lines()
-        .find(|id| id.starts_with("one."))
-        .expect("n1's lease")
-        .to_owned();
+    let one = node_named(&redis, "one");
     let index = format!("sig:node:{one}:sessions");
     let entry = redis.cli(&["SMEMBERS", &index]);
     assert!(entry.starts_with("unlisted\t"), "{entry}");

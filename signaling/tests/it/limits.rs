@@ -394,27 +394,17 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
 /// the ping timeout, is disconnected as a silent one is: its peers see it leave with `timeout`.
 #[tokio::test]
 async fn a_client_that_stops_reading_leaves_with_timeout() {
-    let server = Server::start(&[
-        // Queues that take everything: the stalled write ends it, not `slow_consumer`.
+    // As SLOW_CONSUMER_ARGS, with queues that take everything: the stalled write ends it, not
+    // `slow_consumer`.
+    let mut args = vec![
         "--outbound-queue",
         "100000",
         "--outbound-queue-bytes",
         "200000000",
-        "--rate-limit",
-        "10000",
-        "--rate-burst",
-        "10000",
-        "--replay-max-messages",
-        "100000",
-        "--replay-max-bytes",
-        "200000000",
-        "--ping-interval",
-        "200ms",
-        "--ping-timeout",
-        "1s",
-        "--resume-grace",
-        "200ms",
-    ]);
+    ];
+    args.extend_from_slice(&SLOW_CONSUMER_ARGS[2..]);
+    args.extend(["--resume-grace", "200ms"]);
+    let server = Server::start(&args);
     let (mut a, _) = Client::join(&server.ws("/ws/stops-reading"), None).await;
     let (mut b, b_info) = Client::join(&server.ws("/ws/stops-reading"), None).await;
     let _ = a.recv_message().await; // peer_joined
