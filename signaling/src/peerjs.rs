@@ -35,6 +35,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fleet::link::Connection as RedisConnection;
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq as _;
 
 use crate::AppState;
 use crate::api::{SERVER_SENDER, Transport};
@@ -123,18 +124,62 @@ struct Registration {
 }
 
 impl Registration {
-    fn encode(&self) -> String {
-        format!("{} {} {}", self.last_seq, self.resume, self.token)
+    /// The form Redis keeps (`LAST_SEQ TOKEN_CHECK SEALED_RESUME`): the client's token only
+    /// as a hash, and the resume token with its secret masked by a key only the client's token
+    /// gives, so that what Redis holds resumes nothing (a cluster's resume tokens have the
+    /// shape `SID.SECRET.PEER.ROOM`, the secret 32 hex digits). `None` for another shape.
+    fn seal(&self) -> Option<String> {
+        let sealed = mask_secret(self.resume.as_str(), &self.token)?;
+        Some(format!(
+            "{} {} {sealed}",
+            self.last_seq,
+            token_check(&self.token)
+        ))
     }
 
-    fn decode(s: &str) -> Option<Self> {
-        let mut parts = s.splitn(3, ' ');
+    /// The registration [`Self::seal`] made, for the client that presents `token`; `None`
+    /// for another token (or a value of another shape).
+    fn unseal(sealed: &str, token: &str) -> Option<Self> {
+        let mut parts = sealed.splitn(3, ' ');
+        let last_seq = parts.next()?.parse().ok()?;
+        let check = parts.next()?;
+        let resume = parts.next()?;
+        if !bool::from(check.as_bytes().ct_eq(token_check(token).as_bytes())) {
+            return None;
+        }
         Some(Self {
-            last_seq: parts.next()?.parse().ok()?,
-            resume: ResumeToken(parts.next()?.to_owned()),
-            token: parts.next()?.to_owned(),
+            token: token.to_owned(),
+            resume: ResumeToken(mask_secret(resume, token)?),
+            last_seq,
         })
     }
+}
+
+/// SHA-256 of `token` under `label`.
+fn token_digest(label: &str, token: &str) -> ring::digest::Digest {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(label.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(token.as_bytes());
+    ctx.finish()
+}
+
+/// What Redis keeps of a client's token to recognise it.
+fn token_check(token: &str) -> String {
+    hex::encode(token_digest("peerjs token", token))
+}
+
+/// The resume token `SID.SECRET.PEER.ROOM` with its secret XORed with a key drawn from the
+/// client's `token` (its own inverse).
+fn mask_secret(resume: &str, token: &str) -> Option<String> {
+    let mut parts = resume.splitn(3, '.');
+    let (id, secret, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    let mut secret = hex::decode(secret).ok().filter(|s| s.len() == 16)?;
+    let key = token_digest("peerjs resume secret", token);
+    for (byte, k) in secret.iter_mut().zip(key.as_ref()) {
+        *byte ^= k;
+    }
+    Some(format!("{id}.{}.{rest}", hex::encode(secret)))
 }
 
 /// Where registrations live: this process, or the cluster's Redis.
@@ -160,17 +205,19 @@ impl Registrations {
         format!("sig:pj:{}", peer_room(key, id))
     }
 
-    async fn get(&self, key: &str, id: &str) -> Option<Registration> {
+    /// The registration of (key, id) made by the client that presents `token`.
+    async fn get(&self, key: &str, id: &str, token: &str) -> Option<Registration> {
         match &self.0 {
             Store::Local(map) => {
                 let map = map.lock().unwrap_or_else(|e| e.into_inner());
                 map.get(&(key.to_owned(), id.to_owned()))
                     .map(|(r, _)| r.clone())
+                    .filter(|r| r.token == token)
             }
             Store::Redis(conn, timeout) => {
                 let cmd = redis::cmd("GET").arg(Self::redis_key(key, id)).to_owned();
                 let value: Option<String> = conn.query(&cmd, *timeout).await.ok()?;
-                Registration::decode(&value?)
+                Registration::unseal(&value?, token)
             }
         }
     }
@@ -191,9 +238,13 @@ impl Registrations {
                 );
             }
             Store::Redis(conn, timeout) => {
+                let Some(sealed) = registration.seal() else {
+                    tracing::warn!("a PeerJS registration of an unexpected shape was not stored");
+                    return;
+                };
                 let cmd = redis::cmd("SET")
                     .arg(Self::redis_key(key, id))
-                    .arg(registration.encode())
+                    .arg(sealed)
                     .arg("PX")
                     .arg(ttl.as_millis() as u64)
                     .to_owned();
@@ -376,8 +427,7 @@ async fn register(
     token: &str,
 ) -> Result<(Attached, u64), Utf8Bytes> {
     let room = peer_room(namespace, id);
-    let earlier = app.peerjs.get(namespace, id).await;
-    if let Some(earlier) = earlier.filter(|r| r.token == token) {
+    if let Some(earlier) = app.peerjs.get(namespace, id, token).await {
         let resumed = app
             .hub
             .resume(
@@ -665,12 +715,19 @@ mod tests {
         assert!(crate::protocol::is_valid_room_id(
             peer_room("k", "a").as_str()
         ));
+        let secret = "00112233445566778899aabbccddeeff";
         let r = Registration {
             token: "t0k3n".into(),
-            resume: ResumeToken::from("00c0ffee00c0ffee.abcd.peer.room"),
+            resume: ResumeToken::from(format!("00c0ffee00c0ffee.{secret}.peer.room").as_str()),
             last_seq: 42,
         };
-        assert_eq!(Registration::decode(&r.encode()), Some(r));
+        let sealed = r.seal().expect("a cluster token");
+        assert!(
+            !sealed.contains(secret) && !sealed.contains("t0k3n"),
+            "{sealed}"
+        );
+        assert_eq!(Registration::unseal(&sealed, "t0k3n"), Some(r));
+        assert_eq!(Registration::unseal(&sealed, "t0k3m"), None);
         assert!(valid_name("3f2a-..:@x") && !valid_name("a b") && !valid_name(""));
     }
 }

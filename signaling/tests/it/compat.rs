@@ -381,6 +381,56 @@ async fn peerjs_messages_for_a_reconnecting_peer_wait_for_it() {
     assert_eq!(next(&mut alice, Duration::from_millis(300)).await, None);
 }
 
+/// On a cluster, what Redis keeps for a PeerJS reconnect resumes nothing: neither the client's
+/// token nor its session's resume token is in it (Redis keeps only hashes of secrets). The
+/// client's own reconnect, with its id and token, still resumes.
+#[tokio::test]
+async fn peerjs_registrations_in_redis_resume_nothing_but_the_clients_reconnect() {
+    use crate::support::redis::RedisServer;
+    use crate::support::{Client, resume_message};
+    use signaling::protocol::{ResumeToken, ServerMessage};
+    let redis = RedisServer::start();
+    let server = Server::spawn(&["--redis", &redis.url()]);
+    let mut alice = peerjs(&server, "app", "alice", "t-alice-0123456789").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    drop(alice);
+    let deadline = std::time::Instant::now() + STEP;
+    let key = loop {
+        if let Some(key) = redis.keys().into_iter().find(|k| k.starts_with("sig:pj:")) {
+            break key;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no registration in Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Parked now: its registration holds the seq it was written up to.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let value = redis.cli(&["GET", &key]);
+    assert!(!value.contains("t-alice-0123456789"), "{value}");
+    for field in value.split_whitespace() {
+        let mut client = Client::connect(&server.ws("/ws/app")).await;
+        client
+            .send(&resume_message(&ResumeToken::from(field), 0))
+            .await;
+        match client.recv_message().await {
+            ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::ResumeFailed),
+            other => panic!("{field} from Redis resumed: {other:?}"),
+        }
+    }
+    let mut alice = peerjs(&server, "app", "alice", "t-alice-0123456789").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut bob = peerjs(&server, "app", "bob", "t-bob").await;
+    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    send(
+        &mut bob,
+        json!({"type":"CANDIDATE","dst":"alice","payload":{"n":1}}),
+    )
+    .await;
+    assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], 1);
+}
+
 /// The status and JSON error body of a refused WebSocket upgrade.
 async fn refused(url: &str) -> (u16, Value) {
     match tokio_tungstenite::connect_async(url).await {
