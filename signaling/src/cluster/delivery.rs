@@ -87,8 +87,9 @@ impl ClusterHub {
 
     /// One message of the node's channel: a frame (`SID` + JSON), frames of one body for
     /// several sessions (`!bc SID:SEQ,... BODY`), or a control (`!close SID CONN [CODE]`, 1008
-    /// when no code is given; `!moved SID EXPIRES_MS`, a session parked here was resumed elsewhere;
-    /// `!stats SID JSON`, a session's `stats` report that reached another node).
+    /// when no code is given; `!moved SID EXPIRES_MS`, a session parked here was resumed
+    /// elsewhere or ended; `!stats SID JSON`, a session's `stats` report that reached another
+    /// node).
     pub(super) fn dispatch(self: &Arc<Self>, text: String) {
         if let Some(forwarded) = text.strip_prefix("!stats ") {
             let Some((id, json)) = forwarded.split_once(' ') else {
@@ -111,8 +112,9 @@ impl ClusterHub {
             return;
         }
         if let Some(moved) = text.strip_prefix("!moved ") {
-            // A session parked here (until `expires_ms`) was resumed on another node: it no
-            // longer counts here (its place among its address's sessions is given back).
+            // A session parked here (until `expires_ms`) was resumed on another node, or ended
+            // (a kick, an HTTP `leave` through another node): it no longer counts here (its
+            // place among its address's sessions is given back).
             let Some((id, expires_ms)) = moved.split_once(' ') else {
                 return;
             };

@@ -165,8 +165,12 @@ end
 -- the peer id "%PEER%"). `code` ~= '' leaves a tombstone for one grace period (`grace` ms).
 local function end_session(sid, left, code, grace)
   local s = skey(sid)
-  local st = redis.call('HMGET', s, 'peer', 'sec', 'node', 'conn', 'next', 'state')
+  local st = redis.call('HMGET', s, 'peer', 'sec', 'node', 'conn', 'next', 'state', 'exp')
   if not st[1] then return nil end
+  if st[6] == 'p' then
+    -- Parked at its node, which counts it until told (else until its deadline).
+    redis.call('PUBLISH', 'sig:ch:' .. st[3], '!moved ' .. sid .. ' ' .. (st[7] or ''))
+  end
   redis.call('LREM', M, 0, sid)
   redis.call('HDEL', PEERS, st[1])
   redis.call('DEL', s, lkey(sid))

@@ -1368,3 +1368,27 @@ async fn a_session_missing_from_its_nodes_index_is_put_back() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A session parked on one node and ended through another (here an operator's kick; also an
+/// HTTP `leave`) stops counting on its node at once, not at its parking deadline.
+#[tokio::test]
+async fn a_parked_session_ended_through_another_node_stops_counting_at_once() {
+    let redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--api-key", "k", "--resume-grace", "30s"]);
+    let n2 = node(&redis.url(), &["--resume-grace", "30s"]);
+    let (mut a, _) = Client::join(&n1.ws("/ws/counted"), None).await;
+    let (b, b_info) = Client::join(&n2.ws("/ws/counted"), None).await;
+    assert!(matches!(
+        a.recv_message().await,
+        ServerMessage::PeerJoined { .. }
+    ));
+    drop(b); // parked on n2
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    metric_becomes(&n2, "signaling_sessions", 1).await;
+    let kick = format!("/v1/rooms/counted/peers/{}/kick", b_info.peer_id);
+    let (status, _, body) =
+        crate::support::http_request(n1.addr, "POST", &kick, &[("Authorization", "Bearer k")], "")
+            .await;
+    assert_eq!(status, 200, "{body}");
+    metric_becomes(&n2, "signaling_sessions", 0).await;
+}
