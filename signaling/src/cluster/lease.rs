@@ -168,7 +168,7 @@ impl ClusterHub {
         tracing::warn!(
             node = dead,
             sessions = members.len(),
-            "node lease expired: adopting its sessions"
+            "node gone (its lease ran out, or it drained and gave it up): adopting its sessions"
         );
         let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
         // A session Redis did not answer for is neither adopted nor refused: the dead node's
