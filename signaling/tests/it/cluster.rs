@@ -40,6 +40,24 @@ fn node_named(redis: &RedisServer, name: &str) -> String {
         .to_owned()
 }
 
+/// A joins `room` on `a_node`, then B on `b_node`, whose socket drops at once: B is parked
+/// there. Returns A (told of B) and B's session.
+async fn peer_and_a_parked_one(
+    a_node: &Server,
+    b_node: &Server,
+    room: &str,
+) -> (Client, signaling::protocol::SessionInfo) {
+    let (mut a, _) = Client::join(&a_node.ws(&format!("/ws/{room}")), None).await;
+    let (b, b_info) = Client::join(&b_node.ws(&format!("/ws/{room}")), None).await;
+    assert!(matches!(
+        a.recv_message().await,
+        ServerMessage::PeerJoined { .. }
+    ));
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (a, b_info)
+}
+
 /// Resumes on `url` and expects `n` replayed signals `first..first+n` from `from`, then
 /// `resumed` with `replayed == n`.
 async fn resume_expecting(
@@ -1197,14 +1215,7 @@ async fn a_session_attached_to_a_node_that_does_not_hold_it_is_parked() {
     let redis = RedisServer::start();
     let n1 = node(&redis.url(), &["--node-id", "one", "--resume-grace", "3s"]);
     let n2 = node(&redis.url(), &["--resume-grace", "3s"]);
-    let (mut a, _) = Client::join(&n2.ws("/ws/orphan"), None).await;
-    let (b, b_info) = Client::join(&n2.ws("/ws/orphan"), None).await;
-    assert!(matches!(
-        a.recv_message().await,
-        ServerMessage::PeerJoined { .. }
-    ));
-    drop(b); // parked on n2
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut a, b_info) = peer_and_a_parked_one(&n2, &n2, "orphan").await;
     let one = node_named(&redis, "one");
     let session = redis.cli(&["KEYS", "sig:{orphan}:s:*"]);
     let key = session
@@ -1376,14 +1387,7 @@ async fn a_parked_session_ended_through_another_node_stops_counting_at_once() {
     let redis = RedisServer::start();
     let n1 = node(&redis.url(), &["--api-key", "k", "--resume-grace", "30s"]);
     let n2 = node(&redis.url(), &["--resume-grace", "30s"]);
-    let (mut a, _) = Client::join(&n1.ws("/ws/counted"), None).await;
-    let (b, b_info) = Client::join(&n2.ws("/ws/counted"), None).await;
-    assert!(matches!(
-        a.recv_message().await,
-        ServerMessage::PeerJoined { .. }
-    ));
-    drop(b); // parked on n2
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_a, b_info) = peer_and_a_parked_one(&n1, &n2, "counted").await;
     metric_becomes(&n2, "signaling_sessions", 1).await;
     let kick = format!("/v1/rooms/counted/peers/{}/kick", b_info.peer_id);
     let (status, _, body) =
