@@ -311,13 +311,7 @@ impl ConnectionTask {
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let result = tokio::select! {
-                _ = stats_tick.tick() => {
-                    self.report_stats().await;
-                    match self.resend_offer(client_rules::OFFER_RESEND).await {
-                        Ok(()) => self.move_onto_fresh_credentials().await,
-                        err => err,
-                    }
-                }
+                _ = stats_tick.tick() => self.on_tick().await,
                 message = input.recv() => match message {
                     None | Some(ConnectionInput::Close) => break,
                     Some(message) => self.on_input(message).await,
@@ -345,6 +339,14 @@ impl ConnectionTask {
             .ctx
             .output
             .send(ConnectionOutput::Ended { key: self.ctx.key });
+    }
+
+    /// Once a second: the `stats` report, an unanswered offer sent again, a restart onto
+    /// fresh credentials that is owed.
+    async fn on_tick(&mut self) -> Result<()> {
+        self.report_stats().await;
+        self.resend_offer(client_rules::OFFER_RESEND).await?;
+        self.move_onto_fresh_credentials().await
     }
 
     async fn on_input(&mut self, message: ConnectionInput) -> Result<()> {

@@ -1210,6 +1210,16 @@ mod tests {
     }
 
     fn send(hub: &LocalHub, from: &Attached, conn: ConnId, to: &Attached, n: u32) -> Flow {
+        send_signal(hub, from, conn, to, candidate(n))
+    }
+
+    fn send_signal(
+        hub: &LocalHub,
+        from: &Attached,
+        conn: ConnId,
+        to: &Attached,
+        signal: Signal,
+    ) -> Flow {
         hub.handle(
             from.key,
             Caller::Conn(conn),
@@ -1218,7 +1228,7 @@ mod tests {
                 id: None,
                 cseq: None,
                 to: to.peer.clone(),
-                signal: candidate(n),
+                signal,
             },
             Instant::now(),
         )
@@ -1260,18 +1270,7 @@ mod tests {
         };
         let mut m = 0;
         while hub.room_peers(&"r".into()).len() == 3 && m < 100 {
-            hub.handle(
-                a.key,
-                Caller::Conn(1),
-                &a.peer,
-                ClientMessage::Signal {
-                    id: None,
-                    cseq: None,
-                    to: c.peer.clone(),
-                    signal: offer.clone(),
-                },
-                Instant::now(),
-            );
+            send_signal(&hub, &a, 1, &c, offer.clone());
             for frame in frames(&mut c_rx) {
                 hub.handle(
                     c.key,
