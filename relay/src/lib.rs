@@ -361,6 +361,18 @@ impl RelayStatus {
     }
 }
 
+/// Starts a running relay's drain from any task, without its handle (as
+/// [`RelayHandle::begin_drain`]).
+#[derive(Debug, Clone)]
+pub struct DrainSwitch(Arc<SharedQuotas>);
+
+impl DrainSwitch {
+    /// Refuse new allocations from now on (existing ones keep working); `/readyz` turns 503.
+    pub fn begin_drain(&self) {
+        self.0.set_draining(true);
+    }
+}
+
 /// A running relay. Dropping it stops the relay (without waiting).
 #[derive(Debug)]
 pub struct RelayHandle {
@@ -488,6 +500,11 @@ impl RelayHandle {
     /// it there.
     pub fn begin_drain(&self) {
         self.shared.set_draining(true);
+    }
+
+    /// What starts the drain from another task ([`Self::begin_drain`] there).
+    pub fn drain_switch(&self) -> DrainSwitch {
+        DrainSwitch(Arc::clone(&self.shared))
     }
 
     /// True after `begin_drain`.

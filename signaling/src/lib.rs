@@ -196,6 +196,10 @@ pub(crate) mod server {
         /// single node (in a cluster the node publishes it to Redis and reads Redis).
         #[cfg(feature = "with-relay")]
         pub relay_usage: std::sync::OnceLock<Arc<relay::usage::UsageBook>>,
+        /// Starts the in-process relay's drain (`--with-relay`): the server's drain flips it
+        /// before it tells any client, so a client told `draining` finds the relay draining.
+        #[cfg(feature = "with-relay")]
+        pub relay_drain: std::sync::OnceLock<relay::DrainSwitch>,
         /// Cancelled by `POST /v1/drain`: `serve` drains as on SIGTERM.
         pub drain_requested: CancellationToken,
     }
@@ -387,6 +391,8 @@ pub(crate) mod server {
                 relay_intake: std::sync::OnceLock::new(),
                 #[cfg(feature = "with-relay")]
                 relay_usage: std::sync::OnceLock::new(),
+                #[cfg(feature = "with-relay")]
+                relay_drain: std::sync::OnceLock::new(),
                 drain_requested: CancellationToken::new(),
                 clients: IpTable::new(IpLimits {
                     max_connections: config.max_connections_per_ip,

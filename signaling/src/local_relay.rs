@@ -152,10 +152,11 @@ impl LocalRelay {
         std::sync::Arc::clone(self.handle.usage())
     }
 
-    /// Refuses new allocations from now on (508); the relay's `/readyz` turns 503. The
-    /// allocations already made keep relaying.
-    pub fn begin_drain(&self) {
-        self.handle.begin_drain();
+    /// What refuses new allocations from the start of the drain on (508; the relay's
+    /// `/readyz` turns 503), from the task that drains the server. The allocations already
+    /// made keep relaying.
+    pub fn drain_switch(&self) -> relay::DrainSwitch {
+        self.handle.drain_switch()
     }
 
     /// Waits until the relay's allocations have ended or `until` passed, then stops its workers

@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
             let _ = state.relay_intake.set(local_relay.stream_intake());
         }
         let _ = state.relay_usage.set(local_relay.usage());
+        let _ = state.relay_drain.set(local_relay.drain_switch());
     }
     // In a cluster the in-process relay's usage goes to Redis too, beside the fleet relays':
     // every node's `/v1/usage` reports it, and it outlives this process.
@@ -157,21 +158,17 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(130);
         });
     }
-    // The in-process relay drains with the server, on a signal or `POST /v1/drain`: it
-    // refuses new allocations at once, and its allocations get what is left of
-    // `--drain-timeout` once the server has drained.
+    // The in-process relay drains with the server, on a signal or `POST /v1/drain` (the drain
+    // refuses new allocations at once, `AppState::relay_drain`); its allocations get what is
+    // left of `--drain-timeout` once the server has drained.
     #[cfg(feature = "with-relay")]
     let relay_drain = {
-        let local_relay = std::sync::Arc::clone(&local_relay);
         let state = std::sync::Arc::clone(&state);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = state.drain_requested.cancelled() => {}
-            }
-            if let Some(relay) = local_relay.lock().await.as_ref() {
-                relay.begin_drain();
             }
             std::time::Instant::now() + state.config.drain_timeout
         })
@@ -180,7 +177,6 @@ async fn main() -> anyhow::Result<()> {
     admin_stop.cancel();
     #[cfg(feature = "with-relay")]
     {
-        // The drain task takes the lock too: wait for it before taking the relay.
         let until = relay_drain
             .await
             .unwrap_or_else(|_| std::time::Instant::now());
