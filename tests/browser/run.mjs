@@ -839,7 +839,8 @@ test('client API: a client of a draining server leaves it after reconnect_after_
   const { p, other } = await pageAndOwnServer(t, 'signaling-drains-long', args);
   await connectInPage(p, `${other.ws}/leaves`, { name: 'l' });
   const stopped = other.proc.stop('SIGTERM', 15000);
-  await p.waitFor(() => window.__client.events.some((e) => e.state === 'reconnecting'), null, 'the client leaving the draining server', 4000);
+  // Well before the 10 s drain ends, with room for a loaded machine.
+  await p.waitFor(() => window.__client.events.some((e) => e.state === 'reconnecting'), null, 'the client leaving the draining server', 7000);
   const r = await clientInPage(p);
   const gone = r.events.find((e) => e.state === 'reconnecting');
   assert(/draining/.test(gone.message ?? ''), `left because the server drains: ${JSON.stringify(gone)}`);

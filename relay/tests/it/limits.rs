@@ -116,20 +116,18 @@ fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     socket.into()
 }
 
-/// Opens `n` silent connections from `from`, waits until the relay has refused `refused` (in
-/// all, per address), and returns those it keeps open.
-fn open_silent(relay: &RelayProcess, from: &str, n: usize, refused: u64) -> Vec<TcpStream> {
+/// Opens `n` silent connections from `from`, waits (up to 5 s) until the relay has closed all
+/// but `kept` of them, and returns those it keeps open.
+fn open_silent(relay: &RelayProcess, from: &str, n: usize, kept: usize) -> Vec<TcpStream> {
     let tcp = relay.tcp.expect("tcp listener");
     let mut conns: Vec<TcpStream> = (0..n).map(|_| connect_from(from, tcp)).collect();
-    assert!(
-        wait_until(Duration::from_secs(5), || relay
-            .metric("relay_stream_connections_refused_per_ip_total")
-            >= refused),
-        "refusals: {}",
-        relay.metric("relay_stream_connections_refused_per_ip_total")
-    );
-    // The count comes just before the close.
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until(Duration::from_secs(5), || {
+        conns
+            .iter_mut()
+            .filter_map(|c| is_open(c).then_some(()))
+            .count()
+            <= kept
+    });
     conns.retain_mut(is_open);
     conns
 }
@@ -138,8 +136,16 @@ fn open_silent(relay: &RelayProcess, from: &str, n: usize, refused: u64) -> Vec<
 fn one_address_holds_at_most_its_share_of_the_connections() {
     let relay = RelayProcess::start(&["--user", "u:p", "--max-connections-per-ip", "3"]);
     let tcp = relay.tcp.expect("tcp listener");
-    let mut held = open_silent(&relay, "127.0.0.1", 5, 2);
+    let mut held = open_silent(&relay, "127.0.0.1", 5, 3);
     assert_eq!(held.len(), 3, "exactly the share stays open");
+    // Counted (the workers publish their counts a moment later).
+    assert!(
+        wait_until(Duration::from_secs(5), || relay
+            .metric("relay_stream_connections_refused_per_ip_total")
+            >= 2),
+        "refusals: {}",
+        relay.metric("relay_stream_connections_refused_per_ip_total")
+    );
     assert_eq!(
         relay.metric("relay_stream_connections_refused_per_ip_total"),
         2
@@ -187,7 +193,14 @@ fn behind_a_proxy_header_the_share_is_the_named_clients() {
     assert!(wait_until(Duration::from_secs(5), || relay
         .metric("relay_stream_connections_refused_per_ip_total")
         == 1));
-    std::thread::sleep(Duration::from_millis(100));
+    // The refusal is counted just before its close: wait for the close itself.
+    wait_until(Duration::from_secs(5), || {
+        from_one
+            .iter_mut()
+            .filter_map(|c| is_open(c).then_some(()))
+            .count()
+            <= 2
+    });
     from_one.retain_mut(is_open);
     from_another.retain_mut(is_open);
     assert_eq!(

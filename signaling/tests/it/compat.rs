@@ -597,7 +597,7 @@ async fn compat_deliveries_are_counted_once() {
 
 #[tokio::test]
 async fn draining_closes_compat_sockets_at_once_with_1001() {
-    let mut server = Server::start(&["--drain-timeout", "3s"]);
+    let mut server = Server::start(&["--drain-timeout", "6s"]);
     // A native client that stays keeps the server draining for the whole timeout.
     let (_stays, _) = crate::support::Client::join(&server.ws_first("/ws/stay"), None).await;
     let mut y = connect(&server.ws_first("/y-webrtc")).await;
@@ -609,7 +609,8 @@ async fn draining_closes_compat_sockets_at_once_with_1001() {
 
     let start = std::time::Instant::now();
     server.terminate();
-    let limit = Duration::from_millis(1500);
+    // Long before the 6 s drain ends (with room for a loaded machine).
+    let limit = Duration::from_secs(4);
     assert_eq!(close_code(&mut y, limit).await, Some(1001), "y-webrtc");
     assert_eq!(close_code(&mut pj, limit).await, Some(1001), "PeerJS");
     assert!(start.elapsed() < limit, "{:?}", start.elapsed());
@@ -620,7 +621,7 @@ async fn draining_closes_compat_sockets_at_once_with_1001() {
         serde_json::from_str::<Value>(&body).unwrap()["code"],
         "draining"
     );
-    assert!(server.wait_exit(Duration::from_secs(5)), "still running");
+    assert!(server.wait_exit(Duration::from_secs(10)), "still running");
 }
 
 #[tokio::test]

@@ -72,7 +72,7 @@ async fn turn_credentials_are_minted_and_refreshed_before_expiry() {
         "--turn-secret",
         "signing-secret,older-secret",
         "--turn-ttl",
-        "3s",
+        "5s",
     ]);
     let (mut a, info) = Client::join(&server.ws("/ws/turn"), None).await;
     let check = |servers: &[signaling::protocol::IceServer]| -> u64 {
@@ -90,32 +90,32 @@ async fn turn_credentials_are_minted_and_refreshed_before_expiry() {
         expiry.parse().expect("expiry")
     };
     let first_expiry = check(&info.ice_servers);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    assert!((now + 2..=now + 4).contains(&first_expiry));
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let now = unix_now();
+    assert!((now + 4..=now + 6).contains(&first_expiry));
 
-    // Fresh credentials arrive at 80% of the 2 s TTL, before the old ones expire.
-    let start = Instant::now();
+    // Fresh credentials arrive at 80% of the 5 s TTL, while the old ones are still valid (a
+    // relay accepts a username whose expiry is not in the past).
     let pushed = match a
-        .recv_within(Duration::from_secs(4))
+        .recv_within(Duration::from_secs(6))
         .await
         .map(|f| f.message)
     {
         Some(ServerMessage::IceServers { ice_servers }) => ice_servers,
         other => panic!("expected ice_servers, got {other:?}"),
     };
-    let elapsed = start.elapsed();
-    assert!(
-        elapsed < Duration::from_millis(2900),
-        "pushed after {elapsed:?}"
-    );
+    let now = unix_now();
+    assert!(now <= first_expiry, "pushed at {now}, after {first_expiry}");
     let second_expiry = check(&pushed);
     assert!(second_expiry >= first_expiry);
     // And again, for as long as the session lives.
     match a
-        .recv_within(Duration::from_secs(4))
+        .recv_within(Duration::from_secs(6))
         .await
         .map(|f| f.message)
     {
@@ -172,8 +172,10 @@ async fn sigterm_drains_then_exits() {
         other => panic!("expected peer_left, got {other:?}"),
     }
     assert_eq!(a.expect_close().await, Closed::Code(1001));
-    assert!(server.wait_exit(Duration::from_secs(3)), "still running");
-    assert!(start.elapsed() < Duration::from_secs(4));
+    // Once its drain time is over, whatever A does: the 1.5 s drain, up to 1 s for A's close,
+    // leaving the cluster, with room for a loaded machine.
+    assert!(server.wait_exit(Duration::from_secs(8)), "still running");
+    assert!(start.elapsed() < Duration::from_secs(10));
 }
 
 /// `--with-relay` with `--stun-url`/`--turn-url` that name the in-process relay already: each
@@ -315,18 +317,32 @@ fn spawn_logging(args: &[&str]) -> (std::process::Child, String) {
     (child, first)
 }
 
-/// Kills `child` and returns everything it logged.
-fn kill_and_read_stderr(mut child: std::process::Child) -> String {
-    use std::io::Read as _;
+/// Kills `child` once it logged a line containing `needle` (or 10 s passed) and returns
+/// everything it logged.
+fn kill_once_logged(mut child: std::process::Child, needle: &str) -> String {
+    use std::io::{BufRead as _, BufReader};
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut logs = String::new();
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        logs.push_str(&line);
+        logs.push('\n');
+        if line.contains(needle) {
+            break;
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut logs)
-        .expect("read stderr");
+    drop(lines);
+    let _ = reader.join();
     logs
 }
 
@@ -360,8 +376,7 @@ async fn json_log_lines_name_the_peer_and_the_span_once_each() {
     client.expect_welcome().await;
     client.send(&ClientMessage::Leave { id: None }).await;
     let _ = client.expect_close().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let logs = kill_and_read_stderr(child);
+    let logs = kill_once_logged(child, r#""message":"left""#);
     let left = logs
         .lines()
         .find(|l| l.contains(r#""message":"left""#))
@@ -404,7 +419,8 @@ fn startup_prints_the_config_without_secrets() {
         first.starts_with("listening on http://127.0.0.1:"),
         "{first}"
     );
-    let logs = kill_and_read_stderr(child);
+    // The configuration block ends with `--shared-port`.
+    let logs = kill_once_logged(child, "--shared-port");
     assert!(logs.contains("starting"), "{logs}");
     assert!(logs.contains("turn:127.0.0.1:3478"), "{logs}");
     assert!(logs.contains("<redacted>"), "{logs}");

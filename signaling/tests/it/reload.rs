@@ -4,14 +4,13 @@
 //! the relay's `reload.rs`.)
 
 use std::path::Path;
-use std::time::Duration;
 
 use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use signaling::auth::Claims;
 use signaling::protocol::{ClientMessage, ErrorCode, SessionInfo};
 use tokio_tungstenite::tungstenite;
 
-use crate::support::{Client, Server};
+use crate::support::{Client, Server, metric_reaches};
 
 /// A token for `room` signed with `secret`, valid for five minutes.
 fn token(secret: &str, room: &str) -> String {
@@ -43,17 +42,6 @@ fn hangup(server: &Server) {
     // SAFETY: kill(2) on the PID of a child this test spawned.
     let rc = unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGHUP) };
     assert_eq!(rc, 0);
-}
-
-/// Waits (up to 5 s) until `series` reaches `n`.
-async fn wait_metric(server: &Server, series: &str, n: u64) {
-    for _ in 0..100 {
-        if server.metric(series).await >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{series} did not reach {n}");
 }
 
 const OK: &str = "signaling_config_reloads_total{result=\"ok\"}";
@@ -106,7 +94,7 @@ async fn sighup_swaps_secrets_and_limits_and_sessions_go_on() {
         &file,
         &format!("{base}jwt-secret = \"new-jwt\"\nturn-secret = [\"new-turn\", \"old-turn\"]\n"),
     );
-    wait_metric(&server, OK, 1).await;
+    metric_reaches(&server, OK, 1).await;
 
     // The old JWT secret no longer verifies; the new one does, and the first TURN secret
     // signs new credentials.
@@ -131,7 +119,7 @@ async fn sighup_swaps_secrets_and_limits_and_sessions_go_on() {
             "{base}jwt-secret = \"new-jwt\"\nturn-secret = [\"new-turn\"]\nmax-connections-per-ip = 1\n"
         ),
     );
-    wait_metric(&server, OK, 2).await;
+    metric_reaches(&server, OK, 2).await;
     match Client::try_connect(&server.ws_first("/ws"), &[]).await {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 429),
         Err(other) => panic!("expected 429, got {other:?}"),
@@ -154,7 +142,7 @@ async fn an_invalid_configuration_is_refused_and_the_one_in_force_stays() {
     ];
     for (n, text) in bad.iter().enumerate() {
         reload(&server, &file, text);
-        wait_metric(&server, REFUSED, n as u64 + 1).await;
+        metric_reaches(&server, REFUSED, n as u64 + 1).await;
         assert_eq!(server.metric(OK).await, 0);
         let _kept = join(&server, &format!("room{n}"), "kept").await;
         let mut other = Client::connect(&server.ws_first("/ws")).await;
@@ -191,8 +179,8 @@ async fn the_in_process_relay_reloads_with_the_server() {
         &file,
         "turn-secret = [\"second\"]\nrelay-arg = [\"--admin-listen=127.0.0.1:0\", \"--user-quota=3\"]\n",
     );
-    wait_metric(&server, OK, 1).await;
-    wait_metric(&server, "relay_config_reloads_total", 1).await;
+    metric_reaches(&server, OK, 1).await;
+    metric_reaches(&server, "relay_config_reloads_total", 1).await;
     let (_b, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;
     assert!(signed_by(&info, "second"));
 
@@ -202,7 +190,7 @@ async fn the_in_process_relay_reloads_with_the_server() {
         &file,
         "turn-secret = [\"third\"]\nrelay-arg = [\"--admin-listen=127.0.0.1:0\", \"--user-quota=0\"]\n",
     );
-    wait_metric(&server, REFUSED, 1).await;
+    metric_reaches(&server, REFUSED, 1).await;
     assert_eq!(server.metric("relay_config_reloads_total").await, 1);
     let (_c, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;
     assert!(signed_by(&info, "second"), "the secret in force stays");

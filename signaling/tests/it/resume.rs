@@ -8,7 +8,7 @@ use signaling::protocol::{
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::basic::{candidate, expect_peer_left, expect_signal, pass_candidate, signal};
-use crate::support::{Client, Closed, Server, resume_message};
+use crate::support::{Client, Closed, Server, metric_becomes, resume_message};
 
 #[tokio::test]
 async fn resume_replays_missed_messages_exactly_once_in_order() {
@@ -129,8 +129,10 @@ async fn replay_overflow_ends_a_parked_session() {
     let (mut a, _) = Client::join(&server.ws("/ws/overflow"), None).await;
     let (b, b_info) = Client::join(&server.ws("/ws/overflow"), None).await;
     let _ = a.recv_message().await;
+    let open = server.metric("signaling_connections").await;
     drop(b);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Parked once its node counts B's connection closed.
+    metric_becomes(&server, "signaling_connections", open - 1).await;
     for n in 0..10 {
         signal(&mut a, &b_info.peer_id, candidate(n)).await;
     }

@@ -354,6 +354,22 @@ pub(crate) async fn metric_becomes(server: &Server, series: &str, want: u64) {
     }
 }
 
+/// Waits (up to 5 s) until `series` is at least `at_least`.
+pub(crate) async fn metric_reaches(server: &Server, series: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = server.metric(series).await;
+        if value >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {value}, below {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl Client {
     pub(crate) async fn connect(url: &str) -> Self {
         Self::try_connect(url, &[]).await.expect("connect")
