@@ -129,11 +129,12 @@ impl Registration {
     /// gives, so that what Redis holds resumes nothing (a cluster's resume tokens have the
     /// shape `SID.SECRET.PEER.ROOM`, the secret 32 hex digits). `None` for another shape.
     fn seal(&self) -> Option<String> {
-        let sealed = mask_secret(self.resume.as_str(), &self.token)?;
+        let sealed = mask_secret(&self.resume, &self.token)?;
         Some(format!(
-            "{} {} {sealed}",
+            "{} {} {}",
             self.last_seq,
-            token_check(&self.token)
+            token_check(&self.token),
+            sealed.as_str()
         ))
     }
 
@@ -149,7 +150,7 @@ impl Registration {
         }
         Some(Self {
             token: token.to_owned(),
-            resume: ResumeToken(mask_secret(resume, token)?),
+            resume: mask_secret(&ResumeToken::from(resume), token)?,
             last_seq,
         })
     }
@@ -169,17 +170,10 @@ fn token_check(token: &str) -> String {
     hex::encode(token_digest("peerjs token", token))
 }
 
-/// The resume token `SID.SECRET.PEER.ROOM` with its secret XORed with a key drawn from the
-/// client's `token` (its own inverse).
-fn mask_secret(resume: &str, token: &str) -> Option<String> {
-    let mut parts = resume.splitn(3, '.');
-    let (id, secret, rest) = (parts.next()?, parts.next()?, parts.next()?);
-    let mut secret = hex::decode(secret).ok().filter(|s| s.len() == 16)?;
-    let key = token_digest("peerjs resume secret", token);
-    for (byte, k) in secret.iter_mut().zip(key.as_ref()) {
-        *byte ^= k;
-    }
-    Some(format!("{id}.{}.{rest}", hex::encode(secret)))
+/// The resume token with its secret masked by a key drawn from the client's `token` (masking
+/// twice gives it back).
+fn mask_secret(resume: &ResumeToken, token: &str) -> Option<ResumeToken> {
+    crate::cluster::mask_token_secret(resume, token_digest("peerjs resume secret", token).as_ref())
 }
 
 /// Where registrations live: this process, or the cluster's Redis.

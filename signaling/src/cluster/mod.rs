@@ -110,6 +110,24 @@ fn cluster_token(
     ResumeToken(format!("{}.{peer}.{room}", secret.token(key).0))
 }
 
+/// `token` with its secret XORed with `mask` (masking again gives the token back): what may be
+/// kept where the token itself must not be (`crate::peerjs`). `None` for a token of another
+/// shape, or a mask shorter than its secret.
+pub(crate) fn mask_token_secret(token: &ResumeToken, mask: &[u8]) -> Option<ResumeToken> {
+    let (key, secret_hex, peer, room) = parse_cluster_token(token)?;
+    let mut secret = hex::decode(secret_hex)
+        .ok()
+        .filter(|s| s.len() <= mask.len())?;
+    for (byte, m) in secret.iter_mut().zip(mask) {
+        *byte ^= m;
+    }
+    Some(ResumeToken(format!(
+        "{}.{}.{peer}.{room}",
+        sid(key),
+        hex::encode(secret)
+    )))
+}
+
 /// The `peer_left` the end scripts send the rest of a room, with the peer id `%PEER%` that the
 /// script replaces.
 fn left_template(reason: LeaveReason) -> String {
