@@ -98,6 +98,10 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A park Redis answered this much later than it was sent is sent again, so that the session's
+/// grace is counted from the answer.
+const LATE_PARK_MS: u64 = 250;
+
 /// The resume token of a cluster session: `SID.SECRET.PEER.ROOM`. The peer and the room ride
 /// along so any node finds the session's keys and can mint its credentials; the script checks
 /// both against the session. Clients treat tokens as opaque.
@@ -1317,22 +1321,19 @@ impl ClusterHub {
         .await;
     }
 
+    /// Parks the session of `pending` in Redis, then here. Its resume grace starts when Redis
+    /// answers: a park that Redis answered late (it hung) is sent again with the deadline
+    /// counted from the answer, and so is one it did not answer (from the heartbeat that finds
+    /// Redis back), which Redis may have run late all the same.
     async fn park(&self, pending: PendingPark) {
-        let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
-        let reply = self
-            .store
-            .call(
-                Op::Park,
-                &pending.room,
-                &[
-                    &sid(pending.key),
-                    &self.cluster.node_id,
-                    &pending.conn.to_string(),
-                    &expires_ms.to_string(),
-                    reason_str(pending.reason),
-                ],
-            )
-            .await;
+        let grace_ms = self.settings.resume_grace.as_millis() as u64;
+        let mut expires_ms = unix_ms(SystemTime::now()) + grace_ms;
+        let mut reply = self.park_call(&pending, expires_ms).await;
+        let answered_by = unix_ms(SystemTime::now()) + grace_ms;
+        if matches!(&reply, Ok(r) if r.status == "ok") && answered_by > expires_ms + LATE_PARK_MS {
+            expires_ms = answered_by;
+            reply = self.park_call(&pending, expires_ms).await;
+        }
         let mut st = self.lock();
         match reply {
             Ok(reply) if reply.status == "ok" => {
@@ -1355,6 +1356,22 @@ impl ClusterHub {
                 self.store_failed("park", &e);
             }
         }
+    }
+
+    async fn park_call(&self, pending: &PendingPark, expires_ms: u64) -> Result<Reply, StoreError> {
+        self.store
+            .call(
+                Op::Park,
+                &pending.room,
+                &[
+                    &sid(pending.key),
+                    &self.cluster.node_id,
+                    &pending.conn.to_string(),
+                    &expires_ms.to_string(),
+                    reason_str(pending.reason),
+                ],
+            )
+            .await
     }
 
     /// Carries out the leaves the store did not take during an outage (their sessions may have

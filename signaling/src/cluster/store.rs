@@ -187,13 +187,20 @@ ack(ARGV[4], tonumber(ARGV[5]))
 return {'ok', ''}
 "#,
             ),
-            // ARGV: sid node conn expires-ms reason
+            // ARGV: sid node conn expires-ms reason. Parked by this same park already (Redis
+            // ran it late, after a hang): the deadline moves to the later one.
             park: script(
                 r#"
 local s = skey(ARGV[4])
-local st = redis.call('HMGET', s, 'node', 'conn', 'state')
-if st[1] ~= ARGV[5] or st[2] ~= ARGV[6] or st[3] ~= 'a' then return {'no', ''} end
-redis.call('HSET', s, 'state', 'p', 'exp', ARGV[7], 'reason', ARGV[8])
+local st = redis.call('HMGET', s, 'node', 'conn', 'state', 'exp')
+if st[1] ~= ARGV[5] or st[2] ~= ARGV[6] then return {'no', ''} end
+if st[3] == 'a' then
+  redis.call('HSET', s, 'state', 'p', 'exp', ARGV[7], 'reason', ARGV[8])
+elseif st[3] == 'p' then
+  if tonumber(ARGV[7]) > (tonumber(st[4]) or 0) then redis.call('HSET', s, 'exp', ARGV[7]) end
+else
+  return {'no', ''}
+end
 touch_room()
 return {'ok', ''}
 "#,

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use signaling::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, ResumeToken, ServerFrame, ServerMessage,
+    SessionInfo,
 };
 
 use crate::basic::{candidate, expect_signal, pass_candidate, signal};
@@ -46,7 +47,7 @@ async fn peer_and_a_parked_one(
     a_node: &Server,
     b_node: &Server,
     room: &str,
-) -> (Client, signaling::protocol::SessionInfo) {
+) -> (Client, SessionInfo) {
     let (mut a, _) = Client::join(&a_node.ws(&format!("/ws/{room}")), None).await;
     let (b, b_info) = Client::join(&b_node.ws(&format!("/ws/{room}")), None).await;
     assert!(matches!(
@@ -1167,6 +1168,87 @@ async fn a_session_ended_on_purpose_is_not_taken_for_lost() {
     assert_eq!(
         n1.metric("signaling_cluster_sessions_vanished_total").await,
         0
+    );
+}
+
+/// Two nodes on `redis` with a lease longer than the hangs below (nobody is adopted: each node
+/// parks its own sessions) and a 3 s grace; A joins on the first, B on the second, and B
+/// parks and resumes once, so Redis knows the park script (a node sends only its hash: a
+/// script Redis does not know fails without running). Then Redis hangs, both sockets are cut
+/// (1013) and their clients go. Returns the nodes, A's and B's sessions and last seqs.
+async fn cut_off_by_a_hang(
+    redis: &RedisServer,
+    redis_timeout: &str,
+    room: &str,
+) -> (Server, Server, SessionInfo, u64, SessionInfo, u64) {
+    let n = || {
+        Server::spawn(&[
+            "--redis",
+            &redis.url(),
+            "--node-heartbeat",
+            "200ms",
+            "--node-lease",
+            "20s",
+            "--redis-timeout",
+            redis_timeout,
+            "--resume-grace",
+            "3s",
+        ])
+    };
+    let (n1, n2) = (n(), n());
+    let path = format!("/ws/{room}");
+    let (mut a, a_info) = Client::join(&n1.ws(&path), None).await;
+    let (b, b_info) = Client::join(&n2.ws(&path), None).await;
+    let _ = a.recv_message().await;
+    let b_seen = b.last_seq;
+    drop(b);
+    let url = n2.ws(&path);
+    let mut b = resume_expecting(&url, &b_info.resume_token, b_seen, &a_info.peer_id, 0, 0).await;
+    let (a_seen, b_seen) = (a.last_seq, b.last_seq);
+    redis.freeze();
+    assert_eq!(b.close_after_frames().await, Closed::Code(1013));
+    assert_eq!(a.close_after_frames().await, Closed::Code(1013));
+    (n1, n2, a_info, a_seen, b_info, b_seen)
+}
+
+/// A park that a hanging Redis answers late, within `--redis-timeout`: the session's grace is
+/// counted from the answer, not from when the park was sent.
+#[tokio::test]
+async fn a_session_parked_while_redis_hangs_gets_its_grace_from_the_answer() {
+    let redis = RedisServer::start();
+    let (n1, n2, a_info, a_seen, b_info, b_seen) =
+        cut_off_by_a_hang(&redis, "4s", "latepark").await;
+    // The parks went out as the sockets were cut; Redis answers 2 s later, within the 4 s
+    // timeout, and B comes back 2 s after that: past the 3 s counted from the cut.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.thaw();
+    ready_again(&n2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_b, replayed) = resume_when_ready(&n2, "/ws/latepark", &b_info.resume_token, b_seen).await;
+    assert!(replayed.is_empty(), "{replayed:?}");
+    // A never saw B leave.
+    let (_a, replayed) = resume_when_ready(&n1, "/ws/latepark", &a_info.resume_token, a_seen).await;
+    assert!(replayed.is_empty(), "{replayed:?}");
+}
+
+/// A park that Redis ran after its node gave up waiting (the hang outlasted `--redis-timeout`)
+/// is sent again when Redis answers: the session is parked on its node again, so the others see
+/// it leave one grace period after the answer (not when the node's index check finds it, two
+/// leases later).
+#[tokio::test]
+async fn a_session_whose_park_redis_ran_late_leaves_one_grace_after_the_answer() {
+    let redis = RedisServer::start();
+    let (n1, n2, a_info, a_seen, b_info, _) = cut_off_by_a_hang(&redis, "500ms", "lateleave").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.thaw();
+    ready_again(&n2).await;
+    let back = Instant::now();
+    let (mut a, _) = resume_when_ready(&n1, "/ws/lateleave", &a_info.resume_token, a_seen).await;
+    expect_disconnected(&mut a, &b_info.peer_id, Duration::from_secs(10)).await;
+    let after = back.elapsed();
+    assert!(
+        after > Duration::from_secs(2) && after < Duration::from_secs(8),
+        "B left {after:?} after Redis answered (grace 3 s)"
     );
 }
 
