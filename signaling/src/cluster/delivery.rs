@@ -22,10 +22,10 @@ impl ClusterHub {
     /// Redis is gone (or this node's lease): every attached socket is closed with 1013 so its
     /// client resumes once Redis is back (frames published meanwhile may not have reached this
     /// node). An outage is counted (and logged as an error) once, by its first cause, however
-    /// many of its parts fail, until a heartbeat finds the node whole again; a lost lease is
-    /// always counted.
+    /// many of its parts fail, until a heartbeat finds the node whole again (a Redis restarted
+    /// without its data drops the subscription, then the lease: one outage).
     pub(super) fn outage(&self, why: Outage) {
-        let first = why == Outage::LeaseLost || !self.in_outage.swap(true, Ordering::AcqRel);
+        let first = !self.in_outage.swap(true, Ordering::AcqRel);
         let st = self.lock();
         if first {
             self.metrics.cluster_outage(why);

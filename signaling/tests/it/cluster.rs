@@ -422,6 +422,13 @@ async fn a_restarted_empty_redis_is_served_again_and_old_sessions_fail_cleanly()
     a.expect_error(ErrorCode::ResumeFailed).await;
     let (_b, info) = Client::join(&n1.ws("/ws/restart"), None).await;
     assert!(info.peers.is_empty());
+    // One outage (its subscription, then its lease, were lost with the data), counted once.
+    let mut outages = 0;
+    for reason in ["store", "pubsub", "lease_lost"] {
+        let series = format!("signaling_cluster_outages_total{{reason=\"{reason}\"}}");
+        outages += n1.metric(&series).await;
+    }
+    assert_eq!(outages, 1);
 }
 
 #[tokio::test]
