@@ -237,6 +237,9 @@ async fn pump_events(mut session: StreamSession, body: mpsc::Sender<Bytes>) {
             () = body.closed() => Next::Stop,
         };
     }
+    // The stream ends now (its client sees the end right after a close event), while the
+    // park, which a hanging Redis holds up, goes on.
+    drop(body);
     session.detach().await;
 }
 
@@ -308,7 +311,13 @@ pub async fn poll(
     {
         close = take(out, &mut frames);
     }
-    session.detach().await;
+    if close.is_some() {
+        // The session's stream ended (an outage, a drain, a kick): the reply goes now, and the
+        // park, which a hanging Redis holds up, goes on without it (dropping parks).
+        drop(session);
+    } else {
+        session.detach().await;
+    }
     app.metrics.http_frames(frames.len() as u64);
     let mut body = String::with_capacity(16 + frames.iter().map(|f| f.len() + 1).sum::<usize>());
     body.push_str("{\"frames\":[");

@@ -1259,6 +1259,67 @@ async fn a_session_whose_park_redis_ran_late_leaves_one_grace_after_the_answer()
     );
 }
 
+/// When a hang of Redis cuts a node's clients off, a pending long-poll is answered (`close`
+/// 1013) and an event stream ends right after its `close` event, with the WebSockets: not
+/// after the park of their session, which waits on Redis.
+#[tokio::test]
+async fn http_clients_cut_off_by_a_hang_are_answered_with_the_websockets() {
+    use crate::http_client::{self, Event, Sse};
+    let redis = RedisServer::start();
+    let n1 = Server::spawn(&[
+        "--redis",
+        &redis.url(),
+        "--node-heartbeat",
+        "200ms",
+        "--node-lease",
+        "20s",
+        "--redis-timeout",
+        "3s",
+    ]);
+    let (mut ws, _) = Client::join(&n1.ws("/ws/httpcut"), None).await;
+    let streaming = http_client::open_as(n1.addr, "httpcut", "S").await;
+    let mut sse = Sse::connect(n1.addr, &streaming, None).await;
+    let _welcome = sse.frame().await;
+    let polling = http_client::open_as(n1.addr, "httpcut", "P").await;
+    let seen = http_client::poll(n1.addr, &polling, 0).await;
+    let last = seen.frames.last().map_or(0, |f| f.seq);
+    let addr = n1.addr;
+    let pending = tokio::spawn(async move {
+        let reply = http_client::poll(addr, &polling, last).await;
+        (reply, Instant::now())
+    });
+    // The poll is waiting on the node (no frame is due).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.freeze();
+    assert_eq!(ws.close_after_frames().await, Closed::Code(1013));
+    let cut = Instant::now();
+    loop {
+        match sse.next_within(Duration::from_secs(10)).await {
+            Some(Event::Close(code)) => {
+                assert_eq!(code, 1013);
+                break;
+            }
+            Some(Event::Frame { .. }) => {}
+            None => panic!("the stream ended without its close event"),
+        }
+    }
+    assert!(sse.next_within(Duration::from_secs(10)).await.is_none());
+    let ended = cut.elapsed();
+    let (reply, answered) = pending.await.expect("poll task");
+    assert_eq!(reply.close, Some(1013), "{:?}", reply.frames);
+    let answered = answered.saturating_duration_since(cut);
+    // Not the 3 s `--redis-timeout` of the park later.
+    assert!(
+        ended < Duration::from_millis(1500),
+        "stream ended {ended:?} after the cut"
+    );
+    assert!(
+        answered < Duration::from_millis(1500),
+        "poll answered {answered:?} after the cut"
+    );
+    redis.thaw();
+}
+
 /// A resume that reaches a node while Redis hangs is refused (`unavailable`) before anything
 /// that could attach the session there is sent; its client gives up. Once Redis answers, the
 /// session is where it was (parked) and the others see it leave after the grace period.
