@@ -1178,6 +1178,24 @@ async fn a_session_ended_on_purpose_is_not_taken_for_lost() {
     );
 }
 
+/// A node on `redis` whose lease (20 s) outlives the hangs of a test (nobody is adopted: it
+/// parks its own sessions), with `--redis-timeout redis_timeout` and `extra`.
+fn node_outliving_hangs(redis: &RedisServer, redis_timeout: &str, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec![
+        "--redis",
+        &url,
+        "--node-heartbeat",
+        "200ms",
+        "--node-lease",
+        "20s",
+        "--redis-timeout",
+        redis_timeout,
+    ];
+    args.extend_from_slice(extra);
+    Server::spawn(&args)
+}
+
 /// Two nodes on `redis` with a lease longer than the hangs below (nobody is adopted: each node
 /// parks its own sessions) and a 3 s grace; A joins on the first, B on the second, and B
 /// parks and resumes once, so Redis knows the park script (a node sends only its hash: a
@@ -1188,20 +1206,7 @@ async fn cut_off_by_a_hang(
     redis_timeout: &str,
     room: &str,
 ) -> (Server, Server, SessionInfo, u64, SessionInfo, u64) {
-    let n = || {
-        Server::spawn(&[
-            "--redis",
-            &redis.url(),
-            "--node-heartbeat",
-            "200ms",
-            "--node-lease",
-            "20s",
-            "--redis-timeout",
-            redis_timeout,
-            "--resume-grace",
-            "3s",
-        ])
-    };
+    let n = || node_outliving_hangs(redis, redis_timeout, &["--resume-grace", "3s"]);
     let (n1, n2) = (n(), n());
     let path = format!("/ws/{room}");
     let (mut a, a_info) = Client::join(&n1.ws(&path), None).await;
@@ -1266,16 +1271,7 @@ async fn a_session_whose_park_redis_ran_late_leaves_one_grace_after_the_answer()
 async fn http_clients_cut_off_by_a_hang_are_answered_with_the_websockets() {
     use crate::http_client::{self, Event, Sse};
     let redis = RedisServer::start();
-    let n1 = Server::spawn(&[
-        "--redis",
-        &redis.url(),
-        "--node-heartbeat",
-        "200ms",
-        "--node-lease",
-        "20s",
-        "--redis-timeout",
-        "3s",
-    ]);
+    let n1 = node_outliving_hangs(&redis, "3s", &[]);
     let (mut ws, _) = Client::join(&n1.ws("/ws/httpcut"), None).await;
     let streaming = http_client::open_as(n1.addr, "httpcut", "S").await;
     let mut sse = Sse::connect(n1.addr, &streaming, None).await;

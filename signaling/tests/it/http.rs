@@ -574,7 +574,8 @@ async fn open_streams_do_not_use_up_the_http_connection_cap() {
         }
     }
     // Ten streams (the polls may have returned with other peers' arrivals): past the cap of 8.
-    crate::support::metric_reaches(&server, "signaling_connections", 10).await;
+    crate::support::metric_reaches(&server, "signaling_connections", 10, Duration::from_secs(5))
+        .await;
     // Still serving: metrics, a WebSocket join, a new open.
     let (_client, _) = Client::join(&server.ws_first("/ws/many-ws"), None).await;
     http_client::open(server.addr, "many", &http_client::join("late"))

@@ -825,7 +825,7 @@ async fn clients_that_never_read_their_answers_lose_their_http_slots() {
         }));
     }
     // The readers that never read lose their connections.
-    write_timeouts_reach(&server, 4, Duration::from_secs(6)).await;
+    crate::support::metric_reaches(&server, WRITE_TIMEOUTS, 4, Duration::from_secs(6)).await;
     // Their places are free: 4 connections that take them, and a real client still joins.
     let mut holders = Vec::new();
     for _ in 0..4 {
@@ -839,21 +839,8 @@ async fn clients_that_never_read_their_answers_lose_their_http_slots() {
     }
 }
 
-/// Waits (up to `within`) until `server` has closed `n` connections for stalled writes.
-async fn write_timeouts_reach(server: &Server, n: u64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let closed = server.metric("signaling_http_write_timeouts_total").await;
-        if closed >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{closed} write timeouts, not {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// Connections closed for stalled writes.
+const WRITE_TIMEOUTS: &str = "signaling_http_write_timeouts_total";
 
 /// An SSE stream lends its connection's slot; when the stream ends on its own write timeout
 /// (the client stopped reading), the connection counts again, and its stalled write closes it
@@ -888,7 +875,7 @@ async fn an_sse_client_that_stops_reading_loses_its_http_slot() {
         broadcast(&mut sender, &blob).await;
     }
     // The stalled stream's connection loses its slot.
-    write_timeouts_reach(&server, 1, Duration::from_secs(8)).await;
+    crate::support::metric_reaches(&server, WRITE_TIMEOUTS, 1, Duration::from_secs(8)).await;
     drop(events);
 }
 
@@ -922,10 +909,7 @@ async fn a_websocket_that_pauses_reading_is_not_cut_by_the_http_write_bound() {
             ServerMessage::Broadcast { .. }
         ));
     }
-    assert_eq!(
-        server.metric("signaling_http_write_timeouts_total").await,
-        0
-    );
+    assert_eq!(server.metric(WRITE_TIMEOUTS).await, 0);
 }
 
 /// One source holds at most `--max-http-connections-per-ip` of the connections that have not

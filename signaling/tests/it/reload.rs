@@ -4,6 +4,7 @@
 //! the relay's `reload.rs`.)
 
 use std::path::Path;
+use std::time::Duration;
 
 use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use signaling::auth::Claims;
@@ -94,7 +95,7 @@ async fn sighup_swaps_secrets_and_limits_and_sessions_go_on() {
         &file,
         &format!("{base}jwt-secret = \"new-jwt\"\nturn-secret = [\"new-turn\", \"old-turn\"]\n"),
     );
-    metric_reaches(&server, OK, 1).await;
+    metric_reaches(&server, OK, 1, Duration::from_secs(5)).await;
 
     // The old JWT secret no longer verifies; the new one does, and the first TURN secret
     // signs new credentials.
@@ -119,7 +120,7 @@ async fn sighup_swaps_secrets_and_limits_and_sessions_go_on() {
             "{base}jwt-secret = \"new-jwt\"\nturn-secret = [\"new-turn\"]\nmax-connections-per-ip = 1\n"
         ),
     );
-    metric_reaches(&server, OK, 2).await;
+    metric_reaches(&server, OK, 2, Duration::from_secs(5)).await;
     match Client::try_connect(&server.ws_first("/ws"), &[]).await {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 429),
         Err(other) => panic!("expected 429, got {other:?}"),
@@ -142,7 +143,7 @@ async fn an_invalid_configuration_is_refused_and_the_one_in_force_stays() {
     ];
     for (n, text) in bad.iter().enumerate() {
         reload(&server, &file, text);
-        metric_reaches(&server, REFUSED, n as u64 + 1).await;
+        metric_reaches(&server, REFUSED, n as u64 + 1, Duration::from_secs(5)).await;
         assert_eq!(server.metric(OK).await, 0);
         let _kept = join(&server, &format!("room{n}"), "kept").await;
         let mut other = Client::connect(&server.ws_first("/ws")).await;
@@ -179,8 +180,14 @@ async fn the_in_process_relay_reloads_with_the_server() {
         &file,
         "turn-secret = [\"second\"]\nrelay-arg = [\"--admin-listen=127.0.0.1:0\", \"--user-quota=3\"]\n",
     );
-    metric_reaches(&server, OK, 1).await;
-    metric_reaches(&server, "relay_config_reloads_total", 1).await;
+    metric_reaches(&server, OK, 1, Duration::from_secs(5)).await;
+    metric_reaches(
+        &server,
+        "relay_config_reloads_total",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
     let (_b, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;
     assert!(signed_by(&info, "second"));
 
@@ -190,7 +197,7 @@ async fn the_in_process_relay_reloads_with_the_server() {
         &file,
         "turn-secret = [\"third\"]\nrelay-arg = [\"--admin-listen=127.0.0.1:0\", \"--user-quota=0\"]\n",
     );
-    metric_reaches(&server, REFUSED, 1).await;
+    metric_reaches(&server, REFUSED, 1, Duration::from_secs(5)).await;
     assert_eq!(server.metric("relay_config_reloads_total").await, 1);
     let (_c, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;
     assert!(signed_by(&info, "second"), "the secret in force stays");

@@ -354,9 +354,9 @@ pub(crate) async fn metric_becomes(server: &Server, series: &str, want: u64) {
     }
 }
 
-/// Waits (up to 5 s) until `series` is at least `at_least`.
-pub(crate) async fn metric_reaches(server: &Server, series: &str, at_least: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+/// Waits (up to `within`) until `series` is at least `at_least`.
+pub(crate) async fn metric_reaches(server: &Server, series: &str, at_least: u64, within: Duration) {
+    let deadline = Instant::now() + within;
     loop {
         let value = server.metric(series).await;
         if value >= at_least {
