@@ -22,7 +22,7 @@ const DEFAULT_RELAY_PORT: u16 = 3478;
 /// relay's default, tried first; a free port is used when it is taken.
 const DEFAULT_RELAY_ADMIN_PORT: u16 = 9641;
 
-/// The in-process relay: it drains with the server ([`LocalRelay::begin_drain`] when the
+/// The in-process relay: it drains with the server (its [`LocalRelay::drain_switch`] when the
 /// server's drain starts, [`LocalRelay::finish_drain`] once it is done).
 #[derive(Debug)]
 pub struct LocalRelay {

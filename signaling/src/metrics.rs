@@ -57,7 +57,8 @@ pub enum Outage {
     Store,
     /// The node's pub/sub subscription was lost.
     Pubsub,
-    /// The node found its lease expired and its sessions adopted by another node.
+    /// The node found its lease gone from Redis (expired, its sessions adopted by another
+    /// node; or Redis lost its data), the first sign of the outage.
     LeaseLost,
 }
 

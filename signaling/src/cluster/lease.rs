@@ -134,10 +134,12 @@ impl ClusterHub {
             // renew theirs before taking any node for dead.
             self.lock().adopt_after = Some(Instant::now() + self.cluster.lease);
         }
+        // A few at once, as adoptions go: an outage may have cut thousands of sockets, and the
+        // next renewal of the lease waits for these.
         let pending = std::mem::take(&mut self.lock().pending_park);
-        for p in pending {
-            self.park(p).await;
-        }
+        futures_util::stream::iter(pending)
+            .for_each_concurrent(32, |p| self.park(p))
+            .await;
         self.retry_leaves().await;
         self.readopt().await;
         let may_adopt = self

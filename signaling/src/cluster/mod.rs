@@ -100,7 +100,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 /// A park Redis answered this much later than it was sent is sent again, so that the session's
 /// grace is counted from the answer.
-const LATE_PARK_MS: u64 = 250;
+const LATE_PARK: Duration = Duration::from_millis(250);
 
 /// The resume token of a cluster session: `SID.SECRET.PEER.ROOM`. The peer and the room ride
 /// along so any node finds the session's keys and can mint its credentials; the script checks
@@ -227,6 +227,21 @@ struct PendingPark {
     conn: ConnId,
     reason: LeaveReason,
     ticket: Option<SessionTicket>,
+    attempt: ParkAttempt,
+}
+
+/// Which park of a session this is. A parking's deadline is moved once at most, so a Redis
+/// that keeps running parks but answering them too late does not keep a session nobody holds
+/// for ever.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ParkAttempt {
+    /// The park of an attached session (from its detach).
+    First,
+    /// A retry of one Redis did not answer, which it may have run all the same: the retry moves
+    /// that parking's deadline to one counted from now.
+    Retry,
+    /// A retry after a park that may have moved the deadline already.
+    DeadlineMoved,
 }
 
 /// A resume in flight on this node ([`LocalState::resuming`]).
@@ -1034,6 +1049,11 @@ impl ClusterHub {
     ) -> Result<Flow, RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let (key, secret_hex, peer, room) = parse_cluster_token(token).ok_or_else(unknown)?;
+        // Refused at once while Redis is known to be away, as upgrades and stream requests are
+        // (not after a `--redis-timeout` of its own).
+        if !self.is_available() {
+            return Err(Self::unavailable());
+        }
         let reply = self
             .store
             .call(
@@ -1317,26 +1337,33 @@ impl ClusterHub {
             conn,
             reason,
             ticket,
+            attempt: ParkAttempt::First,
         })
         .await;
     }
 
     /// Parks the session of `pending` in Redis, then here. Its resume grace starts when Redis
-    /// answers: a park that Redis answered late (it hung) is sent again with the deadline
-    /// counted from the answer, and so is one it did not answer (from the heartbeat that finds
-    /// Redis back), which Redis may have run late all the same.
-    async fn park(&self, pending: PendingPark) {
-        let grace_ms = self.settings.resume_grace.as_millis() as u64;
-        let mut expires_ms = unix_ms(SystemTime::now()) + grace_ms;
-        let mut reply = self.park_call(&pending, expires_ms).await;
-        let answered_by = unix_ms(SystemTime::now()) + grace_ms;
-        if matches!(&reply, Ok(r) if r.status == "ok") && answered_by > expires_ms + LATE_PARK_MS {
-            expires_ms = answered_by;
-            reply = self.park_call(&pending, expires_ms).await;
+    /// answers: a park that Redis answered late (it hung) moves the deadline to one counted
+    /// from the answer, and so does the first retry of one it did not answer (from the
+    /// heartbeat that finds Redis back), which Redis may have run late all the same.
+    async fn park(&self, mut pending: PendingPark) {
+        let sent = Instant::now();
+        let mut moving = pending.attempt == ParkAttempt::Retry;
+        let mut reply = self.park_call(&pending, moving).await;
+        if matches!(&reply, Ok(r) if r.status == "ok")
+            && pending.attempt == ParkAttempt::First
+            && sent.elapsed() > LATE_PARK
+        {
+            moving = true;
+            reply = self.park_call(&pending, moving).await;
         }
         let mut st = self.lock();
         match reply {
             Ok(reply) if reply.status == "ok" => {
+                // The deadline in force in Redis (an earlier park's may stand).
+                let Some(expires_ms) = reply.rest.first().and_then(|e| e.parse().ok()) else {
+                    return;
+                };
                 st.park(
                     pending.key,
                     ParkedHere {
@@ -1350,6 +1377,13 @@ impl ClusterHub {
             }
             Ok(_) => {} // resumed elsewhere or ended meanwhile
             Err(e) => {
+                pending.attempt = if moving {
+                    ParkAttempt::DeadlineMoved
+                } else if pending.attempt == ParkAttempt::First {
+                    ParkAttempt::Retry
+                } else {
+                    pending.attempt
+                };
                 st.pending_park.push(pending);
                 // `store_failed` takes the lock itself.
                 drop(st);
@@ -1358,7 +1392,15 @@ impl ClusterHub {
         }
     }
 
-    async fn park_call(&self, pending: &PendingPark, expires_ms: u64) -> Result<Reply, StoreError> {
+    /// The park script for `pending`, with a deadline one grace period from now; with
+    /// `move_deadline`, a parking of it that Redis made already gets that deadline too (if
+    /// later). The reply's first value is the deadline in force.
+    async fn park_call(
+        &self,
+        pending: &PendingPark,
+        move_deadline: bool,
+    ) -> Result<Reply, StoreError> {
+        let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
         self.store
             .call(
                 Op::Park,
@@ -1369,6 +1411,7 @@ impl ClusterHub {
                     &pending.conn.to_string(),
                     &expires_ms.to_string(),
                     reason_str(pending.reason),
+                    if move_deadline { "1" } else { "0" },
                 ],
             )
             .await

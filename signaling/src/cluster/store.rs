@@ -187,8 +187,9 @@ ack(ARGV[4], tonumber(ARGV[5]))
 return {'ok', ''}
 "#,
             ),
-            // ARGV: sid node conn expires-ms reason. Parked by this same park already (Redis
-            // ran it late, after a hang): the deadline moves to the later one.
+            // ARGV: sid node conn expires-ms reason move. Parked by an earlier park of this
+            // connection already (Redis ran it late, after a hang): with move '1', the deadline
+            // moves to the later one. Returns the deadline in force.
             park: script(
                 r#"
 local s = skey(ARGV[4])
@@ -196,13 +197,17 @@ local st = redis.call('HMGET', s, 'node', 'conn', 'state', 'exp')
 if st[1] ~= ARGV[5] or st[2] ~= ARGV[6] then return {'no', ''} end
 if st[3] == 'a' then
   redis.call('HSET', s, 'state', 'p', 'exp', ARGV[7], 'reason', ARGV[8])
-elseif st[3] == 'p' then
-  if tonumber(ARGV[7]) > (tonumber(st[4]) or 0) then redis.call('HSET', s, 'exp', ARGV[7]) end
-else
-  return {'no', ''}
+  touch_room()
+  return {'ok', '', ARGV[7]}
+end
+if st[3] ~= 'p' then return {'no', ''} end
+local exp = st[4] or '0'
+if ARGV[9] == '1' and tonumber(ARGV[7]) > tonumber(exp) then
+  redis.call('HSET', s, 'exp', ARGV[7])
+  exp = ARGV[7]
 end
 touch_room()
-return {'ok', ''}
+return {'ok', '', exp}
 "#,
             ),
             // ARGV: sid dead-node me expires-ms. Returns the parked session's expiry.

@@ -1178,7 +1178,7 @@ async fn a_session_ended_on_purpose_is_not_taken_for_lost() {
     );
 }
 
-/// A node on `redis` whose lease (20 s) outlives the hangs of a test (nobody is adopted: it
+/// A node on `redis` whose lease (30 s) outlives the hangs of a test (nobody is adopted: it
 /// parks its own sessions), with `--redis-timeout redis_timeout` and `extra`.
 fn node_outliving_hangs(redis: &RedisServer, redis_timeout: &str, extra: &[&str]) -> Server {
     let url = redis.url();
@@ -1188,7 +1188,7 @@ fn node_outliving_hangs(redis: &RedisServer, redis_timeout: &str, extra: &[&str]
         "--node-heartbeat",
         "200ms",
         "--node-lease",
-        "20s",
+        "30s",
         "--redis-timeout",
         redis_timeout,
     ];
@@ -1197,16 +1197,17 @@ fn node_outliving_hangs(redis: &RedisServer, redis_timeout: &str, extra: &[&str]
 }
 
 /// Two nodes on `redis` with a lease longer than the hangs below (nobody is adopted: each node
-/// parks its own sessions) and a 3 s grace; A joins on the first, B on the second, and B
+/// parks its own sessions) and `resume_grace`; A joins on the first, B on the second, and B
 /// parks and resumes once, so Redis knows the park script (a node sends only its hash: a
 /// script Redis does not know fails without running). Then Redis hangs, both sockets are cut
 /// (1013) and their clients go. Returns the nodes, A's and B's sessions and last seqs.
 async fn cut_off_by_a_hang(
     redis: &RedisServer,
     redis_timeout: &str,
+    resume_grace: &str,
     room: &str,
 ) -> (Server, Server, SessionInfo, u64, SessionInfo, u64) {
-    let n = || node_outliving_hangs(redis, redis_timeout, &["--resume-grace", "3s"]);
+    let n = || node_outliving_hangs(redis, redis_timeout, &["--resume-grace", resume_grace]);
     let (n1, n2) = (n(), n());
     let path = format!("/ws/{room}");
     let (mut a, a_info) = Client::join(&n1.ws(&path), None).await;
@@ -1218,8 +1219,11 @@ async fn cut_off_by_a_hang(
     let mut b = resume_expecting(&url, &b_info.resume_token, b_seen, &a_info.peer_id, 0, 0).await;
     let (a_seen, b_seen) = (a.last_seq, b.last_seq);
     redis.freeze();
-    assert_eq!(b.close_after_frames().await, Closed::Code(1013));
-    assert_eq!(a.close_after_frames().await, Closed::Code(1013));
+    // Within the heartbeat and `redis_timeout`.
+    for client in [&mut b, &mut a] {
+        let (_, closed) = client.frames_for(Duration::from_secs(10)).await;
+        assert_eq!(closed, Some(Closed::Code(1013)));
+    }
     (n1, n2, a_info, a_seen, b_info, b_seen)
 }
 
@@ -1229,18 +1233,22 @@ async fn cut_off_by_a_hang(
 async fn a_session_parked_while_redis_hangs_gets_its_grace_from_the_answer() {
     let redis = RedisServer::start();
     let (n1, n2, a_info, a_seen, b_info, b_seen) =
-        cut_off_by_a_hang(&redis, "4s", "latepark").await;
-    // The parks went out as the sockets were cut; Redis answers 2 s later, within the 4 s
-    // timeout, and B comes back 2 s after that: past the 3 s counted from the cut.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+        cut_off_by_a_hang(&redis, "6s", "4s", "latepark").await;
+    // The parks went out as the sockets were cut; Redis answers 3 s later, within the 6 s
+    // timeout, and both come back 2.5 s after that: past the 4 s grace counted from the cut
+    // (by 1.5 s), within the one counted from the answer (by 1.5 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     redis.thaw();
+    ready_again(&n1).await;
     ready_again(&n2).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_b, replayed) = resume_when_ready(&n2, "/ws/latepark", &b_info.resume_token, b_seen).await;
-    assert!(replayed.is_empty(), "{replayed:?}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ((_b, b_replayed), (_a, a_replayed)) = tokio::join!(
+        resume_when_ready(&n2, "/ws/latepark", &b_info.resume_token, b_seen),
+        resume_when_ready(&n1, "/ws/latepark", &a_info.resume_token, a_seen),
+    );
+    assert!(b_replayed.is_empty(), "{b_replayed:?}");
     // A never saw B leave.
-    let (_a, replayed) = resume_when_ready(&n1, "/ws/latepark", &a_info.resume_token, a_seen).await;
-    assert!(replayed.is_empty(), "{replayed:?}");
+    assert!(a_replayed.is_empty(), "{a_replayed:?}");
 }
 
 /// A park that Redis ran after its node gave up waiting (the hang outlasted `--redis-timeout`)
@@ -1250,7 +1258,8 @@ async fn a_session_parked_while_redis_hangs_gets_its_grace_from_the_answer() {
 #[tokio::test]
 async fn a_session_whose_park_redis_ran_late_leaves_one_grace_after_the_answer() {
     let redis = RedisServer::start();
-    let (n1, n2, a_info, a_seen, b_info, _) = cut_off_by_a_hang(&redis, "500ms", "lateleave").await;
+    let (n1, n2, a_info, a_seen, b_info, _) =
+        cut_off_by_a_hang(&redis, "500ms", "3s", "lateleave").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     redis.thaw();
     ready_again(&n2).await;
@@ -1271,7 +1280,7 @@ async fn a_session_whose_park_redis_ran_late_leaves_one_grace_after_the_answer()
 async fn http_clients_cut_off_by_a_hang_are_answered_with_the_websockets() {
     use crate::http_client::{self, Event, Sse};
     let redis = RedisServer::start();
-    let n1 = node_outliving_hangs(&redis, "3s", &[]);
+    let n1 = node_outliving_hangs(&redis, "3s", &["--api-key", "k"]);
     let (mut ws, _) = Client::join(&n1.ws("/ws/httpcut"), None).await;
     let streaming = http_client::open_as(n1.addr, "httpcut", "S").await;
     let mut sse = Sse::connect(n1.addr, &streaming, None).await;
@@ -1280,12 +1289,28 @@ async fn http_clients_cut_off_by_a_hang_are_answered_with_the_websockets() {
     let seen = http_client::poll(n1.addr, &polling, 0).await;
     let last = seen.frames.last().map_or(0, |f| f.seq);
     let addr = n1.addr;
+    let session = polling.clone();
     let pending = tokio::spawn(async move {
-        let reply = http_client::poll(addr, &polling, last).await;
+        let reply = http_client::poll(addr, &session, last).await;
         (reply, Instant::now())
     });
-    // The poll is waiting on the node (no frame is due).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The poll is waiting on the node (no frame is due): P shows attached.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let auth = [("Authorization", "Bearer k")];
+        let (_, _, body) =
+            crate::support::http_request(n1.addr, "GET", "/v1/rooms/httpcut", &auth, "").await;
+        let room: serde_json::Value = serde_json::from_str(&body).expect("the room as JSON");
+        let peers = room["peers"].as_array().cloned().unwrap_or_default();
+        if peers
+            .iter()
+            .any(|p| p["name"] == "P" && p["state"] == "attached")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the poll never attached: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     redis.freeze();
     assert_eq!(ws.close_after_frames().await, Closed::Code(1013));
     let cut = Instant::now();
@@ -1313,6 +1338,24 @@ async fn http_clients_cut_off_by_a_hang_are_answered_with_the_websockets() {
         answered < Duration::from_millis(1500),
         "poll answered {answered:?} after the cut"
     );
+    // A send while the node knows Redis is away is refused at once, as a new poll is.
+    let sending = Instant::now();
+    let ping = ClientMessage::Ping { id: Some(1) };
+    let refused = http_client::send(n1.addr, &polling, &[ping]).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        matches!(
+            refused.error().message,
+            ServerMessage::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "{}",
+        refused.body
+    );
+    let sent = sending.elapsed();
+    assert!(sent < Duration::from_millis(1500), "refused after {sent:?}");
     redis.thaw();
 }
 
