@@ -105,7 +105,7 @@ class PeerPage {
   /** Drops the signaling link, keeps it down for `ms` and waits until the page shows it is reconnecting. */
   async dropSignaling(ms) {
     await this.eval((d) => window.__demo.dropSignaling(d), ms);
-    await this.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 5000);
+    await this.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting state', 10000);
   }
 
   /** Ends the hold of a `dropSignaling`: the page reconnects now. */
@@ -405,7 +405,7 @@ test('reconnect: signaling restarts (drain on SIGTERM), the pages rejoin and the
   await Promise.all([a.connected(1), b.connected(1)]);
   await sig.proc.stop('SIGTERM', 10000);
   for (const p of [a, b]) {
-    await p.waitFor(() => window.__demo.events.some((e) => e.type === 'draining'), null, 'the draining notice', 5000);
+    await p.waitFor(() => window.__demo.events.some((e) => e.type === 'draining'), null, 'the draining notice', 10000);
   }
   await Promise.all([
     a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'Alice reconnecting', 10000),
@@ -641,7 +641,7 @@ test('proxy: behind a forward proxy that refuses WebSockets (squid), the pages f
   const b = await t.open('Bob', { browser });
   await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
   for (const p of [a, b]) {
-    await p.waitFor(() => document.getElementById('signaling-transport').dataset.transport === 'sse', null, 'the panel naming sse', 5000);
+    await p.waitFor(() => document.getElementById('signaling-transport').dataset.transport === 'sse', null, 'the panel naming sse', 10000);
     const shown = await shownTransport(p);
     assert(shown.text === 'sse + post' && shown.client === 'sse' && shown.stats.fallbacks >= 1, `${p.name}: fell back to SSE + POST: ${JSON.stringify(shown)}`);
   }
@@ -768,7 +768,7 @@ test('cross-origin: a page of another origin joins a signaling server over SSE +
       const joined = await Promise.race([Promise.all([a.connect(), b.connect()]), timeout]);
       const got = new Promise((r) => { b.addEventListener('broadcast', (e) => r(e.detail.data), { once: true }); });
       a.broadcast('across origins');
-      const data = await Promise.race([got, new Promise((r) => { setTimeout(() => r(null), 5000); })]);
+      const data = await Promise.race([got, new Promise((r) => { setTimeout(() => r(null), 10000); })]);
       out.push({ transport, joined: !!joined, data, used: a.transport, state: a.state });
       a.close();
       b.close();
@@ -942,7 +942,7 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
   for (const p of [a, b]) {
     const info = Object.values(await p.stats())[0];
     assert(info && info.localType === 'relay' && info.remoteType === 'relay', `${p.name}: selected pair relay/relay: ${JSON.stringify(info)}`);
-    await p.waitFor(() => document.querySelector('.conn .c-path')?.textContent === 'relay ↔ relay', null, 'the connection panel showing relay ↔ relay', 5000);
+    await p.waitFor(() => document.querySelector('.conn .c-path')?.textContent === 'relay ↔ relay', null, 'the connection panel showing relay ↔ relay', 10000);
   }
   await a.sayTo(b, 'through the relay');
   await b.sayTo(a, 'relayed back');
