@@ -9,7 +9,7 @@ use crate::api::Transport;
 use crate::auth::{Claims, check_grant};
 use crate::client_ip::IpSlot;
 use crate::error::RequestError;
-use crate::hub::{Attached, ConnId, JoinRequest, OutboundTx, ResumeRequest};
+use crate::hub::{Attached, ConnId, JoinRequest, OutboundTx, ResumeFrom, ResumeRequest};
 use crate::protocol::{
     ClientMessage, ErrorCode, RequestId, ResumeToken, RoomId, SUPPORTED_VERSIONS, close_code,
     is_valid_name, is_valid_room_id, negotiate_version,
@@ -171,7 +171,7 @@ impl Admission<'_> {
                     reference,
                     version,
                     token,
-                    last_seq,
+                    from: ResumeFrom::After(last_seq),
                     announce: true,
                     ticket: self.ip_slot.try_session(),
                 },

@@ -74,7 +74,7 @@ pub struct ResumeRequest {
     pub reference: Option<RequestId>,
     pub version: u32,
     pub token: ResumeToken,
-    pub last_seq: u64,
+    pub from: ResumeFrom,
     /// Whether the client is told with a `resumed` frame. An HTTP stream re-attaches its
     /// session on every request (SSE reconnect, each long-poll) without one; such a quiet
     /// re-attach goes on while the node drains (as a socket stays open until the drain ends),
@@ -84,6 +84,16 @@ pub struct ResumeRequest {
     /// when one is free: a session that comes from another node of a cluster takes it, and
     /// is refused without one. A session this node holds keeps its own.
     pub ticket: Option<SessionTicket>,
+}
+
+/// Where a resume takes up a session's frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// After the client's `last_seq`.
+    After(u64),
+    /// After the last frame the session acknowledged: for a client that keeps no seqs (PeerJS,
+    /// whose frames the server acknowledges as it writes them), whichever node wrote them.
+    Acknowledged,
 }
 
 /// A session now attached to the caller's socket.
@@ -371,7 +381,11 @@ impl LocalHub {
         if !session.secret.matches(secret) {
             return Err(unknown());
         }
-        let replay = match session.outbox.replay_after(req.last_seq) {
+        let last_seq = match req.from {
+            ResumeFrom::After(seq) => seq,
+            ResumeFrom::Acknowledged => session.outbox.acked(),
+        };
+        let replay = match session.outbox.replay_after(last_seq) {
             Ok(replay) => replay,
             Err(ReplayGap::Dropped) => {
                 // Frames the client never acknowledged are gone (a socket thought alive took
@@ -384,7 +398,7 @@ impl LocalHub {
                     format!(
                         "frames after last_seq {} were dropped before they were acknowledged: \
                          the session ended",
-                        req.last_seq
+                        last_seq
                     ),
                 ));
             }
@@ -393,14 +407,14 @@ impl LocalHub {
                     ErrorCode::ResumeFailed,
                     format!(
                         "last_seq {} cannot be resumed exactly (next seq {})",
-                        req.last_seq,
+                        last_seq,
                         session.outbox.next_seq()
                     ),
                 ));
             }
         };
         let before = session.outbox.bytes();
-        session.outbox.ack(req.last_seq);
+        session.outbox.ack(last_seq);
         self.settings.memory.resize(before, session.outbox.bytes());
         let old = std::mem::replace(
             &mut session.link,
@@ -1390,7 +1404,7 @@ mod tests {
                     reference: None,
                     version: 1,
                     token: welcome_token,
-                    last_seq: 1,
+                    from: ResumeFrom::After(1),
                     announce: true,
                     ticket: None,
                 },
@@ -1499,7 +1513,7 @@ mod tests {
                 reference: None,
                 version: 1,
                 token,
-                last_seq,
+                from: ResumeFrom::After(last_seq),
                 announce: true,
                 ticket: None,
             },

@@ -164,6 +164,11 @@ impl Outbox {
         self.replay.ack(seq.min(self.next_seq - 1));
     }
 
+    /// The highest seq the client acknowledged (0: none).
+    pub fn acked(&self) -> u64 {
+        self.replay.acked
+    }
+
     /// Bytes of frames kept for replay.
     pub fn bytes(&self) -> usize {
         self.replay.bytes

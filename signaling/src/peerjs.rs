@@ -45,7 +45,8 @@ use crate::client_request::{ClientRequest, Refusal, Upgrade, refuse, with_limits
 use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
 use crate::hub::{
-    Attached, ConnId, JoinRequest, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey,
+    Attached, ConnId, JoinRequest, Outbound, OutboundRx, OutboundTx, ResumeFrom, ResumeRequest,
+    SessionKey,
 };
 use crate::protocol::{
     ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerFrame, ServerMessage, close_code,
@@ -431,7 +432,7 @@ async fn register(
                     reference: None,
                     version: 1,
                     token: earlier.resume.clone(),
-                    last_seq: earlier.last_seq,
+                    from: ResumeFrom::Acknowledged,
                     announce: false,
                     ticket: ip_slot.try_session(),
                 },

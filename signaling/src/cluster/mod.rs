@@ -35,7 +35,8 @@ use crate::api::{PeerEntry, RoomView, Transport};
 use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
 use crate::hub::{
-    Attached, ConnId, Flow, HubSettings, JoinRequest, OutboundTx, ResumeRequest, SessionKey, encode,
+    Attached, ConnId, Flow, HubSettings, JoinRequest, OutboundTx, ResumeFrom, ResumeRequest,
+    SessionKey, encode,
 };
 use crate::metrics::{Metrics, Outage};
 use crate::outbox::{Frame, to_json};
@@ -833,7 +834,10 @@ impl ClusterHub {
         let args = [
             sid(key),
             secret_hash(secret_hex),
-            req.last_seq.to_string(),
+            match req.from {
+                ResumeFrom::After(seq) => seq.to_string(),
+                ResumeFrom::Acknowledged => "ack".to_owned(),
+            },
             self.cluster.node_id.clone(),
             conn.to_string(),
             req.version.to_string(),
@@ -847,8 +851,7 @@ impl ClusterHub {
                 String::new()
             },
         ];
-        let (old_node, ice_due, frames) = match self.resume_script(&room, req.last_seq, &args).await
-        {
+        let (old_node, ice_due, last_seq, frames) = match self.resume_script(&room, &args).await {
             Ok(outcome) => outcome,
             Err(error) => {
                 // As for a join: an unanswered script may still run.
@@ -859,7 +862,7 @@ impl ClusterHub {
             }
         };
         let replay: Vec<Utf8Bytes> = frames.iter().map(|f| Utf8Bytes::from(f.clone())).collect();
-        let next = req.last_seq + 1 + replay.len() as u64;
+        let next = last_seq + 1 + replay.len() as u64;
         let mut all = replay;
         let close_on_attach = {
             let mut st = self.lock();
@@ -960,10 +963,10 @@ impl ClusterHub {
     async fn resume_script(
         &self,
         room: &RoomId,
-        last_seq: u64,
         args: &[String],
-    ) -> Result<(String, String, Vec<String>), RequestError> {
+    ) -> Result<(String, String, u64, Vec<String>), RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
+        let bad_reply = || RequestError::new(ErrorCode::Internal, "bad resume reply");
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let reply = match self.store.call(Op::Resume, room, &args).await {
             Ok(reply) => reply,
@@ -973,6 +976,8 @@ impl ClusterHub {
             }
         };
         self.end_overflowed(room, &reply).await;
+        // The position the resume took up from (the client's, or what the session acknowledged).
+        let from = reply.rest.last().map_or("?", String::as_str);
         match reply.status.as_str() {
             "ok" => {}
             "ended" => return Err(ended(&reply)),
@@ -980,7 +985,8 @@ impl ClusterHub {
                 return Err(RequestError::new(
                     ErrorCode::ResumeFailed,
                     format!(
-                        "last_seq {last_seq} cannot be resumed exactly (next seq {})",
+                        "last_seq {} cannot be resumed exactly (next seq {})",
+                        args[2],
                         reply.rest.first().map_or("?", String::as_str)
                     ),
                 ));
@@ -990,7 +996,7 @@ impl ClusterHub {
                 return Err(RequestError::new(
                     ErrorCode::ReplayOverflow,
                     format!(
-                        "frames after last_seq {last_seq} were dropped before they were \
+                        "frames after last_seq {from} were dropped before they were \
                          acknowledged: the session ended"
                     ),
                 ));
@@ -998,12 +1004,14 @@ impl ClusterHub {
             _ => return Err(unknown()),
         }
         let mut rest = reply.rest.into_iter();
-        let old_node = rest
-            .next()
-            .ok_or_else(|| RequestError::new(ErrorCode::Internal, "bad resume reply"))?;
-        // The old connection and state, the ice due, then the frames.
+        let old_node = rest.next().ok_or_else(bad_reply)?;
+        // The old connection and state, the ice due, the position, then the frames.
         let ice_due = rest.nth(2).unwrap_or_default();
-        Ok((old_node, ice_due, rest.collect()))
+        let last_seq = rest
+            .next()
+            .and_then(|seq| seq.parse().ok())
+            .ok_or_else(bad_reply)?;
+        Ok((old_node, ice_due, last_seq, rest.collect()))
     }
 
     /// When the TURN credentials minted now are due for a refresh, as the scripts keep it

@@ -71,10 +71,12 @@ emit_all(ARGV[14], sid)
 return {'ok', table.concat(over, ' ')}
 "#,
             ),
-            // ARGV: sid sechash last_seq node conn version resumed-template peer at-ms ice-due
-            // ('' for a quiet re-attach: the due refresh stays). Returns the old node, conn and
-            // state, the ice due, then the frames to replay; 'gap' (the session stays) or
-            // 'dropped' (the session is in the overflowed list) when it cannot be resumed.
+            // ARGV: sid sechash last_seq ('ack': after what the session acknowledged) node conn
+            // version resumed-template peer at-ms ice-due ('' for a quiet re-attach: the due
+            // refresh stays). Returns the old node, conn and state, the ice due, the last_seq
+            // taken up from, then the frames to replay; 'gap' (the session stays) or 'dropped'
+            // (the session is in the overflowed list, with the last_seq) when it cannot be
+            // resumed.
             resume: script(
                 r#"
 local sid = ARGV[4]
@@ -87,7 +89,7 @@ local s = skey(sid)
 local st = redis.call('HMGET', s, 'sec', 'first', 'next', 'node', 'conn', 'state', 'peer', 'ice',
   'ack', 'exp')
 if not st[1] or st[1] ~= ARGV[5] or st[7] ~= ARGV[11] then return {'unknown', ''} end
-local last = tonumber(ARGV[6])
+local last = tonumber(ARGV[6]) or tonumber(st[9] or '0')
 local first, nxt = tonumber(st[2]), tonumber(st[3])
 if last >= nxt or last < tonumber(st[9] or '0') then return {'gap', '', tostring(nxt)} end
 if last + 1 < first then
@@ -98,7 +100,7 @@ if last + 1 < first then
     redis.call('PUBLISH', 'sig:ch:' .. st[4], '!close ' .. sid .. ' ' .. st[5])
   end
   over[#over + 1] = sid
-  return {'dropped', table.concat(over, ' '), tostring(nxt)}
+  return {'dropped', table.concat(over, ' '), tostring(last)}
 end
 ack(sid, last)
 local replay = redis.call('LRANGE', lkey(sid), 0, -1)
@@ -128,7 +130,7 @@ end
 -- The room lives on: its keys' TTL may be nearly spent (after a Redis outage no node could
 -- renew it, and this node renews its rooms only every quarter TTL).
 touch_room()
-local out = {'ok', table.concat(over, ' '), st[4], st[5], st[6], ice}
+local out = {'ok', table.concat(over, ' '), st[4], st[5], st[6], ice, tostring(last)}
 for _, f in ipairs(replay) do out[#out + 1] = f end
 return out
 "#,

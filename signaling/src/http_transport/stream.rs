@@ -20,7 +20,7 @@ use crate::client_ip::IpSlot;
 use crate::client_request::ClientRequest;
 use crate::cluster::inbox::frame_seq;
 use crate::error::RequestError;
-use crate::hub::{ConnId, Outbound, OutboundRx, OutboundTx, ResumeRequest, SessionKey};
+use crate::hub::{ConnId, Outbound, OutboundRx, OutboundTx, ResumeFrom, ResumeRequest, SessionKey};
 use crate::listener::{HttpSlot, SlotLoan};
 use crate::open_connections::ConnectionGuard;
 use crate::outbox::Frame;
@@ -98,7 +98,7 @@ async fn attach(
                     reference: None,
                     version: SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1],
                     token,
-                    last_seq,
+                    from: ResumeFrom::After(last_seq),
                     announce: false,
                     ticket: ip_slot.try_session(),
                 },

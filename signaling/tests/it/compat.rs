@@ -381,6 +381,66 @@ async fn peerjs_messages_for_a_reconnecting_peer_wait_for_it() {
     assert_eq!(next(&mut alice, Duration::from_millis(300)).await, None);
 }
 
+/// PeerJS's `reconnect()` while its old socket is still open (half-open: the client is gone,
+/// the server does not know yet) takes the session over however long the old socket lived
+/// (the frames written to it were acknowledged meanwhile), and gets what it is sent.
+#[tokio::test]
+async fn peerjs_reconnect_takes_over_a_socket_that_lived_a_while() {
+    let server = Server::start(&[]);
+    let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
+    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut bob = peerjs(&server, "app", "bob", "t-bob").await;
+    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    for n in 0..5 {
+        send(&mut bob, candidate(n)).await;
+        assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
+    }
+    // Past the acknowledgement delay: everything written is acknowledged.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut again = peerjs(&server, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut again, STEP).await, Some(json!({"type":"OPEN"})));
+    assert_eq!(close_code(&mut alice, STEP).await, Some(1008));
+    send(&mut bob, candidate(5)).await;
+    assert_eq!(next(&mut again, STEP).await.unwrap()["payload"]["n"], 5);
+}
+
+/// A PeerJS client of a node killed with kill -9 reconnects (the same id and token) on another
+/// node at once, and gets the messages sent to it meanwhile, in order, once.
+#[tokio::test]
+async fn peerjs_client_of_a_killed_node_reconnects_elsewhere_with_its_messages() {
+    use crate::support::redis::RedisServer;
+    let redis = RedisServer::start();
+    let mut home = Server::spawn(&["--redis", &redis.url()]);
+    let other = Server::spawn(&["--redis", &redis.url()]);
+    let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
+    let mut alice = peerjs(&home, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut bob = peerjs(&other, "app", "bob", "t-bob").await;
+    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    for n in 0..5 {
+        send(&mut bob, candidate(n)).await;
+        assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
+    }
+    // Past the acknowledgement delay: everything written is acknowledged.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    home.kill();
+    drop(alice);
+    for n in 5..10 {
+        send(&mut bob, candidate(n)).await;
+    }
+    let mut again = peerjs(&other, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut again, STEP).await, Some(json!({"type":"OPEN"})));
+    for n in 5..10 {
+        assert_eq!(
+            next(&mut again, STEP).await.expect("a held message")["payload"]["n"],
+            n,
+            "every held message, in order, once"
+        );
+    }
+    assert_eq!(next(&mut again, Duration::from_millis(300)).await, None);
+}
+
 /// On a cluster, what Redis keeps for a PeerJS reconnect resumes nothing: neither the client's
 /// token nor its session's resume token is in it (Redis keeps only hashes of secrets). The
 /// client's own reconnect, with its id and token, still resumes.
