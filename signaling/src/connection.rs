@@ -40,7 +40,8 @@ pub enum SendFailed {
 
 /// A WebSocket connection of the server.
 pub struct Connection {
-    socket: WebSocket,
+    /// `None` once [`Self::release`]d.
+    socket: Option<WebSocket>,
     /// How long one write may wait for a client that does not read (its TCP window is full)
     /// before the connection counts as dead. Without it, a stuck write would also stop the
     /// ping timer that detects zombies.
@@ -54,7 +55,7 @@ impl Connection {
     /// Wraps an upgraded socket.
     pub fn new(socket: WebSocket, write_timeout: Duration) -> Self {
         Self {
-            socket,
+            socket: Some(socket),
             write_timeout,
         }
     }
@@ -63,14 +64,17 @@ impl Connection {
     /// but for the client's close frame: it is answered before `Closed` is returned (cancelled
     /// meanwhile, the answer may not go, and the next call returns `Closed`).
     pub async fn recv(&mut self) -> Inbound {
-        match self.socket.recv().await {
+        let Some(socket) = self.socket.as_mut() else {
+            return Inbound::Closed;
+        };
+        match socket.recv().await {
             Some(Ok(Message::Text(text))) => Inbound::Text(text),
             Some(Ok(Message::Binary(_))) => Inbound::Binary,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Alive,
             Some(Ok(Message::Close(_))) => {
                 // RFC 6455 section 5.5.1: a close frame is answered with one. tungstenite has
                 // queued it (with 1002 for a code the RFC forbids); write it out.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.flush()).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
                 Inbound::Closed
             }
             None => Inbound::Closed,
@@ -122,8 +126,11 @@ impl Connection {
         {
             return false;
         }
+        let Some(socket) = self.socket.as_mut() else {
+            return false;
+        };
         tokio::time::timeout(CLOSE_TIMEOUT, async {
-            while let Some(Ok(message)) = self.socket.recv().await {
+            while let Some(Ok(message)) = socket.recv().await {
                 if matches!(message, Message::Close(_)) {
                     return true;
                 }
@@ -134,8 +141,18 @@ impl Connection {
         .unwrap_or(true)
     }
 
+    /// Lets go of the connection now (its client sees it end), before the work that follows
+    /// a session's end (parking it, in a cluster a Redis round trip that an outage holds up);
+    /// every later read finds it closed, every write fails.
+    pub fn release(&mut self) {
+        self.socket = None;
+    }
+
     async fn send(&mut self, message: Message, limit: Duration) -> Result<(), SendFailed> {
-        match tokio::time::timeout(limit, self.socket.send(message)).await {
+        let Some(socket) = self.socket.as_mut() else {
+            return Err(SendFailed::Broken);
+        };
+        match tokio::time::timeout(limit, socket.send(message)).await {
             Ok(result) => result.map_err(|_| SendFailed::Broken),
             Err(_) => Err(SendFailed::Stalled),
         }

@@ -387,6 +387,7 @@ async fn run(
     if ok {
         this.serve(&mut rx).await;
     }
+    this.socket.release();
     this.ack_delivered().await;
     // Parked for the grace period: a reconnect with the same id and token resumes it.
     this.app

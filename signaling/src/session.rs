@@ -60,6 +60,7 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, handshake: Handshake) {
     };
     let _open = task.app.connections.open();
     let reason = task.run(rx).await;
+    task.conn.release();
     if let Some(key) = task.key {
         task.app.hub.detach(key, task.handshake.conn, reason).await;
     }

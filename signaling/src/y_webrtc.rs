@@ -208,6 +208,7 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
     if let Some((code, reason)) = end {
         this.socket.close(code, reason).await;
     }
+    this.socket.release();
     this.leave_all().await;
 }
 

@@ -441,6 +441,57 @@ async fn peerjs_client_of_a_killed_node_reconnects_elsewhere_with_its_messages()
     assert_eq!(next(&mut again, Duration::from_millis(300)).await, None);
 }
 
+/// When a hang of Redis cuts a node's clients off, each connection ends right after its close
+/// frame (1013), whatever speaks on it (the native protocol, PeerJS, y-webrtc): not after the
+/// work that follows (parking, acknowledging, unsubscribing), which waits on Redis.
+#[tokio::test]
+async fn connections_cut_off_by_a_redis_hang_end_with_their_close_frame() {
+    use crate::support::redis::RedisServer;
+    let redis = RedisServer::start();
+    let node = Server::spawn(&[
+        "--redis",
+        &redis.url(),
+        "--node-heartbeat",
+        "200ms",
+        "--node-lease",
+        "20s",
+        "--redis-timeout",
+        "3s",
+    ]);
+    let mut native = connect(&node.ws("/ws/cut")).await;
+    send(&mut native, json!({"type":"join","versions":[1]})).await;
+    assert_eq!(next(&mut native, STEP).await.unwrap()["type"], "welcome");
+    let mut alice = peerjs(&node, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut y = connect(&node.ws("/y-webrtc")).await;
+    subscribe(&mut y, &["cut"]).await;
+    redis.freeze();
+    for (what, ws) in [
+        ("native", &mut native),
+        ("PeerJS", &mut alice),
+        ("y-webrtc", &mut y),
+    ] {
+        let (code, _) = close_frame(ws, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{what}: no close frame"));
+        assert_eq!(code, 1013, "{what}");
+        let closed = std::time::Instant::now();
+        // The client answered the close (tungstenite does as it reads it); then the end.
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+        assert!(end.is_ok(), "{what}: still open");
+        let after = closed.elapsed();
+        // Not the 3 s `--redis-timeout` of the work after the close.
+        assert!(
+            after < Duration::from_millis(1500),
+            "{what}: ended {after:?} after its close frame"
+        );
+    }
+    redis.thaw();
+}
+
 /// On a cluster, what Redis keeps for a PeerJS reconnect resumes nothing: neither the client's
 /// token nor its session's resume token is in it (Redis keeps only hashes of secrets). The
 /// client's own reconnect, with its id and token, still resumes.
