@@ -14,15 +14,20 @@ use crate::support::{Client, Closed, Server, join_message, metric_becomes, resum
 
 /// Fast failure detection for tests: heartbeat 200 ms, lease 1 s.
 fn node(redis_urls: &str, extra: &[&str]) -> Server {
+    node_timed(redis_urls, "1s", "500ms", extra)
+}
+
+/// A node on `redis_urls` with a 200 ms heartbeat, `lease`, `redis_timeout` and `extra`.
+fn node_timed(redis_urls: &str, lease: &str, redis_timeout: &str, extra: &[&str]) -> Server {
     let mut args = vec![
         "--redis",
         redis_urls,
         "--node-heartbeat",
         "200ms",
         "--node-lease",
-        "1s",
+        lease,
         "--redis-timeout",
-        "500ms",
+        redis_timeout,
     ];
     args.extend_from_slice(extra);
     Server::spawn(&args)
@@ -1181,19 +1186,7 @@ async fn a_session_ended_on_purpose_is_not_taken_for_lost() {
 /// A node on `redis` whose lease (30 s) outlives the hangs of a test (nobody is adopted: it
 /// parks its own sessions), with `--redis-timeout redis_timeout` and `extra`.
 fn node_outliving_hangs(redis: &RedisServer, redis_timeout: &str, extra: &[&str]) -> Server {
-    let url = redis.url();
-    let mut args = vec![
-        "--redis",
-        &url,
-        "--node-heartbeat",
-        "200ms",
-        "--node-lease",
-        "30s",
-        "--redis-timeout",
-        redis_timeout,
-    ];
-    args.extend_from_slice(extra);
-    Server::spawn(&args)
+    node_timed(&redis.url(), "30s", redis_timeout, extra)
 }
 
 /// Two nodes on `redis` with a lease longer than the hangs below (nobody is adopted: each node
