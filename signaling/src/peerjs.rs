@@ -120,7 +120,9 @@ struct Registration {
     /// The client's own token (PeerJS draws one per `Peer`).
     token: String,
     resume: ResumeToken,
-    /// The last frame written to the client.
+    /// The last frame written to the client when its socket ended. A reconnect resumes from
+    /// what the session acknowledged instead (`ResumeFrom::Acknowledged`: this is stale after
+    /// a socket that did not end here); kept in the stored form for nodes of earlier versions.
     last_seq: u64,
 }
 
