@@ -198,6 +198,7 @@ impl ClusterHub {
                             dead,
                             &self.cluster.node_id,
                             &expires_ms.to_string(),
+                            &unix_ms(SystemTime::now()).to_string(),
                         ],
                     )
                     .await;
@@ -350,7 +351,13 @@ impl ClusterHub {
                 .call(
                     Op::Adopt,
                     &room,
-                    &[&sid(key), me, me, &expires_ms.to_string()],
+                    &[
+                        &sid(key),
+                        me,
+                        me,
+                        &expires_ms.to_string(),
+                        &unix_ms(SystemTime::now()).to_string(),
+                    ],
                 )
                 .await;
             let (parked, known) = {

@@ -212,15 +212,19 @@ touch_room()
 return {'ok', '', exp}
 "#,
             ),
-            // ARGV: sid dead-node me expires-ms. Returns the parked session's expiry.
+            // ARGV: sid dead-node me expires-ms now-ms. Returns the parked session's expiry: a
+            // y-webrtc subscription, which no client resumes (lib0 subscribes afresh), is due
+            // now, so it gives its place in the topic back at the adopter's next sweep.
             adopt: script(
                 r#"
 local s = skey(ARGV[4])
-local st = redis.call('HMGET', s, 'node', 'state', 'exp')
+local st = redis.call('HMGET', s, 'node', 'state', 'exp', 'tr')
 if st[1] ~= ARGV[5] then return {'no', ''} end
 if st[2] == 'a' then
-  redis.call('HSET', s, 'state', 'p', 'exp', ARGV[7], 'reason', 'disconnected', 'node', ARGV[6])
-  return {'ok', '', ARGV[7]}
+  local exp = ARGV[7]
+  if st[4] == 'y-webrtc' then exp = ARGV[8] end
+  redis.call('HSET', s, 'state', 'p', 'exp', exp, 'reason', 'disconnected', 'node', ARGV[6])
+  return {'ok', '', exp}
 end
 redis.call('HSET', s, 'node', ARGV[6])
 return {'ok', '', st[3]}

@@ -492,6 +492,54 @@ async fn connections_cut_off_by_a_redis_hang_end_with_their_close_frame() {
     redis.thaw();
 }
 
+/// The y-webrtc subscriptions of a node killed with kill -9 give their places in a full topic
+/// back once a survivor adopts them (a lease), not a resume grace period later: no client
+/// resumes a subscription (lib0 subscribes afresh).
+#[tokio::test]
+async fn y_webrtc_places_of_a_killed_node_are_given_back_at_adoption() {
+    use crate::support::redis::RedisServer;
+    let redis = RedisServer::start();
+    let node = || {
+        Server::spawn(&[
+            "--redis",
+            &redis.url(),
+            "--node-heartbeat",
+            "200ms",
+            "--node-lease",
+            "1s",
+            "--redis-timeout",
+            "500ms",
+            "--resume-grace",
+            "30s",
+            "--max-peers-per-room",
+            "2",
+        ])
+    };
+    let (mut doomed, survivor) = (node(), node());
+    let mut gone = connect(&doomed.ws("/y-webrtc")).await;
+    subscribe(&mut gone, &["full"]).await;
+    let mut stays = connect(&survivor.ws("/y-webrtc")).await;
+    subscribe(&mut stays, &["full"]).await;
+    doomed.kill();
+    let killed = std::time::Instant::now();
+    // The topic is full until the dead node's subscription is adopted and ended.
+    let deadline = killed + Duration::from_secs(10);
+    loop {
+        let mut late = connect(&survivor.ws("/y-webrtc")).await;
+        send(&mut late, json!({"type":"subscribe","topics":["full"]})).await;
+        send(&mut late, json!({"type":"ping"})).await;
+        if next(&mut late, STEP).await == Some(json!({"type":"pong"})) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the topic was still full 10 s after the kill (lease 1 s, grace 30 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(gone);
+}
+
 /// On a cluster, what Redis keeps for a PeerJS reconnect resumes nothing: neither the client's
 /// token nor its session's resume token is in it (Redis keeps only hashes of secrets). The
 /// client's own reconnect, with its id and token, still resumes.
