@@ -369,16 +369,28 @@ async fn peerjs_messages_for_a_reconnecting_peer_wait_for_it() {
     // No EXPIRE: alice is parked, not gone.
     assert_eq!(next(&mut bob, Duration::from_millis(300)).await, None);
     // PeerJS's reconnect: the same id and token, on any node.
-    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
-    for n in 20..40 {
+    reconnect_expecting(&server, "alice", "t-alice", 20..40).await;
+}
+
+/// PeerJS's reconnect of `id` with `token` on `server`: `OPEN`, then the held `CANDIDATE`s
+/// numbered `held`, in order, once, and nothing more.
+async fn reconnect_expecting(
+    server: &Server,
+    id: &str,
+    token: &str,
+    held: std::ops::Range<u32>,
+) -> Ws {
+    let mut again = peerjs(server, "app", id, token).await;
+    assert_eq!(next(&mut again, STEP).await, Some(json!({"type":"OPEN"})));
+    for n in held {
         assert_eq!(
-            next(&mut alice, STEP).await.expect("held message")["payload"]["n"],
+            next(&mut again, STEP).await.expect("a held message")["payload"]["n"],
             n,
             "every held message, in order, once"
         );
     }
-    assert_eq!(next(&mut alice, Duration::from_millis(300)).await, None);
+    assert_eq!(next(&mut again, Duration::from_millis(300)).await, None);
+    again
 }
 
 /// PeerJS's `reconnect()` while its old socket is still open (half-open: the client is gone,
@@ -429,16 +441,7 @@ async fn peerjs_client_of_a_killed_node_reconnects_elsewhere_with_its_messages()
     for n in 5..10 {
         send(&mut bob, candidate(n)).await;
     }
-    let mut again = peerjs(&other, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut again, STEP).await, Some(json!({"type":"OPEN"})));
-    for n in 5..10 {
-        assert_eq!(
-            next(&mut again, STEP).await.expect("a held message")["payload"]["n"],
-            n,
-            "every held message, in order, once"
-        );
-    }
-    assert_eq!(next(&mut again, Duration::from_millis(300)).await, None);
+    reconnect_expecting(&other, "alice", "t-alice", 5..10).await;
 }
 
 /// When a hang of Redis cuts a node's clients off, each connection ends right after its close
