@@ -419,9 +419,12 @@ impl YConnection {
                         }
                         Ok(())
                     }
+                    // A cluster node that lost Redis closes its sockets so their clients come
+                    // back later.
+                    close_code::TRY_AGAIN_LATER => Err(Some((code, "unavailable"))),
                     // The hub ended the session (slow consumer, budget) or closes the socket
-                    // (drain, cluster outage) with the session still there: the socket closes
-                    // first, then `leave_all` ends whatever is left.
+                    // (drain) with the session still there: the socket closes first, then
+                    // `leave_all` ends whatever is left.
                     code => Err(Some((code, "session ended"))),
                 };
             }
