@@ -22,7 +22,7 @@ pub async fn drain(app: &Arc<AppState>, reason: &str, timeout: Duration) {
     let _ = tokio::time::timeout_at(deadline, app.connections.all_closed()).await;
     app.hub.close_all();
     // The sockets write their close frames and end (each waits at most 1 s for the client's
-    // close, `lingering_close`); what is still open past that ends with the server.
+    // close, `Connection::close`); what is still open past that ends with the server.
     let _ = tokio::time::timeout(CLOSE_WAIT, app.connections.all_closed()).await;
     tracing::info!(connections = app.connections.count(), "drained");
 }
