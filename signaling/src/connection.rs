@@ -115,6 +115,17 @@ impl Connection {
     /// Returns whether it waited so: `false` when the close frame could not be sent or the
     /// socket could not be read (after a frame it cannot read past).
     pub async fn close(&mut self, code: u16, reason: &'static str) -> bool {
+        self.close_seeing(code, reason, |_| {}).await
+    }
+
+    /// [`Self::close`], showing `seen` each text frame the client still sent meanwhile (before
+    /// it is dropped).
+    pub async fn close_seeing(
+        &mut self,
+        code: u16,
+        reason: &'static str,
+        mut seen: impl FnMut(&str),
+    ) -> bool {
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
@@ -131,8 +142,10 @@ impl Connection {
         };
         tokio::time::timeout(CLOSE_TIMEOUT, async {
             while let Some(Ok(message)) = socket.recv().await {
-                if matches!(message, Message::Close(_)) {
-                    return true;
+                match message {
+                    Message::Close(_) => return true,
+                    Message::Text(text) => seen(text.as_str()),
+                    _ => {}
                 }
             }
             false

@@ -345,9 +345,31 @@ impl SocketTask {
                 );
                 // The request that failed is named, so its client knows it was not taken.
                 self.send_direct(error, reference).await;
+                // A `leave` the client sent behind it (read while the close waits for the
+                // client's) is carried out as one answered `unavailable` is: once the store
+                // answers (the hub keeps it).
+                let mut leaving = false;
                 self.conn
-                    .close(close_code::TRY_AGAIN_LATER, "unavailable")
+                    .close_seeing(close_code::TRY_AGAIN_LATER, "unavailable", |text| {
+                        leaving |= matches!(
+                            serde_json::from_str::<ClientMessage>(text),
+                            Ok(ClientMessage::Leave { .. })
+                        );
+                    })
                     .await;
+                if leaving {
+                    self.conn.release();
+                    let leave = ClientMessage::Leave { id: None };
+                    let flow = self
+                        .app
+                        .hub
+                        .handle_at(key, self.handshake.conn, &self.peer, leave, Instant::now())
+                        .await;
+                    if flow == Flow::Left {
+                        self.key = None;
+                        return Step::Stop(LeaveReason::Left);
+                    }
+                }
                 Step::Stop(LeaveReason::Disconnected)
             }
         }

@@ -1472,13 +1472,31 @@ async fn ready_again(server: &Server) {
 /// nobody holds.
 #[tokio::test]
 async fn a_leave_redis_did_not_take_is_carried_out_when_it_answers() {
+    leave_in_a_hang_is_carried_out("ghostleave", false).await;
+}
+
+/// The same for a `leave` sent behind another request (an `ack`) that the hang failed: the
+/// socket is closed after that one's `unavailable`, and the `leave`, read while the close waits
+/// for the client's, is carried out once Redis answers.
+#[tokio::test]
+async fn a_leave_behind_a_failed_request_is_carried_out_when_redis_answers() {
+    leave_in_a_hang_is_carried_out("ghostleave2", true).await;
+}
+
+/// B (on one node) sends `leave` while Redis hangs, behind an `ack` if `behind_ack`; A (on the
+/// other) must see B leave with reason `left` once Redis answers.
+async fn leave_in_a_hang_is_carried_out(room: &str, behind_ack: bool) {
     let redis = RedisServer::start();
     let n1 = node(&redis.url(), &["--resume-grace", "30s"]);
     let n2 = node(&redis.url(), &["--resume-grace", "30s"]);
-    let (a, a_info) = Client::join(&n2.ws("/ws/ghostleave"), None).await;
-    let (mut b, b_info) = Client::join(&n1.ws("/ws/ghostleave"), None).await;
+    let path = format!("/ws/{room}");
+    let (a, a_info) = Client::join(&n2.ws(&path), None).await;
+    let (mut b, b_info) = Client::join(&n1.ws(&path), None).await;
     let a_seen = a.last_seq;
     redis.freeze();
+    if behind_ack {
+        b.send(&ClientMessage::Ack { seq: b.last_seq }).await;
+    }
     b.send(&ClientMessage::Leave { id: Some(5) }).await;
     let (errors, _) = b.errors_then_close().await;
     assert!(
@@ -1497,8 +1515,7 @@ async fn a_leave_redis_did_not_take_is_carried_out_when_it_answers() {
     drop(a);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     redis.thaw();
-    let (mut a, replayed) =
-        resume_when_ready(&n2, "/ws/ghostleave", &a_info.resume_token, a_seen).await;
+    let (mut a, replayed) = resume_when_ready(&n2, &path, &a_info.resume_token, a_seen).await;
     // B's `peer_joined`, then its `peer_left`: replayed, or just after.
     let mut left = replayed
         .into_iter()
