@@ -519,6 +519,7 @@ impl PeerSocket {
                     if last_heard.elapsed() >= self.app.config.ping_timeout {
                         Err(Some(1008))
                     } else {
+                        self.renew_registration();
                         self.socket.ping().await.map_err(|_| None)
                     }
                 }
@@ -691,6 +692,19 @@ impl PeerSocket {
             Ok(_) => Ok(()),
             Err(_) => Err(Some(1013)),
         }
+    }
+
+    /// Stores the registration again (in a task of its own: a hanging Redis does not hold the
+    /// socket up), so that it outlives a socket that lives longer than its time to live: a
+    /// reconnect after the node died, or after an outage, finds it.
+    fn renew_registration(&self) {
+        let (app, registration) = (Arc::clone(&self.app), self.registration());
+        let (namespace, id) = (self.namespace.clone(), self.id.clone());
+        tokio::spawn(async move {
+            app.peerjs
+                .put(&namespace, &id, &registration, registration_ttl(&app))
+                .await;
+        });
     }
 
     /// Where the client is, for its reconnect.

@@ -417,6 +417,27 @@ async fn peerjs_reconnect_takes_over_a_socket_that_lived_a_while() {
     assert_eq!(next(&mut again, STEP).await.unwrap()["payload"]["n"], 5);
 }
 
+/// A PeerJS socket renews its registration in Redis every `--ping-interval`: one that lives
+/// longer than the registration's time to live (`--resume-grace` + 60 s) still finds it when
+/// its node dies (here the key is deleted, as its expiry would).
+#[tokio::test]
+async fn peerjs_registrations_are_renewed_while_their_socket_lives() {
+    use crate::support::redis::RedisServer;
+    let redis = RedisServer::start();
+    let server = Server::spawn(&["--redis", &redis.url(), "--ping-interval", "500ms"]);
+    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let registered = || redis.keys().into_iter().find(|k| k.starts_with("sig:pj:"));
+    let key = registered().expect("a registration");
+    redis.cli(&["DEL", &key]);
+    let deadline = std::time::Instant::now() + STEP;
+    while registered().is_none() {
+        assert!(std::time::Instant::now() < deadline, "not renewed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(alice);
+}
+
 /// A PeerJS client of a node killed with kill -9 reconnects (the same id and token) on another
 /// node at once, and gets the messages sent to it meanwhile, in order, once.
 #[tokio::test]
