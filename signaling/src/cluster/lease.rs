@@ -282,11 +282,8 @@ impl ClusterHub {
 
     /// The entries of `node`'s index of sessions; `None` (counted as a failure of `what`) when
     /// Redis did not answer.
-    async fn index_entries(&self, node: &str, what: &str) -> Option<Vec<String>> {
-        let cmd = redis::cmd("SMEMBERS")
-            .arg(node_sessions_key(node))
-            .to_owned();
-        match self.store.query::<Vec<String>>(&cmd).await {
+    async fn index_entries(&self, node: &str, what: &str) -> Option<HashSet<String>> {
+        match self.store.set_members(&node_sessions_key(node)).await {
             Ok(entries) => Some(entries),
             Err(e) => {
                 self.store_failed(what, &e);
@@ -312,7 +309,7 @@ impl ClusterHub {
         };
         let (orphans, unlisted): (Vec<IndexedSession>, Vec<IndexedSession>) = {
             let mut st = self.lock();
-            let listed: HashSet<String> = entries.into_iter().collect();
+            let listed = entries;
             let unknown: HashSet<String> = listed
                 .iter()
                 .filter(|entry| parse_index_entry(entry).is_some_and(|(_, key)| !st.knows(key)))

@@ -1722,10 +1722,7 @@ impl ClusterHub {
             .query(redis::cmd("ZRANGE").arg(lease::NODES_KEY).arg(0).arg(-1))
             .await?;
         for node in nodes.iter().filter(|n| **n != self.cluster.node_id) {
-            let entries: Vec<String> = self
-                .store
-                .query(redis::cmd("SMEMBERS").arg(node_sessions_key(node)))
-                .await?;
+            let entries = self.store.set_members(&node_sessions_key(node)).await?;
             rooms.extend(
                 entries
                     .iter()

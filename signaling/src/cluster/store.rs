@@ -6,6 +6,7 @@
 //! Every call has a deadline ([`Store::timeout`]): a Redis that does not answer is an outage,
 //! never a task that waits forever.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use redis::{Cmd, Script};
@@ -445,6 +446,10 @@ pub enum Op {
 /// How many strings the room script returns per member.
 pub const ROOM_FIELDS: usize = 8;
 
+/// How many members one `SSCAN` of [`Store::set_members`] asks for (Redis may return a few
+/// more or fewer).
+const SET_SCAN_COUNT: usize = 1000;
+
 /// The routing key of a room: its member list. The `{room}` hash tag keeps every key of the
 /// room in one slot of a Redis Cluster.
 pub fn room_key(room: &RoomId) -> String {
@@ -504,6 +509,31 @@ impl Store {
     /// Runs a plain command (node leases and indexes).
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         self.conn.query(cmd, self.timeout).await
+    }
+
+    /// The members of the set `key`, read [`SET_SCAN_COUNT`] at a time with `SSCAN` so that a
+    /// node's index of tens of thousands of sessions never holds Redis up in one reply (as
+    /// `SMEMBERS` would, for every node, at each reconciliation). A member that is in the set
+    /// from the first call to the last is in the result; one added or removed meanwhile may or
+    /// may not be (no caller needs more: see `ClusterHub::reconcile_index`). Each call has
+    /// `--redis-timeout`.
+    pub async fn set_members(&self, key: &str) -> Result<HashSet<String>, StoreError> {
+        let mut members = HashSet::new();
+        let mut cursor = 0u64;
+        loop {
+            let cmd = redis::cmd("SSCAN")
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SET_SCAN_COUNT)
+                .to_owned();
+            let (next, batch): (u64, Vec<String>) = self.query(&cmd).await?;
+            members.extend(batch);
+            if next == 0 {
+                return Ok(members);
+            }
+            cursor = next;
+        }
     }
 
     /// Adds `member` to the set `key` and gives the set `ttl`, in one step (every key has a

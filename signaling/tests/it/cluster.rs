@@ -1412,7 +1412,9 @@ async fn a_join_sent_while_redis_hangs_leaves_no_ghost_in_the_room() {
 /// came between the node's index write and the script): the session attached to a node that
 /// does not hold it, its client gone. The node finds it in its index and parks it: the others
 /// see the peer leave after the resume grace period, instead of keeping a member nobody holds
-/// for as long as the room lives.
+/// for as long as the room lives. The index also holds 10,000 stale entries (sessions that
+/// ended), more than one `SSCAN` reads: the node finds its orphan among them and removes them
+/// all.
 #[tokio::test]
 async fn a_session_attached_to_a_node_that_does_not_hold_it_is_parked() {
     let redis = RedisServer::start();
@@ -1429,12 +1431,31 @@ async fn a_session_attached_to_a_node_that_does_not_hold_it_is_parked() {
     let sid = key.rsplit(':').next().unwrap().to_owned();
     redis.cli(&["HSET", &key, "node", &one, "conn", "999", "state", "a"]);
     let index = format!("sig:node:{one}:sessions");
+    for batch in 0..20u64 {
+        let stale: Vec<String> = (0..500u64)
+            .map(|i| format!("stale\t{:016x}", 0x5ea1_0000 + batch * 500 + i))
+            .collect();
+        let mut args = vec!["SADD", index.as_str()];
+        args.extend(stale.iter().map(String::as_str));
+        redis.cli(&args);
+    }
     redis.cli(&["SADD", &index, &format!("orphan\t{sid}")]);
+    assert_eq!(redis.cli(&["SCARD", &index]), "10001");
     expect_disconnected(&mut a, &b_info.peer_id, Duration::from_secs(20)).await;
     assert_eq!(
         n1.metric("signaling_cluster_sessions_orphaned_total").await,
         1
     );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis
+        .cli(&["SSCAN", &index, "0", "MATCH", "stale*", "COUNT", "20000"])
+        .lines()
+        .count()
+        > 1
+    {
+        assert!(Instant::now() < deadline, "stale index entries left");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Resumes session `token` on `server` once it is ready again after a Redis outage; returns
