@@ -199,6 +199,9 @@ impl Relay {
         let secret_ids = Arc::new(RwLock::new(secret_ids(&config)));
         let usage = Arc::new(usage::UsageBook::new(config.usage_limits()));
         let metrics = Arc::new(Metrics::new(workers, Arc::clone(&shared), usage));
+        if let Some(files) = &tls_files {
+            metrics.tls_certificate(files.not_after());
+        }
         let drain = DrainSignal::new(Arc::clone(&shared));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (stopped_tx, stopped_rx) = mpsc::channel::<()>(1);
@@ -447,6 +450,8 @@ impl RelayHandle {
         ));
         if let Some((files, fresh)) = certificate {
             files.install(fresh);
+            // The expiry first: a reload counted shows the certificate it put in force.
+            self.metrics.tls_certificate(files.not_after());
             self.metrics.tls_reload(true);
         }
         self.settings

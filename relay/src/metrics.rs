@@ -84,6 +84,8 @@ pub struct Metrics {
     /// Certificate reloads on SIGHUP: accepted, and refused (the old certificate stayed).
     tls_reloads: AtomicU64,
     tls_reloads_refused: AtomicU64,
+    /// notAfter of the `--tls-cert` certificate in force, Unix seconds (0: none).
+    tls_not_after: AtomicU64,
     config_reloads: AtomicU64,
     config_reloads_refused: AtomicU64,
 }
@@ -100,6 +102,7 @@ impl Metrics {
             scrapes: AtomicU64::new(0),
             tls_reloads: AtomicU64::new(0),
             tls_reloads_refused: AtomicU64::new(0),
+            tls_not_after: AtomicU64::new(0),
             config_reloads: AtomicU64::new(0),
             config_reloads_refused: AtomicU64::new(0),
         }
@@ -113,6 +116,13 @@ impl Metrics {
             &self.tls_reloads_refused
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the expiry of the `--tls-cert` certificate put in force (at start-up or by a
+    /// reload).
+    pub fn tls_certificate(&self, not_after: Option<std::time::SystemTime>) {
+        let seconds = not_after.map_or(0, startup::tls::unix_seconds);
+        self.tls_not_after.store(seconds, Ordering::Relaxed);
     }
 
     /// Counts one configuration reload (SIGHUP): `ok` when it took effect.
@@ -271,6 +281,12 @@ impl Collector for Metrics {
             "relay_channels",
             "Live channel bindings",
             s.channels,
+        )?;
+        gauge(
+            &mut e,
+            "relay_tls_certificate_not_after_seconds",
+            "notAfter of the --tls-cert certificate in force, in Unix seconds (0: none, or not readable as X.509)",
+            self.tls_not_after.load(Ordering::Relaxed),
         )?;
         gauge(
             &mut e,

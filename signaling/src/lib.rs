@@ -223,6 +223,7 @@ pub(crate) mod server {
             let (server_config, files) =
                 startup::tls::from_pem_files(cert, key, alpn_protocols(config))
                     .map_err(tls_error)?;
+            metrics.tls_certificate(files.not_after());
             return Ok((Some(acceptor(server_config)), Some(files), None));
         }
         if config.tls_self_signed {

@@ -175,6 +175,7 @@ pub struct Metrics {
     /// TLS handshakes that failed or did not finish within `--header-read-timeout`.
     pub tls_handshake_failures: Counter,
     tls_reloads: Family<ResultLabel, Counter>,
+    tls_not_after: Gauge,
     config_reloads: Family<ResultLabel, Counter>,
     /// Connections closed because their PROXY header was missing or malformed.
     pub proxy_headers_refused: Counter,
@@ -380,6 +381,12 @@ impl Metrics {
             "Certificate reloads on SIGHUP by result (refused: the old certificate stays)",
             tls_reloads.clone(),
         );
+        let tls_not_after = Gauge::default();
+        registry.register(
+            "tls_certificate_not_after_seconds",
+            "notAfter of the --tls-cert certificate in force, in Unix seconds (0: none, or not readable as X.509)",
+            tls_not_after.clone(),
+        );
         registry.register(
             "config_reloads",
             "Configuration reloads on SIGHUP by result (refused: the configuration in force stays)",
@@ -432,6 +439,7 @@ impl Metrics {
             http_write_timeouts,
             tls_handshake_failures,
             tls_reloads,
+            tls_not_after,
             config_reloads,
             proxy_headers_refused,
             first_bytes_refused,
@@ -549,6 +557,14 @@ impl Metrics {
         self.tls_reloads
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+
+    /// Records the expiry of the `--tls-cert` certificate put in force (at start-up or by a
+    /// reload).
+    pub fn tls_certificate(&self, not_after: Option<std::time::SystemTime>) {
+        let seconds = not_after.map_or(0, startup::tls::unix_seconds);
+        self.tls_not_after
+            .set(i64::try_from(seconds).unwrap_or(i64::MAX));
     }
 
     /// Counts one ACME step; records the expiry of the certificate in force and when the

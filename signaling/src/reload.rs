@@ -142,6 +142,8 @@ impl AppState {
     pub fn apply_reload(&self, prepared: PreparedReload) {
         if let (Some(files), Some(fresh)) = (&self.tls_files, prepared.certificate) {
             files.install(fresh);
+            // The expiry first: a reload counted shows the certificate it put in force.
+            self.metrics.tls_certificate(files.not_after());
             self.metrics.tls_reload(true);
         }
         self.live_settings.replace(prepared.live);

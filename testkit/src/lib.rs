@@ -131,12 +131,32 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
 /// key to `dir/key.pem` (each replaced in one rename), and returns the certificate's PEM (what
 /// a client trusts).
 pub fn write_self_signed(dir: &std::path::Path) -> String {
+    write_certificate(dir, None)
+}
+
+/// [`write_self_signed`], valid from and until the given times when `validity` is given (rcgen's
+/// 1975 to 4096 otherwise): an expired certificate, or one about to expire.
+pub fn write_certificate(
+    dir: &std::path::Path,
+    validity: Option<(std::time::SystemTime, std::time::SystemTime)>,
+) -> String {
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let generated = rcgen::generate_simple_self_signed(names).expect("generate a certificate");
-    let pem = generated.cert.pem();
+    let mut params = rcgen::CertificateParams::new(names).expect("certificate names");
+    if let Some((not_before, not_after)) = validity {
+        let since_epoch =
+            |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).expect("after 1970");
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        params.not_before = epoch + since_epoch(not_before);
+        params.not_after = epoch + since_epoch(not_after);
+    }
+    let key = rcgen::KeyPair::generate().expect("generate a key");
+    let pem = params
+        .self_signed(&key)
+        .expect("generate a certificate")
+        .pem();
     for (name, text) in [
         ("cert.pem", pem.as_str()),
-        ("key.pem", &generated.signing_key.serialize_pem()),
+        ("key.pem", &key.serialize_pem()),
     ] {
         let staging = dir.join(format!(".{name}.new"));
         std::fs::write(&staging, text).expect("write PEM");

@@ -112,6 +112,71 @@ fn sighup_reloads_the_certificate_without_disturbing_live_allocations() {
     }
 }
 
+/// A certificate is served whatever its dates say, but one that has expired or expires within
+/// 14 days is logged as a warning, on start-up and on a reload, and its notAfter is a gauge an
+/// alert can watch.
+#[test]
+fn an_expired_or_expiring_certificate_is_served_with_a_warning_and_its_expiry_exposed() {
+    let day = Duration::from_secs(24 * 3600);
+    let now = std::time::SystemTime::now();
+    let unix =
+        |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let dir = tempfile::tempdir().unwrap();
+    let expired = (now - 400 * day, now - 10 * day);
+    let expired_pem = testkit::write_certificate(dir.path(), Some(expired));
+    let files = TlsFiles::in_dir(dir.path());
+    let relay = RelayProcess::start_process(&[USER_ON_LOOPBACK, &files.args()].concat());
+    assert_eq!(
+        relay.metric("relay_tls_certificate_not_after_seconds"),
+        unix(expired.1)
+    );
+    let tls = relay.tls.expect("tls listener");
+    assert!(
+        TestClient::with_link(tls_link(tls, &expired_pem), tls, "u", "p")
+            .allocate()
+            .is_err(),
+        "a client refuses the expired certificate it is served"
+    );
+
+    let expiring = (now - day, now + 3 * day);
+    testkit::write_certificate(dir.path(), Some(expiring));
+    hangup(&relay);
+    assert!(crate::support::wait_until(Duration::from_secs(5), || {
+        relay.metric("relay_tls_certificate_not_after_seconds") == unix(expiring.1)
+    }));
+    let fresh = testkit::write_self_signed(dir.path());
+    hangup(&relay);
+    assert!(crate::support::wait_until(Duration::from_secs(5), || {
+        relay.metric("relay_tls_reloads_total") == 2
+    }));
+    TestClient::with_link(tls_link(tls, &fresh), tls, "u", "p")
+        .allocate()
+        .expect("the valid certificate");
+    let logs = relay.stop_and_read_stderr();
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("certificate loaded, but it has EXPIRED")),
+        "{logs}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("certificate reloaded, but it expires within 14 days")),
+        "{logs}"
+    );
+    assert_eq!(
+        warnings
+            .iter()
+            .filter(|l| l.contains("certificate"))
+            .count(),
+        2,
+        "{logs}"
+    );
+    assert!(logs.contains("names=localhost,127.0.0.1"), "{logs}");
+}
+
 /// Sends SIGHUP to the relay process.
 fn hangup(relay: &RelayProcess) {
     // SAFETY: kill(2) on the PID of a child this test spawned.

@@ -177,12 +177,22 @@ async fn sighup_reloads_the_certificate_and_a_bad_pair_is_refused() {
     let url = format!("wss://localhost:{}/ws/reload", server.addr.port());
     let mut a = join_tls(&url, &first, "reload").await;
 
-    // A new certificate on disk, then SIGHUP: new handshakes get it.
-    let second_pem = testkit::write_self_signed(&dir);
+    // A new certificate on disk, then SIGHUP: new handshakes get it, and its expiry is a gauge.
+    let now = std::time::SystemTime::now();
+    let not_after = now + Duration::from_secs(30 * 24 * 3600);
+    let second_pem = testkit::write_certificate(&dir, Some((now, not_after)));
     let second = trusting(&second_pem);
     assert!(
         reload_counted(&server, &second, "ok").await,
         "the new certificate is served and the reload counted"
+    );
+    let not_after = not_after.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let metrics = https_get(&server, Arc::clone(&second), "/metrics").await;
+    assert_eq!(
+        metrics.and_then(|m| {
+            testkit::metric_value(&m, "signaling_tls_certificate_not_after_seconds")
+        }),
+        Some(not_after.as_secs() as f64)
     );
     assert!(
         Client::connect_tls(&url, trusting(&first_pem))

@@ -3,15 +3,14 @@
 //! names, checked against the names configured.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use x509_parser::extensions::GeneralName;
 
 use super::AcmeError;
 use super::schedule::Validity;
+use crate::tls::CertificateFacts;
 
 /// A certificate ready to serve.
 #[derive(Debug, Clone)]
@@ -38,29 +37,12 @@ pub(crate) fn parse(pem: &str, domains: &[String]) -> Result<Issued, AcmeError> 
         .first()
         .ok_or_else(|| invalid("no CERTIFICATE block".into()))?;
     let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| invalid(e.to_string()))?;
-    let (_, parsed) =
-        x509_parser::parse_x509_certificate(leaf).map_err(|e| invalid(e.to_string()))?;
-    let time = |t: x509_parser::time::ASN1Time| {
-        let seconds = u64::try_from(t.timestamp()).unwrap_or(0);
-        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
-    };
+    let facts = CertificateFacts::of(leaf).map_err(invalid)?;
     let validity = Validity {
-        not_before: time(parsed.validity().not_before),
-        not_after: time(parsed.validity().not_after),
+        not_before: facts.not_before,
+        not_after: facts.not_after,
     };
-    let names: Vec<String> = match parsed.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                GeneralName::DNSName(name) => Some(name.to_ascii_lowercase()),
-                _ => None,
-            })
-            .collect(),
-        Ok(None) => Vec::new(),
-        Err(e) => return Err(invalid(e.to_string())),
-    };
+    let names = facts.names;
     if let Some(missing) = domains
         .iter()
         .find(|d| !names.contains(&d.to_ascii_lowercase()))
@@ -77,6 +59,8 @@ pub(crate) fn parse(pem: &str, domains: &[String]) -> Result<Issued, AcmeError> 
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use x509_parser::prelude::FromDer as _;
 
     use super::*;
