@@ -118,8 +118,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         ""
     };
+    // An ACME certificate names the domain only: the address would not pass its check.
+    let host = match state.config.acme_domains.first() {
+        Some(domain) if addr.port() == 443 => domain.clone(),
+        Some(domain) => format!("{domain}:{}", addr.port()),
+        None => addr.to_string(),
+    };
     println!(
-        "web demo: open {http}://{addr}/r/demo in two browser tabs (or `peer join {ws}://{addr}/ws/demo{trust}`)"
+        "web demo: open {http}://{host}/r/demo in two browser tabs (or `peer join {ws}://{host}/ws/demo{trust}`)"
     );
 
     // SIGHUP reads the configuration and the certificate files again (and no longer ends the

@@ -101,6 +101,9 @@ fn start_server(addr: SocketAddr, pebble: &Pebble, cache: &Path) -> Server {
         printed.contains(&format!("listening on https://{addr}")),
         "{printed}"
     );
+    // The certificate names the domain, not the address: the suggested URLs name it too.
+    let suggested = format!("wss://{DOMAIN}:{}/ws/demo`", addr.port());
+    assert!(printed.contains(&suggested), "{printed}");
     server
 }
 
