@@ -49,10 +49,10 @@ use crate::hub::{
     SessionKey,
 };
 use crate::protocol::{
-    ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerFrame, ServerMessage, close_code,
+    ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerMessage, close_code,
 };
 use crate::rate_limit::TokenBucket;
-use crate::written_acks::{self, WrittenFrames};
+use crate::written_acks::{self, LibraryFrame, WrittenFrames};
 
 /// Keys, ids and tokens are at most this long (`peerjs-server` takes any string).
 const MAX_NAME: usize = 64;
@@ -539,24 +539,21 @@ impl PeerSocket {
             Outbound::Frame(frame) => frame,
             Outbound::Close { code, .. } => return Err(Some(code)),
         };
-        let Ok(parsed) = serde_json::from_str::<ServerFrame>(&frame.text()) else {
-            return Ok(());
-        };
-        let (seq, len) = (parsed.seq, frame.len());
-        let data = match parsed.message {
-            ServerMessage::Broadcast { data, .. } => data,
+        let (seq, len, data) = match LibraryFrame::of(&frame) {
+            Some(LibraryFrame::Broadcast { seq, len, data }) => (seq, len, data),
             // Closed at once, so the client's `reconnect()` finds another node (PeerJS reports
             // a `network` error on any close and the app reconnects); handled, so that the
             // resume does not replay it.
-            ServerMessage::Draining { .. } => {
+            Some(LibraryFrame::Draining { seq, len }) => {
                 self.handled(seq, len).await;
                 return Err(Some(close_code::GOING_AWAY));
             }
             // welcome, ice_servers, ...: PeerJS has no such messages.
-            _ => {
+            Some(LibraryFrame::Other { seq, len }) => {
                 self.handled(seq, len).await;
                 return Ok(());
             }
+            None => return Ok(()),
         };
         // Handled once written: a frame whose write fails is replayed by the resume.
         self.socket

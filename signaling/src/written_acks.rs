@@ -5,14 +5,44 @@
 //! acknowledge what they wrote themselves, by the client rulebook
 //! ([`client_rules::ACK_EVERY`] frames, or [`client_rules::ACK_DELAY`] after the first) and by
 //! size ([`ACK_BYTES`]): what is written and not yet acknowledged stays under `ACK_BYTES` plus
-//! one frame per session, for at most `ACK_DELAY`.
+//! one frame per session, for at most `ACK_DELAY`. [`LibraryFrame`]: what a session's frame is to
+//! those sockets.
 
 use std::time::Duration;
 
-use crate::protocol::client_rules;
+use crate::outbox::Frame;
+use crate::protocol::{ServerFrame, ServerMessage, client_rules};
 
 /// Acknowledge once the frames written and not acknowledged reach this many bytes.
 pub const ACK_BYTES: usize = 16 * 1024;
+
+/// A session's frame as a library's socket sees it: those libraries speak broadcasts only.
+#[derive(Debug)]
+pub enum LibraryFrame {
+    /// A broadcast's `data`, to write in the library's own form.
+    Broadcast {
+        seq: u64,
+        len: usize,
+        data: serde_json::Value,
+    },
+    /// The node drains: the socket closes, so the client reconnects through the balancer.
+    Draining { seq: u64, len: usize },
+    /// Anything else (`welcome`, `ice_servers`, ...): nothing to write, but handled.
+    Other { seq: u64, len: usize },
+}
+
+impl LibraryFrame {
+    /// `frame` parsed (`None` for a frame that is not a server frame, which never happens).
+    pub fn of(frame: &Frame) -> Option<Self> {
+        let parsed = serde_json::from_str::<ServerFrame>(&frame.text()).ok()?;
+        let (seq, len) = (parsed.seq, frame.len());
+        Some(match parsed.message {
+            ServerMessage::Broadcast { data, .. } => Self::Broadcast { seq, len, data },
+            ServerMessage::Draining { .. } => Self::Draining { seq, len },
+            _ => Self::Other { seq, len },
+        })
+    }
+}
 
 /// The frames of one session written to its client and not yet acknowledged.
 #[derive(Debug, Default)]

@@ -31,11 +31,9 @@ use crate::client_request::{ClientRequest, Refusal, Upgrade, refuse, with_limits
 use crate::connection::{Connection, Inbound};
 use crate::error::RequestError;
 use crate::hub::{ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, SessionKey};
-use crate::protocol::{
-    ClientMessage, ErrorCode, PeerId, RoomId, ServerFrame, ServerMessage, close_code,
-};
+use crate::protocol::{ClientMessage, ErrorCode, PeerId, RoomId, close_code};
 use crate::rate_limit::{PUBLISH_BYTES_PER_TOKEN, TokenBucket, fan_out_cost};
-use crate::written_acks::{self, WrittenFrames};
+use crate::written_acks::{self, LibraryFrame, WrittenFrames};
 
 /// Topics one connection may subscribe to at once.
 pub const MAX_TOPICS: usize = 64;
@@ -429,22 +427,19 @@ impl YConnection {
                 };
             }
         };
-        let Ok(parsed) = serde_json::from_str::<ServerFrame>(&frame.text()) else {
-            return Ok(());
-        };
-        let (seq, len) = (parsed.seq, frame.len());
-        let data = match parsed.message {
-            ServerMessage::Broadcast { data, .. } => data,
+        let (seq, len, data) = match LibraryFrame::of(&frame) {
+            Some(LibraryFrame::Broadcast { seq, len, data }) => (seq, len, data),
             // Closed at once: lib0's socket reconnects after any close, through the balancer
             // to another node.
-            ServerMessage::Draining { .. } => {
+            Some(LibraryFrame::Draining { .. }) => {
                 return Err(Some((close_code::GOING_AWAY, "server shutting down")));
             }
             // welcome, peer_joined, peer_left...: y-webrtc has no such messages.
-            _ => {
+            Some(LibraryFrame::Other { seq, len }) => {
                 self.handled(topic, seq, len).await;
                 return Ok(());
             }
+            None => return Ok(()),
         };
         let published = serde_json::to_string(&Published {
             r#type: "publish",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt as _;
 
-use super::store::{Op, Reply};
+use super::store::{Op, Reply, StoreError};
 use super::{
     ClusterHub, LocalState, ParkedHere, index_entry, node_sessions_key, parse_index_entry, sid,
     unix_ms,
@@ -35,17 +35,35 @@ impl ClusterHub {
         }
     }
 
+    /// Renews the lease every `--node-heartbeat`, and hands each renewal to [`Self::upkeep`],
+    /// a task of its own: the renewal never waits for work whose length grows with what the
+    /// node holds (a node of 10,000 rooms or stale index entries that renewed only after
+    /// touching or reconciling them all outlived its lease, and another node adopted its
+    /// sessions).
     pub(super) async fn heartbeats(self: Arc<Self>) {
+        let (renewed, renewals) = tokio::sync::watch::channel(Vec::new());
+        tokio::spawn(Arc::clone(&self).upkeep(renewals));
         let mut ticker = tokio::time::interval(self.cluster.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Some(dead) = self.renew_lease().await {
+                renewed.send_replace(dead);
+            }
+        }
+    }
+
+    /// After each renewal of the lease (the latest one when it falls behind): what parks,
+    /// leaves and adoptions wait for Redis, then, when due, the rooms' TTLs and the index.
+    async fn upkeep(self: Arc<Self>, mut renewals: tokio::sync::watch::Receiver<Vec<String>>) {
         let touch_every = (self.store_ttl() / 4).max(self.cluster.heartbeat);
         // Longer than any join, resume or adoption takes (a few Redis calls, each within
         // `--redis-timeout`): an entry unknown at two rounds is no request in flight.
         let reconcile_every = (self.cluster.redis_timeout * 4).max(self.cluster.lease);
         let (mut last_touch, mut last_reconcile) = (Instant::now(), Instant::now());
-        loop {
-            ticker.tick().await;
-            self.heartbeat().await;
+        while renewals.changed().await.is_ok() {
+            let dead = renewals.borrow_and_update().clone();
+            self.after_renewal(&dead).await;
             if self.store_ok.load(Ordering::Acquire) && last_touch.elapsed() >= touch_every {
                 last_touch = Instant::now();
                 self.touch_rooms().await;
@@ -62,8 +80,17 @@ impl ClusterHub {
         self.settings.resume_grace + Duration::from_secs(60)
     }
 
-    /// Renews the lease, notices Redis coming back, and adopts the sessions of dead nodes.
+    /// Renews the lease, notices Redis coming back, and adopts the sessions of dead nodes (at
+    /// start-up; then [`Self::heartbeats`] does each in its own task).
     pub(super) async fn heartbeat(&self) {
+        if let Some(dead) = self.renew_lease().await {
+            self.after_renewal(&dead).await;
+        }
+    }
+
+    /// Renews the lease and notices Redis coming back: the nodes whose lease ran out, or
+    /// `None` when Redis did not answer.
+    async fn renew_lease(&self) -> Option<Vec<String>> {
         let now_ms = unix_ms(SystemTime::now());
         let me = &self.cluster.node_id;
         let lease_until = now_ms + self.cluster.lease.as_millis() as u64;
@@ -111,7 +138,7 @@ impl ClusterHub {
                         .arg(now_ms),
                 )
                 .await?;
-            Ok::<_, super::StoreError>((live, dead))
+            Ok::<_, StoreError>((live, dead))
         };
         let dead = match renew.await {
             Ok((live, dead)) => {
@@ -120,7 +147,7 @@ impl ClusterHub {
             }
             Err(e) => {
                 self.store_failed("heartbeat", &e);
-                return;
+                return None;
             }
         };
         if self.subscribed.load(Ordering::Acquire) {
@@ -134,8 +161,15 @@ impl ClusterHub {
             // renew theirs before taking any node for dead.
             self.lock().adopt_after = Some(Instant::now() + self.cluster.lease);
         }
-        // A few at once, as adoptions go: an outage may have cut thousands of sockets, and the
-        // next renewal of the lease waits for these.
+        Some(dead)
+    }
+
+    /// What waited for Redis to answer: parks and leaves that failed, nodes put back among
+    /// the dead; then the adoption of `dead`'s sessions.
+    async fn after_renewal(&self, dead: &[String]) {
+        let me = &self.cluster.node_id;
+        // A few at once, as adoptions go: an outage may have cut thousands of sockets, and
+        // the adoptions and the rooms' upkeep wait for these.
         let pending = std::mem::take(&mut self.lock().pending_park);
         futures_util::stream::iter(pending)
             .for_each_concurrent(32, |p| self.park(p))
@@ -160,11 +194,13 @@ impl ClusterHub {
         let Some(members) = self.index_entries(dead, "adopt").await else {
             return;
         };
+        // Only while its lease is still out: `dead` was read at a renewal that may be some
+        // time ago (this node's upkeep may lag), and the node may have renewed since.
         let won = self
             .store
-            .query::<i64>(redis::cmd("ZREM").arg(NODES_KEY).arg(dead))
+            .remove_if_score_at_most(NODES_KEY, dead, unix_ms(SystemTime::now()))
             .await;
-        if !matches!(won, Ok(1)) {
+        if !matches!(won, Ok(true)) {
             return;
         }
         tracing::warn!(
@@ -188,20 +224,7 @@ impl ClusterHub {
                     unanswered.store(true, Ordering::Relaxed);
                     return;
                 };
-                let reply = self
-                    .store
-                    .call(
-                        Op::Adopt,
-                        &room,
-                        &[
-                            &sid(key),
-                            dead,
-                            &self.cluster.node_id,
-                            &expires_ms.to_string(),
-                            &unix_ms(SystemTime::now()).to_string(),
-                        ],
-                    )
-                    .await;
+                let reply = self.call_adopt(&room, key, dead, expires_ms).await;
                 // Refused: not adopted. Unanswered: it may still be (see `reconcile_index`).
                 if added && matches!(&reply, Ok(reply) if reply.status != "ok") {
                     self.index_remove(&self.cluster.node_id, &room, key).await;
@@ -260,24 +283,59 @@ impl ClusterHub {
                 conns.push((*key, session.conn));
             }
         }
-        for room in rooms {
+        let rooms = rooms.into_iter().map(|room| {
             let sessions = attached.remove(&room).unwrap_or_default();
-            let sids: Vec<String> = sessions.iter().map(|(key, _)| sid(*key)).collect();
-            let args: Vec<&str> = sids.iter().map(String::as_str).collect();
-            match self.store.call(Op::Touch, &room, &args).await {
-                Ok(reply) => {
-                    for (key, conn) in &sessions {
-                        if reply.rest.contains(&sid(*key)) {
-                            self.session_vanished(*key, Some(*conn));
+            (room, sessions)
+        });
+        // A few at once: a node may serve tens of thousands of rooms. The first failure ends
+        // the round (the next one is a TTL's quarter later).
+        let failed = AtomicBool::new(false);
+        let failed = &failed;
+        futures_util::stream::iter(rooms)
+            .for_each_concurrent(32, |(room, sessions)| async move {
+                if failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let sids: Vec<String> = sessions.iter().map(|(key, _)| sid(*key)).collect();
+                let args: Vec<&str> = sids.iter().map(String::as_str).collect();
+                match self.store.call(Op::Touch, &room, &args).await {
+                    Ok(reply) => {
+                        for (key, conn) in &sessions {
+                            if reply.rest.contains(&sid(*key)) {
+                                self.session_vanished(*key, Some(*conn));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if !failed.swap(true, Ordering::Relaxed) {
+                            self.store_failed("touch", &e);
                         }
                     }
                 }
-                Err(e) => {
-                    self.store_failed("touch", &e);
-                    return;
-                }
-            }
-        }
+            })
+            .await;
+    }
+
+    /// Runs the adopt script: session `key` of `room`, attached to node `from` (a dead node,
+    /// or this one for an orphan), is parked here until `expires_ms` (or the deadline an
+    /// earlier parking set).
+    async fn call_adopt(
+        &self,
+        room: &RoomId,
+        key: SessionKey,
+        from: &str,
+        expires_ms: u64,
+    ) -> Result<Reply, StoreError> {
+        let (session, now_ms) = (sid(key), unix_ms(SystemTime::now()).to_string());
+        let expires_ms = expires_ms.to_string();
+        let args = [
+            session.as_str(),
+            from,
+            self.cluster.node_id.as_str(),
+            &expires_ms,
+            &now_ms,
+        ];
+        self.store.call(Op::Adopt, room, &args).await
     }
 
     /// The entries of `node`'s index of sessions; `None` (counted as a failure of `what`) when
@@ -304,6 +362,16 @@ impl ClusterHub {
     /// may leave it here while the other node, done last, removes this node's entry.
     pub(super) async fn reconcile_index(&self) {
         let me = &self.cluster.node_id;
+        // Only these can be found unlisted: the index is read in pieces, and an entry added
+        // meanwhile (a join) may not be in what was read.
+        let held_before: HashSet<SessionKey> = {
+            let st = self.lock();
+            st.attached
+                .keys()
+                .chain(st.parked.keys())
+                .copied()
+                .collect()
+        };
         let Some(entries) = self.index_entries(me, "reconcile").await else {
             return;
         };
@@ -323,7 +391,9 @@ impl ClusterHub {
             let held = st.attached.iter().map(|(key, s)| (&s.room, *key));
             let unlisted = held
                 .chain(st.parked.iter().map(|(key, p)| (&p.room, *key)))
-                .filter(|(room, key)| !listed.contains(&index_entry(room, *key)))
+                .filter(|(room, key)| {
+                    held_before.contains(key) && !listed.contains(&index_entry(room, *key))
+                })
                 .map(|(room, key)| (room.clone(), key))
                 .collect();
             (twice, unlisted)
@@ -334,60 +404,67 @@ impl ClusterHub {
             let _ = self.index_add(&room, key).await;
         }
         let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
-        for (room, key) in orphans {
-            {
-                // Unknown still, and no resume of it may start until it is parked.
-                let mut st = self.lock();
-                if st.knows(key) {
-                    continue;
-                }
-                st.reconciling.insert(key);
-            }
-            let reply = self
-                .store
-                .call(
-                    Op::Adopt,
-                    &room,
-                    &[
-                        &sid(key),
-                        me,
-                        me,
-                        &expires_ms.to_string(),
-                        &unix_ms(SystemTime::now()).to_string(),
-                    ],
-                )
-                .await;
-            let (parked, known) = {
-                let mut st = self.lock();
-                // Parked here before a resume of it may start.
-                st.reconciling.remove(&key);
-                let parked = matches!(&reply, Ok(reply) if reply.status == "ok");
-                if let Ok(reply) = &reply
-                    && parked
-                {
-                    park_adopted(&mut st, key, room.clone(), reply, expires_ms);
-                    self.update_gauges(&st);
-                }
-                (parked, st.knows(key))
-            };
-            match reply {
-                Ok(_) if parked => {
-                    tracing::warn!(
-                        session = %sid(key),
-                        %room,
-                        "a session redis attached to this node, not held here: parked"
-                    );
-                    self.metrics.cluster_session_orphaned();
-                }
-                // Not this node's (ended, or moved away).
-                Ok(_) if !known => self.index_remove(me, &room, key).await,
-                Ok(_) => {}
-                Err(e) => {
-                    self.store_failed("reconcile", &e);
+        // A few at once: a long outage may leave many. The first failure ends the round.
+        let failed = AtomicBool::new(false);
+        let failed = &failed;
+        futures_util::stream::iter(orphans)
+            .for_each_concurrent(32, |(room, key)| async move {
+                if failed.load(Ordering::Relaxed) {
                     return;
                 }
+                if let Err(e) = self.adopt_orphan(room, key, expires_ms).await
+                    && !failed.swap(true, Ordering::Relaxed)
+                {
+                    self.store_failed("reconcile", &e);
+                }
+            })
+            .await;
+    }
+
+    /// Parks here `key`, found in this node's index but held nowhere here, unless it is
+    /// unknown to Redis (ended, or moved away: its entry is removed).
+    async fn adopt_orphan(
+        &self,
+        room: RoomId,
+        key: SessionKey,
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
+        let me = &self.cluster.node_id;
+        {
+            // Unknown still, and no resume of it may start until it is parked.
+            let mut st = self.lock();
+            if st.knows(key) {
+                return Ok(());
             }
+            st.reconciling.insert(key);
         }
+        let reply = self.call_adopt(&room, key, me, expires_ms).await;
+        let (parked, known) = {
+            let mut st = self.lock();
+            // Parked here before a resume of it may start.
+            st.reconciling.remove(&key);
+            let parked = matches!(&reply, Ok(reply) if reply.status == "ok");
+            if let Ok(reply) = &reply
+                && parked
+            {
+                park_adopted(&mut st, key, room.clone(), reply, expires_ms);
+                self.update_gauges(&st);
+            }
+            (parked, st.knows(key))
+        };
+        reply?;
+        if parked {
+            tracing::warn!(
+                session = %sid(key),
+                %room,
+                "a session redis attached to this node, not held here: parked"
+            );
+            self.metrics.cluster_session_orphaned();
+        } else if !known {
+            // Not this node's (ended, or moved away).
+            self.index_remove(me, &room, key).await;
+        }
+        Ok(())
     }
 }
 

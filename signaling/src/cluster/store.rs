@@ -536,6 +536,27 @@ impl Store {
         }
     }
 
+    /// Removes `member` from the sorted set `key` if its score is at most `max`, in one step.
+    /// Whether it was removed (only one caller of many wins).
+    pub async fn remove_if_score_at_most(
+        &self,
+        key: &str,
+        member: &str,
+        max: u64,
+    ) -> Result<bool, StoreError> {
+        static REMOVE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+            Script::new(
+                "local score = redis.call('ZSCORE', KEYS[1], ARGV[1]) \
+                 if score and tonumber(score) <= tonumber(ARGV[2]) then \
+                 return redis.call('ZREM', KEYS[1], ARGV[1]) end return 0",
+            )
+        });
+        let mut invocation = REMOVE.key(key);
+        invocation.arg(member).arg(max);
+        let removed: i64 = self.conn.invoke(&invocation, self.timeout).await?;
+        Ok(removed == 1)
+    }
+
     /// Adds `member` to the set `key` and gives the set `ttl`, in one step (every key has a
     /// TTL from its first write). Whether `member` is new.
     pub async fn add_to_set(

@@ -1414,7 +1414,8 @@ async fn a_join_sent_while_redis_hangs_leaves_no_ghost_in_the_room() {
 /// see the peer leave after the resume grace period, instead of keeping a member nobody holds
 /// for as long as the room lives. The index also holds 10,000 stale entries (sessions that
 /// ended), more than one `SSCAN` reads: the node finds its orphan among them and removes them
-/// all.
+/// all, and reading and handling them never holds up the renewal of its lease (when it did,
+/// the other node took it for dead and adopted its sessions).
 #[tokio::test]
 async fn a_session_attached_to_a_node_that_does_not_hold_it_is_parked() {
     let redis = RedisServer::start();
@@ -1456,6 +1457,12 @@ async fn a_session_attached_to_a_node_that_does_not_hold_it_is_parked() {
         assert!(Instant::now() < deadline, "stale index entries left");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let lease_lost = "signaling_cluster_outages_total{reason=\"lease_lost\"}";
+    assert_eq!(n1.metric(lease_lost).await, 0);
+    assert_eq!(
+        n2.metric("signaling_cluster_sessions_adopted_total").await,
+        0
+    );
 }
 
 /// Resumes session `token` on `server` once it is ready again after a Redis outage; returns
