@@ -1118,7 +1118,13 @@ impl HubState {
                         reference: None,
                     },
                 });
-                tx.close(Some(frame), close_code::POLICY);
+                if code == ErrorCode::SlowConsumer {
+                    // Its client does not read: what is queued would only wait for the
+                    // stalled write to give up, held in the memory budget meanwhile.
+                    tx.discard_and_close(Some(frame), close_code::POLICY);
+                } else {
+                    tx.close(Some(frame), close_code::POLICY);
+                }
             }
         }
         tracing::info!(

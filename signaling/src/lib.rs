@@ -425,13 +425,22 @@ pub(crate) mod server {
         /// only as the bytes are (one per [`TOPIC_QUEUE_BYTES_PER_FRAME`], at least
         /// `--outbound-queue`). y-webrtc sends every signal to the whole topic, so a topic of
         /// N subscribers sends each about 8 (N - 1)^2 small frames as it forms (2,900 for 20):
-        /// `--outbound-queue` frames would end honest readers as slow consumers.
-        pub fn topic_queue(&self) -> (crate::outbound::OutboundTx, crate::outbound::OutboundRx) {
+        /// `--outbound-queue` frames would end honest readers as slow consumers. The queues of
+        /// one socket's topics share `--outbound-queue-bytes` (`connection_bytes`).
+        pub fn topic_queue(
+            &self,
+            connection_bytes: &Arc<std::sync::atomic::AtomicUsize>,
+        ) -> (crate::outbound::OutboundTx, crate::outbound::OutboundRx) {
             let bytes = self.config.outbound_queue_bytes;
-            self.queue_of(
-                self.config
-                    .outbound_queue
-                    .max(bytes / TOPIC_QUEUE_BYTES_PER_FRAME),
+            let frames = self
+                .config
+                .outbound_queue
+                .max(bytes / TOPIC_QUEUE_BYTES_PER_FRAME);
+            crate::outbound::queue_sharing(
+                frames,
+                bytes,
+                &self.memory,
+                Arc::clone(connection_bytes),
             )
         }
 

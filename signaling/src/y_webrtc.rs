@@ -153,6 +153,10 @@ struct YConnection {
     bucket: TokenBucket,
     /// When the frames written and not yet acknowledged are acknowledged at the latest.
     ack_at: Option<tokio::time::Instant>,
+    /// Bytes queued for this socket in all its topics' queues, which share
+    /// `--outbound-queue-bytes`: a socket that does not read holds that much, not that much
+    /// per topic.
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Why the connection ends: a close to send, or nothing (the client went away).
@@ -170,6 +174,7 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
         topics: HashMap::new(),
         next_generation: 0,
         ack_at: None,
+        queued_bytes: Arc::default(),
     };
     let _open = this.app.connections.open();
     let mut inboxes = Inboxes::new();
@@ -305,7 +310,7 @@ impl YConnection {
             self.app.metrics.error(ErrorCode::TooManySessions);
             return Err(Some((close::POLICY, "too many sessions from this address")));
         };
-        let (tx, rx) = self.app.topic_queue();
+        let (tx, rx) = self.app.topic_queue(&self.queued_bytes);
         let joined = self
             .app
             .hub

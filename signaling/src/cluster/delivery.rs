@@ -317,10 +317,9 @@ impl ClusterHub {
                     },
                 })
             });
-            // The queue is full: the close waits in a task for a free slot.
-            tokio::spawn(async move {
-                session.tx.close_when_room(frame, close_code::POLICY).await;
-            });
+            // Its client does not read: what is queued would only wait for the stalled write
+            // to give up, held in the memory budget meanwhile.
+            session.tx.discard_and_close(frame, close_code::POLICY);
         }
     }
 }

@@ -254,6 +254,49 @@ async fn y_webrtc_a_subscription_ended_as_slow_consumer_closes_the_socket() {
     );
 }
 
+/// The queues of one y-webrtc socket's topics share `--outbound-queue-bytes`: a socket that
+/// stops reading holds that much in all, not that much per topic (an audit held 64 MiB with
+/// one socket of 64 topics), and a topic's queue is dropped when its subscription ends.
+#[tokio::test]
+async fn y_webrtc_a_socket_that_stops_reading_holds_one_queue_whatever_its_topics() {
+    let server = Server::start(&[
+        "--outbound-queue-bytes",
+        "2000000",
+        "--replay-max-bytes",
+        "100000",
+        "--rate-limit",
+        "10000",
+        "--rate-burst",
+        "10000",
+    ]);
+    let topics: Vec<String> = (0..8).map(|n| format!("many-{n}")).collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let (mut a, mut b) = (
+        connect(&server.ws("/y-webrtc")).await,
+        connect(&server.ws("/y-webrtc")).await,
+    );
+    subscribe(&mut a, &topics).await;
+    subscribe(&mut b, &topics).await;
+    // A stops reading; B publishes 19 MB to its topics.
+    let blob = "m".repeat(60_000);
+    let mut peak = 0;
+    for _ in 0..40 {
+        for topic in &topics {
+            send(&mut b, json!({"type":"publish","topic":topic,"data":blob})).await;
+        }
+        peak = peak.max(server.metric("signaling_memory_budget_used_bytes").await);
+    }
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(server.metric("signaling_memory_budget_used_bytes").await);
+    }
+    assert!(server.errors(ErrorCode::SlowConsumer).await > 0);
+    // 2 MB queued in all and 100 KB kept for replay per topic, and a frame that finds the
+    // queue full: 16 MB before, with a queue of 2 MB per topic.
+    assert!(peak < 4_000_000, "{peak} bytes held for one socket");
+    drop(a);
+}
+
 /// A y-webrtc subscription's queue is bounded by `--outbound-queue-bytes` (at
 /// `--outbound-queue-bytes` / 256 frames), not by `--outbound-queue` frames: every signal of a
 /// y-webrtc room goes to the whole topic, so honest subscribers fall thousands of small

@@ -436,29 +436,46 @@ async fn a_client_that_stops_reading_leaves_with_timeout() {
 }
 
 #[tokio::test]
-async fn a_slow_consumer_reads_every_seq_up_to_the_error_that_ends_it() {
-    // As SLOW_CONSUMER_ARGS, but the server waits long enough for B to read the rest.
-    let mut args = SLOW_CONSUMER_ARGS[..10].to_vec();
+async fn a_slow_consumer_is_dropped_its_queue_and_reads_the_error_that_ends_it() {
+    // As SLOW_CONSUMER_ARGS, but with a queue of 4 MB, and the server waits long enough for
+    // B to read the rest.
+    let mut args = vec![
+        "--outbound-queue",
+        "200",
+        "--outbound-queue-bytes",
+        "4000000",
+    ];
+    args.extend_from_slice(&SLOW_CONSUMER_ARGS[2..10]);
     args.extend(["--ping-interval", "5s", "--ping-timeout", "20s"]);
     let server = Server::start(&args);
     let (mut a, _) = Client::join(&server.ws("/ws/slow-seq"), None).await;
     let (mut b, b_info) = Client::join(&server.ws("/ws/slow-seq"), None).await;
     let _ = a.recv_message().await;
     assert!(flood_until_cut_off(&mut a, &b_info.peer_id).await);
-    // B reads at last what was sent to it: one seq after the other, ending with the error (a
-    // frame numbered but not sent would show as a gap before it).
+    // The frames still queued for B were dropped when its session ended: the budget no longer
+    // counts them, although B's socket is still open.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.metric("signaling_memory_budget_used_bytes").await > 1_000_000 {
+        assert!(Instant::now() < deadline, "B's queue still counts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.metric("signaling_connections").await, 2);
+    // B reads at last what reached its socket: one seq after the other, then the error (after
+    // a gap: the frames dropped from its queue), and nothing after it.
     let mut last = b.last_seq;
     loop {
         let Some(frame) = b.recv_within(Duration::from_secs(5)).await else {
             panic!("no slow_consumer after seq {last}");
         };
-        assert_eq!(frame.seq, last + 1, "{:?}", frame.message);
-        last = frame.seq;
         if let ServerMessage::Error { code, .. } = frame.message {
             assert_eq!(code, ErrorCode::SlowConsumer);
+            assert!(frame.seq > last, "{} after {last}", frame.seq);
             break;
         }
+        assert_eq!(frame.seq, last + 1, "{:?}", frame.message);
+        last = frame.seq;
     }
+    assert_eq!(b.expect_close().await, Closed::Code(1008));
 }
 
 /// Mutated and truncated versions of valid messages, thousands of them: every one gets an
