@@ -728,6 +728,10 @@ fn server_config(config: &Config, relay_ips: &[IpAddr], addrs: &RelayAddrs) -> S
             per_second: (r.per_second / 4).max(1),
             burst: (r.burst / 4).max(1),
         }),
+        auth_failures_per_ip: unauth.map(|r| RateLimit {
+            per_second: (r.per_second / 20).max(1),
+            burst: (r.burst / 10).max(1),
+        }),
         amplification_allowance: (config.unauth_bytes > 0).then_some(config.unauth_bytes),
         ..Quotas::default()
     };

@@ -20,6 +20,8 @@ pub(crate) struct Admission {
     unauthenticated: IpRateLimiter,
     /// 401/438 responses per source IP.
     unauthorized: IpRateLimiter,
+    /// Failed credential checks per source IP.
+    failures: IpRateLimiter,
     /// When the two rate-limit tables are next swept; `None` while both are empty.
     next_sweep: Option<Instant>,
 }
@@ -35,6 +37,7 @@ impl Admission {
             ),
             unauthenticated: IpRateLimiter::new(q.unauthenticated_per_ip, q.rate_limit_table_size),
             unauthorized: IpRateLimiter::new(q.unauthorized_per_ip, q.rate_limit_table_size),
+            failures: IpRateLimiter::new(q.auth_failures_per_ip, q.rate_limit_table_size),
             next_sweep: None,
         }
     }
@@ -47,6 +50,19 @@ impl Admission {
             .set_limit(config.quotas.unauthenticated_per_ip);
         self.unauthorized
             .set_limit(config.quotas.unauthorized_per_ip);
+        self.failures.set_limit(config.quotas.auth_failures_per_ip);
+    }
+
+    /// Whether credentials from `ip` may be checked now: not while it is over its rate of
+    /// failed checks (its requests are then dropped unchecked).
+    pub(crate) fn may_check_credentials(&mut self, now: Instant, ip: IpAddr) -> bool {
+        self.failures.would_allow(now, ip)
+    }
+
+    /// Counts a failed credential check from `ip`.
+    pub(crate) fn credentials_failed(&mut self, now: Instant, ip: IpAddr) {
+        self.arm_sweep(now);
+        self.failures.allow(now, ip);
     }
 
     /// A request without MESSAGE-INTEGRITY from `ip`: within its rate?
@@ -74,15 +90,20 @@ impl Admission {
     /// Check MESSAGE-INTEGRITY with `username`'s key. On success the challenge this source
     /// got was answered: legitimate challenge/response traffic (every Allocate starts with
     /// one) gives its rate tokens back, so it cannot starve a busy NAT IP.
+    /// A failure counts against the source's rate of failed checks.
     pub(crate) fn verify(
         &mut self,
         msg: &StunMessage<'_>,
         username: &str,
+        now: Instant,
         now_unix: u64,
         ip: IpAddr,
         expiry_counts: bool,
     ) -> Result<Identity, AuthFailure> {
-        let identity = self.auth.verify(msg, username, now_unix, expiry_counts)?;
+        let identity = self
+            .auth
+            .verify(msg, username, now_unix, expiry_counts)
+            .inspect_err(|_| self.credentials_failed(now, ip))?;
         self.unauthenticated.refund(ip);
         self.unauthorized.refund(ip);
         Ok(identity)
@@ -93,7 +114,9 @@ impl Admission {
         if self.next_sweep.is_some_and(|at| now >= at) {
             self.unauthenticated.sweep(now);
             self.unauthorized.sweep(now);
-            let tracked = self.unauthenticated.len() + self.unauthorized.len();
+            self.failures.sweep(now);
+            let tracked =
+                self.unauthenticated.len() + self.unauthorized.len() + self.failures.len();
             self.next_sweep = (tracked > 0).then(|| now + IpRateLimiter::SWEEP_INTERVAL);
         }
     }

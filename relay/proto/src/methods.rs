@@ -707,6 +707,12 @@ impl Server {
             self.challenge(now, from, msg, ErrorCode::StaleNonce);
             return None;
         }
+        // A source guessing passwords: dropped unchecked, right guess or not.
+        if !self.admission.may_check_credentials(now, from.client.ip()) {
+            self.stats.quota_hits[QuotaKind::AuthFailureRate.index()] += 1;
+            trace!(client = %from.client, "failed-credentials rate limit hit");
+            return None;
+        }
         // A REST username's expiry bounds when an allocation may be made: the requests of an
         // allocation it made (Refresh, permissions, channels) go on being accepted with it.
         let allocated_with_it = msg.method() != Some(Method::Allocate)
@@ -719,6 +725,7 @@ impl Server {
         // another realm is refused as such (its integrity could still match our key).
         if realm != self.config.realm.as_bytes() {
             self.stats.auth_failures += 1;
+            self.admission.credentials_failed(now, from.client.ip());
             debug!(client = %from.client, why = "another realm", "authentication failed");
             self.challenge(now, from, msg, ErrorCode::Unauthorized);
             return None;
@@ -726,6 +733,7 @@ impl Server {
         match self.admission.verify(
             msg,
             username,
+            now,
             now_unix,
             from.client.ip(),
             !allocated_with_it,

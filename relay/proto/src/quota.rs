@@ -39,6 +39,8 @@ pub enum QuotaKind {
     UnauthenticatedRate,
     /// `Quotas::unauthorized_per_ip`: 401 not sent.
     UnauthorizedRate,
+    /// `Quotas::auth_failures_per_ip`: a request with credentials dropped unchecked.
+    AuthFailureRate,
     /// `Quotas::amplification_allowance`: an unauthenticated UDP response not sent because
     /// the source's byte credit could not pay for it.
     UnauthenticatedBytes,
@@ -46,7 +48,7 @@ pub enum QuotaKind {
 
 impl QuotaKind {
     /// Number of variants.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     /// Every variant in `index()` order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::AllocationsPerUser,
@@ -56,6 +58,7 @@ impl QuotaKind {
         Self::Bandwidth,
         Self::UnauthenticatedRate,
         Self::UnauthorizedRate,
+        Self::AuthFailureRate,
         Self::UnauthenticatedBytes,
     ];
 
@@ -74,6 +77,7 @@ impl QuotaKind {
             Self::Bandwidth => "bandwidth",
             Self::UnauthenticatedRate => "unauthenticated_rate",
             Self::UnauthorizedRate => "unauthorized_rate",
+            Self::AuthFailureRate => "auth_failure_rate",
             Self::UnauthenticatedBytes => "unauthenticated_bytes",
         }
     }
@@ -100,6 +104,11 @@ pub struct Quotas {
     pub unauthenticated_per_ip: Option<RateLimit>,
     /// 401 responses per source IP (IPv6 per /64): beyond it requests are dropped silently.
     pub unauthorized_per_ip: Option<RateLimit>,
+    /// Failed credential checks (wrong password, unknown user, expired REST username, another
+    /// realm) per source IP (IPv6 per /64): beyond it, that source's requests with credentials
+    /// are dropped silently without being checked, so that a password cannot be guessed
+    /// faster (the 401 limit alone only hides the answers to wrong guesses).
+    pub auth_failures_per_ip: Option<RateLimit>,
     /// UDP only: bytes of unauthenticated responses a source IP (IPv6 per /64) may receive
     /// beyond the bytes of the requests it sent (`bytes out <= bytes in + allowance`), across
     /// every shard sharing one `SharedQuotas`; a response over it is not sent. `None`: no byte
@@ -124,6 +133,10 @@ impl Default for Quotas {
             unauthorized_per_ip: Some(RateLimit {
                 per_second: 50,
                 burst: 100,
+            }),
+            auth_failures_per_ip: Some(RateLimit {
+                per_second: 5,
+                burst: 20,
             }),
             amplification_allowance: Some(DEFAULT_AMPLIFICATION_ALLOWANCE),
             rate_limit_table_size: 65_536,
@@ -239,6 +252,15 @@ impl TokenBucket {
 
     /// Refill for the time since the last call, then take `units` if available.
     pub(crate) fn try_take(&mut self, now: Instant, limit: RateLimit, units: u64) -> bool {
+        let available = self.can_take(now, limit, units);
+        if available {
+            self.milli_tokens -= units.saturating_mul(1000);
+        }
+        available
+    }
+
+    /// Refill for the time since the last call: whether `units` are available.
+    fn can_take(&mut self, now: Instant, limit: RateLimit, units: u64) -> bool {
         let elapsed = now.saturating_duration_since(self.last);
         if !elapsed.is_zero() {
             let add = elapsed
@@ -249,13 +271,7 @@ impl TokenBucket {
             self.milli_tokens = (u128::from(self.milli_tokens) + add).min(u128::from(cap)) as u64;
             self.last = now;
         }
-        let need = units.saturating_mul(1000);
-        if self.milli_tokens >= need {
-            self.milli_tokens -= need;
-            true
-        } else {
-            false
-        }
+        self.milli_tokens >= units.saturating_mul(1000)
     }
 
     /// Put `units` back (capped at the burst): the event they paid for turned out legitimate.
@@ -332,6 +348,14 @@ impl IpRateLimiter {
         let ok = bucket.try_take(now, limit, 1);
         self.buckets.insert(key, bucket);
         ok
+    }
+
+    /// Whether `ip` may have one more event now (nothing is counted).
+    pub(crate) fn would_allow(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let Some(limit) = self.limit else { return true };
+        self.buckets
+            .get_mut(&rate_key(ip))
+            .is_none_or(|bucket| bucket.can_take(now, limit, 1))
     }
 
     /// Give back the event last counted for `ip`: the source answered its challenge with valid

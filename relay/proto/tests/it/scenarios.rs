@@ -1069,6 +1069,44 @@ fn unauthenticated_and_401_rate_limits_per_source_ip() {
     h.advance(Duration::from_secs(60));
 }
 
+/// A source that fails credential checks faster than its rate gets nothing checked, a right
+/// guess included, until the rate lets it again: a static password cannot be guessed at line
+/// rate (an audit checked 24,000 guesses a second and found the password; the 401 limit only
+/// hid the answers to wrong ones). Other sources are not affected.
+#[test]
+fn a_source_that_keeps_failing_credentials_gets_nothing_checked() {
+    let mut h = Harness::configured(|cfg| {
+        cfg.quotas.auth_failures_per_ip = Some(RateLimit {
+            per_second: 5,
+            burst: 20,
+        });
+    });
+    let from = udp("192.0.2.90:40000");
+    let mut mallory = Client::new(from, "alice", "guess");
+    mallory.fetch_nonce(&mut h);
+    for _ in 0..20 {
+        assert_eq!(error_code(&mallory.allocate_once(&mut h)), Some(401));
+    }
+    assert_eq!(h.server.stats().auth_failures, 20);
+    // The right password, from the same IP: dropped unchecked.
+    let mut right = Client::alice();
+    right.from = udp("192.0.2.90:40001");
+    right.nonce = mallory.nonce.clone();
+    let tid = right.next_tid();
+    assert_eq!(
+        h.send(right.from, &right.allocate_request(tid)),
+        ClientAction::Drop
+    );
+    assert_eq!(h.server.stats().auth_failures, 20, "not even checked");
+    assert_eq!(h.server.stats().quota(QuotaKind::AuthFailureRate), 1);
+    // Another source allocates meanwhile.
+    Client::alice().allocate(&mut h);
+    // A second later the source has 5 checks again.
+    h.advance(Duration::from_secs(1));
+    right.nonce = None;
+    right.allocate(&mut h);
+}
+
 #[test]
 fn challenges_answered_with_valid_credentials_do_not_use_up_the_ip_limits() {
     // The strictest limits: 2 challenges at once, 1 per second, per source IP.
