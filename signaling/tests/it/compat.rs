@@ -813,6 +813,9 @@ async fn compat_deliveries_are_counted_once() {
     )
     .await;
     assert_eq!(next(&mut b, STEP).await.unwrap()["type"], "publish");
+    // On a cluster the sender's node counts once Redis answered it, which may be after the
+    // frame reached the receiver through another node.
+    crate::support::metric_reaches(&server, relayed, before + 1, Duration::from_secs(5)).await;
     assert_eq!(server.metric(relayed).await - before, 1, "y-webrtc publish");
 
     let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
@@ -822,6 +825,7 @@ async fn compat_deliveries_are_counted_once() {
     let before = server.metric(relayed).await;
     send(&mut bob, json!({"type":"OFFER","dst":"alice","payload":{}})).await;
     assert_eq!(next(&mut alice, STEP).await.unwrap()["type"], "OFFER");
+    crate::support::metric_reaches(&server, relayed, before + 1, Duration::from_secs(5)).await;
     assert_eq!(server.metric(relayed).await - before, 1, "PeerJS OFFER");
 }
 
