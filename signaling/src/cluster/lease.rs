@@ -287,30 +287,44 @@ impl ClusterHub {
             let sessions = attached.remove(&room).unwrap_or_default();
             (room, sessions)
         });
-        // A few at once: a node may serve tens of thousands of rooms. The first failure ends
-        // the round (the next one is a TTL's quarter later).
+        // A node may serve tens of thousands of rooms; after a failure, the next round is a
+        // TTL's quarter later.
+        self.each_until_failure(rooms, "touch", |(room, sessions)| async move {
+            let sids: Vec<String> = sessions.iter().map(|(key, _)| sid(*key)).collect();
+            let args: Vec<&str> = sids.iter().map(String::as_str).collect();
+            let reply = self.store.call(Op::Touch, &room, &args).await?;
+            for (key, conn) in &sessions {
+                if reply.rest.contains(&sid(*key)) {
+                    self.session_vanished(*key, Some(*conn));
+                }
+            }
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Runs `step` on each of `items`, a few (32) at a time: the first failure is counted as
+    /// one of `what` and ends the round (the steps not started are skipped).
+    async fn each_until_failure<T, F, Fut>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        what: &str,
+        step: F,
+    ) where
+        F: Fn(T) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
         let failed = AtomicBool::new(false);
-        let failed = &failed;
-        futures_util::stream::iter(rooms)
-            .for_each_concurrent(32, |(room, sessions)| async move {
+        let (failed, step) = (&failed, &step);
+        futures_util::stream::iter(items)
+            .for_each_concurrent(32, |item| async move {
                 if failed.load(Ordering::Relaxed) {
                     return;
                 }
-                let sids: Vec<String> = sessions.iter().map(|(key, _)| sid(*key)).collect();
-                let args: Vec<&str> = sids.iter().map(String::as_str).collect();
-                match self.store.call(Op::Touch, &room, &args).await {
-                    Ok(reply) => {
-                        for (key, conn) in &sessions {
-                            if reply.rest.contains(&sid(*key)) {
-                                self.session_vanished(*key, Some(*conn));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        if !failed.swap(true, Ordering::Relaxed) {
-                            self.store_failed("touch", &e);
-                        }
-                    }
+                if let Err(e) = step(item).await
+                    && !failed.swap(true, Ordering::Relaxed)
+                {
+                    self.store_failed(what, &e);
                 }
             })
             .await;
@@ -404,21 +418,11 @@ impl ClusterHub {
             let _ = self.index_add(&room, key).await;
         }
         let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
-        // A few at once: a long outage may leave many. The first failure ends the round.
-        let failed = AtomicBool::new(false);
-        let failed = &failed;
-        futures_util::stream::iter(orphans)
-            .for_each_concurrent(32, |(room, key)| async move {
-                if failed.load(Ordering::Relaxed) {
-                    return;
-                }
-                if let Err(e) = self.adopt_orphan(room, key, expires_ms).await
-                    && !failed.swap(true, Ordering::Relaxed)
-                {
-                    self.store_failed("reconcile", &e);
-                }
-            })
-            .await;
+        // A long outage may leave many.
+        self.each_until_failure(orphans, "reconcile", |(room, key)| {
+            self.adopt_orphan(room, key, expires_ms)
+        })
+        .await;
     }
 
     /// Parks here `key`, found in this node's index but held nowhere here, unless it is
