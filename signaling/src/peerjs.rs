@@ -49,7 +49,7 @@ use crate::hub::{
     SessionKey,
 };
 use crate::protocol::{
-    ClientMessage, ErrorCode, PeerId, ResumeToken, RoomId, ServerMessage, close_code,
+    ClientMessage, ErrorCode, PeerId, ResumeToken, RetryClass, RoomId, ServerMessage, close_code,
 };
 use crate::rate_limit::TokenBucket;
 use crate::written_acks::{self, LibraryFrame, WrittenFrames};
@@ -203,18 +203,25 @@ impl Registrations {
     }
 
     /// The registration of (key, id) made by the client that presents `token`.
-    async fn get(&self, key: &str, id: &str, token: &str) -> Option<Registration> {
+    async fn get(
+        &self,
+        key: &str,
+        id: &str,
+        token: &str,
+    ) -> Result<Option<Registration>, Unreachable> {
         match &self.0 {
             Store::Local(map) => {
                 let map = map.lock().unwrap_or_else(|e| e.into_inner());
-                map.get(&(key.to_owned(), id.to_owned()))
+                Ok(map
+                    .get(&(key.to_owned(), id.to_owned()))
                     .map(|(r, _)| r.clone())
-                    .filter(|r| r.token == token)
+                    .filter(|r| r.token == token))
             }
             Store::Redis(conn, timeout) => {
                 let cmd = redis::cmd("GET").arg(Self::redis_key(key, id)).to_owned();
-                let value: Option<String> = conn.query(&cmd, *timeout).await.ok()?;
-                Registration::unseal(&value?, token)
+                let value: Option<String> =
+                    conn.query(&cmd, *timeout).await.map_err(|_| Unreachable)?;
+                Ok(value.and_then(|value| Registration::unseal(&value, token)))
             }
         }
     }
@@ -354,9 +361,9 @@ async fn run(
     let (tx, mut rx) = app.outbound_queue();
     let registered = match register(&app, conn, &tx, &ip_slot, &namespace, &id, &token).await {
         Ok(registered) => registered,
-        Err(refusal) => {
-            let _ = socket.send_text(refusal).await;
-            socket.close(1008, "").await;
+        Err(Refused { message, close }) => {
+            let _ = socket.send_text(message).await;
+            socket.close(close, "").await;
             return;
         }
     };
@@ -413,6 +420,42 @@ async fn run(
     drop((tx, ip_slot, open));
 }
 
+/// The shared store did not answer.
+#[derive(Debug)]
+struct Unreachable;
+
+/// A registration refused: the message the client gets, then the close.
+struct Refused {
+    message: Utf8Bytes,
+    close: u16,
+}
+
+impl From<Utf8Bytes> for Refused {
+    /// Refused for good (a limit, a taken id): 1008.
+    fn from(message: Utf8Bytes) -> Self {
+        Self {
+            message,
+            close: close_code::POLICY,
+        }
+    }
+}
+
+impl Refused {
+    /// Refused for now (the store does not answer, the node drains, a limit of this node):
+    /// `ERROR` and 1013, never `ID-TAKEN`, which PeerJS takes as final (the client's own
+    /// session may hold the id, on a node that could not hand it over yet).
+    fn for_now(app: &AppState, code: ErrorCode) -> Self {
+        app.metrics.error(code);
+        Self {
+            message: server_message(
+                "ERROR",
+                Some("the server cannot take the id now: reconnect shortly"),
+            ),
+            close: close_code::TRY_AGAIN_LATER,
+        }
+    }
+}
+
 /// Registers (key, id): resumes the client's earlier session when its token matches, refuses
 /// with `ID-TAKEN` when a live session of another client holds the id, joins otherwise.
 async fn register(
@@ -423,9 +466,14 @@ async fn register(
     namespace: &str,
     id: &str,
     token: &str,
-) -> Result<(Attached, u64), Utf8Bytes> {
+) -> Result<(Attached, u64), Refused> {
     let room = peer_room(namespace, id);
-    if let Some(earlier) = app.peerjs.get(namespace, id, token).await {
+    let earlier = app
+        .peerjs
+        .get(namespace, id, token)
+        .await
+        .map_err(|Unreachable| Refused::for_now(app, ErrorCode::Unavailable))?;
+    if let Some(earlier) = earlier {
         let resumed = app
             .hub
             .resume(
@@ -441,25 +489,27 @@ async fn register(
                 },
             )
             .await;
-        if let Ok(attached) = resumed {
-            return Ok((attached, earlier.last_seq));
+        match resumed {
+            Ok(attached) => return Ok((attached, earlier.last_seq)),
+            // Its own session may hold the id still: no `ID-TAKEN` for a failure that passes.
+            Err(e) if e.code.retry_class() == RetryClass::Retry => {
+                return Err(Refused::for_now(app, e.code));
+            }
+            Err(_) => {}
         }
     }
     let taken = app
         .hub
         .room_peers(&room)
         .await
-        .map_err(|_| server_message("ERROR", Some("the server cannot reach its store")))?;
+        .map_err(|_| Refused::for_now(app, ErrorCode::Unavailable))?;
     if !taken.is_empty() {
         app.metrics.error(ErrorCode::ResumeFailed);
-        return Err(server_message("ID-TAKEN", Some("ID is taken")));
+        return Err(server_message("ID-TAKEN", Some("ID is taken")).into());
     }
     if !ip_slot.try_join(Instant::now()) {
         app.metrics.error(ErrorCode::RateLimited);
-        return Err(server_message(
-            "ERROR",
-            Some("too many joins from this address"),
-        ));
+        return Err(server_message("ERROR", Some("too many joins from this address")).into());
     }
     let ticket = ip_slot.try_session().ok_or_else(|| {
         app.metrics.error(ErrorCode::TooManySessions);
@@ -482,7 +532,14 @@ async fn register(
         .await
         .map_err(|e| {
             app.metrics.error(e.code);
-            server_message("ERROR", Some(&e.message))
+            let close = match e.code.retry_class() {
+                RetryClass::Retry => close_code::TRY_AGAIN_LATER,
+                _ => close_code::POLICY,
+            };
+            Refused {
+                message: server_message("ERROR", Some(&e.message)),
+                close,
+            }
         })?;
     let registration = Registration {
         token: token.to_owned(),
