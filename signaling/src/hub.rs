@@ -949,7 +949,8 @@ impl HubState {
             return;
         }
         // Keep the last slot for the error that ends a slow consumer. A frame that does not
-        // fit takes no number: the error follows the last frame sent without a gap in `seq`.
+        // fit takes no number: the error takes the next one (the frames still queued are
+        // dropped when the session ends, so the client may see a gap before it).
         if let Link::Attached { tx, .. } = &session.link
             && !tx.has_room(body.numbered(session.outbox.next_seq()).len())
         {

@@ -116,6 +116,17 @@ impl Shared {
         true
     }
 
+    fn discard(&self, queue: &mut Queue) {
+        let entries = std::mem::take(&mut queue.entries);
+        for entry in entries {
+            if matches!(entry, Outbound::Close { .. }) {
+                queue.entries.push_back(entry);
+            } else {
+                self.release(queue, &entry);
+            }
+        }
+    }
+
     fn take(&self) -> Result<Option<Outbound>, ()> {
         let mut queue = self.lock();
         match queue.entries.pop_front() {
@@ -181,20 +192,18 @@ impl OutboundTx {
             .try_queue(&mut queue, Outbound::Close { frame, code });
     }
 
-    /// Drops the frames still queued (a close queued stays), then queues a close: for a session
-    /// that ends because its client does not read. What they held is free at once, not when
-    /// the socket's stalled write gives up (`--ping-timeout` later), so the memory budget can
-    /// count on it.
+    /// Drops the frames still queued (a close queued stays): for a session that ends because
+    /// its client does not read. What they held is free at once, not when the socket's stalled
+    /// write gives up (`--ping-timeout` later), so the memory budget can count on it.
+    pub fn discard(&self) {
+        let mut queue = self.shared.lock();
+        self.shared.discard(&mut queue);
+    }
+
+    /// [`Self::discard`], then queues a close.
     pub fn discard_and_close(&self, frame: Option<Utf8Bytes>, code: u16) {
         let mut queue = self.shared.lock();
-        let entries = std::mem::take(&mut queue.entries);
-        for entry in entries {
-            if matches!(entry, Outbound::Close { .. }) {
-                queue.entries.push_back(entry);
-            } else {
-                self.shared.release(&mut queue, &entry);
-            }
-        }
+        self.shared.discard(&mut queue);
         self.shared
             .try_queue(&mut queue, Outbound::Close { frame, code });
     }

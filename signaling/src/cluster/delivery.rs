@@ -214,9 +214,11 @@ impl ClusterHub {
         };
         for frame in out {
             if !session.tx.has_room(frame.len()) {
-                // The error takes the seq of the first frame not sent: no gap before it. Its
-                // queue counts as being freed (the memory budget does not pick another).
+                // The error takes the seq of the first frame not queued (those queued are
+                // dropped: the client sees a gap before it, `protocol.md` says so).
                 session.ending = true;
+                // Ending: what is queued goes now, not once Redis has ended the session.
+                session.tx.discard();
                 let tx = session.tx.clone();
                 let (room, conn, error_seq) =
                     (session.room.clone(), session.conn, frame_seq(&frame));
@@ -254,13 +256,16 @@ impl ClusterHub {
             return;
         };
         session.ending = true;
+        let queued = session.tx.queued_bytes();
+        // Ending: what is queued goes now, not once Redis has ended the session.
+        session.tx.discard();
         let tx = session.tx.clone();
         // Every frame so far went to the queue: the error takes the next seq.
         let error_seq = session.inbox.next();
         let (key, room, conn) = (*key, session.room.clone(), session.conn);
         tracing::warn!(
             session = %format!("{key:016x}"),
-            queued = session.tx.queued_bytes(),
+            queued,
             used = self.settings.memory.used(),
             budget = self.settings.memory.limit(),
             "over the memory budget: ending the slowest consumer"
