@@ -4,7 +4,7 @@
 //! place, so every transport refuses the same things with the same codes.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -73,13 +73,20 @@ impl ClientRequest {
     /// The connection's place among its client address's (the address from trusted proxies'
     /// headers), or `too_many_connections`. Every endpoint that holds a connection takes one.
     pub fn address_slot(&self, app: &AppState) -> Result<IpSlot, RequestError> {
-        let ip = client_ip(self.peer, &self.headers, &app.config.trusted_proxies);
-        app.clients.connect(ip, Instant::now()).ok_or_else(|| {
-            RequestError::new(
-                ErrorCode::TooManyConnections,
-                "too many connections from this address",
-            )
-        })
+        app.clients
+            .connect(self.client_address(app), Instant::now())
+            .ok_or_else(|| {
+                RequestError::new(
+                    ErrorCode::TooManyConnections,
+                    "too many connections from this address",
+                )
+            })
+    }
+
+    /// The client's address: the PROXY header's, or the trusted proxies' headers', or the
+    /// socket's.
+    pub fn client_address(&self, app: &AppState) -> IpAddr {
+        client_ip(self.peer, &self.headers, &app.config.trusted_proxies)
     }
 
     /// The node-wide limit on open connections (WebSockets and HTTP streams).

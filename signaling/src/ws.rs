@@ -45,6 +45,7 @@ fn accept(
     let span = tracing::info_span!(
         "conn",
         id = conn,
+        client = %client.client_address(&app),
         peer = tracing::field::Empty,
         room = tracing::field::Empty,
         peer_name = tracing::field::Empty

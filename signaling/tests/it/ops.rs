@@ -379,7 +379,7 @@ fn kill_once_logged(mut child: std::process::Child, needle: &str) -> String {
 /// `--log-format json`: a connection's log lines carry its span's fields once each (the peer's
 /// name as `peer_name`, not a second `name` beside the span's own).
 #[tokio::test]
-async fn json_log_lines_name_the_peer_and_the_span_once_each() {
+async fn json_log_lines_name_the_peer_its_address_and_the_span_once_each() {
     let (child, first) = spawn_logging(&[
         "--listen",
         "127.0.0.1:0",
@@ -414,6 +414,8 @@ async fn json_log_lines_name_the_peer_and_the_span_once_each() {
     let line: serde_json::Value = serde_json::from_str(left).expect("a JSON line");
     assert_eq!(line["span"]["name"], "conn", "{left}");
     assert_eq!(line["span"]["peer_name"], "tester", "{left}");
+    // The client's address (with `--proxy-protocol`, the header's: `proxy.rs`).
+    assert_eq!(line["span"]["client"], "127.0.0.1", "{left}");
 }
 
 /// A taken `--admin-listen` stops the start before `listening on` is printed (scripts wait
