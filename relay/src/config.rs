@@ -153,8 +153,8 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_BPS", default_value_t = 0)]
     pub max_bps: u64,
 
-    /// Unauthenticated requests per second per source IP (401 answers: a quarter of it; failed
-    /// credential checks: a twentieth, past which the source's credentials go unchecked; 0 = no
+    /// Unauthenticated requests per second per source IP (401 answers: a quarter of it; wrong
+    /// passwords: a twentieth, past which the source's credentials go unchecked; 0 = no
     /// limit).
     #[arg(long, env = "RELAY_UNAUTH_RATE", default_value_t = 100)]
     pub unauth_rate: u32,

@@ -60,7 +60,7 @@ impl Admission {
     }
 
     /// Counts a failed credential check from `ip`.
-    pub(crate) fn credentials_failed(&mut self, now: Instant, ip: IpAddr) {
+    fn credentials_failed(&mut self, now: Instant, ip: IpAddr) {
         self.arm_sweep(now);
         self.failures.allow(now, ip);
     }
@@ -90,7 +90,9 @@ impl Admission {
     /// Check MESSAGE-INTEGRITY with `username`'s key. On success the challenge this source
     /// got was answered: legitimate challenge/response traffic (every Allocate starts with
     /// one) gives its rate tokens back, so it cannot starve a busy NAT IP.
-    /// A failure counts against the source's rate of failed checks.
+    /// A MESSAGE-INTEGRITY that does not match (a wrong password: the only failure that tests a
+    /// guess) counts against the source's rate of failed checks; an unknown user or an expired
+    /// REST username does not (a client with stale credentials is no guesser).
     pub(crate) fn verify(
         &mut self,
         msg: &StunMessage<'_>,
@@ -103,7 +105,11 @@ impl Admission {
         let identity = self
             .auth
             .verify(msg, username, now_unix, expiry_counts)
-            .inspect_err(|_| self.credentials_failed(now, ip))?;
+            .inspect_err(|failure| {
+                if *failure == AuthFailure::BadIntegrity {
+                    self.credentials_failed(now, ip);
+                }
+            })?;
         self.unauthenticated.refund(ip);
         self.unauthorized.refund(ip);
         Ok(identity)

@@ -707,25 +707,28 @@ impl Server {
             self.challenge(now, from, msg, ErrorCode::StaleNonce);
             return None;
         }
-        // A source guessing passwords: dropped unchecked, right guess or not.
-        if !self.admission.may_check_credentials(now, from.client.ip()) {
+        // This 5-tuple's live allocation was made with this username: its owner knows the
+        // password already.
+        let holds_allocation = self
+            .allocations
+            .key_of(&from)
+            .and_then(|k| self.allocation(k))
+            .is_some_and(|a| &*a.username == username && now < a.expires);
+        // A source guessing passwords: dropped unchecked, right guess or not (but never the
+        // requests of an allocation it holds: a guesser behind the same NAT address must not
+        // cut live calls).
+        if !holds_allocation && !self.admission.may_check_credentials(now, from.client.ip()) {
             self.stats.quota_hits[QuotaKind::AuthFailureRate.index()] += 1;
             trace!(client = %from.client, "failed-credentials rate limit hit");
             return None;
         }
         // A REST username's expiry bounds when an allocation may be made: the requests of an
         // allocation it made (Refresh, permissions, channels) go on being accepted with it.
-        let allocated_with_it = msg.method() != Some(Method::Allocate)
-            && self
-                .allocations
-                .key_of(&from)
-                .and_then(|k| self.allocation(k))
-                .is_some_and(|a| &*a.username == username && now < a.expires);
+        let allocated_with_it = msg.method() != Some(Method::Allocate) && holds_allocation;
         // The key is derived with our realm, whatever the request names: one that names
         // another realm is refused as such (its integrity could still match our key).
         if realm != self.config.realm.as_bytes() {
             self.stats.auth_failures += 1;
-            self.admission.credentials_failed(now, from.client.ip());
             debug!(client = %from.client, why = "another realm", "authentication failed");
             self.challenge(now, from, msg, ErrorCode::Unauthorized);
             return None;

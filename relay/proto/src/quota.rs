@@ -104,9 +104,9 @@ pub struct Quotas {
     pub unauthenticated_per_ip: Option<RateLimit>,
     /// 401 responses per source IP (IPv6 per /64): beyond it requests are dropped silently.
     pub unauthorized_per_ip: Option<RateLimit>,
-    /// Failed credential checks (wrong password, unknown user, expired REST username, another
-    /// realm) per source IP (IPv6 per /64): beyond it, that source's requests with credentials
-    /// are dropped silently without being checked, so that a password cannot be guessed
+    /// Wrong passwords (a MESSAGE-INTEGRITY that does not match) per source IP (IPv6 per /64):
+    /// beyond it, that source's requests with credentials are dropped silently without being
+    /// checked (but those of an allocation it holds), so that a password cannot be guessed
     /// faster (the 401 limit alone only hides the answers to wrong guesses).
     pub auth_failures_per_ip: Option<RateLimit>,
     /// UDP only: bytes of unauthenticated responses a source IP (IPv6 per /64) may receive
@@ -350,12 +350,18 @@ impl IpRateLimiter {
         ok
     }
 
-    /// Whether `ip` may have one more event now (nothing is counted).
+    /// Whether `ip` may have one more event now (nothing is counted). A source the table
+    /// does not track may, unless the table is full of active sources (a distributed flood):
+    /// then, as [`Self::allow`] does, it may not.
     pub(crate) fn would_allow(&mut self, now: Instant, ip: IpAddr) -> bool {
         let Some(limit) = self.limit else { return true };
-        self.buckets
-            .get_mut(&rate_key(ip))
-            .is_none_or(|bucket| bucket.can_take(now, limit, 1))
+        if let Some(bucket) = self.buckets.get_mut(&rate_key(ip)) {
+            return bucket.can_take(now, limit, 1);
+        }
+        if self.buckets.len() >= self.max_entries {
+            self.sweep(now);
+        }
+        self.buckets.len() < self.max_entries
     }
 
     /// Give back the event last counted for `ip`: the source answered its challenge with valid

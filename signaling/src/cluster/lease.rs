@@ -41,12 +41,20 @@ impl ClusterHub {
     /// touching or reconciling them all outlived its lease, and another node adopted its
     /// sessions).
     pub(super) async fn heartbeats(self: Arc<Self>) {
-        let (renewed, renewals) = tokio::sync::watch::channel(Vec::new());
+        let (mut renewed, renewals) = tokio::sync::watch::channel(Vec::new());
         tokio::spawn(Arc::clone(&self).upkeep(renewals));
         let mut ticker = tokio::time::interval(self.cluster.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            if renewed.is_closed() {
+                // The upkeep task ended (it never returns: it panicked). A node that renews
+                // its lease without it would let its rooms expire under live sessions.
+                tracing::error!("the cluster upkeep task ended: starting it again");
+                let (again, renewals) = tokio::sync::watch::channel(Vec::new());
+                renewed = again;
+                tokio::spawn(Arc::clone(&self).upkeep(renewals));
+            }
             if let Some(dead) = self.renew_lease().await {
                 renewed.send_replace(dead);
             }

@@ -1107,6 +1107,39 @@ fn a_source_that_keeps_failing_credentials_gets_nothing_checked() {
     right.allocate(&mut h);
 }
 
+/// Only a wrong password counts against that rate: stale credentials (an expired REST
+/// username, as a long call's ICE restart may present) tell a guesser nothing and do not lock
+/// an address out; and an allocation held from a guesser's address keeps being refreshed.
+#[test]
+fn stale_credentials_do_not_count_and_a_guesser_cannot_cut_a_live_allocation() {
+    let mut h = Harness::configured(|cfg| {
+        cfg.quotas.auth_failures_per_ip = Some(RateLimit {
+            per_second: 5,
+            burst: 20,
+        });
+    });
+    let mut stale = Client::rest(udp("192.0.2.91:40000"), UNIX_T0 - 10, "stale", REST_SECRET);
+    stale.fetch_nonce(&mut h);
+    for _ in 0..40 {
+        assert_eq!(error_code(&stale.allocate_once(&mut h)), Some(401));
+    }
+    let mut fresh = Client::rest(udp("192.0.2.91:40001"), UNIX_T0 + 600, "fresh", REST_SECRET);
+    fresh.allocate(&mut h);
+    assert_eq!(h.server.stats().quota(QuotaKind::AuthFailureRate), 0);
+
+    // A guesser on the same address as a live allocation uses up the rate...
+    let mut guesser = Client::new(udp("192.0.2.91:40002"), "alice", "guess");
+    guesser.fetch_nonce(&mut h);
+    for _ in 0..25 {
+        let tid = guesser.next_tid();
+        let _ = h.send(guesser.from, &guesser.allocate_request(tid));
+        h.outputs();
+    }
+    assert!(h.server.stats().quota(QuotaKind::AuthFailureRate) > 0);
+    // ...and the allocation is still refreshed.
+    assert_eq!(fresh.refresh(&mut h, 600), 600);
+}
+
 #[test]
 fn challenges_answered_with_valid_credentials_do_not_use_up_the_ip_limits() {
     // The strictest limits: 2 challenges at once, 1 per second, per source IP.
