@@ -2,8 +2,11 @@
 //!
 //! Frames wait here between the hub (or a cluster node's delivery) and the socket task that
 //! writes them. A client that stops reading fills its queue; the hub then ends its session with
-//! `slow_consumer` instead of buffering more. Bounding bytes as well as frames matters: 256
-//! frames of 64 KiB would be 16 MiB for one silent receiver.
+//! `slow_consumer` instead of buffering more, and drops what the queue holds
+//! ([`OutboundTx::discard_and_close`]: a deque the sending side can clear, not a channel), so a
+//! session that ends frees its frames at once, not when its stalled write gives up. Bounding
+//! bytes as well as frames matters: 256 frames of 64 KiB would be 16 MiB for one silent
+//! receiver. The queues of one y-webrtc socket share their byte bound ([`queue_sharing`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
