@@ -15,7 +15,8 @@
 //!   [`cors`]: cross-origin access to the HTTP transports, `/v1/ice-servers` and PeerJS ids;
 //!   [`admission`]: admitting `join`/`resume`, shared by every transport; [`session`]: the per-socket task; [`connection`]: one
 //!   WebSocket's frames; [`http_transport`]: SSE + POST and long-polling.
-//! - [`outbound`]: a connection's queue, bounded in frames and bytes; [`memory_budget`]: the
+//! - [`outbound`]: a connection's queue, bounded in frames and bytes, cleared when its session
+//!   ends as a slow consumer; [`memory_budget`]: the
 //!   node's bound over all of them; [`open_connections`]: a guard per open connection.
 //! - [`backend`]: where rooms and sessions live: in this process ([`hub`] composes [`room`]
 //!   (members, roles, peer index), [`sessions`] (parking, expiry, tombstones) and [`outbox`]

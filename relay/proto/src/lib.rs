@@ -40,7 +40,7 @@
 //!   slabs reuse released indexes the one way of `slab_index`;
 //! - `pending` (`PendingAllocations`: Allocates waiting for their relay socket);
 //! - `admission` (`Admission`: `auth` / `nonce` credentials and nonces, the per-IP rate limits
-//!   of unauthenticated requests and challenges);
+//!   of unauthenticated requests, of challenges and of wrong passwords);
 //! - `own_addresses` ([`OwnAddresses`]: the host addresses learned at run time, so that
 //!   [`ServerConfig`] stays as given), checked by `policy` (peer addresses);
 //! - `expiry` (one deadline queue), `stats`, `output`;
