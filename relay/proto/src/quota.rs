@@ -464,6 +464,28 @@ mod tests {
     }
 
     #[test]
+    fn would_allow_counts_nothing_and_refuses_new_sources_when_the_table_is_full() {
+        let t0 = Instant::now();
+        let mut l = IpRateLimiter::new(Some(rate(1, 2)), 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        assert!(
+            l.would_allow(t0, a) && l.would_allow(t0, a),
+            "nothing counted"
+        );
+        assert!(l.allow(t0, a) && l.allow(t0, a));
+        assert!(!l.would_allow(t0, a));
+        assert!(l.allow(t0, b));
+        assert!(!l.would_allow(t0, c), "table full of active sources");
+        assert!(
+            l.would_allow(t0 + Duration::from_secs(5), c),
+            "swept after refill"
+        );
+        assert!(l.would_allow(t0 + Duration::from_secs(5), a), "refilled");
+    }
+
+    #[test]
     fn refunds_restore_the_allowance_up_to_the_burst() {
         let t0 = Instant::now();
         let mut l = IpRateLimiter::new(Some(rate(1, 2)), 10);
