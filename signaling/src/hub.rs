@@ -187,9 +187,6 @@ struct HubState {
     grace: Duration,
     metrics: Arc<Metrics>,
     memory: Arc<MemoryBudget>,
-    /// The queues of sessions ended over the budget whose frames their socket task has not
-    /// let go of yet (they leave the budget when it does): not counted as excess twice.
-    evicted: Vec<OutboundTx>,
 }
 
 /// Rooms and sessions of one process. See the module docs.
@@ -214,7 +211,6 @@ impl LocalHub {
             grace: settings.resume_grace,
             metrics: Arc::clone(&metrics),
             memory: Arc::clone(&settings.memory),
-            evicted: Vec::new(),
         };
         Self {
             state: Mutex::new(state),
@@ -1025,9 +1021,8 @@ impl HubState {
     /// replay buffers). A client that reads is no candidate before a session that holds more:
     /// the frame that took the count past the budget may be in its queue for a moment.
     fn evict_over_budget(&mut self) {
-        self.evicted.retain(|tx| tx.queued_bytes() > 0);
-        let pending: usize = self.evicted.iter().map(OutboundTx::queued_bytes).sum();
-        let mut excess = self.memory.excess().saturating_sub(pending);
+        // The sessions ended so far dropped their queues as they ended: nothing is pending.
+        let mut excess = self.memory.excess();
         // (held, key, code)
         let mut victims: Vec<(usize, SessionKey, ErrorCode)> = Vec::new();
         for (key, session) in self.sessions.iter() {
@@ -1058,9 +1053,6 @@ impl HubState {
                 "over the memory budget: ending the session that holds the most"
             );
             self.metrics.budget_evictions.inc();
-            if let Some(Link::Attached { tx, .. }) = self.sessions.get(&key).map(|s| &s.link) {
-                self.evicted.push(tx.clone());
-            }
             self.ending.push(Ending {
                 key,
                 code,

@@ -219,10 +219,8 @@ impl ClusterHub {
                 session.ending = true;
                 // Ending: what is queued goes now, not once Redis has ended the session.
                 session.tx.discard();
-                let tx = session.tx.clone();
                 let (room, conn, error_seq) =
                     (session.room.clone(), session.conn, frame_seq(&frame));
-                st.evicted.push(tx);
                 drop(st);
                 let hub = Arc::clone(self);
                 tokio::spawn(
@@ -239,12 +237,11 @@ impl ClusterHub {
     }
 
     /// Past the memory budget: ends the local session with the most queued (the slowest
-    /// consumer) with `slow_consumer`, unless the sessions already being ended will free
-    /// enough. Redis holds the replay buffers of a cluster: only queues count here.
+    /// consumer) with `slow_consumer`. The sessions already being ended dropped their queues
+    /// when their end was decided. Redis holds the replay buffers of a cluster: only queues
+    /// count here.
     fn evict_over_budget(self: &Arc<Self>, mut st: std::sync::MutexGuard<'_, super::LocalState>) {
-        st.evicted.retain(|tx| tx.queued_bytes() > 0);
-        let pending: usize = st.evicted.iter().map(|tx| tx.queued_bytes()).sum();
-        if self.settings.memory.excess() <= pending {
+        if self.settings.memory.excess() == 0 {
             return;
         }
         let Some((key, session)) = st
@@ -259,7 +256,6 @@ impl ClusterHub {
         let queued = session.tx.queued_bytes();
         // Ending: what is queued goes now, not once Redis has ended the session.
         session.tx.discard();
-        let tx = session.tx.clone();
         // Every frame so far went to the queue: the error takes the next seq.
         let error_seq = session.inbox.next();
         let (key, room, conn) = (*key, session.room.clone(), session.conn);
@@ -270,7 +266,6 @@ impl ClusterHub {
             budget = self.settings.memory.limit(),
             "over the memory budget: ending the slowest consumer"
         );
-        st.evicted.push(tx);
         drop(st);
         self.metrics.budget_evictions.inc();
         let hub = Arc::clone(self);

@@ -319,9 +319,6 @@ struct LocalState {
     adopt_after: Option<Instant>,
     /// Local sessions (attached or parked) per room.
     rooms: HashMap<RoomId, usize>,
-    /// The queues of sessions ended over the memory budget, until their socket tasks let go of
-    /// what they hold (not counted as excess twice).
-    evicted: Vec<OutboundTx>,
     /// While draining: the sessions told `draining` (each is told once).
     told_draining: HashSet<SessionKey>,
     /// The entries of this node's index that named no session held here at the last
