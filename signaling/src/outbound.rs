@@ -103,10 +103,10 @@ impl Shared {
         }
     }
 
-    /// Queues `entry` if there is a slot and a receiver.
-    fn try_queue(&self, queue: &mut Queue, entry: Outbound) -> bool {
+    /// Queues `entry` if there is a slot and a receiver (else it is dropped).
+    fn try_queue(&self, queue: &mut Queue, entry: Outbound) {
         if queue.receiver_gone || queue.entries.len() >= self.capacity {
-            return false;
+            return;
         }
         if let Outbound::Frame(frame) = &entry {
             queue.bytes += frame.len();
@@ -116,7 +116,6 @@ impl Shared {
         }
         queue.entries.push_back(entry);
         self.queued.notify_one();
-        true
     }
 
     fn discard(&self, queue: &mut Queue) {

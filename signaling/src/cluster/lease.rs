@@ -394,12 +394,11 @@ impl ClusterHub {
                 .copied()
                 .collect()
         };
-        let Some(entries) = self.index_entries(me, "reconcile").await else {
+        let Some(listed) = self.index_entries(me, "reconcile").await else {
             return;
         };
         let (orphans, unlisted): (Vec<IndexedSession>, Vec<IndexedSession>) = {
             let mut st = self.lock();
-            let listed = entries;
             let unknown: HashSet<String> = listed
                 .iter()
                 .filter(|entry| parse_index_entry(entry).is_some_and(|(_, key)| !st.knows(key)))
