@@ -227,7 +227,13 @@ impl Registrations {
     }
 
     /// Stores `registration` for `ttl` (the session's grace period and a margin).
-    async fn put(&self, key: &str, id: &str, registration: &Registration, ttl: Duration) {
+    async fn put(
+        &self,
+        key: &str,
+        id: &str,
+        registration: &Registration,
+        ttl: Duration,
+    ) -> Result<(), Unreachable> {
         match &self.0 {
             Store::Local(map) => {
                 let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,11 +246,12 @@ impl Registrations {
                     (key.to_owned(), id.to_owned()),
                     (registration.clone(), now + ttl),
                 );
+                Ok(())
             }
             Store::Redis(conn, timeout) => {
                 let Some(sealed) = registration.seal() else {
                     tracing::warn!("a PeerJS registration of an unexpected shape was not stored");
-                    return;
+                    return Ok(());
                 };
                 let cmd = redis::cmd("SET")
                     .arg(Self::redis_key(key, id))
@@ -252,9 +259,10 @@ impl Registrations {
                     .arg("PX")
                     .arg(ttl.as_millis() as u64)
                     .to_owned();
-                if let Err(e) = conn.query::<()>(&cmd, *timeout).await {
+                conn.query::<()>(&cmd, *timeout).await.map_err(|e| {
                     tracing::warn!(error = %e, "could not store a PeerJS registration");
-                }
+                    Unreachable
+                })
             }
         }
     }
@@ -407,9 +415,11 @@ async fn run(
             crate::protocol::LeaveReason::Disconnected,
         )
         .await;
+    // Failing, the registration stored last (at the join or a renewal) stays, with its time.
     let registration = this.registration();
     let app = Arc::clone(&this.app);
-    app.peerjs
+    let _ = app
+        .peerjs
         .put(
             &this.namespace,
             &this.id,
@@ -546,9 +556,21 @@ async fn register(
         resume: attached.token.clone(),
         last_seq: 0,
     };
-    app.peerjs
+    if app
+        .peerjs
         .put(namespace, id, &registration, registration_ttl(app))
-        .await;
+        .await
+        .is_err()
+    {
+        // Unrecorded, the session would hold the id against the client's own reconnect
+        // (`ID-TAKEN`): it ends, and the client is told to come back.
+        let leave = ClientMessage::Leave { id: None };
+        let _ = app
+            .hub
+            .handle(attached.key, conn, &attached.peer, leave)
+            .await;
+        return Err(Refused::for_now(app, ErrorCode::Unavailable));
+    }
     Ok((attached, 0))
 }
 
@@ -755,7 +777,9 @@ impl PeerSocket {
         let (app, registration) = (Arc::clone(&self.app), self.registration());
         let (namespace, id) = (self.namespace.clone(), self.id.clone());
         tokio::spawn(async move {
-            app.peerjs
+            // Failing, the next renewal stores it (the time to live spans several).
+            let _ = app
+                .peerjs
                 .put(&namespace, &id, &registration, registration_ttl(&app))
                 .await;
         });

@@ -661,6 +661,43 @@ async fn peerjs_registrations_in_redis_resume_nothing_but_the_clients_reconnect(
     assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], 1);
 }
 
+/// A PeerJS registration the node could not record in Redis is refused for now (`ERROR`,
+/// 1013) and its session ended: unrecorded, the session would hold the id against the
+/// client's own reconnect, which would get `ID-TAKEN` (final for PeerJS).
+#[tokio::test]
+async fn peerjs_a_registration_redis_did_not_record_is_refused_for_now() {
+    use crate::support::redis::RedisServer;
+    let redis = RedisServer::start();
+    // The node's user may write every key of the cluster but a PeerJS registration (a real
+    // Redis refusing a real write, with NOPERM).
+    let user = [
+        "ACL",
+        "SETUSER",
+        "node",
+        "on",
+        ">pw",
+        "+@all",
+        "&*",
+        "~sig:{*",
+        "~sig:node*",
+        "~sig:ch:*",
+        "~sig:secret:*",
+        "%R~sig:pj:*",
+    ];
+    assert_eq!(redis.cli(&user), "OK");
+    let url = redis.url().replace("redis://", "redis://node:pw@");
+    let server = Server::spawn(&["--redis", &url]);
+    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
+    let refusal = next(&mut alice, STEP).await.expect("an answer");
+    assert_eq!(refusal["type"], "ERROR", "{refusal}");
+    assert_eq!(close_code(&mut alice, STEP).await, Some(1013));
+    assert_eq!(server.errors(ErrorCode::Unavailable).await, 1);
+    // Redis records again: the client's reconnect takes the id.
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "node", "~sig:pj:*"]), "OK");
+    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
+    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+}
+
 /// The status and JSON error body of a refused WebSocket upgrade.
 async fn refused(url: &str) -> (u16, Value) {
     match tokio_tungstenite::connect_async(url).await {
