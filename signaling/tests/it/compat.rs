@@ -331,6 +331,17 @@ async fn peerjs(server: &Server, key: &str, id: &str, token: &str) -> Ws {
     .await
 }
 
+/// A PeerJS client socket, once the server registered it (`OPEN`).
+async fn peerjs_open(server: &Server, key: &str, id: &str, token: &str) -> Ws {
+    let mut ws = peerjs(server, key, id, token).await;
+    assert_eq!(
+        next(&mut ws, STEP).await,
+        Some(json!({"type":"OPEN"})),
+        "{id}"
+    );
+    ws
+}
+
 #[tokio::test]
 async fn peerjs_ids_open_relay_expire_and_a_taken_id_is_refused() {
     let server = Server::start(&[]);
@@ -341,10 +352,8 @@ async fn peerjs_ids_open_relay_expire_and_a_taken_id_is_refused() {
     let (status, _, _) = crate::support::http_get(server.addr, "/peerjs/peerjs/peers").await;
     assert_eq!(status, 401, "discovery is off");
 
-    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
-    let mut bob = peerjs(&server, "app", "bob", "t-bob").await;
-    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
+    let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
     // Relayed with the sender as `src`.
     let payload = json!({"sdp":{"type":"offer","sdp":"v=0"},"type":"data","connectionId":"dc_1"});
     send(
@@ -370,8 +379,7 @@ async fn peerjs_ids_open_relay_expire_and_a_taken_id_is_refused() {
     // Another client cannot take alice's id; another key is another namespace.
     let mut thief = peerjs(&server, "app", "alice", "t-thief").await;
     assert_eq!(next(&mut thief, STEP).await.unwrap()["type"], "ID-TAKEN");
-    let mut other = peerjs(&server, "other-app", "alice", "t-x").await;
-    assert_eq!(next(&mut other, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut other = peerjs_open(&server, "other-app", "alice", "t-x").await;
     send(&mut other, json!({"type":"OFFER","dst":"bob","payload":{}})).await;
     assert_eq!(next(&mut other, STEP).await.unwrap()["type"], "EXPIRE");
     // Unknown types are answered with ERROR; malformed JSON closes.
@@ -384,10 +392,8 @@ async fn peerjs_ids_open_relay_expire_and_a_taken_id_is_refused() {
 #[tokio::test]
 async fn peerjs_messages_for_a_reconnecting_peer_wait_for_it() {
     let server = Server::start(&[]);
-    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
-    let mut bob = peerjs(&server, "app", "bob", "t-bob").await;
-    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
+    let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
     for n in 0..20 {
         send(
             &mut bob,
@@ -423,8 +429,7 @@ async fn reconnect_expecting(
     token: &str,
     held: std::ops::Range<u32>,
 ) -> Ws {
-    let mut again = peerjs(server, "app", id, token).await;
-    assert_eq!(next(&mut again, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut again = peerjs_open(server, "app", id, token).await;
     for n in held {
         assert_eq!(
             next(&mut again, STEP).await.expect("a held message")["payload"]["n"],
@@ -443,18 +448,15 @@ async fn reconnect_expecting(
 async fn peerjs_reconnect_takes_over_a_socket_that_lived_a_while() {
     let server = Server::start(&[]);
     let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
-    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
-    let mut bob = peerjs(&server, "app", "bob", "t-bob").await;
-    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
+    let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
     for n in 0..5 {
         send(&mut bob, candidate(n)).await;
         assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
     }
     // Past the acknowledgement delay: everything written is acknowledged.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let mut again = peerjs(&server, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut again, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut again = peerjs_open(&server, "app", "alice", "t-alice").await;
     assert_eq!(close_code(&mut alice, STEP).await, Some(1008));
     send(&mut bob, candidate(5)).await;
     assert_eq!(next(&mut again, STEP).await.unwrap()["payload"]["n"], 5);
@@ -468,8 +470,7 @@ async fn peerjs_registrations_are_renewed_while_their_socket_lives() {
     use crate::support::redis::RedisServer;
     let redis = RedisServer::start();
     let server = Server::spawn(&["--redis", &redis.url(), "--ping-interval", "500ms"]);
-    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let alice = peerjs_open(&server, "app", "alice", "t-alice").await;
     let registered = || redis.keys().into_iter().find(|k| k.starts_with("sig:pj:"));
     let key = registered().expect("a registration");
     redis.cli(&["DEL", &key]);
@@ -490,10 +491,8 @@ async fn peerjs_client_of_a_killed_node_reconnects_elsewhere_with_its_messages()
     let mut home = Server::spawn(&["--redis", &redis.url()]);
     let other = Server::spawn(&["--redis", &redis.url()]);
     let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
-    let mut alice = peerjs(&home, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
-    let mut bob = peerjs(&other, "app", "bob", "t-bob").await;
-    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut alice = peerjs_open(&home, "app", "alice", "t-alice").await;
+    let mut bob = peerjs_open(&other, "app", "bob", "t-bob").await;
     for n in 0..5 {
         send(&mut bob, candidate(n)).await;
         assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
@@ -528,8 +527,7 @@ async fn connections_cut_off_by_a_redis_hang_end_with_their_close_frame() {
     let mut native = connect(&node.ws("/ws/cut")).await;
     send(&mut native, json!({"type":"join","versions":[1]})).await;
     assert_eq!(next(&mut native, STEP).await.unwrap()["type"], "welcome");
-    let mut alice = peerjs(&node, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut alice = peerjs_open(&node, "app", "alice", "t-alice").await;
     let mut y = connect(&node.ws("/y-webrtc")).await;
     subscribe(&mut y, &["cut"]).await;
     redis.freeze();
@@ -621,8 +619,7 @@ async fn peerjs_registrations_in_redis_resume_nothing_but_the_clients_reconnect(
     use signaling::protocol::{ResumeToken, ServerMessage};
     let redis = RedisServer::start();
     let server = Server::spawn(&["--redis", &redis.url()]);
-    let mut alice = peerjs(&server, "app", "alice", "t-alice-0123456789").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let alice = peerjs_open(&server, "app", "alice", "t-alice-0123456789").await;
     drop(alice);
     let deadline = std::time::Instant::now() + STEP;
     let key = loop {
@@ -649,10 +646,8 @@ async fn peerjs_registrations_in_redis_resume_nothing_but_the_clients_reconnect(
             other => panic!("{field} from Redis resumed: {other:?}"),
         }
     }
-    let mut alice = peerjs(&server, "app", "alice", "t-alice-0123456789").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
-    let mut bob = peerjs(&server, "app", "bob", "t-bob").await;
-    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut alice = peerjs_open(&server, "app", "alice", "t-alice-0123456789").await;
+    let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
     send(
         &mut bob,
         json!({"type":"CANDIDATE","dst":"alice","payload":{"n":1}}),
@@ -694,8 +689,7 @@ async fn peerjs_a_registration_redis_did_not_record_is_refused_for_now() {
     assert_eq!(server.errors(ErrorCode::Unavailable).await, 1);
     // Redis records again: the client's reconnect takes the id.
     assert_eq!(redis.cli(&["ACL", "SETUSER", "node", "~sig:pj:*"]), "OK");
-    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let _alice = peerjs_open(&server, "app", "alice", "t-alice").await;
 }
 
 /// The status and JSON error body of a refused WebSocket upgrade.
@@ -779,16 +773,13 @@ async fn peerjs_with_a_jwt_secret_the_key_is_a_token_and_its_room_the_namespace(
     );
     let (status, _, id) = server.get(&format!("/peerjs/{key_a}/id")).await;
     assert_eq!((status, id.len()), (200, 36), "{id}");
-    let mut alice = peerjs(&server, &key_a, "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
-    let mut bob = peerjs(&server, &key_b, "bob", "t-bob").await;
-    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut alice = peerjs_open(&server, &key_a, "alice", "t-alice").await;
+    let mut bob = peerjs_open(&server, &key_b, "bob", "t-bob").await;
     send(&mut bob, json!({"type":"OFFER","dst":"alice","payload":{}})).await;
     assert_eq!(next(&mut alice, STEP).await.unwrap()["src"], "bob");
     // A token for another room: another namespace.
     let other = room_token(SECRET, "other", None, 300);
-    let mut carol = peerjs(&server, &other, "carol", "t-carol").await;
-    assert_eq!(next(&mut carol, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut carol = peerjs_open(&server, &other, "carol", "t-carol").await;
     send(
         &mut carol,
         json!({"type":"OFFER","dst":"alice","payload":{}}),
@@ -802,8 +793,7 @@ async fn peerjs_with_a_jwt_secret_the_key_is_a_token_and_its_room_the_namespace(
     let url = server.ws(&format!("/peerjs/peerjs?key={named}&id=mallory&token=t-m"));
     let (status, body) = refused(&url).await;
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
-    let mut dave = peerjs(&server, &named, "dave", "t-dave").await;
-    assert_eq!(next(&mut dave, STEP).await, Some(json!({"type":"OPEN"})));
+    let _dave = peerjs_open(&server, &named, "dave", "t-dave").await;
     // A name that is no PeerJS id: refused up front, not handed out as an id no socket takes.
     let spaced = room_token(SECRET, "app", Some("Ada Lovelace"), 300);
     let (status, _, body) = server.get(&format!("/peerjs/{spaced}/id")).await;
@@ -855,10 +845,8 @@ async fn compat_deliveries_are_counted_once() {
     crate::support::metric_reaches(&server, relayed, before + 1, Duration::from_secs(5)).await;
     assert_eq!(server.metric(relayed).await - before, 1, "y-webrtc publish");
 
-    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
-    let mut bob = peerjs(&server, "app", "bob", "t-bob").await;
-    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
+    let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
     let before = server.metric(relayed).await;
     send(&mut bob, json!({"type":"OFFER","dst":"alice","payload":{}})).await;
     assert_eq!(next(&mut alice, STEP).await.unwrap()["type"], "OFFER");
@@ -899,10 +887,8 @@ async fn draining_closes_compat_sockets_at_once_with_1001() {
 async fn peerjs_a_parked_peer_holds_up_to_the_replay_limit() {
     let server = Server::start(&["--rate-limit", "5000", "--rate-burst", "5000"]);
     let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
-    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
-    let mut bob = peerjs(&server, "app", "bob", "t-bob").await;
-    assert_eq!(next(&mut bob, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
+    let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
     // Some delivered before the drop (not all acknowledged to the hub yet).
     for n in 0..20 {
         send(&mut bob, candidate(n)).await;
@@ -917,8 +903,7 @@ async fn peerjs_a_parked_peer_holds_up_to_the_replay_limit() {
         send(&mut bob, candidate(n)).await;
     }
     assert_eq!(next(&mut bob, Duration::from_millis(500)).await, None);
-    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
     for n in 0..256 {
         assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
     }
@@ -935,8 +920,7 @@ async fn peerjs_a_parked_peer_holds_up_to_the_replay_limit() {
         next(&mut bob, STEP).await,
         Some(json!({"type":"EXPIRE","src":"alice"}))
     );
-    let mut alice = peerjs(&server, "app", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
     assert_eq!(next(&mut alice, Duration::from_millis(300)).await, None);
 }
 
@@ -945,8 +929,7 @@ async fn peerjs_a_parked_peer_holds_up_to_the_replay_limit() {
 #[tokio::test]
 async fn peerjs_a_frame_too_large_closes_with_1009() {
     let server = Server::start(&["--max-message-bytes", "4096"]);
-    let mut alice = peerjs(&server, "big", "alice", "t-alice").await;
-    assert_eq!(next(&mut alice, STEP).await, Some(json!({"type":"OPEN"})));
+    let mut alice = peerjs_open(&server, "big", "alice", "t-alice").await;
     let big = json!({"type":"OFFER","dst":"bob","payload":{"sdp":"x".repeat(8000)}});
     send(&mut alice, big).await;
     assert_eq!(
