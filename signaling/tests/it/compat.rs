@@ -441,6 +441,24 @@ async fn reconnect_expecting(
     again
 }
 
+/// `from` sends `to` (alice) the `CANDIDATE`s numbered `numbers`; each reaches `to`, and the
+/// server has acknowledged them all when this returns (past the acknowledgement delay).
+async fn candidates_written_and_acknowledged(
+    from: &mut Ws,
+    to: &mut Ws,
+    numbers: std::ops::Range<u32>,
+) {
+    for n in numbers {
+        send(
+            from,
+            json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}}),
+        )
+        .await;
+        assert_eq!(next(to, STEP).await.unwrap()["payload"]["n"], n);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+}
+
 /// PeerJS's `reconnect()` while its old socket is still open (half-open: the client is gone,
 /// the server does not know yet) takes the session over however long the old socket lived
 /// (the frames written to it were acknowledged meanwhile), and gets what it is sent.
@@ -450,12 +468,7 @@ async fn peerjs_reconnect_takes_over_a_socket_that_lived_a_while() {
     let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
     let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
     let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
-    for n in 0..5 {
-        send(&mut bob, candidate(n)).await;
-        assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
-    }
-    // Past the acknowledgement delay: everything written is acknowledged.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    candidates_written_and_acknowledged(&mut bob, &mut alice, 0..5).await;
     let mut again = peerjs_open(&server, "app", "alice", "t-alice").await;
     assert_eq!(close_code(&mut alice, STEP).await, Some(1008));
     send(&mut bob, candidate(5)).await;
@@ -493,12 +506,7 @@ async fn peerjs_client_of_a_killed_node_reconnects_elsewhere_with_its_messages()
     let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
     let mut alice = peerjs_open(&home, "app", "alice", "t-alice").await;
     let mut bob = peerjs_open(&other, "app", "bob", "t-bob").await;
-    for n in 0..5 {
-        send(&mut bob, candidate(n)).await;
-        assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
-    }
-    // Past the acknowledgement delay: everything written is acknowledged.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    candidates_written_and_acknowledged(&mut bob, &mut alice, 0..5).await;
     home.kill();
     drop(alice);
     for n in 5..10 {
@@ -665,20 +673,10 @@ async fn peerjs_a_registration_redis_did_not_record_is_refused_for_now() {
     let redis = RedisServer::start();
     // The node's user may write every key of the cluster but a PeerJS registration (a real
     // Redis refusing a real write, with NOPERM).
-    let user = [
-        "ACL",
-        "SETUSER",
-        "node",
-        "on",
-        ">pw",
-        "+@all",
-        "&*",
-        "~sig:{*",
-        "~sig:node*",
-        "~sig:ch:*",
-        "~sig:secret:*",
-        "%R~sig:pj:*",
-    ];
+    let user: Vec<&str> =
+        "ACL SETUSER node on >pw +@all &* ~sig:{* ~sig:node* ~sig:ch:* ~sig:secret:* %R~sig:pj:*"
+            .split(' ')
+            .collect();
     assert_eq!(redis.cli(&user), "OK");
     let url = redis.url().replace("redis://", "redis://node:pw@");
     let server = Server::spawn(&["--redis", &url]);
