@@ -690,6 +690,44 @@ async fn peerjs_a_registration_redis_did_not_record_is_refused_for_now() {
     let _alice = peerjs_open(&server, "app", "alice", "t-alice").await;
 }
 
+/// A PeerJS reconnect that the cluster cannot decide now, because Redis refuses to read its
+/// registration or the node it reached holds its maximum of sessions, is refused for now
+/// (`ERROR`, 1013), never with `ID-TAKEN` for its own id (PeerJS gives up on that).
+#[tokio::test]
+async fn peerjs_a_reconnect_the_cluster_cannot_serve_now_is_refused_for_now_not_taken() {
+    use crate::support::redis::RedisServer;
+    let redis = RedisServer::start();
+    let acl = |keys: &str| {
+        let line = format!("ACL SETUSER node on >pw +@all &* resetkeys {keys}");
+        let args: Vec<&str> = line.split(' ').collect();
+        assert_eq!(redis.cli(&args), "OK");
+    };
+    let every_key = "~sig:node* ~sig:ch:* ~sig:secret:* ~sig:{* ~sig:pj:*";
+    acl(every_key);
+    let url = redis.url().replace("redis://", "redis://node:pw@");
+    let home = Server::spawn(&["--redis", &url]);
+    let full = Server::spawn(&["--redis", &url, "--max-sessions", "1"]);
+    let (_holds_the_place, _) = crate::support::Client::join(&full.ws("/ws/held"), None).await;
+    let alice = peerjs_open(&home, "app", "alice", "t-alice").await;
+    drop(alice);
+    // Parked.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused_for_now = |server: &Server, what: &'static str| {
+        let url = server.ws("/peerjs/peerjs?key=app&id=alice&token=t-alice&version=1.5.5");
+        async move {
+            let mut again = connect(&url).await;
+            let refusal = next(&mut again, STEP).await.expect("an answer");
+            assert_eq!(refusal["type"], "ERROR", "{what}: {refusal}");
+            assert_eq!(close_code(&mut again, STEP).await, Some(1013), "{what}");
+        }
+    };
+    refused_for_now(&full, "a node full of sessions").await;
+    acl(&every_key.replace(" ~sig:pj:*", ""));
+    refused_for_now(&home, "the registration unreadable").await;
+    acl(every_key);
+    let _alice = peerjs_open(&home, "app", "alice", "t-alice").await;
+}
+
 /// The status and JSON error body of a refused WebSocket upgrade.
 async fn refused(url: &str) -> (u16, Value) {
     match tokio_tungstenite::connect_async(url).await {
