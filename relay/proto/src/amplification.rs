@@ -175,10 +175,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
+    use crate::test_util::ip;
 
     #[test]
     fn bytes_out_never_exceed_bytes_in_plus_the_allowance() {

@@ -6,120 +6,75 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use crate::error_code::ErrorCode;
 use crate::message::{MAGIC_COOKIE, TransactionId};
 
-/// The attribute types this crate knows, with their wire codes. A message may carry any
-/// other type: [`crate::message::RawAttribute::typ`] stays a `u16`, and
-/// [`AttributeType::from_code`] says whether it is one of these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum AttributeType {
-    /// MAPPED-ADDRESS (RFC 8489 section 14.1).
-    MappedAddress = 0x0001,
-    /// USERNAME (RFC 8489 section 14.3).
-    Username = 0x0006,
-    /// MESSAGE-INTEGRITY, HMAC-SHA1 (RFC 8489 section 14.5).
-    MessageIntegrity = 0x0008,
-    /// ERROR-CODE (RFC 8489 section 14.8).
-    ErrorCode = 0x0009,
-    /// UNKNOWN-ATTRIBUTES (RFC 8489 section 14.13).
-    UnknownAttributes = 0x000A,
-    /// CHANNEL-NUMBER (RFC 8656 section 18.1).
-    ChannelNumber = 0x000C,
-    /// LIFETIME (RFC 8656 section 18.2).
-    Lifetime = 0x000D,
-    /// XOR-PEER-ADDRESS (RFC 8656 section 18.3).
-    XorPeerAddress = 0x0012,
-    /// DATA, the payload of Send and Data indications (RFC 8656 section 18.4). Not to be
-    /// confused with the Data *method*, [`crate::message::Method::Data`].
-    Data = 0x0013,
-    /// REALM (RFC 8489 section 14.9).
-    Realm = 0x0014,
-    /// NONCE (RFC 8489 section 14.10).
-    Nonce = 0x0015,
-    /// XOR-RELAYED-ADDRESS (RFC 8656 section 18.5).
-    XorRelayedAddress = 0x0016,
-    /// REQUESTED-ADDRESS-FAMILY (RFC 8656 section 18.6, from RFC 6156).
-    RequestedAddressFamily = 0x0017,
-    /// EVEN-PORT (RFC 8656 section 18.7).
-    EvenPort = 0x0018,
-    /// REQUESTED-TRANSPORT (RFC 8656 section 18.8).
-    RequestedTransport = 0x0019,
-    /// DONT-FRAGMENT (RFC 8656 section 18.9).
-    DontFragment = 0x001A,
-    /// XOR-MAPPED-ADDRESS (RFC 8489 section 14.2).
-    XorMappedAddress = 0x0020,
-    /// RESERVATION-TOKEN (RFC 8656 section 18.10).
-    ReservationToken = 0x0022,
-    /// PRIORITY (ICE, RFC 8445 section 7.1.1).
-    Priority = 0x0024,
-    /// USE-CANDIDATE (ICE, RFC 8445 section 7.1.2).
-    UseCandidate = 0x0025,
-    /// ADDITIONAL-ADDRESS-FAMILY, the second family of a dual allocation (RFC 8656 section
-    /// 18.11).
-    AdditionalAddressFamily = 0x8000,
-    /// ADDRESS-ERROR-CODE, why one family of a dual allocation failed (RFC 8656 section
-    /// 18.12).
-    AddressErrorCode = 0x8001,
-    /// SOFTWARE (RFC 8489 section 14.14).
-    Software = 0x8022,
-    /// FINGERPRINT (RFC 8489 section 14.7).
-    Fingerprint = 0x8028,
-    /// ICE-CONTROLLED (ICE, RFC 8445 section 7.1.3).
-    IceControlled = 0x8029,
-    /// ICE-CONTROLLING (ICE, RFC 8445 section 7.1.3).
-    IceControlling = 0x802A,
+wire_code_enum! {
+    /// The attribute types this crate knows, with their wire codes. A message may carry any
+    /// other type: [`crate::message::RawAttribute::typ`] stays a `u16`, and
+    /// [`AttributeType::from_code`] says whether it is one of these.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum AttributeType {
+        /// MAPPED-ADDRESS (RFC 8489 section 14.1).
+        MappedAddress = 0x0001,
+        /// USERNAME (RFC 8489 section 14.3).
+        Username = 0x0006,
+        /// MESSAGE-INTEGRITY, HMAC-SHA1 (RFC 8489 section 14.5).
+        MessageIntegrity = 0x0008,
+        /// ERROR-CODE (RFC 8489 section 14.8).
+        ErrorCode = 0x0009,
+        /// UNKNOWN-ATTRIBUTES (RFC 8489 section 14.13).
+        UnknownAttributes = 0x000A,
+        /// CHANNEL-NUMBER (RFC 8656 section 18.1).
+        ChannelNumber = 0x000C,
+        /// LIFETIME (RFC 8656 section 18.2).
+        Lifetime = 0x000D,
+        /// XOR-PEER-ADDRESS (RFC 8656 section 18.3).
+        XorPeerAddress = 0x0012,
+        /// DATA, the payload of Send and Data indications (RFC 8656 section 18.4). Not to be
+        /// confused with the Data *method*, [`crate::message::Method::Data`].
+        Data = 0x0013,
+        /// REALM (RFC 8489 section 14.9).
+        Realm = 0x0014,
+        /// NONCE (RFC 8489 section 14.10).
+        Nonce = 0x0015,
+        /// XOR-RELAYED-ADDRESS (RFC 8656 section 18.5).
+        XorRelayedAddress = 0x0016,
+        /// REQUESTED-ADDRESS-FAMILY (RFC 8656 section 18.6, from RFC 6156).
+        RequestedAddressFamily = 0x0017,
+        /// EVEN-PORT (RFC 8656 section 18.7).
+        EvenPort = 0x0018,
+        /// REQUESTED-TRANSPORT (RFC 8656 section 18.8).
+        RequestedTransport = 0x0019,
+        /// DONT-FRAGMENT (RFC 8656 section 18.9).
+        DontFragment = 0x001A,
+        /// XOR-MAPPED-ADDRESS (RFC 8489 section 14.2).
+        XorMappedAddress = 0x0020,
+        /// RESERVATION-TOKEN (RFC 8656 section 18.10).
+        ReservationToken = 0x0022,
+        /// PRIORITY (ICE, RFC 8445 section 7.1.1).
+        Priority = 0x0024,
+        /// USE-CANDIDATE (ICE, RFC 8445 section 7.1.2).
+        UseCandidate = 0x0025,
+        /// ADDITIONAL-ADDRESS-FAMILY, the second family of a dual allocation (RFC 8656 section
+        /// 18.11).
+        AdditionalAddressFamily = 0x8000,
+        /// ADDRESS-ERROR-CODE, why one family of a dual allocation failed (RFC 8656 section
+        /// 18.12).
+        AddressErrorCode = 0x8001,
+        /// SOFTWARE (RFC 8489 section 14.14).
+        Software = 0x8022,
+        /// FINGERPRINT (RFC 8489 section 14.7).
+        Fingerprint = 0x8028,
+        /// ICE-CONTROLLED (ICE, RFC 8445 section 7.1.3).
+        IceControlled = 0x8029,
+        /// ICE-CONTROLLING (ICE, RFC 8445 section 7.1.3).
+        IceControlling = 0x802A,
+    }
 }
 
 impl AttributeType {
-    /// Every known type, in wire-code order.
-    pub const ALL: [Self; 26] = [
-        Self::MappedAddress,
-        Self::Username,
-        Self::MessageIntegrity,
-        Self::ErrorCode,
-        Self::UnknownAttributes,
-        Self::ChannelNumber,
-        Self::Lifetime,
-        Self::XorPeerAddress,
-        Self::Data,
-        Self::Realm,
-        Self::Nonce,
-        Self::XorRelayedAddress,
-        Self::RequestedAddressFamily,
-        Self::EvenPort,
-        Self::RequestedTransport,
-        Self::DontFragment,
-        Self::XorMappedAddress,
-        Self::ReservationToken,
-        Self::Priority,
-        Self::UseCandidate,
-        Self::AdditionalAddressFamily,
-        Self::AddressErrorCode,
-        Self::Software,
-        Self::Fingerprint,
-        Self::IceControlled,
-        Self::IceControlling,
-    ];
-
-    /// The wire code.
-    pub const fn code(self) -> u16 {
-        self as u16
-    }
-
-    /// The known type with wire code `code`, if any.
-    pub fn from_code(code: u16) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.code() == code)
-    }
-
     /// Comprehension-required (RFC 8489 section 14: 0x0000-0x7FFF): a request carrying one
     /// this server does not understand is answered with 420 Unknown Attribute.
     pub const fn is_comprehension_required(self) -> bool {
         is_comprehension_required(self.code())
-    }
-}
-
-impl From<AttributeType> for u16 {
-    fn from(typ: AttributeType) -> Self {
-        typ.code()
     }
 }
 

@@ -101,6 +101,66 @@
 //!   tests and the I/O layer's stream framing: `framing::stream_frame_len`).
 //! - `Server::relay_address_of`.
 
+/// A fieldless enum and its `ALL`: every variant, in declaration order (for the wire
+/// vocabulary, wire-code order; for counters, `index()` order). Derived from the variants, so
+/// that a new one cannot be left out of the metrics labels and `from_code` lookups that walk
+/// `ALL`.
+macro_rules! enum_with_all {
+    (
+        $(#[$attr:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$variant_attr:meta])* $variant:ident $(= $code:literal)?,)+
+        }
+    ) => {
+        $(#[$attr])*
+        $vis enum $name {
+            $($(#[$variant_attr])* $variant $(= $code)?,)+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: [Self; [$(stringify!($variant)),+].len()] = [$(Self::$variant),+];
+        }
+    };
+}
+
+/// An `enum_with_all` of wire vocabulary: `#[repr(u16)]`, each variant's discriminant its
+/// wire code, with `code`, `from_code` and `From<Self> for u16`.
+macro_rules! wire_code_enum {
+    (
+        $(#[$attr:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$variant_attr:meta])* $variant:ident = $code:literal,)+
+        }
+    ) => {
+        enum_with_all! {
+            $(#[$attr])*
+            #[repr(u16)]
+            $vis enum $name {
+                $($(#[$variant_attr])* $variant = $code,)+
+            }
+        }
+
+        impl $name {
+            /// The wire code.
+            pub const fn code(self) -> u16 {
+                self as u16
+            }
+
+            /// The known variant with wire code `code`, if any.
+            pub fn from_code(code: u16) -> Option<Self> {
+                Self::ALL.into_iter().find(|v| v.code() == code)
+            }
+        }
+
+        impl From<$name> for u16 {
+            fn from(value: $name) -> Self {
+                value.code()
+            }
+        }
+    };
+}
+
 mod admission;
 mod allocation;
 mod allocation_table;
@@ -148,6 +208,17 @@ pub use reservations::RESERVATION_LIFETIME;
 pub use server::Server;
 pub use stats::{LATENCY_BOUNDS_MICROS, LatencyHistogram, Stats};
 pub use usage::Usage;
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+mod test_util {
+    use std::net::IpAddr;
+
+    /// The IP address written `s`.
+    pub(crate) fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -15,55 +15,27 @@ pub const HEADER_LEN: usize = 20;
 /// XOR constant of the FINGERPRINT CRC-32.
 const FINGERPRINT_XOR: u32 = 0x5354_554e;
 
-/// The STUN/TURN methods this crate knows. A message may carry any 12-bit method:
-/// [`StunMessage::method_code`] keeps it, [`StunMessage::method`] says whether it is one of
-/// these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum Method {
-    /// Binding (RFC 8489 section 18.1): request, or indication as a keepalive.
-    Binding = 0x001,
-    /// Allocate, request only (RFC 8656 section 7).
-    Allocate = 0x003,
-    /// Refresh, request only (RFC 8656 section 8).
-    Refresh = 0x004,
-    /// Send, indication only: client to peer through the relay (RFC 8656 section 11.1).
-    Send = 0x006,
-    /// Data, indication only: peer to client (RFC 8656 section 11.3). Not to be confused
-    /// with the DATA *attribute*, [`crate::attributes::AttributeType::Data`].
-    Data = 0x007,
-    /// CreatePermission, request only (RFC 8656 section 10).
-    CreatePermission = 0x008,
-    /// ChannelBind, request only (RFC 8656 section 12).
-    ChannelBind = 0x009,
-}
-
-impl Method {
-    /// Every known method, in wire-code order.
-    pub const ALL: [Self; 7] = [
-        Self::Binding,
-        Self::Allocate,
-        Self::Refresh,
-        Self::Send,
-        Self::Data,
-        Self::CreatePermission,
-        Self::ChannelBind,
-    ];
-
-    /// The 12-bit wire code.
-    pub const fn code(self) -> u16 {
-        self as u16
-    }
-
-    /// The known method with wire code `code`, if any.
-    pub fn from_code(code: u16) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.code() == code)
-    }
-}
-
-impl From<Method> for u16 {
-    fn from(method: Method) -> Self {
-        method.code()
+wire_code_enum! {
+    /// The STUN/TURN methods this crate knows. A message may carry any 12-bit method:
+    /// [`StunMessage::method_code`] keeps it, [`StunMessage::method`] says whether it is one of
+    /// these.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Method {
+        /// Binding (RFC 8489 section 18.1): request, or indication as a keepalive.
+        Binding = 0x001,
+        /// Allocate, request only (RFC 8656 section 7).
+        Allocate = 0x003,
+        /// Refresh, request only (RFC 8656 section 8).
+        Refresh = 0x004,
+        /// Send, indication only: client to peer through the relay (RFC 8656 section 11.1).
+        Send = 0x006,
+        /// Data, indication only: peer to client (RFC 8656 section 11.3). Not to be confused
+        /// with the DATA *attribute*, [`crate::attributes::AttributeType::Data`].
+        Data = 0x007,
+        /// CreatePermission, request only (RFC 8656 section 10).
+        CreatePermission = 0x008,
+        /// ChannelBind, request only (RFC 8656 section 12).
+        ChannelBind = 0x009,
     }
 }
 

@@ -682,17 +682,13 @@ impl Server {
             self.challenge(now, from, msg, ErrorCode::Unauthorized);
             return None;
         }
-        let (Some(user), Some(realm), Some(nonce)) = (
-            msg.get(Attr::Username),
+        // A missing USERNAME, REALM or NONCE, or a USERNAME too long or not UTF-8: 400.
+        let (Some(Ok(username)), Some(realm), Some(nonce)) = (
+            msg.get(Attr::Username)
+                .map(|user| attributes::decode_text(user, MAX_USERNAME)),
             msg.get(Attr::Realm),
             msg.get(Attr::Nonce),
         ) else {
-            self.stats.error_responses += 1;
-            let b = self.error_builder(msg, ErrorCode::BadRequest, false);
-            self.send_unauthenticated(now, from, msg.raw().len(), b);
-            return None;
-        };
-        let Ok(username) = attributes::decode_text(user, MAX_USERNAME) else {
             self.stats.error_responses += 1;
             let b = self.error_builder(msg, ErrorCode::BadRequest, false);
             self.send_unauthenticated(now, from, msg.raw().len(), b);

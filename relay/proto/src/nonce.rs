@@ -94,12 +94,12 @@ impl NonceKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::ip;
 
     #[test]
     fn nonces_verify_expire_and_bind_to_the_client_ip() {
         let keys = NonceKeys::new(b"secret", 600);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let [a, b] = ["192.0.2.1", "192.0.2.2"].map(ip);
         let n = keys.issue(1_000_000, a);
         assert_eq!(n.len(), NONCE_LEN);
         assert_eq!(keys.check(n.as_bytes(), 1_000_000, a), NonceCheck::Valid);

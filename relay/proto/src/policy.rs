@@ -8,82 +8,63 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
-/// Why a peer address was refused (a metrics label and a `403 Forbidden` cause).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DenyReason {
-    /// `0.0.0.0/8`, `::/128`: "this host" - reaches the relay host itself. Never allowable.
-    Unspecified,
-    /// `127.0.0.0/8`, `::1` (allowable only with `allow_loopback_peers`).
-    Loopback,
-    /// RFC 1918 `10/8`, `172.16/12`, `192.168/16`, unique-local `fc00::/7`, site-local `fec0::/10`.
-    Private,
-    /// `100.64.0.0/10` carrier-grade NAT shared address space.
-    SharedAddressSpace,
-    /// `169.254.0.0/16`, `fe80::/10`.
-    LinkLocal,
-    /// `169.254.169.254`: cloud instance metadata. Never allowable.
-    CloudMetadata,
-    /// `192.0.0.0/24` and `2001::/23` IETF protocol assignments (the parts without a row of
-    /// their own: service continuity, dummy addresses, NAT64 discovery, unassigned space).
-    IetfProtocol,
-    /// `192.0.2/24`, `198.51.100/24`, `203.0.113/24`, `2001:db8::/32`, `3fff::/20`.
-    Documentation,
-    /// `192.88.99.0/24` deprecated 6to4 relay anycast.
-    Relay6to4Anycast,
-    /// `198.18.0.0/15`, `2001:2::/48` benchmarking.
-    Benchmarking,
-    /// `224.0.0.0/4`, `ff00::/8`.
-    Multicast,
-    /// `240.0.0.0/4` (includes the limited broadcast address), `2001:10::/28` (deprecated
-    /// ORCHID), `2001:20::/28` (ORCHIDv2) and `2001:30::/28` (drone DETs): identifiers, not
-    /// locators; `5f00::/16` (SRv6 SIDs), `100:0:0:1::/64` (dummy prefix).
-    Reserved,
-    /// `64:ff9b::/96` NAT64 well-known prefix and `64:ff9b:1::/48` local-use NAT64 (RFC 8215)
-    /// (the embedded IPv4 address is checked as well).
-    Nat64,
-    /// `::ffff:0:0/96` IPv4-translated addresses (RFC 2765 SIIT; the embedded IPv4 address is
-    /// checked as well).
-    Ipv4Translated,
-    /// `100::/64` discard-only prefix.
-    DiscardOnly,
-    /// Anycast service addresses, never a WebRTC peer: PCP, TURN and DNS-SD SRP anycast
-    /// (`192.0.0.9`, `192.0.0.10`, `2001:1::1`-`2001:1::3`), AMT relays (`192.52.193.0/24`,
-    /// `2001:3::/32`), AS112 DNS sinks (`192.31.196.0/24`, `192.175.48.0/24`,
-    /// `2001:4:112::/48`, `2620:4f:8000::/48`). Relaying to them would let a client use the
-    /// relay host's nearest instance of the service (its NAT gateway, for PCP).
-    Anycast,
-    /// Matched a configured deny entry.
-    ConfiguredDeny,
-    /// One of the relay's own listening addresses, or a non-relay port on one of its own IPs.
-    OwnAddress,
+enum_with_all! {
+    /// Why a peer address was refused (a metrics label and a `403 Forbidden` cause).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum DenyReason {
+        /// `0.0.0.0/8`, `::/128`: "this host" - reaches the relay host itself. Never allowable.
+        Unspecified,
+        /// `127.0.0.0/8`, `::1` (allowable only with `allow_loopback_peers`).
+        Loopback,
+        /// RFC 1918 `10/8`, `172.16/12`, `192.168/16`, unique-local `fc00::/7`, site-local
+        /// `fec0::/10`.
+        Private,
+        /// `100.64.0.0/10` carrier-grade NAT shared address space.
+        SharedAddressSpace,
+        /// `169.254.0.0/16`, `fe80::/10`.
+        LinkLocal,
+        /// `169.254.169.254`: cloud instance metadata. Never allowable.
+        CloudMetadata,
+        /// `192.0.0.0/24` and `2001::/23` IETF protocol assignments (the parts without a row of
+        /// their own: service continuity, dummy addresses, NAT64 discovery, unassigned space).
+        IetfProtocol,
+        /// `192.0.2/24`, `198.51.100/24`, `203.0.113/24`, `2001:db8::/32`, `3fff::/20`.
+        Documentation,
+        /// `192.88.99.0/24` deprecated 6to4 relay anycast.
+        Relay6to4Anycast,
+        /// `198.18.0.0/15`, `2001:2::/48` benchmarking.
+        Benchmarking,
+        /// `224.0.0.0/4`, `ff00::/8`.
+        Multicast,
+        /// `240.0.0.0/4` (includes the limited broadcast address), `2001:10::/28` (deprecated
+        /// ORCHID), `2001:20::/28` (ORCHIDv2) and `2001:30::/28` (drone DETs): identifiers, not
+        /// locators; `5f00::/16` (SRv6 SIDs), `100:0:0:1::/64` (dummy prefix).
+        Reserved,
+        /// `64:ff9b::/96` NAT64 well-known prefix and `64:ff9b:1::/48` local-use NAT64 (RFC 8215)
+        /// (the embedded IPv4 address is checked as well).
+        Nat64,
+        /// `::ffff:0:0/96` IPv4-translated addresses (RFC 2765 SIIT; the embedded IPv4 address is
+        /// checked as well).
+        Ipv4Translated,
+        /// `100::/64` discard-only prefix.
+        DiscardOnly,
+        /// Anycast service addresses, never a WebRTC peer: PCP, TURN and DNS-SD SRP anycast
+        /// (`192.0.0.9`, `192.0.0.10`, `2001:1::1`-`2001:1::3`), AMT relays (`192.52.193.0/24`,
+        /// `2001:3::/32`), AS112 DNS sinks (`192.31.196.0/24`, `192.175.48.0/24`,
+        /// `2001:4:112::/48`, `2620:4f:8000::/48`). Relaying to them would let a client use the
+        /// relay host's nearest instance of the service (its NAT gateway, for PCP).
+        Anycast,
+        /// Matched a configured deny entry.
+        ConfiguredDeny,
+        /// One of the relay's own listening addresses, or a non-relay port on one of its own IPs.
+        OwnAddress,
+    }
 }
 
 impl DenyReason {
     /// Number of variants (size of per-reason counter arrays).
-    pub const COUNT: usize = 18;
-
-    /// Every variant, in `index()` order.
-    pub const ALL: [Self; Self::COUNT] = [
-        Self::Unspecified,
-        Self::Loopback,
-        Self::Private,
-        Self::SharedAddressSpace,
-        Self::LinkLocal,
-        Self::CloudMetadata,
-        Self::IetfProtocol,
-        Self::Documentation,
-        Self::Relay6to4Anycast,
-        Self::Benchmarking,
-        Self::Multicast,
-        Self::Reserved,
-        Self::Nat64,
-        Self::Ipv4Translated,
-        Self::DiscardOnly,
-        Self::Anycast,
-        Self::ConfiguredDeny,
-        Self::OwnAddress,
-    ];
+    pub const COUNT: usize = Self::ALL.len();
 
     /// Index into per-reason counter arrays (`Stats::peer_denied`).
     pub fn index(self) -> usize {
@@ -477,10 +458,7 @@ fn default_deny(ip: IpAddr) -> Option<DenyReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
+    use crate::test_util::ip;
 
     #[test]
     fn default_ranges_are_denied_with_their_reason() {

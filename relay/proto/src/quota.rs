@@ -21,46 +21,36 @@ pub struct RateLimit {
     pub burst: u64,
 }
 
-/// Which limit was hit (a metrics label; `Stats::quota_hits` is indexed by it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum QuotaKind {
-    /// `Quotas::allocations_per_user` (486).
-    AllocationsPerUser,
-    /// `Quotas::total_allocations` (486).
-    TotalAllocations,
-    /// `Quotas::permissions_per_allocation` (508).
-    Permissions,
-    /// `Quotas::channels_per_allocation` (508).
-    Channels,
-    /// `Quotas::bandwidth_per_allocation`: packet dropped.
-    Bandwidth,
-    /// `Quotas::unauthenticated_per_ip`: request dropped.
-    UnauthenticatedRate,
-    /// `Quotas::unauthorized_per_ip`: 401 not sent.
-    UnauthorizedRate,
-    /// `Quotas::auth_failures_per_ip`: a request with credentials dropped unchecked.
-    AuthFailureRate,
-    /// `Quotas::amplification_allowance`: an unauthenticated UDP response not sent because
-    /// the source's byte credit could not pay for it.
-    UnauthenticatedBytes,
+enum_with_all! {
+    /// Which limit was hit (a metrics label; `Stats::quota_hits` is indexed by it).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum QuotaKind {
+        /// `Quotas::allocations_per_user` (486).
+        AllocationsPerUser,
+        /// `Quotas::total_allocations` (486).
+        TotalAllocations,
+        /// `Quotas::permissions_per_allocation` (508).
+        Permissions,
+        /// `Quotas::channels_per_allocation` (508).
+        Channels,
+        /// `Quotas::bandwidth_per_allocation`: packet dropped.
+        Bandwidth,
+        /// `Quotas::unauthenticated_per_ip`: request dropped.
+        UnauthenticatedRate,
+        /// `Quotas::unauthorized_per_ip`: 401 not sent.
+        UnauthorizedRate,
+        /// `Quotas::auth_failures_per_ip`: a request with credentials dropped unchecked.
+        AuthFailureRate,
+        /// `Quotas::amplification_allowance`: an unauthenticated UDP response not sent because
+        /// the source's byte credit could not pay for it.
+        UnauthenticatedBytes,
+    }
 }
 
 impl QuotaKind {
     /// Number of variants.
-    pub const COUNT: usize = 9;
-    /// Every variant in `index()` order.
-    pub const ALL: [Self; Self::COUNT] = [
-        Self::AllocationsPerUser,
-        Self::TotalAllocations,
-        Self::Permissions,
-        Self::Channels,
-        Self::Bandwidth,
-        Self::UnauthenticatedRate,
-        Self::UnauthorizedRate,
-        Self::AuthFailureRate,
-        Self::UnauthenticatedBytes,
-    ];
+    pub const COUNT: usize = Self::ALL.len();
 
     /// Index into `Stats::quota_hits`.
     pub fn index(self) -> usize {
@@ -401,6 +391,7 @@ pub fn rate_key(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::ip;
 
     /// `per_second` with a bucket of `burst`.
     fn rate(per_second: u64, burst: u64) -> RateLimit {
@@ -448,9 +439,7 @@ mod tests {
     fn ip_limiter_is_bounded_and_sweeps() {
         let t0 = Instant::now();
         let mut l = IpRateLimiter::new(Some(rate(1, 2)), 2);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        let [a, b, c] = ["192.0.2.1", "192.0.2.2", "192.0.2.3"].map(ip);
         assert!(l.allow(t0, a));
         assert!(l.allow(t0, a));
         assert!(!l.allow(t0, a));
@@ -467,9 +456,7 @@ mod tests {
     fn would_allow_counts_nothing_and_refuses_new_sources_when_the_table_is_full() {
         let t0 = Instant::now();
         let mut l = IpRateLimiter::new(Some(rate(1, 2)), 2);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        let [a, b, c] = ["192.0.2.1", "192.0.2.2", "192.0.2.3"].map(ip);
         assert!(
             l.would_allow(t0, a) && l.would_allow(t0, a),
             "nothing counted"
@@ -489,7 +476,7 @@ mod tests {
     fn refunds_restore_the_allowance_up_to_the_burst() {
         let t0 = Instant::now();
         let mut l = IpRateLimiter::new(Some(rate(1, 2)), 10);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = ip("192.0.2.1");
         // Challenge, then an authenticated request gives the token back: forever allowed.
         for _ in 0..1000 {
             assert!(l.allow(t0, a));
@@ -503,7 +490,7 @@ mod tests {
         assert!(l.allow(t0, a));
         assert!(!l.allow(t0, a), "still limited without refunds");
         // An unknown source has nothing to refund; a disabled limiter ignores refunds.
-        l.refund("192.0.2.9".parse().unwrap());
+        l.refund(ip("192.0.2.9"));
         assert_eq!(l.len(), 1);
         IpRateLimiter::new(None, 10).refund(a);
     }
@@ -513,7 +500,7 @@ mod tests {
         let t0 = Instant::now();
         let wide = rate(1, 10);
         let mut l = IpRateLimiter::new(Some(wide), 10);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = ip("192.0.2.1");
         assert!(l.allow(t0, a));
         l.set_limit(Some(rate(1, 2)));
         assert!(l.allow(t0, a));
@@ -528,8 +515,8 @@ mod tests {
     fn ipv6_sources_share_a_bucket_per_64() {
         let t0 = Instant::now();
         let mut l = IpRateLimiter::new(Some(rate(1, 1)), 10);
-        assert!(l.allow(t0, "2001:db8:1:2::1".parse().unwrap()));
-        assert!(!l.allow(t0, "2001:db8:1:2::ffff".parse().unwrap()));
-        assert!(l.allow(t0, "2001:db8:1:3::1".parse().unwrap()));
+        assert!(l.allow(t0, ip("2001:db8:1:2::1")));
+        assert!(!l.allow(t0, ip("2001:db8:1:2::ffff")));
+        assert!(l.allow(t0, ip("2001:db8:1:3::1")));
     }
 }

@@ -188,21 +188,27 @@ mod tests {
         RelayPorts::new(&["127.0.0.1".parse().unwrap()], low, high, 0)
     }
 
+    /// The local port of a bound relay socket.
+    fn port_of(s: &Socket) -> u16 {
+        s.local_addr().unwrap().as_socket().unwrap().port()
+    }
+
+    /// `n` IPv4 relay sockets (`even`: on even ports, reserving none), all of which must bind.
+    fn bind_v4(ports: &RelayPorts, n: usize, even: bool) -> Vec<Socket> {
+        (0..n)
+            .map(|_| ports.bind(AddressFamily::V4, even, false).unwrap())
+            .collect()
+    }
+
     #[test]
     fn binds_in_range_and_refuses_missing_family() {
         let ports = on_loopback(40000, 40100);
-        let mut held = Vec::new();
-        for _ in 0..20 {
-            let s = ports.bind(AddressFamily::V4, false, false).unwrap();
-            let port = s.local_addr().unwrap().as_socket().unwrap().port();
-            assert!((40000..=40100).contains(&port));
-            held.push(s);
+        let held = bind_v4(&ports, 20, false);
+        for s in &held {
+            assert!((40000..=40100).contains(&port_of(s)));
         }
         let even = ports.bind(AddressFamily::V4, true, false).unwrap();
-        assert_eq!(
-            even.local_addr().unwrap().as_socket().unwrap().port() % 2,
-            0
-        );
+        assert_eq!(port_of(&even) % 2, 0);
         assert_eq!(
             ports.bind(AddressFamily::V6, false, false).err(),
             Some(BindError::FamilyNotSupported)
@@ -233,15 +239,12 @@ mod tests {
     fn a_reserved_next_port_is_held_for_its_reservation_only() {
         // Two pairs: 40400/40401 and 40402/40403.
         let ports = on_loopback(40400, 40403);
-        let port_of = |s: &Socket| s.local_addr().unwrap().as_socket().unwrap().port();
         let rtp = ports.bind(AddressFamily::V4, true, true).unwrap();
         let even = port_of(&rtp);
         assert_eq!(even % 2, 0);
         let reserved = SocketAddr::from(([127, 0, 0, 1], even + 1));
         // Ordinary allocations take the other pair, never the reserved port...
-        let others: Vec<Socket> = (0..2)
-            .map(|_| ports.bind(AddressFamily::V4, false, false).unwrap())
-            .collect();
+        let others = bind_v4(&ports, 2, false);
         let taken: Vec<u16> = others.iter().map(port_of).collect();
         assert!(!taken.contains(&(even + 1)), "{taken:?} took {reserved}");
         assert_eq!(
@@ -268,11 +271,8 @@ mod tests {
         // An odd number of ports (three even ones): a probe that wraps past the top must not
         // land on an odd port.
         let ports = on_loopback(40500, 40504);
-        let port_of = |s: &Socket| s.local_addr().unwrap().as_socket().unwrap().port();
         for _ in 0..10 {
-            let even: Vec<Socket> = (0..3)
-                .map(|_| ports.bind(AddressFamily::V4, true, false).unwrap())
-                .collect();
+            let even = bind_v4(&ports, 3, true);
             let mut taken: Vec<u16> = even.iter().map(port_of).collect();
             taken.sort_unstable();
             assert_eq!(taken, [40500, 40502, 40504]);

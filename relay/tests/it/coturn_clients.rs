@@ -13,25 +13,10 @@ const ALICE_RELAY: &[&str] = &["--allow-loopback-peers", "--user", "alice:wonder
 /// uclient's flags for the static user of [`ALICE_RELAY`].
 const ALICE: &[&str] = &["-u", "alice", "-w", "wonderland"];
 
-/// Runs uclient against `relay` and the echo `peer` with `extra` flags, without RTCP (`-c`);
-/// returns the report.
-fn run_uclient(
-    relay: &RelayProcess,
-    port: u16,
-    peer: &EchoPeer,
-    extra: &[&str],
-) -> crate::support::UclientReport {
-    run_uclient_with(relay, port, peer, &[&["-c"], extra].concat())
-}
-
-/// Runs uclient against `relay` and the echo `peer` with exactly `extra` flags besides the
-/// addresses and the load (4 clients, 100 messages of 180 bytes).
-fn run_uclient_with(
-    relay: &RelayProcess,
-    port: u16,
-    peer: &EchoPeer,
-    extra: &[&str],
-) -> crate::support::UclientReport {
+/// Runs uclient against the relay listening on `port` and the echo `peer` with exactly `extra`
+/// flags besides the addresses and the load (4 clients, 100 messages of 180 bytes); returns the
+/// report. Without `-c` uclient makes RTP/RTCP pairs.
+fn run_uclient(port: u16, peer: &EchoPeer, extra: &[&str]) -> crate::support::UclientReport {
     let port = port.to_string();
     let peer_port = peer.port.to_string();
     let mut args = vec![
@@ -52,15 +37,12 @@ fn run_uclient_with(
     ];
     args.extend_from_slice(extra);
     args.push("127.0.0.1");
-    let out = uclient(&args, Duration::from_secs(60));
-    let report = parse_uclient(&out);
-    let _ = relay;
-    report
+    parse_uclient(&uclient(&args, Duration::from_secs(60)))
 }
 
-/// Runs uclient (see [`run_uclient`]) and asserts that it lost nothing.
-fn assert_uclient_lossless(relay: &RelayProcess, port: u16, peer: &EchoPeer, extra: &[&str]) {
-    assert_lossless(&run_uclient(relay, port, peer, extra));
+/// Runs uclient without RTCP (`-c`; see [`run_uclient`]) and asserts that it lost nothing.
+fn assert_uclient_lossless(port: u16, peer: &EchoPeer, extra: &[&str]) {
+    assert_lossless(&run_uclient(port, peer, &[&["-c"], extra].concat()));
 }
 
 /// uclient over UDP with `flags`, as the static user of a fresh relay started with
@@ -68,7 +50,7 @@ fn assert_uclient_lossless(relay: &RelayProcess, port: u16, peer: &EchoPeer, ext
 fn assert_alice_udp_lossless(flags: &[&str]) {
     let relay = RelayProcess::start(ALICE_RELAY);
     let peer = EchoPeer::start();
-    assert_uclient_lossless(&relay, relay.port(), &peer, &[flags, ALICE].concat());
+    assert_uclient_lossless(relay.port(), &peer, &[flags, ALICE].concat());
 }
 
 fn assert_lossless(report: &crate::support::UclientReport) {
@@ -158,7 +140,7 @@ fn uclient_default_mode_rtp_rtcp_pairs_relay_with_zero_loss() {
             relay.tcp.expect("tcp listener").port()
         };
         let peer = EchoPeer::start();
-        let report = run_uclient_with(&relay, port, &peer, &[transport, ALICE].concat());
+        let report = run_uclient(port, &peer, &[transport, ALICE].concat());
         assert!(report.errors.is_empty(), "{transport:?}: {report:?}");
         assert_lossless(&report);
         // uclient makes 3 allocations per 2 clients in this mode (an RTP one with EVEN-PORT
@@ -190,8 +172,8 @@ fn uclient_tcp_channels_and_send_indications() {
     let relay = RelayProcess::start(ALICE_RELAY);
     let tcp = relay.tcp.expect("tcp listener").port();
     let peer = EchoPeer::start();
-    assert_uclient_lossless(&relay, tcp, &peer, &[&["-t"], ALICE].concat());
-    assert_uclient_lossless(&relay, tcp, &peer, &[&["-t", "-s"], ALICE].concat());
+    assert_uclient_lossless(tcp, &peer, &[&["-t"], ALICE].concat());
+    assert_uclient_lossless(tcp, &peer, &[&["-t", "-s"], ALICE].concat());
 }
 
 #[test]
@@ -203,14 +185,12 @@ fn uclient_rest_secret_and_rotation() {
     ]);
     let peer = EchoPeer::start();
     assert_uclient_lossless(
-        &relay,
         relay.port(),
         &peer,
         &["-W", "current-secret", "-u", "carol"],
     );
     // A credential minted with the previous secret still works during rotation.
     assert_uclient_lossless(
-        &relay,
         relay.port(),
         &peer,
         &["-W", "previous-secret", "-u", "carol2", "-s"],
@@ -222,10 +202,9 @@ fn uclient_wrong_secret_fails() {
     let relay = RelayProcess::start(&["--allow-loopback-peers", "--turn-secret", "right-secret"]);
     let peer = EchoPeer::start();
     let report = run_uclient(
-        &relay,
         relay.port(),
         &peer,
-        &["-W", "wrong-secret", "-u", "mallory"],
+        &["-c", "-W", "wrong-secret", "-u", "mallory"],
     );
     assert_eq!(
         report.received_bytes, 0,
