@@ -146,15 +146,55 @@ pub enum Flow {
     Retry,
 }
 
-/// A request whose payload was encoded before the lock was taken.
-enum Request {
+/// A request of a session as both hubs route it: a `signal` or `broadcast` with what its
+/// receivers get (the payload from the sender, encoded once as `B`), anything else as it came.
+pub(crate) enum Request<B> {
     Signal {
         id: Option<RequestId>,
         to: PeerId,
+        body: B,
     },
-    Broadcast,
+    Broadcast {
+        body: B,
+    },
     /// Everything else (`Signal` and `Broadcast` never arrive here).
     Other(ClientMessage),
+}
+
+impl<B> Request<B> {
+    /// `message` of the session of `from`, its payload (if any) encoded by `encode`.
+    pub(crate) fn new(
+        message: ClientMessage,
+        from: &PeerId,
+        encode: impl FnOnce(&ServerMessage) -> B,
+    ) -> Self {
+        match message {
+            ClientMessage::Signal {
+                id,
+                cseq: _,
+                to,
+                signal,
+            } => Self::Signal {
+                id,
+                to,
+                body: encode(&ServerMessage::Signal {
+                    from: from.clone(),
+                    signal,
+                }),
+            },
+            ClientMessage::Broadcast {
+                id: _,
+                cseq: _,
+                data,
+            } => Self::Broadcast {
+                body: encode(&ServerMessage::Broadcast {
+                    from: from.clone(),
+                    data,
+                }),
+            },
+            other => Self::Other(other),
+        }
+    }
 }
 
 /// A session to end once the current operation is done: the error its client is told.
@@ -471,32 +511,7 @@ impl LocalHub {
         now: Instant,
     ) -> Flow {
         let cseq = message.cseq();
-        let (message, body) = match message {
-            ClientMessage::Signal {
-                id,
-                cseq: _,
-                to,
-                signal,
-            } => {
-                let body = Body::encode(&ServerMessage::Signal {
-                    from: peer.clone(),
-                    signal,
-                });
-                (Request::Signal { id, to }, body)
-            }
-            ClientMessage::Broadcast {
-                id: _,
-                cseq: _,
-                data,
-            } => {
-                let body = Body::encode(&ServerMessage::Broadcast {
-                    from: peer.clone(),
-                    data,
-                });
-                (Request::Broadcast, body)
-            }
-            other => (Request::Other(other), Body::default()),
-        };
+        let request = Request::new(message, peer, Body::encode);
         let mut st = self.lock_at(now);
         let allowed = st.sessions.get(&key).is_some_and(|s| match caller {
             Caller::Conn(conn) => s.attached_to(conn),
@@ -512,8 +527,8 @@ impl LocalHub {
             return Flow::Continue;
         }
         let mut flow = Flow::Continue;
-        match message {
-            Request::Signal { id, to } => {
+        match request {
+            Request::Signal { id, to, body } => {
                 let target = st
                     .sessions
                     .get(&key)
@@ -537,7 +552,7 @@ impl LocalHub {
                     }
                 }
             }
-            Request::Broadcast => {
+            Request::Broadcast { body } => {
                 let others: Vec<SessionKey> = st.room_of(key).map(|(k, _)| k).collect();
                 for other in others {
                     st.deliver_body(other, &body);
@@ -1258,18 +1273,42 @@ mod tests {
             .collect()
     }
 
+    /// A hub that keeps up to 10,000 frames a session under a memory budget of 20 KB, and
+    /// sessions A, B and C (connections 1 to 3, queues of 1000 frames) of its room "r"; what A
+    /// and C were sent so far is read.
+    fn over_budget() -> (Arc<MemoryBudget>, LocalHub, [(Attached, OutboundRx); 3]) {
+        let memory = Arc::new(MemoryBudget::new(20_000));
+        let hub = hub_with_budget(10_000, Arc::clone(&memory));
+        let [mut a, b, mut c] = [1, 2, 3].map(|conn| join(&hub, conn, 1000));
+        frames(&mut a.1);
+        frames(&mut c.1);
+        (memory, hub, [a, b, c])
+    }
+
+    /// Asserts that A was told of the end of `who`'s session by the memory budget and of no
+    /// other since it last read, and that the budget holds again.
+    fn assert_budget_ended(
+        memory: &MemoryBudget,
+        a_rx: &mut OutboundRx,
+        who: &Attached,
+        why: &str,
+    ) {
+        let gone = left(&frames(a_rx));
+        assert_eq!(gone, [(who.peer.clone(), LeaveReason::Ended)], "{why}");
+        assert!(
+            memory.used() <= memory.limit(),
+            "{} > {}",
+            memory.used(),
+            memory.limit()
+        );
+    }
+
     /// A parked session that holds more ends before a client that reads and acknowledges
     /// everything, although the frame that took the count past the budget is in that client's
     /// queue at that moment.
     #[test]
     fn past_the_memory_budget_a_parked_session_holding_more_ends_before_a_reader() {
-        let memory = Arc::new(MemoryBudget::new(20_000));
-        let hub = hub_with_budget(10_000, Arc::clone(&memory));
-        let (a, mut a_rx) = join(&hub, 1, 1000);
-        let (b, _b_rx) = join(&hub, 2, 1000);
-        let (c, mut c_rx) = join(&hub, 3, 1000);
-        frames(&mut a_rx);
-        frames(&mut c_rx);
+        let (memory, hub, [(a, mut a_rx), (b, _b_rx), (c, mut c_rx)]) = over_budget();
         hub.detach(b.key, 2, LeaveReason::Disconnected, Instant::now());
         let mut n = 0;
         while memory.used() < 18_000 && n < 1000 {
@@ -1296,24 +1335,13 @@ mod tests {
             m += 1;
         }
         assert!(m < 100, "nobody was ended");
-        let gone = left(&frames(&mut a_rx));
-        assert_eq!(
-            gone,
-            [(b.peer.clone(), LeaveReason::Ended)],
-            "B: it held the most"
-        );
-        assert!(memory.used() <= memory.limit());
+        assert_budget_ended(&memory, &mut a_rx, &b, "B: it held the most");
     }
 
     #[test]
     fn past_the_memory_budget_the_biggest_holder_ends_first_a_silent_consumer_then_a_parked_one() {
-        let memory = Arc::new(MemoryBudget::new(20_000));
-        let hub = hub_with_budget(10_000, Arc::clone(&memory));
-        let (a, mut a_rx) = join(&hub, 1, 1000);
-        let (b, _b_rx) = join(&hub, 2, 1000); // B never reads.
-        let (c, mut c_rx) = join(&hub, 3, 1000); // C reads everything.
-        frames(&mut a_rx);
-        frames(&mut c_rx);
+        // B never reads, C reads everything.
+        let (memory, hub, [(a, mut a_rx), (b, _b_rx), (c, mut c_rx)]) = over_budget();
         // Signals to B pile up in its queue and replay buffer; to C, only in its buffer (it
         // reads, and acks nothing).
         let mut n = 0;
@@ -1324,18 +1352,7 @@ mod tests {
             n += 1;
         }
         assert!(n < 1000, "nobody was ended");
-        let gone = left(&frames(&mut a_rx));
-        assert_eq!(
-            gone,
-            [(b.peer.clone(), LeaveReason::Ended)],
-            "B first: it held the most"
-        );
-        assert!(
-            memory.used() <= memory.limit(),
-            "{} > {}",
-            memory.used(),
-            memory.limit()
-        );
+        assert_budget_ended(&memory, &mut a_rx, &b, "B first: it held the most");
         assert_eq!(hub.metrics.budget_evictions.get(), 1);
 
         // C parks; what it is sent waits in its buffer until the budget ends it too.
@@ -1346,9 +1363,7 @@ mod tests {
             m += 1;
         }
         assert!(m < 2000, "the parked session was never ended");
-        let gone = left(&frames(&mut a_rx));
-        assert_eq!(gone, [(c.peer.clone(), LeaveReason::Ended)]);
-        assert!(memory.used() <= memory.limit());
+        assert_budget_ended(&memory, &mut a_rx, &c, "then C: parked, it holds the most");
         drop(_b_rx);
     }
 

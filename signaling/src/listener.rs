@@ -290,23 +290,21 @@ pub async fn serve(
             } else {
                 peer
             };
+            let conn = Conn {
+                peer,
+                local,
+                secure: false,
+                deadline,
+            };
             let Some(tls) = edge.tls.clone() else {
-                let conn = Conn {
-                    peer,
-                    local,
-                    secure: false,
-                    deadline,
-                };
                 serve_or_hand_over(tcp, conn, &edge, serving, guard).await;
                 return;
             };
             match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     let conn = Conn {
-                        peer,
-                        local,
                         secure: true,
-                        deadline,
+                        ..conn
                     };
                     serve_or_hand_over(stream, conn, &edge, serving, guard).await;
                 }

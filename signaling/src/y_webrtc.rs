@@ -216,39 +216,52 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
 }
 
 impl YConnection {
+    /// Counts a client error with `error`, and ends the connection with `close` and `reason`.
+    fn refuse(&self, error: ErrorCode, close: u16, reason: &'static str) -> Result<(), End> {
+        self.app.metrics.error(error);
+        Err(Some((close, reason)))
+    }
+
     async fn on_inbound(&mut self, inbound: Inbound, inboxes: &mut Inboxes) -> Result<(), End> {
-        let text = match inbound {
-            Inbound::Text(text) => text,
+        let (error, code, reason) = match inbound {
+            Inbound::Text(text) => return self.on_text(text, inboxes).await,
             Inbound::Alive => return Ok(()),
             Inbound::Closed => return Err(None),
-            Inbound::Binary => {
-                self.app.metrics.error(ErrorCode::BinaryNotSupported);
-                return Err(Some((close::INVALID, "text frames only")));
-            }
-            Inbound::TooLarge => {
-                self.app.metrics.error(ErrorCode::MessageTooLarge);
-                return Err(Some((1009, "message too large")));
-            }
-            Inbound::NotUtf8 => {
-                self.app.metrics.error(ErrorCode::InvalidMessage);
-                return Err(Some((close::INVALID, "text frames must be UTF-8")));
-            }
-            Inbound::ProtocolViolation => {
-                self.app.metrics.error(ErrorCode::InvalidMessage);
-                return Err(Some((1002, "WebSocket protocol violation")));
-            }
+            Inbound::Binary => (
+                ErrorCode::BinaryNotSupported,
+                close::INVALID,
+                "text frames only",
+            ),
+            Inbound::TooLarge => (ErrorCode::MessageTooLarge, 1009, "message too large"),
+            Inbound::NotUtf8 => (
+                ErrorCode::InvalidMessage,
+                close::INVALID,
+                "text frames must be UTF-8",
+            ),
+            Inbound::ProtocolViolation => (
+                ErrorCode::InvalidMessage,
+                1002,
+                "WebSocket protocol violation",
+            ),
         };
+        self.refuse(error, code, reason)
+    }
+
+    /// A text frame: a y-webrtc message, taken if the client is within its rate.
+    async fn on_text(&mut self, text: Utf8Bytes, inboxes: &mut Inboxes) -> Result<(), End> {
         let config = self.app.live();
         if !self
             .bucket
             .try_take(Instant::now(), config.rate_limit, config.rate_burst)
         {
-            self.app.metrics.error(ErrorCode::RateLimited);
-            return Err(Some((close::POLICY, "rate limited")));
+            return self.refuse(ErrorCode::RateLimited, close::POLICY, "rate limited");
         }
         let Ok(message) = serde_json::from_str::<YMessage>(&text) else {
-            self.app.metrics.error(ErrorCode::InvalidMessage);
-            return Err(Some((close::INVALID, "not a y-webrtc signaling message")));
+            return self.refuse(
+                ErrorCode::InvalidMessage,
+                close::INVALID,
+                "not a y-webrtc signaling message",
+            );
         };
         // A publish is copied to every subscriber: one token per started 4 KiB of its data.
         if let YMessage::Publish { data, .. } = &message {
@@ -259,8 +272,7 @@ impl YConnection {
                     .try_take_n(Instant::now(), rest, config.rate_limit, config.rate_burst)
                     .is_err()
             {
-                self.app.metrics.error(ErrorCode::RateLimited);
-                return Err(Some((close::POLICY, "rate limited")));
+                return self.refuse(ErrorCode::RateLimited, close::POLICY, "rate limited");
             }
         }
         match message {
@@ -290,25 +302,34 @@ impl YConnection {
             return Ok(());
         }
         if self.topics.len() >= MAX_TOPICS {
-            self.app.metrics.error(ErrorCode::TooManyRooms);
-            return Err(Some((close::POLICY, "too many topics on one connection")));
+            return self.refuse(
+                ErrorCode::TooManyRooms,
+                close::POLICY,
+                "too many topics on one connection",
+            );
         }
         if let Some(claims) = &self.claims
             && claims.room.as_str() != topic
         {
-            self.app.metrics.error(ErrorCode::Forbidden);
-            return Err(Some((close::POLICY, "the token does not grant this topic")));
+            return self.refuse(
+                ErrorCode::Forbidden,
+                close::POLICY,
+                "the token does not grant this topic",
+            );
         }
         if !self.ip_slot.try_join(Instant::now()) {
-            self.app.metrics.error(ErrorCode::RateLimited);
-            return Err(Some((
+            return self.refuse(
+                ErrorCode::RateLimited,
                 close::POLICY,
                 "too many subscriptions from this address",
-            )));
+            );
         }
         let Some(ticket) = self.ip_slot.try_session() else {
-            self.app.metrics.error(ErrorCode::TooManySessions);
-            return Err(Some((close::POLICY, "too many sessions from this address")));
+            return self.refuse(
+                ErrorCode::TooManySessions,
+                close::POLICY,
+                "too many sessions from this address",
+            );
         };
         let (tx, rx) = self.app.topic_queue(&self.queued_bytes);
         let joined = self
@@ -330,11 +351,11 @@ impl YConnection {
         let attached = match joined {
             Ok(attached) => attached,
             Err(error) => {
-                self.app.metrics.error(error.code);
-                return Err(Some((
+                return self.refuse(
+                    error.code,
                     close::POLICY,
                     "the topic cannot take more subscribers",
-                )));
+                );
             }
         };
         let topic: Arc<str> = Arc::from(topic);

@@ -35,8 +35,8 @@ use crate::api::{PeerEntry, RoomView, Transport};
 use crate::client_ip::SessionTicket;
 use crate::error::RequestError;
 use crate::hub::{
-    Attached, ConnId, Flow, HubSettings, JoinRequest, OutboundTx, ResumeFrom, ResumeRequest,
-    SessionKey, encode,
+    Attached, ConnId, Flow, HubSettings, JoinRequest, OutboundTx, Request, ResumeFrom,
+    ResumeRequest, SessionKey, encode,
 };
 use crate::metrics::{Metrics, Outage};
 use crate::outbox::{Frame, to_json};
@@ -1101,17 +1101,8 @@ impl ClusterHub {
         let sid = sid(key);
         // The scripts' argument: the frame's number, '' when it has none.
         let cseq = message.cseq().map(|n| n.to_string()).unwrap_or_default();
-        let result = match message {
-            ClientMessage::Signal {
-                id,
-                cseq: _,
-                to,
-                signal,
-            } => {
-                let body = to_json(&ServerMessage::Signal {
-                    from: peer.clone(),
-                    signal,
-                });
+        let result = match Request::new(message, peer, to_json) {
+            Request::Signal { id, to, body } => {
                 // Encoded for every signal, so that the script that finds `to` missing can
                 // answer in the same atomic step.
                 let error = to_json(&ServerMessage::Error {
@@ -1143,15 +1134,7 @@ impl ClusterHub {
                     other => other,
                 }
             }
-            ClientMessage::Broadcast {
-                id: _,
-                cseq: _,
-                data,
-            } => {
-                let body = to_json(&ServerMessage::Broadcast {
-                    from: peer.clone(),
-                    data,
-                });
+            Request::Broadcast { body } => {
                 let reply = self
                     .store
                     .call(Op::Broadcast, &room, &[&sid, &body, &cseq])
@@ -1168,19 +1151,19 @@ impl ClusterHub {
                 }
                 reply
             }
-            ClientMessage::Ack { seq } => {
+            Request::Other(ClientMessage::Ack { seq }) => {
                 self.store
                     .call(Op::Ack, &room, &[&sid, &seq.to_string()])
                     .await
             }
-            ClientMessage::Ping { id } => {
+            Request::Other(ClientMessage::Ping { id }) => {
                 let body = to_json(&ServerMessage::Pong {
                     reference: id,
                     received: Some(RECEIVED_PLACEHOLDER),
                 });
                 self.store.call(Op::Pong, &room, &[&sid, &body]).await
             }
-            ClientMessage::Leave { .. } => {
+            Request::Other(ClientMessage::Leave { .. }) => {
                 // Ending (and detached below whatever the reply): gone from Redis once the
                 // script ran, it is not taken for vanished meanwhile.
                 if let Guard::Conn(_) = guard
@@ -1209,7 +1192,7 @@ impl ClusterHub {
                     }
                 };
             }
-            ClientMessage::Stats { id, report } => match report.check() {
+            Request::Other(ClientMessage::Stats { id, report }) => match report.check() {
                 Ok(()) => {
                     self.record_stats(key, &room, report, StatsSource::Client(id))
                         .await;
@@ -1225,7 +1208,12 @@ impl ClusterHub {
                     self.store.call(Op::Emit, &room, &[&sid, &body]).await
                 }
             },
-            ClientMessage::Join { id, .. } | ClientMessage::Resume { id, .. } => {
+            Request::Other(
+                ClientMessage::Join { id, .. }
+                | ClientMessage::Resume { id, .. }
+                | ClientMessage::Signal { id, .. }
+                | ClientMessage::Broadcast { id, .. },
+            ) => {
                 self.metrics.error(ErrorCode::AlreadyJoined);
                 let body = to_json(&ServerMessage::Error {
                     code: ErrorCode::AlreadyJoined,

@@ -70,6 +70,24 @@ impl Drop for StreamSession {
     }
 }
 
+/// A stream request of `kind` (counted), attached after `last_seq`: its session, or the
+/// refusal to answer (a bad position, a failed check or resume).
+async fn open(
+    app: &Arc<AppState>,
+    kind: &'static str,
+    http_slot: Option<Extension<HttpSlot>>,
+    client: &ClientRequest,
+    last_seq: Result<u64, RequestError>,
+) -> Result<StreamSession, Response> {
+    app.metrics.http_request(kind);
+    let slot = http_slot.as_ref().map(|Extension(slot)| slot);
+    let session = match last_seq {
+        Ok(last_seq) => attach(app, slot, client, last_seq).await,
+        Err(error) => Err(error),
+    };
+    session.map_err(|error| refusal(app, error))
+}
+
 /// The checks of a stream request (origin, connection limits), then the quiet resume.
 async fn attach(
     app: &Arc<AppState>,
@@ -130,11 +148,16 @@ fn parse_seq(text: &str, what: &str) -> Result<u64, RequestError> {
     })
 }
 
-/// The client's position: `Last-Event-ID`, else `last_seq`, else 0.
+/// The client's position: `Last-Event-ID`, else [`last_seq`].
 fn position(client: &ClientRequest) -> Result<u64, RequestError> {
     if let Some(id) = client.headers.get("last-event-id") {
         return parse_seq(id.to_str().unwrap_or(""), "Last-Event-ID");
     }
+    last_seq(client)
+}
+
+/// The client's `last_seq`, else 0.
+fn last_seq(client: &ClientRequest) -> Result<u64, RequestError> {
     match client.query.get(http::LAST_SEQ_PARAM) {
         Some(seq) => parse_seq(seq, http::LAST_SEQ_PARAM),
         None => Ok(0),
@@ -147,17 +170,9 @@ pub async fn events(
     http_slot: Option<Extension<HttpSlot>>,
     client: ClientRequest,
 ) -> Response {
-    app.metrics.http_request("events");
-    let session = match position(&client) {
-        Ok(last_seq) => {
-            let slot = http_slot.as_ref().map(|Extension(slot)| slot);
-            attach(&app, slot, &client, last_seq).await
-        }
-        Err(error) => Err(error),
-    };
-    let session = match session {
+    let session = match open(&app, "events", http_slot, &client, position(&client)).await {
         Ok(session) => session,
-        Err(error) => return refusal(&app, error),
+        Err(refused) => return refused,
     };
     // A small channel: a client that does not read holds up the writer, which then times out.
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(4);
@@ -284,17 +299,9 @@ pub async fn poll(
     http_slot: Option<Extension<HttpSlot>>,
     client: ClientRequest,
 ) -> Response {
-    app.metrics.http_request("poll");
-    let given = client.query.get(http::LAST_SEQ_PARAM);
-    let last_seq = match given.map(|s| parse_seq(s, http::LAST_SEQ_PARAM)) {
-        Some(Ok(seq)) => seq,
-        Some(Err(error)) => return refusal(&app, error),
-        None => 0,
-    };
-    let slot = http_slot.as_ref().map(|Extension(slot)| slot);
-    let mut session = match attach(&app, slot, &client, last_seq).await {
+    let mut session = match open(&app, "poll", http_slot, &client, last_seq(&client)).await {
         Ok(session) => session,
-        Err(error) => return refusal(&app, error),
+        Err(refused) => return refused,
     };
     let mut frames = std::mem::take(&mut session.replay);
     let mut close = None;
