@@ -54,24 +54,19 @@ fn parse_args() -> Args {
         duration: Duration::from_secs(20),
         server_args: Vec::new(),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--nodes" => args.nodes = value().parse().expect("--nodes N"),
-            "--room-size" => args.room_size = value().parse().expect("--room-size N"),
-            "--senders" => args.senders = value().parse().expect("--senders N"),
-            "--bytes" => args.bytes = value().parse().expect("--bytes N"),
-            "--rate" => args.rate = value().parse().expect("--rate PER_S"),
-            "--baseline" => args.baseline = Duration::from_secs(value().parse().expect("S")),
-            "--duration" => args.duration = Duration::from_secs(value().parse().expect("S")),
-            "--server-args" => {
-                args.server_args = value().split_whitespace().map(str::to_owned).collect();
-            }
-            "--bench" => {} // passed by `cargo bench`
-            other => panic!("unknown argument {other}"),
+    common::parse_flags(|flag, value| match flag {
+        "--nodes" => args.nodes = value().parse().expect("--nodes N"),
+        "--room-size" => args.room_size = value().parse().expect("--room-size N"),
+        "--senders" => args.senders = value().parse().expect("--senders N"),
+        "--bytes" => args.bytes = value().parse().expect("--bytes N"),
+        "--rate" => args.rate = value().parse().expect("--rate PER_S"),
+        "--baseline" => args.baseline = Duration::from_secs(value().parse().expect("S")),
+        "--duration" => args.duration = Duration::from_secs(value().parse().expect("S")),
+        "--server-args" => {
+            args.server_args = value().split_whitespace().map(str::to_owned).collect();
         }
-    }
+        other => panic!("unknown argument {other}"),
+    });
     assert!(args.nodes >= 1 && args.senders < args.room_size);
     args
 }

@@ -108,26 +108,21 @@ fn parse_args() -> Args {
         connect_concurrency: 64,
         server_args: Vec::new(),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        let secs = |v: String| Duration::from_secs_f64(v.parse().expect("seconds"));
-        match flag.as_str() {
-            "--rate" => args.rate = value().parse().expect("--rate MSG_PER_S"),
-            "--pairs" => args.pairs = value().parse().expect("--pairs K"),
-            "--duration" => args.duration = secs(value()),
-            "--warmup" => args.warmup = secs(value()),
-            "--idle" => args.idle = value().parse().expect("--idle N"),
-            "--transports" => {
-                args.transports = value().split(',').map(Transport::parse).collect();
-            }
-            "--poll-timeout" => args.poll_timeout_s = value().parse().expect("--poll-timeout S"),
-            "--connect-concurrency" => args.connect_concurrency = value().parse().expect("N"),
-            "--server-arg" => args.server_args.push(value()),
-            "--bench" => {} // passed by `cargo bench`
-            other => panic!("unknown argument {other}"),
+    let secs = |v: String| Duration::from_secs_f64(v.parse().expect("seconds"));
+    common::parse_flags(|flag, value| match flag {
+        "--rate" => args.rate = value().parse().expect("--rate MSG_PER_S"),
+        "--pairs" => args.pairs = value().parse().expect("--pairs K"),
+        "--duration" => args.duration = secs(value()),
+        "--warmup" => args.warmup = secs(value()),
+        "--idle" => args.idle = value().parse().expect("--idle N"),
+        "--transports" => {
+            args.transports = value().split(',').map(Transport::parse).collect();
         }
-    }
+        "--poll-timeout" => args.poll_timeout_s = value().parse().expect("--poll-timeout S"),
+        "--connect-concurrency" => args.connect_concurrency = value().parse().expect("N"),
+        "--server-arg" => args.server_args.push(value()),
+        other => panic!("unknown argument {other}"),
+    });
     assert!(
         args.pairs >= 1 && args.rate > 0.0,
         "--pairs and --rate must be > 0"

@@ -77,27 +77,22 @@ fn parse_args() -> Args {
         failover: false,
         numbered: false,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--connections" => args.connections = value().parse().expect("--connections N"),
-            "--rooms" => args.rooms = value().parse().expect("--rooms M"),
-            "--pairs" => args.pairs = value().parse().expect("--pairs K"),
-            "--rate" => args.rate = value().parse().expect("--rate MSG_PER_S"),
-            "--duration" => {
-                args.duration = Duration::from_secs_f64(value().parse().expect("--duration S"))
-            }
-            "--url" => args.url = Some(value()),
-            "--pid" => args.pid = Some(value().parse().expect("--pid PID")),
-            "--connect-concurrency" => args.connect_concurrency = value().parse().expect("N"),
-            "--nodes" => args.nodes = value().parse().expect("--nodes N"),
-            "--failover" => args.failover = true,
-            "--numbered" => args.numbered = true,
-            "--bench" => {} // passed by `cargo bench`
-            other => panic!("unknown argument {other}"),
+    common::parse_flags(|flag, value| match flag {
+        "--connections" => args.connections = value().parse().expect("--connections N"),
+        "--rooms" => args.rooms = value().parse().expect("--rooms M"),
+        "--pairs" => args.pairs = value().parse().expect("--pairs K"),
+        "--rate" => args.rate = value().parse().expect("--rate MSG_PER_S"),
+        "--duration" => {
+            args.duration = Duration::from_secs_f64(value().parse().expect("--duration S"))
         }
-    }
+        "--url" => args.url = Some(value()),
+        "--pid" => args.pid = Some(value().parse().expect("--pid PID")),
+        "--connect-concurrency" => args.connect_concurrency = value().parse().expect("N"),
+        "--nodes" => args.nodes = value().parse().expect("--nodes N"),
+        "--failover" => args.failover = true,
+        "--numbered" => args.numbered = true,
+        other => panic!("unknown argument {other}"),
+    });
     assert!(args.rooms >= 1 && args.connections >= 2 * args.pairs.max(1));
     assert!(args.pairs <= args.rooms, "--pairs must be <= --rooms");
     args

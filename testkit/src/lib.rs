@@ -6,7 +6,7 @@
 //! - [`http_get`], [`status_code`] and [`metric_value`]: a plain HTTP GET, the status of a
 //!   response, and one sample of Prometheus text;
 //! - [`proc_status_kib`]: a process's memory (VmRSS, VmHWM) from `/proc`;
-//! - [`free_port`], [`wait_until`], [`bin_path`], [`dir_names`];
+//! - [`free_port`], [`wait_until`], [`bin_path`], [`dir_names`], [`run_ok`];
 //! - [`rest_password`]: the TURN REST password, the relay's own implementation;
 //! - [`write_self_signed`]: a certificate and key as PEM files (`--tls-cert`/`--tls-key`);
 //! - [`coturn`]: coturn's `turnutils_peer` and `turnutils_uclient`;
@@ -37,6 +37,22 @@ pub fn dir_names(dir: &std::path::Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Runs `command` to its end and returns its output, once it succeeded; panics naming `what`
+/// (the command, and where it comes from) when it cannot start or fails, with its output.
+pub fn run_ok(command: &mut std::process::Command, what: &str) -> std::process::Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("{what}: cannot run: {err}"));
+    assert!(
+        output.status.success(),
+        "{what}: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 /// The path of a workspace binary (`signaling`, `relay`, `peer`) built for this profile, beside

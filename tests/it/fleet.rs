@@ -92,22 +92,28 @@ pub(crate) fn relayed_bytes(relay: &FleetRelay) -> (u64, u64) {
 
 /// A signaling node on `redis` that re-reads the fleet every 200 ms.
 pub(crate) fn start_fleet_signaling(redis: &RedisServer) -> Signaling {
-    start_signaling_with(
-        None,
-        "127.0.0.1:0",
+    start_fleet_signaling_with(
+        redis,
         &[
-            "--redis",
-            &redis.url(),
             "--fleet-refresh",
             "200ms",
-            "--api-key",
-            "fleet-test-key",
             "--join-rate-per-ip",
             "100000",
             "--join-burst-per-ip",
             "100000",
         ],
     )
+}
+
+/// The API key of the fleet's signaling nodes ([`api_get`]).
+pub(crate) const API_KEY: &str = "fleet-test-key";
+
+/// A signaling node on `redis` taking [`API_KEY`], with `extra` flags.
+fn start_fleet_signaling_with(redis: &RedisServer, extra: &[&str]) -> Signaling {
+    let url = redis.url();
+    let mut args = vec!["--redis", &url, "--api-key", API_KEY];
+    args.extend_from_slice(extra);
+    start_signaling_with(None, "127.0.0.1:0", &args)
 }
 
 pub(crate) type Ws =
@@ -282,11 +288,7 @@ fn a_second_relay_with_a_live_relays_id_refuses_to_start() {
     // Untouched, through heartbeats of the first.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(redis.cli(&["HGET", record, "urls"]), urls);
-    assert!(
-        !redis
-            .cli(&["ZSCORE", "sig:{fleet}:relays", "twin"])
-            .is_empty()
-    );
+    assert!(redis.answers(&["ZSCORE", "sig:{fleet}:relays", "twin"]));
 
     let listen = format!("127.0.0.1:{}", first.port);
     first.proc.kill();
@@ -309,11 +311,7 @@ fn a_second_relay_with_a_live_relays_id_refuses_to_start() {
     again.proc.terminate();
     again.proc.wait_exit(Duration::from_secs(20));
     assert_eq!(redis.cli(&["HGET", record, "urls"]), other);
-    assert!(
-        !redis
-            .cli(&["ZSCORE", "sig:{fleet}:relays", "twin"])
-            .is_empty()
-    );
+    assert!(redis.answers(&["ZSCORE", "sig:{fleet}:relays", "twin"]));
 }
 
 /// Redis restarted empty loses every relay's record; the relays register again at their next
@@ -339,16 +337,11 @@ fn redis_restarted_empty_keeps_the_rooms(lease: &str, down: Duration) {
         .iter()
         .map(|id| start_fleet_relay_with(&redis, id, &lease))
         .collect();
-    let signaling = start_signaling_with(
-        None,
-        "127.0.0.1:0",
+    let signaling = start_fleet_signaling_with(
+        &redis,
         &[
-            "--redis",
-            &redis.url(),
             "--fleet-refresh",
             "50ms",
-            "--api-key",
-            "fleet-test-key",
             "--turn-url",
             "turn:127.0.0.9:9?transport=udp",
         ],
@@ -388,11 +381,7 @@ fn redis_restarted_empty_keeps_the_rooms(lease: &str, down: Duration) {
     while Instant::now() < until {
         assert_eq!(relay_ports(), before);
     }
-    assert!(
-        !redis
-            .cli(&["HGET", "sig:{fleet}:relay:r1", "urls"])
-            .is_empty()
-    );
+    assert!(redis.answers(&["HGET", "sig:{fleet}:relay:r1", "urls"]));
 }
 
 /// A relay that would refuse the credentials signaling mints (the nodes were given a
@@ -403,18 +392,7 @@ fn a_relay_that_refuses_the_nodes_credentials_gets_no_rooms() {
     let redis = RedisServer::start();
     let agreeing = start_fleet_relay_with(&redis, "agreeing", &["--turn-secret", "node-secret"]);
     let _stranger = start_fleet_relay(&redis, "stranger");
-    let signaling = start_signaling_with(
-        None,
-        "127.0.0.1:0",
-        &[
-            "--redis",
-            &redis.url(),
-            "--turn-secret",
-            "node-secret",
-            "--api-key",
-            "fleet-test-key",
-        ],
-    );
+    let signaling = start_fleet_signaling_with(&redis, &["--turn-secret", "node-secret"]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         for i in 0..20 {
@@ -624,7 +602,7 @@ pub(crate) async fn api_get(addr: SocketAddr, path: &str) -> (u16, String) {
         addr,
         "GET",
         path,
-        &[("Authorization", "Bearer fleet-test-key")],
+        &[("Authorization", &format!("Bearer {API_KEY}"))],
         "",
     )
     .await;

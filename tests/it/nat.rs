@@ -19,8 +19,11 @@ use std::io::Write as _;
 use e2e::netns::{RouterSpec, Topology, netns_unavailable};
 
 /// Builds a topology, or returns `None` after a loud skip message where this machine cannot
-/// create network namespaces.
-fn topology_or_skip(test: &str, router_a: RouterSpec, router_b: RouterSpec) -> Option<Topology> {
+/// create network namespaces. The messages name the test: libtest runs each on a thread named
+/// after it.
+fn topology_or_skip(router_a: RouterSpec, router_b: RouterSpec) -> Option<Topology> {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a real-NAT test");
     if let Some(reason) = netns_unavailable() {
         let required = std::env::var("E2E_REQUIRE_NETNS").is_ok_and(|v| !v.is_empty() && v != "0");
         assert!(

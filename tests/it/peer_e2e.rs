@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,19 @@ fn start_signaling(relay: Option<&LoopbackRelay>, listen: &str) -> Signaling {
     start_signaling_with(relay, listen, &[])
 }
 
+/// A signaling server on loopback and the URL of `room` on it.
+fn signaling_room(room: &str) -> (Signaling, String) {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let url = signaling.room_url(room);
+    (signaling, url)
+}
+
+/// [`signaling_room`], and a temporary directory for the files of a transfer.
+fn file_room(room: &str) -> (Signaling, String, tempfile::TempDir) {
+    let (signaling, url) = signaling_room(room);
+    (signaling, url, tempfile::tempdir().expect("tempdir"))
+}
+
 pub(crate) fn start_signaling_with(
     relay: Option<&LoopbackRelay>,
     listen: &str,
@@ -83,15 +97,18 @@ pub(crate) fn start_signaling_with(
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut proc = spawn("signaling", &args, false);
-    let line = proc.wait_line(Duration::from_secs(20), |l| {
-        l.contains("listening on http://")
-    });
-    let addr = line
-        .rsplit("http://")
+    let addr = listening_addr(&mut proc, "http");
+    Signaling { proc, addr }
+}
+
+/// The address in the `listening on SCHEME://ADDR` line of a starting `signaling`.
+fn listening_addr(proc: &mut Proc, scheme: &str) -> SocketAddr {
+    let prefix = format!("listening on {scheme}://");
+    let line = proc.wait_line(Duration::from_secs(20), |l| l.contains(&prefix));
+    line.rsplit(&prefix)
         .next()
         .and_then(|a| a.trim().parse().ok())
-        .expect("signaling address");
-    Signaling { proc, addr }
+        .expect("signaling address")
 }
 
 pub(crate) fn join(url: &str, name: &str, relay_only: bool) -> Proc {
@@ -109,8 +126,7 @@ pub(crate) fn join_with(url: &str, name: &str, relay_only: bool, extra: &[&str])
 
 /// Two chat peers exchange `count` lines each way; every line arrives, in order.
 fn bulk_chat(url: &str, relay_only: bool, count: usize) {
-    let mut alice = join(url, "alice", relay_only);
-    wait_joined(&mut alice);
+    let mut alice = joined(join(url, "alice", relay_only));
     let mut bob = join(url, "bob", relay_only);
     let timeout = Duration::from_secs(30);
     for proc in [&mut alice, &mut bob] {
@@ -171,17 +187,22 @@ fn ten_thousand_messages_each_way_relay_only_through_our_relay() {
     bulk_chat(&signaling.room_url("bulk-relay"), true, 10_000);
 }
 
+/// Our relay, a signaling server on it whose TURN credentials last `turn_ttl` (a refresh comes
+/// at 80% of it), and relay-only Alice and Bob chatting in `room` there.
+fn relayed_chat(room: &str, turn_ttl: &str) -> (LoopbackRelay, Signaling, Proc, Proc) {
+    let relay = start_relay();
+    let signaling = start_signaling_with(Some(&relay), "127.0.0.1:0", &["--turn-ttl", turn_ttl]);
+    let (alice, bob) = relay_only_chat_pair(&signaling.room_url(room));
+    (relay, signaling, alice, bob)
+}
+
 /// Fresh TURN credentials (`ice_servers` with the same TURN URL, here every 4.8 s): each
 /// relay-only peer moves its relayed path onto a new allocation made with them (an ICE restart),
 /// since an allocation keeps the credentials it was made with and stops refreshing once the
 /// secret that signed them is rotated out. The chat goes on.
 #[test]
 fn relayed_paths_move_onto_fresh_turn_credentials() {
-    let relay = start_relay();
-    let signaling = start_signaling_with(Some(&relay), "127.0.0.1:0", &["--turn-ttl", "6s"]);
-    let url = signaling.room_url("fresh-credentials");
-    let (mut alice, mut bob) =
-        chat_pair_from(join(&url, "alice", true), || join(&url, "bob", true));
+    let (_relay, _signaling, mut alice, mut bob) = relayed_chat("fresh-credentials", "6s");
     let timeout = Duration::from_secs(30);
     for proc in [&mut alice, &mut bob] {
         let first = proc.wait_seen(timeout, |l| l.starts_with("* selected-pair"));
@@ -212,6 +233,13 @@ pub(crate) fn xorshift_bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `name` in `dir`: its path, and the path as an argument of a command.
+fn path_in(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let arg = path.to_string_lossy().into_owned();
+    (path, arg)
+}
+
 /// `peer send-file` or `peer recv-file` (`command`) of `path` in the room of `url`, on
 /// loopback, with `extra` flags.
 fn file_peer(command: &str, url: &str, path: &str, extra: &[&str]) -> Proc {
@@ -222,16 +250,12 @@ fn file_peer(command: &str, url: &str, path: &str, extra: &[&str]) -> Proc {
 
 #[test]
 fn file_of_several_megabytes_arrives_with_matching_checksum() {
-    let signaling = start_signaling(None, "127.0.0.1:0");
-    let url = signaling.room_url("file");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src.bin");
-    let dst = dir.path().join("dst.bin");
+    let (_signaling, url, dir) = file_room("file");
+    let (src, src_s) = path_in(dir.path(), "src.bin");
+    let (dst, dst_s) = path_in(dir.path(), "dst.bin");
     // 6 MiB of non-repeating bytes.
     let data = xorshift_bytes(0x2545_f491_4f6c_dd1d, 6 * 1024 * 1024);
     std::fs::write(&src, &data).expect("write source");
-    let src_s = src.to_string_lossy().into_owned();
-    let dst_s = dst.to_string_lossy().into_owned();
     // An existing file gets the new content once the whole file arrived and checked out; it
     // stays the same file (its mode, its hard links).
     std::fs::write(&dst, b"older contents").expect("write old destination");
@@ -239,8 +263,7 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
     std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let link = dir.path().join("link.bin");
     std::fs::hard_link(&dst, &link).expect("hard link");
-    let mut receiver = file_peer("recv-file", &url, &dst_s, &[]);
-    wait_joined(&mut receiver);
+    let mut receiver = joined(file_peer("recv-file", &url, &dst_s, &[]));
     assert_eq!(std::fs::read(&dst).expect("read"), b"older contents");
     let mut sender = file_peer("send-file", &url, &src_s, &[]);
     let received = receiver.wait_line(Duration::from_secs(120), |l| {
@@ -332,6 +355,17 @@ pub(crate) fn wait_joined(proc: &mut Proc) {
     proc.wait_line(Duration::from_secs(10), |l| l.starts_with("* joined"));
 }
 
+/// `proc` once it has joined its room ([`wait_joined`]).
+pub(crate) fn joined(mut proc: Proc) -> Proc {
+    wait_joined(&mut proc);
+    proc
+}
+
+/// Waits (10 s) for `proc` to exit, with `code`.
+fn exits_with(proc: &mut Proc, code: i32) {
+    assert_eq!(proc.wait_exit(Duration::from_secs(10)).code(), Some(code));
+}
+
 /// Whether `line` is the notice of a reliable (chat) channel opening.
 pub(crate) fn reliable_channel_open(line: &str) -> bool {
     line.starts_with("* channel-open") && line.contains("kind=reliable")
@@ -359,6 +393,11 @@ pub(crate) fn chat_both_ways(alice: &mut Proc, bob: &mut Proc, there: &str, back
 /// Alice joins the room at `url`, then Bob; returns once both have their chat channel open.
 pub(crate) fn chat_pair(url: &str) -> (Proc, Proc) {
     chat_pair_from(join(url, "alice", false), || join(url, "bob", false))
+}
+
+/// [`chat_pair`] of relay-only peers.
+fn relay_only_chat_pair(url: &str) -> (Proc, Proc) {
+    chat_pair_from(join(url, "alice", true), || join(url, "bob", true))
 }
 
 /// [`chat_pair`] with peers started otherwise: waits for `alice` (started) to join, then
@@ -411,12 +450,8 @@ fn signaling_socket_drop_resumes_and_the_data_channel_keeps_working() {
 /// (80% of a TTL later, when the secret that signed the old credentials may be gone).
 #[test]
 fn fresh_credentials_that_arrive_while_the_path_is_down_are_moved_onto_once_it_is_back() {
-    let relay = start_relay();
     // A refresh every 8 s; ICE says `disconnected` 3 s after the last packet and `failed` 6 s.
-    let signaling = start_signaling_with(Some(&relay), "127.0.0.1:0", &["--turn-ttl", "10s"]);
-    let url = signaling.room_url("fresh-while-down");
-    let (mut alice, mut bob) =
-        chat_pair_from(join(&url, "alice", true), || join(&url, "bob", true));
+    let (relay, _signaling, mut alice, mut bob) = relayed_chat("fresh-while-down", "10s");
     let refreshed = |l: &str| l == "* ice-servers-updated";
     let state = |l: &str| {
         l.starts_with("* connection-state")
@@ -477,8 +512,7 @@ fn signaling_restart_keeps_a_relay_only_call() {
     let listen = format!("127.0.0.1:{}", e2e::free_port());
     let signaling = start_signaling(Some(&relay), &listen);
     let url = signaling.room_url("restart-relayed");
-    let (mut alice, mut bob) =
-        chat_pair_from(join(&url, "alice", true), || join(&url, "bob", true));
+    let (mut alice, mut bob) = relay_only_chat_pair(&url);
     drop(signaling.proc);
     let _restarted = start_signaling(Some(&relay), &listen);
     for proc in [&mut alice, &mut bob] {
@@ -594,7 +628,7 @@ fn a_failed_self_probe_leaves_nothing_behind() {
         failed.contains("refused the credentials (401 Unauthorized)"),
         "{failed}"
     );
-    assert_eq!(probe.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    exits_with(&mut probe, 1);
     // Their `leave`s were written before the probe exited; the server takes a moment.
     let emptied = testkit::wait_until(Duration::from_secs(2), || {
         let (_, text) = testkit::http_get(signaling.addr, "/metrics").ok()?;
@@ -708,8 +742,7 @@ fn quiet_room_stays_connected_on_pings_alone() {
         &["--ping-interval", "200ms", "--ping-timeout", "1s"],
     );
     let url = signaling.room_url("quiet");
-    let mut alice = join(&url, "alice", false);
-    wait_joined(&mut alice);
+    let mut alice = joined(join(&url, "alice", false));
     // Five ping timeouts with no message at all.
     alice.read_for(Duration::from_secs(5));
     assert!(
@@ -729,7 +762,7 @@ struct StreamRelay {
     tcp: SocketAddr,
     tls: SocketAddr,
     /// The self-signed certificate, written to a file for `peer --turn-ca`.
-    ca_file: std::path::PathBuf,
+    ca_file: PathBuf,
     admin: SocketAddr,
 }
 
@@ -817,8 +850,7 @@ fn relay_only_chat_through_stream_turn(tls: bool) {
     let url = signaling.room_url("stream-turn");
     let ca = relay.ca_file.to_string_lossy().into_owned();
     let extra = ["--turn-ca", ca.as_str()];
-    let mut alice = join_with(&url, "alice", true, &extra);
-    wait_joined(&mut alice);
+    let mut alice = joined(join_with(&url, "alice", true, &extra));
     let mut bob = join_with(&url, "bob", true, &extra);
     let timeout = Duration::from_secs(30);
     for proc in [&mut alice, &mut bob] {
@@ -855,7 +887,7 @@ fn relay_only_peers_chat_through_turn_over_tls() {
 /// A file for a child's stderr, and its text once the child is done.
 struct StderrFile {
     _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
+    path: PathBuf,
 }
 
 impl StderrFile {
@@ -876,11 +908,9 @@ impl StderrFile {
 
 #[test]
 fn join_sends_what_stdin_had_then_leaves_and_exits_when_stdin_closes() {
-    let signaling = start_signaling(None, "127.0.0.1:0");
-    let url = signaling.room_url("stdin-eof");
+    let (_signaling, url) = signaling_room("stdin-eof");
     // Bob's stdin ends before anyone else is there: his lines wait for the first peer.
-    let mut bob = join(&url, "bob", false);
-    wait_joined(&mut bob);
+    let mut bob = joined(join(&url, "bob", false));
     say(&mut bob, "hello");
     say(&mut bob, "bye");
     drop(bob.stdin.take());
@@ -899,23 +929,25 @@ fn join_sends_what_stdin_had_then_leaves_and_exits_when_stdin_closes() {
 
 #[test]
 fn without_a_name_other_peers_see_the_host_name() {
-    let signaling = start_signaling(None, "127.0.0.1:0");
-    let url = signaling.room_url("default-name");
-    let mut alice = join(&url, "alice", false);
-    wait_joined(&mut alice);
+    let (_signaling, url) = signaling_room("default-name");
+    let mut alice = joined(join(&url, "alice", false));
     let _anon = spawn("peer", &["join", &url, "--bind", "127.0.0.1"], true);
     let joined = alice.wait_line(Duration::from_secs(20), |l| l.starts_with("* peer-joined"));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
     assert_eq!(field(&joined, "name"), Some(host.trim()), "{joined}");
 }
 
-#[test]
-fn a_refused_connection_names_its_cause_once() {
-    // A port nothing listens on: bind one, note it, close it.
-    let port = TcpListener::bind("127.0.0.1:0")
+/// A port nothing listens on: bind one, note it, close it.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
-        .port();
+        .port()
+}
+
+#[test]
+fn a_refused_connection_names_its_cause_once() {
+    let port = closed_port();
     let stderr = StderrFile::new();
     let mut proc = spawn_with_stderr(
         "peer",
@@ -968,8 +1000,7 @@ fn kick(signaling: &Signaling, room: &str, id: &str) {
 fn a_kicked_peer_stops_for_good_and_says_why() {
     let signaling = start_signaling_with(None, "127.0.0.1:0", &["--api-key", API_KEY]);
     let url = signaling.room_url("kicks");
-    let mut alice = join(&url, "alice", false);
-    wait_joined(&mut alice);
+    let mut alice = joined(join(&url, "alice", false));
     let mut bob = join(&url, "bob", false);
     let bob_id = joined_id(&mut bob);
     kick(&signaling, "kicks", &bob_id);
@@ -1024,7 +1055,7 @@ struct TlsSignaling {
     _proc: Proc,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
-    ca_file: std::path::PathBuf,
+    ca_file: PathBuf,
 }
 
 impl TlsSignaling {
@@ -1040,14 +1071,7 @@ fn start_tls_signaling() -> TlsSignaling {
         &["--listen", "127.0.0.1:0", "--tls-self-signed"],
         false,
     );
-    let line = proc.wait_line(Duration::from_secs(20), |l| {
-        l.contains("listening on https://")
-    });
-    let addr = line
-        .rsplit("https://")
-        .next()
-        .and_then(|a| a.trim().parse().ok())
-        .expect("signaling address");
+    let addr = listening_addr(&mut proc, "https");
     // The PEM follows the listening line.
     proc.wait_line(Duration::from_secs(20), |l| {
         l.starts_with("-----END CERTIFICATE")
@@ -1239,8 +1263,7 @@ fn a_chat_message_with_terminal_escapes_is_printed_escaped_on_one_line() {
 /// warning, and the lines after it still go.
 #[test]
 fn a_line_that_is_not_utf8_is_sent_lossily_and_the_rest_of_stdin_still_goes() {
-    let signaling = start_signaling(None, "127.0.0.1:0");
-    let url = signaling.room_url("not-utf8");
+    let (_signaling, url) = signaling_room("not-utf8");
     let alice_err = StderrFile::new();
     let (mut alice, mut bob) = logged_chat_pair(&url, &alice_err);
     write_stdin(&mut alice, b"good1\ncaf\xc3\xa9 \xff bad\ngood2\n");
@@ -1258,8 +1281,7 @@ fn a_line_that_is_not_utf8_is_sent_lossily_and_the_rest_of_stdin_still_goes() {
 /// longer one is not sent and the sender says so, and the chat goes on.
 #[test]
 fn a_line_over_the_message_limit_is_not_sent_and_the_sender_says_so() {
-    let signaling = start_signaling(None, "127.0.0.1:0");
-    let url = signaling.room_url("long-line");
+    let (_signaling, url) = signaling_room("long-line");
     let alice_err = StderrFile::new();
     let (mut alice, mut bob) = logged_chat_pair(&url, &alice_err);
     let largest = "x".repeat(65_536);
@@ -1285,8 +1307,7 @@ fn a_line_over_the_message_limit_is_not_sent_and_the_sender_says_so() {
 /// to the next peer that connects instead of into the dead connection.
 #[test]
 fn lines_typed_while_every_connection_is_down_go_to_the_next_peer() {
-    let signaling = start_signaling(None, "127.0.0.1:0");
-    let url = signaling.room_url("all-down");
+    let (_signaling, url) = signaling_room("all-down");
     let alice_err = StderrFile::new();
     let (mut alice, mut bob) = logged_chat_pair(&url, &alice_err);
     let joined = bob.wait_seen(Duration::from_secs(10), |l| l.starts_with("* joined"));
@@ -1320,7 +1341,7 @@ fn sigterm_makes_join_leave_the_room_at_once() {
     assert_eq!(field(&left, "reason"), Some("left"), "{left}");
     assert!(sent.elapsed() < Duration::from_secs(5));
     let mut alice = alice;
-    assert_eq!(alice.wait_exit(Duration::from_secs(10)).code(), Some(143));
+    exits_with(&mut alice, 143);
 }
 
 /// `recv-file` and `send-file` stop on SIGINT and SIGTERM with 130 and 143, leaving the
@@ -1328,20 +1349,17 @@ fn sigterm_makes_join_leave_the_room_at_once() {
 /// file untouched, no new or temporary file).
 #[test]
 fn interrupted_file_commands_leave_and_remove_the_partial_file() {
-    let signaling = start_signaling(None, "127.0.0.1:0");
-    let url = signaling.room_url("interrupted");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let dst = dir.path().join("dst.bin");
-    let dst_s = dst.to_string_lossy().into_owned();
-    let mut watcher = join(&url, "watcher", false);
-    wait_joined(&mut watcher);
-    let mut receiver = file_peer("recv-file", &url, &dst_s, &["--name", "receiver"]);
-    wait_joined(&mut receiver);
+    let (_signaling, url, dir) = file_room("interrupted");
+    let (_, dst_s) = path_in(dir.path(), "dst.bin");
+    let mut watcher = joined(join(&url, "watcher", false));
+    let mut receiver = joined(file_peer(
+        "recv-file",
+        &url,
+        &dst_s,
+        &["--name", "receiver"],
+    ));
     receiver.interrupt();
-    assert_eq!(
-        receiver.wait_exit(Duration::from_secs(10)).code(),
-        Some(130)
-    );
+    exits_with(&mut receiver, 130);
     assert!(
         testkit::dir_names(dir.path()).is_empty(),
         "a file was left behind"
@@ -1350,47 +1368,41 @@ fn interrupted_file_commands_leave_and_remove_the_partial_file() {
         l.starts_with("* peer-left") && field(l, "name") == Some("receiver")
     });
     // An existing file is neither emptied while the receiver waits nor removed when it stops.
-    let kept = dir.path().join("kept.txt");
+    let (kept, kept_s) = path_in(dir.path(), "kept.txt");
     std::fs::write(&kept, b"precious data").expect("write existing");
-    let kept_s = kept.to_string_lossy().into_owned();
-    let mut receiver = file_peer("recv-file", &url, &kept_s, &["--name", "receiver2"]);
-    wait_joined(&mut receiver);
+    let mut receiver = joined(file_peer(
+        "recv-file",
+        &url,
+        &kept_s,
+        &["--name", "receiver2"],
+    ));
     assert_eq!(std::fs::read(&kept).expect("read"), b"precious data");
     receiver.terminate();
-    assert_eq!(
-        receiver.wait_exit(Duration::from_secs(10)).code(),
-        Some(143)
-    );
+    exits_with(&mut receiver, 143);
     assert_eq!(std::fs::read(&kept).expect("read"), b"precious data");
     assert_eq!(testkit::dir_names(dir.path()), ["kept.txt"]);
     watcher.wait_line(Duration::from_secs(5), |l| {
         l.starts_with("* peer-left") && field(l, "name") == Some("receiver2")
     });
 
-    let src = dir.path().join("src.bin");
+    let (src, src_s) = path_in(dir.path(), "src.bin");
     std::fs::write(&src, b"some bytes").expect("write source");
-    let src_s = src.to_string_lossy().into_owned();
     // Alone in the room (a chat peer would decline the file), send-file waits for a peer.
     watcher.terminate();
     watcher.wait_exit(Duration::from_secs(10));
-    let mut sender = file_peer("send-file", &url, &src_s, &["--name", "sender"]);
-    wait_joined(&mut sender);
+    let mut sender = joined(file_peer("send-file", &url, &src_s, &["--name", "sender"]));
     sender.terminate();
-    assert_eq!(sender.wait_exit(Duration::from_secs(10)).code(), Some(143));
+    exits_with(&mut sender, 143);
 }
 
 /// `send-file` to a room whose first peer is a `peer join` chat: the chat peer declines the
 /// file (no binary on its terminal) and the sender fails saying so instead of waiting forever.
 #[test]
 fn a_chat_peer_declines_a_file_and_the_sender_says_so() {
-    let signaling = start_signaling(None, "127.0.0.1:0");
-    let url = signaling.room_url("declined");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("photo.bin");
+    let (_signaling, url, dir) = file_room("declined");
+    let (src, src_s) = path_in(dir.path(), "photo.bin");
     std::fs::write(&src, xorshift_bytes(7, 200_000)).expect("write source");
-    let src_s = src.to_string_lossy().into_owned();
-    let mut alice = join(&url, "alice", false);
-    wait_joined(&mut alice);
+    let mut alice = joined(join(&url, "alice", false));
     let stderr = StderrFile::new();
     let mut sender = spawn_with_stderr(
         "peer",
@@ -1422,10 +1434,7 @@ fn a_chat_peer_declines_a_file_and_the_sender_says_so() {
 /// as connecting instead of failing on its arguments.
 #[test]
 fn peer_relay_only_accepts_1_from_the_environment() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = closed_port();
     let output = Command::new(bin_path("peer"))
         .args(["join", &format!("ws://127.0.0.1:{port}/ws/x")])
         .env("PEER_RELAY_ONLY", "1")
@@ -1465,7 +1474,7 @@ fn a_kick_is_reported_once_on_stderr() {
     let mut bob = join_logged(&url, "bob", &stderr);
     let bob_id = joined_id(&mut bob);
     kick(&signaling, "kick-once", &bob_id);
-    assert_eq!(bob.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    exits_with(&mut bob, 1);
     let text = stderr.text();
     assert_eq!(text.matches("kicked").count(), 1, "{text}");
     assert!(text.contains("warning: signaling: kicked: "), "{text}");

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::fleet::{relay_metric, start_loopback_relay};
 use crate::peer_e2e::{
-    chat_both_ways, expect_chat, field, join, reliable_channel_open, say, start_signaling_with,
-    wait_joined,
+    chat_both_ways, expect_chat, field, join, joined, reliable_channel_open, say,
+    start_signaling_with,
 };
 
 const TURN_SECRET: &str = "relay-restart-secret";
@@ -46,8 +46,7 @@ fn relay_only_call_recovers_after_its_relay_restarts_on_the_same_address() {
         &["--turn-url", &turn_url, "--turn-secret", TURN_SECRET],
     );
     let url = signaling.room_url("relay-restart");
-    let mut alice = join(&url, "alice", true);
-    wait_joined(&mut alice);
+    let mut alice = joined(join(&url, "alice", true));
     let mut bob = join(&url, "bob", true);
     for proc in [&mut alice, &mut bob] {
         proc.wait_line(WAIT, reliable_channel_open);

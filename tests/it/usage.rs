@@ -21,11 +21,12 @@ use tokio::net::UdpSocket;
 use tokio::time::timeout;
 use webrtc_util::Conn as _;
 
-use crate::fleet::{Ws, join_session, relay_metric, start_fleet_relay_with, start_fleet_signaling};
+use crate::fleet::{
+    API_KEY as FLEET_KEY, Ws, join_session, relay_metric, start_fleet_relay_with,
+    start_fleet_signaling,
+};
 
 const KEY: &str = "usage-key";
-/// The API key of `fleet::start_fleet_signaling`.
-const FLEET_KEY: &str = "fleet-test-key";
 const TO_PEER: (usize, usize) = (120, 1000); // packets, bytes each
 const TO_CLIENT: (usize, usize) = (80, 700);
 const STEP: Duration = Duration::from_secs(5);

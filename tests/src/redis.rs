@@ -119,6 +119,12 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Whether `redis-cli args` answers anything but nil or an empty string: the field
+    /// (`HGET`) or member (`ZSCORE`) it asks for is there.
+    pub fn answers(&self, args: &[&str]) -> bool {
+        !self.cli(args).is_empty()
+    }
+
     /// The number of keys (`DBSIZE`).
     pub fn dbsize(&self) -> u64 {
         self.cli(&["DBSIZE"]).parse().unwrap_or(u64::MAX)
@@ -221,16 +227,12 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
+        testkit::run_ok(
+            Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"]),
+            "redis-cli --cluster create",
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

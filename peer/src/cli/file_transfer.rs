@@ -116,17 +116,10 @@ pub(crate) async fn send(
         size,
         sha256,
     };
-    let (peer, mut events) = stop.guard(super::join(url, common)).await??;
-    let outcome = stop
-        .guard(send_to_first_peer(
-            &peer,
-            &mut events,
-            offer,
-            common.output(),
-        ))
-        .await;
-    stop.leave(peer).await;
-    outcome?
+    stop.in_room(url, common, async |peer, events| {
+        send_to_first_peer(peer, events, offer, common.output()).await
+    })
+    .await??
 }
 
 /// The file being sent.
@@ -269,16 +262,11 @@ pub(crate) async fn receive(
     // Before joining: a path that cannot be written fails without the room seeing us (a FIFO
     // without a reader blocks here, and a signal still stops it).
     let mut target = stop.guard(Target::open(out_path)).await??;
-    let (peer, mut events) = stop.guard(super::join(url, common)).await??;
     let outcome = stop
-        .guard(receive_one(
-            &peer,
-            &mut events,
-            &mut target,
-            common.output(),
-        ))
-        .await;
-    stop.leave(peer).await;
+        .in_room(url, common, async |peer, events| {
+            receive_one(peer, events, &mut target, common.output()).await
+        })
+        .await?;
     if matches!(target.sink, Sink::Staged { .. }) {
         // Never settled: the temporary file goes with `target`.
         eprintln!(

@@ -304,6 +304,21 @@ impl Stop {
     pub(crate) async fn leave(&mut self, peer: Peer) {
         let _ = self.guard(peer.close()).await;
     }
+
+    /// Joins the room of `url` and runs `session` with the peer and its events, then leaves
+    /// the room whether the session completed or not: the session's output, or the signal that
+    /// came first (an error when it came while joining).
+    pub(crate) async fn in_room<T>(
+        &mut self,
+        url: &str,
+        common: &CommonArgs,
+        session: impl AsyncFnOnce(&Peer, &mut PeerEvents) -> T,
+    ) -> anyhow::Result<Result<T, Interrupted>> {
+        let (peer, mut events) = self.guard(join(url, common)).await??;
+        let outcome = self.guard(session(&peer, &mut events)).await;
+        self.leave(peer).await;
+        Ok(outcome)
+    }
 }
 
 /// An error and its causes on one line, each message once: a cause whose text its wrapper

@@ -65,17 +65,11 @@ pub(crate) async fn run(
             }
         }
     } else {
-        let (peer, mut events) = stop.guard(super::join(url, common)).await??;
         let outcome = stop
-            .guard(probe_remote(
-                &peer,
-                &mut events,
-                timeout,
-                &out,
-                &mut results,
-            ))
-            .await;
-        stop.leave(peer).await;
+            .in_room(url, common, async |peer, events| {
+                probe_remote(peer, events, timeout, &out, &mut results).await
+            })
+            .await?;
         failed = !outcome?;
     }
     let fields: Vec<(&str, String)> = results.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();

@@ -18,6 +18,19 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// A benchmark client's WebSocket.
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Hands each of the benchmark's flags to `apply` with a `value()` that takes the flag's value
+/// (and panics when there is none); skips `--bench`, which `cargo bench` passes.
+pub(crate) fn parse_flags(mut apply: impl FnMut(&str, &mut dyn FnMut() -> String)) {
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag != "--bench" {
+            apply(&flag, &mut || {
+                it.next().unwrap_or_else(|| panic!("{flag} needs a value"))
+            });
+        }
+    }
+}
+
 pub(crate) fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

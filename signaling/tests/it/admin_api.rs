@@ -3,6 +3,7 @@
 
 use signaling::protocol::{ErrorCode, LeaveReason, ServerMessage};
 
+use crate::basic::expect_peer_left;
 use crate::support::{Client, Closed, Server, cluster_nodes, http_request, resume_message};
 
 const KEY: &str = "admin-key-1";
@@ -122,13 +123,7 @@ async fn the_admin_lists_kicks_and_closes_rooms() {
     b.expect_error(ErrorCode::Kicked).await;
     assert_eq!(b.expect_close().await, Closed::Code(1008));
     for other in [&mut a, &mut c] {
-        match other.recv_message().await {
-            ServerMessage::PeerLeft { peer_id, reason } => {
-                assert_eq!(peer_id, b_info.peer_id);
-                assert_eq!(reason, LeaveReason::Ended);
-            }
-            other => panic!("expected peer_left, got {other:?}"),
-        }
+        expect_peer_left(other, &b_info.peer_id, LeaveReason::Ended).await;
     }
     let mut again = Client::connect(&server.ws("/ws")).await;
     again

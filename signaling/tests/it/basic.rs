@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use signaling::protocol::{
-    ClientMessage, ErrorCode, IceCandidate, LeaveReason, PeerId, PeerInfo, ServerMessage, Signal,
+    ClientMessage, ErrorCode, IceCandidate, LeaveReason, PeerId, PeerInfo, RequestId,
+    ServerMessage, Signal,
 };
 
 use crate::support::{Client, Closed, Server};
@@ -33,6 +34,20 @@ pub(crate) async fn signal(client: &mut Client, to: &PeerId, signal: Signal) {
         .await;
 }
 
+/// A `signal` to `to` as request `id`, which an error answering it names.
+pub(crate) fn signal_request(
+    id: RequestId,
+    to: impl Into<PeerId>,
+    signal: Signal,
+) -> ClientMessage {
+    ClientMessage::Signal {
+        id: Some(id),
+        cseq: None,
+        to: to.into(),
+        signal,
+    }
+}
+
 /// `from` signals `candidate(n)` to `to`, which receives it: each side is a client and its peer id.
 pub(crate) async fn pass_candidate(
     (from, from_id): (&mut Client, &PeerId),
@@ -45,11 +60,17 @@ pub(crate) async fn pass_candidate(
 
 /// Expects `peer` to have left for `reason`.
 pub(crate) async fn expect_peer_left(client: &mut Client, peer: &PeerId, reason: LeaveReason) {
-    match client.recv_message().await {
-        ServerMessage::PeerLeft {
+    assert_peer_left(Some(client.recv_message().await), peer, reason);
+}
+
+/// Panics unless `message` is the `peer_left` of `peer` for `reason`.
+#[track_caller]
+pub(crate) fn assert_peer_left(message: Option<ServerMessage>, peer: &PeerId, reason: LeaveReason) {
+    match message {
+        Some(ServerMessage::PeerLeft {
             peer_id,
             reason: got,
-        } => {
+        }) => {
             assert_eq!(&peer_id, peer);
             assert_eq!(got, reason);
         }
@@ -192,26 +213,15 @@ async fn signals_never_cross_rooms() {
     let server = Server::start(&[]);
     let (mut a, _a_info) = Client::join(&server.ws("/ws/red"), None).await;
     let (mut x, x_info) = Client::join(&server.ws("/ws/blue"), None).await;
-    a.send(&ClientMessage::Signal {
-        id: Some(42),
-        cseq: None,
-        to: x_info.peer_id.clone(),
-        signal: candidate(1),
-    })
-    .await;
+    a.send(&signal_request(42, x_info.peer_id.clone(), candidate(1)))
+        .await;
     let frame = a.expect_error(ErrorCode::UnknownPeer).await;
     match frame.message {
         ServerMessage::Error { reference, .. } => assert_eq!(reference, Some(42)),
         _ => unreachable!(),
     }
     // A made-up id is refused the same way.
-    a.send(&ClientMessage::Signal {
-        id: Some(43),
-        cseq: None,
-        to: "nobody".into(),
-        signal: candidate(2),
-    })
-    .await;
+    a.send(&signal_request(43, "nobody", candidate(2))).await;
     a.expect_error(ErrorCode::UnknownPeer).await;
     x.expect_silence(Duration::from_millis(300)).await;
 }

@@ -1,6 +1,7 @@
 //! Cluster mode against a real `redis-server` (and a real 3-master Redis Cluster): node loss,
 //! drain, a Redis outage, cluster-wide room limits under a race, and no leaked keys.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use signaling::protocol::{
@@ -8,13 +9,21 @@ use signaling::protocol::{
     SessionInfo,
 };
 
-use crate::basic::{candidate, expect_signal, pass_candidate, signal};
+use crate::basic::{
+    assert_peer_left, candidate, expect_peer_left, expect_signal, pass_candidate, signal,
+    signal_request,
+};
 use crate::support::redis::{RedisCluster, RedisServer};
 use crate::support::{Client, Closed, Server, join_message, metric_becomes, resume_message};
 
 /// Fast failure detection for tests: heartbeat 200 ms, lease 1 s.
 fn node(redis_urls: &str, extra: &[&str]) -> Server {
     node_timed(redis_urls, "1s", "500ms", extra)
+}
+
+/// `N` nodes as [`node`] makes them, each with `extra`.
+fn nodes<const N: usize>(redis_urls: &str, extra: &[&str]) -> [Server; N] {
+    std::array::from_fn(|_| node(redis_urls, extra))
 }
 
 /// A node on `redis_urls` with a 200 ms heartbeat, `lease`, `redis_timeout` and `extra`.
@@ -66,20 +75,23 @@ async fn peer_and_a_parked_one(
     (a, b_info)
 }
 
-/// Resumes on `url` and expects `n` replayed signals `first..first+n` from `from`, then
-/// `resumed` with `replayed == n`.
+/// Resumes `session`, whose client saw frames up to `last_seq`, on `url`, and expects the
+/// signals `candidate(i)` for each `i` of `candidates` from `from` replayed in order, then
+/// `resumed` counting them.
 async fn resume_expecting(
     url: &str,
-    token: &ResumeToken,
+    session: &SessionInfo,
     last_seq: u64,
     from: &PeerId,
-    first: u32,
-    n: u32,
+    candidates: Range<u32>,
 ) -> Client {
     let mut client = Client::connect(url).await;
     client.last_seq = last_seq;
-    client.send(&resume_message(token, last_seq)).await;
-    for i in first..first + n {
+    client
+        .send(&resume_message(&session.resume_token, last_seq))
+        .await;
+    let n = candidates.len() as u64;
+    for i in candidates {
         assert_eq!(
             expect_signal(&mut client, from).await,
             candidate(i),
@@ -87,22 +99,32 @@ async fn resume_expecting(
         );
     }
     match client.recv_message().await {
-        ServerMessage::Resumed { replayed, .. } => assert_eq!(replayed, u64::from(n)),
+        ServerMessage::Resumed { replayed, .. } => assert_eq!(replayed, n),
         other => panic!("expected resumed, got {other:?}"),
     }
     client
 }
 
+/// A call in `room`: A joins on `a_node`, then B on `b_node`, and A passes B a first
+/// candidate.
+async fn call(
+    a_node: &Server,
+    b_node: &Server,
+    room: &str,
+) -> ((Client, SessionInfo), (Client, SessionInfo)) {
+    let path = format!("/ws/{room}");
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&a_node.ws(&path), &b_node.ws(&path)).await;
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 0).await;
+    ((a, a_info), (b, b_info))
+}
+
 #[tokio::test]
 async fn a_client_of_a_killed_node_resumes_on_another_with_nothing_lost() {
     let redis = RedisServer::start();
-    let n1 = node(&redis.url(), &["--resume-grace", "20s"]);
-    let mut n2 = node(&redis.url(), &["--resume-grace", "20s"]);
-    let n3 = node(&redis.url(), &["--resume-grace", "20s"]);
+    let [n1, mut n2, n3] = nodes(&redis.url(), &["--resume-grace", "20s"]);
     metric_becomes(&n1, "signaling_cluster_nodes", 3).await;
-    let ((mut a, a_info), (mut b, b_info)) =
-        Client::pair(&n1.ws("/ws/call"), &n2.ws("/ws/call")).await;
-    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 0).await;
+    let ((mut a, a_info), (b, b_info)) = call(&n1, &n2, "call").await;
     let b_seen = b.last_seq;
 
     // kill -9 B's node mid-negotiation; A goes on trickling to B.
@@ -117,15 +139,7 @@ async fn a_client_of_a_killed_node_resumes_on_another_with_nothing_lost() {
         signal(&mut a, &b_info.peer_id, candidate(i)).await;
     }
     a.sync().await;
-    let mut b = resume_expecting(
-        &n3.ws("/ws/call"),
-        &b_info.resume_token,
-        b_seen,
-        &a_info.peer_id,
-        1,
-        7,
-    )
-    .await;
+    let mut b = resume_expecting(&n3.ws("/ws/call"), &b_info, b_seen, &a_info.peer_id, 1..8).await;
     eprintln!(
         "kill -9 to resumed elsewhere: {} ms",
         killed.elapsed().as_millis()
@@ -145,8 +159,7 @@ async fn a_client_of_a_killed_node_resumes_on_another_with_nothing_lost() {
 #[tokio::test]
 async fn a_dead_nodes_client_that_never_returns_leaves_after_the_grace_period() {
     let redis = RedisServer::start();
-    let n1 = node(&redis.url(), &["--resume-grace", "1s"]);
-    let mut n2 = node(&redis.url(), &["--resume-grace", "1s"]);
+    let [n1, mut n2] = nodes(&redis.url(), &["--resume-grace", "1s"]);
     let (mut a, _) = Client::join(&n1.ws("/ws/gone"), None).await;
     let (_b, b_info) = Client::join(&n2.ws("/ws/gone"), None).await;
     let _ = a.recv_message().await;
@@ -179,13 +192,8 @@ async fn adopted_by_one_of(survivors: &[&Server]) {
 
 /// The next frame of `client`, within `limit`, is `peer_left` of `peer`, `disconnected`.
 async fn expect_disconnected(client: &mut Client, peer: &PeerId, limit: Duration) {
-    match client.recv_within(limit).await.map(|f| f.message) {
-        Some(ServerMessage::PeerLeft { peer_id, reason }) => {
-            assert_eq!(&peer_id, peer);
-            assert_eq!(reason, LeaveReason::Disconnected);
-        }
-        other => panic!("expected peer_left, got {other:?}"),
-    }
+    let message = client.recv_within(limit).await.map(|f| f.message);
+    assert_peer_left(message, peer, LeaveReason::Disconnected);
 }
 
 /// A supervisor restarts a killed node at once under the same `--node-id`: the new process is a
@@ -237,11 +245,10 @@ async fn draining_a_node_moves_its_clients_with_zero_frames_lost() {
     drop(b);
     let b = resume_expecting(
         &n1.ws("/ws/move"),
-        &b_info.resume_token,
+        &b_info,
         last,
         &a_info.peer_id,
-        processed,
-        5 - processed,
+        processed..5,
     )
     .await;
     assert!(n2.wait_exit(Duration::from_secs(5)), "drained node exits");
@@ -253,11 +260,8 @@ async fn draining_a_node_moves_its_clients_with_zero_frames_lost() {
 #[tokio::test]
 async fn a_redis_outage_is_refused_clearly_and_healed_without_a_restart() {
     let redis = RedisServer::start();
-    let n1 = node(&redis.url(), &["--resume-grace", "30s"]);
-    let n2 = node(&redis.url(), &["--resume-grace", "30s"]);
-    let ((mut a, a_info), (mut b, b_info)) =
-        Client::pair(&n1.ws("/ws/outage"), &n2.ws("/ws/outage")).await;
-    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 0).await;
+    let [n1, n2] = nodes(&redis.url(), &["--resume-grace", "30s"]);
+    let ((mut a, a_info), (mut b, b_info)) = call(&n1, &n2, "outage").await;
     let (a_seen, b_seen) = (a.last_seq, b.last_seq);
     for server in [&n1, &n2] {
         metric_becomes(server, "signaling_cluster_available", 1).await;
@@ -271,13 +275,8 @@ async fn a_redis_outage_is_refused_clearly_and_healed_without_a_restart() {
     redis.freeze();
     // A request in flight fails with `unavailable` naming it (so its client knows it was not
     // taken), unless the node noticed the outage first and closed the socket.
-    a.send(&ClientMessage::Signal {
-        id: Some(77),
-        cseq: None,
-        to: b_info.peer_id.clone(),
-        signal: candidate(100),
-    })
-    .await;
+    a.send(&signal_request(77, b_info.peer_id.clone(), candidate(100)))
+        .await;
     let (errors, closed) = a.errors_then_close().await;
     for error in &errors {
         match &error.message {
@@ -356,11 +355,8 @@ async fn a_redis_outage_is_refused_clearly_and_healed_without_a_restart() {
 #[tokio::test]
 async fn redis_back_after_the_lease_ran_out_adopts_no_live_nodes_sessions() {
     let mut redis = RedisServer::start();
-    let n1 = node(&redis.url(), &["--resume-grace", "30s"]);
-    let n2 = node(&redis.url(), &["--resume-grace", "30s"]);
-    let ((mut a, a_info), (mut b, b_info)) =
-        Client::pair(&n1.ws("/ws/comeback"), &n2.ws("/ws/comeback")).await;
-    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 0).await;
+    let [n1, n2] = nodes(&redis.url(), &["--resume-grace", "30s"]);
+    let ((mut a, a_info), (mut b, b_info)) = call(&n1, &n2, "comeback").await;
     let (a_seen, b_seen) = (a.last_seq, b.last_seq);
     for server in [&n1, &n2] {
         metric_becomes(server, "signaling_cluster_nodes", 2).await;
@@ -400,9 +396,9 @@ async fn redis_back_after_the_lease_ran_out_adopts_no_live_nodes_sessions() {
     // Each resumes on its own node: nothing lost, and the call goes on.
     let (a_id, b_id) = (&a_info.peer_id, &b_info.peer_id);
     let a_url = n1.ws("/ws/comeback");
-    let mut a = resume_expecting(&a_url, &a_info.resume_token, a_seen, b_id, 0, 0).await;
+    let mut a = resume_expecting(&a_url, &a_info, a_seen, b_id, 0..0).await;
     let b_url = n2.ws("/ws/comeback");
-    let mut b = resume_expecting(&b_url, &b_info.resume_token, b_seen, a_id, 0, 0).await;
+    let mut b = resume_expecting(&b_url, &b_info, b_seen, a_id, 0..0).await;
     pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 1).await;
     // Still attached a lease later: nobody took them over.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -473,8 +469,7 @@ async fn room_full_holds_cluster_wide_under_a_race() {
 #[tokio::test]
 async fn every_key_is_gone_after_everyone_leaves() {
     let redis = RedisServer::start();
-    let n1 = node(&redis.url(), &["--resume-grace", "1s"]);
-    let n2 = node(&redis.url(), &["--resume-grace", "1s"]);
+    let [n1, n2] = nodes(&redis.url(), &["--resume-grace", "1s"]);
     let baseline = redis.keys();
     for room in ["k1", "k2"] {
         let ((mut a, a_info), (mut b, b_info)) = Client::pair(
@@ -516,8 +511,7 @@ async fn every_key_is_gone_after_everyone_leaves() {
 async fn a_room_spans_nodes_on_a_redis_cluster() {
     let cluster = RedisCluster::start();
     let urls = cluster.urls();
-    let n1 = node(&urls, &[]);
-    let n2 = node(&urls, &[]);
+    let [n1, n2] = nodes(&urls, &[]);
     for room in ["alpha", "beta", "gamma"] {
         let path = format!("/ws/{room}");
         let (mut a, a_info) = Client::join(&n1.ws(&path), None).await;
@@ -535,15 +529,7 @@ async fn a_room_spans_nodes_on_a_redis_cluster() {
         let seen = b.last_seq;
         drop(b);
         // B resumes on the other node and gets the three signals.
-        let mut b = resume_expecting(
-            &n1.ws(&path),
-            &b_info.resume_token,
-            seen,
-            &a_info.peer_id,
-            0,
-            3,
-        )
-        .await;
+        let mut b = resume_expecting(&n1.ws(&path), &b_info, seen, &a_info.peer_id, 0..3).await;
         pass_candidate((&mut b, &b_info.peer_id), (&mut a, &a_info.peer_id), 7).await;
     }
     assert!(cluster.dbsize() > 0);
@@ -553,8 +539,7 @@ async fn a_room_spans_nodes_on_a_redis_cluster() {
 async fn nodes_without_a_turn_secret_agree_on_one_through_redis() {
     let mut redis = RedisServer::start();
     let turn = ["--turn-url", "turn:127.0.0.1:3478?transport=udp"];
-    let n1 = node(&redis.url(), &turn);
-    let n2 = node(&redis.url(), &turn);
+    let [n1, n2] = nodes(&redis.url(), &turn);
     let secret = redis.cli(&["GET", "sig:secret:turn"]);
     assert_eq!(secret.len(), 64, "a generated secret: {secret}");
     let signs_with_secret = |server: &Server| {
@@ -596,8 +581,7 @@ async fn nodes_without_a_turn_secret_agree_on_one_through_redis() {
 #[tokio::test]
 async fn a_node_frozen_past_its_lease_hands_its_clients_over() {
     let redis = RedisServer::start();
-    let n1 = node(&redis.url(), &["--resume-grace", "20s"]);
-    let n2 = node(&redis.url(), &["--resume-grace", "20s"]);
+    let [n1, n2] = nodes(&redis.url(), &["--resume-grace", "20s"]);
     let ((mut a, a_info), (mut b, b_info)) =
         Client::pair(&n1.ws("/ws/frozen"), &n2.ws("/ws/frozen")).await;
     let b_seen = b.last_seq;
@@ -612,15 +596,8 @@ async fn a_node_frozen_past_its_lease_hands_its_clients_over() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     // n2 finds its lease gone and cuts B's socket; B resumes and misses nothing.
     assert_eq!(b.expect_close().await, Closed::Code(1013));
-    let mut b = resume_expecting(
-        &n1.ws("/ws/frozen"),
-        &b_info.resume_token,
-        b_seen,
-        &a_info.peer_id,
-        0,
-        3,
-    )
-    .await;
+    let mut b =
+        resume_expecting(&n1.ws("/ws/frozen"), &b_info, b_seen, &a_info.peer_id, 0..3).await;
     pass_candidate((&mut b, &b_info.peer_id), (&mut a, &a_info.peer_id), 9).await;
 }
 
@@ -760,13 +737,7 @@ async fn an_http_open_abandoned_while_redis_is_slow_still_parks_its_session() {
         other => panic!("expected peer_joined, got {other:?}"),
     };
     // Parked when the request ended, it leaves after the 1 s grace period.
-    match a.recv_message().await {
-        ServerMessage::PeerLeft { peer_id, reason } => {
-            assert_eq!(peer_id, joined);
-            assert_eq!(reason, LeaveReason::Disconnected);
-        }
-        other => panic!("expected peer_left, got {other:?}"),
-    }
+    expect_peer_left(&mut a, &joined, LeaveReason::Disconnected).await;
 }
 
 /// Scripts Redis has run so far (`EVALSHA` and `EVAL` calls).
@@ -777,8 +748,7 @@ async fn an_http_open_abandoned_while_redis_is_slow_still_parks_its_session() {
 #[tokio::test]
 async fn a_broadcast_crosses_pubsub_once_per_node() {
     let redis = RedisServer::start();
-    let n1 = node(&redis.url(), &[]);
-    let n2 = node(&redis.url(), &[]);
+    let [n1, n2] = nodes(&redis.url(), &[]);
     let (mut sender, sender_info) = Client::join(&n1.ws("/ws/fanout"), None).await;
     let mut others = Vec::new();
     for i in 0..6 {
@@ -831,8 +801,7 @@ async fn a_broadcast_crosses_pubsub_once_per_node() {
 async fn a_moved_session_counts_where_it_is_and_resumes_obey_the_limits() {
     let redis = RedisServer::start();
     let limits = ["--resume-grace", "30s", "--max-sessions-per-ip", "2"];
-    let n1 = node(&redis.url(), &limits);
-    let n2 = node(&redis.url(), &limits);
+    let [n1, n2] = nodes(&redis.url(), &limits);
     // Two sessions on n1, parked there.
     let mut tokens = Vec::new();
     for _ in 0..2 {
@@ -983,13 +952,7 @@ async fn an_unknown_peer_answer_is_written_by_the_script_that_found_the_peer_mis
     const SIGNALS: u64 = 40;
     let before = script_calls(&redis);
     for id in 1..=SIGNALS {
-        a.send(&ClientMessage::Signal {
-            id: Some(id),
-            cseq: None,
-            to: "nobody".into(),
-            signal: candidate(1),
-        })
-        .await;
+        a.send(&signal_request(id, "nobody", candidate(1))).await;
     }
     for id in 1..=SIGNALS {
         match a.expect_error(ErrorCode::UnknownPeer).await.message {
@@ -1023,8 +986,7 @@ async fn every_node_lists_the_same_first_rooms_and_the_total() {
         "--resume-grace",
         "60s",
     ];
-    let n1 = node(&redis.url(), &generous);
-    let n2 = node(&redis.url(), &generous);
+    let [n1, n2] = nodes(&redis.url(), &generous);
     // 1002 rooms on the first node; the two rooms that sort first, on the second.
     let rooms: Vec<(std::net::SocketAddr, String)> = (0..1002)
         .map(|i| (n1.addr, format!("m{i:04}")))
@@ -1065,8 +1027,7 @@ async fn every_node_lists_the_same_first_rooms_and_the_total() {
 async fn a_room_gone_from_redis_closes_its_sockets_and_a_resume_renews_the_room() {
     let redis = RedisServer::start();
     // Keys live --resume-grace + 60 s (61 s): each node renews its rooms every 15 s.
-    let n1 = node(&redis.url(), &["--resume-grace", "1s"]);
-    let n2 = node(&redis.url(), &["--resume-grace", "1s"]);
+    let [n1, n2] = nodes(&redis.url(), &["--resume-grace", "1s"]);
     let pttl = || {
         redis
             .cli(&["PTTL", "sig:{vanish}:m"])
@@ -1129,20 +1090,7 @@ async fn a_room_gone_from_redis_closes_its_sockets_and_a_resume_renews_the_room(
 
 /// The end of a session a cluster lost: `resume_failed` (seq 0), then the close with 1008.
 async fn expect_lost(client: &mut Client) {
-    let (errors, closed) = client.errors_then_close().await;
-    assert!(
-        matches!(
-            errors.as_slice(),
-            [ServerFrame {
-                message: ServerMessage::Error {
-                    code: ErrorCode::ResumeFailed,
-                    ..
-                },
-                ..
-            }]
-        ),
-        "{errors:?}"
-    );
+    let closed = client.one_error_then_close(ErrorCode::ResumeFailed).await;
     assert_eq!(closed, Closed::Code(1008));
 }
 
@@ -1189,18 +1137,48 @@ fn node_outliving_hangs(redis: &RedisServer, redis_timeout: &str, extra: &[&str]
     node_timed(&redis.url(), "30s", redis_timeout, extra)
 }
 
-/// Two nodes on `redis` with a lease longer than the hangs below (nobody is adopted: each node
-/// parks its own sessions) and `resume_grace`; A joins on the first, B on the second, and B
-/// parks and resumes once, so Redis knows the park script (a node sends only its hash: a
-/// script Redis does not know fails without running). Then Redis hangs, both sockets are cut
-/// (1013) and their clients go. Returns the nodes, A's and B's sessions and last seqs.
-async fn cut_off_by_a_hang(
-    redis: &RedisServer,
-    redis_timeout: &str,
-    resume_grace: &str,
-    room: &str,
-) -> (Server, Server, SessionInfo, u64, SessionInfo, u64) {
-    let n = || node_outliving_hangs(redis, redis_timeout, &["--resume-grace", resume_grace]);
+/// Two nodes whose clients A and B a hang of Redis cut off ([`cut_off_by_a_hang`]).
+struct HangCut {
+    n1: Server,
+    n2: Server,
+    /// The path of the room.
+    path: String,
+    /// A's session, on the first node, and the last seq its client saw.
+    a_info: SessionInfo,
+    a_seen: u64,
+    /// B's session, on the second node, and the last seq its client saw.
+    b_info: SessionInfo,
+    b_seen: u64,
+    /// Hanging; stopped after the nodes (fields drop in order).
+    redis: RedisServer,
+}
+
+impl HangCut {
+    /// Redis answers `after` the cut.
+    async fn answer_after(&self, after: Duration) {
+        tokio::time::sleep(after).await;
+        self.redis.thaw();
+    }
+
+    /// Resumes A on its node once that is ready again: the client and what it replayed.
+    async fn resume_a(&self) -> (Client, Vec<ServerMessage>) {
+        resume_when_ready(&self.n1, &self.path, &self.a_info.resume_token, self.a_seen).await
+    }
+
+    /// Resumes B on its node once that is ready again: the client and what it replayed.
+    async fn resume_b(&self) -> (Client, Vec<ServerMessage>) {
+        resume_when_ready(&self.n2, &self.path, &self.b_info.resume_token, self.b_seen).await
+    }
+}
+
+/// Two nodes on a Redis of their own, with a lease longer than the hangs below (nobody is
+/// adopted: each node parks its own sessions), `--redis-timeout redis_timeout` and
+/// `resume_grace`; A joins `room` on the first, B on the second, and B parks and resumes once,
+/// so Redis knows the park script (a node sends only its hash: a script Redis does not know
+/// fails without running). Then Redis hangs, both sockets are cut (1013) and their clients go.
+async fn cut_off_by_a_hang(redis_timeout: &str, resume_grace: &str, room: &str) -> HangCut {
+    let redis = RedisServer::start();
+    let n = || node_outliving_hangs(&redis, redis_timeout, &["--resume-grace", resume_grace]);
     let (n1, n2) = (n(), n());
     let path = format!("/ws/{room}");
     let (mut a, a_info) = Client::join(&n1.ws(&path), None).await;
@@ -1209,7 +1187,7 @@ async fn cut_off_by_a_hang(
     let b_seen = b.last_seq;
     drop(b);
     let url = n2.ws(&path);
-    let mut b = resume_expecting(&url, &b_info.resume_token, b_seen, &a_info.peer_id, 0, 0).await;
+    let mut b = resume_expecting(&url, &b_info, b_seen, &a_info.peer_id, 0..0).await;
     let (a_seen, b_seen) = (a.last_seq, b.last_seq);
     redis.freeze();
     // Within the heartbeat and `redis_timeout`.
@@ -1217,28 +1195,31 @@ async fn cut_off_by_a_hang(
         let (_, closed) = client.frames_for(Duration::from_secs(10)).await;
         assert_eq!(closed, Some(Closed::Code(1013)));
     }
-    (n1, n2, a_info, a_seen, b_info, b_seen)
+    HangCut {
+        redis,
+        n1,
+        n2,
+        path,
+        a_info,
+        a_seen,
+        b_info,
+        b_seen,
+    }
 }
 
 /// A park that a hanging Redis answers late, within `--redis-timeout`: the session's grace is
 /// counted from the answer, not from when the park was sent.
 #[tokio::test]
 async fn a_session_parked_while_redis_hangs_gets_its_grace_from_the_answer() {
-    let redis = RedisServer::start();
-    let (n1, n2, a_info, a_seen, b_info, b_seen) =
-        cut_off_by_a_hang(&redis, "6s", "4s", "latepark").await;
+    let cut = cut_off_by_a_hang("6s", "4s", "latepark").await;
     // The parks went out as the sockets were cut; Redis answers 3 s later, within the 6 s
     // timeout, and both come back 2.5 s after that: past the 4 s grace counted from the cut
     // (by 1.5 s), within the one counted from the answer (by 1.5 s).
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    redis.thaw();
-    ready_again(&n1).await;
-    ready_again(&n2).await;
+    cut.answer_after(Duration::from_secs(3)).await;
+    ready_again(&cut.n1).await;
+    ready_again(&cut.n2).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let ((_b, b_replayed), (_a, a_replayed)) = tokio::join!(
-        resume_when_ready(&n2, "/ws/latepark", &b_info.resume_token, b_seen),
-        resume_when_ready(&n1, "/ws/latepark", &a_info.resume_token, a_seen),
-    );
+    let ((_b, b_replayed), (_a, a_replayed)) = tokio::join!(cut.resume_b(), cut.resume_a());
     assert!(b_replayed.is_empty(), "{b_replayed:?}");
     // A never saw B leave.
     assert!(a_replayed.is_empty(), "{a_replayed:?}");
@@ -1250,15 +1231,12 @@ async fn a_session_parked_while_redis_hangs_gets_its_grace_from_the_answer() {
 /// leases later).
 #[tokio::test]
 async fn a_session_whose_park_redis_ran_late_leaves_one_grace_after_the_answer() {
-    let redis = RedisServer::start();
-    let (n1, n2, a_info, a_seen, b_info, _) =
-        cut_off_by_a_hang(&redis, "500ms", "3s", "lateleave").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    redis.thaw();
-    ready_again(&n2).await;
+    let cut = cut_off_by_a_hang("500ms", "3s", "lateleave").await;
+    cut.answer_after(Duration::from_secs(2)).await;
+    ready_again(&cut.n2).await;
     let back = Instant::now();
-    let (mut a, _) = resume_when_ready(&n1, "/ws/lateleave", &a_info.resume_token, a_seen).await;
-    expect_disconnected(&mut a, &b_info.peer_id, Duration::from_secs(10)).await;
+    let (mut a, _) = cut.resume_a().await;
+    expect_disconnected(&mut a, &cut.b_info.peer_id, Duration::from_secs(10)).await;
     let after = back.elapsed();
     assert!(
         after > Duration::from_secs(2) && after < Duration::from_secs(8),
@@ -1358,8 +1336,7 @@ async fn http_clients_cut_off_by_a_hang_are_answered_with_the_websockets() {
 #[tokio::test]
 async fn a_resume_sent_while_redis_hangs_leaves_no_ghost_in_the_room() {
     let redis = RedisServer::start();
-    let n1 = node(&redis.url(), &["--resume-grace", "3s"]);
-    let n2 = node(&redis.url(), &["--resume-grace", "3s"]);
+    let [n1, n2] = nodes(&redis.url(), &["--resume-grace", "3s"]);
     let (a, a_info) = Client::join(&n2.ws("/ws/ghost"), None).await;
     let (b, b_info) = Client::join(&n2.ws("/ws/ghost"), None).await;
     let b_seen = b.last_seq;
@@ -1367,7 +1344,7 @@ async fn a_resume_sent_while_redis_hangs_leaves_no_ghost_in_the_room() {
     // Redis knows the resume script (a node sends only its hash: a script Redis does not know
     // fails without running).
     let url = n2.ws("/ws/ghost");
-    let b = resume_expecting(&url, &b_info.resume_token, b_seen, &a_info.peer_id, 0, 0).await;
+    let b = resume_expecting(&url, &b_info, b_seen, &a_info.peer_id, 0..0).await;
     let a_seen = a.last_seq;
     drop(b); // parked on n2
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1387,8 +1364,7 @@ async fn a_resume_sent_while_redis_hangs_leaves_no_ghost_in_the_room() {
 #[tokio::test]
 async fn a_join_sent_while_redis_hangs_leaves_no_ghost_in_the_room() {
     let redis = RedisServer::start();
-    let n1 = node(&redis.url(), &["--resume-grace", "3s"]);
-    let n2 = node(&redis.url(), &["--resume-grace", "3s"]);
+    let [n1, n2] = nodes(&redis.url(), &["--resume-grace", "3s"]);
     let (a, a_info) = Client::join(&n2.ws("/ws/ghostjoin"), None).await;
     let a_seen = a.last_seq;
     redis.freeze();
@@ -1515,8 +1491,7 @@ async fn a_leave_behind_a_failed_request_is_carried_out_when_redis_answers() {
 /// other) must see B leave with reason `left` once Redis answers.
 async fn leave_in_a_hang_is_carried_out(room: &str, behind_ack: bool) {
     let redis = RedisServer::start();
-    let n1 = node(&redis.url(), &["--resume-grace", "30s"]);
-    let n2 = node(&redis.url(), &["--resume-grace", "30s"]);
+    let [n1, n2] = nodes(&redis.url(), &["--resume-grace", "30s"]);
     let path = format!("/ws/{room}");
     let (a, a_info) = Client::join(&n2.ws(&path), None).await;
     let (mut b, b_info) = Client::join(&n1.ws(&path), None).await;
@@ -1526,20 +1501,7 @@ async fn leave_in_a_hang_is_carried_out(room: &str, behind_ack: bool) {
         b.send(&ClientMessage::Ack { seq: b.last_seq }).await;
     }
     b.send(&ClientMessage::Leave { id: Some(5) }).await;
-    let (errors, _) = b.errors_then_close().await;
-    assert!(
-        matches!(
-            errors.as_slice(),
-            [ServerFrame {
-                message: ServerMessage::Error {
-                    code: ErrorCode::Unavailable,
-                    ..
-                },
-                ..
-            }]
-        ),
-        "{errors:?}"
-    );
+    b.one_error_then_close(ErrorCode::Unavailable).await;
     drop(a);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     redis.thaw();
@@ -1554,13 +1516,7 @@ async fn leave_in_a_hang_is_carried_out(room: &str, behind_ack: bool) {
             .await
             .map(|f| f.message);
     }
-    match left {
-        Some(ServerMessage::PeerLeft { peer_id, reason }) => {
-            assert_eq!(peer_id, b_info.peer_id);
-            assert_eq!(reason, LeaveReason::Left);
-        }
-        other => panic!("expected peer_left, got {other:?}"),
-    }
+    assert_peer_left(left, &b_info.peer_id, LeaveReason::Left);
 }
 
 /// Two sockets resume one session at the same instant, on two nodes (the node whose script
@@ -1569,8 +1525,7 @@ async fn leave_in_a_hang_is_carried_out(room: &str, behind_ack: bool) {
 #[tokio::test]
 async fn simultaneous_resumes_of_one_session_leave_one_socket_holding_it() {
     let redis = RedisServer::start();
-    let n1 = node(&redis.url(), &[]);
-    let n2 = node(&redis.url(), &[]);
+    let [n1, n2] = nodes(&redis.url(), &[]);
     metric_becomes(&n1, "signaling_cluster_nodes", 2).await;
     let signals = |frames: &[ServerFrame]| {
         frames

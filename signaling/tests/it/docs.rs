@@ -183,20 +183,15 @@ fn the_js_client_follows_the_same_client_rules() {
         env!("CARGO_MANIFEST_DIR"),
         "/../web-demo/signaling-client.js"
     );
-    let output = std::process::Command::new("node")
-        .args([
+    let output = testkit::run_ok(
+        std::process::Command::new("node").args([
             "--input-type=module",
             "-e",
             &format!(
                 "const m = await import({script:?}); console.log(JSON.stringify(m.CLIENT_RULES));"
             ),
-        ])
-        .output()
-        .expect("node (scripts/test.sh installs it) runs the JS client's table");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        ]),
+        "node (scripts/test.sh installs it) running the JS client's table",
     );
     let js: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let rust = serde_json::to_value(signaling::protocol::client_rules::ClientRules::v1()).unwrap();

@@ -10,7 +10,7 @@ use signaling::protocol::{
 };
 
 use crate::http_client::{self, Event, Sse};
-use crate::limits::{SLOW_CONSUMER_ARGS, flood_until_cut_off};
+use crate::limits::{flood_until_cut_off, slow_consumer_args};
 use crate::support::{Client, STEP, Server, resume_message};
 
 fn offer(n: u32) -> Signal {
@@ -518,7 +518,7 @@ async fn an_idle_sse_stream_gets_keep_alive_comments() {
 
 #[tokio::test]
 async fn an_sse_reader_that_stops_reading_is_cut_off_not_buffered() {
-    let server = Server::start(SLOW_CONSUMER_ARGS);
+    let server = Server::start(&slow_consumer_args());
     let (mut a, _) = Client::join(&server.ws("/ws/slow-sse"), None).await;
     let b = http_client::open_as(server.next_addr(), "slow-sse", "B").await;
     // B's stream is open but never read again.

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::basic::{candidate, pass_candidate, signal};
+use crate::basic::{candidate, pass_candidate, signal, signal_request};
 use crate::support::{Client, Closed, STEP, Server, join_message, resume_message};
 
 fn error_ref(message: &ServerMessage) -> Option<u64> {
@@ -117,13 +117,7 @@ async fn handshake_errors() {
     let server = Server::start(&[]);
     // A request before join.
     let mut c = Client::connect(&server.ws("/ws/early")).await;
-    c.send(&ClientMessage::Signal {
-        id: Some(1),
-        cseq: None,
-        to: "x".into(),
-        signal: candidate(0),
-    })
-    .await;
+    c.send(&signal_request(1, "x", candidate(0))).await;
     let frame = c.expect_error(ErrorCode::NotJoined).await;
     assert_eq!(frame.seq, 0);
     // Still usable: join works afterwards.
@@ -322,22 +316,34 @@ async fn max_rooms() {
 /// The server of the slow-consumer tests (here and over SSE in `http`): a 4-frame outbound
 /// queue, rate and replay limits a flood does not reach, pings every 200 ms with 1 s to answer
 /// (the write timeout).
-pub(crate) const SLOW_CONSUMER_ARGS: &[&str] = &[
-    "--outbound-queue",
-    "4",
-    "--rate-limit",
-    "10000",
-    "--rate-burst",
-    "10000",
-    "--replay-max-messages",
-    "100000",
-    "--replay-max-bytes",
-    "100000000",
-    "--ping-interval",
-    "200ms",
-    "--ping-timeout",
-    "1s",
-];
+pub(crate) fn slow_consumer_args() -> Vec<&'static str> {
+    flood_server_args(&["--outbound-queue", "4"], ["200ms", "1s"])
+}
+
+/// The flags of a server that a flood meets at its outbound queue: `queue` (its flags), rate
+/// and replay limits the flood does not reach, and pings every `ping_interval` with
+/// `ping_timeout` to answer (the write timeout).
+fn flood_server_args(
+    queue: &[&'static str],
+    [ping_interval, ping_timeout]: [&'static str; 2],
+) -> Vec<&'static str> {
+    let mut args = queue.to_vec();
+    args.extend([
+        "--rate-limit",
+        "10000",
+        "--rate-burst",
+        "10000",
+        "--replay-max-messages",
+        "100000",
+        "--replay-max-bytes",
+        "100000000",
+        "--ping-interval",
+        ping_interval,
+        "--ping-timeout",
+        ping_timeout,
+    ]);
+    args
+}
 
 /// Broadcasts 30 KB from `sender` (2000 times at most) until a frame comes back to it, which
 /// must say that `peer` ended: whether one came.
@@ -361,11 +367,10 @@ pub(crate) async fn flood_until_cut_off(sender: &mut Client, peer: &PeerId) -> b
 
 #[tokio::test]
 async fn a_slow_consumer_is_cut_off_not_buffered() {
-    let server = Server::start(SLOW_CONSUMER_ARGS);
-    let (mut a, _) = Client::join(&server.ws("/ws/slow"), None).await;
+    let server = Server::start(&slow_consumer_args());
     // B joins, then never reads again.
-    let (_b, b_info) = Client::join(&server.ws("/ws/slow"), None).await;
-    let _ = a.recv_message().await;
+    let ((mut a, _), (_b, b_info)) =
+        Client::pair(&server.ws("/ws/slow"), &server.ws("/ws/slow")).await;
     assert!(
         flood_until_cut_off(&mut a, &b_info.peer_id).await,
         "the slow consumer was never cut off"
@@ -394,20 +399,19 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
 /// the ping timeout, is disconnected as a silent one is: its peers see it leave with `timeout`.
 #[tokio::test]
 async fn a_client_that_stops_reading_leaves_with_timeout() {
-    // As SLOW_CONSUMER_ARGS, with queues that take everything: the stalled write ends it, not
+    // As `slow_consumer_args`, with queues that take everything: the stalled write ends it, not
     // `slow_consumer`.
-    let mut args = vec![
+    let queue = [
         "--outbound-queue",
         "100000",
         "--outbound-queue-bytes",
         "200000000",
     ];
-    args.extend_from_slice(&SLOW_CONSUMER_ARGS[2..]);
+    let mut args = flood_server_args(&queue, ["200ms", "1s"]);
     args.extend(["--resume-grace", "200ms"]);
     let server = Server::start(&args);
-    let (mut a, _) = Client::join(&server.ws("/ws/stops-reading"), None).await;
-    let (mut b, b_info) = Client::join(&server.ws("/ws/stops-reading"), None).await;
-    let _ = a.recv_message().await; // peer_joined
+    let path = "/ws/stops-reading";
+    let ((mut a, _), (mut b, b_info)) = Client::pair(&server.ws(path), &server.ws(path)).await;
     let offer = Signal::Offer {
         sdp: "x".repeat(60_000),
         ice_restart: false,
@@ -437,20 +441,17 @@ async fn a_client_that_stops_reading_leaves_with_timeout() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_dropped_its_queue_and_reads_the_error_that_ends_it() {
-    // As SLOW_CONSUMER_ARGS, but with a queue of 4 MB, and the server waits long enough for
+    // As `slow_consumer_args`, but with a queue of 4 MB, and the server waits long enough for
     // B to read the rest.
-    let mut args = vec![
+    let queue = [
         "--outbound-queue",
         "200",
         "--outbound-queue-bytes",
         "4000000",
     ];
-    args.extend_from_slice(&SLOW_CONSUMER_ARGS[2..10]);
-    args.extend(["--ping-interval", "5s", "--ping-timeout", "20s"]);
-    let server = Server::start(&args);
-    let (mut a, _) = Client::join(&server.ws("/ws/slow-seq"), None).await;
-    let (mut b, b_info) = Client::join(&server.ws("/ws/slow-seq"), None).await;
-    let _ = a.recv_message().await;
+    let server = Server::start(&flood_server_args(&queue, ["5s", "20s"]));
+    let path = "/ws/slow-seq";
+    let ((mut a, _), (mut b, b_info)) = Client::pair(&server.ws(path), &server.ws(path)).await;
     assert!(flood_until_cut_off(&mut a, &b_info.peer_id).await);
     // The frames still queued for B were dropped when its session ended: the budget no longer
     // counts them, although B's socket is still open.

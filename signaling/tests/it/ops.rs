@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use relay_proto::auth::rest_password;
 use signaling::protocol::{ClientMessage, LeaveReason, ServerMessage};
 
+use crate::basic::expect_peer_left;
 use crate::support::{Client, Closed, Server};
 
 #[tokio::test]
@@ -164,13 +165,7 @@ async fn sigterm_drains_then_exits() {
     }
     // B leaves like a well-behaved client; A stays until the server closes it.
     b.send(&ClientMessage::Leave { id: None }).await;
-    match a.recv_message().await {
-        ServerMessage::PeerLeft { peer_id, reason } => {
-            assert_eq!(peer_id, b_info.peer_id);
-            assert_eq!(reason, LeaveReason::Left);
-        }
-        other => panic!("expected peer_left, got {other:?}"),
-    }
+    expect_peer_left(&mut a, &b_info.peer_id, LeaveReason::Left).await;
     assert_eq!(a.expect_close().await, Closed::Code(1001));
     // Once its drain time is over, whatever A does: the 1.5 s drain, up to 1 s for A's close,
     // leaving the cluster, with room for a loaded machine.

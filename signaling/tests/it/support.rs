@@ -578,6 +578,22 @@ impl Client {
         }
     }
 
+    /// [`Self::errors_then_close`], expecting one error there, with `code`: how it closed.
+    pub(crate) async fn one_error_then_close(&mut self, code: ErrorCode) -> Closed {
+        let (errors, closed) = self.errors_then_close().await;
+        assert!(
+            matches!(
+                errors.as_slice(),
+                [ServerFrame {
+                    message: ServerMessage::Error { code: got, .. },
+                    ..
+                }] if *got == code
+            ),
+            "expected one {code:?} error before the close, got {errors:?}"
+        );
+        closed
+    }
+
     /// Closes the socket politely (a close frame, then waits for the server's).
     pub(crate) async fn close(mut self) {
         let _ = self

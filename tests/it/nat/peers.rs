@@ -35,7 +35,6 @@ const NO_DIRECT_PATH_WINDOW: Duration = Duration::from_secs(12);
 #[test]
 fn endpoint_independent_nats_connect_directly() {
     connected_scenario(
-        "nat::peers::endpoint_independent",
         RouterSpec::cone(),
         RouterSpec::cone(),
         "cone",
@@ -68,7 +67,6 @@ fn endpoint_independent_nats_connect_directly() {
 #[test]
 fn symmetric_nats_connect_through_turn() {
     connected_scenario(
-        "nat::peers::symmetric",
         RouterSpec::symmetric(),
         RouterSpec::symmetric(),
         "symmetric",
@@ -114,11 +112,7 @@ fn symmetric_nats_connect_through_turn() {
 
 #[test]
 fn symmetric_nats_without_turn_find_no_direct_path() {
-    let Some(topo) = topology_or_skip(
-        "nat::peers::symmetric_stun_only",
-        RouterSpec::symmetric(),
-        RouterSpec::symmetric(),
-    ) else {
+    let Some(topo) = topology_or_skip(RouterSpec::symmetric(), RouterSpec::symmetric()) else {
         return;
     };
     let server = PublicServer::start(&topo, IceServers::StunOnly);
@@ -153,7 +147,6 @@ fn symmetric_nats_without_turn_find_no_direct_path() {
 #[test]
 fn udp_blocked_side_connects_through_turn_over_tcp() {
     connected_scenario(
-        "nat::peers::udp_blocked",
         RouterSpec::cone(),
         RouterSpec::cone().blocking_udp(),
         "udp-blocked",
@@ -208,13 +201,12 @@ fn udp_blocked_side_connects_through_turn_over_tcp() {
 /// (STUN and TURN) on the public host, connects a peer behind each router in `room`, and runs
 /// `check` on the result.
 fn connected_scenario(
-    test: &str,
     router_a: RouterSpec,
     router_b: RouterSpec,
     room: &str,
     check: impl FnOnce(&Topology, &PublicServer, &Scenario<'_>),
 ) {
-    let Some(topo) = topology_or_skip(test, router_a, router_b) else {
+    let Some(topo) = topology_or_skip(router_a, router_b) else {
         return;
     };
     let server = PublicServer::start(&topo, IceServers::StunAndTurn);

@@ -21,8 +21,7 @@ const PUNCH_WINDOW: Duration = Duration::from_secs(2);
 
 #[test]
 fn cone_nat_keeps_one_mapping_and_lets_hole_punching_through() {
-    let Some(topo) = topology_or_skip("nat::probe::cone", RouterSpec::cone(), RouterSpec::cone())
-    else {
+    let Some(topo) = topology_or_skip(RouterSpec::cone(), RouterSpec::cone()) else {
         return;
     };
     let mappings = mappings_towards_three_destinations(&topo, Host::ClientA, CLIENT_A_IP);
@@ -46,11 +45,7 @@ fn cone_nat_keeps_one_mapping_and_lets_hole_punching_through() {
 
 #[test]
 fn symmetric_nat_maps_per_destination_and_defeats_hole_punching() {
-    let Some(topo) = topology_or_skip(
-        "nat::probe::symmetric",
-        RouterSpec::symmetric(),
-        RouterSpec::symmetric(),
-    ) else {
+    let Some(topo) = topology_or_skip(RouterSpec::symmetric(), RouterSpec::symmetric()) else {
         return;
     };
     let mappings = mappings_towards_three_destinations(&topo, Host::ClientB, CLIENT_B_IP);
@@ -76,11 +71,7 @@ fn symmetric_nat_maps_per_destination_and_defeats_hole_punching() {
 
 #[test]
 fn udp_blocking_router_lets_only_tcp_out() {
-    let Some(topo) = topology_or_skip(
-        "nat::probe::udp_blocked",
-        RouterSpec::cone(),
-        RouterSpec::cone().blocking_udp(),
-    ) else {
+    let Some(topo) = topology_or_skip(RouterSpec::cone(), RouterSpec::cone().blocking_udp()) else {
         return;
     };
     let server = topo
@@ -218,11 +209,7 @@ fn received(sock: &UdpSocket, want: &[u8]) -> bool {
 
 #[test]
 fn topology_is_torn_down_on_drop() {
-    let Some(topo) = topology_or_skip(
-        "nat::probe::teardown",
-        RouterSpec::cone(),
-        RouterSpec::symmetric(),
-    ) else {
+    let Some(topo) = topology_or_skip(RouterSpec::cone(), RouterSpec::symmetric()) else {
         return;
     };
     let names: Vec<String> = [Host::Server, Host::RouterA, Host::ClientB]

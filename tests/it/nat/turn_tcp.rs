@@ -17,11 +17,7 @@ const MESSAGES: usize = 20;
 
 #[test]
 fn udp_blocked_client_relays_over_tcp_and_tls_through_our_relay() {
-    let Some(topo) = topology_or_skip(
-        "nat::turn_tcp::udp_blocked_client",
-        RouterSpec::cone(),
-        RouterSpec::cone().blocking_udp(),
-    ) else {
+    let Some(topo) = topology_or_skip(RouterSpec::cone(), RouterSpec::cone().blocking_udp()) else {
         return;
     };
     let server = PublicServer::start(&topo, IceServers::StunAndTurn);
