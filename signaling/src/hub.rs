@@ -581,17 +581,16 @@ impl LocalHub {
             Request::Other(ClientMessage::Stats { id, report }) => {
                 self.record_stats(&mut st, key, id, report);
             }
-            Request::Other(
-                ClientMessage::Join { id, .. }
-                | ClientMessage::Resume { id, .. }
-                | ClientMessage::Signal { id, .. }
-                | ClientMessage::Broadcast { id, .. },
-            ) => st.error(
-                key,
-                ErrorCode::AlreadyJoined,
-                "this socket already has a session".into(),
-                id,
-            ),
+            Request::Other(ClientMessage::Signal { .. } | ClientMessage::Broadcast { .. }) => {
+                unreachable!("Request::new routes every signal and broadcast")
+            }
+            Request::Other(ClientMessage::Join { id, .. } | ClientMessage::Resume { id, .. }) => st
+                .error(
+                    key,
+                    ErrorCode::AlreadyJoined,
+                    "this socket already has a session".into(),
+                    id,
+                ),
         }
         st.settle();
         self.update_gauges(&st);

@@ -251,7 +251,7 @@ impl Registrations {
             Store::Redis(conn, timeout) => {
                 let Some(sealed) = registration.seal() else {
                     tracing::warn!("a PeerJS registration of an unexpected shape was not stored");
-                    return Ok(());
+                    return Err(Unreachable);
                 };
                 let cmd = redis::cmd("SET")
                     .arg(Self::redis_key(key, id))
@@ -430,7 +430,8 @@ async fn run(
     drop((tx, ip_slot, open));
 }
 
-/// The shared store did not answer.
+/// The shared store did not answer, or refused (a write it would not take), or the
+/// registration could not be put in the form it keeps.
 #[derive(Debug)]
 struct Unreachable;
 
@@ -451,7 +452,8 @@ impl From<Utf8Bytes> for Refused {
 }
 
 impl Refused {
-    /// Refused for now (the store does not answer, the node drains, a limit of this node):
+    /// Refused for now (the store does not answer or did not record the registration, the
+    /// node drains, a limit of this node):
     /// `ERROR` and 1013, never `ID-TAKEN`, which PeerJS takes as final (the client's own
     /// session may hold the id, on a node that could not hand it over yet).
     fn for_now(app: &AppState, code: ErrorCode) -> Self {
@@ -563,7 +565,10 @@ async fn register(
         .is_err()
     {
         // Unrecorded, the session would hold the id against the client's own reconnect
-        // (`ID-TAKEN`): it ends, and the client is told to come back.
+        // (`ID-TAKEN`): it ends (as a `leave`: nobody else is in its room), and only then is
+        // the client told to come back, so that its reconnect finds the id free. With Redis
+        // hanging that answer takes up to two `--redis-timeout`s; a leave that fails is
+        // retried by the hub, and meanwhile the reconnect's registration read fails (1013).
         let leave = ClientMessage::Leave { id: None };
         let _ = app
             .hub

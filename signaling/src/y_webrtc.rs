@@ -217,7 +217,7 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
 
 impl YConnection {
     /// Counts a client error with `error`, and ends the connection with `close` and `reason`.
-    fn refuse(&self, error: ErrorCode, close: u16, reason: &'static str) -> Result<(), End> {
+    fn close_with(&self, error: ErrorCode, close: u16, reason: &'static str) -> Result<(), End> {
         self.app.metrics.error(error);
         Err(Some((close, reason)))
     }
@@ -244,7 +244,7 @@ impl YConnection {
                 "WebSocket protocol violation",
             ),
         };
-        self.refuse(error, code, reason)
+        self.close_with(error, code, reason)
     }
 
     /// A text frame: a y-webrtc message, taken if the client is within its rate.
@@ -254,10 +254,10 @@ impl YConnection {
             .bucket
             .try_take(Instant::now(), config.rate_limit, config.rate_burst)
         {
-            return self.refuse(ErrorCode::RateLimited, close::POLICY, "rate limited");
+            return self.close_with(ErrorCode::RateLimited, close::POLICY, "rate limited");
         }
         let Ok(message) = serde_json::from_str::<YMessage>(&text) else {
-            return self.refuse(
+            return self.close_with(
                 ErrorCode::InvalidMessage,
                 close::INVALID,
                 "not a y-webrtc signaling message",
@@ -272,7 +272,7 @@ impl YConnection {
                     .try_take_n(Instant::now(), rest, config.rate_limit, config.rate_burst)
                     .is_err()
             {
-                return self.refuse(ErrorCode::RateLimited, close::POLICY, "rate limited");
+                return self.close_with(ErrorCode::RateLimited, close::POLICY, "rate limited");
             }
         }
         match message {
@@ -302,7 +302,7 @@ impl YConnection {
             return Ok(());
         }
         if self.topics.len() >= MAX_TOPICS {
-            return self.refuse(
+            return self.close_with(
                 ErrorCode::TooManyRooms,
                 close::POLICY,
                 "too many topics on one connection",
@@ -311,21 +311,21 @@ impl YConnection {
         if let Some(claims) = &self.claims
             && claims.room.as_str() != topic
         {
-            return self.refuse(
+            return self.close_with(
                 ErrorCode::Forbidden,
                 close::POLICY,
                 "the token does not grant this topic",
             );
         }
         if !self.ip_slot.try_join(Instant::now()) {
-            return self.refuse(
+            return self.close_with(
                 ErrorCode::RateLimited,
                 close::POLICY,
                 "too many subscriptions from this address",
             );
         }
         let Some(ticket) = self.ip_slot.try_session() else {
-            return self.refuse(
+            return self.close_with(
                 ErrorCode::TooManySessions,
                 close::POLICY,
                 "too many sessions from this address",
@@ -351,7 +351,7 @@ impl YConnection {
         let attached = match joined {
             Ok(attached) => attached,
             Err(error) => {
-                return self.refuse(
+                return self.close_with(
                     error.code,
                     close::POLICY,
                     "the topic cannot take more subscribers",

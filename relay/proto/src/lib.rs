@@ -158,6 +158,19 @@ macro_rules! wire_code_enum {
                 value.code()
             }
         }
+
+        // `ALL` is in wire-code order: the variants must be declared so.
+        const _: () = {
+            let codes = [$($code),+];
+            let mut i = 1;
+            while i < codes.len() {
+                assert!(
+                    codes[i - 1] < codes[i],
+                    concat!(stringify!($name), ": declare the variants in wire-code order")
+                );
+                i += 1;
+            }
+        };
     };
 }
 

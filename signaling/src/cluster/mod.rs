@@ -1208,12 +1208,10 @@ impl ClusterHub {
                     self.store.call(Op::Emit, &room, &[&sid, &body]).await
                 }
             },
-            Request::Other(
-                ClientMessage::Join { id, .. }
-                | ClientMessage::Resume { id, .. }
-                | ClientMessage::Signal { id, .. }
-                | ClientMessage::Broadcast { id, .. },
-            ) => {
+            Request::Other(ClientMessage::Signal { .. } | ClientMessage::Broadcast { .. }) => {
+                unreachable!("Request::new routes every signal and broadcast")
+            }
+            Request::Other(ClientMessage::Join { id, .. } | ClientMessage::Resume { id, .. }) => {
                 self.metrics.error(ErrorCode::AlreadyJoined);
                 let body = to_json(&ServerMessage::Error {
                     code: ErrorCode::AlreadyJoined,

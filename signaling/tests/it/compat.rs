@@ -441,9 +441,9 @@ async fn reconnect_expecting(
     again
 }
 
-/// `from` sends `to` (alice) the `CANDIDATE`s numbered `numbers`; each reaches `to`, and the
+/// `from` sends `to`, alice's socket, the `CANDIDATE`s numbered `numbers`; each reaches `to`, and the
 /// server has acknowledged them all when this returns (past the acknowledgement delay).
-async fn candidates_written_and_acknowledged(
+async fn candidates_to_alice_written_and_acknowledged(
     from: &mut Ws,
     to: &mut Ws,
     numbers: std::ops::Range<u32>,
@@ -468,7 +468,7 @@ async fn peerjs_reconnect_takes_over_a_socket_that_lived_a_while() {
     let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
     let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
     let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
-    candidates_written_and_acknowledged(&mut bob, &mut alice, 0..5).await;
+    candidates_to_alice_written_and_acknowledged(&mut bob, &mut alice, 0..5).await;
     let mut again = peerjs_open(&server, "app", "alice", "t-alice").await;
     assert_eq!(close_code(&mut alice, STEP).await, Some(1008));
     send(&mut bob, candidate(5)).await;
@@ -506,7 +506,7 @@ async fn peerjs_client_of_a_killed_node_reconnects_elsewhere_with_its_messages()
     let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
     let mut alice = peerjs_open(&home, "app", "alice", "t-alice").await;
     let mut bob = peerjs_open(&other, "app", "bob", "t-bob").await;
-    candidates_written_and_acknowledged(&mut bob, &mut alice, 0..5).await;
+    candidates_to_alice_written_and_acknowledged(&mut bob, &mut alice, 0..5).await;
     home.kill();
     drop(alice);
     for n in 5..10 {
