@@ -25,3 +25,9 @@ done
 # message does with the defaults, which is what every broadcast cost before (one token).
 echo "=== 3 nodes, one token per broadcast (limits x 64)"
 run --nodes 3 --server-args "--rate-limit 3200 --rate-burst 12800"
+# Sixteen such rooms at once (48 broadcasters), one node, then three: a cluster node's calls to
+# Redis queue on one connection, and the probe's wait behind them (BENCHMARKS.md).
+for nodes in 1 3; do
+  echo "=== $nodes node(s), 16 rooms of 28 with 3 broadcasters each"
+  run --nodes "$nodes" --rooms 16 --room-size 28
+done

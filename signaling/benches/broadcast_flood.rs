@@ -7,9 +7,9 @@
 //! Starts `--nodes` release servers with the default message limits (on a private
 //! `redis-server` when N > 1; only the per-address limits are raised, every client being
 //! 127.0.0.1). A probe pair in its own room (sender on node 0, receiver on node 1 mod N) sends
-//! a timestamped signal every 50 ms. After `--baseline` seconds, `--senders` peers of a room of
-//! `--room-size` (spread over the nodes) broadcast `--bytes` of data each at `--rate` per second
-//! for `--duration` seconds; the others read and acknowledge. Reports the probe's latency before
+//! a timestamped signal every 50 ms. After `--baseline` seconds, `--senders` peers of each of
+//! `--rooms` rooms of `--room-size` (spread over the nodes) broadcast `--bytes` of data each at
+//! `--rate` per second for `--duration` seconds; the others read and acknowledge. Reports the probe's latency before
 //! and during the flood, the broadcasts sent, refused (`rate_limited`) and delivered, the
 //! sockets the servers closed, and the nodes' outages and CPU. The load generator shares the
 //! machine: compare one node and three in one run (`scripts/bench-broadcast-flood.sh`).
@@ -33,6 +33,7 @@ mod redis;
 
 struct Args {
     nodes: usize,
+    rooms: usize,
     room_size: usize,
     senders: usize,
     bytes: usize,
@@ -46,6 +47,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut args = Args {
         nodes: 1,
+        rooms: 1,
         room_size: 32,
         senders: 3,
         bytes: 64_000,
@@ -56,6 +58,7 @@ fn parse_args() -> Args {
     };
     common::parse_flags(|flag, value| match flag {
         "--nodes" => args.nodes = value().parse().expect("--nodes N"),
+        "--rooms" => args.rooms = value().parse().expect("--rooms N"),
         "--room-size" => args.room_size = value().parse().expect("--room-size N"),
         "--senders" => args.senders = value().parse().expect("--senders N"),
         "--bytes" => args.bytes = value().parse().expect("--bytes N"),
@@ -67,7 +70,7 @@ fn parse_args() -> Args {
         }
         other => panic!("unknown argument {other}"),
     });
-    assert!(args.nodes >= 1 && args.senders < args.room_size);
+    assert!(args.nodes >= 1 && args.rooms >= 1 && args.senders < args.room_size);
     args
 }
 
@@ -273,10 +276,10 @@ async fn main() {
         }
     });
 
-    // The flood room: everyone joins now, the senders start after the baseline.
+    // The flood rooms: everyone joins now, the senders start after the baseline.
     let blob = "f".repeat(args.bytes);
-    for i in 0..args.room_size {
-        let url = format!("{}/ws/flood", nodes[i % args.nodes].url);
+    for (room, i) in (0..args.rooms).flat_map(|room| (0..args.room_size).map(move |i| (room, i))) {
+        let url = format!("{}/ws/flood{room}", nodes[i % args.nodes].url);
         let (ws, _) = common::join(&url).await.expect("flood peer joins");
         let sink = spawn_reader(ws, epoch, Arc::clone(&counts), None);
         if i < args.senders {
@@ -309,8 +312,9 @@ async fn main() {
 
     let samples = latency.lock().expect("latency").clone();
     println!(
-        "nodes {}: a room of {} where {} peers broadcast {} bytes at {}/s each for {} s",
+        "nodes {}: {} room(s) of {} where {} peers broadcast {} bytes at {}/s each for {} s",
         args.nodes,
+        args.rooms,
         args.room_size,
         args.senders,
         args.bytes,
