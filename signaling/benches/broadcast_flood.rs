@@ -9,9 +9,9 @@
 //! 127.0.0.1). A probe pair in its own room (sender on node 0, receiver on node 1 mod N) sends
 //! a timestamped signal every 50 ms. After `--baseline` seconds, `--senders` peers of each of
 //! `--rooms` rooms of `--room-size` (spread over the nodes) broadcast `--bytes` of data each at
-//! `--rate` per second for `--duration` seconds; the others read and acknowledge. Reports the probe's latency before
-//! and during the flood, the broadcasts sent, refused (`rate_limited`) and delivered, the
-//! sockets the servers closed, and the nodes' outages and CPU. The load generator shares the
+//! `--rate` per second for `--duration` seconds; the others read and acknowledge. Reports the
+//! probe's latency before and during the flood, the broadcasts sent, refused (`rate_limited`)
+//! and delivered, the sockets the servers closed, and the nodes' outages and CPU. The load generator shares the
 //! machine: compare one node and three in one run (`scripts/bench-broadcast-flood.sh`).
 
 use std::sync::Arc;
