@@ -504,12 +504,8 @@ async function clusterFailover(t, transport) {
   const b = await t.open('Bob', { server: lb, query });
   await Promise.all([a.connected(1), b.connected(1)]);
   for (const p of [a, b]) assert(await p.eval(() => window.__demo.client.transport) === transport, `${p.name} on ${transport}`);
-  const connections = async (n) => {
-    const text = await (await fetch(`${n.http}/metrics`)).text();
-    return Number((/^signaling_connections (\d+)/m.exec(text) || [])[1] || 0);
-  };
   let victim = null;
-  for (const n of nodes) if (!victim && (await connections(n)) > 0) victim = n;
+  for (const n of nodes) if (!victim && (await openConnections(n)) > 0) victim = n;
   assert(victim, 'a node serves a page');
   const idsBefore = [await a.peerId(), await b.peerId()];
   await victim.proc.stop('SIGKILL');
@@ -748,6 +744,13 @@ test('client API: httpUrl keeps the room, an oversize send errors after the call
  * A signaling server of the test's own (its log named `name`, started with `args`), and a page
  * of the main server that has joined: the page runs clients against the other server.
  */
+/** `signaling_connections` of a server `startSignaling` started: its open WebSockets and HTTP
+ * streams, pending long-polls included. */
+async function openConnections(server) {
+  const text = await (await fetch(`${server.http}/metrics`)).text();
+  return Number((/^signaling_connections (\d+)/m.exec(text) || [])[1] || 0);
+}
+
 async function pageAndOwnServer(t, name, args = []) {
   const other = await startSignaling(args, name);
   t.track(other.proc);
@@ -852,6 +855,9 @@ test('client API: a long-polling client of a draining server reopens after its r
   const { p, other } = await pageAndOwnServer(t, 'signaling-drains', args);
   const backoff = { initialMs: 100, maxMs: 100, factor: 1, jitter: 0 };
   await connectInPage(p, `${other.ws}/drains`, { transports: ['long-poll'], name: 'd', backoff });
+  // The drain answers the poll that waits (protocol.md): SIGTERM once the client's poll is
+  // pending, not in the instant between two polls.
+  await waitUntil(async () => (await openConnections(other)) >= 1, 5000, 'the long-poll pending');
   const stopped = other.proc.stop('SIGTERM', 10000);
   await p.waitFor(() => window.__client.events.some((e) => e.state === 'reconnecting'), null, 'the link reopening after the drain', 10000);
   await stopped;
