@@ -16,8 +16,8 @@
 //!   [`admission`]: admitting `join`/`resume`, shared by every transport; [`session`]: the per-socket task; [`connection`]: one
 //!   WebSocket's frames; [`http_transport`]: SSE + POST and long-polling.
 //! - [`outbound`]: a connection's queue, bounded in frames and bytes, cleared when its session
-//!   ends as a slow consumer; [`memory_budget`]: the
-//!   node's bound over all of them; [`open_connections`]: a guard per open connection.
+//!   ends as a slow consumer; [`memory_budget`]: the node's bound over all of them;
+//!   [`open_connections`]: a guard per open connection.
 //! - [`backend`]: where rooms and sessions live: in this process ([`hub`] composes [`room`]
 //!   (members, roles, peer index), [`sessions`] (parking, expiry, tombstones) and [`outbox`]
 //!   (numbering, replay; a broadcast's body shared by its receivers) behind one lock, no clock

@@ -208,7 +208,7 @@ impl Registrations {
         key: &str,
         id: &str,
         token: &str,
-    ) -> Result<Option<Registration>, Unreachable> {
+    ) -> Result<Option<Registration>, StoreFailed> {
         match &self.0 {
             Store::Local(map) => {
                 let map = map.lock().unwrap_or_else(|e| e.into_inner());
@@ -220,7 +220,7 @@ impl Registrations {
             Store::Redis(conn, timeout) => {
                 let cmd = redis::cmd("GET").arg(Self::redis_key(key, id)).to_owned();
                 let value: Option<String> =
-                    conn.query(&cmd, *timeout).await.map_err(|_| Unreachable)?;
+                    conn.query(&cmd, *timeout).await.map_err(|_| StoreFailed)?;
                 Ok(value.and_then(|value| Registration::unseal(&value, token)))
             }
         }
@@ -233,7 +233,7 @@ impl Registrations {
         id: &str,
         registration: &Registration,
         ttl: Duration,
-    ) -> Result<(), Unreachable> {
+    ) -> Result<(), StoreFailed> {
         match &self.0 {
             Store::Local(map) => {
                 let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,7 +251,7 @@ impl Registrations {
             Store::Redis(conn, timeout) => {
                 let Some(sealed) = registration.seal() else {
                     tracing::warn!("a PeerJS registration of an unexpected shape was not stored");
-                    return Err(Unreachable);
+                    return Err(StoreFailed);
                 };
                 let cmd = redis::cmd("SET")
                     .arg(Self::redis_key(key, id))
@@ -261,7 +261,7 @@ impl Registrations {
                     .to_owned();
                 conn.query::<()>(&cmd, *timeout).await.map_err(|e| {
                     tracing::warn!(error = %e, "could not store a PeerJS registration");
-                    Unreachable
+                    StoreFailed
                 })
             }
         }
@@ -433,7 +433,7 @@ async fn run(
 /// The shared store did not answer, or refused (a write it would not take), or the
 /// registration could not be put in the form it keeps.
 #[derive(Debug)]
-struct Unreachable;
+struct StoreFailed;
 
 /// A registration refused: the message the client gets, then the close.
 struct Refused {
@@ -484,7 +484,7 @@ async fn register(
         .peerjs
         .get(namespace, id, token)
         .await
-        .map_err(|Unreachable| Refused::for_now(app, ErrorCode::Unavailable))?;
+        .map_err(|StoreFailed| Refused::for_now(app, ErrorCode::Unavailable))?;
     if let Some(earlier) = earlier {
         let resumed = app
             .hub

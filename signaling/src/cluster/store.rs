@@ -511,7 +511,7 @@ impl Store {
         self.conn.query(cmd, self.timeout).await
     }
 
-    /// The members of the set `key`, read [`SET_SCAN_COUNT`] at a time with `SSCAN` so that a
+    /// The members of the set `key`, read `SET_SCAN_COUNT` at a time with `SSCAN` so that a
     /// node's index of tens of thousands of sessions never holds Redis up in one reply (as
     /// `SMEMBERS` would, for every node, at each reconciliation). A member that is in the set
     /// from the first call to the last is in the result; one added or removed meanwhile may or
