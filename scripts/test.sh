@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The full test suite: what CI runs (.ci/run) and what a developer runs before pushing.
 #   scripts/test.sh
-# Installs missing test dependencies (apt, npm), checks formatting and lints, builds the
-# workspace once, runs every Rust test (unit, integration, end-to-end, NAT namespaces), then
-# the browser tests.
+# Installs missing test dependencies (apt, npm), checks formatting, lints and doc links,
+# builds the workspace once, runs every Rust test (unit, integration, end-to-end, NAT
+# namespaces), then the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -19,6 +19,9 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # signaling without the in-process relay (docs/signaling.md, "How it is built").
 cargo clippy -p signaling --no-default-features --features server --locked -- -D warnings
+
+step "cargo doc (a broken doc link, or one to a private item, fails)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 # One build of every target (binaries the end-to-end tests spawn, and the tests themselves):
 # `--all-targets` resolves features the way `cargo test` does, so the test step compiles nothing.

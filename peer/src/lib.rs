@@ -22,9 +22,9 @@
 //! POST, long-polling; `docs/protocol.md`, "When WebSockets are blocked") are for browsers
 //! behind proxies that refuse WebSockets; the JS client uses them, this SDK does not.
 //!
-//! Modules, one job each: [`signaling_client`] (the WebSocket session, resume, backoff),
+//! Modules, one job each: `signaling_client` (the WebSocket session, resume, backoff),
 //! `resend` (numbered frames kept until the server confirms them, sent again after a resume),
-//! [`negotiation`] (perfect negotiation decisions), [`connection`] (one `webrtc` peer
+//! `negotiation` (perfect negotiation decisions), `connection` (one `webrtc` peer
 //! connection per remote peer), [`channel`] (data channels and their registry), `room` (which
 //! connection exists for which peer), `ice_servers` (fresh ICE servers: credential refresh or
 //! relay move, and which connections restart ICE), `turn_tcp_bridge` (TURN over TCP for

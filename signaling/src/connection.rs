@@ -108,7 +108,7 @@ impl Connection {
     }
 
     /// Sends a close frame with `code` and `reason`; the socket is done afterwards. Then reads,
-    /// and drops, what the client still sends until its own close (at most [`CLOSE_TIMEOUT`]):
+    /// and drops, what the client still sends until its own close (at most `CLOSE_TIMEOUT`):
     /// closing a socket with unread bytes makes the kernel reset the connection, and a client
     /// that was still sending (a flood over the rate) would lose our close frame to the reset
     /// and see 1006 instead of the code.

@@ -423,7 +423,7 @@ pub(crate) mod server {
         }
 
         /// A y-webrtc subscription's outbound queue: bounded in bytes as any other, in frames
-        /// only as the bytes are (one per [`TOPIC_QUEUE_BYTES_PER_FRAME`], at least
+        /// only as the bytes are (one per `TOPIC_QUEUE_BYTES_PER_FRAME`, at least
         /// `--outbound-queue`). y-webrtc sends every signal to the whole topic, so a topic of
         /// N subscribers sends each about 8 (N - 1)^2 small frames as it forms (2,900 for 20):
         /// `--outbound-queue` frames would end honest readers as slow consumers. The queues of

@@ -60,7 +60,7 @@ const MAX_NAME: usize = 64;
 /// With `--jwt-secret`, a key (a JWT) is at most this long.
 const MAX_TOKEN_KEY: usize = 4096;
 
-/// The room of peer `id` in `namespace` (see [`namespace`]).
+/// The room of peer `id` in `namespace` (see `namespace`).
 pub fn peer_room(namespace: &str, id: &str) -> RoomId {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(namespace.as_bytes());
@@ -269,7 +269,7 @@ impl Registrations {
 }
 
 /// `GET /peerjs/{key}/id`: a fresh peer id (or the one the key's token fixes). Refused as an
-/// upgrade would be: origin, draining, the key (see [`namespace`]).
+/// upgrade would be: origin, draining, the key (see `namespace`).
 pub async fn new_id(
     State(app): State<Arc<AppState>>,
     client: ClientRequest,

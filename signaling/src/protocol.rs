@@ -756,7 +756,7 @@ pub mod close_code {
 
 /// How every client reconnects and acknowledges: one statement of the rules that the Rust SDK
 /// and the JS client both follow (`docs/protocol.md`, "Client rules"; a test compares the JS
-/// client's table with [`ClientRules::v1`]).
+/// client's table with `ClientRules::v1`).
 pub mod client_rules {
     use std::collections::BTreeMap;
     use std::time::Duration;
