@@ -8,6 +8,11 @@
 --   sig:{ROOM}:s:SID    HASH   one session (see JOIN for the fields)
 --   sig:{ROOM}:l:SID    LIST   its outbox: frames first..next-1 not acknowledged yet
 --   sig:{ROOM}:t:SID    STRING tombstone 'code sechash' of a session that ended with an error
+--   sig:{ROOM}:b        HASH   body id -> a broadcast body kept once for every outbox holding it
+--   sig:{ROOM}:r        HASH   body id -> how many outbox entries name it
+--   sig:{ROOM}:n        STRING the last body id given
+-- An outbox entry is a frame, or '#SEQ:ID:BYTES' for frame SEQ whose body is ID in the room's
+-- bodies (BYTES: the length of the frame it stands for, which the outbox bounds count).
 -- Every key has a TTL (ARGV[1] ms), refreshed while a node serves the room.
 -- ARGV[1] = key ttl ms, ARGV[2] = outbox max frames, ARGV[3] = outbox max bytes; the script's
 -- own arguments start at ARGV[4].
@@ -17,12 +22,15 @@ local MAXN = tonumber(ARGV[2])
 local MAXB = tonumber(ARGV[3])
 local M = P .. 'm'
 local PEERS = P .. 'p'
+local BODIES = P .. 'b'
+local REFS = P .. 'r'
+local BODY_IDS = P .. 'n'
 local function skey(sid) return P .. 's:' .. sid end
 local function lkey(sid) return P .. 'l:' .. sid end
 local function touch(k) redis.call('PEXPIRE', k, TTL) end
 -- Refreshes the TTL of every key of the room.
 local function touch_room()
-  touch(M) touch(PEERS)
+  touch(M) touch(PEERS) touch(BODIES) touch(REFS) touch(BODY_IDS)
   for _, sid in ipairs(redis.call('LRANGE', M, 0, -1)) do touch(skey(sid)) touch(lkey(sid)) end
 end
 -- Why session `sid` is not in Redis: 'ended' (it left a tombstone: its end, with its error, is
@@ -39,26 +47,74 @@ local over = {}
 local REPLAYED = '"replayed":18446744073709551615'
 local RECEIVED = '"received":18446744073709551614'
 
--- Numbers `body` (a JSON object without seq) for session `sid` and appends it to the outbox.
--- Returns the seq and the frame, and the node to publish it to when the session is attached
--- (nil when it is parked); nil when the session is gone.
-local function append(sid, body)
+-- Broadcast bodies at least this long are kept once per room (`share_body`), not copied into
+-- every member's outbox.
+local SHARED_BODY_MIN = 1024
+
+-- Keeps `body` once for the room; returns its id, named by each outbox entry that holds it.
+-- The caller holds one reference of its own until it is done appending (`release`): an entry
+-- dropped at once (an outbox bound below the frame's size) cannot take the body meanwhile.
+local function share_body(body)
+  local id = tostring(redis.call('INCR', BODY_IDS))
+  redis.call('HSET', BODIES, id, body)
+  redis.call('HSET', REFS, id, 1)
+  touch(BODY_IDS) touch(BODIES) touch(REFS)
+  return id
+end
+
+-- One reference to shared body `id` is gone; the last takes the body with it.
+local function release(id)
+  if redis.call('HINCRBY', REFS, id, -1) <= 0 then
+    redis.call('HDEL', REFS, id)
+    redis.call('HDEL', BODIES, id)
+  end
+end
+
+-- Outbox entry `old` leaves its outbox: the length of the frame it stands for.
+local function drop_entry(old)
+  if string.byte(old, 1) ~= 35 then return #old end
+  local id, bytes = string.match(old, '^#%d+:(%d+):(%d+)$')
+  release(id)
+  return tonumber(bytes)
+end
+
+-- The frame outbox entry `entry` stands for; nil when its shared body is gone.
+local function frame_of(entry)
+  if string.byte(entry, 1) ~= 35 then return entry end
+  local seq, id = string.match(entry, '^#(%d+):(%d+):')
+  local body = redis.call('HGET', BODIES, id)
+  if not body then return nil end
+  return '{"seq":' .. seq .. ',' .. string.sub(body, 2)
+end
+
+-- Numbers `body` (a JSON object without seq) for session `sid` and appends it to the outbox:
+-- the frame itself, or a reference to the shared body `shared` (an id from `share_body`).
+-- Returns the seq and the frame (nil for a shared body), and the node to publish it to when
+-- the session is attached (nil when it is parked); nil when the session is gone.
+local function append(sid, body, shared)
   local s = skey(sid)
   local st = redis.call('HMGET', s, 'next', 'first', 'bytes', 'state', 'node')
   if not st[1] then return nil end
   local seq = tonumber(st[1])
-  local frame = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
+  local frame, entry, size
+  if shared then
+    size = #body + #tostring(seq) + 7
+    entry = '#' .. seq .. ':' .. shared .. ':' .. size
+    redis.call('HINCRBY', REFS, shared, 1)
+  else
+    frame = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
+    entry, size = frame, #frame
+  end
   local l = lkey(sid)
-  if redis.call('RPUSH', l, frame) == 1 then touch(l) end
+  if redis.call('RPUSH', l, entry) == 1 then touch(l) end
   local first = tonumber(st[2])
-  local bytes = tonumber(st[3]) + #frame
+  local bytes = tonumber(st[3]) + size
   local n = seq - first + 1
   local node = nil
   if st[4] == 'a' then
     -- Attached: the socket gets it now; keep a bounded tail for a resume.
     while n > MAXN or bytes > MAXB do
-      local old = redis.call('LPOP', l)
-      bytes = bytes - #old
+      bytes = bytes - drop_entry(redis.call('LPOP', l))
       first = first + 1
       n = n - 1
     end
@@ -84,9 +140,11 @@ end
 -- many times as there are nodes, whatever the room's size. Returns how many sessions got it.
 local function emit_all(body, except)
   local by_node, nodes, n = {}, {}, 0
+  local shared = nil
+  if #body >= SHARED_BODY_MIN then shared = share_body(body) end
   for _, sid in ipairs(redis.call('LRANGE', M, 0, -1)) do
     if sid ~= except then
-      local seq, _, node = append(sid, body)
+      local seq, _, node = append(sid, body, shared)
       if seq then n = n + 1 end
       if node then
         if not by_node[node] then
@@ -101,6 +159,7 @@ local function emit_all(body, except)
   for _, node in ipairs(nodes) do
     redis.call('PUBLISH', 'sig:ch:' .. node, '!bc ' .. table.concat(by_node[node], ',') .. ' ' .. body)
   end
+  if shared then release(shared) end
   return n
 end
 
@@ -133,7 +192,7 @@ local function ack(sid, seq)
   while first <= last do
     local old = redis.call('LPOP', l)
     if not old then break end
-    bytes = bytes - #old
+    bytes = bytes - drop_entry(old)
     first = first + 1
   end
   redis.call('HSET', s, 'first', first, 'bytes', bytes, 'ack', math.max(last, tonumber(st[4] or '0')))
@@ -173,6 +232,7 @@ local function end_session(sid, left, code, grace)
   end
   redis.call('LREM', M, 0, sid)
   redis.call('HDEL', PEERS, st[1])
+  for _, old in ipairs(redis.call('LRANGE', lkey(sid), 0, -1)) do drop_entry(old) end
   redis.call('DEL', s, lkey(sid))
   if code ~= '' then
     redis.call('SET', P .. 't:' .. sid, code .. ' ' .. st[2], 'PX', grace)

@@ -105,6 +105,17 @@ if last + 1 < first then
 end
 ack(sid, last)
 local replay = redis.call('LRANGE', lkey(sid), 0, -1)
+for i, entry in ipairs(replay) do
+  replay[i] = frame_of(entry)
+  if not replay[i] then
+    -- Its shared body is gone (keys expired apart): as frames dropped, the caller ends it.
+    if st[6] == 'a' then
+      redis.call('PUBLISH', 'sig:ch:' .. st[4], '!close ' .. sid .. ' ' .. st[5])
+    end
+    over[#over + 1] = sid
+    return {'dropped', table.concat(over, ' '), tostring(last)}
+  end
+end
 redis.call('HSET', s, 'node', ARGV[7], 'conn', ARGV[8], 'ver', ARGV[9], 'state', 'a',
   'at', ARGV[12])
 local ice = st[8] or ''
@@ -251,7 +262,7 @@ if guard == 'token' and gone[6] == 'a' then
   -- Left by HTTP while a stream is attached somewhere: close that stream normally.
   redis.call('PUBLISH', 'sig:ch:' .. gone[3], '!close ' .. sid .. ' ' .. gone[4] .. ' 1000')
 end
-if redis.call('LLEN', M) == 0 then redis.call('DEL', M, PEERS) end
+if redis.call('LLEN', M) == 0 then redis.call('DEL', M, PEERS, BODIES, REFS, BODY_IDS) end
 return {'ok', table.concat(over, ' '), gone[3], gone[4], gone[5]}
 "#,
             ),
@@ -363,7 +374,7 @@ for _, sid in ipairs(targets) do
     ended[#ended + 1] = gone[3]
   end
 end
-if redis.call('LLEN', M) == 0 then redis.call('DEL', M, PEERS) end
+if redis.call('LLEN', M) == 0 then redis.call('DEL', M, PEERS, BODIES, REFS, BODY_IDS) end
 local out = {'ok', table.concat(over, ' ')}
 for _, v in ipairs(ended) do out[#out + 1] = v end
 return out

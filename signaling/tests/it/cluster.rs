@@ -794,6 +794,120 @@ async fn a_broadcast_crosses_pubsub_once_per_node() {
     assert_eq!(publishes(&redis) - before, 2, "one publish per node");
 }
 
+/// A broadcast body of 1 KiB or more is kept once per room in Redis, however many outboxes
+/// hold it: a member parked meanwhile resumes on another node with every frame replayed, big
+/// and small, in order; and the body goes with the last outbox entry naming it.
+#[tokio::test]
+async fn a_big_broadcast_is_kept_once_per_room_and_replayed_from_there() {
+    let redis = RedisServer::start();
+    let [n1, n2] = nodes(&redis.url(), &["--resume-grace", "20s"]);
+    let (mut sender, sender_info) = Client::join(&n1.ws("/ws/shared"), None).await;
+    let (mut a, _) = Client::join(&n2.ws("/ws/shared"), None).await;
+    let (parked, parked_info) = join_seen_by(&n2, "shared", [&mut sender, &mut a]).await;
+    let parked_seen = parked.last_seq;
+    drop(parked);
+    metric_becomes(&n2, "signaling_connections", 1).await;
+
+    let blobs: Vec<serde_json::Value> = vec![
+        serde_json::json!("small before"),
+        serde_json::json!({"blob": "x".repeat(30_000)}),
+        serde_json::json!({"blob": "y".repeat(20_000)}),
+        serde_json::json!("small after"),
+    ];
+    for data in &blobs {
+        sender
+            .send(&ClientMessage::Broadcast {
+                id: None,
+                cseq: None,
+                data: data.clone(),
+            })
+            .await;
+    }
+    for data in &blobs {
+        match a.recv_message().await {
+            ServerMessage::Broadcast { from, data: got } => {
+                assert_eq!(from, sender_info.peer_id);
+                assert_eq!(&got, data);
+            }
+            other => panic!("expected a broadcast, got {other:?}"),
+        }
+    }
+    // Two outboxes hold each big body (A's tail and the parked one's): Redis holds it once.
+    assert_eq!(redis.cli(&["HLEN", "sig:{shared}:b"]), "2");
+    let biggest_entry = redis
+        .keys()
+        .iter()
+        .filter(|key| key.starts_with("sig:{shared}:l:"))
+        .flat_map(|key| {
+            redis
+                .cli(&["--raw", "LRANGE", key, "0", "-1"])
+                .lines()
+                .map(str::len)
+                .collect::<Vec<_>>()
+        })
+        .max();
+    assert!(
+        biggest_entry.is_some_and(|len| len < 1024),
+        "{biggest_entry:?}"
+    );
+
+    // The parked member resumes on the other node: all four, in order, once.
+    let mut back = Client::connect(&n1.ws("/ws")).await;
+    back.last_seq = parked_seen;
+    back.send(&resume_message(&parked_info.resume_token, parked_seen))
+        .await;
+    for data in &blobs {
+        match back.recv_message().await {
+            ServerMessage::Broadcast { from, data: got } => {
+                assert_eq!(from, sender_info.peer_id);
+                assert_eq!(&got, data, "replayed in order");
+            }
+            other => panic!("expected a replayed broadcast, got {other:?}"),
+        }
+    }
+    match back.recv_message().await {
+        ServerMessage::Resumed { replayed, .. } => assert_eq!(replayed, 4),
+        other => panic!("expected resumed, got {other:?}"),
+    }
+
+    // Everyone leaves: the bodies go with the outboxes.
+    for client in [&mut sender, &mut a, &mut back] {
+        client.send(&ClientMessage::Leave { id: None }).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = redis
+            .keys()
+            .into_iter()
+            .filter(|key| key.starts_with("sig:{shared}:"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "keys left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A new member joins `room` on `node`, once each of `members` has seen it arrive.
+async fn join_seen_by(
+    node: &Server,
+    room: &str,
+    members: [&mut Client; 2],
+) -> (Client, SessionInfo) {
+    let joined = Client::join(&node.ws(&format!("/ws/{room}")), None).await;
+    for member in members {
+        loop {
+            if let ServerMessage::PeerJoined { peer, .. } = member.recv_message().await
+                && peer.id == joined.1.peer_id
+            {
+                break;
+            }
+        }
+    }
+    joined
+}
+
 /// A session that moves to another node by a resume counts there from then on, and no longer
 /// on the node it left: in sessions, and among its address's sessions (`--max-sessions-per-ip`
 /// holds per node for resumes too, or sessions moved over would escape every limit).
