@@ -90,6 +90,16 @@ pub type RequestId = u64;
 /// see confirmed: each numbered frame takes effect exactly once.
 pub type ClientSeq = u64;
 
+/// A `versions` field: integers from 1 to 2^32 - 1 (0 names no version, so a frame offering it
+/// is `invalid_message`, as one offering -1 is).
+fn versions<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u32>, D::Error> {
+    let versions = Vec::<u32>::deserialize(deserializer)?;
+    if versions.contains(&0) {
+        return Err(serde::de::Error::custom("versions are integers from 1"));
+    }
+    Ok(versions)
+}
+
 /// Client -> server requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -100,6 +110,7 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
         /// Protocol versions the client speaks; the server picks the newest it shares.
+        #[serde(deserialize_with = "versions")]
         versions: Vec<u32>,
         /// The room to join. May be omitted when the URL path already names it (`/ws/ROOM`);
         /// when both are present they must agree.
@@ -119,6 +130,7 @@ pub enum ClientMessage {
     Resume {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
+        #[serde(deserialize_with = "versions")]
         versions: Vec<u32>,
         /// The token from the last `welcome` or `resumed`.
         resume_token: ResumeToken,
@@ -950,7 +962,7 @@ mod tests {
     #[test]
     fn negotiates_the_newest_shared_version() {
         assert_eq!(negotiate_version(&[1]), Some(1));
-        assert_eq!(negotiate_version(&[0, 1, 7]), Some(1));
+        assert_eq!(negotiate_version(&[1, 7]), Some(1));
         assert_eq!(negotiate_version(&[2, 3]), None);
         assert_eq!(negotiate_version(&[]), None);
     }

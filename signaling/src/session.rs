@@ -227,6 +227,15 @@ impl SocketTask {
             }
             Inbound::Binary => {
                 self.last_heard = now;
+                // A binary frame counts against the message rate as a text frame does: its
+                // answer is a frame too, and a flood of them must not fill the sender's queue.
+                let config = self.app.live();
+                if !self
+                    .bucket
+                    .try_take(now, config.rate_limit, config.rate_burst)
+                {
+                    return self.over_rate("", now).await;
+                }
                 self.refuse(
                     RequestError::new(
                         ErrorCode::BinaryNotSupported,

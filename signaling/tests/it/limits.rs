@@ -138,6 +138,18 @@ async fn handshake_errors() {
     assert_eq!(error_ref(&frame.message), Some(2));
     assert_eq!(c.expect_close().await, Closed::Code(1008));
 
+    // Versions run from 1: a 0 among them makes the frame invalid, and the socket stays open.
+    let mut c = Client::connect(&server.ws("/ws/v")).await;
+    for text in [
+        r#"{"type":"join","id":3,"versions":[0]}"#,
+        r#"{"type":"join","id":4,"versions":[1,0]}"#,
+    ] {
+        c.send_raw(Message::text(text)).await;
+        c.expect_error(ErrorCode::InvalidMessage).await;
+    }
+    c.send(&join_message("v")).await;
+    c.expect_welcome().await;
+
     // Bad room ids, in the join and in the URL; missing room; conflicting rooms.
     for (path, room) in [
         ("/ws", Some("no spaces")),
@@ -276,6 +288,29 @@ async fn rate_limit_drops_the_excess() {
     // Tokens come back at the configured rate.
     tokio::time::sleep(Duration::from_millis(450)).await;
     a.ping(100).await;
+
+    // Binary frames count too: a flood of them is answered like one of text frames, not with
+    // an error each (which would fill the sender's own queue until it ended as too slow).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for _ in 0..50 {
+        a.send_raw(Message::binary(vec![0u8])).await;
+    }
+    let (mut binary, mut limited) = (0, 0);
+    for _ in 0..6 {
+        match a.recv_message().await {
+            ServerMessage::Error {
+                code: ErrorCode::BinaryNotSupported,
+                ..
+            } => binary += 1,
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            } => limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((binary, limited), (5, 1));
+    a.expect_silence(Duration::from_millis(100)).await;
 }
 
 #[tokio::test]
