@@ -128,9 +128,10 @@ pub(crate) mod server {
 
     use axum::Router;
     use axum::extract::State;
+    use axum::handler::Handler;
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
-    use axum::routing::{get, post};
+    use axum::routing::{MethodRouter, get, post};
     use tokio::net::TcpListener;
     use tokio_util::sync::CancellationToken;
 
@@ -482,13 +483,24 @@ pub(crate) mod server {
         }
     }
 
+    /// A route for GET alone. axum answers HEAD with a `get` route's handler (dropping the
+    /// body), which for an upgrade or a stream would act: attach a session, take a stream
+    /// over. HEAD gets the empty 405 of any other method.
+    fn get_only<H, T>(handler: H) -> MethodRouter<Arc<AppState>>
+    where
+        H: Handler<T, Arc<AppState>>,
+        T: 'static,
+    {
+        get(handler).head(|| async { (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET")]) })
+    }
+
     /// The HTTP routes: WebSocket upgrade, health, readiness, metrics and the web demo.
     pub fn app(state: Arc<AppState>) -> Router {
         // What a page of another origin calls with `fetch`.
         let cross_origin = Router::new()
             .route(http::OPEN, post(crate::http_transport::open))
-            .route(http::EVENTS, get(crate::http_transport::events))
-            .route(http::POLL, get(crate::http_transport::poll))
+            .route(http::EVENTS, get_only(crate::http_transport::events))
+            .route(http::POLL, get_only(crate::http_transport::poll))
             .route(http::SEND, post(crate::http_transport::send))
             .route("/http/{room}", post(crate::http_transport::open_room))
             .route("/v1/ice-servers", get(crate::api::ice_servers))
@@ -501,10 +513,10 @@ pub(crate) mod server {
             Router::new().route("/metrics", get(metrics))
         };
         Router::new()
-            .route("/ws", get(crate::ws::upgrade))
-            .route("/ws/{room}", get(crate::ws::upgrade_room))
-            .route("/y-webrtc", get(crate::y_webrtc::upgrade))
-            .route("/peerjs/peerjs", get(crate::peerjs::upgrade))
+            .route("/ws", get_only(crate::ws::upgrade))
+            .route("/ws/{room}", get_only(crate::ws::upgrade_room))
+            .route("/y-webrtc", get_only(crate::y_webrtc::upgrade))
+            .route("/peerjs/peerjs", get_only(crate::peerjs::upgrade))
             .merge(cross_origin)
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))

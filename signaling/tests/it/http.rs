@@ -406,6 +406,36 @@ async fn stream_requests_count_as_connections_and_a_newer_stream_takes_over() {
     );
 }
 
+/// HEAD is not GET on a stream or an upgrade, where it would act (take the session's stream
+/// over, attach a session): it gets the empty 405 of any other method, and the open stream
+/// goes on.
+#[tokio::test]
+async fn head_is_refused_and_takes_no_stream_over() {
+    let server = Server::start(&[]);
+    let a = http_client::open_as(server.addr, "head", "A").await;
+    let mut stream = Sse::connect(server.addr, &a, None).await;
+    let _welcome = stream.frame().await;
+    for path in [
+        format!("/http/events?session={a}&last_seq=1"),
+        format!("/http/poll?session={a}&last_seq=1"),
+        "/ws/head".to_owned(),
+        "/ws".to_owned(),
+        "/y-webrtc".to_owned(),
+        "/peerjs/peerjs?key=peerjs&id=someone&token=t".to_owned(),
+    ] {
+        let (status, _, body) =
+            http_client::http_request(server.addr, "HEAD", &path, &[], "").await;
+        assert_eq!((status, body.as_str()), (405, ""), "HEAD {path}");
+    }
+    // Still A's stream: B's arrival comes through it.
+    let _b = http_client::open_as(server.addr, "head", "B").await;
+    let frame = stream.frame().await;
+    assert!(
+        matches!(frame.message, ServerMessage::PeerJoined { .. }),
+        "{frame:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_http_session_without_a_stream_expires_like_a_parked_one() {
     let server = Server::start(&["--resume-grace", "1s"]);
