@@ -252,7 +252,7 @@ impl Backend {
         match self {
             Self::Local(hub) => Ok(hub.kick(room, peer, Instant::now())),
             Self::Cluster(hub) => {
-                let message = "removed from the room by an operator";
+                let message = crate::hub::ended_message(ErrorCode::Kicked);
                 Box::pin(hub.end_by_admin(room, Some(peer), ErrorCode::Kicked, message))
                     .await
                     .map(|ended| ended > 0)
@@ -266,7 +266,7 @@ impl Backend {
         match self {
             Self::Local(hub) => Ok(hub.close_room(room, Instant::now())),
             Self::Cluster(hub) => {
-                let message = "the room was closed by an operator";
+                let message = crate::hub::ended_message(ErrorCode::RoomClosed);
                 Box::pin(hub.end_by_admin(room, None, ErrorCode::RoomClosed, message))
                     .await
                     .map_err(|e| e.to_string())

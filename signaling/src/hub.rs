@@ -1111,11 +1111,7 @@ impl HubState {
                         "the server is over its memory budget and this session held among the \
                          most: the session ended"
                     }
-                    ErrorCode::SlowConsumer => "too many unread messages: the session ended",
-                    ErrorCode::ReplayOverflow => "the replay buffer overflowed: the session ended",
-                    ErrorCode::Kicked => "an operator removed you from the room",
-                    ErrorCode::RoomClosed => "an operator closed the room",
-                    _ => "the session ended",
+                    _ => ended_message(code),
                 };
                 let frame = encode(&ServerFrame {
                     seq: session.outbox.next_seq(),
@@ -1156,6 +1152,16 @@ impl HubState {
     }
 }
 
+/// The `message` of the error that ends a session with `code`, on one node or a cluster.
+pub(crate) fn ended_message(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::SlowConsumer => "too many unread messages: the session ended",
+        ErrorCode::ReplayOverflow => "the replay buffer overflowed: the session ended",
+        ErrorCode::Kicked => "an operator removed you from the room",
+        ErrorCode::RoomClosed => "an operator closed the room",
+        _ => "the session ended",
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -312,7 +312,7 @@ impl ClusterHub {
                     seq,
                     message: ServerMessage::Error {
                         code: ErrorCode::SlowConsumer,
-                        message: "too many unread messages: the session ended".into(),
+                        message: crate::hub::ended_message(ErrorCode::SlowConsumer).into(),
                         reference: None,
                     },
                 })

@@ -120,7 +120,12 @@ async fn the_admin_lists_kicks_and_closes_rooms() {
     let (status, body) = call(&server, "POST", &kick, Some(KEY)).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(b_info.peer_id.as_str()), "{body}");
-    b.expect_error(ErrorCode::Kicked).await;
+    let kicked = b.expect_error(ErrorCode::Kicked).await;
+    // The same words on one node and on a cluster.
+    assert!(
+        matches!(&kicked.message, ServerMessage::Error { message, .. } if message == "an operator removed you from the room"),
+        "{kicked:?}"
+    );
     assert_eq!(b.expect_close().await, Closed::Code(1008));
     for other in [&mut a, &mut c] {
         expect_peer_left(other, &b_info.peer_id, LeaveReason::Ended).await;
@@ -142,8 +147,9 @@ async fn the_admin_lists_kicks_and_closes_rooms() {
         loop {
             match peer.recv_message().await {
                 ServerMessage::PeerLeft { .. } => continue,
-                ServerMessage::Error { code, .. } => {
+                ServerMessage::Error { code, message, .. } => {
                     assert_eq!(code, ErrorCode::RoomClosed);
+                    assert_eq!(message, "an operator closed the room");
                     break;
                 }
                 other => panic!("expected room_closed, got {other:?}"),
