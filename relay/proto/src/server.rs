@@ -32,6 +32,23 @@ use crate::usage::{UnbilledUsage, Usage};
 /// the DATA attribute header, rounded down to a multiple of 4).
 const MAX_DATA_INDICATION_PAYLOAD: usize = 65_535 - 24 - 4 - 3;
 
+/// The largest UDP payload to `to`: 65,535 bytes less the IPv4 and UDP headers (65,507), or
+/// less the UDP header over IPv6 (65,527; no jumbograms). A larger datagram cannot be sent.
+fn max_udp_payload(to: SocketAddr) -> usize {
+    let v4 = match to.ip() {
+        std::net::IpAddr::V4(_) => true,
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+    };
+    if v4 { 65_535 - 20 - 8 } else { 65_535 - 8 }
+}
+
+/// The length of the Data indication carrying `len` bytes from `peer` (header, XOR-PEER-ADDRESS,
+/// DATA padded to 4).
+fn data_indication_len(peer: SocketAddr, len: usize) -> usize {
+    let address = if peer.is_ipv4() { 8 } else { 20 };
+    20 + 4 + address + 4 + len.next_multiple_of(4)
+}
+
 /// `now + d` that cannot panic on absurd configured durations (capped at one year).
 #[inline]
 pub(crate) fn later(now: Instant, d: std::time::Duration) -> Instant {
@@ -153,7 +170,10 @@ impl Server {
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
         };
-        if !alloc.permissions.is_permitted(peer.ip(), now) {
+        if !alloc.permissions.is_permitted(peer.ip(), now) || payload.len() > max_udp_payload(peer)
+        {
+            // Not permitted, or more than one datagram to the peer holds (a stream client's
+            // ChannelData may carry up to 65,535 bytes): not relayed, not billed.
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
         }
@@ -208,6 +228,7 @@ impl Server {
         };
         if alloc.relay.is_ipv4() != peer.is_ipv4()
             || !alloc.permissions.is_permitted(peer.ip(), now)
+            || data.len() > max_udp_payload(peer)
         {
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
@@ -272,8 +293,16 @@ impl Server {
         }
         let to = alloc.five_tuple;
         let channel = alloc.channels.by_peer(peer, now).map(|c| c.number);
-        if channel.is_none() && len > MAX_DATA_INDICATION_PAYLOAD {
+        let too_big = match channel {
             // Would not fit in a STUN message's 16-bit length with its headers.
+            None if len > MAX_DATA_INDICATION_PAYLOAD => true,
+            _ if to.transport.is_stream() => false,
+            // Would not fit in one datagram to a UDP client.
+            None => data_indication_len(peer, len) > max_udp_payload(to.client),
+            Some(_) => channel_data::CHANNEL_DATA_HEADER_LEN + len > max_udp_payload(to.client),
+        };
+        if too_big {
+            // Not relayed, not billed.
             self.stats.dropped_packets += 1;
             return PeerAction::Drop;
         }

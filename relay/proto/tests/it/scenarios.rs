@@ -1437,3 +1437,59 @@ fn ipv4_mapped_clients_of_a_dual_stack_socket_see_their_ipv4_address() {
         attributes::decode_xor_address(m.get(XOR_MAPPED_ADDRESS).unwrap(), &m.transaction_id());
     assert_eq!(mapped.unwrap(), peer("192.0.2.80:40000"));
 }
+
+/// A datagram larger than one UDP datagram to an IPv4 address holds (65,507 bytes) cannot be
+/// sent: it is dropped and counted as dropped, never as relayed or billed. From a peer to a
+/// UDP client (ChannelData, Data indication) and from a stream client's ChannelData (up to
+/// 65,535 bytes) to a peer.
+#[test]
+fn a_datagram_too_big_to_send_is_dropped_not_relayed() {
+    let (mut h, mut alice, _) = Harness::with_alice_allocated();
+    let relay = h.server.relay_handle_of(&alice.from).unwrap();
+    let (channel_peer, other_peer) = (peer("203.0.114.7:6000"), peer("203.0.114.8:6000"));
+    h.request(
+        alice.from,
+        &alice.permission_request(&[channel_peer, other_peer]),
+    );
+    alice.bind_channel(&mut h, 0x4000, channel_peer);
+    let counts = |h: &Harness| {
+        let s = h.server.stats();
+        (s.packets_to_client, s.bytes_to_client, s.dropped_packets)
+    };
+    let relayed = |h: &mut Harness, from: SocketAddr, len: usize| {
+        let before = counts(h);
+        let (action, _) = from_peer(h, relay, from, &vec![7u8; len]);
+        h.outputs();
+        let after = counts(h);
+        let sent = !matches!(action, PeerAction::Drop);
+        let expected = if sent {
+            (before.0 + 1, before.1 + len as u64, before.2)
+        } else {
+            (before.0, before.1, before.2 + 1)
+        };
+        assert_eq!(after, expected, "{len} bytes from {from}");
+        sent
+    };
+    // ChannelData: 4 bytes of header.
+    assert!(relayed(&mut h, channel_peer, 65_503));
+    assert!(!relayed(&mut h, channel_peer, 65_504));
+    // A Data indication: 36 bytes of headers for an IPv4 peer, DATA padded to 4.
+    assert!(relayed(&mut h, other_peer, 65_468));
+    assert!(!relayed(&mut h, other_peer, 65_469));
+
+    // A TCP client's ChannelData to a peer.
+    let mut bob = Client::alice_at(five_tuple("192.0.2.20:40000", Transport::Tcp));
+    bob.allocate(&mut h);
+    h.request(bob.from, &bob.permission_request(&[channel_peer]));
+    bob.bind_channel(&mut h, 0x4000, channel_peer);
+    let to_peer = |h: &mut Harness, len: usize| {
+        let before = h.server.stats().bytes_to_peer;
+        let action = h.send(bob.from, &channel_data_packet(0x4000, &vec![7u8; len]));
+        let forwarded = matches!(action, ClientAction::Forward { .. });
+        let billed = h.server.stats().bytes_to_peer - before;
+        assert_eq!(billed, if forwarded { len as u64 } else { 0 }, "{len}");
+        forwarded
+    };
+    assert!(to_peer(&mut h, 65_507));
+    assert!(!to_peer(&mut h, 65_508));
+}
