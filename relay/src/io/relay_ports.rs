@@ -68,7 +68,7 @@ impl RelayPorts {
         let now = Instant::now();
         let mut held = self.held();
         // Reservations that ended give their ports back before a port is looked for.
-        held.retain(|_, (_, until)| *until > now);
+        release_ended(&mut held, now);
         if reserve_next {
             if held.len() >= MAX_HELD {
                 tracing::debug!("too many reserved ports held open");
@@ -147,6 +147,12 @@ impl RelayPorts {
         })
     }
 
+    /// Lets go of the ports of the reservations that ended by `now` (each worker's publish
+    /// tick: a relay that handles no Allocate does not keep them open past their 30 s).
+    pub(crate) fn release_ended(&self, now: Instant) {
+        release_ended(&mut self.held(), now);
+    }
+
     fn held(&self) -> MutexGuard<'_, HeldPorts> {
         // A poisoned lock only means another shard panicked mid-insert of a plain entry.
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
@@ -166,6 +172,10 @@ impl RelayPorts {
 }
 
 /// The port is in use (or not ours to bind): try the next.
+fn release_ended(held: &mut HeldPorts, now: Instant) {
+    held.retain(|_, (_, until)| *until > now);
+}
+
 fn is_taken(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -264,6 +274,19 @@ mod tests {
             ports.bind(AddressFamily::V4, true, true).err(),
             Some(BindError::NoCapacity)
         );
+    }
+
+    #[test]
+    fn a_reservation_that_ended_lets_its_port_go_without_another_allocate() {
+        let ports = on_loopback(40420, 40423);
+        let rtp = ports.bind(AddressFamily::V4, true, true).unwrap();
+        let reserved = SocketAddr::from(([127, 0, 0, 1], port_of(&rtp) + 1));
+        let free = || std::net::UdpSocket::bind(reserved).is_ok();
+        assert!(!free(), "held for its reservation");
+        ports.release_ended(Instant::now());
+        assert!(!free(), "still held within its 30 s");
+        ports.release_ended(Instant::now() + RESERVATION_LIFETIME);
+        assert!(free(), "let go once the reservation ended");
     }
 
     #[test]

@@ -423,6 +423,7 @@ impl Shard {
             self.metrics
                 .publish(self.index, core.stats(), &self.io_snapshot());
             self.bill_usage(&mut core);
+            self.relay_ports.release_ended(now);
         }
         drop(core);
         self.flush();
