@@ -50,5 +50,5 @@ pub async fn reload(reloading: &mut Reloading, relay: &RelayHandle) {
         log_refused("configuration", &e);
         return;
     }
-    reloading.applied::<Config>(matches, RELOADABLE, &config.log_filter);
+    reloading.applied::<Config>(matches, RELOADABLE, &[], &config.log_filter);
 }

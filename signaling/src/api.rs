@@ -216,7 +216,8 @@ pub struct IceServersView {
 
 /// `GET /v1/ice-servers?room=ROOM`: ICE servers with TURN credentials (the room's relay when
 /// there is a fleet), for apps on y-webrtc or PeerJS to pass into the library's configuration.
-/// Needs an API key, an admin token, or a room token (JWT) granting `room`.
+/// Needs an API key, an admin token, or a room token (JWT) granting `room`; with neither
+/// `--api-key` nor `--jwt-secret` it does not exist (404), as the rest of the API.
 pub async fn ice_servers(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -234,7 +235,16 @@ pub async fn ice_servers(
         .and_then(|auth| auth.verify(presented).ok())
         .is_some_and(|claims| claims.room.as_str() == room);
     if !room_token_grants {
-        authenticate(&app, &headers)?;
+        authenticate(&app, &headers).map_err(|refused| match refused.status {
+            // The operator's message would not say that the client's own token does.
+            StatusCode::UNAUTHORIZED => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "an API key, an admin token or a room token (JWT) for ?room= is required \
+                 (Authorization: Bearer ...)",
+            ),
+            _ => refused,
+        })?;
     }
     let room = credentials_room(&room);
     let peer = PeerId(format!("{:012x}", rand::random::<u64>() >> 16));

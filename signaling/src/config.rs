@@ -36,26 +36,16 @@ pub struct Config {
     pub proxy_protocol: bool,
 
     /// PEM certificate chain: serve HTTPS and WSS on `--listen` instead of plain HTTP.
-    #[arg(
-        long,
-        env = "SIGNALING_TLS_CERT",
-        value_name = "PEM",
-        requires = "tls_key"
-    )]
+    #[arg(long, env = "SIGNALING_TLS_CERT", value_name = "PEM")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
-    #[arg(
-        long,
-        env = "SIGNALING_TLS_KEY",
-        value_name = "PEM",
-        requires = "tls_cert"
-    )]
+    #[arg(long, env = "SIGNALING_TLS_KEY", value_name = "PEM")]
     pub tls_key: Option<PathBuf>,
 
     /// Serve HTTPS and WSS with a certificate generated at start-up for `localhost` and the
     /// listening address (development only: browsers warn; the PEM is printed on stdout).
-    #[arg(long, env = "SIGNALING_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    #[arg(long, env = "SIGNALING_TLS_SELF_SIGNED")]
     pub tls_self_signed: bool,
 
     /// Serve HTTPS and WSS with a certificate for NAME obtained and renewed from an ACME CA
@@ -65,9 +55,7 @@ pub struct Config {
         long = "acme-domain",
         env = "SIGNALING_ACME_DOMAIN",
         value_name = "NAME",
-        value_delimiter = ',',
-        requires = "acme_cache",
-        conflicts_with_all = ["tls_cert", "tls_self_signed"]
+        value_delimiter = ','
     )]
     pub acme_domains: Vec<String>,
 
@@ -271,7 +259,7 @@ pub struct Config {
     /// `ID.` and a random part new at each start, so a node restarted under the same name is a
     /// new node and the sessions of its predecessor are adopted as a dead node's. Default: only
     /// the random part.
-    #[arg(long, env = "SIGNALING_NODE_ID", requires = "redis_urls")]
+    #[arg(long, env = "SIGNALING_NODE_ID")]
     pub node_id: Option<String>,
 
     /// How often a cluster node renews its lease and looks for dead nodes.
@@ -297,8 +285,9 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
-    /// API keys for the backend HTTP API (`/v1/rooms/...`), repeatable or comma-separated,
-    /// presented as `Authorization: Bearer KEY`. Without one, the API is off (404).
+    /// API keys for the backend and admin HTTP API (`/v1/rooms/...`), repeatable or
+    /// comma-separated, presented as `Authorization: Bearer KEY`. The API also takes admin
+    /// JWTs signed with `--jwt-secret`; with neither a key nor `--jwt-secret`, it is off (404).
     #[arg(
         long = "api-key",
         env = "SIGNALING_API_KEYS",
@@ -328,8 +317,14 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
 
-    /// Log format on stderr: `text` (coloured only on a terminal) or `json` lines.
-    #[arg(long, env = "SIGNALING_LOG_FORMAT", default_value = "text")]
+    /// Log format on stderr: `text` (coloured only on a terminal) or `json` lines. Default:
+    /// `text`, or `json` with the older `--log-json`.
+    #[arg(
+        long,
+        env = "SIGNALING_LOG_FORMAT",
+        default_value = "text",
+        default_value_if("log_json", "true", "json")
+    )]
     pub log_format: LogFormat,
 
     /// Which logs to write: `info`, `warn,signaling=debug`, ... (`RUST_LOG` syntax). SIGHUP
@@ -338,7 +333,9 @@ pub struct Config {
     #[arg(long, env = "RUST_LOG", default_value = "info", value_parser = startup::logging::parse_filter)]
     pub log_filter: String,
 
-    /// The same as `--log-format json` (the flag's older name).
+    /// The same as `--log-format json` (the flag's older name), unless `--log-format` is
+    /// given: it makes `json` the default of `--log-format`, so the start-up summary shows the
+    /// format in force.
     #[arg(long, env = "SIGNALING_LOG_JSON", hide = true)]
     pub log_json: bool,
 
@@ -357,23 +354,19 @@ pub struct Config {
     /// UDP and TCP address of the in-process relay. Default: the `--listen` IP, port 3478 (or a
     /// free port when 3478 is taken).
     #[cfg(feature = "with-relay")]
-    #[arg(long, env = "SIGNALING_RELAY_LISTEN", requires = "with_relay")]
+    #[arg(long, env = "SIGNALING_RELAY_LISTEN")]
     pub relay_listen: Option<SocketAddr>,
 
     /// Host name or IP clients use to reach the in-process relay; needed when it listens on
     /// all interfaces (0.0.0.0 or ::).
     #[cfg(feature = "with-relay")]
-    #[arg(long, env = "SIGNALING_RELAY_HOST", requires = "with_relay")]
+    #[arg(long, env = "SIGNALING_RELAY_HOST")]
     pub relay_host: Option<String>,
 
     /// An extra flag for the in-process relay (repeatable), e.g.
     /// `--relay-arg=--relay-ports=50000-50999`. See `relay --help`.
     #[cfg(feature = "with-relay")]
-    #[arg(
-        long = "relay-arg",
-        allow_hyphen_values = true,
-        requires = "with_relay"
-    )]
+    #[arg(long = "relay-arg", allow_hyphen_values = true)]
     pub relay_args: Vec<String>,
 
     /// One port for everything: `--listen` serves TURN too, handed to the in-process relay.
@@ -382,19 +375,14 @@ pub struct Config {
     /// With TLS on, the port carries HTTPS, WSS and TURN over TLS (`turns:HOST:PORT` in
     /// `welcome`); without, HTTP, WS and TURN over TCP (`turn:HOST:PORT?transport=tcp`).
     #[cfg(feature = "with-relay")]
-    #[arg(long, env = "SIGNALING_SHARED_PORT", requires = "with_relay")]
+    #[arg(long, env = "SIGNALING_SHARED_PORT")]
     pub shared_port: bool,
 
     /// Where clients reach the shared port, `HOST:PORT`, when a balancer or a port forward sits
     /// in front (HAProxy on 443 passing TCP through to this node): `welcome` then advertises
     /// `turns:HOST:PORT` instead of `--relay-host` and the `--listen` port.
     #[cfg(feature = "with-relay")]
-    #[arg(
-        long,
-        env = "SIGNALING_SHARED_PORT_PUBLIC",
-        value_name = "HOST:PORT",
-        requires = "shared_port"
-    )]
+    #[arg(long, env = "SIGNALING_SHARED_PORT_PUBLIC", value_name = "HOST:PORT")]
     pub shared_port_public: Option<String>,
 }
 
@@ -404,18 +392,74 @@ impl Config {
         self.tls_cert.is_some() || self.tls_self_signed || !self.acme_domains.is_empty()
     }
 
-    /// `--log-format`, or `json` when the older `--log-json` is set.
-    pub fn effective_log_format(&self) -> LogFormat {
-        if self.log_json {
-            LogFormat::Json
-        } else {
-            self.log_format
+    /// Checks the flags that need another flag or exclude one: `--tls-cert needs --tls-key`.
+    /// Not clap's `requires` and `conflicts_with`, which count a switch's variable set to
+    /// `false` as given: `SIGNALING_WITH_RELAY=false` would let `--shared-port` start without
+    /// a relay (and ignore it), `SIGNALING_TLS_SELF_SIGNED=false` would refuse `--tls-cert`.
+    pub fn check_combinations(&self) -> Result<(), Error> {
+        let tls_files = self.tls_cert.is_some() || self.tls_key.is_some();
+        let acme = !self.acme_domains.is_empty();
+        #[cfg_attr(not(feature = "with-relay"), allow(unused_mut))]
+        let mut refused = vec![
+            (
+                self.tls_cert.is_some() && self.tls_key.is_none(),
+                "--tls-cert needs --tls-key",
+            ),
+            (
+                self.tls_key.is_some() && self.tls_cert.is_none(),
+                "--tls-key needs --tls-cert",
+            ),
+            (
+                self.tls_self_signed && tls_files,
+                "--tls-self-signed cannot be used with --tls-cert",
+            ),
+            (
+                acme && self.acme_cache.is_none(),
+                "--acme-domain needs --acme-cache",
+            ),
+            (
+                acme && (tls_files || self.tls_self_signed),
+                "--acme-domain cannot be used with --tls-cert or --tls-self-signed",
+            ),
+            (
+                self.node_id.is_some() && self.redis_urls.is_empty(),
+                "--node-id needs --redis",
+            ),
+        ];
+        #[cfg(feature = "with-relay")]
+        refused.extend([
+            (
+                self.relay_listen.is_some() && !self.with_relay,
+                "--relay-listen needs --with-relay",
+            ),
+            (
+                self.relay_host.is_some() && !self.with_relay,
+                "--relay-host needs --with-relay",
+            ),
+            (
+                !self.relay_args.is_empty() && !self.with_relay,
+                "--relay-arg needs --with-relay",
+            ),
+            (
+                self.shared_port && !self.with_relay,
+                "--shared-port needs --with-relay",
+            ),
+            (
+                self.shared_port_public.is_some() && !self.shared_port,
+                "--shared-port-public needs --shared-port",
+            ),
+        ]);
+        match refused.into_iter().find(|(refused, _)| *refused) {
+            Some((_, why)) => Err(Error::Config(why.into())),
+            None => Ok(()),
         }
     }
 
-    /// Checks the values that clap cannot: durations that must be positive, limits that must
-    /// hold at least one of something, URLs with the right scheme.
+    /// Checks the values that clap cannot: flags that need another ([`Self::check_combinations`]),
+    /// durations that must be positive, limits that must hold at least one of something, URLs
+    /// with the right scheme.
     pub fn validate(&self) -> Result<(), Error> {
+        self.check_combinations()?;
         let bad = |what: String| Err(Error::Config(what));
         if self.ping_interval.is_zero() || self.ping_timeout < self.ping_interval {
             return bad("--ping-interval must be > 0 and <= --ping-timeout".into());
@@ -533,5 +577,102 @@ mod tests {
         );
         assert_eq!(config.turn_secrets.len(), 2);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_older_log_json_shows_as_log_format_json_in_the_summary() {
+        use clap::CommandFactory as _;
+        let log_format_line = |args: &[&str]| {
+            let matches = Config::command()
+                .get_matches_from(std::iter::once("signaling").chain(args.iter().copied()));
+            let summary = startup::summary::summary(&Config::command(), &matches);
+            let line = summary
+                .lines()
+                .find(|line| line.trim_start().starts_with("--log-format"))
+                .unwrap_or_else(|| panic!("no --log-format line: {summary}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let config =
+                Config::parse_from(std::iter::once("signaling").chain(args.iter().copied()));
+            (line, config.log_format)
+        };
+        assert_eq!(
+            log_format_line(&["--log-json"]),
+            (
+                "--log-format json (implied by another flag)".into(),
+                LogFormat::Json
+            )
+        );
+        assert_eq!(
+            log_format_line(&[]),
+            ("--log-format text".into(), LogFormat::Text)
+        );
+        // The flag of the current name wins, and the summary says what is in force.
+        assert_eq!(
+            log_format_line(&["--log-json", "--log-format", "text"]),
+            ("--log-format text (flag or file)".into(), LogFormat::Text)
+        );
+    }
+
+    #[test]
+    fn a_flag_without_the_flag_it_needs_is_named_with_it() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--tls-cert", "c.pem"], "--tls-cert needs --tls-key"),
+            (&["--tls-key", "k.pem"], "--tls-key needs --tls-cert"),
+            (
+                &[
+                    "--tls-self-signed",
+                    "--tls-cert",
+                    "c.pem",
+                    "--tls-key",
+                    "k.pem",
+                ],
+                "--tls-self-signed cannot be used with --tls-cert",
+            ),
+            (
+                &["--acme-domain", "a.example"],
+                "--acme-domain needs --acme-cache",
+            ),
+            (
+                &[
+                    "--acme-domain",
+                    "a.example",
+                    "--acme-cache",
+                    "d",
+                    "--tls-self-signed",
+                ],
+                "--acme-domain cannot be used with --tls-cert or --tls-self-signed",
+            ),
+            (&["--node-id", "a"], "--node-id needs --redis"),
+            #[cfg(feature = "with-relay")]
+            (&["--shared-port"], "--shared-port needs --with-relay"),
+            #[cfg(feature = "with-relay")]
+            (&["--relay-host", "h"], "--relay-host needs --with-relay"),
+            #[cfg(feature = "with-relay")]
+            (
+                &["--relay-listen", "127.0.0.1:0"],
+                "--relay-listen needs --with-relay",
+            ),
+            #[cfg(feature = "with-relay")]
+            (
+                &["--relay-arg=--workers=1"],
+                "--relay-arg needs --with-relay",
+            ),
+            #[cfg(feature = "with-relay")]
+            (
+                &["--with-relay", "--shared-port-public", "h:443"],
+                "--shared-port-public needs --shared-port",
+            ),
+        ];
+        for (args, why) in cases {
+            let config =
+                Config::try_parse_from(std::iter::once("signaling").chain(args.iter().copied()))
+                    .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let refused = config.validate().expect_err(why).to_string();
+            assert_eq!(refused, format!("invalid configuration: {why}"), "{args:?}");
+        }
+        let both = Config::parse_from(["signaling", "--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        both.check_combinations().unwrap();
     }
 }

@@ -121,12 +121,16 @@ impl LocalRelay {
     /// SIGHUP: the relay's configuration built again from `config` (its `--relay-arg`s and
     /// TURN secrets) and applied with [`relay::RelayHandle::reload`], which checks it whole
     /// first. What changed in its `--relay-arg`s is logged as `in-process relay (--relay-arg)
-    /// reloaded: ...`; the TURN secrets it shares are in the server's own reload line.
+    /// reloaded: ...`; the TURN secrets it shares are in the server's own reload line. A
+    /// refusal counts in the relay's `relay_config_reloads_refused_total`, a `--relay-arg`
+    /// that does not parse too.
     pub async fn reload(&mut self, config: &Config) -> Result<(), Error> {
         let in_process =
             |e: &dyn std::fmt::Display| Error::Config(format!("in-process relay: {e}"));
-        let (relay_config, given) =
-            relay_config(config, self.listen, self.admin).map_err(|e| in_process(&e))?;
+        let (relay_config, given) = relay_config(config, self.listen, self.admin).map_err(|e| {
+            self.handle.metrics().config_reload(false);
+            in_process(&e)
+        })?;
         self.handle
             .reload(&relay_config)
             .await
@@ -205,8 +209,8 @@ fn start_with_fallbacks(
 /// The relay's configuration: what the `--relay-arg` flags give (parsed like the relay's own
 /// command line, returned with the matches), completed from ours where those flags are
 /// silent: the same TURN secrets, a loopback-only admin port (`admin`), and loopback peers
-/// allowed only when the relay itself is on loopback (everything local: two browser tabs relay
-/// to each other through 127.0.0.1).
+/// allowed only when every TURN client is local ([`only_local_clients`]: two browser tabs
+/// relay to each other through 127.0.0.1).
 fn relay_config(
     config: &Config,
     listen: SocketAddr,
@@ -224,11 +228,20 @@ fn relay_config(
     if silent("admin_listen") {
         relay_config.admin_listen = AdminListen::Addr(admin);
     }
-    if silent("allow_loopback_peers") && listen.ip().is_loopback() {
+    if silent("allow_loopback_peers") && only_local_clients(config, listen) {
         relay_config.allow_loopback_peers = true;
     }
     relay_config.validate()?;
     Ok((relay_config, given))
+}
+
+/// Whether only clients on this host reach the relay listening on `listen`: it is on loopback,
+/// and so is TURN on signaling's own port (`--shared-port`), with no balancer passing remote
+/// clients in (`--proxy-protocol`). A remote client allowed loopback peers could send to the
+/// host's own UDP services (a resolver on 127.0.0.53, a cache), out of its reach otherwise.
+fn only_local_clients(config: &Config, listen: SocketAddr) -> bool {
+    listen.ip().is_loopback()
+        && !(config.shared_port && (!config.listen.ip().is_loopback() || config.proxy_protocol))
 }
 
 /// TURN on signaling's own port (`--shared-port`): over TLS when signaling serves TLS, over TCP
@@ -288,5 +301,38 @@ mod tests {
         let named = [&acme[..], &["--relay-host", "turn.example"]].concat();
         assert_eq!(url(&named), "turns:turn.example:443?transport=tcp");
         assert_eq!(url(&[]), "turn:192.0.2.1:443?transport=tcp");
+    }
+
+    #[test]
+    fn loopback_peers_are_allowed_only_when_every_turn_client_is_local() {
+        let loopback: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let public: SocketAddr = "0.0.0.0:3478".parse().unwrap();
+        let allowed = |args: &[&str], relay_listen: SocketAddr| {
+            let config = Config::parse_from([&["signaling", "--with-relay"], args].concat());
+            relay_config(&config, relay_listen, "127.0.0.1:0".parse().unwrap())
+                .expect("relay config")
+                .0
+                .allow_loopback_peers
+        };
+        let local = ["--listen", "127.0.0.1:8080"];
+        assert!(allowed(&local, loopback));
+        assert!(allowed(
+            &[&local[..], &["--shared-port"]].concat(),
+            loopback
+        ));
+        assert!(!allowed(&local, public));
+        // TURN on a public signaling port, or behind a balancer: remote clients.
+        let shared_public = ["--listen", "0.0.0.0:443", "--shared-port"];
+        assert!(!allowed(&shared_public, loopback));
+        let balanced = [&local[..], &["--shared-port", "--proxy-protocol"]].concat();
+        assert!(!allowed(&balanced, loopback));
+        // The relay's own flag decides when given.
+        let given = [
+            "--listen",
+            "0.0.0.0:443",
+            "--shared-port",
+            "--relay-arg=--allow-loopback-peers",
+        ];
+        assert!(allowed(&given, loopback));
     }
 }

@@ -18,7 +18,14 @@ async fn main() -> anyhow::Result<()> {
         Err(ConfigError::Clap(e)) => e.exit(),
         Err(e) => return Err(e.into()),
     };
-    let log_filter = startup::logging::init(config.effective_log_format(), &config.log_filter);
+    // Before anything starts (the in-process relay would), as clap's own usage errors are:
+    // status 2, `error: invalid configuration: --shared-port needs --with-relay`.
+    if let Err(e) = config.check_combinations() {
+        Config::command()
+            .error(clap::error::ErrorKind::MissingRequiredArgument, e)
+            .exit();
+    }
+    let log_filter = startup::logging::init(config.log_format, &config.log_filter);
     tracing::info!(
         "starting; configuration:\n{}",
         startup::summary::summary(&Config::command(), &matches)

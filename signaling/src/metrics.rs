@@ -152,7 +152,7 @@ pub struct Metrics {
     registry: Registry,
     /// Open WebSocket connections and HTTP streams (SSE, long-poll).
     pub connections: Gauge,
-    /// WebSocket connections and HTTP streams accepted since start.
+    /// WebSocket connections (upgraded, whatever follows) and HTTP streams accepted since start.
     pub connections_total: Counter,
     /// Sessions (joined peers, attached or waiting to resume).
     pub sessions: Gauge,
@@ -200,7 +200,8 @@ pub struct Metrics {
     /// Rooms of this node moved to another relay of the fleet.
     pub relay_reassignments: Counter,
     rooms_per_relay: Family<RelayLabel, Gauge>,
-    /// `join` received -> `welcome` queued (admitted sessions only).
+    /// `join` received -> `welcome` queued (admitted sessions only); a PeerJS registration's
+    /// request read -> its session joined, a y-webrtc `subscribe` read -> its subscription.
     pub join_latency: Histogram,
     /// A `signal` received -> queued to its target (inside this server).
     pub signal_latency: Histogram,
@@ -299,7 +300,7 @@ impl Metrics {
         );
         registry.register(
             "join_latency_seconds",
-            "Time from a join received to its welcome queued",
+            "Time from a join received to its welcome queued (a PeerJS registration, a y-webrtc subscribe)",
             join_latency.clone(),
         );
         registry.register(
@@ -344,7 +345,7 @@ impl Metrics {
         );
         registry.register(
             "connections_accepted",
-            "WebSocket connections accepted",
+            "WebSocket connections and HTTP streams (SSE, long-poll) accepted",
             connections_total.clone(),
         );
         registry.register("sessions", "Sessions, attached or parked", sessions.clone());

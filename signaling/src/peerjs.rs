@@ -313,6 +313,8 @@ pub async fn upgrade(
     client: ClientRequest,
     Upgrade(ws): Upgrade,
 ) -> Result<Response, Refusal> {
+    // The registration's request read: where `signaling_join_latency_seconds` starts.
+    let received = Instant::now();
     let field = |name: &str| client.query.get(name).cloned().unwrap_or_default();
     let (key, id, token) = (field("key"), field("id"), field("token"));
     if !(valid_name(&id) && valid_name(&token)) {
@@ -325,7 +327,7 @@ pub async fn upgrade(
     let ip_slot = client.admit_socket(&app)?;
     let (namespace, _) = namespace(&app, &key, Some(&id)).map_err(|e| refuse(&app, &e))?;
     Ok(with_limits(ws, &app)
-        .on_upgrade(move |socket| run(socket, app, ip_slot, namespace, id, token)))
+        .on_upgrade(move |socket| run(socket, app, ip_slot, received, namespace, id, token)))
 }
 
 /// A server message of the PeerJS protocol.
@@ -360,14 +362,23 @@ async fn run(
     socket: WebSocket,
     app: Arc<AppState>,
     ip_slot: IpSlot,
+    received: Instant,
     namespace: String,
     id: String,
     token: String,
 ) {
+    // Counted from the upgrade, as every socket is: a refused registration too.
+    let open = app.connections.open();
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut socket = Connection::new(socket, app.config.ping_timeout);
     let (tx, mut rx) = app.outbound_queue();
-    let registered = match register(&app, conn, &tx, &ip_slot, &namespace, &id, &token).await {
+    let new = NewPeer {
+        namespace: &namespace,
+        id: &id,
+        token: &token,
+        received,
+    };
+    let registered = match register(&app, conn, &tx, &ip_slot, new).await {
         Ok(registered) => registered,
         Err(Refused { message, close }) => {
             let _ = socket.send_text(message).await;
@@ -376,7 +387,6 @@ async fn run(
         }
     };
     let (attached, last_seq) = registered;
-    let open = app.connections.open();
     let now = Instant::now();
     let mut this = PeerSocket {
         bucket: TokenBucket::new(app.live().rate_burst, now),
@@ -468,17 +478,32 @@ impl Refused {
     }
 }
 
+/// What a socket asks to register as.
+struct NewPeer<'a> {
+    /// The peers' namespace (see [`namespace`]).
+    namespace: &'a str,
+    id: &'a str,
+    token: &'a str,
+    /// When its request was read.
+    received: Instant,
+}
+
 /// Registers (key, id): resumes the client's earlier session when its token matches, refuses
-/// with `ID-TAKEN` when a live session of another client holds the id, joins otherwise.
+/// with `ID-TAKEN` when a live session of another client holds the id, joins otherwise (the
+/// join counted in `signaling_join_latency_seconds`, as a `join` is).
 async fn register(
     app: &Arc<AppState>,
     conn: ConnId,
     tx: &OutboundTx,
     ip_slot: &IpSlot,
-    namespace: &str,
-    id: &str,
-    token: &str,
+    new: NewPeer<'_>,
 ) -> Result<(Attached, u64), Refused> {
+    let NewPeer {
+        namespace,
+        id,
+        token,
+        received,
+    } = new;
     let room = peer_room(namespace, id);
     let earlier = app
         .peerjs
@@ -536,7 +561,8 @@ async fn register(
                 reference: None,
                 version: 1,
                 room,
-                name: None,
+                // The admin API shows it: what tells an operator which client this is.
+                name: Some(id.to_owned()),
                 ticket: Some(ticket),
                 transport: Transport::PeerJs,
             },
@@ -576,6 +602,9 @@ async fn register(
             .await;
         return Err(Refused::for_now(app, ErrorCode::Unavailable));
     }
+    app.metrics
+        .join_latency
+        .observe(received.elapsed().as_secs_f64());
     Ok((attached, 0))
 }
 
@@ -803,6 +832,21 @@ impl PeerSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The formula `compat.md` gives operators: `pj.` and the first 40 hex digits of
+    /// SHA-256(NAMESPACE, a zero byte, ID), the namespace the key (or `room ` and a token's
+    /// room). (`python3 -c "import hashlib; print(hashlib.sha256(b'app\x00alice').hexdigest()[:40])"`)
+    #[test]
+    fn the_room_of_a_peer_is_the_documented_hash() {
+        assert_eq!(
+            peer_room("app", "alice").as_str(),
+            "pj.0fd57fc248c69c738f07156c315460d0ffd7d156"
+        );
+        assert_eq!(
+            peer_room("room demo", "alice").as_str(),
+            "pj.9a44b53aa8c1d2b48804271c627919c64308ed70"
+        );
+    }
 
     #[test]
     fn rooms_isolate_keys_and_registrations_round_trip() {

@@ -34,9 +34,13 @@ pub const RELOADABLE: &[&str] = &[
     "join_burst_per_ip",
     "allowed_origins",
     "log_filter",
-    // With `--with-relay`: the in-process relay reloads what it can of them.
+    // With `--with-relay`: the in-process relay reloads what it can of them ([`HANDED_ON`]).
     "relay_args",
 ];
+
+/// Of [`RELOADABLE`], what the in-process relay applies (what it can) and logs itself: the
+/// server's reload line names a change of it as handed on, not as applied.
+pub const HANDED_ON: &[(&str, &str)] = &[("relay_args", "the in-process relay")];
 
 /// The settings a reload swaps that are read per request or per message.
 #[derive(Debug, Clone)]
@@ -182,5 +186,5 @@ pub async fn reload(
     }
     state.apply_reload(prepared);
     state.metrics.config_reload(true);
-    reloading.applied::<Config>(matches, RELOADABLE, &config.log_filter);
+    reloading.applied::<Config>(matches, RELOADABLE, HANDED_ON, &config.log_filter);
 }

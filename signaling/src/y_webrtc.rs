@@ -249,6 +249,7 @@ impl YConnection {
 
     /// A text frame: a y-webrtc message, taken if the client is within its rate.
     async fn on_text(&mut self, text: Utf8Bytes, inboxes: &mut Inboxes) -> Result<(), End> {
+        let received = Instant::now();
         let config = self.app.live();
         if !self
             .bucket
@@ -278,7 +279,7 @@ impl YConnection {
         match message {
             YMessage::Subscribe { topics } => {
                 for topic in topics {
-                    self.subscribe(topic, inboxes).await?;
+                    self.subscribe(topic, inboxes, received).await?;
                 }
                 Ok(())
             }
@@ -297,7 +298,15 @@ impl YConnection {
         }
     }
 
-    async fn subscribe(&mut self, topic: String, inboxes: &mut Inboxes) -> Result<(), End> {
+    /// Subscribes to `topic`, as a `join` of its room: counted in
+    /// `signaling_join_latency_seconds` from `received` (when the `subscribe` was read) to the
+    /// subscription in place.
+    async fn subscribe(
+        &mut self,
+        topic: String,
+        inboxes: &mut Inboxes,
+        received: Instant,
+    ) -> Result<(), End> {
         if self.topics.contains_key(topic.as_str()) {
             return Ok(());
         }
@@ -349,7 +358,11 @@ impl YConnection {
             )
             .await;
         let attached = match joined {
-            Ok(attached) => attached,
+            Ok(attached) => {
+                let latency = received.elapsed().as_secs_f64();
+                self.app.metrics.join_latency.observe(latency);
+                attached
+            }
             Err(error) => {
                 return self.close_with(
                     error.code,

@@ -5,7 +5,8 @@
 //! binaries report a reload alike:
 //!
 //! - `configuration reloaded: --user-quota 10 -> 5, --turn-secret <redacted> -> <redacted>`
-//!   (info);
+//!   (info), and after a `;` the changes handed to a part that logs what it applied
+//!   ([`Changes::hand_on`]);
 //! - `configuration reload removed --jwt-secret: ...` (warn: a secret the file no longer names
 //!   is gone, and what it guarded is off);
 //! - `configuration reload: changed but needs a restart (not applied): --listen` (warn);
@@ -61,19 +62,24 @@ impl Reloading {
 
     /// A reload of `matches` took effect: applies `log_filter` (first, so that the new filter
     /// decides what of this reload is logged), logs what changed (see [`Changes`]), and keeps
-    /// `matches` as the configuration in force.
+    /// `matches` as the configuration in force. `handed_on` names, of `reloadable`, the
+    /// settings handed to a part that applies what it can of them and logs that itself
+    /// (signaling's `--relay-arg`, to its in-process relay), with that part
+    /// ([`Changes::hand_on`]).
     pub fn applied<C: CommandFactory>(
         &mut self,
         matches: ArgMatches,
         reloadable: &[&str],
+        handed_on: &[(&str, &str)],
         log_filter: &str,
     ) {
         if let Err(e) = self.log_filter.set(log_filter) {
             tracing::warn!(error = %e, "the log filter stays");
         }
-        self.running
-            .reloaded(&C::command(), matches, reloadable)
-            .log("configuration");
+        let command = C::command();
+        let mut changes = self.running.reloaded(&command, matches, reloadable);
+        changes.hand_on(&command, handed_on);
+        changes.log("configuration");
     }
 }
 
@@ -142,6 +148,9 @@ pub struct Changes {
     pub needs_restart: Vec<String>,
     /// Secret flags that had a value and have none now, as `--jwt-secret` (applied too).
     pub secrets_removed: Vec<String>,
+    /// Changed flags handed to a part that applies what it can of them and says so itself:
+    /// `--relay-arg A -> B (handed to the in-process relay, ...)`.
+    pub handed_on: Vec<String>,
 }
 
 impl Changes {
@@ -194,14 +203,45 @@ impl Changes {
         changes
     }
 
+    /// Moves the changes of `handed_on` (argument id, the part it is handed to) from
+    /// [`Self::applied`] to [`Self::handed_on`]: this binary did not apply them, the part did
+    /// what it could (and logs what needs a restart).
+    pub fn hand_on(&mut self, command: &Command, handed_on: &[(&str, &str)]) {
+        for (id, to) in handed_on {
+            let Some(long) = command
+                .get_arguments()
+                .find(|arg| arg.get_id() == id)
+                .and_then(clap::Arg::get_long)
+            else {
+                continue;
+            };
+            let prefix = format!("--{long} ");
+            let (moved, kept) = std::mem::take(&mut self.applied)
+                .into_iter()
+                .partition(|change| change.starts_with(&prefix));
+            self.applied = kept;
+            self.handed_on
+                .extend(moved.into_iter().map(|change: String| {
+                format!(
+                    "{change} (handed to {to}, which logs what it applied and what needs a restart)"
+                )
+            }));
+        }
+    }
+
     /// Logs a reload that took effect (`what`: `configuration`, or `relay configuration` for
-    /// an embedded relay): one line with the changes applied, and a warning naming those that
-    /// need a restart.
+    /// an embedded relay): one line with the changes applied (and those handed on), and a
+    /// warning naming those that need a restart.
     pub fn log(&self, what: &str) {
-        if self.applied.is_empty() {
-            tracing::info!("{what} reloaded: no setting changed");
+        let applied = if self.applied.is_empty() {
+            "no setting changed".to_owned()
         } else {
-            tracing::info!("{what} reloaded: {}", self.applied.join(", "));
+            self.applied.join(", ")
+        };
+        if self.handed_on.is_empty() {
+            tracing::info!("{what} reloaded: {applied}");
+        } else {
+            tracing::info!("{what} reloaded: {applied}; {}", self.handed_on.join(", "));
         }
         if !self.needs_restart.is_empty() {
             tracing::warn!(
@@ -328,6 +368,39 @@ mod tests {
         assert!(!back.applied.is_empty(), "{back:?}");
         let text = format!("{changes:?}");
         assert!(!text.contains("s3cr3t") && !text.contains("n3w"), "{text}");
+    }
+
+    #[test]
+    fn a_setting_handed_on_is_not_told_as_applied() {
+        #[derive(Debug, Parser)]
+        struct Embedding {
+            #[arg(long, default_value_t = 10)]
+            rate: u32,
+            #[arg(long = "relay-arg", allow_hyphen_values = true)]
+            relay_args: Vec<String>,
+        }
+        let parse = |args: &[&str]| {
+            Embedding::command()
+                .get_matches_from(std::iter::once("prog").chain(args.iter().copied()))
+        };
+        let old = parse(&["--relay-arg=--relay-ports=46100-46199"]);
+        let new = parse(&["--rate", "5", "--relay-arg=--relay-ports=46100-46150"]);
+        let mut changes = Changes::between(
+            &Embedding::command(),
+            InForce::started(&old),
+            &new,
+            &["rate", "relay_args"],
+        );
+        changes.hand_on(&Embedding::command(), &[("relay_args", "the relay")]);
+        assert_eq!(changes.applied, ["--rate 10 -> 5"]);
+        assert_eq!(
+            changes.handed_on,
+            [
+                "--relay-arg --relay-ports=46100-46199 -> --relay-ports=46100-46150 (handed to \
+              the relay, which logs what it applied and what needs a restart)"
+            ]
+        );
+        assert!(changes.needs_restart.is_empty(), "{changes:?}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The configuration as a readable block for the start-up log: one line per setting (hidden
-//! flags aside) that has a value, `--flag  value`, marked with where it came from when it is not the default. Values of
+//! flags aside) that has a value, `--flag  value`, marked with where it came from when it is not the default
+//! (`(flag or file)`, `(environment)`, or `(implied by another flag)` for a default that
+//! another flag chose, as a hidden older name does). Values of
 //! flags whose value is named `SECRET` or `PASSWORD` (or a `NAME:PASSWORD` pair) are redacted, and
 //! so is the password of any URL (`redis://user:PASSWORD@host`) and the value of a secret flag
 //! passed on inside a list value ([`PASSED_ON_SECRETS`]), in both forms:
@@ -39,6 +41,9 @@ pub fn summary(command: &Command, matches: &ArgMatches) -> String {
             let source = match matches.value_source(id) {
                 Some(ValueSource::CommandLine) => "  (flag or file)",
                 Some(ValueSource::EnvVariable) => "  (environment)",
+                Some(ValueSource::DefaultValue) if !is_declared_default(arg, &values) => {
+                    "  (implied by another flag)"
+                }
                 _ => "",
             };
             Some((name, shown, source))
@@ -50,6 +55,19 @@ pub fn summary(command: &Command, matches: &ArgMatches) -> String {
         let _ = writeln!(out, "  {name:<width$}  {value}{source}");
     }
     out
+}
+
+/// Whether `values` are `arg`'s declared default, not one a `default_value_if` put in its
+/// place because of another flag (signaling's `--log-json` implies `--log-format json`). An
+/// argument that declares none has clap's own (a switch's `false`).
+fn is_declared_default(arg: &clap::Arg, values: &[String]) -> bool {
+    let declared = arg.get_default_values();
+    declared.is_empty()
+        || declared.len() == values.len()
+            && declared
+                .iter()
+                .zip(values)
+                .all(|(declared, value)| declared.to_string_lossy() == value.as_str())
 }
 
 /// Whether `arg` takes a secret: its value is named `SECRET` or `PASSWORD` (or a
@@ -200,6 +218,34 @@ mod tests {
         assert!(
             !text.contains("--region"),
             "unset values are left out: {text}"
+        );
+    }
+
+    #[derive(Debug, Parser)]
+    struct WithOlderName {
+        #[arg(long, default_value = "text", default_value_if("json", "true", "json"))]
+        format: String,
+        #[arg(long, hide = true)]
+        json: bool,
+        #[arg(long)]
+        verbose: bool,
+    }
+
+    #[test]
+    fn a_default_chosen_by_another_flag_shows_and_is_marked() {
+        let summary_of = |args: &[&str]| {
+            let matches = WithOlderName::command()
+                .get_matches_from(std::iter::once("prog").chain(args.iter().copied()));
+            summary(&WithOlderName::command(), &matches)
+        };
+        assert_eq!(summary_of(&[]), "  --format   text\n  --verbose  false\n");
+        assert_eq!(
+            summary_of(&["--json"]),
+            "  --format   json  (implied by another flag)\n  --verbose  false\n"
+        );
+        assert_eq!(
+            summary_of(&["--json", "--format", "text"]),
+            "  --format   text  (flag or file)\n  --verbose  false\n"
         );
     }
 

@@ -172,6 +172,7 @@ async fn stats_reports_are_checked_rate_limited_and_shown_live_on_the_admin_page
     assert_eq!(link["bytes_sent"], 1000);
     assert!(peer["connected_ms"].is_u64(), "{peer}");
     assert_eq!(live["traffic"]["peers_relayed"], 1, "{live}");
+    assert_shaped_as_documented(&live);
     assert_eq!(live["traffic"]["price_per_gb"], 0.05);
     let (status, _, page) = http_get(admin, "/").await;
     assert_eq!(status, 200);
@@ -329,6 +330,63 @@ async fn no_public_metrics_leaves_metrics_to_the_admin_listener() {
     // The rest of the main listener is unchanged.
     let (status, _, _) = http_get(server.addr, "/healthz").await;
     assert_eq!(status, 200);
+}
+
+/// The fields of `value`, as paths (`rooms[].peers[].links[].age_ms`), over every element of
+/// its arrays.
+fn field_paths(value: &serde_json::Value, at: &str, out: &mut std::collections::BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                let path = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                out.insert(path.clone());
+                field_paths(v, &path, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                field_paths(item, &format!("{at}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `snapshot` has the fields of the example in `docs/signaling.md` ("The admin page"), no
+/// other: those the example has and `snapshot` lacks are its optional ones (a peer's `name`,
+/// `error`, a relay when there is none).
+fn assert_shaped_as_documented(snapshot: &serde_json::Value) {
+    let doc = include_str!("../../../docs/signaling.md");
+    let section = doc.split("## The admin page").nth(1).expect("the section");
+    let example = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a JSON example");
+    let example: serde_json::Value = serde_json::from_str(example).expect("the example is JSON");
+    let (mut documented, mut live) = Default::default();
+    field_paths(&example, "", &mut documented);
+    field_paths(snapshot, "", &mut live);
+    let undocumented: Vec<&String> = live.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in the example: {undocumented:?}"
+    );
+    let optional = |path: &str| {
+        path == "error" || path == "rooms[].peers[].name" || path.starts_with("relays[]")
+    };
+    let missing: Vec<&String> = documented
+        .difference(&live)
+        .filter(|path| !optional(path))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "in the example, not in {snapshot}: {missing:?}"
+    );
 }
 
 /// Every series of `metrics` is in the metrics tables of `docs/signaling.md` (or, for the

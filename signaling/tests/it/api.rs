@@ -116,6 +116,16 @@ async fn an_admin_token_opens_the_api_and_a_room_token_does_not() {
     assert_eq!(get(room).await, 401);
 }
 
+/// Without `--api-key` and `--jwt-secret`, `/v1/ice-servers` does not exist, as the rest of
+/// the API.
+#[tokio::test]
+async fn ice_servers_without_keys_or_a_jwt_secret_answer_404() {
+    let server = Server::start(&["--turn-secret", "turn-s3cret"]);
+    let (status, _, body) =
+        get_authorized(server.addr, "/v1/ice-servers?room=notes", "Bearer anything").await;
+    assert_eq!((status, body.as_str()), (404, ""));
+}
+
 #[tokio::test]
 async fn ice_servers_for_other_client_libraries_need_a_key_or_a_token_for_the_room() {
     let server = Server::start(&[
@@ -143,8 +153,17 @@ async fn ice_servers_for_other_client_libraries_need_a_key_or_a_token_for_the_ro
     assert!(turn["credential"].is_string());
     let (status, _, _) = get("/v1/ice-servers?room=notes", format!("Bearer {room_token}")).await;
     assert_eq!(status, 200, "a token for the room");
-    let (status, _, _) = get("/v1/ice-servers?room=other", format!("Bearer {room_token}")).await;
+    let (status, _, body) = get("/v1/ice-servers?room=other", format!("Bearer {room_token}")).await;
     assert_eq!(status, 401, "a token for another room");
+    // The refusal names every credential that would do, the client's own room token too.
+    let refusal: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");
+    assert_eq!(refusal["code"], "unauthorized", "{body}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("room token (JWT) for ?room=")),
+        "{body}"
+    );
     let (status, _, _) = get("/v1/ice-servers?room=notes", "Bearer nope".into()).await;
     assert_eq!(status, 401);
 

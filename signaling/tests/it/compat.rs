@@ -890,6 +890,63 @@ async fn compat_deliveries_are_counted_once() {
     assert_eq!(server.metric(relayed).await - before, 1, "PeerJS OFFER");
 }
 
+/// A PeerJS registration and a y-webrtc subscription are joins: each counts once in
+/// `signaling_join_latency_seconds`, as a `join` does; every upgraded socket counts in
+/// `signaling_connections_accepted_total`, one refused with `ID-TAKEN` too.
+#[tokio::test]
+async fn compat_joins_and_sockets_are_counted_as_native_ones() {
+    let server = Server::start(&[]);
+    let (joins, accepted) = (
+        "signaling_join_latency_seconds_count",
+        "signaling_connections_accepted_total",
+    );
+    let joins_before = server.metric(joins).await;
+    let accepted_before = server.metric(accepted).await;
+    let _alice = peerjs_open(&server, "app", "alice", "t-alice").await;
+    let mut thief = peerjs(&server, "app", "alice", "t-thief").await;
+    assert_eq!(next(&mut thief, STEP).await.unwrap()["type"], "ID-TAKEN");
+    let mut y = connect(&server.ws("/y-webrtc")).await;
+    subscribe(&mut y, &["joined-a", "joined-b"]).await;
+    assert_eq!(server.metric(joins).await - joins_before, 3, "{joins}");
+    assert_eq!(
+        server.metric(accepted).await - accepted_before,
+        3,
+        "{accepted}"
+    );
+}
+
+/// A PeerJS peer's room is named by `signaling::peerjs::peer_room` (the formula of
+/// `compat.md`) and its peer carries the PeerJS id as its `name`, so an operator finds a
+/// client in the admin API, and kicks it.
+#[tokio::test]
+async fn peerjs_peers_are_found_in_the_admin_api_by_their_id() {
+    let server = Server::start(&["--api-key", "admin-key"]);
+    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
+    let room = signaling::peerjs::peer_room("app", "alice");
+    let auth = [("Authorization", "Bearer admin-key")];
+    let path = format!("/v1/rooms/{room}");
+    let (status, _, body) =
+        crate::support::http_request(server.addr, "GET", &path, &auth, "").await;
+    assert_eq!(status, 200, "{body}");
+    let view: Value = serde_json::from_str(&body).expect("JSON");
+    let peer = &view["peers"][0];
+    assert_eq!(
+        (&peer["name"], &peer["transport"]),
+        (&json!("alice"), &json!("peerjs")),
+        "{body}"
+    );
+    let kick = format!(
+        "/v1/rooms/{room}/peers/{}/kick",
+        peer["id"].as_str().unwrap()
+    );
+    let (status, _, body) =
+        crate::support::http_request(server.addr, "POST", &kick, &auth, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(close_code(&mut alice, STEP).await, Some(1008));
+    // Nothing to revoke: the client's reconnect registers the id afresh.
+    let _again = peerjs_open(&server, "app", "alice", "t-alice").await;
+}
+
 #[tokio::test]
 async fn draining_closes_compat_sockets_at_once_with_1001() {
     let mut server = Server::start(&["--drain-timeout", "6s"]);

@@ -430,6 +430,48 @@ fn a_taken_admin_port_fails_before_the_listening_line() {
     assert!(stderr.contains("--admin-listen"), "{stderr}");
 }
 
+/// A flag that needs another is refused before anything starts, naming both, also when the
+/// other is a switch whose variable says `false` (which clap's `requires` took as given).
+#[test]
+fn a_flag_missing_its_companion_is_named() {
+    let refusal = |env: &[(&str, &str)], args: &[&str]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "none"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let exited =
+            testkit::wait_until(Duration::from_secs(10), || child.try_wait().ok().flatten());
+        let stderr = kill_and_read_stderr(child);
+        let status = exited.unwrap_or_else(|| panic!("{env:?} {args:?} started:\n{stderr}"));
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        stderr
+    };
+    let stderr = refusal(&[], &["--tls-cert", "cert.pem"]);
+    assert!(stderr.contains("--tls-cert needs --tls-key"), "{stderr}");
+    let stderr = refusal(&[], &["--acme-domain", "a.example"]);
+    assert!(
+        stderr.contains("--acme-domain needs --acme-cache"),
+        "{stderr}"
+    );
+    #[cfg(feature = "with-relay")]
+    {
+        let stderr = refusal(&[("SIGNALING_WITH_RELAY", "false")], &["--shared-port"]);
+        assert!(
+            stderr.contains("--shared-port needs --with-relay"),
+            "{stderr}"
+        );
+        let stderr = refusal(&[], &["--with-relay", "--shared-port-public", "h:443"]);
+        assert!(
+            stderr.contains("--shared-port-public needs --shared-port"),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn startup_prints_the_config_without_secrets() {
     let (child, first) = spawn_logging(&[

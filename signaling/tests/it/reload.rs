@@ -199,8 +199,91 @@ async fn the_in_process_relay_reloads_with_the_server() {
     );
     metric_reaches(&server, REFUSED, 1, Duration::from_secs(5)).await;
     assert_eq!(server.metric("relay_config_reloads_total").await, 1);
+    assert_eq!(server.metric(RELAY_REFUSED).await, 1);
     let (_c, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;
     assert!(signed_by(&info, "second"), "the secret in force stays");
+
+    // A relay flag that does not parse is the relay's refusal too, counted by both.
+    reload(
+        &server,
+        &file,
+        "turn-secret = [\"third\"]\nrelay-arg = [\"--admin-listen=127.0.0.1:0\", \"--user-quota=abc\"]\n",
+    );
+    metric_reaches(&server, REFUSED, 2, Duration::from_secs(5)).await;
+    assert_eq!(server.metric(RELAY_REFUSED).await, 2);
+    assert_eq!(server.metric("relay_config_reloads_total").await, 1);
+}
+
+#[cfg(feature = "with-relay")]
+const RELAY_REFUSED: &str = "relay_config_reloads_refused_total";
+
+#[cfg(feature = "with-relay")]
+/// A `--relay-arg` change is not told as applied by the server: its line hands it to the
+/// in-process relay, whose own warning names what needs a restart (`--relay-ports`).
+#[test]
+fn a_relay_arg_change_is_told_as_handed_on_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("signaling.toml");
+    let config = |ports: &str| {
+        format!("relay-arg = [\"--admin-listen=127.0.0.1:0\", \"--relay-ports={ports}\"]\n")
+    };
+    write(&file, &config("46100-46199"));
+    let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "none",
+            "--with-relay",
+        ])
+        .args([
+            "--relay-listen",
+            "127.0.0.1:0",
+            "--config",
+            file.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("spawn");
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    let listening = testkit::wait_until(Duration::from_secs(20), || {
+        read(&stdout).contains("listening on").then_some(())
+    });
+    let logs = listening.and_then(|()| {
+        write(&file, &config("46100-46150"));
+        // SAFETY: kill(2) on the PID of a child this test spawned.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(rc, 0);
+        testkit::wait_until(Duration::from_secs(5), || {
+            let logs = read(&stderr);
+            logs.contains("configuration reloaded").then_some(logs)
+        })
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = logs.unwrap_or_else(|| panic!("no reload line:\n{}", read(&stderr)));
+    let line = logs
+        .lines()
+        .find(|l| l.contains("configuration reloaded:"))
+        .expect("the server's line");
+    assert!(
+        line.contains(
+            "configuration reloaded: no setting changed; --relay-arg --admin-listen=127.0.0.1:0,\
+             --relay-ports=46100-46199 -> --admin-listen=127.0.0.1:0,--relay-ports=46100-46150 \
+             (handed to the in-process relay, which logs what it applied and what needs a restart)"
+        ),
+        "{line}"
+    );
+    assert!(
+        logs.contains(
+            "in-process relay (--relay-arg) reload: changed but needs a restart (not applied): \
+             --relay-ports"
+        ),
+        "{logs}"
+    );
 }
 
 #[cfg(feature = "with-relay")]
