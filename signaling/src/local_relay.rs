@@ -31,6 +31,10 @@ pub struct LocalRelay {
     listen: SocketAddr,
     /// The relay's admin address as asked (likewise).
     admin: SocketAddr,
+    /// Whether only clients on this host reach the relay ([`only_local_clients`]), decided
+    /// at start from what the relay listens on: a reload cannot change that (those settings
+    /// need a restart), so it cannot turn loopback peers on either.
+    only_local_clients: bool,
     /// The relay's `--relay-arg` flags as started with and as last reloaded, to name what a
     /// reload changes.
     given: startup::reload::Running,
@@ -60,7 +64,7 @@ impl LocalRelay {
             (None, IpAddr::V4(ip)) => ip.to_string(),
         };
 
-        let (handle, given) = start_with_fallbacks(config, listen)?;
+        let (handle, given, only_local_clients) = start_with_fallbacks(config, listen)?;
 
         let addrs = handle.addrs();
         // Each URL once, also when --stun-url/--turn-url name this relay already.
@@ -114,6 +118,7 @@ impl LocalRelay {
             handle,
             listen,
             admin,
+            only_local_clients,
             given: startup::reload::Running::new(given),
         })
     }
@@ -127,10 +132,12 @@ impl LocalRelay {
     pub async fn reload(&mut self, config: &Config) -> Result<(), Error> {
         let in_process =
             |e: &dyn std::fmt::Display| Error::Config(format!("in-process relay: {e}"));
-        let (relay_config, given) = relay_config(config, self.listen, self.admin).map_err(|e| {
-            self.handle.metrics().config_reload(false);
-            in_process(&e)
-        })?;
+        let local = Some(self.only_local_clients);
+        let (relay_config, given, _) = relay_config(config, self.listen, self.admin, local)
+            .map_err(|e| {
+                self.handle.metrics().config_reload(false);
+                in_process(&e)
+            })?;
         self.handle
             .reload(&relay_config)
             .await
@@ -173,12 +180,12 @@ impl LocalRelay {
 }
 
 /// Starts the relay on `listen` and the default admin port; when the relay port (not given
-/// by `--relay-listen`) or the admin port is taken, on a free one instead. Returns the relay
-/// and its `--relay-arg` flags as parsed.
+/// by `--relay-listen`) or the admin port is taken, on a free one instead. Returns the relay,
+/// its `--relay-arg` flags as parsed, and whether only local clients reach it.
 fn start_with_fallbacks(
     config: &Config,
     listen: SocketAddr,
-) -> Result<(relay::RelayHandle, ArgMatches), Error> {
+) -> Result<(relay::RelayHandle, ArgMatches, bool), Error> {
     let in_process = |e: &dyn std::fmt::Display| Error::Config(format!("in-process relay: {e}"));
     let taken = |e: &relay::StartError| {
         matches!(e, relay::StartError::Bind { source, .. }
@@ -193,10 +200,10 @@ fn start_with_fallbacks(
     }
     let last = attempts.len() - 1;
     for (n, (listen, admin)) in attempts.into_iter().enumerate() {
-        let (relay_config, given) =
-            relay_config(config, listen, admin).map_err(|e| in_process(&e))?;
+        let (relay_config, given, local) =
+            relay_config(config, listen, admin, None).map_err(|e| in_process(&e))?;
         match relay::Relay::start(relay_config) {
-            Ok(handle) => return Ok((handle, given)),
+            Ok(handle) => return Ok((handle, given, local)),
             Err(e) if taken(&e) && n < last => {
                 tracing::warn!(%listen, %admin, "relay or admin port taken, trying another");
             }
@@ -210,12 +217,14 @@ fn start_with_fallbacks(
 /// command line, returned with the matches), completed from ours where those flags are
 /// silent: the same TURN secrets, a loopback-only admin port (`admin`), and loopback peers
 /// allowed only when every TURN client is local ([`only_local_clients`]: two browser tabs
-/// relay to each other through 127.0.0.1).
+/// relay to each other through 127.0.0.1). `local` is that decision when made already (at
+/// start, for a reload); returned too.
 fn relay_config(
     config: &Config,
     listen: SocketAddr,
     admin: SocketAddr,
-) -> Result<(relay::Config, ArgMatches), relay::config::ConfigError> {
+    local: Option<bool>,
+) -> Result<(relay::Config, ArgMatches, bool), relay::config::ConfigError> {
     let args = std::iter::once("relay").chain(config.relay_args.iter().map(String::as_str));
     let (mut relay_config, given) = relay::Config::load_from(args)?;
     let silent = |id: &str| given.value_source(id) != Some(ValueSource::CommandLine);
@@ -228,20 +237,39 @@ fn relay_config(
     if silent("admin_listen") {
         relay_config.admin_listen = AdminListen::Addr(admin);
     }
-    if silent("allow_loopback_peers") && only_local_clients(config, listen) {
+    let local = local.unwrap_or_else(|| only_local_clients(config, &relay_config));
+    if silent("allow_loopback_peers") && local {
         relay_config.allow_loopback_peers = true;
     }
     relay_config.validate()?;
-    Ok((relay_config, given))
+    Ok((relay_config, given, local))
 }
 
-/// Whether only clients on this host reach the relay listening on `listen`: it is on loopback,
-/// and so is TURN on signaling's own port (`--shared-port`), with no balancer passing remote
-/// clients in (`--proxy-protocol`). A remote client allowed loopback peers could send to the
-/// host's own UDP services (a resolver on 127.0.0.53, a cache), out of its reach otherwise.
-fn only_local_clients(config: &Config, listen: SocketAddr) -> bool {
-    listen.ip().is_loopback()
-        && !(config.shared_port && (!config.listen.ip().is_loopback() || config.proxy_protocol))
+/// Whether only clients on this host reach the relay of `relay`: it listens on loopback alone
+/// (UDP, TCP and TLS), takes no PROXY header and registers with no fleet, clients are told a
+/// loopback name for it (`--relay-host`), and TURN on signaling's own port (`--shared-port`)
+/// is on a loopback `--listen` with nothing in front (no `--proxy-protocol`, no
+/// `--shared-port-public`). A remote client allowed loopback peers could send to the host's
+/// own UDP services (a resolver on 127.0.0.53, a cache), out of its reach otherwise.
+fn only_local_clients(config: &Config, relay: &relay::Config) -> bool {
+    let loopback_name = |host: &str| {
+        host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    let relay_local = relay.listen.iter().all(|a| a.ip().is_loopback())
+        && (!relay.tls_enabled() || relay.tls_listen.iter().all(|a| a.ip().is_loopback()))
+        && !relay.proxy_protocol
+        && relay.register.is_empty()
+        && config.relay_host.as_deref().is_none_or(loopback_name);
+    let shared_port_local = !config.shared_port
+        || (config.listen.ip().is_loopback()
+            && !config.proxy_protocol
+            && config.shared_port_public.is_none());
+    relay_local && shared_port_local
 }
 
 /// TURN on signaling's own port (`--shared-port`): over TLS when signaling serves TLS, over TCP
@@ -307,13 +335,20 @@ mod tests {
     fn loopback_peers_are_allowed_only_when_every_turn_client_is_local() {
         let loopback: SocketAddr = "127.0.0.1:3478".parse().unwrap();
         let public: SocketAddr = "0.0.0.0:3478".parse().unwrap();
-        let allowed = |args: &[&str], relay_listen: SocketAddr| {
+        let allowed_at = |args: &[&str], relay_listen: SocketAddr, decided: Option<bool>| {
             let config = Config::parse_from([&["signaling", "--with-relay"], args].concat());
-            relay_config(&config, relay_listen, "127.0.0.1:0".parse().unwrap())
-                .expect("relay config")
-                .0
-                .allow_loopback_peers
+            relay_config(
+                &config,
+                relay_listen,
+                "127.0.0.1:0".parse().unwrap(),
+                decided,
+            )
+            .expect("relay config")
+            .0
+            .allow_loopback_peers
         };
+        let allowed =
+            |args: &[&str], relay_listen: SocketAddr| allowed_at(args, relay_listen, None);
         let local = ["--listen", "127.0.0.1:8080"];
         assert!(allowed(&local, loopback));
         assert!(allowed(
@@ -326,6 +361,39 @@ mod tests {
         assert!(!allowed(&shared_public, loopback));
         let balanced = [&local[..], &["--shared-port", "--proxy-protocol"]].concat();
         assert!(!allowed(&balanced, loopback));
+        // The relay reachable another way: its own listeners, a name clients resolve
+        // elsewhere, a forward in front of the shared port.
+        assert!(!allowed(
+            &[&local[..], &["--relay-arg=--listen=0.0.0.0:3478"]].concat(),
+            loopback
+        ));
+        assert!(!allowed(
+            &[
+                &local[..],
+                &[
+                    "--relay-arg=--tls-listen=0.0.0.0:5349",
+                    "--relay-arg=--tls-self-signed"
+                ]
+            ]
+            .concat(),
+            loopback
+        ));
+        assert!(!allowed(
+            &[&local[..], &["--relay-host", "turn.example"]].concat(),
+            loopback
+        ));
+        assert!(allowed(
+            &[&local[..], &["--relay-host", "localhost"]].concat(),
+            loopback
+        ));
+        let forwarded = [
+            &local[..],
+            &["--shared-port", "--shared-port-public", "rtc.example:443"],
+        ]
+        .concat();
+        assert!(!allowed(&forwarded, loopback));
+        // A reload keeps the decision made at start (what it rests on needs a restart).
+        assert!(!allowed_at(&local, loopback, Some(false)));
         // The relay's own flag decides when given.
         let given = [
             "--listen",

@@ -285,12 +285,6 @@ impl Server {
             self.stats.dropped_packets += 1;
             return PeerAction::Drop;
         }
-        if let Some(limit) = self.config.quotas.bandwidth_per_allocation
-            && !bandwidth_bucket(alloc, now, limit).try_take(now, limit, len as u64)
-        {
-            self.stats.quota_hits[QuotaKind::Bandwidth.index()] += 1;
-            return PeerAction::Drop;
-        }
         let to = alloc.five_tuple;
         let channel = alloc.channels.by_peer(peer, now).map(|c| c.number);
         let too_big = match channel {
@@ -302,8 +296,14 @@ impl Server {
             Some(_) => channel_data::CHANNEL_DATA_HEADER_LEN + len > max_udp_payload(to.client),
         };
         if too_big {
-            // Not relayed, not billed.
+            // Not relayed, not billed, and no bandwidth spent on it.
             self.stats.dropped_packets += 1;
+            return PeerAction::Drop;
+        }
+        if let Some(limit) = self.config.quotas.bandwidth_per_allocation
+            && !bandwidth_bucket(alloc, now, limit).try_take(now, limit, len as u64)
+        {
+            self.stats.quota_hits[QuotaKind::Bandwidth.index()] += 1;
             return PeerAction::Drop;
         }
         self.stats.packets_to_client += 1;

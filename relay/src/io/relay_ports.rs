@@ -171,11 +171,12 @@ impl RelayPorts {
     }
 }
 
-/// The port is in use (or not ours to bind): try the next.
+/// Closes the held ports whose reservation ended by `now`.
 fn release_ended(held: &mut HeldPorts, now: Instant) {
     held.retain(|_, (_, until)| *until > now);
 }
 
+/// The port is in use (or not ours to bind): try the next.
 fn is_taken(e: &io::Error) -> bool {
     matches!(
         e.kind(),

@@ -12,7 +12,8 @@
 --   sig:{ROOM}:r        HASH   body id -> how many outbox entries name it
 --   sig:{ROOM}:n        STRING the last body id given
 -- An outbox entry is a frame, or '#SEQ:ID:BYTES' for frame SEQ whose body is ID in the room's
--- bodies (BYTES: the length of the frame it stands for, which the outbox bounds count).
+-- bodies (BYTES: the length of the frame it stands for, which the outbox bounds count); the
+-- session's field 'sh' counts such entries.
 -- Every key has a TTL (ARGV[1] ms), refreshed while a node serves the room.
 -- ARGV[1] = key ttl ms, ARGV[2] = outbox max frames, ARGV[3] = outbox max bytes; the script's
 -- own arguments start at ARGV[4].
@@ -70,11 +71,14 @@ local function release(id)
   end
 end
 
--- Outbox entry `old` leaves its outbox: the length of the frame it stands for.
-local function drop_entry(old)
+-- Outbox entry `old` leaves the outbox of the session whose hash is `s`: the length of the
+-- frame it stands for. The session counts the shared bodies its outbox names ('sh'), so that
+-- its end reads the outbox only when there are some to release.
+local function drop_entry(s, old)
   if string.byte(old, 1) ~= 35 then return #old end
   local id, bytes = string.match(old, '^#%d+:(%d+):(%d+)$')
   release(id)
+  redis.call('HINCRBY', s, 'sh', -1)
   return tonumber(bytes)
 end
 
@@ -101,6 +105,7 @@ local function append(sid, body, shared)
     size = #body + #tostring(seq) + 7
     entry = '#' .. seq .. ':' .. shared .. ':' .. size
     redis.call('HINCRBY', REFS, shared, 1)
+    redis.call('HINCRBY', s, 'sh', 1)
   else
     frame = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
     entry, size = frame, #frame
@@ -114,7 +119,14 @@ local function append(sid, body, shared)
   if st[4] == 'a' then
     -- Attached: the socket gets it now; keep a bounded tail for a resume.
     while n > MAXN or bytes > MAXB do
-      bytes = bytes - drop_entry(redis.call('LPOP', l))
+      local old = redis.call('LPOP', l)
+      if not old then
+        -- Nothing left: the count had drifted from the list (never so, but a script error here
+        -- would fail every later broadcast to the room).
+        bytes, first, n = 0, seq + 1, 0
+        break
+      end
+      bytes = bytes - drop_entry(s, old)
       first = first + 1
       n = n - 1
     end
@@ -192,7 +204,7 @@ local function ack(sid, seq)
   while first <= last do
     local old = redis.call('LPOP', l)
     if not old then break end
-    bytes = bytes - drop_entry(old)
+    bytes = bytes - drop_entry(s, old)
     first = first + 1
   end
   redis.call('HSET', s, 'first', first, 'bytes', bytes, 'ack', math.max(last, tonumber(st[4] or '0')))
@@ -224,7 +236,7 @@ end
 -- the peer id "%PEER%"). `code` ~= '' leaves a tombstone for one grace period (`grace` ms).
 local function end_session(sid, left, code, grace)
   local s = skey(sid)
-  local st = redis.call('HMGET', s, 'peer', 'sec', 'node', 'conn', 'next', 'state', 'exp')
+  local st = redis.call('HMGET', s, 'peer', 'sec', 'node', 'conn', 'next', 'state', 'exp', 'sh')
   if not st[1] then return nil end
   if st[6] == 'p' then
     -- Parked at its node, which counts it until told (else until its deadline).
@@ -232,7 +244,9 @@ local function end_session(sid, left, code, grace)
   end
   redis.call('LREM', M, 0, sid)
   redis.call('HDEL', PEERS, st[1])
-  for _, old in ipairs(redis.call('LRANGE', lkey(sid), 0, -1)) do drop_entry(old) end
+  if tonumber(st[8] or '0') > 0 then
+    for _, old in ipairs(redis.call('LRANGE', lkey(sid), 0, -1)) do drop_entry(s, old) end
+  end
   redis.call('DEL', s, lkey(sid))
   if code ~= '' then
     redis.call('SET', P .. 't:' .. sid, code .. ' ' .. st[2], 'PX', grace)

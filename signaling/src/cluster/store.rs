@@ -93,28 +93,24 @@ if not st[1] or st[1] ~= ARGV[5] or st[7] ~= ARGV[11] then return {'unknown', ''
 local last = tonumber(ARGV[6]) or tonumber(st[9] or '0')
 local first, nxt = tonumber(st[2]), tonumber(st[3])
 if last >= nxt or last < tonumber(st[9] or '0') then return {'gap', '', tostring(nxt)} end
-if last + 1 < first then
-  -- Frames the client never acknowledged were dropped while it counted as attached (a socket
-  -- thought alive, or a node that died before its lease ran out): the caller ends it, and
-  -- the node of a socket still attached lets go of it.
+-- Frames the client never acknowledged are gone: the caller ends the session, and the node of
+-- a socket still attached lets go of it.
+local function dropped()
   if st[6] == 'a' then
     redis.call('PUBLISH', 'sig:ch:' .. st[4], '!close ' .. sid .. ' ' .. st[5])
   end
   over[#over + 1] = sid
   return {'dropped', table.concat(over, ' '), tostring(last)}
 end
+-- Dropped while it counted as attached (a socket thought alive, or a node that died before its
+-- lease ran out).
+if last + 1 < first then return dropped() end
 ack(sid, last)
 local replay = redis.call('LRANGE', lkey(sid), 0, -1)
 for i, entry in ipairs(replay) do
   replay[i] = frame_of(entry)
-  if not replay[i] then
-    -- Its shared body is gone (keys expired apart): as frames dropped, the caller ends it.
-    if st[6] == 'a' then
-      redis.call('PUBLISH', 'sig:ch:' .. st[4], '!close ' .. sid .. ' ' .. st[5])
-    end
-    over[#over + 1] = sid
-    return {'dropped', table.concat(over, ' '), tostring(last)}
-  end
+  -- Its shared body is gone (the room's keys expired apart).
+  if not replay[i] then return dropped() end
 end
 redis.call('HSET', s, 'node', ARGV[7], 'conn', ARGV[8], 'ver', ARGV[9], 'state', 'a',
   'at', ARGV[12])
