@@ -193,6 +193,9 @@ async fn behind_haproxy_the_edge_port_carries_wss_and_turn_over_tls() {
         "--proxy-protocol",
         "--shared-port-public",
         &public,
+        // Behind a balancer the relay's clients may be remote, so loopback peers are off
+        // unless asked for; the echo peer here is on loopback.
+        "--relay-arg=--allow-loopback-peers",
     ]);
     let mut server = Server::spawn(&flags);
     let tls = trusting(&server.startup_output());
