@@ -50,8 +50,8 @@ pub struct RoomSnapshot {
 pub struct PeerView {
     #[serde(flatten)]
     pub entry: PeerEntry,
-    /// Milliseconds since its join, or its latest attach in a cluster (whole seconds there).
-    /// Its entry's `connected_secs` is left out of a snapshot.
+    /// Milliseconds since its join, or its latest attach in a cluster (whole seconds there);
+    /// its entry has no `connected_secs` in a snapshot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connected_ms: Option<u64>,
     /// Its latest `stats` report per other peer.
@@ -126,15 +126,10 @@ impl RateMeter {
 
 /// Builds the snapshot of this node.
 pub async fn snapshot(app: &AppState, meter: &mut RateMeter) -> Snapshot {
-    let (mut rooms, error) = match app.hub.snapshot().await {
+    let (rooms, error) = match app.hub.snapshot().await {
         Ok(rooms) => (rooms, None),
         Err(e) => (Vec::new(), Some(e)),
     };
-    // A cluster's peers come with the API's `connected_secs` too: a snapshot shows one time,
-    // `connected_ms`, whatever the backend.
-    for peer in rooms.iter_mut().flat_map(|room| &mut room.peers) {
-        peer.entry.connected_secs = None;
-    }
     let mut relays = Vec::new();
     #[cfg_attr(not(feature = "with-relay"), allow(unused_mut))]
     let mut relay_egress = None;

@@ -1643,7 +1643,7 @@ impl ClusterHub {
             let st = self.lock();
             let peers = members
                 .into_iter()
-                .map(|m| {
+                .map(|mut m| {
                     let here = st
                         .attached
                         .values()
@@ -1653,7 +1653,9 @@ impl ClusterHub {
                         None => m.links,
                     };
                     PeerView {
-                        connected_ms: m.entry.connected_secs.map(|s| s * 1000),
+                        // One time in a snapshot, as a single node gives it: not the API's
+                        // `connected_secs` beside it.
+                        connected_ms: m.entry.connected_secs.take().map(|s| s * 1000),
                         entry: m.entry,
                         links,
                     }
