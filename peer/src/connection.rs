@@ -248,6 +248,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
     };
     let task = ConnectionTask {
         negotiation: Negotiation::new(ctx.polite),
+        opened_channels: ctx.polite,
         pc,
         ctx,
         bridges,
@@ -269,6 +270,9 @@ struct ConnectionTask {
     ctx: ConnectionContext,
     pc: Arc<dyn PeerConnection>,
     negotiation: Negotiation,
+    /// Whether this side opened data channels (the polite side does, when it builds the
+    /// connection; the other side gets them from the remote's offer).
+    opened_channels: bool,
     /// Local UDP bridges for TCP TURN URLs; they live as long as the connection.
     bridges: TurnTcpBridges,
     /// The TURN URLs of the configuration in effect ([`turn_urls`] of the usable servers).
@@ -580,6 +584,26 @@ impl ConnectionTask {
         }
     }
 
+    /// Whether an offer of ours would negotiate anything besides an ICE restart. This SDK adds
+    /// no media, so that is only the data channels it opened: no local description yet, or one
+    /// without an `m=application` section. `webrtc` (its `rtc` core, 0.21.1) also says
+    /// negotiation is needed whenever the remote offered media that we rejected (`m=audio 0`,
+    /// no codecs here): the rejected section's direction never matches its transceiver's, so
+    /// every answer to every offer asked for another, about 20 offers a second to a browser
+    /// that offered audio and video, until the signaling rate limit stopped them.
+    async fn has_something_to_negotiate(&self) -> bool {
+        match self.pc.current_local_description().await {
+            None => true,
+            Some(local) => {
+                self.opened_channels
+                    && !local
+                        .sdp
+                        .lines()
+                        .any(|line| line.starts_with("m=application"))
+            }
+        }
+    }
+
     async fn make_offer(&mut self, ice_restart: bool) -> Result<()> {
         if !self.is_stable().await {
             // An offer is already out (or one is being answered): the negotiation that
@@ -633,6 +657,10 @@ impl ConnectionTask {
         match event {
             HandlerEvent::NegotiationNeeded => {
                 let restart = std::mem::take(&mut self.ice_restart_pending);
+                if !restart && !self.has_something_to_negotiate().await {
+                    tracing::debug!(peer = %self.peer(), "negotiation needed, with nothing to offer: ignored");
+                    return Ok(());
+                }
                 self.make_offer(restart).await
             }
             HandlerEvent::Candidate(init) => {

@@ -5,8 +5,8 @@
 //! may take 2 s to answer (a node under a loaded test run can be slow to finish a TLS
 //! handshake), and [`Haproxy`] is handed out once HAProxy's own stats say every backend is up.
 
-use std::net::SocketAddr;
 use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1302,6 +1302,12 @@ async function interop(t, { cliFirst = false, relay = false } = {}) {
   await a.chatFrom('line 5');
   const lines = await a.eval(() => window.__demo.chat.filter((m) => /^line \d$/.test(m.text)).map((m) => m.text));
   assert(JSON.stringify(lines) === JSON.stringify(['line 1', 'line 2', 'line 3', 'line 4', 'line 5']), `in order: ${lines}`);
+  // The CLI offers once at most (its first data channels, when it is the polite side). It
+  // rejects the page's audio and video (it has no codecs), and webrtc once asked it for a new
+  // offer after each answer: about 20 a second, until the signaling rate limit cut in.
+  await sleep(1000);
+  const offers = await a.eval(() => window.__demo.events.filter((e) => /^<- offer from rusty /.test(e.message || '')).length);
+  assert(offers <= 1, `the CLI made ${offers} offers`);
   if (relay) {
     const info = Object.values(await a.stats())[0];
     assert(info.localType === 'relay' && info.remoteType === 'relay', `browser <-> CLI pair is relay/relay: ${JSON.stringify(info)}`);
