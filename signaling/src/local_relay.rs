@@ -143,7 +143,12 @@ impl LocalRelay {
             .await
             .map_err(|e| in_process(&e))?;
         self.given
-            .reloaded(&relay::Config::command(), given, relay::reload::RELOADABLE)
+            .reloaded(
+                &relay::Config::command(),
+                given,
+                relay::reload::RELOADABLE,
+                &[],
+            )
             .log("in-process relay (--relay-arg)");
         Ok(())
     }

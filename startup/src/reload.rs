@@ -6,7 +6,7 @@
 //!
 //! - `configuration reloaded: --user-quota 10 -> 5, --turn-secret <redacted> -> <redacted>`
 //!   (info), and after a `;` the changes handed to a part that logs what it applied
-//!   ([`Changes::hand_on`]);
+//!   ([`Changes::handed_on`]);
 //! - `configuration reload removed --jwt-secret: ...` (warn: a secret the file no longer names
 //!   is gone, and what it guarded is off);
 //! - `configuration reload: changed but needs a restart (not applied): --listen` (warn);
@@ -65,7 +65,7 @@ impl Reloading {
     /// `matches` as the configuration in force. `handed_on` names, of `reloadable`, the
     /// settings handed to a part that applies what it can of them and logs that itself
     /// (signaling's `--relay-arg`, to its in-process relay), with that part
-    /// ([`Changes::hand_on`]).
+    /// ([`Changes::handed_on`]).
     pub fn applied<C: CommandFactory>(
         &mut self,
         matches: ArgMatches,
@@ -77,8 +77,9 @@ impl Reloading {
             tracing::warn!(error = %e, "the log filter stays");
         }
         let command = C::command();
-        let mut changes = self.running.reloaded(&command, matches, reloadable);
-        changes.hand_on(&command, handed_on);
+        let changes = self
+            .running
+            .reloaded(&command, matches, reloadable, handed_on);
         changes.log("configuration");
     }
 }
@@ -102,18 +103,20 @@ impl Running {
     }
 
     /// A reload of `matches` (parses of `command`) took effect: what changed from the
-    /// configuration in force; `matches` is the last reloaded one from now on.
+    /// configuration in force (see [`Changes::between`]); `matches` is the last reloaded one
+    /// from now on.
     pub fn reloaded(
         &mut self,
         command: &Command,
         matches: ArgMatches,
         reloadable: &[&str],
+        handed_on: &[(&str, &str)],
     ) -> Changes {
         let in_force = InForce {
             started: &self.started,
             reloaded: &self.reloaded,
         };
-        let changes = Changes::between(command, in_force, &matches, reloadable);
+        let changes = Changes::between(command, in_force, &matches, reloadable, handed_on);
         self.reloaded = matches;
         changes
     }
@@ -156,12 +159,15 @@ pub struct Changes {
 impl Changes {
     /// Compares the configuration in force and `new` (parses of `command`) flag by flag.
     /// `reloadable` names the argument ids the binary applies while running; every other
-    /// change needs a restart.
+    /// change needs a restart. `handed_on` names, of `reloadable`, those handed to a part that
+    /// applies what it can of them and logs that itself (argument id, the part): their changes
+    /// go to [`Self::handed_on`], not [`Self::applied`].
     pub fn between(
         command: &Command,
         old: InForce<'_>,
         new: &ArgMatches,
         reloadable: &[&str],
+        handed_on: &[(&str, &str)],
     ) -> Self {
         let mut changes = Self::default();
         for arg in command.get_arguments() {
@@ -184,49 +190,25 @@ impl Changes {
                 .map_or_else(|| id.to_owned(), |long| format!("--{long}"));
             if !is_reloadable {
                 changes.needs_restart.push(name);
-            } else if is_secret(arg) {
+                continue;
+            }
+            let change = if is_secret(arg) {
                 let redacted = |v: &[OsString]| if v.is_empty() { "(none)" } else { "<redacted>" };
-                changes.applied.push(format!(
-                    "{name} {} -> {}",
-                    redacted(&before),
-                    redacted(&after)
-                ));
                 if after.is_empty() {
-                    changes.secrets_removed.push(name);
+                    changes.secrets_removed.push(name.clone());
                 }
+                format!("{name} {} -> {}", redacted(&before), redacted(&after))
             } else {
-                changes
-                    .applied
-                    .push(format!("{name} {} -> {}", shown(&before), shown(&after)));
+                format!("{name} {} -> {}", shown(&before), shown(&after))
+            };
+            match handed_on.iter().find(|(handed, _)| *handed == id) {
+                Some((_, to)) => changes.handed_on.push(format!(
+                    "{change} (handed to {to}, which logs what it applied and what needs a restart)"
+                )),
+                None => changes.applied.push(change),
             }
         }
         changes
-    }
-
-    /// Moves the changes of `handed_on` (argument id, the part it is handed to) from
-    /// [`Self::applied`] to [`Self::handed_on`]: this binary did not apply them, the part did
-    /// what it could (and logs what needs a restart).
-    pub fn hand_on(&mut self, command: &Command, handed_on: &[(&str, &str)]) {
-        for (id, to) in handed_on {
-            let Some(long) = command
-                .get_arguments()
-                .find(|arg| arg.get_id() == id)
-                .and_then(clap::Arg::get_long)
-            else {
-                continue;
-            };
-            let prefix = format!("--{long} ");
-            let (moved, kept) = std::mem::take(&mut self.applied)
-                .into_iter()
-                .partition(|change| change.starts_with(&prefix));
-            self.applied = kept;
-            self.handed_on
-                .extend(moved.into_iter().map(|change: String| {
-                format!(
-                    "{change} (handed to {to}, which logs what it applied and what needs a restart)"
-                )
-            }));
-        }
     }
 
     /// Logs a reload that took effect (`what`: `configuration`, or `relay configuration` for
@@ -338,6 +320,7 @@ mod tests {
             InForce::started(&old),
             &new,
             &reloadable,
+            &[],
         );
         assert_eq!(
             changes.applied,
@@ -355,6 +338,7 @@ mod tests {
             InForce::started(&old),
             &old,
             &reloadable,
+            &[],
         );
         assert_eq!(same, Changes::default());
         // A restart-only setting compares with the value it runs with (the started one), not
@@ -363,7 +347,7 @@ mod tests {
             started: &old,
             reloaded: &new,
         };
-        let back = Changes::between(&Example::command(), in_force, &old, &reloadable);
+        let back = Changes::between(&Example::command(), in_force, &old, &reloadable, &[]);
         assert!(back.needs_restart.is_empty(), "{back:?}");
         assert!(!back.applied.is_empty(), "{back:?}");
         let text = format!("{changes:?}");
@@ -385,13 +369,13 @@ mod tests {
         };
         let old = parse(&["--relay-arg=--relay-ports=46100-46199"]);
         let new = parse(&["--rate", "5", "--relay-arg=--relay-ports=46100-46150"]);
-        let mut changes = Changes::between(
+        let changes = Changes::between(
             &Embedding::command(),
             InForce::started(&old),
             &new,
             &["rate", "relay_args"],
+            &[("relay_args", "the relay")],
         );
-        changes.hand_on(&Embedding::command(), &[("relay_args", "the relay")]);
         assert_eq!(changes.applied, ["--rate 10 -> 5"]);
         assert_eq!(
             changes.handed_on,

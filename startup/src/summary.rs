@@ -351,7 +351,13 @@ mod tests {
         };
         let applied = |old, new| {
             let in_force = crate::reload::InForce::started(old);
-            crate::reload::Changes::between(&Example::command(), in_force, new, &["relay_args"])
+            crate::reload::Changes::between(
+                &Example::command(),
+                in_force,
+                new,
+                &["relay_args"],
+                &[],
+            )
         };
         let old = parse(&[
             "--relay-arg=--turn-secret=oldXYZ",
