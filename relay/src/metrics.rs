@@ -81,13 +81,25 @@ pub struct Metrics {
     /// Relayed traffic per user (`/usage`); here its overflow counter and size gauge only.
     usage: Arc<UsageBook>,
     scrapes: AtomicU64,
-    /// Certificate reloads on SIGHUP: accepted, and refused (the old certificate stayed).
-    tls_reloads: AtomicU64,
-    tls_reloads_refused: AtomicU64,
+    /// Certificate reloads on SIGHUP (refused: the old certificate stayed).
+    tls_reloads: ReloadCounts,
     /// notAfter of the `--tls-cert` certificate in force, Unix seconds (0: none).
     tls_not_after: AtomicU64,
-    config_reloads: AtomicU64,
-    config_reloads_refused: AtomicU64,
+    config_reloads: ReloadCounts,
+}
+
+/// Reloads of one kind on SIGHUP: those that took effect and those refused.
+#[derive(Debug, Default)]
+struct ReloadCounts {
+    ok: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl ReloadCounts {
+    fn count(&self, ok: bool) {
+        let counter = if ok { &self.ok } else { &self.refused };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -100,22 +112,15 @@ impl Metrics {
             shared,
             usage,
             scrapes: AtomicU64::new(0),
-            tls_reloads: AtomicU64::new(0),
-            tls_reloads_refused: AtomicU64::new(0),
+            tls_reloads: ReloadCounts::default(),
             tls_not_after: AtomicU64::new(0),
-            config_reloads: AtomicU64::new(0),
-            config_reloads_refused: AtomicU64::new(0),
+            config_reloads: ReloadCounts::default(),
         }
     }
 
     /// Counts one certificate reload.
     pub fn tls_reload(&self, ok: bool) {
-        let counter = if ok {
-            &self.tls_reloads
-        } else {
-            &self.tls_reloads_refused
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.tls_reloads.count(ok);
     }
 
     /// Records the expiry of the `--tls-cert` certificate put in force (at start-up or by a
@@ -127,12 +132,7 @@ impl Metrics {
 
     /// Counts one configuration reload (SIGHUP): `ok` when it took effect.
     pub fn config_reload(&self, ok: bool) {
-        let counter = if ok {
-            &self.config_reloads
-        } else {
-            &self.config_reloads_refused
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.config_reloads.count(ok);
     }
 
     /// Worker `index` publishes its current counters.
@@ -205,385 +205,350 @@ impl Metrics {
     }
 }
 
-fn counter(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> Result<(), std::fmt::Error> {
-    let c = ConstCounter::new(value);
-    let m = e.encode_descriptor(name, help, None, c.metric_type())?;
-    c.encode(m)
+/// One series of the exposition: its kind and its value(s). The name and help go beside it in
+/// the table of [`Metrics`]'s `Collector::encode`, which lists every series in output order.
+enum Series<'a> {
+    Counter(u64),
+    /// Saturates at `i64::MAX` (prometheus-client's gauges are signed).
+    Gauge(u64),
+    /// A histogram in seconds from a shard-summed [`LatencyHistogram`].
+    Latency(&'a LatencyHistogram),
+    /// Counters by the value of one label: the label's name, then each value with its count.
+    Labelled(&'static str, Vec<(&'static str, u64)>),
 }
 
-fn gauge(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> Result<(), std::fmt::Error> {
-    let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-    let m = e.encode_descriptor(name, help, None, g.metric_type())?;
-    g.encode(m)
-}
-
-/// A histogram in seconds from a shard-summed [`LatencyHistogram`].
-fn latency_histogram(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    h: &LatencyHistogram,
-) -> Result<(), std::fmt::Error> {
-    let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_MICROS
-        .iter()
-        .zip(h.counts)
-        .map(|(bound, n)| (*bound as f64 / 1e6, n))
-        .collect();
-    buckets.push((f64::INFINITY, h.counts[LATENCY_BOUNDS_MICROS.len()]));
-    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
-    m.encode_histogram::<NoLabelSet>(h.sum_micros as f64 / 1e6, h.count(), &buckets, None)
-}
-
-fn labelled_counters(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    label: &'static str,
-    values: &[(&'static str, u64)],
-) -> Result<(), std::fmt::Error> {
-    let mut m = e.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
-    for (value_label, value) in values {
-        let labels = [(label, *value_label)];
-        let family = m.encode_family(&labels)?;
-        ConstCounter::new(*value).encode(family)?;
+impl Series<'_> {
+    fn encode(
+        &self,
+        e: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+    ) -> Result<(), std::fmt::Error> {
+        match self {
+            Self::Counter(value) => {
+                let c = ConstCounter::new(*value);
+                let m = e.encode_descriptor(name, help, None, c.metric_type())?;
+                c.encode(m)
+            }
+            Self::Gauge(value) => {
+                let g = ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX));
+                let m = e.encode_descriptor(name, help, None, g.metric_type())?;
+                g.encode(m)
+            }
+            Self::Latency(h) => {
+                let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_MICROS
+                    .iter()
+                    .zip(h.counts)
+                    .map(|(bound, n)| (*bound as f64 / 1e6, n))
+                    .collect();
+                buckets.push((f64::INFINITY, h.counts[LATENCY_BOUNDS_MICROS.len()]));
+                let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+                m.encode_histogram::<NoLabelSet>(
+                    h.sum_micros as f64 / 1e6,
+                    h.count(),
+                    &buckets,
+                    None,
+                )
+            }
+            Self::Labelled(label, values) => {
+                let mut m =
+                    e.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+                for (value_label, value) in values {
+                    let labels = [(*label, *value_label)];
+                    let family = m.encode_family(&labels)?;
+                    ConstCounter::new(*value).encode(family)?;
+                }
+                Ok(())
+            }
+        }
     }
-    Ok(())
 }
 
 impl Collector for Metrics {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use Series::{Counter, Gauge, Labelled, Latency};
         let s = self.core_totals();
         let io = self.io_totals();
-        gauge(
-            &mut e,
-            "relay_allocations",
-            "Live allocations",
-            s.allocations,
-        )?;
-        gauge(
-            &mut e,
-            "relay_permissions",
-            "Live permissions",
-            s.permissions,
-        )?;
-        gauge(
-            &mut e,
-            "relay_channels",
-            "Live channel bindings",
-            s.channels,
-        )?;
-        gauge(
-            &mut e,
-            "relay_tls_certificate_not_after_seconds",
-            "notAfter of the --tls-cert certificate in force, in Unix seconds (0: none, or not readable as X.509)",
-            self.tls_not_after.load(Ordering::Relaxed),
-        )?;
-        gauge(
-            &mut e,
-            "relay_draining",
-            "1 while draining (new allocations refused)",
-            u64::from(self.is_draining()),
-        )?;
-        gauge(
-            &mut e,
-            "relay_workers",
-            "Worker threads (protocol shards)",
-            self.workers.len() as u64,
-        )?;
-        for (name, help, value) in [
-            (
-                "relay_tls_reloads",
-                "Certificate reloads on SIGHUP that took effect",
-                self.tls_reloads.load(Ordering::Relaxed),
-            ),
-            (
-                "relay_tls_reloads_refused",
-                "Certificate reloads on SIGHUP refused (the old certificate stays)",
-                self.tls_reloads_refused.load(Ordering::Relaxed),
-            ),
-            (
-                "relay_config_reloads",
-                "Configuration reloads on SIGHUP that took effect",
-                self.config_reloads.load(Ordering::Relaxed),
-            ),
-            (
-                "relay_config_reloads_refused",
-                "Configuration reloads on SIGHUP refused (the configuration in force stays)",
-                self.config_reloads_refused.load(Ordering::Relaxed),
-            ),
-            (
-                "relay_allocations_created",
-                "Allocations created",
-                s.allocations_created,
-            ),
-        ] {
-            counter(&mut e, name, help, value)?;
-        }
-        latency_histogram(
-            &mut e,
-            "relay_allocation_latency_seconds",
-            "New allocations: Allocate received -> success response queued (relay socket bound)",
-            &s.allocation_latency,
-        )?;
-        for (name, help, value) in [
-            (
-                "relay_allocations_expired",
-                "Allocations that timed out",
-                s.allocations_expired,
-            ),
-            (
-                "relay_allocations_deleted",
-                "Allocations deleted by the client or a closed connection",
-                s.allocations_deleted,
-            ),
-            (
-                "relay_binding_requests",
-                "STUN Binding requests answered",
-                s.binding_requests,
-            ),
-        ] {
-            counter(&mut e, name, help, value)?;
-        }
-        labelled_counters(
-            &mut e,
-            "relay_packets_relayed",
-            "Packets relayed, by direction",
-            "direction",
-            &[
-                ("to_peer", s.packets_to_peer),
-                ("to_client", s.packets_to_client),
-            ],
-        )?;
-        labelled_counters(
-            &mut e,
-            "relay_bytes_relayed",
-            "Payload bytes relayed, by direction",
-            "direction",
-            &[
-                ("to_peer", s.bytes_to_peer),
-                ("to_client", s.bytes_to_client),
-            ],
-        )?;
-        for (name, help, value) in [
-            (
-                "relay_auth_challenges",
-                "Requests without credentials (each answered with a 401 challenge unless the unauthorized-rate limit dropped the answer)",
-                s.auth_challenges,
-            ),
-            (
-                "relay_auth_failures",
-                "Requests whose credentials failed",
-                s.auth_failures,
-            ),
-            (
-                "relay_stale_nonces",
-                "Requests with a stale or unknown nonce (each answered with 438 Stale Nonce unless the unauthorized-rate limit dropped the answer)",
-                s.stale_nonces,
-            ),
-            (
-                "relay_wrong_credentials",
-                "441 Wrong Credentials responses",
-                s.wrong_credentials,
-            ),
-            (
-                "relay_allocation_mismatches",
-                "437 Allocation Mismatch responses",
-                s.allocation_mismatches,
-            ),
-            (
-                "relay_error_responses",
-                "Other error responses",
-                s.error_responses,
-            ),
-            (
-                "relay_malformed_packets",
-                "Undecodable packets",
-                s.malformed_packets,
-            ),
-            (
-                "relay_dropped_packets",
-                "Packets dropped: no allocation, permission or channel for them, or a STUN message the relay does not take (a response, an indication other than Send or Binding)",
-                s.dropped_packets,
-            ),
-            (
-                "relay_send_failures",
-                "Datagrams the kernel refused or that found a full socket buffer",
-                io.send_failures + s.send_failures,
-            ),
-        ] {
-            counter(&mut e, name, help, value)?;
-        }
-        let denied: Vec<(&'static str, u64)> = DenyReason::ALL
-            .iter()
-            .map(|r| (r.as_str(), s.denied(*r)))
-            .collect();
-        labelled_counters(
-            &mut e,
-            "relay_peer_denied",
-            "Peer addresses refused by the policy, by reason",
-            "reason",
-            &denied,
-        )?;
-        for (name, help, value) in [
-            (
-                "relay_udp_request_bytes",
-                "Bytes of STUN requests received over UDP",
-                s.udp_request_bytes,
-            ),
-            (
-                "relay_udp_unauthenticated_response_bytes",
-                "Bytes of unauthenticated responses sent over UDP (at most the request bytes plus --unauth-bytes per source IP)",
-                s.udp_unauthenticated_response_bytes,
-            ),
-        ] {
-            counter(&mut e, name, help, value)?;
-        }
-        let quotas: Vec<(&'static str, u64)> = QuotaKind::ALL
-            .iter()
-            .map(|q| (q.as_str(), s.quota(*q)))
-            .collect();
-        labelled_counters(
-            &mut e,
-            "relay_quota_hits",
-            "Quota and rate-limit hits, by quota",
-            "quota",
-            &quotas,
-        )?;
-        counter(
-            &mut e,
-            "relay_relay_bind_failures",
-            "Relay sockets that could not be bound",
-            io.relay_bind_failures,
-        )?;
-        gauge(
-            &mut e,
-            "relay_stream_connections",
-            "Open TCP/TLS client connections",
-            io.stream_connections,
-        )?;
-        for (name, help, value) in [
-            (
-                "relay_stream_connections_accepted",
-                "TCP/TLS client connections that reached STUN framing (TLS: handshake done)",
-                io.stream_connections_accepted,
-            ),
-            (
-                "relay_stream_connections_refused",
-                "TCP/TLS connections refused at --max-connections",
-                io.stream_connections_refused,
-            ),
-            (
-                "relay_stream_connections_refused_per_ip",
-                "TCP/TLS connections refused at --max-connections-per-ip",
-                io.stream_connections_refused_per_ip,
-            ),
-        ] {
-            counter(&mut e, name, help, value)?;
-        }
-        gauge(
-            &mut e,
-            "relay_tls_handshakes",
-            "TLS handshakes in progress (they count against --max-connections)",
-            io.tls_handshakes,
-        )?;
-        for (name, help, value) in [
-            (
-                "relay_tls_handshake_failures",
-                "TLS handshakes that failed or timed out",
-                io.tls_handshake_failures,
-            ),
-            (
-                "relay_proxy_headers_refused",
-                "Stream connections closed: no well-formed PROXY protocol header (--proxy-protocol)",
-                io.proxy_headers_refused,
-            ),
-            (
-                "relay_tls_handshake_timeouts",
-                "TLS handshakes not finished within --tls-handshake-timeout",
-                io.tls_handshake_timeouts,
-            ),
-            (
-                "relay_stream_queue_drops",
-                "Messages dropped on a full stream outbound queue (--stream-queue-bytes or 512 messages)",
-                io.stream_queue_drops,
-            ),
-            (
-                "relay_stream_queue_dropped_bytes",
-                "Bytes of the messages dropped on a full stream outbound queue",
-                io.stream_queue_dropped_bytes,
-            ),
-        ] {
-            counter(&mut e, name, help, value)?;
-        }
-        gauge(
-            &mut e,
-            "relay_stream_queued_bytes",
-            "Bytes queued towards TCP/TLS clients and not yet written, all connections",
-            io.stream_queued_bytes,
-        )?;
-        gauge(
-            &mut e,
-            "relay_stream_queued_bytes_max",
-            "The most bytes queued towards one TCP/TLS connection (at most --stream-queue-bytes)",
-            io.stream_queued_bytes_max,
-        )?;
-        for (name, help, value) in [
-            (
-                "relay_stream_framing_errors",
-                "Stream connections closed for bad framing",
-                io.stream_framing_errors,
-            ),
-            ("relay_recv_errors", "UDP receive errors", io.recv_errors),
-            (
-                "relay_first_bytes_refused",
-                "Connections closed (--http-upstream): first bytes neither TURN nor HTTP, or too late",
-                io.first_bytes_refused,
-            ),
-            (
-                "relay_http_upstream_connections",
-                "Connections handed to --http-upstream (those it did not accept included)",
-                io.http_upstream_connections,
-            ),
-            (
-                "relay_http_upstream_failures",
-                "Connections --http-upstream did not accept (unreachable, refused, timed out)",
-                io.http_upstream_failures,
-            ),
-        ] {
-            counter(&mut e, name, help, value)?;
-        }
         let (overflowed, entries, unpublished) = {
             let ledger = self.usage.lock();
             (ledger.overflowed(), ledger.entries(), ledger.unpublished())
         };
-        counter(
-            &mut e,
-            "relay_usage_overflow",
-            "Usage records counted into `other`: their bucket already held --usage-max-users users",
-            overflowed,
-        )?;
-        gauge(
-            &mut e,
-            "relay_usage_entries",
-            "(user, bucket) entries held by the usage ledger",
-            entries as u64,
-        )?;
-        gauge(
-            &mut e,
-            "relay_usage_unpublished",
-            "(user, bucket) entries changed and not yet published to the fleet's Redis",
-            unpublished as u64,
-        )?;
+        let denied = DenyReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), s.denied(*r)))
+            .collect();
+        let quotas = QuotaKind::ALL
+            .iter()
+            .map(|q| (q.as_str(), s.quota(*q)))
+            .collect();
+        let series = [
+            (
+                "relay_allocations",
+                "Live allocations",
+                Gauge(s.allocations),
+            ),
+            (
+                "relay_permissions",
+                "Live permissions",
+                Gauge(s.permissions),
+            ),
+            ("relay_channels", "Live channel bindings", Gauge(s.channels)),
+            (
+                "relay_tls_certificate_not_after_seconds",
+                "notAfter of the --tls-cert certificate in force, in Unix seconds (0: none, or not readable as X.509)",
+                Gauge(self.tls_not_after.load(Ordering::Relaxed)),
+            ),
+            (
+                "relay_draining",
+                "1 while draining (new allocations refused)",
+                Gauge(u64::from(self.is_draining())),
+            ),
+            (
+                "relay_workers",
+                "Worker threads (protocol shards)",
+                Gauge(self.workers.len() as u64),
+            ),
+            (
+                "relay_tls_reloads",
+                "Certificate reloads on SIGHUP that took effect",
+                Counter(self.tls_reloads.ok.load(Ordering::Relaxed)),
+            ),
+            (
+                "relay_tls_reloads_refused",
+                "Certificate reloads on SIGHUP refused (the old certificate stays)",
+                Counter(self.tls_reloads.refused.load(Ordering::Relaxed)),
+            ),
+            (
+                "relay_config_reloads",
+                "Configuration reloads on SIGHUP that took effect",
+                Counter(self.config_reloads.ok.load(Ordering::Relaxed)),
+            ),
+            (
+                "relay_config_reloads_refused",
+                "Configuration reloads on SIGHUP refused (the configuration in force stays)",
+                Counter(self.config_reloads.refused.load(Ordering::Relaxed)),
+            ),
+            (
+                "relay_allocations_created",
+                "Allocations created",
+                Counter(s.allocations_created),
+            ),
+            (
+                "relay_allocation_latency_seconds",
+                "New allocations: Allocate received -> success response queued (relay socket bound)",
+                Latency(&s.allocation_latency),
+            ),
+            (
+                "relay_allocations_expired",
+                "Allocations that timed out",
+                Counter(s.allocations_expired),
+            ),
+            (
+                "relay_allocations_deleted",
+                "Allocations deleted by the client or a closed connection",
+                Counter(s.allocations_deleted),
+            ),
+            (
+                "relay_binding_requests",
+                "STUN Binding requests answered",
+                Counter(s.binding_requests),
+            ),
+            (
+                "relay_packets_relayed",
+                "Packets relayed, by direction",
+                Labelled(
+                    "direction",
+                    vec![
+                        ("to_peer", s.packets_to_peer),
+                        ("to_client", s.packets_to_client),
+                    ],
+                ),
+            ),
+            (
+                "relay_bytes_relayed",
+                "Payload bytes relayed, by direction",
+                Labelled(
+                    "direction",
+                    vec![
+                        ("to_peer", s.bytes_to_peer),
+                        ("to_client", s.bytes_to_client),
+                    ],
+                ),
+            ),
+            (
+                "relay_auth_challenges",
+                "Requests without credentials (each answered with a 401 challenge unless the unauthorized-rate limit dropped the answer)",
+                Counter(s.auth_challenges),
+            ),
+            (
+                "relay_auth_failures",
+                "Requests whose credentials failed",
+                Counter(s.auth_failures),
+            ),
+            (
+                "relay_stale_nonces",
+                "Requests with a stale or unknown nonce (each answered with 438 Stale Nonce unless the unauthorized-rate limit dropped the answer)",
+                Counter(s.stale_nonces),
+            ),
+            (
+                "relay_wrong_credentials",
+                "441 Wrong Credentials responses",
+                Counter(s.wrong_credentials),
+            ),
+            (
+                "relay_allocation_mismatches",
+                "437 Allocation Mismatch responses",
+                Counter(s.allocation_mismatches),
+            ),
+            (
+                "relay_error_responses",
+                "Other error responses",
+                Counter(s.error_responses),
+            ),
+            (
+                "relay_malformed_packets",
+                "Undecodable packets",
+                Counter(s.malformed_packets),
+            ),
+            (
+                "relay_dropped_packets",
+                "Packets dropped: no allocation, permission or channel for them, or a STUN message the relay does not take (a response, an indication other than Send or Binding)",
+                Counter(s.dropped_packets),
+            ),
+            (
+                "relay_send_failures",
+                "Datagrams the kernel refused or that found a full socket buffer",
+                Counter(io.send_failures + s.send_failures),
+            ),
+            (
+                "relay_peer_denied",
+                "Peer addresses refused by the policy, by reason",
+                Labelled("reason", denied),
+            ),
+            (
+                "relay_udp_request_bytes",
+                "Bytes of STUN requests received over UDP",
+                Counter(s.udp_request_bytes),
+            ),
+            (
+                "relay_udp_unauthenticated_response_bytes",
+                "Bytes of unauthenticated responses sent over UDP (at most the request bytes plus --unauth-bytes per source IP)",
+                Counter(s.udp_unauthenticated_response_bytes),
+            ),
+            (
+                "relay_quota_hits",
+                "Quota and rate-limit hits, by quota",
+                Labelled("quota", quotas),
+            ),
+            (
+                "relay_relay_bind_failures",
+                "Relay sockets that could not be bound",
+                Counter(io.relay_bind_failures),
+            ),
+            (
+                "relay_stream_connections",
+                "Open TCP/TLS client connections",
+                Gauge(io.stream_connections),
+            ),
+            (
+                "relay_stream_connections_accepted",
+                "TCP/TLS client connections that reached STUN framing (TLS: handshake done)",
+                Counter(io.stream_connections_accepted),
+            ),
+            (
+                "relay_stream_connections_refused",
+                "TCP/TLS connections refused at --max-connections",
+                Counter(io.stream_connections_refused),
+            ),
+            (
+                "relay_stream_connections_refused_per_ip",
+                "TCP/TLS connections refused at --max-connections-per-ip",
+                Counter(io.stream_connections_refused_per_ip),
+            ),
+            (
+                "relay_tls_handshakes",
+                "TLS handshakes in progress (they count against --max-connections)",
+                Gauge(io.tls_handshakes),
+            ),
+            (
+                "relay_tls_handshake_failures",
+                "TLS handshakes that failed or timed out",
+                Counter(io.tls_handshake_failures),
+            ),
+            (
+                "relay_proxy_headers_refused",
+                "Stream connections closed: no well-formed PROXY protocol header (--proxy-protocol)",
+                Counter(io.proxy_headers_refused),
+            ),
+            (
+                "relay_tls_handshake_timeouts",
+                "TLS handshakes not finished within --tls-handshake-timeout",
+                Counter(io.tls_handshake_timeouts),
+            ),
+            (
+                "relay_stream_queue_drops",
+                "Messages dropped on a full stream outbound queue (--stream-queue-bytes or 512 messages)",
+                Counter(io.stream_queue_drops),
+            ),
+            (
+                "relay_stream_queue_dropped_bytes",
+                "Bytes of the messages dropped on a full stream outbound queue",
+                Counter(io.stream_queue_dropped_bytes),
+            ),
+            (
+                "relay_stream_queued_bytes",
+                "Bytes queued towards TCP/TLS clients and not yet written, all connections",
+                Gauge(io.stream_queued_bytes),
+            ),
+            (
+                "relay_stream_queued_bytes_max",
+                "The most bytes queued towards one TCP/TLS connection (at most --stream-queue-bytes)",
+                Gauge(io.stream_queued_bytes_max),
+            ),
+            (
+                "relay_stream_framing_errors",
+                "Stream connections closed for bad framing",
+                Counter(io.stream_framing_errors),
+            ),
+            (
+                "relay_recv_errors",
+                "UDP receive errors",
+                Counter(io.recv_errors),
+            ),
+            (
+                "relay_first_bytes_refused",
+                "Connections closed (--http-upstream): first bytes neither TURN nor HTTP, or too late",
+                Counter(io.first_bytes_refused),
+            ),
+            (
+                "relay_http_upstream_connections",
+                "Connections handed to --http-upstream (those it did not accept included)",
+                Counter(io.http_upstream_connections),
+            ),
+            (
+                "relay_http_upstream_failures",
+                "Connections --http-upstream did not accept (unreachable, refused, timed out)",
+                Counter(io.http_upstream_failures),
+            ),
+            (
+                "relay_usage_overflow",
+                "Usage records counted into `other`: their bucket already held --usage-max-users users",
+                Counter(overflowed),
+            ),
+            (
+                "relay_usage_entries",
+                "(user, bucket) entries held by the usage ledger",
+                Gauge(entries as u64),
+            ),
+            (
+                "relay_usage_unpublished",
+                "(user, bucket) entries changed and not yet published to the fleet's Redis",
+                Gauge(unpublished as u64),
+            ),
+        ];
+        for (name, help, series) in &series {
+            series.encode(&mut e, name, help)?;
+        }
         Ok(())
     }
 }

@@ -49,6 +49,13 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+/// Counts one reload on SIGHUP in `reloads`, by result: `ok` when it took effect, else
+/// `refused` (what was in force stays).
+fn count_reload(reloads: &Family<ResultLabel, Counter>, ok: bool) {
+    let result = if ok { "ok" } else { "refused" };
+    reloads.get_or_create(&ResultLabel { result }).inc();
+}
+
 /// Why a cluster node closed its sockets with 1013 (the `reason` of
 /// `signaling_cluster_outages_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -554,10 +561,7 @@ impl Metrics {
 
     /// Counts one certificate reload.
     pub fn tls_reload(&self, ok: bool) {
-        let result = if ok { "ok" } else { "refused" };
-        self.tls_reloads
-            .get_or_create(&ResultLabel { result })
-            .inc();
+        count_reload(&self.tls_reloads, ok);
     }
 
     /// Records the expiry of the `--tls-cert` certificate put in force (at start-up or by a
@@ -586,10 +590,7 @@ impl Metrics {
 
     /// Counts one configuration reload (SIGHUP): `ok` when it took effect.
     pub fn config_reload(&self, ok: bool) {
-        let result = if ok { "ok" } else { "refused" };
-        self.config_reloads
-            .get_or_create(&ResultLabel { result })
-            .inc();
+        count_reload(&self.config_reloads, ok);
     }
 
     /// Counts one resume attempt.
