@@ -485,13 +485,15 @@ pub(crate) mod server {
 
     /// A route for GET alone. axum answers HEAD with a `get` route's handler (dropping the
     /// body), which for an upgrade or a stream would act: attach a session, take a stream
-    /// over. HEAD gets the empty 405 of any other method.
+    /// over. HEAD, like any other method, gets an empty 405 saying `Allow: GET` (axum's own
+    /// 405 would name HEAD too).
     fn get_only<H, T>(handler: H) -> MethodRouter<Arc<AppState>>
     where
         H: Handler<T, Arc<AppState>>,
         T: 'static,
     {
-        get(handler).head(|| async { (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET")]) })
+        let refused = || async { (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET")]) };
+        get(handler).head(refused).fallback(refused)
     }
 
     /// The HTTP routes: WebSocket upgrade, health, readiness, metrics and the web demo.

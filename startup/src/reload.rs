@@ -315,13 +315,16 @@ mod tests {
             "--verbose",
         ]);
         let reloadable = ["turn_secret", "jwt_secret", "user_quota", "verbose"];
-        let changes = Changes::between(
-            &Example::command(),
-            InForce::started(&old),
-            &new,
-            &reloadable,
-            &[],
-        );
+        let from_old = |new| {
+            Changes::between(
+                &Example::command(),
+                InForce::started(&old),
+                new,
+                &reloadable,
+                &[],
+            )
+        };
+        let changes = from_old(&new);
         assert_eq!(
             changes.applied,
             [
@@ -333,14 +336,7 @@ mod tests {
         );
         assert_eq!(changes.needs_restart, ["--listen"]);
         assert_eq!(changes.secrets_removed, ["--jwt-secret"]);
-        let same = Changes::between(
-            &Example::command(),
-            InForce::started(&old),
-            &old,
-            &reloadable,
-            &[],
-        );
-        assert_eq!(same, Changes::default());
+        assert_eq!(from_old(&old), Changes::default());
         // A restart-only setting compares with the value it runs with (the started one), not
         // with what the last reload's file said: putting it back is no change.
         let in_force = InForce {
