@@ -22,7 +22,6 @@ use crate::pending::PendingAllocation;
 use crate::policy::DenyReason;
 use crate::quota::{QuotaKind, TokenBucket};
 use crate::relay_handle::RelayHandle;
-use crate::reservations::RESERVATION_LIFETIME;
 use crate::server::{Server, later};
 
 /// Size of a FINGERPRINT attribute.
@@ -294,7 +293,10 @@ impl Server {
 
     /// RFC 8656 section 7.2, after the attributes, in this order: the port reserved by
     /// RESERVATION-TOKEN (508 if gone), the drain (508), the allocation quotas (486; on
-    /// success the slot is taken). The address to bind, if one was reserved.
+    /// success the slot is taken). The address to bind, if one was reserved. A port the user
+    /// holds reserved counts against its `--user-quota` as an allocation does, and an
+    /// Allocate that asks for one (EVEN-PORT with R) needs room for it too: deleting the
+    /// allocation and asking again cannot pile up held ports.
     fn admit_allocate(
         &mut self,
         now: Instant,
@@ -312,9 +314,12 @@ impl Server {
             return Err(ErrorCode::InsufficientCapacity);
         }
         let q = &self.config.quotas;
-        if let Err(kind) =
-            self.shared
-                .try_acquire(quota_user, q.allocations_per_user, q.total_allocations)
+        let held =
+            self.shared.reservations.held_by(quota_user, now) + u32::from(params.reserve_next);
+        let per_user = q.allocations_per_user.saturating_sub(held);
+        if let Err(kind) = self
+            .shared
+            .try_acquire(quota_user, per_user, q.total_allocations)
         {
             self.stats.quota_hits[kind.index()] += 1;
             return Err(ErrorCode::AllocationQuotaReached);
@@ -368,6 +373,14 @@ impl Server {
             .quotas
             .bandwidth_per_allocation
             .map(|l| TokenBucket::new(now, l));
+        let token =
+            (p.reserve_next && relay.port() % 2 == 0 && relay.port() < u16::MAX).then(|| {
+                self.reserve(
+                    SocketAddr::new(relay.ip(), relay.port() + 1),
+                    &p.quota_user,
+                    now,
+                )
+            });
         let alloc = Allocation {
             five_tuple: p.five_tuple,
             handle,
@@ -394,8 +407,6 @@ impl Server {
         self.stats
             .allocation_latency
             .observe(now.saturating_duration_since(p.received_at));
-        let token = (p.reserve_next && relay.port() % 2 == 0 && relay.port() < u16::MAX)
-            .then(|| self.reserve(SocketAddr::new(relay.ip(), relay.port() + 1), now));
         if let Some(a) = self.allocation(key) {
             let mut b = self.allocate_success(p.transaction_id, a, now);
             if let Some(token) = token {
@@ -412,11 +423,9 @@ impl Server {
     /// carrying the returned RESERVATION-TOKEN, in `SharedQuotas` so that the Allocate may come
     /// from another source port (as the RTCP half of an RTP/RTCP pair does) and so reach
     /// another shard. The I/O layer holds the port open meanwhile (`BindRelay::reserve_next`).
-    fn reserve(&mut self, address: SocketAddr, now: Instant) -> [u8; 8] {
+    fn reserve(&mut self, address: SocketAddr, user: &str, now: Instant) -> [u8; 8] {
         let token: [u8; 8] = rand::random();
-        self.shared
-            .reservations
-            .reserve(token, address, now, later(now, RESERVATION_LIFETIME));
+        self.shared.reservations.reserve(token, address, user, now);
         token
     }
 

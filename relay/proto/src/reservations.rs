@@ -2,7 +2,7 @@
 //! one table for every shard (it lives in `SharedQuotas`), because the Allocate that claims a
 //! reservation may come from another source port and so reach another shard.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -11,47 +11,107 @@ use std::time::{Duration, Instant};
 /// I/O layer holds the reserved port open (`Output::BindRelay::reserve_next`).
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
-/// Bound on outstanding RESERVATION-TOKENs of the whole relay (each about 64 bytes).
+/// Bound on outstanding RESERVATION-TOKENs of the whole relay (each about 100 bytes).
 const MAX_RESERVATIONS: usize = 16_384;
 
-/// Token -> (reserved relay address, valid until). The I/O layer holds the port open until
-/// then; if it could not (or something else took it), the Allocate that claims it gets 508.
+/// Token -> reserved relay address, until its [`RESERVATION_LIFETIME`] ends. The I/O layer
+/// holds the port open until then; if it could not (or something else took it), the Allocate
+/// that claims it gets 508. A reservation counts against its user's `--user-quota` like an
+/// allocation while it is held ([`Self::held_by`]).
 #[derive(Debug, Default)]
 pub(crate) struct Reservations {
-    /// A `Mutex`: touched only by Allocates with EVEN-PORT (R bit) or RESERVATION-TOKEN,
-    /// never on the relay path.
-    map: Mutex<HashMap<[u8; 8], (SocketAddr, Instant)>>,
+    /// A `Mutex`: touched by Allocates only (one lookup for those without EVEN-PORT or
+    /// RESERVATION-TOKEN), never on the relay path.
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    by_token: HashMap<[u8; 8], Reservation>,
+    /// Tokens in the order they expire: every reservation lives [`RESERVATION_LIFETIME`], so
+    /// that is the order they were made (the shards' clocks move forward together; a few
+    /// microseconds between two shards' `now` delay an expiry by as much). A token taken
+    /// meanwhile is skipped when its turn comes.
+    expiry: VecDeque<(Instant, [u8; 8])>,
+    /// Reservations held per user (the quota user of the Allocate that made them).
+    held: HashMap<String, u32>,
+}
+
+#[derive(Debug)]
+struct Reservation {
+    address: SocketAddr,
+    until: Instant,
+    user: String,
+}
+
+impl Table {
+    /// Drops the reservations that expired by `now`.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(until, token)) = self.expiry.front() {
+            if until > now {
+                break;
+            }
+            self.expiry.pop_front();
+            if self.by_token.get(&token).is_some_and(|r| r.until == until) {
+                self.remove(token);
+            }
+        }
+    }
+
+    fn remove(&mut self, token: [u8; 8]) -> Option<Reservation> {
+        let reservation = self.by_token.remove(&token)?;
+        if let Some(count) = self.held.get_mut(&reservation.user) {
+            *count -= 1;
+            if *count == 0 {
+                self.held.remove(&reservation.user);
+            }
+        }
+        Some(reservation)
+    }
 }
 
 impl Reservations {
-    /// Remember `address` under `token` until `until`. At the bound, expired reservations are
-    /// dropped first, then all of them.
-    pub(crate) fn reserve(
-        &self,
-        token: [u8; 8],
-        address: SocketAddr,
-        now: Instant,
-        until: Instant,
-    ) {
-        let mut map = self.lock();
-        if map.len() >= MAX_RESERVATIONS {
-            map.retain(|_, (_, u)| *u > now);
-            if map.len() >= MAX_RESERVATIONS {
-                map.clear();
-            }
+    /// Remembers `address` under `token` for `user` until `now` + [`RESERVATION_LIFETIME`].
+    /// At the bound, once the expired ones are gone, every reservation is dropped (their
+    /// claims get 508).
+    pub(crate) fn reserve(&self, token: [u8; 8], address: SocketAddr, user: &str, now: Instant) {
+        let mut table = self.lock();
+        table.expire(now);
+        if table.by_token.len() >= MAX_RESERVATIONS {
+            *table = Table::default();
         }
-        map.insert(token, (address, until));
+        // A random token drawn twice: the older reservation is gone.
+        table.remove(token);
+        let until = crate::server::later(now, RESERVATION_LIFETIME);
+        *table.held.entry(user.to_owned()).or_default() += 1;
+        table.expiry.push_back((until, token));
+        table.by_token.insert(
+            token,
+            Reservation {
+                address,
+                until,
+                user: user.to_owned(),
+            },
+        );
     }
 
     /// The address reserved under `token`, if it has not expired (single use).
     pub(crate) fn take(&self, token: [u8; 8], now: Instant) -> Option<SocketAddr> {
-        let (address, until) = self.lock().remove(&token)?;
-        (now < until).then_some(address)
+        let mut table = self.lock();
+        table.expire(now);
+        table.remove(token).map(|r| r.address)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<[u8; 8], (SocketAddr, Instant)>> {
-        // A poisoned lock only means another shard panicked mid-insert of a plain entry.
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    /// How many reservations `user` holds at `now`.
+    pub(crate) fn held_by(&self, user: &str, now: Instant) -> u32 {
+        let mut table = self.lock();
+        table.expire(now);
+        table.held.get(user).copied().unwrap_or(0)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A poisoned lock only means another shard panicked mid-update of plain maps.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -66,10 +126,32 @@ mod tests {
         let r = Reservations::default();
         let t0 = Instant::now();
         let addr: SocketAddr = "192.0.2.1:50001".parse().unwrap();
-        r.reserve([1; 8], addr, t0, t0 + Duration::from_secs(30));
+        r.reserve([1; 8], addr, "alice", t0);
         assert_eq!(r.take([1; 8], t0), Some(addr));
         assert_eq!(r.take([1; 8], t0), None);
-        r.reserve([2; 8], addr, t0, t0 + Duration::from_secs(30));
+        r.reserve([2; 8], addr, "alice", t0);
         assert_eq!(r.take([2; 8], t0 + Duration::from_secs(30)), None);
+    }
+
+    #[test]
+    fn a_user_holds_a_reservation_until_it_is_claimed_or_expires() {
+        let r = Reservations::default();
+        let t0 = Instant::now();
+        let addr: SocketAddr = "192.0.2.1:50001".parse().unwrap();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        r.reserve([1; 8], addr, "alice", t0);
+        r.reserve([3; 8], addr, "bob", at(5));
+        r.reserve([2; 8], addr, "alice", at(10));
+        assert_eq!(r.held_by("alice", at(10)), 2);
+        assert_eq!(r.held_by("bob", at(10)), 1);
+        assert_eq!(r.take([1; 8], at(11)), Some(addr));
+        assert_eq!(r.held_by("alice", at(11)), 1);
+        // [3] expires at 35 s, [2] at 40 s.
+        assert_eq!(r.held_by("bob", at(34)), 1);
+        assert_eq!(r.held_by("bob", at(35)), 0);
+        assert_eq!(r.held_by("alice", at(39)), 1);
+        assert_eq!(r.held_by("alice", at(40)), 0);
+        let table = r.lock();
+        assert!(table.by_token.is_empty() && table.expiry.is_empty() && table.held.is_empty());
     }
 }

@@ -1426,6 +1426,85 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
     assert_eq!(error_code(&h.request(third.from, &req)), Some(508));
 }
 
+/// What an Allocate of alice's from `port` with `attrs` got: a RESERVATION-TOKEN (or none)
+/// on success, else the error code.
+fn alice_allocates(
+    h: &mut Harness,
+    port: u16,
+    attrs: impl Fn(&mut MessageBuilder),
+) -> Result<Option<[u8; 8]>, Option<u16>> {
+    let mut alice = Client::alice_at(udp(&format!("192.0.2.10:{port}")));
+    alice.fetch_nonce(h);
+    let tid = alice.next_tid();
+    let req = alice.build(Method::Allocate, tid, |b| {
+        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        attrs(b);
+    });
+    assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
+    match h.outputs().remove(0) {
+        Output::BindRelay { relay, .. } => {
+            let resp = h.complete_bind(relay, AddressFamily::V4);
+            let m = alice.verify_success(&resp, Method::Allocate);
+            Ok(m.get(attributes::RESERVATION_TOKEN)
+                .map(|t| t.try_into().unwrap()))
+        }
+        Output::Transmit { data, .. } => Err(error_code(&data)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A port held under a RESERVATION-TOKEN counts against `--user-quota` until it is claimed or
+/// expires, and an Allocate asking for one needs room for it: allocating with EVEN-PORT (R),
+/// deleting and asking again cannot pile up held ports.
+#[test]
+fn a_held_reservation_counts_against_the_user_quota() {
+    let mut h = Harness::configured(|cfg| cfg.quotas.allocations_per_user = 2);
+    let reserving = |b: &mut MessageBuilder| {
+        b.add(attributes::EVEN_PORT, &[0x80]);
+    };
+    let plain = |_: &mut MessageBuilder| {};
+    let delete = |h: &mut Harness, port: u16| {
+        let mut alice = Client::alice_at(udp(&format!("192.0.2.10:{port}")));
+        alice.fetch_nonce(h);
+        let req = alice.refresh_request(0);
+        assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
+        match h.outputs().as_slice() {
+            [Output::ReleaseRelay { .. }, Output::Transmit { data, .. }] => {
+                alice.verify_success(data, Method::Refresh);
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+
+    // One allocation and one held port: the quota of 2 is full.
+    let token = alice_allocates(&mut h, 40000, reserving)
+        .unwrap()
+        .expect("a token");
+    assert_eq!(alice_allocates(&mut h, 40001, plain), Err(Some(486)));
+    // Deleted, the allocation frees one place, not the two that asking again needs.
+    delete(&mut h, 40000);
+    assert_eq!(alice_allocates(&mut h, 40001, reserving), Err(Some(486)));
+    // Claiming the held port turns it into an allocation: still one place taken.
+    let claim = |b: &mut MessageBuilder| {
+        b.add(attributes::RESERVATION_TOKEN, &token);
+    };
+    assert_eq!(alice_allocates(&mut h, 40002, claim), Ok(None));
+    assert_eq!(alice_allocates(&mut h, 40003, reserving), Err(Some(486)));
+    assert_eq!(alice_allocates(&mut h, 40003, plain), Ok(None));
+    assert_eq!(h.server.stats().quota(QuotaKind::AllocationsPerUser), 3);
+
+    // A held port that nobody claims stops counting when its token expires.
+    delete(&mut h, 40002);
+    delete(&mut h, 40003);
+    alice_allocates(&mut h, 40004, reserving)
+        .unwrap()
+        .expect("a token");
+    delete(&mut h, 40004);
+    assert_eq!(alice_allocates(&mut h, 40005, reserving), Err(Some(486)));
+    h.advance(relay_proto::RESERVATION_LIFETIME);
+    assert!(alice_allocates(&mut h, 40005, reserving).unwrap().is_some());
+}
+
 #[test]
 fn ipv4_mapped_clients_of_a_dual_stack_socket_see_their_ipv4_address() {
     let mut h = Harness::new();
