@@ -1,15 +1,17 @@
 //! `Admission`: who may talk to the server before any allocation exists. The long-term and
 //! REST credentials (`auth`), the nonces of challenges (`nonce`), and the per-source-IP rate
-//! limits of unauthenticated requests and of 401/438 challenges, with their sweep deadline.
+//! limits of unauthenticated requests and of 401/438 challenges (per shard) and of failed
+//! credential checks (for every shard, in `SharedQuotas`), with their sweep deadline.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::{AuthFailure, Authenticator, Identity};
 use crate::config::ServerConfig;
 use crate::message::StunMessage;
 use crate::nonce::{NonceCheck, NonceKeys};
-use crate::quota::IpRateLimiter;
+use crate::quota::{IpRateLimiter, SharedQuotas};
 
 /// The admission state of one shard.
 #[derive(Debug)]
@@ -20,15 +22,20 @@ pub(crate) struct Admission {
     unauthenticated: IpRateLimiter,
     /// 401/438 responses per source IP.
     unauthorized: IpRateLimiter,
-    /// Failed credential checks per source IP.
-    failures: IpRateLimiter,
+    /// Failed credential checks per source IP are counted in `shared.auth_failures`, one table
+    /// for every shard.
+    shared: Arc<SharedQuotas>,
     /// When the two rate-limit tables are next swept; `None` while both are empty.
     next_sweep: Option<Instant>,
 }
 
 impl Admission {
-    pub(crate) fn new(config: &ServerConfig) -> Self {
+    pub(crate) fn new(config: &ServerConfig, shared: Arc<SharedQuotas>) -> Self {
         let q = &config.quotas;
+        shared
+            .auth_failures
+            .lock()
+            .configure(q.auth_failures_per_ip, q.rate_limit_table_size);
         Self {
             auth: Authenticator::new(&config.realm, &config.auth),
             nonces: NonceKeys::new(
@@ -37,7 +44,7 @@ impl Admission {
             ),
             unauthenticated: IpRateLimiter::new(q.unauthenticated_per_ip, q.rate_limit_table_size),
             unauthorized: IpRateLimiter::new(q.unauthorized_per_ip, q.rate_limit_table_size),
-            failures: IpRateLimiter::new(q.auth_failures_per_ip, q.rate_limit_table_size),
+            shared,
             next_sweep: None,
         }
     }
@@ -50,19 +57,22 @@ impl Admission {
             .set_limit(config.quotas.unauthenticated_per_ip);
         self.unauthorized
             .set_limit(config.quotas.unauthorized_per_ip);
-        self.failures.set_limit(config.quotas.auth_failures_per_ip);
+        self.shared
+            .auth_failures
+            .lock()
+            .set_limit(config.quotas.auth_failures_per_ip);
     }
 
     /// Whether credentials from `ip` may be checked now: not while it is over its rate of
     /// failed checks (its requests are then dropped unchecked).
     pub(crate) fn may_check_credentials(&mut self, now: Instant, ip: IpAddr) -> bool {
-        self.failures.would_allow(now, ip)
+        self.shared.auth_failures.lock().would_allow(now, ip)
     }
 
     /// Counts a failed credential check from `ip`.
     fn credentials_failed(&mut self, now: Instant, ip: IpAddr) {
         self.arm_sweep(now);
-        self.failures.allow(now, ip);
+        self.shared.auth_failures.lock().allow(now, ip);
     }
 
     /// A request without MESSAGE-INTEGRITY from `ip`: within its rate?
@@ -120,9 +130,12 @@ impl Admission {
         if self.next_sweep.is_some_and(|at| now >= at) {
             self.unauthenticated.sweep(now);
             self.unauthorized.sweep(now);
-            self.failures.sweep(now);
-            let tracked =
-                self.unauthenticated.len() + self.unauthorized.len() + self.failures.len();
+            let failures = {
+                let mut failures = self.shared.auth_failures.lock();
+                failures.sweep(now);
+                failures.len()
+            };
+            let tracked = self.unauthenticated.len() + self.unauthorized.len() + failures;
             self.next_sweep = (tracked > 0).then(|| now + IpRateLimiter::SWEEP_INTERVAL);
         }
     }

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::amplification::AmplificationBudget;
@@ -150,6 +150,29 @@ pub struct SharedQuotas {
     /// RESERVATION-TOKENs for every shard: the Allocate that claims a reservation may reach
     /// another shard than the one that made it.
     pub(crate) reservations: Reservations,
+    /// Failed credential checks per source IP (`Quotas::auth_failures_per_ip`), for every
+    /// shard: a source whose datagrams reach several shards guesses at one rate, not one per
+    /// shard.
+    pub(crate) auth_failures: SharedIpRateLimiter,
+}
+
+/// An [`IpRateLimiter`] that every shard consults. A `Mutex`: taken by requests with
+/// credentials only, never on the relay path.
+#[derive(Debug)]
+pub(crate) struct SharedIpRateLimiter(Mutex<IpRateLimiter>);
+
+impl Default for SharedIpRateLimiter {
+    /// No limit until a shard configures it.
+    fn default() -> Self {
+        Self(Mutex::new(IpRateLimiter::new(None, 1)))
+    }
+}
+
+impl SharedIpRateLimiter {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, IpRateLimiter> {
+        // A poisoned lock only means another shard panicked mid-update of a plain table.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl SharedQuotas {
@@ -217,11 +240,9 @@ impl SharedQuotas {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, u32>> {
         // A poisoned lock only means another shard panicked mid-update of plain counters.
-        self.per_user
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.per_user.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -303,6 +324,13 @@ impl IpRateLimiter {
             max_entries: max_entries.max(1),
             buckets: HashMap::new(),
         }
+    }
+
+    /// Limits by `limit` from now on, tracking at most `max_entries` sources (see
+    /// [`Self::set_limit`]).
+    pub(crate) fn configure(&mut self, limit: Option<RateLimit>, max_entries: usize) {
+        self.max_entries = max_entries.max(1);
+        self.set_limit(limit);
     }
 
     /// Limits by `limit` from now on: a source keeps its tokens, capped at the new burst;

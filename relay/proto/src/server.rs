@@ -92,7 +92,7 @@ impl Server {
     /// and the drain flag are shared through `shared`.
     pub fn with_shared_quotas(config: ServerConfig, shared: Arc<SharedQuotas>) -> Self {
         Self {
-            admission: Admission::new(&config),
+            admission: Admission::new(&config, Arc::clone(&shared)),
             own: OwnAddresses::new(&config.policy),
             config,
             shared,

@@ -1107,6 +1107,47 @@ fn a_source_that_keeps_failing_credentials_gets_nothing_checked() {
     right.allocate(&mut h);
 }
 
+/// That rate is one for the whole relay: a guesser whose source ports the kernel spreads over
+/// several workers (shards) does not get it once per worker.
+#[test]
+fn the_failed_credentials_rate_is_shared_by_every_shard() {
+    let mut h = Harness::configured(|cfg| {
+        cfg.quotas.auth_failures_per_ip = Some(RateLimit {
+            per_second: 5,
+            burst: 20,
+        });
+    });
+    let shared = std::sync::Arc::new(SharedQuotas::new());
+    h.server = Server::with_shared_quotas(h.server.config().clone(), shared.clone());
+    let mut other_shard = Server::with_shared_quotas(h.server.config().clone(), shared);
+    let mut to_first = Client::new(udp("192.0.2.92:40000"), "alice", "guess");
+    let mut to_other = Client::new(udp("192.0.2.92:40001"), "alice", "guess");
+    to_first.fetch_nonce(&mut h);
+    to_other.nonce = to_first.nonce.clone();
+    let mut guess_on_the_other_shard = |c: &mut Client, now| {
+        let tid = c.next_tid();
+        let action = other_shard.handle_client_packet(now, c.from, &c.allocate_request(tid));
+        let answer = other_shard.poll_output();
+        (action, answer)
+    };
+    for _ in 0..10 {
+        assert_eq!(error_code(&to_first.allocate_once(&mut h)), Some(401));
+        let (_, answer) = guess_on_the_other_shard(&mut to_other, h.now);
+        let Some(Output::Transmit { data, .. }) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(error_code(&data), Some(401));
+    }
+    // 20 failures in all: the next guess is dropped unchecked, on either shard.
+    let (action, answer) = guess_on_the_other_shard(&mut to_other, h.now);
+    assert_eq!((action, answer), (ClientAction::Drop, None));
+    let tid = to_first.next_tid();
+    assert_eq!(
+        h.send(to_first.from, &to_first.allocate_request(tid)),
+        ClientAction::Drop
+    );
+}
+
 /// Only a wrong password counts against that rate: stale credentials (an expired REST
 /// username, as a long call's ICE restart may present) tell a guesser nothing and do not lock
 /// an address out; and an allocation held from a guesser's address keeps being refreshed.
