@@ -4,8 +4,9 @@
 //!
 //! The peer that joined the room later (the polite side) creates both channels in-band:
 //! `reliable` (ordered, reliable) and `unreliable` (unordered, no retransmissions). The other
-//! side accepts whatever channels arrive and classifies them by their `ordered` flag, so a
-//! browser that opens a channel of its own is understood too.
+//! side accepts whatever channels arrive and classifies them ([`classify`]): by label when it
+//! is one of ours or of the README's (`chat`, `canvas`, `cursor`), else by its `ordered` flag,
+//! so a browser that opens channels of its own is understood too.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -65,6 +66,22 @@ impl ChannelKind {
     }
 }
 
+/// The kind of a channel the remote opened (`label`, `ordered`), and whether it is the one to
+/// send that kind on: `chat` and our `reliable` are chat, `cursor` and our `unreliable` are
+/// unordered state updates. `canvas` is JSON drawing state, never chat, ordered or not (the
+/// README's web client opens it unordered; another client may not); an unknown label goes by
+/// its `ordered` flag. The one sent on is the first of its kind to open, but a channel whose
+/// label names the kind takes over from one that only has the kind's flag.
+pub(crate) fn classify(label: &str, ordered: bool) -> (ChannelKind, bool) {
+    match label {
+        "chat" | RELIABLE_LABEL => (ChannelKind::Reliable, true),
+        "cursor" | UNRELIABLE_LABEL => (ChannelKind::Unreliable, true),
+        "canvas" => (ChannelKind::Unreliable, false),
+        _ if ordered => (ChannelKind::Reliable, false),
+        _ => (ChannelKind::Unreliable, false),
+    }
+}
+
 /// The remote peer id a connection currently answers to. Shared by the connection and its
 /// channel readers so that a re-keyed connection (after a signaling re-join) reports the new id.
 pub(crate) type RemoteId = Arc<RwLock<PeerId>>;
@@ -84,8 +101,15 @@ pub(crate) struct ChannelRegistry {
 
 struct PeerChannels {
     remote: RemoteId,
-    reliable: Option<Arc<dyn DataChannel>>,
-    unreliable: Option<Arc<dyn DataChannel>>,
+    reliable: Option<SendChannel>,
+    unreliable: Option<SendChannel>,
+}
+
+/// The channel of a kind that `Peer::send` writes to, and whether its label names the kind
+/// (see [`classify`]).
+struct SendChannel {
+    dc: Arc<dyn DataChannel>,
+    named: bool,
 }
 
 impl ChannelRegistry {
@@ -103,16 +127,29 @@ impl ChannelRegistry {
         }
     }
 
-    fn insert(&self, key: u64, remote: &RemoteId, kind: ChannelKind, dc: Arc<dyn DataChannel>) {
+    /// `dc` opened: the channel to send `kind` on if there is none yet, or if its label names
+    /// the kind (`named`) and the one there does not. Otherwise the one there stays, so that
+    /// the messages of a file or a chat keep to one channel, in order.
+    fn insert(
+        &self,
+        key: u64,
+        remote: &RemoteId,
+        kind: ChannelKind,
+        dc: Arc<dyn DataChannel>,
+        named: bool,
+    ) {
         self.with_write(|map| {
             let entry = map.entry(key).or_insert_with(|| PeerChannels {
                 remote: remote.clone(),
                 reliable: None,
                 unreliable: None,
             });
-            match kind {
-                ChannelKind::Reliable => entry.reliable = Some(dc),
-                ChannelKind::Unreliable => entry.unreliable = Some(dc),
+            let slot = match kind {
+                ChannelKind::Reliable => &mut entry.reliable,
+                ChannelKind::Unreliable => &mut entry.unreliable,
+            };
+            if slot.as_ref().is_none_or(|current| named && !current.named) {
+                *slot = Some(SendChannel { dc, named });
             }
         });
     }
@@ -124,7 +161,7 @@ impl ChannelRegistry {
                     ChannelKind::Reliable => &mut entry.reliable,
                     ChannelKind::Unreliable => &mut entry.unreliable,
                 };
-                if slot.as_ref().is_some_and(|dc| dc.id() == id) {
+                if slot.as_ref().is_some_and(|current| current.dc.id() == id) {
                     *slot = None;
                 }
                 if entry.reliable.is_none() && entry.unreliable.is_none() {
@@ -144,10 +181,7 @@ impl ChannelRegistry {
         self.with_read(|map| {
             map.values()
                 .find(|entry| &read_remote(&entry.remote) == peer)
-                .and_then(|entry| match kind {
-                    ChannelKind::Reliable => entry.reliable.clone(),
-                    ChannelKind::Unreliable => entry.unreliable.clone(),
-                })
+                .and_then(|entry| entry.sending(kind))
         })
     }
 
@@ -155,15 +189,20 @@ impl ChannelRegistry {
     pub(crate) fn all(&self, kind: ChannelKind) -> Vec<(PeerId, Arc<dyn DataChannel>)> {
         self.with_read(|map| {
             map.values()
-                .filter_map(|entry| {
-                    let dc = match kind {
-                        ChannelKind::Reliable => entry.reliable.clone(),
-                        ChannelKind::Unreliable => entry.unreliable.clone(),
-                    }?;
-                    Some((read_remote(&entry.remote), dc))
-                })
+                .filter_map(|entry| Some((read_remote(&entry.remote), entry.sending(kind)?)))
                 .collect()
         })
+    }
+}
+
+impl PeerChannels {
+    /// The channel to send `kind` on, if one is open.
+    fn sending(&self, kind: ChannelKind) -> Option<Arc<dyn DataChannel>> {
+        let slot = match kind {
+            ChannelKind::Reliable => &self.reliable,
+            ChannelKind::Unreliable => &self.unreliable,
+        };
+        slot.as_ref().map(|current| Arc::clone(&current.dc))
     }
 }
 
@@ -192,17 +231,15 @@ pub(crate) fn spawn_reader(
     events: mpsc::Sender<PeerEvent>,
 ) {
     tokio::spawn(async move {
-        let kind = match dc.ordered().await {
-            Ok(false) => ChannelKind::Unreliable,
-            _ => ChannelKind::Reliable,
-        };
+        let label = dc.label().await.unwrap_or_default();
+        let (kind, named) = classify(&label, dc.ordered().await.unwrap_or(true));
         let id = dc.id();
         let mut open = false;
         while let Some(event) = dc.poll().await {
             match event {
                 DataChannelEvent::OnOpen if !open => {
                     open = true;
-                    registry.insert(key, &remote, kind, dc.clone());
+                    registry.insert(key, &remote, kind, dc.clone(), named);
                     let _ = events
                         .send(PeerEvent::ChannelOpen {
                             peer: read_remote(&remote),
@@ -238,4 +275,31 @@ pub(crate) fn spawn_reader(
                 .await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_are_told_by_label_first_then_by_their_ordered_flag() {
+        use ChannelKind::{Reliable, Unreliable};
+        for (label, ordered, expected) in [
+            ("chat", true, (Reliable, true)),
+            ("reliable", true, (Reliable, true)),
+            ("cursor", false, (Unreliable, true)),
+            ("unreliable", false, (Unreliable, true)),
+            // The demo's drawing state is never chat, however a client opens it.
+            ("canvas", false, (Unreliable, false)),
+            ("canvas", true, (Unreliable, false)),
+            ("game", true, (Reliable, false)),
+            ("game", false, (Unreliable, false)),
+        ] {
+            assert_eq!(
+                classify(label, ordered),
+                expected,
+                "{label} ordered={ordered}"
+            );
+        }
+    }
 }

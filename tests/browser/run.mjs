@@ -1270,7 +1270,7 @@ async function relayFleetFailover(t, signal) {
 test('relay fleet: the room\'s relay dies mid-call (relay-only), both pages restart ICE onto its new relay', (t) => relayFleetFailover(t, 'SIGKILL'));
 test('relay fleet: the room\'s relay drains mid-call (relay-only), both pages move to its new relay before it exits', (t) => relayFleetFailover(t, 'SIGTERM'));
 
-async function interop(t, { cliFirst = false, relay = false } = {}) {
+async function interop(t, { cliFirst = false, relay = false, initScript } = {}) {
   const peerBin = requireBin('PEER_BIN', 'peer');
   let server = t.shared.signaling;
   const cliArgs = ['--name', 'rusty', '--bind', '127.0.0.1'];
@@ -1287,7 +1287,7 @@ async function interop(t, { cliFirst = false, relay = false } = {}) {
     return cli;
   };
   let cli = cliFirst ? await startCli() : null;
-  const a = await t.open('Alice', { server, query });
+  const a = await t.open('Alice', { server, query, initScript });
   await a.joined();
   if (!cli) cli = await startCli();
   await a.connected(1, 30000);
@@ -1318,6 +1318,17 @@ async function interop(t, { cliFirst = false, relay = false } = {}) {
 test('interop: a browser and the Rust peer CLI exchange chat messages both ways (browser first)', (t) => interop(t));
 test('interop: the Rust peer CLI joins first, the browser second', (t) => interop(t, { cliFirst: true }));
 test('interop: browser and Rust peer CLI, relay-only through our relay', (t) => interop(t, { relay: true }));
+
+/** Page script: the page opens its `canvas` channel ordered (a client other than ours may). */
+const orderedCanvas = () => {
+  const create = RTCPeerConnection.prototype.createDataChannel;
+  RTCPeerConnection.prototype.createDataChannel = function createDataChannel(label, init) {
+    return create.call(this, label, label === 'canvas' ? { ...init, ordered: true } : init);
+  };
+};
+// The CLI tells channels by label first: an ordered `canvas` opened after `chat` neither takes
+// the chat it sends (it used to: the page never showed the CLI's lines) nor is printed as chat.
+test('interop: the Rust peer CLI (first in the room) chats on `chat` when the page opens `canvas` ordered too', (t) => interop(t, { cliFirst: true, initScript: orderedCanvas }));
 
 test('example: the minimal example app (README) calls and chats with the demo page', async (t) => {
   const base = t.shared.signaling.http;

@@ -537,9 +537,9 @@ impl Chat {
     }
 }
 
-/// The chat text of a message, if it is one. Chat is the reliable (ordered) channel, labelled
-/// `reliable` by this SDK and `chat` by the browser demo; the demo's other channels (`canvas`,
-/// `cursor`) are unordered and carry JSON drawing state, which is not chat.
+/// The chat text of a message, if it is one. Chat is the reliable channel, labelled `reliable`
+/// by this SDK and `chat` by the browser demo; the demo's other channels (`canvas`, `cursor`)
+/// carry JSON drawing state, which is not chat (`channel::classify`).
 fn chat_text(kind: ChannelKind, data: &[u8]) -> Option<Cow<'_, str>> {
     (kind == ChannelKind::Reliable).then(|| String::from_utf8_lossy(data))
 }
