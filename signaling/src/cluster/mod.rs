@@ -462,6 +462,7 @@ impl ClusterHub {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, StoreError> {
         let (conn, pubsub) = store::connect(&cluster.redis_urls, cluster.redis_timeout).await?;
+        let (broadcasts, _) = store::connect(&cluster.redis_urls, cluster.redis_timeout).await?;
         let limits = StoreLimits {
             key_ttl: settings.resume_grace + Duration::from_secs(60),
             max_frames: settings.replay.max_messages,
@@ -469,7 +470,7 @@ impl ClusterHub {
         };
         let adopt_after = Instant::now() + cluster.lease;
         let hub = Arc::new(Self {
-            store: Store::new(conn, limits, cluster.redis_timeout),
+            store: Store::new(conn, broadcasts, limits, cluster.redis_timeout),
             pubsub,
             cluster,
             settings,

@@ -423,6 +423,11 @@ pub struct StoreLimits {
 /// Typed calls into the shared state.
 pub struct Store {
     conn: Connection,
+    /// Broadcasts go through a connection of their own: a burst of big ones (a 64 KB body
+    /// appended to every member's outbox) would otherwise queue every other room's calls
+    /// behind it on the one connection. Each session's calls are awaited one after the other,
+    /// so a sender's order holds across the two.
+    broadcasts: Connection,
     scripts: Scripts,
     limits: StoreLimits,
     timeout: Duration,
@@ -464,10 +469,17 @@ pub fn room_key(room: &RoomId) -> String {
 }
 
 impl Store {
-    /// Wraps a connection.
-    pub fn new(conn: Connection, limits: StoreLimits, timeout: Duration) -> Self {
+    /// Wraps the connections: `conn` for every call but broadcasts, which go through
+    /// `broadcasts`.
+    pub fn new(
+        conn: Connection,
+        broadcasts: Connection,
+        limits: StoreLimits,
+        timeout: Duration,
+    ) -> Self {
         Self {
             conn,
+            broadcasts,
             scripts: Scripts::new(),
             limits,
             timeout,
@@ -509,7 +521,11 @@ impl Store {
         for arg in args {
             invocation.arg(*arg);
         }
-        let value: Vec<Option<String>> = self.conn.invoke(&invocation, self.timeout).await?;
+        let conn = match op {
+            Op::Broadcast => &self.broadcasts,
+            _ => &self.conn,
+        };
+        let value: Vec<Option<String>> = conn.invoke(&invocation, self.timeout).await?;
         Reply::parse(value)
     }
 
