@@ -54,6 +54,9 @@ pub(crate) struct Room {
     /// re-join they would name peer ids of the old session (`unknown_peer`), and a fresh
     /// report follows the comeback anyway.
     signaling_up: bool,
+    /// How many times the session re-joined: signals and reports are sent as of this session
+    /// (`SignalingClient::send_in_session`).
+    rejoins: u64,
     next_key: u64,
     output_tx: mpsc::UnboundedSender<ConnectionOutput>,
     next_request: u64,
@@ -80,6 +83,7 @@ impl Room {
                 connections: HashMap::new(),
                 orphans: Vec::new(),
                 signaling_up: true,
+                rejoins: 0,
                 next_key: 1,
                 output_tx,
                 next_request: 100,
@@ -206,6 +210,7 @@ impl Room {
             *me = info.peer_id.clone();
         }
         self.signaling_up = true;
+        self.rejoins += 1;
         // Every existing connection is orphaned until its peer shows up again.
         self.orphans = self.connections.keys().copied().collect();
         self.emit(PeerEvent::SignalingRejoined {
@@ -293,8 +298,12 @@ impl Room {
 
     /// A peer is in the room: connect to it (or adopt an orphaned connection to it).
     async fn peer_present(&mut self, info: PeerInfo) {
-        if let Some(handle) = self.find(&info.id) {
-            let _ = handle.input.send(ConnectionInput::Polite(info.polite));
+        if let Some(key) = self.find_key(&info.id) {
+            // Its peer kept its session (ours re-joined): no longer an orphan.
+            self.orphans.retain(|k| *k != key);
+            if let Some(handle) = self.connections.get(&key) {
+                let _ = handle.input.send(ConnectionInput::Polite(info.polite));
+            }
             return;
         }
         if let Some(name) = &info.name
@@ -359,20 +368,28 @@ impl Room {
     fn on_output(&mut self, output: ConnectionOutput) {
         match output {
             ConnectionOutput::Signal { key, signal } => {
+                // An orphan's peer has not re-joined: its old id is unknown to this session
+                // (`unknown_peer`). An offer it made waits for the adoption, which sends it
+                // again to the new id (`ConnectionInput::Renamed`).
+                if self.orphans.contains(&key) {
+                    tracing::debug!("signal dropped: its peer has not re-joined");
+                    return;
+                }
                 let Some(handle) = self.connections.get(&key) else {
                     return;
                 };
                 let to = read_remote(&handle.remote);
                 let id = self.next_request;
                 self.next_request += 1;
+                let message = ClientMessage::Signal {
+                    id: Some(id),
+                    cseq: None,
+                    to,
+                    signal,
+                };
                 if self
                     .signaling
-                    .send(ClientMessage::Signal {
-                        id: Some(id),
-                        cseq: None,
-                        to,
-                        signal,
-                    })
+                    .send_in_session(message, self.rejoins)
                     .is_err()
                 {
                     tracing::debug!("signaling session closed; signal dropped");
@@ -391,7 +408,11 @@ impl Room {
                 };
                 report.peer = read_remote(&handle.remote);
                 let message = ClientMessage::Stats { id: None, report };
-                if self.signaling.send(message).is_err() {
+                if self
+                    .signaling
+                    .send_in_session(message, self.rejoins)
+                    .is_err()
+                {
                     tracing::debug!("signaling session closed; stats report dropped");
                 }
             }

@@ -77,11 +77,14 @@ pub(crate) struct SignalingClient {
 }
 
 enum Outgoing {
-    Message(ClientMessage),
-    /// Leave the room; `sent` fires once the `leave` frame is written.
-    Leave {
-        sent: oneshot::Sender<()>,
+    /// A message made in the session numbered `session` (see
+    /// [`SignalingClient::send_in_session`]).
+    Message {
+        message: ClientMessage,
+        session: u64,
     },
+    /// Leave the room; `sent` fires once the `leave` frame is written.
+    Leave { sent: oneshot::Sender<()> },
 }
 
 impl SignalingClient {
@@ -109,6 +112,7 @@ impl SignalingClient {
             last_acked: 0,
             session_lost: None,
             pending: VecDeque::new(),
+            rejoins: 0,
             resend: ResendLog::default(),
             out_rx,
             events_tx,
@@ -117,10 +121,15 @@ impl SignalingClient {
         Ok((Self { outgoing: out_tx }, info, events_rx))
     }
 
-    /// Queues a message for the server. Fails only once the session is over.
-    pub(crate) fn send(&self, message: ClientMessage) -> Result<()> {
+    /// Queues a message for the server, made in session `session` (0 for the first join, one
+    /// more for each re-join since, as told by [`SignalingEvent::Rejoined`]): the room's
+    /// messages (`signal`, `stats`) name peers by their ids in that session. If the client
+    /// has re-joined since, it is dropped: the new session does not know those ids
+    /// (`unknown_peer`), and the room sends what still matters again once it knows the new
+    /// ones. Fails only once the session is over.
+    pub(crate) fn send_in_session(&self, message: ClientMessage, session: u64) -> Result<()> {
         self.outgoing
-            .send(Outgoing::Message(message))
+            .send(Outgoing::Message { message, session })
             .map_err(|_| PeerError::SessionClosed)
     }
 
@@ -295,6 +304,8 @@ struct Session {
     session_lost: Option<ErrorCode>,
     /// Messages taken from `out_rx` but not yet written to a socket.
     pending: VecDeque<ClientMessage>,
+    /// How many times the client re-joined (see [`SignalingClient::send_in_session`]).
+    rejoins: u64,
     /// The numbered frames written and not confirmed yet.
     resend: ResendLog,
     out_rx: mpsc::UnboundedReceiver<Outgoing>,
@@ -396,7 +407,10 @@ impl Session {
                 }
                 outgoing = self.out_rx.recv() => {
                     match outgoing {
-                        Some(Outgoing::Message(message)) => {
+                        Some(Outgoing::Message { session, .. }) if session != self.rejoins => {
+                            tracing::debug!("a message of an earlier session dropped");
+                        }
+                        Some(Outgoing::Message { message, .. }) => {
                             if let Err(message) = self.write(ws, message).await {
                                 self.pending.push_back(message);
                                 return Disconnect::Broken;
@@ -562,6 +576,18 @@ impl Session {
                 self.last_seq = seq;
                 self.last_acked = 0;
                 let reason = self.session_lost.take().unwrap_or(ErrorCode::ResumeFailed);
+                self.rejoins += 1;
+                // What is queued was made in the old session: `signal`s and `stats` naming its
+                // peers' ids, which the new one does not know (`unknown_peer`). The room sends
+                // its connections' offers again once their peers are back under their new ids
+                // (and what is still in `out_rx` is dropped as it comes: `Outgoing::Message`).
+                if !self.pending.is_empty() {
+                    tracing::debug!(
+                        dropped = self.pending.len(),
+                        "messages of the old session dropped at the re-join"
+                    );
+                    self.pending.clear();
+                }
                 self.resend.restart(&mut self.pending);
                 let _ = self.events_tx.send(SignalingEvent::Rejoined {
                     session: Box::new(info),
@@ -798,13 +824,13 @@ mod tests {
             cseq: None,
             data: serde_json::json!(n),
         };
-        a.send(broadcast(1)).unwrap();
+        a.send_in_session(broadcast(1), 0).unwrap();
         assert_eq!(next_broadcast(&mut b).await, Some(serde_json::json!(1)));
 
         // The path dies silently: 2 and 3 are written to a socket that delivers nothing.
         proxy.go_deaf();
-        a.send(broadcast(2)).unwrap();
-        a.send(broadcast(3)).unwrap();
+        a.send_in_session(broadcast(2), 0).unwrap();
+        a.send_in_session(broadcast(3), 0).unwrap();
         sleep(Duration::from_millis(300)).await;
         proxy.cut();
         let resumed = timeout(Duration::from_secs(15), async {
@@ -825,7 +851,7 @@ mod tests {
             assert_eq!(next_broadcast(&mut b).await, Some(serde_json::json!(n)));
         }
         // Exactly once: nothing follows.
-        a.send(broadcast(4)).unwrap();
+        a.send_in_session(broadcast(4), 0).unwrap();
         assert_eq!(next_broadcast(&mut b).await, Some(serde_json::json!(4)));
         server.kill();
     }

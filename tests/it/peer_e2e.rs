@@ -557,6 +557,41 @@ fn signaling_restart_rejoins_and_the_data_channel_keeps_working() {
     );
 }
 
+/// After a re-join, a connection whose peer has not re-joined yet (an orphan) signals nothing:
+/// its peer's old id is unknown to the new session, and each signal was an `unknown_peer`
+/// warning (an outside audit counted 43 in 25 s). Once the peer is back and adopted, the ICE
+/// restart that waited goes to its new id and the chat goes on.
+#[test]
+fn an_orphaned_connection_signals_nothing_until_its_peer_is_back() {
+    let listen = format!("127.0.0.1:{}", e2e::free_port());
+    let signaling = start_signaling(None, &listen);
+    let url = signaling.room_url("orphan");
+    let alice_err = StderrFile::new();
+    let (mut alice, mut bob) = logged_chat_pair(&url, &alice_err);
+    // Bob hangs through a signaling restart: Alice re-joins alone, and their path fails (ICE
+    // restarts, each an offer and candidates for Bob).
+    bob.freeze();
+    drop(signaling.proc);
+    let _restarted = start_signaling(None, &listen);
+    alice.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* signaling-rejoined")
+    });
+    alice.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* ice-restart") && field(l, "reason") == Some("failed")
+    });
+    alice.read_for(Duration::from_secs(2));
+    bob.thaw();
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(Duration::from_secs(30), |l| l.starts_with("* peer-renamed"));
+    }
+    say(&mut bob, "back");
+    expect_chat(&mut alice, "bob: back");
+    say(&mut alice, "welcome back");
+    expect_chat(&mut bob, "alice: welcome back");
+    let stderr = alice_err.text();
+    assert!(!stderr.contains("unknown_peer"), "{stderr}");
+}
+
 /// `peer probe URL --self` on loopback: two internal peers try a direct and a relayed pair.
 fn spawn_self_probe(url: &str) -> Proc {
     let args = [
