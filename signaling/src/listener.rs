@@ -269,7 +269,7 @@ pub async fn serve(
             let (limits, metrics) = (&serving.limits, &serving.metrics);
             let peer = if edge.proxy_protocol {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let client = startup::proxy_protocol::client_within(&mut tcp, peer, left);
+                let client = Box::pin(startup::proxy_protocol::client_within(&mut tcp, peer, left));
                 let client = match client.await {
                     Ok(client) => client,
                     Err(e) => {
@@ -296,17 +296,20 @@ pub async fn serve(
                 secure: false,
                 deadline,
             };
+            // The edge steps are boxed and HTTP gets a task of its own (serve_or_hand_over): a
+            // connection held open (an SSE stream, a pending long-poll) then costs its HTTP
+            // future alone, not one sized for every step and stream type nested inline.
             let Some(tls) = edge.tls.clone() else {
-                serve_or_hand_over(tcp, conn, &edge, serving, guard).await;
+                Box::pin(serve_or_hand_over(tcp, conn, &edge, serving, guard)).await;
                 return;
             };
-            match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
+            match Box::pin(tokio::time::timeout_at(deadline, tls.accept(tcp))).await {
                 Ok(Ok(stream)) => {
                     let conn = Conn {
                         secure: true,
                         ..conn
                     };
-                    serve_or_hand_over(stream, conn, &edge, serving, guard).await;
+                    Box::pin(serve_or_hand_over(stream, conn, &edge, serving, guard)).await;
                 }
                 Ok(Err(e)) => {
                     metrics.tls_handshake_failures.inc();
@@ -361,9 +364,11 @@ where
         let left = conn
             .deadline
             .saturating_duration_since(tokio::time::Instant::now());
-        match sniff(io, left).await {
+        match Box::pin(sniff(io, left)).await {
             Ok((Protocol::Http, io)) => {
-                serve_connection(io, peer, serving, guard).await;
+                // A task of its own, sized for HTTP alone: this one, sized for every edge
+                // step, ends here.
+                tokio::spawn(serve_connection(io, peer, serving, guard));
             }
             Ok((Protocol::Turn, io)) => {
                 // Not an HTTP connection: the relay's `--max-connections` counts it from now.
@@ -393,7 +398,8 @@ where
     }
     #[cfg(not(feature = "with-relay"))]
     let _ = edge;
-    serve_connection(io, conn.peer, serving, guard).await;
+    // A task of its own, sized for HTTP alone: this one, sized for every edge step, ends here.
+    tokio::spawn(serve_connection(io, conn.peer, serving, guard));
 }
 
 async fn serve_connection<I>(io: I, peer: SocketAddr, serving: HttpServing, guard: Pending)

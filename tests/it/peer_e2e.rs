@@ -584,10 +584,7 @@ fn an_orphaned_connection_signals_nothing_until_its_peer_is_back() {
     for proc in [&mut alice, &mut bob] {
         proc.wait_line(Duration::from_secs(30), |l| l.starts_with("* peer-renamed"));
     }
-    say(&mut bob, "back");
-    expect_chat(&mut alice, "bob: back");
-    say(&mut alice, "welcome back");
-    expect_chat(&mut bob, "alice: welcome back");
+    chat_both_ways(&mut alice, &mut bob, "welcome back", "back");
     let stderr = alice_err.text();
     assert!(!stderr.contains("unknown_peer"), "{stderr}");
 }

@@ -409,22 +409,6 @@ async fn stream_requests_count_as_connections_and_a_newer_stream_takes_over() {
 /// HEAD is not GET on a stream or an upgrade, where it would act (take the session's stream
 /// over, attach a session): it gets the empty 405 of any other method, and the open stream
 /// goes on.
-/// The status line and headers of the answer to a bodiless `method` request for `path`.
-async fn response_head(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .expect("an answer in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    text.split_once("\r\n\r\n")
-        .map_or(text.clone(), |(head, _)| head.to_owned())
-}
-
 #[tokio::test]
 async fn head_is_refused_and_takes_no_stream_over() {
     let server = Server::start(&[]);
@@ -440,7 +424,7 @@ async fn head_is_refused_and_takes_no_stream_over() {
         "/peerjs/peerjs?key=peerjs&id=someone&token=t".to_owned(),
     ] {
         for method in ["HEAD", "POST", "PUT", "DELETE"] {
-            let head = response_head(server.addr, method, &path).await;
+            let (head, _) = http_client::http_exchange(server.addr, method, &path, &[], "").await;
             assert!(head.starts_with("HTTP/1.1 405"), "{method} {path}: {head}");
             assert!(
                 head.contains("\r\nallow: GET\r\n"),

@@ -1069,18 +1069,23 @@ fn unauthenticated_and_401_rate_limits_per_source_ip() {
     h.advance(Duration::from_secs(60));
 }
 
+/// A harness whose sources may fail 20 credential checks at once, then 5 a second.
+fn with_guess_limit() -> Harness {
+    Harness::configured(|cfg| {
+        cfg.quotas.auth_failures_per_ip = Some(RateLimit {
+            per_second: 5,
+            burst: 20,
+        });
+    })
+}
+
 /// A source that fails credential checks faster than its rate gets nothing checked, a right
 /// guess included, until the rate lets it again: a static password cannot be guessed at line
 /// rate (an audit checked 24,000 guesses a second and found the password; the 401 limit only
 /// hid the answers to wrong ones). Other sources are not affected.
 #[test]
 fn a_source_that_keeps_failing_credentials_gets_nothing_checked() {
-    let mut h = Harness::configured(|cfg| {
-        cfg.quotas.auth_failures_per_ip = Some(RateLimit {
-            per_second: 5,
-            burst: 20,
-        });
-    });
+    let mut h = with_guess_limit();
     let from = udp("192.0.2.90:40000");
     let mut mallory = Client::new(from, "alice", "guess");
     mallory.fetch_nonce(&mut h);
@@ -1111,12 +1116,7 @@ fn a_source_that_keeps_failing_credentials_gets_nothing_checked() {
 /// several workers (shards) does not get it once per worker.
 #[test]
 fn the_failed_credentials_rate_is_shared_by_every_shard() {
-    let mut h = Harness::configured(|cfg| {
-        cfg.quotas.auth_failures_per_ip = Some(RateLimit {
-            per_second: 5,
-            burst: 20,
-        });
-    });
+    let mut h = with_guess_limit();
     let shared = std::sync::Arc::new(SharedQuotas::new());
     h.server = Server::with_shared_quotas(h.server.config().clone(), shared.clone());
     let mut other_shard = Server::with_shared_quotas(h.server.config().clone(), shared);
@@ -1153,12 +1153,7 @@ fn the_failed_credentials_rate_is_shared_by_every_shard() {
 /// an address out; and an allocation held from a guesser's address keeps being refreshed.
 #[test]
 fn stale_credentials_do_not_count_and_a_guesser_cannot_cut_a_live_allocation() {
-    let mut h = Harness::configured(|cfg| {
-        cfg.quotas.auth_failures_per_ip = Some(RateLimit {
-            per_second: 5,
-            burst: 20,
-        });
-    });
+    let mut h = with_guess_limit();
     let mut stale = Client::rest(udp("192.0.2.91:40000"), UNIX_T0 - 10, "stale", REST_SECRET);
     stale.fetch_nonce(&mut h);
     for _ in 0..40 {
