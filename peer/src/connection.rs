@@ -567,13 +567,19 @@ impl ConnectionTask {
         }
     }
 
-    /// The `a=setup` value our answers must carry once a DTLS association exists: RFC 8842
+    /// The `a=setup` value our answers must carry while a DTLS association is up: RFC 8842
     /// (section 5.3) has an answer on an existing association keep its roles. `webrtc` answers
     /// `active` every time, so when we had offered first (the remote answered `active`: we are
     /// the DTLS server), our answer to the remote's next offer claimed the client's role too,
     /// and Chrome refused it ("Failed to set SSL role for the transport"): the browser's
-    /// renegotiations and ICE restarts never completed. `None` before the first exchange.
+    /// renegotiations and ICE restarts never completed. `None` before the first exchange, and
+    /// while the connection is not connected: `webrtc` then handshakes again in the role it
+    /// answers with, whatever the text says (two SDK peers recovering from a failed path both
+    /// took the client's role when the text was kept).
     async fn setup_in_force(&self) -> Option<&'static str> {
+        if self.state != RTCPeerConnectionState::Connected {
+            return None;
+        }
         let local = self.pc.current_local_description().await?;
         match local.sdp_type {
             RTCSdpType::Answer => match setup_of(&local.sdp)? {
