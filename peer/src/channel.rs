@@ -4,7 +4,7 @@
 //!
 //! The peer that joined the room later (the polite side) creates both channels in-band:
 //! `reliable` (ordered, reliable) and `unreliable` (unordered, no retransmissions). The other
-//! side accepts whatever channels arrive and classifies them ([`classify`]): by label when it
+//! side accepts whatever channels arrive and classifies them (`classify`): by label when it
 //! is one of ours or of the README's (`chat`, `canvas`, `cursor`), else by its `ordered` flag,
 //! so a browser that opens channels of its own is understood too.
 

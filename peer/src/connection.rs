@@ -260,6 +260,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         last_restart: None,
         state: RTCPeerConnectionState::New,
         was_connected: false,
+        failed_since_connected: false,
         stats_sent: None,
     };
     tokio::spawn(task.run(input_rx, handler_rx));
@@ -290,6 +291,8 @@ struct ConnectionTask {
     state: RTCPeerConnectionState,
     /// Whether the connection has ever been connected.
     was_connected: bool,
+    /// Whether it failed since it was last connected (see `setup_in_force`).
+    failed_since_connected: bool,
     /// The path of the last `stats` report and when it was sent.
     stats_sent: Option<(String, Instant)>,
 }
@@ -573,11 +576,11 @@ impl ConnectionTask {
     /// the DTLS server), our answer to the remote's next offer claimed the client's role too,
     /// and Chrome refused it ("Failed to set SSL role for the transport"): the browser's
     /// renegotiations and ICE restarts never completed. `None` before the first exchange, and
-    /// while the connection is not connected: `webrtc` then handshakes again in the role it
-    /// answers with, whatever the text says (two SDK peers recovering from a failed path both
-    /// took the client's role when the text was kept).
+    /// after the connection failed until it is connected again: two SDK peers recovering from
+    /// a failed path got stuck when the text was kept (`an_orphaned_connection_...` in
+    /// `peer_e2e`), as if `webrtc` handshook again in the role it answers with.
     async fn setup_in_force(&self) -> Option<&'static str> {
-        if self.state != RTCPeerConnectionState::Connected {
+        if self.failed_since_connected {
             return None;
         }
         let local = self.pc.current_local_description().await?;
@@ -726,6 +729,11 @@ impl ConnectionTask {
             HandlerEvent::State(state) => {
                 self.state = state;
                 self.was_connected |= state == RTCPeerConnectionState::Connected;
+                match state {
+                    RTCPeerConnectionState::Connected => self.failed_since_connected = false,
+                    RTCPeerConnectionState::Failed => self.failed_since_connected = true,
+                    _ => {}
+                }
                 let mapped = ConnectionState::from(state);
                 let _ = self
                     .ctx

@@ -80,6 +80,13 @@ impl Reservations {
         if table.by_token.len() >= MAX_RESERVATIONS {
             *table = Table::default();
         }
+        // Claimed tokens stay in `expiry` until their turn: keep it within the same bound.
+        if table.expiry.len() >= 2 * MAX_RESERVATIONS {
+            let Table {
+                by_token, expiry, ..
+            } = &mut *table;
+            expiry.retain(|(until, token)| by_token.get(token).is_some_and(|r| r.until == *until));
+        }
         // A random token drawn twice: the older reservation is gone.
         table.remove(token);
         let until = crate::server::later(now, RESERVATION_LIFETIME);
