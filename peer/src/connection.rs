@@ -260,7 +260,6 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         last_restart: None,
         state: RTCPeerConnectionState::New,
         was_connected: false,
-        failed_since_connected: false,
         stats_sent: None,
     };
     tokio::spawn(task.run(input_rx, handler_rx));
@@ -291,8 +290,6 @@ struct ConnectionTask {
     state: RTCPeerConnectionState,
     /// Whether the connection has ever been connected.
     was_connected: bool,
-    /// Whether it failed since it was last connected (see `setup_in_force`).
-    failed_since_connected: bool,
     /// The path of the last `stats` report and when it was sent.
     stats_sent: Option<(String, Instant)>,
 }
@@ -576,11 +573,13 @@ impl ConnectionTask {
     /// the DTLS server), our answer to the remote's next offer claimed the client's role too,
     /// and Chrome refused it ("Failed to set SSL role for the transport"): the browser's
     /// renegotiations and ICE restarts never completed. `None` before the first exchange, and
-    /// after the connection failed until it is connected again: two SDK peers recovering from
-    /// a failed path got stuck when the text was kept (`an_orphaned_connection_...` in
-    /// `peer_e2e`), as if `webrtc` handshook again in the role it answers with.
+    /// while the connection is not connected: two SDK peers recovering from a failed path got
+    /// stuck when the text was kept (`an_orphaned_connection_...` in `peer_e2e`), and so did
+    /// SDK peers whose ICE restarts overlapped (`fleet_failover`, fresh credentials) when it
+    /// was kept in every state but after a failure. Why `webrtc` needs its own role there is
+    /// not known.
     async fn setup_in_force(&self) -> Option<&'static str> {
-        if self.failed_since_connected {
+        if self.state != RTCPeerConnectionState::Connected {
             return None;
         }
         let local = self.pc.current_local_description().await?;
@@ -729,11 +728,6 @@ impl ConnectionTask {
             HandlerEvent::State(state) => {
                 self.state = state;
                 self.was_connected |= state == RTCPeerConnectionState::Connected;
-                match state {
-                    RTCPeerConnectionState::Connected => self.failed_since_connected = false,
-                    RTCPeerConnectionState::Failed => self.failed_since_connected = true,
-                    _ => {}
-                }
                 let mapped = ConnectionState::from(state);
                 let _ = self
                     .ctx
