@@ -515,15 +515,11 @@ impl ConnectionTask {
                                 .set_local_description(RTCSessionDescription::rollback(None)?)
                                 .await?;
                         }
-                        let setup = self.setup_in_force().await;
                         self.pc
                             .set_remote_description(RTCSessionDescription::offer(sdp)?)
                             .await?;
                         self.apply_queued().await;
-                        let mut answer = self.pc.create_answer(None).await?;
-                        if let Some(setup) = setup {
-                            answer = RTCSessionDescription::answer(with_setup(&answer.sdp, setup))?;
-                        }
+                        let answer = self.pc.create_answer(None).await?;
                         self.pc.set_local_description(answer).await?;
                         if let Some(local) = self.pc.local_description().await {
                             self.signal(Signal::Answer { sdp: local.sdp });
@@ -564,40 +560,6 @@ impl ConnectionTask {
                 }
                 Ok(())
             }
-        }
-    }
-
-    /// The `a=setup` value our answers must carry while a DTLS association is up: RFC 8842
-    /// (section 5.3) has an answer on an existing association keep its roles. `webrtc` answers
-    /// `active` every time, so when we had offered first (the remote answered `active`: we are
-    /// the DTLS server), our answer to the remote's next offer claimed the client's role too,
-    /// and Chrome refused it ("Failed to set SSL role for the transport"): the browser's
-    /// renegotiations and ICE restarts never completed. `None` before the first exchange, and
-    /// while the connection is not connected: two SDK peers recovering from a failed path got
-    /// stuck when the text was kept (`an_orphaned_connection_...` in `peer_e2e`), and so did
-    /// SDK peers whose ICE restarts overlapped (`fleet_failover`, fresh credentials) when it
-    /// was kept in every state but after a failure. Why `webrtc` needs its own role there is
-    /// not known.
-    async fn setup_in_force(&self) -> Option<&'static str> {
-        if self.state != RTCPeerConnectionState::Connected {
-            return None;
-        }
-        let local = self.pc.current_local_description().await?;
-        match local.sdp_type {
-            RTCSdpType::Answer => match setup_of(&local.sdp)? {
-                "active" => Some("active"),
-                "passive" => Some("passive"),
-                _ => None,
-            },
-            RTCSdpType::Offer => {
-                let remote = self.pc.current_remote_description().await?;
-                match setup_of(&remote.sdp)? {
-                    "active" => Some("passive"),
-                    "passive" => Some("active"),
-                    _ => None,
-                }
-            }
-            _ => None,
         }
     }
 
@@ -851,27 +813,6 @@ fn first_mid(sdp: &str) -> Option<String> {
         .filter(|mid| !mid.is_empty())
 }
 
-/// The first `a=setup` value of `sdp` (`actpass`, `active`, `passive`).
-fn setup_of(sdp: &str) -> Option<&str> {
-    sdp.lines()
-        .find_map(|line| line.strip_prefix("a=setup:"))
-        .map(str::trim)
-}
-
-/// `sdp` with every `a=setup` line saying `setup`.
-fn with_setup(sdp: &str, setup: &str) -> String {
-    sdp.split_inclusive('\n')
-        .map(|line| {
-            if line.starts_with("a=setup:") {
-                let end = &line[line.trim_end_matches(['\r', '\n']).len()..];
-                format!("a=setup:{setup}{end}")
-            } else {
-                line.to_owned()
-            }
-        })
-        .collect()
-}
-
 fn ice_ufrag(sdp: &str) -> Option<String> {
     sdp.lines()
         .find_map(|line| line.strip_prefix("a=ice-ufrag:"))
@@ -1029,21 +970,6 @@ pub(crate) async fn selected_pair_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_answer_keeps_the_dtls_role_in_force() {
-        let sdp = "v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 0\r\na=setup:active\r\n\
-                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=setup:active\r\na=mid:2";
-        assert_eq!(setup_of(sdp), Some("active"));
-        let kept = with_setup(sdp, "passive");
-        assert_eq!(
-            kept,
-            "v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 0\r\na=setup:passive\r\n\
-             m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=setup:passive\r\na=mid:2"
-        );
-        assert_eq!(with_setup("a=setup:active", "passive"), "a=setup:passive");
-        assert_eq!(setup_of("v=0\r\n"), None);
-    }
 
     #[test]
     fn stats_reports_carry_the_pair_in_the_wire_vocabulary() {

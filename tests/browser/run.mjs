@@ -1302,15 +1302,6 @@ async function interop(t, { cliFirst = false, relay = false, turnTtl, initScript
   await a.chatFrom('line 5');
   const lines = await a.eval(() => window.__demo.chat.filter((m) => /^line \d$/.test(m.text)).map((m) => m.text));
   assert(JSON.stringify(lines) === JSON.stringify(['line 1', 'line 2', 'line 3', 'line 4', 'line 5']), `in order: ${lines}`);
-  // The page restarts ICE (its offer, the CLI's answer), and the chat goes on: the CLI's answer
-  // keeps the DTLS roles in force (it claimed the client's role after it had offered first, and
-  // Chrome refused every such answer).
-  const restartedBefore = await a.eval(() => window.__demo.events.filter((e) => e.type === 'ice-restart').length);
-  await a.eval(() => { for (const p of window.__demo.room.peers.values()) p.restartIce('a test'); });
-  await a.waitFor(() => [...window.__demo.room.peers.values()].every((p) => p.pc.signalingState === 'stable' && p.pc.iceConnectionState === 'connected'), null, 'the page\'s ICE restart answered and connected');
-  assert(await a.eval(() => window.__demo.events.filter((e) => e.type === 'ice-restart').length) > restartedBefore, 'the page restarted ICE');
-  cli.send('after the restart');
-  await a.chatFrom('after the restart');
   if (turnTtl) await cli.waitForLine(/^\* ice-restart .*reason=fresh-credentials/, WAIT, 'the CLI restarting ICE onto fresh TURN credentials');
   // The CLI offers once at most (its first data channels, when it is the polite side), and
   // for each ICE restart of its own once, or twice when the page restarted at the same moment
@@ -1324,10 +1315,6 @@ async function interop(t, { cliFirst = false, relay = false, turnTtl, initScript
     const timeline = await a.eval(() => window.__demo.events.filter((e) => /offer|answer|glare/.test(e.message || '')).map((e) => `${e.t} ${e.message.slice(0, 70)}`));
     throw new Error(`assertion failed: the CLI made ${offers} offers and ${restarts} ICE restarts:\n    ${timeline.join('\n    ')}\n${cli.tail(40)}`);
   }
-  // Every answer of the CLI applies: one that claimed the other DTLS role than the one in force
-  // ("Failed to set SSL role for the transport") left the page's offers unanswered for good.
-  const refused = await a.eval(() => window.__demo.events.filter((e) => /^signal answer from rusty: /.test(e.message || '')).map((e) => e.message));
-  assert(refused.length === 0, `the page could not apply the CLI's answers: ${refused.join(' | ')}`);
   if (relay) {
     const info = Object.values(await a.stats())[0];
     assert(info.localType === 'relay' && info.remoteType === 'relay', `browser <-> CLI pair is relay/relay: ${JSON.stringify(info)}`);
@@ -1338,7 +1325,7 @@ async function interop(t, { cliFirst = false, relay = false, turnTtl, initScript
 test('interop: a browser and the Rust peer CLI exchange chat messages both ways (browser first)', (t) => interop(t));
 test('interop: the Rust peer CLI joins first, the browser second', (t) => interop(t, { cliFirst: true }));
 test('interop: browser and Rust peer CLI, relay-only through our relay', (t) => interop(t, { relay: true }));
-test('interop: relay-only with fresh TURN credentials every 4.8 s, the page applies every answer of the CLI', (t) => interop(t, { relay: true, turnTtl: '6s' }));
+test('interop: relay-only with fresh TURN credentials every 4.8 s, the CLI moves onto them', (t) => interop(t, { relay: true, turnTtl: '6s' }));
 
 /** Page script: the page opens its `canvas` channel ordered (a client other than ours may). */
 const orderedCanvas = () => {
