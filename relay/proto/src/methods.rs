@@ -296,7 +296,9 @@ impl Server {
     /// success the slot is taken). The address to bind, if one was reserved. A port the user
     /// holds reserved counts against its `--user-quota` as an allocation does, and an
     /// Allocate that asks for one (EVEN-PORT with R) needs room for it too: deleting the
-    /// allocation and asking again cannot pile up held ports.
+    /// allocation and asking again cannot pile up held ports. A port is held from its
+    /// allocation's bind on, so Allocates of one user admitted together do not see each
+    /// other's (`docs/relay.md`: one port over the quota per such Allocate at most).
     fn admit_allocate(
         &mut self,
         now: Instant,
