@@ -22,10 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceConnectionState,
-    RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSdpType, RTCSessionDescription, RTCStatsReportEntry,
-    SettingEngineBuilder, StatsSelector,
+    RTCConfigurationBuilder, RTCDtlsRole, RTCIceCandidateInit, RTCIceCandidateType,
+    RTCIceConnectionState, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType, RTCSessionDescription,
+    RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 
 use crate::channel::{ChannelKind, ChannelRegistry, RemoteId, read_remote, spawn_reader};
@@ -137,6 +137,29 @@ pub(crate) struct ConnectionContext {
 }
 
 /// Maps protocol ICE servers to `webrtc`'s.
+/// The DTLS role our answers claim (`a=setup`). A pair's DTLS roles are fixed by its first
+/// offer and answer, and every later answer must claim the same role (RFC 8842, section 5.3):
+/// Chrome refuses one that does not ("Failed to set SSL role for the transport"), and its
+/// renegotiations and ICE restarts never complete. `webrtc` does not track this; it answers
+/// with one configured role every time (`active`, the DTLS client, by default). So the role is
+/// chosen by who offers first:
+/// - the polite side opens the channels and makes the first offer. Answerers (browsers,
+///   aiortc, our impolite side) answer `active`, which makes us the DTLS server, so our later
+///   answers say `passive`. If our first offer is rolled back in a collision, our first
+///   answer says `passive` too.
+/// - the impolite side answers the first offer, with `webrtc`'s default every time: `active`,
+///   the DTLS client (`passive` to an ICE-lite offerer).
+///
+/// Left: a remote that answers our first offer `passive` makes us the client, and our later
+/// answers would still say `passive`. Browsers answer `active`.
+fn answering_dtls_role(polite: bool) -> RTCDtlsRole {
+    if polite {
+        RTCDtlsRole::Server
+    } else {
+        RTCDtlsRole::Auto
+    }
+}
+
 pub(crate) fn rtc_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
     servers
         .iter()
@@ -210,6 +233,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         // allocations gone) every restart re-offered dead relayed candidates and a relay-only
         // call never recovered.
         .with_discard_local_candidates_during_ice_restart(true)
+        .with_answering_dtls_role(answering_dtls_role(ctx.polite))
         .build();
     // webrtc speaks TURN over UDP only: TCP TURN URLs go through local bridges.
     let mut bridges = TurnTcpBridges::new(options.turn_ca_files());

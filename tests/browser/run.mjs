@@ -1302,6 +1302,21 @@ async function interop(t, { cliFirst = false, relay = false, turnTtl, initScript
   await a.chatFrom('line 5');
   const lines = await a.eval(() => window.__demo.chat.filter((m) => /^line \d$/.test(m.text)).map((m) => m.text));
   assert(JSON.stringify(lines) === JSON.stringify(['line 1', 'line 2', 'line 3', 'line 4', 'line 5']), `in order: ${lines}`);
+  // The page restarts ICE (its offer, the CLI's answer), and the chat goes on: the CLI's answer
+  // claims the DTLS role in force (it claimed the client's role every time, also after it had
+  // offered first and become the server, and Chrome refused every such answer).
+  const restartedBefore = await a.eval(() => window.__demo.events.filter((e) => e.type === 'ice-restart').length);
+  // The CLI's ICE username fragment: an applied answer to the restart carries a new one.
+  const cliUfrags = () => [...window.__demo.room.peers.values()].map((p) => (/a=ice-ufrag:(\S+)/.exec(p.pc.currentRemoteDescription?.sdp || '') || [])[1]);
+  const before = await a.eval(cliUfrags);
+  await a.eval(() => { for (const p of window.__demo.room.peers.values()) p.restartIce('a test'); });
+  await a.waitFor(([ufrags, old]) => {
+    const now = new Function(`return (${ufrags})()`)();
+    return [...window.__demo.room.peers.values()].every((p, i) => p.pc.signalingState === 'stable' && p.pc.iceConnectionState === 'connected' && now[i] !== old[i]);
+  }, [cliUfrags.toString(), before], 'the page\'s ICE restart answered (new CLI credentials) and connected');
+  assert(await a.eval(() => window.__demo.events.filter((e) => e.type === 'ice-restart').length) > restartedBefore, 'the page restarted ICE');
+  cli.send('after the restart');
+  await a.chatFrom('after the restart');
   if (turnTtl) await cli.waitForLine(/^\* ice-restart .*reason=fresh-credentials/, WAIT, 'the CLI restarting ICE onto fresh TURN credentials');
   // The CLI offers once at most (its first data channels, when it is the polite side), and
   // for each ICE restart of its own once, or twice when the page restarted at the same moment
@@ -1315,6 +1330,10 @@ async function interop(t, { cliFirst = false, relay = false, turnTtl, initScript
     const timeline = await a.eval(() => window.__demo.events.filter((e) => /offer|answer|glare/.test(e.message || '')).map((e) => `${e.t} ${e.message.slice(0, 70)}`));
     throw new Error(`assertion failed: the CLI made ${offers} offers and ${restarts} ICE restarts:\n    ${timeline.join('\n    ')}\n${cli.tail(40)}`);
   }
+  // Every answer of the CLI applies: one that claimed the other DTLS role than the one in force
+  // ("Failed to set SSL role for the transport") left the page's offers unanswered for good.
+  const refused = await a.eval(() => window.__demo.events.filter((e) => /^signal answer from rusty: /.test(e.message || '')).map((e) => e.message));
+  assert(refused.length === 0, `the page could not apply the CLI's answers: ${refused.join(' | ')}`);
   if (relay) {
     const info = Object.values(await a.stats())[0];
     assert(info.localType === 'relay' && info.remoteType === 'relay', `browser <-> CLI pair is relay/relay: ${JSON.stringify(info)}`);
@@ -1325,7 +1344,32 @@ async function interop(t, { cliFirst = false, relay = false, turnTtl, initScript
 test('interop: a browser and the Rust peer CLI exchange chat messages both ways (browser first)', (t) => interop(t));
 test('interop: the Rust peer CLI joins first, the browser second', (t) => interop(t, { cliFirst: true }));
 test('interop: browser and Rust peer CLI, relay-only through our relay', (t) => interop(t, { relay: true }));
-test('interop: relay-only with fresh TURN credentials every 4.8 s, the CLI moves onto them', (t) => interop(t, { relay: true, turnTtl: '6s' }));
+test('interop: relay-only with fresh TURN credentials every 4.8 s, the page applies every answer of the CLI', (t) => interop(t, { relay: true, turnTtl: '6s' }));
+
+/**
+ * Page script: the page's first `negotiationneeded` is handled 1 s late, so the CLI's first
+ * offer (it is the polite newcomer, and opens the channels) is answered before the page offers:
+ * the page answers `active`, and the CLI is the DTLS server from then on.
+ */
+const pageOffersLate = () => {
+  const handler = Object.getOwnPropertyDescriptor(RTCPeerConnection.prototype, 'onnegotiationneeded');
+  Object.defineProperty(RTCPeerConnection.prototype, 'onnegotiationneeded', {
+    configurable: true,
+    get() { return handler.get.call(this); },
+    set(fn) {
+      let first = true;
+      handler.set.call(this, fn && ((e) => {
+        if (!first) return fn.call(this, e);
+        first = false;
+        setTimeout(() => fn.call(this, e), 1000);
+      }));
+    },
+  });
+};
+// The CLI's answers to the page's later offers (the page's own channels, then its ICE restart)
+// say `passive`: they said `active` every time, and Chrome refused them ("Failed to set SSL role
+// for the transport").
+test('interop: the CLI offers first (the DTLS server), and the page applies every later answer of the CLI', (t) => interop(t, { initScript: pageOffersLate }));
 
 /** Page script: the page opens its `canvas` channel ordered (a client other than ours may). */
 const orderedCanvas = () => {

@@ -122,6 +122,9 @@ pub use rtc::peer_connection::{
         RTCIceCandidate, RTCIceCandidateInit, RTCIceCandidateType, RTCIceParameters, RTCIceProtocol,
     },
 };
+// PATCH(peer, see third_party/webrtc/PATCHES.md #4): the argument type of
+// `SettingEngineBuilder::with_answering_dtls_role`, re-exported for the reason given above.
+pub use rtc::peer_connection::transport::RTCDtlsRole;
 
 /// Trait for handling peer connection events asynchronously
 ///
