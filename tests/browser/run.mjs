@@ -1330,6 +1330,10 @@ async function interop(t, { cliFirst = false, relay = false, turnTtl, initScript
     const timeline = await a.eval(() => window.__demo.events.filter((e) => /offer|answer|glare/.test(e.message || '')).map((e) => `${e.t} ${e.message.slice(0, 70)}`));
     throw new Error(`assertion failed: the CLI made ${offers} offers and ${restarts} ICE restarts:\n    ${timeline.join('\n    ')}\n${cli.tail(40)}`);
   }
+  // `selected-pair` once when the first reliable channel opens (the page's `chat` and the CLI's
+  // `reliable` are two: it was printed for each), and once per ICE restart of its own at most.
+  const pairs = cli.lines.filter((l) => /^\[out\] \* selected-pair /.test(l)).length;
+  assert(pairs >= 1 && pairs <= 1 + restarts, `the CLI printed selected-pair ${pairs} times with ${restarts} ICE restarts:\n${cli.tail(40)}`);
   // Every answer of the CLI applies: one that claimed the other DTLS role than the one in force
   // ("Failed to set SSL role for the transport") left the page's offers unanswered for good.
   const refused = await a.eval(() => window.__demo.events.filter((e) => /^signal answer from rusty: /.test(e.message || '')).map((e) => e.message));

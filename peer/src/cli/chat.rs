@@ -202,6 +202,9 @@ struct Chat {
     down: HashSet<PeerId>,
     /// Peers sending a file we declined: their binary chunks are dropped, not shown.
     declined: HashSet<PeerId>,
+    /// How many reliable channels of each peer are open: `selected-pair` is printed when the
+    /// first one opens (both sides may open one: the browser's `chat` and our `reliable`).
+    reliable_open: HashMap<PeerId, usize>,
 }
 
 impl Chat {
@@ -213,6 +216,7 @@ impl Chat {
             reselect: HashMap::new(),
             down: HashSet::new(),
             declined: HashSet::new(),
+            reliable_open: HashMap::new(),
         }
     }
 
@@ -343,6 +347,7 @@ impl Chat {
                 self.reselect.remove(&id);
                 self.down.remove(&id);
                 self.declined.remove(&id);
+                self.reliable_open.remove(&id);
             }
             PeerEvent::PeerRenamed { old, new } => {
                 if let Some(name) = self.names.remove(&old) {
@@ -353,6 +358,9 @@ impl Chat {
                 }
                 if self.declined.remove(&old) {
                     self.declined.insert(new.clone());
+                }
+                if let Some(open) = self.reliable_open.remove(&old) {
+                    self.reliable_open.insert(new.clone(), open);
                 }
                 out.notice(
                     "peer-renamed",
@@ -368,7 +376,11 @@ impl Chat {
                     if !self.down.contains(&id) {
                         self.flush_pending(peer, &id).await;
                     }
-                    if let Some(pair) = super::selected_pair_eventually(peer, &id).await {
+                    let open = self.reliable_open.entry(id.clone()).or_default();
+                    *open += 1;
+                    if *open == 1
+                        && let Some(pair) = super::selected_pair_eventually(peer, &id).await
+                    {
                         out.selected_pair(id.as_str(), &pair, None);
                     }
                 }
@@ -378,6 +390,11 @@ impl Chat {
                     "channel-closed",
                     &[("peer", id.to_string()), ("kind", kind.to_string())],
                 );
+                if kind == ChannelKind::Reliable
+                    && let Some(open) = self.reliable_open.get_mut(&id)
+                {
+                    *open = open.saturating_sub(1);
+                }
             }
             PeerEvent::Message {
                 from,
