@@ -70,8 +70,8 @@ impl ChannelKind {
 /// send that kind on: `chat` and our `reliable` are chat, `cursor` and our `unreliable` are
 /// unordered state updates. `canvas` is JSON drawing state, never chat, ordered or not (the
 /// README's web client opens it unordered; another client may not); an unknown label goes by
-/// its `ordered` flag. The one sent on is the first of its kind to open, but a channel whose
-/// label names the kind takes over from one that only has the kind's flag.
+/// its `ordered` flag. The one sent on is the first open channel of its kind whose label names
+/// the kind, else the first open one of the kind ([`send_index`]).
 pub(crate) fn classify(label: &str, ordered: bool) -> (ChannelKind, bool) {
     match label {
         "chat" | RELIABLE_LABEL => (ChannelKind::Reliable, true),
@@ -101,15 +101,29 @@ pub(crate) struct ChannelRegistry {
 
 struct PeerChannels {
     remote: RemoteId,
-    reliable: Option<SendChannel>,
-    unreliable: Option<SendChannel>,
+    /// Every open channel of each kind, in the order they opened: when the one sent on closes,
+    /// another open one of its kind takes over.
+    reliable: Vec<SendChannel>,
+    unreliable: Vec<SendChannel>,
 }
 
-/// The channel of a kind that `Peer::send` writes to, and whether its label names the kind
-/// (see [`classify`]).
+/// An open channel, and whether its label names its kind (see [`classify`]).
 struct SendChannel {
     dc: Arc<dyn DataChannel>,
     named: bool,
+}
+
+/// Which of the open channels of a kind (`named`: whether each one's label names the kind, in
+/// the order they opened) `Peer::send` writes to: the first named one, else the first.
+fn send_index(named: impl IntoIterator<Item = bool>) -> Option<usize> {
+    let mut first = None;
+    for (index, named) in named.into_iter().enumerate() {
+        if named {
+            return Some(index);
+        }
+        first.get_or_insert(index);
+    }
+    first
 }
 
 impl ChannelRegistry {
@@ -127,9 +141,9 @@ impl ChannelRegistry {
         }
     }
 
-    /// `dc` opened: the channel to send `kind` on if there is none yet, or if its label names
-    /// the kind (`named`) and the one there does not. Otherwise the one there stays, so that
-    /// the messages of a file or a chat keep to one channel, in order.
+    /// `dc` opened. It is sent on if it is the first of its kind, or the first whose label
+    /// names the kind (`named`); otherwise the one sent on stays, so that the messages of a
+    /// file or a chat keep to one channel, in order, while it is open.
     fn insert(
         &self,
         key: u64,
@@ -141,30 +155,19 @@ impl ChannelRegistry {
         self.with_write(|map| {
             let entry = map.entry(key).or_insert_with(|| PeerChannels {
                 remote: remote.clone(),
-                reliable: None,
-                unreliable: None,
+                reliable: Vec::new(),
+                unreliable: Vec::new(),
             });
-            let slot = match kind {
-                ChannelKind::Reliable => &mut entry.reliable,
-                ChannelKind::Unreliable => &mut entry.unreliable,
-            };
-            if slot.as_ref().is_none_or(|current| named && !current.named) {
-                *slot = Some(SendChannel { dc, named });
-            }
+            entry.of_kind(kind).push(SendChannel { dc, named });
         });
     }
 
+    /// Channel `id` closed: if it was sent on, the next by [`send_index`] takes over.
     fn remove(&self, key: u64, kind: ChannelKind, id: usize) {
         self.with_write(|map| {
             if let Some(entry) = map.get_mut(&key) {
-                let slot = match kind {
-                    ChannelKind::Reliable => &mut entry.reliable,
-                    ChannelKind::Unreliable => &mut entry.unreliable,
-                };
-                if slot.as_ref().is_some_and(|current| current.dc.id() == id) {
-                    *slot = None;
-                }
-                if entry.reliable.is_none() && entry.unreliable.is_none() {
+                entry.of_kind(kind).retain(|open| open.dc.id() != id);
+                if entry.reliable.is_empty() && entry.unreliable.is_empty() {
                     map.remove(&key);
                 }
             }
@@ -196,13 +199,21 @@ impl ChannelRegistry {
 }
 
 impl PeerChannels {
+    fn of_kind(&mut self, kind: ChannelKind) -> &mut Vec<SendChannel> {
+        match kind {
+            ChannelKind::Reliable => &mut self.reliable,
+            ChannelKind::Unreliable => &mut self.unreliable,
+        }
+    }
+
     /// The channel to send `kind` on, if one is open.
     fn sending(&self, kind: ChannelKind) -> Option<Arc<dyn DataChannel>> {
-        let slot = match kind {
+        let open = match kind {
             ChannelKind::Reliable => &self.reliable,
             ChannelKind::Unreliable => &self.unreliable,
         };
-        slot.as_ref().map(|current| Arc::clone(&current.dc))
+        let index = send_index(open.iter().map(|channel| channel.named))?;
+        Some(Arc::clone(&open[index].dc))
     }
 }
 
@@ -301,5 +312,15 @@ mod tests {
                 "{label} ordered={ordered}"
             );
         }
+    }
+
+    #[test]
+    fn the_first_open_channel_whose_label_names_the_kind_is_sent_on() {
+        assert_eq!(send_index([]), None);
+        assert_eq!(send_index([false]), Some(0));
+        assert_eq!(send_index([false, false]), Some(0));
+        // A named one that opens later takes over.
+        assert_eq!(send_index([false, true]), Some(1));
+        assert_eq!(send_index([true, false, true]), Some(0));
     }
 }

@@ -1270,7 +1270,7 @@ async function relayFleetFailover(t, signal) {
 test('relay fleet: the room\'s relay dies mid-call (relay-only), both pages restart ICE onto its new relay', (t) => relayFleetFailover(t, 'SIGKILL'));
 test('relay fleet: the room\'s relay drains mid-call (relay-only), both pages move to its new relay before it exits', (t) => relayFleetFailover(t, 'SIGTERM'));
 
-async function interop(t, { cliFirst = false, relay = false, turnTtl, initScript } = {}) {
+async function interop(t, { cliFirst = false, relay = false, turnTtl, initScript, closeSentOn = false } = {}) {
   const peerBin = requireBin('PEER_BIN', 'peer');
   let server = t.shared.signaling;
   const cliArgs = ['--name', 'rusty', '--bind', '127.0.0.1'];
@@ -1318,6 +1318,14 @@ async function interop(t, { cliFirst = false, relay = false, turnTtl, initScript
   cli.send('after the restart');
   await a.chatFrom('after the restart');
   if (turnTtl) await cli.waitForLine(/^\* ice-restart .*reason=fresh-credentials/, WAIT, 'the CLI restarting ICE onto fresh TURN credentials');
+  if (closeSentOn) {
+    // The page closes the channel the CLI's chat arrives on (the page's `chat` or the CLI's
+    // `reliable`, whichever opened first at the CLI): the CLI goes on on the other one.
+    const closed = await a.eval(() => { const dc = window.__lastMessageChannel; dc.close(); return dc.label; });
+    await cli.waitForLine(/^\* channel-closed .*kind=reliable/, WAIT, `the CLI seeing ${closed} close`);
+    cli.send('after the channel closed');
+    await a.chatFrom('after the channel closed');
+  }
   // The CLI offers once at most (its first data channels, when it is the polite side), and
   // for each ICE restart of its own once, or twice when the page restarted at the same moment
   // (glare: the page ignores the CLI's offer, the CLI answers the page's, then offers again). It
@@ -1374,6 +1382,20 @@ const pageOffersLate = () => {
 // say `passive`: they said `active` every time, and Chrome refused them ("Failed to set SSL role
 // for the transport").
 test('interop: the CLI offers first (the DTLS server), and the page applies every later answer of the CLI', (t) => interop(t, { initScript: pageOffersLate }));
+
+/** Page script: `window.__lastMessageChannel` is the data channel the last message came in on. */
+const recordMessageChannel = () => {
+  const handler = Object.getOwnPropertyDescriptor(RTCDataChannel.prototype, 'onmessage');
+  Object.defineProperty(RTCDataChannel.prototype, 'onmessage', {
+    configurable: true,
+    get() { return handler.get.call(this); },
+    set(fn) { handler.set.call(this, fn && ((e) => { window.__lastMessageChannel = this; return fn.call(this, e); })); },
+  });
+};
+// Two chat channels are open between the page and the CLI (the page's `chat`, the CLI's
+// `reliable`); the one the CLI sends on closes, and its chat moves to the other (it stopped:
+// no channel to send on, lines kept for a peer that never came back).
+test('interop: the channel the CLI chats on closes, and its chat goes on on the other one', (t) => interop(t, { initScript: recordMessageChannel, closeSentOn: true }));
 
 /** Page script: the page opens its `canvas` channel ordered (a client other than ours may). */
 const orderedCanvas = () => {
