@@ -296,9 +296,9 @@ impl Server {
     /// success the slot is taken). The address to bind, if one was reserved. A port the user
     /// holds reserved counts against its `--user-quota` as an allocation does, and an
     /// Allocate that asks for one (EVEN-PORT with R) needs room for it too: deleting the
-    /// allocation and asking again cannot pile up held ports. A port is held from its
-    /// allocation's bind on, so Allocates of one user admitted together do not see each
-    /// other's (`docs/relay.md`: one port over the quota per such Allocate at most).
+    /// allocation and asking again cannot pile up held ports. That port counts from the
+    /// admission on (a pledge, turned into the reservation by `finish_allocate`), so Allocates
+    /// of one user admitted together see each other's.
     fn admit_allocate(
         &mut self,
         now: Instant,
@@ -316,13 +316,20 @@ impl Server {
             return Err(ErrorCode::InsufficientCapacity);
         }
         let q = &self.config.quotas;
-        let held =
-            self.shared.reservations.held_by(quota_user, now) + u32::from(params.reserve_next);
-        let per_user = q.allocations_per_user.saturating_sub(held);
+        let reservations = &self.shared.reservations;
+        if params.reserve_next {
+            reservations.pledge(quota_user);
+        }
+        let per_user = q
+            .allocations_per_user
+            .saturating_sub(reservations.held_by(quota_user, now));
         if let Err(kind) = self
             .shared
             .try_acquire(quota_user, per_user, q.total_allocations)
         {
+            if params.reserve_next {
+                reservations.unpledge(quota_user);
+            }
             self.stats.quota_hits[kind.index()] += 1;
             return Err(ErrorCode::AllocationQuotaReached);
         }
@@ -345,6 +352,9 @@ impl Server {
             }
             return;
         };
+        if p.reserve_next && (p.cancelled || result.is_err()) {
+            self.shared.reservations.unpledge(&p.quota_user);
+        }
         let relay = match result {
             Ok(_) if p.cancelled => {
                 self.shared.release(&p.quota_user);
@@ -375,14 +385,18 @@ impl Server {
             .quotas
             .bandwidth_per_allocation
             .map(|l| TokenBucket::new(now, l));
-        let token =
-            (p.reserve_next && relay.port() % 2 == 0 && relay.port() < u16::MAX).then(|| {
-                self.reserve(
-                    SocketAddr::new(relay.ip(), relay.port() + 1),
-                    &p.quota_user,
-                    now,
-                )
-            });
+        let token = match p.reserve_next {
+            false => None,
+            true if relay.port() % 2 == 0 && relay.port() < u16::MAX => Some(self.reserve(
+                SocketAddr::new(relay.ip(), relay.port() + 1),
+                &p.quota_user,
+                now,
+            )),
+            true => {
+                self.shared.reservations.unpledge(&p.quota_user);
+                None
+            }
+        };
         let alloc = Allocation {
             five_tuple: p.five_tuple,
             handle,
@@ -422,7 +436,8 @@ impl Server {
     }
 
     /// RFC 8656 section 7.2 (EVEN-PORT with R): remember `address` for a later Allocate
-    /// carrying the returned RESERVATION-TOKEN, in `SharedQuotas` so that the Allocate may come
+    /// carrying the returned RESERVATION-TOKEN, in place of the Allocate's pledge (see
+    /// `admit_allocate`), in `SharedQuotas` so that the Allocate may come
     /// from another source port (as the RTCP half of an RTP/RTCP pair does) and so reach
     /// another shard. The I/O layer holds the port open meanwhile (`BindRelay::reserve_next`).
     fn reserve(&mut self, address: SocketAddr, user: &str, now: Instant) -> [u8; 8] {

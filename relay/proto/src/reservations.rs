@@ -17,7 +17,9 @@ const MAX_RESERVATIONS: usize = 16_384;
 /// Token -> reserved relay address, until its [`RESERVATION_LIFETIME`] ends. The I/O layer
 /// holds the port open until then; if it could not (or something else took it), the Allocate
 /// that claims it gets 508. A reservation counts against its user's `--user-quota` like an
-/// allocation while it is held ([`Self::held_by`]).
+/// allocation while it is held ([`Self::held_by`]), and so does the one an admitted Allocate
+/// with EVEN-PORT (R) will make once its socket is bound (a *pledge*): Allocates of one user
+/// admitted together see each other's.
 #[derive(Debug, Default)]
 pub(crate) struct Reservations {
     /// A `Mutex`: touched by Allocates only (one lookup for those without EVEN-PORT or
@@ -35,6 +37,9 @@ struct Table {
     expiry: VecDeque<(Instant, [u8; 8])>,
     /// Reservations held per user (the quota user of the Allocate that made them).
     held: HashMap<String, u32>,
+    /// Reservations pledged per user: Allocates admitted with EVEN-PORT (R) whose socket is
+    /// not bound yet.
+    pledged: HashMap<String, u32>,
 }
 
 #[derive(Debug)]
@@ -60,25 +65,47 @@ impl Table {
 
     fn remove(&mut self, token: [u8; 8]) -> Option<Reservation> {
         let reservation = self.by_token.remove(&token)?;
-        if let Some(count) = self.held.get_mut(&reservation.user) {
-            *count -= 1;
-            if *count == 0 {
-                self.held.remove(&reservation.user);
-            }
-        }
+        decrement(&mut self.held, &reservation.user);
         Some(reservation)
     }
 }
 
+/// One less for `user` in `counts` (an entry at zero is removed).
+fn decrement(counts: &mut HashMap<String, u32>, user: &str) {
+    if let Some(count) = counts.get_mut(user) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(user);
+        }
+    }
+}
+
 impl Reservations {
-    /// Remembers `address` under `token` for `user` until `now` + [`RESERVATION_LIFETIME`].
-    /// At the bound, once the expired ones are gone, every reservation is dropped (their
-    /// claims get 508).
+    /// An Allocate of `user` with EVEN-PORT (R) is admitted: its reservation counts from now
+    /// on. Every pledge ends in [`Self::reserve`] or [`Self::unpledge`].
+    pub(crate) fn pledge(&self, user: &str) {
+        *self.lock().pledged.entry(user.to_owned()).or_default() += 1;
+    }
+
+    /// A pledge of `user` ends without a reservation: the Allocate failed, was cancelled, or
+    /// got an odd port (nothing to reserve).
+    pub(crate) fn unpledge(&self, user: &str) {
+        decrement(&mut self.lock().pledged, user);
+    }
+
+    /// Remembers `address` under `token` for `user` until `now` + [`RESERVATION_LIFETIME`],
+    /// in place of one of `user`'s pledges ([`Self::pledge`]). At the bound, once the expired
+    /// ones are gone, every reservation is dropped (their claims get 508).
     pub(crate) fn reserve(&self, token: [u8; 8], address: SocketAddr, user: &str, now: Instant) {
         let mut table = self.lock();
         table.expire(now);
+        decrement(&mut table.pledged, user);
         if table.by_token.len() >= MAX_RESERVATIONS {
-            *table = Table::default();
+            let pledged = std::mem::take(&mut table.pledged);
+            *table = Table {
+                pledged,
+                ..Table::default()
+            };
         }
         // Claimed tokens stay in `expiry` until their turn: keep it within the same bound.
         if table.expiry.len() >= 2 * MAX_RESERVATIONS {
@@ -109,11 +136,12 @@ impl Reservations {
         table.remove(token).map(|r| r.address)
     }
 
-    /// How many reservations `user` holds at `now`.
+    /// How many reservations `user` holds or has pledged at `now`.
     pub(crate) fn held_by(&self, user: &str, now: Instant) -> u32 {
         let mut table = self.lock();
         table.expire(now);
-        table.held.get(user).copied().unwrap_or(0)
+        let count = |counts: &HashMap<String, u32>| counts.get(user).copied().unwrap_or(0);
+        count(&table.held) + count(&table.pledged)
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -160,5 +188,23 @@ mod tests {
         assert_eq!(r.held_by("alice", at(40)), 0);
         let table = r.lock();
         assert!(table.by_token.is_empty() && table.expiry.is_empty() && table.held.is_empty());
+    }
+
+    #[test]
+    fn a_pledge_counts_until_it_becomes_a_reservation_or_is_withdrawn() {
+        let r = Reservations::default();
+        let t0 = Instant::now();
+        let addr: SocketAddr = "192.0.2.1:50001".parse().unwrap();
+        r.pledge("alice");
+        r.pledge("alice");
+        assert_eq!(r.held_by("alice", t0), 2);
+        r.reserve([1; 8], addr, "alice", t0);
+        assert_eq!(r.held_by("alice", t0), 2);
+        r.unpledge("alice");
+        assert_eq!(r.held_by("alice", t0), 1);
+        assert_eq!(r.take([1; 8], t0), Some(addr));
+        assert_eq!(r.held_by("alice", t0), 0);
+        let table = r.lock();
+        assert!(table.pledged.is_empty() && table.held.is_empty());
     }
 }

@@ -1541,6 +1541,55 @@ fn a_held_reservation_counts_against_the_user_quota() {
     assert!(alice_allocates(&mut h, 40005, reserving).unwrap().is_some());
 }
 
+/// Allocates of one user that arrive together, before any of their sockets is bound, see
+/// each other's ports to be held: with a quota of 3, a second Allocate asking for a
+/// reservation gets 486 while the first is still binding, since the two would end with four
+/// places (it was admitted: a burst went past the quota by one port each). A bind that fails
+/// gives the places back.
+#[test]
+fn allocates_admitted_together_see_each_others_held_ports() {
+    let mut h = Harness::configured(|cfg| cfg.quotas.allocations_per_user = 3);
+    let allocate = |h: &mut Harness, port: u16| {
+        let mut alice = Client::alice_at(udp(&format!("192.0.2.10:{port}")));
+        alice.fetch_nonce(h);
+        let tid = alice.next_tid();
+        let req = alice.build(Method::Allocate, tid, |b| {
+            b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.add(attributes::EVEN_PORT, &[0x80]);
+        });
+        assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
+        (alice, h.outputs().remove(0))
+    };
+    let (first, Output::BindRelay { relay: binding, .. }) = allocate(&mut h, 40000) else {
+        panic!("expected a bind")
+    };
+    // The first one's bind is under way: its allocation and its port take two places.
+    let (_, Output::Transmit { data, .. }) = allocate(&mut h, 40001) else {
+        panic!("expected an answer")
+    };
+    assert_eq!(error_code(&data), Some(486));
+    // The bind fails: both places are free again, and a new Allocate gets them.
+    h.server
+        .handle_relay_bound(h.now, binding, Err(BindError::NoCapacity));
+    let resp = h.outputs().remove(0);
+    let Output::Transmit { data, .. } = resp else {
+        panic!("{resp:?}")
+    };
+    assert_eq!(error_code(&data), Some(508));
+    drop(first);
+    let (second, Output::BindRelay { relay, .. }) = allocate(&mut h, 40002) else {
+        panic!("expected a bind")
+    };
+    let resp = h.complete_bind(relay, AddressFamily::V4);
+    let m = second.verify_success(&resp, Method::Allocate);
+    assert!(m.get(attributes::RESERVATION_TOKEN).is_some());
+    // One allocation and its held port: one place left, not the two asked for.
+    let (_, Output::Transmit { data, .. }) = allocate(&mut h, 40003) else {
+        panic!("expected an answer")
+    };
+    assert_eq!(error_code(&data), Some(486));
+}
+
 #[test]
 fn ipv4_mapped_clients_of_a_dual_stack_socket_see_their_ipv4_address() {
     let mut h = Harness::new();
