@@ -81,7 +81,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("PEER_LOG") {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     let runs: usize = std::env::args()

@@ -9,12 +9,12 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    let verbose = std::env::var_os("PEER_LOG").is_some();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PEER_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "warn,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,webrtc=error",
-        )
-    });
+    let verbose = args.log_filter.is_some();
+    let filter = tracing_subscriber::EnvFilter::new(
+        args.log_filter
+            .as_deref()
+            .unwrap_or("warn,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,webrtc=error"),
+    );
     tracing_subscriber::registry()
         .with(filter)
         .with((!verbose).then_some(cli::ExpectedRefusals))

@@ -36,6 +36,12 @@ use peer::{ChannelKind, Peer, PeerError, PeerEvent, PeerEvents, PeerOptions, Sel
 pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    /// Which logs to write on stderr: `info`, `warn,peer=debug`, ... (`RUST_LOG` syntax).
+    /// Unset: warnings, without the WebRTC stack's errors about TURN permissions a relay
+    /// refuses by its policy (expected: the connection uses another pair).
+    #[arg(long, global = true, env = "RUST_LOG", value_parser = startup::logging::parse_filter)]
+    pub(crate) log_filter: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,7 +183,7 @@ fn default_name() -> Option<String> {
 
 /// Hides the WebRTC stack's `ERROR TURN permission request failed: ... 403` lines: a relay
 /// refusing to relay to some of a peer's candidate addresses (private or loopback ones, by
-/// its policy) is expected, and the connection uses another pair. Shown with `PEER_LOG` set.
+/// its policy) is expected, and the connection uses another pair. Shown with `--log-filter` set.
 pub(crate) struct ExpectedRefusals;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedRefusals {
