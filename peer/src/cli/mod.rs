@@ -757,6 +757,7 @@ mod tests {
         let parsed = Cli::try_parse_from(["peer", "join", "ws://h/ws/r", "--relay-only"]);
         let Ok(Cli {
             command: Command::Join { common, .. },
+            ..
         }) = parsed
         else {
             panic!("join with --relay-only: {parsed:?}");
