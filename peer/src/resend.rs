@@ -113,18 +113,13 @@ impl ResendLog {
         std::mem::take(&mut self.unconfirmed)
     }
 
-    /// The session was lost and joined again as a new one: numbering starts over, nothing is
-    /// sent again (its peers are gone), and the frames still `pending` lose their old numbers.
-    pub(crate) fn restart(&mut self, pending: &mut VecDeque<ClientMessage>) {
+    /// The session was lost and joined again as a new one: numbering starts over and nothing
+    /// is sent again (its peers are gone; the client drops what it had queued, too).
+    pub(crate) fn restart(&mut self) {
         *self = Self {
             confirming: self.confirming,
             ..Self::default()
         };
-        for message in pending {
-            if let Some(cseq) = message.cseq_mut() {
-                *cseq = None;
-            }
-        }
     }
 
     /// How many numbered frames wait for confirmation.
@@ -251,13 +246,10 @@ mod tests {
         let mut log = ResendLog::default();
         let t0 = Instant::now();
         write(&mut log, 0, t0);
-        let mut failed = broadcast(1);
-        log.number_if_fits(&mut failed, |_| true);
-        let mut pending = VecDeque::from([failed]);
-        log.restart(&mut pending);
+        log.restart();
         assert_eq!(log.waiting(), 0);
-        assert_eq!(pending[0].cseq(), None);
-        log.number_if_fits(&mut pending[0], |_| true);
-        assert_eq!(pending[0].cseq(), Some(1));
+        let mut next = broadcast(1);
+        log.number_if_fits(&mut next, |_| true);
+        assert_eq!(next.cseq(), Some(1));
     }
 }

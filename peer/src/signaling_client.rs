@@ -588,7 +588,7 @@ impl Session {
                     );
                     self.pending.clear();
                 }
-                self.resend.restart(&mut self.pending);
+                self.resend.restart();
                 let _ = self.events_tx.send(SignalingEvent::Rejoined {
                     session: Box::new(info),
                     reason,
