@@ -65,6 +65,15 @@ pub(crate) enum ConnectionOutput {
     /// Report this on the connection to the server (`stats`); the room puts in the remote
     /// peer's current id.
     Stats { key: u64, report: ConnectionStats },
+    /// The remote peer started a new connection to us (an offer or answer with another DTLS
+    /// fingerprint than its connection's: it did not keep its side across a re-join, as the
+    /// JS client and clients written from `docs/protocol.md` do not). This connection has
+    /// ended; the room makes a new one, as `polite` is, and hands it the remote's `offer`.
+    StartedOver {
+        key: u64,
+        polite: bool,
+        offer: Option<Signal>,
+    },
     /// The connection task ended.
     Ended { key: u64 },
 }
@@ -281,6 +290,9 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         ice_restart_pending: false,
         fresh_credentials_owed: false,
         offer_out: None,
+        adopted_quiet_until: None,
+        offer_deferred: None,
+        started_over: false,
         last_restart: None,
         state: RTCPeerConnectionState::New,
         was_connected: false,
@@ -310,6 +322,16 @@ struct ConnectionTask {
     fresh_credentials_owed: bool,
     /// Our offer waiting for its answer: since when it was sent, and whether it restarts ICE.
     offer_out: Option<(Instant, bool)>,
+    /// Adopted after a re-join (`ConnectionInput::Renamed`): we make no offer until then,
+    /// unless the remote shows first that it kept its side of the connection. A remote that
+    /// did not makes a new connection, and offers meanwhile (a polite JS client within 1.5 s):
+    /// an ICE restart offer of ours would reach its new connection instead, and be answered
+    /// there with a DTLS session that is not ours.
+    adopted_quiet_until: Option<Instant>,
+    /// An offer held back by the quiet period, and whether it restarts ICE.
+    offer_deferred: Option<bool>,
+    /// The remote started a new connection: this one ends (`ConnectionOutput::StartedOver`).
+    started_over: bool,
     last_restart: Option<Instant>,
     state: RTCPeerConnectionState,
     /// Whether the connection has ever been connected.
@@ -349,6 +371,9 @@ impl ConnectionTask {
                     Some(event) => self.on_handler_event(event).await,
                 },
             };
+            if self.started_over {
+                break;
+            }
             if let Err(err) = result {
                 tracing::warn!(peer = %self.peer(), "negotiation step failed: {err}");
                 let _ = self
@@ -373,8 +398,25 @@ impl ConnectionTask {
     /// fresh credentials that is owed.
     async fn on_tick(&mut self) -> Result<()> {
         self.report_stats().await;
+        if self
+            .adopted_quiet_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            self.end_adoption_quiet().await?;
+        }
         self.resend_offer(client_rules::OFFER_RESEND).await?;
         self.move_onto_fresh_credentials().await
+    }
+
+    /// The quiet period after an adoption is over: an offer made before the re-join goes to
+    /// the peer's new id, and one held back goes out.
+    async fn end_adoption_quiet(&mut self) -> Result<()> {
+        self.adopted_quiet_until = None;
+        self.resend_offer(Duration::ZERO).await?;
+        match self.offer_deferred.take() {
+            Some(ice_restart) => self.make_offer(ice_restart).await,
+            None => Ok(()),
+        }
     }
 
     async fn on_input(&mut self, message: ConnectionInput) -> Result<()> {
@@ -385,7 +427,10 @@ impl ConnectionTask {
                 self.negotiation.set_polite(polite);
                 Ok(())
             }
-            ConnectionInput::Renamed => self.resend_offer(Duration::ZERO).await,
+            ConnectionInput::Renamed => {
+                self.adopted_quiet_until = Some(Instant::now() + ADOPTION_QUIET);
+                Ok(())
+            }
             ConnectionInput::ReportStats => {
                 self.stats_sent = None;
                 Ok(())
@@ -523,7 +568,36 @@ impl ConnectionTask {
             && self.pc.pending_remote_description().await.is_none()
     }
 
+    /// Whether `sdp` (an offer or answer of the remote's) comes from another DTLS session
+    /// than the connection's: its fingerprint differs from the current remote description's.
+    async fn from_a_new_connection(&self, sdp: &str) -> bool {
+        let Some(current) = self.pc.current_remote_description().await else {
+            return false;
+        };
+        matches!(
+            (dtls_fingerprint(&current.sdp), dtls_fingerprint(sdp)),
+            (Some(old), Some(new)) if old != new
+        )
+    }
+
     async fn on_signal(&mut self, signal: Signal) -> Result<()> {
+        if let Signal::Offer { sdp, .. } | Signal::Answer { sdp } = &signal {
+            if self.from_a_new_connection(sdp).await {
+                tracing::info!(peer = %self.peer(), "the peer started a new connection: ours is replaced");
+                self.started_over = true;
+                let offer = matches!(signal, Signal::Offer { .. }).then_some(signal);
+                let _ = self.ctx.output.send(ConnectionOutput::StartedOver {
+                    key: self.ctx.key,
+                    polite: self.negotiation.polite(),
+                    offer,
+                });
+                return Ok(());
+            }
+            // The remote kept its side: no need to wait any longer.
+            if self.adopted_quiet_until.is_some() {
+                self.adopted_quiet_until = Some(Instant::now());
+            }
+        }
         match signal {
             Signal::Offer { sdp, .. } => {
                 let stable = self.is_stable().await;
@@ -629,6 +703,10 @@ impl ConnectionTask {
     }
 
     async fn make_offer(&mut self, ice_restart: bool) -> Result<()> {
+        if self.adopted_quiet_until.is_some() {
+            self.offer_deferred = Some(self.offer_deferred.unwrap_or(false) || ice_restart);
+            return Ok(());
+        }
         if !self.is_stable().await {
             // An offer is already out (or one is being answered): the negotiation that
             // follows covers whatever changed.
@@ -845,6 +923,17 @@ fn ice_ufrag(sdp: &str) -> Option<String> {
 
 /// How often a connection checks whether a `stats` report is due.
 const STATS_TICK: Duration = Duration::from_secs(1);
+
+/// How long an adopted connection makes no offer ([`ConnectionTask::adopted_quiet_until`]):
+/// longer than the 1.5 s a polite JS client waits before its first offer.
+const ADOPTION_QUIET: Duration = Duration::from_secs(2);
+
+/// The first `a=fingerprint` value of `sdp`: it names the certificate of the DTLS session.
+fn dtls_fingerprint(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|line| line.strip_prefix("a=fingerprint:"))
+        .map(str::trim)
+}
 
 /// The `stats` report of a connection to `peer` over `pair` (`docs/protocol.md`): types and
 /// protocols the protocol does not know leave the pair out rather than send a bad report.

@@ -49,7 +49,7 @@ impl Negotiation {
         }
     }
 
-    #[cfg(test)]
+    /// Whether we are the polite side.
     pub(crate) fn polite(&self) -> bool {
         self.polite
     }

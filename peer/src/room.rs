@@ -7,7 +7,9 @@
 //! joins/leaves into [`PeerEvent`]s, and after a signaling re-join (the server forgot the
 //! session) keeps the live connections: a connection whose peer is not in the new room
 //! listing is *orphaned* and is adopted by the first newcomer with the same display name, so
-//! two peers that both re-join keep their data channels instead of building duplicates.
+//! two peers that both re-join keep their data channels instead of building duplicates. A peer
+//! that did not keep its side (it offers or answers from another DTLS session) gets a new
+//! connection in place of the adopted one (`ConnectionOutput::StartedOver`).
 //! Connections' `stats` reports go out only while the session is up and name the remote's
 //! current id (an orphan's are dropped), so a re-join never reports on an old-session peer.
 
@@ -15,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use signaling::protocol::{
-    ClientMessage, ErrorCode, IceServer, PeerId, PeerInfo, ServerMessage, SessionInfo,
+    ClientMessage, ErrorCode, IceServer, PeerId, PeerInfo, ServerMessage, SessionInfo, Signal,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -112,7 +114,7 @@ impl Room {
                     }
                     None => break,
                 },
-                Some(output) = output_rx.recv() => self.on_output(output),
+                Some(output) = output_rx.recv() => self.on_output(output).await,
                 command = commands.recv() => match command {
                     Some(RoomCommand::SelectedPair { peer, reply }) => {
                         match self.find(&peer) {
@@ -332,13 +334,27 @@ impl Room {
                 return;
             }
         }
+        if self
+            .connect(&info.id, info.name.clone(), info.polite)
+            .await
+            .is_some()
+        {
+            self.emit(PeerEvent::PeerJoined {
+                peer: info.id,
+                name: info.name,
+            })
+            .await;
+        }
+    }
+
+    /// A new connection to `peer`; its key, or `None` (reported) if it could not be made.
+    async fn connect(&mut self, peer: &PeerId, name: Option<String>, polite: bool) -> Option<u64> {
         let key = self.next_key;
         self.next_key += 1;
-        let remote = Arc::new(RwLock::new(info.id.clone()));
         let ctx = ConnectionContext {
             key,
-            remote,
-            polite: info.polite,
+            remote: Arc::new(RwLock::new(peer.clone())),
+            polite,
             ice_servers: self.ice_servers.clone(),
             options: self.options.clone(),
             registry: self.registry.clone(),
@@ -347,25 +363,38 @@ impl Room {
         };
         match connection::spawn(ctx).await {
             Ok(mut handle) => {
-                handle.name = info.name.clone();
+                handle.name = name;
                 self.connections.insert(key, handle);
-                self.emit(PeerEvent::PeerJoined {
-                    peer: info.id,
-                    name: info.name,
-                })
-                .await;
+                Some(key)
             }
             Err(err) => {
                 self.emit(PeerEvent::Error {
-                    peer: Some(info.id),
+                    peer: Some(peer.clone()),
                     message: format!("cannot create peer connection: {err}"),
                 })
                 .await;
+                None
             }
         }
     }
 
-    fn on_output(&mut self, output: ConnectionOutput) {
+    /// The remote peer started a new connection to us (it did not keep its side across a
+    /// re-join): ours, ended, is replaced by a new one, which answers its offer if it made one.
+    async fn replace_connection(&mut self, key: u64, polite: bool, offer: Option<Signal>) {
+        let Some(old) = self.connections.remove(&key) else {
+            return;
+        };
+        self.orphans.retain(|k| *k != key);
+        let peer = read_remote(&old.remote);
+        let Some(key) = self.connect(&peer, old.name, polite).await else {
+            return;
+        };
+        if let (Some(offer), Some(handle)) = (offer, self.connections.get(&key)) {
+            let _ = handle.input.send(ConnectionInput::Remote(offer));
+        }
+    }
+
+    async fn on_output(&mut self, output: ConnectionOutput) {
         match output {
             ConnectionOutput::Signal { key, signal } => {
                 // An orphan's peer has not re-joined: its old id is unknown to this session
@@ -415,6 +444,9 @@ impl Room {
                 {
                     tracing::debug!("signaling session closed; stats report dropped");
                 }
+            }
+            ConnectionOutput::StartedOver { key, polite, offer } => {
+                self.replace_connection(key, polite, offer).await;
             }
             ConnectionOutput::Ended { key } => {
                 self.connections.remove(&key);

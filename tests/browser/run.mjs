@@ -1383,6 +1383,34 @@ const pageOffersLate = () => {
 // for the transport").
 test('interop: the CLI offers first (the DTLS server), and the page applies every later answer of the CLI', (t) => interop(t, { initScript: pageOffersLate }));
 
+// After a restart of signaling neither session can be resumed. The page starts its
+// connections anew (its peers are gone); the CLI kept its connection for the peer of the same
+// name, and gives it up for the page's new one (it went on with the old one, which the page
+// had closed: no chat either way).
+test('interop: signaling is killed and comes back, the page starts anew, and it chats with the CLI again', async (t) => {
+  const peerBin = requireBin('PEER_BIN', 'peer');
+  const sig = await startSignaling(['--reconnect-after', '200ms'], 'signaling-interop-kill');
+  t.track(sig.proc);
+  const cli = t.track(new Proc('peer', peerBin, ['join', `${sig.ws}/${t.room}`, '--name', 'rusty', '--bind', '127.0.0.1'], { env: { RUST_LOG: 'info' } }));
+  await cli.waitForLine(/^\* joined /, WAIT, 'the CLI joining the room');
+  const a = await t.open('Alice', { server: sig });
+  await a.joined();
+  await a.connected(1, 30000);
+  await a.say('before the restart');
+  await cli.waitForLine(/^Alice: before the restart$/, WAIT, 'the page\'s line before the restart');
+  await sig.proc.stop('SIGKILL');
+  await a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'the page reconnecting', 10000);
+  const sig2 = await startSignaling([], 'signaling-interop-back', sig.addr);
+  t.track(sig2.proc);
+  await cli.waitForLine(/^\* signaling-rejoined /, WAIT, 'the CLI joining again');
+  await a.joined();
+  await a.connected(1, 30000);
+  await a.say('after the restart');
+  await cli.waitForLine(/^Alice: after the restart$/, WAIT, 'the page\'s line after the restart');
+  cli.send('from rust after the restart');
+  await a.chatFrom('from rust after the restart');
+});
+
 /** Page script: `window.__lastMessageChannel` is the data channel the last message came in on. */
 const recordMessageChannel = () => {
   const handler = Object.getOwnPropertyDescriptor(RTCDataChannel.prototype, 'onmessage');

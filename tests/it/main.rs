@@ -1,5 +1,6 @@
 //! One integration-test binary for the whole workspace (one link, not dozens).
 //! Each module drives the real binaries over real sockets.
+mod aiortc;
 mod cluster_e2e;
 mod fleet;
 mod fleet_failover;

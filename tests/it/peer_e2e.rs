@@ -41,7 +41,7 @@ pub(crate) fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
 }
 
-fn start_relay() -> LoopbackRelay {
+pub(crate) fn start_relay() -> LoopbackRelay {
     start_relay_with(true)
 }
 
@@ -63,7 +63,7 @@ impl Signaling {
     }
 }
 
-fn start_signaling(relay: Option<&LoopbackRelay>, listen: &str) -> Signaling {
+pub(crate) fn start_signaling(relay: Option<&LoopbackRelay>, listen: &str) -> Signaling {
     start_signaling_with(relay, listen, &[])
 }
 

@@ -1,0 +1,159 @@
+//! Interop with a WebRTC stack we did not write: the `peer` CLI and an aiortc (Python) peer,
+//! `tests/aiortc/peer.py`, written from `docs/protocol.md` and the README alone, chat in one
+//! room relay-only through our relay (aioice offers no loopback host candidates), in both join
+//! orders and between two aiortc peers. The DTLS roles each side ends up with are the ones
+//! `docs/protocol.md` states.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use testkit::Spawned;
+
+use crate::peer_e2e::{
+    Proc, expect_chat, field, join, reliable_channel_open, say, start_relay, start_signaling,
+    wait_joined,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The virtualenv `scripts/install-test-deps.sh` makes for the aiortc peer.
+fn python() -> PathBuf {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aiortc/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/install-test-deps.sh",
+        python.display()
+    );
+    python
+}
+
+/// An aiortc peer named `name` in the room at `url`, relay-only.
+fn join_aiortc(url: &str, name: &str) -> Proc {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aiortc/peer.py");
+    let mut command = Command::new(python());
+    command
+        .arg(script)
+        .args([
+            "--url",
+            url,
+            "--name",
+            name,
+            "--relay-only",
+            "--timeout",
+            "90",
+        ])
+        .stderr(Stdio::inherit());
+    Spawned::spawn(command, true)
+}
+
+/// Waits for `proc`'s `* joined` line.
+fn aiortc_joined(proc: &mut Proc) {
+    proc.wait_line(WAIT, |l| l.starts_with("* joined"));
+}
+
+/// Waits until the aiortc peer's `chat` channel is open and its pair is relayed on both ends;
+/// returns its DTLS role (`client` or `server`).
+fn aiortc_connected(proc: &mut Proc) -> String {
+    proc.wait_seen(WAIT, |l| {
+        l.starts_with("* channel-open") && field(l, "label") == Some("chat")
+    });
+    let pair = proc.wait_seen(WAIT, |l| l.starts_with("* selected-pair"));
+    assert_eq!(field(&pair, "local"), Some("relay"), "{pair}");
+    assert_eq!(field(&pair, "remote"), Some("relay"), "{pair}");
+    let role = proc.wait_seen(WAIT, |l| l.starts_with("* dtls-role"));
+    field(&role, "role").expect("role=").to_owned()
+}
+
+/// The CLI's chat channel opened on a relayed pair.
+fn cli_connected(proc: &mut Proc) {
+    proc.wait_seen(WAIT, reliable_channel_open);
+    let pair = proc.wait_seen(WAIT, |l| l.starts_with("* selected-pair"));
+    assert_eq!(field(&pair, "local"), Some("relay"), "{pair}");
+}
+
+/// `a` says a line and `b` prints it as `NAME: LINE`, then the other way round.
+fn chat_both_ways(a: (&mut Proc, &str), b: (&mut Proc, &str)) {
+    say(a.0, "from the first");
+    expect_chat(b.0, &format!("{}: from the first", a.1));
+    say(b.0, "from the second");
+    expect_chat(a.0, &format!("{}: from the second", b.1));
+}
+
+/// The CLI is in the room first: it is impolite and only answers. The aiortc newcomer offers
+/// (after waiting for an offer that does not come), the CLI answers `active`: aiortc is the
+/// DTLS server.
+#[test]
+fn aiortc_joins_after_the_cli_and_they_chat_relay_only() {
+    let relay = start_relay();
+    let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
+    let url = signaling.room_url("aiortc-second");
+    let mut cli = join(&url, "rusty", true);
+    wait_joined(&mut cli);
+    let mut py = join_aiortc(&url, "pyo");
+    assert_eq!(aiortc_connected(&mut py), "server");
+    cli_connected(&mut cli);
+    chat_both_ways((&mut cli, "rusty"), (&mut py, "pyo"));
+}
+
+/// aiortc is in the room first: impolite, it offers at once, and so does the polite CLI
+/// newcomer. Whichever offer wins, aiortc ends up the DTLS client: it answered the CLI's offer
+/// `active`, or the CLI rolled its own back and answered aiortc's `passive`.
+#[test]
+fn the_cli_joins_after_aiortc_and_they_chat_relay_only() {
+    let relay = start_relay();
+    let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
+    let url = signaling.room_url("aiortc-first");
+    let mut py = join_aiortc(&url, "pyo");
+    aiortc_joined(&mut py);
+    let mut cli = join(&url, "rusty", true);
+    assert_eq!(aiortc_connected(&mut py), "client");
+    cli_connected(&mut cli);
+    chat_both_ways((&mut py, "pyo"), (&mut cli, "rusty"));
+}
+
+/// Two aiortc peers: the client written from the docs interoperates with itself.
+#[test]
+fn two_aiortc_peers_chat_relay_only() {
+    let relay = start_relay();
+    let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
+    let url = signaling.room_url("aiortc-pair");
+    let mut first = join_aiortc(&url, "first");
+    aiortc_joined(&mut first);
+    let mut second = join_aiortc(&url, "second");
+    let roles = [aiortc_connected(&mut first), aiortc_connected(&mut second)];
+    assert!(
+        roles.contains(&"client".to_owned()) && roles.contains(&"server".to_owned()),
+        "{roles:?}"
+    );
+    chat_both_ways((&mut first, "first"), (&mut second, "second"));
+}
+
+/// The signaling server restarts: neither session can be resumed, and both join again. aiortc
+/// starts new connections (its peers are gone, as `docs/protocol.md` has a client do); the CLI
+/// had kept its connection for the peer of the same name, and gives it up for aiortc's new one.
+#[test]
+fn after_a_signaling_restart_the_cli_and_aiortc_connect_again() {
+    let relay = start_relay();
+    let listen = format!("127.0.0.1:{}", e2e::free_port());
+    let signaling = start_signaling(Some(&relay), &listen);
+    let url = signaling.room_url("aiortc-restart");
+    let mut py = join_aiortc(&url, "pyo");
+    aiortc_joined(&mut py);
+    let mut cli = join(&url, "rusty", true);
+    aiortc_connected(&mut py);
+    cli_connected(&mut cli);
+    chat_both_ways((&mut py, "pyo"), (&mut cli, "rusty"));
+
+    drop(signaling.proc);
+    let _restarted = start_signaling(Some(&relay), &listen);
+    cli.wait_line(WAIT, |l| l.starts_with("* signaling-rejoined"));
+    py.wait_line(WAIT, |l| l.starts_with("* joined"));
+    py.wait_line(WAIT, |l| {
+        l.starts_with("* connection-state") && field(l, "state") == Some("connected")
+    });
+    say(&mut py, "after the restart");
+    expect_chat(&mut cli, "pyo: after the restart");
+    say(&mut cli, "me too");
+    expect_chat(&mut py, "rusty: me too");
+}
