@@ -570,7 +570,7 @@ impl ConnectionTask {
 
     /// Whether `sdp` (an offer or answer of the remote's) comes from another DTLS session
     /// than the connection's: its fingerprint differs from the current remote description's.
-    async fn from_a_new_connection(&self, sdp: &str) -> bool {
+    async fn is_another_dtls_session(&self, sdp: &str) -> bool {
         let Some(current) = self.pc.current_remote_description().await else {
             return false;
         };
@@ -582,7 +582,7 @@ impl ConnectionTask {
 
     async fn on_signal(&mut self, signal: Signal) -> Result<()> {
         if let Signal::Offer { sdp, .. } | Signal::Answer { sdp } = &signal {
-            if self.from_a_new_connection(sdp).await {
+            if self.is_another_dtls_session(sdp).await {
                 tracing::info!(peer = %self.peer(), "the peer started a new connection: ours is replaced");
                 self.started_over = true;
                 let offer = matches!(signal, Signal::Offer { .. }).then_some(signal);
