@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use testkit::Spawned;
+use testkit::{LoopbackRelay, Spawned};
 
 use crate::peer_e2e::{
-    Proc, expect_chat, field, join, reliable_channel_open, say, start_relay, start_signaling,
-    wait_joined,
+    Proc, Signaling, expect_chat, field, join, reliable_channel_open, say, start_relay,
+    start_signaling, wait_joined,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -72,6 +72,14 @@ fn cli_connected(proc: &mut Proc) {
     assert_eq!(field(&pair, "local"), Some("relay"), "{pair}");
 }
 
+/// Our relay, a signaling server handing out its credentials, and the URL of `room` there.
+fn relay_room(room: &str) -> (LoopbackRelay, Signaling, String) {
+    let relay = start_relay();
+    let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
+    let url = signaling.room_url(room);
+    (relay, signaling, url)
+}
+
 /// `a` says a line and `b` prints it as `NAME: LINE`, then the other way round.
 fn chat_both_ways(a: (&mut Proc, &str), b: (&mut Proc, &str)) {
     say(a.0, "from the first");
@@ -80,20 +88,31 @@ fn chat_both_ways(a: (&mut Proc, &str), b: (&mut Proc, &str)) {
     expect_chat(a.0, &format!("{}: from the second", b.1));
 }
 
+/// The CLI and aiortc in a room, `aiortc_first` or the CLI first, connected through the relay;
+/// they chat both ways. Returns aiortc's DTLS role.
+fn cli_and_aiortc(room: &str, aiortc_first: bool) -> String {
+    let (_relay, _signaling, url) = relay_room(room);
+    let (mut py, mut cli) = if aiortc_first {
+        let mut py = join_aiortc(&url, "pyo");
+        aiortc_joined(&mut py);
+        (py, join(&url, "rusty", true))
+    } else {
+        let mut cli = join(&url, "rusty", true);
+        wait_joined(&mut cli);
+        (join_aiortc(&url, "pyo"), cli)
+    };
+    let role = aiortc_connected(&mut py);
+    cli_connected(&mut cli);
+    chat_both_ways((&mut py, "pyo"), (&mut cli, "rusty"));
+    role
+}
+
 /// The CLI is in the room first: it is impolite and only answers. The aiortc newcomer offers
 /// (after waiting for an offer that does not come), the CLI answers `active`: aiortc is the
 /// DTLS server.
 #[test]
 fn aiortc_joins_after_the_cli_and_they_chat_relay_only() {
-    let relay = start_relay();
-    let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
-    let url = signaling.room_url("aiortc-second");
-    let mut cli = join(&url, "rusty", true);
-    wait_joined(&mut cli);
-    let mut py = join_aiortc(&url, "pyo");
-    assert_eq!(aiortc_connected(&mut py), "server");
-    cli_connected(&mut cli);
-    chat_both_ways((&mut cli, "rusty"), (&mut py, "pyo"));
+    assert_eq!(cli_and_aiortc("aiortc-second", false), "server");
 }
 
 /// aiortc is in the room first: impolite, it offers at once, and so does the polite CLI
@@ -101,23 +120,13 @@ fn aiortc_joins_after_the_cli_and_they_chat_relay_only() {
 /// `active`, or the CLI rolled its own back and answered aiortc's `passive`.
 #[test]
 fn the_cli_joins_after_aiortc_and_they_chat_relay_only() {
-    let relay = start_relay();
-    let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
-    let url = signaling.room_url("aiortc-first");
-    let mut py = join_aiortc(&url, "pyo");
-    aiortc_joined(&mut py);
-    let mut cli = join(&url, "rusty", true);
-    assert_eq!(aiortc_connected(&mut py), "client");
-    cli_connected(&mut cli);
-    chat_both_ways((&mut py, "pyo"), (&mut cli, "rusty"));
+    assert_eq!(cli_and_aiortc("aiortc-first", true), "client");
 }
 
 /// Two aiortc peers: the client written from the docs interoperates with itself.
 #[test]
 fn two_aiortc_peers_chat_relay_only() {
-    let relay = start_relay();
-    let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
-    let url = signaling.room_url("aiortc-pair");
+    let (_relay, _signaling, url) = relay_room("aiortc-pair");
     let mut first = join_aiortc(&url, "first");
     aiortc_joined(&mut first);
     let mut second = join_aiortc(&url, "second");
