@@ -67,13 +67,19 @@ pub(crate) enum ConnectionOutput {
     Stats { key: u64, report: ConnectionStats },
     /// The remote peer started a new connection to us (an offer or answer with another DTLS
     /// fingerprint than its connection's: it did not keep its side across a re-join, as the
-    /// JS client and clients written from `docs/protocol.md` do not). This connection has
-    /// ended; the room makes a new one, as `polite` is, and hands it the remote's `offer`.
+    /// JS client and clients written from `docs/protocol.md` do not). This connection ends;
+    /// the room makes a new one, as `polite` is, and hands it the remote's `offer`. Without
+    /// one (the remote answered our offer from its new connection, which now holds a DTLS
+    /// session that is not ours) the new connection offers at once.
     StartedOver {
         key: u64,
         polite: bool,
         offer: Option<Signal>,
     },
+    /// A signal of the remote's that reached this connection after it ended with
+    /// [`Self::StartedOver`]: for the connection that replaced it (the candidates of the
+    /// remote's offer often come right after it).
+    HandedOver { peer: PeerId, signal: Signal },
     /// The connection task ended.
     Ended { key: u64 },
 }
@@ -322,8 +328,9 @@ struct ConnectionTask {
     fresh_credentials_owed: bool,
     /// Our offer waiting for its answer: since when it was sent, and whether it restarts ICE.
     offer_out: Option<(Instant, bool)>,
-    /// Adopted after a re-join (`ConnectionInput::Renamed`): we make no offer until then,
-    /// unless the remote shows first that it kept its side of the connection. A remote that
+    /// Adopted after a re-join (`ConnectionInput::Renamed`): we make no offer (nor send one
+    /// again) until then, unless the remote shows first that it kept its side of the
+    /// connection. A remote that
     /// did not makes a new connection, and offers meanwhile (a polite JS client within 1.5 s):
     /// an ICE restart offer of ours would reach its new connection instead, and be answered
     /// there with a DTLS session that is not ours.
@@ -386,6 +393,17 @@ impl ConnectionTask {
                     .await;
             }
         }
+        if self.started_over {
+            // Until the room drops our handle, what reaches us goes to the new connection.
+            while let Some(message) = input.recv().await {
+                if let ConnectionInput::Remote(signal) = message {
+                    let _ = self.ctx.output.send(ConnectionOutput::HandedOver {
+                        peer: self.peer(),
+                        signal,
+                    });
+                }
+            }
+        }
         let _ = self.pc.close().await;
         self.ctx.registry.remove_connection(self.ctx.key);
         let _ = self
@@ -398,25 +416,22 @@ impl ConnectionTask {
     /// fresh credentials that is owed.
     async fn on_tick(&mut self) -> Result<()> {
         self.report_stats().await;
-        if self
-            .adopted_quiet_until
-            .is_some_and(|until| Instant::now() >= until)
-        {
-            self.end_adoption_quiet().await?;
+        match self.adopted_quiet_until {
+            Some(until) if Instant::now() < until => return Ok(()),
+            Some(_) => {
+                // The quiet after an adoption is over: an offer made before the re-join goes
+                // to the peer's new id.
+                self.adopted_quiet_until = None;
+                self.resend_offer(Duration::ZERO).await?;
+            }
+            None => self.resend_offer(client_rules::OFFER_RESEND).await?,
         }
-        self.resend_offer(client_rules::OFFER_RESEND).await?;
+        // An offer held back by the quiet, once no other is out.
+        if self.offer_deferred.is_some() && self.is_stable().await {
+            let ice_restart = self.offer_deferred.take().unwrap_or(false);
+            self.make_offer(ice_restart).await?;
+        }
         self.move_onto_fresh_credentials().await
-    }
-
-    /// The quiet period after an adoption is over: an offer made before the re-join goes to
-    /// the peer's new id, and one held back goes out.
-    async fn end_adoption_quiet(&mut self) -> Result<()> {
-        self.adopted_quiet_until = None;
-        self.resend_offer(Duration::ZERO).await?;
-        match self.offer_deferred.take() {
-            Some(ice_restart) => self.make_offer(ice_restart).await,
-            None => Ok(()),
-        }
     }
 
     async fn on_input(&mut self, message: ConnectionInput) -> Result<()> {

@@ -379,18 +379,29 @@ impl Room {
     }
 
     /// The remote peer started a new connection to us (it did not keep its side across a
-    /// re-join): ours, ended, is replaced by a new one, which answers its offer if it made one.
+    /// re-join): ours, ended, is replaced by a new one, which answers its offer if it made one,
+    /// and otherwise offers at once (it opens the channels, as the polite side does, and then
+    /// takes its real role).
     async fn replace_connection(&mut self, key: u64, polite: bool, offer: Option<Signal>) {
         let Some(old) = self.connections.remove(&key) else {
             return;
         };
         self.orphans.retain(|k| *k != key);
         let peer = read_remote(&old.remote);
-        let Some(key) = self.connect(&peer, old.name, polite).await else {
+        let offers_first = offer.is_none();
+        let Some(key) = self.connect(&peer, old.name, polite || offers_first).await else {
             return;
         };
-        if let (Some(offer), Some(handle)) = (offer, self.connections.get(&key)) {
-            let _ = handle.input.send(ConnectionInput::Remote(offer));
+        let Some(handle) = self.connections.get(&key) else {
+            return;
+        };
+        match offer {
+            Some(offer) => {
+                let _ = handle.input.send(ConnectionInput::Remote(offer));
+            }
+            None => {
+                let _ = handle.input.send(ConnectionInput::Polite(polite));
+            }
         }
     }
 
@@ -398,8 +409,9 @@ impl Room {
         match output {
             ConnectionOutput::Signal { key, signal } => {
                 // An orphan's peer has not re-joined: its old id is unknown to this session
-                // (`unknown_peer`). An offer it made waits for the adoption, which sends it
-                // again to the new id (`ConnectionInput::Renamed`).
+                // (`unknown_peer`). An offer it made waits for the adoption; it goes again to
+                // the new id once the adopted connection's quiet is over
+                // (`ConnectionInput::Renamed`).
                 if self.orphans.contains(&key) {
                     tracing::debug!("signal dropped: its peer has not re-joined");
                     return;
@@ -447,6 +459,11 @@ impl Room {
             }
             ConnectionOutput::StartedOver { key, polite, offer } => {
                 self.replace_connection(key, polite, offer).await;
+            }
+            ConnectionOutput::HandedOver { peer, signal } => {
+                if let Some(handle) = self.find(&peer) {
+                    let _ = handle.input.send(ConnectionInput::Remote(signal));
+                }
             }
             ConnectionOutput::Ended { key } => {
                 self.connections.remove(&key);

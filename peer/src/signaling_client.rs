@@ -578,9 +578,10 @@ impl Session {
                 let reason = self.session_lost.take().unwrap_or(ErrorCode::ResumeFailed);
                 self.rejoins += 1;
                 // What is queued was made in the old session: `signal`s and `stats` naming its
-                // peers' ids, which the new one does not know (`unknown_peer`). The room sends
-                // its connections' offers again once their peers are back under their new ids
-                // (and what is still in `out_rx` is dropped as it comes: `Outgoing::Message`).
+                // peers' ids, which the new one does not know (`unknown_peer`). The connections
+                // send their offers again once their peers are back under their new ids and
+                // the adoption's quiet is over (what is still in `out_rx` is dropped as it
+                // comes: `Outgoing::Message`).
                 if !self.pending.is_empty() {
                     tracing::debug!(
                         dropped = self.pending.len(),
