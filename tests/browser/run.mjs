@@ -1387,20 +1387,23 @@ test('interop: the CLI offers first (the DTLS server), and the page applies ever
 // connections anew (its peers are gone); the CLI kept its connection for the peer of the same
 // name, and gives it up for the page's new one (it went on with the old one, which the page
 // had closed: no chat either way).
-test('interop: signaling is killed and comes back, the page starts anew, and it chats with the CLI again', async (t) => {
+// Relay-only: the new connection needs the candidates the page trickles after its offer.
+test('interop: signaling is killed and comes back, the page starts anew, and it chats with the CLI again (relay-only)', async (t) => {
   const peerBin = requireBin('PEER_BIN', 'peer');
-  const sig = await startSignaling(['--reconnect-after', '200ms'], 'signaling-interop-kill');
+  const r = await startRelay(t);
+  const turn = ['--turn-url', `turn:127.0.0.1:${r.port}?transport=udp`, '--turn-secret', r.secret];
+  const sig = await startSignaling(['--reconnect-after', '200ms', ...turn], 'signaling-interop-kill');
   t.track(sig.proc);
-  const cli = t.track(new Proc('peer', peerBin, ['join', `${sig.ws}/${t.room}`, '--name', 'rusty', '--bind', '127.0.0.1'], { env: { RUST_LOG: 'info' } }));
+  const cli = t.track(new Proc('peer', peerBin, ['join', `${sig.ws}/${t.room}`, '--name', 'rusty', '--bind', '127.0.0.1', '--relay-only'], { env: { RUST_LOG: 'info' } }));
   await cli.waitForLine(/^\* joined /, WAIT, 'the CLI joining the room');
-  const a = await t.open('Alice', { server: sig });
+  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
   await a.joined();
   await a.connected(1, 30000);
   await a.say('before the restart');
   await cli.waitForLine(/^Alice: before the restart$/, WAIT, 'the page\'s line before the restart');
   await sig.proc.stop('SIGKILL');
   await a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'the page reconnecting', 10000);
-  const sig2 = await startSignaling([], 'signaling-interop-back', sig.addr);
+  const sig2 = await startSignaling(turn, 'signaling-interop-back', sig.addr);
   t.track(sig2.proc);
   await cli.waitForLine(/^\* signaling-rejoined /, WAIT, 'the CLI joining again');
   await a.joined();
@@ -1409,6 +1412,8 @@ test('interop: signaling is killed and comes back, the page starts anew, and it 
   await cli.waitForLine(/^Alice: after the restart$/, WAIT, 'the page\'s line after the restart');
   cli.send('from rust after the restart');
   await a.chatFrom('from rust after the restart');
+  const info = Object.values(await a.stats())[0];
+  assert(info.localType === 'relay' && info.remoteType === 'relay', `relay/relay after the restart: ${JSON.stringify(info)}`);
 });
 
 /** Page script: `window.__lastMessageChannel` is the data channel the last message came in on. */
