@@ -11,8 +11,8 @@ use std::time::Duration;
 use testkit::{LoopbackRelay, Spawned};
 
 use crate::peer_e2e::{
-    Proc, Signaling, expect_chat, field, join, reliable_channel_open, say, start_relay,
-    start_signaling, wait_joined,
+    Proc, Signaling, expect_chat, field, join, reliable_channel_open, restartable_signaling, say,
+    start_relay, start_signaling, wait_joined,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -144,9 +144,7 @@ fn two_aiortc_peers_chat_relay_only() {
 #[test]
 fn after_a_signaling_restart_the_cli_and_aiortc_connect_again() {
     let relay = start_relay();
-    let listen = format!("127.0.0.1:{}", e2e::free_port());
-    let signaling = start_signaling(Some(&relay), &listen);
-    let url = signaling.room_url("aiortc-restart");
+    let (signaling, listen, url) = restartable_signaling(Some(&relay), "aiortc-restart");
     let mut py = join_aiortc(&url, "pyo");
     aiortc_joined(&mut py);
     let mut cli = join(&url, "rusty", true);

@@ -67,6 +67,18 @@ pub(crate) fn start_signaling(relay: Option<&LoopbackRelay>, listen: &str) -> Si
     start_signaling_with(relay, listen, &[])
 }
 
+/// A signaling server (handing out `relay`'s credentials, if any) on a free port, so that it
+/// can be started again there: the server, its listen address and the URL of `room`.
+pub(crate) fn restartable_signaling(
+    relay: Option<&LoopbackRelay>,
+    room: &str,
+) -> (Signaling, String, String) {
+    let listen = format!("127.0.0.1:{}", e2e::free_port());
+    let signaling = start_signaling(relay, &listen);
+    let url = signaling.room_url(room);
+    (signaling, listen, url)
+}
+
 /// A signaling server on loopback and the URL of `room` on it.
 fn signaling_room(room: &str) -> (Signaling, String) {
     let signaling = start_signaling(None, "127.0.0.1:0");
@@ -509,9 +521,7 @@ fn fresh_credentials_that_arrive_while_the_path_is_down_are_moved_onto_once_it_i
 #[test]
 fn signaling_restart_keeps_a_relay_only_call() {
     let relay = start_relay();
-    let listen = format!("127.0.0.1:{}", e2e::free_port());
-    let signaling = start_signaling(Some(&relay), &listen);
-    let url = signaling.room_url("restart-relayed");
+    let (signaling, listen, url) = restartable_signaling(Some(&relay), "restart-relayed");
     let (mut alice, mut bob) = relay_only_chat_pair(&url);
     drop(signaling.proc);
     let _restarted = start_signaling(Some(&relay), &listen);
@@ -525,9 +535,7 @@ fn signaling_restart_keeps_a_relay_only_call() {
 
 #[test]
 fn signaling_restart_rejoins_and_the_data_channel_keeps_working() {
-    let listen = format!("127.0.0.1:{}", e2e::free_port());
-    let signaling = start_signaling(None, &listen);
-    let url = signaling.room_url("restart");
+    let (signaling, listen, url) = restartable_signaling(None, "restart");
     let (mut alice, mut bob) = chat_pair(&url);
     drop(signaling.proc);
     say(&mut alice, "while-down");
@@ -563,9 +571,7 @@ fn signaling_restart_rejoins_and_the_data_channel_keeps_working() {
 /// restart that waited goes to its new id and the chat goes on.
 #[test]
 fn an_orphaned_connection_signals_nothing_until_its_peer_is_back() {
-    let listen = format!("127.0.0.1:{}", e2e::free_port());
-    let signaling = start_signaling(None, &listen);
-    let url = signaling.room_url("orphan");
+    let (signaling, listen, url) = restartable_signaling(None, "orphan");
     let alice_err = StderrFile::new();
     let (mut alice, mut bob) = logged_chat_pair(&url, &alice_err);
     // Bob hangs through a signaling restart: Alice re-joins alone, and their path fails (ICE
