@@ -33,6 +33,8 @@ ACK_AFTER_FRAMES, ACK_DELAY = 16, 0.2     # "Client rules": acknowledge
 POLITE_OFFER_DELAY = 1.5                  # "signal": who offers first (the JS client's rule)
 OFFER_RESEND = 5.0                        # "Client rules": resend an offer
 STATS_EVERY = 15.0                        # "Client rules": stats every
+# README, "Data channels": chat comes on `chat`, or on `reliable` from the Rust SDK and `peer`.
+CHAT_LABELS = {"chat", "reliable"}
 
 
 class Fatal(Exception):
@@ -278,7 +280,7 @@ class Peer:
             opened()
 
     def on_message(self, remote, channel, message):
-        if channel.label != "chat":
+        if channel.label not in CHAT_LABELS:
             return
         if isinstance(message, bytes):
             message = message.decode("utf-8", "replace")
