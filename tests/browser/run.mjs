@@ -1414,6 +1414,10 @@ test('interop: signaling is killed and comes back, the page starts anew, and it 
   await a.chatFrom('from rust after the restart');
   const info = Object.values(await a.stats())[0];
   assert(info.localType === 'relay' && info.remoteType === 'relay', `relay/relay after the restart: ${JSON.stringify(info)}`);
+  // The CLI shows the path of the connection that replaced the first one, too.
+  await cli.waitForLine(/^\* selected-pair .*local=relay remote=relay/, WAIT, 'the new connection\'s selected-pair');
+  const pairs = cli.lines.filter((l) => /^\[out\] \* selected-pair /.test(l)).length;
+  assert(pairs >= 2, `selected-pair before and after the restart: ${pairs}\n${cli.tail(30)}`);
 });
 
 /** Page script: `window.__lastMessageChannel` is the data channel the last message came in on. */

@@ -202,9 +202,10 @@ struct Chat {
     down: HashSet<PeerId>,
     /// Peers sending a file we declined: their binary chunks are dropped, not shown.
     declined: HashSet<PeerId>,
-    /// How many reliable channels of each peer are open: `selected-pair` is printed when the
-    /// first one opens (both sides may open one: the browser's `chat` and our `reliable`).
-    reliable_open: HashMap<PeerId, usize>,
+    /// The pair last printed when a reliable channel of the peer opened: both sides may open
+    /// one (the browser's `chat` and our `reliable`), and the second adds no line unless the
+    /// path is another (a connection that replaced the first).
+    opened_on: HashMap<PeerId, SelectedPair>,
 }
 
 impl Chat {
@@ -216,7 +217,7 @@ impl Chat {
             reselect: HashMap::new(),
             down: HashSet::new(),
             declined: HashSet::new(),
-            reliable_open: HashMap::new(),
+            opened_on: HashMap::new(),
         }
     }
 
@@ -347,7 +348,7 @@ impl Chat {
                 self.reselect.remove(&id);
                 self.down.remove(&id);
                 self.declined.remove(&id);
-                self.reliable_open.remove(&id);
+                self.opened_on.remove(&id);
             }
             PeerEvent::PeerRenamed { old, new } => {
                 if let Some(name) = self.names.remove(&old) {
@@ -359,8 +360,8 @@ impl Chat {
                 if self.declined.remove(&old) {
                     self.declined.insert(new.clone());
                 }
-                if let Some(open) = self.reliable_open.remove(&old) {
-                    self.reliable_open.insert(new.clone(), open);
+                if let Some(pair) = self.opened_on.remove(&old) {
+                    self.opened_on.insert(new.clone(), pair);
                 }
                 out.notice(
                     "peer-renamed",
@@ -376,12 +377,11 @@ impl Chat {
                     if !self.down.contains(&id) {
                         self.flush_pending(peer, &id).await;
                     }
-                    let open = self.reliable_open.entry(id.clone()).or_default();
-                    *open += 1;
-                    if *open == 1
-                        && let Some(pair) = super::selected_pair_eventually(peer, &id).await
+                    if let Some(pair) = super::selected_pair_eventually(peer, &id).await
+                        && moved(self.opened_on.get(&id), &pair)
                     {
                         out.selected_pair(id.as_str(), &pair, None);
+                        self.opened_on.insert(id.clone(), pair);
                     }
                 }
             }
@@ -390,11 +390,6 @@ impl Chat {
                     "channel-closed",
                     &[("peer", id.to_string()), ("kind", kind.to_string())],
                 );
-                if kind == ChannelKind::Reliable
-                    && let Some(open) = self.reliable_open.get_mut(&id)
-                {
-                    *open = open.saturating_sub(1);
-                }
             }
             PeerEvent::Message {
                 from,
