@@ -151,7 +151,6 @@ pub(crate) struct ConnectionContext {
     pub(crate) output: mpsc::UnboundedSender<ConnectionOutput>,
 }
 
-/// Maps protocol ICE servers to `webrtc`'s.
 /// The DTLS role our answers claim (`a=setup`). A pair's DTLS roles are fixed by its first
 /// offer and answer, and every later answer must claim the same role (RFC 8842, section 5.3):
 /// Chrome refuses one that does not ("Failed to set SSL role for the transport"), and its
@@ -175,6 +174,7 @@ fn answering_dtls_role(polite: bool) -> RTCDtlsRole {
     }
 }
 
+/// Maps protocol ICE servers to `webrtc`'s.
 pub(crate) fn rtc_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
     servers
         .iter()
@@ -328,12 +328,11 @@ struct ConnectionTask {
     fresh_credentials_owed: bool,
     /// Our offer waiting for its answer: since when it was sent, and whether it restarts ICE.
     offer_out: Option<(Instant, bool)>,
-    /// Adopted after a re-join (`ConnectionInput::Renamed`): we make no offer (nor send one
-    /// again) until then, unless the remote shows first that it kept its side of the
-    /// connection. A remote that
-    /// did not makes a new connection, and offers meanwhile (a polite JS client within 1.5 s):
-    /// an ICE restart offer of ours would reach its new connection instead, and be answered
-    /// there with a DTLS session that is not ours.
+    /// Adopted after a re-join (`ConnectionInput::Renamed`): until then we make no offer and
+    /// send none again, unless the remote shows first that it kept its side of the
+    /// connection. A remote that did not makes a new connection and offers from it meanwhile
+    /// (a polite JS client within 1.5 s); an ICE restart offer of ours would reach that new
+    /// connection instead, and be answered there from a DTLS session that is not ours.
     adopted_quiet_until: Option<Instant>,
     /// An offer held back by the quiet period, and whether it restarts ICE.
     offer_deferred: Option<bool>,
