@@ -790,7 +790,7 @@ impl ConnectionTask {
                     .pc
                     .local_description()
                     .await
-                    .and_then(|desc| ice_ufrag(&desc.sdp));
+                    .and_then(|desc| ice_ufrag(&desc.sdp).map(str::to_owned));
                 self.signal(Signal::EndOfCandidates {
                     username_fragment: ufrag,
                 });
@@ -916,7 +916,7 @@ fn local_candidate(init: RTCIceCandidateInit, local_sdp: Option<&str>) -> IceCan
         username_fragment: init
             .username_fragment
             .filter(|ufrag| !ufrag.is_empty())
-            .or_else(|| local_sdp.and_then(ice_ufrag)),
+            .or_else(|| local_sdp.and_then(ice_ufrag).map(str::to_owned)),
     }
 }
 
@@ -929,10 +929,20 @@ fn first_mid(sdp: &str) -> Option<String> {
         .filter(|mid| !mid.is_empty())
 }
 
-fn ice_ufrag(sdp: &str) -> Option<String> {
+/// The value of the first `a=<name>:` line of `sdp`, trimmed.
+fn sdp_attribute<'a>(sdp: &'a str, name: &str) -> Option<&'a str> {
     sdp.lines()
-        .find_map(|line| line.strip_prefix("a=ice-ufrag:"))
-        .map(|ufrag| ufrag.trim().to_owned())
+        .find_map(|line| {
+            line.strip_prefix("a=")?
+                .strip_prefix(name)?
+                .strip_prefix(':')
+        })
+        .map(str::trim)
+}
+
+/// The first `a=ice-ufrag` value of `sdp`: it names the ICE session.
+fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp_attribute(sdp, "ice-ufrag")
 }
 
 /// How often a connection checks whether a `stats` report is due.
@@ -944,9 +954,7 @@ const ADOPTION_QUIET: Duration = Duration::from_secs(2);
 
 /// The first `a=fingerprint` value of `sdp`: it names the certificate of the DTLS session.
 fn dtls_fingerprint(sdp: &str) -> Option<&str> {
-    sdp.lines()
-        .find_map(|line| line.strip_prefix("a=fingerprint:"))
-        .map(str::trim)
+    sdp_attribute(sdp, "fingerprint")
 }
 
 /// The `stats` report of a connection to `peer` over `pair` (`docs/protocol.md`): types and
@@ -1138,7 +1146,7 @@ mod tests {
     #[test]
     fn ufrag_is_read_from_the_sdp() {
         let sdp = "v=0\r\na=group:BUNDLE 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=ice-ufrag:AbCd\r\na=ice-pwd:x\r\n";
-        assert_eq!(ice_ufrag(sdp).as_deref(), Some("AbCd"));
+        assert_eq!(ice_ufrag(sdp), Some("AbCd"));
         assert_eq!(ice_ufrag("v=0\r\n"), None);
     }
 
