@@ -50,6 +50,9 @@ pub(crate) struct Room {
     pub(crate) events: mpsc::Sender<PeerEvent>,
     pub(crate) ice_servers: Vec<IceServer>,
     connections: HashMap<u64, ConnectionHandle>,
+    /// Connections kept across a re-join whose peers the new session has not listed yet. They
+    /// send nothing and take no ICE servers until then ([`Self::claim_orphan`]): an ICE
+    /// restart's offer would be lost, and the restart would take their path down meanwhile.
     orphans: Vec<u64>,
     /// Whether the signaling session is up (false from `Reconnecting` until it resumed or
     /// re-joined). `stats` reports made meanwhile are dropped rather than queued: after a
@@ -220,15 +223,13 @@ impl Room {
             reason,
         })
         .await;
-        // New connections use the fresh ICE servers at once.
-        self.ice_servers.clone_from(&info.ice_servers);
+        // New connections use the fresh ICE servers at once; the kept ones take them once
+        // their peers are known again (the room may have moved to another relay while we were
+        // away), so that an ICE restart they cause goes to the peers' new ids.
+        self.ice_servers = info.ice_servers;
         for peer in info.peers {
             self.peer_present(peer).await;
         }
-        // The live connections take them once their peers are known again (the room may have
-        // moved to another relay while we were away): an ICE restart they cause then goes to
-        // the peers' new ids.
-        self.update_ice_servers(info.ice_servers);
     }
 
     async fn on_server_message(&mut self, message: ServerMessage) {
@@ -287,25 +288,42 @@ impl Room {
         }
     }
 
-    /// New ICE servers for new connections and every existing one (which restarts ICE if its
-    /// relay is no longer listed).
+    /// New ICE servers for new connections and every existing one but the orphans (which
+    /// restarts ICE if its relay is no longer listed, or onto fresh credentials).
     fn update_ice_servers(&mut self, ice_servers: Vec<IceServer>) {
-        for handle in self.connections.values() {
-            let _ = handle
-                .input
-                .send(ConnectionInput::IceServers(ice_servers.clone()));
+        for (key, handle) in &self.connections {
+            if !self.orphans.contains(key) {
+                let _ = handle
+                    .input
+                    .send(ConnectionInput::IceServers(ice_servers.clone()));
+            }
         }
         self.ice_servers = ice_servers;
+    }
+
+    /// Connection `key`'s peer is in the new session: if it was an orphan, it is one no more,
+    /// and takes the session's ICE servers (after its other inputs, so that an ICE restart
+    /// they cause waits out an adoption's quiet).
+    fn claim_orphan(&mut self, key: u64) {
+        let Some(pos) = self.orphans.iter().position(|k| *k == key) else {
+            return;
+        };
+        self.orphans.swap_remove(pos);
+        if let Some(handle) = self.connections.get(&key) {
+            let _ = handle
+                .input
+                .send(ConnectionInput::IceServers(self.ice_servers.clone()));
+        }
     }
 
     /// A peer is in the room: connect to it (or adopt an orphaned connection to it).
     async fn peer_present(&mut self, info: PeerInfo) {
         if let Some(key) = self.find_key(&info.id) {
-            // Its peer kept its session (ours re-joined): no longer an orphan.
-            self.orphans.retain(|k| *k != key);
             if let Some(handle) = self.connections.get(&key) {
                 let _ = handle.input.send(ConnectionInput::Polite(info.polite));
             }
+            // Its peer kept its session (ours re-joined).
+            self.claim_orphan(key);
             return;
         }
         if let Some(name) = &info.name
@@ -315,7 +333,7 @@ impl Room {
                     .is_some_and(|handle| handle.name.as_ref() == Some(name))
             })
         {
-            let key = self.orphans.swap_remove(pos);
+            let key = self.orphans[pos];
             if let Some(handle) = self.connections.get(&key) {
                 let old = read_remote(&handle.remote);
                 if let Ok(mut remote) = handle.remote.write() {
@@ -325,6 +343,7 @@ impl Room {
                 let _ = handle.input.send(ConnectionInput::Renamed);
                 // The new session has no report on this connection yet.
                 let _ = handle.input.send(ConnectionInput::ReportStats);
+                self.claim_orphan(key);
                 tracing::info!(%old, new = %info.id, "re-joined peer adopted its connection");
                 self.emit(PeerEvent::PeerRenamed {
                     old,

@@ -297,11 +297,13 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
     );
 }
 
-/// A TCP proxy whose live connections the test can cut while it keeps accepting new ones.
+/// A TCP proxy whose live connections the test can cut while it keeps accepting new ones, or
+/// which closes new ones at once while it is told to refuse them.
 struct CuttableProxy {
     addr: SocketAddr,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
+    refuse: Arc<AtomicBool>,
 }
 
 impl CuttableProxy {
@@ -311,10 +313,12 @@ impl CuttableProxy {
         let addr = listener.local_addr().expect("proxy addr");
         let conns = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (conns2, stop2) = (conns.clone(), stop.clone());
+        let refuse = Arc::new(AtomicBool::new(false));
+        let (conns2, stop2, refuse2) = (conns.clone(), stop.clone(), refuse.clone());
         std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
+                    Ok((client, _)) if refuse2.load(Ordering::Relaxed) => drop(client),
                     Ok((client, _)) => {
                         let _ = client.set_nonblocking(false);
                         let Ok(server) = TcpStream::connect(upstream) else {
@@ -341,7 +345,17 @@ impl CuttableProxy {
                 }
             }
         });
-        Self { addr, conns, stop }
+        Self {
+            addr,
+            conns,
+            stop,
+            refuse,
+        }
+    }
+
+    /// Whether new connections are closed at once.
+    fn refuse_new(&self, refuse: bool) {
+        self.refuse.store(refuse, Ordering::Relaxed);
     }
 
     /// Cuts every connection made so far.
@@ -531,6 +545,42 @@ fn signaling_restart_keeps_a_relay_only_call() {
         });
     }
     chat_both_ways(&mut alice, &mut bob, "after the restart", "still relayed");
+}
+
+/// A relay-only peer that re-joined while its peer is still away keeps its path as it was: the
+/// welcome's fresh TURN credentials wait until the peer is back. They restarted ICE at once,
+/// the restart's offer was dropped (the peer's old id is unknown to the new session), and the
+/// path stayed down until the peer came back: lines typed meanwhile did not arrive, and were
+/// lost if the peer then started a new connection.
+#[test]
+fn a_relay_only_orphan_keeps_its_path_until_its_peer_is_back() {
+    let relay = start_relay();
+    let (signaling, listen, url) = restartable_signaling(Some(&relay), "orphan-relayed");
+    let proxy = CuttableProxy::start(listen.parse().expect("listen address"));
+    let bob_url = url.replace(&listen, &proxy.addr.to_string());
+    let (mut alice, mut bob) =
+        chat_pair_from(join(&url, "alice", true), || join(&bob_url, "bob", true));
+    proxy.refuse_new(true);
+    drop(signaling.proc);
+    let _restarted = start_signaling(Some(&relay), &listen);
+    alice.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* signaling-rejoined")
+    });
+    say(&mut alice, "while bob is away");
+    expect_chat(&mut bob, "alice: while bob is away");
+    say(&mut bob, "still here");
+    expect_chat(&mut alice, "bob: still here");
+    assert!(
+        !alice.seen.iter().any(|l| l.starts_with("* ice-restart")),
+        "Alice restarted ICE before Bob was back:\n{}",
+        alice.seen.join("\n")
+    );
+    // Bob is back: both restart onto the fresh credentials, and the call goes on.
+    proxy.refuse_new(false);
+    alice.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* ice-restart") && field(l, "reason") == Some("fresh-credentials")
+    });
+    chat_both_ways(&mut alice, &mut bob, "welcome back", "on fresh credentials");
 }
 
 #[test]
