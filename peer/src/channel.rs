@@ -8,9 +8,9 @@
 //! is one of ours or of the README's (`chat`, `canvas`, `cursor`), else by its `ordered` flag,
 //! so a browser that opens channels of its own is understood too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use signaling::protocol::PeerId;
@@ -109,8 +109,116 @@ struct PeerChannels {
 
 /// An open channel, and whether its label names its kind (see [`classify`]).
 struct SendChannel {
-    dc: Arc<dyn DataChannel>,
+    sender: ChannelSender,
     named: bool,
+}
+
+/// A message handed to a data channel: its bytes, and whether it is text.
+#[derive(Clone, Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) data: Bytes,
+    pub(crate) text: bool,
+}
+
+/// Reliable messages a replaced connection had not delivered, for its successor's first
+/// reliable channel to send before any other ([`spawn_reader`]).
+pub(crate) type CarriedOver = Arc<Mutex<Vec<Outgoing>>>;
+
+/// The newest messages sent on a reliable channel, as many as SCTP may not have acknowledged:
+/// their bytes reach the channel's outstanding bytes (`DataChannel::outstanding_bytes`: handed
+/// over and not yet acknowledged) as of the last send. So it holds at most the send buffer
+/// limit ([`crate::PeerOptions::send_buffer_limit`]) plus one message. Messages sent on one
+/// channel by concurrent tasks may be logged in another order than SCTP took them.
+#[derive(Default)]
+struct SentLog {
+    messages: VecDeque<Outgoing>,
+    bytes: usize,
+}
+
+impl SentLog {
+    /// `message` was sent, and `outstanding` bytes are not acknowledged (`None`: not known,
+    /// the channel closed meanwhile; nothing is dropped then).
+    fn record(&mut self, message: Outgoing, outstanding: Option<usize>) {
+        self.bytes += message.data.len();
+        self.messages.push_back(message);
+        let Some(outstanding) = outstanding else {
+            return;
+        };
+        while let Some(oldest) = self.messages.front() {
+            if self.bytes - oldest.data.len() < outstanding {
+                break;
+            }
+            self.bytes -= oldest.data.len();
+            self.messages.pop_front();
+        }
+    }
+
+    /// The newest messages whose bytes reach `outstanding`: those SCTP has not acknowledged
+    /// (all of them, or the rest of one it acknowledged in part).
+    fn unacknowledged(&self, outstanding: usize) -> Vec<Outgoing> {
+        let mut bytes = 0;
+        let count = self
+            .messages
+            .iter()
+            .rev()
+            .take_while(|message| {
+                let more = bytes < outstanding;
+                bytes += message.data.len();
+                more
+            })
+            .count();
+        self.messages
+            .iter()
+            .skip(self.messages.len() - count)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Where `Peer::send` writes: a channel, and the log of its unacknowledged messages if it is
+/// reliable.
+#[derive(Clone)]
+pub(crate) struct ChannelSender {
+    dc: Arc<dyn DataChannel>,
+    sent: Option<Arc<Mutex<SentLog>>>,
+}
+
+impl ChannelSender {
+    fn new(dc: Arc<dyn DataChannel>, kind: ChannelKind) -> Self {
+        let sent = (kind == ChannelKind::Reliable).then(Arc::default);
+        Self { dc, sent }
+    }
+
+    /// Sends one message (binary or text).
+    pub(crate) async fn send(&self, message: Outgoing) -> Result<(), PeerError> {
+        if message.text {
+            let text = std::str::from_utf8(&message.data)
+                .map_err(|_| PeerError::Protocol("text message is not UTF-8".into()))?;
+            self.dc.send_text(text).await?;
+        } else {
+            self.dc.send(BytesMut::from(&message.data[..])).await?;
+        }
+        if let Some(sent) = &self.sent {
+            let outstanding = self.dc.outstanding_bytes().await.ok();
+            sent.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(message, outstanding);
+        }
+        Ok(())
+    }
+
+    /// The messages sent here that SCTP has not acknowledged (none if that is not known).
+    async fn unacknowledged(&self) -> Vec<Outgoing> {
+        let Some(sent) = &self.sent else {
+            return Vec::new();
+        };
+        let Ok(outstanding) = self.dc.outstanding_bytes().await else {
+            return Vec::new();
+        };
+        sent.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unacknowledged(outstanding)
+    }
 }
 
 /// Which of the open channels of a kind (`named`: whether each one's label names the kind, in
@@ -149,7 +257,7 @@ impl ChannelRegistry {
         key: u64,
         remote: &RemoteId,
         kind: ChannelKind,
-        dc: Arc<dyn DataChannel>,
+        sender: ChannelSender,
         named: bool,
     ) {
         self.with_write(|map| {
@@ -158,7 +266,7 @@ impl ChannelRegistry {
                 reliable: Vec::new(),
                 unreliable: Vec::new(),
             });
-            entry.of_kind(kind).push(SendChannel { dc, named });
+            entry.of_kind(kind).push(SendChannel { sender, named });
         });
     }
 
@@ -166,7 +274,7 @@ impl ChannelRegistry {
     fn remove(&self, key: u64, kind: ChannelKind, id: usize) {
         self.with_write(|map| {
             if let Some(entry) = map.get_mut(&key) {
-                entry.of_kind(kind).retain(|open| open.dc.id() != id);
+                entry.of_kind(kind).retain(|open| open.sender.dc.id() != id);
                 if entry.reliable.is_empty() && entry.unreliable.is_empty() {
                     map.remove(&key);
                 }
@@ -179,8 +287,22 @@ impl ChannelRegistry {
         self.with_write(|map| map.remove(&key));
     }
 
+    /// Forgets every channel of a connection that is being replaced, so that nothing more is
+    /// sent on them, and returns the reliable messages sent on them that SCTP has not
+    /// acknowledged: its successor sends them again.
+    pub(crate) async fn take_unacknowledged(&self, key: u64) -> Vec<Outgoing> {
+        let Some(entry) = self.with_write(|map| map.remove(&key)) else {
+            return Vec::new();
+        };
+        let mut messages = Vec::new();
+        for channel in &entry.reliable {
+            messages.extend(channel.sender.unacknowledged().await);
+        }
+        messages
+    }
+
     /// The open channel of that kind to that peer.
-    pub(crate) fn get(&self, peer: &PeerId, kind: ChannelKind) -> Option<Arc<dyn DataChannel>> {
+    pub(crate) fn get(&self, peer: &PeerId, kind: ChannelKind) -> Option<ChannelSender> {
         self.with_read(|map| {
             map.values()
                 .find(|entry| &read_remote(&entry.remote) == peer)
@@ -189,7 +311,7 @@ impl ChannelRegistry {
     }
 
     /// Every open channel of that kind, with its peer.
-    pub(crate) fn all(&self, kind: ChannelKind) -> Vec<(PeerId, Arc<dyn DataChannel>)> {
+    pub(crate) fn all(&self, kind: ChannelKind) -> Vec<(PeerId, ChannelSender)> {
         self.with_read(|map| {
             map.values()
                 .filter_map(|entry| Some((read_remote(&entry.remote), entry.sending(kind)?)))
@@ -207,41 +329,62 @@ impl PeerChannels {
     }
 
     /// The channel to send `kind` on, if one is open.
-    fn sending(&self, kind: ChannelKind) -> Option<Arc<dyn DataChannel>> {
+    fn sending(&self, kind: ChannelKind) -> Option<ChannelSender> {
         let open = match kind {
             ChannelKind::Reliable => &self.reliable,
             ChannelKind::Unreliable => &self.unreliable,
         };
         let index = send_index(open.iter().map(|channel| channel.named))?;
-        Some(Arc::clone(&open[index].dc))
+        Some(open[index].sender.clone())
     }
 }
 
-/// Sends one message on a channel (binary or text).
-pub(crate) async fn send_on(
-    dc: &Arc<dyn DataChannel>,
-    data: Bytes,
-    text: bool,
-) -> Result<(), PeerError> {
-    if text {
-        let text = std::str::from_utf8(&data)
-            .map_err(|_| PeerError::Protocol("text message is not UTF-8".into()))?;
-        dc.send_text(text).await?;
-    } else {
-        dc.send(BytesMut::from(&data[..])).await?;
+/// A connection's channel and what its reader needs.
+pub(crate) struct ChannelContext {
+    pub(crate) key: u64,
+    pub(crate) remote: RemoteId,
+    pub(crate) registry: Arc<ChannelRegistry>,
+    pub(crate) events: mpsc::Sender<PeerEvent>,
+    pub(crate) carried_over: CarriedOver,
+}
+
+/// Sends what a replaced connection had not delivered on `sender`, the successor's first
+/// reliable channel whose label names the kind, before anything else goes there.
+async fn send_carried_over(ctx: &ChannelContext, sender: &ChannelSender) {
+    let messages = std::mem::take(
+        &mut *ctx
+            .carried_over
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    if messages.is_empty() {
+        return;
     }
-    Ok(())
+    let count = messages.len();
+    for message in messages {
+        if let Err(err) = sender.send(message).await {
+            tracing::debug!("a message carried over was not sent: {err}");
+        }
+    }
+    let _ = ctx
+        .events
+        .send(PeerEvent::Resent {
+            peer: read_remote(&ctx.remote),
+            messages: count,
+        })
+        .await;
 }
 
 /// Reads a channel's events until it closes, registering it while open.
-pub(crate) fn spawn_reader(
-    key: u64,
-    remote: RemoteId,
-    dc: Arc<dyn DataChannel>,
-    registry: Arc<ChannelRegistry>,
-    events: mpsc::Sender<PeerEvent>,
-) {
+pub(crate) fn spawn_reader(ctx: ChannelContext, dc: Arc<dyn DataChannel>) {
     tokio::spawn(async move {
+        let ChannelContext {
+            key,
+            remote,
+            registry,
+            events,
+            ..
+        } = &ctx;
         let label = dc.label().await.unwrap_or_default();
         let (kind, named) = classify(&label, dc.ordered().await.unwrap_or(true));
         let id = dc.id();
@@ -250,17 +393,21 @@ pub(crate) fn spawn_reader(
             match event {
                 DataChannelEvent::OnOpen if !open => {
                     open = true;
-                    registry.insert(key, &remote, kind, dc.clone(), named);
+                    let sender = ChannelSender::new(dc.clone(), kind);
+                    if kind == ChannelKind::Reliable && named {
+                        send_carried_over(&ctx, &sender).await;
+                    }
+                    registry.insert(*key, remote, kind, sender, named);
                     let _ = events
                         .send(PeerEvent::ChannelOpen {
-                            peer: read_remote(&remote),
+                            peer: read_remote(remote),
                             kind,
                         })
                         .await;
                 }
                 DataChannelEvent::OnMessage(message) => {
                     let event = PeerEvent::Message {
-                        from: read_remote(&remote),
+                        from: read_remote(remote),
                         kind,
                         text: message.is_string,
                         data: message.data.freeze(),
@@ -276,11 +423,11 @@ pub(crate) fn spawn_reader(
                 _ => {}
             }
         }
-        registry.remove(key, kind, id);
+        registry.remove(*key, kind, id);
         if open {
             let _ = events
                 .send(PeerEvent::ChannelClosed {
-                    peer: read_remote(&remote),
+                    peer: read_remote(remote),
                     kind,
                 })
                 .await;
@@ -312,6 +459,51 @@ mod tests {
                 "{label} ordered={ordered}"
             );
         }
+    }
+
+    fn text(line: &str) -> Outgoing {
+        Outgoing {
+            data: Bytes::copy_from_slice(line.as_bytes()),
+            text: true,
+        }
+    }
+
+    fn lines(messages: &[Outgoing]) -> Vec<&str> {
+        messages
+            .iter()
+            .map(|message| std::str::from_utf8(&message.data).expect("utf-8"))
+            .collect()
+    }
+
+    #[test]
+    fn the_sent_log_keeps_the_messages_that_may_not_be_acknowledged() {
+        let mut log = SentLog::default();
+        // "one" is acknowledged by the time "two" is sent: only "two" is outstanding.
+        log.record(text("one"), Some(3));
+        log.record(text("two"), Some(3));
+        assert_eq!(
+            lines(&log.messages.iter().cloned().collect::<Vec<_>>()),
+            ["two"]
+        );
+        // Nothing acknowledged since: both are kept.
+        log.record(text("three"), Some(8));
+        assert_eq!(log.bytes, 8);
+        assert_eq!(lines(&log.unacknowledged(8)), ["two", "three"]);
+        // A message acknowledged in part is not delivered.
+        assert_eq!(lines(&log.unacknowledged(6)), ["two", "three"]);
+        assert_eq!(lines(&log.unacknowledged(5)), ["three"]);
+        assert_eq!(lines(&log.unacknowledged(1)), ["three"]);
+        assert!(log.unacknowledged(0).is_empty());
+        // Not known (the channel closed): nothing is dropped.
+        log.record(text("four"), None);
+        assert_eq!(
+            lines(&log.unacknowledged(usize::MAX)),
+            ["two", "three", "four"]
+        );
+        // All acknowledged: the log empties at the next send but for that one.
+        log.record(text("five"), Some(4));
+        assert_eq!(lines(&log.unacknowledged(usize::MAX)), ["five"]);
+        assert_eq!(log.bytes, 4);
     }
 
     #[test]

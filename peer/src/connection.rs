@@ -28,7 +28,10 @@ use webrtc::peer_connection::{
     RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 
-use crate::channel::{ChannelKind, ChannelRegistry, RemoteId, read_remote, spawn_reader};
+use crate::channel::{
+    CarriedOver, ChannelContext, ChannelKind, ChannelRegistry, Outgoing, RemoteId, read_remote,
+    spawn_reader,
+};
 use crate::error::Result;
 use crate::ice_servers::{relay_moved, turn_urls};
 use crate::negotiation::{CandidateDecision, Negotiation, OfferDecision};
@@ -70,11 +73,13 @@ pub(crate) enum ConnectionOutput {
     /// JS client and clients written from `docs/protocol.md` do not). This connection ends;
     /// the room makes a new one, as `polite` is, and hands it the remote's `offer`. Without
     /// one (the remote answered our offer from its new connection, which now holds a DTLS
-    /// session that is not ours) the new connection offers at once.
+    /// session that is not ours) the new connection offers at once. `undelivered`: the
+    /// reliable messages SCTP had not acknowledged, which the new connection sends first.
     StartedOver {
         key: u64,
         polite: bool,
         offer: Option<Signal>,
+        undelivered: Vec<Outgoing>,
     },
     /// A signal of the remote's that reached this connection after it ended with
     /// [`Self::StartedOver`]: for the connection that replaced it (the candidates of the
@@ -149,6 +154,21 @@ pub(crate) struct ConnectionContext {
     pub(crate) registry: Arc<ChannelRegistry>,
     pub(crate) events: mpsc::Sender<PeerEvent>,
     pub(crate) output: mpsc::UnboundedSender<ConnectionOutput>,
+    /// What the connection this one replaces had not delivered (empty for a new one).
+    pub(crate) carried_over: CarriedOver,
+}
+
+impl ConnectionContext {
+    /// What a reader of one of this connection's channels needs.
+    fn channel_context(&self) -> ChannelContext {
+        ChannelContext {
+            key: self.key,
+            remote: self.remote.clone(),
+            registry: self.registry.clone(),
+            events: self.events.clone(),
+            carried_over: self.carried_over.clone(),
+        }
+    }
 }
 
 /// The DTLS role our answers claim (`a=setup`). A pair's DTLS roles are fixed by its first
@@ -269,13 +289,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         for kind in [ChannelKind::Reliable, ChannelKind::Unreliable] {
             let (label, init) = kind.init();
             let dc = pc.create_data_channel(label, Some(init)).await?;
-            spawn_reader(
-                ctx.key,
-                ctx.remote.clone(),
-                dc,
-                ctx.registry.clone(),
-                ctx.events.clone(),
-            );
+            spawn_reader(ctx.channel_context(), dc);
         }
     }
 
@@ -600,10 +614,12 @@ impl ConnectionTask {
                 tracing::info!(peer = %self.peer(), "the peer started a new connection: ours is replaced");
                 self.started_over = true;
                 let offer = matches!(signal, Signal::Offer { .. }).then_some(signal);
+                let undelivered = self.ctx.registry.take_unacknowledged(self.ctx.key).await;
                 let _ = self.ctx.output.send(ConnectionOutput::StartedOver {
                     key: self.ctx.key,
                     polite: self.negotiation.polite(),
                     offer,
+                    undelivered,
                 });
                 return Ok(());
             }
@@ -822,13 +838,7 @@ impl ConnectionTask {
                 Ok(())
             }
             HandlerEvent::DataChannel(dc) => {
-                spawn_reader(
-                    self.ctx.key,
-                    self.ctx.remote.clone(),
-                    dc,
-                    self.ctx.registry.clone(),
-                    self.ctx.events.clone(),
-                );
+                spawn_reader(self.ctx.channel_context(), dc);
                 Ok(())
             }
         }

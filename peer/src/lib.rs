@@ -57,7 +57,7 @@ pub use error::{PeerError, Result};
 pub use signaling::protocol;
 pub use tls_roots::TlsRootsError;
 
-use channel::{ChannelRegistry, send_on};
+use channel::{ChannelRegistry, ChannelSender, Outgoing};
 use room::{Room, RoomCommand};
 use signaling_client::SignalingClient;
 
@@ -201,6 +201,10 @@ pub enum PeerEvent {
     ChannelOpen { peer: PeerId, kind: ChannelKind },
     /// A data channel to a peer closed.
     ChannelClosed { peer: PeerId, kind: ChannelKind },
+    /// The connection to `peer` was replaced (the peer started a new one), and `messages`
+    /// reliable messages sent on it that SCTP had not acknowledged were sent again on the new
+    /// one, before its [`PeerEvent::ChannelOpen`] and anything sent after.
+    Resent { peer: PeerId, messages: usize },
     /// A data-channel message.
     Message {
         from: PeerId,
@@ -336,22 +340,31 @@ impl Peer {
 
     /// Sends a binary message to one peer. Waits while the channel's send buffer is full.
     pub async fn send(&self, to: &PeerId, kind: ChannelKind, data: impl Into<Bytes>) -> Result<()> {
-        let dc = self.channel(to, kind)?;
-        send_on(&dc, data.into(), false).await
+        let message = Outgoing {
+            data: data.into(),
+            text: false,
+        };
+        self.channel(to, kind)?.send(message).await
     }
 
     /// Sends a text message to one peer.
     pub async fn send_text(&self, to: &PeerId, kind: ChannelKind, text: &str) -> Result<()> {
-        let dc = self.channel(to, kind)?;
-        send_on(&dc, Bytes::copy_from_slice(text.as_bytes()), true).await
+        let message = Outgoing {
+            data: Bytes::copy_from_slice(text.as_bytes()),
+            text: true,
+        };
+        self.channel(to, kind)?.send(message).await
     }
 
     /// Sends a text message to every peer with an open channel; returns how many got it.
     pub async fn broadcast_text(&self, kind: ChannelKind, text: &str) -> Result<usize> {
-        let data = Bytes::copy_from_slice(text.as_bytes());
+        let message = Outgoing {
+            data: Bytes::copy_from_slice(text.as_bytes()),
+            text: true,
+        };
         let mut sent = 0;
-        for (peer, dc) in self.registry.all(kind) {
-            match send_on(&dc, data.clone(), true).await {
+        for (peer, channel) in self.registry.all(kind) {
+            match channel.send(message.clone()).await {
                 Ok(()) => sent += 1,
                 Err(err) => tracing::debug!(%peer, "broadcast send failed: {err}"),
             }
@@ -359,11 +372,7 @@ impl Peer {
         Ok(sent)
     }
 
-    fn channel(
-        &self,
-        to: &PeerId,
-        kind: ChannelKind,
-    ) -> Result<Arc<dyn webrtc::data_channel::DataChannel>> {
+    fn channel(&self, to: &PeerId, kind: ChannelKind) -> Result<ChannelSender> {
         self.registry
             .get(to, kind)
             .ok_or_else(|| PeerError::ChannelNotOpen {

@@ -14,7 +14,7 @@
 //! current id (an orphan's are dropped), so a re-join never reports on an old-session peer.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use signaling::protocol::{
     ClientMessage, ErrorCode, IceServer, PeerId, PeerInfo, ServerMessage, SessionInfo, Signal,
@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 /// How long closing a peer waits for its `leave` to be written.
 const LEAVE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-use crate::channel::{ChannelRegistry, read_remote};
+use crate::channel::{ChannelRegistry, Outgoing, read_remote};
 use crate::connection::{
     self, ConnectionContext, ConnectionHandle, ConnectionInput, ConnectionOutput,
 };
@@ -354,7 +354,7 @@ impl Room {
             }
         }
         if self
-            .connect(&info.id, info.name.clone(), info.polite)
+            .connect(&info.id, info.name.clone(), info.polite, Vec::new())
             .await
             .is_some()
         {
@@ -367,7 +367,14 @@ impl Room {
     }
 
     /// A new connection to `peer`; its key, or `None` (reported) if it could not be made.
-    async fn connect(&mut self, peer: &PeerId, name: Option<String>, polite: bool) -> Option<u64> {
+    /// `carried_over`: what the connection it replaces had not delivered.
+    async fn connect(
+        &mut self,
+        peer: &PeerId,
+        name: Option<String>,
+        polite: bool,
+        carried_over: Vec<Outgoing>,
+    ) -> Option<u64> {
         let key = self.next_key;
         self.next_key += 1;
         let ctx = ConnectionContext {
@@ -379,6 +386,7 @@ impl Room {
             registry: self.registry.clone(),
             events: self.events.clone(),
             output: self.output_tx.clone(),
+            carried_over: Arc::new(Mutex::new(carried_over)),
         };
         match connection::spawn(ctx).await {
             Ok(mut handle) => {
@@ -400,15 +408,25 @@ impl Room {
     /// The remote peer started a new connection to us (it did not keep its side across a
     /// re-join): ours, ended, is replaced by a new one, which answers its offer if it made one,
     /// and otherwise offers at once (it opens the channels, as the polite side does, and then
-    /// takes its real role).
-    async fn replace_connection(&mut self, key: u64, polite: bool, offer: Option<Signal>) {
+    /// takes its real role). The reliable messages the old one had not delivered go first on
+    /// the new one's reliable channel.
+    async fn replace_connection(
+        &mut self,
+        key: u64,
+        polite: bool,
+        offer: Option<Signal>,
+        undelivered: Vec<Outgoing>,
+    ) {
         let Some(old) = self.connections.remove(&key) else {
             return;
         };
         self.orphans.retain(|k| *k != key);
         let peer = read_remote(&old.remote);
         let offers_first = offer.is_none();
-        let Some(key) = self.connect(&peer, old.name, polite || offers_first).await else {
+        let Some(key) = self
+            .connect(&peer, old.name, polite || offers_first, undelivered)
+            .await
+        else {
             return;
         };
         let Some(handle) = self.connections.get(&key) else {
@@ -476,8 +494,14 @@ impl Room {
                     tracing::debug!("signaling session closed; stats report dropped");
                 }
             }
-            ConnectionOutput::StartedOver { key, polite, offer } => {
-                self.replace_connection(key, polite, offer).await;
+            ConnectionOutput::StartedOver {
+                key,
+                polite,
+                offer,
+                undelivered,
+            } => {
+                self.replace_connection(key, polite, offer, undelivered)
+                    .await;
             }
             ConnectionOutput::HandedOver { peer, signal } => {
                 if let Some(handle) = self.find(&peer) {

@@ -1420,6 +1420,42 @@ test('interop: signaling is killed and comes back, the page starts anew, and it 
   assert(pairs >= 2, `selected-pair before and after the restart: ${pairs}\n${cli.tail(30)}`);
 });
 
+// The relay hangs, then signaling restarts: a line the CLI sent just before went into a path
+// that was gone, and SCTP never acknowledged it. The page starts anew, the CLI's connection is
+// replaced, and the line goes again, first, on the new one (it was lost with the old one).
+test('interop: a line the CLI sent into a dead path goes again on the connection that replaces it (relay-only)', async (t) => {
+  const peerBin = requireBin('PEER_BIN', 'peer');
+  const r = await startRelay(t);
+  const turn = ['--turn-url', `turn:127.0.0.1:${r.port}?transport=udp`, '--turn-secret', r.secret];
+  const sig = await startSignaling(['--reconnect-after', '200ms', ...turn], 'signaling-interop-resend');
+  t.track(sig.proc);
+  const cli = t.track(new Proc('peer', peerBin, ['join', `${sig.ws}/${t.room}`, '--name', 'rusty', '--bind', '127.0.0.1', '--relay-only'], { env: { RUST_LOG: 'info' } }));
+  await cli.waitForLine(/^\* joined /, WAIT, 'the CLI joining the room');
+  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
+  await a.joined();
+  await a.connected(1, 30000);
+  cli.send('before the hang');
+  await a.chatFrom('before the hang');
+  // Its acknowledgement (SCTP may hold it 200 ms) is back before the relay hangs.
+  await sleep(1000);
+  process.kill(r.proc.child.pid, 'SIGSTOP');
+  cli.send('into the dead path');
+  await sleep(300);
+  await sig.proc.stop('SIGKILL');
+  const sig2 = await startSignaling(turn, 'signaling-interop-resend-back', sig.addr);
+  t.track(sig2.proc);
+  await cli.waitForLine(/^\* signaling-rejoined /, WAIT, 'the CLI joining again');
+  await a.joined();
+  // The page's new offer replaces the CLI's connection; then the relay is back.
+  await cli.waitForLine(/^\* channel-closed .*kind=reliable/, WAIT, 'the CLI giving up its old connection');
+  process.kill(r.proc.child.pid, 'SIGCONT');
+  await a.connected(1, 30000);
+  await a.chatFrom('into the dead path');
+  await cli.waitForLine(/^\* resent .*messages=1\b/, WAIT, 'the CLI saying it sent the line again');
+  cli.send('after the restart');
+  await a.chatFrom('after the restart');
+});
+
 /** Page script: `window.__lastMessageChannel` is the data channel the last message came in on. */
 const recordMessageChannel = () => {
   const handler = Object.getOwnPropertyDescriptor(RTCDataChannel.prototype, 'onmessage');
