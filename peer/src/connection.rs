@@ -68,13 +68,14 @@ pub(crate) enum ConnectionOutput {
     /// Report this on the connection to the server (`stats`); the room puts in the remote
     /// peer's current id.
     Stats { key: u64, report: ConnectionStats },
-    /// The remote peer started a new connection to us (an offer or answer with another DTLS
-    /// fingerprint than its connection's: it did not keep its side across a re-join, as the
-    /// JS client and clients written from `docs/protocol.md` do not). This connection ends;
-    /// the room makes a new one, as `polite` is, and hands it the remote's `offer`. Without
-    /// one (the remote answered our offer from its new connection, which now holds a DTLS
-    /// session that is not ours) the new connection offers at once. `undelivered`: the
-    /// reliable messages SCTP had not acknowledged, which the new connection sends first.
+    /// This connection ends for a new one to the same peer, which the room makes as `polite`
+    /// is. Either the remote started a new connection to us (an offer or answer with another
+    /// DTLS fingerprint than its connection's: it did not keep its side across a re-join, as
+    /// the JS client and clients written from `docs/protocol.md` do not), and the new one
+    /// answers its `offer`; or, without one, the new connection offers at once: the remote
+    /// answered our offer from its new connection (which holds a DTLS session that is not
+    /// ours), or it cannot restart ICE. `undelivered`: the reliable messages SCTP had not
+    /// acknowledged, which the new connection sends first.
     StartedOver {
         key: u64,
         polite: bool,
@@ -608,19 +609,42 @@ impl ConnectionTask {
         )
     }
 
+    /// Whether `answer`, to an ICE-restart offer of ours, keeps the peer's ICE credentials
+    /// (`a=ice-ufrag`): the peer cannot restart ICE (aiortc cannot), and with the answer
+    /// applied neither side would accept the other's checks.
+    async fn refuses_ice_restart(&self, answer: &str) -> bool {
+        let (Some(offer), Some(local), Some(remote)) = (
+            self.pc.pending_local_description().await,
+            self.pc.current_local_description().await,
+            self.pc.current_remote_description().await,
+        ) else {
+            return false;
+        };
+        let restarting = ice_ufrag(&offer.sdp) != ice_ufrag(&local.sdp);
+        restarting && ice_ufrag(answer).is_some() && ice_ufrag(answer) == ice_ufrag(&remote.sdp)
+    }
+
+    /// Ends this connection for a new one to the same peer (`docs/protocol.md`, "A new
+    /// connection"), which answers `offer` (the peer's new connection's) or else offers at
+    /// once. Nothing more is sent here; the reliable messages not acknowledged go first on the
+    /// new one.
+    async fn start_over(&mut self, offer: Option<Signal>) {
+        self.started_over = true;
+        let undelivered = self.ctx.registry.take_unacknowledged(self.ctx.key).await;
+        let _ = self.ctx.output.send(ConnectionOutput::StartedOver {
+            key: self.ctx.key,
+            polite: self.negotiation.polite(),
+            offer,
+            undelivered,
+        });
+    }
+
     async fn on_signal(&mut self, signal: Signal) -> Result<()> {
         if let Signal::Offer { sdp, .. } | Signal::Answer { sdp } = &signal {
             if self.is_another_dtls_session(sdp).await {
                 tracing::info!(peer = %self.peer(), "the peer started a new connection: ours is replaced");
-                self.started_over = true;
                 let offer = matches!(signal, Signal::Offer { .. }).then_some(signal);
-                let undelivered = self.ctx.registry.take_unacknowledged(self.ctx.key).await;
-                let _ = self.ctx.output.send(ConnectionOutput::StartedOver {
-                    key: self.ctx.key,
-                    polite: self.negotiation.polite(),
-                    offer,
-                    undelivered,
-                });
+                self.start_over(offer).await;
                 return Ok(());
             }
             // The remote kept its side: no need to wait any longer.
@@ -660,6 +684,11 @@ impl ConnectionTask {
                 self.negotiation.on_answer();
                 if self.pc.pending_local_description().await.is_none() {
                     tracing::debug!(peer = %self.peer(), "answer without a pending offer dropped");
+                    return Ok(());
+                }
+                if self.refuses_ice_restart(&sdp).await {
+                    tracing::info!(peer = %self.peer(), "the peer cannot restart ICE: a new connection replaces ours");
+                    self.start_over(None).await;
                     return Ok(());
                 }
                 self.pc

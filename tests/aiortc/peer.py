@@ -54,6 +54,10 @@ def sdp_ufrag(sdp):
     return next((l.split(":", 1)[1].strip() for l in sdp.splitlines() if l.startswith("a=ice-ufrag:")), None)
 
 
+def sdp_fingerprint(sdp):
+    return next((l.split(":", 1)[1].strip() for l in sdp.splitlines() if l.startswith("a=fingerprint:")), None)
+
+
 class Remote:
     """One other peer of the room and our one RTCPeerConnection to it."""
 
@@ -349,8 +353,14 @@ class Peer:
     async def on_peer_signal(self, remote, signal):
         kind, pc = signal["kind"], remote.pc
         if kind == "offer":
+            if pc.remoteDescription is not None and \
+                    sdp_fingerprint(signal["sdp"]) != sdp_fingerprint(pc.remoteDescription.sdp):
+                # "signal", a new connection: the peer made a new RTCPeerConnection; so do we.
+                log.warning("%s made a new connection: so do we", remote.id)
+                old, pc = pc, self.new_pc(remote)
+                await old.close()
             # Perfect negotiation ("welcome": `polite`).
-            if remote.making_offer or pc.signalingState != "stable":
+            elif remote.making_offer or pc.signalingState != "stable":
                 if not remote.polite:
                     log.warning("glare with %s: impolite, ignoring its offer", remote.id)
                     return

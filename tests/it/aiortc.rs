@@ -12,7 +12,7 @@ use testkit::{LoopbackRelay, Spawned};
 
 use crate::peer_e2e::{
     Proc, Signaling, expect_chat, field, join, reliable_channel_open, restartable_signaling, say,
-    start_relay, start_signaling, wait_joined,
+    start_relay, start_signaling, start_signaling_with, wait_joined,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -163,4 +163,33 @@ fn after_a_signaling_restart_the_cli_and_aiortc_connect_again() {
     expect_chat(&mut cli, "pyo: after the restart");
     say(&mut cli, "me too");
     expect_chat(&mut py, "rusty: me too");
+}
+
+/// aiortc cannot restart ICE: it answers the CLI's ICE-restart offers (onto fresh TURN
+/// credentials, here every 4.8 s) with the ICE credentials it had. The CLI then makes a new
+/// connection (`docs/protocol.md`, "A new connection"), aiortc makes one for its offer, and the
+/// chat goes on. It stopped at the first refresh: each side refused the other's checks.
+#[test]
+fn the_cli_makes_a_new_connection_when_aiortc_cannot_restart_ice() {
+    let relay = start_relay();
+    let signaling = start_signaling_with(Some(&relay), "127.0.0.1:0", &["--turn-ttl", "6s"]);
+    let url = signaling.room_url("aiortc-fresh");
+    let mut cli = join(&url, "rusty", true);
+    wait_joined(&mut cli);
+    let mut py = join_aiortc(&url, "pyo");
+    aiortc_connected(&mut py);
+    cli_connected(&mut cli);
+    for refresh in 1..=2 {
+        cli.wait_line(WAIT, |l| {
+            l.starts_with("* ice-restart") && field(l, "reason") == Some("fresh-credentials")
+        });
+        // aiortc's new connection: its chat channel opens again.
+        py.wait_line(WAIT, |l| {
+            l.starts_with("* channel-open") && field(l, "label") == Some("chat")
+        });
+        say(&mut py, &format!("after refresh {refresh}"));
+        expect_chat(&mut cli, &format!("pyo: after refresh {refresh}"));
+        say(&mut cli, &format!("me too {refresh}"));
+        expect_chat(&mut py, &format!("rusty: me too {refresh}"));
+    }
 }
