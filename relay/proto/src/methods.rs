@@ -603,7 +603,14 @@ impl Server {
             return self.error_authenticated(from, msg, &auth.key, ErrorCode::InsufficientCapacity);
         }
         let channel_expires = later(now, self.config.channel_lifetime);
-        let permission_expires = later(now, self.config.permission_lifetime);
+        // The permission lasts as long as the channel, as coturn has it: aioice (aiortc)
+        // refreshes its channels every 500 s and never their permissions on their own.
+        let permission_expires = later(
+            now,
+            self.config
+                .permission_lifetime
+                .max(self.config.channel_lifetime),
+        );
         if let Some(alloc) = self.allocation_mut(auth.alloc) {
             if alloc.channels.bind(number, peer, channel_expires) {
                 self.stats.channels += 1;

@@ -28,7 +28,7 @@ impl Permissions {
     /// Install or refresh; returns true if the entry is new.
     pub(crate) fn install(&mut self, ip: IpAddr, expires: Instant) -> bool {
         if let Some(e) = self.entries.iter_mut().find(|(p, _)| *p == ip) {
-            e.1 = expires;
+            e.1 = e.1.max(expires);
             false
         } else {
             self.entries.push((ip, expires));

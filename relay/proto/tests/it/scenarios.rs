@@ -136,15 +136,19 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
     assert_eq!(alice.refresh(&mut h, 99_999), 3600);
     assert_eq!(alice.refresh(&mut h, 60), 600);
 
-    // After 300 s without refresh the permission is gone, so is relaying.
+    // After 300 s without refresh a permission is gone, so is relaying; one whose peer has a
+    // channel lasts as long as the channel (600 s).
+    let other = peer("203.0.114.9:1");
+    let resp = h.request(alice.from, &alice.permission_request(&[other]));
+    alice.verify_success(&resp, Method::CreatePermission);
     h.advance(Duration::from_secs(301));
-    assert_eq!(h.server.stats().permissions, 0);
-    assert_eq!(
-        h.send(alice.from, &channel_data_packet(0x4000, b"late")),
-        ClientAction::Drop
-    );
-    let (action, _) = from_peer(&mut h, handle, p, b"late");
+    assert_eq!(h.server.stats().permissions, 1);
+    let send = alice.send_indication(other, b"late");
+    assert_eq!(h.send(alice.from, &send), ClientAction::Drop);
+    let (action, _) = from_peer(&mut h, handle, other, b"late");
     assert_eq!(action, PeerAction::Drop);
+    let (action, _) = from_peer(&mut h, handle, p, b"late");
+    assert!(matches!(action, PeerAction::ToClient { .. }), "{action:?}");
 
     // The allocation (refreshed to 600 s at t=0) expires by the timer sweep.
     assert!(h.server.poll_timeout().is_some());
@@ -179,6 +183,42 @@ fn channel_bind_keeps_permission_and_channel_alive_while_refreshed() {
         (h.server.stats().permissions, h.server.stats().channels),
         (1, 1)
     );
+}
+
+/// A ChannelBind gives its peer's permission the channel's lifetime (10 min), as coturn does:
+/// aioice (aiortc) refreshes a channel every 500 s and never its permission on its own, so a
+/// 300 s permission dropped its peer's packets from 300 s to 500 s, and aiortc's relayed calls
+/// died 5 minutes in. A refresh never shortens a permission.
+#[test]
+fn a_channel_keeps_its_peers_permission_for_its_lifetime() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice();
+    let relay = alice.allocate_handle(&mut h);
+    let p = peer("203.0.114.7:6000");
+    for round in 0..3 {
+        let resp = alice.transact(&mut h, |c| c.channel_bind_request(0x4001, p));
+        alice.verify_success(&resp, Method::ChannelBind);
+        // A CreatePermission after it does not cut the permission back to 300 s.
+        let resp = alice.transact(&mut h, |c| c.permission_request(&[p]));
+        alice.verify_success(&resp, Method::CreatePermission);
+        let resp = alice.transact(&mut h, |c| c.refresh_request(600));
+        alice.verify_success(&resp, Method::Refresh);
+        h.advance(Duration::from_secs(450));
+        let (action, _) = from_peer(&mut h, relay, p, b"x");
+        assert!(
+            matches!(action, PeerAction::ToClient { .. }),
+            "round {round}: {action:?}"
+        );
+        h.advance(Duration::from_secs(50));
+    }
+    // Unrefreshed, it ends with the channel, in an allocation that lives on.
+    let resp = alice.transact(&mut h, |c| c.refresh_request(600));
+    alice.verify_success(&resp, Method::Refresh);
+    h.advance(Duration::from_secs(101));
+    assert_eq!(h.server.stats().allocations, 1);
+    assert_eq!(h.server.stats().permissions, 0);
+    let (action, _) = from_peer(&mut h, relay, p, b"x");
+    assert_eq!(action, PeerAction::Drop);
 }
 
 #[test]
