@@ -205,6 +205,9 @@ pub enum PeerEvent {
     /// reliable messages sent on it that SCTP had not acknowledged were sent again on the new
     /// one, before its [`PeerEvent::ChannelOpen`] and anything sent after.
     Resent { peer: PeerId, messages: usize },
+    /// `peer` left the room (before [`PeerEvent::PeerLeft`]), and `messages` reliable messages
+    /// sent to it had not been acknowledged by its SCTP: they may not have arrived.
+    Undelivered { peer: PeerId, messages: usize },
     /// A data-channel message.
     Message {
         from: PeerId,

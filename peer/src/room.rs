@@ -239,7 +239,15 @@ impl Room {
                 if let Some(key) = self.find_key(&peer_id)
                     && let Some(handle) = self.connections.remove(&key)
                 {
+                    let undelivered = self.registry.take_unacknowledged(key).await;
                     let _ = handle.input.send(ConnectionInput::Close);
+                    if !undelivered.is_empty() {
+                        self.emit(PeerEvent::Undelivered {
+                            peer: peer_id.clone(),
+                            messages: undelivered.len(),
+                        })
+                        .await;
+                    }
                 }
                 self.emit(PeerEvent::PeerLeft {
                     peer: peer_id,

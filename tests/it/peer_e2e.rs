@@ -615,6 +615,26 @@ fn signaling_restart_rejoins_and_the_data_channel_keeps_working() {
     );
 }
 
+/// A peer that vanished (killed) leaves the room once the resume grace is over. A line sent to
+/// it meanwhile, which its SCTP never acknowledged, is reported as one that may not have
+/// arrived, rather than passed over in silence.
+#[test]
+fn lines_to_a_peer_that_vanished_are_reported_when_it_leaves() {
+    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--resume-grace", "2s"]);
+    let alice_err = StderrFile::new();
+    let (mut alice, mut bob) = logged_chat_pair(&signaling.room_url("vanished"), &alice_err);
+    chat_both_ways(&mut alice, &mut bob, "still here", "me too");
+    // Their acknowledgements (SCTP may hold one 200 ms) are back.
+    alice.read_for(Duration::from_millis(500));
+    bob.kill();
+    say(&mut alice, "into the void");
+    alice.wait_line(Duration::from_secs(20), |l| l.starts_with("* peer-left"));
+    wait_stderr(
+        &alice_err,
+        "warning: 1 line(s) to bob may not have arrived: it left the room",
+    );
+}
+
 /// After a re-join, a connection whose peer has not re-joined yet (an orphan) signals nothing:
 /// its peer's old id is unknown to the new session, and each signal was an `unknown_peer`
 /// warning (an outside audit counted 43 in 25 s). Once the peer is back and adopted, the ICE

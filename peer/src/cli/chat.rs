@@ -395,6 +395,10 @@ impl Chat {
                 "resent",
                 &[("peer", id.as_str().into()), ("messages", messages.into())],
             ),
+            PeerEvent::Undelivered { peer: id, messages } => eprintln!(
+                "warning: {messages} line(s) to {} may not have arrived: it left the room before acknowledging them",
+                escape(&display(&self.names, &id))
+            ),
             PeerEvent::Message {
                 from,
                 kind,
