@@ -8,17 +8,18 @@
 //! is one of ours or of the README's (`chat`, `canvas`, `cursor`), else by its `ordered` flag,
 //! so a browser that opens channels of its own is understood too.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use signaling::protocol::PeerId;
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 
 use crate::PeerEvent;
 use crate::error::{PeerError, Result};
+use crate::sent_log::{Outgoing, SentLog};
 
 /// Label of the reliable, ordered channel.
 pub const RELIABLE_LABEL: &str = "reliable";
@@ -113,67 +114,9 @@ struct SendChannel {
     named: bool,
 }
 
-/// A message handed to a data channel: its bytes, and whether it is text.
-#[derive(Clone, Debug)]
-pub(crate) struct Outgoing {
-    pub(crate) data: Bytes,
-    pub(crate) text: bool,
-}
-
 /// Reliable messages a replaced connection had not delivered, for its successor's first
 /// reliable channel to send before any other ([`spawn_reader`]).
 pub(crate) type CarriedOver = Arc<Mutex<Vec<Outgoing>>>;
-
-/// The newest messages sent on a reliable channel, as many as SCTP may not have acknowledged:
-/// their bytes reach the channel's outstanding bytes (`DataChannel::outstanding_bytes`: handed
-/// over and not yet acknowledged) as of the last send. So it holds at most the send buffer
-/// limit ([`crate::PeerOptions::send_buffer_limit`]) plus one message. Messages sent on one
-/// channel by concurrent tasks may be logged in another order than SCTP took them.
-#[derive(Default)]
-struct SentLog {
-    messages: VecDeque<Outgoing>,
-    bytes: usize,
-}
-
-impl SentLog {
-    /// `message` was sent, and `outstanding` bytes are not acknowledged (`None`: not known,
-    /// the channel closed meanwhile; nothing is dropped then).
-    fn record(&mut self, message: Outgoing, outstanding: Option<usize>) {
-        self.bytes += message.data.len();
-        self.messages.push_back(message);
-        let Some(outstanding) = outstanding else {
-            return;
-        };
-        while let Some(oldest) = self.messages.front() {
-            if self.bytes - oldest.data.len() < outstanding {
-                break;
-            }
-            self.bytes -= oldest.data.len();
-            self.messages.pop_front();
-        }
-    }
-
-    /// The newest messages whose bytes reach `outstanding`: those SCTP has not acknowledged
-    /// (all of them, or the rest of one it acknowledged in part).
-    fn unacknowledged(&self, outstanding: usize) -> Vec<Outgoing> {
-        let mut bytes = 0;
-        let count = self
-            .messages
-            .iter()
-            .rev()
-            .take_while(|message| {
-                let more = bytes < outstanding;
-                bytes += message.data.len();
-                more
-            })
-            .count();
-        self.messages
-            .iter()
-            .skip(self.messages.len() - count)
-            .cloned()
-            .collect()
-    }
-}
 
 /// Where `Peer::send` writes: a channel, and the log of its unacknowledged messages if it is
 /// reliable.
@@ -459,51 +402,6 @@ mod tests {
                 "{label} ordered={ordered}"
             );
         }
-    }
-
-    fn text(line: &str) -> Outgoing {
-        Outgoing {
-            data: Bytes::copy_from_slice(line.as_bytes()),
-            text: true,
-        }
-    }
-
-    fn lines(messages: &[Outgoing]) -> Vec<&str> {
-        messages
-            .iter()
-            .map(|message| std::str::from_utf8(&message.data).expect("utf-8"))
-            .collect()
-    }
-
-    #[test]
-    fn the_sent_log_keeps_the_messages_that_may_not_be_acknowledged() {
-        let mut log = SentLog::default();
-        // "one" is acknowledged by the time "two" is sent: only "two" is outstanding.
-        log.record(text("one"), Some(3));
-        log.record(text("two"), Some(3));
-        assert_eq!(
-            lines(&log.messages.iter().cloned().collect::<Vec<_>>()),
-            ["two"]
-        );
-        // Nothing acknowledged since: both are kept.
-        log.record(text("three"), Some(8));
-        assert_eq!(log.bytes, 8);
-        assert_eq!(lines(&log.unacknowledged(8)), ["two", "three"]);
-        // A message acknowledged in part is not delivered.
-        assert_eq!(lines(&log.unacknowledged(6)), ["two", "three"]);
-        assert_eq!(lines(&log.unacknowledged(5)), ["three"]);
-        assert_eq!(lines(&log.unacknowledged(1)), ["three"]);
-        assert!(log.unacknowledged(0).is_empty());
-        // Not known (the channel closed): nothing is dropped.
-        log.record(text("four"), None);
-        assert_eq!(
-            lines(&log.unacknowledged(usize::MAX)),
-            ["two", "three", "four"]
-        );
-        // All acknowledged: the log empties at the next send but for that one.
-        log.record(text("five"), Some(4));
-        assert_eq!(lines(&log.unacknowledged(usize::MAX)), ["five"]);
-        assert_eq!(log.bytes, 4);
     }
 
     #[test]

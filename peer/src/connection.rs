@@ -29,12 +29,12 @@ use webrtc::peer_connection::{
 };
 
 use crate::channel::{
-    CarriedOver, ChannelContext, ChannelKind, ChannelRegistry, Outgoing, RemoteId, read_remote,
-    spawn_reader,
+    CarriedOver, ChannelContext, ChannelKind, ChannelRegistry, RemoteId, read_remote, spawn_reader,
 };
 use crate::error::Result;
 use crate::ice_servers::{relay_moved, turn_urls};
 use crate::negotiation::{CandidateDecision, Negotiation, OfferDecision};
+use crate::sent_log::Outgoing;
 use crate::turn_tcp_bridge::TurnTcpBridges;
 use crate::{ConnectionState, IceRestartReason, PeerEvent, PeerOptions, SelectedPair};
 

@@ -38,6 +38,7 @@ mod ice_servers;
 mod negotiation;
 mod resend;
 mod room;
+mod sent_log;
 mod signaling_client;
 mod tls_roots;
 mod turn_check;
@@ -57,8 +58,9 @@ pub use error::{PeerError, Result};
 pub use signaling::protocol;
 pub use tls_roots::TlsRootsError;
 
-use channel::{ChannelRegistry, ChannelSender, Outgoing};
+use channel::{ChannelRegistry, ChannelSender};
 use room::{Room, RoomCommand};
+use sent_log::Outgoing;
 use signaling_client::SignalingClient;
 
 /// How a [`Peer`] connects.

@@ -24,10 +24,11 @@ use tokio::sync::{mpsc, oneshot};
 /// How long closing a peer waits for its `leave` to be written.
 const LEAVE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-use crate::channel::{ChannelRegistry, Outgoing, read_remote};
+use crate::channel::{ChannelRegistry, read_remote};
 use crate::connection::{
     self, ConnectionContext, ConnectionHandle, ConnectionInput, ConnectionOutput,
 };
+use crate::sent_log::Outgoing;
 use crate::signaling_client::{SignalingClient, SignalingEvent};
 use crate::{PeerEvent, PeerOptions, SelectedPair};
 
