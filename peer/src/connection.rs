@@ -36,7 +36,9 @@ use crate::ice_servers::{relay_moved, turn_urls};
 use crate::negotiation::{CandidateDecision, Negotiation, OfferDecision};
 use crate::sent_log::Outgoing;
 use crate::turn_tcp_bridge::TurnTcpBridges;
-use crate::{ConnectionState, IceRestartReason, PeerEvent, PeerOptions, SelectedPair};
+use crate::{
+    ConnectionState, IceRestartReason, PeerEvent, PeerOptions, ReplaceReason, SelectedPair,
+};
 
 /// Inputs the room sends to a connection.
 #[derive(Debug)]
@@ -628,8 +630,16 @@ impl ConnectionTask {
     /// connection"), which answers `offer` (the peer's new connection's) or else offers at
     /// once. Nothing more is sent here; the reliable messages not acknowledged go first on the
     /// new one.
-    async fn start_over(&mut self, offer: Option<Signal>) {
+    async fn start_over(&mut self, reason: ReplaceReason, offer: Option<Signal>) {
         self.started_over = true;
+        let _ = self
+            .ctx
+            .events
+            .send(PeerEvent::ConnectionReplaced {
+                peer: self.peer(),
+                reason,
+            })
+            .await;
         let undelivered = self.ctx.registry.take_unacknowledged(self.ctx.key).await;
         let _ = self.ctx.output.send(ConnectionOutput::StartedOver {
             key: self.ctx.key,
@@ -644,7 +654,7 @@ impl ConnectionTask {
             if self.is_another_dtls_session(sdp).await {
                 tracing::info!(peer = %self.peer(), "the peer started a new connection: ours is replaced");
                 let offer = matches!(signal, Signal::Offer { .. }).then_some(signal);
-                self.start_over(offer).await;
+                self.start_over(ReplaceReason::PeerStartedOver, offer).await;
                 return Ok(());
             }
             // The remote kept its side: no need to wait any longer.
@@ -688,7 +698,8 @@ impl ConnectionTask {
                 }
                 if self.refuses_ice_restart(&sdp).await {
                     tracing::info!(peer = %self.peer(), "the peer cannot restart ICE: a new connection replaces ours");
-                    self.start_over(None).await;
+                    self.start_over(ReplaceReason::IceRestartRefused, None)
+                        .await;
                     return Ok(());
                 }
                 self.pc

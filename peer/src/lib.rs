@@ -189,6 +189,27 @@ impl std::fmt::Display for IceRestartReason {
     }
 }
 
+/// Why a connection was replaced by a new one to the same peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplaceReason {
+    /// The peer made a new connection (an offer or answer with another DTLS fingerprint): it
+    /// did not keep its side across a re-join, or switched to relay-only.
+    PeerStartedOver,
+    /// The peer answered our ICE restart with the ICE credentials it had: it cannot restart
+    /// ICE (aiortc cannot), so a new connection offers instead.
+    IceRestartRefused,
+}
+
+impl std::fmt::Display for ReplaceReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PeerStartedOver => "peer-started-over",
+            Self::IceRestartRefused => "ice-restart-refused",
+        })
+    }
+}
+
 /// What happens in the room.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -203,6 +224,8 @@ pub enum PeerEvent {
     ChannelOpen { peer: PeerId, kind: ChannelKind },
     /// A data channel to a peer closed.
     ChannelClosed { peer: PeerId, kind: ChannelKind },
+    /// The connection to `peer` ends, and a new one replaces it (its channels open anew).
+    ConnectionReplaced { peer: PeerId, reason: ReplaceReason },
     /// The connection to `peer` was replaced (the peer started a new one), and `messages`
     /// reliable messages sent on it that SCTP had not acknowledged were sent again on the new
     /// one, before its [`PeerEvent::ChannelOpen`] and anything sent after.

@@ -1447,7 +1447,7 @@ test('interop: a line the CLI sent into a dead path goes again on the connection
   await cli.waitForLine(/^\* signaling-rejoined /, WAIT, 'the CLI joining again');
   await a.joined();
   // The page's new offer replaces the CLI's connection; then the relay is back.
-  await cli.waitForLine(/^\* channel-closed .*kind=reliable/, WAIT, 'the CLI giving up its old connection');
+  await cli.waitForLine(/^\* connection-replaced .*reason=peer-started-over/, WAIT, 'the CLI giving up its old connection');
   process.kill(r.proc.child.pid, 'SIGCONT');
   await a.connected(1, 30000);
   await a.chatFrom('into the dead path');

@@ -183,6 +183,10 @@ fn the_cli_makes_a_new_connection_when_aiortc_cannot_restart_ice() {
         cli.wait_line(WAIT, |l| {
             l.starts_with("* ice-restart") && field(l, "reason") == Some("fresh-credentials")
         });
+        cli.wait_line(WAIT, |l| {
+            l.starts_with("* connection-replaced")
+                && field(l, "reason") == Some("ice-restart-refused")
+        });
         // aiortc's new connection: its chat channel opens again.
         py.wait_line(WAIT, |l| {
             l.starts_with("* channel-open") && field(l, "label") == Some("chat")

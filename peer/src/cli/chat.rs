@@ -391,6 +391,10 @@ impl Chat {
                     &[("peer", id.to_string()), ("kind", kind.to_string())],
                 );
             }
+            PeerEvent::ConnectionReplaced { peer: id, reason } => out.notice(
+                "connection-replaced",
+                &[("peer", id.to_string()), ("reason", reason.to_string())],
+            ),
             PeerEvent::Resent { peer: id, messages } => out.notice_values(
                 "resent",
                 &[("peer", id.as_str().into()), ("messages", messages.into())],
