@@ -8,7 +8,7 @@
 //! is one of ours or of the README's (`chat`, `canvas`, `cursor`), else by its `ordered` flag,
 //! so a browser that opens channels of its own is understood too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -97,7 +97,16 @@ pub(crate) fn read_remote(id: &RemoteId) -> PeerId {
 /// The open channels of every remote peer, keyed by the connection's stable key.
 #[derive(Default)]
 pub(crate) struct ChannelRegistry {
-    inner: RwLock<HashMap<u64, PeerChannels>>,
+    inner: RwLock<Channels>,
+}
+
+#[derive(Default)]
+struct Channels {
+    open: HashMap<u64, PeerChannels>,
+    /// Connections being replaced ([`ChannelRegistry::take_unacknowledged`]) until they end
+    /// ([`ChannelRegistry::remove_connection`]): a channel of theirs that opens late is not
+    /// sent on.
+    retired: HashSet<u64>,
 }
 
 struct PeerChannels {
@@ -114,9 +123,9 @@ struct SendChannel {
     named: bool,
 }
 
-/// Reliable messages a replaced connection had not delivered, for its successor's first
-/// reliable channel to send before any other ([`spawn_reader`]).
-pub(crate) type CarriedOver = Arc<Mutex<Vec<Outgoing>>>;
+/// The reliable messages a replaced connection had not had acknowledged, for its successor's
+/// first reliable channel to send before any other ([`spawn_reader`]).
+pub(crate) type CarriedOver = Arc<tokio::sync::Mutex<Vec<Outgoing>>>;
 
 /// Where `Peer::send` writes: a channel, and the log of its unacknowledged messages if it is
 /// reliable.
@@ -143,24 +152,27 @@ impl ChannelSender {
         }
         if let Some(sent) = &self.sent {
             let outstanding = self.dc.outstanding_bytes().await.ok();
-            sent.lock()
+            let logged = sent
+                .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .record(message, outstanding);
+            if !logged {
+                return Err(PeerError::Replaced);
+            }
         }
         Ok(())
     }
 
-    /// The messages sent here that SCTP has not acknowledged (none if that is not known).
-    async fn unacknowledged(&self) -> Vec<Outgoing> {
+    /// The messages sent here that SCTP has not acknowledged (none if that is not known),
+    /// once: what is sent here after is an error ([`PeerError::Replaced`]).
+    async fn take_unacknowledged(&self) -> Vec<Outgoing> {
         let Some(sent) = &self.sent else {
             return Vec::new();
         };
-        let Ok(outstanding) = self.dc.outstanding_bytes().await else {
-            return Vec::new();
-        };
+        let outstanding = self.dc.outstanding_bytes().await.unwrap_or(0);
         sent.lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .unacknowledged(outstanding)
+            .take(outstanding)
     }
 }
 
@@ -178,7 +190,7 @@ fn send_index(named: impl IntoIterator<Item = bool>) -> Option<usize> {
 }
 
 impl ChannelRegistry {
-    fn with_write<R>(&self, f: impl FnOnce(&mut HashMap<u64, PeerChannels>) -> R) -> R {
+    fn with_write<R>(&self, f: impl FnOnce(&mut Channels) -> R) -> R {
         match self.inner.write() {
             Ok(mut guard) => f(&mut guard),
             Err(poisoned) => f(&mut poisoned.into_inner()),
@@ -187,8 +199,8 @@ impl ChannelRegistry {
 
     fn with_read<R>(&self, f: impl FnOnce(&HashMap<u64, PeerChannels>) -> R) -> R {
         match self.inner.read() {
-            Ok(guard) => f(&guard),
-            Err(poisoned) => f(&poisoned.into_inner()),
+            Ok(guard) => f(&guard.open),
+            Err(poisoned) => f(&poisoned.into_inner().open),
         }
     }
 
@@ -203,8 +215,11 @@ impl ChannelRegistry {
         sender: ChannelSender,
         named: bool,
     ) {
-        self.with_write(|map| {
-            let entry = map.entry(key).or_insert_with(|| PeerChannels {
+        self.with_write(|channels| {
+            if channels.retired.contains(&key) {
+                return;
+            }
+            let entry = channels.open.entry(key).or_insert_with(|| PeerChannels {
                 remote: remote.clone(),
                 reliable: Vec::new(),
                 unreliable: Vec::new(),
@@ -215,11 +230,11 @@ impl ChannelRegistry {
 
     /// Channel `id` closed: if it was sent on, the next by [`send_index`] takes over.
     fn remove(&self, key: u64, kind: ChannelKind, id: usize) {
-        self.with_write(|map| {
-            if let Some(entry) = map.get_mut(&key) {
+        self.with_write(|channels| {
+            if let Some(entry) = channels.open.get_mut(&key) {
                 entry.of_kind(kind).retain(|open| open.sender.dc.id() != id);
                 if entry.reliable.is_empty() && entry.unreliable.is_empty() {
-                    map.remove(&key);
+                    channels.open.remove(&key);
                 }
             }
         });
@@ -227,19 +242,23 @@ impl ChannelRegistry {
 
     /// Forgets every channel of a connection (it closed).
     pub(crate) fn remove_connection(&self, key: u64) {
-        self.with_write(|map| map.remove(&key));
+        self.with_write(|channels| {
+            channels.open.remove(&key);
+            channels.retired.remove(&key);
+        });
     }
 
-    /// Forgets every channel of a connection that is being replaced, so that nothing more is
-    /// sent on them, and returns the reliable messages sent on them that SCTP has not
-    /// acknowledged: its successor sends them again.
+    /// Forgets every channel of a connection that is being replaced or closed, so that
+    /// nothing more is sent on them (nor on one that opens later), and returns the reliable
+    /// messages sent on them that SCTP has not acknowledged.
     pub(crate) async fn take_unacknowledged(&self, key: u64) -> Vec<Outgoing> {
-        let Some(entry) = self.with_write(|map| map.remove(&key)) else {
-            return Vec::new();
-        };
+        let entry = self.with_write(|channels| {
+            channels.retired.insert(key);
+            channels.open.remove(&key)
+        });
         let mut messages = Vec::new();
-        for channel in &entry.reliable {
-            messages.extend(channel.sender.unacknowledged().await);
+        for channel in entry.iter().flat_map(|entry| &entry.reliable) {
+            messages.extend(channel.sender.take_unacknowledged().await);
         }
         messages
     }
@@ -282,7 +301,7 @@ impl PeerChannels {
     }
 }
 
-/// A connection's channel and what its reader needs.
+/// What a reader of one of a connection's channels needs.
 pub(crate) struct ChannelContext {
     pub(crate) key: u64,
     pub(crate) remote: RemoteId,
@@ -291,29 +310,25 @@ pub(crate) struct ChannelContext {
     pub(crate) carried_over: CarriedOver,
 }
 
-/// Sends what a replaced connection had not delivered on `sender`, the successor's first
-/// reliable channel whose label names the kind, before anything else goes there.
-async fn send_carried_over(ctx: &ChannelContext, sender: &ChannelSender) {
-    let messages = std::mem::take(
-        &mut *ctx
-            .carried_over
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-    );
+/// Sends `messages`, which a replaced connection had not had acknowledged, on `sender`: the
+/// successor's first reliable channel whose label names the kind, before anything else goes
+/// there. [`PeerEvent::Resent`] says how many went.
+async fn send_carried_over(ctx: &ChannelContext, sender: &ChannelSender, messages: Vec<Outgoing>) {
     if messages.is_empty() {
         return;
     }
-    let count = messages.len();
+    let mut sent = 0;
     for message in messages {
-        if let Err(err) = sender.send(message).await {
-            tracing::debug!("a message carried over was not sent: {err}");
+        match sender.send(message).await {
+            Ok(()) => sent += 1,
+            Err(err) => tracing::debug!("a message carried over was not sent: {err}"),
         }
     }
     let _ = ctx
         .events
         .send(PeerEvent::Resent {
             peer: read_remote(&ctx.remote),
-            messages: count,
+            messages: sent,
         })
         .await;
 }
@@ -338,9 +353,17 @@ pub(crate) fn spawn_reader(ctx: ChannelContext, dc: Arc<dyn DataChannel>) {
                     open = true;
                     let sender = ChannelSender::new(dc.clone(), kind);
                     if kind == ChannelKind::Reliable && named {
-                        send_carried_over(&ctx, &sender).await;
+                        // The connection's named reliable channels are registered one at a
+                        // time past this lock: the first sends what its predecessor left
+                        // unacknowledged and is registered first, so `Peer::send` goes on
+                        // there, after them ([`send_index`]).
+                        let mut carried_over = ctx.carried_over.lock().await;
+                        let messages = std::mem::take(&mut *carried_over);
+                        send_carried_over(&ctx, &sender, messages).await;
+                        registry.insert(*key, remote, kind, sender, named);
+                    } else {
+                        registry.insert(*key, remote, kind, sender, named);
                     }
-                    registry.insert(*key, remote, kind, sender, named);
                     let _ = events
                         .send(PeerEvent::ChannelOpen {
                             peer: read_remote(remote),

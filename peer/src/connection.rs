@@ -76,13 +76,13 @@ pub(crate) enum ConnectionOutput {
     /// the JS client and clients written from `docs/protocol.md` do not), and the new one
     /// answers its `offer`; or, without one, the new connection offers at once: the remote
     /// answered our offer from its new connection (which holds a DTLS session that is not
-    /// ours), or it cannot restart ICE. `undelivered`: the reliable messages SCTP had not
+    /// ours), or it cannot restart ICE. `unacknowledged`: the reliable messages SCTP had not
     /// acknowledged, which the new connection sends first.
     StartedOver {
         key: u64,
         polite: bool,
         offer: Option<Signal>,
-        undelivered: Vec<Outgoing>,
+        unacknowledged: Vec<Outgoing>,
     },
     /// A signal of the remote's that reached this connection after it ended with
     /// [`Self::StartedOver`]: for the connection that replaced it (the candidates of the
@@ -157,8 +157,10 @@ pub(crate) struct ConnectionContext {
     pub(crate) registry: Arc<ChannelRegistry>,
     pub(crate) events: mpsc::Sender<PeerEvent>,
     pub(crate) output: mpsc::UnboundedSender<ConnectionOutput>,
-    /// What the connection this one replaces had not delivered (empty for a new one).
+    /// What the connection this one replaces had not had acknowledged (empty for a new one).
     pub(crate) carried_over: CarriedOver,
+    /// Whether this connection replaces one ([`ConnectionOutput::StartedOver`]).
+    pub(crate) replaces: bool,
 }
 
 impl ConnectionContext {
@@ -319,6 +321,8 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         last_restart: None,
         state: RTCPeerConnectionState::New,
         was_connected: false,
+        created: Instant::now(),
+        restart_unconfirmed: None,
         stats_sent: None,
     };
     tokio::spawn(task.run(input_rx, handler_rx));
@@ -353,12 +357,17 @@ struct ConnectionTask {
     adopted_quiet_until: Option<Instant>,
     /// An offer held back by the quiet period, and whether it restarts ICE.
     offer_deferred: Option<bool>,
-    /// The remote started a new connection: this one ends (`ConnectionOutput::StartedOver`).
+    /// A new connection replaces this one, which ends (`ConnectionOutput::StartedOver`).
     started_over: bool,
     last_restart: Option<Instant>,
     state: RTCPeerConnectionState,
     /// Whether the connection has ever been connected.
     was_connected: bool,
+    created: Instant,
+    /// When the peer answered our ICE restart keeping its ICE credentials, until ICE is
+    /// connected again. Not connected [`RESTART_CONFIRM_WAIT`] later, the peer cannot restart
+    /// ICE, and a new connection replaces this one ([`Self::start_over`]).
+    restart_unconfirmed: Option<Instant>,
     /// The path of the last `stats` report and when it was sent.
     stats_sent: Option<(String, Instant)>,
 }
@@ -441,6 +450,16 @@ impl ConnectionTask {
                 self.resend_offer(Duration::ZERO).await?;
             }
             None => self.resend_offer(client_rules::OFFER_RESEND).await?,
+        }
+        if self
+            .restart_unconfirmed
+            .is_some_and(|at| at.elapsed() >= RESTART_CONFIRM_WAIT)
+            && self.may_start_over()
+        {
+            tracing::info!(peer = %self.peer(), "the peer cannot restart ICE: a new connection replaces ours");
+            self.start_over(ReplaceReason::IceRestartRefused, None)
+                .await;
+            return Ok(());
         }
         // An offer held back by the quiet, once no other is out.
         if self.offer_deferred.is_some() && self.is_stable().await {
@@ -612,9 +631,11 @@ impl ConnectionTask {
     }
 
     /// Whether `answer`, to an ICE-restart offer of ours, keeps the peer's ICE credentials
-    /// (`a=ice-ufrag`): the peer cannot restart ICE (aiortc cannot), and with the answer
-    /// applied neither side would accept the other's checks.
-    async fn refuses_ice_restart(&self, answer: &str) -> bool {
+    /// (`a=ice-ufrag`). A browser may (Chrome does when it restarts at the same moment), and
+    /// checks with our new credentials; a peer that cannot restart ICE does too (aiortc),
+    /// and goes on checking with our old ones, which we no longer accept: see
+    /// [`ConnectionTask::restart_unconfirmed`].
+    async fn answer_keeps_ice_credentials(&self, answer: &str) -> bool {
         let (Some(offer), Some(local), Some(remote)) = (
             self.pc.pending_local_description().await,
             self.pc.current_local_description().await,
@@ -626,12 +647,24 @@ impl ConnectionTask {
         restarting && ice_ufrag(answer).is_some() && ice_ufrag(answer) == ice_ufrag(&remote.sdp)
     }
 
+    /// Whether a new connection may replace this one for a peer that cannot restart ICE: at
+    /// once if this one was ever connected (fresh TURN credentials, a moved relay) or is the
+    /// first; else (a replacement that never connected: the path may be down for good, the
+    /// relay gone) once it is [`START_OVER_BACKOFF`] old, so that a peer that cannot restart
+    /// ICE and a dead path do not make a new connection, and TURN allocations, every few
+    /// seconds.
+    fn may_start_over(&self) -> bool {
+        self.was_connected || !self.ctx.replaces || self.created.elapsed() >= START_OVER_BACKOFF
+    }
+
     /// Ends this connection for a new one to the same peer (`docs/protocol.md`, "A new
     /// connection"), which answers `offer` (the peer's new connection's) or else offers at
     /// once. Nothing more is sent here; the reliable messages not acknowledged go first on the
     /// new one.
     async fn start_over(&mut self, reason: ReplaceReason, offer: Option<Signal>) {
         self.started_over = true;
+        // What this one was still to send for the connection it replaced goes first.
+        let mut unacknowledged = std::mem::take(&mut *self.ctx.carried_over.lock().await);
         let _ = self
             .ctx
             .events
@@ -640,12 +673,12 @@ impl ConnectionTask {
                 reason,
             })
             .await;
-        let undelivered = self.ctx.registry.take_unacknowledged(self.ctx.key).await;
+        unacknowledged.extend(self.ctx.registry.take_unacknowledged(self.ctx.key).await);
         let _ = self.ctx.output.send(ConnectionOutput::StartedOver {
             key: self.ctx.key,
             polite: self.negotiation.polite(),
             offer,
-            undelivered,
+            unacknowledged,
         });
     }
 
@@ -696,11 +729,9 @@ impl ConnectionTask {
                     tracing::debug!(peer = %self.peer(), "answer without a pending offer dropped");
                     return Ok(());
                 }
-                if self.refuses_ice_restart(&sdp).await {
-                    tracing::info!(peer = %self.peer(), "the peer cannot restart ICE: a new connection replaces ours");
-                    self.start_over(ReplaceReason::IceRestartRefused, None)
-                        .await;
-                    return Ok(());
+                if self.answer_keeps_ice_credentials(&sdp).await {
+                    tracing::debug!(peer = %self.peer(), "the peer kept its ICE credentials in its answer to our ICE restart");
+                    self.restart_unconfirmed = Some(Instant::now());
                 }
                 self.pc
                     .set_remote_description(RTCSessionDescription::answer(sdp)?)
@@ -854,6 +885,12 @@ impl ConnectionTask {
             }
             HandlerEvent::IceState(state) => {
                 tracing::debug!(peer = %self.peer(), %state, "ice connection state");
+                if matches!(
+                    state,
+                    RTCIceConnectionState::Connected | RTCIceConnectionState::Completed
+                ) {
+                    self.restart_unconfirmed = None;
+                }
                 if state == RTCIceConnectionState::Failed {
                     self.restart_ice(IceRestartReason::Failed).await?;
                 }
@@ -997,6 +1034,14 @@ fn ice_ufrag(sdp: &str) -> Option<&str> {
 
 /// How often a connection checks whether a `stats` report is due.
 const STATS_TICK: Duration = Duration::from_secs(1);
+
+/// How old a replacement that never connected gets before a peer that cannot restart ICE has
+/// it replaced again ([`ConnectionTask::may_start_over`]).
+const START_OVER_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long ICE gets to be connected again after the peer answered our ICE restart keeping its
+/// ICE credentials ([`ConnectionTask::restart_unconfirmed`]): about 1 s with a browser.
+const RESTART_CONFIRM_WAIT: Duration = Duration::from_secs(5);
 
 /// How long an adopted connection makes no offer ([`ConnectionTask::adopted_quiet_until`]):
 /// longer than the 1.5 s a polite JS client waits before its first offer.

@@ -64,6 +64,11 @@ pub enum PeerError {
         kind: crate::ChannelKind,
     },
 
+    /// The connection to the peer was replaced by a new one while the message was sent: it
+    /// may not arrive (the messages sent before go again on the new connection).
+    #[error("the connection was replaced while the message was sent: it may not arrive")]
+    Replaced,
+
     /// The peer is not (or no longer) in the room.
     #[error("unknown peer {0}")]
     UnknownPeer(PeerId),

@@ -196,8 +196,9 @@ pub enum ReplaceReason {
     /// The peer made a new connection (an offer or answer with another DTLS fingerprint): it
     /// did not keep its side across a re-join, or switched to relay-only.
     PeerStartedOver,
-    /// The peer answered our ICE restart with the ICE credentials it had: it cannot restart
-    /// ICE (aiortc cannot), so a new connection offers instead.
+    /// The peer answered our ICE restart with the ICE credentials it had, and ICE was not
+    /// connected again 5 s later: it cannot restart ICE (aiortc cannot), so a new connection
+    /// offers instead.
     IceRestartRefused,
 }
 
@@ -226,13 +227,14 @@ pub enum PeerEvent {
     ChannelClosed { peer: PeerId, kind: ChannelKind },
     /// The connection to `peer` ends, and a new one replaces it (its channels open anew).
     ConnectionReplaced { peer: PeerId, reason: ReplaceReason },
-    /// The connection to `peer` was replaced (the peer started a new one), and `messages`
-    /// reliable messages sent on it that SCTP had not acknowledged were sent again on the new
-    /// one, before its [`PeerEvent::ChannelOpen`] and anything sent after.
+    /// The connection to `peer` was replaced ([`PeerEvent::ConnectionReplaced`]), and
+    /// `messages` reliable messages sent on it that SCTP had not acknowledged were sent again
+    /// on the new one, before its [`PeerEvent::ChannelOpen`] and anything sent after (one the
+    /// peer had received without acknowledging it yet arrives twice).
     Resent { peer: PeerId, messages: usize },
     /// `peer` left the room (before [`PeerEvent::PeerLeft`]), and `messages` reliable messages
     /// sent to it had not been acknowledged by its SCTP: they may not have arrived.
-    Undelivered { peer: PeerId, messages: usize },
+    Unacknowledged { peer: PeerId, messages: usize },
     /// A data-channel message.
     Message {
         from: PeerId,

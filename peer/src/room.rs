@@ -14,7 +14,7 @@
 //! current id (an orphan's are dropped), so a re-join never reports on an old-session peer.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use signaling::protocol::{
     ClientMessage, ErrorCode, IceServer, PeerId, PeerInfo, ServerMessage, SessionInfo, Signal,
@@ -240,12 +240,12 @@ impl Room {
                 if let Some(key) = self.find_key(&peer_id)
                     && let Some(handle) = self.connections.remove(&key)
                 {
-                    let undelivered = self.registry.take_unacknowledged(key).await;
+                    let unacknowledged = self.registry.take_unacknowledged(key).await;
                     let _ = handle.input.send(ConnectionInput::Close);
-                    if !undelivered.is_empty() {
-                        self.emit(PeerEvent::Undelivered {
+                    if !unacknowledged.is_empty() {
+                        self.emit(PeerEvent::Unacknowledged {
                             peer: peer_id.clone(),
-                            messages: undelivered.len(),
+                            messages: unacknowledged.len(),
                         })
                         .await;
                     }
@@ -363,7 +363,7 @@ impl Room {
             }
         }
         if self
-            .connect(&info.id, info.name.clone(), info.polite, Vec::new())
+            .connect(&info.id, info.name.clone(), info.polite, None)
             .await
             .is_some()
         {
@@ -376,13 +376,14 @@ impl Room {
     }
 
     /// A new connection to `peer`; its key, or `None` (reported) if it could not be made.
-    /// `carried_over`: what the connection it replaces had not delivered.
+    /// `replaces`: the messages the connection it replaces had not had acknowledged, if it
+    /// replaces one.
     async fn connect(
         &mut self,
         peer: &PeerId,
         name: Option<String>,
         polite: bool,
-        carried_over: Vec<Outgoing>,
+        replaces: Option<Vec<Outgoing>>,
     ) -> Option<u64> {
         let key = self.next_key;
         self.next_key += 1;
@@ -395,7 +396,8 @@ impl Room {
             registry: self.registry.clone(),
             events: self.events.clone(),
             output: self.output_tx.clone(),
-            carried_over: Arc::new(Mutex::new(carried_over)),
+            replaces: replaces.is_some(),
+            carried_over: Arc::new(tokio::sync::Mutex::new(replaces.unwrap_or_default())),
         };
         match connection::spawn(ctx).await {
             Ok(mut handle) => {
@@ -424,7 +426,7 @@ impl Room {
         key: u64,
         polite: bool,
         offer: Option<Signal>,
-        undelivered: Vec<Outgoing>,
+        unacknowledged: Vec<Outgoing>,
     ) {
         let Some(old) = self.connections.remove(&key) else {
             return;
@@ -433,7 +435,12 @@ impl Room {
         let peer = read_remote(&old.remote);
         let offers_first = offer.is_none();
         let Some(key) = self
-            .connect(&peer, old.name, polite || offers_first, undelivered)
+            .connect(
+                &peer,
+                old.name,
+                polite || offers_first,
+                Some(unacknowledged),
+            )
             .await
         else {
             return;
@@ -507,9 +514,9 @@ impl Room {
                 key,
                 polite,
                 offer,
-                undelivered,
+                unacknowledged,
             } => {
-                self.replace_connection(key, polite, offer, undelivered)
+                self.replace_connection(key, polite, offer, unacknowledged)
                     .await;
             }
             ConnectionOutput::HandedOver { peer, signal } => {

@@ -15,23 +15,30 @@ pub(crate) struct Outgoing {
 
 /// The newest messages sent on a reliable channel, as many as SCTP may not have acknowledged:
 /// their bytes reach the channel's outstanding bytes (`DataChannel::outstanding_bytes`: handed
-/// over and not yet acknowledged) as of the last send. So it holds at most the send buffer
-/// limit ([`crate::PeerOptions::send_buffer_limit`]) plus one message. Messages sent on one
-/// channel by concurrent tasks may be logged in another order than SCTP took them.
+/// over and not yet acknowledged) as of the last send. With one sender at a time it holds at
+/// most the send buffer limit ([`crate::PeerOptions::send_buffer_limit`], 1 MiB by default)
+/// plus one message; each concurrent sender adds at most one message more. Messages sent on
+/// one channel by concurrent tasks may be logged in another order than SCTP took them.
 #[derive(Default)]
 pub(crate) struct SentLog {
     messages: VecDeque<Outgoing>,
     bytes: usize,
+    /// [`Self::take`] emptied it for good: the connection is being replaced.
+    taken: bool,
 }
 
 impl SentLog {
     /// `message` was sent, and `outstanding` bytes are not acknowledged (`None`: not known,
-    /// the channel closed meanwhile; nothing is dropped then).
-    pub(crate) fn record(&mut self, message: Outgoing, outstanding: Option<usize>) {
+    /// the channel closed meanwhile; nothing is dropped then). `false`: the log was taken
+    /// before (the connection is being replaced), and the message is not carried over.
+    pub(crate) fn record(&mut self, message: Outgoing, outstanding: Option<usize>) -> bool {
+        if self.taken {
+            return false;
+        }
         self.bytes += message.data.len();
         self.messages.push_back(message);
         let Some(outstanding) = outstanding else {
-            return;
+            return true;
         };
         while let Some(oldest) = self.messages.front() {
             if self.bytes - oldest.data.len() < outstanding {
@@ -40,6 +47,17 @@ impl SentLog {
             self.bytes -= oldest.data.len();
             self.messages.pop_front();
         }
+        true
+    }
+
+    /// The messages SCTP has not acknowledged ([`Self::unacknowledged`]), once: the log keeps
+    /// nothing after, and records nothing more.
+    pub(crate) fn take(&mut self, outstanding: usize) -> Vec<Outgoing> {
+        let messages = self.unacknowledged(outstanding);
+        self.taken = true;
+        self.messages.clear();
+        self.bytes = 0;
+        messages
     }
 
     /// The newest messages whose bytes reach `outstanding`: those SCTP has not acknowledged
@@ -86,7 +104,7 @@ mod tests {
     fn the_sent_log_keeps_the_messages_that_may_not_be_acknowledged() {
         let mut log = SentLog::default();
         // "one" is acknowledged by the time "two" is sent: only "two" is outstanding.
-        log.record(text("one"), Some(3));
+        assert!(log.record(text("one"), Some(3)));
         log.record(text("two"), Some(3));
         assert_eq!(
             lines(&log.messages.iter().cloned().collect::<Vec<_>>()),
@@ -111,5 +129,10 @@ mod tests {
         log.record(text("five"), Some(4));
         assert_eq!(lines(&log.unacknowledged(usize::MAX)), ["five"]);
         assert_eq!(log.bytes, 4);
+        // Taken once, for a connection's successor: then it logs nothing more.
+        log.record(text("six"), Some(7));
+        assert_eq!(lines(&log.take(3)), ["six"]);
+        assert!(!log.record(text("seven"), Some(5)));
+        assert!(log.take(5).is_empty());
     }
 }

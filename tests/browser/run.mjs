@@ -1342,6 +1342,10 @@ async function interop(t, { cliFirst = false, relay = false, turnTtl, initScript
   // `reliable` are two: it was printed for each), and once per ICE restart of its own at most.
   const pairs = cli.lines.filter((l) => /^\[out\] \* selected-pair /.test(l)).length;
   assert(pairs >= 1 && pairs <= 1 + restarts, `the CLI printed selected-pair ${pairs} times with ${restarts} ICE restarts:\n${cli.tail(40)}`);
+  // The CLI kept its connection: the page restarts ICE as it should (Chrome may keep its ICE
+  // credentials in an answer to the CLI's restart, and still checks with the CLI's new ones).
+  const replaced = cli.lines.filter((l) => /^\[out\] \* connection-replaced /.test(l));
+  assert(replaced.length === 0, `the CLI replaced its connection to the page: ${replaced.join(' | ')}`);
   // Every answer of the CLI applies: one that claimed the other DTLS role than the one in force
   // ("Failed to set SSL role for the transport") left the page's offers unanswered for good.
   const refused = await a.eval(() => window.__demo.events.filter((e) => /^signal answer from rusty: /.test(e.message || '')).map((e) => e.message));

@@ -229,6 +229,19 @@ fn relayed_paths_move_onto_fresh_turn_credentials() {
         assert_eq!(field(&moved, "local"), Some("relay"), "{moved}");
     }
     chat_both_ways(&mut alice, &mut bob, "on fresh credentials", "still here");
+    // Each answered the other's restart with new ICE credentials: the connection stayed.
+    assert_kept_connection(&alice);
+    assert_kept_connection(&bob);
+}
+
+/// `proc` (a CLI) never had a connection replaced, nor a channel closed.
+fn assert_kept_connection(proc: &Proc) {
+    let replaced: Vec<&String> = proc
+        .seen
+        .iter()
+        .filter(|l| l.starts_with("* connection-replaced") || l.starts_with("* channel-closed"))
+        .collect();
+    assert!(replaced.is_empty(), "{replaced:?}");
 }
 
 /// `len` non-repeating bytes for a file transfer: the low byte of each step of a xorshift
@@ -581,6 +594,8 @@ fn a_relay_only_orphan_keeps_its_path_until_its_peer_is_back() {
         l.starts_with("* ice-restart") && field(l, "reason") == Some("fresh-credentials")
     });
     chat_both_ways(&mut alice, &mut bob, "welcome back", "on fresh credentials");
+    assert_kept_connection(&alice);
+    assert_kept_connection(&bob);
 }
 
 #[test]

@@ -399,7 +399,7 @@ impl Chat {
                 "resent",
                 &[("peer", id.as_str().into()), ("messages", messages.into())],
             ),
-            PeerEvent::Undelivered { peer: id, messages } => eprintln!(
+            PeerEvent::Unacknowledged { peer: id, messages } => eprintln!(
                 "warning: {messages} line(s) to {} may not have arrived: it left the room before acknowledging them",
                 escape(&display(&self.names, &id))
             ),
