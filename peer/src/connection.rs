@@ -663,8 +663,17 @@ impl ConnectionTask {
     /// new one.
     async fn start_over(&mut self, reason: ReplaceReason, offer: Option<Signal>) {
         self.started_over = true;
-        // What this one was still to send for the connection it replaced goes first.
-        let mut unacknowledged = std::mem::take(&mut *self.ctx.carried_over.lock().await);
+        // What this one was still to send for the connection it replaced goes first. Not
+        // waited for while a channel of ours is sending it (a send may wait for a path that is
+        // gone, and this task would not close the connection that ends it): then it is lost
+        // with this connection.
+        let mut unacknowledged = match self.ctx.carried_over.try_lock() {
+            Ok(mut carried_over) => std::mem::take(&mut *carried_over),
+            Err(_) => {
+                tracing::debug!(peer = %self.peer(), "messages carried over are being sent on the connection being replaced");
+                Vec::new()
+            }
+        };
         let _ = self
             .ctx
             .events
