@@ -1387,22 +1387,32 @@ const pageOffersLate = () => {
 // for the transport").
 test('interop: the CLI offers first (the DTLS server), and the page applies every later answer of the CLI', (t) => interop(t, { initScript: pageOffersLate }));
 
-// After a restart of signaling neither session can be resumed. The page starts its
-// connections anew (its peers are gone); the CLI kept its connection for the peer of the same
-// name, and gives it up for the page's new one (it went on with the old one, which the page
-// had closed: no chat either way).
-// Relay-only: the new connection needs the candidates the page trickles after its offer.
-test('interop: signaling is killed and comes back, the page starts anew, and it chats with the CLI again (relay-only)', async (t) => {
+/**
+ * Our relay, a restartable signaling server (`--reconnect-after 200ms`) handing out its
+ * credentials, the CLI (`rusty`, relay-only) and a relay-only page (`Alice`) connected to it.
+ * `turn`: the signaling flags to start a server with the same relay again.
+ */
+async function relayOnlyCliAndPage(t, label) {
   const peerBin = requireBin('PEER_BIN', 'peer');
   const r = await startRelay(t);
   const turn = ['--turn-url', `turn:127.0.0.1:${r.port}?transport=udp`, '--turn-secret', r.secret];
-  const sig = await startSignaling(['--reconnect-after', '200ms', ...turn], 'signaling-interop-kill');
+  const sig = await startSignaling(['--reconnect-after', '200ms', ...turn], label);
   t.track(sig.proc);
   const cli = t.track(new Proc('peer', peerBin, ['join', `${sig.ws}/${t.room}`, '--name', 'rusty', '--bind', '127.0.0.1', '--relay-only'], { env: { RUST_LOG: 'info' } }));
   await cli.waitForLine(/^\* joined /, WAIT, 'the CLI joining the room');
   const a = await t.open('Alice', { server: sig, query: 'relay=1' });
   await a.joined();
   await a.connected(1, 30000);
+  return { r, turn, sig, cli, a };
+}
+
+// After a restart of signaling neither session can be resumed. The page starts its
+// connections anew (its peers are gone); the CLI kept its connection for the peer of the same
+// name, and gives it up for the page's new one (it went on with the old one, which the page
+// had closed: no chat either way).
+// Relay-only: the new connection needs the candidates the page trickles after its offer.
+test('interop: signaling is killed and comes back, the page starts anew, and it chats with the CLI again (relay-only)', async (t) => {
+  const { turn, sig, cli, a } = await relayOnlyCliAndPage(t, 'signaling-interop-kill');
   await a.say('before the restart');
   await cli.waitForLine(/^Alice: before the restart$/, WAIT, 'the page\'s line before the restart');
   await sig.proc.stop('SIGKILL');
@@ -1428,16 +1438,7 @@ test('interop: signaling is killed and comes back, the page starts anew, and it 
 // that was gone, and SCTP never acknowledged it. The page starts anew, the CLI's connection is
 // replaced, and the line goes again, first, on the new one (it was lost with the old one).
 test('interop: a line the CLI sent into a dead path goes again on the connection that replaces it (relay-only)', async (t) => {
-  const peerBin = requireBin('PEER_BIN', 'peer');
-  const r = await startRelay(t);
-  const turn = ['--turn-url', `turn:127.0.0.1:${r.port}?transport=udp`, '--turn-secret', r.secret];
-  const sig = await startSignaling(['--reconnect-after', '200ms', ...turn], 'signaling-interop-resend');
-  t.track(sig.proc);
-  const cli = t.track(new Proc('peer', peerBin, ['join', `${sig.ws}/${t.room}`, '--name', 'rusty', '--bind', '127.0.0.1', '--relay-only'], { env: { RUST_LOG: 'info' } }));
-  await cli.waitForLine(/^\* joined /, WAIT, 'the CLI joining the room');
-  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
-  await a.joined();
-  await a.connected(1, 30000);
+  const { r, turn, sig, cli, a } = await relayOnlyCliAndPage(t, 'signaling-interop-resend');
   cli.send('before the hang');
   await a.chatFrom('before the hang');
   // Its acknowledgement (SCTP may hold it 200 ms) is back before the relay hangs.
