@@ -317,6 +317,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         offer_out: None,
         adopted_quiet_until: None,
         offer_deferred: None,
+        restart_deferred: None,
         started_over: false,
         last_restart: None,
         state: RTCPeerConnectionState::New,
@@ -357,6 +358,8 @@ struct ConnectionTask {
     adopted_quiet_until: Option<Instant>,
     /// An offer held back by the quiet period, and whether it restarts ICE.
     offer_deferred: Option<bool>,
+    /// An ICE restart held back by the quiet, and why.
+    restart_deferred: Option<IceRestartReason>,
     /// A new connection replaces this one, which ends (`ConnectionOutput::StartedOver`).
     started_over: bool,
     last_restart: Option<Instant>,
@@ -445,9 +448,12 @@ impl ConnectionTask {
             Some(until) if Instant::now() < until => return Ok(()),
             Some(_) => {
                 // The quiet after an adoption is over: an offer made before the re-join goes
-                // to the peer's new id.
+                // to the peer's new id, and an ICE restart held back starts.
                 self.adopted_quiet_until = None;
                 self.resend_offer(Duration::ZERO).await?;
+                if let Some(reason) = self.restart_deferred.take() {
+                    self.restart_ice(reason).await?;
+                }
             }
             None => self.resend_offer(client_rules::OFFER_RESEND).await?,
         }
@@ -969,6 +975,12 @@ impl ConnectionTask {
     /// configuration it brings is used only by a gathering that starts after it, so a
     /// failure restart of the last seconds (on the old relay) does not count.
     async fn restart_ice(&mut self, reason: IceRestartReason) -> Result<()> {
+        if self.adopted_quiet_until.is_some() {
+            // `webrtc` starts gathering at once: the path stalled until the restart's offer,
+            // held back by the quiet, was answered.
+            self.restart_deferred.get_or_insert(reason);
+            return Ok(());
+        }
         if reason == IceRestartReason::Failed
             && self
                 .last_restart

@@ -198,3 +198,37 @@ fn the_cli_makes_a_new_connection_when_aiortc_cannot_restart_ice() {
         expect_chat(&mut py, &format!("rusty: me too {refresh}"));
     }
 }
+
+/// Three in a room: the CLI and two aiortc peers, relay-only, fresh TURN credentials every 8 s.
+/// At each refresh the CLI's connections to both are replaced (aiortc cannot restart ICE), at
+/// about the same moment. Lines the CLI says all along reach both: while a connection was being
+/// replaced, its lines were dropped for that peer, or went only to the first peer back.
+#[test]
+fn every_line_reaches_both_aiortc_peers_while_their_connections_are_replaced() {
+    let relay = start_relay();
+    let signaling = start_signaling_with(Some(&relay), "127.0.0.1:0", &["--turn-ttl", "10s"]);
+    let url = signaling.room_url("aiortc-three");
+    let mut cli = join(&url, "rusty", true);
+    wait_joined(&mut cli);
+    let mut pya = join_aiortc(&url, "pya");
+    aiortc_connected(&mut pya);
+    let mut pyb = join_aiortc(&url, "pyb");
+    aiortc_connected(&mut pyb);
+    for _ in 0..2 {
+        cli.wait_seen(WAIT, reliable_channel_open);
+    }
+    // 14 s of lines: past the first refresh (8 s in) and the replacements 5 s after it.
+    let count = 70;
+    for n in 0..count {
+        say(&mut cli, &format!("line {n}"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cli.wait_seen(WAIT, |l| l.starts_with("* connection-replaced"));
+    for py in [&mut pya, &mut pyb] {
+        py.wait_line(WAIT, |l| l == format!("rusty: line {}", count - 1));
+        let missing: Vec<usize> = (0..count)
+            .filter(|n| !py.seen.iter().any(|l| *l == format!("rusty: line {n}")))
+            .collect();
+        assert!(missing.is_empty(), "lines that did not arrive: {missing:?}");
+    }
+}

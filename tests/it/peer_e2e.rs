@@ -1425,12 +1425,14 @@ fn a_line_over_the_message_limit_is_not_sent_and_the_sender_says_so() {
     );
 }
 
-/// When every connection is down (the only other peer vanished without leaving: its session
-/// stays parked on the server for the resume grace), lines are kept, with a warning, and go
-/// to the next peer that connects instead of into the dead connection.
+/// A line typed while a peer's connection is down (it vanished without leaving: its session
+/// stays parked on the server for the resume grace) is held for that peer, with a warning,
+/// instead of going into the dead connection; a peer that joins later does not get it, and
+/// when the vanished one leaves the room the line is reported as not sent.
 #[test]
-fn lines_typed_while_every_connection_is_down_go_to_the_next_peer() {
-    let (_signaling, url) = signaling_room("all-down");
+fn lines_typed_while_a_connection_is_down_wait_for_that_peer() {
+    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--resume-grace", "4s"]);
+    let url = signaling.room_url("all-down");
     let alice_err = StderrFile::new();
     let (mut alice, mut bob) = logged_chat_pair(&url, &alice_err);
     let joined = bob.wait_seen(Duration::from_secs(10), |l| l.starts_with("* joined"));
@@ -1441,13 +1443,25 @@ fn lines_typed_while_every_connection_is_down_go_to_the_next_peer() {
             && field(l, "peer") == Some(bob_id.as_str())
             && matches!(field(l, "state"), Some("disconnected" | "failed"))
     });
-    say(&mut alice, "while-alone");
+    say(&mut alice, "while-bob-is-down");
+    wait_stderr(
+        &alice_err,
+        "warning: bob is not connected: lines are kept for it until it is",
+    );
     let mut carol = join(&url, "carol", false);
-    expect_chat(&mut carol, "alice: while-alone");
-    wait_stderr(&alice_err, "warning: no peer connected");
+    carol.wait_line(Duration::from_secs(30), reliable_channel_open);
+    say(&mut alice, "to-both");
+    expect_chat(&mut carol, "alice: to-both");
     assert!(
-        !alice.seen.iter().any(|l| l.starts_with("* peer-left")),
-        "bob's session was still parked: the line did not go because he left"
+        !carol.seen.iter().any(|l| l == "alice: while-bob-is-down"),
+        "a line for bob went to carol"
+    );
+    alice.wait_line(Duration::from_secs(20), |l| {
+        l.starts_with("* peer-left") && field(l, "name") == Some("bob")
+    });
+    wait_stderr(
+        &alice_err,
+        "warning: 2 line(s) not sent to bob: it left the room",
     );
 }
 

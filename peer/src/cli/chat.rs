@@ -1,13 +1,15 @@
 //! `peer join`: a line chat over the reliable data channel with every peer in the room.
 //!
-//! Each stdin line is one message to every connected peer. Lines read while no peer is
-//! connected (before the first one, or while every connection is down) are kept and sent to
-//! the next peer that connects. When stdin closes the command leaves the room and exits, once
-//! those lines are sent. Incoming text is printed one message a line, escaped
-//! ([`super::escape`]); binary messages as a `* binary-message` notice.
+//! Each stdin line is one message to every peer in the room: a peer whose chat channel is not
+//! open (connecting, its connection being replaced, its path down) gets it once it is back.
+//! Lines read while no peer is in the room are kept for the next peer that connects
+//! ([`Outbox`]). When stdin closes the command leaves the room and exits, once those lines are
+//! sent (the ones for a peer in the room within [`HELD_LINES_WAIT`]). Incoming text is printed
+//! one message a line, escaped ([`super::escape`]); binary messages as a `* binary-message`
+//! notice.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
 use super::file_transfer::Control;
+use super::outbox::{Line, MAX_HELD_LINES, Outbox, Refused};
 use super::{CommonArgs, Interrupted, Output, Stop, escape};
 
 /// How long after an ICE restart the new selected pair is waited for.
@@ -165,10 +168,16 @@ pub(crate) async fn run(
     };
     let mut chat = Chat::new(common.output());
     let outcome = stop.guard(chat.run(&peer, &mut events)).await;
-    if !chat.pending.is_empty() {
+    if chat.outbox.unaddressed_len() > 0 {
         eprintln!(
             "warning: {} line(s) not sent: no peer connected",
-            chat.pending.len()
+            chat.outbox.unaddressed_len()
+        );
+    }
+    for (id, count) in chat.outbox.waiting() {
+        eprintln!(
+            "warning: {count} line(s) not sent to {}: it did not connect again",
+            escape(&display(&chat.names, id))
         );
     }
     stop.leave(peer).await;
@@ -186,16 +195,18 @@ fn stopped_by(signal: Interrupted) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The most stdin lines kept while no peer is connected (each at most one message, 64 KiB:
-/// 64 MiB at worst); past it stdin is not read until a peer connects.
-const MAX_PENDING_LINES: usize = 1024;
+/// How long the lines held for peers in the room get to go once stdin ended (a peer whose
+/// connection is being replaced, or whose path is down for a moment).
+const HELD_LINES_WAIT: Duration = Duration::from_secs(30);
 
 /// The state of one `peer join` session.
 struct Chat {
     out: Output,
     names: HashMap<PeerId, String>,
-    /// Lines read while no peer was connected, for the next one that connects.
-    pending: VecDeque<String>,
+    /// The peers in the room.
+    present: HashSet<PeerId>,
+    /// Lines no peer could take yet.
+    outbox: Outbox,
     reselect: HashMap<PeerId, Reselect>,
     /// Peers whose connection is down (disconnected or failed) though their channel is still
     /// registered: a line sent there would sit in a buffer that may never drain.
@@ -213,7 +224,8 @@ impl Chat {
         Self {
             out,
             names: HashMap::new(),
-            pending: VecDeque::new(),
+            present: HashSet::new(),
+            outbox: Outbox::default(),
             reselect: HashMap::new(),
             down: HashSet::new(),
             declined: HashSet::new(),
@@ -228,11 +240,13 @@ impl Chat {
         let mut line_number = 0u64;
         let mut poll = tokio::time::interval(RESELECT_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Once stdin ended: until when the lines held for peers in the room may wait.
+        let mut held_until = None;
         loop {
             tokio::select! {
-                // With no peer to take them, stdin is read until MAX_PENDING_LINES wait: then
-                // it is left unread (a pipe into us blocks) until a peer connects.
-                line = stdin.next(), if stdin_open && self.pending.len() < MAX_PENDING_LINES => match line {
+                // With no peer to take them, stdin is read until MAX_HELD_LINES wait: then it
+                // is left unread (a pipe into us blocks) until a peer connects.
+                line = stdin.next(), if stdin_open && self.outbox.takes_unaddressed() => match line {
                     Ok(Some(line)) => {
                         line_number += 1;
                         let (text, warnings) = match line {
@@ -252,9 +266,10 @@ impl Chat {
                             eprintln!("warning: cannot read stdin: {err}");
                         }
                         stdin_open = false;
-                        if self.pending.is_empty() {
+                        if self.outbox.is_empty() {
                             break;
                         }
+                        held_until = Some(Instant::now() + HELD_LINES_WAIT);
                     }
                 },
                 event = events.recv() => {
@@ -263,13 +278,15 @@ impl Chat {
                         // The server ended the session (`* signaling-closed`): a failure.
                         return Ok(ExitCode::FAILURE);
                     }
-                    if !stdin_open && self.pending.is_empty() {
-                        // Stdin ended while no peer was connected: its lines are sent now.
+                    if !stdin_open && self.outbox.is_empty() {
+                        // Stdin ended while lines were held: they are sent now.
                         break;
                     }
                 }
+                () = tokio::time::sleep_until(held_until.unwrap_or_else(Instant::now)),
+                    if held_until.is_some() && self.outbox.unaddressed_len() == 0 => break,
                 _ = poll.tick(), if !self.reselect.is_empty() => {
-                    report_reselected(peer, &self.out, &mut self.reselect).await;
+                    report_reselected(peer, &self.out, &mut self.reselect, &mut self.opened_on).await;
                 }
             }
         }
@@ -289,20 +306,34 @@ impl Chat {
             .collect()
     }
 
-    /// Sends a stdin line to every live peer, or keeps it for the next one.
+    /// Sends a stdin line to every live peer and holds it for the other peers in the room;
+    /// with no peer in the room, holds it for the next one that connects.
     async fn send_line(&mut self, peer: &Peer, line: String) {
-        let to = self.live_peers(peer);
-        if to.is_empty() {
-            if self.pending.is_empty() {
+        let line = Line::from(line);
+        let live = self.live_peers(peer);
+        if live.is_empty() && self.present.is_empty() {
+            if self.outbox.hold_unaddressed(line) == Ok(true) {
                 eprintln!(
                     "warning: no peer connected: lines are kept for the next peer that connects"
                 );
             }
-            self.pending.push_back(line);
             return;
         }
-        for id in to {
-            self.send_to(peer, &id, &line).await;
+        for id in &live {
+            self.send_to(peer, id, &line).await;
+        }
+        for id in self.present.iter().filter(|id| !live.contains(id)) {
+            let shown = display(&self.names, id);
+            let name = escape(&shown);
+            match self.outbox.hold_for(id, line.clone()) {
+                Ok(true) => {
+                    eprintln!("warning: {name} is not connected: lines are kept for it until it is")
+                }
+                Ok(false) => {}
+                Err(Refused::Full) => eprintln!(
+                    "warning: not sent to {name}: {MAX_HELD_LINES} lines already wait for it"
+                ),
+            }
         }
     }
 
@@ -315,9 +346,9 @@ impl Chat {
         }
     }
 
-    /// Sends the kept lines to `to`, which just connected.
-    async fn flush_pending(&mut self, peer: &Peer, to: &PeerId) {
-        while let Some(line) = self.pending.pop_front() {
+    /// Sends the lines held for `to`, which can take them now.
+    async fn flush_held(&mut self, peer: &Peer, to: &PeerId) {
+        for line in self.outbox.take_for(to) {
             self.send_to(peer, to, &line).await;
         }
     }
@@ -327,6 +358,7 @@ impl Chat {
         let out = self.out;
         match event {
             PeerEvent::PeerJoined { peer: id, name } => {
+                self.present.insert(id.clone());
                 if let Some(name) = &name {
                     self.names.insert(id.clone(), name.clone());
                 }
@@ -344,6 +376,14 @@ impl Chat {
                         ("reason", format!("{reason:?}").to_lowercase()),
                     ],
                 );
+                let held = self.outbox.forget(&id);
+                if held > 0 {
+                    eprintln!(
+                        "warning: {held} line(s) not sent to {}: it left the room",
+                        escape(&display(&self.names, &id))
+                    );
+                }
+                self.present.remove(&id);
                 self.names.remove(&id);
                 self.reselect.remove(&id);
                 self.down.remove(&id);
@@ -351,6 +391,10 @@ impl Chat {
                 self.opened_on.remove(&id);
             }
             PeerEvent::PeerRenamed { old, new } => {
+                if self.present.remove(&old) {
+                    self.present.insert(new.clone());
+                }
+                self.outbox.rename(&old, &new);
                 if let Some(name) = self.names.remove(&old) {
                     self.names.insert(new.clone(), name);
                 }
@@ -375,13 +419,15 @@ impl Chat {
                 );
                 if kind == ChannelKind::Reliable {
                     if !self.down.contains(&id) {
-                        self.flush_pending(peer, &id).await;
+                        self.flush_held(peer, &id).await;
                     }
                     if let Some(pair) = super::selected_pair_eventually(peer, &id).await
                         && moved(self.opened_on.get(&id), &pair)
                     {
                         out.selected_pair(id.as_str(), &pair, None);
                         self.opened_on.insert(id.clone(), pair);
+                        // Shown: an ICE restart that waited for a new pair needs no line more.
+                        self.reselect.remove(&id);
                     }
                 }
             }
@@ -486,7 +532,7 @@ impl Chat {
                 let was_down = self.down.remove(&id);
                 let open = peer.connected_peers(ChannelKind::Reliable).contains(&id);
                 if was_down && open {
-                    self.flush_pending(peer, &id).await;
+                    self.flush_held(peer, &id).await;
                 }
             }
             ConnectionState::Disconnected | ConnectionState::Failed | ConnectionState::Closed => {
@@ -573,7 +619,13 @@ fn display(names: &HashMap<PeerId, String>, peer: &PeerId) -> String {
 }
 
 /// Prints the `selected-pair` line of every restarted connection whose pair changed.
-async fn report_reselected(peer: &Peer, out: &Output, reselect: &mut HashMap<PeerId, Reselect>) {
+/// `opened_on`: the pair shown is the one a reliable channel that opens next compares with.
+async fn report_reselected(
+    peer: &Peer,
+    out: &Output,
+    reselect: &mut HashMap<PeerId, Reselect>,
+    opened_on: &mut HashMap<PeerId, SelectedPair>,
+) {
     let now = Instant::now();
     let ids: Vec<PeerId> = reselect.keys().cloned().collect();
     for id in ids {
@@ -585,6 +637,7 @@ async fn report_reselected(peer: &Peer, out: &Output, reselect: &mut HashMap<Pee
             Some(pair) if moved(entry.before.as_ref(), &pair) => {
                 out.selected_pair(id.as_str(), &pair, None);
                 reselect.remove(&id);
+                opened_on.insert(id, pair);
             }
             _ if now >= entry.until => {
                 reselect.remove(&id);

@@ -15,6 +15,7 @@
 
 mod chat;
 mod file_transfer;
+mod outbox;
 mod probe;
 
 use std::borrow::Cow;
