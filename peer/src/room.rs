@@ -30,7 +30,7 @@ use crate::connection::{
 };
 use crate::sent_log::Outgoing;
 use crate::signaling_client::{SignalingClient, SignalingEvent};
-use crate::{PeerEvent, PeerOptions, SelectedPair};
+use crate::{PeerEvent, PeerOptions, ReplaceReason, SelectedPair};
 
 /// Requests from the [`crate::Peer`] handle.
 pub(crate) enum RoomCommand {
@@ -376,15 +376,16 @@ impl Room {
     }
 
     /// A new connection to `peer`; its key, or `None` (reported) if it could not be made.
-    /// `replaces`: the messages the connection it replaces had not had acknowledged, if it
-    /// replaces one.
+    /// `replaces`: if it replaces a connection, why, and the messages that one had not had
+    /// acknowledged.
     async fn connect(
         &mut self,
         peer: &PeerId,
         name: Option<String>,
         polite: bool,
-        replaces: Option<Vec<Outgoing>>,
+        replaces: Option<(ReplaceReason, Vec<Outgoing>)>,
     ) -> Option<u64> {
+        let (replaces, carried_over) = replaces.unzip();
         let key = self.next_key;
         self.next_key += 1;
         let ctx = ConnectionContext {
@@ -396,8 +397,8 @@ impl Room {
             registry: self.registry.clone(),
             events: self.events.clone(),
             output: self.output_tx.clone(),
-            replaces: replaces.is_some(),
-            carried_over: Arc::new(tokio::sync::Mutex::new(replaces.unwrap_or_default())),
+            replaces,
+            carried_over: Arc::new(tokio::sync::Mutex::new(carried_over.unwrap_or_default())),
         };
         match connection::spawn(ctx).await {
             Ok(mut handle) => {
@@ -424,6 +425,7 @@ impl Room {
     async fn replace_connection(
         &mut self,
         key: u64,
+        reason: ReplaceReason,
         polite: bool,
         offer: Option<Signal>,
         unacknowledged: Vec<Outgoing>,
@@ -439,7 +441,7 @@ impl Room {
                 &peer,
                 old.name,
                 polite || offers_first,
-                Some(unacknowledged),
+                Some((reason, unacknowledged)),
             )
             .await
         else {
@@ -512,11 +514,12 @@ impl Room {
             }
             ConnectionOutput::StartedOver {
                 key,
+                reason,
                 polite,
                 offer,
                 unacknowledged,
             } => {
-                self.replace_connection(key, polite, offer, unacknowledged)
+                self.replace_connection(key, reason, polite, offer, unacknowledged)
                     .await;
             }
             ConnectionOutput::HandedOver { peer, signal } => {

@@ -167,7 +167,7 @@ fn after_a_signaling_restart_the_cli_and_aiortc_connect_again() {
 
 /// aiortc cannot restart ICE: it answers the CLI's ICE-restart offers (onto fresh TURN
 /// credentials, here every 8 s) with the ICE credentials it had, and goes on checking with the
-/// CLI's old ones. ICE not connected again 5 s later, the CLI makes a new connection
+/// CLI's old ones. ICE not connected again 2 s later, the CLI makes a new connection
 /// (`docs/protocol.md`, "A new connection"), aiortc makes one for its offer, and the chat goes
 /// on. It stopped at the first refresh.
 #[test]
