@@ -382,6 +382,11 @@ impl ConnectionTask {
         read_remote(&self.ctx.remote)
     }
 
+    /// Tells the application (a closed event stream is not an error: it stopped listening).
+    async fn emit(&self, event: PeerEvent) {
+        let _ = self.ctx.events.send(event).await;
+    }
+
     fn signal(&self, signal: Signal) {
         let _ = self.ctx.output.send(ConnectionOutput::Signal {
             key: self.ctx.key,
@@ -413,14 +418,11 @@ impl ConnectionTask {
             }
             if let Err(err) = result {
                 tracing::warn!(peer = %self.peer(), "negotiation step failed: {err}");
-                let _ = self
-                    .ctx
-                    .events
-                    .send(PeerEvent::Error {
-                        peer: Some(self.peer()),
-                        message: err.to_string(),
-                    })
-                    .await;
+                self.emit(PeerEvent::Error {
+                    peer: Some(self.peer()),
+                    message: err.to_string(),
+                })
+                .await;
             }
         }
         if self.started_over {
@@ -684,14 +686,11 @@ impl ConnectionTask {
                 Vec::new()
             }
         };
-        let _ = self
-            .ctx
-            .events
-            .send(PeerEvent::ConnectionReplaced {
-                peer: self.peer(),
-                reason,
-            })
-            .await;
+        self.emit(PeerEvent::ConnectionReplaced {
+            peer: self.peer(),
+            reason,
+        })
+        .await;
         unacknowledged.extend(self.ctx.registry.take_unacknowledged(self.ctx.key).await);
         let _ = self.ctx.output.send(ConnectionOutput::StartedOver {
             key: self.ctx.key,
@@ -929,14 +928,11 @@ impl ConnectionTask {
                 self.state = state;
                 self.was_connected |= state == RTCPeerConnectionState::Connected;
                 let mapped = ConnectionState::from(state);
-                let _ = self
-                    .ctx
-                    .events
-                    .send(PeerEvent::ConnectionState {
-                        peer: self.peer(),
-                        state: mapped,
-                    })
-                    .await;
+                self.emit(PeerEvent::ConnectionState {
+                    peer: self.peer(),
+                    state: mapped,
+                })
+                .await;
                 if state == RTCPeerConnectionState::Failed {
                     self.check_turn();
                     self.restart_ice(IceRestartReason::Failed).await?;
@@ -1004,14 +1000,11 @@ impl ConnectionTask {
         }
         self.last_restart = Some(Instant::now());
         tracing::info!(peer = %self.peer(), %reason, "restarting ICE");
-        let _ = self
-            .ctx
-            .events
-            .send(PeerEvent::IceRestart {
-                peer: self.peer(),
-                reason,
-            })
-            .await;
+        self.emit(PeerEvent::IceRestart {
+            peer: self.peer(),
+            reason,
+        })
+        .await;
         self.pc.restart_ice().await?;
         // The restart gathers with the configuration in effect.
         self.fresh_credentials_owed = false;

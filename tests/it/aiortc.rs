@@ -74,8 +74,13 @@ fn cli_connected(proc: &mut Proc) {
 
 /// Our relay, a signaling server handing out its credentials, and the URL of `room` there.
 fn relay_room(room: &str) -> (LoopbackRelay, Signaling, String) {
+    relay_room_with(room, &[])
+}
+
+/// [`relay_room`] with more `signaling` flags.
+fn relay_room_with(room: &str, signaling_flags: &[&str]) -> (LoopbackRelay, Signaling, String) {
     let relay = start_relay();
-    let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
+    let signaling = start_signaling_with(Some(&relay), "127.0.0.1:0", signaling_flags);
     let url = signaling.room_url(room);
     (relay, signaling, url)
 }
@@ -172,9 +177,7 @@ fn after_a_signaling_restart_the_cli_and_aiortc_connect_again() {
 /// on. It stopped at the first refresh.
 #[test]
 fn the_cli_makes_a_new_connection_when_aiortc_cannot_restart_ice() {
-    let relay = start_relay();
-    let signaling = start_signaling_with(Some(&relay), "127.0.0.1:0", &["--turn-ttl", "10s"]);
-    let url = signaling.room_url("aiortc-fresh");
+    let (_relay, _signaling, url) = relay_room_with("aiortc-fresh", &["--turn-ttl", "10s"]);
     let mut cli = join(&url, "rusty", true);
     wait_joined(&mut cli);
     let mut py = join_aiortc(&url, "pyo");
@@ -205,9 +208,7 @@ fn the_cli_makes_a_new_connection_when_aiortc_cannot_restart_ice() {
 /// replaced, its lines were dropped for that peer, or went only to the first peer back.
 #[test]
 fn every_line_reaches_both_aiortc_peers_while_their_connections_are_replaced() {
-    let relay = start_relay();
-    let signaling = start_signaling_with(Some(&relay), "127.0.0.1:0", &["--turn-ttl", "10s"]);
-    let url = signaling.room_url("aiortc-three");
+    let (_relay, _signaling, url) = relay_room_with("aiortc-three", &["--turn-ttl", "10s"]);
     let mut cli = join(&url, "rusty", true);
     wait_joined(&mut cli);
     let mut pya = join_aiortc(&url, "pya");
