@@ -452,12 +452,9 @@ impl ConnectionTask {
             Some(until) if Instant::now() < until => return Ok(()),
             Some(_) => {
                 // The quiet after an adoption is over: an offer made before the re-join goes
-                // to the peer's new id, and an ICE restart held back starts.
+                // to the peer's new id.
                 self.adopted_quiet_until = None;
                 self.resend_offer(Duration::ZERO).await?;
-                if let Some(reason) = self.restart_deferred.take() {
-                    self.restart_ice(reason).await?;
-                }
             }
             None => self.resend_offer(client_rules::OFFER_RESEND).await?,
         }
@@ -470,6 +467,14 @@ impl ConnectionTask {
             self.start_over(ReplaceReason::IceRestartRefused, None)
                 .await;
             return Ok(());
+        }
+        // An ICE restart held back by the quiet, once no offer is out (`webrtc` only marks the
+        // next offer as a restart: one made while an offer is out would be lost).
+        if let Some(reason) = self.restart_deferred
+            && self.is_stable().await
+        {
+            self.restart_deferred = None;
+            self.restart_ice(reason).await?;
         }
         // An offer held back by the quiet, once no other is out.
         if self.offer_deferred.is_some() && self.is_stable().await {

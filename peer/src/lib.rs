@@ -197,7 +197,7 @@ pub enum ReplaceReason {
     /// did not keep its side across a re-join, or switched to relay-only.
     PeerStartedOver,
     /// The peer answered our ICE restart with the ICE credentials it had, and ICE was not
-    /// connected again 2 s later (or the connection before showed the same): it cannot
+    /// connected again 2 to 3 s later (or the connection before showed the same): it cannot
     /// restart ICE (aiortc cannot), so a new connection offers instead.
     IceRestartRefused,
 }

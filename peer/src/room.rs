@@ -17,12 +17,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use signaling::protocol::{
-    ClientMessage, ErrorCode, IceServer, PeerId, PeerInfo, ServerMessage, SessionInfo, Signal,
+    ClientMessage, ErrorCode, IceServer, LeaveReason, PeerId, PeerInfo, ServerMessage, SessionInfo,
+    Signal,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Duration, Instant};
 
 /// How long closing a peer waits for its `leave` to be written.
-const LEAVE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const LEAVE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long after a re-join the connections kept for peers of the old session wait for those
+/// peers to come back (as long as the server's default resume grace): a peer that re-joins
+/// takes its connection back, by its display name.
+const ORPHAN_WAIT: Duration = Duration::from_secs(30);
 
 use crate::channel::{ChannelRegistry, read_remote};
 use crate::connection::{
@@ -55,6 +62,9 @@ pub(crate) struct Room {
     /// send nothing and take no ICE servers until then ([`Self::claim_orphan`]): an ICE
     /// restart's offer would be lost, and the restart would take their path down meanwhile.
     orphans: Vec<u64>,
+    /// When the orphans whose peers have not come back are given up ([`ORPHAN_WAIT`] after
+    /// the re-join).
+    orphans_until: Option<Instant>,
     /// Whether the signaling session is up (false from `Reconnecting` until it resumed or
     /// re-joined). `stats` reports made meanwhile are dropped rather than queued: after a
     /// re-join they would name peer ids of the old session (`unknown_peer`), and a fresh
@@ -88,6 +98,7 @@ impl Room {
                 ice_servers,
                 connections: HashMap::new(),
                 orphans: Vec::new(),
+                orphans_until: None,
                 signaling_up: true,
                 rejoins: 0,
                 next_key: 1,
@@ -109,7 +120,10 @@ impl Room {
             self.peer_present(info).await;
         }
         loop {
+            let orphans_until = self.orphans_until;
             tokio::select! {
+                () = tokio::time::sleep_until(orphans_until.unwrap_or_else(Instant::now)),
+                    if orphans_until.is_some() => self.give_up_orphans().await,
                 event = signaling_rx.recv() => match event {
                     Some(event) => {
                         if !self.on_signaling(event).await {
@@ -219,6 +233,7 @@ impl Room {
         self.rejoins += 1;
         // Every existing connection is orphaned until its peer shows up again.
         self.orphans = self.connections.keys().copied().collect();
+        self.orphans_until = Some(Instant::now() + ORPHAN_WAIT);
         self.emit(PeerEvent::SignalingRejoined {
             peer_id: info.peer_id.clone(),
             reason,
@@ -240,15 +255,8 @@ impl Room {
                 if let Some(key) = self.find_key(&peer_id)
                     && let Some(handle) = self.connections.remove(&key)
                 {
-                    let unacknowledged = self.registry.take_unacknowledged(key).await;
-                    let _ = handle.input.send(ConnectionInput::Close);
-                    if !unacknowledged.is_empty() {
-                        self.emit(PeerEvent::Unacknowledged {
-                            peer: peer_id.clone(),
-                            messages: unacknowledged.len(),
-                        })
-                        .await;
-                    }
+                    self.orphans.retain(|k| *k != key);
+                    self.close_connection(key, &peer_id, handle).await;
                 }
                 self.emit(PeerEvent::PeerLeft {
                     peer: peer_id,
@@ -294,6 +302,39 @@ impl Room {
             | ServerMessage::Resumed { .. }
             | ServerMessage::Pong { .. }
             | ServerMessage::Draining { .. } => {}
+        }
+    }
+
+    /// The peers of orphans that did not come back within [`ORPHAN_WAIT`] of our re-join are
+    /// gone (their sessions ended with the old server, or they left meanwhile): their
+    /// connections close, and they are reported as left (`ended`).
+    async fn give_up_orphans(&mut self) {
+        self.orphans_until = None;
+        for key in std::mem::take(&mut self.orphans) {
+            let Some(handle) = self.connections.remove(&key) else {
+                continue;
+            };
+            let peer = read_remote(&handle.remote);
+            self.close_connection(key, &peer, handle).await;
+            self.emit(PeerEvent::PeerLeft {
+                peer,
+                reason: LeaveReason::Ended,
+            })
+            .await;
+        }
+    }
+
+    /// Closes a connection whose peer left; the reliable messages its SCTP had not
+    /// acknowledged are reported.
+    async fn close_connection(&mut self, key: u64, peer: &PeerId, handle: ConnectionHandle) {
+        let unacknowledged = self.registry.take_unacknowledged(key).await;
+        let _ = handle.input.send(ConnectionInput::Close);
+        if !unacknowledged.is_empty() {
+            self.emit(PeerEvent::Unacknowledged {
+                peer: peer.clone(),
+                messages: unacknowledged.len(),
+            })
+            .await;
         }
     }
 

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use peer::protocol::PeerId;
-use peer::{ChannelKind, ConnectionState, Peer, PeerEvent, PeerEvents, SelectedPair};
+use peer::{ChannelKind, ConnectionState, Peer, PeerError, PeerEvent, PeerEvents, SelectedPair};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
@@ -320,37 +320,73 @@ impl Chat {
             return;
         }
         for id in &live {
-            self.send_to(peer, id, &line).await;
+            // Lines held for it go first: its channel may have opened before we heard of it.
+            if self.flush_held(peer, id).await {
+                self.deliver(peer, id, line.clone()).await;
+            } else {
+                self.hold(id, line.clone());
+            }
         }
-        for id in self.present.iter().filter(|id| !live.contains(id)) {
-            let shown = display(&self.names, id);
-            let name = escape(&shown);
-            match self.outbox.hold_for(id, line.clone()) {
-                Ok(true) => {
-                    eprintln!("warning: {name} is not connected: lines are kept for it until it is")
-                }
-                Ok(false) => {}
-                Err(Refused::Full) => eprintln!(
-                    "warning: not sent to {name}: {MAX_HELD_LINES} lines already wait for it"
-                ),
+        let absent: Vec<PeerId> = self
+            .present
+            .iter()
+            .filter(|id| !live.contains(id))
+            .cloned()
+            .collect();
+        for id in &absent {
+            self.hold(id, line.clone());
+        }
+    }
+
+    /// Holds `line` for `id`, a peer in the room whose chat channel is not open.
+    fn hold(&mut self, id: &PeerId, line: Line) {
+        let shown = display(&self.names, id);
+        let name = escape(&shown);
+        match self.outbox.hold_for(id, line) {
+            Ok(true) => {
+                eprintln!("warning: {name} is not connected: lines are kept for it until it is")
+            }
+            Ok(false) => {}
+            Err(Refused::Full) => {
+                eprintln!("warning: not sent to {name}: {MAX_HELD_LINES} lines already wait for it")
             }
         }
     }
 
-    async fn send_to(&self, peer: &Peer, to: &PeerId, line: &str) {
-        if let Err(err) = peer.send_text(to, ChannelKind::Reliable, line).await {
-            eprintln!(
-                "warning: not sent to {}: {err}",
-                escape(&display(&self.names, to))
-            );
+    /// Sends `line` to `to`; `false` if its channel closed meanwhile (its connection is being
+    /// replaced), and the line is held for it.
+    async fn deliver(&mut self, peer: &Peer, to: &PeerId, line: Line) -> bool {
+        match peer.send_text(to, ChannelKind::Reliable, &line).await {
+            Ok(()) => true,
+            Err(PeerError::ChannelNotOpen { .. } | PeerError::Replaced)
+                if self.present.contains(to) =>
+            {
+                self.hold(to, line);
+                false
+            }
+            Err(err) => {
+                eprintln!(
+                    "warning: not sent to {}: {err}",
+                    escape(&display(&self.names, to))
+                );
+                true
+            }
         }
     }
 
-    /// Sends the lines held for `to`, which can take them now.
-    async fn flush_held(&mut self, peer: &Peer, to: &PeerId) {
-        for line in self.outbox.take_for(to) {
-            self.send_to(peer, to, &line).await;
+    /// Sends the lines held for `to`, which can take them now, in order; `false` if its
+    /// channel closed meanwhile, and what was not sent is held again.
+    async fn flush_held(&mut self, peer: &Peer, to: &PeerId) -> bool {
+        let mut lines = self.outbox.take_for(to).into_iter();
+        while let Some(line) = lines.next() {
+            if !self.deliver(peer, to, line).await {
+                for line in lines {
+                    self.hold(to, line);
+                }
+                return false;
+            }
         }
+        true
     }
 
     /// Handles one event; `false` when the session is over.
