@@ -163,6 +163,20 @@ impl ChannelSender {
         Ok(())
     }
 
+    /// How many messages sent here SCTP has not acknowledged yet (none if that is not known).
+    async fn unacknowledged(&self) -> usize {
+        let Some(sent) = &self.sent else {
+            return 0;
+        };
+        let Ok(outstanding) = self.dc.outstanding_bytes().await else {
+            return 0;
+        };
+        sent.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unacknowledged(outstanding)
+            .len()
+    }
+
     /// The messages sent here that SCTP has not acknowledged (none if that is not known),
     /// once: what is sent here after is an error ([`PeerError::Replaced`]).
     async fn take_unacknowledged(&self) -> Vec<Outgoing> {
@@ -261,6 +275,31 @@ impl ChannelRegistry {
             messages.extend(channel.sender.take_unacknowledged().await);
         }
         messages
+    }
+
+    /// For every peer with an open reliable channel, how many messages sent on its reliable
+    /// channels SCTP has not acknowledged yet.
+    pub(crate) async fn unacknowledged(&self) -> Vec<(PeerId, usize)> {
+        let senders: Vec<(PeerId, ChannelSender)> = self.with_read(|map| {
+            map.values()
+                .flat_map(|entry| {
+                    let peer = read_remote(&entry.remote);
+                    entry
+                        .reliable
+                        .iter()
+                        .map(move |channel| (peer.clone(), channel.sender.clone()))
+                })
+                .collect()
+        });
+        let mut counts: Vec<(PeerId, usize)> = Vec::new();
+        for (peer, sender) in senders {
+            let count = sender.unacknowledged().await;
+            match counts.iter_mut().find(|(known, _)| *known == peer) {
+                Some((_, total)) => *total += count,
+                None => counts.push((peer, count)),
+            }
+        }
+        counts
     }
 
     /// The open channel of that kind to that peer.

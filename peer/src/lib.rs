@@ -217,7 +217,9 @@ impl std::fmt::Display for ReplaceReason {
 pub enum PeerEvent {
     /// A peer is in the room (already there when we joined, or joined after us).
     PeerJoined { peer: PeerId, name: Option<String> },
-    /// A peer left the room.
+    /// A peer left the room: 1 s after the server said so, once its connection delivered
+    /// what it had received (the messages before this event), or 30 s after our re-join for a
+    /// peer of the old session that did not come back (`ended`).
     PeerLeft { peer: PeerId, reason: LeaveReason },
     /// After a signaling re-join, a peer that re-joined too took over its old connection.
     PeerRenamed { old: PeerId, new: PeerId },
@@ -384,6 +386,13 @@ impl Peer {
             text: true,
         };
         self.channel(to, kind)?.send(message).await
+    }
+
+    /// For every peer with an open reliable channel, how many reliable messages sent to it
+    /// its SCTP has not acknowledged yet: before leaving the room, a sender waits for them
+    /// (closing the connection drops them).
+    pub async fn unacknowledged(&self) -> Vec<(PeerId, usize)> {
+        self.registry.unacknowledged().await
     }
 
     /// Sends a text message to every peer with an open channel; returns how many got it.

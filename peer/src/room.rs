@@ -26,6 +26,11 @@ use tokio::time::{Duration, Instant};
 /// How long closing a peer waits for its `leave` to be written.
 const LEAVE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the connection of a peer that left goes on delivering what it had received (its
+/// SCTP acknowledged it, so the peer will not send it again) before it closes and the peer is
+/// reported as left.
+const LEAVE_DRAIN: Duration = Duration::from_secs(1);
+
 /// How long after a re-join the connections kept for peers of the old session wait for those
 /// peers to come back (as long as the server's default resume grace): a peer that re-joins
 /// takes its connection back, by its display name.
@@ -38,6 +43,16 @@ use crate::connection::{
 use crate::sent_log::Outgoing;
 use crate::signaling_client::{SignalingClient, SignalingEvent};
 use crate::{PeerEvent, PeerOptions, ReplaceReason, SelectedPair};
+
+/// The connection of a peer that left, delivering what it had received until `at`.
+struct Leaving {
+    at: Instant,
+    handle: ConnectionHandle,
+    peer: PeerId,
+    reason: LeaveReason,
+    /// Reliable messages sent to the peer that its SCTP had not acknowledged.
+    unacknowledged: usize,
+}
 
 /// Requests from the [`crate::Peer`] handle.
 pub(crate) enum RoomCommand {
@@ -65,6 +80,8 @@ pub(crate) struct Room {
     /// When the orphans whose peers have not come back are given up ([`ORPHAN_WAIT`] after
     /// the re-join).
     orphans_until: Option<Instant>,
+    /// Connections of peers that left, delivering what they had received ([`LEAVE_DRAIN`]).
+    leaving: Vec<Leaving>,
     /// Whether the signaling session is up (false from `Reconnecting` until it resumed or
     /// re-joined). `stats` reports made meanwhile are dropped rather than queued: after a
     /// re-join they would name peer ids of the old session (`unknown_peer`), and a fresh
@@ -99,6 +116,7 @@ impl Room {
                 connections: HashMap::new(),
                 orphans: Vec::new(),
                 orphans_until: None,
+                leaving: Vec::new(),
                 signaling_up: true,
                 rejoins: 0,
                 next_key: 1,
@@ -121,9 +139,12 @@ impl Room {
         }
         loop {
             let orphans_until = self.orphans_until;
+            let next_leave = self.leaving.iter().map(|leaving| leaving.at).min();
             tokio::select! {
                 () = tokio::time::sleep_until(orphans_until.unwrap_or_else(Instant::now)),
                     if orphans_until.is_some() => self.give_up_orphans().await,
+                () = tokio::time::sleep_until(next_leave.unwrap_or_else(Instant::now)),
+                    if next_leave.is_some() => self.finish_leaving().await,
                 event = signaling_rx.recv() => match event {
                     Some(event) => {
                         if !self.on_signaling(event).await {
@@ -165,6 +186,9 @@ impl Room {
         let left = self.signaling.leave();
         for (_, handle) in self.connections.drain() {
             let _ = handle.input.send(ConnectionInput::Close);
+        }
+        for leaving in self.leaving.drain(..) {
+            let _ = leaving.handle.input.send(ConnectionInput::Close);
         }
         left
     }
@@ -252,17 +276,30 @@ impl Room {
         match message {
             ServerMessage::PeerJoined { peer } => self.peer_present(peer).await,
             ServerMessage::PeerLeft { peer_id, reason } => {
-                if let Some(key) = self.find_key(&peer_id)
-                    && let Some(handle) = self.connections.remove(&key)
-                {
-                    self.orphans.retain(|k| *k != key);
-                    self.close_connection(key, &peer_id, handle).await;
+                match self.find_key(&peer_id) {
+                    Some(key) => {
+                        let Some(handle) = self.connections.remove(&key) else {
+                            return;
+                        };
+                        self.orphans.retain(|k| *k != key);
+                        // Nothing more is sent there; what arrived is still delivered.
+                        let unacknowledged = self.registry.take_unacknowledged(key).await.len();
+                        self.leaving.push(Leaving {
+                            at: Instant::now() + LEAVE_DRAIN,
+                            handle,
+                            peer: peer_id,
+                            reason,
+                            unacknowledged,
+                        });
+                    }
+                    None => {
+                        self.emit(PeerEvent::PeerLeft {
+                            peer: peer_id,
+                            reason,
+                        })
+                        .await;
+                    }
                 }
-                self.emit(PeerEvent::PeerLeft {
-                    peer: peer_id,
-                    reason,
-                })
-                .await;
             }
             ServerMessage::Signal { from, signal } => {
                 if self.find(&from).is_none() {
@@ -314,28 +351,45 @@ impl Room {
             let Some(handle) = self.connections.remove(&key) else {
                 continue;
             };
-            let peer = read_remote(&handle.remote);
-            self.close_connection(key, &peer, handle).await;
-            self.emit(PeerEvent::PeerLeft {
-                peer,
+            let unacknowledged = self.registry.take_unacknowledged(key).await.len();
+            let leaving = Leaving {
+                at: Instant::now(),
+                peer: read_remote(&handle.remote),
+                handle,
                 reason: LeaveReason::Ended,
-            })
-            .await;
+                unacknowledged,
+            };
+            self.close_and_report(leaving).await;
         }
     }
 
-    /// Closes a connection whose peer left; the reliable messages its SCTP had not
-    /// acknowledged are reported.
-    async fn close_connection(&mut self, key: u64, peer: &PeerId, handle: ConnectionHandle) {
-        let unacknowledged = self.registry.take_unacknowledged(key).await;
-        let _ = handle.input.send(ConnectionInput::Close);
-        if !unacknowledged.is_empty() {
+    /// The connections of peers that left and whose [`LEAVE_DRAIN`] is over close; the
+    /// peers are reported as left, and the reliable messages their SCTP had not acknowledged.
+    async fn finish_leaving(&mut self) {
+        let now = Instant::now();
+        let (done, draining) = std::mem::take(&mut self.leaving)
+            .into_iter()
+            .partition(|leaving| leaving.at <= now);
+        self.leaving = draining;
+        for leaving in done {
+            self.close_and_report(leaving).await;
+        }
+    }
+
+    async fn close_and_report(&mut self, leaving: Leaving) {
+        let _ = leaving.handle.input.send(ConnectionInput::Close);
+        if leaving.unacknowledged > 0 {
             self.emit(PeerEvent::Unacknowledged {
-                peer: peer.clone(),
-                messages: unacknowledged.len(),
+                peer: leaving.peer.clone(),
+                messages: leaving.unacknowledged,
             })
             .await;
         }
+        self.emit(PeerEvent::PeerLeft {
+            peer: leaving.peer,
+            reason: leaving.reason,
+        })
+        .await;
     }
 
     /// New ICE servers for new connections and every existing one but the orphans (which

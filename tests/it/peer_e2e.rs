@@ -1464,6 +1464,36 @@ fn a_line_over_the_message_limit_is_not_sent_and_the_sender_says_so() {
     );
 }
 
+/// A file piped into `peer join` before anyone is in the room: the first 1,024 lines wait for
+/// the next peer, the rest stay unread until they can go, and at the end of the input `join`
+/// leaves only once the peer's SCTP acknowledged every line. It left 1 s after the end of the
+/// input, and an outside audit counted 1,264 to 1,757 of 2,000 lines arriving.
+#[test]
+fn every_line_of_a_piped_file_arrives_before_join_leaves() {
+    let (_signaling, url) = signaling_room("piped-file");
+    let mut alice = joined(join(&url, "alice", false));
+    let count = 2000;
+    let mut stdin = alice.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        for n in 0..count {
+            writeln!(stdin, "line {n:04} {}", "x".repeat(190)).expect("write stdin");
+        }
+        // Dropped: the end of the input.
+    });
+    let mut bob = join(&url, "bob", false);
+    let last = format!("alice: line {:04} {}", count - 1, "x".repeat(190));
+    bob.wait_line(Duration::from_secs(60), |l| l == last);
+    writer.join().expect("writer");
+    let received = bob
+        .seen
+        .iter()
+        .filter(|l| l.starts_with("alice: line "))
+        .count();
+    assert_eq!(received, count);
+    assert!(alice.wait_exit(Duration::from_secs(40)).success());
+    bob.wait_line(Duration::from_secs(10), |l| l.starts_with("* peer-left"));
+}
+
 /// A line typed while a peer's connection is down (it vanished without leaving: its session
 /// stays parked on the server for the resume grace) is held for that peer, with a warning,
 /// instead of going into the dead connection; a peer that joins later does not get it, and

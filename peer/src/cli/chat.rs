@@ -26,9 +26,11 @@ use super::{CommonArgs, Interrupted, Output, Stop, escape};
 const RESELECT_WAIT: Duration = Duration::from_secs(30);
 /// How often the selected pair of a restarted connection is looked at.
 const RESELECT_POLL: Duration = Duration::from_millis(200);
-/// How long the last lines get to leave the send buffers before the room is left at the end
-/// of stdin (closing the connection drops what is still buffered).
-const LINGER: Duration = Duration::from_secs(1);
+/// How long, at the end of stdin, the lines sent get to be acknowledged by their peers before
+/// the room is left (closing a connection drops what its SCTP still holds).
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// How often the lines not acknowledged yet are counted then.
+const ACK_POLL: Duration = Duration::from_millis(50);
 /// The largest message a data channel takes, in bytes: the `max-message-size` both sides
 /// offer (the SDP default of RFC 8841, 64 KiB, which the SDK keeps). The SCTP layer refuses a
 /// longer message, so a longer line is not sent at all.
@@ -244,9 +246,9 @@ impl Chat {
         let mut held_until = None;
         loop {
             tokio::select! {
-                // With no peer to take them, stdin is read until MAX_HELD_LINES wait: then it
-                // is left unread (a pipe into us blocks) until a peer connects.
-                line = stdin.next(), if stdin_open && self.outbox.takes_unaddressed() => match line {
+                // Stdin is read while fewer than MAX_HELD_LINES wait for no peer and for each
+                // peer: then it is left unread (a pipe into us blocks) until they can go.
+                line = stdin.next(), if stdin_open && self.outbox.has_room() => match line {
                     Ok(Some(line)) => {
                         line_number += 1;
                         let (text, warnings) = match line {
@@ -291,11 +293,49 @@ impl Chat {
             }
         }
         if !stdin_open {
-            tokio::time::sleep(LINGER).await;
+            if !self.wait_acknowledged(peer, events).await {
+                return Ok(ExitCode::FAILURE);
+            }
             self.out
                 .notice("left", &[("room", peer.room().to_string())]);
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// At the end of stdin: until every line sent is acknowledged by its peer's SCTP,
+    /// [`ACK_WAIT`] at most, events are handled (a chat line that arrives is printed); then
+    /// the lines not acknowledged are named. `false` when the server ended the session.
+    async fn wait_acknowledged(&mut self, peer: &Peer, events: &mut PeerEvents) -> bool {
+        let deadline = Instant::now() + ACK_WAIT;
+        let mut poll = tokio::time::interval(ACK_POLL);
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    let mut waiting = peer.unacknowledged().await;
+                    waiting.retain(|(_, count)| *count > 0);
+                    if waiting.is_empty() {
+                        return true;
+                    }
+                    if Instant::now() >= deadline {
+                        for (id, count) in waiting {
+                            eprintln!(
+                                "warning: {count} line(s) to {} may not have arrived: not acknowledged when join ended",
+                                escape(&display(&self.names, &id))
+                            );
+                        }
+                        return true;
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(event) => {
+                        if !self.on_event(peer, event).await {
+                            return false;
+                        }
+                    }
+                    None => return true,
+                },
+            }
+        }
     }
 
     /// Peers a line goes to: an open chat channel and a connection that is not down.

@@ -68,8 +68,8 @@ enum Command {
     /// room's relay changed) or `fresh-credentials` (new TURN credentials for a relayed path).
     ///
     /// Leaves the room on Ctrl-C (exit 0) or SIGTERM (exit 143), or when stdin closes: then
-    /// the lines read so far are sent first (to the next peer that connects, if none is
-    /// connected). When the server ends the session for good (an operator's `kicked` or
+    /// the lines read so far are sent first (to the next peer that connects, if none is in
+    /// the room), and acknowledged by each peer (30 s at most, then a warning). When the server ends the session for good (an operator's `kicked` or
     /// `room_closed`, or no resume or join possible for five minutes) it prints
     /// `* signaling-closed reason=...` and exits with status 1. It exits with status 1 too,
     /// printing `error: ...`, when it cannot join: the server is unreachable, refuses, or

@@ -70,9 +70,14 @@ impl Outbox {
         }
     }
 
-    /// Whether stdin may be read: fewer than [`MAX_HELD_LINES`] lines wait for no peer.
-    pub(crate) fn takes_unaddressed(&self) -> bool {
+    /// Whether stdin may be read: fewer than [`MAX_HELD_LINES`] lines wait for no peer, and
+    /// for each peer.
+    pub(crate) fn has_room(&self) -> bool {
         self.unaddressed.len() < MAX_HELD_LINES
+            && self
+                .waiting
+                .values()
+                .all(|queue| queue.len() < MAX_HELD_LINES)
     }
 
     pub(crate) fn unaddressed_len(&self) -> usize {
@@ -136,7 +141,11 @@ mod tests {
         }
         assert_eq!(outbox.hold_for(&id("ada"), "x".into()), Err(Refused::Full));
         assert_eq!(outbox.hold_unaddressed("y".into()), Err(Refused::Full));
-        assert!(!outbox.takes_unaddressed());
+        assert!(!outbox.has_room());
+        outbox.take_for(&id("bob"));
+        assert!(!outbox.has_room(), "ada's lines still fill her queue");
+        outbox.take_for(&id("ada"));
+        assert!(outbox.has_room());
         assert_eq!(outbox.hold_for(&id("bob"), "x".into()), Ok(true));
     }
 }
