@@ -11,8 +11,8 @@ use std::time::Duration;
 use testkit::{LoopbackRelay, Spawned};
 
 use crate::peer_e2e::{
-    Proc, Signaling, expect_chat, field, join, reliable_channel_open, restartable_signaling, say,
-    start_relay, start_signaling, start_signaling_with, wait_joined,
+    Proc, Signaling, expect_chat, field, join, joined, reliable_channel_open,
+    restartable_signaling, say, start_relay, start_signaling, start_signaling_with,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -85,6 +85,14 @@ fn relay_room_with(room: &str, signaling_flags: &[&str]) -> (LoopbackRelay, Sign
     (relay, signaling, url)
 }
 
+/// [`relay_room`] handing out TURN credentials of 10 s (the CLI gets fresh ones every 8 s),
+/// with the CLI (`rusty`) joined to it: (relay, signaling, URL, CLI).
+fn cli_in_a_short_ttl_room(room: &str) -> (LoopbackRelay, Signaling, String, Proc) {
+    let (relay, signaling, url) = relay_room_with(room, &["--turn-ttl", "10s"]);
+    let cli = joined(join(&url, "rusty", true));
+    (relay, signaling, url, cli)
+}
+
 /// `a` says a line and `b` prints it as `NAME: LINE`, then the other way round.
 fn chat_both_ways(a: (&mut Proc, &str), b: (&mut Proc, &str)) {
     say(a.0, "from the first");
@@ -102,8 +110,7 @@ fn cli_and_aiortc(room: &str, aiortc_first: bool) -> String {
         aiortc_joined(&mut py);
         (py, join(&url, "rusty", true))
     } else {
-        let mut cli = join(&url, "rusty", true);
-        wait_joined(&mut cli);
+        let cli = joined(join(&url, "rusty", true));
         (join_aiortc(&url, "pyo"), cli)
     };
     let role = aiortc_connected(&mut py);
@@ -177,9 +184,7 @@ fn after_a_signaling_restart_the_cli_and_aiortc_connect_again() {
 /// on. It stopped at the first refresh.
 #[test]
 fn the_cli_makes_a_new_connection_when_aiortc_cannot_restart_ice() {
-    let (_relay, _signaling, url) = relay_room_with("aiortc-fresh", &["--turn-ttl", "10s"]);
-    let mut cli = join(&url, "rusty", true);
-    wait_joined(&mut cli);
+    let (_relay, _signaling, url, mut cli) = cli_in_a_short_ttl_room("aiortc-fresh");
     let mut py = join_aiortc(&url, "pyo");
     aiortc_connected(&mut py);
     cli_connected(&mut cli);
@@ -208,9 +213,7 @@ fn the_cli_makes_a_new_connection_when_aiortc_cannot_restart_ice() {
 /// replaced, its lines were dropped for that peer, or went only to the first peer back.
 #[test]
 fn every_line_reaches_both_aiortc_peers_while_their_connections_are_replaced() {
-    let (_relay, _signaling, url) = relay_room_with("aiortc-three", &["--turn-ttl", "10s"]);
-    let mut cli = join(&url, "rusty", true);
-    wait_joined(&mut cli);
+    let (_relay, _signaling, url, mut cli) = cli_in_a_short_ttl_room("aiortc-three");
     let mut pya = join_aiortc(&url, "pya");
     aiortc_connected(&mut pya);
     let mut pyb = join_aiortc(&url, "pyb");

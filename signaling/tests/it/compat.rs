@@ -342,6 +342,33 @@ async fn peerjs_open(server: &Server, key: &str, id: &str, token: &str) -> Ws {
     ws
 }
 
+/// The open PeerJS sockets of alice (token `t-alice`) and bob (`t-bob`), of app `app`.
+async fn alice_and_bob(server: &Server) -> (Ws, Ws) {
+    (
+        peerjs_open(server, "app", "alice", "t-alice").await,
+        peerjs_open(server, "app", "bob", "t-bob").await,
+    )
+}
+
+/// A PeerJS `CANDIDATE` to alice whose payload is numbered `n`.
+fn candidate(n: u32) -> Value {
+    json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}})
+}
+
+/// Sends alice the `CANDIDATE`s numbered `numbers`.
+async fn send_candidates(from: &mut Ws, numbers: std::ops::Range<u32>) {
+    for n in numbers {
+        send(from, candidate(n)).await;
+    }
+}
+
+/// The `CANDIDATE`s numbered `numbers`, in order.
+async fn expect_candidates(to: &mut Ws, numbers: std::ops::Range<u32>) {
+    for n in numbers {
+        assert_eq!(next(to, STEP).await.unwrap()["payload"]["n"], n);
+    }
+}
+
 #[tokio::test]
 async fn peerjs_ids_open_relay_expire_and_a_taken_id_is_refused() {
     let server = Server::start(&[]);
@@ -352,8 +379,7 @@ async fn peerjs_ids_open_relay_expire_and_a_taken_id_is_refused() {
     let (status, _, _) = crate::support::http_get(server.addr, "/peerjs/peerjs/peers").await;
     assert_eq!(status, 401, "discovery is off");
 
-    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
-    let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
     // Relayed with the sender as `src`.
     let payload = json!({"sdp":{"type":"offer","sdp":"v=0"},"type":"data","connectionId":"dc_1"});
     send(
@@ -392,29 +418,14 @@ async fn peerjs_ids_open_relay_expire_and_a_taken_id_is_refused() {
 #[tokio::test]
 async fn peerjs_messages_for_a_reconnecting_peer_wait_for_it() {
     let server = Server::start(&[]);
-    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
-    let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
-    for n in 0..20 {
-        send(
-            &mut bob,
-            json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}}),
-        )
-        .await;
-    }
-    for n in 0..20 {
-        assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
-    }
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
+    send_candidates(&mut bob, 0..20).await;
+    expect_candidates(&mut alice, 0..20).await;
     // Alice's signaling socket drops; Bob keeps sending (peerjs-server would expire these
     // after 5 s; here they wait for the resume grace period).
     drop(alice);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for n in 20..40 {
-        send(
-            &mut bob,
-            json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}}),
-        )
-        .await;
-    }
+    send_candidates(&mut bob, 20..40).await;
     // No EXPIRE: alice is parked, not gone.
     assert_eq!(next(&mut bob, Duration::from_millis(300)).await, None);
     // PeerJS's reconnect: the same id and token, on any node.
@@ -449,11 +460,7 @@ async fn candidates_to_alice_written_and_acknowledged(
     numbers: std::ops::Range<u32>,
 ) {
     for n in numbers {
-        send(
-            from,
-            json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}}),
-        )
-        .await;
+        send(from, candidate(n)).await;
         assert_eq!(next(to, STEP).await.unwrap()["payload"]["n"], n);
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -465,9 +472,7 @@ async fn candidates_to_alice_written_and_acknowledged(
 #[tokio::test]
 async fn peerjs_reconnect_takes_over_a_socket_that_lived_a_while() {
     let server = Server::start(&[]);
-    let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
-    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
-    let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
     candidates_to_alice_written_and_acknowledged(&mut bob, &mut alice, 0..5).await;
     let mut again = peerjs_open(&server, "app", "alice", "t-alice").await;
     assert_eq!(close_code(&mut alice, STEP).await, Some(1008));
@@ -503,15 +508,12 @@ async fn peerjs_client_of_a_killed_node_reconnects_elsewhere_with_its_messages()
     let redis = RedisServer::start();
     let mut home = Server::spawn(&["--redis", &redis.url()]);
     let other = Server::spawn(&["--redis", &redis.url()]);
-    let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
     let mut alice = peerjs_open(&home, "app", "alice", "t-alice").await;
     let mut bob = peerjs_open(&other, "app", "bob", "t-bob").await;
     candidates_to_alice_written_and_acknowledged(&mut bob, &mut alice, 0..5).await;
     home.kill();
     drop(alice);
-    for n in 5..10 {
-        send(&mut bob, candidate(n)).await;
-    }
+    send_candidates(&mut bob, 5..10).await;
     reconnect_expecting(&other, "alice", "t-alice", 5..10).await;
 }
 
@@ -656,11 +658,7 @@ async fn peerjs_registrations_in_redis_resume_nothing_but_the_clients_reconnect(
     }
     let mut alice = peerjs_open(&server, "app", "alice", "t-alice-0123456789").await;
     let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
-    send(
-        &mut bob,
-        json!({"type":"CANDIDATE","dst":"alice","payload":{"n":1}}),
-    )
-    .await;
+    send(&mut bob, candidate(1)).await;
     assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], 1);
 }
 
@@ -881,8 +879,7 @@ async fn compat_deliveries_are_counted_once() {
     crate::support::metric_reaches(&server, relayed, before + 1, Duration::from_secs(5)).await;
     assert_eq!(server.metric(relayed).await - before, 1, "y-webrtc publish");
 
-    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
-    let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
     let before = server.metric(relayed).await;
     send(&mut bob, json!({"type":"OFFER","dst":"alice","payload":{}})).await;
     assert_eq!(next(&mut alice, STEP).await.unwrap()["type"], "OFFER");
@@ -979,35 +976,23 @@ async fn draining_closes_compat_sockets_at_once_with_1001() {
 #[tokio::test]
 async fn peerjs_a_parked_peer_holds_up_to_the_replay_limit() {
     let server = Server::start(&["--rate-limit", "5000", "--rate-burst", "5000"]);
-    let candidate = |n: u32| json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n}});
-    let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
-    let mut bob = peerjs_open(&server, "app", "bob", "t-bob").await;
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
     // Some delivered before the drop (not all acknowledged to the hub yet).
-    for n in 0..20 {
-        send(&mut bob, candidate(n)).await;
-    }
-    for n in 0..20 {
-        assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
-    }
+    send_candidates(&mut bob, 0..20).await;
+    expect_candidates(&mut alice, 0..20).await;
     drop(alice);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Exactly the limit (256 messages) waits for alice.
-    for n in 0..256 {
-        send(&mut bob, candidate(n)).await;
-    }
+    send_candidates(&mut bob, 0..256).await;
     assert_eq!(next(&mut bob, Duration::from_millis(500)).await, None);
     let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
-    for n in 0..256 {
-        assert_eq!(next(&mut alice, STEP).await.unwrap()["payload"]["n"], n);
-    }
+    expect_candidates(&mut alice, 0..256).await;
     assert_eq!(next(&mut alice, Duration::from_millis(300)).await, None);
     // One more than the limit: the session ends, what waited is lost, later messages EXPIRE
     // and the reconnect is a plain OPEN.
     drop(alice);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for n in 0..257 {
-        send(&mut bob, candidate(n)).await;
-    }
+    send_candidates(&mut bob, 0..257).await;
     send(&mut bob, candidate(257)).await;
     assert_eq!(
         next(&mut bob, STEP).await,

@@ -159,12 +159,19 @@ async fn an_invalid_configuration_is_refused_and_the_one_in_force_stays() {
 async fn the_in_process_relay_reloads_with_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("signaling.toml");
-    // The relay's admin port on every relay-arg list (not the default: another program may
-    // want it).
-    write(
-        &file,
-        "turn-secret = [\"first\"]\nrelay-arg = [\"--admin-listen=127.0.0.1:0\"]\n",
-    );
+    /// The config of TURN secret `secret` whose relay-arg list is the relay's admin port (on
+    /// every list, not the default: another program may want it), then `more`.
+    fn config(secret: &str, more: &[&str]) -> String {
+        let args: Vec<String> = std::iter::once("--admin-listen=127.0.0.1:0")
+            .chain(more.iter().copied())
+            .map(|arg| format!("\"{arg}\""))
+            .collect();
+        format!(
+            "turn-secret = [\"{secret}\"]\nrelay-arg = [{}]\n",
+            args.join(", ")
+        )
+    }
+    write(&file, &config("first", &[]));
     let server = Server::start_process(&[
         "--with-relay",
         "--relay-listen",
@@ -175,11 +182,7 @@ async fn the_in_process_relay_reloads_with_the_server() {
     let (_a, info) = Client::join(&server.ws_first("/ws"), Some("relay")).await;
     assert!(signed_by(&info, "first"));
 
-    reload(
-        &server,
-        &file,
-        "turn-secret = [\"second\"]\nrelay-arg = [\"--admin-listen=127.0.0.1:0\", \"--user-quota=3\"]\n",
-    );
+    reload(&server, &file, &config("second", &["--user-quota=3"]));
     metric_reaches(&server, OK, 1, Duration::from_secs(5)).await;
     metric_reaches(
         &server,
@@ -192,11 +195,7 @@ async fn the_in_process_relay_reloads_with_the_server() {
     assert!(signed_by(&info, "second"));
 
     // The relay refuses its part: nothing is applied.
-    reload(
-        &server,
-        &file,
-        "turn-secret = [\"third\"]\nrelay-arg = [\"--admin-listen=127.0.0.1:0\", \"--user-quota=0\"]\n",
-    );
+    reload(&server, &file, &config("third", &["--user-quota=0"]));
     metric_reaches(&server, REFUSED, 1, Duration::from_secs(5)).await;
     assert_eq!(server.metric("relay_config_reloads_total").await, 1);
     assert_eq!(server.metric(RELAY_REFUSED).await, 1);
@@ -204,11 +203,7 @@ async fn the_in_process_relay_reloads_with_the_server() {
     assert!(signed_by(&info, "second"), "the secret in force stays");
 
     // A relay flag that does not parse is the relay's refusal too, counted by both.
-    reload(
-        &server,
-        &file,
-        "turn-secret = [\"third\"]\nrelay-arg = [\"--admin-listen=127.0.0.1:0\", \"--user-quota=abc\"]\n",
-    );
+    reload(&server, &file, &config("third", &["--user-quota=abc"]));
     metric_reaches(&server, REFUSED, 2, Duration::from_secs(5)).await;
     assert_eq!(server.metric(RELAY_REFUSED).await, 2);
     assert_eq!(server.metric("relay_config_reloads_total").await, 1);

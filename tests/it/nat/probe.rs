@@ -74,13 +74,7 @@ fn udp_blocking_router_lets_only_tcp_out() {
     let Some(topo) = topology_or_skip(RouterSpec::cone(), RouterSpec::cone().blocking_udp()) else {
         return;
     };
-    let server = topo
-        .in_netns(Host::Server, || UdpSocket::bind((SERVER_IP, 0)))
-        .expect("server socket");
-    server
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-    let server_addr = server.local_addr().expect("addr");
+    let (server, server_addr) = udp_server(&topo, Duration::from_millis(500));
 
     // Control: the same probe from the unblocked side arrives.
     let from_a = udp_client(&topo, Host::ClientA, CLIENT_A_IP);
@@ -106,6 +100,17 @@ fn udp_blocking_router_lets_only_tcp_out() {
         .expect("TCP from behind the UDP-blocking router must connect");
     let (_conn, seen) = listener.accept().expect("accept");
     assert_eq!(seen.ip(), IpAddr::V4(ROUTER_B_WAN), "TCP is NATed too");
+}
+
+/// A UDP socket on `SERVER_IP:0` inside the server's namespace, reading with `timeout`, and
+/// its address.
+fn udp_server(topo: &Topology, timeout: Duration) -> (UdpSocket, SocketAddr) {
+    let sock = topo
+        .in_netns(Host::Server, || UdpSocket::bind((SERVER_IP, 0)))
+        .expect("server socket");
+    sock.set_read_timeout(Some(timeout)).expect("timeout");
+    let addr = sock.local_addr().expect("addr");
+    (sock, addr)
 }
 
 /// A UDP socket on `ip:0` inside `host`.
@@ -172,13 +177,7 @@ struct Punch {
 /// Classic UDP hole punching: each client learns its public address from the server, then
 /// both send to the other's public address every 50 ms for [`PUNCH_WINDOW`].
 fn hole_punch(topo: &Topology) -> Punch {
-    let server = topo
-        .in_netns(Host::Server, || UdpSocket::bind((SERVER_IP, 0)))
-        .expect("server socket");
-    server
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .expect("timeout");
-    let server_addr = server.local_addr().expect("addr");
+    let (server, server_addr) = udp_server(topo, Duration::from_secs(1));
     let a = udp_client(topo, Host::ClientA, CLIENT_A_IP);
     let b = udp_client(topo, Host::ClientB, CLIENT_B_IP);
     let a_public = observe(&a, &server, server_addr).expect("A reaches the server");

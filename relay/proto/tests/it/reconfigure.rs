@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use relay_proto::{ClientAction, LiveSettings, RateLimit};
 
-use crate::support::{Client, Harness, REST_SECRET, UNIX_T0, channel_data_packet, error_code, udp};
+use crate::support::{Client, Harness, REST_SECRET, UNIX_T0, channel_data_packet, error_code};
 
 #[test]
 fn new_secrets_lists_and_quotas_apply_at_once_and_allocations_relay_on() {
@@ -27,16 +27,11 @@ fn new_secrets_lists_and_quotas_apply_at_once_and_allocations_relay_on() {
     assert_eq!(h.server.config().auth.rest_secrets, live.rest_secrets);
 
     // The removed secret stops verifying, for a new client and on carol's next refresh.
-    let mut old = Client::rest(udp("192.0.2.21:40000"), UNIX_T0 + 3600, "dave", REST_SECRET);
+    let mut old = Client::rest_for_an_hour("192.0.2.21:40000", "dave", REST_SECRET);
     assert_eq!(old.allocate_error(&mut h), Some(401));
     let resp = carol.transact(&mut h, |c| c.refresh_request(600));
     assert_eq!(error_code(&resp), Some(401));
-    let mut new = Client::rest(
-        udp("192.0.2.22:40000"),
-        UNIX_T0 + 3600,
-        "erin",
-        b"new-secret",
-    );
+    let mut new = Client::rest_for_an_hour("192.0.2.22:40000", "erin", b"new-secret");
     new.allocate(&mut h);
     // A new permission meets the new deny list.
     let resp = h.request(new.from, &new.permission_request(&[peer]));

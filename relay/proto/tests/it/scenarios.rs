@@ -166,9 +166,7 @@ fn full_life_cycle_allocate_permission_channel_relay_refresh_expire() {
 
 #[test]
 fn channel_bind_keeps_permission_and_channel_alive_while_refreshed() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    let relay = alice.allocate_handle(&mut h);
+    let (mut h, mut alice, relay) = Harness::with_alice_relay();
     let p = peer("203.0.114.7:6000");
     for _ in 0..4 {
         let resp = alice.transact(&mut h, |c| c.channel_bind_request(0x4001, p));
@@ -191,9 +189,7 @@ fn channel_bind_keeps_permission_and_channel_alive_while_refreshed() {
 /// died 5 minutes in. A refresh never shortens a permission.
 #[test]
 fn a_channel_keeps_its_peers_permission_for_its_lifetime() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    let relay = alice.allocate_handle(&mut h);
+    let (mut h, mut alice, relay) = Harness::with_alice_relay();
     let p = peer("203.0.114.7:6000");
     for round in 0..3 {
         let resp = alice.transact(&mut h, |c| c.channel_bind_request(0x4001, p));
@@ -223,9 +219,7 @@ fn a_channel_keeps_its_peers_permission_for_its_lifetime() {
 
 #[test]
 fn refresh_with_zero_lifetime_deletes_the_allocation() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    let relay = alice.allocate_handle(&mut h);
+    let (mut h, mut alice, relay) = Harness::with_alice_relay();
     let req = alice.refresh_request(0);
     assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
     let outs = h.outputs();
@@ -304,8 +298,7 @@ fn wrong_password_and_unknown_user_get_401() {
 fn a_request_naming_another_realm_gets_401() {
     let mut h = Harness::new();
     let mut alice = Client::alice();
-    let challenge = alice.allocate_once(&mut h);
-    alice.learn_nonce(&challenge);
+    alice.fetch_nonce(&mut h);
     // The key is alice's in our realm; only the REALM attribute names another.
     alice.realm = "other.example".to_owned();
     let resp = alice.allocate_once(&mut h);
@@ -340,19 +333,14 @@ fn rest_credentials_verify_with_any_secret_and_expire_for_new_allocations() {
     let mut carol = Client::carol(UNIX_T0 + 1000);
     carol.allocate(&mut h);
     carol.refresh(&mut h, 3600);
-    let mut old = Client::rest(
-        udp("192.0.2.21:40000"),
-        UNIX_T0 + 3600,
-        "dave",
-        b"old-secret",
-    );
+    let mut old = Client::rest_for_an_hour("192.0.2.21:40000", "dave", b"old-secret");
     old.allocate(&mut h);
     assert_eq!(h.server.stats().allocations, 2);
 
     let mut expired = Client::rest(udp("192.0.2.22:40000"), UNIX_T0 - 1, "erin", REST_SECRET);
     assert_eq!(expired.allocate_error(&mut h), Some(401));
 
-    let mut forged = Client::rest(udp("192.0.2.23:40000"), UNIX_T0 + 3600, "frank", b"guess");
+    let mut forged = Client::rest_for_an_hour("192.0.2.23:40000", "frank", b"guess");
     assert_eq!(forged.allocate_error(&mut h), Some(401));
     assert_eq!(h.server.stats().auth_failures, 2);
 
@@ -461,9 +449,7 @@ fn total_allocation_quota_gets_486() {
 
 #[test]
 fn draining_refuses_new_allocations_but_keeps_existing_ones() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    let relay = alice.allocate_handle(&mut h);
+    let (mut h, mut alice, relay) = Harness::with_alice_relay();
     let p = peer("203.0.114.7:6000");
     h.request(alice.from, &alice.channel_bind_request(0x4000, p));
     h.server.set_draining(true);
@@ -497,8 +483,11 @@ fn denied_peers_get_403_in_every_encoding() {
     ] {
         let resp = h.request(alice.from, &alice.permission_request(&[peer(p)]));
         assert_eq!(error_code(&resp), Some(403), "{p}");
-        let resp = h.request(alice.from, &alice.channel_bind_request(0x4000, peer(p)));
-        assert_eq!(error_code(&resp), Some(403), "{p}");
+        assert_eq!(
+            alice.channel_bind_error(&mut h, 0x4000, peer(p)),
+            Some(403),
+            "{p}"
+        );
     }
     // One denied address fails the whole request.
     let resp = h.request(
@@ -542,16 +531,13 @@ fn own_listening_address_is_never_a_peer() {
     let mut alice = Client::alice();
     let relay = alice.allocate(&mut h);
     // The listener (learned from the 5-tuple) and a non-relay port of our IP are refused...
-    let resp = h.request(
-        alice.from,
-        &alice.channel_bind_request(0x4000, peer("198.51.100.1:3478")),
+    let listener = peer("198.51.100.1:3478");
+    assert_eq!(
+        alice.channel_bind_error(&mut h, 0x4000, listener),
+        Some(403)
     );
-    assert_eq!(error_code(&resp), Some(403));
-    let resp = h.request(
-        alice.from,
-        &alice.channel_bind_request(0x4000, peer("198.51.100.1:22")),
-    );
-    assert_eq!(error_code(&resp), Some(403));
+    let ssh = peer("198.51.100.1:22");
+    assert_eq!(alice.channel_bind_error(&mut h, 0x4000, ssh), Some(403));
     // ...while another relay address of this server (relay-to-relay) is fine.
     alice.bind_channel(&mut h, 0x4000, relay);
     assert_eq!(h.server.stats().denied(DenyReason::OwnAddress), 2);
@@ -571,11 +557,12 @@ fn relay_to_relay_works_on_an_own_address_of_a_denied_range() {
     let resp = h.request(alice.from, &alice.permission_request(&[bob_relay]));
     alice.verify_success(&resp, Method::CreatePermission);
     alice.bind_channel(&mut h, 0x4000, bob_relay);
-    let resp = h.request(
-        alice.from,
-        &alice.channel_bind_request(0x4001, SocketAddr::new(bob_relay.ip(), 22)),
+    let not_relay = SocketAddr::new(bob_relay.ip(), 22);
+    assert_eq!(
+        alice.channel_bind_error(&mut h, 0x4001, not_relay),
+        Some(403),
+        "not a relay port of ours"
     );
-    assert_eq!(error_code(&resp), Some(403), "not a relay port of ours");
     let resp = h.request(
         alice.from,
         &alice.permission_request(&[peer("198.51.100.7:5000")]),
@@ -631,23 +618,11 @@ fn channel_bind_rules() {
     // Rebinding the same pair refreshes.
     alice.bind_channel(&mut h, 0x4000, p1);
     // The number to another peer, or the peer to another number: 400.
-    assert_eq!(
-        error_code(&h.request(alice.from, &alice.channel_bind_request(0x4000, p2))),
-        Some(400)
-    );
-    assert_eq!(
-        error_code(&h.request(alice.from, &alice.channel_bind_request(0x4001, p1))),
-        Some(400)
-    );
+    assert_eq!(alice.channel_bind_error(&mut h, 0x4000, p2), Some(400));
+    assert_eq!(alice.channel_bind_error(&mut h, 0x4001, p1), Some(400));
     // Out of range channel numbers: 400.
-    assert_eq!(
-        error_code(&h.request(alice.from, &alice.channel_bind_request(0x3FFF, p2))),
-        Some(400)
-    );
-    assert_eq!(
-        error_code(&h.request(alice.from, &alice.channel_bind_request(0x8000, p2))),
-        Some(400)
-    );
+    assert_eq!(alice.channel_bind_error(&mut h, 0x3FFF, p2), Some(400));
+    assert_eq!(alice.channel_bind_error(&mut h, 0x8000, p2), Some(400));
     // After expiry the number stays reserved for 5 minutes, then can be reused.
     alice.refresh(&mut h, 3600);
     h.advance(Duration::from_secs(601));
@@ -679,11 +654,8 @@ fn channel_and_permission_quotas_get_508() {
     );
     assert_eq!(error_code(&resp), Some(508));
     alice.bind_channel(&mut h, 0x4000, peer("203.0.114.1:1"));
-    let resp = h.request(
-        alice.from,
-        &alice.channel_bind_request(0x4001, peer("203.0.114.2:1")),
-    );
-    assert_eq!(error_code(&resp), Some(508));
+    let second = peer("203.0.114.2:1");
+    assert_eq!(alice.channel_bind_error(&mut h, 0x4001, second), Some(508));
     assert_eq!(h.server.stats().quota(QuotaKind::Permissions), 1);
     assert_eq!(h.server.stats().quota(QuotaKind::Channels), 1);
 }
@@ -698,9 +670,7 @@ fn a_dual_allocation_is_answered_with_ipv4_and_an_address_error_for_ipv6() {
     let mut alice = Client::alice();
     alice.fetch_nonce(&mut h);
     for (requested, additional) in [(Some(0x01u8), 0x02u8), (None, 0x01)] {
-        let tid = alice.next_tid();
-        let req = alice.build(Method::Allocate, tid, |b| {
-            b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        let req = alice.allocate_request_with(|b| {
             if let Some(family) = requested {
                 b.add(attributes::REQUESTED_ADDRESS_FAMILY, &[family, 0, 0, 0]);
             }
@@ -711,10 +681,8 @@ fn a_dual_allocation_is_answered_with_ipv4_and_an_address_error_for_ipv6() {
         });
         assert_eq!(error_code(&h.request(alice.from, &req)), Some(400));
     }
-    let tid = alice.next_tid();
-    let req = alice.build(Method::Allocate, tid, |b| {
-        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(AttributeType::AdditionalAddressFamily, &[0x02, 0, 0, 0]);
+    let req = alice.allocate_request_with(|b| {
+        b.add(AttributeType::AdditionalAddressFamily, &[0x02, 0, 0, 0]);
     });
     assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
     let Output::BindRelay { relay, family, .. } = h.outputs().remove(0) else {
@@ -748,33 +716,25 @@ fn allocate_errors_400_420_440_442_508() {
     let tid = alice.next_tid();
     let req = alice.build(Method::Allocate, tid, |_| {});
     assert_eq!(error_code(&h.request(alice.from, &req)), Some(400));
-    let tid = alice.next_tid();
-    let req = alice.build(Method::Allocate, tid, |b| {
-        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(attributes::REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0]);
+    let req = alice.allocate_request_with(|b| {
+        b.add(attributes::REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0]);
     });
     assert_eq!(error_code(&h.request(alice.from, &req)), Some(440));
-    let tid = alice.next_tid();
-    let req = alice.build(Method::Allocate, tid, |b| {
-        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(attributes::RESERVATION_TOKEN, &[1; 8]);
+    let req = alice.allocate_request_with(|b| {
+        b.add(attributes::RESERVATION_TOKEN, &[1; 8]);
     });
     assert_eq!(error_code(&h.request(alice.from, &req)), Some(508));
     // Unknown comprehension-required attribute: 420 listing it.
-    let tid = alice.next_tid();
-    let req = alice.build(Method::Allocate, tid, |b| {
-        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(0x7777u16, &[1, 2, 3, 4]);
+    let req = alice.allocate_request_with(|b| {
+        b.add(0x7777u16, &[1, 2, 3, 4]);
     });
     let resp = h.request(alice.from, &req);
     assert_eq!(error_code(&resp), Some(420));
     let m = StunMessage::parse(&resp).unwrap();
     assert_eq!(m.get(UNKNOWN_ATTRIBUTES), Some(&[0x77, 0x77][..]));
     // Unknown comprehension-optional attributes are ignored.
-    let tid = alice.next_tid();
-    let req = alice.build(Method::Allocate, tid, |b| {
-        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(0xC001u16, &[1, 2, 3, 4]);
+    let req = alice.allocate_request_with(|b| {
+        b.add(0xC001u16, &[1, 2, 3, 4]);
     });
     assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
     let Output::BindRelay {
@@ -1268,9 +1228,7 @@ fn challenges_answered_with_valid_credentials_do_not_use_up_the_ip_limits() {
 
 #[test]
 fn garbage_flood_does_not_disturb_a_live_allocation() {
-    let mut h = Harness::new();
-    let mut alice = Client::alice();
-    let relay = alice.allocate_handle(&mut h);
+    let (mut h, mut alice, relay) = Harness::with_alice_relay();
     let p = peer("203.0.114.7:6000");
     h.request(alice.from, &alice.channel_bind_request(0x4000, p));
     let mut seed = 0x1234_5678u32;
@@ -1412,10 +1370,8 @@ fn even_port_is_passed_to_the_io_layer_as_a_hint() {
     let mut h = Harness::new();
     let mut alice = Client::alice();
     alice.fetch_nonce(&mut h);
-    let tid = alice.next_tid();
-    let req = alice.build(Method::Allocate, tid, |b| {
-        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(attributes::EVEN_PORT, &[0x80])
+    let req = alice.allocate_request_with(|b| {
+        b.add(attributes::EVEN_PORT, &[0x80])
             .add(attributes::DONT_FRAGMENT, &[]);
     });
     assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
@@ -1437,10 +1393,8 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
     let mut other_shard = Server::with_shared_quotas(cfg, shared);
     let mut rtp = Client::alice();
     rtp.fetch_nonce(&mut h);
-    let tid = rtp.next_tid();
-    let req = rtp.build(Method::Allocate, tid, |b| {
-        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(attributes::EVEN_PORT, &[0x80]);
+    let req = rtp.allocate_request_with(|b| {
+        b.add(attributes::EVEN_PORT, &[0x80]);
     });
     assert_eq!(h.send(rtp.from, &req), ClientAction::Queued);
     let Output::BindRelay {
@@ -1469,10 +1423,8 @@ fn even_port_with_r_bit_reserves_the_next_port_for_a_reservation_token() {
     let mut rtcp = Client::alice_at(udp("192.0.2.10:40001"));
     rtcp.nonce = rtp.nonce.clone();
     let with_token = |c: &mut Client| {
-        let tid = c.next_tid();
-        c.build(Method::Allocate, tid, |b| {
-            b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-                .add(attributes::RESERVATION_TOKEN, &token);
+        c.allocate_request_with(|b| {
+            b.add(attributes::RESERVATION_TOKEN, &token);
         })
     };
     let req = with_token(&mut rtcp);
@@ -1511,11 +1463,7 @@ fn alice_allocates(
 ) -> Result<Option<[u8; 8]>, Option<u16>> {
     let mut alice = Client::alice_at(udp(&format!("192.0.2.10:{port}")));
     alice.fetch_nonce(h);
-    let tid = alice.next_tid();
-    let req = alice.build(Method::Allocate, tid, |b| {
-        b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-        attrs(b);
-    });
+    let req = alice.allocate_request_with(attrs);
     assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
     match h.outputs().remove(0) {
         Output::BindRelay { relay, .. } => {
@@ -1592,9 +1540,7 @@ fn allocates_admitted_together_see_each_others_held_ports() {
     let allocate = |h: &mut Harness, port: u16| {
         let mut alice = Client::alice_at(udp(&format!("192.0.2.10:{port}")));
         alice.fetch_nonce(h);
-        let tid = alice.next_tid();
-        let req = alice.build(Method::Allocate, tid, |b| {
-            b.add(attributes::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        let req = alice.allocate_request_with(|b| {
             b.add(attributes::EVEN_PORT, &[0x80]);
         });
         assert_eq!(h.send(alice.from, &req), ClientAction::Queued);
@@ -1648,8 +1594,7 @@ fn ipv4_mapped_clients_of_a_dual_stack_socket_see_their_ipv4_address() {
 /// 65,535 bytes) to a peer.
 #[test]
 fn a_datagram_too_big_to_send_is_dropped_not_relayed() {
-    let (mut h, mut alice, _) = Harness::with_alice_allocated();
-    let relay = h.server.relay_handle_of(&alice.from).unwrap();
+    let (mut h, mut alice, relay) = Harness::with_alice_relay();
     let (channel_peer, other_peer) = (peer("203.0.114.7:6000"), peer("203.0.114.8:6000"));
     h.request(
         alice.from,

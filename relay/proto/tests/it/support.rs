@@ -75,6 +75,15 @@ impl Harness {
         (h, alice, relayed)
     }
 
+    /// A new harness in which [`Client::alice`] has allocated: (harness, alice, the handle of
+    /// her relay socket).
+    pub(crate) fn with_alice_relay() -> (Self, Client, RelayHandle) {
+        let mut h = Self::new();
+        let mut alice = Client::alice();
+        let relay = alice.allocate_handle(&mut h);
+        (h, alice, relay)
+    }
+
     /// A harness on `config` as changed by `change`.
     pub(crate) fn configured(change: impl FnOnce(&mut ServerConfig)) -> Self {
         let t0 = Instant::now();
@@ -174,6 +183,12 @@ impl Client {
         Self::new(from, &username, &password)
     }
 
+    /// `user` from `client`, a REST user of `secret` whose username expires an hour after
+    /// [`UNIX_T0`].
+    pub(crate) fn rest_for_an_hour(client: &str, user: &str, secret: &[u8]) -> Self {
+        Self::rest(udp(client), UNIX_T0 + 3600, user, secret)
+    }
+
     /// carol from 192.0.2.20:40000, a REST user of `REST_SECRET` whose username expires at
     /// `expiry` (Unix seconds).
     pub(crate) fn carol(expiry: u64) -> Self {
@@ -257,6 +272,18 @@ impl Client {
         })
     }
 
+    /// An Allocate of a UDP relay (REQUESTED-TRANSPORT first) with the attributes `attrs` adds.
+    pub(crate) fn allocate_request_with(
+        &mut self,
+        attrs: impl FnOnce(&mut MessageBuilder),
+    ) -> Vec<u8> {
+        let tid = self.next_tid();
+        self.build(Method::Allocate, tid, |b| {
+            b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            attrs(b);
+        })
+    }
+
     pub(crate) fn refresh_request(&mut self, lifetime: u32) -> Vec<u8> {
         let tid = self.next_tid();
         self.build(Method::Refresh, tid, |b| {
@@ -296,6 +323,16 @@ impl Client {
         self.verify_success(&resp, Method::ChannelBind);
     }
 
+    /// The error code of a ChannelBind of `number` to `peer` (`None` if it succeeds).
+    pub(crate) fn channel_bind_error(
+        &mut self,
+        h: &mut Harness,
+        number: u16,
+        peer: SocketAddr,
+    ) -> Option<u16> {
+        error_code(&h.request(self.from, &self.channel_bind_request(number, peer)))
+    }
+
     /// A Refresh asking for `lifetime` that must succeed; returns the LIFETIME granted.
     pub(crate) fn refresh(&mut self, h: &mut Harness, lifetime: u32) -> u32 {
         let resp = h.request(self.from, &self.refresh_request(lifetime));
@@ -323,9 +360,7 @@ impl Client {
             assert_eq!(error_code(&challenge), Some(401));
             self.learn_nonce(&challenge);
         }
-        let tid = self.next_tid();
-        let req = self.build(Method::Allocate, tid, |b| {
-            b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        let req = self.allocate_request_with(|b| {
             if family == AddressFamily::V6 {
                 b.add(attributes::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
             }
