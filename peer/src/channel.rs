@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use bytes::BytesMut;
 use signaling::protocol::PeerId;
 use tokio::sync::mpsc;
+use tokio::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 
 use crate::PeerEvent;
@@ -347,6 +350,30 @@ pub(crate) struct ChannelContext {
     pub(crate) registry: Arc<ChannelRegistry>,
     pub(crate) events: mpsc::Sender<PeerEvent>,
     pub(crate) carried_over: CarriedOver,
+    pub(crate) readers: ChannelReaders,
+}
+
+/// The reader tasks of one connection's channels, so that closing the connection closes
+/// its channels first and can wait until they were read to their close.
+#[derive(Clone, Default)]
+pub(crate) struct ChannelReaders {
+    tasks: TaskTracker,
+    closing: CancellationToken,
+}
+
+impl ChannelReaders {
+    /// Closes every channel of the connection. (Their readers end at once: `webrtc` reports a
+    /// channel closed as soon as we close it.)
+    pub(crate) fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Waits until every reader ended, having handed on what arrived before its channel's
+    /// close, `wait` at most; `false` if some had not.
+    pub(crate) async fn ended(&self, wait: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(wait, self.tasks.wait()).await.is_ok()
+    }
 }
 
 /// Sends `messages`, which a replaced connection had not had acknowledged, on `sender`: the
@@ -372,21 +399,38 @@ async fn send_carried_over(ctx: &ChannelContext, sender: &ChannelSender, message
         .await;
 }
 
-/// Reads a channel's events until it closes, registering it while open.
+/// Reads a channel's events until it closes, registering it while open; closes it when its
+/// connection closes ([`ChannelReaders::close`]) and reads on until the close is answered.
 pub(crate) fn spawn_reader(ctx: ChannelContext, dc: Arc<dyn DataChannel>) {
-    tokio::spawn(async move {
+    let tasks = ctx.readers.tasks.clone();
+    tasks.spawn(async move {
         let ChannelContext {
             key,
             remote,
             registry,
             events,
+            readers,
             ..
         } = &ctx;
         let label = dc.label().await.unwrap_or_default();
         let (kind, named) = classify(&label, dc.ordered().await.unwrap_or(true));
         let id = dc.id();
         let mut open = false;
-        while let Some(event) = dc.poll().await {
+        let mut close_sent = false;
+        loop {
+            let event = tokio::select! {
+                event = dc.poll() => event,
+                () = readers.closing.cancelled(), if !close_sent => {
+                    close_sent = true;
+                    // Closed already (by the peer) is not an error: what it sent before is
+                    // still read, up to the close.
+                    if let Err(err) = dc.close().await {
+                        tracing::debug!(%kind, "closing a data channel: {err}");
+                    }
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
             match event {
                 DataChannelEvent::OnOpen if !open => {
                     open = true;

@@ -29,7 +29,8 @@ use webrtc::peer_connection::{
 };
 
 use crate::channel::{
-    CarriedOver, ChannelContext, ChannelKind, ChannelRegistry, RemoteId, read_remote, spawn_reader,
+    CarriedOver, ChannelContext, ChannelKind, ChannelReaders, ChannelRegistry, RemoteId,
+    read_remote, spawn_reader,
 };
 use crate::error::Result;
 use crate::ice_servers::{relay_moved, turn_urls};
@@ -58,8 +59,10 @@ pub(crate) enum ConnectionInput {
     ReportStats,
     /// Report the selected candidate pair.
     SelectedPair(oneshot::Sender<Option<SelectedPair>>),
-    /// Close the connection.
-    Close,
+    /// Close the connection, its channels first ([`ConnectionTask::close`]).
+    /// `peer_left`: the peer left the room, and what it sent before is read first whatever
+    /// the state of the path.
+    Close { peer_left: bool },
 }
 
 /// Outputs of a connection to the room.
@@ -163,6 +166,8 @@ pub(crate) struct ConnectionContext {
     /// Why the connection this one replaces was replaced ([`ConnectionOutput::StartedOver`]),
     /// if it replaces one.
     pub(crate) replaces: Option<ReplaceReason>,
+    /// The readers of this connection's channels.
+    pub(crate) readers: ChannelReaders,
 }
 
 impl ConnectionContext {
@@ -174,6 +179,7 @@ impl ConnectionContext {
             registry: self.registry.clone(),
             events: self.events.clone(),
             carried_over: self.carried_over.clone(),
+            readers: self.readers.clone(),
         }
     }
 }
@@ -405,7 +411,11 @@ impl ConnectionTask {
             let result = tokio::select! {
                 _ = stats_tick.tick() => self.on_tick().await,
                 message = input.recv() => match message {
-                    None | Some(ConnectionInput::Close) => break,
+                    Some(ConnectionInput::Close { peer_left }) => {
+                        self.close(peer_left, &mut handler).await;
+                        break;
+                    }
+                    None => break,
                     Some(message) => self.on_input(message).await,
                 },
                 event = handler.recv() => match event {
@@ -446,6 +456,48 @@ impl ConnectionTask {
 
     /// Once a second: the `stats` report, an unanswered offer sent again, a restart onto
     /// fresh credentials that is owed.
+    /// Closing waits, [`CHANNEL_CLOSE_WAIT`] at most, until what was sent on the connection
+    /// was read:
+    ///
+    /// - When we leave (`peer_left` false): our channels close, and while the path is up we
+    ///   wait for the peer to close its side. A peer on this SDK does once it has read what
+    ///   we sent: its SCTP holds our channels' closes back behind the data it has not handed
+    ///   on, and it reads up to those closes before it closes the connection of a peer that
+    ///   left (below). Closing at once would drop what its SCTP had acknowledged but not
+    ///   handed on yet.
+    /// - When the peer left: until our channels' readers end, having handed on what the peer
+    ///   sent up to its channels' closes.
+    async fn close(
+        &mut self,
+        peer_left: bool,
+        handler: &mut mpsc::UnboundedReceiver<HandlerEvent>,
+    ) {
+        let readers = &self.ctx.readers;
+        if peer_left {
+            // Not closed here: a channel we close is reported closed at once, ahead of what
+            // the peer sent before its own close.
+            if !readers.ended(CHANNEL_CLOSE_WAIT).await {
+                tracing::debug!(peer = %self.peer(), "channels not read to their close in time");
+            }
+            return;
+        }
+        readers.close();
+        let deadline = tokio::time::Instant::now() + CHANNEL_CLOSE_WAIT;
+        while self.state == RTCPeerConnectionState::Connected {
+            tokio::select! {
+                event = handler.recv() => match event {
+                    Some(HandlerEvent::State(state)) => self.state = state,
+                    Some(_) => {}
+                    None => return,
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(peer = %self.peer(), "the peer did not close in time");
+                    return;
+                }
+            }
+        }
+    }
+
     async fn on_tick(&mut self) -> Result<()> {
         self.report_stats().await;
         match self.adopted_quiet_until {
@@ -504,7 +556,7 @@ impl ConnectionTask {
                 let _ = reply.send(self.selected_pair().await);
                 Ok(())
             }
-            ConnectionInput::Close => Ok(()),
+            ConnectionInput::Close { .. } => Ok(()),
         }
     }
 
@@ -1064,6 +1116,10 @@ fn sdp_attribute<'a>(sdp: &'a str, name: &str) -> Option<&'a str> {
 fn ice_ufrag(sdp: &str) -> Option<&str> {
     sdp_attribute(sdp, "ice-ufrag")
 }
+
+/// How long closing a connection waits for what was sent on it to be read
+/// ([`ConnectionTask::close`]).
+pub(crate) const CHANNEL_CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// How often a connection checks whether a `stats` report is due.
 const STATS_TICK: Duration = Duration::from_secs(1);

@@ -13,7 +13,7 @@
 //! Connections' `stats` reports go out only while the session is up and name the remote's
 //! current id (an orphan's are dropped), so a re-join never reports on an old-session peer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use signaling::protocol::{
@@ -36,7 +36,7 @@ const LEAVE_DRAIN: Duration = Duration::from_secs(1);
 /// takes its connection back, by its display name.
 const ORPHAN_WAIT: Duration = Duration::from_secs(30);
 
-use crate::channel::{ChannelRegistry, read_remote};
+use crate::channel::{ChannelReaders, ChannelRegistry, read_remote};
 use crate::connection::{
     self, ConnectionContext, ConnectionHandle, ConnectionInput, ConnectionOutput,
 };
@@ -166,10 +166,7 @@ impl Room {
                         }
                     }
                     Some(RoomCommand::Close { reply }) => {
-                        let left = self.shutdown();
-                        // The leave must reach the server before the caller may exit; a dead
-                        // signaling socket does not hold the close up for long.
-                        let _ = tokio::time::timeout(LEAVE_WRITE_TIMEOUT, left).await;
+                        self.close(&mut output_rx).await;
                         let _ = reply.send(());
                         return;
                     }
@@ -180,15 +177,42 @@ impl Room {
         drop(self.shutdown());
     }
 
+    /// Closes every connection, leaves, and waits until the connections ended
+    /// ([`connection::CHANNEL_CLOSE_WAIT`] at most): each closes its channels and waits for
+    /// the peer to read what was sent and close its side. The receiver completes once the
+    /// `leave` frame was written.
+    async fn close(&mut self, output_rx: &mut mpsc::UnboundedReceiver<ConnectionOutput>) {
+        let mut open: HashSet<u64> = self.connections.keys().copied().collect();
+        let left = self.shutdown();
+        // The leave must reach the server before the caller may exit; a dead signaling
+        // socket does not hold the close up for long.
+        let _ = tokio::time::timeout(LEAVE_WRITE_TIMEOUT, left).await;
+        let deadline = Instant::now() + connection::CHANNEL_CLOSE_WAIT + Duration::from_secs(1);
+        while !open.is_empty() {
+            match tokio::time::timeout_at(deadline, output_rx.recv()).await {
+                Ok(Some(ConnectionOutput::Ended { key })) => {
+                    open.remove(&key);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
     /// Leaves the room and closes every connection; the receiver completes once the `leave`
     /// frame was written.
     fn shutdown(&mut self) -> oneshot::Receiver<()> {
         let left = self.signaling.leave();
         for (_, handle) in self.connections.drain() {
-            let _ = handle.input.send(ConnectionInput::Close);
+            let _ = handle
+                .input
+                .send(ConnectionInput::Close { peer_left: false });
         }
         for leaving in self.leaving.drain(..) {
-            let _ = leaving.handle.input.send(ConnectionInput::Close);
+            let _ = leaving
+                .handle
+                .input
+                .send(ConnectionInput::Close { peer_left: true });
         }
         left
     }
@@ -377,7 +401,10 @@ impl Room {
     }
 
     async fn close_and_report(&mut self, leaving: Leaving) {
-        let _ = leaving.handle.input.send(ConnectionInput::Close);
+        let _ = leaving
+            .handle
+            .input
+            .send(ConnectionInput::Close { peer_left: true });
         if leaving.unacknowledged > 0 {
             self.emit(PeerEvent::Unacknowledged {
                 peer: leaving.peer.clone(),
@@ -494,6 +521,7 @@ impl Room {
             output: self.output_tx.clone(),
             replaces,
             carried_over: Arc::new(tokio::sync::Mutex::new(carried_over.unwrap_or_default())),
+            readers: ChannelReaders::default(),
         };
         match connection::spawn(ctx).await {
             Ok(mut handle) => {

@@ -31,10 +31,6 @@ const RESELECT_POLL: Duration = Duration::from_millis(200);
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// How often the lines not acknowledged yet are counted then.
 const ACK_POLL: Duration = Duration::from_millis(50);
-/// How long the connections stay up once every line was acknowledged: a peer's SCTP
-/// acknowledges a line before its application reads it, and our leaving closes the connection
-/// with what is still unread there.
-const LINGER: Duration = Duration::from_secs(1);
 /// The largest message a data channel takes, in bytes: the `max-message-size` both sides
 /// offer (the SDP default of RFC 8841, 64 KiB, which the SDK keeps). The SCTP layer refuses a
 /// longer message, so a longer line is not sent at all.
@@ -312,21 +308,15 @@ impl Chat {
     async fn wait_acknowledged(&mut self, peer: &Peer, events: &mut PeerEvents) -> bool {
         let deadline = Instant::now() + ACK_WAIT;
         let mut poll = tokio::time::interval(ACK_POLL);
-        let mut acknowledged_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = poll.tick() => {
-                    if let Some(at) = acknowledged_at {
-                        if at.elapsed() >= LINGER {
-                            return true;
-                        }
-                        continue;
-                    }
                     let mut waiting = peer.unacknowledged().await;
                     waiting.retain(|(_, count)| *count > 0);
                     if waiting.is_empty() {
-                        acknowledged_at = Some(Instant::now());
-                        continue;
+                        // Acknowledged is not read yet: leaving waits for that
+                        // (`Peer::close`).
+                        return true;
                     }
                     if Instant::now() >= deadline {
                         for (id, count) in waiting {

@@ -521,6 +521,10 @@ pub(crate) struct PeerConnectionDriver<A = SocketAddr> {
     /// Every variant goes in here, not just `OnMessage`: lifecycle events share the queue, so
     /// retaining uniformly is what preserves their order relative to the data around them.
     pending_data_channel_events: HashMap<RTCDataChannelId, VecDeque<DataChannelEvent>>,
+    /// PATCH(peer, see third_party/webrtc/PATCHES.md #5): channels whose `OnClose` came out of
+    /// the core's event queue and waits for the next full pass over its data queue, where
+    /// the channel's last messages may still be.
+    closes_behind_data: Vec<RTCDataChannelId>,
     /// The addresses as the application configured them, held **unresolved** and re-resolved on
     /// every bind by [`resolve_bind_addrs`].
     ///
@@ -590,6 +594,7 @@ where
             turn_gathering_complete: false,
             pending_ice_configuration: None,
             pending_data_channel_events: HashMap::new(),
+            closes_behind_data: Vec::new(),
             udp_addrs,
             tcp_addrs,
             mdns_mode,
@@ -1380,7 +1385,15 @@ where
                     RTCDataChannelEvent::OnOpen(_) => DataChannelEvent::OnOpen,
                     RTCDataChannelEvent::OnError(_) => DataChannelEvent::OnError,
                     RTCDataChannelEvent::OnClosing(_) => DataChannelEvent::OnClosing,
-                    RTCDataChannelEvent::OnClose(_) => DataChannelEvent::OnClose,
+                    RTCDataChannelEvent::OnClose(_) => {
+                        // PATCH(peer, see third_party/webrtc/PATCHES.md #5): the core emits a
+                        // channel's close from its event queue, while the channel's last
+                        // messages can still wait in its data queue (not pulled while the
+                        // application is behind); delivered now, the close would overtake
+                        // them and they would be lost. It goes behind the next full drain.
+                        self.closes_behind_data.push(channel_id);
+                        return;
+                    }
                     RTCDataChannelEvent::OnBufferedAmountLow(_) => {
                         DataChannelEvent::OnBufferedAmountLow
                     }
@@ -2196,6 +2209,12 @@ where
 
         for message in Self::drain_core_data(self.inner.clone()).await {
             self.handle_rtc_message(message).await;
+        }
+        // PATCH(peer, see third_party/webrtc/PATCHES.md #5): the core's data queue is empty, so
+        // every message a deferred close follows is staged: the close goes behind them.
+        for channel_id in std::mem::take(&mut self.closes_behind_data) {
+            self.deliver_data_channel_event(channel_id, DataChannelEvent::OnClose)
+                .await;
         }
 
         Ok(())
