@@ -362,8 +362,9 @@ pub(crate) struct ChannelReaders {
 }
 
 impl ChannelReaders {
-    /// Closes every channel of the connection. (Their readers end at once: `webrtc` reports a
-    /// channel closed as soon as we close it.)
+    /// Closes every channel of the connection (a reader busy handing a message on closes its
+    /// channel after it). `webrtc` reports a channel we close as closed without waiting for
+    /// the peer, so its reader ends soon after, dropping what the peer sends after that.
     pub(crate) fn close(&self) {
         self.closing.cancel();
     }

@@ -454,8 +454,6 @@ impl ConnectionTask {
             .send(ConnectionOutput::Ended { key: self.ctx.key });
     }
 
-    /// Once a second: the `stats` report, an unanswered offer sent again, a restart onto
-    /// fresh credentials that is owed.
     /// Closing waits, [`CHANNEL_CLOSE_WAIT`] at most, until what was sent on the connection
     /// was read:
     ///
@@ -464,7 +462,8 @@ impl ConnectionTask {
     ///   we sent: its SCTP holds our channels' closes back behind the data it has not handed
     ///   on, and it reads up to those closes before it closes the connection of a peer that
     ///   left (below). Closing at once would drop what its SCTP had acknowledged but not
-    ///   handed on yet.
+    ///   handed on yet. Its close is seen only when ICE finds the path gone (the connection
+    ///   state stays `connected` when the peer's DTLS closes): about 3 s after it.
     /// - When the peer left: until our channels' readers end, having handed on what the peer
     ///   sent up to its channels' closes.
     async fn close(
@@ -474,6 +473,8 @@ impl ConnectionTask {
     ) {
         let readers = &self.ctx.readers;
         if peer_left {
+            // Nothing goes to it any more.
+            self.ctx.registry.remove_connection(self.ctx.key);
             // Not closed here: a channel we close is reported closed at once, ahead of what
             // the peer sent before its own close.
             if !readers.ended(CHANNEL_CLOSE_WAIT).await {
@@ -498,6 +499,8 @@ impl ConnectionTask {
         }
     }
 
+    /// Once a second: the `stats` report, an unanswered offer sent again, a restart onto
+    /// fresh credentials that is owed.
     async fn on_tick(&mut self) -> Result<()> {
         self.report_stats().await;
         match self.adopted_quiet_until {

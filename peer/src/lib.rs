@@ -217,9 +217,11 @@ impl std::fmt::Display for ReplaceReason {
 pub enum PeerEvent {
     /// A peer is in the room (already there when we joined, or joined after us).
     PeerJoined { peer: PeerId, name: Option<String> },
-    /// A peer left the room: 1 s after the server said so, once its connection delivered
-    /// what it had received (the messages before this event), or 30 s after our re-join for a
-    /// peer of the old session that did not come back (`ended`).
+    /// A peer left the room: 1 s after the server said so, or 30 s after our re-join for a
+    /// peer of the old session that did not come back (`ended`). What its connection had
+    /// received comes before this event, unless the application was behind: then the rest
+    /// follows it (the connection closes once it was read up to the peer's channels' closes,
+    /// 10 s at most).
     PeerLeft { peer: PeerId, reason: LeaveReason },
     /// After a signaling re-join, a peer that re-joined too took over its old connection.
     PeerRenamed { old: PeerId, new: PeerId },

@@ -26,9 +26,10 @@ use tokio::time::{Duration, Instant};
 /// How long closing a peer waits for its `leave` to be written.
 const LEAVE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long the connection of a peer that left goes on delivering what it had received (its
-/// SCTP acknowledged it, so the peer will not send it again) before it closes and the peer is
-/// reported as left.
+/// How long after the server said a peer left it is reported as left, its connection having
+/// delivered what it had received meanwhile (its SCTP acknowledged it, so the peer will not
+/// send it again). Then the connection closes, once it was read up to the peer's channels'
+/// closes ([`ConnectionInput::Close`]).
 const LEAVE_DRAIN: Duration = Duration::from_secs(1);
 
 /// How long after a re-join the connections kept for peers of the old session wait for those
@@ -177,10 +178,10 @@ impl Room {
         drop(self.shutdown());
     }
 
-    /// Closes every connection, leaves, and waits until the connections ended
+    /// Closes every connection, leaves (once the `leave` frame was written, or
+    /// [`LEAVE_WRITE_TIMEOUT`]), and waits until the connections ended
     /// ([`connection::CHANNEL_CLOSE_WAIT`] at most): each closes its channels and waits for
-    /// the peer to read what was sent and close its side. The receiver completes once the
-    /// `leave` frame was written.
+    /// the peer to read what was sent and close its side.
     async fn close(&mut self, output_rx: &mut mpsc::UnboundedReceiver<ConnectionOutput>) {
         let mut open: HashSet<u64> = self.connections.keys().copied().collect();
         let left = self.shutdown();
