@@ -377,6 +377,24 @@ impl ChannelReaders {
     }
 }
 
+/// Closes a reader's channel, once, when its connection closes ([`ChannelReaders::close`]).
+struct ChannelCloser<'a> {
+    dc: &'a Arc<dyn DataChannel>,
+    kind: ChannelKind,
+    sent: bool,
+}
+
+impl ChannelCloser<'_> {
+    async fn close(&mut self) {
+        self.sent = true;
+        // Closed already (by the peer) is not an error: what it sent before is still read,
+        // up to the close.
+        if let Err(err) = self.dc.close().await {
+            tracing::debug!(kind = %self.kind, "closing a data channel: {err}");
+        }
+    }
+}
+
 /// Sends `messages`, which a replaced connection had not had acknowledged, on `sender`: the
 /// successor's first reliable channel whose label names the kind, before anything else goes
 /// there. [`PeerEvent::Resent`] says how many went.
@@ -417,17 +435,16 @@ pub(crate) fn spawn_reader(ctx: ChannelContext, dc: Arc<dyn DataChannel>) {
         let (kind, named) = classify(&label, dc.ordered().await.unwrap_or(true));
         let id = dc.id();
         let mut open = false;
-        let mut close_sent = false;
+        let mut closer = ChannelCloser {
+            dc: &dc,
+            kind,
+            sent: false,
+        };
         loop {
             let event = tokio::select! {
                 event = dc.poll() => event,
-                () = readers.closing.cancelled(), if !close_sent => {
-                    close_sent = true;
-                    // Closed already (by the peer) is not an error: what it sent before is
-                    // still read, up to the close.
-                    if let Err(err) = dc.close().await {
-                        tracing::debug!(%kind, "closing a data channel: {err}");
-                    }
+                () = readers.closing.cancelled(), if !closer.sent => {
+                    closer.close().await;
                     continue;
                 }
             };
@@ -462,7 +479,19 @@ pub(crate) fn spawn_reader(ctx: ChannelContext, dc: Arc<dyn DataChannel>) {
                         text: message.is_string,
                         data: message.data.freeze(),
                     };
-                    if events.send(event).await.is_err() {
+                    // An application that does not read while it closes (a full event
+                    // queue) does not hold the channel's close back.
+                    let send = events.send(event);
+                    tokio::pin!(send);
+                    let delivered = loop {
+                        tokio::select! {
+                            sent = &mut send => break sent.is_ok(),
+                            () = readers.closing.cancelled(), if !closer.sent => {
+                                closer.close().await;
+                            }
+                        }
+                    };
+                    if !delivered {
                         break;
                     }
                 }

@@ -22,10 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration,
-    RTCConfigurationBuilder, RTCDtlsRole, RTCIceCandidateInit, RTCIceCandidateType,
-    RTCIceConnectionState, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType, RTCSessionDescription,
-    RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
+    RTCConfigurationBuilder, RTCDtlsRole, RTCDtlsTransportState, RTCIceCandidateInit,
+    RTCIceCandidateType, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer,
+    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType,
+    RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 
 use crate::channel::{
@@ -63,6 +63,9 @@ pub(crate) enum ConnectionInput {
     /// `peer_left`: the peer left the room, and what it sent before is read first whatever
     /// the state of the path.
     Close { peer_left: bool },
+    /// While closing after `Close { peer_left: false }`: the peer left the room too, and will
+    /// not close its side for us.
+    PeerLeft,
 }
 
 /// Outputs of a connection to the room.
@@ -412,7 +415,7 @@ impl ConnectionTask {
                 _ = stats_tick.tick() => self.on_tick().await,
                 message = input.recv() => match message {
                     Some(ConnectionInput::Close { peer_left }) => {
-                        self.close(peer_left, &mut handler).await;
+                        self.close(peer_left, &mut input, &mut handler).await;
                         break;
                     }
                     None => break,
@@ -458,17 +461,18 @@ impl ConnectionTask {
     /// was read:
     ///
     /// - When we leave (`peer_left` false): our channels close, and while the path is up we
-    ///   wait for the peer to close its side. A peer on this SDK does once it has read what
+    ///   wait for the peer to close its side, or to leave the room too
+    ///   ([`ConnectionInput::PeerLeft`]). A peer on this SDK does once it has read what
     ///   we sent: its SCTP holds our channels' closes back behind the data it has not handed
     ///   on, and it reads up to those closes before it closes the connection of a peer that
     ///   left (below). Closing at once would drop what its SCTP had acknowledged but not
-    ///   handed on yet. Its close is seen only when ICE finds the path gone (the connection
-    ///   state stays `connected` when the peer's DTLS closes): about 3 s after it.
+    ///   handed on yet. Its close is seen on our DTLS transport ([`Self::peer_closed`]).
     /// - When the peer left: until our channels' readers end, having handed on what the peer
     ///   sent up to its channels' closes.
     async fn close(
         &mut self,
         peer_left: bool,
+        input: &mut mpsc::UnboundedReceiver<ConnectionInput>,
         handler: &mut mpsc::UnboundedReceiver<HandlerEvent>,
     ) {
         let readers = &self.ctx.readers;
@@ -484,6 +488,7 @@ impl ConnectionTask {
         }
         readers.close();
         let deadline = tokio::time::Instant::now() + CHANNEL_CLOSE_WAIT;
+        let mut poll = tokio::time::interval(PEER_CLOSED_POLL);
         while self.state == RTCPeerConnectionState::Connected {
             tokio::select! {
                 event = handler.recv() => match event {
@@ -491,12 +496,35 @@ impl ConnectionTask {
                     Some(_) => {}
                     None => return,
                 },
+                _ = poll.tick() => {
+                    if self.peer_closed().await {
+                        return;
+                    }
+                }
+                message = input.recv() => match message {
+                    Some(ConnectionInput::PeerLeft) | None => return,
+                    Some(_) => {}
+                },
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::debug!(peer = %self.peer(), "the peer did not close in time");
                     return;
                 }
             }
         }
+    }
+
+    /// Whether the peer closed its side: its DTLS `close_notify` closed our DTLS transport
+    /// (the connection state stays `connected` until ICE finds the path gone, ~3 s later).
+    async fn peer_closed(&self) -> bool {
+        let Some(sctp) = self.pc.sctp().await else {
+            return true;
+        };
+        !matches!(
+            sctp.transport().state().await,
+            Ok(RTCDtlsTransportState::New
+                | RTCDtlsTransportState::Connecting
+                | RTCDtlsTransportState::Connected)
+        )
     }
 
     /// Once a second: the `stats` report, an unanswered offer sent again, a restart onto
@@ -559,7 +587,7 @@ impl ConnectionTask {
                 let _ = reply.send(self.selected_pair().await);
                 Ok(())
             }
-            ConnectionInput::Close { .. } => Ok(()),
+            ConnectionInput::Close { .. } | ConnectionInput::PeerLeft => Ok(()),
         }
     }
 
@@ -1123,6 +1151,9 @@ fn ice_ufrag(sdp: &str) -> Option<&str> {
 /// How long closing a connection waits for what was sent on it to be read
 /// ([`ConnectionTask::close`]).
 pub(crate) const CHANNEL_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// How often closing checks whether the peer closed its side ([`ConnectionTask::close`]).
+const PEER_CLOSED_POLL: Duration = Duration::from_millis(50);
 
 /// How often a connection checks whether a `stats` report is due.
 const STATS_TICK: Duration = Duration::from_secs(1);

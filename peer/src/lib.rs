@@ -434,11 +434,12 @@ impl Peer {
         rx.await.map_err(|_| PeerError::Closed)
     }
 
-    /// Leaves the room and closes every connection: each closes its data channels, and waits
-    /// (10 s at most, not at all if its path is down) for the peer to close its side. A peer
-    /// on this SDK does once it has read what was sent to it: its SCTP acknowledges a message
-    /// before its application reads it, and closing at once would drop what it had not read.
-    /// Returns once every connection closed or that wait is over.
+    /// Leaves the room and closes every connection: each closes its data channels, the room
+    /// is left 1 s later, and each waits (10 s at most, not at all if its path is down) for
+    /// the peer to close its side or leave too. A peer on this SDK closes once it has read
+    /// what was sent to it: its SCTP acknowledges a message before its application reads it,
+    /// and closing at once would drop what it had not read. Returns once every connection
+    /// closed or that wait is over.
     pub async fn close(self) {
         let (reply, rx) = oneshot::channel();
         if self.commands.send(RoomCommand::Close { reply }).is_ok() {

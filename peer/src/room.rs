@@ -26,6 +26,10 @@ use tokio::time::{Duration, Instant};
 /// How long closing a peer waits for its `leave` to be written.
 const LEAVE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long closing the room waits, once the connections closed their channels, before it
+/// leaves ([`Room::close`]).
+const LEAVE_LINGER: Duration = Duration::from_secs(1);
+
 /// How long after the server said a peer left it is reported as left, its connection having
 /// delivered what it had received meanwhile (its SCTP acknowledged it, so the peer will not
 /// send it again). Then the connection closes, once it was read up to the peer's channels'
@@ -48,6 +52,7 @@ use crate::{PeerEvent, PeerOptions, ReplaceReason, SelectedPair};
 /// The connection of a peer that left, delivering what it had received until `at`.
 struct Leaving {
     at: Instant,
+    key: u64,
     handle: ConnectionHandle,
     peer: PeerId,
     reason: LeaveReason,
@@ -83,6 +88,9 @@ pub(crate) struct Room {
     orphans_until: Option<Instant>,
     /// Connections of peers that left, delivering what they had received ([`LEAVE_DRAIN`]).
     leaving: Vec<Leaving>,
+    /// Connections of peers that left, closed and still handing on what those sent, until
+    /// they end: closing the room waits for them too.
+    draining: HashSet<u64>,
     /// Whether the signaling session is up (false from `Reconnecting` until it resumed or
     /// re-joined). `stats` reports made meanwhile are dropped rather than queued: after a
     /// re-join they would name peer ids of the old session (`unknown_peer`), and a fresh
@@ -118,6 +126,7 @@ impl Room {
                 orphans: Vec::new(),
                 orphans_until: None,
                 leaving: Vec::new(),
+                draining: HashSet::new(),
                 signaling_up: true,
                 rejoins: 0,
                 next_key: 1,
@@ -167,7 +176,7 @@ impl Room {
                         }
                     }
                     Some(RoomCommand::Close { reply }) => {
-                        self.close(&mut output_rx).await;
+                        self.close(&mut output_rx, &mut signaling_rx).await;
                         let _ = reply.send(());
                         return;
                     }
@@ -178,24 +187,69 @@ impl Room {
         drop(self.shutdown());
     }
 
-    /// Closes every connection, leaves (once the `leave` frame was written, or
-    /// [`LEAVE_WRITE_TIMEOUT`]), and waits until the connections ended
+    /// Closes every connection, leaves [`LEAVE_LINGER`] later (once the `leave` frame was
+    /// written, or [`LEAVE_WRITE_TIMEOUT`]), and waits until the connections ended
     /// ([`connection::CHANNEL_CLOSE_WAIT`] at most): each closes its channels and waits for
-    /// the peer to read what was sent and close its side.
-    async fn close(&mut self, output_rx: &mut mpsc::UnboundedReceiver<ConnectionOutput>) {
-        let mut open: HashSet<u64> = self.connections.keys().copied().collect();
+    /// the peer to read what was sent and close its side, or to leave too; those of peers
+    /// that left hand on what they sent.
+    async fn close(
+        &mut self,
+        output_rx: &mut mpsc::UnboundedReceiver<ConnectionOutput>,
+        signaling_rx: &mut mpsc::UnboundedReceiver<SignalingEvent>,
+    ) {
+        let closing = std::mem::take(&mut self.connections);
+        for handle in closing.values() {
+            let _ = handle
+                .input
+                .send(ConnectionInput::Close { peer_left: false });
+        }
+        let mut open: HashSet<u64> = closing.keys().copied().collect();
+        // A peer that is not on this SDK closes its connection when it hears we left, without
+        // waiting for its application to take what its SCTP acknowledged: it gets a moment.
+        let linger = tokio::time::sleep(LEAVE_LINGER);
+        tokio::pin!(linger);
+        while !open.is_empty() {
+            tokio::select! {
+                output = output_rx.recv() => match output {
+                    Some(ConnectionOutput::Ended { key }) => {
+                        open.remove(&key);
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                () = &mut linger => break,
+            }
+        }
         let left = self.shutdown();
         // The leave must reach the server before the caller may exit; a dead signaling
         // socket does not hold the close up for long.
         let _ = tokio::time::timeout(LEAVE_WRITE_TIMEOUT, left).await;
+        // Those of peers that left too: what they sent is printed before we exit.
+        open.extend(self.draining.drain());
+        let mut signaling_up = true;
         let deadline = Instant::now() + connection::CHANNEL_CLOSE_WAIT + Duration::from_secs(1);
         while !open.is_empty() {
-            match tokio::time::timeout_at(deadline, output_rx.recv()).await {
-                Ok(Some(ConnectionOutput::Ended { key })) => {
-                    open.remove(&key);
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
+            tokio::select! {
+                output = output_rx.recv() => match output {
+                    Some(ConnectionOutput::Ended { key }) => {
+                        open.remove(&key);
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                event = signaling_rx.recv(), if signaling_up => match event {
+                    Some(SignalingEvent::Message(ServerMessage::PeerLeft { peer_id, .. })) => {
+                        // Leaving too, it will not close its side for us.
+                        for handle in closing.values() {
+                            if read_remote(&handle.remote) == peer_id {
+                                let _ = handle.input.send(ConnectionInput::PeerLeft);
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                    None => signaling_up = false,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
             }
         }
     }
@@ -209,13 +263,20 @@ impl Room {
                 .input
                 .send(ConnectionInput::Close { peer_left: false });
         }
-        for leaving in self.leaving.drain(..) {
-            let _ = leaving
-                .handle
-                .input
-                .send(ConnectionInput::Close { peer_left: true });
+        for leaving in std::mem::take(&mut self.leaving) {
+            self.close_left(&leaving);
         }
         left
+    }
+
+    /// Closes the connection of a peer that left; it ends once it handed on what the peer
+    /// sent ([`ConnectionInput::Close`]).
+    fn close_left(&mut self, leaving: &Leaving) {
+        let _ = leaving
+            .handle
+            .input
+            .send(ConnectionInput::Close { peer_left: true });
+        self.draining.insert(leaving.key);
     }
 
     fn find(&self, peer: &PeerId) -> Option<&ConnectionHandle> {
@@ -311,6 +372,7 @@ impl Room {
                         let unacknowledged = self.registry.take_unacknowledged(key).await.len();
                         self.leaving.push(Leaving {
                             at: Instant::now() + LEAVE_DRAIN,
+                            key,
                             handle,
                             peer: peer_id,
                             reason,
@@ -379,6 +441,7 @@ impl Room {
             let unacknowledged = self.registry.take_unacknowledged(key).await.len();
             let leaving = Leaving {
                 at: Instant::now(),
+                key,
                 peer: read_remote(&handle.remote),
                 handle,
                 reason: LeaveReason::Ended,
@@ -402,10 +465,7 @@ impl Room {
     }
 
     async fn close_and_report(&mut self, leaving: Leaving) {
-        let _ = leaving
-            .handle
-            .input
-            .send(ConnectionInput::Close { peer_left: true });
+        self.close_left(&leaving);
         if leaving.unacknowledged > 0 {
             self.emit(PeerEvent::Unacknowledged {
                 peer: leaving.peer.clone(),
@@ -653,6 +713,7 @@ impl Room {
             }
             ConnectionOutput::Ended { key } => {
                 self.connections.remove(&key);
+                self.draining.remove(&key);
                 self.orphans.retain(|k| *k != key);
             }
         }

@@ -173,15 +173,23 @@ async fn open(url: &str, connector: &Connector) -> Result<WsStream> {
     Ok(ws)
 }
 
-/// After `leave`: reads (and drops) what the server still sends until its close, which
-/// answers the `leave` (within [`LEAVE_CLOSE_WAIT`]). Dropping the socket with frames unread
-/// would make the kernel reset the connection, and a reset can discard the `leave` before
-/// the server reads it: the room would see the peer leave only when its grace ran out.
-async fn await_close(ws: &mut WsStream) {
+/// After `leave`: reads what the server still sends until its close, which answers the
+/// `leave` (within [`LEAVE_CLOSE_WAIT`]). Dropping the socket with frames unread would make
+/// the kernel reset the connection, and a reset can discard the `leave` before the server
+/// reads it: the room would see the peer leave only when its grace ran out. A `peer_left`
+/// is passed on (closing our connection to that peer need not wait for it); the rest is
+/// dropped.
+async fn await_close(ws: &mut WsStream, events: &mpsc::UnboundedSender<SignalingEvent>) {
     let _ = timeout(LEAVE_CLOSE_WAIT, async {
         while let Some(Ok(message)) = ws.next().await {
             if message.is_close() {
                 break;
+            }
+            if let WsMessage::Text(text) = &message
+                && let Ok(frame) = serde_json::from_str::<ServerFrame>(text.as_str())
+                && let ServerMessage::PeerLeft { .. } = &frame.message
+            {
+                let _ = events.send(SignalingEvent::Message(frame.message));
             }
         }
     })
@@ -418,13 +426,13 @@ impl Session {
                         }
                         Some(Outgoing::Leave { sent }) => {
                             let _ = send_json(ws, &ClientMessage::Leave { id: None }).await;
-                            await_close(ws).await;
+                            await_close(ws, &self.events_tx).await;
                             let _ = sent.send(());
                             return Disconnect::Finished(None);
                         }
                         None => {
                             let _ = send_json(ws, &ClientMessage::Leave { id: None }).await;
-                            await_close(ws).await;
+                            await_close(ws, &self.events_tx).await;
                             return Disconnect::Finished(None);
                         }
                     }

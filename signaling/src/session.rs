@@ -114,6 +114,8 @@ pub(crate) fn short(mut text: String) -> String {
 enum Step {
     Continue,
     Stop(LeaveReason),
+    /// The session left (`leave`): what was queued for it before goes out, then the close.
+    Left,
 }
 
 #[derive(Deserialize)]
@@ -132,8 +134,25 @@ impl SocketTask {
                 Some(out) = rx.recv() => self.on_outbound(out).await,
                 _ = ticker.tick() => self.on_tick().await,
             };
-            if let Step::Stop(reason) = step {
-                return reason;
+            match step {
+                Step::Continue => {}
+                Step::Stop(reason) => return reason,
+                Step::Left => {
+                    self.send_queued(&mut rx).await;
+                    self.conn.close(close_code::NORMAL, "left").await;
+                    return LeaveReason::Left;
+                }
+            }
+        }
+    }
+
+    /// After `leave`: the frames the hub queued for the session before it left (a
+    /// `peer_left` of a peer that left a moment before, say) are sent before the close.
+    async fn send_queued(&mut self, rx: &mut OutboundRx) {
+        while let Some(out) = rx.try_recv() {
+            let Outbound::Frame(frame) = out else { break };
+            if self.conn.send_text(frame.text()).await.is_err() {
+                break;
             }
         }
     }
@@ -339,8 +358,7 @@ impl SocketTask {
             Flow::Left => {
                 self.key = None;
                 tracing::info!("left");
-                self.conn.close(close_code::NORMAL, "left").await;
-                Step::Stop(LeaveReason::Left)
+                Step::Left
             }
             Flow::Gone => {
                 self.key = None;

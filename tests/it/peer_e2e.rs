@@ -1576,6 +1576,44 @@ fn lines_reach_a_receiver_far_behind_after_the_sender_left() {
     );
 }
 
+/// Two `peer join` whose input ends at the same moment both leave at once: each one's close
+/// waits for the other to close its side, and a peer that leaves too ends that wait (it was
+/// the full 10 s for both).
+#[test]
+fn two_peers_whose_input_ends_together_leave_at_once() {
+    let (_signaling, url) = signaling_room("both-leave");
+    let (mut alice, mut bob) = chat_pair(&url);
+    let started = std::time::Instant::now();
+    drop(alice.stdin.take());
+    drop(bob.stdin.take());
+    for proc in [&mut alice, &mut bob] {
+        assert!(proc.wait_exit(Duration::from_secs(20)).success());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "leaving took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A `peer join` that leaves sees its peer close its side at once (on its DTLS transport),
+/// not when ICE finds the path gone ~3 s later: the exit follows the peer's close closely.
+#[test]
+fn join_exits_soon_after_its_peer_closed_its_side() {
+    let (_signaling, url) = signaling_room("prompt-exit");
+    let (mut alice, mut bob) = chat_pair(&url);
+    let started = std::time::Instant::now();
+    drop(alice.stdin.take());
+    bob.wait_line(Duration::from_secs(10), |l| l.starts_with("* peer-left"));
+    assert!(alice.wait_exit(Duration::from_secs(20)).success());
+    // Bob closes 1 s after `peer-left` (the leave drain); Alice then exits at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "leaving took {:?}",
+        started.elapsed()
+    );
+}
+
 /// A line typed while a peer's connection is down (it vanished without leaving: its session
 /// stays parked on the server for the resume grace) is held for that peer, with a warning,
 /// instead of going into the dead connection; a peer that joins later does not get it, and
