@@ -245,6 +245,42 @@ async fn leave_and_disconnect_are_announced() {
     expect_peer_left(&mut a, &c_info.peer_id, LeaveReason::Disconnected).await;
 }
 
+/// Two clients that leave at the same moment: the `leave` carried out second is answered
+/// after the frames queued before it, so that client hears of the other (`peer_left`) before
+/// its close (docs/protocol.md, "leave"). Before, the close could overtake the queued frame
+/// and neither heard of the other. One server only: in a cluster the other's `peer_left`
+/// comes through Redis and may not have reached the node when the `leave` is carried out.
+#[tokio::test]
+async fn two_clients_leaving_together_one_hears_of_the_other() {
+    if crate::support::cluster_nodes() > 1 {
+        return;
+    }
+    let server = Server::start(&[]);
+    for round in 0..20 {
+        let url = server.ws(&format!("/ws/together-{round}"));
+        let (mut a, a_info) = Client::join(&url, None).await;
+        let (mut b, b_info) = Client::join(&url, None).await;
+        let _ = a.recv_message().await; // b joined
+        let leave = ClientMessage::Leave { id: None };
+        tokio::join!(a.send(&leave), b.send(&leave));
+        let ((a_frames, a_closed), (b_frames, b_closed)) = tokio::join!(
+            a.frames_for(Duration::from_secs(5)),
+            b.frames_for(Duration::from_secs(5))
+        );
+        assert_eq!(a_closed, Some(Closed::Code(1000)));
+        assert_eq!(b_closed, Some(Closed::Code(1000)));
+        let heard = |frames: &[signaling::protocol::ServerFrame], other: &PeerId| {
+            frames.iter().any(|frame| {
+                matches!(&frame.message, ServerMessage::PeerLeft { peer_id, .. } if peer_id == other)
+            })
+        };
+        assert!(
+            heard(&a_frames, &b_info.peer_id) || heard(&b_frames, &a_info.peer_id),
+            "round {round}: neither heard the other leave"
+        );
+    }
+}
+
 #[tokio::test]
 async fn silent_zombies_time_out() {
     let server = Server::start(&[
