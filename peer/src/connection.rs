@@ -59,13 +59,22 @@ pub(crate) enum ConnectionInput {
     ReportStats,
     /// Report the selected candidate pair.
     SelectedPair(oneshot::Sender<Option<SelectedPair>>),
-    /// Close the connection, its channels first ([`ConnectionTask::close`]).
-    /// `peer_left`: the peer left the room, and what it sent before is read first whatever
-    /// the state of the path.
-    Close { peer_left: bool },
-    /// While closing after `Close { peer_left: false }`: the peer left the room too, and will
-    /// not close its side for us.
+    /// Close the connection ([`ConnectionTask::close`]).
+    Close(Closing),
+    /// While closing after [`Closing::WeLeave`]: the peer left the room too, and will not
+    /// close its side for us.
     PeerLeft,
+}
+
+/// How a connection closes ([`ConnectionTask::close`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// We leave: our channels close first, and the peer reads what we sent.
+    WeLeave,
+    /// The peer left: what it sent is read up to its channels' closes first.
+    PeerLeft,
+    /// At once ([`crate::Peer::close_at_once`]).
+    AtOnce,
 }
 
 /// Outputs of a connection to the room.
@@ -414,8 +423,8 @@ impl ConnectionTask {
             let result = tokio::select! {
                 _ = stats_tick.tick() => self.on_tick().await,
                 message = input.recv() => match message {
-                    Some(ConnectionInput::Close { peer_left }) => {
-                        self.close(peer_left, &mut input, &mut handler).await;
+                    Some(ConnectionInput::Close(closing)) => {
+                        self.close(closing, &mut input, &mut handler).await;
                         break;
                     }
                     None => break,
@@ -460,7 +469,7 @@ impl ConnectionTask {
     /// Closing waits, [`CHANNEL_CLOSE_WAIT`] at most, until what was sent on the connection
     /// was read:
     ///
-    /// - When we leave (`peer_left` false): our channels close, and while the path is up we
+    /// - When we leave ([`Closing::WeLeave`]): our channels close, and while the path is up we
     ///   wait for the peer to close its side, or to leave the room too
     ///   ([`ConnectionInput::PeerLeft`]). A peer on this SDK does once it has read what
     ///   we sent: its SCTP holds our channels' closes back behind the data it has not handed
@@ -469,14 +478,18 @@ impl ConnectionTask {
     ///   handed on yet. Its close is seen on our DTLS transport ([`Self::peer_closed`]).
     /// - When the peer left: until our channels' readers end, having handed on what the peer
     ///   sent up to its channels' closes.
+    /// - [`Closing::AtOnce`]: no wait.
     async fn close(
         &mut self,
-        peer_left: bool,
+        closing: Closing,
         input: &mut mpsc::UnboundedReceiver<ConnectionInput>,
         handler: &mut mpsc::UnboundedReceiver<HandlerEvent>,
     ) {
         let readers = &self.ctx.readers;
-        if peer_left {
+        if closing == Closing::AtOnce {
+            return;
+        }
+        if closing == Closing::PeerLeft {
             // Nothing goes to it any more.
             self.ctx.registry.remove_connection(self.ctx.key);
             // Not closed here: a channel we close is reported closed at once, ahead of what
@@ -587,7 +600,7 @@ impl ConnectionTask {
                 let _ = reply.send(self.selected_pair().await);
                 Ok(())
             }
-            ConnectionInput::Close { .. } | ConnectionInput::PeerLeft => Ok(()),
+            ConnectionInput::Close(_) | ConnectionInput::PeerLeft => Ok(()),
         }
     }
 

@@ -441,8 +441,24 @@ impl Peer {
     /// and closing at once would drop what it had not read. Returns once every connection
     /// closed or that wait is over.
     pub async fn close(self) {
+        self.close_with(false).await;
+    }
+
+    /// Leaves the room and closes every connection without the waits of [`Peer::close`]:
+    /// what a peer's SCTP acknowledged but its application had not read yet may be lost. For
+    /// an application whose peers confirmed what they needed (the CLI's `send-file` once the
+    /// receiver confirmed the file).
+    pub async fn close_at_once(self) {
+        self.close_with(true).await;
+    }
+
+    async fn close_with(self, at_once: bool) {
         let (reply, rx) = oneshot::channel();
-        if self.commands.send(RoomCommand::Close { reply }).is_ok() {
+        if self
+            .commands
+            .send(RoomCommand::Close { at_once, reply })
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }

@@ -43,7 +43,7 @@ const ORPHAN_WAIT: Duration = Duration::from_secs(30);
 
 use crate::channel::{ChannelReaders, ChannelRegistry, read_remote};
 use crate::connection::{
-    self, ConnectionContext, ConnectionHandle, ConnectionInput, ConnectionOutput,
+    self, Closing, ConnectionContext, ConnectionHandle, ConnectionInput, ConnectionOutput,
 };
 use crate::sent_log::Outgoing;
 use crate::signaling_client::{SignalingClient, SignalingEvent};
@@ -66,7 +66,9 @@ pub(crate) enum RoomCommand {
         peer: PeerId,
         reply: oneshot::Sender<Option<SelectedPair>>,
     },
+    /// Leave the room and close every connection: gracefully ([`Room::close`]) or at once.
     Close {
+        at_once: bool,
         reply: oneshot::Sender<()>,
     },
 }
@@ -175,7 +177,13 @@ impl Room {
                             }
                         }
                     }
-                    Some(RoomCommand::Close { reply }) => {
+                    Some(RoomCommand::Close { at_once: true, reply }) => {
+                        let left = self.shutdown();
+                        let _ = tokio::time::timeout(LEAVE_WRITE_TIMEOUT, left).await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(RoomCommand::Close { at_once: false, reply }) => {
                         self.close(&mut output_rx, &mut signaling_rx).await;
                         let _ = reply.send(());
                         return;
@@ -199,9 +207,7 @@ impl Room {
     ) {
         let closing = std::mem::take(&mut self.connections);
         for handle in closing.values() {
-            let _ = handle
-                .input
-                .send(ConnectionInput::Close { peer_left: false });
+            let _ = handle.input.send(ConnectionInput::Close(Closing::WeLeave));
         }
         let mut open: HashSet<u64> = closing.keys().copied().collect();
         // A peer that is not on this SDK closes its connection when it hears we left, without
@@ -210,13 +216,7 @@ impl Room {
         tokio::pin!(linger);
         while !open.is_empty() {
             tokio::select! {
-                output = output_rx.recv() => match output {
-                    Some(ConnectionOutput::Ended { key }) => {
-                        open.remove(&key);
-                    }
-                    Some(_) => {}
-                    None => break,
-                },
+                output = output_rx.recv() => if !note_ended(&mut open, output) { break },
                 () = &mut linger => break,
             }
         }
@@ -230,13 +230,7 @@ impl Room {
         let deadline = Instant::now() + connection::CHANNEL_CLOSE_WAIT + Duration::from_secs(1);
         while !open.is_empty() {
             tokio::select! {
-                output = output_rx.recv() => match output {
-                    Some(ConnectionOutput::Ended { key }) => {
-                        open.remove(&key);
-                    }
-                    Some(_) => {}
-                    None => break,
-                },
+                output = output_rx.recv() => if !note_ended(&mut open, output) { break },
                 event = signaling_rx.recv(), if signaling_up => match event {
                     Some(SignalingEvent::Message(ServerMessage::PeerLeft { peer_id, .. })) => {
                         // Leaving too, it will not close its side for us.
@@ -254,14 +248,12 @@ impl Room {
         }
     }
 
-    /// Leaves the room and closes every connection; the receiver completes once the `leave`
-    /// frame was written.
+    /// Leaves the room and closes every connection at once (those of peers that left hand on
+    /// what they sent first); the receiver completes once the `leave` frame was written.
     fn shutdown(&mut self) -> oneshot::Receiver<()> {
         let left = self.signaling.leave();
         for (_, handle) in self.connections.drain() {
-            let _ = handle
-                .input
-                .send(ConnectionInput::Close { peer_left: false });
+            let _ = handle.input.send(ConnectionInput::Close(Closing::AtOnce));
         }
         for leaving in std::mem::take(&mut self.leaving) {
             self.close_left(&leaving);
@@ -275,7 +267,7 @@ impl Room {
         let _ = leaving
             .handle
             .input
-            .send(ConnectionInput::Close { peer_left: true });
+            .send(ConnectionInput::Close(Closing::PeerLeft));
         self.draining.insert(leaving.key);
     }
 
@@ -717,5 +709,18 @@ impl Room {
                 self.orphans.retain(|k| *k != key);
             }
         }
+    }
+}
+
+/// While the room closes: an output of a connection, `Ended` taking its key out of `open`;
+/// `false` once no more can come.
+fn note_ended(open: &mut HashSet<u64>, output: Option<ConnectionOutput>) -> bool {
+    match output {
+        Some(ConnectionOutput::Ended { key }) => {
+            open.remove(&key);
+            true
+        }
+        Some(_) => true,
+        None => false,
     }
 }

@@ -182,7 +182,7 @@ pub(crate) async fn run(
             escape(&display(&chat.names, id))
         );
     }
-    stop.leave(peer).await;
+    stop.leave(peer, super::Leave::Gracefully).await;
     match outcome {
         Ok(result) => result,
         Err(signal) => stopped_by(signal),

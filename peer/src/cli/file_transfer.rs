@@ -116,7 +116,7 @@ pub(crate) async fn send(
         size,
         sha256,
     };
-    stop.in_room(url, common, async |peer, events| {
+    stop.in_room(url, common, super::Leave::AtOnce, async |peer, events| {
         send_to_first_peer(peer, events, offer, common.output()).await
     })
     .await??
@@ -263,9 +263,12 @@ pub(crate) async fn receive(
     // without a reader blocks here, and a signal still stops it).
     let mut target = stop.guard(Target::open(out_path)).await??;
     let outcome = stop
-        .in_room(url, common, async |peer, events| {
-            receive_one(peer, events, &mut target, common.output()).await
-        })
+        .in_room(
+            url,
+            common,
+            super::Leave::Gracefully,
+            async |peer, events| receive_one(peer, events, &mut target, common.output()).await,
+        )
         .await?;
     if matches!(target.sink, Sink::Staged { .. }) {
         // Never settled: the temporary file goes with `target`.

@@ -307,9 +307,13 @@ impl Stop {
         }
     }
 
-    /// Leaves the room and closes every connection; a second signal cuts that short.
-    pub(crate) async fn leave(&mut self, peer: Peer) {
-        let _ = self.guard(peer.close()).await;
+    /// Leaves the room and closes every connection as `how` says; a second signal cuts that
+    /// short.
+    pub(crate) async fn leave(&mut self, peer: Peer, how: Leave) {
+        let _ = match how {
+            Leave::Gracefully => self.guard(peer.close()).await,
+            Leave::AtOnce => self.guard(peer.close_at_once()).await,
+        };
     }
 
     /// Joins the room of `url` and runs `session` with the peer and its events, then leaves
@@ -319,13 +323,24 @@ impl Stop {
         &mut self,
         url: &str,
         common: &CommonArgs,
+        how: Leave,
         session: impl AsyncFnOnce(&Peer, &mut PeerEvents) -> T,
     ) -> anyhow::Result<Result<T, Interrupted>> {
         let (peer, mut events) = self.guard(join(url, common)).await??;
         let outcome = self.guard(session(&peer, &mut events)).await;
-        self.leave(peer).await;
+        self.leave(peer, how).await;
         Ok(outcome)
     }
+}
+
+/// How a command leaves the room at its end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Leave {
+    /// [`Peer::close`]: the peers read what was sent to them first.
+    Gracefully,
+    /// [`Peer::close_at_once`]: the peers confirmed what they needed (a file's receiver its
+    /// checksum, a probe's peer its pongs).
+    AtOnce,
 }
 
 /// An error and its causes on one line, each message once: a cause whose text its wrapper

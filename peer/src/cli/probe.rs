@@ -66,7 +66,7 @@ pub(crate) async fn run(
         }
     } else {
         let outcome = stop
-            .in_room(url, common, async |peer, events| {
+            .in_room(url, common, super::Leave::AtOnce, async |peer, events| {
                 probe_remote(peer, events, timeout, &out, &mut results).await
             })
             .await?;
@@ -232,7 +232,7 @@ async fn self_pair(
     let (b, mut b_events) = match within(stop, deadline, super::connect(url, options)).await {
         Ok(b) => b,
         Err(err) => {
-            stop.leave(a).await;
+            stop.leave(a, super::Leave::AtOnce).await;
             return Err(err);
         }
     };
@@ -250,8 +250,8 @@ async fn self_pair(
         }
     })
     .await;
-    stop.leave(a).await;
-    stop.leave(b).await;
+    stop.leave(a, super::Leave::AtOnce).await;
+    stop.leave(b, super::Leave::AtOnce).await;
     let (rtt, pair) = measured?;
     let Some(pair) = pair else {
         bail!("no selected candidate pair");

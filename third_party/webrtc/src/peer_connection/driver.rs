@@ -1949,6 +1949,13 @@ where
     /// the driver stops, so the server frees them now rather than when their lifetime expires
     /// (webrtc#903). The sockets are about to go, so this is the last chance to send them.
     async fn release_turn_allocations(&mut self) {
+        // PATCH(peer, see third_party/webrtc/PATCHES.md #6): what the core queued on closing
+        // (the SCTP ABORT, the DTLS close_notify) goes out first, while the allocations it
+        // may travel through still exist; released first, a relayed peer never heard of the
+        // close and waited for ICE to time out.
+        if let Err(err) = self.poll_writes().await {
+            error!("Failed to send the last packets: {}", err);
+        }
         if let Err(err) = self.turn_relayer.close() {
             error!("Failed to close turn_relayer: {}", err);
         }
