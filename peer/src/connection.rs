@@ -450,11 +450,16 @@ impl ConnectionTask {
         if self.started_over {
             // Until the room drops our handle, what reaches us goes to the new connection.
             while let Some(message) = input.recv().await {
-                if let ConnectionInput::Remote(signal) = message {
-                    let _ = self.ctx.output.send(ConnectionOutput::HandedOver {
-                        peer: self.peer(),
-                        signal,
-                    });
+                match message {
+                    ConnectionInput::Remote(signal) => {
+                        let _ = self.ctx.output.send(ConnectionOutput::HandedOver {
+                            peer: self.peer(),
+                            signal,
+                        });
+                    }
+                    // The room closes while it still holds our handle.
+                    ConnectionInput::Close(_) => break,
+                    _ => {}
                 }
             }
         }
@@ -530,13 +535,12 @@ impl ConnectionTask {
     /// (the connection state stays `connected` until ICE finds the path gone, ~3 s later).
     async fn peer_closed(&self) -> bool {
         let Some(sctp) = self.pc.sctp().await else {
+            // No data channels ever: nothing to wait for.
             return true;
         };
-        !matches!(
+        matches!(
             sctp.transport().state().await,
-            Ok(RTCDtlsTransportState::New
-                | RTCDtlsTransportState::Connecting
-                | RTCDtlsTransportState::Connected)
+            Ok(RTCDtlsTransportState::Closed | RTCDtlsTransportState::Failed)
         )
     }
 

@@ -210,13 +210,14 @@ impl Room {
             let _ = handle.input.send(ConnectionInput::Close(Closing::WeLeave));
         }
         let mut open: HashSet<u64> = closing.keys().copied().collect();
+        open.extend(self.draining.iter().copied());
         // A peer that is not on this SDK closes its connection when it hears we left, without
         // waiting for its application to take what its SCTP acknowledged: it gets a moment.
         let linger = tokio::time::sleep(LEAVE_LINGER);
         tokio::pin!(linger);
         while !open.is_empty() {
             tokio::select! {
-                output = output_rx.recv() => if !note_ended(&mut open, output) { break },
+                output = output_rx.recv() => if !self.note_ended(&mut open, output) { break },
                 () = &mut linger => break,
             }
         }
@@ -230,7 +231,7 @@ impl Room {
         let deadline = Instant::now() + connection::CHANNEL_CLOSE_WAIT + Duration::from_secs(1);
         while !open.is_empty() {
             tokio::select! {
-                output = output_rx.recv() => if !note_ended(&mut open, output) { break },
+                output = output_rx.recv() => if !self.note_ended(&mut open, output) { break },
                 event = signaling_rx.recv(), if signaling_up => match event {
                     Some(SignalingEvent::Message(ServerMessage::PeerLeft { peer_id, .. })) => {
                         // Leaving too, it will not close its side for us.
@@ -245,6 +246,20 @@ impl Room {
                 },
                 () = tokio::time::sleep_until(deadline) => break,
             }
+        }
+    }
+
+    /// While the room closes: an output of a connection, `Ended` taking its key out of `open`
+    /// (and of [`Self::draining`]); `false` once no more can come.
+    fn note_ended(&mut self, open: &mut HashSet<u64>, output: Option<ConnectionOutput>) -> bool {
+        match output {
+            Some(ConnectionOutput::Ended { key }) => {
+                open.remove(&key);
+                self.draining.remove(&key);
+                true
+            }
+            Some(_) => true,
+            None => false,
         }
     }
 
@@ -264,11 +279,13 @@ impl Room {
     /// Closes the connection of a peer that left; it ends once it handed on what the peer
     /// sent ([`ConnectionInput::Close`]).
     fn close_left(&mut self, leaving: &Leaving) {
-        let _ = leaving
+        let sent = leaving
             .handle
             .input
             .send(ConnectionInput::Close(Closing::PeerLeft));
-        self.draining.insert(leaving.key);
+        if sent.is_ok() {
+            self.draining.insert(leaving.key);
+        }
     }
 
     fn find(&self, peer: &PeerId) -> Option<&ConnectionHandle> {
@@ -709,18 +726,5 @@ impl Room {
                 self.orphans.retain(|k| *k != key);
             }
         }
-    }
-}
-
-/// While the room closes: an output of a connection, `Ended` taking its key out of `open`;
-/// `false` once no more can come.
-fn note_ended(open: &mut HashSet<u64>, output: Option<ConnectionOutput>) -> bool {
-    match output {
-        Some(ConnectionOutput::Ended { key }) => {
-            open.remove(&key);
-            true
-        }
-        Some(_) => true,
-        None => false,
     }
 }

@@ -97,6 +97,10 @@ const RATE_REPLY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// At most this much of a client's input is quoted back in an error message.
 const MAX_ECHO: usize = 120;
 
+/// How long, after a `leave`, the frames queued for the session before it may take to go
+/// out (`SocketTask::send_queued`).
+const QUEUED_AFTER_LEAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `text` cut to at most [`MAX_ECHO`] bytes (on a character boundary), marked when cut.
 pub(crate) fn short(mut text: String) -> String {
     if text.len() > MAX_ECHO {
@@ -138,8 +142,13 @@ impl SocketTask {
                 Step::Continue => {}
                 Step::Stop(reason) => return reason,
                 Step::Left => {
-                    self.send_queued(&mut rx).await;
-                    self.conn.close(close_code::NORMAL, "left").await;
+                    // A client that does not read does not hold the task up past the wait;
+                    // its connection is dropped then, without a close frame it would not read.
+                    let sent =
+                        tokio::time::timeout(QUEUED_AFTER_LEAVE_WAIT, self.send_queued(&mut rx));
+                    if sent.await.unwrap_or(false) {
+                        self.conn.close(close_code::NORMAL, "left").await;
+                    }
                     return LeaveReason::Left;
                 }
             }
@@ -147,14 +156,17 @@ impl SocketTask {
     }
 
     /// After `leave`: the frames the hub queued for the session before it left (a
-    /// `peer_left` of a peer that left a moment before, say) are sent before the close.
-    async fn send_queued(&mut self, rx: &mut OutboundRx) {
+    /// `peer_left` of a peer that left a moment before, say) are sent before the close;
+    /// `false` if a write failed.
+    async fn send_queued(&mut self, rx: &mut OutboundRx) -> bool {
         while let Some(out) = rx.try_recv() {
+            // A close the hub queued (after an error) gives way to the `leave`'s.
             let Outbound::Frame(frame) = out else { break };
             if self.conn.send_text(frame.text()).await.is_err() {
-                break;
+                return false;
             }
         }
+        true
     }
 
     async fn on_outbound(&mut self, out: Outbound) -> Step {

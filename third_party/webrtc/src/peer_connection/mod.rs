@@ -123,7 +123,8 @@ pub use rtc::peer_connection::{
     },
 };
 // PATCH(peer, see third_party/webrtc/PATCHES.md #4): the argument type of
-// `SettingEngineBuilder::with_answering_dtls_role`, re-exported for the reason given above.
+// `SettingEngineBuilder::with_answering_dtls_role`, re-exported for the reason given above,
+// and the result type of `DtlsTransport::state`.
 pub use rtc::peer_connection::transport::{RTCDtlsRole, RTCDtlsTransportState};
 
 /// Trait for handling peer connection events asynchronously
