@@ -31,6 +31,10 @@ const RESELECT_POLL: Duration = Duration::from_millis(200);
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// How often the lines not acknowledged yet are counted then.
 const ACK_POLL: Duration = Duration::from_millis(50);
+/// How long, once every line was acknowledged, what arrives is still printed before the room
+/// is left: a peer whose input ended at the same moment is still sending, and once we close
+/// our channels what it sends on them is dropped.
+const LINGER: Duration = Duration::from_secs(1);
 /// The largest message a data channel takes, in bytes: the `max-message-size` both sides
 /// offer (the SDP default of RFC 8841, 64 KiB, which the SDK keeps). The SCTP layer refuses a
 /// longer message, so a longer line is not sent at all.
@@ -308,15 +312,23 @@ impl Chat {
     async fn wait_acknowledged(&mut self, peer: &Peer, events: &mut PeerEvents) -> bool {
         let deadline = Instant::now() + ACK_WAIT;
         let mut poll = tokio::time::interval(ACK_POLL);
+        let mut acknowledged_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = poll.tick() => {
+                    if let Some(at) = acknowledged_at {
+                        if at.elapsed() >= LINGER {
+                            return true;
+                        }
+                        continue;
+                    }
                     let mut waiting = peer.unacknowledged().await;
                     waiting.retain(|(_, count)| *count > 0);
                     if waiting.is_empty() {
                         // Acknowledged is not read yet: leaving waits for that
                         // (`Peer::close`).
-                        return true;
+                        acknowledged_at = Some(Instant::now());
+                        continue;
                     }
                     if Instant::now() >= deadline {
                         for (id, count) in waiting {
