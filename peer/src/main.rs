@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
     );
     tracing_subscriber::registry()
         .with(filter)
-        .with((!verbose).then_some(cli::ExpectedRefusals))
+        .with((!verbose).then_some(cli::ExpectedErrors))
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)

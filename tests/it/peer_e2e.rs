@@ -1624,6 +1624,38 @@ fn a_peer_leaving_just_after_another_is_not_held_up_by_it() {
     );
 }
 
+/// `peer join | head -1`: once its stdout is closed, the next line it prints ends it with 141
+/// (as SIGPIPE ends other tools), not with a panic (101).
+#[test]
+fn a_closed_stdout_ends_join_with_141() {
+    let (_signaling, url) = signaling_room("closed-stdout");
+    let mut command = Command::new(bin_path("peer"));
+    command
+        .args(["join", &url, "--name", "alice", "--bind", "127.0.0.1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut alice = testkit::ChildGuard {
+        child: command.spawn().expect("spawn alice"),
+        name: "alice".into(),
+    };
+    let stdout = alice.child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
+        .expect("alice's first line");
+    assert!(first.starts_with("* joined"), "{first}");
+    // The reader is gone: Bob's arrival is the next line Alice prints.
+    let _bob = join(&url, "bob", false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = alice.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "alice still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(141), "{status}");
+}
+
 /// A `peer join` that leaves sees its peer close its side at once (on its DTLS transport),
 /// not when ICE finds the path gone ~3 s later: the exit follows the peer's close closely.
 #[test]

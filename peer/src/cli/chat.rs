@@ -687,12 +687,12 @@ impl Chat {
             _ => {}
         }
         if out.json {
-            println!(
-                "{}",
-                serde_json::json!({"event": "message", "from": from.as_str(), "name": name, "text": chat})
+            super::print_line(
+                &serde_json::json!({"event": "message", "from": from.as_str(), "name": name, "text": chat})
+                    .to_string(),
             );
         } else {
-            println!("{}", chat_line(&name, &chat));
+            super::print_line(&chat_line(&name, &chat));
         }
     }
 }

@@ -182,12 +182,11 @@ fn default_name() -> Option<String> {
         .or_else(|| Some("peer".to_owned()))
 }
 
-/// Hides the WebRTC stack's `ERROR TURN permission request failed: ... 403` lines: a relay
-/// refusing to relay to some of a peer's candidate addresses (private or loopback ones, by
-/// its policy) is expected, and the connection uses another pair. Shown with `--log-filter` set.
-pub(crate) struct ExpectedRefusals;
+/// Hides the WebRTC stack's error lines about what is expected (shown with `--log-filter`
+/// set): see [`is_expected_error`].
+pub(crate) struct ExpectedErrors;
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedRefusals {
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedErrors {
     fn event_enabled(
         &self,
         event: &tracing::Event<'_>,
@@ -205,13 +204,30 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedRefusals {
         // the target `log` here.
         let mut message = Message(String::new());
         event.record(&mut message);
-        !is_expected_refusal(&message.0)
+        !is_expected_error(&message.0)
     }
 }
 
-/// Whether a log line of the WebRTC stack is a relay's refusal of a permission (403).
-fn is_expected_refusal(message: &str) -> bool {
-    message.contains("TURN permission request failed") && message.contains("403")
+/// Whether an error line of the WebRTC stack is about what is expected:
+/// - `TURN permission request failed: ... 403`: a relay refusing to relay to some of a peer's
+///   candidate addresses (private or loopback ones, by its policy); the connection uses
+///   another pair;
+/// - `handle_inbound got err: abort chunk`: the peer closing its connection (it aborts its
+///   SCTP association), as every peer does when it leaves.
+fn is_expected_error(message: &str) -> bool {
+    (message.contains("TURN permission request failed") && message.contains("403"))
+        || message.contains("abort chunk")
+}
+
+/// Prints `line` on stdout. A closed stdout (`peer join | head`) ends the process quietly, as
+/// it ends other tools, with 141 (the shell's code for SIGPIPE), instead of a panic.
+pub(crate) fn print_line(line: &str) {
+    use std::io::Write as _;
+    if let Err(err) = writeln!(std::io::stdout().lock(), "{line}")
+        && err.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(141);
+    }
 }
 
 /// `text` for a terminal line: control characters (C0, DEL, C1) and invisible formatting
@@ -379,7 +395,7 @@ impl Output {
 
     /// A notice with typed values: numbers stay numbers in JSON; `null` is `unknown` in text.
     pub(crate) fn notice_values(&self, event: &str, fields: &[(&str, serde_json::Value)]) {
-        println!("{}", self.notice_line(event, fields));
+        print_line(&self.notice_line(event, fields));
     }
 
     fn notice_line(&self, event: &str, fields: &[(&str, serde_json::Value)]) -> String {
@@ -682,11 +698,14 @@ mod tests {
     }
 
     #[test]
-    fn a_relay_refusing_a_permission_is_not_an_error() {
-        assert!(is_expected_refusal(
+    fn a_relay_refusing_a_permission_or_a_peer_closing_is_not_an_error() {
+        assert!(is_expected_error(
             "TURN permission request failed: CreatePermission error response (error 403: Forbidden)"
         ));
-        assert!(!is_expected_refusal(
+        assert!(is_expected_error(
+            "[Client] handle_inbound got err: abort chunk, with following errors: "
+        ));
+        assert!(!is_expected_error(
             "TURN allocation failed from 127.0.0.1:1 to 127.0.0.1:3478: error 401"
         ));
     }
