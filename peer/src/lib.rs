@@ -378,7 +378,7 @@ impl Peer {
             data: data.into(),
             text: false,
         };
-        self.channel(to, kind)?.send(message).await
+        self.send_on(to, kind, message).await
     }
 
     /// Sends a text message to one peer.
@@ -387,7 +387,21 @@ impl Peer {
             data: Bytes::copy_from_slice(text.as_bytes()),
             text: true,
         };
-        self.channel(to, kind)?.send(message).await
+        self.send_on(to, kind, message).await
+    }
+
+    /// Sends on `to`'s channel of `kind`: one that closed meanwhile (the peer is leaving) is
+    /// [`PeerError::ChannelNotOpen`], as one that was not open.
+    async fn send_on(&self, to: &PeerId, kind: ChannelKind, message: Outgoing) -> Result<()> {
+        match self.channel(to, kind)?.send(message).await {
+            Err(PeerError::WebRtc(webrtc::error::Error::ErrDataChannelClosed)) => {
+                Err(PeerError::ChannelNotOpen {
+                    peer: to.clone(),
+                    kind,
+                })
+            }
+            sent => sent,
+        }
     }
 
     /// For every peer with an open reliable channel, how many reliable messages sent to it
