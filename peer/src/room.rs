@@ -26,6 +26,10 @@ use tokio::time::{Duration, Instant};
 /// How long closing a peer waits for its `leave` to be written.
 const LEAVE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long closing the room at once waits for its connections to have closed (their DTLS
+/// `close_notify` sent), so that the peers see the close before the process may exit.
+const AT_ONCE_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// How long closing the room waits, once the connections closed their channels, before it
 /// leaves ([`Room::close`]).
 const LEAVE_LINGER: Duration = Duration::from_secs(1);
@@ -178,8 +182,22 @@ impl Room {
                         }
                     }
                     Some(RoomCommand::Close { at_once: true, reply }) => {
+                        let mut open: HashSet<u64> = self.connections.keys().copied().collect();
                         let left = self.shutdown();
                         let _ = tokio::time::timeout(LEAVE_WRITE_TIMEOUT, left).await;
+                        // Their closes go out (the peers see them at once) before we return
+                        // and the process may exit.
+                        let deadline = Instant::now() + AT_ONCE_CLOSE_WAIT;
+                        while !open.is_empty() {
+                            match tokio::time::timeout_at(deadline, output_rx.recv()).await {
+                                Ok(output) => {
+                                    if !self.note_ended(&mut open, output) {
+                                        break;
+                                    }
+                                }
+                                Err(_) => break,
+                            }
+                        }
                         let _ = reply.send(());
                         return;
                     }
