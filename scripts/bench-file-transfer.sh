@@ -22,12 +22,17 @@ cleanup() {
 trap cleanup EXIT
 head -c $((SIZE_MIB * 1048576)) /dev/urandom >"$work/file.bin"
 
-# Starts `$@` with stdout to $work/$name.out and waits for a line matching $pattern; prints it.
+# Starts `$@` with stdout to $work/$name.out (its PID kept for the cleanup).
 start() {
-  local name=$1 pattern=$2
-  shift 2
+  local name=$1
+  shift
   "$@" >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
+}
+
+# The first line of $work/$name.out matching $pattern, once there.
+ready_line() {
+  local name=$1 pattern=$2
   for _ in $(seq 100); do
     if grep -m1 -E "$pattern" "$work/$name.out"; then return; fi
     sleep 0.1
@@ -36,11 +41,13 @@ start() {
   exit 1
 }
 
-relay=$(start relay '^listening udp ' "$NEW/relay" --listen 127.0.0.1:0 --relay-ip 127.0.0.1 \
-  --turn-secret bench --allow-loopback-peers --admin-listen none)
+start relay "$NEW/relay" --listen 127.0.0.1:0 --relay-ip 127.0.0.1 --turn-secret bench \
+  --allow-loopback-peers --admin-listen none
+relay=$(ready_line relay '^listening udp ')
 relay=${relay#listening udp }
-signaling=$(start signaling '^listening on ' "$NEW/signaling" --listen 127.0.0.1:0 \
-  --turn-url "turn:$relay?transport=udp" --turn-secret bench --admin-listen none)
+start signaling "$NEW/signaling" --listen 127.0.0.1:0 --turn-url "turn:$relay?transport=udp" \
+  --turn-secret bench --admin-listen none
+signaling=$(ready_line signaling '^listening on ')
 signaling=${signaling#listening on http://}
 
 # One transfer with the peers of $1 in mode $2: the wall time of send-file, or FAIL.
