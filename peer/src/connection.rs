@@ -490,21 +490,29 @@ impl ConnectionTask {
         input: &mut mpsc::UnboundedReceiver<ConnectionInput>,
         handler: &mut mpsc::UnboundedReceiver<HandlerEvent>,
     ) {
-        let readers = &self.ctx.readers;
-        if closing == Closing::AtOnce {
-            return;
-        }
-        if closing == Closing::PeerLeft {
-            // Nothing goes to it any more.
-            self.ctx.registry.remove_connection(self.ctx.key);
-            // Not closed here: a channel we close is reported closed at once, ahead of what
-            // the peer sent before its own close.
-            if !readers.ended(CHANNEL_CLOSE_WAIT).await {
-                tracing::debug!(peer = %self.peer(), "channels not read to their close in time");
+        match closing {
+            Closing::WeLeave => self.await_peer_close(input, handler).await,
+            Closing::PeerLeft => {
+                // Nothing goes to it any more.
+                self.ctx.registry.remove_connection(self.ctx.key);
+                // Not closed here: a channel we close is reported closed at once, ahead of
+                // what the peer sent before its own close.
+                if !self.ctx.readers.ended(CHANNEL_CLOSE_WAIT).await {
+                    tracing::debug!(peer = %self.peer(), "channels not read to their close in time");
+                }
             }
-            return;
+            Closing::AtOnce => {}
         }
-        readers.close();
+    }
+
+    /// We leave: closes our channels, then waits while the path is up until the peer closes
+    /// its side or leaves too ([`CHANNEL_CLOSE_WAIT`] at most).
+    async fn await_peer_close(
+        &mut self,
+        input: &mut mpsc::UnboundedReceiver<ConnectionInput>,
+        handler: &mut mpsc::UnboundedReceiver<HandlerEvent>,
+    ) {
+        self.ctx.readers.close();
         let deadline = tokio::time::Instant::now() + CHANNEL_CLOSE_WAIT;
         let mut poll = tokio::time::interval(PEER_CLOSED_POLL);
         while self.state == RTCPeerConnectionState::Connected {

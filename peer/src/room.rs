@@ -182,22 +182,7 @@ impl Room {
                         }
                     }
                     Some(RoomCommand::Close { at_once: true, reply }) => {
-                        let mut open: HashSet<u64> = self.connections.keys().copied().collect();
-                        let left = self.shutdown();
-                        let _ = tokio::time::timeout(LEAVE_WRITE_TIMEOUT, left).await;
-                        // Their closes go out (the peers see them at once) before we return
-                        // and the process may exit.
-                        let deadline = Instant::now() + AT_ONCE_CLOSE_WAIT;
-                        while !open.is_empty() {
-                            match tokio::time::timeout_at(deadline, output_rx.recv()).await {
-                                Ok(output) => {
-                                    if !self.note_ended(&mut open, output) {
-                                        break;
-                                    }
-                                }
-                                Err(_) => break,
-                            }
-                        }
+                        self.close_at_once(&mut output_rx).await;
                         let _ = reply.send(());
                         return;
                     }
@@ -211,6 +196,16 @@ impl Room {
             }
         }
         drop(self.shutdown());
+    }
+
+    /// Leaves and closes every connection at once, then waits until their closes went out
+    /// ([`AT_ONCE_CLOSE_WAIT`] at most), so that the peers see them before the caller may exit.
+    async fn close_at_once(&mut self, output_rx: &mut mpsc::UnboundedReceiver<ConnectionOutput>) {
+        let mut open: HashSet<u64> = self.connections.keys().copied().collect();
+        let left = self.shutdown();
+        let _ = tokio::time::timeout(LEAVE_WRITE_TIMEOUT, left).await;
+        self.await_ended(&mut open, output_rx, Instant::now() + AT_ONCE_CLOSE_WAIT)
+            .await;
     }
 
     /// Closes every connection, leaves [`LEAVE_LINGER`] later (once the `leave` frame was
@@ -231,14 +226,8 @@ impl Room {
         open.extend(self.draining.iter().copied());
         // A peer that is not on this SDK closes its connection when it hears we left, without
         // waiting for its application to take what its SCTP acknowledged: it gets a moment.
-        let linger = tokio::time::sleep(LEAVE_LINGER);
-        tokio::pin!(linger);
-        while !open.is_empty() {
-            tokio::select! {
-                output = output_rx.recv() => if !self.note_ended(&mut open, output) { break },
-                () = &mut linger => break,
-            }
-        }
+        self.await_ended(&mut open, output_rx, Instant::now() + LEAVE_LINGER)
+            .await;
         let left = self.shutdown();
         // The leave must reach the server before the caller may exit; a dead signaling
         // socket does not hold the close up for long.
@@ -263,6 +252,24 @@ impl Room {
                     None => signaling_up = false,
                 },
                 () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+
+    /// While the room closes: takes outputs of connections until every one in `open` ended, no
+    /// more can come, or `until` passes.
+    async fn await_ended(
+        &mut self,
+        open: &mut HashSet<u64>,
+        output_rx: &mut mpsc::UnboundedReceiver<ConnectionOutput>,
+        until: Instant,
+    ) {
+        while !open.is_empty() {
+            let Ok(output) = tokio::time::timeout_at(until, output_rx.recv()).await else {
+                break;
+            };
+            if !self.note_ended(open, output) {
+                break;
             }
         }
     }
