@@ -12,7 +12,7 @@
 //! `usage_publisher`); [`UsageReport::of_fleet`] reads it back for signaling's `/v1/usage`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -434,45 +434,31 @@ impl UsageReport {
     pub fn to_csv(&self, by_room: bool) -> String {
         let mut out = String::new();
         let counts = "bytes_to_peer,bytes_to_client,packets_to_peer,packets_to_client,bytes";
-        let line = |out: &mut String, c: &Counts| {
+        let (from, to) = (self.from, self.to);
+        // Every line, the `(other)` one too: the window, the two columns that name what it
+        // counts (already CSV), then the counts.
+        let line = |out: &mut String, name: &str, detail: &dyn fmt::Display, c: &Counts| {
             let _ = writeln!(
                 out,
-                "{},{},{},{},{}",
+                "{from},{to},{name},{detail},{},{},{},{},{}",
                 c.bytes_to_peer, c.bytes_to_client, c.packets_to_peer, c.packets_to_client, c.bytes
             );
         };
         if by_room {
             let _ = writeln!(out, "from,to,room,users,{counts}");
             for r in &self.rooms {
-                let _ = write!(
-                    out,
-                    "{},{},{},{},",
-                    self.from,
-                    self.to,
-                    csv(&r.room),
-                    r.users
-                );
-                line(&mut out, &r.counts);
+                line(&mut out, &csv(&r.room), &r.users, &r.counts);
             }
         } else {
             let _ = writeln!(out, "from,to,user,room,{counts}");
             for u in &self.users {
-                let room = u.room.as_deref().unwrap_or("");
-                let _ = write!(
-                    out,
-                    "{},{},{},{},",
-                    self.from,
-                    self.to,
-                    csv(&u.user),
-                    csv(room)
-                );
-                line(&mut out, &u.counts);
+                let room = csv(u.room.as_deref().unwrap_or(""));
+                line(&mut out, &csv(&u.user), &room, &u.counts);
             }
         }
         if self.other != Counts::default() {
             let blank = if by_room { "0" } else { "" };
-            let _ = write!(out, "{},{},(other),{blank},", self.from, self.to);
-            line(&mut out, &self.other);
+            line(&mut out, "(other)", &blank, &self.other);
         }
         out
     }

@@ -211,6 +211,12 @@ mod tests {
             .collect()
     }
 
+    /// A `bind` or `bind_exact` was refused for lack of a port: 508 for the client.
+    #[track_caller]
+    fn assert_no_capacity(bound: Result<Socket, BindError>) {
+        assert_eq!(bound.err(), Some(BindError::NoCapacity));
+    }
+
     #[test]
     fn binds_in_range_and_refuses_missing_family() {
         let ports = on_loopback(40000, 40100);
@@ -258,23 +264,14 @@ mod tests {
         let others = bind_v4(&ports, 2, false);
         let taken: Vec<u16> = others.iter().map(port_of).collect();
         assert!(!taken.contains(&(even + 1)), "{taken:?} took {reserved}");
-        assert_eq!(
-            ports.bind(AddressFamily::V4, false, false).err(),
-            Some(BindError::NoCapacity)
-        );
+        assert_no_capacity(ports.bind(AddressFamily::V4, false, false));
         // ...which goes to the Allocate that claims it, once.
         let rtcp = ports.bind_exact(reserved).expect("the held socket");
         assert_eq!(port_of(&rtcp), even + 1);
-        assert_eq!(
-            ports.bind_exact(reserved).err(),
-            Some(BindError::NoCapacity)
-        );
+        assert_no_capacity(ports.bind_exact(reserved));
         // No even port with a free next one left: the R bit gets 508.
         drop(rtp);
-        assert_eq!(
-            ports.bind(AddressFamily::V4, true, true).err(),
-            Some(BindError::NoCapacity)
-        );
+        assert_no_capacity(ports.bind(AddressFamily::V4, true, true));
     }
 
     #[test]
@@ -300,10 +297,7 @@ mod tests {
             let mut taken: Vec<u16> = even.iter().map(port_of).collect();
             taken.sort_unstable();
             assert_eq!(taken, [40500, 40502, 40504]);
-            assert_eq!(
-                ports.bind(AddressFamily::V4, true, false).err(),
-                Some(BindError::NoCapacity)
-            );
+            assert_no_capacity(ports.bind(AddressFamily::V4, true, false));
         }
     }
 
@@ -314,9 +308,6 @@ mod tests {
             .filter_map(|_| ports.bind(AddressFamily::V4, false, false).ok())
             .collect();
         assert!(held.len() <= 4);
-        assert_eq!(
-            ports.bind(AddressFamily::V4, false, false).err(),
-            Some(BindError::NoCapacity)
-        );
+        assert_no_capacity(ports.bind(AddressFamily::V4, false, false));
     }
 }
