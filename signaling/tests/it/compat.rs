@@ -415,19 +415,27 @@ async fn peerjs_ids_open_relay_expire_and_a_taken_id_is_refused() {
     assert_eq!(next(&mut bob, STEP).await.unwrap()["type"], "ERROR");
 }
 
+/// Alice parked on `server` with the candidates numbered `held` waiting for her: bob sends her
+/// 0..20, which she gets (not all acknowledged to the hub yet when her socket drops), then
+/// `held` once her socket dropped, and is sent no `EXPIRE` for them (she is parked, not gone).
+/// Bob's socket.
+async fn alice_parked_with(server: &Server, held: std::ops::Range<u32>) -> Ws {
+    let (mut alice, mut bob) = alice_and_bob(server).await;
+    send_candidates(&mut bob, 0..20).await;
+    expect_candidates(&mut alice, 0..20).await;
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_candidates(&mut bob, held).await;
+    assert_eq!(next(&mut bob, Duration::from_millis(500)).await, None);
+    bob
+}
+
 #[tokio::test]
 async fn peerjs_messages_for_a_reconnecting_peer_wait_for_it() {
     let server = Server::start(&[]);
-    let (mut alice, mut bob) = alice_and_bob(&server).await;
-    send_candidates(&mut bob, 0..20).await;
-    expect_candidates(&mut alice, 0..20).await;
-    // Alice's signaling socket drops; Bob keeps sending (peerjs-server would expire these
-    // after 5 s; here they wait for the resume grace period).
-    drop(alice);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    send_candidates(&mut bob, 20..40).await;
-    // No EXPIRE: alice is parked, not gone.
-    assert_eq!(next(&mut bob, Duration::from_millis(300)).await, None);
+    // Bob keeps sending once alice's socket dropped (peerjs-server would expire these after
+    // 5 s; here they wait for the resume grace period).
+    let _bob = alice_parked_with(&server, 20..40).await;
     // PeerJS's reconnect: the same id and token, on any node.
     reconnect_expecting(&server, "alice", "t-alice", 20..40).await;
 }
@@ -976,15 +984,8 @@ async fn draining_closes_compat_sockets_at_once_with_1001() {
 #[tokio::test]
 async fn peerjs_a_parked_peer_holds_up_to_the_replay_limit() {
     let server = Server::start(&["--rate-limit", "5000", "--rate-burst", "5000"]);
-    let (mut alice, mut bob) = alice_and_bob(&server).await;
-    // Some delivered before the drop (not all acknowledged to the hub yet).
-    send_candidates(&mut bob, 0..20).await;
-    expect_candidates(&mut alice, 0..20).await;
-    drop(alice);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     // Exactly the limit (256 messages) waits for alice.
-    send_candidates(&mut bob, 0..256).await;
-    assert_eq!(next(&mut bob, Duration::from_millis(500)).await, None);
+    let mut bob = alice_parked_with(&server, 0..256).await;
     let mut alice = peerjs_open(&server, "app", "alice", "t-alice").await;
     expect_candidates(&mut alice, 0..256).await;
     assert_eq!(next(&mut alice, Duration::from_millis(300)).await, None);
