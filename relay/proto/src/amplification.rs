@@ -177,12 +177,19 @@ mod tests {
     use super::*;
     use crate::test_util::ip;
 
+    /// A default-sized budget, the instant a test starts at, and the source it spends for.
+    fn fresh() -> (AmplificationBudget, Instant, IpAddr) {
+        (
+            AmplificationBudget::default(),
+            Instant::now(),
+            ip("192.0.2.1"),
+        )
+    }
+
     #[test]
     fn bytes_out_never_exceed_bytes_in_plus_the_allowance() {
-        let t0 = Instant::now();
-        let b = AmplificationBudget::default();
+        let (b, t0, src) = fresh();
         let a = Some(200);
-        let src = ip("192.0.2.1");
         let (mut sent_in, mut sent_out) = (0usize, 0usize);
         // A flood of bare 20-byte requests, each answered with 68 bytes if the credit allows.
         for i in 0..1000u32 {
@@ -207,10 +214,8 @@ mod tests {
 
     #[test]
     fn credit_is_capped_and_other_sources_are_independent() {
-        let t0 = Instant::now();
-        let b = AmplificationBudget::default();
+        let (b, t0, src) = fresh();
         let a = Some(100);
-        let src = ip("192.0.2.1");
         assert!(b.try_spend(a, t0, src, 60));
         assert!(!b.try_spend(a, t0, src, 60), "only 40 left");
         // Large requests cannot bank more than the allowance.
@@ -234,10 +239,8 @@ mod tests {
 
     #[test]
     fn idle_sources_start_over_and_a_flood_never_idles() {
-        let t0 = Instant::now();
-        let b = AmplificationBudget::default();
+        let (b, t0, src) = fresh();
         let a = Some(100);
-        let src = ip("192.0.2.1");
         assert!(b.try_spend(a, t0, src, 100));
         // Refused every 30 s: still active, still in debt.
         for k in 1..=4 {
@@ -308,12 +311,11 @@ mod tests {
 
     #[test]
     fn disabled_budget_allows_everything_and_allocates_nothing() {
-        let t0 = Instant::now();
-        let b = AmplificationBudget::default();
+        let (b, t0, src) = fresh();
         for _ in 0..100 {
-            assert!(b.try_spend(None, t0, ip("192.0.2.1"), 10_000));
+            assert!(b.try_spend(None, t0, src, 10_000));
         }
-        b.earn(None, t0, ip("192.0.2.1"), 1);
+        b.earn(None, t0, src, 1);
         assert!(b.buckets.get().is_none());
     }
 }
