@@ -103,33 +103,32 @@ impl LiveSettings {
     }
 }
 
-/// Adds `users` (their names, sorted) and `rest_secrets` (how many) to `out`: the credentials
-/// as a `Debug` shows them, never a password or a secret.
-fn redacted_credentials<'s, 'a, 'b>(
-    out: &'s mut fmt::DebugStruct<'a, 'b>,
+/// Opens the `Debug` of struct `name` with `users` (their names, sorted) and `rest_secrets`
+/// (how many): the credentials as a `Debug` shows them, never a password or a secret.
+fn redacted_credentials<'a, 'b>(
+    f: &'a mut fmt::Formatter<'b>,
+    name: &str,
     users: &HashMap<String, StaticCredential>,
     rest_secrets: &[Vec<u8>],
-) -> &'s mut fmt::DebugStruct<'a, 'b> {
+) -> fmt::DebugStruct<'a, 'b> {
     let mut names: Vec<&str> = users.keys().map(String::as_str).collect();
     names.sort_unstable();
+    let mut out = f.debug_struct(name);
     out.field("users", &names).field(
         "rest_secrets",
         &format_args!("<{} redacted>", rest_secrets.len()),
-    )
+    );
+    out
 }
 
 impl fmt::Debug for LiveSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        redacted_credentials(
-            &mut f.debug_struct("LiveSettings"),
-            &self.users,
-            &self.rest_secrets,
-        )
-        .field("allow", &self.allow)
-        .field("deny", &self.deny)
-        .field("allow_loopback_peers", &self.allow_loopback_peers)
-        .field("quotas", &self.quotas)
-        .finish()
+        redacted_credentials(f, "LiveSettings", &self.users, &self.rest_secrets)
+            .field("allow", &self.allow)
+            .field("deny", &self.deny)
+            .field("allow_loopback_peers", &self.allow_loopback_peers)
+            .field("quotas", &self.quotas)
+            .finish()
     }
 }
 
@@ -256,14 +255,10 @@ impl AuthConfig {
 
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        redacted_credentials(
-            &mut f.debug_struct("AuthConfig"),
-            &self.users,
-            &self.rest_secrets,
-        )
-        .field("nonce_secret", &format_args!("<redacted>"))
-        .field("nonce_lifetime", &self.nonce_lifetime)
-        .finish()
+        redacted_credentials(f, "AuthConfig", &self.users, &self.rest_secrets)
+            .field("nonce_secret", &format_args!("<redacted>"))
+            .field("nonce_lifetime", &self.nonce_lifetime)
+            .finish()
     }
 }
 
