@@ -650,21 +650,36 @@ fn lines_to_a_peer_that_vanished_are_reported_when_it_leaves() {
     );
 }
 
+/// Alice (her stderr in `alice_err`) and Bob chatting in `room`, their signaling server stopped
+/// by `stop` (given the server, and Bob to do to him what the test needs, in the order it
+/// needs) and started again on its address: the new server, Alice and Bob once Alice re-joined.
+fn rejoined_after_a_restart(
+    room: &str,
+    alice_err: &StderrFile,
+    stop: impl FnOnce(Signaling, &mut Proc),
+) -> (Signaling, Proc, Proc) {
+    let (signaling, listen, url) = restartable_signaling(None, room);
+    let (mut alice, mut bob) = logged_chat_pair(&url, alice_err);
+    stop(signaling, &mut bob);
+    let restarted = start_signaling(None, &listen);
+    alice.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* signaling-rejoined")
+    });
+    (restarted, alice, bob)
+}
+
 /// After a re-join, a connection kept for a peer that never comes back (it died while
 /// signaling was down) is given up 30 s later: the peer is reported as left (`ended`), and the
 /// lines held for it are reported as not sent. They were held for good, and `peer join < file`
 /// waited for them at its end.
 #[test]
 fn an_orphan_whose_peer_never_comes_back_is_given_up() {
-    let (signaling, listen, url) = restartable_signaling(None, "orphan-gone");
     let alice_err = StderrFile::new();
-    let (mut alice, mut bob) = logged_chat_pair(&url, &alice_err);
-    drop(signaling.proc);
-    bob.kill();
-    let _restarted = start_signaling(None, &listen);
-    alice.wait_line(Duration::from_secs(30), |l| {
-        l.starts_with("* signaling-rejoined")
-    });
+    let (_restarted, mut alice, _bob) =
+        rejoined_after_a_restart("orphan-gone", &alice_err, |signaling, bob| {
+            drop(signaling);
+            bob.kill();
+        });
     alice.wait_line(Duration::from_secs(30), |l| {
         l.starts_with("* connection-state") && field(l, "state") == Some("disconnected")
     });
@@ -687,17 +702,14 @@ fn an_orphan_whose_peer_never_comes_back_is_given_up() {
 /// restart that waited goes to its new id and the chat goes on.
 #[test]
 fn an_orphaned_connection_signals_nothing_until_its_peer_is_back() {
-    let (signaling, listen, url) = restartable_signaling(None, "orphan");
     let alice_err = StderrFile::new();
-    let (mut alice, mut bob) = logged_chat_pair(&url, &alice_err);
     // Bob hangs through a signaling restart: Alice re-joins alone, and their path fails (ICE
     // restarts, each an offer and candidates for Bob).
-    bob.freeze();
-    drop(signaling.proc);
-    let _restarted = start_signaling(None, &listen);
-    alice.wait_line(Duration::from_secs(30), |l| {
-        l.starts_with("* signaling-rejoined")
-    });
+    let (_restarted, mut alice, mut bob) =
+        rejoined_after_a_restart("orphan", &alice_err, |signaling, bob| {
+            bob.freeze();
+            drop(signaling);
+        });
     alice.wait_line(Duration::from_secs(30), |l| {
         l.starts_with("* ice-restart") && field(l, "reason") == Some("failed")
     });
@@ -1588,13 +1600,16 @@ fn two_peers_whose_input_ends_together_leave_at_once() {
     drop(alice.stdin.take());
     drop(bob.stdin.take());
     for proc in [&mut alice, &mut bob] {
-        assert!(proc.wait_exit(Duration::from_secs(20)).success());
+        wait_exit_within(proc, started, Duration::from_secs(8), "leaving");
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "leaving took {:?}",
-        started.elapsed()
-    );
+}
+
+/// Waits (20 s) for `proc` to exit with success, and asserts that it did less than `bound`
+/// after `since` (`what` names that time in the failure).
+fn wait_exit_within(proc: &mut Proc, since: std::time::Instant, bound: Duration, what: &str) {
+    assert!(proc.wait_exit(Duration::from_secs(20)).success());
+    let took = since.elapsed();
+    assert!(took < bound, "{what} took {took:?}");
 }
 
 /// In a room of three, a peer that leaves just after another left leaves promptly: its close
@@ -1616,12 +1631,7 @@ fn a_peer_leaving_just_after_another_is_not_held_up_by_it() {
     });
     let started = std::time::Instant::now();
     drop(alice.stdin.take());
-    assert!(alice.wait_exit(Duration::from_secs(20)).success());
-    assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "leaving took {:?}",
-        started.elapsed()
-    );
+    wait_exit_within(&mut alice, started, Duration::from_secs(6), "leaving");
 }
 
 /// `peer join | head -1`: once its stdout is closed, the next line it prints ends it with 141
@@ -1680,11 +1690,11 @@ fn exits_soon_after_its_peer_closed(mut alice: Proc, mut bob: Proc) {
     drop(alice.stdin.take());
     bob.wait_line(Duration::from_secs(10), |l| l.starts_with("* peer-left"));
     let left = std::time::Instant::now();
-    assert!(alice.wait_exit(Duration::from_secs(20)).success());
-    assert!(
-        left.elapsed() < Duration::from_millis(2500),
-        "Alice exited {:?} after Bob saw her leave",
-        left.elapsed()
+    wait_exit_within(
+        &mut alice,
+        left,
+        Duration::from_millis(2500),
+        "Alice's exit after Bob saw her leave",
     );
 }
 

@@ -5,11 +5,11 @@
 
 use std::collections::HashSet;
 use std::io::ErrorKind;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use e2e::netns::{
-    CLIENT_A_IP, CLIENT_B_IP, Host, ROUTER_A_WAN, ROUTER_B_WAN, RouterSpec, SERVER_ALT_IP,
+    CLIENT_A_IP, CLIENT_B_IP, Host, NatKind, ROUTER_A_WAN, ROUTER_B_WAN, RouterSpec, SERVER_ALT_IP,
     SERVER_IP, Topology,
 };
 
@@ -21,50 +21,55 @@ const PUNCH_WINDOW: Duration = Duration::from_secs(2);
 
 #[test]
 fn cone_nat_keeps_one_mapping_and_lets_hole_punching_through() {
-    let Some(topo) = topology_or_skip(RouterSpec::cone(), RouterSpec::cone()) else {
-        return;
-    };
-    let mappings = mappings_towards_three_destinations(&topo, Host::ClientA, CLIENT_A_IP);
-    let distinct: HashSet<_> = mappings.iter().collect();
-    assert_eq!(
-        distinct.len(),
-        1,
-        "endpoint-independent NAT must reuse one mapping for every destination: {mappings:?}"
-    );
-    assert_eq!(mappings[0].ip(), IpAddr::V4(ROUTER_A_WAN), "{mappings:?}");
-
-    let punch = hole_punch(&topo);
-    assert_eq!(punch.a_public.ip(), IpAddr::V4(ROUTER_A_WAN), "{punch:?}");
-    assert_eq!(punch.b_public.ip(), IpAddr::V4(ROUTER_B_WAN), "{punch:?}");
-    assert!(
-        punch.a_heard_b && punch.b_heard_a,
-        "hole punching through two cone NATs must work both ways: {punch:?}\n{}",
-        topo.diagnostics()
-    );
+    nat_behaves_as_its_kind(RouterSpec::cone(), Host::ClientA, CLIENT_A_IP, ROUTER_A_WAN);
 }
 
 #[test]
 fn symmetric_nat_maps_per_destination_and_defeats_hole_punching() {
-    let Some(topo) = topology_or_skip(RouterSpec::symmetric(), RouterSpec::symmetric()) else {
+    nat_behaves_as_its_kind(
+        RouterSpec::symmetric(),
+        Host::ClientB,
+        CLIENT_B_IP,
+        ROUTER_B_WAN,
+    );
+}
+
+/// Both routers of `spec`. The client `host` (at `ip`, behind the router on `wan`) is seen on
+/// `wan` by three destinations: from one public address behind an endpoint-independent NAT,
+/// from more than one behind a symmetric NAT. The two clients are seen on their routers' WAN
+/// addresses, and hole punching between them goes through both ways behind endpoint-independent
+/// NATs and neither way behind symmetric ones.
+fn nat_behaves_as_its_kind(spec: RouterSpec, host: Host, ip: Ipv4Addr, wan: Ipv4Addr) {
+    let Some(topo) = topology_or_skip(spec, spec) else {
         return;
     };
-    let mappings = mappings_towards_three_destinations(&topo, Host::ClientB, CLIENT_B_IP);
+    let cone = match spec.nat {
+        NatKind::EndpointIndependent => true,
+        NatKind::Symmetric => false,
+    };
+    let mappings = mappings_towards_three_destinations(&topo, host, ip);
     let distinct: HashSet<_> = mappings.iter().collect();
-    assert!(
-        distinct.len() > 1,
-        "a symmetric NAT must map each destination separately: {mappings:?}"
+    assert_eq!(
+        distinct.len() == 1,
+        cone,
+        "an endpoint-independent NAT must reuse one mapping for every destination, a symmetric \
+         NAT map each one separately ({:?} here): {mappings:?}",
+        spec.nat
     );
     assert!(
-        mappings.iter().all(|m| m.ip() == IpAddr::V4(ROUTER_B_WAN)),
+        mappings.iter().all(|m| m.ip() == IpAddr::V4(wan)),
         "{mappings:?}"
     );
 
     let punch = hole_punch(&topo);
     assert_eq!(punch.a_public.ip(), IpAddr::V4(ROUTER_A_WAN), "{punch:?}");
     assert_eq!(punch.b_public.ip(), IpAddr::V4(ROUTER_B_WAN), "{punch:?}");
-    assert!(
-        !punch.a_heard_b && !punch.b_heard_a,
-        "hole punching through two symmetric NATs must fail: {punch:?}\n{}",
+    assert_eq!(
+        (punch.a_heard_b, punch.b_heard_a),
+        (cone, cone),
+        "hole punching must work both ways through two endpoint-independent NATs and fail \
+         through two symmetric ones ({:?} here): {punch:?}\n{}",
+        spec.nat,
         topo.diagnostics()
     );
 }
@@ -114,7 +119,7 @@ fn udp_server(topo: &Topology, timeout: Duration) -> (UdpSocket, SocketAddr) {
 }
 
 /// A UDP socket on `ip:0` inside `host`.
-fn udp_client(topo: &Topology, host: Host, ip: std::net::Ipv4Addr) -> UdpSocket {
+fn udp_client(topo: &Topology, host: Host, ip: Ipv4Addr) -> UdpSocket {
     let sock = topo
         .in_netns(host, || UdpSocket::bind((ip, 0)))
         .expect("client socket");
@@ -129,7 +134,7 @@ fn udp_client(topo: &Topology, host: Host, ip: std::net::Ipv4Addr) -> UdpSocket 
 fn mappings_towards_three_destinations(
     topo: &Topology,
     host: Host,
-    ip: std::net::Ipv4Addr,
+    ip: Ipv4Addr,
 ) -> Vec<SocketAddr> {
     let servers = topo
         .in_netns(Host::Server, || -> std::io::Result<Vec<UdpSocket>> {
