@@ -503,10 +503,7 @@ impl Chat {
                 );
             }
             PeerEvent::ChannelOpen { peer: id, kind } => {
-                out.notice(
-                    "channel-open",
-                    &[("peer", id.to_string()), ("kind", kind.to_string())],
-                );
+                out.peer_notice("channel-open", &id, "kind", kind);
                 if kind == ChannelKind::Reliable {
                     if !self.down.contains(&id) {
                         self.flush_held(peer, &id).await;
@@ -522,15 +519,11 @@ impl Chat {
                 }
             }
             PeerEvent::ChannelClosed { peer: id, kind } => {
-                out.notice(
-                    "channel-closed",
-                    &[("peer", id.to_string()), ("kind", kind.to_string())],
-                );
+                out.peer_notice("channel-closed", &id, "kind", kind);
             }
-            PeerEvent::ConnectionReplaced { peer: id, reason } => out.notice(
-                "connection-replaced",
-                &[("peer", id.to_string()), ("reason", reason.to_string())],
-            ),
+            PeerEvent::ConnectionReplaced { peer: id, reason } => {
+                out.peer_notice("connection-replaced", &id, "reason", reason);
+            }
             PeerEvent::Resent { peer: id, messages } => out.notice_values(
                 "resent",
                 &[("peer", id.as_str().into()), ("messages", messages.into())],
@@ -546,13 +539,8 @@ impl Chat {
                 data,
             } => self.on_message(peer, from, kind, text, &data).await,
             PeerEvent::ConnectionState { peer: id, state } => {
-                out.notice(
-                    "connection-state",
-                    &[
-                        ("peer", id.to_string()),
-                        ("state", format!("{state:?}").to_lowercase()),
-                    ],
-                );
+                let state_name = format!("{state:?}").to_lowercase();
+                out.peer_notice("connection-state", &id, "state", state_name);
                 self.on_connection_state(peer, id, state).await;
             }
             PeerEvent::SignalingReconnecting { attempt, delay } => out.notice_values(
@@ -575,10 +563,7 @@ impl Chat {
             }
             PeerEvent::IceServersUpdated => out.notice("ice-servers-updated", &[]),
             PeerEvent::IceRestart { peer: id, reason } => {
-                out.notice(
-                    "ice-restart",
-                    &[("peer", id.to_string()), ("reason", reason.to_string())],
-                );
+                out.peer_notice("ice-restart", &id, "reason", reason);
                 // Report the new pair once ICE has moved off the one before the (first of a
                 // series of) restarts: a moved relay, or a path that failed and came back.
                 let until = Instant::now() + RESELECT_WAIT;

@@ -393,6 +393,17 @@ impl Output {
         self.notice_values(event, &fields);
     }
 
+    /// A notice about peer `id` and one thing of it: `* event peer=ID key=VALUE`.
+    pub(crate) fn peer_notice(
+        &self,
+        event: &str,
+        id: &PeerId,
+        key: &str,
+        value: impl std::fmt::Display,
+    ) {
+        self.notice(event, &[("peer", id.to_string()), (key, value.to_string())]);
+    }
+
     /// A notice with typed values: numbers stay numbers in JSON; `null` is `unknown` in text.
     pub(crate) fn notice_values(&self, event: &str, fields: &[(&str, serde_json::Value)]) {
         print_line(&self.notice_line(event, fields));
