@@ -169,15 +169,45 @@ class TestContext {
     return p;
   }
 
-  async pair(query = '') {
-    const a = await this.open('Alice', { query });
+  /**
+   * Opens Alice and, once she has joined, Bob (or the two `names`), both with the options of
+   * `open` in `opts` (`server`, `query`, ...).
+   */
+  async openPair({ names = ['Alice', 'Bob'], ...opts } = {}) {
+    const a = await this.open(names[0], opts);
     await a.joined();
-    const b = await this.open('Bob', { query });
-    await Promise.all([a.connected(1), b.connected(1)]);
+    return [a, await this.open(names[1], opts)];
+  }
+
+  /** `openPair`, returning once Bob has joined too. */
+  async joinedPair(opts) {
+    const [a, b] = await this.openPair(opts);
+    await b.joined();
     return [a, b];
   }
 
+  /** `openPair`, returning once both are connected to each other (within `timeout`). */
+  async pair({ timeout = WAIT, ...opts } = {}) {
+    const [a, b] = await this.openPair(opts);
+    await Promise.all([a.connected(1, timeout), b.connected(1, timeout)]);
+    return [a, b];
+  }
+
+  /** A page alone in the room (`Solo`), once it has joined. */
+  async solo() {
+    const p = await this.open('Solo');
+    await p.joined();
+    return p;
+  }
+
   track(proc) { this.procs.push(proc); return proc; }
+
+  /** `startSignaling(args, name, listen)`, its process killed when the test ends. */
+  async signaling(args, name, listen) {
+    const sig = await startSignaling(args, name, listen);
+    this.track(sig.proc);
+    return sig;
+  }
 
   /** Runs `fn` when the test ends, last registered first, before its tracked processes are killed. */
   onClose(fn) { this.cleanups.push(fn); }
@@ -397,12 +427,8 @@ test('reconnect: the WebSocket drops mid-call, the page shows reconnecting, resu
 });
 
 test('reconnect: signaling restarts (drain on SIGTERM), the pages rejoin and the call comes back', async (t) => {
-  const sig = await startSignaling(['--drain-timeout', '1s', '--reconnect-after', '200ms'], 'signaling-restart');
-  t.track(sig.proc);
-  const a = await t.open('Alice', { server: sig });
-  await a.joined();
-  const b = await t.open('Bob', { server: sig });
-  await Promise.all([a.connected(1), b.connected(1)]);
+  const sig = await t.signaling(['--drain-timeout', '1s', '--reconnect-after', '200ms'], 'signaling-restart');
+  const [a, b] = await t.pair({ server: sig });
   await sig.proc.stop('SIGTERM', 10000);
   for (const p of [a, b]) {
     await p.waitFor(() => window.__demo.events.some((e) => e.type === 'draining'), null, 'the draining notice', 10000);
@@ -411,8 +437,7 @@ test('reconnect: signaling restarts (drain on SIGTERM), the pages rejoin and the
     a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'Alice reconnecting', 10000),
     b.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'Bob reconnecting', 10000),
   ]);
-  const sig2 = await startSignaling([], 'signaling-restarted', sig.addr);
-  t.track(sig2.proc);
+  const sig2 = await t.signaling([], 'signaling-restarted', sig.addr);
   await Promise.all([a.page, b.page].map((p) => p.evaluate(() => window.__demo.client.reconnectNow())));
   await Promise.all([a.joined(), b.joined()]);
   await Promise.all([a.connected(1), b.connected(1)]);
@@ -422,17 +447,12 @@ test('reconnect: signaling restarts (drain on SIGTERM), the pages rejoin and the
 });
 
 test('restart: signaling is killed and comes back, the pages show the peers that are there and explain the reset in one line', async (t) => {
-  const sig = await startSignaling(['--reconnect-after', '200ms'], 'signaling-kill');
-  t.track(sig.proc);
-  const a = await t.open('Ada', { server: sig });
-  await a.joined();
-  const b = await t.open('Grace', { server: sig });
-  await Promise.all([a.connected(1), b.connected(1)]);
+  const sig = await t.signaling(['--reconnect-after', '200ms'], 'signaling-kill');
+  const [a, b] = await t.pair({ server: sig, names: ['Ada', 'Grace'] });
   await sig.proc.stop('SIGKILL');
   await Promise.all([a, b].map((p) => p.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'reconnecting', 10000)));
   await new Promise((r) => setTimeout(r, 3000));
-  const sig2 = await startSignaling(['--resume-grace', '60s'], 'signaling-back', sig.addr);
-  t.track(sig2.proc);
+  const sig2 = await t.signaling(['--resume-grace', '60s'], 'signaling-back', sig.addr);
   await Promise.all([a.joined(), b.joined()]);
   await Promise.all([a.connected(1), b.connected(1)]);
   // A session nobody drives any more, named like Ada (a page of hers that went away during the
@@ -493,16 +513,12 @@ async function clusterFailover(t, transport) {
   const redis = await startRedis(t);
   const nodes = [];
   for (let i = 0; i < 3; i += 1) {
-    const n = await startSignaling(['--redis', redis, '--node-heartbeat', '200ms', '--node-lease', '1s'], `node${i}`);
-    t.track(n.proc);
+    const n = await t.signaling(['--redis', redis, '--node-heartbeat', '200ms', '--node-lease', '1s'], `node${i}`);
     nodes.push(n);
   }
   const lb = await startHaproxy(t, nodes.map((n) => n.addr));
   const query = transport === 'websocket' ? '' : `transport=${transport}`;
-  const a = await t.open('Alice', { server: lb, query });
-  await a.joined();
-  const b = await t.open('Bob', { server: lb, query });
-  await Promise.all([a.connected(1), b.connected(1)]);
+  const [a, b] = await t.pair({ server: lb, query });
   for (const p of [a, b]) assert(await p.eval(() => window.__demo.client.transport) === transport, `${p.name} on ${transport}`);
   let victim = null;
   for (const n of nodes) if (!victim && (await openConnections(n)) > 0) victim = n;
@@ -532,12 +548,8 @@ test('cluster: through HAProxy over 3 nodes, a node is killed mid-call, the page
 test('cluster: over SSE + POST through HAProxy (no stickiness), a node is killed mid-call, the event stream reopens on another node', (t) => clusterFailover(t, 'sse'));
 
 test('room full: the third peer is told the room is full', async (t) => {
-  const sig = await startSignaling(['--max-peers-per-room', '2'], 'signaling-small');
-  t.track(sig.proc);
-  const a = await t.open('Alice', { server: sig });
-  await a.joined();
-  const b = await t.open('Bob', { server: sig });
-  await b.joined();
+  const sig = await t.signaling(['--max-peers-per-room', '2'], 'signaling-small');
+  const [a, b] = await t.joinedPair({ server: sig });
   const c = await t.open('Carol', { server: sig });
   await c.waitFor(() => document.body.dataset.signaling === 'failed', null, 'failed state');
   const shown = await c.eval(() => ({ status: document.getElementById('status-text').textContent, banner: document.getElementById('banner-text').textContent }));
@@ -553,8 +565,7 @@ test('signaling unreachable: the page says so, retries, and joins once the serve
   const banner = await a.eval(() => document.getElementById('banner-text').textContent);
   assert(/can't reach the signaling server/i.test(banner), `banner explains: ${banner}`);
   await t.screenshot(a, 'state-signaling-unreachable.png');
-  const sig = await startSignaling([], 'signaling-late', `127.0.0.1:${port}`);
-  t.track(sig.proc);
+  const sig = await t.signaling([], 'signaling-late', `127.0.0.1:${port}`);
   // "Retry now" skips the backoff (the page may also have retried on its own meanwhile).
   await a.page.locator('#banner-action').click({ timeout: 2000 }).catch(() => {});
   await a.joined();
@@ -632,10 +643,7 @@ test('proxy: behind a forward proxy that refuses WebSockets (squid), the pages f
   // Chromium bypasses proxies for loopback unless told `<-loopback>`.
   const browser = await launchBrowser([`--proxy-server=http://127.0.0.1:${squid.port}`, '--proxy-bypass-list=<-loopback>']);
   t.onClose(() => browser.close());
-  const a = await t.open('Alice', { browser });
-  await a.joined();
-  const b = await t.open('Bob', { browser });
-  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  const [a, b] = await t.pair({ browser, timeout: 30000 });
   for (const p of [a, b]) {
     await p.waitFor(() => document.getElementById('signaling-transport').dataset.transport === 'sse', null, 'the panel naming sse', 10000);
     const shown = await shownTransport(p);
@@ -656,7 +664,7 @@ test('proxy: behind a forward proxy that refuses WebSockets (squid), the pages f
 });
 
 test('long-polling: two pages forced onto long-polling (?transport=long-poll) call, chat and draw', async (t) => {
-  const [a, b] = await t.pair('transport=long-poll');
+  const [a, b] = await t.pair({ query: 'transport=long-poll' });
   for (const p of [a, b]) {
     const shown = await shownTransport(p);
     assert(shown.transport === 'long-poll' && shown.text === 'long-polling' && shown.client === 'long-poll', `${p.name}: long-polling: ${JSON.stringify(shown)}`);
@@ -670,7 +678,7 @@ test('long-polling: two pages forced onto long-polling (?transport=long-poll) ca
 });
 
 test('sse: forced SSE + POST (?transport=sse), a broken event stream is reopened from the last seq and a dropped link resumes', async (t) => {
-  const [a, b] = await t.pair('transport=sse');
+  const [a, b] = await t.pair({ query: 'transport=sse' });
   for (const p of [a, b]) {
     const shown = await shownTransport(p);
     assert(shown.transport === 'sse' && shown.stats.fallbacks === 0, `${p.name}: SSE without a fallback: ${JSON.stringify(shown)}`);
@@ -689,8 +697,7 @@ test('sse: forced SSE + POST (?transport=sse), a broken event stream is reopened
 });
 
 test('sse and long-polling: rooms named like the transport paths (events, poll, send) join by URL', async (t) => {
-  const p = await t.open('Solo');
-  await p.joined();
+  const p = await t.solo();
   const results = await p.eval(async () => {
     const { SignalingClient } = await import('/signaling-client.js');
     const ws = `${location.origin.replace(/^http/, 'ws')}/ws`;
@@ -707,8 +714,7 @@ test('sse and long-polling: rooms named like the transport paths (events, poll, 
 });
 
 test('client API: httpUrl keeps the room, an oversize send errors after the call with its id, an oversize stats report is refused', async (t) => {
-  const p = await t.open('Solo');
-  await p.joined();
+  const p = await t.solo();
   const r = await p.eval(async () => {
     const { SignalingClient } = await import('/signaling-client.js');
     const ws = `${location.origin.replace(/^http/, 'ws')}/ws`;
@@ -740,10 +746,6 @@ test('client API: httpUrl keeps the room, an oversize send errors after the call
   assert(r.statsSent === false && r.stateAfter === 'joined', `oversize stats refused, session intact: ${JSON.stringify(r)}`);
 });
 
-/**
- * A signaling server of the test's own (its log named `name`, started with `args`), and a page
- * of the main server that has joined: the page runs clients against the other server.
- */
 /** `signaling_connections` of a server `startSignaling` started: its open WebSockets and HTTP
  * streams, pending long-polls included. */
 async function openConnections(server) {
@@ -751,11 +753,13 @@ async function openConnections(server) {
   return Number((/^signaling_connections (\d+)/m.exec(text) || [])[1] || 0);
 }
 
+/**
+ * A signaling server of the test's own (its log named `name`, started with `args`), and a page
+ * of the main server that has joined: the page runs clients against the other server.
+ */
 async function pageAndOwnServer(t, name, args = []) {
-  const other = await startSignaling(args, name);
-  t.track(other.proc);
-  const p = await t.open('Solo');
-  await p.joined();
+  const other = await t.signaling(args, name);
+  const p = await t.solo();
   return { p, other };
 }
 
@@ -826,8 +830,7 @@ test('client API: a refused resume (the server restarted) is followed by a join 
   const backoff = { initialMs: 1500, maxMs: 1500, factor: 1, jitter: 0 };
   await connectInPage(p, `${sig.ws}/forgotten`, { name: 'f', backoff });
   await sig.proc.stop('SIGKILL');
-  const sig2 = await startSignaling([], 'signaling-forgot', sig.addr);
-  t.track(sig2.proc);
+  const sig2 = await t.signaling([], 'signaling-forgot', sig.addr);
   await p.waitFor(() => window.__client.client.stats.rejoins >= 1, null, 'joined again', 15000);
   const r = await clientInPage(p);
   const events = r.events.map((e) => e.error ?? `${e.state}${e.retryInMs === undefined ? '' : ` ${e.retryInMs}`}`);
@@ -867,8 +870,7 @@ test('client API: a long-polling client of a draining server reopens after its r
 });
 
 test('cseq: what a dead link swallowed is sent again after the resume and arrives once, in order, over each transport', async (t) => {
-  const p = await t.open('Solo');
-  await p.joined();
+  const p = await t.solo();
   const results = await p.eval(async () => {
     const { SignalingClient } = await import('/signaling-client.js');
     const ws = `${location.origin.replace(/^http/, 'ws')}/ws`;
@@ -910,8 +912,7 @@ test('cseq: what a dead link swallowed is sent again after the resume and arrive
 
 /** A signaling server, tracked by `t`, handing out credentials for our relay on loopback `port` (UDP) signed with `secret`; `args`: more flags. */
 async function startTurnSignaling(t, port, secret, name = 'signaling-turn', args = []) {
-  const sig = await startSignaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret, ...args], name);
-  t.track(sig.proc);
+  const sig = await t.signaling(['--turn-url', `turn:127.0.0.1:${port}?transport=udp`, '--turn-secret', secret, ...args], name);
   return sig;
 }
 
@@ -939,10 +940,7 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
   const { port, secret } = await startRelay(t);
   // Short-lived credentials: the server pushes fresh ones (at 80% of the TTL) during the test.
   const sig = await startTurnSignaling(t, port, secret, 'signaling-turn', ['--turn-ttl', '6s']);
-  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
-  await a.joined();
-  const b = await t.open('Bob', { server: sig, query: 'relay=1' });
-  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  const [a, b] = await t.pair({ server: sig, query: 'relay=1', timeout: 30000 });
   const offered = await a.eval(() => ({ disabled: document.getElementById('relay-only').disabled, note: !document.getElementById('relay-note').hidden }));
   assert(!offered.disabled && !offered.note, `with a TURN server the switch is offered: ${JSON.stringify(offered)}`);
   for (const p of [a, b]) {
@@ -975,10 +973,7 @@ test('relay only: fresh TURN credentials that arrive while the path is down are 
   const { port, secret, proc: relay } = await startRelay(t);
   // A refresh every 8 s.
   const sig = await startTurnSignaling(t, port, secret, 'signaling-turn-down', ['--turn-ttl', '10s']);
-  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
-  await a.joined();
-  const b = await t.open('Bob', { server: sig, query: 'relay=1' });
-  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  const [a, b] = await t.pair({ server: sig, query: 'relay=1', timeout: 30000 });
   await a.eval(() => { window.__demo.room.options.iceRestartDelayMs = 120000; });
   const look = () => a.eval(() => ({
     updates: window.__demo.client.stats.iceServerUpdates,
@@ -1019,8 +1014,7 @@ test('relay only: fresh TURN credentials that arrive while the path is down are 
  * relay-only: the call connects through TURN over TLS on the shared port.
  */
 test('one port: relay-only through TURN over TLS on the port that serves the page and WSS (--shared-port)', async (t) => {
-  const sig = await startSignaling(['--tls-self-signed', '--with-relay', '--relay-listen', '127.0.0.1:0', '--shared-port'], 'signaling-one-port');
-  t.track(sig.proc);
+  const sig = await t.signaling(['--tls-self-signed', '--with-relay', '--relay-listen', '127.0.0.1:0', '--shared-port'], 'signaling-one-port');
   assert(sig.http.startsWith('https://'), `served over TLS: ${sig.http}`);
   const port = sig.addr.split(':').pop();
   // The self-signed certificate: for the page, its WSS and the TURN over TLS connection.
@@ -1037,10 +1031,7 @@ test('one port: relay-only through TURN over TLS on the port that serves the pag
     window.RTCPeerConnection = function RTCPeerConnection(config, ...rest) { return new Real(keep(config), ...rest); };
     window.RTCPeerConnection.prototype = Real.prototype;
   }})(${JSON.stringify(port)})`;
-  const a = await t.open('Alice', { server: sig, browser, query: 'relay=1', initScript: onlyThisPort });
-  await a.joined();
-  const b = await t.open('Bob', { server: sig, browser, query: 'relay=1', initScript: onlyThisPort });
-  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  const [a, b] = await t.pair({ server: sig, browser, query: 'relay=1', initScript: onlyThisPort, timeout: 30000 });
   for (const p of [a, b]) {
     const info = Object.values(await p.stats())[0];
     assert(info && info.localType === 'relay' && info.relayProtocol === 'tls', `${p.name}: relayed over TLS: ${JSON.stringify(info)}`);
@@ -1053,8 +1044,7 @@ test('one port: relay-only through TURN over TLS on the port that serves the pag
 });
 
 test('admin page: a room appears, a relay-only call shows as relayed (from the clients\' stats reports), and the room goes away after everyone leaves', async (t) => {
-  const sig = await startSignaling(['--with-relay', '--admin-listen', '127.0.0.1:0'], 'signaling-admin');
-  t.track(sig.proc);
+  const sig = await t.signaling(['--with-relay', '--admin-listen', '127.0.0.1:0'], 'signaling-admin');
   const adminUrl = (await sig.proc.waitForLine(/^admin (http:\/\/\S+)/, 10000, '"admin http://ADDR"'))[1];
   const admin = await t.open('Admin', { url: adminUrl });
   await admin.waitFor(() => document.getElementById('status').textContent === 'live', null, 'the admin page fed by SSE', 10000);
@@ -1090,8 +1080,7 @@ test('admin page: a room appears, a relay-only call shows as relayed (from the c
 
 test('admin API: a kicked page stops (no resume, no rejoin) and says so; closing the room stops the other page', async (t) => {
   const key = 'browser-admin-key';
-  const sig = await startSignaling(['--api-key', key], 'signaling-kick');
-  t.track(sig.proc);
+  const sig = await t.signaling(['--api-key', key], 'signaling-kick');
   const a = await t.open('Alice', { server: sig });
   const b = await t.open('Bob', { server: sig });
   await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
@@ -1116,10 +1105,7 @@ test('admin API: a kicked page stops (no resume, no rejoin) and says so; closing
 test('relay switch: "Relay only" turned on mid-call moves the call onto the relay, and off again, from either side', async (t) => {
   const { port, secret, metric } = await startRelay(t, { admin: true });
   const sig = await startTurnSignaling(t, port, secret);
-  const a = await t.open('Alice', { server: sig });
-  await a.joined();
-  const b = await t.open('Bob', { server: sig });
-  await Promise.all([a.connected(1), b.connected(1)]);
+  const [a, b] = await t.pair({ server: sig });
   const localType = async (p) => Object.values(await p.stats())[0]?.localType || null;
   const shown = (p) => p.eval(() => ({ on: document.getElementById('relay-only').checked, tile: document.querySelector('.tile-remote')?.dataset.path || '', panel: document.querySelector('.conn .c-path')?.textContent || '' }));
   for (const [who, other] of [[a, b], [b, a]]) {
@@ -1157,10 +1143,7 @@ test('relay switch: "Relay only" turned on mid-call moves the call onto the rela
 test('ICE restart: the relay dies mid-call (relay-only), comes back, and the call recovers', async (t) => {
   const first = await startRelay(t);
   const sig = await startTurnSignaling(t, first.port, first.secret);
-  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
-  await a.joined();
-  const b = await t.open('Bob', { server: sig, query: 'relay=1' });
-  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  const [a, b] = await t.pair({ server: sig, query: 'relay=1', timeout: 30000 });
   await first.proc.stop('SIGKILL');
   await Promise.all([a, b].map((p) => p.waitFor(() => window.__demo.peers()[0]?.state !== 'connected', null, 'the connection noticing the dead relay', 30000)));
   await startRelay(t, { port: first.port, secret: first.secret });
@@ -1176,10 +1159,7 @@ test('ICE restart: the relay dies mid-call (relay-only), comes back, and the cal
 test('peer unreachable: relay-only with a dead TURN server shows the peer as unreachable', async (t) => {
   const deadPort = await freePort();
   const sig = await startTurnSignaling(t, deadPort, 'unused-secret', 'signaling-deadturn');
-  const a = await t.open('Alice', { server: sig, query: 'relay=1&unreachable_ms=4000' });
-  await a.joined();
-  const b = await t.open('Bob', { server: sig, query: 'relay=1&unreachable_ms=4000' });
-  await b.joined();
+  const [a, b] = await t.joinedPair({ server: sig, query: 'relay=1&unreachable_ms=4000' });
   for (const p of [a, b]) {
     await p.waitFor(() => document.querySelector('.tile-remote')?.dataset.state === 'unreachable', null, 'the tile in the unreachable state', 15000);
     const shown = await p.eval(() => ({ pill: document.querySelector('.conn .conn-state').textContent, note: document.querySelector('.tile-remote .tile-note').textContent }));
@@ -1195,10 +1175,7 @@ test('peer unreachable: relay-only with a dead TURN server shows the peer as unr
 test('TURN refused: relay-only with a relay that does not share the TURN secret says so in the chat', async (t) => {
   const { port } = await startRelay(t);
   const sig = await startTurnSignaling(t, port, 'not-the-relays-secret', 'signaling-wrongsecret');
-  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
-  await a.joined();
-  const b = await t.open('Bob', { server: sig, query: 'relay=1' });
-  await b.joined();
+  const [a, b] = await t.joinedPair({ server: sig, query: 'relay=1' });
   for (const p of [a, b]) {
     await p.waitFor(() => window.__demo.events.some((e) => e.type === 'turn-error' && e.code === 401), null, 'a turn-error 401 event', 20000);
     const lines = await p.eval(() => [...document.querySelectorAll('#chat-log .system')].map((n) => n.textContent).filter((s) => /TURN credentials/.test(s)));
@@ -1229,12 +1206,8 @@ async function relayFleetFailover(t, signal) {
   const redis = await startRedis(t);
   const relays = [];
   for (const id of ['r1', 'r2', 'r3']) relays.push(await startFleetRelay(t, redis, id));
-  const sig = await startSignaling(['--redis', redis, '--fleet-refresh', '200ms'], 'signaling-fleet');
-  t.track(sig.proc);
-  const a = await t.open('Alice', { server: sig, query: 'relay=1' });
-  await a.joined();
-  const b = await t.open('Bob', { server: sig, query: 'relay=1' });
-  await Promise.all([a.connected(1, 30000), b.connected(1, 30000)]);
+  const sig = await t.signaling(['--redis', redis, '--fleet-refresh', '200ms'], 'signaling-fleet');
+  const [a, b] = await t.pair({ server: sig, query: 'relay=1', timeout: 30000 });
   const shownRelay = (p) => p.eval(() => document.querySelector('.conn')?.dataset.relay || '');
   const old = await waitUntil(() => shownRelay(a), WAIT, 'the connection panel showing the relay');
   await waitUntil(async () => (await shownRelay(b)) === old, WAIT, `Bob's panel showing the room's relay ${old} too`);
@@ -1396,8 +1369,7 @@ async function relayOnlyCliAndPage(t, label) {
   const peerBin = requireBin('PEER_BIN', 'peer');
   const r = await startRelay(t);
   const turn = ['--turn-url', `turn:127.0.0.1:${r.port}?transport=udp`, '--turn-secret', r.secret];
-  const sig = await startSignaling(['--reconnect-after', '200ms', ...turn], label);
-  t.track(sig.proc);
+  const sig = await t.signaling(['--reconnect-after', '200ms', ...turn], label);
   const cli = t.track(new Proc('peer', peerBin, ['join', `${sig.ws}/${t.room}`, '--name', 'rusty', '--bind', '127.0.0.1', '--relay-only'], { env: { RUST_LOG: 'info' } }));
   await cli.waitForLine(/^\* joined /, WAIT, 'the CLI joining the room');
   const a = await t.open('Alice', { server: sig, query: 'relay=1' });
@@ -1417,8 +1389,7 @@ test('interop: signaling is killed and comes back, the page starts anew, and it 
   await cli.waitForLine(/^Alice: before the restart$/, WAIT, 'the page\'s line before the restart');
   await sig.proc.stop('SIGKILL');
   await a.waitFor(() => document.body.dataset.signaling === 'reconnecting', null, 'the page reconnecting', 10000);
-  const sig2 = await startSignaling(turn, 'signaling-interop-back', sig.addr);
-  t.track(sig2.proc);
+  const sig2 = await t.signaling(turn, 'signaling-interop-back', sig.addr);
   await cli.waitForLine(/^\* signaling-rejoined /, WAIT, 'the CLI joining again');
   await a.joined();
   await a.connected(1, 30000);
@@ -1452,8 +1423,7 @@ test('interop: a line the CLI sent into a dead path goes again on the connection
   cli.send('into the dead path');
   await sleep(300);
   await sig.proc.stop('SIGKILL');
-  const sig2 = await startSignaling(turn, 'signaling-interop-resend-back', sig.addr);
-  t.track(sig2.proc);
+  const sig2 = await t.signaling(turn, 'signaling-interop-resend-back', sig.addr);
   await cli.waitForLine(/^\* signaling-rejoined /, WAIT, 'the CLI joining again');
   await a.joined();
   // The page's new offer replaces the CLI's connection; then the relay is back.
@@ -1842,8 +1812,7 @@ test('server refusals: at its room limit, or its connections per address, the pa
     { args: ['--max-connections-per-ip', '1'], code: 'too_many_connections', otherRoom: false },
   ];
   for (const c of cases) {
-    const sig = await startSignaling(c.args, `signaling-${c.code}`);
-    t.track(sig.proc);
+    const sig = await t.signaling(c.args, `signaling-${c.code}`);
     const a = await t.open(`Alice ${c.code}`, { server: sig, query: 'media=0' });
     await a.joined();
     const b = await t.open(`Bob ${c.code}`, { server: sig, query: 'media=0', room: c.otherRoom ? `${t.room}-2` : t.room });
@@ -1865,8 +1834,7 @@ test('server refusals: at its room limit, or its connections per address, the pa
 });
 
 test('origin refused: a server that does not allow the page\'s origin is named as the reason', async (t) => {
-  const sig = await startSignaling(['--allowed-origin', 'https://app.example.com'], 'signaling-origin');
-  t.track(sig.proc);
+  const sig = await t.signaling(['--allowed-origin', 'https://app.example.com'], 'signaling-origin');
   const a = await t.open('Alice', { server: sig, query: 'media=0' });
   await a.waitFor(() => document.body.dataset.signaling === 'failed', null, 'failed state');
   const banner = await a.eval(() => document.getElementById('banner-text').textContent);
@@ -1890,8 +1858,7 @@ test('relay only without TURN: a server that lists no TURN server has the switch
 });
 
 test('invite link: a page on another signaling server (signal=) invites there', async (t) => {
-  const other = await startSignaling([], 'signaling-other');
-  t.track(other.proc);
+  const other = await t.signaling([], 'signaling-other');
   const a = await t.open('Alice', { query: `media=0&signal=${encodeURIComponent(other.ws)}` });
   await a.joined();
   const base = t.shared.signaling.http;
