@@ -33,9 +33,9 @@ const WAIT = 20000; // default bound of one wait inside a test
 // --- page helpers ---
 
 class PeerPage {
-  constructor(name, context, page) {
+  constructor(name, page) {
     this.name = name;
-    this.context = context;
+    this.context = page.context();
     this.page = page;
     this.logs = [];
     page.on('console', (m) => this._log(`${m.type()}: ${m.text()}`));
@@ -161,7 +161,7 @@ class TestContext {
     const context = await browser.newContext({ viewport: viewport || { width: 1280, height: 800 } });
     if (initScript) await context.addInitScript(initScript);
     const page = await context.newPage();
-    const p = new PeerPage(name, context, page);
+    const p = new PeerPage(name, page);
     this.pages.push(p);
     const base = (server || this.shared.signaling).http;
     const target = url || `${base}/r/${room}?name=${encodeURIComponent(name)}${query ? `&${query}` : ''}`;
