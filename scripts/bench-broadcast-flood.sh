@@ -5,17 +5,15 @@
 #   SENDERS=8 DURATION=10 scripts/bench-broadcast-flood.sh
 # Needs redis-server (scripts/install-test-deps.sh installs it). Everything runs on loopback and
 # shares this machine's cores: compare the ratios.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib/signaling-bench.sh" broadcast_flood
 ROOM_SIZE=${ROOM_SIZE:-32}
 SENDERS=${SENDERS:-3}
 BYTES=${BYTES:-64000}
 RATE=${RATE:-50}
 DURATION=${DURATION:-20}
-cargo build --release -p signaling --bench broadcast_flood >/dev/null 2>&1 || cargo build --release -p signaling --bench broadcast_flood
 run() {
-  cargo bench -q -p signaling --bench broadcast_flood -- --room-size "$ROOM_SIZE" \
-    --senders "$SENDERS" --bytes "$BYTES" --rate "$RATE" --duration "$DURATION" "$@" 2>/dev/null | grep -v '^$'
+  bench_report --room-size "$ROOM_SIZE" --senders "$SENDERS" --bytes "$BYTES" --rate "$RATE" \
+    --duration "$DURATION" "$@"
 }
 for nodes in 1 3; do
   echo "=== $nodes node(s), default limits (a broadcast costs a token per KiB)"

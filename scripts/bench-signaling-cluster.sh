@@ -4,25 +4,22 @@
 #   CONNECTIONS=2000 DURATION=5 scripts/bench-signaling-cluster.sh   # a quick look
 # Needs redis-server (scripts/install-test-deps.sh installs it). Everything runs on loopback:
 # nodes, Redis and the load client share this machine's cores, so compare the ratios.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib/signaling-bench.sh" signaling_load
 CONNECTIONS=${CONNECTIONS:-10000}
 ROOMS=${ROOMS:-$((CONNECTIONS / 2))}
 PAIRS=${PAIRS:-50}
 DURATION=${DURATION:-10}
 RATES=${RATES:-"5000 10000 20000 40000"}
-cargo build --release -p signaling --bench signaling_load >/dev/null 2>&1 || cargo build --release -p signaling --bench signaling_load
-bench() { cargo bench -q -p signaling --bench signaling_load -- "$@" 2>/dev/null | grep -v '^$'; }
 for nodes in 1 3; do
   echo "=== $nodes node(s): $CONNECTIONS idle connections, latency at 5000 msg/s$([ "$nodes" -gt 1 ] && echo ', then kill -9 of node 2')"
   extra=(); [ "$nodes" -gt 1 ] && extra=(--failover)
-  bench --nodes "$nodes" --connections "$CONNECTIONS" --rooms "$ROOMS" --pairs "$PAIRS" \
+  bench_report --nodes "$nodes" --connections "$CONNECTIONS" --rooms "$ROOMS" --pairs "$PAIRS" \
         --rate 5000 --duration "$DURATION" "${extra[@]}"
 done
 for nodes in 1 3; do
   echo "=== $nodes node(s): highest sustained rate ($PAIRS pairs, 5 s per rate)"
   for rate in $RATES; do
-    bench --nodes "$nodes" --connections $((PAIRS * 2)) --rooms "$PAIRS" --pairs "$PAIRS" \
+    bench_report --nodes "$nodes" --connections $((PAIRS * 2)) --rooms "$PAIRS" --pairs "$PAIRS" \
           --rate "$rate" --duration 5 | grep -E '^(traffic|relay latency)' | tr '\n' ' '
     echo
   done
