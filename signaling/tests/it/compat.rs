@@ -84,15 +84,9 @@ async fn y_webrtc_publishes_reach_the_other_subscribers_of_the_topic_only() {
     subscribe(&mut b, &["shared notes / ü", "second"]).await;
     subscribe(&mut c, &["other"]).await;
     let offer = json!({"type":"signal","from":"a-peer","to":"b-peer","signal":{"type":"offer","sdp":"v=0"}});
-    send(
-        &mut a,
-        json!({"type":"publish","topic":"shared notes / ü","data":offer}),
-    )
-    .await;
-    assert_eq!(
-        next(&mut b, STEP).await,
-        Some(json!({"type":"publish","topic":"shared notes / ü","data":offer}))
-    );
+    let publish = json!({"type":"publish","topic":"shared notes / ü","data":offer});
+    send(&mut a, publish.clone()).await;
+    assert_eq!(next(&mut b, STEP).await, Some(publish));
     // Not echoed to the sender, not leaked to another topic.
     assert_eq!(next(&mut a, Duration::from_millis(300)).await, None);
     assert_eq!(next(&mut c, Duration::from_millis(100)).await, None);
@@ -1073,14 +1067,8 @@ async fn y_webrtc_resubscribing_a_topic_leaves_no_session_behind() {
     );
     // The topic is as good as new.
     let (mut a, mut b) = two_subscribers(&server, topic).await;
-    send(
-        &mut a,
-        json!({"type":"publish","topic":topic,"data":{"fresh":true}}),
-    )
-    .await;
-    assert_eq!(
-        next(&mut b, STEP).await,
-        Some(json!({"type":"publish","topic":topic,"data":{"fresh":true}}))
-    );
+    let publish = json!({"type":"publish","topic":topic,"data":{"fresh":true}});
+    send(&mut a, publish.clone()).await;
+    assert_eq!(next(&mut b, STEP).await, Some(publish));
     assert_eq!(server.metric("signaling_sessions").await, 2);
 }
