@@ -9,7 +9,7 @@
 //! notice.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -205,10 +205,17 @@ fn stopped_by(signal: Interrupted) -> anyhow::Result<ExitCode> {
 /// connection is being replaced, or whose path is down for a moment).
 const HELD_LINES_WAIT: Duration = Duration::from_secs(30);
 
+/// How many peers that left keep their names: what they sent before leaving is still printed
+/// after `peer-left` (up to their channels' closes), under the name, not the id.
+const DEPARTED_NAMES: usize = 64;
+
 /// The state of one `peer join` session.
 struct Chat {
     out: Output,
+    /// The names of the peers in the room and of the last [`DEPARTED_NAMES`] that left.
     names: HashMap<PeerId, String>,
+    /// The peers that left whose names are kept, oldest first.
+    departed: VecDeque<PeerId>,
     /// The peers in the room.
     present: HashSet<PeerId>,
     /// Lines no peer could take yet.
@@ -230,6 +237,7 @@ impl Chat {
         Self {
             out,
             names: HashMap::new(),
+            departed: VecDeque::new(),
             present: HashSet::new(),
             outbox: Outbox::default(),
             reselect: HashMap::new(),
@@ -474,7 +482,12 @@ impl Chat {
                     );
                 }
                 self.present.remove(&id);
-                self.names.remove(&id);
+                self.departed.push_back(id.clone());
+                if self.departed.len() > DEPARTED_NAMES
+                    && let Some(oldest) = self.departed.pop_front()
+                {
+                    self.names.remove(&oldest);
+                }
                 self.reselect.remove(&id);
                 self.down.remove(&id);
                 self.declined.remove(&id);

@@ -166,16 +166,33 @@ impl<'a> SctpHandler<'a> {
             return Ok(());
         }
 
-        let mut stream = conn.stream(id)?;
+        // PATCH(peer, see third_party/rtc/PATCHES.md #1): a stream the peer reset is
+        // unregistered by the read that takes its last readable message (SCTP carries out a
+        // reset it deferred until the application drained). The stream has ended then: what
+        // this drain read before is kept, and a later drain or `Readable` for it reads
+        // nothing. `?` here dropped `messages` (up to a whole budget of them, the stream's
+        // last) and aborted the caller's pass over every other stream and event.
+        let mut stream = match conn.stream(id) {
+            Ok(stream) => stream,
+            Err(Error::ErrStreamNotExisted) => {
+                ctx_pending.remove(&(ch, id));
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        };
         loop {
             if *budget == 0 {
                 // Leave the rest in the reassembly queue: that is what shrinks `a_rwnd`.
                 ctx_pending.insert((ch, id));
                 return Ok(());
             }
-            let Some(chunks) = stream.read_sctp()? else {
-                ctx_pending.remove(&(ch, id));
-                return Ok(());
+            let chunks = match stream.read_sctp() {
+                Ok(Some(chunks)) => chunks,
+                Ok(None) | Err(Error::ErrStreamClosed) => {
+                    ctx_pending.remove(&(ch, id));
+                    return Ok(());
+                }
+                Err(err) => return Err(err),
             };
             // Reassemble straight into the delivered buffer: one copy instead of the
             // scratch-buffer round-trip (`max_len` preserves the max-message-size bound
