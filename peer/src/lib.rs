@@ -303,6 +303,12 @@ impl PeerEvents {
     pub async fn recv(&mut self) -> Option<PeerEvent> {
         self.rx.recv().await
     }
+
+    /// The next event if one is queued, without waiting: after [`Peer::close`], what arrived
+    /// before the close ended.
+    pub fn try_recv(&mut self) -> Option<PeerEvent> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// A member of a room: the handle to send messages and query connections.

@@ -1508,6 +1508,118 @@ fn every_line_of_a_piped_file_arrives_before_join_leaves() {
     bob.wait_line(Duration::from_secs(10), |l| l.starts_with("* peer-left"));
 }
 
+/// A `peer join` whose output goes into a pipe that the test reads when and as fast as it
+/// chooses (so that it can fall behind), read up to `* joined`; its stdin is piped.
+fn join_unread(
+    url: &str,
+    name: &str,
+) -> (testkit::ChildGuard, std::io::BufReader<std::io::PipeReader>) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut command = Command::new(bin_path("peer"));
+    command
+        .args(["join", url, "--name", name, "--bind", "127.0.0.1"])
+        .stdin(Stdio::piped())
+        .stdout(writer);
+    let guard = testkit::ChildGuard {
+        child: command.spawn().expect("spawn peer join"),
+        name: name.into(),
+    };
+    drop(command);
+    let mut out = std::io::BufReader::new(reader);
+    let mut line = String::new();
+    while !line.starts_with("* joined") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).expect("output") > 0,
+            "{name} ended before joining"
+        );
+    }
+    (guard, out)
+}
+
+/// The lines of `out`, read on a thread until its end, `pace` after each, for `recv_timeout`.
+fn lines_of(
+    out: std::io::BufReader<std::io::PipeReader>,
+    pace: Duration,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(out) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+            std::thread::sleep(pace);
+        }
+    });
+    rx
+}
+
+/// A `peer join` whose input ended goes on printing, after `* left`, what its peer still sent
+/// up to its channels' closes, and what was queued when the close ended: here the peer pipes
+/// lines without end and the output is read slowly, so lines wait in the queue when it
+/// leaves. Before, those were dropped unprinted.
+#[test]
+fn lines_arriving_while_join_leaves_are_printed() {
+    let (_signaling, url) = signaling_room("leaving-prints");
+    let (mut alice, alice_out) = join_unread(&url, "alice");
+    let alice_in = alice.child.stdin.take().expect("stdin");
+    let mut bob = joined(join(&url, "bob", false));
+    bob.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* channel-open") && field(l, "kind") == Some("reliable")
+    });
+    let mut stdin = bob.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        for n in 0..100_000 {
+            if writeln!(stdin, "line {n:06} {}", "x".repeat(100)).is_err() {
+                break;
+            }
+        }
+        // Kept open until bob is stopped: it stays in the room.
+        stdin
+    });
+    // Slower than bob sends: its lines queue up at alice.
+    let rx = lines_of(alice_out, Duration::from_micros(500));
+    let mut printed = Vec::new();
+    let mut after_left = 0;
+    let mut left = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut alice_in = Some(alice_in);
+    while let Some(wait) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let Ok(line) = rx.recv_timeout(wait) else {
+            break;
+        };
+        if let Some((from, rest)) = line.split_once(": line ") {
+            assert_eq!(from, "bob", "{line}");
+            printed.push(rest[..6].parse::<usize>().expect("line number"));
+            after_left += usize::from(left);
+            if printed.len() == 1_000 {
+                // Alice's input ends once bob's lines flow.
+                drop(alice_in.take());
+            }
+        }
+        left |= line.starts_with("* left");
+    }
+    assert!(left, "alice did not leave");
+    let exit = (0..250).find_map(|_| {
+        let exit = alice.child.try_wait().expect("alice's exit");
+        if exit.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        exit
+    });
+    assert!(exit.expect("alice did not exit").success());
+    let in_order: Vec<usize> = (0..printed.len()).collect();
+    assert_eq!(printed, in_order, "lines out of order or missing");
+    assert!(
+        after_left > 0,
+        "nothing printed after `* left` ({} before)",
+        printed.len()
+    );
+    drop(bob);
+    drop(writer);
+}
+
 /// A sender that pipes a file and leaves while the receiver is far behind (its output not
 /// read for seconds, so its SCTP holds acknowledged lines its application has not read):
 /// leaving waits for the receiver to read them and close its side, instead of closing at once
@@ -1518,26 +1630,7 @@ fn every_line_of_a_piped_file_arrives_before_join_leaves() {
 #[test]
 fn lines_reach_a_receiver_far_behind_after_the_sender_left() {
     let (_signaling, url) = signaling_room("far-behind");
-    let (reader, writer) = std::io::pipe().expect("pipe");
-    let mut command = Command::new(bin_path("peer"));
-    command
-        .args(["join", &url, "--name", "bob", "--bind", "127.0.0.1"])
-        .stdin(Stdio::piped())
-        .stdout(writer);
-    let _bob = testkit::ChildGuard {
-        child: command.spawn().expect("spawn bob"),
-        name: "bob".into(),
-    };
-    drop(command);
-    let mut bob_out = std::io::BufReader::new(reader);
-    let mut line = String::new();
-    while !line.starts_with("* joined") {
-        line.clear();
-        assert!(
-            std::io::BufRead::read_line(&mut bob_out, &mut line).expect("bob's output") > 0,
-            "bob ended before joining"
-        );
-    }
+    let (_bob, bob_out) = join_unread(&url, "bob");
     let count = 6000;
     let mut alice = joined(join(&url, "alice", false));
     let mut stdin = alice.stdin.take().expect("stdin");
@@ -1554,15 +1647,7 @@ fn lines_reach_a_receiver_far_behind_after_the_sender_left() {
         alice.try_wait_exit(Duration::ZERO).is_none(),
         "alice closed before bob read what it sent"
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(bob_out) {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(bob_out, Duration::ZERO);
     let mut received = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {

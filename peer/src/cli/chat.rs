@@ -186,7 +186,8 @@ pub(crate) async fn run(
             escape(&display(&chat.names, id))
         );
     }
-    stop.leave(peer, super::Leave::Gracefully).await;
+    chat.print_while(stop.leave(peer, super::Leave::Gracefully), &mut events)
+        .await;
     match outcome {
         Ok(result) => result,
         Err(signal) => stopped_by(signal),
@@ -451,8 +452,96 @@ impl Chat {
         true
     }
 
+    /// While `leaving` runs ([`Peer::close`]), and then for what is still queued: what the
+    /// peers sent up to their channels' closes is printed, and their leaving; a file offered
+    /// then is not answered.
+    async fn print_while(&mut self, leaving: impl Future<Output = ()>, events: &mut PeerEvents) {
+        tokio::pin!(leaving);
+        loop {
+            tokio::select! {
+                () = &mut leaving => break,
+                Some(event) = events.recv() => self.on_event_leaving(event).await,
+            }
+        }
+        while let Some(event) = events.try_recv() {
+            self.on_event_leaving(event).await;
+        }
+    }
+
+    /// An event while leaving: a message is printed, a notice too.
+    async fn on_event_leaving(&mut self, event: PeerEvent) {
+        match event {
+            PeerEvent::Message {
+                from,
+                kind,
+                text,
+                data,
+            } => self.on_message(None, from, kind, text, &data).await,
+            event => {
+                self.on_notice(event);
+            }
+        }
+    }
+
     /// Handles one event; `false` when the session is over.
     async fn on_event(&mut self, peer: &Peer, event: PeerEvent) -> bool {
+        let Some(event) = self.on_notice(event) else {
+            return true;
+        };
+        let out = self.out;
+        match event {
+            PeerEvent::ChannelOpen { peer: id, kind } => {
+                out.peer_notice("channel-open", &id, "kind", kind);
+                if kind == ChannelKind::Reliable {
+                    if !self.down.contains(&id) {
+                        self.flush_held(peer, &id).await;
+                    }
+                    if let Some(pair) = super::selected_pair_eventually(peer, &id).await
+                        && moved(self.opened_on.get(&id), &pair)
+                    {
+                        out.selected_pair(id.as_str(), &pair, None);
+                        self.opened_on.insert(id.clone(), pair);
+                        // Shown: an ICE restart that waited for a new pair needs no line more.
+                        self.reselect.remove(&id);
+                    }
+                }
+            }
+            PeerEvent::Message {
+                from,
+                kind,
+                text,
+                data,
+            } => self.on_message(Some(peer), from, kind, text, &data).await,
+            PeerEvent::ConnectionState { peer: id, state } => {
+                let state_name = format!("{state:?}").to_lowercase();
+                out.peer_notice("connection-state", &id, "state", state_name);
+                self.on_connection_state(peer, id, state).await;
+            }
+            PeerEvent::IceRestart { peer: id, reason } => {
+                out.peer_notice("ice-restart", &id, "reason", reason);
+                // Report the new pair once ICE has moved off the one before the (first of a
+                // series of) restarts: a moved relay, or a path that failed and came back.
+                let until = Instant::now() + RESELECT_WAIT;
+                match self.reselect.get_mut(&id) {
+                    Some(waiting) => waiting.until = until,
+                    None => {
+                        let before = peer.selected_pair(&id).await.ok().flatten();
+                        self.reselect.insert(id, Reselect { before, until });
+                    }
+                }
+            }
+            PeerEvent::SignalingClosed { message } => {
+                out.notice("signaling-closed", &[("reason", message)]);
+                return false;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Handles an event that needs no more than printing and the session's own state (while
+    /// in the room and while leaving it alike); hands back any other.
+    fn on_notice(&mut self, event: PeerEvent) -> Option<PeerEvent> {
         let out = self.out;
         match event {
             PeerEvent::PeerJoined { peer: id, name } => {
@@ -515,22 +604,6 @@ impl Chat {
                     &[("old", old.to_string()), ("new", new.to_string())],
                 );
             }
-            PeerEvent::ChannelOpen { peer: id, kind } => {
-                out.peer_notice("channel-open", &id, "kind", kind);
-                if kind == ChannelKind::Reliable {
-                    if !self.down.contains(&id) {
-                        self.flush_held(peer, &id).await;
-                    }
-                    if let Some(pair) = super::selected_pair_eventually(peer, &id).await
-                        && moved(self.opened_on.get(&id), &pair)
-                    {
-                        out.selected_pair(id.as_str(), &pair, None);
-                        self.opened_on.insert(id.clone(), pair);
-                        // Shown: an ICE restart that waited for a new pair needs no line more.
-                        self.reselect.remove(&id);
-                    }
-                }
-            }
             PeerEvent::ChannelClosed { peer: id, kind } => {
                 out.peer_notice("channel-closed", &id, "kind", kind);
             }
@@ -545,17 +618,6 @@ impl Chat {
                 "warning: {messages} line(s) to {} may not have arrived: it left the room before acknowledging them",
                 escape(&display(&self.names, &id))
             ),
-            PeerEvent::Message {
-                from,
-                kind,
-                text,
-                data,
-            } => self.on_message(peer, from, kind, text, &data).await,
-            PeerEvent::ConnectionState { peer: id, state } => {
-                let state_name = format!("{state:?}").to_lowercase();
-                out.peer_notice("connection-state", &id, "state", state_name);
-                self.on_connection_state(peer, id, state).await;
-            }
             PeerEvent::SignalingReconnecting { attempt, delay } => out.notice_values(
                 "signaling-reconnecting",
                 &[
@@ -575,23 +637,6 @@ impl Chat {
                 out.notice("signaling-rejoined", &fields);
             }
             PeerEvent::IceServersUpdated => out.notice("ice-servers-updated", &[]),
-            PeerEvent::IceRestart { peer: id, reason } => {
-                out.peer_notice("ice-restart", &id, "reason", reason);
-                // Report the new pair once ICE has moved off the one before the (first of a
-                // series of) restarts: a moved relay, or a path that failed and came back.
-                let until = Instant::now() + RESELECT_WAIT;
-                match self.reselect.get_mut(&id) {
-                    Some(waiting) => waiting.until = until,
-                    None => {
-                        let before = peer.selected_pair(&id).await.ok().flatten();
-                        self.reselect.insert(id, Reselect { before, until });
-                    }
-                }
-            }
-            PeerEvent::SignalingClosed { message } => {
-                out.notice("signaling-closed", &[("reason", message)]);
-                return false;
-            }
             PeerEvent::Broadcast { from, data } => {
                 out.notice(
                     "broadcast",
@@ -608,9 +653,9 @@ impl Chat {
                 let about = id.map(|id| format!("peer {id}: ")).unwrap_or_default();
                 eprintln!("warning: {about}{}", escape(&message));
             }
-            _ => {}
+            event => return Some(event),
         }
-        true
+        None
     }
 
     /// Tracks whether a connection is down; the kept lines go to one that comes back.
@@ -630,10 +675,11 @@ impl Chat {
         }
     }
 
-    /// Prints a chat message; declines a file offer; notes a binary message by its size.
+    /// Prints a chat message; declines a file offer (unless leaving: no `peer`); notes a
+    /// binary message by its size.
     async fn on_message(
         &mut self,
-        peer: &Peer,
+        peer: Option<&Peer>,
         from: PeerId,
         kind: ChannelKind,
         text: bool,
@@ -676,7 +722,7 @@ impl Chat {
                 let reply = Control::Declined {
                     reason: DECLINE_REASON.into(),
                 };
-                if let Ok(reply) = serde_json::to_string(&reply) {
+                if let (Some(peer), Ok(reply)) = (peer, serde_json::to_string(&reply)) {
                     let _ = peer.send_text(&from, ChannelKind::Reliable, &reply).await;
                 }
                 return;
