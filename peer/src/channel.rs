@@ -110,6 +110,11 @@ struct Channels {
     /// ([`ChannelRegistry::remove_connection`]): a channel of theirs that opens late is not
     /// sent on.
     retired: HashSet<u64>,
+    /// Per connection, the reliable messages of its channels that closed (the peer closed
+    /// them) without SCTP being known to have acknowledged them, for
+    /// [`ChannelRegistry::take_unacknowledged`]. At most one send buffer's worth per channel
+    /// ([`crate::sent_log::SentLog`]), until the connection is retired or ends.
+    closed_unacknowledged: HashMap<u64, Vec<Outgoing>>,
 }
 
 struct PeerChannels {
@@ -166,7 +171,8 @@ impl ChannelSender {
         Ok(())
     }
 
-    /// How many messages sent here SCTP has not acknowledged yet (none if that is not known).
+    /// How many messages sent here SCTP has not acknowledged yet (none if that is not known);
+    /// the log forgets the others.
     async fn unacknowledged(&self) -> usize {
         let Some(sent) = &self.sent else {
             return 0;
@@ -174,10 +180,30 @@ impl ChannelSender {
         let Ok(outstanding) = self.dc.outstanding_bytes().await else {
             return 0;
         };
-        sent.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .unacknowledged(outstanding)
-            .len()
+        let mut sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
+        sent.trim(outstanding);
+        sent.unacknowledged(outstanding).len()
+    }
+
+    /// The log forgets the messages SCTP acknowledged meanwhile, while the channel is open:
+    /// once it closed, what the log holds is taken as not acknowledged
+    /// ([`ChannelRegistry::remove`]).
+    async fn refresh(&self) {
+        if let (Some(sent), Ok(outstanding)) = (&self.sent, self.dc.outstanding_bytes().await) {
+            sent.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .trim(outstanding);
+        }
+    }
+
+    /// The messages of a channel that closed, whose acknowledgement is no longer known: all
+    /// that the log holds (as of its last refresh), once.
+    fn take_closed(&self) -> Vec<Outgoing> {
+        self.sent.as_ref().map_or_else(Vec::new, |sent| {
+            sent.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(usize::MAX)
+        })
     }
 
     /// The messages sent here that SCTP has not acknowledged (none if that is not known),
@@ -246,13 +272,26 @@ impl ChannelRegistry {
     }
 
     /// Channel `id` closed: if it was sent on, the next by [`send_index`] takes over.
+    /// Forgets a channel that closed; what its log still holds (a reliable one's) is kept as
+    /// not acknowledged, for the connection's [`Self::take_unacknowledged`].
     fn remove(&self, key: u64, kind: ChannelKind, id: usize) {
         self.with_write(|channels| {
-            if let Some(entry) = channels.open.get_mut(&key) {
-                entry.of_kind(kind).retain(|open| open.sender.dc.id() != id);
-                if entry.reliable.is_empty() && entry.unreliable.is_empty() {
-                    channels.open.remove(&key);
+            let Some(entry) = channels.open.get_mut(&key) else {
+                return;
+            };
+            let of_kind = entry.of_kind(kind);
+            if let Some(index) = of_kind.iter().position(|open| open.sender.dc.id() == id) {
+                let closed = of_kind.remove(index).sender.take_closed();
+                if !closed.is_empty() {
+                    channels
+                        .closed_unacknowledged
+                        .entry(key)
+                        .or_default()
+                        .extend(closed);
                 }
+            }
+            if entry.reliable.is_empty() && entry.unreliable.is_empty() {
+                channels.open.remove(&key);
             }
         });
     }
@@ -262,18 +301,32 @@ impl ChannelRegistry {
         self.with_write(|channels| {
             channels.open.remove(&key);
             channels.retired.remove(&key);
+            channels.closed_unacknowledged.remove(&key);
         });
+    }
+
+    /// The logs of a connection's open reliable channels forget what SCTP acknowledged.
+    pub(crate) async fn refresh(&self, key: u64) {
+        let senders: Vec<ChannelSender> = self.with_read(|map| {
+            map.get(&key)
+                .map(|entry| entry.reliable.iter().map(|c| c.sender.clone()).collect())
+                .unwrap_or_default()
+        });
+        for sender in senders {
+            sender.refresh().await;
+        }
     }
 
     /// Forgets every channel of a connection that is being replaced or closed, so that
     /// nothing more is sent on them (nor on one that opens later), and returns the reliable
-    /// messages sent on them that SCTP has not acknowledged.
+    /// messages sent on them that SCTP has not acknowledged (those of its channels that
+    /// closed first included).
     pub(crate) async fn take_unacknowledged(&self, key: u64) -> Vec<Outgoing> {
-        let entry = self.with_write(|channels| {
+        let (entry, mut messages) = self.with_write(|channels| {
             channels.retired.insert(key);
-            channels.open.remove(&key)
+            let closed = channels.closed_unacknowledged.remove(&key);
+            (channels.open.remove(&key), closed.unwrap_or_default())
         });
-        let mut messages = Vec::new();
         for channel in entry.iter().flat_map(|entry| &entry.reliable) {
             messages.extend(channel.sender.take_unacknowledged().await);
         }

@@ -552,10 +552,13 @@ impl ConnectionTask {
         )
     }
 
-    /// Once a second: the `stats` report, an unanswered offer sent again, a restart onto
-    /// fresh credentials that is owed.
+    /// Once a second: the `stats` report, the sent logs refreshed, an unanswered offer sent
+    /// again, a restart onto fresh credentials that is owed.
     async fn on_tick(&mut self) -> Result<()> {
         self.report_stats().await;
+        // So that a channel the peer closes reports as not acknowledged only what was not a
+        // second ago.
+        self.ctx.registry.refresh(self.ctx.key).await;
         match self.adopted_quiet_until {
             Some(until) if Instant::now() < until => return Ok(()),
             Some(_) => {

@@ -15,7 +15,7 @@ pub(crate) struct Outgoing {
 
 /// The newest messages sent on a reliable channel, as many as SCTP may not have acknowledged:
 /// their bytes reach the channel's outstanding bytes (`DataChannel::outstanding_bytes`: handed
-/// over and not yet acknowledged) as of the last send. With one sender at a time it holds at
+/// over and not yet acknowledged) as of the last send or refresh (once a second). With one sender at a time it holds at
 /// most the send buffer limit ([`crate::PeerOptions::send_buffer_limit`], 1 MiB by default)
 /// plus one message; each concurrent sender adds at most one message more. Messages sent on
 /// one channel by concurrent tasks may be logged in another order than SCTP took them.
@@ -37,9 +37,15 @@ impl SentLog {
         }
         self.bytes += message.data.len();
         self.messages.push_back(message);
-        let Some(outstanding) = outstanding else {
-            return true;
-        };
+        if let Some(outstanding) = outstanding {
+            self.trim(outstanding);
+        }
+        true
+    }
+
+    /// Forgets the oldest messages that `outstanding` (the channel's bytes not acknowledged
+    /// now) shows were acknowledged.
+    pub(crate) fn trim(&mut self, outstanding: usize) {
         while let Some(oldest) = self.messages.front() {
             if self.bytes - oldest.data.len() < outstanding {
                 break;
@@ -47,7 +53,6 @@ impl SentLog {
             self.bytes -= oldest.data.len();
             self.messages.pop_front();
         }
-        true
     }
 
     /// The messages SCTP has not acknowledged ([`Self::unacknowledged`]), once: the log keeps
@@ -129,6 +134,11 @@ mod tests {
         log.record(text("five"), Some(4));
         assert_eq!(lines(&log.unacknowledged(usize::MAX)), ["five"]);
         assert_eq!(log.bytes, 4);
+        // Acknowledged since, as a refresh finds: a channel that closes now held nothing
+        // unacknowledged.
+        log.trim(0);
+        assert!(log.unacknowledged(usize::MAX).is_empty());
+        assert_eq!(log.bytes, 0);
         // Taken once, for a connection's successor: then it logs nothing more.
         log.record(text("six"), Some(7));
         assert_eq!(lines(&log.take(3)), ["six"]);
