@@ -8,9 +8,9 @@
 //! is one of ours or of the README's (`chat`, `canvas`, `cursor`), else by its `ordered` flag,
 //! so a browser that opens channels of its own is understood too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use bytes::BytesMut;
 use signaling::protocol::PeerId;
@@ -23,6 +23,11 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use crate::PeerEvent;
 use crate::error::{PeerError, Result};
 use crate::sent_log::{Outgoing, SentLog};
+
+/// How often an open reliable channel's sent log forgets what SCTP acknowledged, while it
+/// holds any message: a channel the peer closes counts as not acknowledged what was not this
+/// long before (its acknowledgements are not known after the close).
+const SENT_LOG_REFRESH: Duration = Duration::from_millis(100);
 
 /// Label of the reliable, ordered channel.
 pub const RELIABLE_LABEL: &str = "reliable";
@@ -112,9 +117,56 @@ struct Channels {
     retired: HashSet<u64>,
     /// Per connection, the reliable messages of its channels that closed (the peer closed
     /// them) without SCTP being known to have acknowledged them, for
-    /// [`ChannelRegistry::take_unacknowledged`]. At most one send buffer's worth per channel
-    /// ([`crate::sent_log::SentLog`]), until the connection is retired or ends.
-    closed_unacknowledged: HashMap<u64, Vec<Outgoing>>,
+    /// [`ChannelRegistry::take_unacknowledged`], until the connection is retired or ends.
+    closed_unacknowledged: HashMap<u64, ClosedUnacknowledged>,
+}
+
+/// The most bytes of messages kept per connection from channels that closed unacknowledged
+/// (four send buffers at the default limit): a peer that keeps closing the channel sent on
+/// cannot make them grow without bound. Older ones are counted, not kept.
+const CLOSED_UNACKNOWLEDGED_LIMIT: usize = 4 << 20;
+
+/// The messages of a connection's channels that closed without SCTP being known to have
+/// acknowledged them: the newest [`CLOSED_UNACKNOWLEDGED_LIMIT`] bytes, and how many older
+/// ones were let go.
+#[derive(Default)]
+struct ClosedUnacknowledged {
+    messages: VecDeque<Outgoing>,
+    bytes: usize,
+    dropped: usize,
+}
+
+impl ClosedUnacknowledged {
+    fn extend(&mut self, closed: Vec<Outgoing>) {
+        for message in closed {
+            self.bytes += message.data.len();
+            self.messages.push_back(message);
+        }
+        while self.bytes > CLOSED_UNACKNOWLEDGED_LIMIT {
+            let Some(oldest) = self.messages.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.data.len();
+            self.dropped += 1;
+        }
+    }
+}
+
+/// The reliable messages of a connection that SCTP has not acknowledged
+/// ([`ChannelRegistry::take_unacknowledged`]).
+#[derive(Default)]
+pub(crate) struct Unacknowledged {
+    /// Those kept, to send again on a connection that replaces it.
+    pub(crate) messages: Vec<Outgoing>,
+    /// Those of channels that closed beyond [`CLOSED_UNACKNOWLEDGED_LIMIT`]: counted only.
+    pub(crate) dropped: usize,
+}
+
+impl Unacknowledged {
+    /// How many there are.
+    pub(crate) fn count(&self) -> usize {
+        self.messages.len() + self.dropped
+    }
 }
 
 struct PeerChannels {
@@ -177,11 +229,12 @@ impl ChannelSender {
         let Some(sent) = &self.sent else {
             return 0;
         };
+        let before = lock_log(sent).recorded();
         let Ok(outstanding) = self.dc.outstanding_bytes().await else {
             return 0;
         };
-        let mut sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
-        sent.trim(outstanding);
+        let mut sent = lock_log(sent);
+        let outstanding = sent.trim_since(outstanding, before);
         sent.unacknowledged(outstanding).len()
     }
 
@@ -189,21 +242,27 @@ impl ChannelSender {
     /// once it closed, what the log holds is taken as not acknowledged
     /// ([`ChannelRegistry::remove`]).
     async fn refresh(&self) {
-        if let (Some(sent), Ok(outstanding)) = (&self.sent, self.dc.outstanding_bytes().await) {
-            sent.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .trim(outstanding);
+        let Some(sent) = &self.sent else {
+            return;
+        };
+        let before = {
+            let log = lock_log(sent);
+            if log.is_empty() {
+                return;
+            }
+            log.recorded()
+        };
+        if let Ok(outstanding) = self.dc.outstanding_bytes().await {
+            lock_log(sent).trim_since(outstanding, before);
         }
     }
 
     /// The messages of a channel that closed, whose acknowledgement is no longer known: all
     /// that the log holds (as of its last refresh), once.
     fn take_closed(&self) -> Vec<Outgoing> {
-        self.sent.as_ref().map_or_else(Vec::new, |sent| {
-            sent.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(usize::MAX)
-        })
+        self.sent
+            .as_ref()
+            .map_or_else(Vec::new, |sent| lock_log(sent).take(usize::MAX))
     }
 
     /// The messages sent here that SCTP has not acknowledged (none if that is not known),
@@ -213,10 +272,13 @@ impl ChannelSender {
             return Vec::new();
         };
         let outstanding = self.dc.outstanding_bytes().await.unwrap_or(0);
-        sent.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take(outstanding)
+        lock_log(sent).take(outstanding)
     }
+}
+
+/// A channel's sent log, locked (never held across an await).
+fn lock_log(sent: &Mutex<SentLog>) -> MutexGuard<'_, SentLog> {
+    sent.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Which of the open channels of a kind (`named`: whether each one's label names the kind, in
@@ -271,9 +333,9 @@ impl ChannelRegistry {
         });
     }
 
-    /// Channel `id` closed: if it was sent on, the next by [`send_index`] takes over.
-    /// Forgets a channel that closed; what its log still holds (a reliable one's) is kept as
-    /// not acknowledged, for the connection's [`Self::take_unacknowledged`].
+    /// Channel `id` closed: if it was sent on, the next by [`send_index`] takes over. What its
+    /// log still holds (a reliable one's) is kept as not acknowledged, for the connection's
+    /// [`Self::take_unacknowledged`].
     fn remove(&self, key: u64, kind: ChannelKind, id: usize) {
         self.with_write(|channels| {
             let Some(entry) = channels.open.get_mut(&key) else {
@@ -305,32 +367,25 @@ impl ChannelRegistry {
         });
     }
 
-    /// The logs of a connection's open reliable channels forget what SCTP acknowledged.
-    pub(crate) async fn refresh(&self, key: u64) {
-        let senders: Vec<ChannelSender> = self.with_read(|map| {
-            map.get(&key)
-                .map(|entry| entry.reliable.iter().map(|c| c.sender.clone()).collect())
-                .unwrap_or_default()
-        });
-        for sender in senders {
-            sender.refresh().await;
-        }
-    }
-
     /// Forgets every channel of a connection that is being replaced or closed, so that
     /// nothing more is sent on them (nor on one that opens later), and returns the reliable
     /// messages sent on them that SCTP has not acknowledged (those of its channels that
     /// closed first included).
-    pub(crate) async fn take_unacknowledged(&self, key: u64) -> Vec<Outgoing> {
-        let (entry, mut messages) = self.with_write(|channels| {
+    pub(crate) async fn take_unacknowledged(&self, key: u64) -> Unacknowledged {
+        let (entry, closed) = self.with_write(|channels| {
             channels.retired.insert(key);
             let closed = channels.closed_unacknowledged.remove(&key);
             (channels.open.remove(&key), closed.unwrap_or_default())
         });
+        let mut unacknowledged = Unacknowledged {
+            messages: closed.messages.into(),
+            dropped: closed.dropped,
+        };
         for channel in entry.iter().flat_map(|entry| &entry.reliable) {
-            messages.extend(channel.sender.take_unacknowledged().await);
+            let messages = channel.sender.take_unacknowledged().await;
+            unacknowledged.messages.extend(messages);
         }
-        messages
+        unacknowledged
     }
 
     /// For every peer with an open reliable channel, how many messages sent on its reliable
@@ -493,11 +548,23 @@ pub(crate) fn spawn_reader(ctx: ChannelContext, dc: Arc<dyn DataChannel>) {
             kind,
             sent: false,
         };
+        // Its sender once open: its log is refreshed while the channel is open, so that when
+        // the peer closes it only what was not acknowledged a moment before counts as such
+        // ([`ChannelRegistry::remove`]).
+        let mut logged: Option<ChannelSender> = None;
+        let mut refresh = tokio::time::interval(SENT_LOG_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = tokio::select! {
                 event = dc.poll() => event,
                 () = readers.closing.cancelled(), if !closer.sent => {
                     closer.close().await;
+                    continue;
+                }
+                _ = refresh.tick(), if logged.is_some() => {
+                    if let Some(sender) = &logged {
+                        sender.refresh().await;
+                    }
                     continue;
                 }
             };
@@ -506,6 +573,9 @@ pub(crate) fn spawn_reader(ctx: ChannelContext, dc: Arc<dyn DataChannel>) {
                 DataChannelEvent::OnOpen if !open => {
                     open = true;
                     let sender = ChannelSender::new(dc.clone(), kind);
+                    if sender.sent.is_some() {
+                        logged = Some(sender.clone());
+                    }
                     if kind == ChannelKind::Reliable && named {
                         // The connection's named reliable channels are registered one at a
                         // time past this lock: the first sends what its predecessor left
@@ -570,6 +640,20 @@ pub(crate) fn spawn_reader(ctx: ChannelContext, dc: Arc<dyn DataChannel>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn closed_channels_keep_the_newest_unacknowledged_up_to_the_limit_and_count_the_rest() {
+        let message = Outgoing {
+            data: bytes::Bytes::from(vec![b'x'; CLOSED_UNACKNOWLEDGED_LIMIT / 2]),
+            text: false,
+        };
+        let mut closed = ClosedUnacknowledged::default();
+        closed.extend(vec![message.clone(); 2]);
+        assert_eq!((closed.messages.len(), closed.dropped), (2, 0));
+        closed.extend(vec![message; 3]);
+        assert_eq!((closed.messages.len(), closed.dropped), (2, 3));
+        assert_eq!(closed.bytes, CLOSED_UNACKNOWLEDGED_LIMIT);
+    }
 
     #[test]
     fn channels_are_told_by_label_first_then_by_their_ordered_flag() {

@@ -552,13 +552,10 @@ impl ConnectionTask {
         )
     }
 
-    /// Once a second: the `stats` report, the sent logs refreshed, an unanswered offer sent
-    /// again, a restart onto fresh credentials that is owed.
+    /// Once a second: the `stats` report, an unanswered offer sent again, a restart onto
+    /// fresh credentials that is owed.
     async fn on_tick(&mut self) -> Result<()> {
         self.report_stats().await;
-        // So that a channel the peer closes reports as not acknowledged only what was not a
-        // second ago.
-        self.ctx.registry.refresh(self.ctx.key).await;
         match self.adopted_quiet_until {
             Some(until) if Instant::now() < until => return Ok(()),
             Some(_) => {
@@ -807,7 +804,18 @@ impl ConnectionTask {
             reason,
         })
         .await;
-        unacknowledged.extend(self.ctx.registry.take_unacknowledged(self.ctx.key).await);
+        let taken = self.ctx.registry.take_unacknowledged(self.ctx.key).await;
+        unacknowledged.extend(taken.messages);
+        if taken.dropped > 0 {
+            self.emit(PeerEvent::Error {
+                peer: Some(self.peer()),
+                message: format!(
+                    "{} message(s) not acknowledged on channels the peer closed were not kept to send again",
+                    taken.dropped
+                ),
+            })
+            .await;
+        }
         let _ = self.ctx.output.send(ConnectionOutput::StartedOver {
             key: self.ctx.key,
             reason,

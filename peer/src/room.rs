@@ -403,7 +403,7 @@ impl Room {
                         };
                         self.orphans.retain(|k| *k != key);
                         // Nothing more is sent there; what arrived is still delivered.
-                        let unacknowledged = self.registry.take_unacknowledged(key).await.len();
+                        let unacknowledged = self.registry.take_unacknowledged(key).await.count();
                         self.leaving.push(Leaving {
                             at: Instant::now() + LEAVE_DRAIN,
                             key,
@@ -472,7 +472,7 @@ impl Room {
             let Some(handle) = self.connections.remove(&key) else {
                 continue;
             };
-            let unacknowledged = self.registry.take_unacknowledged(key).await.len();
+            let unacknowledged = self.registry.take_unacknowledged(key).await.count();
             let leaving = Leaving {
                 at: Instant::now(),
                 key,

@@ -15,14 +15,18 @@ pub(crate) struct Outgoing {
 
 /// The newest messages sent on a reliable channel, as many as SCTP may not have acknowledged:
 /// their bytes reach the channel's outstanding bytes (`DataChannel::outstanding_bytes`: handed
-/// over and not yet acknowledged) as of the last send or refresh (once a second). With one sender at a time it holds at
-/// most the send buffer limit ([`crate::PeerOptions::send_buffer_limit`], 1 MiB by default)
+/// over and not yet acknowledged) as of the last send or refresh ([`Self::trim_since`], 10
+/// times a second while it holds any). With one sender at a time it holds at most the send
+/// buffer limit ([`crate::PeerOptions::send_buffer_limit`], 1 MiB by default)
 /// plus one message; each concurrent sender adds at most one message more. Messages sent on
 /// one channel by concurrent tasks may be logged in another order than SCTP took them.
 #[derive(Default)]
 pub(crate) struct SentLog {
     messages: VecDeque<Outgoing>,
     bytes: usize,
+    /// The bytes of every message recorded so far, so that outstanding bytes read before
+    /// some were recorded can be told apart ([`Self::trim_since`]).
+    recorded: u64,
     /// [`Self::take`] emptied it for good: the connection is being replaced.
     taken: bool,
 }
@@ -36,11 +40,34 @@ impl SentLog {
             return false;
         }
         self.bytes += message.data.len();
+        self.recorded += message.data.len() as u64;
         self.messages.push_back(message);
         if let Some(outstanding) = outstanding {
             self.trim(outstanding);
         }
         true
+    }
+
+    /// Whether it holds no message.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// The bytes recorded so far: read it before the channel's outstanding bytes, for
+    /// [`Self::trim_since`].
+    pub(crate) fn recorded(&self) -> u64 {
+        self.recorded
+    }
+
+    /// [`Self::trim`] with `outstanding` read after [`Self::recorded`] was `recorded_before`:
+    /// a message recorded meanwhile, sent after `outstanding` was read, counts as outstanding
+    /// (otherwise older messages, not acknowledged, would be taken for acknowledged in its
+    /// stead). Returns the outstanding bytes it took.
+    pub(crate) fn trim_since(&mut self, outstanding: usize, recorded_before: u64) -> usize {
+        let since = usize::try_from(self.recorded - recorded_before).unwrap_or(usize::MAX);
+        let outstanding = outstanding.saturating_add(since);
+        self.trim(outstanding);
+        outstanding
     }
 
     /// Forgets the oldest messages that `outstanding` (the channel's bytes not acknowledged
@@ -134,10 +161,15 @@ mod tests {
         log.record(text("five"), Some(4));
         assert_eq!(lines(&log.unacknowledged(usize::MAX)), ["five"]);
         assert_eq!(log.bytes, 4);
+        // A refresh that read 0 outstanding bytes before "six" was recorded keeps "six".
+        let before = log.recorded();
+        log.record(text("six"), None);
+        assert_eq!(log.trim_since(0, before), 3);
+        assert_eq!(lines(&log.unacknowledged(usize::MAX)), ["six"]);
         // Acknowledged since, as a refresh finds: a channel that closes now held nothing
         // unacknowledged.
-        log.trim(0);
-        assert!(log.unacknowledged(usize::MAX).is_empty());
+        assert_eq!(log.trim_since(0, log.recorded()), 0);
+        assert!(log.is_empty());
         assert_eq!(log.bytes, 0);
         // Taken once, for a connection's successor: then it logs nothing more.
         log.record(text("six"), Some(7));

@@ -186,8 +186,13 @@ pub(crate) async fn run(
             escape(&display(&chat.names, id))
         );
     }
-    chat.print_while(stop.leave(peer, super::Leave::Gracefully), &mut events)
-        .await;
+    let leaving = stop.leave(peer, super::Leave::Gracefully);
+    if outcome.is_ok() {
+        chat.print_while(leaving, &mut events).await;
+    } else {
+        // Stopped by a signal: nothing more is printed.
+        leaving.await;
+    }
     match outcome {
         Ok(result) => result,
         Err(signal) => stopped_by(signal),
