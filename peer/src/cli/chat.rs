@@ -550,6 +550,8 @@ impl Chat {
         let out = self.out;
         match event {
             PeerEvent::PeerJoined { peer: id, name } => {
+                // Back (a peer given up as gone that was not): its name is its own again.
+                self.departed.retain(|gone| *gone != id);
                 self.present.insert(id.clone());
                 if let Some(name) = &name {
                     self.names.insert(id.clone(), name.clone());
