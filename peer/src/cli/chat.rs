@@ -457,9 +457,9 @@ impl Chat {
         true
     }
 
-    /// While `leaving` runs ([`Peer::close`]), and then for what is still queued: what the
-    /// peers sent up to their channels' closes is printed, and their leaving; a file offered
-    /// then is not answered.
+    /// While `leaving` runs ([`Peer::close`]), and then for what is still queued: what had
+    /// arrived is printed (and what a peer that leaves too sends up to its close), and the
+    /// peers' leaving; a file offered then is not answered.
     async fn print_while(&mut self, leaving: impl Future<Output = ()>, events: &mut PeerEvents) {
         tokio::pin!(leaving);
         loop {
