@@ -424,6 +424,8 @@ class Peer:
         sent = False
         for remote in self.remotes.values():
             if remote.channels:          # one copy per peer: both sides opened a `chat` channel
+                if self.args.ignore_max_message_size and remote.pc.sctp:
+                    remote.pc.sctp._remote_max_message_size = 0    # a misbehaving peer, for tests
                 remote.channels[0].send(line)
                 sent = True
         if not sent:
@@ -501,6 +503,8 @@ if __name__ == "__main__":
     parser.add_argument("--relay-only", action="store_true")
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logs on stderr")
+    parser.add_argument("--ignore-max-message-size", action="store_true",
+                        help="send lines longer than the peer's max-message-size (tests)")
     cli = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if cli.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

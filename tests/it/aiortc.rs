@@ -4,6 +4,7 @@
 //! orders and between two aiortc peers. The DTLS roles each side ends up with are the ones
 //! `docs/protocol.md` states.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -30,6 +31,11 @@ fn python() -> PathBuf {
 
 /// An aiortc peer named `name` in the room at `url`, relay-only.
 fn join_aiortc(url: &str, name: &str) -> Proc {
+    join_aiortc_with(url, name, &[])
+}
+
+/// [`join_aiortc`] with more flags of `peer.py`.
+fn join_aiortc_with(url: &str, name: &str, extra: &[&str]) -> Proc {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aiortc/peer.py");
     let mut command = Command::new(python());
     command
@@ -43,6 +49,7 @@ fn join_aiortc(url: &str, name: &str) -> Proc {
             "--timeout",
             "90",
         ])
+        .args(extra)
         .stderr(Stdio::inherit());
     Spawned::spawn(command, true)
 }
@@ -133,6 +140,49 @@ fn aiortc_joins_after_the_cli_and_they_chat_relay_only() {
 #[test]
 fn the_cli_joins_after_aiortc_and_they_chat_relay_only() {
     assert_eq!(cli_and_aiortc("aiortc-first", true), "client");
+}
+
+/// A peer that ignores our max-message-size (aiortc made to) sends a line of 100,000 bytes
+/// amid 20,000 short ones, while the CLI's output is not read: the long one is dropped (the
+/// `rtc` core logs an error), and every short one is printed, in order. Before, the core's drain of
+/// the stream failed at the long one and dropped what it had read before it in that pass (up
+/// to 255 lines; third_party/rtc/PATCHES.md #2).
+#[test]
+fn a_message_over_the_size_limit_drops_nothing_else() {
+    let (_relay, _signaling, url) = relay_room("oversized");
+    let (_cli, cli_out) = crate::peer_e2e::join_unread_with(&url, "rusty", &["--relay-only"]);
+    let mut py = join_aiortc_with(&url, "pyo", &["--ignore-max-message-size"]);
+    aiortc_connected(&mut py);
+    let count = 20_000;
+    let mut lines: String = (0..count / 2).map(|n| format!("line {n:05}\n")).collect();
+    lines.push_str(&"x".repeat(100_000));
+    lines.push('\n');
+    lines.extend((count / 2..count).map(|n| format!("line {n:05}\n")));
+    py.stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(lines.as_bytes())
+        .expect("write stdin");
+    // The CLI falls behind: its output is not read for a while.
+    std::thread::sleep(Duration::from_secs(3));
+    let rx = crate::peer_e2e::lines_of(cli_out, Duration::ZERO);
+    let mut printed = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while printed.len() < count {
+        let Some(wait) = deadline.checked_duration_since(std::time::Instant::now()) else {
+            break;
+        };
+        let Ok(line) = rx.recv_timeout(wait) else {
+            break;
+        };
+        if let Some(number) = line.strip_prefix("pyo: line ") {
+            printed.push(number.parse::<usize>().expect("line number"));
+        }
+        assert!(!line.starts_with("pyo: xxx"), "the long line was printed");
+    }
+    let in_order: Vec<usize> = (0..count).collect();
+    assert_eq!(printed.len(), count, "lines lost");
+    assert_eq!(printed, in_order, "lines out of order");
 }
 
 /// Two aiortc peers: the client written from the docs interoperates with itself.

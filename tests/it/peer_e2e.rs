@@ -1514,10 +1514,20 @@ fn join_unread(
     url: &str,
     name: &str,
 ) -> (testkit::ChildGuard, std::io::BufReader<std::io::PipeReader>) {
+    join_unread_with(url, name, &[])
+}
+
+/// [`join_unread`] with more `peer join` flags.
+pub(crate) fn join_unread_with(
+    url: &str,
+    name: &str,
+    extra: &[&str],
+) -> (testkit::ChildGuard, std::io::BufReader<std::io::PipeReader>) {
     let (reader, writer) = std::io::pipe().expect("pipe");
     let mut command = Command::new(bin_path("peer"));
     command
         .args(["join", url, "--name", name, "--bind", "127.0.0.1"])
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(writer);
     let guard = testkit::ChildGuard {
@@ -1538,7 +1548,7 @@ fn join_unread(
 }
 
 /// The lines of `out`, read on a thread until its end, `pace` after each, for `recv_timeout`.
-fn lines_of(
+pub(crate) fn lines_of(
     out: std::io::BufReader<std::io::PipeReader>,
     pace: Duration,
 ) -> std::sync::mpsc::Receiver<String> {

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use datachannel::data_channel::DataChannelMessage;
 use datachannel::message::Message;
 use datachannel::message::message_channel_threshold::DataChannelThreshold;
-use log::{debug, warn};
+use log::{debug, error, warn};
 use sctp::{
     Association, AssociationError, AssociationEvent, AssociationHandle, ClientConfig,
     DatagramEvent, EndpointEvent, Event, Payload, PayloadProtocolIdentifier, StreamEvent, StreamId,
@@ -197,7 +197,25 @@ impl<'a> SctpHandler<'a> {
             // Reassemble straight into the delivered buffer: one copy instead of the
             // scratch-buffer round-trip (`max_len` preserves the max-message-size bound
             // `read()` enforced via `ErrShortBuffer`).
-            let payload = chunks.to_payload(max_len)?;
+            // PATCH(peer, see third_party/rtc/PATCHES.md #2): a message larger than our
+            // max-message-size (a peer that ignored it) is dropped, logged as an error (a
+            // message is lost), and the drain goes on. `?` here dropped the messages read
+            // before it in this pass and left the stream unread, without a new `Readable` to
+            // come back to it.
+            let payload = match chunks.to_payload(max_len) {
+                Ok(payload) => payload,
+                Err(Error::ErrShortBuffer) => {
+                    error!(
+                        "dropped a message of {} bytes on SCTP stream {}: larger than the {} bytes allowed",
+                        chunks.len(),
+                        id,
+                        max_len
+                    );
+                    *budget -= 1;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             messages.push(SctpMessage::Inbound(DataChannelMessage {
                 association_handle: ch.0,
                 stream_id: id,
