@@ -238,7 +238,7 @@ pub enum PeerEvent {
     Resent { peer: PeerId, messages: usize },
     /// `peer` left the room (before [`PeerEvent::PeerLeft`]), and `messages` reliable messages
     /// sent to it had not been acknowledged by its SCTP: they may not have arrived. That
-    /// counts those on a channel the peer closed first, as of about a second before it
+    /// counts those on a channel the peer closed first, as of at most 100 ms before it
     /// closed (its acknowledgements are not known after).
     Unacknowledged { peer: PeerId, messages: usize },
     /// A data-channel message.

@@ -72,7 +72,7 @@ impl SentLog {
 
     /// Forgets the oldest messages that `outstanding` (the channel's bytes not acknowledged
     /// now) shows were acknowledged.
-    pub(crate) fn trim(&mut self, outstanding: usize) {
+    fn trim(&mut self, outstanding: usize) {
         while let Some(oldest) = self.messages.front() {
             if self.bytes - oldest.data.len() < outstanding {
                 break;
