@@ -144,9 +144,9 @@ fn the_cli_joins_after_aiortc_and_they_chat_relay_only() {
 
 /// A peer that ignores our max-message-size (aiortc made to) sends a line of 100,000 bytes
 /// amid 20,000 short ones, while the CLI's output is not read: the long one is dropped (the
-/// `rtc` core logs an error), and every short one is printed, in order. Before, the core's drain of
-/// the stream failed at the long one and dropped what it had read before it in that pass (up
-/// to 255 lines; third_party/rtc/PATCHES.md #2).
+/// `rtc` core logs an error), and every short one is printed, in order. Before, the core's
+/// drain of the stream failed at the long one and dropped what it had read before it in that
+/// pass (up to 255 lines; third_party/rtc/PATCHES.md #2).
 #[test]
 fn a_message_over_the_size_limit_drops_nothing_else() {
     let (_relay, _signaling, url) = relay_room("oversized");
