@@ -528,7 +528,8 @@ impl ConnectionTask {
                     }
                 }
                 message = input.recv() => match message {
-                    Some(ConnectionInput::PeerLeft) | None => return,
+                    Some(ConnectionInput::PeerLeft | ConnectionInput::Close(Closing::AtOnce))
+                    | None => return,
                     Some(_) => {}
                 },
                 () = tokio::time::sleep_until(deadline) => {

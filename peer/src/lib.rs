@@ -462,20 +462,25 @@ impl Peer {
     /// what was sent to it: its SCTP acknowledges a message before its application reads it,
     /// and closing at once would drop what it had not read. Returns once every connection
     /// closed or that wait is over: within about 14 s (1 s, the `leave` written, 2 s at
-    /// most, then 11 s).
-    pub async fn close(self) {
+    /// most, then 11 s). [`Peer::close_at_once`] called meanwhile cuts it short, and both
+    /// return then. Once the peer closed, what needs the room fails with
+    /// [`PeerError::Closed`] or [`PeerError::ChannelNotOpen`].
+    pub async fn close(&self) {
         self.close_with(false).await;
     }
 
     /// Leaves the room and closes every connection without the waits of [`Peer::close`]:
     /// what a peer's SCTP acknowledged but its application had not read yet may be lost. For
     /// an application whose peers confirmed what they needed (the CLI's `send-file` once the
-    /// receiver confirmed the file).
-    pub async fn close_at_once(self) {
+    /// receiver confirmed the file), or that will not wait any longer for a [`Peer::close`]
+    /// under way (the CLI on a second Ctrl-C): that close leaves at once if it had not left
+    /// yet, and no longer waits for the peers. Returns once the `leave` was written (2 s at
+    /// most) and the connections closed (1 s at most).
+    pub async fn close_at_once(&self) {
         self.close_with(true).await;
     }
 
-    async fn close_with(self, at_once: bool) {
+    async fn close_with(&self, at_once: bool) {
         let (reply, rx) = oneshot::channel();
         if self
             .commands

@@ -77,6 +77,60 @@ pub(crate) enum RoomCommand {
     },
 }
 
+/// While the room closes gracefully: the callers waiting for it, and whether one asked for
+/// the close at once ([`crate::Peer::close_at_once`] while [`crate::Peer::close`] is under
+/// way).
+struct CloseRequests<'a> {
+    commands: &'a mut mpsc::UnboundedReceiver<RoomCommand>,
+    /// Whether a [`crate::Peer`] handle is left to ask anything.
+    commands_open: bool,
+    replies: Vec<oneshot::Sender<()>>,
+    at_once: bool,
+}
+
+impl<'a> CloseRequests<'a> {
+    fn new(
+        commands: &'a mut mpsc::UnboundedReceiver<RoomCommand>,
+        reply: oneshot::Sender<()>,
+        at_once: bool,
+    ) -> Self {
+        Self {
+            commands,
+            commands_open: true,
+            replies: vec![reply],
+            at_once,
+        }
+    }
+
+    /// Completes once a caller asks for the close at once, answering what else is asked
+    /// meanwhile; never if the close was at once from the start.
+    async fn hurried(&mut self) {
+        while self.commands_open && !self.at_once {
+            match self.commands.recv().await {
+                Some(RoomCommand::SelectedPair { reply, .. }) => {
+                    let _ = reply.send(None);
+                }
+                Some(RoomCommand::Close { at_once, reply }) => {
+                    self.replies.push(reply);
+                    if at_once {
+                        self.at_once = true;
+                        return;
+                    }
+                }
+                None => self.commands_open = false,
+            }
+        }
+        std::future::pending().await
+    }
+
+    /// The room closed: every caller hears it.
+    fn answer(self) {
+        for reply in self.replies {
+            let _ = reply.send(());
+        }
+    }
+}
+
 pub(crate) struct Room {
     pub(crate) me: Arc<RwLock<PeerId>>,
     pub(crate) signaling: SignalingClient,
@@ -181,14 +235,15 @@ impl Room {
                             }
                         }
                     }
-                    Some(RoomCommand::Close { at_once: true, reply }) => {
-                        self.close_at_once(&mut output_rx).await;
-                        let _ = reply.send(());
-                        return;
-                    }
-                    Some(RoomCommand::Close { at_once: false, reply }) => {
-                        self.close(&mut output_rx, &mut signaling_rx).await;
-                        let _ = reply.send(());
+                    Some(RoomCommand::Close { at_once, reply }) => {
+                        let mut requests = CloseRequests::new(&mut commands, reply, at_once);
+                        if at_once {
+                            let open = self.connections.keys().copied().collect();
+                            self.close_at_once(open, &mut output_rx).await;
+                        } else {
+                            self.close(&mut output_rx, &mut signaling_rx, &mut requests).await;
+                        }
+                        requests.answer();
                         return;
                     }
                     None => break,
@@ -198,10 +253,14 @@ impl Room {
         drop(self.shutdown());
     }
 
-    /// Leaves and closes every connection at once, then waits until their closes went out
-    /// ([`AT_ONCE_CLOSE_WAIT`] at most), so that the peers see them before the caller may exit.
-    async fn close_at_once(&mut self, output_rx: &mut mpsc::UnboundedReceiver<ConnectionOutput>) {
-        let mut open: HashSet<u64> = self.connections.keys().copied().collect();
+    /// Leaves and closes every connection at once, then waits until those in `open` ended,
+    /// their closes sent ([`AT_ONCE_CLOSE_WAIT`] at most), so that the peers see them before
+    /// the caller may exit.
+    async fn close_at_once(
+        &mut self,
+        mut open: HashSet<u64>,
+        output_rx: &mut mpsc::UnboundedReceiver<ConnectionOutput>,
+    ) {
         let left = self.shutdown();
         let _ = tokio::time::timeout(LEAVE_WRITE_TIMEOUT, left).await;
         self.await_ended(&mut open, output_rx, Instant::now() + AT_ONCE_CLOSE_WAIT)
@@ -213,21 +272,37 @@ impl Room {
     /// ([`connection::CHANNEL_CLOSE_WAIT`] at most): each closes its channels and waits for
     /// the peer to read what was sent and close its side, or to leave too; those of peers
     /// that left hand on what they sent.
+    ///
+    /// Asked meanwhile to close at once (`requests`), it leaves if it had not yet, closes our
+    /// connections at once and waits only for that ([`AT_ONCE_CLOSE_WAIT`]); the connections
+    /// of peers that left go on handing on what they sent, unwaited for.
     async fn close(
         &mut self,
         output_rx: &mut mpsc::UnboundedReceiver<ConnectionOutput>,
         signaling_rx: &mut mpsc::UnboundedReceiver<SignalingEvent>,
+        requests: &mut CloseRequests<'_>,
     ) {
         let closing = std::mem::take(&mut self.connections);
         for handle in closing.values() {
             let _ = handle.input.send(ConnectionInput::Close(Closing::WeLeave));
         }
+        let hurry = || {
+            for handle in closing.values() {
+                let _ = handle.input.send(ConnectionInput::Close(Closing::AtOnce));
+            }
+            closing.keys().copied().collect::<HashSet<u64>>()
+        };
         let mut open: HashSet<u64> = closing.keys().copied().collect();
         open.extend(self.draining.iter().copied());
         // A peer that is not on this SDK closes its connection when it hears we left, without
         // waiting for its application to take what its SCTP acknowledged: it gets a moment.
-        self.await_ended(&mut open, output_rx, Instant::now() + LEAVE_LINGER)
-            .await;
+        tokio::select! {
+            () = self.await_ended(&mut open, output_rx, Instant::now() + LEAVE_LINGER) => {}
+            () = requests.hurried() => {
+                self.close_at_once(hurry(), output_rx).await;
+                return;
+            }
+        }
         let left = self.shutdown();
         // The leave must reach the server before the caller may exit; a dead signaling
         // socket does not hold the close up for long.
@@ -251,6 +326,13 @@ impl Room {
                     Some(_) => {}
                     None => signaling_up = false,
                 },
+                () = requests.hurried() => {
+                    let mut ours = hurry();
+                    ours.retain(|key| open.contains(key));
+                    self.await_ended(&mut ours, output_rx, Instant::now() + AT_ONCE_CLOSE_WAIT)
+                        .await;
+                    break;
+                }
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }

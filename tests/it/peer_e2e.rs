@@ -1871,6 +1871,63 @@ fn sigterm_makes_join_leave_the_room_at_once() {
     exits_with(&mut alice, 143);
 }
 
+/// A second Ctrl-C while `join` leaves gracefully (its channels closed, the `leave` a second
+/// away) makes it leave at once: the other peer sees it leave at once, not after the server's
+/// resume grace, and it exits within a few seconds.
+#[test]
+fn a_second_ctrl_c_while_join_leaves_makes_it_leave_at_once() {
+    let signaling = start_signaling(None, "127.0.0.1:0");
+    let (mut alice, mut bob) = chat_pair(&signaling.room_url("twice"));
+    alice.interrupt();
+    std::thread::sleep(Duration::from_millis(200));
+    let second = std::time::Instant::now();
+    alice.interrupt();
+    let left = bob.wait_line(Duration::from_secs(4), |l| l.starts_with("* peer-left"));
+    assert_eq!(field(&left, "name"), Some("alice"), "{left}");
+    assert_eq!(field(&left, "reason"), Some("left"), "{left}");
+    let status = alice.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        second.elapsed() < Duration::from_secs(4),
+        "exited {:?} after the second Ctrl-C",
+        second.elapsed()
+    );
+}
+
+/// A second Ctrl-C after `join` left, while it waits for a peer far behind to read what it
+/// sent (10 s at most), ends that wait: it exits within a few seconds.
+#[test]
+fn a_second_ctrl_c_ends_the_wait_for_a_peer_behind() {
+    let (_signaling, url) = signaling_room("twice-behind");
+    let (_bob, _bob_out) = join_unread(&url, "bob");
+    let mut alice = joined(join(&url, "alice", false));
+    alice.wait_line(Duration::from_secs(30), reliable_channel_open);
+    let mut stdin = alice.stdin.take().expect("stdin");
+    std::thread::spawn(move || {
+        // More than bob's queues and SCTP buffers hold (2.4 MB).
+        for n in 0..12_000 {
+            if writeln!(stdin, "line {n:05} {}", "x".repeat(190)).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    alice.interrupt();
+    // Left after 1 s, it waits for bob, whose output is not read.
+    std::thread::sleep(Duration::from_secs(3));
+    if let Some(status) = alice.try_wait_exit(Duration::ZERO) {
+        panic!("alice exited ({status}) before bob read what it sent");
+    }
+    let second = std::time::Instant::now();
+    alice.interrupt();
+    assert!(alice.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        second.elapsed() < Duration::from_secs(4),
+        "exited {:?} after the second Ctrl-C",
+        second.elapsed()
+    );
+}
+
 /// `recv-file` and `send-file` stop on SIGINT and SIGTERM with 130 and 143, leaving the
 /// room; a transfer that did not complete leaves `recv-file`'s output as it was (an existing
 /// file untouched, no new or temporary file).

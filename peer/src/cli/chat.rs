@@ -425,7 +425,10 @@ impl Chat {
     /// replaced), and the line is held for it.
     async fn deliver(&mut self, peer: &Peer, to: &PeerId, line: Line) -> bool {
         match peer.send_text(to, ChannelKind::Reliable, &line).await {
-            Ok(()) => true,
+            Ok(()) => {
+                self.outbox.reached(to);
+                true
+            }
             Err(PeerError::ChannelNotOpen { .. } | PeerError::Replaced)
                 if self.present.contains(to) =>
             {

@@ -67,9 +67,10 @@ enum Command {
     /// that restarts ICE prints `* ice-restart peer=ID reason=R`: `failed`, `relay-moved` (the
     /// room's relay changed) or `fresh-credentials` (new TURN credentials for a relayed path).
     ///
-    /// Leaves the room on Ctrl-C (exit 0) or SIGTERM (exit 143), or when stdin closes: then
-    /// the lines read so far are sent first (to the next peer that connects, if none is in
-    /// the room), and acknowledged by each peer (30 s at most, then a warning). When the server ends the session for good (an operator's `kicked` or
+    /// Leaves the room on Ctrl-C (exit 0) or SIGTERM (exit 143), waiting for the peers to read
+    /// what was sent (a second signal leaves at once), or when stdin closes: then the lines
+    /// read so far are sent first (to the next peer that connects, if none is in the room),
+    /// and acknowledged by each peer (30 s at most, then a warning). When the server ends the session for good (an operator's `kicked` or
     /// `room_closed`, or no resume or join possible for five minutes) it prints
     /// `* signaling-closed reason=...` and exits with status 1. It exits with status 1 too,
     /// printing `error: ...`, when it cannot join: the server is unreachable, refuses, or
@@ -323,13 +324,17 @@ impl Stop {
         }
     }
 
-    /// Leaves the room and closes every connection as `how` says; a second signal cuts that
-    /// short.
+    /// Leaves the room and closes every connection as `how` says. A signal meanwhile cuts
+    /// that short: the peer leaves at once ([`Peer::close_at_once`]); one more, and it
+    /// returns without waiting for that.
     pub(crate) async fn leave(&mut self, peer: Peer, how: Leave) {
-        let _ = match how {
+        let closed = match how {
             Leave::Gracefully => self.guard(peer.close()).await,
             Leave::AtOnce => self.guard(peer.close_at_once()).await,
         };
+        if closed.is_err() {
+            let _ = self.guard(peer.close_at_once()).await;
+        }
     }
 
     /// Joins the room of `url` and runs `session` with the peer and its events, then leaves

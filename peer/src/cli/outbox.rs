@@ -3,7 +3,7 @@
 //! channel is not open (it is connecting, its connection is being replaced, or its path is
 //! down), for that peer once it is back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use peer::protocol::PeerId;
@@ -21,6 +21,9 @@ pub(crate) struct Outbox {
     unaddressed: VecDeque<Line>,
     /// For a peer in the room that could not take them yet, in order.
     waiting: HashMap<PeerId, VecDeque<Line>>,
+    /// The peers the user was told lines are held for, until a line reaches them: a peer
+    /// whose channel keeps failing as lines are sent is named once, not once a line.
+    announced: HashSet<PeerId>,
 }
 
 /// Why a line is not held.
@@ -40,14 +43,20 @@ impl Outbox {
         Ok(self.unaddressed.len() == 1)
     }
 
-    /// Holds `line` for `peer`; `true` if it is the first one held for it.
+    /// Holds `line` for `peer`; `true` if it is the first one held for it since a line last
+    /// reached it ([`Self::reached`]): the time to tell the user.
     pub(crate) fn hold_for(&mut self, peer: &PeerId, line: Line) -> Result<bool, Refused> {
         let queue = self.waiting.entry(peer.clone()).or_default();
         if queue.len() >= MAX_HELD_LINES {
             return Err(Refused::Full);
         }
         queue.push_back(line);
-        Ok(queue.len() == 1)
+        Ok(self.announced.insert(peer.clone()))
+    }
+
+    /// A line reached `peer`: lines held for it from now on are news again.
+    pub(crate) fn reached(&mut self, peer: &PeerId) {
+        self.announced.remove(peer);
     }
 
     /// What `peer`, which can take lines now, gets: the unaddressed lines first (they were
@@ -60,6 +69,7 @@ impl Outbox {
 
     /// `peer` left the room: how many lines waited for it.
     pub(crate) fn forget(&mut self, peer: &PeerId) -> usize {
+        self.announced.remove(peer);
         self.waiting.remove(peer).map_or(0, |queue| queue.len())
     }
 
@@ -67,6 +77,9 @@ impl Outbox {
     pub(crate) fn rename(&mut self, old: &PeerId, new: &PeerId) {
         if let Some(queue) = self.waiting.remove(old) {
             self.waiting.insert(new.clone(), queue);
+        }
+        if self.announced.remove(old) {
+            self.announced.insert(new.clone());
         }
     }
 
@@ -117,6 +130,24 @@ mod tests {
         // The unaddressed lines went to the first peer that took them.
         assert_eq!(texts(&outbox.take_for(&id("bob"))), ["two"]);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_peer_whose_lines_bounce_is_announced_once_until_a_line_reaches_it() {
+        let mut outbox = Outbox::default();
+        assert_eq!(outbox.hold_for(&id("ada"), "one".into()), Ok(true));
+        // Its channel seems open, the held line is taken, and the send fails: held again.
+        let taken = outbox.take_for(&id("ada"));
+        assert_eq!(outbox.hold_for(&id("ada"), taken[0].clone()), Ok(false));
+        assert_eq!(outbox.hold_for(&id("ada"), "two".into()), Ok(false));
+        assert_eq!(texts(&outbox.take_for(&id("ada"))), ["one", "two"]);
+        outbox.reached(&id("ada"));
+        assert_eq!(outbox.hold_for(&id("ada"), "three".into()), Ok(true));
+        // A renamed peer keeps what it was told; one that left starts afresh.
+        outbox.rename(&id("ada"), &id("ada2"));
+        assert_eq!(outbox.hold_for(&id("ada2"), "four".into()), Ok(false));
+        outbox.forget(&id("ada2"));
+        assert_eq!(outbox.hold_for(&id("ada2"), "five".into()), Ok(true));
     }
 
     #[test]
