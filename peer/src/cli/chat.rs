@@ -486,8 +486,32 @@ impl Chat {
                 data,
             } => self.on_message(None, from, kind, text, &data).await,
             event => {
-                self.on_notice(event);
+                if let Some(event) = self.on_notice(event) {
+                    self.announce(&event);
+                }
             }
+        }
+    }
+
+    /// Prints the notice of an event [`Self::on_notice`] hands back (what else it asks for
+    /// is done by [`Self::on_event`], in the room only).
+    fn announce(&self, event: &PeerEvent) {
+        let out = self.out;
+        match event {
+            PeerEvent::ChannelOpen { peer: id, kind } => {
+                out.peer_notice("channel-open", id, "kind", kind)
+            }
+            PeerEvent::ConnectionState { peer: id, state } => {
+                let state_name = format!("{state:?}").to_lowercase();
+                out.peer_notice("connection-state", id, "state", state_name);
+            }
+            PeerEvent::IceRestart { peer: id, reason } => {
+                out.peer_notice("ice-restart", id, "reason", reason)
+            }
+            PeerEvent::SignalingClosed { message } => {
+                out.notice("signaling-closed", &[("reason", message.clone())])
+            }
+            _ => {}
         }
     }
 
@@ -496,10 +520,10 @@ impl Chat {
         let Some(event) = self.on_notice(event) else {
             return true;
         };
+        self.announce(&event);
         let out = self.out;
         match event {
             PeerEvent::ChannelOpen { peer: id, kind } => {
-                out.peer_notice("channel-open", &id, "kind", kind);
                 if kind == ChannelKind::Reliable {
                     if !self.down.contains(&id) {
                         self.flush_held(peer, &id).await;
@@ -521,12 +545,12 @@ impl Chat {
                 data,
             } => self.on_message(Some(peer), from, kind, text, &data).await,
             PeerEvent::ConnectionState { peer: id, state } => {
-                let state_name = format!("{state:?}").to_lowercase();
-                out.peer_notice("connection-state", &id, "state", state_name);
                 self.on_connection_state(peer, id, state).await;
             }
-            PeerEvent::IceRestart { peer: id, reason } => {
-                out.peer_notice("ice-restart", &id, "reason", reason);
+            PeerEvent::IceRestart {
+                peer: id,
+                reason: _,
+            } => {
                 // Report the new pair once ICE has moved off the one before the (first of a
                 // series of) restarts: a moved relay, or a path that failed and came back.
                 let until = Instant::now() + RESELECT_WAIT;
@@ -538,10 +562,7 @@ impl Chat {
                     }
                 }
             }
-            PeerEvent::SignalingClosed { message } => {
-                out.notice("signaling-closed", &[("reason", message)]);
-                return false;
-            }
+            PeerEvent::SignalingClosed { .. } => return false,
             _ => {}
         }
         true
