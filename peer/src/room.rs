@@ -286,11 +286,13 @@ impl Room {
         for handle in closing.values() {
             let _ = handle.input.send(ConnectionInput::Close(Closing::WeLeave));
         }
-        let hurry = || {
+        // Closes ours at once: those still `open`, to wait for.
+        let hurry = |open: &HashSet<u64>| {
             for handle in closing.values() {
                 let _ = handle.input.send(ConnectionInput::Close(Closing::AtOnce));
             }
-            closing.keys().copied().collect::<HashSet<u64>>()
+            let ours = closing.keys().filter(|key| open.contains(key));
+            ours.copied().collect::<HashSet<u64>>()
         };
         let mut open: HashSet<u64> = closing.keys().copied().collect();
         open.extend(self.draining.iter().copied());
@@ -299,7 +301,7 @@ impl Room {
         tokio::select! {
             () = self.await_ended(&mut open, output_rx, Instant::now() + LEAVE_LINGER) => {}
             () = requests.hurried() => {
-                self.close_at_once(hurry(), output_rx).await;
+                self.close_at_once(hurry(&open), output_rx).await;
                 return;
             }
         }
@@ -327,8 +329,7 @@ impl Room {
                     None => signaling_up = false,
                 },
                 () = requests.hurried() => {
-                    let mut ours = hurry();
-                    ours.retain(|key| open.contains(key));
+                    let mut ours = hurry(&open);
                     self.await_ended(&mut ours, output_rx, Instant::now() + AT_ONCE_CLOSE_WAIT)
                         .await;
                     break;
