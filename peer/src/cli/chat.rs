@@ -523,19 +523,20 @@ impl Chat {
         self.announce(&event);
         let out = self.out;
         match event {
-            PeerEvent::ChannelOpen { peer: id, kind } => {
-                if kind == ChannelKind::Reliable {
-                    if !self.down.contains(&id) {
-                        self.flush_held(peer, &id).await;
-                    }
-                    if let Some(pair) = super::selected_pair_eventually(peer, &id).await
-                        && moved(self.opened_on.get(&id), &pair)
-                    {
-                        out.selected_pair(id.as_str(), &pair, None);
-                        self.opened_on.insert(id.clone(), pair);
-                        // Shown: an ICE restart that waited for a new pair needs no line more.
-                        self.reselect.remove(&id);
-                    }
+            PeerEvent::ChannelOpen {
+                peer: id,
+                kind: ChannelKind::Reliable,
+            } => {
+                if !self.down.contains(&id) {
+                    self.flush_held(peer, &id).await;
+                }
+                if let Some(pair) = super::selected_pair_eventually(peer, &id).await
+                    && moved(self.opened_on.get(&id), &pair)
+                {
+                    out.selected_pair(id.as_str(), &pair, None);
+                    self.opened_on.insert(id.clone(), pair);
+                    // Shown: an ICE restart that waited for a new pair needs no line more.
+                    self.reselect.remove(&id);
                 }
             }
             PeerEvent::Message {
