@@ -124,6 +124,7 @@ impl ClusterHub {
             self.store
                 .query::<i64>(redis::cmd("PEXPIRE").arg(node_sessions_key(me)).arg(ttl))
                 .await?;
+            self.store.check_broadcasts().await?;
             let agreed = self.cluster.agreed_turn_secret.as_ref();
             self.store
                 .keep_turn_secret(agreed.map(|s| s.expose_str()))

@@ -534,6 +534,17 @@ impl Store {
         self.conn.query(cmd, self.timeout).await
     }
 
+    /// Checks the broadcasts connection (`PING`), for the heartbeat: idle between bursts, it
+    /// would otherwise find out that Redis restarted only when a client's broadcast failed on
+    /// its dead socket (which reconnects it, too late for that broadcast).
+    pub async fn check_broadcasts(&self) -> Result<(), StoreError> {
+        let _: String = self
+            .broadcasts
+            .query(&redis::cmd("PING"), self.timeout)
+            .await?;
+        Ok(())
+    }
+
     /// The members of the set `key`, read `SET_SCAN_COUNT` at a time with `SSCAN` so that a
     /// node's index of tens of thousands of sessions never holds Redis up in one reply (as
     /// `SMEMBERS` would, for every node, at each reconciliation). A member that is in the set

@@ -405,6 +405,46 @@ async fn redis_back_after_the_lease_ran_out_adopts_no_live_nodes_sessions() {
     pass_candidate((&mut b, &b_info.peer_id), (&mut a, &a_info.peer_id), 2).await;
 }
 
+/// Broadcasts go through a Redis connection of their own, idle between them. After a Redis
+/// restart, the first broadcast went out on its dead socket, failed (`unavailable`), and the
+/// node closed every socket again; the heartbeat checks that connection too now, so it is
+/// whole again before the node is.
+#[tokio::test]
+async fn the_first_broadcast_after_a_redis_restart_is_delivered() {
+    let mut redis = RedisServer::start();
+    let n1 = node(&redis.url(), &["--resume-grace", "30s"]);
+    let ((mut a, a_info), (mut b, b_info)) = call(&n1, &n1, "broadcast-restart").await;
+    let (a_seen, b_seen) = (a.last_seq, b.last_seq);
+    redis.restart_from_saved_data(Duration::from_millis(500));
+    assert_eq!(a.expect_close().await, Closed::Code(1013));
+    assert_eq!(b.expect_close().await, Closed::Code(1013));
+    ready_again(&n1).await;
+    let url = n1.ws("/ws/broadcast-restart");
+    let (a_id, b_id) = (&a_info.peer_id, &b_info.peer_id);
+    let mut a = resume_expecting(&url, &a_info, a_seen, b_id, 0..0).await;
+    let mut b = resume_expecting(&url, &b_info, b_seen, a_id, 0..0).await;
+    a.send(&ClientMessage::Broadcast {
+        id: None,
+        cseq: None,
+        data: serde_json::json!("after the restart"),
+    })
+    .await;
+    match b.recv_message().await {
+        ServerMessage::Broadcast { from, data } => {
+            assert_eq!(&from, a_id);
+            assert_eq!(data, "after the restart");
+        }
+        other => panic!("expected the broadcast, got {other:?}"),
+    }
+    a.expect_silence(Duration::from_millis(300)).await;
+    let mut outages = 0;
+    for reason in ["store", "pubsub", "lease_lost"] {
+        let series = format!("signaling_cluster_outages_total{{reason=\"{reason}\"}}");
+        outages += n1.metric(&series).await;
+    }
+    assert_eq!(outages, 1, "the restart, and no outage after it");
+}
+
 #[tokio::test]
 async fn a_restarted_empty_redis_is_served_again_and_old_sessions_fail_cleanly() {
     let mut redis = RedisServer::start();
