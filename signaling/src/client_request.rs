@@ -11,7 +11,7 @@ use std::time::Instant;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
@@ -166,8 +166,10 @@ pub fn refuse(app: &AppState, error: &RequestError) -> Refusal {
 }
 
 /// A WebSocket upgrade; a request that is not a valid one (no `Upgrade: websocket`, a missing
-/// `Sec-WebSocket-Key`, another `Sec-WebSocket-Version`, not a GET) is refused as the other
-/// refusals are: `invalid_message` (400), one JSON error frame, counted.
+/// `Sec-WebSocket-Key`, not a GET) is refused as the other refusals are: `invalid_message`
+/// (400), one JSON error frame, counted. One that asks for another `Sec-WebSocket-Version`
+/// than 13 is answered `426 Upgrade Required` with `Sec-WebSocket-Version: 13`, as RFC 6455
+/// (section 4.4) asks, and the same frame.
 pub struct Upgrade(pub WebSocketUpgrade);
 
 impl FromRequestParts<Arc<AppState>> for Upgrade {
@@ -181,6 +183,19 @@ impl FromRequestParts<Arc<AppState>> for Upgrade {
             let message = format!("not a WebSocket upgrade: {why}");
             refuse(app, &RequestError::new(ErrorCode::InvalidMessage, message))
         };
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|version| version != "13")
+        {
+            let mut refusal = invalid("this server speaks `Sec-WebSocket-Version` 13 only");
+            *refusal.0.status_mut() = StatusCode::UPGRADE_REQUIRED;
+            refusal.0.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            return Err(refusal);
+        }
         let keys = parts.headers.get_all(header::SEC_WEBSOCKET_KEY);
         if keys.iter().count() > 1 || keys.iter().any(|key| !is_websocket_key(key.as_bytes())) {
             return Err(invalid(

@@ -205,6 +205,20 @@ async fn three_peers_roles_and_targeted_delivery() {
             other => panic!("expected broadcast, got {other:?}"),
         }
     }
+    // `data` may be any JSON value, `null` included.
+    c.send(&ClientMessage::Broadcast {
+        id: None,
+        cseq: None,
+        data: serde_json::Value::Null,
+    })
+    .await;
+    for client in [&mut a, &mut b] {
+        let message = client.recv_message().await;
+        assert!(
+            matches!(&message, ServerMessage::Broadcast { data, .. } if data.is_null()),
+            "{message:?}"
+        );
+    }
     c.expect_silence(Duration::from_millis(200)).await;
 }
 

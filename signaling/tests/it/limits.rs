@@ -231,29 +231,48 @@ async fn handshake_errors() {
             "{keys}"
         );
     }
+    // One that asks for another version than 13 is told which one the server speaks (RFC
+    // 6455, 4.4).
+    let head = upgrade_head(server.addr, "/ws/u", "8", nonce).await;
+    assert!(head.starts_with("HTTP/1.1 426 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\nsec-websocket-version: 13\r\n"),
+        "{head}"
+    );
     let after = server.errors(ErrorCode::InvalidMessage).await;
-    assert_eq!(after, before + 6);
+    assert_eq!(after, before + 7);
     // The sample nonce of RFC 6455 upgrades.
     assert_eq!(upgrade_status(server.addr, "/ws/u", nonce).await, 101);
 }
 
 /// The status of a WebSocket upgrade of `path` with the header lines `keys`.
 async fn upgrade_status(addr: std::net::SocketAddr, path: &str, keys: &str) -> u16 {
+    let head = upgrade_head(addr, path, "13", keys).await;
+    head[9..12].parse().expect("a status")
+}
+
+/// The status line and headers of the answer to a WebSocket upgrade of `path` asking for
+/// `version`, with the header lines `keys`.
+async fn upgrade_head(addr: std::net::SocketAddr, path: &str, version: &str, keys: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\n{keys}\r\n"
+         Sec-WebSocket-Version: {version}\r\n{keys}\r\n"
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = [0u8; 12];
-    tokio::time::timeout(STEP, tcp.read_exact(&mut head))
-        .await
-        .expect("an answer in time")
-        .expect("a status line");
-    String::from_utf8_lossy(&head[9..12])
-        .parse()
-        .expect("a status")
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(STEP, tcp.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .expect("the answer");
+        assert!(read == 1 && head.len() < 8192, "no whole head: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 #[tokio::test]
