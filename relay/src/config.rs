@@ -140,11 +140,11 @@ pub struct Config {
     #[arg(long, env = "RELAY_TOTAL_QUOTA", default_value_t = 100_000)]
     pub total_quota: u32,
 
-    /// Maximum permissions per allocation.
+    /// Maximum permissions per allocation (at least 1).
     #[arg(long, env = "RELAY_MAX_PERMISSIONS", default_value_t = 64)]
     pub max_permissions: u32,
 
-    /// Maximum channel bindings per allocation.
+    /// Maximum channel bindings per allocation (at least 1).
     #[arg(long, env = "RELAY_MAX_CHANNELS", default_value_t = 64)]
     pub max_channels: u32,
 
@@ -167,7 +167,8 @@ pub struct Config {
 
     /// Maximum simultaneous TCP/TLS client connections of the whole relay (one counter for
     /// every worker). A connection counts from accept on, TLS handshake included; new
-    /// connections beyond it are closed at once and counted.
+    /// connections beyond it are closed at once and counted. At least 1 (run with `--no-tcp`
+    /// and no TLS for none).
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
@@ -451,15 +452,19 @@ impl Config {
                 "--http-upstream {upstream} is not HOST:PORT"
             )));
         }
-        if self.user_quota == 0 {
-            return Err(ConfigError::Invalid(
-                "--user-quota must be at least 1".into(),
-            ));
-        }
-        if self.max_connections_per_ip == 0 {
-            return Err(ConfigError::Invalid(
-                "--max-connections-per-ip must be at least 1".into(),
-            ));
+        // Limits for which 0 would turn a service off rather than mean "no limit".
+        let at_least_one = [
+            ("--user-quota", u64::from(self.user_quota)),
+            ("--max-permissions", u64::from(self.max_permissions)),
+            ("--max-channels", u64::from(self.max_channels)),
+            ("--max-connections", self.max_connections as u64),
+            (
+                "--max-connections-per-ip",
+                self.max_connections_per_ip as u64,
+            ),
+        ];
+        if let Some((flag, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Invalid(format!("{flag} must be at least 1")));
         }
         Ok(())
     }
@@ -694,6 +699,17 @@ mod tests {
             70_000
         );
         assert!(Config::from_args(["--stream-queue-bytes", "65555"]).is_err());
+        // A limit whose 0 would turn the service off is refused at 0, naming the flag.
+        for flag in [
+            "--user-quota",
+            "--max-permissions",
+            "--max-channels",
+            "--max-connections",
+            "--max-connections-per-ip",
+        ] {
+            let err = Config::from_args([flag, "0"]).unwrap_err().to_string();
+            assert!(err.contains(&format!("{flag} must be at least 1")), "{err}");
+        }
     }
 
     #[test]

@@ -430,7 +430,7 @@ impl UsageReport {
     }
 
     /// The report as CSV: one line per user (`by_room`: per room), with a header, and a last
-    /// line `(other)` when anything overflowed into `other`.
+    /// line `(other)` when the window's `other` is not all zeros.
     pub fn to_csv(&self, by_room: bool) -> String {
         let mut out = String::new();
         let counts = "bytes_to_peer,bytes_to_client,packets_to_peer,packets_to_client,bytes";
