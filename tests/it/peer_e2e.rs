@@ -1894,6 +1894,64 @@ fn a_second_ctrl_c_while_join_leaves_makes_it_leave_at_once() {
     );
 }
 
+/// A Ctrl-C on a sender whose receiver is behind, and reads again a few seconds later: every
+/// line the sender had taken arrives. Before, its SCTP stopped on the receiver's zero window
+/// and learnt of the space only from its next window probe, which its retransmission timer
+/// had backed off to seconds away (the receiver had dropped the last probe, its buffer full);
+/// the sender gave up waiting 10 s after the signal with about 10,000 of 22,000 lines unsent,
+/// and nobody said so (third_party/rtc-sctp/PATCHES.md #1, #2).
+#[test]
+fn lines_reach_a_receiver_that_reads_again_after_the_sender_was_interrupted() {
+    let (_signaling, url) = signaling_room("interrupted-behind");
+    let (_bob, bob_out) = join_unread(&url, "bob");
+    let mut alice = joined(join(&url, "alice", false));
+    alice.wait_line(Duration::from_secs(30), reliable_channel_open);
+    // More than bob's buffers hold (he takes about 1.5 MB unread), less than alice's.
+    let count = 22_000;
+    let mut stdin = alice.stdin.take().expect("stdin");
+    let (written_tx, written) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for n in 0..count {
+            if writeln!(stdin, "line {n:05} {}", "x".repeat(88)).is_err() {
+                return;
+            }
+        }
+        let _ = written_tx.send(());
+        // Stdin stays open: the signal, not its end, makes alice leave.
+        std::thread::sleep(Duration::from_secs(60));
+        drop(stdin);
+    });
+    written
+        .recv_timeout(Duration::from_secs(20))
+        .expect("alice did not take its input");
+    // What is left in the pipe is read by then.
+    std::thread::sleep(Duration::from_secs(1));
+    alice.interrupt();
+    // Bob reads again well after alice's SCTP stopped on his full buffer.
+    std::thread::sleep(Duration::from_secs(6));
+    let rx = lines_of(bob_out, Duration::ZERO);
+    let mut received = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        if line.starts_with("* channel-closed") && field(&line, "kind") == Some("reliable") {
+            break;
+        }
+        if let Some((_, rest)) = line.split_once(": line ") {
+            received.push(rest[..5].parse::<usize>().expect("line number"));
+        }
+    }
+    assert!(alice.wait_exit(Duration::from_secs(20)).success());
+    assert_eq!(received.len(), count, "lines lost");
+    assert_eq!(
+        received,
+        (0..count).collect::<Vec<_>>(),
+        "lines out of order"
+    );
+}
+
 /// A second Ctrl-C after `join` left, while it waits for a peer far behind to read what it
 /// sent (10 s at most), ends that wait: it exits within a few seconds.
 #[test]

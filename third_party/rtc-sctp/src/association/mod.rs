@@ -252,6 +252,9 @@ pub struct Association {
 
     pub(crate) stats: AssociationStats,
     ack_state: AckState,
+    /// PATCH(peer, window update): the receiver window we last advertised (INIT, INIT ACK or
+    /// SACK), for [`Association::window_update_after_read`].
+    advertised_rwnd: u32,
 
     // for testing
     pub(crate) ack_mode: AckMode,
@@ -345,6 +348,7 @@ impl Default for Association {
 
             stats: AssociationStats::default(),
             ack_state: AckState::default(),
+            advertised_rwnd: 0,
 
             // for testing
             ack_mode: AckMode::default(),
@@ -414,6 +418,8 @@ impl Association {
             cumulative_tsn_ack_point: tsn - 1,
             advanced_peer_tsn_ack_point: tsn - 1,
             error: None,
+            // PATCH(peer, window update): INIT and INIT ACK advertise the whole buffer.
+            advertised_rwnd: config.max_receive_buffer_size(),
 
             ..Default::default()
         };
@@ -1467,10 +1473,29 @@ impl Association {
 
         // acknowledged payload bytes were already released from the in-flight queue
         let bytes_outstanding = self.inflight_queue.get_num_bytes() as u32;
+        let window_was_closed = self.rwnd == 0;
         if bytes_outstanding >= d.advertised_receiver_window_credit {
             self.rwnd = 0;
         } else {
             self.rwnd = d.advertised_receiver_window_credit - bytes_outstanding;
+        }
+        // PATCH(peer, window probe): the peer's window opened, and the chunk after its
+        // cumulative ack, sent more than once, is still outstanding: a zero-window probe the
+        // peer dropped, its buffer full (RFC 4960, section 6.2). It goes again now. Otherwise
+        // it waited for its retransmission timer, backed off by the probing (1, 2, 4, ... up
+        // to 60 s), while the chunks sent after it into the open window filled the peer's
+        // buffer out of order: it cannot be fast retransmitted (it was sent more than once),
+        // and the transfer stalled for seconds.
+        if window_was_closed && self.rwnd > 0 {
+            let first = self.cumulative_tsn_ack_point.wrapping_add(1);
+            if let Some(c) = self.inflight_queue.get_mut(first)
+                && c.is_outstanding()
+                && c.nsent > 1
+                && !c.retransmit
+            {
+                c.retransmit = true;
+                self.t3_retransmit_pending = true;
+            }
         }
 
         self.process_fast_retransmission(d.cumulative_tsn_ack, htna, cum_tsn_ack_point_advanced)?;
@@ -2227,6 +2252,22 @@ impl Association {
         self.streams
             .values()
             .any(|s| s.reassembly_queue.is_readable())
+    }
+
+    /// PATCH(peer, window update): the application just read from the receive buffer. If the
+    /// window we last advertised was nearly closed (under a quarter of the buffer) and at least
+    /// half of the buffer is free now, a SACK goes out at the next transmit to say so (the
+    /// "window update" of RFC 4960, section 6.2). Without it the peer, which stops sending on a
+    /// zero window, only learns of the space from the SACK of its next zero-window probe, sent
+    /// when its retransmission timer fires: that timer backs off (1, 2, 4, ... up to 60 s), so
+    /// after a few seconds of a receiver that did not read, the transfer stalled for seconds
+    /// after it read again.
+    pub(crate) fn window_update_after_read(&mut self) {
+        let buffer = self.max_receive_buffer_size;
+        if self.advertised_rwnd < buffer / 4 && self.get_my_receiver_window_credit() >= buffer / 2
+        {
+            self.ack_state = AckState::Immediate;
+        }
     }
 
     pub(crate) fn get_my_receiver_window_credit(&self) -> u32 {
@@ -3106,9 +3147,11 @@ impl Association {
     }
 
     fn create_selective_ack_chunk(&mut self) -> ChunkSelectiveAck {
+        // PATCH(peer, window update): remembered for `window_update_after_read`.
+        self.advertised_rwnd = self.get_my_receiver_window_credit();
         ChunkSelectiveAck {
             cumulative_tsn_ack: self.peer_last_tsn,
-            advertised_receiver_window_credit: self.get_my_receiver_window_credit(),
+            advertised_receiver_window_credit: self.advertised_rwnd,
             gap_ack_blocks: self.payload_queue.get_gap_ack_blocks(self.peer_last_tsn),
             duplicate_tsn: self.payload_queue.pop_duplicates(),
         }

@@ -135,6 +135,10 @@ impl Stream<'_> {
                 self.association
                     .retry_deferred_resets(self.stream_identifier);
             }
+            if chunks.is_some() {
+                // PATCH(peer, window update): the read freed receive buffer.
+                self.association.window_update_after_read();
+            }
             Ok(chunks)
         } else {
             Err(Error::ErrStreamClosed)
