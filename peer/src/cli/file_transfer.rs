@@ -327,7 +327,7 @@ impl Target {
                 Sink::Direct { file }
             }
             existing => {
-                let staged = stage_beside(&dest).with_context(context)?;
+                let staged = stage_beside(&dest, existing.is_some()).with_context(context)?;
                 let file = staged.reopen().with_context(context)?;
                 Sink::Staged {
                     file: tokio::fs::File::from_std(file),
@@ -418,9 +418,11 @@ fn resolve_links(path: &Path) -> PathBuf {
     current
 }
 
-/// A temporary file in `dest`'s directory (so that putting it in place is a rename), or in the
-/// temporary directory when that one is not writable.
-fn stage_beside(dest: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+/// A temporary file in `dest`'s directory (so that putting it in place is a rename). When that
+/// directory is not writable (or does not exist), the temporary directory serves for an
+/// `existing` destination, whose content is replaced in place; for a new one it is an error,
+/// before anything is received (it could not be created at the end either).
+fn stage_beside(dest: &Path, existing: bool) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = match dest.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
@@ -434,7 +436,10 @@ fn stage_beside(dest: &Path) -> std::io::Result<tempfile::NamedTempFile> {
         .prefix(&prefix)
         .suffix(".part")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    builder.tempfile_in(&dir).or_else(|_| builder.tempfile())
+    match builder.tempfile_in(&dir) {
+        Err(_) if existing => builder.tempfile(),
+        staged => staged,
+    }
 }
 
 /// A transfer in progress.
@@ -587,6 +592,18 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         // Nothing temporary is left behind.
         assert_eq!(testkit::dir_names(dir.path()), ["link.bin", "out.bin"]);
+    }
+
+    #[tokio::test]
+    async fn a_new_file_in_a_missing_directory_is_refused_before_anything_arrives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("missing").join("out.bin");
+        let Err(err) = Target::open(&out).await else {
+            panic!("opened {}", out.display());
+        };
+        let line = super::super::error_chain(&err);
+        assert!(line.contains(&out.display().to_string()), "{line}");
+        assert!(line.contains("No such file or directory"), "{line}");
     }
 
     #[tokio::test]
