@@ -2044,7 +2044,9 @@ fn a_chat_peer_declines_a_file_and_the_sender_says_so() {
     let (_signaling, url, dir) = file_room("declined");
     let (src, src_s) = path_in(dir.path(), "photo.bin");
     std::fs::write(&src, xorshift_bytes(7, 200_000)).expect("write source");
-    let mut alice = joined(join(&url, "alice", false));
+    let alice_stderr = StderrFile::new();
+    let mut alice = join_logged(&url, "alice", &alice_stderr);
+    wait_joined(&mut alice);
     let stderr = StderrFile::new();
     let mut sender = spawn_with_stderr(
         "peer",
@@ -2064,11 +2066,18 @@ fn a_chat_peer_declines_a_file_and_the_sender_says_so() {
         "{}",
         stderr.text()
     );
+    alice.wait_line(Duration::from_secs(10), |l| l.starts_with("* peer-left"));
     alice.read_for(Duration::from_millis(500));
     assert!(
         alice.seen.iter().all(|l| l.starts_with("* ")),
         "a chat peer printed file data:\n{}",
         alice.seen.join("\n")
+    );
+    // Its answer to the offer is no line of its: none is said not to have arrived.
+    assert!(
+        !alice_stderr.text().contains("may not have arrived"),
+        "{}",
+        alice_stderr.text()
     );
 }
 

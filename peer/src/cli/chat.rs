@@ -232,6 +232,9 @@ struct Chat {
     down: HashSet<PeerId>,
     /// Peers sending a file we declined: their binary chunks are dropped, not shown.
     declined: HashSet<PeerId>,
+    /// How many replies (`file-declined`) went to each peer after the last line sent to it:
+    /// the last messages it may not have acknowledged when it leaves, they are no lines.
+    replies_since_line: HashMap<PeerId, usize>,
     /// The pair last printed when a reliable channel of the peer opened: both sides may open
     /// one (the browser's `chat` and our `reliable`), and the second adds no line unless the
     /// path is another (a connection that replaced the first).
@@ -249,6 +252,7 @@ impl Chat {
             reselect: HashMap::new(),
             down: HashSet::new(),
             declined: HashSet::new(),
+            replies_since_line: HashMap::new(),
             opened_on: HashMap::new(),
         }
     }
@@ -427,6 +431,7 @@ impl Chat {
         match peer.send_text(to, ChannelKind::Reliable, &line).await {
             Ok(()) => {
                 self.outbox.reached(to);
+                self.replies_since_line.remove(to);
                 true
             }
             Err(PeerError::ChannelNotOpen { .. } | PeerError::Replaced)
@@ -612,6 +617,7 @@ impl Chat {
                 self.reselect.remove(&id);
                 self.down.remove(&id);
                 self.declined.remove(&id);
+                self.replies_since_line.remove(&id);
                 self.opened_on.remove(&id);
             }
             PeerEvent::PeerRenamed { old, new } => {
@@ -627,6 +633,9 @@ impl Chat {
                 }
                 if self.declined.remove(&old) {
                     self.declined.insert(new.clone());
+                }
+                if let Some(replies) = self.replies_since_line.remove(&old) {
+                    self.replies_since_line.insert(new.clone(), replies);
                 }
                 if let Some(pair) = self.opened_on.remove(&old) {
                     self.opened_on.insert(new.clone(), pair);
@@ -646,10 +655,17 @@ impl Chat {
                 "resent",
                 &[("peer", id.as_str().into()), ("messages", messages.into())],
             ),
-            PeerEvent::Unacknowledged { peer: id, messages } => eprintln!(
-                "warning: {messages} line(s) to {} may not have arrived: it left the room before acknowledging them",
-                escape(&display(&self.names, &id))
-            ),
+            PeerEvent::Unacknowledged { peer: id, messages } => {
+                // The last messages sent are the ones not acknowledged.
+                let replies = self.replies_since_line.get(&id).copied().unwrap_or(0);
+                let lines = messages.saturating_sub(replies);
+                if lines > 0 {
+                    eprintln!(
+                        "warning: {lines} line(s) to {} may not have arrived: it left the room before acknowledging them",
+                        escape(&display(&self.names, &id))
+                    );
+                }
+            }
             PeerEvent::SignalingReconnecting { attempt, delay } => out.notice_values(
                 "signaling-reconnecting",
                 &[
@@ -754,8 +770,13 @@ impl Chat {
                 let reply = Control::Declined {
                     reason: DECLINE_REASON.into(),
                 };
-                if let (Some(peer), Ok(reply)) = (peer, serde_json::to_string(&reply)) {
-                    let _ = peer.send_text(&from, ChannelKind::Reliable, &reply).await;
+                if let (Some(peer), Ok(reply)) = (peer, serde_json::to_string(&reply))
+                    && peer
+                        .send_text(&from, ChannelKind::Reliable, &reply)
+                        .await
+                        .is_ok()
+                {
+                    *self.replies_since_line.entry(from.clone()).or_default() += 1;
                 }
                 return;
             }
