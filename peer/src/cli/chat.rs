@@ -133,6 +133,7 @@ impl StdinLines {
 /// [`MAX_MESSAGE`] bytes is not sent (`None`).
 fn chat_message(line: Vec<u8>, number: u64) -> (Option<String>, Vec<String>) {
     let mut warnings = Vec::new();
+    let read = line.len();
     let text = String::from_utf8(line).unwrap_or_else(|err| {
         warnings.push(format!(
             "line {number} is not valid UTF-8: sent with U+FFFD in place of the invalid bytes"
@@ -141,7 +142,16 @@ fn chat_message(line: Vec<u8>, number: u64) -> (Option<String>, Vec<String>) {
     });
     if text.len() > MAX_MESSAGE {
         warnings.clear();
-        warnings.push(too_long(text.len()));
+        warnings.push(if text.len() == read {
+            too_long(read)
+        } else {
+            // Each invalid byte took the 3 bytes of U+FFFD.
+            format!(
+                "line of {read} bytes not sent: with U+FFFD in place of its invalid UTF-8 it \
+                 is {} bytes, at most {MAX_MESSAGE} per message",
+                text.len()
+            )
+        });
         return (None, warnings);
     }
     (Some(text), warnings)
@@ -901,6 +911,18 @@ mod tests {
         assert_eq!(
             warnings,
             ["line of 65537 bytes not sent: at most 65536 bytes per message"]
+        );
+        // A line that fits, made longer by U+FFFD, says both sizes.
+        let mut line = vec![b'x'; MAX_MESSAGE - 1];
+        line.push(0xff);
+        let (text, warnings) = chat_message(line, 3);
+        assert_eq!(text, None);
+        assert_eq!(
+            warnings,
+            [
+                "line of 65536 bytes not sent: with U+FFFD in place of its invalid UTF-8 it is \
+                 65538 bytes, at most 65536 per message"
+            ]
         );
     }
 
