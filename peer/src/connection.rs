@@ -104,8 +104,12 @@ pub(crate) enum ConnectionOutput {
     /// [`Self::StartedOver`]: for the connection that replaced it (the candidates of the
     /// remote's offer often come right after it).
     HandedOver { peer: PeerId, signal: Signal },
-    /// The connection task ended.
-    Ended { key: u64 },
+    /// The connection task ended. `unconfirmed`: the peer, when we left and it did not close
+    /// its side within [`CHANNEL_CLOSE_WAIT`] (it may not have read all we sent).
+    Ended {
+        key: u64,
+        unconfirmed: Option<PeerId>,
+    },
 }
 
 /// The room's handle on a running connection.
@@ -419,12 +423,13 @@ impl ConnectionTask {
     ) {
         let mut stats_tick = tokio::time::interval(STATS_TICK);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut confirmed = true;
         loop {
             let result = tokio::select! {
                 _ = stats_tick.tick() => self.on_tick().await,
                 message = input.recv() => match message {
                     Some(ConnectionInput::Close(closing)) => {
-                        self.close(closing, &mut input, &mut handler).await;
+                        confirmed = self.close(closing, &mut input, &mut handler).await;
                         break;
                     }
                     None => break,
@@ -465,10 +470,10 @@ impl ConnectionTask {
         }
         let _ = self.pc.close().await;
         self.ctx.registry.remove_connection(self.ctx.key);
-        let _ = self
-            .ctx
-            .output
-            .send(ConnectionOutput::Ended { key: self.ctx.key });
+        let _ = self.ctx.output.send(ConnectionOutput::Ended {
+            key: self.ctx.key,
+            unconfirmed: (!confirmed).then(|| self.peer()),
+        });
     }
 
     /// Closing waits, [`CHANNEL_CLOSE_WAIT`] at most, until what was sent on the connection
@@ -484,14 +489,16 @@ impl ConnectionTask {
     /// - When the peer left: until our channels' readers end, having handed on what the peer
     ///   sent up to its channels' closes.
     /// - [`Closing::AtOnce`]: no wait.
+    ///
+    /// `false` when we left and the peer did not close its side in time.
     async fn close(
         &mut self,
         closing: Closing,
         input: &mut mpsc::UnboundedReceiver<ConnectionInput>,
         handler: &mut mpsc::UnboundedReceiver<HandlerEvent>,
-    ) {
+    ) -> bool {
         match closing {
-            Closing::WeLeave => self.await_peer_close(input, handler).await,
+            Closing::WeLeave => return self.await_peer_close(input, handler).await,
             Closing::PeerLeft => {
                 // Nothing goes to it any more.
                 self.ctx.registry.remove_connection(self.ctx.key);
@@ -503,15 +510,16 @@ impl ConnectionTask {
             }
             Closing::AtOnce => {}
         }
+        true
     }
 
     /// We leave: closes our channels, then waits while the path is up until the peer closes
-    /// its side or leaves too ([`CHANNEL_CLOSE_WAIT`] at most).
+    /// its side or leaves too ([`CHANNEL_CLOSE_WAIT`] at most). `false` when that wait ran out.
     async fn await_peer_close(
         &mut self,
         input: &mut mpsc::UnboundedReceiver<ConnectionInput>,
         handler: &mut mpsc::UnboundedReceiver<HandlerEvent>,
-    ) {
+    ) -> bool {
         self.ctx.readers.close();
         let deadline = tokio::time::Instant::now() + CHANNEL_CLOSE_WAIT;
         let mut poll = tokio::time::interval(PEER_CLOSED_POLL);
@@ -520,24 +528,25 @@ impl ConnectionTask {
                 event = handler.recv() => match event {
                     Some(HandlerEvent::State(state)) => self.state = state,
                     Some(_) => {}
-                    None => return,
+                    None => return true,
                 },
                 _ = poll.tick() => {
                     if self.peer_closed().await {
-                        return;
+                        return true;
                     }
                 }
                 message = input.recv() => match message {
                     Some(ConnectionInput::PeerLeft | ConnectionInput::Close(Closing::AtOnce))
-                    | None => return,
+                    | None => return true,
                     Some(_) => {}
                 },
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::debug!(peer = %self.peer(), "the peer did not close in time");
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     /// Whether the peer closed its side: its DTLS `close_notify` closed our DTLS transport

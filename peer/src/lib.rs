@@ -465,8 +465,11 @@ impl Peer {
     /// most, then 11 s). [`Peer::close_at_once`] called meanwhile cuts it short, and both
     /// return then. Once the peer closed, what needs the room fails with
     /// [`PeerError::Closed`] or [`PeerError::ChannelNotOpen`].
-    pub async fn close(&self) {
-        self.close_with(false).await;
+    ///
+    /// Returns the peers that did not close their side within the wait: what they had not
+    /// read yet may be lost (empty when the close was cut short before that wait ran out).
+    pub async fn close(&self) -> Vec<PeerId> {
+        self.close_with(false).await
     }
 
     /// Leaves the room and closes every connection without the waits of [`Peer::close`]:
@@ -476,18 +479,19 @@ impl Peer {
     /// under way (the CLI on a second Ctrl-C): that close leaves at once if it had not left
     /// yet, and no longer waits for the peers. Returns once the `leave` was written (2 s at
     /// most) and the connections closed (1 s at most).
-    pub async fn close_at_once(&self) {
-        self.close_with(true).await;
+    pub async fn close_at_once(&self) -> Vec<PeerId> {
+        self.close_with(true).await
     }
 
-    async fn close_with(&self, at_once: bool) {
+    async fn close_with(&self, at_once: bool) -> Vec<PeerId> {
         let (reply, rx) = oneshot::channel();
         if self
             .commands
             .send(RoomCommand::Close { at_once, reply })
-            .is_ok()
+            .is_err()
         {
-            let _ = rx.await;
+            return Vec::new();
         }
+        rx.await.unwrap_or_default()
     }
 }

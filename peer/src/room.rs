@@ -71,9 +71,10 @@ pub(crate) enum RoomCommand {
         reply: oneshot::Sender<Option<SelectedPair>>,
     },
     /// Leave the room and close every connection: gracefully ([`Room::close`]) or at once.
+    /// The reply: the peers that did not close their side in time.
     Close {
         at_once: bool,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Vec<PeerId>>,
     },
 }
 
@@ -84,14 +85,14 @@ struct CloseRequests<'a> {
     commands: &'a mut mpsc::UnboundedReceiver<RoomCommand>,
     /// Whether a [`crate::Peer`] handle is left to ask anything.
     commands_open: bool,
-    replies: Vec<oneshot::Sender<()>>,
+    replies: Vec<oneshot::Sender<Vec<PeerId>>>,
     at_once: bool,
 }
 
 impl<'a> CloseRequests<'a> {
     fn new(
         commands: &'a mut mpsc::UnboundedReceiver<RoomCommand>,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Vec<PeerId>>,
         at_once: bool,
     ) -> Self {
         Self {
@@ -123,10 +124,10 @@ impl<'a> CloseRequests<'a> {
         std::future::pending().await
     }
 
-    /// The room closed: every caller hears it.
-    fn answer(self) {
+    /// The room closed: every caller hears it, and which peers did not close in time.
+    fn answer(self, unconfirmed: &[PeerId]) {
         for reply in self.replies {
-            let _ = reply.send(());
+            let _ = reply.send(unconfirmed.to_vec());
         }
     }
 }
@@ -151,6 +152,9 @@ pub(crate) struct Room {
     /// Connections of peers that left, closed and still handing on what those sent, until
     /// they end: closing the room waits for them too.
     draining: HashSet<u64>,
+    /// While the room closes: the peers that did not close their side in time (they may not
+    /// have read all we sent), for the callers of [`crate::Peer::close`].
+    unconfirmed: Vec<PeerId>,
     /// Whether the signaling session is up (false from `Reconnecting` until it resumed or
     /// re-joined). `stats` reports made meanwhile are dropped rather than queued: after a
     /// re-join they would name peer ids of the old session (`unknown_peer`), and a fresh
@@ -187,6 +191,7 @@ impl Room {
                 orphans_until: None,
                 leaving: Vec::new(),
                 draining: HashSet::new(),
+                unconfirmed: Vec::new(),
                 signaling_up: true,
                 rejoins: 0,
                 next_key: 1,
@@ -243,7 +248,7 @@ impl Room {
                         } else {
                             self.close(&mut output_rx, &mut signaling_rx, &mut requests).await;
                         }
-                        requests.answer();
+                        requests.answer(&self.unconfirmed);
                         return;
                     }
                     None => break,
@@ -361,9 +366,10 @@ impl Room {
     /// (and of [`Self::draining`]); `false` once no more can come.
     fn note_ended(&mut self, open: &mut HashSet<u64>, output: Option<ConnectionOutput>) -> bool {
         match output {
-            Some(ConnectionOutput::Ended { key }) => {
+            Some(ConnectionOutput::Ended { key, unconfirmed }) => {
                 open.remove(&key);
                 self.draining.remove(&key);
+                self.unconfirmed.extend(unconfirmed);
                 true
             }
             Some(_) => true,
@@ -828,7 +834,10 @@ impl Room {
                     let _ = handle.input.send(ConnectionInput::Remote(signal));
                 }
             }
-            ConnectionOutput::Ended { key } => {
+            ConnectionOutput::Ended {
+                key,
+                unconfirmed: _,
+            } => {
                 self.connections.remove(&key);
                 self.draining.remove(&key);
                 self.orphans.retain(|k| *k != key);

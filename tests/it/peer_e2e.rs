@@ -1986,6 +1986,36 @@ fn a_second_ctrl_c_ends_the_wait_for_a_peer_behind() {
     );
 }
 
+/// A Ctrl-C on a sender whose receiver is behind and stays so: the sender waits 10 s for it,
+/// then leaves saying that the last lines may not have arrived (it said nothing).
+#[test]
+fn a_sender_says_so_when_a_peer_behind_did_not_read_all_before_it_left() {
+    let (_signaling, url) = signaling_room("unconfirmed");
+    let (_bob, _bob_out) = join_unread(&url, "bob");
+    let stderr = StderrFile::new();
+    let mut alice = join_logged(&url, "alice", &stderr);
+    wait_joined(&mut alice);
+    alice.wait_line(Duration::from_secs(30), reliable_channel_open);
+    let mut stdin = alice.stdin.take().expect("stdin");
+    std::thread::spawn(move || {
+        // More than bob's buffers hold.
+        for n in 0..12_000 {
+            if writeln!(stdin, "line {n:05} {}", "x".repeat(190)).is_err() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    alice.interrupt();
+    assert!(alice.wait_exit(Duration::from_secs(20)).success());
+    let text = stderr.text();
+    assert!(
+        text.contains("warning: bob did not read all that was sent to it before join left"),
+        "{text}"
+    );
+}
+
 /// `recv-file` and `send-file` stop on SIGINT and SIGTERM with 130 and 143, leaving the
 /// room; a transfer that did not complete leaves `recv-file`'s output as it was (an existing
 /// file untouched, no new or temporary file).

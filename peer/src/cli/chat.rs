@@ -197,11 +197,18 @@ pub(crate) async fn run(
         );
     }
     let leaving = stop.leave(peer, super::Leave::Gracefully);
-    if outcome.is_ok() {
-        chat.print_while(leaving, &mut events).await;
+    let unconfirmed = if outcome.is_ok() {
+        chat.print_while(leaving, &mut events).await
     } else {
-        // Stopped by a signal: nothing more is printed.
-        leaving.await;
+        // Stopped by a signal: nothing more is printed on stdout.
+        leaving.await
+    };
+    for id in unconfirmed {
+        eprintln!(
+            "warning: {} did not read all that was sent to it before join left (it had not \
+             closed its side 10 s after): the last lines may not have arrived",
+            escape(&display(&chat.names, &id))
+        );
     }
     match outcome {
         Ok(result) => result,
@@ -478,17 +485,22 @@ impl Chat {
     /// While `leaving` runs ([`Peer::close`]), and then for what is still queued: what had
     /// arrived is printed (and what a peer that leaves too sends up to its close), and the
     /// peers' leaving; a file offered then is not answered.
-    async fn print_while(&mut self, leaving: impl Future<Output = ()>, events: &mut PeerEvents) {
+    async fn print_while<T>(
+        &mut self,
+        leaving: impl Future<Output = T>,
+        events: &mut PeerEvents,
+    ) -> T {
         tokio::pin!(leaving);
-        loop {
+        let left = loop {
             tokio::select! {
-                () = &mut leaving => break,
+                left = &mut leaving => break left,
                 Some(event) = events.recv() => self.on_event_leaving(event).await,
             }
-        }
+        };
         while let Some(event) = events.try_recv() {
             self.on_event_leaving(event).await;
         }
+        left
     }
 
     /// An event while leaving: a message is printed, a notice too.

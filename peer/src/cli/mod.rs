@@ -326,14 +326,16 @@ impl Stop {
 
     /// Leaves the room and closes every connection as `how` says. A signal meanwhile cuts
     /// that short: the peer leaves at once ([`Peer::close_at_once`]); one more, and it
-    /// returns without waiting for that.
-    pub(crate) async fn leave(&mut self, peer: Peer, how: Leave) {
+    /// returns without waiting for that. The peers that did not close their side in time
+    /// ([`Peer::close`]).
+    pub(crate) async fn leave(&mut self, peer: Peer, how: Leave) -> Vec<PeerId> {
         let closed = match how {
             Leave::Gracefully => self.guard(peer.close()).await,
             Leave::AtOnce => self.guard(peer.close_at_once()).await,
         };
-        if closed.is_err() {
-            let _ = self.guard(peer.close_at_once()).await;
+        match closed {
+            Ok(unconfirmed) => unconfirmed,
+            Err(_) => self.guard(peer.close_at_once()).await.unwrap_or_default(),
         }
     }
 
