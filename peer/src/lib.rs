@@ -478,7 +478,8 @@ impl Peer {
     /// receiver confirmed the file), or that will not wait any longer for a [`Peer::close`]
     /// under way (the CLI on a second Ctrl-C): that close leaves at once if it had not left
     /// yet, and no longer waits for the peers. Returns once the `leave` was written (2 s at
-    /// most) and the connections closed (1 s at most).
+    /// most) and the connections closed (1 s at most), with what [`Peer::close`] returns
+    /// (peers that a close under way had already found did not close in time).
     pub async fn close_at_once(&self) -> Vec<PeerId> {
         self.close_with(true).await
     }
