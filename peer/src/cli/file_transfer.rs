@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use futures_util::FutureExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use peer::protocol::PeerId;
-use peer::{ChannelKind, Peer, PeerEvent, PeerEvents};
+use peer::{ChannelKind, Peer, PeerError, PeerEvent, PeerEvents};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -204,12 +204,23 @@ async fn send_to_first_peer(
         if n == 0 {
             break;
         }
-        peer.send(
-            &to,
-            ChannelKind::Reliable,
-            bytes::Bytes::copy_from_slice(&buf[..n]),
-        )
-        .await?;
+        let sent = peer
+            .send(
+                &to,
+                ChannelKind::Reliable,
+                bytes::Bytes::copy_from_slice(&buf[..n]),
+            )
+            .await;
+        if let Err(PeerError::ChannelNotOpen { .. }) = sent {
+            // Its channel closed under us: it stopped or left.
+            bar.abandon();
+            bail!(
+                "the receiver closed its channel before the file was sent ({} of {size} bytes \
+                 sent)",
+                bar.position()
+            );
+        }
+        sent?;
         bar.inc(n as u64);
     }
     let verdict = match early {
