@@ -104,8 +104,9 @@ pub(crate) enum ConnectionOutput {
     /// [`Self::StartedOver`]: for the connection that replaced it (the candidates of the
     /// remote's offer often come right after it).
     HandedOver { peer: PeerId, signal: Signal },
-    /// The connection task ended. `unconfirmed`: the peer, when we left and it did not close
-    /// its side within [`CHANNEL_CLOSE_WAIT`] (it may not have read all we sent).
+    /// The connection task ended. `unconfirmed`: the peer, when we left and it had not closed
+    /// its side when the wait for that ended ([`CHANNEL_CLOSE_WAIT`] at most, less when cut
+    /// short or when the path went down): it may not have read all we sent.
     Ended {
         key: u64,
         unconfirmed: Option<PeerId>,
@@ -514,7 +515,9 @@ impl ConnectionTask {
     }
 
     /// We leave: closes our channels, then waits while the path is up until the peer closes
-    /// its side or leaves too ([`CHANNEL_CLOSE_WAIT`] at most). `false` when that wait ran out.
+    /// its side or leaves too ([`CHANNEL_CLOSE_WAIT`] at most). `false` when the peer had not
+    /// closed its side when that wait ended: it ran out, was cut short
+    /// ([`Closing::AtOnce`]), or the path went down.
     async fn await_peer_close(
         &mut self,
         input: &mut mpsc::UnboundedReceiver<ConnectionInput>,
@@ -536,8 +539,11 @@ impl ConnectionTask {
                     }
                 }
                 message = input.recv() => match message {
-                    Some(ConnectionInput::PeerLeft | ConnectionInput::Close(Closing::AtOnce))
-                    | None => return true,
+                    Some(ConnectionInput::PeerLeft) | None => return true,
+                    // Cut short: it is not known whether the peer read all.
+                    Some(ConnectionInput::Close(Closing::AtOnce)) => {
+                        return self.peer_closed().await;
+                    }
                     Some(_) => {}
                 },
                 () = tokio::time::sleep_until(deadline) => {
@@ -546,7 +552,8 @@ impl ConnectionTask {
                 }
             }
         }
-        true
+        // The path went down: unless the peer closed first, what it had not read is lost.
+        self.peer_closed().await
     }
 
     /// Whether the peer closed its side: its DTLS `close_notify` closed our DTLS transport

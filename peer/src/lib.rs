@@ -466,8 +466,9 @@ impl Peer {
     /// return then. Once the peer closed, what needs the room fails with
     /// [`PeerError::Closed`] or [`PeerError::ChannelNotOpen`].
     ///
-    /// Returns the peers that did not close their side within the wait: what they had not
-    /// read yet may be lost (empty when the close was cut short before that wait ran out).
+    /// Returns the peers that had not closed their side when the wait for it ended (it ran
+    /// out, the path went down, or [`Peer::close_at_once`] cut it short): what they had not
+    /// read yet may be lost.
     pub async fn close(&self) -> Vec<PeerId> {
         self.close_with(false).await
     }

@@ -124,8 +124,17 @@ impl<'a> CloseRequests<'a> {
         std::future::pending().await
     }
 
-    /// The room closed: every caller hears it, and which peers did not close in time.
-    fn answer(self, unconfirmed: &[PeerId]) {
+    /// The room closed: every caller hears it, and which peers did not close in time (those
+    /// whose requests came while nothing read them too).
+    fn answer(mut self, unconfirmed: &[PeerId]) {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                RoomCommand::SelectedPair { reply, .. } => {
+                    let _ = reply.send(None);
+                }
+                RoomCommand::Close { reply, .. } => self.replies.push(reply),
+            }
+        }
         for reply in self.replies {
             let _ = reply.send(unconfirmed.to_vec());
         }
@@ -834,10 +843,7 @@ impl Room {
                     let _ = handle.input.send(ConnectionInput::Remote(signal));
                 }
             }
-            ConnectionOutput::Ended {
-                key,
-                unconfirmed: _,
-            } => {
+            ConnectionOutput::Ended { key, .. } => {
                 self.connections.remove(&key);
                 self.draining.remove(&key);
                 self.orphans.retain(|k| *k != key);

@@ -183,10 +183,15 @@ impl FromRequestParts<Arc<AppState>> for Upgrade {
             let message = format!("not a WebSocket upgrade: {why}");
             refuse(app, &RequestError::new(ErrorCode::InvalidMessage, message))
         };
-        if parts
+        let upgrade = parts
             .headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .is_some_and(|version| version != "13")
+            .get(header::UPGRADE)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if upgrade
+            && parts
+                .headers
+                .get(header::SEC_WEBSOCKET_VERSION)
+                .is_some_and(|version| version != "13")
         {
             let mut refusal = invalid("this server speaks `Sec-WebSocket-Version` 13 only");
             *refusal.0.status_mut() = StatusCode::UPGRADE_REQUIRED;

@@ -201,13 +201,13 @@ pub(crate) async fn run(
         chat.print_while(leaving, &mut events).await
     } else {
         // Stopped by a signal: nothing more is printed on stdout.
-        leaving.await
+        super::discarding_events(leaving, &mut events).await
     };
-    for id in unconfirmed {
+    for id in unconfirmed.iter().filter(|id| chat.lines_to.contains(id)) {
         eprintln!(
-            "warning: {} did not read all that was sent to it before join left (it had not \
-             closed its side 10 s after): the last lines may not have arrived",
-            escape(&display(&chat.names, &id))
+            "warning: {} had not confirmed reading all that was sent to it when join left \
+             (its side was not closed): the last lines may not have arrived",
+            escape(&display(&chat.names, id))
         );
     }
     match outcome {
@@ -252,6 +252,8 @@ struct Chat {
     /// How many replies (`file-declined`) went to each peer after the last line sent to it:
     /// the last messages it may not have acknowledged when it leaves, they are no lines.
     replies_since_line: HashMap<PeerId, usize>,
+    /// The peers a line went to: when we leave, only those can have missed one.
+    lines_to: HashSet<PeerId>,
     /// The pair last printed when a reliable channel of the peer opened: both sides may open
     /// one (the browser's `chat` and our `reliable`), and the second adds no line unless the
     /// path is another (a connection that replaced the first).
@@ -270,6 +272,7 @@ impl Chat {
             down: HashSet::new(),
             declined: HashSet::new(),
             replies_since_line: HashMap::new(),
+            lines_to: HashSet::new(),
             opened_on: HashMap::new(),
         }
     }
@@ -449,6 +452,7 @@ impl Chat {
             Ok(()) => {
                 self.outbox.reached(to);
                 self.replies_since_line.remove(to);
+                self.lines_to.insert(to.clone());
                 true
             }
             Err(PeerError::ChannelNotOpen { .. } | PeerError::Replaced)
@@ -658,6 +662,9 @@ impl Chat {
                 }
                 if let Some(replies) = self.replies_since_line.remove(&old) {
                     self.replies_since_line.insert(new.clone(), replies);
+                }
+                if self.lines_to.remove(&old) {
+                    self.lines_to.insert(new.clone());
                 }
                 if let Some(pair) = self.opened_on.remove(&old) {
                     self.opened_on.insert(new.clone(), pair);

@@ -212,11 +212,12 @@ async fn send_to_first_peer(
             )
             .await;
         if let Err(PeerError::ChannelNotOpen { .. }) = sent {
-            // Its channel closed under us: it stopped or left.
+            // The channel closed under us: the receiver stopped or left, or the connection
+            // was replaced.
             bar.abandon();
             bail!(
-                "the receiver closed its channel before the file was sent ({} of {size} bytes \
-                 sent)",
+                "the channel to the receiver closed before the file was sent ({} of {size} \
+                 bytes sent)",
                 bar.position()
             );
         }
@@ -299,8 +300,9 @@ struct Target {
 }
 
 enum Sink {
-    /// A regular file, or none yet: the file is written to a temporary file (beside it, or in
-    /// the temporary directory when its directory is not writable), and only a whole file with
+    /// A regular file, or none yet: the file is written to a temporary file (beside it, or,
+    /// for an existing file in a directory that is not writable, in the temporary directory:
+    /// [`stage_beside`]), and only a whole file with
     /// the right checksum reaches `dest`. Anything else removes just the temporary file (on
     /// drop): an existing file is never truncated or lost.
     Staged {

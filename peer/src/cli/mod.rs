@@ -351,8 +351,24 @@ impl Stop {
     ) -> anyhow::Result<Result<T, Interrupted>> {
         let (peer, mut events) = self.guard(join(url, common)).await??;
         let outcome = self.guard(session(&peer, &mut events)).await;
-        self.leave(peer, how).await;
+        discarding_events(self.leave(peer, how), &mut events).await;
         Ok(outcome)
+    }
+}
+
+/// `leaving`'s output; meanwhile the peer's events are read and dropped: the room waits for
+/// room in their queue to hand on an event, and would not hear a second signal's
+/// [`Peer::close_at_once`] while a full queue held it up.
+pub(crate) async fn discarding_events<T>(
+    leaving: impl Future<Output = T>,
+    events: &mut PeerEvents,
+) -> T {
+    tokio::pin!(leaving);
+    loop {
+        tokio::select! {
+            left = &mut leaving => return left,
+            Some(_) = events.recv() => {}
+        }
     }
 }
 

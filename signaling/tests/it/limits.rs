@@ -240,8 +240,13 @@ async fn handshake_errors() {
             .contains("\r\nsec-websocket-version: 13\r\n"),
         "{head}"
     );
+    // Not an upgrade at all: 400 whatever version it names.
+    let headers = [("Sec-WebSocket-Version", "8")];
+    let (status, _, body) =
+        crate::http_client::http_request(server.addr, "GET", "/ws/u", &headers, "").await;
+    assert_eq!(status, 400, "{body}");
     let after = server.errors(ErrorCode::InvalidMessage).await;
-    assert_eq!(after, before + 7);
+    assert_eq!(after, before + 8);
     // The sample nonce of RFC 6455 upgrades.
     assert_eq!(upgrade_status(server.addr, "/ws/u", nonce).await, 101);
 }

@@ -1480,15 +1480,18 @@ impl Association {
             self.rwnd = d.advertised_receiver_window_credit - bytes_outstanding;
         }
         // PATCH(peer, window probe): the peer's window opened, and the chunk after its
-        // cumulative ack, sent more than once, is still outstanding: a zero-window probe the
-        // peer dropped, its buffer full (RFC 4960, section 6.2). It goes again now. Otherwise
+        // cumulative ack, sent more than once and alone in flight, is still outstanding: a
+        // zero-window probe the peer dropped, its buffer full (RFC 4960, section 6.2). It goes
+        // again now (once per such opening: a probe is the only chunk in flight). Otherwise
         // it waited for its retransmission timer, backed off by the probing (1, 2, 4, ... up
         // to 60 s), while the chunks sent after it into the open window filled the peer's
         // buffer out of order: it cannot be fast retransmitted (it was sent more than once),
         // and the transfer stalled for seconds.
         if window_was_closed && self.rwnd > 0 {
             let first = self.cumulative_tsn_ack_point.wrapping_add(1);
+            let lone = self.inflight_queue.len() == 1;
             if let Some(c) = self.inflight_queue.get_mut(first)
+                && lone
                 && c.is_outstanding()
                 && c.nsent > 1
                 && !c.retransmit
