@@ -644,6 +644,7 @@ impl Chat {
                 self.down.remove(&id);
                 self.declined.remove(&id);
                 self.replies_since_line.remove(&id);
+                self.lines_to.remove(&id);
                 self.opened_on.remove(&id);
             }
             PeerEvent::PeerRenamed { old, new } => {
