@@ -108,13 +108,9 @@ impl<'a> CloseRequests<'a> {
     async fn hurried(&mut self) {
         while self.commands_open && !self.at_once {
             match self.commands.recv().await {
-                Some(RoomCommand::SelectedPair { reply, .. }) => {
-                    let _ = reply.send(None);
-                }
-                Some(RoomCommand::Close { at_once, reply }) => {
-                    self.replies.push(reply);
-                    if at_once {
-                        self.at_once = true;
+                Some(command) => {
+                    self.take(command);
+                    if self.at_once {
                         return;
                     }
                 }
@@ -124,16 +120,25 @@ impl<'a> CloseRequests<'a> {
         std::future::pending().await
     }
 
+    /// A request while the room closes: a selected pair is none any more; a close waits for
+    /// the answer, and one at once says so.
+    fn take(&mut self, command: RoomCommand) {
+        match command {
+            RoomCommand::SelectedPair { reply, .. } => {
+                let _ = reply.send(None);
+            }
+            RoomCommand::Close { at_once, reply } => {
+                self.replies.push(reply);
+                self.at_once |= at_once;
+            }
+        }
+    }
+
     /// The room closed: every caller hears it, and which peers did not close in time (those
     /// whose requests came while nothing read them too).
     fn answer(mut self, unconfirmed: &[PeerId]) {
         while let Ok(command) = self.commands.try_recv() {
-            match command {
-                RoomCommand::SelectedPair { reply, .. } => {
-                    let _ = reply.send(None);
-                }
-                RoomCommand::Close { reply, .. } => self.replies.push(reply),
-            }
+            self.take(command);
         }
         for reply in self.replies {
             let _ = reply.send(unconfirmed.to_vec());
