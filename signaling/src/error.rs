@@ -24,6 +24,12 @@ impl RequestError {
             message: message.into(),
         }
     }
+
+    /// The refusal of a `resume` of a session that ended with `code` (its tombstone): the
+    /// same message its end carried, so a client learns it alike on a live socket or later.
+    pub(crate) fn ended(code: ErrorCode) -> Self {
+        Self::new(code, crate::hub::ended_message(code))
+    }
 }
 
 /// A fault that stops the server.

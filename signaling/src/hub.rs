@@ -406,10 +406,7 @@ impl LocalHub {
             ));
         }
         if let Some(code) = st.sessions.tombstone(key, secret) {
-            return Err(RequestError::new(
-                code,
-                format!("the session ended ({code})"),
-            ));
+            return Err(RequestError::ended(code));
         }
         let Some(session) = st.sessions.get_mut(&key) else {
             return Err(unknown());
@@ -662,10 +659,7 @@ impl LocalHub {
         let (key, secret) = parse_token(token).ok_or_else(unknown)?;
         let st = self.lock();
         if let Some(code) = st.sessions.tombstone(key, secret) {
-            return Err(RequestError::new(
-                code,
-                format!("the session ended ({code})"),
-            ));
+            return Err(RequestError::ended(code));
         }
         match st.sessions.get(&key) {
             Some(session) if session.secret.matches(secret) => Ok((key, session.peer.clone())),

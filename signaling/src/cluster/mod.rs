@@ -168,7 +168,7 @@ fn ended(reply: &Reply) -> RequestError {
         .first()
         .and_then(|c| serde_json::from_value(serde_json::Value::from(c.as_str())).ok())
         .unwrap_or(ErrorCode::ResumeFailed);
-    RequestError::new(code, format!("the session ended ({code})"))
+    RequestError::ended(code)
 }
 
 /// What Redis keeps to check a presented secret: its SHA-256 (a leaked store reveals no token).
