@@ -9,7 +9,7 @@
 //! notice.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -203,7 +203,8 @@ pub(crate) async fn run(
         // Stopped by a signal: nothing more is printed on stdout.
         super::discarding_events(leaving, &mut events).await
     };
-    for id in unconfirmed.iter().filter(|id| chat.lines_to.contains(id)) {
+    let sent_lines = |id: &&PeerId| chat.peers.get(*id).is_some_and(|p| p.sent_lines);
+    for id in unconfirmed.iter().filter(sent_lines) {
         eprintln!(
             "warning: {} had not confirmed reading all that was sent to it when join left \
              (its side was not closed): the last lines may not have arrived",
@@ -239,25 +240,32 @@ struct Chat {
     names: HashMap<PeerId, String>,
     /// The peers that left whose names are kept, oldest first.
     departed: VecDeque<PeerId>,
-    /// The peers in the room.
-    present: HashSet<PeerId>,
+    /// The peers in the room, each with what the chat keeps about it.
+    peers: HashMap<PeerId, PeerChat>,
     /// Lines no peer could take yet.
     outbox: Outbox,
-    reselect: HashMap<PeerId, Reselect>,
-    /// Peers whose connection is down (disconnected or failed) though their channel is still
+}
+
+/// What the chat keeps about one peer in the room: forgotten when it leaves, carried over to
+/// its new id when it re-joins with its connection (`peer-renamed`).
+#[derive(Default)]
+struct PeerChat {
+    /// Its connection is down (disconnected or failed) though its channel is still
     /// registered: a line sent there would sit in a buffer that may never drain.
-    down: HashSet<PeerId>,
-    /// Peers sending a file we declined: their binary chunks are dropped, not shown.
-    declined: HashSet<PeerId>,
-    /// How many replies (`file-declined`) went to each peer after the last line sent to it:
-    /// the last messages it may not have acknowledged when it leaves, they are no lines.
-    replies_since_line: HashMap<PeerId, usize>,
-    /// The peers a line went to: when we leave, only those can have missed one.
-    lines_to: HashSet<PeerId>,
-    /// The pair last printed when a reliable channel of the peer opened: both sides may open
-    /// one (the browser's `chat` and our `reliable`), and the second adds no line unless the
-    /// path is another (a connection that replaced the first).
-    opened_on: HashMap<PeerId, SelectedPair>,
+    down: bool,
+    /// It is sending a file we declined: its binary chunks are dropped, not shown.
+    declined: bool,
+    /// A line went to it: when we leave, only such a peer can have missed one.
+    sent_lines: bool,
+    /// How many replies (`file-declined`) went to it after the last line sent to it: the last
+    /// messages it may not have acknowledged when it leaves, they are no lines.
+    replies_since_line: usize,
+    /// The pair last printed when a reliable channel of it opened: both sides may open one
+    /// (the browser's `chat` and our `reliable`), and the second adds no line unless the path
+    /// is another (a connection that replaced the first).
+    opened_on: Option<SelectedPair>,
+    /// Its connection restarted ICE: the new pair is printed once ICE selected another.
+    reselect: Option<Reselect>,
 }
 
 impl Chat {
@@ -266,14 +274,8 @@ impl Chat {
             out,
             names: HashMap::new(),
             departed: VecDeque::new(),
-            present: HashSet::new(),
+            peers: HashMap::new(),
             outbox: Outbox::default(),
-            reselect: HashMap::new(),
-            down: HashSet::new(),
-            declined: HashSet::new(),
-            replies_since_line: HashMap::new(),
-            lines_to: HashSet::new(),
-            opened_on: HashMap::new(),
         }
     }
 
@@ -329,8 +331,8 @@ impl Chat {
                 }
                 () = tokio::time::sleep_until(held_until.unwrap_or_else(Instant::now)),
                     if held_until.is_some() && self.outbox.unaddressed_len() == 0 => break,
-                _ = poll.tick(), if !self.reselect.is_empty() => {
-                    report_reselected(peer, &self.out, &mut self.reselect, &mut self.opened_on).await;
+                _ = poll.tick(), if self.peers.values().any(|p| p.reselect.is_some()) => {
+                    self.report_reselected(peer).await;
                 }
             }
         }
@@ -394,7 +396,7 @@ impl Chat {
     fn live_peers(&self, peer: &Peer) -> Vec<PeerId> {
         peer.connected_peers(ChannelKind::Reliable)
             .into_iter()
-            .filter(|id| !self.down.contains(id))
+            .filter(|id| self.peers.get(id).is_some_and(|p| !p.down))
             .collect()
     }
 
@@ -403,7 +405,7 @@ impl Chat {
     async fn send_line(&mut self, peer: &Peer, line: String) {
         let line = Line::from(line);
         let live = self.live_peers(peer);
-        if live.is_empty() && self.present.is_empty() {
+        if live.is_empty() && self.peers.is_empty() {
             if self.outbox.hold_unaddressed(line) == Ok(true) {
                 eprintln!(
                     "warning: no peer connected: lines are kept for the next peer that connects"
@@ -420,8 +422,8 @@ impl Chat {
             }
         }
         let absent: Vec<PeerId> = self
-            .present
-            .iter()
+            .peers
+            .keys()
             .filter(|id| !live.contains(id))
             .cloned()
             .collect();
@@ -451,12 +453,14 @@ impl Chat {
         match peer.send_text(to, ChannelKind::Reliable, &line).await {
             Ok(()) => {
                 self.outbox.reached(to);
-                self.replies_since_line.remove(to);
-                self.lines_to.insert(to.clone());
+                if let Some(state) = self.peers.get_mut(to) {
+                    state.replies_since_line = 0;
+                    state.sent_lines = true;
+                }
                 true
             }
             Err(PeerError::ChannelNotOpen { .. } | PeerError::Replaced)
-                if self.present.contains(to) =>
+                if self.peers.contains_key(to) =>
             {
                 self.hold(to, line);
                 false
@@ -558,16 +562,17 @@ impl Chat {
                 peer: id,
                 kind: ChannelKind::Reliable,
             } => {
-                if !self.down.contains(&id) {
+                if self.peers.get(&id).is_some_and(|p| !p.down) {
                     self.flush_held(peer, &id).await;
                 }
                 if let Some(pair) = super::selected_pair_eventually(peer, &id).await
-                    && moved(self.opened_on.get(&id), &pair)
+                    && let Some(state) = self.peers.get_mut(&id)
+                    && moved(state.opened_on.as_ref(), &pair)
                 {
                     out.selected_pair(id.as_str(), &pair, None);
-                    self.opened_on.insert(id.clone(), pair);
+                    state.opened_on = Some(pair);
                     // Shown: an ICE restart that waited for a new pair needs no line more.
-                    self.reselect.remove(&id);
+                    state.reselect = None;
                 }
             }
             PeerEvent::Message {
@@ -586,12 +591,15 @@ impl Chat {
                 // Report the new pair once ICE has moved off the one before the (first of a
                 // series of) restarts: a moved relay, or a path that failed and came back.
                 let until = Instant::now() + RESELECT_WAIT;
-                match self.reselect.get_mut(&id) {
-                    Some(waiting) => waiting.until = until,
-                    None => {
-                        let before = peer.selected_pair(&id).await.ok().flatten();
-                        self.reselect.insert(id, Reselect { before, until });
-                    }
+                let Some(state) = self.peers.get(&id) else {
+                    return true;
+                };
+                let before = match &state.reselect {
+                    Some(waiting) => waiting.before.clone(),
+                    None => peer.selected_pair(&id).await.ok().flatten(),
+                };
+                if let Some(state) = self.peers.get_mut(&id) {
+                    state.reselect = Some(Reselect { before, until });
                 }
             }
             PeerEvent::SignalingClosed { .. } => return false,
@@ -608,7 +616,7 @@ impl Chat {
             PeerEvent::PeerJoined { peer: id, name } => {
                 // Back (a peer given up as gone that was not): its name is its own again.
                 self.departed.retain(|gone| *gone != id);
-                self.present.insert(id.clone());
+                self.peers.entry(id.clone()).or_default();
                 if let Some(name) = &name {
                     self.names.insert(id.clone(), name.clone());
                 }
@@ -633,42 +641,21 @@ impl Chat {
                         escape(&display(&self.names, &id))
                     );
                 }
-                self.present.remove(&id);
+                self.peers.remove(&id);
                 self.departed.push_back(id.clone());
                 if self.departed.len() > DEPARTED_NAMES
                     && let Some(oldest) = self.departed.pop_front()
                 {
                     self.names.remove(&oldest);
                 }
-                self.reselect.remove(&id);
-                self.down.remove(&id);
-                self.declined.remove(&id);
-                self.replies_since_line.remove(&id);
-                self.lines_to.remove(&id);
-                self.opened_on.remove(&id);
             }
             PeerEvent::PeerRenamed { old, new } => {
-                if self.present.remove(&old) {
-                    self.present.insert(new.clone());
+                if let Some(state) = self.peers.remove(&old) {
+                    self.peers.insert(new.clone(), state);
                 }
                 self.outbox.rename(&old, &new);
                 if let Some(name) = self.names.remove(&old) {
                     self.names.insert(new.clone(), name);
-                }
-                if self.down.remove(&old) {
-                    self.down.insert(new.clone());
-                }
-                if self.declined.remove(&old) {
-                    self.declined.insert(new.clone());
-                }
-                if let Some(replies) = self.replies_since_line.remove(&old) {
-                    self.replies_since_line.insert(new.clone(), replies);
-                }
-                if self.lines_to.remove(&old) {
-                    self.lines_to.insert(new.clone());
-                }
-                if let Some(pair) = self.opened_on.remove(&old) {
-                    self.opened_on.insert(new.clone(), pair);
                 }
                 out.notice(
                     "peer-renamed",
@@ -687,7 +674,7 @@ impl Chat {
             ),
             PeerEvent::Unacknowledged { peer: id, messages } => {
                 // The last messages sent are the ones not acknowledged.
-                let replies = self.replies_since_line.get(&id).copied().unwrap_or(0);
+                let replies = self.peers.get(&id).map_or(0, |p| p.replies_since_line);
                 let lines = messages.saturating_sub(replies);
                 if lines > 0 {
                     eprintln!(
@@ -736,18 +723,53 @@ impl Chat {
         None
     }
 
+    /// Prints the `selected-pair` line of every restarted connection whose pair changed; the
+    /// pair shown is the one a reliable channel that opens next compares with.
+    async fn report_reselected(&mut self, peer: &Peer) {
+        let now = Instant::now();
+        let waiting: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.reselect.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in waiting {
+            let pair = peer.selected_pair(&id).await.ok().flatten();
+            let Some(state) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let Some(entry) = &state.reselect else {
+                continue;
+            };
+            match pair {
+                Some(pair) if moved(entry.before.as_ref(), &pair) => {
+                    self.out.selected_pair(id.as_str(), &pair, None);
+                    state.reselect = None;
+                    state.opened_on = Some(pair);
+                }
+                _ if now >= entry.until => state.reselect = None,
+                _ => {}
+            }
+        }
+    }
+
     /// Tracks whether a connection is down; the kept lines go to one that comes back.
     async fn on_connection_state(&mut self, peer: &Peer, id: PeerId, state: ConnectionState) {
         match state {
             ConnectionState::Connected => {
-                let was_down = self.down.remove(&id);
+                let Some(state) = self.peers.get_mut(&id) else {
+                    return;
+                };
+                let was_down = std::mem::take(&mut state.down);
                 let open = peer.connected_peers(ChannelKind::Reliable).contains(&id);
                 if was_down && open {
                     self.flush_held(peer, &id).await;
                 }
             }
             ConnectionState::Disconnected | ConnectionState::Failed | ConnectionState::Closed => {
-                self.down.insert(id);
+                if let Some(state) = self.peers.get_mut(&id) {
+                    state.down = true;
+                }
             }
             ConnectionState::New | ConnectionState::Connecting => {}
         }
@@ -771,7 +793,7 @@ impl Chat {
         let name = display(&self.names, &from);
         if !text {
             // File chunks of an offer declined already are not news.
-            if !self.declined.contains(&from) {
+            if !self.peers.get(&from).is_some_and(|p| p.declined) {
                 out.notice_values(
                     "binary-message",
                     &[
@@ -796,7 +818,9 @@ impl Chat {
                         ("bytes", size.into()),
                     ],
                 );
-                self.declined.insert(from.clone());
+                if let Some(state) = self.peers.get_mut(&from) {
+                    state.declined = true;
+                }
                 let reply = Control::Declined {
                     reason: DECLINE_REASON.into(),
                 };
@@ -805,12 +829,20 @@ impl Chat {
                         .send_text(&from, ChannelKind::Reliable, &reply)
                         .await
                         .is_ok()
+                    && let Some(state) = self.peers.get_mut(&from)
                 {
-                    *self.replies_since_line.entry(from.clone()).or_default() += 1;
+                    state.replies_since_line += 1;
                 }
                 return;
             }
-            Ok(Control::End) if self.declined.remove(&from) => return,
+            Ok(Control::End)
+                if self
+                    .peers
+                    .get_mut(&from)
+                    .is_some_and(|p| std::mem::take(&mut p.declined)) =>
+            {
+                return;
+            }
             _ => {}
         }
         if out.json {
@@ -833,35 +865,6 @@ fn chat_text(kind: ChannelKind, data: &[u8]) -> Option<Cow<'_, str>> {
 
 fn display(names: &HashMap<PeerId, String>, peer: &PeerId) -> String {
     names.get(peer).cloned().unwrap_or_else(|| peer.to_string())
-}
-
-/// Prints the `selected-pair` line of every restarted connection whose pair changed.
-/// `opened_on`: the pair shown is the one a reliable channel that opens next compares with.
-async fn report_reselected(
-    peer: &Peer,
-    out: &Output,
-    reselect: &mut HashMap<PeerId, Reselect>,
-    opened_on: &mut HashMap<PeerId, SelectedPair>,
-) {
-    let now = Instant::now();
-    let ids: Vec<PeerId> = reselect.keys().cloned().collect();
-    for id in ids {
-        let pair = peer.selected_pair(&id).await.ok().flatten();
-        let Some(entry) = reselect.get(&id) else {
-            continue;
-        };
-        match pair {
-            Some(pair) if moved(entry.before.as_ref(), &pair) => {
-                out.selected_pair(id.as_str(), &pair, None);
-                reselect.remove(&id);
-                opened_on.insert(id, pair);
-            }
-            _ if now >= entry.until => {
-                reselect.remove(&id);
-            }
-            _ => {}
-        }
-    }
 }
 
 #[cfg(test)]
