@@ -486,14 +486,18 @@ pub(crate) mod server {
     /// A route for GET alone. axum answers HEAD with a `get` route's handler (dropping the
     /// body), which for an upgrade or a stream would act: attach a session, take a stream
     /// over. HEAD, like any other method, gets an empty 405 saying `Allow: GET` (axum's own
-    /// 405 would name HEAD too).
+    /// 405 would name HEAD too). OPTIONS is a route of its own so that axum adds no `Allow:
+    /// GET,HEAD` to it: on a cross-origin route the CORS layer answers it (a preflight).
     fn get_only<H, T>(handler: H) -> MethodRouter<Arc<AppState>>
     where
         H: Handler<T, Arc<AppState>>,
         T: 'static,
     {
         let refused = || async { (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET")]) };
-        get(handler).head(refused).fallback(refused)
+        get(handler)
+            .head(refused)
+            .options(refused)
+            .fallback(refused)
     }
 
     /// The HTTP routes: WebSocket upgrade, health, readiness, metrics and the web demo.

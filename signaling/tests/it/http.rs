@@ -435,6 +435,20 @@ async fn head_is_refused_and_takes_no_stream_over() {
                 "{method} {path}: {head}"
             );
         }
+        // OPTIONS: a CORS preflight on a stream (answered, naming no HEAD), another method
+        // on an upgrade.
+        let (head, _) = http_client::http_exchange(server.addr, "OPTIONS", &path, &[], "").await;
+        let allow = head
+            .lines()
+            .find_map(|l| l.strip_prefix("allow: "))
+            .unwrap_or("");
+        assert!(!allow.contains("HEAD"), "OPTIONS {path}: {head}");
+        if path.starts_with("/http/") {
+            assert!(head.starts_with("HTTP/1.1 200"), "OPTIONS {path}: {head}");
+        } else {
+            assert!(head.starts_with("HTTP/1.1 405"), "OPTIONS {path}: {head}");
+            assert_eq!(allow, "GET", "OPTIONS {path}: {head}");
+        }
     }
     // Still A's stream: B's arrival comes through it.
     let _b = http_client::open_as(server.addr, "head", "B").await;
