@@ -119,7 +119,7 @@ impl Admission<'_> {
         if name.as_deref().is_some_and(|n| !is_valid_name(n)) {
             return Err(RequestError::new(
                 ErrorCode::InvalidName,
-                "names are 1 to 64 characters without control characters",
+                "names are 1 to 64 characters, without control or invisible formatting characters",
             ));
         }
         let name = match self.app.live().auth.clone() {

@@ -82,17 +82,10 @@ impl Backend {
         message: ClientMessage,
         received: Instant,
     ) -> Flow {
-        let signal = matches!(message, ClientMessage::Signal { .. });
-        let flow = match self {
+        match self {
             Self::Local(hub) => hub.handle(key, Caller::Conn(conn), peer, message, received),
-            Self::Cluster(hub) => Box::pin(hub.handle(key, conn, message)).await,
-        };
-        if signal {
-            self.metrics()
-                .signal_latency
-                .observe(received.elapsed().as_secs_f64());
+            Self::Cluster(hub) => Box::pin(hub.handle(key, conn, message, received)).await,
         }
-        flow
     }
 
     /// The node's metrics.
@@ -124,13 +117,8 @@ impl Backend {
                 let (key, peer) = hub.peer_of(token)?;
                 let secret = token.as_str().split_once('.').map_or("", |(_, s)| s);
                 for message in messages {
-                    let received = Instant::now();
-                    let signal = matches!(message, ClientMessage::Signal { .. });
-                    let flow = hub.handle(key, Caller::Secret(secret), &peer, message, received);
-                    if signal {
-                        let latency = received.elapsed().as_secs_f64();
-                        hub.metrics().signal_latency.observe(latency);
-                    }
+                    let flow =
+                        hub.handle(key, Caller::Secret(secret), &peer, message, Instant::now());
                     match flow {
                         Flow::Continue => {}
                         other => return Ok(other),

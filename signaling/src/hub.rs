@@ -536,6 +536,7 @@ impl LocalHub {
                     Some(target) => {
                         st.deliver_body(target, &body);
                         self.metrics.messages_relayed.inc();
+                        self.metrics.signal_delivered(now);
                     }
                     None => {
                         let room = st.sessions.get(&key).map(|s| s.room.clone());

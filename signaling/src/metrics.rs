@@ -1,5 +1,7 @@
 //! Prometheus metrics, served as text at `GET /metrics`.
 
+use std::time::Instant;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -210,8 +212,8 @@ pub struct Metrics {
     /// `join` received -> `welcome` queued (admitted sessions only); a PeerJS registration's
     /// request read -> its session joined, a y-webrtc `subscribe` read -> its subscription.
     pub join_latency: Histogram,
-    /// A `signal` received -> queued to its target (inside this server).
-    pub signal_latency: Histogram,
+    /// A `signal` received -> queued to its target (inside this server); delivered ones only.
+    signal_latency: Histogram,
     /// Join -> the session's first `stats` report with a selected candidate pair.
     ice_connected: Histogram,
     /// Selected candidate pairs reported (new or changed), by path type.
@@ -530,6 +532,13 @@ impl Metrics {
         if let Some(cluster) = &self.cluster {
             cluster.sessions_adopted.inc();
         }
+    }
+
+    /// Times a `signal` received at `received` whose delivery to its target was just queued
+    /// (one refused, e.g. `unknown_peer`, is not timed).
+    pub fn signal_delivered(&self, received: Instant) {
+        self.signal_latency
+            .observe(received.elapsed().as_secs_f64());
     }
 
     /// Counts one error reply (or refusal) with `code`.

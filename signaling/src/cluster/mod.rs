@@ -1033,8 +1033,15 @@ impl ClusterHub {
         Some(now + Duration::from_millis(wait))
     }
 
-    /// Handles a request of an attached session (everything but `join`/`resume`).
-    pub async fn handle(&self, key: SessionKey, conn: ConnId, message: ClientMessage) -> Flow {
+    /// Handles a request of an attached session (everything but `join`/`resume`), received at
+    /// `received` (a `signal` is timed from there to its delivery queued).
+    pub async fn handle(
+        &self,
+        key: SessionKey,
+        conn: ConnId,
+        message: ClientMessage,
+        received: Instant,
+    ) -> Flow {
         let (room, peer) = {
             let st = self.lock();
             match st.attached.get(&key) {
@@ -1042,7 +1049,7 @@ impl ClusterHub {
                 _ => return Flow::Gone,
             }
         };
-        self.handle_in(&room, key, &peer, Guard::Conn(conn), message)
+        self.handle_in(&room, key, &peer, Guard::Conn(conn), message, received)
             .await
     }
 
@@ -1079,7 +1086,7 @@ impl ClusterHub {
         }
         for message in messages {
             match self
-                .handle_in(&room, key, &peer, Guard::Token, message)
+                .handle_in(&room, key, &peer, Guard::Token, message, Instant::now())
                 .await
             {
                 Flow::Continue => {}
@@ -1089,7 +1096,8 @@ impl ClusterHub {
         Ok(Flow::Continue)
     }
 
-    /// One request of session `key` of `peer` in `room`; `leave` ends it under `guard`.
+    /// One request of session `key` of `peer` in `room`, received at `received`; `leave` ends
+    /// it under `guard`.
     async fn handle_in(
         &self,
         room: &RoomId,
@@ -1097,6 +1105,7 @@ impl ClusterHub {
         peer: &PeerId,
         guard: Guard,
         message: ClientMessage,
+        received: Instant,
     ) -> Flow {
         let room = room.clone();
         let sid = sid(key);
@@ -1130,6 +1139,7 @@ impl ClusterHub {
                     }
                     Ok(reply) if reply.status == "ok" => {
                         self.metrics.messages_relayed.inc();
+                        self.metrics.signal_delivered(received);
                         Ok(reply)
                     }
                     other => other,

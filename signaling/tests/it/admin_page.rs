@@ -157,9 +157,11 @@ async fn stats_reports_are_checked_rate_limited_and_shown_live_on_the_admin_page
         a.expect_error(ErrorCode::UnknownPeer).await;
     }
 
-    // A signal, for the relay-latency histogram.
+    // A signal, for the relay-latency histogram; one to nobody, which it does not time.
     signal(&mut a, &b_info.peer_id, candidate(1)).await;
     expect_signal(&mut b, &a_info.peer_id).await;
+    signal(&mut a, &PeerId::from("000000000000"), candidate(2)).await;
+    a.expect_error(ErrorCode::UnknownPeer).await;
 
     // The report shows on the admin page, live through SSE and as JSON.
     let live = sse_snapshot_with(admin, "\"relayed\"", STEP).await;
@@ -186,11 +188,12 @@ async fn stats_reports_are_checked_rate_limited_and_shown_live_on_the_admin_page
 
     // The histograms observed the joins, the signal and the first report with a pair.
     assert!(server.metric("signaling_join_latency_seconds_count").await >= 2);
-    assert!(
+    assert_eq!(
         server
             .metric("signaling_signal_latency_seconds_count")
-            .await
-            >= 1
+            .await,
+        1,
+        "the signal delivered, not the one refused"
     );
     assert_eq!(
         server.metric("signaling_ice_connected_seconds_count").await,
