@@ -161,13 +161,15 @@ fn room_id(room: &str) -> Result<RoomId, ApiError> {
     Ok(RoomId::from(room))
 }
 
-/// The `Authorization: Bearer` credential, empty without one.
+/// The `Authorization: Bearer` credential, empty without one. The scheme is matched without
+/// regard to case and may be followed by several spaces (RFC 9110 section 11.1, RFC 6750).
 fn bearer(headers: &HeaderMap) -> &str {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, credential)| credential.trim_start_matches(' '))
 }
 
 /// Checks the bearer key (or admin token).

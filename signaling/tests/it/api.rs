@@ -72,9 +72,20 @@ async fn the_backend_lists_a_room_and_pushes_into_it() {
             other => panic!("expected the backend's broadcast, got {other:?}"),
         }
     }
-    // Wrong key, bad body, bad room.
-    let (status, _, _) = get_authorized(server.addr, "/v1/rooms/api", "Bearer nope").await;
-    assert_eq!(status, 401);
+    // The scheme in any case, with more than one space (RFC 9110 section 11.1).
+    for auth in [format!("bearer {KEY}"), format!("BEARER  {KEY}")] {
+        let (status, _, body) = get_authorized(server.addr, "/v1/rooms/api", &auth).await;
+        assert_eq!(status, 200, "{auth}: {body}");
+    }
+    // Wrong key or scheme, bad body, bad room.
+    for auth in [
+        "Bearer nope",
+        &format!("Basic {KEY}"),
+        &format!("Bearer{KEY}"),
+    ] {
+        let (status, _, _) = get_authorized(server.addr, "/v1/rooms/api", auth).await;
+        assert_eq!(status, 401, "{auth}");
+    }
     let (status, _, _) = http_request(server.addr, "GET", "/v1/rooms/api", &[], "").await;
     assert_eq!(status, 401);
     let (status, _, body) = http_request(
