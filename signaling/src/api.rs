@@ -15,11 +15,12 @@
 //! (`{"admin": true, "exp": ...}` signed with `--jwt-secret`). With neither configured the API
 //! does not exist (404), so it is never open by accident.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -223,7 +224,7 @@ pub struct IceServersView {
 pub async fn ice_servers(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
-    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<IceServersView>, ApiError> {
     let room = query
         .get("room")
@@ -365,12 +366,25 @@ pub struct RoomsView {
     rooms: Vec<RoomView>,
 }
 
-/// `GET /v1/rooms`: every room with a session on this node and its peers.
+/// `GET /v1/rooms[?after=ROOM]`: the rooms and their peers, a page of them after `after`.
 pub async fn rooms(
     State(app): State<Arc<AppState>>,
     _: Operator,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<RoomsView>, ApiError> {
-    let (rooms, total) = app.hub.list_rooms().await.map_err(unavailable)?;
+    if let Some(unknown) = query.keys().find(|k| *k != "after") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+            format!("unknown parameter {unknown:?}: only after=ROOM is taken"),
+        ));
+    }
+    let after = query.get("after").map(|room| room_id(room)).transpose()?;
+    let (rooms, total) = app
+        .hub
+        .list_rooms(after.as_ref())
+        .await
+        .map_err(unavailable)?;
     Ok(Json(RoomsView {
         node: app.hub.node_id().unwrap_or("local").to_owned(),
         total,
@@ -442,7 +456,7 @@ pub async fn usage(
     State(app): State<Arc<AppState>>,
     _: Operator,
     headers: HeaderMap,
-    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     #[cfg(feature = "with-relay")]
     {

@@ -225,12 +225,18 @@ impl Backend {
         }
     }
 
-    /// Every room with its peers, for the admin API (on a cluster: the rooms of every node,
-    /// at most [`crate::cluster::MAX_LISTED_ROOMS`], read from the shared store).
-    pub async fn list_rooms(&self) -> Result<(Vec<RoomView>, usize), String> {
+    /// The rooms with their peers, for the admin API: sorted, at most
+    /// [`crate::cluster::MAX_LISTED_ROOMS`] after `after` (if given), and how many there are
+    /// (on a cluster: the rooms of every node, read from the shared store).
+    pub async fn list_rooms(
+        &self,
+        after: Option<&RoomId>,
+    ) -> Result<(Vec<RoomView>, usize), String> {
         match self {
-            Self::Local(hub) => Ok(hub.list_rooms("local", Instant::now())),
-            Self::Cluster(hub) => Box::pin(hub.list_rooms()).await.map_err(|e| e.to_string()),
+            Self::Local(hub) => Ok(hub.list_rooms("local", after, Instant::now())),
+            Self::Cluster(hub) => Box::pin(hub.list_rooms(after))
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 

@@ -677,15 +677,21 @@ impl LocalHub {
             .unwrap_or_default()
     }
 
-    /// The rooms here, sorted, the first [`crate::cluster::MAX_LISTED_ROOMS`], each with its
-    /// peers (oldest first) and how long each has been connected at `now`; and how many rooms
-    /// there are in all (the admin API).
-    pub fn list_rooms(&self, node: &str, now: Instant) -> (Vec<RoomView>, usize) {
+    /// The rooms here, sorted, the first [`crate::cluster::MAX_LISTED_ROOMS`] after `after`
+    /// (if given), each with its peers (oldest first) and how long each has been connected at
+    /// `now`; and how many rooms there are in all (the admin API).
+    pub fn list_rooms(
+        &self,
+        node: &str,
+        after: Option<&RoomId>,
+        now: Instant,
+    ) -> (Vec<RoomView>, usize) {
         let st = self.lock();
         let mut ids: Vec<&RoomId> = st.rooms.keys().collect();
         ids.sort();
         let rooms = ids
             .into_iter()
+            .filter(|room| after.is_none_or(|after| *room > after))
             .take(crate::cluster::MAX_LISTED_ROOMS)
             .map(|room| RoomView {
                 room: room.clone(),

@@ -723,7 +723,12 @@ impl PeerSocket {
             Inbound::Text(text) => text,
             Inbound::Alive => return Ok(()),
             Inbound::Closed => return Err(None),
-            Inbound::Binary | Inbound::NotUtf8 => {
+            Inbound::Binary => {
+                return self
+                    .fail(ErrorCode::BinaryNotSupported, "text frames only", 1007)
+                    .await;
+            }
+            Inbound::NotUtf8 => {
                 return self
                     .fail(ErrorCode::InvalidMessage, "invalid message", 1007)
                     .await;

@@ -24,6 +24,7 @@ pub mod store;
 pub use fleet::secret::agree_turn_secret;
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1647,7 +1648,7 @@ impl ClusterHub {
     /// each with its peers on every node and their latest `stats` links (this node's own
     /// record for the sessions attached here, else the copy in Redis).
     pub async fn snapshot(&self) -> Result<Vec<RoomSnapshot>, StoreError> {
-        let (rooms, _) = self.rooms_with_members().await?;
+        let (rooms, _) = self.rooms_with_members(None).await?;
         let mut views = Vec::with_capacity(rooms.len());
         for (room, members) in rooms {
             let now = Instant::now();
@@ -1682,8 +1683,11 @@ impl ClusterHub {
 
     /// The rooms of the cluster with their peers, for the admin API ([`Self::cluster_rooms`]),
     /// and how many rooms there are in all.
-    pub async fn list_rooms(&self) -> Result<(Vec<RoomView>, usize), StoreError> {
-        let (rooms, total) = self.rooms_with_members().await?;
+    pub async fn list_rooms(
+        &self,
+        after: Option<&RoomId>,
+    ) -> Result<(Vec<RoomView>, usize), StoreError> {
+        let (rooms, total) = self.rooms_with_members(after).await?;
         let views = rooms
             .into_iter()
             .map(|(room, members)| RoomView {
@@ -1696,8 +1700,11 @@ impl ClusterHub {
 
     /// The rooms of [`Self::cluster_rooms`] with their members, leaving out those found empty
     /// (a session index entry can outlive its session by one Redis call), and the total.
-    async fn rooms_with_members(&self) -> Result<(Vec<(RoomId, Vec<Member>)>, usize), StoreError> {
-        let (rooms, total) = self.cluster_rooms().await?;
+    async fn rooms_with_members(
+        &self,
+        after: Option<&RoomId>,
+    ) -> Result<(Vec<(RoomId, Vec<Member>)>, usize), StoreError> {
+        let (rooms, total) = self.cluster_rooms(after).await?;
         let mut out = Vec::with_capacity(rooms.len());
         for room in rooms {
             let members = self.members(&room).await?;
@@ -1709,9 +1716,12 @@ impl ClusterHub {
     }
 
     /// The rooms with a session on any node, read from every node's session index: sorted,
-    /// the first [`MAX_LISTED_ROOMS`]; and how many there are in all. Every node answers the
-    /// same.
-    pub async fn cluster_rooms(&self) -> Result<(Vec<RoomId>, usize), StoreError> {
+    /// the first [`MAX_LISTED_ROOMS`] after `after` (if given); and how many there are in all.
+    /// Every node answers the same.
+    pub async fn cluster_rooms(
+        &self,
+        after: Option<&RoomId>,
+    ) -> Result<(Vec<RoomId>, usize), StoreError> {
         let mut rooms: std::collections::BTreeSet<RoomId> = self.rooms().into_iter().collect();
         let nodes: Vec<String> = self
             .store
@@ -1727,7 +1737,15 @@ impl ClusterHub {
             );
         }
         let total = rooms.len();
-        Ok((rooms.into_iter().take(MAX_LISTED_ROOMS).collect(), total))
+        let page = match after {
+            Some(after) => rooms
+                .range((Bound::Excluded(after), Bound::Unbounded))
+                .take(MAX_LISTED_ROOMS)
+                .cloned()
+                .collect(),
+            None => rooms.into_iter().take(MAX_LISTED_ROOMS).collect(),
+        };
+        Ok((page, total))
     }
 
     /// Ends `peer`'s session in `room` (every session of the room when `None`) by an

@@ -114,6 +114,27 @@ async fn the_admin_lists_kicks_and_closes_rooms() {
         peers.iter().all(|p| p["connected_secs"].as_u64().is_some()),
         "{body}"
     );
+    // Pages: the rooms after a given one; `total` counts them all.
+    for (after, rooms) in [
+        ("a", &["adm", "quiet"][..]),
+        ("adm", &["quiet"]),
+        ("quiet", &[]),
+    ] {
+        let path = format!("/v1/rooms?after={after}");
+        let (status, body) = call(&server, "GET", &path, Some(KEY)).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let page: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(strings_of(&page["rooms"], "room"), rooms, "{path}: {body}");
+        assert_eq!(page["total"], 2, "{path}: {body}");
+    }
+    for (path, code) in [
+        ("/v1/rooms?limit=1", "invalid_message"),
+        ("/v1/rooms?after=bad%2Froom", "invalid_room_id"),
+    ] {
+        let (status, body) = call(&server, "GET", path, Some(KEY)).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(code), "{path}: {body}");
+    }
 
     // Kick b: b is told and closed, the others see it leave, and b cannot resume.
     let kick = format!("/v1/rooms/adm/peers/{}/kick", b_info.peer_id);

@@ -148,6 +148,27 @@ async fn y_webrtc_bad_input_closes_that_connection_only() {
         "here"
     );
     assert!(server.errors(ErrorCode::InvalidMessage).await >= 1);
+    assert_eq!(server.errors(ErrorCode::BinaryNotSupported).await, 1);
+}
+
+/// A binary frame on a PeerJS socket is refused as on `/y-webrtc`: `ERROR`, a 1007 close,
+/// counted as `binary_not_supported`; the other peers go on.
+#[tokio::test]
+async fn peerjs_a_binary_frame_closes_that_socket_as_on_y_webrtc() {
+    let server = Server::start(&[]);
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
+    bob.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
+    let error = next(&mut bob, STEP).await.expect("ERROR");
+    assert_eq!(error["type"], "ERROR", "{error}");
+    assert_eq!(close_code(&mut bob, STEP).await, Some(1007));
+    assert_eq!(server.errors(ErrorCode::BinaryNotSupported).await, 1);
+    assert_eq!(server.errors(ErrorCode::InvalidMessage).await, 0);
+    send(&mut alice, json!({"type":"HEARTBEAT"})).await;
+    let mut carol = peerjs_open(&server, "app", "carol", "t-carol").await;
+    send(&mut carol, candidate(1)).await;
+    expect_candidates(&mut alice, 1..2).await;
 }
 
 /// A publish is copied to every subscriber: it takes a token of the message rate per started
