@@ -40,6 +40,7 @@ function renderRooms(rooms) {
         cell(tr, peer.name);
         cell(tr, peer.node);
         cell(tr, peer.state);
+        cell(tr, peer.transport, { 'data-field': 'signaling' });
         cell(tr, formatDuration(peer.connected_ms));
         cell(tr, link?.peer);
         const path = link ? link.path : 'none';
@@ -73,6 +74,7 @@ function renderRelays(relays) {
 
 export function render(snap) {
   $('node').textContent = snap.node === 'local' ? '' : `node ${snap.node}`;
+  $('draining').hidden = !snap.draining;
   $('room-count').textContent = String(snap.rooms.length);
   $('peer-count').textContent = String(snap.rooms.reduce((n, r) => n + r.peers.length, 0));
   const t = snap.traffic;

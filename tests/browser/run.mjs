@@ -1043,13 +1043,13 @@ test('one port: relay-only through TURN over TLS on the port that serves the pag
   assert(handovers >= 2, `TURN connections handed to the relay: ${handovers}`);
 });
 
-test('admin page: a room appears, a relay-only call shows as relayed (from the clients\' stats reports), and the room goes away after everyone leaves', async (t) => {
+test('admin page: a room appears, a relay-only call shows as relayed (from the clients\' stats reports) with each peer\'s signaling transport, the room goes away after everyone leaves, and a drain shows', async (t) => {
   const sig = await t.signaling(['--with-relay', '--admin-listen', '127.0.0.1:0'], 'signaling-admin');
   const adminUrl = (await sig.proc.waitForLine(/^admin (http:\/\/\S+)/, 10000, '"admin http://ADDR"'))[1];
   const admin = await t.open('Admin', { url: adminUrl });
   await admin.waitFor(() => document.getElementById('status').textContent === 'live', null, 'the admin page fed by SSE', 10000);
   const rowsOf = (room) => [...document.querySelectorAll('#rooms tr')].filter((tr) => tr.dataset.room === room)
-    .map((tr) => ({ peer: tr.dataset.peer, path: tr.querySelector('[data-field=path]')?.textContent, pair: tr.querySelector('[data-field=candidates]')?.textContent }));
+    .map((tr) => ({ peer: tr.dataset.peer, path: tr.querySelector('[data-field=path]')?.textContent, pair: tr.querySelector('[data-field=candidates]')?.textContent, signaling: tr.querySelector('[data-field=signaling]')?.textContent }));
   const a = await t.open('Alice', { server: sig, query: 'relay=1' });
   await a.joined();
   await admin.waitFor((room) => [...document.querySelectorAll('#rooms tr')].some((tr) => tr.dataset.room === room), t.room, 'the room on the admin page', 10000);
@@ -1062,6 +1062,7 @@ test('admin page: a room appears, a relay-only call shows as relayed (from the c
   }, t.room, 'both peers relayed on the admin page', 20000);
   const rows = await admin.eval(rowsOf, t.room);
   assert(rows.every((r) => /^relay ↔ /.test(r.pair)), `relay candidates on our side: ${JSON.stringify(rows)}`);
+  assert(rows.every((r) => r.signaling === 'websocket'), `each peer's signaling transport: ${JSON.stringify(rows)}`);
   const page = await admin.eval(() => ({
     relays: [...document.querySelectorAll('#relays [data-field=allocations]')].map((td) => Number(td.textContent)),
     share: document.getElementById('relayed-share').textContent,
@@ -1076,6 +1077,12 @@ test('admin page: a room appears, a relay-only call shows as relayed (from the c
   await a.eval(() => window.__demo.leave());
   await b.eval(() => window.__demo.leave());
   await admin.waitFor((room) => ![...document.querySelectorAll('#rooms tr')].some((tr) => tr.dataset.room === room), t.room, 'the room gone from the admin page after everyone left', 10000);
+  // A drain shows (a peer keeps the node draining until the test ends).
+  assert(await admin.eval(() => document.getElementById('draining').hidden), 'not draining yet');
+  const c = await t.open('Carol', { server: sig });
+  await c.joined();
+  process.kill(sig.proc.pid, 'SIGTERM');
+  await admin.waitFor(() => !document.getElementById('draining').hidden, null, 'draining on the admin page', 10000);
 });
 
 test('admin API: a kicked page stops (no resume, no rejoin) and says so; closing the room stops the other page', async (t) => {
