@@ -2036,6 +2036,54 @@ fn interrupted_file_commands_leave_and_remove_the_partial_file() {
     exits_with(&mut sender, 143);
 }
 
+/// A receiver interrupted mid-file: `send-file` fails (exit 1) saying how much of the file it
+/// had sent, and `recv-file` leaves no partial file behind.
+#[test]
+fn a_sender_says_how_much_it_sent_when_the_receiver_stops_mid_file() {
+    let (_signaling, url, dir) = file_room("stopped-mid-file");
+    let (src, src_s) = path_in(dir.path(), "src.bin");
+    let size = 32 * 1024 * 1024;
+    std::fs::write(&src, xorshift_bytes(11, size)).expect("write source");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let (_, dst_s) = path_in(out_dir.path(), "dst.bin");
+    let mut receiver = joined(file_peer("recv-file", &url, &dst_s, &[]));
+    let stderr = StderrFile::new();
+    let args = ["send-file", &url, &src_s, "--bind", "127.0.0.1"];
+    let mut sender = spawn_with_stderr("peer", &args, false, stderr.stdio());
+    // Interrupted once the first MiB arrived (its temporary file beside the output).
+    let arrived = || {
+        let entries = std::fs::read_dir(out_dir.path()).ok()?;
+        let bytes: u64 = entries
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        (bytes > 1024 * 1024).then_some(bytes)
+    };
+    testkit::wait_until(Duration::from_secs(60), arrived).expect("the first MiB within 60 s");
+    receiver.interrupt();
+    exits_with(&mut receiver, 130);
+    assert_eq!(sender.wait_exit(Duration::from_secs(30)).code(), Some(1));
+    let text = stderr.text();
+    let said = text
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or("");
+    let sent = said
+        .strip_prefix("error: the receiver left before the file was sent (")
+        .or_else(|| {
+            said.strip_prefix(
+                "error: the channel to the receiver closed before the file was sent (",
+            )
+        })
+        .and_then(|rest| rest.strip_suffix(&format!(" of {size} bytes sent)")))
+        .and_then(|n| n.parse::<usize>().ok());
+    assert!(sent.is_some_and(|n| n < size), "{text}");
+    assert!(
+        testkit::dir_names(out_dir.path()).is_empty(),
+        "a file was left behind"
+    );
+}
+
 /// `send-file` to a room whose first peer is a `peer join` chat: the chat peer declines the
 /// file (no binary on its terminal) and the sender fails saying so instead of waiting forever.
 #[test]

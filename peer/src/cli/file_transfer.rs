@@ -224,6 +224,7 @@ async fn send_to_first_peer(
         sent?;
         bar.inc(n as u64);
     }
+    let sent = bar.position();
     let verdict = match early {
         Some(verdict) => {
             bar.abandon();
@@ -261,7 +262,12 @@ async fn send_to_first_peer(
         Verdict::Declined(reason) => {
             bail!("peer {to} declined the file: {}", super::escape(&reason))
         }
-        Verdict::Gone => bail!("the receiver left before confirming the checksum"),
+        Verdict::Gone if sent < size => bail!(
+            "the receiver left before the file was sent ({sent} of {size} bytes sent)"
+        ),
+        Verdict::Gone => bail!(
+            "the receiver left before confirming the checksum (all {size} bytes were sent)"
+        ),
     }
 }
 
