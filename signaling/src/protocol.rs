@@ -14,6 +14,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+mod strict_json;
+
 /// The protocol version this module describes.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -155,6 +157,8 @@ pub enum ClientMessage {
         /// The client's sequence number of this frame ([`ClientSeq`]), when it numbers them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cseq: Option<ClientSeq>,
+        /// Any JSON; an object in it with a key written twice is refused, as in the frame.
+        #[serde(default, deserialize_with = "strict_json::deserialize")]
         data: serde_json::Value,
     },
     /// Acknowledge every server message up to and including `seq`, so the server can drop

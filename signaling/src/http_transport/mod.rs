@@ -325,23 +325,55 @@ async fn try_send(
     }
 }
 
-/// One frame or an array of frames; every one must parse, or none is handled.
+/// One frame or an array of frames; every one must parse, or none is handled. Each is read
+/// from the body's own text, as strictly as a WebSocket frame (a key written twice is refused).
 fn parse_frames(body: &[u8]) -> Result<Vec<ClientMessage>, RequestError> {
-    let invalid = |what: String| RequestError::new(ErrorCode::InvalidMessage, what);
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| invalid(crate::session::short(e.to_string())))?;
-    match value {
-        serde_json::Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| {
-                serde_json::from_value(item)
-                    .map_err(|e| invalid(crate::session::short(format!("frame {i}: {e}"))))
-            })
-            .collect(),
-        other => serde_json::from_value(other)
-            .map(|message| vec![message])
-            .map_err(|e| invalid(crate::session::short(e.to_string()))),
+    serde_json::from_slice::<SendBody>(body)
+        .map(|SendBody(frames)| frames)
+        .map_err(|e| {
+            RequestError::new(
+                ErrorCode::InvalidMessage,
+                crate::session::short(e.to_string()),
+            )
+        })
+}
+
+/// The body of a `send`: one frame, or an array of them (a bad one named by its index).
+struct SendBody(Vec<ClientMessage>);
+
+impl<'de> serde::Deserialize<'de> for SendBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SendBodyVisitor)
+    }
+}
+
+struct SendBodyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SendBodyVisitor {
+    type Value = SendBody;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a frame (an object) or an array of frames")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SendBody, A::Error> {
+        let mut frames = Vec::new();
+        loop {
+            let index = frames.len();
+            match seq.next_element::<ClientMessage>() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => return Ok(SendBody(frames)),
+                Err(e) => {
+                    return Err(serde::de::Error::custom(format_args!("frame {index}: {e}")));
+                }
+            }
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SendBody, A::Error> {
+        let deserializer = serde::de::value::MapAccessDeserializer::new(map);
+        <ClientMessage as serde::Deserialize>::deserialize(deserializer)
+            .map(|frame| SendBody(vec![frame]))
     }
 }
 
@@ -362,5 +394,23 @@ mod tests {
         let error = parse_frames(br#"[{"type":"ping"},{"type":"nope"}]"#).unwrap_err();
         assert_eq!(error.code, ErrorCode::InvalidMessage);
         assert!(error.message.starts_with("frame 1:"), "{}", error.message);
+        // A key written twice, at the top or inside a broadcast's data, as on a WebSocket.
+        for bad in [
+            r#"{"type":"ping","id":6,"id":7}"#,
+            r#"[{"type":"ack","seq":1,"seq":2}]"#,
+            r#"[{"type":"ping"},{"type":"broadcast","data":{"a":1,"a":2}}]"#,
+            r#"{"type":"broadcast","data":1,"data":2}"#,
+        ] {
+            let error = parse_frames(bad.as_bytes()).unwrap_err();
+            assert_eq!(error.code, ErrorCode::InvalidMessage, "{bad}");
+            assert!(
+                error.message.contains("duplicate"),
+                "{bad}: {}",
+                error.message
+            );
+        }
+        for bad in ["1", "\"ping\"", "null"] {
+            assert!(parse_frames(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 }

@@ -12,6 +12,7 @@ use signaling::protocol::{
 use crate::http_client::{self, Event, Sse};
 use crate::limits::{flood_until_cut_off, slow_consumer_args};
 use crate::support::{Client, STEP, Server, resume_message};
+use tokio_tungstenite::tungstenite::Message;
 
 fn offer(n: u32) -> Signal {
     Signal::Offer {
@@ -298,6 +299,37 @@ async fn long_polling_keeps_order_under_a_burst_of_1000_signals() {
     sender.await.expect("sender");
     assert_eq!(got, (0..1000).collect::<Vec<_>>(), "in order, each once");
     eprintln!("1000 signals in {polls} polls");
+}
+
+/// A key written twice is `invalid_message` wherever it is, on a socket and in an HTTP send
+/// alike (a broadcast's `data` included): nothing of it reaches the room.
+#[tokio::test]
+async fn a_key_written_twice_is_refused_on_a_socket_and_over_http() {
+    let server = Server::start(&[]);
+    let ((mut a, _), (mut b, _)) =
+        Client::pair(&server.ws("/ws/twice"), &server.ws("/ws/twice")).await;
+    let bad = [
+        r#"{"type":"broadcast","data":{"a":1,"a":2}}"#,
+        r#"{"type":"broadcast","data":[{"x":{"k":1,"k":2}}]}"#,
+        r#"{"type":"ping","id":6,"id":7}"#,
+    ];
+    for frame in bad {
+        a.send_raw(Message::text(frame)).await;
+        a.expect_error(ErrorCode::InvalidMessage).await;
+    }
+    let http = http_client::open_as(server.addr, "twice", "H").await;
+    let _joined = b.recv_message().await;
+    let path = format!("/http/send?session={http}");
+    for body in bad
+        .iter()
+        .map(|f| f.to_string())
+        .chain([format!(r#"[{{"type":"ping"}},{}]"#, bad[0])])
+    {
+        let reply = http_client::post(server.addr, &path, &body).await;
+        assert_eq!(reply.status, 400, "{body}");
+        assert_error_code(&reply, ErrorCode::InvalidMessage);
+    }
+    b.expect_silence(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]
