@@ -1031,10 +1031,12 @@ impl HubState {
 
     /// Past the memory budget: marks the sessions that hold the most for ending, most first,
     /// until what they hold would bring the count back under nine tenths of the budget. The
-    /// candidates are the consumers with frames queued (`slow_consumer`; what ending one frees
-    /// is its queue and its replay buffer) and the parked sessions (`replay_overflow`; their
-    /// replay buffers). A client that reads is no candidate before a session that holds more:
-    /// the frame that took the count past the budget may be in its queue for a moment.
+    /// candidates are the connected sessions that hold frames, queued or written and not
+    /// acknowledged (`slow_consumer`; what ending one frees is its queue and its replay
+    /// buffer), and the parked sessions (`replay_overflow`; their replay buffers). A client
+    /// that reads and acknowledges is no candidate before a session that holds more: the
+    /// frame that took the count past the budget may be in its queue for a moment, and a
+    /// client that does not read may have had every frame written (into its socket's buffers).
     fn evict_over_budget(&mut self) {
         // The sessions ended so far dropped their queues as they ended: nothing is pending.
         let mut excess = self.memory.excess();
@@ -1043,11 +1045,8 @@ impl HubState {
         for (key, session) in self.sessions.iter() {
             match &session.link {
                 Link::Attached { tx, .. } => {
-                    let queued = tx.queued_bytes();
-                    if queued > 0 {
-                        let held = queued + session.outbox.bytes();
-                        victims.push((held, *key, ErrorCode::SlowConsumer));
-                    }
+                    let held = tx.queued_bytes() + session.outbox.bytes();
+                    victims.push((held, *key, ErrorCode::SlowConsumer));
                 }
                 Link::Parked { .. } => {
                     victims.push((session.outbox.bytes(), *key, ErrorCode::ReplayOverflow));
@@ -1342,6 +1341,47 @@ mod tests {
         }
         assert!(m < 100, "nobody was ended");
         assert_budget_ended(&memory, &mut a_rx, &b, "B: it held the most");
+    }
+
+    /// A connected client whose frames were all written but none acknowledged (a client that
+    /// stopped reading behind its socket's buffers) and that holds more ends before a client
+    /// that reads and acknowledges, though the frame that took the count past the budget is
+    /// in the latter's queue.
+    #[test]
+    fn past_the_memory_budget_a_session_holding_unacknowledged_frames_ends_before_a_reader() {
+        let (memory, hub, [(a, mut a_rx), (b, mut b_rx), (c, mut c_rx)]) = over_budget();
+        let mut n = 0;
+        while memory.used() < 18_000 && n < 1000 {
+            send(&hub, &a, 1, &b, n);
+            // Written to B's socket, never acknowledged: nothing queued, all in its buffer.
+            frames(&mut b_rx);
+            n += 1;
+        }
+        let offer = Signal::Offer {
+            sdp: "x".repeat(3000),
+            ice_restart: false,
+        };
+        let mut m = 0;
+        while hub.room_peers(&"r".into()).len() == 3 && m < 100 {
+            send_signal(&hub, &a, 1, &c, offer.clone());
+            for frame in frames(&mut c_rx) {
+                hub.handle(
+                    c.key,
+                    Caller::Conn(3),
+                    &c.peer,
+                    ClientMessage::Ack { seq: frame.seq },
+                    Instant::now(),
+                );
+            }
+            m += 1;
+        }
+        assert!(m < 100, "nobody was ended");
+        assert_budget_ended(
+            &memory,
+            &mut a_rx,
+            &b,
+            "B: it held the most, unacknowledged",
+        );
     }
 
     #[test]
