@@ -880,4 +880,3 @@ if (!leaving) {
     (err) => note({ type: 'join-failed', code: err.code, message: err.message }),
   );
 }
-window.addEventListener('pagehide', () => room.client.state === 'joined' && !leaving && room.leave());

@@ -26,6 +26,8 @@ export interface WebRTCRoomOptions {
   rtcConfig?: RTCConfiguration;
   iceRestartDelayMs?: number;
   unreachableAfterMs?: number;
+  /** Leave the room on `pagehide` (the page closed, reloaded or navigated from), so the others see it leave at once rather than after the server's resume grace period (30 s). Default true. */
+  leaveOnPageHide?: boolean;
   signaling?: SignalingClientOptions;
 }
 
@@ -103,7 +105,7 @@ export declare class WebRTCRoom extends EventTarget {
   readonly peerId: string | null;
   readonly relayOnly: boolean;
   readonly localStream: MediaStream | null;
-  /** Joins the room (SignalingClient.connect). After leave() it rejects: make a new room to join again. */
+  /** Joins the room (SignalingClient.connect); with leaveOnPageHide (the default), leaves on `pagehide`. After leave() it rejects: make a new room to join again. */
   join(): ReturnType<SignalingClient['connect']>;
   leave(): void;
   /** Returns how many peers it was sent to. */

@@ -139,6 +139,11 @@ const ROOM_DEFAULTS = Object.freeze({
   connectWatchdogMs: 8000,
   /** Report each connection to the server (`stats`) this often, and when its selected pair changes (0: never). */
   statsEveryMs: CLIENT_RULES.stats.everyMs,
+  /**
+   * Leave the room when the page goes away (`pagehide`: closed, reloaded, navigated from), so
+   * the others see it leave at once instead of after the server's resume grace period.
+   */
+  leaveOnPageHide: true,
   /** Options passed to SignalingClient. */
   signaling: {},
 });
@@ -169,10 +174,17 @@ export class WebRTCRoom extends EventTarget {
    * Joins the room; resolves with the signaling session (peer id, peers, ICE servers). After
    * leave() it rejects (the client is closed for good): a left room does not come back.
    */
-  join() { return this.client.connect(); }
+  join() {
+    if (this.options.leaveOnPageHide && !this._onPageHide && typeof globalThis.addEventListener === 'function') {
+      this._onPageHide = () => this.leave();
+      globalThis.addEventListener('pagehide', this._onPageHide);
+    }
+    return this.client.connect();
+  }
 
   /** Leaves the room: closes every peer connection and the signaling session. */
   leave() {
+    if (this._onPageHide) globalThis.removeEventListener('pagehide', this._onPageHide);
     for (const peer of [...this.peers.values()]) this._removePeer(peer.id, 'left');
     this.client.leave();
   }

@@ -1481,6 +1481,13 @@ test('example: the minimal example app (README) calls and chats with the demo pa
   await demo.chatFrom('hello demo');
   await ex.waitFor(() => [...document.querySelectorAll('#videos video')].some((v) => v.id.startsWith('v-') && v.videoWidth > 0), null, 'the demo\'s video in the example');
   await demo.waitFor(() => document.querySelector('.tile-remote video')?.videoWidth > 0, null, 'the example\'s video in the demo');
+  // A reload leaves the room (WebRTCRoom's leaveOnPageHide): the demo sees the old peer go at
+  // once, not after the resume grace period, and the reloaded page comes back as a new peer.
+  const before = await ex.eval(() => window.__room.peerId);
+  await ex.page.reload();
+  await demo.waitFor((id) => !window.__demo.room.peers.has(id), before, 'the reloaded page\'s old peer gone at once', 5000);
+  await ex.waitFor(() => document.getElementById('state').textContent === 'joined', null, 'the example joined again');
+  await demo.connected(1);
 });
 
 test('rooms from the URL: / generates one, ?room= and /r/<room> join it, the invite link copies', async (t) => {
