@@ -131,13 +131,14 @@ export interface SignalingEventMap {
   signal: CustomEvent<{ from: string; signal: Signal }>;
   broadcast: CustomEvent<{ from: string; data: unknown }>;
   'ice-servers': CustomEvent<{ iceServers: IceServer[] }>;
-  /** The server is shutting down: the client leaves it after reconnectAfterMs (closes and reconnects, resuming its session, through the balancer on another server). */
+  /** The server is shutting down: the client leaves it after reconnectAfterMs (closes and reconnects, resuming its session, through the balancer on another server). A long-polling client polls on meanwhile as after any answer, each poll through the balancer (protocol.md, `draining`); it waits reconnectAfterMs before reopening a poll that failed. */
   draining: CustomEvent<{ reason: string; reconnectAfterMs: number }>;
   /**
    * Every error frame of the server (a fatal one, e.g. a refused join, also moves the state to
    * 'failed' and rejects connect()), and two of the client's own: 'message_too_large' (a
    * signal, broadcast or stats report over max_message_bytes, not sent; it fires after the
-   * call returned, with `ref` = the returned id) and 'invalid_frame' (the server sent text that
+   * call returned, with `ref` = the returned id of a signal or broadcast; a stats report's has
+   * no `ref`, its call returned false) and 'invalid_frame' (the server sent text that
    * is not JSON). `request` is the request `ref` names, as sent.
    */
   error: CustomEvent<{ code: string; message: string; ref?: number; request?: object }>;
@@ -170,7 +171,11 @@ export declare class SignalingClient extends EventTarget {
     resent: number;
     /** HTTP transports: event streams or polls reopened from the last seq (no resume needed). */
     streamReconnects: number;
-    /** Transports given up on for the next one. */
+    /**
+     * Transports given up on for the next one. While the server cannot be reached at all, each
+     * reconnect tries WebSocket, then SSE + POST (whose request failing to reach the server ends
+     * the round: long-polling would fail the same way), so this grows by one a reconnect.
+     */
     fallbacks: number;
   };
   /**

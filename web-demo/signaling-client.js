@@ -233,7 +233,8 @@ export class SignalingClient extends EventTarget {
   reportStats(peer, report) {
     if (this.state !== 'joined' || this._ws?.readyState !== 1) return false;
     const msg = { type: 'stats', id: this._nextId++, peer, ...report };
-    if (!this._fits(msg)) return false;
+    // The caller never saw this id (the call returns a boolean): the error names no `ref`.
+    if (!this._fits(msg, false)) return false;
     this._remember(msg);
     this._send(msg);
     return true;
@@ -474,7 +475,18 @@ export class SignalingClient extends EventTarget {
     if (this.state === 'closed' || this.state === 'failed') return;
     this._requeue(ws.takeUnsent?.() || []);
     const detail = closeEvent ? `${reason} (close code ${closeEvent.code}${closeEvent.reason ? `: ${closeEvent.reason}` : ''})` : reason;
-    if (this._looksBlocked(reason, closeEvent) && this._fallBack()) return;
+    if (closeEvent?.unreachable) {
+      // An HTTP link whose request could not reach the server at all: the next HTTP transport
+      // cannot either. The next attempt starts over from the first transport, after the backoff.
+      this._transportIndex = this._startIndex();
+    } else if (this._looksBlocked(reason, closeEvent) && this._fallBack()) {
+      // Mid-session the switch is a reconnect like any other (at once, on the next transport):
+      // the state says so, and 'joined' follows once the new link resumed.
+      if (this.state === 'joined') {
+        this._setState('reconnecting', { code: reason, message: detail, attempt: this._attempt, retryInMs: 0, retryAt: Date.now() });
+      }
+      return;
+    }
     // An HTTP link that spent the reconnect attempts reopening: no further attempt.
     if (closeEvent?.gaveUp) { this._fail(reason, detail); return; }
     if (closeEvent?.retryAfterMs) this._holdUntil = Math.max(this._holdUntil, Date.now() + closeEvent.retryAfterMs);
@@ -771,15 +783,15 @@ export class SignalingClient extends EventTarget {
 
   /**
    * Whether `msg` fits the server's `max_message_bytes`; if not, an `error` event
-   * (`message_too_large`, `ref` = its id) fires once the current call has returned, so the
-   * caller already holds the id.
+   * (`message_too_large`, `ref` = its id when `named`: the call returns it) fires once the
+   * current call has returned, so the caller already holds the id.
    */
-  _fits(msg) {
+  _fits(msg, named = true) {
     const max = Number(this.session?.max_message_bytes) || Infinity;
     const bytes = new TextEncoder().encode(JSON.stringify(msg)).length;
     if (bytes <= max) return true;
     const { cseq, ...request } = msg;
-    const detail = { code: 'message_too_large', message: `${msg.type} of ${bytes} bytes not sent: the server takes at most ${max}`, ref: msg.id, request };
+    const detail = { code: 'message_too_large', message: `${msg.type} of ${bytes} bytes not sent: the server takes at most ${max}`, ref: named ? msg.id : undefined, request };
     queueMicrotask(() => this._emit('error', detail));
     return false;
   }
@@ -1118,7 +1130,7 @@ class HttpLink {
         method: 'POST', headers: { 'Content-Type': 'application/json' }, body: first, cache: 'no-store', signal: this._abort.signal,
       });
     } catch (err) {
-      this._end(1006, `cannot open a session over HTTP: ${err.message || err}`);
+      this._end(1006, `cannot open a session over HTTP: ${err.message || err}`, undefined, false, true);
       return;
     }
     const body = await readJson(res);
@@ -1399,10 +1411,10 @@ class HttpLink {
    * The link ends on its own (server close, refusal, gave up): reports it as a socket close;
    * `gaveUp` when it spent its reopen attempts (the client then gives up too).
    */
-  _end(code, reason, retryAfter, gaveUp = false) {
+  _end(code, reason, retryAfter, gaveUp = false, unreachable = false) {
     if (this.readyState === 3) return;
     this.readyState = 3;
     this._stop();
-    this.onclose?.({ code, reason, wasClean: code !== 1006, established: this.established, retryAfterMs: retryAfter, gaveUp });
+    this.onclose?.({ code, reason, wasClean: code !== 1006, established: this.established, retryAfterMs: retryAfter, gaveUp, unreachable });
   }
 }

@@ -736,7 +736,11 @@ test('client API: httpUrl keeps the room, an oversize send errors after the call
     id = http.broadcast('x'.repeat(max));
     await new Promise((res) => { setTimeout(res, 50); });
     out.oversize = { id, errorRef, errorDuringCall };
+    const statsErrors = [];
+    http.addEventListener('error', (e) => { if (e.detail.code === 'message_too_large' && e.detail.request?.type === 'stats') statsErrors.push(e.detail); });
     out.statsSent = http.reportStats('nobody', { pair: null, bytes_sent: 0, bytes_received: 0, padding: 'x'.repeat(max) });
+    await new Promise((res) => { setTimeout(res, 50); });
+    out.statsErrorRefs = statsErrors.map((d) => d.ref ?? null);
     out.stateAfter = http.state;
     http.close();
     return out;
@@ -744,6 +748,7 @@ test('client API: httpUrl keeps the room, an oversize send errors after the call
   assert(r.httpRoom === 'api-room', `httpUrl keeps the room: ${JSON.stringify(r)}`);
   assert(r.oversize.errorRef === r.oversize.id && !r.oversize.errorDuringCall, `oversize error after the call, ref = id: ${JSON.stringify(r)}`);
   assert(r.statsSent === false && r.stateAfter === 'joined', `oversize stats refused, session intact: ${JSON.stringify(r)}`);
+  assert(JSON.stringify(r.statsErrorRefs) === '[null]', `one error for the stats report, naming no id its caller never saw: ${JSON.stringify(r)}`);
 });
 
 /** `signaling_connections` of a server `startSignaling` started: its open WebSockets and HTTP
