@@ -565,6 +565,11 @@ test('signaling unreachable: the page says so, retries, and joins once the serve
   const banner = await a.eval(() => document.getElementById('banner-text').textContent);
   assert(/can't reach the signaling server/i.test(banner), `banner explains: ${banner}`);
   await t.screenshot(a, 'state-signaling-unreachable.png');
+  // Each round tries WebSocket, then SSE + POST, whose request cannot reach the server either:
+  // long-polling, which would fail the same way, is not tried too.
+  await a.waitFor(() => window.__demo.client.stats.reconnectAttempts >= 3, null, 'three rounds of retries', 15000);
+  const tried = await a.eval(() => window.__demo.client.stats);
+  assert(tried.fallbacks <= tried.reconnectAttempts + 1, `one fallback a round: ${JSON.stringify(tried)}`);
   const sig = await t.signaling([], 'signaling-late', `127.0.0.1:${port}`);
   // "Retry now" skips the backoff (the page may also have retried on its own meanwhile).
   await a.page.locator('#banner-action').click({ timeout: 2000 }).catch(() => {});
@@ -813,6 +818,52 @@ function clientInPage(p) {
     return { state: client.state, info: client.stateInfo, stats: client.stats, events };
   });
 }
+
+test('client API: WebSockets that die at once mid-session fall back to SSE + POST through reconnecting, never joined -> joined', async (t) => {
+  const p = await t.solo();
+  const r = await p.eval(async () => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const url = `${location.origin.replace(/^http/, 'ws')}/ws/flaky-fallback`;
+    let flaky = false;
+    // Once `flaky`, a socket dies abnormally (1006) 20 ms after it opens, as behind a proxy
+    // that cuts WebSockets.
+    class FlakyWebSocket {
+      constructor(u) {
+        this.ws = new WebSocket(u);
+        this.ws.onopen = () => { this.onopen?.(); if (flaky) setTimeout(() => this.die(), 20); };
+        this.ws.onmessage = (e) => { if (!this.dead) this.onmessage?.(e); };
+        this.ws.onclose = (e) => { if (!this.dead) this.onclose?.(e); };
+        this.ws.onerror = (e) => { if (!this.dead) this.onerror?.(e); };
+      }
+      get readyState() { return this.dead ? 3 : this.ws.readyState; }
+      send(data) { if (!this.dead) this.ws.send(data); }
+      close(code, reason) { this.ws.close(code, reason); }
+      die() {
+        if (this.dead) return;
+        this.dead = true;
+        try { this.ws.close(); } catch { /* closing already */ }
+        this.onclose?.({ code: 1006, reason: '', wasClean: false });
+      }
+    }
+    const backoff = { initialMs: 50, maxMs: 50, factor: 1, jitter: 0 };
+    const client = new SignalingClient(url, { name: 'flaky', WebSocket: FlakyWebSocket, backoff });
+    const states = [];
+    client.addEventListener('state', (e) => states.push(`${e.detail.previous}->${e.detail.state}`));
+    await client.connect();
+    flaky = true;
+    // The live socket dies (it had lived: a reconnect); the next ones die at once.
+    client._ws.die();
+    const t0 = Date.now();
+    while (!(client.transport === 'sse' && client.state === 'joined') && Date.now() - t0 < 10000) {
+      await new Promise((res) => { setTimeout(res, 50); });
+    }
+    const out = { transport: client.transport, state: client.state, states: [...states], fallbacks: client.stats.fallbacks, peer: client.peerId };
+    client.close();
+    return out;
+  });
+  assert(r.transport === 'sse' && r.state === 'joined' && r.fallbacks >= 1, `on SSE + POST, joined: ${JSON.stringify(r)}`);
+  assert(!r.states.includes('joined->joined') && r.states.at(-1) === 'reconnecting->joined', `through reconnecting: ${JSON.stringify(r.states)}`);
+});
 
 test('client API: an HTTP link whose server died reopens on the backoff, then gives up after maxReconnectAttempts', async (t) => {
   const { p, other } = await pageAndOwnServer(t, 'signaling-dies');
