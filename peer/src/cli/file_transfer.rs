@@ -262,12 +262,12 @@ async fn send_to_first_peer(
         Verdict::Declined(reason) => {
             bail!("peer {to} declined the file: {}", super::escape(&reason))
         }
-        Verdict::Gone if sent < size => bail!(
-            "the receiver left before the file was sent ({sent} of {size} bytes sent)"
-        ),
-        Verdict::Gone => bail!(
-            "the receiver left before confirming the checksum (all {size} bytes were sent)"
-        ),
+        Verdict::Gone if sent < size => {
+            bail!("the receiver left before the file was sent ({sent} of {size} bytes sent)")
+        }
+        Verdict::Gone => {
+            bail!("the receiver left before confirming the checksum (all {size} bytes were sent)")
+        }
     }
 }
 
