@@ -191,13 +191,7 @@ impl UsageLedger {
                 users: HashMap::new(),
                 other: Usage::default(),
             });
-            let keep_from = start.saturating_sub(self.limits.retention.as_secs());
-            while self.buckets.front().is_some_and(|b| b.start < keep_from) {
-                self.buckets.pop_front();
-            }
-            if let Some(changes) = self.changes.as_mut() {
-                changes.retain(|start, _| *start >= keep_from);
-            }
+            self.drop_before(start.saturating_sub(self.limits.retention.as_secs()));
         }
         let Some(bucket) = self.buckets.back_mut() else {
             return;
@@ -220,6 +214,23 @@ impl UsageLedger {
             } else if !changed.users.contains(user) {
                 changed.users.insert(user.into());
             }
+        }
+    }
+
+    /// Drops the buckets past the retention at `now_unix`, traffic or not (a ledger that
+    /// records nothing more would otherwise keep them).
+    pub fn expire(&mut self, now_unix: u64) {
+        let start = now_unix - now_unix % self.limits.bucket_secs();
+        self.drop_before(start.saturating_sub(self.limits.retention.as_secs()));
+    }
+
+    /// Drops the buckets that start before `keep_from`, and their unpublished changes.
+    fn drop_before(&mut self, keep_from: u64) {
+        while self.buckets.front().is_some_and(|b| b.start < keep_from) {
+            self.buckets.pop_front();
+        }
+        if let Some(changes) = self.changes.as_mut() {
+            changes.retain(|start, _| *start >= keep_from);
         }
     }
 
@@ -546,6 +557,17 @@ mod tests {
         assert_eq!(one.from, 1_020);
         assert_eq!(one.users.len(), 1);
         assert_eq!(one.users[0].user, "r1:bb");
+    }
+
+    #[test]
+    fn buckets_past_the_retention_expire_without_new_traffic() {
+        let mut l = ledger(10);
+        l.record(1_000, "r1:aa", usage(10, 20));
+        l.expire(1_000 + 600);
+        assert_eq!(l.entries(), 1, "within the retention");
+        l.expire(1_000 + 700);
+        assert_eq!(l.entries(), 0, "past it, though nothing was recorded since");
+        assert!(l.report(0, u64::MAX).users.is_empty());
     }
 
     #[test]

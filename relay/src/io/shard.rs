@@ -448,6 +448,7 @@ impl Shard {
         let now = crate::usage::unix_now();
         let mut ledger = self.metrics.usage().lock();
         core.drain_usage(|user, usage| ledger.record(now, user, usage));
+        ledger.expire(now);
     }
 
     /// The I/O counters with the queued-bytes gauges filled in.
