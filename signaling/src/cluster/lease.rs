@@ -23,8 +23,13 @@ pub(super) const NODES_KEY: &str = "sig:nodes";
 
 impl ClusterHub {
     /// Leaves the cluster at shutdown: the lease is given up at once, so another node adopts
-    /// the sessions still parked here (and expires them if nobody resumes).
+    /// the sessions still parked here (and expires them if nobody resumes). It is never renewed
+    /// again, although the process may outlive this (an in-process relay still draining): a
+    /// renewal would take the lease back from the node adopting the sessions, or find it gone
+    /// and count an outage.
     pub async fn leave(&self) {
+        // A renewal under way ends first; none starts after.
+        *self.lease_given_up.lock().await = true;
         let cmd = redis::cmd("ZADD")
             .arg(NODES_KEY)
             .arg(0)
@@ -97,8 +102,12 @@ impl ClusterHub {
     }
 
     /// Renews the lease and notices Redis coming back: the nodes whose lease ran out, or
-    /// `None` when Redis did not answer.
+    /// `None` when Redis did not answer or the node gave its lease up.
     async fn renew_lease(&self) -> Option<Vec<String>> {
+        let given_up = self.lease_given_up.lock().await;
+        if *given_up {
+            return None;
+        }
         let now_ms = unix_ms(SystemTime::now());
         let me = &self.cluster.node_id;
         let lease_until = now_ms + self.cluster.lease.as_millis() as u64;

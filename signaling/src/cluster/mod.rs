@@ -450,6 +450,9 @@ pub struct ClusterHub {
     subscribed: AtomicBool,
     /// The node has entered its lease at least once.
     registered: AtomicBool,
+    /// The node gave its lease up ([`Self::leave`]): it is never renewed again. Held by a
+    /// renewal while it runs, so that giving the lease up waits for one under way.
+    lease_given_up: tokio::sync::Mutex<bool>,
     /// An outage was counted and the node has not been whole since (see `outage`).
     in_outage: AtomicBool,
 }
@@ -488,6 +491,7 @@ impl ClusterHub {
             store_ok: AtomicBool::new(true),
             subscribed: AtomicBool::new(false),
             registered: AtomicBool::new(false),
+            lease_given_up: tokio::sync::Mutex::new(false),
             in_outage: AtomicBool::new(false),
         });
         hub.heartbeat().await;

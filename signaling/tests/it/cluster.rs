@@ -212,6 +212,48 @@ async fn a_node_restarted_at_once_under_the_same_name_does_not_keep_its_predeces
     expect_disconnected(&mut a, &b_info.peer_id, Duration::from_secs(8)).await;
 }
 
+/// A drained node gives its lease up for good, although it outlives its drain (here in this
+/// process; a node's in-process relay may still drain): its heartbeat took the lease back
+/// (or found it adopted and closed everything for a "lost" lease, logged as an error).
+#[tokio::test]
+async fn a_drained_node_gives_its_lease_up_for_good() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let timing = ["--node-heartbeat", "200ms", "--node-lease", "1s"];
+    let _stays =
+        Server::in_process(&[&["--redis", &url, "--node-id", "stays"], &timing[..]].concat());
+    let drains = Server::in_process(
+        &[
+            &["--redis", &url, "--node-id", "drains", "--api-key", "k"],
+            &timing[..],
+        ]
+        .concat(),
+    );
+    let id = node_named(&redis, "drains");
+    let (status, _, body) = crate::http_client::http_request(
+        drains.addr,
+        "POST",
+        "/v1/drain",
+        &[("Authorization", "Bearer k")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    // Nothing open: the drain is over at once, and the node stops listening.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(drains.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the drained node still listens");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Five heartbeats later the lease is still given up (0) or gone (adopted), not renewed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let score = redis.cli(&["ZSCORE", "sig:nodes", &id]);
+    assert!(
+        score.is_empty() || score == "0",
+        "the lease came back: {score}"
+    );
+}
+
 #[tokio::test]
 async fn draining_a_node_moves_its_clients_with_zero_frames_lost() {
     let redis = RedisServer::start();
