@@ -353,6 +353,7 @@ impl LocalHub {
             joined_at: now,
             links: PeerLinks::default(),
             received: 0,
+            unacked_since: None,
         };
         st.sessions.insert(key, session);
         st.rooms
@@ -448,6 +449,7 @@ impl LocalHub {
         };
         let before = session.outbox.bytes();
         session.outbox.ack(last_seq);
+        session.acknowledged(now);
         self.settings.memory.resize(before, session.outbox.bytes());
         let old = std::mem::replace(
             &mut session.link,
@@ -561,6 +563,7 @@ impl LocalHub {
                 if let Some(session) = st.sessions.get_mut(&key) {
                     let before = session.outbox.bytes();
                     session.outbox.ack(seq);
+                    session.acknowledged(now);
                     self.settings.memory.resize(before, session.outbox.bytes());
                 }
             }
@@ -970,6 +973,7 @@ impl HubState {
         }
         let before = session.outbox.bytes();
         let frame = session.outbox.push(body);
+        session.sent(self.now);
         match &session.link {
             Link::Attached { tx, .. } => {
                 session.outbox.trim(self.replay_limits);
@@ -1029,32 +1033,35 @@ impl HubState {
         }
     }
 
-    /// Past the memory budget: marks the sessions that hold the most for ending, most first,
-    /// until what they hold would bring the count back under nine tenths of the budget. The
-    /// candidates are the connected sessions that hold frames, queued or written and not
-    /// acknowledged (`slow_consumer`; what ending one frees is its queue and its replay
-    /// buffer), and the parked sessions (`replay_overflow`; their replay buffers). A client
-    /// that reads and acknowledges is no candidate before a session that holds more: the
-    /// frame that took the count past the budget may be in its queue for a moment, and a
-    /// client that does not read may have had every frame written (into its socket's buffers).
+    /// Past the memory budget: marks sessions for ending until what they hold would bring the
+    /// count back under nine tenths of the budget. The candidates are the connected sessions
+    /// that hold frames, queued or written and not acknowledged (`slow_consumer`; what ending
+    /// one frees is its queue and its replay buffer), and the parked sessions
+    /// (`replay_overflow`; their replay buffers). First the parked ones and those that have
+    /// not acknowledged for [`crate::sessions::ACK_OVERDUE`] (a client that stopped reading
+    /// may have had every frame written into its socket's buffers, its queue empty), most
+    /// held first; then the others, most held first: a client that reads and acknowledges,
+    /// however much it holds within its acknowledgement window (big frames), ends last.
     fn evict_over_budget(&mut self) {
         // The sessions ended so far dropped their queues as they ended: nothing is pending.
         let mut excess = self.memory.excess();
-        // (held, key, code)
-        let mut victims: Vec<(usize, SessionKey, ErrorCode)> = Vec::new();
+        // (acknowledging, held, key, code): `false` sorts first.
+        let mut victims: Vec<(bool, usize, SessionKey, ErrorCode)> = Vec::new();
         for (key, session) in self.sessions.iter() {
-            match &session.link {
-                Link::Attached { tx, .. } => {
-                    let held = tx.queued_bytes() + session.outbox.bytes();
-                    victims.push((held, *key, ErrorCode::SlowConsumer));
-                }
-                Link::Parked { .. } => {
-                    victims.push((session.outbox.bytes(), *key, ErrorCode::ReplayOverflow));
-                }
+            let (acknowledging, held, code) = match &session.link {
+                Link::Attached { tx, .. } => (
+                    !session.ack_overdue(self.now),
+                    tx.queued_bytes() + session.outbox.bytes(),
+                    ErrorCode::SlowConsumer,
+                ),
+                Link::Parked { .. } => (false, session.outbox.bytes(), ErrorCode::ReplayOverflow),
+            };
+            if held > 0 {
+                victims.push((acknowledging, held, *key, code));
             }
         }
-        victims.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        for (bytes, key, code) in victims {
+        victims.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        for (_, bytes, key, code) in victims {
             if excess == 0 || bytes == 0 {
                 break;
             }
@@ -1382,6 +1389,60 @@ mod tests {
             &b,
             "B: it held the most, unacknowledged",
         );
+    }
+
+    /// A client that stopped acknowledging (a second ago) ends before one that acknowledges
+    /// on time, although the latter holds more within its acknowledgement window (big frames,
+    /// acknowledged every four).
+    #[test]
+    fn past_the_memory_budget_a_session_that_stopped_acknowledging_ends_before_a_bigger_reader() {
+        let (memory, hub, [(a, mut a_rx), (b, mut b_rx), (c, mut c_rx)]) = over_budget();
+        let t0 = Instant::now();
+        let signal_at = |to: &Attached, signal: Signal, at: Instant| {
+            let message = ClientMessage::Signal {
+                id: None,
+                cseq: None,
+                to: to.peer.clone(),
+                signal,
+            };
+            hub.handle(a.key, Caller::Conn(1), &a.peer, message, at)
+        };
+        // C acknowledges what it has read so far, as a client does within 200 ms.
+        signal_at(&c, candidate(0), t0);
+        if let Some(last) = frames(&mut c_rx).last() {
+            let ack = ClientMessage::Ack { seq: last.seq };
+            hub.handle(c.key, Caller::Conn(3), &c.peer, ack, t0);
+        }
+        // B is sent 6 KB, all written to its socket, and acknowledges nothing.
+        for n in 0..6 {
+            let offer = Signal::Offer {
+                sdp: "b".repeat(1000 + n),
+                ice_restart: false,
+            };
+            signal_at(&b, offer, t0);
+        }
+        frames(&mut b_rx);
+        // Two seconds on, C reads offers of 3 KB and acknowledges every fourth: it holds up
+        // to 12 KB, more than B, until the budget ends someone.
+        let later = t0 + Duration::from_secs(2);
+        let mut m = 0;
+        while hub.room_peers(&"r".into()).len() == 3 && m < 100 {
+            let offer = Signal::Offer {
+                sdp: "c".repeat(3000),
+                ice_restart: false,
+            };
+            signal_at(&c, offer, later);
+            let read = frames(&mut c_rx);
+            if m % 4 == 3
+                && let Some(last) = read.last()
+            {
+                let ack = ClientMessage::Ack { seq: last.seq };
+                hub.handle(c.key, Caller::Conn(3), &c.peer, ack, later);
+            }
+            m += 1;
+        }
+        assert!(m < 100, "nobody was ended");
+        assert_budget_ended(&memory, &mut a_rx, &b, "B: it stopped acknowledging");
     }
 
     #[test]

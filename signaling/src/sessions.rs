@@ -5,7 +5,7 @@
 use crate::api::Transport;
 use crate::peer_stats::PeerLinks;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::client_ip::SessionTicket;
 use crate::hub::{ConnId, SessionKey};
@@ -49,6 +49,33 @@ pub struct Session {
     pub links: PeerLinks,
     /// The highest `cseq` it handled (0: none yet).
     pub received: ClientSeq,
+    /// Since when it has held frames it did not acknowledge (`None`: it acknowledged all it
+    /// was sent); each acknowledgement moves it on. Past the memory budget, the sessions that
+    /// stopped acknowledging end first ([`ACK_OVERDUE`]).
+    pub unacked_since: Option<Instant>,
+}
+
+/// How long a session may hold frames without acknowledging any before the memory budget
+/// takes it for one that stopped reading: clients acknowledge within 200 ms or 16 frames
+/// (`client_rules`), so a second is well past that.
+pub const ACK_OVERDUE: Duration = Duration::from_secs(1);
+
+impl Session {
+    /// Notes frames sent at `now` (the oldest unacknowledged one's time stays).
+    pub fn sent(&mut self, now: Instant) {
+        self.unacked_since.get_or_insert(now);
+    }
+
+    /// Notes an acknowledgement at `now`: what it still holds counts from now.
+    pub fn acknowledged(&mut self, now: Instant) {
+        self.unacked_since = (self.outbox.bytes() > 0).then_some(now);
+    }
+
+    /// Whether it has held frames without acknowledging any for [`ACK_OVERDUE`] at `now`.
+    pub fn ack_overdue(&self, now: Instant) -> bool {
+        self.unacked_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= ACK_OVERDUE)
+    }
 }
 
 impl Session {
