@@ -483,6 +483,8 @@ export class SignalingClient extends EventTarget {
       // Mid-session the switch is a reconnect like any other (at once, on the next transport):
       // the state says so, and 'joined' follows once the new link resumed.
       if (this.state === 'joined') {
+        this._attempt += 1;
+        this.stats.reconnectAttempts += 1;
         this._setState('reconnecting', { code: reason, message: detail, attempt: this._attempt, retryInMs: 0, retryAt: Date.now() });
       }
       return;

@@ -26,7 +26,7 @@ export interface WebRTCRoomOptions {
   rtcConfig?: RTCConfiguration;
   iceRestartDelayMs?: number;
   unreachableAfterMs?: number;
-  /** Leave the room on `pagehide` (the page closed, reloaded or navigated from), so the others see it leave at once rather than after the server's resume grace period (30 s). Default true. */
+  /** Leave the room on `pagehide` (the page closed, reloaded or navigated from), so the others see it leave at once rather than after the server's resume grace period (30 s). Default true. A page the browser then restores from its back/forward cache (`pageshow` with `persisted`) has left: make a new WebRTCRoom to join again. */
   leaveOnPageHide?: boolean;
   signaling?: SignalingClientOptions;
 }

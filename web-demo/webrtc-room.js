@@ -233,7 +233,13 @@ export class WebRTCRoom extends EventTarget {
 
   _wire() {
     const c = this.client;
-    c.addEventListener('state', (e) => this._emit('signaling', e.detail));
+    c.addEventListener('state', (e) => {
+      // A client closed or failed for good has nothing to leave on pagehide.
+      if ((e.detail.state === 'closed' || e.detail.state === 'failed') && this._onPageHide) {
+        globalThis.removeEventListener('pagehide', this._onPageHide);
+      }
+      this._emit('signaling', e.detail);
+    });
     c.addEventListener('welcome', (e) => {
       for (const info of e.detail.session.peers || []) this._addPeer(info);
     });

@@ -83,7 +83,13 @@ impl Backend {
         received: Instant,
     ) -> Flow {
         match self {
-            Self::Local(hub) => hub.handle(key, Caller::Conn(conn), peer, message, received),
+            Self::Local(hub) => {
+                let handled = hub.handle_request(key, Caller::Conn(conn), peer, message, received);
+                if handled.signal_delivered {
+                    hub.metrics().signal_delivered(received);
+                }
+                handled.flow
+            }
             Self::Cluster(hub) => Box::pin(hub.handle(key, conn, message, received)).await,
         }
     }
@@ -117,9 +123,13 @@ impl Backend {
                 let (key, peer) = hub.peer_of(token)?;
                 let secret = token.as_str().split_once('.').map_or("", |(_, s)| s);
                 for message in messages {
-                    let flow =
-                        hub.handle(key, Caller::Secret(secret), &peer, message, Instant::now());
-                    match flow {
+                    let received = Instant::now();
+                    let caller = Caller::Secret(secret);
+                    let handled = hub.handle_request(key, caller, &peer, message, received);
+                    if handled.signal_delivered {
+                        hub.metrics().signal_delivered(received);
+                    }
+                    match handled.flow {
                         Flow::Continue => {}
                         other => return Ok(other),
                     }

@@ -26,7 +26,8 @@ impl RequestError {
     }
 
     /// The refusal of a `resume` of a session that ended with `code` (its tombstone): the
-    /// same message its end carried, so a client learns it alike on a live socket or later.
+    /// message of that code's end, so a client learns an operator's kick or close in the same
+    /// words on a live socket or later (an end by the memory budget said more at the time).
     pub(crate) fn ended(code: ErrorCode) -> Self {
         Self::new(code, crate::hub::ended_message(code))
     }

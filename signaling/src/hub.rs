@@ -146,6 +146,23 @@ pub enum Flow {
     Retry,
 }
 
+/// What handling one request came to ([`LocalHub::handle_request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handled {
+    pub flow: Flow,
+    /// It was a `signal`, queued to its target (one refused, e.g. `unknown_peer`, was not).
+    pub signal_delivered: bool,
+}
+
+impl From<Flow> for Handled {
+    fn from(flow: Flow) -> Self {
+        Self {
+            flow,
+            signal_delivered: false,
+        }
+    }
+}
+
 /// A request of a session as both hubs route it: a `signal` or `broadcast` with what its
 /// receivers get (the payload from the sender, encoded once as `B`), anything else as it came.
 pub(crate) enum Request<B> {
@@ -509,6 +526,19 @@ impl LocalHub {
         message: ClientMessage,
         now: Instant,
     ) -> Flow {
+        self.handle_request(key, caller, peer, message, now).flow
+    }
+
+    /// [`Self::handle`], saying also whether the request was a signal queued to its target
+    /// (the caller times it: the hub reads no clock).
+    pub fn handle_request(
+        &self,
+        key: SessionKey,
+        caller: Caller<'_>,
+        peer: &PeerId,
+        message: ClientMessage,
+        now: Instant,
+    ) -> Handled {
         let cseq = message.cseq();
         let request = Request::new(message, peer, Body::encode);
         let mut st = self.lock_at(now);
@@ -517,15 +547,16 @@ impl LocalHub {
             Caller::Secret(secret) => s.secret.matches(secret) && &s.peer == peer,
         });
         if !allowed {
-            return Flow::Gone;
+            return Handled::from(Flow::Gone);
         }
         if let Some(session) = st.sessions.get_mut(&key)
             && !session.first_sight(cseq)
         {
             self.metrics.duplicates_dropped.inc();
-            return Flow::Continue;
+            return Handled::from(Flow::Continue);
         }
         let mut flow = Flow::Continue;
+        let mut signal_delivered = false;
         match request {
             Request::Signal { id, to, body } => {
                 let target = st
@@ -538,7 +569,7 @@ impl LocalHub {
                     Some(target) => {
                         st.deliver_body(target, &body);
                         self.metrics.messages_relayed.inc();
-                        self.metrics.signal_delivered(now);
+                        signal_delivered = true;
                     }
                     None => {
                         let room = st.sessions.get(&key).map(|s| s.room.clone());
@@ -595,7 +626,10 @@ impl LocalHub {
         }
         st.settle();
         self.update_gauges(&st);
-        flow
+        Handled {
+            flow,
+            signal_delivered,
+        }
     }
 
     /// A `stats` report of session `key`: checked, then kept as its latest about that peer.

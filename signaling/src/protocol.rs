@@ -158,7 +158,7 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cseq: Option<ClientSeq>,
         /// Any JSON; an object in it with a key written twice is refused, as in the frame.
-        #[serde(default, deserialize_with = "strict_json::deserialize")]
+        #[serde(deserialize_with = "strict_json::deserialize")]
         data: serde_json::Value,
     },
     /// Acknowledge every server message up to and including `seq`, so the server can drop

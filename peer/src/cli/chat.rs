@@ -240,16 +240,22 @@ struct Chat {
     names: HashMap<PeerId, String>,
     /// The peers that left whose names are kept, oldest first.
     departed: VecDeque<PeerId>,
-    /// The peers in the room, each with what the chat keeps about it.
+    /// What the chat keeps about each peer: those in the room, those that left whose names
+    /// are kept (a file they offered stays declined while its last chunks arrive), and peers
+    /// heard of first from the channel they opened (their `peer-joined` still queued).
     peers: HashMap<PeerId, PeerChat>,
     /// Lines no peer could take yet.
     outbox: Outbox,
 }
 
-/// What the chat keeps about one peer in the room: forgotten when it leaves, carried over to
-/// its new id when it re-joins with its connection (`peer-renamed`).
+/// What the chat keeps about one peer: reset but for `declined` when it leaves (forgotten with
+/// its name, [`DEPARTED_NAMES`] departures later), carried over to its new id when it re-joins
+/// with its connection (`peer-renamed`).
 #[derive(Default)]
 struct PeerChat {
+    /// It is in the room (`peer-joined` seen, no `peer-left` since): lines are held for it
+    /// while its channel is not open.
+    present: bool,
     /// Its connection is down (disconnected or failed) though its channel is still
     /// registered: a line sent there would sit in a buffer that may never drain.
     down: bool,
@@ -396,7 +402,7 @@ impl Chat {
     fn live_peers(&self, peer: &Peer) -> Vec<PeerId> {
         peer.connected_peers(ChannelKind::Reliable)
             .into_iter()
-            .filter(|id| self.peers.get(id).is_some_and(|p| !p.down))
+            .filter(|id| !self.peers.get(id).is_some_and(|p| p.down))
             .collect()
     }
 
@@ -405,7 +411,7 @@ impl Chat {
     async fn send_line(&mut self, peer: &Peer, line: String) {
         let line = Line::from(line);
         let live = self.live_peers(peer);
-        if live.is_empty() && self.peers.is_empty() {
+        if live.is_empty() && !self.peers.values().any(|p| p.present) {
             if self.outbox.hold_unaddressed(line) == Ok(true) {
                 eprintln!(
                     "warning: no peer connected: lines are kept for the next peer that connects"
@@ -423,9 +429,9 @@ impl Chat {
         }
         let absent: Vec<PeerId> = self
             .peers
-            .keys()
-            .filter(|id| !live.contains(id))
-            .cloned()
+            .iter()
+            .filter(|(id, p)| p.present && !live.contains(id))
+            .map(|(id, _)| id.clone())
             .collect();
         for id in &absent {
             self.hold(id, line.clone());
@@ -453,14 +459,13 @@ impl Chat {
         match peer.send_text(to, ChannelKind::Reliable, &line).await {
             Ok(()) => {
                 self.outbox.reached(to);
-                if let Some(state) = self.peers.get_mut(to) {
-                    state.replies_since_line = 0;
-                    state.sent_lines = true;
-                }
+                let state = self.peers.entry(to.clone()).or_default();
+                state.replies_since_line = 0;
+                state.sent_lines = true;
                 true
             }
             Err(PeerError::ChannelNotOpen { .. } | PeerError::Replaced)
-                if self.peers.contains_key(to) =>
+                if self.peers.get(to).is_some_and(|p| p.present) =>
             {
                 self.hold(to, line);
                 false
@@ -562,11 +567,11 @@ impl Chat {
                 peer: id,
                 kind: ChannelKind::Reliable,
             } => {
-                if self.peers.get(&id).is_some_and(|p| !p.down) {
+                if !self.peers.get(&id).is_some_and(|p| p.down) {
                     self.flush_held(peer, &id).await;
                 }
                 if let Some(pair) = super::selected_pair_eventually(peer, &id).await
-                    && let Some(state) = self.peers.get_mut(&id)
+                    && let state = self.peers.entry(id.clone()).or_default()
                     && moved(state.opened_on.as_ref(), &pair)
                 {
                     out.selected_pair(id.as_str(), &pair, None);
@@ -616,7 +621,7 @@ impl Chat {
             PeerEvent::PeerJoined { peer: id, name } => {
                 // Back (a peer given up as gone that was not): its name is its own again.
                 self.departed.retain(|gone| *gone != id);
-                self.peers.entry(id.clone()).or_default();
+                self.peers.entry(id.clone()).or_default().present = true;
                 if let Some(name) = &name {
                     self.names.insert(id.clone(), name.clone());
                 }
@@ -641,12 +646,20 @@ impl Chat {
                         escape(&display(&self.names, &id))
                     );
                 }
-                self.peers.remove(&id);
+                if let Some(state) = self.peers.get_mut(&id) {
+                    // What it sends until its channels close is still shown, a file it offered
+                    // still declined.
+                    *state = PeerChat {
+                        declined: state.declined,
+                        ..PeerChat::default()
+                    };
+                }
                 self.departed.push_back(id.clone());
                 if self.departed.len() > DEPARTED_NAMES
                     && let Some(oldest) = self.departed.pop_front()
                 {
                     self.names.remove(&oldest);
+                    self.peers.remove(&oldest);
                 }
             }
             PeerEvent::PeerRenamed { old, new } => {
@@ -818,9 +831,7 @@ impl Chat {
                         ("bytes", size.into()),
                     ],
                 );
-                if let Some(state) = self.peers.get_mut(&from) {
-                    state.declined = true;
-                }
+                self.peers.entry(from.clone()).or_default().declined = true;
                 let reply = Control::Declined {
                     reason: DECLINE_REASON.into(),
                 };

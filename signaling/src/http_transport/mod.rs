@@ -328,52 +328,64 @@ async fn try_send(
 /// One frame or an array of frames; every one must parse, or none is handled. Each is read
 /// from the body's own text, as strictly as a WebSocket frame (a key written twice is refused).
 fn parse_frames(body: &[u8]) -> Result<Vec<ClientMessage>, RequestError> {
-    serde_json::from_slice::<SendBody>(body)
-        .map(|SendBody(frames)| frames)
-        .map_err(|e| {
-            RequestError::new(
-                ErrorCode::InvalidMessage,
-                crate::session::short(e.to_string()),
-            )
-        })
+    use serde::de::DeserializeSeed as _;
+    let failed_at = std::cell::Cell::new(None);
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let frames = SendBody {
+        failed_at: &failed_at,
+    }
+    .deserialize(&mut json)
+    .and_then(|frames| json.end().map(|()| frames));
+    frames.map_err(|e| {
+        let message = match failed_at.get() {
+            Some(index) => format!("frame {index}: {e}"),
+            None => e.to_string(),
+        };
+        RequestError::new(ErrorCode::InvalidMessage, crate::session::short(message))
+    })
 }
 
-/// The body of a `send`: one frame, or an array of them (a bad one named by its index).
-struct SendBody(Vec<ClientMessage>);
+/// Reads the body of a `send`: one frame, or an array of them, noting in `failed_at` the index
+/// of a frame of the array that does not parse (the error names it).
+struct SendBody<'a> {
+    failed_at: &'a std::cell::Cell<Option<usize>>,
+}
 
-impl<'de> serde::Deserialize<'de> for SendBody {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(SendBodyVisitor)
+impl<'de> serde::de::DeserializeSeed<'de> for SendBody<'_> {
+    type Value = Vec<ClientMessage>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
-struct SendBodyVisitor;
-
-impl<'de> serde::de::Visitor<'de> for SendBodyVisitor {
-    type Value = SendBody;
+impl<'de> serde::de::Visitor<'de> for SendBody<'_> {
+    type Value = Vec<ClientMessage>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a frame (an object) or an array of frames")
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SendBody, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut frames = Vec::new();
         loop {
-            let index = frames.len();
-            match seq.next_element::<ClientMessage>() {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => return Ok(SendBody(frames)),
-                Err(e) => {
-                    return Err(serde::de::Error::custom(format_args!("frame {index}: {e}")));
+            self.failed_at.set(Some(frames.len()));
+            match seq.next_element::<ClientMessage>()? {
+                Some(frame) => frames.push(frame),
+                None => {
+                    self.failed_at.set(None);
+                    return Ok(frames);
                 }
             }
         }
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SendBody, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         let deserializer = serde::de::value::MapAccessDeserializer::new(map);
-        <ClientMessage as serde::Deserialize>::deserialize(deserializer)
-            .map(|frame| SendBody(vec![frame]))
+        <ClientMessage as serde::Deserialize>::deserialize(deserializer).map(|frame| vec![frame])
     }
 }
 
@@ -394,6 +406,11 @@ mod tests {
         let error = parse_frames(br#"[{"type":"ping"},{"type":"nope"}]"#).unwrap_err();
         assert_eq!(error.code, ErrorCode::InvalidMessage);
         assert!(error.message.starts_with("frame 1:"), "{}", error.message);
+        // Its position once, from where the parser stopped.
+        let error = parse_frames(br#"[{"type":"ping"},{"type":"ack"}]"#).unwrap_err();
+        let message = &error.message;
+        assert!(message.starts_with("frame 1: missing field"), "{message}");
+        assert_eq!(message.matches(" at line ").count(), 1, "{message}");
         // A key written twice, at the top or inside a broadcast's data, as on a WebSocket.
         for bad in [
             r#"{"type":"ping","id":6,"id":7}"#,

@@ -112,6 +112,14 @@ mod tests {
                 "{bad}: {error}"
             );
         }
+        // As a broadcast's `data`: required (`null` is a value), and checked inside the
+        // tagged frame as in a plain struct.
+        use crate::protocol::ClientMessage;
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"broadcast"}"#).is_err());
+        let null = r#"{"type":"broadcast","data":null}"#;
+        assert!(serde_json::from_str::<ClientMessage>(null).is_ok());
+        let twice = r#"{"type":"broadcast","data":{"k":{"a":1,"a":2}}}"#;
+        assert!(serde_json::from_str::<ClientMessage>(twice).is_err());
         let good = r#"{"data":{"a":[1,-2,3.5,"s",null,{"b":{}}],"c":true}}"#;
         let value = serde_json::from_str::<Carrier>(good).expect("parses").data;
         let plain: serde_json::Value = serde_json::from_str(good).expect("plain");
