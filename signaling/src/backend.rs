@@ -84,7 +84,7 @@ impl Backend {
     ) -> Flow {
         match self {
             Self::Local(hub) => {
-                let handled = hub.handle_request(key, Caller::Conn(conn), peer, message, received);
+                let handled = hub.handle(key, Caller::Conn(conn), peer, message, received);
                 if handled.signal_delivered {
                     hub.metrics().signal_delivered(received);
                 }
@@ -125,7 +125,7 @@ impl Backend {
                 for message in messages {
                     let received = Instant::now();
                     let caller = Caller::Secret(secret);
-                    let handled = hub.handle_request(key, caller, &peer, message, received);
+                    let handled = hub.handle(key, caller, &peer, message, received);
                     if handled.signal_delivered {
                         hub.metrics().signal_delivered(received);
                     }

@@ -146,7 +146,7 @@ pub enum Flow {
     Retry,
 }
 
-/// What handling one request came to ([`LocalHub::handle_request`]).
+/// What handling one request came to ([`LocalHub::handle`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Handled {
     pub flow: Flow,
@@ -518,20 +518,9 @@ impl LocalHub {
     /// Handles a request of a session (everything but `join`/`resume`) from `caller`. `peer` is
     /// the session's peer id (from [`Attached`] or [`Self::peer_of`]): signal and broadcast
     /// payloads, up to `max_message_bytes` of SDP, are encoded with it before the lock is taken.
+    /// Says also whether the request was a signal queued to its target (the caller times it:
+    /// the hub reads no clock).
     pub fn handle(
-        &self,
-        key: SessionKey,
-        caller: Caller<'_>,
-        peer: &PeerId,
-        message: ClientMessage,
-        now: Instant,
-    ) -> Flow {
-        self.handle_request(key, caller, peer, message, now).flow
-    }
-
-    /// [`Self::handle`], saying also whether the request was a signal queued to its target
-    /// (the caller times it: the hub reads no clock).
-    pub fn handle_request(
         &self,
         key: SessionKey,
         caller: Caller<'_>,
@@ -1306,6 +1295,7 @@ mod tests {
             },
             Instant::now(),
         )
+        .flow
     }
 
     /// What a session's end tells the others: (peer, reason) of each `peer_left` in `frames`.
@@ -1349,6 +1339,30 @@ mod tests {
         );
     }
 
+    /// Offers of 3 KB from A to C, which reads and acknowledges each at once, until the memory
+    /// budget ends a session (the first offer takes the count past it).
+    fn offers_to_a_reader_until_one_ends(
+        hub: &LocalHub,
+        a: &Attached,
+        c: &Attached,
+        c_rx: &mut OutboundRx,
+    ) {
+        let offer = Signal::Offer {
+            sdp: "x".repeat(3000),
+            ice_restart: false,
+        };
+        let mut m = 0;
+        while hub.room_peers(&"r".into()).len() == 3 && m < 100 {
+            send_signal(hub, a, 1, c, offer.clone());
+            for frame in frames(c_rx) {
+                let ack = ClientMessage::Ack { seq: frame.seq };
+                hub.handle(c.key, Caller::Conn(3), &c.peer, ack, Instant::now());
+            }
+            m += 1;
+        }
+        assert!(m < 100, "nobody was ended");
+    }
+
     /// A parked session that holds more ends before a client that reads and acknowledges
     /// everything, although the frame that took the count past the budget is in that client's
     /// queue at that moment.
@@ -1361,26 +1375,7 @@ mod tests {
             send(&hub, &a, 1, &b, n);
             n += 1;
         }
-        // Offers of 3 KB to C: the first one takes the count past the budget.
-        let offer = Signal::Offer {
-            sdp: "x".repeat(3000),
-            ice_restart: false,
-        };
-        let mut m = 0;
-        while hub.room_peers(&"r".into()).len() == 3 && m < 100 {
-            send_signal(&hub, &a, 1, &c, offer.clone());
-            for frame in frames(&mut c_rx) {
-                hub.handle(
-                    c.key,
-                    Caller::Conn(3),
-                    &c.peer,
-                    ClientMessage::Ack { seq: frame.seq },
-                    Instant::now(),
-                );
-            }
-            m += 1;
-        }
-        assert!(m < 100, "nobody was ended");
+        offers_to_a_reader_until_one_ends(&hub, &a, &c, &mut c_rx);
         assert_budget_ended(&memory, &mut a_rx, &b, "B: it held the most");
     }
 
@@ -1398,25 +1393,7 @@ mod tests {
             frames(&mut b_rx);
             n += 1;
         }
-        let offer = Signal::Offer {
-            sdp: "x".repeat(3000),
-            ice_restart: false,
-        };
-        let mut m = 0;
-        while hub.room_peers(&"r".into()).len() == 3 && m < 100 {
-            send_signal(&hub, &a, 1, &c, offer.clone());
-            for frame in frames(&mut c_rx) {
-                hub.handle(
-                    c.key,
-                    Caller::Conn(3),
-                    &c.peer,
-                    ClientMessage::Ack { seq: frame.seq },
-                    Instant::now(),
-                );
-            }
-            m += 1;
-        }
-        assert!(m < 100, "nobody was ended");
+        offers_to_a_reader_until_one_ends(&hub, &a, &c, &mut c_rx);
         assert_budget_ended(
             &memory,
             &mut a_rx,
