@@ -719,30 +719,18 @@ impl PeerSocket {
     }
 
     async fn on_inbound(&mut self, inbound: Inbound) -> Result<(), Option<u16>> {
-        let text = match inbound {
-            Inbound::Text(text) => text,
+        let read = match inbound {
+            Inbound::Text(text) => Ok(text),
             Inbound::Alive => return Ok(()),
             Inbound::Closed => return Err(None),
-            Inbound::Binary => {
-                return self
-                    .fail(ErrorCode::BinaryNotSupported, "text frames only", 1007)
-                    .await;
-            }
-            Inbound::NotUtf8 => {
-                return self
-                    .fail(ErrorCode::InvalidMessage, "invalid message", 1007)
-                    .await;
-            }
-            Inbound::TooLarge => {
-                return self
-                    .fail(ErrorCode::MessageTooLarge, "message too large", 1009)
-                    .await;
-            }
-            Inbound::ProtocolViolation => {
-                return self
-                    .fail(ErrorCode::InvalidMessage, "invalid message", 1002)
-                    .await;
-            }
+            Inbound::Binary => Err((ErrorCode::BinaryNotSupported, "text frames only", 1007)),
+            Inbound::NotUtf8 => Err((ErrorCode::InvalidMessage, "invalid message", 1007)),
+            Inbound::TooLarge => Err((ErrorCode::MessageTooLarge, "message too large", 1009)),
+            Inbound::ProtocolViolation => Err((ErrorCode::InvalidMessage, "invalid message", 1002)),
+        };
+        let text = match read {
+            Ok(text) => text,
+            Err((code, message, close)) => return self.fail(code, message, close).await,
         };
         let config = self.app.live();
         if !self
