@@ -224,6 +224,50 @@ async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
     proc.kill();
 }
 
+/// Usage past `--usage-retention` is dropped on time though nothing is relayed after it (it
+/// stayed until new traffic came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_past_its_retention_is_dropped_without_new_traffic() {
+    let mut command = Command::new(bin_path("signaling"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--with-relay"])
+        .args(["--relay-listen", "127.0.0.1:0", "--api-key", KEY])
+        .args([
+            "--relay-arg=--usage-bucket=2s",
+            "--relay-arg=--usage-retention=2s",
+        ])
+        .env("RUST_LOG", "warn");
+    let mut proc = Spawned::spawn(command, false);
+    let relay = addr_after(&proc.wait_line(STEP * 4, |l| l.starts_with("relay udp ")));
+    let admin = addr_after(&proc.wait_line(STEP, |l| l.starts_with("relay admin http://")));
+    let server = addr_after(&proc.wait_line(STEP, |l| l.starts_with("listening on http://")));
+    let room = "retention-room";
+    let (_ws, peer_id, username, credential) = join(server, room).await;
+    let user = format!("{room}:{peer_id}");
+    let (client, expected) = relay_known_traffic(relay, &username, &credential).await;
+    let relay_usage = || async move {
+        let (status, _, body) = http_request(admin, "GET", "/usage?since=10m", &[], "").await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    await_totals(relay_usage, &user, room, expected).await;
+    client.close().await.unwrap();
+    // Its bucket leaves the retention 4 s after it began at the latest.
+    let deadline = tokio::time::Instant::now() + STEP * 2;
+    loop {
+        let body = relay_usage().await;
+        if !body.contains(&user) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still reported: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proc.kill();
+}
+
 /// `/v1/usage` with fleet relays (`--register`): each relay publishes its users' totals to
 /// Redis on its heartbeats and once more when it stops, and signaling reports them summed,
 /// after the relays are gone. Relay A (200 ms heartbeats) is seen live; relay B (heartbeats an
