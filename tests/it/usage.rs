@@ -163,17 +163,32 @@ where
     panic!("{user}'s usage never showed {expected:?}: {last}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
+/// `signaling --with-relay --api-key KEY` plus `extra`, on free ports: the process, and the
+/// addresses of its relay (UDP), the relay's admin listener and the signaling listener.
+fn signaling_with_relay(extra: &[&str]) -> (Spawned, [SocketAddr; 3]) {
     let mut command = Command::new(bin_path("signaling"));
     command
         .args(["--listen", "127.0.0.1:0", "--with-relay"])
         .args(["--relay-listen", "127.0.0.1:0", "--api-key", KEY])
+        .args(extra)
         .env("RUST_LOG", "warn");
     let mut proc = Spawned::spawn(command, false);
     let relay = addr_after(&proc.wait_line(STEP * 4, |l| l.starts_with("relay udp ")));
     let admin = addr_after(&proc.wait_line(STEP, |l| l.starts_with("relay admin http://")));
     let server = addr_after(&proc.wait_line(STEP, |l| l.starts_with("listening on http://")));
+    (proc, [relay, admin, server])
+}
+
+/// The relay's own `/usage` over the last 10 minutes, from its admin listener `admin`.
+async fn relay_usage(admin: SocketAddr) -> String {
+    let (status, _, body) = http_request(admin, "GET", "/usage?since=10m", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
+    let (mut proc, [relay, admin, server]) = signaling_with_relay(&[]);
 
     let room = "billing-room";
     let (_ws, peer_id, username, credential) = join(server, room).await;
@@ -184,12 +199,7 @@ async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
 
     // The allocation is still open: the totals are there already (workers publish every
     // 200 ms), not only when it ends.
-    let relay_usage = || async move {
-        let (status, _, body) = http_request(admin, "GET", "/usage?since=10m", &[], "").await;
-        assert_eq!(status, 200, "{body}");
-        body
-    };
-    await_totals(relay_usage, &user, room, expected).await;
+    await_totals(|| relay_usage(admin), &user, room, expected).await;
 
     // The same through signaling's admin API, JSON and CSV; refused without the key.
     let (_, body) = v1_get(server, KEY, "/v1/usage?since=10m", None).await;
@@ -228,34 +238,21 @@ async fn relayed_bytes_are_billed_to_the_peer_and_room_live() {
 /// stayed until new traffic came).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_past_its_retention_is_dropped_without_new_traffic() {
-    let mut command = Command::new(bin_path("signaling"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--with-relay"])
-        .args(["--relay-listen", "127.0.0.1:0", "--api-key", KEY])
-        .args([
-            "--relay-arg=--usage-bucket=2s",
-            "--relay-arg=--usage-retention=2s",
-        ])
-        .env("RUST_LOG", "warn");
-    let mut proc = Spawned::spawn(command, false);
-    let relay = addr_after(&proc.wait_line(STEP * 4, |l| l.starts_with("relay udp ")));
-    let admin = addr_after(&proc.wait_line(STEP, |l| l.starts_with("relay admin http://")));
-    let server = addr_after(&proc.wait_line(STEP, |l| l.starts_with("listening on http://")));
+    let retention = [
+        "--relay-arg=--usage-bucket=2s",
+        "--relay-arg=--usage-retention=2s",
+    ];
+    let (mut proc, [relay, admin, server]) = signaling_with_relay(&retention);
     let room = "retention-room";
     let (_ws, peer_id, username, credential) = join(server, room).await;
     let user = format!("{room}:{peer_id}");
     let (client, expected) = relay_known_traffic(relay, &username, &credential).await;
-    let relay_usage = || async move {
-        let (status, _, body) = http_request(admin, "GET", "/usage?since=10m", &[], "").await;
-        assert_eq!(status, 200, "{body}");
-        body
-    };
-    await_totals(relay_usage, &user, room, expected).await;
+    await_totals(|| relay_usage(admin), &user, room, expected).await;
     client.close().await.unwrap();
     // Its bucket leaves the retention 4 s after it began at the latest.
     let deadline = tokio::time::Instant::now() + STEP * 2;
     loop {
-        let body = relay_usage().await;
+        let body = relay_usage(admin).await;
         if !body.contains(&user) {
             break;
         }
