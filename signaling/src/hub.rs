@@ -464,10 +464,7 @@ impl LocalHub {
                 ));
             }
         };
-        let before = session.outbox.bytes();
-        session.outbox.ack(last_seq);
-        session.acknowledged(now);
-        self.settings.memory.resize(before, session.outbox.bytes());
+        session.acknowledge(last_seq, now, &self.settings.memory);
         let old = std::mem::replace(
             &mut session.link,
             Link::Attached {
@@ -581,10 +578,7 @@ impl LocalHub {
             }
             Request::Other(ClientMessage::Ack { seq }) => {
                 if let Some(session) = st.sessions.get_mut(&key) {
-                    let before = session.outbox.bytes();
-                    session.outbox.ack(seq);
-                    session.acknowledged(now);
-                    self.settings.memory.resize(before, session.outbox.bytes());
+                    session.acknowledge(seq, now, &self.settings.memory);
                 }
             }
             Request::Other(ClientMessage::Ping { id }) => {
@@ -1083,7 +1077,9 @@ impl HubState {
                 victims.push((acknowledging, held, *key, code));
             }
         }
-        victims.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        victims.sort_unstable_by_key(|&(acknowledging, held, key, _)| {
+            (acknowledging, std::cmp::Reverse(held), key)
+        });
         for (_, bytes, key, code) in victims {
             if excess == 0 || bytes == 0 {
                 break;

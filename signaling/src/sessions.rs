@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::client_ip::SessionTicket;
 use crate::hub::{ConnId, SessionKey};
+use crate::memory_budget::MemoryBudget;
 use crate::outbound::OutboundTx;
 use crate::outbox::Outbox;
 use crate::protocol::{ClientSeq, ErrorCode, LeaveReason, PeerId, RoomId};
@@ -66,8 +67,12 @@ impl Session {
         self.unacked_since.get_or_insert(now);
     }
 
-    /// Notes an acknowledgement at `now`: what it still holds counts from now.
-    pub fn acknowledged(&mut self, now: Instant) {
+    /// Takes an acknowledgement of every frame up to `seq` at `now`: they leave the replay
+    /// buffer, their bytes go back to `memory`, and what it still holds counts from now.
+    pub fn acknowledge(&mut self, seq: u64, now: Instant, memory: &MemoryBudget) {
+        let before = self.outbox.bytes();
+        self.outbox.ack(seq);
+        memory.resize(before, self.outbox.bytes());
         self.unacked_since = (self.outbox.bytes() > 0).then_some(now);
     }
 

@@ -1741,14 +1741,12 @@ impl ClusterHub {
             );
         }
         let total = rooms.len();
-        let page = match after {
-            Some(after) => rooms
-                .range((Bound::Excluded(after), Bound::Unbounded))
-                .take(MAX_LISTED_ROOMS)
-                .cloned()
-                .collect(),
-            None => rooms.into_iter().take(MAX_LISTED_ROOMS).collect(),
-        };
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let page = rooms
+            .range((from, Bound::Unbounded))
+            .take(MAX_LISTED_ROOMS)
+            .cloned()
+            .collect();
         Ok((page, total))
     }
 
