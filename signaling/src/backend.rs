@@ -83,13 +83,7 @@ impl Backend {
         received: Instant,
     ) -> Flow {
         match self {
-            Self::Local(hub) => {
-                let handled = hub.handle(key, Caller::Conn(conn), peer, message, received);
-                if handled.signal_delivered {
-                    hub.metrics().signal_delivered(received);
-                }
-                handled.flow
-            }
+            Self::Local(hub) => handle_timed(hub, key, Caller::Conn(conn), peer, message, received),
             Self::Cluster(hub) => Box::pin(hub.handle(key, conn, message, received)).await,
         }
     }
@@ -123,13 +117,8 @@ impl Backend {
                 let (key, peer) = hub.peer_of(token)?;
                 let secret = token.as_str().split_once('.').map_or("", |(_, s)| s);
                 for message in messages {
-                    let received = Instant::now();
                     let caller = Caller::Secret(secret);
-                    let handled = hub.handle(key, caller, &peer, message, received);
-                    if handled.signal_delivered {
-                        hub.metrics().signal_delivered(received);
-                    }
-                    match handled.flow {
+                    match handle_timed(hub, key, caller, &peer, message, Instant::now()) {
                         Flow::Continue => {}
                         other => return Ok(other),
                     }
@@ -294,4 +283,21 @@ impl Backend {
             }
         }
     }
+}
+
+/// A request of a local session received at `received`, handled; a signal it delivered is
+/// timed (the hub reads no clock).
+fn handle_timed(
+    hub: &LocalHub,
+    key: SessionKey,
+    caller: Caller<'_>,
+    peer: &PeerId,
+    message: ClientMessage,
+    received: Instant,
+) -> Flow {
+    let handled = hub.handle(key, caller, peer, message, received);
+    if handled.signal_delivered {
+        hub.metrics().signal_delivered(received);
+    }
+    handled.flow
 }
