@@ -763,6 +763,17 @@ async function openConnections(server) {
   return Number((/^signaling_connections (\d+)/m.exec(text) || [])[1] || 0);
 }
 
+/** The server's open connections, long-polls received and frames written to HTTP replies (its /metrics). */
+async function pollState(server) {
+  const text = await (await fetch(`${server.http}/metrics`)).text();
+  const value = (re) => Number((re.exec(text) || [])[1] || 0);
+  return {
+    open: value(/^signaling_connections (\d+)/m),
+    polls: value(/^signaling_http_requests_total\{kind="poll"\} (\d+)/m),
+    frames: value(/^signaling_http_frames_delivered_total (\d+)/m),
+  };
+}
+
 /**
  * A signaling server of the test's own (its log named `name`, started with `args`), and a page
  * of the main server that has joined: the page runs clients against the other server.
@@ -915,8 +926,15 @@ test('client API: a long-polling client of a draining server reopens after its r
   const backoff = { initialMs: 100, maxMs: 100, factor: 1, jitter: 0 };
   await connectInPage(p, `${other.ws}/drains`, { transports: ['long-poll'], name: 'd', backoff });
   // The drain answers the poll that waits (protocol.md): SIGTERM once the client's poll is
-  // pending, not in the instant between two polls.
-  await waitUntil(async () => (await openConnections(other)) >= 1, 5000, 'the long-poll pending');
+  // held, not in the instant between two polls. The first polls are answered at once (what
+  // the join queued), so a poll open at one instant may be gone the next: wait until one
+  // stays open with no poll sent or answered for 300 ms (the server holds it for 25 s).
+  await waitUntil(async () => {
+    const before = await pollState(other);
+    await new Promise((r) => { setTimeout(r, 300); });
+    const after = await pollState(other);
+    return before.open >= 1 && after.open >= 1 && before.polls === after.polls && before.frames === after.frames;
+  }, 10000, 'a long-poll held by the server');
   const stopped = other.proc.stop('SIGTERM', 10000);
   await p.waitFor(() => window.__client.events.some((e) => e.state === 'reconnecting'), null, 'the link reopening after the drain', 10000);
   await stopped;
