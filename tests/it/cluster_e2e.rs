@@ -234,15 +234,16 @@ fn http_transports_through_haproxy_round_robin_survive_a_killed_node() {
 #[test]
 fn rust_peers_resume_after_a_redis_outage_longer_than_the_grace_period() {
     let redis = RedisServer::start();
-    // The grace period is well over the longest reconnect delay (8 s), so the first attempt
-    // after Redis is back falls within it; the outage is longer than it.
+    // The grace period is well over twice the longest reconnect delay (8 s), so an attempt
+    // after Redis is back falls within it even if the first one found the node not ready yet;
+    // the outage is longer than it.
     let node = cluster_node(
         &redis,
-        &["--redis-timeout", "500ms", "--resume-grace", "12s"],
+        &["--redis-timeout", "500ms", "--resume-grace", "20s"],
     );
     let (mut alice, mut bob) = chat_pair(&node.room_url("outage"));
     redis.freeze();
-    std::thread::sleep(Duration::from_secs(14));
+    std::thread::sleep(Duration::from_secs(22));
     redis.thaw();
     for proc in [&mut alice, &mut bob] {
         proc.wait_line(Duration::from_secs(20), |l| {

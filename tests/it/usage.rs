@@ -74,6 +74,19 @@ fn totals(body: &str, user: &str, room: &str) -> Option<((u64, u64), (u64, u64))
     Some((pick("users", "user", user)?, pick("rooms", "room", room)?))
 }
 
+/// A UDP socket on loopback whose receive buffer holds all of `TO_PEER` (as much as the
+/// system allows), so that a receiving task the loaded machine is slow to run drops nothing.
+fn roomy_loopback_udp() -> UdpSocket {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+    socket.set_recv_buffer_size(4 << 20).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.set_nonblocking(true).unwrap();
+    UdpSocket::from_std(socket.into()).unwrap()
+}
+
 /// Allocates on `relay` with the given credentials and relays `TO_PEER` to a loopback peer
 /// and `TO_CLIENT` back, checking that none is lost; returns the TURN client (its allocation
 /// still open) and the payload bytes (to the peer, to the client).
@@ -85,7 +98,7 @@ async fn relay_known_traffic(
     let client = testkit::turn_client::udp_client(relay, username, credential).await;
     let relayed = timeout(STEP, client.allocate()).await.unwrap().unwrap();
     let relayed_addr = relayed.local_addr().unwrap();
-    let peer = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let peer = Arc::new(roomy_loopback_udp());
     let peer_addr = peer.local_addr().unwrap();
 
     // Client -> peer, counted by the peer.

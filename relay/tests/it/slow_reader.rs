@@ -155,12 +155,23 @@ fn a_tcp_client_that_stops_reading_costs_at_most_the_stream_queue_bytes() {
     // sent, the healthy client's 200-byte round trips and the slow client's queued share.
     let sent_to_slow = (DATAGRAMS as u64 - drops) * DATAGRAM as u64;
     let sent_to_healthy = u64::from(round_trips) * 200;
-    let billed = billed_to_client(&relay, "u");
+    // The workers publish the bill and the counter on their tick (200 ms), so one read of each
+    // may straddle a tick: read both until they agree, for up to 5 s.
+    let read_both = || {
+        let billed = billed_to_client(&relay, "u");
+        let counted = relay.metric("relay_bytes_relayed_total{direction=\"to_client\"}");
+        (billed, counted)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut billed, mut counted) = read_both();
+    while counted != billed && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        (billed, counted) = read_both();
+    }
     assert!(
         billed <= sent_to_slow + sent_to_healthy,
         "billed {billed} B to the client, sent {sent_to_slow} + {sent_to_healthy} B"
     );
-    let counted = relay.metric("relay_bytes_relayed_total{direction=\"to_client\"}");
     assert_eq!(
         counted, billed,
         "the relayed-bytes counter agrees with the bill"

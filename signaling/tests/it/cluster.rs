@@ -1381,10 +1381,11 @@ struct HangCut {
 }
 
 impl HangCut {
-    /// Redis answers `after` the cut.
-    async fn answer_after(&self, after: Duration) {
+    /// Redis answers `after` the cut; returns when it did.
+    async fn answer_after(&self, after: Duration) -> Instant {
         tokio::time::sleep(after).await;
         self.redis.thaw();
+        Instant::now()
     }
 
     /// Resumes A on its node once that is ready again: the client and what it replayed.
@@ -1442,10 +1443,10 @@ async fn a_session_parked_while_redis_hangs_gets_its_grace_from_the_answer() {
     // The parks went out as the sockets were cut; Redis answers 3 s later, within the 6 s
     // timeout, and both come back 2.5 s after that: past the 4 s grace counted from the cut
     // (by 1.5 s), within the one counted from the answer (by 1.5 s).
-    cut.answer_after(Duration::from_secs(3)).await;
+    let answered = cut.answer_after(Duration::from_secs(3)).await;
     ready_again(&cut.n1).await;
     ready_again(&cut.n2).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep_until((answered + Duration::from_millis(2500)).into()).await;
     let ((_b, b_replayed), (_a, a_replayed)) = tokio::join!(cut.resume_b(), cut.resume_a());
     assert!(b_replayed.is_empty(), "{b_replayed:?}");
     // A never saw B leave.
@@ -1459,12 +1460,11 @@ async fn a_session_parked_while_redis_hangs_gets_its_grace_from_the_answer() {
 #[tokio::test]
 async fn a_session_whose_park_redis_ran_late_leaves_one_grace_after_the_answer() {
     let cut = cut_off_by_a_hang("500ms", "3s", "lateleave").await;
-    cut.answer_after(Duration::from_secs(2)).await;
+    let answered = cut.answer_after(Duration::from_secs(2)).await;
     ready_again(&cut.n2).await;
-    let back = Instant::now();
     let (mut a, _) = cut.resume_a().await;
     expect_disconnected(&mut a, &cut.b_info.peer_id, Duration::from_secs(10)).await;
-    let after = back.elapsed();
+    let after = answered.elapsed();
     assert!(
         after > Duration::from_secs(2) && after < Duration::from_secs(8),
         "B left {after:?} after Redis answered (grace 3 s)"
@@ -1529,11 +1529,11 @@ async fn http_clients_cut_off_by_a_hang_are_answered_with_the_websockets() {
     let answered = answered.saturating_duration_since(cut);
     // Not the 3 s `--redis-timeout` of the park later.
     assert!(
-        ended < Duration::from_millis(1500),
+        ended < Duration::from_millis(2500),
         "stream ended {ended:?} after the cut"
     );
     assert!(
-        answered < Duration::from_millis(1500),
+        answered < Duration::from_millis(2500),
         "poll answered {answered:?} after the cut"
     );
     // A send while the node knows Redis is away is refused at once, as a new poll is.
@@ -1553,7 +1553,7 @@ async fn http_clients_cut_off_by_a_hang_are_answered_with_the_websockets() {
         refused.body
     );
     let sent = sending.elapsed();
-    assert!(sent < Duration::from_millis(1500), "refused after {sent:?}");
+    assert!(sent < Duration::from_millis(2500), "refused after {sent:?}");
     redis.thaw();
 }
 
@@ -1774,9 +1774,34 @@ async fn simultaneous_resumes_of_one_session_leave_one_socket_holding_it() {
         for i in 0..3 {
             signal(&mut a, &b_info.peer_id, candidate(i)).await;
         }
-        let limit = Duration::from_millis(1500);
-        let ((x_frames, x_closed), (y_frames, y_closed)) =
-            tokio::join!(x.frames_for(limit), y.frames_for(limit));
+        // Read both until one is closed and the other has the signals (the loser's close
+        // may cross nodes through Redis), for up to 10 s, then 300 ms more for a duplicate.
+        let (mut x_frames, mut x_closed, mut y_frames, mut y_closed) = (vec![], None, vec![], None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut settled_once = false;
+        loop {
+            let step = Duration::from_millis(300);
+            let read = async |c: &mut Client, closed: &Option<Closed>| match closed {
+                None => c.frames_for(step).await,
+                Some(_) => (Vec::new(), None),
+            };
+            let ((xf, xc), (yf, yc)) =
+                tokio::join!(read(&mut x, &x_closed), read(&mut y, &y_closed));
+            x_frames.extend(xf);
+            y_frames.extend(yf);
+            x_closed = x_closed.or(xc);
+            y_closed = y_closed.or(yc);
+            let settled = match (&x_closed, &y_closed) {
+                (None, Some(_)) => signals(&x_frames) >= 3,
+                (Some(_), None) => signals(&y_frames) >= 3,
+                (Some(_), Some(_)) => true,
+                (None, None) => false,
+            };
+            if (settled && settled_once) || Instant::now() >= deadline {
+                break;
+            }
+            settled_once = settled;
+        }
         let outcome = format!(
             "round {round}: first socket {x_closed:?} after {} signals, second {y_closed:?} after {}",
             signals(&x_frames),
