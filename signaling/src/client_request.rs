@@ -207,10 +207,27 @@ impl FromRequestParts<Arc<AppState>> for Upgrade {
                 "`Sec-WebSocket-Key` must be one base64-encoded 16-byte nonce",
             ));
         }
+        join_connection_lines(&mut parts.headers);
         WebSocketUpgrade::from_request_parts(parts, app)
             .await
             .map(Self)
             .map_err(|rejection| invalid(&rejection.body_text()))
+    }
+}
+
+/// `Connection` given on several lines is one list (RFC 9110, section 5.3): join them into one
+/// line, so that `upgrade` on any of them counts (the upgrade reads the first line only).
+fn join_connection_lines(headers: &mut HeaderMap) {
+    let lines: Vec<&[u8]> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if lines.len() < 2 {
+        return;
+    }
+    if let Ok(joined) = HeaderValue::from_bytes(&lines.join(&b", "[..])) {
+        headers.insert(header::CONNECTION, joined);
     }
 }
 

@@ -102,6 +102,11 @@ fn versions<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u32
     Ok(versions)
 }
 
+/// An optional flag that may be `null`, which means what its absence means: `false`.
+fn null_as_false<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(deserializer)?.unwrap_or(false))
+}
+
 /// Client -> server requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -341,7 +346,11 @@ pub enum Signal {
     /// An SDP offer. `ice_restart` marks an offer made to restart ICE (informational).
     Offer {
         sdp: String,
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        #[serde(
+            default,
+            deserialize_with = "null_as_false",
+            skip_serializing_if = "std::ops::Not::not"
+        )]
         ice_restart: bool,
     },
     /// An SDP answer.
@@ -969,6 +978,30 @@ mod tests {
         assert_eq!(negotiate_version(&[1, 7]), Some(1));
         assert_eq!(negotiate_version(&[2, 3]), None);
         assert_eq!(negotiate_version(&[]), None);
+    }
+
+    /// protocol.md: an optional field that is `null` (or an `ice_restart` that is `false`)
+    /// arrives absent.
+    #[test]
+    fn a_null_or_false_ice_restart_is_read_and_forwarded_as_absent() {
+        for flag in ["null", "false"] {
+            let text = format!(r#"{{"kind":"offer","sdp":"v=0","ice_restart":{flag}}}"#);
+            let signal: Signal = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                serde_json::to_value(&signal).unwrap(),
+                serde_json::json!({"kind":"offer","sdp":"v=0"}),
+                "{text}"
+            );
+        }
+        let restart: Signal =
+            serde_json::from_str(r#"{"kind":"offer","sdp":"v=0","ice_restart":true}"#).unwrap();
+        assert!(matches!(
+            restart,
+            Signal::Offer {
+                ice_restart: true,
+                ..
+            }
+        ));
     }
 
     #[test]

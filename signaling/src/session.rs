@@ -197,11 +197,9 @@ impl SocketTask {
 
     async fn on_tick(&mut self) -> Step {
         let timeout = self.app.config.ping_timeout;
-        if self.last_heard.elapsed() >= timeout {
-            tracing::info!("silent past the ping timeout: closing");
-            self.conn.close(close_code::POLICY, "ping timeout").await;
-            return Step::Stop(LeaveReason::Timeout);
-        }
+        // First the join: a socket that never joined is told so, silent or not (silence past
+        // the timeout means the join's time is up too: it was heard from last when it opened
+        // or later).
         if self.key.is_none() && self.opened.elapsed() >= timeout {
             let error = RequestError::new(
                 ErrorCode::NotJoined,
@@ -210,6 +208,11 @@ impl SocketTask {
             self.send_direct(error, None).await;
             self.conn.close(close_code::POLICY, "join timeout").await;
             return Step::Stop(LeaveReason::Disconnected);
+        }
+        if self.last_heard.elapsed() >= timeout {
+            tracing::info!("silent past the ping timeout: closing");
+            self.conn.close(close_code::POLICY, "ping timeout").await;
+            return Step::Stop(LeaveReason::Timeout);
         }
         match self.conn.ping().await {
             Ok(()) => Step::Continue,

@@ -301,6 +301,86 @@ async fn long_polling_keeps_order_under_a_burst_of_1000_signals() {
     eprintln!("1000 signals in {polls} polls");
 }
 
+/// One poll reply carries at most what the outbound queue holds (frames and bytes), even
+/// when the replay buffer holds more: the rest comes with the next polls, in order, once.
+#[tokio::test]
+async fn a_poll_reply_holds_at_most_the_outbound_queue() {
+    let server = Server::start(&[
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+        "--replay-max-messages",
+        "1000",
+        "--replay-max-bytes",
+        "4194304",
+        "--outbound-queue",
+        "16",
+        "--outbound-queue-bytes",
+        "131072",
+    ]);
+    let a = http_client::open_as(server.next_addr(), "capped", "A").await;
+    let b = http_client::open_as(server.next_addr(), "capped", "B").await;
+    let first = http_client::poll(server.next_addr(), &a, 0).await;
+    let a_peer = welcome_peer(&first.frames[0]);
+    let mut a_seq = first.frames.last().unwrap().seq;
+    // Between two of A's polls: 100 signals, then 10 broadcasts of 30 KB.
+    let signals: Vec<ClientMessage> = (0..100).map(|n| signal(&a_peer, n)).collect();
+    for batch in signals.chunks(25) {
+        let reply = http_client::send(server.next_addr(), &b, batch).await;
+        assert_eq!(reply.status, 204, "{}", reply.body);
+    }
+    for n in 0..10 {
+        let broadcast = ClientMessage::Broadcast {
+            id: None,
+            cseq: None,
+            data: serde_json::json!({ "n": n, "pad": "x".repeat(30_000) }),
+        };
+        let reply = http_client::send(server.next_addr(), &b, &[broadcast]).await;
+        assert_eq!(reply.status, 204, "{}", reply.body);
+    }
+    let (mut signals_got, mut broadcasts_got, mut replies) = (Vec::new(), Vec::new(), Vec::new());
+    while broadcasts_got.len() < 10 && replies.len() < 100 {
+        let reply = http_client::poll(server.next_addr(), &a, a_seq).await;
+        assert_eq!(reply.close, None);
+        let bytes: usize = reply
+            .frames
+            .iter()
+            .map(|f| serde_json::to_string(f).unwrap().len())
+            .sum();
+        replies.push((reply.frames.len(), bytes));
+        for frame in reply.frames {
+            assert_eq!(frame.seq, a_seq + 1, "no gap, no duplicate");
+            a_seq = frame.seq;
+            match &frame.message {
+                ServerMessage::Signal { .. } => signals_got.push(offer_number(&frame)),
+                ServerMessage::Broadcast { data, .. } => broadcasts_got.push(data["n"].clone()),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(
+        signals_got,
+        (0..100).collect::<Vec<_>>(),
+        "in order, each once"
+    );
+    assert_eq!(
+        broadcasts_got,
+        (0..10).collect::<Vec<_>>(),
+        "in order, each once"
+    );
+    assert!(
+        replies
+            .iter()
+            .all(|&(frames, bytes)| frames <= 16 && bytes <= 131_072),
+        "replies (frames, bytes): {replies:?}"
+    );
+    assert!(
+        replies.iter().any(|&(frames, _)| frames == 16),
+        "a full reply: {replies:?}"
+    );
+}
+
 /// A key written twice is `invalid_message` wherever it is, on a socket and in an HTTP send
 /// alike (a broadcast's `data` included): nothing of it reaches the room.
 #[tokio::test]

@@ -249,6 +249,13 @@ async fn handshake_errors() {
     assert_eq!(after, before + 8);
     // The sample nonce of RFC 6455 upgrades.
     assert_eq!(upgrade_status(server.addr, "/ws/u", nonce).await, 101);
+    // So does a `Connection` list given on two lines, `upgrade` on the second (RFC 9110, 5.3).
+    let two_lines = format!(
+        "GET /ws/u HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n{nonce}\r\n"
+    );
+    let head = answer_head(server.addr, &two_lines).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
 }
 
 /// The status of a WebSocket upgrade of `path` with the header lines `keys`.
@@ -260,12 +267,17 @@ async fn upgrade_status(addr: std::net::SocketAddr, path: &str, keys: &str) -> u
 /// The status line and headers of the answer to a WebSocket upgrade of `path` asking for
 /// `version`, with the header lines `keys`.
 async fn upgrade_head(addr: std::net::SocketAddr, path: &str, version: &str, keys: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: {version}\r\n{keys}\r\n"
     );
+    answer_head(addr, &request).await
+}
+
+/// The status line and headers of the answer to `request` (a whole head).
+async fn answer_head(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -278,6 +290,53 @@ async fn upgrade_head(addr: std::net::SocketAddr, path: &str, version: &str, key
         head.push(byte[0]);
     }
     String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A socket that does not join within the ping timeout is told `not_joined` and closed 1008
+/// `join timeout`, whether it answers the server's pings meanwhile or is silent.
+#[tokio::test]
+async fn a_socket_that_never_joins_is_told_so_and_closed() {
+    use futures_util::StreamExt as _;
+    let server = Server::start(&["--ping-interval", "200ms", "--ping-timeout", "1s"]);
+    for silent in [false, true] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(server.ws("/ws/never"))
+            .await
+            .expect("connect");
+        if silent {
+            // Not read, so not one ping is answered.
+            tokio::time::sleep(Duration::from_millis(1800)).await;
+        }
+        let (mut errors, mut close) = (Vec::new(), None);
+        let deadline = tokio::time::Instant::now() + STEP;
+        while close.is_none() {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let frame: ServerFrame = serde_json::from_str(&text).expect("a frame");
+                    errors.push(frame.message);
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    close = Some(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("silent {silent}: the socket ended without a close: {other:?}"),
+            }
+        }
+        assert!(
+            matches!(
+                errors.as_slice(),
+                [ServerMessage::Error {
+                    code: ErrorCode::NotJoined,
+                    ..
+                }]
+            ),
+            "silent {silent}: {errors:?}"
+        );
+        assert_eq!(
+            close,
+            Some(Some((1008, "join timeout".to_owned()))),
+            "silent {silent}"
+        );
+    }
 }
 
 #[tokio::test]
