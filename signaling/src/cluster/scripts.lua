@@ -34,6 +34,22 @@ local function touch_room()
   touch(M) touch(PEERS) touch(BODIES) touch(REFS) touch(BODY_IDS)
   for _, sid in ipairs(redis.call('LRANGE', M, 0, -1)) do touch(skey(sid)) touch(lkey(sid)) end
 end
+-- On a Redis Cluster, a slot that is moving to another master (resharding) has some of the
+-- room's keys here and the others there, and a script fails at the first command that touches
+-- one that is not here, keeping the writes it made before. Run first (on a Redis Cluster only),
+-- this touches every key the script may write, so that such a script fails before it writes:
+-- the room's, its members' and those of the session the script names (ARGV[4], if any).
+local function guard_room()
+  local keys = {M, PEERS, BODIES, REFS, BODY_IDS}
+  local sids = redis.call('LRANGE', M, 0, -1)
+  if ARGV[4] and ARGV[4] ~= '' then sids[#sids + 1] = ARGV[4] end
+  for _, sid in ipairs(sids) do
+    keys[#keys + 1] = skey(sid)
+    keys[#keys + 1] = lkey(sid)
+    keys[#keys + 1] = P .. 't:' .. sid
+  end
+  redis.call('EXISTS', unpack(keys))
+end
 -- Why session `sid` is not in Redis: 'ended' (it left a tombstone: its end, with its error, is
 -- on its way to its node) or 'gone' (its keys expired, or it ended without a code).
 local function missing(sid)

@@ -45,12 +45,13 @@ pub const REPLAYED_PLACEHOLDER: u64 = u64::MAX;
 /// session's highest handled `cseq` (the script's `RECEIVED`).
 pub const RECEIVED_PLACEHOLDER: u64 = u64::MAX - 1;
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
-}
-
 impl Scripts {
-    fn new() -> Self {
+    /// The scripts; on a Redis Cluster (`cluster`), each first touches every key it may write
+    /// (`guard_room` in `scripts.lua`): one that finds its room's slot half moved fails
+    /// before it writes, instead of after a part of its writes.
+    fn new(cluster: bool) -> Self {
+        let guard = if cluster { "guard_room()\n" } else { "" };
+        let script = |body: &str| Script::new(&format!("{PRELUDE}\n{guard}{body}"));
         Self {
             // ARGV: sid peer sechash node conn version max_peers pt pf welcome joined name at-ms
             // transport ice-due (unix ms when the welcome's TURN credentials are refreshed; '')
@@ -477,10 +478,11 @@ impl Store {
         limits: StoreLimits,
         timeout: Duration,
     ) -> Self {
+        let scripts = Scripts::new(matches!(conn, Connection::Cluster(_)));
         Self {
             conn,
             broadcasts,
-            scripts: Scripts::new(),
+            scripts,
             limits,
             timeout,
         }

@@ -617,6 +617,89 @@ async fn a_room_spans_nodes_on_a_redis_cluster() {
     assert!(cluster.dbsize() > 0);
 }
 
+/// A numbered signal sent while its room's slot moves to another master of a Redis Cluster
+/// (resharding: some of the room's keys moved, the others not yet) is not lost: the script
+/// that finds the slot half moved fails before it writes, so the signal is not counted as
+/// handled; the node closes its sockets (1013) as in an outage, the sender's resume says the
+/// signal was not received, it sends it again, and the receiver gets it once.
+#[tokio::test]
+async fn a_numbered_signal_sent_while_its_rooms_slot_moves_is_not_lost() {
+    use crate::resume::numbered_signal;
+    let cluster = RedisCluster::start();
+    let n1 = node(&cluster.urls(), &[]);
+    let path = "/ws/moving";
+    let ((mut a, a_info), (mut b, b_info)) = Client::pair(&n1.ws(path), &n1.ws(path)).await;
+    a.send(&numbered_signal(&b_info.peer_id, 1)).await;
+    assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(1));
+    let b_seen = b.last_seq;
+    // The slot's master (the one holding the room's keys) starts moving it to another one,
+    // and B's session goes first.
+    let slot = cluster.nodes[0].cli(&["CLUSTER", "KEYSLOT", "sig:{moving}:m"]);
+    let holds = |n: &RedisServer| n.cli(&["CLUSTER", "COUNTKEYSINSLOT", &slot]) != "0";
+    let source = cluster
+        .nodes
+        .iter()
+        .find(|n| holds(n))
+        .expect("the slot's master");
+    let target = cluster
+        .nodes
+        .iter()
+        .find(|n| !holds(n))
+        .expect("another master");
+    let (source_id, target_id) = (
+        source.cli(&["CLUSTER", "MYID"]),
+        target.cli(&["CLUSTER", "MYID"]),
+    );
+    target.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]);
+    source.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id]);
+    let keys = source.cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]);
+    let b_key = keys
+        .lines()
+        .find(|k| {
+            k.contains(":s:") && source.cli(&["HGET", k, "peer"]) == b_info.peer_id.to_string()
+        })
+        .expect("B's session key")
+        .to_owned();
+    let port = target.port.to_string();
+    let migrate = |keys: &[&str]| {
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend_from_slice(keys);
+        assert_eq!(source.cli(&args), "OK", "MIGRATE {keys:?}");
+    };
+    migrate(&[&b_key]);
+    // Signal 2 meets the slot half moved.
+    a.send(&numbered_signal(&b_info.peer_id, 2)).await;
+    let a_seen = a.last_seq;
+    let (_, closed) = a.frames_for(Duration::from_secs(10)).await;
+    assert_eq!(closed, Some(Closed::Code(1013)));
+    // The move ends: the rest of the keys, then every master names the new owner.
+    let rest = source.cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]);
+    let rest: Vec<&str> = rest.lines().filter(|k| !k.is_empty()).collect();
+    if !rest.is_empty() {
+        migrate(&rest);
+    }
+    for n in &cluster.nodes {
+        n.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
+    }
+    ready_again(&n1).await;
+    // A resumes: signal 2 was not handled, so A sends it again.
+    let mut a = Client::connect(&n1.ws(path)).await;
+    a.send(&resume_message(&a_info.resume_token, a_seen)).await;
+    let received = loop {
+        match a.recv_message().await {
+            ServerMessage::Resumed { received, .. } => break received,
+            _ => {}
+        }
+    };
+    assert_eq!(received, Some(1), "signal 2 taken for handled");
+    a.send(&numbered_signal(&b_info.peer_id, 2)).await;
+    a.sync().await;
+    // B (closed with the others) resumes and gets it, once.
+    drop(b);
+    let b = resume_expecting(&n1.ws(path), &b_info, b_seen, &a_info.peer_id, 2..3).await;
+    drop(b);
+}
+
 #[tokio::test]
 async fn nodes_without_a_turn_secret_agree_on_one_through_redis() {
     let mut redis = RedisServer::start();

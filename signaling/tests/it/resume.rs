@@ -207,7 +207,7 @@ async fn a_resume_after_unacknowledged_frames_were_dropped_ends_the_session() {
 }
 
 /// A `signal` numbered `cseq` carrying candidate `n`.
-fn numbered_signal(to: &signaling::protocol::PeerId, cseq: u64) -> ClientMessage {
+pub(crate) fn numbered_signal(to: &signaling::protocol::PeerId, cseq: u64) -> ClientMessage {
     ClientMessage::Signal {
         id: None,
         cseq: Some(cseq),
