@@ -686,9 +686,8 @@ async fn a_numbered_signal_sent_while_its_rooms_slot_moves_is_not_lost() {
     let mut a = Client::connect(&n1.ws(path)).await;
     a.send(&resume_message(&a_info.resume_token, a_seen)).await;
     let received = loop {
-        match a.recv_message().await {
-            ServerMessage::Resumed { received, .. } => break received,
-            _ => {}
+        if let ServerMessage::Resumed { received, .. } = a.recv_message().await {
+            break received;
         }
     };
     assert_eq!(received, Some(1), "signal 2 taken for handled");
