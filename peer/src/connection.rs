@@ -503,15 +503,42 @@ impl ConnectionTask {
             Closing::PeerLeft => {
                 // Nothing goes to it any more.
                 self.ctx.registry.remove_connection(self.ctx.key);
-                // Not closed here: a channel we close is reported closed at once, ahead of
-                // what the peer sent before its own close.
-                if !self.ctx.readers.ended(CHANNEL_CLOSE_WAIT).await {
+                if !self.await_readers_while_path_up(handler).await {
                     tracing::debug!(peer = %self.peer(), "channels not read to their close in time");
                 }
             }
             Closing::AtOnce => {}
         }
         true
+    }
+
+    /// The peer left: waits until our channels' readers end, having handed on what the peer
+    /// sent up to its channels' closes ([`CHANNEL_CLOSE_WAIT`] at most). The channels are not
+    /// closed here while the path is up: a channel we close is reported closed at once, ahead
+    /// of what the peer sent before its own close. A path that is down (or goes down) carries
+    /// nothing more: the channels are closed then, so that the wait (and a `send` blocked on a
+    /// full buffer) ends at once. `false` if the readers had not ended in time.
+    async fn await_readers_while_path_up(
+        &mut self,
+        handler: &mut mpsc::UnboundedReceiver<HandlerEvent>,
+    ) -> bool {
+        let ended = self.ctx.readers.ended(CHANNEL_CLOSE_WAIT);
+        tokio::pin!(ended);
+        let mut handler_open = true;
+        loop {
+            if path_is_down(self.state) {
+                self.ctx.readers.close();
+                return ended.await;
+            }
+            tokio::select! {
+                done = &mut ended => return done,
+                event = handler.recv(), if handler_open => match event {
+                    Some(HandlerEvent::State(state)) => self.state = state,
+                    Some(_) => {}
+                    None => handler_open = false,
+                },
+            }
+        }
     }
 
     /// We leave: closes our channels, then waits while the path is up until the peer closes
@@ -1204,6 +1231,17 @@ fn ice_ufrag(sdp: &str) -> Option<&str> {
 /// How long closing a connection waits for what was sent on it to be read
 /// ([`ConnectionTask::close`]).
 pub(crate) const CHANNEL_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether a connection in `state` has no path to its peer (ICE lost it, or it was closed):
+/// nothing sent either way arrives any more.
+fn path_is_down(state: RTCPeerConnectionState) -> bool {
+    matches!(
+        state,
+        RTCPeerConnectionState::Disconnected
+            | RTCPeerConnectionState::Failed
+            | RTCPeerConnectionState::Closed
+    )
+}
 
 /// How often closing checks whether the peer closed its side ([`ConnectionTask::close`]).
 const PEER_CLOSED_POLL: Duration = Duration::from_millis(50);

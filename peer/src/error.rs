@@ -14,6 +14,15 @@ pub enum PeerError {
     #[error("signaling connection failed: {0}")]
     SignalingConnect(#[from] Box<tokio_tungstenite::tungstenite::Error>),
 
+    /// The URL answered an HTTP page (`status`: a success, or 404) instead of opening a
+    /// WebSocket: it is not a signaling endpoint (a page's URL such as `/r/ROOM`, or a path
+    /// the server does not serve). The signaling URL is `ws://HOST:PORT/ws/ROOM` (or `wss://`).
+    #[error(
+        "signaling connection failed: the server answered HTTP {status} instead of opening a \
+         WebSocket (not a signaling URL: use ws://HOST:PORT/ws/ROOM, or wss://)"
+    )]
+    NotSignaling { status: u16 },
+
     /// The `wss://` signaling server's TLS certificate failed verification against the
     /// trusted CAs (the system bundle plus [`PeerOptions::ca`](crate::PeerOptions::ca)):
     /// issued by an unknown CA (e.g. self-signed), expired, or for another name.
@@ -64,14 +73,15 @@ pub enum PeerError {
         kind: crate::ChannelKind,
     },
 
+    /// A message over the data channels' size limit ([`crate::MAX_MESSAGE_BYTES`]): nothing
+    /// was sent, and the channel stays open.
+    #[error("a message of {size} bytes is over the {max}-byte limit of a data-channel message")]
+    MessageTooLarge { size: usize, max: usize },
+
     /// The connection to the peer was replaced by a new one while the message was sent: it
     /// may not arrive (the messages sent before go again on the new connection).
     #[error("the connection was replaced while the message was sent: it may not arrive")]
     Replaced,
-
-    /// The peer is not (or no longer) in the room.
-    #[error("unknown peer {0}")]
-    UnknownPeer(PeerId),
 
     /// The SDK's background task has stopped (the `Peer` was closed).
     #[error("peer is closed")]
@@ -87,7 +97,8 @@ impl From<tokio_tungstenite::tungstenite::Error> for PeerError {
     /// [`PeerError::UntrustedCertificate`], one with a server that does not speak TLS
     /// [`PeerError::NotTls`]; an upgrade the server refused with an `error` frame
     /// as its body (an invalid token, a full server: `docs/protocol.md`) becomes
-    /// [`PeerError::Signaling`] with its code and message; anything else
+    /// [`PeerError::Signaling`] with its code and message; a page instead of the upgrade
+    /// (a success, or 404) [`PeerError::NotSignaling`]; anything else
     /// [`PeerError::SignalingConnect`].
     fn from(err: tokio_tungstenite::tungstenite::Error) -> Self {
         use signaling::protocol::{ServerFrame, ServerMessage};
@@ -101,6 +112,13 @@ impl From<tokio_tungstenite::tungstenite::Error> for PeerError {
             }) = serde_json::from_slice::<ServerFrame>(body)
         {
             return Self::Signaling { code, message };
+        }
+        if let WsError::Http(response) = &err
+            && (response.status().is_success() || response.status().as_u16() == 404)
+        {
+            return Self::NotSignaling {
+                status: response.status().as_u16(),
+            };
         }
         let rustls_error = match &err {
             // tokio-rustls reports a failed handshake as an I/O error wrapping rustls's.

@@ -22,7 +22,7 @@
 //! POST, long-polling; `docs/protocol.md`, "When WebSockets are blocked") are for browsers
 //! behind proxies that refuse WebSockets; the JS client uses them, this SDK does not.
 //!
-//! Modules, one job each: `signaling_client` (the WebSocket session, resume, backoff),
+//! Inside (private modules, one job each, for who works on the SDK): `signaling_client` (the WebSocket session, resume, backoff),
 //! `resend` (numbered frames kept until the server confirms them, sent again after a resume),
 //! `negotiation` (perfect negotiation decisions), `connection` (one `webrtc` peer
 //! connection per remote peer), [`channel`] (data channels and their registry), `room` (which
@@ -63,6 +63,22 @@ use room::{Room, RoomCommand};
 use sent_log::Outgoing;
 use signaling_client::SignalingClient;
 
+/// The largest data-channel message [`Peer::send`] takes, in bytes: the `max-message-size`
+/// both sides offer (the SDP default of RFC 8841, 64 KiB, which the SDK keeps); the SCTP
+/// layer refuses a longer one.
+pub const MAX_MESSAGE_BYTES: usize = 65536;
+
+/// [`PeerError::MessageTooLarge`] for a message over [`MAX_MESSAGE_BYTES`].
+fn fits(message: &Outgoing) -> Result<()> {
+    if message.data.len() > MAX_MESSAGE_BYTES {
+        return Err(PeerError::MessageTooLarge {
+            size: message.data.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// How a [`Peer`] connects.
 #[derive(Debug, Clone)]
 pub struct PeerOptions {
@@ -74,10 +90,12 @@ pub struct PeerOptions {
     /// candidates), so a connectivity probe can tell them from relayed ones.
     pub no_turn: bool,
     /// Local UDP addresses to bind ICE sockets to. `0.0.0.0:0` (the default) binds one
-    /// socket per non-loopback interface; `127.0.0.1:0` keeps everything on loopback.
+    /// socket per non-loopback interface (two peers on one machine pair over one of those);
+    /// `127.0.0.1:0` keeps everything on loopback (a machine with no other interface needs
+    /// it).
     pub udp_addrs: Vec<String>,
     /// Per-channel bound on bytes handed to a channel but not yet acknowledged: `send` waits
-    /// when it is reached (back-pressure instead of unbounded buffering).
+    /// when it is reached (back-pressure instead of unbounded buffering). Default 1 MiB.
     pub send_buffer_limit: usize,
     /// Extra CA certificates (a PEM file, one or more certificates) trusted besides the system
     /// CA bundle, for `wss://` signaling and `turns:` relays alike: the CA of a server with a
@@ -221,7 +239,7 @@ pub enum PeerEvent {
     /// peer of the old session that did not come back (`ended`). What its connection had
     /// received comes before this event, unless the application was behind: then the rest
     /// follows it (the connection closes once it was read up to the peer's channels' closes,
-    /// 10 s at most).
+    /// 10 s at most; at once when its path is down, as after a peer that was killed).
     PeerLeft { peer: PeerId, reason: LeaveReason },
     /// After a signaling re-join, a peer that re-joined too took over its old connection.
     PeerRenamed { old: PeerId, new: PeerId },
@@ -239,7 +257,11 @@ pub enum PeerEvent {
     /// `peer` left the room (before [`PeerEvent::PeerLeft`]), and `messages` reliable messages
     /// sent to it had not been acknowledged by its SCTP: they may not have arrived. That
     /// counts those on a channel the peer closed first, as of at most 100 ms before it
-    /// closed (its acknowledgements are not known after).
+    /// closed (its acknowledgements are not known after). Not counted: what its SCTP had
+    /// acknowledged but its application had not read when it closed (up to its receive
+    /// buffer, about 1 MiB, when it closes in the middle of a fast stream): a peer that must
+    /// get everything waits, before it closes, until the sender closed its side
+    /// ([`PeerEvent::ChannelClosed`]) or says it is done.
     Unacknowledged { peer: PeerId, messages: usize },
     /// A data-channel message.
     Message {
@@ -249,7 +271,8 @@ pub enum PeerEvent {
         text: bool,
         data: Bytes,
     },
-    /// A connection's state changed.
+    /// A connection's state changed (every ICE restart, [`PeerEvent::IceRestart`], goes from
+    /// `Connected` through `Connecting` and back).
     ConnectionState {
         peer: PeerId,
         state: ConnectionState,
@@ -277,8 +300,15 @@ pub enum PeerEvent {
         peer: PeerId,
         reason: IceRestartReason,
     },
-    /// Signaling is over for good (left, or gave up reconnecting).
-    SignalingClosed { message: String },
+    /// Signaling is over for good: the server ended the session (`code`: `kicked`,
+    /// `room_closed`, or another error the client rules call fatal; a
+    /// [`PeerEvent::Error`] with the server's message came just before), or no session could
+    /// be resumed or joined again for 5 minutes (`code` is `None`). Not sent for
+    /// [`Peer::close`]. The events end after it.
+    SignalingClosed {
+        code: Option<ErrorCode>,
+        message: String,
+    },
     /// A connection failed, and no TURN server of its configuration gives an allocation with
     /// the credentials signaling handed out: one event per server, `reason` saying why
     /// (refused credentials, no answer, ...). Checked once per configuration (`turns:` URLs
@@ -288,14 +318,21 @@ pub enum PeerEvent {
         url: String,
         reason: String,
     },
-    /// A non-fatal error (a failed negotiation step, a refused signal).
+    /// A non-fatal error (a failed negotiation step, a refused signal), or the server's error
+    /// that ends the session (before [`PeerEvent::SignalingClosed`]). `peer` is the peer a
+    /// connection's error is about; `None` for the server's errors (an `unknown_peer` for a
+    /// signal to a peer that left meanwhile names it in `message`).
     Error {
         peer: Option<PeerId>,
         message: String,
     },
 }
 
-/// The stream of [`PeerEvent`]s of a [`Peer`].
+/// The stream of [`PeerEvent`]s of a [`Peer`]. Keep reading it for as long as the peer lives
+/// (and after [`Peer::close`], until `None`): messages wait in it (4096 events at most), and
+/// a channel whose next message cannot be handed on stops reading, so the remote's sends
+/// wait. Dropping it stops delivery: the channels are no longer read to their close, and
+/// [`Peer::close`] may wait its whole 10 s for each connection.
 pub struct PeerEvents {
     rx: mpsc::Receiver<PeerEvent>,
 }
@@ -313,7 +350,9 @@ impl PeerEvents {
     }
 }
 
-/// A member of a room: the handle to send messages and query connections.
+/// A member of a room: the handle to send messages and query connections. Dropping it leaves
+/// the room at once, as [`Peer::close_at_once`] without the wait (the others see it leave
+/// with reason `left`), and ends the [`PeerEvents`].
 pub struct Peer {
     me: Arc<RwLock<PeerId>>,
     room: RoomId,
@@ -380,7 +419,13 @@ impl Peer {
             .collect()
     }
 
-    /// Sends a binary message to one peer. Waits while the channel's send buffer is full.
+    /// Sends a binary message to one peer: [`MAX_MESSAGE_BYTES`] at most (more is
+    /// [`PeerError::MessageTooLarge`], nothing sent). Waits while the channel's send buffer is
+    /// full ([`PeerOptions::send_buffer_limit`]), without a time limit (the remote application
+    /// may not be reading): bound it with `tokio::time::timeout` if needed (a send dropped
+    /// while it waits may or may not have sent the message). A peer that is not (or no longer) connected is
+    /// [`PeerError::ChannelNotOpen`]; one whose connection died while the send waited, too, at
+    /// the latest when it leaves the room.
     pub async fn send(&self, to: &PeerId, kind: ChannelKind, data: impl Into<Bytes>) -> Result<()> {
         let message = Outgoing {
             data: data.into(),
@@ -389,7 +434,8 @@ impl Peer {
         self.send_on(to, kind, message).await
     }
 
-    /// Sends a text message to one peer.
+    /// Sends a text message to one peer, as [`Peer::send`] does (the same limit, in bytes of
+    /// UTF-8).
     pub async fn send_text(&self, to: &PeerId, kind: ChannelKind, text: &str) -> Result<()> {
         let message = Outgoing {
             data: Bytes::copy_from_slice(text.as_bytes()),
@@ -401,6 +447,7 @@ impl Peer {
     /// Sends on `to`'s channel of `kind`: one that closed meanwhile (the peer is leaving) is
     /// [`PeerError::ChannelNotOpen`], as one that was not open.
     async fn send_on(&self, to: &PeerId, kind: ChannelKind, message: Outgoing) -> Result<()> {
+        fits(&message)?;
         match self.channel(to, kind)?.send(message).await {
             Err(PeerError::WebRtc(webrtc::error::Error::ErrDataChannelClosed)) => {
                 Err(PeerError::ChannelNotOpen {
@@ -419,12 +466,15 @@ impl Peer {
         self.registry.unacknowledged().await
     }
 
-    /// Sends a text message to every peer with an open channel; returns how many got it.
+    /// Sends a text message to every peer with an open channel of `kind` (over the data
+    /// channels, not the signaling server); returns how many got it (0 when none is open,
+    /// after [`Peer::close`] too). [`MAX_MESSAGE_BYTES`] at most, as for [`Peer::send`].
     pub async fn broadcast_text(&self, kind: ChannelKind, text: &str) -> Result<usize> {
         let message = Outgoing {
             data: Bytes::copy_from_slice(text.as_bytes()),
             text: true,
         };
+        fits(&message)?;
         let mut sent = 0;
         for (peer, channel) in self.registry.all(kind) {
             match channel.send(message.clone()).await {
@@ -495,5 +545,26 @@ impl Peer {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_before_it_is_sent() {
+        let message = |len: usize| Outgoing {
+            data: Bytes::from(vec![0u8; len]),
+            text: false,
+        };
+        assert!(fits(&message(MAX_MESSAGE_BYTES)).is_ok());
+        assert!(matches!(
+            fits(&message(MAX_MESSAGE_BYTES + 1)),
+            Err(PeerError::MessageTooLarge {
+                size: 65537,
+                max: 65536
+            })
+        ));
     }
 }

@@ -45,6 +45,7 @@ const LEAVE_DRAIN: Duration = Duration::from_secs(1);
 /// takes its connection back, by its display name.
 const ORPHAN_WAIT: Duration = Duration::from_secs(30);
 
+use crate::PeerError;
 use crate::channel::{ChannelReaders, ChannelRegistry, read_remote};
 use crate::connection::{
     self, Closing, ConnectionContext, ConnectionHandle, ConnectionInput, ConnectionOutput,
@@ -462,7 +463,12 @@ impl Room {
                 self.on_rejoined(*session, reason).await
             }
             SignalingEvent::Closed(error) => {
+                let code = match &error {
+                    PeerError::Signaling { code, .. } => Some(*code),
+                    _ => None,
+                };
                 self.emit(PeerEvent::SignalingClosed {
+                    code,
                     message: error.to_string(),
                 })
                 .await;

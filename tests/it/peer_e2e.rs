@@ -1719,6 +1719,29 @@ fn wait_exit_within(proc: &mut Proc, since: std::time::Instant, bound: Duration,
     assert!(took < bound, "{what} took {took:?}");
 }
 
+/// A peer killed with kill -9 is gone from the path (ICE), then from the room (the server's
+/// grace): leaving after that does not wait for its dead connection, whose channels can close
+/// no more (it waited 10 s for them).
+#[test]
+fn leaving_after_a_dead_peer_left_does_not_wait_for_its_connection() {
+    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--resume-grace", "2s"]);
+    let url = signaling.room_url("dead-then-left");
+    let (mut alice, mut bob) = chat_pair(&url);
+    let joined = bob.wait_seen(Duration::from_secs(10), |l| l.starts_with("* joined"));
+    let bob_id = field(&joined, "id").expect("bob's id").to_owned();
+    bob.kill();
+    alice.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* connection-state")
+            && field(l, "peer") == Some(bob_id.as_str())
+            && matches!(field(l, "state"), Some("disconnected" | "failed"))
+    });
+    alice.wait_line(Duration::from_secs(30), |l| l.starts_with("* peer-left"));
+    let asked = std::time::Instant::now();
+    alice.interrupt();
+    // 1 s of leave linger, and room for a loaded machine.
+    wait_exit_within(&mut alice, asked, Duration::from_secs(5), "leaving");
+}
+
 /// In a room of three, a peer that leaves just after another left leaves promptly: its close
 /// waits for the remaining peer only, not for the connection of the one that left.
 #[test]

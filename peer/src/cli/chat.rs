@@ -35,10 +35,9 @@ const ACK_POLL: Duration = Duration::from_millis(50);
 /// is left: a peer whose input ended at the same moment is still sending, and once we close
 /// our channels what it sends on them is dropped.
 const LINGER: Duration = Duration::from_secs(1);
-/// The largest message a data channel takes, in bytes: the `max-message-size` both sides
-/// offer (the SDP default of RFC 8841, 64 KiB, which the SDK keeps). The SCTP layer refuses a
-/// longer message, so a longer line is not sent at all.
-const MAX_MESSAGE: usize = 65_536;
+/// The largest message a data channel takes, in bytes ([`peer::MAX_MESSAGE_BYTES`]): a longer
+/// line is not sent at all.
+const MAX_MESSAGE: usize = peer::MAX_MESSAGE_BYTES;
 /// Why a `peer join` peer answers a file offer with `file-declined`.
 const DECLINE_REASON: &str = "a chat peer (peer join) does not receive files: use peer recv-file";
 
@@ -548,7 +547,7 @@ impl Chat {
             PeerEvent::IceRestart { peer: id, reason } => {
                 out.peer_notice("ice-restart", id, "reason", reason)
             }
-            PeerEvent::SignalingClosed { message } => {
+            PeerEvent::SignalingClosed { message, .. } => {
                 out.notice("signaling-closed", &[("reason", message.clone())])
             }
             _ => {}

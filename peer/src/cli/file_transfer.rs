@@ -532,7 +532,7 @@ async fn receive_one(
                 let received = incoming.map_or(0, |i| i.received);
                 bail!("the sender left before the file was complete ({received} bytes received)");
             }
-            PeerEvent::SignalingClosed { message } => bail!("signaling closed: {message}"),
+            PeerEvent::SignalingClosed { message, .. } => bail!("signaling closed: {message}"),
             _ => {}
         }
     }

@@ -559,19 +559,7 @@ fn with_hint(err: PeerError) -> anyhow::Error {
         PeerError::UntrustedCertificate { .. } => {
             anyhow!("{err} (pass --ca FILE with the PEM certificate of its CA to trust it)")
         }
-        // An HTTP answer instead of the WebSocket upgrade: a page's URL (`/r/ROOM`), or a path
-        // that is not a signaling endpoint.
         PeerError::SignalingConnect(e) => match &**e {
-            WsError::Http(response)
-                if response.status().is_success() || response.status().as_u16() == 404 =>
-            {
-                anyhow!(
-                    "signaling connection failed: the server answered HTTP {} instead of \
-                     opening a WebSocket (not a signaling URL: use ws://HOST:PORT/ws/ROOM, or \
-                     wss://)",
-                    response.status()
-                )
-            }
             WsError::Protocol(ProtocolError::HandshakeIncomplete) => {
                 anyhow!("{err} (no HTTP answer: is this the signaling server's address and port?)")
             }
@@ -601,7 +589,7 @@ pub(crate) async fn first_open_peer(events: &mut PeerEvents) -> anyhow::Result<P
             PeerEvent::TurnUnusable { url, reason, .. } => {
                 bail!("connection failed; TURN {url}: {reason}")
             }
-            PeerEvent::SignalingClosed { message } => bail!("signaling closed: {message}"),
+            PeerEvent::SignalingClosed { message, .. } => bail!("signaling closed: {message}"),
             _ => {}
         }
     }
@@ -654,6 +642,10 @@ mod tests {
             .body(None)
             .unwrap();
         let err = PeerError::from(tungstenite::Error::Http(Box::new(page)));
+        assert!(
+            matches!(err, PeerError::NotSignaling { status: 200 }),
+            "{err}"
+        );
         assert!(
             error_chain(&with_hint(err))
                 .ends_with("(not a signaling URL: use ws://HOST:PORT/ws/ROOM, or wss://)")
