@@ -330,7 +330,7 @@ pub struct Config {
     /// Which logs to write: `info`, `warn,signaling=debug`, ... (`RUST_LOG` syntax). SIGHUP
     /// applies a new one from the `--config` file (when neither the flag nor `RUST_LOG` sets
     /// it).
-    #[arg(long, env = "RUST_LOG", default_value = "info", value_parser = startup::logging::parse_filter)]
+    #[arg(long, env = "RUST_LOG", default_value = "info,redis=error", value_parser = startup::logging::parse_filter)]
     pub log_filter: String,
 
     /// The same as `--log-format json` (the flag's older name), unless `--log-format` is
