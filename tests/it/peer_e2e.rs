@@ -1719,14 +1719,8 @@ fn wait_exit_within(proc: &mut Proc, since: std::time::Instant, bound: Duration,
     assert!(took < bound, "{what} took {took:?}");
 }
 
-/// A peer killed with kill -9 is gone from the path (ICE), then from the room (the server's
-/// grace): leaving after that does not wait for its dead connection, whose channels can close
-/// no more (it waited 10 s for them).
-#[test]
-fn leaving_after_a_dead_peer_left_does_not_wait_for_its_connection() {
-    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--resume-grace", "2s"]);
-    let url = signaling.room_url("dead-then-left");
-    let (mut alice, mut bob) = chat_pair(&url);
+/// Kills `bob` (kill -9) and waits until `alice` sees its connection to it down.
+fn killed_and_seen_down(bob: &mut Proc, alice: &mut Proc) {
     let joined = bob.wait_seen(Duration::from_secs(10), |l| l.starts_with("* joined"));
     let bob_id = field(&joined, "id").expect("bob's id").to_owned();
     bob.kill();
@@ -1735,6 +1729,17 @@ fn leaving_after_a_dead_peer_left_does_not_wait_for_its_connection() {
             && field(l, "peer") == Some(bob_id.as_str())
             && matches!(field(l, "state"), Some("disconnected" | "failed"))
     });
+}
+
+/// A peer killed with kill -9 is gone from the path (ICE), then from the room (the server's
+/// grace): leaving after that does not wait for its dead connection, whose channels can close
+/// no more (it waited 10 s for them).
+#[test]
+fn leaving_after_a_dead_peer_left_does_not_wait_for_its_connection() {
+    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--resume-grace", "2s"]);
+    let url = signaling.room_url("dead-then-left");
+    let (mut alice, mut bob) = chat_pair(&url);
+    killed_and_seen_down(&mut bob, &mut alice);
     alice.wait_line(Duration::from_secs(30), |l| l.starts_with("* peer-left"));
     let asked = std::time::Instant::now();
     alice.interrupt();
@@ -1839,14 +1844,7 @@ fn lines_typed_while_a_connection_is_down_wait_for_that_peer() {
     let url = signaling.room_url("all-down");
     let alice_err = StderrFile::new();
     let (mut alice, mut bob) = logged_chat_pair(&url, &alice_err);
-    let joined = bob.wait_seen(Duration::from_secs(10), |l| l.starts_with("* joined"));
-    let bob_id = field(&joined, "id").expect("bob's id").to_owned();
-    bob.kill();
-    alice.wait_line(Duration::from_secs(30), |l| {
-        l.starts_with("* connection-state")
-            && field(l, "peer") == Some(bob_id.as_str())
-            && matches!(field(l, "state"), Some("disconnected" | "failed"))
-    });
+    killed_and_seen_down(&mut bob, &mut alice);
     say(&mut alice, "while-bob-is-down");
     wait_stderr(
         &alice_err,

@@ -244,25 +244,35 @@ async fn a_dropped_sse_stream_resumes_with_last_event_id_and_loses_no_frame() {
     );
 }
 
+/// A server whose message rate a test's bursts do not reach, with `extra` flags.
+fn unlimited_rate_server(extra: &[&str]) -> Server {
+    let mut args = vec!["--rate-limit", "100000", "--rate-burst", "100000"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// Sessions A and B open `room` over HTTP; A polled its first frames: A's and B's session
+/// tokens, A's peer id and the last seq A read.
+async fn two_http_sessions(server: &Server, room: &str) -> (String, String, PeerId, u64) {
+    let a = http_client::open_as(server.next_addr(), room, "A").await;
+    let b = http_client::open_as(server.next_addr(), room, "B").await;
+    let first = http_client::poll(server.next_addr(), &a, 0).await;
+    let a_peer = welcome_peer(&first.frames[0]);
+    let a_seq = first.frames.last().unwrap().seq;
+    (a, b, a_peer, a_seq)
+}
+
 #[tokio::test]
 async fn long_polling_keeps_order_under_a_burst_of_1000_signals() {
     // The rate limit would spread the burst over 16 s; the replay buffer must hold what
     // arrives between two polls.
-    let server = Server::start(&[
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
+    let server = unlimited_rate_server(&[
         "--replay-max-messages",
         "2048",
         "--replay-max-bytes",
         "1048576",
     ]);
-    let a = http_client::open_as(server.next_addr(), "burst", "A").await;
-    let b = http_client::open_as(server.next_addr(), "burst", "B").await;
-    let first = http_client::poll(server.next_addr(), &a, 0).await;
-    let a_peer = welcome_peer(&first.frames[0]);
-    let mut a_seq = first.frames.last().unwrap().seq;
+    let (a, b, a_peer, mut a_seq) = two_http_sessions(&server, "burst").await;
     let b_frames = http_client::poll(server.next_addr(), &b, 0).await.frames;
     let b_seq = b_frames.last().unwrap().seq;
     // B acks what it has and sends 1,000 signals in batches of 25, as fast as it can.
@@ -305,11 +315,7 @@ async fn long_polling_keeps_order_under_a_burst_of_1000_signals() {
 /// when the replay buffer holds more: the rest comes with the next polls, in order, once.
 #[tokio::test]
 async fn a_poll_reply_holds_at_most_the_outbound_queue() {
-    let server = Server::start(&[
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
+    let server = unlimited_rate_server(&[
         "--replay-max-messages",
         "1000",
         "--replay-max-bytes",
@@ -319,11 +325,7 @@ async fn a_poll_reply_holds_at_most_the_outbound_queue() {
         "--outbound-queue-bytes",
         "131072",
     ]);
-    let a = http_client::open_as(server.next_addr(), "capped", "A").await;
-    let b = http_client::open_as(server.next_addr(), "capped", "B").await;
-    let first = http_client::poll(server.next_addr(), &a, 0).await;
-    let a_peer = welcome_peer(&first.frames[0]);
-    let mut a_seq = first.frames.last().unwrap().seq;
+    let (a, b, a_peer, mut a_seq) = two_http_sessions(&server, "capped").await;
     // Between two of A's polls: 100 signals, then 10 broadcasts of 30 KB.
     let signals: Vec<ClientMessage> = (0..100).map(|n| signal(&a_peer, n)).collect();
     for batch in signals.chunks(25) {
