@@ -1711,6 +1711,14 @@ fn two_peers_whose_input_ends_together_leave_at_once() {
     }
 }
 
+/// Interrupts `proc` (Ctrl-C) and asserts that it leaves, exiting with success, within
+/// `bound`.
+fn interrupted_leaves_within(proc: &mut Proc, bound: Duration) {
+    let asked = std::time::Instant::now();
+    proc.interrupt();
+    wait_exit_within(proc, asked, bound, "leaving");
+}
+
 /// Waits (20 s) for `proc` to exit with success, and asserts that it did less than `bound`
 /// after `since` (`what` names that time in the failure).
 fn wait_exit_within(proc: &mut Proc, since: std::time::Instant, bound: Duration, what: &str) {
@@ -1741,10 +1749,8 @@ fn leaving_after_a_dead_peer_left_does_not_wait_for_its_connection() {
     let (mut alice, mut bob) = chat_pair(&url);
     killed_and_seen_down(&mut bob, &mut alice);
     alice.wait_line(Duration::from_secs(30), |l| l.starts_with("* peer-left"));
-    let asked = std::time::Instant::now();
-    alice.interrupt();
     // 1 s of leave linger, and room for a loaded machine.
-    wait_exit_within(&mut alice, asked, Duration::from_secs(5), "leaving");
+    interrupted_leaves_within(&mut alice, Duration::from_secs(5));
 }
 
 /// In a room of three, a peer that leaves just after another left leaves promptly: its close
@@ -1999,9 +2005,7 @@ fn a_second_ctrl_c_ends_the_wait_for_a_peer_behind() {
     if let Some(status) = alice.try_wait_exit(Duration::ZERO) {
         panic!("alice exited ({status}) before bob read what it sent");
     }
-    let second = std::time::Instant::now();
-    alice.interrupt();
-    wait_exit_within(&mut alice, second, Duration::from_secs(4), "leaving");
+    interrupted_leaves_within(&mut alice, Duration::from_secs(4));
 }
 
 /// A Ctrl-C on a sender whose receiver is behind and stays so: the sender waits 10 s for it,
