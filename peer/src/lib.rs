@@ -22,8 +22,9 @@
 //! POST, long-polling; `docs/protocol.md`, "When WebSockets are blocked") are for browsers
 //! behind proxies that refuse WebSockets; the JS client uses them, this SDK does not.
 //!
-//! Inside (private modules, one job each, for who works on the SDK): `signaling_client` (the WebSocket session, resume, backoff),
-//! `resend` (numbered frames kept until the server confirms them, sent again after a resume),
+//! Inside (private modules, one job each, for who works on the SDK): `signaling_client` (the
+//! WebSocket session, resume, backoff), `resend` (numbered frames kept until the server
+//! confirms them, sent again after a resume),
 //! `negotiation` (perfect negotiation decisions), `connection` (one `webrtc` peer
 //! connection per remote peer), [`channel`] (data channels and their registry), `room` (which
 //! connection exists for which peer), `ice_servers` (fresh ICE servers: credential refresh or
@@ -423,9 +424,9 @@ impl Peer {
     /// [`PeerError::MessageTooLarge`], nothing sent). Waits while the channel's send buffer is
     /// full ([`PeerOptions::send_buffer_limit`]), without a time limit (the remote application
     /// may not be reading): bound it with `tokio::time::timeout` if needed (a send dropped
-    /// while it waits may or may not have sent the message). A peer that is not (or no longer) connected is
-    /// [`PeerError::ChannelNotOpen`]; one whose connection died while the send waited, too, at
-    /// the latest when it leaves the room.
+    /// while it waits may or may not have sent the message). A peer that is not (or no
+    /// longer) connected is [`PeerError::ChannelNotOpen`]; one whose connection died while
+    /// the send waited, too, at the latest when it leaves the room.
     pub async fn send(&self, to: &PeerId, kind: ChannelKind, data: impl Into<Bytes>) -> Result<()> {
         let message = Outgoing {
             data: data.into(),

@@ -48,7 +48,10 @@ local function guard_room()
     keys[#keys + 1] = lkey(sid)
     keys[#keys + 1] = P .. 't:' .. sid
   end
-  redis.call('EXISTS', unpack(keys))
+  -- In calls of 999 keys at most: `unpack` takes a few thousand values, a room can be larger.
+  for first = 1, #keys, 999 do
+    redis.call('EXISTS', unpack(keys, first, math.min(first + 998, #keys)))
+  end
 end
 -- Why session `sid` is not in Redis: 'ended' (it left a tombstone: its end, with its error, is
 -- on its way to its node) or 'gone' (its keys expired, or it ended without a code).
