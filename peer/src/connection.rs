@@ -1233,7 +1233,9 @@ fn ice_ufrag(sdp: &str) -> Option<&str> {
 pub(crate) const CHANNEL_CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// Whether a connection in `state` has no path to its peer (ICE lost it, or it was closed):
-/// nothing sent either way arrives any more.
+/// nothing sent either way arrives any more. Asked only of a peer that left the room, where
+/// `Disconnected` counts: a peer that leaves in order first waits (while its path is up) for
+/// us to close our side, so a path down when it is gone is a peer that died, not a blip.
 fn path_is_down(state: RTCPeerConnectionState) -> bool {
     matches!(
         state,

@@ -272,8 +272,8 @@ pub enum PeerEvent {
         text: bool,
         data: Bytes,
     },
-    /// A connection's state changed (every ICE restart, [`PeerEvent::IceRestart`], goes from
-    /// `Connected` through `Connecting` and back).
+    /// A connection's state changed (an ICE restart of a connection that works, for a relay
+    /// move or fresh TURN credentials, goes from `Connected` through `Connecting` and back).
     ConnectionState {
         peer: PeerId,
         state: ConnectionState,
@@ -305,7 +305,9 @@ pub enum PeerEvent {
     /// `room_closed`, or another error the client rules call fatal; a
     /// [`PeerEvent::Error`] with the server's message came just before), or no session could
     /// be resumed or joined again for 5 minutes (`code` is `None`). Not sent for
-    /// [`Peer::close`]. The events end after it.
+    /// [`Peer::close`]. The connections close then: their last events (messages, channel
+    /// closes, states) may follow it, then the events end.
+    #[non_exhaustive]
     SignalingClosed {
         code: Option<ErrorCode>,
         message: String,
@@ -333,7 +335,7 @@ pub enum PeerEvent {
 /// (and after [`Peer::close`], until `None`): messages wait in it (4096 events at most), and
 /// a channel whose next message cannot be handed on stops reading, so the remote's sends
 /// wait. Dropping it stops delivery: the channels are no longer read to their close, and
-/// [`Peer::close`] may wait its whole 10 s for each connection.
+/// [`Peer::close`] may wait its whole 10 s for the connections.
 pub struct PeerEvents {
     rx: mpsc::Receiver<PeerEvent>,
 }
@@ -352,8 +354,10 @@ impl PeerEvents {
 }
 
 /// A member of a room: the handle to send messages and query connections. Dropping it leaves
-/// the room at once, as [`Peer::close_at_once`] without the wait (the others see it leave
-/// with reason `left`), and ends the [`PeerEvents`].
+/// the room as [`Peer::close_at_once`] does, without waiting for anything: the `leave` goes
+/// out only if the runtime goes on running (dropped as `main` returns, the others see the
+/// peer go after the server's resume grace period instead). For an orderly end, call
+/// [`Peer::close`] and read the [`PeerEvents`] until `None`.
 pub struct Peer {
     me: Arc<RwLock<PeerId>>,
     room: RoomId,

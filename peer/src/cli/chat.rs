@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use peer::MAX_MESSAGE_BYTES;
 use peer::protocol::PeerId;
 use peer::{ChannelKind, ConnectionState, Peer, PeerError, PeerEvent, PeerEvents, SelectedPair};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -35,9 +36,6 @@ const ACK_POLL: Duration = Duration::from_millis(50);
 /// is left: a peer whose input ended at the same moment is still sending, and once we close
 /// our channels what it sends on them is dropped.
 const LINGER: Duration = Duration::from_secs(1);
-/// The largest message a data channel takes, in bytes ([`peer::MAX_MESSAGE_BYTES`]): a longer
-/// line is not sent at all.
-const MAX_MESSAGE: usize = peer::MAX_MESSAGE_BYTES;
 /// Why a `peer join` peer answers a file offer with `file-declined`.
 const DECLINE_REASON: &str = "a chat peer (peer join) does not receive files: use peer recv-file";
 
@@ -69,7 +67,7 @@ struct StdinLines {
 
 /// The most bytes of one stdin line kept: a message and its line end. A longer line is only
 /// counted, so no line, however long, grows memory.
-const LINE_CAP: usize = MAX_MESSAGE + 2;
+const LINE_CAP: usize = MAX_MESSAGE_BYTES + 2;
 
 /// One line of stdin, without its `\n` or `\r\n`.
 enum StdinLine {
@@ -129,7 +127,7 @@ impl StdinLines {
 
 /// Stdin line number `number` as a chat message, and the `warning:` to print about it: text
 /// that is not UTF-8 is sent with U+FFFD in place of the invalid bytes; a line longer than
-/// [`MAX_MESSAGE`] bytes is not sent (`None`).
+/// [`MAX_MESSAGE_BYTES`] bytes is not sent (`None`).
 fn chat_message(line: Vec<u8>, number: u64) -> (Option<String>, Vec<String>) {
     let mut warnings = Vec::new();
     let read = line.len();
@@ -139,7 +137,7 @@ fn chat_message(line: Vec<u8>, number: u64) -> (Option<String>, Vec<String>) {
         ));
         String::from_utf8_lossy(err.as_bytes()).into_owned()
     });
-    if text.len() > MAX_MESSAGE {
+    if text.len() > MAX_MESSAGE_BYTES {
         warnings.clear();
         warnings.push(if text.len() == read {
             too_long(read)
@@ -147,7 +145,7 @@ fn chat_message(line: Vec<u8>, number: u64) -> (Option<String>, Vec<String>) {
             // Each invalid byte took the 3 bytes of U+FFFD.
             format!(
                 "line of {read} bytes not sent: with U+FFFD in place of its invalid UTF-8 it \
-                 is {} bytes, at most {MAX_MESSAGE} per message",
+                 is {} bytes, at most {MAX_MESSAGE_BYTES} per message",
                 text.len()
             )
         });
@@ -158,7 +156,7 @@ fn chat_message(line: Vec<u8>, number: u64) -> (Option<String>, Vec<String>) {
 
 /// The warning for a line of `len` bytes, too long to be sent.
 fn too_long(len: usize) -> String {
-    format!("line of {len} bytes not sent: at most {MAX_MESSAGE} bytes per message")
+    format!("line of {len} bytes not sent: at most {MAX_MESSAGE_BYTES} bytes per message")
 }
 
 /// A chat message as one text line: `NAME: TEXT`, both escaped. A name starting with `*` is
@@ -936,17 +934,17 @@ mod tests {
 
     #[test]
     fn a_line_longer_than_a_message_is_not_sent_and_says_so() {
-        let (text, warnings) = chat_message(vec![b'x'; MAX_MESSAGE], 1);
-        assert_eq!(text.map(|t| t.len()), Some(MAX_MESSAGE));
+        let (text, warnings) = chat_message(vec![b'x'; MAX_MESSAGE_BYTES], 1);
+        assert_eq!(text.map(|t| t.len()), Some(MAX_MESSAGE_BYTES));
         assert!(warnings.is_empty());
-        let (text, warnings) = chat_message(vec![b'x'; MAX_MESSAGE + 1], 1);
+        let (text, warnings) = chat_message(vec![b'x'; MAX_MESSAGE_BYTES + 1], 1);
         assert_eq!(text, None);
         assert_eq!(
             warnings,
             ["line of 65537 bytes not sent: at most 65536 bytes per message"]
         );
         // A line that fits, made longer by U+FFFD, says both sizes.
-        let mut line = vec![b'x'; MAX_MESSAGE - 1];
+        let mut line = vec![b'x'; MAX_MESSAGE_BYTES - 1];
         line.push(0xff);
         let (text, warnings) = chat_message(line, 3);
         assert_eq!(text, None);

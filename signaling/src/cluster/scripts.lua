@@ -37,21 +37,11 @@ end
 -- On a Redis Cluster, a slot that is moving to another master (resharding) has some of the
 -- room's keys here and the others there, and a script fails at the first command that touches
 -- one that is not here, keeping the writes it made before. Run first (on a Redis Cluster only),
--- this touches every key the script may write, so that such a script fails before it writes:
--- the room's, its members' and those of the session the script names (ARGV[4], if any).
+-- this fails the script before it writes while the room's slot moves: during a move, a
+-- command that names a key missing from its master fails, on the master the slot leaves (ASK)
+-- as on the one it goes to (TRYAGAIN), and the room's `guard` key is never written.
 local function guard_room()
-  local keys = {M, PEERS, BODIES, REFS, BODY_IDS}
-  local sids = redis.call('LRANGE', M, 0, -1)
-  if ARGV[4] and ARGV[4] ~= '' then sids[#sids + 1] = ARGV[4] end
-  for _, sid in ipairs(sids) do
-    keys[#keys + 1] = skey(sid)
-    keys[#keys + 1] = lkey(sid)
-    keys[#keys + 1] = P .. 't:' .. sid
-  end
-  -- In calls of 999 keys at most: `unpack` takes a few thousand values, a room can be larger.
-  for first = 1, #keys, 999 do
-    redis.call('EXISTS', unpack(keys, first, math.min(first + 998, #keys)))
-  end
+  redis.call('EXISTS', M, P .. 'guard')
 end
 -- Why session `sid` is not in Redis: 'ended' (it left a tombstone: its end, with its error, is
 -- on its way to its node) or 'gone' (its keys expired, or it ended without a code).

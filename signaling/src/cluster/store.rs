@@ -46,9 +46,9 @@ pub const REPLAYED_PLACEHOLDER: u64 = u64::MAX;
 pub const RECEIVED_PLACEHOLDER: u64 = u64::MAX - 1;
 
 impl Scripts {
-    /// The scripts; on a Redis Cluster (`cluster`), each first touches every key it may write
-    /// (`guard_room` in `scripts.lua`): one that finds its room's slot half moved fails
-    /// before it writes, instead of after a part of its writes.
+    /// The scripts; on a Redis Cluster (`cluster`), each first checks that its room's slot is
+    /// not moving (`guard_room` in `scripts.lua`): one that would find the slot half moved
+    /// fails before it writes, instead of after a part of its writes.
     fn new(cluster: bool) -> Self {
         let guard = if cluster { "guard_room()\n" } else { "" };
         let script = |body: &str| Script::new(&format!("{PRELUDE}\n{guard}{body}"));

@@ -303,15 +303,7 @@ pub async fn poll(
         Ok(session) => session,
         Err(refused) => return refused,
     };
-    // A reply holds at most what the outbound queue holds (protocol.md): a longer replay (the
-    // replay buffer's bounds may be larger) goes out over the next polls, as it stays in the
-    // outbox until acknowledged.
-    let bound = ReplyBound {
-        frames: app.config.outbound_queue,
-        bytes: app.config.outbound_queue_bytes,
-    };
     let mut frames = std::mem::take(&mut session.replay);
-    let full = bound.cut(&mut frames);
     let mut close = None;
     if frames.is_empty()
         && let Ok(Some(out)) =
@@ -319,23 +311,23 @@ pub async fn poll(
     {
         close = take(out, &mut frames);
     }
-    // Everything queued goes out now, up to the bound: a frame left in the queue would only
-    // come back from the outbox at the next poll.
-    while !full
-        && close.is_none()
-        && bound.has_room(&frames)
+    // Everything queued goes out now: a frame left in the queue would only come back from
+    // the outbox at the next poll.
+    while close.is_none()
         && let Some(out) = session.rx.try_recv()
     {
         close = take(out, &mut frames);
     }
-    if close.is_none() {
-        bound.cut(&mut frames);
-    }
     if close.is_some() {
-        // The session's stream ended (an outage, a drain, a kick): the reply goes now, and the
-        // park, which a hanging Redis holds up, goes on without it (dropping parks).
+        // The session's stream ended (an outage, a drain, a kick): the reply goes now, whole,
+        // and the park, which a hanging Redis holds up, goes on without it (dropping parks).
         drop(session);
     } else {
+        // A reply holds at most what the outbound queue holds (protocol.md): the rest of a
+        // longer replay (the replay buffer's bounds may be larger) stays in the outbox,
+        // unacknowledged, and goes with the next polls.
+        let bytes = app.config.outbound_queue_bytes;
+        frames.truncate(fitting(&frames, app.config.outbound_queue, bytes));
         session.detach().await;
     }
     app.metrics.http_frames(frames.len() as u64);
@@ -355,34 +347,14 @@ pub async fn poll(
     json_body(body).into_response()
 }
 
-/// The most one poll reply carries: the outbound queue's bounds.
-struct ReplyBound {
-    frames: usize,
-    bytes: usize,
-}
-
-impl ReplyBound {
-    /// Whether `frames` leave room for another frame.
-    fn has_room(&self, frames: &[Frame]) -> bool {
-        frames.len() < self.frames && frames.iter().map(Frame::len).sum::<usize>() < self.bytes
-    }
-
-    /// Keeps the first of `frames` that fit (one at least); returns whether any were cut.
-    fn cut(&self, frames: &mut Vec<Frame>) -> bool {
-        let mut bytes = 0;
-        let fit = frames
-            .iter()
-            .position(|f| {
-                bytes += f.len();
-                bytes > self.bytes
-            })
-            .unwrap_or(frames.len())
-            .min(self.frames)
-            .max(1);
-        let cut = fit < frames.len();
-        frames.truncate(fit);
-        cut
-    }
+/// How many of `frames`, from the first, fit in `max_frames` and `max_bytes` (one at least).
+fn fitting(frames: &[Frame], max_frames: usize, max_bytes: usize) -> usize {
+    let mut bytes = 0;
+    let over = frames.iter().position(|frame| {
+        bytes += frame.len();
+        bytes > max_bytes
+    });
+    over.unwrap_or(frames.len()).min(max_frames).max(1)
 }
 
 /// Adds `out` to a poll reply; returns the close code if it ends the session's stream.
