@@ -22,6 +22,22 @@ pub enum StoreError {
     Reply(String),
 }
 
+impl StoreError {
+    /// Whether Redis refused the call because the slot of its keys is moving to another
+    /// master of a Redis Cluster (resharding): a script met a key that is not on its master,
+    /// or a command some keys that are not there yet (`TRYAGAIN`). The call failed before it
+    /// wrote, and the store is otherwise fine.
+    pub fn is_slot_moving(&self) -> bool {
+        match self {
+            Self::Redis(e) => {
+                e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+                    || e.to_string().contains("non local key")
+            }
+            Self::Timeout(_) | Self::Reply(_) => false,
+        }
+    }
+}
+
 /// A connection to a standalone server or to a Redis Cluster.
 #[derive(Clone)]
 pub enum Connection {

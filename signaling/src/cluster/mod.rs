@@ -550,10 +550,16 @@ impl ClusterHub {
         self.settings.resume_grace.as_millis().max(1).to_string()
     }
 
-    /// Records a failed Redis call; the heartbeat finds out when it is back.
+    /// Records a failed Redis call; the heartbeat finds out when it is back. A call refused
+    /// because its room's slot is moving (resharding a Redis Cluster) failed before it wrote
+    /// and says nothing of the other rooms: it is no outage of the node (its caller closes
+    /// that session's socket with 1013, or retries a park or a leave at the next heartbeat).
     fn store_failed(&self, what: &str, error: &StoreError) {
         tracing::warn!(%error, what, "redis call failed");
         self.metrics.cluster_store_error();
+        if error.is_slot_moving() {
+            return;
+        }
         if self.store_ok.swap(false, Ordering::AcqRel) {
             self.outage(Outage::Store);
         }

@@ -619,9 +619,9 @@ async fn a_room_spans_nodes_on_a_redis_cluster() {
 
 /// A numbered signal sent while its room's slot moves to another master of a Redis Cluster
 /// (resharding: some of the room's keys moved, the others not yet) is not lost: the script
-/// that finds the slot half moved fails before it writes, so the signal is not counted as
-/// handled; the node closes its sockets (1013) as in an outage, the sender's resume says the
-/// signal was not received, it sends it again, and the receiver gets it once.
+/// that finds the slot moving fails before it writes, so the signal is not counted as handled;
+/// the sender's socket is closed (1013), its resume says the signal was not received, it sends
+/// it again, and the receiver gets it once. The node's other rooms go on: no outage.
 #[tokio::test]
 async fn a_numbered_signal_sent_while_its_rooms_slot_moves_is_not_lost() {
     use crate::resume::numbered_signal;
@@ -632,6 +632,8 @@ async fn a_numbered_signal_sent_while_its_rooms_slot_moves_is_not_lost() {
     a.send(&numbered_signal(&b_info.peer_id, 1)).await;
     assert_eq!(expect_signal(&mut b, &a_info.peer_id).await, candidate(1));
     let b_seen = b.last_seq;
+    let (mut steady, _) = Client::join(&n1.ws("/ws/steady"), None).await;
+    let steady_slot = cluster.nodes[0].cli(&["CLUSTER", "KEYSLOT", "sig:{steady}:m"]);
     // The slot's master (the one holding the room's keys) starts moving it to another one,
     // and B's session goes first.
     let slot = cluster.nodes[0].cli(&["CLUSTER", "KEYSLOT", "sig:{moving}:m"]);
@@ -672,6 +674,10 @@ async fn a_numbered_signal_sent_while_its_rooms_slot_moves_is_not_lost() {
     let a_seen = a.last_seq;
     let (_, closed) = a.frames_for(Duration::from_secs(10)).await;
     assert_eq!(closed, Some(Closed::Code(1013)));
+    // Another room, in another slot, was not cut off.
+    assert_ne!(steady_slot, slot);
+    steady.sync().await;
+    assert!(n1.get("/readyz").await.0 == 200, "the node stayed ready");
     // The move ends: the rest of the keys, then every master names the new owner.
     let rest = source.cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]);
     let rest: Vec<&str> = rest.lines().filter(|k| !k.is_empty()).collect();
@@ -693,7 +699,7 @@ async fn a_numbered_signal_sent_while_its_rooms_slot_moves_is_not_lost() {
     assert_eq!(received, Some(1), "signal 2 taken for handled");
     a.send(&numbered_signal(&b_info.peer_id, 2)).await;
     a.sync().await;
-    // B (closed with the others) resumes and gets it, once.
+    // B's socket drops; it resumes and gets the signal, once.
     drop(b);
     let b = resume_expecting(&n1.ws(path), &b_info, b_seen, &a_info.peer_id, 2..3).await;
     drop(b);
