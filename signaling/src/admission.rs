@@ -149,6 +149,7 @@ impl Admission<'_> {
                     name,
                     ticket: Some(ticket),
                     transport: self.transport,
+                    alone: false,
                 },
             )
             .await

@@ -66,6 +66,17 @@ pub struct JoinRequest {
     pub ticket: Option<SessionTicket>,
     /// How the client joined (the admin API).
     pub transport: Transport,
+    /// The room is this peer's alone (a PeerJS id's): a join into a room that holds anyone
+    /// is `room_full`, checked in the same step as the join, so that two clients registering
+    /// one id at once cannot both get it.
+    pub alone: bool,
+}
+
+impl JoinRequest {
+    /// How many peers the room may hold with this one: `max_peers_per_room`, or 1 alone.
+    pub fn capacity(&self, max_peers_per_room: usize) -> usize {
+        if self.alone { 1 } else { max_peers_per_room }
+    }
 }
 
 /// A `resume` whose version was negotiated.
@@ -329,13 +340,10 @@ impl LocalHub {
                     "the server holds its maximum number of rooms",
                 ));
             }
-            Some(room) if room.len() >= self.settings.max_peers_per_room => {
+            Some(room) if room.len() >= req.capacity(self.settings.max_peers_per_room) => {
                 return Err(RequestError::new(
                     ErrorCode::RoomFull,
-                    format!(
-                        "room {} already has {} peers",
-                        req.room, self.settings.max_peers_per_room
-                    ),
+                    format!("room {} already has {} peers", req.room, room.len()),
                 ));
             }
             _ => {}
@@ -1235,6 +1243,7 @@ mod tests {
                     name: None,
                     ticket: None,
                     transport: Transport::WebSocket,
+                    alone: false,
                 },
                 Instant::now(),
             )

@@ -565,10 +565,17 @@ async fn register(
                 name: Some(id.to_owned()),
                 ticket: Some(ticket),
                 transport: Transport::PeerJs,
+                // Another client that registered the id since the check above holds it.
+                alone: true,
             },
         )
         .await
         .map_err(|e| {
+            if e.code == ErrorCode::RoomFull {
+                // Counted as the `ID-TAKEN` above is.
+                app.metrics.error(ErrorCode::ResumeFailed);
+                return server_message("ID-TAKEN", Some("ID is taken")).into();
+            }
             app.metrics.error(e.code);
             let close = match e.code.retry_class() {
                 RetryClass::Retry => close_code::TRY_AGAIN_LATER,

@@ -354,6 +354,7 @@ impl YConnection {
                     name: None,
                     ticket: Some(ticket),
                     transport: Transport::YWebrtc,
+                    alone: false,
                 },
             )
             .await;

@@ -705,7 +705,7 @@ impl ClusterHub {
                         &self.cluster.node_id,
                         &conn.to_string(),
                         &req.version.to_string(),
-                        &self.settings.max_peers_per_room.to_string(),
+                        &req.capacity(self.settings.max_peers_per_room).to_string(),
                         &info(true),
                         &info(false),
                         &welcome,
@@ -735,7 +735,8 @@ impl ClusterHub {
                         ErrorCode::RoomFull,
                         format!(
                             "room {} already has {} peers",
-                            req.room, self.settings.max_peers_per_room
+                            req.room,
+                            req.capacity(self.settings.max_peers_per_room)
                         ),
                     ));
                 }

@@ -538,6 +538,42 @@ async fn peerjs_registrations_are_renewed_while_their_socket_lives() {
     drop(alice);
 }
 
+/// Clients that register one PeerJS id at the same moment, on two nodes of a cluster (each
+/// another `token`): exactly one gets it (`OPEN`), the others `ID-TAKEN`. It was two or three
+/// of six: each node checked that the id was free, then joined.
+#[tokio::test]
+async fn one_of_the_clients_registering_an_id_at_once_gets_it() {
+    use crate::support::redis::RedisServer;
+    let redis = RedisServer::start();
+    let nodes = [
+        Server::spawn(&["--redis", &redis.url()]),
+        Server::spawn(&["--redis", &redis.url()]),
+    ];
+    for trial in 0..5 {
+        let id = format!("same{trial}");
+        let registering = (0..6).map(|i| {
+            let server = &nodes[i % 2];
+            let id = id.clone();
+            async move {
+                let mut ws = peerjs(server, "app", &id, &format!("t{i}")).await;
+                let first = next(&mut ws, STEP).await.expect("an answer");
+                (first["type"].as_str().unwrap_or_default().to_owned(), ws)
+            }
+        });
+        let answers = futures_util::future::join_all(registering).await;
+        let mut types: Vec<&str> = answers.iter().map(|(t, _)| t.as_str()).collect();
+        types.sort_unstable();
+        assert_eq!(
+            types,
+            ["ID-TAKEN"; 5]
+                .into_iter()
+                .chain(["OPEN"])
+                .collect::<Vec<_>>(),
+            "trial {trial}"
+        );
+    }
+}
+
 /// A PeerJS client of a node killed with kill -9 reconnects (the same id and token) on another
 /// node at once, and gets the messages sent to it meanwhile, in order, once.
 #[tokio::test]
