@@ -37,6 +37,10 @@ use crate::written_acks::{self, LibraryFrame, WrittenFrames};
 
 /// Topics one connection may subscribe to at once.
 pub const MAX_TOPICS: usize = 64;
+/// The longest topic name, in bytes: a connection keeps the names of its topics, so that
+/// each costs at most this much (a name as long as a frame, 64 KiB, times every subscription
+/// of a node was gigabytes outside every other bound).
+pub const MAX_TOPIC_BYTES: usize = 1024;
 
 /// Close codes of this endpoint (RFC 6455).
 mod close {
@@ -309,6 +313,13 @@ impl YConnection {
     ) -> Result<(), End> {
         if self.topics.contains_key(topic.as_str()) {
             return Ok(());
+        }
+        if topic.len() > MAX_TOPIC_BYTES {
+            return self.close_with(
+                ErrorCode::InvalidRoomId,
+                close::POLICY,
+                "topic name too long",
+            );
         }
         if self.topics.len() >= MAX_TOPICS {
             return self.close_with(

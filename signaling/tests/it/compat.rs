@@ -151,6 +151,23 @@ async fn y_webrtc_bad_input_closes_that_connection_only() {
     assert_eq!(server.errors(ErrorCode::BinaryNotSupported).await, 1);
 }
 
+/// A topic name up to 1024 bytes is a topic; a longer one closes the connection (1008), so
+/// that what a connection keeps of its topics' names stays small.
+#[tokio::test]
+async fn y_webrtc_a_topic_name_over_1024_bytes_is_refused() {
+    let server = Server::start(&[]);
+    let (longest, over) = ("t".repeat(1024), "t".repeat(1025));
+    let mut a = connect(&server.ws("/y-webrtc")).await;
+    subscribe(&mut a, &[&longest]).await;
+    let mut b = connect(&server.ws("/y-webrtc")).await;
+    send(&mut b, json!({"type":"subscribe","topics":[over]})).await;
+    assert_eq!(
+        close_frame(&mut b, STEP).await,
+        Some((1008, "topic name too long".to_owned()))
+    );
+    assert_eq!(server.errors(ErrorCode::InvalidRoomId).await, 1);
+}
+
 /// A binary frame on a PeerJS socket is refused as on `/y-webrtc`: `ERROR`, a 1007 close,
 /// counted as `binary_not_supported`; the other peers go on.
 #[tokio::test]
