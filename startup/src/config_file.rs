@@ -51,7 +51,9 @@ where
     T: Into<OsString> + Clone,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-    let mut matches = C::command().try_get_matches_from(&args)?;
+    let mut matches = C::command()
+        .try_get_matches_from(&args)
+        .map_err(hide_secret_value::<C>)?;
     if let Some(path) = matches.get_one::<PathBuf>(CONFIG_ARG).cloned() {
         let mut file_args = file_arguments::<C>(&path, &matches)?;
         if !file_args.is_empty() {
@@ -63,12 +65,41 @@ where
                 .try_get_matches_from(merged)
                 .map_err(|e| ConfigError::File {
                     path: path.clone(),
-                    message: e.to_string(),
+                    message: hide_secret_value::<C>(e).to_string(),
                 })?;
         }
     }
     let config = C::from_arg_matches(&matches)?;
     Ok((config, matches))
+}
+
+/// `error` without the value it quotes when that value was given to a flag that takes a secret
+/// ([`crate::summary::is_secret`]: `--user NAME:PASSWORD`, `--turn-secret SECRET`): a mistyped
+/// one (`alice;password`) is still a password, and the error goes to the terminal or, on a
+/// reload, to the log. The same kind of error, saying which flag and why.
+fn hide_secret_value<C: CommandFactory>(error: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    let command = C::command();
+    let secret = command.get_arguments().any(|a| {
+        crate::summary::is_secret(a)
+            && a.get_long().is_some_and(|long| {
+                arg.strip_prefix("--")
+                    .is_some_and(|rest| rest.split([' ', '=']).next() == Some(long))
+            })
+    });
+    if !secret {
+        return error;
+    }
+    let why = std::error::Error::source(&error)
+        .map(|source| format!(": {source}"))
+        .unwrap_or_default();
+    C::command().error(
+        error.kind(),
+        format!("invalid value for '{arg}' (not shown: it holds a secret){why}"),
+    )
 }
 
 /// A TOML syntax error as its line and message, without the quoted source line that `toml`
@@ -202,6 +233,54 @@ mod tests {
         assert_eq!(c.name, "from-flag", "a flag wins over the file");
         assert_eq!(c.url, ["x", "y"]);
         assert!(c.verbose);
+    }
+
+    #[derive(Debug, Parser)]
+    struct WithSecret {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "NAME:PASSWORD", value_parser = name_and_password)]
+        user: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
+    }
+
+    fn name_and_password(s: &str) -> Result<String, String> {
+        s.contains(':')
+            .then(|| s.to_owned())
+            .ok_or_else(|| "expected NAME:PASSWORD".to_owned())
+    }
+
+    /// A mistyped secret is still a secret: the error names the flag and why, not the value,
+    /// from a flag and from the file alike; other flags' values are quoted as clap quotes them.
+    #[test]
+    fn an_invalid_secret_value_is_not_quoted_in_the_error() {
+        let Err(ConfigError::Clap(e)) = load::<WithSecret, _, _>(["prog", "--user", "al;pw123"])
+        else {
+            panic!("accepted");
+        };
+        let text = e.to_string();
+        assert!(!text.contains("pw123"), "{text}");
+        assert!(
+            text.contains("--user") && text.contains("expected NAME:PASSWORD"),
+            "{text}"
+        );
+        let f = file("user = [\"al;pw456\"]\n");
+        let path = f.0.to_str().unwrap().to_owned();
+        let Err(ConfigError::File { message, .. }) =
+            load::<WithSecret, _, _>(["prog", "--config", &path])
+        else {
+            panic!("accepted");
+        };
+        assert!(
+            !message.contains("pw456") && message.contains("--user"),
+            "{message}"
+        );
+        let Err(ConfigError::Clap(e)) = load::<WithSecret, _, _>(["prog", "--workers", "many"])
+        else {
+            panic!("accepted");
+        };
+        assert!(e.to_string().contains("'many'"), "{e}");
     }
 
     #[test]

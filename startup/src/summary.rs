@@ -88,12 +88,18 @@ pub fn is_secret(arg: &clap::Arg) -> bool {
 /// it.) A Redis URL (`--register`) has only its password redacted, as everywhere.
 pub const PASSED_ON_SECRETS: &[&str] = &["user", "turn-secret", "auth-secret"];
 
-/// Whether `value` is a secret flag of [`PASSED_ON_SECRETS`] given alone (`--turn-secret`),
-/// so that the next value is its secret.
+/// Whether `value` is a secret flag given alone (`--turn-secret`), so that the next value is
+/// its secret: one of [`PASSED_ON_SECRETS`], or one whose name ends as a secret's does
+/// (`secret`, `password`, or their plurals): a mistyped name (`--turn-secrets`) still holds a
+/// secret, which the relay would refuse only after the summary printed it.
 fn is_secret_flag(value: &str) -> bool {
-    value
-        .strip_prefix("--")
-        .is_some_and(|name| PASSED_ON_SECRETS.contains(&name))
+    let alone = value.strip_prefix("--").filter(|name| !name.contains('='));
+    alone.is_some_and(|name| {
+        PASSED_ON_SECRETS.contains(&name)
+            || ["secret", "secrets", "password", "passwords"]
+                .iter()
+                .any(|end| name.ends_with(end))
+    })
 }
 
 /// One value of a flag that is not itself a secret, with what it may still hold redacted: a
@@ -277,6 +283,7 @@ mod tests {
             "--relay-arg=--register",
             "--relay-arg=redis://default:redispass@10.0.0.5:6379",
             "--relay-arg=--register=rediss://:redispass2@h:1",
+            "--relay-arg=--turn-secrets=mistypedXYZ",
         ]);
         assert_eq!(
             line.split_whitespace().collect::<Vec<_>>(),
@@ -285,7 +292,7 @@ mod tests {
                 "--admin-listen=127.0.0.1:9,--turn-secret,<redacted>,--user,<redacted>,\
                  --auth-secret,<redacted>,--turn-secret=<redacted>,--user=<redacted>,\
                  --register,redis://default:<redacted>@10.0.0.5:6379,\
-                 --register=rediss://:<redacted>@h:1",
+                 --register=rediss://:<redacted>@h:1,--turn-secrets=<redacted>",
                 "(flag",
                 "or",
                 "file)"
