@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
                 std::time::Duration::from_secs(2),
                 &candidate,
             ))
-            .context("cannot agree on a TURN secret through redis")?;
+            .context("--register: cannot agree on a TURN secret through redis at start-up")?;
         let agreed = relay::config::Secret::new(agreed);
         agreed_turn_secret = Some(agreed.clone());
         supplied_secrets.push(agreed);
@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
             Some(Arc::new(
                 runtime
                     .block_on(Registration::start(settings, handle.status()))
-                    .context("cannot register in the relay fleet")?,
+                    .context("--register: cannot register in the relay fleet")?,
             ))
         }
         None => None,
