@@ -559,44 +559,14 @@ impl Config {
 mod tests {
     use super::*;
 
-    /// `docs/signaling.md`'s flag table has a row for every flag, with its environment
-    /// variable and its default (or a default said in words): the docs are the operator's
-    /// contract.
+    /// `docs/signaling.md`'s flag table has a row for every flag, with its environment variable
+    /// and its default: the docs are the operator's contract.
     #[test]
     fn the_docs_table_lists_every_flag_with_its_environment_and_default() {
         use clap::CommandFactory as _;
         let doc = include_str!("../../docs/signaling.md");
-        for arg in Config::command().get_arguments() {
-            let Some(long) = arg.get_long() else { continue };
-            if arg.is_hide_set() || long == "help" || long == "version" {
-                continue;
-            }
-            // A row of flags whose first cell names this one (a cell may name several).
-            let names = |l: &&str| {
-                let first = l.strip_prefix("| `--").and_then(|l| l.split(" | ").next());
-                first.map(|cell| format!("`--{cell}")).is_some_and(|cell| {
-                    cell.match_indices(&format!("`--{long}"))
-                        .any(|(i, m)| cell[i + m.len()..].starts_with([' ', '`']))
-                })
-            };
-            let row = doc
-                .lines()
-                .find(names)
-                .unwrap_or_else(|| panic!("--{long} has no row in docs/signaling.md"));
-            if let Some(env) = arg.get_env() {
-                let env = format!("`{}`", env.to_string_lossy());
-                assert!(row.contains(&env), "--{long}: {env} not in {row}");
-            }
-            let defaults: Vec<String> = arg
-                .get_default_values()
-                .iter()
-                .map(|v| v.to_string_lossy().into_owned())
-                .collect();
-            if !defaults.is_empty() {
-                let default = format!("`{}`", defaults.join(","));
-                assert!(row.contains(&default), "--{long}: {default} not in {row}");
-            }
-        }
+        let gaps = startup::config_file::docs_table_gaps(&Config::command(), doc);
+        assert!(gaps.is_empty(), "docs/signaling.md: {gaps:?}");
     }
 
     #[test]

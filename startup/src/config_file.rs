@@ -102,6 +102,49 @@ fn hide_secret_value<C: CommandFactory>(error: clap::Error) -> clap::Error {
     )
 }
 
+/// What a binary's flag table in its docs misses of `command`: a flag with no row, or a row
+/// without the flag's environment variable or default. `doc` is Markdown whose table rows
+/// start with the flag (or several) in code, then its variable and default in code. Empty when the table
+/// is whole; each binary's tests check it, so that the docs, the operator's contract, cannot
+/// drift from the flags.
+pub fn docs_table_gaps(command: &clap::Command, doc: &str) -> Vec<String> {
+    let mut gaps = Vec::new();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if arg.is_hide_set() || long == "help" || long == "version" {
+            continue;
+        }
+        // A row of flags whose first cell names this one.
+        let names = |l: &&str| {
+            let first = l.strip_prefix("| `--").and_then(|l| l.split(" | ").next());
+            first.map(|cell| format!("`--{cell}")).is_some_and(|cell| {
+                cell.match_indices(&format!("`--{long}"))
+                    .any(|(i, m)| cell[i + m.len()..].starts_with([' ', '`']))
+            })
+        };
+        let Some(row) = doc.lines().find(names) else {
+            gaps.push(format!("--{long} has no row"));
+            continue;
+        };
+        if let Some(env) = arg.get_env() {
+            let env = format!("`{}`", env.to_string_lossy());
+            if !row.contains(&env) {
+                gaps.push(format!("--{long}: {env} not in its row"));
+            }
+        }
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let default = format!("`{}`", defaults.join(","));
+        if !defaults.is_empty() && !row.contains(&default) {
+            gaps.push(format!("--{long}: default {default} not in its row"));
+        }
+    }
+    gaps
+}
+
 /// A TOML syntax error as its line and message, without the quoted source line that `toml`
 /// adds: the line may hold a secret (`api-key = "...`), and the error goes to the log.
 fn syntax_error(text: &str, error: &toml::de::Error) -> String {
