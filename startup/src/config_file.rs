@@ -104,9 +104,9 @@ fn hide_secret_value<C: CommandFactory>(error: clap::Error) -> clap::Error {
 
 /// What a binary's flag table in its docs misses of `command`: a flag with no row, or a row
 /// without the flag's environment variable or default. `doc` is Markdown whose table rows
-/// start with the flag (or several) in code, then its variable and default in code. Empty when the table
-/// is whole; each binary's tests check it, so that the docs, the operator's contract, cannot
-/// drift from the flags.
+/// start with the flag (or several) in code, then its variable and default in code. Empty
+/// when the table is whole; each binary's tests check it, so that the docs, the operator's
+/// contract, cannot drift from the flags.
 pub fn docs_table_gaps(command: &clap::Command, doc: &str) -> Vec<String> {
     let mut gaps = Vec::new();
     for arg in command.get_arguments() {
