@@ -134,8 +134,21 @@ impl Pebble {
         self.dir.join("ca.pem")
     }
 
-    /// The root that issued certificates chain to (PEM), from the management API.
+    /// The root that issued certificates chain to (PEM), from the management API: asked again
+    /// for up to 10 s while pebble's management listener, which accepts before it serves,
+    /// resets the connection or answers nothing yet.
     pub fn issuance_root(&self) -> String {
+        let mut last = String::new();
+        let root = testkit::wait_until(Duration::from_secs(10), || {
+            self.fetch_issuance_root()
+                .map_err(|error| last = error)
+                .ok()
+        });
+        root.unwrap_or_else(|| panic!("pebble /roots/0: {last}"))
+    }
+
+    /// One `GET /roots/0`: the PEM body, or what went wrong.
+    fn fetch_issuance_root(&self) -> Result<String, String> {
         let ca = std::fs::read_to_string(self.ca_pem_path()).expect("read ca.pem");
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
@@ -147,12 +160,12 @@ impl Pebble {
             .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("TLS client");
-        let tcp = TcpStream::connect(self.management).expect("connect to pebble management");
+        let tcp = TcpStream::connect(self.management).map_err(|e| format!("connect: {e}"))?;
         tcp.set_read_timeout(Some(Duration::from_secs(5))).ok();
         let mut stream = rustls::StreamOwned::new(connection, tcp);
         stream
             .write_all(b"GET /roots/0 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .expect("request /roots/0");
+            .map_err(|e| format!("request: {e}"))?;
         let mut response = String::new();
         // Go closes without close_notify sometimes: what arrived is enough.
         let _ = stream.read_to_string(&mut response);
@@ -160,11 +173,11 @@ impl Pebble {
             .split_once("\r\n\r\n")
             .map(|(_, body)| body)
             .unwrap_or_default();
-        assert!(
-            body.contains("BEGIN CERTIFICATE"),
-            "pebble /roots/0 answered {response}"
-        );
-        body.to_owned()
+        if body.contains("BEGIN CERTIFICATE") {
+            Ok(body.to_owned())
+        } else {
+            Err(format!("answered {response:?}"))
+        }
     }
 }
 
