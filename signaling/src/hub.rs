@@ -343,7 +343,11 @@ impl LocalHub {
             Some(room) if room.len() >= req.capacity(self.settings.max_peers_per_room) => {
                 return Err(RequestError::new(
                     ErrorCode::RoomFull,
-                    format!("room {} already has {} peers", req.room, room.len()),
+                    format!(
+                        "room {} already has {} peers",
+                        req.room,
+                        req.capacity(self.settings.max_peers_per_room)
+                    ),
                 ));
             }
             _ => {}

@@ -462,6 +462,12 @@ impl From<Utf8Bytes> for Refused {
 }
 
 impl Refused {
+    /// `ID-TAKEN`: another client's live session holds the id (counted as a refused resume).
+    fn id_taken(app: &AppState) -> Self {
+        app.metrics.error(ErrorCode::ResumeFailed);
+        server_message("ID-TAKEN", Some("ID is taken")).into()
+    }
+
     /// Refused for now (the store does not answer or did not record the registration, the
     /// node drains, a limit of this node):
     /// `ERROR` and 1013, never `ID-TAKEN`, which PeerJS takes as final (the client's own
@@ -541,8 +547,7 @@ async fn register(
         .await
         .map_err(|_| Refused::for_now(app, ErrorCode::Unavailable))?;
     if !taken.is_empty() {
-        app.metrics.error(ErrorCode::ResumeFailed);
-        return Err(server_message("ID-TAKEN", Some("ID is taken")).into());
+        return Err(Refused::id_taken(app));
     }
     if !ip_slot.try_join(Instant::now()) {
         app.metrics.error(ErrorCode::RateLimited);
@@ -572,9 +577,7 @@ async fn register(
         .await
         .map_err(|e| {
             if e.code == ErrorCode::RoomFull {
-                // Counted as the `ID-TAKEN` above is.
-                app.metrics.error(ErrorCode::ResumeFailed);
-                return server_message("ID-TAKEN", Some("ID is taken")).into();
+                return Refused::id_taken(app);
             }
             app.metrics.error(e.code);
             let close = match e.code.retry_class() {
