@@ -31,47 +31,36 @@ use common::{
 #[path = "../../tests/src/redis.rs"]
 mod redis;
 
+/// Broadcast flood benchmark (see the module's documentation).
+#[derive(clap::Parser)]
 struct Args {
+    /// Servers (on a private `redis-server` when more than 1).
+    #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// Flooding rooms.
+    #[arg(long, default_value_t = 1)]
     rooms: usize,
+    /// Peers per flooding room.
+    #[arg(long, default_value_t = 32)]
     room_size: usize,
+    /// Broadcasting peers per flooding room (fewer than `--room-size`).
+    #[arg(long, default_value_t = 3)]
     senders: usize,
+    /// Bytes of data per broadcast.
+    #[arg(long, default_value_t = 64_000)]
     bytes: usize,
+    /// Broadcasts per second per sender.
+    #[arg(long, default_value_t = 50.0)]
     rate: f64,
+    /// Seconds of probe before the flood.
+    #[arg(long, default_value = "5", value_parser = common::seconds)]
     baseline: Duration,
+    /// Seconds of flood.
+    #[arg(long, default_value = "20", value_parser = common::seconds)]
     duration: Duration,
-    /// More flags for the servers (`--server-args "--rate-limit 3200 --rate-burst 12800"`).
+    /// More flags for the servers, split at spaces (`--server-args "--rate-limit 3200"`).
+    #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     server_args: Vec<String>,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        nodes: 1,
-        rooms: 1,
-        room_size: 32,
-        senders: 3,
-        bytes: 64_000,
-        rate: 50.0,
-        baseline: Duration::from_secs(5),
-        duration: Duration::from_secs(20),
-        server_args: Vec::new(),
-    };
-    common::parse_flags(|flag, value| match flag {
-        "--nodes" => args.nodes = value().parse().expect("--nodes N"),
-        "--rooms" => args.rooms = value().parse().expect("--rooms N"),
-        "--room-size" => args.room_size = value().parse().expect("--room-size N"),
-        "--senders" => args.senders = value().parse().expect("--senders N"),
-        "--bytes" => args.bytes = value().parse().expect("--bytes N"),
-        "--rate" => args.rate = value().parse().expect("--rate PER_S"),
-        "--baseline" => args.baseline = Duration::from_secs(value().parse().expect("S")),
-        "--duration" => args.duration = Duration::from_secs(value().parse().expect("S")),
-        "--server-args" => {
-            args.server_args = value().split_whitespace().map(str::to_owned).collect();
-        }
-        other => panic!("unknown argument {other}"),
-    });
-    assert!(args.nodes >= 1 && args.rooms >= 1 && args.senders < args.room_size);
-    args
 }
 
 /// A node: its process (killed on drop) and its `ws://HOST:PORT` and `HOST:PORT`.
@@ -229,7 +218,8 @@ fn metric_sum(nodes: &[Node], family: &str) -> f64 {
 #[tokio::main]
 async fn main() {
     raise_fd_limit();
-    let args = parse_args();
+    let args: Args = common::parse_args();
+    assert!(args.nodes >= 1 && args.rooms >= 1 && args.senders < args.room_size);
     let redis = (args.nodes > 1).then(redis::RedisServer::start);
     let nodes: Vec<Node> = (0..args.nodes)
         .map(|_| {

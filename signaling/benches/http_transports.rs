@@ -72,63 +72,49 @@ impl Transport {
         }
     }
 
-    fn parse(name: &str) -> Self {
+    fn parse(name: &str) -> Result<Self, String> {
         match name {
-            "websocket" | "ws" => Self::WebSocket,
-            "sse" => Self::Sse,
-            "long-poll" | "poll" => Self::LongPoll,
-            other => panic!("unknown transport {other} (websocket, sse, long-poll)"),
+            "websocket" | "ws" => Ok(Self::WebSocket),
+            "sse" => Ok(Self::Sse),
+            "long-poll" | "poll" => Ok(Self::LongPoll),
+            other => Err(format!(
+                "unknown transport {other} (websocket, sse, long-poll)"
+            )),
         }
     }
 }
 
-#[derive(Debug, Clone)]
+/// HTTP transports benchmark (see the module's documentation).
+#[derive(Debug, Clone, clap::Parser)]
 struct Args {
+    /// Signals per second, all pairs of a transport together.
+    #[arg(long, default_value_t = 1_000.0)]
     rate: f64,
+    /// Sending pairs per transport.
+    #[arg(long, default_value_t = 20)]
     pairs: usize,
+    /// Seconds of sending.
+    #[arg(long, default_value = "10", value_parser = common::seconds)]
     duration: Duration,
+    /// Seconds of sending before the measurement.
+    #[arg(long, default_value = "2", value_parser = common::seconds)]
     warmup: Duration,
+    /// Idle sessions per transport.
+    #[arg(long, default_value_t = 1_000)]
     idle: usize,
+    /// The transports to measure.
+    #[arg(long, value_delimiter = ',', default_value = "websocket,sse,long-poll", value_parser = Transport::parse)]
     transports: Vec<Transport>,
+    /// The servers' `--poll-timeout`, in seconds.
+    #[arg(long = "poll-timeout", default_value_t = 25)]
     poll_timeout_s: u64,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
-    /// Passed on to every server (`--server-arg --max-http-connections --server-arg 1024`).
+    /// More flags for every server, split at spaces (`--server-args "--max-http-connections
+    /// 1024"`); one of the bench's own defaults given here replaces it.
+    #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     server_args: Vec<String>,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        rate: 1_000.0,
-        pairs: 20,
-        duration: Duration::from_secs(10),
-        warmup: Duration::from_secs(2),
-        idle: 1_000,
-        transports: vec![Transport::WebSocket, Transport::Sse, Transport::LongPoll],
-        poll_timeout_s: 25,
-        connect_concurrency: 64,
-        server_args: Vec::new(),
-    };
-    let secs = |v: String| Duration::from_secs_f64(v.parse().expect("seconds"));
-    common::parse_flags(|flag, value| match flag {
-        "--rate" => args.rate = value().parse().expect("--rate MSG_PER_S"),
-        "--pairs" => args.pairs = value().parse().expect("--pairs K"),
-        "--duration" => args.duration = secs(value()),
-        "--warmup" => args.warmup = secs(value()),
-        "--idle" => args.idle = value().parse().expect("--idle N"),
-        "--transports" => {
-            args.transports = value().split(',').map(Transport::parse).collect();
-        }
-        "--poll-timeout" => args.poll_timeout_s = value().parse().expect("--poll-timeout S"),
-        "--connect-concurrency" => args.connect_concurrency = value().parse().expect("N"),
-        "--server-arg" => args.server_args.push(value()),
-        other => panic!("unknown argument {other}"),
-    });
-    assert!(
-        args.pairs >= 1 && args.rate > 0.0,
-        "--pairs and --rate must be > 0"
-    );
-    assert!(args.connect_concurrency >= 1);
-    args
 }
 
 fn load_average() -> String {
@@ -178,7 +164,7 @@ impl Server {
         ];
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"));
         for (flag, value) in defaults {
-            // A `--server-arg` of the same flag replaces the default.
+            // A `--server-args` flag of the same name replaces the default.
             if !args.server_args.iter().any(|a| a == flag) {
                 command.args([flag, value]);
             }
@@ -1062,7 +1048,12 @@ fn table(rows: &[(String, Vec<String>)], transports: &[Transport]) -> String {
 
 #[tokio::main]
 async fn main() {
-    let args = parse_args();
+    let args: Args = common::parse_args();
+    assert!(
+        args.pairs >= 1 && args.rate > 0.0,
+        "--pairs and --rate must be > 0"
+    );
+    assert!(args.connect_concurrency >= 1);
     raise_fd_limit();
     println!(
         "{} pairs at {:.0} msg/s in total for {:.0} s (after {:.0} s warm-up); {} idle sessions; poll timeout {} s; load average {}",

@@ -49,53 +49,42 @@ mod redis;
 type Sink = SplitSink<Ws, Message>;
 
 #[derive(Debug, Clone)]
+/// Signaling load benchmark (see the module's documentation).
+#[derive(clap::Parser)]
 struct Args {
+    /// WebSocket connections in all (at least twice `--pairs`).
+    #[arg(long, default_value_t = 10_000)]
     connections: usize,
+    /// Rooms they join.
+    #[arg(long, default_value_t = 5_000)]
     rooms: usize,
+    /// Sending pairs (at most `--rooms`).
+    #[arg(long, default_value_t = 50)]
     pairs: usize,
+    /// Signals per second, all pairs together.
+    #[arg(long, default_value_t = 5_000.0)]
     rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value = "10", value_parser = common::seconds)]
     duration: Duration,
+    /// A running server to load instead of starting one.
+    #[arg(long)]
     url: Option<String>,
+    /// That server's process, for its CPU and memory.
+    #[arg(long)]
     pid: Option<u32>,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
+    /// Servers to start (on a private `redis-server` when more than 1).
+    #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// After sending, kill node 1 and time its clients' resumes elsewhere (cluster mode).
+    #[arg(long)]
     failover: bool,
+    /// Number the signals (`cseq`): what exactly-once sending costs.
+    #[arg(long)]
     numbered: bool,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        connections: 10_000,
-        rooms: 5_000,
-        pairs: 50,
-        rate: 5_000.0,
-        duration: Duration::from_secs(10),
-        url: None,
-        pid: None,
-        connect_concurrency: 64,
-        nodes: 1,
-        failover: false,
-        numbered: false,
-    };
-    common::parse_flags(|flag, value| match flag {
-        "--connections" => args.connections = value().parse().expect("--connections N"),
-        "--rooms" => args.rooms = value().parse().expect("--rooms M"),
-        "--pairs" => args.pairs = value().parse().expect("--pairs K"),
-        "--rate" => args.rate = value().parse().expect("--rate MSG_PER_S"),
-        "--duration" => {
-            args.duration = Duration::from_secs_f64(value().parse().expect("--duration S"))
-        }
-        "--url" => args.url = Some(value()),
-        "--pid" => args.pid = Some(value().parse().expect("--pid PID")),
-        "--connect-concurrency" => args.connect_concurrency = value().parse().expect("N"),
-        "--nodes" => args.nodes = value().parse().expect("--nodes N"),
-        "--failover" => args.failover = true,
-        "--numbered" => args.numbered = true,
-        other => panic!("unknown argument {other}"),
-    });
-    assert!(args.rooms >= 1 && args.connections >= 2 * args.pairs.max(1));
-    assert!(args.pairs <= args.rooms, "--pairs must be <= --rooms");
-    args
 }
 
 struct ServerProcess {
@@ -377,7 +366,9 @@ fn spawn_reader(
 
 #[tokio::main]
 async fn main() {
-    let args = parse_args();
+    let args: Args = common::parse_args();
+    assert!(args.rooms >= 1 && args.connections >= 2 * args.pairs.max(1));
+    assert!(args.pairs <= args.rooms, "--pairs must be <= --rooms");
     raise_fd_limit();
     let mut servers = Servers::start(&args);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -112,10 +112,7 @@ impl ClientRequest {
     pub fn check_open(&self, app: &AppState) -> Result<(), RequestError> {
         self.check_origin(app)?;
         if app.hub.is_draining() {
-            return Err(RequestError::new(
-                ErrorCode::Draining,
-                "the server is shutting down",
-            ));
+            return Err(RequestError::draining());
         }
         Ok(())
     }

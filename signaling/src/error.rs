@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, RoomId};
 
 /// A client-caused failure: answered with `{"type":"error","code":...}`, counted, and the
 /// connection decides whether to continue or close.
@@ -30,6 +30,35 @@ impl RequestError {
     /// words on a live socket or later (an end by the memory budget said more at the time).
     pub(crate) fn ended(code: ErrorCode) -> Self {
         Self::new(code, crate::hub::ended_message(code))
+    }
+
+    /// The refusal of a join or resume while the server drains.
+    pub(crate) fn draining() -> Self {
+        Self::new(ErrorCode::Draining, "the server is shutting down")
+    }
+
+    /// The refusal of a new session past `--max-sessions`.
+    pub(crate) fn too_many_sessions() -> Self {
+        Self::new(
+            ErrorCode::TooManySessions,
+            "the server holds its maximum number of sessions",
+        )
+    }
+
+    /// The refusal of a new room past `--max-rooms`.
+    pub(crate) fn too_many_rooms() -> Self {
+        Self::new(
+            ErrorCode::TooManyRooms,
+            "the server holds its maximum number of rooms",
+        )
+    }
+
+    /// The refusal of a join to `room`, which holds its `capacity` of peers.
+    pub(crate) fn room_full(room: &RoomId, capacity: usize) -> Self {
+        Self::new(
+            ErrorCode::RoomFull,
+            format!("room {room} already has {capacity} peers"),
+        )
     }
 }
 

@@ -322,32 +322,19 @@ impl LocalHub {
     ) -> Result<Attached, RequestError> {
         let mut st = self.lock_at(now);
         if st.draining {
-            return Err(RequestError::new(
-                ErrorCode::Draining,
-                "the server is shutting down",
-            ));
+            return Err(RequestError::draining());
         }
         if st.sessions.len() >= self.settings.max_sessions {
-            return Err(RequestError::new(
-                ErrorCode::TooManySessions,
-                "the server holds its maximum number of sessions",
-            ));
+            return Err(RequestError::too_many_sessions());
         }
         match st.rooms.get(&req.room) {
             None if st.rooms.len() >= self.settings.max_rooms => {
-                return Err(RequestError::new(
-                    ErrorCode::TooManyRooms,
-                    "the server holds its maximum number of rooms",
-                ));
+                return Err(RequestError::too_many_rooms());
             }
             Some(room) if room.len() >= req.capacity(self.settings.max_peers_per_room) => {
-                return Err(RequestError::new(
-                    ErrorCode::RoomFull,
-                    format!(
-                        "room {} already has {} peers",
-                        req.room,
-                        req.capacity(self.settings.max_peers_per_room)
-                    ),
+                return Err(RequestError::room_full(
+                    &req.room,
+                    req.capacity(self.settings.max_peers_per_room),
                 ));
             }
             _ => {}
@@ -430,10 +417,7 @@ impl LocalHub {
         let (key, secret) = parse_token(&req.token).ok_or_else(unknown)?;
         let mut st = self.lock_at(now);
         if st.draining && req.announce {
-            return Err(RequestError::new(
-                ErrorCode::Draining,
-                "the server is shutting down",
-            ));
+            return Err(RequestError::draining());
         }
         if let Some(code) = st.sessions.tombstone(key, secret) {
             return Err(RequestError::ended(code));

@@ -5,6 +5,7 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use futures_util::{Sink, SinkExt as _, StreamExt as _};
 use signaling::protocol::{
@@ -18,17 +19,18 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// A benchmark client's WebSocket.
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Hands each of the benchmark's flags to `apply` with a `value()` that takes the flag's value
-/// (and panics when there is none); skips `--bench`, which `cargo bench` passes.
-pub(crate) fn parse_flags(mut apply: impl FnMut(&str, &mut dyn FnMut() -> String)) {
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag != "--bench" {
-            apply(&flag, &mut || {
-                it.next().unwrap_or_else(|| panic!("{flag} needs a value"))
-            });
-        }
-    }
+/// A duration flag's value: seconds, fractions allowed (`--duration 2.5`).
+pub(crate) fn seconds(value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("{value:?} is not a number of seconds"))
+}
+
+/// Parses the benchmark's flags, leaving out `--bench`, which `cargo bench` passes.
+pub(crate) fn parse_args<A: clap::Parser>() -> A {
+    A::parse_from(std::env::args().filter(|a| a != "--bench"))
 }
 
 pub(crate) fn raise_fd_limit() {

@@ -378,17 +378,11 @@ impl LocalState {
     fn has_room_for(&self, room: &RoomId, settings: &HubSettings) -> Result<(), RequestError> {
         let sessions = self.attached.len() + self.parked.len() + self.moving_in.len();
         if sessions >= settings.max_sessions {
-            return Err(RequestError::new(
-                ErrorCode::TooManySessions,
-                "the server holds its maximum number of sessions",
-            ));
+            return Err(RequestError::too_many_sessions());
         }
         let known = self.rooms.contains_key(room) || self.moving_in_rooms.contains_key(room);
         if !known && self.rooms.len() + self.moving_in_rooms.len() >= settings.max_rooms {
-            return Err(RequestError::new(
-                ErrorCode::TooManyRooms,
-                "the server holds its maximum number of rooms",
-            ));
+            return Err(RequestError::too_many_rooms());
         }
         Ok(())
     }
@@ -527,10 +521,7 @@ impl ClusterHub {
     /// `Ok` while the node takes new sessions and resumes: not draining, Redis reachable.
     fn accepting(&self) -> Result<(), RequestError> {
         if self.is_draining() {
-            return Err(RequestError::new(
-                ErrorCode::Draining,
-                "the server is shutting down",
-            ));
+            return Err(RequestError::draining());
         }
         if !self.is_available() {
             return Err(Self::unavailable());
@@ -731,13 +722,9 @@ impl ClusterHub {
                     return Ok((peer, token));
                 }
                 "room_full" => {
-                    return Err(RequestError::new(
-                        ErrorCode::RoomFull,
-                        format!(
-                            "room {} already has {} peers",
-                            req.room,
-                            req.capacity(self.settings.max_peers_per_room)
-                        ),
+                    return Err(RequestError::room_full(
+                        &req.room,
+                        req.capacity(self.settings.max_peers_per_room),
                     ));
                 }
                 _ => continue, // "peer_taken": draw another peer id
