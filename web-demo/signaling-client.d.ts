@@ -116,6 +116,15 @@ export interface SignalingClientOptions {
   sseFirstByteMs?: number;
   /** Long-polling: a poll unanswered this long is taken as lost (default 40000). */
   pollTimeoutMs?: number;
+  /**
+   * On SSE or long-polling, with 'websocket' before that transport in `transports`: a WebSocket
+   * is tried again after this long, then after twice as long each time, up to 10 minutes
+   * (default 30000; 0: never). The try opens a WebSocket beside the HTTP link and resumes the
+   * session on it: answered, the session continues on the WebSocket (a 'resumed' and a
+   * 'transport' event; the state stays 'joined'; requests wait for the 'resumed'); refused or
+   * unanswered within connectTimeoutMs, it stays on the HTTP link, unnoticed.
+   */
+  upgradeProbeMs?: number;
   /** The fetch function of the HTTP transports (default globalThis.fetch). */
   fetch?: typeof fetch;
 }
@@ -177,6 +186,8 @@ export declare class SignalingClient extends EventTarget {
      * the round: long-polling would fail the same way), so this grows by one a reconnect.
      */
     fallbacks: number;
+    /** Sessions moved from an HTTP transport back onto a WebSocket (upgradeProbeMs). */
+    upgrades: number;
   };
   /**
    * Connects and joins; resolves with the first welcome, rejects on a refusal (room_full,

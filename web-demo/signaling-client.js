@@ -12,7 +12,9 @@
 // Transports (docs/protocol.md, "When WebSockets are blocked"): a WebSocket first; when the
 // upgrade fails, or the socket dies before any frame (or, twice in a row, abnormally within a
 // few seconds of opening), SSE + POST, then long-polling. The transport that worked is
-// remembered for the page's lifetime (per server), so later connections start there.
+// remembered for the page's lifetime (per server), so later connections start there. A session
+// on an HTTP transport tries a WebSocket again after `upgradeProbeMs` (then after twice as long
+// each time, up to 10 minutes): one that resumes the session takes it over with no reconnect.
 // `options.transports` limits or reorders the list (e.g. ['long-poll']). Over HTTP the protocol
 // is the same: the session token is the resume token, frames sent are POSTed in batches, a
 // broken stream or poll is reopened from the last seq within the resume grace period.
@@ -97,6 +99,9 @@ const codesOfClass = (retry) =>
   new Set(Object.entries(CLIENT_RULES.errors).filter(([, r]) => r.retry === retry).map(([c]) => c));
 /** Error codes that end the attempt to join, or a joined session: retrying cannot help. */
 const FATAL_JOIN_CODES = codesOfClass('fatal');
+/** The longest wait between two tries of a WebSocket from an HTTP transport (upgradeProbeMs). */
+const UPGRADE_PROBE_MAX_MS = 600000;
+
 /** Error codes that end the session on the server: a fresh join is needed. */
 const SESSION_ENDING_CODES = codesOfClass('rejoin');
 
@@ -128,6 +133,11 @@ const DEFAULTS = Object.freeze({
   sseFirstByteMs: 4000,
   /** Long-polling: a poll unanswered this long is taken as lost (the server answers within 25 s). */
   pollTimeoutMs: 40000,
+  /**
+   * On SSE or long-polling with 'websocket' before it in `transports`: try a WebSocket again
+   * after this long, then after twice as long each time, up to 10 minutes (0: never).
+   */
+  upgradeProbeMs: 30000,
   /** The fetch function of the HTTP transports. */
   fetch: globalThis.fetch?.bind(globalThis),
 });
@@ -168,6 +178,8 @@ export class SignalingClient extends EventTarget {
       streamReconnects: 0,
       /** Transports given up on for the next one (a blocked WebSocket, a buffered event stream). */
       fallbacks: 0,
+      /** Sessions moved from an HTTP transport back onto a WebSocket (upgradeProbeMs). */
+      upgrades: 0,
     };
     /** @type {'websocket'|'sse'|'long-poll'|null} the transport of the current (or last) session */
     this.transport = null;
@@ -194,6 +206,12 @@ export class SignalingClient extends EventTarget {
     this._drainDelayMs = null;
     this._holdUntil = 0;
     this._firstJoin = null;
+    // Back to WebSocket: the next probe's delay, its timer, the probe socket, and whether the
+    // session is moving onto it (requests wait until its `resumed`).
+    this._upgradeDelayMs = null;
+    this._upgradeTimer = null;
+    this._probe = null;
+    this._switching = false;
     /** The error the server answered the current attempt with ({ code, message }), for the reconnecting state. */
     this._serverError = null;
     this._onOnline = () => { if (this.state === 'reconnecting') this.reconnectNow(); };
@@ -231,7 +249,7 @@ export class SignalingClient extends EventTarget {
    * `bytes_received`. Sent only while joined (a stale report is worth nothing after a reconnect).
    */
   reportStats(peer, report) {
-    if (this.state !== 'joined' || this._ws?.readyState !== 1) return false;
+    if (this.state !== 'joined' || this._switching || this._ws?.readyState !== 1) return false;
     const msg = { type: 'stats', id: this._nextId++, peer, ...report };
     // The caller never saw this id (the call returns a boolean): the error names no `ref`.
     if (!this._fits(msg, false)) return false;
@@ -468,6 +486,8 @@ export class SignalingClient extends EventTarget {
   _onSocketGone(ws, reason, closeEvent) {
     if (ws !== this._ws) return;
     this._detach(ws);
+    this._switching = false;
+    this._endProbe();
     this._ws = null;
     clearInterval(this._pingTimer);
     this._pingTimer = null;
@@ -539,6 +559,110 @@ export class SignalingClient extends EventTarget {
     const { initialMs, maxMs, factor, jitter } = this.options.backoff;
     const delay = Math.min(maxMs, initialMs * factor ** (attempt - 1));
     return Math.round(delay * (1 - jitter * Math.random()));
+  }
+
+  // --- back to WebSocket ---
+
+  /**
+   * On an HTTP link with 'websocket' before its transport in the list: a WebSocket is tried
+   * again after the probe delay (a server that refused WebSockets for a while, a proxy that
+   * stopped blocking them).
+   */
+  _scheduleUpgrade(link) {
+    clearTimeout(this._upgradeTimer);
+    this._upgradeTimer = null;
+    const first = Number(this.options.upgradeProbeMs);
+    const wsIndex = this._transports.indexOf('websocket');
+    if (!(first > 0) || !(link instanceof HttpLink) || this._probe) return;
+    if (wsIndex < 0 || wsIndex > this._transports.indexOf(this._linkKind)) return;
+    const delay = this._upgradeDelayMs ?? first;
+    this._upgradeTimer = setTimeout(() => { this._upgradeTimer = null; this._probeWebSocket(link); }, delay);
+  }
+
+  /**
+   * Opens a WebSocket beside the HTTP link and resumes the session on it. A refusal (or no
+   * answer within connectTimeoutMs) leaves the session on the HTTP link; any frame of the
+   * session means the server moved it onto the WebSocket, which becomes the link.
+   */
+  _probeWebSocket(link) {
+    if (link !== this._ws || this.state !== 'joined' || this._switching || !this.session) return;
+    const delay = this._upgradeDelayMs ?? Number(this.options.upgradeProbeMs);
+    this._upgradeDelayMs = Math.min(UPGRADE_PROBE_MAX_MS, 2 * delay);
+    let ws;
+    try { ws = new this.options.WebSocket(this.url); } catch { this._scheduleUpgrade(link); return; }
+    const id = this._nextId++;
+    const probe = { ws, timer: null };
+    this._probe = probe;
+    const giveUp = () => {
+      if (this._probe !== probe) return;
+      this._endProbe();
+      if (link === this._ws && this.state === 'joined') this._scheduleUpgrade(link);
+    };
+    probe.timer = setTimeout(giveUp, this.options.connectTimeoutMs);
+    ws.onopen = () => {
+      if (this._probe !== probe || !this.session) { giveUp(); return; }
+      ws.send(JSON.stringify({
+        type: 'resume', id, versions: PROTOCOL_VERSIONS, resume_token: this.session.resume_token, last_seq: this.lastSeq,
+      }));
+    };
+    ws.onmessage = (ev) => {
+      let seq = 0;
+      try { seq = Number(JSON.parse(ev.data).seq) || 0; } catch { /* not the protocol */ }
+      // A refusal (seq 0: draining, a full node ...): the session stays on the HTTP link.
+      if (seq <= 0 || this._probe !== probe || link !== this._ws) { giveUp(); return; }
+      clearTimeout(probe.timer);
+      this._probe = null;
+      this._moveOnto(link, ws, ev.data);
+    };
+    ws.onclose = giveUp;
+    ws.onerror = () => { /* always followed by close */ };
+  }
+
+  /** Closes a probe WebSocket that has not taken the session (if any). */
+  _endProbe() {
+    clearTimeout(this._upgradeTimer);
+    this._upgradeTimer = null;
+    const probe = this._probe;
+    if (!probe) return;
+    this._probe = null;
+    clearTimeout(probe.timer);
+    probe.ws.onopen = probe.ws.onmessage = probe.ws.onclose = probe.ws.onerror = null;
+    try { probe.ws.close(1000, 'upgrade probe'); } catch { /* closing already */ }
+  }
+
+  /**
+   * The server moved the session from the HTTP link onto `ws` (the first frame of its answer
+   * is `first`): `ws` becomes the link. Requests wait until its `resumed`, which sends first,
+   * in order, what the server had not handled (as after any resume); what the HTTP link had
+   * queued goes on `ws`.
+   */
+  _moveOnto(link, ws, first) {
+    this._detach(link);
+    this._requeue(link.takeUnsent?.() || []);
+    try { link.close(); } catch { /* closed already */ }
+    clearInterval(this._pingTimer);
+    this._pingTimer = null;
+    this._switching = true;
+    this._ws = ws;
+    this._opened = true;
+    this._linkKind = 'websocket';
+    this._transportIndex = this._transports.indexOf('websocket');
+    this._linkFrames = 0;
+    this._linkWorked = false;
+    this._linkOpenedAt = Date.now();
+    this._earlyCloses = 0;
+    this.stats.upgrades += 1;
+    ws.onmessage = (ev) => this._onFrame(ws, ev.data);
+    ws.onclose = (ev) => this._onSocketGone(ws, 'closed', ev);
+    ws.onerror = () => { /* always followed by close */ };
+    clearTimeout(this._connectTimer);
+    this._connectTimer = setTimeout(() => {
+      if (this._ws === ws && this._switching) {
+        try { ws.close(4001, 'connect timeout'); } catch { /* ignore */ }
+        this._onSocketGone(ws, 'timeout');
+      }
+    }, this.options.connectTimeoutMs);
+    this._onFrame(ws, first);
   }
 
   // --- incoming frames ---
@@ -688,12 +812,14 @@ export class SignalingClient extends EventTarget {
     this._attempt = 0;
     this._serverError = null;
     this._holdUntil = 0;
+    this._switching = false;
     clearTimeout(this._connectTimer);
     ws.configure?.(this.session);
     this._setState('joined');
     this._startPings(ws);
     const queued = this._outbox.splice(0);
     for (const msg of queued) this._send(msg);
+    this._scheduleUpgrade(ws);
   }
 
   _onError(ws, frame) {
@@ -749,7 +875,7 @@ export class SignalingClient extends EventTarget {
     const id = this._nextId++;
     const full = { ...msg, id };
     this._remember(full);
-    if (this.state === 'joined' && this._ws?.readyState === 1) this._send(full);
+    if (this.state === 'joined' && !this._switching && this._ws?.readyState === 1) this._send(full);
     else if (this.state !== 'closed' && this.state !== 'failed') this._outbox.push(full);
     return id;
   }
@@ -870,6 +996,7 @@ export class SignalingClient extends EventTarget {
     clearInterval(this._pingTimer);
     clearTimeout(this._confirmTimer);
     this._retryTimer = this._connectTimer = this._ackTimer = this._pingTimer = this._confirmTimer = null;
+    this._endProbe();
   }
 
   _setState(state, extra = {}) {
