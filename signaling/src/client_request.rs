@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use crate::AppState;
 use crate::auth::Claims;
 use crate::client_ip::{IpSlot, client_ip};
-use crate::error::RequestError;
+use crate::error::{RequestError, Unavailable};
 use crate::protocol::ErrorCode;
 
 /// Initial read buffer of a socket. tungstenite allocates it up front (its default is 128 KiB);
@@ -120,10 +120,7 @@ impl ClientRequest {
     fn try_admit_socket(&self, app: &AppState) -> Result<IpSlot, RequestError> {
         self.check_open(app)?;
         if !app.hub.is_available() {
-            return Err(RequestError::new(
-                ErrorCode::Unavailable,
-                "the server cannot reach its shared store",
-            ));
+            return Err(RequestError::unavailable(Unavailable::StoreUnreachable));
         }
         Self::connection_room(app)?;
         self.address_slot(app)

@@ -32,6 +32,22 @@ impl RequestError {
         Self::new(code, crate::hub::ended_message(code))
     }
 
+    /// `unavailable` (close 1013, HTTP 503): a cluster node cannot serve the request now; the
+    /// client tries again shortly, on any node.
+    pub(crate) fn unavailable(why: Unavailable) -> Self {
+        Self::new(
+            ErrorCode::Unavailable,
+            match why {
+                Unavailable::StoreUnreachable => {
+                    "the server cannot reach its shared store: try again shortly"
+                }
+                Unavailable::RoomMoving => {
+                    "the room is moving between the nodes of the shared store: try again shortly"
+                }
+            },
+        )
+    }
+
     /// The refusal of a join or resume while the server drains.
     pub(crate) fn draining() -> Self {
         Self::new(ErrorCode::Draining, "the server is shutting down")
@@ -60,6 +76,16 @@ impl RequestError {
             format!("room {room} already has {capacity} peers"),
         )
     }
+}
+
+/// Why a cluster node cannot serve a request now ([`RequestError::unavailable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Its shared store (Redis) does not answer.
+    StoreUnreachable,
+    /// The request's room is moving between the nodes of a Redis Cluster (resharding): that
+    /// room's requests fail until the move ends; the node and its other rooms are fine.
+    RoomMoving,
 }
 
 /// A fault that stops the server.

@@ -19,7 +19,7 @@ use axum::extract::ws::Utf8Bytes;
 use crate::admin::{PeerView, RoomSnapshot};
 use crate::api::{PeerEntry, RoomView, Transport};
 use crate::client_ip::SessionTicket;
-use crate::error::RequestError;
+use crate::error::{RequestError, Unavailable};
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 pub use crate::outbound::{Outbound, OutboundRx, OutboundTx};
@@ -152,9 +152,9 @@ pub enum Flow {
     Left,
     /// The session is gone or belongs to another socket now: close without detaching.
     Gone,
-    /// The server cannot serve the session right now (cluster mode, Redis unreachable): close
-    /// with 1013 so the client resumes shortly.
-    Retry,
+    /// The server cannot serve the session right now (cluster mode: Redis unreachable, or the
+    /// room moving between Redis Cluster nodes): close with 1013 so the client resumes shortly.
+    Retry(Unavailable),
 }
 
 /// What handling one request came to ([`LocalHub::handle`]).

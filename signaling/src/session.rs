@@ -380,11 +380,8 @@ impl SocketTask {
                 self.conn.close(close_code::POLICY, "session gone").await;
                 Step::Stop(LeaveReason::Disconnected)
             }
-            Flow::Retry => {
-                let error = RequestError::new(
-                    ErrorCode::Unavailable,
-                    "the server cannot reach its shared store: resume shortly",
-                );
+            Flow::Retry(why) => {
+                let error = RequestError::unavailable(why);
                 // The request that failed is named, so its client knows it was not taken.
                 self.send_direct(error, reference).await;
                 // A `leave` the client sent behind it (read while the close waits for the

@@ -434,7 +434,7 @@ impl YConnection {
             .await;
         match flow {
             Flow::Continue => Ok(()),
-            Flow::Retry => Err(Some((1013, "unavailable"))),
+            Flow::Retry(_) => Err(Some((1013, "unavailable"))),
             // The hub ended the session (slow consumer, budget) and its close waits behind the
             // frames still queued for it: close now, as that close would (dropping the topic
             // instead would leave the client subscribed to nothing without knowing it).

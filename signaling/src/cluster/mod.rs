@@ -34,7 +34,7 @@ use axum::extract::ws::Utf8Bytes;
 use crate::admin::{PeerView, RoomSnapshot};
 use crate::api::{PeerEntry, RoomView, Transport};
 use crate::client_ip::SessionTicket;
-use crate::error::RequestError;
+use crate::error::{RequestError, Unavailable};
 use crate::hub::{
     Attached, ConnId, Flow, HubSettings, JoinRequest, OutboundTx, Request, ResumeFrom,
     ResumeRequest, SessionKey, encode,
@@ -524,16 +524,9 @@ impl ClusterHub {
             return Err(RequestError::draining());
         }
         if !self.is_available() {
-            return Err(Self::unavailable());
+            return Err(RequestError::unavailable(Unavailable::StoreUnreachable));
         }
         Ok(())
-    }
-
-    fn unavailable() -> RequestError {
-        RequestError::new(
-            ErrorCode::Unavailable,
-            "the server cannot reach its shared store: try again shortly",
-        )
     }
 
     /// How long the tombstone of an ended session lives, in ms: one resume grace period.
@@ -545,15 +538,17 @@ impl ClusterHub {
     /// because its room's slot is moving (resharding a Redis Cluster) failed before it wrote
     /// and says nothing of the other rooms: it is no outage of the node (its caller closes
     /// that session's socket with 1013, or retries a park or a leave at the next heartbeat).
-    fn store_failed(&self, what: &str, error: &StoreError) {
+    /// Returns which of the two it was, for the client's `unavailable`.
+    fn store_failed(&self, what: &str, error: &StoreError) -> Unavailable {
         tracing::warn!(%error, what, "redis call failed");
         self.metrics.cluster_store_error();
         if error.is_slot_moving() {
-            return;
+            return Unavailable::RoomMoving;
         }
         if self.store_ok.swap(false, Ordering::AcqRel) {
             self.outage(Outage::Store);
         }
+        Unavailable::StoreUnreachable
     }
 
     fn session_info(
@@ -711,8 +706,7 @@ impl ClusterHub {
             let reply = match reply {
                 Ok(reply) => reply,
                 Err(e) => {
-                    self.store_failed("join", &e);
-                    return Err(Self::unavailable());
+                    return Err(RequestError::unavailable(self.store_failed("join", &e)));
                 }
             };
             self.end_overflowed(&req.room, &reply).await;
@@ -744,10 +738,7 @@ impl ClusterHub {
         self.store
             .add_to_set(&index, &index_entry(room, key), self.store_ttl())
             .await
-            .map_err(|e| {
-                self.store_failed("index", &e);
-                Self::unavailable()
-            })
+            .map_err(|e| RequestError::unavailable(self.store_failed("index", &e)))
     }
 
     /// Removes a session from `node`'s index.
@@ -777,7 +768,7 @@ impl ClusterHub {
         }
         let mut st = self.lock();
         if st.reconciling.contains(&key) {
-            return Err(Self::unavailable());
+            return Err(RequestError::unavailable(Unavailable::StoreUnreachable));
         }
         st.has_room_for(room, &self.settings)?;
         st.reserve_move(key, room);
@@ -804,7 +795,7 @@ impl ClusterHub {
         if req.announce || !here {
             self.accepting()?;
         } else if !self.is_available() {
-            return Err(Self::unavailable());
+            return Err(RequestError::unavailable(Unavailable::StoreUnreachable));
         }
         // A session from another node counts here from now: it must fit this node's limits
         // (else sessions moved over by resumes would escape every one of them). `in_flight`
@@ -950,7 +941,7 @@ impl ClusterHub {
                 });
             }
             if Instant::now() >= deadline {
-                return Err(Self::unavailable());
+                return Err(RequestError::unavailable(Unavailable::StoreUnreachable));
             }
             tokio::time::sleep(RESUME_WAIT_POLL).await;
         }
@@ -968,8 +959,7 @@ impl ClusterHub {
         let reply = match self.store.call(Op::Resume, room, &args).await {
             Ok(reply) => reply,
             Err(e) => {
-                self.store_failed("resume", &e);
-                return Err(Self::unavailable());
+                return Err(RequestError::unavailable(self.store_failed("resume", &e)));
             }
         };
         self.end_overflowed(room, &reply).await;
@@ -1064,7 +1054,7 @@ impl ClusterHub {
         // Refused at once while Redis is known to be away, as upgrades and stream requests are
         // (not after a `--redis-timeout` of its own).
         if !self.is_available() {
-            return Err(Self::unavailable());
+            return Err(RequestError::unavailable(Unavailable::StoreUnreachable));
         }
         let reply = self
             .store
@@ -1074,10 +1064,7 @@ impl ClusterHub {
                 &[&sid(key), &secret_hash(secret_hex), peer.as_str()],
             )
             .await
-            .map_err(|e| {
-                self.store_failed("check", &e);
-                Self::unavailable()
-            })?;
+            .map_err(|e| RequestError::unavailable(self.store_failed("check", &e)))?;
         match reply.status.as_str() {
             "ok" => {}
             "ended" => return Err(ended(&reply)),
@@ -1197,8 +1184,7 @@ impl ClusterHub {
                             st.pending_leave.push(PendingLeave { room, key, guard });
                         }
                         drop(st);
-                        self.store_failed("leave", &e);
-                        Flow::Retry
+                        Flow::Retry(self.store_failed("leave", &e))
                     }
                 };
             }
@@ -1241,10 +1227,7 @@ impl ClusterHub {
                 self.end_overflowed(&room, &reply).await;
                 Flow::Continue
             }
-            Err(e) => {
-                self.store_failed("request", &e);
-                Flow::Retry
-            }
+            Err(e) => Flow::Retry(self.store_failed("request", &e)),
         }
     }
 
@@ -1313,7 +1296,9 @@ impl ClusterHub {
                     }
                 }
             }
-            Err(e) => self.store_failed("error reply", &e),
+            Err(e) => {
+                self.store_failed("error reply", &e);
+            }
         }
     }
 
@@ -1532,7 +1517,9 @@ impl ClusterHub {
                         self.lock().unpark(key);
                     }
                 }
-                Err(e) => self.store_failed("expire", &e),
+                Err(e) => {
+                    self.store_failed("expire", &e);
+                }
             }
         }
         for (key, room, peer) in refresh {

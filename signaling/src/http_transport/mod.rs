@@ -317,10 +317,7 @@ async fn try_send(
             ErrorCode::ResumeFailed,
             "unknown or expired session",
         ))),
-        Ok(Flow::Retry) => Err(plain(RequestError::new(
-            ErrorCode::Unavailable,
-            "the server cannot reach its shared store: retry shortly",
-        ))),
+        Ok(Flow::Retry(why)) => Err(plain(RequestError::unavailable(why))),
         Err(error) => Err(plain(error)),
     }
 }

@@ -672,8 +672,17 @@ async fn a_numbered_signal_sent_while_its_rooms_slot_moves_is_not_lost() {
     // Signal 2 meets the slot half moved.
     a.send(&numbered_signal(&b_info.peer_id, 2)).await;
     let a_seen = a.last_seq;
-    let (_, closed) = a.frames_for(Duration::from_secs(10)).await;
+    let (frames, closed) = a.frames_for(Duration::from_secs(10)).await;
     assert_eq!(closed, Some(Closed::Code(1013)));
+    // Told why: the room is moving, not a store the node cannot reach.
+    assert!(
+        frames.iter().any(|f| matches!(
+            &f.message,
+            ServerMessage::Error { code: ErrorCode::Unavailable, message, .. }
+                if message.contains("room is moving")
+        )),
+        "{frames:?}"
+    );
     // Another room, in another slot, was not cut off.
     assert_ne!(steady_slot, slot);
     steady.sync().await;
