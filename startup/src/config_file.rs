@@ -51,9 +51,10 @@ where
     T: Into<OsString> + Clone,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let from_env = |var: &str| std::env::var_os(var).is_some();
     let mut matches = C::command()
         .try_get_matches_from(&args)
-        .map_err(hide_secret_value::<C>)?;
+        .map_err(|e| explain_invalid_value::<C>(e, &args, from_env))?;
     if let Some(path) = matches.get_one::<PathBuf>(CONFIG_ARG).cloned() {
         let mut file_args = file_arguments::<C>(&path, &matches)?;
         if !file_args.is_empty() {
@@ -65,7 +66,7 @@ where
                 .try_get_matches_from(merged)
                 .map_err(|e| ConfigError::File {
                     path: path.clone(),
-                    message: hide_secret_value::<C>(e).to_string(),
+                    message: explain_invalid_value::<C>(e, &args, from_env).to_string(),
                 })?;
         }
     }
@@ -73,32 +74,66 @@ where
     Ok((config, matches))
 }
 
-/// `error` without the value it quotes when that value was given to a flag that takes a secret
-/// ([`crate::summary::is_secret`]: `--user NAME:PASSWORD`, `--turn-secret SECRET`): a mistyped
-/// one (`alice;password`) is still a password, and the error goes to the terminal or, on a
-/// reload, to the log. The same kind of error, saying which flag and why.
-fn hide_secret_value<C: CommandFactory>(error: clap::Error) -> clap::Error {
+/// clap's error about an invalid value, said better in two cases (the same kind of error,
+/// naming the flag and why):
+/// - the value was given to a flag that takes a secret ([`crate::summary::is_secret`]:
+///   `--user NAME:PASSWORD`, `--turn-secret SECRET`): it is not quoted, for a mistyped one
+///   (`alice;password`) is still a password, and the error goes to the terminal or, on a
+///   reload, to the log;
+/// - it came from the flag's environment variable (`is_set(VAR)`, and the flag is not among
+///   `args`, whose first is the program): the variable is named, as clap names only the flag.
+fn explain_invalid_value<C: CommandFactory>(
+    error: clap::Error,
+    args: &[OsString],
+    is_set: impl Fn(&str) -> bool,
+) -> clap::Error {
     use clap::error::{ContextKind, ContextValue};
     let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
         return error;
     };
     let command = C::command();
-    let secret = command.get_arguments().any(|a| {
-        crate::summary::is_secret(a)
-            && a.get_long().is_some_and(|long| {
-                arg.strip_prefix("--")
-                    .is_some_and(|rest| rest.split([' ', '=']).next() == Some(long))
-            })
+    let Some(flag) = command.get_arguments().find(|a| {
+        a.get_long().is_some_and(|long| {
+            arg.strip_prefix("--")
+                .is_some_and(|rest| rest.split([' ', '=']).next() == Some(long))
+        })
+    }) else {
+        return error;
+    };
+    let long = flag.get_long().unwrap_or_default();
+    let on_the_command_line = args.iter().skip(1).any(|a| {
+        a.to_str().is_some_and(|a| {
+            a.strip_prefix("--")
+                .and_then(|rest| rest.split('=').next())
+                .is_some_and(|name| name == long)
+        })
     });
-    if !secret {
+    let variable = flag
+        .get_env()
+        .and_then(|var| var.to_str())
+        .filter(|var| is_set(var) && !on_the_command_line);
+    let secret = crate::summary::is_secret(flag);
+    if variable.is_none() && !secret {
         return error;
     }
+    let value = match error.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) if !secret => format!(" '{value}'"),
+        _ => String::new(),
+    };
+    let hidden = if secret {
+        " (not shown: it holds a secret)"
+    } else {
+        ""
+    };
+    let origin = variable
+        .map(|var| format!(" from the environment variable {var}"))
+        .unwrap_or_default();
     let why = std::error::Error::source(&error)
         .map(|source| format!(": {source}"))
         .unwrap_or_default();
     C::command().error(
         error.kind(),
-        format!("invalid value for '{arg}' (not shown: it holds a secret){why}"),
+        format!("invalid value{value}{hidden} for '{arg}'{origin}{why}"),
     )
 }
 
@@ -324,6 +359,45 @@ mod tests {
             panic!("accepted");
         };
         assert!(e.to_string().contains("'many'"), "{e}");
+    }
+
+    /// A value from a flag's environment variable: the error names the variable (clap names
+    /// the flag only); one given on the command line, or to a flag without a variable, is
+    /// left as clap says it.
+    #[test]
+    fn an_invalid_value_from_the_environment_names_the_variable() {
+        #[derive(Debug, Parser)]
+        struct WithEnv {
+            #[arg(long, env = "STARTUP_TEST_WORKERS")]
+            workers: u32,
+        }
+        let error = |args: &[&str]| {
+            // clap read the variable; which one it was is the question.
+            WithEnv::command()
+                .try_get_matches_from(["prog", "--workers", "many"])
+                .map(|_| ())
+                .map_err(|e| {
+                    let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+                    explain_invalid_value::<WithEnv>(e, &args, |var| var == "STARTUP_TEST_WORKERS")
+                        .to_string()
+                })
+                .unwrap_err()
+        };
+        let text = error(&["prog"]);
+        assert!(
+            text.contains(
+                "invalid value 'many' for '--workers <WORKERS>' from the environment variable \
+                 STARTUP_TEST_WORKERS: invalid digit"
+            ),
+            "{text}"
+        );
+        let text = error(&["prog", "--workers=many"]);
+        assert!(
+            !text.contains("STARTUP_TEST_WORKERS") && text.contains("'many'"),
+            "{text}"
+        );
+        let text = error(&["prog", "--workers", "many"]);
+        assert!(!text.contains("environment"), "{text}");
     }
 
     #[test]

@@ -430,6 +430,24 @@ fn a_taken_admin_port_fails_before_the_listening_line() {
     assert!(stderr.contains("--admin-listen"), "{stderr}");
 }
 
+/// An invalid value from an environment variable is refused naming the variable, not only
+/// the flag it stands for (an operator looks for the flag on the command line and finds none).
+#[test]
+fn an_invalid_value_from_the_environment_names_its_variable() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_signaling"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "none"])
+        .env("SIGNALING_RATE_LIMIT", "fast")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("invalid value 'fast' for '--rate-limit")
+            && stderr.contains("from the environment variable SIGNALING_RATE_LIMIT"),
+        "{stderr}"
+    );
+}
+
 /// A flag that needs another is refused before anything starts, naming both, also when the
 /// other is a switch whose variable says `false` (which clap's `requires` took as given).
 #[test]
