@@ -66,12 +66,20 @@ where
                 .try_get_matches_from(merged)
                 .map_err(|e| ConfigError::File {
                     path: path.clone(),
-                    message: explain_invalid_value::<C>(e, &args, from_env).to_string(),
+                    message: what_clap_refused(&explain_invalid_value::<C>(e, &args, from_env)),
                 })?;
         }
     }
     let config = C::from_arg_matches(&matches)?;
     Ok((config, matches))
+}
+
+/// What a clap error says, in one line without its `error:` and its advice to try `--help`
+/// (which are about a command line, and read oddly after "config file PATH:").
+fn what_clap_refused(error: &clap::Error) -> String {
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
 }
 
 /// clap's error about an invalid value, said better in two cases (the same kind of error,
@@ -254,6 +262,14 @@ fn file_arguments<C: CommandFactory>(
                     out.push(flag.into());
                 }
             }
+            toml::Value::Array(items)
+                if items.len() > 1 && !matches!(arg.get_action(), clap::ArgAction::Append) =>
+            {
+                return Err(file_error(format!(
+                    "`{key}` takes one value, not a list of {}",
+                    items.len()
+                )));
+            }
             toml::Value::Array(items) => {
                 for item in items {
                     out.push(format!("{flag}={}", scalar(item)?).into());
@@ -410,6 +426,21 @@ mod tests {
         let path = f.0.to_str().unwrap().to_owned();
         let err = load::<Example, _, _>(["prog", "--config", &path]).unwrap_err();
         assert!(matches!(err, ConfigError::File { .. }), "{err}");
+        // One line, as about a file: no `error:` inside, no advice about the command line.
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "config file {path}: invalid value 'many' for '--workers <WORKERS>': invalid \
+                 digit found in string"
+            )
+        );
+        let f = file("workers = [1, 2]\n");
+        let path = f.0.to_str().unwrap().to_owned();
+        let err = load::<Example, _, _>(["prog", "--config", &path]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("config file {path}: `workers` takes one value, not a list of 2")
+        );
     }
 
     #[test]
