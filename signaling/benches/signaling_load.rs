@@ -23,7 +23,9 @@
 //! `INFO commandstats`: top-level `EVALSHA` round trips, and every command including those run
 //! inside the scripts) and Redis memory per session. `--failover` then kills node 1 with
 //! SIGKILL and reports how long its clients took to resume on another node (median, max).
-//! `scripts/bench-signaling-cluster.sh` runs one node and three side by side.
+//! `scripts/bench-signaling-cluster.sh` runs one node and three side by side. With
+//! `--redis-cluster` the nodes share a private Redis Cluster of three masters instead (what the
+//! cluster's per-script guard costs).
 //!
 //! `--numbered`: the senders number their signals (`cseq`, as the SDK and the JS client do), so
 //! the server checks and records each number: what exactly-once sending costs.
@@ -79,6 +81,10 @@ struct Args {
     /// Servers to start (on a private `redis-server` when more than 1).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// With `--nodes` > 1: a private Redis Cluster of three masters instead of one
+    /// `redis-server` (the Redis figures add up the masters).
+    #[arg(long)]
+    redis_cluster: bool,
     /// After sending, kill node 1 and time its clients' resumes elsewhere (cluster mode).
     #[arg(long)]
     failover: bool,
@@ -102,10 +108,34 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The private Redis of a cluster run: one server, or a Redis Cluster.
+enum Redis {
+    Server(redis::RedisServer),
+    Cluster(redis::RedisCluster),
+}
+
+impl Redis {
+    /// What the nodes' `--redis` takes.
+    fn url(&self) -> String {
+        match self {
+            Self::Server(server) => server.url(),
+            Self::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    /// Its servers (a Redis Cluster's masters).
+    fn servers(&self) -> &[redis::RedisServer] {
+        match self {
+            Self::Server(server) => std::slice::from_ref(server),
+            Self::Cluster(cluster) => &cluster.nodes,
+        }
+    }
+}
+
 /// The servers under test: one node, or N nodes on a private Redis.
 struct Servers {
     nodes: Vec<ServerProcess>,
-    redis: Option<redis::RedisServer>,
+    redis: Option<Redis>,
 }
 
 impl Servers {
@@ -123,9 +153,15 @@ impl Servers {
                 redis: None,
             };
         }
-        let redis = (args.nodes > 1).then(redis::RedisServer::start);
+        let redis = (args.nodes > 1).then(|| {
+            if args.redis_cluster {
+                Redis::Cluster(redis::RedisCluster::start())
+            } else {
+                Redis::Server(redis::RedisServer::start())
+            }
+        });
         let nodes = (0..args.nodes.max(1))
-            .map(|_| spawn_node(args, redis.as_ref().map(redis::RedisServer::url)))
+            .map(|_| spawn_node(args, redis.as_ref().map(Redis::url)))
             .collect();
         Self { nodes, redis }
     }
@@ -185,9 +221,14 @@ fn spawn_node(args: &Args, redis: Option<String>) -> ServerProcess {
     }
 }
 
-/// Sums the `calls=` of `INFO commandstats`: (EVALSHA calls, all calls).
-fn redis_calls(redis: &redis::RedisServer) -> (u64, u64) {
-    let stats = redis.cli(&["INFO", "commandstats"]);
+/// Sums the `calls=` of `INFO commandstats` over the servers: (EVALSHA calls, all calls).
+fn redis_calls(redis: &Redis) -> (u64, u64) {
+    let stats: String = redis
+        .servers()
+        .iter()
+        .map(|server| server.cli(&["INFO", "commandstats"]))
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut evalsha = 0;
     let mut all = 0;
     for line in stats.lines() {
@@ -210,14 +251,20 @@ fn redis_calls(redis: &redis::RedisServer) -> (u64, u64) {
     (evalsha, all)
 }
 
-/// `used_memory` of Redis, bytes.
-fn redis_memory(redis: &redis::RedisServer) -> u64 {
+/// `used_memory` of Redis (summed over its servers), bytes.
+fn redis_memory(redis: &Redis) -> u64 {
     redis
-        .cli(&["INFO", "memory"])
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .servers()
+        .iter()
+        .map(|server| {
+            server
+                .cli(&["INFO", "memory"])
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// A joined connection: its socket, peer id and resume token.
