@@ -485,6 +485,13 @@ export class SignalingClient extends EventTarget {
 
   _onSocketGone(ws, reason, closeEvent) {
     if (ws !== this._ws) return;
+    const probe = this._probe;
+    if (closeEvent && probe?.resumeSent && probe.link === ws && !probe.linkGone) {
+      // Ended by the move onto the probe, most likely: its answer says so next (or its end,
+      // within connectTimeoutMs, sends this end on as any other).
+      probe.linkGone = () => this._onSocketGone(ws, reason, closeEvent);
+      return;
+    }
     this._detach(ws);
     this._switching = false;
     this._endProbe();
@@ -591,12 +598,15 @@ export class SignalingClient extends EventTarget {
     let ws;
     try { ws = new this.options.WebSocket(this.url); } catch { this._scheduleUpgrade(link); return; }
     const id = this._nextId++;
-    const probe = { ws, timer: null };
+    // `linkGone`: the HTTP link's end, held while the server may have moved the session here
+    // (it ends the link's stream as it answers the resume, and that end may come first).
+    const probe = { ws, link, timer: null, resumeSent: false, linkGone: null };
     this._probe = probe;
     const giveUp = () => {
       if (this._probe !== probe) return;
       this._endProbe();
-      if (link === this._ws && this.state === 'joined') this._scheduleUpgrade(link);
+      if (probe.linkGone) probe.linkGone();
+      else if (link === this._ws && this.state === 'joined') this._scheduleUpgrade(link);
     };
     probe.timer = setTimeout(giveUp, this.options.connectTimeoutMs);
     ws.onopen = () => {
@@ -604,6 +614,7 @@ export class SignalingClient extends EventTarget {
       ws.send(JSON.stringify({
         type: 'resume', id, versions: PROTOCOL_VERSIONS, resume_token: this.session.resume_token, last_seq: this.lastSeq,
       }));
+      probe.resumeSent = true;
     };
     ws.onmessage = (ev) => {
       let seq = 0;

@@ -878,70 +878,85 @@ test('client API: WebSockets that die at once mid-session fall back to SSE + POS
 
 test('client API: a session that fell back to SSE moves back onto a WebSocket once one works, joined throughout; broadcasts both ways arrive once, in order', async (t) => {
   const p = await t.solo();
-  const r = await p.eval(async () => {
+  const results = await p.eval(async () => {
     const { SignalingClient } = await import('/signaling-client.js');
-    const url = `${location.origin.replace(/^http/, 'ws')}/ws/upgrade-back`;
     const until = (cond, ms) => new Promise((resolve) => {
       const t0 = Date.now();
       const tick = () => (cond() || Date.now() - t0 > ms ? resolve(cond()) : setTimeout(tick, 20));
       tick();
     });
-    // While `blocked`, a WebSocket goes to a port nothing listens on: it fails to open, as a
-    // refused upgrade does.
-    let blocked = true;
-    let refused = 0;
-    class GatedWebSocket extends WebSocket {
-      constructor(u) {
-        if (blocked) refused += 1;
-        super(blocked ? 'ws://127.0.0.1:9/' : u);
+    // `lagMs`: the WebSocket's frames reach the client that much later, so the end of the SSE
+    // stream (the server ends it as it moves the session) comes before the resume's answer.
+    const scenario = async (room, lagMs) => {
+      const url = `${location.origin.replace(/^http/, 'ws')}/ws/${room}`;
+      // While `blocked`, a WebSocket goes to a port nothing listens on: it fails to open, as
+      // a refused upgrade does.
+      let blocked = true;
+      let refused = 0;
+      class GatedWebSocket extends WebSocket {
+        constructor(u) {
+          if (blocked) refused += 1;
+          super(blocked ? 'ws://127.0.0.1:9/' : u);
+        }
+
+        get onmessage() { return this.handler; }
+
+        // Each frame goes, late, to the handler of that moment (as a browser dispatches it).
+        set onmessage(f) {
+          this.handler = f;
+          super.onmessage = f && ((e) => { setTimeout(() => this.handler?.(e), lagMs); });
+        }
       }
-    }
-    const backoff = { initialMs: 50, maxMs: 50, factor: 1, jitter: 0 };
-    const a = new SignalingClient(url, { name: 'a', WebSocket: GatedWebSocket, backoff, upgradeProbeMs: 400 });
-    const b = new SignalingClient(url, { name: 'b', backoff });
-    const states = [];
-    const transports = [];
-    const details = [];
-    const errors = [];
-    a.addEventListener('state', (e) => { states.push(`${e.detail.previous}->${e.detail.state}`); details.push(e.detail); });
-    a.addEventListener('transport', (e) => transports.push(e.detail.transport));
-    for (const c of [a, b]) c.addEventListener('error', (e) => errors.push(e.detail.code));
-    const gotA = [];
-    const gotB = [];
-    a.addEventListener('broadcast', (e) => gotA.push(e.detail.data.n));
-    b.addEventListener('broadcast', (e) => gotB.push(e.detail.data.n));
-    await a.connect();
-    await b.connect();
-    await until(() => a.peers.size === 1 && b.peers.size === 1, 8000);
-    const onSse = a.transport;
-    // Both send every 40 ms from here on (within the default message rate); the WebSocket
-    // works again after a probe was refused.
-    let n = 0;
-    const sender = setInterval(() => { n += 1; a.broadcast({ n }); b.broadcast({ n }); }, 40);
-    await until(() => refused >= 2, 8000);
-    blocked = false;
-    await until(() => a.transport === 'websocket', 15000);
-    await new Promise((res) => { setTimeout(res, 500); });
-    clearInterval(sender);
-    await until(() => gotA.length >= n && gotB.length >= n, 10000);
-    // A duplicate would arrive right behind.
-    await new Promise((res) => { setTimeout(res, 300); });
-    const inOrder = (got) => got.length === n && got.every((v, i) => v === i + 1);
-    const out = {
-      onSse, transport: a.transport, transports: [...transports], states: [...states], details: JSON.stringify(details), errors, refused, sent: n,
-      aInOrder: inOrder(gotA), bInOrder: inOrder(gotB), gotA: gotA.length, gotB: gotB.length,
-      upgrades: a.stats.upgrades, resumes: a.stats.resumes, peerA: a.peerId, bSeesA: b.peers.has(a.peerId),
+      const backoff = { initialMs: 50, maxMs: 50, factor: 1, jitter: 0 };
+      const a = new SignalingClient(url, { name: 'a', WebSocket: GatedWebSocket, backoff, upgradeProbeMs: 400 });
+      const b = new SignalingClient(url, { name: 'b', backoff });
+      const states = [];
+      const transports = [];
+      const errors = [];
+      a.addEventListener('state', (e) => states.push(`${e.detail.previous}->${e.detail.state}${e.detail.code ? ` (${e.detail.code}: ${e.detail.message})` : ''}`));
+      a.addEventListener('transport', (e) => transports.push(e.detail.transport));
+      for (const c of [a, b]) c.addEventListener('error', (e) => errors.push(e.detail.code));
+      const gotA = [];
+      const gotB = [];
+      a.addEventListener('broadcast', (e) => gotA.push(e.detail.data.n));
+      b.addEventListener('broadcast', (e) => gotB.push(e.detail.data.n));
+      await a.connect();
+      await b.connect();
+      await until(() => a.peers.size === 1 && b.peers.size === 1, 8000);
+      const onSse = a.transport;
+      // Both send every 40 ms from here on (within the default message rate); the WebSocket
+      // works again after a probe was refused.
+      let n = 0;
+      const sender = setInterval(() => { n += 1; a.broadcast({ n }); b.broadcast({ n }); }, 40);
+      await until(() => refused >= 2, 8000);
+      blocked = false;
+      await until(() => a.transport === 'websocket', 15000);
+      await new Promise((res) => { setTimeout(res, 500 + lagMs); });
+      clearInterval(sender);
+      await until(() => gotA.length >= n && gotB.length >= n, 10000);
+      // A duplicate would arrive right behind.
+      await new Promise((res) => { setTimeout(res, 300 + lagMs); });
+      const inOrder = (got) => got.length === n && got.every((v, i) => v === i + 1);
+      const out = {
+        lagMs, onSse, transport: a.transport, transports: [...transports], states: [...states], errors, refused, sent: n,
+        aInOrder: inOrder(gotA), bInOrder: inOrder(gotB), gotA: gotA.length, gotB: gotB.length,
+        upgrades: a.stats.upgrades, resumes: a.stats.resumes, bSeesA: b.peers.has(a.peerId),
+      };
+      a.close();
+      b.close();
+      return out;
     };
-    a.close();
-    b.close();
-    return out;
+    return [await scenario('upgrade-back', 0), await scenario('upgrade-back-lagging', 300)];
   });
-  assert(r.onSse === 'sse', `joined over SSE + POST first: ${JSON.stringify(r)}`);
-  assert(r.transport === 'websocket' && r.upgrades === 1 && r.resumes === 1, `back on a WebSocket, by one resume: ${JSON.stringify(r)}`);
-  assert(JSON.stringify(r.transports) === '["sse","websocket"]', `transport events: ${JSON.stringify(r.transports)}`);
-  assert(JSON.stringify(r.states) === '["idle->connecting","connecting->joined","joined->joined"]', `joined throughout: ${JSON.stringify(r.states)}`);
-  assert(r.aInOrder && r.bInOrder && r.sent > 20 && r.errors.length === 0, `every broadcast once, in order, both ways: ${JSON.stringify(r)}`);
-  assert(r.bSeesA, `the other peer still sees A: ${JSON.stringify(r)}`);
+  for (const r of results) {
+    const what = `lag ${r.lagMs} ms: ${JSON.stringify(r)}`;
+    assert(r.onSse === 'sse', `joined over SSE + POST first, ${what}`);
+    assert(r.transport === 'websocket' && r.upgrades === 1 && r.resumes === 1, `back on a WebSocket, by one resume, ${what}`);
+    assert(JSON.stringify(r.transports) === '["sse","websocket"]', `transport events, ${what}`);
+    assert(JSON.stringify(r.states) === '["idle->connecting","connecting->joined","joined->joined"]', `joined throughout, ${what}`);
+    assert(r.aInOrder && r.bInOrder && r.sent > 20 && r.errors.length === 0, `every broadcast once, in order, both ways, ${what}`);
+    assert(r.bSeesA, `the other peer still sees A, ${what}`);
+  }
 });
 
 test('client API: an HTTP link whose server died reopens on the backoff, then gives up after maxReconnectAttempts', async (t) => {
