@@ -876,7 +876,7 @@ test('client API: WebSockets that die at once mid-session fall back to SSE + POS
   assert(!r.states.includes('joined->joined') && r.states.at(-1) === 'reconnecting->joined', `through reconnecting: ${JSON.stringify(r.states)}`);
 });
 
-test('client API: a session that fell back to SSE moves back onto a WebSocket once one works, joined throughout; broadcasts both ways arrive once, in order', async (t) => {
+test('client API: a session that fell back to SSE or long-polling moves back onto a WebSocket once one works, joined throughout; broadcasts both ways arrive once, in order', async (t) => {
   const p = await t.solo();
   const results = await p.eval(async () => {
     const { SignalingClient } = await import('/signaling-client.js');
@@ -887,7 +887,7 @@ test('client API: a session that fell back to SSE moves back onto a WebSocket on
     });
     // `lagMs`: the WebSocket's frames reach the client that much later, so the end of the SSE
     // stream (the server ends it as it moves the session) comes before the resume's answer.
-    const scenario = async (room, lagMs) => {
+    const scenario = async (room, lagMs, fallback = 'sse') => {
       const url = `${location.origin.replace(/^http/, 'ws')}/ws/${room}`;
       // While `blocked`, a WebSocket goes to a port nothing listens on: it fails to open, as
       // a refused upgrade does.
@@ -908,13 +908,14 @@ test('client API: a session that fell back to SSE moves back onto a WebSocket on
         }
       }
       const backoff = { initialMs: 50, maxMs: 50, factor: 1, jitter: 0 };
-      const a = new SignalingClient(url, { name: 'a', WebSocket: GatedWebSocket, backoff, upgradeProbeMs: 400 });
+      const transports = ['websocket', fallback];
+      const a = new SignalingClient(url, { name: 'a', WebSocket: GatedWebSocket, backoff, upgradeProbeMs: 400, transports });
       const b = new SignalingClient(url, { name: 'b', backoff });
       const states = [];
-      const transports = [];
+      const used = [];
       const errors = [];
       a.addEventListener('state', (e) => states.push(`${e.detail.previous}->${e.detail.state}${e.detail.code ? ` (${e.detail.code}: ${e.detail.message})` : ''}`));
-      a.addEventListener('transport', (e) => transports.push(e.detail.transport));
+      a.addEventListener('transport', (e) => used.push(e.detail.transport));
       for (const c of [a, b]) c.addEventListener('error', (e) => errors.push(e.detail.code));
       const gotA = [];
       const gotB = [];
@@ -923,7 +924,7 @@ test('client API: a session that fell back to SSE moves back onto a WebSocket on
       await a.connect();
       await b.connect();
       await until(() => a.peers.size === 1 && b.peers.size === 1, 8000);
-      const onSse = a.transport;
+      const first = a.transport;
       // Both send every 40 ms from here on (within the default message rate); the WebSocket
       // works again after a probe was refused.
       let n = 0;
@@ -938,7 +939,7 @@ test('client API: a session that fell back to SSE moves back onto a WebSocket on
       await new Promise((res) => { setTimeout(res, 300 + lagMs); });
       const inOrder = (got) => got.length === n && got.every((v, i) => v === i + 1);
       const out = {
-        lagMs, onSse, transport: a.transport, transports: [...transports], states: [...states], errors, refused, sent: n,
+        lagMs, fallback, first, transport: a.transport, used: [...used], states: [...states], errors, refused, sent: n,
         aInOrder: inOrder(gotA), bInOrder: inOrder(gotB), gotA: gotA.length, gotB: gotB.length,
         upgrades: a.stats.upgrades, resumes: a.stats.resumes, bSeesA: b.peers.has(a.peerId),
       };
@@ -946,13 +947,17 @@ test('client API: a session that fell back to SSE moves back onto a WebSocket on
       b.close();
       return out;
     };
-    return [await scenario('upgrade-back', 0), await scenario('upgrade-back-lagging', 300)];
+    return [
+      await scenario('upgrade-back', 0),
+      await scenario('upgrade-back-lagging', 300),
+      await scenario('upgrade-back-poll', 0, 'long-poll'),
+    ];
   });
   for (const r of results) {
-    const what = `lag ${r.lagMs} ms: ${JSON.stringify(r)}`;
-    assert(r.onSse === 'sse', `joined over SSE + POST first, ${what}`);
+    const what = `${r.fallback}, lag ${r.lagMs} ms: ${JSON.stringify(r)}`;
+    assert(r.first === r.fallback, `joined over HTTP first, ${what}`);
     assert(r.transport === 'websocket' && r.upgrades === 1 && r.resumes === 1, `back on a WebSocket, by one resume, ${what}`);
-    assert(JSON.stringify(r.transports) === '["sse","websocket"]', `transport events, ${what}`);
+    assert(JSON.stringify(r.used) === JSON.stringify([r.fallback, 'websocket']), `transport events, ${what}`);
     assert(JSON.stringify(r.states) === '["idle->connecting","connecting->joined","joined->joined"]', `joined throughout, ${what}`);
     assert(r.aInOrder && r.bInOrder && r.sent > 20 && r.errors.length === 0, `every broadcast once, in order, both ways, ${what}`);
     assert(r.bSeesA, `the other peer still sees A, ${what}`);
