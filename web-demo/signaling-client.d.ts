@@ -199,7 +199,7 @@ export declare class SignalingClient extends EventTarget {
   /** Returns the request id; errors about it arrive as 'error' events with `ref`. After close(), leave() or 'failed', the message is dropped (a client does not come back: make a new one). */
   signal(to: string, signal: Signal): number;
   broadcast(data: unknown): number;
-  /** Reports the connection to `peer` (a `stats` message with a request id); false when not joined or over max_message_bytes (nothing sent). */
+  /** Reports the connection to `peer` (a `stats` message with a request id); false when not joined, while the session moves onto a WebSocket (upgradeProbeMs), or over max_message_bytes (nothing sent). */
   reportStats(peer: string, report: StatsReport): boolean;
   /** Sends `leave` when joined (the others see `peer_left` with reason 'left'), then closes. While reconnecting nothing can be sent: the server ends the session after its grace period (the others see 'disconnected'), and queued messages are dropped. */
   leave(): void;
