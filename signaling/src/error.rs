@@ -78,7 +78,7 @@ impl RequestError {
     }
 }
 
-/// Why a cluster node cannot serve a request now ([`RequestError::unavailable`]).
+/// Why a cluster node cannot serve a request now: what its `unavailable` error says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unavailable {
     /// Its shared store (Redis) does not answer.
