@@ -3433,6 +3433,22 @@ impl Association {
         }
     }
 
+    /// PATCH(peer, path change): the transport under the association moved to another path
+    /// (ICE selected another candidate pair, e.g. after an ICE restart once the old path
+    /// died). What is in flight was most likely lost on the old path, and the T3-rtx timer,
+    /// backed off while that path was dead, could hold it back for up to RTO.max (60 s): its
+    /// RTO and backoff start over and it expires now, so the next `handle_timeout`
+    /// retransmits the outstanding DATA at once (RFC 9260 6.3.3, as on any expiry). Nothing
+    /// outstanding (the timer not running): nothing to do.
+    pub fn handle_path_change(&mut self, now: Instant) {
+        if self.timers.get(Timer::T3RTX).is_none() {
+            return;
+        }
+        self.rto_mgr.reset();
+        self.timers.reset_retrans(Timer::T3RTX);
+        self.timers.set(Timer::T3RTX, Some(now));
+    }
+
     fn on_retransmission_failure(&mut self, id: Timer) {
         match id {
             Timer::T1Init => {

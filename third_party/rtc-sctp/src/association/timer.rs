@@ -34,7 +34,12 @@ impl Default for TimerConfig {
             max_t1_init_retrans: MAX_INIT_RETRANS,
             max_t1_cookie_retrans: MAX_INIT_RETRANS,
             max_t2_shutdown_retrans: NO_MAX_RETRANS,
-            max_t3_rtx_retrans: PATH_MAX_RETRANS,
+            // PATCH(peer, T3-rtx without limit): unlimited, as the field's documentation and
+            // `on_retransmission_failure` ("T3-rtx timer will not fail by design") say. With
+            // PATH_MAX_RETRANS the timer's sixth expiry (about 63 s into an outage) stopped it
+            // for good, and the data in flight was never sent again: the association stalled
+            // without an error even after the path came back.
+            max_t3_rtx_retrans: NO_MAX_RETRANS,
             max_reconfig_retrans: PATH_MAX_RETRANS,
             max_ack_retrans: PATH_MAX_RETRANS,
         }

@@ -398,9 +398,10 @@ impl<'a>
                     )?;
                 };
             }
-        } else {
-            self.ctx.event_outs.push_back(evt);
         }
+        // PATCH(peer, see third_party/rtc/PATCHES.md #3): a change of the selected pair is
+        // passed on too (it was kept here), for the SCTP handler.
+        self.ctx.event_outs.push_back(evt);
         Ok(())
     }
 

@@ -1,4 +1,7 @@
-use crate::peer_connection::event::{RTCEventInternal, TaggedRTCEventInternal};
+use crate::peer_connection::event::{
+    RTCEventInternal, RTCPeerConnectionEvent, TaggedRTCEventInternal,
+};
+use crate::peer_connection::state::RTCIceConnectionState;
 use crate::peer_connection::message::internal::{
     DTLSMessage, RTCMessageInternal, TaggedRTCMessageInternal,
 };
@@ -765,6 +768,24 @@ impl<'a>
                 // deferred flush is now the only transmit path).
                 self.ctx.flush_dirty = true;
             }
+        }
+
+        // PATCH(peer, see third_party/rtc/PATCHES.md #3): the selected candidate pair changed
+        // (after an ICE restart, say), or ICE is connected again (the same path came back
+        // after `disconnected`): what is in flight goes again now.
+        if matches!(
+            &evt.event,
+            RTCEventInternal::ICESelectedCandidatePairChange
+                | RTCEventInternal::RTCPeerConnectionEvent(
+                    RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                        RTCIceConnectionState::Connected
+                    )
+                )
+        ) {
+            for association in self.ctx.sctp_transport.sctp_associations.values_mut() {
+                association.handle_path_change(now);
+            }
+            self.ctx.flush_dirty = true;
         }
 
         // The peer closed the DTLS transport the associations run over, so they are over too.
