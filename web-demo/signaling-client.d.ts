@@ -118,11 +118,16 @@ export interface SignalingClientOptions {
   pollTimeoutMs?: number;
   /**
    * On SSE or long-polling, with 'websocket' before that transport in `transports`: a WebSocket
-   * is tried again after this long, then after twice as long each time, up to 10 minutes
-   * (default 30000; 0: never). The try opens a WebSocket beside the HTTP link and resumes the
-   * session on it: answered, the session continues on the WebSocket (a 'resumed' and a
-   * 'transport' event; the state stays 'joined'; requests wait for the 'resumed'); refused or
-   * unanswered within connectTimeoutMs, it stays on the HTTP link, unnoticed.
+   * is tried again after this long, then after twice as long each time (for the client's
+   * lifetime: a move does not start it over), up to 10 minutes (default 30000; 0 or not a
+   * finite number: never). The try opens a WebSocket beside the HTTP link and, once no request
+   * of the HTTP link can still be on its way to the server (at most 0.5 s on long-polling),
+   * resumes the session on it. Answered, the session continues on the WebSocket: a 'resumed'
+   * event (stats.resumes and stats.upgrades count it), a 'transport' event and a 'state' event
+   * to 'joined' (from 'joined'); requests wait for the 'resumed'. Refused, or unanswered
+   * within connectTimeoutMs, it stays on the HTTP link, unnoticed. An answer later than that,
+   * or a request of the HTTP link that took more than 0.5 s to reach the server, costs a
+   * reconnect ('reconnecting', then a resume), never a frame.
    */
   upgradeProbeMs?: number;
   /** The fetch function of the HTTP transports (default globalThis.fetch). */

@@ -264,6 +264,11 @@ export class SignalingClient extends EventTarget {
   /** Leaves the room for good and closes the socket. */
   leave() {
     if (this.state === 'joined' && this._ws?.readyState === 1) this._send({ type: 'leave', id: this._nextId++ });
+    // A probe's resume may have moved the session onto it: say it there too (where the
+    // session is not, the server refuses it, not_joined).
+    if (this._probe?.resumeSent) {
+      try { this._probe.ws.send(JSON.stringify({ type: 'leave', id: this._nextId++ })); } catch { /* closing */ }
+    }
     this.close();
   }
 
@@ -576,24 +581,29 @@ export class SignalingClient extends EventTarget {
    * stopped blocking them).
    */
   _scheduleUpgrade(link) {
-    clearTimeout(this._upgradeTimer);
-    this._upgradeTimer = null;
     const first = Number(this.options.upgradeProbeMs);
     const wsIndex = this._transports.indexOf('websocket');
-    if (!(first > 0) || !(link instanceof HttpLink) || this._probe) return;
+    if (!(Number.isFinite(first) && first > 0) || !(link instanceof HttpLink)) return;
     if (wsIndex < 0 || wsIndex > this._transports.indexOf(this._linkKind)) return;
-    const delay = this._upgradeDelayMs ?? first;
-    this._upgradeTimer = setTimeout(() => { this._upgradeTimer = null; this._probeWebSocket(link); }, delay);
+    // One countdown at a time: a link that recovers from stalls often still gets its try.
+    if (this._upgradeTimer || this._probe) return;
+    const delay = Math.min(UPGRADE_PROBE_MAX_MS, this._upgradeDelayMs ?? first);
+    this._upgradeTimer = setTimeout(() => {
+      this._upgradeTimer = null;
+      if (this._ws instanceof HttpLink) this._probeWebSocket(this._ws);
+    }, delay);
   }
 
   /**
    * Opens a WebSocket beside the HTTP link and resumes the session on it. A refusal (or no
    * answer within connectTimeoutMs) leaves the session on the HTTP link; any frame of the
-   * session means the server moved it onto the WebSocket, which becomes the link.
+   * session means the server moved it onto the WebSocket, which becomes the link. From the
+   * resume on, the HTTP link opens no stream or poll and the client sends no `ack`: either
+   * would take the session back, or acknowledge past the resume's `last_seq` (refused).
    */
   _probeWebSocket(link) {
     if (link !== this._ws || this.state !== 'joined' || this._switching || !this.session) return;
-    const delay = this._upgradeDelayMs ?? Number(this.options.upgradeProbeMs);
+    const delay = Math.min(UPGRADE_PROBE_MAX_MS, this._upgradeDelayMs ?? Number(this.options.upgradeProbeMs));
     this._upgradeDelayMs = Math.min(UPGRADE_PROBE_MAX_MS, 2 * delay);
     let ws;
     try { ws = new this.options.WebSocket(this.url); } catch { this._scheduleUpgrade(link); return; }
@@ -605,16 +615,26 @@ export class SignalingClient extends EventTarget {
     const giveUp = () => {
       if (this._probe !== probe) return;
       this._endProbe();
-      if (probe.linkGone) probe.linkGone();
-      else if (link === this._ws && this.state === 'joined') this._scheduleUpgrade(link);
+      if (probe.linkGone) { probe.linkGone(); return; }
+      if (link !== this._ws || this.state !== 'joined') return;
+      this._scheduleAck();
+      this._scheduleUpgrade(link);
     };
+    // The opening and then the answer each get connectTimeoutMs.
     probe.timer = setTimeout(giveUp, this.options.connectTimeoutMs);
     ws.onopen = () => {
-      if (this._probe !== probe || !this.session) { giveUp(); return; }
-      ws.send(JSON.stringify({
-        type: 'resume', id, versions: PROTOCOL_VERSIONS, resume_token: this.session.resume_token, last_seq: this.lastSeq,
-      }));
-      probe.resumeSent = true;
+      if (this._probe !== probe || link !== this._ws || !this.session) { giveUp(); return; }
+      // Nothing of the HTTP link may reach the server behind the resume (the opening's
+      // timer still runs meanwhile).
+      link.settle().then(() => {
+        if (this._probe !== probe || link !== this._ws || !this.session) return;
+        ws.send(JSON.stringify({
+          type: 'resume', id, versions: PROTOCOL_VERSIONS, resume_token: this.session.resume_token, last_seq: this.lastSeq,
+        }));
+        probe.resumeSent = true;
+        clearTimeout(probe.timer);
+        probe.timer = setTimeout(giveUp, this.options.connectTimeoutMs);
+      });
     };
     ws.onmessage = (ev) => {
       let seq = 0;
@@ -637,6 +657,7 @@ export class SignalingClient extends EventTarget {
     if (!probe) return;
     this._probe = null;
     clearTimeout(probe.timer);
+    probe.link.release?.();
     probe.ws.onopen = probe.ws.onmessage = probe.ws.onclose = probe.ws.onerror = null;
     try { probe.ws.close(1000, 'upgrade probe'); } catch { /* closing already */ }
   }
@@ -973,6 +994,9 @@ export class SignalingClient extends EventTarget {
   _sendAck() {
     clearTimeout(this._ackTimer);
     this._ackTimer = null;
+    // Past a probe's resume, an ack over the HTTP link could overtake it: its answer (or its
+    // end) acknowledges, or sends it after.
+    if (this._probe?.resumeSent) return;
     if (this.lastSeq <= this._lastAcked || this._ws?.readyState !== 1) return;
     // Long-polling acknowledges by `last_seq` on the next poll.
     if (!this._ws.implicitAcks) this._ws.send(JSON.stringify({ type: 'ack', seq: this.lastSeq }));
@@ -1026,6 +1050,9 @@ export class SignalingClient extends EventTarget {
 
 /** Close codes after which a stream is not reopened: the session is over, or was taken over. */
 const FINAL_CLOSE_CODES = new Set([1000, 1008, 1009, 1011]);
+
+/** A poll sent this long ago has reached the server (HttpLink.settle()). */
+const POLL_SETTLE_MS = 500;
 
 /** Frames per POST at most (a batch must also fit the message rate's burst). */
 const MAX_BATCH_FRAMES = 64;
@@ -1166,6 +1193,12 @@ class HttpLink {
     this.lastSeq = 0;
     this.onopen = this.onmessage = this.onclose = this.onerror = null;
     this.onstall = this.onrecover = this.onalive = this.ontransport = null;
+    /** While the client resumes the session on a WebSocket: { promise, release } (hold()). */
+    this._held = null;
+    /** When the current event stream or poll request was sent (null: none in flight). */
+    this._requestSince = null;
+    /** Whether the server answered the current event stream request (it holds the session). */
+    this._requestAttached = false;
     this._fetch = options.fetch;
     this._canPoll = !!options.canPoll;
     this._graceMs = Number(options.graceMs) || 30000;
@@ -1218,6 +1251,7 @@ class HttpLink {
   close() {
     if (this.readyState === 3) return;
     this.readyState = 3;
+    this.release();
     this._stop();
     const waiting = this._inflight && !this._posting ? this._inflight : [];
     if (waiting.length) this._inflight = null;
@@ -1231,6 +1265,46 @@ class HttpLink {
         method: 'POST', headers: { 'Content-Type': 'application/json' }, body, cache: 'no-store', keepalive: body.length < 60000,
       }).catch(() => {});
     }
+  }
+
+  /**
+   * Opens no new event stream or poll until release() (nor after close()): while the client
+   * resumes the session on a WebSocket, a new one would take the session back from it.
+   */
+  hold() {
+    if (this._held) return;
+    let release;
+    const promise = new Promise((resolve) => { release = resolve; });
+    this._held = { promise, release };
+  }
+
+  /**
+   * hold(), then a promise that resolves once no request of this link for the session's
+   * frames can still be on its way to the server (where it would take the session back): none
+   * in flight, an event stream the server answered, or a poll sent POLL_SETTLE_MS ago (it has
+   * reached the server on any usual network; the server holds it until frames come).
+   */
+  settle() {
+    this.hold();
+    return new Promise((resolve) => {
+      const check = () => {
+        if (this.readyState !== 1 || this._requestSince == null || this._requestAttached) {
+          resolve();
+          return;
+        }
+        const left = this.mode === 'sse' ? 50 : this._requestSince + POLL_SETTLE_MS - Date.now();
+        if (left <= 0) resolve();
+        else setTimeout(check, Math.min(left, 50));
+      };
+      check();
+    });
+  }
+
+  /** Ends hold(). */
+  release() {
+    const held = this._held;
+    this._held = null;
+    held?.release();
   }
 
   /** Skips the wait before reopening a broken stream. */
@@ -1297,12 +1371,17 @@ class HttpLink {
   /** Reads the session's frames until the link closes, reopening broken streams and polls. */
   async _run() {
     while (this.readyState === 1) {
+      if (this._held) {
+        await this._held.promise;
+        continue;
+      }
       let outcome;
       try {
         outcome = this.mode === 'sse' ? await this._streamOnce() : await this._pollOnce();
       } catch (err) {
         outcome = { retry: `${this.mode} failed: ${err.message || err}` };
       }
+      this._requestSince = null;
       if (this.readyState !== 1) return;
       if (outcome.close != null) {
         this._end(outcome.close, outcome.reason, outcome.retryAfterMs);
@@ -1322,6 +1401,8 @@ class HttpLink {
   _request() {
     const ctl = new AbortController();
     this._stream = ctl;
+    this._requestSince = Date.now();
+    this._requestAttached = false;
     return ctl;
   }
 
@@ -1335,6 +1416,7 @@ class HttpLink {
       return { retry: `the event stream failed: ${err.message || err}` };
     }
     if (res.status !== 200 || !res.body) return this._refused(res, 'the event stream');
+    this._requestAttached = true;
     this._recovered();
     let closeCode = null;
     const parser = new SseParser((ev) => {
@@ -1554,6 +1636,7 @@ class HttpLink {
   _end(code, reason, retryAfter, gaveUp = false, unreachable = false) {
     if (this.readyState === 3) return;
     this.readyState = 3;
+    this.release();
     this._stop();
     this.onclose?.({ code, reason, wasClean: code !== 1006, established: this.established, retryAfterMs: retryAfter, gaveUp, unreachable });
   }
