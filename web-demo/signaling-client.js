@@ -206,6 +206,8 @@ export class SignalingClient extends EventTarget {
     this._drainDelayMs = null;
     this._holdUntil = 0;
     this._firstJoin = null;
+    /** The id of the resume sent on the current link: only its `resumed` is the answer. */
+    this._resumeRef = null;
     // Back to WebSocket: the next probe's delay, its timer, the probe socket, and whether the
     // session is moving onto it (requests wait until its `resumed`).
     this._upgradeDelayMs = null;
@@ -452,8 +454,9 @@ export class SignalingClient extends EventTarget {
       // knows whether it still holds it (a cluster's grace restarts when its shared store comes
       // back from an outage); a refusal (`resume_failed`) resets the session and joins afresh.
       if (this.session) {
+        this._resumeRef = this._nextId++;
         ws.send(JSON.stringify({
-          type: 'resume', id: this._nextId++, versions: PROTOCOL_VERSIONS,
+          type: 'resume', id: this._resumeRef, versions: PROTOCOL_VERSIONS,
           resume_token: this.session.resume_token, last_seq: this.lastSeq,
         }));
       } else {
@@ -643,7 +646,7 @@ export class SignalingClient extends EventTarget {
       if (seq <= 0 || this._probe !== probe || link !== this._ws) { giveUp(); return; }
       clearTimeout(probe.timer);
       this._probe = null;
-      this._moveOnto(link, ws, ev.data);
+      this._moveOnto(link, ws, ev.data, id);
     };
     ws.onclose = giveUp;
     ws.onerror = () => { /* always followed by close */ };
@@ -668,13 +671,14 @@ export class SignalingClient extends EventTarget {
    * in order, what the server had not handled (as after any resume); what the HTTP link had
    * queued goes on `ws`.
    */
-  _moveOnto(link, ws, first) {
+  _moveOnto(link, ws, first, probeRef) {
     this._detach(link);
     this._requeue(link.takeUnsent?.() || []);
     try { link.close(); } catch { /* closed already */ }
     clearInterval(this._pingTimer);
     this._pingTimer = null;
     this._switching = true;
+    this._resumeRef = probeRef;
     this._ws = ws;
     this._opened = true;
     this._linkKind = 'websocket';
@@ -746,6 +750,9 @@ export class SignalingClient extends EventTarget {
         break;
       }
       case 'resumed': {
+        // An earlier resume's answer, replayed (docs/protocol.md, `resume`): its session info
+        // and `received` are old; the answer to this link's resume follows.
+        if (frame.ref != null && this._resumeRef != null && frame.ref !== this._resumeRef) break;
         this.stats.resumes += 1;
         this.stats.replayed += Number(frame.replayed) || 0;
         this._takeSession(frame, false);

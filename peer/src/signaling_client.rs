@@ -22,8 +22,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use signaling::protocol::{
-    ClientMessage, ErrorCode, IceServer, PROTOCOL_VERSION, ResumeToken, RetryClass, ServerFrame,
-    ServerMessage, SessionInfo, client_rules,
+    ClientMessage, ErrorCode, IceServer, PROTOCOL_VERSION, RequestId, ResumeToken, RetryClass,
+    ServerFrame, ServerMessage, SessionInfo, client_rules,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -113,6 +113,8 @@ impl SignalingClient {
             session_lost: None,
             pending: VecDeque::new(),
             rejoins: 0,
+            // The join was request 1.
+            resume_id: 1,
             resend: ResendLog::default(),
             out_rx,
             events_tx,
@@ -314,6 +316,9 @@ struct Session {
     pending: VecDeque<ClientMessage>,
     /// How many times the client re-joined (see [`SignalingClient::send_in_session`]).
     rejoins: u64,
+    /// The id of the last `resume` sent: its `resumed` (the frame whose `ref` it is) is the
+    /// answer; an earlier resume's, replayed before it, is not (`docs/protocol.md`, `resume`).
+    resume_id: RequestId,
     /// The numbered frames written and not confirmed yet.
     resend: ResendLog,
     out_rx: mpsc::UnboundedReceiver<Outgoing>,
@@ -627,10 +632,11 @@ impl Session {
     /// Sends `resume` and delivers the replay; or says why not (the server then closes the
     /// socket): the session is gone (join on a new socket), or not now (resume again later).
     async fn resume(&mut self, ws: &mut WsStream) -> Result<Resume> {
+        self.resume_id += 1;
         send_json(
             ws,
             &ClientMessage::Resume {
-                id: Some(2),
+                id: Some(self.resume_id),
                 versions: vec![PROTOCOL_VERSION],
                 resume_token: self.resume_token.clone(),
                 last_seq: self.last_seq,
@@ -645,11 +651,11 @@ impl Session {
                 .ok_or(PeerError::SessionClosed)?;
             match frame.message {
                 ServerMessage::Resumed {
+                    reference,
                     session,
                     replayed,
                     received,
-                    ..
-                } => {
+                } if reference.is_none_or(|id| id == self.resume_id) => {
                     if frame.seq > self.last_seq {
                         self.last_seq = frame.seq;
                     }
@@ -862,6 +868,67 @@ mod tests {
         // Exactly once: nothing follows.
         a.send_in_session(broadcast(4), 0).unwrap();
         assert_eq!(next_broadcast(&mut b).await, Some(serde_json::json!(4)));
+        server.kill();
+    }
+
+    /// Another socket resumes A's session (request 999), which the server answers with a
+    /// `resumed` numbered after A's last seq: A's own resume then gets that frame replayed
+    /// before its answer, and takes only its answer for it (`docs/protocol.md`, `resume`).
+    #[tokio::test]
+    async fn an_earlier_resumes_answer_replayed_is_not_taken_for_this_ones() {
+        let mut command = std::process::Command::new(testkit::bin_path("signaling"));
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::null());
+        let mut server = testkit::Spawned::spawn(command, false);
+        let marker = "listening on http://";
+        let line = server.wait_line(Duration::from_secs(20), |l| l.starts_with(marker));
+        let url = format!("ws://{}/ws/replayed", line[marker.len()..].trim());
+        let (_a, info, mut events) = SignalingClient::connect(&url, Some("a".into()), None)
+            .await
+            .unwrap();
+        let mut other = open(&url, &Connector::Plain).await.unwrap();
+        send_json(
+            &mut other,
+            &ClientMessage::Resume {
+                id: Some(999),
+                versions: vec![PROTOCOL_VERSION],
+                resume_token: info.resume_token.clone(),
+                last_seq: 1,
+            },
+        )
+        .await
+        .unwrap();
+        let theirs = timeout(Duration::from_secs(10), next_frame(&mut other))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(
+                theirs.message,
+                ServerMessage::Resumed {
+                    reference: Some(999),
+                    ..
+                }
+            ),
+            "{theirs:?}"
+        );
+        drop(other);
+        let replayed = timeout(Duration::from_secs(15), async {
+            while let Some(event) = events.recv().await {
+                if let SignalingEvent::Resumed { replayed, .. } = event {
+                    return Some(replayed);
+                }
+            }
+            None
+        })
+        .await;
+        assert_eq!(
+            replayed,
+            Ok(Some(1)),
+            "A's own answer, after the other socket's resumed (replayed)"
+        );
         server.kill();
     }
 

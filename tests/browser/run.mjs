@@ -964,6 +964,38 @@ test('client API: a session that fell back to SSE or long-polling moves back ont
   }
 });
 
+test('client API: an earlier resume\'s `resumed`, replayed before the answer to the client\'s own resume, is not taken for it', async (t) => {
+  const p = await t.solo();
+  const r = await p.eval(async () => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const url = `${location.origin.replace(/^http/, 'ws')}/ws/replayed-resumed`;
+    const backoff = { initialMs: 300, maxMs: 300, factor: 1, jitter: 0 };
+    const a = new SignalingClient(url, { name: 'a', backoff });
+    const states = [];
+    a.addEventListener('state', (e) => states.push(`${e.detail.previous}->${e.detail.state}`));
+    await a.connect();
+    // Another socket resumes A's session (request 999): the server answers it with a
+    // `resumed` numbered after A's last seq, and ends A's socket. A resumes from its last seq,
+    // so the replay carries that `resumed` before the answer to A's own resume.
+    const other = new WebSocket(url);
+    const answered = new Promise((resolve) => { other.onmessage = (e) => resolve(JSON.parse(e.data)); });
+    await new Promise((resolve) => { other.onopen = resolve; });
+    other.send(JSON.stringify({ type: 'resume', id: 999, versions: [1], resume_token: a.session.resume_token, last_seq: a.lastSeq }));
+    const theirs = await answered;
+    other.close();
+    const t0 = Date.now();
+    while (!(a.state === 'joined' && a.lastSeq > theirs.seq) && Date.now() - t0 < 8000) {
+      await new Promise((res) => { setTimeout(res, 50); });
+    }
+    await new Promise((res) => { setTimeout(res, 300); });
+    const out = { theirs: { type: theirs.type, ref: theirs.ref, seq: theirs.seq }, lastSeq: a.lastSeq, states: [...states], resumes: a.stats.resumes };
+    a.close();
+    return out;
+  });
+  assert(r.theirs.type === 'resumed' && r.theirs.ref === 999 && r.lastSeq > r.theirs.seq, `the other socket's resumed, then A's: ${JSON.stringify(r)}`);
+  assert(r.resumes === 1 && !r.states.includes('joined->joined'), `A took only its own resume's answer: ${JSON.stringify(r)}`);
+});
+
 test('client API: an HTTP link whose server died reopens on the backoff, then gives up after maxReconnectAttempts', async (t) => {
   const { p, other } = await pageAndOwnServer(t, 'signaling-dies');
   const backoff = { initialMs: 200, maxMs: 400, factor: 2, jitter: 0 };
