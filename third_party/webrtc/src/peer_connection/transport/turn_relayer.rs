@@ -753,7 +753,8 @@ impl Protocol<TaggedBytesMut, TaggedBytesMut, RTCTurnRelayEventIn> for RTCTurnRe
                             }
                         }
                         TurnEvent::TransactionTimeout(tid) => {
-                            error!("TURN transaction timed out: {:?}", tid);
+                            // PATCH(peer, see third_party/webrtc/PATCHES.md #7): a warning.
+                            warn!("TURN transaction timed out: {:?}", tid);
                             if let Some(pending) = self.pending_permissions.remove(&tid) {
                                 self.pending_permission_pairs
                                     .remove(&(pending.relay_addr, pending.peer_addr));
