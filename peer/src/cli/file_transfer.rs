@@ -2,14 +2,21 @@
 //! with SHA-256.
 //!
 //! Wire format on the channel: a text header `{"type":"file-header","name":..,"size":..,
-//! "sha256":..}`, the content as binary messages of [`CHUNK`] bytes, a text
-//! `{"type":"file-end"}`; the receiver answers `{"type":"file-result","ok":..,"sha256":..}`.
-//! Both sides exit non-zero when the checksums differ. A peer that does not take files (a
-//! `peer join` chat) answers the header with `{"type":"file-declined","reason":..}`, and the
-//! sender stops.
+//! "sha256":..}`, the content as binary messages of an 8-byte big-endian offset and up to
+//! [`CHUNK`] bytes from there, a text `{"type":"file-end"}`; the receiver answers
+//! `{"type":"file-result","ok":..,"sha256":..}`. Both sides exit non-zero when the checksums
+//! differ. A peer that does not take files (a `peer join` chat) answers the header with
+//! `{"type":"file-declined","reason":..}`, and the sender stops.
+//!
+//! A connection replaced mid-file (the SDK's [`PeerEvent::ConnectionReplaced`]) does not end
+//! the transfer: the SDK sends again on the new connection, first, what the old one had not
+//! delivered, and what was being sent when the channel closed is sent again once the new
+//! connection's channel opens ([`send_reliably`]). A message that arrives twice that way is
+//! recognised by its offset (a header, by being the same header) and taken once.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::FutureExt as _;
@@ -22,8 +29,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{CommonArgs, Output, Stop};
 
-/// Bytes per data-channel message.
+/// File bytes per data-channel message (after its 8-byte offset).
 const CHUNK: usize = 16 * 1024;
+/// How long a transfer whose channel closed under it waits for the channel of the connection
+/// that replaces it.
+const REOPEN_WAIT: Duration = Duration::from_secs(30);
+/// How often, meanwhile, it tries that channel.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 /// The text messages of a transfer.
 #[derive(Debug, Serialize, Deserialize)]
@@ -140,6 +152,45 @@ enum Verdict {
     Gone,
 }
 
+/// A message of the transfer.
+enum Payload {
+    Text(String),
+    Binary(bytes::Bytes),
+}
+
+/// Sends `payload` to `to` on its reliable channel. When that channel closes under it (its
+/// connection is being replaced: the SDK sends again on the new one, first, what the old one
+/// had not delivered), it is tried again every [`RETRY_EVERY`], for up to [`REOPEN_WAIT`],
+/// until the new connection's channel takes it. `Ok` once sent, `Err` when no channel did;
+/// with the other side's verdict on the transfer if one came meanwhile (the wait ends at it).
+async fn send_reliably(
+    peer: &Peer,
+    events: &mut PeerEvents,
+    to: &PeerId,
+    payload: &Payload,
+) -> Result<Option<Verdict>, Option<Verdict>> {
+    let deadline = tokio::time::Instant::now() + REOPEN_WAIT;
+    loop {
+        let sent = match payload {
+            Payload::Text(text) => peer.send_text(to, ChannelKind::Reliable, text).await,
+            Payload::Binary(data) => peer.send(to, ChannelKind::Reliable, data.clone()).await,
+        };
+        match sent {
+            Ok(()) => return Ok(None),
+            Err(PeerError::ChannelNotOpen { .. } | PeerError::Replaced) => {}
+            Err(_) => return Err(None),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(None);
+        }
+        if let Ok(event) = tokio::time::timeout(RETRY_EVERY, events.recv()).await
+            && let Some(verdict) = verdict(event, to)
+        {
+            return Err(Some(verdict));
+        }
+    }
+}
+
 /// The receiver's answer in `event`, if it is one.
 fn verdict(event: Option<PeerEvent>, to: &PeerId) -> Option<Verdict> {
     match event {
@@ -183,46 +234,51 @@ async fn send_to_first_peer(
         size,
         sha256: sha256.clone(),
     };
-    peer.send_text(&to, ChannelKind::Reliable, &serde_json::to_string(&header)?)
-        .await?;
+    let header = Payload::Text(serde_json::to_string(&header)?);
+    let (Ok(mut early) | Err(mut early @ Some(_))) =
+        send_reliably(peer, events, &to, &header).await
+    else {
+        bail!(
+            "the channel to the receiver closed before the file was sent (0 of {size} bytes sent)"
+        );
+    };
     let bar = progress(size);
     let mut file = open_source(&path).await?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut early = None;
+    let mut buf = vec![0u8; 8 + CHUNK];
     loop {
         // A receiver that declines (or leaves) answers before the end: stop there.
-        while let Some(event) = events.recv().now_or_never() {
+        while early.is_none()
+            && let Some(event) = events.recv().now_or_never()
+        {
             early = verdict(event, &to);
-            if early.is_some() {
-                break;
-            }
         }
         if early.is_some() {
             break;
         }
-        let n = read_chunk(&mut file, &mut buf, &path).await?;
+        let n = read_chunk(&mut file, &mut buf[8..], &path).await?;
         if n == 0 {
             break;
         }
-        let sent = peer
-            .send(
-                &to,
-                ChannelKind::Reliable,
-                bytes::Bytes::copy_from_slice(&buf[..n]),
-            )
-            .await;
-        if let Err(PeerError::ChannelNotOpen { .. }) = sent {
-            // The channel closed under us: the receiver stopped or left, or the connection
-            // was replaced.
-            bar.abandon();
-            bail!(
-                "the channel to the receiver closed before the file was sent ({} of {size} \
-                 bytes sent)",
-                bar.position()
-            );
+        buf[..8].copy_from_slice(&bar.position().to_be_bytes());
+        let chunk = Payload::Binary(bytes::Bytes::copy_from_slice(&buf[..8 + n]));
+        match send_reliably(peer, events, &to, &chunk).await {
+            Ok(seen) => early = seen,
+            Err(seen) => {
+                early = seen;
+                if early.is_none() {
+                    // The channel closed under us and no other came: the receiver stopped.
+                    bar.abandon();
+                    bail!(
+                        "the channel to the receiver closed before the file was sent ({} of \
+                         {size} bytes sent)",
+                        bar.position()
+                    );
+                }
+            }
         }
-        sent?;
-        bar.inc(n as u64);
+        if early.is_none() {
+            bar.inc(n as u64);
+        }
     }
     let sent = bar.position();
     let verdict = match early {
@@ -231,17 +287,18 @@ async fn send_to_first_peer(
             verdict
         }
         None => {
-            peer.send_text(
-                &to,
-                ChannelKind::Reliable,
-                &serde_json::to_string(&Control::End)?,
-            )
-            .await?;
+            let end = Payload::Text(serde_json::to_string(&Control::End)?);
+            let seen = send_reliably(peer, events, &to, &end).await;
             bar.finish();
-            loop {
-                if let Some(verdict) = verdict(events.recv().await, &to) {
-                    break verdict;
-                }
+            match seen {
+                Ok(Some(verdict)) | Err(Some(verdict)) => verdict,
+                // No channel came back to take the end.
+                Err(None) => Verdict::Gone,
+                Ok(None) => loop {
+                    if let Some(verdict) = verdict(events.recv().await, &to) {
+                        break verdict;
+                    }
+                },
             }
         }
     };
@@ -487,7 +544,11 @@ async fn receive_one(
                 data,
                 kind: ChannelKind::Reliable,
             } => match serde_json::from_slice::<Control>(&data) {
-                Ok(Control::Header { name, size, sha256 }) => {
+                Ok(Control::Header { name, size, sha256 })
+                    if !incoming.as_ref().is_some_and(|i| {
+                        i.sender == from && i.sha256 == sha256 && i.size == size
+                    }) =>
+                {
                     out.notice_values(
                         "receiving",
                         &[
@@ -509,7 +570,7 @@ async fn receive_one(
                     let Some(done) = incoming.take() else {
                         bail!("file-end before file-header");
                     };
-                    return finish(peer, target, done, out).await;
+                    return finish(peer, events, target, done, out).await;
                 }
                 _ => {}
             },
@@ -520,10 +581,26 @@ async fn receive_one(
                 kind: ChannelKind::Reliable,
             } => {
                 if let Some(incoming) = incoming.as_mut().filter(|i| i.sender == from) {
-                    incoming.hasher.update(&data);
-                    target.write_all(&data).await?;
-                    incoming.received += data.len() as u64;
-                    incoming.bar.inc(data.len() as u64);
+                    // What arrives twice (sent again on a connection that replaced the one
+                    // before) is taken once, by its offset.
+                    let Some((offset, bytes)) = data.split_first_chunk::<8>() else {
+                        bail!("a file chunk without its offset");
+                    };
+                    let offset = u64::from_be_bytes(*offset);
+                    if offset > incoming.received {
+                        bail!(
+                            "the file has a gap: bytes from {offset} arrived after {} bytes",
+                            incoming.received
+                        );
+                    }
+                    let skip = usize::try_from(incoming.received - offset).unwrap_or(usize::MAX);
+                    let Some(new) = bytes.get(skip..) else {
+                        continue;
+                    };
+                    incoming.hasher.update(new);
+                    target.write_all(new).await?;
+                    incoming.received += new.len() as u64;
+                    incoming.bar.inc(new.len() as u64);
                 }
             }
             PeerEvent::PeerLeft { peer: left, .. }
@@ -542,6 +619,7 @@ async fn receive_one(
 /// The file is all there: checks it, tells the sender, reports.
 async fn finish(
     peer: &Peer,
+    events: &mut PeerEvents,
     target: &mut Target,
     done: Incoming,
     out: Output,
@@ -554,12 +632,15 @@ async fn finish(
         ok,
         sha256: got.clone(),
     };
-    peer.send_text(
-        &done.sender,
-        ChannelKind::Reliable,
-        &serde_json::to_string(&reply)?,
-    )
-    .await?;
+    let reply = Payload::Text(serde_json::to_string(&reply)?);
+    // The file is in place (or not) whatever comes of the reply: a sender that leaves as soon
+    // as it has read it may close the channel while the send is still being confirmed.
+    if send_reliably(peer, events, &done.sender, &reply)
+        .await
+        .is_err()
+    {
+        eprintln!("warning: the checksum may not have reached the sender: its channel closed");
+    }
     out.notice_values(
         "file-received",
         &[
@@ -571,7 +652,7 @@ async fn finish(
         ],
     );
     // Let the verdict reach the sender before leaving.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
