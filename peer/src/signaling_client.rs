@@ -813,8 +813,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn frames_a_dead_socket_swallowed_are_sent_again_after_the_resume_once() {
+    /// A `signaling` server on a free loopback port, and its address.
+    fn start_server() -> (testkit::Spawned, std::net::SocketAddr) {
         let mut command = std::process::Command::new(testkit::bin_path("signaling"));
         command
             .args(["--listen", "127.0.0.1:0"])
@@ -822,7 +822,33 @@ mod tests {
         let mut server = testkit::Spawned::spawn(command, false);
         let marker = "listening on http://";
         let line = server.wait_line(Duration::from_secs(20), |l| l.starts_with(marker));
-        let server_addr: std::net::SocketAddr = line[marker.len()..].trim().parse().unwrap();
+        let addr = line[marker.len()..].trim().parse().unwrap();
+        (server, addr)
+    }
+
+    /// The next [`SignalingEvent::Resumed`] within 15 s: its `replayed` and `resent`.
+    async fn next_resumed(
+        events: &mut mpsc::UnboundedReceiver<SignalingEvent>,
+    ) -> Option<(u64, u64)> {
+        timeout(Duration::from_secs(15), async {
+            while let Some(event) = events.recv().await {
+                if let SignalingEvent::Resumed {
+                    replayed, resent, ..
+                } = event
+                {
+                    return Some((replayed, resent));
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    #[tokio::test]
+    async fn frames_a_dead_socket_swallowed_are_sent_again_after_the_resume_once() {
+        let (mut server, server_addr) = start_server();
         let proxy = DeafProxy::start(server_addr).await;
 
         // B joins straight to the server, A through the proxy with the SDK.
@@ -848,18 +874,9 @@ mod tests {
         a.send_in_session(broadcast(3), 0).unwrap();
         sleep(Duration::from_millis(300)).await;
         proxy.cut();
-        let resumed = timeout(Duration::from_secs(15), async {
-            while let Some(event) = events.recv().await {
-                if let SignalingEvent::Resumed { resent, .. } = event {
-                    return Some(resent);
-                }
-            }
-            None
-        })
-        .await;
         assert_eq!(
-            resumed,
-            Ok(Some(2)),
+            next_resumed(&mut events).await.map(|(_, resent)| resent),
+            Some(2),
             "resumed through the proxy, 2 and 3 sent again"
         );
         for n in [2, 3] {
@@ -876,14 +893,8 @@ mod tests {
     /// before its answer, and takes only its answer for it (`docs/protocol.md`, `resume`).
     #[tokio::test]
     async fn an_earlier_resumes_answer_replayed_is_not_taken_for_this_ones() {
-        let mut command = std::process::Command::new(testkit::bin_path("signaling"));
-        command
-            .args(["--listen", "127.0.0.1:0"])
-            .stderr(std::process::Stdio::null());
-        let mut server = testkit::Spawned::spawn(command, false);
-        let marker = "listening on http://";
-        let line = server.wait_line(Duration::from_secs(20), |l| l.starts_with(marker));
-        let url = format!("ws://{}/ws/replayed", line[marker.len()..].trim());
+        let (mut server, server_addr) = start_server();
+        let url = format!("ws://{server_addr}/ws/replayed");
         let (_a, info, mut events) = SignalingClient::connect(&url, Some("a".into()), None)
             .await
             .unwrap();
@@ -915,18 +926,11 @@ mod tests {
             "{theirs:?}"
         );
         drop(other);
-        let replayed = timeout(Duration::from_secs(15), async {
-            while let Some(event) = events.recv().await {
-                if let SignalingEvent::Resumed { replayed, .. } = event {
-                    return Some(replayed);
-                }
-            }
-            None
-        })
-        .await;
         assert_eq!(
-            replayed,
-            Ok(Some(1)),
+            next_resumed(&mut events)
+                .await
+                .map(|(replayed, _)| replayed),
+            Some(1),
             "A's own answer, after the other socket's resumed (replayed)"
         );
         server.kill();
