@@ -161,14 +161,14 @@ enum Payload {
 /// Sends `payload` to `to` on its reliable channel. When that channel closes under it (its
 /// connection is being replaced: the SDK sends again on the new one, first, what the old one
 /// had not delivered), it is tried again every [`RETRY_EVERY`], for up to [`REOPEN_WAIT`],
-/// until the new connection's channel takes it. `Ok` once sent, `Err` when no channel did;
-/// with the other side's verdict on the transfer if one came meanwhile (the wait ends at it).
+/// until the new connection's channel takes it. `Err` when no channel did, with the other
+/// side's verdict on the transfer if one came meanwhile (the wait ends at it).
 async fn send_reliably(
     peer: &Peer,
     events: &mut PeerEvents,
     to: &PeerId,
     payload: &Payload,
-) -> Result<Option<Verdict>, Option<Verdict>> {
+) -> Result<(), Option<Verdict>> {
     let deadline = tokio::time::Instant::now() + REOPEN_WAIT;
     loop {
         let sent = match payload {
@@ -176,7 +176,7 @@ async fn send_reliably(
             Payload::Binary(data) => peer.send(to, ChannelKind::Reliable, data.clone()).await,
         };
         match sent {
-            Ok(()) => return Ok(None),
+            Ok(()) => return Ok(()),
             Err(PeerError::ChannelNotOpen { .. } | PeerError::Replaced) => {}
             Err(_) => return Err(None),
         }
@@ -235,12 +235,12 @@ async fn send_to_first_peer(
         sha256: sha256.clone(),
     };
     let header = Payload::Text(serde_json::to_string(&header)?);
-    let (Ok(mut early) | Err(mut early @ Some(_))) =
-        send_reliably(peer, events, &to, &header).await
-    else {
-        bail!(
+    let mut early = match send_reliably(peer, events, &to, &header).await {
+        Ok(()) => None,
+        Err(None) => bail!(
             "the channel to the receiver closed before the file was sent (0 of {size} bytes sent)"
-        );
+        ),
+        Err(verdict) => verdict,
     };
     let bar = progress(size);
     let mut file = open_source(&path).await?;
@@ -262,22 +262,17 @@ async fn send_to_first_peer(
         buf[..8].copy_from_slice(&bar.position().to_be_bytes());
         let chunk = Payload::Binary(bytes::Bytes::copy_from_slice(&buf[..8 + n]));
         match send_reliably(peer, events, &to, &chunk).await {
-            Ok(seen) => early = seen,
-            Err(seen) => {
-                early = seen;
-                if early.is_none() {
-                    // The channel closed under us and no other came: the receiver stopped.
-                    bar.abandon();
-                    bail!(
-                        "the channel to the receiver closed before the file was sent ({} of \
-                         {size} bytes sent)",
-                        bar.position()
-                    );
-                }
+            Ok(()) => bar.inc(n as u64),
+            Err(None) => {
+                // The channel closed under us and no other came: the receiver stopped.
+                bar.abandon();
+                bail!(
+                    "the channel to the receiver closed before the file was sent ({} of {size} \
+                     bytes sent)",
+                    bar.position()
+                );
             }
-        }
-        if early.is_none() {
-            bar.inc(n as u64);
+            Err(verdict) => early = verdict,
         }
     }
     let sent = bar.position();
@@ -291,14 +286,14 @@ async fn send_to_first_peer(
             let seen = send_reliably(peer, events, &to, &end).await;
             bar.finish();
             match seen {
-                Ok(Some(verdict)) | Err(Some(verdict)) => verdict,
-                // No channel came back to take the end.
-                Err(None) => Verdict::Gone,
-                Ok(None) => loop {
+                Ok(()) => loop {
                     if let Some(verdict) = verdict(events.recv().await, &to) {
                         break verdict;
                     }
                 },
+                Err(Some(verdict)) => verdict,
+                // No channel came back to take the end.
+                Err(None) => Verdict::Gone,
             }
         }
     };
