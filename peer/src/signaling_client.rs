@@ -673,21 +673,29 @@ impl Session {
                     });
                     return Ok(Resume::Done);
                 }
-                ServerMessage::Error { code, message, .. } => match code.retry_class() {
-                    // Ended by an operator while we were away: stop, as `join` would.
-                    RetryClass::Fatal => return Err(PeerError::Signaling { code, message }),
-                    // The session is gone: join afresh.
-                    RetryClass::Rejoin => {
-                        tracing::info!(%code, %message, "signaling session could not be resumed");
-                        return Ok(Resume::Lost(code));
+                // The resume's own refusal: numbered 0, or naming it. A numbered error of the
+                // session (an `unknown_peer` not acknowledged yet) is part of the replay.
+                ServerMessage::Error {
+                    code,
+                    message,
+                    reference,
+                } if frame.seq == 0 || reference == Some(self.resume_id) => {
+                    match code.retry_class() {
+                        // Ended by an operator while we were away: stop, as `join` would.
+                        RetryClass::Fatal => return Err(PeerError::Signaling { code, message }),
+                        // The session is gone: join afresh.
+                        RetryClass::Rejoin => {
+                            tracing::info!(%code, %message, "signaling session could not be resumed");
+                            return Ok(Resume::Lost(code));
+                        }
+                        // Not now (a node at its limits, draining, or without its store): the
+                        // session is kept; back off and resume again.
+                        RetryClass::Retry | RetryClass::Continue => {
+                            tracing::info!(%code, %message, "signaling resume refused for now");
+                            return Ok(Resume::Later);
+                        }
                     }
-                    // Not now (a node at its limits, draining, or without its store): the
-                    // session is kept; back off and resume again.
-                    RetryClass::Retry | RetryClass::Continue => {
-                        tracing::info!(%code, %message, "signaling resume refused for now");
-                        return Ok(Resume::Later);
-                    }
-                },
+                }
                 message => {
                     if self
                         .on_frame(ServerFrame {
@@ -889,10 +897,13 @@ mod tests {
     }
 
     /// Another socket resumes A's session (request 999), which the server answers with a
-    /// `resumed` numbered after A's last seq: A's own resume then gets that frame replayed
-    /// before its answer, and takes only its answer for it (`docs/protocol.md`, `resume`).
+    /// `resumed` numbered after A's last seq, then makes an `unknown_peer` error, numbered
+    /// too: A's own resume gets both replayed before its answer, and takes only its answer
+    /// for it (`docs/protocol.md`, `resume`; a replayed error taken for a refusal had A
+    /// resume again from the same seq, for ever).
     #[tokio::test]
-    async fn an_earlier_resumes_answer_replayed_is_not_taken_for_this_ones() {
+    async fn an_earlier_resumes_answer_and_an_error_replayed_are_not_taken_for_this_ones() {
+        use signaling::protocol::{PeerId, Signal};
         let (mut server, server_addr) = start_server();
         let url = format!("ws://{server_addr}/ws/replayed");
         let (_a, info, mut events) = SignalingClient::connect(&url, Some("a".into()), None)
@@ -925,13 +936,44 @@ mod tests {
             ),
             "{theirs:?}"
         );
+        // And an error of the session, numbered, that the replay carries too: not the
+        // answer to A's resume either.
+        send_json(
+            &mut other,
+            &ClientMessage::Signal {
+                id: Some(7),
+                cseq: None,
+                to: PeerId("000000000000".into()),
+                signal: Signal::EndOfCandidates {
+                    username_fragment: None,
+                },
+            },
+        )
+        .await
+        .unwrap();
+        let error = timeout(Duration::from_secs(10), next_frame(&mut other))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            error.seq > 0
+                && matches!(
+                    error.message,
+                    ServerMessage::Error {
+                        code: ErrorCode::UnknownPeer,
+                        ..
+                    }
+                ),
+            "{error:?}"
+        );
         drop(other);
         assert_eq!(
             next_resumed(&mut events)
                 .await
                 .map(|(replayed, _)| replayed),
-            Some(1),
-            "A's own answer, after the other socket's resumed (replayed)"
+            Some(2),
+            "A's own answer, after the other socket's resumed and error (replayed)"
         );
         server.kill();
     }
