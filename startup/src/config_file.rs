@@ -74,12 +74,19 @@ where
     Ok((config, matches))
 }
 
-/// What a clap error says, in one line without its `error:` and its advice to try `--help`
-/// (which are about a command line, and read oddly after "config file PATH:").
+/// What a clap error says, in one line without its `error:`, its usage and its advice to try
+/// `--help` (which are about a command line, and read oddly after "config file PATH:"); the
+/// possible values and tips stay.
 fn what_clap_refused(error: &clap::Error) -> String {
     let text = error.to_string();
-    let first = text.lines().next().unwrap_or_default();
-    first.strip_prefix("error: ").unwrap_or(first).to_owned()
+    let said: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .filter(|line| !line.is_empty())
+        .collect();
+    let said = said.join(" ");
+    said.strip_prefix("error: ").unwrap_or(&said).to_owned()
 }
 
 /// clap's error about an invalid value, said better in two cases (the same kind of error,
@@ -95,7 +102,14 @@ fn explain_invalid_value<C: CommandFactory>(
     args: &[OsString],
     is_set: impl Fn(&str) -> bool,
 ) -> clap::Error {
-    use clap::error::{ContextKind, ContextValue};
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        // A conflict, a missing companion: clap quotes no value, and says why.
+        return error;
+    }
     let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
         return error;
     };
@@ -414,6 +428,42 @@ mod tests {
         );
         let text = error(&["prog", "--workers", "many"]);
         assert!(!text.contains("environment"), "{text}");
+
+        // Not an invalid value (a conflict): left as clap says it, with its reason.
+        #[derive(Debug, Parser)]
+        struct Conflicting {
+            #[arg(long, env = "STARTUP_TEST_A", conflicts_with = "b")]
+            a: bool,
+            #[arg(long, env = "STARTUP_TEST_B")]
+            b: bool,
+        }
+        let conflict = Conflicting::command()
+            .try_get_matches_from(["prog", "--a", "--b"])
+            .unwrap_err();
+        let text = explain_invalid_value::<Conflicting>(conflict, &[], |_| true).to_string();
+        assert!(text.contains("cannot be used with"), "{text}");
+    }
+
+    /// A file's refused value keeps clap's list of the possible values.
+    #[test]
+    fn a_refused_file_value_keeps_the_possible_values() {
+        #[derive(Debug, Parser)]
+        struct WithChoice {
+            #[arg(long)]
+            config: Option<PathBuf>,
+            #[arg(long, value_parser = ["text", "json"])]
+            format: Option<String>,
+        }
+        let f = file("format = \"medium\"\n");
+        let path = f.0.to_str().unwrap().to_owned();
+        let err = load::<WithChoice, _, _>(["prog", "--config", &path]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "config file {path}: invalid value 'medium' for '--format <FORMAT>' [possible \
+                 values: text, json]"
+            )
+        );
     }
 
     #[test]
