@@ -165,20 +165,27 @@ fn a_reliable_message_goes_again_at_every_t3_rtx_expiry_of_a_long_outage() {
 
 /// Patch 4: once the path changed (ICE chose another pair, after an ICE restart), the message
 /// in flight goes again at once, not at the T3-rtx expiry backed off while the old path was
-/// dead (16 s away here, and up to 60 s), and the retransmission timer starts over.
+/// dead (16 s away here, and up to 60 s), and the retransmission timer starts over; with
+/// nothing in flight, or nothing lost yet, nothing changes.
 #[test]
 fn a_path_change_sends_what_is_in_flight_at_once() {
     let start = Instant::now();
     let mut pair = Pair::establish(start);
-    // Nothing in flight: nothing to send.
+    // Nothing in flight: nothing to send, no timer.
+    let idle = pair.client.poll_timeout();
     pair.client.handle_path_change(start);
     assert!(transmits(&mut pair.client, start).is_empty());
+    assert_eq!(pair.client.poll_timeout(), idle, "no timer started");
     pair.client
         .open_stream(1, PPI)
         .expect("open")
         .write_sctp(start, &Bytes::from_static(b"in flight"), PPI)
         .expect("write");
     assert!(!transmits(&mut pair.client, start).is_empty());
+    // Nothing lost yet (the old path may work: a routine ICE restart): left to its timer.
+    let due = pair.client.poll_timeout();
+    pair.client.handle_path_change(start);
+    assert_eq!(pair.client.poll_timeout(), due, "not sent again at once");
     let mut at = start;
     for _ in 0..4 {
         at = pair.client.poll_timeout().expect("T3-rtx");

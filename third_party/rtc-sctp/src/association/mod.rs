@@ -3439,9 +3439,11 @@ impl Association {
     /// backed off while that path was dead, could hold it back for up to RTO.max (60 s): its
     /// RTO and backoff start over and it expires now, so the next `handle_timeout`
     /// retransmits the outstanding DATA at once (RFC 9260 6.3.3, as on any expiry). Nothing
-    /// outstanding (the timer not running): nothing to do.
+    /// outstanding (the timer not running), or nothing lost on the way yet (the timer has not
+    /// expired since it started: a routine ICE restart while the old path works): nothing to
+    /// do.
     pub fn handle_path_change(&mut self, now: Instant) {
-        if self.timers.get(Timer::T3RTX).is_none() {
+        if self.timers.get(Timer::T3RTX).is_none() || self.timers.expiries(Timer::T3RTX) == 0 {
             return;
         }
         self.rto_mgr.reset();

@@ -149,6 +149,11 @@ impl TimerTable {
         }
     }
 
+    /// PATCH(peer, path change): how many times `timer` expired since it last started over.
+    pub(crate) fn expiries(&self, timer: Timer) -> usize {
+        self.retrans[timer as usize]
+    }
+
     pub fn reset_retrans(&mut self, timer: Timer) {
         self.retrans[timer as usize] = 0;
     }
