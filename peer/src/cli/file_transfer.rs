@@ -2,11 +2,12 @@
 //! with SHA-256.
 //!
 //! Wire format on the channel: a text header `{"type":"file-header","name":..,"size":..,
-//! "sha256":..}`, the content as binary messages of an 8-byte big-endian offset and up to
-//! [`CHUNK`] bytes from there, a text `{"type":"file-end"}`; the receiver answers
-//! `{"type":"file-result","ok":..,"sha256":..}`. Both sides exit non-zero when the checksums
-//! differ. A peer that does not take files (a `peer join` chat) answers the header with
-//! `{"type":"file-declined","reason":..}`, and the sender stops.
+//! "sha256":..,"offsets":true}`, the content as binary messages of an 8-byte big-endian
+//! offset and up to [`CHUNK`] bytes from there, a text `{"type":"file-end"}`; the receiver
+//! answers `{"type":"file-result","ok":..,"sha256":..}`. Both sides exit non-zero when the
+//! checksums differ. A peer that does not take files (a `peer join` chat) answers the header
+//! with `{"type":"file-declined","reason":..}`, and the sender stops; so does a receiver
+//! given a header without `offsets` (an older sender, whose chunks carry none).
 //!
 //! A connection replaced mid-file (the SDK's [`PeerEvent::ConnectionReplaced`]) does not end
 //! the transfer: the SDK sends again on the new connection, first, what the old one had not
@@ -46,6 +47,9 @@ pub(crate) enum Control {
         name: String,
         size: u64,
         sha256: String,
+        /// Every chunk starts with its offset (absent: an older sender, whose chunks do not).
+        #[serde(default)]
+        offsets: bool,
     },
     #[serde(rename = "file-end")]
     End,
@@ -152,6 +156,16 @@ enum Verdict {
     Gone,
 }
 
+/// Why [`send_reliably`] did not send.
+enum Unsent {
+    /// The other side's verdict on the transfer came meanwhile (it left, or declined).
+    Verdict(Verdict),
+    /// No channel to the other side came back within [`REOPEN_WAIT`].
+    NoChannel,
+    /// The SDK refused it otherwise.
+    Failed(PeerError),
+}
+
 /// A message of the transfer.
 enum Payload {
     Text(String),
@@ -161,14 +175,13 @@ enum Payload {
 /// Sends `payload` to `to` on its reliable channel. When that channel closes under it (its
 /// connection is being replaced: the SDK sends again on the new one, first, what the old one
 /// had not delivered), it is tried again every [`RETRY_EVERY`], for up to [`REOPEN_WAIT`],
-/// until the new connection's channel takes it. `Err` when no channel did, with the other
-/// side's verdict on the transfer if one came meanwhile (the wait ends at it).
+/// until the new connection's channel takes it.
 async fn send_reliably(
     peer: &Peer,
     events: &mut PeerEvents,
     to: &PeerId,
     payload: &Payload,
-) -> Result<(), Option<Verdict>> {
+) -> Result<(), Unsent> {
     let deadline = tokio::time::Instant::now() + REOPEN_WAIT;
     loop {
         let sent = match payload {
@@ -178,15 +191,15 @@ async fn send_reliably(
         match sent {
             Ok(()) => return Ok(()),
             Err(PeerError::ChannelNotOpen { .. } | PeerError::Replaced) => {}
-            Err(_) => return Err(None),
+            Err(error) => return Err(Unsent::Failed(error)),
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(None);
+            return Err(Unsent::NoChannel);
         }
         if let Ok(event) = tokio::time::timeout(RETRY_EVERY, events.recv()).await
             && let Some(verdict) = verdict(event, to)
         {
-            return Err(Some(verdict));
+            return Err(Unsent::Verdict(verdict));
         }
     }
 }
@@ -233,14 +246,16 @@ async fn send_to_first_peer(
         name,
         size,
         sha256: sha256.clone(),
+        offsets: true,
     };
     let header = Payload::Text(serde_json::to_string(&header)?);
     let mut early = match send_reliably(peer, events, &to, &header).await {
         Ok(()) => None,
-        Err(None) => bail!(
+        Err(Unsent::Verdict(verdict)) => Some(verdict),
+        Err(Unsent::NoChannel) => bail!(
             "the channel to the receiver closed before the file was sent (0 of {size} bytes sent)"
         ),
-        Err(verdict) => verdict,
+        Err(Unsent::Failed(error)) => return Err(error.into()),
     };
     let bar = progress(size);
     let mut file = open_source(&path).await?;
@@ -263,7 +278,12 @@ async fn send_to_first_peer(
         let chunk = Payload::Binary(bytes::Bytes::copy_from_slice(&buf[..8 + n]));
         match send_reliably(peer, events, &to, &chunk).await {
             Ok(()) => bar.inc(n as u64),
-            Err(None) => {
+            Err(Unsent::Verdict(verdict)) => early = Some(verdict),
+            Err(Unsent::Failed(error)) => {
+                bar.abandon();
+                return Err(error.into());
+            }
+            Err(Unsent::NoChannel) => {
                 // The channel closed under us and no other came: the receiver stopped.
                 bar.abandon();
                 bail!(
@@ -272,7 +292,6 @@ async fn send_to_first_peer(
                     bar.position()
                 );
             }
-            Err(verdict) => early = verdict,
         }
     }
     let sent = bar.position();
@@ -291,9 +310,10 @@ async fn send_to_first_peer(
                         break verdict;
                     }
                 },
-                Err(Some(verdict)) => verdict,
+                Err(Unsent::Verdict(verdict)) => verdict,
                 // No channel came back to take the end.
-                Err(None) => Verdict::Gone,
+                Err(Unsent::NoChannel) => Verdict::Gone,
+                Err(Unsent::Failed(error)) => return Err(error.into()),
             }
         }
     };
@@ -539,10 +559,26 @@ async fn receive_one(
                 data,
                 kind: ChannelKind::Reliable,
             } => match serde_json::from_slice::<Control>(&data) {
-                Ok(Control::Header { name, size, sha256 })
-                    if !incoming.as_ref().is_some_and(|i| {
-                        i.sender == from && i.sha256 == sha256 && i.size == size
-                    }) =>
+                Ok(Control::Header { offsets: false, .. }) => {
+                    let reason = "this recv-file takes chunks with their offsets: the sender's \
+                                  peer is older";
+                    let declined = Control::Declined {
+                        reason: reason.into(),
+                    };
+                    let _ = peer
+                        .send_text(
+                            &from,
+                            ChannelKind::Reliable,
+                            &serde_json::to_string(&declined)?,
+                        )
+                        .await;
+                    bail!("{reason}");
+                }
+                Ok(Control::Header {
+                    name, size, sha256, ..
+                }) if !incoming
+                    .as_ref()
+                    .is_some_and(|i| i.sender == from && i.sha256 == sha256 && i.size == size) =>
                 {
                     out.notice_values(
                         "receiving",
@@ -630,11 +666,14 @@ async fn finish(
     let reply = Payload::Text(serde_json::to_string(&reply)?);
     // The file is in place (or not) whatever comes of the reply: a sender that leaves as soon
     // as it has read it may close the channel while the send is still being confirmed.
-    if send_reliably(peer, events, &done.sender, &reply)
-        .await
-        .is_err()
-    {
-        eprintln!("warning: the checksum may not have reached the sender: its channel closed");
+    match send_reliably(peer, events, &done.sender, &reply).await {
+        Ok(()) => {}
+        Err(Unsent::Verdict(_) | Unsent::NoChannel) => {
+            eprintln!("warning: the checksum may not have reached the sender: its channel closed");
+        }
+        Err(Unsent::Failed(error)) => {
+            eprintln!("warning: the checksum may not have reached the sender: {error}");
+        }
     }
     out.notice_values(
         "file-received",
