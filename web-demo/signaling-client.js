@@ -1295,7 +1295,8 @@ class HttpLink {
     this.hold();
     return new Promise((resolve) => {
       const check = () => {
-        if (this.readyState !== 1 || this._requestSince == null || this._requestAttached) {
+        // Released meanwhile (the try was given up): nothing waits for the answer.
+        if (!this._held || this.readyState !== 1 || this._requestSince == null || this._requestAttached) {
           resolve();
           return;
         }
