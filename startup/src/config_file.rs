@@ -89,6 +89,12 @@ fn what_clap_refused(error: &clap::Error) -> String {
     said.strip_prefix("error: ").unwrap_or(&said).to_owned()
 }
 
+/// The long flag `text` names: `--NAME`, `--NAME=VALUE` (an argument), or `--NAME <VALUE>`
+/// (clap's name of the argument in an error).
+fn long_name(text: &str) -> Option<&str> {
+    text.strip_prefix("--")?.split([' ', '=']).next()
+}
+
 /// clap's error about an invalid value, said better in two cases (the same kind of error,
 /// naming the flag and why):
 /// - the value was given to a flag that takes a secret ([`crate::summary::is_secret`]:
@@ -114,22 +120,18 @@ fn explain_invalid_value<C: CommandFactory>(
         return error;
     };
     let command = C::command();
-    let Some(flag) = command.get_arguments().find(|a| {
-        a.get_long().is_some_and(|long| {
-            arg.strip_prefix("--")
-                .is_some_and(|rest| rest.split([' ', '=']).next() == Some(long))
-        })
-    }) else {
+    let named = long_name(arg);
+    let Some(flag) = command
+        .get_arguments()
+        .find(|a| a.get_long().is_some_and(|long| named == Some(long)))
+    else {
         return error;
     };
-    let long = flag.get_long().unwrap_or_default();
-    let on_the_command_line = args.iter().skip(1).any(|a| {
-        a.to_str().is_some_and(|a| {
-            a.strip_prefix("--")
-                .and_then(|rest| rest.split('=').next())
-                .is_some_and(|name| name == long)
-        })
-    });
+    let long = flag.get_long();
+    let on_the_command_line = args
+        .iter()
+        .skip(1)
+        .any(|a| a.to_str().and_then(long_name) == long);
     let variable = flag
         .get_env()
         .and_then(|var| var.to_str())
