@@ -910,22 +910,22 @@ mod tests {
             .await
             .unwrap();
         let mut other = open(&url, &Connector::Plain).await.unwrap();
-        send_json(
-            &mut other,
-            &ClientMessage::Resume {
-                id: Some(999),
-                versions: vec![PROTOCOL_VERSION],
-                resume_token: info.resume_token.clone(),
-                last_seq: 1,
-            },
-        )
-        .await
-        .unwrap();
-        let theirs = timeout(Duration::from_secs(10), next_frame(&mut other))
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        // Sends `message` on the other socket and reads its answer.
+        async fn ask(ws: &mut WsStream, message: &ClientMessage) -> ServerFrame {
+            send_json(ws, message).await.unwrap();
+            timeout(Duration::from_secs(10), next_frame(ws))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+        }
+        let resume = ClientMessage::Resume {
+            id: Some(999),
+            versions: vec![PROTOCOL_VERSION],
+            resume_token: info.resume_token.clone(),
+            last_seq: 1,
+        };
+        let theirs = ask(&mut other, &resume).await;
         assert!(
             matches!(
                 theirs.message,
@@ -938,24 +938,15 @@ mod tests {
         );
         // And an error of the session, numbered, that the replay carries too: not the
         // answer to A's resume either.
-        send_json(
-            &mut other,
-            &ClientMessage::Signal {
-                id: Some(7),
-                cseq: None,
-                to: PeerId("000000000000".into()),
-                signal: Signal::EndOfCandidates {
-                    username_fragment: None,
-                },
+        let to_nobody = ClientMessage::Signal {
+            id: Some(7),
+            cseq: None,
+            to: PeerId("000000000000".into()),
+            signal: Signal::EndOfCandidates {
+                username_fragment: None,
             },
-        )
-        .await
-        .unwrap();
-        let error = timeout(Duration::from_secs(10), next_frame(&mut other))
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        };
+        let error = ask(&mut other, &to_nobody).await;
         assert!(
             error.seq > 0
                 && matches!(
