@@ -699,6 +699,14 @@ impl ConnectionTask {
                 restart,
                 "TURN servers changed"
             );
+            if new_urls.is_empty() && (restart || self.ctx.options.relay_only) {
+                tracing::warn!(
+                    peer = %self.peer(),
+                    "the signaling server lists no TURN server now (its relay fleet may be \
+                     empty): a relayed path has none to restart onto, and waits until one is \
+                     listed again"
+                );
+            }
             restart.then_some(IceRestartReason::RelayMoved)
         };
         let mapped = self.bridges.map(&usable).await;

@@ -184,6 +184,14 @@ impl RelayFleet {
         warned.retain(|id| refusing.iter().any(|r| &r.id == id));
     }
 
+    /// How many relays rooms are given to are active (not draining).
+    fn active(&self) -> usize {
+        self.usable()
+            .iter()
+            .filter(|r| r.state == RelayState::Active)
+            .count()
+    }
+
     /// How many rooms of `served` each active relay serves (for the metrics).
     pub fn rooms_per_relay(&self, served: &[RoomId]) -> HashMap<String, u64> {
         let relays = self.usable();
@@ -226,12 +234,18 @@ pub async fn refresh(
             return None;
         }
     };
+    let active_before = fleet.active();
     let moved = fleet.update(relays, served);
-    let active = fleet
-        .usable()
-        .iter()
-        .filter(|r| r.state == RelayState::Active)
-        .count();
+    let active = fleet.active();
+    if active == 0 && active_before > 0 {
+        tracing::warn!(
+            "the relay fleet has no active relay left that accepts this node's TURN \
+             credentials: rooms get the --turn-url list (if any) until one registers, and \
+             peers relayed through the fleet have no path meanwhile"
+        );
+    } else if active > 0 && active_before == 0 {
+        tracing::info!(active, "the relay fleet has active relays");
+    }
     metrics.relay_fleet.set(active as i64);
     metrics.relay_reassignments.inc_by(moved.len() as u64);
     metrics.set_rooms_per_relay(&fleet.rooms_per_relay(served));

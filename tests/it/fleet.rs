@@ -596,6 +596,81 @@ fn rooms_spread_over_the_fleet_and_move_when_a_relay_joins_dies_or_drains() {
     });
 }
 
+/// The last relay fleet's relay dies: the node says so in its log, and the room's peers get
+/// `ice_servers` with no TURN server (this node has no `--turn-url`); a relay that registers
+/// later serves the room, and the peers get its URLs at once.
+#[test]
+fn a_fleet_left_with_no_relay_says_so_and_rooms_get_the_next_relay_to_register() {
+    let redis = RedisServer::start();
+    let mut relays = vec![start_fleet_relay(&redis, "r1")];
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let url = redis.url();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--redis",
+        &url,
+        "--fleet-refresh",
+        "200ms",
+    ];
+    let mut proc = crate::peer_e2e::spawn_with_stderr(
+        "signaling",
+        &args,
+        false,
+        std::process::Stdio::from(log.reopen().unwrap()),
+    );
+    let signaling_addr = crate::peer_e2e::listening_addr(&mut proc, "http");
+    // The log's lines so far that hold `text`, within 10 s.
+    let logged = |text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let said = std::fs::read_to_string(log.path()).unwrap();
+            if let Some(line) = said.lines().find(|l| l.contains(text)) {
+                return line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no {text:?} in the log:\n{said}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut ws = runtime.block_on(async {
+        let (ws, port) = join(signaling_addr, "lonely").await;
+        assert_eq!(port, relays[0].port);
+        ws
+    });
+    drop(relays.pop());
+    let warning = logged("the relay fleet has no active relay left");
+    assert!(warning.contains("WARN"), "{warning}");
+    let next_ice_servers = |ws: &mut Ws| {
+        runtime.block_on(async {
+            loop {
+                let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                    .await
+                    .expect("ice_servers in time")
+                    .expect("open")
+                    .expect("frame");
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
+                if let ServerMessage::IceServers { ice_servers } = frame.message {
+                    return ice_servers;
+                }
+            }
+        })
+    };
+    let none = next_ice_servers(&mut ws);
+    assert_eq!(turn_port(&none), None, "{none:?}");
+
+    let next = start_fleet_relay(&redis, "r2");
+    let servers = next_ice_servers(&mut ws);
+    assert_eq!(turn_port(&servers), Some(next.port), "{servers:?}");
+    // Logged before the rooms' `ice_servers` go out: at start, and now.
+    let said = std::fs::read_to_string(log.path()).unwrap();
+    let back = said.matches("the relay fleet has active relays").count();
+    assert_eq!(back, 2, "{said}");
+}
+
 /// `GET path` with the test's API key: (status, body).
 pub(crate) async fn api_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let (status, _, body) = signaling_http::http_request(

@@ -181,3 +181,59 @@ fn peers_on_a_direct_pair_are_left_alone_when_the_relay_moves() {
         );
     }
 }
+
+/// The fleet's only relay dies under two relay-only peers: they restart ICE onto nothing (their
+/// room has no TURN server now), the SDK says so in its log, and when a relay registers they
+/// restart onto it and the chat goes on.
+#[test]
+fn relay_only_peers_wait_out_an_empty_fleet_and_move_onto_the_next_relay() {
+    let redis = RedisServer::start();
+    let mut relays = vec![start_fleet_relay(&redis, "r1")];
+    let signaling = start_fleet_signaling(&redis);
+    let url = signaling.room_url("empty-fleet-room");
+    let logs = [(); 2].map(|()| tempfile::NamedTempFile::new().unwrap());
+    let peer = |name: &str, log: &tempfile::NamedTempFile| {
+        let args = [
+            "join",
+            &url,
+            "--name",
+            name,
+            "--bind",
+            "127.0.0.1",
+            "--relay-only",
+        ];
+        let stderr = std::process::Stdio::from(log.reopen().unwrap());
+        crate::peer_e2e::spawn_with_stderr("peer", &args, true, stderr)
+    };
+    let mut alice = peer("alice", &logs[0]);
+    alice.wait_line(WAIT, |l| l.starts_with("* joined"));
+    let mut bob = peer("bob", &logs[1]);
+    for proc in [&mut alice, &mut bob] {
+        let line = proc.wait_line(WAIT, |l| l.starts_with("* selected-pair"));
+        assert_eq!(relay_port(&line), Some(relays[0].port), "{line}");
+    }
+
+    drop(relays.pop());
+    for (proc, log) in [(&mut alice, &logs[0]), (&mut bob, &logs[1])] {
+        proc.wait_line(WAIT, |l| {
+            l.starts_with("* ice-restart") && field(l, "reason") == Some("relay-moved")
+        });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let said = std::fs::read_to_string(log.path()).unwrap();
+            if said.contains("the signaling server lists no TURN server now") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no warning in the log:\n{said}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    let next = start_fleet_relay(&redis, "r2");
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(WAIT, |l| {
+            l.starts_with("* selected-pair") && relay_port(l) == Some(next.port)
+        });
+    }
+    chat_both_ways(&mut alice, &mut bob, "on the next relay", "back again");
+}

@@ -114,7 +114,7 @@ pub(crate) fn start_signaling_with(
 }
 
 /// The address in the `listening on SCHEME://ADDR` line of a starting `signaling`.
-fn listening_addr(proc: &mut Proc, scheme: &str) -> SocketAddr {
+pub(crate) fn listening_addr(proc: &mut Proc, scheme: &str) -> SocketAddr {
     let prefix = format!("listening on {scheme}://");
     let line = proc.wait_line(Duration::from_secs(20), |l| l.contains(&prefix));
     line.rsplit(&prefix)
