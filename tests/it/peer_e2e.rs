@@ -2,7 +2,7 @@
 //! loopback: ordered bulk chat (direct and relay-only), file transfer with checksum, and a
 //! signaling socket that drops mid-session (through a TCP proxy the test cuts).
 
-use std::io::Write;
+use std::io::{Read as _, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
@@ -307,6 +307,78 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
     assert_eq!(
         testkit::dir_names(dir.path()),
         ["dst.bin", "link.bin", "src.bin"]
+    );
+}
+
+/// A signaling restart mid-file: both peers re-join under new ids and keep their connection
+/// (`PeerRenamed`), and the transfer follows them. The sender went on sending to the old id
+/// (the channel "closed" after 30 s), and the receiver dropped the chunks and the checksum's
+/// reply of the new one.
+#[test]
+fn a_file_transfer_follows_both_peers_through_a_signaling_restart() {
+    let (signaling, listen, url) = restartable_signaling(None, "file-rejoin");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, src_s) = path_in(dir.path(), "src.bin");
+    let (fifo, fifo_s) = path_in(dir.path(), "out.fifo");
+    let data = xorshift_bytes(0x9e37_79b9_7f4a_7c15, 4 * 1024 * 1024);
+    std::fs::write(&src, &data).expect("write source");
+    let c_fifo = std::ffi::CString::new(fifo_s.clone()).expect("path");
+    // SAFETY: mkfifo(3) on a NUL-terminated path in the test's own directory.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+    // The test reads the file from the pipe only after the restart, so the receiver blocks
+    // writing its first chunks (and, behind it, the sender) until the peers have new ids.
+    let (go, wait_go) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        let mut pipe = std::fs::File::open(&fifo).expect("open the fifo");
+        let _ = wait_go.recv_timeout(Duration::from_secs(60));
+        let mut got = Vec::new();
+        pipe.read_to_end(&mut got).expect("read the fifo");
+        got
+    });
+    let sender_err = StderrFile::new();
+    let mut receiver = joined(file_peer(
+        "recv-file",
+        &url,
+        &fifo_s,
+        &["--name", "receiver"],
+    ));
+    let args = [
+        "send-file",
+        &url,
+        &src_s,
+        "--bind",
+        "127.0.0.1",
+        "--name",
+        "sender",
+        "--log-filter",
+        "info",
+    ];
+    let mut sender = spawn_with_stderr("peer", &args, false, sender_err.stdio());
+    sender.wait_line(Duration::from_secs(30), |l| l.starts_with("* sending"));
+    receiver.wait_line(Duration::from_secs(30), |l| l.starts_with("* receiving"));
+
+    drop(signaling.proc);
+    let _restarted = start_signaling(None, &listen);
+    let adopted = testkit::wait_until(Duration::from_secs(30), || {
+        sender_err
+            .text()
+            .contains("re-joined peer adopted its connection")
+            .then_some(())
+    });
+    assert!(adopted.is_some(), "no re-join:\n{}", sender_err.text());
+    go.send(()).expect("reader waits");
+
+    let received = receiver.wait_line(Duration::from_secs(60), |l| {
+        l.starts_with("* file-received")
+    });
+    assert_eq!(field(&received, "ok"), Some("true"), "{received}");
+    let sent = sender.wait_line(Duration::from_secs(30), |l| l.starts_with("* file-sent"));
+    assert_eq!(field(&sent, "ok"), Some("true"), "{sent}");
+    assert!(sender.wait_exit(Duration::from_secs(10)).success());
+    assert!(receiver.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        reader.join().expect("reader") == data,
+        "the file read differs"
     );
 }
 

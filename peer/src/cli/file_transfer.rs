@@ -13,7 +13,9 @@
 //! the transfer: the SDK sends again on the new connection, first, what the old one had not
 //! delivered, and what was being sent when the channel closed is sent again once the new
 //! connection's channel opens ([`send_reliably`]). A message that arrives twice that way is
-//! recognised by its offset (a header, by being the same header) and taken once.
+//! recognised by its offset (a header, by being the same header) and taken once. A peer whose
+//! signaling session ended re-joins under a new id and keeps its connection
+//! ([`PeerEvent::PeerRenamed`]): both sides follow the other under its new id.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -179,7 +181,7 @@ enum Payload {
 async fn send_reliably(
     peer: &Peer,
     events: &mut PeerEvents,
-    to: &PeerId,
+    to: &mut PeerId,
     payload: &Payload,
 ) -> Result<(), Unsent> {
     let deadline = tokio::time::Instant::now() + REOPEN_WAIT;
@@ -204,9 +206,14 @@ async fn send_reliably(
     }
 }
 
-/// The receiver's answer in `event`, if it is one.
-fn verdict(event: Option<PeerEvent>, to: &PeerId) -> Option<Verdict> {
+/// The receiver's answer in `event`, if it is one. A re-join of the receiver that took its
+/// connection over under a new id ([`PeerEvent::PeerRenamed`]) makes `to` that id.
+fn verdict(event: Option<PeerEvent>, to: &mut PeerId) -> Option<Verdict> {
     match event {
+        Some(PeerEvent::PeerRenamed { old, new }) if old == *to => {
+            *to = new;
+            None
+        }
         Some(PeerEvent::Message {
             from,
             text: true,
@@ -236,7 +243,7 @@ async fn send_to_first_peer(
         size,
         sha256,
     } = offer;
-    let to = super::first_open_peer(events).await?;
+    let mut to = super::first_open_peer(events).await?;
     out.notice_values(
         "sending",
         &[("peer", to.as_str().into()), ("bytes", size.into())],
@@ -249,7 +256,7 @@ async fn send_to_first_peer(
         offsets: true,
     };
     let header = Payload::Text(serde_json::to_string(&header)?);
-    let mut early = match send_reliably(peer, events, &to, &header).await {
+    let mut early = match send_reliably(peer, events, &mut to, &header).await {
         Ok(()) => None,
         Err(Unsent::Verdict(verdict)) => Some(verdict),
         Err(Unsent::NoChannel) => bail!(
@@ -265,7 +272,7 @@ async fn send_to_first_peer(
         while early.is_none()
             && let Some(event) = events.recv().now_or_never()
         {
-            early = verdict(event, &to);
+            early = verdict(event, &mut to);
         }
         if early.is_some() {
             break;
@@ -276,7 +283,7 @@ async fn send_to_first_peer(
         }
         buf[..8].copy_from_slice(&bar.position().to_be_bytes());
         let chunk = Payload::Binary(bytes::Bytes::copy_from_slice(&buf[..8 + n]));
-        match send_reliably(peer, events, &to, &chunk).await {
+        match send_reliably(peer, events, &mut to, &chunk).await {
             Ok(()) => bar.inc(n as u64),
             Err(Unsent::Verdict(verdict)) => early = Some(verdict),
             Err(Unsent::Failed(error)) => {
@@ -302,11 +309,11 @@ async fn send_to_first_peer(
         }
         None => {
             let end = Payload::Text(serde_json::to_string(&Control::End)?);
-            let seen = send_reliably(peer, events, &to, &end).await;
+            let seen = send_reliably(peer, events, &mut to, &end).await;
             bar.finish();
             match seen {
                 Ok(()) => loop {
-                    if let Some(verdict) = verdict(events.recv().await, &to) {
+                    if let Some(verdict) = verdict(events.recv().await, &mut to) {
                         break verdict;
                     }
                 },
@@ -634,6 +641,12 @@ async fn receive_one(
                     incoming.bar.inc(new.len() as u64);
                 }
             }
+            // The sender re-joined and took its connection over under a new id.
+            PeerEvent::PeerRenamed { old, new } => {
+                if let Some(incoming) = incoming.as_mut().filter(|i| i.sender == old) {
+                    incoming.sender = new;
+                }
+            }
             PeerEvent::PeerLeft { peer: left, .. }
                 if incoming.as_ref().is_some_and(|i| i.sender == left) =>
             {
@@ -652,7 +665,7 @@ async fn finish(
     peer: &Peer,
     events: &mut PeerEvents,
     target: &mut Target,
-    done: Incoming,
+    mut done: Incoming,
     out: Output,
 ) -> anyhow::Result<ExitCode> {
     done.bar.finish();
@@ -666,7 +679,7 @@ async fn finish(
     let reply = Payload::Text(serde_json::to_string(&reply)?);
     // The file is in place (or not) whatever comes of the reply: a sender that leaves as soon
     // as it has read it may close the channel while the send is still being confirmed.
-    match send_reliably(peer, events, &done.sender, &reply).await {
+    match send_reliably(peer, events, &mut done.sender, &reply).await {
         Ok(()) => {}
         Err(Unsent::Verdict(_) | Unsent::NoChannel) => {
             eprintln!("warning: the checksum may not have reached the sender: its channel closed");
