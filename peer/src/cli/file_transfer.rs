@@ -788,14 +788,28 @@ mod tests {
         };
         let text = serde_json::to_string(&declined).expect("JSON");
         assert_eq!(text, r#"{"type":"file-declined","reason":"no"}"#);
-        let to: PeerId = serde_json::from_str(r#""abc""#).expect("peer id");
+        let mut to: PeerId = serde_json::from_str(r#""abc""#).expect("peer id");
         let event = PeerEvent::Message {
             from: to.clone(),
             kind: ChannelKind::Reliable,
             text: true,
             data: text.into(),
         };
-        assert!(matches!(verdict(Some(event), &to), Some(Verdict::Declined(r)) if r == "no"));
-        assert!(matches!(verdict(None, &to), Some(Verdict::Gone)));
+        assert!(matches!(verdict(Some(event), &mut to), Some(Verdict::Declined(r)) if r == "no"));
+        assert!(matches!(verdict(None, &mut to), Some(Verdict::Gone)));
+    }
+
+    #[test]
+    fn a_renamed_receiver_is_followed_and_anothers_rename_is_not() {
+        let id = |text: &str| -> PeerId { serde_json::from_str(&format!("{text:?}")).unwrap() };
+        let mut to = id("abc");
+        let renamed = |old: &str, new: &str| PeerEvent::PeerRenamed {
+            old: id(old),
+            new: id(new),
+        };
+        assert!(verdict(Some(renamed("xyz", "def")), &mut to).is_none());
+        assert_eq!(to, id("abc"));
+        assert!(verdict(Some(renamed("abc", "def")), &mut to).is_none());
+        assert_eq!(to, id("def"));
     }
 }
