@@ -237,3 +237,52 @@ fn relay_only_peers_wait_out_an_empty_fleet_and_move_onto_the_next_relay() {
     }
     chat_both_ways(&mut alice, &mut bob, "on the next relay", "back again");
 }
+
+/// Only Alice is relayed (relay-only; Bob on a host candidate): when the room's relay dies,
+/// she restarts ICE and Bob answers. Bob makes no restart of his own, and still reports the
+/// new pair his answer led to (it was printed only after a restart of one's own).
+#[test]
+fn the_side_that_answers_a_relay_move_reports_its_new_pair() {
+    let redis = RedisServer::start();
+    let mut relays = fleet(&redis);
+    let signaling = start_fleet_signaling(&redis);
+    // ICE may nominate one of Bob's relayed candidates (then he restarts too): call again, in
+    // a new room, until his pair is direct (at most three calls).
+    let (mut alice, mut bob, first, before) = (1..=3)
+        .find_map(|attempt| {
+            let url = signaling.room_url(&format!("answering-room-{attempt}"));
+            let mut alice = join(&url, "alice", true);
+            alice.wait_line(WAIT, |l| l.starts_with("* joined"));
+            let mut bob = join(&url, "bob", false);
+            let first = alice.wait_line(WAIT, |l| l.starts_with("* selected-pair"));
+            let before = bob.wait_line(WAIT, |l| l.starts_with("* selected-pair"));
+            if field(&before, "local") == Some("relay") {
+                eprintln!("attempt {attempt}: Bob's pair is relayed; calling again");
+                return None;
+            }
+            Some((alice, bob, first, before))
+        })
+        .expect("a direct pair for Bob within three calls");
+    let old = relay_port(&first).unwrap_or_else(|| panic!("no relay= in {first}"));
+    let victim = relays
+        .iter()
+        .position(|r| r.port == old)
+        .expect("the room's relay is one of the fleet");
+    drop(relays.remove(victim));
+
+    alice.wait_line(WAIT, |l| {
+        l.starts_with("* ice-restart") && field(l, "reason") == Some("relay-moved")
+    });
+    let after = bob.wait_line(WAIT, |l| l.starts_with("* selected-pair"));
+    assert!(
+        field(&after, "local_addr") != field(&before, "local_addr")
+            || field(&after, "remote_addr") != field(&before, "remote_addr"),
+        "{before}\n{after}"
+    );
+    chat_both_ways(&mut alice, &mut bob, "through the new relay", "heard");
+    assert!(
+        !bob.seen.iter().any(|l| l.starts_with("* ice-restart")),
+        "Bob restarted ICE himself:\n{}",
+        bob.seen.join("\n")
+    );
+}

@@ -27,6 +27,9 @@ use super::{CommonArgs, Interrupted, Output, Stop, escape};
 const RESELECT_WAIT: Duration = Duration::from_secs(30);
 /// How often the selected pair of a restarted connection is looked at.
 const RESELECT_POLL: Duration = Duration::from_millis(200);
+/// How often the selected pair of every other connection is looked at: it changes too when
+/// the other side restarts ICE (this one only answers), or when ICE switches pairs itself.
+const PAIR_WATCH: Duration = Duration::from_secs(1);
 /// How long, at the end of stdin, the lines sent get to be acknowledged by their peers before
 /// the room is left (closing a connection drops what its SCTP still holds).
 const ACK_WAIT: Duration = Duration::from_secs(30);
@@ -263,9 +266,9 @@ struct PeerChat {
     /// How many replies (`file-declined`) went to it after the last line sent to it: the last
     /// messages it may not have acknowledged when it leaves, they are no lines.
     replies_since_line: usize,
-    /// The pair last printed when a reliable channel of it opened: both sides may open one
-    /// (the browser's `chat` and our `reliable`), and the second adds no line unless the path
-    /// is another (a connection that replaced the first).
+    /// The pair last printed (when a reliable channel of it opened, or since: the pair
+    /// changed): both sides may open one (the browser's `chat` and our `reliable`), and the
+    /// second adds no line unless the path is another (a connection that replaced the first).
     opened_on: Option<SelectedPair>,
     /// Its connection restarted ICE: the new pair is printed once ICE selected another.
     reselect: Option<Reselect>,
@@ -289,6 +292,8 @@ impl Chat {
         let mut line_number = 0u64;
         let mut poll = tokio::time::interval(RESELECT_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = tokio::time::interval(PAIR_WATCH);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Once stdin ended: until when the lines held for peers in the room may wait.
         let mut held_until = None;
         loop {
@@ -337,6 +342,7 @@ impl Chat {
                 _ = poll.tick(), if self.peers.values().any(|p| p.reselect.is_some()) => {
                     self.report_reselected(peer).await;
                 }
+                _ = watch.tick() => self.report_moved(peer).await,
             }
         }
         if !stdin_open {
@@ -759,6 +765,29 @@ impl Chat {
                 }
                 _ if now >= entry.until => state.reselect = None,
                 _ => {}
+            }
+        }
+    }
+
+    /// Prints the `selected-pair` line of every connection not waiting for a restart of its
+    /// own ([`Self::report_reselected`]) whose pair is another than the one printed last.
+    async fn report_moved(&mut self, peer: &Peer) {
+        let shown: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.opened_on.is_some() && p.reselect.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in shown {
+            let Some(pair) = peer.selected_pair(&id).await.ok().flatten() else {
+                continue;
+            };
+            if let Some(state) = self.peers.get_mut(&id)
+                && state.reselect.is_none()
+                && moved(state.opened_on.as_ref(), &pair)
+            {
+                self.out.selected_pair(id.as_str(), &pair, None);
+                state.opened_on = Some(pair);
             }
         }
     }
