@@ -12,7 +12,7 @@ use futures_util::SinkExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::fleet::{FleetRelay, start_fleet_relay, start_fleet_signaling};
-use crate::peer_e2e::{Proc, chat_both_ways, field, join};
+use crate::peer_e2e::{Proc, chat_both_ways, field, join, say};
 
 /// Bound on every step (set-up, move, restart).
 const WAIT: Duration = Duration::from_secs(30);
@@ -285,4 +285,46 @@ fn the_side_that_answers_a_relay_move_reports_its_new_pair() {
         "Bob restarted ICE himself:\n{}",
         bob.seen.join("\n")
     );
+}
+
+/// A line sent as the only relay died is lost on the way and left to SCTP's retransmission
+/// timer, which backs off (1, 2, 4, 8, 16 s ...) while there is no path. When a relay comes
+/// back 20 s later and ICE selects a pair through it, the line goes again at once
+/// (`third_party/rtc-sctp/PATCHES.md` #4), not at the timer's next expiry, about 31 s after it
+/// was first sent.
+#[test]
+fn a_line_lost_with_the_relay_goes_again_as_soon_as_a_relay_is_back() {
+    let redis = RedisServer::start();
+    let mut relays = vec![start_fleet_relay(&redis, "r1")];
+    let signaling = start_fleet_signaling(&redis);
+    let url = signaling.room_url("lost-line-room");
+    let (mut alice, mut bob, _) = pair(&url, true);
+    chat_both_ways(&mut alice, &mut bob, "before", "before too");
+
+    drop(relays.pop());
+    let killed = Instant::now();
+    say(&mut alice, "sent as the relay died");
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_line(WAIT, |l| {
+            l.starts_with("* ice-restart") && field(l, "reason") == Some("relay-moved")
+        });
+    }
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(killed.elapsed()));
+    let next = start_fleet_relay(&redis, "r2");
+    let back = Instant::now();
+    bob.wait_line(WAIT, |l| l == "alice: sent as the relay died");
+    let took = back.elapsed();
+    eprintln!(
+        "the lost line arrived {took:?} after the relay came back ({:?} after it was sent)",
+        killed.elapsed()
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "{took:?}: left to the retransmission timer"
+    );
+    for proc in [&mut alice, &mut bob] {
+        proc.wait_seen(WAIT, |l| {
+            l.starts_with("* selected-pair") && relay_port(l) == Some(next.port)
+        });
+    }
 }
