@@ -31,6 +31,7 @@ pub struct Config {
     pub config: Option<PathBuf>,
 
     /// UDP and TCP listening addresses (STUN/TURN over UDP and TCP). Port 0 picks a free port.
+    /// `[::]:PORT` takes IPv6 alone: list `0.0.0.0:PORT` beside it for both families.
     #[arg(
         long,
         env = "RELAY_LISTEN",
@@ -89,8 +90,9 @@ pub struct Config {
     #[arg(long, env = "RELAY_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
     pub tls_self_signed: bool,
 
-    /// Relay (allocation) addresses, at most one IPv4 and one IPv6. Default: the `--listen` IP if
-    /// it is a concrete address, otherwise the host's primary outbound IPv4 address.
+    /// Relay (allocation) addresses, at most one IPv4 and one IPv6. Default: for each family
+    /// `--listen` has, its IP if concrete, otherwise the host's primary outbound address of that
+    /// family (with no IPv4 one, browsers' allocations get 440: start-up warns).
     #[arg(long, env = "RELAY_RELAY_IP", value_delimiter = ',')]
     pub relay_ip: Vec<IpAddr>,
 
@@ -395,14 +397,12 @@ impl Config {
                 "--relay-ip takes at most one IPv4 and one IPv6 address".into(),
             ));
         }
-        if let Some(ip) = self
+        if let Some((ip, why)) = self
             .relay_ip
             .iter()
-            .find(|ip| ip.is_unspecified() || ip.is_multicast())
+            .find_map(|ip| Some((ip, not_a_host_address(*ip)?)))
         {
-            return Err(ConfigError::Invalid(format!(
-                "--relay-ip {ip} is not a unicast address"
-            )));
+            return Err(ConfigError::Invalid(format!("--relay-ip {ip} {why}")));
         }
         if self.usage_bucket < Duration::from_secs(1) || self.usage_retention < self.usage_bucket {
             return Err(ConfigError::Invalid(
@@ -496,7 +496,27 @@ pub fn parse_external_ip(s: &str) -> Result<ExternalIp, String> {
     {
         return Err(format!("`{s}`: PUBLIC and PRIVATE must be the same family"));
     }
+    for ip in std::iter::once(mapping.public).chain(mapping.private) {
+        if let Some(why) = not_a_host_address(ip) {
+            return Err(format!("`{s}`: {ip} {why}"));
+        }
+    }
     Ok(mapping)
+}
+
+/// Why `ip` cannot be an address of this host that peers reach (`--relay-ip`, either side of
+/// `--external-ip`), if it cannot: no socket binds an IPv4-mapped IPv6 address, and one that
+/// is unspecified or multicast names no host.
+fn not_a_host_address(ip: IpAddr) -> Option<String> {
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Some("is not a unicast address".into());
+    }
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(|v4| format!("is an IPv4-mapped IPv6 address: give the IPv4 address ({v4})")),
+        IpAddr::V4(_) => None,
+    }
 }
 
 /// An inclusive UDP port range, `LOW-HIGH`.
@@ -732,6 +752,23 @@ mod tests {
             Some("10.0.0.7".parse().unwrap())
         );
         assert!(parse_external_ip("203.0.113.7/::1").is_err());
+        // No host has these: unspecified, or IPv4-mapped (no socket binds one).
+        for refused in [
+            "0.0.0.0",
+            "::",
+            "::ffff:203.0.113.10",
+            "203.0.113.7/0.0.0.0",
+        ] {
+            let err = parse_external_ip(refused).unwrap_err();
+            assert!(
+                err.contains("is not a unicast") || err.contains("IPv4-mapped"),
+                "{err}"
+            );
+        }
+        let err = Config::from_args(["--relay-ip", "::ffff:127.0.0.1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("give the IPv4 address (127.0.0.1)"), "{err}");
         assert!("10.0.0.0/8".parse::<IpNet>().is_ok());
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
         assert_eq!(

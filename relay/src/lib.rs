@@ -112,6 +112,7 @@ impl Relay {
         let workers = config.worker_count();
         let relay_ips = relay_ips(&config);
         tracing::info!(relay_ips = ?relay_ips, workers, "starting relay");
+        warn_about_relay_ips(&config, &relay_ips);
 
         // TLS first: a bad certificate should fail before any socket is bound.
         let (tls_config, tls_files, tls_self_signed_pem) =
@@ -626,6 +627,30 @@ fn relay_ips(config: &Config) -> Vec<IpAddr> {
         ips.push(ip);
     }
     ips
+}
+
+/// Warns about relay IPs most clients cannot use: none of IPv4 (an Allocate that asks for no
+/// family, as browsers' do, gets 440), and an `--external-ip` mapping for a relay IP the relay
+/// does not have (it maps nothing).
+fn warn_about_relay_ips(config: &Config, relay_ips: &[IpAddr]) {
+    if !relay_ips.iter().any(IpAddr::is_ipv4) {
+        tracing::warn!(
+            relay_ips = ?relay_ips,
+            "no IPv4 relay address: an Allocate that asks for no address family (browsers', \
+             most clients') gets 440 Address Family not Supported; give an IPv4 --relay-ip too, \
+             or listen on an IPv4 address"
+        );
+    }
+    for mapping in &config.external_ip {
+        if let Some(private) = mapping.private.filter(|p| !relay_ips.contains(p)) {
+            tracing::warn!(
+                %private,
+                public = %mapping.public,
+                relay_ips = ?relay_ips,
+                "--external-ip maps an address that is no relay IP: it maps nothing"
+            );
+        }
+    }
 }
 
 /// The source IP the kernel would use towards the Internet (a UDP `connect` sends nothing).

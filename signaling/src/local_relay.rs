@@ -6,7 +6,7 @@
 //! connections it accepts to the relay ([`relay::StreamIntake`], see [`crate::listener`]), and
 //! clients get that port's URL too.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use clap::ArgMatches;
 use clap::CommandFactory as _;
@@ -51,22 +51,21 @@ impl LocalRelay {
         let listen = config
             .relay_listen
             .unwrap_or_else(|| SocketAddr::new(config.listen.ip(), DEFAULT_RELAY_PORT));
-        let host = match (&config.relay_host, listen.ip()) {
-            (Some(host), _) => host.clone(),
-            (None, ip) if ip.is_unspecified() => {
-                return Err(Error::Config(
-                    "the relay listens on all interfaces: say which address clients use to \
-                     reach it with --relay-host"
-                        .into(),
-                ));
-            }
-            (None, IpAddr::V6(ip)) => format!("[{ip}]"),
-            (None, IpAddr::V4(ip)) => ip.to_string(),
-        };
+        if let Some(public) = &config.shared_port_public {
+            check_host_port(public)?;
+        }
+        // Checked before the relay starts; the URLs name the address it bound (a
+        // `--relay-arg=--listen` replaces `listen`).
+        url_host(config.relay_host.as_deref(), listen.ip())?;
 
         let (handle, given, only_local_clients) = start_with_fallbacks(config, listen)?;
 
         let addrs = handle.addrs();
+        let bound = [&addrs.udp, &addrs.tcp, &addrs.tls]
+            .into_iter()
+            .find_map(|addrs| addrs.first())
+            .map_or(listen.ip(), SocketAddr::ip);
+        let host = url_host(config.relay_host.as_deref(), bound)?;
         // Each URL once, also when --stun-url/--turn-url name this relay already.
         let add = |urls: &mut Vec<String>, url: String| {
             if !urls.contains(&url) {
@@ -93,14 +92,6 @@ impl LocalRelay {
             );
         }
         if config.shared_port {
-            if let Some(public) = &config.shared_port_public {
-                let port = public.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
-                if !matches!(port, Some(Ok(port)) if port != 0) {
-                    return Err(Error::Config(format!(
-                        "--shared-port-public {public}: expected HOST:PORT"
-                    )));
-                }
-            }
             let url = shared_port_url(config, &host, listening);
             add(&mut config.turn_urls, url);
         }
@@ -236,6 +227,16 @@ fn relay_config(
     if silent("listen") {
         relay_config.listen = vec![listen];
     }
+    // On IPv6 loopback alone, the relay's addresses would be IPv6 only, and an Allocate that
+    // asks for no address family (a browser's) would get 440: relay over 127.0.0.1 as well.
+    if silent("relay_ip")
+        && relay_config
+            .listen
+            .iter()
+            .all(|a| a.ip() == Ipv6Addr::LOCALHOST)
+    {
+        relay_config.relay_ip = vec![Ipv6Addr::LOCALHOST.into(), Ipv4Addr::LOCALHOST.into()];
+    }
     if silent("auth_secrets") {
         relay_config.auth_secrets = config.turn_secrets.clone();
     }
@@ -275,6 +276,44 @@ fn only_local_clients(config: &Config, relay: &relay::Config) -> bool {
             && !config.proxy_protocol
             && config.shared_port_public.is_none());
     relay_local && shared_port_local
+}
+
+/// The host of the relay's URLs: `--relay-host` (an IPv6 literal in brackets, as URLs write
+/// it), else `ip`, the relay's listening IP, which must then be a concrete one.
+fn url_host(relay_host: Option<&str>, ip: IpAddr) -> Result<String, Error> {
+    match (relay_host, ip) {
+        (Some(host), _) => Ok(match host.parse::<Ipv6Addr>() {
+            Ok(v6) => format!("[{v6}]"),
+            Err(_) => host.to_owned(),
+        }),
+        (None, ip) if ip.is_unspecified() => Err(Error::Config(
+            "the relay listens on all interfaces: say which address clients use to reach it \
+             with --relay-host"
+                .into(),
+        )),
+        (None, IpAddr::V6(ip)) => Ok(format!("[{ip}]")),
+        (None, IpAddr::V4(ip)) => Ok(ip.to_string()),
+    }
+}
+
+/// `--shared-port-public` is `HOST:PORT`, a port other than 0, and an IPv6 HOST in brackets
+/// (`[2001:db8::7]:443`; without them, where the address ends and the port starts is a guess).
+fn check_host_port(public: &str) -> Result<(), Error> {
+    let refused = |why: &str| {
+        Err(Error::Config(format!(
+            "--shared-port-public {public}: {why}"
+        )))
+    };
+    let Some((host, port)) = public.rsplit_once(':') else {
+        return refused("expected HOST:PORT");
+    };
+    if !matches!(port.parse::<u16>(), Ok(port) if port != 0) || host.is_empty() {
+        return refused("expected HOST:PORT");
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return refused("an IPv6 address goes in brackets: [ADDRESS]:PORT");
+    }
+    Ok(())
 }
 
 /// TURN on signaling's own port (`--shared-port`): over TLS when signaling serves TLS, over TCP
@@ -323,17 +362,46 @@ mod tests {
                 [&["signaling", "--with-relay", "--shared-port"], args].concat(),
             );
             // As `start` resolves it: `--relay-host`, else the relay's listening IP.
-            let host = config
-                .relay_host
-                .clone()
-                .unwrap_or_else(|| "192.0.2.1".into());
-            shared_port_url(&config, &host, listening)
+            let host = url_host(config.relay_host.as_deref(), "192.0.2.1".parse().unwrap());
+            shared_port_url(&config, &host.unwrap(), listening)
         };
         let acme = ["--acme-domain", "sig.example", "--acme-cache", "/tmp/c"];
         assert_eq!(url(&acme), "turns:sig.example:443?transport=tcp");
         let named = [&acme[..], &["--relay-host", "turn.example"]].concat();
         assert_eq!(url(&named), "turns:turn.example:443?transport=tcp");
         assert_eq!(url(&[]), "turn:192.0.2.1:443?transport=tcp");
+        let v6 = ["--relay-host", "2001:db8::7"];
+        assert_eq!(url(&v6), "turn:[2001:db8::7]:443?transport=tcp");
+    }
+
+    #[test]
+    fn an_ipv6_host_is_written_in_brackets_and_a_wildcard_needs_a_name() {
+        let v6: IpAddr = "::1".parse().unwrap();
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(url_host(None, v6).unwrap(), "[::1]");
+        assert_eq!(url_host(None, v4).unwrap(), "127.0.0.1");
+        assert_eq!(url_host(Some("::1"), v4).unwrap(), "[::1]");
+        assert_eq!(url_host(Some("[::1]"), v4).unwrap(), "[::1]");
+        assert_eq!(url_host(Some("turn.example"), v6).unwrap(), "turn.example");
+        let any: IpAddr = "::".parse().unwrap();
+        assert!(url_host(None, any).is_err());
+        assert_eq!(url_host(Some("turn.example"), any).unwrap(), "turn.example");
+    }
+
+    #[test]
+    fn the_shared_port_public_address_is_host_and_port_with_an_ipv6_host_in_brackets() {
+        for good in ["turn.example:443", "192.0.2.7:443", "[2001:db8::7]:443"] {
+            assert!(check_host_port(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "turn.example",
+            "turn.example:0",
+            ":443",
+            "2001:db8::7:443",
+            "[::1]:x",
+        ] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

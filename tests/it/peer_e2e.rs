@@ -831,6 +831,36 @@ fn probe_self_reports_host_and_relay_pairs() {
     assert!(probe.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// The one-command stack on IPv6 loopback, its relay named by `--relay-host ::1` and listening
+/// where a `--relay-arg=--listen` says: both probes pass. The URLs were `turn:::1:PORT` (no
+/// brackets: no client could parse them, and the direct probe failed too), they named
+/// `--relay-listen`'s address rather than the one the relay bound, and the relay had only an
+/// IPv6 relay address, so the SDK's Allocate (no address family asked) got 440.
+#[test]
+fn probe_self_passes_on_ipv6_loopback_with_the_in_process_relay() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this host has no IPv6 loopback");
+        return;
+    }
+    let signaling = start_signaling_with(
+        None,
+        "[::1]:0",
+        &[
+            "--with-relay",
+            "--relay-host",
+            "::1",
+            "--relay-arg=--listen=[::1]:0",
+        ],
+    );
+    let url = signaling.room_url("probe-v6");
+    let args = ["probe", &url, "--self", "--bind", "::1", "--timeout", "30s"];
+    let mut probe = spawn("peer", &args, false);
+    let result = probe.wait_line(Duration::from_secs(90), |l| l.starts_with("* probe-result"));
+    assert_eq!(field(&result, "host"), Some("ok"), "{result}");
+    assert_eq!(field(&result, "relay"), Some("ok"), "{result}");
+    assert!(probe.wait_exit(Duration::from_secs(10)).success());
+}
+
 /// A `--self` probe whose relay-only phase fails (the relay refuses signaling's credentials)
 /// says why (the SDK tries the TURN server itself once the connection fails: `webrtc` only logs
 /// the 401), and still takes both its internal peers out of the room: nothing of it stays behind
