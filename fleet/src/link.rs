@@ -117,7 +117,10 @@ pub async fn connect(
     let first = urls
         .first()
         .ok_or_else(|| StoreError::Reply("no redis URL".into()))?;
-    let client = redis::Client::open(first.as_str())?;
+    let client = redis::Client::open(
+        redis::IntoConnectionInfo::into_connection_info(first.as_str())?
+            .set_tcp_settings(tcp_settings()),
+    )?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
@@ -137,6 +140,7 @@ pub async fn connect(
         return Ok((Connection::Standalone(manager), client));
     }
     let cluster = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+        .tcp_settings(tcp_settings())
         .connection_timeout(timeout)
         .response_timeout(timeout)
         .retries(2)
@@ -145,6 +149,14 @@ pub async fn connect(
         .await
         .map_err(|_| StoreError::Timeout(timeout * 3))??;
     Ok((Connection::Cluster(conn), client))
+}
+
+/// TCP to Redis without Nagle's algorithm (`TCP_NODELAY`, which Redis sets on its side; the
+/// `redis` crate does not by default): many calls share one connection, and a small request
+/// written while an earlier one is not acknowledged yet would otherwise wait for that ACK,
+/// which the server may delay up to 40 ms.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
 }
 
 /// The URLs with their passwords replaced, for logs and start-up summaries.

@@ -81,10 +81,14 @@ struct Args {
     /// Servers to start (on a private `redis-server` when more than 1).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
-    /// With `--nodes` > 1: a private Redis Cluster of three masters instead of one
+    /// With `--nodes` > 1: a private Redis Cluster (`--redis-cluster-masters`) instead of one
     /// `redis-server` (the Redis figures add up the masters).
     #[arg(long)]
     redis_cluster: bool,
+    /// With `--redis-cluster`: how many masters (1, or 3 or more). One master that holds every
+    /// slot runs the cluster client and the scripts' guard with no cluster bus between masters.
+    #[arg(long, default_value_t = 3)]
+    redis_cluster_masters: usize,
     /// After sending, kill node 1 and time its clients' resumes elsewhere (cluster mode).
     #[arg(long)]
     failover: bool,
@@ -155,7 +159,9 @@ impl Servers {
         }
         let redis = (args.nodes > 1).then(|| {
             if args.redis_cluster {
-                Redis::Cluster(redis::RedisCluster::start())
+                Redis::Cluster(redis::RedisCluster::with_masters(
+                    args.redis_cluster_masters,
+                ))
             } else {
                 Redis::Server(redis::RedisServer::start())
             }

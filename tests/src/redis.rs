@@ -206,7 +206,14 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them with `redis-cli --cluster create`.
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::with_masters(3)
+    }
+
+    /// A Redis Cluster of `masters` (1, or 3 or more: `redis-cli --cluster create` wants 3);
+    /// one master holds every slot itself.
+    pub fn with_masters(masters: usize) -> Self {
+        assert!(masters == 1 || masters >= 3, "1, or 3 or more masters");
+        let nodes: Vec<RedisServer> = (0..masters)
             .map(|_| {
                 // The bus port must be given: port + 10000 can be past 65535.
                 let bus = free_tcp_port();
@@ -227,13 +234,17 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        testkit::run_ok(
-            Command::new("redis-cli")
-                .args(["--cluster", "create"])
-                .args(&addrs)
-                .args(["--cluster-replicas", "0", "--cluster-yes"]),
-            "redis-cli --cluster create",
-        );
+        if let [only] = nodes.as_slice() {
+            assert_eq!(only.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]), "OK");
+        } else {
+            testkit::run_ok(
+                Command::new("redis-cli")
+                    .args(["--cluster", "create"])
+                    .args(&addrs)
+                    .args(["--cluster-replicas", "0", "--cluster-yes"]),
+                "redis-cli --cluster create",
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if nodes
