@@ -368,6 +368,10 @@ pub struct Peer {
 impl Peer {
     /// Joins the room named by the signaling URL (`ws://host:port/ws/ROOM`, or `wss://` for
     /// TLS) and starts connecting to every peer in it. Returns once the server welcomed us.
+    /// A join the server refuses for now (an error of the `retry` class: `draining`,
+    /// `unavailable`, a full server) is tried again after the backoff for up to five minutes,
+    /// unreachable servers too from then on; a server unreachable at the first try, or a
+    /// refusal of the `fatal` class, fails at once.
     pub async fn connect(url: &str, options: PeerOptions) -> Result<(Self, PeerEvents)> {
         let (signaling, info, signaling_rx) =
             SignalingClient::connect(url, options.name.clone(), options.ca.as_deref()).await?;

@@ -97,8 +97,7 @@ impl SignalingClient {
     ) -> Result<(Self, SessionInfo, mpsc::UnboundedReceiver<SignalingEvent>)> {
         validate_url(url)?;
         let connector = connector(url, ca)?;
-        let mut ws = open(url, &connector).await?;
-        let (info, seq) = join(&mut ws, name.clone()).await?;
+        let (ws, info, seq) = first_join(url, &connector, name.clone()).await?;
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let session = Session {
@@ -142,6 +141,46 @@ impl SignalingClient {
         let (sent, written) = oneshot::channel();
         let _ = self.outgoing.send(Outgoing::Leave { sent });
         written
+    }
+}
+
+/// Opens the socket and joins. A join refused for now (the `retry` class: `draining`,
+/// `unavailable`, a full server) is tried again after the backoff, as a lost session is
+/// (`docs/protocol.md`, client rules), for up to [`GIVE_UP_AFTER`]; from then on, a server
+/// that cannot be reached or does not answer is tried again too (the balancer may be
+/// switching nodes). Anything else fails at once: an unreachable server at the first try, a
+/// refusal of the `fatal` class.
+async fn first_join(
+    url: &str,
+    connector: &Connector,
+    name: Option<String>,
+) -> Result<(WsStream, SessionInfo, u64)> {
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        let joined = async {
+            let mut ws = open(url, connector).await?;
+            let (info, seq) = join(&mut ws, name.clone()).await?;
+            Ok::<_, PeerError>((ws, info, seq))
+        };
+        let error = match joined.await {
+            Ok(joined) => return Ok(joined),
+            Err(error) => error,
+        };
+        let again = match &error {
+            PeerError::Signaling { code, .. } => code.retry_class() == RetryClass::Retry,
+            PeerError::SignalingConnect(_)
+            | PeerError::SignalingTimeout(_)
+            | PeerError::SessionClosed => attempt > 0,
+            _ => false,
+        };
+        if !again || started.elapsed() > GIVE_UP_AFTER {
+            return Err(error);
+        }
+        attempt += 1;
+        let delay = backoff(attempt);
+        tracing::warn!(%error, attempt, ?delay, "could not join yet: trying again");
+        sleep(delay).await;
     }
 }
 

@@ -861,6 +861,27 @@ fn probe_self_passes_on_ipv6_loopback_with_the_in_process_relay() {
     assert!(probe.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// A join refused for now (`too_many_sessions`, of the `retry` class, as `draining` and
+/// `unavailable` are) is tried again after the backoff: `peer join` joins once there is room.
+/// It exited 1 at the first refusal.
+#[test]
+fn a_join_refused_for_now_is_tried_again() {
+    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--max-sessions", "1"]);
+    let url = signaling.room_url("full-for-now");
+    let mut bob = joined(join(&url, "bob", false));
+    let alice_err = StderrFile::new();
+    let mut alice = join_logged(&url, "alice", &alice_err);
+    wait_stderr(&alice_err, "could not join yet: trying again");
+    assert!(
+        alice_err.text().contains("too_many_sessions"),
+        "{}",
+        alice_err.text()
+    );
+    drop(bob.stdin.take());
+    assert!(bob.wait_exit(Duration::from_secs(20)).success());
+    alice.wait_line(Duration::from_secs(30), |l| l.starts_with("* joined"));
+}
+
 /// A `--self` probe whose relay-only phase fails (the relay refuses signaling's credentials)
 /// says why (the SDK tries the TURN server itself once the connection fails: `webrtc` only logs
 /// the 401), and still takes both its internal peers out of the room: nothing of it stays behind

@@ -73,8 +73,9 @@ enum Command {
     /// and acknowledged by each peer (30 s at most, then a warning). When the server ends the session for good (an operator's `kicked` or
     /// `room_closed`, or no resume or join possible for five minutes) it prints
     /// `* signaling-closed reason=...` and exits with status 1. It exits with status 1 too,
-    /// printing `error: ...`, when it cannot join: the server is unreachable, refuses, or
-    /// (wss://) has a certificate not trusted (see --ca).
+    /// printing `error: ...`, when it cannot join: the server is unreachable, refuses for good
+    /// (a refusal for now, such as `draining` or `unavailable`, is tried again for up to five
+    /// minutes, with a warning each time), or (wss://) has a certificate not trusted (see --ca).
     Join {
         /// Signaling URL naming the room, e.g. ws://127.0.0.1:8080/ws/demo
         url: String,
