@@ -47,8 +47,12 @@ pub(crate) enum ConnectionInput {
     /// A negotiation message from the remote peer.
     Remote(Signal),
     /// Fresh ICE servers: new TURN credentials for the next gathering, or another relay (then
-    /// a relayed pair on a relay no longer listed restarts ICE).
-    IceServers(Vec<IceServer>),
+    /// a relayed pair on a relay no longer listed restarts ICE). `resumed`: they came with a
+    /// resume (`resumed`), not with an `ice_servers` frame.
+    IceServers {
+        servers: Vec<IceServer>,
+        resumed: bool,
+    },
     /// The server restated our role (after a re-join).
     Polite(bool),
     /// The remote peer re-joined under a new id: an offer of ours still unanswered went to
@@ -304,6 +308,7 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
     let mut bridges = TurnTcpBridges::new(options.turn_ca_files());
     let usable = usable_servers(&ctx.ice_servers, options.no_turn);
     let turn_urls = turn_urls(&usable);
+    let credentials_expiry = credentials_expiry(&usable);
     let ice_servers = bridges.map(&usable).await;
     let pc = PeerConnectionBuilder::new()
         .with_configuration(configuration(&ice_servers, options.relay_only))
@@ -338,7 +343,8 @@ pub(crate) async fn spawn(ctx: ConnectionContext) -> Result<ConnectionHandle> {
         turn_urls,
         turn_unchecked: Some(usable),
         ice_restart_pending: false,
-        fresh_credentials_owed: false,
+        fresh_credentials_due: None,
+        credentials_expiry,
         offer_out: None,
         adopted_quiet_until: None,
         offer_deferred: None,
@@ -371,8 +377,12 @@ struct ConnectionTask {
     turn_unchecked: Option<Vec<IceServer>>,
     ice_restart_pending: bool,
     /// Fresh TURN credentials arrived (same URLs) and no ICE restart of ours has gathered with
-    /// them yet: a relayed path is still on an allocation made with older ones.
-    fresh_credentials_owed: bool,
+    /// them yet: a relayed path is still on an allocation made with older ones, and moves
+    /// onto them from this moment on ([`Self::move_onto_fresh_credentials`]).
+    fresh_credentials_due: Option<Instant>,
+    /// When the TURN credentials of the configuration in effect expire (Unix seconds, from
+    /// their username), if known.
+    credentials_expiry: Option<u64>,
     /// Our offer waiting for its answer: since when it was sent, and whether it restarts ICE.
     offer_out: Option<(Instant, bool)>,
     /// Adopted after a re-join (`ConnectionInput::Renamed`): until then we make no offer and
@@ -639,7 +649,9 @@ impl ConnectionTask {
     async fn on_input(&mut self, message: ConnectionInput) -> Result<()> {
         match message {
             ConnectionInput::Remote(signal) => self.on_signal(signal).await,
-            ConnectionInput::IceServers(servers) => self.on_ice_servers(&servers).await,
+            ConnectionInput::IceServers { servers, resumed } => {
+                self.on_ice_servers(&servers, resumed).await
+            }
             ConnectionInput::Polite(polite) => {
                 self.negotiation.set_polite(polite);
                 Ok(())
@@ -668,12 +680,21 @@ impl ConnectionTask {
     /// room moved to another relay; if the selected pair is relayed through a server that is
     /// no longer listed (or the connection lost its path and has no pair), ICE restarts at
     /// once (see [`relay_moved`]).
-    async fn on_ice_servers(&mut self, servers: &[IceServer]) -> Result<()> {
+    async fn on_ice_servers(&mut self, servers: &[IceServer], resumed: bool) -> Result<()> {
         let usable = usable_servers(servers, self.ctx.options.no_turn);
         let new_urls = turn_urls(&usable);
+        let new_expiry = credentials_expiry(&usable);
         let restart = if new_urls == self.turn_urls {
             // Owed until a gathering of ours starts after this configuration is in effect.
-            self.fresh_credentials_owed = !new_urls.is_empty();
+            if !new_urls.is_empty() {
+                let due = if resumed {
+                    fresh_credentials_due(self.credentials_expiry, new_expiry, unix_now())
+                } else {
+                    Instant::now()
+                };
+                self.fresh_credentials_due =
+                    Some(self.fresh_credentials_due.map_or(due, |owed| owed.min(due)));
+            }
             None
         } else {
             let pair = self.selected_pair().await;
@@ -714,6 +735,7 @@ impl ConnectionTask {
             .set_configuration(configuration(&mapped, self.ctx.options.relay_only))
             .await?;
         self.turn_urls = new_urls;
+        self.credentials_expiry = new_expiry;
         self.turn_unchecked = Some(usable);
         if let Some(reason) = restart {
             self.restart_ice(reason).await?;
@@ -727,7 +749,9 @@ impl ConnectionTask {
     /// may come back on its old allocation without a restart of its own. (An answered restart
     /// of the other side is not counted as one: at worst one restart too many.)
     async fn move_onto_fresh_credentials(&mut self) -> Result<()> {
-        if !self.fresh_credentials_owed
+        if self
+            .fresh_credentials_due
+            .is_none_or(|due| Instant::now() < due)
             || self.state != RTCPeerConnectionState::Connected
             || !self.is_stable().await
         {
@@ -1183,10 +1207,41 @@ impl ConnectionTask {
         .await;
         self.pc.restart_ice().await?;
         // The restart gathers with the configuration in effect.
-        self.fresh_credentials_owed = false;
+        self.fresh_credentials_due = None;
         self.ice_restart_pending = true;
         self.make_offer(true).await
     }
+}
+
+/// When the TURN credentials of `servers` expire (Unix seconds): the `<expiry>` of the first
+/// TURN server's REST username (`<expiry>:<room>:<peer>`), if it has one.
+fn credentials_expiry(servers: &[IceServer]) -> Option<u64> {
+    servers
+        .iter()
+        .filter(|server| server.urls.iter().any(|url| url.starts_with("turn")))
+        .find_map(|server| server.username.as_deref()?.split(':').next()?.parse().ok())
+}
+
+/// The Unix time in seconds.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// When a relayed path moves onto the fresh credentials a resume brought (expiring at
+/// `fresh`), from the ones it gathered with (expiring at `old`), at Unix time `now`: when the
+/// server's `ice_servers` would have come for the old ones, at 80% of their lifetime (the
+/// lifetime is what the fresh ones have left). Not at once: the other peer may still be away
+/// (both lost signaling), and an ICE restart it cannot answer yet takes the path down until
+/// it is back. Unknown expiries: at once.
+fn fresh_credentials_due(old: Option<u64>, fresh: Option<u64>, now: u64) -> Instant {
+    let (Some(old), Some(fresh)) = (old, fresh) else {
+        return Instant::now();
+    };
+    let lifetime = fresh.saturating_sub(now);
+    let due = old.saturating_sub(lifetime / 5);
+    Instant::now() + Duration::from_secs(due.saturating_sub(now))
 }
 
 /// Maps a local candidate from `webrtc` to the protocol's. `webrtc` labels every candidate
@@ -1426,6 +1481,39 @@ pub(crate) async fn selected_pair_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_credentials_of_a_resume_are_taken_when_the_old_ones_would_be_refreshed() {
+        let turn = |username: &str| IceServer {
+            urls: vec!["turn:relay.example:3478".into()],
+            username: Some(username.into()),
+            credential: Some("x".into()),
+        };
+        let stun = IceServer {
+            urls: vec!["stun:relay.example:3478".into()],
+            username: None,
+            credential: None,
+        };
+        assert_eq!(
+            credentials_expiry(&[stun.clone(), turn("1700000600:room:abc")]),
+            Some(1_700_000_600)
+        );
+        assert_eq!(credentials_expiry(&[stun, turn("alice")]), None);
+
+        // 10-minute credentials: the old ones, got at 1_000, expire at 1_600; a resume at
+        // 1_100 brings ones that expire at 1_700. The push for the old ones was due at 1_480.
+        let now = Instant::now();
+        let due = fresh_credentials_due(Some(1_600), Some(1_700), 1_100);
+        let wait = due.duration_since(now);
+        assert!(
+            wait >= Duration::from_secs(379) && wait <= Duration::from_secs(381),
+            "{wait:?}"
+        );
+        // Past it already (a long absence), or not known: at once.
+        let late = fresh_credentials_due(Some(1_600), Some(2_200), 1_600);
+        assert!(late <= Instant::now());
+        assert!(fresh_credentials_due(None, Some(1_700), 1_100) <= Instant::now());
+    }
 
     #[test]
     fn stats_reports_carry_the_pair_in_the_wire_vocabulary() {

@@ -457,7 +457,7 @@ impl Room {
                 }
                 // Normally the same TURN URLs as the last `ice_servers` (replayed if it came
                 // while we were away) with fresher credentials.
-                self.update_ice_servers(ice_servers);
+                self.update_ice_servers(ice_servers, true);
             }
             SignalingEvent::Rejoined { session, reason } => {
                 self.on_rejoined(*session, reason).await
@@ -547,7 +547,7 @@ impl Room {
                 }
             }
             ServerMessage::IceServers { ice_servers } => {
-                self.update_ice_servers(ice_servers);
+                self.update_ice_servers(ice_servers, false);
                 self.emit(PeerEvent::IceServersUpdated).await;
             }
             ServerMessage::Broadcast { from, data } => {
@@ -624,13 +624,15 @@ impl Room {
     }
 
     /// New ICE servers for new connections and every existing one but the orphans (which
-    /// restarts ICE if its relay is no longer listed, or onto fresh credentials).
-    fn update_ice_servers(&mut self, ice_servers: Vec<IceServer>) {
+    /// restarts ICE if its relay is no longer listed, or onto fresh credentials: at once, or,
+    /// for those of a resume, `resumed`, when the old ones would have been refreshed).
+    fn update_ice_servers(&mut self, ice_servers: Vec<IceServer>, resumed: bool) {
         for (key, handle) in &self.connections {
             if !self.orphans.contains(key) {
-                let _ = handle
-                    .input
-                    .send(ConnectionInput::IceServers(ice_servers.clone()));
+                let _ = handle.input.send(ConnectionInput::IceServers {
+                    servers: ice_servers.clone(),
+                    resumed,
+                });
             }
         }
         self.ice_servers = ice_servers;
@@ -645,9 +647,10 @@ impl Room {
         };
         self.orphans.swap_remove(pos);
         if let Some(handle) = self.connections.get(&key) {
-            let _ = handle
-                .input
-                .send(ConnectionInput::IceServers(self.ice_servers.clone()));
+            let _ = handle.input.send(ConnectionInput::IceServers {
+                servers: self.ice_servers.clone(),
+                resumed: false,
+            });
         }
     }
 

@@ -555,6 +555,47 @@ fn signaling_socket_drop_resumes_and_the_data_channel_keeps_working() {
     expect_chat(&mut bob, "carol: hello-from-carol");
 }
 
+/// Both relay-only peers lose signaling; Alice resumes first, Bob 5 s later. Her `resumed`
+/// brings fresh TURN credentials, and she restarted ICE onto them at once: Bob could not answer
+/// while away, and the path was down until he was back (9 s of silence in an outside test).
+/// Now she moves onto them when the old ones would have been refreshed: the path stays up,
+/// and a line she sends meanwhile reaches Bob while he is still away.
+#[test]
+fn a_resume_alone_does_not_restart_a_relayed_path() {
+    let relay = start_relay();
+    let signaling = start_signaling(Some(&relay), "127.0.0.1:0");
+    let (alice_proxy, bob_proxy) = (
+        CuttableProxy::start(signaling.addr),
+        CuttableProxy::start(signaling.addr),
+    );
+    let url_via = |proxy: &CuttableProxy| format!("ws://{}/ws/resume-relayed", proxy.addr);
+    let (mut alice, mut bob) = chat_pair_from(join(&url_via(&alice_proxy), "alice", true), || {
+        join(&url_via(&bob_proxy), "bob", true)
+    });
+    chat_both_ways(&mut alice, &mut bob, "before", "before too");
+
+    bob_proxy.refuse_new(true);
+    bob_proxy.cut_all();
+    alice_proxy.cut_all();
+    alice.wait_line(Duration::from_secs(20), |l| {
+        l.starts_with("* signaling-resumed")
+    });
+    say(&mut alice, "while bob is away");
+    expect_chat(&mut bob, "alice: while bob is away");
+    bob_proxy.refuse_new(false);
+    bob.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* signaling-resumed")
+    });
+    chat_both_ways(&mut alice, &mut bob, "after", "after too");
+    for proc in [&alice, &bob] {
+        assert!(
+            !proc.seen.iter().any(|l| l.starts_with("* ice-restart")),
+            "an ICE restart:\n{}",
+            proc.seen.join("\n")
+        );
+    }
+}
+
 /// Fresh TURN credentials that arrive while the path is down (the relay frozen: `disconnected`,
 /// not yet `failed`) are moved onto once it is back. The connection comes back on its old
 /// allocation without a restart of its own, so it restarts ICE then, not at the next refresh
