@@ -436,8 +436,13 @@ where
         async move {
             let mut response = router.oneshot(request).await?;
             // Answered before its body was read to the end (a 413 on its `Content-Length`, a
-            // refusal): the connection cannot carry another request, and says so.
-            if slot.body_unread.load(Ordering::Acquire) {
+            // refusal): the connection cannot carry another request, and says so. A 503 (this
+            // node is draining, or cannot reach Redis, or is full) closes it too: the client's
+            // next try opens a new connection, which a balancer in front may give another
+            // node (a kept-alive one would come back here).
+            if slot.body_unread.load(Ordering::Acquire)
+                || response.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE
+            {
                 response.headers_mut().insert(
                     axum::http::header::CONNECTION,
                     axum::http::HeaderValue::from_static("close"),

@@ -602,6 +602,22 @@ async fn a_refused_open_answers_a_status_and_an_error_frame() {
         .await
         .expect_err("the room is full");
     assert_eq!(refused.status, 503);
+    // A 503 closes its connection: a client's next try, on a new one, may reach another node
+    // through a balancer.
+    let join = serde_json::to_string(&http_client::join("B")).unwrap();
+    let (head, _) = http_client::http_exchange(
+        server.next_addr(),
+        "POST",
+        "/http/full",
+        &[("Content-Type", "application/json")],
+        &join,
+    )
+    .await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{head}"
+    );
     let error = refused.error();
     assert_eq!(error.seq, 0);
     // The error answers the `join` (id 1), as over a socket.
