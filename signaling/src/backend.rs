@@ -129,6 +129,20 @@ impl Backend {
         }
     }
 
+    /// Why the session `token` names is gone: its end (`replay_overflow`, `kicked`, ...) while
+    /// its tombstone lasts, else `resume_failed`.
+    pub async fn why_gone(&self, token: &ResumeToken) -> RequestError {
+        let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
+        let checked = match self {
+            Self::Local(hub) => hub.peer_of(token).map(drop),
+            // No request: only the session's check.
+            Self::Cluster(hub) => Box::pin(hub.handle_by_token(token, Vec::new()))
+                .await
+                .map(drop),
+        };
+        checked.err().unwrap_or_else(unknown)
+    }
+
     /// Sends an error to an attached session, then closes its socket with `close`, if given,
     /// once the error was written.
     pub async fn reply_error(

@@ -313,10 +313,9 @@ async fn try_send(
             app.send_rates.take(&token, cost, now);
             Ok(())
         }
-        Ok(Flow::Gone) => Err(plain(RequestError::new(
-            ErrorCode::ResumeFailed,
-            "unknown or expired session",
-        ))),
+        // The send ended the session (its replies overflowed the replay buffer of a parked
+        // session, say): answered with the session's end, as the next request would be.
+        Ok(Flow::Gone) => Err(plain(app.hub.why_gone(&token).await)),
         Ok(Flow::Retry(why)) => Err(plain(RequestError::unavailable(why))),
         Err(error) => Err(plain(error)),
     }

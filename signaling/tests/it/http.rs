@@ -921,3 +921,31 @@ async fn a_long_polling_session_gets_fresh_turn_credentials_before_they_expire()
         "pushed after {pushed:?}"
     );
 }
+
+/// A `send` whose replies overflow the replay buffer of its parked session (no stream reads
+/// them) ends the session: that send is answered with the session's end, `replay_overflow`,
+/// as the next request is. It was `resume_failed` ("unknown or expired session"). One server
+/// only: a cluster node counts a parked session's frames in Redis, and ends it later.
+#[tokio::test]
+async fn a_send_that_overflows_its_session_is_answered_with_replay_overflow() {
+    if crate::support::cluster_nodes() > 1 {
+        return;
+    }
+    let server = Server::start(&[
+        "--replay-max-messages",
+        "20",
+        "--rate-burst",
+        "1000",
+        "--rate-limit",
+        "1000",
+    ]);
+    let a = http_client::open_as(server.next_addr(), "overflow", "A").await;
+    let pings = |n: usize| vec![ClientMessage::Ping { id: None }; n];
+    let reply = http_client::send(server.next_addr(), &a, &pings(10)).await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    let reply = http_client::send(server.next_addr(), &a, &pings(30)).await;
+    assert_eq!(reply.status, 410, "{}", reply.body);
+    assert_error_code(&reply, ErrorCode::ReplayOverflow);
+    let reply = http_client::send(server.next_addr(), &a, &pings(1)).await;
+    assert_error_code(&reply, ErrorCode::ReplayOverflow);
+}
