@@ -415,7 +415,9 @@ async fn run(
         this.serve(&mut rx).await;
     }
     this.socket.release();
-    this.ack_delivered().await;
+    // What was written and not acknowledged yet (the last 16 frames or 200 ms) is left so: the
+    // client may not have read it (a socket reset with it unread), and the reconnect, resuming
+    // from what was acknowledged, sends it again (`compat.md`). Acknowledged here, it was lost.
     // Parked for the grace period: a reconnect with the same id and token resumes it.
     this.app
         .hub
@@ -665,10 +667,11 @@ impl PeerSocket {
         let (seq, len, data) = match LibraryFrame::of(&frame) {
             Some(LibraryFrame::Broadcast { seq, len, data }) => (seq, len, data),
             // Closed at once, so the client's `reconnect()` finds another node (PeerJS reports
-            // a `network` error on any close and the app reconnects); handled, so that the
-            // resume does not replay it.
+            // a `network` error on any close and the app reconnects); acknowledged now, so that
+            // the resume does not replay it (it would close that socket too, again and again).
             Some(LibraryFrame::Draining { seq, len }) => {
                 self.handled(seq, len).await;
+                self.ack_delivered().await;
                 return Err(Some(close_code::GOING_AWAY));
             }
             // welcome, ice_servers, ...: PeerJS has no such messages.
@@ -697,7 +700,7 @@ impl PeerSocket {
     }
 
     /// Acknowledges every frame written to the client, so the replay buffer holds only what
-    /// it has not had (a parked session's bound is then all for messages still to come).
+    /// it has not had. Not when the socket ends: what was written last may be unread.
     async fn ack_delivered(&mut self) {
         self.ack_at = None;
         if let Some(seq) = self.written.take() {

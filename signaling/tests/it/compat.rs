@@ -448,13 +448,12 @@ async fn peerjs_ids_open_relay_expire_and_a_taken_id_is_refused() {
 }
 
 /// Alice parked on `server` with the candidates numbered `held` waiting for her: bob sends her
-/// 0..20, which she gets (not all acknowledged to the hub yet when her socket drops), then
-/// `held` once her socket dropped, and is sent no `EXPIRE` for them (she is parked, not gone).
+/// 0..20, which she gets (and the server acknowledges, before her socket drops), then `held`
+/// once her socket dropped, and is sent no `EXPIRE` for them (she is parked, not gone).
 /// Bob's socket.
 async fn alice_parked_with(server: &Server, held: std::ops::Range<u32>) -> Ws {
     let (mut alice, mut bob) = alice_and_bob(server).await;
-    send_candidates(&mut bob, 0..20).await;
-    expect_candidates(&mut alice, 0..20).await;
+    candidates_to_alice_written_and_acknowledged(&mut bob, &mut alice, 0..20, server.redis()).await;
     drop(alice);
     // Her connection ended on her node (only bob's is open): she is parked.
     metric_becomes(server, "signaling_connections", 1).await;
@@ -471,6 +470,35 @@ async fn peerjs_messages_for_a_reconnecting_peer_wait_for_it() {
     let _bob = alice_parked_with(&server, 20..40).await;
     // PeerJS's reconnect: the same id and token, on any node.
     reconnect_expecting(&server, "alice", "t-alice", 20..40).await;
+}
+
+/// Messages written to a PeerJS socket in the last moment before it drops (not acknowledged
+/// yet: 16 frames or 200 ms) may never have reached the client (a reset discards what it had
+/// not read): its reconnect gets them again, then what waited for it. The end of the socket
+/// acknowledged them, and a lone `OFFER` found in a dead socket's receive buffer was lost.
+#[tokio::test]
+async fn peerjs_a_reconnect_gets_again_what_was_written_in_the_last_moment() {
+    let server = Server::start(&[]);
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
+    // Past the acknowledgement delay of what the registration wrote: the candidates start one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = std::time::Instant::now();
+    send_candidates(&mut bob, 0..3).await;
+    // Read (so surely written), and the socket drops at once, well within the 200 ms.
+    expect_candidates(&mut alice, 0..3).await;
+    drop(alice);
+    if sent.elapsed() > Duration::from_millis(150) {
+        // A machine too loaded to drop the socket before the timer acknowledged them.
+        eprintln!(
+            "inconclusive: the socket dropped {:?} after the send",
+            sent.elapsed()
+        );
+        return;
+    }
+    metric_becomes(&server, "signaling_connections", 1).await;
+    send_candidates(&mut bob, 3..5).await;
+    assert_eq!(next(&mut bob, Duration::from_millis(300)).await, None);
+    reconnect_expecting(&server, "alice", "t-alice", 0..5).await;
 }
 
 /// PeerJS's reconnect of `id` with `token` on `server`: `OPEN`, then the held `CANDIDATE`s
@@ -1062,6 +1090,23 @@ async fn draining_closes_compat_sockets_at_once_with_1001() {
         "draining"
     );
     assert!(server.wait_exit(Duration::from_secs(10)), "still running");
+}
+
+/// A client of a drained node reconnects on another node and stays there: the drain's frame,
+/// acknowledged as the drained socket closes, is not replayed to the new socket (which it
+/// would end at once, at every reconnect). The socket's end no longer acknowledges it.
+#[tokio::test]
+async fn peerjs_a_client_of_a_drained_node_stays_on_the_node_it_reconnects_to() {
+    use crate::support::redis::RedisServer;
+    let redis = RedisServer::start();
+    let home = Server::spawn(&["--redis", &redis.url(), "--drain-timeout", "6s"]);
+    let other = Server::spawn(&["--redis", &redis.url()]);
+    let mut alice = peerjs_open(&home, "app", "alice", "t-alice").await;
+    home.terminate();
+    assert_eq!(close_code(&mut alice, STEP).await, Some(1001));
+    let mut again = peerjs_open(&other, "app", "alice", "t-alice").await;
+    let ended = tokio::time::timeout(Duration::from_secs(1), again.next()).await;
+    assert!(ended.is_err(), "the new socket ended: {ended:?}");
 }
 
 #[tokio::test]
