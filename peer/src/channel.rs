@@ -596,27 +596,28 @@ pub(crate) fn spawn_reader(ctx: ChannelContext, dc: Arc<dyn DataChannel>) {
                         .await;
                 }
                 DataChannelEvent::OnMessage(message) => {
-                    let event = PeerEvent::Message {
-                        from: read_remote(remote),
-                        kind,
-                        text: message.is_string,
-                        data: message.data.freeze(),
-                    };
                     // An application that does not read while it closes (a full event
                     // queue) does not hold the channel's close back.
-                    let send = events.send(event);
-                    tokio::pin!(send);
-                    let delivered = loop {
+                    let reserve = events.reserve();
+                    tokio::pin!(reserve);
+                    let permit = loop {
                         tokio::select! {
-                            sent = &mut send => break sent.is_ok(),
+                            permit = &mut reserve => break permit.ok(),
                             () = readers.closing.cancelled(), if !closer.sent => {
                                 closer.close().await;
                             }
                         }
                     };
-                    if !delivered {
-                        break;
-                    }
+                    let Some(permit) = permit else { break };
+                    // Queued under the id's lock: a rename of the peer (its `PeerRenamed`,
+                    // queued under the same lock) comes before any message under its new id.
+                    let id = remote.read().unwrap_or_else(PoisonError::into_inner);
+                    permit.send(PeerEvent::Message {
+                        from: id.clone(),
+                        kind,
+                        text: message.is_string,
+                        data: message.data.freeze(),
+                    });
                 }
                 DataChannelEvent::OnClose => break,
                 DataChannelEvent::OnError => {

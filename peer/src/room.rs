@@ -14,7 +14,7 @@
 //! current id (an orphan's are dropped), so a re-join never reports on an old-session peer.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use signaling::protocol::{
     ClientMessage, ErrorCode, IceServer, LeaveReason, PeerId, PeerInfo, ServerMessage, SessionInfo,
@@ -672,22 +672,30 @@ impl Room {
             })
         {
             let key = self.orphans[pos];
+            // Reserved first: the rename is queued under the id's lock, so that it comes
+            // before any message its channels queue under the new id (`channel.rs`).
+            let Ok(permit) = self.events.reserve().await else {
+                return;
+            };
             if let Some(handle) = self.connections.get(&key) {
-                let old = read_remote(&handle.remote);
-                if let Ok(mut remote) = handle.remote.write() {
-                    *remote = info.id.clone();
-                }
+                let old = {
+                    let mut remote = handle
+                        .remote
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    let old = std::mem::replace(&mut *remote, info.id.clone());
+                    permit.send(PeerEvent::PeerRenamed {
+                        old: old.clone(),
+                        new: info.id.clone(),
+                    });
+                    old
+                };
                 let _ = handle.input.send(ConnectionInput::Polite(info.polite));
                 let _ = handle.input.send(ConnectionInput::Renamed);
                 // The new session has no report on this connection yet.
                 let _ = handle.input.send(ConnectionInput::ReportStats);
                 self.claim_orphan(key);
                 tracing::info!(%old, new = %info.id, "re-joined peer adopted its connection");
-                self.emit(PeerEvent::PeerRenamed {
-                    old,
-                    new: info.id.clone(),
-                })
-                .await;
                 return;
             }
         }

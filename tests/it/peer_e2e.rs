@@ -320,7 +320,9 @@ fn a_file_transfer_follows_both_peers_through_a_signaling_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (src, src_s) = path_in(dir.path(), "src.bin");
     let (fifo, fifo_s) = path_in(dir.path(), "out.fifo");
-    let data = xorshift_bytes(0x9e37_79b9_7f4a_7c15, 4 * 1024 * 1024);
+    // More than the receiver's SDK queues (4096 events of 16 KiB chunks, then SCTP's window):
+    // the sender is still mid-file when the peers get their new ids.
+    let data = xorshift_bytes(0x9e37_79b9_7f4a_7c15, 80 * 1024 * 1024);
     std::fs::write(&src, &data).expect("write source");
     let c_fifo = std::ffi::CString::new(fifo_s.clone()).expect("path");
     // SAFETY: mkfifo(3) on a NUL-terminated path in the test's own directory.
