@@ -2,11 +2,13 @@
 //! closes. The frame size limit is enforced by tungstenite (configured in `ws.rs`); here an
 //! oversize frame is recognised so the session can answer it with `message_too_large` and 1009.
 
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::SinkExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 
 /// What arrived on the socket.
@@ -38,6 +40,24 @@ pub enum SendFailed {
     Broken,
 }
 
+/// What ended a write that hears the client meanwhile ([`Connection::send_text_hearing`]).
+#[derive(Debug)]
+pub enum Heard {
+    /// The write ended, as [`Connection::send_text`]'s would.
+    Sent(Result<(), SendFailed>),
+    /// The client's next event came first: the write is not done
+    /// ([`Connection::go_on_hearing`]).
+    Inbound(Inbound),
+}
+
+/// A write that gave way to the client's next event and is not done yet.
+struct Unfinished {
+    /// The message, until the socket takes it (then its bytes wait in the socket's buffer).
+    message: Option<Message>,
+    /// When it times out: a write's timeout counts from its start, however often it gave way.
+    until: Instant,
+}
+
 /// A WebSocket connection of the server.
 pub struct Connection {
     /// `None` once [`Self::release`]d.
@@ -46,6 +66,9 @@ pub struct Connection {
     /// before the connection counts as dead. Without it, a stuck write would also stop the
     /// ping timer that detects zombies.
     write_timeout: Duration,
+    /// A write that gave way to what the client sent meanwhile; any later write finishes it
+    /// first.
+    unfinished: Option<Unfinished>,
 }
 
 /// Close frames are a courtesy: never wait long for a peer to take one.
@@ -57,6 +80,7 @@ impl Connection {
         Self {
             socket: Some(socket),
             write_timeout,
+            unfinished: None,
         }
     }
 
@@ -67,14 +91,22 @@ impl Connection {
         let Some(socket) = self.socket.as_mut() else {
             return Inbound::Closed;
         };
-        match socket.recv().await {
+        let next = socket.recv().await;
+        self.inbound(next).await
+    }
+
+    /// What `next`, the socket's next item, is.
+    async fn inbound(&mut self, next: Option<Result<Message, axum::Error>>) -> Inbound {
+        match next {
             Some(Ok(Message::Text(text))) => Inbound::Text(text),
             Some(Ok(Message::Binary(_))) => Inbound::Binary,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Alive,
             Some(Ok(Message::Close(_))) => {
                 // RFC 6455 section 5.5.1: a close frame is answered with one. tungstenite has
                 // queued it (with 1002 for a code the RFC forbids); write it out.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
+                if let Some(socket) = self.socket.as_mut() {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
+                }
                 Inbound::Closed
             }
             None => Inbound::Closed,
@@ -105,6 +137,80 @@ impl Connection {
     pub async fn ping(&mut self) -> Result<(), SendFailed> {
         self.send(Message::Ping(Bytes::new()), self.write_timeout)
             .await
+    }
+
+    /// [`Self::send_text`], reading the client meanwhile (if `reading`): a client that does not
+    /// read, so that the write stalls until the write timeout, is still heard (its `leave`).
+    /// An event that comes first ends the wait and leaves the write unfinished:
+    /// [`Self::go_on_hearing`] goes on with it (within the write timeout counted from its
+    /// start); any other write finishes it first. Go on with an unfinished write before
+    /// starting another.
+    pub async fn send_text_hearing(&mut self, frame: Utf8Bytes, reading: bool) -> Heard {
+        self.start(Message::Text(frame));
+        self.go_on_hearing(reading).await
+    }
+
+    /// [`Self::ping`], reading the client meanwhile as [`Self::send_text_hearing`] does.
+    pub async fn ping_hearing(&mut self, reading: bool) -> Heard {
+        self.start(Message::Ping(Bytes::new()));
+        self.go_on_hearing(reading).await
+    }
+
+    /// Goes on with the unfinished write (done at once if there is none), reading the client
+    /// meanwhile if `reading`.
+    pub async fn go_on_hearing(&mut self, reading: bool) -> Heard {
+        let Some(mut write) = self.unfinished.take() else {
+            return Heard::Sent(Ok(()));
+        };
+        let Some(socket) = self.socket.as_mut() else {
+            return Heard::Sent(Err(SendFailed::Broken));
+        };
+        let message = &mut write.message;
+        let either = std::future::poll_fn(|cx| {
+            if let Poll::Ready(sent) = poll_write(socket, message, cx) {
+                return Poll::Ready(Ok(sent));
+            }
+            // Reading while the write waits: tokio-tungstenite keeps a waker for each side.
+            if reading && let Poll::Ready(next) = socket.poll_next_unpin(cx) {
+                return Poll::Ready(Err(next));
+            }
+            Poll::Pending
+        });
+        let ended = tokio::time::timeout_at(write.until, either).await;
+        match ended {
+            Ok(Ok(sent)) => Heard::Sent(sent),
+            Err(_) => Heard::Sent(Err(SendFailed::Stalled)),
+            Ok(Err(next)) => {
+                self.unfinished = Some(write);
+                Heard::Inbound(self.inbound(next).await)
+            }
+        }
+    }
+
+    /// Finishes the unfinished write, if any, without reading.
+    pub async fn finish(&mut self) -> Result<(), SendFailed> {
+        match self.go_on_hearing(false).await {
+            Heard::Sent(sent) => sent,
+            Heard::Inbound(_) => unreachable!("nothing is read"),
+        }
+    }
+
+    /// Makes `message` the unfinished write, due within the write timeout.
+    fn start(&mut self, message: Message) {
+        debug_assert!(
+            self.unfinished
+                .as_ref()
+                .is_none_or(|unfinished| unfinished.message.is_none()),
+            "a write started before the one that gave way was taken"
+        );
+        let mut until = Instant::now() + self.write_timeout;
+        if let Some(unfinished) = self.unfinished.take() {
+            until = until.min(unfinished.until);
+        }
+        self.unfinished = Some(Unfinished {
+            message: Some(message),
+            until,
+        });
     }
 
     /// Sends a close frame with `code` and `reason`; the socket is done afterwards. Then reads,
@@ -159,17 +265,49 @@ impl Connection {
     /// every later read finds it closed, every write fails.
     pub fn release(&mut self) {
         self.socket = None;
+        self.unfinished = None;
     }
 
+    /// Writes `message` within `limit`, after the unfinished write if any (no later than that
+    /// one is due).
     async fn send(&mut self, message: Message, limit: Duration) -> Result<(), SendFailed> {
+        let mut until = Instant::now() + limit;
+        let mut earlier = self.unfinished.take().map(|unfinished| {
+            until = until.min(unfinished.until);
+            unfinished.message
+        });
         let Some(socket) = self.socket.as_mut() else {
             return Err(SendFailed::Broken);
         };
-        match tokio::time::timeout(limit, socket.send(message)).await {
-            Ok(result) => result.map_err(|_| SendFailed::Broken),
-            Err(_) => Err(SendFailed::Stalled),
+        let mut message = Some(message);
+        let write = std::future::poll_fn(|cx| {
+            if let Some(first) = earlier.as_mut() {
+                ready!(poll_write(socket, first, cx))?;
+                earlier = None;
+            }
+            poll_write(socket, &mut message, cx)
+        });
+        let sent = tokio::time::timeout_at(until, write).await;
+        sent.unwrap_or(Err(SendFailed::Stalled))
+    }
+}
+
+/// Drives one write: `message` once the socket is ready for it (taken then), then the flush of
+/// all the socket holds. Ready when the write is done or failed.
+fn poll_write(
+    socket: &mut WebSocket,
+    message: &mut Option<Message>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), SendFailed>> {
+    if message.is_some() {
+        ready!(socket.poll_ready_unpin(cx)).map_err(|_| SendFailed::Broken)?;
+        if let Some(message) = message.take() {
+            socket
+                .start_send_unpin(message)
+                .map_err(|_| SendFailed::Broken)?;
         }
     }
+    socket.poll_flush_unpin(cx).map_err(|_| SendFailed::Broken)
 }
 
 /// Whether a read error is a frame the client got wrong (answered with 1002), rather than the

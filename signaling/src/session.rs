@@ -1,5 +1,7 @@
 //! The per-socket task: one `select!` over inbound frames, the session's bounded outbound
-//! queue and the ping timer, until the socket closes.
+//! queue and the ping timer, until the socket closes. While a write of the session's waits for
+//! a client that does not read, what the client sends is still read and handled
+//! (`SocketTask::hearing`): its `leave` is carried out at once, not after the write timeout.
 //!
 //! Before `join`/`resume` the socket has no session, and errors are written straight to it with
 //! `seq` 0. After, everything the client receives goes through the hub (numbered, kept for
@@ -19,7 +21,7 @@ use crate::admission::{Admission, refusal_close_code};
 use crate::api::Transport;
 use crate::auth::Claims;
 use crate::client_ip::IpSlot;
-use crate::connection::{Connection, Inbound, SendFailed};
+use crate::connection::{Connection, Heard, Inbound, SendFailed};
 use crate::error::RequestError;
 use crate::hub::{ConnId, Flow, Outbound, OutboundRx, OutboundTx, SessionKey, encode};
 use crate::protocol::{
@@ -159,6 +161,10 @@ impl SocketTask {
     /// `peer_left` of a peer that left a moment before, say) are sent before the close;
     /// `false` if a write failed.
     async fn send_queued(&mut self, rx: &mut OutboundRx) -> bool {
+        // The write the `leave` was read during, if any, goes first.
+        if self.conn.finish().await.is_err() {
+            return false;
+        }
         while let Some(out) = rx.try_recv() {
             // A close the hub queued (after an error) gives way to the `leave`'s.
             let Outbound::Frame(frame) = out else { break };
@@ -171,10 +177,13 @@ impl SocketTask {
 
     async fn on_outbound(&mut self, out: Outbound) -> Step {
         match out {
-            Outbound::Frame(frame) => match self.conn.send_text(frame.text()).await {
-                Ok(()) => Step::Continue,
-                Err(failed) => self.write_failed(failed),
-            },
+            Outbound::Frame(frame) => {
+                let heard = self
+                    .conn
+                    .send_text_hearing(frame.text(), self.reading)
+                    .await;
+                self.hearing(heard).await
+            }
             Outbound::Close { frame, code } => {
                 if let Some(frame) = frame {
                     let _ = self.conn.send_text(frame).await;
@@ -214,9 +223,26 @@ impl SocketTask {
             self.conn.close(close_code::POLICY, "ping timeout").await;
             return Step::Stop(LeaveReason::Timeout);
         }
-        match self.conn.ping().await {
-            Ok(()) => Step::Continue,
-            Err(failed) => self.write_failed(failed),
+        let heard = self.conn.ping_hearing(self.reading).await;
+        self.hearing(heard).await
+    }
+
+    /// Sees a write through (`heard`: how it went so far), handling what the client sends
+    /// meanwhile: a client that does not read, so that the write stalls (up to the write
+    /// timeout, counted from the write's start), is still heard, and its `leave` carried out at
+    /// once. A step that ends the loop ends the wait; after a `leave`, [`Self::send_queued`]
+    /// finishes the write within the wait the queued frames get.
+    async fn hearing(&mut self, mut heard: Heard) -> Step {
+        loop {
+            match heard {
+                Heard::Sent(Ok(())) => return Step::Continue,
+                Heard::Sent(Err(failed)) => return self.write_failed(failed),
+                Heard::Inbound(inbound) => match self.on_inbound(inbound).await {
+                    Step::Continue => {}
+                    step => return step,
+                },
+            }
+            heard = self.conn.go_on_hearing(self.reading).await;
         }
     }
 

@@ -12,8 +12,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::basic::{candidate, pass_candidate, signal, signal_request};
-use crate::support::{Client, Closed, STEP, Server, join_message, resume_message};
+use crate::basic::{assert_peer_left, candidate, pass_candidate, signal, signal_request};
+use crate::support::{Client, Closed, STEP, Server, join_message, metric_becomes, resume_message};
 
 fn error_ref(message: &ServerMessage) -> Option<u64> {
     match message {
@@ -543,7 +543,8 @@ async fn a_client_that_stops_reading_leaves_with_timeout() {
         for _ in 0..10 {
             signal(&mut a, &b_info.peer_id, offer.clone()).await;
         }
-        b.send(&ClientMessage::Ping { id: None }).await;
+        // B's socket may be dropped already (its stalled write timed out).
+        let _ = b.try_send(&ClientMessage::Ping { id: None }).await;
         match a
             .recv_within(Duration::from_millis(100))
             .await
@@ -558,6 +559,40 @@ async fn a_client_that_stops_reading_leaves_with_timeout() {
             Some(other) => panic!("expected B to leave, got {other:?}"),
         }
     }
+}
+
+/// A `leave` from a client that does not read, so that a write to it stalls, is carried out at
+/// once (docs/protocol.md, "leave"): its peers hear `left` without waiting for the write
+/// timeout, and its socket is dropped within the 2 s its queued frames get. Before, the
+/// `leave` was not read until the stalled write gave up, and the peers heard `timeout`.
+#[tokio::test]
+async fn a_leave_from_a_client_that_does_not_read_is_carried_out_at_once() {
+    // Queues that take everything (no `slow_consumer`), and a write timeout far off.
+    let queue = [
+        "--outbound-queue",
+        "100000",
+        "--outbound-queue-bytes",
+        "200000000",
+    ];
+    let server = Server::start(&flood_server_args(&queue, ["10s", "60s"]));
+    let path = "/ws/leave-unread";
+    let ((mut a, _), (mut b, b_info)) = Client::pair(&server.ws(path), &server.ws(path)).await;
+    let offer = Signal::Offer {
+        sdp: "x".repeat(60_000),
+        ice_restart: false,
+    };
+    // 18 MB for B, which reads none of it: more than the socket buffers take, so the server's
+    // write to B stalls.
+    for _ in 0..300 {
+        signal(&mut a, &b_info.peer_id, offer.clone()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.send(&ClientMessage::Leave { id: None }).await;
+    let left = a.recv_within(Duration::from_secs(3)).await;
+    assert_peer_left(left.map(|f| f.message), &b_info.peer_id, LeaveReason::Left);
+    // The queued frames get 2 s; B reads none, so its socket is dropped then (without the
+    // close), not at the write timeout.
+    metric_becomes(&server, "signaling_connections", 1).await;
 }
 
 #[tokio::test]

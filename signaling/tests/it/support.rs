@@ -426,6 +426,12 @@ impl Client {
         self.ws.send(message).await.expect("send");
     }
 
+    /// [`Self::send`] that may fail: `false` when the socket is gone (the server dropped it).
+    pub(crate) async fn try_send(&mut self, message: &ClientMessage) -> bool {
+        let text = serde_json::to_string(message).expect("encode");
+        self.ws.send(Message::text(text)).await.is_ok()
+    }
+
     /// The next server frame within `limit`, or `None`. Panics on a close or a non-frame.
     pub(crate) async fn recv_within(&mut self, limit: Duration) -> Option<ServerFrame> {
         let deadline = tokio::time::Instant::now() + limit;
