@@ -743,7 +743,7 @@ impl ConnectionTask {
         self.move_onto_fresh_credentials().await
     }
 
-    /// Fresh credentials not gathered with yet ([`Self::fresh_credentials_owed`]): a connected
+    /// Fresh credentials not gathered with yet ([`Self::fresh_credentials_due`]): a connected
     /// path whose local candidate is relayed restarts ICE onto them. A connection that is not
     /// connected (or in the middle of a negotiation) when they arrive does so once it is: it
     /// may come back on its old allocation without a restart of its own. (An answered restart
@@ -1241,7 +1241,10 @@ fn fresh_credentials_due(old: Option<u64>, fresh: Option<u64>, now: u64) -> Inst
     };
     let lifetime = fresh.saturating_sub(now);
     let due = old.saturating_sub(lifetime / 5);
-    Instant::now() + Duration::from_secs(due.saturating_sub(now))
+    let now_instant = Instant::now();
+    now_instant
+        .checked_add(Duration::from_secs(due.saturating_sub(now)))
+        .unwrap_or(now_instant)
 }
 
 /// Maps a local candidate from `webrtc` to the protocol's. `webrtc` labels every candidate

@@ -144,8 +144,8 @@ impl SignalingClient {
     }
 }
 
-/// Opens the socket and joins. A join refused for now (the `retry` class: `draining`,
-/// `unavailable`, a full server) is tried again after the backoff, as a lost session is
+/// Opens the socket and joins. A join refused for now (any class but `fatal`: `draining`,
+/// `unavailable`, a full server, `rate_limited`) is tried again after the backoff, as a lost session is
 /// (`docs/protocol.md`, client rules), for up to [`GIVE_UP_AFTER`]; from then on, a server
 /// that cannot be reached or does not answer is tried again too (the balancer may be
 /// switching nodes). Anything else fails at once: an unreachable server at the first try, a
@@ -168,7 +168,9 @@ async fn first_join(
             Err(error) => error,
         };
         let again = match &error {
-            PeerError::Signaling { code, .. } => code.retry_class() == RetryClass::Retry,
+            // As a reconnect does: every class but `fatal` (`rate_limited` too, the answer to
+            // joins over the address's rate).
+            PeerError::Signaling { code, .. } => code.retry_class() != RetryClass::Fatal,
             PeerError::SignalingConnect(_)
             | PeerError::SignalingTimeout(_)
             | PeerError::SessionClosed => attempt > 0,

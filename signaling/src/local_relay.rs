@@ -54,9 +54,6 @@ impl LocalRelay {
         if let Some(public) = &config.shared_port_public {
             check_host_port(public)?;
         }
-        // Checked before the relay starts; the URLs name the address it bound (a
-        // `--relay-arg=--listen` replaces `listen`).
-        url_host(config.relay_host.as_deref(), listen.ip())?;
 
         let (handle, given, only_local_clients) = start_with_fallbacks(config, listen)?;
 
@@ -65,6 +62,8 @@ impl LocalRelay {
             .into_iter()
             .find_map(|addrs| addrs.first())
             .map_or(listen.ip(), SocketAddr::ip);
+        // The URLs name the address the relay bound (a `--relay-arg=--listen` replaces
+        // `listen`); one on every interface needs `--relay-host` (the relay stops with `handle`).
         let host = url_host(config.relay_host.as_deref(), bound)?;
         // Each URL once, also when --stun-url/--turn-url name this relay already.
         let add = |urls: &mut Vec<String>, url: String| {

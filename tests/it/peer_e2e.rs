@@ -925,6 +925,25 @@ fn a_join_refused_for_now_is_tried_again() {
     alice.wait_line(Duration::from_secs(30), |l| l.starts_with("* joined"));
 }
 
+/// `peer probe URL` gives up at its `--timeout`, the join included: a join refused for now is
+/// otherwise tried again for five minutes.
+#[test]
+fn a_probe_of_a_full_server_gives_up_at_its_timeout() {
+    let signaling = start_signaling_with(None, "127.0.0.1:0", &["--max-sessions", "1"]);
+    let url = signaling.room_url("full-probe");
+    let _bob = joined(join(&url, "bob", false));
+    let started = std::time::Instant::now();
+    let args = ["probe", &url, "--bind", "127.0.0.1", "--timeout", "2s"];
+    let mut probe = spawn("peer", &args, false);
+    let status = probe.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// A `--self` probe whose relay-only phase fails (the relay refuses signaling's credentials)
 /// says why (the SDK tries the TURN server itself once the connection fails: `webrtc` only logs
 /// the 401), and still takes both its internal peers out of the room: nothing of it stays behind

@@ -134,9 +134,13 @@ pub(crate) async fn send(
         size,
         sha256,
     };
-    stop.in_room(url, common, super::Leave::AtOnce, async |peer, events| {
-        send_to_first_peer(peer, events, offer, common.output()).await
-    })
+    stop.in_room(
+        url,
+        common,
+        super::Leave::AtOnce,
+        None,
+        async |peer, events| send_to_first_peer(peer, events, offer, common.output()).await,
+    )
     .await??
 }
 
@@ -364,6 +368,7 @@ pub(crate) async fn receive(
             url,
             common,
             super::Leave::Gracefully,
+            None,
             async |peer, events| receive_one(peer, events, &mut target, common.output()).await,
         )
         .await?;

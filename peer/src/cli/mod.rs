@@ -342,15 +342,25 @@ impl Stop {
 
     /// Joins the room of `url` and runs `session` with the peer and its events, then leaves
     /// the room whether the session completed or not: the session's output, or the signal that
-    /// came first (an error when it came while joining).
+    /// came first (an error when it came while joining). `join_within` bounds the join (the SDK
+    /// tries a join refused for now again for up to five minutes).
     pub(crate) async fn in_room<T>(
         &mut self,
         url: &str,
         common: &CommonArgs,
         how: Leave,
+        join_within: Option<std::time::Duration>,
         session: impl AsyncFnOnce(&Peer, &mut PeerEvents) -> T,
     ) -> anyhow::Result<Result<T, Interrupted>> {
-        let (peer, mut events) = self.guard(join(url, common)).await??;
+        let joining = async {
+            match join_within {
+                Some(limit) => tokio::time::timeout(limit, join(url, common))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("not joined within {limit:?}"))),
+                None => join(url, common).await,
+            }
+        };
+        let (peer, mut events) = self.guard(joining).await??;
         let outcome = self.guard(session(&peer, &mut events)).await;
         discarding_events(self.leave(peer, how), &mut events).await;
         Ok(outcome)

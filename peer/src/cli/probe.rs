@@ -66,9 +66,13 @@ pub(crate) async fn run(
         }
     } else {
         let outcome = stop
-            .in_room(url, common, super::Leave::AtOnce, async |peer, events| {
-                probe_remote(peer, events, timeout, &out, &mut results).await
-            })
+            .in_room(
+                url,
+                common,
+                super::Leave::AtOnce,
+                Some(timeout),
+                async |peer, events| probe_remote(peer, events, timeout, &out, &mut results).await,
+            )
             .await?;
         failed = !outcome?;
     }
