@@ -147,16 +147,26 @@ pub(crate) async fn join_session(addr: SocketAddr, room: &str) -> (Ws, SessionIn
     ws.send(Message::text(r#"{"type":"join","versions":[1]}"#))
         .await
         .expect("send join");
+    let session = next_message(&mut ws, |message| match message {
+        ServerMessage::Welcome { session, .. } => Some(session),
+        _ => None,
+    })
+    .await;
+    (ws, session)
+}
+
+/// The first server message on `ws` that `pick` takes, within 5 s each (panics otherwise).
+async fn next_message<T>(ws: &mut Ws, pick: impl Fn(ServerMessage) -> Option<T>) -> T {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await
-            .expect("welcome in time")
+            .expect("a frame in time")
             .expect("open")
             .expect("frame");
         if let Message::Text(text) = message {
             let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
-            if let ServerMessage::Welcome { session, .. } = frame.message {
-                return (ws, session);
+            if let Some(picked) = pick(frame.message) {
+                return picked;
             }
         }
     }
@@ -642,22 +652,10 @@ fn a_fleet_left_with_no_relay_says_so_and_rooms_get_the_next_relay_to_register()
     let warning = logged("the relay fleet has no active relay left");
     assert!(warning.contains("WARN"), "{warning}");
     let next_ice_servers = |ws: &mut Ws| {
-        runtime.block_on(async {
-            loop {
-                let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
-                    .await
-                    .expect("ice_servers in time")
-                    .expect("open")
-                    .expect("frame");
-                let Message::Text(text) = message else {
-                    continue;
-                };
-                let frame: ServerFrame = serde_json::from_str(&text).expect("frame");
-                if let ServerMessage::IceServers { ice_servers } = frame.message {
-                    return ice_servers;
-                }
-            }
-        })
+        runtime.block_on(next_message(ws, |message| match message {
+            ServerMessage::IceServers { ice_servers } => Some(ice_servers),
+            _ => None,
+        }))
     };
     let none = next_ice_servers(&mut ws);
     assert_eq!(turn_port(&none), None, "{none:?}");

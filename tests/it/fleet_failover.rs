@@ -12,7 +12,9 @@ use futures_util::SinkExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::fleet::{FleetRelay, start_fleet_relay, start_fleet_signaling};
-use crate::peer_e2e::{Proc, chat_both_ways, field, join, say};
+use crate::peer_e2e::{
+    Proc, Signaling, assert_no_ice_restart, chat_both_ways, field, join, say, wait_ice_restart,
+};
 
 /// Bound on every step (set-up, move, restart).
 const WAIT: Duration = Duration::from_secs(30);
@@ -28,6 +30,14 @@ pub(crate) fn fleet(redis: &RedisServer) -> Vec<FleetRelay> {
         .iter()
         .map(|id| start_fleet_relay(redis, id))
         .collect()
+}
+
+/// A fleet of one relay (`r1`) and a signaling node reading it.
+fn one_relay_fleet() -> (RedisServer, Vec<FleetRelay>, Signaling) {
+    let redis = RedisServer::start();
+    let relays = vec![start_fleet_relay(&redis, "r1")];
+    let signaling = start_fleet_signaling(&redis);
+    (redis, relays, signaling)
 }
 
 /// Alice joins `url`, then Bob; returns both once each printed its first selected pair.
@@ -77,9 +87,7 @@ fn relay_only_peers_follow_their_room(failure: Failure) {
         }
     }
     for (name, proc) in [("alice", &mut alice), ("bob", &mut bob)] {
-        proc.wait_line(WAIT, |l| {
-            l.starts_with("* ice-restart") && field(l, "reason") == Some("relay-moved")
-        });
+        wait_ice_restart(proc, "relay-moved");
         let restarted = started.elapsed();
         let line = proc.wait_line(WAIT, |l| l.starts_with("* selected-pair"));
         let port = relay_port(&line).unwrap_or_else(|| panic!("{name}: no relay= in {line}"));
@@ -173,13 +181,8 @@ fn peers_on_a_direct_pair_are_left_alone_when_the_relay_moves() {
     }
     // ... and changes nothing: no restart, the pair and the chat stay.
     chat_both_ways(&mut alice, &mut bob, "still direct", "indeed");
-    for proc in [&alice, &bob] {
-        assert!(
-            !proc.seen.iter().any(|l| l.starts_with("* ice-restart")),
-            "a direct pair restarted ICE:\n{}",
-            proc.seen.join("\n")
-        );
-    }
+    assert_no_ice_restart(&alice, "Alice (direct)");
+    assert_no_ice_restart(&bob, "Bob (direct)");
 }
 
 /// The fleet's only relay dies under two relay-only peers: they restart ICE onto nothing (their
@@ -187,9 +190,7 @@ fn peers_on_a_direct_pair_are_left_alone_when_the_relay_moves() {
 /// restart onto it and the chat goes on.
 #[test]
 fn relay_only_peers_wait_out_an_empty_fleet_and_move_onto_the_next_relay() {
-    let redis = RedisServer::start();
-    let mut relays = vec![start_fleet_relay(&redis, "r1")];
-    let signaling = start_fleet_signaling(&redis);
+    let (redis, mut relays, signaling) = one_relay_fleet();
     let url = signaling.room_url("empty-fleet-room");
     let logs = [(); 2].map(|()| tempfile::NamedTempFile::new().unwrap());
     let peer = |name: &str, log: &tempfile::NamedTempFile| {
@@ -215,9 +216,7 @@ fn relay_only_peers_wait_out_an_empty_fleet_and_move_onto_the_next_relay() {
 
     drop(relays.pop());
     for (proc, log) in [(&mut alice, &logs[0]), (&mut bob, &logs[1])] {
-        proc.wait_line(WAIT, |l| {
-            l.starts_with("* ice-restart") && field(l, "reason") == Some("relay-moved")
-        });
+        wait_ice_restart(proc, "relay-moved");
         let deadline = Instant::now() + WAIT;
         loop {
             let said = std::fs::read_to_string(log.path()).unwrap();
@@ -270,9 +269,7 @@ fn the_side_that_answers_a_relay_move_reports_its_new_pair() {
         .expect("the room's relay is one of the fleet");
     drop(relays.remove(victim));
 
-    alice.wait_line(WAIT, |l| {
-        l.starts_with("* ice-restart") && field(l, "reason") == Some("relay-moved")
-    });
+    wait_ice_restart(&mut alice, "relay-moved");
     let after = bob.wait_line(WAIT, |l| l.starts_with("* selected-pair"));
     assert!(
         field(&after, "local_addr") != field(&before, "local_addr")
@@ -280,11 +277,7 @@ fn the_side_that_answers_a_relay_move_reports_its_new_pair() {
         "{before}\n{after}"
     );
     chat_both_ways(&mut alice, &mut bob, "through the new relay", "heard");
-    assert!(
-        !bob.seen.iter().any(|l| l.starts_with("* ice-restart")),
-        "Bob restarted ICE himself:\n{}",
-        bob.seen.join("\n")
-    );
+    assert_no_ice_restart(&bob, "Bob");
 }
 
 /// A line sent as the only relay died is lost on the way and left to SCTP's retransmission
@@ -294,9 +287,7 @@ fn the_side_that_answers_a_relay_move_reports_its_new_pair() {
 /// was first sent.
 #[test]
 fn a_line_lost_with_the_relay_goes_again_as_soon_as_a_relay_is_back() {
-    let redis = RedisServer::start();
-    let mut relays = vec![start_fleet_relay(&redis, "r1")];
-    let signaling = start_fleet_signaling(&redis);
+    let (redis, mut relays, signaling) = one_relay_fleet();
     let url = signaling.room_url("lost-line-room");
     let (mut alice, mut bob, _) = pair(&url, true);
     chat_both_ways(&mut alice, &mut bob, "before", "before too");
@@ -305,9 +296,7 @@ fn a_line_lost_with_the_relay_goes_again_as_soon_as_a_relay_is_back() {
     let killed = Instant::now();
     say(&mut alice, "sent as the relay died");
     for proc in [&mut alice, &mut bob] {
-        proc.wait_line(WAIT, |l| {
-            l.starts_with("* ice-restart") && field(l, "reason") == Some("relay-moved")
-        });
+        wait_ice_restart(proc, "relay-moved");
     }
     std::thread::sleep(Duration::from_secs(20).saturating_sub(killed.elapsed()));
     let next = start_fleet_relay(&redis, "r2");

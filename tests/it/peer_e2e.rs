@@ -291,14 +291,7 @@ fn file_of_several_megabytes_arrives_with_matching_checksum() {
     let mut receiver = joined(file_peer("recv-file", &url, &dst_s, &[]));
     assert_eq!(std::fs::read(&dst).expect("read"), b"older contents");
     let mut sender = file_peer("send-file", &url, &src_s, &[]);
-    let received = receiver.wait_line(Duration::from_secs(120), |l| {
-        l.starts_with("* file-received")
-    });
-    assert_eq!(field(&received, "ok"), Some("true"), "{received}");
-    let sent = sender.wait_line(Duration::from_secs(30), |l| l.starts_with("* file-sent"));
-    assert_eq!(field(&sent, "ok"), Some("true"), "{sent}");
-    assert!(receiver.wait_exit(Duration::from_secs(10)).success());
-    assert!(sender.wait_exit(Duration::from_secs(10)).success());
+    file_went_through(&mut receiver, &mut sender, Duration::from_secs(120));
     assert_eq!(std::fs::read(&dst).expect("read received"), data);
     assert_eq!(std::fs::read(&link).expect("read the link"), data);
     let mode = std::fs::metadata(&dst).expect("stat").permissions().mode();
@@ -370,18 +363,22 @@ fn a_file_transfer_follows_both_peers_through_a_signaling_restart() {
     assert!(adopted.is_some(), "no re-join:\n{}", sender_err.text());
     go.send(()).expect("reader waits");
 
-    let received = receiver.wait_line(Duration::from_secs(60), |l| {
-        l.starts_with("* file-received")
-    });
-    assert_eq!(field(&received, "ok"), Some("true"), "{received}");
-    let sent = sender.wait_line(Duration::from_secs(30), |l| l.starts_with("* file-sent"));
-    assert_eq!(field(&sent, "ok"), Some("true"), "{sent}");
-    assert!(sender.wait_exit(Duration::from_secs(10)).success());
-    assert!(receiver.wait_exit(Duration::from_secs(10)).success());
+    file_went_through(&mut receiver, &mut sender, Duration::from_secs(60));
     assert!(
         reader.join().expect("reader") == data,
         "the file read differs"
     );
+}
+
+/// `receiver` printed `* file-received ... ok=true` within `limit`, then `sender` its
+/// `* file-sent ... ok=true`, and both exited 0.
+fn file_went_through(receiver: &mut Proc, sender: &mut Proc, limit: Duration) {
+    let received = receiver.wait_line(limit, |l| l.starts_with("* file-received"));
+    assert_eq!(field(&received, "ok"), Some("true"), "{received}");
+    let sent = sender.wait_line(Duration::from_secs(30), |l| l.starts_with("* file-sent"));
+    assert_eq!(field(&sent, "ok"), Some("true"), "{sent}");
+    assert!(receiver.wait_exit(Duration::from_secs(10)).success());
+    assert!(sender.wait_exit(Duration::from_secs(10)).success());
 }
 
 /// A TCP proxy whose live connections the test can cut while it keeps accepting new ones, or
@@ -482,6 +479,22 @@ fn exits_with(proc: &mut Proc, code: i32) {
 /// Whether `line` is the notice of a reliable (chat) channel opening.
 pub(crate) fn reliable_channel_open(line: &str) -> bool {
     line.starts_with("* channel-open") && line.contains("kind=reliable")
+}
+
+/// Waits for `proc`'s `* ice-restart` line with `reason`.
+pub(crate) fn wait_ice_restart(proc: &mut Proc, reason: &str) -> String {
+    proc.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("* ice-restart") && field(l, "reason") == Some(reason)
+    })
+}
+
+/// `proc` printed no `* ice-restart` line (`who` names it in the failure).
+pub(crate) fn assert_no_ice_restart(proc: &Proc, who: &str) {
+    assert!(
+        !proc.seen.iter().any(|l| l.starts_with("* ice-restart")),
+        "{who} restarted ICE:\n{}",
+        proc.seen.join("\n")
+    );
 }
 
 pub(crate) fn say(proc: &mut Proc, line: &str) {
@@ -589,13 +602,8 @@ fn a_resume_alone_does_not_restart_a_relayed_path() {
         l.starts_with("* signaling-resumed")
     });
     chat_both_ways(&mut alice, &mut bob, "after", "after too");
-    for proc in [&alice, &bob] {
-        assert!(
-            !proc.seen.iter().any(|l| l.starts_with("* ice-restart")),
-            "an ICE restart:\n{}",
-            proc.seen.join("\n")
-        );
-    }
+    assert_no_ice_restart(&alice, "Alice");
+    assert_no_ice_restart(&bob, "Bob");
 }
 
 /// Fresh TURN credentials that arrive while the path is down (the relay frozen: `disconnected`,
@@ -668,9 +676,7 @@ fn signaling_restart_keeps_a_relay_only_call() {
     drop(signaling.proc);
     let _restarted = start_signaling(Some(&relay), &listen);
     for proc in [&mut alice, &mut bob] {
-        proc.wait_line(Duration::from_secs(30), |l| {
-            l.starts_with("* ice-restart") && field(l, "reason") == Some("fresh-credentials")
-        });
+        wait_ice_restart(proc, "fresh-credentials");
     }
     chat_both_ways(&mut alice, &mut bob, "after the restart", "still relayed");
 }
@@ -705,9 +711,7 @@ fn a_relay_only_orphan_keeps_its_path_until_its_peer_is_back() {
     );
     // Bob is back: both restart onto the fresh credentials, and the call goes on.
     proxy.refuse_new(false);
-    alice.wait_line(Duration::from_secs(30), |l| {
-        l.starts_with("* ice-restart") && field(l, "reason") == Some("fresh-credentials")
-    });
+    wait_ice_restart(&mut alice, "fresh-credentials");
     chat_both_ways(&mut alice, &mut bob, "welcome back", "on fresh credentials");
     assert_kept_connection(&alice);
     assert_kept_connection(&bob);
@@ -825,9 +829,7 @@ fn an_orphaned_connection_signals_nothing_until_its_peer_is_back() {
             bob.freeze();
             drop(signaling);
         });
-    alice.wait_line(Duration::from_secs(30), |l| {
-        l.starts_with("* ice-restart") && field(l, "reason") == Some("failed")
-    });
+    wait_ice_restart(&mut alice, "failed");
     alice.read_for(Duration::from_secs(2));
     bob.thaw();
     for proc in [&mut alice, &mut bob] {
@@ -868,7 +870,12 @@ fn probe_self_reports_host_and_relay_pairs() {
     assert_eq!(field(&relayed, "local"), Some("relay"), "{relayed}");
     assert_eq!(field(&relayed, "remote"), Some("relay"), "{relayed}");
     assert!(field(&relayed, "rtt_ms").is_some_and(|v| v.parse::<f64>().is_ok()));
-    let result = probe.wait_line(Duration::from_secs(10), |l| l.starts_with("* probe-result"));
+    both_probes_passed(&mut probe, Duration::from_secs(10));
+}
+
+/// `probe`'s `* probe-result` (within `limit`) says `host=ok relay=ok`, and it exits 0.
+fn both_probes_passed(probe: &mut Proc, limit: Duration) {
+    let result = probe.wait_line(limit, |l| l.starts_with("* probe-result"));
     assert_eq!(field(&result, "host"), Some("ok"), "{result}");
     assert_eq!(field(&result, "relay"), Some("ok"), "{result}");
     assert!(probe.wait_exit(Duration::from_secs(10)).success());
@@ -898,10 +905,7 @@ fn probe_self_passes_on_ipv6_loopback_with_the_in_process_relay() {
     let url = signaling.room_url("probe-v6");
     let args = ["probe", &url, "--self", "--bind", "::1", "--timeout", "30s"];
     let mut probe = spawn("peer", &args, false);
-    let result = probe.wait_line(Duration::from_secs(90), |l| l.starts_with("* probe-result"));
-    assert_eq!(field(&result, "host"), Some("ok"), "{result}");
-    assert_eq!(field(&result, "relay"), Some("ok"), "{result}");
-    assert!(probe.wait_exit(Duration::from_secs(10)).success());
+    both_probes_passed(&mut probe, Duration::from_secs(90));
 }
 
 /// A join refused for now (`too_many_sessions`, of the `retry` class, as `draining` and
