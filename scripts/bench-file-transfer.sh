@@ -13,13 +13,7 @@ OLD=${1:?usage: $0 OLD_BIN_DIR [NEW_BIN_DIR]}
 NEW=${2:-target/debug}
 RUNS=${RUNS:-3}
 SIZE_MIB=${SIZE_MIB:-16}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/lib/scratch.sh
 head -c $((SIZE_MIB * 1048576)) /dev/urandom >"$work/file.bin"
 
 # Starts `$@` with stdout to $work/$name.out (its PID kept for the cleanup).

@@ -11,22 +11,13 @@
 set -euo pipefail
 RATE=${RATE:-5000}
 SECONDS_EACH=${SECONDS_EACH:-5}
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/lib/scratch.sh"
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-# start NAME PORT [ARGS...]: a redis-server in $dir/NAME, not daemonized, its PID kept.
+# start NAME PORT [ARGS...]: a redis-server in $work/NAME, not daemonized, its PID kept.
 start() {
   local name=$1 port=$2; shift 2
-  mkdir -p "$dir/$name"
-  (cd "$dir/$name" && exec redis-server --port "$port" --bind 127.0.0.1 --save '' \
+  mkdir -p "$work/$name"
+  (cd "$work/$name" && exec redis-server --port "$port" --bind 127.0.0.1 --save '' \
       --appendonly no --logfile log.txt "$@") &
   pids+=($!)
   for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && return; sleep 0.05; done
