@@ -441,6 +441,14 @@ pub(crate) fn slow_consumer_args() -> Vec<&'static str> {
     flood_server_args(&["--outbound-queue", "4"], ["200ms", "1s"])
 }
 
+/// Outbound queues that take whatever a test floods a client with (no `slow_consumer`).
+const QUEUES_TAKING_EVERYTHING: [&str; 4] = [
+    "--outbound-queue",
+    "100000",
+    "--outbound-queue-bytes",
+    "200000000",
+];
+
 /// The flags of a server that a flood meets at its outbound queue: `queue` (its flags), rate
 /// and replay limits the flood does not reach, and pings every `ping_interval` with
 /// `ping_timeout` to answer (the write timeout).
@@ -522,13 +530,7 @@ async fn a_slow_consumer_is_cut_off_not_buffered() {
 async fn a_client_that_stops_reading_leaves_with_timeout() {
     // As `slow_consumer_args`, with queues that take everything: the stalled write ends it, not
     // `slow_consumer`.
-    let queue = [
-        "--outbound-queue",
-        "100000",
-        "--outbound-queue-bytes",
-        "200000000",
-    ];
-    let mut args = flood_server_args(&queue, ["200ms", "1s"]);
+    let mut args = flood_server_args(&QUEUES_TAKING_EVERYTHING, ["200ms", "1s"]);
     args.extend(["--resume-grace", "200ms"]);
     let server = Server::start(&args);
     let path = "/ws/stops-reading";
@@ -567,14 +569,11 @@ async fn a_client_that_stops_reading_leaves_with_timeout() {
 /// `leave` was not read until the stalled write gave up, and the peers heard `timeout`.
 #[tokio::test]
 async fn a_leave_from_a_client_that_does_not_read_is_carried_out_at_once() {
-    // Queues that take everything (no `slow_consumer`), and a write timeout far off.
-    let queue = [
-        "--outbound-queue",
-        "100000",
-        "--outbound-queue-bytes",
-        "200000000",
-    ];
-    let server = Server::start(&flood_server_args(&queue, ["10s", "60s"]));
+    // No `slow_consumer`, and a write timeout far off.
+    let server = Server::start(&flood_server_args(
+        &QUEUES_TAKING_EVERYTHING,
+        ["10s", "60s"],
+    ));
     let path = "/ws/leave-unread";
     let ((mut a, _), (mut b, b_info)) = Client::pair(&server.ws(path), &server.ws(path)).await;
     let offer = Signal::Offer {
