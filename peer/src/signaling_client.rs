@@ -145,9 +145,9 @@ impl SignalingClient {
 }
 
 /// Opens the socket and joins. A join refused for now (any class but `fatal`: `draining`,
-/// `unavailable`, a full server, `rate_limited`) is tried again after the backoff, as a lost session is
-/// (`docs/protocol.md`, client rules), for up to [`GIVE_UP_AFTER`]; from then on, a server
-/// that cannot be reached or does not answer is tried again too (the balancer may be
+/// `unavailable`, a full server, `rate_limited`) is tried again after the backoff, as a lost
+/// session is (`docs/protocol.md`, client rules), for up to [`GIVE_UP_AFTER`]; from then on,
+/// a server that cannot be reached or does not answer is tried again too (the balancer may be
 /// switching nodes). Anything else fails at once: an unreachable server at the first try, a
 /// refusal of the `fatal` class.
 async fn first_join(
