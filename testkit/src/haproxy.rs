@@ -111,6 +111,9 @@ impl Haproxy {
             assert!(Instant::now() < deadline, "haproxy did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Its own 15 s from there: a slow start on a loaded machine must not leave the checks
+        // none (the stats answered nothing before the deadline, in one CI run).
+        let deadline = Instant::now() + Duration::from_secs(15);
         wait_until_every_backend_is_up(&stats, backends.len(), deadline);
         Self { child, addr, dir }
     }
@@ -131,7 +134,9 @@ fn wait_until_every_backend_is_up(stats: &Path, expected: usize, deadline: Insta
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("haproxy's backends are not all up:\n{last}");
+    panic!(
+        "haproxy's backends are not all up (an empty report: its stats never answered):\n{last}"
+    );
 }
 
 /// One `show stat` answer from the stats socket, if it answers.

@@ -27,6 +27,8 @@ use super::{CommonArgs, Interrupted, Output, Stop, escape};
 const RESELECT_WAIT: Duration = Duration::from_secs(30);
 /// How often the selected pair of a restarted connection is looked at.
 const RESELECT_POLL: Duration = Duration::from_millis(200);
+/// How long the periodic looks at a selected pair wait for the room's answer ([`pair_now`]).
+const PAIR_QUERY_WAIT: Duration = Duration::from_millis(200);
 /// How often the selected pair of every other connection is looked at: it changes too when
 /// the other side restarts ICE (this one only answers), or when ICE switches pairs itself.
 const PAIR_WATCH: Duration = Duration::from_secs(1);
@@ -47,6 +49,18 @@ const DECLINE_REASON: &str = "a chat peer (peer join) does not receive files: us
 struct Reselect {
     before: Option<SelectedPair>,
     until: Instant,
+}
+
+/// The selected pair of `id`'s connection, if the room answers within [`PAIR_QUERY_WAIT`]. The
+/// room answers between the events it hands on: with the event queue full (a chat that does
+/// not keep up with a stream of lines), it waits for room there, which only this loop makes by
+/// reading, so waiting for its answer without a bound would stop both.
+async fn pair_now(peer: &Peer, id: &PeerId) -> Option<SelectedPair> {
+    tokio::time::timeout(PAIR_QUERY_WAIT, peer.selected_pair(id))
+        .await
+        .ok()?
+        .ok()
+        .flatten()
 }
 
 /// Whether `now` is another path than `before` (addresses or relay server).
@@ -604,7 +618,7 @@ impl Chat {
                 };
                 let before = match &state.reselect {
                     Some(waiting) => waiting.before.clone(),
-                    None => peer.selected_pair(&id).await.ok().flatten(),
+                    None => pair_now(peer, &id).await,
                 };
                 if let Some(state) = self.peers.get_mut(&id) {
                     state.reselect = Some(Reselect { before, until });
@@ -750,7 +764,7 @@ impl Chat {
             .map(|(id, _)| id.clone())
             .collect();
         for id in waiting {
-            let pair = peer.selected_pair(&id).await.ok().flatten();
+            let pair = pair_now(peer, &id).await;
             let Some(state) = self.peers.get_mut(&id) else {
                 continue;
             };
@@ -779,7 +793,7 @@ impl Chat {
             .map(|(id, _)| id.clone())
             .collect();
         for id in shown {
-            let Some(pair) = peer.selected_pair(&id).await.ok().flatten() else {
+            let Some(pair) = pair_now(peer, &id).await else {
                 continue;
             };
             if let Some(state) = self.peers.get_mut(&id)
