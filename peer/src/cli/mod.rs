@@ -491,16 +491,29 @@ pub(crate) fn rtt_value(rtt_ms: Option<f64>) -> serde_json::Value {
         .map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
-/// The selected pair, retried briefly: stats can lag an open channel by a moment.
+/// The selected pair, retried briefly (stats can lag an open channel by a moment), for at most
+/// [`PAIR_LOOK`] in all. Each question is bounded too: the room answers between the events it
+/// hands on, and with its event queue full it waits for the caller's loop to read one, which
+/// cannot happen while that loop waits here.
 pub(crate) async fn selected_pair_eventually(peer: &Peer, remote: &PeerId) -> Option<SelectedPair> {
-    for _ in 0..50 {
-        if let Ok(Some(pair)) = peer.selected_pair(remote).await {
+    let until = tokio::time::Instant::now() + PAIR_LOOK;
+    loop {
+        let answer = tokio::time::timeout_at(until, peer.selected_pair(remote)).await;
+        if let Ok(Ok(Some(pair))) = answer {
             return Some(pair);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let next = tokio::time::Instant::now() + PAIR_RETRY;
+        if next >= until {
+            return None;
+        }
+        tokio::time::sleep_until(next).await;
     }
-    None
 }
+
+/// How long [`selected_pair_eventually`] looks for a pair.
+const PAIR_LOOK: std::time::Duration = std::time::Duration::from_millis(2500);
+/// How often it asks again.
+const PAIR_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut stop = Stop::install()?;

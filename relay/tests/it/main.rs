@@ -14,6 +14,7 @@ mod proxy_protocol;
 mod reload;
 mod security;
 mod slow_reader;
+mod startup_warnings;
 mod stream_stress;
 mod streams;
 mod support;
