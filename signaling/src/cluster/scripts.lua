@@ -242,7 +242,7 @@ local function plain_replace(s, pattern, with)
 end
 
 -- Removes session `sid` and tells the rest of the room (`left` is the peer_left template with
--- the peer id "%PEER%"). `code` ~= '' leaves a tombstone for one grace period (`grace` ms).
+-- the peer id "%PEER%"; '' tells nobody). `code` ~= '' leaves a tombstone for one grace period (`grace` ms).
 local function end_session(sid, left, code, grace)
   local s = skey(sid)
   local st = redis.call('HMGET', s, 'peer', 'sec', 'node', 'conn', 'next', 'state', 'exp', 'sh')
@@ -260,8 +260,9 @@ local function end_session(sid, left, code, grace)
   if code ~= '' then
     redis.call('SET', P .. 't:' .. sid, code .. ' ' .. st[2], 'PX', grace)
   end
-  local body = plain_replace(left, '"%PEER%"', '"' .. st[1] .. '"')
-  emit_all(body, nil)
+  if left ~= '' then
+    emit_all(plain_replace(left, '"%PEER%"', '"' .. st[1] .. '"'), nil)
+  end
   return st
 end
 

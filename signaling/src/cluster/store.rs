@@ -359,10 +359,12 @@ else
   local sid = redis.call('HGET', PEERS, ARGV[4])
   targets = sid and {sid} or {}
 end
+-- A whole room ends: nobody stays to be told `peer_left`.
+local left = ARGV[4] == '' and '' or ARGV[6]
 local ended = {}
 for _, sid in ipairs(targets) do
   emit(sid, ARGV[5])
-  local gone = end_session(sid, ARGV[6], ARGV[7], tonumber(ARGV[8]))
+  local gone = end_session(sid, left, ARGV[7], tonumber(ARGV[8]))
   if gone then
     if gone[6] == 'a' then
       redis.call('PUBLISH', 'sig:ch:' .. gone[3], '!close ' .. sid .. ' ' .. gone[4] .. ' ' .. ARGV[9])
