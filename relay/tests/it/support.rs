@@ -269,7 +269,8 @@ pub(crate) const fn base_args<'a>(listen: &'a str, workers: &'a str) -> [&'a str
 pub(crate) struct TlsFiles {
     /// The certificate file.
     pub(crate) cert: String,
-    key: String,
+    /// The key file.
+    pub(crate) key: String,
 }
 
 impl TlsFiles {

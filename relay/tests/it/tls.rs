@@ -53,8 +53,8 @@ fn turns_allocate_and_relay_both_ways() {
 }
 
 /// A TURN-over-TLS allocation keeps relaying, with nothing lost, across a certificate reload
-/// (SIGHUP); new handshakes get the new certificate; a pair that does not load is refused and
-/// the one in force stays.
+/// (SIGHUP); new handshakes get the new certificate; a pair that does not load (a certificate
+/// that is not one, a key that is not its) is refused and the one in force stays.
 #[test]
 fn sighup_reloads_the_certificate_without_disturbing_live_allocations() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,6 +107,26 @@ fn sighup_reloads_the_certificate_without_disturbing_live_allocations() {
     }));
     let mut after = TestClient::with_link(tls_link(tls, &second), tls, "u", "p");
     after.allocate().expect("still the second certificate");
+
+    // A swap caught half done (a SIGHUP between the renames of the two files: the new
+    // certificate, the old key) is refused as well; the next SIGHUP, once the key is in place
+    // too, puts the new pair in force.
+    let next_dir = tempfile::tempdir().unwrap();
+    let third = testkit::write_self_signed(next_dir.path());
+    std::fs::rename(next_dir.path().join("cert.pem"), &files.cert).unwrap();
+    hangup(&relay);
+    assert!(crate::support::wait_until(Duration::from_secs(5), || {
+        relay.metric("relay_tls_reloads_refused_total") == 2
+    }));
+    let mut after = TestClient::with_link(tls_link(tls, &second), tls, "u", "p");
+    after.allocate().expect("still the second certificate");
+    std::fs::rename(next_dir.path().join("key.pem"), &files.key).unwrap();
+    hangup(&relay);
+    assert!(crate::support::wait_until(Duration::from_secs(5), || {
+        relay.metric("relay_tls_reloads_total") == 2
+    }));
+    let mut fresh = TestClient::with_link(tls_link(tls, &third), tls, "u", "p");
+    fresh.allocate().expect("the third certificate");
     for i in 200..210 {
         relay_round(&mut c, i);
     }
