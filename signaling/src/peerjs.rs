@@ -42,7 +42,7 @@ use crate::api::{SERVER_SENDER, Transport};
 use crate::auth::check_grant;
 use crate::client_ip::IpSlot;
 use crate::client_request::{ClientRequest, Refusal, Upgrade, refuse, with_limits};
-use crate::connection::{Connection, Inbound};
+use crate::connection::{Connection, Heard, Inbound};
 use crate::error::RequestError;
 use crate::hub::{
     Attached, ConnId, JoinRequest, Outbound, OutboundRx, OutboundTx, ResumeFrom, ResumeRequest,
@@ -356,6 +356,8 @@ struct PeerSocket {
     /// When they are acknowledged at the latest.
     ack_at: Option<tokio::time::Instant>,
     bucket: TokenBucket,
+    /// When the client was last heard from (anything it sent, read while a write waited too).
+    last_heard: Instant,
 }
 
 async fn run(
@@ -401,18 +403,24 @@ async fn run(
         last_seq,
         written: WrittenFrames::default(),
         ack_at: None,
+        last_heard: now,
         app,
     };
-    let mut ok = this
+    let mut step = this
         .socket
         .send_text(server_message("OPEN", None))
         .await
-        .is_ok();
+        .map_err(|_| None);
     for frame in attached.replay {
-        ok = ok && this.deliver(Outbound::Frame(frame)).await.is_ok();
+        if step.is_ok() {
+            step = this.deliver(Outbound::Frame(frame)).await;
+        }
     }
-    if ok {
-        this.serve(&mut rx).await;
+    if step.is_ok() {
+        step = this.serve(&mut rx).await;
+    }
+    if let Err(Some(code)) = step {
+        this.socket.close(code, "").await;
     }
     this.socket.release();
     // What was written and not acknowledged yet (the last 16 frames or 200 ms) is left so: the
@@ -625,36 +633,42 @@ fn registration_ttl(app: &AppState) -> Duration {
 }
 
 impl PeerSocket {
-    async fn serve(&mut self, rx: &mut OutboundRx) {
+    /// Serves the socket until it ends: `Err` with the close code to send, if any.
+    async fn serve(&mut self, rx: &mut OutboundRx) -> Result<(), Option<u16>> {
         let interval = self.app.config.ping_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        let mut last_heard = Instant::now();
         loop {
             let step = tokio::select! {
-                inbound = self.socket.recv() => {
-                    last_heard = Instant::now();
-                    self.on_inbound(inbound).await
-                }
+                inbound = self.socket.recv() => self.on_inbound(inbound).await,
                 Some(out) = rx.recv() => self.deliver(out).await,
                 () = written_acks::sleep_until(self.ack_at), if self.ack_at.is_some() => {
                     self.ack_delivered().await;
                     Ok(())
                 }
                 _ = ticker.tick() => {
-                    if last_heard.elapsed() >= self.app.config.ping_timeout {
+                    if self.last_heard.elapsed() >= self.app.config.ping_timeout {
                         Err(Some(1008))
                     } else {
                         self.renew_registration();
-                        self.socket.ping().await.map_err(|_| None)
+                        let heard = self.socket.ping_hearing(true).await;
+                        self.hear_through(heard).await
                     }
                 }
             };
-            if let Err(close) = step {
-                if let Some(code) = close {
-                    self.socket.close(code, "").await;
-                }
-                return;
+            step?;
+        }
+    }
+
+    /// Sees a write through (`heard`: how it went so far), handling what the client sends
+    /// meanwhile: a client slow to read is still heard (its heartbeats, its messages to other
+    /// peers), not found silent once the write is done.
+    async fn hear_through(&mut self, mut heard: Heard) -> Result<(), Option<u16>> {
+        loop {
+            match heard {
+                Heard::Sent(sent) => return sent.map_err(|_| None),
+                Heard::Inbound(inbound) => self.on_inbound(inbound).await?,
             }
+            heard = self.socket.go_on_hearing(true).await;
         }
     }
 
@@ -682,10 +696,11 @@ impl PeerSocket {
             None => return Ok(()),
         };
         // Handled once written: a frame whose write fails is replayed by the resume.
-        self.socket
-            .send_text(Utf8Bytes::from(data.to_string()))
-            .await
-            .map_err(|_| None)?;
+        let heard = self
+            .socket
+            .send_text_hearing(Utf8Bytes::from(data.to_string()), true)
+            .await;
+        self.hear_through(heard).await?;
         self.handled(seq, len).await;
         Ok(())
     }
@@ -732,6 +747,7 @@ impl PeerSocket {
     }
 
     async fn on_inbound(&mut self, inbound: Inbound) -> Result<(), Option<u16>> {
+        self.last_heard = Instant::now();
         let read = match inbound {
             Inbound::Text(text) => Ok(text),
             Inbound::Alive => return Ok(()),

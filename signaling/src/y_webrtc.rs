@@ -28,7 +28,7 @@ use crate::api::Transport;
 use crate::auth::Claims;
 use crate::client_ip::IpSlot;
 use crate::client_request::{ClientRequest, Refusal, Upgrade, refuse, with_limits};
-use crate::connection::{Connection, Inbound};
+use crate::connection::{Connection, Heard, Inbound};
 use crate::error::RequestError;
 use crate::hub::{ConnId, Flow, JoinRequest, Outbound, OutboundRx, OutboundTx, SessionKey};
 use crate::protocol::{ClientMessage, ErrorCode, PeerId, RoomId, close_code};
@@ -161,6 +161,8 @@ struct YConnection {
     /// `--outbound-queue-bytes`: a socket that does not read holds that much, not that much
     /// per topic.
     queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// When the client was last heard from (anything it sent, read while a write waited too).
+    last_heard: Instant,
 }
 
 /// Why the connection ends: a close to send, or nothing (the client went away).
@@ -179,32 +181,28 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
         next_generation: 0,
         ack_at: None,
         queued_bytes: Arc::default(),
+        last_heard: now,
     };
     let _open = this.app.connections.open();
     let mut inboxes = Inboxes::new();
     let interval = this.app.config.ping_interval;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    let mut last_heard = Instant::now();
     let end: End = loop {
         let step = tokio::select! {
-            inbound = this.socket.recv() => {
-                last_heard = Instant::now();
-                this.on_inbound(inbound, &mut inboxes).await
-            }
+            inbound = this.socket.recv() => this.on_inbound(inbound, &mut inboxes).await,
             Some((topic, generation, out)) = inboxes.next(), if !inboxes.is_empty() => {
-                this.on_outbound(&topic, generation, out).await
+                this.on_outbound(&topic, generation, out, &mut inboxes).await
             }
             () = written_acks::sleep_until(this.ack_at), if this.ack_at.is_some() => {
                 this.ack_written().await;
                 Ok(())
             }
             _ = ticker.tick() => {
-                if last_heard.elapsed() >= this.app.config.ping_timeout {
+                if this.last_heard.elapsed() >= this.app.config.ping_timeout {
                     Err(Some((close::POLICY, "ping timeout")))
-                } else if this.socket.ping().await.is_err() {
-                    Err(None)
                 } else {
-                    Ok(())
+                    let heard = this.socket.ping_hearing(true).await;
+                    this.hear_through(heard, &mut inboxes).await
                 }
             }
         };
@@ -227,6 +225,7 @@ impl YConnection {
     }
 
     async fn on_inbound(&mut self, inbound: Inbound, inboxes: &mut Inboxes) -> Result<(), End> {
+        self.last_heard = Instant::now();
         let (error, code, reason) = match inbound {
             Inbound::Text(text) => return self.on_text(text, inboxes).await,
             Inbound::Alive => return Ok(()),
@@ -442,17 +441,34 @@ impl YConnection {
         }
     }
 
+    /// Sees a write through (`heard`: how it went so far), handling what the client sends
+    /// meanwhile: a client slow to read is still heard (its pings, its unsubscribes), not
+    /// found silent once the write is done.
+    async fn hear_through(&mut self, mut heard: Heard, inboxes: &mut Inboxes) -> Result<(), End> {
+        loop {
+            match heard {
+                Heard::Sent(sent) => return sent.map_err(|_| None),
+                Heard::Inbound(inbound) => self.on_inbound(inbound, inboxes).await?,
+            }
+            heard = self.socket.go_on_hearing(true).await;
+        }
+    }
+
+    /// Whether `topic`'s subscription is still the one of `generation`.
+    fn subscribed(&self, topic: &str, generation: u64) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|sub| sub.generation == generation)
+    }
+
     async fn on_outbound(
         &mut self,
         topic: &Arc<str>,
         generation: u64,
         out: Outbound,
+        inboxes: &mut Inboxes,
     ) -> Result<(), End> {
-        if self
-            .topics
-            .get(topic)
-            .is_none_or(|sub| sub.generation != generation)
-        {
+        if !self.subscribed(topic, generation) {
             // From a subscription that is over (unsubscribed, and maybe subscribed again since:
             // its close must not end the new one, its frames are not the new one's to ack).
             return Ok(());
@@ -499,11 +515,15 @@ impl YConnection {
         })
         .unwrap_or_default();
         // Counted by the hub, once per delivery.
-        self.socket
-            .send_text(Utf8Bytes::from(published))
-            .await
-            .map_err(|_| None)?;
-        self.handled(topic, seq, len).await;
+        let heard = self
+            .socket
+            .send_text_hearing(Utf8Bytes::from(published), true)
+            .await;
+        self.hear_through(heard, inboxes).await?;
+        // Unsubscribed meanwhile (and maybe subscribed again): not the new one's to ack.
+        if self.subscribed(topic, generation) {
+            self.handled(topic, seq, len).await;
+        }
         Ok(())
     }
 

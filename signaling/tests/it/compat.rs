@@ -355,6 +355,71 @@ async fn y_webrtc_queues_are_bounded_by_bytes_not_by_outbound_queue_frames() {
     assert_eq!(server.errors(ErrorCode::SlowConsumer).await, 0);
 }
 
+/// Flags of a server whose queues take a flood whole (no `slow_consumer`), with a write
+/// timeout a minute off: a write to a client that does not read stalls that long.
+const STALLING_WRITES: &[&str] = &[
+    "--outbound-queue",
+    "100000",
+    "--outbound-queue-bytes",
+    "200000000",
+    "--replay-max-bytes",
+    "100000000",
+    "--rate-limit",
+    "10000",
+    "--rate-burst",
+    "10000",
+    "--ping-interval",
+    "10s",
+    "--ping-timeout",
+    "60s",
+];
+
+/// A y-webrtc client that does not read, so that a write to it stalls, is still heard: what it
+/// publishes meanwhile reaches the others at once, not after the write timeout (and never, had
+/// the stalled write dropped the socket with the publish unread).
+#[tokio::test]
+async fn y_webrtc_a_client_whose_writes_stall_is_still_heard() {
+    let server = Server::start(STALLING_WRITES);
+    let (mut a, mut b) = two_subscribers(&server, "stall").await;
+    // 18 MB for A, which reads none of it: more than the socket buffers take.
+    publish_numbered(&mut b, "stall", 300, &"s".repeat(60_000)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send(
+        &mut a,
+        json!({"type":"publish","topic":"stall","data":"from a"}),
+    )
+    .await;
+    let heard = next(&mut b, Duration::from_secs(3)).await;
+    assert_eq!(
+        heard,
+        Some(json!({"type":"publish","topic":"stall","data":"from a"}))
+    );
+    drop(a);
+}
+
+/// A PeerJS client that does not read, so that a write to it stalls, is still heard: its
+/// messages to other peers go on at once.
+#[tokio::test]
+async fn peerjs_a_client_whose_writes_stall_is_still_heard() {
+    let server = Server::start(STALLING_WRITES);
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
+    let blob = "c".repeat(60_000);
+    for n in 0..300 {
+        let flood = json!({"type":"CANDIDATE","dst":"alice","payload":{"n":n,"blob":blob}});
+        send(&mut bob, flood).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let to_bob = json!({"type":"CANDIDATE","dst":"bob","payload":{"n":7}});
+    send(&mut alice, to_bob).await;
+    let heard = next(&mut bob, Duration::from_secs(3))
+        .await
+        .expect("alice heard");
+    assert_eq!(
+        (&heard["src"], &heard["payload"]["n"]),
+        (&json!("alice"), &json!(7))
+    );
+}
+
 /// A PeerJS client socket (as PeerJS opens it with `path: '/peerjs'`, key `key`).
 async fn peerjs(server: &Server, key: &str, id: &str, token: &str) -> Ws {
     connect(&server.ws(&format!(
