@@ -9,6 +9,7 @@
 //! the resume grace period (the hub ignores that if the session already ended or moved to a
 //! newer socket).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ use crate::client_ip::IpSlot;
 use crate::connection::{Connection, Heard, Inbound, SendFailed};
 use crate::error::RequestError;
 use crate::hub::{ConnId, Flow, Outbound, OutboundRx, OutboundTx, SessionKey, encode};
+use crate::outbox::Frame;
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, PeerId, RequestId, RoomId, ServerFrame, ServerMessage,
     close_code,
@@ -59,6 +61,7 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, handshake: Handshake) {
         reading: true,
         last_rate_reply: None,
         rate_dropped: 0,
+        replay: VecDeque::new(),
     };
     let _open = task.app.connections.open();
     let reason = task.run(rx).await;
@@ -91,6 +94,10 @@ struct SocketTask {
     last_rate_reply: Option<Instant>,
     /// Messages dropped by the rate limit since that reply.
     rate_dropped: u64,
+    /// The missed frames a join or resume has still to write, in order, before anything of
+    /// the queue (each heard through as a queued frame is: a `leave` read meanwhile is
+    /// carried out at once).
+    replay: VecDeque<Frame>,
 }
 
 /// At most one `rate_limited` reply per connection in this time.
@@ -135,10 +142,19 @@ impl SocketTask {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let step = tokio::select! {
-                inbound = self.conn.recv(), if self.reading => self.on_inbound(inbound).await,
-                Some(out) = rx.recv() => self.on_outbound(out).await,
-                _ = ticker.tick() => self.on_tick().await,
+            let step = match self.replay.pop_front() {
+                Some(frame) => {
+                    let heard = self
+                        .conn
+                        .send_text_hearing(frame.text(), self.reading)
+                        .await;
+                    self.hearing(heard).await
+                }
+                None => tokio::select! {
+                    inbound = self.conn.recv(), if self.reading => self.on_inbound(inbound).await,
+                    Some(out) = rx.recv() => self.on_outbound(out).await,
+                    _ = ticker.tick() => self.on_tick().await,
+                },
             };
             match step {
                 Step::Continue => {}
@@ -161,9 +177,15 @@ impl SocketTask {
     /// `peer_left` of a peer that left a moment before, say) are sent before the close;
     /// `false` if a write failed.
     async fn send_queued(&mut self, rx: &mut OutboundRx) -> bool {
-        // The write the `leave` was read during, if any, goes first.
+        // The write the `leave` was read during, if any, goes first, then the rest of a
+        // replay.
         if self.conn.finish().await.is_err() {
             return false;
+        }
+        while let Some(frame) = self.replay.pop_front() {
+            if self.conn.send_text(frame.text()).await.is_err() {
+                return false;
+            }
         }
         while let Some(out) = rx.try_recv() {
             // A close the hub queued (after an error) gives way to the `leave`'s.
@@ -468,11 +490,8 @@ impl SocketTask {
                     span.record("peer_name", name.as_str());
                 }
                 tracing::info!(replayed = attached.replay.len(), "{how}");
-                for frame in attached.replay {
-                    if let Err(failed) = self.conn.send_text(frame.text()).await {
-                        return self.write_failed(failed);
-                    }
-                }
+                // Written by the loop, which hears the client meanwhile.
+                self.replay = attached.replay.into();
                 Step::Continue
             }
             Err(error) if error.code == ErrorCode::NotJoined => {

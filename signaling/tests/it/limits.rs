@@ -594,6 +594,37 @@ async fn a_leave_from_a_client_that_does_not_read_is_carried_out_at_once() {
     metric_becomes(&server, "signaling_connections", 1).await;
 }
 
+/// The same for the frames a resume replays: a client that reads none of them, so that their
+/// write stalls, is heard meanwhile, and its `leave` carried out at once.
+#[tokio::test]
+async fn a_leave_behind_a_stalled_replay_is_carried_out_at_once() {
+    let server = Server::start(&flood_server_args(
+        &QUEUES_TAKING_EVERYTHING,
+        ["10s", "60s"],
+    ));
+    let path = "/ws/leave-unreplayed";
+    let ((mut a, _), (b, b_info)) = Client::pair(&server.ws(path), &server.ws(path)).await;
+    let last_seq = b.last_seq;
+    drop(b);
+    metric_becomes(&server, "signaling_connections", 1).await;
+    // 18 MB kept for B while it is away, all replayed by its resume.
+    let offer = Signal::Offer {
+        sdp: "x".repeat(60_000),
+        ice_restart: false,
+    };
+    for _ in 0..300 {
+        signal(&mut a, &b_info.peer_id, offer.clone()).await;
+    }
+    let mut b = Client::connect(&server.ws(path)).await;
+    b.send(&resume_message(&b_info.resume_token, last_seq))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.send(&ClientMessage::Leave { id: None }).await;
+    let left = a.recv_within(Duration::from_secs(3)).await;
+    assert_peer_left(left.map(|f| f.message), &b_info.peer_id, LeaveReason::Left);
+    metric_becomes(&server, "signaling_connections", 1).await;
+}
+
 #[tokio::test]
 async fn a_slow_consumer_is_dropped_its_queue_and_reads_the_error_that_ends_it() {
     // As `slow_consumer_args`, but with a queue of 4 MB, and the server waits long enough for
