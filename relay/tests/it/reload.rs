@@ -40,13 +40,6 @@ impl ConfigFile {
     }
 }
 
-/// Sends SIGHUP to the relay process.
-fn hangup(relay: &RelayProcess) {
-    // SAFETY: kill(2) on the PID of a child this test spawned.
-    let rc = unsafe { libc::kill(relay.pid() as libc::pid_t, libc::SIGHUP) };
-    assert_eq!(rc, 0);
-}
-
 /// Waits until `relay_config_reloads_total` (`ok`) or `..._refused_total` reaches `n`.
 fn wait_reloads(relay: &RelayProcess, refused: bool, n: u64) {
     let series = if refused {
@@ -106,7 +99,7 @@ fn sighup_swaps_secrets_quotas_and_the_deny_list_without_disturbing_allocations(
         "turn-secret = [\"new-secret\"]\nuser-quota = 2\nallow-loopback-peers = true\n\
          deny-peer = [\"127.0.0.3/32\"]\n",
     );
-    hangup(&relay);
+    relay.hangup();
     wait_reloads(&relay, false, 1);
 
     assert_eq!(
@@ -147,7 +140,7 @@ fn an_invalid_configuration_is_refused_and_the_one_in_force_stays() {
     ];
     for (n, text) in bad.iter().enumerate() {
         config.write(text);
-        hangup(&relay);
+        relay.hangup();
         wait_reloads(&relay, true, n as u64 + 1);
         assert_eq!(relay.metric("relay_config_reloads_total"), 0);
         rest_client(&relay, "kept", &format!("user{n}"))
@@ -178,7 +171,7 @@ fn the_log_filter_follows_the_file() {
         Err(403)
     );
     config.write("user = [\"u:p\"]\nlog-filter = \"info,relay_proto=debug\"\n");
-    hangup(&relay);
+    relay.hangup();
     wait_reloads(&relay, false, 1);
     assert_eq!(
         client.create_permission("198.51.100.1:9".parse().unwrap()),
@@ -229,7 +222,7 @@ fn a_turns_allocation_relays_every_packet_across_reloads_and_certificate_changes
                 "user = [\"u:p\"]\nallow-loopback-peers = true\nmax-channels = {}\n",
                 10 + reloads
             ));
-            hangup(&relay);
+            relay.hangup();
         }
         round_trip(
             &mut client,
@@ -278,7 +271,7 @@ fn a_reload_says_which_file_keys_a_flag_overrides() {
     let config = ConfigFile::new("user = [\"u:p\"]\nuser-quota = 5\n");
     let relay = config.start_relay(&["--user-quota", "7"]);
     config.write("user = [\"u:p\"]\nuser-quota = 6\n");
-    hangup(&relay);
+    relay.hangup();
     wait_reloads(&relay, false, 1);
     let logs = relay.stop_and_read_stderr();
     assert!(

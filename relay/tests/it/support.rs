@@ -196,6 +196,22 @@ impl RelayProcess {
         }
     }
 
+    /// Sends SIGHUP (a reload) to the relay process.
+    pub(crate) fn hangup(&self) {
+        // SAFETY: kill(2) on the PID of a child this test spawned.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Sends SIGHUP and waits (up to 5 s) until the metric `series` reads `value`.
+    pub(crate) fn reload_until(&self, series: &str, value: u64) {
+        self.hangup();
+        assert!(
+            wait_until(Duration::from_secs(5), || self.metric(series) == value),
+            "{series} did not reach {value}"
+        );
+    }
+
     /// True while the process runs.
     pub(crate) fn is_alive(&mut self) -> bool {
         matches!(self.process().child().try_wait(), Ok(None))

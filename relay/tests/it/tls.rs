@@ -83,10 +83,7 @@ fn sighup_reloads_the_certificate_without_disturbing_live_allocations() {
     }
 
     let second = testkit::write_self_signed(dir.path());
-    hangup(&relay);
-    assert!(crate::support::wait_until(Duration::from_secs(5), || {
-        relay.metric("relay_tls_reloads_total") == 1
-    }));
+    relay.reload_until("relay_tls_reloads_total", 1);
     // The allocation made before the reload relays on, both ways, nothing lost.
     for i in 100..200 {
         relay_round(&mut c, i);
@@ -101,10 +98,7 @@ fn sighup_reloads_the_certificate_without_disturbing_live_allocations() {
 
     // A pair that does not load is refused; the certificate in force stays.
     std::fs::write(&files.cert, "not a certificate").unwrap();
-    hangup(&relay);
-    assert!(crate::support::wait_until(Duration::from_secs(5), || {
-        relay.metric("relay_tls_reloads_refused_total") == 1
-    }));
+    relay.reload_until("relay_tls_reloads_refused_total", 1);
     let mut after = TestClient::with_link(tls_link(tls, &second), tls, "u", "p");
     after.allocate().expect("still the second certificate");
 
@@ -114,17 +108,11 @@ fn sighup_reloads_the_certificate_without_disturbing_live_allocations() {
     let next_dir = tempfile::tempdir().unwrap();
     let third = testkit::write_self_signed(next_dir.path());
     std::fs::rename(next_dir.path().join("cert.pem"), &files.cert).unwrap();
-    hangup(&relay);
-    assert!(crate::support::wait_until(Duration::from_secs(5), || {
-        relay.metric("relay_tls_reloads_refused_total") == 2
-    }));
+    relay.reload_until("relay_tls_reloads_refused_total", 2);
     let mut after = TestClient::with_link(tls_link(tls, &second), tls, "u", "p");
     after.allocate().expect("still the second certificate");
     std::fs::rename(next_dir.path().join("key.pem"), &files.key).unwrap();
-    hangup(&relay);
-    assert!(crate::support::wait_until(Duration::from_secs(5), || {
-        relay.metric("relay_tls_reloads_total") == 2
-    }));
+    relay.reload_until("relay_tls_reloads_total", 2);
     let mut fresh = TestClient::with_link(tls_link(tls, &third), tls, "u", "p");
     fresh.allocate().expect("the third certificate");
     for i in 200..210 {
@@ -160,15 +148,9 @@ fn an_expired_or_expiring_certificate_is_served_with_a_warning_and_its_expiry_ex
 
     let expiring = (now - day, now + 3 * day);
     testkit::write_certificate(dir.path(), Some(expiring));
-    hangup(&relay);
-    assert!(crate::support::wait_until(Duration::from_secs(5), || {
-        relay.metric("relay_tls_certificate_not_after_seconds") == unix(expiring.1)
-    }));
+    relay.reload_until("relay_tls_certificate_not_after_seconds", unix(expiring.1));
     let fresh = testkit::write_self_signed(dir.path());
-    hangup(&relay);
-    assert!(crate::support::wait_until(Duration::from_secs(5), || {
-        relay.metric("relay_tls_reloads_total") == 2
-    }));
+    relay.reload_until("relay_tls_reloads_total", 2);
     TestClient::with_link(tls_link(tls, &fresh), tls, "u", "p")
         .allocate()
         .expect("the valid certificate");
@@ -195,11 +177,4 @@ fn an_expired_or_expiring_certificate_is_served_with_a_warning_and_its_expiry_ex
         "{logs}"
     );
     assert!(logs.contains("names=localhost,127.0.0.1"), "{logs}");
-}
-
-/// Sends SIGHUP to the relay process.
-fn hangup(relay: &RelayProcess) {
-    // SAFETY: kill(2) on the PID of a child this test spawned.
-    let rc = unsafe { libc::kill(relay.pid() as libc::pid_t, libc::SIGHUP) };
-    assert_eq!(rc, 0);
 }

@@ -563,32 +563,45 @@ async fn a_client_that_stops_reading_leaves_with_timeout() {
     }
 }
 
+/// A server for clients that do not read: no `slow_consumer`, and a write timeout far off.
+fn server_for_unread_floods() -> Server {
+    Server::start(&flood_server_args(
+        &QUEUES_TAKING_EVERYTHING,
+        ["10s", "60s"],
+    ))
+}
+
+/// Signals 18 MB of offers from A to `b`: more than the socket buffers take, so the server's
+/// write to a B that reads none of it stalls.
+async fn offers_past_the_socket_buffers(a: &mut Client, b: &PeerId) {
+    let offer = Signal::Offer {
+        sdp: "x".repeat(60_000),
+        ice_restart: false,
+    };
+    for _ in 0..300 {
+        signal(a, b, offer.clone()).await;
+    }
+}
+
+/// B, which has read nothing for 500 ms, sends `leave`: A hears `left` within 3 s.
+async fn leave_unread(a: &mut Client, b: &mut Client, b_id: &PeerId) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.send(&ClientMessage::Leave { id: None }).await;
+    let left = a.recv_within(Duration::from_secs(3)).await;
+    assert_peer_left(left.map(|f| f.message), b_id, LeaveReason::Left);
+}
+
 /// A `leave` from a client that does not read, so that a write to it stalls, is carried out at
 /// once (docs/protocol.md, "leave"): its peers hear `left` without waiting for the write
 /// timeout, and its socket is dropped within the 2 s its queued frames get. Before, the
 /// `leave` was not read until the stalled write gave up, and the peers heard `timeout`.
 #[tokio::test]
 async fn a_leave_from_a_client_that_does_not_read_is_carried_out_at_once() {
-    // No `slow_consumer`, and a write timeout far off.
-    let server = Server::start(&flood_server_args(
-        &QUEUES_TAKING_EVERYTHING,
-        ["10s", "60s"],
-    ));
+    let server = server_for_unread_floods();
     let path = "/ws/leave-unread";
     let ((mut a, _), (mut b, b_info)) = Client::pair(&server.ws(path), &server.ws(path)).await;
-    let offer = Signal::Offer {
-        sdp: "x".repeat(60_000),
-        ice_restart: false,
-    };
-    // 18 MB for B, which reads none of it: more than the socket buffers take, so the server's
-    // write to B stalls.
-    for _ in 0..300 {
-        signal(&mut a, &b_info.peer_id, offer.clone()).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    b.send(&ClientMessage::Leave { id: None }).await;
-    let left = a.recv_within(Duration::from_secs(3)).await;
-    assert_peer_left(left.map(|f| f.message), &b_info.peer_id, LeaveReason::Left);
+    offers_past_the_socket_buffers(&mut a, &b_info.peer_id).await;
+    leave_unread(&mut a, &mut b, &b_info.peer_id).await;
     // The queued frames get 2 s; B reads none, so its socket is dropped then (without the
     // close), not at the write timeout.
     metric_becomes(&server, "signaling_connections", 1).await;
@@ -598,30 +611,18 @@ async fn a_leave_from_a_client_that_does_not_read_is_carried_out_at_once() {
 /// write stalls, is heard meanwhile, and its `leave` carried out at once.
 #[tokio::test]
 async fn a_leave_behind_a_stalled_replay_is_carried_out_at_once() {
-    let server = Server::start(&flood_server_args(
-        &QUEUES_TAKING_EVERYTHING,
-        ["10s", "60s"],
-    ));
+    let server = server_for_unread_floods();
     let path = "/ws/leave-unreplayed";
     let ((mut a, _), (b, b_info)) = Client::pair(&server.ws(path), &server.ws(path)).await;
     let last_seq = b.last_seq;
     drop(b);
     metric_becomes(&server, "signaling_connections", 1).await;
-    // 18 MB kept for B while it is away, all replayed by its resume.
-    let offer = Signal::Offer {
-        sdp: "x".repeat(60_000),
-        ice_restart: false,
-    };
-    for _ in 0..300 {
-        signal(&mut a, &b_info.peer_id, offer.clone()).await;
-    }
+    // Kept for B while it is away, all replayed by its resume.
+    offers_past_the_socket_buffers(&mut a, &b_info.peer_id).await;
     let mut b = Client::connect(&server.ws(path)).await;
     b.send(&resume_message(&b_info.resume_token, last_seq))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    b.send(&ClientMessage::Leave { id: None }).await;
-    let left = a.recv_within(Duration::from_secs(3)).await;
-    assert_peer_left(left.map(|f| f.message), &b_info.peer_id, LeaveReason::Left);
+    leave_unread(&mut a, &mut b, &b_info.peer_id).await;
     metric_becomes(&server, "signaling_connections", 1).await;
 }
 
