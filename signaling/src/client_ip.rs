@@ -1,12 +1,11 @@
 //! Fairness per client address: who the client is (the socket's peer, or the address a trusted
 //! proxy forwarded), how many WebSockets it holds, and how fast it joins.
 //!
-//! An address is tracked while it holds at least one connection, so the table never holds more
-//! entries than there are open connections (`--max-connections`). Its join-rate bucket lives as
-//! long as its entry: an address that disconnects and comes back starts with a full bucket,
-//! which the connection cap bounds.
+//! An address is tracked while it holds a connection or a session, and after that while its
+//! join-rate bucket is not full again ([`MAX_LINGERING`] such addresses at most): an address
+//! that joins, leaves and disconnects in a loop meets its join rate as one that stays does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -86,11 +85,17 @@ pub struct IpLimits {
     pub max_sessions: usize,
 }
 
+/// Addresses with neither a connection nor a session kept at most for their join bucket to
+/// fill again (about 64 bytes each): past it, the one unused the longest is forgotten.
+pub const MAX_LINGERING: usize = 65_536;
+
 #[derive(Debug)]
 struct Entry {
     connections: usize,
     sessions: usize,
     joins: TokenBucket,
+    /// Counts the times the entry fell unused: names its latest place in [`Entries::lingering`].
+    unused_count: u64,
 }
 
 impl Entry {
@@ -99,12 +104,65 @@ impl Entry {
     }
 }
 
+/// The entries, and the unused ones still kept, in the order they fell unused.
+#[derive(Debug, Default)]
+struct Entries {
+    by_ip: HashMap<IpAddr, Entry>,
+    /// `(address, its unused_count then)`: a place whose count is stale (the address was used
+    /// again since) is skipped.
+    lingering: VecDeque<(IpAddr, u64)>,
+}
+
+impl Entries {
+    /// Called when `ip`'s connection or session ends: an entry left unused goes, or, while its
+    /// join bucket is not full at `now`, is kept (within [`MAX_LINGERING`]).
+    fn released(&mut self, ip: IpAddr, now: Instant, limits: IpLimits) {
+        let Some(entry) = self.by_ip.get_mut(&ip) else {
+            return;
+        };
+        if !entry.unused() {
+            return;
+        }
+        if entry
+            .joins
+            .available(now, limits.join_rate, limits.join_burst)
+            >= limits.join_burst
+        {
+            self.by_ip.remove(&ip);
+            return;
+        }
+        entry.unused_count += 1;
+        self.lingering.push_back((ip, entry.unused_count));
+        self.forget_lingering(now, limits);
+    }
+
+    /// Forgets the unused entries whose join bucket is full again, from the one unused the
+    /// longest until one that is not; and, beyond [`MAX_LINGERING`], the longest unused.
+    fn forget_lingering(&mut self, now: Instant, limits: IpLimits) {
+        while let Some(&(ip, count)) = self.lingering.front() {
+            let over = self.lingering.len() > MAX_LINGERING;
+            let entry = self.by_ip.get(&ip);
+            let kept = entry.is_some_and(|e| e.unused() && e.unused_count == count);
+            let full = entry.is_some_and(|e| {
+                e.joins.available(now, limits.join_rate, limits.join_burst) >= limits.join_burst
+            });
+            if kept && !full && !over {
+                return;
+            }
+            self.lingering.pop_front();
+            if kept {
+                self.by_ip.remove(&ip);
+            }
+        }
+    }
+}
+
 /// Open connections, sessions and join buckets per client address (IPv6: per /64).
 #[derive(Debug)]
 pub struct IpTable {
     /// Replaced by SIGHUP ([`IpTable::set_limits`]).
     limits: std::sync::RwLock<IpLimits>,
-    entries: Mutex<HashMap<IpAddr, Entry>>,
+    entries: Mutex<Entries>,
 }
 
 /// One connection's place in the table; dropping it gives the place back.
@@ -121,7 +179,7 @@ impl IpSlot {
     /// place back.
     pub fn try_session(&self) -> Option<SessionTicket> {
         let mut entries = self.table.lock();
-        let entry = entries.get_mut(&self.ip)?;
+        let entry = entries.by_ip.get_mut(&self.ip)?;
         if entry.sessions >= self.table.limits().max_sessions {
             return None;
         }
@@ -137,6 +195,7 @@ impl IpSlot {
         let mut entries = self.table.lock();
         let limits = self.table.limits();
         entries
+            .by_ip
             .get_mut(&self.ip)
             .is_some_and(|e| e.joins.try_take(now, limits.join_rate, limits.join_burst))
     }
@@ -144,12 +203,11 @@ impl IpSlot {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
+        let limits = self.table.limits();
         let mut entries = self.table.lock();
-        if let Some(entry) = entries.get_mut(&self.ip) {
+        if let Some(entry) = entries.by_ip.get_mut(&self.ip) {
             entry.connections -= 1;
-            if entry.unused() {
-                entries.remove(&self.ip);
-            }
+            entries.released(self.ip, Instant::now(), limits);
         }
     }
 }
@@ -163,12 +221,11 @@ pub struct SessionTicket {
 
 impl Drop for SessionTicket {
     fn drop(&mut self) {
+        let limits = self.table.limits();
         let mut entries = self.table.lock();
-        if let Some(entry) = entries.get_mut(&self.ip) {
+        if let Some(entry) = entries.by_ip.get_mut(&self.ip) {
             entry.sessions -= 1;
-            if entry.unused() {
-                entries.remove(&self.ip);
-            }
+            entries.released(self.ip, Instant::now(), limits);
         }
     }
 }
@@ -178,7 +235,7 @@ impl IpTable {
     pub fn new(limits: IpLimits) -> Arc<Self> {
         Arc::new(Self {
             limits: std::sync::RwLock::new(limits),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
         })
     }
 
@@ -199,7 +256,7 @@ impl IpTable {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -209,10 +266,12 @@ impl IpTable {
         let ip = relay_proto::rate_key(ip);
         let limits = self.limits();
         let mut entries = self.lock();
-        let entry = entries.entry(ip).or_insert_with(|| Entry {
+        entries.forget_lingering(now, limits);
+        let entry = entries.by_ip.entry(ip).or_insert_with(|| Entry {
             connections: 0,
             sessions: 0,
             joins: TokenBucket::new(limits.join_burst, now),
+            unused_count: 0,
         });
         if entry.connections >= limits.max_connections {
             return None;
@@ -226,12 +285,12 @@ impl IpTable {
 
     /// Addresses tracked (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_ip.len()
     }
 
     /// Whether no address is tracked.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().by_ip.is_empty()
     }
 }
 
@@ -312,7 +371,59 @@ mod tests {
         drop(a);
         assert!(table.connect(ip, now).is_some(), "a slot came back");
         drop(b);
-        assert!(table.is_empty(), "entries go with their last connection");
+        assert_eq!(table.len(), 1, "kept while its join bucket is not full");
+        let later = now + std::time::Duration::from_secs(3);
+        table.connect("192.0.2.3".parse().unwrap(), later);
+        assert!(
+            table.is_empty(),
+            "forgotten once full, with their last connection"
+        );
+    }
+
+    /// An address that joins, leaves and disconnects in a loop meets its join rate: its entry,
+    /// and so its bucket, outlives its connections until the bucket is full again.
+    #[test]
+    fn joins_from_connections_that_come_and_go_meet_the_join_rate() {
+        let table = IpTable::new(IpLimits {
+            max_connections: 10,
+            join_rate: 0.5,
+            join_burst: 4.0,
+            max_sessions: 10,
+        });
+        let now = Instant::now();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let joined = (0..10)
+            .filter(|_| table.connect(ip, now).unwrap().try_join(now))
+            .count();
+        assert_eq!(joined, 4, "the burst, then nothing");
+        let later = now + std::time::Duration::from_secs(2);
+        assert!(
+            table.connect(ip, later).unwrap().try_join(later),
+            "one token in 2 s"
+        );
+        assert!(!table.connect(ip, later).unwrap().try_join(later));
+    }
+
+    /// The addresses kept only for their buckets are bounded: beyond [`MAX_LINGERING`], the one
+    /// unused the longest is forgotten.
+    #[test]
+    fn addresses_kept_for_their_buckets_are_bounded() {
+        let table = IpTable::new(IpLimits {
+            max_connections: 1,
+            join_rate: 0.001,
+            join_burst: 1.0,
+            max_sessions: 1,
+        });
+        let now = Instant::now();
+        let address = |n: usize| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n as u32));
+        for n in 0..MAX_LINGERING + 100 {
+            assert!(table.connect(address(n), now).unwrap().try_join(now));
+        }
+        assert_eq!(table.len(), MAX_LINGERING);
+        // The first ones were forgotten (a full bucket again), the last are still kept.
+        assert!(table.connect(address(0), now).unwrap().try_join(now));
+        let last = address(MAX_LINGERING + 99);
+        assert!(!table.connect(last, now).unwrap().try_join(now));
     }
 
     #[test]
@@ -339,6 +450,6 @@ mod tests {
         );
         drop(second);
         drop(slot);
-        assert!(table.is_empty());
+        assert!(table.is_empty(), "no join taken: nothing to keep");
     }
 }

@@ -753,6 +753,33 @@ async fn garbage_never_hurts_the_server() {
     assert_eq!(status, 200);
 }
 
+/// The join rate holds for an address that joins, leaves and disconnects in a loop: its
+/// bucket outlives its connections (before, each new connection started with a full one).
+#[tokio::test]
+async fn joins_that_leave_and_disconnect_in_a_loop_meet_the_join_rate() {
+    let server = Server::start(&["--join-rate-per-ip", "0.2", "--join-burst-per-ip", "3"]);
+    let url = server.ws_first("/ws/churn");
+    let mut welcomed = 0;
+    for _ in 0..6 {
+        let mut c = Client::connect(&url).await;
+        c.send(&join_message("churn")).await;
+        match c.recv_message().await {
+            ServerMessage::Welcome { .. } => {
+                welcomed += 1;
+                c.send(&ClientMessage::Leave { id: None }).await;
+                assert_eq!(c.close_after_frames().await, Closed::Code(1000));
+            }
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            } => assert_eq!(c.expect_close().await, Closed::Code(1013)),
+            other => panic!("expected welcome or rate_limited, got {other:?}"),
+        }
+    }
+    assert_eq!(welcomed, 3, "the burst, then rate_limited");
+    assert_eq!(server.errors(ErrorCode::RateLimited).await, 3);
+}
+
 #[tokio::test]
 async fn connections_and_joins_are_limited_per_client_address() {
     let server = Server::start(&[
