@@ -2,6 +2,7 @@
 //! closes. The frame size limit is enforced by tungstenite (configured in `ws.rs`); here an
 //! oversize frame is recognised so the session can answer it with `message_too_large` and 1009.
 
+use std::collections::VecDeque;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -52,11 +53,17 @@ pub enum Heard {
 
 /// A write that gave way to the client's next event and is not done yet.
 struct Unfinished {
-    /// The message, until the socket takes it (then its bytes wait in the socket's buffer).
-    message: Option<Message>,
+    /// The messages, in order, each until the socket takes it (then its bytes wait in the
+    /// socket's buffer): the one that gave way, and the answers queued behind it meanwhile
+    /// ([`Connection::queue_text`]).
+    messages: VecDeque<Message>,
     /// When it times out: a write's timeout counts from its start, however often it gave way.
     until: Instant,
 }
+
+/// While this many messages wait behind a write that gave way, the client is not read: each
+/// frame read may queue an answer.
+const MAX_QUEUED: usize = 64;
 
 /// A WebSocket connection of the server.
 pub struct Connection {
@@ -66,8 +73,8 @@ pub struct Connection {
     /// before the connection counts as dead. Without it, a stuck write would also stop the
     /// ping timer that detects zombies.
     write_timeout: Duration,
-    /// A write that gave way to what the client sent meanwhile; any later write finishes it
-    /// first.
+    /// A write that gave way to what the client sent meanwhile (with what was queued behind
+    /// it); any later write finishes it first.
     unfinished: Option<Unfinished>,
 }
 
@@ -156,8 +163,15 @@ impl Connection {
         self.go_on_hearing(reading).await
     }
 
+    /// Queues `frame` behind the unfinished write, or as one of its own (started, not waited
+    /// for): an answer to what the client sent while a write waits, which does not stop the
+    /// hearing. [`Self::go_on_hearing`], or any other write, sends it.
+    pub fn queue_text(&mut self, frame: Utf8Bytes) {
+        self.start(Message::Text(frame));
+    }
+
     /// Goes on with the unfinished write (done at once if there is none), reading the client
-    /// meanwhile if `reading`.
+    /// meanwhile if `reading` (and fewer than [`MAX_QUEUED`] messages wait).
     pub async fn go_on_hearing(&mut self, reading: bool) -> Heard {
         let Some(mut write) = self.unfinished.take() else {
             return Heard::Sent(Ok(()));
@@ -165,12 +179,13 @@ impl Connection {
         let Some(socket) = self.socket.as_mut() else {
             return Heard::Sent(Err(SendFailed::Broken));
         };
-        let message = &mut write.message;
+        let messages = &mut write.messages;
         let either = std::future::poll_fn(|cx| {
-            if let Poll::Ready(sent) = poll_write(socket, message, cx) {
+            if let Poll::Ready(sent) = poll_write(socket, messages, cx) {
                 return Poll::Ready(Ok(sent));
             }
             // Reading while the write waits: tokio-tungstenite keeps a waker for each side.
+            let reading = reading && messages.len() < MAX_QUEUED;
             if reading && let Poll::Ready(next) = socket.poll_next_unpin(cx) {
                 return Poll::Ready(Err(next));
             }
@@ -195,22 +210,15 @@ impl Connection {
         }
     }
 
-    /// Makes `message` the unfinished write, due within the write timeout.
+    /// Queues `message` on the unfinished write, or makes it one, due within the write
+    /// timeout (or when the one it is queued behind is due, if earlier).
     fn start(&mut self, message: Message) {
-        debug_assert!(
-            self.unfinished
-                .as_ref()
-                .is_none_or(|unfinished| unfinished.message.is_none()),
-            "a write started before the one that gave way was taken"
-        );
-        let mut until = Instant::now() + self.write_timeout;
-        if let Some(unfinished) = self.unfinished.take() {
-            until = until.min(unfinished.until);
-        }
-        self.unfinished = Some(Unfinished {
-            message: Some(message),
+        let until = Instant::now() + self.write_timeout;
+        let write = self.unfinished.get_or_insert_with(|| Unfinished {
+            messages: VecDeque::new(),
             until,
         });
+        write.messages.push_back(message);
     }
 
     /// Sends a close frame with `code` and `reason`; the socket is done afterwards. Then reads,
@@ -272,36 +280,33 @@ impl Connection {
     /// one is due).
     async fn send(&mut self, message: Message, limit: Duration) -> Result<(), SendFailed> {
         let mut until = Instant::now() + limit;
-        let mut earlier = self.unfinished.take().map(|unfinished| {
-            until = until.min(unfinished.until);
-            unfinished.message
-        });
+        let mut messages = match self.unfinished.take() {
+            Some(earlier) => {
+                until = until.min(earlier.until);
+                earlier.messages
+            }
+            None => VecDeque::new(),
+        };
+        messages.push_back(message);
         let Some(socket) = self.socket.as_mut() else {
             return Err(SendFailed::Broken);
         };
-        let mut message = Some(message);
-        let write = std::future::poll_fn(|cx| {
-            if let Some(first) = earlier.as_mut() {
-                ready!(poll_write(socket, first, cx))?;
-                earlier = None;
-            }
-            poll_write(socket, &mut message, cx)
-        });
+        let write = std::future::poll_fn(|cx| poll_write(socket, &mut messages, cx));
         let sent = tokio::time::timeout_at(until, write).await;
         sent.unwrap_or(Err(SendFailed::Stalled))
     }
 }
 
-/// Drives one write: `message` once the socket is ready for it (taken then), then the flush of
-/// all the socket holds. Ready when the write is done or failed.
+/// Drives one write: each of `messages` in turn once the socket is ready for it (taken then),
+/// then the flush of all the socket holds. Ready when the write is done or failed.
 fn poll_write(
     socket: &mut WebSocket,
-    message: &mut Option<Message>,
+    messages: &mut VecDeque<Message>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), SendFailed>> {
-    if message.is_some() {
+    while !messages.is_empty() {
         ready!(socket.poll_ready_unpin(cx)).map_err(|_| SendFailed::Broken)?;
-        if let Some(message) = message.take() {
+        if let Some(message) = messages.pop_front() {
             socket
                 .start_send_unpin(message)
                 .map_err(|_| SendFailed::Broken)?;

@@ -29,12 +29,20 @@ impl OpenConnections {
         }
     }
 
-    /// Counts a connection open until the guard is dropped.
+    /// Counts a connection open until the guard is dropped, and accepted.
     pub fn open(&self) -> ConnectionGuard {
+        let guard = self.open_unaccepted();
+        guard.accepted();
+        guard
+    }
+
+    /// Counts a connection open until the guard is dropped; accepted once its checks pass
+    /// ([`ConnectionGuard::accepted`]): an HTTP stream whose session token is refused is not.
+    pub fn open_unaccepted(&self) -> ConnectionGuard {
         self.gauge.inc();
-        self.total.inc();
         ConnectionGuard {
             gauge: self.gauge.clone(),
+            total: self.total.clone(),
             _token: self.tracker.token(),
         }
     }
@@ -55,7 +63,15 @@ impl OpenConnections {
 #[derive(Debug)]
 pub struct ConnectionGuard {
     gauge: Gauge,
+    total: Counter,
     _token: TaskTrackerToken,
+}
+
+impl ConnectionGuard {
+    /// Counts the connection in `signaling_connections_accepted_total`.
+    pub fn accepted(&self) {
+        self.total.inc();
+    }
 }
 
 impl Drop for ConnectionGuard {

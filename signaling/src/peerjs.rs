@@ -639,7 +639,14 @@ impl PeerSocket {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             let step = tokio::select! {
-                inbound = self.socket.recv() => self.on_inbound(inbound).await,
+                inbound = self.socket.recv() => match self.on_inbound(inbound).await {
+                    // Its answer, if any (`EXPIRE`, an `ERROR`), heard through as any write is.
+                    Ok(()) => {
+                        let heard = self.socket.go_on_hearing(true).await;
+                        self.hear_through(heard).await
+                    }
+                    end => end,
+                },
                 Some(out) = rx.recv() => self.deliver(out).await,
                 () = written_acks::sleep_until(self.ack_at), if self.ack_at.is_some() => {
                     self.ack_delivered().await;
@@ -787,10 +794,10 @@ impl PeerSocket {
             }
             _ => {
                 self.app.metrics.error(ErrorCode::InvalidMessage);
+                // Queued: a message read while a write waits does not stop the hearing.
                 self.socket
-                    .send_text(server_message("ERROR", Some("Message unrecognized")))
-                    .await
-                    .map_err(|_| None)
+                    .queue_text(server_message("ERROR", Some("Message unrecognized")));
+                Ok(())
             }
         }
     }
@@ -815,10 +822,8 @@ impl PeerSocket {
         match delivered {
             Ok(0) if kind != "LEAVE" && kind != "EXPIRE" => {
                 let expire = json!({"type": "EXPIRE", "src": dst}).to_string();
-                self.socket
-                    .send_text(Utf8Bytes::from(expire))
-                    .await
-                    .map_err(|_| None)
+                self.socket.queue_text(Utf8Bytes::from(expire));
+                Ok(())
             }
             // Counted by the hub, once per delivery.
             Ok(_) => Ok(()),

@@ -189,7 +189,16 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let end: End = loop {
         let step = tokio::select! {
-            inbound = this.socket.recv() => this.on_inbound(inbound, &mut inboxes).await,
+            inbound = this.socket.recv() => {
+                match this.on_inbound(inbound, &mut inboxes).await {
+                    // Its answer, if any (a pong), heard through as any write is.
+                    Ok(()) => {
+                        let heard = this.socket.go_on_hearing(true).await;
+                        this.hear_through(heard, &mut inboxes).await
+                    }
+                    end => end,
+                }
+            }
             Some((topic, generation, out)) = inboxes.next(), if !inboxes.is_empty() => {
                 this.on_outbound(&topic, generation, out, &mut inboxes).await
             }
@@ -293,11 +302,12 @@ impl YConnection {
                 Ok(())
             }
             YMessage::Publish { topic, data } => self.publish(&topic, data).await,
-            YMessage::Ping => self
-                .socket
-                .send_text(Utf8Bytes::from_static(r#"{"type":"pong"}"#))
-                .await
-                .map_err(|_| None),
+            YMessage::Ping => {
+                // Queued: a ping read while a write waits does not stop the hearing.
+                self.socket
+                    .queue_text(Utf8Bytes::from_static(r#"{"type":"pong"}"#));
+                Ok(())
+            }
         }
     }
 

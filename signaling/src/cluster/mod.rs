@@ -1734,7 +1734,8 @@ impl ClusterHub {
     /// Ends `peer`'s session in `room` (every session of the room when `None`) by an
     /// operator's order, on whichever node it is attached or parked: the client gets the
     /// `code` error, its socket closes with the code's close code, its resume is refused with
-    /// `code` and the rest of the room gets `peer_left`. Returns how many sessions ended.
+    /// `code` and the rest of the room gets `peer_left` (a whole room: nobody stays to get
+    /// one). Returns how many sessions ended.
     pub async fn end_by_admin(
         &self,
         room: &RoomId,

@@ -101,7 +101,8 @@ async fn attach(
     let ip_slot = client.address_slot(app)?;
     let (tx, rx) = app.outbound_queue();
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
-    let open = app.connections.open();
+    // Open (a drain waits for it) while its resume runs; accepted once the resume took it.
+    let open = app.connections.open_unaccepted();
     let http_slot = http_slot.map(HttpSlot::lend);
     let app = Arc::clone(app);
     // In a task of its own, which builds the `StreamSession` whose drop parks the session: a
@@ -122,6 +123,7 @@ async fn attach(
                 },
             )
             .await?;
+        open.accepted();
         Ok(StreamSession {
             _open: open,
             app,

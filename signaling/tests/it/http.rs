@@ -594,6 +594,26 @@ async fn an_http_session_without_a_stream_expires_like_a_parked_one() {
     assert_eq!(status, 410, "{body}");
 }
 
+/// A stream request refused on its session token is not counted as accepted
+/// (`signaling_connections_accepted_total`: "past its checks"); one that attaches is.
+#[tokio::test]
+async fn streams_refused_on_their_session_token_are_not_counted_as_accepted() {
+    let server = Server::start(&[]);
+    for path in [
+        "/http/events?session=nonsense",
+        "/http/poll?session=nonsense",
+    ] {
+        let (status, _, body) = crate::support::http_get(server.next_addr(), path).await;
+        assert_eq!(status, 410, "{body}");
+    }
+    let accepted = "signaling_connections_accepted_total";
+    assert_eq!(server.metric(accepted).await, 0);
+    let a = http_client::open_as(server.next_addr(), "counted", "A").await;
+    let reply = http_client::poll(server.next_addr(), &a, 0).await;
+    assert!(!reply.frames.is_empty(), "the welcome");
+    assert_eq!(server.metric(accepted).await, 1);
+}
+
 #[tokio::test]
 async fn a_refused_open_answers_a_status_and_an_error_frame() {
     let server = Server::start(&["--max-peers-per-room", "1"]);

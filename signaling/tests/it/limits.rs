@@ -583,11 +583,12 @@ async fn offers_past_the_socket_buffers(a: &mut Client, b: &PeerId) {
     }
 }
 
-/// B, which has read nothing for 500 ms, sends `leave`: A hears `left` within 3 s.
+/// B, which has read nothing for 500 ms, sends `leave`: A hears `left` within 10 s (the write
+/// to B would wait 60 s).
 async fn leave_unread(a: &mut Client, b: &mut Client, b_id: &PeerId) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     b.send(&ClientMessage::Leave { id: None }).await;
-    let left = a.recv_within(Duration::from_secs(3)).await;
+    let left = a.recv_within(Duration::from_secs(10)).await;
     assert_peer_left(left.map(|f| f.message), b_id, LeaveReason::Left);
 }
 
@@ -608,7 +609,9 @@ async fn a_leave_from_a_client_that_does_not_read_is_carried_out_at_once() {
 }
 
 /// The same for the frames a resume replays: a client that reads none of them, so that their
-/// write stalls, is heard meanwhile, and its `leave` carried out at once.
+/// write stalls, is heard meanwhile, and its `leave` carried out at once; what it had not read
+/// then still goes out, in order (the rest of the replay, then the `resumed` behind it), before
+/// the close.
 #[tokio::test]
 async fn a_leave_behind_a_stalled_replay_is_carried_out_at_once() {
     let server = server_for_unread_floods();
@@ -617,12 +620,24 @@ async fn a_leave_behind_a_stalled_replay_is_carried_out_at_once() {
     let last_seq = b.last_seq;
     drop(b);
     metric_becomes(&server, "signaling_connections", 1).await;
-    // Kept for B while it is away, all replayed by its resume.
+    // Kept for B while it is away (all of it: A's requests are handled in order), all
+    // replayed by its resume.
     offers_past_the_socket_buffers(&mut a, &b_info.peer_id).await;
+    a.sync().await;
     let mut b = Client::connect(&server.ws(path)).await;
     b.send(&resume_message(&b_info.resume_token, last_seq))
         .await;
     leave_unread(&mut a, &mut b, &b_info.peer_id).await;
+    for n in 1..=300 {
+        let frame = b.recv_within(STEP).await.expect("the rest of the replay");
+        assert_eq!(frame.seq, last_seq + n);
+        assert!(matches!(frame.message, ServerMessage::Signal { .. }));
+    }
+    assert!(matches!(
+        b.recv_message().await,
+        ServerMessage::Resumed { .. }
+    ));
+    assert_eq!(b.expect_close().await, Closed::Code(1000));
     metric_becomes(&server, "signaling_connections", 1).await;
 }
 
