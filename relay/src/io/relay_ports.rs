@@ -2,10 +2,16 @@
 //! on a free port of the configured range (random start, linear probe), buffers raised; and
 //! holding open the ports that EVEN-PORT reserves (RFC 8656 section 7.2) until the Allocate
 //! with the RESERVATION-TOKEN claims them, or the reservation expires.
+//!
+//! The ports the relay's own sockets hold are marked ([`PortClaim`]): a probe passes over them
+//! without a `bind`, so that a range the relay has used up answers 508 at the cost of a scan
+//! of the marks, not of a failed `bind` per port (which, at 200 refused Allocates a second,
+//! kept a worker busy).
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -15,7 +21,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::udp::set_buffers;
 
-/// How many ports to try before answering 508 Insufficient Capacity.
+/// How many ports not marked as the relay's own to try binding before answering 508
+/// Insufficient Capacity (others may hold ports of the range).
 const MAX_PROBES: u32 = 512;
 
 /// Reserved ports held open at most (one socket each, for at most `RESERVATION_LIFETIME`):
@@ -24,7 +31,73 @@ const MAX_HELD: usize = 1024;
 
 /// Reserved ports held open, by address, with when their reservation ends. Shared by every
 /// shard: the Allocate that claims one may reach another shard.
-type HeldPorts = HashMap<SocketAddr, (Socket, Instant)>;
+type HeldPorts = HashMap<SocketAddr, (RelaySocket, Instant)>;
+
+/// A relay socket, and the mark of its port, cleared when both are dropped.
+#[derive(Debug)]
+pub(crate) struct RelaySocket {
+    pub(crate) socket: Socket,
+    pub(crate) claim: PortClaim,
+}
+
+/// The ports of the range that the relay's sockets hold, one bit each, per family (the relay
+/// IPs of the two families have ports of their own). Shared by every shard.
+#[derive(Debug)]
+struct PortMarks {
+    low: u16,
+    /// IPv4's, then IPv6's.
+    families: [Vec<AtomicU64>; 2],
+}
+
+impl PortMarks {
+    fn new(low: u16, high: u16) -> Self {
+        let words = (usize::from(high - low) + 1).div_ceil(64);
+        let family = || (0..words).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            low,
+            families: [family(), family()],
+        }
+    }
+
+    /// The word and bit of `port` (in the range) of `ip`'s family.
+    fn bit(&self, ip: IpAddr, port: u16) -> (&AtomicU64, u64) {
+        let family = &self.families[usize::from(ip.is_ipv6())];
+        let n = usize::from(port - self.low);
+        (&family[n / 64], 1 << (n % 64))
+    }
+
+    fn is_marked(&self, ip: IpAddr, port: u16) -> bool {
+        let (word, bit) = self.bit(ip, port);
+        word.load(Ordering::Relaxed) & bit != 0
+    }
+}
+
+/// The mark of one port a relay socket holds; dropping it clears the mark.
+#[derive(Debug)]
+pub(crate) struct PortClaim {
+    marks: Arc<PortMarks>,
+    ip: IpAddr,
+    port: u16,
+}
+
+impl PortClaim {
+    fn new(marks: &Arc<PortMarks>, ip: IpAddr, port: u16) -> Self {
+        let (word, bit) = marks.bit(ip, port);
+        word.fetch_or(bit, Ordering::Relaxed);
+        Self {
+            marks: Arc::clone(marks),
+            ip,
+            port,
+        }
+    }
+}
+
+impl Drop for PortClaim {
+    fn drop(&mut self) {
+        let (word, bit) = self.marks.bit(self.ip, self.port);
+        word.fetch_and(!bit, Ordering::Relaxed);
+    }
+}
 
 /// Where relay sockets are bound.
 #[derive(Debug, Clone)]
@@ -37,6 +110,7 @@ pub(crate) struct RelayPorts {
     high: u16,
     buffer: usize,
     held: Arc<Mutex<HeldPorts>>,
+    marks: Arc<PortMarks>,
 }
 
 impl RelayPorts {
@@ -48,6 +122,7 @@ impl RelayPorts {
             high,
             buffer,
             held: Arc::default(),
+            marks: Arc::new(PortMarks::new(low, high)),
         }
     }
 
@@ -59,7 +134,7 @@ impl RelayPorts {
         family: AddressFamily,
         even_port: bool,
         reserve_next: bool,
-    ) -> Result<Socket, BindError> {
+    ) -> Result<RelaySocket, BindError> {
         let ip = match family {
             AddressFamily::V4 => self.v4,
             AddressFamily::V6 => self.v6,
@@ -74,44 +149,35 @@ impl RelayPorts {
                 tracing::debug!("too many reserved ports held open");
                 return Err(BindError::NoCapacity);
             }
-            let (socket, next) = self.probe(true, true, |port| {
+            let (socket, next) = self.probe(ip, true, true, |port| {
                 let Some(even) = self.try_port(ip, port)? else {
                     return Ok(None);
                 };
                 Ok(self.try_port(ip, port + 1)?.map(|next| (even, next)))
             })?;
-            let next_addr = next
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .ok_or(BindError::NoCapacity)?;
+            let next_addr = SocketAddr::new(ip, next.claim.port);
             held.insert(next_addr, (next, now + RESERVATION_LIFETIME));
             return Ok(socket);
         }
         drop(held);
-        self.probe(even_port, false, |port| self.try_port(ip, port))
+        self.probe(ip, even_port, false, |port| self.try_port(ip, port))
     }
 
-    /// Tries the ports of the range from a random one on (only even ones if `even`; with
-    /// `need_next`, only those whose next port is in the range too), at most [`MAX_PROBES`],
-    /// until `take` gives a value (`None`: the port is taken, try the next).
+    /// Tries the ports of the range that no relay socket of `ip`'s family holds (with
+    /// `need_next`, whose next port is in the range and not held either), from a random one on
+    /// (only even ones if `even`), at most [`MAX_PROBES`], until `take` gives a value (`None`:
+    /// the port is taken, try the next).
     fn probe<T>(
         &self,
+        ip: IpAddr,
         even: bool,
         need_next: bool,
         mut take: impl FnMut(u16) -> Result<Option<T>, BindError>,
     ) -> Result<T, BindError> {
-        let step = if even { 2 } else { 1 };
-        let first = u32::from(self.low) + u32::from(even && self.low % 2 == 1);
-        let last = u32::from(self.high) - u32::from(need_next);
-        if last < first {
-            return Err(BindError::NoCapacity);
-        }
-        let count = (last - first) / step + 1;
-        let start = rand::rng().random_range(0..count);
-        for k in 0..MAX_PROBES.min(count) {
-            let port = first + step * ((start + k) % count);
-            let port = u16::try_from(port).map_err(|_| BindError::NoCapacity)?;
+        for port in self
+            .candidates(ip, even, need_next)
+            .take(MAX_PROBES as usize)
+        {
             if let Some(taken) = take(port)? {
                 return Ok(taken);
             }
@@ -119,9 +185,34 @@ impl RelayPorts {
         Err(BindError::NoCapacity)
     }
 
+    /// The ports [`Self::probe`] tries, in its order (no `bind` needed to pass over the
+    /// relay's own).
+    fn candidates(&self, ip: IpAddr, even: bool, need_next: bool) -> impl Iterator<Item = u16> {
+        let step = if even { 2 } else { 1 };
+        let first = u32::from(self.low) + u32::from(even && self.low % 2 == 1);
+        let last = u32::from(self.high).saturating_sub(u32::from(need_next));
+        let count = if last < first {
+            0
+        } else {
+            (last - first) / step + 1
+        };
+        let start = if count == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..count)
+        };
+        let marks = Arc::clone(&self.marks);
+        (0..count)
+            .filter_map(move |k| u16::try_from(first + step * ((start + k) % count)).ok())
+            .filter(move |&port| {
+                let held = |port| marks.is_marked(ip, port);
+                !(held(port) || need_next && held(port + 1))
+            })
+    }
+
     /// A socket bound on `ip:port`, `None` if the port is in use (or not ours to bind), or
     /// `NoCapacity` (logged) on any other failure.
-    fn try_port(&self, ip: IpAddr, port: u16) -> Result<Option<Socket>, BindError> {
+    fn try_port(&self, ip: IpAddr, port: u16) -> Result<Option<RelaySocket>, BindError> {
         match self.try_bind(SocketAddr::new(ip, port)) {
             Ok(socket) => Ok(Some(socket)),
             Err(e) if is_taken(&e) => Ok(None),
@@ -132,7 +223,7 @@ impl RelayPorts {
     /// Binds exactly `addr` (a reserved port): the socket held open for it when there is one;
     /// otherwise it must be on a relay IP and inside the range; `NoCapacity` if it is not, or
     /// if anything holds it.
-    pub(crate) fn bind_exact(&self, addr: SocketAddr) -> Result<Socket, BindError> {
+    pub(crate) fn bind_exact(&self, addr: SocketAddr) -> Result<RelaySocket, BindError> {
         if let Some((socket, _)) = self.held().remove(&addr) {
             return Ok(socket);
         }
@@ -158,7 +249,8 @@ impl RelayPorts {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn try_bind(&self, addr: SocketAddr) -> io::Result<Socket> {
+    /// A socket bound on `addr` (in the range), its port marked.
+    fn try_bind(&self, addr: SocketAddr) -> io::Result<RelaySocket> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
@@ -167,7 +259,8 @@ impl RelayPorts {
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         set_buffers(&socket, self.buffer);
-        Ok(socket)
+        let claim = PortClaim::new(&self.marks, addr.ip(), addr.port());
+        Ok(RelaySocket { socket, claim })
     }
 }
 
@@ -200,12 +293,14 @@ mod tests {
     }
 
     /// The local port of a bound relay socket.
-    fn port_of(s: &Socket) -> u16 {
-        s.local_addr().unwrap().as_socket().unwrap().port()
+    fn port_of(s: &RelaySocket) -> u16 {
+        let port = s.socket.local_addr().unwrap().as_socket().unwrap().port();
+        assert_eq!(port, s.claim.port, "the mark is the socket's port");
+        port
     }
 
     /// `n` IPv4 relay sockets (`even`: on even ports, reserving none), all of which must bind.
-    fn bind_v4(ports: &RelayPorts, n: usize, even: bool) -> Vec<Socket> {
+    fn bind_v4(ports: &RelayPorts, n: usize, even: bool) -> Vec<RelaySocket> {
         (0..n)
             .map(|_| ports.bind(AddressFamily::V4, even, false).unwrap())
             .collect()
@@ -213,7 +308,7 @@ mod tests {
 
     /// A `bind` or `bind_exact` was refused for lack of a port: 508 for the client.
     #[track_caller]
-    fn assert_no_capacity(bound: Result<Socket, BindError>) {
+    fn assert_no_capacity(bound: Result<RelaySocket, BindError>) {
         assert_eq!(bound.err(), Some(BindError::NoCapacity));
     }
 
@@ -237,7 +332,7 @@ mod tests {
         let ports = on_loopback(40300, 40310);
         let addr: SocketAddr = "127.0.0.1:40305".parse().unwrap();
         let held = ports.bind_exact(addr).expect("a free reserved port");
-        assert_eq!(held.local_addr().unwrap().as_socket(), Some(addr));
+        assert_eq!(port_of(&held), addr.port());
         assert_eq!(
             ports.bind_exact(addr).err(),
             Some(BindError::NoCapacity),
@@ -299,6 +394,48 @@ mod tests {
             assert_eq!(taken, [40500, 40502, 40504]);
             assert_no_capacity(ports.bind(AddressFamily::V4, true, false));
         }
+    }
+
+    /// The ports the relay holds are passed over without a `bind`: a range it has used up has
+    /// no candidates at all; a port another process holds is still tried (and passed over);
+    /// a port let go is a candidate again.
+    #[test]
+    fn ports_the_relay_holds_are_not_tried_again() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let ports = on_loopback(40600, 40609);
+        let other = std::net::UdpSocket::bind("127.0.0.1:40605").unwrap();
+        let mut held = bind_v4(&ports, 9, false);
+        assert_eq!(
+            ports.candidates(loopback, false, false).collect::<Vec<_>>(),
+            [40605]
+        );
+        assert_no_capacity(ports.bind(AddressFamily::V4, false, false));
+        let freed = port_of(&held.pop().unwrap());
+        assert_eq!(
+            ports.candidates(loopback, false, false).count(),
+            2,
+            "{freed} and 40605"
+        );
+        assert_eq!(
+            port_of(&ports.bind(AddressFamily::V4, false, false).unwrap()),
+            freed
+        );
+        drop(other);
+        // The other family's ports are its own.
+        let v6 = "::1".parse().unwrap();
+        assert_eq!(ports.candidates(v6, false, false).count(), 10);
+        // A reservation needs the next port free of the relay's sockets too.
+        drop(held);
+        let odd: Vec<RelaySocket> = [40601, 40603, 40607, 40609]
+            .into_iter()
+            .map(|port| ports.bind_exact(SocketAddr::new(loopback, port)).unwrap())
+            .collect();
+        assert_eq!(
+            ports.candidates(loopback, true, true).collect::<Vec<_>>(),
+            [40604]
+        );
+        drop(odd);
+        assert_eq!(ports.candidates(loopback, true, true).count(), 5);
     }
 
     #[test]

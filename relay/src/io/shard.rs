@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::conn_limit::{ConnectionLimit, ConnectionSlot, Refused};
 use super::drain::DrainSignal;
-use super::relay_ports::RelayPorts;
+use super::relay_ports::{PortClaim, RelayPorts, RelaySocket};
 use super::send_batch::SendBatch;
 use super::stream::StreamSender;
 use super::tasks::TaskGroup;
@@ -51,6 +51,8 @@ struct RelaySlot {
     handle: RelayHandle,
     socket: Rc<UdpSocket>,
     task: Option<JoinHandle<()>>,
+    /// The mark of the socket's port in the range, cleared when the slot goes.
+    _claim: PortClaim,
 }
 
 impl RelaySlot {
@@ -512,7 +514,7 @@ impl Shard {
             Some(address) => self.relay_ports.bind_exact(address),
             None => self.relay_ports.bind(family, even_port, reserve_next),
         };
-        let socket = match bound {
+        let RelaySocket { socket, claim } = match bound {
             Ok(s) => s,
             Err(e) => {
                 // No address of the family is the client's ask (440), not a failure of ours.
@@ -542,6 +544,7 @@ impl Shard {
             handle: relay,
             socket,
             task: Some(task),
+            _claim: claim,
         };
         let mut relays = self.relays.borrow_mut();
         if relays.len() <= relay.index() {

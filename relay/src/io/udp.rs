@@ -202,7 +202,8 @@ mod tests {
         let listener = bind_listener(SocketAddr::new(ip, 0), 0).unwrap();
         let relay = RelayPorts::new(&[ip], low, low + 99, 0)
             .bind(family, false, false)
-            .unwrap();
+            .unwrap()
+            .socket;
         [
             UdpSocket::from_socket(listener, true).unwrap(),
             UdpSocket::from_socket(relay, false).unwrap(),
