@@ -252,6 +252,7 @@ impl Relay {
             config.max_connections,
             config.max_connections_per_ip,
         );
+        metrics.watch_connections(Arc::clone(&connections));
         let http_upstream =
             config
                 .http_upstream

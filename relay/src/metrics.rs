@@ -86,6 +86,8 @@ pub struct Metrics {
     /// notAfter of the `--tls-cert` certificate in force, Unix seconds (0: none).
     tls_not_after: AtomicU64,
     config_reloads: ReloadCounts,
+    /// `--max-connections`' slots, once the workers share them ([`Self::watch_connections`]).
+    connections: std::sync::OnceLock<Arc<crate::io::conn_limit::ConnectionLimit>>,
 }
 
 /// Reloads of one kind on SIGHUP: those that took effect and those refused.
@@ -115,7 +117,13 @@ impl Metrics {
             tls_reloads: ReloadCounts::default(),
             tls_not_after: AtomicU64::new(0),
             config_reloads: ReloadCounts::default(),
+            connections: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reports the slots of `limit` (`relay_connection_slots`).
+    pub(crate) fn watch_connections(&self, limit: Arc<crate::io::conn_limit::ConnectionLimit>) {
+        let _ = self.connections.set(limit);
     }
 
     /// Counts one certificate reload.
@@ -447,8 +455,17 @@ impl Collector for Metrics {
             ),
             (
                 "relay_stream_connections",
-                "Open TCP/TLS client connections",
+                "Open TURN connections over TCP/TLS (past their PROXY header, first bytes and TLS handshake)",
                 Gauge(io.stream_connections),
+            ),
+            (
+                "relay_connection_slots",
+                "TCP/TLS connections holding a --max-connections slot: TURN ones, those forwarded to --http-upstream, and those still in their PROXY header, first bytes or TLS handshake",
+                Gauge(
+                    self.connections
+                        .get()
+                        .map_or(0, |limit| limit.open() as u64),
+                ),
             ),
             (
                 "relay_stream_connections_accepted",

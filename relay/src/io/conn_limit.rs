@@ -63,7 +63,6 @@ impl ConnectionLimit {
     }
 
     /// Slots in use.
-    #[cfg(test)]
     pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }

@@ -85,3 +85,34 @@ fn a_header_naming_a_connection_still_open_is_refused_and_the_open_one_goes_on()
         "the first connection is untouched"
     );
 }
+
+/// Connections still waiting for their PROXY header hold `--max-connections` slots:
+/// `relay_connection_slots` shows them, `relay_stream_connections` (TURN connections) does
+/// not; the slots come back when they go.
+#[test]
+fn connections_waiting_for_their_header_show_in_the_slots_gauge() {
+    let relay = RelayProcess::start(&["--proxy-protocol", "--max-connections", "10"]);
+    let tcp = relay.tcp.expect("a TCP listener");
+    let waiting: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(tcp).unwrap()).collect();
+    let slots = |n| {
+        crate::support::wait_until(Duration::from_secs(5), || {
+            relay.metric("relay_connection_slots") == n
+        })
+    };
+    assert!(slots(3), "{}", relay.metric("relay_connection_slots"));
+    // The workers publish their gauges every 200 ms: still none then.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(relay.metric("relay_stream_connections"), 0);
+    // One that sends its header and a Binding is a TURN connection too.
+    let mut proxied = TcpStream::connect(tcp).unwrap();
+    proxied
+        .write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 5000 3478\r\n")
+        .unwrap();
+    assert!(binding(&mut proxied).is_some());
+    assert!(slots(4));
+    assert!(crate::support::wait_until(Duration::from_secs(5), || {
+        relay.metric("relay_stream_connections") == 1
+    }));
+    drop((waiting, proxied));
+    assert!(slots(0));
+}
