@@ -788,9 +788,14 @@ impl Server {
         }
     }
 
-    /// 401 or 438 with REALM and a fresh NONCE, rate-limited per source IP.
+    /// 401 or 438 with REALM and a fresh NONCE, rate-limited per source IP over UDP. Over
+    /// TCP/TLS the source is proven and nothing amplifies, and a client never asks again for
+    /// an answer dropped there (no retransmission over a stream): it would wait out its
+    /// transaction.
     fn challenge(&mut self, now: Instant, from: FiveTuple, msg: &StunMessage<'_>, code: ErrorCode) {
-        if !self.admission.allow_challenge(now, from.client.ip()) {
+        if from.transport == Transport::Udp
+            && !self.admission.allow_challenge(now, from.client.ip())
+        {
             self.stats.quota_hits[QuotaKind::UnauthorizedRate.index()] += 1;
             trace!(client = %from.client, "401 rate limit hit");
             return;

@@ -1064,6 +1064,24 @@ fn unauthenticated_and_401_rate_limits_per_source_ip() {
     }
     assert_eq!(answered, 1);
     assert!(h.server.stats().quota(QuotaKind::UnauthorizedRate) >= 9);
+    // Over TCP every challenge is answered: the source is proven, nothing amplifies, and a
+    // client does not ask again for an answer dropped on a stream.
+    h.outputs();
+    let hits = h.server.stats().quota(QuotaKind::UnauthorizedRate);
+    let mut over_tcp = Client::new(
+        five_tuple("192.0.2.72:40001", Transport::Tcp),
+        "alice",
+        "bad",
+    );
+    over_tcp.fetch_nonce(&mut h);
+    for _ in 0..10 {
+        let tid = over_tcp.next_tid();
+        assert_eq!(
+            h.send(over_tcp.from, &over_tcp.allocate_request(tid)),
+            ClientAction::Queued
+        );
+    }
+    assert_eq!(h.server.stats().quota(QuotaKind::UnauthorizedRate), hits);
     // The limiter tables are swept by the timer.
     assert!(h.server.poll_timeout().is_some());
     h.advance(Duration::from_secs(60));
