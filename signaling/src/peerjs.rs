@@ -542,6 +542,8 @@ async fn register(
                 },
             )
             .await;
+        // A reconnect is a client's resume, counted as one (the hub counts the announced ones).
+        app.metrics.resume(resumed.is_ok());
         match resumed {
             Ok(attached) => return Ok((attached, earlier.last_seq)),
             // Its own session may hold the id still: no `ID-TAKEN` for a failure that passes.

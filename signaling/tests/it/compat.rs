@@ -624,6 +624,9 @@ async fn peerjs_reconnect_takes_over_a_socket_that_lived_a_while() {
     assert_eq!(close_code(&mut alice, STEP).await, Some(1008));
     send(&mut bob, candidate(5)).await;
     assert_eq!(next(&mut again, STEP).await.unwrap()["payload"]["n"], 5);
+    // A reconnect is a resume, counted as one.
+    let resumes = "signaling_resumes_total{result=\"ok\"}";
+    assert_eq!(server.metric(resumes).await, 1);
 }
 
 /// A PeerJS socket renews its registration in Redis every `--ping-interval`: one that lives
