@@ -43,11 +43,26 @@ pub struct Recorded {
 }
 
 impl PeerLinks {
-    /// The links of a session resumed on another node: its first connection was already
-    /// counted there.
-    pub fn resumed() -> Self {
+    /// The links of a resumed session, as a cluster's Redis kept them (`views`, aged to `now`):
+    /// its first connection was already counted, and a pair reported again is no new one.
+    pub fn resumed(views: Vec<LinkView>, now: Instant) -> Self {
+        let links = views
+            .into_iter()
+            .map(|view| LinkReport {
+                at: now
+                    .checked_sub(Duration::from_millis(view.age_ms))
+                    .unwrap_or(now),
+                report: ConnectionStats {
+                    peer: PeerId(view.peer),
+                    pair: view.pair,
+                    rtt_ms: view.rtt_ms,
+                    bytes_sent: view.bytes_sent,
+                    bytes_received: view.bytes_received,
+                },
+            })
+            .collect();
         Self {
-            links: Vec::new(),
+            links,
             connected_once: true,
         }
     }

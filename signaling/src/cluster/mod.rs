@@ -839,7 +839,7 @@ impl ClusterHub {
                 String::new()
             },
         ];
-        let (old_node, ice_due, last_seq, frames) = match self.resume_script(&room, &args).await {
+        let resumed = match self.resume_script(&room, &args).await {
             Ok(outcome) => outcome,
             Err(error) => {
                 // As for a join: an unanswered script may still run.
@@ -849,7 +849,14 @@ impl ClusterHub {
                 return Err(error);
             }
         };
-        let replay: Vec<Utf8Bytes> = frames.iter().map(|f| Utf8Bytes::from(f.clone())).collect();
+        let ResumeOutcome {
+            old_node,
+            ice_due,
+            links,
+            last_seq,
+            frames,
+        } = resumed;
+        let replay: Vec<Utf8Bytes> = frames.into_iter().map(Utf8Bytes::from).collect();
         let next = last_seq + 1 + replay.len() as u64;
         let mut all = replay;
         let close_on_attach = {
@@ -874,7 +881,7 @@ impl ClusterHub {
                     ending: false,
                     ticket: attached_ticket.or(parked_ticket).or(ticket),
                     attached_at: Instant::now(),
-                    links: PeerLinks::resumed(),
+                    links: PeerLinks::resumed(links, Instant::now()),
                 },
             );
             if let Some(previous) = previous
@@ -952,7 +959,7 @@ impl ClusterHub {
         &self,
         room: &RoomId,
         args: &[String],
-    ) -> Result<(String, String, u64, Vec<String>), RequestError> {
+    ) -> Result<ResumeOutcome, RequestError> {
         let unknown = || RequestError::new(ErrorCode::ResumeFailed, "unknown or expired session");
         let bad_reply = || RequestError::new(ErrorCode::Internal, "bad resume reply");
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -992,13 +999,22 @@ impl ClusterHub {
         }
         let mut rest = reply.rest.into_iter();
         let old_node = rest.next().ok_or_else(bad_reply)?;
-        // The old connection and state, the ice due, the position, then the frames.
+        // The old connection and state, the ice due, the links and when they were reported,
+        // the position, then the frames.
         let ice_due = rest.nth(2).unwrap_or_default();
+        let links = rest.next().unwrap_or_default();
+        let reported_at = rest.next().unwrap_or_default();
         let last_seq = rest
             .next()
             .and_then(|seq| seq.parse().ok())
             .ok_or_else(bad_reply)?;
-        Ok((old_node, ice_due, last_seq, rest.collect()))
+        Ok(ResumeOutcome {
+            old_node,
+            ice_due,
+            links: Member::links(&links, &reported_at, unix_ms(SystemTime::now())),
+            last_seq,
+            frames: rest.collect(),
+        })
     }
 
     /// When the TURN credentials minted now are due for a refresh, as the scripts keep it
@@ -1914,6 +1930,20 @@ impl ClusterHub {
 /// At most this many rooms are listed by the admin views of a cluster.
 pub const MAX_LISTED_ROOMS: usize = 1000;
 
+/// What the resume script gave back.
+struct ResumeOutcome {
+    /// The node the session was on.
+    old_node: String,
+    /// When its TURN credentials are due for a refresh (Unix ms; '' when unknown).
+    ice_due: String,
+    /// Its latest `stats` links, as stored (the metrics count a pair reported again once).
+    links: Vec<LinkView>,
+    /// The position it resumes from.
+    last_seq: u64,
+    /// The frames to replay.
+    frames: Vec<String>,
+}
+
 /// A room member as the room script reads it.
 struct Member {
     entry: PeerEntry,
@@ -1925,11 +1955,7 @@ impl Member {
     /// attached-at-ms links-json reported-at-ms transport.
     fn parse(c: &[String], now_ms: u64) -> Self {
         let ms = |s: &str| s.parse::<u64>().ok();
-        let report_age = ms(&c[6]).map_or(0, |at| now_ms.saturating_sub(at));
-        let mut links: Vec<LinkView> = serde_json::from_str(&c[5]).unwrap_or_default();
-        for link in &mut links {
-            link.age_ms += report_age;
-        }
+        let links = Self::links(&c[5], &c[6], now_ms);
         Self {
             entry: PeerEntry {
                 id: c[0].clone(),
@@ -1941,6 +1967,18 @@ impl Member {
             },
             links,
         }
+    }
+
+    /// The stored `links` JSON, reported at `reported_at_ms` (Unix ms), aged to `now_ms`.
+    fn links(json: &str, reported_at_ms: &str, now_ms: u64) -> Vec<LinkView> {
+        let report_age = reported_at_ms
+            .parse::<u64>()
+            .map_or(0, |at| now_ms.saturating_sub(at));
+        let mut links: Vec<LinkView> = serde_json::from_str(json).unwrap_or_default();
+        for link in &mut links {
+            link.age_ms += report_age;
+        }
+        links
     }
 }
 

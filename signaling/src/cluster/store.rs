@@ -89,7 +89,7 @@ if tomb then
 end
 local s = skey(sid)
 local st = redis.call('HMGET', s, 'sec', 'first', 'next', 'node', 'conn', 'state', 'peer', 'ice',
-  'ack', 'exp')
+  'ack', 'exp', 'links', 'lat')
 if not st[1] or st[1] ~= ARGV[5] or st[7] ~= ARGV[11] then return {'unknown', ''} end
 local last = tonumber(ARGV[6]) or tonumber(st[9] or '0')
 local first, nxt = tonumber(st[2]), tonumber(st[3])
@@ -139,7 +139,8 @@ end
 -- The room lives on: its keys' TTL may be nearly spent (after a Redis outage no node could
 -- renew it, and this node renews its rooms only every quarter TTL).
 touch_room()
-local out = {'ok', table.concat(over, ' '), st[4], st[5], st[6], ice, tostring(last)}
+local out = {'ok', table.concat(over, ' '), st[4], st[5], st[6], ice, st[11] or '', st[12] or '',
+  tostring(last)}
 for _, f in ipairs(replay) do out[#out + 1] = f end
 return out
 "#,

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use signaling::protocol::{
     CandidatePair, CandidateType, ClientMessage, ConnectionStats, ErrorCode, IceProtocol, PeerId,
-    RelayProtocol,
+    RelayProtocol, ServerMessage,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::basic::{candidate, expect_signal, signal};
-use crate::support::{Client, STEP, Server, http_get};
+use crate::support::{Client, STEP, Server, http_get, resume_message};
 
 /// The admin listener's address, from the `admin http://...` line the process printed.
 pub(crate) fn admin_addr(server: &mut Server) -> SocketAddr {
@@ -130,7 +130,7 @@ async fn stats_reports_are_checked_rate_limited_and_shown_live_on_the_admin_page
     assert!(
         matches!(
             error.message,
-            signaling::protocol::ServerMessage::Error {
+            ServerMessage::Error {
                 reference: Some(7),
                 ..
             }
@@ -267,6 +267,46 @@ fn metric_names_skip_labels_strings_and_variables() {
         ),
         ["signaling_ice_paths_total"]
     );
+}
+
+/// A pair reported again after a resume is no new pair (`signaling_ice_paths_total` counts "each
+/// new or changed pair of a peer link"), also when the session resumes on another node of a
+/// cluster (which had counted it again after every resume).
+#[tokio::test]
+async fn a_pair_reported_again_after_resumes_is_counted_once() {
+    let server = Server::start(&[]);
+    let path = "/ws/paths";
+    let ((mut a, a_info), (_b, b_info)) = Client::pair(&server.ws(path), &server.ws(path)).await;
+    let relayed = r#"signaling_ice_paths_total{path="relayed",local="relay",remote="host"}"#;
+    for round in 0..3 {
+        a.send(&stats(relayed_report(&b_info.peer_id))).await;
+        a.sync().await;
+        assert_eq!(server.metric(relayed).await, 1, "round {round}");
+        // The socket drops; the session resumes (in a cluster, on the next node).
+        let last_seq = a.last_seq;
+        drop(a);
+        a = Client::connect(&server.ws(path)).await;
+        a.send(&resume_message(&a_info.resume_token, last_seq))
+            .await;
+        let resumed = a.recv_message().await;
+        assert!(
+            matches!(resumed, ServerMessage::Resumed { .. }),
+            "{resumed:?}"
+        );
+    }
+    // A changed pair is counted.
+    let mut direct = relayed_report(&b_info.peer_id);
+    direct.pair = direct.pair.map(|pair| CandidatePair {
+        local: CandidateType::Host,
+        relay_protocol: None,
+        relay_url: None,
+        ..pair
+    });
+    a.send(&stats(direct)).await;
+    a.sync().await;
+    let direct = r#"signaling_ice_paths_total{path="direct",local="host",remote="host"}"#;
+    assert_eq!(server.metric(direct).await, 1);
+    assert_eq!(server.metric(relayed).await, 1);
 }
 
 #[tokio::test]
