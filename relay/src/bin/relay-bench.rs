@@ -7,6 +7,8 @@
 //!   sends plain datagrams (through the forwarder) instead.
 //! - `binding-load`: STUN Binding requests from several sockets with a window of outstanding
 //!   requests each; reports answers per second.
+//! - `full-range`: fills the relay port range with allocations, then sends Allocates that get
+//!   508 at a fixed rate; reports the relay's CPU per refused Allocate.
 //! - `rss`: prints VmRSS of a PID in KiB.
 
 use std::io::IoSliceMut;
@@ -58,6 +60,8 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         secs: u64,
     },
+    /// Fills the relay port range, then Allocates refused with 508 at a fixed rate.
+    FullRange(FullRangeSpec),
     /// VmRSS of a process, KiB.
     Rss { pid: u32 },
 }
@@ -76,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             window,
             secs,
         } => binding_load(server, sockets, window, secs),
+        Command::FullRange(spec) => full_range(&spec),
         Command::Rss { pid } => {
             println!("{}", rss_kib(pid)?);
             Ok(())
@@ -217,17 +222,25 @@ fn force_buffers(socket: &UdpSocket, bytes: usize) {
     }
 }
 
+/// Long-term credentials of the load's TURN clients.
+#[derive(clap::Args)]
+struct Credentials {
+    #[arg(long, default_value = "bench")]
+    user: String,
+    #[arg(long, default_value = "bench")]
+    password: String,
+    /// The realm to use when a challenge names none.
+    #[arg(long, default_value = "relay")]
+    realm: String,
+}
+
 #[derive(clap::Args)]
 struct LoadSpec {
     /// TURN server (or forwarder with --raw).
     #[arg(long)]
     server: SocketAddr,
-    #[arg(long, default_value = "bench")]
-    user: String,
-    #[arg(long, default_value = "bench")]
-    password: String,
-    #[arg(long, default_value = "relay")]
-    realm: String,
+    #[command(flatten)]
+    credentials: Credentials,
     /// Concurrent allocations (clients).
     #[arg(long, default_value_t = 8)]
     clients: usize,
@@ -291,49 +304,85 @@ fn turn_client_retrying(spec: &LoadSpec, peer: SocketAddr) -> anyhow::Result<Udp
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")))
 }
 
+/// A client's way into the server: the realm and nonce its first Allocate's challenge gave,
+/// and the key of its credentials.
+struct Authenticated {
+    user: String,
+    realm: String,
+    nonce: Vec<u8>,
+    key: [u8; 16],
+}
+
+impl Authenticated {
+    /// Sends an unauthenticated Allocate from `socket` and takes the challenge's realm and
+    /// nonce.
+    fn challenged(
+        socket: &UdpSocket,
+        server: SocketAddr,
+        credentials: &Credentials,
+    ) -> anyhow::Result<Self> {
+        let first = transact(socket, server, &|tid| {
+            let mut b = MessageBuilder::new(Method::Allocate, Class::Request, tid);
+            b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.finish()
+        })?;
+        let first = StunMessage::parse(&first).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let realm = first
+            .get(REALM)
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .unwrap_or_else(|| credentials.realm.clone());
+        let Some(nonce) = first.get(NONCE).map(<[u8]>::to_vec) else {
+            bail!(
+                "first Allocate answered without NONCE (error {:?})",
+                error_code(&first)
+            );
+        };
+        Ok(Self {
+            key: long_term_key(&credentials.user, &realm, &credentials.password),
+            user: credentials.user.clone(),
+            realm,
+            nonce,
+        })
+    }
+
+    /// A request of `method` with `extra` attributes, then the credentials.
+    fn request(
+        &self,
+        method: Method,
+        tid: TransactionId,
+        extra: &dyn Fn(&mut MessageBuilder),
+    ) -> Vec<u8> {
+        let mut b = MessageBuilder::new(method, Class::Request, tid);
+        extra(&mut b);
+        b.add(USERNAME, self.user.as_bytes());
+        b.add(REALM, self.realm.as_bytes());
+        b.add(NONCE, &self.nonce);
+        b.add_message_integrity(&self.key);
+        b.add_fingerprint();
+        b.finish()
+    }
+
+    /// An Allocate of a UDP relay for 600 s.
+    fn allocate(&self, tid: TransactionId) -> Vec<u8> {
+        self.request(Method::Allocate, tid, &|b| {
+            b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.add_u32(LIFETIME, 600);
+        })
+    }
+}
+
 /// Allocate + ChannelBind(0x4000 -> peer) with long-term credentials; returns the socket.
 fn turn_client(spec: &LoadSpec, peer: SocketAddr) -> anyhow::Result<UdpSocket> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     let server = spec.server;
-    let first = transact(&socket, server, &|tid| {
-        let mut b = MessageBuilder::new(Method::Allocate, Class::Request, tid);
-        b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-        b.finish()
-    })?;
-    let first = StunMessage::parse(&first).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let realm = first
-        .get(REALM)
-        .map(|r| String::from_utf8_lossy(r).into_owned())
-        .unwrap_or_else(|| spec.realm.clone());
-    let Some(nonce) = first.get(NONCE).map(<[u8]>::to_vec) else {
-        bail!(
-            "first Allocate answered without NONCE (error {:?})",
-            error_code(&first)
-        );
-    };
-    let key = long_term_key(&spec.user, &realm, &spec.password);
-    let authed = |method: Method, tid: TransactionId, extra: &dyn Fn(&mut MessageBuilder)| {
-        let mut b = MessageBuilder::new(method, Class::Request, tid);
-        extra(&mut b);
-        b.add(USERNAME, spec.user.as_bytes());
-        b.add(REALM, realm.as_bytes());
-        b.add(NONCE, &nonce);
-        b.add_message_integrity(&key);
-        b.add_fingerprint();
-        b.finish()
-    };
-    let alloc = transact(&socket, server, &|tid| {
-        authed(Method::Allocate, tid, &|b| {
-            b.add(REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-            b.add_u32(LIFETIME, 600);
-        })
-    })?;
+    let auth = Authenticated::challenged(&socket, server, &spec.credentials)?;
+    let alloc = transact(&socket, server, &|tid| auth.allocate(tid))?;
     let msg = StunMessage::parse(&alloc).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     if msg.get(XOR_RELAYED_ADDRESS).is_none() {
         bail!("allocate failed: {:?}", error_code(&msg));
     }
     let bind = transact(&socket, server, &|tid| {
-        authed(Method::ChannelBind, tid, &|b| {
+        auth.request(Method::ChannelBind, tid, &|b| {
             b.add(CHANNEL_NUMBER, &[0x40, 0x00, 0, 0]);
             b.add_xor_address(XOR_PEER_ADDRESS, peer);
         })
@@ -469,6 +518,96 @@ fn binding_load(
     println!(
         "answered {n} in {secs} s: {:.0} binding/s",
         n as f64 / secs as f64
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct FullRangeSpec {
+    /// TURN server.
+    #[arg(long)]
+    server: SocketAddr,
+    /// The relay's process, whose CPU time is read from /proc.
+    #[arg(long)]
+    pid: u32,
+    #[command(flatten)]
+    credentials: Credentials,
+    /// Allocations at most while filling the range (more than it holds).
+    #[arg(long, default_value_t = 5000)]
+    max_fill: usize,
+    /// Refused Allocates per second once the range is full.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    #[arg(long, default_value_t = 3)]
+    secs: u64,
+}
+
+/// Allocates from new client sockets until the server answers 508 (its relay ports used up),
+/// then sends authenticated Allocates from one more socket at `rate` for `secs`, each answered
+/// 508, and prints the server's CPU time per answer.
+fn full_range(spec: &FullRangeSpec) -> anyhow::Result<()> {
+    let server = spec.server;
+    let mut held = Vec::new();
+    let refused = loop {
+        if held.len() >= spec.max_fill {
+            bail!("{} allocations and the range is not full", held.len());
+        }
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let auth = Authenticated::challenged(&socket, server, &spec.credentials)?;
+        let answer = transact(&socket, server, &|tid| auth.allocate(tid))?;
+        let answer = StunMessage::parse(&answer).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        match error_code(&answer) {
+            None => held.push(socket),
+            Some(508) => break (socket, auth),
+            Some(code) => bail!("allocation {} refused with {code}", held.len() + 1),
+        }
+    };
+    let (socket, auth) = refused;
+    socket.set_nonblocking(true)?;
+    let ticks = || -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", spec.pid))?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let before = ticks()?;
+    let started = Instant::now();
+    let total = spec.rate * spec.secs;
+    let (mut sent, mut answered_508) = (0u64, 0u64);
+    let mut buf = [0u8; 2048];
+    while sent < total {
+        let due = (started.elapsed().as_secs_f64() * spec.rate as f64) as u64;
+        if sent < due.min(total) {
+            socket.send_to(&auth.allocate(TransactionId(rand::random())), server)?;
+            sent += 1;
+        } else {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        while let Ok((n, _)) = socket.recv_from(&mut buf) {
+            if StunMessage::parse(&buf[..n]).is_ok_and(|m| error_code(&m) == Some(508)) {
+                answered_508 += 1;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    while let Ok((n, _)) = socket.recv_from(&mut buf) {
+        if StunMessage::parse(&buf[..n]).is_ok_and(|m| error_code(&m) == Some(508)) {
+            answered_508 += 1;
+        }
+    }
+    let cpu_ms = (ticks()? - before) as f64 / per_second * 1000.0;
+    println!(
+        "filled {} allocations; {sent} Allocates in {} s, {answered_508} answered 508; \
+         server CPU {cpu_ms:.0} ms, {:.3} ms per refused Allocate",
+        held.len(),
+        spec.secs,
+        cpu_ms / answered_508.max(1) as f64
     );
     Ok(())
 }
