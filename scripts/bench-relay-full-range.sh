@@ -24,7 +24,7 @@ start() {
     ours|old)
       local relay=$BIN/relay
       [ "$kind" = old ] && relay=$OLD
-      "$relay" --listen "127.0.0.1:$port" --no-tcp --admin-listen none --workers 1 \
+      "$relay" --listen "127.0.0.1:$port" --no-tcp --admin-listen none --workers 1 --drain-timeout 0s \
         --user bench:bench --realm relay --relay-ports "$low-$high" --user-quota 100000 \
         --total-quota 0 --unauth-rate 0 >"$log" 2>&1 &
       ;;
@@ -41,14 +41,24 @@ start() {
 
 kinds="ours coturn"
 [ -n "${OLD:-}" ] && kinds="old ours coturn"
+# stop PID: SIGTERM, then wait (up to 10 s) until it is gone with its ports.
+stop() {
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 100); do [ -d "/proc/$1" ] || return 0; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+}
+
 printf '%-8s %-7s %s\n' server ports result
+low=20000
 for ports in ${RANGES:-200 400 2000}; do
   for kind in $kinds; do
     port=$(free_port)
-    pid=$(start "$kind" "$port" 20000 $((20000 + ports - 1)))
+    pid=$(start "$kind" "$port" "$low" $((low + ports - 1)))
     sleep 1.5
     result=$("$BIN/relay-bench" full-range --server "127.0.0.1:$port" --pid "$pid" --rate 200 --secs 3 2>&1 | tail -1)
     printf '%-8s %-7s %s\n' "$kind" "$ports" "$result"
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    stop "$pid"
+    # A range of its own for each run: no socket of the last server's is in the way.
+    low=$((low + ports))
   done
 done

@@ -579,8 +579,17 @@ fn full_range(spec: &FullRangeSpec) -> anyhow::Result<()> {
     let before = ticks()?;
     let started = Instant::now();
     let total = spec.rate * spec.secs;
-    let (mut sent, mut answered_508) = (0u64, 0u64);
+    let mut sent = 0u64;
+    // Answers by error code (0: a success).
+    let mut answers = std::collections::BTreeMap::<u16, u64>::new();
     let mut buf = [0u8; 2048];
+    let mut read_answers = |answers: &mut std::collections::BTreeMap<u16, u64>| {
+        while let Ok((n, _)) = socket.recv_from(&mut buf) {
+            if let Ok(m) = StunMessage::parse(&buf[..n]) {
+                *answers.entry(error_code(&m).unwrap_or(0)).or_default() += 1;
+            }
+        }
+    };
     while sent < total {
         let due = (started.elapsed().as_secs_f64() * spec.rate as f64) as u64;
         if sent < due.min(total) {
@@ -589,25 +598,18 @@ fn full_range(spec: &FullRangeSpec) -> anyhow::Result<()> {
         } else {
             std::thread::sleep(Duration::from_micros(500));
         }
-        while let Ok((n, _)) = socket.recv_from(&mut buf) {
-            if StunMessage::parse(&buf[..n]).is_ok_and(|m| error_code(&m) == Some(508)) {
-                answered_508 += 1;
-            }
-        }
+        read_answers(&mut answers);
     }
     std::thread::sleep(Duration::from_millis(300));
-    while let Ok((n, _)) = socket.recv_from(&mut buf) {
-        if StunMessage::parse(&buf[..n]).is_ok_and(|m| error_code(&m) == Some(508)) {
-            answered_508 += 1;
-        }
-    }
+    read_answers(&mut answers);
     let cpu_ms = (ticks()? - before) as f64 / per_second * 1000.0;
+    let refused = answers.get(&508).copied().unwrap_or(0);
     println!(
-        "filled {} allocations; {sent} Allocates in {} s, {answered_508} answered 508; \
-         server CPU {cpu_ms:.0} ms, {:.3} ms per refused Allocate",
+        "filled {} allocations; {sent} Allocates in {} s, answers by code {answers:?}; \
+         server CPU {cpu_ms:.0} ms, {:.3} ms per 508",
         held.len(),
         spec.secs,
-        cpu_ms / answered_508.max(1) as f64
+        cpu_ms / refused.max(1) as f64
     );
     Ok(())
 }
