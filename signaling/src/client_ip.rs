@@ -299,6 +299,22 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    /// A table allowing `max_connections` and `max_sessions` per address, joins at
+    /// `join_rate` (burst `join_burst`).
+    fn table(
+        max_connections: usize,
+        join_rate: f64,
+        join_burst: f64,
+        max_sessions: usize,
+    ) -> Arc<IpTable> {
+        IpTable::new(IpLimits {
+            max_connections,
+            join_rate,
+            join_burst,
+            max_sessions,
+        })
+    }
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
@@ -340,12 +356,7 @@ mod tests {
 
     #[test]
     fn connections_and_joins_are_bounded_per_address() {
-        let table = IpTable::new(IpLimits {
-            max_connections: 2,
-            join_rate: 1.0,
-            join_burst: 2.0,
-            max_sessions: 3,
-        });
+        let table = table(2, 1.0, 2.0, 3);
         let now = Instant::now();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let a = table.connect(ip, now).unwrap();
@@ -384,12 +395,7 @@ mod tests {
     /// and so its bucket, outlives its connections until the bucket is full again.
     #[test]
     fn joins_from_connections_that_come_and_go_meet_the_join_rate() {
-        let table = IpTable::new(IpLimits {
-            max_connections: 10,
-            join_rate: 0.5,
-            join_burst: 4.0,
-            max_sessions: 10,
-        });
+        let table = table(10, 0.5, 4.0, 10);
         let now = Instant::now();
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         let joined = (0..10)
@@ -408,12 +414,7 @@ mod tests {
     /// unused the longest is forgotten.
     #[test]
     fn addresses_kept_for_their_buckets_are_bounded() {
-        let table = IpTable::new(IpLimits {
-            max_connections: 1,
-            join_rate: 0.001,
-            join_burst: 1.0,
-            max_sessions: 1,
-        });
+        let table = table(1, 0.001, 1.0, 1);
         let now = Instant::now();
         let address = |n: usize| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n as u32));
         for n in 0..MAX_LINGERING + 100 {
@@ -428,12 +429,7 @@ mod tests {
 
     #[test]
     fn sessions_are_bounded_per_address_and_outlive_their_connection() {
-        let table = IpTable::new(IpLimits {
-            max_connections: 10,
-            join_rate: 100.0,
-            join_burst: 100.0,
-            max_sessions: 2,
-        });
+        let table = table(10, 100.0, 100.0, 2);
         let now = Instant::now();
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
         let slot = table.connect(ip, now).unwrap();
