@@ -171,7 +171,7 @@ impl Connection {
     }
 
     /// Goes on with the unfinished write (done at once if there is none), reading the client
-    /// meanwhile if `reading` (and fewer than [`MAX_QUEUED`] messages wait).
+    /// meanwhile if `reading` (and while fewer than 64 messages wait, `MAX_QUEUED`).
     pub async fn go_on_hearing(&mut self, reading: bool) -> Heard {
         let Some(mut write) = self.unfinished.take() else {
             return Heard::Sent(Ok(()));
