@@ -129,6 +129,10 @@ if st[4] ~= ARGV[7] then
     -- parking (the session may be parked there again by the time this arrives).
     redis.call('PUBLISH', 'sig:ch:' .. st[4], '!moved ' .. sid .. ' ' .. (st[10] or ''))
   end
+elseif st[6] == 'a' and st[5] ~= ARGV[8] then
+  -- Attached on this node by another connection: it lets go before the `resumed` below comes,
+  -- in the channel's order, so that it gets nothing of the new one's.
+  redis.call('PUBLISH', 'sig:ch:' .. st[4], '!close ' .. sid .. ' ' .. st[5])
 end
 if ARGV[10] ~= '' then
   local body = plain_replace(ARGV[10], '"peers":[]', '"peers":[' .. peers_of(sid) .. ']')

@@ -102,6 +102,35 @@ async fn resume_takes_over_a_socket_the_server_still_thinks_alive() {
     a.expect_silence(Duration::from_millis(200)).await;
 }
 
+/// A resume that takes over a socket on the same node: the old socket gets nothing of the new
+/// one's (not its `resumed`), only its close. A cluster node sent the old socket the new one's
+/// `resumed` before closing it, most times.
+#[tokio::test]
+async fn a_socket_taken_over_on_its_own_node_gets_nothing_of_the_new_ones() {
+    let server = Server::start(&[]);
+    let url = server.ws_first("/ws/takeover-here");
+    let (mut a, a_info) = Client::join(&url, None).await;
+    let (mut old, b_info) = Client::join(&url, None).await;
+    let _ = a.recv_message().await;
+    for round in 0..8 {
+        let mut new = Client::connect(&url).await;
+        new.send(&resume_message(&b_info.resume_token, old.last_seq))
+            .await;
+        let resumed = new.recv_message().await;
+        assert!(
+            matches!(resumed, ServerMessage::Resumed { .. }),
+            "{resumed:?}"
+        );
+        assert_eq!(
+            old.expect_close().await,
+            Closed::Code(1008),
+            "round {round}"
+        );
+        old = new;
+    }
+    pass_candidate((&mut a, &a_info.peer_id), (&mut old, &b_info.peer_id), 1).await;
+}
+
 #[tokio::test]
 async fn grace_expiry_ends_the_session() {
     let server = Server::start(&["--resume-grace", "300ms"]);
