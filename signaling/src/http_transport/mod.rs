@@ -139,7 +139,8 @@ fn session_token(query: &HashMap<String, String>) -> Result<ResumeToken, Request
 }
 
 /// A request body of at most `max_message_bytes` (a larger `Content-Length` is refused before
-/// a byte of the body is read), which must arrive within `--header-read-timeout`.
+/// a byte of the body is read), which must arrive within `--header-read-timeout`; one that
+/// cannot be read (a malformed chunked encoding) is `invalid_message`.
 async fn read_body(app: &AppState, body: Body) -> Result<axum::body::Bytes, RequestError> {
     let limit = app.config.max_message_bytes;
     let too_large = || {
@@ -156,6 +157,14 @@ async fn read_body(app: &AppState, body: Body) -> Result<axum::body::Bytes, Requ
         while let Some(error) = cause {
             if error.is::<BodyTooSlow>() {
                 return RequestError::new(ErrorCode::InvalidMessage, BodyTooSlow.to_string());
+            }
+            // The connection's own failure (a chunk size that is not one, a body cut short),
+            // not the limit.
+            if error.is::<hyper::Error>() {
+                return RequestError::new(
+                    ErrorCode::InvalidMessage,
+                    format!("the request body could not be read: {error}"),
+                );
             }
             cause = error.source();
         }

@@ -614,6 +614,36 @@ async fn streams_refused_on_their_session_token_are_not_counted_as_accepted() {
     assert_eq!(server.metric(accepted).await, 1);
 }
 
+/// A request body that cannot be read (a malformed chunked encoding) is `400 invalid_message`,
+/// not `413 message_too_large` (it was, whatever its size).
+#[tokio::test]
+async fn a_malformed_chunked_body_is_invalid_not_too_large() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = Server::start(&[]);
+    let join = br#"{"type":"join","versions":[1]}"#;
+    // A chunk size one over the 30 bytes that follow, and one that is no number.
+    for size in ["1f", "zz"] {
+        let mut stream = tokio::net::TcpStream::connect(server.next_addr())
+            .await
+            .unwrap();
+        let mut request = b"POST /http/chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+            Transfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+        request.extend_from_slice(format!("{size}\r\n").as_bytes());
+        request.extend_from_slice(join);
+        request.extend_from_slice(b"\r\n0\r\n\r\n");
+        stream.write_all(&request).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(STEP, stream.read_to_end(&mut response))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 400"), "{size}: {text}");
+        assert!(text.contains("invalid_message"), "{size}: {text}");
+    }
+}
+
 #[tokio::test]
 async fn a_refused_open_answers_a_status_and_an_error_frame() {
     let server = Server::start(&["--max-peers-per-room", "1"]);
