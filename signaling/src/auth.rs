@@ -84,6 +84,13 @@ pub fn check_grant(
         ));
     }
     match (&claims.name, name) {
+        // The rule of `join`'s `name` holds for the token's too: a name must not pass for
+        // another, whoever chose it.
+        (Some(granted), _) if !crate::protocol::is_valid_name(granted) => Err(RequestError::new(
+            ErrorCode::InvalidName,
+            "the token's name claim is not a valid name (1 to 64 characters, without control or \
+             invisible formatting characters)",
+        )),
         (Some(granted), Some(asked)) if *granted != asked => Err(RequestError::new(
             ErrorCode::Forbidden,
             format!("the token grants the name {granted:?}, not {asked:?}"),
@@ -132,6 +139,18 @@ mod tests {
                 .code,
             ErrorCode::Forbidden
         );
+        // The token's name follows `join`'s rule: none that can pass for another.
+        for bad in ["Bob\u{202e}", "Bob\u{0}x", "\u{200b}", &"n".repeat(65)] {
+            let spoofing = Claims {
+                name: Some(bad.into()),
+                ..claims.clone()
+            };
+            assert_eq!(
+                check_grant(&spoofing, &"r1".into(), None).unwrap_err().code,
+                ErrorCode::InvalidName,
+                "{bad:?}"
+            );
+        }
         let wrong_key = auth.verify(&token("other", &claims)).unwrap_err();
         assert_eq!(wrong_key.code, ErrorCode::Unauthorized);
         let expired = Claims {
