@@ -341,3 +341,26 @@ async fn a_clients_close_frame_is_answered_with_one() {
         );
     }
 }
+
+/// A broadcast's `data` may nest 126 levels of arrays inside the frame's own object (`protocol.md`,
+/// Limits); one more is `invalid_message`, the frame dropped and the socket kept.
+#[tokio::test]
+async fn json_nested_past_the_documented_depth_is_invalid_and_the_socket_stays() {
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(&[]);
+    let url = server.ws_first("/ws/nesting");
+    let ((mut a, _), (mut b, _)) = Client::pair(&url, &url).await;
+    let broadcast = |depth: usize| {
+        let data = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        Message::text(format!(r#"{{"type":"broadcast","data":{data}}}"#))
+    };
+    a.send_raw(broadcast(126)).await;
+    assert!(matches!(
+        b.recv_message().await,
+        ServerMessage::Broadcast { .. }
+    ));
+    a.send_raw(broadcast(127)).await;
+    a.expect_error(ErrorCode::InvalidMessage).await;
+    a.sync().await;
+    b.expect_silence(Duration::from_millis(200)).await;
+}
