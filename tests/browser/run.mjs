@@ -1165,8 +1165,9 @@ test('relay only: through our TURN relay the selected pair is relay/relay and ch
  */
 test('relay only: fresh TURN credentials that arrive while the path is down are moved onto once it is back', async (t) => {
   const { port, secret, proc: relay } = await startRelay(t);
-  // A refresh every 8 s.
-  const sig = await startTurnSignaling(t, port, secret, 'signaling-turn-down', ['--turn-ttl', '10s']);
+  // A refresh every 12 s: time for the page to see the path down (about 5 to 10 s after the
+  // relay stops answering) before the next one.
+  const sig = await startTurnSignaling(t, port, secret, 'signaling-turn-down', ['--turn-ttl', '15s']);
   const [a, b] = await t.pair({ server: sig, query: 'relay=1', timeout: 30000 });
   await a.eval(() => { window.__demo.room.options.iceRestartDelayMs = 120000; });
   const look = () => a.eval(() => ({
@@ -1177,18 +1178,24 @@ test('relay only: fresh TURN credentials that arrive while the path is down are 
   let landed = null;
   for (let attempt = 1; attempt <= 3 && !landed; attempt += 1) {
     const before = (await look()).updates;
-    await a.waitFor((n) => window.__demo.client.stats.iceServerUpdates > n, before, 'a refresh', 15000);
+    await a.waitFor((n) => window.__demo.client.stats.iceServerUpdates > n, before, 'a refresh', 20000);
     // Its restart (connected, relayed) settles; the path goes down well before the next one.
-    await sleep(2000);
+    await sleep(1500);
     const refreshed = (await look()).updates;
     process.kill(relay.child.pid, 'SIGSTOP');
     let now = await look();
-    for (let i = 0; i < 100 && now.updates === refreshed; i += 1) {
+    let prev = now;
+    for (let i = 0; i < 150 && now.updates === refreshed; i += 1) {
       await sleep(100);
+      prev = now;
       now = await look();
     }
     process.kill(relay.child.pid, 'SIGCONT');
-    if (now.state !== 'connected') landed = now;
+    // Landed while down: the page saw the path down before the refresh came, and made no
+    // restart for it (a page that still saw the path up restarts at once, and its restart is
+    // what shows it reconnecting: that is no landing while down).
+    const down = prev.state !== 'connected' && now.state !== 'connected';
+    if (now.updates !== refreshed && down && now.fresh === prev.fresh) landed = now;
     else await a.connected(1, 30000);
   }
   assert(landed, 'a refresh arrived while the connection was down');
