@@ -102,6 +102,13 @@ impl Entry {
     fn unused(&self) -> bool {
         self.connections == 0 && self.sessions == 0
     }
+
+    /// Whether its join bucket is full at `now`: nothing left to remember of the address.
+    fn bucket_full(&self, now: Instant, limits: IpLimits) -> bool {
+        self.joins
+            .available(now, limits.join_rate, limits.join_burst)
+            >= limits.join_burst
+    }
 }
 
 /// The entries, and the unused ones still kept, in the order they fell unused.
@@ -123,11 +130,7 @@ impl Entries {
         if !entry.unused() {
             return;
         }
-        if entry
-            .joins
-            .available(now, limits.join_rate, limits.join_burst)
-            >= limits.join_burst
-        {
+        if entry.bucket_full(now, limits) {
             self.by_ip.remove(&ip);
             return;
         }
@@ -143,9 +146,7 @@ impl Entries {
             let over = self.lingering.len() > MAX_LINGERING;
             let entry = self.by_ip.get(&ip);
             let kept = entry.is_some_and(|e| e.unused() && e.unused_count == count);
-            let full = entry.is_some_and(|e| {
-                e.joins.available(now, limits.join_rate, limits.join_burst) >= limits.join_burst
-            });
+            let full = entry.is_some_and(|e| e.bucket_full(now, limits));
             if kept && !full && !over {
                 return;
             }
@@ -421,7 +422,8 @@ mod tests {
             assert!(table.connect(address(n), now).unwrap().try_join(now));
         }
         assert_eq!(table.len(), MAX_LINGERING);
-        // The first ones were forgotten (a full bucket again), the last are still kept.
+        // The first ones were forgotten (past the bound: a full bucket again), the last are
+        // still kept.
         assert!(table.connect(address(0), now).unwrap().try_join(now));
         let last = address(MAX_LINGERING + 99);
         assert!(!table.connect(last, now).unwrap().try_join(now));

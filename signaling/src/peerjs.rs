@@ -641,14 +641,8 @@ impl PeerSocket {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             let step = tokio::select! {
-                inbound = self.socket.recv() => match self.on_inbound(inbound).await {
-                    // Its answer, if any (`EXPIRE`, an `ERROR`), heard through as any write is.
-                    Ok(()) => {
-                        let heard = self.socket.go_on_hearing(true).await;
-                        self.hear_through(heard).await
-                    }
-                    end => end,
-                },
+                // Its answer, if any (`EXPIRE`, an `ERROR`), is heard through as any write is.
+                inbound = self.socket.recv() => self.hear_through(Heard::Inbound(inbound)).await,
                 Some(out) = rx.recv() => self.deliver(out).await,
                 () = written_acks::sleep_until(self.ack_at), if self.ack_at.is_some() => {
                     self.ack_delivered().await;

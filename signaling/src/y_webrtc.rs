@@ -189,15 +189,9 @@ async fn run(socket: WebSocket, app: Arc<AppState>, ip_slot: IpSlot, claims: Opt
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let end: End = loop {
         let step = tokio::select! {
+            // Its answer, if any (a pong), is heard through as any write is.
             inbound = this.socket.recv() => {
-                match this.on_inbound(inbound, &mut inboxes).await {
-                    // Its answer, if any (a pong), heard through as any write is.
-                    Ok(()) => {
-                        let heard = this.socket.go_on_hearing(true).await;
-                        this.hear_through(heard, &mut inboxes).await
-                    }
-                    end => end,
-                }
+                this.hear_through(Heard::Inbound(inbound), &mut inboxes).await
             }
             Some((topic, generation, out)) = inboxes.next(), if !inboxes.is_empty() => {
                 this.on_outbound(&topic, generation, out, &mut inboxes).await
