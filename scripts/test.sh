@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 start=$SECONDS
 step() { printf '\n==> %s (at %d s)\n' "$*" "$((SECONDS - start))" >&2; }
 
+# A clean CI clone is built once: incremental caches would only add gigabytes to its disk.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+
 step "install test dependencies"
 scripts/install-test-deps.sh
 
@@ -27,6 +30,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # `--all-targets` resolves features the way `cargo test` does, so the test step compiles nothing.
 step "cargo build"
 cargo build --workspace --all-targets --locked
+du -sh target >&2 || true
 
 step "cargo test"
 # The NAT tests build network namespaces; as root (CI) they must run, never skip.
