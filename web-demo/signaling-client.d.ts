@@ -99,6 +99,7 @@ export interface SignalingClientOptions {
   backoff?: { initialMs?: number; maxMs?: number; factor?: number; jitter?: number };
   /** Reconnects in a row before the client gives up ('failed'); stats.reconnectAttempts counts the one given up too. */
   maxReconnectAttempts?: number;
+  /** A join or resume not answered this long gives the link up and reconnects (default 10000); a join's session whose welcome never came is left first (`leave`), so the others do not see the peer twice. */
   connectTimeoutMs?: number;
   ackEvery?: number;
   ackDelayMs?: number;
@@ -112,7 +113,7 @@ export interface SignalingClientOptions {
   httpUrl?: string;
   /** Two WebSockets in a row closing abnormally (1006) this soon after opening count as blocked (default 4000). */
   earlyCloseMs?: number;
-  /** SSE: a first event stream without a byte for this long is taken as buffered by a proxy: long-poll instead (default 4000). */
+  /** SSE: a first event stream without a byte for this long (from its request: a proxy may hold back the headers too) is taken as buffered by a proxy: long-poll instead, on the same session (default 4000). */
   sseFirstByteMs?: number;
   /** Long-polling: a poll unanswered this long is taken as lost (default 40000). */
   pollTimeoutMs?: number;

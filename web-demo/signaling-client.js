@@ -129,7 +129,7 @@ const DEFAULTS = Object.freeze({
   httpUrl: undefined,
   /** Two WebSockets in a row closing abnormally (1006) this soon after opening count as blocked. */
   earlyCloseMs: 4000,
-  /** SSE: a first stream without a byte for this long is taken as buffered: long-poll instead. */
+  /** SSE: a first stream without a byte for this long (from its request) is taken as buffered: long-poll instead. */
   sseFirstByteMs: 4000,
   /** Long-polling: a poll unanswered this long is taken as lost (the server answers within 25 s). */
   pollTimeoutMs: 40000,
@@ -470,6 +470,12 @@ export class SignalingClient extends EventTarget {
     clearTimeout(this._connectTimer);
     this._connectTimer = setTimeout(() => {
       if (this._ws === ws && this.state !== 'joined') {
+        // A join sent on this link may have opened a session whose welcome never came: leave
+        // it, or the others would see this peer twice until its grace period ends (the next
+        // link joins afresh). A session being resumed is kept for the next link.
+        if (this._opened && !this.session) {
+          try { ws.send(JSON.stringify({ type: 'leave' })); } catch { /* closed meanwhile */ }
+        }
         try { ws.close(4001, 'connect timeout'); } catch { /* ignore */ }
         this._onSocketGone(ws, this._opened ? 'timeout' : 'unreachable');
       }
@@ -1417,13 +1423,25 @@ class HttpLink {
   /** One `GET /http/events`: reads it to its end. Resolves with what to do next. */
   async _streamOnce() {
     const ctl = this._request();
+    // The first stream of a session always has a frame waiting (welcome or the replay): one
+    // that stays silent is held back by a buffering proxy, and long-polling may get through.
+    // Timed from the request: such a proxy may hold back the response's headers too.
+    let reader = null;
+    let silent = false;
+    const silentTimer = !this._streamed && this._canPoll
+      ? setTimeout(() => { silent = true; reader?.cancel().catch(() => {}); ctl.abort(); }, this._firstByteMs) : null;
     let res;
     try {
       res = await this._fetch(this._streamUrl('events'), { headers: { Accept: 'text/event-stream' }, cache: 'no-store', signal: ctl.signal });
     } catch (err) {
+      clearTimeout(silentTimer);
+      if (silent) return this._downgrade();
       return { retry: `the event stream failed: ${err.message || err}` };
     }
-    if (res.status !== 200 || !res.body) return this._refused(res, 'the event stream');
+    if (res.status !== 200 || !res.body) {
+      clearTimeout(silentTimer);
+      return this._refused(res, 'the event stream');
+    }
     this._requestAttached = true;
     this._recovered();
     let closeCode = null;
@@ -1431,12 +1449,7 @@ class HttpLink {
       if (ev.event === 'close') closeCode = Number(ev.data);
       else if (ev.event === 'message') this._deliverText(ev.data);
     }, () => this.onalive?.());
-    // The first stream of a session always has a frame waiting (welcome or the replay): one
-    // that stays silent is held back by a buffering proxy, and long-polling may get through.
-    const reader = res.body.getReader();
-    let silent = false;
-    const silentTimer = !this._streamed && this._canPoll
-      ? setTimeout(() => { silent = true; reader.cancel().catch(() => {}); ctl.abort(); }, this._firstByteMs) : null;
+    reader = res.body.getReader();
     const opened = Date.now();
     const decoder = new TextDecoder();
     try {

@@ -806,6 +806,61 @@ test('cross-origin: a page of another origin joins a signaling server over SSE +
   for (const r of results) assert(r.joined && r.data === 'across origins' && r.used === r.transport, `cross-origin over ${r.transport}: ${JSON.stringify(r)}`);
 });
 
+test('client API: an event stream whose response a buffering proxy holds back, headers and all, falls back to long-polling on the same session', async (t) => {
+  const p = await t.solo();
+  const r = await p.eval(async () => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const ws = `${location.origin.replace(/^http/, 'ws')}/ws/held-stream`;
+    // What a proxy that buffers whole responses does to an event stream: nothing comes back,
+    // not even its headers, until the request is given up.
+    const held = (url, init) => (String(url).includes('/events?')
+      ? new Promise((_, reject) => { init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))); })
+      : fetch(url, init));
+    const a = new SignalingClient(ws, { transports: ['sse', 'long-poll'], fetch: held, sseFirstByteMs: 1500, name: 'a' });
+    const started = Date.now();
+    const joined = await Promise.race([a.connect(), new Promise((res) => { setTimeout(() => res(null), 9000); })]);
+    const out = { joinedMs: joined ? Date.now() - started : null, transport: a.transport, fallbacks: a.stats.fallbacks };
+    // One session only: a second peer finds the first and nobody else.
+    const b = new SignalingClient(ws, { transports: ['long-poll'], name: 'b' });
+    const session = await Promise.race([b.connect(), new Promise((res) => { setTimeout(() => res(null), 8000); })]);
+    out.seenByB = session ? session.peers.map((peer) => peer.name) : null;
+    a.close();
+    b.close();
+    return out;
+  });
+  // Under connectTimeoutMs (10 s), which would give up on the joined session and join again.
+  assert(r.joinedMs !== null && r.joinedMs < 9000, `joined on the same session by long-polling: ${JSON.stringify(r)}`);
+  assert(r.transport === 'long-poll' && r.fallbacks === 1, `fell back once, to long-polling: ${JSON.stringify(r)}`);
+  assert(JSON.stringify(r.seenByB) === '["a"]', `one session of a, no abandoned one: ${JSON.stringify(r)}`);
+});
+
+test('client API: a join whose welcome never comes within connectTimeoutMs leaves the session it opened before joining again', async (t) => {
+  const p = await t.solo();
+  const r = await p.eval(async () => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const ws = `${location.origin.replace(/^http/, 'ws')}/ws/never-welcomed`;
+    // The session opens, but nothing the server sends on it comes back.
+    const held = (url, init) => (/\/(events|poll)\?/.test(String(url))
+      ? new Promise((_, reject) => { init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))); })
+      : fetch(url, init));
+    const backoff = { initialMs: 200, maxMs: 200, factor: 1, jitter: 0 };
+    const a = new SignalingClient(ws, { transports: ['sse', 'long-poll'], fetch: held, sseFirstByteMs: 1000, connectTimeoutMs: 3000, backoff, name: 'a' });
+    const retried = new Promise((res) => { a.addEventListener('state', (e) => { if (e.detail.state === 'reconnecting') res(); }); });
+    a.connect().catch(() => {});
+    await Promise.race([retried, new Promise((res) => { setTimeout(res, 8000); })]);
+    // Time for the second attempt to open its session.
+    await new Promise((res) => { setTimeout(res, 1500); });
+    const b = new SignalingClient(ws, { name: 'b' });
+    const session = await Promise.race([b.connect(), new Promise((res) => { setTimeout(() => res(null), 8000); })]);
+    const out = { seenByB: session ? session.peers.map((peer) => peer.name) : null };
+    a.close();
+    b.close();
+    return out;
+  });
+  // Without the leave, the first session stays listed beside the second until its grace ends.
+  assert(r.seenByB && r.seenByB.length === 1 && r.seenByB[0] === 'a', `one session of a: ${JSON.stringify(r)}`);
+});
+
 /**
  * Connects, in page `p`, a client of `/signaling-client.js` to `url` with `options`, recording
  * its `state` and `error` events; `clientInPage(p)` reads them back.
