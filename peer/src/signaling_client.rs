@@ -300,10 +300,15 @@ async fn join(ws: &mut WsStream, name: Option<String>) -> Result<(SessionInfo, u
         },
     )
     .await?;
-    let reply = timeout(HANDSHAKE_TIMEOUT, next_frame(ws))
-        .await
-        .map_err(|_| PeerError::SignalingTimeout(HANDSHAKE_TIMEOUT))??;
-    match reply {
+    let Ok(reply) = timeout(HANDSHAKE_TIMEOUT, next_frame(ws)).await else {
+        // The join may have opened a session whose welcome did not come: leave it, or the
+        // room would see this peer twice until its grace period ends (the next try joins
+        // afresh). Not waited for long: the socket may be stalled.
+        let leave = send_json(ws, &ClientMessage::Leave { id: None });
+        let _ = timeout(LEAVE_CLOSE_WAIT, leave).await;
+        return Err(PeerError::SignalingTimeout(HANDSHAKE_TIMEOUT));
+    };
+    match reply? {
         Some(ServerFrame {
             seq,
             message: ServerMessage::Welcome { session, .. },
@@ -793,7 +798,8 @@ mod tests {
     }
 
     /// A TCP proxy in front of the server whose connections can go deaf (what the client
-    /// writes is dropped, as on a path that died without a reset) and then be cut.
+    /// writes is dropped, as on a path that died without a reset) and then be cut, or be mute
+    /// from the start (what the server writes after its upgrade answer is dropped).
     struct DeafProxy {
         addr: std::net::SocketAddr,
         deaf: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -802,6 +808,10 @@ mod tests {
 
     impl DeafProxy {
         async fn start(upstream: std::net::SocketAddr) -> Self {
+            Self::start_muting(upstream, false).await
+        }
+
+        async fn start_muting(upstream: std::net::SocketAddr, mute: bool) -> Self {
             use std::sync::atomic::Ordering;
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -828,7 +838,25 @@ mod tests {
                         }
                     });
                     let down = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                        if !mute {
+                            let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                            return;
+                        }
+                        // The upgrade answer (up to its blank line) passes, the rest not.
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
+                            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                                continue;
+                            }
+                            head.extend_from_slice(&buf[..n]);
+                            let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                                continue;
+                            };
+                            if client_tx.write_all(&head[..end + 4]).await.is_err() {
+                                break;
+                            }
+                        }
                     });
                     let mut live = live2.lock().unwrap();
                     live.push(up.abort_handle());
@@ -934,6 +962,41 @@ mod tests {
         // Exactly once: nothing follows.
         a.send_in_session(broadcast(4), 0).unwrap();
         assert_eq!(next_broadcast(&mut b).await, Some(serde_json::json!(4)));
+        server.kill();
+    }
+
+    /// A join whose welcome does not come within the handshake timeout leaves the session it
+    /// may have opened: the room sees the peer leave at once (`left`), not after the grace
+    /// period, beside the session of the next try.
+    #[tokio::test]
+    async fn a_join_whose_welcome_does_not_come_leaves_its_session() {
+        let (mut server, server_addr) = start_server();
+        let proxy = DeafProxy::start_muting(server_addr, true).await;
+        let mut b = open(&format!("ws://{server_addr}/ws/mute"), &Connector::Plain)
+            .await
+            .unwrap();
+        join(&mut b, Some("b".into())).await.unwrap();
+        let mut a = open(&format!("ws://{}/ws/mute", proxy.addr), &Connector::Plain)
+            .await
+            .unwrap();
+        let joined = join(&mut a, Some("a".into())).await;
+        assert!(
+            matches!(joined, Err(PeerError::SignalingTimeout(_))),
+            "{joined:?}"
+        );
+        let left = timeout(Duration::from_secs(5), async {
+            loop {
+                match next_frame(&mut b).await.ok()??.message {
+                    ServerMessage::PeerLeft { reason, .. } => return Some(reason),
+                    _ => continue,
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            left.ok().flatten(),
+            Some(signaling::protocol::LeaveReason::Left)
+        );
         server.kill();
     }
 
