@@ -17,7 +17,8 @@
 // each time, up to 10 minutes): one that resumes the session takes it over with no reconnect.
 // `options.transports` limits or reorders the list (e.g. ['long-poll']). Over HTTP the protocol
 // is the same: the session token is the resume token, frames sent are POSTed in batches, a
-// broken stream or poll is reopened from the last seq within the resume grace period.
+// broken stream or poll is reopened from the last seq within the resume grace period (an empty
+// send beside a reopened poll shows at once that the link is back: sends go out again then).
 //
 //   import { SignalingClient } from './signaling-client.js';
 //   const client = new SignalingClient('wss://example.org/ws', { room: 'demo', name: 'Ada' });
@@ -1484,6 +1485,7 @@ class HttpLink {
   /** One `GET /http/poll`: delivers its frames. Resolves with what to do next. */
   async _pollOnce() {
     const ctl = this._request();
+    if (this._stalledSince) this._confirmReachable();
     const timer = setTimeout(() => ctl.abort(), this._pollTimeoutMs);
     let res;
     let body;
@@ -1505,6 +1507,20 @@ class HttpLink {
       this._deliver(frame);
     }
     return body.close != null ? this._closeOutcome(Number(body.close)) : {};
+  }
+
+  /**
+   * After a broken poll: the poll that replaces it is answered only once there is a frame (up to
+   * the server's poll timeout), and the client holds its sends until the link is back. An empty
+   * send (`[]`, which does nothing) answered 204 shows it is back at once.
+   */
+  async _confirmReachable() {
+    try {
+      const res = await this._fetch(this._sendUrl(), {
+        method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '[]', cache: 'no-store', signal: this._abort.signal,
+      });
+      if (res.status === 204 && this.readyState === 1) this._recovered();
+    } catch { /* the poll says what went wrong */ }
   }
 
   _closeOutcome(code) {

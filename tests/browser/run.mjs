@@ -861,6 +861,53 @@ test('client API: a join whose welcome never comes within connectTimeoutMs leave
   assert(r.seenByB && r.seenByB.length === 1 && r.seenByB[0] === 'a', `one session of a: ${JSON.stringify(r)}`);
 });
 
+test('client API: long-polling clients whose requests were all cut (a proxy restarted) send and receive again at once, not after the poll timeout', async (t) => {
+  const p = await t.solo();
+  const r = await p.eval(async () => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const ws = `${location.origin.replace(/^http/, 'ws')}/ws/proxy-restart`;
+    // A proxy that goes down: the requests under way are cut, new ones refused, until it is back.
+    let down = false;
+    const live = new Set();
+    const flaky = (url, init = {}) => {
+      if (down) return Promise.reject(new TypeError('Failed to fetch'));
+      const ctl = new AbortController();
+      init.signal?.addEventListener('abort', () => ctl.abort());
+      live.add(ctl);
+      return fetch(url, { ...init, signal: ctl.signal }).finally(() => live.delete(ctl));
+    };
+    const backoff = { initialMs: 200, maxMs: 400, factor: 2, jitter: 0 };
+    const opts = (name) => ({ transports: ['long-poll'], fetch: flaky, backoff, name });
+    const a = new SignalingClient(ws, opts('a'));
+    const b = new SignalingClient(ws, opts('b'));
+    const got = [];
+    b.addEventListener('broadcast', (e) => got.push({ data: e.detail.data, at: Date.now() }));
+    await Promise.all([a.connect(), b.connect()]);
+    a.broadcast('before');
+    const until = async (what, ms) => {
+      const t0 = Date.now();
+      while (!what() && Date.now() - t0 < ms) await new Promise((res) => { setTimeout(res, 50); });
+      return what();
+    };
+    const out = { before: await until(() => got.length === 1, 8000) };
+    down = true;
+    for (const ctl of live) ctl.abort();
+    await new Promise((res) => { setTimeout(res, 1500); });
+    down = false;
+    const back = Date.now();
+    a.broadcast('after');
+    out.after = await until(() => got.length === 2, 12000);
+    out.afterMs = out.after ? got[1].at - back : null;
+    out.got = got.map((g) => g.data);
+    a.close();
+    b.close();
+    return out;
+  });
+  // The poll timeout is 25 s; the reopening backoff at most 400 ms.
+  assert(r.before && r.after && r.afterMs < 5000, `delivered soon after the proxy was back: ${JSON.stringify(r)}`);
+  assert(JSON.stringify(r.got) === '["before","after"]', `each once, in order: ${JSON.stringify(r)}`);
+});
+
 /**
  * Connects, in page `p`, a client of `/signaling-client.js` to `url` with `options`, recording
  * its `state` and `error` events; `clientInPage(p)` reads them back.
