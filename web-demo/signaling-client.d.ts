@@ -113,7 +113,7 @@ export interface SignalingClientOptions {
   httpUrl?: string;
   /** Two WebSockets in a row closing abnormally (1006) this soon after opening count as blocked (default 4000). */
   earlyCloseMs?: number;
-  /** SSE: a first event stream without a byte for this long (from its request: a proxy may hold back the headers too) is taken as buffered by a proxy: long-poll instead, on the same session (default 4000). */
+  /** SSE: a first event stream without a byte for this long (from its request: a proxy may hold back the headers too), or a later one without its headers, is taken as buffered by a proxy: long-poll instead, on the same session (default 4000). */
   sseFirstByteMs?: number;
   /** Long-polling: a poll unanswered this long is taken as lost (default 40000). */
   pollTimeoutMs?: number;

@@ -130,7 +130,7 @@ const DEFAULTS = Object.freeze({
   httpUrl: undefined,
   /** Two WebSockets in a row closing abnormally (1006) this soon after opening count as blocked. */
   earlyCloseMs: 4000,
-  /** SSE: a first stream without a byte for this long (from its request) is taken as buffered: long-poll instead. */
+  /** SSE: a first stream without a byte for this long (from its request), or a later one without its headers, is taken as buffered: long-poll instead. */
   sseFirstByteMs: 4000,
   /** Long-polling: a poll unanswered this long is taken as lost (the server answers within 25 s). */
   pollTimeoutMs: 40000,
@@ -423,6 +423,8 @@ export class SignalingClient extends EventTarget {
     this._linkKind = mode;
     const i = this._transports.indexOf(mode);
     if (i >= 0) this._transportIndex = i;
+    // Mid-session (the stream had worked): the next frame comes by long-polling.
+    if (this._linkWorked) this._transportWorks(mode);
   }
 
   // --- socket lifecycle ---
@@ -1426,10 +1428,12 @@ class HttpLink {
     const ctl = this._request();
     // The first stream of a session always has a frame waiting (welcome or the replay): one
     // that stays silent is held back by a buffering proxy, and long-polling may get through.
-    // Timed from the request: such a proxy may hold back the response's headers too.
+    // Timed from the request: such a proxy may hold back the response's headers too, which the
+    // server sends at once; so a later stream (that may stay quiet) is timed to its headers.
+    const first = !this._streamed;
     let reader = null;
     let silent = false;
-    const silentTimer = !this._streamed && this._canPoll
+    const silentTimer = this._canPoll
       ? setTimeout(() => { silent = true; reader?.cancel().catch(() => {}); ctl.abort(); }, this._firstByteMs) : null;
     let res;
     try {
@@ -1443,6 +1447,7 @@ class HttpLink {
       clearTimeout(silentTimer);
       return this._refused(res, 'the event stream');
     }
+    if (!first) clearTimeout(silentTimer);
     this._requestAttached = true;
     this._recovered();
     let closeCode = null;

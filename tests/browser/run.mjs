@@ -908,6 +908,54 @@ test('client API: long-polling clients whose requests were all cut (a proxy rest
   assert(JSON.stringify(r.got) === '["before","after"]', `each once, in order: ${JSON.stringify(r)}`);
 });
 
+test('client API: an event stream reopened through a proxy that now holds responses back falls back to long-polling; nothing is lost', async (t) => {
+  const p = await t.solo();
+  const r = await p.eval(async () => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const ws = `${location.origin.replace(/^http/, 'ws')}/ws/proxy-swapped`;
+    // The proxy is replaced by one that buffers whole responses: the streams under way are cut,
+    // and a new one gets nothing back, not even its headers.
+    let buffering = false;
+    const live = new Set();
+    const proxied = (url, init = {}) => {
+      if (buffering && String(url).includes('/events?')) {
+        return new Promise((_, reject) => { init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))); });
+      }
+      // Kept to the end: a stream's fetch resolves with its headers, its body goes on.
+      const ctl = new AbortController();
+      init.signal?.addEventListener('abort', () => ctl.abort());
+      live.add(ctl);
+      return fetch(url, { ...init, signal: ctl.signal });
+    };
+    const backoff = { initialMs: 200, maxMs: 400, factor: 2, jitter: 0 };
+    const opts = (name) => ({ transports: ['sse', 'long-poll'], fetch: proxied, sseFirstByteMs: 1500, backoff, name });
+    const a = new SignalingClient(ws, opts('a'));
+    const b = new SignalingClient(ws, opts('b'));
+    const got = [];
+    b.addEventListener('broadcast', (e) => got.push(e.detail.data));
+    await Promise.all([a.connect(), b.connect()]);
+    const until = async (what, ms) => {
+      const t0 = Date.now();
+      while (!what() && Date.now() - t0 < ms) await new Promise((res) => { setTimeout(res, 50); });
+      return what();
+    };
+    a.broadcast(1);
+    const out = { before: await until(() => got.length === 1, 8000), transportsBefore: [a.transport, b.transport] };
+    buffering = true;
+    for (const ctl of live) ctl.abort();
+    for (let n = 2; n <= 5; n += 1) a.broadcast(n);
+    out.after = await until(() => got.length === 5, 12000);
+    out.got = got;
+    out.transportsAfter = [a.transport, b.transport];
+    a.close();
+    b.close();
+    return out;
+  });
+  assert(r.before && JSON.stringify(r.transportsBefore) === '["sse","sse"]', `on SSE first: ${JSON.stringify(r)}`);
+  assert(r.after && JSON.stringify(r.got) === '[1,2,3,4,5]', `every broadcast once, in order, after the swap: ${JSON.stringify(r)}`);
+  assert(JSON.stringify(r.transportsAfter) === '["long-poll","long-poll"]', `both went on by long-polling: ${JSON.stringify(r)}`);
+});
+
 /**
  * Connects, in page `p`, a client of `/signaling-client.js` to `url` with `options`, recording
  * its `state` and `error` events; `clientInPage(p)` reads them back.
