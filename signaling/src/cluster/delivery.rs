@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt as _;
@@ -67,21 +67,65 @@ impl ClusterHub {
             };
             self.subscribed.store(true, Ordering::Release);
             tracing::debug!(channel = %me, "subscribed");
-            {
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    let payload: Vec<u8> = message.get_payload_bytes().to_vec();
-                    match String::from_utf8(payload) {
-                        Ok(text) => self.dispatch(text),
-                        Err(_) => tracing::warn!("non-UTF-8 frame on the node channel"),
-                    }
-                }
-            }
+            self.receive(&me, pubsub.on_message()).await;
             self.subscribed.store(false, Ordering::Release);
             // Frames published while unsubscribed would be lost to the sockets: cut them, so
             // their clients resume from the outbox.
             self.outage(Outage::Pubsub);
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Dispatches the node's channel until it ends, or stops delivering: a probe is published
+    /// to it every `--node-heartbeat`, and one that does not come back within `--redis-timeout`
+    /// of Redis taking it ends the subscription. A
+    /// connection that stays open but passes nothing (a stalled link, a proxy that holds it)
+    /// otherwise looks like a quiet channel, while the node's sockets get nothing.
+    async fn receive(
+        self: &Arc<Self>,
+        me: &str,
+        messages: impl futures_util::Stream<Item = redis::Msg> + Unpin,
+    ) {
+        let mut messages = messages;
+        let mut ticker = tokio::time::interval(self.cluster.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (published_tx, mut published) = tokio::sync::mpsc::channel(1);
+        let mut probe = ChannelProbe::default();
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { return };
+                    let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+                    match String::from_utf8(payload) {
+                        Ok(text) => match text.strip_prefix(PROBE_PREFIX) {
+                            Some(n) => probe.came_back(n),
+                            None => self.dispatch(text),
+                        },
+                        Err(_) => tracing::warn!("non-UTF-8 frame on the node channel"),
+                    }
+                }
+                Some((n, taken)) = published.recv() => probe.published(n, taken, Instant::now()),
+                _ = ticker.tick() => {
+                    let now = Instant::now();
+                    if probe.overdue(now, self.cluster.redis_timeout) {
+                        tracing::warn!(
+                            "a probe published to this node's channel did not come back within \
+                             --redis-timeout: subscribing again"
+                        );
+                        return;
+                    }
+                    if let Some(n) = probe.next() {
+                        let hub = Arc::clone(self);
+                        let (channel, done) = (me.to_owned(), published_tx.clone());
+                        tokio::spawn(async move {
+                            let mut publish = redis::cmd("PUBLISH");
+                            publish.arg(channel).arg(format!("{PROBE_PREFIX}{n}"));
+                            let taken = hub.store.query::<i64>(&publish).await.is_ok();
+                            let _ = done.send((n, taken)).await;
+                        });
+                    }
+                }
+            }
         }
     }
 
@@ -321,5 +365,92 @@ impl ClusterHub {
             // to give up, held in the memory budget meanwhile.
             session.tx.discard_and_close(frame, close_code::POLICY);
         }
+    }
+}
+
+/// What a node publishes to its own channel to see that the channel still delivers.
+const PROBE_PREFIX: &str = "!probe ";
+
+/// The probe of the node's channel: at most one under way.
+#[derive(Debug, Default)]
+struct ChannelProbe {
+    next: u64,
+    /// The probe under way: its number, and when Redis took it (`None` while its `PUBLISH`
+    /// is not answered: it may come back before that answer).
+    out: Option<(u64, Option<Instant>)>,
+}
+
+impl ChannelProbe {
+    /// The number of a probe to publish now, unless one is under way.
+    fn next(&mut self) -> Option<u64> {
+        if self.out.is_some() {
+            return None;
+        }
+        self.next += 1;
+        self.out = Some((self.next, None));
+        Some(self.next)
+    }
+
+    /// Probe `n`'s `PUBLISH` was answered: `taken` by Redis, or the call failed (which the
+    /// store's own checks see to: nothing is waited for). (Its count of receivers says nothing
+    /// on a Redis Cluster, where it counts only the subscribers of the Redis node that took it.)
+    fn published(&mut self, n: u64, taken: bool, now: Instant) {
+        let Some((out, since)) = &mut self.out else {
+            return;
+        };
+        if *out != n {
+            return;
+        }
+        if taken {
+            *since = Some(now);
+        } else {
+            self.out = None;
+        }
+    }
+
+    /// A probe came back (`n` as written after the prefix).
+    fn came_back(&mut self, n: &str) {
+        if self.out.is_some_and(|(out, _)| n.parse() == Ok(out)) {
+            self.out = None;
+        }
+    }
+
+    /// Whether the probe under way was taken by Redis longer than `limit` ago.
+    fn overdue(&self, now: Instant, limit: Duration) -> bool {
+        self.out
+            .and_then(|(_, since)| since)
+            .is_some_and(|since| now.duration_since(since) > limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_that_does_not_come_back_is_overdue() {
+        let limit = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let mut probe = ChannelProbe::default();
+        let n = probe.next().expect("a first probe");
+        assert_eq!(probe.next(), None, "one at a time");
+        probe.published(n, true, t0);
+        assert!(!probe.overdue(t0 + limit, limit));
+        assert!(probe.overdue(t0 + limit * 2, limit));
+        // Back: the next one goes.
+        probe.came_back(&n.to_string());
+        assert!(!probe.overdue(t0 + limit * 2, limit));
+        let m = probe.next().expect("the next probe");
+        assert_ne!(m, n);
+        // A failed publish waits for nothing; a stale answer changes nothing.
+        probe.published(m, false, t0);
+        probe.published(n, true, t0);
+        assert!(!probe.overdue(t0 + limit * 9, limit));
+        // Back before Redis answered its PUBLISH: nothing is waited for.
+        let k = probe.next().expect("another");
+        probe.came_back(&k.to_string());
+        probe.published(k, true, t0);
+        assert!(!probe.overdue(t0 + limit * 9, limit));
+        assert!(probe.next().is_some());
     }
 }

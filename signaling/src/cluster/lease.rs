@@ -112,11 +112,33 @@ impl ClusterHub {
         let me = &self.cluster.node_id;
         let lease_until = now_ms + self.cluster.lease.as_millis() as u64;
         let ttl = self.store_ttl().as_millis() as u64;
+        let agreed = self.cluster.agreed_turn_secret.as_ref();
+        let mut renew_cmd = redis::cmd("ZADD");
+        renew_cmd.arg(NODES_KEY).arg(lease_until).arg(me);
+        let mut keep_nodes = redis::cmd("PEXPIRE");
+        keep_nodes.arg(NODES_KEY).arg(ttl);
+        let mut keep_index = redis::cmd("PEXPIRE");
+        keep_index.arg(node_sessions_key(me)).arg(ttl);
+        let mut count_live = redis::cmd("ZCOUNT");
+        count_live
+            .arg(NODES_KEY)
+            .arg(format!("({now_ms}"))
+            .arg("+inf");
+        let mut list_dead = redis::cmd("ZRANGEBYSCORE");
+        list_dead.arg(NODES_KEY).arg("-inf").arg(now_ms);
+        // All at once, in about one round trip: one after the other, they took seven, and on a
+        // slow link (a 1 s round trip, each call well within `--redis-timeout`) the renewals
+        // came further apart than the lease, and the node was taken for dead.
         let renew = async {
-            let added = self
-                .store
-                .query::<i64>(redis::cmd("ZADD").arg(NODES_KEY).arg(lease_until).arg(me))
-                .await?;
+            let (added, _, _, (), (), live, dead) = tokio::try_join!(
+                self.store.query::<i64>(&renew_cmd),
+                self.store.query::<i64>(&keep_nodes),
+                self.store.query::<i64>(&keep_index),
+                self.store.check_broadcasts(),
+                self.store.keep_turn_secret(agreed.map(|s| s.expose_str())),
+                self.store.query::<u64>(&count_live),
+                self.store.query::<Vec<String>>(&list_dead),
+            )?;
             if added == 1 && self.registered.swap(true, Ordering::AcqRel) {
                 // Our entry was gone: another node found our lease expired (we were too slow,
                 // or cut off) and adopted our sessions. Our sockets no longer get their frames:
@@ -127,35 +149,6 @@ impl ClusterHub {
                 );
                 self.outage(Outage::LeaseLost);
             }
-            self.store
-                .query::<i64>(redis::cmd("PEXPIRE").arg(NODES_KEY).arg(ttl))
-                .await?;
-            self.store
-                .query::<i64>(redis::cmd("PEXPIRE").arg(node_sessions_key(me)).arg(ttl))
-                .await?;
-            self.store.check_broadcasts().await?;
-            let agreed = self.cluster.agreed_turn_secret.as_ref();
-            self.store
-                .keep_turn_secret(agreed.map(|s| s.expose_str()))
-                .await?;
-            let live = self
-                .store
-                .query::<u64>(
-                    redis::cmd("ZCOUNT")
-                        .arg(NODES_KEY)
-                        .arg(format!("({now_ms}"))
-                        .arg("+inf"),
-                )
-                .await?;
-            let dead = self
-                .store
-                .query::<Vec<String>>(
-                    redis::cmd("ZRANGEBYSCORE")
-                        .arg(NODES_KEY)
-                        .arg("-inf")
-                        .arg(now_ms),
-                )
-                .await?;
             Ok::<_, StoreError>((live, dead))
         };
         let dead = match renew.await {

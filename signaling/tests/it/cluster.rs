@@ -780,6 +780,133 @@ async fn a_node_frozen_past_its_lease_hands_its_clients_over() {
     pass_candidate((&mut b, &b_info.peer_id), (&mut a, &a_info.peer_id), 9).await;
 }
 
+/// A TCP proxy in front of Redis: a link to it `delay` long each way, which can stall every
+/// connection that subscribed (it sent `SUBSCRIBE`): from then on, what either side sends is
+/// dropped while the connection stays open, as on a link that died without a reset.
+struct RedisLink {
+    addr: std::net::SocketAddr,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RedisLink {
+    async fn start(redis_port: u16, delay: Duration) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+        /// One direction: each read is written `delay` after it came, in order.
+        fn pump(
+            mut from: impl AsyncRead + Unpin + Send + 'static,
+            mut to: impl AsyncWrite + Unpin + Send + 'static,
+            delay: Duration,
+            upstream: bool,
+            (stall, subscriber): (Arc<AtomicBool>, Arc<AtomicBool>),
+        ) {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n @ 1..) = from.read(&mut buf).await {
+                    if upstream && buf[..n].windows(9).any(|w| w == b"SUBSCRIBE") {
+                        subscriber.store(true, Ordering::Relaxed);
+                    }
+                    if stall.load(Ordering::Relaxed) && subscriber.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                while let Some((due, bytes)) = rx.recv().await {
+                    tokio::time::sleep_until(due.into()).await;
+                    if to.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let stall = Arc::clone(&stalled);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
+                let subscriber = Arc::new(AtomicBool::new(false));
+                let flags = || (Arc::clone(&stall), Arc::clone(&subscriber));
+                let ((client_rx, client_tx), (server_rx, server_tx)) =
+                    (client.into_split(), server.into_split());
+                pump(client_rx, server_tx, delay, true, flags());
+                pump(server_rx, client_tx, delay, false, flags());
+            }
+        });
+        Self { addr, stalled }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    fn stall_subscriptions(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A node whose subscription to its channel stops delivering while its connection stays open
+/// finds out by its probe (docs/signaling.md, "Redis outage or partition"): it closes its
+/// sockets with 1013, so their clients resume on another node with nothing lost. Before, the
+/// node went on as if whole, and its clients got nothing (not a `pong`) for as long as it
+/// lasted. (Two threads: starting a node blocks one, and the proxy must answer meanwhile.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_subscription_stalls_hands_its_clients_over() {
+    let redis = RedisServer::start();
+    let link = RedisLink::start(redis.port, Duration::ZERO).await;
+    let n1 = node(&redis.url(), &[]);
+    let n2 = node(&link.url(), &[]);
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&n1.ws("/ws/stalled"), &n2.ws("/ws/stalled")).await;
+    let b_seen = b.last_seq;
+    link.stall_subscriptions();
+    for i in 0..3 {
+        signal(&mut a, &b_info.peer_id, candidate(i)).await;
+    }
+    a.sync().await;
+    assert_eq!(b.expect_close().await, Closed::Code(1013));
+    let mut b = resume_expecting(
+        &n1.ws("/ws/stalled"),
+        &b_info,
+        b_seen,
+        &a_info.peer_id,
+        0..3,
+    )
+    .await;
+    pass_candidate((&mut b, &b_info.peer_id), (&mut a, &a_info.peer_id), 9).await;
+}
+
+/// A node whose link to Redis is slow (200 ms round trips, each call well within
+/// `--redis-timeout`) keeps its lease: its renewal's calls go together. Before, they went one
+/// after the other (seven round trips, 1.4 s, past the 1 s lease): the node was taken for
+/// dead, and its sockets closed with 1013, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_a_slow_link_to_redis_keeps_its_lease() {
+    let redis = RedisServer::start();
+    let link = RedisLink::start(redis.port, Duration::from_millis(100)).await;
+    let n1 = node_timed(&redis.url(), "1s", "1s", &[]);
+    let n2 = node_timed(&link.url(), "1s", "1s", &[]);
+    let ((mut a, a_info), (mut b, b_info)) =
+        Client::pair(&n1.ws("/ws/slow-link"), &n2.ws("/ws/slow-link")).await;
+    // Five leases long: B's socket stays (a 1013 would end `pass_candidate`), and hears A.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    pass_candidate((&mut a, &a_info.peer_id), (&mut b, &b_info.peer_id), 1).await;
+}
+
 /// Two nodes on `redis`: the first with an admin listener (its address comes third), the
 /// second without.
 fn admin_node_and_another(redis: &RedisServer) -> (Server, Server, std::net::SocketAddr) {
