@@ -806,17 +806,46 @@ test('cross-origin: a page of another origin joins a signaling server over SSE +
   for (const r of results) assert(r.joined && r.data === 'across origins' && r.used === r.transport, `cross-origin over ${r.transport}: ${JSON.stringify(r)}`);
 });
 
+/**
+ * Installs, in page `p`, `window.__net`: a `fetch` for the JS client's HTTP transports through
+ * a proxy the test turns: `mode` 'pass', 'down' (new requests refused) or 'hold' (requests to
+ * the paths `holds` matches get no response, not even its headers, as from a proxy that buffers
+ * whole responses); `cut()` ends the requests under way (a stream's too: its fetch resolves with
+ * its headers, its body goes on). And `until(what, ms)`: waits for `what()`, at most `ms`.
+ */
+function installNet(p) {
+  return p.eval(() => {
+    const live = new Set();
+    const net = { mode: 'pass', holds: /\/(events|poll)\?/ };
+    net.fetch = (url, init = {}) => {
+      if (net.mode === 'down') return Promise.reject(new TypeError('Failed to fetch'));
+      if (net.mode === 'hold' && net.holds.test(String(url))) {
+        return new Promise((_, reject) => { init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))); });
+      }
+      const ctl = new AbortController();
+      init.signal?.addEventListener('abort', () => ctl.abort());
+      live.add(ctl);
+      return fetch(url, { ...init, signal: ctl.signal });
+    };
+    net.cut = () => { for (const ctl of live) ctl.abort(); live.clear(); };
+    net.until = async (what, ms) => {
+      const t0 = Date.now();
+      while (!what() && Date.now() - t0 < ms) await new Promise((res) => { setTimeout(res, 50); });
+      return what();
+    };
+    window.__net = net;
+  });
+}
+
 test('client API: an event stream whose response a buffering proxy holds back, headers and all, falls back to long-polling on the same session', async (t) => {
   const p = await t.solo();
+  await installNet(p);
   const r = await p.eval(async () => {
     const { SignalingClient } = await import('/signaling-client.js');
     const ws = `${location.origin.replace(/^http/, 'ws')}/ws/held-stream`;
-    // What a proxy that buffers whole responses does to an event stream: nothing comes back,
-    // not even its headers, until the request is given up.
-    const held = (url, init) => (String(url).includes('/events?')
-      ? new Promise((_, reject) => { init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))); })
-      : fetch(url, init));
-    const a = new SignalingClient(ws, { transports: ['sse', 'long-poll'], fetch: held, sseFirstByteMs: 1500, name: 'a' });
+    const net = window.__net;
+    Object.assign(net, { mode: 'hold', holds: /\/events\?/ });
+    const a = new SignalingClient(ws, { transports: ['sse', 'long-poll'], fetch: net.fetch, sseFirstByteMs: 1500, name: 'a' });
     const started = Date.now();
     const joined = await Promise.race([a.connect(), new Promise((res) => { setTimeout(() => res(null), 9000); })]);
     const out = { joinedMs: joined ? Date.now() - started : null, transport: a.transport, fallbacks: a.stats.fallbacks };
@@ -836,15 +865,15 @@ test('client API: an event stream whose response a buffering proxy holds back, h
 
 test('client API: a join whose welcome never comes within connectTimeoutMs leaves the session it opened before joining again', async (t) => {
   const p = await t.solo();
+  await installNet(p);
   const r = await p.eval(async () => {
     const { SignalingClient } = await import('/signaling-client.js');
     const ws = `${location.origin.replace(/^http/, 'ws')}/ws/never-welcomed`;
     // The session opens, but nothing the server sends on it comes back.
-    const held = (url, init) => (/\/(events|poll)\?/.test(String(url))
-      ? new Promise((_, reject) => { init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))); })
-      : fetch(url, init));
+    const net = window.__net;
+    net.mode = 'hold';
     const backoff = { initialMs: 200, maxMs: 200, factor: 1, jitter: 0 };
-    const a = new SignalingClient(ws, { transports: ['sse', 'long-poll'], fetch: held, sseFirstByteMs: 1000, connectTimeoutMs: 3000, backoff, name: 'a' });
+    const a = new SignalingClient(ws, { transports: ['sse', 'long-poll'], fetch: net.fetch, sseFirstByteMs: 1000, connectTimeoutMs: 3000, backoff, name: 'a' });
     const retried = new Promise((res) => { a.addEventListener('state', (e) => { if (e.detail.state === 'reconnecting') res(); }); });
     a.connect().catch(() => {});
     await Promise.race([retried, new Promise((res) => { setTimeout(res, 8000); })]);
@@ -861,96 +890,62 @@ test('client API: a join whose welcome never comes within connectTimeoutMs leave
   assert(r.seenByB && r.seenByB.length === 1 && r.seenByB[0] === 'a', `one session of a: ${JSON.stringify(r)}`);
 });
 
-test('client API: long-polling clients whose requests were all cut (a proxy restarted) send and receive again at once, not after the poll timeout', async (t) => {
-  const p = await t.solo();
-  const r = await p.eval(async () => {
+/**
+ * In page `p` (with `installNet`): A and B on `transports` in `room`, through `window.__net`;
+ * A broadcasts 1, then the proxy turns to `change.mode` (and `change.holds`, a RegExp source),
+ * the requests under way are cut (and the proxy passes again after `change.passAfterMs`, if
+ * given), then A broadcasts 2 to `last`. Returns what B got, when (ms after the change), and
+ * both clients' transports before and after.
+ */
+function broadcastsAcrossAProxyChange(p, room, transports, change, last) {
+  return p.eval(async ([room, transports, change, last]) => {
     const { SignalingClient } = await import('/signaling-client.js');
-    const ws = `${location.origin.replace(/^http/, 'ws')}/ws/proxy-restart`;
-    // A proxy that goes down: the requests under way are cut, new ones refused, until it is back.
-    let down = false;
-    const live = new Set();
-    const flaky = (url, init = {}) => {
-      if (down) return Promise.reject(new TypeError('Failed to fetch'));
-      const ctl = new AbortController();
-      init.signal?.addEventListener('abort', () => ctl.abort());
-      live.add(ctl);
-      return fetch(url, { ...init, signal: ctl.signal }).finally(() => live.delete(ctl));
-    };
+    const ws = `${location.origin.replace(/^http/, 'ws')}/ws/${room}`;
+    const net = window.__net;
     const backoff = { initialMs: 200, maxMs: 400, factor: 2, jitter: 0 };
-    const opts = (name) => ({ transports: ['long-poll'], fetch: flaky, backoff, name });
+    const opts = (name) => ({ transports, fetch: net.fetch, sseFirstByteMs: 1500, backoff, name });
     const a = new SignalingClient(ws, opts('a'));
     const b = new SignalingClient(ws, opts('b'));
     const got = [];
     b.addEventListener('broadcast', (e) => got.push({ data: e.detail.data, at: Date.now() }));
     await Promise.all([a.connect(), b.connect()]);
-    a.broadcast('before');
-    const until = async (what, ms) => {
-      const t0 = Date.now();
-      while (!what() && Date.now() - t0 < ms) await new Promise((res) => { setTimeout(res, 50); });
-      return what();
-    };
-    const out = { before: await until(() => got.length === 1, 8000) };
-    down = true;
-    for (const ctl of live) ctl.abort();
-    await new Promise((res) => { setTimeout(res, 1500); });
-    down = false;
-    const back = Date.now();
-    a.broadcast('after');
-    out.after = await until(() => got.length === 2, 12000);
-    out.afterMs = out.after ? got[1].at - back : null;
-    out.got = got.map((g) => g.data);
-    a.close();
-    b.close();
-    return out;
-  });
-  // The poll timeout is 25 s; the reopening backoff at most 400 ms.
-  assert(r.before && r.after && r.afterMs < 5000, `delivered soon after the proxy was back: ${JSON.stringify(r)}`);
-  assert(JSON.stringify(r.got) === '["before","after"]', `each once, in order: ${JSON.stringify(r)}`);
-});
-
-test('client API: an event stream reopened through a proxy that now holds responses back falls back to long-polling; nothing is lost', async (t) => {
-  const p = await t.solo();
-  const r = await p.eval(async () => {
-    const { SignalingClient } = await import('/signaling-client.js');
-    const ws = `${location.origin.replace(/^http/, 'ws')}/ws/proxy-swapped`;
-    // The proxy is replaced by one that buffers whole responses: the streams under way are cut,
-    // and a new one gets nothing back, not even its headers.
-    let buffering = false;
-    const live = new Set();
-    const proxied = (url, init = {}) => {
-      if (buffering && String(url).includes('/events?')) {
-        return new Promise((_, reject) => { init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))); });
-      }
-      // Kept to the end: a stream's fetch resolves with its headers, its body goes on.
-      const ctl = new AbortController();
-      init.signal?.addEventListener('abort', () => ctl.abort());
-      live.add(ctl);
-      return fetch(url, { ...init, signal: ctl.signal });
-    };
-    const backoff = { initialMs: 200, maxMs: 400, factor: 2, jitter: 0 };
-    const opts = (name) => ({ transports: ['sse', 'long-poll'], fetch: proxied, sseFirstByteMs: 1500, backoff, name });
-    const a = new SignalingClient(ws, opts('a'));
-    const b = new SignalingClient(ws, opts('b'));
-    const got = [];
-    b.addEventListener('broadcast', (e) => got.push(e.detail.data));
-    await Promise.all([a.connect(), b.connect()]);
-    const until = async (what, ms) => {
-      const t0 = Date.now();
-      while (!what() && Date.now() - t0 < ms) await new Promise((res) => { setTimeout(res, 50); });
-      return what();
-    };
     a.broadcast(1);
-    const out = { before: await until(() => got.length === 1, 8000), transportsBefore: [a.transport, b.transport] };
-    buffering = true;
-    for (const ctl of live) ctl.abort();
-    for (let n = 2; n <= 5; n += 1) a.broadcast(n);
-    out.after = await until(() => got.length === 5, 12000);
-    out.got = got;
+    const out = { before: await net.until(() => got.length === 1, 8000), transportsBefore: [a.transport, b.transport] };
+    const changed = Date.now();
+    net.mode = change.mode;
+    if (change.holds) net.holds = new RegExp(change.holds);
+    net.cut();
+    if (change.passAfterMs) {
+      await new Promise((res) => { setTimeout(res, change.passAfterMs); });
+      net.mode = 'pass';
+    }
+    for (let n = 2; n <= last; n += 1) a.broadcast(n);
+    out.after = await net.until(() => got.length === last, 12000);
+    out.lastMs = out.after ? got[last - 1].at - changed : null;
+    out.got = got.map((g) => g.data);
     out.transportsAfter = [a.transport, b.transport];
     a.close();
     b.close();
     return out;
-  });
+  }, [room, transports, change, last]);
+}
+
+test('client API: long-polling clients whose requests were all cut (a proxy restarted) send and receive again at once, not after the poll timeout', async (t) => {
+  const p = await t.solo();
+  await installNet(p);
+  // Down for 1.5 s: the requests under way are cut, new ones refused; then back.
+  const r = await broadcastsAcrossAProxyChange(p, 'proxy-restart', ['long-poll'], { mode: 'down', passAfterMs: 1500 }, 2);
+  // The poll timeout is 25 s; the reopening backoff at most 400 ms.
+  assert(r.before && r.after && r.lastMs < 6500, `delivered soon after the proxy was back: ${JSON.stringify(r)}`);
+  assert(JSON.stringify(r.got) === '[1,2]', `each once, in order: ${JSON.stringify(r)}`);
+});
+
+test('client API: an event stream reopened through a proxy that now holds responses back falls back to long-polling; nothing is lost', async (t) => {
+  const p = await t.solo();
+  await installNet(p);
+  // The proxy is replaced by one that buffers whole responses: the streams under way are cut,
+  // and a new one gets nothing back, not even its headers.
+  const r = await broadcastsAcrossAProxyChange(p, 'proxy-swapped', ['sse', 'long-poll'], { mode: 'hold', holds: '/events\\?' }, 5);
   assert(r.before && JSON.stringify(r.transportsBefore) === '["sse","sse"]', `on SSE first: ${JSON.stringify(r)}`);
   assert(r.after && JSON.stringify(r.got) === '[1,2,3,4,5]', `every broadcast once, in order, after the swap: ${JSON.stringify(r)}`);
   assert(JSON.stringify(r.transportsAfter) === '["long-poll","long-poll"]', `both went on by long-polling: ${JSON.stringify(r)}`);
