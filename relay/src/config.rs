@@ -682,6 +682,33 @@ mod tests {
         assert_eq!(c.user_quota, 3);
     }
 
+    /// relay.md: every option is a flag, a variable or a file key: a required pair may be split
+    /// between them (helper-161: clap refused it before the file was read).
+    #[test]
+    fn a_pair_split_between_the_file_and_a_flag_is_whole() {
+        let (_dir, p) = config_file("tls-cert = \"cert.pem\"\nhttp-upstream = \"127.0.0.1:1\"\n");
+        let (c, _) = Config::load_from([
+            "relay",
+            "--config",
+            &p,
+            "--tls-key",
+            "key.pem",
+            "--http-upstream-proxy-protocol",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.tls_cert.as_deref(),
+            Some(std::path::Path::new("cert.pem"))
+        );
+        assert_eq!(c.tls_key.as_deref(), Some(std::path::Path::new("key.pem")));
+        assert!(c.http_upstream_proxy_protocol);
+        // Still refused when the file does not complete it.
+        let (_dir, p) = config_file("realm = \"r\"\n");
+        let err = Config::load_from(["relay", "--config", &p, "--tls-key", "key.pem"]).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        assert!(Config::load_from(["relay", "--tls-key", "key.pem"]).is_err());
+    }
+
     #[test]
     fn unknown_file_key_is_an_error() {
         let (_dir, path) = config_file("no_such_option = 1\n");

@@ -52,9 +52,19 @@ where
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let from_env = |var: &str| std::env::var_os(var).is_some();
-    let mut matches = C::command()
-        .try_get_matches_from(&args)
-        .map_err(|e| explain_invalid_value::<C>(e, &args, from_env))?;
+    let mut matches = match C::command().try_get_matches_from(&args) {
+        Ok(matches) => matches,
+        // A pair split between the command line and the file (`--tls-key` given, `tls-cert`
+        // in the file) is whole only once the file is read: the parse of both says.
+        Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => {
+            let lenient = C::command().ignore_errors(true).try_get_matches_from(&args);
+            match lenient {
+                Ok(matches) if matches.get_one::<PathBuf>(CONFIG_ARG).is_some() => matches,
+                _ => return Err(explain_invalid_value::<C>(e, &args, from_env).into()),
+            }
+        }
+        Err(e) => return Err(explain_invalid_value::<C>(e, &args, from_env).into()),
+    };
     if let Some(path) = matches.get_one::<PathBuf>(CONFIG_ARG).cloned() {
         let mut file_args = file_arguments::<C>(&path, &matches)?;
         if !file_args.is_empty() {
