@@ -99,7 +99,7 @@ export interface SignalingClientOptions {
   backoff?: { initialMs?: number; maxMs?: number; factor?: number; jitter?: number };
   /** Reconnects in a row before the client gives up ('failed'); stats.reconnectAttempts counts the one given up too. */
   maxReconnectAttempts?: number;
-  /** A join or resume not answered this long gives the link up and reconnects (default 10000); a join's session whose welcome never came is left first (`leave`), so the others do not see the peer twice. */
+  /** A join or resume not answered this long gives the link up and reconnects (default 10000); a join's session whose welcome never came is left first (`leave`), so the others do not see the peer twice. Over HTTP, a send (POST) not answered this long is sent again (its numbered frames take effect once). */
   connectTimeoutMs?: number;
   ackEvery?: number;
   ackDelayMs?: number;

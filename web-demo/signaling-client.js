@@ -388,6 +388,7 @@ export class SignalingClient extends EventTarget {
       maxBodyBytes: this.session?.max_message_bytes,
       firstByteMs: this.options.sseFirstByteMs,
       pollTimeoutMs: this.options.pollTimeoutMs,
+      sendTimeoutMs: this.options.connectTimeoutMs,
       // Numbered frames are kept by the client (and sent again) only while the server confirms.
       numberedKept: () => this._confirming,
       reopenDelayMs: (attempt) => Math.max(this._backoffMs(attempt), this._takeDrainDelayMs()),
@@ -1192,7 +1193,7 @@ class HttpLink {
   /**
    * @param {{ root: string, open: string, room?: string }} endpoints (`room`: the join names it)
    * @param {{ mode: 'sse'|'long-poll', canPoll?: boolean, fetch: typeof fetch, graceMs?: number,
-   *   maxBodyBytes?: number, firstByteMs?: number, pollTimeoutMs?: number }} options
+   *   maxBodyBytes?: number, firstByteMs?: number, pollTimeoutMs?: number, sendTimeoutMs?: number }} options
    */
   constructor(endpoints, options) {
     this.endpoints = endpoints;
@@ -1221,6 +1222,7 @@ class HttpLink {
     this._maxBodyBytes = Number(options.maxBodyBytes) || 65536;
     this._firstByteMs = options.firstByteMs ?? 4000;
     this._pollTimeoutMs = options.pollTimeoutMs ?? 40000;
+    this._sendTimeoutMs = options.sendTimeoutMs ?? 10000;
     // The wait before reopening attempt N (the client's reconnect backoff), and how many
     // attempts before the link gives up (ends with `gaveUp`).
     this._reopenDelayMs = options.reopenDelayMs ?? ((n) => Math.min(4000, 100 * 2 ** (n - 1)));
@@ -1628,9 +1630,15 @@ class HttpLink {
       const body = batch.length === 1 ? batch[0] : `[${batch.join(',')}]`;
       let res = null;
       this._posting = true;
+      // A POST nobody answers (a hung proxy, a frozen server) would hold every later send:
+      // given up after sendTimeoutMs and sent again, as after a network error (its numbered
+      // frames the server took already are dropped there).
+      const ctl = new AbortController();
+      const timer = setTimeout(() => ctl.abort(), this._sendTimeoutMs);
       try {
-        res = await this._fetch(this._sendUrl(), { method: 'POST', headers: { 'Content-Type': 'application/json' }, body, cache: 'no-store' });
+        res = await this._fetch(this._sendUrl(), { method: 'POST', headers: { 'Content-Type': 'application/json' }, body, cache: 'no-store', signal: ctl.signal });
       } catch { /* network error: retry */ } finally {
+        clearTimeout(timer);
         this._posting = false;
       }
       if (res?.ok) return true;

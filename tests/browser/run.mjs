@@ -810,17 +810,21 @@ test('cross-origin: a page of another origin joins a signaling server over SSE +
  * Installs, in page `p`, `window.__net`: a `fetch` for the JS client's HTTP transports through
  * a proxy the test turns: `mode` 'pass', 'down' (new requests refused) or 'hold' (requests to
  * the paths `holds` matches get no response, not even its headers, as from a proxy that buffers
- * whole responses); `cut()` ends the requests under way (a stream's too: its fetch resolves with
- * its headers, its body goes on). And `until(what, ms)`: waits for `what()`, at most `ms`.
+ * whole responses); `hangSends` sends (POSTs) from now on get no answer; `cut()` ends the
+ * requests under way (a stream's too: its fetch resolves with its headers, its body goes on).
+ * And `until(what, ms)`: waits for `what()`, at most `ms`.
  */
 function installNet(p) {
   return p.eval(() => {
     const live = new Set();
-    const net = { mode: 'pass', holds: /\/(events|poll)\?/ };
+    const net = { mode: 'pass', holds: /\/(events|poll)\?/, hangSends: 0 };
+    const unanswered = (init) => new Promise((_, reject) => { init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))); });
     net.fetch = (url, init = {}) => {
       if (net.mode === 'down') return Promise.reject(new TypeError('Failed to fetch'));
-      if (net.mode === 'hold' && net.holds.test(String(url))) {
-        return new Promise((_, reject) => { init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))); });
+      if (net.mode === 'hold' && net.holds.test(String(url))) return unanswered(init);
+      if (net.hangSends > 0 && /\/send\?/.test(String(url))) {
+        net.hangSends -= 1;
+        return unanswered(init);
       }
       const ctl = new AbortController();
       init.signal?.addEventListener('abort', () => ctl.abort());
@@ -888,6 +892,30 @@ test('client API: a join whose welcome never comes within connectTimeoutMs leave
   });
   // Without the leave, the first session stays listed beside the second until its grace ends.
   assert(r.seenByB && r.seenByB.length === 1 && r.seenByB[0] === 'a', `one session of a: ${JSON.stringify(r)}`);
+});
+
+test('client API: a send whose POST is never answered is sent again after connectTimeoutMs; the sends behind it follow, each once, in order', async (t) => {
+  const p = await t.solo();
+  await installNet(p);
+  const r = await p.eval(async () => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const ws = `${location.origin.replace(/^http/, 'ws')}/ws/hung-send`;
+    const net = window.__net;
+    const opts = (name) => ({ transports: ['sse'], fetch: net.fetch, connectTimeoutMs: 2000, name });
+    const a = new SignalingClient(ws, opts('a'));
+    const b = new SignalingClient(ws, opts('b'));
+    const got = [];
+    b.addEventListener('broadcast', (e) => got.push(e.detail.data));
+    await Promise.all([a.connect(), b.connect()]);
+    net.hangSends = 1;
+    for (let n = 1; n <= 3; n += 1) a.broadcast(n);
+    const all = await net.until(() => got.length >= 3, 8000);
+    const out = { all, got, state: a.state };
+    a.close();
+    b.close();
+    return out;
+  });
+  assert(r.all && JSON.stringify(r.got) === '[1,2,3]', `delivered once, in order, after the hung send: ${JSON.stringify(r)}`);
 });
 
 /**
