@@ -89,6 +89,15 @@ impl ClusterHub {
         }
     }
 
+    /// When the sessions adopted now end if their clients do not resume: the grace period,
+    /// plus the ping timeout from now. A client whose node went silent (frozen, cut off, its
+    /// power lost) notices only when its pings go unanswered that long; the grace counted from
+    /// the adoption alone (a lease after the silence) would end before many of them came back.
+    fn adopted_until_ms(&self) -> u64 {
+        let wait = self.settings.resume_grace + self.settings.ping_timeout;
+        unix_ms(SystemTime::now()) + wait.as_millis() as u64
+    }
+
     pub(super) fn store_ttl(&self) -> Duration {
         self.settings.resume_grace + Duration::from_secs(60)
     }
@@ -219,7 +228,7 @@ impl ClusterHub {
             sessions = members.len(),
             "node gone (its lease ran out, or it drained and gave it up): adopting its sessions"
         );
-        let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
+        let expires_ms = self.adopted_until_ms();
         // A session Redis did not answer for is neither adopted nor refused: the dead node's
         // index is kept for another try.
         let unanswered = AtomicBool::new(false);
@@ -427,7 +436,7 @@ impl ClusterHub {
             // Failed: the next round tries again.
             let _ = self.index_add(&room, key).await;
         }
-        let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
+        let expires_ms = self.adopted_until_ms();
         // A long outage may leave many.
         self.each_until_failure(orphans, "reconcile", |(room, key)| {
             self.adopt_orphan(room, key, expires_ms)

@@ -159,17 +159,26 @@ async fn a_client_of_a_killed_node_resumes_on_another_with_nothing_lost() {
 #[tokio::test]
 async fn a_dead_nodes_client_that_never_returns_leaves_after_the_grace_period() {
     let redis = RedisServer::start();
-    let [n1, mut n2] = nodes(&redis.url(), &["--resume-grace", "1s"]);
+    let quick = [
+        "--resume-grace",
+        "1s",
+        "--ping-interval",
+        "500ms",
+        "--ping-timeout",
+        "2s",
+    ];
+    let [n1, mut n2] = nodes(&redis.url(), &quick);
     let (mut a, _) = Client::join(&n1.ws("/ws/gone"), None).await;
     let (_b, b_info) = Client::join(&n2.ws("/ws/gone"), None).await;
     let _ = a.recv_message().await;
     n2.kill();
     let killed = Instant::now();
-    // Nothing before the lease (1 s) and the grace period (1 s) have passed; then B leaves
-    // (not after the 20 s it would take a node to notice without the lease).
-    a.expect_silence(Duration::from_millis(1500)).await;
+    // Nothing before the lease (1 s), the grace period (1 s) and the ping timeout (2 s, the
+    // time B's client may take to notice that its node went silent) have passed; then B
+    // leaves (not after the 20 s it would take a node to notice without the lease).
+    a.expect_silence(Duration::from_millis(3500)).await;
     expect_disconnected(&mut a, &b_info.peer_id, Duration::from_secs(8)).await;
-    assert!(killed.elapsed() < Duration::from_secs(10));
+    assert!(killed.elapsed() < Duration::from_secs(12));
 }
 
 /// Waits (up to 10 s) until one of `survivors` adopted a session of a dead node.
@@ -202,13 +211,22 @@ async fn expect_disconnected(client: &mut Client, peer: &PeerId, limit: Duration
 #[tokio::test]
 async fn a_node_restarted_at_once_under_the_same_name_does_not_keep_its_predecessors_ghosts() {
     let redis = RedisServer::start();
-    let n1 = node(&redis.url(), &["--resume-grace", "1s"]);
-    let mut n2 = node(&redis.url(), &["--resume-grace", "1s", "--node-id", "same"]);
+    let quick = [
+        "--resume-grace",
+        "1s",
+        "--ping-interval",
+        "500ms",
+        "--ping-timeout",
+        "1s",
+    ];
+    let named = |name| [&quick[..], &["--node-id", name]].concat();
+    let n1 = node(&redis.url(), &quick);
+    let mut n2 = node(&redis.url(), &named("same"));
     let (mut a, _) = Client::join(&n1.ws("/ws/restarted"), None).await;
     let (_b, b_info) = Client::join(&n2.ws("/ws/restarted"), None).await;
     let _ = a.recv_message().await;
     n2.kill();
-    let _n2_again = node(&redis.url(), &["--resume-grace", "1s", "--node-id", "same"]);
+    let _n2_again = node(&redis.url(), &named("same"));
     expect_disconnected(&mut a, &b_info.peer_id, Duration::from_secs(8)).await;
 }
 
