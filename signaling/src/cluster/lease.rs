@@ -436,7 +436,9 @@ impl ClusterHub {
             // Failed: the next round tries again.
             let _ = self.index_add(&room, key).await;
         }
-        let expires_ms = self.adopted_until_ms();
+        // Its client is not waiting on a silent node (its request went unanswered, or it
+        // left): the grace alone.
+        let expires_ms = unix_ms(SystemTime::now()) + self.settings.resume_grace.as_millis() as u64;
         // A long outage may leave many.
         self.each_until_failure(orphans, "reconcile", |(room, key)| {
             self.adopt_orphan(room, key, expires_ms)
