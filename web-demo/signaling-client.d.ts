@@ -139,7 +139,7 @@ export interface SignalingEventMap {
   state: CustomEvent<StateDetail>;
   welcome: CustomEvent<{ session: SessionInfo }>;
   resumed: CustomEvent<{ session: SessionInfo; replayed: number }>;
-  /** The session ended and a new one is joined: the old peers are gone, and queued signals (addressed to them) are dropped; queued broadcasts still go. */
+  /** The session ended and a new one is joined: the old peers are gone, and queued signals (addressed to them) are dropped; queued broadcasts still go, and so do those an HTTP link could not get to the server (a send that failed may have reached the old session: such a broadcast arrives twice). */
   'session-reset': CustomEvent<{ reason: string; peers: string[] }>;
   'peer-joined': CustomEvent<{ peer: PeerInfo }>;
   'peer-left': CustomEvent<{ peerId: string; reason: string }>;

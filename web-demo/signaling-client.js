@@ -194,6 +194,7 @@ export class SignalingClient extends EventTarget {
     this._outbox = []; // messages queued while not joined
     this._nextCseq = 1; // the cseq of the next signal or broadcast
     this._unconfirmed = []; // numbered messages sent, not yet confirmed by pong/resumed
+    this._unwritten = new WeakSet(); // those of them a link gave back unwritten
     this._sincePing = 0; // numbered messages sent since the last ping
     this._confirmTimer = null;
     this._confirming = true; // false once the server showed it does not confirm (no `received`)
@@ -547,8 +548,13 @@ export class SignalingClient extends EventTarget {
     for (const text of texts) {
       try {
         const msg = JSON.parse(text);
-        // Numbered messages are still in _unconfirmed: the resume sends them again.
-        if (msg.cseq != null && this._confirming) continue;
+        // Numbered messages are still in _unconfirmed: the resume sends them again. Never
+        // written, they may go in a new session too, if the old one is lost.
+        if (msg.cseq != null && this._confirming) {
+          const kept = this._unconfirmed.find((m) => m.cseq === msg.cseq);
+          if (kept) this._unwritten.add(kept);
+          continue;
+        }
         if (msg.type !== 'ack' && msg.type !== 'ping' && msg.type !== 'join' && msg.type !== 'resume') msgs.push(msg);
       } catch { /* not ours */ }
     }
@@ -995,9 +1001,13 @@ export class SignalingClient extends EventTarget {
     this._unconfirmed.splice(0, n);
   }
 
-  /** A new session: numbering starts over, and nothing of the old one is sent again. */
+  /**
+   * A new session: numbering starts over, and nothing the old one may have taken is sent again;
+   * broadcasts a link gave back unwritten go first (signals named the old peers).
+   */
   _restartNumbering() {
     this._nextCseq = 1;
+    this._outbox.unshift(...this._unconfirmed.filter((m) => this._unwritten.has(m) && m.type === 'broadcast'));
     this._unconfirmed = [];
     this._sincePing = 0;
     for (const msg of this._outbox) delete msg.cseq;

@@ -918,6 +918,37 @@ test('client API: a send whose POST is never answered is sent again after connec
   assert(r.all && JSON.stringify(r.got) === '[1,2,3]', `delivered once, in order, after the hung send: ${JSON.stringify(r)}`);
 });
 
+test('client API: broadcasts an HTTP link never got to the server go in the new session when the old one is lost', async (t) => {
+  const { p, other } = await pageAndOwnServer(t, 'signaling-short-grace', ['--resume-grace', '1s']);
+  await installNet(p);
+  const r = await p.eval(async (ws) => {
+    const { SignalingClient } = await import('/signaling-client.js');
+    const net = window.__net;
+    const backoff = { initialMs: 200, maxMs: 400, factor: 2, jitter: 0 };
+    const a = new SignalingClient(`${ws}/unwritten`, { transports: ['sse'], fetch: net.fetch, backoff, name: 'a' });
+    // B is not behind the proxy.
+    const b = new SignalingClient(`${ws}/unwritten`, { transports: ['sse'], name: 'b' });
+    const got = [];
+    b.addEventListener('broadcast', (e) => got.push(e.detail.data));
+    await Promise.all([a.connect(), b.connect()]);
+    // The proxy goes down past the resume grace (1 s) as A broadcasts: nothing reaches the server.
+    net.mode = 'down';
+    net.cut();
+    for (let n = 1; n <= 3; n += 1) a.broadcast(n);
+    await new Promise((res) => { setTimeout(res, 3000); });
+    const resets = [];
+    a.addEventListener('session-reset', () => resets.push(Date.now()));
+    net.mode = 'pass';
+    const all = await net.until(() => got.length >= 3, 10000);
+    const out = { all, got, resets: resets.length, state: a.state };
+    a.close();
+    b.close();
+    return out;
+  }, other.ws);
+  assert(r.resets === 1, `the session was lost and joined again: ${JSON.stringify(r)}`);
+  assert(r.all && JSON.stringify(r.got) === '[1,2,3]', `the broadcasts went in the new session, once, in order: ${JSON.stringify(r)}`);
+});
+
 /**
  * In page `p` (with `installNet`): A and B on `transports` in `room`, through `window.__net`;
  * A broadcasts 1, then the proxy turns to `change.mode` (and `change.holds`, a RegExp source),
