@@ -156,18 +156,23 @@ async fn a_client_of_a_killed_node_resumes_on_another_with_nothing_lost() {
     a.expect_silence(Duration::from_millis(300)).await;
 }
 
-#[tokio::test]
-async fn a_dead_nodes_client_that_never_returns_leaves_after_the_grace_period() {
-    let redis = RedisServer::start();
-    let quick = [
+/// A grace of 1 s, and pings every 500 ms that time out after `ping_timeout`: a dead node's
+/// sessions end 1 s + `ping_timeout` after their adoption.
+fn quick_grace(ping_timeout: &'static str) -> [&'static str; 6] {
+    [
         "--resume-grace",
         "1s",
         "--ping-interval",
         "500ms",
         "--ping-timeout",
-        "2s",
-    ];
-    let [n1, mut n2] = nodes(&redis.url(), &quick);
+        ping_timeout,
+    ]
+}
+
+#[tokio::test]
+async fn a_dead_nodes_client_that_never_returns_leaves_after_the_grace_period() {
+    let redis = RedisServer::start();
+    let [n1, mut n2] = nodes(&redis.url(), &quick_grace("2s"));
     let (mut a, _) = Client::join(&n1.ws("/ws/gone"), None).await;
     let (_b, b_info) = Client::join(&n2.ws("/ws/gone"), None).await;
     let _ = a.recv_message().await;
@@ -211,14 +216,7 @@ async fn expect_disconnected(client: &mut Client, peer: &PeerId, limit: Duration
 #[tokio::test]
 async fn a_node_restarted_at_once_under_the_same_name_does_not_keep_its_predecessors_ghosts() {
     let redis = RedisServer::start();
-    let quick = [
-        "--resume-grace",
-        "1s",
-        "--ping-interval",
-        "500ms",
-        "--ping-timeout",
-        "1s",
-    ];
+    let quick = quick_grace("1s");
     let named = |name| [&quick[..], &["--node-id", name]].concat();
     let n1 = node(&redis.url(), &quick);
     let mut n2 = node(&redis.url(), &named("same"));
